@@ -1,0 +1,91 @@
+//! Settings user space hands to the kernel programs as a read-only global at
+//! load time: struct field offsets read from the running kernel's BTF,
+//! tracepoint field offsets read from tracefs `format` files, and the
+//! daemon's own process id.
+
+/// Name of the global in the eBPF object.
+pub const CONFIG_GLOBAL: &str = "SNSR_CONFIG";
+
+/// Marks an offset that does not exist on this kernel.
+pub const ABSENT: u32 = u32::MAX;
+
+/// Byte offsets of kernel struct fields, from `/sys/kernel/btf/vmlinux`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub task_tgid: u32,
+    pub task_pid: u32,
+    pub task_real_parent: u32,
+    pub task_group_leader: u32,
+    pub task_start_boottime: u32,
+    pub task_mm: u32,
+    pub task_fs: u32,
+    pub task_signal: u32,
+    pub task_exit_code: u32,
+    pub task_comm: u32,
+    pub mm_exe_file: u32,
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
+    pub mm_start_stack: u32,
+    pub file_f_path: u32,
+    pub file_f_inode: u32,
+    pub path_mnt: u32,
+    pub path_dentry: u32,
+    pub fs_pwd: u32,
+    pub dentry_d_parent: u32,
+    pub dentry_d_name: u32,
+    pub qstr_len: u32,
+    pub qstr_name: u32,
+    pub vfsmount_mnt_root: u32,
+    pub mount_mnt: u32,
+    pub mount_mnt_parent: u32,
+    pub mount_mnt_mountpoint: u32,
+    pub signal_live: u32,
+    pub signal_flags: u32,
+    pub signal_group_exit_code: u32,
+    pub inode_i_ino: u32,
+    pub inode_i_sb: u32,
+    pub sb_s_dev: u32,
+    pub _pad: u32,
+}
+
+/// Byte offsets of tracepoint fields, from tracefs `events/*/*/format`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TracepointOffsets {
+    /// `sched_process_exec`: `__data_loc char[] filename`.
+    pub exec_filename: u32,
+    /// `sched_process_exec`: `pid_t old_pid`.
+    pub exec_old_pid: u32,
+    /// `sched_process_exit`: `bool group_dead`, or [`ABSENT`] on kernels without it.
+    pub exit_group_dead: u32,
+    /// `sys_enter_execve`: `const char *filename`.
+    pub execve_filename: u32,
+    /// `sys_enter_execve`: `const char *const *argv`.
+    pub execve_argv: u32,
+    /// `sys_enter_execveat`: `const char *filename`.
+    pub execveat_filename: u32,
+    /// `sys_enter_execveat`: `const char *const *argv`.
+    pub execveat_argv: u32,
+    /// `sys_exit_*`: `long ret` (the same offset for every syscall exit).
+    pub sys_exit_ret: u32,
+}
+
+/// The whole global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SensorConfig {
+    /// The daemon's tgid: its own activity is not reported.
+    pub own_tgid: u32,
+    /// Reserved, zero.
+    pub _pad: u32,
+    /// Struct field offsets.
+    pub kernel: KernelOffsets,
+    /// Tracepoint field offsets.
+    pub tracepoints: TracepointOffsets,
+}
+const _: () = assert!(size_of::<SensorConfig>() == 8 + 34 * 4 + 8 * 4);
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), integers only, no padding (size checked above).
+unsafe impl aya::Pod for SensorConfig {}

@@ -1,0 +1,214 @@
+//! Wire format of kernel events: a common [`EventHeader`], then a fixed
+//! per-kind payload, then (for some kinds) variable-length bytes whose lengths
+//! the payload gives.
+//!
+//! ```text
+//! | EventHeader | payload (ExecData, SpawnData, ...) | data: exe | cwd | filename | argv |
+//! ```
+//!
+//! The header comes first in every record because the decoder reads the kind
+//! there before it knows anything else.
+
+use crate::limits::EVENT_DATA_BYTES;
+
+/// Stable numeric event kinds. Families have ranges (process from 1, network
+/// from 60, sensor-internal from 500); retired ids are never reused.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// A new process (thread group) was created.
+    ProcessSpawn = 1,
+    /// A process executed a new image.
+    ProcessExec = 2,
+    /// An execve/execveat failed.
+    ProcessExecFailed = 3,
+    /// The last thread of a process exited.
+    ProcessExit = 4,
+    /// A connect() on an IPv4/IPv6 socket.
+    NetConnect = 60,
+}
+
+impl EventKind {
+    /// Decodes a kind read from the wire.
+    #[must_use]
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::ProcessSpawn,
+            2 => Self::ProcessExec,
+            3 => Self::ProcessExecFailed,
+            4 => Self::ProcessExit,
+            60 => Self::NetConnect,
+            _ => return None,
+        })
+    }
+
+    /// Index of this kind's counters in [`crate::stats::Stats`].
+    #[must_use]
+    pub const fn slot(self) -> usize {
+        match self {
+            Self::ProcessSpawn => 0,
+            Self::ProcessExec => 1,
+            Self::ProcessExecFailed => 2,
+            Self::ProcessExit => 3,
+            Self::NetConnect => 4,
+        }
+    }
+
+    /// Size of the fixed part of a record of this kind (header + payload).
+    /// A new kind without an arm here fails to build.
+    #[must_use]
+    pub const fn fixed_size(self) -> usize {
+        HEADER_SIZE
+            + match self {
+                Self::ProcessSpawn => size_of::<SpawnData>(),
+                Self::ProcessExec | Self::ProcessExecFailed => size_of::<ExecData>(),
+                Self::ProcessExit => size_of::<ExitData>(),
+                Self::NetConnect => size_of::<ConnectData>(),
+            }
+    }
+}
+
+/// Common header of every kernel event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// [`EventKind`] as a number.
+    pub kind: u32,
+    /// Total size of the record in bytes (header, payload and data).
+    pub size: u32,
+    /// `CLOCK_BOOTTIME` nanoseconds when the event happened.
+    pub ktime_ns: u64,
+    /// Process id (thread group id) in the initial pid namespace.
+    pub tgid: u32,
+    /// Thread id of the task the event happened on.
+    pub tid: u32,
+    /// Parent's process id (real parent's tgid).
+    pub ppid: u32,
+    /// Real user id.
+    pub uid: u32,
+    /// Real group id.
+    pub gid: u32,
+    /// Reserved, zero.
+    pub flags: u32,
+    /// Start time of the process (its group leader), `CLOCK_BOOTTIME` ns.
+    pub start_ns: u64,
+    /// Start time of the parent process, `CLOCK_BOOTTIME` ns.
+    pub parent_start_ns: u64,
+    /// Task command name (NUL-padded).
+    pub comm: [u8; 16],
+}
+
+/// Size of [`EventHeader`] on the wire.
+pub const HEADER_SIZE: usize = size_of::<EventHeader>();
+const _: () = assert!(HEADER_SIZE == 72);
+
+/// `process.spawn`: `data` holds `exe_len` bytes of the (shared) executable path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpawnData {
+    /// Bytes of exe path in the data area.
+    pub exe_len: u16,
+    /// [`PATH_TRUNCATED`] when the path walk was cut short.
+    pub path_flags: u16,
+    /// Reserved, zero.
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<SpawnData>() == 8);
+
+/// Set in `path_flags` when the exe path was cut (too deep or too long).
+pub const PATH_TRUNCATED: u16 = 1;
+/// Set in `path_flags` when the cwd path was cut.
+pub const CWD_TRUNCATED: u16 = 2;
+/// Set in `path_flags` when the requested filename was cut.
+pub const FILENAME_TRUNCATED: u16 = 4;
+
+/// `process.exec` (success or failure): data holds exe, cwd, filename, argv in that order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecData {
+    /// Bytes of the resolved executable path.
+    pub exe_len: u16,
+    /// Bytes of the working directory path.
+    pub cwd_len: u16,
+    /// Bytes of the filename as the caller passed it.
+    pub filename_len: u16,
+    /// `*_TRUNCATED` flags.
+    pub path_flags: u16,
+    /// Bytes of argv captured (NUL-separated).
+    pub argv_len: u32,
+    /// Size of the process's whole argv area (may exceed `argv_len`). For a failed
+    /// exec: the bytes of the arguments read, or 0 when the array was cut.
+    pub argv_orig_len: u32,
+    /// Number of arguments (`argc`), or `u32::MAX` if unknown.
+    pub argc: u32,
+    /// Thread that called exec (differs from tgid for a non-leader exec).
+    pub old_tid: u32,
+    /// Return value of the failed syscall (negative errno); 0 on success.
+    pub ret: i32,
+    /// Reserved, zero.
+    pub _pad: u32,
+    /// Inode of the executed file (0 for a failed exec).
+    pub ino: u64,
+    /// Device of the executed file (kernel `dev_t`).
+    pub dev: u32,
+    /// Reserved, zero.
+    pub _pad2: u32,
+}
+const _: () = assert!(size_of::<ExecData>() == 48);
+
+/// `process.exit`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitData {
+    /// Wait status as the parent sees it: `(code << 8) | signal | core flag 0x80`.
+    pub exit_status: u32,
+    /// Reserved, zero.
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<ExitData>() == 8);
+
+/// `network.connect`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectData {
+    /// `AF_INET` (2) or `AF_INET6` (10).
+    pub family: u16,
+    /// `SOCK_STREAM` (1) or `SOCK_DGRAM` (2).
+    pub sock_type: u16,
+    /// IPPROTO_* of the socket.
+    pub protocol: u16,
+    /// Destination port, host byte order.
+    pub port: u16,
+    /// Return value of connect(): 0 or a negative errno; see `has_result`.
+    pub ret: i32,
+    /// 1 when `ret` is known (the connect came through the syscall), 0 otherwise (io_uring, kernel).
+    pub has_result: u32,
+    /// Destination address: 4 bytes for IPv4, 16 for IPv6, network order.
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<ConnectData>() == 32);
+
+/// A whole record as the kernel assembles it in per-CPU scratch memory.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Event<T: Copy> {
+    /// Common header (must stay first).
+    pub header: EventHeader,
+    /// Per-kind payload.
+    pub payload: T,
+    /// Variable-length bytes; only the first `header.size - fixed_size` are sent.
+    pub data: [u8; EVENT_DATA_BYTES],
+}
+
+/// Largest record the kernel can send.
+pub const MAX_EVENT_SIZE: usize = size_of::<Event<ExecData>>();
+
+/// A record without variable-length data (connect, exit).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FixedEvent<T: Copy> {
+    /// Common header (must stay first).
+    pub header: EventHeader,
+    /// Per-kind payload.
+    pub payload: T,
+}

@@ -1,0 +1,13 @@
+//! Types shared by the kernel programs (`sensor-ebpf`) and user space (`sensor`).
+//!
+//! Everything here crosses the kernel boundary as plain bytes: structs are
+//! `#[repr(C)]`, `Copy`, free of pointers and padding surprises, and each has a
+//! compile-time size check. The `user` feature adds `aya::Pod` so user space can
+//! hand [`config::SensorConfig`] to the loader.
+#![no_std]
+
+pub mod config;
+pub mod event;
+pub mod limits;
+pub mod maps;
+pub mod stats;

@@ -1,0 +1,36 @@
+//! Every size and cap the kernel side works with, in one place.
+//!
+//! The masks must stay powers of two minus one: the verifier accepts a
+//! variable offset only when it can prove its bound, and `off & MASK` is how
+//! the programs prove it.
+
+/// Ring buffer carrying events to user space (bytes, power of two, page multiple).
+pub const EVENTS_RING_BYTES: u32 = 16 * 1024 * 1024;
+
+/// Longest path captured (exe, cwd, requested filename), bytes, without NUL.
+pub const PATH_MAX_CAPTURE: usize = 4095;
+/// Mask proving a path length is `<= PATH_MAX_CAPTURE`.
+pub const PATH_MASK: usize = 4095;
+/// Path components walked from a dentry up to the root before giving up.
+pub const PATH_MAX_COMPONENTS: u32 = 64;
+/// Longest single path component (NAME_MAX).
+pub const NAME_MAX: usize = 255;
+/// Size of the per-CPU buffer a path is assembled in (right-aligned in the first half).
+pub const PATH_SCRATCH_BYTES: usize = 8192;
+
+/// argv bytes captured per exec (NULs included). Longer argv areas are cut and flagged.
+pub const ARGV_MAX_CAPTURE: usize = 8191;
+/// Mask proving an argv length is `<= ARGV_MAX_CAPTURE`.
+pub const ARGV_MASK: usize = 8191;
+/// Arguments read one by one from the caller's argv array on a failed exec.
+pub const FAILED_EXEC_MAX_ARGS: u32 = 32;
+
+/// Variable-length data area of one event: exe, cwd, filename, argv back to back.
+/// Sized so that every masked write (cursor <= 32767, length <= 8191) stays inside;
+/// the real cursor never exceeds 3 * 4095 + 8191, so the mask never wraps.
+pub const EVENT_DATA_BYTES: usize = 40 * 1024;
+/// Mask for the write cursor into the data area.
+pub const EVENT_DATA_CURSOR_MASK: usize = 32767;
+
+/// In-flight execve/connect syscalls remembered between enter and exit.
+pub const INFLIGHT_ENTRIES: u32 = 16 * 1024;

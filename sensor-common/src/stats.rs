@@ -1,0 +1,50 @@
+//! Kernel-side counters, one per-CPU array entry summed by user space.
+
+use crate::event::EventKind;
+
+/// Number of kernel event kinds with their own counter slot.
+pub const KIND_SLOTS: usize = 8;
+
+/// Per-CPU counters of what the kernel programs produced and failed to deliver.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Events written to the ring buffer, by [`EventKind::slot`].
+    pub emitted: [u64; KIND_SLOTS],
+    /// Events that did not fit in the ring buffer (lost), by [`EventKind::slot`].
+    pub lost: [u64; KIND_SLOTS],
+    /// Kernel reads that failed while building an event (the event is still sent, with what was read).
+    pub read_errors: u64,
+}
+
+const _: () = assert!(size_of::<Stats>() == 8 * (2 * KIND_SLOTS + 1));
+
+impl Stats {
+    /// Adds `other` into `self` (used to sum the per-CPU values).
+    pub fn accumulate(&mut self, other: &Self) {
+        for i in 0..KIND_SLOTS {
+            self.emitted[i] = self.emitted[i].wrapping_add(other.emitted[i]);
+            self.lost[i] = self.lost[i].wrapping_add(other.lost[i]);
+        }
+        self.read_errors = self.read_errors.wrapping_add(other.read_errors);
+    }
+
+    /// Total of the lost counters.
+    #[must_use]
+    pub fn lost_total(&self) -> u64 {
+        self.lost.iter().fold(0, |a, b| a.wrapping_add(*b))
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: plain integers, repr(C), no padding (size checked above).
+unsafe impl aya::Pod for Stats {}
+
+/// The kinds that have a counter slot, in slot order.
+pub const SLOT_KINDS: [EventKind; 5] = [
+    EventKind::ProcessSpawn,
+    EventKind::ProcessExec,
+    EventKind::ProcessExecFailed,
+    EventKind::ProcessExit,
+    EventKind::NetConnect,
+];

@@ -1,0 +1,77 @@
+//! The read-only global the loader fills in before load (see `sensor_common::config`).
+
+use sensor_common::config::SensorConfig;
+
+#[unsafe(no_mangle)]
+pub(crate) static SNSR_CONFIG: SensorConfig = SensorConfig {
+    own_tgid: 0,
+    _pad: 0,
+    kernel: sensor_common::config::KernelOffsets {
+        task_tgid: 0,
+        task_pid: 0,
+        task_real_parent: 0,
+        task_group_leader: 0,
+        task_start_boottime: 0,
+        task_mm: 0,
+        task_fs: 0,
+        task_signal: 0,
+        task_exit_code: 0,
+        task_comm: 0,
+        mm_exe_file: 0,
+        mm_arg_start: 0,
+        mm_arg_end: 0,
+        mm_start_stack: 0,
+        file_f_path: 0,
+        file_f_inode: 0,
+        path_mnt: 0,
+        path_dentry: 0,
+        fs_pwd: 0,
+        dentry_d_parent: 0,
+        dentry_d_name: 0,
+        qstr_len: 0,
+        qstr_name: 0,
+        vfsmount_mnt_root: 0,
+        mount_mnt: 0,
+        mount_mnt_parent: 0,
+        mount_mnt_mountpoint: 0,
+        signal_live: 0,
+        signal_flags: 0,
+        signal_group_exit_code: 0,
+        inode_i_ino: 0,
+        inode_i_sb: 0,
+        sb_s_dev: 0,
+        _pad: 0,
+    },
+    tracepoints: sensor_common::config::TracepointOffsets {
+        exec_filename: 0,
+        exec_old_pid: 0,
+        exit_group_dead: 0,
+        execve_filename: 0,
+        execve_argv: 0,
+        execveat_filename: 0,
+        execveat_argv: 0,
+        sys_exit_ret: 0,
+    },
+};
+
+/// Reads one field of the global. The volatile read keeps the compiler from
+/// folding the zero placeholder above into the code.
+macro_rules! offset {
+    ($($field:ident).+) => {
+        $crate::config::read_volatile(&raw const $crate::config::SNSR_CONFIG.$($field).+)
+    };
+}
+pub(crate) use offset;
+
+/// Volatile read of a field of the global.
+#[inline(always)]
+pub fn read_volatile<T: Copy>(field: *const T) -> T {
+    // SAFETY: `field` points into a static that lives for the whole program.
+    unsafe { core::ptr::read_volatile(field) }
+}
+
+/// True when the current task belongs to the daemon itself.
+#[inline(always)]
+pub fn is_own(tgid: u32) -> bool {
+    tgid == offset!(own_tgid)
+}

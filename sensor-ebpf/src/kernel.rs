@@ -1,0 +1,244 @@
+//! Bounded reads of kernel structures at offsets the loader found in BTF.
+//!
+//! A failed read yields zero and is counted in `Reader::errors`; the event is
+//! still sent with what could be read, and the counter reaches user space.
+
+use aya_ebpf::helpers::generated::{
+    bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_str, bpf_probe_read_user,
+    bpf_probe_read_user_str,
+};
+use sensor_common::{
+    event::EventHeader,
+    limits::{NAME_MAX, PATH_MASK, PATH_MAX_COMPONENTS},
+};
+
+use crate::config::offset;
+
+/// Collects read failures while an event is built.
+pub struct Reader {
+    pub errors: u64,
+}
+
+impl Reader {
+    #[inline(always)]
+    pub const fn new() -> Self {
+        Self { errors: 0 }
+    }
+
+    /// Reads a `T` at `base + off` in kernel memory; zero on failure.
+    #[inline(always)]
+    pub fn read<T: Copy + Default>(&mut self, base: u64, off: u32) -> T {
+        if base == 0 {
+            return T::default();
+        }
+        let mut v = T::default();
+        // SAFETY: the helper checks the source address; `v` is a valid destination of size_of::<T>().
+        let ret = unsafe {
+            bpf_probe_read_kernel(
+                (&raw mut v).cast(),
+                size_of::<T>() as u32,
+                (base + u64::from(off)) as *const _,
+            )
+        };
+        if ret < 0 {
+            self.errors += 1;
+            return T::default();
+        }
+        v
+    }
+
+    /// Reads a user-space `T`; zero on failure.
+    #[inline(always)]
+    pub fn read_user<T: Copy + Default>(&mut self, addr: u64) -> T {
+        let mut v = T::default();
+        // SAFETY: as above, for user memory.
+        let ret = unsafe { bpf_probe_read_user((&raw mut v).cast(), size_of::<T>() as u32, addr as *const _) };
+        if ret < 0 {
+            self.errors += 1;
+            return T::default();
+        }
+        v
+    }
+
+    /// Copies `len` kernel bytes to `dst`; returns false on failure.
+    ///
+    /// # Safety
+    /// `dst` must be valid for `len` bytes (the verifier checks it too).
+    #[inline(always)]
+    pub unsafe fn copy_kernel(&mut self, dst: *mut u8, len: u32, src: u64) -> bool {
+        // SAFETY: caller guarantees dst; the helper checks src.
+        let ret = unsafe { bpf_probe_read_kernel(dst.cast(), len, src as *const _) };
+        if ret < 0 {
+            self.errors += 1;
+            return false;
+        }
+        true
+    }
+
+    /// Copies `len` user bytes to `dst`; returns false on failure.
+    ///
+    /// # Safety
+    /// `dst` must be valid for `len` bytes.
+    #[inline(always)]
+    pub unsafe fn copy_user(&mut self, dst: *mut u8, len: u32, src: u64) -> bool {
+        // SAFETY: caller guarantees dst; the helper checks src.
+        let ret = unsafe { bpf_probe_read_user(dst.cast(), len, src as *const _) };
+        if ret < 0 {
+            self.errors += 1;
+            return false;
+        }
+        true
+    }
+
+    /// Copies a NUL-terminated kernel string of at most `max` bytes (NUL included) to `dst`.
+    /// Returns its length without the NUL.
+    ///
+    /// # Safety
+    /// `dst` must be valid for `max` bytes.
+    #[inline(always)]
+    pub unsafe fn copy_kernel_str(&mut self, dst: *mut u8, max: u32, src: u64) -> usize {
+        // SAFETY: as above.
+        let ret = unsafe { bpf_probe_read_kernel_str(dst.cast(), max, src as *const _) };
+        if ret <= 0 {
+            self.errors += 1;
+            return 0;
+        }
+        (ret - 1) as usize
+    }
+
+    /// Copies a NUL-terminated user string of at most `max` bytes (NUL included) to `dst`.
+    /// Returns its length with the NUL, or `None` when unreadable.
+    ///
+    /// # Safety
+    /// `dst` must be valid for `max` bytes.
+    #[inline(always)]
+    pub unsafe fn copy_user_str(&mut self, dst: *mut u8, max: u32, src: u64) -> Option<usize> {
+        // SAFETY: as above.
+        let ret = unsafe { bpf_probe_read_user_str(dst.cast(), max, src as *const _) };
+        if ret < 0 {
+            self.errors += 1;
+            return None;
+        }
+        Some(ret as usize)
+    }
+
+    /// Fills the process part of a header from `task` (any task of the process).
+    #[inline(always)]
+    pub fn fill_task(&mut self, h: &mut EventHeader, task: u64) {
+        h.tgid = self.read::<u32>(task, offset!(kernel.task_tgid));
+        h.tid = self.read::<u32>(task, offset!(kernel.task_pid));
+        let leader: u64 = self.read(task, offset!(kernel.task_group_leader));
+        h.start_ns = self.read(leader, offset!(kernel.task_start_boottime));
+        let parent: u64 = self.read(task, offset!(kernel.task_real_parent));
+        h.ppid = self.read(parent, offset!(kernel.task_tgid));
+        let parent_leader: u64 = self.read(parent, offset!(kernel.task_group_leader));
+        h.parent_start_ns = self.read(parent_leader, offset!(kernel.task_start_boottime));
+        h.comm = self.read(task, offset!(kernel.task_comm));
+    }
+
+    /// The executable file of `task` (its `mm->exe_file`), or 0 for kernel threads.
+    #[inline(always)]
+    pub fn exe_file(&mut self, task: u64) -> u64 {
+        let mm: u64 = self.read(task, offset!(kernel.task_mm));
+        if mm == 0 {
+            return 0;
+        }
+        self.read(mm, offset!(kernel.mm_exe_file))
+    }
+
+    /// Walks `(vfsmount, dentry)` up to the root and writes the path right-aligned
+    /// so that it ends just before `PATH_MASK` in `buf`.
+    ///
+    /// Returns `(start, len, truncated)`; the path is `buf[start..start + len]`.
+    ///
+    /// Every loop-carried offset is kept masked to `[0, PATH_MASK]`, so the
+    /// verifier sees the same range at each iteration and can prune the states
+    /// of the two branches (mount crossing or not) instead of multiplying them.
+    ///
+    /// # Safety
+    /// `buf` must be valid for `PATH_SCRATCH_BYTES` bytes.
+    #[inline(always)]
+    pub unsafe fn build_path(&mut self, buf: *mut u8, mut mnt: u64, mut dentry: u64) -> (usize, usize, bool) {
+        const END: usize = PATH_MASK;
+        let mut pos: usize = END;
+        let mut truncated = true;
+        if mnt == 0 || dentry == 0 {
+            return (END, 0, false);
+        }
+        let mut mount = mnt.wrapping_sub(u64::from(offset!(kernel.mount_mnt)));
+        for _ in 0..PATH_MAX_COMPONENTS {
+            let mnt_root: u64 = self.read(mnt, offset!(kernel.vfsmount_mnt_root));
+            if dentry == mnt_root {
+                let parent: u64 = self.read(mount, offset!(kernel.mount_mnt_parent));
+                if parent == mount || parent == 0 {
+                    truncated = false;
+                    break;
+                }
+                // Cross into the parent mount at the mountpoint.
+                dentry = self.read(mount, offset!(kernel.mount_mnt_mountpoint));
+                mount = parent;
+                mnt = parent.wrapping_add(u64::from(offset!(kernel.mount_mnt)));
+                continue;
+            }
+            let parent_dentry: u64 = self.read(dentry, offset!(kernel.dentry_d_parent));
+            let at_fs_root = parent_dentry == dentry || parent_dentry == 0;
+            // SAFETY: buf as documented above.
+            let Some(p) = (unsafe { self.component(buf, dentry, pos) }) else {
+                break;
+            };
+            pos = opaque(p) & PATH_MASK;
+            if at_fs_root {
+                // Root of a filesystem mounted nowhere (pipefs, memfd, ...): its
+                // own name is the only component.
+                truncated = false;
+                break;
+            }
+            dentry = parent_dentry;
+        }
+        if pos == END {
+            pos -= 1;
+            // SAFETY: pos < END < PATH_SCRATCH_BYTES.
+            unsafe { *buf.add(pos & PATH_MASK) = b'/' };
+        }
+        let pos = opaque(pos) & PATH_MASK;
+        (pos, END.saturating_sub(pos), truncated)
+    }
+
+    /// Writes `/name` of `dentry` just before `pos`; returns the new start, or
+    /// `None` when it does not fit (a path keeps `pos >= 1`).
+    #[inline(always)]
+    unsafe fn component(&mut self, buf: *mut u8, dentry: u64, pos: usize) -> Option<usize> {
+        let name_off = offset!(kernel.dentry_d_name);
+        let len: u32 = self.read(dentry, name_off + offset!(kernel.qstr_len));
+        let name: u64 = self.read(dentry, name_off + offset!(kernel.qstr_name));
+        let len = (len as usize) & NAME_MAX;
+        if pos < len + 2 {
+            return None;
+        }
+        let p = opaque(pos - len) & PATH_MASK;
+        // SAFETY: p <= 4095 and len <= 255, inside the 8 KiB buffer.
+        unsafe { self.copy_kernel(buf.add(p), len as u32, name) };
+        let p = opaque(p - 1) & PATH_MASK;
+        // SAFETY: p <= 4095.
+        unsafe { *buf.add(p) = b'/' };
+        Some(p)
+    }
+}
+
+/// Hides a value from the optimizer, so a mask applied after it survives.
+///
+/// LLVM drops `x & MASK` when it can prove `x` already fits; the verifier,
+/// which does not track relations between registers, then sees an unbounded
+/// offset. A volatile round trip through the stack keeps the mask in the code.
+#[inline(always)]
+pub fn opaque(v: usize) -> usize {
+    // SAFETY: reading a local through a valid reference.
+    unsafe { core::ptr::read_volatile(&v) }
+}
+
+/// The current task as an address.
+#[inline(always)]
+pub fn current_task() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_get_current_task() }
+}

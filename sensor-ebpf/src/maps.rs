@@ -1,0 +1,65 @@
+//! Maps. Sizes come from `sensor_common::limits`.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+};
+use sensor_common::{
+    event::{ConnectData, Event, ExecData},
+    limits::{EVENTS_RING_BYTES, INFLIGHT_ENTRIES, PATH_SCRATCH_BYTES},
+    stats::Stats,
+};
+
+/// Events to user space.
+#[map(name = "SNSR_EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+
+/// Per-CPU counters.
+#[map(name = "SNSR_STATS")]
+pub static STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(1, 0);
+
+/// One buffer per CPU an exec or spawn event is assembled in: too big for the
+/// stack and for a per-CPU map value (32 KiB), so a plain array indexed by CPU
+/// id, sized to the possible CPUs by the loader.
+#[map(name = "SNSR_SCRATCH")]
+pub static SCRATCH: Array<Event<ExecData>> = Array::with_max_entries(1, 0);
+
+/// This CPU's event buffer. Programs using it run with preemption disabled
+/// (tracepoints), so nothing else on this CPU touches it meanwhile.
+#[inline(always)]
+pub fn event_scratch() -> Option<*mut Event<ExecData>> {
+    // SAFETY: no preconditions.
+    let cpu = unsafe { aya_ebpf::helpers::generated::bpf_get_smp_processor_id() };
+    SCRATCH.get_ptr_mut(cpu)
+}
+
+/// Per-CPU buffer a path is walked into, right to left.
+#[map(name = "SNSR_PATHBUF")]
+pub static PATH_SCRATCH: PerCpuArray<[u8; PATH_SCRATCH_BYTES]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Arguments of an execve/execveat in flight, by pid_tgid, kept to report failures.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExecveArgs {
+    pub filename: u64,
+    pub argv: u64,
+}
+
+#[map(name = "SNSR_EXECVE")]
+pub static EXECVE_INFLIGHT: LruHashMap<u64, ExecveArgs> = LruHashMap::with_max_entries(INFLIGHT_ENTRIES, 0);
+
+/// A connect() in flight, by pid_tgid: the cgroup hook fills in the address,
+/// the syscall exit adds the result and sends it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ConnectInflight {
+    pub data: ConnectData,
+    /// 1 once the cgroup hook saw an IPv4/IPv6 destination.
+    pub filled: u32,
+    pub _pad: u32,
+}
+
+#[map(name = "SNSR_CONNECT")]
+pub static CONNECT_INFLIGHT: LruHashMap<u64, ConnectInflight> =
+    LruHashMap::with_max_entries(INFLIGHT_ENTRIES, 0);
+

@@ -1,0 +1,156 @@
+//! Outgoing connections: cgroup `connect4`/`connect6` see the destination,
+//! `sys_enter/exit_connect` bracket the syscall so the event carries its result.
+//!
+//! A connect that does not come through the connect() syscall (io_uring,
+//! in-kernel users) is reported at the cgroup hook, without a result.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, generated::bpf_ktime_get_boot_ns},
+    macros::{cgroup_sock_addr, tracepoint},
+    programs::{SockAddrContext, TracePointContext},
+};
+use sensor_common::event::{ConnectData, EventHeader, EventKind, FixedEvent};
+
+use crate::{
+    config::{is_own, offset},
+    emit::emit,
+    kernel::{Reader, current_task},
+    maps::{CONNECT_INFLIGHT, ConnectInflight},
+};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+/// Verdict of a cgroup sock_addr program: let the connect proceed.
+const ALLOW: i32 = 1;
+
+/// tracepoint `syscalls/sys_enter_connect`: mark the thread as inside connect().
+#[tracepoint]
+pub fn snsr_conn_in(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_own((pid_tgid >> 32) as u32) {
+        let empty = ConnectInflight { data: ConnectData::default(), filled: 0, _pad: 0 };
+        let _ = CONNECT_INFLIGHT.insert(&pid_tgid, &empty, 0);
+    }
+    0
+}
+
+/// cgroup_sock_addr `connect4` on the cgroup2 root.
+#[cgroup_sock_addr(connect4)]
+pub fn snsr_connect4(ctx: SockAddrContext) -> i32 {
+    // SAFETY: ctx fields are read with their native width.
+    unsafe { on_connect(&ctx, AF_INET) };
+    ALLOW
+}
+
+/// cgroup_sock_addr `connect6` on the cgroup2 root.
+#[cgroup_sock_addr(connect6)]
+pub fn snsr_connect6(ctx: SockAddrContext) -> i32 {
+    // SAFETY: ctx fields are read with their native width.
+    unsafe { on_connect(&ctx, AF_INET6) };
+    ALLOW
+}
+
+#[inline(always)]
+unsafe fn on_connect(ctx: &SockAddrContext, family: u16) {
+    let sa = ctx.sock_addr;
+    let mut data = ConnectData { family, ..ConnectData::default() };
+    // SAFETY: the kernel passes a valid bpf_sock_addr; loads are rewritten by the verifier.
+    unsafe {
+        data.sock_type = (*sa).type_ as u16;
+        data.protocol = (*sa).protocol as u16;
+        data.port = u16::from_be((*sa).user_port as u16);
+        if family == AF_INET {
+            let ip = (*sa).user_ip4.to_ne_bytes();
+            data.addr[0] = ip[0];
+            data.addr[1] = ip[1];
+            data.addr[2] = ip[2];
+            data.addr[3] = ip[3];
+        } else {
+            let words = [(*sa).user_ip6[0], (*sa).user_ip6[1], (*sa).user_ip6[2], (*sa).user_ip6[3]];
+            let mut i = 0;
+            while i < 4 {
+                let b = words[i].to_ne_bytes();
+                data.addr[i * 4] = b[0];
+                data.addr[i * 4 + 1] = b[1];
+                data.addr[i * 4 + 2] = b[2];
+                data.addr[i * 4 + 3] = b[3];
+                i += 1;
+            }
+        }
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if is_own(tgid) {
+        return;
+    }
+    if let Some(inflight) = CONNECT_INFLIGHT.get_ptr_mut(&pid_tgid) {
+        // SAFETY: map value owned by this thread's syscall.
+        unsafe {
+            (*inflight).data = data;
+            (*inflight).filled = 1;
+        }
+        return;
+    }
+    // Not inside connect(): report now, without a result.
+    let uid_gid = bpf_get_current_uid_gid();
+    let mut ev = FixedEvent {
+        header: EventHeader {
+            kind: EventKind::NetConnect as u32,
+            size: size_of::<FixedEvent<ConnectData>>() as u32,
+            // SAFETY: no preconditions.
+            ktime_ns: unsafe { bpf_ktime_get_boot_ns() },
+            tgid,
+            tid: pid_tgid as u32,
+            uid: uid_gid as u32,
+            gid: (uid_gid >> 32) as u32,
+            ..EventHeader::default()
+        },
+        payload: data,
+    };
+    ev.header.comm = bpf_get_current_comm().unwrap_or_default();
+    // SAFETY: ev lives on the stack for the call.
+    unsafe { emit((&raw const ev).cast(), size_of::<FixedEvent<ConnectData>>(), EventKind::NetConnect, 0) };
+}
+
+/// tracepoint `syscalls/sys_exit_connect`: send the connect with its result.
+#[tracepoint]
+pub fn snsr_conn_out(ctx: TracePointContext) -> u32 {
+    // SAFETY: offset from the format file.
+    unsafe { connect_exit(&ctx) };
+    0
+}
+
+#[inline(always)]
+unsafe fn connect_exit(ctx: &TracePointContext) -> Option<()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: value copy out of the map.
+    let inflight = unsafe { *CONNECT_INFLIGHT.get(&pid_tgid)? };
+    let _ = CONNECT_INFLIGHT.remove(&pid_tgid);
+    if inflight.filled == 0 {
+        // Not an IPv4/IPv6 destination (AF_UNIX, AF_UNSPEC, bad address).
+        return None;
+    }
+    // SAFETY: offset from the format file.
+    let ret: i64 = unsafe { ctx.read_at(offset!(tracepoints.sys_exit_ret) as usize) }.ok()?;
+    let uid_gid = bpf_get_current_uid_gid();
+    let mut ev = FixedEvent {
+        header: EventHeader {
+            kind: EventKind::NetConnect as u32,
+            size: size_of::<FixedEvent<ConnectData>>() as u32,
+            // SAFETY: no preconditions.
+            ktime_ns: unsafe { bpf_ktime_get_boot_ns() },
+            uid: uid_gid as u32,
+            gid: (uid_gid >> 32) as u32,
+            ..EventHeader::default()
+        },
+        payload: inflight.data,
+    };
+    ev.payload.ret = ret as i32;
+    ev.payload.has_result = 1;
+    let mut r = Reader::new();
+    r.fill_task(&mut ev.header, current_task());
+    // SAFETY: ev lives on the stack for the call.
+    unsafe { emit((&raw const ev).cast(), size_of::<FixedEvent<ConnectData>>(), EventKind::NetConnect, r.errors) };
+    Some(())
+}

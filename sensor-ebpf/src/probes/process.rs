@@ -1,0 +1,425 @@
+//! Process lifecycle: spawn (fork), exec (success and failure), exit.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_uid_gid, generated::bpf_ktime_get_boot_ns},
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
+use sensor_common::{
+    config::ABSENT,
+    event::{
+        CWD_TRUNCATED, Event, EventHeader, EventKind, ExecData, ExitData, FILENAME_TRUNCATED, FixedEvent,
+        PATH_TRUNCATED, SpawnData,
+    },
+    limits::{ARGV_MASK, ARGV_MAX_CAPTURE, EVENT_DATA_CURSOR_MASK, FAILED_EXEC_MAX_ARGS, PATH_MASK},
+};
+
+use crate::{
+    config::{is_own, offset},
+    emit::emit,
+    kernel::{Reader, current_task, opaque},
+    maps::{EXECVE_INFLIGHT, ExecveArgs, PATH_SCRATCH, event_scratch},
+    emit::count_lost,
+};
+
+/// `SIGNAL_GROUP_EXIT` in `signal_struct.flags` (include/linux/sched/signal.h).
+const SIGNAL_GROUP_EXIT: u32 = 0x0000_0004;
+/// Bytes read for a path-like string (NUL included).
+const STR_MAX: u32 = (PATH_MASK + 1) as u32;
+
+#[inline(always)]
+fn new_header(kind: EventKind) -> EventHeader {
+    let uid_gid = bpf_get_current_uid_gid();
+    EventHeader {
+        kind: kind as u32,
+        // SAFETY: no preconditions.
+        ktime_ns: unsafe { bpf_ktime_get_boot_ns() },
+        uid: uid_gid as u32,
+        gid: (uid_gid >> 32) as u32,
+        ..EventHeader::default()
+    }
+}
+
+/// Appends the path of the file at `file` (`struct file *`) to `data` at `cursor`.
+/// Returns (bytes written, truncated).
+#[inline(always)]
+unsafe fn put_file_path(r: &mut Reader, pathbuf: *mut u8, data: *mut u8, cursor: usize, file: u64) -> (usize, bool) {
+    if file == 0 {
+        return (0, false);
+    }
+    let f_path = offset!(kernel.file_f_path);
+    let mnt: u64 = r.read(file, f_path + offset!(kernel.path_mnt));
+    let dentry: u64 = r.read(file, f_path + offset!(kernel.path_dentry));
+    // SAFETY: pathbuf is the per-CPU path buffer; data has room for cursor (masked) + PATH_MASK.
+    unsafe { put_path(r, pathbuf, data, cursor, mnt, dentry) }
+}
+
+#[inline(always)]
+unsafe fn put_path(r: &mut Reader, pathbuf: *mut u8, data: *mut u8, cursor: usize, mnt: u64, dentry: u64) -> (usize, bool) {
+    // SAFETY: see callers.
+    let (start, len, truncated) = unsafe { r.build_path(pathbuf, mnt, dentry) };
+    let len = opaque(len) & PATH_MASK;
+    let start = opaque(start) & PATH_MASK;
+    // SAFETY: start & PATH_MASK + len <= 8190 < PATH_SCRATCH_BYTES; the destination is masked.
+    let ok = unsafe {
+        r.copy_kernel(
+            data.add(opaque(cursor) & EVENT_DATA_CURSOR_MASK),
+            len as u32,
+            pathbuf.add(start & PATH_MASK) as u64,
+        )
+    };
+    if ok { (len, truncated) } else { (0, true) }
+}
+
+/// Appends the working directory of `task`.
+#[inline(always)]
+unsafe fn put_cwd(r: &mut Reader, pathbuf: *mut u8, data: *mut u8, cursor: usize, task: u64) -> (usize, bool) {
+    let fs: u64 = r.read(task, offset!(kernel.task_fs));
+    if fs == 0 {
+        return (0, false);
+    }
+    let pwd = offset!(kernel.fs_pwd);
+    let mnt: u64 = r.read(fs, pwd + offset!(kernel.path_mnt));
+    let dentry: u64 = r.read(fs, pwd + offset!(kernel.path_dentry));
+    // SAFETY: as in put_file_path.
+    unsafe { put_path(r, pathbuf, data, cursor, mnt, dentry) }
+}
+
+/// raw_tp `sched_process_fork(struct task_struct *parent, struct task_struct *child)`.
+/// Reports new processes only: a new thread shares its creator's tgid.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn snsr_fork(ctx: RawTracePointContext) -> i32 {
+    // SAFETY: tracepoint context as documented above.
+    unsafe { try_fork(&ctx) };
+    0
+}
+
+#[inline(always)]
+unsafe fn try_fork(ctx: &RawTracePointContext) -> Option<()> {
+    let child: u64 = ctx.arg(1);
+    let mut r = Reader::new();
+    let tgid: u32 = r.read(child, offset!(kernel.task_tgid));
+    let pid: u32 = r.read(child, offset!(kernel.task_pid));
+    if tgid != pid || tgid == 0 {
+        return None;
+    }
+    let parent_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if is_own(parent_tgid) {
+        return None;
+    }
+    let Some(ev) = event_scratch() else {
+        count_lost(EventKind::ProcessSpawn);
+        return None;
+    };
+    let ev = ev.cast::<Event<SpawnData>>();
+    let pathbuf = PATH_SCRATCH.get_ptr_mut(0)?.cast::<u8>();
+    // SAFETY: per-CPU scratch value, large enough for Event<SpawnData> (smaller than Event<ExecData>).
+    unsafe {
+        (*ev).header = new_header(EventKind::ProcessSpawn);
+        r.fill_task(&mut (*ev).header, child);
+        let data = (&raw mut (*ev).data).cast::<u8>();
+        let exe = r.exe_file(child);
+        let (len, truncated) = put_file_path(&mut r, pathbuf, data, 0, exe);
+        (*ev).payload = SpawnData {
+            exe_len: len as u16,
+            path_flags: if truncated { PATH_TRUNCATED } else { 0 },
+            _pad: 0,
+        };
+        let size = EventKind::ProcessSpawn.fixed_size() + len;
+        (*ev).header.size = size as u32;
+        emit(ev.cast(), size, EventKind::ProcessSpawn, r.errors);
+    }
+    Some(())
+}
+
+/// tracepoint `sched/sched_process_exec`: the new image is in place, before its first instruction.
+#[tracepoint]
+pub fn snsr_exec(ctx: TracePointContext) -> u32 {
+    // SAFETY: tracepoint context; field offsets come from the format file.
+    unsafe { try_exec(&ctx) };
+    0
+}
+
+#[inline(always)]
+unsafe fn try_exec(ctx: &TracePointContext) -> Option<()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: offset from the format file.
+    let old_pid: u32 = unsafe { ctx.read_at(offset!(tracepoints.exec_old_pid) as usize) }.ok()?;
+    // The exec succeeded: forget the in-flight syscall (keyed by the thread that called it).
+    let _ = EXECVE_INFLIGHT.remove(&((u64::from(tgid) << 32) | u64::from(old_pid)));
+    if is_own(tgid) {
+        return None;
+    }
+    let Some(ev) = event_scratch() else {
+        count_lost(EventKind::ProcessExec);
+        return None;
+    };
+    let pathbuf = PATH_SCRATCH.get_ptr_mut(0)?.cast::<u8>();
+    let task = current_task();
+    let mut r = Reader::new();
+    // SAFETY: per-CPU scratch; every write below is masked to stay in the data area.
+    unsafe {
+        (*ev).header = new_header(EventKind::ProcessExec);
+        r.fill_task(&mut (*ev).header, task);
+        let data = (&raw mut (*ev).data).cast::<u8>();
+        let mut flags = 0u16;
+
+        let exe = r.exe_file(task);
+        let (exe_len, t) = put_file_path(&mut r, pathbuf, data, 0, exe);
+        if t {
+            flags |= PATH_TRUNCATED;
+        }
+        let mut cursor = exe_len;
+
+        let (cwd_len, t) = put_cwd(&mut r, pathbuf, data, cursor, task);
+        if t {
+            flags |= CWD_TRUNCATED;
+        }
+        cursor += cwd_len;
+
+        // The filename as the caller passed it: `__data_loc char[]` = (len << 16) | offset.
+        let loc: u32 = ctx.read_at(offset!(tracepoints.exec_filename) as usize).unwrap_or(0);
+        let filename = ctx.as_ptr() as u64 + u64::from(loc & 0xffff);
+        let filename_len = r.copy_kernel_str(data.add(opaque(cursor) & EVENT_DATA_CURSOR_MASK), STR_MAX, filename);
+        if (loc >> 16) as usize > STR_MAX as usize {
+            flags |= FILENAME_TRUNCATED;
+        }
+        let filename_len = opaque(filename_len) & PATH_MASK;
+        cursor += filename_len;
+
+        // argv as it now sits at the top of the new stack.
+        let mm: u64 = r.read(task, offset!(kernel.task_mm));
+        let arg_start: u64 = r.read(mm, offset!(kernel.mm_arg_start));
+        let arg_end: u64 = r.read(mm, offset!(kernel.mm_arg_end));
+        let orig = if arg_end > arg_start { arg_end - arg_start } else { 0 };
+        let mut argv_len = if orig > ARGV_MAX_CAPTURE as u64 { ARGV_MAX_CAPTURE } else { orig as usize };
+        argv_len = opaque(argv_len) & ARGV_MASK;
+        if !r.copy_user(data.add(opaque(cursor) & EVENT_DATA_CURSOR_MASK), argv_len as u32, arg_start) {
+            argv_len = 0;
+        }
+        cursor += argv_len;
+        // The ELF loader leaves argc at the bottom of the initial stack.
+        let start_stack: u64 = r.read(mm, offset!(kernel.mm_start_stack));
+        let argc: u64 = r.read_user(start_stack);
+
+        let file_inode: u64 = r.read(exe, offset!(kernel.file_f_inode));
+        let ino: u64 = r.read(file_inode, offset!(kernel.inode_i_ino));
+        let sb: u64 = r.read(file_inode, offset!(kernel.inode_i_sb));
+        let dev: u32 = r.read(sb, offset!(kernel.sb_s_dev));
+
+        (*ev).payload = ExecData {
+            exe_len: exe_len as u16,
+            cwd_len: cwd_len as u16,
+            filename_len: filename_len as u16,
+            path_flags: flags,
+            argv_len: argv_len as u32,
+            argv_orig_len: orig as u32,
+            argc: if argc > u64::from(u32::MAX) { u32::MAX } else { argc as u32 },
+            old_tid: old_pid,
+            ret: 0,
+            _pad: 0,
+            ino,
+            dev,
+            _pad2: 0,
+        };
+        let size = EventKind::ProcessExec.fixed_size() + cursor;
+        (*ev).header.size = size as u32;
+        emit(ev.cast(), size, EventKind::ProcessExec, r.errors);
+    }
+    Some(())
+}
+
+/// tracepoint `syscalls/sys_enter_execve`: remember the arguments to report a failure.
+#[tracepoint]
+pub fn snsr_execve_in(ctx: TracePointContext) -> u32 {
+    // SAFETY: offsets from the format file.
+    unsafe { execve_enter(&ctx, offset!(tracepoints.execve_filename), offset!(tracepoints.execve_argv)) };
+    0
+}
+
+/// tracepoint `syscalls/sys_enter_execveat`.
+#[tracepoint]
+pub fn snsr_execat_in(ctx: TracePointContext) -> u32 {
+    // SAFETY: offsets from the format file.
+    unsafe { execve_enter(&ctx, offset!(tracepoints.execveat_filename), offset!(tracepoints.execveat_argv)) };
+    0
+}
+
+#[inline(always)]
+unsafe fn execve_enter(ctx: &TracePointContext, filename_off: u32, argv_off: u32) -> Option<()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if is_own((pid_tgid >> 32) as u32) {
+        return None;
+    }
+    // SAFETY: offsets from the format file.
+    let args = unsafe {
+        ExecveArgs {
+            filename: ctx.read_at(filename_off as usize).ok()?,
+            argv: ctx.read_at(argv_off as usize).ok()?,
+        }
+    };
+    EXECVE_INFLIGHT.insert(&pid_tgid, &args, 0).ok()
+}
+
+/// tracepoint `syscalls/sys_exit_execve`: report a failed exec.
+#[tracepoint]
+pub fn snsr_execve_out(ctx: TracePointContext) -> u32 {
+    // SAFETY: offsets from the format file.
+    unsafe { execve_exit(&ctx) };
+    0
+}
+
+/// tracepoint `syscalls/sys_exit_execveat`.
+#[tracepoint]
+pub fn snsr_execat_out(ctx: TracePointContext) -> u32 {
+    // SAFETY: offsets from the format file.
+    unsafe { execve_exit(&ctx) };
+    0
+}
+
+#[inline(always)]
+unsafe fn execve_exit(ctx: &TracePointContext) -> Option<()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: a value copy out of the map.
+    let args = unsafe { *EXECVE_INFLIGHT.get(&pid_tgid)? };
+    let _ = EXECVE_INFLIGHT.remove(&pid_tgid);
+    // SAFETY: offset from the format file.
+    let ret: i64 = unsafe { ctx.read_at(offset!(tracepoints.sys_exit_ret) as usize) }.ok()?;
+    if ret >= 0 {
+        return None;
+    }
+    let Some(ev) = event_scratch() else {
+        count_lost(EventKind::ProcessExecFailed);
+        return None;
+    };
+    let pathbuf = PATH_SCRATCH.get_ptr_mut(0)?.cast::<u8>();
+    let task = current_task();
+    let mut r = Reader::new();
+    // SAFETY: per-CPU scratch; every write is masked into the data area.
+    unsafe {
+        (*ev).header = new_header(EventKind::ProcessExecFailed);
+        r.fill_task(&mut (*ev).header, task);
+        let data = (&raw mut (*ev).data).cast::<u8>();
+        let mut flags = 0u16;
+        let exe = r.exe_file(task);
+        let (exe_len, t) = put_file_path(&mut r, pathbuf, data, 0, exe);
+        if t {
+            flags |= PATH_TRUNCATED;
+        }
+        let mut cursor = exe_len;
+        let (cwd_len, t) = put_cwd(&mut r, pathbuf, data, cursor, task);
+        if t {
+            flags |= CWD_TRUNCATED;
+        }
+        cursor += cwd_len;
+        let filename_len = match r.copy_user_str(data.add(opaque(cursor) & EVENT_DATA_CURSOR_MASK), STR_MAX, args.filename) {
+            Some(n) if n > 0 => n - 1,
+            _ => 0,
+        };
+        if filename_len + 1 >= STR_MAX as usize {
+            flags |= FILENAME_TRUNCATED;
+        }
+        let filename_len = opaque(filename_len) & PATH_MASK;
+        cursor += filename_len;
+
+        // argv: read the caller's pointer array, one string after another.
+        let mut used: usize = 0;
+        let mut count: u32 = 0;
+        let mut complete = false;
+        for i in 0..FAILED_EXEC_MAX_ARGS {
+            let ptr: u64 = if args.argv == 0 { 0 } else { r.read_user(args.argv + u64::from(i) * 8) };
+            if ptr == 0 {
+                complete = true;
+                break;
+            }
+            let room = ARGV_MAX_CAPTURE.saturating_sub(used);
+            if room == 0 {
+                break;
+            }
+            let dst = data.add((opaque(cursor) & EVENT_DATA_CURSOR_MASK) + (opaque(used) & ARGV_MASK));
+            let Some(n) = r.copy_user_str(dst, (opaque(room) & ARGV_MASK) as u32, ptr) else {
+                break;
+            };
+            used = opaque(used + n) & ARGV_MASK;
+            count += 1;
+            if n >= room {
+                break;
+            }
+        }
+        let used = used & ARGV_MASK;
+        cursor += used;
+
+        (*ev).payload = ExecData {
+            exe_len: exe_len as u16,
+            cwd_len: cwd_len as u16,
+            filename_len: filename_len as u16,
+            path_flags: flags,
+            argv_len: used as u32,
+            argv_orig_len: if complete { used as u32 } else { 0 },
+            argc: if complete { count } else { u32::MAX },
+            old_tid: pid_tgid as u32,
+            ret: ret as i32,
+            _pad: 0,
+            ino: 0,
+            dev: 0,
+            _pad2: 0,
+        };
+        let size = EventKind::ProcessExecFailed.fixed_size() + cursor;
+        (*ev).header.size = size as u32;
+        emit(ev.cast(), size, EventKind::ProcessExecFailed, r.errors);
+    }
+    Some(())
+}
+
+/// tracepoint `sched/sched_process_exit`: reported once, when the thread group is dead.
+#[tracepoint]
+pub fn snsr_exit(ctx: TracePointContext) -> u32 {
+    // SAFETY: offsets from the format file and BTF.
+    unsafe { try_exit(&ctx) };
+    0
+}
+
+#[inline(always)]
+unsafe fn try_exit(ctx: &TracePointContext) -> Option<()> {
+    let task = current_task();
+    let mut r = Reader::new();
+    let signal: u64 = r.read(task, offset!(kernel.task_signal));
+    let group_dead_off = offset!(tracepoints.exit_group_dead);
+    if group_dead_off == ABSENT {
+        // Older kernels: the live counter is already decremented when the tracepoint fires.
+        let live: i32 = r.read(signal, offset!(kernel.signal_live));
+        if live != 0 {
+            return None;
+        }
+    } else {
+        // SAFETY: offset from the format file.
+        let group_dead: u8 = unsafe { ctx.read_at(group_dead_off as usize) }.ok()?;
+        if group_dead == 0 {
+            return None;
+        }
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if is_own(tgid) {
+        return None;
+    }
+    // What wait() will report: the group exit code on a group exit, else the leader's.
+    let flags: u32 = r.read(signal, offset!(kernel.signal_flags));
+    let status: u32 = if flags & SIGNAL_GROUP_EXIT != 0 {
+        r.read(signal, offset!(kernel.signal_group_exit_code))
+    } else {
+        let leader: u64 = r.read(task, offset!(kernel.task_group_leader));
+        r.read(leader, offset!(kernel.task_exit_code))
+    };
+    let mut ev = FixedEvent {
+        header: new_header(EventKind::ProcessExit),
+        payload: ExitData { exit_status: status, _pad: 0 },
+    };
+    r.fill_task(&mut ev.header, task);
+    let size = size_of::<FixedEvent<ExitData>>();
+    ev.header.size = size as u32;
+    // SAFETY: ev lives on the stack for the call.
+    unsafe { emit((&raw const ev).cast(), size, EventKind::ProcessExit, r.errors) };
+    Some(())
+}

@@ -1,0 +1,38 @@
+//! The command line: `args` holds the whole clap tree, one module per subcommand.
+
+mod args;
+mod daemon;
+mod status;
+
+use std::process::ExitCode;
+
+pub use self::args::{Cli, Command};
+
+impl Command {
+    /// Runs the subcommand.
+    pub fn execute(&self) -> anyhow::Result<ExitCode> {
+        match self {
+            Self::Daemon(args) => daemon::execute(args),
+            Self::Status(args) => status::execute(args),
+        }
+    }
+}
+
+/// Logs to stderr; `SENSOR_LOG` (or `RUST_LOG`) sets the filter. The daemon
+/// logs at info by default, client commands only warnings.
+pub fn init_logging(command: &Command) {
+    let default = match command {
+        Command::Daemon(_) => "info",
+        Command::Status(_) => "warn",
+    };
+    let filter = std::env::var("SENSOR_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| default.to_owned());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

@@ -1,0 +1,56 @@
+//! `sensor status`.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+
+use super::args::StatusArgs;
+use crate::control::{
+    self,
+    protocol::{Request, Response},
+};
+
+pub fn execute(args: &StatusArgs) -> anyhow::Result<ExitCode> {
+    let response = control::request(&args.socket, &Request::Status)?;
+    let Response::Status(report) = response else {
+        anyhow::bail!("unexpected response from the daemon");
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report).context("encoding the status")?);
+    } else {
+        println!(
+            "{} (pid {}, up {}s, version {})",
+            if report.ready { "ready" } else { "not ready" },
+            report.pid,
+            report.uptime_ms / 1000,
+            report.version
+        );
+        println!("programs attached: {}", report.programs.len());
+        let events: Vec<String> = report
+            .events
+            .iter()
+            .filter(|(k, _)| k.as_str() != "total")
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!(
+            "events: {} ({})",
+            report.events.get("total").copied().unwrap_or(0),
+            events.join(" ")
+        );
+        println!("lost in the kernel: {}", report.lost.total);
+        if report.decode_errors > 0 {
+            println!("undecodable records: {}", report.decode_errors);
+        }
+        for o in &report.outputs {
+            println!(
+                "output {}: written {} dropped {} write errors {}",
+                o.spec, o.written, o.dropped, o.write_errors
+            );
+        }
+    }
+    Ok(if report.ready {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

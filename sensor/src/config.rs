@@ -1,0 +1,155 @@
+//! The daemon's configuration file (TOML). Every section has defaults, so an
+//! absent file or table means defaults; a file that does not parse, or that
+//! has a key we do not know, stops start-up with its path and line.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+use crate::{
+    paths,
+    sinks::{OutputSpec, SpecError},
+};
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub daemon: DaemonConfig,
+}
+
+/// `[daemon]`
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Output SPECs (`-`, `file:PATH`); `--output` replaces them.
+    pub outputs: Vec<String>,
+    /// Control socket; `--socket` / `SENSOR_SOCKET` override it.
+    pub socket: PathBuf,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            // JSON lines on stdout, the least surprising start.
+            outputs: vec!["-".to_owned()],
+            socket: PathBuf::from(paths::SOCKET),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("config {path}:{line}:{column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("config {path}: [daemon] outputs")]
+    Output {
+        path: PathBuf,
+        #[source]
+        source: SpecError,
+    },
+}
+
+impl Config {
+    /// Loads `path`; when `path` is the default and does not exist, returns defaults.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let (path, explicit) = match path {
+            Some(p) => (p.to_owned(), true),
+            None => (PathBuf::from(paths::CONFIG), false),
+        };
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !explicit => return Ok(Self::default()),
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        Self::parse(&text, &path)
+    }
+
+    /// Parses config text; errors carry `path:line:column`.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map_or((0, 0), |span| line_col(text, span.start));
+            ConfigError::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e.message().to_owned(),
+            }
+        })?;
+        config.output_specs().map_err(|source| ConfigError::Output {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(config)
+    }
+
+    /// The configured outputs, parsed.
+    pub fn output_specs(&self) -> Result<Vec<OutputSpec>, SpecError> {
+        self.daemon.outputs.iter().map(|s| s.parse()).collect()
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_means_defaults() {
+        let c = Config::parse("", Path::new("x.toml")).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.daemon.outputs, ["-"]);
+    }
+
+    #[test]
+    fn reads_outputs() {
+        let c = Config::parse("[daemon]\noutputs = [\"file:/tmp/e.jsonl\", \"-\"]\n", Path::new("x.toml")).unwrap();
+        assert_eq!(c.output_specs().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn unknown_key_has_file_and_line() {
+        let err = Config::parse("[daemon]\n\noutptus = []\n", Path::new("/etc/sensor/sensor.toml")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("config /etc/sensor/sensor.toml:3:"), "{msg}");
+        assert!(msg.contains("outptus"), "{msg}");
+    }
+
+    #[test]
+    fn syntax_error_and_bad_output() {
+        assert!(matches!(
+            Config::parse("[daemon\n", Path::new("x")),
+            Err(ConfigError::Parse { line: 1, .. })
+        ));
+        assert!(matches!(
+            Config::parse("[daemon]\noutputs=[\"ftp://x\"]", Path::new("x")),
+            Err(ConfigError::Output { .. })
+        ));
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error() {
+        assert!(Config::load(Some(Path::new("/nonexistent/sensor.toml"))).is_err());
+    }
+}

@@ -1,0 +1,666 @@
+//! The event users see: schema `sensor.event/v1`, one JSON object per line.
+//!
+//! [`EventBuilder`] turns a decoded kernel record ([`raw::RawEvent`]) into an
+//! [`Event`]: sequence number, wall-clock time, host, process keys, decoded
+//! argv and paths. Field names are part of the user contract (DESIGN.md).
+
+pub mod raw;
+
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc, time::SystemTime};
+
+use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
+use serde::{Serialize, Serializer};
+use sensor_common::event::{ConnectData, EventHeader, ExecData, PATH_TRUNCATED};
+
+use self::raw::{ExecStrings, RawEvent};
+use crate::identity::{Clock, Host, ProcessKeys, proc_start};
+
+/// Schema name carried by every event.
+pub const SCHEMA: &str = "sensor.event/v1";
+
+/// Event kinds, as strings on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Kind {
+    #[serde(rename = "process.spawn")]
+    ProcessSpawn,
+    #[serde(rename = "process.exec")]
+    ProcessExec,
+    #[serde(rename = "process.exit")]
+    ProcessExit,
+    #[serde(rename = "network.connect")]
+    NetworkConnect,
+    #[serde(rename = "sensor.lost")]
+    SensorLost,
+}
+
+impl Kind {
+    /// Every kind, in a stable order (for counters).
+    pub const ALL: [Self; 5] = [
+        Self::ProcessSpawn,
+        Self::ProcessExec,
+        Self::ProcessExit,
+        Self::NetworkConnect,
+        Self::SensorLost,
+    ];
+
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::ProcessSpawn => "process.spawn",
+            Self::ProcessExec => "process.exec",
+            Self::ProcessExit => "process.exit",
+            Self::NetworkConnect => "network.connect",
+            Self::SensorLost => "sensor.lost",
+        }
+    }
+
+    /// Position in [`Kind::ALL`].
+    #[must_use]
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The user-facing kind of a kernel kind.
+    #[must_use]
+    pub const fn of_kernel(kind: sensor_common::event::EventKind) -> Self {
+        use sensor_common::event::EventKind as K;
+        match kind {
+            K::ProcessSpawn => Self::ProcessSpawn,
+            K::ProcessExec | K::ProcessExecFailed => Self::ProcessExec,
+            K::ProcessExit => Self::ProcessExit,
+            K::NetConnect => Self::NetworkConnect,
+        }
+    }
+}
+
+/// Wall-clock time, serialized as RFC 3339 with nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timestamp(pub SystemTime);
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_nanos(self.0))
+    }
+}
+
+/// The agent run an event belongs to (filled by attribution).
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRef {
+    pub id: String,
+    pub agent: String,
+    pub principal: String,
+    pub parent_id: Option<String>,
+    pub root_id: String,
+    pub depth: u32,
+    pub attribution: &'static str,
+}
+
+/// One event.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub schema: &'static str,
+    pub seq: u64,
+    pub time: Timestamp,
+    pub host: Arc<Host>,
+    pub kind: Kind,
+    pub run: Option<RunRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<Process>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exec: Option<Exec>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<Network>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost: Option<Lost>,
+}
+
+/// The process an event is about.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Process {
+    pub key: String,
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    pub parent_key: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe_b64: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe_truncated: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub argv: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub argv_b64: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub argc: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub argv_truncated: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub argv_len: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    pub exit_code: Option<i32>,
+    pub exit_signal: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub core_dumped: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_exe: Option<String>,
+}
+
+/// Details of an exec attempt.
+#[derive(Debug, Clone, Serialize)]
+pub struct Exec {
+    /// The path as the caller passed it.
+    pub filename: String,
+    pub result: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errno: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub old_tid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inode: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dev: Option<String>,
+}
+
+/// Destination and outcome of a connect.
+#[derive(Debug, Clone, Serialize)]
+pub struct Network {
+    pub transport: &'static str,
+    pub family: &'static str,
+    pub dst_ip: IpAddr,
+    pub dst_port: u16,
+    pub result: &'static str,
+    pub errno: Option<i32>,
+    pub error: Option<String>,
+}
+
+/// What was lost since the previous `sensor.lost`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Lost {
+    /// Newly lost events (kernel ring buffer full) since the previous report.
+    pub total: u64,
+    pub by_kind: BTreeMap<&'static str, u64>,
+    /// Everything lost in the kernel since the daemon started.
+    pub cumulative: u64,
+    /// Lines an output dropped (its queue was full or writing failed), since the previous report.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_output: BTreeMap<String, u64>,
+}
+
+/// Turns decoded records into events; owns the sequence counter.
+pub struct EventBuilder {
+    host: Arc<Host>,
+    keys: ProcessKeys,
+    clock: Clock,
+    next_seq: u64,
+}
+
+impl EventBuilder {
+    #[must_use]
+    pub fn new(host: Host, keys: ProcessKeys, clock: Clock) -> Self {
+        Self {
+            host: Arc::new(host),
+            keys,
+            clock,
+            next_seq: 1,
+        }
+    }
+
+    /// Re-measures the boot-time to wall-clock offset (NTP steps, suspend).
+    pub fn set_clock(&mut self, clock: Clock) {
+        self.clock = clock;
+    }
+
+    fn seq(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
+    }
+
+    fn envelope(&mut self, kind: Kind, time: SystemTime) -> Event {
+        Event {
+            schema: SCHEMA,
+            seq: self.seq(),
+            time: Timestamp(time),
+            host: Arc::clone(&self.host),
+            kind,
+            run: None,
+            process: None,
+            exec: None,
+            network: None,
+            lost: None,
+        }
+    }
+
+    fn process(&self, h: &EventHeader) -> Process {
+        let (start_ns, ppid, parent_start_ns) = (h.start_ns, h.ppid, h.parent_start_ns);
+        let (key, parent_key, ppid) = if start_ns == 0 {
+            // Reported outside a syscall (io_uring): the kernel had no task to read; ask /proc.
+            match proc_start(h.tgid) {
+                Some((ticks, ppid)) => {
+                    let parent_key = proc_start(ppid)
+                        .map(|(pt, _)| self.keys.key_from_ticks(ppid, pt))
+                        .unwrap_or_default();
+                    (self.keys.key_from_ticks(h.tgid, ticks), parent_key, ppid)
+                }
+                None => (self.keys.key(h.tgid, 0), String::new(), ppid),
+            }
+        } else {
+            (self.keys.key(h.tgid, start_ns), self.keys.key(ppid, parent_start_ns), ppid)
+        };
+        Process {
+            key,
+            pid: h.tgid,
+            tid: h.tid,
+            ppid,
+            parent_key,
+            uid: h.uid,
+            gid: h.gid,
+            comm: comm(&h.comm),
+            ..Process::default()
+        }
+    }
+
+    /// A `sensor.lost` report.
+    pub fn lost(&mut self, lost: Lost) -> Event {
+        let mut e = self.envelope(Kind::SensorLost, SystemTime::now());
+        e.lost = Some(lost);
+        e
+    }
+
+    /// Builds the event of one kernel record.
+    pub fn build(&mut self, raw: RawEvent) -> Event {
+        let h = *raw.header();
+        let time = self.clock.wall(h.ktime_ns);
+        match raw {
+            RawEvent::Spawn { data, exe, .. } => {
+                let mut e = self.envelope(Kind::ProcessSpawn, time);
+                let mut p = self.process(&h);
+                set_exe(&mut p, &exe, data.path_flags & PATH_TRUNCATED != 0);
+                p.parent_exe.clone_from(&p.exe);
+                e.process = Some(p);
+                e
+            }
+            RawEvent::Exec {
+                data, strings, failed, ..
+            } => {
+                let mut e = self.envelope(Kind::ProcessExec, time);
+                let mut p = self.process(&h);
+                e.exec = Some(exec_details(&data, &strings, failed));
+                fill_exec(&mut p, &data, &strings, failed);
+                e.process = Some(p);
+                e
+            }
+            RawEvent::Exit { data, .. } => {
+                let mut e = self.envelope(Kind::ProcessExit, time);
+                let mut p = self.process(&h);
+                let status = data.exit_status;
+                let signal = status & 0x7f;
+                if signal == 0 {
+                    p.exit_code = Some(((status >> 8) & 0xff) as i32);
+                } else {
+                    p.exit_signal = Some(signal as i32);
+                    p.core_dumped = Some(status & 0x80 != 0);
+                }
+                e.process = Some(p);
+                e
+            }
+            RawEvent::Connect { data, .. } => {
+                let mut e = self.envelope(Kind::NetworkConnect, time);
+                e.process = Some(self.process(&h));
+                e.network = Some(network(&data));
+                e
+            }
+        }
+    }
+}
+
+/// Serializes an event as one JSON line (with the trailing newline) into `out`.
+pub fn write_json_line(event: &Event, out: &mut Vec<u8>) -> serde_json::Result<()> {
+    serde_json::to_writer(&mut *out, event)?;
+    out.push(b'\n');
+    Ok(())
+}
+
+fn comm(raw: &[u8; 16]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    escape_bytes(&raw[..end]).0
+}
+
+/// Renders bytes as a string: valid UTF-8 as is, other bytes as `\xNN`.
+/// Returns whether the input was valid UTF-8.
+#[must_use]
+pub fn escape_bytes(bytes: &[u8]) -> (String, bool) {
+    if let Ok(s) = std::str::from_utf8(bytes) {
+        return (s.to_owned(), true);
+    }
+    let mut out = String::with_capacity(bytes.len() + 8);
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    (out, false)
+}
+
+fn set_exe(p: &mut Process, exe: &[u8], truncated: bool) {
+    if exe.is_empty() {
+        return;
+    }
+    let (s, utf8) = escape_bytes(exe);
+    p.exe = Some(s);
+    if !utf8 {
+        p.exe_b64 = Some(B64.encode(exe));
+    }
+    if truncated {
+        p.exe_truncated = Some(true);
+    }
+}
+
+/// Splits a NUL-separated argv area into arguments.
+#[must_use]
+pub fn split_argv(area: &[u8]) -> Vec<&[u8]> {
+    if area.is_empty() {
+        return Vec::new();
+    }
+    let area = area.strip_suffix(&[0]).unwrap_or(area);
+    area.split(|&b| b == 0).collect()
+}
+
+fn fill_exec(p: &mut Process, data: &ExecData, s: &ExecStrings, failed: bool) {
+    set_exe(p, &s.exe, data.path_flags & PATH_TRUNCATED != 0);
+    if !s.cwd.is_empty() {
+        p.cwd = Some(escape_bytes(&s.cwd).0);
+    }
+    let args = split_argv(&s.argv);
+    let mut all_utf8 = true;
+    let argv: Vec<String> = args
+        .iter()
+        .map(|a| {
+            let (s, utf8) = escape_bytes(a);
+            all_utf8 &= utf8;
+            s
+        })
+        .collect();
+    if !all_utf8 {
+        p.argv_b64 = Some(B64.encode(&s.argv));
+    }
+    let count = u32::try_from(argv.len()).unwrap_or(u32::MAX);
+    if failed {
+        // The kernel read the argument array one by one; argc == MAX means it stopped early.
+        let complete = data.argc != u32::MAX;
+        p.argv_truncated = Some(!complete);
+        p.argc = complete.then_some(count);
+        p.argv_len = complete.then_some(data.argv_orig_len);
+    } else {
+        let truncated = data.argv_orig_len > data.argv_len;
+        p.argv_truncated = Some(truncated);
+        p.argv_len = Some(data.argv_orig_len);
+        // argc from the initial stack when the area was cut; it cannot be below what we saw.
+        p.argc = Some(if truncated && data.argc != u32::MAX && data.argc >= count {
+            data.argc
+        } else {
+            count
+        });
+    }
+    p.argv = Some(argv);
+}
+
+fn exec_details(data: &ExecData, s: &ExecStrings, failed: bool) -> Exec {
+    let errno = failed.then_some(-data.ret);
+    Exec {
+        filename: escape_bytes(&s.filename).0,
+        result: if failed { "error" } else { "ok" },
+        errno,
+        error: errno.map(errno_name),
+        old_tid: data.old_tid,
+        inode: (!failed && data.ino != 0).then_some(data.ino),
+        dev: (!failed && data.dev != 0).then(|| format!("{}:{}", data.dev >> 20, data.dev & 0xf_ffff)),
+    }
+}
+
+/// `ENOENT` for 2, or the number when unknown.
+#[must_use]
+pub fn errno_name(errno: i32) -> String {
+    let e = nix::errno::Errno::from_raw(errno);
+    if e == nix::errno::Errno::UnknownErrno {
+        errno.to_string()
+    } else {
+        format!("{e:?}")
+    }
+}
+
+fn network(d: &ConnectData) -> Network {
+    const AF_INET: u16 = 2;
+    let (family, dst_ip) = if d.family == AF_INET {
+        ("ipv4", IpAddr::from([d.addr[0], d.addr[1], d.addr[2], d.addr[3]]))
+    } else {
+        ("ipv6", IpAddr::from(d.addr))
+    };
+    let transport = match (d.protocol, d.sock_type) {
+        (6, _) | (0, 1) => "tcp",
+        (17, _) | (0, 2) => "udp",
+        (136, _) => "udplite",
+        (262, _) => "mptcp",
+        (_, 3) => "raw",
+        _ => "other",
+    };
+    let (result, errno) = if d.has_result == 0 {
+        ("unknown", None)
+    } else {
+        match -d.ret {
+            0 => ("ok", None),
+            111 => ("refused", Some(111)),
+            115 => ("in_progress", Some(115)),
+            e => ("error", Some(e)),
+        }
+    };
+    Network {
+        transport,
+        family,
+        dst_ip,
+        dst_port: d.port,
+        result,
+        errno,
+        error: errno.map(errno_name),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sensor_common::event::{EventKind, ExitData};
+
+    use super::*;
+
+    fn builder() -> EventBuilder {
+        EventBuilder::new(
+            Host {
+                name: "h1".into(),
+                boot_id: "0b5f0e3c-1d2e-4f5a-9b8c-7d6e5f4a3b2c".into(),
+            },
+            ProcessKeys::new("0b5f0e3c-1d2e-4f5a-9b8c-7d6e5f4a3b2c", 100),
+            Clock::with_offset(1_700_000_000_000_000_000),
+        )
+    }
+
+    fn header(kind: EventKind) -> EventHeader {
+        EventHeader {
+            kind: kind as u32,
+            ktime_ns: 5,
+            tgid: 4242,
+            tid: 4243,
+            ppid: 4200,
+            uid: 1000,
+            gid: 1000,
+            start_ns: 7_000_000_000,
+            parent_start_ns: 6_000_000_000,
+            comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+            ..EventHeader::default()
+        }
+    }
+
+    fn json(e: &Event) -> serde_json::Value {
+        let mut out = Vec::new();
+        write_json_line(e, &mut out).unwrap();
+        assert_eq!(out.last(), Some(&b'\n'));
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    fn exec(argv: &[u8], orig: u32, argc: u32, failed: bool, ret: i32) -> RawEvent {
+        let strings = ExecStrings {
+            exe: b"/usr/bin/curl".to_vec(),
+            cwd: b"/home/alice".to_vec(),
+            filename: b"curl".to_vec(),
+            argv: argv.to_vec(),
+        };
+        RawEvent::Exec {
+            header: header(if failed {
+                EventKind::ProcessExecFailed
+            } else {
+                EventKind::ProcessExec
+            }),
+            data: ExecData {
+                exe_len: 13,
+                cwd_len: 11,
+                filename_len: 4,
+                argv_len: u32::try_from(argv.len()).unwrap(),
+                argv_orig_len: orig,
+                argc,
+                old_tid: 4243,
+                ret,
+                ino: 77,
+                dev: (8 << 20) | 1,
+                ..ExecData::default()
+            },
+            strings,
+            failed,
+        }
+    }
+
+    #[test]
+    fn exec_event_has_the_contract_fields() {
+        let mut b = builder();
+        let argv = b"curl\0-s\0https://x\0";
+        let v = json(&b.build(exec(argv, u32::try_from(argv.len()).unwrap(), 3, false, 0)));
+        assert_eq!(v["schema"], "sensor.event/v1");
+        assert_eq!(v["seq"], 1);
+        assert_eq!(v["time"], "2023-11-14T22:13:20.000000005Z");
+        assert_eq!(v["host"]["name"], "h1");
+        assert_eq!(v["kind"], "process.exec");
+        assert!(v["run"].is_null());
+        let p = &v["process"];
+        assert_eq!(p["pid"], 4242);
+        assert_eq!(p["ppid"], 4200);
+        assert_eq!(p["key"], "0b5f0e3c1d2e4f5a:700:4242");
+        assert_eq!(p["parent_key"], "0b5f0e3c1d2e4f5a:600:4200");
+        assert_eq!(p["exe"], "/usr/bin/curl");
+        assert_eq!(p["argv"], serde_json::json!(["curl", "-s", "https://x"]));
+        assert_eq!(p["argv_truncated"], false);
+        assert_eq!(p["argc"], 3);
+        assert_eq!(p["cwd"], "/home/alice");
+        assert!(p["exit_code"].is_null());
+        assert!(p.get("argv_b64").is_none());
+        assert_eq!(v["exec"]["result"], "ok");
+        assert_eq!(v["exec"]["filename"], "curl");
+        assert_eq!(v["exec"]["dev"], "8:1");
+        // seq increases
+        assert_eq!(json(&b.build(exec(b"a\0", 2, 1, false, 0)))["seq"], 2);
+    }
+
+    #[test]
+    fn truncated_and_non_utf8_argv() {
+        let mut b = builder();
+        let v = json(&b.build(exec(b"a\0\xff\xfeb\0partial", 70_000, 301, false, 0)));
+        let p = &v["process"];
+        assert_eq!(p["argv_truncated"], true);
+        assert_eq!(p["argv_len"], 70_000);
+        assert_eq!(p["argc"], 301);
+        assert_eq!(p["argv"][1], "\\xff\\xfeb");
+        let raw = B64.decode(p["argv_b64"].as_str().unwrap()).unwrap();
+        assert_eq!(raw, b"a\0\xff\xfeb\0partial");
+    }
+
+    #[test]
+    fn failed_exec_reports_the_error() {
+        let mut b = builder();
+        let v = json(&b.build(exec(b"/nope\0x\0", 8, 2, true, -2)));
+        assert_eq!(v["kind"], "process.exec");
+        assert_eq!(v["exec"]["result"], "error");
+        assert_eq!(v["exec"]["errno"], 2);
+        assert_eq!(v["exec"]["error"], "ENOENT");
+        assert!(v["exec"].get("inode").is_none());
+        assert_eq!(v["process"]["argv"], serde_json::json!(["/nope", "x"]));
+        assert_eq!(v["process"]["argv_truncated"], false);
+        let v = json(&b.build(exec(b"x\0", 0, u32::MAX, true, -13)));
+        assert_eq!(v["exec"]["error"], "EACCES");
+        assert_eq!(v["process"]["argv_truncated"], true);
+        assert!(v["process"]["argc"].is_null() || v["process"].get("argc").is_none());
+    }
+
+    #[test]
+    fn exit_code_and_signal() {
+        let mut b = builder();
+        let exit = |status| RawEvent::Exit {
+            header: header(EventKind::ProcessExit),
+            data: ExitData {
+                exit_status: status,
+                _pad: 0,
+            },
+        };
+        let v = json(&b.build(exit(7 << 8)));
+        assert_eq!(v["process"]["exit_code"], 7);
+        assert!(v["process"]["exit_signal"].is_null());
+        let v = json(&b.build(exit(9)));
+        assert!(v["process"]["exit_code"].is_null());
+        assert_eq!(v["process"]["exit_signal"], 9);
+    }
+
+    #[test]
+    fn connect_results() {
+        let mut b = builder();
+        let connect = |family, addr: [u8; 16], ret, has_result| RawEvent::Connect {
+            header: header(EventKind::NetConnect),
+            data: ConnectData {
+                family,
+                sock_type: 1,
+                protocol: 6,
+                port: 443,
+                ret,
+                has_result,
+                addr,
+            },
+        };
+        let mut v4 = [0u8; 16];
+        v4[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let v = json(&b.build(connect(2, v4, 0, 1)));
+        assert_eq!(v["network"]["dst_ip"], "127.0.0.1");
+        assert_eq!(v["network"]["dst_port"], 443);
+        assert_eq!(v["network"]["transport"], "tcp");
+        assert_eq!(v["network"]["family"], "ipv4");
+        assert_eq!(v["network"]["result"], "ok");
+        let mut v6 = [0u8; 16];
+        v6[15] = 1;
+        let v = json(&b.build(connect(10, v6, -111, 1)));
+        assert_eq!(v["network"]["dst_ip"], "::1");
+        assert_eq!(v["network"]["result"], "refused");
+        assert_eq!(v["network"]["error"], "ECONNREFUSED");
+        let v = json(&b.build(connect(10, v6, -115, 1)));
+        assert_eq!(v["network"]["result"], "in_progress");
+        let v = json(&b.build(connect(2, v4, 0, 0)));
+        assert_eq!(v["network"]["result"], "unknown");
+    }
+
+    #[test]
+    fn argv_splitting() {
+        assert!(split_argv(b"").is_empty());
+        assert_eq!(split_argv(b"a\0\0b\0"), vec![&b"a"[..], b"", b"b"]);
+        assert_eq!(split_argv(b"a\0cut"), vec![&b"a"[..], b"cut"]);
+    }
+}

@@ -1,0 +1,19 @@
+//! The sensor daemon and CLI, as a library: each stage of the data path is a
+//! module with a narrow type at its boundary.
+//!
+//! ```text
+//! loader (kernel programs) → pipeline: ring buffer → event::raw::decode → RawEvent
+//!   → event::EventBuilder → Event → JSON lines → sinks (one bounded queue each)
+//! control: the Unix socket `sensor status` (and later launch/attest) talk to
+//! ```
+
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod event;
+pub mod identity;
+pub mod loader;
+pub mod paths;
+pub mod pipeline;
+pub mod sinks;
+pub mod status;

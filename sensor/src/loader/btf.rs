@@ -1,0 +1,135 @@
+//! Kernel struct field offsets, read from the running kernel's BTF.
+//!
+//! The kernel programs cannot use CO-RE relocations (aya's Rust programs have
+//! no `preserve_access_index`), so the loader resolves every field it reads
+//! here and hands the offsets over as a global.
+
+use std::path::Path;
+
+use btf_rs::{Btf, Type};
+use sensor_common::config::KernelOffsets;
+
+use super::LoaderError;
+
+/// Where the kernel exposes its BTF.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Loads the kernel BTF and resolves the offsets the programs need.
+pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, LoaderError> {
+    if !path.exists() {
+        return Err(LoaderError::NoBtf { path: path.to_owned() });
+    }
+    let btf = Btf::from_file(path).map_err(|source| LoaderError::Btf {
+        path: path.to_owned(),
+        source,
+    })?;
+    let f = |s: &'static str, m: &'static str| field_offset(&btf, s, m);
+    Ok(KernelOffsets {
+        task_tgid: f("task_struct", "tgid")?,
+        task_pid: f("task_struct", "pid")?,
+        task_real_parent: f("task_struct", "real_parent")?,
+        task_group_leader: f("task_struct", "group_leader")?,
+        task_start_boottime: f("task_struct", "start_boottime")?,
+        task_mm: f("task_struct", "mm")?,
+        task_fs: f("task_struct", "fs")?,
+        task_signal: f("task_struct", "signal")?,
+        task_exit_code: f("task_struct", "exit_code")?,
+        task_comm: f("task_struct", "comm")?,
+        mm_exe_file: f("mm_struct", "exe_file")?,
+        mm_arg_start: f("mm_struct", "arg_start")?,
+        mm_arg_end: f("mm_struct", "arg_end")?,
+        mm_start_stack: f("mm_struct", "start_stack")?,
+        file_f_path: f("file", "f_path")?,
+        file_f_inode: f("file", "f_inode")?,
+        path_mnt: f("path", "mnt")?,
+        path_dentry: f("path", "dentry")?,
+        fs_pwd: f("fs_struct", "pwd")?,
+        dentry_d_parent: f("dentry", "d_parent")?,
+        dentry_d_name: f("dentry", "d_name")?,
+        qstr_len: f("qstr", "len")?,
+        qstr_name: f("qstr", "name")?,
+        vfsmount_mnt_root: f("vfsmount", "mnt_root")?,
+        mount_mnt: f("mount", "mnt")?,
+        mount_mnt_parent: f("mount", "mnt_parent")?,
+        mount_mnt_mountpoint: f("mount", "mnt_mountpoint")?,
+        signal_live: f("signal_struct", "live")?,
+        signal_flags: f("signal_struct", "flags")?,
+        signal_group_exit_code: f("signal_struct", "group_exit_code")?,
+        inode_i_ino: f("inode", "i_ino")?,
+        inode_i_sb: f("inode", "i_sb")?,
+        sb_s_dev: f("super_block", "s_dev")?,
+        _pad: 0,
+    })
+}
+
+/// Byte offset of `member` in `struct name`, looking through anonymous
+/// structs and unions (task_struct keeps fields in them under randstruct).
+pub fn field_offset(btf: &Btf, name: &'static str, member: &'static str) -> Result<u32, LoaderError> {
+    let missing = || LoaderError::BtfField { name, member };
+    let types = btf.resolve_types_by_name(name).map_err(|_| missing())?;
+    let found = types.iter().find_map(|t| match t {
+        Type::Struct(s) if !s.members.is_empty() => find_bits(btf, s, member),
+        _ => None,
+    });
+    let bits = found.ok_or_else(missing)?;
+    if bits % 8 != 0 {
+        return Err(missing());
+    }
+    Ok(bits / 8)
+}
+
+fn find_bits(btf: &Btf, s: &btf_rs::Struct, member: &str) -> Option<u32> {
+    for m in &s.members {
+        let name = btf.resolve_name(m).unwrap_or_default();
+        if name == member {
+            return Some(m.bit_offset());
+        }
+        if name.is_empty() {
+            let mut t = btf.resolve_chained_type(m).ok()?;
+            // Skip typedefs and qualifiers to reach the anonymous aggregate.
+            for _ in 0..8 {
+                match t {
+                    Type::Typedef(_) | Type::Const(_) | Type::Volatile(_) | Type::Restrict(_) | Type::TypeTag(_) => {
+                        t = btf.resolve_chained_type(t.as_btf_type()?).ok()?;
+                    }
+                    _ => break,
+                }
+            }
+            if let Type::Struct(inner) | Type::Union(inner) = &t
+                && let Some(bits) = find_bits(btf, inner, member)
+            {
+                return Some(m.bit_offset() + bits);
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads the BTF of the machine running the tests, when it has one; the
+    /// structure of these offsets is checked, not their values.
+    #[test]
+    fn resolves_offsets_on_this_kernel() {
+        let path = Path::new(VMLINUX_BTF);
+        if !path.exists() {
+            return;
+        }
+        let offsets = kernel_offsets(path).unwrap();
+        // path is { struct vfsmount *mnt; struct dentry *dentry; }
+        assert_eq!(offsets.path_mnt, 0);
+        assert_eq!(offsets.path_dentry, 8);
+        // qstr: hash_len union (hash, len) then name
+        assert_eq!(offsets.qstr_len, 4);
+        assert_eq!(offsets.qstr_name, 8);
+        assert!(offsets.task_tgid > 0 && offsets.task_start_boottime > 0);
+    }
+
+    #[test]
+    fn missing_btf_is_a_clear_error() {
+        let err = kernel_offsets(Path::new("/nonexistent/vmlinux")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/vmlinux"), "{err}");
+    }
+}

@@ -1,0 +1,192 @@
+//! Tracepoint field offsets from tracefs `format` files.
+//!
+//! A format file lists each field as
+//! `field:<decl>;\toffset:<n>;\tsize:<n>;\tsigned:<n>;`; offsets differ between
+//! kernels, so they are read at start-up, never assumed.
+
+use std::{fs, path::Path};
+
+use sensor_common::config::{ABSENT, TracepointOffsets};
+
+use super::LoaderError;
+
+/// One field of a tracepoint format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field {
+    pub name: String,
+    pub offset: u32,
+    pub size: u32,
+}
+
+/// Parses the text of a `format` file into its fields.
+#[must_use]
+pub fn parse_format(text: &str) -> Vec<Field> {
+    text.lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let decl = line.strip_prefix("field:")?.split(';').next()?;
+            // The name is the last identifier once array brackets are removed:
+            // `char comm[16]` and `__data_loc char[] filename` both work.
+            let mut plain = String::with_capacity(decl.len());
+            let mut depth = 0u32;
+            for c in decl.chars() {
+                match c {
+                    '[' => depth += 1,
+                    ']' => depth = depth.saturating_sub(1),
+                    _ if depth == 0 => plain.push(c),
+                    _ => {}
+                }
+            }
+            let name = plain.trim().rsplit([' ', '*']).next()?.to_owned();
+            let value = |key: &str| -> Option<u32> {
+                line.split(';')
+                    .map(str::trim)
+                    .find_map(|part| part.strip_prefix(key))
+                    .and_then(|v| v.trim().parse().ok())
+            };
+            Some(Field {
+                name,
+                offset: value("offset:")?,
+                size: value("size:")?,
+            })
+        })
+        .collect()
+}
+
+/// A tracepoint's fields, read from `<tracefs>/events/<category>/<name>/format`.
+pub struct Format {
+    category: &'static str,
+    name: &'static str,
+    fields: Vec<Field>,
+}
+
+impl Format {
+    /// Reads a format file; a missing tracepoint is an error that names it.
+    pub fn read(tracefs: &Path, category: &'static str, name: &'static str) -> Result<Self, LoaderError> {
+        let path = tracefs.join("events").join(category).join(name).join("format");
+        let text = fs::read_to_string(&path).map_err(|source| LoaderError::Tracepoint {
+            category,
+            name,
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Self {
+            category,
+            name,
+            fields: parse_format(&text),
+        })
+    }
+
+    /// Offset of a field that must exist, checked against its expected size.
+    pub fn offset(&self, field: &'static str, size: u32) -> Result<u32, LoaderError> {
+        match self.fields.iter().find(|f| f.name == field) {
+            Some(f) if f.size == size => Ok(f.offset),
+            Some(f) => Err(LoaderError::TracepointField {
+                category: self.category,
+                name: self.name,
+                field,
+                detail: format!("size {} where {size} was expected", f.size),
+            }),
+            None => Err(LoaderError::TracepointField {
+                category: self.category,
+                name: self.name,
+                field,
+                detail: "no such field".to_owned(),
+            }),
+        }
+    }
+
+    /// Offset of a field that older kernels lack.
+    #[must_use]
+    pub fn optional_offset(&self, field: &str) -> u32 {
+        self.fields.iter().find(|f| f.name == field).map_or(ABSENT, |f| f.offset)
+    }
+}
+
+/// Reads every tracepoint offset the programs use.
+pub fn tracepoint_offsets(tracefs: &Path) -> Result<TracepointOffsets, LoaderError> {
+    let exec = Format::read(tracefs, "sched", "sched_process_exec")?;
+    let exit = Format::read(tracefs, "sched", "sched_process_exit")?;
+    let execve = Format::read(tracefs, "syscalls", "sys_enter_execve")?;
+    let execveat = Format::read(tracefs, "syscalls", "sys_enter_execveat")?;
+    let execve_exit = Format::read(tracefs, "syscalls", "sys_exit_execve")?;
+    // Probed for existence: their programs are attached too.
+    Format::read(tracefs, "syscalls", "sys_exit_execveat")?;
+    Format::read(tracefs, "syscalls", "sys_enter_connect")?;
+    let connect_exit = Format::read(tracefs, "syscalls", "sys_exit_connect")?;
+    let ret = execve_exit.offset("ret", 8)?;
+    if connect_exit.offset("ret", 8)? != ret {
+        return Err(LoaderError::TracepointField {
+            category: "syscalls",
+            name: "sys_exit_connect",
+            field: "ret",
+            detail: "offset differs from sys_exit_execve".to_owned(),
+        });
+    }
+    Ok(TracepointOffsets {
+        exec_filename: exec.offset("filename", 4)?,
+        exec_old_pid: exec.offset("old_pid", 4)?,
+        exit_group_dead: exit.optional_offset("group_dead"),
+        execve_filename: execve.offset("filename", 8)?,
+        execve_argv: execve.offset("argv", 8)?,
+        execveat_filename: execveat.offset("filename", 8)?,
+        execveat_argv: execveat.offset("argv", 8)?,
+        sys_exit_ret: ret,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXEC: &str = "name: sched_process_exec
+ID: 365
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:__data_loc char[] filename;\toffset:8;\tsize:4;\tsigned:0;
+\tfield:pid_t pid;\toffset:12;\tsize:4;\tsigned:1;
+\tfield:pid_t old_pid;\toffset:16;\tsize:4;\tsigned:1;
+
+print fmt: \"filename=%s pid=%d old_pid=%d\", __get_str(filename), REC->pid, REC->old_pid
+";
+
+    #[test]
+    fn parses_fields() {
+        let fields = parse_format(EXEC);
+        let names: Vec<_> = fields.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["common_type", "common_pid", "filename", "pid", "old_pid"]);
+        assert_eq!(fields[2].offset, 8);
+        assert_eq!(fields[4].offset, 16);
+    }
+
+    #[test]
+    fn pointer_and_array_declarations() {
+        let text = "\tfield:const char *const * argv;\toffset:24;\tsize:8;\tsigned:0;\n\tfield:char comm[16];\toffset:8;\tsize:16;\tsigned:0;";
+        let fields = parse_format(text);
+        assert_eq!(fields[0].name, "argv");
+        assert_eq!(fields[0].offset, 24);
+        assert_eq!(fields[1].name, "comm");
+        assert_eq!(fields[1].size, 16);
+    }
+
+    #[test]
+    fn wrong_size_and_missing_field_are_errors() {
+        let f = Format {
+            category: "sched",
+            name: "sched_process_exec",
+            fields: parse_format(EXEC),
+        };
+        assert_eq!(f.offset("old_pid", 4).unwrap(), 16);
+        assert!(f.offset("old_pid", 8).unwrap_err().to_string().contains("old_pid"));
+        assert!(f.offset("nope", 4).is_err());
+        assert_eq!(f.optional_offset("nope"), ABSENT);
+    }
+
+    #[test]
+    fn missing_tracepoint_names_it() {
+        let err = Format::read(Path::new("/nonexistent"), "sched", "sched_process_exec").err().unwrap();
+        assert!(err.to_string().contains("sched/sched_process_exec"), "{err}");
+    }
+}

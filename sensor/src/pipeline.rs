@@ -1,0 +1,296 @@
+//! The data path: ring buffer → decode → build event → JSON → outputs.
+//!
+//! One task reads the ring buffer, so sequence numbers follow ring order. It
+//! serializes events into batches (one allocation per batch, shared by every
+//! output) and checks the kernel's loss counters every second: any loss
+//! becomes a `sensor.lost` event and a status figure.
+
+use std::{sync::Arc, time::Duration};
+
+use aya::maps::{MapData, MapError, PerCpuArray, RingBuf};
+use sensor_common::stats::{SLOT_KINDS, Stats};
+use tokio::io::unix::AsyncFd;
+
+use crate::{
+    event::{EventBuilder, Kind, Lost, raw},
+    identity::Clock,
+    loader::Kernel,
+    sinks::{Batch, OutputHandle, Outputs},
+    status::DaemonState,
+};
+
+/// Records handled per wake-up before giving other tasks a turn.
+const DRAIN_BUDGET: usize = 8192;
+/// A batch is handed to the outputs once it holds this many bytes.
+const BATCH_BYTES: usize = 256 * 1024;
+/// How often kernel counters are read and the clock offset re-measured.
+const TICK: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("polling the event ring buffer")]
+    Poll(#[source] std::io::Error),
+    #[error("reading kernel counters")]
+    Stats(#[source] MapError),
+}
+
+/// The stages after the reader, and the counters they keep.
+pub struct Pipeline {
+    builder: EventBuilder,
+    outputs: Outputs,
+    output_handles: Vec<OutputHandle>,
+    state: Arc<DaemonState>,
+    batch: Vec<u8>,
+    batch_lines: u64,
+    kernel_lost_seen: [u64; SLOT_KINDS.len()],
+    output_dropped_seen: Vec<u64>,
+    decode_warned: bool,
+}
+
+impl Pipeline {
+    #[must_use]
+    pub fn new(builder: EventBuilder, outputs: Outputs, state: Arc<DaemonState>) -> Self {
+        let output_handles = outputs.handles();
+        let output_dropped_seen = vec![0; output_handles.len()];
+        Self {
+            builder,
+            outputs,
+            output_handles,
+            state,
+            batch: Vec::with_capacity(BATCH_BYTES * 2),
+            batch_lines: 0,
+            kernel_lost_seen: [0; SLOT_KINDS.len()],
+            output_dropped_seen,
+            decode_warned: false,
+        }
+    }
+
+    /// Handles one ring buffer record.
+    pub fn handle_record(&mut self, bytes: &[u8]) {
+        match raw::decode(bytes) {
+            Ok(raw) => {
+                let event = self.builder.build(raw);
+                self.push(&event);
+            }
+            Err(e) => {
+                self.state.count_decode_error();
+                if !self.decode_warned {
+                    tracing::warn!(error = %e, "undecodable kernel record (counted in status; further ones are not logged)");
+                    self.decode_warned = true;
+                }
+            }
+        }
+    }
+
+    fn push(&mut self, event: &crate::event::Event) {
+        if crate::event::write_json_line(event, &mut self.batch).is_ok() {
+            self.batch_lines += 1;
+            self.state.count_event(event.kind);
+        }
+        if self.batch.len() >= BATCH_BYTES {
+            self.flush();
+        }
+    }
+
+    /// Hands the current batch to the outputs.
+    pub fn flush(&mut self) {
+        if self.batch_lines == 0 {
+            return;
+        }
+        let bytes = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_BYTES * 2));
+        self.outputs.send(&Batch {
+            bytes: Arc::new(bytes),
+            lines: self.batch_lines,
+        });
+        self.batch_lines = 0;
+    }
+
+    /// Compares the kernel and output counters with the last look and
+    /// reports anything newly lost.
+    pub fn check_losses(&mut self, kernel: &Stats) {
+        let mut lost = Lost::default();
+        let mut cumulative_by_kind = [0u64; Kind::ALL.len()];
+        for (slot, kernel_kind) in SLOT_KINDS.iter().enumerate() {
+            let kind = Kind::of_kernel(*kernel_kind);
+            let now = kernel.lost[slot];
+            cumulative_by_kind[kind.index()] += now;
+            lost.cumulative += now;
+            let delta = now.saturating_sub(self.kernel_lost_seen[slot]);
+            self.kernel_lost_seen[slot] = now;
+            if delta > 0 {
+                lost.total += delta;
+                *lost.by_kind.entry(kind.as_str()).or_default() += delta;
+            }
+        }
+        for kind in Kind::ALL {
+            self.state.set_kernel_lost(kind, cumulative_by_kind[kind.index()]);
+        }
+        self.state.set_read_errors(kernel.read_errors);
+        for (i, handle) in self.output_handles.iter().enumerate() {
+            let now = handle.stats.dropped.load(std::sync::atomic::Ordering::Relaxed);
+            let delta = now.saturating_sub(self.output_dropped_seen[i]);
+            self.output_dropped_seen[i] = now;
+            if delta > 0 {
+                lost.by_output.insert(handle.spec.clone(), delta);
+            }
+        }
+        if lost.total > 0 || !lost.by_output.is_empty() {
+            tracing::warn!(kernel = lost.total, outputs = ?lost.by_output, "events lost");
+            let event = self.builder.lost(lost);
+            self.push(&event);
+            self.flush();
+        }
+    }
+
+    /// Closes the outputs after writing everything queued.
+    pub fn close(mut self) {
+        self.flush();
+        self.outputs.close();
+    }
+}
+
+fn read_stats(stats: &PerCpuArray<MapData, Stats>) -> Result<Stats, PipelineError> {
+    let values = stats.get(&0, 0).map_err(PipelineError::Stats)?;
+    let mut total = Stats::default();
+    for v in values.iter() {
+        total.accumulate(v);
+    }
+    Ok(total)
+}
+
+fn drain(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline, budget: usize) -> bool {
+    for _ in 0..budget {
+        let Some(item) = ring.next() else {
+            return true;
+        };
+        pipeline.handle_record(&item);
+    }
+    false
+}
+
+/// Runs until `shutdown` resolves, then detaches the programs, drains what the
+/// kernel already produced, reports final losses and closes the outputs.
+pub async fn run(
+    kernel: Kernel,
+    mut pipeline: Pipeline,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), PipelineError> {
+    let Kernel { probes, events, stats } = kernel;
+    // SAFETY: RingBuf owns its map fd and keeps it open, unchanged, for its
+    // whole life, which the AsyncFd spans.
+    let mut ring = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
+        .map_err(|e| PipelineError::Poll(e.into()))?;
+    let mut tick = tokio::time::interval(TICK);
+    tokio::pin!(shutdown);
+    let result = loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = match guard {
+                    Ok(g) => g,
+                    Err(e) => break Err(PipelineError::Poll(e)),
+                };
+                let empty = drain(guard.get_inner_mut(), &mut pipeline, DRAIN_BUDGET);
+                pipeline.flush();
+                if empty {
+                    guard.clear_ready();
+                } else {
+                    tokio::task::yield_now().await;
+                }
+            }
+            _ = tick.tick() => {
+                match read_stats(&stats) {
+                    Ok(s) => pipeline.check_losses(&s),
+                    Err(e) => tracing::warn!(error = %e, "kernel counters"),
+                }
+                if let Ok(clock) = Clock::now() {
+                    pipeline.builder.set_clock(clock);
+                }
+            }
+            () = &mut shutdown => break Ok(()),
+        }
+    };
+    // Stop producing first, then take everything already in the ring.
+    pipeline.state.set_ready(false);
+    drop(probes);
+    let ring = ring.get_mut();
+    while !drain(ring, &mut pipeline, usize::MAX) {}
+    match read_stats(&stats) {
+        Ok(s) => pipeline.check_losses(&s),
+        Err(e) => tracing::warn!(error = %e, "kernel counters"),
+    }
+    pipeline.close();
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use sensor_common::event::{EventHeader, EventKind, ExitData};
+
+    use super::*;
+    use crate::{
+        event::raw::{RawEvent, encode},
+        identity::{Host, ProcessKeys},
+        sinks::{Format, OutputSpec},
+    };
+
+    fn pipeline(path: &std::path::Path) -> (Pipeline, Arc<DaemonState>) {
+        let state = Arc::new(DaemonState::default());
+        let outputs = Outputs::open(&[OutputSpec::File {
+            path: path.to_owned(),
+            format: Format::Json,
+        }])
+        .unwrap();
+        state.set_outputs(outputs.handles());
+        let builder = EventBuilder::new(
+            Host {
+                name: "h".into(),
+                boot_id: "b".into(),
+            },
+            ProcessKeys::new("b", 100),
+            Clock::with_offset(0),
+        );
+        (Pipeline::new(builder, outputs, Arc::clone(&state)), state)
+    }
+
+    #[test]
+    fn records_become_lines_and_losses_become_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.jsonl");
+        let (mut p, state) = pipeline(&path);
+        let exit = encode(&RawEvent::Exit {
+            header: EventHeader {
+                kind: EventKind::ProcessExit as u32,
+                tgid: 10,
+                ..EventHeader::default()
+            },
+            data: ExitData::default(),
+        });
+        for _ in 0..3 {
+            p.handle_record(&exit);
+        }
+        p.handle_record(&[1, 2, 3]);
+        let mut kernel = Stats::default();
+        kernel.lost[EventKind::ProcessExec.slot()] = 5;
+        p.check_losses(&kernel);
+        // No new loss: no second report.
+        p.check_losses(&kernel);
+        p.close();
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 4);
+        assert_eq!(lines[3]["kind"], "sensor.lost");
+        assert_eq!(lines[3]["lost"]["total"], 5);
+        assert_eq!(lines[3]["lost"]["by_kind"]["process.exec"], 5);
+        let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, [1, 2, 3, 4]);
+        let report = state.report();
+        assert_eq!(report.lost.total, 5);
+        assert_eq!(report.decode_errors, 1);
+        assert_eq!(report.events["process.exit"], 3);
+        assert_eq!(report.outputs[0].written, 4);
+        assert_eq!(report.outputs[0].dropped, 0);
+    }
+}

@@ -1,0 +1,171 @@
+//! Live counters of the daemon, shared by the pipeline (which updates them)
+//! and the control socket (which reports them).
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Instant,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{event::Kind, loader::AttachedProgram, sinks::OutputHandle};
+
+/// Shared daemon state.
+pub struct DaemonState {
+    started: Instant,
+    ready: AtomicBool,
+    programs: OnceLock<Vec<AttachedProgram>>,
+    outputs: OnceLock<Vec<OutputHandle>>,
+    events: [AtomicU64; Kind::ALL.len()],
+    /// Cumulative kernel losses per kind (mirrors the kernel counters).
+    lost: Arc<[AtomicU64; Kind::ALL.len()]>,
+    decode_errors: AtomicU64,
+    read_errors: AtomicU64,
+}
+
+impl Default for DaemonState {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            ready: AtomicBool::new(false),
+            programs: OnceLock::new(),
+            outputs: OnceLock::new(),
+            events: Default::default(),
+            lost: Arc::new(Default::default()),
+            decode_errors: AtomicU64::new(0),
+            read_errors: AtomicU64::new(0),
+        }
+    }
+}
+
+impl DaemonState {
+    pub fn set_programs(&self, programs: Vec<AttachedProgram>) {
+        let _ = self.programs.set(programs);
+    }
+
+    pub fn set_outputs(&self, outputs: Vec<OutputHandle>) {
+        let _ = self.outputs.set(outputs);
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    pub fn count_event(&self, kind: Kind) {
+        self.events[kind.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_decode_error(&self) {
+        self.decode_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn set_kernel_lost(&self, kind: Kind, cumulative: u64) {
+        self.lost[kind.index()].store(cumulative, Ordering::Relaxed);
+    }
+
+    pub fn set_read_errors(&self, cumulative: u64) {
+        self.read_errors.store(cumulative, Ordering::Relaxed);
+    }
+
+    /// A snapshot for `sensor status`.
+    #[must_use]
+    pub fn report(&self) -> StatusReport {
+        let mut events = BTreeMap::new();
+        let mut total = 0;
+        for kind in Kind::ALL {
+            let n = self.events[kind.index()].load(Ordering::Relaxed);
+            total += n;
+            events.insert(kind.as_str().to_owned(), n);
+        }
+        events.insert("total".to_owned(), total);
+        let mut by_kind = BTreeMap::new();
+        let mut lost_total = 0;
+        for kind in Kind::ALL {
+            let n = self.lost[kind.index()].load(Ordering::Relaxed);
+            if n > 0 {
+                by_kind.insert(kind.as_str().to_owned(), n);
+            }
+            lost_total += n;
+        }
+        StatusReport {
+            ready: self.ready.load(Ordering::Acquire),
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            programs: self
+                .programs
+                .get()
+                .map(|p| {
+                    p.iter()
+                        .map(|p| ProgramStatus {
+                            name: p.name.to_owned(),
+                            id: p.id,
+                            attach: p.attach.clone(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            events,
+            lost: LostStatus {
+                total: lost_total,
+                by_kind,
+            },
+            decode_errors: self.decode_errors.load(Ordering::Relaxed),
+            kernel_read_errors: self.read_errors.load(Ordering::Relaxed),
+            outputs: self
+                .outputs
+                .get()
+                .map(|o| {
+                    o.iter()
+                        .map(|o| OutputStatus {
+                            spec: o.spec.clone(),
+                            written: o.stats.written.load(Ordering::Relaxed),
+                            dropped: o.stats.dropped.load(Ordering::Relaxed),
+                            write_errors: o.stats.write_errors.load(Ordering::Relaxed),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// What `sensor status --json` prints.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StatusReport {
+    pub ready: bool,
+    pub pid: u32,
+    pub version: String,
+    pub uptime_ms: u64,
+    pub programs: Vec<ProgramStatus>,
+    pub events: BTreeMap<String, u64>,
+    pub lost: LostStatus,
+    pub decode_errors: u64,
+    pub kernel_read_errors: u64,
+    pub outputs: Vec<OutputStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProgramStatus {
+    pub name: String,
+    pub id: u32,
+    pub attach: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LostStatus {
+    pub total: u64,
+    pub by_kind: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OutputStatus {
+    pub spec: String,
+    pub written: u64,
+    pub dropped: u64,
+    pub write_errors: u64,
+}

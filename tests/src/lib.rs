@@ -1,0 +1,923 @@
+//! Helpers for the real-kernel integration tests of the `sensor` daemon.
+//!
+//! The tests run as root on the real kernel:
+//!
+//! ```text
+//! SENSOR_BIN=/abs/path/to/sensor cargo test -p sensor-tests -- --test-threads=1
+//! ```
+//!
+//! `SENSOR_BIN` defaults to `<workspace>/target/debug/sensor` (or
+//! `$CARGO_TARGET_DIR/debug/sensor`). A test that cannot start or attach the
+//! daemon fails; nothing here skips.
+//!
+//! Every test starts its own [`Daemon`] writing to its own file, and finds its
+//! own processes among all host events by pid and by a unique [`marker`] put in
+//! their argv. `SENSOR_TEST_KEEP=1` keeps each test's temp dir (events file,
+//! daemon stderr) for inspection.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::env;
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use serde_json::Value;
+
+/// How long a test waits for an event to show up in the output file.
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the daemon may take to attach and answer `status` with exit 0.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a short-lived command (a `sensor` CLI call, a test child) may run.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the daemon may take to exit after SIGTERM.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause between two polls of the output file.
+pub const POLL: Duration = Duration::from_millis(50);
+
+/// Path of the `sensor-test-helper` binary, for integration tests of this
+/// package (`CARGO_BIN_EXE_*` is only set when compiling those).
+#[macro_export]
+macro_rules! helper_bin {
+    () => {
+        env!("CARGO_BIN_EXE_sensor-test-helper")
+    };
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A string unique to this test process and call, to put in argv (or in a
+/// file name) so a test can find its own processes among all host events.
+pub fn marker() -> String {
+    format!(
+        "sensor-test-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The workspace root (parent of this crate's directory).
+pub fn workspace_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent()
+        .map_or_else(|| here.to_path_buf(), Path::to_path_buf)
+}
+
+/// The `sensor` binary under test: `$SENSOR_BIN` (a relative path is taken
+/// from the workspace root), else `target/debug/sensor` of this workspace.
+pub fn sensor_bin() -> Result<PathBuf> {
+    let path = match env::var_os("SENSOR_BIN") {
+        Some(p) if !p.is_empty() => {
+            let p = PathBuf::from(p);
+            if p.is_absolute() {
+                p
+            } else {
+                workspace_root().join(p)
+            }
+        }
+        _ => {
+            let target = env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .map(|t| {
+                    if t.is_absolute() {
+                        t
+                    } else {
+                        workspace_root().join(t)
+                    }
+                })
+                .unwrap_or_else(|| workspace_root().join("target"));
+            target.join("debug").join("sensor")
+        }
+    };
+    ensure!(
+        path.is_file(),
+        "sensor binary not found at {} (build it with `cargo build -p sensor` or set SENSOR_BIN)",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// `fs::canonicalize` with the path in the error.
+pub fn canonical(path: impl AsRef<Path>) -> Result<PathBuf> {
+    let path = path.as_ref();
+    fs::canonicalize(path).with_context(|| format!("canonicalize {}", path.display()))
+}
+
+/// The canonical path as a string, for comparison with `process.exe`/`cwd`.
+pub fn canonical_str(path: impl AsRef<Path>) -> Result<String> {
+    let p = canonical(path)?;
+    p.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("{} is not UTF-8", p.display()))
+}
+
+/// A directory under the system temp dir, removed on drop (kept, and its path
+/// printed, when the test is failing so its files can be looked at).
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// Creates a fresh directory; its path is canonical.
+    pub fn new(tag: &str) -> Result<Self> {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path = env::temp_dir().join(format!("{}-{tag}-{nanos}", marker()));
+        fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
+        let path = canonical(&path)?;
+        Ok(Self { path })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Whether `SENSOR_TEST_KEEP` asks to keep temp dirs (events files, daemon
+/// stderr) after the tests.
+pub fn keep_temp() -> bool {
+    env::var_os("SENSOR_TEST_KEEP").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if thread::panicking() || keep_temp() {
+            eprintln!("keeping {} for inspection", self.path.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Runs a command to completion (stdin null, stdout and stderr captured),
+/// killing it and failing after `timeout`. Returns its pid and output.
+pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<(u32, Output)> {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawn {cmd:?}"))?;
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(out) => Ok((pid, out.with_context(|| format!("wait for {cmd:?}"))?)),
+        Err(_) => {
+            send_signal(pid, libc::SIGKILL);
+            bail!("{cmd:?} (pid {pid}) did not finish within {timeout:?}; killed")
+        }
+    }
+}
+
+/// [`run_with_timeout`] with [`COMMAND_TIMEOUT`].
+pub fn run_child(cmd: &mut Command) -> Result<(u32, Output)> {
+    run_with_timeout(cmd, COMMAND_TIMEOUT)
+}
+
+/// Lossy text of a byte buffer (for stdout/stderr).
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn send_signal(pid: u32, sig: libc::c_int) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+}
+
+/// The thread id of the calling thread.
+pub fn gettid() -> u32 {
+    // SAFETY: gettid(2) cannot fail and has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    u32::try_from(tid).unwrap_or(0)
+}
+
+#[derive(Default)]
+struct EventCache {
+    /// Bytes of the file consumed so far (always at a line boundary).
+    offset: u64,
+    events: Vec<Value>,
+}
+
+/// A running `sensor daemon` writing JSON lines to a file of its own.
+pub struct Daemon {
+    bin: PathBuf,
+    child: RefCell<Option<Child>>,
+    pid: u32,
+    exit: Option<ExitStatus>,
+    events_path: PathBuf,
+    socket: PathBuf,
+    stderr_path: PathBuf,
+    cache: RefCell<EventCache>,
+    // Last: dropped after the daemon is killed.
+    dir: TempDir,
+}
+
+impl Daemon {
+    /// Starts `sensor daemon --output file:<tmp>/events.jsonl --socket
+    /// <tmp>/s.sock` and waits until `sensor status` exits 0.
+    pub fn start() -> Result<Self> {
+        Self::start_with_args(&[])
+    }
+
+    /// [`Daemon::start`] with extra daemon arguments.
+    pub fn start_with_args(extra: &[&str]) -> Result<Self> {
+        let bin = sensor_bin()?;
+        let dir = TempDir::new("daemon")?;
+        let events_path = dir.path().join("events.jsonl");
+        let socket = dir.path().join("s.sock");
+        let stderr_path = dir.path().join("daemon.stderr");
+        let stdout_path = dir.path().join("daemon.stdout");
+        let stderr = File::create(&stderr_path)
+            .with_context(|| format!("create {}", stderr_path.display()))?;
+        let stdout = File::create(&stdout_path)
+            .with_context(|| format!("create {}", stdout_path.display()))?;
+        let mut cmd = Command::new(&bin);
+        cmd.arg("daemon")
+            .arg("--output")
+            .arg(format!("file:{}", events_path.display()))
+            .arg("--socket")
+            .arg(&socket)
+            .args(extra)
+            .env_remove("SENSOR_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        // SAFETY: prctl(2) is async-signal-safe; the closure touches nothing
+        // else. The daemon is killed if the (test) thread that started it dies
+        // without dropping the Daemon, so no daemon outlives a crashed test.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))?;
+        let daemon = Self {
+            bin,
+            pid: child.id(),
+            child: RefCell::new(Some(child)),
+            exit: None,
+            events_path,
+            socket,
+            stderr_path,
+            cache: RefCell::default(),
+            dir,
+        };
+        daemon.wait_ready()?;
+        Ok(daemon)
+    }
+
+    fn wait_ready(&self) -> Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            self.check_alive()
+                .context("the daemon exited before becoming ready")?;
+            let last = self.status_command(false);
+            match &last {
+                Ok((_, out)) if out.status.success() => return Ok(()),
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                let last = match last {
+                    Ok((_, out)) => format!(
+                        "{}; stdout: {}; stderr: {}",
+                        out.status,
+                        text(&out.stdout).trim(),
+                        text(&out.stderr).trim()
+                    ),
+                    Err(e) => format!("{e:#}"),
+                };
+                bail!(
+                    "daemon not ready after {READY_TIMEOUT:?} (`sensor status` never exited 0; last: {last})\n{}",
+                    self.stderr_report()
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn status_command(&self, json: bool) -> Result<(u32, Output)> {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("status").arg("--socket").arg(&self.socket);
+        if json {
+            cmd.arg("--json");
+        }
+        cmd.env_remove("SENSOR_SOCKET");
+        run_with_timeout(&mut cmd, Duration::from_secs(10))
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The control socket it was started with.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The JSON lines output file.
+    pub fn events_path(&self) -> &Path {
+        &self.events_path
+    }
+
+    /// The daemon's private temp dir.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Everything the daemon wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        fs::read(&self.stderr_path)
+            .map(|b| text(&b))
+            .unwrap_or_else(|e| format!("<cannot read {}: {e}>", self.stderr_path.display()))
+    }
+
+    fn stderr_report(&self) -> String {
+        let s = self.stderr();
+        let lines: Vec<&str> = s.lines().collect();
+        let tail = lines.len().saturating_sub(60);
+        format!(
+            "--- daemon stderr ({} lines, last {} shown) ---\n{}\n--- end of daemon stderr ---",
+            lines.len(),
+            lines.len() - tail,
+            lines[tail..].join("\n")
+        )
+    }
+
+    /// Fails (with the daemon's stderr) if the daemon has exited.
+    pub fn check_alive(&self) -> Result<()> {
+        let mut guard = self.child.borrow_mut();
+        let Some(child) = guard.as_mut() else {
+            bail!("the daemon was already stopped");
+        };
+        if let Some(status) = child.try_wait().context("waitpid on the daemon")? {
+            guard.take();
+            drop(guard);
+            bail!(
+                "the daemon (pid {}) exited unexpectedly with {status}\n{}",
+                self.pid,
+                self.stderr_report()
+            );
+        }
+        Ok(())
+    }
+
+    /// `sensor status --json`, parsed. Fails when the command fails.
+    pub fn status_json(&self) -> Result<Value> {
+        let (_, out) = self.status_command(true)?;
+        ensure!(
+            out.status.success(),
+            "`sensor status --json` failed with {}: stdout {:?} stderr {:?}",
+            out.status,
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        let stdout = text(&out.stdout);
+        serde_json::from_str(stdout.trim())
+            .with_context(|| format!("`sensor status --json` printed invalid JSON: {stdout:?}"))
+    }
+
+    /// Reads the lines appended since the last call. A partial last line is
+    /// left for the next call; a complete line that is not a JSON object fails.
+    fn refresh(&self) -> Result<()> {
+        let mut cache = self.cache.borrow_mut();
+        let mut file = match File::open(&self.events_path) {
+            Ok(f) => f,
+            // Not created yet (the daemon may open it lazily).
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                return Err(e).with_context(|| format!("open {}", self.events_path.display()));
+            }
+        };
+        file.seek(SeekFrom::Start(cache.offset))?;
+        let mut buf = Vec::new();
+        file.read_to_end(&mut buf)
+            .with_context(|| format!("read {}", self.events_path.display()))?;
+        let Some(last_nl) = buf.iter().rposition(|&b| b == b'\n') else {
+            return Ok(());
+        };
+        let mut line_start = cache.offset;
+        for line in buf[..last_nl].split(|&b| b == b'\n') {
+            let this_line = line_start;
+            line_start += line.len() as u64 + 1;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let value: Value = serde_json::from_slice(line).with_context(|| {
+                format!(
+                    "{} has an invalid JSON line at byte {this_line}: {}",
+                    self.events_path.display(),
+                    truncate(&text(line), 500)
+                )
+            })?;
+            ensure!(
+                value.is_object(),
+                "{} has a JSON line that is not an object at byte {this_line}: {}",
+                self.events_path.display(),
+                truncate(&text(line), 500)
+            );
+            cache.events.push(value);
+        }
+        cache.offset += last_nl as u64 + 1;
+        Ok(())
+    }
+
+    /// All events written so far (complete lines only).
+    pub fn events(&self) -> Result<Vec<Value>> {
+        self.refresh()?;
+        Ok(self.cache.borrow().events.clone())
+    }
+
+    /// Calls `f` on all events written so far, without copying them.
+    pub fn with_events<R>(&self, f: impl FnOnce(&[Value]) -> R) -> Result<R> {
+        self.refresh()?;
+        Ok(f(&self.cache.borrow().events))
+    }
+
+    /// Events matching `pred`, in file order.
+    pub fn matching(&self, pred: impl Fn(&Value) -> bool) -> Result<Vec<Value>> {
+        self.with_events(|evs| evs.iter().filter(|e| pred(e)).cloned().collect())
+    }
+
+    /// Waits until an event matching `pred` has been written and returns the
+    /// first one. On timeout fails with a dump of the last events and the
+    /// daemon's stderr; fails at once if the daemon dies.
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        let mut next = 0;
+        loop {
+            self.refresh()?;
+            {
+                let cache = self.cache.borrow();
+                if let Some(e) = cache.events[next..].iter().find(|e| pred(e)) {
+                    return Ok(e.clone());
+                }
+                next = cache.events.len();
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "no matching event within {timeout:?}\n{}",
+                    self.timeout_report()
+                );
+            }
+            if self.child.borrow().is_some() {
+                self.check_alive()?;
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    /// Waits until `done(all events)` is true. On timeout fails with
+    /// `describe(all events)`, a dump of the last events and the daemon's
+    /// stderr.
+    pub fn wait_until(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&[Value]) -> bool,
+        describe: impl Fn(&[Value]) -> String,
+    ) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.with_events(&done)? {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let what = self.with_events(&describe)?;
+                bail!(
+                    "condition not met within {timeout:?}: {what}\n{}",
+                    self.timeout_report()
+                );
+            }
+            if self.child.borrow().is_some() {
+                self.check_alive()?;
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    /// A dump for failure messages: counts by kind, the last events, stderr.
+    pub fn timeout_report(&self) -> String {
+        let cache = self.cache.borrow();
+        let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
+        for e in &cache.events {
+            *by_kind.entry(kind(e)).or_default() += 1;
+        }
+        let from = cache.events.len().saturating_sub(25);
+        let mut out = format!(
+            "{} events in {} (by kind: {by_kind:?}); last {}:\n",
+            cache.events.len(),
+            self.events_path.display(),
+            cache.events.len() - from
+        );
+        for e in &cache.events[from..] {
+            out.push_str("  ");
+            out.push_str(&compact(e));
+            out.push('\n');
+        }
+        out.push_str(&self.stderr_report());
+        out
+    }
+
+    /// Sends SIGTERM, waits for the daemon to exit and fails unless it exited
+    /// with status 0.
+    pub fn stop(&mut self) -> Result<ExitStatus> {
+        let Some(mut child) = self.child.borrow_mut().take() else {
+            bail!("the daemon was already stopped or had exited");
+        };
+        send_signal(self.pid, libc::SIGTERM);
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait().context("waitpid on the daemon")? {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "the daemon did not exit within {STOP_TIMEOUT:?} of SIGTERM (killed)\n{}",
+                    self.stderr_report()
+                );
+            }
+            thread::sleep(POLL);
+        };
+        self.exit = Some(status);
+        ensure!(
+            status.code() == Some(0),
+            "the daemon exited with {status} after SIGTERM, expected exit status 0\n{}",
+            self.stderr_report()
+        );
+        Ok(status)
+    }
+
+    /// Raw bytes of the output file.
+    pub fn raw_output(&self) -> Result<Vec<u8>> {
+        fs::read(&self.events_path).with_context(|| format!("read {}", self.events_path.display()))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.borrow_mut().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // libtest shows a test's output only when it fails, so this is the
+        // daemon's side of the story for any failing test.
+        eprintln!(
+            "daemon pid {} ({} events read from {}; set SENSOR_TEST_KEEP=1 to keep it)\n{}",
+            self.pid,
+            self.cache.borrow().events.len(),
+            self.events_path.display(),
+            self.stderr_report()
+        );
+    }
+}
+
+// ----- event accessors -----
+
+/// `kind` of an event ("" when absent).
+pub fn kind(e: &Value) -> &str {
+    e.get("kind").and_then(Value::as_str).unwrap_or("")
+}
+
+/// A string at a JSON pointer (e.g. "/process/exe").
+pub fn str_at<'a>(e: &'a Value, ptr: &str) -> Option<&'a str> {
+    e.pointer(ptr).and_then(Value::as_str)
+}
+
+/// An integer at a JSON pointer.
+pub fn i64_at(e: &Value, ptr: &str) -> Option<i64> {
+    e.pointer(ptr).and_then(Value::as_i64)
+}
+
+/// A bool at a JSON pointer.
+pub fn bool_at(e: &Value, ptr: &str) -> Option<bool> {
+    e.pointer(ptr).and_then(Value::as_bool)
+}
+
+/// True when the pointer is absent or null.
+pub fn absent_or_null(e: &Value, ptr: &str) -> bool {
+    e.pointer(ptr).is_none_or(Value::is_null)
+}
+
+/// `process.pid`.
+pub fn pid_of(e: &Value) -> Option<u32> {
+    i64_at(e, "/process/pid").and_then(|p| u32::try_from(p).ok())
+}
+
+/// `process.argv` as strings (empty when absent).
+pub fn argv_of(e: &Value) -> Vec<String> {
+    e.pointer("/process/argv")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|s| s.as_str().unwrap_or("<non-string>").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// True when some element of `process.argv` contains `needle`.
+pub fn argv_has(e: &Value, needle: &str) -> bool {
+    e.pointer("/process/argv")
+        .and_then(Value::as_array)
+        .is_some_and(|a| {
+            a.iter()
+                .any(|s| s.as_str().is_some_and(|s| s.contains(needle)))
+        })
+}
+
+/// `kind == k` and `process.pid == pid`.
+pub fn is_kind_pid(e: &Value, k: &str, pid: u32) -> bool {
+    kind(e) == k && pid_of(e) == Some(pid)
+}
+
+/// One event on one line, cut to a readable length.
+pub fn compact(e: &Value) -> String {
+    truncate(&e.to_string(), 700)
+}
+
+/// Events, one per line, for failure messages.
+pub fn dump(events: &[Value]) -> String {
+    if events.is_empty() {
+        return "  <none>".to_owned();
+    }
+    events
+        .iter()
+        .map(|e| format!("  {}", compact(e)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…(+{} bytes)", &s[..end], s.len() - end)
+}
+
+/// Checks the fields every event carries: schema, seq, time (RFC 3339 with 9
+/// fraction digits, UTC), host, kind.
+pub fn check_common(e: &Value) -> Result<()> {
+    let ctx = || compact(e);
+    ensure!(
+        str_at(e, "/schema") == Some("sensor.event/v1"),
+        "schema is not sensor.event/v1: {}",
+        ctx()
+    );
+    ensure!(
+        e.get("seq").and_then(Value::as_u64).is_some(),
+        "seq is not a u64: {}",
+        ctx()
+    );
+    let time = str_at(e, "/time").unwrap_or("");
+    ensure!(
+        is_rfc3339_nanos(time),
+        "time {time:?} is not YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ: {}",
+        ctx()
+    );
+    ensure!(
+        str_at(e, "/host/name").is_some_and(|s| !s.is_empty()),
+        "host.name missing: {}",
+        ctx()
+    );
+    ensure!(
+        str_at(e, "/host/boot_id").is_some_and(|s| !s.is_empty()),
+        "host.boot_id missing: {}",
+        ctx()
+    );
+    ensure!(!kind(e).is_empty(), "kind missing: {}", ctx());
+    Ok(())
+}
+
+fn is_rfc3339_nanos(t: &str) -> bool {
+    let b = t.as_bytes();
+    if b.len() != 30 {
+        return false;
+    }
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && b[10] == b'T'
+        && digits(11..13)
+        && b[13] == b':'
+        && digits(14..16)
+        && b[16] == b':'
+        && digits(17..19)
+        && b[19] == b'.'
+        && digits(20..29)
+        && b[29] == b'Z'
+}
+
+/// Fails unless `seq` strictly increases along `events`.
+pub fn check_seq_increasing(events: &[Value]) -> Result<()> {
+    let mut prev: Option<u64> = None;
+    for e in events {
+        let seq = e
+            .get("seq")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| anyhow!("event without a u64 seq: {}", compact(e)))?;
+        if let Some(p) = prev {
+            ensure!(
+                seq > p,
+                "seq {seq} follows {p}: not strictly increasing: {}",
+                compact(e)
+            );
+        }
+        prev = Some(seq);
+    }
+    Ok(())
+}
+
+/// The size of an argv area in the kernel: every argument plus its NUL.
+pub fn argv_area_len<T: AsRef<[u8]>>(argv: &[T]) -> usize {
+    argv.iter().map(|a| a.as_ref().len() + 1).sum()
+}
+
+/// Decodes standard base64 (with or without `=` padding).
+pub fn b64_decode(s: &str) -> Result<Vec<u8>> {
+    fn val(c: u8) -> Option<u32> {
+        match c {
+            b'A'..=b'Z' => Some(u32::from(c - b'A')),
+            b'a'..=b'z' => Some(u32::from(c - b'a') + 26),
+            b'0'..=b'9' => Some(u32::from(c - b'0') + 52),
+            b'+' => Some(62),
+            b'/' => Some(63),
+            _ => None,
+        }
+    }
+    let body = s.trim_end_matches('=');
+    ensure!(s.len() - body.len() <= 2, "bad base64 padding in {s:?}");
+    let mut out = Vec::with_capacity(body.len() * 3 / 4);
+    let mut acc: u32 = 0;
+    let mut bits = 0;
+    for &c in body.as_bytes() {
+        let v = val(c).ok_or_else(|| anyhow!("invalid base64 byte {c:#04x} in {s:?}"))?;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push(((acc >> bits) & 0xff) as u8);
+        }
+    }
+    ensure!(bits < 6, "truncated base64 {s:?}");
+    Ok(out)
+}
+
+// ----- BPF program ids -----
+
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+
+#[repr(C)]
+struct GetFdByIdAttr {
+    id: u32,
+    next_id: u32,
+    open_flags: u32,
+    pad: u32,
+}
+
+#[repr(C)]
+struct InfoByFdAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+fn prog_fd(id: u32) -> Result<Option<libc::c_int>> {
+    let attr = GetFdByIdAttr {
+        id,
+        next_id: 0,
+        open_flags: 0,
+        pad: 0,
+    };
+    // SAFETY: bpf(2) reads `size_of::<GetFdByIdAttr>()` bytes from a live,
+    // initialised struct.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_GET_FD_BY_ID,
+            &raw const attr,
+            size_of::<GetFdByIdAttr>() as libc::c_uint,
+        )
+    };
+    if r < 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ENOENT) {
+            return Ok(None);
+        }
+        return Err(err).with_context(|| format!("bpf(BPF_PROG_GET_FD_BY_ID, {id})"));
+    }
+    Ok(Some(libc::c_int::try_from(r)?))
+}
+
+/// The kernel's name of BPF program `id` (at most 15 bytes), or `None` when
+/// no program has that id. Uses the bpf(2) syscall directly, so no bpftool.
+pub fn prog_name(id: u32) -> Result<Option<String>> {
+    let Some(fd) = prog_fd(id)? else {
+        return Ok(None);
+    };
+    // struct bpf_prog_info up to and including `name` (offset 64, 16 bytes).
+    let mut info = [0u64; 10];
+    let attr = InfoByFdAttr {
+        bpf_fd: u32::try_from(fd)?,
+        info_len: size_of_val(&info) as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: the kernel writes at most `info_len` bytes to `info`, which
+    // lives until after the call; `attr` is initialised.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &raw const attr,
+            size_of::<InfoByFdAttr>() as libc::c_uint,
+        )
+    };
+    let err = io::Error::last_os_error();
+    // SAFETY: `fd` is a descriptor this function opened.
+    unsafe {
+        libc::close(fd);
+    }
+    if r < 0 {
+        return Err(err).with_context(|| format!("bpf(BPF_OBJ_GET_INFO_BY_FD) for prog {id}"));
+    }
+    let bytes: Vec<u8> = info[8..10].iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    Ok(Some(text(&bytes[..end])))
+}
+
+/// Whether a BPF program with this id exists in the kernel.
+pub fn prog_exists(id: u32) -> Result<bool> {
+    match prog_fd(id)? {
+        Some(fd) => {
+            // SAFETY: `fd` is a descriptor prog_fd opened for us.
+            unsafe {
+                libc::close(fd);
+            }
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_decodes() -> Result<()> {
+        assert_eq!(b64_decode("")?, b"");
+        assert_eq!(b64_decode("Zg==")?, b"f");
+        assert_eq!(b64_decode("Zm8=")?, b"fo");
+        assert_eq!(b64_decode("Zm9v")?, b"foo");
+        assert_eq!(
+            b64_decode("L2Jpbi90cnVlAP/+AA==")?,
+            b"/bin/true\0\xff\xfe\0"
+        );
+        assert!(b64_decode("Zm9v!").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn time_format() {
+        assert!(is_rfc3339_nanos("2026-11-23T10:00:00.123456789Z"));
+        assert!(!is_rfc3339_nanos("2026-11-23T10:00:00.123456Z"));
+        assert!(!is_rfc3339_nanos("2026-11-23T10:00:00.123456789+00:00"));
+    }
+
+    #[test]
+    fn argv_len() {
+        assert_eq!(argv_area_len(&["/bin/true", "x"]), 12);
+    }
+}

@@ -1,0 +1,801 @@
+//! `cargo xtask bench`: storm workloads × variants (bare, sensor, ...),
+//! interleaved over several rounds.
+//!
+//! Each round runs every variant once, in alternating order (bare, sensor;
+//! then sensor, bare; ...). A variant that needs a tool (the sensor daemon)
+//! starts it, runs every workload under it, reads its counters and stops it.
+//! The report is per workload and variant: median µs per op with min/max and
+//! IQR, and the median over rounds of the per-round ratio to `bare`. The
+//! Markdown table goes to stdout, the raw numbers to target/bench/results.json.
+//!
+//! Timing never fails the run; lost events or a broken tool (a daemon that
+//! does not start, stop cleanly or see the storm, a storm that fails) do.
+
+use std::{
+    collections::BTreeMap,
+    fs::{self, OpenOptions},
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use serde_json::{Value, json};
+
+use crate::{
+    build::{self, Profile},
+    setup,
+    stats::{self, Summary},
+    storm, util,
+};
+
+pub struct Options {
+    pub quick: bool,
+    pub rounds: Option<usize>,
+    pub no_setup: bool,
+    pub workloads: Vec<String>,
+    pub sensor_bin: Option<PathBuf>,
+}
+
+const DEFAULT_ROUNDS: usize = 7;
+const QUICK_ROUNDS: usize = 3;
+
+/// One storm: what it does, how many ops, and which event kind the sensor must
+/// count at least once per op.
+struct Workload {
+    name: &'static str,
+    description: &'static str,
+    ops: usize,
+    quick_ops: usize,
+    run: fn(usize) -> Result<Duration>,
+    /// Event kinds the sensor reports at least once per op of this workload.
+    kinds: &'static [&'static str],
+}
+
+impl Workload {
+    fn ops(&self, quick: bool) -> usize {
+        if quick { self.quick_ops } else { self.ops }
+    }
+}
+
+const WORKLOADS: &[Workload] = &[
+    Workload {
+        name: "exec",
+        description: "exec storm: posix_spawn /bin/true and wait, 2 threads",
+        ops: 6000,
+        quick_ops: 1000,
+        run: storm::exec_storm,
+        kinds: &["process.exec"],
+    },
+    Workload {
+        name: "connect",
+        description: "connect storm: loopback TCP connect, accept, close",
+        ops: 20_000,
+        quick_ops: 4000,
+        run: storm::connect_storm,
+        kinds: &["network.connect"],
+    },
+];
+
+/// How the workloads run. `Bare` is the baseline every ratio refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    /// No tool running.
+    Bare,
+    /// `sensor daemon --output file:/dev/null` (audit only, no policy).
+    Sensor,
+}
+
+const VARIANTS: &[Variant] = &[Variant::Bare, Variant::Sensor];
+
+impl Variant {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Bare => "bare",
+            Self::Sensor => "sensor",
+        }
+    }
+
+    /// Start what this variant needs for one round.
+    fn start(self, env: &Env, round: usize) -> Result<Tool> {
+        match self {
+            Self::Bare => Ok(Tool::None),
+            Self::Sensor => {
+                Daemon::start(env, round, &["--output", "file:/dev/null"]).map(Tool::Sensor)
+            }
+        }
+    }
+}
+
+/// What a variant runs while the workloads go.
+enum Tool {
+    None,
+    Sensor(Daemon),
+}
+
+/// What a tool reports around one workload.
+#[derive(Debug, Default, Clone)]
+struct Observed {
+    /// Events counted per expected kind while the workload ran.
+    events: BTreeMap<String, u64>,
+    /// Events the tool lost while the workload ran.
+    lost: Option<u64>,
+}
+
+impl Tool {
+    /// Counters before a workload (None for tools without counters).
+    fn snapshot(&self) -> Result<Option<Value>> {
+        match self {
+            Self::None => Ok(None),
+            Self::Sensor(daemon) => daemon.status_json().map(Some),
+        }
+    }
+
+    /// Counters after a workload of `ops` ops, compared with `before`. Waits
+    /// (bounded) for the reader to catch up with the storm.
+    fn observe(&self, before: Option<&Value>, workload: &Workload, ops: usize) -> Result<Observed> {
+        let (Self::Sensor(daemon), Some(before)) = (self, before) else {
+            return Ok(Observed::default());
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let after = daemon.status_json()?;
+            let mut observed = Observed {
+                lost: Some(lost_total(&after)?.saturating_sub(lost_total(before)?)),
+                ..Observed::default()
+            };
+            for kind in workload.kinds {
+                let seen = event_count(&after, kind).saturating_sub(event_count(before, kind));
+                observed.events.insert((*kind).to_owned(), seen);
+            }
+            let caught_up = observed.events.values().all(|&seen| seen >= ops as u64);
+            if caught_up || Instant::now() >= deadline {
+                return Ok(observed);
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Stop the tool; returns its lost-event total for the round.
+    fn finish(self) -> Result<Option<u64>> {
+        match self {
+            Self::None => Ok(None),
+            Self::Sensor(daemon) => {
+                let status = daemon.status_json();
+                let stopped = daemon.stop();
+                let lost = status.and_then(|status| lost_total(&status));
+                stopped?;
+                let lost = lost?;
+                Ok(Some(lost))
+            }
+        }
+    }
+}
+
+fn lost_total(status: &Value) -> Result<u64> {
+    status
+        .pointer("/lost/total")
+        .and_then(Value::as_u64)
+        .context("`sensor status --json` has no lost.total count")
+}
+
+fn event_count(status: &Value, kind: &str) -> u64 {
+    status
+        .get("events")
+        .and_then(|events| events.get(kind))
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
+}
+
+/// Where things are for this bench run.
+struct Env {
+    sensor_bin: PathBuf,
+    /// Short directory for the control socket (sun_path is 108 bytes).
+    socket_dir: PathBuf,
+    /// target/bench: results and daemon logs.
+    out_dir: PathBuf,
+}
+
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A `sensor daemon` started for one round.
+struct Daemon {
+    child: Child,
+    bin: PathBuf,
+    socket: PathBuf,
+    log: PathBuf,
+    stopped: bool,
+}
+
+impl Daemon {
+    fn start(env: &Env, round: usize, args: &[&str]) -> Result<Self> {
+        let socket = env.socket_dir.join("sensor.sock");
+        let _ = fs::remove_file(&socket);
+        let log = env.out_dir.join("daemon.log");
+        let mut log_file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("cannot open {}", log.display()))?;
+        let mut cmd = Command::new(&env.sensor_bin);
+        cmd.arg("daemon")
+            .args(args)
+            .arg("--socket")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        writeln!(log_file, "=== round {}: {}", round + 1, util::display(&cmd))
+            .with_context(|| format!("cannot write {}", log.display()))?;
+        let child = cmd
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("cannot start `{}`", util::display(&cmd)))?;
+        let mut daemon = Self {
+            child,
+            bin: env.sensor_bin.clone(),
+            socket,
+            log,
+            stopped: false,
+        };
+        daemon.wait_ready()?;
+        Ok(daemon)
+    }
+
+    fn status_cmd(&self) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("status").arg("--socket").arg(&self.socket);
+        cmd
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self
+                .child
+                .try_wait()
+                .context("cannot wait for the daemon")?
+            {
+                self.stopped = true;
+                bail!(
+                    "sensor daemon exited ({status}) before it was ready{}",
+                    log_tail(&self.log)
+                );
+            }
+            let ready = util::output(self.status_cmd().stdin(Stdio::null()))?;
+            if ready.status.success() {
+                return Ok(());
+            }
+            if start.elapsed() > READY_TIMEOUT {
+                bail!(
+                    "sensor daemon not ready after {}s (`sensor status` keeps failing: {}){}",
+                    READY_TIMEOUT.as_secs(),
+                    String::from_utf8_lossy(&ready.stderr).trim(),
+                    log_tail(&self.log)
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `sensor status --json`, parsed.
+    fn status_json(&self) -> Result<Value> {
+        let mut cmd = self.status_cmd();
+        cmd.arg("--json").stdin(Stdio::null());
+        let out = util::output(&mut cmd)?;
+        if !out.status.success() {
+            bail!(
+                "`{}` failed ({}): {}",
+                util::display(&cmd),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "`{}` printed no JSON object: {:?}",
+                util::display(&cmd),
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// SIGTERM, then wait for a clean exit (0).
+    fn stop(mut self) -> Result<()> {
+        self.stopped = true;
+        signal(&self.child, libc::SIGTERM)?;
+        let status = wait_timeout(&mut self.child, STOP_TIMEOUT)?;
+        match status {
+            Some(status) if status.success() => Ok(()),
+            Some(status) => bail!(
+                "sensor daemon exited with {status} after SIGTERM (expected 0){}",
+                log_tail(&self.log)
+            ),
+            None => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                bail!(
+                    "sensor daemon did not exit within {}s of SIGTERM; killed{}",
+                    STOP_TIMEOUT.as_secs(),
+                    log_tail(&self.log)
+                )
+            }
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if !self.stopped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn signal(child: &Child, signal: libc::c_int) -> Result<()> {
+    let pid = libc::pid_t::try_from(child.id()).context("pid out of range")?;
+    // SAFETY: kill has no memory-safety preconditions; pid is our own child,
+    // not yet reaped, so it cannot name another process.
+    if unsafe { libc::kill(pid, signal) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("cannot send signal {signal} to pid {pid}"));
+    }
+    Ok(())
+}
+
+fn wait_timeout(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatus>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().context("cannot wait for the daemon")? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The last lines of the daemon log, for error messages.
+fn log_tail(log: &Path) -> String {
+    let Ok(text) = fs::read_to_string(log) else {
+        return String::new();
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(15)..].join("\n    ");
+    format!("\n  last lines of {}:\n    {tail}", log.display())
+}
+
+/// One measurement: a workload under a variant in one round.
+#[derive(Debug, Clone)]
+struct Sample {
+    round: usize,
+    elapsed: Duration,
+    observed: Observed,
+}
+
+#[derive(Default)]
+struct Results {
+    /// (workload index, variant) → samples in round order.
+    samples: BTreeMap<(usize, &'static str), Vec<Sample>>,
+    /// variant → lost-event total of each round it ran with a tool.
+    lost: BTreeMap<&'static str, Vec<u64>>,
+    problems: Vec<String>,
+}
+
+pub fn bench(options: &Options) -> Result<()> {
+    util::require_root("`cargo xtask bench`")?;
+    util::keep_stdout_for_data();
+    let workloads: Vec<&Workload> = if options.workloads.is_empty() {
+        WORKLOADS.iter().collect()
+    } else {
+        options
+            .workloads
+            .iter()
+            .map(|name| {
+                WORKLOADS.iter().find(|w| w.name == name).ok_or_else(|| {
+                    let known: Vec<_> = WORKLOADS.iter().map(|w| w.name).collect();
+                    anyhow!("unknown workload `{name}` (known: {})", known.join(", "))
+                })
+            })
+            .collect::<Result<_>>()?
+    };
+    let rounds = options.rounds.unwrap_or(if options.quick {
+        QUICK_ROUNDS
+    } else {
+        DEFAULT_ROUNDS
+    });
+    if rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
+
+    if !options.no_setup {
+        setup::setup()?;
+    }
+    setup::mounts()?;
+    let sensor_bin = match &options.sensor_bin {
+        Some(bin) => {
+            std::path::absolute(bin).with_context(|| format!("cannot resolve {}", bin.display()))?
+        }
+        None => build::build_sensor(Profile::Release)?,
+    };
+    warn_other_daemons();
+
+    let out_dir = util::target_dir()?.join("bench");
+    fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let _ = fs::remove_file(out_dir.join("daemon.log"));
+    let socket_dir = std::env::temp_dir().join(format!("sensor-bench-{}", std::process::id()));
+    fs::create_dir_all(&socket_dir)
+        .with_context(|| format!("cannot create {}", socket_dir.display()))?;
+    let env = Env {
+        sensor_bin,
+        socket_dir,
+        out_dir,
+    };
+
+    let started = Instant::now();
+    let results = run_rounds(&env, &workloads, rounds, options.quick);
+    let _ = fs::remove_dir_all(&env.socket_dir);
+    let results = results?;
+
+    let report = report_json(
+        &env,
+        &workloads,
+        rounds,
+        options.quick,
+        &results,
+        started.elapsed(),
+    );
+    let json_path = env.out_dir.join("results.json");
+    let text = serde_json::to_string_pretty(&report).context("cannot serialize the results")?;
+    fs::write(&json_path, text + "\n")
+        .with_context(|| format!("cannot write {}", json_path.display()))?;
+
+    print!("{}", markdown(&workloads, rounds, options.quick, &results));
+    eprintln!("\nxtask bench: raw results in {}", json_path.display());
+
+    if !results.problems.is_empty() {
+        eprintln!("xtask bench: problems:");
+        for problem in &results.problems {
+            eprintln!("  - {problem}");
+        }
+        bail!(
+            "{} problem(s): events lost or a tool broke (timing never fails a bench)",
+            results.problems.len()
+        );
+    }
+    Ok(())
+}
+
+/// Other `sensor daemon` processes skew the `bare` baseline: say so.
+fn warn_other_daemons() {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let mut args = cmdline.split(|&b| b == 0);
+        let exe = args.next().unwrap_or_default();
+        let is_sensor = Path::new(&*String::from_utf8_lossy(exe))
+            .file_name()
+            .is_some_and(|name| name == "sensor");
+        if is_sensor && args.any(|arg| arg == b"daemon") {
+            eprintln!(
+                "xtask bench: WARNING: another sensor daemon is running (pid {pid}); the `bare` numbers include its overhead"
+            );
+        }
+    }
+}
+
+fn run_rounds(env: &Env, workloads: &[&Workload], rounds: usize, quick: bool) -> Result<Results> {
+    let mut results = Results::default();
+
+    // Warm-up, not recorded: page cache, CPU frequency, lazy kernel state.
+    for workload in workloads {
+        let ops = workload.ops(quick) / 10 + 1;
+        (workload.run)(ops).with_context(|| format!("warm-up of the {} storm", workload.name))?;
+    }
+
+    for round in 0..rounds {
+        let order: Vec<Variant> = if round % 2 == 0 {
+            VARIANTS.to_vec()
+        } else {
+            VARIANTS.iter().rev().copied().collect()
+        };
+        let names: Vec<_> = order.iter().map(|v| v.name()).collect();
+        eprintln!(
+            "xtask bench: round {}/{rounds}: {}",
+            round + 1,
+            names.join(", ")
+        );
+        for variant in order {
+            if let Err(err) = run_variant(env, workloads, variant, round, quick, &mut results) {
+                results
+                    .problems
+                    .push(format!("round {}, {}: {err:#}", round + 1, variant.name()));
+            }
+        }
+    }
+    Ok(results)
+}
+
+fn run_variant(
+    env: &Env,
+    workloads: &[&Workload],
+    variant: Variant,
+    round: usize,
+    quick: bool,
+    results: &mut Results,
+) -> Result<()> {
+    let tool = variant.start(env, round)?;
+    for (index, workload) in WORKLOADS.iter().enumerate() {
+        if !workloads.iter().any(|w| w.name == workload.name) {
+            continue;
+        }
+        let ops = workload.ops(quick);
+        let before = tool.snapshot()?;
+        let elapsed = (workload.run)(ops)?;
+        let observed = tool.observe(before.as_ref(), workload, ops)?;
+        for (kind, &seen) in &observed.events {
+            if seen < ops as u64 {
+                results.problems.push(format!(
+                    "round {}, {}, {} storm: the sensor counted {seen} {kind} events for {ops} ops",
+                    round + 1,
+                    variant.name(),
+                    workload.name
+                ));
+            }
+        }
+        eprintln!(
+            "  {:<8} {:<8} {:>9.1} us/op{}",
+            variant.name(),
+            workload.name,
+            stats::per_op_us(elapsed, ops),
+            observed
+                .lost
+                .map(|lost| format!("  lost {lost}"))
+                .unwrap_or_default()
+        );
+        results
+            .samples
+            .entry((index, variant.name()))
+            .or_default()
+            .push(Sample {
+                round,
+                elapsed,
+                observed,
+            });
+    }
+    if let Some(lost) = tool.finish()? {
+        if lost > 0 {
+            results.problems.push(format!(
+                "round {}, {}: the sensor lost {lost} events (status lost.total)",
+                round + 1,
+                variant.name()
+            ));
+        }
+        results.lost.entry(variant.name()).or_default().push(lost);
+    }
+    Ok(())
+}
+
+/// Per-round ratio of `variant` to `bare` for one workload, in round order.
+fn ratios(results: &Results, index: usize, variant: &str) -> Vec<f64> {
+    let (Some(bare), Some(samples)) = (
+        results.samples.get(&(index, Variant::Bare.name())),
+        results.samples.get(&(index, variant)),
+    ) else {
+        return Vec::new();
+    };
+    samples
+        .iter()
+        .filter_map(|sample| {
+            let base = bare.iter().find(|b| b.round == sample.round)?;
+            let base = base.elapsed.as_secs_f64();
+            (base > 0.0).then(|| sample.elapsed.as_secs_f64() / base)
+        })
+        .collect()
+}
+
+fn us_per_op(samples: &[Sample], ops: usize) -> Vec<f64> {
+    samples
+        .iter()
+        .map(|s| stats::per_op_us(s.elapsed, ops))
+        .collect()
+}
+
+fn index_of(workload: &Workload) -> usize {
+    WORKLOADS
+        .iter()
+        .position(|w| w.name == workload.name)
+        .unwrap_or(usize::MAX)
+}
+
+fn markdown(workloads: &[&Workload], rounds: usize, quick: bool, results: &Results) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "\n## sensor bench: {rounds} rounds{}\n\n",
+        if quick { ", quick" } else { "" }
+    ));
+    out.push_str("| workload | ops | variant | median µs/op | min – max µs/op | IQR µs/op | ratio vs bare (median of rounds) | lost |\n");
+    out.push_str("|---|---:|---|---:|---:|---:|---:|---:|\n");
+    for workload in workloads {
+        let index = index_of(workload);
+        let ops = workload.ops(quick);
+        for variant in VARIANTS {
+            let samples = results
+                .samples
+                .get(&(index, variant.name()))
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let summary = Summary::of(&us_per_op(samples, ops));
+            let ratio = Summary::of(&ratios(results, index, variant.name()));
+            let lost: Option<u64> = samples
+                .iter()
+                .map(|s| s.observed.lost)
+                .try_fold(0_u64, |sum, lost| lost.map(|l| sum + l));
+            let cell = |f: fn(&Summary) -> String| summary.as_ref().map_or("–".to_owned(), f);
+            out.push_str(&format!(
+                "| {} | {ops} | {} | {} | {} | {} | {} | {} |\n",
+                workload.name,
+                variant.name(),
+                cell(|s| format!("{:.1}", s.median)),
+                cell(|s| format!("{:.1} – {:.1}", s.min, s.max)),
+                cell(|s| format!("{:.1} – {:.1}", s.q1, s.q3)),
+                match (variant, ratio) {
+                    (Variant::Bare, _) => "baseline".to_owned(),
+                    (_, None) => "–".to_owned(),
+                    (_, Some(r)) => format!("{:.3}x ({:.3} – {:.3})", r.median, r.min, r.max),
+                },
+                match (variant, lost) {
+                    (Variant::Bare, _) | (_, None) => "–".to_owned(),
+                    (_, Some(lost)) => lost.to_string(),
+                }
+            ));
+        }
+    }
+    out.push_str(
+        "\nRatio: the median over rounds of (variant time / bare time in the same round), with its min – max. \
+         Lost: events the sensor counted as lost during the workload (status lost.total).\n\n",
+    );
+    for workload in workloads {
+        out.push_str(&format!("- {}: {}\n", workload.name, workload.description));
+    }
+    for (variant, lost) in &results.lost {
+        out.push_str(&format!(
+            "- {variant}: lost.total per round {:?} (must be 0)\n",
+            lost
+        ));
+    }
+    if !results.problems.is_empty() {
+        out.push_str(&format!("- problems: {}\n", results.problems.len()));
+    }
+    out
+}
+
+fn summary_json(summary: Option<Summary>) -> Value {
+    summary.map_or(
+        Value::Null,
+        |s| json!({"median": s.median, "min": s.min, "max": s.max, "q1": s.q1, "q3": s.q3}),
+    )
+}
+
+fn report_json(
+    env: &Env,
+    workloads: &[&Workload],
+    rounds: usize,
+    quick: bool,
+    results: &Results,
+    elapsed: Duration,
+) -> Value {
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    let cpus = thread::available_parallelism().map_or(0, usize::from);
+    let time_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let workloads: Vec<Value> = workloads
+        .iter()
+        .map(|workload| {
+            let index = index_of(workload);
+            let ops = workload.ops(quick);
+            let variants: Vec<Value> = VARIANTS
+                .iter()
+                .map(|variant| {
+                    let samples = results
+                        .samples
+                        .get(&(index, variant.name()))
+                        .map(Vec::as_slice)
+                        .unwrap_or_default();
+                    let per_op = us_per_op(samples, ops);
+                    let ratio = ratios(results, index, variant.name());
+                    json!({
+                        "name": variant.name(),
+                        "rounds": samples.iter().map(|s| s.round + 1).collect::<Vec<_>>(),
+                        "us_per_op": per_op,
+                        "summary_us_per_op": summary_json(Summary::of(&per_op)),
+                        "ratio_vs_bare": {
+                            "per_round": ratio,
+                            "summary": summary_json(Summary::of(&ratio)),
+                        },
+                        "lost": samples.iter().map(|s| s.observed.lost).collect::<Vec<_>>(),
+                        "events_seen": samples.iter().map(|s| &s.observed.events).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            json!({
+                "name": workload.name,
+                "description": workload.description,
+                "ops": ops,
+                "variants": variants,
+            })
+        })
+        .collect();
+    json!({
+        "schema": "sensor.bench/v1",
+        "time_unix": time_unix,
+        "quick": quick,
+        "rounds": rounds,
+        "elapsed_s": elapsed.as_secs_f64(),
+        "host": {"kernel": kernel, "cpus": cpus},
+        "sensor_bin": env.sensor_bin,
+        "workloads": workloads,
+        "lost_per_round": results.lost,
+        "problems": results.problems,
+        "ok": results.problems.is_empty(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(round: usize, millis: u64) -> Sample {
+        Sample {
+            round,
+            elapsed: Duration::from_millis(millis),
+            observed: Observed::default(),
+        }
+    }
+
+    #[test]
+    fn ratios_pair_rounds() {
+        let mut results = Results::default();
+        results
+            .samples
+            .insert((0, "bare"), vec![sample(0, 100), sample(1, 200)]);
+        results
+            .samples
+            .insert((0, "sensor"), vec![sample(1, 220), sample(0, 105)]);
+        let r = ratios(&results, 0, "sensor");
+        assert_eq!(r.len(), 2);
+        assert!((r[0] - 1.1).abs() < 1e-9);
+        assert!((r[1] - 1.05).abs() < 1e-9);
+        assert!(ratios(&results, 1, "sensor").is_empty());
+    }
+
+    #[test]
+    fn status_counters() {
+        let status = json!({"events": {"total": 9, "process.exec": 7}, "lost": {"total": 2}});
+        assert_eq!(event_count(&status, "process.exec"), 7);
+        assert_eq!(event_count(&status, "network.connect"), 0);
+        assert_eq!(lost_total(&status).unwrap(), 2);
+        assert!(lost_total(&json!({})).is_err());
+    }
+
+    #[test]
+    fn workload_names_are_unique() {
+        for (i, a) in WORKLOADS.iter().enumerate() {
+            assert_eq!(index_of(a), i);
+        }
+    }
+}
