@@ -6,11 +6,16 @@ use aya_build::{Package, Toolchain};
 fn main() -> anyhow::Result<()> {
     // With AYA_BUILD_SKIP the object is not built; leave an empty one so the
     // crate still compiles (for lints), and the daemon says so at start-up.
-    if std::env::var_os("AYA_BUILD_SKIP").is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true")) {
-        let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR not set"))?);
+    if std::env::var_os("AYA_BUILD_SKIP")
+        .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+    {
+        let out = std::path::PathBuf::from(
+            std::env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR not set"))?,
+        );
         let object = out.join("sensor");
         if !object.exists() {
-            std::fs::write(&object, b"").with_context(|| format!("writing {}", object.display()))?;
+            std::fs::write(&object, b"")
+                .with_context(|| format!("writing {}", object.display()))?;
         }
     }
     let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()

@@ -7,6 +7,14 @@
 /// Ring buffer carrying events to user space (bytes, power of two, page multiple).
 pub const EVENTS_RING_BYTES: u32 = 16 * 1024 * 1024;
 
+/// Unread bytes in the ring buffer above which the kernel wakes the reader.
+///
+/// Below it records are written without a wakeup (a wakeup is an irq_work
+/// and, in a VM, an IPI costing ~10 µs per record); the reader drains on a
+/// short timer instead (see `sensor::pipeline`). Above it the reader is
+/// behind and is woken at once.
+pub const EVENTS_WAKEUP_BYTES: u64 = 1024 * 1024;
+
 /// Longest path captured (exe, cwd, requested filename), bytes, without NUL.
 pub const PATH_MAX_CAPTURE: usize = 4095;
 /// Mask proving a path length is `<= PATH_MAX_CAPTURE`.

@@ -1,8 +1,18 @@
 //! Sending a finished record to user space, and counting it.
 
-use sensor_common::{event::EventKind, event::MAX_EVENT_SIZE};
+use sensor_common::{
+    event::{EventKind, MAX_EVENT_SIZE},
+    limits::EVENTS_WAKEUP_BYTES,
+};
 
 use crate::maps::{EVENTS, STATS};
+
+/// `bpf_ringbuf_output` flag: do not wake the consumer.
+const BPF_RB_NO_WAKEUP: u64 = 1;
+/// `bpf_ringbuf_output` flag: wake the consumer now.
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+/// `bpf_ringbuf_query` flag: bytes not yet consumed.
+const BPF_RB_AVAIL_DATA: u64 = 0;
 
 /// Copies `size` bytes at `record` into the ring buffer and counts the result:
 /// `emitted` on success, `lost` when the ring buffer is full.
@@ -11,10 +21,20 @@ use crate::maps::{EVENTS, STATS};
 /// `record` must point to at least `min(size, MAX_EVENT_SIZE)` readable bytes.
 #[inline(always)]
 pub unsafe fn emit(record: *const u8, size: usize, kind: EventKind, read_errors: u64) {
-    let size = if size > MAX_EVENT_SIZE { MAX_EVENT_SIZE } else { size };
+    let size = if size > MAX_EVENT_SIZE {
+        MAX_EVENT_SIZE
+    } else {
+        size
+    };
     // SAFETY: caller guarantees the bytes; the verifier checks the bound against the map value.
     let bytes = unsafe { core::slice::from_raw_parts(record, size) };
-    let sent = EVENTS.output::<[u8]>(bytes, 0).is_ok();
+    // Wake the reader only when it is behind; otherwise it drains on its timer.
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) > EVENTS_WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    let sent = EVENTS.output::<[u8]>(bytes, flags).is_ok();
     if let Some(stats) = STATS.get_ptr_mut(0) {
         // SAFETY: per-CPU value, not shared with another CPU; tracepoint programs do not nest here.
         unsafe {

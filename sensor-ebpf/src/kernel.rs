@@ -52,7 +52,9 @@ impl Reader {
     pub fn read_user<T: Copy + Default>(&mut self, addr: u64) -> T {
         let mut v = T::default();
         // SAFETY: as above, for user memory.
-        let ret = unsafe { bpf_probe_read_user((&raw mut v).cast(), size_of::<T>() as u32, addr as *const _) };
+        let ret = unsafe {
+            bpf_probe_read_user((&raw mut v).cast(), size_of::<T>() as u32, addr as *const _)
+        };
         if ret < 0 {
             self.errors += 1;
             return T::default();
@@ -158,7 +160,12 @@ impl Reader {
     /// # Safety
     /// `buf` must be valid for `PATH_SCRATCH_BYTES` bytes.
     #[inline(always)]
-    pub unsafe fn build_path(&mut self, buf: *mut u8, mut mnt: u64, mut dentry: u64) -> (usize, usize, bool) {
+    pub unsafe fn build_path(
+        &mut self,
+        buf: *mut u8,
+        mut mnt: u64,
+        mut dentry: u64,
+    ) -> (usize, usize, bool) {
         const END: usize = PATH_MASK;
         let mut pos: usize = END;
         let mut truncated = true;

@@ -35,7 +35,8 @@ pub fn event_scratch() -> Option<*mut Event<ExecData>> {
 
 /// Per-CPU buffer a path is walked into, right to left.
 #[map(name = "SNSR_PATHBUF")]
-pub static PATH_SCRATCH: PerCpuArray<[u8; PATH_SCRATCH_BYTES]> = PerCpuArray::with_max_entries(1, 0);
+pub static PATH_SCRATCH: PerCpuArray<[u8; PATH_SCRATCH_BYTES]> =
+    PerCpuArray::with_max_entries(1, 0);
 
 /// Arguments of an execve/execveat in flight, by pid_tgid, kept to report failures.
 #[repr(C)]
@@ -46,7 +47,8 @@ pub struct ExecveArgs {
 }
 
 #[map(name = "SNSR_EXECVE")]
-pub static EXECVE_INFLIGHT: LruHashMap<u64, ExecveArgs> = LruHashMap::with_max_entries(INFLIGHT_ENTRIES, 0);
+pub static EXECVE_INFLIGHT: LruHashMap<u64, ExecveArgs> =
+    LruHashMap::with_max_entries(INFLIGHT_ENTRIES, 0);
 
 /// A connect() in flight, by pid_tgid: the cgroup hook fills in the address,
 /// the syscall exit adds the result and sends it.
@@ -62,4 +64,3 @@ pub struct ConnectInflight {
 #[map(name = "SNSR_CONNECT")]
 pub static CONNECT_INFLIGHT: LruHashMap<u64, ConnectInflight> =
     LruHashMap::with_max_entries(INFLIGHT_ENTRIES, 0);
-

@@ -73,7 +73,9 @@ impl Config {
         };
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound && !explicit => return Ok(Self::default()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !explicit => {
+                return Ok(Self::default());
+            }
             Err(source) => return Err(ConfigError::Read { path, source }),
         };
         Self::parse(&text, &path)
@@ -90,10 +92,12 @@ impl Config {
                 message: e.message().to_owned(),
             }
         })?;
-        config.output_specs().map_err(|source| ConfigError::Output {
-            path: path.to_owned(),
-            source,
-        })?;
+        config
+            .output_specs()
+            .map_err(|source| ConfigError::Output {
+                path: path.to_owned(),
+                source,
+            })?;
         Ok(config)
     }
 
@@ -124,15 +128,26 @@ mod tests {
 
     #[test]
     fn reads_outputs() {
-        let c = Config::parse("[daemon]\noutputs = [\"file:/tmp/e.jsonl\", \"-\"]\n", Path::new("x.toml")).unwrap();
+        let c = Config::parse(
+            "[daemon]\noutputs = [\"file:/tmp/e.jsonl\", \"-\"]\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
         assert_eq!(c.output_specs().unwrap().len(), 2);
     }
 
     #[test]
     fn unknown_key_has_file_and_line() {
-        let err = Config::parse("[daemon]\n\noutptus = []\n", Path::new("/etc/sensor/sensor.toml")).unwrap_err();
+        let err = Config::parse(
+            "[daemon]\n\noutptus = []\n",
+            Path::new("/etc/sensor/sensor.toml"),
+        )
+        .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.starts_with("config /etc/sensor/sensor.toml:3:"), "{msg}");
+        assert!(
+            msg.starts_with("config /etc/sensor/sensor.toml:3:"),
+            "{msg}"
+        );
         assert!(msg.contains("outptus"), "{msg}");
     }
 

@@ -19,7 +19,9 @@ impl Host {
             .map_err(io::Error::from)?
             .to_string_lossy()
             .into_owned();
-        let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id")?.trim().to_owned();
+        let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id")?
+            .trim()
+            .to_owned();
         Ok(Self { name, boot_id })
     }
 }
@@ -38,7 +40,11 @@ pub struct ProcessKeys {
 impl ProcessKeys {
     #[must_use]
     pub fn new(boot_id: &str, clock_ticks_per_second: u64) -> Self {
-        let boot_prefix: String = boot_id.chars().filter(char::is_ascii_hexdigit).take(16).collect();
+        let boot_prefix: String = boot_id
+            .chars()
+            .filter(char::is_ascii_hexdigit)
+            .take(16)
+            .collect();
         Self {
             boot_prefix,
             ns_per_tick: 1_000_000_000 / clock_ticks_per_second.max(1),
@@ -79,7 +85,9 @@ impl Clock {
     pub fn now() -> io::Result<Self> {
         let real = clock_gettime(ClockId::CLOCK_REALTIME).map_err(io::Error::from)?;
         let boot = clock_gettime(ClockId::CLOCK_BOOTTIME).map_err(io::Error::from)?;
-        let ns = |t: nix::sys::time::TimeSpec| i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec());
+        let ns = |t: nix::sys::time::TimeSpec| {
+            i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec())
+        };
         Ok(Self {
             offset_ns: ns(real) - ns(boot),
         })
@@ -126,7 +134,10 @@ mod tests {
     fn clock_converts_boot_time() {
         let clock = Clock::with_offset(1_700_000_000_000_000_000);
         let t = clock.wall(123);
-        assert_eq!(humantime::format_rfc3339_nanos(t).to_string(), "2023-11-14T22:13:20.000000123Z");
+        assert_eq!(
+            humantime::format_rfc3339_nanos(t).to_string(),
+            "2023-11-14T22:13:20.000000123Z"
+        );
     }
 
     #[test]

@@ -25,6 +25,10 @@ const DRAIN_BUDGET: usize = 8192;
 const BATCH_BYTES: usize = 256 * 1024;
 /// How often kernel counters are read and the clock offset re-measured.
 const TICK: Duration = Duration::from_secs(1);
+/// How often the ring buffer is drained. The kernel writes records without
+/// waking us (a wakeup per record costs more than the probe itself) unless
+/// we fall behind, so this bounds the kernel-to-output latency.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -123,11 +127,15 @@ impl Pipeline {
             }
         }
         for kind in Kind::ALL {
-            self.state.set_kernel_lost(kind, cumulative_by_kind[kind.index()]);
+            self.state
+                .set_kernel_lost(kind, cumulative_by_kind[kind.index()]);
         }
         self.state.set_read_errors(kernel.read_errors);
         for (i, handle) in self.output_handles.iter().enumerate() {
-            let now = handle.stats.dropped.load(std::sync::atomic::Ordering::Relaxed);
+            let now = handle
+                .stats
+                .dropped
+                .load(std::sync::atomic::Ordering::Relaxed);
             let delta = now.saturating_sub(self.output_dropped_seen[i]);
             self.output_dropped_seen[i] = now;
             if delta > 0 {
@@ -175,12 +183,19 @@ pub async fn run(
     mut pipeline: Pipeline,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), PipelineError> {
-    let Kernel { probes, events, stats } = kernel;
+    let Kernel {
+        probes,
+        events,
+        stats,
+    } = kernel;
     // SAFETY: RingBuf owns its map fd and keeps it open, unchanged, for its
     // whole life, which the AsyncFd spans.
-    let mut ring = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
-        .map_err(|e| PipelineError::Poll(e.into()))?;
+    let mut ring =
+        unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
+            .map_err(|e| PipelineError::Poll(e.into()))?;
     let mut tick = tokio::time::interval(TICK);
+    let mut drain_timer = tokio::time::interval(DRAIN_INTERVAL);
+    drain_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     let result = loop {
         tokio::select! {
@@ -196,6 +211,10 @@ pub async fn run(
                 } else {
                     tokio::task::yield_now().await;
                 }
+            }
+            _ = drain_timer.tick() => {
+                drain(ring.get_mut(), &mut pipeline, DRAIN_BUDGET);
+                pipeline.flush();
             }
             _ = tick.tick() => {
                 match read_stats(&stats) {

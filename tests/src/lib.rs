@@ -596,6 +596,62 @@ impl Drop for Daemon {
     }
 }
 
+// ----- soft assertions -----
+
+/// Collects failed checks so that a test reports every mismatch of an event
+/// at once instead of the first one only. Use with [`check!`].
+#[derive(Debug, Default)]
+pub struct Checks {
+    failures: Vec<String>,
+}
+
+impl Checks {
+    /// No failures yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records a failure.
+    pub fn fail(&mut self, msg: String) {
+        self.failures.push(msg);
+    }
+
+    /// Records the error of a sub-check, if any.
+    pub fn result(&mut self, r: Result<()>) {
+        if let Err(e) = r {
+            self.fail(format!("{e:#}"));
+        }
+    }
+
+    /// Fails with every recorded failure.
+    pub fn finish(self) -> Result<()> {
+        if self.failures.is_empty() {
+            return Ok(());
+        }
+        let n = self.failures.len();
+        bail!(
+            "{n} check(s) failed:\n{}",
+            self.failures
+                .iter()
+                .enumerate()
+                .map(|(i, f)| format!("[{}] {f}", i + 1))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    }
+}
+
+/// `check!(checks, cond, "format", args..)`: like `ensure!`, but records the
+/// failure in a [`Checks`] and goes on.
+#[macro_export]
+macro_rules! check {
+    ($c:expr, $cond:expr, $($arg:tt)+) => {
+        if !$cond {
+            $c.fail(format!($($arg)+));
+        }
+    };
+}
+
 // ----- event accessors -----
 
 /// `kind` of an event ("" when absent).

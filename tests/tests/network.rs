@@ -6,8 +6,8 @@ use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
 use sensor_tests::{
-    Daemon, EVENT_TIMEOUT, absent_or_null, canonical_str, check_common, compact, dump, helper_bin,
-    i64_at, is_kind_pid, run_child, str_at, text,
+    Checks, Daemon, EVENT_TIMEOUT, absent_or_null, canonical_str, check, check_common, compact,
+    dump, helper_bin, i64_at, is_kind_pid, run_child, str_at, text,
 };
 use serde_json::Value;
 
@@ -33,6 +33,7 @@ fn check_connect(
     addr: SocketAddr,
     transport: &str,
     result: &str,
+    c: &mut Checks,
 ) -> Result<Value> {
     let port = i64::from(addr.port());
     let found = d.wait_for(EVENT_TIMEOUT, |e| {
@@ -53,10 +54,11 @@ fn check_connect(
             });
         }
     };
-    check_common(&e)?;
+    c.result(check_common(&e));
     let family = if addr.is_ipv4() { "ipv4" } else { "ipv6" };
     let ip = addr.ip().to_string();
-    ensure!(
+    check!(
+        c,
         str_at(&e, "/network/transport") == Some(transport)
             && str_at(&e, "/network/family") == Some(family)
             && str_at(&e, "/network/dst_ip") == Some(ip.as_str()),
@@ -64,7 +66,8 @@ fn check_connect(
         compact(&e)
     );
     let helper = canonical_str(helper_bin!())?;
-    ensure!(
+    check!(
+        c,
         str_at(&e, "/process/exe") == Some(helper.as_str()),
         "process.exe is not the connecting helper {helper}: {}",
         compact(&e)
@@ -72,14 +75,14 @@ fn check_connect(
     Ok(e)
 }
 
-fn check_ok(e: &Value) -> Result<()> {
-    ensure!(
+fn check_ok(e: &Value, c: &mut Checks) {
+    check!(
+        c,
         (absent_or_null(e, "/network/errno") || i64_at(e, "/network/errno") == Some(0))
             && absent_or_null(e, "/network/error"),
         "a successful connect has errno/error set: {}",
         compact(e)
     );
-    Ok(())
 }
 
 /// Case 6a: TCP connect to a listener on 127.0.0.1.
@@ -89,8 +92,10 @@ fn tcp_connect_ipv4_loopback_ok() -> Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let pid = helper_connect("tcp", addr, "ok")?;
-    let e = check_connect(&d, pid, addr, "tcp", "ok")?;
-    check_ok(&e)
+    let mut c = Checks::new();
+    let e = check_connect(&d, pid, addr, "tcp", "ok", &mut c)?;
+    check_ok(&e, &mut c);
+    c.finish()
 }
 
 /// Case 6b: TCP connect to a listener on ::1.
@@ -100,8 +105,10 @@ fn tcp_connect_ipv6_loopback_ok() -> Result<()> {
     let listener = TcpListener::bind("[::1]:0").context("bind [::1]:0")?;
     let addr = listener.local_addr()?;
     let pid = helper_connect("tcp", addr, "ok")?;
-    let e = check_connect(&d, pid, addr, "tcp", "ok")?;
-    check_ok(&e)
+    let mut c = Checks::new();
+    let e = check_connect(&d, pid, addr, "tcp", "ok", &mut c)?;
+    check_ok(&e, &mut c);
+    c.finish()
 }
 
 /// Case 6c: UDP connect on 127.0.0.1.
@@ -111,8 +118,10 @@ fn udp_connect_ipv4_loopback_ok() -> Result<()> {
     let target = UdpSocket::bind("127.0.0.1:0")?;
     let addr = target.local_addr()?;
     let pid = helper_connect("udp", addr, "ok")?;
-    let e = check_connect(&d, pid, addr, "udp", "ok")?;
-    check_ok(&e)
+    let mut c = Checks::new();
+    let e = check_connect(&d, pid, addr, "udp", "ok", &mut c)?;
+    check_ok(&e, &mut c);
+    c.finish()
 }
 
 /// Case 6d: TCP connect to a loopback port with no listener: refused.
@@ -122,12 +131,14 @@ fn tcp_connect_refused() -> Result<()> {
     // A port that was free a moment ago and has no listener now.
     let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let pid = helper_connect("tcp", addr, &format!("errno={}", libc::ECONNREFUSED))?;
-    let e = check_connect(&d, pid, addr, "tcp", "refused")?;
-    ensure!(
+    let mut c = Checks::new();
+    let e = check_connect(&d, pid, addr, "tcp", "refused", &mut c)?;
+    check!(
+        c,
         i64_at(&e, "/network/errno") == Some(i64::from(libc::ECONNREFUSED))
             && str_at(&e, "/network/error") == Some("ECONNREFUSED"),
         "a refused connect should carry errno 111 / ECONNREFUSED: {}",
         compact(&e)
     );
-    Ok(())
+    c.finish()
 }

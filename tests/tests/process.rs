@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use sensor_tests::{
-    Daemon, EVENT_TIMEOUT, TempDir, absent_or_null, argv_area_len, argv_has, argv_of, b64_decode,
-    bool_at, canonical_str, check_common, compact, dump, helper_bin, i64_at, is_kind_pid, kind,
-    marker, pid_of, run_child, str_at, text,
+    Checks, Daemon, EVENT_TIMEOUT, TempDir, absent_or_null, argv_area_len, argv_has, argv_of,
+    b64_decode, bool_at, canonical_str, check, check_common, compact, dump, helper_bin, i64_at,
+    is_kind_pid, kind, marker, pid_of, run_child, str_at, text,
 };
 use serde_json::Value;
 
@@ -42,6 +42,7 @@ fn settle() {
 #[test]
 fn spawn_exec_exit_of_a_marker_command() -> Result<()> {
     let d = Daemon::start()?;
+    let mut c = Checks::new();
     let m = marker();
     let cwd = TempDir::new("cwd")?;
     let argv = ["/bin/sh", "-c", "exit 7", m.as_str()];
@@ -73,19 +74,22 @@ fn spawn_exec_exit_of_a_marker_command() -> Result<()> {
     let cwd = canonical_str(cwd.path())?;
     let all = [&spawn, &exec, &exit];
     for e in all {
-        check_common(e)?;
-        ensure!(
+        c.result(check_common(e));
+        check!(
+            c,
             i64_at(e, "/process/ppid") == Some(our_pid()),
             "ppid is not the test's pid {}: {}",
             our_pid(),
             compact(e)
         );
-        ensure!(
+        check!(
+            c,
             i64_at(e, "/process/tid") == Some(i64::from(pid)),
             "tid != pid for a single-threaded child: {}",
             compact(e)
         );
-        ensure!(
+        check!(
+            c,
             i64_at(e, "/process/uid") == Some(0),
             "uid is not 0: {}",
             compact(e)
@@ -94,22 +98,30 @@ fn spawn_exec_exit_of_a_marker_command() -> Result<()> {
 
     // The process key survives exec and is the same on all three events.
     let key = str_at(&exec, "/process/key").unwrap_or("");
-    ensure!(!key.is_empty(), "process.key missing: {}", compact(&exec));
+    check!(
+        c,
+        !key.is_empty(),
+        "process.key missing: {}",
+        compact(&exec)
+    );
     for e in [&spawn, &exit] {
-        ensure!(
+        check!(
+            c,
             str_at(e, "/process/key") == Some(key),
             "process.key differs from the exec's {key:?}: {}",
             compact(e)
         );
     }
-    ensure!(
+    check!(
+        c,
         str_at(&spawn, "/process/parent_key").is_some_and(|k| !k.is_empty())
             && str_at(&spawn, "/process/parent_key") == str_at(&exec, "/process/parent_key"),
         "parent_key missing or differs between spawn and exec:\n{}\n{}",
         compact(&spawn),
         compact(&exec)
     );
-    ensure!(
+    check!(
+        c,
         seq(&spawn) < seq(&exec) && seq(&exec) < seq(&exit),
         "events out of order (spawn {}, exec {}, exit {})",
         seq(&spawn),
@@ -118,17 +130,20 @@ fn spawn_exec_exit_of_a_marker_command() -> Result<()> {
     );
 
     // spawn: the child before its exec still runs the test binary.
-    ensure!(
+    check!(
+        c,
         str_at(&spawn, "/process/parent_exe") == Some(test_exe.as_str()),
         "spawn parent_exe is not {test_exe}: {}",
         compact(&spawn)
     );
-    ensure!(
+    check!(
+        c,
         str_at(&spawn, "/process/exe") == Some(test_exe.as_str()),
         "spawn exe (child before exec) is not {test_exe}: {}",
         compact(&spawn)
     );
-    ensure!(
+    check!(
+        c,
         absent_or_null(&spawn, "/process/argv") && absent_or_null(&spawn, "/process/cwd"),
         "argv/cwd must be absent on spawn: {}",
         compact(&spawn)
@@ -136,48 +151,57 @@ fn spawn_exec_exit_of_a_marker_command() -> Result<()> {
 
     // exec
     let want_argv: Vec<String> = argv.iter().map(|s| (*s).to_owned()).collect();
-    ensure!(
+    check!(
+        c,
         str_at(&exec, "/process/exe") == Some(sh.as_str()),
         "exec exe is not the resolved {sh}: {}",
         compact(&exec)
     );
-    ensure!(
+    check!(
+        c,
         argv_of(&exec) == want_argv,
         "argv is not {want_argv:?}: {}",
         compact(&exec)
     );
-    ensure!(
+    check!(
+        c,
         i64_at(&exec, "/process/argc") == Some(4),
         "argc is not 4: {}",
         compact(&exec)
     );
-    ensure!(
+    check!(
+        c,
         bool_at(&exec, "/process/argv_truncated") == Some(false),
         "argv_truncated is not false: {}",
         compact(&exec)
     );
     let len = i64::try_from(argv_area_len(&argv))?;
-    ensure!(
+    check!(
+        c,
         i64_at(&exec, "/process/argv_len") == Some(len),
         "argv_len is not {len}: {}",
         compact(&exec)
     );
-    ensure!(
+    check!(
+        c,
         absent_or_null(&exec, "/process/argv_b64"),
         "argv_b64 present for a UTF-8 argv: {}",
         compact(&exec)
     );
-    ensure!(
+    check!(
+        c,
         str_at(&exec, "/process/cwd") == Some(cwd.as_str()),
         "cwd is not {cwd}: {}",
         compact(&exec)
     );
-    ensure!(
+    check!(
+        c,
         str_at(&exec, "/process/comm") == Some("sh"),
         "comm is not \"sh\": {}",
         compact(&exec)
     );
-    ensure!(
+    check!(
+        c,
         str_at(&exec, "/exec/result") == Some("ok")
             && str_at(&exec, "/exec/filename") == Some("/bin/sh")
             && i64_at(&exec, "/exec/old_tid") == Some(i64::from(pid)),
@@ -186,18 +210,20 @@ fn spawn_exec_exit_of_a_marker_command() -> Result<()> {
     );
 
     // exit
-    ensure!(
+    check!(
+        c,
         i64_at(&exit, "/process/exit_code") == Some(7)
             && absent_or_null(&exit, "/process/exit_signal"),
         "exit_code is not 7 with exit_signal null: {}",
         compact(&exit)
     );
-    ensure!(
+    check!(
+        c,
         str_at(&exit, "/process/exe") == Some(sh.as_str()),
         "exit exe is not {sh}: {}",
         compact(&exit)
     );
-    Ok(())
+    c.finish()
 }
 
 /// Checks a (possibly truncated) reported argv against the original.
@@ -231,6 +257,7 @@ fn check_argv_prefix(e: &Value, full: &[String]) -> Result<()> {
 #[test]
 fn huge_argv_is_truncated_with_original_length() -> Result<()> {
     let d = Daemon::start()?;
+    let mut c = Checks::new();
     let m = marker();
     let mut full: Vec<String> = vec!["/bin/true".to_owned(), m.clone()];
     full.extend((1..300).map(|i| format!("arg{i}")));
@@ -243,29 +270,33 @@ fn huge_argv_is_truncated_with_original_length() -> Result<()> {
         .wait_for(EVENT_TIMEOUT, |e| is_kind_pid(e, "process.exec", pid))
         .context("process.exec with a 300-argument + 64 KiB argv")?;
     let want_len = i64::try_from(argv_area_len(&full))?;
-    ensure!(
+    check!(
+        c,
         bool_at(&exec, "/process/argv_truncated") == Some(true),
         "argv_truncated is not true for a {want_len}-byte argv: {}",
         compact(&exec)
     );
-    ensure!(
+    check!(
+        c,
         i64_at(&exec, "/process/argv_len") == Some(want_len),
         "argv_len is {:?}, expected the original size {want_len}",
         exec.pointer("/process/argv_len")
     );
-    check_argv_prefix(&exec, &full).with_context(|| compact(&exec))?;
-    ensure!(
+    c.result(check_argv_prefix(&exec, &full).with_context(|| compact(&exec)));
+    check!(
+        c,
         argv_of(&exec).get(1) == Some(&m),
         "argv[1] is not the marker: {}",
         compact(&exec)
     );
-    ensure!(
+    check!(
+        c,
         str_at(&exec, "/process/exe") == Some(canonical_str("/bin/true")?.as_str())
             && str_at(&exec, "/exec/result") == Some("ok"),
         "exe/result wrong: {}",
         compact(&exec)
     );
-    Ok(())
+    c.finish()
 }
 
 /// Case 2b: 300 short arguments: either captured whole, or flagged truncated with
@@ -361,6 +392,7 @@ fn non_utf8_argv_round_trips() -> Result<()> {
 
 fn failed_exec(file: &std::path::Path, want_errno: i64, want_error: &str) -> Result<()> {
     let d = Daemon::start()?;
+    let mut c = Checks::new();
     let m = marker();
     let file_s = file.to_str().context("non-UTF-8 temp path")?.to_owned();
     let (pid, out) = run_child(Command::new(helper_bin!()).args(["exec", &file_s, &m]))?;
@@ -376,13 +408,15 @@ fn failed_exec(file: &std::path::Path, want_errno: i64, want_error: &str) -> Res
             kind(e) == "process.exec" && str_at(e, "/exec/filename") == Some(file_s.as_str())
         })
         .with_context(|| format!("failed process.exec of {file_s}"))?;
-    ensure!(
+    check!(
+        c,
         pid_of(&exec) == Some(pid),
         "failed exec reported for pid {:?}, the helper is {pid}: {}",
         pid_of(&exec),
         compact(&exec)
     );
-    ensure!(
+    check!(
+        c,
         str_at(&exec, "/exec/result") == Some("error")
             && i64_at(&exec, "/exec/errno") == Some(want_errno)
             && str_at(&exec, "/exec/error") == Some(want_error),
@@ -390,18 +424,20 @@ fn failed_exec(file: &std::path::Path, want_errno: i64, want_error: &str) -> Res
         compact(&exec)
     );
     let helper = helper_exe()?;
-    ensure!(
+    check!(
+        c,
         str_at(&exec, "/process/exe") == Some(helper.as_str()),
         "a failed exec must report the unchanged caller image {helper}: {}",
         compact(&exec)
     );
     let want_argv = vec![file_s.clone(), m.clone()];
-    ensure!(
+    check!(
+        c,
         argv_of(&exec) == want_argv,
         "argv is not the one it tried ({want_argv:?}): {}",
         compact(&exec)
     );
-    Ok(())
+    c.finish()
 }
 
 /// Case 3a: exec of a missing file: ENOENT.
@@ -427,6 +463,7 @@ fn failed_exec_non_executable_is_eacces() -> Result<()> {
 #[test]
 fn threads_are_not_processes() -> Result<()> {
     let d = Daemon::start()?;
+    let mut c = Checks::new();
     let m = marker();
     let (pid, out) = run_child(Command::new(helper_bin!()).args(["threads", "50", &m]))?;
     ensure!(out.status.success(), "helper failed: {}", out.status);
@@ -462,22 +499,25 @@ fn threads_are_not_processes() -> Result<()> {
         .iter()
         .filter(|e| kind(e) == "process.exit")
         .collect();
-    ensure!(
+    check!(
+        c,
         spawns.len() == 1 && pid_of(spawns[0]) == Some(pid),
         "expected exactly one process.spawn (pid {pid}) and none for its 50 threads; got:\n{}",
         dump(&related)
     );
-    ensure!(
+    check!(
+        c,
         exits.len() == 1 && pid_of(exits[0]) == Some(pid),
         "expected exactly one process.exit (pid {pid}) and none for its 50 threads; got:\n{}",
         dump(&related)
     );
-    ensure!(
+    check!(
+        c,
         i64_at(exits[0], "/process/exit_code") == Some(0),
         "exit code is not 0: {}",
         compact(exits[0])
     );
-    Ok(())
+    c.finish()
 }
 
 /// Case 5a: exec from a non-leader thread: reported under the process's pid
@@ -485,6 +525,7 @@ fn threads_are_not_processes() -> Result<()> {
 #[test]
 fn exec_from_a_non_leader_thread() -> Result<()> {
     let d = Daemon::start()?;
+    let mut c = Checks::new();
     let m = marker();
     let (pid, out) = run_child(Command::new(helper_bin!()).args([
         "thread-exec",
@@ -519,18 +560,21 @@ fn exec_from_a_non_leader_thread() -> Result<()> {
         })
         .context("process.exec from a non-leader thread")?;
     let sh = canonical_str("/bin/sh")?;
-    ensure!(
+    check!(
+        c,
         pid_of(&exec) == Some(pid) && i64_at(&exec, "/process/tid") == Some(i64::from(pid)),
         "exec from thread {old_tid} must be reported as pid = tid = {pid} (the tgid): {}",
         compact(&exec)
     );
-    ensure!(
+    check!(
+        c,
         str_at(&exec, "/process/exe") == Some(sh.as_str())
             && str_at(&exec, "/exec/result") == Some("ok"),
         "exe is not {sh} / result not ok: {}",
         compact(&exec)
     );
-    ensure!(
+    check!(
+        c,
         i64_at(&exec, "/exec/old_tid") == Some(old_tid),
         "exec.old_tid is not the calling thread {old_tid}: {}",
         compact(&exec)
@@ -540,24 +584,27 @@ fn exec_from_a_non_leader_thread() -> Result<()> {
         .context("process.exit after the thread exec")?;
     settle();
     let exits = d.matching(|e| is_kind_pid(e, "process.exit", pid))?;
-    ensure!(
+    check!(
+        c,
         exits.len() == 1 && i64_at(&exit, "/process/exit_code") == Some(5),
         "expected one process.exit with code 5 for pid {pid} (the threads torn down by exec are no process exit):\n{}",
         dump(&exits)
     );
     let spawns = d.matching(|e| is_kind_pid(e, "process.spawn", pid))?;
-    ensure!(
+    check!(
+        c,
         spawns.len() == 1,
         "expected one process.spawn for pid {pid}:\n{}",
         dump(&spawns)
     );
-    Ok(())
+    c.finish()
 }
 
 /// Case 5b: A process that renames itself (PR_SET_NAME) keeps its exe.
 #[test]
 fn prctl_rename_does_not_change_exe() -> Result<()> {
     let d = Daemon::start()?;
+    let mut c = Checks::new();
     let m = marker();
     let (pid, out) =
         run_child(Command::new(helper_bin!()).args(["prctl-name", "curl", "/bin/true", &m]))?;
@@ -579,7 +626,8 @@ fn prctl_rename_does_not_change_exe() -> Result<()> {
     let exit = d
         .wait_for(EVENT_TIMEOUT, |e| is_kind_pid(e, "process.exit", pid))
         .context("process.exit of the renamed helper")?;
-    ensure!(
+    check!(
+        c,
         str_at(&exit, "/process/exe") == Some(helper.as_str()),
         "the renamed process's exe must stay {helper}: {}",
         compact(&exit)
@@ -587,7 +635,8 @@ fn prctl_rename_does_not_change_exe() -> Result<()> {
     let spawn = d
         .wait_for(EVENT_TIMEOUT, |e| is_kind_pid(e, "process.spawn", child))
         .context("process.spawn of the renamed helper's child")?;
-    ensure!(
+    check!(
+        c,
         i64_at(&spawn, "/process/ppid") == Some(i64::from(pid))
             && str_at(&spawn, "/process/parent_exe") == Some(helper.as_str())
             && str_at(&spawn, "/process/exe") == Some(helper.as_str()),
@@ -597,18 +646,20 @@ fn prctl_rename_does_not_change_exe() -> Result<()> {
     let exec = d
         .wait_for(EVENT_TIMEOUT, |e| is_kind_pid(e, "process.exec", child))
         .context("process.exec of the renamed helper's child")?;
-    ensure!(
+    check!(
+        c,
         str_at(&exec, "/process/exe") == Some(canonical_str("/bin/true")?.as_str()),
         "child exe wrong: {}",
         compact(&exec)
     );
-    Ok(())
+    c.finish()
 }
 
 /// Case 5c: A faked argv[0] does not change the reported exe.
 #[test]
 fn fake_argv0_does_not_change_exe() -> Result<()> {
     let d = Daemon::start()?;
+    let mut c = Checks::new();
     let m = marker();
     let (pid, out) = run_child(Command::new(helper_bin!()).args([
         "fake-argv0",
@@ -633,12 +684,14 @@ fn fake_argv0_does_not_change_exe() -> Result<()> {
         })
         .context("process.exec with a fake argv[0]")?;
     let sh = canonical_str("/bin/sh")?;
-    ensure!(
+    check!(
+        c,
         argv_of(&exec).first().map(String::as_str) == Some("/usr/sbin/sshd"),
         "argv[0] should be the faked one: {}",
         compact(&exec)
     );
-    ensure!(
+    check!(
+        c,
         str_at(&exec, "/process/exe") == Some(sh.as_str())
             && str_at(&exec, "/exec/filename") == Some("/bin/sh"),
         "exe must be the real image {sh} (filename /bin/sh), not argv[0]: {}",
@@ -647,10 +700,11 @@ fn fake_argv0_does_not_change_exe() -> Result<()> {
     let exit = d
         .wait_for(EVENT_TIMEOUT, |e| is_kind_pid(e, "process.exit", pid))
         .context("process.exit with a fake argv[0]")?;
-    ensure!(
+    check!(
+        c,
         str_at(&exit, "/process/exe") == Some(sh.as_str()),
         "exit exe must be {sh}: {}",
         compact(&exit)
     );
-    Ok(())
+    c.finish()
 }

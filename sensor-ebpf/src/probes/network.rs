@@ -5,7 +5,10 @@
 //! in-kernel users) is reported at the cgroup hook, without a result.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, generated::bpf_ktime_get_boot_ns},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        generated::bpf_ktime_get_boot_ns,
+    },
     macros::{cgroup_sock_addr, tracepoint},
     programs::{SockAddrContext, TracePointContext},
 };
@@ -29,7 +32,11 @@ const ALLOW: i32 = 1;
 pub fn snsr_conn_in(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     if !is_own((pid_tgid >> 32) as u32) {
-        let empty = ConnectInflight { data: ConnectData::default(), filled: 0, _pad: 0 };
+        let empty = ConnectInflight {
+            data: ConnectData::default(),
+            filled: 0,
+            _pad: 0,
+        };
         let _ = CONNECT_INFLIGHT.insert(&pid_tgid, &empty, 0);
     }
     0
@@ -54,7 +61,10 @@ pub fn snsr_connect6(ctx: SockAddrContext) -> i32 {
 #[inline(always)]
 unsafe fn on_connect(ctx: &SockAddrContext, family: u16) {
     let sa = ctx.sock_addr;
-    let mut data = ConnectData { family, ..ConnectData::default() };
+    let mut data = ConnectData {
+        family,
+        ..ConnectData::default()
+    };
     // SAFETY: the kernel passes a valid bpf_sock_addr; loads are rewritten by the verifier.
     unsafe {
         data.sock_type = (*sa).type_ as u16;
@@ -67,7 +77,12 @@ unsafe fn on_connect(ctx: &SockAddrContext, family: u16) {
             data.addr[2] = ip[2];
             data.addr[3] = ip[3];
         } else {
-            let words = [(*sa).user_ip6[0], (*sa).user_ip6[1], (*sa).user_ip6[2], (*sa).user_ip6[3]];
+            let words = [
+                (*sa).user_ip6[0],
+                (*sa).user_ip6[1],
+                (*sa).user_ip6[2],
+                (*sa).user_ip6[3],
+            ];
             let mut i = 0;
             while i < 4 {
                 let b = words[i].to_ne_bytes();
@@ -110,7 +125,14 @@ unsafe fn on_connect(ctx: &SockAddrContext, family: u16) {
     };
     ev.header.comm = bpf_get_current_comm().unwrap_or_default();
     // SAFETY: ev lives on the stack for the call.
-    unsafe { emit((&raw const ev).cast(), size_of::<FixedEvent<ConnectData>>(), EventKind::NetConnect, 0) };
+    unsafe {
+        emit(
+            (&raw const ev).cast(),
+            size_of::<FixedEvent<ConnectData>>(),
+            EventKind::NetConnect,
+            0,
+        )
+    };
 }
 
 /// tracepoint `syscalls/sys_exit_connect`: send the connect with its result.
@@ -151,6 +173,13 @@ unsafe fn connect_exit(ctx: &TracePointContext) -> Option<()> {
     let mut r = Reader::new();
     r.fill_task(&mut ev.header, current_task());
     // SAFETY: ev lives on the stack for the call.
-    unsafe { emit((&raw const ev).cast(), size_of::<FixedEvent<ConnectData>>(), EventKind::NetConnect, r.errors) };
+    unsafe {
+        emit(
+            (&raw const ev).cast(),
+            size_of::<FixedEvent<ConnectData>>(),
+            EventKind::NetConnect,
+            r.errors,
+        )
+    };
     Some(())
 }

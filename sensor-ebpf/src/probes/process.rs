@@ -2,25 +2,29 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_uid_gid, generated::bpf_ktime_get_boot_ns},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, generated::bpf_ktime_get_boot_ns,
+    },
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
 use sensor_common::{
     config::ABSENT,
     event::{
-        CWD_TRUNCATED, Event, EventHeader, EventKind, ExecData, ExitData, FILENAME_TRUNCATED, FixedEvent,
-        PATH_TRUNCATED, SpawnData,
+        CWD_TRUNCATED, Event, EventHeader, EventKind, ExecData, ExitData, FILENAME_TRUNCATED,
+        FixedEvent, PATH_TRUNCATED, SpawnData,
     },
-    limits::{ARGV_MASK, ARGV_MAX_CAPTURE, EVENT_DATA_CURSOR_MASK, FAILED_EXEC_MAX_ARGS, PATH_MASK},
+    limits::{
+        ARGV_MASK, ARGV_MAX_CAPTURE, EVENT_DATA_CURSOR_MASK, FAILED_EXEC_MAX_ARGS, PATH_MASK,
+    },
 };
 
 use crate::{
     config::{is_own, offset},
+    emit::count_lost,
     emit::emit,
     kernel::{Reader, current_task, opaque},
     maps::{EXECVE_INFLIGHT, ExecveArgs, PATH_SCRATCH, event_scratch},
-    emit::count_lost,
 };
 
 /// `SIGNAL_GROUP_EXIT` in `signal_struct.flags` (include/linux/sched/signal.h).
@@ -44,7 +48,13 @@ fn new_header(kind: EventKind) -> EventHeader {
 /// Appends the path of the file at `file` (`struct file *`) to `data` at `cursor`.
 /// Returns (bytes written, truncated).
 #[inline(always)]
-unsafe fn put_file_path(r: &mut Reader, pathbuf: *mut u8, data: *mut u8, cursor: usize, file: u64) -> (usize, bool) {
+unsafe fn put_file_path(
+    r: &mut Reader,
+    pathbuf: *mut u8,
+    data: *mut u8,
+    cursor: usize,
+    file: u64,
+) -> (usize, bool) {
     if file == 0 {
         return (0, false);
     }
@@ -56,7 +66,14 @@ unsafe fn put_file_path(r: &mut Reader, pathbuf: *mut u8, data: *mut u8, cursor:
 }
 
 #[inline(always)]
-unsafe fn put_path(r: &mut Reader, pathbuf: *mut u8, data: *mut u8, cursor: usize, mnt: u64, dentry: u64) -> (usize, bool) {
+unsafe fn put_path(
+    r: &mut Reader,
+    pathbuf: *mut u8,
+    data: *mut u8,
+    cursor: usize,
+    mnt: u64,
+    dentry: u64,
+) -> (usize, bool) {
     // SAFETY: see callers.
     let (start, len, truncated) = unsafe { r.build_path(pathbuf, mnt, dentry) };
     let len = opaque(len) & PATH_MASK;
@@ -74,7 +91,13 @@ unsafe fn put_path(r: &mut Reader, pathbuf: *mut u8, data: *mut u8, cursor: usiz
 
 /// Appends the working directory of `task`.
 #[inline(always)]
-unsafe fn put_cwd(r: &mut Reader, pathbuf: *mut u8, data: *mut u8, cursor: usize, task: u64) -> (usize, bool) {
+unsafe fn put_cwd(
+    r: &mut Reader,
+    pathbuf: *mut u8,
+    data: *mut u8,
+    cursor: usize,
+    task: u64,
+) -> (usize, bool) {
     let fs: u64 = r.read(task, offset!(kernel.task_fs));
     if fs == 0 {
         return (0, false);
@@ -180,9 +203,15 @@ unsafe fn try_exec(ctx: &TracePointContext) -> Option<()> {
         cursor += cwd_len;
 
         // The filename as the caller passed it: `__data_loc char[]` = (len << 16) | offset.
-        let loc: u32 = ctx.read_at(offset!(tracepoints.exec_filename) as usize).unwrap_or(0);
+        let loc: u32 = ctx
+            .read_at(offset!(tracepoints.exec_filename) as usize)
+            .unwrap_or(0);
         let filename = ctx.as_ptr() as u64 + u64::from(loc & 0xffff);
-        let filename_len = r.copy_kernel_str(data.add(opaque(cursor) & EVENT_DATA_CURSOR_MASK), STR_MAX, filename);
+        let filename_len = r.copy_kernel_str(
+            data.add(opaque(cursor) & EVENT_DATA_CURSOR_MASK),
+            STR_MAX,
+            filename,
+        );
         if (loc >> 16) as usize > STR_MAX as usize {
             flags |= FILENAME_TRUNCATED;
         }
@@ -193,10 +222,22 @@ unsafe fn try_exec(ctx: &TracePointContext) -> Option<()> {
         let mm: u64 = r.read(task, offset!(kernel.task_mm));
         let arg_start: u64 = r.read(mm, offset!(kernel.mm_arg_start));
         let arg_end: u64 = r.read(mm, offset!(kernel.mm_arg_end));
-        let orig = if arg_end > arg_start { arg_end - arg_start } else { 0 };
-        let mut argv_len = if orig > ARGV_MAX_CAPTURE as u64 { ARGV_MAX_CAPTURE } else { orig as usize };
+        let orig = if arg_end > arg_start {
+            arg_end - arg_start
+        } else {
+            0
+        };
+        let mut argv_len = if orig > ARGV_MAX_CAPTURE as u64 {
+            ARGV_MAX_CAPTURE
+        } else {
+            orig as usize
+        };
         argv_len = opaque(argv_len) & ARGV_MASK;
-        if !r.copy_user(data.add(opaque(cursor) & EVENT_DATA_CURSOR_MASK), argv_len as u32, arg_start) {
+        if !r.copy_user(
+            data.add(opaque(cursor) & EVENT_DATA_CURSOR_MASK),
+            argv_len as u32,
+            arg_start,
+        ) {
             argv_len = 0;
         }
         cursor += argv_len;
@@ -216,7 +257,11 @@ unsafe fn try_exec(ctx: &TracePointContext) -> Option<()> {
             path_flags: flags,
             argv_len: argv_len as u32,
             argv_orig_len: orig as u32,
-            argc: if argc > u64::from(u32::MAX) { u32::MAX } else { argc as u32 },
+            argc: if argc > u64::from(u32::MAX) {
+                u32::MAX
+            } else {
+                argc as u32
+            },
             old_tid: old_pid,
             ret: 0,
             _pad: 0,
@@ -235,7 +280,13 @@ unsafe fn try_exec(ctx: &TracePointContext) -> Option<()> {
 #[tracepoint]
 pub fn snsr_execve_in(ctx: TracePointContext) -> u32 {
     // SAFETY: offsets from the format file.
-    unsafe { execve_enter(&ctx, offset!(tracepoints.execve_filename), offset!(tracepoints.execve_argv)) };
+    unsafe {
+        execve_enter(
+            &ctx,
+            offset!(tracepoints.execve_filename),
+            offset!(tracepoints.execve_argv),
+        )
+    };
     0
 }
 
@@ -243,7 +294,13 @@ pub fn snsr_execve_in(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn snsr_execat_in(ctx: TracePointContext) -> u32 {
     // SAFETY: offsets from the format file.
-    unsafe { execve_enter(&ctx, offset!(tracepoints.execveat_filename), offset!(tracepoints.execveat_argv)) };
+    unsafe {
+        execve_enter(
+            &ctx,
+            offset!(tracepoints.execveat_filename),
+            offset!(tracepoints.execveat_argv),
+        )
+    };
     0
 }
 
@@ -314,7 +371,11 @@ unsafe fn execve_exit(ctx: &TracePointContext) -> Option<()> {
             flags |= CWD_TRUNCATED;
         }
         cursor += cwd_len;
-        let filename_len = match r.copy_user_str(data.add(opaque(cursor) & EVENT_DATA_CURSOR_MASK), STR_MAX, args.filename) {
+        let filename_len = match r.copy_user_str(
+            data.add(opaque(cursor) & EVENT_DATA_CURSOR_MASK),
+            STR_MAX,
+            args.filename,
+        ) {
             Some(n) if n > 0 => n - 1,
             _ => 0,
         };
@@ -329,7 +390,11 @@ unsafe fn execve_exit(ctx: &TracePointContext) -> Option<()> {
         let mut count: u32 = 0;
         let mut complete = false;
         for i in 0..FAILED_EXEC_MAX_ARGS {
-            let ptr: u64 = if args.argv == 0 { 0 } else { r.read_user(args.argv + u64::from(i) * 8) };
+            let ptr: u64 = if args.argv == 0 {
+                0
+            } else {
+                r.read_user(args.argv + u64::from(i) * 8)
+            };
             if ptr == 0 {
                 complete = true;
                 break;
@@ -338,7 +403,8 @@ unsafe fn execve_exit(ctx: &TracePointContext) -> Option<()> {
             if room == 0 {
                 break;
             }
-            let dst = data.add((opaque(cursor) & EVENT_DATA_CURSOR_MASK) + (opaque(used) & ARGV_MASK));
+            let dst =
+                data.add((opaque(cursor) & EVENT_DATA_CURSOR_MASK) + (opaque(used) & ARGV_MASK));
             let Some(n) = r.copy_user_str(dst, (opaque(room) & ARGV_MASK) as u32, ptr) else {
                 break;
             };
@@ -414,12 +480,22 @@ unsafe fn try_exit(ctx: &TracePointContext) -> Option<()> {
     };
     let mut ev = FixedEvent {
         header: new_header(EventKind::ProcessExit),
-        payload: ExitData { exit_status: status, _pad: 0 },
+        payload: ExitData {
+            exit_status: status,
+            _pad: 0,
+        },
     };
     r.fill_task(&mut ev.header, task);
     let size = size_of::<FixedEvent<ExitData>>();
     ev.header.size = size as u32;
     // SAFETY: ev lives on the stack for the call.
-    unsafe { emit((&raw const ev).cast(), size, EventKind::ProcessExit, r.errors) };
+    unsafe {
+        emit(
+            (&raw const ev).cast(),
+            size,
+            EventKind::ProcessExit,
+            r.errors,
+        )
+    };
     Some(())
 }

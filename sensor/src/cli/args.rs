@@ -9,7 +9,12 @@ use crate::{paths, sinks::OutputSpec};
 /// eBPF host sensor: reports every process spawn, exec, exit and network
 /// connect on this host as JSON events, for attribution to AI agent runs.
 #[derive(Debug, Parser)]
-#[command(name = "sensor", version, propagate_version = true, arg_required_else_help = true)]
+#[command(
+    name = "sensor",
+    version,
+    propagate_version = true,
+    arg_required_else_help = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -65,7 +70,15 @@ mod tests {
 
     #[test]
     fn outputs_are_parsed_at_the_command_line() {
-        let cli = Cli::try_parse_from(["sensor", "daemon", "--output", "-", "--output", "file:/tmp/x"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "sensor",
+            "daemon",
+            "--output",
+            "-",
+            "--output",
+            "file:/tmp/x",
+        ])
+        .unwrap();
         let Command::Daemon(args) = cli.command else {
             panic!("daemon expected")
         };

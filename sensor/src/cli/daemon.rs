@@ -19,7 +19,9 @@ use crate::{
 
 pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
     if !nix::unistd::geteuid().is_root() {
-        anyhow::bail!("sensor daemon must run as root: it loads eBPF programs and mounts tracefs/bpffs");
+        anyhow::bail!(
+            "sensor daemon must run as root: it loads eBPF programs and mounts tracefs/bpffs"
+        );
     }
     let config = Config::load(args.config.as_deref())?;
     let specs = if args.outputs.is_empty() {
@@ -27,7 +29,10 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.outputs.clone()
     };
-    let socket = args.socket.clone().unwrap_or_else(|| config.daemon.socket.clone());
+    let socket = args
+        .socket
+        .clone()
+        .unwrap_or_else(|| config.daemon.socket.clone());
 
     // Everything that can fail on bad input fails before the kernel is touched.
     let outputs = Outputs::open(&specs)?;
@@ -47,15 +52,21 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
         state.set_programs(kernel.probes.attached().to_vec());
         let server = tokio::spawn(control::serve(listener, Arc::clone(&state)));
 
-        let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-        let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let mut sigterm =
+            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut sigint =
+            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let shutdown = async move {
             tokio::select! {
                 _ = sigterm.recv() => tracing::info!("SIGTERM: stopping"),
                 _ = sigint.recv() => tracing::info!("SIGINT: stopping"),
             }
         };
-        let pipeline = Pipeline::new(EventBuilder::new(host, keys, clock), outputs, Arc::clone(&state));
+        let pipeline = Pipeline::new(
+            EventBuilder::new(host, keys, clock),
+            outputs,
+            Arc::clone(&state),
+        );
         state.set_ready(true);
         tracing::info!(
             programs = kernel.probes.attached().len(),

@@ -16,7 +16,10 @@ pub fn execute(args: &StatusArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("unexpected response from the daemon");
     };
     if args.json {
-        println!("{}", serde_json::to_string(&report).context("encoding the status")?);
+        println!(
+            "{}",
+            serde_json::to_string(&report).context("encoding the status")?
+        );
     } else {
         println!(
             "{} (pid {}, up {}s, version {})",

@@ -40,7 +40,9 @@ pub enum ControlError {
         #[source]
         source: io::Error,
     },
-    #[error("cannot reach the sensor daemon at {path} (is it running? see --socket / SENSOR_SOCKET)")]
+    #[error(
+        "cannot reach the sensor daemon at {path} (is it running? see --socket / SENSOR_SOCKET)"
+    )]
     Connect {
         path: PathBuf,
         #[source]
@@ -71,7 +73,9 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     if path.exists() {
         // A live daemon answers; a stale file from a crash does not.
         if StdUnixStream::connect(path).is_ok() {
-            return Err(ControlError::InUse { path: path.to_owned() });
+            return Err(ControlError::InUse {
+                path: path.to_owned(),
+            });
         }
         let _ = fs::remove_file(path);
     }
@@ -108,7 +112,8 @@ async fn handle(stream: UnixStream, state: &DaemonState) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = Vec::new();
     let mut reader = tokio::io::BufReader::new(read).take(MAX_REQUEST_BYTES as u64 + 1);
-    let read = tokio::time::timeout(Duration::from_secs(5), reader.read_until(b'\n', &mut line)).await;
+    let read =
+        tokio::time::timeout(Duration::from_secs(5), reader.read_until(b'\n', &mut line)).await;
     let response = match read {
         Err(_) => Response::Error {
             message: "request timed out".to_owned(),
@@ -140,12 +145,16 @@ pub fn request(path: &Path, request: &Request) -> Result<Response, ControlError>
         path: path.to_owned(),
         source,
     };
-    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(exchange)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(exchange)?;
     let mut line = serde_json::to_vec(request).map_err(|e| exchange(io::Error::other(e)))?;
     line.push(b'\n');
     (&stream).write_all(&line).map_err(exchange)?;
     let mut response = String::new();
-    BufReader::new(&stream).read_line(&mut response).map_err(exchange)?;
+    BufReader::new(&stream)
+        .read_line(&mut response)
+        .map_err(exchange)?;
     match serde_json::from_str(&response).map_err(ControlError::BadResponse)? {
         Response::Error { message } => Err(ControlError::Refused(message)),
         ok => Ok(ok),

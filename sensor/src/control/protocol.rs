@@ -27,7 +27,10 @@ mod tests {
 
     #[test]
     fn request_wire_shape() {
-        assert_eq!(serde_json::to_string(&Request::Status).unwrap(), r#"{"op":"status"}"#);
+        assert_eq!(
+            serde_json::to_string(&Request::Status).unwrap(),
+            r#"{"op":"status"}"#
+        );
         assert!(serde_json::from_str::<Request>(r#"{"op":"rm -rf"}"#).is_err());
         assert!(serde_json::from_str::<Request>("garbage").is_err());
     }

@@ -9,8 +9,8 @@ pub mod raw;
 use std::{collections::BTreeMap, net::IpAddr, sync::Arc, time::SystemTime};
 
 use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
-use serde::{Serialize, Serializer};
 use sensor_common::event::{ConnectData, EventHeader, ExecData, PATH_TRUNCATED};
+use serde::{Serialize, Serializer};
 
 use self::raw::{ExecStrings, RawEvent};
 use crate::identity::{Clock, Host, ProcessKeys, proc_start};
@@ -252,7 +252,11 @@ impl EventBuilder {
                 None => (self.keys.key(h.tgid, 0), String::new(), ppid),
             }
         } else {
-            (self.keys.key(h.tgid, start_ns), self.keys.key(ppid, parent_start_ns), ppid)
+            (
+                self.keys.key(h.tgid, start_ns),
+                self.keys.key(ppid, parent_start_ns),
+                ppid,
+            )
         };
         Process {
             key,
@@ -288,7 +292,10 @@ impl EventBuilder {
                 e
             }
             RawEvent::Exec {
-                data, strings, failed, ..
+                data,
+                strings,
+                failed,
+                ..
             } => {
                 let mut e = self.envelope(Kind::ProcessExec, time);
                 let mut p = self.process(&h);
@@ -404,11 +411,13 @@ fn fill_exec(p: &mut Process, data: &ExecData, s: &ExecStrings, failed: bool) {
         p.argv_truncated = Some(truncated);
         p.argv_len = Some(data.argv_orig_len);
         // argc from the initial stack when the area was cut; it cannot be below what we saw.
-        p.argc = Some(if truncated && data.argc != u32::MAX && data.argc >= count {
-            data.argc
-        } else {
-            count
-        });
+        p.argc = Some(
+            if truncated && data.argc != u32::MAX && data.argc >= count {
+                data.argc
+            } else {
+                count
+            },
+        );
     }
     p.argv = Some(argv);
 }
@@ -422,7 +431,8 @@ fn exec_details(data: &ExecData, s: &ExecStrings, failed: bool) -> Exec {
         error: errno.map(errno_name),
         old_tid: data.old_tid,
         inode: (!failed && data.ino != 0).then_some(data.ino),
-        dev: (!failed && data.dev != 0).then(|| format!("{}:{}", data.dev >> 20, data.dev & 0xf_ffff)),
+        dev: (!failed && data.dev != 0)
+            .then(|| format!("{}:{}", data.dev >> 20, data.dev & 0xf_ffff)),
     }
 }
 
@@ -440,7 +450,10 @@ pub fn errno_name(errno: i32) -> String {
 fn network(d: &ConnectData) -> Network {
     const AF_INET: u16 = 2;
     let (family, dst_ip) = if d.family == AF_INET {
-        ("ipv4", IpAddr::from([d.addr[0], d.addr[1], d.addr[2], d.addr[3]]))
+        (
+            "ipv4",
+            IpAddr::from([d.addr[0], d.addr[1], d.addr[2], d.addr[3]]),
+        )
     } else {
         ("ipv6", IpAddr::from(d.addr))
     };

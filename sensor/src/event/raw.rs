@@ -1,7 +1,9 @@
 //! Decoding ring buffer records into [`RawEvent`]: sizes are checked before
 //! anything is read, and a malformed record is an error, never a panic.
 
-use sensor_common::event::{ConnectData, EventHeader, EventKind, ExecData, ExitData, HEADER_SIZE, SpawnData};
+use sensor_common::event::{
+    ConnectData, EventHeader, EventKind, ExecData, ExitData, HEADER_SIZE, SpawnData,
+};
 
 /// A decoded kernel record, still in kernel terms (boot-time ns, raw bytes).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,9 +58,17 @@ pub enum DecodeError {
     #[error("unknown event kind {kind}")]
     UnknownKind { kind: u32 },
     #[error("{kind:?} record of {len} bytes, at least {need} expected")]
-    Truncated { kind: EventKind, len: usize, need: usize },
+    Truncated {
+        kind: EventKind,
+        len: usize,
+        need: usize,
+    },
     #[error("{kind:?} record says its strings take {need} bytes, it has {have}")]
-    BadLengths { kind: EventKind, need: usize, have: usize },
+    BadLengths {
+        kind: EventKind,
+        need: usize,
+        have: usize,
+    },
 }
 
 /// Reads a plain-old-data struct at `offset`; `bytes` must be long enough (checked by callers).
@@ -74,7 +84,8 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
         return Err(DecodeError::Short { len: bytes.len() });
     }
     let header: EventHeader = read_pod(bytes, 0);
-    let kind = EventKind::from_u32(header.kind).ok_or(DecodeError::UnknownKind { kind: header.kind })?;
+    let kind =
+        EventKind::from_u32(header.kind).ok_or(DecodeError::UnknownKind { kind: header.kind })?;
     let need = kind.fixed_size();
     if bytes.len() < need {
         return Err(DecodeError::Truncated {
@@ -153,7 +164,9 @@ fn take(bytes: &[u8], at: usize, len: usize) -> Option<&[u8]> {
 pub fn encode(event: &RawEvent) -> Vec<u8> {
     fn pod<T: Copy>(out: &mut Vec<u8>, v: &T) {
         // SAFETY: T is a repr(C) integer-only struct without padding.
-        let bytes = unsafe { std::slice::from_raw_parts(std::ptr::from_ref(v).cast::<u8>(), size_of::<T>()) };
+        let bytes = unsafe {
+            std::slice::from_raw_parts(std::ptr::from_ref(v).cast::<u8>(), size_of::<T>())
+        };
         out.extend_from_slice(bytes);
     }
     let mut out = Vec::new();
@@ -164,7 +177,10 @@ pub fn encode(event: &RawEvent) -> Vec<u8> {
             out.extend_from_slice(exe);
         }
         RawEvent::Exec {
-            header, data, strings, ..
+            header,
+            data,
+            strings,
+            ..
         } => {
             pod(&mut out, header);
             pod(&mut out, data);
@@ -255,7 +271,10 @@ mod tests {
             data: ExitData::default(),
         });
         bad_kind[0] = 99;
-        assert_eq!(decode(&bad_kind), Err(DecodeError::UnknownKind { kind: 99 }));
+        assert_eq!(
+            decode(&bad_kind),
+            Err(DecodeError::UnknownKind { kind: 99 })
+        );
         // An exec whose lengths claim more than the record holds.
         let mut lying = encode(&RawEvent::Exec {
             header: header(EventKind::ProcessExec),
@@ -270,7 +289,10 @@ mod tests {
             failed: false,
         });
         lying.truncate(lying.len() - 2);
-        assert!(matches!(decode(&lying), Err(DecodeError::BadLengths { .. })));
+        assert!(matches!(
+            decode(&lying),
+            Err(DecodeError::BadLengths { .. })
+        ));
         // Truncated fixed part.
         let short = &encode(&RawEvent::Connect {
             header: header(EventKind::NetConnect),

@@ -17,7 +17,9 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 /// Loads the kernel BTF and resolves the offsets the programs need.
 pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, LoaderError> {
     if !path.exists() {
-        return Err(LoaderError::NoBtf { path: path.to_owned() });
+        return Err(LoaderError::NoBtf {
+            path: path.to_owned(),
+        });
     }
     let btf = Btf::from_file(path).map_err(|source| LoaderError::Btf {
         path: path.to_owned(),
@@ -64,7 +66,11 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, LoaderError> {
 
 /// Byte offset of `member` in `struct name`, looking through anonymous
 /// structs and unions (task_struct keeps fields in them under randstruct).
-pub fn field_offset(btf: &Btf, name: &'static str, member: &'static str) -> Result<u32, LoaderError> {
+pub fn field_offset(
+    btf: &Btf,
+    name: &'static str,
+    member: &'static str,
+) -> Result<u32, LoaderError> {
     let missing = || LoaderError::BtfField { name, member };
     let types = btf.resolve_types_by_name(name).map_err(|_| missing())?;
     let found = types.iter().find_map(|t| match t {
@@ -89,7 +95,11 @@ fn find_bits(btf: &Btf, s: &btf_rs::Struct, member: &str) -> Option<u32> {
             // Skip typedefs and qualifiers to reach the anonymous aggregate.
             for _ in 0..8 {
                 match t {
-                    Type::Typedef(_) | Type::Const(_) | Type::Volatile(_) | Type::Restrict(_) | Type::TypeTag(_) => {
+                    Type::Typedef(_)
+                    | Type::Const(_)
+                    | Type::Volatile(_)
+                    | Type::Restrict(_)
+                    | Type::TypeTag(_) => {
                         t = btf.resolve_chained_type(t.as_btf_type()?).ok()?;
                     }
                     _ => break,

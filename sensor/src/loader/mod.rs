@@ -45,7 +45,9 @@ pub enum LoaderError {
         #[source]
         source: io::Error,
     },
-    #[error("no cgroup2 filesystem is mounted (needed for the connect hooks); mount one, e.g. at /sys/fs/cgroup")]
+    #[error(
+        "no cgroup2 filesystem is mounted (needed for the connect hooks); mount one, e.g. at /sys/fs/cgroup"
+    )]
     NoCgroup2,
     #[error("cannot open the cgroup2 root {path}")]
     Cgroup {
@@ -53,7 +55,9 @@ pub enum LoaderError {
         #[source]
         source: io::Error,
     },
-    #[error("kernel BTF not found at {path}: the sensor needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")]
+    #[error(
+        "kernel BTF not found at {path}: the sensor needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+    )]
     NoBtf { path: PathBuf },
     #[error("cannot parse kernel BTF at {path}")]
     Btf {
@@ -191,7 +195,9 @@ pub fn load(own_tgid: u32) -> Result<Kernel, LoaderError> {
         };
         let program = ebpf
             .program_mut(probe.program)
-            .ok_or(LoaderError::MissingProgram { program: probe.program })?;
+            .ok_or(LoaderError::MissingProgram {
+                program: probe.program,
+            })?;
         let info = match probe.attach {
             Attach::RawTracepoint(name) => {
                 let p: &mut RawTracePoint = program.try_into().map_err(err)?;
@@ -226,7 +232,10 @@ pub fn load(own_tgid: u32) -> Result<Kernel, LoaderError> {
         });
     }
     Ok(Kernel {
-        probes: Probes { _ebpf: ebpf, attached },
+        probes: Probes {
+            _ebpf: ebpf,
+            attached,
+        },
         events,
         stats,
     })

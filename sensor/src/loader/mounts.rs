@@ -48,7 +48,9 @@ fn unescape_octal(s: &str) -> String {
     while i < bytes.len() {
         if bytes[i] == b'\\'
             && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
         {
             let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
             out.push(v);
@@ -73,15 +75,23 @@ fn mounts() -> Result<Vec<MountEntry>, LoaderError> {
 /// Returns true when it mounted.
 pub fn ensure_mounted(fs_type: &'static str, target: &'static str) -> Result<bool, LoaderError> {
     let target_path = Path::new(target);
-    if mounts()?.iter().any(|m| m.fs_type == fs_type && m.mount_point == target_path) {
+    if mounts()?
+        .iter()
+        .any(|m| m.fs_type == fs_type && m.mount_point == target_path)
+    {
         return Ok(false);
     }
-    mount(Some(fs_type), target_path, Some(fs_type), MsFlags::empty(), None::<&str>).map_err(|errno| {
-        LoaderError::Mount {
-            fs_type,
-            target,
-            source: errno.into(),
-        }
+    mount(
+        Some(fs_type),
+        target_path,
+        Some(fs_type),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|errno| LoaderError::Mount {
+        fs_type,
+        target,
+        source: errno.into(),
     })?;
     Ok(true)
 }

@@ -30,7 +30,12 @@ pub struct Probe {
     pub purpose: &'static str,
 }
 
-const fn tp(program: &'static str, category: &'static str, name: &'static str, purpose: &'static str) -> Probe {
+const fn tp(
+    program: &'static str,
+    category: &'static str,
+    name: &'static str,
+    purpose: &'static str,
+) -> Probe {
     Probe {
         program,
         attach: Attach::Tracepoint { category, name },
@@ -40,10 +45,30 @@ const fn tp(program: &'static str, category: &'static str, name: &'static str, p
 
 /// Every probe the daemon attaches.
 pub const PROBES: &[Probe] = &[
-    tp(p::EXECVE_ENTER, "syscalls", "sys_enter_execve", "failed execve"),
-    tp(p::EXECVE_EXIT, "syscalls", "sys_exit_execve", "failed execve"),
-    tp(p::EXECVEAT_ENTER, "syscalls", "sys_enter_execveat", "failed execveat"),
-    tp(p::EXECVEAT_EXIT, "syscalls", "sys_exit_execveat", "failed execveat"),
+    tp(
+        p::EXECVE_ENTER,
+        "syscalls",
+        "sys_enter_execve",
+        "failed execve",
+    ),
+    tp(
+        p::EXECVE_EXIT,
+        "syscalls",
+        "sys_exit_execve",
+        "failed execve",
+    ),
+    tp(
+        p::EXECVEAT_ENTER,
+        "syscalls",
+        "sys_enter_execveat",
+        "failed execveat",
+    ),
+    tp(
+        p::EXECVEAT_EXIT,
+        "syscalls",
+        "sys_exit_execveat",
+        "failed execveat",
+    ),
     tp(p::EXEC, "sched", "sched_process_exec", "process.exec"),
     tp(p::EXIT, "sched", "sched_process_exit", "process.exit"),
     Probe {
@@ -51,8 +76,18 @@ pub const PROBES: &[Probe] = &[
         attach: Attach::RawTracepoint("sched_process_fork"),
         purpose: "process.spawn",
     },
-    tp(p::CONNECT_ENTER, "syscalls", "sys_enter_connect", "connect results"),
-    tp(p::CONNECT_EXIT, "syscalls", "sys_exit_connect", "connect results"),
+    tp(
+        p::CONNECT_ENTER,
+        "syscalls",
+        "sys_enter_connect",
+        "connect results",
+    ),
+    tp(
+        p::CONNECT_EXIT,
+        "syscalls",
+        "sys_exit_connect",
+        "connect results",
+    ),
     Probe {
         program: p::CONNECT4,
         attach: Attach::CgroupSockAddr,
@@ -83,7 +118,11 @@ mod tests {
     fn names_fit_the_kernel_limit_and_are_unique() {
         let mut seen = std::collections::HashSet::new();
         for probe in PROBES {
-            assert!(probe.program.len() <= 15, "{} is cut by the kernel", probe.program);
+            assert!(
+                probe.program.len() <= 15,
+                "{} is cut by the kernel",
+                probe.program
+            );
             assert!(probe.program.starts_with("snsr_"));
             assert!(seen.insert(probe.program), "{} twice", probe.program);
         }

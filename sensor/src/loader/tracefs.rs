@@ -62,8 +62,16 @@ pub struct Format {
 
 impl Format {
     /// Reads a format file; a missing tracepoint is an error that names it.
-    pub fn read(tracefs: &Path, category: &'static str, name: &'static str) -> Result<Self, LoaderError> {
-        let path = tracefs.join("events").join(category).join(name).join("format");
+    pub fn read(
+        tracefs: &Path,
+        category: &'static str,
+        name: &'static str,
+    ) -> Result<Self, LoaderError> {
+        let path = tracefs
+            .join("events")
+            .join(category)
+            .join(name)
+            .join("format");
         let text = fs::read_to_string(&path).map_err(|source| LoaderError::Tracepoint {
             category,
             name,
@@ -99,7 +107,10 @@ impl Format {
     /// Offset of a field that older kernels lack.
     #[must_use]
     pub fn optional_offset(&self, field: &str) -> u32 {
-        self.fields.iter().find(|f| f.name == field).map_or(ABSENT, |f| f.offset)
+        self.fields
+            .iter()
+            .find(|f| f.name == field)
+            .map_or(ABSENT, |f| f.offset)
     }
 }
 
@@ -156,7 +167,10 @@ print fmt: \"filename=%s pid=%d old_pid=%d\", __get_str(filename), REC->pid, REC
     fn parses_fields() {
         let fields = parse_format(EXEC);
         let names: Vec<_> = fields.iter().map(|f| f.name.as_str()).collect();
-        assert_eq!(names, ["common_type", "common_pid", "filename", "pid", "old_pid"]);
+        assert_eq!(
+            names,
+            ["common_type", "common_pid", "filename", "pid", "old_pid"]
+        );
         assert_eq!(fields[2].offset, 8);
         assert_eq!(fields[4].offset, 16);
     }
@@ -179,14 +193,24 @@ print fmt: \"filename=%s pid=%d old_pid=%d\", __get_str(filename), REC->pid, REC
             fields: parse_format(EXEC),
         };
         assert_eq!(f.offset("old_pid", 4).unwrap(), 16);
-        assert!(f.offset("old_pid", 8).unwrap_err().to_string().contains("old_pid"));
+        assert!(
+            f.offset("old_pid", 8)
+                .unwrap_err()
+                .to_string()
+                .contains("old_pid")
+        );
         assert!(f.offset("nope", 4).is_err());
         assert_eq!(f.optional_offset("nope"), ABSENT);
     }
 
     #[test]
     fn missing_tracepoint_names_it() {
-        let err = Format::read(Path::new("/nonexistent"), "sched", "sched_process_exec").err().unwrap();
-        assert!(err.to_string().contains("sched/sched_process_exec"), "{err}");
+        let err = Format::read(Path::new("/nonexistent"), "sched", "sched_process_exec")
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains("sched/sched_process_exec"),
+            "{err}"
+        );
     }
 }

@@ -80,11 +80,13 @@ impl Outputs {
         for spec in specs {
             let writer: Box<dyn Write + Send> = match spec {
                 OutputSpec::Stdout { .. } => Box::new(std::io::stdout()),
-                OutputSpec::File { path, .. } => Box::new(file::open(path).map_err(|source| SinkError::Open {
-                    spec: spec.to_string(),
-                    path: path.clone(),
-                    source,
-                })?),
+                OutputSpec::File { path, .. } => {
+                    Box::new(file::open(path).map_err(|source| SinkError::Open {
+                        spec: spec.to_string(),
+                        path: path.clone(),
+                        source,
+                    })?)
+                }
             };
             let (tx, rx) = sync_channel(QUEUE_BATCHES);
             let stats = Arc::new(OutputStats::default());
@@ -142,7 +144,12 @@ impl Outputs {
     }
 }
 
-fn write_loop(name: &str, writer: Box<dyn Write + Send>, rx: &Receiver<Batch>, stats: &OutputStats) {
+fn write_loop(
+    name: &str,
+    writer: Box<dyn Write + Send>,
+    rx: &Receiver<Batch>,
+    stats: &OutputStats,
+) {
     let mut w = std::io::BufWriter::with_capacity(1 << 16, writer);
     let mut failing = false;
     loop {
@@ -215,6 +222,9 @@ mod tests {
         }])
         .err()
         .unwrap();
-        assert!(err.to_string().contains("/nonexistent-dir/x.jsonl"), "{err}");
+        assert!(
+            err.to_string().contains("/nonexistent-dir/x.jsonl"),
+            "{err}"
+        );
     }
 }

@@ -26,7 +26,9 @@ pub enum SpecError {
     NoPath { spec: String },
     #[error("output {spec:?}: unknown option {option:?} (supported: format=json)")]
     Option { spec: String, option: String },
-    #[error("output {spec:?}: format {format:?} is not available in this version (supported: json)")]
+    #[error(
+        "output {spec:?}: format {format:?} is not available in this version (supported: json)"
+    )]
     Format { spec: String, format: String },
     #[error("output {spec:?}: unsupported output (supported: - for stdout, file:PATH)")]
     Scheme { spec: String },
@@ -90,7 +92,12 @@ mod tests {
 
     #[test]
     fn parses_specs() {
-        assert_eq!("-".parse(), Ok(OutputSpec::Stdout { format: Format::Json }));
+        assert_eq!(
+            "-".parse(),
+            Ok(OutputSpec::Stdout {
+                format: Format::Json
+            })
+        );
         assert_eq!(
             "file:/tmp/x.jsonl,format=json".parse(),
             Ok(OutputSpec::File {
@@ -103,11 +110,26 @@ mod tests {
     #[test]
     fn rejects_bad_specs() {
         assert_eq!("".parse::<OutputSpec>(), Err(SpecError::Empty));
-        assert!(matches!("file:".parse::<OutputSpec>(), Err(SpecError::NoPath { .. })));
-        assert!(matches!("bogus://x".parse::<OutputSpec>(), Err(SpecError::Scheme { .. })));
-        assert!(matches!("-,format=xml".parse::<OutputSpec>(), Err(SpecError::Format { .. })));
-        assert!(matches!("-,level=3".parse::<OutputSpec>(), Err(SpecError::Option { .. })));
+        assert!(matches!(
+            "file:".parse::<OutputSpec>(),
+            Err(SpecError::NoPath { .. })
+        ));
+        assert!(matches!(
+            "bogus://x".parse::<OutputSpec>(),
+            Err(SpecError::Scheme { .. })
+        ));
+        assert!(matches!(
+            "-,format=xml".parse::<OutputSpec>(),
+            Err(SpecError::Format { .. })
+        ));
+        assert!(matches!(
+            "-,level=3".parse::<OutputSpec>(),
+            Err(SpecError::Option { .. })
+        ));
         let msg = "bogus://x".parse::<OutputSpec>().unwrap_err().to_string();
-        assert!(msg.contains("bogus://x") && msg.contains("file:PATH"), "{msg}");
+        assert!(
+            msg.contains("bogus://x") && msg.contains("file:PATH"),
+            "{msg}"
+        );
     }
 }
