@@ -51,6 +51,12 @@ impl ProcessKeys {
         }
     }
 
+    /// Nanoseconds per clock tick.
+    #[must_use]
+    pub fn ns_per_tick(&self) -> u64 {
+        self.ns_per_tick
+    }
+
     /// Key of the process `pid` started at `start_ns` (CLOCK_BOOTTIME).
     #[must_use]
     pub fn key(&self, pid: u32, start_ns: u64) -> String {

@@ -7,6 +7,7 @@
 //! control: the Unix socket `sensor status` (and later launch/attest) talk to
 //! ```
 
+pub mod attribution;
 pub mod cli;
 pub mod config;
 pub mod control;

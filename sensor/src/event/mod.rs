@@ -13,7 +13,10 @@ use sensor_common::event::{ConnectData, EventHeader, ExecData, PATH_TRUNCATED};
 use serde::{Serialize, Serializer};
 
 use self::raw::{ExecStrings, RawEvent};
-use crate::identity::{Clock, Host, ProcessKeys, proc_start};
+use crate::{
+    attribution::ProcessTable,
+    identity::{Clock, Host, ProcessKeys, proc_start},
+};
 
 /// Schema name carried by every event.
 pub const SCHEMA: &str = "sensor.event/v1";
@@ -193,23 +196,54 @@ pub struct Lost {
     pub by_output: BTreeMap<String, u64>,
 }
 
-/// Turns decoded records into events; owns the sequence counter.
+/// Turns decoded records into events; owns the sequence counter and the
+/// process table that supplies what a record does not carry (the exe of an
+/// exiting or connecting process).
 pub struct EventBuilder {
     host: Arc<Host>,
     keys: ProcessKeys,
     clock: Clock,
     next_seq: u64,
+    processes: ProcessTable,
 }
 
 impl EventBuilder {
     #[must_use]
     pub fn new(host: Host, keys: ProcessKeys, clock: Clock) -> Self {
+        let processes = ProcessTable::new(keys.ns_per_tick());
         Self {
             host: Arc::new(host),
             keys,
             clock,
             next_seq: 1,
+            processes,
         }
+    }
+
+    /// Reads the processes already running from `/proc`. Call after the
+    /// probes are attached, so nothing falls between the two.
+    pub fn seed_processes(&mut self) -> usize {
+        self.processes.seed_from_proc(std::path::Path::new("/proc"))
+    }
+
+    /// Live processes tracked.
+    #[must_use]
+    pub fn tracked_processes(&self) -> usize {
+        self.processes.len()
+    }
+
+    /// The exe of a live process: from the table, else from /proc.
+    fn known_exe(&self, pid: u32, start_ns: u64) -> Option<String> {
+        if let Some(exe) = self
+            .processes
+            .get(pid, start_ns)
+            .and_then(|p| p.exe.as_deref())
+        {
+            return Some(exe.to_owned());
+        }
+        std::fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned())
     }
 
     /// Re-measures the boot-time to wall-clock offset (NTP steps, suspend).
@@ -288,6 +322,8 @@ impl EventBuilder {
                 let mut p = self.process(&h);
                 set_exe(&mut p, &exe, data.path_flags & PATH_TRUNCATED != 0);
                 p.parent_exe.clone_from(&p.exe);
+                self.processes
+                    .upsert(h.tgid, h.start_ns, p.exe.as_deref().map(Arc::from));
                 e.process = Some(p);
                 e
             }
@@ -301,12 +337,18 @@ impl EventBuilder {
                 let mut p = self.process(&h);
                 e.exec = Some(exec_details(&data, &strings, failed));
                 fill_exec(&mut p, &data, &strings, failed);
+                if !failed {
+                    self.processes
+                        .upsert(h.tgid, h.start_ns, p.exe.as_deref().map(Arc::from));
+                }
                 e.process = Some(p);
                 e
             }
             RawEvent::Exit { data, .. } => {
                 let mut e = self.envelope(Kind::ProcessExit, time);
                 let mut p = self.process(&h);
+                p.exe = self.known_exe(h.tgid, h.start_ns);
+                self.processes.remove(h.tgid, h.start_ns);
                 let status = data.exit_status;
                 let signal = status & 0x7f;
                 if signal == 0 {
@@ -320,7 +362,9 @@ impl EventBuilder {
             }
             RawEvent::Connect { data, .. } => {
                 let mut e = self.envelope(Kind::NetworkConnect, time);
-                e.process = Some(self.process(&h));
+                let mut p = self.process(&h);
+                p.exe = self.known_exe(h.tgid, h.start_ns);
+                e.process = Some(p);
                 e.network = Some(network(&data));
                 e
             }

@@ -1,0 +1,172 @@
+//! Live processes by pid, with the start time that makes their identity
+//! unique under pid reuse, and what the kernel told us about their image.
+//!
+//! Events arrive in ring buffer order, so a process's spawn and exec come
+//! before its connects and its exit; the entry is dropped at exit. Processes
+//! that started before the daemon are read from /proc once at start-up.
+
+use std::{collections::HashMap, path::Path, sync::Arc};
+
+/// What the table knows of a process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    /// Start time, `CLOCK_BOOTTIME` ns (from the kernel), or clock ticks × ns-per-tick (from /proc).
+    pub start_ns: u64,
+    /// Resolved path of the running image.
+    pub exe: Option<Arc<str>>,
+}
+
+/// Live processes by tgid.
+#[derive(Debug, Default)]
+pub struct ProcessTable {
+    by_pid: HashMap<u32, ProcessInfo>,
+    /// Start times from /proc have clock-tick resolution: compare at that grain.
+    ns_per_tick: u64,
+}
+
+impl ProcessTable {
+    #[must_use]
+    pub fn new(ns_per_tick: u64) -> Self {
+        Self {
+            by_pid: HashMap::new(),
+            ns_per_tick: ns_per_tick.max(1),
+        }
+    }
+
+    /// Number of live processes tracked.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.by_pid.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.by_pid.is_empty()
+    }
+
+    /// Records a process (spawn, exec or /proc).
+    pub fn upsert(&mut self, pid: u32, start_ns: u64, exe: Option<Arc<str>>) {
+        let tick = self.ns_per_tick;
+        let entry = self.by_pid.entry(pid).or_insert(ProcessInfo {
+            start_ns,
+            exe: None,
+        });
+        if entry.start_ns / tick != start_ns / tick {
+            // A recycled pid: forget what belonged to the previous process.
+            *entry = ProcessInfo {
+                start_ns,
+                exe: None,
+            };
+        }
+        if exe.is_some() {
+            entry.exe = exe;
+        }
+    }
+
+    /// The process `pid` if it is the one started at `start_ns` (0: any).
+    #[must_use]
+    pub fn get(&self, pid: u32, start_ns: u64) -> Option<&ProcessInfo> {
+        self.by_pid
+            .get(&pid)
+            .filter(|p| start_ns == 0 || self.same_start(p.start_ns, start_ns))
+    }
+
+    /// Drops the process at its exit, returning what was known.
+    pub fn remove(&mut self, pid: u32, start_ns: u64) -> Option<ProcessInfo> {
+        if self.get(pid, start_ns).is_some() {
+            self.by_pid.remove(&pid)
+        } else {
+            None
+        }
+    }
+
+    fn same_start(&self, a: u64, b: u64) -> bool {
+        a / self.ns_per_tick == b / self.ns_per_tick
+    }
+
+    /// Seeds the table from a /proc tree (every numeric directory).
+    /// Returns how many processes were read.
+    pub fn seed_from_proc(&mut self, proc_root: &Path) -> usize {
+        let Ok(dir) = std::fs::read_dir(proc_root) else {
+            return 0;
+        };
+        let mut n = 0;
+        for entry in dir.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Some(start_ticks) = proc_start_ticks(&entry.path()) else {
+                continue;
+            };
+            let exe = std::fs::read_link(entry.path().join("exe"))
+                .ok()
+                .map(|p| Arc::<str>::from(p.to_string_lossy().as_ref()));
+            self.upsert(pid, start_ticks * self.ns_per_tick, exe);
+            n += 1;
+        }
+        n
+    }
+}
+
+/// Field 22 of `<dir>/stat` (start time in clock ticks). The command name
+/// (field 2) may contain spaces and parentheses, so fields are counted after
+/// the last `)`.
+fn proc_start_ticks(dir: &Path) -> Option<u64> {
+    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    // after ")" come fields 3.. ; starttime is field 22 → index 19 here.
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_reuse_forgets_the_old_image() {
+        let mut t = ProcessTable::new(10_000_000);
+        t.upsert(42, 1_000_000_000, Some("/usr/bin/curl".into()));
+        assert_eq!(
+            t.get(42, 1_000_000_000).unwrap().exe.as_deref(),
+            Some("/usr/bin/curl")
+        );
+        // Same tick: same process (a /proc start time has tick resolution).
+        assert!(t.get(42, 1_000_000_009).is_some());
+        // A later process with the same pid.
+        assert!(t.get(42, 2_000_000_000).is_none());
+        t.upsert(42, 2_000_000_000, None);
+        assert_eq!(t.get(42, 2_000_000_000).unwrap().exe, None);
+        assert!(
+            t.remove(42, 1_000_000_000).is_none(),
+            "stale start time does not remove"
+        );
+        assert!(t.remove(42, 2_000_000_000).is_some());
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn seeds_from_this_machines_proc() {
+        let mut t = ProcessTable::new(10_000_000);
+        assert!(t.seed_from_proc(Path::new("/proc")) > 0);
+        let me = t.get(std::process::id(), 0).unwrap();
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        assert_eq!(me.exe.as_deref(), Some(exe.to_str().unwrap()));
+    }
+
+    #[test]
+    fn stat_with_parentheses_in_comm() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut fields = vec!["0"; 50];
+        fields[19] = "12345";
+        std::fs::write(
+            dir.path().join("stat"),
+            format!("77 (a) b (c) {}", fields.join(" ")),
+        )
+        .unwrap();
+        assert_eq!(proc_start_ticks(dir.path()), Some(12345));
+    }
+}
