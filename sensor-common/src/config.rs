@@ -77,8 +77,9 @@ pub struct TracepointOffsets {
 pub struct SensorConfig {
     /// The daemon's tgid: its own activity is not reported.
     pub own_tgid: u32,
-    /// Reserved, zero.
-    pub _pad: u32,
+    /// Nanoseconds per clock tick (`1e9 / sysconf(_SC_CLK_TCK)`): process start
+    /// times are compared at this grain, the one /proc gives user space.
+    pub ns_per_tick: u32,
     /// Struct field offsets.
     pub kernel: KernelOffsets,
     /// Tracepoint field offsets.

@@ -88,8 +88,10 @@ pub struct EventHeader {
     pub uid: u32,
     /// Real group id.
     pub gid: u32,
-    /// Reserved, zero.
-    pub flags: u32,
+    /// How the process got its run ([`ProcRun::how`]), 0 when `run` is 0.
+    pub run_how: u32,
+    /// Run handle of the process from the kernel's process→run map (0: none).
+    pub run: u64,
     /// Start time of the process (its group leader), `CLOCK_BOOTTIME` ns.
     pub start_ns: u64,
     /// Start time of the parent process, `CLOCK_BOOTTIME` ns.
@@ -100,7 +102,7 @@ pub struct EventHeader {
 
 /// Size of [`EventHeader`] on the wire.
 pub const HEADER_SIZE: usize = size_of::<EventHeader>();
-const _: () = assert!(HEADER_SIZE == 72);
+const _: () = assert!(HEADER_SIZE == 80);
 
 /// `process.spawn`: `data` holds `exe_len` bytes of the (shared) executable path.
 #[repr(C)]
@@ -212,3 +214,37 @@ pub struct FixedEvent<T: Copy> {
     /// Per-kind payload.
     pub payload: T,
 }
+
+/// Value of the kernel's process → run map (key: tgid).
+///
+/// A process inherits its creator's entry at fork, in the kernel; the entry is
+/// removed when the process exits. `start_ns` guards against pid reuse: an
+/// entry whose start time is not the process's own is stale and ignored.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcRun {
+    /// Run handle (user space maps it to the run id); never 0.
+    pub run: u64,
+    /// Start time of the process the entry belongs to, `CLOCK_BOOTTIME` ns.
+    pub start_ns: u64,
+    /// How the process joined the run: one of the `HOW_*` values.
+    pub how: u32,
+    /// Reserved, zero.
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<ProcRun>() == 24);
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), integers only, no padding (size checked above).
+unsafe impl aya::Pod for ProcRun {}
+
+/// The process started the run (`sensor launch`).
+pub const HOW_LAUNCH: u32 = 1;
+/// The process inherited the run from its creator at fork.
+pub const HOW_INHERITED: u32 = 2;
+/// An `[[agent]]` matcher started the run on the process's exec.
+pub const HOW_MATCHER: u32 = 3;
+/// Placed at start-up from /proc (ancestry or matcher).
+pub const HOW_BACKFILL: u32 = 4;
+/// Placed at start-up from its `SENSOR_RUN_ID` environment marker (low trust).
+pub const HOW_ENV: u32 = 5;

@@ -42,3 +42,7 @@ pub const EVENT_DATA_CURSOR_MASK: usize = 32767;
 
 /// In-flight execve/connect syscalls remembered between enter and exit.
 pub const INFLIGHT_ENTRIES: u32 = 16 * 1024;
+
+/// Processes inside agent runs the kernel can track at once. An insert into a
+/// full map fails and is counted (`Stats::inherit_failed`), never silent.
+pub const MAX_TRACKED_PROCESSES: u32 = 256 * 1024;

@@ -7,6 +7,8 @@
 pub const EVENTS: &str = "SNSR_EVENTS";
 /// Per-CPU counters, see [`crate::stats::Stats`].
 pub const STATS: &str = "SNSR_STATS";
+/// Process → run map, pinned so attribution survives a daemon restart.
+pub const PROC_RUNS: &str = "SNSR_PROC_RUNS";
 /// Per-CPU event assembly buffers (an array indexed by CPU id).
 pub const SCRATCH: &str = "SNSR_SCRATCH";
 

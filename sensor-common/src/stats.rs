@@ -15,9 +15,12 @@ pub struct Stats {
     pub lost: [u64; KIND_SLOTS],
     /// Kernel reads that failed while building an event (the event is still sent, with what was read).
     pub read_errors: u64,
+    /// Children of processes in a run that could not be entered in the
+    /// process → run map (map full): they are reported, but outside the run.
+    pub inherit_failed: u64,
 }
 
-const _: () = assert!(size_of::<Stats>() == 8 * (2 * KIND_SLOTS + 1));
+const _: () = assert!(size_of::<Stats>() == 8 * (2 * KIND_SLOTS + 2));
 
 impl Stats {
     /// Adds `other` into `self` (used to sum the per-CPU values).
@@ -27,6 +30,7 @@ impl Stats {
             self.lost[i] = self.lost[i].wrapping_add(other.lost[i]);
         }
         self.read_errors = self.read_errors.wrapping_add(other.read_errors);
+        self.inherit_failed = self.inherit_failed.wrapping_add(other.inherit_failed);
     }
 
     /// Total of the lost counters.

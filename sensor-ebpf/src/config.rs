@@ -5,7 +5,7 @@ use sensor_common::config::SensorConfig;
 #[unsafe(no_mangle)]
 pub(crate) static SNSR_CONFIG: SensorConfig = SensorConfig {
     own_tgid: 0,
-    _pad: 0,
+    ns_per_tick: 0,
     kernel: sensor_common::config::KernelOffsets {
         task_tgid: 0,
         task_pid: 0,

@@ -57,3 +57,12 @@ pub fn count_lost(kind: EventKind) {
         unsafe { (*stats).lost[kind.slot()] += 1 };
     }
 }
+
+/// Counts a child that could not be entered in its creator's run.
+#[inline(always)]
+pub fn count_inherit_failed() {
+    if let Some(stats) = STATS.get_ptr_mut(0) {
+        // SAFETY: per-CPU value.
+        unsafe { (*stats).inherit_failed += 1 };
+    }
+}

@@ -12,7 +12,7 @@ use sensor_common::{
     limits::{NAME_MAX, PATH_MASK, PATH_MAX_COMPONENTS},
 };
 
-use crate::config::offset;
+use crate::{config::offset, maps::PROC_RUNS};
 
 /// Collects read failures while an event is built.
 pub struct Reader {
@@ -136,6 +136,9 @@ impl Reader {
         let parent_leader: u64 = self.read(parent, offset!(kernel.task_group_leader));
         h.parent_start_ns = self.read(parent_leader, offset!(kernel.task_start_boottime));
         h.comm = self.read(task, offset!(kernel.task_comm));
+        let (run, how) = run_of(h.tgid, h.start_ns);
+        h.run = run;
+        h.run_how = how;
     }
 
     /// The executable file of `task` (its `mm->exe_file`), or 0 for kernel threads.
@@ -229,6 +232,29 @@ impl Reader {
         // SAFETY: p <= 4095.
         unsafe { *buf.add(p) = b'/' };
         Some(p)
+    }
+}
+
+/// The run of process `tgid` started at `start_ns` (0: do not check), as
+/// `(handle, how)`; `(0, 0)` when it is in no run or the entry is stale.
+#[inline(always)]
+pub fn run_of(tgid: u32, start_ns: u64) -> (u64, u32) {
+    // SAFETY: value copy out of the map.
+    match unsafe { PROC_RUNS.get(&tgid) } {
+        Some(r) if start_ns == 0 || same_start(r.start_ns, start_ns) => (r.run, r.how),
+        _ => (0, 0),
+    }
+}
+
+/// Two start times of the same process: equal at clock-tick grain (the
+/// entry may come from user space, which reads ticks from /proc).
+#[inline(always)]
+fn same_start(a: u64, b: u64) -> bool {
+    let tick = u64::from(offset!(ns_per_tick));
+    if tick == 0 {
+        a == b
+    } else {
+        a / tick == b / tick
     }
 }
 

@@ -2,11 +2,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use sensor_common::{
-    event::{ConnectData, Event, ExecData},
-    limits::{EVENTS_RING_BYTES, INFLIGHT_ENTRIES, PATH_SCRATCH_BYTES},
+    event::{Event, ExecData, ProcRun},
+    limits::{EVENTS_RING_BYTES, INFLIGHT_ENTRIES, MAX_TRACKED_PROCESSES, PATH_SCRATCH_BYTES},
     stats::Stats,
 };
 
@@ -55,7 +55,7 @@ pub static EXECVE_INFLIGHT: LruHashMap<u64, ExecveArgs> =
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct ConnectInflight {
-    pub data: ConnectData,
+    pub data: sensor_common::event::ConnectData,
     /// 1 once the cgroup hook saw an IPv4/IPv6 destination.
     pub filled: u32,
     pub _pad: u32,
@@ -64,3 +64,7 @@ pub struct ConnectInflight {
 #[map(name = "SNSR_CONNECT")]
 pub static CONNECT_INFLIGHT: LruHashMap<u64, ConnectInflight> =
     LruHashMap::with_max_entries(INFLIGHT_ENTRIES, 0);
+
+/// Process → run (key: tgid). Pinned by the loader, so it outlives a daemon restart.
+#[map(name = "SNSR_PROC_RUNS")]
+pub static PROC_RUNS: HashMap<u32, ProcRun> = HashMap::with_max_entries(MAX_TRACKED_PROCESSES, 0);

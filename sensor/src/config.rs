@@ -29,6 +29,10 @@ pub struct DaemonConfig {
     pub outputs: Vec<String>,
     /// Control socket; `--socket` / `SENSOR_SOCKET` override it.
     pub socket: PathBuf,
+    /// Where the daemon keeps its state (runs); `--state-dir` overrides it.
+    pub state_dir: PathBuf,
+    /// bpffs directory of the pinned maps (attribution survives restarts); `--pin-dir` overrides it.
+    pub pin_dir: PathBuf,
 }
 
 impl Default for DaemonConfig {
@@ -37,6 +41,8 @@ impl Default for DaemonConfig {
             // JSON lines on stdout, the least surprising start.
             outputs: vec!["-".to_owned()],
             socket: PathBuf::from(paths::SOCKET),
+            state_dir: PathBuf::from(paths::STATE_DIR),
+            pin_dir: PathBuf::from(paths::PIN_DIR),
         }
     }
 }

@@ -4,3 +4,9 @@
 pub const CONFIG: &str = "/etc/sensor/sensor.toml";
 /// Control socket.
 pub const SOCKET: &str = "/run/sensor/sensor.sock";
+/// Daemon state (runs) directory.
+pub const STATE_DIR: &str = "/var/lib/sensor";
+/// bpffs directory of the maps that outlive the daemon.
+pub const PIN_DIR: &str = "/sys/fs/bpf/sensor";
+/// File of the run table, in the state directory.
+pub const RUNS_FILE: &str = "runs.json";

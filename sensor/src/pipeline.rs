@@ -12,9 +12,14 @@ use sensor_common::stats::{SLOT_KINDS, Stats};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    event::{EventBuilder, Kind, Lost, raw},
+    attribution::RunChange,
+    control::{
+        Command,
+        protocol::{Request, Response},
+    },
+    event::{Event, EventBuilder, Kind, Lost, raw},
     identity::Clock,
-    loader::Kernel,
+    loader::Probes,
     sinks::{Batch, OutputHandle, Outputs},
     status::DaemonState,
 };
@@ -49,6 +54,8 @@ pub struct Pipeline {
     kernel_lost_seen: [u64; SLOT_KINDS.len()],
     output_dropped_seen: Vec<u64>,
     decode_warned: bool,
+    /// Reused buffer for the events of one record.
+    scratch: Vec<Event>,
 }
 
 impl Pipeline {
@@ -66,6 +73,7 @@ impl Pipeline {
             kernel_lost_seen: [0; SLOT_KINDS.len()],
             output_dropped_seen,
             decode_warned: false,
+            scratch: Vec::with_capacity(4),
         }
     }
 
@@ -73,8 +81,12 @@ impl Pipeline {
     pub fn handle_record(&mut self, bytes: &[u8]) {
         match raw::decode(bytes) {
             Ok(raw) => {
-                let event = self.builder.build(raw);
-                self.push(&event);
+                let mut events = std::mem::take(&mut self.scratch);
+                self.builder.build_into(raw, &mut events);
+                for event in events.drain(..) {
+                    self.push(&event);
+                }
+                self.scratch = events;
             }
             Err(e) => {
                 self.state.count_decode_error();
@@ -86,7 +98,51 @@ impl Pipeline {
         }
     }
 
-    fn push(&mut self, event: &crate::event::Event) {
+    /// Emits the events of runs that started or ended.
+    pub fn run_changes(&mut self, changes: &[RunChange]) {
+        for change in changes {
+            let event = self.builder.run_change(change);
+            self.push(&event);
+        }
+        self.state
+            .set_runs(self.builder.attribution().active_runs());
+    }
+
+    /// Answers a control request about runs. The caller drained the ring
+    /// first, so the process table is as fresh as the kernel.
+    pub fn command(&mut self, command: Command) {
+        let now = std::time::SystemTime::now();
+        let attribution = self.builder.attribution_mut();
+        let response = match command.request {
+            Request::Launch(req) => match attribution.launch(command.peer, req, now) {
+                Ok((run, change)) => {
+                    tracing::info!(run = %run.id, agent = %run.agent, pid = command.peer.pid, depth = run.depth, "run started");
+                    self.run_changes(&[change]);
+                    self.flush();
+                    Response::Launched { run: Box::new(run) }
+                }
+                Err(e) => Response::Error {
+                    message: e.to_string(),
+                },
+            },
+            Request::Whoami => match attribution.attest(command.peer.pid, None) {
+                Ok(answer) => Response::Run(Box::new(answer)),
+                Err(e) => Response::Error {
+                    message: e.to_string(),
+                },
+            },
+            Request::Attest { pid, start_ticks } => match attribution.attest(pid, start_ticks) {
+                Ok(answer) => Response::Run(Box::new(answer)),
+                Err(e) => Response::Error {
+                    message: e.to_string(),
+                },
+            },
+            Request::Status => Response::Status(Box::new(self.state.report())),
+        };
+        let _ = command.reply.send(response);
+    }
+
+    fn push(&mut self, event: &Event) {
         if crate::event::write_json_line(event, &mut self.batch).is_ok() {
             self.batch_lines += 1;
             self.state.count_event(event.kind);
@@ -176,14 +232,22 @@ fn drain(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline, budget: usize) ->
     false
 }
 
+/// The kernel side the pipeline reads.
+pub struct KernelStreams {
+    pub probes: Probes,
+    pub events: RingBuf<MapData>,
+    pub stats: PerCpuArray<MapData, Stats>,
+}
+
 /// Runs until `shutdown` resolves, then detaches the programs, drains what the
 /// kernel already produced, reports final losses and closes the outputs.
 pub async fn run(
-    kernel: Kernel,
+    kernel: KernelStreams,
     mut pipeline: Pipeline,
+    mut commands: tokio::sync::mpsc::Receiver<Command>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), PipelineError> {
-    let Kernel {
+    let KernelStreams {
         probes,
         events,
         stats,
@@ -216,11 +280,20 @@ pub async fn run(
                 drain(ring.get_mut(), &mut pipeline, DRAIN_BUDGET);
                 pipeline.flush();
             }
+            Some(command) = commands.recv() => {
+                // Everything the kernel reported before the request is applied first.
+                while !drain(ring.get_mut(), &mut pipeline, DRAIN_BUDGET) {}
+                pipeline.command(command);
+                pipeline.flush();
+            }
             _ = tick.tick() => {
                 match read_stats(&stats) {
                     Ok(s) => pipeline.check_losses(&s),
                     Err(e) => tracing::warn!(error = %e, "kernel counters"),
                 }
+                let expired = pipeline.builder.attribution_mut().expire(std::time::SystemTime::now());
+                pipeline.run_changes(&expired);
+                pipeline.flush();
                 if let Ok(clock) = Clock::now() {
                     pipeline.builder.set_clock(clock);
                 }
@@ -260,13 +333,21 @@ mod tests {
         }])
         .unwrap();
         state.set_outputs(outputs.handles());
+        let keys = ProcessKeys::new("b", 100);
+        let attribution = crate::attribution::Attribution::new(
+            keys.clone(),
+            Box::new(std::collections::HashMap::new()),
+            crate::attribution::RunTable::new(),
+            None,
+        );
         let builder = EventBuilder::new(
             Host {
                 name: "h".into(),
                 boot_id: "b".into(),
             },
-            ProcessKeys::new("b", 100),
+            keys,
             Clock::with_offset(0),
+            attribution,
         );
         (Pipeline::new(builder, outputs, Arc::clone(&state)), state)
     }

@@ -25,6 +25,7 @@ pub struct DaemonState {
     lost: Arc<[AtomicU64; Kind::ALL.len()]>,
     decode_errors: AtomicU64,
     read_errors: AtomicU64,
+    runs_active: AtomicU64,
 }
 
 impl Default for DaemonState {
@@ -38,6 +39,7 @@ impl Default for DaemonState {
             lost: Arc::new(Default::default()),
             decode_errors: AtomicU64::new(0),
             read_errors: AtomicU64::new(0),
+            runs_active: AtomicU64::new(0),
         }
     }
 }
@@ -65,6 +67,10 @@ impl DaemonState {
 
     pub fn set_kernel_lost(&self, kind: Kind, cumulative: u64) {
         self.lost[kind.index()].store(cumulative, Ordering::Relaxed);
+    }
+
+    pub fn set_runs(&self, active: usize) {
+        self.runs_active.store(active as u64, Ordering::Relaxed);
     }
 
     pub fn set_read_errors(&self, cumulative: u64) {
@@ -114,6 +120,7 @@ impl DaemonState {
                 total: lost_total,
                 by_kind,
             },
+            runs_active: self.runs_active.load(Ordering::Relaxed),
             decode_errors: self.decode_errors.load(Ordering::Relaxed),
             kernel_read_errors: self.read_errors.load(Ordering::Relaxed),
             outputs: self
@@ -144,6 +151,8 @@ pub struct StatusReport {
     pub programs: Vec<ProgramStatus>,
     pub events: BTreeMap<String, u64>,
     pub lost: LostStatus,
+    #[serde(default)]
+    pub runs_active: u64,
     pub decode_errors: u64,
     pub kernel_read_errors: u64,
     pub outputs: Vec<OutputStatus>,

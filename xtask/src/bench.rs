@@ -64,7 +64,7 @@ const WORKLOADS: &[Workload] = &[
     Workload {
         name: "exec",
         description: "exec storm: posix_spawn /bin/true and wait, 2 threads",
-        ops: 6000,
+        ops: 10_000,
         quick_ops: 1000,
         run: storm::exec_storm,
         kinds: &["process.exec"],
@@ -72,8 +72,8 @@ const WORKLOADS: &[Workload] = &[
     Workload {
         name: "connect",
         description: "connect storm: loopback TCP connect, accept, close",
-        ops: 20_000,
-        quick_ops: 4000,
+        ops: 60_000,
+        quick_ops: 10_000,
         run: storm::connect_storm,
         kinds: &["network.connect"],
     },

@@ -139,7 +139,7 @@ fn run_steps(steps: Vec<Step>) -> Result<()> {
         }
     }
     summary(&done);
-    println!("xtask test: all {total} steps passed");
+    println!("xtask test: ok, every step passed ({total} of {total})");
     Ok(())
 }
 

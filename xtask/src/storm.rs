@@ -58,17 +58,33 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `n` loopback TCP connections, one after another: connect, then wait for
 /// the listener thread to accept and close (reset), so every op is complete.
+///
+/// The client and the listener thread are both pinned to one CPU. Otherwise
+/// each op hands off between cores, and the time is dominated by whether the
+/// other core was idle (wake-up latency, tens of µs in a VM), which makes the
+/// numbers bimodal from run to run.
 pub fn connect_storm(n: usize) -> Result<Duration> {
     let listener = TcpListener::bind("127.0.0.1:0").context("connect storm: cannot bind")?;
     let addr = listener
         .local_addr()
         .context("connect storm: no local address")?;
+    let cpu = storm_cpu()?;
     let stop = AtomicBool::new(false);
     thread::scope(|scope| -> Result<Duration> {
-        let acceptor = scope.spawn(|| accept_and_close(&listener, n, &stop));
-        let start = Instant::now();
-        let client = connect_n(addr, n);
-        let elapsed = start.elapsed();
+        let acceptor = scope.spawn(|| {
+            pin_to_cpu(cpu)?;
+            accept_and_close(&listener, n, &stop)
+        });
+        let client = scope
+            .spawn(|| -> Result<Duration> {
+                pin_to_cpu(cpu)?;
+                let start = Instant::now();
+                connect_n(addr, n)?;
+                Ok(start.elapsed())
+            })
+            .join()
+            .map_err(|_| anyhow!("connect storm: the client thread panicked"))
+            .and_then(|result| result);
         if client.is_err() {
             // Wake the acceptor so it sees `stop` and the scope can end.
             stop.store(true, Ordering::SeqCst);
@@ -77,10 +93,39 @@ pub fn connect_storm(n: usize) -> Result<Duration> {
         let accepted = acceptor
             .join()
             .map_err(|_| anyhow!("connect storm: the listener thread panicked"))?;
-        client?;
+        let elapsed = client?;
         accepted?;
         Ok(elapsed)
     })
+}
+
+/// The highest-numbered CPU this process may run on.
+fn storm_cpu() -> Result<usize> {
+    // SAFETY: cpu_set_t is plain bytes; all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, writable cpu_set_t of the size passed.
+    if unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &raw mut set) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("sched_getaffinity failed");
+    }
+    (0..libc::CPU_SETSIZE as usize)
+        .rev()
+        // SAFETY: cpu is below CPU_SETSIZE, the size of `set`.
+        .find(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .context("sched_getaffinity returned an empty CPU set")
+}
+
+/// Pin the calling thread to `cpu`.
+fn pin_to_cpu(cpu: usize) -> Result<()> {
+    // SAFETY: cpu_set_t is plain bytes; all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the caller got cpu from storm_cpu, so it is below CPU_SETSIZE.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is this thread.
+    if unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("cannot pin the storm thread to CPU {cpu}"));
+    }
+    Ok(())
 }
 
 fn accept_and_close(listener: &TcpListener, n: usize, stop: &AtomicBool) -> Result<()> {

@@ -17,7 +17,7 @@ use sensor_common::event::{ConnectData, EventHeader, EventKind, FixedEvent};
 use crate::{
     config::{is_own, offset},
     emit::emit,
-    kernel::{Reader, current_task},
+    kernel::{Reader, current_task, run_of},
     maps::{CONNECT_INFLIGHT, ConnectInflight},
 };
 
@@ -124,6 +124,9 @@ unsafe fn on_connect(ctx: &SockAddrContext, family: u16) {
         payload: data,
     };
     ev.header.comm = bpf_get_current_comm().unwrap_or_default();
+    let (run, how) = run_of(tgid, 0);
+    ev.header.run = run;
+    ev.header.run_how = how;
     // SAFETY: ev lives on the stack for the call.
     unsafe {
         emit(

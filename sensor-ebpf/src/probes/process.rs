@@ -12,7 +12,7 @@ use sensor_common::{
     config::ABSENT,
     event::{
         CWD_TRUNCATED, Event, EventHeader, EventKind, ExecData, ExitData, FILENAME_TRUNCATED,
-        FixedEvent, PATH_TRUNCATED, SpawnData,
+        FixedEvent, HOW_INHERITED, PATH_TRUNCATED, ProcRun, SpawnData,
     },
     limits::{
         ARGV_MASK, ARGV_MAX_CAPTURE, EVENT_DATA_CURSOR_MASK, FAILED_EXEC_MAX_ARGS, PATH_MASK,
@@ -21,10 +21,9 @@ use sensor_common::{
 
 use crate::{
     config::{is_own, offset},
-    emit::count_lost,
-    emit::emit,
-    kernel::{Reader, current_task, opaque},
-    maps::{EXECVE_INFLIGHT, ExecveArgs, PATH_SCRATCH, event_scratch},
+    emit::{count_inherit_failed, count_lost, emit},
+    kernel::{Reader, current_task, opaque, run_of},
+    maps::{EXECVE_INFLIGHT, ExecveArgs, PATH_SCRATCH, PROC_RUNS, event_scratch},
 };
 
 /// `SIGNAL_GROUP_EXIT` in `signal_struct.flags` (include/linux/sched/signal.h).
@@ -131,6 +130,7 @@ unsafe fn try_fork(ctx: &RawTracePointContext) -> Option<()> {
     if is_own(parent_tgid) {
         return None;
     }
+    inherit_run(&mut r, parent_tgid, child, tgid);
     let Some(ev) = event_scratch() else {
         count_lost(EventKind::ProcessSpawn);
         return None;
@@ -154,6 +154,33 @@ unsafe fn try_fork(ctx: &RawTracePointContext) -> Option<()> {
         emit(ev.cast(), size, EventKind::ProcessSpawn, r.errors);
     }
     Some(())
+}
+
+/// Enters a new process in its creator's run, before anything can run in it:
+/// double-fork, setsid, daemonizing and reparenting never leave the run.
+#[inline(always)]
+fn inherit_run(r: &mut Reader, parent_tgid: u32, child: u64, child_tgid: u32) {
+    let creator = current_task();
+    let leader: u64 = r.read(creator, offset!(kernel.task_group_leader));
+    let creator_start: u64 = r.read(leader, offset!(kernel.task_start_boottime));
+    let (run, _) = run_of(parent_tgid, creator_start);
+    if run == 0 {
+        // Not in a run; clear any stale entry left under the recycled pid.
+        if run_of(child_tgid, 0).0 != 0 {
+            let _ = PROC_RUNS.remove(&child_tgid);
+        }
+        return;
+    }
+    let child_leader: u64 = r.read(child, offset!(kernel.task_group_leader));
+    let entry = ProcRun {
+        run,
+        start_ns: r.read(child_leader, offset!(kernel.task_start_boottime)),
+        how: HOW_INHERITED,
+        _pad: 0,
+    };
+    if PROC_RUNS.insert(&child_tgid, &entry, 0).is_err() {
+        count_inherit_failed();
+    }
 }
 
 /// tracepoint `sched/sched_process_exec`: the new image is in place, before its first instruction.
@@ -486,6 +513,9 @@ unsafe fn try_exit(ctx: &TracePointContext) -> Option<()> {
         },
     };
     r.fill_task(&mut ev.header, task);
+    if ev.header.run != 0 {
+        let _ = PROC_RUNS.remove(&tgid);
+    }
     let size = size_of::<FixedEvent<ExitData>>();
     ev.header.size = size as u32;
     // SAFETY: ev lives on the stack for the call.

@@ -1,8 +1,576 @@
-//! Attribution: which process an event is about, and (with runs) which agent
-//! run it belongs to. The process table is the user-space mirror of live
-//! processes, kept in ring order from spawn/exec/exit events and seeded from
-//! /proc at start-up.
+//! Attribution: which process an event is about, and which agent run it
+//! belongs to.
+//!
+//! The kernel decides inheritance (a child enters its creator's run at fork,
+//! in the kernel) and every record carries the run handle the kernel saw.
+//! This stage keeps the user-space side: the process table (exe, run per
+//! live process, in ring order), the run table (ids, principals, the
+//! sub-agent tree, live counts), run starts from `sensor launch`, run ends,
+//! attestation, and the state that survives a restart.
 
 pub mod process_table;
+pub mod runs;
 
-pub use self::process_table::{ProcessInfo, ProcessTable};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use sensor_common::event::{
+    EventHeader, HOW_BACKFILL, HOW_ENV, HOW_INHERITED, HOW_LAUNCH, HOW_MATCHER, ProcRun,
+};
+
+pub use self::{
+    process_table::{ProcessInfo, ProcessTable},
+    runs::{NewRun, Run, RunError, RunTable},
+};
+use crate::event::RunRef;
+
+/// The kernel's process → run map, behind a trait so attribution can be
+/// tested without a kernel.
+pub trait RunMap: Send {
+    fn get(&self, tgid: u32) -> Option<ProcRun>;
+    fn set(&mut self, tgid: u32, entry: ProcRun) -> Result<(), String>;
+    fn remove(&mut self, tgid: u32);
+    fn entries(&self) -> Vec<(u32, ProcRun)>;
+}
+
+impl RunMap for aya::maps::HashMap<aya::maps::MapData, u32, ProcRun> {
+    fn get(&self, tgid: u32) -> Option<ProcRun> {
+        aya::maps::HashMap::get(self, &tgid, 0).ok()
+    }
+
+    fn set(&mut self, tgid: u32, entry: ProcRun) -> Result<(), String> {
+        self.insert(tgid, entry, 0).map_err(|e| e.to_string())
+    }
+
+    fn remove(&mut self, tgid: u32) {
+        let _ = aya::maps::HashMap::remove(self, &tgid);
+    }
+
+    fn entries(&self) -> Vec<(u32, ProcRun)> {
+        self.iter().filter_map(Result::ok).collect()
+    }
+}
+
+impl RunMap for std::collections::HashMap<u32, ProcRun> {
+    fn get(&self, tgid: u32) -> Option<ProcRun> {
+        std::collections::HashMap::get(self, &tgid).copied()
+    }
+
+    fn set(&mut self, tgid: u32, entry: ProcRun) -> Result<(), String> {
+        self.insert(tgid, entry);
+        Ok(())
+    }
+
+    fn remove(&mut self, tgid: u32) {
+        std::collections::HashMap::remove(self, &tgid);
+    }
+
+    fn entries(&self) -> Vec<(u32, ProcRun)> {
+        self.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+}
+
+/// Name of an attribution method, as events show it.
+#[must_use]
+pub const fn how_name(how: u32) -> &'static str {
+    match how {
+        HOW_LAUNCH => "launch",
+        HOW_INHERITED => "inherited",
+        HOW_MATCHER => "matcher",
+        HOW_BACKFILL => "backfill",
+        HOW_ENV => "env",
+        _ => "unknown",
+    }
+}
+
+/// Something attribution did that deserves an event of its own.
+#[derive(Debug, Clone)]
+pub enum RunChange {
+    Started { run: Run, pid: u32 },
+    Ended { run: Run },
+}
+
+/// The verified identity of a control socket peer (SO_PEERCRED).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A `sensor launch` registration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchRequest {
+    pub agent: String,
+    #[serde(default)]
+    pub run_id: Option<String>,
+    #[serde(default)]
+    pub principal: Option<String>,
+    #[serde(default)]
+    pub policy: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+/// What attestation and whoami answer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RunAnswer {
+    pub pid: u32,
+    pub start_ticks: u64,
+    pub process_key: String,
+    pub attribution: String,
+    pub run: Run,
+}
+
+/// Why a request about runs was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AttributionError {
+    #[error("process {0} does not exist")]
+    NoProcess(u32),
+    #[error("process {pid} started at tick {actual}, not {given}: the pid was reused")]
+    StaleStart { pid: u32, given: u64, actual: u64 },
+    #[error("process {0} is not in an agent run")]
+    NotInRun(u32),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error("the kernel refused the process → run entry: {0}")]
+    Kernel(String),
+}
+
+/// The attribution stage.
+pub struct Attribution {
+    processes: ProcessTable,
+    runs: RunTable,
+    map: Box<dyn RunMap>,
+    state_path: Option<PathBuf>,
+    ns_per_tick: u64,
+    keys: crate::identity::ProcessKeys,
+    proc_root: PathBuf,
+}
+
+impl Attribution {
+    #[must_use]
+    pub fn new(
+        keys: crate::identity::ProcessKeys,
+        map: Box<dyn RunMap>,
+        runs: RunTable,
+        state_path: Option<PathBuf>,
+    ) -> Self {
+        let ns_per_tick = keys.ns_per_tick();
+        Self {
+            processes: ProcessTable::new(ns_per_tick),
+            runs,
+            map,
+            state_path,
+            ns_per_tick,
+            keys,
+            proc_root: PathBuf::from("/proc"),
+        }
+    }
+
+    /// Live processes tracked.
+    #[must_use]
+    pub fn tracked_processes(&self) -> usize {
+        self.processes.len()
+    }
+
+    /// Active runs.
+    #[must_use]
+    pub fn active_runs(&self) -> usize {
+        self.runs.active().count()
+    }
+
+    #[must_use]
+    pub fn processes(&self) -> &ProcessTable {
+        &self.processes
+    }
+
+    fn save(&self) {
+        if let Some(path) = &self.state_path
+            && let Err(e) = self.runs.save(path)
+        {
+            tracing::error!(path = %path.display(), error = %e, "cannot save run state");
+        }
+    }
+
+    /// The `run` object of an event of a process in run `handle`.
+    #[must_use]
+    pub fn run_ref(&self, handle: u64, how: u32) -> Option<RunRef> {
+        let run = self.runs.get(handle)?;
+        Some(RunRef::of(run, how_name(how)))
+    }
+
+    /// The run (handle, how) of a process, from the table, else the record.
+    fn run_of(&self, h: &EventHeader) -> (u64, u32) {
+        match self.processes.get(h.tgid, h.start_ns) {
+            Some(p) if p.run != 0 => (p.run, p.how),
+            _ => (h.run, h.run_how),
+        }
+    }
+
+    /// A new process. Returns its (run, how).
+    pub fn on_spawn(&mut self, h: &EventHeader, exe: Option<std::sync::Arc<str>>) -> (u64, u32) {
+        // The creator's run per the table wins over what the kernel copied at
+        // fork: the creator may have been placed in a run (launch, matcher)
+        // after it forked but before we read the fork.
+        let parent = self
+            .processes
+            .get(h.ppid, h.parent_start_ns)
+            .map(|p| (p.run, p.how));
+        let (mut run, mut how) = (h.run, h.run_how);
+        if let Some((prun, _)) = parent
+            && prun != 0
+            && prun != run
+            && self.runs.get(prun).is_some_and(Run::is_active)
+        {
+            run = prun;
+            how = HOW_INHERITED;
+            let entry = ProcRun {
+                run,
+                start_ns: h.start_ns,
+                how,
+                _pad: 0,
+            };
+            if let Err(e) = self.map.set(h.tgid, entry) {
+                tracing::warn!(pid = h.tgid, error = %e, "cannot correct the kernel's run entry");
+            }
+        }
+        if run != 0 && self.runs.get(run).is_none_or(|r| !r.is_active()) {
+            // An entry for a run we do not know (state lost): not attributable.
+            run = 0;
+            how = 0;
+        }
+        self.processes.upsert(h.tgid, h.start_ns, exe);
+        self.processes.set_run(h.tgid, h.start_ns, run, how);
+        if run != 0 {
+            self.runs.add_process(run);
+        }
+        (run, how)
+    }
+
+    /// An exec (the process keeps its run). Returns its (run, how).
+    pub fn on_exec(&mut self, h: &EventHeader, exe: Option<std::sync::Arc<str>>) -> (u64, u32) {
+        let known = self.processes.get(h.tgid, h.start_ns).is_some();
+        let (run, how) = self.run_of(h);
+        self.processes.upsert(h.tgid, h.start_ns, exe);
+        if !known {
+            // First sight of this process (started before us, or its spawn was lost).
+            let (run, how) = if self.runs.get(run).is_some_and(Run::is_active) {
+                (run, how)
+            } else {
+                (0, 0)
+            };
+            self.processes.set_run(h.tgid, h.start_ns, run, how);
+            if run != 0 {
+                self.runs.add_process(run);
+            }
+            return (run, how);
+        }
+        (run, how)
+    }
+
+    /// Any other event of a live process. Returns its (run, how).
+    #[must_use]
+    pub fn on_other(&self, h: &EventHeader) -> (u64, u32) {
+        let (run, how) = self.run_of(h);
+        if self.runs.get(run).is_some() {
+            (run, how)
+        } else {
+            (0, 0)
+        }
+    }
+
+    /// A process exited; its run ends when it was the last one (and no sub-run lives).
+    pub fn on_exit(&mut self, h: &EventHeader, now: SystemTime) -> ((u64, u32), Vec<RunChange>) {
+        let (run, how) = self.run_of(h);
+        let info = self.processes.remove(h.tgid, h.start_ns);
+        let mut changes = Vec::new();
+        if run != 0 && info.is_some_and(|p| p.run == run) {
+            self.runs.remove_process(run);
+            self.end_if_done(run, "exited", now, &mut changes);
+        }
+        ((run, how), changes)
+    }
+
+    /// Ends `handle` if it has no live process and no active sub-run, then
+    /// looks at its parent the same way.
+    fn end_if_done(
+        &mut self,
+        mut handle: u64,
+        reason: &str,
+        now: SystemTime,
+        changes: &mut Vec<RunChange>,
+    ) {
+        loop {
+            if self.runs.live_processes(handle) > 0 || self.runs.has_active_children(handle) {
+                return;
+            }
+            let Some(run) = self.runs.end(handle, reason, now) else {
+                return;
+            };
+            let parent = run.parent_id.clone();
+            changes.push(RunChange::Ended { run });
+            self.save();
+            match parent.and_then(|p| self.runs.find(&p).ok().map(|r| r.handle)) {
+                Some(p) => handle = p,
+                None => return,
+            }
+        }
+    }
+
+    /// Ends runs past their TTL: their processes leave the run (kernel entries removed).
+    pub fn expire(&mut self, now: SystemTime) -> Vec<RunChange> {
+        let mut changes = Vec::new();
+        for handle in self.runs.expired(now) {
+            let members: Vec<(u32, u64)> = self
+                .processes
+                .iter()
+                .filter(|(_, p)| p.run == handle)
+                .map(|(pid, p)| (pid, p.start_ns))
+                .collect();
+            for (pid, start) in members {
+                self.map.remove(pid);
+                self.processes.set_run(pid, start, 0, 0);
+            }
+            if let Some(run) = self.runs.end(handle, "ttl", now) {
+                changes.push(RunChange::Ended { run });
+            }
+        }
+        if !changes.is_empty() {
+            self.save();
+        }
+        changes
+    }
+
+    /// Start time (ticks) of a live process, from /proc.
+    fn proc_start_ticks(&self, pid: u32) -> Option<u64> {
+        crate::identity::proc_start(pid).map(|(t, _)| t)
+    }
+
+    /// The run of a live process per the kernel map, checked against its start time.
+    fn kernel_run(&self, pid: u32, start_ticks: u64) -> Option<(u64, u32)> {
+        let entry = self.map.get(pid)?;
+        (entry.start_ns / self.ns_per_tick == start_ticks).then_some((entry.run, entry.how))
+    }
+
+    /// `sensor launch`: the peer process registers itself as the first
+    /// process of a new run (a sub-run of its current run, if any).
+    pub fn launch(
+        &mut self,
+        peer: Peer,
+        req: LaunchRequest,
+        now: SystemTime,
+    ) -> Result<(Run, RunChange), AttributionError> {
+        let start_ticks = self
+            .proc_start_ticks(peer.pid)
+            .ok_or(AttributionError::NoProcess(peer.pid))?;
+        let current = self
+            .kernel_run(peer.pid, start_ticks)
+            .filter(|(h, _)| self.runs.get(*h).is_some_and(Run::is_active));
+        let verified = user_name(peer.uid);
+        let parent_principal = current
+            .and_then(|(h, _)| self.runs.get(h))
+            .map(|r| r.principal.clone());
+        let (principal, principal_claimed) = match req.principal {
+            // Root may act for someone else (an orchestrator service).
+            Some(p) if peer.uid == 0 => (p, None),
+            Some(p) if p == verified => (p, None),
+            Some(p) => (verified.clone(), Some(p)),
+            None => (parent_principal.unwrap_or(verified), None),
+        };
+        let run = self
+            .runs
+            .create(
+                NewRun {
+                    id: req.run_id,
+                    agent: req.agent,
+                    principal,
+                    principal_claimed,
+                    uid: peer.uid,
+                    parent: current.map(|(h, _)| h),
+                    policy: req.policy,
+                    labels: req.labels,
+                    ttl: req.ttl_secs.map(Duration::from_secs),
+                    started_by: "launch",
+                },
+                now,
+            )?
+            .clone();
+        let entry = ProcRun {
+            run: run.handle,
+            start_ns: start_ticks * self.ns_per_tick,
+            how: HOW_LAUNCH,
+            _pad: 0,
+        };
+        // The kernel map has the precise start time of a process it saw fork;
+        // keep it when present, so the kernel's own start-time check matches.
+        let entry = match self.map.get(peer.pid) {
+            Some(old) if old.start_ns / self.ns_per_tick == start_ticks => ProcRun {
+                start_ns: old.start_ns,
+                ..entry
+            },
+            _ => ProcRun {
+                start_ns: self.precise_start(peer.pid).unwrap_or(entry.start_ns),
+                ..entry
+            },
+        };
+        if let Err(e) = self.map.set(peer.pid, entry) {
+            let _ = self.runs.end(run.handle, "failed", now);
+            return Err(AttributionError::Kernel(e));
+        }
+        if let Some((old, _)) = current {
+            self.runs.remove_process(old);
+        }
+        self.processes.upsert(peer.pid, entry.start_ns, None);
+        self.processes
+            .set_run(peer.pid, entry.start_ns, run.handle, HOW_LAUNCH);
+        self.runs.add_process(run.handle);
+        self.save();
+        Ok((run.clone(), RunChange::Started { run, pid: peer.pid }))
+    }
+
+    /// The precise start time (ns) of a process we saw in a kernel record.
+    fn precise_start(&self, pid: u32) -> Option<u64> {
+        self.processes.get(pid, 0).map(|p| p.start_ns)
+    }
+
+    /// Which run is process `pid` (optionally: started at `start_ticks`)?
+    pub fn attest(
+        &self,
+        pid: u32,
+        start_ticks: Option<u64>,
+    ) -> Result<RunAnswer, AttributionError> {
+        let actual = self
+            .proc_start_ticks(pid)
+            .ok_or(AttributionError::NoProcess(pid))?;
+        if let Some(given) = start_ticks
+            && given != actual
+        {
+            return Err(AttributionError::StaleStart { pid, given, actual });
+        }
+        let (handle, how) = self
+            .kernel_run(pid, actual)
+            .ok_or(AttributionError::NotInRun(pid))?;
+        let run = self
+            .runs
+            .get(handle)
+            .filter(|r| r.is_active())
+            .ok_or(AttributionError::NotInRun(pid))?;
+        Ok(RunAnswer {
+            pid,
+            start_ticks: actual,
+            process_key: self.keys.key_from_ticks(pid, actual),
+            attribution: how_name(how).to_owned(),
+            run: run.clone(),
+        })
+    }
+
+    /// Start-up: reconciles the pinned kernel map with /proc and the saved
+    /// runs, then places processes that started while no daemon watched
+    /// (ancestry, then the `SENSOR_RUN_ID` marker). Returns the runs that
+    /// ended while the daemon was away.
+    pub fn restore(&mut self, now: SystemTime) -> Vec<RunChange> {
+        self.processes.seed_from_proc(&self.proc_root);
+        // 1. Kernel entries that still describe a live process of a known run.
+        for (pid, entry) in self.map.entries() {
+            let live = self.processes.get(pid, 0).is_some_and(|p| {
+                p.start_ns / self.ns_per_tick == entry.start_ns / self.ns_per_tick
+            });
+            if live && self.runs.get(entry.run).is_some_and(Run::is_active) {
+                self.processes.set_run(pid, 0, entry.run, entry.how);
+            } else {
+                self.map.remove(pid);
+            }
+        }
+        // 2. Processes not in the map: by ancestry (parents first), then the env marker.
+        let mut pending: Vec<(u32, u64)> = self
+            .processes
+            .iter()
+            .filter(|(_, p)| p.run == 0)
+            .map(|(pid, p)| (pid, p.start_ns))
+            .collect();
+        pending.sort_by_key(|(_, start)| *start);
+        for (pid, start) in pending {
+            let Some((_, ppid)) = crate::identity::proc_start(pid) else {
+                continue;
+            };
+            let parent_run = self
+                .processes
+                .get(ppid, 0)
+                .map(|p| p.run)
+                .filter(|r| *r != 0);
+            let placed = match parent_run {
+                Some(run) => Some((run, HOW_BACKFILL)),
+                None => env_run_id(&self.proc_root, pid)
+                    .and_then(|id| {
+                        self.runs
+                            .find(&id)
+                            .ok()
+                            .filter(|r| r.is_active())
+                            .map(|r| r.handle)
+                    })
+                    .map(|run| (run, HOW_ENV)),
+            };
+            if let Some((run, how)) = placed {
+                let entry = ProcRun {
+                    run,
+                    start_ns: start,
+                    how,
+                    _pad: 0,
+                };
+                if self.map.set(pid, entry).is_ok() {
+                    self.processes.set_run(pid, start, run, how);
+                }
+            }
+        }
+        // 3. Live counts, and runs whose processes all exited meanwhile.
+        let members: Vec<u64> = self
+            .processes
+            .iter()
+            .map(|(_, p)| p.run)
+            .filter(|r| *r != 0)
+            .collect();
+        for run in members {
+            self.runs.add_process(run);
+        }
+        let mut changes = Vec::new();
+        let active: Vec<u64> = self.runs.active().map(|r| r.handle).collect();
+        for handle in active {
+            self.end_if_done(
+                handle,
+                "exited while the sensor was stopped",
+                now,
+                &mut changes,
+            );
+        }
+        self.runs.forget_ended(now, Duration::from_secs(24 * 3600));
+        self.save();
+        changes
+    }
+}
+
+/// `SENSOR_RUN_ID` from a process's environment, if set.
+fn env_run_id(proc_root: &Path, pid: u32) -> Option<String> {
+    let environ = std::fs::read(proc_root.join(pid.to_string()).join("environ")).ok()?;
+    environ
+        .split(|&b| b == 0)
+        .find_map(|kv| kv.strip_prefix(b"SENSOR_RUN_ID="))
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .filter(|v| runs::valid_id(v))
+        .map(str::to_owned)
+}
+
+/// The user name of `uid`, or the number.
+#[must_use]
+pub fn user_name(uid: u32) -> String {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(u)) => u.name,
+        _ => uid.to_string(),
+    }
+}

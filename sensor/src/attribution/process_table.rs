@@ -14,6 +14,9 @@ pub struct ProcessInfo {
     pub start_ns: u64,
     /// Resolved path of the running image.
     pub exe: Option<Arc<str>>,
+    /// Run handle (0: none) and how the process joined it.
+    pub run: u64,
+    pub how: u32,
 }
 
 /// Live processes by tgid.
@@ -47,20 +50,36 @@ impl ProcessTable {
     /// Records a process (spawn, exec or /proc).
     pub fn upsert(&mut self, pid: u32, start_ns: u64, exe: Option<Arc<str>>) {
         let tick = self.ns_per_tick;
-        let entry = self.by_pid.entry(pid).or_insert(ProcessInfo {
+        let fresh = ProcessInfo {
             start_ns,
             exe: None,
-        });
+            run: 0,
+            how: 0,
+        };
+        let entry = self.by_pid.entry(pid).or_insert_with(|| fresh.clone());
         if entry.start_ns / tick != start_ns / tick {
             // A recycled pid: forget what belonged to the previous process.
-            *entry = ProcessInfo {
-                start_ns,
-                exe: None,
-            };
+            *entry = fresh;
         }
         if exe.is_some() {
             entry.exe = exe;
         }
+    }
+
+    /// Sets the run of a live process (no-op for an unknown or recycled pid).
+    pub fn set_run(&mut self, pid: u32, start_ns: u64, run: u64, how: u32) {
+        let tick = self.ns_per_tick;
+        if let Some(p) = self.by_pid.get_mut(&pid)
+            && (start_ns == 0 || p.start_ns / tick == start_ns / tick)
+        {
+            p.run = run;
+            p.how = how;
+        }
+    }
+
+    /// Every live process (pid, info).
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &ProcessInfo)> {
+        self.by_pid.iter().map(|(pid, p)| (*pid, p))
     }
 
     /// The process `pid` if it is the one started at `start_ns` (0: any).

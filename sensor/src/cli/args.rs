@@ -27,6 +27,15 @@ pub enum Command {
     /// Mounts tracefs and bpffs when they are not mounted. Stops cleanly on
     /// SIGINT/SIGTERM: every event already read is written, every program detached.
     Daemon(DaemonArgs),
+    /// Run CMD as a new agent run (a sub-run when called inside a run).
+    ///
+    /// Registers with the daemon, then executes CMD in place: CMD keeps this
+    /// pid, its stdout is untouched, SENSOR_RUN_ID is set, and its exit code is
+    /// the exit code. Refuses to start CMD when the daemon cannot be reached,
+    /// unless --best-effort.
+    Launch(LaunchArgs),
+    /// Print the agent run of the calling process.
+    Whoami(WhoamiArgs),
     /// Show whether the daemon is attached and ready, with its counters.
     ///
     /// Exits 0 once the daemon is ready, 1 when it cannot be reached or is not ready.
@@ -45,6 +54,61 @@ pub struct DaemonArgs {
     /// Control socket [default: the config's, else /run/sensor/sensor.sock]
     #[arg(long, value_name = "PATH", env = "SENSOR_SOCKET")]
     pub socket: Option<PathBuf>,
+    /// State directory (runs) [default: the config's, else /var/lib/sensor]
+    #[arg(long, value_name = "DIR", env = "SENSOR_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// bpffs directory for pinned maps [default: the config's, else /sys/fs/bpf/sensor]
+    #[arg(long, value_name = "DIR", env = "SENSOR_PIN_DIR")]
+    pub pin_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct LaunchArgs {
+    /// Agent name (e.g. research-bot)
+    #[arg(long, value_name = "NAME")]
+    pub agent: String,
+    /// Run id [default: a new UUIDv7]
+    #[arg(long, value_name = "ID")]
+    pub run_id: Option<String>,
+    /// Who the run acts for [default: your user; recorded as claimed unless you are root]
+    #[arg(long, value_name = "WHO")]
+    pub principal: Option<String>,
+    /// Policy name for the run
+    #[arg(long, value_name = "NAME")]
+    pub policy: Option<String>,
+    /// A label (repeatable)
+    #[arg(long = "label", value_name = "K=V", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// End the run after this long even if processes remain (e.g. 2h, 30m)
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub ttl: Option<std::time::Duration>,
+    /// Start CMD even when the daemon cannot be reached (unattributed)
+    #[arg(long)]
+    pub best_effort: bool,
+    /// Control socket of the daemon
+    #[arg(long, value_name = "PATH", env = "SENSOR_SOCKET", default_value = paths::SOCKET)]
+    pub socket: PathBuf,
+    /// The command and its arguments
+    #[arg(required = true, last = true, value_name = "CMD")]
+    pub command: Vec<std::ffi::OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct WhoamiArgs {
+    /// Control socket of the daemon
+    #[arg(long, value_name = "PATH", env = "SENSOR_SOCKET", default_value = paths::SOCKET)]
+    pub socket: PathBuf,
+    /// Print the answer as one JSON object
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `K=V` → (K, V).
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("label {s:?} is not K=V")),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -86,5 +150,30 @@ mod tests {
         let err = Cli::try_parse_from(["sensor", "daemon", "--output", "bogus://x"]).unwrap_err();
         assert!(err.to_string().contains("bogus://x"), "{err}");
         assert!(Cli::try_parse_from(["sensor", "daemon", "--nope"]).is_err());
+    }
+
+    #[test]
+    fn launch_arguments() {
+        let cli = Cli::try_parse_from([
+            "sensor", "launch", "--agent", "bot", "--label", "team=x", "--ttl", "2h", "--",
+            "python3", "-c", "1",
+        ])
+        .unwrap();
+        let Command::Launch(args) = cli.command else {
+            panic!("launch expected")
+        };
+        assert_eq!(args.labels, [("team".to_owned(), "x".to_owned())]);
+        assert_eq!(args.ttl, Some(std::time::Duration::from_secs(7200)));
+        assert_eq!(args.command.len(), 3);
+        assert!(
+            Cli::try_parse_from([
+                "sensor", "launch", "--agent", "bot", "--label", "novalue", "--", "x"
+            ])
+            .is_err()
+        );
+        assert!(
+            Cli::try_parse_from(["sensor", "launch", "--agent", "bot"]).is_err(),
+            "CMD is required"
+        );
     }
 }

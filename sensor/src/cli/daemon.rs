@@ -7,12 +7,14 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::args::DaemonArgs;
 use crate::{
+    attribution::{Attribution, RunTable},
     config::Config,
     control,
     event::EventBuilder,
     identity::{Clock, Host, ProcessKeys, clock_ticks_per_second},
-    loader,
-    pipeline::{self, Pipeline},
+    loader::{self, Kernel},
+    paths,
+    pipeline::{self, KernelStreams, Pipeline},
     sinks::Outputs,
     status::DaemonState,
 };
@@ -33,8 +35,18 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
         .socket
         .clone()
         .unwrap_or_else(|| config.daemon.socket.clone());
+    let state_dir = args
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| config.daemon.state_dir.clone());
+    let pin_dir = args
+        .pin_dir
+        .clone()
+        .unwrap_or_else(|| config.daemon.pin_dir.clone());
+    let runs_path = state_dir.join(paths::RUNS_FILE);
 
     // Everything that can fail on bad input fails before the kernel is touched.
+    let runs = RunTable::load(&runs_path)?;
     let outputs = Outputs::open(&specs)?;
     let host = Host::current().context("reading host name and boot id")?;
     let keys = ProcessKeys::new(&host.boot_id, clock_ticks_per_second());
@@ -48,10 +60,30 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
         let listener = control::bind(&socket)?;
         let state = Arc::new(DaemonState::default());
         state.set_outputs(outputs.handles());
-        let kernel = loader::load(std::process::id())?;
-        state.set_programs(kernel.probes.attached().to_vec());
-        let server = tokio::spawn(control::serve(listener, Arc::clone(&state)));
+        let Kernel {
+            probes,
+            events,
+            stats,
+            proc_runs,
+        } = loader::load(std::process::id(), &pin_dir)?;
+        state.set_programs(probes.attached().to_vec());
 
+        let mut attribution =
+            Attribution::new(keys.clone(), Box::new(proc_runs), runs, Some(runs_path));
+        // The probes are attached: whatever starts now is seen, and what ran
+        // before is read from /proc and the pinned map.
+        let ended = attribution.restore(std::time::SystemTime::now());
+        tracing::info!(
+            processes = attribution.tracked_processes(),
+            runs = attribution.active_runs(),
+            "restored state"
+        );
+        let builder = EventBuilder::new(host, keys, clock, attribution);
+        let mut pipeline = Pipeline::new(builder, outputs, Arc::clone(&state));
+        pipeline.run_changes(&ended);
+
+        let (commands_tx, commands) = tokio::sync::mpsc::channel(64);
+        let server = tokio::spawn(control::serve(listener, Arc::clone(&state), commands_tx));
         let mut sigterm =
             signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut sigint =
@@ -62,19 +94,19 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
                 _ = sigint.recv() => tracing::info!("SIGINT: stopping"),
             }
         };
-        let pipeline = Pipeline::new(
-            EventBuilder::new(host, keys, clock),
-            outputs,
-            Arc::clone(&state),
-        );
         state.set_ready(true);
         tracing::info!(
-            programs = kernel.probes.attached().len(),
+            programs = probes.attached().len(),
             outputs = ?specs.iter().map(ToString::to_string).collect::<Vec<_>>(),
             socket = %socket.display(),
             "attached and ready"
         );
-        let result = pipeline::run(kernel, pipeline, shutdown).await;
+        let kernel = KernelStreams {
+            probes,
+            events,
+            stats,
+        };
+        let result = pipeline::run(kernel, pipeline, commands, shutdown).await;
         server.abort();
         let _ = std::fs::remove_file(&socket);
         result?;

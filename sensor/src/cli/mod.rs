@@ -2,6 +2,7 @@
 
 mod args;
 mod daemon;
+mod launch;
 mod status;
 
 use std::process::ExitCode;
@@ -14,6 +15,8 @@ impl Command {
         match self {
             Self::Daemon(args) => daemon::execute(args),
             Self::Status(args) => status::execute(args),
+            Self::Launch(args) => launch::execute(args),
+            Self::Whoami(args) => launch::whoami(args),
         }
     }
 }
@@ -23,7 +26,7 @@ impl Command {
 pub fn init_logging(command: &Command) {
     let default = match command {
         Command::Daemon(_) => "info",
-        Command::Status(_) => "warn",
+        Command::Status(_) | Command::Launch(_) | Command::Whoami(_) => "warn",
     };
     let filter = std::env::var("SENSOR_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))

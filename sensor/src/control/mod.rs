@@ -21,8 +21,18 @@ use tokio::{
     net::{UnixListener, UnixStream},
 };
 
+use tokio::sync::{mpsc, oneshot};
+
 use self::protocol::{MAX_REQUEST_BYTES, Request, Response};
-use crate::status::DaemonState;
+use crate::{attribution::Peer, status::DaemonState};
+
+/// A request the pipeline must answer (it owns attribution), with who asked.
+#[derive(Debug)]
+pub struct Command {
+    pub peer: Peer,
+    pub request: Request,
+    pub reply: oneshot::Sender<Response>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -88,14 +98,20 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     Ok(listener)
 }
 
-/// Serves requests until the task is dropped.
-pub async fn serve(listener: UnixListener, state: Arc<DaemonState>) {
+/// Serves requests until the task is dropped. Status is answered here;
+/// everything about runs goes to the pipeline through `commands`.
+pub async fn serve(
+    listener: UnixListener,
+    state: Arc<DaemonState>,
+    commands: mpsc::Sender<Command>,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let state = Arc::clone(&state);
+                let commands = commands.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = handle(stream, &state).await {
+                    if let Err(e) = handle(stream, &state, &commands).await {
                         tracing::debug!(error = %e, "control connection");
                     }
                 });
@@ -108,7 +124,17 @@ pub async fn serve(listener: UnixListener, state: Arc<DaemonState>) {
     }
 }
 
-async fn handle(stream: UnixStream, state: &DaemonState) -> io::Result<()> {
+async fn handle(
+    stream: UnixStream,
+    state: &DaemonState,
+    commands: &mpsc::Sender<Command>,
+) -> io::Result<()> {
+    let cred = stream.peer_cred()?;
+    let peer = Peer {
+        pid: cred.pid().and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
+        uid: cred.uid(),
+        gid: cred.gid(),
+    };
     let (read, mut write) = stream.into_split();
     let mut line = Vec::new();
     let mut reader = tokio::io::BufReader::new(read).take(MAX_REQUEST_BYTES as u64 + 1);
@@ -124,6 +150,10 @@ async fn handle(stream: UnixStream, state: &DaemonState) -> io::Result<()> {
         },
         Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
             Ok(Request::Status) => Response::Status(Box::new(state.report())),
+            Ok(_) if peer.pid == 0 => Response::Error {
+                message: "the caller's pid is unknown (SO_PEERCRED); refusing".to_owned(),
+            },
+            Ok(request) => forward(peer, request, commands).await,
             Err(e) => Response::Error {
                 message: format!("malformed request: {e}"),
             },
@@ -133,6 +163,31 @@ async fn handle(stream: UnixStream, state: &DaemonState) -> io::Result<()> {
     out.push(b'\n');
     write.write_all(&out).await?;
     write.shutdown().await
+}
+
+async fn forward(peer: Peer, request: Request, commands: &mpsc::Sender<Command>) -> Response {
+    let (reply, answer) = oneshot::channel();
+    let unavailable = || Response::Error {
+        message: "the daemon is shutting down".to_owned(),
+    };
+    if commands
+        .send(Command {
+            peer,
+            request,
+            reply,
+        })
+        .await
+        .is_err()
+    {
+        return unavailable();
+    }
+    match tokio::time::timeout(Duration::from_secs(10), answer).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(_)) => unavailable(),
+        Err(_) => Response::Error {
+            message: "the daemon did not answer in time".to_owned(),
+        },
+    }
 }
 
 /// Sends one request and reads the response (blocking; for the CLI).

@@ -1,23 +1,38 @@
 //! Control socket protocol: one JSON request per line, one JSON response per line.
+//!
+//! The daemon identifies callers by SO_PEERCRED only: no request names the
+//! process it is about, except attestation, which only reads.
 
 use serde::{Deserialize, Serialize};
 
-use crate::status::StatusReport;
+use crate::{
+    attribution::{LaunchRequest, Run, RunAnswer},
+    status::StatusReport,
+};
 
 /// Longest request line accepted.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     /// Counters and readiness.
     Status,
+    /// Start a run whose first process is the caller (`sensor launch`).
+    Launch(LaunchRequest),
+    /// The run of the caller.
+    Whoami,
+    /// The run of process `pid`; `start_ticks` (field 22 of /proc/PID/stat)
+    /// makes the answer refuse a recycled pid.
+    Attest { pid: u32, start_ticks: Option<u64> },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
     Status(Box<StatusReport>),
+    Launched { run: Box<Run> },
+    Run(Box<RunAnswer>),
     Error { message: String },
 }
 
@@ -33,5 +48,21 @@ mod tests {
         );
         assert!(serde_json::from_str::<Request>(r#"{"op":"rm -rf"}"#).is_err());
         assert!(serde_json::from_str::<Request>("garbage").is_err());
+        let launch: Request =
+            serde_json::from_str(r#"{"op":"launch","agent":"bot","labels":{"k":"v"}}"#).unwrap();
+        let Request::Launch(l) = launch else { panic!() };
+        assert_eq!(l.agent, "bot");
+        assert_eq!(l.labels["k"], "v");
+        // A launch cannot name a pid: unknown fields are refused.
+        assert!(
+            serde_json::from_str::<Request>(r#"{"op":"launch","agent":"bot","pid":1}"#).is_err()
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"op":"attest","pid":5,"start_ticks":7}"#).unwrap(),
+            Request::Attest {
+                pid: 5,
+                start_ticks: Some(7)
+            }
+        );
     }
 }

@@ -14,7 +14,7 @@ use serde::{Serialize, Serializer};
 
 use self::raw::{ExecStrings, RawEvent};
 use crate::{
-    attribution::ProcessTable,
+    attribution::{Attribution, Run, RunChange},
     identity::{Clock, Host, ProcessKeys, proc_start},
 };
 
@@ -34,16 +34,22 @@ pub enum Kind {
     NetworkConnect,
     #[serde(rename = "sensor.lost")]
     SensorLost,
+    #[serde(rename = "run.start")]
+    RunStart,
+    #[serde(rename = "run.end")]
+    RunEnd,
 }
 
 impl Kind {
     /// Every kind, in a stable order (for counters).
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 7] = [
         Self::ProcessSpawn,
         Self::ProcessExec,
         Self::ProcessExit,
         Self::NetworkConnect,
         Self::SensorLost,
+        Self::RunStart,
+        Self::RunEnd,
     ];
 
     #[must_use]
@@ -54,6 +60,8 @@ impl Kind {
             Self::ProcessExit => "process.exit",
             Self::NetworkConnect => "network.connect",
             Self::SensorLost => "sensor.lost",
+            Self::RunStart => "run.start",
+            Self::RunEnd => "run.end",
         }
     }
 
@@ -86,16 +94,73 @@ impl Serialize for Timestamp {
     }
 }
 
-/// The agent run an event belongs to (filled by attribution).
+/// The agent run an event belongs to.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunRef {
     pub id: String,
     pub agent: String,
     pub principal: String,
+    /// What a non-root launcher claimed with `--principal` (not verified).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub principal_claimed: Option<String>,
     pub parent_id: Option<String>,
     pub root_id: String,
     pub depth: u32,
+    /// How this event's process was attributed: launch, inherited, matcher, backfill, env.
     pub attribution: &'static str,
+    /// Details carried by run.start and run.end only.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub details: Option<RunDetails>,
+}
+
+/// What run.start and run.end add to the run object.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunDetails {
+    pub uid: u32,
+    pub policy: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub started_by: String,
+    pub start: Timestamp,
+    pub expires: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<String>,
+}
+
+impl RunRef {
+    /// The run object for an event whose process was attributed by `how`.
+    #[must_use]
+    pub fn of(run: &Run, how: &'static str) -> Self {
+        Self {
+            id: run.id.clone(),
+            agent: run.agent.clone(),
+            principal: run.principal.clone(),
+            principal_claimed: run.principal_claimed.clone(),
+            parent_id: run.parent_id.clone(),
+            root_id: run.root_id.clone(),
+            depth: run.depth,
+            attribution: how,
+            details: None,
+        }
+    }
+
+    /// With the run's details (run.start, run.end).
+    #[must_use]
+    pub fn detailed(run: &Run, how: &'static str) -> Self {
+        let mut r = Self::of(run, how);
+        r.details = Some(RunDetails {
+            uid: run.uid,
+            policy: run.policy.clone(),
+            labels: run.labels.clone(),
+            started_by: run.started_by.clone(),
+            start: Timestamp(run.start),
+            expires: run.expires.map(Timestamp),
+            end: run.end.map(Timestamp),
+            end_reason: run.end_reason.clone(),
+        });
+        r
+    }
 }
 
 /// One event.
@@ -204,38 +269,37 @@ pub struct EventBuilder {
     keys: ProcessKeys,
     clock: Clock,
     next_seq: u64,
-    processes: ProcessTable,
+    attribution: Attribution,
 }
 
 impl EventBuilder {
     #[must_use]
-    pub fn new(host: Host, keys: ProcessKeys, clock: Clock) -> Self {
-        let processes = ProcessTable::new(keys.ns_per_tick());
+    pub fn new(host: Host, keys: ProcessKeys, clock: Clock, attribution: Attribution) -> Self {
         Self {
             host: Arc::new(host),
             keys,
             clock,
             next_seq: 1,
-            processes,
+            attribution,
         }
     }
 
-    /// Reads the processes already running from `/proc`. Call after the
-    /// probes are attached, so nothing falls between the two.
-    pub fn seed_processes(&mut self) -> usize {
-        self.processes.seed_from_proc(std::path::Path::new("/proc"))
+    /// The attribution stage (runs, processes).
+    #[must_use]
+    pub fn attribution(&self) -> &Attribution {
+        &self.attribution
     }
 
-    /// Live processes tracked.
-    #[must_use]
-    pub fn tracked_processes(&self) -> usize {
-        self.processes.len()
+    /// The attribution stage, to act on it (launch, restore, expire).
+    pub fn attribution_mut(&mut self) -> &mut Attribution {
+        &mut self.attribution
     }
 
     /// The exe of a live process: from the table, else from /proc.
     fn known_exe(&self, pid: u32, start_ns: u64) -> Option<String> {
         if let Some(exe) = self
-            .processes
+            .attribution
+            .processes()
             .get(pid, start_ns)
             .and_then(|p| p.exe.as_deref())
         {
@@ -312,8 +376,40 @@ impl EventBuilder {
         e
     }
 
-    /// Builds the event of one kernel record.
-    pub fn build(&mut self, raw: RawEvent) -> Event {
+    /// The event of a run starting or ending.
+    pub fn run_change(&mut self, change: &RunChange) -> Event {
+        match change {
+            RunChange::Started { run, pid } => {
+                let mut e = self.envelope(Kind::RunStart, run.start);
+                e.run = Some(RunRef::detailed(run, "launch"));
+                let info = self.attribution.processes().get(*pid, 0).cloned();
+                let start_ns = info.as_ref().map_or(0, |p| p.start_ns);
+                let parent = proc_start(*pid).map(|(_, ppid)| ppid).unwrap_or_default();
+                e.process = Some(Process {
+                    key: self.keys.key(*pid, start_ns),
+                    pid: *pid,
+                    tid: *pid,
+                    ppid: parent,
+                    parent_key: proc_start(parent)
+                        .map(|(t, _)| self.keys.key_from_ticks(parent, t))
+                        .unwrap_or_default(),
+                    uid: run.uid,
+                    exe: self.known_exe(*pid, start_ns),
+                    ..Process::default()
+                });
+                e
+            }
+            RunChange::Ended { run } => {
+                let mut e = self.envelope(Kind::RunEnd, run.end.unwrap_or_else(SystemTime::now));
+                e.run = Some(RunRef::detailed(run, "launch"));
+                e
+            }
+        }
+    }
+
+    /// Builds the events of one kernel record into `out`: the record's own,
+    /// then the runs that ended with it (the last process of a run exited).
+    pub fn build_into(&mut self, raw: RawEvent, out: &mut Vec<Event>) {
         let h = *raw.header();
         let time = self.clock.wall(h.ktime_ns);
         match raw {
@@ -322,10 +418,12 @@ impl EventBuilder {
                 let mut p = self.process(&h);
                 set_exe(&mut p, &exe, data.path_flags & PATH_TRUNCATED != 0);
                 p.parent_exe.clone_from(&p.exe);
-                self.processes
-                    .upsert(h.tgid, h.start_ns, p.exe.as_deref().map(Arc::from));
+                let (run, how) = self
+                    .attribution
+                    .on_spawn(&h, p.exe.as_deref().map(Arc::from));
+                e.run = self.attribution.run_ref(run, how);
                 e.process = Some(p);
-                e
+                out.push(e);
             }
             RawEvent::Exec {
                 data,
@@ -337,18 +435,20 @@ impl EventBuilder {
                 let mut p = self.process(&h);
                 e.exec = Some(exec_details(&data, &strings, failed));
                 fill_exec(&mut p, &data, &strings, failed);
-                if !failed {
-                    self.processes
-                        .upsert(h.tgid, h.start_ns, p.exe.as_deref().map(Arc::from));
-                }
+                let (run, how) = if failed {
+                    self.attribution.on_other(&h)
+                } else {
+                    self.attribution
+                        .on_exec(&h, p.exe.as_deref().map(Arc::from))
+                };
+                e.run = self.attribution.run_ref(run, how);
                 e.process = Some(p);
-                e
+                out.push(e);
             }
             RawEvent::Exit { data, .. } => {
                 let mut e = self.envelope(Kind::ProcessExit, time);
                 let mut p = self.process(&h);
                 p.exe = self.known_exe(h.tgid, h.start_ns);
-                self.processes.remove(h.tgid, h.start_ns);
                 let status = data.exit_status;
                 let signal = status & 0x7f;
                 if signal == 0 {
@@ -357,18 +457,33 @@ impl EventBuilder {
                     p.exit_signal = Some(signal as i32);
                     p.core_dumped = Some(status & 0x80 != 0);
                 }
+                let ((run, how), changes) = self.attribution.on_exit(&h, time);
+                e.run = self.attribution.run_ref(run, how);
                 e.process = Some(p);
-                e
+                out.push(e);
+                for change in &changes {
+                    let e = self.run_change(change);
+                    out.push(e);
+                }
             }
             RawEvent::Connect { data, .. } => {
                 let mut e = self.envelope(Kind::NetworkConnect, time);
                 let mut p = self.process(&h);
                 p.exe = self.known_exe(h.tgid, h.start_ns);
+                let (run, how) = self.attribution.on_other(&h);
+                e.run = self.attribution.run_ref(run, how);
                 e.process = Some(p);
                 e.network = Some(network(&data));
-                e
+                out.push(e);
             }
         }
+    }
+
+    /// Builds the first event of one kernel record (tests and tools).
+    pub fn build(&mut self, raw: RawEvent) -> Event {
+        let mut out = Vec::with_capacity(1);
+        self.build_into(raw, &mut out);
+        out.swap_remove(0)
     }
 }
 
@@ -537,13 +652,21 @@ mod tests {
     use super::*;
 
     fn builder() -> EventBuilder {
+        let keys = ProcessKeys::new("0b5f0e3c-1d2e-4f5a-9b8c-7d6e5f4a3b2c", 100);
+        let attribution = Attribution::new(
+            keys.clone(),
+            Box::new(std::collections::HashMap::new()),
+            crate::attribution::RunTable::new(),
+            None,
+        );
         EventBuilder::new(
             Host {
                 name: "h1".into(),
                 boot_id: "0b5f0e3c-1d2e-4f5a-9b8c-7d6e5f4a3b2c".into(),
             },
-            ProcessKeys::new("0b5f0e3c-1d2e-4f5a-9b8c-7d6e5f4a3b2c", 100),
+            keys,
             Clock::with_offset(1_700_000_000_000_000_000),
+            attribution,
         )
     }
 

@@ -14,11 +14,12 @@ use std::{fs::File, io, path::PathBuf};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::{MapData, MapError, PerCpuArray, RingBuf},
+    maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, RawTracePoint, TracePoint},
 };
 use sensor_common::{
     config::{CONFIG_GLOBAL, SensorConfig},
+    event::ProcRun,
     maps,
     stats::Stats,
 };
@@ -136,11 +137,14 @@ pub struct Kernel {
     pub probes: Probes,
     pub events: RingBuf<MapData>,
     pub stats: PerCpuArray<MapData, Stats>,
+    /// The pinned process → run map.
+    pub proc_runs: BpfHashMap<MapData, u32, ProcRun>,
 }
 
 /// Loads and attaches everything. `own_tgid` is the daemon's pid, whose own
-/// activity the programs skip.
-pub fn load(own_tgid: u32) -> Result<Kernel, LoaderError> {
+/// activity the programs skip; `pin_dir` (in bpffs) holds the maps that
+/// outlive the daemon.
+pub fn load(own_tgid: u32, pin_dir: &std::path::Path) -> Result<Kernel, LoaderError> {
     if EBPF_OBJECT.is_empty() {
         return Err(LoaderError::NoObject);
     }
@@ -154,10 +158,18 @@ pub fn load(own_tgid: u32) -> Result<Kernel, LoaderError> {
     debug!(?kernel, ?tracepoints, "offsets");
     let config = SensorConfig {
         own_tgid,
-        _pad: 0,
+        ns_per_tick: u32::try_from(
+            1_000_000_000 / crate::identity::clock_ticks_per_second().max(1),
+        )
+        .unwrap_or(10_000_000),
         kernel,
         tracepoints,
     };
+    std::fs::create_dir_all(pin_dir).map_err(|source| LoaderError::Io {
+        what: "creating the bpffs pin directory",
+        source,
+    })?;
+    let proc_runs_pin = pin_dir.join(maps::PROC_RUNS);
     let cpus = aya::util::nr_cpus().map_err(|(_, source)| LoaderError::Io {
         what: "reading the number of possible CPUs",
         source,
@@ -165,6 +177,7 @@ pub fn load(own_tgid: u32) -> Result<Kernel, LoaderError> {
     let mut ebpf = EbpfLoader::new()
         .override_global(CONFIG_GLOBAL, &config, true)
         .map_max_entries(maps::SCRATCH, u32::try_from(cpus).unwrap_or(u32::MAX))
+        .map_pin_path(maps::PROC_RUNS, proc_runs_pin.as_path())
         .load(EBPF_OBJECT)
         .map_err(|e| LoaderError::Load(Box::new(e)))?;
 
@@ -176,6 +189,12 @@ pub fn load(own_tgid: u32) -> Result<Kernel, LoaderError> {
     let stats = take_map(&mut ebpf, maps::STATS)?;
     let stats = PerCpuArray::try_from(stats).map_err(|source| LoaderError::Map {
         map: maps::STATS,
+        source,
+    })?;
+
+    let proc_runs = take_map(&mut ebpf, maps::PROC_RUNS)?;
+    let proc_runs = BpfHashMap::try_from(proc_runs).map_err(|source| LoaderError::Map {
+        map: maps::PROC_RUNS,
         source,
     })?;
 
@@ -238,6 +257,7 @@ pub fn load(own_tgid: u32) -> Result<Kernel, LoaderError> {
         },
         events,
         stats,
+        proc_runs,
     })
 }
 

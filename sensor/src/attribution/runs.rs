@@ -1,0 +1,456 @@
+//! Agent runs: one execution of an agent, with who it acts for and where it
+//! sits in the sub-agent tree. Kept by the daemon, persisted to a state file
+//! so a restart neither loses nor duplicates them.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs, io,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use serde::{Deserialize, Serialize};
+
+/// One agent run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Run {
+    /// Kernel handle (key of the process → run map values); never 0.
+    pub handle: u64,
+    /// Run id (UUIDv7 unless the launcher gave one).
+    pub id: String,
+    pub agent: String,
+    /// Who the run acts for: the caller's verified user (or what root said).
+    pub principal: String,
+    /// What a non-root caller claimed with `--principal`, beside the verified one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal_claimed: Option<String>,
+    /// Verified uid of the process that started the run.
+    pub uid: u32,
+    pub parent_id: Option<String>,
+    pub root_id: String,
+    pub depth: u32,
+    #[serde(default)]
+    pub policy: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// How the run started: launch, matcher, backfill.
+    pub started_by: String,
+    #[serde(with = "humantime_serde_compat")]
+    pub start: SystemTime,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub expires: Option<SystemTime>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub end: Option<SystemTime>,
+    #[serde(default)]
+    pub end_reason: Option<String>,
+}
+
+impl Run {
+    #[must_use]
+    pub fn is_active(&self) -> bool {
+        self.end.is_none()
+    }
+}
+
+/// Runs by handle and by id.
+#[derive(Debug, Default)]
+pub struct RunTable {
+    by_handle: HashMap<u64, Run>,
+    by_id: HashMap<String, u64>,
+    next_handle: u64,
+    /// Live processes per run handle.
+    live: HashMap<u64, u64>,
+}
+
+/// Why a run cannot be created or found.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RunError {
+    #[error("run id {0:?} already exists")]
+    Exists(String),
+    #[error("run id {0:?} is not valid: use 1-64 characters of letters, digits, '.', '_' or '-'")]
+    BadId(String),
+    #[error("agent name {0:?} is not valid: use 1-64 printable characters")]
+    BadAgent(String),
+    #[error("no run matches {0:?}")]
+    NotFound(String),
+    #[error("run prefix {0:?} is ambiguous")]
+    Ambiguous(String),
+}
+
+/// What a new run needs.
+#[derive(Debug, Clone, Default)]
+pub struct NewRun {
+    pub id: Option<String>,
+    pub agent: String,
+    pub principal: String,
+    pub principal_claimed: Option<String>,
+    pub uid: u32,
+    pub parent: Option<u64>,
+    pub policy: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub ttl: Option<Duration>,
+    pub started_by: &'static str,
+}
+
+pub fn valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+fn valid_agent(agent: &str) -> bool {
+    (1..=64).contains(&agent.chars().count()) && !agent.chars().any(char::is_control)
+}
+
+impl RunTable {
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            next_handle: 1,
+            ..Self::default()
+        }
+    }
+
+    /// Creates a run (a sub-run when `parent` is set).
+    pub fn create(&mut self, new: NewRun, now: SystemTime) -> Result<&Run, RunError> {
+        if !valid_agent(&new.agent) {
+            return Err(RunError::BadAgent(new.agent));
+        }
+        let id = match new.id {
+            Some(id) if !valid_id(&id) => return Err(RunError::BadId(id)),
+            Some(id) => id,
+            None => uuid::Uuid::now_v7().to_string(),
+        };
+        if self.by_id.contains_key(&id) {
+            return Err(RunError::Exists(id));
+        }
+        let parent = new.parent.and_then(|h| self.by_handle.get(&h));
+        let (parent_id, root_id, depth) = match parent {
+            Some(p) => (Some(p.id.clone()), p.root_id.clone(), p.depth + 1),
+            None => (None, id.clone(), 0),
+        };
+        let handle = self.next_handle.max(1);
+        self.next_handle = handle + 1;
+        let run = Run {
+            handle,
+            id: id.clone(),
+            agent: new.agent,
+            principal: new.principal,
+            principal_claimed: new.principal_claimed,
+            uid: new.uid,
+            parent_id,
+            root_id,
+            depth,
+            policy: new.policy,
+            labels: new.labels,
+            started_by: new.started_by.to_owned(),
+            start: now,
+            expires: new.ttl.map(|ttl| now + ttl),
+            end: None,
+            end_reason: None,
+        };
+        self.by_id.insert(id, handle);
+        Ok(self.by_handle.entry(handle).or_insert(run))
+    }
+
+    #[must_use]
+    pub fn get(&self, handle: u64) -> Option<&Run> {
+        self.by_handle.get(&handle)
+    }
+
+    /// A run by id or unique id prefix.
+    pub fn find(&self, id_or_prefix: &str) -> Result<&Run, RunError> {
+        if let Some(h) = self.by_id.get(id_or_prefix) {
+            return self
+                .by_handle
+                .get(h)
+                .ok_or_else(|| RunError::NotFound(id_or_prefix.to_owned()));
+        }
+        let mut found = self
+            .by_id
+            .iter()
+            .filter(|(id, _)| id.starts_with(id_or_prefix));
+        match (found.next(), found.next()) {
+            (Some((_, h)), None) => self
+                .by_handle
+                .get(h)
+                .ok_or_else(|| RunError::NotFound(id_or_prefix.to_owned())),
+            (Some(_), Some(_)) => Err(RunError::Ambiguous(id_or_prefix.to_owned())),
+            _ => Err(RunError::NotFound(id_or_prefix.to_owned())),
+        }
+    }
+
+    /// Active runs.
+    pub fn active(&self) -> impl Iterator<Item = &Run> {
+        self.by_handle.values().filter(|r| r.is_active())
+    }
+
+    /// A process joined the run.
+    pub fn add_process(&mut self, handle: u64) {
+        *self.live.entry(handle).or_default() += 1;
+    }
+
+    /// A process of the run exited; returns the live count left.
+    pub fn remove_process(&mut self, handle: u64) -> u64 {
+        let n = self.live.entry(handle).or_default();
+        *n = n.saturating_sub(1);
+        *n
+    }
+
+    #[must_use]
+    pub fn live_processes(&self, handle: u64) -> u64 {
+        self.live.get(&handle).copied().unwrap_or(0)
+    }
+
+    /// True when an active sub-run of `handle` still exists.
+    #[must_use]
+    pub fn has_active_children(&self, handle: u64) -> bool {
+        let Some(run) = self.by_handle.get(&handle) else {
+            return false;
+        };
+        self.active()
+            .any(|r| r.parent_id.as_deref() == Some(run.id.as_str()))
+    }
+
+    /// Ends a run; returns it, or `None` if it had already ended.
+    pub fn end(&mut self, handle: u64, reason: &str, now: SystemTime) -> Option<Run> {
+        let run = self.by_handle.get_mut(&handle)?;
+        if run.end.is_some() {
+            return None;
+        }
+        run.end = Some(now);
+        run.end_reason = Some(reason.to_owned());
+        self.live.remove(&handle);
+        Some(run.clone())
+    }
+
+    /// Active runs whose TTL has passed.
+    #[must_use]
+    pub fn expired(&self, now: SystemTime) -> Vec<u64> {
+        self.active()
+            .filter(|r| r.expires.is_some_and(|e| e <= now))
+            .map(|r| r.handle)
+            .collect()
+    }
+
+    /// Writes the active runs (and recently ended ones) atomically.
+    pub fn save(&self, path: &Path) -> io::Result<()> {
+        let state = State {
+            next_handle: self.next_handle,
+            runs: self.by_handle.values().cloned().collect(),
+        };
+        let bytes = serde_json::to_vec_pretty(&state).map_err(io::Error::other)?;
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("json.tmp");
+        fs::write(&tmp, bytes)?;
+        fs::rename(&tmp, path)
+    }
+
+    /// Reads a saved table; a missing file is an empty table.
+    pub fn load(path: &Path) -> Result<Self, StateError> {
+        let bytes = match fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Self::new()),
+            Err(source) => {
+                return Err(StateError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        let state: State = serde_json::from_slice(&bytes).map_err(|source| StateError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut table = Self::new();
+        for run in state.runs {
+            table.next_handle = table.next_handle.max(run.handle + 1);
+            table.by_id.insert(run.id.clone(), run.handle);
+            table.by_handle.insert(run.handle, run);
+        }
+        table.next_handle = table.next_handle.max(state.next_handle);
+        Ok(table)
+    }
+
+    /// Drops ended runs older than `keep` (the store keeps history; this is live state).
+    pub fn forget_ended(&mut self, now: SystemTime, keep: Duration) {
+        let old: Vec<u64> = self
+            .by_handle
+            .values()
+            .filter(|r| {
+                r.end
+                    .is_some_and(|e| now.duration_since(e).unwrap_or_default() > keep)
+            })
+            .map(|r| r.handle)
+            .collect();
+        for h in old {
+            if let Some(r) = self.by_handle.remove(&h) {
+                self.by_id.remove(&r.id);
+            }
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct State {
+    next_handle: u64,
+    runs: Vec<Run>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read run state {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("run state {path} is corrupt (move it away to start without the runs it holds)")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+mod humantime_serde_compat {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_nanos(*t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_rfc3339(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+mod humantime_serde_opt {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    #[expect(clippy::ref_option, reason = "serde's `with` passes &Option<T>")]
+    pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.collect_str(&humantime::format_rfc3339_nanos(*t)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+        let s = Option::<String>::deserialize(d)?;
+        s.map(|s| humantime::parse_rfc3339(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new(agent: &str, parent: Option<u64>) -> NewRun {
+        NewRun {
+            agent: agent.into(),
+            principal: "alice".into(),
+            parent,
+            started_by: "launch",
+            ..NewRun::default()
+        }
+    }
+
+    #[test]
+    fn sub_runs_form_a_tree() {
+        let mut t = RunTable::new();
+        let now = SystemTime::now();
+        let root = t.create(new("research-bot", None), now).unwrap().clone();
+        assert_eq!(root.depth, 0);
+        assert_eq!(root.root_id, root.id);
+        assert!(root.parent_id.is_none());
+        let child = t
+            .create(new("coder", Some(root.handle)), now)
+            .unwrap()
+            .clone();
+        let grandchild = t
+            .create(new("tester", Some(child.handle)), now)
+            .unwrap()
+            .clone();
+        assert_eq!(child.depth, 1);
+        assert_eq!(grandchild.depth, 2);
+        assert_eq!(grandchild.parent_id.as_deref(), Some(child.id.as_str()));
+        assert_eq!(grandchild.root_id, root.id);
+        assert!(t.has_active_children(root.handle));
+        t.end(grandchild.handle, "exited", now).unwrap();
+        assert!(
+            t.end(grandchild.handle, "exited", now).is_none(),
+            "ends once"
+        );
+        assert!(!t.has_active_children(child.handle));
+    }
+
+    #[test]
+    fn ids_are_checked_and_unique() {
+        let mut t = RunTable::new();
+        let now = SystemTime::now();
+        let mut n = new("a", None);
+        n.id = Some("run-1".into());
+        t.create(n.clone(), now).unwrap();
+        assert_eq!(
+            t.create(n, now).unwrap_err(),
+            RunError::Exists("run-1".into())
+        );
+        let mut bad = new("a", None);
+        bad.id = Some("../etc".into());
+        assert!(matches!(t.create(bad, now), Err(RunError::BadId(_))));
+        assert!(matches!(
+            t.create(new("", None), now),
+            Err(RunError::BadAgent(_))
+        ));
+    }
+
+    #[test]
+    fn prefix_lookup() {
+        let mut t = RunTable::new();
+        let now = SystemTime::now();
+        for id in ["abc1", "abc2", "xyz"] {
+            let mut n = new("a", None);
+            n.id = Some(id.into());
+            t.create(n, now).unwrap();
+        }
+        assert_eq!(t.find("xy").unwrap().id, "xyz");
+        assert_eq!(t.find("abc1").unwrap().id, "abc1");
+        assert!(matches!(t.find("abc"), Err(RunError::Ambiguous(_))));
+        assert!(matches!(t.find("q"), Err(RunError::NotFound(_))));
+    }
+
+    #[test]
+    fn save_and_load_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runs.json");
+        let mut t = RunTable::new();
+        let now = SystemTime::now();
+        let mut n = new("a", None);
+        n.ttl = Some(Duration::from_secs(60));
+        let h = t.create(n, now).unwrap().handle;
+        t.save(&path).unwrap();
+        let loaded = RunTable::load(&path).unwrap();
+        assert_eq!(loaded.get(h), t.get(h));
+        let mut loaded = loaded;
+        let next = loaded.create(new("b", None), now).unwrap().handle;
+        assert!(next > h, "handles are never reused after a restart");
+        assert_eq!(loaded.expired(now + Duration::from_secs(61)), vec![h]);
+        fs::write(&path, b"{not json").unwrap();
+        assert!(
+            RunTable::load(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("corrupt")
+        );
+    }
+}

@@ -1,0 +1,92 @@
+//! `sensor launch` and `sensor whoami`.
+
+use std::{os::unix::process::CommandExt as _, process::ExitCode};
+
+use super::args::{LaunchArgs, WhoamiArgs};
+use crate::{
+    attribution::LaunchRequest,
+    control::{
+        self, ControlError,
+        protocol::{Request, Response},
+    },
+};
+
+/// Registers the current process as a new run, then becomes CMD.
+pub fn execute(args: &LaunchArgs) -> anyhow::Result<ExitCode> {
+    let request = Request::Launch(LaunchRequest {
+        agent: args.agent.clone(),
+        run_id: args.run_id.clone(),
+        principal: args.principal.clone(),
+        policy: args.policy.clone(),
+        labels: args.labels.iter().cloned().collect(),
+        ttl_secs: args.ttl.map(|d| d.as_secs().max(1)),
+    });
+    let (program, rest) = args
+        .command
+        .split_first()
+        .ok_or_else(|| anyhow::anyhow!("no command given"))?;
+    let mut command = std::process::Command::new(program);
+    command.args(rest);
+    match control::request(&args.socket, &request) {
+        Ok(Response::Launched { run }) => {
+            command.env("SENSOR_RUN_ID", &run.id);
+        }
+        Ok(other) => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
+        Err(e @ (ControlError::Connect { .. } | ControlError::Exchange { .. }))
+            if args.best_effort =>
+        {
+            eprintln!("sensor: warning: {e}; starting the command unattributed (--best-effort)");
+        }
+        Err(e @ (ControlError::Connect { .. } | ControlError::Exchange { .. })) => {
+            anyhow::bail!(
+                "{e}; refusing to start {} without attribution (use --best-effort to start it anyway)",
+                program.to_string_lossy()
+            );
+        }
+        Err(e) => return Err(e.into()),
+    }
+    // exec only returns on failure.
+    let error = command.exec();
+    eprintln!(
+        "sensor: error: cannot execute {}: {error}",
+        program.to_string_lossy()
+    );
+    Ok(ExitCode::from(
+        if error.kind() == std::io::ErrorKind::NotFound {
+            127
+        } else {
+            126
+        },
+    ))
+}
+
+/// Prints the run of the calling process.
+pub fn whoami(args: &WhoamiArgs) -> anyhow::Result<ExitCode> {
+    match control::request(&args.socket, &Request::Whoami) {
+        Ok(Response::Run(answer)) => {
+            if args.json {
+                println!("{}", serde_json::to_string(&answer)?);
+            } else {
+                let run = &answer.run;
+                println!("run {}", run.id);
+                println!("agent {}", run.agent);
+                println!("principal {}", run.principal);
+                if let Some(claimed) = &run.principal_claimed {
+                    println!("principal claimed {claimed}");
+                }
+                println!("depth {} (root {})", run.depth, run.root_id);
+                if let Some(parent) = &run.parent_id {
+                    println!("parent {parent}");
+                }
+                println!("attribution {}", answer.attribution);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(other) => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
+        Err(ControlError::Refused(message)) => {
+            eprintln!("sensor: {message}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
