@@ -19,6 +19,9 @@ use crate::{
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub daemon: DaemonConfig,
+    /// `[[agent]]` matchers: the exec of a known agent starts a run.
+    #[serde(rename = "agent")]
+    pub agents: Vec<crate::attribution::AgentConfig>,
 }
 
 /// `[daemon]`
@@ -68,6 +71,12 @@ pub enum ConfigError {
         #[source]
         source: SpecError,
     },
+    #[error("config {path}")]
+    Agent {
+        path: PathBuf,
+        #[source]
+        source: crate::attribution::matchers::MatcherError,
+    },
 }
 
 impl Config {
@@ -104,6 +113,10 @@ impl Config {
                 path: path.to_owned(),
                 source,
             })?;
+        crate::attribution::Matchers::new(&config.agents).map_err(|source| ConfigError::Agent {
+            path: path.to_owned(),
+            source,
+        })?;
         Ok(config)
     }
 
@@ -167,6 +180,24 @@ mod tests {
             Config::parse("[daemon]\noutputs=[\"ftp://x\"]", Path::new("x")),
             Err(ConfigError::Output { .. })
         ));
+    }
+
+    #[test]
+    fn agent_matchers() {
+        let c = Config::parse(
+            "[[agent]]\nname = \"aider\"\nscript = [\"**/bin/aider\"]\n\n[[agent]]\nname = \"x\"\nexe = [\"/opt/x\"]\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(c.agents.len(), 2);
+        assert!(Config::parse("[[agent]]\nname = \"empty\"\n", Path::new("x")).is_err());
+        assert!(Config::parse("[[agent]]\nname = \"x\"\nexe = [\"[\"]\n", Path::new("x")).is_err());
+        let err = Config::parse(
+            "[[agent]]\nname = \"x\"\nexe = []\nflavor = 1\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().starts_with("config c.toml:4:"), "{err}");
     }
 
     #[test]

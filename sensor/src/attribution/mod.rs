@@ -8,6 +8,7 @@
 //! sub-agent tree, live counts), run starts from `sensor launch`, run ends,
 //! attestation, and the state that survives a restart.
 
+pub mod matchers;
 pub mod process_table;
 pub mod runs;
 
@@ -22,6 +23,7 @@ use sensor_common::event::{
 };
 
 pub use self::{
+    matchers::{AgentConfig, ExecView, Matchers},
     process_table::{ProcessInfo, ProcessTable},
     runs::{NewRun, Run, RunError, RunTable},
 };
@@ -152,6 +154,7 @@ pub struct Attribution {
     ns_per_tick: u64,
     keys: crate::identity::ProcessKeys,
     proc_root: PathBuf,
+    matchers: Matchers,
 }
 
 impl Attribution {
@@ -171,7 +174,15 @@ impl Attribution {
             ns_per_tick,
             keys,
             proc_root: PathBuf::from("/proc"),
+            matchers: Matchers::default(),
         }
+    }
+
+    /// Sets the `[[agent]]` matchers.
+    #[must_use]
+    pub fn with_matchers(mut self, matchers: Matchers) -> Self {
+        self.matchers = matchers;
+        self
     }
 
     /// Live processes tracked.
@@ -254,25 +265,130 @@ impl Attribution {
         (run, how)
     }
 
-    /// An exec (the process keeps its run). Returns its (run, how).
-    pub fn on_exec(&mut self, h: &EventHeader, exe: Option<std::sync::Arc<str>>) -> (u64, u32) {
+    /// An exec. The process keeps its run, unless its new image is an agent
+    /// that starts a run of its own (see [`Self::place_agent`]).
+    /// Returns its (run, how) and the run it started, if any.
+    pub fn on_exec(
+        &mut self,
+        h: &EventHeader,
+        exe: Option<std::sync::Arc<str>>,
+        view: Option<&ExecView<'_>>,
+        now: SystemTime,
+    ) -> ((u64, u32), Option<RunChange>) {
         let known = self.processes.get(h.tgid, h.start_ns).is_some();
-        let (run, how) = self.run_of(h);
+        let (mut run, mut how) = self.run_of(h);
         self.processes.upsert(h.tgid, h.start_ns, exe);
         if !known {
             // First sight of this process (started before us, or its spawn was lost).
-            let (run, how) = if self.runs.get(run).is_some_and(Run::is_active) {
-                (run, how)
-            } else {
-                (0, 0)
-            };
+            if !self.runs.get(run).is_some_and(Run::is_active) {
+                (run, how) = (0, 0);
+            }
             self.processes.set_run(h.tgid, h.start_ns, run, how);
             if run != 0 {
                 self.runs.add_process(run);
             }
-            return (run, how);
         }
-        (run, how)
+        let Some(view) = view else {
+            return ((run, how), None);
+        };
+        let parent = self
+            .processes
+            .get(h.ppid, h.parent_start_ns)
+            .map(|p| (p.run, p.agent));
+        match self.place_agent(
+            h.tgid,
+            h.start_ns,
+            h.uid,
+            (run, how),
+            parent,
+            view,
+            "matcher",
+            HOW_MATCHER,
+            now,
+        ) {
+            Some((new_run, change)) => ((new_run, HOW_MATCHER), Some(change)),
+            None => ((run, how), None),
+        }
+    }
+
+    /// Decides whether the exec `view` of process `pid` (in run `current`,
+    /// child of a process in run `parent.0` that is an agent when
+    /// `parent.1`) starts a new run:
+    ///
+    /// - not an agent (no matcher): no; the process is no longer an agent process;
+    /// - the process already leads its run (launched, or matched before: a
+    ///   launcher that re-execs in the same pid): no;
+    /// - its parent is an agent process of the same run (a launcher that starts
+    ///   the native binary as a child, an agent that relaunches itself): no;
+    /// - otherwise yes: a new run, below `current` when there is one (a nested
+    ///   invocation from the agent's tool shell is a sub-run).
+    #[expect(clippy::too_many_arguments, reason = "one decision, all its inputs")]
+    fn place_agent(
+        &mut self,
+        pid: u32,
+        start_ns: u64,
+        uid: u32,
+        current: (u64, u32),
+        parent: Option<(u64, bool)>,
+        view: &ExecView<'_>,
+        started_by: &'static str,
+        how: u32,
+        now: SystemTime,
+    ) -> Option<(u64, RunChange)> {
+        let Some(matcher) = self.matchers.find(view) else {
+            self.processes.set_agent(pid, false);
+            return None;
+        };
+        self.processes.set_agent(pid, true);
+        let (run, run_how) = current;
+        if run != 0 {
+            if matches!(run_how, HOW_LAUNCH | HOW_MATCHER) {
+                return None;
+            }
+            if parent.is_some_and(|(prun, pagent)| prun == run && pagent) {
+                return None;
+            }
+        }
+        let principal = self
+            .runs
+            .get(run)
+            .map_or_else(|| user_name(uid), |r| r.principal.clone());
+        let created = self.runs.create(
+            NewRun {
+                agent: matcher.name.clone(),
+                principal,
+                uid,
+                parent: (run != 0).then_some(run),
+                policy: matcher.policy.clone(),
+                started_by,
+                ..NewRun::default()
+            },
+            now,
+        );
+        let new_run = match created {
+            Ok(r) => r.clone(),
+            Err(e) => {
+                tracing::warn!(pid, agent = %matcher.name, error = %e, "cannot start a matcher run");
+                return None;
+            }
+        };
+        let entry = ProcRun {
+            run: new_run.handle,
+            start_ns,
+            how,
+            _pad: 0,
+        };
+        if let Err(e) = self.map.set(pid, entry) {
+            tracing::warn!(pid, error = %e, "cannot enter a matched agent in the kernel map");
+        }
+        if run != 0 {
+            self.runs.remove_process(run);
+        }
+        self.processes.set_run(pid, start_ns, new_run.handle, how);
+        self.runs.add_process(new_run.handle);
+        tracing::info!(run = %new_run.id, agent = %new_run.agent, pid, depth = new_run.depth, "run started by matcher");
+        self.save();
+        Some((new_run.handle, RunChange::Started { run: new_run, pid }))
     }
 
     /// Any other event of a live process. Returns its (run, how).
@@ -472,64 +588,92 @@ impl Attribution {
     }
 
     /// Start-up: reconciles the pinned kernel map with /proc and the saved
-    /// runs, then places processes that started while no daemon watched
-    /// (ancestry, then the `SENSOR_RUN_ID` marker). Returns the runs that
-    /// ended while the daemon was away.
+    /// runs, then places processes that started while no daemon watched:
+    /// by ancestry, by their `SENSOR_RUN_ID` marker (low trust), and by the
+    /// `[[agent]]` matchers. Returns the runs started or ended meanwhile.
     pub fn restore(&mut self, now: SystemTime) -> Vec<RunChange> {
         self.processes.seed_from_proc(&self.proc_root);
+        let tick = self.ns_per_tick;
         // 1. Kernel entries that still describe a live process of a known run.
         for (pid, entry) in self.map.entries() {
-            let live = self.processes.get(pid, 0).is_some_and(|p| {
-                p.start_ns / self.ns_per_tick == entry.start_ns / self.ns_per_tick
-            });
+            let live = self
+                .processes
+                .get(pid, 0)
+                .is_some_and(|p| p.start_ns / tick == entry.start_ns / tick);
             if live && self.runs.get(entry.run).is_some_and(Run::is_active) {
                 self.processes.set_run(pid, 0, entry.run, entry.how);
             } else {
                 self.map.remove(pid);
             }
         }
-        // 2. Processes not in the map: by ancestry (parents first), then the env marker.
-        let mut pending: Vec<(u32, u64)> = self
+        // 2. Every process, parents before children.
+        let mut all: Vec<(u32, u64)> = self
             .processes
             .iter()
-            .filter(|(_, p)| p.run == 0)
             .map(|(pid, p)| (pid, p.start_ns))
             .collect();
-        pending.sort_by_key(|(_, start)| *start);
-        for (pid, start) in pending {
-            let Some((_, ppid)) = crate::identity::proc_start(pid) else {
+        all.sort_by_key(|(_, start)| *start);
+        let mut changes = Vec::new();
+        for (pid, start) in all {
+            let Some(stat) = read_stat(&self.proc_root, pid) else {
                 continue;
             };
-            let parent_run = self
+            let parent = self.processes.get(stat.ppid, 0).map(|p| (p.run, p.agent));
+            let mut current = self
                 .processes
-                .get(ppid, 0)
-                .map(|p| p.run)
-                .filter(|r| *r != 0);
-            let placed = match parent_run {
-                Some(run) => Some((run, HOW_BACKFILL)),
-                None => env_run_id(&self.proc_root, pid)
-                    .and_then(|id| {
-                        self.runs
-                            .find(&id)
-                            .ok()
-                            .filter(|r| r.is_active())
-                            .map(|r| r.handle)
-                    })
-                    .map(|run| (run, HOW_ENV)),
-            };
-            if let Some((run, how)) = placed {
-                let entry = ProcRun {
-                    run,
-                    start_ns: start,
-                    how,
-                    _pad: 0,
+                .get(pid, 0)
+                .map_or((0, 0), |p| (p.run, p.how));
+            if current.0 == 0 {
+                let placed = match parent {
+                    Some((run, _)) if run != 0 => Some((run, HOW_BACKFILL)),
+                    _ => env_run_id(&self.proc_root, pid)
+                        .and_then(|id| {
+                            self.runs
+                                .find(&id)
+                                .ok()
+                                .filter(|r| r.is_active())
+                                .map(|r| r.handle)
+                        })
+                        .map(|run| (run, HOW_ENV)),
                 };
-                if self.map.set(pid, entry).is_ok() {
-                    self.processes.set_run(pid, start, run, how);
+                if let Some((run, how)) = placed {
+                    let entry = ProcRun {
+                        run,
+                        start_ns: start,
+                        how,
+                        _pad: 0,
+                    };
+                    if self.map.set(pid, entry).is_ok() {
+                        self.processes.set_run(pid, start, run, how);
+                        current = (run, how);
+                    }
+                }
+            }
+            if !self.matchers.is_empty()
+                && let Some((exe, argv, cwd)) = proc_exec(&self.proc_root, pid)
+            {
+                let view = ExecView {
+                    exe: &exe,
+                    argv: &argv,
+                    cwd: cwd.as_deref(),
+                };
+                if let Some((_, change)) = self.place_agent(
+                    pid,
+                    start,
+                    stat.uid,
+                    current,
+                    parent,
+                    &view,
+                    "backfill",
+                    HOW_BACKFILL,
+                    now,
+                ) {
+                    changes.push(change);
                 }
             }
         }
-        // 3. Live counts, and runs whose processes all exited meanwhile.
+        // 3. Live counts from scratch, and runs whose processes all exited meanwhile.
+        self.runs.reset_live();
         let members: Vec<u64> = self
             .processes
             .iter()
@@ -539,7 +683,6 @@ impl Attribution {
         for run in members {
             self.runs.add_process(run);
         }
-        let mut changes = Vec::new();
         let active: Vec<u64> = self.runs.active().map(|r| r.handle).collect();
         for handle in active {
             self.end_if_done(
@@ -553,6 +696,44 @@ impl Attribution {
         self.save();
         changes
     }
+}
+
+/// The fields of `/proc/PID/stat` and `status` restore needs.
+struct ProcStat {
+    ppid: u32,
+    uid: u32,
+}
+
+fn read_stat(proc_root: &Path, pid: u32) -> Option<ProcStat> {
+    let dir = proc_root.join(pid.to_string());
+    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    let ppid = after.split_whitespace().nth(1)?.parse().ok()?;
+    let status = std::fs::read_to_string(dir.join("status")).ok()?;
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|u| u.parse().ok())?;
+    Some(ProcStat { ppid, uid })
+}
+
+/// exe, argv and cwd of a live process, for the matchers.
+fn proc_exec(proc_root: &Path, pid: u32) -> Option<(String, Vec<String>, Option<String>)> {
+    let dir = proc_root.join(pid.to_string());
+    let exe = std::fs::read_link(dir.join("exe"))
+        .ok()?
+        .to_string_lossy()
+        .into_owned();
+    let cmdline = std::fs::read(dir.join("cmdline")).ok()?;
+    let argv = crate::event::split_argv(&cmdline)
+        .into_iter()
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let cwd = std::fs::read_link(dir.join("cwd"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned());
+    Some((exe, argv, cwd))
 }
 
 /// `SENSOR_RUN_ID` from a process's environment, if set.

@@ -17,6 +17,8 @@ pub struct ProcessInfo {
     /// Run handle (0: none) and how the process joined it.
     pub run: u64,
     pub how: u32,
+    /// Its current image matched an `[[agent]]` matcher (an agent process).
+    pub agent: bool,
 }
 
 /// Live processes by tgid.
@@ -55,6 +57,7 @@ impl ProcessTable {
             exe: None,
             run: 0,
             how: 0,
+            agent: false,
         };
         let entry = self.by_pid.entry(pid).or_insert_with(|| fresh.clone());
         if entry.start_ns / tick != start_ns / tick {
@@ -74,6 +77,13 @@ impl ProcessTable {
         {
             p.run = run;
             p.how = how;
+        }
+    }
+
+    /// Marks whether the current image of a live process is an agent.
+    pub fn set_agent(&mut self, pid: u32, agent: bool) {
+        if let Some(p) = self.by_pid.get_mut(&pid) {
+            p.agent = agent;
         }
     }
 

@@ -186,6 +186,11 @@ impl RunTable {
         self.by_handle.values().filter(|r| r.is_active())
     }
 
+    /// Forgets every live count (they are recounted from the process table).
+    pub fn reset_live(&mut self) {
+        self.live.clear();
+    }
+
     /// A process joined the run.
     pub fn add_process(&mut self, handle: u64) {
         *self.live.entry(handle).or_default() += 1;

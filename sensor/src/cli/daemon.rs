@@ -7,7 +7,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::args::DaemonArgs;
 use crate::{
-    attribution::{Attribution, RunTable},
+    attribution::{Attribution, Matchers, RunTable},
     config::Config,
     control,
     event::EventBuilder,
@@ -46,6 +46,7 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
     let runs_path = state_dir.join(paths::RUNS_FILE);
 
     // Everything that can fail on bad input fails before the kernel is touched.
+    let matchers = Matchers::new(&config.agents)?;
     let runs = RunTable::load(&runs_path)?;
     let outputs = Outputs::open(&specs)?;
     let host = Host::current().context("reading host name and boot id")?;
@@ -69,7 +70,8 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
         state.set_programs(probes.attached().to_vec());
 
         let mut attribution =
-            Attribution::new(keys.clone(), Box::new(proc_runs), runs, Some(runs_path));
+            Attribution::new(keys.clone(), Box::new(proc_runs), runs, Some(runs_path))
+                .with_matchers(matchers);
         // The probes are attached: whatever starts now is seen, and what ran
         // before is read from /proc and the pinned map.
         let ended = attribution.restore(std::time::SystemTime::now());

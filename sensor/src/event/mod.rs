@@ -14,7 +14,7 @@ use serde::{Serialize, Serializer};
 
 use self::raw::{ExecStrings, RawEvent};
 use crate::{
-    attribution::{Attribution, Run, RunChange},
+    attribution::{Attribution, ExecView, Run, RunChange},
     identity::{Clock, Host, ProcessKeys, proc_start},
 };
 
@@ -438,8 +438,20 @@ impl EventBuilder {
                 let (run, how) = if failed {
                     self.attribution.on_other(&h)
                 } else {
-                    self.attribution
-                        .on_exec(&h, p.exe.as_deref().map(Arc::from))
+                    let argv = p.argv.as_deref().unwrap_or_default();
+                    let view = p.exe.as_deref().map(|exe| ExecView {
+                        exe,
+                        argv,
+                        cwd: p.cwd.as_deref(),
+                    });
+                    let exe = p.exe.as_deref().map(Arc::from);
+                    let (placed, started) = self.attribution.on_exec(&h, exe, view.as_ref(), time);
+                    if let Some(change) = started {
+                        // The run starts before the exec that started it.
+                        let start = self.run_change(&change);
+                        out.push(start);
+                    }
+                    placed
                 };
                 e.run = self.attribution.run_ref(run, how);
                 e.process = Some(p);
