@@ -240,7 +240,7 @@ impl Reader {
 #[inline(always)]
 pub fn run_of(tgid: u32, start_ns: u64) -> (u64, u32) {
     // SAFETY: value copy out of the map.
-    match unsafe { PROC_RUNS.get(&tgid) } {
+    match unsafe { PROC_RUNS.get(tgid) } {
         Some(r) if start_ns == 0 || same_start(r.start_ns, start_ns) => (r.run, r.how),
         _ => (0, 0),
     }
@@ -251,10 +251,9 @@ pub fn run_of(tgid: u32, start_ns: u64) -> (u64, u32) {
 #[inline(always)]
 fn same_start(a: u64, b: u64) -> bool {
     let tick = u64::from(offset!(ns_per_tick));
-    if tick == 0 {
-        a == b
-    } else {
-        a / tick == b / tick
+    match (a.checked_div(tick), b.checked_div(tick)) {
+        (Some(a), Some(b)) => a == b,
+        _ => a == b,
     }
 }
 

@@ -37,7 +37,7 @@ pub fn snsr_conn_in(_ctx: TracePointContext) -> u32 {
             filled: 0,
             _pad: 0,
         };
-        let _ = CONNECT_INFLIGHT.insert(&pid_tgid, &empty, 0);
+        let _ = CONNECT_INFLIGHT.insert(pid_tgid, empty, 0);
     }
     0
 }
@@ -99,7 +99,7 @@ unsafe fn on_connect(ctx: &SockAddrContext, family: u16) {
     if is_own(tgid) {
         return;
     }
-    if let Some(inflight) = CONNECT_INFLIGHT.get_ptr_mut(&pid_tgid) {
+    if let Some(inflight) = CONNECT_INFLIGHT.get_ptr_mut(pid_tgid) {
         // SAFETY: map value owned by this thread's syscall.
         unsafe {
             (*inflight).data = data;
@@ -150,8 +150,8 @@ pub fn snsr_conn_out(ctx: TracePointContext) -> u32 {
 unsafe fn connect_exit(ctx: &TracePointContext) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: value copy out of the map.
-    let inflight = unsafe { *CONNECT_INFLIGHT.get(&pid_tgid)? };
-    let _ = CONNECT_INFLIGHT.remove(&pid_tgid);
+    let inflight = unsafe { *CONNECT_INFLIGHT.get(pid_tgid)? };
+    let _ = CONNECT_INFLIGHT.remove(pid_tgid);
     if inflight.filled == 0 {
         // Not an IPv4/IPv6 destination (AF_UNIX, AF_UNSPEC, bad address).
         return None;

@@ -167,7 +167,7 @@ fn inherit_run(r: &mut Reader, parent_tgid: u32, child: u64, child_tgid: u32) {
     if run == 0 {
         // Not in a run; clear any stale entry left under the recycled pid.
         if run_of(child_tgid, 0).0 != 0 {
-            let _ = PROC_RUNS.remove(&child_tgid);
+            let _ = PROC_RUNS.remove(child_tgid);
         }
         return;
     }
@@ -178,7 +178,7 @@ fn inherit_run(r: &mut Reader, parent_tgid: u32, child: u64, child_tgid: u32) {
         how: HOW_INHERITED,
         _pad: 0,
     };
-    if PROC_RUNS.insert(&child_tgid, &entry, 0).is_err() {
+    if PROC_RUNS.insert(child_tgid, entry, 0).is_err() {
         count_inherit_failed();
     }
 }
@@ -198,7 +198,7 @@ unsafe fn try_exec(ctx: &TracePointContext) -> Option<()> {
     // SAFETY: offset from the format file.
     let old_pid: u32 = unsafe { ctx.read_at(offset!(tracepoints.exec_old_pid) as usize) }.ok()?;
     // The exec succeeded: forget the in-flight syscall (keyed by the thread that called it).
-    let _ = EXECVE_INFLIGHT.remove(&((u64::from(tgid) << 32) | u64::from(old_pid)));
+    let _ = EXECVE_INFLIGHT.remove((u64::from(tgid) << 32) | u64::from(old_pid));
     if is_own(tgid) {
         return None;
     }
@@ -249,11 +249,7 @@ unsafe fn try_exec(ctx: &TracePointContext) -> Option<()> {
         let mm: u64 = r.read(task, offset!(kernel.task_mm));
         let arg_start: u64 = r.read(mm, offset!(kernel.mm_arg_start));
         let arg_end: u64 = r.read(mm, offset!(kernel.mm_arg_end));
-        let orig = if arg_end > arg_start {
-            arg_end - arg_start
-        } else {
-            0
-        };
+        let orig = arg_end.saturating_sub(arg_start);
         let mut argv_len = if orig > ARGV_MAX_CAPTURE as u64 {
             ARGV_MAX_CAPTURE
         } else {
@@ -344,7 +340,7 @@ unsafe fn execve_enter(ctx: &TracePointContext, filename_off: u32, argv_off: u32
             argv: ctx.read_at(argv_off as usize).ok()?,
         }
     };
-    EXECVE_INFLIGHT.insert(&pid_tgid, &args, 0).ok()
+    EXECVE_INFLIGHT.insert(pid_tgid, args, 0).ok()
 }
 
 /// tracepoint `syscalls/sys_exit_execve`: report a failed exec.
@@ -367,8 +363,8 @@ pub fn snsr_execat_out(ctx: TracePointContext) -> u32 {
 unsafe fn execve_exit(ctx: &TracePointContext) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: a value copy out of the map.
-    let args = unsafe { *EXECVE_INFLIGHT.get(&pid_tgid)? };
-    let _ = EXECVE_INFLIGHT.remove(&pid_tgid);
+    let args = unsafe { *EXECVE_INFLIGHT.get(pid_tgid)? };
+    let _ = EXECVE_INFLIGHT.remove(pid_tgid);
     // SAFETY: offset from the format file.
     let ret: i64 = unsafe { ctx.read_at(offset!(tracepoints.sys_exit_ret) as usize) }.ok()?;
     if ret >= 0 {
@@ -514,7 +510,7 @@ unsafe fn try_exit(ctx: &TracePointContext) -> Option<()> {
     };
     r.fill_task(&mut ev.header, task);
     if ev.header.run != 0 {
-        let _ = PROC_RUNS.remove(&tgid);
+        let _ = PROC_RUNS.remove(tgid);
     }
     let size = size_of::<FixedEvent<ExitData>>();
     ev.header.size = size as u32;
