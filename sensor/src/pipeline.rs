@@ -187,6 +187,15 @@ impl Pipeline {
                 .set_kernel_lost(kind, cumulative_by_kind[kind.index()]);
         }
         self.state.set_read_errors(kernel.read_errors);
+        if kernel.inherit_failed > self.state.report_inherit_failed() {
+            tracing::error!(
+                count = kernel.inherit_failed,
+                "processes could not join their creator's run: the kernel process→run map is full"
+            );
+        }
+        self.state.set_inherit_failed(kernel.inherit_failed);
+        self.state
+            .set_runs(self.builder.attribution().active_runs());
         for (i, handle) in self.output_handles.iter().enumerate() {
             let now = handle
                 .stats

@@ -26,6 +26,7 @@ pub struct DaemonState {
     decode_errors: AtomicU64,
     read_errors: AtomicU64,
     runs_active: AtomicU64,
+    inherit_failed: AtomicU64,
 }
 
 impl Default for DaemonState {
@@ -40,6 +41,7 @@ impl Default for DaemonState {
             decode_errors: AtomicU64::new(0),
             read_errors: AtomicU64::new(0),
             runs_active: AtomicU64::new(0),
+            inherit_failed: AtomicU64::new(0),
         }
     }
 }
@@ -75,6 +77,17 @@ impl DaemonState {
 
     pub fn set_read_errors(&self, cumulative: u64) {
         self.read_errors.store(cumulative, Ordering::Relaxed);
+    }
+
+    /// The last inherit-failed figure.
+    #[must_use]
+    pub fn report_inherit_failed(&self) -> u64 {
+        self.inherit_failed.load(Ordering::Relaxed)
+    }
+
+    /// Children the kernel could not enter in their creator's run (map full).
+    pub fn set_inherit_failed(&self, cumulative: u64) {
+        self.inherit_failed.store(cumulative, Ordering::Relaxed);
     }
 
     /// A snapshot for `sensor status`.
@@ -121,6 +134,7 @@ impl DaemonState {
                 by_kind,
             },
             runs_active: self.runs_active.load(Ordering::Relaxed),
+            kernel_inherit_failed: self.inherit_failed.load(Ordering::Relaxed),
             decode_errors: self.decode_errors.load(Ordering::Relaxed),
             kernel_read_errors: self.read_errors.load(Ordering::Relaxed),
             outputs: self
@@ -153,6 +167,9 @@ pub struct StatusReport {
     pub lost: LostStatus,
     #[serde(default)]
     pub runs_active: u64,
+    /// Processes that could not join their creator's run (kernel map full).
+    #[serde(default)]
+    pub kernel_inherit_failed: u64,
     pub decode_errors: u64,
     pub kernel_read_errors: u64,
     pub outputs: Vec<OutputStatus>,

@@ -755,3 +755,178 @@ pub fn user_name(uid: u32) -> String {
         _ => uid.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::identity::ProcessKeys;
+
+    const TICK: u64 = 10_000_000;
+
+    fn attribution(agents: &[AgentConfig]) -> Attribution {
+        Attribution::new(
+            ProcessKeys::new("b", 100),
+            Box::new(HashMap::<u32, ProcRun>::new()),
+            RunTable::new(),
+            None,
+        )
+        .with_matchers(Matchers::new(agents).unwrap())
+    }
+
+    fn header(pid: u32, ppid: u32, run: u64, how: u32) -> EventHeader {
+        EventHeader {
+            tgid: pid,
+            tid: pid,
+            ppid,
+            start_ns: u64::from(pid) * TICK * 7,
+            parent_start_ns: u64::from(ppid) * TICK * 7,
+            run,
+            run_how: how,
+            ..EventHeader::default()
+        }
+    }
+
+    fn agent(name: &str, exe: &str) -> AgentConfig {
+        AgentConfig {
+            name: name.into(),
+            exe: vec![exe.into()],
+            ..AgentConfig::default()
+        }
+    }
+
+    fn exec<'a>(exe: &'a str, argv: &'a [String]) -> ExecView<'a> {
+        ExecView {
+            exe,
+            argv,
+            cwd: None,
+        }
+    }
+
+    #[test]
+    fn launch_inherit_and_end_after_the_last_process() {
+        let mut a = attribution(&[]);
+        let now = SystemTime::now();
+        let me = std::process::id();
+        let (run, change) = a
+            .launch(
+                Peer {
+                    pid: me,
+                    uid: 0,
+                    gid: 0,
+                },
+                LaunchRequest {
+                    agent: "bot".into(),
+                    ..LaunchRequest::default()
+                },
+                now,
+            )
+            .unwrap();
+        assert!(matches!(change, RunChange::Started { pid, .. } if pid == me));
+        assert_eq!(a.attest(me, None).unwrap().run.id, run.id);
+        // A child the kernel put in the run at fork, then a grandchild.
+        let me_start = a.processes.get(me, 0).unwrap().start_ns;
+        let mut child = header(900_001, me, run.handle, HOW_INHERITED);
+        child.parent_start_ns = me_start;
+        assert_eq!(a.on_spawn(&child, None), (run.handle, HOW_INHERITED));
+        let grandchild = header(900_002, 900_001, run.handle, HOW_INHERITED);
+        a.on_spawn(&grandchild, None);
+        // The launcher and the child exit: the grandchild keeps the run open.
+        let mut me_exit = header(me, 1, 0, 0);
+        me_exit.start_ns = me_start;
+        assert!(a.on_exit(&me_exit, now).1.is_empty());
+        assert!(a.on_exit(&child, now).1.is_empty());
+        let (_, changes) = a.on_exit(&grandchild, now);
+        assert!(
+            matches!(&changes[..], [RunChange::Ended { run: r }] if r.id == run.id && r.end_reason.as_deref() == Some("exited"))
+        );
+    }
+
+    #[test]
+    fn a_fork_before_a_run_change_is_corrected_from_the_table() {
+        let mut a = attribution(&[agent("fake", "**/fake-agent")]);
+        let now = SystemTime::now();
+        let argv = vec!["fake-agent".to_owned()];
+        // pid 10 execs the agent: a new run (the kernel did not know).
+        let h = header(10, 1, 0, 0);
+        a.on_spawn(&h, None);
+        let ((run, how), started) = a.on_exec(&h, None, Some(&exec("/opt/fake-agent", &argv)), now);
+        assert_eq!(how, HOW_MATCHER);
+        assert!(started.is_some());
+        // Its child was forked after the exec but the kernel copied the old
+        // (empty) entry: the table's run wins, and the kernel map is fixed.
+        let child = header(11, 10, 0, 0);
+        assert_eq!(a.on_spawn(&child, None), (run, HOW_INHERITED));
+        assert_eq!(a.map.get(11).map(|e| e.run), Some(run));
+    }
+
+    #[test]
+    fn same_run_for_re_exec_and_agent_children_sub_run_for_nested_invocations() {
+        let mut a = attribution(&[agent("fake", "**/fake-agent")]);
+        let now = SystemTime::now();
+        let argv = vec!["fake-agent".to_owned()];
+        let view = exec("/opt/fake-agent", &argv);
+        let root = header(20, 1, 0, 0);
+        a.on_spawn(&root, None);
+        let ((run, _), started) = a.on_exec(&root, None, Some(&view), now);
+        assert!(started.is_some());
+        // Re-exec in the same pid: same run.
+        assert!(a.on_exec(&root, None, Some(&view), now).1.is_none());
+        // The agent starts itself as a child (launcher → native): same run.
+        let native = header(21, 20, run, HOW_INHERITED);
+        a.on_spawn(&native, None);
+        let ((r, _), started) = a.on_exec(&native, None, Some(&view), now);
+        assert_eq!(r, run);
+        assert!(started.is_none());
+        // The agent's tool shell (not an agent) runs the agent again: a sub-run.
+        let shell = header(22, 20, run, HOW_INHERITED);
+        a.on_spawn(&shell, None);
+        let sh_argv = vec!["sh".to_owned()];
+        assert!(
+            a.on_exec(&shell, None, Some(&exec("/usr/bin/dash", &sh_argv)), now)
+                .1
+                .is_none()
+        );
+        let nested = header(23, 22, run, HOW_INHERITED);
+        a.on_spawn(&nested, None);
+        let ((sub, how), started) = a.on_exec(&nested, None, Some(&view), now);
+        assert_ne!(sub, run);
+        assert_eq!(how, HOW_MATCHER);
+        let Some(RunChange::Started { run: sub_run, .. }) = started else {
+            panic!("a sub-run starts")
+        };
+        assert_eq!(sub_run.depth, 1);
+        assert_eq!(
+            sub_run.parent_id.as_deref(),
+            Some(a.runs.get(run).unwrap().id.as_str())
+        );
+    }
+
+    #[test]
+    fn events_of_unknown_runs_are_not_attributed() {
+        let mut a = attribution(&[]);
+        // The kernel entry names a run this daemon does not know (state lost).
+        let h = header(30, 1, 77, HOW_INHERITED);
+        assert_eq!(a.on_spawn(&h, None), (0, 0));
+        assert_eq!(a.on_other(&h), (0, 0));
+    }
+
+    #[test]
+    fn ttl_ends_the_run_and_releases_its_processes() {
+        let mut a = attribution(&[agent("fake", "**/fake-agent")]);
+        let now = SystemTime::now();
+        let argv = vec!["fake-agent".to_owned()];
+        let h = header(40, 1, 0, 0);
+        a.on_spawn(&h, None);
+        let ((run, _), _) = a.on_exec(&h, None, Some(&exec("/opt/fake-agent", &argv)), now);
+        // Give it a TTL by hand, then pass it.
+        a.runs.by_handle_mut(run).unwrap().expires = Some(now);
+        let changes = a.expire(now + Duration::from_secs(1));
+        assert!(
+            matches!(&changes[..], [RunChange::Ended { run: r }] if r.end_reason.as_deref() == Some("ttl"))
+        );
+        assert_eq!(a.on_other(&h).0, 0, "its process is outside any run now");
+        assert!(a.map.get(40).is_none());
+    }
+}

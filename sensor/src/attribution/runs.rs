@@ -159,6 +159,11 @@ impl RunTable {
         self.by_handle.get(&handle)
     }
 
+    #[cfg(test)]
+    pub fn by_handle_mut(&mut self, handle: u64) -> Option<&mut Run> {
+        self.by_handle.get_mut(&handle)
+    }
+
     /// A run by id or unique id prefix.
     pub fn find(&self, id_or_prefix: &str) -> Result<&Run, RunError> {
         if let Some(h) = self.by_id.get(id_or_prefix) {

@@ -41,6 +41,13 @@ pub fn execute(args: &StatusArgs) -> anyhow::Result<ExitCode> {
             events.join(" ")
         );
         println!("lost in the kernel: {}", report.lost.total);
+        println!("active runs: {}", report.runs_active);
+        if report.kernel_inherit_failed > 0 {
+            println!(
+                "processes outside their run (kernel map full): {}",
+                report.kernel_inherit_failed
+            );
+        }
         if report.decode_errors > 0 {
             println!("undecodable records: {}", report.decode_errors);
         }

@@ -170,6 +170,7 @@ pub fn load(own_tgid: u32, pin_dir: &std::path::Path) -> Result<Kernel, LoaderEr
         source,
     })?;
     let proc_runs_pin = pin_dir.join(maps::PROC_RUNS);
+    drop_incompatible_pin(&proc_runs_pin)?;
     let cpus = aya::util::nr_cpus().map_err(|(_, source)| LoaderError::Io {
         what: "reading the number of possible CPUs",
         source,
@@ -259,6 +260,34 @@ pub fn load(own_tgid: u32, pin_dir: &std::path::Path) -> Result<Kernel, LoaderEr
         stats,
         proc_runs,
     })
+}
+
+/// A map pinned by another build may have another layout; reusing it would
+/// make the programs fail to load. Such a pin is removed (its attribution is
+/// lost, and said so) rather than reused.
+fn drop_incompatible_pin(path: &std::path::Path) -> Result<(), LoaderError> {
+    let Ok(info) = aya::maps::MapInfo::from_pin(path) else {
+        return Ok(());
+    };
+    let expected = (
+        size_of::<u32>() as u32,
+        size_of::<ProcRun>() as u32,
+        sensor_common::limits::MAX_TRACKED_PROCESSES,
+    );
+    let found = (info.key_size(), info.value_size(), info.max_entries());
+    if found != expected {
+        tracing::warn!(
+            path = %path.display(),
+            ?found,
+            ?expected,
+            "pinned process→run map has another layout (older sensor?); starting a new one"
+        );
+        std::fs::remove_file(path).map_err(|source| LoaderError::Io {
+            what: "removing an incompatible pinned map",
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 fn take_map(ebpf: &mut Ebpf, map: &'static str) -> Result<aya::maps::Map, LoaderError> {
