@@ -18,6 +18,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::env;
+use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
@@ -217,46 +218,132 @@ struct EventCache {
 }
 
 /// A running `sensor daemon` writing JSON lines to a file of its own.
+///
+/// Every instance has its own temp dir (events file, socket, config,
+/// `--state-dir <tmp>/state`) and its own bpffs pin dir
+/// (`--pin-dir /sys/fs/bpf/sensor-test-<unique>`), so no two daemons share
+/// runs; the pin dir is removed when the `Daemon` is dropped (after the
+/// process is dead). [`Daemon::restart`] (or [`Daemon::stop`] then
+/// [`Daemon::resume`]) runs the daemon again with the very same arguments:
+/// same state dir, pin dir, socket, and events file (appended to).
 pub struct Daemon {
     bin: PathBuf,
     child: RefCell<Option<Child>>,
     pid: u32,
     exit: Option<ExitStatus>,
+    /// Everything after `sensor daemon`, identical on every (re)start.
+    args: Vec<OsString>,
     events_path: PathBuf,
     socket: PathBuf,
     stderr_path: PathBuf,
+    stdout_path: PathBuf,
+    state_dir: PathBuf,
+    pin_dir: PathBuf,
+    config_path: Option<PathBuf>,
     cache: RefCell<EventCache>,
     // Last: dropped after the daemon is killed.
     dir: TempDir,
 }
 
+/// The bpffs directory under which the test daemons pin their maps.
+pub const BPFFS: &str = "/sys/fs/bpf";
+
 impl Daemon {
     /// Starts `sensor daemon --output file:<tmp>/events.jsonl --socket
-    /// <tmp>/s.sock` and waits until `sensor status` exits 0.
+    /// <tmp>/s.sock --state-dir <tmp>/state --pin-dir
+    /// /sys/fs/bpf/sensor-test-<unique>` and waits until `sensor status`
+    /// exits 0.
     pub fn start() -> Result<Self> {
-        Self::start_with_args(&[])
+        Self::start_with(None, &[])
     }
 
     /// [`Daemon::start`] with extra daemon arguments.
     pub fn start_with_args(extra: &[&str]) -> Result<Self> {
+        Self::start_with(None, extra)
+    }
+
+    /// [`Daemon::start`] with `--config <tmp>/sensor.toml` holding `toml`.
+    pub fn start_with_config(toml: &str) -> Result<Self> {
+        Self::start_with(Some(toml), &[])
+    }
+
+    /// [`Daemon::start`] with an optional config file (its text) and extra
+    /// daemon arguments.
+    pub fn start_with(config: Option<&str>, extra: &[&str]) -> Result<Self> {
         let bin = sensor_bin()?;
         let dir = TempDir::new("daemon")?;
         let events_path = dir.path().join("events.jsonl");
         let socket = dir.path().join("s.sock");
         let stderr_path = dir.path().join("daemon.stderr");
         let stdout_path = dir.path().join("daemon.stdout");
-        let stderr = File::create(&stderr_path)
-            .with_context(|| format!("create {}", stderr_path.display()))?;
-        let stdout = File::create(&stdout_path)
-            .with_context(|| format!("create {}", stdout_path.display()))?;
-        let mut cmd = Command::new(&bin);
+        let state_dir = dir.path().join("state");
+        // Unique per daemon instance (pid of the test binary + counter).
+        let pin_dir = Path::new(BPFFS).join(marker());
+        let mut args: Vec<OsString> = vec![
+            "--output".into(),
+            format!("file:{}", events_path.display()).into(),
+            "--socket".into(),
+            socket.clone().into(),
+            "--state-dir".into(),
+            state_dir.clone().into(),
+            "--pin-dir".into(),
+            pin_dir.clone().into(),
+        ];
+        let config_path = match config {
+            Some(toml) => {
+                let path = dir.path().join("sensor.toml");
+                fs::write(&path, toml).with_context(|| format!("write {}", path.display()))?;
+                args.push("--config".into());
+                args.push(path.clone().into());
+                Some(path)
+            }
+            None => None,
+        };
+        args.extend(extra.iter().map(OsString::from));
+        let mut daemon = Self {
+            bin,
+            child: RefCell::new(None),
+            pid: 0,
+            exit: None,
+            args,
+            events_path,
+            socket,
+            stderr_path,
+            stdout_path,
+            state_dir,
+            pin_dir,
+            config_path,
+            cache: RefCell::default(),
+            dir,
+        };
+        daemon.spawn()?;
+        Ok(daemon)
+    }
+
+    /// Starts the daemon process with `self.args` (stdout and stderr appended
+    /// to the files of this instance) and waits until it is ready.
+    fn spawn(&mut self) -> Result<()> {
+        ensure!(
+            self.child.borrow().is_none(),
+            "the daemon (pid {}) is still running",
+            self.pid
+        );
+        let open = |path: &Path| {
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("open {}", path.display()))
+        };
+        let stderr = open(&self.stderr_path)?;
+        let stdout = open(&self.stdout_path)?;
+        let mut cmd = Command::new(&self.bin);
         cmd.arg("daemon")
-            .arg("--output")
-            .arg(format!("file:{}", events_path.display()))
-            .arg("--socket")
-            .arg(&socket)
-            .args(extra)
+            .args(&self.args)
             .env_remove("SENSOR_SOCKET")
+            .env_remove("SENSOR_CONFIG")
+            .env_remove("SENSOR_STATE_DIR")
+            .env_remove("SENSOR_PIN_DIR")
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
@@ -273,20 +360,25 @@ impl Daemon {
         }
         let child = cmd
             .spawn()
-            .with_context(|| format!("spawn {}", bin.display()))?;
-        let daemon = Self {
-            bin,
-            pid: child.id(),
-            child: RefCell::new(Some(child)),
-            exit: None,
-            events_path,
-            socket,
-            stderr_path,
-            cache: RefCell::default(),
-            dir,
-        };
-        daemon.wait_ready()?;
-        Ok(daemon)
+            .with_context(|| format!("spawn {}", self.bin.display()))?;
+        self.pid = child.id();
+        self.exit = None;
+        *self.child.borrow_mut() = Some(child);
+        self.wait_ready()
+    }
+
+    /// Starts the daemon again after [`Daemon::stop`], with identical
+    /// arguments (same state dir, pin dir, socket, config; the events file is
+    /// appended to), and waits until it is ready.
+    pub fn resume(&mut self) -> Result<()> {
+        self.spawn()
+            .context("restarting the daemon on the same state and pin dirs")
+    }
+
+    /// SIGTERM, wait for exit status 0, then [`Daemon::resume`].
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop().context("stopping the daemon for a restart")?;
+        self.resume()
     }
 
     fn wait_ready(&self) -> Result<()> {
