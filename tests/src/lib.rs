@@ -20,7 +20,9 @@ use std::collections::BTreeMap;
 use std::env;
 use std::ffi::OsString;
 use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -440,6 +442,99 @@ impl Daemon {
         self.dir.path()
     }
 
+    /// Its `--state-dir` (`<tmp>/state`).
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// Its `--pin-dir` (`/sys/fs/bpf/sensor-test-<unique>`).
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Its `--config` file, when started with one.
+    pub fn config_path(&self) -> Option<&Path> {
+        self.config_path.as_deref()
+    }
+
+    /// The `sensor` binary it runs.
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
+    /// The run table file, `<state-dir>/runs.json`.
+    pub fn runs_path(&self) -> PathBuf {
+        self.state_dir.join("runs.json")
+    }
+
+    /// Raw bytes of `<state-dir>/runs.json` (`None` when it does not exist).
+    pub fn runs_file(&self) -> Result<Option<Vec<u8>>> {
+        let path = self.runs_path();
+        match fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+        }
+    }
+
+    /// A `sensor` command with `SENSOR_SOCKET` set to this daemon's socket
+    /// (inherited by everything it starts, so nested `sensor launch`/`whoami`
+    /// find the daemon), and no `SENSOR_RUN_ID` from the test's environment.
+    pub fn sensor(&self) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.env("SENSOR_SOCKET", &self.socket)
+            .env_remove("SENSOR_RUN_ID");
+        cmd
+    }
+
+    /// `sensor launch --agent AGENT [launch_args...] -- CMD...` as a
+    /// [`Daemon::sensor`] command.
+    pub fn launch_cmd(&self, agent: &str, launch_args: &[&str], cmd: &[&str]) -> Command {
+        let mut c = self.sensor();
+        c.arg("launch")
+            .arg("--agent")
+            .arg(agent)
+            .args(launch_args)
+            .arg("--")
+            .args(cmd);
+        c
+    }
+
+    /// Connects to the control socket, writes `bytes` (then shuts down the
+    /// write side), and returns everything the daemon sent back before it
+    /// closed the connection (lossy UTF-8). A daemon that closes before
+    /// reading everything is not an error (the write error is ignored).
+    pub fn socket_exchange(&self, bytes: &[u8]) -> Result<String> {
+        let mut stream = UnixStream::connect(&self.socket)
+            .with_context(|| format!("connect to {}", self.socket.display()))?;
+        stream.set_read_timeout(Some(COMMAND_TIMEOUT))?;
+        stream.set_write_timeout(Some(COMMAND_TIMEOUT))?;
+        if !bytes.is_empty() {
+            let _ = stream.write_all(bytes);
+        }
+        let _ = stream.shutdown(Shutdown::Write);
+        let mut out = Vec::new();
+        match stream.read_to_end(&mut out) {
+            Ok(_) => {}
+            // The daemon may reset a connection whose data it did not read.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("read from {}", self.socket.display()));
+            }
+        }
+        Ok(text(&out))
+    }
+
+    /// Sends one JSON request line and parses the first line of the answer.
+    pub fn request(&self, request: &Value) -> Result<Value> {
+        let mut line = request.to_string().into_bytes();
+        line.push(b'\n');
+        let answer = self.socket_exchange(&line)?;
+        let first = answer.lines().next().unwrap_or("");
+        serde_json::from_str(first)
+            .with_context(|| format!("the answer to {request} is not JSON: {answer:?}"))
+    }
+
     /// Everything the daemon wrote to stderr so far.
     pub fn stderr(&self) -> String {
         fs::read(&self.stderr_path)
@@ -675,6 +770,12 @@ impl Drop for Daemon {
         if let Some(mut child) = self.child.borrow_mut().take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // The process is dead: forget its pinned maps (nothing else uses them).
+        if let Err(e) = fs::remove_dir_all(&self.pin_dir)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            eprintln!("cannot remove {}: {e}", self.pin_dir.display());
         }
         // libtest shows a test's output only when it fails, so this is the
         // daemon's side of the story for any failing test.

@@ -86,24 +86,42 @@ enum Variant {
     Bare,
     /// `sensor daemon --output file:/dev/null` (audit only, no policy).
     Sensor,
+    /// The same daemon with [`LIVE_RUNS`] agent runs live, and the storm
+    /// itself inside a run: every storm process is entered in the run by the
+    /// kernel at fork and attributed in user space.
+    SensorRuns,
 }
 
-const VARIANTS: &[Variant] = &[Variant::Bare, Variant::Sensor];
+const VARIANTS: &[Variant] = &[Variant::Bare, Variant::Sensor, Variant::SensorRuns];
+
+/// Runs kept live during the `sensor+runs` variant (issue 4: "1,000 runs live").
+const LIVE_RUNS: usize = 1000;
+/// Fewer with --quick.
+const QUICK_LIVE_RUNS: usize = 100;
 
 impl Variant {
     fn name(self) -> &'static str {
         match self {
             Self::Bare => "bare",
             Self::Sensor => "sensor",
+            Self::SensorRuns => "sensor+runs",
         }
     }
 
     /// Start what this variant needs for one round.
-    fn start(self, env: &Env, round: usize) -> Result<Tool> {
+    fn start(self, env: &Env, round: usize, quick: bool) -> Result<Tool> {
         match self {
             Self::Bare => Ok(Tool::None),
             Self::Sensor => {
                 Daemon::start(env, round, &["--output", "file:/dev/null"]).map(Tool::Sensor)
+            }
+            Self::SensorRuns => {
+                let daemon = Daemon::start(env, round, &["--output", "file:/dev/null"])?;
+                let runs = if quick { QUICK_LIVE_RUNS } else { LIVE_RUNS };
+                let sleepers = daemon.start_runs(runs)?;
+                // The storms run in this process: put it in a run too.
+                daemon.launch_self("bench-storm")?;
+                Ok(Tool::SensorRuns { daemon, sleepers })
             }
         }
     }
@@ -113,6 +131,10 @@ impl Variant {
 enum Tool {
     None,
     Sensor(Daemon),
+    SensorRuns {
+        daemon: Daemon,
+        sleepers: Vec<Child>,
+    },
 }
 
 /// What a tool reports around one workload.
@@ -129,14 +151,23 @@ impl Tool {
     fn snapshot(&self) -> Result<Option<Value>> {
         match self {
             Self::None => Ok(None),
-            Self::Sensor(daemon) => daemon.status_json().map(Some),
+            Self::Sensor(daemon) | Self::SensorRuns { daemon, .. } => {
+                daemon.status_json().map(Some)
+            }
+        }
+    }
+
+    fn daemon(&self) -> Option<&Daemon> {
+        match self {
+            Self::None => None,
+            Self::Sensor(daemon) | Self::SensorRuns { daemon, .. } => Some(daemon),
         }
     }
 
     /// Counters after a workload of `ops` ops, compared with `before`. Waits
     /// (bounded) for the reader to catch up with the storm.
     fn observe(&self, before: Option<&Value>, workload: &Workload, ops: usize) -> Result<Observed> {
-        let (Self::Sensor(daemon), Some(before)) = (self, before) else {
+        let (Some(daemon), Some(before)) = (self.daemon(), before) else {
             return Ok(Observed::default());
         };
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -162,6 +193,17 @@ impl Tool {
     fn finish(self) -> Result<Option<u64>> {
         match self {
             Self::None => Ok(None),
+            Self::SensorRuns { daemon, sleepers } => {
+                let status = daemon.status_json();
+                for mut sleeper in sleepers {
+                    let _ = sleeper.kill();
+                    let _ = sleeper.wait();
+                }
+                let stopped = daemon.stop();
+                let lost = status.and_then(|status| lost_total(&status));
+                stopped?;
+                Ok(Some(lost?))
+            }
             Self::Sensor(daemon) => {
                 let status = daemon.status_json();
                 let stopped = daemon.stop();
@@ -208,6 +250,10 @@ struct Daemon {
     socket: PathBuf,
     log: PathBuf,
     stopped: bool,
+    /// Its own state and bpffs pin directories, removed when it stops, so
+    /// no round inherits the runs of another.
+    state_dir: PathBuf,
+    pin_dir: PathBuf,
 }
 
 impl Daemon {
@@ -220,11 +266,19 @@ impl Daemon {
             .append(true)
             .open(&log)
             .with_context(|| format!("cannot open {}", log.display()))?;
+        let state_dir = env.socket_dir.join(format!("state-{round}"));
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/sensor-bench-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&state_dir);
+        let _ = fs::remove_dir_all(&pin_dir);
         let mut cmd = Command::new(&env.sensor_bin);
         cmd.arg("daemon")
             .args(args)
             .arg("--socket")
             .arg(&socket)
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .arg("--pin-dir")
+            .arg(&pin_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         writeln!(log_file, "=== round {}: {}", round + 1, util::display(&cmd))
@@ -239,6 +293,8 @@ impl Daemon {
             socket,
             log,
             stopped: false,
+            state_dir,
+            pin_dir,
         };
         daemon.wait_ready()?;
         Ok(daemon)
@@ -302,11 +358,64 @@ impl Daemon {
         })
     }
 
+    /// `count` runs, each a `sensor launch --agent bench-N -- sleep 3600`;
+    /// returns once the daemon reports them active.
+    fn start_runs(&self, count: usize) -> Result<Vec<Child>> {
+        let mut sleepers = Vec::with_capacity(count);
+        for i in 0..count {
+            let child = Command::new(&self.bin)
+                .args(["launch", "--agent", &format!("bench-{i}"), "--socket"])
+                .arg(&self.socket)
+                .args(["--", "sleep", "3600"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()
+                .context("cannot start `sensor launch ... sleep`")?;
+            sleepers.push(child);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let active = self
+                .status_json()?
+                .get("runs_active")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            if active >= count as u64 {
+                return Ok(sleepers);
+            }
+            if Instant::now() >= deadline {
+                bail!("only {active} of {count} runs became active within 60 s");
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Registers this process (the storm driver) as the first process of a run.
+    fn launch_self(&self, agent: &str) -> Result<()> {
+        use std::io::{BufRead as _, BufReader};
+        let mut stream = std::os::unix::net::UnixStream::connect(&self.socket)
+            .with_context(|| format!("cannot connect to {}", self.socket.display()))?;
+        writeln!(stream, "{}", json!({"op": "launch", "agent": agent}))
+            .context("cannot send the launch request")?;
+        let mut line = String::new();
+        BufReader::new(&stream)
+            .read_line(&mut line)
+            .context("cannot read the launch answer")?;
+        let answer: Value =
+            serde_json::from_str(&line).with_context(|| format!("bad launch answer: {line}"))?;
+        if answer.get("result").and_then(Value::as_str) != Some("launched") {
+            bail!("the daemon refused the launch: {line}");
+        }
+        Ok(())
+    }
+
     /// SIGTERM, then wait for a clean exit (0).
     fn stop(mut self) -> Result<()> {
         self.stopped = true;
         signal(&self.child, libc::SIGTERM)?;
         let status = wait_timeout(&mut self.child, STOP_TIMEOUT)?;
+        let _ = fs::remove_dir_all(&self.state_dir);
+        let _ = fs::remove_dir_all(&self.pin_dir);
         match status {
             Some(status) if status.success() => Ok(()),
             Some(status) => bail!(
@@ -331,6 +440,8 @@ impl Drop for Daemon {
         if !self.stopped {
             let _ = self.child.kill();
             let _ = self.child.wait();
+            let _ = fs::remove_dir_all(&self.state_dir);
+            let _ = fs::remove_dir_all(&self.pin_dir);
         }
     }
 }
@@ -535,7 +646,7 @@ fn run_variant(
     quick: bool,
     results: &mut Results,
 ) -> Result<()> {
-    let tool = variant.start(env, round)?;
+    let tool = variant.start(env, round, quick)?;
     for (index, workload) in WORKLOADS.iter().enumerate() {
         if !workloads.iter().any(|w| w.name == workload.name) {
             continue;
