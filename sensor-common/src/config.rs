@@ -46,7 +46,12 @@ pub struct KernelOffsets {
     pub inode_i_ino: u32,
     pub inode_i_sb: u32,
     pub sb_s_dev: u32,
-    pub _pad: u32,
+    pub task_thread_pid: u32,
+    pub pid_level: u32,
+    pub pid_numbers: u32,
+    /// `sizeof(struct upid)`: stride of `pid.numbers[]`.
+    pub upid_size: u32,
+    pub upid_nr: u32,
 }
 
 /// Byte offsets of tracepoint fields, from tracefs `events/*/*/format`.
@@ -85,7 +90,7 @@ pub struct SensorConfig {
     /// Tracepoint field offsets.
     pub tracepoints: TracepointOffsets,
 }
-const _: () = assert!(size_of::<SensorConfig>() == 8 + 34 * 4 + 8 * 4);
+const _: () = assert!(size_of::<SensorConfig>() == 8 + 38 * 4 + 8 * 4);
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), integers only, no padding (size checked above).

@@ -98,11 +98,15 @@ pub struct EventHeader {
     pub parent_start_ns: u64,
     /// Task command name (NUL-padded).
     pub comm: [u8; 16],
+    /// Process id in its own pid namespace (equal to `tgid` in the initial one).
+    pub ns_tgid: u32,
+    /// Depth of its pid namespace (0: the initial one).
+    pub pid_ns_level: u32,
 }
 
 /// Size of [`EventHeader`] on the wire.
 pub const HEADER_SIZE: usize = size_of::<EventHeader>();
-const _: () = assert!(HEADER_SIZE == 80);
+const _: () = assert!(HEADER_SIZE == 88);
 
 /// `process.spawn`: `data` holds `exe_len` bytes of the (shared) executable path.
 #[repr(C)]

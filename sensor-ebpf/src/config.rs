@@ -40,7 +40,11 @@ pub(crate) static SNSR_CONFIG: SensorConfig = SensorConfig {
         inode_i_ino: 0,
         inode_i_sb: 0,
         sb_s_dev: 0,
-        _pad: 0,
+        task_thread_pid: 0,
+        pid_level: 0,
+        pid_numbers: 0,
+        upid_size: 0,
+        upid_nr: 0,
     },
     tracepoints: sensor_common::config::TracepointOffsets {
         exec_filename: 0,

@@ -136,6 +136,17 @@ impl Reader {
         let parent_leader: u64 = self.read(parent, offset!(kernel.task_group_leader));
         h.parent_start_ns = self.read(parent_leader, offset!(kernel.task_start_boottime));
         h.comm = self.read(task, offset!(kernel.task_comm));
+        // The process id as its own pid namespace sees it: leader->thread_pid->numbers[level].nr.
+        let pid: u64 = self.read(leader, offset!(kernel.task_thread_pid));
+        let level: u32 = self.read(pid, offset!(kernel.pid_level));
+        let level = level & 31; // MAX_PID_NS_LEVEL is 32
+        h.pid_ns_level = level;
+        h.ns_tgid = self.read(
+            pid,
+            offset!(kernel.pid_numbers)
+                + level * offset!(kernel.upid_size)
+                + offset!(kernel.upid_nr),
+        );
         let (run, how) = run_of(h.tgid, h.start_ns);
         h.run = run;
         h.run_how = how;

@@ -187,6 +187,9 @@ pub struct Event {
 pub struct Process {
     pub key: String,
     pub pid: u32,
+    /// Pid inside the process's own pid namespace, when that is not the host's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ns_pid: Option<u32>,
     pub tid: u32,
     pub ppid: u32,
     pub parent_key: String,
@@ -359,6 +362,7 @@ impl EventBuilder {
         Process {
             key,
             pid: h.tgid,
+            ns_pid: (h.pid_ns_level > 0).then_some(h.ns_tgid),
             tid: h.tid,
             ppid,
             parent_key,

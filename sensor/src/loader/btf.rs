@@ -60,7 +60,11 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, LoaderError> {
         inode_i_ino: f("inode", "i_ino")?,
         inode_i_sb: f("inode", "i_sb")?,
         sb_s_dev: f("super_block", "s_dev")?,
-        _pad: 0,
+        task_thread_pid: f("task_struct", "thread_pid")?,
+        pid_level: f("pid", "level")?,
+        pid_numbers: f("pid", "numbers")?,
+        upid_size: struct_size(&btf, "upid")?,
+        upid_nr: f("upid", "nr")?,
     })
 }
 
@@ -82,6 +86,22 @@ pub fn field_offset(
         return Err(missing());
     }
     Ok(bits / 8)
+}
+
+/// Size in bytes of `struct name`.
+pub fn struct_size(btf: &Btf, name: &'static str) -> Result<u32, LoaderError> {
+    let missing = || LoaderError::BtfField {
+        name,
+        member: "(size)",
+    };
+    let types = btf.resolve_types_by_name(name).map_err(|_| missing())?;
+    types
+        .iter()
+        .find_map(|t| match t {
+            Type::Struct(s) if !s.members.is_empty() => u32::try_from(s.size()).ok(),
+            _ => None,
+        })
+        .ok_or_else(missing)
 }
 
 fn find_bits(btf: &Btf, s: &btf_rs::Struct, member: &str) -> Option<u32> {
@@ -135,6 +155,9 @@ mod tests {
         assert_eq!(offsets.qstr_len, 4);
         assert_eq!(offsets.qstr_name, 8);
         assert!(offsets.task_tgid > 0 && offsets.task_start_boottime > 0);
+        // struct upid { int nr; struct pid_namespace *ns; }
+        assert_eq!(offsets.upid_nr, 0);
+        assert_eq!(offsets.upid_size, 16);
     }
 
     #[test]

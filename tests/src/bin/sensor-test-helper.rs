@@ -14,6 +14,11 @@
 //!                                                   prints "child=PID", and exits with its code
 //!                                                   (or sleeps 100 ms and exits 0 without CMD)
 //! sensor-test-helper connect tcp|udp ADDR:PORT      connect(2); prints "ok" or "errno=N"
+//! sensor-test-helper at-pid PID PATH [ARGS...]      clone3(2) with set_tid = [PID]: a child with
+//!                                                   exactly that pid execv(PATH, [PATH, ARGS...]);
+//!                                                   prints "pid=PID", waits, exits with its code;
+//!                                                   exits 112 with "errno=N" when the pid cannot
+//!                                                   be had (EEXIST: in use)
 //! ```
 
 use std::ffi::{CString, OsString};
@@ -37,7 +42,7 @@ fn main() -> ExitCode {
 }
 
 fn usage() -> String {
-    "usage: sensor-test-helper exec|fake-argv0|thread-exec|threads|prctl-name|connect ..."
+    "usage: sensor-test-helper exec|fake-argv0|thread-exec|threads|prctl-name|connect|at-pid ..."
         .to_owned()
 }
 
@@ -69,6 +74,7 @@ fn run(args: &[OsString]) -> Result<ExitCode, String> {
         "threads" => threads(rest),
         "prctl-name" => prctl_name(rest),
         "connect" => connect(rest),
+        "at-pid" => at_pid(rest),
         other => Err(format!("unknown subcommand {other:?}; {}", usage())),
     }
 }
@@ -213,4 +219,87 @@ fn connect(rest: &[OsString]) -> Result<ExitCode, String> {
         Err(e) => println!("errno={}", e.raw_os_error().unwrap_or(0)),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `struct clone_args` of clone3(2), up to `set_tid_size` (CLONE_ARGS_SIZE_VER1).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+}
+
+/// Starts `PATH ARGS...` as a child whose pid is exactly `PID` (clone3 with
+/// set_tid; needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE), waits for it and
+/// exits with its exit code. Lets a test recycle a pid on purpose.
+fn at_pid(rest: &[OsString]) -> Result<ExitCode, String> {
+    let [pid, path, tail @ ..] = rest else {
+        return Err(usage());
+    };
+    let pid: libc::pid_t = utf8(pid)?
+        .parse()
+        .map_err(|e| format!("bad pid {pid:?}: {e}"))?;
+    // Everything the child needs is prepared before the clone: after it,
+    // the child only calls execv and _exit.
+    let cpath = cstring(path).map_err(|e| e.to_string())?;
+    let mut argv = vec![cstring(path).map_err(|e| e.to_string())?];
+    for a in tail {
+        argv.push(cstring(a).map_err(|e| e.to_string())?);
+    }
+    let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    let set_tid = [pid];
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: set_tid.as_ptr() as u64,
+        set_tid_size: 1,
+        ..CloneArgs::default()
+    };
+    let _ = io::stdout().flush();
+    let _ = io::stderr().flush();
+    // SAFETY: clone3 without CLONE_VM behaves like fork(2): the child gets a
+    // copy of the address space and only calls execv (arguments prepared
+    // above, alive in the copy) and _exit, both async-signal-safe.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &raw const args,
+            size_of::<CloneArgs>() as libc::size_t,
+        )
+    };
+    if r < 0 {
+        let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        eprintln!("errno={errno}");
+        std::process::exit(112);
+    }
+    if r == 0 {
+        // SAFETY: see above; execv only returns on failure.
+        unsafe {
+            libc::execv(cpath.as_ptr(), ptrs.as_ptr());
+            libc::_exit(127);
+        }
+    }
+    let child = r as libc::pid_t;
+    println!("pid={child}");
+    let _ = io::stdout().flush();
+    let mut status: libc::c_int = 0;
+    // SAFETY: waits for our own child; `status` outlives the call.
+    let w = unsafe { libc::waitpid(child, &raw mut status, 0) };
+    if w != child {
+        return Err(format!("waitpid: {}", io::Error::last_os_error()));
+    }
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        101
+    };
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(101)))
 }
