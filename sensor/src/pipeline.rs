@@ -30,6 +30,8 @@ const DRAIN_BUDGET: usize = 8192;
 const BATCH_BYTES: usize = 256 * 1024;
 /// How often kernel counters are read and the clock offset re-measured.
 const TICK: Duration = Duration::from_secs(1);
+/// Every this many ticks, processes whose exit was lost are swept.
+const SWEEP_TICKS: u64 = 60;
 /// How often the ring buffer is drained. The kernel writes records without
 /// waking us (a wakeup per record costs more than the probe itself) unless
 /// we fall behind, so this bounds the kernel-to-output latency.
@@ -267,6 +269,7 @@ pub async fn run(
         unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
             .map_err(|e| PipelineError::Poll(e.into()))?;
     let mut tick = tokio::time::interval(TICK);
+    let mut ticks: u64 = 0;
     let mut drain_timer = tokio::time::interval(DRAIN_INTERVAL);
     drain_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
@@ -300,8 +303,14 @@ pub async fn run(
                     Ok(s) => pipeline.check_losses(&s),
                     Err(e) => tracing::warn!(error = %e, "kernel counters"),
                 }
-                let expired = pipeline.builder.attribution_mut().expire(std::time::SystemTime::now());
+                let now = std::time::SystemTime::now();
+                let expired = pipeline.builder.attribution_mut().expire(now);
                 pipeline.run_changes(&expired);
+                ticks += 1;
+                if ticks % SWEEP_TICKS == 0 {
+                    let swept = pipeline.builder.attribution_mut().sweep(now);
+                    pipeline.run_changes(&swept);
+                }
                 pipeline.flush();
                 if let Ok(clock) = Clock::now() {
                     pipeline.builder.set_clock(clock);

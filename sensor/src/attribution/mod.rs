@@ -440,6 +440,28 @@ impl Attribution {
         }
     }
 
+    /// Drops processes that no longer exist (their exit was lost: a full ring
+    /// buffer, reported as `sensor.lost`), so the table does not grow and
+    /// their runs can end. Returns the runs that ended.
+    pub fn sweep(&mut self, now: SystemTime) -> Vec<RunChange> {
+        let dead: Vec<(u32, u64, u64)> = self
+            .processes
+            .iter()
+            .filter(|(pid, _)| !process_exists(*pid))
+            .map(|(pid, p)| (pid, p.start_ns, p.run))
+            .collect();
+        let mut changes = Vec::new();
+        for (pid, start, run) in dead {
+            self.processes.remove(pid, start);
+            if run != 0 {
+                self.map.remove(pid);
+                self.runs.remove_process(run);
+                self.end_if_done(run, "exited", now, &mut changes);
+            }
+        }
+        changes
+    }
+
     /// Ends runs past their TTL: their processes leave the run (kernel entries removed).
     pub fn expire(&mut self, now: SystemTime) -> Vec<RunChange> {
         let mut changes = Vec::new();
@@ -736,6 +758,17 @@ fn proc_exec(proc_root: &Path, pid: u32) -> Option<(String, Vec<String>, Option<
     Some((exe, argv, cwd))
 }
 
+/// Whether a process with this pid exists (signal 0).
+fn process_exists(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    !matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+        Err(nix::errno::Errno::ESRCH)
+    )
+}
+
 /// `SENSOR_RUN_ID` from a process's environment, if set.
 fn env_run_id(proc_root: &Path, pid: u32) -> Option<String> {
     let environ = std::fs::read(proc_root.join(pid.to_string()).join("environ")).ok()?;
@@ -901,6 +934,25 @@ mod tests {
             sub_run.parent_id.as_deref(),
             Some(a.runs.get(run).unwrap().id.as_str())
         );
+    }
+
+    #[test]
+    fn sweep_drops_processes_whose_exit_was_lost() {
+        let mut a = attribution(&[agent("fake", "**/fake-agent")]);
+        let now = SystemTime::now();
+        let argv = vec!["fake-agent".to_owned()];
+        // pid 4_000_000 is above any pid_max: it cannot exist.
+        let h = header(4_000_000, 1, 0, 0);
+        a.on_spawn(&h, None);
+        a.on_exec(&h, None, Some(&exec("/opt/fake-agent", &argv)), now);
+        assert_eq!(a.active_runs(), 1);
+        let changes = a.sweep(now);
+        assert!(matches!(&changes[..], [RunChange::Ended { .. }]));
+        assert_eq!(a.tracked_processes(), 0);
+        // This test process exists and is kept.
+        a.processes.upsert(std::process::id(), 1, None);
+        a.sweep(now);
+        assert_eq!(a.tracked_processes(), 1);
     }
 
     #[test]
