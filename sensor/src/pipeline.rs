@@ -307,7 +307,7 @@ pub async fn run(
                 let expired = pipeline.builder.attribution_mut().expire(now);
                 pipeline.run_changes(&expired);
                 ticks += 1;
-                if ticks % SWEEP_TICKS == 0 {
+                if ticks.is_multiple_of(SWEEP_TICKS) {
                     let swept = pipeline.builder.attribution_mut().sweep(now);
                     pipeline.run_changes(&swept);
                 }

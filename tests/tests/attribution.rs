@@ -523,3 +523,394 @@ fn launch_without_daemon() -> Result<()> {
     );
     c.finish()
 }
+
+// ----- 2. sub-runs -----
+
+/// launch inside launch inside launch: three runs, depth 0/1/2, with the
+/// parent/root chain right; whoami inside each level reports its own run;
+/// sub-runs without --principal inherit the principal.
+#[test]
+fn nested_launch_three_levels() -> Result<()> {
+    let d = Daemon::start()?;
+    let m = marker();
+    let dir = d.dir().to_owned();
+    let lvl = dir.join("lvl.sh");
+    fs::write(
+        &lvl,
+        r#"n=$1
+"$SENSOR" whoami --json > "$DIR/w$n.tmp" 2>&1; mv "$DIR/w$n.tmp" "$DIR/w$n"
+echo "$SENSOR_RUN_ID" > "$DIR/id$n.tmp"; mv "$DIR/id$n.tmp" "$DIR/id$n"
+if [ "$n" -lt 2 ]; then
+  "$SENSOR" launch --agent "level$((n + 1))" -- /bin/sh "$DIR/lvl.sh" $((n + 1))
+fi
+/bin/true "$MARK-level$n"
+exit 0
+"#,
+    )?;
+    let (pid0, _) = run_ok(
+        d.launch_cmd(
+            "level0",
+            &["--principal", "alice"],
+            &["/bin/sh", &lvl.to_string_lossy(), "0"],
+        )
+        .env("SENSOR", d.bin())
+        .env("DIR", &dir)
+        .env("MARK", &m),
+    )?;
+    let mut ids = Vec::new();
+    let mut whoami = Vec::new();
+    for n in 0..3 {
+        ids.push(wait_file(&dir.join(format!("id{n}")))?.trim().to_owned());
+        whoami.push(read_json(&dir.join(format!("w{n}")))?);
+    }
+    for id in &ids {
+        wait_run_end(&d, id)?;
+    }
+    let events = d.events()?;
+    let mut c = Checks::new();
+    let agents = ["level0", "level1", "level2"];
+    for n in 0..3 {
+        let x = RunExp {
+            id: &ids[n],
+            agent: agents[n],
+            parent: n.checked_sub(1).map(|p| ids[p].as_str()),
+            root: &ids[0],
+            depth: n as i64,
+        };
+        let w = &whoami[n];
+        check_run_obj(&mut c, w.get("run"), x, &format!("whoami at level {n}: {w}"));
+        check!(
+            c,
+            str_at(w, "/run/principal") == Some("alice")
+                && w.pointer("/run/principal_claimed").is_none_or(Value::is_null),
+            "level {n}: principal should be alice (root's --principal, inherited by sub-runs), nothing claimed: {w}"
+        );
+        check!(
+            c,
+            str_at(w, "/attribution") == Some("inherited"),
+            "whoami's process is a child of the level-{n} shell: attribution should be inherited: {w}"
+        );
+        let starts = of_run(&events, "run.start", &ids[n]);
+        check!(
+            c,
+            starts.len() == 1,
+            "level {n}: expected one run.start for {}, got:\n{}",
+            ids[n],
+            dump_refs(&starts)
+        );
+        if let Some(s) = starts.first() {
+            check_event_run(&mut c, s, x, "launch");
+            check!(
+                c,
+                str_at(s, "/run/principal") == Some("alice"),
+                "level {n} run.start principal should be alice: {}",
+                compact(s)
+            );
+            if n == 0 {
+                check!(
+                    c,
+                    pid_of(s) == Some(pid0),
+                    "level 0 run.start pid should be {pid0}: {}",
+                    compact(s)
+                );
+            }
+        }
+        let mark = format!("{m}-level{n}");
+        match events.iter().find(|e| is_exec_with(e, &mark)) {
+            Some(e) => check_event_run(&mut c, e, x, "inherited"),
+            None => c.fail(format!("no exec of /bin/true {mark}")),
+        }
+        // The level's shell (exec of lvl.sh in the launched pid): attribution launch.
+        let shell = events.iter().find(|e| {
+            is_exec_with(e, "lvl.sh")
+                && argv_of_eq(e, 2, &n.to_string())
+                && run_id(e) == Some(&ids[n])
+        });
+        match shell {
+            Some(e) => check_event_run(&mut c, e, x, "launch"),
+            None => c.fail(format!(
+                "no exec of lvl.sh {n} carrying its run {}",
+                ids[n]
+            )),
+        }
+    }
+    // A run ends only after its sub-runs ended.
+    let end_at = |id: &str| position(&events, |e| kind(e) == "run.end" && run_id(e) == Some(id));
+    let (e0, e1, e2) = (end_at(&ids[0]), end_at(&ids[1]), end_at(&ids[2]));
+    check!(
+        c,
+        e2 < e1 && e1 < e0,
+        "run.end order should be level2, level1, level0; positions {e2:?}, {e1:?}, {e0:?}"
+    );
+    c.finish()
+}
+
+/// `process.argv[i] == s`.
+fn argv_of_eq(e: &Value, i: usize, s: &str) -> bool {
+    sensor_tests::argv_of(e).get(i).is_some_and(|a| a == s)
+}
+
+// ----- 3. matchers -----
+
+/// An `[[agent]]` exe matcher starts a run without launch (attribution
+/// matcher, started_by matcher); a `script` matcher matches `sh SCRIPT` and
+/// a `#!/bin/sh` script run directly.
+#[test]
+fn matcher_starts_run() -> Result<()> {
+    let d = Daemon::start_with_config(MATCHER_CONFIG)?;
+    let (agent, script) = fake_agents(d.dir())?;
+    let m = marker();
+    let mut c = Checks::new();
+
+    // exe matcher.
+    let child_mark = format!("{m}-exe-child");
+    let (apid, _) = run_ok(Command::new(&agent).args([
+        "-c",
+        &format!("/bin/true {child_mark}; exit 0"),
+        &m,
+    ]))?;
+    let start = wait_run_start_pid(&d, apid)?;
+    let id = run_id(&start).context("run.start without run.id")?.to_owned();
+    let x = RunExp::top(&id, "fake");
+    d.wait_for(EVENT_TIMEOUT, |e| is_exec_with(e, &child_mark))?;
+    wait_run_end(&d, &id)?;
+    let events = d.events()?;
+    check_event_run(&mut c, &start, x, "matcher");
+    check!(
+        c,
+        str_at(&start, "/run/started_by") == Some("matcher"),
+        "run.start of a matcher run should say started_by matcher: {}",
+        compact(&start)
+    );
+    let agent_exe = sensor_tests::canonical_str(&agent)?;
+    let exec_at = position(&events, |e| {
+        kind(e) == "process.exec"
+            && pid_of(e) == Some(apid)
+            && str_at(e, "/process/exe") == Some(&*agent_exe)
+    });
+    let start_at = position(&events, |e| kind(e) == "run.start" && run_id(e) == Some(&*id));
+    match exec_at {
+        Some(i) => {
+            check_event_run(&mut c, &events[i], x, "matcher");
+            check!(
+                c,
+                start_at < Some(i),
+                "run.start ({start_at:?}) should precede the agent's exec ({i})"
+            );
+        }
+        None => c.fail(format!("no exec of {agent_exe} by pid {apid}")),
+    }
+    if let Some(e) = events.iter().find(|e| is_exec_with(e, &child_mark)) {
+        check_event_run(&mut c, e, x, "inherited");
+    }
+    check!(
+        c,
+        of_run(&events, "run.start", &id).len() == 1,
+        "more than one run.start for {id}"
+    );
+
+    // script matcher: `sh SCRIPT` and the script run by its shebang.
+    for (how_run, mut cmd) in [
+        ("sh SCRIPT", {
+            let mut c = Command::new("/bin/sh");
+            c.arg(&script);
+            c
+        }),
+        ("./SCRIPT", Command::new(&script)),
+    ] {
+        let smark = format!("{m}-script-{}", how_run.len());
+        let (spid, _) = run_ok(cmd.arg(&smark))?;
+        let start = match wait_run_start_pid(&d, spid) {
+            Ok(s) => s,
+            Err(e) => {
+                c.fail(format!("script matcher ({how_run}): {e:#}"));
+                continue;
+            }
+        };
+        let sid = run_id(&start).unwrap_or("").to_owned();
+        let sx = RunExp::top(&sid, "fakescript");
+        check_event_run(&mut c, &start, sx, "matcher");
+        match d.wait_for(EVENT_TIMEOUT, |e| is_exec_with(e, &smark)) {
+            Ok(e) => check_event_run(&mut c, &e, sx, "inherited"),
+            Err(e) => c.fail(format!("{how_run}: {e:#}")),
+        }
+    }
+    c.finish()
+}
+
+/// A matched agent inside a launched run is a sub-run (depth 1, parent = the
+/// launched run); a launched process that execs the agent in the same pid
+/// stays one run (it already leads its run).
+#[test]
+fn matcher_inside_launch_is_subrun() -> Result<()> {
+    let d = Daemon::start_with_config(MATCHER_CONFIG)?;
+    let (agent, _) = fake_agents(d.dir())?;
+    let agent = agent.to_string_lossy().into_owned();
+    let m = marker();
+    let mut c = Checks::new();
+
+    let in_mark = format!("{m}-in");
+    let script = format!("{agent} -c '/bin/true {in_mark}; exit 0'; exit 0");
+    let (lpid, _) = run_ok(&mut d.launch_cmd("outer", &[], &["/bin/sh", "-c", &script, &m]))?;
+    let lstart = wait_run_start_pid(&d, lpid)?;
+    let outer = run_id(&lstart).context("no run id")?.to_owned();
+    let inner_exec = d.wait_for(EVENT_TIMEOUT, |e| is_exec_with(e, &in_mark))?;
+    wait_run_end(&d, &outer)?;
+    let events = d.events()?;
+    let subs: Vec<&Value> = events
+        .iter()
+        .filter(|e| kind(e) == "run.start" && str_at(e, "/run/parent_id") == Some(&*outer))
+        .collect();
+    check!(
+        c,
+        subs.len() == 1,
+        "expected one sub-run of {outer} (the matched agent), got:\n{}",
+        dump_refs(&subs)
+    );
+    if let Some(s) = subs.first() {
+        let sid = run_id(s).unwrap_or("");
+        let x = RunExp {
+            id: sid,
+            agent: "fake",
+            parent: Some(&outer),
+            root: &outer,
+            depth: 1,
+        };
+        check_event_run(&mut c, s, x, "matcher");
+        check_event_run(&mut c, &inner_exec, x, "inherited");
+        check!(
+            c,
+            position(&events, |e| kind(e) == "run.end" && run_id(e) == Some(sid))
+                < position(&events, |e| kind(e) == "run.end" && run_id(e) == Some(&*outer)),
+            "the sub-run should end before its parent"
+        );
+    }
+
+    // launch -- fake-agent: the launched pid execs the agent: one run.
+    let same_mark = format!("{m}-same");
+    let (spid, _) = run_ok(&mut d.launch_cmd(
+        "launcher",
+        &[],
+        &[&agent, "-c", &format!("/bin/true {same_mark}; exit 0"), &m],
+    ))?;
+    let sstart = wait_run_start_pid(&d, spid)?;
+    let sid = run_id(&sstart).context("no run id")?.to_owned();
+    let e = d.wait_for(EVENT_TIMEOUT, |e| is_exec_with(e, &same_mark))?;
+    wait_run_end(&d, &sid)?;
+    let x = RunExp::top(&sid, "launcher");
+    check_event_run(&mut c, &e, x, "inherited");
+    let events = d.events()?;
+    let starts = starts_by_pid(&events, spid);
+    check!(
+        c,
+        starts.len() == 1,
+        "launch -- fake-agent (same pid) should be one run, got run.starts:\n{}",
+        dump_refs(&starts)
+    );
+    c.finish()
+}
+
+/// The agent's child that is the same agent binary stays in its run (one
+/// run); an excluded argv (`--helper`) never starts a run, inside or outside
+/// a run; a nested invocation from a non-agent shell in the agent's run is a
+/// sub-run.
+#[test]
+fn matcher_children_helpers_and_nesting() -> Result<()> {
+    let d = Daemon::start_with_config(MATCHER_CONFIG)?;
+    let (agent, _) = fake_agents(d.dir())?;
+    let agent = agent.to_string_lossy().into_owned();
+    let m = marker();
+    let mut c = Checks::new();
+
+    // agent -> child agent (same binary, direct child): one run.
+    let cm = format!("{m}-child");
+    let (apid, _) = run_ok(Command::new(&agent).args([
+        "-c",
+        &format!("{agent} -c \"/bin/true {cm}; exit 0\"; exit 0"),
+        &m,
+    ]))?;
+    let start = wait_run_start_pid(&d, apid)?;
+    let id = run_id(&start).context("no run id")?.to_owned();
+    let e = d.wait_for(EVENT_TIMEOUT, |e| is_exec_with(e, &cm))?;
+    wait_run_end(&d, &id)?;
+    check_event_run(&mut c, &e, RunExp::top(&id, "fake"), "inherited");
+    let events = d.events()?;
+    let extra: Vec<&Value> = events
+        .iter()
+        .filter(|e| kind(e) == "run.start" && str_at(e, "/run/root_id") == Some(&*id))
+        .collect();
+    check!(
+        c,
+        extra.len() == 1,
+        "agent -> same agent as a direct child should be one run, got run.starts:\n{}",
+        dump_refs(&extra)
+    );
+
+    // Excluded argv outside any run: no run.
+    let xm = format!("{m}-excluded");
+    let (xpid, _) = run_ok(Command::new(&agent).args([
+        "-c",
+        &format!("/bin/true {xm}; exit 0"),
+        "--helper",
+    ]))?;
+    let xe = d.wait_for(EVENT_TIMEOUT, |e| is_exec_with(e, &xm))?;
+    d.wait_for(EVENT_TIMEOUT, |e| {
+        kind(e) == "process.exit" && pid_of(e) == Some(xpid)
+    })?;
+    let events = d.events()?;
+    check!(
+        c,
+        starts_by_pid(&events, xpid).is_empty() && xe.get("run").is_some_and(Value::is_null),
+        "an excluded argv (--helper) started a run: {}\n{}",
+        compact(&xe),
+        dump_refs(&starts_by_pid(&events, xpid))
+    );
+    for e in events.iter().filter(|e| pid_of(e) == Some(xpid)) {
+        check!(
+            c,
+            e.get("run").is_some_and(Value::is_null),
+            "event of the excluded helper carries a run: {}",
+            compact(e)
+        );
+    }
+
+    // Nested invocation from a non-agent shell: a sub-run; the same with
+    // --helper: no sub-run (stays in the outer run).
+    let nm = format!("{m}-nested");
+    let hm = format!("{m}-nested-helper");
+    let script = format!(
+        "/bin/sh -c \"{agent} -c '/bin/true {nm}; exit 0'; exit 0\"; \
+         /bin/sh -c \"{agent} -c '/bin/true {hm}; exit 0' --helper; exit 0\"; exit 0"
+    );
+    let (opid, _) = run_ok(Command::new(&agent).args(["-c", &script, &m]))?;
+    let ostart = wait_run_start_pid(&d, opid)?;
+    let outer = run_id(&ostart).context("no run id")?.to_owned();
+    let ne = d.wait_for(EVENT_TIMEOUT, |e| is_exec_with(e, &nm))?;
+    let he = d.wait_for(EVENT_TIMEOUT, |e| is_exec_with(e, &hm))?;
+    wait_run_end(&d, &outer)?;
+    let events = d.events()?;
+    let subs: Vec<&Value> = events
+        .iter()
+        .filter(|e| kind(e) == "run.start" && str_at(e, "/run/parent_id") == Some(&*outer))
+        .collect();
+    check!(
+        c,
+        subs.len() == 1,
+        "expected exactly one sub-run of {outer} (the nested agent; not the --helper), got:\n{}",
+        dump_refs(&subs)
+    );
+    if let Some(s) = subs.first() {
+        let sid = run_id(s).unwrap_or("");
+        let x = RunExp {
+            id: sid,
+            agent: "fake",
+            parent: Some(&outer),
+            root: &outer,
+            depth: 1,
+        };
+        check_event_run(&mut c, s, x, "matcher");
+        check_event_run(&mut c, &ne, x, "inherited");
+    }
+    check_event_run(&mut c, &he, RunExp::top(&outer, "fake"), "inherited");
+    c.finish()
+}
