@@ -19,6 +19,7 @@ use crate::{
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub daemon: DaemonConfig,
+    pub store: StoreConfig,
     /// `[[agent]]` matchers: the exec of a known agent starts a run.
     #[serde(rename = "agent")]
     pub agents: Vec<crate::attribution::AgentConfig>,
@@ -46,6 +47,31 @@ impl Default for DaemonConfig {
             socket: PathBuf::from(paths::SOCKET),
             state_dir: PathBuf::from(paths::STATE_DIR),
             pin_dir: PathBuf::from(paths::PIN_DIR),
+        }
+    }
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Write the local store at all.
+    pub enabled: bool,
+    /// Database file; `--db` / `SENSOR_DB` override it [default: <state_dir>/sensor.db].
+    pub path: Option<PathBuf>,
+    /// Events older than this many days are deleted.
+    pub retention_days: u32,
+    /// The file is kept under this size (oldest events deleted first).
+    pub max_size_mb: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: None,
+            retention_days: 30,
+            max_size_mb: 2048,
         }
     }
 }

@@ -18,3 +18,4 @@ pub mod paths;
 pub mod pipeline;
 pub mod sinks;
 pub mod status;
+pub mod store;

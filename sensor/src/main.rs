@@ -5,6 +5,18 @@ use sensor::cli::{Cli, init_logging};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, sensor::cli::Command::Daemon(_)) {
+        // Query commands end quietly when their reader goes away (`| head`),
+        // like other Unix tools. The daemon keeps SIGPIPE ignored and treats a
+        // closed stdout as an output error it counts.
+        // SAFETY: setting a signal disposition before any thread starts.
+        let _ = unsafe {
+            nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigDfl,
+            )
+        };
+    }
     init_logging(&cli.command);
     match cli.command.execute() {
         Ok(code) => code,

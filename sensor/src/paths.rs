@@ -10,3 +10,7 @@ pub const STATE_DIR: &str = "/var/lib/sensor";
 pub const PIN_DIR: &str = "/sys/fs/bpf/sensor";
 /// File of the run table, in the state directory.
 pub const RUNS_FILE: &str = "runs.json";
+/// Default store, in the state directory.
+pub const DB: &str = "/var/lib/sensor/sensor.db";
+/// File name of the store in the state directory.
+pub const DB_FILE: &str = "sensor.db";

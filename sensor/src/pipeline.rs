@@ -22,6 +22,7 @@ use crate::{
     loader::Probes,
     sinks::{Batch, OutputHandle, Outputs},
     status::DaemonState,
+    store::writer::{Record, RunRow, StoreBatch, StoreWriter},
 };
 
 /// Records handled per wake-up before giving other tasks a turn.
@@ -58,6 +59,8 @@ pub struct Pipeline {
     decode_warned: bool,
     /// Reused buffer for the events of one record.
     scratch: Vec<Event>,
+    store: Option<StoreWriter>,
+    store_records: Vec<Record>,
 }
 
 impl Pipeline {
@@ -76,7 +79,17 @@ impl Pipeline {
             output_dropped_seen,
             decode_warned: false,
             scratch: Vec::with_capacity(4),
+            store: None,
+            store_records: Vec::new(),
         }
+    }
+
+    /// Also writes every event to the store.
+    #[must_use]
+    pub fn with_store(mut self, store: StoreWriter) -> Self {
+        self.state.set_store(store.path().to_owned(), store.stats());
+        self.store = Some(store);
+        self
     }
 
     /// Handles one ring buffer record.
@@ -145,9 +158,16 @@ impl Pipeline {
     }
 
     fn push(&mut self, event: &Event) {
+        let begin = self.batch.len();
         if crate::event::write_json_line(event, &mut self.batch).is_ok() {
             self.batch_lines += 1;
             self.state.count_event(event.kind);
+            if self.store.is_some() {
+                self.store_records
+                    .push(store_record(event, begin..self.batch.len()));
+            }
+        } else {
+            self.batch.truncate(begin);
         }
         if self.batch.len() >= BATCH_BYTES {
             self.flush();
@@ -159,12 +179,21 @@ impl Pipeline {
         if self.batch_lines == 0 {
             return;
         }
-        let bytes = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_BYTES * 2));
+        let bytes = Arc::new(std::mem::replace(
+            &mut self.batch,
+            Vec::with_capacity(BATCH_BYTES * 2),
+        ));
         self.outputs.send(&Batch {
-            bytes: Arc::new(bytes),
+            bytes: Arc::clone(&bytes),
             lines: self.batch_lines,
         });
         self.batch_lines = 0;
+        if let Some(store) = &self.store {
+            store.send(StoreBatch {
+                bytes,
+                records: std::mem::take(&mut self.store_records),
+            });
+        }
     }
 
     /// Compares the kernel and output counters with the last look and
@@ -217,10 +246,57 @@ impl Pipeline {
         }
     }
 
-    /// Closes the outputs after writing everything queued.
+    /// Closes the outputs and the store after writing everything queued.
     pub fn close(mut self) {
         self.flush();
         self.outputs.close();
+        if let Some(store) = self.store.take() {
+            store.close();
+        }
+    }
+}
+
+fn unix_ns(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// What the store indexes of an event whose JSON is `line` in the batch.
+fn store_record(event: &Event, line: std::ops::Range<usize>) -> Record {
+    let run = event.run.as_ref();
+    let run_row = match (event.kind, run) {
+        (Kind::RunStart | Kind::RunEnd, Some(r)) => r.details.as_ref().map(|d| RunRow {
+            id: r.id.clone(),
+            agent: r.agent.clone(),
+            principal: r.principal.clone(),
+            principal_claimed: r.principal_claimed.clone(),
+            uid: Some(d.uid),
+            parent_id: r.parent_id.clone(),
+            root_id: r.root_id.clone(),
+            depth: r.depth,
+            policy: d.policy.clone(),
+            labels: serde_json::to_string(&d.labels).unwrap_or_else(|_| "{}".into()),
+            started_by: Some(d.started_by.clone()),
+            host: event.host.name.clone(),
+            start_ns: unix_ns(d.start.0),
+            end_ns: d.end.map(|t| unix_ns(t.0)),
+            end_reason: d.end_reason.clone(),
+        }),
+        _ => None,
+    };
+    Record {
+        seq: event.seq,
+        time_ns: unix_ns(event.time.0),
+        kind: event.kind.as_str(),
+        run_id: run.map(|r| r.id.clone()),
+        root_id: run.map(|r| r.root_id.clone()),
+        pid: event.process.as_ref().map(|p| p.pid),
+        process_key: event.process.as_ref().map(|p| p.key.clone()),
+        dst_ip: event.network.as_ref().map(|n| n.dst_ip.to_string()),
+        dst_port: event.network.as_ref().map(|n| n.dst_port),
+        verdict: None,
+        line,
+        run: run_row,
     }
 }
 

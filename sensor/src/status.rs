@@ -20,6 +20,7 @@ pub struct DaemonState {
     ready: AtomicBool,
     programs: OnceLock<Vec<AttachedProgram>>,
     outputs: OnceLock<Vec<OutputHandle>>,
+    store: OnceLock<(std::path::PathBuf, Arc<crate::store::writer::StoreStats>)>,
     events: [AtomicU64; Kind::ALL.len()],
     /// Cumulative kernel losses per kind (mirrors the kernel counters).
     lost: Arc<[AtomicU64; Kind::ALL.len()]>,
@@ -36,6 +37,7 @@ impl Default for DaemonState {
             ready: AtomicBool::new(false),
             programs: OnceLock::new(),
             outputs: OnceLock::new(),
+            store: OnceLock::new(),
             events: Default::default(),
             lost: Arc::new(Default::default()),
             decode_errors: AtomicU64::new(0),
@@ -53,6 +55,14 @@ impl DaemonState {
 
     pub fn set_outputs(&self, outputs: Vec<OutputHandle>) {
         let _ = self.outputs.set(outputs);
+    }
+
+    pub fn set_store(
+        &self,
+        path: std::path::PathBuf,
+        stats: Arc<crate::store::writer::StoreStats>,
+    ) {
+        let _ = self.store.set((path, stats));
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -151,6 +161,12 @@ impl DaemonState {
                         .collect()
                 })
                 .unwrap_or_default(),
+            store: self.store.get().map(|(path, s)| StoreStatus {
+                path: path.display().to_string(),
+                written: s.written.load(Ordering::Relaxed),
+                dropped: s.dropped.load(Ordering::Relaxed),
+                failed: s.failed.load(Ordering::Relaxed),
+            }),
         }
     }
 }
@@ -173,6 +189,19 @@ pub struct StatusReport {
     pub decode_errors: u64,
     pub kernel_read_errors: u64,
     pub outputs: Vec<OutputStatus>,
+    #[serde(default)]
+    pub store: Option<StoreStatus>,
+}
+
+/// The store writer's counters.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoreStatus {
+    pub path: String,
+    pub written: u64,
+    /// Rows dropped because the writer's queue was full.
+    pub dropped: u64,
+    /// Rows whose write failed (full disk, locked file).
+    pub failed: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -15,10 +15,23 @@ fn a_tool_in_a_new_pid_namespace_keeps_its_run_and_reports_both_pids() -> Result
         Command::new(sensor_bin()?)
             .args(["launch", "--agent", "ns-agent", "--socket"])
             .arg(d.socket())
-            .args(["--", "unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", &script]),
+            .args([
+                "--",
+                "unshare",
+                "--pid",
+                "--fork",
+                "--mount-proc",
+                "sh",
+                "-c",
+                &script,
+            ]),
     )?;
     ensure!(out.status.success(), "launch failed: {}", text(&out.stderr));
-    ensure!(text(&out.stdout).trim() == "1", "sh is pid 1 in its namespace: {}", text(&out.stdout));
+    ensure!(
+        text(&out.stdout).trim() == "1",
+        "sh is pid 1 in its namespace: {}",
+        text(&out.stdout)
+    );
 
     let exec = d.wait_for(EVENT_TIMEOUT, |e| {
         e["kind"] == "process.exec" && e["exec"]["result"] == "ok" && argv_of(e).contains(&m)
@@ -28,8 +41,14 @@ fn a_tool_in_a_new_pid_namespace_keeps_its_run_and_reports_both_pids() -> Result
     let ns_pid = p["ns_pid"].as_u64().unwrap_or(0);
     // /bin/true is the second process of the namespace (sh is 1).
     ensure!(ns_pid == 2, "ns_pid should be 2: {exec}");
-    ensure!(host_pid > 2 && host_pid != ns_pid, "pid is the host pid: {exec}");
-    ensure!(exec["run"]["agent"] == "ns-agent", "still in the run: {exec}");
+    ensure!(
+        host_pid > 2 && host_pid != ns_pid,
+        "pid is the host pid: {exec}"
+    );
+    ensure!(
+        exec["run"]["agent"] == "ns-agent",
+        "still in the run: {exec}"
+    );
     ensure!(exec["run"]["attribution"] == "inherited", "{exec}");
     ensure!(exec["run"]["depth"] == 0, "{exec}");
     Ok(())
@@ -53,6 +72,9 @@ fn a_new_session_does_not_leave_the_run_and_host_processes_have_no_ns_pid() -> R
             && argv_of(e).contains(&m)
     })?;
     ensure!(exec["run"]["agent"] == "session-agent", "{exec}");
-    ensure!(exec["process"].get("ns_pid").is_none(), "no ns_pid in the host namespace: {exec}");
+    ensure!(
+        exec["process"].get("ns_pid").is_none(),
+        "no ns_pid in the host namespace: {exec}"
+    );
     Ok(())
 }

@@ -36,6 +36,16 @@ pub enum Command {
     Launch(LaunchArgs),
     /// Print the agent run of the calling process.
     Whoami(WhoamiArgs),
+    /// List agent runs from the local store.
+    Runs(RunsArgs),
+    /// Show a run's sub-agent tree, with each run's process tree beneath it.
+    Tree(TreeArgs),
+    /// Show stored events (optionally of one run or its whole subtree).
+    Events(EventsArgs),
+    /// Which run owns a process (alive or exited) or connected to an address.
+    Who(WhoArgs),
+    /// A run's timeline, in order, indented by sub-agent and process tree.
+    Replay(ReplayArgs),
     /// Show whether the daemon is attached and ready, with its counters.
     ///
     /// Exits 0 once the daemon is ready, 1 when it cannot be reached or is not ready.
@@ -60,6 +70,9 @@ pub struct DaemonArgs {
     /// bpffs directory for pinned maps [default: the config's, else /sys/fs/bpf/sensor]
     #[arg(long, value_name = "DIR", env = "SENSOR_PIN_DIR")]
     pub pin_dir: Option<PathBuf>,
+    /// Local store (SQLite) [default: the config's, else <state-dir>/sensor.db]
+    #[arg(long, value_name = "PATH", env = "SENSOR_DB")]
+    pub db: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -101,6 +114,109 @@ pub struct WhoamiArgs {
     /// Print the answer as one JSON object
     #[arg(long)]
     pub json: bool,
+}
+
+/// Where the query commands read.
+#[derive(Debug, Args)]
+pub struct DbArgs {
+    /// Local store of the daemon
+    #[arg(long, value_name = "PATH", env = "SENSOR_DB", default_value = paths::DB)]
+    pub db: PathBuf,
+    /// Print JSON (one object, or one per line for event lists)
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// Only runs that have not ended
+    #[arg(long)]
+    pub active: bool,
+    /// Only runs of this agent
+    #[arg(long, value_name = "NAME")]
+    pub agent: Option<String>,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TreeArgs {
+    /// Run id or unique prefix
+    pub run: String,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only events of this run (id or unique prefix)
+    #[arg(long, value_name = "RUN")]
+    pub run: Option<String>,
+    /// With --run: also the events of all its sub-runs
+    #[arg(long, requires = "run")]
+    pub subtree: bool,
+    /// Only this kind (process.exec, network.connect, run.start, ...)
+    #[arg(long, value_name = "KIND")]
+    pub kind: Option<String>,
+    /// Only events since this time: RFC 3339 or a duration ago (10m, 2h)
+    #[arg(long, value_name = "T", value_parser = parse_since)]
+    pub since: Option<std::time::SystemTime>,
+    /// Keep printing new events as they are stored
+    #[arg(long)]
+    pub follow: bool,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["pid", "ip"])))]
+pub struct WhoArgs {
+    /// A process id (alive or exited)
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+    /// A destination address, optionally with :PORT ([v6]:PORT for IPv6)
+    #[arg(long, value_name = "ADDR[:PORT]", value_parser = parse_addr)]
+    pub ip: Option<(std::net::IpAddr, Option<u16>)>,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Run id or unique prefix
+    pub run: String,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+/// RFC 3339 time, or a duration before now.
+fn parse_since(s: &str) -> Result<std::time::SystemTime, String> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Ok(t);
+    }
+    match humantime::parse_duration(s) {
+        Ok(d) => std::time::SystemTime::now()
+            .checked_sub(d)
+            .ok_or_else(|| format!("{s:?} is too far back")),
+        Err(_) => Err(format!(
+            "{s:?} is neither an RFC 3339 time nor a duration like 10m"
+        )),
+    }
+}
+
+/// `ADDR`, `ADDR:PORT`, `[V6]:PORT`.
+fn parse_addr(s: &str) -> Result<(std::net::IpAddr, Option<u16>), String> {
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Ok((ip, None));
+    }
+    if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
+        return Ok((sa.ip(), Some(sa.port())));
+    }
+    let trimmed = s.trim_start_matches('[').trim_end_matches(']');
+    trimmed
+        .parse::<std::net::IpAddr>()
+        .map(|ip| (ip, None))
+        .map_err(|_| format!("{s:?} is not an IP address, ADDR:PORT or [V6]:PORT"))
 }
 
 /// `K=V` → (K, V).
@@ -150,6 +266,26 @@ mod tests {
         let err = Cli::try_parse_from(["sensor", "daemon", "--output", "bogus://x"]).unwrap_err();
         assert!(err.to_string().contains("bogus://x"), "{err}");
         assert!(Cli::try_parse_from(["sensor", "daemon", "--nope"]).is_err());
+    }
+
+    #[test]
+    fn query_arguments() {
+        let cli = Cli::try_parse_from(["sensor", "who", "--ip", "[::1]:443"]).unwrap();
+        let Command::Who(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(args.ip, Some(("::1".parse().unwrap(), Some(443))));
+        assert!(
+            Cli::try_parse_from(["sensor", "who"]).is_err(),
+            "--pid or --ip is required"
+        );
+        assert!(Cli::try_parse_from(["sensor", "who", "--ip", "not-an-ip"]).is_err());
+        assert!(
+            Cli::try_parse_from(["sensor", "events", "--subtree"]).is_err(),
+            "--subtree needs --run"
+        );
+        assert!(Cli::try_parse_from(["sensor", "events", "--since", "10m"]).is_ok());
+        assert!(Cli::try_parse_from(["sensor", "events", "--since", "yesterday-ish"]).is_err());
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::{
     pipeline::{self, KernelStreams, Pipeline},
     sinks::Outputs,
     status::DaemonState,
+    store::writer::{Retention, StoreWriter},
 };
 
 pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
@@ -44,11 +45,29 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| config.daemon.pin_dir.clone());
     let runs_path = state_dir.join(paths::RUNS_FILE);
+    let db = args
+        .db
+        .clone()
+        .or_else(|| config.store.path.clone())
+        .unwrap_or_else(|| state_dir.join(paths::DB_FILE));
 
     // Everything that can fail on bad input fails before the kernel is touched.
     let matchers = Matchers::new(&config.agents)?;
     let runs = RunTable::load(&runs_path)?;
     let outputs = Outputs::open(&specs)?;
+    let store = if config.store.enabled {
+        Some(StoreWriter::start(
+            &db,
+            Retention {
+                max_age: std::time::Duration::from_secs(
+                    u64::from(config.store.retention_days) * 86_400,
+                ),
+                max_bytes: config.store.max_size_mb.saturating_mul(1024 * 1024),
+            },
+        )?)
+    } else {
+        None
+    };
     let host = Host::current().context("reading host name and boot id")?;
     let keys = ProcessKeys::new(&host.boot_id, clock_ticks_per_second());
     let clock = Clock::now().context("reading clocks")?;
@@ -82,6 +101,9 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
         );
         let builder = EventBuilder::new(host, keys, clock, attribution);
         let mut pipeline = Pipeline::new(builder, outputs, Arc::clone(&state));
+        if let Some(store) = store {
+            pipeline = pipeline.with_store(store);
+        }
         pipeline.run_changes(&ended);
 
         let (commands_tx, commands) = tokio::sync::mpsc::channel(64);

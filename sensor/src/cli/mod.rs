@@ -3,6 +3,7 @@
 mod args;
 mod daemon;
 mod launch;
+mod query;
 mod status;
 
 use std::process::ExitCode;
@@ -17,6 +18,11 @@ impl Command {
             Self::Status(args) => status::execute(args),
             Self::Launch(args) => launch::execute(args),
             Self::Whoami(args) => launch::whoami(args),
+            Self::Runs(args) => query::runs(args),
+            Self::Tree(args) => query::tree(args),
+            Self::Events(args) => query::events(args),
+            Self::Who(args) => query::who(args),
+            Self::Replay(args) => query::replay(args),
         }
     }
 }
@@ -26,7 +32,7 @@ impl Command {
 pub fn init_logging(command: &Command) {
     let default = match command {
         Command::Daemon(_) => "info",
-        Command::Status(_) | Command::Launch(_) | Command::Whoami(_) => "warn",
+        _ => "warn",
     };
     let filter = std::env::var("SENSOR_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))

@@ -1,0 +1,482 @@
+//! The security engineer's queries: `runs`, `tree`, `events`, `who`,
+//! `replay`. They read the store directly (read-only), so they work while
+//! the daemon runs and after it stopped.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    process::ExitCode,
+    time::{Duration, UNIX_EPOCH},
+};
+
+use anyhow::Context as _;
+use serde_json::{Value, json};
+
+use super::args::{EventsArgs, ReplayArgs, RunsArgs, TreeArgs, WhoArgs};
+use crate::store::{
+    open_for_reading,
+    query::{self, EventFilter, StoredEvent},
+    writer::RunRow,
+};
+
+fn time_of_ns(ns: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_nanos(u64::try_from(ns).unwrap_or(0));
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn short(id: &str) -> &str {
+    id.get(..13).unwrap_or(id)
+}
+
+fn run_json(r: &RunRow) -> Value {
+    json!({
+        "id": r.id, "agent": r.agent, "principal": r.principal, "principal_claimed": r.principal_claimed,
+        "uid": r.uid, "parent_id": r.parent_id, "root_id": r.root_id, "depth": r.depth, "policy": r.policy,
+        "labels": serde_json::from_str::<Value>(&r.labels).unwrap_or(Value::Null),
+        "started_by": r.started_by, "host": r.host,
+        "start": time_of_ns(r.start_ns), "end": r.end_ns.map(time_of_ns), "end_reason": r.end_reason,
+    })
+}
+
+/// Terminal width (COLUMNS, else 120).
+fn width() -> usize {
+    std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .filter(|w| *w >= 40)
+        .unwrap_or(120)
+}
+
+fn fit(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_owned()
+    } else {
+        let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+        out.push('…');
+        out
+    }
+}
+
+pub fn runs(args: &RunsArgs) -> anyhow::Result<ExitCode> {
+    let conn = open_for_reading(&args.db.db)?;
+    let runs = query::list_runs(&conn, args.active, args.agent.as_deref())?;
+    if args.db.json {
+        println!("{}", Value::Array(runs.iter().map(run_json).collect()));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if runs.is_empty() {
+        println!("no runs");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<13}  {:<20}  {:<12}  {:>5}  {:<13}  {:<23}  ENDED",
+        "RUN", "AGENT", "PRINCIPAL", "DEPTH", "PARENT", "STARTED"
+    );
+    for r in &runs {
+        let ended = match (&r.end_ns, &r.end_reason) {
+            (Some(ns), reason) => {
+                format!("{} ({})", time_of_ns(*ns), reason.as_deref().unwrap_or(""))
+            }
+            (None, _) => "active".to_owned(),
+        };
+        println!(
+            "{:<13}  {:<20}  {:<12}  {:>5}  {:<13}  {:<23}  {}",
+            short(&r.id),
+            fit(&r.agent, 20),
+            fit(&r.principal, 12),
+            r.depth,
+            r.parent_id.as_deref().map_or("-", short),
+            time_of_ns(r.start_ns),
+            ended
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A process as the events of its run describe it.
+#[derive(Debug, Clone, Default)]
+struct ProcNode {
+    key: String,
+    pid: u64,
+    parent_key: String,
+    exe: String,
+    argv: Vec<String>,
+    exit: Option<String>,
+    first_id: i64,
+}
+
+fn str_of(v: &Value, ptr: &str) -> String {
+    v.pointer(ptr)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Processes of one run, from its events, in order of first appearance.
+fn processes(events: &[&StoredEvent]) -> Vec<ProcNode> {
+    let mut by_key: HashMap<String, ProcNode> = HashMap::new();
+    for se in events {
+        let e = &se.event;
+        let Some(p) = e.get("process") else { continue };
+        let key = str_of(p, "/key");
+        if key.is_empty() {
+            continue;
+        }
+        let node = by_key.entry(key.clone()).or_insert_with(|| ProcNode {
+            key,
+            pid: p.get("pid").and_then(Value::as_u64).unwrap_or(0),
+            parent_key: str_of(p, "/parent_key"),
+            first_id: se.id,
+            ..ProcNode::default()
+        });
+        if let Some(exe) = p.get("exe").and_then(Value::as_str) {
+            node.exe = exe.to_owned();
+        }
+        if e["kind"] == "process.exec"
+            && e["exec"]["result"] == "ok"
+            && let Some(argv) = p.get("argv").and_then(Value::as_array)
+        {
+            node.argv = argv
+                .iter()
+                .filter_map(|a| a.as_str().map(str::to_owned))
+                .collect();
+        }
+        if e["kind"] == "process.exit" {
+            node.exit = Some(match (p["exit_code"].as_i64(), p["exit_signal"].as_i64()) {
+                (Some(c), _) => format!("exit {c}"),
+                (_, Some(s)) => format!("signal {s}"),
+                _ => "exited".to_owned(),
+            });
+        }
+    }
+    let mut nodes: Vec<ProcNode> = by_key.into_values().collect();
+    nodes.sort_by_key(|n| n.first_id);
+    nodes
+}
+
+fn proc_json(node: &ProcNode, all: &[ProcNode]) -> Value {
+    let children: Vec<Value> = all
+        .iter()
+        .filter(|c| c.parent_key == node.key)
+        .map(|c| proc_json(c, all))
+        .collect();
+    json!({"key": node.key, "pid": node.pid, "exe": node.exe, "argv": node.argv, "exit": node.exit, "children": children})
+}
+
+fn proc_roots(all: &[ProcNode]) -> impl Iterator<Item = &ProcNode> {
+    all.iter()
+        .filter(|n| !all.iter().any(|p| p.key == n.parent_key))
+}
+
+fn print_procs(node: &ProcNode, all: &[ProcNode], indent: &str, max: usize) {
+    let cmd = if node.argv.is_empty() {
+        node.exe.clone()
+    } else {
+        node.argv.join(" ")
+    };
+    let exit = node
+        .exit
+        .as_deref()
+        .map(|e| format!("  [{e}]"))
+        .unwrap_or_default();
+    let line = format!("{indent}└─ {} {}{exit}", node.pid, cmd);
+    println!("{}", fit(&line, max));
+    let deeper = format!("{indent}   ");
+    for child in all.iter().filter(|c| c.parent_key == node.key) {
+        print_procs(child, all, &deeper, max);
+    }
+}
+
+pub fn tree(args: &TreeArgs) -> anyhow::Result<ExitCode> {
+    let conn = open_for_reading(&args.db.db)?;
+    let root = query::find_run(&conn, &args.run)?;
+    let runs = query::subtree(&conn, &root.id)?;
+    let ids: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
+    let events = query::events(
+        &conn,
+        &EventFilter {
+            runs: Some(ids),
+            ..EventFilter::default()
+        },
+    )?;
+    let mut by_run: BTreeMap<String, Vec<&StoredEvent>> = BTreeMap::new();
+    for e in &events {
+        if let Some(id) = e.event.pointer("/run/id").and_then(Value::as_str) {
+            by_run.entry(id.to_owned()).or_default().push(e);
+        }
+    }
+    let procs: HashMap<&str, Vec<ProcNode>> = runs
+        .iter()
+        .map(|r| {
+            (
+                r.id.as_str(),
+                processes(by_run.get(&r.id).map(Vec::as_slice).unwrap_or_default()),
+            )
+        })
+        .collect();
+    if args.db.json {
+        fn node(run: &RunRow, runs: &[RunRow], procs: &HashMap<&str, Vec<ProcNode>>) -> Value {
+            let all = procs
+                .get(run.id.as_str())
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let mut v = run_json(run);
+            v["processes"] = Value::Array(proc_roots(all).map(|p| proc_json(p, all)).collect());
+            v["runs"] = Value::Array(
+                runs.iter()
+                    .filter(|r| r.parent_id.as_deref() == Some(run.id.as_str()))
+                    .map(|r| node(r, runs, procs))
+                    .collect(),
+            );
+            v
+        }
+        println!("{}", node(&root, &runs, &procs));
+        return Ok(ExitCode::SUCCESS);
+    }
+    fn print_run(
+        run: &RunRow,
+        runs: &[RunRow],
+        procs: &HashMap<&str, Vec<ProcNode>>,
+        indent: &str,
+        max: usize,
+    ) {
+        let state = match &run.end_reason {
+            Some(reason) => format!("ended: {reason}"),
+            None => "active".to_owned(),
+        };
+        println!(
+            "{indent}run {} {} (principal {}, depth {}, {state})",
+            run.id, run.agent, run.principal, run.depth
+        );
+        let all = procs
+            .get(run.id.as_str())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let inner = format!("{indent}  ");
+        for p in proc_roots(all) {
+            print_procs(p, all, &inner, max);
+        }
+        for child in runs
+            .iter()
+            .filter(|r| r.parent_id.as_deref() == Some(run.id.as_str()))
+        {
+            print_run(child, runs, procs, &format!("{indent}    "), max);
+        }
+    }
+    print_run(&root, &runs, &procs, "", width());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One line describing an event, for text output.
+fn describe(e: &Value) -> String {
+    let kind = e["kind"].as_str().unwrap_or("?");
+    let p = &e["process"];
+    let pid = p["pid"].as_u64().map(|p| p.to_string()).unwrap_or_default();
+    let detail = match kind {
+        "process.exec" => {
+            let argv: Vec<&str> = p["argv"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            if e["exec"]["result"] == "error" {
+                format!(
+                    "{} FAILED {}",
+                    str_of(e, "/exec/filename"),
+                    str_of(e, "/exec/error")
+                )
+            } else {
+                argv.join(" ")
+            }
+        }
+        "process.spawn" => format!("spawn of {}", p["exe"].as_str().unwrap_or("?")),
+        "process.exit" => match (p["exit_code"].as_i64(), p["exit_signal"].as_i64()) {
+            (Some(c), _) => format!("{} exit {c}", p["exe"].as_str().unwrap_or("")),
+            (_, Some(s)) => format!("{} signal {s}", p["exe"].as_str().unwrap_or("")),
+            _ => String::new(),
+        },
+        "network.connect" => {
+            let n = &e["network"];
+            format!(
+                "{} {}:{} {}",
+                n["transport"].as_str().unwrap_or(""),
+                n["dst_ip"].as_str().unwrap_or(""),
+                n["dst_port"],
+                n["result"].as_str().unwrap_or("")
+            )
+        }
+        "run.start" | "run.end" => format!(
+            "{} {} {}",
+            str_of(e, "/run/agent"),
+            str_of(e, "/run/id"),
+            str_of(e, "/run/end_reason")
+        ),
+        "sensor.lost" => format!("{} events lost", e["lost"]["total"]),
+        _ => String::new(),
+    };
+    let verdict = e
+        .pointer("/policy/verdict")
+        .and_then(Value::as_str)
+        .map(|v| format!(" [{v}]"))
+        .unwrap_or_default();
+    format!("{kind:<15} {pid:>7} {detail}{verdict}")
+}
+
+pub fn events(args: &EventsArgs) -> anyhow::Result<ExitCode> {
+    let conn = open_for_reading(&args.db.db)?;
+    let runs = match &args.run {
+        Some(run) => {
+            let run = query::find_run(&conn, run)?;
+            Some(if args.subtree {
+                query::subtree(&conn, &run.id)?
+                    .into_iter()
+                    .map(|r| r.id)
+                    .collect()
+            } else {
+                vec![run.id]
+            })
+        }
+        None => None,
+    };
+    let since_ns = args.since.map(|t| {
+        t.duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+    });
+    let mut filter = EventFilter {
+        runs,
+        kind: args.kind.clone(),
+        since_ns,
+        ..EventFilter::default()
+    };
+    let max = width();
+    loop {
+        let batch = query::events(&conn, &filter)?;
+        for se in &batch {
+            if args.db.json {
+                println!("{}", se.event);
+            } else {
+                let time = se.event["time"].as_str().unwrap_or("");
+                let run = se
+                    .event
+                    .pointer("/run/id")
+                    .and_then(Value::as_str)
+                    .map_or("-", short);
+                println!(
+                    "{}",
+                    fit(&format!("{time}  {run:<13}  {}", describe(&se.event)), max)
+                );
+            }
+            filter.after_id = se.id;
+        }
+        if !args.follow {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn who(args: &WhoArgs) -> anyhow::Result<ExitCode> {
+    let conn = open_for_reading(&args.db.db)?;
+    let found = match (args.pid, args.ip) {
+        (Some(pid), _) => query::events_of_pid(&conn, pid, 1000)?,
+        (None, Some((ip, port))) => query::connects_to(&conn, &ip.to_string(), port, 1000)?,
+        (None, None) => anyhow::bail!("give --pid or --ip"),
+    };
+    // One answer per process (a pid may have been reused), newest first.
+    let mut seen = Vec::<String>::new();
+    let mut answers = Vec::new();
+    for se in &found {
+        let e = &se.event;
+        let key = str_of(e, "/process/key");
+        if seen.contains(&key) {
+            continue;
+        }
+        seen.push(key.clone());
+        answers.push(json!({
+            "process": {"key": key, "pid": e["process"]["pid"], "exe": e["process"]["exe"], "uid": e["process"]["uid"]},
+            "run": e["run"],
+            "last_seen": e["time"],
+            "network": e.get("network"),
+        }));
+    }
+    if args.db.json {
+        println!("{}", Value::Array(answers));
+        return Ok(if seen.is_empty() {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        });
+    }
+    if answers.is_empty() {
+        eprintln!("sensor: no stored event matches");
+        return Ok(ExitCode::FAILURE);
+    }
+    for a in &answers {
+        let run = &a["run"];
+        let owner = if run.is_null() {
+            "not in any agent run".to_owned()
+        } else {
+            format!(
+                "run {} agent {} principal {} depth {} (attribution {})",
+                run["id"].as_str().unwrap_or(""),
+                run["agent"].as_str().unwrap_or(""),
+                run["principal"].as_str().unwrap_or(""),
+                run["depth"],
+                run["attribution"].as_str().unwrap_or("")
+            )
+        };
+        println!(
+            "pid {} {} (key {}, last seen {}): {owner}",
+            a["process"]["pid"],
+            a["process"]["exe"].as_str().unwrap_or("?"),
+            a["process"]["key"].as_str().unwrap_or(""),
+            a["last_seen"].as_str().unwrap_or("")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
+    let conn = open_for_reading(&args.db.db)?;
+    let root = query::find_run(&conn, &args.run)?;
+    let runs = query::subtree(&conn, &root.id)?;
+    let depth_of: HashMap<String, u32> = runs
+        .iter()
+        .map(|r| (r.id.clone(), r.depth - root.depth))
+        .collect();
+    let events = query::events(
+        &conn,
+        &EventFilter {
+            runs: Some(runs.iter().map(|r| r.id.clone()).collect()),
+            ..EventFilter::default()
+        },
+    )
+    .context("reading the run's events")?;
+    // Process depth within its run, from parent keys seen so far.
+    let mut proc_depth: HashMap<String, usize> = HashMap::new();
+    let max = width();
+    for se in &events {
+        let e = &se.event;
+        if args.db.json {
+            println!("{e}");
+            continue;
+        }
+        let run_id = str_of(e, "/run/id");
+        let run_depth = depth_of.get(&run_id).copied().unwrap_or(0) as usize;
+        let key = str_of(e, "/process/key");
+        let parent = str_of(e, "/process/parent_key");
+        let depth = if key.is_empty() {
+            0
+        } else {
+            let d = proc_depth.get(&parent).map_or(0, |d| d + 1);
+            *proc_depth.entry(key).or_insert(d)
+        };
+        let indent = "    ".repeat(run_depth) + &"  ".repeat(depth);
+        let time = e["time"].as_str().unwrap_or("");
+        let agent = str_of(e, "/run/agent");
+        println!(
+            "{}",
+            fit(&format!("{time}  {indent}[{agent}] {}", describe(e)), max)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,200 @@
+//! The local store: SQLite in WAL mode, written by the daemon in batches on
+//! a thread of its own (never on the kernel reader's path), read directly by
+//! the query commands while the daemon runs or after it stopped.
+
+pub mod query;
+mod schema;
+pub mod writer;
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension as _};
+
+pub use self::schema::VERSION;
+
+/// Why the store cannot be used. Messages name the file.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no sensor database at {path} (is the daemon writing elsewhere? see --db / SENSOR_DB)")]
+    Missing { path: PathBuf },
+    #[error("{path} is not a sensor database (it is not SQLite, or it is damaged)")]
+    NotSqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("{path} is an SQLite database of another application, not the sensor's")]
+    Foreign { path: PathBuf },
+    #[error(
+        "{path} has schema version {found}, newer than this sensor knows ({known}); upgrade the sensor"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: u32,
+        known: u32,
+    },
+    #[error("cannot create the database directory {path}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("database {path}")]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+}
+
+fn sqlite(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |source| StoreError::Sqlite {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Checks that an open connection is a sensor database and returns its version.
+fn check(conn: &Connection, path: &Path) -> Result<u32, StoreError> {
+    let version: u32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|source| StoreError::NotSqlite {
+            path: path.to_owned(),
+            source,
+        })?;
+    let tables: u32 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|source| StoreError::NotSqlite {
+            path: path.to_owned(),
+            source,
+        })?;
+    if version == 0 && tables == 0 {
+        return Ok(0);
+    }
+    let application: Option<String> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'application'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .unwrap_or(None);
+    if application.as_deref() != Some("sensor") {
+        return Err(StoreError::Foreign {
+            path: path.to_owned(),
+        });
+    }
+    if version > VERSION {
+        return Err(StoreError::TooNew {
+            path: path.to_owned(),
+            found: version,
+            known: VERSION,
+        });
+    }
+    Ok(version)
+}
+
+/// Opens (creating and migrating) the database the daemon writes.
+pub fn open_for_writing(path: &Path) -> Result<Connection, StoreError> {
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    let mut conn = Connection::open(path).map_err(sqlite(path))?;
+    let version = check(&conn, path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(sqlite(path))?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(sqlite(path))?;
+    conn.busy_timeout(std::time::Duration::from_secs(2))
+        .map_err(sqlite(path))?;
+    for (i, migration) in schema::MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction().map_err(sqlite(path))?;
+        tx.execute_batch(migration).map_err(sqlite(path))?;
+        tx.pragma_update(None, "user_version", i + 1)
+            .map_err(sqlite(path))?;
+        tx.commit().map_err(sqlite(path))?;
+    }
+    Ok(conn)
+}
+
+/// Opens the database read-only for queries.
+pub fn open_for_reading(path: &Path) -> Result<Connection, StoreError> {
+    if !path.exists() {
+        return Err(StoreError::Missing {
+            path: path.to_owned(),
+        });
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|source| StoreError::NotSqlite {
+        path: path.to_owned(),
+        source,
+    })?;
+    conn.busy_timeout(std::time::Duration::from_secs(2))
+        .map_err(sqlite(path))?;
+    match check(&conn, path)? {
+        0 => Err(StoreError::Foreign {
+            path: path.to_owned(),
+        }),
+        _ => Ok(conn),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_migrates_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/sensor.db");
+        drop(open_for_writing(&path).unwrap());
+        let conn = open_for_writing(&path).unwrap();
+        let v: u32 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, VERSION);
+        drop(conn);
+        open_for_reading(&path).unwrap();
+    }
+
+    #[test]
+    fn missing_corrupt_and_foreign_files_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("none.db");
+        assert!(matches!(
+            open_for_reading(&missing),
+            Err(StoreError::Missing { .. })
+        ));
+
+        let corrupt = dir.path().join("corrupt.db");
+        std::fs::write(&corrupt, vec![0x42; 8192]).unwrap();
+        let err = open_for_reading(&corrupt).unwrap_err();
+        assert!(matches!(err, StoreError::NotSqlite { .. }), "{err}");
+        assert!(open_for_writing(&corrupt).is_err());
+
+        let foreign = dir.path().join("foreign.db");
+        let c = Connection::open(&foreign).unwrap();
+        c.execute_batch("CREATE TABLE songs (title TEXT);").unwrap();
+        drop(c);
+        assert!(matches!(
+            open_for_reading(&foreign),
+            Err(StoreError::Foreign { .. })
+        ));
+        assert!(matches!(
+            open_for_writing(&foreign),
+            Err(StoreError::Foreign { .. })
+        ));
+    }
+}

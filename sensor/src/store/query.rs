@@ -1,0 +1,209 @@
+//! Read-side queries of the store, shared by the CLI commands.
+
+use rusqlite::{Connection, OptionalExtension as _, Row, params};
+use serde_json::Value;
+
+use super::writer::RunRow;
+
+/// A query that cannot be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("no run matches {0:?}")]
+    NoRun(String),
+    #[error("run prefix {prefix:?} is ambiguous: {candidates}")]
+    Ambiguous { prefix: String, candidates: String },
+    #[error("reading the store")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+const RUN_COLUMNS: &str =
+    "id, agent, principal, principal_claimed, uid, parent_id, root_id, depth, policy, labels,
+     started_by, host, start_ns, end_ns, end_reason";
+
+fn run_row(r: &Row<'_>) -> rusqlite::Result<RunRow> {
+    Ok(RunRow {
+        id: r.get(0)?,
+        agent: r.get(1)?,
+        principal: r.get(2)?,
+        principal_claimed: r.get(3)?,
+        uid: r.get(4)?,
+        parent_id: r.get(5)?,
+        root_id: r.get(6)?,
+        depth: r.get(7)?,
+        policy: r.get(8)?,
+        labels: r
+            .get::<_, Option<String>>(9)?
+            .unwrap_or_else(|| "{}".into()),
+        started_by: r.get(10)?,
+        host: r.get::<_, Option<String>>(11)?.unwrap_or_default(),
+        start_ns: r.get(12)?,
+        end_ns: r.get(13)?,
+        end_reason: r.get(14)?,
+    })
+}
+
+/// A run by full id or unique prefix.
+pub fn find_run(conn: &Connection, id_or_prefix: &str) -> Result<RunRow, QueryError> {
+    if let Some(run) = conn
+        .query_row(
+            &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"),
+            params![id_or_prefix],
+            run_row,
+        )
+        .optional()?
+    {
+        return Ok(run);
+    }
+    let escaped = id_or_prefix
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {RUN_COLUMNS} FROM runs WHERE id LIKE ?1 || '%' ESCAPE '\\' ORDER BY start_ns LIMIT 6"
+    ))?;
+    let found: Vec<RunRow> = stmt
+        .query_map(params![escaped], run_row)?
+        .collect::<Result<_, _>>()?;
+    match found.len() {
+        0 => Err(QueryError::NoRun(id_or_prefix.to_owned())),
+        1 => Ok(found
+            .into_iter()
+            .next()
+            .ok_or_else(|| QueryError::NoRun(id_or_prefix.to_owned()))?),
+        _ => Err(QueryError::Ambiguous {
+            prefix: id_or_prefix.to_owned(),
+            candidates: found
+                .iter()
+                .map(|r| r.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+    }
+}
+
+/// Runs, newest first.
+pub fn list_runs(
+    conn: &Connection,
+    active_only: bool,
+    agent: Option<&str>,
+) -> Result<Vec<RunRow>, QueryError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {RUN_COLUMNS} FROM runs
+         WHERE (?1 = 0 OR end_ns IS NULL) AND (?2 IS NULL OR agent = ?2)
+         ORDER BY start_ns DESC"
+    ))?;
+    let rows = stmt.query_map(params![i32::from(active_only), agent], run_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The run and every run below it, parents before children.
+pub fn subtree(conn: &Connection, run_id: &str) -> Result<Vec<RunRow>, QueryError> {
+    let mut stmt = conn.prepare(&format!(
+        "WITH RECURSIVE sub(id) AS (
+             SELECT id FROM runs WHERE id = ?1
+             UNION SELECT runs.id FROM runs JOIN sub ON runs.parent_id = sub.id
+         )
+         SELECT {RUN_COLUMNS} FROM runs WHERE id IN (SELECT id FROM sub) ORDER BY depth, start_ns"
+    ))?;
+    let rows = stmt.query_map(params![run_id], run_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// What `events` selects.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// Only these runs (None: all events).
+    pub runs: Option<Vec<String>>,
+    pub kind: Option<String>,
+    pub since_ns: Option<i64>,
+    /// Only rows after this insertion id (for --follow).
+    pub after_id: i64,
+    pub limit: Option<u32>,
+}
+
+/// A stored event: its insertion id and its JSON.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub id: i64,
+    pub event: Value,
+}
+
+/// Events in insertion (= sequence) order.
+pub fn events(conn: &Connection, filter: &EventFilter) -> Result<Vec<StoredEvent>, QueryError> {
+    let runs_json = filter
+        .runs
+        .as_ref()
+        .map(|r| serde_json::to_string(r).unwrap_or_else(|_| "[]".into()));
+    let mut stmt = conn.prepare(
+        "SELECT id, body FROM events
+         WHERE id > ?1
+           AND (?2 IS NULL OR run_id IN (SELECT value FROM json_each(?2)))
+           AND (?3 IS NULL OR kind = ?3)
+           AND (?4 IS NULL OR time_ns >= ?4)
+         ORDER BY id LIMIT ?5",
+    )?;
+    let limit = filter.limit.map_or(-1, i64::from);
+    let rows = stmt.query_map(
+        params![
+            filter.after_id,
+            runs_json,
+            filter.kind,
+            filter.since_ns,
+            limit
+        ],
+        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+    )?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, body) = row?;
+        // A row that is not JSON is skipped rather than failing the query.
+        if let Ok(event) = serde_json::from_str(&body) {
+            out.push(StoredEvent { id, event });
+        }
+    }
+    Ok(out)
+}
+
+/// The latest events of process `pid` (alive or exited), newest first.
+pub fn events_of_pid(
+    conn: &Connection,
+    pid: u32,
+    limit: u32,
+) -> Result<Vec<StoredEvent>, QueryError> {
+    let mut stmt =
+        conn.prepare("SELECT id, body FROM events WHERE pid = ?1 ORDER BY id DESC LIMIT ?2")?;
+    let rows = stmt.query_map(params![pid, limit], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+    })?;
+    collect(rows)
+}
+
+/// Connects to `ip` (and `port` when given), newest first.
+pub fn connects_to(
+    conn: &Connection,
+    ip: &str,
+    port: Option<u16>,
+    limit: u32,
+) -> Result<Vec<StoredEvent>, QueryError> {
+    let mut stmt = conn.prepare(
+        "SELECT id, body FROM events WHERE dst_ip = ?1 AND (?2 IS NULL OR dst_port = ?2)
+         ORDER BY id DESC LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![ip, port, limit], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+    })?;
+    collect(rows)
+}
+
+fn collect(
+    rows: impl Iterator<Item = rusqlite::Result<(i64, String)>>,
+) -> Result<Vec<StoredEvent>, QueryError> {
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, body) = row?;
+        if let Ok(event) = serde_json::from_str(&body) {
+            out.push(StoredEvent { id, event });
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,381 @@
+//! The daemon's store writer: a thread that takes batches of events from a
+//! bounded queue and writes each batch in one transaction. When the queue is
+//! full (a slow disk) or a write fails (full disk, locked file), the rows are
+//! counted as dropped or failed and reported; the kernel reader never waits.
+
+use std::{
+    ops::Range,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use rusqlite::{Connection, params};
+
+use super::{StoreError, open_for_writing};
+
+/// Batches waiting for the writer.
+const QUEUE_BATCHES: usize = 1024;
+/// How often retention runs.
+const RETENTION_EVERY: Duration = Duration::from_secs(600);
+
+/// One event as the store indexes it; `line` is its JSON in the batch bytes.
+#[derive(Debug, Clone, Default)]
+pub struct Record {
+    pub seq: u64,
+    pub time_ns: i64,
+    pub kind: &'static str,
+    pub run_id: Option<String>,
+    pub root_id: Option<String>,
+    pub pid: Option<u32>,
+    pub process_key: Option<String>,
+    pub dst_ip: Option<String>,
+    pub dst_port: Option<u16>,
+    pub verdict: Option<String>,
+    pub line: Range<usize>,
+    /// For run.start / run.end: the run's row.
+    pub run: Option<RunRow>,
+}
+
+/// A run as the store keeps it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RunRow {
+    pub id: String,
+    pub agent: String,
+    pub principal: String,
+    pub principal_claimed: Option<String>,
+    pub uid: Option<u32>,
+    pub parent_id: Option<String>,
+    pub root_id: String,
+    pub depth: u32,
+    pub policy: Option<String>,
+    /// JSON object.
+    pub labels: String,
+    pub started_by: Option<String>,
+    pub host: String,
+    pub start_ns: i64,
+    pub end_ns: Option<i64>,
+    pub end_reason: Option<String>,
+}
+
+/// Events of one pipeline batch.
+#[derive(Debug)]
+pub struct StoreBatch {
+    pub bytes: Arc<Vec<u8>>,
+    pub records: Vec<Record>,
+}
+
+/// How long and how much the store keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub max_age: Duration,
+    pub max_bytes: u64,
+}
+
+/// Writer counters, for status.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    pub written: AtomicU64,
+    pub dropped: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+/// The running writer.
+pub struct StoreWriter {
+    path: PathBuf,
+    tx: SyncSender<StoreBatch>,
+    stats: Arc<StoreStats>,
+    thread: JoinHandle<()>,
+}
+
+impl StoreWriter {
+    /// Opens (creating, migrating) the database and starts the writer thread.
+    pub fn start(path: &Path, retention: Retention) -> Result<Self, StoreError> {
+        let conn = open_for_writing(path)?;
+        let (tx, rx) = sync_channel(QUEUE_BATCHES);
+        let stats = Arc::new(StoreStats::default());
+        let thread_stats = Arc::clone(&stats);
+        let thread_path = path.to_owned();
+        let thread = std::thread::Builder::new()
+            .name("store".into())
+            .spawn(move || write_loop(&thread_path, conn, &rx, &thread_stats, retention))
+            .map_err(|source| StoreError::Dir {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            path: path.to_owned(),
+            tx,
+            stats,
+            thread,
+        })
+    }
+
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    #[must_use]
+    pub fn stats(&self) -> Arc<StoreStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Queues a batch; a full queue drops it (counted).
+    pub fn send(&self, batch: StoreBatch) {
+        match self.tx.try_send(batch) {
+            Ok(()) => {}
+            Err(TrySendError::Full(b) | TrySendError::Disconnected(b)) => {
+                self.stats
+                    .dropped
+                    .fetch_add(b.records.len() as u64, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Writes what is queued and stops.
+    pub fn close(self) {
+        drop(self.tx);
+        if self.thread.join().is_err() {
+            tracing::error!("store writer panicked");
+        }
+    }
+}
+
+fn write_loop(
+    path: &Path,
+    mut conn: Connection,
+    rx: &Receiver<StoreBatch>,
+    stats: &StoreStats,
+    retention: Retention,
+) {
+    let mut last_retention = Instant::now();
+    let mut warned_at: Option<Instant> = None;
+    loop {
+        let batch = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(b) => Some(b),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        if let Some(batch) = batch {
+            let n = batch.records.len() as u64;
+            match write_batch(&mut conn, &batch) {
+                Ok(()) => {
+                    stats.written.fetch_add(n, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    stats.failed.fetch_add(n, Ordering::Relaxed);
+                    if warned_at.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                        tracing::error!(path = %path.display(), error = %e, "store write failed; rows counted as failed");
+                        warned_at = Some(Instant::now());
+                    }
+                }
+            }
+        }
+        if last_retention.elapsed() >= RETENTION_EVERY {
+            last_retention = Instant::now();
+            if let Err(e) = apply_retention(&conn, retention, SystemTime::now()) {
+                tracing::warn!(path = %path.display(), error = %e, "store retention failed");
+            }
+        }
+    }
+}
+
+fn write_batch(conn: &mut Connection, batch: &StoreBatch) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO events (seq, time_ns, kind, run_id, root_id, pid, process_key, dst_ip, dst_port, verdict, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )?;
+        let mut run = tx.prepare_cached(
+            "INSERT INTO runs (id, agent, principal, principal_claimed, uid, parent_id, root_id, depth, policy, labels,
+                               started_by, host, start_ns, end_ns, end_reason)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+             ON CONFLICT(id) DO UPDATE SET end_ns = excluded.end_ns, end_reason = excluded.end_reason",
+        )?;
+        for r in &batch.records {
+            let body = batch
+                .bytes
+                .get(r.line.clone())
+                .map(|b| String::from_utf8_lossy(b.strip_suffix(b"\n").unwrap_or(b)).into_owned())
+                .unwrap_or_default();
+            insert.execute(params![
+                i64::try_from(r.seq).unwrap_or(i64::MAX),
+                r.time_ns,
+                r.kind,
+                r.run_id,
+                r.root_id,
+                r.pid,
+                r.process_key,
+                r.dst_ip,
+                r.dst_port,
+                r.verdict,
+                body,
+            ])?;
+            if let Some(row) = &r.run {
+                run.execute(params![
+                    row.id,
+                    row.agent,
+                    row.principal,
+                    row.principal_claimed,
+                    row.uid,
+                    row.parent_id,
+                    row.root_id,
+                    row.depth,
+                    row.policy,
+                    row.labels,
+                    row.started_by,
+                    row.host,
+                    row.start_ns,
+                    row.end_ns,
+                    row.end_reason,
+                ])?;
+            }
+        }
+    }
+    tx.commit()
+}
+
+/// Deletes events older than the age limit, then the oldest events while the
+/// file is over the size limit; ended runs without events go too.
+pub fn apply_retention(
+    conn: &Connection,
+    retention: Retention,
+    now: SystemTime,
+) -> rusqlite::Result<()> {
+    let now_ns = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+    let cutoff =
+        now_ns.saturating_sub(i64::try_from(retention.max_age.as_nanos()).unwrap_or(i64::MAX));
+    conn.execute("DELETE FROM events WHERE time_ns < ?1", params![cutoff])?;
+    for _ in 0..20 {
+        let size: i64 = conn.query_row(
+            "SELECT (page_count - freelist_count) * page_size FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()",
+            [],
+            |r| r.get(0),
+        )?;
+        if u64::try_from(size).unwrap_or(0) <= retention.max_bytes {
+            break;
+        }
+        // Drop the oldest tenth.
+        conn.execute(
+            "DELETE FROM events WHERE id <= (SELECT min(id) + (max(id) - min(id)) / 10 FROM events)",
+            [],
+        )?;
+    }
+    conn.execute(
+        "DELETE FROM runs WHERE end_ns IS NOT NULL AND end_ns < ?1
+           AND NOT EXISTS (SELECT 1 FROM events WHERE events.run_id = runs.id)",
+        params![cutoff],
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(n: usize, start_seq: u64, time_ns: i64) -> StoreBatch {
+        let mut bytes = Vec::new();
+        let mut records = Vec::new();
+        for i in 0..n {
+            let begin = bytes.len();
+            bytes.extend_from_slice(format!("{{\"seq\":{}}}\n", start_seq + i as u64).as_bytes());
+            records.push(Record {
+                seq: start_seq + i as u64,
+                time_ns,
+                kind: "process.exec",
+                run_id: Some("r1".into()),
+                pid: Some(42),
+                line: begin..bytes.len(),
+                ..Record::default()
+            });
+        }
+        StoreBatch {
+            bytes: Arc::new(bytes),
+            records,
+        }
+    }
+
+    #[test]
+    fn writes_batches_and_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let w = StoreWriter::start(
+            &path,
+            Retention {
+                max_age: Duration::from_secs(3600),
+                max_bytes: u64::MAX,
+            },
+        )
+        .unwrap();
+        let stats = w.stats();
+        w.send(batch(100, 1, 1));
+        w.send(batch(50, 101, 2));
+        w.close();
+        assert_eq!(stats.written.load(Ordering::Relaxed), 150);
+        let conn = super::super::open_for_reading(&path).unwrap();
+        let (n, body): (i64, String) = conn
+            .query_row(
+                "SELECT count(*), max(body) FROM events WHERE run_id = 'r1'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(n, 150);
+        assert!(
+            body.starts_with("{\"seq\":"),
+            "no trailing newline kept: {body}"
+        );
+    }
+
+    #[test]
+    fn retention_by_age_and_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut conn = open_for_writing(&path).unwrap();
+        let now = SystemTime::now();
+        let now_ns = i64::try_from(now.duration_since(UNIX_EPOCH).unwrap().as_nanos()).unwrap();
+        write_batch(&mut conn, &batch(10, 1, now_ns - 7_200_000_000_000)).unwrap();
+        write_batch(&mut conn, &batch(10, 11, now_ns)).unwrap();
+        apply_retention(
+            &conn,
+            Retention {
+                max_age: Duration::from_secs(3600),
+                max_bytes: u64::MAX,
+            },
+            now,
+        )
+        .unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 10, "the two-hour-old events are gone");
+        for i in 0..20 {
+            write_batch(&mut conn, &batch(500, 100 + i * 500, now_ns)).unwrap();
+        }
+        apply_retention(
+            &conn,
+            Retention {
+                max_age: Duration::from_secs(3600),
+                max_bytes: 64 * 1024,
+            },
+            now,
+        )
+        .unwrap();
+        let (n, min_seq): (i64, i64) = conn
+            .query_row("SELECT count(*), min(seq) FROM events", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert!(n < 10_010, "the oldest rows were dropped ({n} left)");
+        assert!(min_seq > 11, "oldest first");
+    }
+}
