@@ -86,13 +86,21 @@ enum Variant {
     Bare,
     /// `sensor daemon --output file:/dev/null` (audit only, no policy).
     Sensor,
+    /// The daemon writing its local store and a JSON file (issue 8's "store
+    /// and a file output").
+    SensorStore,
     /// The same daemon with [`LIVE_RUNS`] agent runs live, and the storm
     /// itself inside a run: every storm process is entered in the run by the
     /// kernel at fork and attributed in user space.
     SensorRuns,
 }
 
-const VARIANTS: &[Variant] = &[Variant::Bare, Variant::Sensor, Variant::SensorRuns];
+const VARIANTS: &[Variant] = &[
+    Variant::Bare,
+    Variant::Sensor,
+    Variant::SensorStore,
+    Variant::SensorRuns,
+];
 
 /// Runs kept live during the `sensor+runs` variant (issue 4: "1,000 runs live").
 const LIVE_RUNS: usize = 1000;
@@ -104,6 +112,7 @@ impl Variant {
         match self {
             Self::Bare => "bare",
             Self::Sensor => "sensor",
+            Self::SensorStore => "sensor+store",
             Self::SensorRuns => "sensor+runs",
         }
     }
@@ -113,10 +122,20 @@ impl Variant {
         match self {
             Self::Bare => Ok(Tool::None),
             Self::Sensor => {
-                Daemon::start(env, round, &["--output", "file:/dev/null"]).map(Tool::Sensor)
+                Daemon::start(env, round, &["--output", "file:/dev/null", "--no-store"])
+                    .map(Tool::Sensor)
+            }
+            Self::SensorStore => {
+                // One round's file at a time: the storms write hundreds of MB.
+                let events = env.socket_dir.join("events.jsonl");
+                let _ = fs::remove_file(&events);
+                let output = format!("file:{}", events.display());
+                let daemon = Daemon::start(env, round, &["--output", &output])?;
+                Ok(Tool::Sensor(daemon))
             }
             Self::SensorRuns => {
-                let daemon = Daemon::start(env, round, &["--output", "file:/dev/null"])?;
+                let daemon =
+                    Daemon::start(env, round, &["--output", "file:/dev/null", "--no-store"])?;
                 let runs = if quick { QUICK_LIVE_RUNS } else { LIVE_RUNS };
                 let sleepers = daemon.start_runs(runs)?;
                 // The storms run in this process: put it in a run too.

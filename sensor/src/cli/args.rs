@@ -73,6 +73,9 @@ pub struct DaemonArgs {
     /// Local store (SQLite) [default: the config's, else <state-dir>/sensor.db]
     #[arg(long, value_name = "PATH", env = "SENSOR_DB")]
     pub db: Option<PathBuf>,
+    /// Do not write the local store (outputs only)
+    #[arg(long, conflicts_with = "db")]
+    pub no_store: bool,
 }
 
 #[derive(Debug, Args)]

@@ -55,7 +55,7 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
     let matchers = Matchers::new(&config.agents)?;
     let runs = RunTable::load(&runs_path)?;
     let outputs = Outputs::open(&specs)?;
-    let store = if config.store.enabled {
+    let store = if config.store.enabled && !args.no_store {
         Some(StoreWriter::start(
             &db,
             Retention {
