@@ -1,0 +1,273 @@
+//! The local store and the security engineer's queries, against a daemon on
+//! the real kernel: after a launched run with sub-runs, `runs`, `tree`,
+//! `events --subtree`, `who` and `replay` return exactly what happened.
+
+use std::{path::Path, process::Command, time::Duration};
+
+use anyhow::{Context, Result, ensure};
+use sensor_tests::{Daemon, EVENT_TIMEOUT, TempDir, marker, run_with_timeout, sensor_bin, text};
+use serde_json::Value;
+
+/// Runs `sensor ARGS --db DB` and returns (exit success, stdout, stderr).
+fn query(db: &Path, args: &[&str]) -> Result<(bool, String, String)> {
+    let mut cmd = Command::new(sensor_bin()?);
+    cmd.args(args)
+        .arg("--db")
+        .arg(db)
+        .env_remove("SENSOR_DB")
+        .env("COLUMNS", "200");
+    let (_, out) = run_with_timeout(&mut cmd, Duration::from_secs(30))?;
+    Ok((out.status.success(), text(&out.stdout), text(&out.stderr)))
+}
+
+fn query_json(db: &Path, args: &[&str]) -> Result<Value> {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let (ok, out, err) = query(db, &all)?;
+    ensure!(ok, "sensor {args:?} failed: {err}");
+    serde_json::from_str(&out).with_context(|| format!("sensor {args:?} printed no JSON: {out}"))
+}
+
+/// A run `outer` whose shell connects to a closed loopback port and starts a
+/// sub-run `inner` that runs a marker command; returns the marker.
+fn launch_tree(d: &Daemon, outer: &str, inner: &str, port: u16) -> Result<String> {
+    let m = marker();
+    let sensor = sensor_bin()?;
+    let sensor = sensor.display();
+    let script = format!(
+        "python3 -c \"import socket; s=socket.socket(); s.connect_ex(('127.0.0.1', {port}))\"; \
+         {sensor} launch --agent inner-agent --run-id {inner} -- /bin/sh -c '/bin/true {m}; exit 3'; true"
+    );
+    let mut cmd = Command::new(sensor_bin()?);
+    cmd.args([
+        "launch",
+        "--agent",
+        "outer-agent",
+        "--run-id",
+        outer,
+        "--socket",
+    ])
+    .arg(d.socket())
+    .args(["--", "/bin/sh", "-c", &script])
+    .env("SENSOR_SOCKET", d.socket());
+    let (_, out) = run_with_timeout(&mut cmd, Duration::from_secs(60))?;
+    ensure!(out.status.success(), "launch failed: {}", text(&out.stderr));
+    // Both runs end once every process exited.
+    d.wait_for(EVENT_TIMEOUT, |e| {
+        e["kind"] == "run.end" && e["run"]["id"] == outer
+    })?;
+    Ok(m)
+}
+
+/// Waits until the store holds the run's end (the writer is asynchronous).
+fn wait_stored(db: &Path, run: &str) -> Result<()> {
+    let deadline = std::time::Instant::now() + EVENT_TIMEOUT;
+    loop {
+        if let Ok(v) = query_json(db, &["runs"])
+            && v.as_array()
+                .is_some_and(|runs| runs.iter().any(|r| r["id"] == run && !r["end"].is_null()))
+        {
+            return Ok(());
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "run {run} never ended in the store"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn queries_return_exactly_the_run_tree_and_its_events() -> Result<()> {
+    let dir = TempDir::new("store")?;
+    let db = dir.path().join("sensor.db");
+    let db_arg = db.display().to_string();
+    let d = Daemon::start_with_args(&["--db", &db_arg])?;
+    let outer = format!("outer-{}", std::process::id());
+    let inner = format!("inner-{}", std::process::id());
+    let m = launch_tree(&d, &outer, &inner, 9)?;
+    wait_stored(&db, &outer)?;
+
+    // runs: both, with the tree relation.
+    let runs = query_json(&db, &["runs", "--agent", "inner-agent"])?;
+    let inner_row = runs
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["id"] == inner.as_str()))
+        .with_context(|| format!("no {inner} in {runs}"))?;
+    ensure!(
+        inner_row["parent_id"] == outer.as_str() && inner_row["depth"] == 1,
+        "{inner_row}"
+    );
+    ensure!(inner_row["end_reason"] == "exited", "{inner_row}");
+    let (ok, text_runs, _) = query(&db, &["runs"])?;
+    ensure!(
+        ok && text_runs.contains(&outer) && text_runs.contains("outer-agent"),
+        "{text_runs}"
+    );
+
+    // tree: the sub-run under the run, processes beneath each.
+    let tree = query_json(&db, &["tree", &outer[..outer.len() - 2]])?;
+    ensure!(
+        tree["id"] == outer.as_str(),
+        "prefix lookup finds the run: {tree}"
+    );
+    let sub = &tree["runs"][0];
+    ensure!(sub["id"] == inner.as_str(), "{tree}");
+    let marker_argv = serde_json::json!(["/bin/true", m]).to_string();
+    ensure!(
+        sub["processes"].to_string().contains(&marker_argv),
+        "the sub-run's process tree has the marker command: {sub}"
+    );
+    ensure!(
+        !tree["processes"].to_string().contains(&marker_argv),
+        "the marker command is not among the outer run's own processes: {tree}"
+    );
+    let (ok, text_tree, _) = query(&db, &["tree", &outer])?;
+    ensure!(
+        ok && text_tree.contains(&format!("run {inner}")) && text_tree.contains(&m),
+        "{text_tree}"
+    );
+
+    // events: the run alone, and with its subtree; exactly the events the daemon wrote for them.
+    let file_events = d.events()?;
+    let of = |ids: &[&str]| -> Vec<u64> {
+        file_events
+            .iter()
+            .filter(|e| e["run"]["id"].as_str().is_some_and(|id| ids.contains(&id)))
+            .filter_map(|e| e["seq"].as_u64())
+            .collect()
+    };
+    let seqs = |args: &[&str]| -> Result<Vec<u64>> {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let (ok, out, err) = query(&db, &all)?;
+        ensure!(ok, "{err}");
+        out.lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l)
+                    .ok()
+                    .and_then(|v| v["seq"].as_u64())
+                    .context("an event line without seq")
+            })
+            .collect()
+    };
+    ensure!(
+        seqs(&["events", "--run", &outer])? == of(&[&outer]),
+        "events of the run"
+    );
+    ensure!(
+        seqs(&["events", "--run", &outer, "--subtree"])? == of(&[&outer, &inner]),
+        "events of the subtree"
+    );
+    let execs = seqs(&["events", "--run", &inner, "--kind", "process.exec"])?;
+    ensure!(!execs.is_empty(), "the sub-run has execs");
+    let (ok, text_events, _) = query(&db, &["events", "--run", &inner])?;
+    ensure!(ok && text_events.contains(&m), "{text_events}");
+
+    // replay: the whole subtree in order, the sub-run indented.
+    let (ok, replay, _) = query(&db, &["replay", &outer])?;
+    ensure!(ok, "replay failed");
+    let outer_line = replay
+        .lines()
+        .position(|l| l.contains("run.start") && l.contains("outer-agent"));
+    let inner_line = replay
+        .lines()
+        .position(|l| l.contains("run.start") && l.contains("inner-agent"));
+    ensure!(
+        matches!((outer_line, inner_line), (Some(a), Some(b)) if a < b),
+        "{replay}"
+    );
+    let marker_line = replay
+        .lines()
+        .find(|l| l.contains(&m))
+        .context("replay has the marker")?;
+    ensure!(
+        marker_line.contains("    "),
+        "the sub-run's events are indented: {marker_line}"
+    );
+    Ok(())
+}
+
+#[test]
+fn who_finds_the_run_of_exited_processes_by_pid_and_by_address() -> Result<()> {
+    let dir = TempDir::new("store-who")?;
+    let db = dir.path().join("sensor.db");
+    let db_arg = db.display().to_string();
+    let d = Daemon::start_with_args(&["--db", &db_arg])?;
+    let outer = format!("who-{}", std::process::id());
+    let inner = format!("who-inner-{}", std::process::id());
+    let m = launch_tree(&d, &outer, &inner, 7)?;
+    wait_stored(&db, &outer)?;
+
+    // The marker process (in the sub-run) has exited by now.
+    let marker_argv = serde_json::json!(["/bin/true", m]);
+    let exec = d.wait_for(EVENT_TIMEOUT, |e| {
+        e["kind"] == "process.exec"
+            && e["process"]["argv"] == marker_argv
+            && e["exec"]["result"] == "ok"
+    })?;
+    let pid = exec["process"]["pid"].as_u64().context("pid")?.to_string();
+    let who = query_json(&db, &["who", "--pid", &pid])?;
+    ensure!(
+        who[0]["run"]["id"] == inner.as_str(),
+        "who --pid {pid}: {who}"
+    );
+    let (ok, text_who, _) = query(&db, &["who", "--pid", &pid])?;
+    ensure!(ok && text_who.contains(&inner), "{text_who}");
+
+    // The connect to 127.0.0.1:7 came from the outer run's python.
+    let who = query_json(&db, &["who", "--ip", "127.0.0.1:7"])?;
+    let runs: Vec<&str> = who
+        .as_array()
+        .map(|a| a.iter().filter_map(|w| w["run"]["id"].as_str()).collect())
+        .unwrap_or_default();
+    ensure!(runs.contains(&outer.as_str()), "who --ip: {who}");
+    let who_any_port = query_json(&db, &["who", "--ip", "127.0.0.1"])?;
+    ensure!(
+        who_any_port.as_array().is_some_and(|a| !a.is_empty()),
+        "{who_any_port}"
+    );
+    Ok(())
+}
+
+#[test]
+fn bad_databases_and_unknown_runs_are_clear_errors() -> Result<()> {
+    let dir = TempDir::new("store-errors")?;
+    let missing = dir.path().join("missing.db");
+    let (ok, _, err) = query(&missing, &["runs"])?;
+    ensure!(
+        !ok && err.contains("no sensor database") && !err.contains("panicked"),
+        "{err}"
+    );
+
+    let corrupt = dir.path().join("corrupt.db");
+    std::fs::write(&corrupt, vec![0x5a_u8; 16384])?;
+    let (ok, _, err) = query(&corrupt, &["runs"])?;
+    ensure!(!ok && err.contains("not a sensor database"), "{err}");
+
+    let foreign = dir.path().join("foreign.db");
+    let status = Command::new("python3")
+        .args(["-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute('create table songs(t)'); c.commit()"])
+        .arg(&foreign)
+        .status()?;
+    ensure!(
+        status.success(),
+        "python3 sqlite3 made the foreign database"
+    );
+    let (ok, _, err) = query(&foreign, &["events"])?;
+    ensure!(!ok && err.contains("another application"), "{err}");
+
+    // A real store, an unknown run.
+    let db = dir.path().join("sensor.db");
+    let db_arg = db.display().to_string();
+    let mut d = Daemon::start_with_args(&["--db", &db_arg])?;
+    d.stop()?;
+    let (ok, _, err) = query(&db, &["tree", "no-such-run"])?;
+    ensure!(
+        !ok && err.contains("no run matches \"no-such-run\""),
+        "{err}"
+    );
+    let (ok, _, err) = query(&db, &["replay", "no-such-run"])?;
+    ensure!(!ok && err.contains("no run matches"), "{err}");
+    Ok(())
+}
