@@ -10,9 +10,12 @@
 //! `$CARGO_TARGET_DIR/debug/sensor`). A test that cannot start or attach the
 //! daemon fails; nothing here skips.
 //!
-//! Every test starts its own [`Daemon`] writing to its own file, and finds its
-//! own processes among all host events by pid and by a unique [`marker`] put in
-//! their argv. `SENSOR_TEST_KEEP=1` keeps each test's temp dir (events file,
+//! Every test starts its own [`Daemon`] writing to its own file, with its own
+//! `--state-dir` and bpffs `--pin-dir` (so no two daemons share runs; the pin
+//! dir is removed on drop), and finds its own processes among all host events
+//! by pid and by a unique [`marker`] put in their argv. [`Daemon::restart`]
+//! continues on the same state, pin dir and events file;
+//! [`Daemon::start_with_config`] passes a `--config` file. `SENSOR_TEST_KEEP=1` keeps each test's temp dir (events file,
 //! daemon stderr) for inspection.
 
 use std::cell::RefCell;

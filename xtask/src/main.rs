@@ -4,6 +4,7 @@
 //! through aya-build. xtask installs what that build needs (`setup`), then
 //! drives `build`, `run`, `test` (the CI entry) and `bench`.
 
+mod agents;
 mod bench;
 mod build;
 mod ci;
@@ -25,7 +26,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Install what the build and tests need (toolchain parts, apt packages,
-    /// bpf-linker) and mount tracefs and bpffs; skips whatever is present.
+    /// bpf-linker, the agent CLIs of the tests under target/agent-clis) and
+    /// mount tracefs and bpffs; skips whatever is present.
     Setup,
     /// Run setup, then `cargo build -p sensor` (which builds the eBPF object).
     Build {

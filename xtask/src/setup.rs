@@ -9,7 +9,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::util::{self, is_root};
+use crate::{
+    agents,
+    util::{self, is_root},
+};
 
 /// Packages the build (bpf-linker against LLVM 22) and the tests need.
 pub const APT_PACKAGES: &[&str] = &[
@@ -49,7 +52,7 @@ pub const MOUNTS: &[Mount] = &[
 ];
 
 /// Print one line per step: what was already there, what this run did.
-fn report(done: bool, what: &str, detail: &str) {
+pub(crate) fn report(done: bool, what: &str, detail: &str) {
     let tag = if done { "done" } else { "ok  " };
     eprintln!("  {tag} {what}: {detail}");
 }
@@ -63,6 +66,7 @@ pub fn setup() -> Result<()> {
         ensure_apt(APT_PACKAGES)?;
         bpf_linker()?;
         mounts()?;
+        agents::ensure_agent_clis().context("agent CLIs (for tests/tests/agent_clis.rs)")?;
         kernel_facts();
         Ok(())
     });

@@ -13,7 +13,7 @@ pub mod process_table;
 pub mod runs;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
     time::{Duration, SystemTime},
 };
@@ -56,9 +56,9 @@ impl RunMap for aya::maps::HashMap<aya::maps::MapData, u32, ProcRun> {
     }
 }
 
-impl RunMap for std::collections::HashMap<u32, ProcRun> {
+impl RunMap for HashMap<u32, ProcRun> {
     fn get(&self, tgid: u32) -> Option<ProcRun> {
-        std::collections::HashMap::get(self, &tgid).copied()
+        HashMap::get(self, &tgid).copied()
     }
 
     fn set(&mut self, tgid: u32, entry: ProcRun) -> Result<(), String> {
@@ -67,7 +67,7 @@ impl RunMap for std::collections::HashMap<u32, ProcRun> {
     }
 
     fn remove(&mut self, tgid: u32) {
-        std::collections::HashMap::remove(self, &tgid);
+        HashMap::remove(self, &tgid);
     }
 
     fn entries(&self) -> Vec<(u32, ProcRun)> {
@@ -386,7 +386,7 @@ impl Attribution {
         }
         self.processes.set_run(pid, start_ns, new_run.handle, how);
         self.runs.add_process(new_run.handle);
-        tracing::info!(run = %new_run.id, agent = %new_run.agent, pid, depth = new_run.depth, "run started by matcher");
+        tracing::info!(run = %new_run.id, agent = %new_run.agent, pid, depth = new_run.depth, started_by, "run started");
         self.save();
         Some((new_run.handle, RunChange::Started { run: new_run, pid }))
     }
@@ -628,18 +628,10 @@ impl Attribution {
                 self.map.remove(pid);
             }
         }
-        // 2. Every process, parents before children.
-        let mut all: Vec<(u32, u64)> = self
-            .processes
-            .iter()
-            .map(|(pid, p)| (pid, p.start_ns))
-            .collect();
-        all.sort_by_key(|(_, start)| *start);
+        // 2. Every process, parents before children (start times alone do not
+        //    order them: a fork often starts in its parent's clock tick).
         let mut changes = Vec::new();
-        for (pid, start) in all {
-            let Some(stat) = read_stat(&self.proc_root, pid) else {
-                continue;
-            };
+        for (pid, start, stat) in self.parents_first() {
             let parent = self.processes.get(stat.ppid, 0).map(|p| (p.run, p.agent));
             let mut current = self
                 .processes
@@ -720,6 +712,41 @@ impl Attribution {
     }
 }
 
+impl Attribution {
+    /// Live processes with their /proc status, in an order where every
+    /// parent comes before its children.
+    fn parents_first(&self) -> Vec<(u32, u64, ProcStat)> {
+        let mut stats: HashMap<u32, (u64, ProcStat)> = self
+            .processes
+            .iter()
+            .filter_map(|(pid, p)| read_stat(&self.proc_root, pid).map(|s| (pid, (p.start_ns, s))))
+            .collect();
+        let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+        for (pid, (_, stat)) in &stats {
+            children.entry(stat.ppid).or_default().push(*pid);
+        }
+        let mut roots: Vec<u32> = stats
+            .iter()
+            .filter(|(_, (_, stat))| !stats.contains_key(&stat.ppid))
+            .map(|(pid, _)| *pid)
+            .collect();
+        roots.sort_unstable();
+        let mut order = Vec::with_capacity(stats.len());
+        let mut stack: Vec<u32> = roots.into_iter().rev().collect();
+        while let Some(pid) = stack.pop() {
+            if let Some((start, stat)) = stats.remove(&pid) {
+                order.push((pid, start, stat));
+                if let Some(kids) = children.get(&pid) {
+                    let mut kids = kids.clone();
+                    kids.sort_unstable();
+                    stack.extend(kids.into_iter().rev());
+                }
+            }
+        }
+        order
+    }
+}
+
 /// The fields of `/proc/PID/stat` and `status` restore needs.
 struct ProcStat {
     ppid: u32,
@@ -791,7 +818,7 @@ pub fn user_name(uid: u32) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
+    use HashMap;
 
     use super::*;
     use crate::identity::ProcessKeys;

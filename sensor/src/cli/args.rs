@@ -46,6 +46,8 @@ pub enum Command {
     Who(WhoArgs),
     /// A run's timeline, in order, indented by sub-agent and process tree.
     Replay(ReplayArgs),
+    /// Write a self-contained HTML page of a run: trees, timeline, verdicts.
+    Report(ReportArgs),
     /// Show whether the daemon is attached and ready, with its counters.
     ///
     /// Exits 0 once the daemon is ready, 1 when it cannot be reached or is not ready.
@@ -190,6 +192,18 @@ pub struct ReplayArgs {
     pub run: String,
     #[command(flatten)]
     pub db: DbArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Run id or unique prefix
+    pub run: String,
+    /// The HTML file to write
+    #[arg(short = 'o', long = "output", value_name = "FILE.html")]
+    pub output: PathBuf,
+    /// Local store of the daemon
+    #[arg(long, value_name = "PATH", env = "SENSOR_DB", default_value = paths::DB)]
+    pub db: PathBuf,
 }
 
 /// RFC 3339 time, or a duration before now.

@@ -4,6 +4,7 @@ mod args;
 mod daemon;
 mod launch;
 mod query;
+mod report;
 mod status;
 
 use std::process::ExitCode;
@@ -23,6 +24,7 @@ impl Command {
             Self::Events(args) => query::events(args),
             Self::Who(args) => query::who(args),
             Self::Replay(args) => query::replay(args),
+            Self::Report(args) => report::execute(args),
         }
     }
 }

@@ -18,7 +18,7 @@ use crate::store::{
     writer::RunRow,
 };
 
-fn time_of_ns(ns: i64) -> String {
+pub(super) fn time_of_ns(ns: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_nanos(u64::try_from(ns).unwrap_or(0));
     humantime::format_rfc3339_millis(t).to_string()
 }
@@ -94,14 +94,14 @@ pub fn runs(args: &RunsArgs) -> anyhow::Result<ExitCode> {
 
 /// A process as the events of its run describe it.
 #[derive(Debug, Clone, Default)]
-struct ProcNode {
-    key: String,
-    pid: u64,
-    parent_key: String,
-    exe: String,
-    argv: Vec<String>,
-    exit: Option<String>,
-    first_id: i64,
+pub(super) struct ProcNode {
+    pub key: String,
+    pub pid: u64,
+    pub parent_key: String,
+    pub exe: String,
+    pub argv: Vec<String>,
+    pub exit: Option<String>,
+    pub first_id: i64,
 }
 
 fn str_of(v: &Value, ptr: &str) -> String {
@@ -112,7 +112,7 @@ fn str_of(v: &Value, ptr: &str) -> String {
 }
 
 /// Processes of one run, from its events, in order of first appearance.
-fn processes(events: &[&StoredEvent]) -> Vec<ProcNode> {
+pub(super) fn processes(events: &[&StoredEvent]) -> Vec<ProcNode> {
     let mut by_key: HashMap<String, ProcNode> = HashMap::new();
     for se in events {
         let e = &se.event;
@@ -267,7 +267,7 @@ pub fn tree(args: &TreeArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// One line describing an event, for text output.
-fn describe(e: &Value) -> String {
+pub(super) fn describe(e: &Value) -> String {
     let kind = e["kind"].as_str().unwrap_or("?");
     let p = &e["process"];
     let pid = p["pid"].as_u64().map(|p| p.to_string()).unwrap_or_default();

@@ -382,32 +382,58 @@ impl EventBuilder {
 
     /// The event of a run starting or ending.
     pub fn run_change(&mut self, change: &RunChange) -> Event {
+        self.run_change_of(change, None)
+    }
+
+    /// The event of a run starting or ending; `process` is the process that
+    /// started it when the caller has it (an exec that matched an agent).
+    fn run_change_of(&mut self, change: &RunChange, process: Option<&Process>) -> Event {
         match change {
             RunChange::Started { run, pid } => {
                 let mut e = self.envelope(Kind::RunStart, run.start);
-                e.run = Some(RunRef::detailed(run, "launch"));
-                let info = self.attribution.processes().get(*pid, 0).cloned();
-                let start_ns = info.as_ref().map_or(0, |p| p.start_ns);
-                let parent = proc_start(*pid).map(|(_, ppid)| ppid).unwrap_or_default();
-                e.process = Some(Process {
-                    key: self.keys.key(*pid, start_ns),
-                    pid: *pid,
-                    tid: *pid,
-                    ppid: parent,
-                    parent_key: proc_start(parent)
-                        .map(|(t, _)| self.keys.key_from_ticks(parent, t))
-                        .unwrap_or_default(),
-                    uid: run.uid,
-                    exe: self.known_exe(*pid, start_ns),
-                    ..Process::default()
+                e.run = Some(RunRef::detailed(run, started_how(&run.started_by)));
+                e.process = Some(match process {
+                    Some(p) => p.clone(),
+                    None => self.process_of_pid(*pid, run.uid),
                 });
                 e
             }
             RunChange::Ended { run } => {
                 let mut e = self.envelope(Kind::RunEnd, run.end.unwrap_or_else(SystemTime::now));
-                e.run = Some(RunRef::detailed(run, "launch"));
+                e.run = Some(RunRef::detailed(run, started_how(&run.started_by)));
                 e
             }
+        }
+    }
+
+    /// What the table and /proc know of a live process, for run.start events
+    /// not caused by a kernel record (launch, back-fill).
+    fn process_of_pid(&self, pid: u32, uid: u32) -> Process {
+        let start_ns = self
+            .attribution
+            .processes()
+            .get(pid, 0)
+            .map_or(0, |p| p.start_ns);
+        let proc = i32::try_from(pid)
+            .ok()
+            .and_then(|p| procfs::process::Process::new(p).ok());
+        let stat = proc.as_ref().and_then(|p| p.stat().ok());
+        let ppid = stat
+            .as_ref()
+            .and_then(|s| u32::try_from(s.ppid).ok())
+            .unwrap_or_default();
+        Process {
+            key: self.keys.key(pid, start_ns),
+            pid,
+            tid: pid,
+            ppid,
+            parent_key: proc_start(ppid)
+                .map(|(t, _)| self.keys.key_from_ticks(ppid, t))
+                .unwrap_or_default(),
+            uid,
+            comm: stat.map(|s| s.comm).unwrap_or_default(),
+            exe: self.known_exe(pid, start_ns),
+            ..Process::default()
         }
     }
 
@@ -452,7 +478,7 @@ impl EventBuilder {
                     let (placed, started) = self.attribution.on_exec(&h, exe, view.as_ref(), time);
                     if let Some(change) = started {
                         // The run starts before the exec that started it.
-                        let start = self.run_change(&change);
+                        let start = self.run_change_of(&change, Some(&p));
                         out.push(start);
                     }
                     placed
@@ -500,6 +526,16 @@ impl EventBuilder {
         let mut out = Vec::with_capacity(1);
         self.build_into(raw, &mut out);
         out.swap_remove(0)
+    }
+}
+
+/// The attribution a run's own start and end events show.
+fn started_how(started_by: &str) -> &'static str {
+    match started_by {
+        "launch" => "launch",
+        "matcher" => "matcher",
+        "backfill" => "backfill",
+        _ => "unknown",
     }
 }
 

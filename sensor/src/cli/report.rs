@@ -1,0 +1,296 @@
+//! `sensor report RUN -o FILE.html`: one self-contained page (no script, no
+//! network) with the sub-agent tree, each run's process tree, the timeline
+//! and the policy verdicts, denials first and marked.
+
+use std::{collections::HashMap, fmt::Write as _, process::ExitCode};
+
+use anyhow::Context as _;
+use serde_json::Value;
+
+use super::{
+    args::ReportArgs,
+    query::{ProcNode, describe, processes, time_of_ns},
+};
+use crate::store::{
+    open_for_reading,
+    query::{self, EventFilter, StoredEvent},
+    writer::RunRow,
+};
+
+/// Escapes text for HTML.
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const STYLE: &str = "
+body{font:14px/1.45 system-ui,sans-serif;margin:2em;color:#1d232a;background:#fbfbfc}
+h1{font-size:1.5em;margin:0 0 .2em} h2{font-size:1.15em;margin:1.6em 0 .5em;border-bottom:1px solid #dde}
+.meta{color:#555} code{font:12px ui-monospace,monospace;background:#eef0f3;padding:1px 4px;border-radius:3px}
+ul.tree{list-style:none;padding-left:1.4em;border-left:1px dashed #ccd;margin:.2em 0}
+.run{border:1px solid #ccd;border-radius:6px;padding:.4em .7em;margin:.5em 0;background:#fff}
+.run .agent{font-weight:600} .badge{display:inline-block;padding:0 .5em;border-radius:9px;font-size:12px;background:#e7ecf3}
+.badge.deny{background:#c62828;color:#fff} .badge.allow{background:#2e7d32;color:#fff}
+table{border-collapse:collapse;width:100%;background:#fff} th,td{border-bottom:1px solid #eee;padding:3px 6px;text-align:left;vertical-align:top}
+th{background:#f1f3f6;position:sticky;top:0} td.t{white-space:nowrap;color:#555;font:12px ui-monospace,monospace}
+tr.deny td{background:#fdecea} tr.deny td.v{color:#b71c1c;font-weight:700}
+.denials{border:2px solid #c62828;border-radius:6px;padding:.5em 1em;background:#fdecea}
+.none{color:#2e7d32}
+";
+
+fn verdict(e: &Value) -> Option<&str> {
+    e.pointer("/policy/verdict").and_then(Value::as_str)
+}
+
+fn proc_html(out: &mut String, node: &ProcNode, all: &[ProcNode]) {
+    let cmd = if node.argv.is_empty() {
+        node.exe.clone()
+    } else {
+        node.argv.join(" ")
+    };
+    let exit = node
+        .exit
+        .as_deref()
+        .map(|e| format!(" <span class=\"badge\">{}</span>", esc(e)))
+        .unwrap_or_default();
+    let _ = write!(out, "<li><code>{}</code> {}{exit}", node.pid, esc(&cmd));
+    let children: Vec<&ProcNode> = all.iter().filter(|c| c.parent_key == node.key).collect();
+    if !children.is_empty() {
+        out.push_str("<ul class=\"tree\">");
+        for c in children {
+            proc_html(out, c, all);
+        }
+        out.push_str("</ul>");
+    }
+    out.push_str("</li>");
+}
+
+fn run_html(
+    out: &mut String,
+    run: &RunRow,
+    runs: &[RunRow],
+    procs: &HashMap<&str, Vec<ProcNode>>,
+    denials: &HashMap<&str, usize>,
+) {
+    let state = match (&run.end_ns, &run.end_reason) {
+        (Some(ns), reason) => format!(
+            "ended {} ({})",
+            time_of_ns(*ns),
+            reason.as_deref().unwrap_or("")
+        ),
+        (None, _) => "active".to_owned(),
+    };
+    let denied = denials.get(run.id.as_str()).copied().unwrap_or(0);
+    let badge = if denied > 0 {
+        format!(" <span class=\"badge deny\">{denied} denied</span>")
+    } else {
+        String::new()
+    };
+    let _ = write!(
+        out,
+        "<li><div class=\"run\" id=\"run-{id}\"><span class=\"agent\">{agent}</span> run <code>{id}</code>{badge}<br>\
+         <span class=\"meta\">principal {principal}{claimed} · depth {depth} · policy {policy} · started {start} by {by} · {state}</span>",
+        id = esc(&run.id),
+        agent = esc(&run.agent),
+        principal = esc(&run.principal),
+        claimed = run
+            .principal_claimed
+            .as_deref()
+            .map(|c| format!(" (claimed {})", esc(c)))
+            .unwrap_or_default(),
+        depth = run.depth,
+        policy = esc(run.policy.as_deref().unwrap_or("none")),
+        start = time_of_ns(run.start_ns),
+        by = esc(run.started_by.as_deref().unwrap_or("?")),
+        state = esc(&state),
+    );
+    let all = procs
+        .get(run.id.as_str())
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let roots: Vec<&ProcNode> = all
+        .iter()
+        .filter(|n| !all.iter().any(|p| p.key == n.parent_key))
+        .collect();
+    if !roots.is_empty() {
+        out.push_str("<ul class=\"tree\">");
+        for r in roots {
+            proc_html(out, r, all);
+        }
+        out.push_str("</ul>");
+    }
+    out.push_str("</div>");
+    let children: Vec<&RunRow> = runs
+        .iter()
+        .filter(|r| r.parent_id.as_deref() == Some(run.id.as_str()))
+        .collect();
+    if !children.is_empty() {
+        out.push_str("<ul class=\"tree\">");
+        for c in children {
+            run_html(out, c, runs, procs, denials);
+        }
+        out.push_str("</ul>");
+    }
+    out.push_str("</li>");
+}
+
+/// The page for `root` and its subtree.
+fn page(root: &RunRow, runs: &[RunRow], events: &[StoredEvent]) -> String {
+    let mut by_run: HashMap<&str, Vec<&StoredEvent>> = HashMap::new();
+    let mut denials: HashMap<&str, usize> = HashMap::new();
+    for e in events {
+        if let Some(id) = e.event.pointer("/run/id").and_then(Value::as_str) {
+            by_run.entry(id).or_default().push(e);
+            if verdict(&e.event) == Some("deny") {
+                *denials.entry(id).or_default() += 1;
+            }
+        }
+    }
+    let procs: HashMap<&str, Vec<ProcNode>> = runs
+        .iter()
+        .map(|r| {
+            (
+                r.id.as_str(),
+                processes(
+                    by_run
+                        .get(r.id.as_str())
+                        .map(Vec::as_slice)
+                        .unwrap_or_default(),
+                ),
+            )
+        })
+        .collect();
+    let agent_of: HashMap<&str, &str> = runs
+        .iter()
+        .map(|r| (r.id.as_str(), r.agent.as_str()))
+        .collect();
+
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Run {id} · {agent}</title><style>{STYLE}</style></head><body>\
+         <h1>{agent} · run <code>{id}</code></h1><p class=\"meta\">principal {principal} · {n_runs} run(s) · {n_events} events · generated {now}</p>",
+        id = esc(&root.id),
+        agent = esc(&root.agent),
+        principal = esc(&root.principal),
+        n_runs = runs.len(),
+        n_events = events.len(),
+        now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+    );
+    let denied: Vec<&StoredEvent> = events
+        .iter()
+        .filter(|e| verdict(&e.event) == Some("deny"))
+        .collect();
+    out.push_str("<h2>Policy denials</h2>");
+    if denied.is_empty() {
+        out.push_str("<p class=\"none\">No action of this run tree was denied.</p>");
+    } else {
+        out.push_str("<div class=\"denials\"><ul>");
+        for e in &denied {
+            let rule = e
+                .event
+                .pointer("/policy/rule")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let _ = write!(
+                out,
+                "<li><b>DENIED</b> {} — {} (rule <code>{}</code>)</li>",
+                esc(e.event["time"].as_str().unwrap_or("")),
+                esc(&describe(&e.event)),
+                esc(rule)
+            );
+        }
+        out.push_str("</ul></div>");
+    }
+    out.push_str(
+        "<h2>Sub-agent tree and processes</h2><ul class=\"tree\" style=\"border:0;padding:0\">",
+    );
+    run_html(&mut out, root, runs, &procs, &denials);
+    out.push_str("</ul><h2>Timeline</h2><table><thead><tr><th>time</th><th>agent</th><th>run</th><th>event</th><th>verdict</th></tr></thead><tbody>");
+    for e in events {
+        let ev = &e.event;
+        let run_id = ev.pointer("/run/id").and_then(Value::as_str).unwrap_or("");
+        let v = verdict(ev);
+        let _ = write!(
+            out,
+            "<tr{cls}><td class=\"t\">{time}</td><td>{agent}</td><td><code>{run}</code></td><td>{what}</td><td class=\"v\">{verdict}</td></tr>",
+            cls = if v == Some("deny") {
+                " class=\"deny\""
+            } else {
+                ""
+            },
+            time = esc(ev["time"].as_str().unwrap_or("")),
+            agent = esc(agent_of.get(run_id).copied().unwrap_or("")),
+            run = esc(run_id.get(..13).unwrap_or(run_id)),
+            what = esc(&describe(ev)),
+            verdict = esc(v.unwrap_or("—")),
+        );
+    }
+    out.push_str("</tbody></table></body></html>\n");
+    out
+}
+
+pub fn execute(args: &ReportArgs) -> anyhow::Result<ExitCode> {
+    let conn = open_for_reading(&args.db)?;
+    let root = query::find_run(&conn, &args.run)?;
+    let runs = query::subtree(&conn, &root.id)?;
+    let events = query::events(
+        &conn,
+        &EventFilter {
+            runs: Some(runs.iter().map(|r| r.id.clone()).collect()),
+            ..EventFilter::default()
+        },
+    )?;
+    let html = page(&root, &runs, &events);
+    std::fs::write(&args.output, html)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    eprintln!(
+        "wrote {} ({} runs, {} events)",
+        args.output.display(),
+        runs.len(),
+        events.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_and_marks_denials() {
+        let root = RunRow {
+            id: "r1".into(),
+            agent: "<script>bot</script>".into(),
+            principal: "alice".into(),
+            root_id: "r1".into(),
+            labels: "{}".into(),
+            ..RunRow::default()
+        };
+        let deny = StoredEvent {
+            id: 1,
+            event: serde_json::json!({"kind":"network.connect","time":"t","run":{"id":"r1"},
+                "process":{"pid":5,"key":"k"},"network":{"transport":"tcp","dst_ip":"203.0.113.7","dst_port":443,"result":"error"},
+                "policy":{"verdict":"deny","rule":"connect.allow"}}),
+        };
+        let html = page(&root, std::slice::from_ref(&root), &[deny]);
+        assert!(!html.contains("<script>"), "agent names are escaped");
+        assert!(html.contains("&lt;script&gt;bot"));
+        assert!(html.contains("class=\"deny\""));
+        assert!(html.contains("DENIED") && html.contains("203.0.113.7"));
+        assert!(
+            !html.contains("http://") && !html.contains("https://"),
+            "self-contained"
+        );
+    }
+}
