@@ -1,0 +1,128 @@
+//! `sensor report`: the page opens in headless Chromium (Debian's package)
+//! and the rendered DOM shows the runs, the sub-agent tree and the processes.
+
+use std::{process::Command, time::Duration};
+
+use anyhow::{Context, Result, ensure};
+use sensor_tests::{Daemon, EVENT_TIMEOUT, TempDir, marker, run_with_timeout, sensor_bin, text};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+#[test]
+fn the_report_renders_in_chromium_with_the_run_tree() -> Result<()> {
+    ensure!(
+        std::path::Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: run `cargo xtask setup` (it installs Debian's chromium)"
+    );
+    let dir = TempDir::new("report")?;
+    let db = dir.path().join("sensor.db");
+    let db_arg = db.display().to_string();
+    let d = Daemon::start_with_args(&["--db", &db_arg])?;
+    let m = marker();
+    let outer = format!("report-{}", std::process::id());
+    let inner = format!("report-sub-{}", std::process::id());
+    let sensor = sensor_bin()?;
+    let script = format!(
+        "{} launch --agent sub-agent --run-id {inner} -- /bin/sh -c '/bin/true {m} \"<b>tag</b>\"'",
+        sensor.display()
+    );
+    let mut launch = Command::new(&sensor);
+    launch
+        .args([
+            "launch",
+            "--agent",
+            "report-agent",
+            "--run-id",
+            &outer,
+            "--socket",
+        ])
+        .arg(d.socket())
+        .args(["--", "/bin/sh", "-c", &script])
+        .env("SENSOR_SOCKET", d.socket());
+    let (_, out) = run_with_timeout(&mut launch, Duration::from_secs(60))?;
+    ensure!(out.status.success(), "launch: {}", text(&out.stderr));
+    d.wait_for(EVENT_TIMEOUT, |e| {
+        e["kind"] == "run.end" && e["run"]["id"] == outer.as_str()
+    })?;
+
+    let page = dir.path().join("report.html");
+    let deadline = std::time::Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let mut report = Command::new(&sensor);
+        report
+            .args(["report", &outer, "-o"])
+            .arg(&page)
+            .arg("--db")
+            .arg(&db);
+        let (_, out) = run_with_timeout(&mut report, Duration::from_secs(30))?;
+        ensure!(out.status.success(), "report: {}", text(&out.stderr));
+        let html = std::fs::read_to_string(&page)?;
+        // The store writer is asynchronous: wait for the sub-run's end.
+        if html.contains(&inner) && html.contains("ended") && html.contains(&m) {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the report never showed the finished sub-run"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let html = std::fs::read_to_string(&page)?;
+    ensure!(
+        !html.contains("http://") && !html.contains("https://"),
+        "the page loads nothing from the network"
+    );
+
+    let profile = dir.path().join("chromium-profile");
+    let mut chromium = Command::new(CHROMIUM);
+    chromium
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", page.display()));
+    let (_, out) = run_with_timeout(&mut chromium, Duration::from_secs(90))?;
+    let dom = text(&out.stdout);
+    ensure!(
+        out.status.success() && dom.contains("</html>"),
+        "chromium did not render the page: {}",
+        text(&out.stderr)
+    );
+    for needle in [
+        outer.as_str(),
+        inner.as_str(),
+        "report-agent",
+        "sub-agent",
+        "Sub-agent tree and processes",
+        "Timeline",
+        "No action of this run tree was denied.",
+    ] {
+        ensure!(dom.contains(needle), "the rendered page lacks {needle:?}");
+    }
+    // The sub-run is nested inside the outer run's tree, and the marker command is under it.
+    let outer_at = dom
+        .find(&format!("id=\"run-{outer}\""))
+        .context("outer run card")?;
+    let inner_at = dom
+        .find(&format!("id=\"run-{inner}\""))
+        .context("sub-run card")?;
+    ensure!(outer_at < inner_at, "the sub-run comes after its parent");
+    let marker_at = dom[inner_at..]
+        .find(&m)
+        .context("the marker command under the sub-run")?;
+    ensure!(marker_at > 0);
+    // Argv with markup is shown as text, never as markup.
+    ensure!(
+        dom.contains("&lt;b&gt;tag&lt;/b&gt;") && !dom.contains("<b>tag</b>"),
+        "argv is escaped"
+    );
+    Ok(())
+}
