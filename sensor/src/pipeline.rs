@@ -56,6 +56,7 @@ pub struct Pipeline {
     batch_lines: u64,
     kernel_lost_seen: [u64; SLOT_KINDS.len()],
     output_dropped_seen: Vec<u64>,
+    store_lost_seen: u64,
     decode_warned: bool,
     /// Reused buffer for the events of one record.
     scratch: Vec<Event>,
@@ -77,6 +78,7 @@ impl Pipeline {
             batch_lines: 0,
             kernel_lost_seen: [0; SLOT_KINDS.len()],
             output_dropped_seen,
+            store_lost_seen: 0,
             decode_warned: false,
             scratch: Vec::with_capacity(4),
             store: None,
@@ -236,6 +238,16 @@ impl Pipeline {
             self.output_dropped_seen[i] = now;
             if delta > 0 {
                 lost.by_output.insert(handle.spec.clone(), delta);
+            }
+        }
+        if let Some(store) = &self.store {
+            let stats = store.stats();
+            let now = stats.dropped.load(std::sync::atomic::Ordering::Relaxed)
+                + stats.failed.load(std::sync::atomic::Ordering::Relaxed);
+            let delta = now.saturating_sub(self.store_lost_seen);
+            self.store_lost_seen = now;
+            if delta > 0 {
+                lost.by_output.insert("store".to_owned(), delta);
             }
         }
         if lost.total > 0 || !lost.by_output.is_empty() {

@@ -28,8 +28,9 @@ pub struct AgentConfig {
     /// Python modules run with `-m` (`aider`, `crewai.cli`).
     #[serde(default)]
     pub module: Vec<String>,
-    /// Globs on single arguments: a process with one of them is a helper of
-    /// an agent (sandbox, worker), never a new run.
+    /// Globs on single arguments, argv[0] included (also matched by its file
+    /// name): a process with one of them is a helper of an agent (sandbox,
+    /// worker, a multi-call alias such as `apply_patch`), never a new run.
     #[serde(default)]
     pub exclude_argv: Vec<String>,
     /// Policy of the runs it starts.
@@ -108,12 +109,18 @@ impl Matcher {
     /// Does this exec (resolved exe, argv, cwd) belong to the agent?
     #[must_use]
     pub fn matches(&self, exec: &ExecView<'_>) -> bool {
-        if exec
+        let argv0_name = exec
+            .argv
+            .first()
+            .and_then(|a| Path::new(a).file_name())
+            .and_then(|n| n.to_str());
+        let excluded = exec
             .argv
             .iter()
-            .skip(1)
-            .any(|a| self.exclude.iter().any(|g| g.is_match(a.as_str())))
-        {
+            .map(String::as_str)
+            .chain(argv0_name)
+            .any(|a| self.exclude.iter().any(|g| g.is_match(a)));
+        if excluded {
             return false;
         }
         if self.exe.iter().any(|g| g.is_match(exec.exe)) {
@@ -329,6 +336,13 @@ mod tests {
         );
         let helper = argv(&["codex", "--sandbox-policy", "x"]);
         assert!(
+        // argv[0] counts too, by its file name: a multi-call alias.
+        let mut aliased = agent("codex");
+        aliased.exe = vec!["**/codex-*-linux-musl".into()];
+        aliased.exclude_argv = vec!["apply_patch".into()];
+        let m = Matchers::new(&[aliased]).unwrap();
+        let alias = argv(&["/tmp/x/apply_patch", "*** Begin Patch"]);
+        assert!(m.find(&ExecView { exe, argv: &alias, cwd: None }).is_none());
             m.find(&ExecView {
                 exe,
                 argv: &helper,

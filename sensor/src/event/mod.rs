@@ -461,9 +461,8 @@ impl EventBuilder {
                 failed,
                 ..
             } => {
-                let mut e = self.envelope(Kind::ProcessExec, time);
                 let mut p = self.process(&h);
-                e.exec = Some(exec_details(&data, &strings, failed));
+                let exec = exec_details(&data, &strings, failed);
                 fill_exec(&mut p, &data, &strings, failed);
                 let (run, how) = if failed {
                     self.attribution.on_other(&h)
@@ -483,6 +482,9 @@ impl EventBuilder {
                     }
                     placed
                 };
+                // The envelope (and its seq) comes after a run.start it caused.
+                let mut e = self.envelope(Kind::ProcessExec, time);
+                e.exec = Some(exec);
                 e.run = self.attribution.run_ref(run, how);
                 e.process = Some(p);
                 out.push(e);
@@ -804,6 +806,49 @@ mod tests {
         assert_eq!(v["exec"]["dev"], "8:1");
         // seq increases
         assert_eq!(json(&b.build(exec(b"a\0", 2, 1, false, 0)))["seq"], 2);
+    }
+
+    #[test]
+    fn a_matcher_run_start_precedes_its_exec_in_seq() {
+        let keys = ProcessKeys::new("b", 100);
+        let attribution = Attribution::new(
+            keys.clone(),
+            Box::new(std::collections::HashMap::new()),
+            crate::attribution::RunTable::new(),
+            None,
+        )
+        .with_matchers(
+            crate::attribution::Matchers::new(&[crate::attribution::AgentConfig {
+                name: "curl-agent".into(),
+                exe: vec!["/usr/bin/curl".into()],
+                ..Default::default()
+            }])
+            .unwrap(),
+        );
+        let mut b = EventBuilder::new(
+            Host {
+                name: "h".into(),
+                boot_id: "b".into(),
+            },
+            keys,
+            Clock::with_offset(0),
+            attribution,
+        );
+        let mut out = Vec::new();
+        b.build_into(exec(b"curl\0", 5, 1, false, 0), &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].kind, Kind::RunStart);
+        assert_eq!(out[1].kind, Kind::ProcessExec);
+        assert!(
+            out[0].seq < out[1].seq,
+            "seq follows the order of the lines"
+        );
+        assert_eq!(
+            out[0].process.as_ref().unwrap().comm,
+            "curl",
+            "run.start has the exec's process"
+        );
+        assert_eq!(out[1].run.as_ref().unwrap().attribution, "matcher");
     }
 
     #[test]

@@ -129,39 +129,41 @@ pub struct StoredEvent {
 }
 
 /// Events in insertion (= sequence) order.
+///
+/// The SQL holds only the conditions in use: a `(? IS NULL OR …)` clause
+/// would keep SQLite from using the index of the condition it guards.
 pub fn events(conn: &Connection, filter: &EventFilter) -> Result<Vec<StoredEvent>, QueryError> {
-    let runs_json = filter
-        .runs
-        .as_ref()
-        .map(|r| serde_json::to_string(r).unwrap_or_else(|_| "[]".into()));
-    let mut stmt = conn.prepare(
-        "SELECT id, body FROM events
-         WHERE id > ?1
-           AND (?2 IS NULL OR run_id IN (SELECT value FROM json_each(?2)))
-           AND (?3 IS NULL OR kind = ?3)
-           AND (?4 IS NULL OR time_ns >= ?4)
-         ORDER BY id LIMIT ?5",
-    )?;
-    let limit = filter.limit.map_or(-1, i64::from);
-    let rows = stmt.query_map(
-        params![
-            filter.after_id,
-            runs_json,
-            filter.kind,
-            filter.since_ns,
-            limit
-        ],
-        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
-    )?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (id, body) = row?;
-        // A row that is not JSON is skipped rather than failing the query.
-        if let Ok(event) = serde_json::from_str(&body) {
-            out.push(StoredEvent { id, event });
+    let mut sql = String::from("SELECT id, body FROM events WHERE id > ?");
+    let mut values: Vec<rusqlite::types::Value> = vec![filter.after_id.into()];
+    if let Some(runs) = &filter.runs {
+        if runs.is_empty() {
+            return Ok(Vec::new());
         }
+        sql.push_str(" AND run_id IN (");
+        for (i, run) in runs.iter().enumerate() {
+            sql.push_str(if i == 0 { "?" } else { ", ?" });
+            values.push(run.clone().into());
+        }
+        sql.push(')');
     }
-    Ok(out)
+    if let Some(kind) = &filter.kind {
+        sql.push_str(" AND kind = ?");
+        values.push(kind.clone().into());
+    }
+    if let Some(since) = filter.since_ns {
+        sql.push_str(" AND time_ns >= ?");
+        values.push(since.into());
+    }
+    sql.push_str(" ORDER BY id");
+    if let Some(limit) = filter.limit {
+        sql.push_str(" LIMIT ?");
+        values.push(i64::from(limit).into());
+    }
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(values), |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+    })?;
+    collect(rows)
 }
 
 /// The latest events of process `pid` (alive or exited), newest first.
