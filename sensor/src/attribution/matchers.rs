@@ -336,16 +336,23 @@ mod tests {
         );
         let helper = argv(&["codex", "--sandbox-policy", "x"]);
         assert!(
+            m.find(&ExecView {
+                exe,
+                argv: &helper,
+                cwd: None
+            })
+            .is_none()
+        );
         // argv[0] counts too, by its file name: a multi-call alias.
         let mut aliased = agent("codex");
         aliased.exe = vec!["**/codex-*-linux-musl".into()];
         aliased.exclude_argv = vec!["apply_patch".into()];
         let m = Matchers::new(&[aliased]).unwrap();
         let alias = argv(&["/tmp/x/apply_patch", "*** Begin Patch"]);
-        assert!(m.find(&ExecView { exe, argv: &alias, cwd: None }).is_none());
+        assert!(
             m.find(&ExecView {
                 exe,
-                argv: &helper,
+                argv: &alias,
                 cwd: None
             })
             .is_none()
