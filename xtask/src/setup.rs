@@ -23,6 +23,10 @@ pub const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "procps",
     "python3",
+    // `setpriv` and `unshare` for the attribution tests.
+    "util-linux",
+    // The report test renders the page in headless Chromium.
+    "chromium",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
