@@ -914,7 +914,9 @@ fn codex_sandbox_helpers_and_nested_codex() -> Result<()> {
 fn codex_apply_patch_alias_is_not_a_sub_run() -> Result<()> {
     let codex = cli(CODEX)?;
     let d = start_daemon()?;
-    let home = clis_dir()?.join(format!("home-{}", marker()));
+    // Codex makes its aliases only when CODEX_HOME (~/.codex) is not under
+    // /tmp; the checkout (and so target/) may be, so HOME goes elsewhere.
+    let home = Path::new("/var/tmp").join(format!("sensor-test-codex-{}", marker()));
     fs::create_dir_all(&home).with_context(|| format!("create {}", home.display()))?;
     let what = "codex sandbox -- sh -c 'apply_patch ...'";
     let script = "apply_patch '*** Begin Patch\n*** End Patch'; true";

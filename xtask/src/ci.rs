@@ -102,6 +102,8 @@ pub fn test(no_setup: bool, only: &[Group]) -> Result<()> {
                 "test",
                 "-p",
                 "sensor-tests",
+                // Every test file runs, so one failure does not hide others.
+                "--no-fail-fast",
                 "--",
                 "--test-threads=1",
             ]))
