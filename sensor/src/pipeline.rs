@@ -458,6 +458,89 @@ mod tests {
         (Pipeline::new(builder, outputs, Arc::clone(&state)), state)
     }
 
+    /// User-space pipeline throughput: spawn/exec/exit records of short-lived
+    /// processes replayed through decode → attribution → JSON → an output,
+    /// on this thread. Run with
+    /// `cargo test --release -p sensor pipeline_throughput -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement; run on demand or from the bench"]
+    fn pipeline_throughput() {
+        use sensor_common::event::{ExecData, SpawnData};
+
+        use crate::event::raw::ExecStrings;
+        let (mut p, state) = pipeline(std::path::Path::new("/dev/null"));
+        let header = |kind: EventKind, pid: u32| EventHeader {
+            kind: kind as u32,
+            ktime_ns: 1,
+            tgid: pid,
+            tid: pid,
+            ppid: 1000,
+            start_ns: u64::from(pid) * 10_000_000,
+            parent_start_ns: 5,
+            comm: *b"true\0\0\0\0\0\0\0\0\0\0\0\0",
+            ..EventHeader::default()
+        };
+        let n: u32 = 100_000;
+        let records: Vec<[Vec<u8>; 3]> = (0..n)
+            .map(|i| {
+                let pid = 10_000 + i;
+                let exe = b"/usr/bin/true".to_vec();
+                [
+                    encode(&RawEvent::Spawn {
+                        header: header(EventKind::ProcessSpawn, pid),
+                        data: SpawnData {
+                            exe_len: 13,
+                            path_flags: 0,
+                            _pad: 0,
+                        },
+                        exe: b"/usr/bin/bash".to_vec(),
+                    }),
+                    encode(&RawEvent::Exec {
+                        header: header(EventKind::ProcessExec, pid),
+                        data: ExecData {
+                            exe_len: 13,
+                            cwd_len: 10,
+                            filename_len: 9,
+                            argv_len: 25,
+                            argv_orig_len: 25,
+                            argc: 2,
+                            old_tid: pid,
+                            ..ExecData::default()
+                        },
+                        strings: ExecStrings {
+                            exe: exe.clone(),
+                            cwd: b"/home/user".to_vec(),
+                            filename: b"/bin/true".to_vec(),
+                            argv: b"/bin/true\0marker-0123456\0".to_vec(),
+                        },
+                        failed: false,
+                    }),
+                    encode(&RawEvent::Exit {
+                        header: header(EventKind::ProcessExit, pid),
+                        data: ExitData::default(),
+                    }),
+                ]
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        for r in &records {
+            for rec in r {
+                p.handle_record(rec);
+            }
+        }
+        p.flush();
+        let elapsed = started.elapsed();
+        let events = f64::from(n) * 3.0;
+        println!(
+            "pipeline: {events} events in {:.3} s = {:.0} events/s ({:.2} us/event)",
+            elapsed.as_secs_f64(),
+            events / elapsed.as_secs_f64(),
+            elapsed.as_secs_f64() * 1e6 / events
+        );
+        p.close();
+        assert_eq!(state.report().events["total"], u64::from(n) * 3);
+    }
+
     #[test]
     fn records_become_lines_and_losses_become_events() {
         let dir = tempfile::tempdir().unwrap();
