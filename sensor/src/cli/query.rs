@@ -162,17 +162,25 @@ fn proc_json(node: &ProcNode, all: &[ProcNode]) -> Value {
     json!({"key": node.key, "pid": node.pid, "exe": node.exe, "argv": node.argv, "exit": node.exit, "children": children})
 }
 
-fn proc_roots(all: &[ProcNode]) -> impl Iterator<Item = &ProcNode> {
+impl ProcNode {
+    /// Its command line, or its exe when no exec of it was seen.
+    pub(super) fn command(&self) -> String {
+        if self.argv.is_empty() {
+            self.exe.clone()
+        } else {
+            self.argv.join(" ")
+        }
+    }
+}
+
+/// Processes whose parent is not in the run: the roots of its process tree.
+pub(super) fn proc_roots(all: &[ProcNode]) -> impl Iterator<Item = &ProcNode> {
     all.iter()
         .filter(|n| !all.iter().any(|p| p.key == n.parent_key))
 }
 
 fn print_procs(node: &ProcNode, all: &[ProcNode], indent: &str, max: usize) {
-    let cmd = if node.argv.is_empty() {
-        node.exe.clone()
-    } else {
-        node.argv.join(" ")
-    };
+    let cmd = node.command();
     let exit = node
         .exit
         .as_deref()

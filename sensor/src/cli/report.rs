@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::{
     args::ReportArgs,
-    query::{ProcNode, describe, processes, time_of_ns},
+    query::{ProcNode, describe, proc_roots, processes, time_of_ns},
 };
 use crate::store::{
     open_for_reading,
@@ -53,11 +53,7 @@ fn verdict(e: &Value) -> Option<&str> {
 }
 
 fn proc_html(out: &mut String, node: &ProcNode, all: &[ProcNode]) {
-    let cmd = if node.argv.is_empty() {
-        node.exe.clone()
-    } else {
-        node.argv.join(" ")
-    };
+    let cmd = node.command();
     let exit = node
         .exit
         .as_deref()
@@ -118,10 +114,7 @@ fn run_html(
         .get(run.id.as_str())
         .map(Vec::as_slice)
         .unwrap_or_default();
-    let roots: Vec<&ProcNode> = all
-        .iter()
-        .filter(|n| !all.iter().any(|p| p.key == n.parent_key))
-        .collect();
+    let roots: Vec<&ProcNode> = proc_roots(all).collect();
     if !roots.is_empty() {
         out.push_str("<ul class=\"tree\">");
         for r in roots {
