@@ -22,7 +22,10 @@ use crate::{
     loader::Probes,
     sinks::{Batch, OutputHandle, Outputs},
     status::DaemonState,
-    store::writer::{Record, RunRow, StoreBatch, StoreWriter},
+    store::{
+        unix_ns,
+        writer::{Record, RunRow, StoreBatch, StoreWriter},
+    },
 };
 
 /// Records handled per wake-up before giving other tasks a turn.
@@ -266,11 +269,6 @@ impl Pipeline {
             store.close();
         }
     }
-}
-
-fn unix_ns(t: std::time::SystemTime) -> i64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 /// What the store indexes of an event whose JSON is `line` in the batch.

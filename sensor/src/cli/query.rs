@@ -344,10 +344,7 @@ pub fn events(args: &EventsArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let since_ns = args.since.map(|t| {
-        t.duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-    });
+    let since_ns = args.since.map(crate::store::unix_ns);
     let mut filter = EventFilter {
         runs,
         kind: args.kind.clone(),

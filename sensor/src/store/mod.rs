@@ -47,6 +47,14 @@ pub enum StoreError {
     },
 }
 
+/// A wall-clock time as the store keeps it: nanoseconds since the Unix epoch
+/// (0 before it, saturating far after it).
+#[must_use]
+pub fn unix_ns(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
 fn sqlite(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
     move |source| StoreError::Sqlite {
         path: path.to_owned(),

@@ -12,7 +12,7 @@ use std::{
         mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel},
     },
     thread::JoinHandle,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime},
 };
 
 use rusqlite::{Connection, params};
@@ -248,9 +248,7 @@ pub fn apply_retention(
     retention: Retention,
     now: SystemTime,
 ) -> rusqlite::Result<()> {
-    let now_ns = now
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+    let now_ns = super::unix_ns(now);
     let cutoff =
         now_ns.saturating_sub(i64::try_from(retention.max_age.as_nanos()).unwrap_or(i64::MAX));
     conn.execute("DELETE FROM events WHERE time_ns < ?1", params![cutoff])?;
@@ -426,7 +424,7 @@ mod tests {
         let path = dir.path().join("s.db");
         let mut conn = open_for_writing(&path).unwrap();
         let now = SystemTime::now();
-        let now_ns = i64::try_from(now.duration_since(UNIX_EPOCH).unwrap().as_nanos()).unwrap();
+        let now_ns = super::super::unix_ns(now);
         write_batch(&mut conn, &batch(10, 1, now_ns - 7_200_000_000_000)).unwrap();
         write_batch(&mut conn, &batch(10, 11, now_ns)).unwrap();
         apply_retention(
