@@ -118,12 +118,6 @@ pub fn open_for_writing(path: &Path) -> Result<Connection, StoreError> {
     }
     let mut conn = Connection::open(path).map_err(sqlite(path))?;
     let version = check(&conn, path)?;
-    if version == 0 {
-        // Only takes effect on a new, empty file: bigger pages suit rows of
-        // a few hundred bytes of JSON.
-        conn.pragma_update(None, "page_size", 16384)
-            .map_err(sqlite(path))?;
-    }
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(sqlite(path))?;
     conn.pragma_update(None, "synchronous", "NORMAL")
