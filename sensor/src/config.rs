@@ -23,6 +23,9 @@ pub struct Config {
     /// `[[agent]]` matchers: the exec of a known agent starts a run.
     #[serde(rename = "agent")]
     pub agents: Vec<crate::attribution::AgentConfig>,
+    /// `[policy.NAME]` allow-lists.
+    #[serde(rename = "policy")]
+    pub policies: std::collections::BTreeMap<String, crate::policy::PolicyConfig>,
 }
 
 /// `[daemon]`
@@ -98,6 +101,12 @@ pub enum ConfigError {
         source: SpecError,
     },
     #[error("config {path}")]
+    Policy {
+        path: PathBuf,
+        #[source]
+        source: crate::policy::PolicyError,
+    },
+    #[error("config {path}")]
     Agent {
         path: PathBuf,
         #[source]
@@ -143,7 +152,30 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
+        config
+            .load_policies()
+            .map_err(|source| ConfigError::Policy {
+                path: path.to_owned(),
+                source,
+            })?;
         Ok(config)
+    }
+
+    /// The policies, loaded (exact exec paths resolved to file identities),
+    /// with every policy an `[[agent]]` names checked to exist.
+    pub fn load_policies(&self) -> Result<crate::policy::Policies, crate::policy::PolicyError> {
+        let policies = crate::policy::Policies::load(&self.policies)?;
+        for agent in &self.agents {
+            if let Some(name) = &agent.policy
+                && !policies.contains(name)
+            {
+                return Err(crate::policy::PolicyError::Unknown {
+                    what: format!("[[agent]] {:?}", agent.name),
+                    policy: name.clone(),
+                });
+            }
+        }
+        Ok(policies)
     }
 
     /// The configured outputs, parsed.

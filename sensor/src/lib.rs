@@ -16,6 +16,7 @@ pub mod identity;
 pub mod loader;
 pub mod paths;
 pub mod pipeline;
+pub mod policy;
 pub mod sinks;
 pub mod status;
 pub mod store;

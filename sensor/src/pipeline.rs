@@ -132,6 +132,17 @@ impl Pipeline {
     /// first, so the process table is as fresh as the kernel.
     pub fn command(&mut self, command: Command) {
         let now = std::time::SystemTime::now();
+        if let Request::Launch(req) = &command.request
+            && let Some(name) = &req.policy
+            && !self.builder.policies().contains(name)
+        {
+            let _ = command.reply.send(Response::Error {
+                message: format!(
+                    "unknown policy {name:?} (the daemon's config defines none by that name)"
+                ),
+            });
+            return;
+        }
         let attribution = self.builder.attribution_mut();
         let response = match command.request {
             Request::Launch(req) => match attribution.launch(command.peer, req, now) {
@@ -304,7 +315,7 @@ fn store_record(event: &Event, line: std::ops::Range<usize>) -> Record {
         process_key: event.process.as_ref().map(|p| p.key.clone()),
         dst_ip: event.network.as_ref().map(|n| n.dst_ip.to_string()),
         dst_port: event.network.as_ref().map(|n| n.dst_port),
-        verdict: None,
+        verdict: event.policy.as_ref().map(|v| v.verdict.to_owned()),
         line,
         run: run_row,
     }

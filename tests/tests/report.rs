@@ -17,13 +17,22 @@ fn the_report_renders_in_chromium_with_the_run_tree() -> Result<()> {
     let dir = TempDir::new("report")?;
     let db = dir.path().join("sensor.db");
     let db_arg = db.display().to_string();
-    let d = Daemon::start_with_args(&["--db", &db_arg])?;
+    // An audit policy that allows the shells and the sensor, not /usr/bin/env.
+    let sensor_dir = sensor_bin()?
+        .parent()
+        .context("sensor binary has a directory")?
+        .display()
+        .to_string();
+    let config = format!(
+        "[policy.report-policy]\nmode = \"audit\"\nexec.allow = [\"/usr/bin/dash\", \"/usr/bin/bash\", \"/usr/bin/true\", \"{sensor_dir}/\"]\n"
+    );
+    let d = Daemon::start_with(Some(&config), &["--db", &db_arg])?;
     let m = marker();
     let outer = format!("report-{}", std::process::id());
     let inner = format!("report-sub-{}", std::process::id());
     let sensor = sensor_bin()?;
     let script = format!(
-        "{} launch --agent sub-agent --run-id {inner} -- /bin/sh -c '/bin/true {m} \"<b>tag</b>\"'",
+        "{} launch --agent sub-agent --run-id {inner} -- /bin/sh -c '/bin/true {m} \"<b>tag</b>\"; /usr/bin/env true {m}-denied'",
         sensor.display()
     );
     let mut launch = Command::new(&sensor);
@@ -34,6 +43,8 @@ fn the_report_renders_in_chromium_with_the_run_tree() -> Result<()> {
             "report-agent",
             "--run-id",
             &outer,
+            "--policy",
+            "report-policy",
             "--socket",
         ])
         .arg(d.socket())
@@ -57,13 +68,14 @@ fn the_report_renders_in_chromium_with_the_run_tree() -> Result<()> {
         let (_, out) = run_with_timeout(&mut report, Duration::from_secs(30))?;
         ensure!(out.status.success(), "report: {}", text(&out.stderr));
         let html = std::fs::read_to_string(&page)?;
-        // The store writer is asynchronous: wait for the sub-run's end.
-        if html.contains(&inner) && html.contains("ended") && html.contains(&m) {
+        // The store writer is asynchronous: wait until it has the denial and
+        // both runs' ends.
+        if html.contains("DENIED") && html.matches("(exited)").count() >= 2 {
             break;
         }
         ensure!(
             std::time::Instant::now() < deadline,
-            "the report never showed the finished sub-run"
+            "the report never showed the denial and the finished runs"
         );
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -103,7 +115,8 @@ fn the_report_renders_in_chromium_with_the_run_tree() -> Result<()> {
         "sub-agent",
         "Sub-agent tree and processes",
         "Timeline",
-        "No action of this run tree was denied.",
+        "DENIED",
+        "report-policy",
     ] {
         ensure!(dom.contains(needle), "the rendered page lacks {needle:?}");
     }
@@ -119,6 +132,21 @@ fn the_report_renders_in_chromium_with_the_run_tree() -> Result<()> {
         .find(&m)
         .context("the marker command under the sub-run")?;
     ensure!(marker_at > 0);
+    // The denial stands out: listed first, and its timeline row is marked.
+    ensure!(
+        !dom.contains("No action of this run tree was denied."),
+        "a denial is reported"
+    );
+    let denials_at = dom.find("class=\"denials\"").context("the denials box")?;
+    ensure!(denials_at < outer_at, "denials come before the tree");
+    ensure!(
+        dom[denials_at..outer_at].contains(&format!("{m}-denied")),
+        "the denied exec of /usr/bin/env is in the denials box"
+    );
+    ensure!(
+        dom.contains("<tr class=\"deny\">"),
+        "the denied row is marked in the timeline"
+    );
     // Argv with markup is shown as text, never as markup.
     ensure!(
         dom.contains("&lt;b&gt;tag&lt;/b&gt;") && !dom.contains("<b>tag</b>"),

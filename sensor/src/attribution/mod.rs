@@ -210,6 +210,12 @@ impl Attribution {
         }
     }
 
+    /// The policy of run `handle`, if it has one.
+    #[must_use]
+    pub fn run_policy(&self, handle: u64) -> Option<&str> {
+        self.runs.get(handle).and_then(|r| r.policy.as_deref())
+    }
+
     /// The `run` object of an event of a process in run `handle`.
     #[must_use]
     pub fn run_ref(&self, handle: u64, how: u32) -> Option<RunRef> {
@@ -359,7 +365,11 @@ impl Attribution {
                 principal,
                 uid,
                 parent: (run != 0).then_some(run),
-                policy: matcher.policy.clone(),
+                // The matcher's policy, else the enclosing run's.
+                policy: matcher
+                    .policy
+                    .clone()
+                    .or_else(|| self.runs.get(run).and_then(|r| r.policy.clone())),
                 started_by,
                 ..NewRun::default()
             },
@@ -512,9 +522,13 @@ impl Attribution {
             .kernel_run(peer.pid, start_ticks)
             .filter(|(h, _)| self.runs.get(*h).is_some_and(Run::is_active));
         let verified = user_name(peer.uid);
-        let parent_principal = current
-            .and_then(|(h, _)| self.runs.get(h))
-            .map(|r| r.principal.clone());
+        let parent = current.and_then(|(h, _)| self.runs.get(h));
+        let parent_principal = parent.map(|r| r.principal.clone());
+        // A sub-run keeps its parent's policy unless it names one.
+        let policy = req
+            .policy
+            .clone()
+            .or_else(|| parent.and_then(|r| r.policy.clone()));
         let (principal, principal_claimed) = match req.principal {
             // Root may act for someone else (an orchestrator service).
             Some(p) if peer.uid == 0 => (p, None),
@@ -532,7 +546,7 @@ impl Attribution {
                     principal_claimed,
                     uid: peer.uid,
                     parent: current.map(|(h, _)| h),
-                    policy: req.policy,
+                    policy,
                     labels: req.labels,
                     ttl: req.ttl_secs.map(Duration::from_secs),
                     started_by: "launch",

@@ -53,6 +53,7 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
 
     // Everything that can fail on bad input fails before the kernel is touched.
     let matchers = Matchers::new(&config.agents)?;
+    let policies = config.load_policies()?;
     let runs = RunTable::load(&runs_path)?;
     let outputs = Outputs::open(&specs)?;
     let store = if config.store.enabled && !args.no_store {
@@ -99,7 +100,7 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
             runs = attribution.active_runs(),
             "restored state"
         );
-        let builder = EventBuilder::new(host, keys, clock, attribution);
+        let builder = EventBuilder::new(host, keys, clock, attribution).with_policies(policies);
         let mut pipeline = Pipeline::new(builder, outputs, Arc::clone(&state));
         if let Some(store) = store {
             pipeline = pipeline.with_store(store);

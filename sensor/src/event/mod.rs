@@ -38,11 +38,13 @@ pub enum Kind {
     RunStart,
     #[serde(rename = "run.end")]
     RunEnd,
+    #[serde(rename = "policy.violation")]
+    PolicyViolation,
 }
 
 impl Kind {
     /// Every kind, in a stable order (for counters).
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::ProcessSpawn,
         Self::ProcessExec,
         Self::ProcessExit,
@@ -50,6 +52,7 @@ impl Kind {
         Self::SensorLost,
         Self::RunStart,
         Self::RunEnd,
+        Self::PolicyViolation,
     ];
 
     #[must_use]
@@ -62,6 +65,7 @@ impl Kind {
             Self::SensorLost => "sensor.lost",
             Self::RunStart => "run.start",
             Self::RunEnd => "run.end",
+            Self::PolicyViolation => "policy.violation",
         }
     }
 
@@ -180,6 +184,9 @@ pub struct Event {
     pub network: Option<Network>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lost: Option<Lost>,
+    /// The run's policy verdict on this exec or connect.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy::Verdict>,
 }
 
 /// The process an event is about.
@@ -237,6 +244,9 @@ pub struct Exec {
     pub inode: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dev: Option<String>,
+    /// The kernel's `dev_t` of the executed file, for policy checks.
+    #[serde(skip)]
+    pub dev_raw: Option<u32>,
 }
 
 /// Destination and outcome of a connect.
@@ -273,6 +283,7 @@ pub struct EventBuilder {
     clock: Clock,
     next_seq: u64,
     attribution: Attribution,
+    policies: crate::policy::Policies,
 }
 
 impl EventBuilder {
@@ -284,6 +295,56 @@ impl EventBuilder {
             clock,
             next_seq: 1,
             attribution,
+            policies: crate::policy::Policies::default(),
+        }
+    }
+
+    /// Sets the policies runs are checked against.
+    #[must_use]
+    pub fn with_policies(mut self, policies: crate::policy::Policies) -> Self {
+        self.policies = policies;
+        self
+    }
+
+    /// The policies (to validate `launch --policy`).
+    #[must_use]
+    pub fn policies(&self) -> &crate::policy::Policies {
+        &self.policies
+    }
+
+    /// Checks an exec or connect event of a run against the run's policy;
+    /// a denial is followed by a `policy.violation` event.
+    fn apply_policy(&mut self, mut e: Event, run: u64, out: &mut Vec<Event>) {
+        let Some(policy) = self
+            .attribution
+            .run_policy(run)
+            .and_then(|name| self.policies.get(name))
+        else {
+            out.push(e);
+            return;
+        };
+        let verdict = match (&e.process, &e.exec, &e.network) {
+            (Some(p), Some(x), _) if x.result == "ok" => {
+                let dev = x.dev_raw.map_or(0, crate::policy::kernel_dev_to_st_dev);
+                Some(policy.check_exec(p.exe.as_deref().unwrap_or(""), dev, x.inode.unwrap_or(0)))
+            }
+            (_, _, Some(n)) => Some(policy.check_connect(n.dst_ip, n.dst_port)),
+            _ => None,
+        };
+        e.policy = verdict;
+        let violation = e
+            .policy
+            .as_ref()
+            .is_some_and(crate::policy::Verdict::is_deny)
+            .then(|| {
+                let mut v = e.clone();
+                v.kind = Kind::PolicyViolation;
+                v
+            });
+        out.push(e);
+        if let Some(mut v) = violation {
+            v.seq = self.seq();
+            out.push(v);
         }
     }
 
@@ -336,6 +397,7 @@ impl EventBuilder {
             exec: None,
             network: None,
             lost: None,
+            policy: None,
         }
     }
 
@@ -487,7 +549,7 @@ impl EventBuilder {
                 e.exec = Some(exec);
                 e.run = self.attribution.run_ref(run, how);
                 e.process = Some(p);
-                out.push(e);
+                self.apply_policy(e, run, out);
             }
             RawEvent::Exit { data, .. } => {
                 let mut e = self.envelope(Kind::ProcessExit, time);
@@ -518,7 +580,7 @@ impl EventBuilder {
                 e.run = self.attribution.run_ref(run, how);
                 e.process = Some(p);
                 e.network = Some(network(&data));
-                out.push(e);
+                self.apply_policy(e, run, out);
             }
         }
     }
@@ -646,6 +708,7 @@ fn exec_details(data: &ExecData, s: &ExecStrings, failed: bool) -> Exec {
         inode: (!failed && data.ino != 0).then_some(data.ino),
         dev: (!failed && data.dev != 0)
             .then(|| format!("{}:{}", data.dev >> 20, data.dev & 0xf_ffff)),
+        dev_raw: (!failed && data.dev != 0).then_some(data.dev),
     }
 }
 
