@@ -271,3 +271,64 @@ fn bad_databases_and_unknown_runs_are_clear_errors() -> Result<()> {
     ensure!(!ok && err.contains("no run matches"), "{err}");
     Ok(())
 }
+
+#[test]
+fn a_locked_database_never_blocks_the_reader_and_its_losses_are_reported() -> Result<()> {
+    let dir = TempDir::new("store-locked")?;
+    let db = dir.path().join("sensor.db");
+    let db_arg = db.display().to_string();
+    let d = Daemon::start_with_args(&["--db", &db_arg])?;
+    // Another process holds an exclusive lock on the store for 8 seconds.
+    let mut locker = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys,time; c=sqlite3.connect(sys.argv[1], isolation_level=None); \
+             c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); time.sleep(8); c.execute('ROLLBACK')",
+        ])
+        .arg(&db)
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(locker.stdout.as_mut().context("locker stdout")?),
+        &mut first,
+    )?;
+    ensure!(first.trim() == "locked", "the lock was taken: {first:?}");
+
+    // While it is locked, events keep reaching the file output at once.
+    for i in 0..20 {
+        let m = format!("{}-{i}", marker());
+        let (_, out) =
+            run_with_timeout(Command::new("/bin/true").arg(&m), Duration::from_secs(10))?;
+        ensure!(out.status.success());
+        let started = std::time::Instant::now();
+        d.wait_for(EVENT_TIMEOUT, |e| {
+            e["kind"] == "process.exec" && e["process"]["argv"][1] == m.as_str()
+        })?;
+        ensure!(
+            started.elapsed() < Duration::from_secs(2),
+            "an event took {:?} to reach the file while the store was locked",
+            started.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let status = locker.wait()?;
+    ensure!(status.success(), "the locker exited {status}");
+
+    // What the store could not write was counted, and reported as lost.
+    let lost = d.wait_for(Duration::from_secs(20), |e| {
+        e["kind"] == "sensor.lost" && e["lost"]["by_output"]["store"].as_u64().unwrap_or(0) > 0
+    })?;
+    let st = d.status_json()?;
+    let store = &st["store"];
+    ensure!(
+        store["failed"].as_u64().unwrap_or(0) + store["dropped"].as_u64().unwrap_or(0) > 0,
+        "status counts the store's losses: {st}"
+    );
+    ensure!(
+        lost["lost"]["total"] == 0,
+        "nothing was lost in the kernel: {lost}"
+    );
+    d.check_alive()?;
+    Ok(())
+}
