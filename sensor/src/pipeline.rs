@@ -65,6 +65,8 @@ pub struct Pipeline {
     scratch: Vec<Event>,
     store: Option<StoreWriter>,
     store_records: Vec<Record>,
+    /// The config file policies are reloaded from.
+    config_path: Option<std::path::PathBuf>,
 }
 
 impl Pipeline {
@@ -86,7 +88,32 @@ impl Pipeline {
             scratch: Vec::with_capacity(4),
             store: None,
             store_records: Vec::new(),
+            config_path: None,
         }
+    }
+
+    /// Where `reload` reads the policies (the daemon's `--config`).
+    #[must_use]
+    pub fn with_config_path(mut self, path: Option<std::path::PathBuf>) -> Self {
+        self.config_path = path;
+        self
+    }
+
+    /// Re-reads and validates the config's policies, then swaps them in.
+    /// On any error the running policies stay, untouched.
+    pub fn reload_policies(&mut self) -> Result<(u64, Vec<String>), String> {
+        // `{:#}` of an anyhow error prints the whole chain (file:line and cause).
+        let config = crate::config::Config::load(self.config_path.as_deref())
+            .map_err(|e| format!("{:#}", anyhow::Error::new(e)))?;
+        let version = self.builder.policies().version() + 1;
+        let policies = config
+            .load_policies()
+            .map_err(|e| format!("{:#}", anyhow::Error::new(e)))?
+            .with_version(version);
+        let names: Vec<String> = policies.names().map(str::to_owned).collect();
+        self.builder.set_policies(policies);
+        tracing::info!(version, policies = ?names, "policies reloaded");
+        Ok((version, names))
     }
 
     /// Also writes every event to the store.
@@ -169,6 +196,18 @@ impl Pipeline {
                 },
             },
             Request::Status => Response::Status(Box::new(self.state.report())),
+            Request::ReloadPolicies if command.peer.uid != 0 => Response::Error {
+                message: "only root may reload the policies".to_owned(),
+            },
+            Request::ReloadPolicies => match self.reload_policies() {
+                Ok((version, policies)) => Response::Reloaded { version, policies },
+                Err(message) => {
+                    tracing::error!(%message, "policy reload refused; the running policies stay");
+                    Response::Error {
+                        message: format!("reload refused, the running policies stay: {message}"),
+                    }
+                }
+            },
         };
         let _ = command.reply.send(response);
     }

@@ -267,3 +267,126 @@ fn launch_with_an_unknown_policy_is_refused() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn policy_check_reports_file_and_line() -> Result<()> {
+    let tmp = TempDir::new("policy-check")?;
+    let good = tmp.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "[policy.p]\nexec.allow = [\"/usr/bin/true\"]\nconnect.allow = [\"10.0.0.0/8:443\"]\n",
+    )?;
+    let (_, out) = run_with_timeout(
+        Command::new(sensor_bin()?)
+            .args(["policy", "check"])
+            .arg(&good),
+        Duration::from_secs(10),
+    )?;
+    ensure!(
+        out.status.success() && text(&out.stdout).contains("ok (1 policies: p"),
+        "{}",
+        text(&out.stderr)
+    );
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[policy.p]\nexec.allow = [\"/usr/bin/true\"]\nconnect.allow = [\"10.0.0.0/8:443\"]\nmax_depht = 3\n",
+    )?;
+    let (_, out) = run_with_timeout(
+        Command::new(sensor_bin()?)
+            .args(["policy", "check"])
+            .arg(&bad),
+        Duration::from_secs(10),
+    )?;
+    let err = text(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains(&format!("{}:4:", bad.display())),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn reload_is_validated_and_every_verdict_names_its_version() -> Result<()> {
+    let sensor_dir = sensor_bin()?.parent().context("dir")?.display().to_string();
+    let v1 = format!("[policy.p]\nexec.allow = [\"/usr/bin/dash\", \"{sensor_dir}/\"]\n");
+    let d = Daemon::start_with(Some(&v1), &[])?;
+    let config = d.dir().join("sensor.toml");
+    ensure!(
+        config.exists(),
+        "the harness wrote the config at {}",
+        config.display()
+    );
+    let env_verdict = |d: &Daemon| -> Result<Value> {
+        let m = marker();
+        let (_, out) = run_with_timeout(
+            &mut d.launch_cmd("a", &["--policy", "p"], &["/usr/bin/env", "true", &m]),
+            Duration::from_secs(20),
+        )?;
+        ensure!(out.status.success(), "{}", text(&out.stderr));
+        let e = exec_of(d, "/usr/bin/env", &m)?;
+        Ok(e["policy"].clone())
+    };
+    let p = env_verdict(&d)?;
+    ensure!(p["verdict"] == "deny" && p["version"] == 1, "{p}");
+
+    // A valid change, by `sensor policy reload`: version 2 allows env.
+    std::fs::write(
+        &config,
+        format!("{v1}\n[policy.q]\nexec.allow = [\"/usr/bin/true\"]\n")
+            .replace("\"/usr/bin/dash\"", "\"/usr/bin/dash\", \"/usr/bin/env\""),
+    )?;
+    let (_, out) = run_with_timeout(
+        d.sensor().args(["policy", "reload"]),
+        Duration::from_secs(20),
+    )?;
+    ensure!(
+        out.status.success() && text(&out.stdout).contains("version 2"),
+        "{} {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let p = env_verdict(&d)?;
+    ensure!(p["verdict"] == "allow" && p["version"] == 2, "{p}");
+
+    // A malformed file is refused with its line; version 2 keeps deciding.
+    std::fs::write(
+        &config,
+        "[policy.p]\nexec.allow = [\"/usr/bin/true\"]\nconnect.allow = [\"300.1.1.1\"]\n",
+    )?;
+    let (_, out) = run_with_timeout(
+        d.sensor().args(["policy", "reload"]),
+        Duration::from_secs(20),
+    )?;
+    let err = text(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("running policies stay") && err.contains("300.1.1.1"),
+        "{err}"
+    );
+    let p = env_verdict(&d)?;
+    ensure!(
+        p["verdict"] == "allow" && p["version"] == 2,
+        "the old policy still decides: {p}"
+    );
+
+    // SIGHUP reloads too: back to v1's rules, as version 3.
+    std::fs::write(&config, &v1)?;
+    let pid = i32::try_from(d.pid())?;
+    // SAFETY: kill(2) on the daemon this test started.
+    ensure!(unsafe { libc::kill(pid, libc::SIGHUP) } == 0, "SIGHUP");
+    let deadline = std::time::Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let p = env_verdict(&d)?;
+        if p["version"] == 3 {
+            ensure!(p["verdict"] == "deny", "{p}");
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP did not reload: {p}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    d.check_alive()?;
+    Ok(())
+}

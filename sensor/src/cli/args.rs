@@ -48,6 +48,9 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Write a self-contained HTML page of a run: trees, timeline, verdicts.
     Report(ReportArgs),
+    /// Check a policy file, or make the daemon reload its policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Show whether the daemon is attached and ready, with its counters.
     ///
     /// Exits 0 once the daemon is ready, 1 when it cannot be reached or is not ready.
@@ -192,6 +195,23 @@ pub struct ReplayArgs {
     pub run: String,
     #[command(flatten)]
     pub db: DbArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a config file's policies and agents; errors name file:line.
+    Check {
+        /// The config file (a daemon config with [policy.NAME] tables)
+        file: PathBuf,
+    },
+    /// Make the daemon re-read, validate and swap in its policies (root).
+    ///
+    /// A bad file is reported and the running policies stay in force.
+    Reload {
+        /// Control socket of the daemon
+        #[arg(long, value_name = "PATH", env = "SENSOR_SOCKET", default_value = paths::SOCKET)]
+        socket: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -101,13 +101,40 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
             "restored state"
         );
         let builder = EventBuilder::new(host, keys, clock, attribution).with_policies(policies);
-        let mut pipeline = Pipeline::new(builder, outputs, Arc::clone(&state));
+        let mut pipeline = Pipeline::new(builder, outputs, Arc::clone(&state))
+            .with_config_path(args.config.clone());
         if let Some(store) = store {
             pipeline = pipeline.with_store(store);
         }
         pipeline.run_changes(&ended);
 
         let (commands_tx, commands) = tokio::sync::mpsc::channel(64);
+        // SIGHUP reloads the policies, as `sensor policy reload` does.
+        let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        let reload_tx = commands_tx.clone();
+        let reloader = tokio::spawn(async move {
+            while sighup.recv().await.is_some() {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                let peer = crate::attribution::Peer {
+                    pid: std::process::id(),
+                    uid: 0,
+                    gid: 0,
+                };
+                let request = control::protocol::Request::ReloadPolicies;
+                if reload_tx
+                    .send(control::Command {
+                        peer,
+                        request,
+                        reply,
+                    })
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                let _ = answer.await;
+            }
+        });
         let server = tokio::spawn(control::serve(listener, Arc::clone(&state), commands_tx));
         let mut sigterm =
             signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -133,6 +160,7 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
         };
         let result = pipeline::run(kernel, pipeline, commands, shutdown).await;
         server.abort();
+        reloader.abort();
         let _ = std::fs::remove_file(&socket);
         result?;
         let report = state.report();

@@ -25,6 +25,46 @@ impl Command {
             Self::Who(args) => query::who(args),
             Self::Replay(args) => query::replay(args),
             Self::Report(args) => report::execute(args),
+            Self::Policy(cmd) => policy(cmd),
+        }
+    }
+}
+
+fn policy(cmd: &args::PolicyCommand) -> anyhow::Result<ExitCode> {
+    use crate::control::{
+        self, ControlError,
+        protocol::{Request, Response},
+    };
+    match cmd {
+        args::PolicyCommand::Check { file } => {
+            let config = crate::config::Config::load(Some(file))?;
+            let policies = config.load_policies()?;
+            let names: Vec<&str> = policies.names().collect();
+            println!(
+                "{}: ok ({} policies: {}; {} agent matchers)",
+                file.display(),
+                names.len(),
+                names.join(", "),
+                config.agents.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        args::PolicyCommand::Reload { socket } => {
+            match control::request(socket, &Request::ReloadPolicies) {
+                Ok(Response::Reloaded { version, policies }) => {
+                    println!(
+                        "policies reloaded: version {version} ({})",
+                        policies.join(", ")
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Ok(other) => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
+                Err(ControlError::Refused(message)) => {
+                    eprintln!("sensor: {message}");
+                    Ok(ExitCode::FAILURE)
+                }
+                Err(e) => Err(e.into()),
+            }
         }
     }
 }

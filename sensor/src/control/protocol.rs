@@ -25,6 +25,8 @@ pub enum Request {
     /// The run of process `pid`; `start_ticks` (field 22 of /proc/PID/stat)
     /// makes the answer refuse a recycled pid.
     Attest { pid: u32, start_ticks: Option<u64> },
+    /// Re-read the config's policies, validate them, and swap them in (root only).
+    ReloadPolicies,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -33,6 +35,7 @@ pub enum Response {
     Status(Box<StatusReport>),
     Launched { run: Box<Run> },
     Run(Box<RunAnswer>),
+    Reloaded { version: u64, policies: Vec<String> },
     Error { message: String },
 }
 

@@ -306,6 +306,11 @@ impl EventBuilder {
         self
     }
 
+    /// Replaces the policies (a validated reload).
+    pub fn set_policies(&mut self, policies: crate::policy::Policies) {
+        self.policies = policies;
+    }
+
     /// The policies (to validate `launch --policy`).
     #[must_use]
     pub fn policies(&self) -> &crate::policy::Policies {

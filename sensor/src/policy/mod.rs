@@ -108,6 +108,8 @@ struct NetRule {
 pub struct Policy {
     pub name: String,
     pub mode: Mode,
+    /// Version of the policy set this policy was loaded in.
+    pub version: u64,
     exec: Vec<ExecRule>,
     connect: Vec<NetRule>,
 }
@@ -122,6 +124,8 @@ pub struct Verdict {
     pub rule: String,
     /// Whether the kernel blocked it (never, in audit mode).
     pub enforced: bool,
+    /// Version of the policy set that decided (1 at start-up, +1 per reload).
+    pub version: u64,
 }
 
 impl Verdict {
@@ -194,6 +198,7 @@ impl Policy {
         Ok(Self {
             name: name.to_owned(),
             mode: c.mode,
+            version: 1,
             exec,
             connect,
         })
@@ -206,12 +211,14 @@ impl Policy {
                 verdict: "allow",
                 rule,
                 enforced: false,
+                version: self.version,
             },
             None => Verdict {
                 name: self.name.clone(),
                 verdict: "deny",
                 rule: format!("{list} (no rule matches)"),
                 enforced: false,
+                version: self.version,
             },
         }
     }
@@ -332,15 +339,40 @@ fn contains(net: IpAddr, prefix: u8, ip: IpAddr) -> bool {
 #[derive(Debug, Clone, Default)]
 pub struct Policies {
     by_name: BTreeMap<String, Policy>,
+    version: u64,
 }
 
 impl Policies {
+    /// The same policies, numbered as version `version`.
+    #[must_use]
+    pub fn with_version(mut self, version: u64) -> Self {
+        self.version = version;
+        for p in self.by_name.values_mut() {
+            p.version = version;
+        }
+        self
+    }
+
+    /// The version of this policy set.
+    #[must_use]
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Names of the policies.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
+    }
+
     pub fn load(configs: &BTreeMap<String, PolicyConfig>) -> Result<Self, PolicyError> {
         let by_name = configs
             .iter()
             .map(|(name, c)| Policy::load(name, c).map(|p| (name.clone(), p)))
             .collect::<Result<_, _>>()?;
-        Ok(Self { by_name })
+        Ok(Self {
+            by_name,
+            version: 1,
+        })
     }
 
     #[must_use]
