@@ -170,6 +170,29 @@ impl Pipeline {
             });
             return;
         }
+        // A sub-run may name a policy only if it is within its parent run's.
+        if let Request::Launch(req) = &command.request
+            && let Some(name) = &req.policy
+            && let Some(parent_name) = self
+                .builder
+                .attribution()
+                .attest(command.peer.pid, None)
+                .ok()
+                .and_then(|a| a.run.policy)
+            && let (Some(child), Some(parent)) = (
+                self.builder.policies().get(name),
+                self.builder.policies().get(&parent_name),
+            )
+            && let Err(extra) = child.within(parent)
+        {
+            let _ = command.reply.send(Response::Error {
+                message: format!(
+                    "policy {name:?} is wider than the parent run's policy {parent_name:?} \
+                     ({extra} is not in it): a sub-agent cannot gain rights its parent lacks"
+                ),
+            });
+            return;
+        }
         let attribution = self.builder.attribution_mut();
         let response = match command.request {
             Request::Launch(req) => match attribution.launch(command.peer, req, now) {

@@ -390,3 +390,48 @@ fn reload_is_validated_and_every_verdict_names_its_version() -> Result<()> {
     d.check_alive()?;
     Ok(())
 }
+
+#[test]
+fn a_sub_run_cannot_widen_its_parents_policy() -> Result<()> {
+    let sensor_dir = sensor_bin()?.parent().context("dir")?.display().to_string();
+    let config = format!(
+        "[policy.parent]\nexec.allow = [\"/usr/bin/dash\", \"/usr/bin/true\", \"{sensor_dir}/\"]\n\
+         [policy.narrow]\nexec.allow = [\"/usr/bin/true\"]\n\
+         [policy.wide]\nexec.allow = [\"/usr/bin/true\", \"/usr/bin/env\"]\n"
+    );
+    let d = Daemon::start_with(Some(&config), &[])?;
+    let sensor = sensor_bin()?.display().to_string();
+    let m = marker();
+    let script = format!(
+        "{sensor} launch --agent narrow-sub --policy narrow -- /usr/bin/true {m}; echo narrow=$?; \
+         {sensor} launch --agent wide-sub --policy wide -- /usr/bin/true {m}; echo wide=$?"
+    );
+    let (_, out) = run_with_timeout(
+        &mut d.launch_cmd(
+            "parent-agent",
+            &["--policy", "parent"],
+            &["/bin/sh", "-c", &script],
+        ),
+        Duration::from_secs(30),
+    )?;
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    ensure!(
+        stdout.contains("narrow=0"),
+        "a narrower policy is accepted: {stdout} {stderr}"
+    );
+    ensure!(
+        stdout.contains("wide=1"),
+        "a wider policy is refused: {stdout} {stderr}"
+    );
+    ensure!(
+        stderr.contains("wider than the parent run's policy \"parent\"")
+            && stderr.contains("/usr/bin/env"),
+        "{stderr}"
+    );
+    let e = exec_of(&d, "/usr/bin/true", &m)?;
+    ensure!(
+        e["run"]["agent"] == "narrow-sub" && e["policy"]["name"] == "narrow",
+        "{e}"
+    );
+    Ok(())
+}

@@ -365,11 +365,14 @@ impl Attribution {
                 principal,
                 uid,
                 parent: (run != 0).then_some(run),
-                // The matcher's policy, else the enclosing run's.
-                policy: matcher
-                    .policy
-                    .clone()
-                    .or_else(|| self.runs.get(run).and_then(|r| r.policy.clone())),
+                // Inside a run with a policy, the sub-run keeps that policy (a
+                // sub-agent never gains rights its parent lacks); the matcher's
+                // own policy applies to the runs it starts at the top.
+                policy: self
+                    .runs
+                    .get(run)
+                    .and_then(|r| r.policy.clone())
+                    .or_else(|| matcher.policy.clone()),
                 started_by,
                 ..NewRun::default()
             },

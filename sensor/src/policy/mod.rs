@@ -241,6 +241,35 @@ impl Policy {
         self.verdict(hit.map(|r| format!("exec.allow {r}")), "exec.allow")
     }
 
+    /// The rules as written, `exec.allow …` and `connect.allow …`.
+    fn rule_texts(&self) -> Vec<String> {
+        self.exec
+            .iter()
+            .map(|r| match r {
+                ExecRule::File { path, .. } | ExecRule::Dir { path, .. } => {
+                    format!("exec.allow {path}")
+                }
+                ExecRule::Glob { pattern, .. } => format!("exec.allow {pattern}"),
+            })
+            .chain(
+                self.connect
+                    .iter()
+                    .map(|r| format!("connect.allow {}", r.text)),
+            )
+            .collect()
+    }
+
+    /// Checks that `self` allows nothing `parent` does not: every rule of
+    /// `self` is also a rule of `parent` (a conservative test: a sub-agent
+    /// never gains rights its parent lacks). Returns the first extra rule.
+    pub fn within(&self, parent: &Self) -> Result<(), String> {
+        let allowed = parent.rule_texts();
+        match self.rule_texts().into_iter().find(|r| !allowed.contains(r)) {
+            None => Ok(()),
+            Some(extra) => Err(extra),
+        }
+    }
+
     /// The verdict on connecting to `ip:port`.
     #[must_use]
     pub fn check_connect(&self, ip: IpAddr, port: u16) -> Verdict {
@@ -514,6 +543,18 @@ mod tests {
             load("", "", Mode::Enforce),
             Err(PolicyError::EnforceUnavailable { .. })
         ));
+    }
+
+    #[test]
+    fn a_narrower_policy_is_within_its_parent() {
+        let parent = policy(&["/usr/bin/true", "/usr/lib/"], &["127.0.0.0/8"]);
+        assert!(policy(&["/usr/bin/true"], &[]).within(&parent).is_ok());
+        assert!(policy(&[], &["127.0.0.0/8"]).within(&parent).is_ok());
+        assert_eq!(
+            policy(&["/usr/bin/env"], &[]).within(&parent),
+            Err("exec.allow /usr/bin/env".to_owned())
+        );
+        assert!(policy(&[], &["0.0.0.0/0"]).within(&parent).is_err());
     }
 
     #[test]
