@@ -8,8 +8,14 @@
 //! IQR, and the median over rounds of the per-round ratio to `bare`. The
 //! Markdown table goes to stdout, the raw numbers to target/bench/results.json.
 //!
+//! The peers (auditd, bpftrace: see `peers`) are variants like the others;
+//! their losses are reported, not failed on. After the rounds, two separate
+//! measurements: kernel-to-output latency of a trickle of execs (`latency`)
+//! and daemon RSS with many live processes and runs (`memory`).
+//!
 //! Timing never fails the run; lost events or a broken tool (a daemon that
-//! does not start, stop cleanly or see the storm, a storm that fails) do.
+//! does not start, stop cleanly or see the storm, a storm that fails, a peer
+//! that cannot be installed or started) do.
 
 use std::{
     collections::BTreeMap,
@@ -23,6 +29,10 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde_json::{Value, json};
+
+mod latency;
+mod memory;
+mod peers;
 
 use crate::{
     build::{self, Profile},
@@ -93,6 +103,10 @@ enum Variant {
     /// itself inside a run: every storm process is entered in the run by the
     /// kernel at fork and attributed in user space.
     SensorRuns,
+    /// auditd with rules for execve, connect and clone, written to its log.
+    Auditd,
+    /// bpftrace printing fork, exec, exit and connect to a file.
+    Bpftrace,
 }
 
 const VARIANTS: &[Variant] = &[
@@ -100,6 +114,8 @@ const VARIANTS: &[Variant] = &[
     Variant::Sensor,
     Variant::SensorStore,
     Variant::SensorRuns,
+    Variant::Auditd,
+    Variant::Bpftrace,
 ];
 
 /// Runs kept live during the `sensor+runs` variant (issue 4: "1,000 runs live").
@@ -114,7 +130,18 @@ impl Variant {
             Self::Sensor => "sensor",
             Self::SensorStore => "sensor+store",
             Self::SensorRuns => "sensor+runs",
+            Self::Auditd => "auditd",
+            Self::Bpftrace => "bpftrace",
         }
+    }
+
+    /// The sensor's own variants: their losses fail the bench.
+    fn is_sensor(self) -> bool {
+        matches!(self, Self::Sensor | Self::SensorStore | Self::SensorRuns)
+    }
+
+    fn is_peer(self) -> bool {
+        matches!(self, Self::Auditd | Self::Bpftrace)
     }
 
     /// Start what this variant needs for one round.
@@ -142,6 +169,18 @@ impl Variant {
                 daemon.launch_self("bench-storm")?;
                 Ok(Tool::SensorRuns { daemon, sleepers })
             }
+            Self::Auditd => {
+                if let Some(err) = &env.peers_missing {
+                    bail!("auditd is not available: {err}");
+                }
+                peers::Auditd::start(&env.out_dir.join("auditd.log")).map(Tool::Auditd)
+            }
+            Self::Bpftrace => {
+                if let Some(err) = &env.peers_missing {
+                    bail!("bpftrace is not available: {err}");
+                }
+                peers::Bpftrace::start(&env.socket_dir).map(Tool::Bpftrace)
+            }
         }
     }
 }
@@ -154,6 +193,8 @@ enum Tool {
         daemon: Daemon,
         sleepers: Vec<Child>,
     },
+    Auditd(peers::Auditd),
+    Bpftrace(peers::Bpftrace),
 }
 
 /// What a tool reports around one workload.
@@ -173,12 +214,25 @@ impl Tool {
             Self::Sensor(daemon) | Self::SensorRuns { daemon, .. } => {
                 daemon.status_json().map(Some)
             }
+            Self::Auditd(_) | Self::Bpftrace(_) => {
+                self.peer_lost().map(|lost| Some(json!({"lost": lost})))
+            }
+        }
+    }
+
+    /// A peer's lost count so far (0 for the sensor's tools, which have
+    /// their own counters).
+    fn peer_lost(&self) -> Result<u64> {
+        match self {
+            Self::Auditd(auditd) => auditd.lost(),
+            Self::Bpftrace(bpftrace) => bpftrace.lost(),
+            _ => Ok(0),
         }
     }
 
     fn daemon(&self) -> Option<&Daemon> {
         match self {
-            Self::None => None,
+            Self::None | Self::Auditd(_) | Self::Bpftrace(_) => None,
             Self::Sensor(daemon) | Self::SensorRuns { daemon, .. } => Some(daemon),
         }
     }
@@ -186,6 +240,16 @@ impl Tool {
     /// Counters after a workload of `ops` ops, compared with `before`. Waits
     /// (bounded) for the reader to catch up with the storm.
     fn observe(&self, before: Option<&Value>, workload: &Workload, ops: usize) -> Result<Observed> {
+        if matches!(self, Self::Auditd(_) | Self::Bpftrace(_)) {
+            let before = before
+                .and_then(|b| b.get("lost"))
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            return Ok(Observed {
+                lost: Some(self.peer_lost()?.saturating_sub(before)),
+                ..Observed::default()
+            });
+        }
         let (Some(daemon), Some(before)) = (self.daemon(), before) else {
             return Ok(Observed::default());
         };
@@ -212,6 +276,8 @@ impl Tool {
     fn finish(self) -> Result<Option<u64>> {
         match self {
             Self::None => Ok(None),
+            Self::Auditd(auditd) => auditd.stop().map(Some),
+            Self::Bpftrace(bpftrace) => bpftrace.stop().map(Some),
             Self::SensorRuns { daemon, sleepers } => {
                 let status = daemon.status_json();
                 for mut sleeper in sleepers {
@@ -257,6 +323,8 @@ struct Env {
     socket_dir: PathBuf,
     /// target/bench: results and daemon logs.
     out_dir: PathBuf,
+    /// Why auditd and bpftrace could not be installed, if so.
+    peers_missing: Option<String>,
 }
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -513,7 +581,198 @@ struct Results {
     samples: BTreeMap<(usize, &'static str), Vec<Sample>>,
     /// variant → lost-event total of each round it ran with a tool.
     lost: BTreeMap<&'static str, Vec<u64>>,
+    /// Daemon RSS measurements (issue 8 item 4).
+    memory: Vec<MemoryResult>,
+    /// Kernel-to-output latency of each exec line of the trickle, ms.
+    latency_ms: Vec<f64>,
+    /// Execs spawned for the latency measurement.
+    latency_execs: usize,
     problems: Vec<String>,
+}
+
+/// Daemon RSS with `count` live processes or runs.
+#[derive(Debug, Clone)]
+struct MemoryResult {
+    name: &'static str,
+    count: usize,
+    /// VmRSS of the idle daemon just before, KiB.
+    idle_kib: u64,
+    rss_kib: u64,
+    /// RssAnon, RssFile and RssShmem at the same moment, KiB.
+    parts_kib: BTreeMap<&'static str, u64>,
+    /// The target, when one applies at this count.
+    target_kib: Option<u64>,
+}
+
+/// Live processes parked for the RSS measurement (the target is set at 100k).
+const RSS_PROCESSES: usize = 100_000;
+const QUICK_RSS_PROCESSES: usize = 10_000;
+/// Live runs for the RSS measurement.
+const RSS_RUNS: usize = 10_000;
+const QUICK_RSS_RUNS: usize = 1000;
+/// How long the daemon may take to end the runs whose processes were killed.
+const RUNS_DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
+/// ≤ 64 MiB RSS at 100,000 live processes.
+const RSS_TARGET_KIB: u64 = 64 * 1024;
+
+/// Execs of the latency trickle, and their rate per second.
+const LATENCY_EXECS: usize = 2000;
+const QUICK_LATENCY_EXECS: usize = 500;
+const LATENCY_RATE: u32 = 500;
+/// p99 ≤ 10 ms.
+const LATENCY_P99_TARGET_MS: f64 = 10.0;
+
+/// A daemon writing JSON to a file, a trickle of execs, the file tailed.
+fn measure_latency(env: &Env, quick: bool, results: &mut Results) -> Result<()> {
+    let execs = if quick {
+        QUICK_LATENCY_EXECS
+    } else {
+        LATENCY_EXECS
+    };
+    let events = env.socket_dir.join("latency.jsonl");
+    let _ = fs::remove_file(&events);
+    // Created before the daemon opens it, so the tail can start at once.
+    fs::write(&events, "").with_context(|| format!("cannot create {}", events.display()))?;
+    let output = format!("file:{}", events.display());
+    let daemon = Daemon::start(env, 1001, &["--output", &output, "--no-store"])?;
+    eprintln!("xtask bench: latency: {execs} execs at {LATENCY_RATE}/s, tailing the output file");
+    let measured = latency::trickle(&events, execs, LATENCY_RATE);
+    let stopped = daemon.stop();
+    let _ = fs::remove_file(&events);
+    results.latency_ms = measured?;
+    results.latency_execs = execs;
+    stopped?;
+    if results.latency_ms.len() < execs {
+        bail!(
+            "only {} of {execs} exec lines of the trickle reached the output file",
+            results.latency_ms.len()
+        );
+    }
+    Ok(())
+}
+
+fn rss_parts(pid: u32) -> BTreeMap<&'static str, u64> {
+    ["RssAnon", "RssFile", "RssShmem"]
+        .into_iter()
+        .filter_map(|field| Some((field, memory::status_kib(pid, field).ok()?)))
+        .collect()
+}
+
+/// Starts a daemon, parks processes, then runs, and reads its VmRSS each time.
+fn measure_memory(env: &Env, quick: bool, results: &mut Results) -> Result<()> {
+    let processes = if quick {
+        QUICK_RSS_PROCESSES
+    } else {
+        RSS_PROCESSES
+    };
+    let runs = if quick { QUICK_RSS_RUNS } else { RSS_RUNS };
+    let _room = memory::make_room(processes.max(runs))?;
+    let daemon = Daemon::start(env, 1000, &["--output", "file:/dev/null", "--no-store"])?;
+    let pid = daemon.child.id();
+
+    eprintln!("xtask bench: memory: parking {processes} processes");
+    let idle_kib = memory::rss_kib(pid)?;
+    let before = event_count(&daemon.status_json()?, "process.spawn");
+    let parked = memory::park(processes, None)?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let seen = event_count(&daemon.status_json()?, "process.spawn").saturating_sub(before);
+        if seen >= processes as u64 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            bail!("the daemon saw {seen} of {processes} parked processes within 120 s");
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    let rss_kib = memory::rss_kib(pid)?;
+    let parts_kib = rss_parts(pid);
+    parked.kill()?;
+    eprintln!("  {processes} processes: VmRSS {rss_kib} KiB (idle {idle_kib} KiB)");
+    results.memory.push(MemoryResult {
+        name: "processes",
+        count: processes,
+        idle_kib,
+        rss_kib,
+        parts_kib,
+        target_kib: (processes >= RSS_PROCESSES).then_some(RSS_TARGET_KIB),
+    });
+
+    eprintln!("xtask bench: memory: launching {runs} runs");
+    // Let the daemon forget the exited processes first.
+    thread::sleep(Duration::from_secs(1));
+    let idle_kib = memory::rss_kib(pid)?;
+    let parked = memory::park(runs, Some(&daemon.socket))?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let active = daemon
+            .status_json()?
+            .get("runs_active")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        if active >= runs as u64 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            bail!("only {active} of {runs} runs became active within 120 s");
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    let rss_kib = memory::rss_kib(pid)?;
+    let parts_kib = rss_parts(pid);
+    parked.kill()?;
+    eprintln!("  {runs} runs: VmRSS {rss_kib} KiB (idle {idle_kib} KiB)");
+    // The daemon ends the runs as their processes exit: wait for that before
+    // stopping it, so a slow stop and a slow run end are told apart.
+    // A daemon busy ending runs may not answer `status` in time: retry.
+    let killed = Instant::now();
+    let mut unanswered = 0;
+    loop {
+        let active = daemon.status_json().map(|status| {
+            status
+                .get("runs_active")
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+        });
+        match &active {
+            Ok(0) => {
+                eprintln!(
+                    "  all runs ended {:.1}s after their processes were killed ({unanswered} status requests unanswered meanwhile)",
+                    killed.elapsed().as_secs_f64()
+                );
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => unanswered += 1,
+        }
+        if killed.elapsed() > RUNS_DRAIN_TIMEOUT {
+            let state = match active {
+                Ok(active) => format!("{active} of {runs} runs still active"),
+                Err(err) => format!("the daemon does not answer `status` ({err:#})"),
+            };
+            results.problems.push(format!(
+                "memory: {state} {} s after the processes of {runs} runs were killed",
+                RUNS_DRAIN_TIMEOUT.as_secs()
+            ));
+            break;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    results.memory.push(MemoryResult {
+        name: "runs",
+        count: runs,
+        idle_kib,
+        rss_kib,
+        parts_kib,
+        target_kib: None,
+    });
+    let status = daemon.status_json();
+    daemon.stop()?;
+    let lost = lost_total(&status?)?;
+    if lost > 0 {
+        bail!("the sensor lost {lost} events while processes were parked");
+    }
+    Ok(())
 }
 
 pub fn bench(options: &Options) -> Result<()> {
@@ -560,14 +819,28 @@ pub fn bench(options: &Options) -> Result<()> {
     let socket_dir = std::env::temp_dir().join(format!("sensor-bench-{}", std::process::id()));
     fs::create_dir_all(&socket_dir)
         .with_context(|| format!("cannot create {}", socket_dir.display()))?;
+    // The peers are installed lazily, here rather than by `xtask setup`:
+    // only the bench needs them. Failing to install them is a problem of
+    // their variants, not a crash of the bench.
+    let peers_missing = peers::install().err().map(|err| format!("{err:#}"));
     let env = Env {
         sensor_bin,
         socket_dir,
         out_dir,
+        peers_missing,
     };
 
     let started = Instant::now();
     let results = run_rounds(&env, &workloads, rounds, options.quick);
+    let results = results.map(|mut results| {
+        if let Err(err) = measure_latency(&env, options.quick, &mut results) {
+            results.problems.push(format!("latency: {err:#}"));
+        }
+        if let Err(err) = measure_memory(&env, options.quick, &mut results) {
+            results.problems.push(format!("memory: {err:#}"));
+        }
+        results
+    });
     let _ = fs::remove_dir_all(&env.socket_dir);
     let results = results?;
 
@@ -627,6 +900,11 @@ fn warn_other_daemons() {
 
 fn run_rounds(env: &Env, workloads: &[&Workload], rounds: usize, quick: bool) -> Result<Results> {
     let mut results = Results::default();
+    if let Some(err) = &env.peers_missing {
+        results.problems.push(format!(
+            "auditd, bpftrace: cannot install them, their variants are skipped: {err}"
+        ));
+    }
 
     // Warm-up, not recorded: page cache, CPU frequency, lazy kernel state.
     for workload in workloads {
@@ -647,6 +925,9 @@ fn run_rounds(env: &Env, workloads: &[&Workload], rounds: usize, quick: bool) ->
             names.join(", ")
         );
         for variant in order {
+            if variant.is_peer() && env.peers_missing.is_some() {
+                continue;
+            }
             if let Err(err) = run_variant(env, workloads, variant, round, quick, &mut results) {
                 results
                     .problems
@@ -704,8 +985,9 @@ fn run_variant(
                 observed,
             });
     }
+    // A peer's losses are reported, never a failure.
     if let Some(lost) = tool.finish()? {
-        if lost > 0 {
+        if lost > 0 && variant.is_sensor() {
             results.problems.push(format!(
                 "round {}, {}: the sensor lost {lost} events (status lost.total)",
                 round + 1,
@@ -794,15 +1076,82 @@ fn markdown(workloads: &[&Workload], rounds: usize, quick: bool, results: &Resul
     }
     out.push_str(
         "\nRatio: the median over rounds of (variant time / bare time in the same round), with its min – max. \
-         Lost: events the sensor counted as lost during the workload (status lost.total).\n\n",
+         Lost: events the tool lost during the workload: for the sensor its status lost.total, \
+         for auditd the kernel's `lost` count (`auditctl -s`), for bpftrace its \"Lost N events\" lines. \
+         Only the sensor's losses fail the bench.\n\n",
     );
     for workload in workloads {
         out.push_str(&format!("- {}: {}\n", workload.name, workload.description));
     }
+    out.push_str(&format!(
+        "- auditd: rules for {} (arch b64), backlog {}, written to /var/log/audit/audit.log\n\
+         - bpftrace: tracepoints sched_process_fork/exec/exit and sys_enter_connect printed to a file\n",
+        peers::AUDIT_SYSCALLS.join(", "),
+        peers::AUDIT_BACKLOG
+    ));
     for (variant, lost) in &results.lost {
         out.push_str(&format!(
-            "- {variant}: lost.total per round {:?} (must be 0)\n",
-            lost
+            "- {variant}: lost per round {:?}{}\n",
+            lost,
+            if matches!(*variant, "auditd" | "bpftrace") {
+                ""
+            } else {
+                " (must be 0)"
+            }
+        ));
+    }
+    if !results.memory.is_empty() {
+        out.push_str(
+            "\n| daemon memory | live | VmRSS MiB | anon / file / shmem MiB | idle VmRSS MiB | target |\n",
+        );
+        out.push_str("|---|---:|---:|---:|---:|---|\n");
+        for m in &results.memory {
+            let part = |name| {
+                m.parts_kib
+                    .get(name)
+                    .map_or("?".to_owned(), |&kib| format!("{:.1}", kib as f64 / 1024.0))
+            };
+            out.push_str(&format!(
+                "| {} | {} | {:.1} | {} / {} / {} | {:.1} | {} |\n",
+                m.name,
+                m.count,
+                m.rss_kib as f64 / 1024.0,
+                part("RssAnon"),
+                part("RssFile"),
+                part("RssShmem"),
+                m.idle_kib as f64 / 1024.0,
+                m.target_kib.map_or("–".to_owned(), |t| format!(
+                    "≤ {} MiB: {}",
+                    t / 1024,
+                    if m.rss_kib <= t { "met" } else { "MISSED" }
+                ))
+            ));
+        }
+        out.push_str(
+            "\nDaemon memory: `sensor daemon --no-store --output file:/dev/null` with that many \
+             processes parked in pause() (forked by a helper) or that many runs live (each a \
+             parked process that sent its own launch request); VmRSS from /proc/PID/status.\n",
+        );
+    }
+    if !results.latency_ms.is_empty() {
+        let p = |q| latency::percentile(&results.latency_ms, q).unwrap_or(f64::NAN);
+        let p99 = p(0.99);
+        out.push_str("\n| latency | execs | lines | p50 ms | p99 ms | max ms | target |\n");
+        out.push_str("|---|---:|---:|---:|---:|---:|---|\n");
+        out.push_str(&format!(
+            "| kernel → output file | {} | {} | {:.2} | {:.2} | {:.2} | p99 ≤ {LATENCY_P99_TARGET_MS} ms: {} |\n",
+            results.latency_execs,
+            results.latency_ms.len(),
+            p(0.5),
+            p99,
+            p(1.0),
+            if p99 <= LATENCY_P99_TARGET_MS { "met" } else { "MISSED" }
+        ));
+        out.push_str(&format!(
+            "\nLatency: {LATENCY_RATE} execs/s of {} under `sensor daemon --no-store --output file:...`; \
+             a thread polls the file every 1 ms and takes, for each process.exec line, the wall clock \
+             when it read the line minus the line's `time` (the kernel timestamp).\n",
+            "/bin/true"
         ));
     }
     if !results.problems.is_empty() {
@@ -880,6 +1229,24 @@ fn report_json(
         "sensor_bin": env.sensor_bin,
         "workloads": workloads,
         "lost_per_round": results.lost,
+        "latency_ms": {
+            "execs": results.latency_execs,
+            "lines": results.latency_ms.len(),
+            "rate_per_s": LATENCY_RATE,
+            "p50": latency::percentile(&results.latency_ms, 0.5),
+            "p99": latency::percentile(&results.latency_ms, 0.99),
+            "max": latency::percentile(&results.latency_ms, 1.0),
+            "target_p99": LATENCY_P99_TARGET_MS,
+        },
+        "memory": results.memory.iter().map(|m| json!({
+            "name": m.name,
+            "live": m.count,
+            "rss_kib": m.rss_kib,
+            "idle_rss_kib": m.idle_kib,
+            "rss_parts_kib": m.parts_kib,
+            "target_kib": m.target_kib,
+            "target_met": m.target_kib.map(|t| m.rss_kib <= t),
+        })).collect::<Vec<_>>(),
         "problems": results.problems,
         "ok": results.problems.is_empty(),
     })

@@ -155,7 +155,12 @@ pub struct Attribution {
     keys: crate::identity::ProcessKeys,
     proc_root: PathBuf,
     matchers: Matchers,
+    /// Run changes journaled since the last snapshot.
+    journaled: u32,
 }
+
+/// Journal lines after which the run state is written as a new snapshot.
+const JOURNAL_COMPACT_EVERY: u32 = 1000;
 
 impl Attribution {
     #[must_use]
@@ -175,6 +180,7 @@ impl Attribution {
             keys,
             proc_root: PathBuf::from("/proc"),
             matchers: Matchers::default(),
+            journaled: 0,
         }
     }
 
@@ -202,7 +208,24 @@ impl Attribution {
         &self.processes
     }
 
-    fn save(&self) {
+    /// Records a run's change in the journal; every so many changes the
+    /// journal is folded into a new snapshot.
+    fn record(&mut self, run: &Run) {
+        let Some(path) = &self.state_path else {
+            return;
+        };
+        if let Err(e) = RunTable::journal(path, run) {
+            tracing::error!(path = %path.display(), error = %e, "cannot journal a run change");
+        }
+        self.journaled += 1;
+        if self.journaled >= JOURNAL_COMPACT_EVERY {
+            self.save();
+        }
+    }
+
+    /// Writes a full snapshot of the runs (and empties the journal).
+    fn save(&mut self) {
+        self.journaled = 0;
         if let Some(path) = &self.state_path
             && let Err(e) = self.runs.save(path)
         {
@@ -400,7 +423,7 @@ impl Attribution {
         self.processes.set_run(pid, start_ns, new_run.handle, how);
         self.runs.add_process(new_run.handle);
         tracing::info!(run = %new_run.id, agent = %new_run.agent, pid, depth = new_run.depth, started_by, "run started");
-        self.save();
+        self.record(&new_run);
         Some((new_run.handle, RunChange::Started { run: new_run, pid }))
     }
 
@@ -444,8 +467,8 @@ impl Attribution {
                 return;
             };
             let parent = run.parent_id.clone();
+            self.record(&run);
             changes.push(RunChange::Ended { run });
-            self.save();
             match parent.and_then(|p| self.runs.find(&p).ok().map(|r| r.handle)) {
                 Some(p) => handle = p,
                 None => return,
@@ -490,11 +513,9 @@ impl Attribution {
                 self.processes.set_run(pid, start, 0, 0);
             }
             if let Some(run) = self.runs.end(handle, "ttl", now) {
+                self.record(&run);
                 changes.push(RunChange::Ended { run });
             }
-        }
-        if !changes.is_empty() {
-            self.save();
         }
         changes
     }
@@ -586,7 +607,7 @@ impl Attribution {
         self.processes
             .set_run(peer.pid, entry.start_ns, run.handle, HOW_LAUNCH);
         self.runs.add_process(run.handle);
-        self.save();
+        self.record(&run);
         Ok((run.clone(), RunChange::Started { run, pid: peer.pid }))
     }
 

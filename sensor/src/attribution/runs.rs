@@ -244,7 +244,30 @@ impl RunTable {
             .collect()
     }
 
-    /// Writes the active runs (and recently ended ones) atomically.
+    /// The journal that records run changes between snapshots.
+    #[must_use]
+    pub fn journal_path(path: &Path) -> PathBuf {
+        path.with_extension("journal")
+    }
+
+    /// Appends one run's current state to the journal: O(1) per change, where
+    /// a snapshot costs the whole table. `load` replays it over the snapshot.
+    pub fn journal(path: &Path, run: &Run) -> io::Result<()> {
+        use std::io::Write as _;
+        let mut line = serde_json::to_vec(run).map_err(io::Error::other)?;
+        line.push(b'\n');
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(Self::journal_path(path))?;
+        f.write_all(&line)
+    }
+
+    /// Writes the active runs (and recently ended ones) atomically, then
+    /// empties the journal the snapshot now contains.
     pub fn save(&self, path: &Path) -> io::Result<()> {
         let state = State {
             next_handle: self.next_handle,
@@ -256,11 +279,36 @@ impl RunTable {
         }
         let tmp = path.with_extension("json.tmp");
         fs::write(&tmp, bytes)?;
-        fs::rename(&tmp, path)
+        fs::rename(&tmp, path)?;
+        match fs::remove_file(Self::journal_path(path)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 
-    /// Reads a saved table; a missing file is an empty table.
+    /// Reads a saved table and replays its journal; missing files are an
+    /// empty table. A torn last journal line (a crash mid-write) is skipped.
     pub fn load(path: &Path) -> Result<Self, StateError> {
+        let mut table = Self::load_snapshot(path)?;
+        let journal = Self::journal_path(path);
+        let text = match fs::read_to_string(&journal) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(table),
+            Err(source) => return Err(StateError::Read { path: journal, source }),
+        };
+        for line in text.lines() {
+            let Ok(run) = serde_json::from_str::<Run>(line) else {
+                tracing::warn!(path = %journal.display(), "skipping a torn line of the run journal");
+                continue;
+            };
+            table.next_handle = table.next_handle.max(run.handle + 1);
+            table.by_id.insert(run.id.clone(), run.handle);
+            table.by_handle.insert(run.handle, run);
+        }
+        Ok(table)
+    }
+
+    fn load_snapshot(path: &Path) -> Result<Self, StateError> {
         let bytes = match fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Self::new()),

@@ -1,0 +1,302 @@
+//! Daemon RSS with many live processes and many live runs (issue 8 item 4).
+//!
+//! A parker process (forked from xtask) forks `count` children that block in
+//! pause(); with `launch`, each child first registers itself as a run over the
+//! control socket. The parker and its children share a process group:
+//! SIGTERM to the group kills the children (the parker ignores it), the parker
+//! reaps them and exits.
+
+use std::{
+    fs,
+    io::{Read as _, Write as _},
+    os::unix::net::UnixStream,
+    path::Path,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+const PID_MAX: &str = "/proc/sys/kernel/pid_max";
+const THREADS_MAX: &str = "/proc/sys/kernel/threads-max";
+
+/// A sysctl raised for the bench and restored on drop.
+pub struct Raised {
+    path: &'static str,
+    old: Option<String>,
+}
+
+impl Raised {
+    /// Raise `path` to at least `min` (no change when it is already there).
+    pub fn at_least(path: &'static str, min: u64) -> Result<Self> {
+        let old = fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
+        let current: u64 = old
+            .trim()
+            .parse()
+            .with_context(|| format!("{path} is not a number: {old:?}"))?;
+        if current >= min {
+            return Ok(Self { path, old: None });
+        }
+        fs::write(path, min.to_string())
+            .with_context(|| format!("cannot raise {path} from {current} to {min}"))?;
+        Ok(Self {
+            path,
+            old: Some(old.trim().to_owned()),
+        })
+    }
+}
+
+impl Drop for Raised {
+    fn drop(&mut self) {
+        if let Some(old) = &self.old
+            && let Err(err) = fs::write(self.path, old)
+        {
+            eprintln!("xtask bench: cannot restore {} to {old}: {err}", self.path);
+        }
+    }
+}
+
+/// Raise pid_max and threads-max so that `count` more processes fit.
+pub fn make_room(count: usize) -> Result<Vec<Raised>> {
+    let count = count as u64;
+    let mut raised = Vec::new();
+    if count + 20_000 > 32_768 {
+        raised.push(Raised::at_least(PID_MAX, 4_194_304)?);
+    }
+    raised.push(Raised::at_least(THREADS_MAX, count * 2 + 20_000)?);
+    Ok(raised)
+}
+
+/// The parker and its parked children; Drop kills and reaps them.
+pub struct Parked {
+    pid: libc::pid_t,
+    pub count: usize,
+    reaped: bool,
+}
+
+/// Fork a parker with `count` children blocked in pause(). With `launch`
+/// (the control socket), each child registers itself as the first process of
+/// a run before it blocks. Returns once all are parked.
+pub fn park(count: usize, launch: Option<&Path>) -> Result<Parked> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a writable array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("pipe2 failed");
+    }
+    let [read_fd, write_fd] = fds;
+    // SAFETY: the child only calls async-signal-safe functions and, with
+    // `launch`, std's Unix socket calls with no allocation (xtask has only
+    // the calling thread here: the storms have ended).
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error()).context("fork failed");
+    }
+    if pid == 0 {
+        // SAFETY: the parker: see `parker`.
+        unsafe {
+            libc::close(read_fd);
+            parker(count, launch, write_fd)
+        }
+    }
+    // SAFETY: write_fd is ours and no longer used here.
+    unsafe { libc::close(write_fd) };
+    let mut parked = Parked {
+        pid,
+        count: 0,
+        reaped: false,
+    };
+    // SAFETY: read_fd is an open pipe end owned by nobody else.
+    let mut progress = unsafe { <fs::File as std::os::fd::FromRawFd>::from_raw_fd(read_fd) };
+    let mut buf = [0_u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while parked.count < count {
+        let n = progress
+            .read(&mut buf)
+            .context("cannot read the parker's pipe")?;
+        if n == 0 {
+            bail!(
+                "the parker exited after parking {} of {count}",
+                parked.count
+            );
+        }
+        for &byte in &buf[..n] {
+            match byte {
+                b'1' => parked.count += 1,
+                b'L' => bail!(
+                    "a parked child's launch request failed after {} were parked",
+                    parked.count
+                ),
+                _ => bail!(
+                    "fork failed after {} of {count} processes (pid_max, threads-max, memory?)",
+                    parked.count
+                ),
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!("only {} of {count} parked within 600 s", parked.count);
+        }
+    }
+    Ok(parked)
+}
+
+/// The parker's body; never returns.
+///
+/// # Safety
+/// Only in a child of fork().
+unsafe fn parker(count: usize, launch: Option<&Path>, report: libc::c_int) -> ! {
+    // SAFETY: plain syscalls on this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        libc::setpgid(0, 0);
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+    }
+    for index in 0..count {
+        let mut ack = [0; 2];
+        // SAFETY: ack is a writable array of two ints.
+        if launch.is_some() && unsafe { libc::pipe(ack.as_mut_ptr()) } != 0 {
+            break;
+        }
+        // SAFETY: fork in a single-threaded process.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            // SAFETY: report is our pipe end.
+            unsafe { libc::write(report, b"F".as_ptr().cast(), 1) };
+            break;
+        }
+        if pid == 0 {
+            // SAFETY: the parked child.
+            unsafe {
+                libc::signal(libc::SIGTERM, libc::SIG_DFL);
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if let Some(socket) = launch {
+                    let ok = launch_self(socket, index);
+                    libc::write(ack[1], if ok { b"1" } else { b"L" }.as_ptr().cast(), 1);
+                    libc::close(ack[0]);
+                    libc::close(ack[1]);
+                }
+                libc::close(report);
+                loop {
+                    libc::pause();
+                }
+            }
+        }
+        let mut byte = b'1';
+        if launch.is_some() {
+            // SAFETY: ack is our pipe; byte is a writable byte.
+            unsafe {
+                libc::close(ack[1]);
+                if libc::read(ack[0], (&raw mut byte).cast(), 1) != 1 {
+                    byte = b'L';
+                }
+                libc::close(ack[0]);
+            }
+        }
+        // SAFETY: report is our pipe end.
+        unsafe { libc::write(report, (&raw const byte).cast(), 1) };
+        if byte != b'1' {
+            break;
+        }
+    }
+    // SAFETY: report is our pipe end.
+    unsafe { libc::close(report) };
+    // Reap children until none are left (they die by SIGTERM to the group).
+    loop {
+        // SAFETY: waitpid with a null status pointer.
+        let rc = unsafe { libc::waitpid(-1, std::ptr::null_mut(), 0) };
+        if rc < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
+            break;
+        }
+    }
+    // SAFETY: _exit never returns and runs no destructors of the parent's state.
+    unsafe { libc::_exit(0) }
+}
+
+/// The launch request for this process, without allocating (after fork).
+fn launch_self(socket: &Path, index: usize) -> bool {
+    let mut request = [0_u8; 128];
+    let len = {
+        let mut cursor = std::io::Cursor::new(&mut request[..]);
+        if writeln!(cursor, r#"{{"op":"launch","agent":"bench-rss-{index}"}}"#).is_err() {
+            return false;
+        }
+        cursor.position() as usize
+    };
+    let Ok(mut stream) = UnixStream::connect(socket) else {
+        return false;
+    };
+    if stream.write_all(&request[..len]).is_err() {
+        return false;
+    }
+    let mut answer = [0_u8; 512];
+    let mut got = 0;
+    while got < answer.len() {
+        match stream.read(&mut answer[got..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                got += n;
+                if answer[..got].contains(&b'\n') {
+                    break;
+                }
+            }
+        }
+    }
+    answer[..got].windows(10).any(|w| w == b"\"launched\"")
+}
+
+impl Parked {
+    /// SIGTERM to the children, wait for the parker to reap them all.
+    pub fn kill(mut self) -> Result<()> {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> Result<()> {
+        if self.reaped {
+            return Ok(());
+        }
+        self.reaped = true;
+        // SAFETY: the group is the parker's, which we forked and not yet reaped.
+        unsafe { libc::kill(-self.pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            // SAFETY: waitpid on our own child with a null status pointer.
+            let rc = unsafe { libc::waitpid(self.pid, std::ptr::null_mut(), libc::WNOHANG) };
+            if rc != 0 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                // SAFETY: as above.
+                unsafe {
+                    libc::kill(-self.pid, libc::SIGKILL);
+                    libc::waitpid(self.pid, std::ptr::null_mut(), 0);
+                }
+                bail!("the parked processes did not exit within 120 s of SIGTERM; killed");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        // The parker reaps its children, so none is left a zombie.
+        if let Err(err) = self.terminate() {
+            eprintln!("xtask bench: {err:#}");
+        }
+    }
+}
+
+/// VmRSS of `pid` in KiB.
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    status_kib(pid, "VmRSS")
+}
+
+/// A "kB" field of /proc/PID/status (VmRSS, RssAnon, RssFile, RssShmem...).
+pub fn status_kib(pid: u32, field: &str) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("{path} has no {field}"))
+}
