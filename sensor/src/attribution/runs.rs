@@ -294,7 +294,12 @@ impl RunTable {
         let text = match fs::read_to_string(&journal) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(table),
-            Err(source) => return Err(StateError::Read { path: journal, source }),
+            Err(source) => {
+                return Err(StateError::Read {
+                    path: journal,
+                    source,
+                });
+            }
         };
         for line in text.lines() {
             let Ok(run) = serde_json::from_str::<Run>(line) else {
