@@ -427,15 +427,7 @@ impl Daemon {
     fn status_json(&self) -> Result<Value> {
         let mut cmd = self.status_cmd();
         cmd.arg("--json").stdin(Stdio::null());
-        let out = util::output(&mut cmd)?;
-        if !out.status.success() {
-            bail!(
-                "`{}` failed ({}): {}",
-                util::display(&cmd),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
+        let out = util::output_ok(&mut cmd)?;
         serde_json::from_slice(&out.stdout).with_context(|| {
             format!(
                 "`{}` printed no JSON object: {:?}",

@@ -99,6 +99,21 @@ pub fn output(cmd: &mut Command) -> Result<Output> {
         .with_context(|| format!("cannot start `{}`", display(cmd)))
 }
 
+/// Like [`output`], but a non-zero exit is an error naming the command, its
+/// status and its stderr.
+pub fn output_ok(cmd: &mut Command) -> Result<Output> {
+    let out = output(cmd)?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "`{}` failed ({}): {}",
+            display(cmd),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out)
+}
+
 /// Seconds with one decimal, for step durations.
 pub fn secs(elapsed: Duration) -> String {
     format!("{:.1}s", elapsed.as_secs_f64())

@@ -83,10 +83,6 @@ pub fn whoami(args: &WhoamiArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Ok(other) => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
-        Err(ControlError::Refused(message)) => {
-            eprintln!("sensor: {message}");
-            Ok(ExitCode::FAILURE)
-        }
-        Err(e) => Err(e.into()),
+        Err(e) => super::refusal(e),
     }
 }

@@ -32,7 +32,7 @@ impl Command {
 
 fn policy(cmd: &args::PolicyCommand) -> anyhow::Result<ExitCode> {
     use crate::control::{
-        self, ControlError,
+        self,
         protocol::{Request, Response},
     };
     match cmd {
@@ -59,13 +59,21 @@ fn policy(cmd: &args::PolicyCommand) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::SUCCESS)
                 }
                 Ok(other) => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
-                Err(ControlError::Refused(message)) => {
-                    eprintln!("sensor: {message}");
-                    Ok(ExitCode::FAILURE)
-                }
-                Err(e) => Err(e.into()),
+                Err(e) => refusal(e),
             }
         }
+    }
+}
+
+/// A refusal by the daemon is the command's answer: its message on stderr
+/// and exit 1. Any other error (no daemon, bad response) is an error.
+fn refusal(e: crate::control::ControlError) -> anyhow::Result<ExitCode> {
+    match e {
+        crate::control::ControlError::Refused(message) => {
+            eprintln!("sensor: {message}");
+            Ok(ExitCode::FAILURE)
+        }
+        e => Err(e.into()),
     }
 }
 

@@ -204,16 +204,7 @@ fn sbin(name: &str) -> PathBuf {
 fn auditctl(args: &[&str]) -> Result<()> {
     let mut cmd = Command::new(sbin("auditctl"));
     cmd.args(args).stdin(Stdio::null());
-    let out = util::output(&mut cmd)?;
-    if !out.status.success() {
-        bail!(
-            "`{}` failed ({}): {}",
-            util::display(&cmd),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    util::output_ok(&mut cmd).map(drop)
 }
 
 /// `auditctl -s` as key → number (fields that are not numbers are left out).
