@@ -286,10 +286,19 @@ impl Attribution {
             run = 0;
             how = 0;
         }
+        // A process forked between the probes' attach and the /proc seed is
+        // already in the table (and counted) when its spawn is read: count a
+        // process once, moving it if its run changed.
+        let counted = self.processes.get(h.tgid, h.start_ns).map_or(0, |p| p.run);
         self.processes.upsert(h.tgid, h.start_ns, exe);
         self.processes.set_run(h.tgid, h.start_ns, run, how);
-        if run != 0 {
-            self.runs.add_process(run);
+        if counted != run {
+            if counted != 0 {
+                self.runs.remove_process(counted);
+            }
+            if run != 0 {
+                self.runs.add_process(run);
+            }
         }
         (run, how)
     }
@@ -1018,6 +1027,28 @@ mod tests {
         a.processes.upsert(std::process::id(), 1, None);
         a.sweep(now);
         assert_eq!(a.tracked_processes(), 1);
+    }
+
+    #[test]
+    fn a_spawn_read_after_the_seed_is_not_counted_twice() {
+        let mut a = attribution(&[agent("fake", "**/fake-agent")]);
+        let now = SystemTime::now();
+        let argv = vec!["fake-agent".to_owned()];
+        let root = header(60, 1, 0, 0);
+        a.on_spawn(&root, None);
+        let ((run, _), _) = a.on_exec(&root, None, Some(&exec("/opt/fake-agent", &argv)), now);
+        // The child is already known (as if seeded from /proc and counted)…
+        let child = header(61, 60, run, HOW_INHERITED);
+        a.on_spawn(&child, None);
+        // …then its spawn record is read from the ring.
+        a.on_spawn(&child, None);
+        assert_eq!(a.runs.live_processes(run), 2, "root and child, each once");
+        assert!(a.on_exit(&child, now).1.is_empty());
+        let (_, changes) = a.on_exit(&root, now);
+        assert!(
+            matches!(&changes[..], [RunChange::Ended { .. }]),
+            "the run ends with its last process"
+        );
     }
 
     #[test]
