@@ -1,7 +1,7 @@
 //! Who and when: the host's identity, the clock that turns kernel boot-time
 //! stamps into wall-clock time, and process keys that survive pid reuse.
 
-use std::{fs, io, time::SystemTime};
+use std::{fs, io, path::Path, time::SystemTime};
 
 use nix::time::{ClockId, clock_gettime};
 
@@ -117,9 +117,22 @@ impl Clock {
 /// Start time (clock ticks) and parent pid of a live process, from /proc.
 #[must_use]
 pub fn proc_start(pid: u32) -> Option<(u64, u32)> {
-    let pid = i32::try_from(pid).ok()?;
-    let stat = procfs::process::Process::new(pid).ok()?.stat().ok()?;
+    proc_start_in(Path::new("/proc"), pid)
+}
+
+/// [`proc_start`] under another /proc root (tests, start-up seeding).
+#[must_use]
+pub fn proc_start_in(proc_root: &Path, pid: u32) -> Option<(u64, u32)> {
+    let process = procfs::process::Process::new_with_root(proc_root.join(pid.to_string())).ok()?;
+    let stat = process.stat().ok()?;
     Some((stat.starttime, u32::try_from(stat.ppid).ok()?))
+}
+
+/// Real uid of a live process (from `status`), under a /proc root.
+#[must_use]
+pub fn proc_uid_in(proc_root: &Path, pid: u32) -> Option<u32> {
+    let process = procfs::process::Process::new_with_root(proc_root.join(pid.to_string())).ok()?;
+    Some(process.status().ok()?.ruid)
 }
 
 #[cfg(test)]

@@ -661,7 +661,7 @@ impl Attribution {
     /// by ancestry, by their `SENSOR_RUN_ID` marker (low trust), and by the
     /// `[[agent]]` matchers. Returns the runs started or ended meanwhile.
     pub fn restore(&mut self, now: SystemTime) -> Vec<RunChange> {
-        self.processes.seed_from_proc(&self.proc_root);
+        let seeded = self.processes.seed_from_proc(&self.proc_root);
         let tick = self.ns_per_tick;
         // 1. Kernel entries that still describe a live process of a known run.
         for (pid, entry) in self.map.entries() {
@@ -678,8 +678,11 @@ impl Attribution {
         // 2. Every process, parents before children (start times alone do not
         //    order them: a fork often starts in its parent's clock tick).
         let mut changes = Vec::new();
-        for (pid, start, stat) in self.parents_first() {
-            let parent = self.processes.get(stat.ppid, 0).map(|p| (p.run, p.agent));
+        for (pid, ppid) in parents_first(&seeded) {
+            let Some(start) = self.processes.get(pid, 0).map(|p| p.start_ns) else {
+                continue;
+            };
+            let parent = self.processes.get(ppid, 0).map(|p| (p.run, p.agent));
             let mut current = self
                 .processes
                 .get(pid, 0)
@@ -718,17 +721,25 @@ impl Attribution {
                     argv: &argv,
                     cwd: cwd.as_deref(),
                 };
-                if let Some((_, change)) = self.place_agent(
-                    pid,
-                    start,
-                    stat.uid,
-                    current,
-                    parent,
-                    &view,
-                    "backfill",
-                    HOW_BACKFILL,
-                    now,
-                ) {
+                // The uid is read only for a process that is an agent.
+                let uid = if self.matchers.find(&view).is_some() {
+                    crate::identity::proc_uid_in(&self.proc_root, pid)
+                } else {
+                    Some(0)
+                };
+                if let Some(uid) = uid
+                    && let Some((_, change)) = self.place_agent(
+                        pid,
+                        start,
+                        uid,
+                        current,
+                        parent,
+                        &view,
+                        "backfill",
+                        HOW_BACKFILL,
+                        now,
+                    )
+                {
                     changes.push(change);
                 }
             }
@@ -759,59 +770,34 @@ impl Attribution {
     }
 }
 
-impl Attribution {
-    /// Live processes with their /proc status, in an order where every
-    /// parent comes before its children.
-    fn parents_first(&self) -> Vec<(u32, u64, ProcStat)> {
-        let mut stats: HashMap<u32, (u64, ProcStat)> = self
-            .processes
-            .iter()
-            .filter_map(|(pid, p)| read_stat(&self.proc_root, pid).map(|s| (pid, (p.start_ns, s))))
-            .collect();
-        let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
-        for (pid, (_, stat)) in &stats {
-            children.entry(stat.ppid).or_default().push(*pid);
-        }
-        let mut roots: Vec<u32> = stats
-            .iter()
-            .filter(|(_, (_, stat))| !stats.contains_key(&stat.ppid))
-            .map(|(pid, _)| *pid)
-            .collect();
-        roots.sort_unstable();
-        let mut order = Vec::with_capacity(stats.len());
-        let mut stack: Vec<u32> = roots.into_iter().rev().collect();
-        while let Some(pid) = stack.pop() {
-            if let Some((start, stat)) = stats.remove(&pid) {
-                order.push((pid, start, stat));
-                if let Some(kids) = children.get(&pid) {
-                    let mut kids = kids.clone();
-                    kids.sort_unstable();
-                    stack.extend(kids.into_iter().rev());
-                }
+/// Processes (pid, ppid) ordered so that every parent comes before its
+/// children (start times alone do not order them: a fork often starts in its
+/// parent's clock tick).
+fn parents_first(processes: &[(u32, u32)]) -> Vec<(u32, u32)> {
+    let ppid_of: HashMap<u32, u32> = processes.iter().copied().collect();
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for &(pid, ppid) in processes {
+        children.entry(ppid).or_default().push(pid);
+    }
+    let mut roots: Vec<u32> = processes
+        .iter()
+        .filter(|(_, ppid)| !ppid_of.contains_key(ppid))
+        .map(|(pid, _)| *pid)
+        .collect();
+    roots.sort_unstable();
+    let mut order = Vec::with_capacity(processes.len());
+    let mut stack: Vec<u32> = roots.into_iter().rev().collect();
+    while let Some(pid) = stack.pop() {
+        if let Some(ppid) = ppid_of.get(&pid) {
+            order.push((pid, *ppid));
+            if let Some(kids) = children.get(&pid) {
+                let mut kids = kids.clone();
+                kids.sort_unstable();
+                stack.extend(kids.into_iter().rev());
             }
         }
-        order
     }
-}
-
-/// The fields of `/proc/PID/stat` and `status` restore needs.
-struct ProcStat {
-    ppid: u32,
-    uid: u32,
-}
-
-fn read_stat(proc_root: &Path, pid: u32) -> Option<ProcStat> {
-    let dir = proc_root.join(pid.to_string());
-    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 1..];
-    let ppid = after.split_whitespace().nth(1)?.parse().ok()?;
-    let status = std::fs::read_to_string(dir.join("status")).ok()?;
-    let uid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|u| u.parse().ok())?;
-    Some(ProcStat { ppid, uid })
+    order
 }
 
 /// exe, argv and cwd of a live process, for the matchers.

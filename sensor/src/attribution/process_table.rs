@@ -114,12 +114,12 @@ impl ProcessTable {
     }
 
     /// Seeds the table from a /proc tree (every numeric directory).
-    /// Returns how many processes were read.
-    pub fn seed_from_proc(&mut self, proc_root: &Path) -> usize {
+    /// Returns `(pid, ppid)` of every process read.
+    pub fn seed_from_proc(&mut self, proc_root: &Path) -> Vec<(u32, u32)> {
         let Ok(dir) = std::fs::read_dir(proc_root) else {
-            return 0;
+            return Vec::new();
         };
-        let mut n = 0;
+        let mut seeded = Vec::new();
         for entry in dir.flatten() {
             let Some(pid) = entry
                 .file_name()
@@ -128,27 +128,17 @@ impl ProcessTable {
             else {
                 continue;
             };
-            let Some(start_ticks) = proc_start_ticks(&entry.path()) else {
+            let Some((start_ticks, ppid)) = crate::identity::proc_start_in(proc_root, pid) else {
                 continue;
             };
             let exe = std::fs::read_link(entry.path().join("exe"))
                 .ok()
                 .map(|p| Arc::<str>::from(p.to_string_lossy().as_ref()));
             self.upsert(pid, start_ticks * self.ns_per_tick, exe);
-            n += 1;
+            seeded.push((pid, ppid));
         }
-        n
+        seeded
     }
-}
-
-/// Field 22 of `<dir>/stat` (start time in clock ticks). The command name
-/// (field 2) may contain spaces and parentheses, so fields are counted after
-/// the last `)`.
-fn proc_start_ticks(dir: &Path) -> Option<u64> {
-    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 1..];
-    // after ")" come fields 3.. ; starttime is field 22 → index 19 here.
-    after.split_whitespace().nth(19)?.parse().ok()
 }
 
 #[cfg(test)]
@@ -180,7 +170,7 @@ mod tests {
     #[test]
     fn seeds_from_this_machines_proc() {
         let mut t = ProcessTable::new(10_000_000);
-        assert!(t.seed_from_proc(Path::new("/proc")) > 0);
+        assert!(!t.seed_from_proc(Path::new("/proc")).is_empty());
         let me = t.get(std::process::id(), 0).unwrap();
         let exe = std::fs::read_link("/proc/self/exe").unwrap();
         assert_eq!(me.exe.as_deref(), Some(exe.to_str().unwrap()));
@@ -188,14 +178,24 @@ mod tests {
 
     #[test]
     fn stat_with_parentheses_in_comm() {
-        let dir = tempfile::tempdir().unwrap();
+        // A fake /proc with one process whose name has spaces and parentheses.
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("77");
+        std::fs::create_dir(&dir).unwrap();
         let mut fields = vec!["0"; 50];
-        fields[19] = "12345";
+        fields[1] = "5"; // ppid
+        fields[19] = "12345"; // starttime
         std::fs::write(
-            dir.path().join("stat"),
+            dir.join("stat"),
             format!("77 (a) b (c) {}", fields.join(" ")),
         )
         .unwrap();
-        assert_eq!(proc_start_ticks(dir.path()), Some(12345));
+        assert_eq!(
+            crate::identity::proc_start_in(root.path(), 77),
+            Some((12345, 5))
+        );
+        let mut t = ProcessTable::new(10_000_000);
+        assert_eq!(t.seed_from_proc(root.path()), vec![(77, 5)]);
+        assert_eq!(t.get(77, 0).unwrap().start_ns, 12345 * 10_000_000);
     }
 }
