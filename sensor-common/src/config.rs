@@ -34,6 +34,7 @@ pub struct KernelOffsets {
     pub fs_pwd: u32,
     pub dentry_d_parent: u32,
     pub dentry_d_name: u32,
+    pub dentry_d_inode: u32,
     pub qstr_len: u32,
     pub qstr_name: u32,
     pub vfsmount_mnt_root: u32,
@@ -90,7 +91,7 @@ pub struct SensorConfig {
     /// Tracepoint field offsets.
     pub tracepoints: TracepointOffsets,
 }
-const _: () = assert!(size_of::<SensorConfig>() == 8 + 38 * 4 + 8 * 4);
+const _: () = assert!(size_of::<SensorConfig>() == 8 + 39 * 4 + 8 * 4);
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), integers only, no padding (size checked above).

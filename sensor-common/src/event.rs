@@ -9,7 +9,7 @@
 //! The header comes first in every record because the decoder reads the kind
 //! there before it knows anything else.
 
-use crate::limits::EVENT_DATA_BYTES;
+use crate::{limits::EVENT_DATA_BYTES, policy::Decision};
 
 /// Stable numeric event kinds. Families have ranges (process from 1, network
 /// from 60, sensor-internal from 500); retired ids are never reused.
@@ -118,8 +118,10 @@ pub struct SpawnData {
     pub path_flags: u16,
     /// Reserved, zero.
     pub _pad: u32,
+    /// The run policy's decision on the new process (`max_processes`).
+    pub decision: Decision,
 }
-const _: () = assert!(size_of::<SpawnData>() == 8);
+const _: () = assert!(size_of::<SpawnData>() == 24);
 
 /// Set in `path_flags` when the exe path was cut (too deep or too long).
 pub const PATH_TRUNCATED: u16 = 1;
@@ -159,8 +161,10 @@ pub struct ExecData {
     pub dev: u32,
     /// Reserved, zero.
     pub _pad2: u32,
+    /// The run policy's decision on the executed file.
+    pub decision: Decision,
 }
-const _: () = assert!(size_of::<ExecData>() == 48);
+const _: () = assert!(size_of::<ExecData>() == 64);
 
 /// `process.exit`.
 #[repr(C)]
@@ -187,12 +191,23 @@ pub struct ConnectData {
     pub port: u16,
     /// Return value of connect(): 0 or a negative errno; see `has_result`.
     pub ret: i32,
-    /// 1 when `ret` is known (the connect came through the syscall), 0 otherwise (io_uring, kernel).
-    pub has_result: u32,
+    /// 1 when `ret` is known (the connect came through the syscall, or the
+    /// kernel refused it), 0 otherwise (io_uring, kernel).
+    pub has_result: u16,
+    /// How the destination was given: [`VIA_CONNECT`] or [`VIA_SENDMSG`].
+    pub via: u16,
     /// Destination address: 4 bytes for IPv4, 16 for IPv6, network order.
     pub addr: [u8; 16],
+    /// The run policy's decision on the destination.
+    pub decision: Decision,
 }
-const _: () = assert!(size_of::<ConnectData>() == 32);
+const _: () = assert!(size_of::<ConnectData>() == 48);
+
+/// `ConnectData::via`: connect() (or io_uring connect).
+pub const VIA_CONNECT: u16 = 0;
+/// `ConnectData::via`: a datagram sent to an address without connect()
+/// (reported only when a policy denies it).
+pub const VIA_SENDMSG: u16 = 1;
 
 /// A whole record as the kernel assembles it in per-CPU scratch memory.
 #[repr(C)]
@@ -252,3 +267,10 @@ pub const HOW_MATCHER: u32 = 3;
 pub const HOW_BACKFILL: u32 = 4;
 /// Placed at start-up from its `SENSOR_RUN_ID` environment marker (low trust).
 pub const HOW_ENV: u32 = 5;
+/// Mask of the `HOW_*` value in [`ProcRun::how`]; the bits above are flags.
+pub const HOW_MASK: u32 = 0xff;
+/// Flag in [`ProcRun::how`]: the process counts against its run's `max_processes`.
+pub const HOW_FLAG_COUNTED: u32 = 0x100;
+/// Flag in [`ProcRun::how`]: the process was created over `max_processes`
+/// under an enforce policy and is killed before it runs.
+pub const HOW_FLAG_KILL: u32 = 0x200;

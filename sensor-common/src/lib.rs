@@ -10,4 +10,5 @@ pub mod config;
 pub mod event;
 pub mod limits;
 pub mod maps;
+pub mod policy;
 pub mod stats;

@@ -46,3 +46,15 @@ pub const INFLIGHT_ENTRIES: u32 = 16 * 1024;
 /// Processes inside agent runs the kernel can track at once. An insert into a
 /// full map fails and is counted (`Stats::inherit_failed`), never silent.
 pub const MAX_TRACKED_PROCESSES: u32 = 256 * 1024;
+
+/// Policy slots (distinct policies loaded at once).
+pub const MAX_POLICIES: u32 = 256;
+/// Runs bound to a policy at once.
+pub const MAX_POLICY_RUNS: u32 = 64 * 1024;
+/// File and directory identities across all loaded policies (two
+/// generations of each live during a reload).
+pub const MAX_EXEC_RULES: u32 = 128 * 1024;
+/// Network prefixes across all loaded policies, per address family.
+pub const MAX_NET_RULES: u32 = 64 * 1024;
+/// Parent directories walked from an executed file to find a directory rule.
+pub const POLICY_DIR_DEPTH: u32 = 32;

@@ -11,6 +11,26 @@ pub const STATS: &str = "SNSR_STATS";
 pub const PROC_RUNS: &str = "SNSR_PROC_RUNS";
 /// Per-CPU event assembly buffers (an array indexed by CPU id).
 pub const SCRATCH: &str = "SNSR_SCRATCH";
+/// Policy slots, see [`crate::policy`]. Pinned.
+pub const POLICIES: &str = "SNSR_POLICIES";
+/// Run → policy slot. Pinned.
+pub const RUN_POLICY: &str = "SNSR_RUN_POLICY";
+/// Live processes per counted run (`max_processes`). Pinned.
+pub const RUN_LIVE: &str = "SNSR_RUN_LIVE";
+/// Exec rules: file and directory identities per policy. Pinned.
+pub const EXEC_RULES: &str = "SNSR_EXEC_RULES";
+/// IPv4 prefix trie per policy. Pinned.
+pub const NET4_RULES: &str = "SNSR_NET4_RULES";
+/// IPv6 prefix trie per policy. Pinned.
+pub const NET6_RULES: &str = "SNSR_NET6_RULES";
+
+/// Maps pinned in the pin directory, in the order they are reused: they keep
+/// attribution and enforcement going while the daemon is down or restarting.
+pub const PINNED: &[&str] = &[
+    PROC_RUNS, POLICIES, RUN_POLICY, RUN_LIVE, EXEC_RULES, NET4_RULES, NET6_RULES,
+];
+/// Subdirectory of the pin directory holding the program links.
+pub const LINKS_DIR: &str = "links";
 
 /// Program names: what the loader looks up and what bpftool shows.
 pub mod programs {
@@ -36,4 +56,16 @@ pub mod programs {
     pub const CONNECT4: &str = "snsr_connect4";
     /// cgroup_sock_addr connect6 on the cgroup2 root.
     pub const CONNECT6: &str = "snsr_connect6";
+    /// cgroup_sock_addr sendmsg4 (unconnected UDP) on the cgroup2 root.
+    pub const SENDMSG4: &str = "snsr_sendmsg4";
+    /// cgroup_sock_addr sendmsg6 on the cgroup2 root.
+    pub const SENDMSG6: &str = "snsr_sendmsg6";
+    /// tracepoint `syscalls/sys_exit_clone`: stops a child over `max_processes`.
+    pub const CLONE_EXIT: &str = "snsr_clone_out";
+    /// tracepoint `syscalls/sys_exit_clone3`.
+    pub const CLONE3_EXIT: &str = "snsr_clone3_out";
+    /// tracepoint `syscalls/sys_exit_fork`.
+    pub const FORK_EXIT: &str = "snsr_fork_out";
+    /// tracepoint `syscalls/sys_exit_vfork`.
+    pub const VFORK_EXIT: &str = "snsr_vfork_out";
 }

@@ -28,6 +28,7 @@ pub(crate) static SNSR_CONFIG: SensorConfig = SensorConfig {
         fs_pwd: 0,
         dentry_d_parent: 0,
         dentry_d_name: 0,
+        dentry_d_inode: 0,
         qstr_len: 0,
         qstr_name: 0,
         vfsmount_mnt_root: 0,

@@ -8,7 +8,7 @@ use aya_ebpf::helpers::generated::{
     bpf_probe_read_user_str,
 };
 use sensor_common::{
-    event::EventHeader,
+    event::{EventHeader, HOW_MASK},
     limits::{NAME_MAX, PATH_MASK, PATH_MAX_COMPONENTS},
 };
 
@@ -149,7 +149,7 @@ impl Reader {
         );
         let (run, how) = run_of(h.tgid, h.start_ns);
         h.run = run;
-        h.run_how = how;
+        h.run_how = how & HOW_MASK;
     }
 
     /// The executable file of `task` (its `mm->exe_file`), or 0 for kernel threads.

@@ -5,12 +5,16 @@
 //! Every struct field offset comes from the loader (BTF) and every tracepoint
 //! field offset from the tracepoint's `format` file; nothing is hard-coded.
 #![no_std]
+// Atomic add on map values (max_processes counters): no AtomicU64 on bpfel.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 #![no_main]
 
 mod config;
 mod emit;
 mod kernel;
 mod maps;
+mod policy;
 mod probes;
 
 #[cfg(not(test))]

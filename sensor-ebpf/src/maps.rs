@@ -2,11 +2,15 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use sensor_common::{
     event::{Event, ExecData, ProcRun},
-    limits::{EVENTS_RING_BYTES, INFLIGHT_ENTRIES, MAX_TRACKED_PROCESSES, PATH_SCRATCH_BYTES},
+    limits::{
+        EVENTS_RING_BYTES, INFLIGHT_ENTRIES, MAX_EXEC_RULES, MAX_NET_RULES, MAX_POLICIES,
+        MAX_POLICY_RUNS, MAX_TRACKED_PROCESSES, PATH_SCRATCH_BYTES,
+    },
+    policy::{ExecKey, ExecRule, Net4Data, Net6Data, NetRule, PolicySlot, RunPolicy},
     stats::Stats,
 };
 
@@ -68,3 +72,27 @@ pub static CONNECT_INFLIGHT: LruHashMap<u64, ConnectInflight> =
 /// Process → run (key: tgid). Pinned by the loader, so it outlives a daemon restart.
 #[map(name = "SNSR_PROC_RUNS")]
 pub static PROC_RUNS: HashMap<u32, ProcRun> = HashMap::with_max_entries(MAX_TRACKED_PROCESSES, 0);
+
+/// Policy slots (see `sensor_common::policy`). Pinned by the loader.
+#[map(name = "SNSR_POLICIES")]
+pub static POLICIES: Array<PolicySlot> = Array::with_max_entries(MAX_POLICIES, 0);
+
+/// Run handle → policy slot. Pinned by the loader.
+#[map(name = "SNSR_RUN_POLICY")]
+pub static RUN_POLICY: HashMap<u64, RunPolicy> = HashMap::with_max_entries(MAX_POLICY_RUNS, 0);
+
+/// Counted run → live processes of its tree. Pinned by the loader.
+#[map(name = "SNSR_RUN_LIVE")]
+pub static RUN_LIVE: HashMap<u64, u64> = HashMap::with_max_entries(MAX_POLICY_RUNS, 0);
+
+/// File and directory identities allowed per policy id. Pinned by the loader.
+#[map(name = "SNSR_EXEC_RULES")]
+pub static EXEC_RULES: HashMap<ExecKey, ExecRule> = HashMap::with_max_entries(MAX_EXEC_RULES, 0);
+
+/// IPv4 prefixes allowed per policy id. Pinned by the loader.
+#[map(name = "SNSR_NET4_RULES")]
+pub static NET4_RULES: LpmTrie<Net4Data, NetRule> = LpmTrie::with_max_entries(MAX_NET_RULES, 0);
+
+/// IPv6 prefixes allowed per policy id. Pinned by the loader.
+#[map(name = "SNSR_NET6_RULES")]
+pub static NET6_RULES: LpmTrie<Net6Data, NetRule> = LpmTrie::with_max_entries(MAX_NET_RULES, 0);

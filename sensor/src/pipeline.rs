@@ -36,6 +36,8 @@ const BATCH_BYTES: usize = 256 * 1024;
 const TICK: Duration = Duration::from_secs(1);
 /// Every this many ticks, processes whose exit was lost are swept.
 const SWEEP_TICKS: u64 = 60;
+/// Every this many ticks, policy files and host names are resolved again.
+const REFRESH_TICKS: u64 = 2;
 /// How often the ring buffer is drained. The kernel writes records without
 /// waking us (a wakeup per record costs more than the probe itself) unless
 /// we fall behind, so this bounds the kernel-to-output latency.
@@ -111,7 +113,7 @@ impl Pipeline {
             .map_err(|e| format!("{:#}", anyhow::Error::new(e)))?
             .with_version(version);
         let names: Vec<String> = policies.names().map(str::to_owned).collect();
-        self.builder.set_policies(policies);
+        self.builder.set_policies(policies)?;
         tracing::info!(version, policies = ?names, "policies reloaded");
         Ok((version, names))
     }
@@ -418,10 +420,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), PipelineError> {
     let KernelStreams {
-        probes,
+        mut probes,
         events,
         stats,
     } = kernel;
+    persist_if_enforcing(&mut probes, &pipeline);
     // SAFETY: RingBuf owns its map fd and keeps it open, unchanged, for its
     // whole life, which the AsyncFd spans.
     let mut ring =
@@ -456,6 +459,7 @@ pub async fn run(
                 while !drain(ring.get_mut(), &mut pipeline, DRAIN_BUDGET) {}
                 pipeline.command(command);
                 pipeline.flush();
+                persist_if_enforcing(&mut probes, &pipeline);
             }
             _ = tick.tick() => {
                 match read_stats(&stats) {
@@ -466,6 +470,9 @@ pub async fn run(
                 let expired = pipeline.builder.attribution_mut().expire(now);
                 pipeline.run_changes(&expired);
                 ticks += 1;
+                if ticks.is_multiple_of(REFRESH_TICKS) {
+                    pipeline.builder.refresh_policies(std::time::Instant::now());
+                }
                 if ticks.is_multiple_of(SWEEP_TICKS) {
                     let swept = pipeline.builder.attribution_mut().sweep(now);
                     pipeline.run_changes(&swept);
@@ -480,6 +487,12 @@ pub async fn run(
     };
     // Stop producing first, then take everything already in the ring.
     pipeline.state.set_ready(false);
+    if probes.persistent() {
+        tracing::warn!(
+            "enforce policies are loaded: the kernel programs stay attached and keep \
+             enforcing until the daemon is back (`sensor unload` removes them)"
+        );
+    }
     drop(probes);
     let ring = ring.get_mut();
     while !drain(ring, &mut pipeline, usize::MAX) {}
@@ -489,6 +502,18 @@ pub async fn run(
     }
     pipeline.close();
     result
+}
+
+/// Pins the programs while an enforce policy is loaded (they keep enforcing
+/// if the daemon dies), unpins them otherwise (they detach with the daemon).
+fn persist_if_enforcing(probes: &mut Probes, pipeline: &Pipeline) {
+    let enforcing = pipeline.builder.policies().enforcing();
+    if enforcing != probes.persistent() {
+        match probes.persist(enforcing) {
+            Ok(()) => tracing::info!(pinned = enforcing, "kernel program links"),
+            Err(e) => tracing::error!(error = %e, "cannot (un)pin the kernel program links"),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -561,8 +586,7 @@ mod tests {
                         header: header(EventKind::ProcessSpawn, pid),
                         data: SpawnData {
                             exe_len: 13,
-                            path_flags: 0,
-                            _pad: 0,
+                            ..SpawnData::default()
                         },
                         exe: b"/usr/bin/bash".to_vec(),
                     }),

@@ -241,11 +241,15 @@ fn bad_policies_stop_the_daemon_with_a_clear_error() -> Result<()> {
     );
     let err = refused("[[agent]]\nname = \"a\"\nexe = [\"/x\"]\npolicy = \"missing\"\n")?;
     ensure!(err.contains("\"missing\""), "unknown policy name: {err}");
-    let err = refused("[policy.p]\nmode = \"enforce\"\nexec.allow = [\"/usr/bin/true\"]\n")?;
+    let err = refused(
+        "[policy.p]\nmode = \"enforce\"\nexec.allow = [{ path = \"/usr/bin/true\", sha256 = \"00\" }]\n",
+    )?;
     ensure!(
-        err.contains("enforce"),
-        "enforce is refused, not silently audited: {err}"
+        err.contains("/usr/bin/true") && err.contains("sha256"),
+        "a file that does not have its pinned sha256 is refused: {err}"
     );
+    let err = refused("[policy.p]\nmax_processes = 0\n")?;
+    ensure!(err.contains("max_processes"), "max_processes = 0: {err}");
     Ok(())
 }
 

@@ -12,13 +12,17 @@ use aya_ebpf::{
     macros::{cgroup_sock_addr, tracepoint},
     programs::{SockAddrContext, TracePointContext},
 };
-use sensor_common::event::{ConnectData, EventHeader, EventKind, FixedEvent};
+use sensor_common::{
+    event::{ConnectData, EventHeader, EventKind, FixedEvent, HOW_MASK, VIA_CONNECT, VIA_SENDMSG},
+    policy::{VERDICT_DENY, VERDICT_NONE},
+};
 
 use crate::{
     config::{is_own, offset},
     emit::emit,
     kernel::{Reader, current_task, run_of},
     maps::{CONNECT_INFLIGHT, ConnectInflight},
+    policy::check_net,
 };
 
 const AF_INET: u16 = 2;
@@ -26,6 +30,10 @@ const AF_INET6: u16 = 10;
 
 /// Verdict of a cgroup sock_addr program: let the connect proceed.
 const ALLOW: i32 = 1;
+/// Verdict of a cgroup sock_addr program: fail the call with EPERM.
+const REJECT: i32 = 0;
+/// EPERM, what a rejected call returns.
+const EPERM: i32 = 1;
 
 /// tracepoint `syscalls/sys_enter_connect`: mark the thread as inside connect().
 #[tracepoint]
@@ -46,20 +54,34 @@ pub fn snsr_conn_in(_ctx: TracePointContext) -> u32 {
 #[cgroup_sock_addr(connect4)]
 pub fn snsr_connect4(ctx: SockAddrContext) -> i32 {
     // SAFETY: ctx fields are read with their native width.
-    unsafe { on_connect(&ctx, AF_INET) };
-    ALLOW
+    unsafe { on_connect(&ctx, AF_INET) }
 }
 
 /// cgroup_sock_addr `connect6` on the cgroup2 root.
 #[cgroup_sock_addr(connect6)]
 pub fn snsr_connect6(ctx: SockAddrContext) -> i32 {
     // SAFETY: ctx fields are read with their native width.
-    unsafe { on_connect(&ctx, AF_INET6) };
-    ALLOW
+    unsafe { on_connect(&ctx, AF_INET6) }
 }
 
+/// cgroup_sock_addr `sendmsg4`: a datagram to an address without connect().
+/// Only decided (and reported when denied): one event per datagram would flood.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn snsr_sendmsg4(ctx: SockAddrContext) -> i32 {
+    // SAFETY: ctx fields are read with their native width.
+    unsafe { on_sendmsg(&ctx, AF_INET) }
+}
+
+/// cgroup_sock_addr `sendmsg6`.
+#[cgroup_sock_addr(sendmsg6)]
+pub fn snsr_sendmsg6(ctx: SockAddrContext) -> i32 {
+    // SAFETY: ctx fields are read with their native width.
+    unsafe { on_sendmsg(&ctx, AF_INET6) }
+}
+
+/// The destination of a sock_addr hook.
 #[inline(always)]
-unsafe fn on_connect(ctx: &SockAddrContext, family: u16) {
+unsafe fn destination(ctx: &SockAddrContext, family: u16) -> ConnectData {
     let sa = ctx.sock_addr;
     let mut data = ConnectData {
         family,
@@ -94,20 +116,81 @@ unsafe fn on_connect(ctx: &SockAddrContext, family: u16) {
             }
         }
     }
+    data
+}
+
+/// The run policy's decision on `data`'s destination, stored in it. Returns
+/// the hook's verdict: [`REJECT`] when an enforce policy denies it.
+#[inline(always)]
+fn decide(run: u64, data: &mut ConnectData) -> i32 {
+    let d = if data.family == AF_INET {
+        check_net(run, true, &data.addr, data.port)
+    } else if data.addr[..10] == [0; 10] && data.addr[10] == 0xff && data.addr[11] == 0xff {
+        // An IPv4-mapped IPv6 destination is an IPv4 destination.
+        let mut v4 = [0u8; 16];
+        v4[..4].copy_from_slice(&data.addr[12..16]);
+        check_net(run, true, &v4, data.port)
+    } else {
+        check_net(run, false, &data.addr, data.port)
+    };
+    if d.verdict == VERDICT_NONE {
+        return ALLOW;
+    }
+    data.decision = d;
+    if d.enforced != 0 {
+        data.ret = -EPERM;
+        data.has_result = 1;
+        REJECT
+    } else {
+        ALLOW
+    }
+}
+
+#[inline(always)]
+unsafe fn on_connect(ctx: &SockAddrContext, family: u16) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     if is_own(tgid) {
-        return;
+        return ALLOW;
     }
+    // SAFETY: see destination().
+    let mut data = unsafe { destination(ctx, family) };
+    let (run, how) = run_of(tgid, 0);
+    let verdict = decide(run, &mut data);
     if let Some(inflight) = CONNECT_INFLIGHT.get_ptr_mut(pid_tgid) {
         // SAFETY: map value owned by this thread's syscall.
         unsafe {
             (*inflight).data = data;
             (*inflight).filled = 1;
         }
-        return;
+        return verdict;
     }
-    // Not inside connect(): report now, without a result.
+    // Not inside connect() (io_uring, in-kernel users): report now, with a
+    // result only when the policy refused it.
+    report_now(data, tgid, pid_tgid, run, how);
+    verdict
+}
+
+#[inline(always)]
+unsafe fn on_sendmsg(ctx: &SockAddrContext, family: u16) -> i32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let (run, how) = run_of(tgid, 0);
+    if run == 0 || is_own(tgid) {
+        return ALLOW;
+    }
+    // SAFETY: see destination().
+    let mut data = unsafe { destination(ctx, family) };
+    data.via = VIA_SENDMSG;
+    let verdict = decide(run, &mut data);
+    if data.decision.verdict == VERDICT_DENY {
+        report_now(data, tgid, pid_tgid, run, how);
+    }
+    verdict
+}
+
+#[inline(always)]
+fn report_now(data: ConnectData, tgid: u32, pid_tgid: u64, run: u64, how: u32) {
     let uid_gid = bpf_get_current_uid_gid();
     let mut ev = FixedEvent {
         header: EventHeader {
@@ -124,9 +207,8 @@ unsafe fn on_connect(ctx: &SockAddrContext, family: u16) {
         payload: data,
     };
     ev.header.comm = bpf_get_current_comm().unwrap_or_default();
-    let (run, how) = run_of(tgid, 0);
     ev.header.run = run;
-    ev.header.run_how = how;
+    ev.header.run_how = how & HOW_MASK;
     // SAFETY: ev lives on the stack for the call.
     unsafe {
         emit(
@@ -173,6 +255,7 @@ unsafe fn connect_exit(ctx: &TracePointContext) -> Option<()> {
     };
     ev.payload.ret = ret as i32;
     ev.payload.has_result = 1;
+    ev.payload.via = VIA_CONNECT;
     let mut r = Reader::new();
     r.fill_task(&mut ev.header, current_task());
     // SAFETY: ev lives on the stack for the call.

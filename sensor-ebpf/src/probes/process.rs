@@ -12,11 +12,13 @@ use sensor_common::{
     config::ABSENT,
     event::{
         CWD_TRUNCATED, Event, EventHeader, EventKind, ExecData, ExitData, FILENAME_TRUNCATED,
-        FixedEvent, HOW_INHERITED, PATH_TRUNCATED, ProcRun, SpawnData,
+        FixedEvent, HOW_FLAG_COUNTED, HOW_FLAG_KILL, HOW_INHERITED, PATH_TRUNCATED, ProcRun,
+        SpawnData,
     },
     limits::{
         ARGV_MASK, ARGV_MAX_CAPTURE, EVENT_DATA_CURSOR_MASK, FAILED_EXEC_MAX_ARGS, PATH_MASK,
     },
+    policy::Decision,
 };
 
 use crate::{
@@ -24,6 +26,7 @@ use crate::{
     emit::{count_inherit_failed, count_lost, emit},
     kernel::{Reader, current_task, opaque, run_of},
     maps::{EXECVE_INFLIGHT, ExecveArgs, PATH_SCRATCH, PROC_RUNS, event_scratch},
+    policy::{check_exec, count_exit, count_spawn, kill_current},
 };
 
 /// `SIGNAL_GROUP_EXIT` in `signal_struct.flags` (include/linux/sched/signal.h).
@@ -130,7 +133,7 @@ unsafe fn try_fork(ctx: &RawTracePointContext) -> Option<()> {
     if is_own(parent_tgid) {
         return None;
     }
-    inherit_run(&mut r, parent_tgid, child, tgid);
+    let decision = inherit_run(&mut r, parent_tgid, child, tgid);
     let Some(ev) = event_scratch() else {
         count_lost(EventKind::ProcessSpawn);
         return None;
@@ -148,6 +151,7 @@ unsafe fn try_fork(ctx: &RawTracePointContext) -> Option<()> {
             exe_len: len as u16,
             path_flags: if truncated { PATH_TRUNCATED } else { 0 },
             _pad: 0,
+            decision,
         };
         let size = EventKind::ProcessSpawn.fixed_size() + len;
         (*ev).header.size = size as u32;
@@ -158,8 +162,11 @@ unsafe fn try_fork(ctx: &RawTracePointContext) -> Option<()> {
 
 /// Enters a new process in its creator's run, before anything can run in it:
 /// double-fork, setsid, daemonizing and reparenting never leave the run.
+/// Counts it against the run policy's `max_processes` and returns that
+/// decision; a child over the limit of an enforce policy is marked to be
+/// killed on its way to user space (see [`snsr_clone_out`]).
 #[inline(always)]
-fn inherit_run(r: &mut Reader, parent_tgid: u32, child: u64, child_tgid: u32) {
+fn inherit_run(r: &mut Reader, parent_tgid: u32, child: u64, child_tgid: u32) -> Decision {
     let creator = current_task();
     let leader: u64 = r.read(creator, offset!(kernel.task_group_leader));
     let creator_start: u64 = r.read(leader, offset!(kernel.task_start_boottime));
@@ -169,18 +176,81 @@ fn inherit_run(r: &mut Reader, parent_tgid: u32, child: u64, child_tgid: u32) {
         if run_of(child_tgid, 0).0 != 0 {
             let _ = PROC_RUNS.remove(child_tgid);
         }
-        return;
+        return Decision::default();
+    }
+    let (decision, counted) = count_spawn(run);
+    let mut how = HOW_INHERITED;
+    if counted {
+        how |= HOW_FLAG_COUNTED;
+    }
+    if decision.enforced != 0 {
+        how |= HOW_FLAG_KILL;
     }
     let child_leader: u64 = r.read(child, offset!(kernel.task_group_leader));
     let entry = ProcRun {
         run,
         start_ns: r.read(child_leader, offset!(kernel.task_start_boottime)),
-        how: HOW_INHERITED,
+        how,
         _pad: 0,
     };
     if PROC_RUNS.insert(child_tgid, entry, 0).is_err() {
         count_inherit_failed();
+        if counted {
+            count_exit(run);
+        }
     }
+    decision
+}
+
+/// tracepoint `syscalls/sys_exit_clone` (and clone3, fork, vfork): the new
+/// child's first step back to user space. A child created over its run's
+/// `max_processes` under an enforce policy is killed here, before it runs.
+#[tracepoint]
+pub fn snsr_clone_out(ctx: TracePointContext) -> u32 {
+    // SAFETY: offset from the format file.
+    unsafe { clone_exit(&ctx) };
+    0
+}
+
+/// tracepoint `syscalls/sys_exit_clone3`.
+#[tracepoint]
+pub fn snsr_clone3_out(ctx: TracePointContext) -> u32 {
+    // SAFETY: offset from the format file.
+    unsafe { clone_exit(&ctx) };
+    0
+}
+
+/// tracepoint `syscalls/sys_exit_fork`.
+#[tracepoint]
+pub fn snsr_fork_out(ctx: TracePointContext) -> u32 {
+    // SAFETY: offset from the format file.
+    unsafe { clone_exit(&ctx) };
+    0
+}
+
+/// tracepoint `syscalls/sys_exit_vfork`.
+#[tracepoint]
+pub fn snsr_vfork_out(ctx: TracePointContext) -> u32 {
+    // SAFETY: offset from the format file.
+    unsafe { clone_exit(&ctx) };
+    0
+}
+
+#[inline(always)]
+unsafe fn clone_exit(ctx: &TracePointContext) -> Option<()> {
+    // SAFETY: offset from the format file.
+    let ret: i64 = unsafe { ctx.read_at(offset!(tracepoints.sys_exit_ret) as usize) }.ok()?;
+    if ret != 0 {
+        // The parent's return (the child's pid) or a failure.
+        return None;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: value copy out of the map.
+    let entry = unsafe { PROC_RUNS.get(tgid)? };
+    if entry.how & HOW_FLAG_KILL != 0 {
+        kill_current();
+    }
+    Some(())
 }
 
 /// tracepoint `sched/sched_process_exec`: the new image is in place, before its first instruction.
@@ -268,6 +338,10 @@ unsafe fn try_exec(ctx: &TracePointContext) -> Option<()> {
         let start_stack: u64 = r.read(mm, offset!(kernel.mm_start_stack));
         let argc: u64 = r.read_user(start_stack);
 
+        // The policy decides last, so its branches do not multiply the
+        // verifier's states through the path walks above. The new image has
+        // not run yet either way: a kill here lands before its first instruction.
+        let decision = check_exec(&mut r, (*ev).header.run, exe);
         let file_inode: u64 = r.read(exe, offset!(kernel.file_f_inode));
         let ino: u64 = r.read(file_inode, offset!(kernel.inode_i_ino));
         let sb: u64 = r.read(file_inode, offset!(kernel.inode_i_sb));
@@ -291,6 +365,7 @@ unsafe fn try_exec(ctx: &TracePointContext) -> Option<()> {
             ino,
             dev,
             _pad2: 0,
+            decision,
         };
         let size = EventKind::ProcessExec.fixed_size() + cursor;
         (*ev).header.size = size as u32;
@@ -454,6 +529,7 @@ unsafe fn execve_exit(ctx: &TracePointContext) -> Option<()> {
             ino: 0,
             dev: 0,
             _pad2: 0,
+            decision: Decision::default(),
         };
         let size = EventKind::ProcessExecFailed.fixed_size() + cursor;
         (*ev).header.size = size as u32;
@@ -510,6 +586,12 @@ unsafe fn try_exit(ctx: &TracePointContext) -> Option<()> {
     };
     r.fill_task(&mut ev.header, task);
     if ev.header.run != 0 {
+        // SAFETY: value copy out of the map.
+        if let Some(entry) = unsafe { PROC_RUNS.get(tgid) }
+            && entry.how & HOW_FLAG_COUNTED != 0
+        {
+            count_exit(entry.run);
+        }
         let _ = PROC_RUNS.remove(tgid);
     }
     let size = size_of::<FixedEvent<ExitData>>();

@@ -19,7 +19,8 @@ use std::{
 };
 
 use sensor_common::event::{
-    EventHeader, HOW_BACKFILL, HOW_ENV, HOW_INHERITED, HOW_LAUNCH, HOW_MATCHER, ProcRun,
+    EventHeader, HOW_BACKFILL, HOW_ENV, HOW_FLAG_COUNTED, HOW_INHERITED, HOW_LAUNCH, HOW_MASK,
+    HOW_MATCHER, ProcRun,
 };
 
 pub use self::{
@@ -78,7 +79,7 @@ impl RunMap for HashMap<u32, ProcRun> {
 /// Name of an attribution method, as events show it.
 #[must_use]
 pub const fn how_name(how: u32) -> &'static str {
-    match how {
+    match how & HOW_MASK {
         HOW_LAUNCH => "launch",
         HOW_INHERITED => "inherited",
         HOW_MATCHER => "matcher",
@@ -231,6 +232,27 @@ impl Attribution {
         {
             tracing::error!(path = %path.display(), error = %e, "cannot save run state");
         }
+    }
+
+    /// Run `handle`.
+    #[must_use]
+    pub fn run(&self, handle: u64) -> Option<&Run> {
+        self.runs.get(handle)
+    }
+
+    /// The handle of the run with id `id`.
+    #[must_use]
+    pub fn handle_of(&self, id: &str) -> Option<u64> {
+        self.runs
+            .find(id)
+            .ok()
+            .filter(|r| r.id == id)
+            .map(|r| r.handle)
+    }
+
+    /// The active runs.
+    pub fn runs(&self) -> impl Iterator<Item = &Run> {
+        self.runs.active()
     }
 
     /// The policy of run `handle`, if it has one.
@@ -595,9 +617,11 @@ impl Attribution {
         };
         // The kernel map has the precise start time of a process it saw fork;
         // keep it when present, so the kernel's own start-time check matches.
+        // It also keeps counting against its tree's max_processes if it did.
         let entry = match self.map.get(peer.pid) {
             Some(old) if old.start_ns / self.ns_per_tick == start_ticks => ProcRun {
                 start_ns: old.start_ns,
+                how: HOW_LAUNCH | (old.how & HOW_FLAG_COUNTED),
                 ..entry
             },
             _ => ProcRun {

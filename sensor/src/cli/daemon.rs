@@ -15,6 +15,7 @@ use crate::{
     loader::{self, Kernel},
     paths,
     pipeline::{self, KernelStreams, Pipeline},
+    policy::kernel::Enforcement,
     sinks::Outputs,
     status::DaemonState,
     store::writer::{Retention, StoreWriter},
@@ -86,7 +87,11 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
             events,
             stats,
             proc_runs,
+            policy: policy_maps,
+            previous_links,
         } = loader::load(std::process::id(), &pin_dir)?;
+        let enforcement =
+            Enforcement::open(policy_maps).context("taking over the kernel policy maps")?;
         state.set_programs(probes.attached().to_vec());
 
         let mut attribution =
@@ -100,7 +105,20 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
             runs = attribution.active_runs(),
             "restored state"
         );
-        let builder = EventBuilder::new(host, keys, clock, attribution).with_policies(policies);
+        let mut builder = EventBuilder::new(host, keys, clock, attribution)
+            .with_policies(policies)
+            .with_enforcement(enforcement)
+            .context("installing the policies in the kernel")?;
+        // Every restored run is bound to this daemon's policies; then the
+        // previous daemon's programs (pinned, still enforcing) can go.
+        builder.bind_runs();
+        let released = previous_links.release();
+        if released > 0 {
+            tracing::info!(
+                links = released,
+                "took over from the previous daemon's pinned programs"
+            );
+        }
         let mut pipeline = Pipeline::new(builder, outputs, Arc::clone(&state))
             .with_config_path(args.config.clone());
         if let Some(store) = store {

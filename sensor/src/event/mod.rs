@@ -9,7 +9,7 @@ pub mod raw;
 use std::{collections::BTreeMap, net::IpAddr, sync::Arc, time::SystemTime};
 
 use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
-use sensor_common::event::{ConnectData, EventHeader, ExecData, PATH_TRUNCATED};
+use sensor_common::event::{ConnectData, EventHeader, ExecData, PATH_TRUNCATED, VIA_SENDMSG};
 use serde::{Serialize, Serializer};
 
 use self::raw::{ExecStrings, RawEvent};
@@ -259,6 +259,10 @@ pub struct Network {
     pub result: &'static str,
     pub errno: Option<i32>,
     pub error: Option<String>,
+    /// `sendmsg` for a datagram sent to an address without connect() (reported
+    /// only when a policy denied it); absent for connect().
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<&'static str>,
 }
 
 /// What was lost since the previous `sensor.lost`.
@@ -284,6 +288,8 @@ pub struct EventBuilder {
     next_seq: u64,
     attribution: Attribution,
     policies: crate::policy::Policies,
+    /// The kernel's policy maps (absent in tests without a kernel).
+    enforcement: Option<crate::policy::kernel::Enforcement>,
 }
 
 impl EventBuilder {
@@ -296,7 +302,72 @@ impl EventBuilder {
             next_seq: 1,
             attribution,
             policies: crate::policy::Policies::default(),
+            enforcement: None,
         }
+    }
+
+    /// Keeps the kernel's policy maps in step: policies installed, runs bound.
+    pub fn with_enforcement(
+        mut self,
+        mut enforcement: crate::policy::kernel::Enforcement,
+    ) -> Result<Self, crate::policy::kernel::EnforcementError> {
+        enforcement.install(&self.policies)?;
+        self.enforcement = Some(enforcement);
+        Ok(self)
+    }
+
+    /// Binds every active run to its policy in the kernel and unbinds the
+    /// handles no active run has (start-up, after the run state was
+    /// restored); then the previous daemon's policy slots are released.
+    pub fn bind_runs(&mut self) {
+        let Some(enforcement) = &mut self.enforcement else {
+            return;
+        };
+        let active: Vec<(u64, Option<String>, Option<u64>)> = self
+            .attribution
+            .runs()
+            .map(|r| {
+                let parent = r
+                    .parent_id
+                    .as_deref()
+                    .and_then(|id| self.attribution.handle_of(id));
+                (r.handle, r.policy.clone(), parent)
+            })
+            .collect();
+        let live: std::collections::BTreeSet<u64> = active.iter().map(|(h, _, _)| *h).collect();
+        // Parents before children (handles grow with creation), so a sub-run
+        // finds its parent's counter.
+        let mut sorted = active;
+        sorted.sort_unstable_by_key(|(h, _, _)| *h);
+        for (handle, policy, parent) in sorted {
+            let policy = policy.filter(|p| self.policies.contains(p));
+            if let Err(e) = enforcement.bind(handle, policy.as_deref(), parent) {
+                tracing::error!(handle, error = %e, "cannot bind a run to its policy in the kernel");
+            }
+        }
+        for handle in enforcement.bound_runs() {
+            if !live.contains(&handle) {
+                enforcement.unbind(handle);
+            }
+        }
+        enforcement.release_previous();
+    }
+
+    /// Resolves the policies' files and host names again and updates the
+    /// kernel maps of those that changed; drops replaced rules past their grace.
+    pub fn refresh_policies(&mut self, now: std::time::Instant) {
+        let changed = self.policies.refresh(now);
+        let Some(enforcement) = &mut self.enforcement else {
+            return;
+        };
+        for name in changed {
+            if let Some(policy) = self.policies.get(&name)
+                && let Err(e) = enforcement.update(policy)
+            {
+                tracing::error!(policy = %name, error = %e, "cannot update the kernel policy maps");
+            }
+        }
+        enforcement.tick(now);
     }
 
     /// Sets the policies runs are checked against.
@@ -306,9 +377,29 @@ impl EventBuilder {
         self
     }
 
-    /// Replaces the policies (a validated reload).
-    pub fn set_policies(&mut self, policies: crate::policy::Policies) {
+    /// Replaces the policies (a validated reload): the kernel switches to
+    /// them first; on any error the running ones stay in force. A policy that
+    /// active runs are bound to cannot be dropped.
+    pub fn set_policies(&mut self, policies: crate::policy::Policies) -> Result<(), String> {
+        if let Some(run) = self
+            .attribution
+            .runs()
+            .find(|r| r.policy.as_ref().is_some_and(|p| !policies.contains(p)))
+        {
+            return Err(format!(
+                "policy {:?} is gone from the config, but run {} is bound to it; \
+                 keep it until the run ends",
+                run.policy.as_deref().unwrap_or_default(),
+                run.id
+            ));
+        }
+        if let Some(enforcement) = &mut self.enforcement {
+            enforcement
+                .install(&policies)
+                .map_err(|e| format!("the kernel maps could not take the new policies: {e}"))?;
+        }
         self.policies = policies;
+        Ok(())
     }
 
     /// The policies (to validate `launch --policy`).
@@ -317,26 +408,53 @@ impl EventBuilder {
         &self.policies
     }
 
-    /// Checks an exec or connect event of a run against the run's policy;
-    /// a denial is followed by a `policy.violation` event.
-    fn apply_policy(&mut self, mut e: Event, run: u64, out: &mut Vec<Event>) {
-        let Some(policy) = self
-            .attribution
-            .run_policy(run)
-            .and_then(|name| self.policies.get(name))
-        else {
-            out.push(e);
-            return;
+    /// Names the kernel's decision on an exec, connect or spawn event (or,
+    /// for an exec or connect the kernel did not decide on, checks it against
+    /// the run's policy here); a denial is followed by a `policy.violation`.
+    fn apply_policy(
+        &mut self,
+        mut e: Event,
+        run: u64,
+        decision: &sensor_common::policy::Decision,
+        out: &mut Vec<Event>,
+    ) {
+        let list = if e.network.is_some() {
+            "connect.allow"
+        } else {
+            "exec.allow"
         };
-        let verdict = match (&e.process, &e.exec, &e.network) {
-            (Some(p), Some(x), _) if x.result == "ok" => {
-                let dev = x.dev_raw.map_or(0, crate::policy::kernel_dev_to_st_dev);
-                Some(policy.check_exec(p.exe.as_deref().unwrap_or(""), dev, x.inode.unwrap_or(0)))
+        let decided = self
+            .enforcement
+            .as_ref()
+            .and_then(|k| k.describe(decision, list));
+        let verdict = match decided {
+            Some(v) => Some(v),
+            None if e.kind == Kind::ProcessSpawn => None,
+            None => {
+                let Some(policy) = self
+                    .attribution
+                    .run_policy(run)
+                    .and_then(|name| self.policies.get(name))
+                else {
+                    out.push(e);
+                    return;
+                };
+                match (&e.process, &e.exec, &e.network) {
+                    (Some(p), Some(x), _) if x.result == "ok" => {
+                        let dev = x.dev_raw.map_or(0, crate::policy::kernel_dev_to_st_dev);
+                        Some(policy.check_exec(
+                            p.exe.as_deref().unwrap_or(""),
+                            dev,
+                            x.inode.unwrap_or(0),
+                        ))
+                    }
+                    (_, _, Some(n)) => Some(policy.check_connect(n.dst_ip, n.dst_port)),
+                    _ => None,
+                }
             }
-            (_, _, Some(n)) => Some(policy.check_connect(n.dst_ip, n.dst_port)),
-            _ => None,
         };
-        e.policy = verdict;
+        // A spawn carries a verdict only when max_processes refused it.
+        e.policy = verdict.filter(|v| e.kind != Kind::ProcessSpawn || v.is_deny());
         let violation = e
             .policy
             .as_ref()
@@ -457,6 +575,7 @@ impl EventBuilder {
     fn run_change_of(&mut self, change: &RunChange, process: Option<&Process>) -> Event {
         match change {
             RunChange::Started { run, pid } => {
+                self.bind_run(run);
                 let mut e = self.envelope(Kind::RunStart, run.start);
                 e.run = Some(RunRef::detailed(run, started_how(&run.started_by)));
                 e.process = Some(match process {
@@ -466,10 +585,29 @@ impl EventBuilder {
                 e
             }
             RunChange::Ended { run } => {
+                if let Some(enforcement) = &mut self.enforcement {
+                    enforcement.unbind(run.handle);
+                }
                 let mut e = self.envelope(Kind::RunEnd, run.end.unwrap_or_else(SystemTime::now));
                 e.run = Some(RunRef::detailed(run, started_how(&run.started_by)));
                 e
             }
+        }
+    }
+
+    /// Binds a new run to its policy in the kernel, before anything of the
+    /// run can act on it (a launch is answered after this).
+    fn bind_run(&mut self, run: &Run) {
+        let Some(enforcement) = &mut self.enforcement else {
+            return;
+        };
+        let parent = run
+            .parent_id
+            .as_deref()
+            .and_then(|id| self.attribution.handle_of(id));
+        let policy = run.policy.as_deref().filter(|p| self.policies.contains(p));
+        if let Err(e) = enforcement.bind(run.handle, policy, parent) {
+            tracing::error!(run = %run.id, error = %e, "cannot bind the run to its policy in the kernel");
         }
     }
 
@@ -520,7 +658,7 @@ impl EventBuilder {
                     .on_spawn(&h, p.exe.as_deref().map(Arc::from));
                 e.run = self.attribution.run_ref(run, how);
                 e.process = Some(p);
-                out.push(e);
+                self.apply_policy(e, run, &data.decision, out);
             }
             RawEvent::Exec {
                 data,
@@ -554,7 +692,7 @@ impl EventBuilder {
                 e.exec = Some(exec);
                 e.run = self.attribution.run_ref(run, how);
                 e.process = Some(p);
-                self.apply_policy(e, run, out);
+                self.apply_policy(e, run, &data.decision, out);
             }
             RawEvent::Exit { data, .. } => {
                 let mut e = self.envelope(Kind::ProcessExit, time);
@@ -585,7 +723,7 @@ impl EventBuilder {
                 e.run = self.attribution.run_ref(run, how);
                 e.process = Some(p);
                 e.network = Some(network(&data));
-                self.apply_policy(e, run, out);
+                self.apply_policy(e, run, &data.decision, out);
             }
         }
     }
@@ -764,6 +902,7 @@ fn network(d: &ConnectData) -> Network {
         result,
         errno,
         error: errno.map(errno_name),
+        via: (d.via == VIA_SENDMSG).then_some("sendmsg"),
     }
 }
 
@@ -980,6 +1119,7 @@ mod tests {
                 ret,
                 has_result,
                 addr,
+                ..ConnectData::default()
             },
         };
         let mut v4 = [0u8; 16];

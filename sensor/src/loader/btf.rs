@@ -48,6 +48,7 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, LoaderError> {
         fs_pwd: f("fs_struct", "pwd")?,
         dentry_d_parent: f("dentry", "d_parent")?,
         dentry_d_name: f("dentry", "d_name")?,
+        dentry_d_inode: f("dentry", "d_inode")?,
         qstr_len: f("qstr", "len")?,
         qstr_name: f("qstr", "name")?,
         vfsmount_mnt_root: f("vfsmount", "mnt_root")?,

@@ -14,8 +14,13 @@ use std::{fs::File, io, path::PathBuf};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, RawTracePoint, TracePoint},
+    maps::{
+        Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::LpmTrie,
+    },
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, ProgramError, RawTracePoint, TracePoint,
+        links::{FdLink, PinnedLink},
+    },
 };
 use sensor_common::{
     config::{CONFIG_GLOBAL, SensorConfig},
@@ -100,6 +105,12 @@ pub enum LoaderError {
         #[source]
         source: MapError,
     },
+    #[error("program {program}: its link cannot be owned (needed to pin it)")]
+    Link {
+        program: &'static str,
+        #[source]
+        source: Box<aya::programs::links::LinkError>,
+    },
     #[error("program {program} ({purpose}) could not be loaded or attached to {attach}")]
     Program {
         program: &'static str,
@@ -118,10 +129,22 @@ pub struct AttachedProgram {
     pub attach: String,
 }
 
-/// The loaded object with every probe attached; dropping it detaches them.
+/// A program's attachment: owned by the daemon (detached when dropped), or
+/// pinned in bpffs (attached until the pin is removed, daemon or not).
+enum Link {
+    Owned(FdLink),
+    Pinned(PinnedLink),
+    /// Transient, while switching.
+    None,
+}
+
+/// The loaded object with every probe attached. Dropping it detaches them,
+/// unless [`Probes::persist`] pinned them.
 pub struct Probes {
     _ebpf: Ebpf,
     attached: Vec<AttachedProgram>,
+    links: Vec<(&'static str, Link)>,
+    links_dir: PathBuf,
 }
 
 impl Probes {
@@ -129,6 +152,34 @@ impl Probes {
     #[must_use]
     pub fn attached(&self) -> &[AttachedProgram] {
         &self.attached
+    }
+
+    /// Pins every link in `<pin-dir>/links` (`on`), so the programs stay
+    /// attached, and enforcing, while the daemon is down; or unpins them so
+    /// they detach with the daemon.
+    pub fn persist(&mut self, on: bool) -> io::Result<()> {
+        if on {
+            std::fs::create_dir_all(&self.links_dir)?;
+        }
+        for (name, link) in &mut self.links {
+            *link = match std::mem::replace(link, Link::None) {
+                Link::Owned(fd) if on => {
+                    let path = self.links_dir.join(name);
+                    // A stale pin of the same name (a previous daemon's) is replaced.
+                    let _ = std::fs::remove_file(&path);
+                    Link::Pinned(fd.pin(&path).map_err(io::Error::other)?)
+                }
+                Link::Pinned(p) if !on => Link::Owned(p.unpin()?),
+                other => other,
+            };
+        }
+        Ok(())
+    }
+
+    /// Whether the programs are pinned.
+    #[must_use]
+    pub fn persistent(&self) -> bool {
+        self.links.iter().any(|(_, l)| matches!(l, Link::Pinned(_)))
     }
 }
 
@@ -139,7 +190,84 @@ pub struct Kernel {
     pub stats: PerCpuArray<MapData, Stats>,
     /// The pinned process → run map.
     pub proc_runs: BpfHashMap<MapData, u32, ProcRun>,
+    /// The pinned policy maps.
+    pub policy: crate::policy::kernel::PolicyMaps,
+    /// Links a previous daemon left pinned: its programs, still attached.
+    /// Dropping this detaches them (after ours are attached).
+    pub previous_links: PreviousLinks,
 }
+
+/// Links left pinned by a daemon that is gone.
+pub struct PreviousLinks(Vec<PathBuf>);
+
+impl PreviousLinks {
+    /// Removes the pins: the previous daemon's programs detach.
+    pub fn release(self) -> usize {
+        let n = self.0.len();
+        for path in self.0 {
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove a previous daemon's link");
+            }
+        }
+        n
+    }
+}
+
+/// One pinned map and the layout this build expects of it.
+struct PinnedMap {
+    name: &'static str,
+    key: usize,
+    value: usize,
+    max_entries: u32,
+}
+
+const PINNED_MAPS: &[PinnedMap] = {
+    use sensor_common::{limits as l, policy as p};
+    &[
+        PinnedMap {
+            name: maps::PROC_RUNS,
+            key: size_of::<u32>(),
+            value: size_of::<ProcRun>(),
+            max_entries: l::MAX_TRACKED_PROCESSES,
+        },
+        PinnedMap {
+            name: maps::POLICIES,
+            key: size_of::<u32>(),
+            value: size_of::<p::PolicySlot>(),
+            max_entries: l::MAX_POLICIES,
+        },
+        PinnedMap {
+            name: maps::RUN_POLICY,
+            key: size_of::<u64>(),
+            value: size_of::<p::RunPolicy>(),
+            max_entries: l::MAX_POLICY_RUNS,
+        },
+        PinnedMap {
+            name: maps::RUN_LIVE,
+            key: size_of::<u64>(),
+            value: size_of::<u64>(),
+            max_entries: l::MAX_POLICY_RUNS,
+        },
+        PinnedMap {
+            name: maps::EXEC_RULES,
+            key: size_of::<p::ExecKey>(),
+            value: size_of::<p::ExecRule>(),
+            max_entries: l::MAX_EXEC_RULES,
+        },
+        PinnedMap {
+            name: maps::NET4_RULES,
+            key: 4 + size_of::<p::Net4Data>(),
+            value: size_of::<p::NetRule>(),
+            max_entries: l::MAX_NET_RULES,
+        },
+        PinnedMap {
+            name: maps::NET6_RULES,
+            key: 4 + size_of::<p::Net6Data>(),
+            value: size_of::<p::NetRule>(),
+            max_entries: l::MAX_NET_RULES,
+        },
+    ]
+};
 
 /// Loads and attaches everything. `own_tgid` is the daemon's pid, whose own
 /// activity the programs skip; `pin_dir` (in bpffs) holds the maps that
@@ -169,16 +297,31 @@ pub fn load(own_tgid: u32, pin_dir: &std::path::Path) -> Result<Kernel, LoaderEr
         what: "creating the bpffs pin directory",
         source,
     })?;
-    let proc_runs_pin = pin_dir.join(maps::PROC_RUNS);
-    drop_incompatible_pin(&proc_runs_pin)?;
+    for map in PINNED_MAPS {
+        drop_incompatible_pin(&pin_dir.join(map.name), map)?;
+    }
+    let pins: Vec<(&str, PathBuf)> = PINNED_MAPS
+        .iter()
+        .map(|m| (m.name, pin_dir.join(m.name)))
+        .collect();
+    let links_dir = pin_dir.join(maps::LINKS_DIR);
+    let previous_links = PreviousLinks(
+        std::fs::read_dir(&links_dir)
+            .map(|dir| dir.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default(),
+    );
     let cpus = aya::util::nr_cpus().map_err(|(_, source)| LoaderError::Io {
         what: "reading the number of possible CPUs",
         source,
     })?;
-    let mut ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    loader
         .override_global(CONFIG_GLOBAL, &config, true)
-        .map_max_entries(maps::SCRATCH, u32::try_from(cpus).unwrap_or(u32::MAX))
-        .map_pin_path(maps::PROC_RUNS, proc_runs_pin.as_path())
+        .map_max_entries(maps::SCRATCH, u32::try_from(cpus).unwrap_or(u32::MAX));
+    for (name, path) in &pins {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader
         .load(EBPF_OBJECT)
         .map_err(|e| LoaderError::Load(Box::new(e)))?;
 
@@ -193,11 +336,15 @@ pub fn load(own_tgid: u32, pin_dir: &std::path::Path) -> Result<Kernel, LoaderEr
         source,
     })?;
 
-    let proc_runs = take_map(&mut ebpf, maps::PROC_RUNS)?;
-    let proc_runs = BpfHashMap::try_from(proc_runs).map_err(|source| LoaderError::Map {
-        map: maps::PROC_RUNS,
-        source,
-    })?;
+    let proc_runs = typed_map(&mut ebpf, maps::PROC_RUNS, BpfHashMap::try_from)?;
+    let policy = crate::policy::kernel::PolicyMaps {
+        slots: typed_map(&mut ebpf, maps::POLICIES, Array::try_from)?,
+        run_policy: typed_map(&mut ebpf, maps::RUN_POLICY, BpfHashMap::try_from)?,
+        run_live: typed_map(&mut ebpf, maps::RUN_LIVE, BpfHashMap::try_from)?,
+        exec_rules: typed_map(&mut ebpf, maps::EXEC_RULES, BpfHashMap::try_from)?,
+        net4: typed_map(&mut ebpf, maps::NET4_RULES, LpmTrie::try_from)?,
+        net6: typed_map(&mut ebpf, maps::NET6_RULES, LpmTrie::try_from)?,
+    };
 
     let cgroup_root = mounts::cgroup2_root()?;
     let cgroup = File::open(&cgroup_root).map_err(|source| LoaderError::Cgroup {
@@ -206,6 +353,7 @@ pub fn load(own_tgid: u32, pin_dir: &std::path::Path) -> Result<Kernel, LoaderEr
     })?;
 
     let mut attached = Vec::with_capacity(PROBES.len());
+    let mut links = Vec::with_capacity(PROBES.len());
     for probe in PROBES {
         let err = |source| LoaderError::Program {
             program: probe.program,
@@ -218,28 +366,36 @@ pub fn load(own_tgid: u32, pin_dir: &std::path::Path) -> Result<Kernel, LoaderEr
             .ok_or(LoaderError::MissingProgram {
                 program: probe.program,
             })?;
-        let info = match probe.attach {
+        let link_err = |source| LoaderError::Link {
+            program: probe.program,
+            source: Box::new(source),
+        };
+        let (info, link) = match probe.attach {
             Attach::RawTracepoint(name) => {
                 let p: &mut RawTracePoint = program.try_into().map_err(err)?;
                 p.load().map_err(err)?;
-                p.attach(name).map_err(err)?;
-                p.info().map_err(err)?
+                let id = p.attach(name).map_err(err)?;
+                let link = FdLink::from(p.take_link(id).map_err(err)?);
+                (p.info().map_err(err)?, link)
             }
             Attach::Tracepoint { category, name } => {
                 let p: &mut TracePoint = program.try_into().map_err(err)?;
                 p.load().map_err(err)?;
-                p.attach(category, name).map_err(err)?;
-                p.info().map_err(err)?
+                let id = p.attach(category, name).map_err(err)?;
+                let link = FdLink::try_from(p.take_link(id).map_err(err)?).map_err(link_err)?;
+                (p.info().map_err(err)?, link)
             }
             Attach::CgroupSockAddr => {
                 let p: &mut CgroupSockAddr = program.try_into().map_err(err)?;
                 p.load().map_err(err)?;
                 // BPF links on a cgroup always coexist with other programs (they are
                 // multi-attach by nature); the link API takes no ALLOW_MULTI flag.
-                p.attach(&cgroup, CgroupAttachMode::Single).map_err(err)?;
-                p.info().map_err(err)?
+                let id = p.attach(&cgroup, CgroupAttachMode::Single).map_err(err)?;
+                let link = FdLink::try_from(p.take_link(id).map_err(err)?).map_err(link_err)?;
+                (p.info().map_err(err)?, link)
             }
         };
+        links.push((probe.program, Link::Owned(link)));
         let attach = match probe.attach {
             Attach::CgroupSockAddr => format!("cgroup {}", cgroup_root.display()),
             other => other.to_string(),
@@ -255,32 +411,40 @@ pub fn load(own_tgid: u32, pin_dir: &std::path::Path) -> Result<Kernel, LoaderEr
         probes: Probes {
             _ebpf: ebpf,
             attached,
+            links,
+            links_dir,
         },
         events,
         stats,
         proc_runs,
+        policy,
+        previous_links,
     })
 }
 
+fn typed_map<T>(
+    ebpf: &mut Ebpf,
+    map: &'static str,
+    convert: impl FnOnce(aya::maps::Map) -> Result<T, MapError>,
+) -> Result<T, LoaderError> {
+    convert(take_map(ebpf, map)?).map_err(|source| LoaderError::Map { map, source })
+}
+
 /// A map pinned by another build may have another layout; reusing it would
-/// make the programs fail to load. Such a pin is removed (its attribution is
+/// make the programs fail to load. Such a pin is removed (what it held is
 /// lost, and said so) rather than reused.
-fn drop_incompatible_pin(path: &std::path::Path) -> Result<(), LoaderError> {
+fn drop_incompatible_pin(path: &std::path::Path, map: &PinnedMap) -> Result<(), LoaderError> {
     let Ok(info) = aya::maps::MapInfo::from_pin(path) else {
         return Ok(());
     };
-    let expected = (
-        size_of::<u32>() as u32,
-        size_of::<ProcRun>() as u32,
-        sensor_common::limits::MAX_TRACKED_PROCESSES,
-    );
+    let expected = (map.key as u32, map.value as u32, map.max_entries);
     let found = (info.key_size(), info.value_size(), info.max_entries());
     if found != expected {
         tracing::warn!(
             path = %path.display(),
             ?found,
             ?expected,
-            "pinned process→run map has another layout (older sensor?); starting a new one"
+            "pinned map has another layout (older sensor?); starting a new one"
         );
         std::fs::remove_file(path).map_err(|source| LoaderError::Io {
             what: "removing an incompatible pinned map",

@@ -98,6 +98,25 @@ pub const PROBES: &[Probe] = &[
         attach: Attach::CgroupSockAddr,
         purpose: "network.connect (IPv6)",
     },
+    Probe {
+        program: p::SENDMSG4,
+        attach: Attach::CgroupSockAddr,
+        purpose: "connect.allow on UDP datagrams (IPv4)",
+    },
+    Probe {
+        program: p::SENDMSG6,
+        attach: Attach::CgroupSockAddr,
+        purpose: "connect.allow on UDP datagrams (IPv6)",
+    },
+    tp(p::CLONE_EXIT, "syscalls", "sys_exit_clone", "max_processes"),
+    tp(
+        p::CLONE3_EXIT,
+        "syscalls",
+        "sys_exit_clone3",
+        "max_processes",
+    ),
+    tp(p::FORK_EXIT, "syscalls", "sys_exit_fork", "max_processes"),
+    tp(p::VFORK_EXIT, "syscalls", "sys_exit_vfork", "max_processes"),
 ];
 
 impl std::fmt::Display for Attach {

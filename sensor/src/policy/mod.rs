@@ -1,31 +1,46 @@
 //! Allow-list policies: which files a run may execute and where it may
-//! connect. This is the verdict side (audit): every exec and connect of a run
-//! with a policy is checked and carries the verdict and the rule that
-//! decided; a denial also becomes a `policy.violation` event.
+//! connect, how deep its sub-agents may nest and how many processes its tree
+//! may hold.
 //!
 //! Exec rules decide on the file the kernel executed, never on the string the
-//! caller passed: an exact path is resolved to its device and inode when the
-//! policy loads, and directory and glob rules are matched against the path the
-//! kernel resolved (symlinks, `..` and `/proc/self/root` already gone).
-//! Enforcement in the kernel is not built yet; an `enforce` policy is refused
-//! at start-up instead of silently degrading to audit.
+//! caller passed: exact paths, directories and globs are resolved to file
+//! identities (device, inode) that the kernel compares the executed file and
+//! its parent directories with (see [`resolve`]). Connect rules are folded
+//! into prefix tries (see [`net`]). The kernel decides on every exec and
+//! connect of a run with a policy and, in enforce mode, blocks ([`kernel`]
+//! holds the maps); the decision travels in the event, and user space only
+//! names it. Actions the kernel could not decide on (the exec that started a
+//! matcher's run, before the run existed) are checked here, in audit.
 
-use std::{collections::BTreeMap, net::IpAddr, os::unix::fs::MetadataExt as _};
+pub mod kernel;
+pub mod net;
+pub mod resolve;
+
+use std::{collections::BTreeMap, net::IpAddr, time::Instant};
 
 use globset::{Glob, GlobMatcher};
 use serde::Deserialize;
+
+use self::net::ConnectRule;
+pub use self::resolve::{FileId, kernel_dev_to_st_dev};
 
 /// One `[policy.NAME]` table.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
-    /// `audit` reports; `enforce` also blocks (not available in this build).
+    /// `audit` reports; `enforce` also blocks, in the kernel.
     #[serde(default)]
     pub mode: Mode,
     #[serde(default)]
     pub exec: ExecConfig,
     #[serde(default)]
     pub connect: ConnectConfig,
+    /// Deepest sub-run allowed below a root run (root = 0).
+    #[serde(default)]
+    pub max_depth: Option<u32>,
+    /// Live processes allowed in a run's tree, its first process included.
+    #[serde(default)]
+    pub max_processes: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -36,18 +51,51 @@ pub enum Mode {
     Enforce,
 }
 
+impl Mode {
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Audit => "audit",
+            Self::Enforce => "enforce",
+        }
+    }
+}
+
+/// An `exec.allow` entry: a path, or a path with a pinned sha256.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum ExecAllow {
+    Path(String),
+    Pinned { path: String, sha256: String },
+}
+
+impl ExecAllow {
+    fn path(&self) -> &str {
+        match self {
+            Self::Path(p) | Self::Pinned { path: p, .. } => p,
+        }
+    }
+
+    fn text(&self) -> String {
+        match self {
+            Self::Path(p) => p.clone(),
+            Self::Pinned { path, sha256 } => format!("{path} sha256:{sha256}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ExecConfig {
     /// Exact files, directories (ending in `/`) or globs.
     #[serde(default)]
-    pub allow: Vec<String>,
+    pub allow: Vec<ExecAllow>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectConfig {
-    /// `ADDR`, `CIDR`, each optionally `:PORT` or `:LOW-HIGH` (`[V6]:PORT` for IPv6).
+    /// `ADDR`, `CIDR` or `HOST`, each optionally `:PORT` or `:LOW-HIGH` (`[V6]:PORT` for IPv6).
     #[serde(default)]
     pub allow: Vec<String>,
 }
@@ -67,40 +115,104 @@ pub enum PolicyError {
         rule: String,
         why: String,
     },
-    #[error(
-        "policy {policy:?} is mode = \"enforce\", but this sensor cannot enforce in the kernel yet; \
-         use mode = \"audit\" (refusing rather than silently not enforcing)"
-    )]
-    EnforceUnavailable { policy: String },
+    #[error("policy {policy:?}: {why}")]
+    Limit { policy: String, why: String },
     #[error("{what} names policy {policy:?}, which the config does not define")]
     Unknown { what: String, policy: String },
 }
 
+/// What an exec rule resolves to.
 #[derive(Debug, Clone)]
-enum ExecRule {
-    /// A file, by identity; `path` is how the config named it.
-    File {
-        path: String,
-        dev: u64,
-        ino: u64,
-    },
-    /// Everything under a directory (its resolved path, ending in `/`).
-    Dir {
-        path: String,
-        resolved: String,
-    },
-    Glob {
-        pattern: String,
-        glob: GlobMatcher,
-    },
+enum ExecTarget {
+    /// A file, by identity.
+    File { id: Option<FileId> },
+    /// Everything under a directory: its resolved path (ending in `/`) and identity.
+    Dir { resolved: String, id: FileId },
+    /// The files a glob matched at the last resolution.
+    Glob { glob: GlobMatcher, ids: Vec<FileId> },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct NetRule {
-    text: String,
-    net: IpAddr,
-    prefix: u8,
-    ports: Option<(u16, u16)>,
+#[derive(Debug, Clone)]
+struct ExecRule {
+    allow: ExecAllow,
+    target: ExecTarget,
+}
+
+impl ExecRule {
+    /// Resolves an `exec.allow` entry (an error names what is wrong with it).
+    fn resolve(allow: &ExecAllow) -> Result<Self, String> {
+        let path = allow.path();
+        if !path.starts_with('/') {
+            return Err("must be an absolute path".into());
+        }
+        let target = if is_glob(path) {
+            if matches!(allow, ExecAllow::Pinned { .. }) {
+                return Err("a sha256 can only be pinned on an exact file".into());
+            }
+            let glob = Glob::new(path).map_err(|e| e.to_string())?;
+            ExecTarget::Glob {
+                glob: glob.compile_matcher(),
+                ids: resolve::expand_glob(path)?,
+            }
+        } else if path.ends_with('/') {
+            if matches!(allow, ExecAllow::Pinned { .. }) {
+                return Err("a sha256 can only be pinned on an exact file".into());
+            }
+            let (resolved, id) = resolve::resolve_dir(path)?;
+            ExecTarget::Dir { resolved, id }
+        } else {
+            ExecTarget::File {
+                id: Some(resolve::resolve_file(path, pinned(allow))?),
+            }
+        };
+        Ok(Self {
+            allow: allow.clone(),
+            target,
+        })
+    }
+
+    /// Resolves again; true when the identities changed. A file that is gone
+    /// or no longer has its pinned sha256 allows nothing until it is back.
+    fn refresh(&mut self) -> bool {
+        let path = self.allow.path().to_owned();
+        match &mut self.target {
+            ExecTarget::File { id } => {
+                let new = match resolve::resolve_file(&path, pinned(&self.allow)) {
+                    Ok(new) => Some(new),
+                    Err(why) => {
+                        if id.is_some() {
+                            tracing::warn!(rule = %path, %why, "exec.allow file no longer resolves; it allows nothing");
+                        }
+                        None
+                    }
+                };
+                let changed = *id != new;
+                *id = new;
+                changed
+            }
+            ExecTarget::Dir { id, .. } => match resolve::resolve_dir(&path) {
+                Ok((_, new)) if new != *id => {
+                    *id = new;
+                    true
+                }
+                _ => false,
+            },
+            ExecTarget::Glob { ids, .. } => match resolve::expand_glob(&path) {
+                Ok(new) if new != *ids => {
+                    *ids = new;
+                    true
+                }
+                _ => false,
+            },
+        }
+    }
+}
+
+fn pinned(allow: &ExecAllow) -> Option<&str> {
+    match allow {
+        ExecAllow::Pinned { sha256, .. } => Some(sha256),
+        ExecAllow::Path(_) => None,
+    }
 }
 
 /// A loaded policy.
@@ -110,8 +222,10 @@ pub struct Policy {
     pub mode: Mode,
     /// Version of the policy set this policy was loaded in.
     pub version: u64,
+    pub max_depth: Option<u32>,
+    pub max_processes: Option<u32>,
     exec: Vec<ExecRule>,
-    connect: Vec<NetRule>,
+    connect: Vec<ConnectRule>,
 }
 
 /// What a policy says about one action.
@@ -122,7 +236,7 @@ pub struct Verdict {
     pub verdict: &'static str,
     /// The rule that allowed, or the list that had no match.
     pub rule: String,
-    /// Whether the kernel blocked it (never, in audit mode).
+    /// Whether the kernel blocked it.
     pub enforced: bool,
     /// Version of the policy set that decided (1 at start-up, +1 per reload).
     pub version: u64,
@@ -139,69 +253,101 @@ fn is_glob(s: &str) -> bool {
     s.contains(['*', '?', '['])
 }
 
+/// Rule text of a `max_processes` decision.
+#[must_use]
+pub fn max_processes_rule(n: u32) -> String {
+    format!("max_processes {n}")
+}
+
 impl Policy {
-    /// Loads a policy: exact paths are resolved to their file identity now.
+    /// Loads a policy: exec rules are resolved to file identities and host
+    /// names to addresses now.
     pub fn load(name: &str, c: &PolicyConfig) -> Result<Self, PolicyError> {
-        if c.mode == Mode::Enforce {
-            return Err(PolicyError::EnforceUnavailable {
-                policy: name.to_owned(),
-            });
-        }
-        let exec_err = |rule: &str, why: String| PolicyError::Exec {
-            policy: name.to_owned(),
-            rule: rule.to_owned(),
-            why,
-        };
-        let mut exec = Vec::new();
-        for rule in &c.exec.allow {
-            if !rule.starts_with('/') {
-                return Err(exec_err(rule, "must be an absolute path".into()));
-            }
-            if is_glob(rule) {
-                let glob = Glob::new(rule).map_err(|e| exec_err(rule, e.to_string()))?;
-                exec.push(ExecRule::Glob {
-                    pattern: rule.clone(),
-                    glob: glob.compile_matcher(),
-                });
-            } else if rule.ends_with('/') {
-                let resolved =
-                    std::fs::canonicalize(rule).map_err(|e| exec_err(rule, e.to_string()))?;
-                let mut resolved = resolved.to_string_lossy().into_owned();
-                if !resolved.ends_with('/') {
-                    resolved.push('/');
-                }
-                exec.push(ExecRule::Dir {
-                    path: rule.clone(),
-                    resolved,
-                });
-            } else {
-                let meta = std::fs::metadata(rule).map_err(|e| exec_err(rule, e.to_string()))?;
-                exec.push(ExecRule::File {
-                    path: rule.clone(),
-                    dev: meta.dev(),
-                    ino: meta.ino(),
-                });
-            }
-        }
-        let connect = c
+        let exec = c
+            .exec
+            .allow
+            .iter()
+            .map(|allow| {
+                ExecRule::resolve(allow).map_err(|why| PolicyError::Exec {
+                    policy: name.to_owned(),
+                    rule: allow.text(),
+                    why,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let mut connect: Vec<ConnectRule> = c
             .connect
             .allow
             .iter()
             .map(|rule| {
-                parse_net(rule).map_err(|why| PolicyError::Connect {
+                net::parse(rule).map_err(|why| PolicyError::Connect {
                     policy: name.to_owned(),
                     rule: rule.clone(),
                     why,
                 })
             })
             .collect::<Result<_, _>>()?;
-        Ok(Self {
+        let now = Instant::now();
+        for rule in &mut connect {
+            rule.refresh(now);
+        }
+        if c.max_processes == Some(0) {
+            return Err(PolicyError::Limit {
+                policy: name.to_owned(),
+                why: "max_processes = 0 would stop every run; leave it out for no limit".into(),
+            });
+        }
+        let policy = Self {
             name: name.to_owned(),
             mode: c.mode,
             version: 1,
+            max_depth: c.max_depth,
+            max_processes: c.max_processes,
             exec,
             connect,
-        })
+        };
+        // The port ranges must fit the kernel's entries.
+        net::fold(&policy.connect, 0).map_err(|why| PolicyError::Connect {
+            policy: name.to_owned(),
+            rule: "(all)".into(),
+            why,
+        })?;
+        Ok(policy)
+    }
+
+    /// Resolves file rules and due host names again; true when anything changed.
+    pub fn refresh(&mut self, now: Instant) -> bool {
+        let mut changed = false;
+        for r in &mut self.exec {
+            changed |= r.refresh();
+        }
+        for r in &mut self.connect {
+            changed |= r.refresh(now);
+        }
+        changed
+    }
+
+    /// Number of rules (exec then connect; what a decision's rule index counts).
+    #[must_use]
+    pub fn rule_count(&self) -> usize {
+        self.exec.len() + self.connect.len()
+    }
+
+    /// The text of rule `index` as events name it, or of a special rule.
+    #[must_use]
+    pub fn rule_text(&self, index: u32) -> String {
+        use sensor_common::policy::{RULE_LOADER, RULE_MAX_PROCESSES, RULE_NO_MATCH};
+        let i = index as usize;
+        match index {
+            RULE_MAX_PROCESSES => max_processes_rule(self.max_processes.unwrap_or(0)),
+            RULE_LOADER => "exec.allow (dynamic loader run directly: needs an exact rule)".into(),
+            RULE_NO_MATCH => "(no rule matches)".into(),
+            _ if i < self.exec.len() => format!("exec.allow {}", self.exec[i].allow.text()),
+            _ if i < self.rule_count() => {
+                format!("connect.allow {}", self.connect[i - self.exec.len()].text)
+            }
+            _ => format!("(rule {index})"),
+        }
     }
 
     fn verdict(&self, allowed_by: Option<String>, list: &str) -> Verdict {
@@ -224,50 +370,20 @@ impl Policy {
     }
 
     /// The verdict on executing the file at kernel-resolved `exe` with
-    /// identity (`dev`, `ino`) (user-space `st_dev` encoding).
+    /// identity (`dev`, `ino`) (user-space `st_dev` encoding), for an exec the
+    /// kernel did not decide on. Directory and glob rules compare the path.
     #[must_use]
     pub fn check_exec(&self, exe: &str, dev: u64, ino: u64) -> Verdict {
-        let hit = self.exec.iter().find_map(|r| match r {
-            ExecRule::File {
-                path,
-                dev: d,
-                ino: i,
-            } => (*d == dev && *i == ino && ino != 0).then(|| path.clone()),
-            ExecRule::Dir { path, resolved } => {
-                exe.starts_with(resolved.as_str()).then(|| path.clone())
-            }
-            ExecRule::Glob { pattern, glob } => glob.is_match(exe).then(|| pattern.clone()),
+        let file = FileId { dev, ino };
+        let hit = self.exec.iter().find_map(|r| {
+            let hit = match &r.target {
+                ExecTarget::File { id } => ino != 0 && *id == Some(file),
+                ExecTarget::Dir { resolved, .. } => exe.starts_with(resolved.as_str()),
+                ExecTarget::Glob { glob, ids } => ids.contains(&file) || glob.is_match(exe),
+            };
+            hit.then(|| r.allow.text())
         });
         self.verdict(hit.map(|r| format!("exec.allow {r}")), "exec.allow")
-    }
-
-    /// The rules as written, `exec.allow …` and `connect.allow …`.
-    fn rule_texts(&self) -> Vec<String> {
-        self.exec
-            .iter()
-            .map(|r| match r {
-                ExecRule::File { path, .. } | ExecRule::Dir { path, .. } => {
-                    format!("exec.allow {path}")
-                }
-                ExecRule::Glob { pattern, .. } => format!("exec.allow {pattern}"),
-            })
-            .chain(
-                self.connect
-                    .iter()
-                    .map(|r| format!("connect.allow {}", r.text)),
-            )
-            .collect()
-    }
-
-    /// Checks that `self` allows nothing `parent` does not: every rule of
-    /// `self` is also a rule of `parent` (a conservative test: a sub-agent
-    /// never gains rights its parent lacks). Returns the first extra rule.
-    pub fn within(&self, parent: &Self) -> Result<(), String> {
-        let allowed = parent.rule_texts();
-        match self.rule_texts().into_iter().find(|r| !allowed.contains(r)) {
-            None => Ok(()),
-            Some(extra) => Err(extra),
-        }
     }
 
     /// The verdict on connecting to `ip:port`.
@@ -276,91 +392,42 @@ impl Policy {
         let hit = self
             .connect
             .iter()
-            .find(|r| {
-                contains(r.net, r.prefix, ip)
-                    && r.ports.is_none_or(|(lo, hi)| (lo..=hi).contains(&port))
-            })
+            .find(|r| r.allows(ip, port))
             .map(|r| format!("connect.allow {}", r.text));
         self.verdict(hit, "connect.allow")
     }
-}
 
-/// `ADDR[/LEN][:PORT[-PORT]]`, `[V6][/LEN][:PORT]`.
-fn parse_net(rule: &str) -> Result<NetRule, String> {
-    let (addr, ports) = if let Some(rest) = rule.strip_prefix('[') {
-        let (inside, after) = rest.split_once(']').ok_or("missing ']'")?;
-        let ports = match after.strip_prefix(':') {
-            Some(p) => Some(p),
-            None if after.is_empty() => None,
-            None => return Err(format!("unexpected {after:?} after ']'")),
+    /// The rules as written, `exec.allow …` and `connect.allow …`.
+    fn rule_texts(&self) -> Vec<String> {
+        (0..self.rule_count())
+            .map(|i| self.rule_text(u32::try_from(i).unwrap_or(u32::MAX)))
+            .collect()
+    }
+
+    /// Checks that `self` allows nothing `parent` does not: every rule of
+    /// `self` is also a rule of `parent`, and its limits are no looser (a
+    /// conservative test: a sub-agent never gains rights its parent lacks).
+    /// Returns the first extra right.
+    pub fn within(&self, parent: &Self) -> Result<(), String> {
+        let allowed = parent.rule_texts();
+        if let Some(extra) = self.rule_texts().into_iter().find(|r| !allowed.contains(r)) {
+            return Err(extra);
+        }
+        let looser = |mine: Option<u32>, theirs: Option<u32>| match (mine, theirs) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(a), Some(b)) => a > b,
         };
-        (inside.to_owned(), ports)
-    } else if rule.matches(':').count() == 1 {
-        let (a, p) = rule.split_once(':').ok_or("bad address")?;
-        (a.to_owned(), Some(p))
-    } else {
-        (rule.to_owned(), None)
-    };
-    let (ip, prefix) = match addr.split_once('/') {
-        Some((ip, len)) => (ip.to_owned(), Some(len)),
-        None => (addr, None),
-    };
-    let net: IpAddr = ip
-        .parse()
-        .map_err(|_| format!("{ip:?} is not an IP address (host names are not supported yet)"))?;
-    let max = if net.is_ipv4() { 32 } else { 128 };
-    let prefix: u8 = match prefix {
-        Some(len) => len
-            .parse()
-            .ok()
-            .filter(|l| *l <= max)
-            .ok_or(format!("bad prefix length {len:?}"))?,
-        None => max,
-    };
-    let ports = match ports {
-        None => None,
-        Some(p) => {
-            let (lo, hi) = p.split_once('-').unwrap_or((p, p));
-            let lo: u16 = lo.parse().map_err(|_| format!("bad port {lo:?}"))?;
-            let hi: u16 = hi.parse().map_err(|_| format!("bad port {hi:?}"))?;
-            if lo > hi {
-                return Err(format!("port range {lo}-{hi} is empty"));
-            }
-            Some((lo, hi))
+        if looser(self.max_depth, parent.max_depth) {
+            return Err(format!("max_depth {:?}", self.max_depth));
         }
-    };
-    Ok(NetRule {
-        text: rule.to_owned(),
-        net,
-        prefix,
-        ports,
-    })
-}
-
-fn contains(net: IpAddr, prefix: u8, ip: IpAddr) -> bool {
-    // An IPv4-mapped IPv6 destination is checked as IPv4.
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    };
-    match (net, ip) {
-        (IpAddr::V4(n), IpAddr::V4(a)) => {
-            let mask = if prefix == 0 {
-                0
-            } else {
-                u32::MAX << (32 - u32::from(prefix))
-            };
-            u32::from(n) & mask == u32::from(a) & mask
+        if looser(self.max_processes, parent.max_processes) {
+            return Err(format!("max_processes {:?}", self.max_processes));
         }
-        (IpAddr::V6(n), IpAddr::V6(a)) => {
-            let mask = if prefix == 0 {
-                0
-            } else {
-                u128::MAX << (128 - u32::from(prefix))
-            };
-            u128::from(n) & mask == u128::from(a) & mask
+        if self.mode == Mode::Audit && parent.mode == Mode::Enforce {
+            return Err("mode = \"audit\" under an enforce policy".into());
         }
-        _ => false,
+        Ok(())
     }
 }
 
@@ -393,6 +460,17 @@ impl Policies {
         self.by_name.keys().map(String::as_str)
     }
 
+    /// The policies.
+    pub fn iter(&self) -> impl Iterator<Item = &Policy> {
+        self.by_name.values()
+    }
+
+    /// Whether any policy is in enforce mode.
+    #[must_use]
+    pub fn enforcing(&self) -> bool {
+        self.by_name.values().any(|p| p.mode == Mode::Enforce)
+    }
+
     pub fn load(configs: &BTreeMap<String, PolicyConfig>) -> Result<Self, PolicyError> {
         let by_name = configs
             .iter()
@@ -402,6 +480,14 @@ impl Policies {
             by_name,
             version: 1,
         })
+    }
+
+    /// Resolves every policy's rules again; the names of those that changed.
+    pub fn refresh(&mut self, now: Instant) -> Vec<String> {
+        self.by_name
+            .iter_mut()
+            .filter_map(|(name, p)| p.refresh(now).then(|| name.clone()))
+            .collect()
     }
 
     #[must_use]
@@ -415,18 +501,10 @@ impl Policies {
     }
 }
 
-/// The kernel's `dev_t` (major << 20 | minor) as `st_dev` (glibc's encoding).
-#[must_use]
-pub fn kernel_dev_to_st_dev(dev: u32) -> u64 {
-    let (major, minor) = (u64::from(dev >> 20), u64::from(dev & 0xf_ffff));
-    ((major & 0xffff_f000) << 32)
-        | ((major & 0xfff) << 8)
-        | ((minor & 0xffff_ff00) << 12)
-        | (minor & 0xff)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::MetadataExt as _;
+
     use super::*;
 
     fn policy(exec: &[&str], connect: &[&str]) -> Policy {
@@ -435,11 +513,15 @@ mod tests {
             &PolicyConfig {
                 mode: Mode::Audit,
                 exec: ExecConfig {
-                    allow: exec.iter().map(|s| (*s).to_owned()).collect(),
+                    allow: exec
+                        .iter()
+                        .map(|s| ExecAllow::Path((*s).to_owned()))
+                        .collect(),
                 },
                 connect: ConnectConfig {
                     allow: connect.iter().map(|s| (*s).to_owned()).collect(),
                 },
+                ..PolicyConfig::default()
             },
         )
         .unwrap()
@@ -496,7 +578,7 @@ mod tests {
     }
 
     #[test]
-    fn bad_rules_and_enforce_are_refused() {
+    fn bad_rules_are_refused() {
         let load = |exec: &str, connect: &str, mode| {
             Policy::load(
                 "p",
@@ -506,7 +588,7 @@ mod tests {
                         allow: if exec.is_empty() {
                             vec![]
                         } else {
-                            vec![exec.into()]
+                            vec![ExecAllow::Path(exec.into())]
                         },
                     },
                     connect: ConnectConfig {
@@ -516,6 +598,7 @@ mod tests {
                             vec![connect.into()]
                         },
                     },
+                    ..PolicyConfig::default()
                 },
             )
         };
@@ -532,17 +615,14 @@ mod tests {
             Err(PolicyError::Connect { .. })
         ));
         assert!(matches!(
-            load("", "api.github.com:443", Mode::Audit),
+            load("", "not_a_host:443", Mode::Audit),
             Err(PolicyError::Connect { .. })
         ));
         assert!(matches!(
             load("", "1.2.3.4:90-80", Mode::Audit),
             Err(PolicyError::Connect { .. })
         ));
-        assert!(matches!(
-            load("", "", Mode::Enforce),
-            Err(PolicyError::EnforceUnavailable { .. })
-        ));
+        assert!(load("/usr/bin/true", "127.0.0.1:80", Mode::Enforce).is_ok());
     }
 
     #[test]
@@ -555,14 +635,5 @@ mod tests {
             Err("exec.allow /usr/bin/env".to_owned())
         );
         assert!(policy(&[], &["0.0.0.0/0"]).within(&parent).is_err());
-    }
-
-    #[test]
-    fn kernel_dev_matches_stat() {
-        let meta = std::fs::metadata("/usr/bin/true").unwrap();
-        // st_dev → kernel encoding and back.
-        let major = ((meta.dev() >> 8) & 0xfff) as u32 | (((meta.dev() >> 32) & !0xfff) as u32);
-        let minor = (meta.dev() & 0xff) as u32 | (((meta.dev() >> 12) & !0xff) as u32);
-        assert_eq!(kernel_dev_to_st_dev((major << 20) | minor), meta.dev());
     }
 }

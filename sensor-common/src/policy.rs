@@ -1,0 +1,151 @@
+//! Kernel-side policy state: what the enforcement programs look up.
+//!
+//! ```text
+//! PROC_RUNS[tgid].run ──► RUN_POLICY[run].slot ──► POLICIES[slot] = {id, mode, max_processes}
+//!                                                         │
+//!            EXEC_RULES[{id, dev, ino}]  (files, globs, directories)
+//!            NET4/NET6 LPM[{id, addr}/32+len] = port ranges
+//! ```
+//!
+//! A policy's rules are keyed by its `id`, fresh at every load. A reload
+//! writes the new rules under a new id, then switches the slot to it in one
+//! array update, then deletes the old rules: every check sees one whole
+//! policy, the old or the new, never a half-written one.
+
+/// `PolicySlot::mode`: the slot is unused.
+pub const MODE_NONE: u32 = 0;
+/// `PolicySlot::mode`: decide and report, never block.
+pub const MODE_AUDIT: u32 = 1;
+/// `PolicySlot::mode`: decide, report and block.
+pub const MODE_ENFORCE: u32 = 2;
+
+/// Policy id reserved for the identities of the dynamic loaders (`ld.so`):
+/// running one directly executes any file, so it is allowed only by an exact
+/// file rule, never by a directory or glob rule.
+pub const LOADER_POLICY_ID: u32 = 0;
+
+/// One policy slot (an array entry, indexed by the slot a run points to).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicySlot {
+    /// Key of the policy's rules in the rule maps (never [`LOADER_POLICY_ID`] for a policy).
+    pub id: u32,
+    /// `MODE_*`.
+    pub mode: u32,
+    /// Live processes allowed in a run's tree (0: no limit).
+    pub max_processes: u32,
+    /// Reserved, zero.
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<PolicySlot>() == 16);
+
+/// A run's binding to a policy slot (key: run handle).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunPolicy {
+    /// Index into the policy slots.
+    pub slot: u32,
+    /// Reserved, zero.
+    pub _pad: u32,
+    /// The run whose live-process counter `max_processes` applies to: the
+    /// topmost run of the tree bound to this policy (itself for a root run).
+    pub count_run: u64,
+}
+const _: () = assert!(size_of::<RunPolicy>() == 16);
+
+/// Key of an exec rule: a file or directory identity under a policy id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExecKey {
+    /// Policy id ([`LOADER_POLICY_ID`] for the loader set).
+    pub policy: u32,
+    /// Kernel `dev_t` of the file's filesystem (`sb->s_dev`).
+    pub dev: u32,
+    /// Inode number.
+    pub ino: u64,
+}
+const _: () = assert!(size_of::<ExecKey>() == 16);
+
+/// `ExecRule::kind`: an exact file.
+pub const EXEC_FILE: u32 = 1;
+/// `ExecRule::kind`: a file a glob matched.
+pub const EXEC_GLOB: u32 = 2;
+/// `ExecRule::kind`: a directory (everything below it).
+pub const EXEC_DIR: u32 = 3;
+
+/// Value of an exec rule.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecRule {
+    /// Index of the rule in the policy (see [`Decision::rule`]).
+    pub rule: u32,
+    /// `EXEC_*`.
+    pub kind: u32,
+}
+const _: () = assert!(size_of::<ExecRule>() == 8);
+
+/// Port ranges one network prefix entry holds.
+pub const NET_PORT_RANGES: usize = 8;
+
+/// Value of a network prefix entry: the port ranges allowed to it, each with
+/// the rule that allows it. User space folds the ranges of every shorter
+/// covering prefix in, so the longest match alone decides.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetRule {
+    /// Ranges in use.
+    pub count: u32,
+    /// Rule index per range.
+    pub rule: [u32; NET_PORT_RANGES],
+    /// Lowest port per range (host order).
+    pub lo: [u16; NET_PORT_RANGES],
+    /// Highest port per range (host order).
+    pub hi: [u16; NET_PORT_RANGES],
+}
+const _: () = assert!(size_of::<NetRule>() == 4 + 8 * 4 + 2 * 8 * 2);
+
+/// Key data of the IPv4 prefix trie: policy id (big-endian) then address.
+pub type Net4Data = [u8; 8];
+/// Key data of the IPv6 prefix trie: policy id (big-endian) then address.
+pub type Net6Data = [u8; 20];
+
+/// `Decision::verdict`: no policy applies.
+pub const VERDICT_NONE: u16 = 0;
+/// `Decision::verdict`: allowed.
+pub const VERDICT_ALLOW: u16 = 1;
+/// `Decision::verdict`: denied.
+pub const VERDICT_DENY: u16 = 2;
+
+/// `Decision::rule`: no rule of the list matched.
+pub const RULE_NO_MATCH: u32 = u32::MAX;
+/// `Decision::rule`: the dynamic loader run directly, without an exact rule for it.
+pub const RULE_LOADER: u32 = u32::MAX - 1;
+/// `Decision::rule`: the run's tree is at `max_processes`.
+pub const RULE_MAX_PROCESSES: u32 = u32::MAX - 2;
+
+/// What the kernel decided about an action, carried in its event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Decision {
+    /// Policy id that decided (0 with `VERDICT_NONE`).
+    pub policy: u32,
+    /// Rule index, or one of the `RULE_*` values.
+    pub rule: u32,
+    /// `VERDICT_*`.
+    pub verdict: u16,
+    /// 1 when the kernel blocked the action (enforce mode).
+    pub enforced: u16,
+    /// Reserved, zero.
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<Decision>() == 16);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY (all): repr(C), integers only, no padding (sizes checked above).
+    unsafe impl aya::Pod for super::PolicySlot {}
+    unsafe impl aya::Pod for super::RunPolicy {}
+    unsafe impl aya::Pod for super::ExecKey {}
+    unsafe impl aya::Pod for super::ExecRule {}
+    unsafe impl aya::Pod for super::NetRule {}
+}

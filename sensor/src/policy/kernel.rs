@@ -1,0 +1,501 @@
+//! The kernel's policy maps, kept in step with the loaded policies and runs.
+//!
+//! Every policy gets a fresh id per load; its rules are written under that
+//! id, then its slot is switched to it in one array update, and the rules of
+//! the id it replaced are deleted a grace period later (a program that read
+//! the old id just before the switch still finds its rules). A check
+//! therefore always sees one complete policy, old or new: a reload opens no
+//! window. At start-up the policies go into slots unused by the previous
+//! daemon's (whose runs are still enforced through the pinned maps); runs
+//! are re-bound to the new slots one atomic update each, then the old slots
+//! are emptied.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    time::{Duration, Instant},
+};
+
+use aya::maps::{
+    Array, HashMap as BpfHashMap, MapData, MapError, lpm_trie::Key, lpm_trie::LpmTrie,
+};
+use sensor_common::{
+    limits::MAX_POLICIES,
+    policy::{
+        Decision, EXEC_DIR, EXEC_FILE, EXEC_GLOB, ExecKey, ExecRule, LOADER_POLICY_ID, MODE_AUDIT,
+        MODE_ENFORCE, MODE_NONE, Net4Data, Net6Data, NetRule, PolicySlot, RunPolicy, VERDICT_ALLOW,
+        VERDICT_DENY,
+    },
+};
+
+use super::{ExecTarget, FileId, Mode, Policies, Policy, Verdict, resolve};
+
+/// How long replaced rules stay in the maps after their slot moved on.
+const GRACE: Duration = Duration::from_secs(1);
+
+/// The pinned policy maps, taken from the loaded object.
+pub struct PolicyMaps {
+    pub slots: Array<MapData, PolicySlot>,
+    pub run_policy: BpfHashMap<MapData, u64, RunPolicy>,
+    pub run_live: BpfHashMap<MapData, u64, u64>,
+    pub exec_rules: BpfHashMap<MapData, ExecKey, ExecRule>,
+    pub net4: LpmTrie<MapData, Net4Data, NetRule>,
+    pub net6: LpmTrie<MapData, Net6Data, NetRule>,
+}
+
+/// The entries one policy id owns in the rule maps.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct RuleSet {
+    id: u32,
+    exec: BTreeMap<ExecKey, ExecRule>,
+    net4: BTreeMap<(u32, Net4Data), NetRule>,
+    net6: BTreeMap<(u32, Net6Data), NetRule>,
+}
+
+/// A policy as the kernel knows it: what decisions under its id mean.
+#[derive(Debug, Clone)]
+struct Installed {
+    policy: Policy,
+    rules: RuleSet,
+}
+
+/// Why the kernel maps could not be updated.
+#[derive(Debug, thiserror::Error)]
+pub enum EnforcementError {
+    #[error("kernel policy map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("no free policy slot (at most {MAX_POLICIES} policies, two generations of each)")]
+    NoSlot,
+    #[error("policy {0:?} is not loaded")]
+    Unknown(String),
+}
+
+fn map_err(map: &'static str) -> impl Fn(MapError) -> EnforcementError {
+    move |source| EnforcementError::Map { map, source }
+}
+
+/// The rule-map entries of `policy` under `id`.
+fn rule_set(policy: &Policy, id: u32) -> RuleSet {
+    let mut set = RuleSet {
+        id,
+        ..RuleSet::default()
+    };
+    for (i, rule) in policy.exec.iter().enumerate() {
+        let index = u32::try_from(i).unwrap_or(u32::MAX);
+        let mut add = |file: &FileId, kind| {
+            let key = ExecKey {
+                policy: id,
+                dev: file.kernel_dev(),
+                ino: file.ino,
+            };
+            // The first rule naming an identity decides, as in user space.
+            set.exec
+                .entry(key)
+                .or_insert(ExecRule { rule: index, kind });
+        };
+        match &rule.target {
+            ExecTarget::File { id: Some(file) } => add(file, EXEC_FILE),
+            ExecTarget::File { id: None } => {}
+            ExecTarget::Dir { id: dir, .. } => add(dir, EXEC_DIR),
+            ExecTarget::Glob { ids, .. } => ids.iter().for_each(|f| add(f, EXEC_GLOB)),
+        }
+    }
+    let first = u32::try_from(policy.exec.len()).unwrap_or(u32::MAX);
+    // Checked when the policy loaded; an address added since that overflows is dropped.
+    let prefixes = super::net::fold(&policy.connect, first).unwrap_or_else(|e| {
+        tracing::error!(policy = %policy.name, error = %e, "connect rules do not fit the kernel maps");
+        super::net::Prefixes::default()
+    });
+    let id_be = id.to_be_bytes();
+    for ((addr, prefix), entry) in prefixes.v4 {
+        let mut data = [0u8; 8];
+        data[..4].copy_from_slice(&id_be);
+        data[4..].copy_from_slice(&addr);
+        set.net4.insert((32 + u32::from(prefix), data), entry);
+    }
+    for ((addr, prefix), entry) in prefixes.v6 {
+        let mut data = [0u8; 20];
+        data[..4].copy_from_slice(&id_be);
+        data[4..].copy_from_slice(&addr);
+        set.net6.insert((32 + u32::from(prefix), data), entry);
+    }
+    set
+}
+
+fn slot_value(policy: &Policy, id: u32) -> PolicySlot {
+    PolicySlot {
+        id,
+        mode: match policy.mode {
+            Mode::Audit => MODE_AUDIT,
+            Mode::Enforce => MODE_ENFORCE,
+        },
+        max_processes: policy.max_processes.unwrap_or(0),
+        _pad: 0,
+    }
+}
+
+/// Keeps the kernel's policy maps in step with the policies and runs.
+pub struct Enforcement {
+    maps: PolicyMaps,
+    /// This daemon's slot per policy name.
+    slot_of: BTreeMap<String, u32>,
+    /// What is in force per name.
+    installed: BTreeMap<String, Installed>,
+    /// Every id this daemon installed, for naming decisions (older ones
+    /// stay: events decided under them may still be in the ring).
+    by_id: HashMap<u32, Policy>,
+    next_id: u32,
+    /// Rule sets to delete once their grace period is over.
+    retired: Vec<(Instant, RuleSet)>,
+    /// Slots and ids of a previous daemon, emptied by [`Self::release_previous`].
+    previous: Vec<(u32, u32)>,
+}
+
+impl Enforcement {
+    /// Takes over the pinned maps: notes the previous daemon's slots (still
+    /// enforcing its runs) and writes this machine's dynamic loader identities.
+    pub fn open(mut maps: PolicyMaps) -> Result<Self, EnforcementError> {
+        let mut previous = Vec::new();
+        let mut next_id = 1;
+        for slot in 0..MAX_POLICIES {
+            let value = maps.slots.get(&slot, 0).map_err(map_err("SNSR_POLICIES"))?;
+            if value.mode != MODE_NONE {
+                previous.push((slot, value.id));
+                next_id = next_id.max(value.id.wrapping_add(1));
+            }
+        }
+        // Stale loader entries (another machine image, an upgraded libc) go.
+        let loaders: BTreeSet<ExecKey> = resolve::loaders()
+            .iter()
+            .map(|f| ExecKey {
+                policy: LOADER_POLICY_ID,
+                dev: f.kernel_dev(),
+                ino: f.ino,
+            })
+            .collect();
+        let stale: Vec<ExecKey> = maps
+            .exec_rules
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.policy == LOADER_POLICY_ID && !loaders.contains(k))
+            .collect();
+        for key in stale {
+            let _ = maps.exec_rules.remove(&key);
+        }
+        for key in &loaders {
+            maps.exec_rules
+                .insert(
+                    key,
+                    ExecRule {
+                        rule: 0,
+                        kind: EXEC_FILE,
+                    },
+                    0,
+                )
+                .map_err(map_err("SNSR_EXEC_RULES"))?;
+        }
+        tracing::debug!(
+            loaders = loaders.len(),
+            previous = previous.len(),
+            "policy maps opened"
+        );
+        Ok(Self {
+            maps,
+            slot_of: BTreeMap::new(),
+            installed: BTreeMap::new(),
+            by_id: HashMap::new(),
+            next_id: next_id.max(1),
+            retired: Vec::new(),
+            previous,
+        })
+    }
+
+    fn fresh_id(&mut self) -> u32 {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        id
+    }
+
+    fn free_slot(&self) -> Result<u32, EnforcementError> {
+        let used: BTreeSet<u32> = self
+            .slot_of
+            .values()
+            .copied()
+            .chain(self.previous.iter().map(|(s, _)| *s))
+            .collect();
+        (0..MAX_POLICIES)
+            .find(|s| !used.contains(s))
+            .ok_or(EnforcementError::NoSlot)
+    }
+
+    fn write_rules(&mut self, set: &RuleSet) -> Result<(), EnforcementError> {
+        for (k, v) in &set.exec {
+            self.maps
+                .exec_rules
+                .insert(k, v, 0)
+                .map_err(map_err("SNSR_EXEC_RULES"))?;
+        }
+        for ((len, data), v) in &set.net4 {
+            self.maps
+                .net4
+                .insert(&Key::new(*len, *data), v, 0)
+                .map_err(map_err("SNSR_NET4_RULES"))?;
+        }
+        for ((len, data), v) in &set.net6 {
+            self.maps
+                .net6
+                .insert(&Key::new(*len, *data), v, 0)
+                .map_err(map_err("SNSR_NET6_RULES"))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the entries of `set` that `keep` does not also hold.
+    fn delete_rules(&mut self, set: &RuleSet, keep: Option<&RuleSet>) {
+        for k in set.exec.keys() {
+            if !keep.is_some_and(|s| s.exec.contains_key(k)) {
+                let _ = self.maps.exec_rules.remove(k);
+            }
+        }
+        for (len, data) in set.net4.keys() {
+            if !keep.is_some_and(|s| s.net4.contains_key(&(*len, *data))) {
+                let _ = self.maps.net4.remove(&Key::new(*len, *data));
+            }
+        }
+        for (len, data) in set.net6.keys() {
+            if !keep.is_some_and(|s| s.net6.contains_key(&(*len, *data))) {
+                let _ = self.maps.net6.remove(&Key::new(*len, *data));
+            }
+        }
+    }
+
+    /// Puts `policies` in force: each under a fresh id, switched in with one
+    /// slot update. Policies no longer present are emptied (the caller
+    /// refuses to drop a policy live runs are bound to). On error, what was
+    /// in force stays in force.
+    pub fn install(&mut self, policies: &Policies) -> Result<(), EnforcementError> {
+        let now = Instant::now();
+        let mut staged = Vec::new();
+        for policy in policies.iter() {
+            let id = self.fresh_id();
+            let set = rule_set(policy, id);
+            if let Err(e) = self.write_rules(&set) {
+                for (_, _, s) in &staged {
+                    self.delete_rules(s, None);
+                }
+                self.delete_rules(&set, None);
+                return Err(e);
+            }
+            staged.push((policy.clone(), id, set));
+        }
+        // Every new rule set is complete: switch the slots.
+        for (policy, id, set) in staged {
+            let slot = match self.slot_of.get(&policy.name) {
+                Some(s) => *s,
+                None => {
+                    let s = self.free_slot()?;
+                    self.slot_of.insert(policy.name.clone(), s);
+                    s
+                }
+            };
+            self.maps
+                .slots
+                .set(slot, slot_value(&policy, id), 0)
+                .map_err(map_err("SNSR_POLICIES"))?;
+            self.by_id.insert(id, policy.clone());
+            let name = policy.name.clone();
+            if let Some(old) = self
+                .installed
+                .insert(name, Installed { policy, rules: set })
+            {
+                self.retired.push((now + GRACE, old.rules));
+            }
+        }
+        let gone: Vec<String> = self
+            .installed
+            .keys()
+            .filter(|n| !policies.contains(n))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(slot) = self.slot_of.remove(&name) {
+                let _ = self.maps.slots.set(slot, PolicySlot::default(), 0);
+            }
+            if let Some(old) = self.installed.remove(&name) {
+                self.retired.push((now + GRACE, old.rules));
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-writes the rules of `policy` (same id) after its files or host
+    /// names resolved differently: new entries first, then stale ones go.
+    pub fn update(&mut self, policy: &Policy) -> Result<(), EnforcementError> {
+        let Some(current) = self.installed.get(&policy.name) else {
+            return Err(EnforcementError::Unknown(policy.name.clone()));
+        };
+        let id = current.rules.id;
+        let old = current.rules.clone();
+        let new = rule_set(policy, id);
+        if new == old {
+            return Ok(());
+        }
+        self.write_rules(&new)?;
+        self.delete_rules(&old, Some(&new));
+        self.by_id.insert(id, policy.clone());
+        self.installed.insert(
+            policy.name.clone(),
+            Installed {
+                policy: policy.clone(),
+                rules: new,
+            },
+        );
+        Ok(())
+    }
+
+    /// Binds run `handle` to `policy` (or unbinds it with `None`). Its
+    /// processes count against `max_processes` with those of its parent run
+    /// when the parent is bound too (one counter per tree).
+    pub fn bind(
+        &mut self,
+        handle: u64,
+        policy: Option<&str>,
+        parent: Option<u64>,
+    ) -> Result<(), EnforcementError> {
+        let Some(name) = policy else {
+            self.unbind(handle);
+            return Ok(());
+        };
+        let slot = *self
+            .slot_of
+            .get(name)
+            .ok_or_else(|| EnforcementError::Unknown(name.to_owned()))?;
+        let count_run = parent
+            .and_then(|p| self.maps.run_policy.get(&p, 0).ok())
+            .map_or(handle, |p| p.count_run);
+        self.maps
+            .run_policy
+            .insert(
+                handle,
+                RunPolicy {
+                    slot,
+                    _pad: 0,
+                    count_run,
+                },
+                0,
+            )
+            .map_err(map_err("SNSR_RUN_POLICY"))
+    }
+
+    /// Forgets run `handle` (it ended).
+    pub fn unbind(&mut self, handle: u64) {
+        let _ = self.maps.run_policy.remove(&handle);
+        let _ = self.maps.run_live.remove(&handle);
+    }
+
+    /// Run handles bound in the kernel (a previous daemon's included).
+    #[must_use]
+    pub fn bound_runs(&self) -> Vec<u64> {
+        self.maps.run_policy.keys().filter_map(Result::ok).collect()
+    }
+
+    /// Empties the previous daemon's slots and rules, once every live run
+    /// is bound to this daemon's.
+    pub fn release_previous(&mut self) {
+        let previous = std::mem::take(&mut self.previous);
+        if previous.is_empty() {
+            return;
+        }
+        let ids: BTreeSet<u32> = previous.iter().map(|(_, id)| *id).collect();
+        let mine: BTreeSet<u32> = self.slot_of.values().copied().collect();
+        for (slot, _) in &previous {
+            if !mine.contains(slot) {
+                let _ = self.maps.slots.set(*slot, PolicySlot::default(), 0);
+            }
+        }
+        let exec: Vec<ExecKey> = self
+            .maps
+            .exec_rules
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| ids.contains(&k.policy))
+            .collect();
+        let net4: Vec<Key<Net4Data>> = self
+            .maps
+            .net4
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| ids.contains(&id_of(&k.data())))
+            .collect();
+        let net6: Vec<Key<Net6Data>> = self
+            .maps
+            .net6
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| ids.contains(&id_of(&k.data())))
+            .collect();
+        std::thread::sleep(Duration::from_millis(10));
+        for k in exec {
+            let _ = self.maps.exec_rules.remove(&k);
+        }
+        for k in net4 {
+            let _ = self.maps.net4.remove(&k);
+        }
+        for k in net6 {
+            let _ = self.maps.net6.remove(&k);
+        }
+        tracing::info!(
+            slots = previous.len(),
+            "previous daemon's policies released"
+        );
+    }
+
+    /// Deletes rule sets whose grace period is over.
+    pub fn tick(&mut self, now: Instant) {
+        let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retired)
+            .into_iter()
+            .partition(|(t, _)| *t <= now);
+        self.retired = keep;
+        for (_, set) in due {
+            self.delete_rules(&set, None);
+        }
+    }
+
+    /// The verdict a kernel decision stands for, named from the policy it
+    /// was made under. `list` is `exec.allow` or `connect.allow`.
+    #[must_use]
+    pub fn describe(&self, d: &Decision, list: &str) -> Option<Verdict> {
+        let verdict = match d.verdict {
+            VERDICT_ALLOW => "allow",
+            VERDICT_DENY => "deny",
+            _ => return None,
+        };
+        let policy = self.by_id.get(&d.policy)?;
+        let rule = match d.rule {
+            sensor_common::policy::RULE_NO_MATCH => format!("{list} (no rule matches)"),
+            r => policy.rule_text(r),
+        };
+        Some(Verdict {
+            name: policy.name.clone(),
+            verdict,
+            rule,
+            enforced: d.enforced != 0,
+            version: policy.version,
+        })
+    }
+
+    /// The policy in force under `name`.
+    #[must_use]
+    pub fn installed(&self, name: &str) -> Option<&Policy> {
+        self.installed.get(name).map(|i| &i.policy)
+    }
+}
+
+fn id_of(data: &[u8]) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&data[..4]);
+    u32::from_be_bytes(b)
+}

@@ -1,0 +1,365 @@
+//! `connect.allow` rules: addresses, CIDRs and host names, each with an
+//! optional port or port range; and their folding into the prefix entries the
+//! kernel's longest-prefix-match tries hold.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs as _},
+    time::{Duration, Instant},
+};
+
+use sensor_common::policy::{NET_PORT_RANGES, NetRule};
+
+/// How long a host name's addresses are kept before it is resolved again.
+///
+/// The system resolver (getaddrinfo, which also reads /etc/hosts) does not
+/// give the records' TTL, so this caps it: an address that left the name's
+/// records is dropped within this time, a new one added.
+pub const HOST_TTL: Duration = Duration::from_secs(60);
+/// How soon a name that did not resolve is tried again.
+pub const HOST_RETRY: Duration = Duration::from_secs(10);
+
+/// What a rule names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// An address with a prefix length (a plain address is a full-length prefix).
+    Cidr { net: IpAddr, prefix: u8 },
+    /// A host name and the addresses it resolved to last.
+    Host {
+        name: String,
+        addrs: Vec<IpAddr>,
+        /// When it is due to be resolved again.
+        due: Instant,
+    },
+}
+
+/// One `connect.allow` rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectRule {
+    /// As written in the policy.
+    pub text: String,
+    pub target: Target,
+    /// Allowed ports, inclusive; `None` for any.
+    pub ports: Option<(u16, u16)>,
+}
+
+/// `ADDR[/LEN][:PORT[-PORT]]`, `[V6][/LEN][:PORT]`, `HOST[:PORT[-PORT]]`.
+pub fn parse(rule: &str) -> Result<ConnectRule, String> {
+    let (addr, ports) = if let Some(rest) = rule.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']').ok_or("missing ']'")?;
+        let ports = match after.strip_prefix(':') {
+            Some(p) => Some(p),
+            None if after.is_empty() => None,
+            None => return Err(format!("unexpected {after:?} after ']'")),
+        };
+        (inside.to_owned(), ports)
+    } else if rule.matches(':').count() == 1 {
+        let (a, p) = rule.split_once(':').ok_or("bad address")?;
+        (a.to_owned(), Some(p))
+    } else {
+        (rule.to_owned(), None)
+    };
+    let ports = match ports {
+        None => None,
+        Some(p) => {
+            let (lo, hi) = p.split_once('-').unwrap_or((p, p));
+            let lo: u16 = lo.parse().map_err(|_| format!("bad port {lo:?}"))?;
+            let hi: u16 = hi.parse().map_err(|_| format!("bad port {hi:?}"))?;
+            if lo > hi {
+                return Err(format!("port range {lo}-{hi} is empty"));
+            }
+            Some((lo, hi))
+        }
+    };
+    let (ip, prefix) = match addr.split_once('/') {
+        Some((ip, len)) => (ip.to_owned(), Some(len)),
+        None => (addr, None),
+    };
+    let target = match ip.parse::<IpAddr>() {
+        Ok(net) => {
+            let max = if net.is_ipv4() { 32 } else { 128 };
+            let prefix: u8 = match prefix {
+                Some(len) => len
+                    .parse()
+                    .ok()
+                    .filter(|l| *l <= max)
+                    .ok_or(format!("bad prefix length {len:?}"))?,
+                None => max,
+            };
+            Target::Cidr { net, prefix }
+        }
+        Err(_) if prefix.is_none() && is_host_name(&ip) => Target::Host {
+            name: ip.to_ascii_lowercase(),
+            addrs: Vec::new(),
+            due: Instant::now(),
+        },
+        Err(_) => {
+            return Err(format!(
+                "{ip:?} is neither an IP address, a CIDR, nor a host name"
+            ));
+        }
+    };
+    Ok(ConnectRule {
+        text: rule.to_owned(),
+        target,
+        ports,
+    })
+}
+
+/// RFC 1123 host name: dot-separated labels of letters, digits and hyphens.
+fn is_host_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.trim_end_matches('.').split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+        // All-numeric dotted names are malformed addresses, not names.
+        && !s.split('.').all(|l| l.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Resolves `name` with the system resolver (blocking).
+pub fn resolve_host(name: &str) -> Result<Vec<IpAddr>, String> {
+    let mut addrs: Vec<IpAddr> = (name, 0)
+        .to_socket_addrs()
+        .map_err(|e| e.to_string())?
+        .map(|a| a.ip())
+        .collect();
+    addrs.sort_unstable();
+    addrs.dedup();
+    Ok(addrs)
+}
+
+impl ConnectRule {
+    /// Resolves a host rule whose addresses are due; true when they changed.
+    pub fn refresh(&mut self, now: Instant) -> bool {
+        let Target::Host { name, addrs, due } = &mut self.target else {
+            return false;
+        };
+        if *due > now {
+            return false;
+        }
+        match resolve_host(name) {
+            Ok(new) => {
+                *due = now + HOST_TTL;
+                if new == *addrs {
+                    return false;
+                }
+                tracing::info!(host = %name, addrs = ?new, "connect.allow host resolved");
+                *addrs = new;
+                true
+            }
+            Err(e) => {
+                *due = now + HOST_RETRY;
+                tracing::warn!(host = %name, error = %e, "connect.allow host does not resolve; it allows nothing until it does");
+                false
+            }
+        }
+    }
+
+    /// The (network, prefix) pairs this rule covers now.
+    #[must_use]
+    pub fn prefixes(&self) -> Vec<(IpAddr, u8)> {
+        match &self.target {
+            Target::Cidr { net, prefix } => vec![(*net, *prefix)],
+            Target::Host { addrs, .. } => addrs
+                .iter()
+                .map(|a| (*a, if a.is_ipv4() { 32 } else { 128 }))
+                .collect(),
+        }
+    }
+
+    /// Whether this rule allows `ip:port`.
+    #[must_use]
+    pub fn allows(&self, ip: IpAddr, port: u16) -> bool {
+        self.ports.is_none_or(|(lo, hi)| (lo..=hi).contains(&port))
+            && self
+                .prefixes()
+                .into_iter()
+                .any(|(net, prefix)| contains(net, prefix, ip))
+    }
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+#[must_use]
+pub fn unmap(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Whether `ip` is inside `net/prefix`.
+#[must_use]
+pub fn contains(net: IpAddr, prefix: u8, ip: IpAddr) -> bool {
+    match (net, unmap(ip)) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => mask4(n, prefix) == mask4(a, prefix),
+        (IpAddr::V6(n), IpAddr::V6(a)) => mask6(n, prefix) == mask6(a, prefix),
+        _ => false,
+    }
+}
+
+fn mask4(a: Ipv4Addr, prefix: u8) -> u32 {
+    let m = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix.min(32)))
+    };
+    u32::from(a) & m
+}
+
+fn mask6(a: Ipv6Addr, prefix: u8) -> u128 {
+    let m = if prefix == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(prefix.min(128)))
+    };
+    u128::from(a) & m
+}
+
+/// The prefix entries of one address family, as the kernel trie holds them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Prefixes {
+    /// (masked address bytes, prefix length) → allowed port ranges.
+    pub v4: BTreeMap<([u8; 4], u8), NetRule>,
+    pub v6: BTreeMap<([u8; 16], u8), NetRule>,
+}
+
+/// Folds `rules` (numbered from `first_rule`) into longest-prefix entries:
+/// each entry also carries the port ranges of every shorter prefix covering
+/// it, so the kernel's longest match alone decides.
+pub fn fold(rules: &[ConnectRule], first_rule: u32) -> Result<Prefixes, String> {
+    // Every (net, prefix) with the (range, rule) pairs of its own rules.
+    let mut own: Vec<(IpAddr, u8, (u16, u16), u32)> = Vec::new();
+    for (i, r) in rules.iter().enumerate() {
+        let (lo, hi) = r.ports.unwrap_or((0, u16::MAX));
+        let rule = first_rule + u32::try_from(i).unwrap_or(u32::MAX - 3);
+        for (net, prefix) in r.prefixes() {
+            let net = unmap(net);
+            let prefix = if net.is_ipv4() && prefix > 32 {
+                prefix.saturating_sub(96)
+            } else {
+                prefix
+            };
+            own.push((net, prefix, (lo, hi), rule));
+        }
+    }
+    let mut out = Prefixes::default();
+    for (net, prefix, _, _) in &own {
+        // All ranges of rules whose prefix covers this one (itself included).
+        let mut entry = NetRule::default();
+        for (n2, p2, (lo, hi), rule) in &own {
+            if p2 <= prefix && contains(*n2, *p2, *net) {
+                let i = entry.count as usize;
+                if entry.lo[..i]
+                    .iter()
+                    .zip(&entry.hi[..i])
+                    .any(|(l, h)| (l, h) == (lo, hi))
+                {
+                    continue;
+                }
+                if i == NET_PORT_RANGES {
+                    return Err(format!(
+                        "{net}/{prefix} is covered by more than {NET_PORT_RANGES} port ranges; \
+                         merge some rules"
+                    ));
+                }
+                entry.lo[i] = *lo;
+                entry.hi[i] = *hi;
+                entry.rule[i] = *rule;
+                entry.count += 1;
+            }
+        }
+        match net {
+            IpAddr::V4(a) => {
+                let masked = Ipv4Addr::from(mask4(*a, *prefix)).octets();
+                out.v4.insert((masked, *prefix), entry);
+            }
+            IpAddr::V6(a) => {
+                let masked = Ipv6Addr::from(mask6(*a, *prefix)).octets();
+                out.v6.insert((masked, *prefix), entry);
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn parses_addresses_cidrs_ports_and_hosts() {
+        let r = parse("10.0.0.0/8:443").unwrap();
+        assert_eq!(
+            r.target,
+            Target::Cidr {
+                net: ip("10.0.0.0"),
+                prefix: 8
+            }
+        );
+        assert_eq!(r.ports, Some((443, 443)));
+        assert_eq!(parse("[::1]:80-90").unwrap().ports, Some((80, 90)));
+        assert!(matches!(
+            parse("localhost:8080").unwrap().target,
+            Target::Host { .. }
+        ));
+        assert!(matches!(
+            parse("api.github.com").unwrap().target,
+            Target::Host { .. }
+        ));
+        for bad in [
+            "10.0.0.0/33",
+            "1.2.3.4:90-80",
+            "1.2.3:80",
+            "bad_name:1",
+            "h/8",
+            "[::1]x",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn allows_by_prefix_port_and_mapped_v4() {
+        let r = parse("127.0.0.0/8:8000-8100").unwrap();
+        assert!(r.allows(ip("127.1.2.3"), 8050));
+        assert!(r.allows(ip("::ffff:127.0.0.1"), 8000));
+        assert!(!r.allows(ip("127.1.2.3"), 8101));
+        assert!(!r.allows(ip("128.0.0.1"), 8050));
+    }
+
+    #[test]
+    fn folding_carries_covering_ranges_into_longer_prefixes() {
+        let rules = vec![
+            parse("10.0.0.0/8:443").unwrap(),
+            parse("10.1.0.0/16:80").unwrap(),
+            parse("[::1]").unwrap(),
+        ];
+        let p = fold(&rules, 5).unwrap();
+        let e = p.v4[&([10, 1, 0, 0], 16)];
+        assert_eq!(e.count, 2);
+        assert_eq!((e.lo[0], e.hi[0], e.rule[0]), (443, 443, 5));
+        assert_eq!((e.lo[1], e.hi[1], e.rule[1]), (80, 80, 6));
+        assert_eq!(p.v4[&([10, 0, 0, 0], 8)].count, 1);
+        assert_eq!(p.v6.len(), 1);
+        let many: Vec<_> = (0..9)
+            .map(|i| parse(&format!("10.0.0.0/8:{}", 100 + i)).unwrap())
+            .collect();
+        assert!(fold(&many, 0).is_err());
+    }
+
+    #[test]
+    fn localhost_resolves() {
+        let mut r = parse("localhost:1").unwrap();
+        assert!(r.refresh(Instant::now()));
+        assert!(r.allows(ip("127.0.0.1"), 1));
+    }
+}
