@@ -195,6 +195,17 @@ impl Pipeline {
             });
             return;
         }
+        // max_depth of the parent run's policy: the sub-run is refused.
+        if let Request::Launch(_) = &command.request
+            && let Some(refusal) = self.builder.refuse_depth(command.peer.pid)
+        {
+            self.push(&refusal.violation);
+            self.flush();
+            let _ = command.reply.send(Response::Error {
+                message: refusal.message,
+            });
+            return;
+        }
         let attribution = self.builder.attribution_mut();
         let response = match command.request {
             Request::Launch(req) => match attribution.launch(command.peer, req, now) {

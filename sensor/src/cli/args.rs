@@ -55,6 +55,42 @@ pub enum Command {
     ///
     /// Exits 0 once the daemon is ready, 1 when it cannot be reached or is not ready.
     Status(StatusArgs),
+    /// What this kernel lets the sensor do, and what each policy will really do here (root).
+    ///
+    /// Checks BTF, tracefs, bpffs and cgroup2, loads and attaches every kernel
+    /// program (in a scratch pin directory), proves exec kill and connect deny
+    /// with two throw-away children, then reads the config's policies and says
+    /// what each will enforce. Exits 0 when everything works, 1 otherwise.
+    Doctor(DoctorArgs),
+    /// Detach the kernel programs an enforcing daemon left pinned, and drop its pinned maps (root).
+    ///
+    /// A daemon with an enforce policy keeps its programs attached when it
+    /// stops, so enforcement outlives it; this ends that. Refuses while a
+    /// daemon is running on the pin directory's socket.
+    Unload(UnloadArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Configuration file whose policies to check [default: /etc/sensor/sensor.toml, used when present]
+    #[arg(long, value_name = "FILE", env = "SENSOR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the findings as one JSON object
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UnloadArgs {
+    /// bpffs directory of the pinned maps and links [default: the config's, else /sys/fs/bpf/sensor]
+    #[arg(long, value_name = "DIR", env = "SENSOR_PIN_DIR")]
+    pub pin_dir: Option<PathBuf>,
+    /// Configuration file [default: /etc/sensor/sensor.toml, used when present]
+    #[arg(long, value_name = "FILE", env = "SENSOR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Control socket of a daemon that must not be running [default: the config's]
+    #[arg(long, value_name = "PATH", env = "SENSOR_SOCKET")]
+    pub socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -15,7 +15,7 @@ use crate::{
     loader::{self, Kernel},
     paths,
     pipeline::{self, KernelStreams, Pipeline},
-    policy::kernel::Enforcement,
+    policy::{kernel::Enforcement, selftest},
     sinks::Outputs,
     status::DaemonState,
     store::writer::{Retention, StoreWriter},
@@ -90,8 +90,21 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
             policy: policy_maps,
             previous_links,
         } = loader::load(std::process::id(), &pin_dir)?;
-        let enforcement =
+        let mut enforcement =
             Enforcement::open(policy_maps).context("taking over the kernel policy maps")?;
+        let mut proc_runs = proc_runs;
+        // Prove enforcement works here before trusting an enforce policy to it.
+        let outcome = selftest::run(&mut enforcement, &mut proc_runs, keys.ns_per_tick());
+        if let Some(why) = outcome.why_not() {
+            if policies.enforcing() {
+                anyhow::bail!(
+                    "refusing to start: the config has enforce policies, but this kernel does not \
+                     enforce here ({why}); run `sensor doctor`, or use mode = \"audit\""
+                );
+            }
+            tracing::warn!(%why, "kernel enforcement does not work here; enforce policies will be refused");
+        }
+        enforcement.set_capability(outcome.why_not());
         state.set_programs(probes.attached().to_vec());
 
         let mut attribution =

@@ -2,6 +2,7 @@
 
 mod args;
 mod daemon;
+mod doctor;
 mod launch;
 mod query;
 mod report;
@@ -26,6 +27,8 @@ impl Command {
             Self::Replay(args) => query::replay(args),
             Self::Report(args) => report::execute(args),
             Self::Policy(cmd) => policy(cmd),
+            Self::Doctor(args) => doctor::execute(args),
+            Self::Unload(args) => doctor::unload(args),
         }
     }
 }

@@ -9,7 +9,9 @@ pub mod raw;
 use std::{collections::BTreeMap, net::IpAddr, sync::Arc, time::SystemTime};
 
 use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
-use sensor_common::event::{ConnectData, EventHeader, ExecData, PATH_TRUNCATED, VIA_SENDMSG};
+use sensor_common::event::{
+    ConnectData, EventHeader, ExecData, HOW_INHERITED, HOW_MATCHER, PATH_TRUNCATED, VIA_SENDMSG,
+};
 use serde::{Serialize, Serializer};
 
 use self::raw::{ExecStrings, RawEvent};
@@ -276,6 +278,12 @@ pub struct Lost {
     /// Lines an output dropped (its queue was full or writing failed), since the previous report.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub by_output: BTreeMap<String, u64>,
+}
+
+/// A launch refused by `max_depth`.
+pub struct DepthRefusal {
+    pub message: String,
+    pub violation: Event,
 }
 
 /// Turns decoded records into events; owns the sequence counter and the
@@ -595,6 +603,84 @@ impl EventBuilder {
         }
     }
 
+    /// A `sensor launch` from process `pid` that would nest deeper than its
+    /// run's policy allows: the message for the launcher and the violation.
+    pub fn refuse_depth(&mut self, pid: u32) -> Option<DepthRefusal> {
+        let answer = self.attribution.attest(pid, None).ok()?;
+        let parent = answer.run;
+        let policy = self.policies.get(parent.policy.as_deref()?)?.clone();
+        let max = policy.max_depth?;
+        let depth = parent.depth + 1;
+        if depth <= max {
+            return None;
+        }
+        let verdict = crate::policy::Verdict {
+            name: policy.name.clone(),
+            verdict: "deny",
+            rule: format!("max_depth {max}"),
+            enforced: true,
+            version: policy.version,
+        };
+        let mut violation = self.envelope(Kind::PolicyViolation, SystemTime::now());
+        let how = self
+            .attribution
+            .processes()
+            .get(pid, 0)
+            .map_or(HOW_INHERITED, |p| p.how);
+        violation.run = self.attribution.run_ref(parent.handle, how);
+        violation.process = Some(self.process_of_pid(pid, parent.uid));
+        violation.policy = Some(verdict);
+        Some(DepthRefusal {
+            message: format!(
+                "refused by policy {:?}: max_depth {max}; run {} is at depth {} and a sub-run \
+                 would be at depth {depth}",
+                policy.name, parent.id, parent.depth
+            ),
+            violation,
+        })
+    }
+
+    /// A sub-run an `[[agent]]` matcher started deeper than its parent's
+    /// policy allows: reported, and under an enforce policy its process is
+    /// killed by the daemon (the kernel cannot tell an agent's exec apart).
+    fn check_matched_depth(&mut self, run: &Run, pid: u32, p: &Process, out: &mut Vec<Event>) {
+        let Some(parent) = run
+            .parent_id
+            .as_deref()
+            .and_then(|id| self.attribution.handle_of(id))
+        else {
+            return;
+        };
+        let Some(policy) = self
+            .attribution
+            .run_policy(parent)
+            .and_then(|n| self.policies.get(n))
+            .cloned()
+        else {
+            return;
+        };
+        let Some(max) = policy.max_depth.filter(|m| run.depth > *m) else {
+            return;
+        };
+        let enforced = policy.mode == crate::policy::Mode::Enforce
+            && nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(0)),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .is_ok();
+        let mut violation = self.envelope(Kind::PolicyViolation, SystemTime::now());
+        violation.run = self.attribution.run_ref(run.handle, HOW_MATCHER);
+        violation.process = Some(p.clone());
+        violation.policy = Some(crate::policy::Verdict {
+            name: policy.name.clone(),
+            verdict: "deny",
+            rule: format!("max_depth {max}"),
+            enforced,
+            version: policy.version,
+        });
+        out.push(violation);
+    }
+
     /// Binds a new run to its policy in the kernel, before anything of the
     /// run can act on it (a launch is answered after this).
     fn bind_run(&mut self, run: &Run) {
@@ -646,6 +732,10 @@ impl EventBuilder {
     /// then the runs that ended with it (the last process of a run exited).
     pub fn build_into(&mut self, raw: RawEvent, out: &mut Vec<Event>) {
         let h = *raw.header();
+        if h.run == crate::policy::selftest::RUN {
+            // The daemon's own enforcement self-test at start-up.
+            return;
+        }
         let time = self.clock.wall(h.ktime_ns);
         match raw {
             RawEvent::Spawn { data, exe, .. } => {
@@ -684,6 +774,9 @@ impl EventBuilder {
                         // The run starts before the exec that started it.
                         let start = self.run_change_of(&change, Some(&p));
                         out.push(start);
+                        if let RunChange::Started { run, pid } = &change {
+                            self.check_matched_depth(run, *pid, &p, out);
+                        }
                     }
                     placed
                 };

@@ -71,6 +71,8 @@ pub enum EnforcementError {
     NoSlot,
     #[error("policy {0:?} is not loaded")]
     Unknown(String),
+    #[error("an enforce policy cannot be enforced on this kernel ({0}); see `sensor doctor`")]
+    Incapable(String),
 }
 
 fn map_err(map: &'static str) -> impl Fn(MapError) -> EnforcementError {
@@ -152,6 +154,8 @@ pub struct Enforcement {
     retired: Vec<(Instant, RuleSet)>,
     /// Slots and ids of a previous daemon, emptied by [`Self::release_previous`].
     previous: Vec<(u32, u32)>,
+    /// Why enforcement does not work on this kernel, if the self-test failed.
+    incapable: Option<String>,
 }
 
 impl Enforcement {
@@ -210,6 +214,7 @@ impl Enforcement {
             next_id: next_id.max(1),
             retired: Vec::new(),
             previous,
+            incapable: None,
         })
     }
 
@@ -272,11 +277,20 @@ impl Enforcement {
         }
     }
 
+    /// Records the self-test's finding: `Some(why)` when this kernel does not
+    /// enforce, so enforce policies are refused instead of silently audited.
+    pub fn set_capability(&mut self, why_not: Option<String>) {
+        self.incapable = why_not;
+    }
+
     /// Puts `policies` in force: each under a fresh id, switched in with one
     /// slot update. Policies no longer present are emptied (the caller
     /// refuses to drop a policy live runs are bound to). On error, what was
     /// in force stays in force.
     pub fn install(&mut self, policies: &Policies) -> Result<(), EnforcementError> {
+        if let (true, Some(why)) = (policies.enforcing(), &self.incapable) {
+            return Err(EnforcementError::Incapable(why.clone()));
+        }
         let now = Instant::now();
         let mut staged = Vec::new();
         for policy in policies.iter() {

@@ -15,6 +15,7 @@
 pub mod kernel;
 pub mod net;
 pub mod resolve;
+pub mod selftest;
 
 use std::{collections::BTreeMap, net::IpAddr, time::Instant};
 
@@ -469,6 +470,15 @@ impl Policies {
     #[must_use]
     pub fn enforcing(&self) -> bool {
         self.by_name.values().any(|p| p.mode == Mode::Enforce)
+    }
+
+    /// A set of already loaded policies.
+    #[must_use]
+    pub fn of(policies: Vec<Policy>) -> Self {
+        Self {
+            by_name: policies.into_iter().map(|p| (p.name.clone(), p)).collect(),
+            version: 1,
+        }
     }
 
     pub fn load(configs: &BTreeMap<String, PolicyConfig>) -> Result<Self, PolicyError> {
