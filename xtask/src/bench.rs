@@ -103,6 +103,10 @@ enum Variant {
     /// itself inside a run: every storm process is entered in the run by the
     /// kernel at fork and attributed in user space.
     SensorRuns,
+    /// The daemon with an enforce policy of [`ENFORCE_RULES`] rules loaded
+    /// and the storm inside a run bound to it: every exec and connect of the
+    /// storm is decided (and allowed) in the kernel.
+    SensorEnforce,
     /// auditd with rules for execve, connect and clone, written to its log.
     Auditd,
     /// bpftrace printing fork, exec, exit and connect to a file.
@@ -114,9 +118,63 @@ const VARIANTS: &[Variant] = &[
     Variant::Sensor,
     Variant::SensorStore,
     Variant::SensorRuns,
+    Variant::SensorEnforce,
     Variant::Auditd,
     Variant::Bpftrace,
 ];
+
+/// Rules of the `sensor+enforce` policy (issue 5: "an enforce policy of 1,000 rules").
+const ENFORCE_RULES: usize = 1000;
+
+/// The `sensor+enforce` config: one enforce policy of [`ENFORCE_RULES`]
+/// rules. Half are exec rules (exact files of /usr/bin, so each resolves to
+/// its own identity, then /usr/bin/ itself, which is what allows the storm's
+/// /bin/true: a file miss, then a parent-directory walk), half connect rules
+/// (distinct /24s with port ranges, then 127.0.0.0/8 for the storm).
+fn enforce_config(sensor_bin: &Path) -> Result<String> {
+    let mut files: Vec<String> = fs::read_dir("/usr/bin")
+        .context("cannot list /usr/bin")?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter_map(|e| e.path().to_str().map(str::to_owned))
+        // Not the storm's own binary, and no name a glob would read ("[").
+        .filter(|p| !p.ends_with("/true") && !p.contains(['*', '?', '[']))
+        .collect();
+    files.sort();
+    // The bench itself runs `sensor status` from inside the run.
+    let sensor = sensor_bin
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", sensor_bin.display()))?;
+    let exec_rules = ENFORCE_RULES / 2;
+    files.truncate(exec_rules - 2);
+    if files.len() < exec_rules - 2 {
+        bail!(
+            "/usr/bin has only {} files; {} exec rules need more",
+            files.len(),
+            exec_rules - 2
+        );
+    }
+    let mut exec: Vec<String> = files.iter().map(|f| format!("{f:?}")).collect();
+    exec.push(format!("{:?}", sensor.display().to_string()));
+    exec.push("\"/usr/bin/\"".to_owned());
+    let mut connect: Vec<String> = (0..ENFORCE_RULES / 2 - 1)
+        .map(|i| {
+            format!(
+                "\"10.{}.{}.0/24:{}-{}\"",
+                i / 256,
+                i % 256,
+                1000 + i,
+                2000 + i
+            )
+        })
+        .collect();
+    connect.push("\"127.0.0.0/8\"".to_owned());
+    Ok(format!(
+        "[policy.bench]\nmode = \"enforce\"\nexec.allow = [{}]\nconnect.allow = [{}]\n",
+        exec.join(", "),
+        connect.join(", ")
+    ))
+}
 
 /// Runs kept live during the `sensor+runs` variant (issue 4: "1,000 runs live").
 const LIVE_RUNS: usize = 1000;
@@ -130,6 +188,7 @@ impl Variant {
             Self::Sensor => "sensor",
             Self::SensorStore => "sensor+store",
             Self::SensorRuns => "sensor+runs",
+            Self::SensorEnforce => "sensor+enforce",
             Self::Auditd => "auditd",
             Self::Bpftrace => "bpftrace",
         }
@@ -137,7 +196,10 @@ impl Variant {
 
     /// The sensor's own variants: their losses fail the bench.
     fn is_sensor(self) -> bool {
-        matches!(self, Self::Sensor | Self::SensorStore | Self::SensorRuns)
+        matches!(
+            self,
+            Self::Sensor | Self::SensorStore | Self::SensorRuns | Self::SensorEnforce
+        )
     }
 
     fn is_peer(self) -> bool {
@@ -166,8 +228,27 @@ impl Variant {
                 let runs = if quick { QUICK_LIVE_RUNS } else { LIVE_RUNS };
                 let sleepers = daemon.start_runs(runs)?;
                 // The storms run in this process: put it in a run too.
-                daemon.launch_self("bench-storm")?;
+                daemon.launch_self("bench-storm", None)?;
                 Ok(Tool::SensorRuns { daemon, sleepers })
+            }
+            Self::SensorEnforce => {
+                let config = env.socket_dir.join("enforce.toml");
+                fs::write(&config, enforce_config(&env.sensor_bin)?)
+                    .with_context(|| format!("cannot write {}", config.display()))?;
+                let config = config.display().to_string();
+                let daemon = Daemon::start(
+                    env,
+                    round,
+                    &[
+                        "--output",
+                        "file:/dev/null",
+                        "--no-store",
+                        "--config",
+                        &config,
+                    ],
+                )?;
+                daemon.launch_self("bench-storm", Some("bench"))?;
+                Ok(Tool::Sensor(daemon))
             }
             Self::Auditd => {
                 if let Some(err) = &env.peers_missing {
@@ -469,13 +550,17 @@ impl Daemon {
         }
     }
 
-    /// Registers this process (the storm driver) as the first process of a run.
-    fn launch_self(&self, agent: &str) -> Result<()> {
+    /// Registers this process (the storm driver) as the first process of a
+    /// run, bound to `policy` if given.
+    fn launch_self(&self, agent: &str, policy: Option<&str>) -> Result<()> {
         use std::io::{BufRead as _, BufReader};
         let mut stream = std::os::unix::net::UnixStream::connect(&self.socket)
             .with_context(|| format!("cannot connect to {}", self.socket.display()))?;
-        writeln!(stream, "{}", json!({"op": "launch", "agent": agent}))
-            .context("cannot send the launch request")?;
+        let request = match policy {
+            Some(p) => json!({"op": "launch", "agent": agent, "policy": p}),
+            None => json!({"op": "launch", "agent": agent}),
+        };
+        writeln!(stream, "{request}").context("cannot send the launch request")?;
         let mut line = String::new();
         BufReader::new(&stream)
             .read_line(&mut line)

@@ -3,8 +3,9 @@
 //! kernel's longest-prefix-match tries hold.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs as _},
+    sync::{Mutex, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -14,7 +15,7 @@ use sensor_common::policy::{NET_PORT_RANGES, NetRule};
 ///
 /// The system resolver (getaddrinfo, which also reads /etc/hosts) does not
 /// give the records' TTL, so this caps it: an address that left the name's
-/// records is dropped within this time, a new one added.
+/// records is dropped within this time (plus the 2 s refresh), a new one added.
 pub const HOST_TTL: Duration = Duration::from_secs(60);
 /// How soon a name that did not resolve is tried again.
 pub const HOST_RETRY: Duration = Duration::from_secs(10);
@@ -25,12 +26,7 @@ pub enum Target {
     /// An address with a prefix length (a plain address is a full-length prefix).
     Cidr { net: IpAddr, prefix: u8 },
     /// A host name and the addresses it resolved to last.
-    Host {
-        name: String,
-        addrs: Vec<IpAddr>,
-        /// When it is due to be resolved again.
-        due: Instant,
-    },
+    Host { name: String, addrs: Vec<IpAddr> },
 }
 
 /// One `connect.allow` rule.
@@ -91,7 +87,6 @@ pub fn parse(rule: &str) -> Result<ConnectRule, String> {
         Err(_) if prefix.is_none() && is_host_name(&ip) => Target::Host {
             name: ip.to_ascii_lowercase(),
             addrs: Vec::new(),
-            due: Instant::now(),
         },
         Err(_) => {
             return Err(format!(
@@ -133,31 +128,97 @@ pub fn resolve_host(name: &str) -> Result<Vec<IpAddr>, String> {
     Ok(addrs)
 }
 
+/// Host names and their last answers. A background thread resolves each
+/// name when it is due, so a slow resolver never stalls the event path;
+/// rules only read the last answer.
+struct HostCache {
+    entries: Mutex<HashMap<String, Answer>>,
+}
+
+struct Answer {
+    addrs: Option<Vec<IpAddr>>,
+    due: Instant,
+}
+
+fn cache() -> &'static HostCache {
+    static CACHE: OnceLock<HostCache> = OnceLock::new();
+    CACHE.get_or_init(|| {
+        let spawned = std::thread::Builder::new()
+            .name("sensor-dns".into())
+            .spawn(|| {
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                    let now = Instant::now();
+                    let due: Vec<String> = cache()
+                        .entries
+                        .lock()
+                        .map(|m| m.iter().filter(|(_, a)| a.due <= now).map(|(n, _)| n.clone()).collect())
+                        .unwrap_or_default();
+                    for name in due {
+                        let answer = lookup_now(&name);
+                        if let Ok(mut m) = cache().entries.lock() {
+                            m.insert(name, answer);
+                        }
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the host name resolver thread; names resolve at load only");
+        }
+        HostCache {
+            entries: Mutex::new(HashMap::new()),
+        }
+    })
+}
+
+fn lookup_now(name: &str) -> Answer {
+    match resolve_host(name) {
+        Ok(addrs) => Answer {
+            addrs: Some(addrs),
+            due: Instant::now() + HOST_TTL,
+        },
+        Err(e) => {
+            tracing::warn!(host = %name, error = %e, "connect.allow host does not resolve; it allows nothing until it does");
+            Answer {
+                addrs: None,
+                due: Instant::now() + HOST_RETRY,
+            }
+        }
+    }
+}
+
 impl ConnectRule {
-    /// Resolves a host rule whose addresses are due; true when they changed.
-    pub fn refresh(&mut self, now: Instant) -> bool {
-        let Target::Host { name, addrs, due } = &mut self.target else {
+    /// Takes the latest answer for a host rule (resolving it now, blocking,
+    /// the first time a name is seen: at load); true when its addresses changed.
+    pub fn refresh(&mut self, _now: Instant) -> bool {
+        let Target::Host { name, addrs, .. } = &mut self.target else {
             return false;
         };
-        if *due > now {
+        let cached = cache()
+            .entries
+            .lock()
+            .ok()
+            .and_then(|m| m.get(name.as_str()).map(|a| a.addrs.clone()));
+        let latest = match cached {
+            Some(a) => a,
+            None => {
+                let answer = lookup_now(name);
+                let a = answer.addrs.clone();
+                if let Ok(mut m) = cache().entries.lock() {
+                    m.insert(name.clone(), answer);
+                }
+                a
+            }
+        };
+        let Some(latest) = latest else {
+            return false;
+        };
+        if latest == *addrs {
             return false;
         }
-        match resolve_host(name) {
-            Ok(new) => {
-                *due = now + HOST_TTL;
-                if new == *addrs {
-                    return false;
-                }
-                tracing::info!(host = %name, addrs = ?new, "connect.allow host resolved");
-                *addrs = new;
-                true
-            }
-            Err(e) => {
-                *due = now + HOST_RETRY;
-                tracing::warn!(host = %name, error = %e, "connect.allow host does not resolve; it allows nothing until it does");
-                false
-            }
-        }
+        tracing::info!(host = %name, addrs = ?latest, "connect.allow host resolved");
+        *addrs = latest;
+        true
     }
 
     /// The (network, prefix) pairs this rule covers now.
