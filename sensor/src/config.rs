@@ -100,6 +100,14 @@ pub enum ConfigError {
         #[source]
         source: SpecError,
     },
+    #[error("config {path}:{line}:{column}")]
+    PolicyAt {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        #[source]
+        source: crate::policy::PolicyError,
+    },
     #[error("config {path}")]
     Policy {
         path: PathBuf,
@@ -154,9 +162,20 @@ impl Config {
         })?;
         config
             .load_policies()
-            .map_err(|source| ConfigError::Policy {
-                path: path.to_owned(),
-                source,
+            .map_err(|source| match source.span() {
+                Some(span) => {
+                    let (line, column) = line_col(text, span.start);
+                    ConfigError::PolicyAt {
+                        path: path.to_owned(),
+                        line,
+                        column,
+                        source,
+                    }
+                }
+                None => ConfigError::Policy {
+                    path: path.to_owned(),
+                    source,
+                },
             })?;
         Ok(config)
     }

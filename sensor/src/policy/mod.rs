@@ -88,9 +88,10 @@ impl ExecAllow {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ExecConfig {
-    /// Exact files, directories (ending in `/`) or globs.
+    /// Exact files, directories (ending in `/`) or globs (with where they
+    /// are in the file, for errors).
     #[serde(default)]
-    pub allow: Vec<ExecAllow>,
+    pub allow: Vec<toml::Spanned<ExecAllow>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -98,7 +99,7 @@ pub struct ExecConfig {
 pub struct ConnectConfig {
     /// `ADDR`, `CIDR` or `HOST`, each optionally `:PORT` or `:LOW-HIGH` (`[V6]:PORT` for IPv6).
     #[serde(default)]
-    pub allow: Vec<String>,
+    pub allow: Vec<toml::Spanned<String>>,
 }
 
 /// A policy that cannot be loaded.
@@ -109,17 +110,31 @@ pub enum PolicyError {
         policy: String,
         rule: String,
         why: String,
+        /// Where the rule is in the config text.
+        span: Option<std::ops::Range<usize>>,
     },
     #[error("policy {policy:?}: connect.allow {rule:?}: {why}")]
     Connect {
         policy: String,
         rule: String,
         why: String,
+        span: Option<std::ops::Range<usize>>,
     },
     #[error("policy {policy:?}: {why}")]
     Limit { policy: String, why: String },
     #[error("{what} names policy {policy:?}, which the config does not define")]
     Unknown { what: String, policy: String },
+}
+
+impl PolicyError {
+    /// Where in the config text the offending rule is, when known.
+    #[must_use]
+    pub fn span(&self) -> Option<std::ops::Range<usize>> {
+        match self {
+            Self::Exec { span, .. } | Self::Connect { span, .. } => span.clone(),
+            Self::Limit { .. } | Self::Unknown { .. } => None,
+        }
+    }
 }
 
 /// What an exec rule resolves to.
@@ -269,10 +284,11 @@ impl Policy {
             .allow
             .iter()
             .map(|allow| {
-                ExecRule::resolve(allow).map_err(|why| PolicyError::Exec {
+                ExecRule::resolve(allow.get_ref()).map_err(|why| PolicyError::Exec {
                     policy: name.to_owned(),
-                    rule: allow.text(),
+                    rule: allow.get_ref().text(),
                     why,
+                    span: Some(allow.span()),
                 })
             })
             .collect::<Result<_, _>>()?;
@@ -281,10 +297,11 @@ impl Policy {
             .allow
             .iter()
             .map(|rule| {
-                net::parse(rule).map_err(|why| PolicyError::Connect {
+                net::parse(rule.get_ref()).map_err(|why| PolicyError::Connect {
                     policy: name.to_owned(),
-                    rule: rule.clone(),
+                    rule: rule.get_ref().clone(),
                     why,
+                    span: Some(rule.span()),
                 })
             })
             .collect::<Result<_, _>>()?;
@@ -312,6 +329,7 @@ impl Policy {
             policy: name.to_owned(),
             rule: "(all)".into(),
             why,
+            span: c.connect.allow.first().map(toml::Spanned::span),
         })?;
         Ok(policy)
     }
@@ -525,11 +543,14 @@ mod tests {
                 exec: ExecConfig {
                     allow: exec
                         .iter()
-                        .map(|s| ExecAllow::Path((*s).to_owned()))
+                        .map(|s| toml::Spanned::new(0..0, ExecAllow::Path((*s).to_owned())))
                         .collect(),
                 },
                 connect: ConnectConfig {
-                    allow: connect.iter().map(|s| (*s).to_owned()).collect(),
+                    allow: connect
+                        .iter()
+                        .map(|s| toml::Spanned::new(0..0, (*s).to_owned()))
+                        .collect(),
                 },
                 ..PolicyConfig::default()
             },
@@ -598,14 +619,14 @@ mod tests {
                         allow: if exec.is_empty() {
                             vec![]
                         } else {
-                            vec![ExecAllow::Path(exec.into())]
+                            vec![toml::Spanned::new(0..0, ExecAllow::Path(exec.into()))]
                         },
                     },
                     connect: ConnectConfig {
                         allow: if connect.is_empty() {
                             vec![]
                         } else {
-                            vec![connect.into()]
+                            vec![toml::Spanned::new(0..0, connect.into())]
                         },
                     },
                     ..PolicyConfig::default()
