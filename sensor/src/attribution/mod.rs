@@ -402,7 +402,7 @@ impl Attribution {
         self.processes.set_agent(pid, true);
         let (run, run_how) = current;
         if run != 0 {
-            if matches!(run_how, HOW_LAUNCH | HOW_MATCHER) {
+            if matches!(run_how & HOW_MASK, HOW_LAUNCH | HOW_MATCHER) {
                 return None;
             }
             if parent.is_some_and(|(prun, pagent)| prun == run && pagent) {
@@ -439,10 +439,16 @@ impl Attribution {
                 return None;
             }
         };
+        // A process counted against its tree's max_processes stays counted.
+        let counted = self
+            .map
+            .get(pid)
+            .filter(|e| e.start_ns / self.ns_per_tick == start_ns / self.ns_per_tick)
+            .map_or(0, |e| e.how & HOW_FLAG_COUNTED);
         let entry = ProcRun {
             run: new_run.handle,
             start_ns,
-            how,
+            how: how | counted,
             _pad: 0,
         };
         if let Err(e) = self.map.set(pid, entry) {
