@@ -106,13 +106,13 @@ pub enum ConfigError {
         line: usize,
         column: usize,
         #[source]
-        source: crate::policy::PolicyError,
+        source: Box<crate::policy::PolicyError>,
     },
     #[error("config {path}")]
     Policy {
         path: PathBuf,
         #[source]
-        source: crate::policy::PolicyError,
+        source: Box<crate::policy::PolicyError>,
     },
     #[error("config {path}")]
     Agent {
@@ -169,12 +169,12 @@ impl Config {
                         path: path.to_owned(),
                         line,
                         column,
-                        source,
+                        source: Box::new(source),
                     }
                 }
                 None => ConfigError::Policy {
                     path: path.to_owned(),
-                    source,
+                    source: Box::new(source),
                 },
             })?;
         Ok(config)

@@ -29,13 +29,17 @@ use crate::{
 };
 
 /// Records handled per wake-up before giving other tasks a turn.
-const DRAIN_BUDGET: usize = 8192;
+const DRAIN_BUDGET: usize = 2048;
 /// A batch is handed to the outputs once it holds this many bytes.
 const BATCH_BYTES: usize = 256 * 1024;
 /// How often kernel counters are read and the clock offset re-measured.
 const TICK: Duration = Duration::from_secs(1);
 /// Every this many ticks, processes whose exit was lost are swept.
 const SWEEP_TICKS: u64 = 60;
+/// Budgets drained before a control request is answered: what the kernel
+/// reported up to the request (a launch's own fork, an attested process),
+/// but never an endless flood.
+const COMMAND_DRAIN_ROUNDS: usize = 1;
 /// Every this many ticks, policy files and host names are resolved again.
 const REFRESH_TICKS: u64 = 2;
 /// How often the ring buffer is drained. The kernel writes records without
@@ -448,30 +452,24 @@ pub async fn run(
     tokio::pin!(shutdown);
     let result = loop {
         tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = match guard {
-                    Ok(g) => g,
-                    Err(e) => break Err(PipelineError::Poll(e)),
-                };
-                let empty = drain(guard.get_inner_mut(), &mut pipeline, DRAIN_BUDGET);
-                pipeline.flush();
-                if empty {
-                    guard.clear_ready();
-                } else {
-                    tokio::task::yield_now().await;
-                }
-            }
-            _ = drain_timer.tick() => {
-                drain(ring.get_mut(), &mut pipeline, DRAIN_BUDGET);
-                pipeline.flush();
-            }
+            // In this order: under a flood the ring is always ready, and
+            // control requests, shutdown and the 1 s tick (loss reports, TTLs)
+            // must still come through promptly.
+            biased;
             Some(command) = commands.recv() => {
-                // Everything the kernel reported before the request is applied first.
-                while !drain(ring.get_mut(), &mut pipeline, DRAIN_BUDGET) {}
+                // What the kernel reported before the request is applied first
+                // (bounded: under a steady flood the ring never empties, and
+                // the request must still be answered).
+                for _ in 0..COMMAND_DRAIN_ROUNDS {
+                    if drain(ring.get_mut(), &mut pipeline, DRAIN_BUDGET) {
+                        break;
+                    }
+                }
                 pipeline.command(command);
                 pipeline.flush();
                 persist_if_enforcing(&mut probes, &pipeline);
             }
+            () = &mut shutdown => break Ok(()),
             _ = tick.tick() => {
                 match read_stats(&stats) {
                     Ok(s) => pipeline.check_losses(&s),
@@ -493,7 +491,23 @@ pub async fn run(
                     pipeline.builder.set_clock(clock);
                 }
             }
-            () = &mut shutdown => break Ok(()),
+            guard = ring.readable_mut() => {
+                let mut guard = match guard {
+                    Ok(g) => g,
+                    Err(e) => break Err(PipelineError::Poll(e)),
+                };
+                let empty = drain(guard.get_inner_mut(), &mut pipeline, DRAIN_BUDGET);
+                pipeline.flush();
+                if empty {
+                    guard.clear_ready();
+                } else {
+                    tokio::task::yield_now().await;
+                }
+            }
+            _ = drain_timer.tick() => {
+                drain(ring.get_mut(), &mut pipeline, DRAIN_BUDGET);
+                pipeline.flush();
+            }
         }
     };
     // Stop producing first, then take everything already in the ring.

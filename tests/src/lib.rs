@@ -386,6 +386,19 @@ impl Daemon {
         self.resume()
     }
 
+    /// SIGKILL (no chance to detach or flush anything), then reaps the
+    /// process. The pin dir, state dir and socket path stay as they are, so
+    /// [`Daemon::resume`] starts it again on the same state.
+    pub fn kill9(&mut self) -> Result<ExitStatus> {
+        let Some(mut child) = self.child.borrow_mut().take() else {
+            bail!("the daemon was already stopped or had exited");
+        };
+        send_signal(self.pid, libc::SIGKILL);
+        let status = child.wait().context("waitpid on the SIGKILLed daemon")?;
+        self.exit = Some(status);
+        Ok(status)
+    }
+
     fn wait_ready(&self) -> Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
@@ -805,6 +818,11 @@ impl Checks {
     /// No failures yet.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Whether some check failed so far.
+    pub fn failed(&self) -> bool {
+        !self.failures.is_empty()
     }
 
     /// Records a failure.

@@ -117,7 +117,8 @@ enum Child {
 fn in_run(runs: &mut dyn RunMap, ns_per_tick: u64, what: Child) -> Result<ExitStatus, String> {
     use std::os::unix::process::ExitStatusExt as _;
 
-    let (go_read, go_write) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let (go_read, go_write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let true_path = c"/bin/true";
     let argv = [true_path.as_ptr(), std::ptr::null()];
     let envp = [std::ptr::null::<nix::libc::c_char>()];
@@ -125,6 +126,8 @@ fn in_run(runs: &mut dyn RunMap, ns_per_tick: u64, what: Child) -> Result<ExitSt
     // connect, execve, _exit) before it exits or execs.
     let pid = match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
         nix::unistd::ForkResult::Child => unsafe {
+            // Only the parent writes: if it dies first, the read sees EOF.
+            nix::libc::close(go_write.as_raw_fd());
             let mut byte = 0u8;
             if nix::libc::read(go_read.as_raw_fd(), (&raw mut byte).cast(), 1) != 1 {
                 nix::libc::_exit(100);

@@ -1,6 +1,7 @@
 //! Small programs the integration tests run to make the kernel do things a
 //! shell cannot: exec from a non-leader thread, start threads, rename itself,
-//! fake argv[0], fail an exec, connect sockets.
+//! fake argv[0], fail an exec, connect sockets (plain, unconnected UDP sendto,
+//! io_uring), exec a memfd or an fd, fork many children at once.
 //!
 //! ```text
 //! sensor-test-helper exec PATH [ARGS...]            execv(PATH, [PATH, ARGS...]); on failure prints
@@ -19,6 +20,21 @@
 //!                                                   prints "pid=PID", waits, exits with its code;
 //!                                                   exits 112 with "errno=N" when the pid cannot
 //!                                                   be had (EEXIST: in use)
+//! sensor-test-helper sendto udp ADDR:PORT           sendto(2) of one datagram on an unconnected UDP
+//!                                                   socket; prints "ok" or "errno=N"
+//! sensor-test-helper uring-connect ADDR:PORT        TCP connect through io_uring (IORING_OP_CONNECT);
+//!                                                   prints "ok" or "errno=N" (from the completion)
+//! sensor-test-helper memfd-exec PATH [ARGS...]      copies PATH into a memfd_create(2) file and
+//!                                                   execs it (execveat(fd, "", [PATH, ARGS...],
+//!                                                   environ, AT_EMPTY_PATH), i.e. fexecve); on
+//!                                                   failure prints "errno=N" to stderr, exits 111
+//! sensor-test-helper execveat-empty PATH [ARGS...]  open(PATH, O_RDONLY) (no O_CLOEXEC), then
+//!                                                   execveat(fd, "", [PATH, ARGS...], environ,
+//!                                                   AT_EMPTY_PATH); on failure "errno=N", exit 111
+//! sensor-test-helper fork-children N                forks N children that each sleep 2 s and exit
+//!                                                   0; waits for all, prints one line per child in
+//!                                                   fork order: "child=PID status=exited:C" or
+//!                                                   "child=PID status=signaled:S"; exits 0
 //! ```
 
 use std::ffi::{CString, OsString};
@@ -42,7 +58,8 @@ fn main() -> ExitCode {
 }
 
 fn usage() -> String {
-    "usage: sensor-test-helper exec|fake-argv0|thread-exec|threads|prctl-name|connect|at-pid ..."
+    "usage: sensor-test-helper exec|fake-argv0|thread-exec|threads|prctl-name|connect|at-pid|\
+     sendto|uring-connect|memfd-exec|execveat-empty|fork-children ..."
         .to_owned()
 }
 
@@ -75,6 +92,11 @@ fn run(args: &[OsString]) -> Result<ExitCode, String> {
         "prctl-name" => prctl_name(rest),
         "connect" => connect(rest),
         "at-pid" => at_pid(rest),
+        "sendto" => sendto(rest),
+        "uring-connect" => uring_connect(rest),
+        "memfd-exec" => memfd_exec(rest),
+        "execveat-empty" => execveat_empty(rest),
+        "fork-children" => fork_children(rest),
         other => Err(format!("unknown subcommand {other:?}; {}", usage())),
     }
 }
@@ -302,4 +324,265 @@ fn at_pid(rest: &[OsString]) -> Result<ExitCode, String> {
         101
     };
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(101)))
+}
+
+fn parse_addr(addr: &OsString) -> Result<SocketAddr, String> {
+    utf8(addr)?
+        .parse()
+        .map_err(|e| format!("bad address {addr:?}: {e}"))
+}
+
+/// Prints "ok" or "errno=N" for the outcome of a network call.
+fn print_outcome(result: io::Result<()>) -> Result<ExitCode, String> {
+    match result {
+        Ok(()) => println!("ok"),
+        Err(e) => println!("errno={}", e.raw_os_error().unwrap_or(0)),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One datagram with sendto(2) on a socket that was never connected.
+fn sendto(rest: &[OsString]) -> Result<ExitCode, String> {
+    let [proto, addr] = rest else {
+        return Err(usage());
+    };
+    if utf8(proto)? != "udp" {
+        return Err(format!("sendto: only udp, not {proto:?}"));
+    }
+    let addr = parse_addr(addr)?;
+    let local: SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0".parse().map_err(|e| format!("{e}"))?
+    } else {
+        "[::]:0".parse().map_err(|e| format!("{e}"))?
+    };
+    let result = UdpSocket::bind(local).and_then(|s| {
+        let n = s.send_to(b"sensor-test-helper sendto", addr)?;
+        if n == 0 {
+            return Err(io::Error::other("sent 0 bytes"));
+        }
+        Ok(())
+    });
+    print_outcome(result)
+}
+
+/// A `sockaddr_in`/`sockaddr_in6` for `addr`, in a `sockaddr_storage`.
+fn raw_sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for
+            // sockaddr_in.
+            unsafe {
+                std::ptr::write((&raw mut storage).cast::<libc::sockaddr_in>(), sin);
+            }
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: as above, for sockaddr_in6.
+            unsafe {
+                std::ptr::write((&raw mut storage).cast::<libc::sockaddr_in6>(), sin6);
+            }
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+/// A TCP connect submitted as IORING_OP_CONNECT: the kernel does the connect
+/// from the ring (inline or from an io-wq worker), never through connect(2).
+fn uring_connect(rest: &[OsString]) -> Result<ExitCode, String> {
+    let [addr] = rest else {
+        return Err(usage());
+    };
+    let addr = parse_addr(addr)?;
+    let family = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: socket(2) has no memory-safety preconditions.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(format!("socket: {}", io::Error::last_os_error()));
+    }
+    let mut ring = io_uring::IoUring::new(4).map_err(|e| format!("io_uring_setup: {e}"))?;
+    let (storage, len) = raw_sockaddr(addr);
+    let sqe = io_uring::opcode::Connect::new(
+        io_uring::types::Fd(fd),
+        (&raw const storage).cast::<libc::sockaddr>(),
+        len,
+    )
+    .build()
+    .user_data(7);
+    // SAFETY: the sockaddr the entry points to lives until the completion is
+    // reaped below.
+    unsafe {
+        ring.submission()
+            .push(&sqe)
+            .map_err(|e| format!("push: {e}"))?;
+    }
+    ring.submit_and_wait(1)
+        .map_err(|e| format!("io_uring_enter: {e}"))?;
+    let cqe = ring
+        .completion()
+        .next()
+        .ok_or_else(|| "io_uring: no completion".to_owned())?;
+    let res = cqe.result();
+    // SAFETY: closing the socket this function opened.
+    unsafe {
+        libc::close(fd);
+    }
+    let result = if res < 0 {
+        Err(io::Error::from_raw_os_error(-res))
+    } else {
+        Ok(())
+    };
+    print_outcome(result)
+}
+
+/// `[PATH, ARGS...]` and the current environment as C strings.
+fn exec_vectors(path: &OsString, tail: &[OsString]) -> io::Result<(Vec<CString>, Vec<CString>)> {
+    let mut argv = vec![cstring(path)?];
+    for a in tail {
+        argv.push(cstring(a)?);
+    }
+    let mut envp = Vec::new();
+    for (k, v) in std::env::vars_os() {
+        let mut kv = k.as_bytes().to_vec();
+        kv.push(b'=');
+        kv.extend_from_slice(v.as_bytes());
+        envp.push(CString::new(kv).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?);
+    }
+    Ok((argv, envp))
+}
+
+/// execveat(fd, "", argv, envp, AT_EMPTY_PATH); returns only on failure.
+fn execveat_fd(fd: libc::c_int, argv: &[CString], envp: &[CString]) -> io::Error {
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|a| a.as_ptr()).collect();
+    envp_ptrs.push(std::ptr::null());
+    let empty = c"";
+    // SAFETY: every pointer is to a NUL-terminated string alive for the call;
+    // both vectors end with a null pointer.
+    unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            fd,
+            empty.as_ptr(),
+            argv_ptrs.as_ptr(),
+            envp_ptrs.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        );
+    }
+    io::Error::last_os_error()
+}
+
+/// fexecve of an anonymous copy of PATH: the file executed has no path.
+fn memfd_exec(rest: &[OsString]) -> Result<ExitCode, String> {
+    let (path, tail) = rest.split_first().ok_or_else(usage)?;
+    let bytes = std::fs::read(path).map_err(|e| format!("read {path:?}: {e}"))?;
+    let (argv, envp) = exec_vectors(path, tail).map_err(|e| e.to_string())?;
+    // SAFETY: memfd_create reads a NUL-terminated name.
+    let fd = unsafe { libc::memfd_create(c"sensor-test-memfd".as_ptr(), 0) };
+    if fd < 0 {
+        exec_failed(&io::Error::last_os_error());
+    }
+    let mut written = 0;
+    while written < bytes.len() {
+        // SAFETY: writes from a live buffer of at least the given length.
+        let n = unsafe { libc::write(fd, bytes[written..].as_ptr().cast(), bytes.len() - written) };
+        if n <= 0 {
+            exec_failed(&io::Error::last_os_error());
+        }
+        written += n as usize;
+    }
+    exec_failed(&execveat_fd(fd, &argv, &envp))
+}
+
+/// execveat(2) with AT_EMPTY_PATH on a descriptor of PATH.
+fn execveat_empty(rest: &[OsString]) -> Result<ExitCode, String> {
+    let (path, tail) = rest.split_first().ok_or_else(usage)?;
+    let (argv, envp) = exec_vectors(path, tail).map_err(|e| e.to_string())?;
+    let cpath = cstring(path).map_err(|e| e.to_string())?;
+    // SAFETY: open(2) reads a NUL-terminated path. No O_CLOEXEC: the fd stays
+    // valid for the whole exec (and would be inherited, as for a script).
+    let fd = unsafe { libc::open(cpath.as_ptr(), libc::O_RDONLY) };
+    if fd < 0 {
+        exec_failed(&io::Error::last_os_error());
+    }
+    exec_failed(&execveat_fd(fd, &argv, &envp))
+}
+
+/// Forks N children at once (each sleeps 2 s, then exits 0) and reports how
+/// each ended.
+fn fork_children(rest: &[OsString]) -> Result<ExitCode, String> {
+    let [n] = rest else {
+        return Err(usage());
+    };
+    let n: usize = utf8(n)?
+        .parse()
+        .map_err(|e| format!("bad child count {n:?}: {e}"))?;
+    let _ = io::stdout().flush();
+    let _ = io::stderr().flush();
+    let mut children = Vec::with_capacity(n);
+    for _ in 0..n {
+        // SAFETY: this program has a single thread here; the child only calls
+        // async-signal-safe functions (nanosleep, _exit).
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(format!("fork: {}", io::Error::last_os_error()));
+        }
+        if pid == 0 {
+            let ts = libc::timespec {
+                tv_sec: 2,
+                tv_nsec: 0,
+            };
+            // SAFETY: nanosleep and _exit are async-signal-safe; `ts` lives.
+            unsafe {
+                libc::nanosleep(&raw const ts, std::ptr::null_mut());
+                libc::_exit(0);
+            }
+        }
+        children.push(pid);
+    }
+    let mut out = io::stdout().lock();
+    for pid in children {
+        let mut status: libc::c_int = 0;
+        // SAFETY: waits for our own child; `status` outlives the call.
+        let w = unsafe { libc::waitpid(pid, &raw mut status, 0) };
+        let what = if w != pid {
+            format!(
+                "waitpid-errno:{}",
+                io::Error::last_os_error().raw_os_error().unwrap_or(0)
+            )
+        } else if libc::WIFEXITED(status) {
+            format!("exited:{}", libc::WEXITSTATUS(status))
+        } else if libc::WIFSIGNALED(status) {
+            format!("signaled:{}", libc::WTERMSIG(status))
+        } else {
+            format!("other:{status}")
+        };
+        writeln!(out, "child={pid} status={what}").map_err(|e| e.to_string())?;
+    }
+    out.flush().map_err(|e| e.to_string())?;
+    Ok(ExitCode::SUCCESS)
 }
