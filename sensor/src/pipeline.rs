@@ -517,6 +517,8 @@ pub async fn run(
             "enforce policies are loaded: the kernel programs stay attached and keep \
              enforcing until the daemon is back (`sensor unload` removes them)"
         );
+    } else {
+        tracing::info!("detaching every kernel program");
     }
     drop(probes);
     let ring = ring.get_mut();

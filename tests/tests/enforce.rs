@@ -2343,3 +2343,45 @@ fn audit_mode_reports_the_same_denials_without_blocking() -> Result<()> {
     }
     c.finish()
 }
+
+/// A daemon stopped cleanly (SIGTERM) with an enforce policy leaves it
+/// enforcing; `sensor unload` ends that, and returns only once the programs
+/// are gone.
+#[test]
+fn a_stopped_daemon_keeps_enforcing_until_sensor_unload() -> Result<()> {
+    let fx = Fixture::new("enf-unload")?;
+    let config = policy_toml::<_, &str>("p", "enforce", &base_exec()?, &[], "");
+    let mut d = Daemon::start_with(Some(&config), &[])?;
+    let mut puppet = Puppet::start(&d, "enf-unload", "p", fx.dir())?;
+    let status = d.stop()?;
+    ensure!(status.success(), "the daemon's SIGTERM exit: {status}");
+    let stopped = fx.target("stopped");
+    let code = puppet.run(&format!("{} {}", fx.denied, s(&stopped)))?;
+    ensure!(
+        code == KILLED && !stopped.exists(),
+        "with the daemon stopped, the denied exec exited {code} (want {KILLED})"
+    );
+    let out = run_with_timeout(
+        d.sensor()
+            .arg("unload")
+            .arg("--pin-dir")
+            .arg(d.pin_dir())
+            .arg("--socket")
+            .arg(d.socket()),
+        Duration::from_secs(20),
+    )?
+    .1;
+    ensure!(out.status.success(), "sensor unload: {}", describe(&out));
+    ensure!(
+        !d.pin_dir().exists(),
+        "the pin dir {} is still there",
+        d.pin_dir().display()
+    );
+    let unloaded = fx.target("unloaded");
+    let code = puppet.run(&format!("{} {}", fx.denied, s(&unloaded)))?;
+    ensure!(
+        code == 0 && unloaded.exists(),
+        "after sensor unload the binary must run: it exited {code}"
+    );
+    Ok(())
+}

@@ -579,9 +579,19 @@ impl Daemon {
         signal(&self.child, libc::SIGTERM)?;
         let status = wait_timeout(&mut self.child, STOP_TIMEOUT)?;
         let _ = fs::remove_dir_all(&self.state_dir);
-        let _ = fs::remove_dir_all(&self.pin_dir);
+        // An enforcing daemon leaves its programs attached when it stops:
+        // `sensor unload` detaches them and returns once they are gone, so
+        // the next variant (the bench itself is in the run) is not enforced.
+        let unload = util::run(
+            Command::new(&self.bin)
+                .arg("unload")
+                .arg("--pin-dir")
+                .arg(&self.pin_dir)
+                .arg("--socket")
+                .arg(&self.socket),
+        );
         match status {
-            Some(status) if status.success() => Ok(()),
+            Some(status) if status.success() => unload,
             Some(status) => bail!(
                 "sensor daemon exited with {status} after SIGTERM (expected 0){}",
                 log_tail(&self.log)

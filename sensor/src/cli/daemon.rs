@@ -198,7 +198,7 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
         tracing::info!(
             events = report.events.get("total").copied().unwrap_or(0),
             lost = report.lost.total,
-            "stopped; all programs detached"
+            "stopped"
         );
         Ok(ExitCode::SUCCESS)
     })

@@ -348,6 +348,13 @@ impl EventBuilder {
         let mut sorted = active;
         sorted.sort_unstable_by_key(|(h, _, _)| *h);
         for (handle, policy, parent) in sorted {
+            if let Some(name) = policy.as_deref().filter(|p| !self.policies.contains(p)) {
+                tracing::warn!(
+                    handle,
+                    policy = name,
+                    "a restored run's policy is not in the config: the run is no longer checked"
+                );
+            }
             let policy = policy.filter(|p| self.policies.contains(p));
             if let Err(e) = enforcement.bind(handle, policy.as_deref(), parent) {
                 tracing::error!(handle, error = %e, "cannot bind a run to its policy in the kernel");

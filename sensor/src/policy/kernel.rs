@@ -305,15 +305,32 @@ impl Enforcement {
             }
             staged.push((policy.clone(), id, set));
         }
+        // Slots for new names first, so that running out switches nothing.
+        let mut added = Vec::new();
+        for (policy, _, _) in &staged {
+            if self.slot_of.contains_key(&policy.name) {
+                continue;
+            }
+            match self.free_slot() {
+                Ok(s) => {
+                    self.slot_of.insert(policy.name.clone(), s);
+                    added.push(policy.name.clone());
+                }
+                Err(e) => {
+                    for name in &added {
+                        self.slot_of.remove(name);
+                    }
+                    for (_, _, set) in &staged {
+                        self.delete_rules(set, None);
+                    }
+                    return Err(e);
+                }
+            }
+        }
         // Every new rule set is complete: switch the slots.
         for (policy, id, set) in staged {
-            let slot = match self.slot_of.get(&policy.name) {
-                Some(s) => *s,
-                None => {
-                    let s = self.free_slot()?;
-                    self.slot_of.insert(policy.name.clone(), s);
-                    s
-                }
+            let Some(&slot) = self.slot_of.get(&policy.name) else {
+                continue;
             };
             self.maps
                 .slots
