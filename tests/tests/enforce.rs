@@ -700,11 +700,15 @@ fn exec_rules_decide_by_file_identity_directory_and_glob() -> Result<()> {
     let tools = t.join("tools");
     fs::create_dir_all(tools.join("sub"))?;
     fs::create_dir_all(t.join("tools-extra"))?;
+    fs::create_dir_all(t.join("kit-1/bin"))?;
+    fs::create_dir_all(t.join("other/bin"))?;
     for rel in [
         "tools/mytrue",
         "tools/sub/mytrue",
         "tools-extra/mytrue",
         "true-copy",
+        "kit-1/bin/mytrue",
+        "other/bin/mytrue",
     ] {
         fs::copy("/usr/bin/true", t.join(rel))?;
     }
@@ -712,11 +716,14 @@ fn exec_rules_decide_by_file_identity_directory_and_glob() -> Result<()> {
     // A hard link needs the same filesystem; skip that case otherwise.
     let hard = fs::hard_link("/usr/bin/true", t.join("true-hard")).is_ok();
     let dir_rule = format!("{}/", s(&tools));
+    // A glob ending in '/' names directories: everything under each match.
+    let dir_glob = format!("{}/kit-*/", s(t));
     let mut exec = vec![
         "/usr/bin/dash".to_owned(),
         "/usr/bin/true".to_owned(),
         dir_rule.clone(),
         "/usr/bin/base*".to_owned(),
+        dir_glob.clone(),
     ];
     exec.extend(bin_dirs()?);
     let config = policy_toml::<_, &str>("p", "enforce", &exec, &[], "");
@@ -746,6 +753,12 @@ fn exec_rules_decide_by_file_identity_directory_and_glob() -> Result<()> {
             Some("exec.allow /usr/bin/base*".into()),
         ),
         ("glob-no-match", "/usr/bin/dirname".into(), None),
+        (
+            "dir-glob",
+            s(&t.join("kit-1/bin/mytrue")),
+            Some(format!("exec.allow {dir_glob}")),
+        ),
+        ("dir-glob-no-match", s(&t.join("other/bin/mytrue")), None),
     ];
     if hard {
         cases.push((

@@ -102,7 +102,14 @@ fn rule_set(policy: &Policy, id: u32) -> RuleSet {
             ExecTarget::File { id: Some(file) } => add(file, EXEC_FILE),
             ExecTarget::File { id: None } => {}
             ExecTarget::Dir { id: dir, .. } => add(dir, EXEC_DIR),
-            ExecTarget::Glob { ids, .. } => ids.iter().for_each(|f| add(f, EXEC_GLOB)),
+            ExecTarget::Glob {
+                ids, dirs: false, ..
+            } => {
+                ids.iter().for_each(|f| add(f, EXEC_GLOB));
+            }
+            ExecTarget::Glob {
+                ids, dirs: true, ..
+            } => ids.iter().for_each(|d| add(d, EXEC_DIR)),
         }
     }
     let first = u32::try_from(policy.exec.len()).unwrap_or(u32::MAX);

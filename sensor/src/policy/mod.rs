@@ -144,8 +144,13 @@ enum ExecTarget {
     File { id: Option<FileId> },
     /// Everything under a directory: its resolved path (ending in `/`) and identity.
     Dir { resolved: String, id: FileId },
-    /// The files a glob matched at the last resolution.
-    Glob { glob: GlobMatcher, ids: Vec<FileId> },
+    /// The files (or, for a glob ending in `/`, the directories) a glob
+    /// matched at the last resolution.
+    Glob {
+        glob: GlobMatcher,
+        ids: Vec<FileId>,
+        dirs: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -165,10 +170,13 @@ impl ExecRule {
             if matches!(allow, ExecAllow::Pinned { .. }) {
                 return Err("a sha256 can only be pinned on an exact file".into());
             }
-            let glob = Glob::new(path).map_err(|e| e.to_string())?;
+            // A glob ending in '/' names directories: everything under each.
+            let dirs = path.ends_with('/');
+            let glob = Glob::new(path.trim_end_matches('/')).map_err(|e| e.to_string())?;
             ExecTarget::Glob {
                 glob: glob.compile_matcher(),
-                ids: resolve::expand_glob(path)?,
+                ids: resolve::expand_glob(path, dirs)?,
+                dirs,
             }
         } else if path.ends_with('/') {
             if matches!(allow, ExecAllow::Pinned { .. }) {
@@ -213,7 +221,7 @@ impl ExecRule {
                 }
                 _ => false,
             },
-            ExecTarget::Glob { ids, .. } => match resolve::expand_glob(&path) {
+            ExecTarget::Glob { ids, dirs, .. } => match resolve::expand_glob(&path, *dirs) {
                 Ok(new) if new != *ids => {
                     *ids = new;
                     true
@@ -398,7 +406,16 @@ impl Policy {
             let hit = match &r.target {
                 ExecTarget::File { id } => ino != 0 && *id == Some(file),
                 ExecTarget::Dir { resolved, .. } => exe.starts_with(resolved.as_str()),
-                ExecTarget::Glob { glob, ids } => ids.contains(&file) || glob.is_match(exe),
+                ExecTarget::Glob {
+                    glob, dirs: true, ..
+                } => {
+                    // Any parent directory of the file matching the glob.
+                    std::path::Path::new(exe)
+                        .ancestors()
+                        .skip(1)
+                        .any(|a| glob.is_match(a))
+                }
+                ExecTarget::Glob { glob, ids, .. } => ids.contains(&file) || glob.is_match(exe),
             };
             hit.then(|| r.allow.text())
         });
@@ -577,6 +594,9 @@ mod tests {
         // A path that only shares a string prefix with an allowed directory.
         assert!(p.check_exec("/usr/lib64/x", 1, 2).is_deny());
         assert!(!p.check_exec("/opt/a/bin/tool", 1, 2).is_deny());
+        let g = policy(&["/usr/li*/"], &[]);
+        assert!(!g.check_exec("/usr/lib/x/y", 1, 2).is_deny());
+        assert!(g.check_exec("/usr/bin/y", 1, 2).is_deny());
         assert_eq!(
             p.check_exec("/opt/a/bin/toolx", 1, 2).rule,
             "exec.allow (no rule matches)"

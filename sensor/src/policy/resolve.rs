@@ -106,14 +106,16 @@ pub fn resolve_dir(path: &str) -> Result<(String, FileId), String> {
     ))
 }
 
-/// Every regular file a glob matches now (symlinks followed), sorted.
-pub fn expand_glob(pattern: &str) -> Result<Vec<FileId>, String> {
-    let paths = glob::glob(pattern).map_err(|e| e.to_string())?;
+/// Every regular file (or, with `dirs`, every directory) a glob matches now
+/// (symlinks followed), sorted.
+pub fn expand_glob(pattern: &str, dirs: bool) -> Result<Vec<FileId>, String> {
+    let paths = glob::glob(pattern.trim_end_matches('/')).map_err(|e| e.to_string())?;
     let mut ids: Vec<FileId> = paths
         .filter_map(Result::ok)
         .filter_map(|p| {
             let meta = std::fs::metadata(&p).ok()?;
-            meta.is_file().then(|| FileId {
+            let wanted = if dirs { meta.is_dir() } else { meta.is_file() };
+            wanted.then(|| FileId {
                 dev: meta.dev(),
                 ino: meta.ino(),
             })
@@ -144,7 +146,7 @@ const LOADER_GLOBS: &[&str] = &[
 pub fn loaders() -> Vec<FileId> {
     let mut ids: Vec<FileId> = LOADER_GLOBS
         .iter()
-        .filter_map(|g| expand_glob(g).ok())
+        .filter_map(|g| expand_glob(g, false).ok())
         .flatten()
         .collect();
     ids.sort_unstable();
@@ -186,7 +188,10 @@ mod tests {
         assert_eq!(resolve_file("/usr/bin/true", Some(&sum)).unwrap(), t);
         let (text, _) = resolve_dir("/usr/bin/").unwrap();
         assert!(text.ends_with("/bin/"), "{text}");
-        assert!(expand_glob("/usr/bin/tru*").unwrap().contains(&t));
+        assert!(expand_glob("/usr/bin/tru*", false).unwrap().contains(&t));
+        let usr_bin = FileId::of(Path::new("/usr/bin")).unwrap();
+        assert!(expand_glob("/usr/bi*/", true).unwrap().contains(&usr_bin));
+        assert!(!expand_glob("/usr/bi*/", false).unwrap().contains(&usr_bin));
         assert!(
             !loaders().is_empty(),
             "no dynamic loader found on this machine"
