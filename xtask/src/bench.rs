@@ -674,7 +674,68 @@ struct Results {
     latency_ms: Vec<f64>,
     /// Execs spawned for the latency measurement.
     latency_execs: usize,
+    /// User-space pipeline replay: (events, events per second).
+    pipeline: Option<(u64, f64)>,
     problems: Vec<String>,
+}
+
+/// Pipeline replay target (issue 8): events/s on one core.
+const PIPELINE_TARGET_EPS: f64 = 300_000.0;
+
+/// Replays recorded raw kernel events through decode → attribution →
+/// policy → JSON on one core: the sensor's own release-mode measurement
+/// test, whose `pipeline: N events in T s = R events/s` line is read here.
+fn measure_pipeline(results: &mut Results) -> Result<()> {
+    eprintln!(
+        "xtask bench: pipeline: replaying raw events through the user-space stages (release)"
+    );
+    let mut cmd = util::cargo()?;
+    cmd.args([
+        "test",
+        "--release",
+        "-p",
+        "sensor",
+        "--lib",
+        "pipeline::tests::pipeline_throughput",
+        "--",
+        "--ignored",
+        "--exact",
+        "--nocapture",
+    ]);
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run `{}`", util::display(&cmd)))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        bail!("`{}` failed: {}", util::display(&cmd), text.trim());
+    }
+    // "pipeline: 300000 events in 0.373 s = 805022 events/s (1.24 us/event)"
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("pipeline: "))
+        .ok_or_else(|| {
+            anyhow!(
+                "no `pipeline:` line in the output of `{}`",
+                util::display(&cmd)
+            )
+        })?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let events: u64 = words
+        .get(1)
+        .and_then(|w| w.parse().ok())
+        .ok_or_else(|| anyhow!("cannot read the event count in {line:?}"))?;
+    let eps: f64 = words
+        .iter()
+        .position(|w| *w == "=")
+        .and_then(|i| words.get(i + 1))
+        .and_then(|w| w.parse().ok())
+        .ok_or_else(|| anyhow!("cannot read the rate in {line:?}"))?;
+    results.pipeline = Some((events, eps));
+    Ok(())
 }
 
 /// Daemon RSS with `count` live processes or runs.
@@ -925,6 +986,9 @@ pub fn bench(options: &Options) -> Result<()> {
         }
         if let Err(err) = measure_memory(&env, options.quick, &mut results) {
             results.problems.push(format!("memory: {err:#}"));
+        }
+        if let Err(err) = measure_pipeline(&mut results) {
+            results.problems.push(format!("pipeline: {err:#}"));
         }
         results
     });
@@ -1241,6 +1305,13 @@ fn markdown(workloads: &[&Workload], rounds: usize, quick: bool, results: &Resul
             "/bin/true"
         ));
     }
+    if let Some((events, eps)) = results.pipeline {
+        out.push_str("\n| pipeline | events | events/s | target |\n|---|---:|---:|---|\n");
+        out.push_str(&format!(
+            "| replay: decode → attribution → policy → JSON, one core | {events} | {eps:.0} | ≥ {PIPELINE_TARGET_EPS:.0}: {} |\n",
+            if eps >= PIPELINE_TARGET_EPS { "met" } else { "MISSED" }
+        ));
+    }
     if !results.problems.is_empty() {
         out.push_str(&format!("- problems: {}\n", results.problems.len()));
     }
@@ -1316,6 +1387,11 @@ fn report_json(
         "sensor_bin": env.sensor_bin,
         "workloads": workloads,
         "lost_per_round": results.lost,
+        "pipeline": results.pipeline.map(|(events, eps)| json!({
+            "events": events,
+            "events_per_s": eps,
+            "target_events_per_s": PIPELINE_TARGET_EPS,
+        })),
         "latency_ms": {
             "execs": results.latency_execs,
             "lines": results.latency_ms.len(),
