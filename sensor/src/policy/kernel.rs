@@ -475,6 +475,8 @@ impl Enforcement {
             .filter_map(Result::ok)
             .filter(|k| ids.contains(&id_of(&k.data())))
             .collect();
+        // A check that read an old slot just before it was emptied may still
+        // be looking its rules up: give it far more than it needs (µs).
         std::thread::sleep(Duration::from_millis(10));
         for k in exec {
             let _ = self.maps.exec_rules.remove(&k);
