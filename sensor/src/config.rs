@@ -125,6 +125,14 @@ pub enum ConfigError {
 impl Config {
     /// Loads `path`; when `path` is the default and does not exist, returns defaults.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_policies(path).map(|(config, _)| config)
+    }
+
+    /// [`Config::load`], with the policies as validating them resolved them
+    /// (files to identities, host names to addresses): resolved once, not again.
+    pub fn load_with_policies(
+        path: Option<&Path>,
+    ) -> Result<(Self, crate::policy::Policies), ConfigError> {
         let (path, explicit) = match path {
             Some(p) => (p.to_owned(), true),
             None => (PathBuf::from(paths::CONFIG), false),
@@ -132,15 +140,23 @@ impl Config {
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound && !explicit => {
-                return Ok(Self::default());
+                return Ok((Self::default(), crate::policy::Policies::of(Vec::new())));
             }
             Err(source) => return Err(ConfigError::Read { path, source }),
         };
-        Self::parse(&text, &path)
+        Self::parse_with_policies(&text, &path)
     }
 
     /// Parses config text; errors carry `path:line:column`.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        Self::parse_with_policies(text, path).map(|(config, _)| config)
+    }
+
+    /// [`Config::parse`], with the policies it resolved to validate them.
+    pub fn parse_with_policies(
+        text: &str,
+        path: &Path,
+    ) -> Result<(Self, crate::policy::Policies), ConfigError> {
         let config: Self = toml::from_str(text).map_err(|e| {
             let (line, column) = e.span().map_or((0, 0), |span| line_col(text, span.start));
             ConfigError::Parse {
@@ -160,7 +176,7 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        config
+        let policies = config
             .load_policies()
             .map_err(|source| match source.span() {
                 Some(span) => {
@@ -177,12 +193,12 @@ impl Config {
                     source: Box::new(source),
                 },
             })?;
-        Ok(config)
+        Ok((config, policies))
     }
 
     /// The policies, loaded (exact exec paths resolved to file identities),
     /// with every policy an `[[agent]]` names checked to exist.
-    pub fn load_policies(&self) -> Result<crate::policy::Policies, crate::policy::PolicyError> {
+    fn load_policies(&self) -> Result<crate::policy::Policies, crate::policy::PolicyError> {
         let policies = crate::policy::Policies::load(&self.policies)?;
         for agent in &self.agents {
             if let Some(name) = &agent.policy

@@ -109,13 +109,10 @@ impl Pipeline {
     /// On any error the running policies stay, untouched.
     pub fn reload_policies(&mut self) -> Result<(u64, Vec<String>), String> {
         // `{:#}` of an anyhow error prints the whole chain (file:line and cause).
-        let config = crate::config::Config::load(self.config_path.as_deref())
+        let (_, policies) = crate::config::Config::load_with_policies(self.config_path.as_deref())
             .map_err(|e| format!("{:#}", anyhow::Error::new(e)))?;
         let version = self.builder.policies().version() + 1;
-        let policies = config
-            .load_policies()
-            .map_err(|e| format!("{:#}", anyhow::Error::new(e)))?
-            .with_version(version);
+        let policies = policies.with_version(version);
         let names: Vec<String> = policies.names().map(str::to_owned).collect();
         self.builder.set_policies(policies)?;
         tracing::info!(version, policies = ?names, "policies reloaded");

@@ -27,7 +27,7 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
             "sensor daemon must run as root: it loads eBPF programs and mounts tracefs/bpffs"
         );
     }
-    let config = Config::load(args.config.as_deref())?;
+    let (config, policies) = Config::load_with_policies(args.config.as_deref())?;
     let specs = if args.outputs.is_empty() {
         config.output_specs()?
     } else {
@@ -54,7 +54,6 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
 
     // Everything that can fail on bad input fails before the kernel is touched.
     let matchers = Matchers::new(&config.agents)?;
-    let policies = config.load_policies()?;
     let runs = RunTable::load(&runs_path)?;
     let outputs = Outputs::open(&specs)?;
     let store = if config.store.enabled && !args.no_store {

@@ -88,7 +88,7 @@ pub fn execute(args: &DoctorArgs) -> anyhow::Result<ExitCode> {
             .map(|p| format!("mounted at {}", p.display()))
             .map_err(|e| e.to_string()),
     ));
-    let config = Config::load(args.config.as_deref());
+    let config = Config::load_with_policies(args.config.as_deref());
     let mut policies = Vec::new();
     let mut programs = Vec::new();
     let mut enforce_ok: Option<selftest::Outcome> = None;
@@ -149,24 +149,22 @@ pub fn execute(args: &DoctorArgs) -> anyhow::Result<ExitCode> {
     }
     match config {
         Err(e) => checks.push(check("config", Err(format!("{:#}", anyhow::Error::new(e))))),
-        Ok(config) => match config.load_policies() {
-            Err(e) => checks.push(check("policies", Err(e.to_string()))),
-            Ok(loaded) => {
-                checks.push(check(
-                    "config",
-                    Ok(format!("{} policies", loaded.names().count())),
-                ));
-                for p in loaded.iter() {
-                    let rules = p.rule_count();
-                    let limits = match (p.max_depth, p.max_processes) {
-                        (None, None) => String::new(),
-                        (d, n) => format!(
-                            "; max_depth {} max_processes {}",
-                            d.map_or("-".into(), |d| d.to_string()),
-                            n.map_or("-".into(), |n| n.to_string())
-                        ),
-                    };
-                    let (effect, ok) = match (p.mode, &enforce_ok) {
+        Ok((_, loaded)) => {
+            checks.push(check(
+                "config",
+                Ok(format!("{} policies", loaded.names().count())),
+            ));
+            for p in loaded.iter() {
+                let rules = p.rule_count();
+                let limits = match (p.max_depth, p.max_processes) {
+                    (None, None) => String::new(),
+                    (d, n) => format!(
+                        "; max_depth {} max_processes {}",
+                        d.map_or("-".into(), |d| d.to_string()),
+                        n.map_or("-".into(), |n| n.to_string())
+                    ),
+                };
+                let (effect, ok) = match (p.mode, &enforce_ok) {
                         (Mode::Audit, _) => (
                             format!("reports every exec and connect of its runs against {rules} rules; blocks nothing{limits}"),
                             true,
@@ -184,15 +182,14 @@ pub fn execute(args: &DoctorArgs) -> anyhow::Result<ExitCode> {
                             false,
                         ),
                     };
-                    policies.push(PolicyReport {
-                        name: p.name.clone(),
-                        mode: p.mode.as_str(),
-                        effect,
-                        ok,
-                    });
-                }
+                policies.push(PolicyReport {
+                    name: p.name.clone(),
+                    mode: p.mode.as_str(),
+                    effect,
+                    ok,
+                });
             }
-        },
+        }
     }
     let ok = checks.iter().all(|c| c.ok) && policies.iter().all(|p| p.ok);
     let report = Report {

@@ -40,8 +40,7 @@ fn policy(cmd: &args::PolicyCommand) -> anyhow::Result<ExitCode> {
     };
     match cmd {
         args::PolicyCommand::Check { file } => {
-            let config = crate::config::Config::load(Some(file))?;
-            let policies = config.load_policies()?;
+            let (config, policies) = crate::config::Config::load_with_policies(Some(file))?;
             let names: Vec<&str> = policies.names().collect();
             println!(
                 "{}: ok ({} policies: {}; {} agent matchers)",

@@ -371,7 +371,7 @@ impl EventBuilder {
     /// Resolves the policies' files and host names again and updates the
     /// kernel maps of those that changed; drops replaced rules past their grace.
     pub fn refresh_policies(&mut self, now: std::time::Instant) {
-        let changed = self.policies.refresh(now);
+        let changed = self.policies.refresh();
         let Some(enforcement) = &mut self.enforcement else {
             return;
         };

@@ -99,8 +99,8 @@ fn rule_set(policy: &Policy, id: u32) -> RuleSet {
                 .or_insert(ExecRule { rule: index, kind });
         };
         match &rule.target {
-            ExecTarget::File { id: Some(file) } => add(file, EXEC_FILE),
-            ExecTarget::File { id: None } => {}
+            ExecTarget::File { id: Some(file), .. } => add(file, EXEC_FILE),
+            ExecTarget::File { id: None, .. } => {}
             ExecTarget::Dir { id: dir, .. } => add(dir, EXEC_DIR),
             ExecTarget::Glob {
                 ids, dirs: false, ..

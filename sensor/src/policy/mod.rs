@@ -17,7 +17,7 @@ pub mod net;
 pub mod resolve;
 pub mod selftest;
 
-use std::{collections::BTreeMap, net::IpAddr, time::Instant};
+use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
 use globset::{Glob, GlobMatcher};
 use serde::Deserialize;
@@ -140,8 +140,11 @@ impl PolicyError {
 /// What an exec rule resolves to.
 #[derive(Debug, Clone)]
 enum ExecTarget {
-    /// A file, by identity.
-    File { id: Option<FileId> },
+    /// A file, by identity; `stamp` is how it looked when last resolved.
+    File {
+        id: Option<FileId>,
+        stamp: Option<resolve::Stamp>,
+    },
     /// Everything under a directory: its resolved path (ending in `/`) and identity.
     Dir { resolved: String, id: FileId },
     /// The files (or, for a glob ending in `/`, the directories) a glob
@@ -185,8 +188,11 @@ impl ExecRule {
             let (resolved, id) = resolve::resolve_dir(path)?;
             ExecTarget::Dir { resolved, id }
         } else {
+            // Stamped before it is resolved: a change meanwhile shows at the next refresh.
+            let stamp = resolve::Stamp::of(Path::new(path));
             ExecTarget::File {
                 id: Some(resolve::resolve_file(path, pinned(allow))?),
+                stamp,
             }
         };
         Ok(Self {
@@ -200,7 +206,14 @@ impl ExecRule {
     fn refresh(&mut self) -> bool {
         let path = self.allow.path().to_owned();
         match &mut self.target {
-            ExecTarget::File { id } => {
+            ExecTarget::File { id, stamp } => {
+                let now = resolve::Stamp::of(Path::new(&path));
+                // A pinned file is hashed again only when it changed: the
+                // refresh runs on the event path every 2 s.
+                if pinned(&self.allow).is_some() && now.is_some() && now == *stamp {
+                    return false;
+                }
+                *stamp = now;
                 let new = match resolve::resolve_file(&path, pinned(&self.allow)) {
                     Ok(new) => Some(new),
                     Err(why) => {
@@ -313,9 +326,8 @@ impl Policy {
                 })
             })
             .collect::<Result<_, _>>()?;
-        let now = Instant::now();
         for rule in &mut connect {
-            rule.refresh(now);
+            rule.refresh();
         }
         if c.max_processes == Some(0) {
             return Err(PolicyError::Limit {
@@ -342,14 +354,15 @@ impl Policy {
         Ok(policy)
     }
 
-    /// Resolves file rules and due host names again; true when anything changed.
-    pub fn refresh(&mut self, now: Instant) -> bool {
+    /// Resolves file rules and takes host names' latest addresses; true
+    /// when anything changed.
+    pub fn refresh(&mut self) -> bool {
         let mut changed = false;
         for r in &mut self.exec {
             changed |= r.refresh();
         }
         for r in &mut self.connect {
-            changed |= r.refresh(now);
+            changed |= r.refresh();
         }
         changed
     }
@@ -404,16 +417,13 @@ impl Policy {
         let file = FileId { dev, ino };
         let hit = self.exec.iter().find_map(|r| {
             let hit = match &r.target {
-                ExecTarget::File { id } => ino != 0 && *id == Some(file),
+                ExecTarget::File { id, .. } => ino != 0 && *id == Some(file),
                 ExecTarget::Dir { resolved, .. } => exe.starts_with(resolved.as_str()),
                 ExecTarget::Glob {
                     glob, dirs: true, ..
                 } => {
                     // Any parent directory of the file matching the glob.
-                    std::path::Path::new(exe)
-                        .ancestors()
-                        .skip(1)
-                        .any(|a| glob.is_match(a))
+                    Path::new(exe).ancestors().skip(1).any(|a| glob.is_match(a))
                 }
                 ExecTarget::Glob { glob, ids, .. } => ids.contains(&file) || glob.is_match(exe),
             };
@@ -528,10 +538,10 @@ impl Policies {
     }
 
     /// Resolves every policy's rules again; the names of those that changed.
-    pub fn refresh(&mut self, now: Instant) -> Vec<String> {
+    pub fn refresh(&mut self) -> Vec<String> {
         self.by_name
             .iter_mut()
-            .filter_map(|(name, p)| p.refresh(now).then(|| name.clone()))
+            .filter_map(|(name, p)| p.refresh().then(|| name.clone()))
             .collect()
     }
 
@@ -674,6 +684,38 @@ mod tests {
             Err(PolicyError::Connect { .. })
         ));
         assert!(load("/usr/bin/true", "127.0.0.1:80", Mode::Enforce).is_ok());
+    }
+
+    #[test]
+    fn a_pinned_file_is_hashed_again_only_when_it_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let tool = dir.path().join("tool");
+        std::fs::write(&tool, b"v1").unwrap();
+        let sum = resolve::sha256_file(&tool).unwrap();
+        let mut p = Policy::load(
+            "p",
+            &PolicyConfig {
+                exec: ExecConfig {
+                    allow: vec![toml::Spanned::new(
+                        0..0,
+                        ExecAllow::Pinned {
+                            path: tool.display().to_string(),
+                            sha256: sum,
+                        },
+                    )],
+                },
+                ..PolicyConfig::default()
+            },
+        )
+        .unwrap();
+        let meta = std::fs::metadata(&tool).unwrap();
+        let tool_str = tool.display().to_string();
+        assert!(!p.check_exec(&tool_str, meta.dev(), meta.ino()).is_deny());
+        assert!(!p.refresh(), "unchanged: nothing to do");
+        // Same inode, other bytes: the pin no longer holds.
+        std::fs::write(&tool, b"v2").unwrap();
+        assert!(p.refresh(), "a write changes the file's stamp");
+        assert!(p.check_exec(&tool_str, meta.dev(), meta.ino()).is_deny());
     }
 
     #[test]

@@ -34,6 +34,31 @@ impl FileId {
     }
 }
 
+/// What a file looks like without reading it: identity and change time
+/// (`ctime` moves on every write, rename over it, or chmod).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    id: FileId,
+    ctime: i64,
+    ctime_nsec: i64,
+}
+
+impl Stamp {
+    /// The stamp of the file at `path` now (symlinks followed).
+    #[must_use]
+    pub fn of(path: &Path) -> Option<Self> {
+        let meta = std::fs::metadata(path).ok()?;
+        Some(Self {
+            id: FileId {
+                dev: meta.dev(),
+                ino: meta.ino(),
+            },
+            ctime: meta.ctime(),
+            ctime_nsec: meta.ctime_nsec(),
+        })
+    }
+}
+
 /// glibc's `st_dev` encoding to the kernel's internal `dev_t`.
 #[must_use]
 pub fn st_dev_to_kernel_dev(dev: u64) -> u32 {
