@@ -166,6 +166,35 @@ impl Drop for TempDir {
     }
 }
 
+/// Runs `sensor daemon` on a config file holding `toml`, alone: its own temp
+/// dir (config, socket, state, events) and its own bpffs pin dir, both
+/// removed afterwards, so a daemon that wrongly starts touches nothing
+/// shared. For configs the daemon must refuse: returns the config's path and
+/// the daemon's output; a daemon still running after `timeout` is killed and
+/// that is an error.
+pub fn daemon_on_config(toml: &str, timeout: Duration) -> Result<(PathBuf, Output)> {
+    let tmp = TempDir::new("bad-config")?;
+    let config = tmp.path().join("sensor.toml");
+    fs::write(&config, toml).with_context(|| format!("write {}", config.display()))?;
+    let pin_dir = Path::new(BPFFS).join(marker());
+    let mut cmd = Command::new(sensor_bin()?);
+    cmd.arg("daemon")
+        .arg("--config")
+        .arg(&config)
+        .arg("--socket")
+        .arg(tmp.path().join("s.sock"))
+        .arg("--state-dir")
+        .arg(tmp.path().join("state"))
+        .arg("--pin-dir")
+        .arg(&pin_dir)
+        .arg("--output")
+        .arg(format!("file:{}", tmp.path().join("e.jsonl").display()));
+    let result = run_with_timeout(&mut cmd, timeout);
+    let _ = fs::remove_dir_all(&pin_dir);
+    let (_, out) = result?;
+    Ok((config, out))
+}
+
 /// Runs a command to completion (stdin null, stdout and stderr captured),
 /// killing it and failing after `timeout`. Returns its pid and output.
 pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<(u32, Output)> {

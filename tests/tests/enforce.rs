@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use sensor_tests::{
-    Checks, Daemon, EVENT_TIMEOUT, TempDir, canonical, canonical_str, check, compact, dump,
-    helper_bin, marker, run_with_timeout, sensor_bin, text,
+    Checks, Daemon, EVENT_TIMEOUT, TempDir, canonical, canonical_str, check, compact,
+    daemon_on_config, dump, helper_bin, marker, run_with_timeout, sensor_bin, text,
 };
 use serde_json::Value;
 
@@ -2083,37 +2083,13 @@ fn an_enforce_policy_with_errors_stops_the_daemon_at_start_up() -> Result<()> {
     ];
     // All at once (each in its own temp dir and pin dir): a daemon that
     // wrongly starts costs its timeout once, not once per case.
-    let sensor = sensor_bin()?;
     let handles: Vec<_> = cases
         .iter()
         .map(|(case, toml, line)| {
-            let (case, toml, line, sensor) = (
-                case.to_string(),
-                toml.clone(),
-                line.to_string(),
-                sensor.clone(),
-            );
+            let (case, toml, line) = (case.to_string(), toml.clone(), line.to_string());
             thread::spawn(move || -> Result<Option<String>> {
-                let tmp = TempDir::new("enf-bad-start")?;
-                let config = tmp.path().join("sensor.toml");
-                fs::write(&config, &toml)?;
-                let pin_dir = Path::new(sensor_tests::BPFFS).join(marker());
-                let mut cmd = Command::new(&sensor);
-                cmd.arg("daemon")
-                    .arg("--config")
-                    .arg(&config)
-                    .arg("--socket")
-                    .arg(tmp.path().join("s.sock"))
-                    .arg("--state-dir")
-                    .arg(tmp.path().join("state"))
-                    .arg("--pin-dir")
-                    .arg(&pin_dir)
-                    .arg("--output")
-                    .arg(format!("file:{}", tmp.path().join("e.jsonl").display()));
-                let result = run_with_timeout(&mut cmd, Duration::from_secs(15));
-                let _ = fs::remove_dir_all(&pin_dir);
-                let out = match result {
-                    Ok((_, out)) => out,
+                let (config, out) = match daemon_on_config(&toml, Duration::from_secs(15)) {
+                    Ok(done) => done,
                     Err(e) => {
                         return Ok(Some(format!(
                             "{case}: the daemon started with a bad config ({e:#}):\n{toml}"

@@ -6,7 +6,9 @@
 use std::{net::TcpListener, os::unix::fs::symlink, process::Command, time::Duration};
 
 use anyhow::{Context, Result, ensure};
-use sensor_tests::{Daemon, EVENT_TIMEOUT, TempDir, marker, run_with_timeout, sensor_bin, text};
+use sensor_tests::{
+    Daemon, EVENT_TIMEOUT, TempDir, daemon_on_config, marker, run_with_timeout, sensor_bin, text,
+};
 use serde_json::Value;
 
 /// The exec of argv `[first, marker]` (result ok), once the daemon wrote it.
@@ -194,20 +196,7 @@ fn connect_verdicts_by_cidr_and_port_and_sub_runs_inherit_the_policy() -> Result
 
 /// Starts `sensor daemon --config` with `toml` and expects it to refuse.
 fn refused(toml: &str) -> Result<String> {
-    let tmp = TempDir::new("policy-bad")?;
-    let config = tmp.path().join("sensor.toml");
-    std::fs::write(&config, toml)?;
-    let mut cmd = Command::new(sensor_bin()?);
-    cmd.arg("daemon")
-        .arg("--config")
-        .arg(&config)
-        .arg("--socket")
-        .arg(tmp.path().join("s.sock"))
-        .arg("--state-dir")
-        .arg(tmp.path().join("state"))
-        .arg("--output")
-        .arg(format!("file:{}", tmp.path().join("e.jsonl").display()));
-    let (_, out) = run_with_timeout(&mut cmd, Duration::from_secs(30))?;
+    let (config, out) = daemon_on_config(toml, Duration::from_secs(30))?;
     let err = text(&out.stderr);
     ensure!(
         !out.status.success(),
