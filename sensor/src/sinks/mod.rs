@@ -5,6 +5,7 @@
 
 mod file;
 mod spec;
+pub mod transport;
 
 use std::{
     io::Write,
