@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::{
     paths,
-    sinks::{OutputSpec, SpecError},
+    sinks::{OutputSpec, SpecError, check_unique_names},
 };
 
 /// The whole file.
@@ -26,13 +26,98 @@ pub struct Config {
     /// `[policy.NAME]` allow-lists.
     #[serde(rename = "policy")]
     pub policies: std::collections::BTreeMap<String, crate::policy::PolicyConfig>,
+    /// `[[output]]` tables: an output SPEC with its options as keys.
+    #[serde(rename = "output")]
+    pub outputs: Vec<OutputTable>,
+    pub metrics: MetricsConfig,
+}
+
+/// `[[output]]`: the same options a SPEC takes after its commas.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OutputTable {
+    pub spec: String,
+    pub name: Option<String>,
+    pub format: Option<String>,
+    pub kinds: Option<Vec<String>>,
+    pub runs_only: Option<bool>,
+    pub max_size: Option<Size>,
+    pub keep: Option<u32>,
+    pub shape: Option<String>,
+    pub token: Option<String>,
+    pub token_env: Option<String>,
+    pub gzip: Option<bool>,
+    pub index: Option<String>,
+    pub ca: Option<PathBuf>,
+    pub spool_max: Option<Size>,
+}
+
+/// A size in bytes, or with a unit: `"256MB"`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+impl std::fmt::Display for Size {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Bytes(n) => write!(f, "{n}"),
+            Self::Text(s) => f.write_str(s),
+        }
+    }
+}
+
+impl OutputTable {
+    /// The output this table describes.
+    pub fn to_spec(&self) -> Result<OutputSpec, SpecError> {
+        // Parse the target (and any options written in `spec`), then apply
+        // the table's keys, then check the whole.
+        let mut spec = OutputSpec::parse_options(&self.spec)?;
+        let mut options: Vec<(&str, String)> = Vec::new();
+        let mut opt = |key: &'static str, value: Option<String>| {
+            if let Some(v) = value {
+                options.push((key, v));
+            }
+        };
+        opt("name", self.name.clone());
+        opt("format", self.format.clone());
+        opt("kinds", self.kinds.as_ref().map(|k| k.join("+")));
+        opt("runs_only", self.runs_only.map(|b| b.to_string()));
+        opt("max_size", self.max_size.as_ref().map(ToString::to_string));
+        opt("keep", self.keep.map(|n| n.to_string()));
+        opt("shape", self.shape.clone());
+        opt("token", self.token.clone());
+        opt("token_env", self.token_env.clone());
+        opt("gzip", self.gzip.map(|b| b.to_string()));
+        opt("index", self.index.clone());
+        opt("ca", self.ca.as_ref().map(|p| p.display().to_string()));
+        opt(
+            "spool_max",
+            self.spool_max.as_ref().map(ToString::to_string),
+        );
+        for (key, value) in options {
+            spec.set_option(key, &value, &self.spec)?;
+        }
+        spec.finish(&self.spec)
+    }
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve Prometheus metrics at http://ADDR/metrics (off when absent).
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// `[daemon]`
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct DaemonConfig {
-    /// Output SPECs (`-`, `file:PATH`); `--output` replaces them.
+    /// Output SPECs (`-`, `file:PATH`, `syslog+tls://…`, …); `[[output]]`
+    /// tables add to them, `--output` replaces both [default: -].
     pub outputs: Vec<String>,
     /// Control socket; `--socket` / `SENSOR_SOCKET` override it.
     pub socket: PathBuf,
@@ -45,8 +130,8 @@ pub struct DaemonConfig {
 impl Default for DaemonConfig {
     fn default() -> Self {
         Self {
-            // JSON lines on stdout, the least surprising start.
-            outputs: vec!["-".to_owned()],
+            // None named: JSON lines on stdout, the least surprising start.
+            outputs: Vec::new(),
             socket: PathBuf::from(paths::SOCKET),
             state_dir: PathBuf::from(paths::STATE_DIR),
             pin_dir: PathBuf::from(paths::PIN_DIR),
@@ -94,7 +179,7 @@ pub enum ConfigError {
         column: usize,
         message: String,
     },
-    #[error("config {path}: [daemon] outputs")]
+    #[error("config {path}: outputs")]
     Output {
         path: PathBuf,
         #[source]
@@ -213,9 +298,23 @@ impl Config {
         Ok(policies)
     }
 
-    /// The configured outputs, parsed.
+    /// The configured outputs, parsed: `[daemon] outputs`, then the
+    /// `[[output]]` tables; stdout when there are none.
     pub fn output_specs(&self) -> Result<Vec<OutputSpec>, SpecError> {
-        self.daemon.outputs.iter().map(|s| s.parse()).collect()
+        let mut specs: Vec<OutputSpec> = self
+            .daemon
+            .outputs
+            .iter()
+            .map(|s| s.parse())
+            .collect::<Result<_, _>>()?;
+        for table in &self.outputs {
+            specs.push(table.to_spec()?);
+        }
+        if specs.is_empty() {
+            specs.push(OutputSpec::stdout());
+        }
+        check_unique_names(&specs)?;
+        Ok(specs)
     }
 }
 
@@ -235,7 +334,9 @@ mod tests {
     fn empty_file_means_defaults() {
         let c = Config::parse("", Path::new("x.toml")).unwrap();
         assert_eq!(c, Config::default());
-        assert_eq!(c.daemon.outputs, ["-"]);
+        let specs = c.output_specs().unwrap();
+        assert_eq!(specs.len(), 1);
+        assert_eq!(specs[0].to_string(), "-");
     }
 
     #[test]
@@ -246,6 +347,31 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.output_specs().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn output_tables() {
+        let c = Config::parse(
+            "[[output]]\nspec = \"http://127.0.0.1:8088/services/collector/event\"\nformat = \"ocsf\"\nkinds = [\"process.exec\"]\ntoken_env = \"HEC\"\nspool_max = \"8MB\"\n\n[[output]]\nspec = \"file:/tmp/x\"\nmax_size = 65536\n\n[metrics]\nlisten = \"127.0.0.1:9464\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        let specs = c.output_specs().unwrap();
+        assert_eq!(specs.len(), 2, "no stdout added when outputs are named");
+        assert_eq!(specs[0].format, crate::sinks::Format::Ocsf);
+        assert_eq!(specs[0].spool_max, 8 << 20);
+        assert_eq!(specs[0].token_env.as_deref(), Some("HEC"));
+        assert_eq!(specs[1].max_size, 65536);
+        assert!(c.metrics.listen.is_some());
+        let err = Config::parse(
+            "[[output]]\nspec = \"file:/tmp/x\"\ngzip = true\n",
+            Path::new("x.toml"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("outputs"), "{err}");
+        let err =
+            Config::parse("[daemon]\noutputs = [\"-\", \"-\"]\n", Path::new("x.toml")).unwrap_err();
+        assert!(matches!(err, ConfigError::Output { .. }), "{err}");
     }
 
     #[test]

@@ -135,6 +135,25 @@ pub fn proc_uid_in(proc_root: &Path, pid: u32) -> Option<u32> {
     Some(process.status().ok()?.ruid)
 }
 
+/// This sensor's id, made once per state directory and kept in
+/// `<state_dir>/instance_id`: unique across hosts and across daemons of one
+/// host, stable across restarts (receivers deduplicate by it and `seq`).
+pub fn instance_id(state_dir: &Path) -> io::Result<String> {
+    let path = state_dir.join("instance_id");
+    match fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    fs::create_dir_all(state_dir)?;
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, format!("{id}\n"))?;
+    fs::rename(&tmp, &path)?;
+    Ok(id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

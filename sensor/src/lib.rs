@@ -14,6 +14,7 @@ pub mod control;
 pub mod event;
 pub mod identity;
 pub mod loader;
+pub mod metrics;
 pub mod paths;
 pub mod pipeline;
 pub mod policy;

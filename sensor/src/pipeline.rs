@@ -17,10 +17,11 @@ use crate::{
         Command,
         protocol::{Request, Response},
     },
+    event::sequence::SeqFile,
     event::{Event, EventBuilder, Kind, Lost, raw},
     identity::Clock,
     loader::Probes,
-    sinks::{Batch, OutputHandle, Outputs},
+    sinks::{Batch, Line, OutputHandle, Outputs},
     status::DaemonState,
     store::{
         unix_ns,
@@ -62,7 +63,9 @@ pub struct Pipeline {
     output_handles: Vec<OutputHandle>,
     state: Arc<DaemonState>,
     batch: Vec<u8>,
-    batch_lines: u64,
+    batch_lines: Vec<Line>,
+    /// Where the event sequence is saved (a restart continues it).
+    seq_file: Option<SeqFile>,
     kernel_lost_seen: [u64; SLOT_KINDS.len()],
     output_dropped_seen: Vec<u64>,
     store_lost_seen: u64,
@@ -86,7 +89,8 @@ impl Pipeline {
             output_handles,
             state,
             batch: Vec::with_capacity(BATCH_BYTES * 2),
-            batch_lines: 0,
+            batch_lines: Vec::new(),
+            seq_file: None,
             kernel_lost_seen: [0; SLOT_KINDS.len()],
             output_dropped_seen,
             store_lost_seen: 0,
@@ -96,6 +100,14 @@ impl Pipeline {
             store_records: Vec::new(),
             config_path: None,
         }
+    }
+
+    /// Saves the event sequence in `seq_file` (its reservation is taken now).
+    #[must_use]
+    pub fn with_seq_file(mut self, mut seq_file: SeqFile) -> Self {
+        seq_file.keep_ahead(self.builder.next_seq());
+        self.seq_file = Some(seq_file);
+        self
     }
 
     /// Where `reload` reads the policies (the daemon's `--config`).
@@ -252,7 +264,13 @@ impl Pipeline {
     fn push(&mut self, event: &Event) {
         let begin = self.batch.len();
         if crate::event::write_json_line(event, &mut self.batch).is_ok() {
-            self.batch_lines += 1;
+            self.batch_lines.push(Line {
+                end: u32::try_from(self.batch.len()).unwrap_or(u32::MAX),
+                seq: event.seq,
+                time_ns: unix_ns(event.time.0),
+                kind: event.kind,
+                in_run: event.run.is_some(),
+            });
             self.state.count_event(event.kind);
             if self.store.is_some() {
                 self.store_records
@@ -268,7 +286,7 @@ impl Pipeline {
 
     /// Hands the current batch to the outputs.
     pub fn flush(&mut self) {
-        if self.batch_lines == 0 {
+        if self.batch_lines.is_empty() {
             return;
         }
         let bytes = Arc::new(std::mem::replace(
@@ -277,9 +295,8 @@ impl Pipeline {
         ));
         self.outputs.send(&Batch {
             bytes: Arc::clone(&bytes),
-            lines: self.batch_lines,
+            lines: Arc::new(std::mem::take(&mut self.batch_lines)),
         });
-        self.batch_lines = 0;
         if let Some(store) = &self.store {
             store.send(StoreBatch {
                 bytes,
@@ -320,14 +337,11 @@ impl Pipeline {
         self.state
             .set_runs(self.builder.attribution().active_runs());
         for (i, handle) in self.output_handles.iter().enumerate() {
-            let now = handle
-                .stats
-                .dropped
-                .load(std::sync::atomic::Ordering::Relaxed);
+            let now = handle.dropped();
             let delta = now.saturating_sub(self.output_dropped_seen[i]);
             self.output_dropped_seen[i] = now;
             if delta > 0 {
-                lost.by_output.insert(handle.spec.clone(), delta);
+                lost.by_output.insert(handle.name.clone(), delta);
             }
         }
         if let Some(store) = &self.store {
@@ -348,9 +362,21 @@ impl Pipeline {
         }
     }
 
+    /// Renews the sequence's reservation when it runs low (every tick).
+    fn save_seq(&mut self) {
+        let next = self.builder.next_seq();
+        if let Some(f) = &mut self.seq_file {
+            f.keep_ahead(next);
+        }
+    }
+
     /// Closes the outputs and the store after writing everything queued.
     pub fn close(mut self) {
         self.flush();
+        let next = self.builder.next_seq();
+        if let Some(f) = &mut self.seq_file {
+            f.stop_at(next);
+        }
         self.outputs.close();
         if let Some(store) = self.store.take() {
             store.close();
@@ -484,6 +510,7 @@ pub async fn run(
                     pipeline.run_changes(&swept);
                 }
                 pipeline.flush();
+                pipeline.save_seq();
                 if let Ok(clock) = Clock::now() {
                     pipeline.builder.set_clock(clock);
                 }
@@ -548,15 +575,20 @@ mod tests {
     use crate::{
         event::raw::{RawEvent, encode},
         identity::{Host, ProcessKeys},
-        sinks::{Format, OutputSpec},
+        sinks::OutputSpec,
     };
 
     fn pipeline(path: &std::path::Path) -> (Pipeline, Arc<DaemonState>) {
         let state = Arc::new(DaemonState::default());
-        let outputs = Outputs::open(&[OutputSpec::File {
-            path: path.to_owned(),
-            format: Format::Json,
-        }])
+        let spec: OutputSpec = format!("file:{}", path.display()).parse().unwrap();
+        let outputs = Outputs::open(
+            &[spec],
+            &crate::sinks::OutputContext {
+                state_dir: std::env::temp_dir(),
+                hostname: "h".into(),
+                instance_id: "i".into(),
+            },
+        )
         .unwrap();
         state.set_outputs(outputs.handles());
         let keys = ProcessKeys::new("b", 100);

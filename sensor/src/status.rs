@@ -12,7 +12,11 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{event::Kind, loader::AttachedProgram, sinks::OutputHandle};
+use crate::{
+    event::Kind,
+    loader::AttachedProgram,
+    sinks::{Health, OutputHandle},
+};
 
 /// Shared daemon state.
 pub struct DaemonState {
@@ -150,16 +154,7 @@ impl DaemonState {
             outputs: self
                 .outputs
                 .get()
-                .map(|o| {
-                    o.iter()
-                        .map(|o| OutputStatus {
-                            spec: o.spec.clone(),
-                            written: o.stats.written.load(Ordering::Relaxed),
-                            dropped: o.stats.dropped.load(Ordering::Relaxed),
-                            write_errors: o.stats.write_errors.load(Ordering::Relaxed),
-                        })
-                        .collect()
-                })
+                .map(|o| o.iter().map(OutputStatus::of).collect())
                 .unwrap_or_default(),
             store: self.store.get().map(|(path, s)| StoreStatus {
                 path: path.display().to_string(),
@@ -217,10 +212,57 @@ pub struct LostStatus {
     pub by_kind: BTreeMap<String, u64>,
 }
 
+/// One output's health and counters.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct OutputStatus {
+    /// Its name (metrics label, spool directory).
+    pub name: String,
+    /// Its SPEC, token hidden.
     pub spec: String,
+    pub format: String,
+    /// `ok`, or `retrying` while the receiver fails (events are spooled).
+    pub state: String,
+    /// Events written (stdout, file) or acknowledged by the receiver.
+    pub sent: u64,
+    /// Same as `sent` (the name of the first version).
     pub written: u64,
+    /// Events lost: queue full, write failed, spool full.
     pub dropped: u64,
+    /// Events the receiver refused for good.
+    pub failed: u64,
     pub write_errors: u64,
+    /// Events waiting in the spool, and their bytes.
+    pub spooled: u64,
+    pub spool_bytes: u64,
+    pub last_error: Option<String>,
+    /// Unix ms of the last delivery (null: none yet).
+    pub last_ok_ms: Option<u64>,
+}
+
+impl OutputStatus {
+    #[must_use]
+    pub fn of(o: &OutputHandle) -> Self {
+        let sent = o.stats.sent.load(Ordering::Relaxed);
+        let (spooled, spool_bytes) = o.spooled();
+        let last_ok = o.stats.last_ok_ms.load(Ordering::Relaxed);
+        Self {
+            name: o.name.clone(),
+            spec: o.spec.clone(),
+            format: o.format.as_str().to_owned(),
+            state: match o.stats.health() {
+                Health::Ok => "ok",
+                Health::Retrying => "retrying",
+            }
+            .to_owned(),
+            sent,
+            written: sent,
+            dropped: o.dropped(),
+            failed: o.stats.failed.load(Ordering::Relaxed),
+            write_errors: o.stats.write_errors.load(Ordering::Relaxed),
+            spooled,
+            spool_bytes,
+            last_error: o.stats.last_error(),
+            last_ok_ms: (last_ok > 0).then_some(last_ok),
+        }
+    }
 }

@@ -18,6 +18,9 @@
 //! [`Daemon::start_with_config`] passes a `--config` file. `SENSOR_TEST_KEEP=1` keeps each test's temp dir (events file,
 //! daemon stderr) for inspection.
 
+pub mod ocsf;
+pub mod servers;
+
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::env;

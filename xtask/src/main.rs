@@ -2,12 +2,14 @@
 //!
 //! xtask never builds the eBPF programs itself: `sensor/build.rs` does that
 //! through aya-build. xtask installs what that build needs (`setup`), then
-//! drives `build`, `run`, `test` (the CI entry) and `bench`.
+//! drives `build`, `run`, `test` (the CI entry), `bench` and `install`.
 
 mod agents;
 mod bench;
 mod build;
 mod ci;
+mod install;
+mod ocsf;
 mod setup;
 mod stats;
 mod storm;
@@ -78,6 +80,19 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         sensor_bin: Option<std::path::PathBuf>,
     },
+    /// Build the release binary and install it with the systemd unit and the
+    /// example config (kept when a config exists) under --root.
+    Install {
+        /// Install into this tree instead of the running system
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: std::path::PathBuf,
+        /// Installation prefix of the binary (<root><prefix>/bin/sensor)
+        #[arg(long, value_name = "DIR", default_value = "/usr/local")]
+        prefix: std::path::PathBuf,
+        /// Install target/release/sensor as it is, without building it
+        #[arg(long)]
+        no_build: bool,
+    },
     /// Run one storm driver and print its time (used by bench; for manual runs).
     #[command(hide = true)]
     Storm {
@@ -134,6 +149,15 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             no_setup,
             workloads: workload,
             sensor_bin,
+        }),
+        Command::Install {
+            root,
+            prefix,
+            no_build,
+        } => install::install(&install::Options {
+            root,
+            prefix,
+            no_build,
         }),
         Command::Storm { kind, n } => {
             let elapsed = match kind {

@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    agents,
+    agents, ocsf,
     util::{self, is_root},
 };
 
@@ -27,6 +27,15 @@ pub const APT_PACKAGES: &[&str] = &[
     "util-linux",
     // The report test renders the page in headless Chromium.
     "chromium",
+    // Real receivers for the output tests (tests/tests/outputs.rs): rsyslogd
+    // over TCP and TLS (the ossl stream driver), nats-server with JetStream,
+    // and the openssl CLI that makes their test CA.
+    "rsyslog",
+    "rsyslog-openssl",
+    "nats-server",
+    "openssl",
+    // `systemd-analyze verify` of dist/sensor.service (xtask/src/install.rs tests).
+    "systemd",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -71,6 +80,7 @@ pub fn setup() -> Result<()> {
         bpf_linker()?;
         mounts()?;
         agents::ensure_agent_clis().context("agent CLIs (for tests/tests/agent_clis.rs)")?;
+        ocsf::ensure_ocsf_validator().context("OCSF validator (tests/ocsf)")?;
         kernel_facts();
         Ok(())
     });

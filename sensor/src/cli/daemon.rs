@@ -11,12 +11,13 @@ use crate::{
     config::Config,
     control,
     event::EventBuilder,
-    identity::{Clock, Host, ProcessKeys, clock_ticks_per_second},
+    event::sequence::SeqFile,
+    identity::{self, Clock, Host, ProcessKeys, clock_ticks_per_second},
     loader::{self, Kernel},
-    paths,
+    metrics, paths,
     pipeline::{self, KernelStreams, Pipeline},
     policy::{kernel::Enforcement, selftest},
-    sinks::Outputs,
+    sinks::{OutputContext, Outputs},
     status::DaemonState,
     store::writer::{Retention, StoreWriter},
 };
@@ -55,7 +56,24 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
     // Everything that can fail on bad input fails before the kernel is touched.
     let matchers = Matchers::new(&config.agents)?;
     let runs = RunTable::load(&runs_path)?;
-    let outputs = Outputs::open(&specs)?;
+    let host = Host::current().context("reading host name and boot id")?;
+    let instance_id = identity::instance_id(&state_dir)
+        .with_context(|| format!("state dir {}: instance id", state_dir.display()))?;
+    let outputs = Outputs::open(
+        &specs,
+        &OutputContext {
+            state_dir: state_dir.clone(),
+            hostname: host.name.clone(),
+            instance_id,
+        },
+    )?;
+    // Numbering continues after the last run's events, those still spooled included.
+    let seq_file = SeqFile::open(&state_dir);
+    let first_seq = seq_file.start().max(outputs.last_spooled_seq() + 1);
+    let metrics = match config.metrics.listen {
+        Some(addr) => Some(metrics::MetricsServer::bind(addr)?),
+        None => None,
+    };
     let store = if config.store.enabled && !args.no_store {
         Some(StoreWriter::start(
             &db,
@@ -69,7 +87,6 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    let host = Host::current().context("reading host name and boot id")?;
     let keys = ProcessKeys::new(&host.boot_id, clock_ticks_per_second());
     let clock = Clock::now().context("reading clocks")?;
 
@@ -81,6 +98,9 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
         let listener = control::bind(&socket)?;
         let state = Arc::new(DaemonState::default());
         state.set_outputs(outputs.handles());
+        if let Some(m) = metrics {
+            m.serve(Arc::clone(&state))?;
+        }
         let Kernel {
             probes,
             events,
@@ -118,6 +138,7 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
             "restored state"
         );
         let mut builder = EventBuilder::new(host, keys, clock, attribution)
+            .with_first_seq(first_seq)
             .with_policies(policies)
             .with_enforcement(enforcement)
             .context("installing the policies in the kernel")?;
@@ -132,7 +153,8 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
             );
         }
         let mut pipeline = Pipeline::new(builder, outputs, Arc::clone(&state))
-            .with_config_path(args.config.clone());
+            .with_config_path(args.config.clone())
+            .with_seq_file(seq_file);
         if let Some(store) = store {
             pipeline = pipeline.with_store(store);
         }

@@ -52,10 +52,21 @@ pub fn execute(args: &StatusArgs) -> anyhow::Result<ExitCode> {
             println!("undecodable records: {}", report.decode_errors);
         }
         for o in &report.outputs {
-            println!(
-                "output {}: written {} dropped {} write errors {}",
-                o.spec, o.written, o.dropped, o.write_errors
+            let mut line = format!(
+                "output {} ({}, {}): {}, sent {} dropped {} failed {}",
+                o.name, o.spec, o.format, o.state, o.sent, o.dropped, o.failed
             );
+            if o.spooled > 0 || o.spool_bytes > 0 {
+                line.push_str(&format!(
+                    ", spooled {} ({} KiB)",
+                    o.spooled,
+                    o.spool_bytes / 1024
+                ));
+            }
+            if let Some(e) = o.last_error.as_deref().filter(|_| o.state != "ok") {
+                line.push_str(&format!(", last error: {e}"));
+            }
+            println!("{line}");
         }
     }
     Ok(if report.ready {

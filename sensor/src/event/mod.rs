@@ -5,6 +5,7 @@
 //! argv and paths. Field names are part of the user contract (DESIGN.md).
 
 pub mod raw;
+pub mod sequence;
 
 use std::{collections::BTreeMap, net::IpAddr, sync::Arc, time::SystemTime};
 
@@ -56,6 +57,12 @@ impl Kind {
         Self::RunEnd,
         Self::PolicyViolation,
     ];
+
+    /// The kind named `name` (`process.exec`, ...).
+    #[must_use]
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
 
     #[must_use]
     pub const fn as_str(self) -> &'static str {
@@ -515,6 +522,19 @@ impl EventBuilder {
     /// Re-measures the boot-time to wall-clock offset (NTP steps, suspend).
     pub fn set_clock(&mut self, clock: Clock) {
         self.clock = clock;
+    }
+
+    /// The seq the next event gets.
+    #[must_use]
+    pub const fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Numbers events from `next` on (a restart continues the sequence).
+    #[must_use]
+    pub fn with_first_seq(mut self, next: u64) -> Self {
+        self.next_seq = next.max(1);
+        self
     }
 
     fn seq(&mut self) -> u64 {

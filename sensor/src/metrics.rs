@@ -1,0 +1,234 @@
+//! Prometheus metrics at `http://<[metrics] listen>/metrics`, read from the
+//! same counters as `sensor status` at each scrape:
+//!
+//! ```text
+//! sensor_events_total{kind}              events emitted
+//! sensor_kernel_lost_total{kind}         events the kernel could not hand over
+//! sensor_runs_active                     agent runs in progress
+//! sensor_output_sent_total{output}       written or acknowledged by the receiver
+//! sensor_output_failed_total{output}     refused by the receiver for good
+//! sensor_output_dropped_total{output}    lost: queue full, write failed, spool full
+//! sensor_output_spooled{output}          waiting in the spool (events)
+//! sensor_output_spool_bytes{output}      waiting in the spool (bytes)
+//! sensor_output_up{output}               1 when the last delivery worked
+//! sensor_store_written_total, sensor_store_dropped_total
+//! ```
+
+use std::{net::SocketAddr, sync::Arc};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+
+use crate::status::DaemonState;
+
+/// The listening socket, bound at start so a bad address fails start-up.
+pub struct MetricsServer {
+    server: tiny_http::Server,
+    addr: SocketAddr,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("metrics: cannot listen on {addr}: {message}")]
+pub struct MetricsError {
+    addr: SocketAddr,
+    message: String,
+}
+
+impl MetricsServer {
+    pub fn bind(addr: SocketAddr) -> Result<Self, MetricsError> {
+        let server = tiny_http::Server::http(addr).map_err(|e| MetricsError {
+            addr,
+            message: e.to_string(),
+        })?;
+        Ok(Self { server, addr })
+    }
+
+    /// Answers scrapes on a thread of its own until the process ends.
+    pub fn serve(self, state: Arc<DaemonState>) -> std::io::Result<()> {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(StateCollector(state)));
+        tracing::info!(addr = %self.addr, "serving Prometheus metrics at /metrics");
+        std::thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || {
+                for request in self.server.incoming_requests() {
+                    let response = if request.url().split('?').next() == Some("/metrics") {
+                        let mut body = String::new();
+                        match prometheus_client::encoding::text::encode(&mut body, &registry) {
+                            Ok(()) => {
+                                let response = tiny_http::Response::from_string(body);
+                                match tiny_http::Header::from_bytes(
+                                    &b"Content-Type"[..],
+                                    &b"application/openmetrics-text; version=1.0.0; charset=utf-8"
+                                        [..],
+                                ) {
+                                    Ok(h) => response.with_header(h),
+                                    Err(()) => response,
+                                }
+                            }
+                            Err(_) => tiny_http::Response::from_string("encoding failed")
+                                .with_status_code(500),
+                        }
+                    } else {
+                        tiny_http::Response::from_string("see /metrics\n").with_status_code(404)
+                    };
+                    let _ = request.respond(response);
+                }
+            })?;
+        Ok(())
+    }
+}
+
+struct StateCollector(Arc<DaemonState>);
+
+impl std::fmt::Debug for StateCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StateCollector")
+    }
+}
+
+fn counter_family(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[(String, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (value_label, v) in values {
+        let labels = [(label, value_label.as_str())];
+        ConstCounter::new(*v).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge_family(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[(String, i64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (value_label, v) in values {
+        let labels = [(label, value_label.as_str())];
+        ConstGauge::new(*v).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl Collector for StateCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let report = self.0.report();
+        let events: Vec<(String, u64)> = report
+            .events
+            .iter()
+            .filter(|(k, _)| k.as_str() != "total")
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        counter_family(
+            &mut encoder,
+            "sensor_events",
+            "Events emitted, by kind",
+            "kind",
+            &events,
+        )?;
+        let lost: Vec<(String, u64)> = report
+            .lost
+            .by_kind
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        counter_family(
+            &mut encoder,
+            "sensor_kernel_lost",
+            "Events lost in the kernel (ring buffer full), by kind",
+            "kind",
+            &lost,
+        )?;
+        let runs = ConstGauge::new(gauge(report.runs_active));
+        runs.encode(encoder.encode_descriptor(
+            "sensor_runs_active",
+            "Agent runs in progress",
+            None,
+            runs.metric_type(),
+        )?)?;
+        let per_output = |f: &dyn Fn(&crate::status::OutputStatus) -> u64| -> Vec<(String, u64)> {
+            report
+                .outputs
+                .iter()
+                .map(|o| (o.name.clone(), f(o)))
+                .collect()
+        };
+        counter_family(
+            &mut encoder,
+            "sensor_output_sent",
+            "Events written or acknowledged by the receiver",
+            "output",
+            &per_output(&|o| o.sent),
+        )?;
+        counter_family(
+            &mut encoder,
+            "sensor_output_failed",
+            "Events the receiver refused for good",
+            "output",
+            &per_output(&|o| o.failed),
+        )?;
+        counter_family(
+            &mut encoder,
+            "sensor_output_dropped",
+            "Events lost by the output: queue full, write failed, spool full",
+            "output",
+            &per_output(&|o| o.dropped),
+        )?;
+        let as_gauges = |v: Vec<(String, u64)>| -> Vec<(String, i64)> {
+            v.into_iter().map(|(k, n)| (k, gauge(n))).collect()
+        };
+        gauge_family(
+            &mut encoder,
+            "sensor_output_spooled",
+            "Events waiting in the output's spool",
+            "output",
+            &as_gauges(per_output(&|o| o.spooled)),
+        )?;
+        gauge_family(
+            &mut encoder,
+            "sensor_output_spool_bytes",
+            "Bytes waiting in the output's spool",
+            "output",
+            &as_gauges(per_output(&|o| o.spool_bytes)),
+        )?;
+        gauge_family(
+            &mut encoder,
+            "sensor_output_up",
+            "1 when the output's last delivery worked, 0 while it retries",
+            "output",
+            &as_gauges(per_output(&|o| u64::from(o.state == "ok"))),
+        )?;
+        if let Some(store) = &report.store {
+            let written = ConstCounter::new(store.written);
+            written.encode(encoder.encode_descriptor(
+                "sensor_store_written",
+                "Events written to the local store",
+                None,
+                MetricType::Counter,
+            )?)?;
+            let dropped = ConstCounter::new(store.dropped + store.failed);
+            dropped.encode(encoder.encode_descriptor(
+                "sensor_store_dropped",
+                "Events the local store could not keep",
+                None,
+                MetricType::Counter,
+            )?)?;
+        }
+        Ok(())
+    }
+}

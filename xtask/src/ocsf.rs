@@ -1,0 +1,73 @@
+//! The third-party OCSF validator of the tests (`tests/ocsf/validate.py`):
+//! a Python venv at `<target>/ocsf-venv` with the packages pinned in
+//! `tests/ocsf/requirements.txt` (ocsf-json-schema + jsonschema,
+//! pydantic-ocsf), made with Debian's `/usr/bin/python3` so it depends on no
+//! user's pyenv or PATH. A second `setup` compares the requirements with the
+//! copy saved in the venv after the last install and starts nothing.
+
+use std::{fs, path::PathBuf, process::Command};
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    setup::{ensure_apt, report},
+    util,
+};
+
+/// The interpreter of the venv (`python3-venv` provides ensurepip for it).
+const PYTHON: &str = "/usr/bin/python3";
+/// The requirements the venv was last installed from, inside the venv.
+const STAMP: &str = ".sensor-requirements.txt";
+
+/// Creates (or brings up to date) `<target>/ocsf-venv` with the pinned OCSF
+/// validation packages; returns the venv's python.
+pub fn ensure_ocsf_validator() -> Result<PathBuf> {
+    let root = util::workspace_root()?;
+    let requirements = root.join("tests").join("ocsf").join("requirements.txt");
+    let script = root.join("tests").join("ocsf").join("validate.py");
+    let wanted = fs::read_to_string(&requirements)
+        .with_context(|| format!("cannot read {}", requirements.display()))?;
+    let venv = util::target_dir()?.join("ocsf-venv");
+    let python = venv.join("bin").join("python");
+    let stamp = venv.join(STAMP);
+    let shown = "OCSF validator (target/ocsf-venv)";
+    if python.exists() && fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
+        report(false, shown, "present");
+        return Ok(python);
+    }
+    ensure_apt(&["python3-venv"])?;
+    if venv.exists() {
+        // Other pins, or a broken install: start over.
+        fs::remove_dir_all(&venv).with_context(|| format!("cannot remove {}", venv.display()))?;
+    }
+    if let Some(parent) = venv.parent() {
+        fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    eprintln!(
+        "  installing the OCSF validator into {} ...",
+        venv.display()
+    );
+    util::run(Command::new(PYTHON).args(["-m", "venv"]).arg(&venv))
+        .with_context(|| format!("creating the venv {}", venv.display()))?;
+    util::run(
+        Command::new(venv.join("bin").join("pip"))
+            .args([
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-input",
+                "--progress-bar",
+                "off",
+                "-r",
+            ])
+            .arg(&requirements),
+    )
+    .with_context(|| format!("installing {} (is PyPI reachable?)", requirements.display()))?;
+    // The script imports every package it uses before parsing its arguments.
+    util::output_ok(Command::new(&python).arg(&script).arg("--help"))
+        .context("the freshly installed OCSF validator does not start")?;
+    fs::write(&stamp, &wanted).with_context(|| format!("cannot write {}", stamp.display()))?;
+    report(true, shown, "installed tests/ocsf/requirements.txt");
+    Ok(python)
+}
