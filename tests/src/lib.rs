@@ -316,20 +316,32 @@ impl Daemon {
         let state_dir = dir.path().join("state");
         // Unique per daemon instance (pid of the test binary + counter).
         let pin_dir = Path::new(BPFFS).join(marker());
-        let mut args: Vec<OsString> = vec![
-            "--output".into(),
-            format!("file:{}", events_path.display()).into(),
+        let reference = format!("file:{}", events_path.display());
+        // `--output` replaces the config's outputs: a config that names its
+        // own (`[[output]]` tables) gets the reference file as one more table.
+        let config_outputs = config.is_some_and(|toml| toml.contains("[[output]]"));
+        let mut args: Vec<OsString> = Vec::new();
+        if !config_outputs {
+            args.push("--output".into());
+            args.push(reference.clone().into());
+        }
+        args.extend([
             "--socket".into(),
             socket.clone().into(),
             "--state-dir".into(),
             state_dir.clone().into(),
             "--pin-dir".into(),
             pin_dir.clone().into(),
-        ];
+        ]);
         let config_path = match config {
             Some(toml) => {
                 let path = dir.path().join("sensor.toml");
-                fs::write(&path, toml).with_context(|| format!("write {}", path.display()))?;
+                let text = if config_outputs {
+                    format!("{toml}\n[[output]]\nspec = {reference:?}\n")
+                } else {
+                    toml.to_owned()
+                };
+                fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
                 args.push("--config".into());
                 args.push(path.clone().into());
                 Some(path)

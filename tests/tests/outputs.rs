@@ -574,6 +574,163 @@ fn nats_jetstream_receives_every_event_in_order() -> Result<()> {
     c.finish()
 }
 
+/// One Prometheus sample `name{label="value"}` from `/metrics` at `addr`.
+fn scrape(addr: &str) -> Result<String> {
+    let mut stream =
+        TcpStream::connect(addr).with_context(|| format!("metrics: connect to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    ensure!(
+        answer.starts_with("HTTP/1.1 200"),
+        "GET /metrics: {}",
+        truncated(&answer, 300)
+    );
+    Ok(answer)
+}
+
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
+/// `[[output]]` tables in the config (name, kinds) and `[metrics]`: the
+/// filtered events reach NATS, and the metrics follow the output's health
+/// through an outage.
+#[test]
+fn config_output_tables_and_prometheus_metrics() -> Result<()> {
+    let mut nats = Nats::start()?;
+    nats.create_stream(NATS_STREAM, NATS_SUBJECT)?;
+    let metrics_addr = format!("127.0.0.1:{}", sensor_tests::servers::free_port()?);
+    let config = format!(
+        "[[output]]\nspec = \"{}\"\nname = \"fleet\"\nkinds = [\"process.exec\"]\n\n[metrics]\nlisten = \"{metrics_addr}\"\n",
+        nats_spec(&nats)
+    );
+    let d = Daemon::start_with_config(&config)?;
+    let last = workload(&d, 20)?;
+    let want = want_seqs(&reference_map(&d)?, last, |e| kind(e) == "process.exec");
+    let (got, _) = wait_delivery(
+        "the JetStream stream (kinds=process.exec)",
+        &want,
+        DELIVERY_TIMEOUT,
+        || delivered_nats(&nats),
+    )?;
+    let mut c = Checks::new();
+    let reference = reference_map(&d)?;
+    let other: Vec<u64> = got
+        .iter()
+        .filter(|s| reference.get(s).is_some_and(|e| kind(e) != "process.exec"))
+        .copied()
+        .collect();
+    check!(
+        c,
+        other.is_empty(),
+        "events of other kinds reached the exec-only output: {}",
+        ranges(&other)
+    );
+
+    // Healthy: the series exist and agree with status.
+    let o = wait_output_status(
+        &d,
+        "nats://",
+        Duration::from_secs(10),
+        "sent >= delivered",
+        |o| u64_field(o, "sent") >= want.len() as u64,
+    )?;
+    check!(
+        c,
+        str_at(&o, "/name") == Some("fleet"),
+        "the output's name is not fleet: {o}"
+    );
+    let m = scrape(&metrics_addr)?;
+    let sent = sample(&m, r#"sensor_output_sent_total{output="fleet"}"#);
+    check!(
+        c,
+        sent.is_some_and(|v| v >= want.len() as f64),
+        "sensor_output_sent_total for fleet: {sent:?}, want >= {}",
+        want.len()
+    );
+    check!(
+        c,
+        sample(&m, r#"sensor_output_up{output="fleet"}"#) == Some(1.0),
+        "fleet not up:\n{m}"
+    );
+    let execs = sample(&m, r#"sensor_events_total{kind="process.exec"}"#);
+    check!(
+        c,
+        execs.is_some_and(|v| v >= want.len() as f64),
+        "sensor_events_total exec: {execs:?}"
+    );
+    check!(
+        c,
+        sample(&m, r#"sensor_runs_active"#).is_some(),
+        "no sensor_runs_active:\n{m}"
+    );
+    check!(
+        c,
+        sample(&m, r#"sensor_output_dropped_total{output="fleet"}"#) == Some(0.0),
+        "fleet dropped events:\n{m}"
+    );
+
+    // Down: the output is reported down, with the exec events spooled.
+    nats.kill9()?;
+    workload(&d, 10)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let down = loop {
+        let m = scrape(&metrics_addr)?;
+        let up = sample(&m, r#"sensor_output_up{output="fleet"}"#);
+        let spooled = sample(&m, r#"sensor_output_spooled{output="fleet"}"#).unwrap_or(0.0);
+        if up == Some(0.0) && spooled >= 10.0 {
+            break Ok(m);
+        }
+        if Instant::now() > deadline {
+            break Err(anyhow!(
+                "with NATS down, fleet never showed up=0 and spooled>=10:\n{m}"
+            ));
+        }
+        thread::sleep(SERVER_POLL);
+    };
+    c.result(down.map(|_| ()));
+
+    // Back: everything arrives and the spool empties.
+    nats.restart()?;
+    let last = workload(&d, 5)?;
+    let want = want_seqs(&reference_map(&d)?, last, |e| kind(e) == "process.exec");
+    c.result(
+        wait_delivery(
+            "the JetStream stream after the outage",
+            &want,
+            RECOVERY_TIMEOUT,
+            || delivered_nats(&nats),
+        )
+        .map(|_| ()),
+    );
+    c.result(
+        wait_output_status(
+            &d,
+            "nats://",
+            Duration::from_secs(20),
+            "ok with an empty spool",
+            |o| str_at(o, "/state") == Some("ok") && u64_field(o, "spooled") == 0,
+        )
+        .map(|_| ()),
+    );
+    let m = scrape(&metrics_addr)?;
+    check!(
+        c,
+        sample(&m, r#"sensor_output_up{output="fleet"}"#) == Some(1.0),
+        "fleet not up again:\n{m}"
+    );
+    c.finish()
+}
+
 // ----- HTTP -----
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
