@@ -39,18 +39,21 @@ impl LineWriter {
         }
     }
 
-    /// Opens (appending to) `path`; it rotates past `max_size` bytes.
+    /// Opens (appending to) `path`; a regular file rotates past `max_size`
+    /// bytes. Anything else (`/dev/null`, a FIFO, a terminal) is written
+    /// as it is and never renamed.
     pub fn file(path: &Path, max_size: u64, keep: u32) -> io::Result<Self> {
         let file = open(path)?;
-        let size = file.metadata()?.len();
+        let meta = file.metadata()?;
+        let rotation = meta.file_type().is_file().then(|| Rotation {
+            path: path.to_owned(),
+            size: meta.len(),
+            max_size,
+            keep,
+        });
         Ok(Self {
             out: BufWriter::with_capacity(1 << 16, Box::new(file)),
-            rotation: Some(Rotation {
-                path: path.to_owned(),
-                size,
-                max_size,
-                keep,
-            }),
+            rotation,
         })
     }
 
@@ -181,6 +184,21 @@ mod tests {
         let joined = format!("{c}{b}{a}");
         assert!(all.concat().ends_with(&joined));
         assert!(joined.len() > 8000);
+    }
+
+    #[test]
+    fn devices_are_never_rotated() {
+        // /dev/null must stay /dev/null however much is written to it.
+        let mut w = LineWriter::file(Path::new("/dev/null"), 4096, 2).unwrap();
+        let line = vec![b'x'; 1023];
+        for _ in 0..64 {
+            w.write_lines(&[line.as_slice(), b"\n"].concat(), 1).unwrap();
+        }
+        w.flush().unwrap();
+        assert!(w.rotation.is_none());
+        let meta = fs::metadata("/dev/null").unwrap();
+        assert!(!meta.file_type().is_file(), "/dev/null became a regular file");
+        assert!(!Path::new("/dev/null.1").exists());
     }
 
     #[test]
