@@ -192,12 +192,16 @@ mod tests {
         let mut w = LineWriter::file(Path::new("/dev/null"), 4096, 2).unwrap();
         let line = vec![b'x'; 1023];
         for _ in 0..64 {
-            w.write_lines(&[line.as_slice(), b"\n"].concat(), 1).unwrap();
+            w.write_lines(&[line.as_slice(), b"\n"].concat(), 1)
+                .unwrap();
         }
         w.flush().unwrap();
         assert!(w.rotation.is_none());
         let meta = fs::metadata("/dev/null").unwrap();
-        assert!(!meta.file_type().is_file(), "/dev/null became a regular file");
+        assert!(
+            !meta.file_type().is_file(),
+            "/dev/null became a regular file"
+        );
         assert!(!Path::new("/dev/null.1").exists());
     }
 

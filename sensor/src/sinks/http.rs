@@ -73,14 +73,7 @@ const QUOTE: usize = 200;
 /// The bulk index used when none is set.
 pub const DEFAULT_INDEX: &str = "sensor-events";
 
-/// The body's format and the receiver's conventions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HttpShape {
-    /// Splunk HTTP Event Collector (`/services/collector/event`).
-    Hec,
-    /// Elasticsearch / OpenSearch `_bulk`.
-    Bulk,
-}
+pub use super::HttpShape;
 
 /// Where and how to send.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -393,10 +393,7 @@ fn transport_for(spec: &OutputSpec, ctx: &OutputContext) -> Result<Box<dyn Trans
         Target::Http { url, .. } => Box::new(
             http::Http::new(http::HttpConfig {
                 url: url.clone(),
-                shape: match spec.shape {
-                    Some(HttpShape::Bulk) => http::HttpShape::Bulk,
-                    _ => http::HttpShape::Hec,
-                },
+                shape: spec.shape.unwrap_or(HttpShape::Hec),
                 token: spec.resolve_token().map_err(setup)?,
                 gzip: spec.gzip,
                 index: spec.index.clone(),
@@ -541,7 +538,6 @@ fn send_loop(
     stats: &OutputStats,
     stopping: &AtomicBool,
 ) {
-    let max_bytes = transport.batch_bytes();
     let mut backoff = BACKOFF_FIRST;
     let mut stop_deadline: Option<Instant> = None;
     loop {
@@ -559,7 +555,8 @@ fn send_loop(
                 return;
             }
         }
-        let batch = match spool.read(max_bytes, Duration::from_millis(200)) {
+        // Asked each time: HTTP lowers it after a 413.
+        let batch = match spool.read(transport.batch_bytes(), Duration::from_millis(200)) {
             Ok(Some(b)) => b,
             Ok(None) => return,
             Err(e) => {
