@@ -17,7 +17,7 @@ use crate::{
     metrics, paths,
     pipeline::{self, KernelStreams, Pipeline},
     policy::{kernel::Enforcement, selftest},
-    sinks::{OutputContext, Outputs},
+    sinks::{OutputContext, Outputs, check_unique_names},
     status::DaemonState,
     store::writer::{Retention, StoreWriter},
 };
@@ -32,6 +32,8 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
     let specs = if args.outputs.is_empty() {
         config.output_specs()?
     } else {
+        // Each name is a spool directory and a metrics label: no two alike.
+        check_unique_names(&args.outputs)?;
         args.outputs.clone()
     };
     let socket = args
