@@ -79,6 +79,21 @@ pub fn workspace_root() -> PathBuf {
         .map_or_else(|| here.to_path_buf(), Path::to_path_buf)
 }
 
+/// `$CARGO_TARGET_DIR` (relative: from the workspace root), else `<workspace>/target`.
+pub fn target_dir() -> PathBuf {
+    match env::var_os("CARGO_TARGET_DIR") {
+        Some(t) if !t.is_empty() => {
+            let t = PathBuf::from(t);
+            if t.is_absolute() {
+                t
+            } else {
+                workspace_root().join(t)
+            }
+        }
+        _ => workspace_root().join("target"),
+    }
+}
+
 /// The `sensor` binary under test: `$SENSOR_BIN` (a relative path is taken
 /// from the workspace root), else `target/debug/sensor` of this workspace.
 pub fn sensor_bin() -> Result<PathBuf> {
@@ -91,19 +106,7 @@ pub fn sensor_bin() -> Result<PathBuf> {
                 workspace_root().join(p)
             }
         }
-        _ => {
-            let target = env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .map(|t| {
-                    if t.is_absolute() {
-                        t
-                    } else {
-                        workspace_root().join(t)
-                    }
-                })
-                .unwrap_or_else(|| workspace_root().join("target"));
-            target.join("debug").join("sensor")
-        }
+        _ => target_dir().join("debug").join("sensor"),
     };
     ensure!(
         path.is_file(),

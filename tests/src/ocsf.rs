@@ -2,35 +2,19 @@
 //! `tests/ocsf/validate.py` run by the venv `cargo xtask setup` makes at
 //! `<target>/ocsf-venv` (xtask/src/ocsf.rs; pins in tests/ocsf/requirements.txt).
 
-use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Result, bail, ensure};
 
-use crate::{run_with_timeout, text, workspace_root};
+use crate::{run_with_timeout, target_dir, text, workspace_root};
 
 const INSTALL_HINT: &str =
     "run `cargo xtask setup` (it installs the OCSF validator under target/ocsf-venv)";
 
 /// How long one validation may take (it loads the OCSF schema first: ~2 s).
 pub const VALIDATE_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// `$CARGO_TARGET_DIR` (relative: from the workspace root), else `<workspace>/target`.
-fn target_dir() -> PathBuf {
-    match env::var_os("CARGO_TARGET_DIR") {
-        Some(t) if !t.is_empty() => {
-            let t = PathBuf::from(t);
-            if t.is_absolute() {
-                t
-            } else {
-                workspace_root().join(t)
-            }
-        }
-        _ => workspace_root().join("target"),
-    }
-}
 
 /// The validator's python, `<target>/ocsf-venv/bin/python`, or an error saying
 /// how to install it.

@@ -15,7 +15,6 @@
 //! Run as root: `SENSOR_BIN=... cargo test -p sensor-tests --test agent_clis -- --test-threads=1`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::env;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -41,18 +40,7 @@ const CREWAI_VERSION: &str = "1.15.30";
 
 /// `<target>/agent-clis`, or an error saying how to install it.
 fn clis_dir() -> Result<PathBuf> {
-    let target = match env::var_os("CARGO_TARGET_DIR") {
-        Some(t) if !t.is_empty() => {
-            let t = PathBuf::from(t);
-            if t.is_absolute() {
-                t
-            } else {
-                workspace_root().join(t)
-            }
-        }
-        _ => workspace_root().join("target"),
-    };
-    let dir = target.join("agent-clis");
+    let dir = sensor_tests::target_dir().join("agent-clis");
     ensure!(dir.is_dir(), "{} is missing: {INSTALL_HINT}", dir.display());
     Ok(dir)
 }

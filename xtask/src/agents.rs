@@ -287,18 +287,26 @@ fn node_is_recent_enough() -> Result<()> {
 
 /// A fresh venv `<root>/venv/<package>` with the pinned package.
 fn install_venv(root: &Path, cli: &AgentCli) -> Result<()> {
-    ensure_apt(&["python3-venv"])?;
     let venv = cli.prefix(root);
+    eprintln!("  installing {} into {} ...", cli.spec(), venv.display());
+    let spec = cli.spec();
+    fresh_venv(&venv, &[spec.as_ref()])
+        .with_context(|| format!("installing {spec} (is PyPI reachable?)"))
+}
+
+/// A new venv at `venv` (an old one is removed first) with Debian's python,
+/// then `pip install <pip_args>` in it.
+pub(crate) fn fresh_venv(venv: &Path, pip_args: &[&std::ffi::OsStr]) -> Result<()> {
+    ensure_apt(&["python3-venv"])?;
     if venv.exists() {
         // Another version, or a broken install: start over.
-        fs::remove_dir_all(&venv).with_context(|| format!("cannot remove {}", venv.display()))?;
+        fs::remove_dir_all(venv).with_context(|| format!("cannot remove {}", venv.display()))?;
     }
     if let Some(parent) = venv.parent() {
         fs::create_dir_all(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
     }
-    eprintln!("  installing {} into {} ...", cli.spec(), venv.display());
-    util::run(Command::new(PYTHON).args(["-m", "venv"]).arg(&venv))
+    util::run(Command::new(PYTHON).args(["-m", "venv"]).arg(venv))
         .with_context(|| format!("creating the venv {}", venv.display()))?;
     util::run(
         Command::new(venv.join("bin").join("pip"))
@@ -310,9 +318,8 @@ fn install_venv(root: &Path, cli: &AgentCli) -> Result<()> {
                 "--progress-bar",
                 "off",
             ])
-            .arg(cli.spec()),
+            .args(pip_args),
     )
-    .with_context(|| format!("installing {} (is PyPI reachable?)", cli.spec()))
 }
 
 /// `<target>/agent-clis/home`, created.

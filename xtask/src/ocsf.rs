@@ -9,13 +9,8 @@ use std::{fs, path::PathBuf, process::Command};
 
 use anyhow::{Context as _, Result};
 
-use crate::{
-    setup::{ensure_apt, report},
-    util,
-};
+use crate::{agents, setup::report, util};
 
-/// The interpreter of the venv (`python3-venv` provides ensurepip for it).
-const PYTHON: &str = "/usr/bin/python3";
 /// The requirements the venv was last installed from, inside the venv.
 const STAMP: &str = ".sensor-requirements.txt";
 
@@ -35,35 +30,12 @@ pub fn ensure_ocsf_validator() -> Result<PathBuf> {
         report(false, shown, "present");
         return Ok(python);
     }
-    ensure_apt(&["python3-venv"])?;
-    if venv.exists() {
-        // Other pins, or a broken install: start over.
-        fs::remove_dir_all(&venv).with_context(|| format!("cannot remove {}", venv.display()))?;
-    }
-    if let Some(parent) = venv.parent() {
-        fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-    }
     eprintln!(
         "  installing the OCSF validator into {} ...",
         venv.display()
     );
-    util::run(Command::new(PYTHON).args(["-m", "venv"]).arg(&venv))
-        .with_context(|| format!("creating the venv {}", venv.display()))?;
-    util::run(
-        Command::new(venv.join("bin").join("pip"))
-            .args([
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--no-input",
-                "--progress-bar",
-                "off",
-                "-r",
-            ])
-            .arg(&requirements),
-    )
-    .with_context(|| format!("installing {} (is PyPI reachable?)", requirements.display()))?;
+    agents::fresh_venv(&venv, &["-r".as_ref(), requirements.as_os_str()])
+        .with_context(|| format!("installing {} (is PyPI reachable?)", requirements.display()))?;
     // The script imports every package it uses before parsing its arguments.
     util::output_ok(Command::new(&python).arg(&script).arg("--help"))
         .context("the freshly installed OCSF validator does not start")?;
