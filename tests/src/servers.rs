@@ -616,6 +616,11 @@ impl Rsyslog {
         self.port
     }
 
+    /// The rsyslogd process while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.pid()
+    }
+
     /// `127.0.0.1:PORT`.
     pub fn addr(&self) -> String {
         format!("{LOOPBACK}:{}", self.port)
@@ -814,6 +819,11 @@ impl Nats {
     /// The port it listens on.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The nats-server process while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.pid()
     }
 
     /// `nats://127.0.0.1:PORT`.
@@ -1067,6 +1077,13 @@ enum Mode {
 
 struct HttpShared {
     requests: Mutex<Vec<HttpRequest>>,
+    /// Whether [`HttpRequest::raw_body`] and [`HttpRequest::body`] are kept
+    /// (off for benchmarks: [`HttpReceiver::start_counting`]).
+    keep_bodies: bool,
+    /// Events in the requests answered 2xx (HEC objects, bulk actions).
+    events: AtomicU64,
+    /// Decoded body bytes of the requests answered 2xx.
+    body_bytes: AtomicU64,
     mode: Mutex<Mode>,
     /// Open client connections of the current incarnation (to cut on kill).
     conns: Mutex<Vec<(u64, TcpStream)>>,
@@ -1099,10 +1116,25 @@ pub struct HttpReceiver {
 impl HttpReceiver {
     /// Starts it on a free loopback port, answering 200.
     pub fn start() -> Result<Self> {
+        Self::start_with(true)
+    }
+
+    /// Like [`HttpReceiver::start`], but keeps no request bodies (each
+    /// recorded request has empty `raw_body` and `body`): for storms of
+    /// events, counted by [`HttpReceiver::events`] and
+    /// [`HttpReceiver::body_bytes`] instead.
+    pub fn start_counting() -> Result<Self> {
+        Self::start_with(false)
+    }
+
+    fn start_with(keep_bodies: bool) -> Result<Self> {
         let listener = TcpListener::bind((LOOPBACK, 0)).context("bind 127.0.0.1:0")?;
         let port = listener.local_addr()?.port();
         let shared = Arc::new(HttpShared {
             requests: Mutex::new(Vec::new()),
+            keep_bodies,
+            events: AtomicU64::new(0),
+            body_bytes: AtomicU64::new(0),
             mode: Mutex::new(Mode::Succeed),
             conns: Mutex::new(Vec::new()),
             next_conn: AtomicU64::new(0),
@@ -1153,6 +1185,17 @@ impl HttpReceiver {
     /// Every request so far (all incarnations), in arrival order.
     pub fn requests(&self) -> Vec<HttpRequest> {
         lock(&self.shared.requests).clone()
+    }
+
+    /// Events in the requests it answered 2xx so far (all incarnations):
+    /// HEC event objects, `_bulk` actions other than `delete`.
+    pub fn events(&self) -> u64 {
+        self.shared.events.load(Ordering::Relaxed)
+    }
+
+    /// Decoded (gunzipped) body bytes of the requests it answered 2xx so far.
+    pub fn body_bytes(&self) -> u64 {
+        self.shared.body_bytes.load(Ordering::Relaxed)
     }
 
     /// Whether it is listening now.
@@ -1344,15 +1387,14 @@ fn success_body(method: &str, path: &str, body: &[u8]) -> String {
         return r#"{"text":"Success","code":0}"#.to_owned();
     }
     if p.ends_with("/_bulk") {
-        let lines: Vec<Value> = text(body)
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).unwrap_or(Value::Null))
-            .collect();
+        let body = text(body);
+        let lines: Vec<&str> = body.lines().filter(|l| !l.trim().is_empty()).collect();
         let mut items = Vec::new();
         let mut i = 0;
         while i < lines.len() {
-            let action = lines[i]
+            // Only action lines are parsed: the documents are skipped.
+            let line: Value = serde_json::from_str(lines[i]).unwrap_or(Value::Null);
+            let action = line
                 .as_object()
                 .and_then(|o| o.iter().next())
                 .map(|(k, v)| (k.clone(), v.clone()));
@@ -1376,6 +1418,62 @@ fn success_body(method: &str, path: &str, body: &[u8]) -> String {
         .to_string();
     }
     "{}".to_owned()
+}
+
+/// Events in a (decoded) request body to `path`: HEC event objects, or
+/// `_bulk` actions other than `delete` (each followed by its document).
+fn count_events(path: &str, body: &[u8]) -> u64 {
+    let p = path.split('?').next().unwrap_or_default();
+    if p.contains("/services/collector") {
+        return count_json_objects(body);
+    }
+    if p.ends_with("/_bulk") {
+        let body = text(body);
+        let lines: Vec<&str> = body.lines().filter(|l| !l.trim().is_empty()).collect();
+        let mut events = 0;
+        let mut i = 0;
+        while i < lines.len() {
+            let action: Value = serde_json::from_str(lines[i]).unwrap_or(Value::Null);
+            if action.get("delete").is_some() {
+                i += 1;
+            } else {
+                events += 1;
+                i += 2;
+            }
+        }
+        return events;
+    }
+    0
+}
+
+/// Top-level JSON objects in concatenated JSON (HEC's batch body), counted
+/// by brace depth outside strings, without parsing them.
+fn count_json_objects(body: &[u8]) -> u64 {
+    let (mut depth, mut in_string, mut escaped, mut objects) = (0u32, false, false, 0u64);
+    for &b in body {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 && b == b'}' {
+                    objects += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    objects
 }
 
 fn failure_body(path: &str, status: u16) -> String {
@@ -1435,12 +1533,23 @@ fn serve_conn(conn: TcpStream, shared: &HttpShared) -> Result<()> {
             }
         };
         let answer = if (200..300).contains(&status) {
+            shared
+                .events
+                .fetch_add(count_events(&head.path, &body), Ordering::Relaxed);
+            shared
+                .body_bytes
+                .fetch_add(body.len() as u64, Ordering::Relaxed);
             success_body(&head.method, &head.path, &body)
         } else {
             failure_body(&head.path, status)
         };
         let close =
             head_value(&head, "connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let (raw_body, body) = if shared.keep_bodies {
+            (raw_body, body)
+        } else {
+            (Vec::new(), Vec::new())
+        };
         let idx = {
             let mut reqs = lock(&shared.requests);
             reqs.push(HttpRequest {
@@ -1494,6 +1603,15 @@ mod tests {
             ]
         );
         assert!(sd_elements("-").is_empty());
+    }
+
+    #[test]
+    fn counts_events_of_hec_and_bulk_bodies() {
+        let hec = br#"{"time":1,"event":{"a":"}{\"x","b":[{}]}}{"time":2,"event":{}}"#;
+        assert_eq!(count_events("/services/collector/event", hec), 2);
+        let bulk = b"{\"create\":{\"_index\":\"i\"}}\n{\"a\":1}\n{\"delete\":{\"_id\":\"x\"}}\n{\"index\":{}}\n{\"b\":2}\n";
+        assert_eq!(count_events("/_bulk", bulk), 2);
+        assert_eq!(count_events("/other", b"{}"), 0);
     }
 
     #[test]

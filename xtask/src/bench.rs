@@ -9,9 +9,13 @@
 //! Markdown table goes to stdout, the raw numbers to target/bench/results.json.
 //!
 //! The peers (auditd, bpftrace: see `peers`) are variants like the others;
-//! their losses are reported, not failed on. After the rounds, two separate
-//! measurements: kernel-to-output latency of a trickle of execs (`latency`)
-//! and daemon RSS with many live processes and runs (`memory`).
+//! their losses are reported, not failed on. `sensor+outputs` is the daemon
+//! with three network outputs to real servers (`outputs`): its losses fail
+//! like the other sensor variants', and its spools must empty after each
+//! storm with nothing dropped or failed. After the rounds, separate
+//! measurements: kernel-to-output latency of a trickle of execs (`latency`),
+//! daemon RSS with many live processes and runs (`memory`), and the events/s
+//! each network output delivers from its spool (`outputs`).
 //!
 //! Timing never fails the run; lost events or a broken tool (a daemon that
 //! does not start, stop cleanly or see the storm, a storm that fails, a peer
@@ -32,6 +36,7 @@ use serde_json::{Value, json};
 
 mod latency;
 mod memory;
+mod outputs;
 mod peers;
 
 use crate::{
@@ -107,6 +112,10 @@ enum Variant {
     /// and the storm inside a run bound to it: every exec and connect of the
     /// storm is decided (and allowed) in the kernel.
     SensorEnforce,
+    /// The daemon (`--no-store`) with three network outputs (syslog+tcp,
+    /// HTTP HEC with gzip, NATS JetStream) to real servers on loopback
+    /// (issue 7): see [`outputs`].
+    SensorOutputs,
     /// auditd with rules for execve, connect and clone, written to its log.
     Auditd,
     /// bpftrace printing fork, exec, exit and connect to a file.
@@ -119,6 +128,7 @@ const VARIANTS: &[Variant] = &[
     Variant::SensorStore,
     Variant::SensorRuns,
     Variant::SensorEnforce,
+    Variant::SensorOutputs,
     Variant::Auditd,
     Variant::Bpftrace,
 ];
@@ -189,6 +199,7 @@ impl Variant {
             Self::SensorStore => "sensor+store",
             Self::SensorRuns => "sensor+runs",
             Self::SensorEnforce => "sensor+enforce",
+            Self::SensorOutputs => "sensor+outputs",
             Self::Auditd => "auditd",
             Self::Bpftrace => "bpftrace",
         }
@@ -198,7 +209,11 @@ impl Variant {
     fn is_sensor(self) -> bool {
         matches!(
             self,
-            Self::Sensor | Self::SensorStore | Self::SensorRuns | Self::SensorEnforce
+            Self::Sensor
+                | Self::SensorStore
+                | Self::SensorRuns
+                | Self::SensorEnforce
+                | Self::SensorOutputs
         )
     }
 
@@ -250,6 +265,15 @@ impl Variant {
                 daemon.launch_self("bench-storm", Some("bench"))?;
                 Ok(Tool::Sensor(daemon))
             }
+            Self::SensorOutputs => {
+                // Fresh servers each round: what they store stays bounded.
+                let servers = outputs::VariantServers::start(env)?;
+                let mut args = vec!["--no-store".to_owned()];
+                args.extend(servers.output_args()?);
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let daemon = Daemon::start(env, round, &args)?;
+                Ok(Tool::SensorOutputs { daemon, servers })
+            }
             Self::Auditd => {
                 if let Some(err) = &env.peers_missing {
                     bail!("auditd is not available: {err}");
@@ -274,6 +298,11 @@ enum Tool {
         daemon: Daemon,
         sleepers: Vec<Child>,
     },
+    /// The daemon and the servers its outputs deliver to (dropped after it).
+    SensorOutputs {
+        daemon: Daemon,
+        servers: outputs::VariantServers,
+    },
     Auditd(peers::Auditd),
     Bpftrace(peers::Bpftrace),
 }
@@ -292,9 +321,9 @@ impl Tool {
     fn snapshot(&self) -> Result<Option<Value>> {
         match self {
             Self::None => Ok(None),
-            Self::Sensor(daemon) | Self::SensorRuns { daemon, .. } => {
-                daemon.status_json().map(Some)
-            }
+            Self::Sensor(daemon)
+            | Self::SensorRuns { daemon, .. }
+            | Self::SensorOutputs { daemon, .. } => daemon.status_json().map(Some),
             Self::Auditd(_) | Self::Bpftrace(_) => {
                 self.peer_lost().map(|lost| Some(json!({"lost": lost})))
             }
@@ -311,10 +340,43 @@ impl Tool {
         }
     }
 
+    /// The processes whose CPU time is reported: the daemon, and for
+    /// `sensor+outputs` its servers.
+    fn processes(&self) -> Vec<(&'static str, u32)> {
+        let mut processes: Vec<(&'static str, u32)> = self
+            .daemon()
+            .map(|daemon| ("daemon", daemon.child.id()))
+            .into_iter()
+            .collect();
+        if let Self::SensorOutputs { servers, .. } = self {
+            processes.extend(servers.processes());
+        }
+        processes
+    }
+
+    /// CPU seconds (user + system) each of [`Tool::processes`] used so far;
+    /// for `sensor+outputs` also the daemon's threads, by name, as
+    /// `thread:NAME`.
+    fn cpu_seconds(&self) -> BTreeMap<String, f64> {
+        let mut cpu: BTreeMap<String, f64> = self
+            .processes()
+            .into_iter()
+            .filter_map(|(name, pid)| Some((name.to_owned(), cpu_seconds(pid).ok()?)))
+            .collect();
+        if let Self::SensorOutputs { daemon, .. } = self {
+            for (name, seconds) in thread_cpu_seconds(daemon.child.id()) {
+                cpu.insert(format!("thread:{name}"), seconds);
+            }
+        }
+        cpu
+    }
+
     fn daemon(&self) -> Option<&Daemon> {
         match self {
             Self::None | Self::Auditd(_) | Self::Bpftrace(_) => None,
-            Self::Sensor(daemon) | Self::SensorRuns { daemon, .. } => Some(daemon),
+            Self::Sensor(daemon)
+            | Self::SensorRuns { daemon, .. }
+            | Self::SensorOutputs { daemon, .. } => Some(daemon),
         }
     }
 
@@ -370,7 +432,7 @@ impl Tool {
                 stopped?;
                 Ok(Some(lost?))
             }
-            Self::Sensor(daemon) => {
+            Self::Sensor(daemon) | Self::SensorOutputs { daemon, .. } => {
                 let status = daemon.status_json();
                 let stopped = daemon.stop();
                 let lost = status.and_then(|status| lost_total(&status));
@@ -380,6 +442,54 @@ impl Tool {
             }
         }
     }
+}
+
+/// User + system CPU seconds of process `pid` so far (/proc/PID/stat).
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    stat_cpu_seconds(&format!("/proc/{pid}/stat"))
+}
+
+/// CPU seconds of the live threads of `pid`, summed by thread name.
+fn thread_cpu_seconds(pid: u32) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let (Ok(name), Ok(seconds)) = (
+            fs::read_to_string(dir.join("comm")),
+            stat_cpu_seconds(&dir.join("stat").to_string_lossy()),
+        ) else {
+            continue;
+        };
+        *out.entry(name.trim().to_owned()).or_default() += seconds;
+    }
+    out
+}
+
+/// utime + stime of a /proc stat file, in seconds.
+fn stat_cpu_seconds(path: &str) -> Result<f64> {
+    let stat = fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
+    // After the command's closing parenthesis: state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |field: usize| -> Result<u64> {
+        fields
+            .get(field - 3)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no field {field} in {path}: {stat:?}"))
+    };
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let per_second = if per_second > 0 {
+        per_second as f64
+    } else {
+        100.0
+    };
+    Ok((ticks(14)? + ticks(15)?) as f64 / per_second)
 }
 
 fn lost_total(status: &Value) -> Result<u64> {
@@ -406,6 +516,9 @@ struct Env {
     out_dir: PathBuf,
     /// Why auditd and bpftrace could not be installed, if so.
     peers_missing: Option<String>,
+    /// The release-built HTTP receiver of the outputs benchmark, or why it
+    /// could not be built.
+    receiver_bin: Result<PathBuf, String>,
 }
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -676,6 +789,16 @@ struct Results {
     latency_execs: usize,
     /// User-space pipeline replay: (events, events per second).
     pipeline: Option<(u64, f64)>,
+    /// (workload index, variant) → per round, CPU seconds of each process
+    /// of the tool (daemon, servers) over the workload.
+    /// (`thread:NAME` for the threads of the sensor+outputs daemon.)
+    cpu: BTreeMap<(usize, &'static str), Vec<BTreeMap<String, f64>>>,
+    /// `sensor+outputs`: the spools' drain after each storm.
+    output_drains: Vec<outputs::Drain>,
+    /// `sensor+outputs`: delivered and received per output, each round.
+    output_rounds: Vec<outputs::RoundOutputs>,
+    /// Events/s each network output sustains from its spool.
+    output_throughput: Vec<outputs::Throughput>,
     problems: Vec<String>,
 }
 
@@ -964,6 +1087,7 @@ pub fn bench(options: &Options) -> Result<()> {
     let out_dir = util::target_dir()?.join("bench");
     fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
     let _ = fs::remove_file(out_dir.join("daemon.log"));
+    let _ = fs::remove_file(out_dir.join("http-receiver.log"));
     let socket_dir = std::env::temp_dir().join(format!("sensor-bench-{}", std::process::id()));
     fs::create_dir_all(&socket_dir)
         .with_context(|| format!("cannot create {}", socket_dir.display()))?;
@@ -971,11 +1095,13 @@ pub fn bench(options: &Options) -> Result<()> {
     // only the bench needs them. Failing to install them is a problem of
     // their variants, not a crash of the bench.
     let peers_missing = peers::install().err().map(|err| format!("{err:#}"));
+    let receiver_bin = outputs::build_receiver().map_err(|err| format!("{err:#}"));
     let env = Env {
         sensor_bin,
         socket_dir,
         out_dir,
         peers_missing,
+        receiver_bin,
     };
 
     let started = Instant::now();
@@ -987,6 +1113,7 @@ pub fn bench(options: &Options) -> Result<()> {
         if let Err(err) = measure_memory(&env, options.quick, &mut results) {
             results.problems.push(format!("memory: {err:#}"));
         }
+        outputs::measure_throughput(&env, options.quick, &mut results);
         if let Err(err) = measure_pipeline(&mut results) {
             results.problems.push(format!("pipeline: {err:#}"));
         }
@@ -1097,15 +1224,55 @@ fn run_variant(
     quick: bool,
     results: &mut Results,
 ) -> Result<()> {
-    let tool = variant.start(env, round, quick)?;
+    let mut tool = variant.start(env, round, quick)?;
     for (index, workload) in WORKLOADS.iter().enumerate() {
         if !workloads.iter().any(|w| w.name == workload.name) {
             continue;
         }
         let ops = workload.ops(quick);
+        let cpu_before = tool.cpu_seconds();
         let before = tool.snapshot()?;
         let elapsed = (workload.run)(ops)?;
+        let ended = Instant::now();
+        if let (Tool::SensorOutputs { daemon, .. }, Some(before)) = (&tool, &before) {
+            // Outside the storm's time: every spool empties before the next.
+            let at_end = outputs::status(daemon)?;
+            let caught_up = |status: &Value| {
+                workload.kinds.iter().all(|kind| {
+                    event_count(status, kind).saturating_sub(event_count(before, kind))
+                        >= ops as u64
+                })
+            };
+            let drain = outputs::drain(
+                daemon,
+                before,
+                (ended, &at_end),
+                &caught_up,
+                round,
+                workload.name,
+            )?;
+            results.problems.extend(drain.problems());
+            results.output_drains.push(drain);
+        }
         let observed = tool.observe(before.as_ref(), workload, ops)?;
+        // Over the storm and until its events were handled (and, for
+        // sensor+outputs, delivered).
+        let cpu: BTreeMap<String, f64> = tool
+            .cpu_seconds()
+            .into_iter()
+            .map(|(name, after)| {
+                // A thread started meanwhile used all of its time in it.
+                let spent = after - cpu_before.get(&name).copied().unwrap_or(0.0);
+                (name, spent)
+            })
+            .collect();
+        if !cpu.is_empty() {
+            results
+                .cpu
+                .entry((index, variant.name()))
+                .or_default()
+                .push(cpu);
+        }
         for (kind, &seen) in &observed.events {
             if seen < ops as u64 {
                 results.problems.push(format!(
@@ -1135,6 +1302,11 @@ fn run_variant(
                 elapsed,
                 observed,
             });
+    }
+    if let Tool::SensorOutputs { daemon, servers } = &mut tool {
+        let received = servers.check_received(daemon, round)?;
+        results.problems.extend(received.problems());
+        results.output_rounds.push(received);
     }
     // A peer's losses are reported, never a failure.
     if let Some(lost) = tool.finish()? {
@@ -1251,6 +1423,7 @@ fn markdown(workloads: &[&Workload], rounds: usize, quick: bool, results: &Resul
             }
         ));
     }
+    out.push_str(&cpu_markdown(workloads, results));
     if !results.memory.is_empty() {
         out.push_str(
             "\n| daemon memory | live | VmRSS MiB | anon / file / shmem MiB | idle VmRSS MiB | target |\n",
@@ -1312,9 +1485,63 @@ fn markdown(workloads: &[&Workload], rounds: usize, quick: bool, results: &Resul
             if eps >= PIPELINE_TARGET_EPS { "met" } else { "MISSED" }
         ));
     }
+    out.push_str(&outputs::markdown(results));
     if !results.problems.is_empty() {
         out.push_str(&format!("- problems: {}\n", results.problems.len()));
     }
+    out
+}
+
+/// CPU seconds per storm of the daemon (and of the servers of
+/// `sensor+outputs`): the median over rounds.
+fn cpu_markdown(workloads: &[&Workload], results: &Results) -> String {
+    let mut names: Vec<&str> = results
+        .cpu
+        .values()
+        .flatten()
+        .flat_map(|m| m.keys().map(String::as_str))
+        .filter(|name| !name.starts_with("thread:"))
+        .collect();
+    names.sort_unstable_by_key(|n| (*n != "daemon", *n));
+    names.dedup();
+    if names.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "\n| CPU s per storm (median) | variant | {} |\n|---|---|{}\n",
+        names.join(" | "),
+        "---:|".repeat(names.len())
+    );
+    for workload in workloads {
+        let index = index_of(workload);
+        for variant in VARIANTS {
+            let Some(rounds) = results.cpu.get(&(index, variant.name())) else {
+                continue;
+            };
+            let cells: Vec<String> = names
+                .iter()
+                .map(|name| {
+                    let values: Vec<f64> = rounds
+                        .iter()
+                        .filter_map(|m| m.get(*name))
+                        .copied()
+                        .collect();
+                    Summary::of(&values).map_or("–".to_owned(), |s| format!("{:.2}", s.median))
+                })
+                .collect();
+            out.push_str(&format!(
+                "| {} | {} | {} |\n",
+                workload.name,
+                variant.name(),
+                cells.join(" | ")
+            ));
+        }
+    }
+    out.push_str(
+        "\nCPU s: user + system time (/proc/PID/stat) from just before the storm until the tool had \
+         handled its events (sensor+outputs: until every spool was empty), median over rounds; the \
+         storm itself runs on the same 2 CPUs.\n",
+    );
     out
 }
 
@@ -1366,6 +1593,7 @@ fn report_json(
                         },
                         "lost": samples.iter().map(|s| s.observed.lost).collect::<Vec<_>>(),
                         "events_seen": samples.iter().map(|s| &s.observed.events).collect::<Vec<_>>(),
+                        "cpu_s": results.cpu.get(&(index, variant.name())),
                     })
                 })
                 .collect();
@@ -1410,6 +1638,7 @@ fn report_json(
             "target_kib": m.target_kib,
             "target_met": m.target_kib.map(|t| m.rss_kib <= t),
         })).collect::<Vec<_>>(),
+        "outputs": outputs::json(results),
         "problems": results.problems,
         "ok": results.problems.is_empty(),
     })
@@ -1450,6 +1679,13 @@ mod tests {
         assert_eq!(event_count(&status, "network.connect"), 0);
         assert_eq!(lost_total(&status).unwrap(), 2);
         assert!(lost_total(&json!({})).is_err());
+    }
+
+    #[test]
+    fn reads_own_cpu_time() {
+        let spent = cpu_seconds(std::process::id()).unwrap_or(-1.0);
+        assert!(spent >= 0.0, "{spent}");
+        assert!(cpu_seconds(u32::MAX).is_err());
     }
 
     #[test]

@@ -47,9 +47,10 @@ const QUEUE_BATCHES: usize = 4096;
 /// How long a stopping daemon keeps delivering what its spools hold; the
 /// rest waits in the spool for the next start.
 const STOP_DELIVERY: Duration = Duration::from_secs(5);
-/// Retry delays of a failing network output: doubled from the first to the last.
+/// Retry delays of a failing network output: doubled from the first to the
+/// last. The last bounds how long a receiver that is back waits for us.
 const BACKOFF_FIRST: Duration = Duration::from_millis(200);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// Where one event's line ends in a batch, and what filters look at.
 #[derive(Debug, Clone, Copy)]
