@@ -72,6 +72,20 @@ pub fn marker() -> String {
     )
 }
 
+/// The process `cmd` starts gets SIGKILL when the thread that started it
+/// ends (`PR_SET_PDEATHSIG`): no daemon or server outlives a crashed test.
+pub fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl(2) is async-signal-safe; the closure touches nothing else.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// The workspace root (parent of this crate's directory).
 pub fn workspace_root() -> PathBuf {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -399,17 +413,9 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
-        // SAFETY: prctl(2) is async-signal-safe; the closure touches nothing
-        // else. The daemon is killed if the (test) thread that started it dies
+        // The daemon is killed if the (test) thread that started it dies
         // without dropping the Daemon, so no daemon outlives a crashed test.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        die_with_parent(&mut cmd);
         let child = cmd
             .spawn()
             .with_context(|| format!("spawn {}", self.bin.display()))?;
@@ -989,7 +995,8 @@ pub fn dump(events: &[Value]) -> String {
         .join("\n")
 }
 
-fn truncate(s: &str, max: usize) -> String {
+/// `s` cut to at most `max` bytes (at a char boundary), saying how much was cut.
+pub fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_owned();
     }

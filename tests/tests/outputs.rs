@@ -26,7 +26,7 @@ use sensor_tests::servers::{
 };
 use sensor_tests::{
     Checks, Daemon, EVENT_TIMEOUT, TempDir, argv_has, check, check_seq_increasing, compact,
-    helper_bin, is_kind_pid, kind, marker, run_child, str_at, text,
+    helper_bin, is_kind_pid, kind, marker, run_child, str_at, text, truncate,
 };
 use serde_json::Value;
 
@@ -341,6 +341,21 @@ fn wait_output_status(
     }
 }
 
+/// The output with `needle` reports at least `events` sent (within 10 s),
+/// and its status entry has every field.
+fn check_output_sent(d: &Daemon, needle: &str, events: usize, c: &mut Checks) {
+    match wait_output_status(
+        d,
+        needle,
+        Duration::from_secs(10),
+        "sent >= the events received",
+        |o| u64_field(o, "sent") >= events as u64,
+    ) {
+        Ok(o) => check_output_fields(&o, c),
+        Err(e) => c.fail(format!("{e:#}")),
+    }
+}
+
 // ----- syslog -----
 
 /// The event JSON carried in a syslog MSG.
@@ -419,16 +434,7 @@ fn syslog_delivers_every_event(tls: bool) -> Result<()> {
     // One TCP connection, never broken here: in order, nothing twice.
     check_strictly_increasing("syslog", &got, &mut c);
     let needle = rs.addr();
-    match wait_output_status(
-        &d,
-        &needle,
-        Duration::from_secs(10),
-        "sent >= the events received",
-        |o| u64_field(o, "sent") >= want.len() as u64,
-    ) {
-        Ok(o) => check_output_fields(&o, &mut c),
-        Err(e) => c.fail(format!("{e:#}")),
-    }
+    check_output_sent(&d, &needle, want.len(), &mut c);
     c.finish()
 }
 
@@ -561,16 +567,12 @@ fn nats_jetstream_receives_every_event_in_order() -> Result<()> {
     check_strictly_increasing("JetStream stream order", &got, &mut c);
     check_nats_msgs(&msgs, &mut c)?;
     check_same_as_reference("NATS payload", &nats_events(&msgs)?, &reference, &mut c);
-    match wait_output_status(
+    check_output_sent(
         &d,
         &format!("127.0.0.1:{}", nats.port()),
-        Duration::from_secs(10),
-        "sent >= the events received",
-        |o| u64_field(o, "sent") >= want.len() as u64,
-    ) {
-        Ok(o) => check_output_fields(&o, &mut c),
-        Err(e) => c.fail(format!("{e:#}")),
-    }
+        want.len(),
+        &mut c,
+    );
     c.finish()
 }
 
@@ -588,7 +590,7 @@ fn scrape(addr: &str) -> Result<String> {
     ensure!(
         answer.starts_with("HTTP/1.1 200"),
         "GET /metrics: {}",
-        truncated(&answer, 300)
+        truncate(&answer, 300)
     );
     Ok(answer)
 }
@@ -750,7 +752,7 @@ fn http_events(shape: Shape, r: &HttpRequest) -> Result<Vec<Value>> {
             r.method,
             r.path,
             r.status,
-            truncated(&r.body_text(), 600)
+            truncate(&r.body_text(), 600)
         )
     };
     let mut out = Vec::new();
@@ -805,17 +807,6 @@ fn http_events(shape: Shape, r: &HttpRequest) -> Result<Vec<Value>> {
     }
     ensure!(!out.is_empty(), "a request without events: {}", ctx());
     Ok(out)
-}
-
-fn truncated(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…(+{} bytes)", &s[..end], s.len() - end)
 }
 
 /// The seqs of the events a receiver accepted (2xx, answered), in order.
@@ -950,16 +941,12 @@ fn http_hec_and_bulk_survive_503_without_loss_or_reorder() -> Result<()> {
             events.extend(http_events(shape, r)?);
         }
         check_same_as_reference(&format!("{shape:?} event"), &events, &reference, &mut c);
-        match wait_output_status(
+        check_output_sent(
             &d,
             &format!("127.0.0.1:{}", recv.port()),
-            Duration::from_secs(10),
-            "sent >= the events received",
-            |o| u64_field(o, "sent") >= want.len() as u64,
-        ) {
-            Ok(o) => check_output_fields(&o, &mut c),
-            Err(e) => c.fail(format!("{e:#}")),
-        }
+            want.len(),
+            &mut c,
+        );
     }
     c.finish()
 }
@@ -1120,7 +1107,7 @@ fn read_jsonl(path: &Path) -> Result<Vec<Value>> {
                     "{} line {}: not JSON: {}",
                     path.display(),
                     i + 1,
-                    truncated(l, 300)
+                    truncate(l, 300)
                 )
             })
         })
@@ -1343,7 +1330,7 @@ fn file_output_rotates_by_size_and_keeps_n() -> Result<()> {
                     "{} line {}: not JSON: {}",
                     p.display(),
                     n + 1,
-                    truncated(l, 300)
+                    truncate(l, 300)
                 )
             })?);
         }
