@@ -327,7 +327,7 @@ fn open_one(spec: &OutputSpec, ctx: &OutputContext) -> Result<Output, SinkError>
         }
         Target::Syslog { .. } | Target::Http { .. } | Target::Nats { .. } => {
             let transport = transport_for(spec, ctx)?;
-            let dir = ctx.state_dir.join("spool").join(&spec.name);
+            let dir = spool_dir(&ctx.state_dir, &spec.name);
             let spool =
                 Arc::new(
                     Spool::open(&dir, spec.spool_max).map_err(|source| SinkError::Spool {
