@@ -12,6 +12,9 @@ use crate::{
     policy::{Mode, kernel::Enforcement, selftest},
 };
 
+/// How long `sensor unload` waits for the kernel to let go of the programs.
+const UNLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// One finding.
 #[derive(Debug, Serialize)]
 struct Check {
@@ -254,10 +257,7 @@ pub fn unload(args: &UnloadArgs) -> anyhow::Result<ExitCode> {
         println!("nothing pinned at {}", pin_dir.display());
         return Ok(ExitCode::SUCCESS);
     }
-    let links = std::fs::read_dir(pin_dir.join(sensor_common::maps::LINKS_DIR))
-        .map(Iterator::count)
-        .unwrap_or(0);
-    std::fs::remove_dir_all(&pin_dir).with_context(|| format!("removing {}", pin_dir.display()))?;
+    let links = loader::unload_pinned(&pin_dir, UNLOAD_TIMEOUT)?;
     println!(
         "removed {}: {links} program links detached, pinned maps dropped",
         pin_dir.display()

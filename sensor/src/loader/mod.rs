@@ -10,7 +10,12 @@ pub mod mounts;
 pub mod programs;
 pub mod tracefs;
 
-use std::{fs::File, io, path::PathBuf};
+use std::{
+    fs::File,
+    io,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
@@ -213,6 +218,76 @@ impl PreviousLinks {
     }
 }
 
+/// Detaches the programs pinned under `pin_dir` by removing it, and waits
+/// until the kernel has let go of them: returns how many links were pinned.
+///
+/// Removing a pin does not detach at once. The kernel drops the link after an
+/// RCU grace period and then on a workqueue, so for a moment after the
+/// unlink the programs still run (and, in enforce mode, still kill). A
+/// caller who was told "unloaded" must be able to rely on it, so this waits
+/// until no program the links held is loaded any more.
+pub fn unload_pinned(pin_dir: &Path, timeout: Duration) -> Result<usize, UnloadError> {
+    let links_dir = pin_dir.join(maps::LINKS_DIR);
+    let mut links = 0;
+    let mut programs = Vec::new();
+    for entry in std::fs::read_dir(&links_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        links += 1;
+        // The fd is closed at the end of this statement: it must not keep the link.
+        match PinnedLink::from_pin(entry.path()).map(|l| FdLink::from(l).info()) {
+            Ok(Ok(info)) => programs.push(info.program_id()),
+            Ok(Err(e)) => {
+                tracing::warn!(path = %entry.path().display(), error = %e, "cannot read a pinned link")
+            }
+            Err(e) => {
+                tracing::warn!(path = %entry.path().display(), error = %e, "cannot open a pinned link")
+            }
+        }
+    }
+    std::fs::remove_dir_all(pin_dir).map_err(|source| UnloadError::Remove {
+        path: pin_dir.to_path_buf(),
+        source,
+    })?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let loaded: Vec<u32> = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .map(|p| p.id())
+            .filter(|id| programs.contains(id))
+            .collect();
+        if loaded.is_empty() {
+            debug!(links, waited = ?(timeout - deadline.saturating_duration_since(Instant::now())), "pinned programs unloaded");
+            return Ok(links);
+        }
+        if Instant::now() >= deadline {
+            return Err(UnloadError::StillLoaded {
+                ids: loaded,
+                timeout,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Why [`unload_pinned`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UnloadError {
+    #[error("removing {path}")]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "the pins are removed but programs {ids:?} are still loaded after {timeout:?}: something else \
+         holds them (see `bpftool prog show id ID` and `bpftool link`)"
+    )]
+    StillLoaded { ids: Vec<u32>, timeout: Duration },
+}
+
 /// One pinned map and the layout this build expects of it.
 struct PinnedMap {
     name: &'static str,
@@ -272,7 +347,7 @@ const PINNED_MAPS: &[PinnedMap] = {
 /// Loads and attaches everything. `own_tgid` is the daemon's pid, whose own
 /// activity the programs skip; `pin_dir` (in bpffs) holds the maps that
 /// outlive the daemon.
-pub fn load(own_tgid: u32, pin_dir: &std::path::Path) -> Result<Kernel, LoaderError> {
+pub fn load(own_tgid: u32, pin_dir: &Path) -> Result<Kernel, LoaderError> {
     if EBPF_OBJECT.is_empty() {
         return Err(LoaderError::NoObject);
     }
@@ -281,8 +356,8 @@ pub fn load(own_tgid: u32, pin_dir: &std::path::Path) -> Result<Kernel, LoaderEr
             info!(fs_type, target, "mounted");
         }
     }
-    let kernel = btf::kernel_offsets(std::path::Path::new(btf::VMLINUX_BTF))?;
-    let tracepoints = tracefs::tracepoint_offsets(std::path::Path::new(mounts::TRACEFS))?;
+    let kernel = btf::kernel_offsets(Path::new(btf::VMLINUX_BTF))?;
+    let tracepoints = tracefs::tracepoint_offsets(Path::new(mounts::TRACEFS))?;
     debug!(?kernel, ?tracepoints, "offsets");
     let config = SensorConfig {
         own_tgid,
@@ -433,7 +508,7 @@ fn typed_map<T>(
 /// A map pinned by another build may have another layout; reusing it would
 /// make the programs fail to load. Such a pin is removed (what it held is
 /// lost, and said so) rather than reused.
-fn drop_incompatible_pin(path: &std::path::Path, map: &PinnedMap) -> Result<(), LoaderError> {
+fn drop_incompatible_pin(path: &Path, map: &PinnedMap) -> Result<(), LoaderError> {
     let Ok(info) = aya::maps::MapInfo::from_pin(path) else {
         return Ok(());
     };
