@@ -54,15 +54,22 @@ pub struct ExecveArgs {
 pub static EXECVE_INFLIGHT: LruHashMap<u64, ExecveArgs> =
     LruHashMap::with_max_entries(INFLIGHT_ENTRIES, 0);
 
-/// A connect() in flight, by pid_tgid: the cgroup hook fills in the address,
-/// the syscall exit adds the result and sends it.
+/// A thread's connect() slot, by pid_tgid: the syscall entry opens it, the
+/// cgroup hook fills in the address, the syscall exit adds the result, sends
+/// it and closes the slot.
+///
+/// The slot stays in the map after the exit and is reused by the thread's
+/// next connect (a lookup and two stores instead of an LRU insert and a
+/// delete per call); the LRU drops the slots of threads that stopped
+/// connecting.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct ConnectInflight {
     pub data: sensor_common::event::ConnectData,
     /// 1 once the cgroup hook saw an IPv4/IPv6 destination.
     pub filled: u32,
-    pub _pad: u32,
+    /// 1 between the syscall's entry and its exit.
+    pub open: u32,
 }
 
 #[map(name = "SNSR_CONNECT")]

@@ -6,8 +6,8 @@ use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
 use sensor_tests::{
-    Checks, Daemon, EVENT_TIMEOUT, absent_or_null, canonical_str, check, check_common, compact,
-    dump, helper_bin, i64_at, is_kind_pid, run_child, str_at, text,
+    Checks, Daemon, EVENT_TIMEOUT, TempDir, absent_or_null, canonical_str, check, check_common,
+    compact, dump, helper_bin, i64_at, is_kind_pid, run_child, str_at, text,
 };
 use serde_json::Value;
 
@@ -121,6 +121,99 @@ fn udp_connect_ipv4_loopback_ok() -> Result<()> {
     let mut c = Checks::new();
     let e = check_connect(&d, pid, addr, "udp", "ok", &mut c)?;
     check_ok(&e, &mut c);
+    c.finish()
+}
+
+/// One thread connecting again and again: each inet connect is reported once,
+/// with its own destination and result, in order; an AF_UNIX connect in
+/// between (which the cgroup hooks never see) reports nothing and does not
+/// resend the previous destination. The kernel keeps one in-flight slot per
+/// thread and reuses it, so this is what a stale slot would break.
+#[test]
+fn one_thread_connecting_repeatedly_is_reported_once_per_connect() -> Result<()> {
+    let d = Daemon::start()?;
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let open = listener.local_addr()?;
+    let closed = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let udp = UdpSocket::bind("127.0.0.1:0")?;
+    let datagram = udp.local_addr()?;
+    let dir = TempDir::new("net-seq")?;
+    let unix_path = dir.path().join("sock");
+    let _unix = std::os::unix::net::UnixListener::bind(&unix_path)?;
+    let unix = unix_path.to_str().context("temp path is not UTF-8")?;
+    let (open_s, closed_s, datagram_s) =
+        (open.to_string(), closed.to_string(), datagram.to_string());
+    let args = [
+        "connect",
+        "tcp",
+        &open_s,
+        "unix",
+        unix,
+        "tcp",
+        &closed_s,
+        "unix",
+        unix,
+        "udp",
+        &datagram_s,
+        "tcp",
+        &open_s,
+    ];
+    let (pid, out) = run_child(Command::new(helper_bin!()).args(args))?;
+    let refused = format!("errno={}", libc::ECONNREFUSED);
+    let want_stdout = ["ok", "ok", refused.as_str(), "ok", "ok", "ok"].join("\n");
+    ensure!(
+        out.status.success() && text(&out.stdout).trim() == want_stdout,
+        "helper {args:?}: {} stdout {:?} stderr {:?}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    // Events of one thread are in syscall order: once the second connect to
+    // `open` is in, anything the earlier connects produced is in too.
+    let open_port = i64::from(open.port());
+    let to_open = move |evs: &[Value]| {
+        evs.iter()
+            .filter(|e| {
+                is_kind_pid(e, "network.connect", pid)
+                    && i64_at(e, "/network/dst_port") == Some(open_port)
+            })
+            .count()
+    };
+    d.wait_until(
+        EVENT_TIMEOUT,
+        |evs| to_open(evs) >= 2,
+        |evs| {
+            format!(
+                "{} network.connect to {open} from pid {pid} (want 2)",
+                to_open(evs)
+            )
+        },
+    )?;
+    let mut mine = d.matching(|e| is_kind_pid(e, "network.connect", pid))?;
+    mine.sort_by_key(|e| i64_at(e, "/seq"));
+    let got: Vec<(Option<&str>, Option<i64>, Option<&str>)> = mine
+        .iter()
+        .map(|e| {
+            (
+                str_at(e, "/network/transport"),
+                i64_at(e, "/network/dst_port"),
+                str_at(e, "/network/result"),
+            )
+        })
+        .collect();
+    let want = vec![
+        (Some("tcp"), Some(open_port), Some("ok")),
+        (Some("tcp"), Some(i64::from(closed.port())), Some("refused")),
+        (Some("udp"), Some(i64::from(datagram.port())), Some("ok")),
+        (Some("tcp"), Some(open_port), Some("ok")),
+    ];
+    let mut c = Checks::new();
+    check!(
+        c,
+        got == want,
+        "want exactly {want:?} from pid {pid}, got {got:?}:\n{}",
+        dump(&mine)
+    );
     c.finish()
 }
 

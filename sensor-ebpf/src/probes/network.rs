@@ -39,14 +39,23 @@ const EPERM: i32 = 1;
 #[tracepoint]
 pub fn snsr_conn_in(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_own((pid_tgid >> 32) as u32) {
-        let empty = ConnectInflight {
-            data: ConnectData::default(),
-            filled: 0,
-            _pad: 0,
-        };
-        let _ = CONNECT_INFLIGHT.insert(pid_tgid, empty, 0);
+    if is_own((pid_tgid >> 32) as u32) {
+        return 0;
     }
+    if let Some(slot) = CONNECT_INFLIGHT.get_ptr_mut(pid_tgid) {
+        // SAFETY: map value; only this thread uses its own slot.
+        unsafe {
+            (*slot).filled = 0;
+            (*slot).open = 1;
+        }
+        return 0;
+    }
+    let slot = ConnectInflight {
+        data: ConnectData::default(),
+        filled: 0,
+        open: 1,
+    };
+    let _ = CONNECT_INFLIGHT.insert(pid_tgid, slot, 0);
     0
 }
 
@@ -160,10 +169,12 @@ unsafe fn on_connect(ctx: &SockAddrContext, family: u16) -> i32 {
     if let Some(inflight) = CONNECT_INFLIGHT.get_ptr_mut(pid_tgid) {
         // SAFETY: map value owned by this thread's syscall.
         unsafe {
-            (*inflight).data = data;
-            (*inflight).filled = 1;
+            if (*inflight).open != 0 {
+                (*inflight).data = data;
+                (*inflight).filled = 1;
+                return verdict;
+            }
         }
-        return verdict;
     }
     // Not inside connect() (io_uring, in-kernel users): report now, with a
     // result only when the policy refused it.
@@ -231,13 +242,18 @@ pub fn snsr_conn_out(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 unsafe fn connect_exit(ctx: &TracePointContext) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: value copy out of the map.
-    let inflight = unsafe { *CONNECT_INFLIGHT.get(pid_tgid)? };
-    let _ = CONNECT_INFLIGHT.remove(pid_tgid);
-    if inflight.filled == 0 {
-        // Not an IPv4/IPv6 destination (AF_UNIX, AF_UNSPEC, bad address).
-        return None;
-    }
+    let slot = CONNECT_INFLIGHT.get_ptr_mut(pid_tgid)?;
+    // SAFETY: map value; only this thread uses its own slot.
+    let data = unsafe {
+        let (open, filled) = ((*slot).open, (*slot).filled);
+        (*slot).open = 0;
+        if open == 0 || filled == 0 {
+            // Not an IPv4/IPv6 destination (AF_UNIX, AF_UNSPEC, bad address),
+            // or the entry was missed (the programs attached mid-call).
+            return None;
+        }
+        (*slot).data
+    };
     // SAFETY: offset from the format file.
     let ret: i64 = unsafe { ctx.read_at(offset!(tracepoints.sys_exit_ret) as usize) }.ok()?;
     let uid_gid = bpf_get_current_uid_gid();
@@ -251,7 +267,7 @@ unsafe fn connect_exit(ctx: &TracePointContext) -> Option<()> {
             gid: (uid_gid >> 32) as u32,
             ..EventHeader::default()
         },
-        payload: inflight.data,
+        payload: data,
     };
     ev.payload.ret = ret as i32;
     ev.payload.has_result = 1;

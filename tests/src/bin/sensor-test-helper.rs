@@ -15,6 +15,8 @@
 //!                                                   prints "child=PID", and exits with its code
 //!                                                   (or sleeps 100 ms and exits 0 without CMD)
 //! sensor-test-helper connect tcp|udp ADDR:PORT      connect(2); prints "ok" or "errno=N"
+//!                    [tcp|udp ADDR:PORT|unix PATH]... more connects from the same thread, one
+//!                                                   line each
 //! sensor-test-helper at-pid PID PATH [ARGS...]      clone3(2) with set_tid = [PID]: a child with
 //!                                                   exactly that pid execv(PATH, [PATH, ARGS...]);
 //!                                                   prints "pid=PID", waits, exits with its code;
@@ -217,14 +219,34 @@ fn prctl_name(rest: &[OsString]) -> Result<ExitCode, String> {
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(101)))
 }
 
+/// `connect PROTO ADDR [PROTO ADDR ...]`: connects one after another from
+/// the same thread, printing one line per connect (`ok` or `errno=N`).
+/// PROTO is tcp, udp or unix (ADDR is then a socket path).
 fn connect(rest: &[OsString]) -> Result<ExitCode, String> {
-    let [proto, addr] = rest else {
+    if rest.is_empty() || !rest.len().is_multiple_of(2) {
         return Err(usage());
-    };
+    }
+    for pair in rest.chunks_exact(2) {
+        let [proto, addr] = pair else {
+            return Err(usage());
+        };
+        let result = match utf8(proto)? {
+            "unix" => std::os::unix::net::UnixStream::connect(addr).map(drop),
+            proto => connect_inet(proto, addr)?,
+        };
+        match result {
+            Ok(()) => println!("ok"),
+            Err(e) => println!("errno={}", e.raw_os_error().unwrap_or(0)),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn connect_inet(proto: &str, addr: &OsString) -> Result<io::Result<()>, String> {
     let addr: SocketAddr = utf8(addr)?
         .parse()
         .map_err(|e| format!("bad address {addr:?}: {e}"))?;
-    let result = match utf8(proto)? {
+    Ok(match proto {
         "tcp" => TcpStream::connect(addr).map(drop),
         "udp" => {
             let local: SocketAddr = if addr.is_ipv4() {
@@ -235,12 +257,7 @@ fn connect(rest: &[OsString]) -> Result<ExitCode, String> {
             UdpSocket::bind(local).and_then(|s| s.connect(addr))
         }
         other => return Err(format!("unknown protocol {other:?}")),
-    };
-    match result {
-        Ok(()) => println!("ok"),
-        Err(e) => println!("errno={}", e.raw_os_error().unwrap_or(0)),
-    }
-    Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// `struct clone_args` of clone3(2), up to `set_tid_size` (CLONE_ARGS_SIZE_VER1).
