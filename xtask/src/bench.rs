@@ -34,6 +34,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde_json::{Value, json};
 
+mod kernel_cost;
 mod latency;
 mod memory;
 mod outputs;
@@ -65,6 +66,9 @@ struct Workload {
     ops: usize,
     quick_ops: usize,
     run: fn(usize) -> Result<Duration>,
+    /// Cores the storm keeps busy (a per-op CPU cost c stretches its wall
+    /// time by about c / cores).
+    cores: usize,
     /// Event kinds the sensor reports at least once per op of this workload.
     kinds: &'static [&'static str],
 }
@@ -82,6 +86,7 @@ const WORKLOADS: &[Workload] = &[
         ops: 10_000,
         quick_ops: 1000,
         run: storm::exec_storm,
+        cores: storm::EXEC_THREADS,
         kinds: &["process.exec"],
     },
     Workload {
@@ -90,6 +95,8 @@ const WORKLOADS: &[Workload] = &[
         ops: 60_000,
         quick_ops: 10_000,
         run: storm::connect_storm,
+        // The client and the listener are pinned to one CPU.
+        cores: 1,
         kinds: &["network.connect"],
     },
 ];
@@ -799,6 +806,8 @@ struct Results {
     output_rounds: Vec<outputs::RoundOutputs>,
     /// Events/s each network output sustains from its spool.
     output_throughput: Vec<outputs::Throughput>,
+    /// The programs' run time per storm op (bpf_stats).
+    kernel_cost: Vec<kernel_cost::KernelCost>,
     problems: Vec<String>,
 }
 
@@ -892,6 +901,62 @@ const QUICK_LATENCY_EXECS: usize = 500;
 const LATENCY_RATE: u32 = 500;
 /// p99 ≤ 10 ms.
 const LATENCY_P99_TARGET_MS: f64 = 10.0;
+
+/// One storm of each workload under an audit-mode daemon with
+/// `kernel.bpf_stats_enabled`: each program's runs and run time per op.
+fn measure_kernel_cost(
+    env: &Env,
+    workloads: &[&Workload],
+    quick: bool,
+    results: &mut Results,
+) -> Result<()> {
+    let _stats = kernel_cost::StatsEnabled::new()?;
+    let daemon = Daemon::start(env, 1002, &["--output", "file:/dev/null", "--no-store"])?;
+    let measured = (|| -> Result<Vec<kernel_cost::KernelCost>> {
+        let pid = daemon.child.id();
+        let names: BTreeMap<u32, String> = daemon
+            .status_json()?
+            .get("programs")
+            .and_then(Value::as_array)
+            .context("`sensor status --json` lists no programs")?
+            .iter()
+            .filter_map(|p| {
+                let id = u32::try_from(p.get("id")?.as_u64()?).ok()?;
+                Some((id, p.get("name")?.as_str()?.to_owned()))
+            })
+            .collect();
+        let mut costs = Vec::new();
+        for workload in workloads {
+            let ops = workload.ops(quick);
+            eprintln!(
+                "xtask bench: kernel cost: {} storm ({ops} ops) with bpf_stats on",
+                workload.name
+            );
+            let before = kernel_cost::program_stats(pid)?;
+            (workload.run)(ops)?;
+            let after = kernel_cost::program_stats(pid)?;
+            let cost = kernel_cost::KernelCost::between(
+                workload.name,
+                ops,
+                workload.cores,
+                &names,
+                &before,
+                &after,
+            );
+            if cost.programs.is_empty() {
+                bail!(
+                    "no program of the daemon ran during the {} storm (are the stats counted?)",
+                    workload.name
+                );
+            }
+            costs.push(cost);
+        }
+        Ok(costs)
+    })();
+    let stopped = daemon.stop();
+    results.kernel_cost = measured?;
+    stopped
+}
 
 /// A daemon writing JSON to a file, a trickle of execs, the file tailed.
 fn measure_latency(env: &Env, quick: bool, results: &mut Results) -> Result<()> {
@@ -1107,6 +1172,9 @@ pub fn bench(options: &Options) -> Result<()> {
     let started = Instant::now();
     let results = run_rounds(&env, &workloads, rounds, options.quick);
     let results = results.map(|mut results| {
+        if let Err(err) = measure_kernel_cost(&env, &workloads, options.quick, &mut results) {
+            results.problems.push(format!("kernel cost: {err:#}"));
+        }
         if let Err(err) = measure_latency(&env, options.quick, &mut results) {
             results.problems.push(format!("latency: {err:#}"));
         }
@@ -1424,6 +1492,7 @@ fn markdown(workloads: &[&Workload], rounds: usize, quick: bool, results: &Resul
         ));
     }
     out.push_str(&cpu_markdown(workloads, results));
+    out.push_str(&kernel_cost_markdown(results));
     if !results.memory.is_empty() {
         out.push_str(
             "\n| daemon memory | live | VmRSS MiB | anon / file / shmem MiB | idle VmRSS MiB | target |\n",
@@ -1552,6 +1621,56 @@ fn summary_json(summary: Option<Summary>) -> Value {
     )
 }
 
+/// Per workload: the programs' ns per run and per op, and what that is
+/// against the bare storm's time per op.
+fn kernel_cost_markdown(results: &Results) -> String {
+    let mut out = String::new();
+    if results.kernel_cost.is_empty() {
+        return out;
+    }
+    out.push_str("\n| kernel cost | program | runs per op | ns per run | ns per op |\n");
+    out.push_str("|---|---|---:|---:|---:|\n");
+    let mut totals = String::new();
+    for cost in &results.kernel_cost {
+        let ops = cost.ops.max(1) as f64;
+        for p in &cost.programs {
+            out.push_str(&format!(
+                "| {} | {} | {:.2} | {:.0} | {:.0} |\n",
+                cost.workload,
+                p.name,
+                p.runs as f64 / ops,
+                p.ns as f64 / p.runs.max(1) as f64,
+                p.ns as f64 / ops,
+            ));
+        }
+        let per_op = cost.ns_per_op();
+        let bare = WORKLOADS
+            .iter()
+            .position(|w| w.name == cost.workload)
+            .and_then(|index| results.samples.get(&(index, Variant::Bare.name())))
+            .and_then(|samples| Summary::of(&us_per_op(samples, cost.ops)))
+            .map(|s| s.median);
+        totals.push_str(&format!(
+            "- {}: {:.2} µs of program time per op{}\n",
+            cost.workload,
+            per_op / 1000.0,
+            bare.map_or(String::new(), |bare| format!(
+                "; the storm keeps {} core(s) busy, so about {:.1} % of the bare {bare:.1} µs/op",
+                cost.cores,
+                100.0 * per_op / 1000.0 / cost.cores.max(1) as f64 / bare
+            ))
+        ));
+    }
+    out.push_str(
+        "\nKernel cost: one storm of each workload under `sensor daemon --no-store --output file:/dev/null` \
+         with kernel.bpf_stats_enabled = 1 (restored after); each program's run_cnt and run_time_ns \
+         from the daemon's /proc/PID/fdinfo. Not included: the syscall-tracepoint slow path every \
+         syscall takes once any syscalls/ tracepoint is on, and the daemon's own CPU.\n",
+    );
+    out.push_str(&totals);
+    out
+}
+
 fn report_json(
     env: &Env,
     workloads: &[&Workload],
@@ -1639,6 +1758,17 @@ fn report_json(
             "target_met": m.target_kib.map(|t| m.rss_kib <= t),
         })).collect::<Vec<_>>(),
         "outputs": outputs::json(results),
+        "kernel_cost": results.kernel_cost.iter().map(|c| json!({
+            "workload": c.workload,
+            "ops": c.ops,
+            "cores": c.cores,
+            "ns_per_op": c.ns_per_op(),
+            "programs": c.programs.iter().map(|p| json!({
+                "name": p.name,
+                "runs": p.runs,
+                "run_time_ns": p.ns,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
         "problems": results.problems,
         "ok": results.problems.is_empty(),
     })

@@ -251,7 +251,7 @@ pub fn unload_pinned(pin_dir: &Path, timeout: Duration) -> Result<usize, UnloadE
         path: pin_dir.to_path_buf(),
         source,
     })?;
-    let deadline = Instant::now() + timeout;
+    let removed = Instant::now();
     loop {
         let loaded: Vec<u32> = aya::programs::loaded_programs()
             .filter_map(Result::ok)
@@ -259,10 +259,10 @@ pub fn unload_pinned(pin_dir: &Path, timeout: Duration) -> Result<usize, UnloadE
             .filter(|id| programs.contains(id))
             .collect();
         if loaded.is_empty() {
-            debug!(links, waited = ?(timeout - deadline.saturating_duration_since(Instant::now())), "pinned programs unloaded");
+            debug!(links, waited = ?removed.elapsed(), "pinned programs unloaded");
             return Ok(links);
         }
-        if Instant::now() >= deadline {
+        if removed.elapsed() >= timeout {
             return Err(UnloadError::StillLoaded {
                 ids: loaded,
                 timeout,
