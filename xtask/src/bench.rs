@@ -13,7 +13,10 @@
 //! with three network outputs to real servers (`outputs`): its losses fail
 //! like the other sensor variants', and its spools must empty after each
 //! storm with nothing dropped or failed. After the rounds, separate
-//! measurements: kernel-to-output latency of a trickle of execs (`latency`),
+//! measurements: each kernel program's run time per storm op under
+//! `kernel.bpf_stats_enabled` (`kernel_cost`: exact, where the storm ratios
+//! carry a few percent of noise), kernel-to-output latency of a trickle of
+//! execs (`latency`),
 //! daemon RSS with many live processes and runs (`memory`), and the events/s
 //! each network output delivers from its spool (`outputs`).
 //!
