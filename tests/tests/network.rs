@@ -72,6 +72,29 @@ fn check_connect(
         "process.exe is not the connecting helper {helper}: {}",
         compact(&e)
     );
+    // The connect's process fields are read from the current task (direct
+    // BTF loads), the exec's from the task the tracepoint names (helper
+    // reads): one process, so they must agree.
+    let exec = d.wait_for(EVENT_TIMEOUT, |x| is_kind_pid(x, "process.exec", pid))?;
+    for field in [
+        "key",
+        "pid",
+        "ppid",
+        "parent_key",
+        "uid",
+        "gid",
+        "comm",
+        "ns_pid",
+    ] {
+        let at = format!("/process/{field}");
+        check!(
+            c,
+            e.pointer(&at) == exec.pointer(&at),
+            "process.{field} of the connect differs from the exec's: {} vs {}",
+            compact(&e),
+            compact(&exec)
+        );
+    }
     Ok(e)
 }
 

@@ -20,7 +20,7 @@ use sensor_common::{
 use crate::{
     config::{is_own, offset},
     emit::emit,
-    kernel::{Reader, current_task, run_of},
+    kernel::{Reader, run_of},
     maps::{CONNECT_INFLIGHT, ConnectInflight},
     policy::check_net,
 };
@@ -273,7 +273,7 @@ unsafe fn connect_exit(ctx: &TracePointContext) -> Option<()> {
     ev.payload.has_result = 1;
     ev.payload.via = VIA_CONNECT;
     let mut r = Reader::new();
-    r.fill_task(&mut ev.header, current_task());
+    r.fill_current(&mut ev.header);
     // SAFETY: ev lives on the stack for the call.
     unsafe {
         emit(

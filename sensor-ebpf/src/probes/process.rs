@@ -584,7 +584,7 @@ unsafe fn try_exit(ctx: &TracePointContext) -> Option<()> {
             _pad: 0,
         },
     };
-    r.fill_task(&mut ev.header, task);
+    r.fill_current(&mut ev.header);
     if ev.header.run != 0 {
         // SAFETY: value copy out of the map.
         if let Some(entry) = unsafe { PROC_RUNS.get(tgid) }
