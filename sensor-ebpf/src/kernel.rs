@@ -145,7 +145,7 @@ impl Reader {
         // SAFETY: BTF-typed kernel pointers at BTF offsets; the verifier
         // checks every load and turns it into one that cannot fault.
         let pid = unsafe {
-            let task = bpf_get_current_task_btf().cast::<u8>().cast_const();
+            let task = current_task_btf();
             let leader: *const u8 = load(task, offset!(kernel.task_group_leader));
             h.start_ns = load(leader, offset!(kernel.task_start_boottime));
             let parent: *const u8 = load(task, offset!(kernel.task_real_parent));
@@ -322,7 +322,7 @@ fn same_start(a: u64, b: u64) -> bool {
 /// `base` must be a BTF-typed pointer the verifier knows, and `base + off` a
 /// field of type `T` in it.
 #[inline(always)]
-unsafe fn load<T: Copy>(base: *const u8, off: u32) -> T {
+pub unsafe fn load<T: Copy>(base: *const u8, off: u32) -> T {
     // SAFETY: see above; the verifier makes the load fault-tolerant.
     unsafe { core::ptr::read_volatile(base.add(off as usize).cast::<T>()) }
 }
@@ -336,6 +336,13 @@ unsafe fn load<T: Copy>(base: *const u8, off: u32) -> T {
 pub fn opaque(v: usize) -> usize {
     // SAFETY: reading a local through a valid reference.
     unsafe { core::ptr::read_volatile(&v) }
+}
+
+/// The current task as a BTF-typed pointer, for [`load`].
+#[inline(always)]
+pub fn current_task_btf() -> *const u8 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_get_current_task_btf().cast::<u8>().cast_const() }
 }
 
 /// The current task as an address.

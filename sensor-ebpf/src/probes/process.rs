@@ -24,7 +24,7 @@ use sensor_common::{
 use crate::{
     config::{is_own, offset},
     emit::{count_inherit_failed, count_lost, emit},
-    kernel::{Reader, current_task, opaque, run_of},
+    kernel::{Reader, current_task, current_task_btf, load, opaque, run_of},
     maps::{EXECVE_INFLIGHT, ExecveArgs, PATH_SCRATCH, PROC_RUNS, event_scratch},
     policy::{check_exec, count_exit, count_spawn, kill_current},
 };
@@ -548,13 +548,14 @@ pub fn snsr_exit(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 unsafe fn try_exit(ctx: &TracePointContext) -> Option<()> {
-    let task = current_task();
-    let mut r = Reader::new();
-    let signal: u64 = r.read(task, offset!(kernel.task_signal));
+    // SAFETY (every `load` here): BTF-typed pointers from the current task,
+    // at BTF offsets; the verifier checks each load.
+    let task = current_task_btf();
+    let signal: *const u8 = unsafe { load(task, offset!(kernel.task_signal)) };
     let group_dead_off = offset!(tracepoints.exit_group_dead);
     if group_dead_off == ABSENT {
         // Older kernels: the live counter is already decremented when the tracepoint fires.
-        let live: i32 = r.read(signal, offset!(kernel.signal_live));
+        let live: i32 = unsafe { load(signal, offset!(kernel.signal_live)) };
         if live != 0 {
             return None;
         }
@@ -570,13 +571,14 @@ unsafe fn try_exit(ctx: &TracePointContext) -> Option<()> {
         return None;
     }
     // What wait() will report: the group exit code on a group exit, else the leader's.
-    let flags: u32 = r.read(signal, offset!(kernel.signal_flags));
+    let flags: u32 = unsafe { load(signal, offset!(kernel.signal_flags)) };
     let status: u32 = if flags & SIGNAL_GROUP_EXIT != 0 {
-        r.read(signal, offset!(kernel.signal_group_exit_code))
+        unsafe { load(signal, offset!(kernel.signal_group_exit_code)) }
     } else {
-        let leader: u64 = r.read(task, offset!(kernel.task_group_leader));
-        r.read(leader, offset!(kernel.task_exit_code))
+        let leader: *const u8 = unsafe { load(task, offset!(kernel.task_group_leader)) };
+        unsafe { load(leader, offset!(kernel.task_exit_code)) }
     };
+    let mut r = Reader::new();
     let mut ev = FixedEvent {
         header: new_header(EventKind::ProcessExit),
         payload: ExitData {
