@@ -134,6 +134,10 @@ impl Reader {
     /// namespace pid, at an offset that depends on the level, is read with
     /// the helper.
     ///
+    /// A load that faults reads 0, as a failed probe read does, but is not
+    /// counted in `errors`: the current task and what it points to cannot
+    /// be freed under the running program, so it does not happen.
+    ///
     /// For programs without loops (connect, exit): in front of the path
     /// walks of `snsr_exec` the BTF-typed registers stop the verifier from
     /// pruning, and it gives up after 1M instructions.
