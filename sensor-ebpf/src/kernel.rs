@@ -161,17 +161,7 @@ impl Reader {
         h.comm = bpf_get_current_comm().unwrap_or_default();
         // SAFETY: as above.
         let level: u32 = unsafe { load(pid, offset!(kernel.pid_level)) };
-        let level = level & 31; // MAX_PID_NS_LEVEL is 32
-        h.pid_ns_level = level;
-        h.ns_tgid = self.read(
-            pid as u64,
-            offset!(kernel.pid_numbers)
-                + level * offset!(kernel.upid_size)
-                + offset!(kernel.upid_nr),
-        );
-        let (run, how) = run_of(h.tgid, h.start_ns);
-        h.run = run;
-        h.run_how = how & HOW_MASK;
+        self.fill_ns_pid_and_run(h, pid as u64, level);
     }
 
     /// Fills the process part of a header from `task` (any task of the process).
@@ -189,6 +179,14 @@ impl Reader {
         // The process id as its own pid namespace sees it: leader->thread_pid->numbers[level].nr.
         let pid: u64 = self.read(leader, offset!(kernel.task_thread_pid));
         let level: u32 = self.read(pid, offset!(kernel.pid_level));
+        self.fill_ns_pid_and_run(h, pid, level);
+    }
+
+    /// The process id as its own pid namespace sees it
+    /// (`pid->numbers[level].nr`, `pid` the leader's `struct pid` at `level`),
+    /// and the run the kernel has for the process.
+    #[inline(always)]
+    fn fill_ns_pid_and_run(&mut self, h: &mut EventHeader, pid: u64, level: u32) {
         let level = level & 31; // MAX_PID_NS_LEVEL is 32
         h.pid_ns_level = level;
         h.ns_tgid = self.read(
