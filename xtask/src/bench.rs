@@ -676,24 +676,35 @@ impl Daemon {
     /// Registers this process (the storm driver) as the first process of a
     /// run, bound to `policy` if given.
     fn launch_self(&self, agent: &str, policy: Option<&str>) -> Result<()> {
-        use std::io::{BufRead as _, BufReader};
-        let mut stream = std::os::unix::net::UnixStream::connect(&self.socket)
-            .with_context(|| format!("cannot connect to {}", self.socket.display()))?;
         let request = match policy {
             Some(p) => json!({"op": "launch", "agent": agent, "policy": p}),
             None => json!({"op": "launch", "agent": agent}),
         };
-        writeln!(stream, "{request}").context("cannot send the launch request")?;
+        self.request(&request, "launched").map(drop)
+    }
+
+    /// One request over the control socket (one JSON line each way), without
+    /// starting a process (so it adds no events); the answer must carry
+    /// `"result": want`.
+    fn request(&self, request: &Value, want: &str) -> Result<Value> {
+        use std::io::{BufRead as _, BufReader};
+        let op = request.get("op").and_then(Value::as_str).unwrap_or("?");
+        let mut stream = std::os::unix::net::UnixStream::connect(&self.socket)
+            .with_context(|| format!("cannot connect to {}", self.socket.display()))?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .context("cannot set a read timeout on the control socket")?;
+        writeln!(stream, "{request}").with_context(|| format!("cannot send the {op} request"))?;
         let mut line = String::new();
         BufReader::new(&stream)
             .read_line(&mut line)
-            .context("cannot read the launch answer")?;
+            .with_context(|| format!("cannot read the {op} answer"))?;
         let answer: Value =
-            serde_json::from_str(&line).with_context(|| format!("bad launch answer: {line}"))?;
-        if answer.get("result").and_then(Value::as_str) != Some("launched") {
-            bail!("the daemon refused the launch: {line}");
+            serde_json::from_str(&line).with_context(|| format!("bad {op} answer: {line:?}"))?;
+        if answer.get("result").and_then(Value::as_str) != Some(want) {
+            bail!("the daemon answered the {op} request without result {want:?}: {line}");
         }
-        Ok(())
+        Ok(answer)
     }
 
     /// SIGTERM, then wait for a clean exit (0).

@@ -25,7 +25,6 @@ use std::{
     collections::BTreeMap,
     fs::{File, OpenOptions},
     io::{BufRead as _, BufReader, Read as _, Write as _},
-    os::unix::net::UnixStream,
     path::{Path, PathBuf},
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     thread,
@@ -431,22 +430,7 @@ fn output_named(status: &Value, name: &str) -> Result<OutputStatus> {
 /// The daemon's status over its control socket (`{"op":"status"}`): unlike
 /// `sensor status`, no process is started, so polling adds no events.
 pub(super) fn status(daemon: &Daemon) -> Result<Value> {
-    let mut stream = UnixStream::connect(&daemon.socket)
-        .with_context(|| format!("cannot connect to {}", daemon.socket.display()))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .context("cannot set a read timeout on the control socket")?;
-    writeln!(stream, r#"{{"op":"status"}}"#).context("cannot send the status request")?;
-    let mut line = String::new();
-    BufReader::new(&stream)
-        .read_line(&mut line)
-        .context("cannot read the status answer")?;
-    let answer: Value =
-        serde_json::from_str(&line).with_context(|| format!("bad status answer: {line:?}"))?;
-    if answer.get("result").and_then(Value::as_str) != Some("status") {
-        bail!("the daemon did not answer with its status: {line}");
-    }
-    Ok(answer)
+    daemon.request(&json!({"op": "status"}), "status")
 }
 
 // ----- the sensor+outputs variant -----
