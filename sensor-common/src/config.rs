@@ -53,6 +53,11 @@ pub struct KernelOffsets {
     /// `sizeof(struct upid)`: stride of `pid.numbers[]`.
     pub upid_size: u32,
     pub upid_nr: u32,
+    /// `struct pt_regs` (x86-64): the registers a syscall's first three
+    /// arguments arrive in, saved at entry and still there at its exit.
+    pub pt_regs_di: u32,
+    pub pt_regs_si: u32,
+    pub pt_regs_dx: u32,
 }
 
 /// Byte offsets of tracepoint fields, from tracefs `events/*/*/format`.
@@ -65,14 +70,6 @@ pub struct TracepointOffsets {
     pub exec_old_pid: u32,
     /// `sched_process_exit`: `bool group_dead`, or [`ABSENT`] on kernels without it.
     pub exit_group_dead: u32,
-    /// `sys_enter_execve`: `const char *filename`.
-    pub execve_filename: u32,
-    /// `sys_enter_execve`: `const char *const *argv`.
-    pub execve_argv: u32,
-    /// `sys_enter_execveat`: `const char *filename`.
-    pub execveat_filename: u32,
-    /// `sys_enter_execveat`: `const char *const *argv`.
-    pub execveat_argv: u32,
     /// `sys_exit_*`: `long ret` (the same offset for every syscall exit).
     pub sys_exit_ret: u32,
 }
@@ -91,7 +88,7 @@ pub struct SensorConfig {
     /// Tracepoint field offsets.
     pub tracepoints: TracepointOffsets,
 }
-const _: () = assert!(size_of::<SensorConfig>() == 8 + 39 * 4 + 8 * 4);
+const _: () = assert!(size_of::<SensorConfig>() == 8 + 42 * 4 + 4 * 4);
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), integers only, no padding (size checked above).

@@ -40,7 +40,7 @@ pub const EVENT_DATA_BYTES: usize = 40 * 1024;
 /// Mask for the write cursor into the data area.
 pub const EVENT_DATA_CURSOR_MASK: usize = 32767;
 
-/// In-flight execve/connect syscalls remembered between enter and exit.
+/// Threads with a connect() slot (see the eBPF `CONNECT_INFLIGHT` map).
 pub const INFLIGHT_ENTRIES: u32 = 16 * 1024;
 
 /// Processes inside agent runs the kernel can track at once. An insert into a

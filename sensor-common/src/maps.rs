@@ -40,12 +40,8 @@ pub mod programs {
     pub const EXEC: &str = "snsr_exec";
     /// tracepoint `sched/sched_process_exit`: process (thread group) exit.
     pub const EXIT: &str = "snsr_exit";
-    /// tracepoint `syscalls/sys_enter_execve`.
-    pub const EXECVE_ENTER: &str = "snsr_execve_in";
     /// tracepoint `syscalls/sys_exit_execve`.
     pub const EXECVE_EXIT: &str = "snsr_execve_out";
-    /// tracepoint `syscalls/sys_enter_execveat`.
-    pub const EXECVEAT_ENTER: &str = "snsr_execat_in";
     /// tracepoint `syscalls/sys_exit_execveat`.
     pub const EXECVEAT_EXIT: &str = "snsr_execat_out";
     /// tracepoint `syscalls/sys_enter_connect`.

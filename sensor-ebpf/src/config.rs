@@ -46,15 +46,14 @@ pub(crate) static SNSR_CONFIG: SensorConfig = SensorConfig {
         pid_numbers: 0,
         upid_size: 0,
         upid_nr: 0,
+        pt_regs_di: 0,
+        pt_regs_si: 0,
+        pt_regs_dx: 0,
     },
     tracepoints: sensor_common::config::TracepointOffsets {
         exec_filename: 0,
         exec_old_pid: 0,
         exit_group_dead: 0,
-        execve_filename: 0,
-        execve_argv: 0,
-        execveat_filename: 0,
-        execveat_argv: 0,
         sys_exit_ret: 0,
     },
 };

@@ -42,18 +42,6 @@ pub fn event_scratch() -> Option<*mut Event<ExecData>> {
 pub static PATH_SCRATCH: PerCpuArray<[u8; PATH_SCRATCH_BYTES]> =
     PerCpuArray::with_max_entries(1, 0);
 
-/// Arguments of an execve/execveat in flight, by pid_tgid, kept to report failures.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct ExecveArgs {
-    pub filename: u64,
-    pub argv: u64,
-}
-
-#[map(name = "SNSR_EXECVE")]
-pub static EXECVE_INFLIGHT: LruHashMap<u64, ExecveArgs> =
-    LruHashMap::with_max_entries(INFLIGHT_ENTRIES, 0);
-
 /// A thread's connect() slot, by pid_tgid: the syscall entry opens it, the
 /// cgroup hook fills in the address, the syscall exit adds the result, sends
 /// it and closes the slot.

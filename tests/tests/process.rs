@@ -390,12 +390,30 @@ fn non_utf8_argv_round_trips() -> Result<()> {
     Ok(())
 }
 
-fn failed_exec(file: &std::path::Path, want_errno: i64, want_error: &str) -> Result<()> {
+/// How the helper tries to run the file, and the filename the syscall got.
+#[derive(Clone, Copy)]
+enum ExecCall {
+    /// `execve(path, ...)`.
+    Execve,
+    /// `execveat(fd, "", ..., AT_EMPTY_PATH)` on the opened file.
+    ExecveatEmpty,
+}
+
+fn failed_exec(
+    call: ExecCall,
+    file: &std::path::Path,
+    want_errno: i64,
+    want_error: &str,
+) -> Result<()> {
     let d = Daemon::start()?;
     let mut c = Checks::new();
     let m = marker();
     let file_s = file.to_str().context("non-UTF-8 temp path")?.to_owned();
-    let (pid, out) = run_child(Command::new(helper_bin!()).args(["exec", &file_s, &m]))?;
+    let (subcommand, want_filename) = match call {
+        ExecCall::Execve => ("exec", file_s.as_str()),
+        ExecCall::ExecveatEmpty => ("execveat-empty", ""),
+    };
+    let (pid, out) = run_child(Command::new(helper_bin!()).args([subcommand, &file_s, &m]))?;
     let stderr = text(&out.stderr);
     ensure!(
         out.status.code() == Some(111) && stderr.contains(&format!("errno={want_errno}")),
@@ -403,11 +421,19 @@ fn failed_exec(file: &std::path::Path, want_errno: i64, want_error: &str) -> Res
         out.status
     );
 
+    // Found by the argv it tried, which carries this test's marker.
+    let want_argv = vec![file_s.clone(), m.clone()];
     let exec = d
         .wait_for(EVENT_TIMEOUT, |e| {
-            kind(e) == "process.exec" && str_at(e, "/exec/filename") == Some(file_s.as_str())
+            kind(e) == "process.exec" && argv_of(e) == want_argv
         })
         .with_context(|| format!("failed process.exec of {file_s}"))?;
+    check!(
+        c,
+        str_at(&exec, "/exec/filename") == Some(want_filename),
+        "want exec.filename {want_filename:?}, as the caller passed it: {}",
+        compact(&exec)
+    );
     check!(
         c,
         pid_of(&exec) == Some(pid),
@@ -430,13 +456,6 @@ fn failed_exec(file: &std::path::Path, want_errno: i64, want_error: &str) -> Res
         "a failed exec must report the unchanged caller image {helper}: {}",
         compact(&exec)
     );
-    let want_argv = vec![file_s.clone(), m.clone()];
-    check!(
-        c,
-        argv_of(&exec) == want_argv,
-        "argv is not the one it tried ({want_argv:?}): {}",
-        compact(&exec)
-    );
     c.finish()
 }
 
@@ -445,7 +464,7 @@ fn failed_exec(file: &std::path::Path, want_errno: i64, want_error: &str) -> Res
 fn failed_exec_missing_file_is_enoent() -> Result<()> {
     let dir = TempDir::new("missing")?;
     let file = dir.path().join(format!("missing-{}", marker()));
-    failed_exec(&file, 2, "ENOENT")
+    failed_exec(ExecCall::Execve, &file, 2, "ENOENT")
 }
 
 /// Case 3b: exec of a file without execute permission: EACCES.
@@ -455,7 +474,18 @@ fn failed_exec_non_executable_is_eacces() -> Result<()> {
     let file = dir.path().join(format!("noexec-{}.sh", marker()));
     fs::write(&file, "#!/bin/sh\nexit 0\n")?;
     fs::set_permissions(&file, fs::Permissions::from_mode(0o644))?;
-    failed_exec(&file, 13, "EACCES")
+    failed_exec(ExecCall::Execve, &file, 13, "EACCES")
+}
+
+/// Case 3c: execveat(fd, "", AT_EMPTY_PATH) of a file without execute
+/// permission: the arguments come from other registers than execve's.
+#[test]
+fn failed_execveat_non_executable_is_eacces() -> Result<()> {
+    let dir = TempDir::new("noexec-at")?;
+    let file = dir.path().join(format!("noexec-at-{}.sh", marker()));
+    fs::write(&file, "#!/bin/sh\nexit 0\n")?;
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o644))?;
+    failed_exec(ExecCall::ExecveatEmpty, &file, 13, "EACCES")
 }
 
 /// Case 4: 50 threads: one process.spawn (and one process.exit) for the process,

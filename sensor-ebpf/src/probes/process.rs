@@ -3,7 +3,8 @@
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, generated::bpf_ktime_get_boot_ns,
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        generated::{bpf_ktime_get_boot_ns, bpf_task_pt_regs},
     },
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
@@ -25,7 +26,7 @@ use crate::{
     config::{is_own, offset},
     emit::{count_inherit_failed, count_lost, emit},
     kernel::{Reader, current_task, current_task_btf, load, opaque, run_of},
-    maps::{EXECVE_INFLIGHT, ExecveArgs, PATH_SCRATCH, PROC_RUNS, event_scratch},
+    maps::{PATH_SCRATCH, PROC_RUNS, event_scratch},
     policy::{check_exec, count_exit, count_spawn, kill_current},
 };
 
@@ -267,8 +268,6 @@ unsafe fn try_exec(ctx: &TracePointContext) -> Option<()> {
     let tgid = (pid_tgid >> 32) as u32;
     // SAFETY: offset from the format file.
     let old_pid: u32 = unsafe { ctx.read_at(offset!(tracepoints.exec_old_pid) as usize) }.ok()?;
-    // The exec succeeded: forget the in-flight syscall (keyed by the thread that called it).
-    let _ = EXECVE_INFLIGHT.remove((u64::from(tgid) << 32) | u64::from(old_pid));
     if is_own(tgid) {
         return None;
     }
@@ -374,77 +373,52 @@ unsafe fn try_exec(ctx: &TracePointContext) -> Option<()> {
     Some(())
 }
 
-/// tracepoint `syscalls/sys_enter_execve`: remember the arguments to report a failure.
-#[tracepoint]
-pub fn snsr_execve_in(ctx: TracePointContext) -> u32 {
-    // SAFETY: offsets from the format file.
-    unsafe {
-        execve_enter(
-            &ctx,
-            offset!(tracepoints.execve_filename),
-            offset!(tracepoints.execve_argv),
-        )
-    };
-    0
-}
-
-/// tracepoint `syscalls/sys_enter_execveat`.
-#[tracepoint]
-pub fn snsr_execat_in(ctx: TracePointContext) -> u32 {
-    // SAFETY: offsets from the format file.
-    unsafe {
-        execve_enter(
-            &ctx,
-            offset!(tracepoints.execveat_filename),
-            offset!(tracepoints.execveat_argv),
-        )
-    };
-    0
-}
-
-#[inline(always)]
-unsafe fn execve_enter(ctx: &TracePointContext, filename_off: u32, argv_off: u32) -> Option<()> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if is_own((pid_tgid >> 32) as u32) {
-        return None;
-    }
-    // SAFETY: offsets from the format file.
-    let args = unsafe {
-        ExecveArgs {
-            filename: ctx.read_at(filename_off as usize).ok()?,
-            argv: ctx.read_at(argv_off as usize).ok()?,
-        }
-    };
-    EXECVE_INFLIGHT.insert(pid_tgid, args, 0).ok()
-}
-
 /// tracepoint `syscalls/sys_exit_execve`: report a failed exec.
+///
+/// A failed exec returns to the old image, so its arguments are still where
+/// the caller put them: `execve(filename, argv, envp)` in the saved user
+/// registers, the strings in its memory. Nothing is kept from the syscall's
+/// entry (that cost a map insert and delete on every exec, failed or not).
 #[tracepoint]
 pub fn snsr_execve_out(ctx: TracePointContext) -> u32 {
-    // SAFETY: offsets from the format file.
-    unsafe { execve_exit(&ctx) };
+    // SAFETY: offsets from the format file and BTF.
+    unsafe { execve_exit(&ctx, offset!(kernel.pt_regs_di), offset!(kernel.pt_regs_si)) };
     0
 }
 
-/// tracepoint `syscalls/sys_exit_execveat`.
+/// tracepoint `syscalls/sys_exit_execveat`: `execveat(dirfd, filename, argv, envp, flags)`.
 #[tracepoint]
 pub fn snsr_execat_out(ctx: TracePointContext) -> u32 {
-    // SAFETY: offsets from the format file.
-    unsafe { execve_exit(&ctx) };
+    // SAFETY: offsets from the format file and BTF.
+    unsafe { execve_exit(&ctx, offset!(kernel.pt_regs_si), offset!(kernel.pt_regs_dx)) };
     0
+}
+
+/// The failed exec's `filename` and `argv`, from the caller's registers
+/// (`filename_reg` and `argv_reg`: their offsets in `struct pt_regs`).
+#[inline(always)]
+fn failed_exec_args(filename_reg: u32, argv_reg: u32) -> (u64, u64) {
+    // SAFETY: the current task is a BTF pointer; bpf_task_pt_regs returns
+    // its saved user registers as one, and both offsets come from BTF.
+    unsafe {
+        let task = current_task_btf();
+        let regs = bpf_task_pt_regs(task.cast_mut().cast()) as *const u8;
+        (load(regs, filename_reg), load(regs, argv_reg))
+    }
 }
 
 #[inline(always)]
-unsafe fn execve_exit(ctx: &TracePointContext) -> Option<()> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: a value copy out of the map.
-    let args = unsafe { *EXECVE_INFLIGHT.get(pid_tgid)? };
-    let _ = EXECVE_INFLIGHT.remove(pid_tgid);
+unsafe fn execve_exit(ctx: &TracePointContext, filename_reg: u32, argv_reg: u32) -> Option<()> {
     // SAFETY: offset from the format file.
     let ret: i64 = unsafe { ctx.read_at(offset!(tracepoints.sys_exit_ret) as usize) }.ok()?;
     if ret >= 0 {
         return None;
     }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if is_own((pid_tgid >> 32) as u32) {
+        return None;
+    }
+    let (filename, argv) = failed_exec_args(filename_reg, argv_reg);
     let Some(ev) = event_scratch() else {
         count_lost(EventKind::ProcessExecFailed);
         return None;
@@ -472,7 +446,7 @@ unsafe fn execve_exit(ctx: &TracePointContext) -> Option<()> {
         let filename_len = match r.copy_user_str(
             data.add(opaque(cursor) & EVENT_DATA_CURSOR_MASK),
             STR_MAX,
-            args.filename,
+            filename,
         ) {
             Some(n) if n > 0 => n - 1,
             _ => 0,
@@ -488,10 +462,10 @@ unsafe fn execve_exit(ctx: &TracePointContext) -> Option<()> {
         let mut count: u32 = 0;
         let mut complete = false;
         for i in 0..FAILED_EXEC_MAX_ARGS {
-            let ptr: u64 = if args.argv == 0 {
+            let ptr: u64 = if argv == 0 {
                 0
             } else {
-                r.read_user(args.argv + u64::from(i) * 8)
+                r.read_user(argv + u64::from(i) * 8)
             };
             if ptr == 0 {
                 complete = true;

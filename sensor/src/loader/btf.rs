@@ -66,6 +66,9 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, LoaderError> {
         pid_numbers: f("pid", "numbers")?,
         upid_size: struct_size(&btf, "upid")?,
         upid_nr: f("upid", "nr")?,
+        pt_regs_di: f("pt_regs", "di")?,
+        pt_regs_si: f("pt_regs", "si")?,
+        pt_regs_dx: f("pt_regs", "dx")?,
     })
 }
 

@@ -46,22 +46,10 @@ const fn tp(
 /// Every probe the daemon attaches.
 pub const PROBES: &[Probe] = &[
     tp(
-        p::EXECVE_ENTER,
-        "syscalls",
-        "sys_enter_execve",
-        "failed execve",
-    ),
-    tp(
         p::EXECVE_EXIT,
         "syscalls",
         "sys_exit_execve",
         "failed execve",
-    ),
-    tp(
-        p::EXECVEAT_ENTER,
-        "syscalls",
-        "sys_enter_execveat",
-        "failed execveat",
     ),
     tp(
         p::EXECVEAT_EXIT,

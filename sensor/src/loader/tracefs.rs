@@ -118,8 +118,6 @@ impl Format {
 pub fn tracepoint_offsets(tracefs: &Path) -> Result<TracepointOffsets, LoaderError> {
     let exec = Format::read(tracefs, "sched", "sched_process_exec")?;
     let exit = Format::read(tracefs, "sched", "sched_process_exit")?;
-    let execve = Format::read(tracefs, "syscalls", "sys_enter_execve")?;
-    let execveat = Format::read(tracefs, "syscalls", "sys_enter_execveat")?;
     let execve_exit = Format::read(tracefs, "syscalls", "sys_exit_execve")?;
     // Probed for existence: their programs are attached too.
     Format::read(tracefs, "syscalls", "sys_exit_execveat")?;
@@ -138,10 +136,6 @@ pub fn tracepoint_offsets(tracefs: &Path) -> Result<TracepointOffsets, LoaderErr
         exec_filename: exec.offset("filename", 4)?,
         exec_old_pid: exec.offset("old_pid", 4)?,
         exit_group_dead: exit.optional_offset("group_dead"),
-        execve_filename: execve.offset("filename", 8)?,
-        execve_argv: execve.offset("argv", 8)?,
-        execveat_filename: execveat.offset("filename", 8)?,
-        execveat_argv: execveat.offset("argv", 8)?,
         sys_exit_ret: ret,
     })
 }
