@@ -66,7 +66,19 @@ impl ProcessKeys {
     /// Key from a start time already in clock ticks (as /proc gives it).
     #[must_use]
     pub fn key_from_ticks(&self, pid: u32, start_ticks: u64) -> String {
-        format!("{}:{start_ticks}:{pid}", self.boot_prefix)
+        // Built by hand, not with `format!`: two keys go into every event,
+        // and the formatting machinery was a tenth of the daemon's time.
+        let mut ticks = itoa::Buffer::new();
+        let mut pid_digits = itoa::Buffer::new();
+        let ticks = ticks.format(start_ticks);
+        let pid = pid_digits.format(pid);
+        let mut key = String::with_capacity(self.boot_prefix.len() + ticks.len() + pid.len() + 2);
+        key.push_str(&self.boot_prefix);
+        key.push(':');
+        key.push_str(ticks);
+        key.push(':');
+        key.push_str(pid);
+        key
     }
 }
 
