@@ -7,6 +7,11 @@
 pub const EVENTS: &str = "SNSR_EVENTS";
 /// Per-CPU counters, see [`crate::stats::Stats`].
 pub const STATS: &str = "SNSR_STATS";
+/// Whether the event reader sleeps until woken, see [`READER_SLEEPING`].
+pub const READER: &str = "SNSR_READER";
+/// [`READER`] value: the reader sleeps until a record wakes it. Otherwise
+/// (0) it drains on a short timer and records are written without a wakeup.
+pub const READER_SLEEPING: u32 = 1;
 /// Process → run map, pinned so attribution survives a daemon restart.
 pub const PROC_RUNS: &str = "SNSR_PROC_RUNS";
 /// Per-CPU event assembly buffers (an array indexed by CPU id).

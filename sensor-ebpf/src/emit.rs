@@ -3,9 +3,10 @@
 use sensor_common::{
     event::{EventKind, MAX_EVENT_SIZE},
     limits::EVENTS_WAKEUP_BYTES,
+    maps::READER_SLEEPING,
 };
 
-use crate::maps::{EVENTS, STATS};
+use crate::maps::{EVENTS, READER, STATS};
 
 /// `bpf_ringbuf_output` flag: do not wake the consumer.
 const BPF_RB_NO_WAKEUP: u64 = 1;
@@ -28,8 +29,11 @@ pub unsafe fn emit(record: *const u8, size: usize, kind: EventKind, read_errors:
     };
     // SAFETY: caller guarantees the bytes; the verifier checks the bound against the map value.
     let bytes = unsafe { core::slice::from_raw_parts(record, size) };
-    // Wake the reader only when it is behind; otherwise it drains on its timer.
-    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) > EVENTS_WAKEUP_BYTES {
+    // Wake the reader when it sleeps (an idle host: no timer runs then) or is
+    // behind; otherwise it drains on its timer, and a wakeup per record (an
+    // irq_work, in a VM an IPI) would cost more than this program.
+    let sleeping = READER.get(0).is_some_and(|v| *v == READER_SLEEPING);
+    let flags = if sleeping || EVENTS.query(BPF_RB_AVAIL_DATA) > EVENTS_WAKEUP_BYTES {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

@@ -7,8 +7,11 @@
 
 use std::{sync::Arc, time::Duration};
 
-use aya::maps::{MapData, MapError, PerCpuArray, RingBuf};
-use sensor_common::stats::{SLOT_KINDS, Stats};
+use aya::maps::{Array, MapData, MapError, PerCpuArray, RingBuf};
+use sensor_common::{
+    maps::READER_SLEEPING,
+    stats::{SLOT_KINDS, Stats},
+};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
@@ -43,9 +46,11 @@ const SWEEP_TICKS: u64 = 60;
 const COMMAND_DRAIN_ROUNDS: usize = 1;
 /// Every this many ticks, policy files and host names are resolved again.
 const REFRESH_TICKS: u64 = 2;
-/// How often the ring buffer is drained. The kernel writes records without
-/// waking us (a wakeup per record costs more than the probe itself) unless
-/// we fall behind, so this bounds the kernel-to-output latency.
+/// How often the ring buffer is drained while records keep coming. The
+/// kernel writes them without waking us (a wakeup per record costs more than
+/// the probe itself) unless we fall behind, so this bounds the
+/// kernel-to-output latency. A drain that finds nothing puts the reader to
+/// sleep until the kernel wakes it with the next record (see [`Reader`]).
 const DRAIN_INTERVAL: Duration = Duration::from_millis(5);
 
 #[derive(Debug, thiserror::Error)]
@@ -432,20 +437,91 @@ fn read_stats(stats: &PerCpuArray<MapData, Stats>) -> Result<Stats, PipelineErro
     Ok(total)
 }
 
-fn drain(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline, budget: usize) -> bool {
-    for _ in 0..budget {
+/// What one drain did.
+#[derive(Clone, Copy)]
+struct Drained {
+    records: usize,
+    /// The ring was empty at the end (the budget was not used up).
+    empty: bool,
+}
+
+fn drain(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline, budget: usize) -> Drained {
+    for records in 0..budget {
         let Some(item) = ring.next() else {
-            return true;
+            return Drained {
+                records,
+                empty: true,
+            };
         };
         pipeline.handle_record(&item);
     }
-    false
+    Drained {
+        records: budget,
+        empty: false,
+    }
+}
+
+/// How the reader learns of new records, told to the kernel programs
+/// through the `SNSR_READER` map:
+///
+/// - awake: it drains every [`DRAIN_INTERVAL`] and records come without a
+///   wakeup (a storm costs a few wake-ups per second, not one per record);
+/// - asleep, after a drain found nothing: no timer runs and every record
+///   wakes it. A quiet host costs nothing, and its events are reported at
+///   once. Two wake-ups closer than [`DRAIN_INTERVAL`] wake it up for good.
+///
+/// A record whose program read "awake" just before the reader fell asleep is
+/// sent without a wakeup: the drain right after falling asleep, the next
+/// record, or at the latest the one-second tick picks it up.
+struct Reader {
+    map: Array<MapData, u32>,
+    asleep: bool,
+    /// When a record last woke it.
+    woken: Option<std::time::Instant>,
+}
+
+impl Reader {
+    fn new(map: Array<MapData, u32>) -> Self {
+        Self {
+            map,
+            asleep: false,
+            woken: None,
+        }
+    }
+
+    /// A record woke the reader: true when records now come often enough
+    /// that it should stay awake.
+    fn woken_busy(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        let busy = self
+            .woken
+            .is_some_and(|last| now.duration_since(last) < DRAIN_INTERVAL);
+        self.woken = Some(now);
+        busy
+    }
+
+    /// Tells the kernel; false if it could not (the reader then stays awake,
+    /// which is always safe).
+    fn set_asleep(&mut self, asleep: bool) -> bool {
+        let value = if asleep { READER_SLEEPING } else { 0 };
+        match self.map.set(0, value, 0) {
+            Ok(()) => {
+                self.asleep = asleep;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, asleep, "cannot set the event reader's state");
+                false
+            }
+        }
+    }
 }
 
 /// The kernel side the pipeline reads.
 pub struct KernelStreams {
     pub probes: Probes,
     pub events: RingBuf<MapData>,
+    pub reader: Array<MapData, u32>,
     pub stats: PerCpuArray<MapData, Stats>,
 }
 
@@ -460,8 +536,10 @@ pub async fn run(
     let KernelStreams {
         mut probes,
         events,
+        reader,
         stats,
     } = kernel;
+    let mut reader = Reader::new(reader);
     persist_if_enforcing(&mut probes, &pipeline);
     // SAFETY: RingBuf owns its map fd and keeps it open, unchanged, for its
     // whole life, which the AsyncFd spans.
@@ -484,7 +562,7 @@ pub async fn run(
                 // (bounded: under a steady flood the ring never empties, and
                 // the request must still be answered).
                 for _ in 0..COMMAND_DRAIN_ROUNDS {
-                    if drain(ring.get_mut(), &mut pipeline, DRAIN_BUDGET) {
+                    if drain(ring.get_mut(), &mut pipeline, DRAIN_BUDGET).empty {
                         break;
                     }
                 }
@@ -494,6 +572,10 @@ pub async fn run(
             }
             () = &mut shutdown => break Ok(()),
             _ = tick.tick() => {
+                if reader.asleep {
+                    // A record sent without a wakeup as the reader fell asleep.
+                    drain(ring.get_mut(), &mut pipeline, DRAIN_BUDGET);
+                }
                 match read_stats(&stats) {
                     Ok(s) => pipeline.check_losses(&s),
                     Err(e) => tracing::warn!(error = %e, "kernel counters"),
@@ -520,22 +602,35 @@ pub async fn run(
                     Ok(g) => g,
                     Err(e) => break Err(PipelineError::Poll(e)),
                 };
-                let empty = drain(guard.get_inner_mut(), &mut pipeline, DRAIN_BUDGET);
+                if reader.asleep && reader.woken_busy() && reader.set_asleep(false) {
+                    // Records keep coming: drain on the timer again.
+                    drain_timer.reset();
+                }
+                let drained = drain(guard.get_inner_mut(), &mut pipeline, DRAIN_BUDGET);
                 pipeline.flush();
-                if empty {
+                if drained.empty {
                     guard.clear_ready();
                 } else {
                     tokio::task::yield_now().await;
                 }
             }
-            _ = drain_timer.tick() => {
-                drain(ring.get_mut(), &mut pipeline, DRAIN_BUDGET);
+            _ = drain_timer.tick(), if !reader.asleep => {
+                let drained = drain(ring.get_mut(), &mut pipeline, DRAIN_BUDGET);
+                if drained.records == 0 && reader.set_asleep(true) {
+                    // What came before the kernel saw the change was sent
+                    // without a wakeup: take it now, and stay awake if any.
+                    if drain(ring.get_mut(), &mut pipeline, DRAIN_BUDGET).records > 0 {
+                        reader.set_asleep(false);
+                    }
+                }
                 pipeline.flush();
             }
         }
     };
     // Stop producing first, then take everything already in the ring.
     pipeline.state.set_ready(false);
+    // Programs left attached (enforce) must not wake a reader that is gone.
+    reader.set_asleep(false);
     if probes.persistent() {
         tracing::warn!(
             "enforce policies are loaded: the kernel programs stay attached and keep \
@@ -546,7 +641,7 @@ pub async fn run(
     }
     drop(probes);
     let ring = ring.get_mut();
-    while !drain(ring, &mut pipeline, usize::MAX) {}
+    while !drain(ring, &mut pipeline, usize::MAX).empty {}
     match read_stats(&stats) {
         Ok(s) => pipeline.check_losses(&s),
         Err(e) => tracing::warn!(error = %e, "kernel counters"),

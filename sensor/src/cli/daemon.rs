@@ -106,6 +106,7 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
         let Kernel {
             probes,
             events,
+            reader,
             stats,
             proc_runs,
             policy: policy_maps,
@@ -211,6 +212,7 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
         let kernel = KernelStreams {
             probes,
             events,
+            reader,
             stats,
         };
         let result = pipeline::run(kernel, pipeline, commands, shutdown).await;

@@ -192,6 +192,8 @@ impl Probes {
 pub struct Kernel {
     pub probes: Probes,
     pub events: RingBuf<MapData>,
+    /// Whether the event reader sleeps until woken (see `sensor_common::maps::READER`).
+    pub reader: Array<MapData, u32>,
     pub stats: PerCpuArray<MapData, Stats>,
     /// The pinned process → run map.
     pub proc_runs: BpfHashMap<MapData, u32, ProcRun>,
@@ -405,6 +407,7 @@ pub fn load(own_tgid: u32, pin_dir: &Path) -> Result<Kernel, LoaderError> {
         map: maps::EVENTS,
         source,
     })?;
+    let reader = typed_map(&mut ebpf, maps::READER, Array::try_from)?;
     let stats = take_map(&mut ebpf, maps::STATS)?;
     let stats = PerCpuArray::try_from(stats).map_err(|source| LoaderError::Map {
         map: maps::STATS,
@@ -490,6 +493,7 @@ pub fn load(own_tgid: u32, pin_dir: &Path) -> Result<Kernel, LoaderError> {
             links_dir,
         },
         events,
+        reader,
         stats,
         proc_runs,
         policy,
