@@ -468,7 +468,8 @@ fn drain(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline, budget: usize) ->
 ///   wakeup (a storm costs a few wake-ups per second, not one per record);
 /// - asleep, after a drain found nothing: no timer runs and every record
 ///   wakes it. A quiet host costs nothing, and its events are reported at
-///   once. Two wake-ups closer than [`DRAIN_INTERVAL`] wake it up for good.
+///   once. Two wake-ups closer than [`DRAIN_INTERVAL`] put it back on the
+///   timer.
 ///
 /// A record whose program read "awake" just before the reader fell asleep is
 /// sent without a wakeup: the drain right after falling asleep, the next
