@@ -470,10 +470,7 @@ fn failed_exec_missing_file_is_enoent() -> Result<()> {
 /// Case 3b: exec of a file without execute permission: EACCES.
 #[test]
 fn failed_exec_non_executable_is_eacces() -> Result<()> {
-    let dir = TempDir::new("noexec")?;
-    let file = dir.path().join(format!("noexec-{}.sh", marker()));
-    fs::write(&file, "#!/bin/sh\nexit 0\n")?;
-    fs::set_permissions(&file, fs::Permissions::from_mode(0o644))?;
+    let (_dir, file) = non_executable_script("noexec")?;
     failed_exec(ExecCall::Execve, &file, 13, "EACCES")
 }
 
@@ -481,11 +478,18 @@ fn failed_exec_non_executable_is_eacces() -> Result<()> {
 /// permission: the arguments come from other registers than execve's.
 #[test]
 fn failed_execveat_non_executable_is_eacces() -> Result<()> {
-    let dir = TempDir::new("noexec-at")?;
-    let file = dir.path().join(format!("noexec-at-{}.sh", marker()));
+    let (_dir, file) = non_executable_script("noexec-at")?;
+    failed_exec(ExecCall::ExecveatEmpty, &file, 13, "EACCES")
+}
+
+/// A shell script without execute permission (mode 0644) in a new temp
+/// directory, which the caller keeps alive.
+fn non_executable_script(name: &str) -> Result<(TempDir, std::path::PathBuf)> {
+    let dir = TempDir::new(name)?;
+    let file = dir.path().join(format!("{name}-{}.sh", marker()));
     fs::write(&file, "#!/bin/sh\nexit 0\n")?;
     fs::set_permissions(&file, fs::Permissions::from_mode(0o644))?;
-    failed_exec(ExecCall::ExecveatEmpty, &file, 13, "EACCES")
+    Ok((dir, file))
 }
 
 /// Case 4: 50 threads: one process.spawn (and one process.exit) for the process,
