@@ -1429,10 +1429,12 @@ fn us_per_op(samples: &[Sample], ops: usize) -> Vec<f64> {
         .collect()
 }
 
-fn index_of(workload: &Workload) -> usize {
+/// The index of the workload named `name` in [`WORKLOADS`] (the key of its
+/// samples), or `usize::MAX`, which keys nothing.
+fn index_of(name: &str) -> usize {
     WORKLOADS
         .iter()
-        .position(|w| w.name == workload.name)
+        .position(|w| w.name == name)
         .unwrap_or(usize::MAX)
 }
 
@@ -1445,7 +1447,7 @@ fn markdown(workloads: &[&Workload], rounds: usize, quick: bool, results: &Resul
     out.push_str("| workload | ops | variant | median µs/op | min – max µs/op | IQR µs/op | ratio vs bare (median of rounds) | lost |\n");
     out.push_str("|---|---:|---|---:|---:|---:|---:|---:|\n");
     for workload in workloads {
-        let index = index_of(workload);
+        let index = index_of(workload.name);
         let ops = workload.ops(quick);
         for variant in VARIANTS {
             let samples = results
@@ -1596,7 +1598,7 @@ fn cpu_markdown(workloads: &[&Workload], results: &Results) -> String {
         "---:|".repeat(names.len())
     );
     for workload in workloads {
-        let index = index_of(workload);
+        let index = index_of(workload.name);
         for variant in VARIANTS {
             let Some(rounds) = results.cpu.get(&(index, variant.name())) else {
                 continue;
@@ -1658,10 +1660,9 @@ fn kernel_cost_markdown(results: &Results) -> String {
             ));
         }
         let per_op = cost.ns_per_op();
-        let bare = WORKLOADS
-            .iter()
-            .position(|w| w.name == cost.workload)
-            .and_then(|index| results.samples.get(&(index, Variant::Bare.name())))
+        let bare = results
+            .samples
+            .get(&(index_of(cost.workload), Variant::Bare.name()))
             .and_then(|samples| Summary::of(&us_per_op(samples, cost.ops)))
             .map(|s| s.median);
         totals.push_str(&format!(
@@ -1703,7 +1704,7 @@ fn report_json(
     let workloads: Vec<Value> = workloads
         .iter()
         .map(|workload| {
-            let index = index_of(workload);
+            let index = index_of(workload.name);
             let ops = workload.ops(quick);
             let variants: Vec<Value> = VARIANTS
                 .iter()
@@ -1835,7 +1836,7 @@ mod tests {
     #[test]
     fn workload_names_are_unique() {
         for (i, a) in WORKLOADS.iter().enumerate() {
-            assert_eq!(index_of(a), i);
+            assert_eq!(index_of(a.name), i);
         }
     }
 }
