@@ -18,6 +18,7 @@
 //! [`Daemon::start_with_config`] passes a `--config` file. `SENSOR_TEST_KEEP=1` keeps each test's temp dir (events file,
 //! daemon stderr) for inspection.
 
+pub mod enforce;
 pub mod ocsf;
 pub mod servers;
 
@@ -84,6 +85,16 @@ pub fn die_with_parent(cmd: &mut Command) {
             Ok(())
         });
     }
+}
+
+/// The `sensor-test-helper` binary, beside the running test executable
+/// (`target/<profile>/deps/<test>` → `target/<profile>/sensor-test-helper`):
+/// for library code, where `helper_bin!` (a compile-time path) is not set.
+pub fn helper_path() -> PathBuf {
+    env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("sensor-test-helper")))
+        .unwrap_or_else(|| target_dir().join("debug").join("sensor-test-helper"))
 }
 
 /// The workspace root (parent of this crate's directory).
