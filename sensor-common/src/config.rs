@@ -58,6 +58,10 @@ pub struct KernelOffsets {
     pub pt_regs_di: u32,
     pub pt_regs_si: u32,
     pub pt_regs_dx: u32,
+    /// `inode` change time: seconds (`i_ctime_sec`, 6.11+; `__i_ctime.tv_sec`
+    /// before) and nanoseconds (`i_ctime_nsec`; `__i_ctime.tv_nsec`).
+    pub inode_ctime_sec: u32,
+    pub inode_ctime_nsec: u32,
 }
 
 /// Byte offsets of tracepoint fields, from tracefs `events/*/*/format`.
@@ -83,12 +87,17 @@ pub struct SensorConfig {
     /// Nanoseconds per clock tick (`1e9 / sysconf(_SC_CLK_TCK)`): process start
     /// times are compared at this grain, the one /proc gives user space.
     pub ns_per_tick: u32,
+    /// The daemon's start time (`CLOCK_BOOTTIME` ns, at tick grain): with
+    /// `own_tgid` it names the daemon, so a process that later gets the
+    /// daemon's pid (after it died, with the programs still pinned) is not
+    /// taken for it.
+    pub own_start_ns: u64,
     /// Struct field offsets.
     pub kernel: KernelOffsets,
     /// Tracepoint field offsets.
     pub tracepoints: TracepointOffsets,
 }
-const _: () = assert!(size_of::<SensorConfig>() == 8 + 42 * 4 + 4 * 4);
+const _: () = assert!(size_of::<SensorConfig>() == 8 + 8 + 44 * 4 + 4 * 4);
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), integers only, no padding (size checked above).

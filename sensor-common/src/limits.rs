@@ -58,3 +58,11 @@ pub const MAX_EXEC_RULES: u32 = 128 * 1024;
 pub const MAX_NET_RULES: u32 = 64 * 1024;
 /// Parent directories walked from an executed file to find a directory rule.
 pub const POLICY_DIR_DEPTH: u32 = 32;
+
+/// Runs with per-run counters (losses, suppressed denials) at once; an LRU
+/// map, so the oldest run's counters make room (after user space read them).
+pub const MAX_RUN_STATS: u32 = 16 * 1024;
+/// Denial records (denied connect or sendmsg) a run may send per second;
+/// past it they are counted in [`crate::stats::RunStats`] instead. A flood of
+/// denied `sendto()`s cannot then fill the ring and hide everything else.
+pub const DENIALS_PER_RUN_PER_SEC: u64 = 100;

@@ -29,6 +29,10 @@ pub const NET4_RULES: &str = "SNSR_NET4_RULES";
 /// IPv6 prefix trie per policy. Pinned.
 pub const NET6_RULES: &str = "SNSR_NET6_RULES";
 
+/// Per-run counters: records lost and denial records suppressed, see
+/// [`crate::stats::RunStats`].
+pub const RUN_STATS: &str = "SNSR_RUN_STATS";
+
 /// Maps pinned in the pin directory, in the order they are reused: they keep
 /// attribution and enforcement going while the daemon is down or restarting.
 pub const PINNED: &[&str] = &[

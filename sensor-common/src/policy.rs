@@ -81,8 +81,16 @@ pub struct ExecRule {
     pub rule: u32,
     /// `EXEC_*`.
     pub kind: u32,
+    /// For a file pinned by its sha256: the inode's change time when it was
+    /// hashed (seconds, nanoseconds). A file rewritten in place keeps its
+    /// inode but not its ctime, so the kernel denies it from its first exec
+    /// until user space has hashed it again. 0 (both): not checked.
+    pub ctime_sec: i64,
+    pub ctime_nsec: u32,
+    /// Reserved, zero.
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<ExecRule>() == 8);
+const _: () = assert!(size_of::<ExecRule>() == 24);
 
 /// Port ranges one network prefix entry holds.
 pub const NET_PORT_RANGES: usize = 8;

@@ -44,6 +44,27 @@ impl Stats {
 // SAFETY: plain integers, repr(C), no padding (size checked above).
 unsafe impl aya::Pod for Stats {}
 
+/// What the kernel counts per run (value of the `RUN_STATS` map, key: run
+/// handle): records of the run it could not deliver, and denial records it
+/// held back under the per-run rate limit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunStats {
+    /// Records of the run lost because the ring buffer was full.
+    pub lost: u64,
+    /// Denial records not sent (over `DENIALS_PER_RUN_PER_SEC`).
+    pub denials_suppressed: u64,
+    /// Start of the current rate-limit window, `CLOCK_BOOTTIME` ns.
+    pub window_start_ns: u64,
+    /// Denial records sent in the current window.
+    pub window_sent: u64,
+}
+const _: () = assert!(size_of::<RunStats>() == 32);
+
+#[cfg(feature = "user")]
+// SAFETY: plain integers, repr(C), no padding (size checked above).
+unsafe impl aya::Pod for RunStats {}
+
 /// The kinds that have a counter slot, in slot order.
 pub const SLOT_KINDS: [EventKind; 5] = [
     EventKind::ProcessSpawn,

@@ -6,6 +6,7 @@ use sensor_common::config::SensorConfig;
 pub(crate) static SNSR_CONFIG: SensorConfig = SensorConfig {
     own_tgid: 0,
     ns_per_tick: 0,
+    own_start_ns: 0,
     kernel: sensor_common::config::KernelOffsets {
         task_tgid: 0,
         task_pid: 0,
@@ -49,6 +50,8 @@ pub(crate) static SNSR_CONFIG: SensorConfig = SensorConfig {
         pt_regs_di: 0,
         pt_regs_si: 0,
         pt_regs_dx: 0,
+        inode_ctime_sec: 0,
+        inode_ctime_nsec: 0,
     },
     tracepoints: sensor_common::config::TracepointOffsets {
         exec_filename: 0,
@@ -74,8 +77,18 @@ pub fn read_volatile<T: Copy>(field: *const T) -> T {
     unsafe { core::ptr::read_volatile(field) }
 }
 
-/// True when the current task belongs to the daemon itself.
+/// True when the current task (of process `tgid`) belongs to the daemon
+/// itself: its pid and its start time. The pid alone is not enough: pinned
+/// programs outlive the daemon, and a process that later gets its pid must
+/// not be exempt from anything.
 #[inline(always)]
 pub fn is_own(tgid: u32) -> bool {
-    tgid == offset!(own_tgid)
+    if tgid != offset!(own_tgid) {
+        return false;
+    }
+    let mut r = crate::kernel::Reader::new();
+    let task = crate::kernel::current_task();
+    let leader: u64 = r.read(task, offset!(kernel.task_group_leader));
+    let start: u64 = r.read(leader, offset!(kernel.task_start_boottime));
+    crate::kernel::same_start(start, offset!(own_start_ns))
 }

@@ -1,12 +1,14 @@
 //! Sending a finished record to user space, and counting it.
 
+use aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns;
 use sensor_common::{
     event::{EventKind, MAX_EVENT_SIZE},
-    limits::EVENTS_WAKEUP_BYTES,
+    limits::{DENIALS_PER_RUN_PER_SEC, EVENTS_WAKEUP_BYTES},
     maps::READER_SLEEPING,
+    stats::RunStats,
 };
 
-use crate::maps::{EVENTS, READER, STATS};
+use crate::maps::{EVENTS, READER, RUN_STATS, STATS};
 
 /// `bpf_ringbuf_output` flag: do not wake the consumer.
 const BPF_RB_NO_WAKEUP: u64 = 1;
@@ -16,12 +18,13 @@ const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
 
 /// Copies `size` bytes at `record` into the ring buffer and counts the result:
-/// `emitted` on success, `lost` when the ring buffer is full.
+/// `emitted` on success, `lost` when the ring buffer is full (and, for a
+/// record of run `run`, the run's own `lost`).
 ///
 /// # Safety
 /// `record` must point to at least `min(size, MAX_EVENT_SIZE)` readable bytes.
 #[inline(always)]
-pub unsafe fn emit(record: *const u8, size: usize, kind: EventKind, read_errors: u64) {
+pub unsafe fn emit(record: *const u8, size: usize, kind: EventKind, read_errors: u64, run: u64) {
     let size = if size > MAX_EVENT_SIZE {
         MAX_EVENT_SIZE
     } else {
@@ -50,6 +53,64 @@ pub unsafe fn emit(record: *const u8, size: usize, kind: EventKind, read_errors:
             }
             (*stats).read_errors += read_errors;
         }
+    }
+    if !sent && run != 0 {
+        if let Some(rs) = run_stats(run) {
+            // SAFETY: a map value of this type, aligned for u64.
+            unsafe { atomic_add(&raw mut (*rs).lost, 1) };
+        }
+    }
+}
+
+/// The counters of run `run`, created on first use.
+#[inline(always)]
+fn run_stats(run: u64) -> Option<*mut RunStats> {
+    if let Some(p) = RUN_STATS.get_ptr_mut(&run) {
+        return Some(p);
+    }
+    // BPF_NOEXIST: a racing insert by another CPU wins, and is used below.
+    let _ = RUN_STATS.insert(&run, &RunStats::default(), 1);
+    RUN_STATS.get_ptr_mut(&run)
+}
+
+/// Whether run `run` may send one more denial record now: at most
+/// `DENIALS_PER_RUN_PER_SEC` per one-second window. Past it the record is
+/// counted in the run's `denials_suppressed` instead, which user space
+/// reports. (The window's fields race between CPUs; the budget is
+/// approximate, the suppressed count is exact.)
+#[inline(always)]
+pub fn deny_budget(run: u64) -> bool {
+    if run == 0 {
+        return true;
+    }
+    let Some(rs) = run_stats(run) else {
+        return true;
+    };
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    // SAFETY: a map value of this type; see the note above on races.
+    unsafe {
+        if now.wrapping_sub((*rs).window_start_ns) >= 1_000_000_000 {
+            (*rs).window_start_ns = now;
+            (*rs).window_sent = 0;
+        }
+        if (*rs).window_sent < DENIALS_PER_RUN_PER_SEC {
+            (*rs).window_sent += 1;
+            return true;
+        }
+        atomic_add(&raw mut (*rs).denials_suppressed, 1);
+    }
+    false
+}
+
+/// Atomically adds `v` to the map value at `p` (see `policy::atomic_add`).
+#[inline(always)]
+unsafe fn atomic_add(p: *mut u64, v: u64) {
+    // SAFETY: the caller passes a map value pointer, aligned for u64.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            p, v,
+        );
     }
 }
 

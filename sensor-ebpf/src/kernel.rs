@@ -308,7 +308,7 @@ pub fn run_of(tgid: u32, start_ns: u64) -> (u64, u32) {
 /// Two start times of the same process: equal at clock-tick grain (the
 /// entry may come from user space, which reads ticks from /proc).
 #[inline(always)]
-fn same_start(a: u64, b: u64) -> bool {
+pub fn same_start(a: u64, b: u64) -> bool {
     let tick = u64::from(offset!(ns_per_tick));
     match (a.checked_div(tick), b.checked_div(tick)) {
         (Some(a), Some(b)) => a == b,

@@ -8,10 +8,10 @@ use sensor_common::{
     event::{Event, ExecData, ProcRun},
     limits::{
         EVENTS_RING_BYTES, INFLIGHT_ENTRIES, MAX_EXEC_RULES, MAX_NET_RULES, MAX_POLICIES,
-        MAX_POLICY_RUNS, MAX_TRACKED_PROCESSES, PATH_SCRATCH_BYTES,
+        MAX_POLICY_RUNS, MAX_RUN_STATS, MAX_TRACKED_PROCESSES, PATH_SCRATCH_BYTES,
     },
     policy::{ExecKey, ExecRule, Net4Data, Net6Data, NetRule, PolicySlot, RunPolicy},
-    stats::Stats,
+    stats::{RunStats, Stats},
 };
 
 /// Events to user space.
@@ -26,6 +26,11 @@ pub static READER: Array<u32> = Array::with_max_entries(1, 0);
 /// Per-CPU counters.
 #[map(name = "SNSR_STATS")]
 pub static STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-run counters (records lost, denials suppressed) and the denial rate
+/// limit's window, by run handle. LRU: the map never refuses a run.
+#[map(name = "SNSR_RUN_STATS")]
+pub static RUN_STATS: LruHashMap<u64, RunStats> = LruHashMap::with_max_entries(MAX_RUN_STATS, 0);
 
 /// One buffer per CPU an exec or spawn event is assembled in: too big for the
 /// stack and for a per-CPU map value (32 KiB), so a plain array indexed by CPU

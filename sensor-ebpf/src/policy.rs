@@ -82,6 +82,10 @@ pub fn check_exec(r: &mut Reader, run: u64, file: u64) -> Decision {
     let key = |policy, dev, ino| ExecKey { policy, dev, ino };
     // SAFETY (all lookups): value copies out of the map.
     let exact = unsafe { EXEC_RULES.get(key(slot.id, dev, ino)).copied() };
+    // A pinned file rewritten since it was hashed (same inode, new ctime)
+    // is no longer what its rule names, until user space has hashed it again.
+    let exact =
+        exact.filter(|e| (e.ctime_sec == 0 && e.ctime_nsec == 0) || same_ctime(r, inode, e));
     let is_loader = unsafe { EXEC_RULES.get(key(LOADER_POLICY_ID, dev, ino)).is_some() };
     let mut rule = None;
     let mut deny_rule = RULE_NO_MATCH;
@@ -102,6 +106,14 @@ pub fn check_exec(r: &mut Reader, run: u64, file: u64) -> Decision {
         unsafe { bpf_send_signal(SIGKILL) };
     }
     d
+}
+
+/// Whether the inode at `inode` has the change time rule `e` was hashed at.
+#[inline(always)]
+fn same_ctime(r: &mut Reader, inode: u64, e: &sensor_common::policy::ExecRule) -> bool {
+    let sec: i64 = r.read(inode, offset!(kernel.inode_ctime_sec));
+    let nsec: u32 = r.read(inode, offset!(kernel.inode_ctime_nsec));
+    sec == e.ctime_sec && nsec == e.ctime_nsec
 }
 
 /// State of the parent-directory walk, one step per `bpf_loop` iteration.

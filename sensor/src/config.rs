@@ -30,6 +30,66 @@ pub struct Config {
     #[serde(rename = "output")]
     pub outputs: Vec<OutputTable>,
     pub metrics: MetricsConfig,
+    pub limits: LimitsConfig,
+}
+
+/// `[limits]`: what one client, and one user, may hold of the daemon. The
+/// control socket is open to every local user, and a watched agent may be
+/// one of them: without bounds one user could fill the kernel's maps, the
+/// file descriptor table or the run table for everyone.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Active runs one user (uid) may hold, sub-runs included.
+    pub runs_per_uid: u32,
+    /// `launch` requests one user may make per second (bursts of twice that).
+    pub launches_per_second: u32,
+    /// Control connections open at once, in all.
+    pub connections: u32,
+    /// Control connections one user may have open at once.
+    pub connections_per_uid: u32,
+    /// Seconds a control connection may take to send its request.
+    pub idle_timeout_secs: u32,
+    /// Runs bound to a policy at once: the size of the kernel's run→policy
+    /// map (a launch past it is refused, never run unenforced).
+    pub policy_runs: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            runs_per_uid: 4096,
+            launches_per_second: 50,
+            connections: 256,
+            connections_per_uid: 32,
+            idle_timeout_secs: 5,
+            policy_runs: sensor_common::limits::MAX_POLICY_RUNS,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// Refuses values that would disable a bound or cannot work.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("runs_per_uid", self.runs_per_uid),
+            ("launches_per_second", self.launches_per_second),
+            ("connections", self.connections),
+            ("connections_per_uid", self.connections_per_uid),
+            ("idle_timeout_secs", self.idle_timeout_secs),
+            ("policy_runs", self.policy_runs),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("[limits] {key} must be at least 1"));
+        }
+        if self.idle_timeout_secs > 3600 {
+            return Err("[limits] idle_timeout_secs must be at most 3600".into());
+        }
+        if self.policy_runs > 1 << 20 {
+            return Err(format!("[limits] policy_runs must be at most {}", 1 << 20));
+        }
+        Ok(())
+    }
 }
 
 /// `[[output]]`: the same options a SPEC takes after its commas.
@@ -199,6 +259,8 @@ pub enum ConfigError {
         #[source]
         source: Box<crate::policy::PolicyError>,
     },
+    #[error("config {path}: {message}")]
+    Limits { path: PathBuf, message: String },
     #[error("config {path}")]
     Agent {
         path: PathBuf,
@@ -256,6 +318,13 @@ impl Config {
             .map_err(|source| ConfigError::Output {
                 path: path.to_owned(),
                 source,
+            })?;
+        config
+            .limits
+            .validate()
+            .map_err(|message| ConfigError::Limits {
+                path: path.to_owned(),
+                message,
             })?;
         crate::attribution::Matchers::new(&config.agents).map_err(|source| ConfigError::Agent {
             path: path.to_owned(),

@@ -140,6 +140,41 @@ pub fn proc_start_in(proc_root: &Path, pid: u32) -> Option<(u64, u32)> {
     Some((stat.starttime, u32::try_from(stat.ppid).ok()?))
 }
 
+/// Sends SIGKILL to process `pid` if it is still the process that started
+/// at `start_ticks` (clock ticks, as /proc gives them): the pid is pinned
+/// with a pidfd first, its start time checked, then the pidfd signalled, so
+/// a pid reused meanwhile is never hit. Returns whether it was signalled.
+pub fn kill_process(pid: u32, start_ticks: u64) -> bool {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: pidfd_open(2) with flags 0 returns a new fd or -1.
+    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, raw, 0) };
+    let Ok(fd) = i32::try_from(fd) else {
+        return false;
+    };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: the kernel just gave us this fd.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    if proc_start(pid).map(|(t, _)| t) != Some(start_ticks) {
+        return false;
+    }
+    // SAFETY: pidfd_send_signal(2) on our own pidfd, no siginfo.
+    let r = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            nix::libc::SIGKILL,
+            std::ptr::null::<nix::libc::siginfo_t>(),
+            0,
+        )
+    };
+    r == 0
+}
+
 /// Real uid of a live process (from `status`), under a /proc root.
 #[must_use]
 pub fn proc_uid_in(proc_root: &Path, pid: u32) -> Option<u32> {

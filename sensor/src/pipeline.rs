@@ -7,25 +7,26 @@
 
 use std::{sync::Arc, time::Duration};
 
-use aya::maps::{Array, MapData, MapError, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf};
 use sensor_common::{
     maps::READER_SLEEPING,
-    stats::{SLOT_KINDS, Stats},
+    stats::{RunStats, SLOT_KINDS, Stats},
 };
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    attribution::RunChange,
+    attribution::{AttributionError, LaunchRequest, Peer, RunChange},
     control::{
         Command,
         protocol::{Request, Response},
     },
     event::sequence::SeqFile,
-    event::{Event, EventBuilder, Kind, Lost, raw},
+    event::{Degraded, Event, EventBuilder, Kind, Lost, raw},
     identity::Clock,
     loader::Probes,
     sinks::{Batch, Line, OutputHandle, Outputs},
     status::DaemonState,
+    status::Defense,
     store::{
         unix_ns,
         writer::{Record, RunRow, StoreBatch, StoreWriter},
@@ -79,8 +80,15 @@ pub struct Pipeline {
     scratch: Vec<Event>,
     store: Option<StoreWriter>,
     store_records: Vec<Record>,
-    /// The config file policies are reloaded from.
-    config_path: Option<std::path::PathBuf>,
+    /// The per-user bounds on launches.
+    limits: crate::config::LimitsConfig,
+    launch_rate: LaunchRate,
+    /// A read connection to the store, for run id uniqueness.
+    store_reader: Option<rusqlite::Connection>,
+    /// The kernel's per-run counters as last reported, by run handle.
+    run_stats_seen: std::collections::HashMap<u64, RunStats>,
+    /// Whether a caught panic was logged already (once is enough).
+    panic_logged: bool,
 }
 
 impl Pipeline {
@@ -103,7 +111,13 @@ impl Pipeline {
             scratch: Vec::with_capacity(4),
             store: None,
             store_records: Vec::new(),
-            config_path: None,
+            limits: crate::config::LimitsConfig::default(),
+            launch_rate: LaunchRate::new(
+                crate::config::LimitsConfig::default().launches_per_second,
+            ),
+            store_reader: None,
+            run_stats_seen: std::collections::HashMap::new(),
+            panic_logged: false,
         }
     }
 
@@ -115,20 +129,21 @@ impl Pipeline {
         self
     }
 
-    /// Where `reload` reads the policies (the daemon's `--config`).
+    /// The per-user bounds on launches (`[limits]`).
     #[must_use]
-    pub fn with_config_path(mut self, path: Option<std::path::PathBuf>) -> Self {
-        self.config_path = path;
+    pub fn with_limits(mut self, limits: crate::config::LimitsConfig) -> Self {
+        self.launch_rate = LaunchRate::new(limits.launches_per_second);
+        self.limits = limits;
         self
     }
 
-    /// Re-reads and validates the config's policies, then swaps them in.
-    /// On any error the running policies stay, untouched.
-    pub fn reload_policies(&mut self) -> Result<(u64, Vec<String>), String> {
-        // `{:#}` of an anyhow error prints the whole chain (file:line and cause).
-        let (_, policies) = crate::config::Config::load_with_policies(self.config_path.as_deref())
-            .map_err(|e| format!("{:#}", anyhow::Error::new(e)))?;
-        let version = self.builder.policies().version() + 1;
+    /// Swaps in policies a reload read and validated. On any error the
+    /// running policies stay, untouched.
+    pub fn install_policies(
+        &mut self,
+        policies: crate::policy::Policies,
+    ) -> Result<(u64, Vec<String>), String> {
+        let version = self.builder.policies().version().saturating_add(1);
         let policies = policies.with_version(version);
         let names: Vec<String> = policies.names().map(str::to_owned).collect();
         self.builder.set_policies(policies)?;
@@ -144,8 +159,31 @@ impl Pipeline {
         self
     }
 
-    /// Handles one ring buffer record.
+    /// Handles one ring buffer record. A panic while handling it (a bug
+    /// some record reaches) is caught and counted: one lost record, never
+    /// a dead daemon.
     pub fn handle_record(&mut self, bytes: &[u8]) {
+        let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.decode_and_build(bytes)
+        }));
+        if handled.is_err() {
+            self.caught_panic("a kernel record");
+        }
+    }
+
+    /// Counts (and logs once) a panic caught while handling `what`.
+    fn caught_panic(&mut self, what: &str) {
+        Defense::count(&self.state.defense.panics);
+        if !self.panic_logged {
+            tracing::error!(
+                what,
+                "handling it panicked (a bug; counted in status as panics, later ones are not logged); the daemon goes on"
+            );
+            self.panic_logged = true;
+        }
+    }
+
+    fn decode_and_build(&mut self, bytes: &[u8]) {
         match raw::decode(bytes) {
             Ok(raw) => {
                 let mut events = std::mem::take(&mut self.scratch);
@@ -176,27 +214,152 @@ impl Pipeline {
     }
 
     /// Answers a control request about runs. The caller drained the ring
-    /// first, so the process table is as fresh as the kernel.
+    /// first, so the process table is as fresh as the kernel. A panic while
+    /// answering is caught and counted (the caller gets an error).
     pub fn command(&mut self, command: Command) {
+        let answered =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.answer(command)));
+        if answered.is_err() {
+            self.caught_panic("a control request");
+        }
+    }
+
+    fn answer(&mut self, command: Command) {
+        match command {
+            Command::Reload { loaded, reply } => {
+                let response = match loaded.and_then(|p| self.install_policies(*p)) {
+                    Ok((version, policies)) => Response::Reloaded { version, policies },
+                    Err(message) => {
+                        tracing::error!(%message, "policy reload refused; the running policies stay");
+                        Response::Error {
+                            message: format!(
+                                "reload refused, the running policies stay: {message}"
+                            ),
+                        }
+                    }
+                };
+                let _ = reply.send(response);
+            }
+            Command::Request {
+                peer,
+                request,
+                reply,
+            } => {
+                let response = self.answer_request(&peer, request);
+                let _ = reply.send(response);
+            }
+        }
+    }
+
+    fn answer_request(&mut self, peer: &Peer, request: Request) -> Response {
+        let error = |e: &dyn std::fmt::Display| Response::Error {
+            message: e.to_string(),
+        };
+        match request {
+            Request::Launch(req) => {
+                let response = self.launch(peer, req);
+                if matches!(response, Response::Error { .. }) {
+                    Defense::count(&self.state.defense.launches_refused);
+                }
+                response
+            }
+            Request::Whoami => match self.builder.attribution().attest(peer.pid, None) {
+                // What was read was about the peer only if it still owns its pid.
+                Ok(_) if !peer.alive() => error(&AttributionError::PeerGone(peer.pid)),
+                Ok(answer) => Response::Run(Box::new(answer)),
+                Err(e) => error(&e),
+            },
+            Request::Attest { pid, start_ticks } => {
+                match self.builder.attribution().attest(pid, start_ticks) {
+                    Ok(mut answer) => {
+                        // Another user's labels are theirs (root sees all).
+                        if peer.uid != 0 && answer.run.uid != peer.uid {
+                            answer.run.labels.clear();
+                            answer.run.principal_claimed = None;
+                        }
+                        Response::Run(Box::new(answer))
+                    }
+                    Err(e) => error(&e),
+                }
+            }
+            Request::Status => {
+                let report = self.state.report();
+                Response::Status(Box::new(if peer.uid == 0 {
+                    report
+                } else {
+                    report.redacted()
+                }))
+            }
+            // The control server reads the config off the event thread and
+            // sends `Command::Reload`; a bare request never gets here.
+            Request::ReloadPolicies => Response::Error {
+                message: "reload through the control socket".to_owned(),
+            },
+        }
+    }
+
+    /// Why `peer` may not launch now, if it may not: the per-user bounds.
+    fn launch_bounds(&mut self, peer: &Peer) -> Option<String> {
+        let limits = &self.limits;
+        let active = self.builder.attribution().active_runs_of_uid(peer.uid);
+        if active >= limits.runs_per_uid {
+            return Some(format!(
+                "uid {} already has {active} active runs (at most {}: [limits] runs_per_uid)",
+                peer.uid, limits.runs_per_uid
+            ));
+        }
+        if !self.launch_rate.allow(peer.uid, std::time::Instant::now()) {
+            return Some(format!(
+                "too many launches from uid {} (more than {} per second: [limits] launches_per_second)",
+                peer.uid, limits.launches_per_second
+            ));
+        }
+        None
+    }
+
+    /// Whether the store has a run with exactly this id (runs that ended
+    /// long ago are no longer in memory). Without a store only memory is
+    /// asked, in `RunTable::create`.
+    fn run_id_was_used(&mut self, id: &str) -> bool {
+        let Some(path) = self.store.as_ref().map(|s| s.path().to_owned()) else {
+            return false;
+        };
+        if self.store_reader.is_none() {
+            self.store_reader = crate::store::open_for_reading(&path).ok();
+        }
+        self.store_reader
+            .as_ref()
+            .is_some_and(|c| crate::store::query::run_exists(c, id).unwrap_or(false))
+    }
+
+    /// `sensor launch` from `peer`: bounds and policy checks first, then the
+    /// run, bound to its policy in the kernel before the peer enters it.
+    fn launch(&mut self, peer: &Peer, req: LaunchRequest) -> Response {
         let now = std::time::SystemTime::now();
-        if let Request::Launch(req) = &command.request
-            && let Some(name) = &req.policy
+        let refuse = |message: String| Response::Error { message };
+        if let Some(why) = self.launch_bounds(peer) {
+            return refuse(why);
+        }
+        if let Some(name) = &req.policy
             && !self.builder.policies().contains(name)
         {
-            let _ = command.reply.send(Response::Error {
-                message: format!(
-                    "unknown policy {name:?} (the daemon's config defines none by that name)"
-                ),
-            });
-            return;
+            return refuse(format!(
+                "unknown policy {name:?} (the daemon's config defines none by that name)"
+            ));
+        }
+        // A run id names one run for good: a chosen id that an earlier run
+        // had (gone from memory, still in the store) would mix two records.
+        if let Some(id) = &req.run_id
+            && self.run_id_was_used(id)
+        {
+            return refuse(format!("run id {id:?} was used by an earlier run"));
         }
         // A sub-run may name a policy only if it is within its parent run's.
-        if let Request::Launch(req) = &command.request
-            && let Some(name) = &req.policy
+        if let Some(name) = &req.policy
             && let Some(parent_name) = self
                 .builder
                 .attribution()
-                .attest(command.peer.pid, None)
+                .attest(peer.pid, None)
                 .ok()
                 .and_then(|a| a.run.policy)
             && let (Some(child), Some(parent)) = (
@@ -205,65 +368,26 @@ impl Pipeline {
             )
             && let Err(extra) = child.within(parent)
         {
-            let _ = command.reply.send(Response::Error {
-                message: format!(
-                    "policy {name:?} is wider than the parent run's policy {parent_name:?} \
-                     ({extra} is not in it): a sub-agent cannot gain rights its parent lacks"
-                ),
-            });
-            return;
+            return refuse(format!(
+                "policy {name:?} is wider than the parent run's policy {parent_name:?} \
+                 ({extra} is not in it): a sub-agent cannot gain rights its parent lacks"
+            ));
         }
         // max_depth of the parent run's policy: the sub-run is refused.
-        if let Request::Launch(_) = &command.request
-            && let Some(refusal) = self.builder.refuse_depth(command.peer.pid)
-        {
+        if let Some(refusal) = self.builder.refuse_depth(peer.pid) {
             self.push(&refusal.violation);
             self.flush();
-            let _ = command.reply.send(Response::Error {
-                message: refusal.message,
-            });
-            return;
+            return refuse(refusal.message);
         }
-        let attribution = self.builder.attribution_mut();
-        let response = match command.request {
-            Request::Launch(req) => match attribution.launch(command.peer, req, now) {
-                Ok((run, change)) => {
-                    tracing::info!(run = %run.id, agent = %run.agent, pid = command.peer.pid, depth = run.depth, "run started");
-                    self.run_changes(&[change]);
-                    self.flush();
-                    Response::Launched { run: Box::new(run) }
-                }
-                Err(e) => Response::Error {
-                    message: e.to_string(),
-                },
-            },
-            Request::Whoami => match attribution.attest(command.peer.pid, None) {
-                Ok(answer) => Response::Run(Box::new(answer)),
-                Err(e) => Response::Error {
-                    message: e.to_string(),
-                },
-            },
-            Request::Attest { pid, start_ticks } => match attribution.attest(pid, start_ticks) {
-                Ok(answer) => Response::Run(Box::new(answer)),
-                Err(e) => Response::Error {
-                    message: e.to_string(),
-                },
-            },
-            Request::Status => Response::Status(Box::new(self.state.report())),
-            Request::ReloadPolicies if command.peer.uid != 0 => Response::Error {
-                message: "only root may reload the policies".to_owned(),
-            },
-            Request::ReloadPolicies => match self.reload_policies() {
-                Ok((version, policies)) => Response::Reloaded { version, policies },
-                Err(message) => {
-                    tracing::error!(%message, "policy reload refused; the running policies stay");
-                    Response::Error {
-                        message: format!("reload refused, the running policies stay: {message}"),
-                    }
-                }
-            },
-        };
-        let _ = command.reply.send(response);
+        match self.builder.launch(peer, req, now) {
+            Ok((run, change)) => {
+                tracing::info!(run = %run.id, agent = %run.agent, pid = peer.pid, depth = run.depth, "run started");
+                self.run_changes(&[change]);
+                self.flush();
+                Response::Launched { run: Box::new(run) }
+            }
+            Err(e) => refuse(e.to_string()),
+        }
     }
 
     fn push(&mut self, event: &Event) {
@@ -310,10 +434,71 @@ impl Pipeline {
         }
     }
 
+    /// Reports what the kernel counted per run since the last look: a
+    /// `run.degraded` per run that lost records or had denial records
+    /// suppressed. Returns the records lost per run id, for `sensor.lost`.
+    /// Counters of runs that are over are removed once reported.
+    pub fn check_run_stats(
+        &mut self,
+        map: &mut BpfHashMap<MapData, u64, RunStats>,
+    ) -> std::collections::BTreeMap<String, u64> {
+        let entries: Vec<(u64, RunStats)> = map.iter().filter_map(Result::ok).collect();
+        let mut lost_by_run = std::collections::BTreeMap::new();
+        for (handle, now) in entries {
+            let seen = self
+                .run_stats_seen
+                .get(&handle)
+                .copied()
+                .unwrap_or_default();
+            let degraded = Degraded {
+                lost_events: now.lost.saturating_sub(seen.lost),
+                denials_suppressed: now
+                    .denials_suppressed
+                    .saturating_sub(seen.denials_suppressed),
+            };
+            if degraded.lost_events > 0 || degraded.denials_suppressed > 0 {
+                let defense = &self.state.defense;
+                defense.denials_suppressed.fetch_add(
+                    degraded.denials_suppressed,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                if seen == RunStats::default() {
+                    Defense::count(&defense.runs_degraded);
+                }
+                let lost = degraded.lost_events;
+                if let Some(event) = self.builder.degraded(handle, degraded) {
+                    if lost > 0
+                        && let Some(run) = &event.run
+                    {
+                        lost_by_run.insert(run.id.clone(), lost);
+                    }
+                    self.push(&event);
+                }
+            }
+            let active = self
+                .builder
+                .attribution()
+                .run(handle)
+                .is_some_and(crate::attribution::Run::is_active);
+            if active {
+                self.run_stats_seen.insert(handle, now);
+            } else {
+                // Reported to the end: the run is over (or unknown).
+                let _ = map.remove(&handle);
+                self.run_stats_seen.remove(&handle);
+            }
+        }
+        lost_by_run
+    }
+
     /// Compares the kernel and output counters with the last look and
-    /// reports anything newly lost.
-    pub fn check_losses(&mut self, kernel: &Stats) {
-        let mut lost = Lost::default();
+    /// reports anything newly lost (`runs`: the kernel losses of agent runs,
+    /// by run id, from [`Self::check_run_stats`]).
+    pub fn check_losses(&mut self, kernel: &Stats, runs: std::collections::BTreeMap<String, u64>) {
+        let mut lost = Lost {
+            runs,
+            ..Lost::default()
+        };
         let mut cumulative_by_kind = [0u64; Kind::ALL.len()];
         for (slot, kernel_kind) in SLOT_KINDS.iter().enumerate() {
             let kind = Kind::of_kernel(*kernel_kind);
@@ -385,6 +570,37 @@ impl Pipeline {
         self.outputs.close();
         if let Some(store) = self.store.take() {
             store.close();
+        }
+    }
+}
+
+/// Launches per second per user: a token bucket per uid, holding two
+/// seconds' worth (a burst), refilled continuously.
+struct LaunchRate {
+    per_second: f64,
+    buckets: std::collections::HashMap<u32, (f64, std::time::Instant)>,
+}
+
+impl LaunchRate {
+    fn new(per_second: u32) -> Self {
+        Self {
+            per_second: f64::from(per_second.max(1)),
+            buckets: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Takes a token of `uid`'s bucket, if it has one.
+    fn allow(&mut self, uid: u32, now: std::time::Instant) -> bool {
+        let burst = self.per_second * 2.0;
+        let (tokens, last) = self.buckets.entry(uid).or_insert((burst, now));
+        let refill = now.duration_since(*last).as_secs_f64() * self.per_second;
+        *tokens = (*tokens + refill).min(burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
         }
     }
 }
@@ -524,6 +740,7 @@ pub struct KernelStreams {
     pub events: RingBuf<MapData>,
     pub reader: Array<MapData, u32>,
     pub stats: PerCpuArray<MapData, Stats>,
+    pub run_stats: BpfHashMap<MapData, u64, RunStats>,
 }
 
 /// Runs until `shutdown` resolves, then detaches the programs, drains what the
@@ -539,6 +756,7 @@ pub async fn run(
         events,
         reader,
         stats,
+        mut run_stats,
     } = kernel;
     let mut reader = Reader::new(reader);
     persist_if_enforcing(&mut probes, &pipeline);
@@ -577,13 +795,15 @@ pub async fn run(
                     // A record sent without a wakeup as the reader fell asleep.
                     drain(ring.get_mut(), &mut pipeline, DRAIN_BUDGET);
                 }
+                let lost_by_run = pipeline.check_run_stats(&mut run_stats);
                 match read_stats(&stats) {
-                    Ok(s) => pipeline.check_losses(&s),
+                    Ok(s) => pipeline.check_losses(&s, lost_by_run),
                     Err(e) => tracing::warn!(error = %e, "kernel counters"),
                 }
                 let now = std::time::SystemTime::now();
                 let expired = pipeline.builder.attribution_mut().expire(now);
                 pipeline.run_changes(&expired);
+                pipeline.builder.attribution_mut().forget_ended(now);
                 ticks += 1;
                 if ticks.is_multiple_of(REFRESH_TICKS) {
                     pipeline.builder.refresh_policies(std::time::Instant::now());
@@ -643,8 +863,9 @@ pub async fn run(
     drop(probes);
     let ring = ring.get_mut();
     while !drain(ring, &mut pipeline, usize::MAX).empty {}
+    let lost_by_run = pipeline.check_run_stats(&mut run_stats);
     match read_stats(&stats) {
-        Ok(s) => pipeline.check_losses(&s),
+        Ok(s) => pipeline.check_losses(&s, lost_by_run),
         Err(e) => tracing::warn!(error = %e, "kernel counters"),
     }
     pipeline.close();
@@ -807,9 +1028,9 @@ mod tests {
         p.handle_record(&[1, 2, 3]);
         let mut kernel = Stats::default();
         kernel.lost[EventKind::ProcessExec.slot()] = 5;
-        p.check_losses(&kernel);
+        p.check_losses(&kernel, std::collections::BTreeMap::new());
         // No new loss: no second report.
-        p.check_losses(&kernel);
+        p.check_losses(&kernel, std::collections::BTreeMap::new());
         p.close();
         let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path)
             .unwrap()

@@ -32,6 +32,31 @@ pub struct DaemonState {
     read_errors: AtomicU64,
     runs_active: AtomicU64,
     inherit_failed: AtomicU64,
+    /// Refusals and degradations an attacker's floods cause (see [`Defense`]).
+    pub defense: Defense,
+}
+
+/// Counters of what the daemon refused or held back to stay up and honest
+/// under hostile input: `sensor status` and `/metrics` show them.
+#[derive(Default)]
+pub struct Defense {
+    /// `launch` requests refused (limits, bad values, a full kernel map).
+    pub launches_refused: AtomicU64,
+    /// Control connections closed at once (too many, per user or in all).
+    pub connections_refused: AtomicU64,
+    /// Denial records the kernel did not send (per-run rate limit).
+    pub denials_suppressed: AtomicU64,
+    /// Runs that lost records or had denials suppressed.
+    pub runs_degraded: AtomicU64,
+    /// Requests or records whose handling panicked (caught; the daemon went on).
+    pub panics: AtomicU64,
+}
+
+impl Defense {
+    /// Adds one to `counter`.
+    pub fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl Default for DaemonState {
@@ -48,6 +73,7 @@ impl Default for DaemonState {
             read_errors: AtomicU64::new(0),
             runs_active: AtomicU64::new(0),
             inherit_failed: AtomicU64::new(0),
+            defense: Defense::default(),
         }
     }
 }
@@ -162,6 +188,11 @@ impl DaemonState {
                 dropped: s.dropped.load(Ordering::Relaxed),
                 failed: s.failed.load(Ordering::Relaxed),
             }),
+            launches_refused: self.defense.launches_refused.load(Ordering::Relaxed),
+            connections_refused: self.defense.connections_refused.load(Ordering::Relaxed),
+            denials_suppressed: self.defense.denials_suppressed.load(Ordering::Relaxed),
+            runs_degraded: self.defense.runs_degraded.load(Ordering::Relaxed),
+            panics: self.defense.panics.load(Ordering::Relaxed),
         }
     }
 }
@@ -186,6 +217,38 @@ pub struct StatusReport {
     pub outputs: Vec<OutputStatus>,
     #[serde(default)]
     pub store: Option<StoreStatus>,
+    /// `launch` requests refused (limits, invalid values, a full kernel map).
+    #[serde(default)]
+    pub launches_refused: u64,
+    /// Control connections closed at once (too many, per user or in all).
+    #[serde(default)]
+    pub connections_refused: u64,
+    /// Denial records the kernel held back (per-run rate limit), counted.
+    #[serde(default)]
+    pub denials_suppressed: u64,
+    /// Runs that lost records or had denial records suppressed.
+    #[serde(default)]
+    pub runs_degraded: u64,
+    /// Requests or kernel records whose handling panicked (caught).
+    #[serde(default)]
+    pub panics: u64,
+}
+
+impl StatusReport {
+    /// What a caller that is not root may see: counters and health, not
+    /// where events go (output specs can name hosts, paths and indexes) nor
+    /// where the store is.
+    #[must_use]
+    pub fn redacted(mut self) -> Self {
+        for o in &mut self.outputs {
+            o.spec = String::new();
+            o.last_error = None;
+        }
+        if let Some(store) = &mut self.store {
+            store.path = String::new();
+        }
+        self
+    }
 }
 
 /// The store writer's counters.

@@ -537,7 +537,12 @@ pub fn accepted(l: &TcpListener) -> Result<bool> {
 }
 
 /// The first network.connect of a run to `ip:port` over `transport`.
-pub fn connect_event<'a>(evs: &'a [Value], transport: &str, ip: &str, port: u16) -> Option<&'a Value> {
+pub fn connect_event<'a>(
+    evs: &'a [Value],
+    transport: &str,
+    ip: &str,
+    port: u16,
+) -> Option<&'a Value> {
     evs.iter().find(|e| {
         e["kind"] == "network.connect"
             && !e["run"].is_null()
@@ -582,4 +587,3 @@ pub fn check_denied_connect(
     check_deny(c, what, e, policy, Some(CONNECT_NO_MATCH), true);
     check_violation(c, what, evs, e);
 }
-

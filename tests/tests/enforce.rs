@@ -24,11 +24,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use sensor_tests::{
-    Checks, Daemon, EVENT_TIMEOUT, TempDir, canonical_str, check, compact,
-    daemon_on_config, dump, helper_bin, marker, run_with_timeout, sensor_bin, text,
-};
 use sensor_tests::enforce::*;
+use sensor_tests::{
+    Checks, Daemon, EVENT_TIMEOUT, TempDir, canonical_str, check, compact, daemon_on_config, dump,
+    helper_bin, marker, run_with_timeout, sensor_bin, text,
+};
 use serde_json::Value;
 
 /// The test helper (its directory is allowed by every enforce policy here).

@@ -19,7 +19,7 @@ use sensor_common::{
 
 use crate::{
     config::{is_own, offset},
-    emit::emit,
+    emit::{deny_budget, emit},
     kernel::{Reader, run_of},
     maps::{CONNECT_INFLIGHT, ConnectInflight},
     policy::check_net,
@@ -178,7 +178,9 @@ unsafe fn on_connect(ctx: &SockAddrContext, family: u16) -> i32 {
     }
     // Not inside connect() (io_uring, in-kernel users): report now, with a
     // result only when the policy refused it.
-    report_now(data, tgid, pid_tgid, run, how);
+    if data.decision.verdict != VERDICT_DENY || deny_budget(run) {
+        report_now(data, tgid, pid_tgid, run, how);
+    }
     verdict
 }
 
@@ -194,7 +196,7 @@ unsafe fn on_sendmsg(ctx: &SockAddrContext, family: u16) -> i32 {
     let mut data = unsafe { destination(ctx, family) };
     data.via = VIA_SENDMSG;
     let verdict = decide(run, &mut data);
-    if data.decision.verdict == VERDICT_DENY {
+    if data.decision.verdict == VERDICT_DENY && deny_budget(run) {
         report_now(data, tgid, pid_tgid, run, how);
     }
     verdict
@@ -227,6 +229,7 @@ fn report_now(data: ConnectData, tgid: u32, pid_tgid: u64, run: u64, how: u32) {
             size_of::<FixedEvent<ConnectData>>(),
             EventKind::NetConnect,
             0,
+            run,
         )
     };
 }
@@ -274,6 +277,9 @@ unsafe fn connect_exit(ctx: &TracePointContext) -> Option<()> {
     ev.payload.via = VIA_CONNECT;
     let mut r = Reader::new();
     r.fill_current(&mut ev.header);
+    if ev.payload.decision.verdict == VERDICT_DENY && !deny_budget(ev.header.run) {
+        return None;
+    }
     // SAFETY: ev lives on the stack for the call.
     unsafe {
         emit(
@@ -281,6 +287,7 @@ unsafe fn connect_exit(ctx: &TracePointContext) -> Option<()> {
             size_of::<FixedEvent<ConnectData>>(),
             EventKind::NetConnect,
             r.errors,
+            ev.header.run,
         )
     };
     Some(())

@@ -156,7 +156,13 @@ unsafe fn try_fork(ctx: &RawTracePointContext) -> Option<()> {
         };
         let size = EventKind::ProcessSpawn.fixed_size() + len;
         (*ev).header.size = size as u32;
-        emit(ev.cast(), size, EventKind::ProcessSpawn, r.errors);
+        emit(
+            ev.cast(),
+            size,
+            EventKind::ProcessSpawn,
+            r.errors,
+            (*ev).header.run,
+        );
     }
     Some(())
 }
@@ -368,7 +374,13 @@ unsafe fn try_exec(ctx: &TracePointContext) -> Option<()> {
         };
         let size = EventKind::ProcessExec.fixed_size() + cursor;
         (*ev).header.size = size as u32;
-        emit(ev.cast(), size, EventKind::ProcessExec, r.errors);
+        emit(
+            ev.cast(),
+            size,
+            EventKind::ProcessExec,
+            r.errors,
+            (*ev).header.run,
+        );
     }
     Some(())
 }
@@ -507,7 +519,13 @@ unsafe fn execve_exit(ctx: &TracePointContext, filename_reg: u32, argv_reg: u32)
         };
         let size = EventKind::ProcessExecFailed.fixed_size() + cursor;
         (*ev).header.size = size as u32;
-        emit(ev.cast(), size, EventKind::ProcessExecFailed, r.errors);
+        emit(
+            ev.cast(),
+            size,
+            EventKind::ProcessExecFailed,
+            r.errors,
+            (*ev).header.run,
+        );
     }
     Some(())
 }
@@ -579,6 +597,7 @@ unsafe fn try_exit(ctx: &TracePointContext) -> Option<()> {
             size,
             EventKind::ProcessExit,
             r.errors,
+            ev.header.run,
         )
     };
     Some(())

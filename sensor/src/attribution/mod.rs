@@ -96,12 +96,51 @@ pub enum RunChange {
     Ended { run: Run },
 }
 
-/// The verified identity of a control socket peer (SO_PEERCRED).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The verified identity of a control socket peer (SO_PEERCRED), and a
+/// pidfd for the very process that connected (SO_PEERPIDFD), so a request
+/// whose sender died and whose pid was reused is never taken for the new
+/// process's.
+#[derive(Debug, Clone)]
 pub struct Peer {
     pub pid: u32,
     pub uid: u32,
     pub gid: u32,
+    pub pidfd: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
+}
+
+impl Peer {
+    /// A peer known by pid only (the daemon itself, tests).
+    #[must_use]
+    pub fn local(pid: u32, uid: u32, gid: u32) -> Self {
+        Self {
+            pid,
+            uid,
+            gid,
+            pidfd: None,
+        }
+    }
+
+    /// Whether the process that connected still lives (and so still owns
+    /// its pid). Checked after whatever was read about the pid (its start
+    /// time, its kernel map entry): if it holds, that was about this peer.
+    #[must_use]
+    pub fn alive(&self) -> bool {
+        use std::os::fd::AsRawFd as _;
+        let Some(fd) = &self.pidfd else {
+            return true;
+        };
+        // SAFETY: pidfd_send_signal(2) with signal 0 only checks; the fd is ours.
+        let r = unsafe {
+            nix::libc::syscall(
+                nix::libc::SYS_pidfd_send_signal,
+                fd.as_raw_fd(),
+                0,
+                std::ptr::null::<nix::libc::siginfo_t>(),
+                0,
+            )
+        };
+        r == 0
+    }
 }
 
 /// A `sensor launch` registration.
@@ -144,6 +183,12 @@ pub enum AttributionError {
     Run(#[from] RunError),
     #[error("the kernel refused the process → run entry: {0}")]
     Kernel(String),
+    #[error(
+        "process {0} that sent the request is gone (its pid may belong to another process now)"
+    )]
+    PeerGone(u32),
+    #[error("{0}")]
+    Bind(String),
 }
 
 /// The attribution stage.
@@ -158,7 +203,31 @@ pub struct Attribution {
     matchers: Matchers,
     /// Run changes journaled since the last snapshot.
     journaled: u32,
+    /// The thread that writes run state snapshots (started on first use).
+    snapshots: Option<std::sync::mpsc::Sender<runs::Snapshot>>,
 }
+
+/// Starts the thread that writes run state snapshots off the event thread.
+fn spawn_snapshot_writer() -> std::sync::mpsc::Sender<runs::Snapshot> {
+    let (tx, rx) = std::sync::mpsc::channel::<runs::Snapshot>();
+    let spawned = std::thread::Builder::new()
+        .name("sensor-runs".into())
+        .spawn(move || {
+            for snapshot in rx {
+                if let Err(e) = snapshot.write() {
+                    tracing::error!(error = %e, "cannot save run state");
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the run state thread; snapshots are written inline");
+    }
+    tx
+}
+
+/// How long an ended run stays in memory (for records of its processes
+/// still in flight, e.g. the exits of a run killed at its TTL).
+pub const ENDED_KEPT: Duration = Duration::from_secs(60);
 
 /// Journal lines after which the run state is written as a new snapshot.
 const JOURNAL_COMPACT_EVERY: u32 = 1000;
@@ -182,6 +251,7 @@ impl Attribution {
             proc_root: PathBuf::from("/proc"),
             matchers: Matchers::default(),
             journaled: 0,
+            snapshots: None,
         }
     }
 
@@ -196,6 +266,12 @@ impl Attribution {
     #[must_use]
     pub fn tracked_processes(&self) -> usize {
         self.processes.len()
+    }
+
+    /// Active runs of user `uid`.
+    #[must_use]
+    pub fn active_runs_of_uid(&self, uid: u32) -> u32 {
+        self.runs.active_of_uid(uid)
     }
 
     /// Active runs.
@@ -220,17 +296,41 @@ impl Attribution {
         }
         self.journaled += 1;
         if self.journaled >= JOURNAL_COMPACT_EVERY {
-            self.save();
+            self.compact();
         }
     }
 
-    /// Writes a full snapshot of the runs (and empties the journal).
+    /// Writes a full snapshot of the runs (and empties the journal), now
+    /// (start-up).
     fn save(&mut self) {
         self.journaled = 0;
         if let Some(path) = &self.state_path
             && let Err(e) = self.runs.save(path)
         {
             tracing::error!(path = %path.display(), error = %e, "cannot save run state");
+        }
+    }
+
+    /// Folds the journal into a new snapshot, written on the snapshot
+    /// thread: the table is copied here, serialized and written there.
+    fn compact(&mut self) {
+        self.journaled = 0;
+        let Some(path) = &self.state_path else {
+            return;
+        };
+        let snapshot = match self.runs.begin_snapshot(path) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot start a run state snapshot");
+                return;
+            }
+        };
+        let writer = self.snapshots.get_or_insert_with(spawn_snapshot_writer);
+        if let Err(std::sync::mpsc::SendError(snapshot)) = writer.send(snapshot) {
+            // The thread is gone: write it here rather than not at all.
+            if let Err(e) = snapshot.write() {
+                tracing::error!(path = %path.display(), error = %e, "cannot save run state");
+            }
         }
     }
 
@@ -278,9 +378,15 @@ impl Attribution {
 
     /// A new process. Returns its (run, how).
     pub fn on_spawn(&mut self, h: &EventHeader, exe: Option<std::sync::Arc<str>>) -> (u64, u32) {
-        // The creator's run per the table wins over what the kernel copied at
-        // fork: the creator may have been placed in a run (launch, matcher)
-        // after it forked but before we read the fork.
+        // The kernel put the child in its creator's run at fork, and that
+        // decision stands. User space only fills in what the kernel could
+        // not know: the parent was placed in a run (a matcher, at its exec)
+        // after the fork copied its old entry. So the parent's run is taken
+        // only where the kernel had none, or where it is a sub-run of the
+        // kernel's (narrower, never wider). The record's `ppid` is the real
+        // parent, which CLONE_PARENT makes the creator's parent: without this
+        // rule a child of a narrow sub-run could be moved into the wide
+        // parent run.
         let parent = self
             .processes
             .get(h.ppid, h.parent_start_ns)
@@ -290,13 +396,22 @@ impl Attribution {
             && prun != 0
             && prun != run
             && self.runs.get(prun).is_some_and(Run::is_active)
+            && (run == 0 || self.runs.descends_from(prun, run))
         {
+            // Keep what the kernel counted (max_processes) or marked.
+            let flags = self
+                .map
+                .get(h.tgid)
+                .filter(|e| {
+                    e.run == h.run && e.start_ns / self.ns_per_tick == h.start_ns / self.ns_per_tick
+                })
+                .map_or(0, |e| e.how & !HOW_MASK);
             run = prun;
             how = HOW_INHERITED;
             let entry = ProcRun {
                 run,
                 start_ns: h.start_ns,
-                how,
+                how: how | flags,
                 _pad: 0,
             };
             if let Err(e) = self.map.set(h.tgid, entry) {
@@ -500,6 +615,13 @@ impl Attribution {
             if self.runs.live_processes(handle) > 0 || self.runs.has_active_children(handle) {
                 return;
             }
+            // The table says none is left; the kernel must agree. Its map is
+            // the truth: a spawn record lost under load leaves the table
+            // short, and a run that ended early would unbind its policy
+            // while its processes live on.
+            if self.adopt_kernel_members(handle) > 0 {
+                return;
+            }
             let Some(run) = self.runs.end(handle, reason, now) else {
                 return;
             };
@@ -535,19 +657,110 @@ impl Attribution {
         changes
     }
 
-    /// Ends runs past their TTL: their processes leave the run (kernel entries removed).
-    pub fn expire(&mut self, now: SystemTime) -> Vec<RunChange> {
-        let mut changes = Vec::new();
-        for handle in self.runs.expired(now) {
-            let members: Vec<(u32, u64)> = self
+    /// Live processes the kernel has in run `handle` (its map entries whose
+    /// process still exists with that start time).
+    fn kernel_members(&self, handle: u64) -> Vec<(u32, ProcRun)> {
+        let tick = self.ns_per_tick;
+        self.map
+            .entries()
+            .into_iter()
+            .filter(|(_, e)| e.run == handle)
+            .filter(|(pid, e)| {
+                self.processes
+                    .get(*pid, 0)
+                    .map(|p| p.start_ns / tick)
+                    .or_else(|| self.proc_start_ticks(*pid))
+                    == Some(e.start_ns / tick)
+            })
+            .collect()
+    }
+
+    /// Takes into the table the processes the kernel has in run `handle`
+    /// that the table missed (their spawn records were lost); returns how
+    /// many processes the run has per the kernel.
+    fn adopt_kernel_members(&mut self, handle: u64) -> usize {
+        let members = self.kernel_members(handle);
+        if members.is_empty() {
+            return 0;
+        }
+        for (pid, entry) in &members {
+            let known = self
                 .processes
-                .iter()
-                .filter(|(_, p)| p.run == handle)
-                .map(|(pid, p)| (pid, p.start_ns))
-                .collect();
-            for (pid, start) in members {
-                self.map.remove(pid);
-                self.processes.set_run(pid, start, 0, 0);
+                .get(*pid, entry.start_ns)
+                .is_some_and(|p| p.run == handle);
+            if !known {
+                tracing::warn!(
+                    pid,
+                    run = handle,
+                    "a process the table missed is still in the run (records were lost)"
+                );
+                self.processes.upsert(*pid, entry.start_ns, None);
+                self.processes
+                    .set_run(*pid, entry.start_ns, handle, entry.how & HOW_MASK);
+                self.runs.add_process(handle);
+            }
+        }
+        members.len()
+    }
+
+    /// Ends runs past their TTL. A process never leaves enforcement because
+    /// its run expired: the processes of an expired sub-run fall back to
+    /// the parent run (and its policy, which the sub-run's was within); the
+    /// processes of an expired top-level run are killed. The kernel's map
+    /// says who they are (forks that raced the first pass are found by the
+    /// next), and the run is unbound only once none is left in it.
+    pub fn expire(&mut self, now: SystemTime) -> Vec<RunChange> {
+        /// Passes over the kernel map: a fork racing one pass copies the old
+        /// entry and is found by the next.
+        const PASSES: usize = 4;
+        let mut changes = Vec::new();
+        let mut expired = self.runs.expired(now);
+        // Deepest first: a sub-run's processes move up before the parent's turn.
+        expired.sort_by_key(|h| std::cmp::Reverse(self.runs.get(*h).map_or(0, |r| r.depth)));
+        for handle in expired {
+            let parent = self
+                .runs
+                .get(handle)
+                .and_then(|r| r.parent_id.as_deref())
+                .and_then(|id| self.handle_of(id))
+                .filter(|p| self.runs.get(*p).is_some_and(Run::is_active));
+            let mut killed = std::collections::HashSet::new();
+            for _ in 0..PASSES {
+                let members = self.kernel_members(handle);
+                let fresh: Vec<(u32, ProcRun)> = members
+                    .into_iter()
+                    .filter(|(pid, e)| !killed.contains(&(*pid, e.start_ns)))
+                    .collect();
+                if fresh.is_empty() {
+                    break;
+                }
+                for (pid, entry) in fresh {
+                    match parent {
+                        Some(p) => self.move_process(pid, entry, p),
+                        None => {
+                            let ticks = entry.start_ns / self.ns_per_tick;
+                            if crate::identity::kill_process(pid, ticks) {
+                                tracing::info!(pid, run = handle, "killed: its run's TTL passed");
+                            }
+                            killed.insert((pid, entry.start_ns));
+                        }
+                    }
+                }
+            }
+            // What the table still has in a sub-run (the kernel had no
+            // entry) goes up too. (A top-level run's processes keep it:
+            // they were killed, and their exits are the run's.)
+            if let Some(p) = parent {
+                let leftovers: Vec<(u32, u64)> = self
+                    .processes
+                    .iter()
+                    .filter(|(_, info)| info.run == handle)
+                    .map(|(pid, info)| (pid, info.start_ns))
+                    .collect();
+                for (pid, start) in leftovers {
+                    self.processes.set_run(pid, start, p, HOW_INHERITED);
+                    self.runs.add_process(p);
+                }
             }
             if let Some(run) = self.runs.end(handle, "ttl", now) {
                 self.record(&run);
@@ -555,6 +768,41 @@ impl Attribution {
             }
         }
         changes
+    }
+
+    /// Drops runs that ended more than [`ENDED_KEPT`] ago from memory (the
+    /// store and the state files keep them): the table holds what is live,
+    /// whatever a client launched.
+    pub fn forget_ended(&mut self, now: SystemTime) {
+        self.runs.forget_ended(now, ENDED_KEPT);
+    }
+
+    /// Moves a live process of an expired sub-run to run `to`: its kernel
+    /// entry first (flags kept: it still counts against the same tree's
+    /// max_processes), then the table.
+    fn move_process(&mut self, pid: u32, entry: ProcRun, to: u64) {
+        let moved = ProcRun {
+            run: to,
+            how: HOW_INHERITED | (entry.how & !HOW_MASK),
+            ..entry
+        };
+        if let Err(e) = self.map.set(pid, moved) {
+            tracing::error!(pid, error = %e, "cannot move a process of an expired run to its parent run");
+            return;
+        }
+        let from = entry.run;
+        if self.processes.get(pid, entry.start_ns).is_none() {
+            self.processes.upsert(pid, entry.start_ns, None);
+        } else if self
+            .processes
+            .get(pid, entry.start_ns)
+            .is_some_and(|p| p.run == from)
+        {
+            self.runs.remove_process(from);
+        }
+        self.processes
+            .set_run(pid, entry.start_ns, to, HOW_INHERITED);
+        self.runs.add_process(to);
     }
 
     /// Start time (ticks) of a live process, from /proc.
@@ -570,15 +818,24 @@ impl Attribution {
 
     /// `sensor launch`: the peer process registers itself as the first
     /// process of a new run (a sub-run of its current run, if any).
+    ///
+    /// `bind` is called with the new run and its parent's handle before the
+    /// peer enters the run in the kernel: it binds the run to its policy.
+    /// When it fails (the kernel's run→policy map is full) the launch is
+    /// refused, so the peer never runs in a run its policy does not enforce.
     pub fn launch(
         &mut self,
-        peer: Peer,
+        peer: &Peer,
         req: LaunchRequest,
         now: SystemTime,
+        bind: impl FnOnce(&Run, Option<u64>) -> Result<(), String>,
     ) -> Result<(Run, RunChange), AttributionError> {
         let start_ticks = self
             .proc_start_ticks(peer.pid)
             .ok_or(AttributionError::NoProcess(peer.pid))?;
+        if !peer.alive() {
+            return Err(AttributionError::PeerGone(peer.pid));
+        }
         let current = self
             .kernel_run(peer.pid, start_ticks)
             .filter(|(h, _)| self.runs.get(*h).is_some_and(Run::is_active));
@@ -615,9 +872,14 @@ impl Attribution {
                 now,
             )?
             .clone();
+        if let Err(e) = bind(&run, current.map(|(h, _)| h)) {
+            let _ = self.runs.end(run.handle, "refused", now);
+            self.runs.forget(run.handle);
+            return Err(AttributionError::Bind(e));
+        }
         let entry = ProcRun {
             run: run.handle,
-            start_ns: start_ticks * self.ns_per_tick,
+            start_ns: start_ticks.saturating_mul(self.ns_per_tick),
             how: HOW_LAUNCH,
             _pad: 0,
         };
@@ -686,6 +948,32 @@ impl Attribution {
         })
     }
 
+    /// The run a process's `SENSOR_RUN_ID` marker names, if the marker may
+    /// be believed: the exact id (never a prefix) of an active run of the
+    /// process's own user. Anyone can set an environment variable; without
+    /// these checks an agent could put its processes in another user's run
+    /// (its policy, its tokens, its record) across a daemon restart.
+    fn env_placement(&self, pid: u32) -> Option<u64> {
+        let id = env_run_id(&self.proc_root, pid)?;
+        let run = self
+            .runs
+            .find(&id)
+            .ok()
+            .filter(|r| r.id == id && r.is_active())?;
+        let uid = crate::identity::proc_uid_in(&self.proc_root, pid)?;
+        if uid != run.uid {
+            tracing::warn!(
+                pid,
+                uid,
+                run = %run.id,
+                run_uid = run.uid,
+                "ignoring a SENSOR_RUN_ID marker naming another user's run"
+            );
+            return None;
+        }
+        Some(run.handle)
+    }
+
     /// Start-up: reconciles the pinned kernel map with /proc and the saved
     /// runs, then places processes that started while no daemon watched:
     /// by ancestry, by their `SENSOR_RUN_ID` marker (low trust), and by the
@@ -720,15 +1008,7 @@ impl Attribution {
             if current.0 == 0 {
                 let placed = match parent {
                     Some((run, _)) if run != 0 => Some((run, HOW_BACKFILL)),
-                    _ => env_run_id(&self.proc_root, pid)
-                        .and_then(|id| {
-                            self.runs
-                                .find(&id)
-                                .ok()
-                                .filter(|r| r.is_active())
-                                .map(|r| r.handle)
-                        })
-                        .map(|run| (run, HOW_ENV)),
+                    _ => self.env_placement(pid).map(|run| (run, HOW_ENV)),
                 };
                 if let Some((run, how)) = placed {
                     let entry = ProcRun {
@@ -934,16 +1214,13 @@ mod tests {
         let me = std::process::id();
         let (run, change) = a
             .launch(
-                Peer {
-                    pid: me,
-                    uid: 0,
-                    gid: 0,
-                },
+                &Peer::local(me, 0, 0),
                 LaunchRequest {
                     agent: "bot".into(),
                     ..LaunchRequest::default()
                 },
                 now,
+                |_, _| Ok(()),
             )
             .unwrap();
         assert!(matches!(change, RunChange::Started { pid, .. } if pid == me));

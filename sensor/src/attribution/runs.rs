@@ -60,6 +60,28 @@ pub struct RunTable {
     next_handle: u64,
     /// Live processes per run handle.
     live: HashMap<u64, u64>,
+    /// Active runs per uid (the `[limits] runs_per_uid` bound).
+    active_by_uid: HashMap<u32, u32>,
+}
+
+/// The longest TTL a run may have. A client sends it as a number of
+/// seconds; anything longer is refused, so `now + ttl` cannot overflow and
+/// the expiry is always a time the event format can write.
+pub const MAX_TTL: Duration = Duration::from_secs(30 * 86_400);
+
+/// Total bytes of a run's label keys and values.
+pub const MAX_LABEL_BYTES: usize = 4096;
+/// Labels per run.
+pub const MAX_LABELS: usize = 64;
+/// Characters of a principal.
+pub const MAX_PRINCIPAL_CHARS: usize = 256;
+
+/// Checks a TTL against [`MAX_TTL`] (at least one second).
+pub fn check_ttl(ttl: Duration) -> Result<Duration, RunError> {
+    if ttl < Duration::from_secs(1) || ttl > MAX_TTL {
+        return Err(RunError::BadTtl(ttl.as_secs()));
+    }
+    Ok(ttl)
 }
 
 /// Why a run cannot be created or found.
@@ -71,6 +93,17 @@ pub enum RunError {
     BadId(String),
     #[error("agent name {0:?} is not valid: use 1-64 printable characters")]
     BadAgent(String),
+    #[error("ttl of {0} s is not valid: it must be between 1 s and 30 days (2592000 s)")]
+    BadTtl(u64),
+    #[error(
+        "labels are not valid: at most {MAX_LABELS} labels of {MAX_LABEL_BYTES} bytes in all, \
+         keys of letters, digits, '.', '_', '-' and '/', values without control characters"
+    )]
+    BadLabels,
+    #[error("principal is not valid: use 1-{MAX_PRINCIPAL_CHARS} printable characters")]
+    BadPrincipal,
+    #[error("no run handle is left (the saved state counts up to the last one)")]
+    NoHandle,
     #[error("no run matches {0:?}")]
     NotFound(String),
     #[error("run prefix {0:?} is ambiguous")]
@@ -103,6 +136,23 @@ fn valid_agent(agent: &str) -> bool {
     (1..=64).contains(&agent.chars().count()) && !agent.chars().any(char::is_control)
 }
 
+fn valid_principal(principal: &str) -> bool {
+    (1..=MAX_PRINCIPAL_CHARS).contains(&principal.chars().count())
+        && !principal.chars().any(char::is_control)
+}
+
+fn valid_labels(labels: &BTreeMap<String, String>) -> bool {
+    let bytes: usize = labels.iter().map(|(k, v)| k.len() + v.len()).sum();
+    labels.len() <= MAX_LABELS
+        && bytes <= MAX_LABEL_BYTES
+        && labels.iter().all(|(k, v)| {
+            !k.is_empty()
+                && k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b))
+                && !v.chars().any(char::is_control)
+        })
+}
+
 impl RunTable {
     #[must_use]
     pub fn new() -> Self {
@@ -117,6 +167,24 @@ impl RunTable {
         if !valid_agent(&new.agent) {
             return Err(RunError::BadAgent(new.agent));
         }
+        if !valid_principal(&new.principal)
+            || new
+                .principal_claimed
+                .as_deref()
+                .is_some_and(|p| !valid_principal(p))
+        {
+            return Err(RunError::BadPrincipal);
+        }
+        if !valid_labels(&new.labels) {
+            return Err(RunError::BadLabels);
+        }
+        let expires = match new.ttl {
+            Some(ttl) => Some(
+                now.checked_add(check_ttl(ttl)?)
+                    .ok_or(RunError::BadTtl(ttl.as_secs()))?,
+            ),
+            None => None,
+        };
         let id = match new.id {
             Some(id) if !valid_id(&id) => return Err(RunError::BadId(id)),
             Some(id) => id,
@@ -131,7 +199,10 @@ impl RunTable {
             None => (None, id.clone(), 0),
         };
         let handle = self.next_handle.max(1);
-        self.next_handle = handle + 1;
+        if handle >= crate::policy::selftest::RUN {
+            return Err(RunError::NoHandle);
+        }
+        self.next_handle = handle.saturating_add(1);
         let run = Run {
             handle,
             id: id.clone(),
@@ -146,12 +217,30 @@ impl RunTable {
             labels: new.labels,
             started_by: new.started_by.to_owned(),
             start: now,
-            expires: new.ttl.map(|ttl| now + ttl),
+            expires,
             end: None,
             end_reason: None,
         };
         self.by_id.insert(id, handle);
+        *self.active_by_uid.entry(run.uid).or_default() += 1;
         Ok(self.by_handle.entry(handle).or_insert(run))
+    }
+
+    /// Active runs of user `uid`.
+    #[must_use]
+    pub fn active_of_uid(&self, uid: u32) -> u32 {
+        self.active_by_uid.get(&uid).copied().unwrap_or(0)
+    }
+
+    /// Forgets an ended run at once (a launch that was refused).
+    pub fn forget(&mut self, handle: u64) {
+        if let Some(r) = self.by_handle.get(&handle)
+            && !r.is_active()
+            && let Some(r) = self.by_handle.remove(&handle)
+        {
+            self.by_id.remove(&r.id);
+            self.live.remove(&handle);
+        }
     }
 
     #[must_use]
@@ -213,6 +302,25 @@ impl RunTable {
         self.live.get(&handle).copied().unwrap_or(0)
     }
 
+    /// Whether run `handle` is `ancestor` or one of its sub-runs (at any depth).
+    #[must_use]
+    pub fn descends_from(&self, handle: u64, ancestor: u64) -> bool {
+        let mut at = self.by_handle.get(&handle);
+        // Depth bounds the walk; a cycle in a hand-edited state file cannot loop.
+        for _ in 0..=1024 {
+            let Some(run) = at else { return false };
+            if run.handle == ancestor {
+                return true;
+            }
+            at = run
+                .parent_id
+                .as_deref()
+                .and_then(|id| self.by_id.get(id))
+                .and_then(|h| self.by_handle.get(h));
+        }
+        false
+    }
+
     /// True when an active sub-run of `handle` still exists.
     #[must_use]
     pub fn has_active_children(&self, handle: u64) -> bool {
@@ -231,8 +339,16 @@ impl RunTable {
         }
         run.end = Some(now);
         run.end_reason = Some(reason.to_owned());
+        let uid = run.uid;
+        let run = run.clone();
         self.live.remove(&handle);
-        Some(run.clone())
+        if let Some(n) = self.active_by_uid.get_mut(&uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.active_by_uid.remove(&uid);
+            }
+        }
+        Some(run)
     }
 
     /// Active runs whose TTL has passed.
@@ -266,51 +382,105 @@ impl RunTable {
         f.write_all(&line)
     }
 
-    /// Writes the active runs (and recently ended ones) atomically, then
-    /// empties the journal the snapshot now contains.
+    /// Writes the runs in memory atomically, then empties the journal the
+    /// snapshot now contains (start-up, tests; the running daemon uses
+    /// [`Self::begin_snapshot`] and writes it on another thread).
     pub fn save(&self, path: &Path) -> io::Result<()> {
+        self.begin_snapshot(path)?.write()
+    }
+
+    /// Starts a snapshot: the runs as they are now, and the journal so far,
+    /// moved aside (`runs.journal.old`), so that later changes go to a
+    /// fresh journal while [`Snapshot::write`] runs elsewhere. Until it has,
+    /// [`Self::load`] replays the old journal too.
+    pub fn begin_snapshot(&self, path: &Path) -> io::Result<Snapshot> {
         let state = State {
             next_handle: self.next_handle,
             runs: self.by_handle.values().cloned().collect(),
         };
-        let bytes = serde_json::to_vec_pretty(&state).map_err(io::Error::other)?;
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)?;
+        let old_journal = Self::old_journal_path(path);
+        match fs::read(Self::journal_path(path)) {
+            Ok(lines) => {
+                // A previous snapshot that never finished left its old
+                // journal: the lines of both go first, in order.
+                use std::io::Write as _;
+                let mut f = fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&old_journal)?;
+                f.write_all(&lines)?;
+                fs::remove_file(Self::journal_path(path))?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
-        let tmp = path.with_extension("json.tmp");
-        fs::write(&tmp, bytes)?;
-        fs::rename(&tmp, path)?;
-        match fs::remove_file(Self::journal_path(path)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        Ok(Snapshot {
+            state,
+            path: path.to_owned(),
+            old_journal,
+        })
+    }
+
+    /// Where [`Self::begin_snapshot`] moves the journal it takes in.
+    fn old_journal_path(path: &Path) -> PathBuf {
+        path.with_extension("journal.old")
     }
 
     /// Reads a saved table and replays its journal; missing files are an
     /// empty table. A torn last journal line (a crash mid-write) is skipped.
     pub fn load(path: &Path) -> Result<Self, StateError> {
         let mut table = Self::load_snapshot(path)?;
-        let journal = Self::journal_path(path);
-        let text = match fs::read_to_string(&journal) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(table),
-            Err(source) => {
-                return Err(StateError::Read {
-                    path: journal,
-                    source,
-                });
-            }
-        };
-        for line in text.lines() {
-            let Ok(run) = serde_json::from_str::<Run>(line) else {
-                tracing::warn!(path = %journal.display(), "skipping a torn line of the run journal");
-                continue;
+        // The journal a snapshot in progress took in, then the current one.
+        for journal in [Self::old_journal_path(path), Self::journal_path(path)] {
+            let text = match fs::read(&journal) {
+                Ok(t) => t,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(source) => {
+                    return Err(StateError::Read {
+                        path: journal,
+                        source,
+                    });
+                }
             };
-            table.next_handle = table.next_handle.max(run.handle + 1);
-            table.by_id.insert(run.id.clone(), run.handle);
-            table.by_handle.insert(run.handle, run);
+            for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                let Ok(run) = serde_json::from_slice::<Run>(line) else {
+                    tracing::warn!(path = %journal.display(), "skipping a torn line of the run journal");
+                    continue;
+                };
+                table.insert_loaded(run);
+            }
         }
         Ok(table)
+    }
+
+    /// Takes a run read back from the state files, if it is one this daemon
+    /// could have written (a file edited by hand or torn is not trusted
+    /// further than that): a real handle, a valid id and agent.
+    fn insert_loaded(&mut self, run: Run) {
+        if run.handle == 0
+            || run.handle == crate::policy::selftest::RUN
+            || !valid_id(&run.id)
+            || !valid_agent(&run.agent)
+        {
+            tracing::warn!(handle = run.handle, id = %run.id, "skipping an invalid run in the saved state");
+            return;
+        }
+        // Another handle under the same id (a hand-edited file): the later wins.
+        if let Some(old) = self.by_id.insert(run.id.clone(), run.handle)
+            && old != run.handle
+        {
+            self.by_handle.remove(&old);
+        }
+        self.next_handle = self.next_handle.max(run.handle.saturating_add(1));
+        if let Some(old) = self.by_handle.insert(run.handle, run.clone())
+            && old.is_active()
+            && let Some(n) = self.active_by_uid.get_mut(&old.uid)
+        {
+            *n = n.saturating_sub(1);
+        }
+        if run.is_active() {
+            *self.active_by_uid.entry(run.uid).or_default() += 1;
+        }
     }
 
     fn load_snapshot(path: &Path) -> Result<Self, StateError> {
@@ -330,11 +500,12 @@ impl RunTable {
         })?;
         let mut table = Self::new();
         for run in state.runs {
-            table.next_handle = table.next_handle.max(run.handle + 1);
-            table.by_id.insert(run.id.clone(), run.handle);
-            table.by_handle.insert(run.handle, run);
+            table.insert_loaded(run);
         }
-        table.next_handle = table.next_handle.max(state.next_handle);
+        table.next_handle = table
+            .next_handle
+            .max(state.next_handle)
+            .min(crate::policy::selftest::RUN - 1);
         Ok(table)
     }
 
@@ -363,6 +534,35 @@ struct State {
     runs: Vec<Run>,
 }
 
+/// A snapshot of the run table, taken on the event thread (a copy) and
+/// written wherever [`Snapshot::write`] is called.
+#[derive(Debug)]
+pub struct Snapshot {
+    state: State,
+    path: PathBuf,
+    old_journal: PathBuf,
+}
+
+impl Snapshot {
+    /// Writes the snapshot atomically, then drops the journal it contains.
+    /// Replaying that journal over this snapshot (a crash between the two
+    /// steps) ends in the same state: its lines are the runs' states up to
+    /// the snapshot, in order.
+    pub fn write(self) -> io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(&self.state).map_err(io::Error::other)?;
+        if let Some(dir) = self.path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        let tmp = self.path.with_extension("json.tmp");
+        fs::write(&tmp, bytes)?;
+        fs::rename(&tmp, &self.path)?;
+        match fs::remove_file(&self.old_journal) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("cannot read run state {path}")]
@@ -385,7 +585,7 @@ mod humantime_serde_compat {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_rfc3339_nanos(*t))
+        s.collect_str(&crate::event::rfc3339(*t))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
@@ -402,7 +602,7 @@ mod humantime_serde_opt {
     #[expect(clippy::ref_option, reason = "serde's `with` passes &Option<T>")]
     pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
         match t {
-            Some(t) => s.collect_str(&humantime::format_rfc3339_nanos(*t)),
+            Some(t) => s.collect_str(&crate::event::rfc3339(*t)),
             None => s.serialize_none(),
         }
     }

@@ -136,8 +136,10 @@ pub struct LaunchArgs {
     /// A label (repeatable)
     #[arg(long = "label", value_name = "K=V", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
-    /// End the run after this long even if processes remain (e.g. 2h, 30m)
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    /// End the run after this long (e.g. 2h, 30m; 1s to 30d). Processes still
+    /// alive then are killed; in a sub-run they fall back to the parent run
+    /// and its policy instead
+    #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
     pub ttl: Option<std::time::Duration>,
     /// Start CMD even when the daemon cannot be reached (unattributed)
     #[arg(long)]
@@ -148,6 +150,12 @@ pub struct LaunchArgs {
     /// The command and its arguments
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<std::ffi::OsString>,
+}
+
+/// A `--ttl`: a humantime duration between 1 s and 30 days.
+fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
+    let ttl = humantime::parse_duration(s).map_err(|e| format!("ttl {s:?}: {e}"))?;
+    crate::attribution::runs::check_ttl(ttl).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Args)]
@@ -373,6 +381,14 @@ mod tests {
         };
         assert_eq!(args.labels, [("team".to_owned(), "x".to_owned())]);
         assert_eq!(args.ttl, Some(std::time::Duration::from_secs(7200)));
+        for bad in ["9000y", "8000y", "31d", "0s", "500ms"] {
+            let err = Cli::try_parse_from([
+                "sensor", "launch", "--agent", "bot", "--ttl", bad, "--", "true",
+            ])
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("ttl"), "{bad}: {err}");
+        }
         assert_eq!(args.command.len(), 3);
         assert!(
             Cli::try_parse_from([

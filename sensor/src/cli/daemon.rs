@@ -28,6 +28,10 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
             "sensor daemon must run as root: it loads eBPF programs and mounts tracefs/bpffs"
         );
     }
+    // Everything the daemon creates (state, runs, spools, the store) is
+    // root's alone: it holds every process's argv and every run's labels.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    raise_fd_limit();
     let (config, policies) = Config::load_with_policies(args.config.as_deref())?;
     let specs = if args.outputs.is_empty() {
         config.output_specs()?
@@ -48,6 +52,7 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
         .pin_dir
         .clone()
         .unwrap_or_else(|| config.daemon.pin_dir.clone());
+    private_dir(&state_dir)?;
     let runs_path = state_dir.join(paths::RUNS_FILE);
     let db = args
         .db
@@ -108,10 +113,11 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
             events,
             reader,
             stats,
+            run_stats,
             proc_runs,
             policy: policy_maps,
             previous_links,
-        } = loader::load(std::process::id(), &pin_dir)?;
+        } = loader::load(std::process::id(), &pin_dir, config.limits.policy_runs)?;
         let mut enforcement =
             Enforcement::open(policy_maps).context("taking over the kernel policy maps")?;
         let mut proc_runs = proc_runs;
@@ -157,7 +163,7 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
         }
         release_startup_memory();
         let mut pipeline = Pipeline::new(builder, outputs, Arc::clone(&state))
-            .with_config_path(args.config.clone())
+            .with_limits(config.limits.clone())
             .with_seq_file(seq_file);
         if let Some(store) = store {
             pipeline = pipeline.with_store(store);
@@ -168,30 +174,20 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
         // SIGHUP reloads the policies, as `sensor policy reload` does.
         let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
         let reload_tx = commands_tx.clone();
+        let config_path = args.config.clone();
+        let reload_path = config_path.clone();
         let reloader = tokio::spawn(async move {
             while sighup.recv().await.is_some() {
-                let (reply, answer) = tokio::sync::oneshot::channel();
-                let peer = crate::attribution::Peer {
-                    pid: std::process::id(),
-                    uid: 0,
-                    gid: 0,
-                };
-                let request = control::protocol::Request::ReloadPolicies;
-                if reload_tx
-                    .send(control::Command {
-                        peer,
-                        request,
-                        reply,
-                    })
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-                let _ = answer.await;
+                let _ = control::reload(reload_path.clone(), &reload_tx).await;
             }
         });
-        let server = tokio::spawn(control::serve(listener, Arc::clone(&state), commands_tx));
+        let server = tokio::spawn(control::serve(
+            listener,
+            Arc::clone(&state),
+            commands_tx,
+            control::ConnectionLimits::from(&config.limits),
+            config_path,
+        ));
         let mut sigterm =
             signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut sigint =
@@ -214,6 +210,7 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
             events,
             reader,
             stats,
+            run_stats,
         };
         let result = pipeline::run(kernel, pipeline, commands, shutdown).await;
         server.abort();
@@ -228,6 +225,28 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
         );
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Creates the state directory mode 0700, or makes an existing one so.
+fn private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating the state directory {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making the state directory {} private", dir.display()))
+}
+
+/// Raises the soft limit on open files to the hard one: clients, outputs,
+/// the store and the kernel maps all hold descriptors, and the control
+/// socket's own bounds (`[limits] connections`) must stay far below it.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!(error = %e, soft, hard, "cannot raise the open-file limit");
+    }
 }
 
 /// Hands the heap that start-up freed back to the kernel.

@@ -98,7 +98,11 @@ pub fn execute(args: &DoctorArgs) -> anyhow::Result<ExitCode> {
     if root {
         let pin_dir =
             Path::new(mounts::BPFFS).join(format!("sensor-doctor-{}", std::process::id()));
-        match loader::load(std::process::id(), &pin_dir) {
+        match loader::load(
+            std::process::id(),
+            &pin_dir,
+            sensor_common::limits::MAX_POLICY_RUNS,
+        ) {
             Ok(Kernel {
                 probes,
                 mut proc_runs,

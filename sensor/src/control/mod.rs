@@ -1,18 +1,24 @@
 //! The control socket: a Unix stream socket speaking [`protocol`].
 //!
 //! The daemon removes a stale socket file, binds, and sets mode 0666: every
-//! request is authorized on its own (by SO_PEERCRED where it matters), and
-//! status is harmless. Malformed or oversized requests get an error response
-//! and never disturb the daemon.
+//! request is authorized on its own (by SO_PEERCRED and SO_PEERPIDFD where it
+//! matters), and status shows a caller that is not root only counters.
+//! Malformed or oversized requests get an error response and never disturb
+//! the daemon; connections are bounded in all and per user, and each has a
+//! few seconds to send its request (`[limits]`).
 
 pub mod protocol;
 
 use std::{
+    collections::HashMap,
     fs,
     io::{self, BufRead as _, BufReader, Write as _},
-    os::unix::{fs::PermissionsExt as _, net::UnixStream as StdUnixStream},
+    os::{
+        fd::OwnedFd,
+        unix::{fs::PermissionsExt as _, net::UnixStream as StdUnixStream},
+    },
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -24,14 +30,48 @@ use tokio::{
 use tokio::sync::{mpsc, oneshot};
 
 use self::protocol::{MAX_REQUEST_BYTES, Request, Response};
-use crate::{attribution::Peer, status::DaemonState};
+use crate::{
+    attribution::Peer,
+    policy::Policies,
+    status::{DaemonState, Defense},
+};
 
-/// A request the pipeline must answer (it owns attribution), with who asked.
+/// Work the pipeline must do (it owns attribution and the policies).
 #[derive(Debug)]
-pub struct Command {
-    pub peer: Peer,
-    pub request: Request,
-    pub reply: oneshot::Sender<Response>,
+pub enum Command {
+    /// A request from a peer, to answer.
+    Request {
+        peer: Peer,
+        request: Request,
+        reply: oneshot::Sender<Response>,
+    },
+    /// Policies read and validated off the event thread (a reload: `sensor
+    /// policy reload` or SIGHUP), to swap in; `Err` says why they were not.
+    Reload {
+        loaded: Result<Box<Policies>, String>,
+        reply: oneshot::Sender<Response>,
+    },
+}
+
+/// What one client and one user may hold of the control socket.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Connections open at once, in all.
+    pub total: u32,
+    /// Connections one user (uid) may have open at once.
+    pub per_uid: u32,
+    /// How long a connection may take to send its request.
+    pub idle_timeout: Duration,
+}
+
+impl From<&crate::config::LimitsConfig> for ConnectionLimits {
+    fn from(l: &crate::config::LimitsConfig) -> Self {
+        Self {
+            total: l.connections,
+            per_uid: l.connections_per_uid,
+            idle_timeout: Duration::from_secs(u64::from(l.idle_timeout_secs)),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,25 +138,118 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     Ok(listener)
 }
 
+/// Open connections, in all and per user; a [`Slot`] holds one.
+#[derive(Default)]
+struct Open {
+    total: u32,
+    by_uid: HashMap<u32, u32>,
+}
+
+/// One open connection, given back when dropped.
+struct Slot {
+    open: Arc<Mutex<Open>>,
+    uid: u32,
+}
+
+impl Slot {
+    /// Takes a slot for `uid`, unless that would pass a limit (then says which).
+    fn take(open: &Arc<Mutex<Open>>, uid: u32, limits: ConnectionLimits) -> Result<Self, String> {
+        let Ok(mut o) = open.lock() else {
+            return Err("internal error".into());
+        };
+        if o.total >= limits.total {
+            return Err(format!(
+                "too many control connections ({} open, [limits] connections)",
+                limits.total
+            ));
+        }
+        let mine = o.by_uid.entry(uid).or_default();
+        if *mine >= limits.per_uid {
+            return Err(format!(
+                "too many control connections from uid {uid} ({} open, [limits] connections_per_uid)",
+                limits.per_uid
+            ));
+        }
+        *mine += 1;
+        o.total += 1;
+        Ok(Self {
+            open: Arc::clone(open),
+            uid,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut o) = self.open.lock() {
+            o.total = o.total.saturating_sub(1);
+            if let Some(n) = o.by_uid.get_mut(&self.uid) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    o.by_uid.remove(&self.uid);
+                }
+            }
+        }
+    }
+}
+
+/// Everything a connection handler needs.
+struct Server {
+    state: Arc<DaemonState>,
+    commands: mpsc::Sender<Command>,
+    limits: ConnectionLimits,
+    open: Arc<Mutex<Open>>,
+    /// Where a reload reads the policies from (the daemon's `--config`).
+    config_path: Option<PathBuf>,
+}
+
 /// Serves requests until the task is dropped. Status is answered here;
-/// everything about runs goes to the pipeline through `commands`.
+/// everything about runs goes to the pipeline through `commands`. A client
+/// past the connection limits gets one error line and is closed at once;
+/// an accepted one has `idle_timeout` to send its request.
 pub async fn serve(
     listener: UnixListener,
     state: Arc<DaemonState>,
     commands: mpsc::Sender<Command>,
+    limits: ConnectionLimits,
+    config_path: Option<PathBuf>,
 ) {
+    let server = Arc::new(Server {
+        state,
+        commands,
+        limits,
+        open: Arc::new(Mutex::new(Open::default())),
+        config_path,
+    });
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let state = Arc::clone(&state);
-                let commands = commands.clone();
+                let peer = match peer_of(&stream) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "control connection without credentials");
+                        continue;
+                    }
+                };
+                let slot = match Slot::take(&server.open, peer.uid, server.limits) {
+                    Ok(slot) => slot,
+                    Err(message) => {
+                        Defense::count(&server.state.defense.connections_refused);
+                        refuse(stream, &message);
+                        continue;
+                    }
+                };
+                let server = Arc::clone(&server);
                 tokio::spawn(async move {
-                    if let Err(e) = handle(stream, &state, &commands).await {
+                    let _slot = slot;
+                    if let Err(e) = handle(stream, peer, &server).await {
                         tracing::debug!(error = %e, "control connection");
                     }
                 });
             }
             Err(e) => {
+                // EMFILE and the like: the limits keep us below the fd limit,
+                // but another part of the daemon may hold many.
                 tracing::warn!(error = %e, "control socket accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -124,22 +257,63 @@ pub async fn serve(
     }
 }
 
-async fn handle(
-    stream: UnixStream,
-    state: &DaemonState,
-    commands: &mpsc::Sender<Command>,
-) -> io::Result<()> {
+/// Writes one error line without waiting (the client may not read), then
+/// closes the connection.
+fn refuse(stream: UnixStream, message: &str) {
+    let response = Response::Error {
+        message: message.to_owned(),
+    };
+    if let Ok(mut out) = serde_json::to_vec(&response) {
+        out.push(b'\n');
+        let _ = stream.try_write(&out);
+    }
+}
+
+/// The peer of an accepted connection: its credentials and, on kernels
+/// with SO_PEERPIDFD (6.5+), a pidfd of the process that connected.
+fn peer_of(stream: &UnixStream) -> io::Result<Peer> {
     let cred = stream.peer_cred()?;
-    let peer = Peer {
-        pid: cred.pid().and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
+    let pid = cred.pid().and_then(|p| u32::try_from(p).ok()).unwrap_or(0);
+    Ok(Peer {
+        pid,
         uid: cred.uid(),
         gid: cred.gid(),
+        pidfd: peer_pidfd(stream).map(Arc::new),
+    })
+}
+
+/// `getsockopt(SO_PEERPIDFD)`: a pidfd for the socket's peer process as it
+/// was when it connected, so a later reuse of its pid cannot be mistaken
+/// for it.
+fn peer_pidfd(stream: &UnixStream) -> Option<OwnedFd> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _};
+    /// `SO_PEERPIDFD` (asm-generic/socket.h, Linux 6.5).
+    const SO_PEERPIDFD: nix::libc::c_int = 77;
+    let mut fd: nix::libc::c_int = -1;
+    let mut len = nix::libc::socklen_t::try_from(size_of::<nix::libc::c_int>()).ok()?;
+    // SAFETY: getsockopt(2) writes at most `len` bytes to `fd`.
+    let r = unsafe {
+        nix::libc::getsockopt(
+            stream.as_raw_fd(),
+            nix::libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            (&raw mut fd).cast(),
+            &raw mut len,
+        )
     };
+    // SAFETY: on success the kernel installed a new fd that we now own.
+    (r == 0 && fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+async fn handle(stream: UnixStream, peer: Peer, server: &Server) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = Vec::new();
     let mut reader = tokio::io::BufReader::new(read).take(MAX_REQUEST_BYTES as u64 + 1);
-    let read =
-        tokio::time::timeout(Duration::from_secs(5), reader.read_until(b'\n', &mut line)).await;
+    let read = tokio::time::timeout(
+        server.limits.idle_timeout,
+        reader.read_until(b'\n', &mut line),
+    )
+    .await;
     let response = match read {
         Err(_) => Response::Error {
             message: "request timed out".to_owned(),
@@ -149,11 +323,25 @@ async fn handle(
             message: format!("request larger than {MAX_REQUEST_BYTES} bytes"),
         },
         Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
-            Ok(Request::Status) => Response::Status(Box::new(state.report())),
+            Ok(Request::Status) => {
+                let report = server.state.report();
+                // Who else's outputs and store: root only.
+                Response::Status(Box::new(if peer.uid == 0 {
+                    report
+                } else {
+                    report.redacted()
+                }))
+            }
             Ok(_) if peer.pid == 0 => Response::Error {
                 message: "the caller's pid is unknown (SO_PEERCRED); refusing".to_owned(),
             },
-            Ok(request) => forward(peer, request, commands).await,
+            Ok(Request::ReloadPolicies) if peer.uid != 0 => Response::Error {
+                message: "only root may reload the policies".to_owned(),
+            },
+            Ok(Request::ReloadPolicies) => {
+                reload(server.config_path.clone(), &server.commands).await
+            }
+            Ok(request) => forward(peer, request, &server.commands).await,
             Err(e) => Response::Error {
                 message: format!("malformed request: {e}"),
             },
@@ -165,25 +353,52 @@ async fn handle(
     write.shutdown().await
 }
 
+/// Reads and validates the config's policies on a blocking thread (files
+/// are resolved and pinned ones hashed: never on the event thread), then
+/// has the pipeline swap them in.
+pub async fn reload(config_path: Option<PathBuf>, commands: &mpsc::Sender<Command>) -> Response {
+    let loaded = tokio::task::spawn_blocking(move || {
+        crate::config::Config::load_with_policies(config_path.as_deref())
+            .map(|(_, policies)| Box::new(policies))
+            // `{:#}` of an anyhow error prints the whole chain (file:line and cause).
+            .map_err(|e| format!("{:#}", anyhow::Error::new(e)))
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("loading the config failed: {e}")));
+    let (reply, answer) = oneshot::channel();
+    send_and_wait(commands, Command::Reload { loaded, reply }, answer).await
+}
+
 async fn forward(peer: Peer, request: Request, commands: &mpsc::Sender<Command>) -> Response {
     let (reply, answer) = oneshot::channel();
-    let unavailable = || Response::Error {
-        message: "the daemon is shutting down".to_owned(),
-    };
-    if commands
-        .send(Command {
+    send_and_wait(
+        commands,
+        Command::Request {
             peer,
             request,
             reply,
-        })
-        .await
-        .is_err()
-    {
+        },
+        answer,
+    )
+    .await
+}
+
+async fn send_and_wait(
+    commands: &mpsc::Sender<Command>,
+    command: Command,
+    answer: oneshot::Receiver<Response>,
+) -> Response {
+    let unavailable = || Response::Error {
+        message: "the daemon is shutting down".to_owned(),
+    };
+    if commands.send(command).await.is_err() {
         return unavailable();
     }
     match tokio::time::timeout(Duration::from_secs(10), answer).await {
         Ok(Ok(response)) => response,
-        Ok(Err(_)) => unavailable(),
+        Ok(Err(_)) => Response::Error {
+            message: "the request could not be answered (see the daemon's log)".to_owned(),
+        },
         Err(_) => Response::Error {
             message: "the daemon did not answer in time".to_owned(),
         },

@@ -43,11 +43,13 @@ pub enum Kind {
     RunEnd,
     #[serde(rename = "policy.violation")]
     PolicyViolation,
+    #[serde(rename = "run.degraded")]
+    RunDegraded,
 }
 
 impl Kind {
     /// Every kind, in a stable order (for counters).
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::ProcessSpawn,
         Self::ProcessExec,
         Self::ProcessExit,
@@ -56,6 +58,7 @@ impl Kind {
         Self::RunStart,
         Self::RunEnd,
         Self::PolicyViolation,
+        Self::RunDegraded,
     ];
 
     /// The kind named `name` (`process.exec`, ...).
@@ -75,6 +78,7 @@ impl Kind {
             Self::RunStart => "run.start",
             Self::RunEnd => "run.end",
             Self::PolicyViolation => "policy.violation",
+            Self::RunDegraded => "run.degraded",
         }
     }
 
@@ -103,8 +107,24 @@ pub struct Timestamp(pub SystemTime);
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_rfc3339_nanos(self.0))
+        s.collect_str(&rfc3339(self.0))
     }
+}
+
+/// The last instant RFC 3339 can write (9999-12-31T23:59:59.999999999Z).
+const RFC3339_MAX: std::time::Duration = std::time::Duration::new(253_402_300_799, 999_999_999);
+
+/// `t` as RFC 3339 with nanoseconds, clamped to what the format can hold
+/// (the Unix epoch to the end of year 9999). humantime panics before the
+/// epoch and fails past 9999, and a clock set by a root agent, a file or a
+/// client can be anywhere: a time is never a reason to lose an event.
+#[must_use]
+pub fn rfc3339(t: SystemTime) -> humantime::Rfc3339Timestamp {
+    let since = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .min(RFC3339_MAX);
+    humantime::format_rfc3339_nanos(SystemTime::UNIX_EPOCH + since)
 }
 
 /// The agent run an event belongs to.
@@ -193,6 +213,9 @@ pub struct Event {
     pub network: Option<Network>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lost: Option<Lost>,
+    /// What a run's record is missing (`run.degraded`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<Degraded>,
     /// The run's policy verdict on this exec or connect.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<crate::policy::Verdict>,
@@ -285,6 +308,22 @@ pub struct Lost {
     /// Lines an output dropped (its queue was full or writing failed), since the previous report.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub by_output: BTreeMap<String, u64>,
+    /// Of `total`, the records of agent runs, by run id (each run also gets
+    /// a `run.degraded`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub runs: BTreeMap<String, u64>,
+}
+
+/// What the kernel could not deliver of one run, since the previous
+/// `run.degraded` of that run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Degraded {
+    /// Records of the run lost (the ring buffer was full).
+    pub lost_events: u64,
+    /// Denial records of the run the kernel held back (more than
+    /// `DENIALS_PER_RUN_PER_SEC` in a second); each was still decided and,
+    /// under enforce, blocked.
+    pub denials_suppressed: u64,
 }
 
 /// A launch refused by `max_depth`.
@@ -555,6 +594,7 @@ impl EventBuilder {
             exec: None,
             network: None,
             lost: None,
+            degraded: None,
             policy: None,
         }
     }
@@ -600,6 +640,16 @@ impl EventBuilder {
         e
     }
 
+    /// A `run.degraded` report for run `handle`, if it is known.
+    pub fn degraded(&mut self, handle: u64, degraded: Degraded) -> Option<Event> {
+        let run = self.attribution.run(handle)?;
+        let run = RunRef::detailed(run, started_how(&run.started_by));
+        let mut e = self.envelope(Kind::RunDegraded, SystemTime::now());
+        e.run = Some(run);
+        e.degraded = Some(degraded);
+        Some(e)
+    }
+
     /// The event of a run starting or ending.
     pub fn run_change(&mut self, change: &RunChange) -> Event {
         self.run_change_of(change, None)
@@ -610,7 +660,25 @@ impl EventBuilder {
     fn run_change_of(&mut self, change: &RunChange, process: Option<&Process>) -> Event {
         match change {
             RunChange::Started { run, pid } => {
-                self.bind_run(run);
+                if let Err(why) = self.bind_run(run) {
+                    // A matcher run whose policy the kernel cannot hold: its
+                    // process must not go on unenforced.
+                    let enforce = run
+                        .policy
+                        .as_deref()
+                        .and_then(|p| self.policies.get(p))
+                        .is_some_and(|p| p.mode == crate::policy::Mode::Enforce);
+                    let start = self
+                        .attribution
+                        .processes()
+                        .get(*pid, 0)
+                        .map(|p| p.start_ns);
+                    let killed = enforce
+                        && start.is_some_and(|s| {
+                            crate::identity::kill_process(*pid, s / self.keys.ns_per_tick().max(1))
+                        });
+                    tracing::error!(run = %run.id, pid, killed, %why, "a new run could not be bound to its policy");
+                }
                 let mut e = self.envelope(Kind::RunStart, run.start);
                 e.run = Some(RunRef::detailed(run, started_how(&run.started_by)));
                 e.process = Some(match process {
@@ -628,6 +696,28 @@ impl EventBuilder {
                 e
             }
         }
+    }
+
+    /// `sensor launch` (see [`Attribution::launch`]): the new run is bound to
+    /// its policy in the kernel before the peer enters it, and refused when
+    /// that fails.
+    pub fn launch(
+        &mut self,
+        peer: &crate::attribution::Peer,
+        req: crate::attribution::LaunchRequest,
+        now: SystemTime,
+    ) -> Result<(Run, RunChange), crate::attribution::AttributionError> {
+        let policies = &self.policies;
+        let enforcement = &mut self.enforcement;
+        self.attribution.launch(peer, req, now, |run, parent| {
+            let Some(enforcement) = enforcement.as_mut() else {
+                return Ok(());
+            };
+            let policy = run.policy.as_deref().filter(|p| policies.contains(p));
+            enforcement
+                .bind(run.handle, policy, parent)
+                .map_err(|e| bind_refusal(&e, policy))
+        })
     }
 
     /// A `sensor launch` from process `pid` that would nest deeper than its
@@ -710,18 +800,18 @@ impl EventBuilder {
 
     /// Binds a new run to its policy in the kernel, before anything of the
     /// run can act on it (a launch is answered after this).
-    fn bind_run(&mut self, run: &Run) {
+    fn bind_run(&mut self, run: &Run) -> Result<(), String> {
         let Some(enforcement) = &mut self.enforcement else {
-            return;
+            return Ok(());
         };
         let parent = run
             .parent_id
             .as_deref()
             .and_then(|id| self.attribution.handle_of(id));
         let policy = run.policy.as_deref().filter(|p| self.policies.contains(p));
-        if let Err(e) = enforcement.bind(run.handle, policy, parent) {
-            tracing::error!(run = %run.id, error = %e, "cannot bind the run to its policy in the kernel");
-        }
+        enforcement
+            .bind(run.handle, policy, parent)
+            .map_err(|e| bind_refusal(&e, policy))
     }
 
     /// What the table and /proc know of a live process, for run.start events
@@ -853,6 +943,22 @@ impl EventBuilder {
         let mut out = Vec::with_capacity(1);
         self.build_into(raw, &mut out);
         out.swap_remove(0)
+    }
+}
+
+/// Why a run was refused when its policy could not be bound in the kernel.
+fn bind_refusal(e: &crate::policy::kernel::EnforcementError, policy: Option<&str>) -> String {
+    let policy = policy.unwrap_or("(none)");
+    if e.is_full() {
+        format!(
+            "the kernel's run→policy map is full ([limits] policy_runs): policy {policy:?} could \
+             not be bound, so the run is refused rather than started unenforced"
+        )
+    } else {
+        format!(
+            "policy {policy:?} could not be bound in the kernel ({e}); the run is refused rather \
+             than started unenforced"
+        )
     }
 }
 
@@ -1260,6 +1366,19 @@ mod tests {
         assert_eq!(v["network"]["result"], "in_progress");
         let v = json(&b.build(connect(2, v4, 0, 0)));
         assert_eq!(v["network"]["result"], "unknown");
+    }
+
+    #[test]
+    fn times_outside_rfc3339_are_clamped_not_fatal() {
+        let far = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(300_000_000_000);
+        assert_eq!(rfc3339(far).to_string(), "9999-12-31T23:59:59.999999999Z");
+        let before = SystemTime::UNIX_EPOCH - std::time::Duration::from_secs(5);
+        assert_eq!(
+            rfc3339(before).to_string(),
+            "1970-01-01T00:00:00.000000000Z"
+        );
+        let json = serde_json::to_string(&Timestamp(far)).unwrap();
+        assert_eq!(json, "\"9999-12-31T23:59:59.999999999Z\"");
     }
 
     #[test]

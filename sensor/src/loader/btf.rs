@@ -26,6 +26,7 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, LoaderError> {
         source,
     })?;
     let f = |s: &'static str, m: &'static str| field_offset(&btf, s, m);
+    let (inode_ctime_sec, inode_ctime_nsec) = inode_ctime(&btf)?;
     Ok(KernelOffsets {
         task_tgid: f("task_struct", "tgid")?,
         task_pid: f("task_struct", "pid")?,
@@ -69,7 +70,26 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, LoaderError> {
         pt_regs_di: f("pt_regs", "di")?,
         pt_regs_si: f("pt_regs", "si")?,
         pt_regs_dx: f("pt_regs", "dx")?,
+        inode_ctime_sec,
+        inode_ctime_nsec,
     })
+}
+
+/// Offsets of an inode's change time (seconds, nanoseconds), whichever way
+/// this kernel stores it: `i_ctime_sec` and `i_ctime_nsec` (6.11+), or a
+/// `struct timespec64` named `__i_ctime` (6.6-6.10) or `i_ctime` (older).
+fn inode_ctime(btf: &Btf) -> Result<(u32, u32), LoaderError> {
+    if let (Ok(sec), Ok(nsec)) = (
+        field_offset(btf, "inode", "i_ctime_sec"),
+        field_offset(btf, "inode", "i_ctime_nsec"),
+    ) {
+        return Ok((sec, nsec));
+    }
+    let tv_sec = field_offset(btf, "timespec64", "tv_sec")?;
+    let tv_nsec = field_offset(btf, "timespec64", "tv_nsec")?;
+    let base = field_offset(btf, "inode", "__i_ctime")
+        .or_else(|_| field_offset(btf, "inode", "i_ctime"))?;
+    Ok((base + tv_sec, base + tv_nsec))
 }
 
 /// Byte offset of `member` in `struct name`, looking through anonymous
@@ -162,6 +182,7 @@ mod tests {
         // struct upid { int nr; struct pid_namespace *ns; }
         assert_eq!(offsets.upid_nr, 0);
         assert_eq!(offsets.upid_size, 16);
+        assert!(offsets.inode_ctime_sec > 0 && offsets.inode_ctime_nsec > 0);
     }
 
     #[test]

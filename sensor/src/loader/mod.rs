@@ -31,7 +31,7 @@ use sensor_common::{
     config::{CONFIG_GLOBAL, SensorConfig},
     event::ProcRun,
     maps,
-    stats::Stats,
+    stats::{RunStats, Stats},
 };
 use tracing::{debug, info};
 
@@ -96,6 +96,11 @@ pub enum LoaderError {
         field: &'static str,
         detail: String,
     },
+    #[error(
+        "pin dir {path} {why}: whoever controls it controls what the kernel enforces (remove it, \
+         or make it a directory of root's, mode 0700)"
+    )]
+    PinDir { path: PathBuf, why: String },
     #[error("this binary was built without its eBPF object (AYA_BUILD_SKIP); rebuild it normally")]
     NoObject,
     #[error("loading the eBPF object")]
@@ -195,6 +200,8 @@ pub struct Kernel {
     /// Whether the event reader sleeps until woken (see `sensor_common::maps::READER`).
     pub reader: Array<MapData, u32>,
     pub stats: PerCpuArray<MapData, Stats>,
+    /// Per-run counters: records lost, denials suppressed.
+    pub run_stats: BpfHashMap<MapData, u64, RunStats>,
     /// The pinned process → run map.
     pub proc_runs: BpfHashMap<MapData, u32, ProcRun>,
     /// The pinned policy maps.
@@ -291,6 +298,7 @@ pub enum UnloadError {
 }
 
 /// One pinned map and the layout this build expects of it.
+#[derive(Clone, Copy)]
 struct PinnedMap {
     name: &'static str,
     key: usize,
@@ -348,8 +356,8 @@ const PINNED_MAPS: &[PinnedMap] = {
 
 /// Loads and attaches everything. `own_tgid` is the daemon's pid, whose own
 /// activity the programs skip; `pin_dir` (in bpffs) holds the maps that
-/// outlive the daemon.
-pub fn load(own_tgid: u32, pin_dir: &Path) -> Result<Kernel, LoaderError> {
+/// outlive the daemon; `policy_runs` sizes the run→policy maps (`[limits]`).
+pub fn load(own_tgid: u32, pin_dir: &Path, policy_runs: u32) -> Result<Kernel, LoaderError> {
     if EBPF_OBJECT.is_empty() {
         return Err(LoaderError::NoObject);
     }
@@ -361,21 +369,27 @@ pub fn load(own_tgid: u32, pin_dir: &Path) -> Result<Kernel, LoaderError> {
     let kernel = btf::kernel_offsets(Path::new(btf::VMLINUX_BTF))?;
     let tracepoints = tracefs::tracepoint_offsets(Path::new(mounts::TRACEFS))?;
     debug!(?kernel, ?tracepoints, "offsets");
+    let ns_per_tick = 1_000_000_000 / crate::identity::clock_ticks_per_second().max(1);
+    let own_start_ns = crate::identity::proc_start(own_tgid)
+        .map_or(0, |(ticks, _)| ticks.saturating_mul(ns_per_tick));
     let config = SensorConfig {
         own_tgid,
-        ns_per_tick: u32::try_from(
-            1_000_000_000 / crate::identity::clock_ticks_per_second().max(1),
-        )
-        .unwrap_or(10_000_000),
+        own_start_ns,
+        ns_per_tick: u32::try_from(ns_per_tick).unwrap_or(10_000_000),
         kernel,
         tracepoints,
     };
-    std::fs::create_dir_all(pin_dir).map_err(|source| LoaderError::Io {
-        what: "creating the bpffs pin directory",
-        source,
-    })?;
+    own_pin_dir(pin_dir)?;
+    let sized = |map: &PinnedMap| PinnedMap {
+        max_entries: if [maps::RUN_POLICY, maps::RUN_LIVE].contains(&map.name) {
+            policy_runs
+        } else {
+            map.max_entries
+        },
+        ..*map
+    };
     for map in PINNED_MAPS {
-        drop_incompatible_pin(&pin_dir.join(map.name), map)?;
+        drop_incompatible_pin(&pin_dir.join(map.name), &sized(map))?;
     }
     let pins: Vec<(&str, PathBuf)> = PINNED_MAPS
         .iter()
@@ -394,7 +408,9 @@ pub fn load(own_tgid: u32, pin_dir: &Path) -> Result<Kernel, LoaderError> {
     let mut loader = EbpfLoader::new();
     loader
         .override_global(CONFIG_GLOBAL, &config, true)
-        .map_max_entries(maps::SCRATCH, u32::try_from(cpus).unwrap_or(u32::MAX));
+        .map_max_entries(maps::SCRATCH, u32::try_from(cpus).unwrap_or(u32::MAX))
+        .map_max_entries(maps::RUN_POLICY, policy_runs)
+        .map_max_entries(maps::RUN_LIVE, policy_runs);
     for (name, path) in &pins {
         loader.map_pin_path(name, path.as_path());
     }
@@ -413,6 +429,7 @@ pub fn load(own_tgid: u32, pin_dir: &Path) -> Result<Kernel, LoaderError> {
         map: maps::STATS,
         source,
     })?;
+    let run_stats = typed_map(&mut ebpf, maps::RUN_STATS, BpfHashMap::try_from)?;
 
     let proc_runs = typed_map(&mut ebpf, maps::PROC_RUNS, BpfHashMap::try_from)?;
     let policy = crate::policy::kernel::PolicyMaps {
@@ -495,10 +512,55 @@ pub fn load(own_tgid: u32, pin_dir: &Path) -> Result<Kernel, LoaderError> {
         events,
         reader,
         stats,
+        run_stats,
         proc_runs,
         policy,
         previous_links,
     })
+}
+
+/// Makes sure the pin dir is root's and private: created mode 0700 when
+/// missing; refused when it is a symlink, not a directory, not root's, or
+/// writable by others (anyone who could write it could pin their own maps
+/// in place of ours before we start).
+fn own_pin_dir(pin_dir: &Path) -> Result<(), LoaderError> {
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
+    let refuse = |why: String| LoaderError::PinDir {
+        path: pin_dir.to_owned(),
+        why,
+    };
+    match std::fs::symlink_metadata(pin_dir) {
+        Ok(m) if m.file_type().is_symlink() => Err(refuse("is a symlink".into())),
+        Ok(m) if !m.is_dir() => Err(refuse("is not a directory".into())),
+        Ok(m) if m.uid() != 0 => Err(refuse(format!("is owned by uid {}, not root", m.uid()))),
+        Ok(m) if m.mode() & 0o022 != 0 => Err(refuse(format!(
+            "is writable by others (mode {:o})",
+            m.mode() & 0o7777
+        ))),
+        Ok(m) => {
+            if m.mode() & 0o077 != 0 {
+                std::fs::set_permissions(pin_dir, std::fs::Permissions::from_mode(0o700)).map_err(
+                    |source| LoaderError::Io {
+                        what: "making the pin directory private",
+                        source,
+                    },
+                )?;
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(pin_dir)
+            .map_err(|source| LoaderError::Io {
+                what: "creating the bpffs pin directory",
+                source,
+            }),
+        Err(source) => Err(LoaderError::Io {
+            what: "reading the bpffs pin directory",
+            source,
+        }),
+    }
 }
 
 fn typed_map<T>(

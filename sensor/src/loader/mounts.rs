@@ -81,12 +81,15 @@ pub fn ensure_mounted(fs_type: &'static str, target: &'static str) -> Result<boo
     {
         return Ok(false);
     }
+    // A bpffs mounted by default is world-writable (mode 1777): any user
+    // could create the daemon's pin directory first. Ours is root's alone.
+    let data = (fs_type == "bpf").then_some("mode=0700");
     mount(
         Some(fs_type),
         target_path,
         Some(fs_type),
         MsFlags::empty(),
-        None::<&str>,
+        data,
     )
     .map_err(|errno| LoaderError::Mount {
         fs_type,

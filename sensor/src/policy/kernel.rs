@@ -75,6 +75,20 @@ pub enum EnforcementError {
     Incapable(String),
 }
 
+impl EnforcementError {
+    /// Whether a kernel map was full (the insert failed with E2BIG).
+    #[must_use]
+    pub fn is_full(&self) -> bool {
+        matches!(
+            self,
+            Self::Map {
+                source: MapError::SyscallError(e),
+                ..
+            } if e.io_error.raw_os_error() == Some(nix::libc::E2BIG)
+        )
+    }
+}
+
 fn map_err(map: &'static str) -> impl Fn(MapError) -> EnforcementError {
     move |source| EnforcementError::Map { map, source }
 }
@@ -87,29 +101,38 @@ fn rule_set(policy: &Policy, id: u32) -> RuleSet {
     };
     for (i, rule) in policy.exec.iter().enumerate() {
         let index = u32::try_from(i).unwrap_or(u32::MAX);
-        let mut add = |file: &FileId, kind| {
+        let mut add = |file: &FileId, kind, ctime: Option<resolve::Ctime>| {
             let key = ExecKey {
                 policy: id,
                 dev: file.kernel_dev(),
                 ino: file.ino,
             };
+            let (ctime_sec, ctime_nsec) = ctime.unwrap_or_default();
             // The first rule naming an identity decides, as in user space.
-            set.exec
-                .entry(key)
-                .or_insert(ExecRule { rule: index, kind });
+            set.exec.entry(key).or_insert(ExecRule {
+                rule: index,
+                kind,
+                ctime_sec,
+                ctime_nsec,
+                _pad: 0,
+            });
         };
         match &rule.target {
-            ExecTarget::File { id: Some(file), .. } => add(file, EXEC_FILE),
+            ExecTarget::File {
+                id: Some(file),
+                ctime,
+                ..
+            } => add(file, EXEC_FILE, *ctime),
             ExecTarget::File { id: None, .. } => {}
-            ExecTarget::Dir { id: dir, .. } => add(dir, EXEC_DIR),
+            ExecTarget::Dir { id: dir, .. } => add(dir, EXEC_DIR, None),
             ExecTarget::Glob {
                 ids, dirs: false, ..
             } => {
-                ids.iter().for_each(|f| add(f, EXEC_GLOB));
+                ids.iter().for_each(|f| add(f, EXEC_GLOB, None));
             }
             ExecTarget::Glob {
                 ids, dirs: true, ..
-            } => ids.iter().for_each(|d| add(d, EXEC_DIR)),
+            } => ids.iter().for_each(|d| add(d, EXEC_DIR, None)),
         }
     }
     let first = u32::try_from(policy.exec.len()).unwrap_or(u32::MAX);
@@ -203,6 +226,7 @@ impl Enforcement {
                     ExecRule {
                         rule: 0,
                         kind: EXEC_FILE,
+                        ..ExecRule::default()
                     },
                     0,
                 )

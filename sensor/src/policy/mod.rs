@@ -12,6 +12,7 @@
 //! names it. Actions the kernel could not decide on (the exec that started a
 //! matcher's run, before the run existed) are checked here, in audit.
 
+mod hasher;
 pub mod kernel;
 pub mod net;
 pub mod resolve;
@@ -141,9 +142,11 @@ impl PolicyError {
 #[derive(Debug, Clone)]
 enum ExecTarget {
     /// A file, by identity; `stamp` is how it looked when last resolved.
+    /// For a pinned file, `ctime` is its change time when it was hashed.
     File {
         id: Option<FileId>,
         stamp: Option<resolve::Stamp>,
+        ctime: Option<resolve::Ctime>,
     },
     /// Everything under a directory: its resolved path (ending in `/`) and identity.
     Dir { resolved: String, id: FileId },
@@ -190,9 +193,20 @@ impl ExecRule {
         } else {
             // Stamped before it is resolved: a change meanwhile shows at the next refresh.
             let stamp = resolve::Stamp::of(Path::new(path));
-            ExecTarget::File {
-                id: Some(resolve::resolve_file(path, pinned(allow))?),
-                stamp,
+            match pinned(allow) {
+                Some(sha256) => {
+                    let hashed = resolve::resolve_pinned(path, sha256)?;
+                    ExecTarget::File {
+                        id: Some(hashed.id),
+                        stamp,
+                        ctime: Some(hashed.ctime),
+                    }
+                }
+                None => ExecTarget::File {
+                    id: Some(resolve::resolve_file(path)?),
+                    stamp,
+                    ctime: None,
+                },
             }
         };
         Ok(Self {
@@ -206,15 +220,22 @@ impl ExecRule {
     fn refresh(&mut self) -> bool {
         let path = self.allow.path().to_owned();
         match &mut self.target {
-            ExecTarget::File { id, stamp } => {
+            ExecTarget::File { id, stamp, ctime } => {
                 let now = resolve::Stamp::of(Path::new(&path));
-                // A pinned file is hashed again only when it changed: the
-                // refresh runs on the event path every 2 s.
-                if pinned(&self.allow).is_some() && now.is_some() && now == *stamp {
-                    return false;
-                }
+                let new = match pinned(&self.allow) {
+                    // A pinned file is hashed again only when it changed,
+                    // and by the hashing thread: the refresh runs on the
+                    // event path every 2 s, and whoever writes the file
+                    // decides how long hashing it takes.
+                    Some(_) if now.is_some() && now == *stamp => return false,
+                    Some(sha256) => match hasher::hashed(&path, sha256, now) {
+                        None => return false,
+                        Some(result) => result.map(|h| (h.id, Some(h.ctime))),
+                    },
+                    None => resolve::resolve_file(&path).map(|id| (id, None)),
+                };
                 *stamp = now;
-                let new = match resolve::resolve_file(&path, pinned(&self.allow)) {
+                let new = match new {
                     Ok(new) => Some(new),
                     Err(why) => {
                         if id.is_some() {
@@ -223,8 +244,9 @@ impl ExecRule {
                         None
                     }
                 };
-                let changed = *id != new;
-                *id = new;
+                let changed = (*id, *ctime) != (new.map(|n| n.0), new.and_then(|n| n.1));
+                *id = new.map(|n| n.0);
+                *ctime = new.and_then(|n| n.1);
                 changed
             }
             ExecTarget::Dir { id, .. } => match resolve::resolve_dir(&path) {
@@ -691,7 +713,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tool = dir.path().join("tool");
         std::fs::write(&tool, b"v1").unwrap();
-        let sum = resolve::sha256_file(&tool).unwrap();
+        let (sum, _) = resolve::sha256_file(&tool).unwrap();
         let mut p = Policy::load(
             "p",
             &PolicyConfig {

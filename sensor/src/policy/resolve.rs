@@ -6,7 +6,11 @@
 //! refresh, so a replaced binary (a package upgrade writes a new inode) is
 //! picked up.
 
-use std::{io::Read as _, os::unix::fs::MetadataExt as _, path::Path};
+use std::{
+    io::Read as _,
+    os::unix::fs::{FileTypeExt as _, MetadataExt as _, OpenOptionsExt as _},
+    path::Path,
+};
 
 use sha2::{Digest as _, Sha256};
 
@@ -77,33 +81,110 @@ pub fn kernel_dev_to_st_dev(dev: u32) -> u64 {
         | (minor & 0xff)
 }
 
-/// Hex sha256 of the file at `path`.
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
+/// The largest file a pinned rule hashes (a bigger one cannot be pinned):
+/// hashing it takes about a second here, and a sparse file of any size is
+/// one `truncate` away for whoever can write the path.
+pub const HASH_MAX_BYTES: u64 = 1 << 30;
+
+/// The change time of a file (seconds, nanoseconds), as the kernel stores it.
+pub type Ctime = (i64, u32);
+
+/// A file a pinned rule allows: the identity and change time of the file
+/// whose contents were hashed (the same open file, so they cannot differ).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hashed {
+    pub id: FileId,
+    pub ctime: Ctime,
+}
+
+/// Hex sha256 of the file at `path`, and which file that was. Never blocks
+/// on what the path may have been replaced with: it is opened with
+/// `O_NONBLOCK` (a FIFO opens at once) and `O_NOFOLLOW` after resolving it
+/// (a symlink swapped in meanwhile fails), and only a regular file of at most
+/// [`HASH_MAX_BYTES`] is read (not a device like /dev/zero, nor a 1 TiB
+/// sparse file). Errors say why the file cannot be hashed.
+pub fn sha256_file(path: &Path) -> Result<(String, Hashed), String> {
+    let resolved = std::fs::canonicalize(path).map_err(|e| format!("cannot be hashed: {e}"))?;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open(&resolved)
+        .map_err(|e| format!("cannot be hashed: {e}"))?;
+    let before = file
+        .metadata()
+        .map_err(|e| format!("cannot be hashed: {e}"))?;
+    let kind = before.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else if kind.is_socket() {
+            "a socket"
+        } else if kind.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file"
+        };
+        return Err(format!(
+            "cannot be hashed: it is {what}, not a regular file"
+        ));
+    }
+    if before.len() > HASH_MAX_BYTES {
+        return Err(format!(
+            "cannot be hashed: it is {} bytes, over the {HASH_MAX_BYTES}-byte limit for pinned files",
+            before.len()
+        ));
+    }
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
+    let mut read: u64 = 0;
     loop {
-        let n = file.read(&mut buf)?;
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| format!("cannot be hashed: {e}"))?;
         if n == 0 {
             break;
         }
-        hasher.update(&buf[..n]);
+        read = read.saturating_add(n as u64);
+        if read > HASH_MAX_BYTES {
+            return Err("cannot be hashed: it grew past the limit while it was read".into());
+        }
+        hasher.update(buf.get(..n).unwrap_or_default());
     }
-    Ok(hex::encode(hasher.finalize()))
+    let after = file
+        .metadata()
+        .map_err(|e| format!("cannot be hashed: {e}"))?;
+    let ctime = |m: &std::fs::Metadata| (m.ctime(), u32::try_from(m.ctime_nsec()).unwrap_or(0));
+    if ctime(&after) != ctime(&before) || after.len() != before.len() {
+        return Err("cannot be hashed: it changed while it was read".into());
+    }
+    Ok((
+        hex::encode(hasher.finalize()),
+        Hashed {
+            id: FileId {
+                dev: after.dev(),
+                ino: after.ino(),
+            },
+            ctime: ctime(&after),
+        },
+    ))
 }
 
-/// An exact file rule: its identity, checked against a pinned sha256 if given.
-pub fn resolve_file(path: &str, sha256: Option<&str>) -> Result<FileId, String> {
-    let p = Path::new(path);
-    let meta = std::fs::metadata(p).map_err(|e| e.to_string())?;
+/// A pinned file: hashed, and checked against the pinned sha256.
+pub fn resolve_pinned(path: &str, expected: &str) -> Result<Hashed, String> {
+    let (actual, hashed) = sha256_file(Path::new(path))?;
+    if !actual.eq_ignore_ascii_case(expected) {
+        return Err(format!("sha256 is {actual}, not the pinned {expected}"));
+    }
+    Ok(hashed)
+}
+
+/// An exact file rule (not pinned): the identity of the file it names.
+pub fn resolve_file(path: &str) -> Result<FileId, String> {
+    let meta = std::fs::metadata(Path::new(path)).map_err(|e| e.to_string())?;
     if meta.is_dir() {
         return Err("is a directory (end it with '/' to allow everything under it)".into());
-    }
-    if let Some(expected) = sha256 {
-        let actual = sha256_file(p).map_err(|e| e.to_string())?;
-        if !actual.eq_ignore_ascii_case(expected) {
-            return Err(format!("sha256 is {actual}, not the pinned {expected}"));
-        }
     }
     Ok(FileId {
         dev: meta.dev(),
@@ -183,6 +264,38 @@ pub fn loaders() -> Vec<FileId> {
 mod tests {
     use super::*;
 
+    /// What a watched agent can put where a pinned file was: each is refused
+    /// at once with a reason, none is read (a FIFO would block forever,
+    /// /dev/zero and a sparse 1 TiB file would never end).
+    #[test]
+    fn what_cannot_be_hashed_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let zero = dir.path().join("zero");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let sparse = dir.path().join("sparse");
+        std::fs::File::create(&sparse)
+            .unwrap()
+            .set_len(1 << 40)
+            .unwrap();
+        let started = std::time::Instant::now();
+        for (path, why) in [
+            (&fifo, "a FIFO"),
+            (&zero, "a device"),
+            (&sparse, "over the"),
+            (&dir.path().to_path_buf(), "a directory"),
+        ] {
+            let err = sha256_file(path).unwrap_err();
+            assert!(
+                err.contains("cannot be hashed") && err.contains(why),
+                "{}: {err}",
+                path.display()
+            );
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+
     #[test]
     fn dev_encodings_round_trip() {
         let meta = std::fs::metadata("/usr/bin/true").unwrap();
@@ -201,16 +314,16 @@ mod tests {
 
     #[test]
     fn files_dirs_globs_and_loaders_resolve() {
-        let t = resolve_file("/usr/bin/true", None).unwrap();
+        let t = resolve_file("/usr/bin/true").unwrap();
         assert_eq!(t, FileId::of(Path::new("/usr/bin/true")).unwrap());
-        assert!(resolve_file("/usr/bin/", None).is_err());
+        assert!(resolve_file("/usr/bin/").is_err());
         assert!(
-            resolve_file("/usr/bin/true", Some("00"))
+            resolve_pinned("/usr/bin/true", "00")
                 .unwrap_err()
                 .contains("sha256")
         );
-        let sum = sha256_file(Path::new("/usr/bin/true")).unwrap();
-        assert_eq!(resolve_file("/usr/bin/true", Some(&sum)).unwrap(), t);
+        let (sum, _) = sha256_file(Path::new("/usr/bin/true")).unwrap();
+        assert_eq!(resolve_pinned("/usr/bin/true", &sum).unwrap().id, t);
         let (text, _) = resolve_dir("/usr/bin/").unwrap();
         assert!(text.ends_with("/bin/"), "{text}");
         assert!(expand_glob("/usr/bin/tru*", false).unwrap().contains(&t));

@@ -22,12 +22,25 @@ struct Rotation {
     keep: u32,
 }
 
+/// Opens the output file for appending; a file it creates is mode 0640
+/// (the daemon's umask is 077, so the mode is set again after creation).
 fn open(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .create(true)
+    use std::os::unix::fs::PermissionsExt as _;
+    match OpenOptions::new()
+        .create_new(true)
         .append(true)
         .mode(0o640)
         .open(path)
+    {
+        Ok(f) => {
+            f.set_permissions(fs::Permissions::from_mode(0o640))?;
+            Ok(f)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            OpenOptions::new().append(true).open(path)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 impl LineWriter {

@@ -43,6 +43,12 @@ fn run_row(r: &Row<'_>) -> rusqlite::Result<RunRow> {
 }
 
 /// A run by full id or unique prefix.
+/// Whether a run with exactly this id was ever stored.
+pub fn run_exists(conn: &Connection, id: &str) -> Result<bool, rusqlite::Error> {
+    conn.prepare_cached("SELECT 1 FROM runs WHERE id = ?1")?
+        .exists([id])
+}
+
 pub fn find_run(conn: &Connection, id_or_prefix: &str) -> Result<RunRow, QueryError> {
     if let Some(run) = conn
         .query_row(

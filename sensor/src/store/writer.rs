@@ -89,6 +89,13 @@ pub struct StoreStats {
     pub failed: AtomicU64,
 }
 
+/// `path` with `suffix` appended to its file name (SQLite's `-wal`, `-shm`).
+fn wal_path(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
 /// The running writer.
 pub struct StoreWriter {
     path: PathBuf,
@@ -101,6 +108,21 @@ impl StoreWriter {
     /// Opens (creating, migrating) the database and starts the writer thread.
     pub fn start(path: &Path, retention: Retention) -> Result<Self, StoreError> {
         let conn = open_for_writing(path)?;
+        // Every process's argv is in it: root's alone (a file made by an
+        // older version, or before the daemon's umask, is tightened too).
+        for file in [
+            path.to_owned(),
+            wal_path(path, "-wal"),
+            wal_path(path, "-shm"),
+        ] {
+            use std::os::unix::fs::PermissionsExt as _;
+            if file.exists()
+                && let Err(e) =
+                    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+            {
+                tracing::warn!(path = %file.display(), error = %e, "cannot make the store private");
+            }
+        }
         let (tx, rx) = sync_channel(QUEUE_BATCHES);
         let stats = Arc::new(StoreStats::default());
         let thread_stats = Arc::clone(&stats);

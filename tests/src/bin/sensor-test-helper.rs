@@ -37,6 +37,28 @@
 //!                                                   0; waits for all, prints one line per child in
 //!                                                   fork order: "child=PID status=exited:C" or
 //!                                                   "child=PID status=signaled:S"; exits 0
+//! sensor-test-helper control SOCKET LINE            sends LINE (plus a newline) to the control
+//!                                                   socket, prints the answer's first line
+//! sensor-test-helper late-request SOCKET LINE GO OUT
+//!                                                   connects to SOCKET, forks a child that keeps
+//!                                                   the connection, prints "pid=PID" (its own)
+//!                                                   and exits at once; the child waits until the
+//!                                                   file GO exists, then sends LINE and writes
+//!                                                   the answer to OUT (a peer whose pid is
+//!                                                   recycled before its request is read)
+//! sensor-test-helper clone-parent DELAY_MS PATH [ARGS...]
+//!                                                   clone(CLONE_PARENT): the child's parent is
+//!                                                   this process's parent; the child sleeps
+//!                                                   DELAY_MS, then execv(PATH, [PATH, ARGS...]);
+//!                                                   prints "pid=PID" and exits 0 at once
+//! sensor-test-helper sendto-flood ADDR:PORT THREADS SECS
+//!                                                   THREADS threads send UDP datagrams to ADDR
+//!                                                   without connect() for SECS seconds; prints
+//!                                                   "sent=N failed=M"
+//! sensor-test-helper hold-connections SOCKET N SECS  opens N connections to SOCKET, holds them
+//!                                                   SECS seconds (sending nothing), prints
+//!                                                   "opened=N closed_by_peer=M" (M: those the
+//!                                                   peer had closed when the time was up)
 //! ```
 
 use std::ffi::{CString, OsString};
@@ -61,7 +83,8 @@ fn main() -> ExitCode {
 
 fn usage() -> String {
     "usage: sensor-test-helper exec|fake-argv0|thread-exec|threads|prctl-name|connect|at-pid|\
-     sendto|uring-connect|memfd-exec|execveat-empty|fork-children ..."
+     sendto|uring-connect|memfd-exec|execveat-empty|fork-children|control|late-request|\
+     clone-parent|sendto-flood|hold-connections ..."
         .to_owned()
 }
 
@@ -99,6 +122,11 @@ fn run(args: &[OsString]) -> Result<ExitCode, String> {
         "memfd-exec" => memfd_exec(rest),
         "execveat-empty" => execveat_empty(rest),
         "fork-children" => fork_children(rest),
+        "control" => control(rest),
+        "late-request" => late_request(rest),
+        "clone-parent" => clone_parent(rest),
+        "sendto-flood" => sendto_flood(rest),
+        "hold-connections" => hold_connections(rest),
         other => Err(format!("unknown subcommand {other:?}; {}", usage())),
     }
 }
@@ -601,5 +629,184 @@ fn fork_children(rest: &[OsString]) -> Result<ExitCode, String> {
         writeln!(out, "child={pid} status={what}").map_err(|e| e.to_string())?;
     }
     out.flush().map_err(|e| e.to_string())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One request line on a Unix stream socket; returns the first answer line.
+fn exchange(stream: &mut std::os::unix::net::UnixStream, line: &[u8]) -> io::Result<String> {
+    use std::io::{BufRead as _, BufReader};
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.write_all(line)?;
+    stream.write_all(b"\n")?;
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer)?;
+    Ok(answer.trim_end().to_owned())
+}
+
+fn control(rest: &[OsString]) -> Result<ExitCode, String> {
+    let [socket, line] = rest else {
+        return Err(usage());
+    };
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)
+        .map_err(|e| format!("connect {socket:?}: {e}"))?;
+    let answer = exchange(&mut stream, line.as_bytes()).map_err(|e| format!("exchange: {e}"))?;
+    println!("{answer}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn late_request(rest: &[OsString]) -> Result<ExitCode, String> {
+    let [socket, line, go, out] = rest else {
+        return Err(usage());
+    };
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)
+        .map_err(|e| format!("connect {socket:?}: {e}"))?;
+    let _ = io::stdout().flush();
+    // SAFETY: single-threaded here; the child only uses the stream, the
+    // file system and exits.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(format!("fork: {}", io::Error::last_os_error()));
+    }
+    if pid > 0 {
+        println!("pid={}", std::process::id());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let go = std::path::Path::new(go);
+    for _ in 0..600 {
+        if go.exists() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let answer = exchange(&mut stream, line.as_bytes()).unwrap_or_else(|e| format!("error: {e}"));
+    let _ = std::fs::write(out, answer);
+    std::process::exit(0);
+}
+
+fn clone_parent(rest: &[OsString]) -> Result<ExitCode, String> {
+    let [delay, path, tail @ ..] = rest else {
+        return Err(usage());
+    };
+    let delay: u64 = utf8(delay)?
+        .parse()
+        .map_err(|e| format!("bad delay {delay:?}: {e}"))?;
+    let cpath = cstring(path).map_err(|e| e.to_string())?;
+    let mut argv = vec![cstring(path).map_err(|e| e.to_string())?];
+    for a in tail {
+        argv.push(cstring(a).map_err(|e| e.to_string())?);
+    }
+    let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    let ts = libc::timespec {
+        tv_sec: libc::time_t::try_from(delay / 1000).unwrap_or(0),
+        tv_nsec: libc::c_long::try_from((delay % 1000) * 1_000_000).unwrap_or(0),
+    };
+    let args = CloneArgs {
+        flags: libc::CLONE_PARENT as u64,
+        ..CloneArgs::default()
+    };
+    let _ = io::stdout().flush();
+    let _ = io::stderr().flush();
+    // SAFETY: clone3 without CLONE_VM is a fork; the child only calls
+    // nanosleep, execv and _exit on data prepared before the clone.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &raw const args,
+            size_of::<CloneArgs>() as libc::size_t,
+        )
+    };
+    if r < 0 {
+        return Err(format!(
+            "clone3(CLONE_PARENT): {}",
+            io::Error::last_os_error()
+        ));
+    }
+    if r == 0 {
+        // SAFETY: see above.
+        unsafe {
+            libc::nanosleep(&raw const ts, std::ptr::null_mut());
+            libc::execv(cpath.as_ptr(), ptrs.as_ptr());
+            libc::_exit(127);
+        }
+    }
+    println!("pid={r}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sendto_flood(rest: &[OsString]) -> Result<ExitCode, String> {
+    let [addr, threads, secs] = rest else {
+        return Err(usage());
+    };
+    let addr = parse_addr(addr)?;
+    let threads: usize = utf8(threads)?
+        .parse()
+        .map_err(|e| format!("bad thread count: {e}"))?;
+    let secs: u64 = utf8(secs)?
+        .parse()
+        .map_err(|e| format!("bad seconds: {e}"))?;
+    let until = std::time::Instant::now() + Duration::from_secs(secs);
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            thread::spawn(move || -> (u64, u64) {
+                let Ok(sock) = UdpSocket::bind("0.0.0.0:0") else {
+                    return (0, 0);
+                };
+                let (mut sent, mut failed) = (0, 0);
+                while std::time::Instant::now() < until {
+                    for _ in 0..256 {
+                        if sock.send_to(b"x", addr).is_ok() {
+                            sent += 1;
+                        } else {
+                            failed += 1;
+                        }
+                    }
+                }
+                (sent, failed)
+            })
+        })
+        .collect();
+    let (mut sent, mut failed) = (0, 0);
+    for h in handles {
+        let (s, f) = h.join().map_err(|_| "a flood thread panicked".to_owned())?;
+        sent += s;
+        failed += f;
+    }
+    println!("sent={sent} failed={failed}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn hold_connections(rest: &[OsString]) -> Result<ExitCode, String> {
+    use std::io::Read as _;
+    let [socket, n, secs] = rest else {
+        return Err(usage());
+    };
+    let n: usize = utf8(n)?.parse().map_err(|e| format!("bad count: {e}"))?;
+    let secs: u64 = utf8(secs)?
+        .parse()
+        .map_err(|e| format!("bad seconds: {e}"))?;
+    let mut streams = Vec::with_capacity(n);
+    for _ in 0..n {
+        match std::os::unix::net::UnixStream::connect(socket) {
+            Ok(s) => streams.push(s),
+            Err(e) => {
+                eprintln!("connect: {e}");
+                break;
+            }
+        }
+    }
+    thread::sleep(Duration::from_secs(secs));
+    let mut closed = 0;
+    for s in &mut streams {
+        let _ = s.set_nonblocking(true);
+        let mut buf = [0u8; 512];
+        match s.read(&mut buf) {
+            // EOF or an error line then EOF: the peer let go of it.
+            Ok(_) => closed += 1,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => closed += 1,
+        }
+    }
+    println!("opened={} closed_by_peer={closed}", streams.len());
     Ok(ExitCode::SUCCESS)
 }
