@@ -2,6 +2,7 @@
 
 mod args;
 mod daemon;
+pub mod display;
 mod doctor;
 mod launch;
 mod query;
