@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use sensor::cli::{Cli, init_logging};
+use sensor::cli::{Cli, display::escape_message, init_logging};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -21,7 +21,9 @@ fn main() -> ExitCode {
     match cli.command.execute() {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("sensor: error: {e:#}");
+            // Errors may quote what a watched process chose (a policy file's
+            // line, a daemon's refusal): no raw control characters.
+            eprintln!("sensor: error: {}", escape_message(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

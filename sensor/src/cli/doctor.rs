@@ -5,7 +5,10 @@ use std::{path::Path, process::ExitCode};
 use anyhow::Context as _;
 use serde::Serialize;
 
-use super::args::{DoctorArgs, UnloadArgs};
+use super::{
+    args::{DoctorArgs, UnloadArgs},
+    display::escape_terminal,
+};
 use crate::{
     config::Config,
     loader::{self, Kernel, mounts},
@@ -212,25 +215,31 @@ pub fn execute(args: &DoctorArgs) -> anyhow::Result<ExitCode> {
             serde_json::to_string(&report).context("encoding the report")?
         );
     } else {
-        println!("kernel {}", report.kernel);
+        // Details quote errors, paths and policy rules: escaped.
+        println!("kernel {}", escape_terminal(&report.kernel));
         for c in &report.checks {
             println!(
                 "{} {:<16} {}",
                 if c.ok { "ok  " } else { "FAIL" },
-                c.what,
-                c.detail
+                escape_terminal(&c.what),
+                escape_terminal(&c.detail)
             );
         }
         for p in &report.programs {
-            println!("     program {:<16} id {:<6} {}", p.name, p.id, p.attach);
+            println!(
+                "     program {:<16} id {:<6} {}",
+                p.name,
+                p.id,
+                escape_terminal(&p.attach)
+            );
         }
         for p in &report.policies {
             println!(
-                "{} policy {:?} ({}): {}",
+                "{} policy \"{}\" ({}): {}",
                 if p.ok { "ok  " } else { "FAIL" },
-                p.name,
+                escape_terminal(&p.name),
                 p.mode,
-                p.effect
+                escape_terminal(&p.effect)
             );
         }
     }

@@ -2,7 +2,10 @@
 
 use std::{os::unix::process::CommandExt as _, process::ExitCode};
 
-use super::args::{LaunchArgs, WhoamiArgs};
+use super::{
+    args::{LaunchArgs, WhoamiArgs},
+    display::{escape_message, escape_terminal},
+};
 use crate::{
     attribution::LaunchRequest,
     control::{
@@ -35,7 +38,10 @@ pub fn execute(args: &LaunchArgs) -> anyhow::Result<ExitCode> {
         Err(e @ (ControlError::Connect { .. } | ControlError::Exchange { .. }))
             if args.best_effort =>
         {
-            eprintln!("sensor: warning: {e}; starting the command unattributed (--best-effort)");
+            eprintln!(
+                "sensor: warning: {}; starting the command unattributed (--best-effort)",
+                escape_message(&e.to_string())
+            );
         }
         Err(e @ (ControlError::Connect { .. } | ControlError::Exchange { .. })) => {
             anyhow::bail!(
@@ -49,7 +55,7 @@ pub fn execute(args: &LaunchArgs) -> anyhow::Result<ExitCode> {
     let error = command.exec();
     eprintln!(
         "sensor: error: cannot execute {}: {error}",
-        program.to_string_lossy()
+        escape_terminal(&program.to_string_lossy())
     );
     Ok(ExitCode::from(
         if error.kind() == std::io::ErrorKind::NotFound {
@@ -68,17 +74,21 @@ pub fn whoami(args: &WhoamiArgs) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string(&answer)?);
             } else {
                 let run = &answer.run;
-                println!("run {}", run.id);
-                println!("agent {}", run.agent);
-                println!("principal {}", run.principal);
+                println!("run {}", escape_terminal(&run.id));
+                println!("agent {}", escape_terminal(&run.agent));
+                println!("principal {}", escape_terminal(&run.principal));
                 if let Some(claimed) = &run.principal_claimed {
-                    println!("principal claimed {claimed}");
+                    println!("principal claimed {}", escape_terminal(claimed));
                 }
-                println!("depth {} (root {})", run.depth, run.root_id);
+                println!(
+                    "depth {} (root {})",
+                    run.depth,
+                    escape_terminal(&run.root_id)
+                );
                 if let Some(parent) = &run.parent_id {
-                    println!("parent {parent}");
+                    println!("parent {}", escape_terminal(parent));
                 }
-                println!("attribution {}", answer.attribution);
+                println!("attribution {}", escape_terminal(&answer.attribution));
             }
             Ok(ExitCode::SUCCESS)
         }

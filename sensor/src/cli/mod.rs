@@ -2,6 +2,7 @@
 
 mod args;
 mod daemon;
+pub mod display;
 mod doctor;
 mod launch;
 mod query;
@@ -41,10 +42,13 @@ fn policy(cmd: &args::PolicyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         args::PolicyCommand::Check { file } => {
             let (config, policies) = crate::config::Config::load_with_policies(Some(file))?;
-            let names: Vec<&str> = policies.names().collect();
+            let names: Vec<String> = policies
+                .names()
+                .map(|n| display::escape_terminal(n).into_owned())
+                .collect();
             println!(
                 "{}: ok ({} policies: {}; {} agent matchers)",
-                file.display(),
+                display::escape_terminal(&file.to_string_lossy()),
                 names.len(),
                 names.join(", "),
                 config.agents.len()
@@ -56,7 +60,7 @@ fn policy(cmd: &args::PolicyCommand) -> anyhow::Result<ExitCode> {
                 Ok(Response::Reloaded { version, policies }) => {
                     println!(
                         "policies reloaded: version {version} ({})",
-                        policies.join(", ")
+                        display::escape_terminal(&policies.join(", "))
                     );
                     Ok(ExitCode::SUCCESS)
                 }
@@ -72,7 +76,7 @@ fn policy(cmd: &args::PolicyCommand) -> anyhow::Result<ExitCode> {
 fn refusal(e: crate::control::ControlError) -> anyhow::Result<ExitCode> {
     match e {
         crate::control::ControlError::Refused(message) => {
-            eprintln!("sensor: {message}");
+            eprintln!("sensor: {}", display::escape_message(&message));
             Ok(ExitCode::FAILURE)
         }
         e => Err(e.into()),

@@ -1,6 +1,10 @@
 //! The security engineer's queries: `runs`, `tree`, `events`, `who`,
 //! `replay`. They read the store directly (read-only), so they work while
 //! the daemon runs and after it stopped.
+//!
+//! Text output shows every string from the store through
+//! [`escape_terminal`](super::display::escape_terminal) (a watched process
+//! chose them); `--json` prints them exactly.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -11,7 +15,10 @@ use std::{
 use anyhow::Context as _;
 use serde_json::{Value, json};
 
-use super::args::{EventsArgs, ReplayArgs, RunsArgs, TreeArgs, WhoArgs};
+use super::{
+    args::{EventsArgs, ReplayArgs, RunsArgs, TreeArgs, WhoArgs},
+    display::{argv_shown, escape_terminal, exe_shown, shown_str, shown_value},
+};
 use crate::store::{
     open_for_reading,
     query::{self, EventFilter, StoredEvent},
@@ -25,6 +32,11 @@ pub(super) fn time_of_ns(ns: i64) -> String {
 
 fn short(id: &str) -> &str {
     id.get(..13).unwrap_or(id)
+}
+
+/// A run id from the store, escaped, then shortened.
+fn short_shown(id: &str) -> String {
+    short(&escape_terminal(id)).to_owned()
 }
 
 fn run_json(r: &RunRow) -> Value {
@@ -46,6 +58,8 @@ fn width() -> usize {
         .unwrap_or(120)
 }
 
+/// `s` cut to `max` characters with a final '…'. `s` is text as shown
+/// (escaped), so the cut counts the escapes the terminal will print.
 fn fit(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         s.to_owned()
@@ -73,18 +87,22 @@ pub fn runs(args: &RunsArgs) -> anyhow::Result<ExitCode> {
     );
     for r in &runs {
         let ended = match (&r.end_ns, &r.end_reason) {
-            (Some(ns), reason) => {
-                format!("{} ({})", time_of_ns(*ns), reason.as_deref().unwrap_or(""))
-            }
+            (Some(ns), reason) => format!(
+                "{} ({})",
+                time_of_ns(*ns),
+                escape_terminal(reason.as_deref().unwrap_or(""))
+            ),
             (None, _) => "active".to_owned(),
         };
         println!(
             "{:<13}  {:<20}  {:<12}  {:>5}  {:<13}  {:<23}  {}",
-            short(&r.id),
-            fit(&r.agent, 20),
-            fit(&r.principal, 12),
+            short_shown(&r.id),
+            fit(&escape_terminal(&r.agent), 20),
+            fit(&escape_terminal(&r.principal), 12),
             r.depth,
-            r.parent_id.as_deref().map_or("-", short),
+            r.parent_id
+                .as_deref()
+                .map_or_else(|| "-".to_owned(), short_shown),
             time_of_ns(r.start_ns),
             ended
         );
@@ -100,6 +118,10 @@ pub(super) struct ProcNode {
     pub parent_key: String,
     pub exe: String,
     pub argv: Vec<String>,
+    /// `exe` and `argv` as text views show them (escaped, from the raw bytes
+    /// when they are not UTF-8).
+    pub exe_shown: String,
+    pub argv_shown: Vec<String>,
     pub exit: Option<String>,
     pub first_id: i64,
 }
@@ -130,6 +152,7 @@ pub(super) fn processes(events: &[&StoredEvent]) -> Vec<ProcNode> {
         });
         if let Some(exe) = p.get("exe").and_then(Value::as_str) {
             node.exe = exe.to_owned();
+            node.exe_shown = exe_shown(p).unwrap_or_default();
         }
         if e["kind"] == "process.exec"
             && e["exec"]["result"] == "ok"
@@ -139,6 +162,7 @@ pub(super) fn processes(events: &[&StoredEvent]) -> Vec<ProcNode> {
                 .iter()
                 .filter_map(|a| a.as_str().map(str::to_owned))
                 .collect();
+            node.argv_shown = argv_shown(p).unwrap_or_default();
         }
         if e["kind"] == "process.exit" {
             node.exit = Some(match (p["exit_code"].as_i64(), p["exit_signal"].as_i64()) {
@@ -163,12 +187,13 @@ fn proc_json(node: &ProcNode, all: &[ProcNode]) -> Value {
 }
 
 impl ProcNode {
-    /// Its command line, or its exe when no exec of it was seen.
+    /// Its command line, or its exe when no exec of it was seen, as shown
+    /// (escaped).
     pub(super) fn command(&self) -> String {
-        if self.argv.is_empty() {
-            self.exe.clone()
+        if self.argv_shown.is_empty() {
+            self.exe_shown.clone()
         } else {
-            self.argv.join(" ")
+            self.argv_shown.join(" ")
         }
     }
 }
@@ -248,12 +273,15 @@ pub fn tree(args: &TreeArgs) -> anyhow::Result<ExitCode> {
         max: usize,
     ) {
         let state = match &run.end_reason {
-            Some(reason) => format!("ended: {reason}"),
+            Some(reason) => format!("ended: {}", escape_terminal(reason)),
             None => "active".to_owned(),
         };
         println!(
             "{indent}run {} {} (principal {}, depth {}, {state})",
-            run.id, run.agent, run.principal, run.depth
+            escape_terminal(&run.id),
+            escape_terminal(&run.agent),
+            escape_terminal(&run.principal),
+            run.depth
         );
         let all = procs
             .get(run.id.as_str())
@@ -274,56 +302,55 @@ pub fn tree(args: &TreeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// One line describing an event, for text output.
+/// One line describing an event, for text output: every string of the
+/// event escaped.
 pub(super) fn describe(e: &Value) -> String {
-    let kind = e["kind"].as_str().unwrap_or("?");
+    let kind = shown_str(e, "/kind");
+    let kind = if kind.is_empty() { "?".into() } else { kind };
     let p = &e["process"];
     let pid = p["pid"].as_u64().map(|p| p.to_string()).unwrap_or_default();
-    let detail = match kind {
+    let exe = || exe_shown(p).unwrap_or_default();
+    let detail = match kind.as_ref() {
         "process.exec" => {
-            let argv: Vec<&str> = p["argv"]
-                .as_array()
-                .map(|a| a.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
             if e["exec"]["result"] == "error" {
                 format!(
                     "{} FAILED {}",
-                    str_of(e, "/exec/filename"),
-                    str_of(e, "/exec/error")
+                    shown_str(e, "/exec/filename"),
+                    shown_str(e, "/exec/error")
                 )
             } else {
-                argv.join(" ")
+                argv_shown(p).unwrap_or_default().join(" ")
             }
         }
-        "process.spawn" => format!("spawn of {}", p["exe"].as_str().unwrap_or("?")),
+        "process.spawn" => format!(
+            "spawn of {}",
+            exe_shown(p).unwrap_or_else(|| "?".to_owned())
+        ),
         "process.exit" => match (p["exit_code"].as_i64(), p["exit_signal"].as_i64()) {
-            (Some(c), _) => format!("{} exit {c}", p["exe"].as_str().unwrap_or("")),
-            (_, Some(s)) => format!("{} signal {s}", p["exe"].as_str().unwrap_or("")),
+            (Some(c), _) => format!("{} exit {c}", exe()),
+            (_, Some(s)) => format!("{} signal {s}", exe()),
             _ => String::new(),
         },
-        "network.connect" => {
-            let n = &e["network"];
-            format!(
-                "{} {}:{} {}",
-                n["transport"].as_str().unwrap_or(""),
-                n["dst_ip"].as_str().unwrap_or(""),
-                n["dst_port"],
-                n["result"].as_str().unwrap_or("")
-            )
-        }
+        "network.connect" => format!(
+            "{} {}:{} {}",
+            shown_str(e, "/network/transport"),
+            shown_str(e, "/network/dst_ip"),
+            shown_value(&e["network"]["dst_port"]),
+            shown_str(e, "/network/result")
+        ),
         "run.start" | "run.end" => format!(
             "{} {} {}",
-            str_of(e, "/run/agent"),
-            str_of(e, "/run/id"),
-            str_of(e, "/run/end_reason")
+            shown_str(e, "/run/agent"),
+            shown_str(e, "/run/id"),
+            shown_str(e, "/run/end_reason")
         ),
-        "sensor.lost" => format!("{} events lost", e["lost"]["total"]),
+        "sensor.lost" => format!("{} events lost", shown_value(&e["lost"]["total"])),
         _ => String::new(),
     };
     let verdict = e
         .pointer("/policy/verdict")
         .and_then(Value::as_str)
-        .map(|v| format!(" [{v}]"))
+        .map(|v| format!(" [{}]", escape_terminal(v)))
         .unwrap_or_default();
     format!("{kind:<15} {pid:>7} {detail}{verdict}")
 }
@@ -358,12 +385,12 @@ pub fn events(args: &EventsArgs) -> anyhow::Result<ExitCode> {
             if args.db.json {
                 println!("{}", se.event);
             } else {
-                let time = se.event["time"].as_str().unwrap_or("");
+                let time = shown_str(&se.event, "/time");
                 let run = se
                     .event
                     .pointer("/run/id")
                     .and_then(Value::as_str)
-                    .map_or("-", short);
+                    .map_or_else(|| "-".to_owned(), short_shown);
                 println!(
                     "{}",
                     fit(&format!("{time}  {run:<13}  {}", describe(&se.event)), max)
@@ -389,6 +416,8 @@ pub fn who(args: &WhoArgs) -> anyhow::Result<ExitCode> {
     // One answer per process (a pid may have been reused), newest first.
     let mut seen = Vec::<String>::new();
     let mut answers = Vec::new();
+    // The exe each answer shows in text (from the raw path when not UTF-8).
+    let mut exes = Vec::new();
     for se in &found {
         let e = &se.event;
         let key = str_of(e, "/process/key");
@@ -396,6 +425,7 @@ pub fn who(args: &WhoArgs) -> anyhow::Result<ExitCode> {
             continue;
         }
         seen.push(key.clone());
+        exes.push(exe_shown(&e["process"]).unwrap_or_else(|| "?".to_owned()));
         answers.push(json!({
             "process": {"key": key, "pid": e["process"]["pid"], "exe": e["process"]["exe"], "uid": e["process"]["uid"]},
             "run": e["run"],
@@ -415,26 +445,25 @@ pub fn who(args: &WhoArgs) -> anyhow::Result<ExitCode> {
         eprintln!("sensor: no stored event matches");
         return Ok(ExitCode::FAILURE);
     }
-    for a in &answers {
+    for (a, exe) in answers.iter().zip(&exes) {
         let run = &a["run"];
         let owner = if run.is_null() {
             "not in any agent run".to_owned()
         } else {
             format!(
                 "run {} agent {} principal {} depth {} (attribution {})",
-                run["id"].as_str().unwrap_or(""),
-                run["agent"].as_str().unwrap_or(""),
-                run["principal"].as_str().unwrap_or(""),
-                run["depth"],
-                run["attribution"].as_str().unwrap_or("")
+                shown_str(run, "/id"),
+                shown_str(run, "/agent"),
+                shown_str(run, "/principal"),
+                shown_value(&run["depth"]),
+                shown_str(run, "/attribution")
             )
         };
         println!(
-            "pid {} {} (key {}, last seen {}): {owner}",
-            a["process"]["pid"],
-            a["process"]["exe"].as_str().unwrap_or("?"),
-            a["process"]["key"].as_str().unwrap_or(""),
-            a["last_seen"].as_str().unwrap_or("")
+            "pid {} {exe} (key {}, last seen {}): {owner}",
+            shown_value(&a["process"]["pid"]),
+            shown_str(a, "/process/key"),
+            shown_str(a, "/last_seen")
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -476,8 +505,8 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
             *proc_depth.entry(key).or_insert(d)
         };
         let indent = "    ".repeat(run_depth) + &"  ".repeat(depth);
-        let time = e["time"].as_str().unwrap_or("");
-        let agent = str_of(e, "/run/agent");
+        let time = shown_str(e, "/time");
+        let agent = shown_str(e, "/run/agent");
         println!(
             "{}",
             fit(&format!("{time}  {indent}[{agent}] {}", describe(e)), max)

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::{
     args::ReportArgs,
+    display::escape_terminal,
     query::{ProcNode, describe, proc_roots, processes, time_of_ns},
 };
 use crate::store::{
@@ -17,8 +18,17 @@ use crate::store::{
     writer::RunRow,
 };
 
-/// Escapes text for HTML.
+/// A string from the store (agent, principal, run id, rule…) for the page:
+/// control, bidi and invisible characters shown as visible escapes, as the
+/// text views show them (a U+202E in an agent name must not reorder the
+/// page's text), then escaped for HTML.
 fn esc(s: &str) -> String {
+    html(&escape_terminal(s))
+}
+
+/// Escapes text for HTML. For text already shown escaped ([`describe`],
+/// [`ProcNode::command`]); anything else goes through [`esc`].
+fn html(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -59,7 +69,7 @@ fn proc_html(out: &mut String, node: &ProcNode, all: &[ProcNode]) {
         .as_deref()
         .map(|e| format!(" <span class=\"badge\">{}</span>", esc(e)))
         .unwrap_or_default();
-    let _ = write!(out, "<li><code>{}</code> {}{exit}", node.pid, esc(&cmd));
+    let _ = write!(out, "<li><code>{}</code> {}{exit}", node.pid, html(&cmd));
     let children: Vec<&ProcNode> = all.iter().filter(|c| c.parent_key == node.key).collect();
     if !children.is_empty() {
         out.push_str("<ul class=\"tree\">");
@@ -199,7 +209,7 @@ fn page(root: &RunRow, runs: &[RunRow], events: &[StoredEvent]) -> String {
                 out,
                 "<li><b>DENIED</b> {} — {} (rule <code>{}</code>)</li>",
                 esc(e.event["time"].as_str().unwrap_or("")),
-                esc(&describe(&e.event)),
+                html(&describe(&e.event)),
                 esc(rule)
             );
         }
@@ -225,7 +235,7 @@ fn page(root: &RunRow, runs: &[RunRow], events: &[StoredEvent]) -> String {
             time = esc(ev["time"].as_str().unwrap_or("")),
             agent = esc(agent_of.get(run_id).copied().unwrap_or("")),
             run = esc(run_id.get(..13).unwrap_or(run_id)),
-            what = esc(&describe(ev)),
+            what = html(&describe(ev)),
             verdict = esc(v.unwrap_or("—")),
         );
     }
@@ -285,5 +295,39 @@ mod tests {
             !html.contains("http://") && !html.contains("https://"),
             "self-contained"
         );
+    }
+
+    #[test]
+    fn bidi_overrides_and_controls_are_shown_not_obeyed() {
+        let root = RunRow {
+            id: "r1".into(),
+            agent: "bot\u{202e}gpj.exe".into(),
+            principal: "al\u{2066}ice\x1b[8m".into(),
+            root_id: "r1".into(),
+            labels: "{}".into(),
+            ..RunRow::default()
+        };
+        let exec = StoredEvent {
+            id: 1,
+            event: serde_json::json!({"kind":"process.exec","time":"t","run":{"id":"r1","agent":"x"},
+                "process":{"pid":5,"key":"k","exe":"/usr/bin/true",
+                           "argv":["/usr/bin/true","a\u{202e}b <i>","line1\nline2\r\u{9b}2J"]},
+                "exec":{"result":"ok"}}),
+        };
+        let html = page(&root, std::slice::from_ref(&root), &[exec]);
+        assert!(
+            !html
+                .chars()
+                .any(|c| matches!(c, '\u{202e}' | '\u{2066}' | '\x1b' | '\r' | '\u{9b}')),
+            "{html}"
+        );
+        for shown in [
+            r"bot\u202egpj.exe",
+            r"al\u2066ice\x1b[8m",
+            r"a\u202eb &lt;i&gt;",
+            r"line1\nline2\r\u009b2J",
+        ] {
+            assert!(html.contains(shown), "{shown} in {html}");
+        }
     }
 }

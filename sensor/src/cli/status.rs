@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 
-use super::args::StatusArgs;
+use super::{args::StatusArgs, display::escape_terminal};
 use crate::control::{
     self,
     protocol::{Request, Response},
@@ -21,35 +21,40 @@ pub fn execute(args: &StatusArgs) -> anyhow::Result<ExitCode> {
             serde_json::to_string(&report).context("encoding the status")?
         );
     } else {
-        println!(
-            "{} (pid {}, up {}s, version {})",
-            if report.ready { "ready" } else { "not ready" },
-            report.pid,
-            report.uptime_ms / 1000,
-            report.version
-        );
-        println!("programs attached: {}", report.programs.len());
+        // Output specs, error strings and the version come from the daemon
+        // (an error string may quote what a remote server said): each line is
+        // escaped whole; its fixed text has nothing to escape.
+        let mut lines = vec![
+            format!(
+                "{} (pid {}, up {}s, version {})",
+                if report.ready { "ready" } else { "not ready" },
+                report.pid,
+                report.uptime_ms / 1000,
+                report.version
+            ),
+            format!("programs attached: {}", report.programs.len()),
+        ];
         let events: Vec<String> = report
             .events
             .iter()
             .filter(|(k, _)| k.as_str() != "total")
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        println!(
+        lines.push(format!(
             "events: {} ({})",
             report.events.get("total").copied().unwrap_or(0),
             events.join(" ")
-        );
-        println!("lost in the kernel: {}", report.lost.total);
-        println!("active runs: {}", report.runs_active);
+        ));
+        lines.push(format!("lost in the kernel: {}", report.lost.total));
+        lines.push(format!("active runs: {}", report.runs_active));
         if report.kernel_inherit_failed > 0 {
-            println!(
+            lines.push(format!(
                 "processes outside their run (kernel map full): {}",
                 report.kernel_inherit_failed
-            );
+            ));
         }
         if report.decode_errors > 0 {
-            println!("undecodable records: {}", report.decode_errors);
+            lines.push(format!("undecodable records: {}", report.decode_errors));
         }
         for o in &report.outputs {
             let mut line = format!(
@@ -66,7 +71,10 @@ pub fn execute(args: &StatusArgs) -> anyhow::Result<ExitCode> {
             if let Some(e) = o.last_error.as_deref().filter(|_| o.state != "ok") {
                 line.push_str(&format!(", last error: {e}"));
             }
-            println!("{line}");
+            lines.push(line);
+        }
+        for line in &lines {
+            println!("{}", escape_terminal(line));
         }
     }
     Ok(if report.ready {
