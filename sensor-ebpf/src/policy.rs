@@ -108,12 +108,16 @@ pub fn check_exec(r: &mut Reader, run: u64, file: u64) -> Decision {
     d
 }
 
+/// `I_CTIME_QUERIED` (include/linux/fs.h, 6.13+): multigrain timestamps
+/// keep a flag in the top bit of `i_ctime_nsec`, not part of the time.
+const CTIME_NSEC_MASK: u32 = 0x7fff_ffff;
+
 /// Whether the inode at `inode` has the change time rule `e` was hashed at.
 #[inline(always)]
 fn same_ctime(r: &mut Reader, inode: u64, e: &sensor_common::policy::ExecRule) -> bool {
     let sec: i64 = r.read(inode, offset!(kernel.inode_ctime_sec));
     let nsec: u32 = r.read(inode, offset!(kernel.inode_ctime_nsec));
-    sec == e.ctime_sec && nsec == e.ctime_nsec
+    sec == e.ctime_sec && nsec & CTIME_NSEC_MASK == e.ctime_nsec
 }
 
 /// State of the parent-directory walk, one step per `bpf_loop` iteration.

@@ -56,11 +56,13 @@ const HOSTILE_ARGS: &[(&[u8], &str)] = &[
 /// and an isolate.
 const AGENT: &str = "ag\u{202e}\u{2066}x";
 const AGENT_SHOWN: &str = r"ag\u202e\u2066x";
-/// Principal (root may name anyone): control characters.
-const PRINCIPAL: &str = "a\n\x1b[8m";
-const PRINCIPAL_SHOWN: &str = r"a\n\x1b[8m";
-/// A label value with an OSC (set the terminal title) and a newline.
-const LABEL: &str = "note=\x1b]0;pwned\x07\nx";
+/// Principal (root may name anyone): the daemon refuses control characters
+/// in it (see `control_characters_in_names_and_labels_are_refused`), so this
+/// one carries format characters a terminal would act on.
+const PRINCIPAL: &str = "a\u{202e}b\u{2068}\u{feff}";
+const PRINCIPAL_SHOWN: &str = r"a\u202eb\u2068\ufeff";
+/// A label value with a bidi override and a zero-width space.
+const LABEL: &str = "note=\u{202e}x\u{200b}y";
 /// The file name of a copy of /usr/bin/true: newline, ESC, bidi, a non-UTF-8 byte.
 const EXE_NAME: &[u8] = b"tr\nue\x1b[7m\xe2\x80\xaeok\xfe";
 /// How views show it. Exit and connect events carry the exe as text only (no
@@ -405,6 +407,39 @@ fn report_shows_bidi_overrides_escaped() -> Result<()> {
             html.contains(s),
             "the report does not show {s:?} (escaped)"
         );
+    }
+    checks.finish()
+}
+
+/// What would rewrite the analyst's terminal has no place in a run's names:
+/// a principal or label with control characters (an OSC that sets the
+/// title, a newline, ESC) is refused at launch, and the command never runs.
+#[test]
+fn control_characters_in_names_and_labels_are_refused() -> Result<()> {
+    let daemon = Daemon::start()?;
+    let dir = TempDir::new("term-refused")?;
+    let mut checks = Checks::new();
+    for (flag, value) in [
+        ("--principal", "a\n\x1b[8m"),
+        ("--label", "note=\x1b]0;pwned\x07\nx"),
+        ("--agent", "ag\x1b[2Jx"),
+    ] {
+        let ran = dir.path().join("ran");
+        let mut launch = if flag == "--agent" {
+            daemon.launch_cmd(value, &[], &["/usr/bin/touch"])
+        } else {
+            daemon.launch_cmd("refused", &[flag, value], &["/usr/bin/touch"])
+        };
+        launch.arg(&ran);
+        let (_, out) = run_with_timeout(&mut launch, Duration::from_secs(30))?;
+        check!(
+            checks,
+            !out.status.success() && !ran.exists(),
+            "launch {flag} {value:?} must be refused without running the command: {} {:?}",
+            out.status,
+            text(&out.stderr)
+        );
+        checks.result(terminal_safe("the refusal", &out.stderr));
     }
     checks.finish()
 }

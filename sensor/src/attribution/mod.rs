@@ -1233,8 +1233,10 @@ mod tests {
         let grandchild = header(900_002, 900_001, run.handle, HOW_INHERITED);
         a.on_spawn(&grandchild, None);
         // The launcher and the child exit: the grandchild keeps the run open.
+        // (The kernel drops a process's map entry at its exit.)
         let mut me_exit = header(me, 1, 0, 0);
         me_exit.start_ns = me_start;
+        a.map.remove(me);
         assert!(a.on_exit(&me_exit, now).1.is_empty());
         assert!(a.on_exit(&child, now).1.is_empty());
         let (_, changes) = a.on_exit(&grandchild, now);
@@ -1353,21 +1355,95 @@ mod tests {
         assert_eq!(a.on_other(&h), (0, 0));
     }
 
+    /// A launched run with this test process as its first process.
+    fn launched(a: &mut Attribution, agent: &str, ttl: Option<u64>) -> Run {
+        let (run, _) = a
+            .launch(
+                &Peer::local(std::process::id(), 0, 0),
+                LaunchRequest {
+                    agent: agent.into(),
+                    ttl_secs: ttl,
+                    ..LaunchRequest::default()
+                },
+                SystemTime::now(),
+                |_, _| Ok(()),
+            )
+            .unwrap();
+        run
+    }
+
     #[test]
-    fn ttl_ends_the_run_and_releases_its_processes() {
-        let mut a = attribution(&[agent("fake", "**/fake-agent")]);
-        let now = SystemTime::now();
-        let argv = vec!["fake-agent".to_owned()];
-        let h = header(40, 1, 0, 0);
-        a.on_spawn(&h, None);
-        let ((run, _), _) = a.on_exec(&h, None, Some(&exec("/opt/fake-agent", &argv)), now);
-        // Give it a TTL by hand, then pass it.
-        a.runs.by_handle_mut(run).unwrap().expires = Some(now);
-        let changes = a.expire(now + Duration::from_secs(1));
+    fn an_expired_sub_run_hands_its_processes_to_the_parent_run() {
+        let mut a = attribution(&[]);
+        let me = std::process::id();
+        let parent = launched(&mut a, "parent", None);
+        // This process launches a sub-run with a TTL (the kernel map moves it).
+        let sub = launched(&mut a, "sub", Some(60));
+        assert_eq!(a.map.get(me).unwrap().run, sub.handle);
+        let later = SystemTime::now() + Duration::from_secs(61);
+        let changes = a.expire(later);
         assert!(
-            matches!(&changes[..], [RunChange::Ended { run: r }] if r.end_reason.as_deref() == Some("ttl"))
+            matches!(&changes[..], [RunChange::Ended { run: r }] if r.id == sub.id && r.end_reason.as_deref() == Some("ttl"))
         );
-        assert_eq!(a.on_other(&h).0, 0, "its process is outside any run now");
-        assert!(a.map.get(40).is_none());
+        // Never "no run": the process is in the parent run, in the kernel too.
+        let entry = a.map.get(me).unwrap();
+        assert_eq!(entry.run, parent.handle);
+        assert_eq!(entry.how & HOW_MASK, HOW_INHERITED);
+        assert_eq!(a.attest(me, None).unwrap().run.id, parent.id);
+        assert_eq!(a.runs.live_processes(parent.handle), 1);
+    }
+
+    #[test]
+    fn a_run_ends_only_when_the_kernel_has_no_process_left_in_it() {
+        let mut a = attribution(&[]);
+        let me = std::process::id();
+        let run = launched(&mut a, "lossy", None);
+        // The table is told the only process it knows exited (its exit record
+        // arrived), but the kernel still has a live process in the run (this
+        // one, whose spawn record was lost): the run goes on.
+        let me_start = a.processes.get(me, 0).unwrap().start_ns;
+        let mut ghost = header(me, 1, run.handle, HOW_LAUNCH);
+        ghost.start_ns = me_start;
+        a.processes.remove(me, me_start);
+        a.runs.remove_process(run.handle);
+        let mut changes = Vec::new();
+        a.end_if_done(run.handle, "exited", SystemTime::now(), &mut changes);
+        assert!(changes.is_empty(), "the run must not end: {changes:?}");
+        assert_eq!(a.runs.live_processes(run.handle), 1, "the process was adopted");
+        // Once the kernel agrees, it ends.
+        a.map.remove(me);
+        let (_, changes) = a.on_exit(&ghost, SystemTime::now());
+        assert!(matches!(&changes[..], [RunChange::Ended { .. }]));
+    }
+
+    #[test]
+    fn a_clone_parent_child_is_not_moved_into_a_wider_run() {
+        let mut a = attribution(&[]);
+        let me = std::process::id();
+        let wide = launched(&mut a, "wide", None);
+        // The real parent (pid 70, in the wide run per the table)…
+        let parent = header(70, 1, wide.handle, HOW_INHERITED);
+        a.on_spawn(&parent, None);
+        // …and a narrow sub-run of this process.
+        let narrow = launched(&mut a, "narrow", None);
+        assert_ne!(narrow.handle, wide.handle);
+        // A child created by this process with CLONE_PARENT: the kernel put
+        // it in the narrow run (its creator's), its ppid is the wide one's.
+        let mut child = header(71, 70, narrow.handle, HOW_INHERITED);
+        child.parent_start_ns = parent.start_ns;
+        a.map
+            .set(
+                71,
+                ProcRun {
+                    run: narrow.handle,
+                    start_ns: child.start_ns,
+                    how: HOW_INHERITED | HOW_FLAG_COUNTED,
+                    _pad: 0,
+                },
+            )
+            .unwrap();
+        assert_eq!(a.on_spawn(&child, None).0, narrow.handle);
+        assert_eq!(a.map.get(71).unwrap().run, narrow.handle, "the kernel's choice stands");
+        let _ = me;
     }
 }

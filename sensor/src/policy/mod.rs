@@ -734,9 +734,17 @@ mod tests {
         let tool_str = tool.display().to_string();
         assert!(!p.check_exec(&tool_str, meta.dev(), meta.ino()).is_deny());
         assert!(!p.refresh(), "unchanged: nothing to do");
-        // Same inode, other bytes: the pin no longer holds.
+        // Same inode, other bytes: the pin no longer holds. The hashing
+        // thread answers on a later refresh; until then nothing changes.
         std::fs::write(&tool, b"v2").unwrap();
-        assert!(p.refresh(), "a write changes the file's stamp");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !p.refresh() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the changed file was never hashed again"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         assert!(p.check_exec(&tool_str, meta.dev(), meta.ino()).is_deny());
     }
 

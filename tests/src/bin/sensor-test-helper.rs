@@ -671,6 +671,12 @@ fn late_request(rest: &[OsString]) -> Result<ExitCode, String> {
         println!("pid={}", std::process::id());
         return Ok(ExitCode::SUCCESS);
     }
+    // The child must not hold the caller's pipes open (it waits on them).
+    // SAFETY: closing our own stdout and stderr.
+    unsafe {
+        libc::close(1);
+        libc::close(2);
+    }
     let go = std::path::Path::new(go);
     for _ in 0..600 {
         if go.exists() {
