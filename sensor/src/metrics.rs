@@ -12,6 +12,11 @@
 //! sensor_output_spool_bytes{output}      waiting in the spool (bytes)
 //! sensor_output_up{output}               1 when the last delivery worked
 //! sensor_store_written_total, sensor_store_dropped_total
+//! sensor_launches_refused_total          launches refused (bounds, bad values, full map)
+//! sensor_connections_refused_total       control connections closed at once
+//! sensor_denials_suppressed_total        denial records held back (per-run rate limit)
+//! sensor_runs_degraded_total             runs that lost records or had denials held back
+//! sensor_panics_total                    handling panics caught (bugs)
 //! ```
 
 use std::{net::SocketAddr, sync::Arc};
@@ -213,6 +218,36 @@ impl Collector for StateCollector {
             "output",
             &as_gauges(per_output(&|o| u64::from(o.state == "ok"))),
         )?;
+        for (name, help, value) in [
+            (
+                "sensor_launches_refused",
+                "Launch requests refused (per-user bounds, invalid values, a full kernel map)",
+                report.launches_refused,
+            ),
+            (
+                "sensor_connections_refused",
+                "Control connections closed at once (too many in all or from one user)",
+                report.connections_refused,
+            ),
+            (
+                "sensor_denials_suppressed",
+                "Denial records the kernel held back under the per-run rate limit",
+                report.denials_suppressed,
+            ),
+            (
+                "sensor_runs_degraded",
+                "Agent runs that lost records or had denial records held back",
+                report.runs_degraded,
+            ),
+            (
+                "sensor_panics",
+                "Requests or kernel records whose handling panicked (caught)",
+                report.panics,
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)?;
+        }
         if let Some(store) = &report.store {
             let written = ConstCounter::new(store.written);
             written.encode(encoder.encode_descriptor(

@@ -134,7 +134,7 @@ impl ProcessTable {
             let exe = std::fs::read_link(entry.path().join("exe"))
                 .ok()
                 .map(|p| Arc::<str>::from(p.to_string_lossy().as_ref()));
-            self.upsert(pid, start_ticks * self.ns_per_tick, exe);
+            self.upsert(pid, start_ticks.saturating_mul(self.ns_per_tick), exe);
             seeded.push((pid, ppid));
         }
         seeded

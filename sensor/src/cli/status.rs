@@ -56,6 +56,19 @@ pub fn execute(args: &StatusArgs) -> anyhow::Result<ExitCode> {
         if report.decode_errors > 0 {
             lines.push(format!("undecodable records: {}", report.decode_errors));
         }
+        lines.push(format!(
+            "refused: {} launches, {} connections; held back: {} denial records; degraded runs: {}",
+            report.launches_refused,
+            report.connections_refused,
+            report.denials_suppressed,
+            report.runs_degraded
+        ));
+        if report.panics > 0 {
+            lines.push(format!(
+                "panics caught (bugs; see the daemon's log): {}",
+                report.panics
+            ));
+        }
         for o in &report.outputs {
             let mut line = format!(
                 "output {} ({}, {}): {}, sent {} dropped {} failed {}",
