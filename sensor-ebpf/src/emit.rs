@@ -54,23 +54,24 @@ pub unsafe fn emit(record: *const u8, size: usize, kind: EventKind, read_errors:
             (*stats).read_errors += read_errors;
         }
     }
-    if !sent && run != 0 {
-        if let Some(rs) = run_stats(run) {
-            // SAFETY: a map value of this type, aligned for u64.
-            unsafe { atomic_add(&raw mut (*rs).lost, 1) };
-        }
+    if !sent
+        && run != 0
+        && let Some(rs) = run_stats(run)
+    {
+        // SAFETY: a map value of this type, aligned for u64.
+        unsafe { atomic_add(&raw mut (*rs).lost, 1) };
     }
 }
 
 /// The counters of run `run`, created on first use.
 #[inline(always)]
 fn run_stats(run: u64) -> Option<*mut RunStats> {
-    if let Some(p) = RUN_STATS.get_ptr_mut(&run) {
+    if let Some(p) = RUN_STATS.get_ptr_mut(run) {
         return Some(p);
     }
     // BPF_NOEXIST: a racing insert by another CPU wins, and is used below.
-    let _ = RUN_STATS.insert(&run, &RunStats::default(), 1);
-    RUN_STATS.get_ptr_mut(&run)
+    let _ = RUN_STATS.insert(run, RunStats::default(), 1);
+    RUN_STATS.get_ptr_mut(run)
 }
 
 /// Whether run `run` may send one more denial record now: at most

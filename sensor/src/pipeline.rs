@@ -350,9 +350,10 @@ impl Pipeline {
         // A run id names one run for good: a chosen id that an earlier run
         // had (gone from memory, still in the store) would mix two records.
         if let Some(id) = &req.run_id
+            && self.builder.attribution().handle_of(id).is_none()
             && self.run_id_was_used(id)
         {
-            return refuse(format!("run id {id:?} was used by an earlier run"));
+            return refuse(crate::attribution::RunError::Exists(id.clone()).to_string());
         }
         // A sub-run may name a policy only if it is within its parent run's.
         if let Some(name) = &req.policy

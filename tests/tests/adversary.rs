@@ -745,7 +745,14 @@ fn launch_and_connection_floods_are_bounded_and_a_full_map_refuses() -> Result<(
     for i in 0..25 {
         let child = as_nobody(&sensor)
             .env("SENSOR_SOCKET", d.socket())
-            .args(["launch", "--agent", &format!("hold-{i}"), "--", "/usr/bin/sleep", "30"])
+            .args([
+                "launch",
+                "--agent",
+                &format!("hold-{i}"),
+                "--",
+                "/usr/bin/sleep",
+                "30",
+            ])
             .stderr(std::process::Stdio::piped())
             .spawn()?;
         sleepers.push(child);
@@ -765,7 +772,10 @@ fn launch_and_connection_floods_are_bounded_and_a_full_map_refuses() -> Result<(
     }
     check!(
         c,
-        refused.len() == 5 && refused.iter().all(|(s, e)| !s.success() && e.contains("runs_per_uid")),
+        refused.len() == 5
+            && refused
+                .iter()
+                .all(|(s, e)| !s.success() && e.contains("runs_per_uid")),
         "nobody holds at most 20 runs: the 5 launches past them are refused, naming the bound: {refused:?}"
     );
     for mut child in sleepers {

@@ -59,8 +59,8 @@ const AGENT_SHOWN: &str = r"ag\u202e\u2066x";
 /// Principal (root may name anyone): the daemon refuses control characters
 /// in it (see `control_characters_in_names_and_labels_are_refused`), so this
 /// one carries format characters a terminal would act on.
-const PRINCIPAL: &str = "a\u{202e}b\u{2068}\u{feff}";
-const PRINCIPAL_SHOWN: &str = r"a\u202eb\u2068\ufeff";
+const PRINCIPAL: &str = "a\u{202e}b";
+const PRINCIPAL_SHOWN: &str = r"a\u202eb";
 /// A label value with a bidi override and a zero-width space.
 const LABEL: &str = "note=\u{202e}x\u{200b}y";
 /// The file name of a copy of /usr/bin/true: newline, ESC, bidi, a non-UTF-8 byte.

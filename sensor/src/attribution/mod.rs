@@ -1409,7 +1409,11 @@ mod tests {
         let mut changes = Vec::new();
         a.end_if_done(run.handle, "exited", SystemTime::now(), &mut changes);
         assert!(changes.is_empty(), "the run must not end: {changes:?}");
-        assert_eq!(a.runs.live_processes(run.handle), 1, "the process was adopted");
+        assert_eq!(
+            a.runs.live_processes(run.handle),
+            1,
+            "the process was adopted"
+        );
         // Once the kernel agrees, it ends.
         a.map.remove(me);
         let (_, changes) = a.on_exit(&ghost, SystemTime::now());
@@ -1443,7 +1447,11 @@ mod tests {
             )
             .unwrap();
         assert_eq!(a.on_spawn(&child, None).0, narrow.handle);
-        assert_eq!(a.map.get(71).unwrap().run, narrow.handle, "the kernel's choice stands");
+        assert_eq!(
+            a.map.get(71).unwrap().run,
+            narrow.handle,
+            "the kernel's choice stands"
+        );
         let _ = me;
     }
 }

@@ -199,7 +199,7 @@ impl RunTable {
             None => (None, id.clone(), 0),
         };
         let handle = self.next_handle.max(1);
-        if handle >= crate::policy::selftest::RUN {
+        if handle == crate::policy::selftest::RUN {
             return Err(RunError::NoHandle);
         }
         self.next_handle = handle.saturating_add(1);
