@@ -62,6 +62,24 @@ pub struct KernelOffsets {
     /// before) and nanoseconds (`i_ctime_nsec`; `__i_ctime.tv_nsec`).
     pub inode_ctime_sec: u32,
     pub inode_ctime_nsec: u32,
+    /// `struct bpf_sock_addr_kern` (what a sock_addr program's context
+    /// really is): the kernel's copy of the caller's address and its length.
+    pub sock_addr_uaddr: u32,
+    pub sock_addr_uaddrlen: u32,
+    /// From a connected socket's fd to its peer: `task->files->fdt->fd[]`,
+    /// `file->private_data` (the socket), `socket->sk`, and the AF_UNIX
+    /// socket's `peer`, bound `addr` (`unix_address.len`, `.name`) and `path`.
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdtable_fd: u32,
+    pub fdtable_max_fds: u32,
+    pub file_private_data: u32,
+    pub socket_sk: u32,
+    pub unix_sock_peer: u32,
+    pub unix_sock_addr: u32,
+    pub unix_sock_path: u32,
+    pub unix_address_len: u32,
+    pub unix_address_name: u32,
 }
 
 /// Byte offsets of tracepoint fields, from tracefs `events/*/*/format`.
@@ -76,6 +94,8 @@ pub struct TracepointOffsets {
     pub exit_group_dead: u32,
     /// `sys_exit_*`: `long ret` (the same offset for every syscall exit).
     pub sys_exit_ret: u32,
+    /// `sys_enter_connect`: `int fd`.
+    pub connect_fd: u32,
 }
 
 /// The whole global.
@@ -97,7 +117,7 @@ pub struct SensorConfig {
     /// Tracepoint field offsets.
     pub tracepoints: TracepointOffsets,
 }
-const _: () = assert!(size_of::<SensorConfig>() == 8 + 8 + 44 * 4 + 4 * 4);
+const _: () = assert!(size_of::<SensorConfig>() == 8 + 8 + 57 * 4 + 5 * 4);
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), integers only, no padding (size checked above).

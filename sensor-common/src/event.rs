@@ -9,7 +9,10 @@
 //! The header comes first in every record because the decoder reads the kind
 //! there before it knows anything else.
 
-use crate::{limits::EVENT_DATA_BYTES, policy::Decision};
+use crate::{
+    limits::EVENT_DATA_BYTES,
+    policy::{Decision, UnixKey},
+};
 
 /// Stable numeric event kinds. Families have ranges (process from 1, network
 /// from 60, sensor-internal from 500); retired ids are never reused.
@@ -26,6 +29,9 @@ pub enum EventKind {
     ProcessExit = 4,
     /// A connect() on an IPv4/IPv6 socket.
     NetConnect = 60,
+    /// A connect() on an AF_UNIX socket, or a datagram sent to a Unix
+    /// address without connect() (reported when denied).
+    NetUnix = 61,
 }
 
 impl EventKind {
@@ -38,6 +44,7 @@ impl EventKind {
             3 => Self::ProcessExecFailed,
             4 => Self::ProcessExit,
             60 => Self::NetConnect,
+            61 => Self::NetUnix,
             _ => return None,
         })
     }
@@ -51,6 +58,7 @@ impl EventKind {
             Self::ProcessExecFailed => 2,
             Self::ProcessExit => 3,
             Self::NetConnect => 4,
+            Self::NetUnix => 5,
         }
     }
 
@@ -64,6 +72,7 @@ impl EventKind {
                 Self::ProcessExec | Self::ProcessExecFailed => size_of::<ExecData>(),
                 Self::ProcessExit => size_of::<ExitData>(),
                 Self::NetConnect => size_of::<ConnectData>(),
+                Self::NetUnix => size_of::<UnixConnectData>(),
             }
     }
 }
@@ -208,6 +217,89 @@ pub const VIA_CONNECT: u16 = 0;
 /// `ConnectData::via`: a datagram sent to an address without connect()
 /// (reported only when a policy denies it).
 pub const VIA_SENDMSG: u16 = 1;
+
+/// Bytes of `sockaddr_un.sun_path`.
+pub const UNIX_PATH_BYTES: usize = 108;
+
+/// `network.connect` on an AF_UNIX socket (or a denied datagram to a Unix
+/// address). A fixed-size record: both addresses are at most 108 bytes.
+///
+/// It starts with the `unix.allow` lookup key (policy id, address length,
+/// address), so the kernel looks the address up where it assembled it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnixConnectData {
+    /// The address as the caller gave it (`sun_path` up to its NUL; an
+    /// abstract name starts with a NUL byte and is every byte given), with
+    /// its length, under the deciding policy's id (0 without a policy).
+    pub key: UnixKey,
+    /// Return value of connect(): 0 or a negative errno; see `has_result`.
+    pub ret: i32,
+    /// 1 when `ret` is known.
+    pub has_result: u16,
+    /// [`VIA_CONNECT`] or [`VIA_SENDMSG`].
+    pub via: u16,
+    /// `SOCK_STREAM` (1), `SOCK_DGRAM` (2), `SOCK_SEQPACKET` (5).
+    pub sock_type: u16,
+    /// Bytes of `peer` (the address the connected peer is bound to, read
+    /// from the kernel's socket, not from the caller), 0 when unknown.
+    pub peer_len: u16,
+    /// `UNIX_*` flags.
+    pub flags: u16,
+    /// Reserved, zero.
+    pub _pad: u16,
+    /// Identity of the peer's socket file (`sb->s_dev`, `i_ino`), 0 when it
+    /// has none (abstract, unnamed) or the connect failed.
+    pub peer_dev: u32,
+    pub peer_ino: u64,
+    /// The run policy's decision (`unix.allow`).
+    pub decision: Decision,
+    pub peer: [u8; UNIX_PATH_BYTES],
+    /// Reserved, zero.
+    pub _pad2: u32,
+}
+const _: () = assert!(size_of::<UnixConnectData>() == 272);
+const _: () = assert!(size_of::<UnixConnectData>().is_multiple_of(8));
+
+impl UnixConnectData {
+    /// All zero (a `const`, for statics).
+    pub const ZERO: Self = Self {
+        key: UnixKey {
+            policy: 0,
+            len: 0,
+            path: [0; UNIX_PATH_BYTES],
+        },
+        ret: 0,
+        has_result: 0,
+        via: 0,
+        sock_type: 0,
+        peer_len: 0,
+        flags: 0,
+        _pad: 0,
+        peer_dev: 0,
+        peer_ino: 0,
+        decision: Decision {
+            policy: 0,
+            rule: 0,
+            verdict: 0,
+            enforced: 0,
+            _pad: 0,
+        },
+        peer: [0; UNIX_PATH_BYTES],
+        _pad2: 0,
+    };
+}
+
+impl Default for UnixConnectData {
+    fn default() -> Self {
+        Self::ZERO
+    }
+}
+
+/// `UnixConnectData::flags`: the kernel killed the caller at the connect's
+/// exit: the socket it reached is not the one its allowed path names (an
+/// alias, or a path swapped between the check and the connect).
+pub const UNIX_KILLED_IDENTITY: u16 = 1;
 
 /// A whole record as the kernel assembles it in per-CPU scratch memory.
 #[repr(C)]

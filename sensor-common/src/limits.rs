@@ -66,3 +66,6 @@ pub const MAX_RUN_STATS: u32 = 16 * 1024;
 /// past it they are counted in [`crate::stats::RunStats`] instead. A flood of
 /// denied `sendto()`s cannot then fill the ring and hide everything else.
 pub const DENIALS_PER_RUN_PER_SEC: u64 = 100;
+
+/// `unix.allow` addresses and socket identities across all loaded policies.
+pub const MAX_UNIX_RULES: u32 = 16 * 1024;

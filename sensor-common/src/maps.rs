@@ -33,10 +33,16 @@ pub const NET6_RULES: &str = "SNSR_NET6_RULES";
 /// [`crate::stats::RunStats`].
 pub const RUN_STATS: &str = "SNSR_RUN_STATS";
 
+/// `unix.allow` rules by address (`UnixKey` → rule). Pinned.
+pub const UNIX_RULES: &str = "SNSR_UNIX_RULES";
+/// `unix.allow` rules by socket file identity (`ExecKey` → rule). Pinned.
+pub const UNIX_IDS: &str = "SNSR_UNIX_IDS";
+
 /// Maps pinned in the pin directory, in the order they are reused: they keep
 /// attribution and enforcement going while the daemon is down or restarting.
 pub const PINNED: &[&str] = &[
-    PROC_RUNS, POLICIES, RUN_POLICY, RUN_LIVE, EXEC_RULES, NET4_RULES, NET6_RULES,
+    PROC_RUNS, POLICIES, RUN_POLICY, RUN_LIVE, EXEC_RULES, NET4_RULES, NET6_RULES, UNIX_RULES,
+    UNIX_IDS,
 ];
 /// Subdirectory of the pin directory holding the program links.
 pub const LINKS_DIR: &str = "links";
@@ -65,6 +71,10 @@ pub mod programs {
     pub const SENDMSG4: &str = "snsr_sendmsg4";
     /// cgroup_sock_addr sendmsg6 on the cgroup2 root.
     pub const SENDMSG6: &str = "snsr_sendmsg6";
+    /// cgroup_sock_addr connect_unix on the cgroup2 root (6.7+).
+    pub const CONNECT_UNIX: &str = "snsr_conn_unix";
+    /// cgroup_sock_addr sendmsg_unix on the cgroup2 root (6.7+).
+    pub const SENDMSG_UNIX: &str = "snsr_send_unix";
     /// tracepoint `syscalls/sys_exit_clone`: stops a child over `max_processes`.
     pub const CLONE_EXIT: &str = "snsr_clone_out";
     /// tracepoint `syscalls/sys_exit_clone3`.

@@ -117,6 +117,28 @@ pub type Net4Data = [u8; 8];
 /// Key data of the IPv6 prefix trie: policy id (big-endian) then address.
 pub type Net6Data = [u8; 20];
 
+/// Key of a `unix.allow` rule by address: the policy id and the address
+/// bytes exactly as a caller passes them (`sun_path`, zero-padded; an
+/// abstract name starts with a NUL byte), with its length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UnixKey {
+    pub policy: u32,
+    /// Bytes of `path` that are the address.
+    pub len: u32,
+    pub path: [u8; crate::event::UNIX_PATH_BYTES],
+}
+const _: () = assert!(size_of::<UnixKey>() == 8 + crate::event::UNIX_PATH_BYTES);
+
+/// `Decision::rule`: the socket a Unix connect reached is not the one its
+/// allowed path names (a symlink or other alias, or the path changed).
+pub const RULE_UNIX_IDENTITY: u32 = u32::MAX - 3;
+
+/// `Decision::rule`: the sensor's own control socket, which every policy
+/// allows (a run must be able to ask the sensor who it is, or launch a
+/// sub-run).
+pub const RULE_SENSOR_SOCKET: u32 = u32::MAX - 4;
+
 /// `Decision::verdict`: no policy applies.
 pub const VERDICT_NONE: u16 = 0;
 /// `Decision::verdict`: allowed.
@@ -156,4 +178,5 @@ mod pod {
     unsafe impl aya::Pod for super::ExecKey {}
     unsafe impl aya::Pod for super::ExecRule {}
     unsafe impl aya::Pod for super::NetRule {}
+    unsafe impl aya::Pod for super::UnixKey {}
 }

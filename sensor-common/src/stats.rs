@@ -66,10 +66,11 @@ const _: () = assert!(size_of::<RunStats>() == 32);
 unsafe impl aya::Pod for RunStats {}
 
 /// The kinds that have a counter slot, in slot order.
-pub const SLOT_KINDS: [EventKind; 5] = [
+pub const SLOT_KINDS: [EventKind; 6] = [
     EventKind::ProcessSpawn,
     EventKind::ProcessExec,
     EventKind::ProcessExecFailed,
     EventKind::ProcessExit,
     EventKind::NetConnect,
+    EventKind::NetUnix,
 ];

@@ -32,16 +32,28 @@ pub unsafe fn emit(record: *const u8, size: usize, kind: EventKind, read_errors:
     };
     // SAFETY: caller guarantees the bytes; the verifier checks the bound against the map value.
     let bytes = unsafe { core::slice::from_raw_parts(record, size) };
-    // Wake the reader when it sleeps (an idle host: no timer runs then) or is
-    // behind; otherwise it drains on its timer, and a wakeup per record (an
-    // irq_work, in a VM an IPI) would cost more than this program.
+    let sent = EVENTS.output::<[u8]>(bytes, wakeup_flags()).is_ok();
+    count(kind, sent, read_errors, run);
+}
+
+/// The wakeup flag for a record sent now: wake the reader when it sleeps
+/// (an idle host: no timer runs then) or is behind; otherwise it drains on
+/// its timer, and a wakeup per record (an irq_work, in a VM an IPI) would
+/// cost more than the program.
+#[inline(always)]
+pub fn wakeup_flags() -> u64 {
     let sleeping = READER.get(0).is_some_and(|v| *v == READER_SLEEPING);
-    let flags = if sleeping || EVENTS.query(BPF_RB_AVAIL_DATA) > EVENTS_WAKEUP_BYTES {
+    if sleeping || EVENTS.query(BPF_RB_AVAIL_DATA) > EVENTS_WAKEUP_BYTES {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
-    };
-    let sent = EVENTS.output::<[u8]>(bytes, flags).is_ok();
+    }
+}
+
+/// Counts a record: `emitted` when `sent`, else `lost` (and, for a record
+/// of run `run`, the run's own `lost`).
+#[inline(always)]
+pub fn count(kind: EventKind, sent: bool, read_errors: u64, run: u64) {
     if let Some(stats) = STATS.get_ptr_mut(0) {
         // SAFETY: per-CPU value, not shared with another CPU; tracepoint programs do not nest here.
         unsafe {

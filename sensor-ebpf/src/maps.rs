@@ -8,9 +8,9 @@ use sensor_common::{
     event::{Event, ExecData, ProcRun},
     limits::{
         EVENTS_RING_BYTES, INFLIGHT_ENTRIES, MAX_EXEC_RULES, MAX_NET_RULES, MAX_POLICIES,
-        MAX_POLICY_RUNS, MAX_RUN_STATS, MAX_TRACKED_PROCESSES, PATH_SCRATCH_BYTES,
+        MAX_POLICY_RUNS, MAX_RUN_STATS, MAX_TRACKED_PROCESSES, MAX_UNIX_RULES, PATH_SCRATCH_BYTES,
     },
-    policy::{ExecKey, ExecRule, Net4Data, Net6Data, NetRule, PolicySlot, RunPolicy},
+    policy::{ExecKey, ExecRule, Net4Data, Net6Data, NetRule, PolicySlot, RunPolicy, UnixKey},
     stats::{RunStats, Stats},
 };
 
@@ -64,11 +64,50 @@ pub static PATH_SCRATCH: PerCpuArray<[u8; PATH_SCRATCH_BYTES]> =
 #[derive(Clone, Copy)]
 pub struct ConnectInflight {
     pub data: sensor_common::event::ConnectData,
-    /// 1 once the cgroup hook saw an IPv4/IPv6 destination.
+    /// [`FILLED_INET`] or [`FILLED_UNIX`] once a cgroup hook saw the
+    /// destination (0: not yet).
     pub filled: u32,
     /// 1 between the syscall's entry and its exit.
     pub open: u32,
+    /// The socket's fd, from the syscall's entry.
+    pub fd: u32,
+    /// Reserved, zero.
+    pub _pad: u32,
+    /// An AF_UNIX destination (`filled == FILLED_UNIX`).
+    pub unix: sensor_common::event::UnixConnectData,
 }
+
+/// A new, empty connect slot: inserted from here (read-only data), not from
+/// a copy on the 512-byte stack.
+pub static EMPTY_SLOT: ConnectInflight = ConnectInflight {
+    data: sensor_common::event::ConnectData {
+        family: 0,
+        sock_type: 0,
+        protocol: 0,
+        port: 0,
+        ret: 0,
+        has_result: 0,
+        via: 0,
+        addr: [0; 16],
+        decision: sensor_common::policy::Decision {
+            policy: 0,
+            rule: 0,
+            verdict: 0,
+            enforced: 0,
+            _pad: 0,
+        },
+    },
+    filled: 0,
+    open: 0,
+    fd: 0,
+    _pad: 0,
+    unix: sensor_common::event::UnixConnectData::ZERO,
+};
+
+/// [`ConnectInflight::filled`]: an IPv4/IPv6 destination is in `data`.
+pub const FILLED_INET: u32 = 1;
+/// [`ConnectInflight::filled`]: an AF_UNIX destination is in `unix`.
+pub const FILLED_UNIX: u32 = 2;
 
 #[map(name = "SNSR_CONNECT")]
 pub static CONNECT_INFLIGHT: LruHashMap<u64, ConnectInflight> =
@@ -101,3 +140,11 @@ pub static NET4_RULES: LpmTrie<Net4Data, NetRule> = LpmTrie::with_max_entries(MA
 /// IPv6 prefixes allowed per policy id. Pinned by the loader.
 #[map(name = "SNSR_NET6_RULES")]
 pub static NET6_RULES: LpmTrie<Net6Data, NetRule> = LpmTrie::with_max_entries(MAX_NET_RULES, 0);
+
+/// `unix.allow` addresses per policy id. Pinned by the loader.
+#[map(name = "SNSR_UNIX_RULES")]
+pub static UNIX_RULES: HashMap<UnixKey, u32> = HashMap::with_max_entries(MAX_UNIX_RULES, 0);
+
+/// `unix.allow` socket file identities per policy id. Pinned by the loader.
+#[map(name = "SNSR_UNIX_IDS")]
+pub static UNIX_IDS: HashMap<ExecKey, u32> = HashMap::with_max_entries(MAX_UNIX_RULES, 0);

@@ -637,8 +637,11 @@ fn store_record(event: &Event, line: std::ops::Range<usize>) -> Record {
         root_id: run.map(|r| r.root_id.clone()),
         pid: event.process.as_ref().map(|p| p.pid),
         process_key: event.process.as_ref().map(|p| p.key.clone()),
-        dst_ip: event.network.as_ref().map(|n| n.dst_ip.to_string()),
-        dst_port: event.network.as_ref().map(|n| n.dst_port),
+        dst_ip: event
+            .network
+            .as_ref()
+            .and_then(|n| n.dst_ip.map(|ip| ip.to_string()).or_else(|| n.path.clone())),
+        dst_port: event.network.as_ref().and_then(|n| n.dst_port),
         verdict: event.policy.as_ref().map(|v| v.verdict.to_owned()),
         line,
         run: run_row,

@@ -36,6 +36,13 @@ pub const APT_PACKAGES: &[&str] = &[
     "openssl",
     // `systemd-analyze verify` of dist/sensor.service (xtask/src/install.rs tests).
     "systemd",
+    // Spawners an agent run may try to escape through (tests/tests/escape*.rs):
+    // a tmux server, `at` with atd, an sshd on loopback; and gdb for the
+    // injection tests.
+    "tmux",
+    "at",
+    "openssh-server",
+    "gdb",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

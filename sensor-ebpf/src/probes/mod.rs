@@ -5,3 +5,4 @@
 
 mod network;
 mod process;
+mod unix;

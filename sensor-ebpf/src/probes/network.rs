@@ -21,7 +21,7 @@ use crate::{
     config::{is_own, offset},
     emit::{deny_budget, emit},
     kernel::{Reader, run_of},
-    maps::{CONNECT_INFLIGHT, ConnectInflight},
+    maps::{CONNECT_INFLIGHT, EMPTY_SLOT, FILLED_INET, FILLED_UNIX},
     policy::check_net,
 };
 
@@ -37,25 +37,35 @@ const EPERM: i32 = 1;
 
 /// tracepoint `syscalls/sys_enter_connect`: mark the thread as inside connect().
 #[tracepoint]
-pub fn snsr_conn_in(_ctx: TracePointContext) -> u32 {
+pub fn snsr_conn_in(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     if is_own((pid_tgid >> 32) as u32) {
         return 0;
     }
+    // SAFETY: offset from the format file.
+    let fd = unsafe { ctx.read_at::<u64>(offset!(tracepoints.connect_fd) as usize) }.unwrap_or(0);
     if let Some(slot) = CONNECT_INFLIGHT.get_ptr_mut(pid_tgid) {
         // SAFETY: map value; only this thread uses its own slot.
         unsafe {
             (*slot).filled = 0;
             (*slot).open = 1;
+            (*slot).fd = fd as u32;
         }
         return 0;
     }
-    let slot = ConnectInflight {
-        data: ConnectData::default(),
-        filled: 0,
-        open: 1,
-    };
-    let _ = CONNECT_INFLIGHT.insert(pid_tgid, slot, 0);
+    // A new slot starts from the zeroed static (too big to build on the stack).
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by value, the 336-byte static would be copied onto the 512-byte stack"
+    )]
+    let _ = CONNECT_INFLIGHT.insert(pid_tgid, &EMPTY_SLOT, 1);
+    if let Some(slot) = CONNECT_INFLIGHT.get_ptr_mut(pid_tgid) {
+        // SAFETY: as above.
+        unsafe {
+            (*slot).open = 1;
+            (*slot).fd = fd as u32;
+        }
+    }
     0
 }
 
@@ -171,7 +181,7 @@ unsafe fn on_connect(ctx: &SockAddrContext, family: u16) -> i32 {
         unsafe {
             if (*inflight).open != 0 {
                 (*inflight).data = data;
-                (*inflight).filled = 1;
+                (*inflight).filled = FILLED_INET;
                 return verdict;
             }
         }
@@ -247,18 +257,23 @@ unsafe fn connect_exit(ctx: &TracePointContext) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let slot = CONNECT_INFLIGHT.get_ptr_mut(pid_tgid)?;
     // SAFETY: map value; only this thread uses its own slot.
-    let data = unsafe {
-        let (open, filled) = ((*slot).open, (*slot).filled);
-        (*slot).open = 0;
-        if open == 0 || filled == 0 {
-            // Not an IPv4/IPv6 destination (AF_UNIX, AF_UNSPEC, bad address),
-            // or the entry was missed (the programs attached mid-call).
-            return None;
-        }
-        (*slot).data
-    };
+    let (open, filled, fd) = unsafe { ((*slot).open, (*slot).filled, (*slot).fd) };
+    // SAFETY: as above.
+    unsafe { (*slot).open = 0 };
+    if open == 0 || filled == 0 {
+        // Not an IPv4/IPv6/Unix destination the hooks saw (AF_UNSPEC, a bad
+        // address, a Unix connect outside runs), or the entry was missed
+        // (the programs attached mid-call).
+        return None;
+    }
     // SAFETY: offset from the format file.
     let ret: i64 = unsafe { ctx.read_at(offset!(tracepoints.sys_exit_ret) as usize) }.ok()?;
+    if filled == FILLED_UNIX {
+        super::unix::connect_exit(slot, ret, fd);
+        return Some(());
+    }
+    // SAFETY: as above.
+    let data = unsafe { (*slot).data };
     let uid_gid = bpf_get_current_uid_gid();
     let mut ev = FixedEvent {
         header: EventHeader {

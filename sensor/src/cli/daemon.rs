@@ -133,6 +133,8 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
             tracing::warn!(%why, "kernel enforcement does not work here; enforce policies will be refused");
         }
         enforcement.set_capability(outcome.why_not());
+        // Every policy lets a run talk to the sensor (whoami, sub-run launches).
+        enforcement.set_sensor_socket(crate::policy::kernel::SensorSocket::at(&socket));
         state.set_programs(probes.attached().to_vec());
 
         let mut attribution =

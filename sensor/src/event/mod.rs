@@ -11,7 +11,8 @@ use std::{collections::BTreeMap, net::IpAddr, sync::Arc, time::SystemTime};
 
 use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
 use sensor_common::event::{
-    ConnectData, EventHeader, ExecData, HOW_INHERITED, HOW_MATCHER, PATH_TRUNCATED, VIA_SENDMSG,
+    ConnectData, EventHeader, ExecData, HOW_INHERITED, HOW_MATCHER, PATH_TRUNCATED,
+    UnixConnectData, VIA_SENDMSG,
 };
 use serde::{Serialize, Serializer};
 
@@ -96,7 +97,7 @@ impl Kind {
             K::ProcessSpawn => Self::ProcessSpawn,
             K::ProcessExec | K::ProcessExecFailed => Self::ProcessExec,
             K::ProcessExit => Self::ProcessExit,
-            K::NetConnect => Self::NetworkConnect,
+            K::NetConnect | K::NetUnix => Self::NetworkConnect,
         }
     }
 }
@@ -286,8 +287,23 @@ pub struct Exec {
 pub struct Network {
     pub transport: &'static str,
     pub family: &'static str,
-    pub dst_ip: IpAddr,
-    pub dst_port: u16,
+    /// IPv4/IPv6 destination (absent for `family: "unix"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst_ip: Option<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst_port: Option<u16>,
+    /// A Unix socket address as the caller gave it: a path, or `@name` for an
+    /// abstract name (bytes that are not UTF-8, NUL included, as `\xNN`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// True for an abstract Unix name (no file).
+    #[serde(rename = "abstract", skip_serializing_if = "Option::is_none")]
+    pub abstract_name: Option<bool>,
+    /// The address the connected Unix peer is bound to, read from the
+    /// kernel's socket, when it differs from `path` (a symlink, a relative
+    /// path, a path replaced in between).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_path: Option<String>,
     pub result: &'static str,
     pub errno: Option<i32>,
     pub error: Option<String>,
@@ -479,10 +495,10 @@ impl EventBuilder {
         decision: &sensor_common::policy::Decision,
         out: &mut Vec<Event>,
     ) {
-        let list = if e.network.is_some() {
-            "connect.allow"
-        } else {
-            "exec.allow"
+        let list = match &e.network {
+            Some(n) if n.family == "unix" => "unix.allow",
+            Some(_) => "connect.allow",
+            None => "exec.allow",
         };
         let decided = self
             .enforcement
@@ -509,7 +525,11 @@ impl EventBuilder {
                             x.inode.unwrap_or(0),
                         ))
                     }
-                    (_, _, Some(n)) => Some(policy.check_connect(n.dst_ip, n.dst_port)),
+                    (_, _, Some(n)) => match (n.dst_ip, n.dst_port) {
+                        (Some(ip), Some(port)) => Some(policy.check_connect(ip, port)),
+                        // Unix connects are always decided in the kernel.
+                        _ => None,
+                    },
                     _ => None,
                 }
             }
@@ -935,6 +955,16 @@ impl EventBuilder {
                 e.network = Some(network(&data));
                 self.apply_policy(e, run, &data.decision, out);
             }
+            RawEvent::Unix { data, .. } => {
+                let mut e = self.envelope(Kind::NetworkConnect, time);
+                let mut p = self.process(&h);
+                p.exe = self.known_exe(h.tgid, h.start_ns);
+                let (run, how) = self.attribution.on_other(&h);
+                e.run = self.attribution.run_ref(run, how);
+                e.process = Some(p);
+                e.network = Some(unix_network(&data));
+                self.apply_policy(e, run, &data.decision, out);
+            }
         }
     }
 
@@ -1123,9 +1153,74 @@ fn network(d: &ConnectData) -> Network {
     Network {
         transport,
         family,
-        dst_ip,
-        dst_port: d.port,
+        dst_ip: Some(dst_ip),
+        dst_port: Some(d.port),
+        path: None,
+        abstract_name: None,
+        peer_path: None,
         result,
+        errno,
+        error: errno.map(errno_name),
+        via: (d.via == VIA_SENDMSG).then_some("sendmsg"),
+    }
+}
+
+/// A Unix socket address for events: `/path`, or `@name` for an abstract
+/// name (its first byte is NUL); bytes that are not UTF-8 (and NULs inside an
+/// abstract name) as `\xNN`.
+fn unix_address(bytes: &[u8]) -> (String, bool) {
+    match bytes.split_first() {
+        Some((0, name)) => {
+            let mut out = String::from("@");
+            for chunk in name.utf8_chunks() {
+                for c in chunk.valid().chars() {
+                    if c == '\0' {
+                        out.push_str("\\x00");
+                    } else {
+                        out.push(c);
+                    }
+                }
+                for b in chunk.invalid() {
+                    out.push_str(&format!("\\x{b:02x}"));
+                }
+            }
+            (out, true)
+        }
+        _ => (escape_bytes(bytes).0, false),
+    }
+}
+
+fn unix_network(d: &UnixConnectData) -> Network {
+    let len = (d.key.len as usize).min(d.key.path.len());
+    let (path, abstract_name) = unix_address(d.key.path.get(..len).unwrap_or_default());
+    let peer_len = usize::from(d.peer_len).min(d.peer.len());
+    let peer = (peer_len > 0).then(|| unix_address(d.peer.get(..peer_len).unwrap_or_default()).0);
+    let transport = match d.sock_type {
+        1 => "stream",
+        2 => "dgram",
+        5 => "seqpacket",
+        _ => "other",
+    };
+    let (result, errno) = if d.has_result == 0 {
+        ("unknown", None)
+    } else {
+        match -d.ret {
+            0 => ("ok", None),
+            111 => ("refused", Some(111)),
+            115 => ("in_progress", Some(115)),
+            e => ("error", Some(e)),
+        }
+    };
+    let killed = d.flags & sensor_common::event::UNIX_KILLED_IDENTITY != 0;
+    Network {
+        transport,
+        family: "unix",
+        dst_ip: None,
+        dst_port: None,
+        peer_path: peer.filter(|p| *p != path),
+        path: Some(path),
+        abstract_name: Some(abstract_name),
+        result: if killed { "killed" } else { result },
         errno,
         error: errno.map(errno_name),
         via: (d.via == VIA_SENDMSG).then_some("sendmsg"),

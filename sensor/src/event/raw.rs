@@ -3,6 +3,7 @@
 
 use sensor_common::event::{
     ConnectData, EventHeader, EventKind, ExecData, ExitData, HEADER_SIZE, SpawnData,
+    UnixConnectData,
 };
 
 /// A decoded kernel record, still in kernel terms (boot-time ns, raw bytes).
@@ -27,6 +28,11 @@ pub enum RawEvent {
         header: EventHeader,
         data: ConnectData,
     },
+    /// An AF_UNIX connect (or a denied datagram to a Unix address).
+    Unix {
+        header: EventHeader,
+        data: Box<UnixConnectData>,
+    },
 }
 
 /// The variable-length part of an exec record.
@@ -45,7 +51,8 @@ impl RawEvent {
             Self::Spawn { header, .. }
             | Self::Exec { header, .. }
             | Self::Exit { header, .. }
-            | Self::Connect { header, .. } => header,
+            | Self::Connect { header, .. }
+            | Self::Unix { header, .. } => header,
         }
     }
 }
@@ -152,6 +159,10 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
             header,
             data: read_pod(bytes, HEADER_SIZE),
         },
+        EventKind::NetUnix => RawEvent::Unix {
+            header,
+            data: Box::new(read_pod(bytes, HEADER_SIZE)),
+        },
     })
 }
 
@@ -195,6 +206,10 @@ pub fn encode(event: &RawEvent) -> Vec<u8> {
         RawEvent::Connect { header, data } => {
             pod(&mut out, header);
             pod(&mut out, data);
+        }
+        RawEvent::Unix { header, data } => {
+            pod(&mut out, header);
+            pod(&mut out, &**data);
         }
     }
     out

@@ -72,6 +72,19 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, LoaderError> {
         pt_regs_dx: f("pt_regs", "dx")?,
         inode_ctime_sec,
         inode_ctime_nsec,
+        sock_addr_uaddr: f("bpf_sock_addr_kern", "uaddr")?,
+        sock_addr_uaddrlen: f("bpf_sock_addr_kern", "uaddrlen")?,
+        task_files: f("task_struct", "files")?,
+        files_fdt: f("files_struct", "fdt")?,
+        fdtable_fd: f("fdtable", "fd")?,
+        fdtable_max_fds: f("fdtable", "max_fds")?,
+        file_private_data: f("file", "private_data")?,
+        socket_sk: f("socket", "sk")?,
+        unix_sock_peer: f("unix_sock", "peer")?,
+        unix_sock_addr: f("unix_sock", "addr")?,
+        unix_sock_path: f("unix_sock", "path")?,
+        unix_address_len: f("unix_address", "len")?,
+        unix_address_name: f("unix_address", "name")?,
     })
 }
 

@@ -351,6 +351,18 @@ const PINNED_MAPS: &[PinnedMap] = {
             value: size_of::<p::NetRule>(),
             max_entries: l::MAX_NET_RULES,
         },
+        PinnedMap {
+            name: maps::UNIX_RULES,
+            key: size_of::<p::UnixKey>(),
+            value: size_of::<u32>(),
+            max_entries: l::MAX_UNIX_RULES,
+        },
+        PinnedMap {
+            name: maps::UNIX_IDS,
+            key: size_of::<p::ExecKey>(),
+            value: size_of::<u32>(),
+            max_entries: l::MAX_UNIX_RULES,
+        },
     ]
 };
 
@@ -439,6 +451,8 @@ pub fn load(own_tgid: u32, pin_dir: &Path, policy_runs: u32) -> Result<Kernel, L
         exec_rules: typed_map(&mut ebpf, maps::EXEC_RULES, BpfHashMap::try_from)?,
         net4: typed_map(&mut ebpf, maps::NET4_RULES, LpmTrie::try_from)?,
         net6: typed_map(&mut ebpf, maps::NET6_RULES, LpmTrie::try_from)?,
+        unix: typed_map(&mut ebpf, maps::UNIX_RULES, BpfHashMap::try_from)?,
+        unix_ids: typed_map(&mut ebpf, maps::UNIX_IDS, BpfHashMap::try_from)?,
     };
 
     let cgroup_root = mounts::cgroup2_root()?;

@@ -96,6 +96,16 @@ pub const PROBES: &[Probe] = &[
         attach: Attach::CgroupSockAddr,
         purpose: "connect.allow on UDP datagrams (IPv6)",
     },
+    Probe {
+        program: p::CONNECT_UNIX,
+        attach: Attach::CgroupSockAddr,
+        purpose: "network.connect (Unix sockets) and unix.allow",
+    },
+    Probe {
+        program: p::SENDMSG_UNIX,
+        attach: Attach::CgroupSockAddr,
+        purpose: "unix.allow on Unix datagrams",
+    },
     tp(p::CLONE_EXIT, "syscalls", "sys_exit_clone", "max_processes"),
     tp(
         p::CLONE3_EXIT,

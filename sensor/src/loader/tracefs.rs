@@ -121,7 +121,7 @@ pub fn tracepoint_offsets(tracefs: &Path) -> Result<TracepointOffsets, LoaderErr
     let execve_exit = Format::read(tracefs, "syscalls", "sys_exit_execve")?;
     // Probed for existence: their programs are attached too.
     Format::read(tracefs, "syscalls", "sys_exit_execveat")?;
-    Format::read(tracefs, "syscalls", "sys_enter_connect")?;
+    let connect_enter = Format::read(tracefs, "syscalls", "sys_enter_connect")?;
     let connect_exit = Format::read(tracefs, "syscalls", "sys_exit_connect")?;
     let ret = execve_exit.offset("ret", 8)?;
     if connect_exit.offset("ret", 8)? != ret {
@@ -137,6 +137,7 @@ pub fn tracepoint_offsets(tracefs: &Path) -> Result<TracepointOffsets, LoaderErr
         exec_old_pid: exec.offset("old_pid", 4)?,
         exit_group_dead: exit.optional_offset("group_dead"),
         sys_exit_ret: ret,
+        connect_fd: connect_enter.offset("fd", 8)?,
     })
 }
 

@@ -22,8 +22,8 @@ use sensor_common::{
     limits::MAX_POLICIES,
     policy::{
         Decision, EXEC_DIR, EXEC_FILE, EXEC_GLOB, ExecKey, ExecRule, LOADER_POLICY_ID, MODE_AUDIT,
-        MODE_ENFORCE, MODE_NONE, Net4Data, Net6Data, NetRule, PolicySlot, RunPolicy, VERDICT_ALLOW,
-        VERDICT_DENY,
+        MODE_ENFORCE, MODE_NONE, Net4Data, Net6Data, NetRule, PolicySlot, RunPolicy, UnixKey,
+        VERDICT_ALLOW, VERDICT_DENY,
     },
 };
 
@@ -40,6 +40,8 @@ pub struct PolicyMaps {
     pub exec_rules: BpfHashMap<MapData, ExecKey, ExecRule>,
     pub net4: LpmTrie<MapData, Net4Data, NetRule>,
     pub net6: LpmTrie<MapData, Net6Data, NetRule>,
+    pub unix: BpfHashMap<MapData, UnixKey, u32>,
+    pub unix_ids: BpfHashMap<MapData, ExecKey, u32>,
 }
 
 /// The entries one policy id owns in the rule maps.
@@ -49,6 +51,39 @@ struct RuleSet {
     exec: BTreeMap<ExecKey, ExecRule>,
     net4: BTreeMap<(u32, Net4Data), NetRule>,
     net6: BTreeMap<(u32, Net6Data), NetRule>,
+    unix: BTreeMap<UnixKey, u32>,
+    unix_ids: BTreeMap<ExecKey, u32>,
+}
+
+/// The sensor's control socket, which every policy allows: its address and
+/// its socket file's identity.
+#[derive(Debug, Clone, Default)]
+pub struct SensorSocket {
+    pub address: Vec<u8>,
+    pub id: Option<FileId>,
+}
+
+impl SensorSocket {
+    /// The control socket at `path` (bound already).
+    #[must_use]
+    pub fn at(path: &std::path::Path) -> Self {
+        use std::os::unix::ffi::OsStrExt as _;
+        Self {
+            address: path.as_os_str().as_bytes().to_vec(),
+            id: FileId::of(path).ok(),
+        }
+    }
+}
+
+/// The kernel key of Unix address `bytes` under policy `id` (too long: none).
+fn unix_key(id: u32, bytes: &[u8]) -> Option<UnixKey> {
+    let mut key = UnixKey {
+        policy: id,
+        len: u32::try_from(bytes.len()).ok()?,
+        path: [0; sensor_common::event::UNIX_PATH_BYTES],
+    };
+    key.path.get_mut(..bytes.len())?.copy_from_slice(bytes);
+    Some(key)
 }
 
 /// A policy as the kernel knows it: what decisions under its id mean.
@@ -94,7 +129,7 @@ fn map_err(map: &'static str) -> impl Fn(MapError) -> EnforcementError {
 }
 
 /// The rule-map entries of `policy` under `id`.
-fn rule_set(policy: &Policy, id: u32) -> RuleSet {
+fn rule_set(policy: &Policy, id: u32, sensor: &SensorSocket) -> RuleSet {
     let mut set = RuleSet {
         id,
         ..RuleSet::default()
@@ -141,6 +176,30 @@ fn rule_set(policy: &Policy, id: u32) -> RuleSet {
         tracing::error!(policy = %policy.name, error = %e, "connect rules do not fit the kernel maps");
         super::net::Prefixes::default()
     });
+    let mut unix_rule = |bytes: &[u8], ids: &[FileId], rule: u32| {
+        if let Some(key) = unix_key(id, bytes) {
+            set.unix.entry(key).or_insert(rule);
+        }
+        for file in ids {
+            let key = ExecKey {
+                policy: id,
+                dev: file.kernel_dev(),
+                ino: file.ino,
+            };
+            set.unix_ids.entry(key).or_insert(rule);
+        }
+    };
+    unix_rule(
+        &sensor.address,
+        &sensor.id.into_iter().collect::<Vec<_>>(),
+        sensor_common::policy::RULE_SENSOR_SOCKET,
+    );
+    for (rule, unix) in policy.unix_rules() {
+        let resolved = unix.resolved();
+        for address in &resolved.addresses {
+            unix_rule(address, &resolved.ids, rule);
+        }
+    }
     let id_be = id.to_be_bytes();
     for ((addr, prefix), entry) in prefixes.v4 {
         let mut data = [0u8; 8];
@@ -186,6 +245,8 @@ pub struct Enforcement {
     previous: Vec<(u32, u32)>,
     /// Why enforcement does not work on this kernel, if the self-test failed.
     incapable: Option<String>,
+    /// The control socket every policy allows.
+    sensor_socket: SensorSocket,
 }
 
 impl Enforcement {
@@ -246,6 +307,7 @@ impl Enforcement {
             retired: Vec::new(),
             previous,
             incapable: None,
+            sensor_socket: SensorSocket::default(),
         })
     }
 
@@ -286,6 +348,18 @@ impl Enforcement {
                 .insert(&Key::new(*len, *data), v, 0)
                 .map_err(map_err("SNSR_NET6_RULES"))?;
         }
+        for (k, v) in &set.unix {
+            self.maps
+                .unix
+                .insert(k, v, 0)
+                .map_err(map_err("SNSR_UNIX_RULES"))?;
+        }
+        for (k, v) in &set.unix_ids {
+            self.maps
+                .unix_ids
+                .insert(k, v, 0)
+                .map_err(map_err("SNSR_UNIX_IDS"))?;
+        }
         Ok(())
     }
 
@@ -306,6 +380,21 @@ impl Enforcement {
                 let _ = self.maps.net6.remove(&Key::new(*len, *data));
             }
         }
+        for k in set.unix.keys() {
+            if !keep.is_some_and(|s| s.unix.contains_key(k)) {
+                let _ = self.maps.unix.remove(k);
+            }
+        }
+        for k in set.unix_ids.keys() {
+            if !keep.is_some_and(|s| s.unix_ids.contains_key(k)) {
+                let _ = self.maps.unix_ids.remove(k);
+            }
+        }
+    }
+
+    /// The control socket every policy allows (set before [`Self::install`]).
+    pub fn set_sensor_socket(&mut self, socket: SensorSocket) {
+        self.sensor_socket = socket;
     }
 
     /// Records the self-test's finding: `Some(why)` when this kernel does not
@@ -326,7 +415,7 @@ impl Enforcement {
         let mut staged = Vec::new();
         for policy in policies.iter() {
             let id = self.fresh_id();
-            let set = rule_set(policy, id);
+            let set = rule_set(policy, id, &self.sensor_socket);
             if let Err(e) = self.write_rules(&set) {
                 for (_, _, s) in &staged {
                     self.delete_rules(s, None);
@@ -401,7 +490,7 @@ impl Enforcement {
         };
         let id = current.rules.id;
         let old = current.rules.clone();
-        let new = rule_set(policy, id);
+        let new = rule_set(policy, id, &self.sensor_socket);
         if new == old {
             return Ok(());
         }
@@ -499,9 +588,29 @@ impl Enforcement {
             .filter_map(Result::ok)
             .filter(|k| ids.contains(&id_of(&k.data())))
             .collect();
+        let unix: Vec<UnixKey> = self
+            .maps
+            .unix
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| ids.contains(&k.policy))
+            .collect();
+        let unix_ids: Vec<ExecKey> = self
+            .maps
+            .unix_ids
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| ids.contains(&k.policy))
+            .collect();
         // A check that read an old slot just before it was emptied may still
         // be looking its rules up: give it far more than it needs (µs).
         std::thread::sleep(Duration::from_millis(10));
+        for k in unix {
+            let _ = self.maps.unix.remove(&k);
+        }
+        for k in unix_ids {
+            let _ = self.maps.unix_ids.remove(&k);
+        }
         for k in exec {
             let _ = self.maps.exec_rules.remove(&k);
         }

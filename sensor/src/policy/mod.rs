@@ -17,6 +17,7 @@ pub mod kernel;
 pub mod net;
 pub mod resolve;
 pub mod selftest;
+pub mod unix;
 
 use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
@@ -37,6 +38,10 @@ pub struct PolicyConfig {
     pub exec: ExecConfig,
     #[serde(default)]
     pub connect: ConnectConfig,
+    /// Unix sockets the run may connect to (every other is refused under
+    /// enforce; the sensor's own control socket is always allowed).
+    #[serde(default)]
+    pub unix: UnixConfig,
     /// Deepest sub-run allowed below a root run (root = 0).
     #[serde(default)]
     pub max_depth: Option<u32>,
@@ -103,6 +108,14 @@ pub struct ConnectConfig {
     pub allow: Vec<toml::Spanned<String>>,
 }
 
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UnixConfig {
+    /// Socket paths, globs over socket paths, or `@name` for abstract names.
+    #[serde(default)]
+    pub allow: Vec<toml::Spanned<String>>,
+}
+
 /// A policy that cannot be loaded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PolicyError {
@@ -121,6 +134,13 @@ pub enum PolicyError {
         why: String,
         span: Option<std::ops::Range<usize>>,
     },
+    #[error("policy {policy:?}: unix.allow {rule:?}: {why}")]
+    Unix {
+        policy: String,
+        rule: String,
+        why: String,
+        span: Option<std::ops::Range<usize>>,
+    },
     #[error("policy {policy:?}: {why}")]
     Limit { policy: String, why: String },
     #[error("{what} names policy {policy:?}, which the config does not define")]
@@ -132,7 +152,9 @@ impl PolicyError {
     #[must_use]
     pub fn span(&self) -> Option<std::ops::Range<usize>> {
         match self {
-            Self::Exec { span, .. } | Self::Connect { span, .. } => span.clone(),
+            Self::Exec { span, .. } | Self::Connect { span, .. } | Self::Unix { span, .. } => {
+                span.clone()
+            }
             Self::Limit { .. } | Self::Unknown { .. } => None,
         }
     }
@@ -285,6 +307,7 @@ pub struct Policy {
     pub max_processes: Option<u32>,
     exec: Vec<ExecRule>,
     connect: Vec<ConnectRule>,
+    unix: Vec<unix::UnixRule>,
 }
 
 /// What a policy says about one action.
@@ -351,6 +374,19 @@ impl Policy {
         for rule in &mut connect {
             rule.refresh();
         }
+        let unix = c
+            .unix
+            .allow
+            .iter()
+            .map(|rule| {
+                unix::UnixRule::parse(rule.get_ref()).map_err(|why| PolicyError::Unix {
+                    policy: name.to_owned(),
+                    rule: rule.get_ref().clone(),
+                    why,
+                    span: Some(rule.span()),
+                })
+            })
+            .collect::<Result<_, _>>()?;
         if c.max_processes == Some(0) {
             return Err(PolicyError::Limit {
                 policy: name.to_owned(),
@@ -365,6 +401,7 @@ impl Policy {
             max_processes: c.max_processes,
             exec,
             connect,
+            unix,
         };
         // The port ranges must fit the kernel's entries.
         net::fold(&policy.connect, 0).map_err(|why| PolicyError::Connect {
@@ -386,28 +423,48 @@ impl Policy {
         for r in &mut self.connect {
             changed |= r.refresh();
         }
+        for r in &mut self.unix {
+            changed |= r.refresh();
+        }
         changed
+    }
+
+    /// The `unix.allow` rules, with their rule indices (after exec and connect).
+    pub fn unix_rules(&self) -> impl Iterator<Item = (u32, &unix::UnixRule)> {
+        let first = self.exec.len() + self.connect.len();
+        self.unix
+            .iter()
+            .enumerate()
+            .map(move |(i, r)| (u32::try_from(first + i).unwrap_or(u32::MAX), r))
     }
 
     /// Number of rules (exec then connect; what a decision's rule index counts).
     #[must_use]
     pub fn rule_count(&self) -> usize {
-        self.exec.len() + self.connect.len()
+        self.exec.len() + self.connect.len() + self.unix.len()
     }
 
     /// The text of rule `index` as events name it, or of a special rule.
     #[must_use]
     pub fn rule_text(&self, index: u32) -> String {
-        use sensor_common::policy::{RULE_LOADER, RULE_MAX_PROCESSES, RULE_NO_MATCH};
+        use sensor_common::policy::{
+            RULE_LOADER, RULE_MAX_PROCESSES, RULE_NO_MATCH, RULE_SENSOR_SOCKET, RULE_UNIX_IDENTITY,
+        };
         let i = index as usize;
+        let connects = self.exec.len() + self.connect.len();
         match index {
             RULE_MAX_PROCESSES => max_processes_rule(self.max_processes.unwrap_or(0)),
             RULE_LOADER => "exec.allow (dynamic loader run directly: needs an exact rule)".into(),
             RULE_NO_MATCH => "(no rule matches)".into(),
+            RULE_UNIX_IDENTITY => {
+                "unix.allow (the socket reached is not the one the allowed address names)".into()
+            }
+            RULE_SENSOR_SOCKET => "unix.allow (the sensor's control socket)".into(),
             _ if i < self.exec.len() => format!("exec.allow {}", self.exec[i].allow.text()),
-            _ if i < self.rule_count() => {
+            _ if i < connects => {
                 format!("connect.allow {}", self.connect[i - self.exec.len()].text)
             }
+            _ if i < self.rule_count() => format!("unix.allow {}", self.unix[i - connects].text),
             _ => format!("(rule {index})"),
         }
     }

@@ -603,11 +603,14 @@ impl<'a> Plan<'a> {
                 obj(event.get("exec")),
                 obj(event.get("process")),
             ) {
-                (Some(n), _, _) => format!(
-                    "connect to {} port {}",
-                    str_of(n, "dst_ip").unwrap_or("?"),
-                    u64_of(n, "dst_port").unwrap_or(0)
-                ),
+                (Some(n), _, _) => match str_of(n, "path") {
+                    Some(path) => format!("connect to Unix socket {path}"),
+                    None => format!(
+                        "connect to {} port {}",
+                        str_of(n, "dst_ip").unwrap_or("?"),
+                        u64_of(n, "dst_port").unwrap_or(0)
+                    ),
+                },
                 (None, Some(_), Some(p)) => {
                     format!("exec of {}", str_of(p, "exe").unwrap_or("?"))
                 }

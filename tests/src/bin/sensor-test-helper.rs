@@ -15,6 +15,7 @@
 //!                                                   prints "child=PID", and exits with its code
 //!                                                   (or sleeps 100 ms and exits 0 without CMD)
 //! sensor-test-helper connect tcp|udp ADDR:PORT      connect(2); prints "ok" or "errno=N"
+//!                                                   (`unix PATH` or `unix @name` too)
 //!                    [tcp|udp ADDR:PORT|unix PATH]... more connects from the same thread, one
 //!                                                   line each
 //! sensor-test-helper at-pid PID PATH [ARGS...]      clone3(2) with set_tid = [PID]: a child with
@@ -55,6 +56,11 @@
 //!                                                   THREADS threads send UDP datagrams to ADDR
 //!                                                   without connect() for SECS seconds; prints
 //!                                                   "sent=N failed=M"
+//! sensor-test-helper unix-server stream|dgram ADDR SECS
+//!                                                   binds ADDR (a path, or @name: abstract) and for
+//!                                                   SECS seconds accepts connections (stream) or
+//!                                                   reads datagrams; prints "ready" once bound and
+//!                                                   "accepted=N" at the end
 //! sensor-test-helper hold-connections SOCKET N SECS  opens N connections to SOCKET, holds them
 //!                                                   SECS seconds (sending nothing), prints
 //!                                                   "opened=N closed_by_peer=M" (M: those the
@@ -84,7 +90,7 @@ fn main() -> ExitCode {
 fn usage() -> String {
     "usage: sensor-test-helper exec|fake-argv0|thread-exec|threads|prctl-name|connect|at-pid|\
      sendto|uring-connect|memfd-exec|execveat-empty|fork-children|control|late-request|\
-     clone-parent|sendto-flood|hold-connections ..."
+     clone-parent|sendto-flood|hold-connections|unix-server ..."
         .to_owned()
 }
 
@@ -127,6 +133,7 @@ fn run(args: &[OsString]) -> Result<ExitCode, String> {
         "clone-parent" => clone_parent(rest),
         "sendto-flood" => sendto_flood(rest),
         "hold-connections" => hold_connections(rest),
+        "unix-server" => unix_server(rest),
         other => Err(format!("unknown subcommand {other:?}; {}", usage())),
     }
 }
@@ -259,7 +266,9 @@ fn connect(rest: &[OsString]) -> Result<ExitCode, String> {
             return Err(usage());
         };
         let result = match utf8(proto)? {
-            "unix" => std::os::unix::net::UnixStream::connect(addr).map(drop),
+            "unix" => unix_addr(addr)
+                .and_then(|a| std::os::unix::net::UnixStream::connect_addr(&a))
+                .map(drop),
             proto => connect_inet(proto, addr)?,
         };
         match result {
@@ -387,12 +396,28 @@ fn print_outcome(result: io::Result<()>) -> Result<ExitCode, String> {
 }
 
 /// One datagram with sendto(2) on a socket that was never connected.
+/// A Unix socket address: a path, or `@name` for an abstract name.
+fn unix_addr(addr: &OsString) -> io::Result<std::os::unix::net::SocketAddr> {
+    use std::os::linux::net::SocketAddrExt as _;
+    match addr.as_bytes().strip_prefix(b"@") {
+        Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name),
+        None => std::os::unix::net::SocketAddr::from_pathname(addr),
+    }
+}
+
 fn sendto(rest: &[OsString]) -> Result<ExitCode, String> {
     let [proto, addr] = rest else {
         return Err(usage());
     };
+    if utf8(proto)? == "unix" {
+        let result = unix_addr(addr).and_then(|a| {
+            let s = std::os::unix::net::UnixDatagram::unbound()?;
+            s.send_to_addr(b"sensor-test-helper sendto", &a).map(drop)
+        });
+        return print_outcome(result);
+    }
     if utf8(proto)? != "udp" {
-        return Err(format!("sendto: only udp, not {proto:?}"));
+        return Err(format!("sendto: only udp and unix, not {proto:?}"));
     }
     let addr = parse_addr(addr)?;
     let local: SocketAddr = if addr.is_ipv4() {
@@ -814,5 +839,53 @@ fn hold_connections(rest: &[OsString]) -> Result<ExitCode, String> {
         }
     }
     println!("opened={} closed_by_peer={closed}", streams.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn unix_server(rest: &[OsString]) -> Result<ExitCode, String> {
+    let [kind, addr, secs] = rest else {
+        return Err(usage());
+    };
+    let secs: u64 = utf8(secs)?
+        .parse()
+        .map_err(|e| format!("bad seconds: {e}"))?;
+    let until = std::time::Instant::now() + Duration::from_secs(secs);
+    let addr = unix_addr(addr).map_err(|e| format!("address: {e}"))?;
+    let mut accepted = 0u64;
+    match utf8(kind)? {
+        "stream" => {
+            let l = std::os::unix::net::UnixListener::bind_addr(&addr)
+                .map_err(|e| format!("bind: {e}"))?;
+            l.set_nonblocking(true).map_err(|e| e.to_string())?;
+            println!("ready");
+            let _ = io::stdout().flush();
+            let mut held = Vec::new();
+            while std::time::Instant::now() < until {
+                match l.accept() {
+                    Ok((c, _)) => {
+                        accepted += 1;
+                        held.push(c);
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        }
+        "dgram" => {
+            let d = std::os::unix::net::UnixDatagram::bind_addr(&addr)
+                .map_err(|e| format!("bind: {e}"))?;
+            d.set_read_timeout(Some(Duration::from_millis(50)))
+                .map_err(|e| e.to_string())?;
+            println!("ready");
+            let _ = io::stdout().flush();
+            let mut buf = [0u8; 512];
+            while std::time::Instant::now() < until {
+                if d.recv(&mut buf).is_ok() {
+                    accepted += 1;
+                }
+            }
+        }
+        other => return Err(format!("unix-server: stream or dgram, not {other:?}")),
+    }
+    println!("accepted={accepted}");
     Ok(ExitCode::SUCCESS)
 }
