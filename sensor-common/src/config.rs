@@ -80,6 +80,13 @@ pub struct KernelOffsets {
     pub unix_sock_path: u32,
     pub unix_address_len: u32,
     pub unix_address_name: u32,
+    /// `file.f_mode` (`FMODE_WRITE`) and `super_block.s_magic` (procfs).
+    pub file_f_mode: u32,
+    pub sb_s_magic: u32,
+    /// `inode.i_private` (a pidfd's `struct pid`, 6.9+).
+    pub inode_i_private: u32,
+    /// Reserved, zero (keeps the struct a multiple of 8 bytes).
+    pub _pad: u32,
 }
 
 /// Byte offsets of tracepoint fields, from tracefs `events/*/*/format`.
@@ -94,8 +101,9 @@ pub struct TracepointOffsets {
     pub exit_group_dead: u32,
     /// `sys_exit_*`: `long ret` (the same offset for every syscall exit).
     pub sys_exit_ret: u32,
-    /// `sys_enter_connect`: `int fd`.
-    pub connect_fd: u32,
+    /// `sys_enter_*`: the first argument (`args[0]`; the others follow,
+    /// 8 bytes each: the same for every syscall entry).
+    pub sys_enter_args: u32,
 }
 
 /// The whole global.
@@ -117,7 +125,7 @@ pub struct SensorConfig {
     /// Tracepoint field offsets.
     pub tracepoints: TracepointOffsets,
 }
-const _: () = assert!(size_of::<SensorConfig>() == 8 + 8 + 57 * 4 + 5 * 4);
+const _: () = assert!(size_of::<SensorConfig>() == 8 + 8 + 61 * 4 + 5 * 4);
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), integers only, no padding (size checked above).

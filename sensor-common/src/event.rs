@@ -32,6 +32,10 @@ pub enum EventKind {
     /// A connect() on an AF_UNIX socket, or a datagram sent to a Unix
     /// address without connect() (reported when denied).
     NetUnix = 61,
+    /// A process of a run reached into a process outside it (ptrace,
+    /// process_vm_writev, pidfd_getfd, /proc/PID/mem), or into the sensor
+    /// (a signal, a write to its files, a bpf() call).
+    Tamper = 80,
 }
 
 impl EventKind {
@@ -45,6 +49,7 @@ impl EventKind {
             4 => Self::ProcessExit,
             60 => Self::NetConnect,
             61 => Self::NetUnix,
+            80 => Self::Tamper,
             _ => return None,
         })
     }
@@ -59,6 +64,7 @@ impl EventKind {
             Self::ProcessExit => 3,
             Self::NetConnect => 4,
             Self::NetUnix => 5,
+            Self::Tamper => 6,
         }
     }
 
@@ -73,6 +79,7 @@ impl EventKind {
                 Self::ProcessExit => size_of::<ExitData>(),
                 Self::NetConnect => size_of::<ConnectData>(),
                 Self::NetUnix => size_of::<UnixConnectData>(),
+                Self::Tamper => size_of::<TamperData>(),
             }
     }
 }
@@ -300,6 +307,64 @@ impl Default for UnixConnectData {
 /// exit: the socket it reached is not the one its allowed path names (an
 /// alias, or a path swapped between the check and the connect).
 pub const UNIX_KILLED_IDENTITY: u16 = 1;
+
+/// `process.tamper` or `sensor.tamper`: what a process of a run did to a
+/// process outside its run, or to the sensor.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TamperData {
+    /// `TAMPER_*`.
+    pub method: u16,
+    /// `TAMPER_FLAG_*`.
+    pub flags: u16,
+    /// The method's argument: the ptrace request, the signal, the bpf()
+    /// command, the open flags.
+    pub arg: u32,
+    /// The target process (0: none, e.g. a file of the sensor).
+    pub target_tgid: u32,
+    /// Reserved, zero.
+    pub _pad: u32,
+    /// The target's start time and run, from the kernel's process → run
+    /// map (0: the target is in no run).
+    pub target_start_ns: u64,
+    pub target_run: u64,
+    /// For a sensor file: its identity (`sb->s_dev`, `i_ino`) and what it
+    /// is (`SENSOR_FILE_*`).
+    pub file_dev: u32,
+    pub file_kind: u32,
+    pub file_ino: u64,
+    /// The caller's run policy's decision (`tamper`).
+    pub decision: Decision,
+}
+const _: () = assert!(size_of::<TamperData>() == 64);
+
+/// `TamperData::method`: `ptrace(2)` (`arg`: the request).
+pub const TAMPER_PTRACE: u16 = 1;
+/// `process_vm_writev(2)`.
+pub const TAMPER_VM_WRITE: u16 = 2;
+/// `pidfd_getfd(2)`: a file descriptor taken out of another process.
+pub const TAMPER_PIDFD_GETFD: u16 = 3;
+/// An open of `/proc/PID/mem` (`arg`: the open flags).
+pub const TAMPER_PROC_MEM: u16 = 4;
+/// A signal to the sensor daemon (`arg`: the signal).
+pub const TAMPER_SIGNAL: u16 = 10;
+/// An open for writing of a file of the sensor (`file_*`).
+pub const TAMPER_SENSOR_FILE: u16 = 11;
+/// A `bpf(2)` call (`arg`: the command).
+pub const TAMPER_BPF: u16 = 12;
+/// `TamperData::flags`: the kernel killed the caller.
+pub const TAMPER_FLAG_KILLED: u16 = 1;
+
+/// `TamperData::file_kind`: the pin directory (or a pin in it).
+pub const SENSOR_FILE_PINS: u32 = 1;
+/// The state directory (or a file in it).
+pub const SENSOR_FILE_STATE: u32 = 2;
+/// The store database.
+pub const SENSOR_FILE_STORE: u32 = 3;
+/// The daemon's config file.
+pub const SENSOR_FILE_CONFIG: u32 = 4;
+/// The daemon's binary.
+pub const SENSOR_FILE_BINARY: u32 = 5;
 
 /// A whole record as the kernel assembles it in per-CPU scratch memory.
 #[repr(C)]

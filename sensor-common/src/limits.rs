@@ -69,3 +69,11 @@ pub const DENIALS_PER_RUN_PER_SEC: u64 = 100;
 
 /// `unix.allow` addresses and socket identities across all loaded policies.
 pub const MAX_UNIX_RULES: u32 = 16 * 1024;
+
+/// Runs the kernel knows the parent of (the tamper checks).
+pub const MAX_RUN_TREE: u32 = 64 * 1024;
+/// Files and directories of the sensor the kernel watches for writes.
+pub const MAX_SENSOR_FILES: u32 = 64;
+/// Parent directories walked from a file opened for writing, to find one of
+/// the sensor's directories.
+pub const SENSOR_DIR_DEPTH: u32 = 16;

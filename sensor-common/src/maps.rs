@@ -38,11 +38,18 @@ pub const UNIX_RULES: &str = "SNSR_UNIX_RULES";
 /// `unix.allow` rules by socket file identity (`ExecKey` → rule). Pinned.
 pub const UNIX_IDS: &str = "SNSR_UNIX_IDS";
 
+/// Files and directories of the sensor (`ExecKey` with policy 0 → a
+/// `SENSOR_FILE_*` kind): an open for writing by a run is `sensor.tamper`.
+pub const SENSOR_FILES: &str = "SNSR_FILES";
+/// Run → parent run, for the tamper checks (a run may reach into its own
+/// sub-runs' processes, not the other way). Pinned.
+pub const RUN_TREE: &str = "SNSR_RUN_TREE";
+
 /// Maps pinned in the pin directory, in the order they are reused: they keep
 /// attribution and enforcement going while the daemon is down or restarting.
 pub const PINNED: &[&str] = &[
     PROC_RUNS, POLICIES, RUN_POLICY, RUN_LIVE, EXEC_RULES, NET4_RULES, NET6_RULES, UNIX_RULES,
-    UNIX_IDS,
+    UNIX_IDS, RUN_TREE,
 ];
 /// Subdirectory of the pin directory holding the program links.
 pub const LINKS_DIR: &str = "links";
@@ -75,6 +82,28 @@ pub mod programs {
     pub const CONNECT_UNIX: &str = "snsr_conn_unix";
     /// cgroup_sock_addr sendmsg_unix on the cgroup2 root (6.7+).
     pub const SENDMSG_UNIX: &str = "snsr_send_unix";
+    /// tracepoint `syscalls/sys_enter_ptrace`.
+    pub const PTRACE: &str = "snsr_ptrace";
+    /// tracepoint `syscalls/sys_enter_process_vm_writev`.
+    pub const VM_WRITE: &str = "snsr_vm_write";
+    /// tracepoint `syscalls/sys_enter_pidfd_getfd`.
+    pub const PIDFD_GETFD: &str = "snsr_getfd";
+    /// tracepoint `syscalls/sys_exit_openat`.
+    pub const OPENAT_EXIT: &str = "snsr_openat_out";
+    /// tracepoint `syscalls/sys_exit_openat2`.
+    pub const OPENAT2_EXIT: &str = "snsr_opena2_out";
+    /// tracepoint `syscalls/sys_exit_open`.
+    pub const OPEN_EXIT: &str = "snsr_open_out";
+    /// tracepoint `syscalls/sys_enter_kill`.
+    pub const KILL: &str = "snsr_kill";
+    /// tracepoint `syscalls/sys_enter_tgkill`.
+    pub const TGKILL: &str = "snsr_tgkill";
+    /// tracepoint `syscalls/sys_enter_tkill`.
+    pub const TKILL: &str = "snsr_tkill";
+    /// tracepoint `syscalls/sys_enter_pidfd_send_signal`.
+    pub const PIDFD_SIGNAL: &str = "snsr_pidfd_sig";
+    /// tracepoint `syscalls/sys_enter_bpf`.
+    pub const BPF: &str = "snsr_bpf";
     /// tracepoint `syscalls/sys_exit_clone`: stops a child over `max_processes`.
     pub const CLONE_EXIT: &str = "snsr_clone_out";
     /// tracepoint `syscalls/sys_exit_clone3`.

@@ -139,6 +139,10 @@ pub const RULE_UNIX_IDENTITY: u32 = u32::MAX - 3;
 /// sub-run).
 pub const RULE_SENSOR_SOCKET: u32 = u32::MAX - 4;
 
+/// `Decision::rule`: a process of the run reached into a process outside
+/// it (`process.tamper`), or into the sensor (`sensor.tamper`).
+pub const RULE_TAMPER: u32 = u32::MAX - 5;
+
 /// `Decision::verdict`: no policy applies.
 pub const VERDICT_NONE: u16 = 0;
 /// `Decision::verdict`: allowed.

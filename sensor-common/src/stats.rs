@@ -66,11 +66,12 @@ const _: () = assert!(size_of::<RunStats>() == 32);
 unsafe impl aya::Pod for RunStats {}
 
 /// The kinds that have a counter slot, in slot order.
-pub const SLOT_KINDS: [EventKind; 6] = [
+pub const SLOT_KINDS: [EventKind; 7] = [
     EventKind::ProcessSpawn,
     EventKind::ProcessExec,
     EventKind::ProcessExecFailed,
     EventKind::ProcessExit,
     EventKind::NetConnect,
     EventKind::NetUnix,
+    EventKind::Tamper,
 ];

@@ -65,13 +65,17 @@ pub(crate) static SNSR_CONFIG: SensorConfig = SensorConfig {
         unix_sock_path: 0,
         unix_address_len: 0,
         unix_address_name: 0,
+        file_f_mode: 0,
+        sb_s_magic: 0,
+        inode_i_private: 0,
+        _pad: 0,
     },
     tracepoints: sensor_common::config::TracepointOffsets {
         exec_filename: 0,
         exec_old_pid: 0,
         exit_group_dead: 0,
         sys_exit_ret: 0,
-        connect_fd: 0,
+        sys_enter_args: 0,
     },
 };
 

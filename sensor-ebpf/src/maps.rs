@@ -8,7 +8,8 @@ use sensor_common::{
     event::{Event, ExecData, ProcRun},
     limits::{
         EVENTS_RING_BYTES, INFLIGHT_ENTRIES, MAX_EXEC_RULES, MAX_NET_RULES, MAX_POLICIES,
-        MAX_POLICY_RUNS, MAX_RUN_STATS, MAX_TRACKED_PROCESSES, MAX_UNIX_RULES, PATH_SCRATCH_BYTES,
+        MAX_POLICY_RUNS, MAX_RUN_STATS, MAX_RUN_TREE, MAX_SENSOR_FILES, MAX_TRACKED_PROCESSES,
+        MAX_UNIX_RULES, PATH_SCRATCH_BYTES,
     },
     policy::{ExecKey, ExecRule, Net4Data, Net6Data, NetRule, PolicySlot, RunPolicy, UnixKey},
     stats::{RunStats, Stats},
@@ -148,3 +149,11 @@ pub static UNIX_RULES: HashMap<UnixKey, u32> = HashMap::with_max_entries(MAX_UNI
 /// `unix.allow` socket file identities per policy id. Pinned by the loader.
 #[map(name = "SNSR_UNIX_IDS")]
 pub static UNIX_IDS: HashMap<ExecKey, u32> = HashMap::with_max_entries(MAX_UNIX_RULES, 0);
+
+/// Run → its parent run (0: a top-level run). Pinned by the loader.
+#[map(name = "SNSR_RUN_TREE")]
+pub static RUN_TREE: HashMap<u64, u64> = HashMap::with_max_entries(MAX_RUN_TREE, 0);
+
+/// The sensor's files and directories (identity → `SENSOR_FILE_*`).
+#[map(name = "SNSR_FILES")]
+pub static SENSOR_FILES: HashMap<ExecKey, u32> = HashMap::with_max_entries(MAX_SENSOR_FILES, 0);

@@ -5,4 +5,5 @@
 
 mod network;
 mod process;
+mod tamper;
 mod unix;

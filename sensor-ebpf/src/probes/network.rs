@@ -43,7 +43,8 @@ pub fn snsr_conn_in(ctx: TracePointContext) -> u32 {
         return 0;
     }
     // SAFETY: offset from the format file.
-    let fd = unsafe { ctx.read_at::<u64>(offset!(tracepoints.connect_fd) as usize) }.unwrap_or(0);
+    let fd =
+        unsafe { ctx.read_at::<u64>(offset!(tracepoints.sys_enter_args) as usize) }.unwrap_or(0);
     if let Some(slot) = CONNECT_INFLIGHT.get_ptr_mut(pid_tgid) {
         // SAFETY: map value; only this thread uses its own slot.
         unsafe {

@@ -135,6 +135,9 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
         enforcement.set_capability(outcome.why_not());
         // Every policy lets a run talk to the sensor (whoami, sub-run launches).
         enforcement.set_sensor_socket(crate::policy::kernel::SensorSocket::at(&socket));
+        // A process of a run that writes any of these is `sensor.tamper`.
+        let protected = protected_files(&pin_dir, &state_dir, store.as_ref().map(|_| &db), args);
+        enforcement.protect(&protected);
         state.set_programs(probes.attached().to_vec());
 
         let mut attribution =
@@ -153,6 +156,15 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
             .with_policies(policies)
             .with_enforcement(enforcement)
             .context("installing the policies in the kernel")?;
+        builder.set_protected(
+            protected
+                .iter()
+                .filter_map(|(path, _)| {
+                    let id = crate::policy::FileId::of(path).ok()?;
+                    Some(((id.kernel_dev(), id.ino), path.display().to_string()))
+                })
+                .collect(),
+        );
         // Every restored run is bound to this daemon's policies; then the
         // previous daemon's programs (pinned, still enforcing) can go.
         builder.bind_runs();
@@ -227,6 +239,34 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
         );
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The sensor's own files and directories, each with what it is: writing
+/// them is tampering with the sensor.
+fn protected_files(
+    pin_dir: &std::path::Path,
+    state_dir: &std::path::Path,
+    db: Option<&std::path::PathBuf>,
+    args: &DaemonArgs,
+) -> Vec<(std::path::PathBuf, u32)> {
+    use sensor_common::event as k;
+    let mut files = vec![
+        (pin_dir.to_owned(), k::SENSOR_FILE_PINS),
+        (state_dir.to_owned(), k::SENSOR_FILE_STATE),
+    ];
+    if let Some(db) = db {
+        files.push((db.clone(), k::SENSOR_FILE_STORE));
+    }
+    files.push((
+        args.config
+            .clone()
+            .unwrap_or_else(|| std::path::PathBuf::from(paths::CONFIG)),
+        k::SENSOR_FILE_CONFIG,
+    ));
+    if let Ok(exe) = std::fs::read_link("/proc/self/exe") {
+        files.push((exe, k::SENSOR_FILE_BINARY));
+    }
+    files
 }
 
 /// Creates the state directory mode 0700, or makes an existing one so.

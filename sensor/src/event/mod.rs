@@ -46,11 +46,15 @@ pub enum Kind {
     PolicyViolation,
     #[serde(rename = "run.degraded")]
     RunDegraded,
+    #[serde(rename = "process.tamper")]
+    ProcessTamper,
+    #[serde(rename = "sensor.tamper")]
+    SensorTamper,
 }
 
 impl Kind {
     /// Every kind, in a stable order (for counters).
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 11] = [
         Self::ProcessSpawn,
         Self::ProcessExec,
         Self::ProcessExit,
@@ -60,6 +64,8 @@ impl Kind {
         Self::RunEnd,
         Self::PolicyViolation,
         Self::RunDegraded,
+        Self::ProcessTamper,
+        Self::SensorTamper,
     ];
 
     /// The kind named `name` (`process.exec`, ...).
@@ -80,6 +86,8 @@ impl Kind {
             Self::RunEnd => "run.end",
             Self::PolicyViolation => "policy.violation",
             Self::RunDegraded => "run.degraded",
+            Self::ProcessTamper => "process.tamper",
+            Self::SensorTamper => "sensor.tamper",
         }
     }
 
@@ -98,6 +106,8 @@ impl Kind {
             K::ProcessExec | K::ProcessExecFailed => Self::ProcessExec,
             K::ProcessExit => Self::ProcessExit,
             K::NetConnect | K::NetUnix => Self::NetworkConnect,
+            // Counted under one kind (the record says which it is).
+            K::Tamper => Self::ProcessTamper,
         }
     }
 }
@@ -217,6 +227,10 @@ pub struct Event {
     /// What a run's record is missing (`run.degraded`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub degraded: Option<Degraded>,
+    /// What a process did to another process or to the sensor
+    /// (`process.tamper`, `sensor.tamper`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tamper: Option<Tamper>,
     /// The run's policy verdict on this exec or connect.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<crate::policy::Verdict>,
@@ -342,6 +356,53 @@ pub struct Degraded {
     pub denials_suppressed: u64,
 }
 
+/// What a process did to another process or to the sensor.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Tamper {
+    /// `ptrace`, `process_vm_writev`, `pidfd_getfd`, `proc_mem` (process);
+    /// `signal`, `sensor_file`, `bpf`, `integrity` (sensor).
+    pub method: &'static str,
+    /// In words, for an analyst ("ptrace attach to pid 4242").
+    pub what: String,
+    /// `kernel`: seen at the syscall, before its effect; `integrity check`:
+    /// found by the daemon's periodic check, after it.
+    pub detected: &'static str,
+    /// The process reached into (process tamper, signals).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<TamperTarget>,
+    /// The sensor file written (`sensor_file`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<TamperFile>,
+    /// The signal sent (`signal`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<u32>,
+    /// The kernel killed the caller (enforce).
+    pub killed: bool,
+}
+
+/// The target process of a tamper.
+#[derive(Debug, Clone, Serialize)]
+pub struct TamperTarget {
+    pub pid: u32,
+    pub key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    /// The target's run (null: in no run).
+    pub run: Option<RunRef>,
+}
+
+/// A file of the sensor that a tamper wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct TamperFile {
+    /// `pins`, `state`, `store`, `config`, `binary`.
+    pub kind: &'static str,
+    /// The protected path the file is (or is below).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    pub dev: String,
+    pub inode: u64,
+}
+
 /// A launch refused by `max_depth`.
 pub struct DepthRefusal {
     pub message: String,
@@ -360,6 +421,8 @@ pub struct EventBuilder {
     policies: crate::policy::Policies,
     /// The kernel's policy maps (absent in tests without a kernel).
     enforcement: Option<crate::policy::kernel::Enforcement>,
+    /// The sensor's files and directories by kernel identity.
+    protected: std::collections::HashMap<(u32, u64), String>,
 }
 
 impl EventBuilder {
@@ -373,6 +436,7 @@ impl EventBuilder {
             attribution,
             policies: crate::policy::Policies::default(),
             enforcement: None,
+            protected: std::collections::HashMap::new(),
         }
     }
 
@@ -495,10 +559,11 @@ impl EventBuilder {
         decision: &sensor_common::policy::Decision,
         out: &mut Vec<Event>,
     ) {
-        let list = match &e.network {
-            Some(n) if n.family == "unix" => "unix.allow",
-            Some(_) => "connect.allow",
-            None => "exec.allow",
+        let list = match (&e.network, &e.tamper) {
+            (_, Some(_)) => "tamper",
+            (Some(n), _) if n.family == "unix" => "unix.allow",
+            (Some(_), _) => "connect.allow",
+            (None, None) => "exec.allow",
         };
         let decided = self
             .enforcement
@@ -615,6 +680,7 @@ impl EventBuilder {
             network: None,
             lost: None,
             degraded: None,
+            tamper: None,
             policy: None,
         }
     }
@@ -650,6 +716,84 @@ impl EventBuilder {
             gid: h.gid,
             comm: comm(&h.comm),
             ..Process::default()
+        }
+    }
+
+    /// The sensor's protected files by kernel identity (for `sensor.tamper`).
+    pub fn set_protected(&mut self, files: Vec<((u32, u64), String)>) {
+        self.protected = files.into_iter().collect();
+    }
+
+    /// The `tamper` object of a kernel tamper record.
+    fn tamper(&self, d: &sensor_common::event::TamperData) -> Tamper {
+        use sensor_common::event as k;
+        let target = (d.target_tgid != 0).then(|| {
+            let key = if d.target_start_ns != 0 {
+                self.keys.key(d.target_tgid, d.target_start_ns)
+            } else {
+                proc_start(d.target_tgid)
+                    .map(|(t, _)| self.keys.key_from_ticks(d.target_tgid, t))
+                    .unwrap_or_default()
+            };
+            TamperTarget {
+                pid: d.target_tgid,
+                key,
+                exe: self.known_exe(d.target_tgid, d.target_start_ns),
+                run: self.attribution.run_ref(d.target_run, HOW_INHERITED),
+            }
+        });
+        let file = (d.method == k::TAMPER_SENSOR_FILE).then(|| TamperFile {
+            kind: match d.file_kind {
+                k::SENSOR_FILE_PINS => "pins",
+                k::SENSOR_FILE_STATE => "state",
+                k::SENSOR_FILE_STORE => "store",
+                k::SENSOR_FILE_CONFIG => "config",
+                k::SENSOR_FILE_BINARY => "binary",
+                _ => "unknown",
+            },
+            path: self.protected.get(&(d.file_dev, d.file_ino)).cloned(),
+            dev: format!("{}:{}", d.file_dev >> 20, d.file_dev & 0xf_ffff),
+            inode: d.file_ino,
+        });
+        let pid = d.target_tgid;
+        let (method, what) = match d.method {
+            k::TAMPER_PTRACE => ("ptrace", format!("ptrace attach to pid {pid}")),
+            k::TAMPER_VM_WRITE => (
+                "process_vm_writev",
+                format!("write into the memory of pid {pid}"),
+            ),
+            k::TAMPER_PIDFD_GETFD => (
+                "pidfd_getfd",
+                format!("take file descriptor {} of pid {pid}", d.arg),
+            ),
+            k::TAMPER_PROC_MEM => ("proc_mem", format!("open /proc/{pid}/mem")),
+            k::TAMPER_SIGNAL => (
+                "signal",
+                format!(
+                    "signal {} to the sensor daemon (pid {pid})",
+                    signal_name(d.arg)
+                ),
+            ),
+            k::TAMPER_SENSOR_FILE => (
+                "sensor_file",
+                format!(
+                    "open for writing of the sensor's {}",
+                    file.as_ref()
+                        .and_then(|f| f.path.clone())
+                        .unwrap_or_else(|| "files".to_owned())
+                ),
+            ),
+            k::TAMPER_BPF => ("bpf", format!("bpf() command {}", bpf_cmd_name(d.arg))),
+            _ => ("unknown", format!("tamper method {}", d.method)),
+        };
+        Tamper {
+            method,
+            what,
+            detected: "kernel",
+            target,
+            file,
+            signal: (d.method == k::TAMPER_SIGNAL).then_some(d.arg),
+            killed: d.flags & k::TAMPER_FLAG_KILLED != 0,
         }
     }
 
@@ -955,6 +1099,21 @@ impl EventBuilder {
                 e.network = Some(network(&data));
                 self.apply_policy(e, run, &data.decision, out);
             }
+            RawEvent::Tamper { data, .. } => {
+                let kind = if data.method < sensor_common::event::TAMPER_SIGNAL {
+                    Kind::ProcessTamper
+                } else {
+                    Kind::SensorTamper
+                };
+                let mut e = self.envelope(kind, time);
+                let mut p = self.process(&h);
+                p.exe = self.known_exe(h.tgid, h.start_ns);
+                let (run, how) = self.attribution.on_other(&h);
+                e.run = self.attribution.run_ref(run, how);
+                e.process = Some(p);
+                e.tamper = Some(self.tamper(&data));
+                self.apply_policy(e, run, &data.decision, out);
+            }
             RawEvent::Unix { data, .. } => {
                 let mut e = self.envelope(Kind::NetworkConnect, time);
                 let mut p = self.process(&h);
@@ -1109,6 +1268,60 @@ fn exec_details(data: &ExecData, s: &ExecStrings, failed: bool) -> Exec {
             .then(|| format!("{}:{}", data.dev >> 20, data.dev & 0xf_ffff)),
         dev_raw: (!failed && data.dev != 0).then_some(data.dev),
     }
+}
+
+/// `SIGKILL` for 9, or the number.
+fn signal_name(sig: u32) -> String {
+    i32::try_from(sig)
+        .ok()
+        .and_then(|s| nix::sys::signal::Signal::try_from(s).ok())
+        .map_or_else(|| sig.to_string(), |s| s.as_str().to_owned())
+}
+
+/// `BPF_LINK_DETACH` for 34, or the number.
+fn bpf_cmd_name(cmd: u32) -> String {
+    const NAMES: &[&str] = &[
+        "BPF_MAP_CREATE",
+        "BPF_MAP_LOOKUP_ELEM",
+        "BPF_MAP_UPDATE_ELEM",
+        "BPF_MAP_DELETE_ELEM",
+        "BPF_MAP_GET_NEXT_KEY",
+        "BPF_PROG_LOAD",
+        "BPF_OBJ_PIN",
+        "BPF_OBJ_GET",
+        "BPF_PROG_ATTACH",
+        "BPF_PROG_DETACH",
+        "BPF_PROG_TEST_RUN",
+        "BPF_PROG_GET_NEXT_ID",
+        "BPF_MAP_GET_NEXT_ID",
+        "BPF_PROG_GET_FD_BY_ID",
+        "BPF_MAP_GET_FD_BY_ID",
+        "BPF_OBJ_GET_INFO_BY_FD",
+        "BPF_PROG_QUERY",
+        "BPF_RAW_TRACEPOINT_OPEN",
+        "BPF_BTF_LOAD",
+        "BPF_BTF_GET_FD_BY_ID",
+        "BPF_TASK_FD_QUERY",
+        "BPF_MAP_LOOKUP_AND_DELETE_ELEM",
+        "BPF_MAP_FREEZE",
+        "BPF_BTF_GET_NEXT_ID",
+        "BPF_MAP_LOOKUP_BATCH",
+        "BPF_MAP_LOOKUP_AND_DELETE_BATCH",
+        "BPF_MAP_UPDATE_BATCH",
+        "BPF_MAP_DELETE_BATCH",
+        "BPF_LINK_CREATE",
+        "BPF_LINK_UPDATE",
+        "BPF_LINK_GET_FD_BY_ID",
+        "BPF_LINK_GET_NEXT_ID",
+        "BPF_ENABLE_STATS",
+        "BPF_ITER_CREATE",
+        "BPF_LINK_DETACH",
+        "BPF_PROG_BIND_MAP",
+    ];
+    usize::try_from(cmd)
+        .ok()
+        .and_then(|i| NAMES.get(i))
+        .map_or_else(|| cmd.to_string(), |n| (*n).to_owned())
 }
 
 /// `ENOENT` for 2, or the number when unknown.

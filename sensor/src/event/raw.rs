@@ -2,7 +2,7 @@
 //! anything is read, and a malformed record is an error, never a panic.
 
 use sensor_common::event::{
-    ConnectData, EventHeader, EventKind, ExecData, ExitData, HEADER_SIZE, SpawnData,
+    ConnectData, EventHeader, EventKind, ExecData, ExitData, HEADER_SIZE, SpawnData, TamperData,
     UnixConnectData,
 };
 
@@ -33,6 +33,11 @@ pub enum RawEvent {
         header: EventHeader,
         data: Box<UnixConnectData>,
     },
+    /// Tamper with another process or with the sensor.
+    Tamper {
+        header: EventHeader,
+        data: TamperData,
+    },
 }
 
 /// The variable-length part of an exec record.
@@ -52,7 +57,8 @@ impl RawEvent {
             | Self::Exec { header, .. }
             | Self::Exit { header, .. }
             | Self::Connect { header, .. }
-            | Self::Unix { header, .. } => header,
+            | Self::Unix { header, .. }
+            | Self::Tamper { header, .. } => header,
         }
     }
 }
@@ -163,6 +169,10 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
             header,
             data: Box::new(read_pod(bytes, HEADER_SIZE)),
         },
+        EventKind::Tamper => RawEvent::Tamper {
+            header,
+            data: read_pod(bytes, HEADER_SIZE),
+        },
     })
 }
 
@@ -210,6 +220,10 @@ pub fn encode(event: &RawEvent) -> Vec<u8> {
         RawEvent::Unix { header, data } => {
             pod(&mut out, header);
             pod(&mut out, &**data);
+        }
+        RawEvent::Tamper { header, data } => {
+            pod(&mut out, header);
+            pod(&mut out, data);
         }
     }
     out

@@ -85,6 +85,10 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, LoaderError> {
         unix_sock_path: f("unix_sock", "path")?,
         unix_address_len: f("unix_address", "len")?,
         unix_address_name: f("unix_address", "name")?,
+        file_f_mode: f("file", "f_mode")?,
+        sb_s_magic: f("super_block", "s_magic")?,
+        inode_i_private: f("inode", "i_private")?,
+        _pad: 0,
     })
 }
 

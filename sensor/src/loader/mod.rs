@@ -363,6 +363,12 @@ const PINNED_MAPS: &[PinnedMap] = {
             value: size_of::<u32>(),
             max_entries: l::MAX_UNIX_RULES,
         },
+        PinnedMap {
+            name: maps::RUN_TREE,
+            key: size_of::<u64>(),
+            value: size_of::<u64>(),
+            max_entries: l::MAX_RUN_TREE,
+        },
     ]
 };
 
@@ -453,6 +459,8 @@ pub fn load(own_tgid: u32, pin_dir: &Path, policy_runs: u32) -> Result<Kernel, L
         net6: typed_map(&mut ebpf, maps::NET6_RULES, LpmTrie::try_from)?,
         unix: typed_map(&mut ebpf, maps::UNIX_RULES, BpfHashMap::try_from)?,
         unix_ids: typed_map(&mut ebpf, maps::UNIX_IDS, BpfHashMap::try_from)?,
+        run_tree: typed_map(&mut ebpf, maps::RUN_TREE, BpfHashMap::try_from)?,
+        sensor_files: typed_map(&mut ebpf, maps::SENSOR_FILES, BpfHashMap::try_from)?,
     };
 
     let cgroup_root = mounts::cgroup2_root()?;

@@ -124,22 +124,58 @@ pub fn tracepoint_offsets(tracefs: &Path) -> Result<TracepointOffsets, LoaderErr
     let connect_enter = Format::read(tracefs, "syscalls", "sys_enter_connect")?;
     let connect_exit = Format::read(tracefs, "syscalls", "sys_exit_connect")?;
     let ret = execve_exit.offset("ret", 8)?;
-    if connect_exit.offset("ret", 8)? != ret {
-        return Err(LoaderError::TracepointField {
-            category: "syscalls",
-            name: "sys_exit_connect",
-            field: "ret",
-            detail: "offset differs from sys_exit_execve".to_owned(),
-        });
+    let args = connect_enter.offset("fd", 8)?;
+    // Every syscall tracepoint the programs read shares these offsets
+    // (`args[]` after the syscall number; `ret`): checked, not assumed.
+    for (name, first) in SYSCALL_ENTRIES {
+        if Format::read(tracefs, "syscalls", name)?.offset(first, 8)? != args {
+            return Err(LoaderError::TracepointField {
+                category: "syscalls",
+                name,
+                field: first,
+                detail: "the first argument's offset differs from sys_enter_connect's".to_owned(),
+            });
+        }
+    }
+    for name in SYSCALL_EXITS {
+        if Format::read(tracefs, "syscalls", name)?.offset("ret", 8)? != ret {
+            return Err(LoaderError::TracepointField {
+                category: "syscalls",
+                name,
+                field: "ret",
+                detail: "offset differs from sys_exit_execve".to_owned(),
+            });
+        }
     }
     Ok(TracepointOffsets {
         exec_filename: exec.offset("filename", 4)?,
         exec_old_pid: exec.offset("old_pid", 4)?,
         exit_group_dead: exit.optional_offset("group_dead"),
         sys_exit_ret: ret,
-        connect_fd: connect_enter.offset("fd", 8)?,
+        sys_enter_args: args,
     })
 }
+
+/// Syscall entry tracepoints whose arguments the programs read, with their
+/// first argument's name.
+const SYSCALL_ENTRIES: &[(&str, &str)] = &[
+    ("sys_enter_ptrace", "request"),
+    ("sys_enter_process_vm_writev", "pid"),
+    ("sys_enter_pidfd_getfd", "pidfd"),
+    ("sys_enter_kill", "pid"),
+    ("sys_enter_tgkill", "tgid"),
+    ("sys_enter_tkill", "pid"),
+    ("sys_enter_pidfd_send_signal", "pidfd"),
+    ("sys_enter_bpf", "cmd"),
+];
+
+/// Syscall exit tracepoints whose `ret` the programs read.
+const SYSCALL_EXITS: &[&str] = &[
+    "sys_exit_connect",
+    "sys_exit_openat",
+    "sys_exit_openat2",
+    "sys_exit_open",
+];
 
 #[cfg(test)]
 mod tests {

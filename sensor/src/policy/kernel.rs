@@ -42,6 +42,10 @@ pub struct PolicyMaps {
     pub net6: LpmTrie<MapData, Net6Data, NetRule>,
     pub unix: BpfHashMap<MapData, UnixKey, u32>,
     pub unix_ids: BpfHashMap<MapData, ExecKey, u32>,
+    /// Run → parent run, for the tamper checks (every run, policy or not).
+    pub run_tree: BpfHashMap<MapData, u64, u64>,
+    /// The sensor's files and directories (identity → `SENSOR_FILE_*`).
+    pub sensor_files: BpfHashMap<MapData, ExecKey, u32>,
 }
 
 /// The entries one policy id owns in the rule maps.
@@ -516,8 +520,14 @@ impl Enforcement {
         policy: Option<&str>,
         parent: Option<u64>,
     ) -> Result<(), EnforcementError> {
+        // Every run's place in the tree (the tamper checks), policy or not.
+        self.maps
+            .run_tree
+            .insert(handle, parent.unwrap_or(0), 0)
+            .map_err(map_err("SNSR_RUN_TREE"))?;
         let Some(name) = policy else {
-            self.unbind(handle);
+            let _ = self.maps.run_policy.remove(&handle);
+            let _ = self.maps.run_live.remove(&handle);
             return Ok(());
         };
         let slot = *self
@@ -545,6 +555,30 @@ impl Enforcement {
     pub fn unbind(&mut self, handle: u64) {
         let _ = self.maps.run_policy.remove(&handle);
         let _ = self.maps.run_live.remove(&handle);
+        let _ = self.maps.run_tree.remove(&handle);
+    }
+
+    /// Tells the kernel which files and directories are the sensor's: an
+    /// open of one (or of anything below a directory) for writing by a
+    /// process of a run is `sensor.tamper`.
+    pub fn protect(&mut self, files: &[(std::path::PathBuf, u32)]) {
+        for (path, kind) in files {
+            match FileId::of(path) {
+                Ok(id) => {
+                    let key = ExecKey {
+                        policy: 0,
+                        dev: id.kernel_dev(),
+                        ino: id.ino,
+                    };
+                    if let Err(e) = self.maps.sensor_files.insert(key, kind, 0) {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot watch a sensor file for tampering");
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(path = %path.display(), error = %e, "sensor file not watched");
+                }
+            }
+        }
     }
 
     /// Run handles bound in the kernel (a previous daemon's included).

@@ -460,6 +460,9 @@ impl Policy {
                 "unix.allow (the socket reached is not the one the allowed address names)".into()
             }
             RULE_SENSOR_SOCKET => "unix.allow (the sensor's control socket)".into(),
+            sensor_common::policy::RULE_TAMPER => {
+                "tamper (a process outside the run, or the sensor)".into()
+            }
             _ if i < self.exec.len() => format!("exec.allow {}", self.exec[i].allow.text()),
             _ if i < connects => {
                 format!("connect.allow {}", self.connect[i - self.exec.len()].text)

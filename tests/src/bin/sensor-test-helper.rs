@@ -61,6 +61,16 @@
 //!                                                   SECS seconds accepts connections (stream) or
 //!                                                   reads datagrams; prints "ready" once bound and
 //!                                                   "accepted=N" at the end
+//! sensor-test-helper memory-target FILE SECS        holds a 64-byte buffer "untouched…" and FILE
+//!                                                   open; prints "pid=P addr=A fd=F", then after
+//!                                                   SECS seconds (or SIGUSR1) prints "buffer=TEXT"
+//! sensor-test-helper inject ptrace|vm-write|getfd|mem PID ADDR|FD
+//!                                                   reaches into process PID: ptrace(PTRACE_ATTACH)
+//!                                                   then POKEDATA "injected" at ADDR;
+//!                                                   process_vm_writev "injected" at ADDR;
+//!                                                   pidfd_getfd of its FD (then reads from it);
+//!                                                   /proc/PID/mem opened read-write, "injected"
+//!                                                   written at ADDR. Prints "done" or "errno=N"
 //! sensor-test-helper hold-connections SOCKET N SECS  opens N connections to SOCKET, holds them
 //!                                                   SECS seconds (sending nothing), prints
 //!                                                   "opened=N closed_by_peer=M" (M: those the
@@ -90,7 +100,7 @@ fn main() -> ExitCode {
 fn usage() -> String {
     "usage: sensor-test-helper exec|fake-argv0|thread-exec|threads|prctl-name|connect|at-pid|\
      sendto|uring-connect|memfd-exec|execveat-empty|fork-children|control|late-request|\
-     clone-parent|sendto-flood|hold-connections|unix-server ..."
+     clone-parent|sendto-flood|hold-connections|unix-server|memory-target|inject ..."
         .to_owned()
 }
 
@@ -134,6 +144,8 @@ fn run(args: &[OsString]) -> Result<ExitCode, String> {
         "sendto-flood" => sendto_flood(rest),
         "hold-connections" => hold_connections(rest),
         "unix-server" => unix_server(rest),
+        "memory-target" => memory_target(rest),
+        "inject" => inject(rest),
         other => Err(format!("unknown subcommand {other:?}; {}", usage())),
     }
 }
@@ -887,5 +899,125 @@ fn unix_server(rest: &[OsString]) -> Result<ExitCode, String> {
         other => return Err(format!("unix-server: stream or dgram, not {other:?}")),
     }
     println!("accepted={accepted}");
+    Ok(ExitCode::SUCCESS)
+}
+
+static TARGET_DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_usr1(_: libc::c_int) {
+    TARGET_DONE.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn memory_target(rest: &[OsString]) -> Result<ExitCode, String> {
+    use std::os::fd::AsRawFd as _;
+    let [file, secs] = rest else {
+        return Err(usage());
+    };
+    let secs: u64 = utf8(secs)?
+        .parse()
+        .map_err(|e| format!("bad seconds: {e}"))?;
+    let f = std::fs::File::open(file).map_err(|e| format!("open {file:?}: {e}"))?;
+    let buffer: Box<[u8; 64]> =
+        Box::new(*b"untouched-untouched-untouched-untouched-untouched-untouched-xxxx");
+    // SAFETY: installing a handler that only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGUSR1, on_usr1 as *const () as libc::sighandler_t);
+    }
+    println!(
+        "pid={} addr={} fd={}",
+        std::process::id(),
+        buffer.as_ptr() as usize,
+        f.as_raw_fd()
+    );
+    let _ = io::stdout().flush();
+    let until = std::time::Instant::now() + Duration::from_secs(secs);
+    while std::time::Instant::now() < until
+        && !TARGET_DONE.load(std::sync::atomic::Ordering::SeqCst)
+    {
+        thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: reading our own buffer, which another process may have written.
+    let seen = unsafe { std::ptr::read_volatile(buffer.as_ptr().cast::<[u8; 64]>()) };
+    println!("buffer={}", String::from_utf8_lossy(&seen));
+    drop(f);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn inject(rest: &[OsString]) -> Result<ExitCode, String> {
+    let [how, pid, what] = rest else {
+        return Err(usage());
+    };
+    let pid: libc::pid_t = utf8(pid)?.parse().map_err(|e| format!("bad pid: {e}"))?;
+    let what: usize = utf8(what)?
+        .parse()
+        .map_err(|e| format!("bad address/fd: {e}"))?;
+    let payload = *b"injected";
+    let errno = || io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    // SAFETY (each call): the syscalls get valid pointers to our own buffers;
+    // what they do to the other process is the point of this helper.
+    let result: Result<(), i32> = match utf8(how)? {
+        "ptrace" => unsafe {
+            if libc::ptrace(libc::PTRACE_ATTACH, pid, 0, 0) != 0 {
+                Err(errno())
+            } else {
+                let mut status = 0;
+                libc::waitpid(pid, &raw mut status, 0);
+                let word = i64::from_ne_bytes(payload);
+                let r = libc::ptrace(libc::PTRACE_POKEDATA, pid, what, word);
+                libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0);
+                if r != 0 { Err(errno()) } else { Ok(()) }
+            }
+        },
+        "vm-write" => unsafe {
+            let local = libc::iovec {
+                iov_base: payload.as_ptr() as *mut libc::c_void,
+                iov_len: payload.len(),
+            };
+            let remote = libc::iovec {
+                iov_base: what as *mut libc::c_void,
+                iov_len: payload.len(),
+            };
+            let n = libc::process_vm_writev(pid, &raw const local, 1, &raw const remote, 1, 0);
+            if n < 0 { Err(errno()) } else { Ok(()) }
+        },
+        "getfd" => unsafe {
+            let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0);
+            if pidfd < 0 {
+                Err(errno())
+            } else {
+                let fd = libc::syscall(libc::SYS_pidfd_getfd, pidfd, what, 0);
+                if fd < 0 {
+                    Err(errno())
+                } else {
+                    let mut buf = [0u8; 16];
+                    let n = libc::read(fd as libc::c_int, buf.as_mut_ptr().cast(), buf.len());
+                    if n < 0 { Err(errno()) } else { Ok(()) }
+                }
+            }
+        },
+        "mem" => {
+            use std::os::unix::fs::FileExt as _;
+            match std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(format!("/proc/{pid}/mem"))
+            {
+                Ok(f) => f
+                    .write_at(&payload, what as u64)
+                    .map(drop)
+                    .map_err(|e| e.raw_os_error().unwrap_or(0)),
+                Err(e) => Err(e.raw_os_error().unwrap_or(0)),
+            }
+        }
+        other => {
+            return Err(format!(
+                "inject: ptrace, vm-write, getfd or mem, not {other:?}"
+            ));
+        }
+    };
+    match result {
+        Ok(()) => println!("done"),
+        Err(e) => println!("errno={e}"),
+    }
     Ok(ExitCode::SUCCESS)
 }
