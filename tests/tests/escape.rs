@@ -438,3 +438,66 @@ fn an_allowed_directory_that_is_a_mount_root_allows_that_mount_only() -> Result<
     let _ = &host_mount;
     run_cases(&d, &l.fx, "esc-root", &cases)
 }
+
+/// User space mirrors the kernel where it decides itself: the exec that
+/// starts a matcher's run (the run did not exist when the kernel saw it) is
+/// checked in user space (`enforced: false`). A matched agent binary in an
+/// allowed directory is allowed by the directory rule on the host, and
+/// denied from another mount namespace, as the kernel would decide.
+#[test]
+fn a_matcher_runs_first_exec_is_judged_by_mount_as_in_the_kernel() -> Result<()> {
+    let l = Layout::new("esc-match")?;
+    fs::copy("/usr/bin/dash", l.allowed.join("fake-agent"))?;
+    let config = format!(
+        "{}\n[[agent]]\nname = \"esc-fake\"\nexe = [\"**/fake-agent\"]\npolicy = \"p\"\n",
+        Layout::config(&[l.rule()])?
+    );
+    let d = Daemon::start_with(Some(&config), &[])?;
+    let agent = l.a("fake-agent");
+    let (host, other) = (marker(), marker());
+    // The exec of the agent binary itself (`unshare`'s argv has the marker too).
+    let agent_exec = |evs: &[Value], m: &str| -> Option<Value> {
+        evs.iter()
+            .find(|e| is_exec_ok(e) && argv_eq(e, m) && e["process"]["exe"] == agent.as_str())
+            .cloned()
+    };
+    let run = |cmd: &mut std::process::Command| -> Result<()> {
+        let (_, out) = sensor_tests::run_with_timeout(cmd, RUN_TIMEOUT)?;
+        anyhow::ensure!(out.status.success(), "{cmd:?}: {}", describe(&out));
+        Ok(())
+    };
+    run(std::process::Command::new(&agent).args(["-c", "exit 0", &host]))?;
+    run(std::process::Command::new("unshare").args(["-m", &agent, "-c", "exit 0", &other]))?;
+    let _ = d.wait_until(
+        EVENT_TIMEOUT,
+        |evs| [&host, &other].iter().all(|m| agent_exec(evs, m).is_some()),
+        |_| String::new(),
+    );
+    d.check_alive()?;
+    let evs = d.events()?;
+    let mut c = Checks::new();
+    let rule = format!("exec.allow {}", l.rule());
+    for (what, m, allowed) in [
+        ("on the host", &host, true),
+        ("from `unshare -m`", &other, false),
+    ] {
+        let Some(e) = agent_exec(&evs, m) else {
+            c.fail(format!(
+                "{what}: no process.exec of the matched agent with {m}"
+            ));
+            continue;
+        };
+        check!(
+            c,
+            e["run"]["agent"] == "esc-fake" && e["run"]["attribution"] == "matcher",
+            "{what}: the exec starts a matcher run: {}",
+            sensor_tests::compact(&e)
+        );
+        if allowed {
+            check_allow(&mut c, what, &e, "p", &rule);
+        } else {
+            check_deny(&mut c, what, &e, "p", Some(EXEC_NO_MATCH), false);
+        }
+    }
+    c.finish()
+}
