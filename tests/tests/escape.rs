@@ -3,8 +3,11 @@
 //! appear inside an allowed directory by mounting something there, in a
 //! mount namespace of its own (`unshare -m` as root, `unshare -Urm` as an
 //! unprivileged user), and runs it. A directory rule allows only files on the
-//! mount it was resolved on, in the daemon's mount namespace: each attack is
-//! killed before its first instruction and reported like any denied exec.
+//! mount it was resolved on, in the host's mount namespace (here the
+//! daemon's): each attack is killed before its first instruction and
+//! reported like any denied exec. The last tests pin down what a directory
+//! rule allows (its own mount, the host's namespace only, a mount root) and
+//! that user space, where it decides itself, judges the same way.
 //!
 //! The allowed directories are the test's own (copies of `/usr/bin/touch`,
 //! so "did it run" is "did the file it would touch appear"); the denied
