@@ -41,6 +41,9 @@ pub struct KernelOffsets {
     pub mount_mnt: u32,
     pub mount_mnt_parent: u32,
     pub mount_mnt_mountpoint: u32,
+    /// `struct mount` `mnt_id`: the mount's id, unique among live mounts
+    /// (a mount namespace's copy of a mount is another mount, with its own).
+    pub mount_mnt_id: u32,
     pub signal_live: u32,
     pub signal_flags: u32,
     pub signal_group_exit_code: u32,
@@ -124,8 +127,10 @@ pub struct SensorConfig {
     pub kernel: KernelOffsets,
     /// Tracepoint field offsets.
     pub tracepoints: TracepointOffsets,
+    /// Reserved, zero (the struct has no implicit padding).
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<SensorConfig>() == 8 + 8 + 61 * 4 + 5 * 4);
+const _: () = assert!(size_of::<SensorConfig>() == 8 + 8 + 62 * 4 + 5 * 4 + 4);
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), integers only, no padding (size checked above).

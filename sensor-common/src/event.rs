@@ -175,12 +175,14 @@ pub struct ExecData {
     pub ino: u64,
     /// Device of the executed file (kernel `dev_t`).
     pub dev: u32,
-    /// Reserved, zero.
-    pub _pad2: u32,
+    /// Id of the mount the executed file was reached on (`struct mount`
+    /// `mnt_id`; 0 for a failed exec).
+    pub mnt_id: u32,
     /// The run policy's decision on the executed file.
     pub decision: Decision,
 }
 const _: () = assert!(size_of::<ExecData>() == 64);
+const _: () = assert!(core::mem::offset_of!(ExecData, mnt_id) == 44);
 
 /// `process.exit`.
 #[repr(C)]

@@ -56,7 +56,8 @@ pub const MAX_POLICY_RUNS: u32 = 64 * 1024;
 pub const MAX_EXEC_RULES: u32 = 128 * 1024;
 /// Network prefixes across all loaded policies, per address family.
 pub const MAX_NET_RULES: u32 = 64 * 1024;
-/// Parent directories walked from an executed file to find a directory rule.
+/// Parent directories walked from an executed file, up to the root of its
+/// mount at most, to find a directory rule.
 pub const POLICY_DIR_DEPTH: u32 = 32;
 
 /// Runs with per-run counters (losses, suppressed denials) at once; an LRU

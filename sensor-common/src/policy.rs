@@ -70,7 +70,7 @@ const _: () = assert!(size_of::<ExecKey>() == 16);
 pub const EXEC_FILE: u32 = 1;
 /// `ExecRule::kind`: a file a glob matched.
 pub const EXEC_GLOB: u32 = 2;
-/// `ExecRule::kind`: a directory (everything below it).
+/// `ExecRule::kind`: a directory (everything below it, on its mount).
 pub const EXEC_DIR: u32 = 3;
 
 /// Value of an exec rule.
@@ -87,10 +87,17 @@ pub struct ExecRule {
     /// until user space has hashed it again. 0 (both): not checked.
     pub ctime_sec: i64,
     pub ctime_nsec: u32,
-    /// Reserved, zero.
-    pub _pad: u32,
+    /// For a directory ([`EXEC_DIR`]): the id of the mount the directory was
+    /// resolved on (`struct mount` `mnt_id`, as `statx` `STATX_MNT_ID` gives
+    /// it). The rule allows a file only when the file is on that mount, below
+    /// the directory: the kernel's walk up from the file never leaves the
+    /// file's mount, and a mount namespace's copy of a mount has its own id.
+    /// Zero for files.
+    pub mnt_id: u32,
 }
+// 24 bytes: a multiple of 8 (the i64), so no padding; `mnt_id` fills the tail.
 const _: () = assert!(size_of::<ExecRule>() == 24);
+const _: () = assert!(core::mem::offset_of!(ExecRule, mnt_id) == 20);
 
 /// Port ranges one network prefix entry holds.
 pub const NET_PORT_RANGES: usize = 8;

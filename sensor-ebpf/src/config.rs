@@ -36,6 +36,7 @@ pub(crate) static SNSR_CONFIG: SensorConfig = SensorConfig {
         mount_mnt: 0,
         mount_mnt_parent: 0,
         mount_mnt_mountpoint: 0,
+        mount_mnt_id: 0,
         signal_live: 0,
         signal_flags: 0,
         signal_group_exit_code: 0,
@@ -77,6 +78,7 @@ pub(crate) static SNSR_CONFIG: SensorConfig = SensorConfig {
         sys_exit_ret: 0,
         sys_enter_args: 0,
     },
+    _pad: 0,
 };
 
 /// Reads one field of the global. The volatile read keeps the compiler from

@@ -120,20 +120,41 @@ fn same_ctime(r: &mut Reader, inode: u64, e: &sensor_common::policy::ExecRule) -
     sec == e.ctime_sec && nsec & CTIME_NSEC_MASK == e.ctime_nsec
 }
 
+/// The id of the mount `file` (a `struct file *`) was reached on: its
+/// `f_path.mnt`'s `struct mount` `mnt_id` (0 when unreadable).
+#[inline(always)]
+pub fn mount_id(r: &mut Reader, file: u64) -> u32 {
+    let mnt: u64 = r.read(file, offset!(kernel.file_f_path) + offset!(kernel.path_mnt));
+    if mnt == 0 {
+        return 0;
+    }
+    let mount = mnt.wrapping_sub(u64::from(offset!(kernel.mount_mnt)));
+    r.read(mount, offset!(kernel.mount_mnt_id))
+}
+
 /// State of the parent-directory walk, one step per `bpf_loop` iteration.
 #[repr(C)]
 struct DirWalk {
     id: u32,
     found: u32,
     rule: u32,
-    _pad: u32,
-    mnt: u64,
-    mount: u64,
+    /// The executed file's mount: a directory rule must have been resolved on it.
+    mnt_id: u32,
+    /// Root dentry of that mount: the walk stops there.
+    mnt_root: u64,
     dentry: u64,
 }
 
-/// Walks the parent directories of `file` (crossing mounts) and returns the
-/// rule of the first one that is a directory rule of policy `id`.
+/// Walks the parent directories of `file` up to the root of the file's own
+/// mount, and returns the rule of the first one that is a directory rule of
+/// policy `id` resolved on that mount.
+///
+/// The walk never crosses into a parent mount. Whatever is mounted below an
+/// allowed directory (a tmpfs, a bind mount of another directory or of a
+/// single file, an overlay), in any mount namespace, is a mount of its own
+/// whose root is not the allowed directory, so its files are not under it.
+/// And since a mount namespace's copy of a mount has its own id, the rule
+/// holds only in the mount namespace it was resolved in.
 ///
 /// The walk runs under `bpf_loop`, so the verifier checks one step instead of
 /// every unrolled iteration (the exec program is large already).
@@ -145,13 +166,18 @@ fn dir_rule(r: &mut Reader, id: u32, file: u64) -> Option<u32> {
     if mnt == 0 || dentry == 0 {
         return None;
     }
+    let mnt_root: u64 = r.read(mnt, offset!(kernel.vfsmount_mnt_root));
+    if mnt_root == 0 {
+        return None;
+    }
+    let mount = mnt.wrapping_sub(u64::from(offset!(kernel.mount_mnt)));
+    let mnt_id: u32 = r.read(mount, offset!(kernel.mount_mnt_id));
     let mut walk = DirWalk {
         id,
         found: 0,
         rule: 0,
-        _pad: 0,
-        mnt,
-        mount: mnt.wrapping_sub(u64::from(offset!(kernel.mount_mnt))),
+        mnt_id,
+        mnt_root,
         dentry,
     };
     // SAFETY: the callback gets `walk` back as its context, for this call only.
@@ -166,24 +192,17 @@ fn dir_rule(r: &mut Reader, id: u32, file: u64) -> Option<u32> {
     (walk.found != 0).then_some(walk.rule)
 }
 
-/// One step up: returns 1 to stop (found, or at the root), 0 to go on.
+/// One step up: returns 1 to stop (found, at the mount's root, or at the
+/// file system's root), 0 to go on.
 extern "C" fn dir_step(_index: u32, ctx: *mut core::ffi::c_void) -> i64 {
     // SAFETY: `ctx` is the DirWalk dir_rule passed to bpf_loop.
     let walk = unsafe { &mut *ctx.cast::<DirWalk>() };
-    let mut r = Reader::new();
-    let mnt_root: u64 = r.read(walk.mnt, offset!(kernel.vfsmount_mnt_root));
-    if walk.dentry == mnt_root {
-        // The root of a mount: go on from its mountpoint in the parent mount
-        // (the mountpoint itself is hidden under the mount, so not checked).
-        let parent: u64 = r.read(walk.mount, offset!(kernel.mount_mnt_parent));
-        if parent == walk.mount || parent == 0 {
-            return 1;
-        }
-        walk.dentry = r.read(walk.mount, offset!(kernel.mount_mnt_mountpoint));
-        walk.mount = parent;
-        walk.mnt = parent.wrapping_add(u64::from(offset!(kernel.mount_mnt)));
-        return 0;
+    if walk.dentry == walk.mnt_root {
+        // The top of the file's mount. What lies above it (the mountpoint
+        // and its parents) belongs to another mount: never looked at.
+        return 1;
     }
+    let mut r = Reader::new();
     let parent: u64 = r.read(walk.dentry, offset!(kernel.dentry_d_parent));
     if parent == walk.dentry || parent == 0 {
         return 1;
@@ -198,7 +217,7 @@ extern "C" fn dir_step(_index: u32, ctx: *mut core::ffi::c_void) -> i64 {
     };
     // SAFETY: value copy out of the map.
     match unsafe { EXEC_RULES.get(key) } {
-        Some(e) if e.kind == EXEC_DIR => {
+        Some(e) if e.kind == EXEC_DIR && e.mnt_id == walk.mnt_id => {
             walk.found = 1;
             walk.rule = e.rule;
             1

@@ -27,7 +27,7 @@ use crate::{
     emit::{count_inherit_failed, count_lost, emit},
     kernel::{Reader, current_task, current_task_btf, load, opaque, run_of},
     maps::{PATH_SCRATCH, PROC_RUNS, event_scratch},
-    policy::{check_exec, count_exit, count_spawn, kill_current},
+    policy::{check_exec, count_exit, count_spawn, kill_current, mount_id},
 };
 
 /// `SIGNAL_GROUP_EXIT` in `signal_struct.flags` (include/linux/sched/signal.h).
@@ -351,6 +351,7 @@ unsafe fn try_exec(ctx: &TracePointContext) -> Option<()> {
         let ino: u64 = r.read(file_inode, offset!(kernel.inode_i_ino));
         let sb: u64 = r.read(file_inode, offset!(kernel.inode_i_sb));
         let dev: u32 = r.read(sb, offset!(kernel.sb_s_dev));
+        let mnt_id = mount_id(&mut r, exe);
 
         (*ev).payload = ExecData {
             exe_len: exe_len as u16,
@@ -369,7 +370,7 @@ unsafe fn try_exec(ctx: &TracePointContext) -> Option<()> {
             _pad: 0,
             ino,
             dev,
-            _pad2: 0,
+            mnt_id,
             decision,
         };
         let size = EventKind::ProcessExec.fixed_size() + cursor;
@@ -514,7 +515,7 @@ unsafe fn execve_exit(ctx: &TracePointContext, filename_reg: u32, argv_reg: u32)
             _pad: 0,
             ino: 0,
             dev: 0,
-            _pad2: 0,
+            mnt_id: 0,
             decision: Decision::default(),
         };
         let size = EventKind::ProcessExecFailed.fixed_size() + cursor;

@@ -294,6 +294,9 @@ pub struct Exec {
     /// The kernel's `dev_t` of the executed file, for policy checks.
     #[serde(skip)]
     pub dev_raw: Option<u32>,
+    /// The id of the mount the executed file was reached on, for policy checks.
+    #[serde(skip)]
+    pub mnt_id: Option<u32>,
 }
 
 /// Destination and outcome of a connect.
@@ -588,6 +591,7 @@ impl EventBuilder {
                             p.exe.as_deref().unwrap_or(""),
                             dev,
                             x.inode.unwrap_or(0),
+                            x.mnt_id,
                         ))
                     }
                     (_, _, Some(n)) => match (n.dst_ip, n.dst_port) {
@@ -1267,6 +1271,7 @@ fn exec_details(data: &ExecData, s: &ExecStrings, failed: bool) -> Exec {
         dev: (!failed && data.dev != 0)
             .then(|| format!("{}:{}", data.dev >> 20, data.dev & 0xf_ffff)),
         dev_raw: (!failed && data.dev != 0).then_some(data.dev),
+        mnt_id: (!failed && data.mnt_id != 0).then_some(data.mnt_id),
     }
 }
 

@@ -56,6 +56,7 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, LoaderError> {
         mount_mnt: f("mount", "mnt")?,
         mount_mnt_parent: f("mount", "mnt_parent")?,
         mount_mnt_mountpoint: f("mount", "mnt_mountpoint")?,
+        mount_mnt_id: f("mount", "mnt_id")?,
         signal_live: f("signal_struct", "live")?,
         signal_flags: f("signal_struct", "flags")?,
         signal_group_exit_code: f("signal_struct", "group_exit_code")?,
@@ -200,6 +201,8 @@ mod tests {
         assert_eq!(offsets.upid_nr, 0);
         assert_eq!(offsets.upid_size, 16);
         assert!(offsets.inode_ctime_sec > 0 && offsets.inode_ctime_nsec > 0);
+        // struct mount begins with a list head and the parent pointer; the id comes later.
+        assert!(offsets.mount_mnt_id > offsets.mount_mnt_parent);
     }
 
     #[test]

@@ -396,6 +396,7 @@ pub fn load(own_tgid: u32, pin_dir: &Path, policy_runs: u32) -> Result<Kernel, L
         ns_per_tick: u32::try_from(ns_per_tick).unwrap_or(10_000_000),
         kernel,
         tracepoints,
+        _pad: 0,
     };
     own_pin_dir(pin_dir)?;
     let sized = |map: &PinnedMap| PinnedMap {

@@ -140,7 +140,7 @@ fn rule_set(policy: &Policy, id: u32, sensor: &SensorSocket) -> RuleSet {
     };
     for (i, rule) in policy.exec.iter().enumerate() {
         let index = u32::try_from(i).unwrap_or(u32::MAX);
-        let mut add = |file: &FileId, kind, ctime: Option<resolve::Ctime>| {
+        let mut add = |file: &FileId, kind, ctime: Option<resolve::Ctime>, mnt_id| {
             let key = ExecKey {
                 policy: id,
                 dev: file.kernel_dev(),
@@ -153,7 +153,7 @@ fn rule_set(policy: &Policy, id: u32, sensor: &SensorSocket) -> RuleSet {
                 kind,
                 ctime_sec,
                 ctime_nsec,
-                _pad: 0,
+                mnt_id,
             });
         };
         match &rule.target {
@@ -161,17 +161,13 @@ fn rule_set(policy: &Policy, id: u32, sensor: &SensorSocket) -> RuleSet {
                 id: Some(file),
                 ctime,
                 ..
-            } => add(file, EXEC_FILE, *ctime),
+            } => add(file, EXEC_FILE, *ctime, 0),
             ExecTarget::File { id: None, .. } => {}
-            ExecTarget::Dir { id: dir, .. } => add(dir, EXEC_DIR, None),
-            ExecTarget::Glob {
-                ids, dirs: false, ..
-            } => {
-                ids.iter().for_each(|f| add(f, EXEC_GLOB, None));
-            }
-            ExecTarget::Glob {
-                ids, dirs: true, ..
-            } => ids.iter().for_each(|d| add(d, EXEC_DIR, None)),
+            ExecTarget::Dir(dir) => add(&dir.id, EXEC_DIR, None, dir.mnt_id),
+            ExecTarget::Glob { ids, .. } => ids.iter().for_each(|f| add(f, EXEC_GLOB, None, 0)),
+            ExecTarget::DirGlob(dirs) => dirs
+                .iter()
+                .for_each(|d| add(&d.id, EXEC_DIR, None, d.mnt_id)),
         }
     }
     let first = u32::try_from(policy.exec.len()).unwrap_or(u32::MAX);

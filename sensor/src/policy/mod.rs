@@ -170,15 +170,13 @@ enum ExecTarget {
         stamp: Option<resolve::Stamp>,
         ctime: Option<resolve::Ctime>,
     },
-    /// Everything under a directory: its resolved path (ending in `/`) and identity.
-    Dir { resolved: String, id: FileId },
-    /// The files (or, for a glob ending in `/`, the directories) a glob
-    /// matched at the last resolution.
-    Glob {
-        glob: GlobMatcher,
-        ids: Vec<FileId>,
-        dirs: bool,
-    },
+    /// Everything under a directory, on the mount it was resolved on.
+    Dir(resolve::Dir),
+    /// The files a glob matched at the last resolution.
+    Glob { glob: GlobMatcher, ids: Vec<FileId> },
+    /// The directories a glob ending in `/` matched at the last resolution,
+    /// each a directory rule.
+    DirGlob(Vec<resolve::Dir>),
 }
 
 #[derive(Debug, Clone)]
@@ -199,19 +197,20 @@ impl ExecRule {
                 return Err("a sha256 can only be pinned on an exact file".into());
             }
             // A glob ending in '/' names directories: everything under each.
-            let dirs = path.ends_with('/');
             let glob = Glob::new(path.trim_end_matches('/')).map_err(|e| e.to_string())?;
-            ExecTarget::Glob {
-                glob: glob.compile_matcher(),
-                ids: resolve::expand_glob(path, dirs)?,
-                dirs,
+            if path.ends_with('/') {
+                ExecTarget::DirGlob(resolve::expand_dir_glob(path)?)
+            } else {
+                ExecTarget::Glob {
+                    glob: glob.compile_matcher(),
+                    ids: resolve::expand_glob(path)?,
+                }
             }
         } else if path.ends_with('/') {
             if matches!(allow, ExecAllow::Pinned { .. }) {
                 return Err("a sha256 can only be pinned on an exact file".into());
             }
-            let (resolved, id) = resolve::resolve_dir(path)?;
-            ExecTarget::Dir { resolved, id }
+            ExecTarget::Dir(resolve::resolve_dir(path)?)
         } else {
             // Stamped before it is resolved: a change meanwhile shows at the next refresh.
             let stamp = resolve::Stamp::of(Path::new(path));
@@ -271,16 +270,24 @@ impl ExecRule {
                 *ctime = new.and_then(|n| n.1);
                 changed
             }
-            ExecTarget::Dir { id, .. } => match resolve::resolve_dir(&path) {
-                Ok((_, new)) if new != *id => {
-                    *id = new;
+            // A directory that no longer resolves keeps its last identity.
+            ExecTarget::Dir(dir) => match resolve::resolve_dir(&path) {
+                Ok(new) if new != *dir => {
+                    *dir = new;
                     true
                 }
                 _ => false,
             },
-            ExecTarget::Glob { ids, dirs, .. } => match resolve::expand_glob(&path, *dirs) {
+            ExecTarget::Glob { ids, .. } => match resolve::expand_glob(&path) {
                 Ok(new) if new != *ids => {
                     *ids = new;
+                    true
+                }
+                _ => false,
+            },
+            ExecTarget::DirGlob(dirs) => match resolve::expand_dir_glob(&path) {
+                Ok(new) if new != *dirs => {
+                    *dirs = new;
                     true
                 }
                 _ => false,
@@ -492,22 +499,25 @@ impl Policy {
     }
 
     /// The verdict on executing the file at kernel-resolved `exe` with
-    /// identity (`dev`, `ino`) (user-space `st_dev` encoding), for an exec the
-    /// kernel did not decide on. Directory and glob rules compare the path.
+    /// identity (`dev`, `ino`) (user-space `st_dev` encoding), reached on
+    /// mount `mnt_id`, for an exec the kernel did not decide on.
+    ///
+    /// As in the kernel, a directory rule allows only a file on the mount
+    /// the directory was resolved on (so not in another mount namespace, nor
+    /// on anything mounted below the directory), but below the directory by
+    /// path, where the kernel walks the file's parent directories: a
+    /// directory renamed since it was resolved differs (the kernel follows
+    /// it, this check does not). A file glob also matches by path.
     #[must_use]
-    pub fn check_exec(&self, exe: &str, dev: u64, ino: u64) -> Verdict {
+    pub fn check_exec(&self, exe: &str, dev: u64, ino: u64, mnt_id: Option<u32>) -> Verdict {
         let file = FileId { dev, ino };
+        let in_dir = |d: &resolve::Dir| mnt_id == Some(d.mnt_id) && exe.starts_with(&d.path);
         let hit = self.exec.iter().find_map(|r| {
             let hit = match &r.target {
                 ExecTarget::File { id, .. } => ino != 0 && *id == Some(file),
-                ExecTarget::Dir { resolved, .. } => exe.starts_with(resolved.as_str()),
-                ExecTarget::Glob {
-                    glob, dirs: true, ..
-                } => {
-                    // Any parent directory of the file matching the glob.
-                    Path::new(exe).ancestors().skip(1).any(|a| glob.is_match(a))
-                }
-                ExecTarget::Glob { glob, ids, .. } => ids.contains(&file) || glob.is_match(exe),
+                ExecTarget::Dir(dir) => in_dir(dir),
+                ExecTarget::DirGlob(dirs) => dirs.iter().any(in_dir),
+                ExecTarget::Glob { glob, ids } => ids.contains(&file) || glob.is_match(exe),
             };
             hit.then(|| r.allow.text())
         });
@@ -671,7 +681,7 @@ mod tests {
     fn exec_by_identity_prefix_and_glob() {
         let p = policy(&["/usr/bin/true", "/usr/lib/", "/opt/*/bin/tool"], &[]);
         let meta = std::fs::metadata("/usr/bin/true").unwrap();
-        let v = p.check_exec("/usr/bin/true", meta.dev(), meta.ino());
+        let v = p.check_exec("/usr/bin/true", meta.dev(), meta.ino(), None);
         assert_eq!(
             (v.verdict, v.rule.as_str()),
             ("allow", "exec.allow /usr/bin/true")
@@ -679,20 +689,46 @@ mod tests {
         // Another file under another name: denied (identity, not name).
         let other = std::fs::metadata("/usr/bin/env").unwrap();
         assert!(
-            p.check_exec("/usr/bin/true", other.dev(), other.ino())
+            p.check_exec("/usr/bin/true", other.dev(), other.ino(), None)
                 .is_deny()
         );
-        assert!(!p.check_exec("/usr/lib/x/y", 1, 2).is_deny());
-        // A path that only shares a string prefix with an allowed directory.
-        assert!(p.check_exec("/usr/lib64/x", 1, 2).is_deny());
-        assert!(!p.check_exec("/opt/a/bin/tool", 1, 2).is_deny());
-        let g = policy(&["/usr/li*/"], &[]);
-        assert!(!g.check_exec("/usr/lib/x/y", 1, 2).is_deny());
-        assert!(g.check_exec("/usr/bin/y", 1, 2).is_deny());
+        // Below the directory, on the mount it was resolved on.
+        let lib = Some(resolve::resolve_dir("/usr/lib/").unwrap().mnt_id);
+        let v = p.check_exec("/usr/lib/x/y", 1, 2, lib);
         assert_eq!(
-            p.check_exec("/opt/a/bin/toolx", 1, 2).rule,
+            (v.verdict, v.rule.as_str()),
+            ("allow", "exec.allow /usr/lib/")
+        );
+        // A path that only shares a string prefix with an allowed directory.
+        assert!(p.check_exec("/usr/lib64/x", 1, 2, lib).is_deny());
+        assert!(!p.check_exec("/opt/a/bin/tool", 1, 2, None).is_deny());
+        let g = policy(&["/usr/li*/"], &[]);
+        assert!(!g.check_exec("/usr/lib/x/y", 1, 2, lib).is_deny());
+        assert!(g.check_exec("/usr/bin/y", 1, 2, lib).is_deny());
+        assert_eq!(
+            p.check_exec("/opt/a/bin/toolx", 1, 2, None).rule,
             "exec.allow (no rule matches)"
         );
+    }
+
+    /// As in the kernel, a directory rule allows a file only on the mount
+    /// the directory was resolved on: not on a mount below it, not on a
+    /// mount namespace's copy of its mount, not when the mount is unknown.
+    #[test]
+    fn a_directory_rule_allows_only_files_on_its_own_mount() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let rule = format!("{}/", dir.path().display());
+        let p = policy(&[rule.as_str()], &[]);
+        let g = policy(&[format!("{}*/", dir.path().display()).as_str()], &[]);
+        let own = resolve::resolve_dir(&rule).unwrap().mnt_id;
+        let file = sub.join("tool").display().to_string();
+        for p in [&p, &g] {
+            assert!(!p.check_exec(&file, 1, 2, Some(own)).is_deny());
+            assert!(p.check_exec(&file, 1, 2, Some(own + 1)).is_deny());
+            assert!(p.check_exec(&file, 1, 2, None).is_deny());
+        }
     }
 
     #[test]
@@ -792,7 +828,10 @@ mod tests {
         .unwrap();
         let meta = std::fs::metadata(&tool).unwrap();
         let tool_str = tool.display().to_string();
-        assert!(!p.check_exec(&tool_str, meta.dev(), meta.ino()).is_deny());
+        assert!(
+            !p.check_exec(&tool_str, meta.dev(), meta.ino(), None)
+                .is_deny()
+        );
         assert!(!p.refresh(), "unchanged: nothing to do");
         // Same inode, other bytes: the pin no longer holds. The hashing
         // thread answers on a later refresh; until then nothing changes.
@@ -805,7 +844,10 @@ mod tests {
             );
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        assert!(p.check_exec(&tool_str, meta.dev(), meta.ino()).is_deny());
+        assert!(
+            p.check_exec(&tool_str, meta.dev(), meta.ino(), None)
+                .is_deny()
+        );
     }
 
     #[test]

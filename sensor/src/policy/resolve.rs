@@ -8,8 +8,12 @@
 
 use std::{
     io::Read as _,
-    os::unix::fs::{FileTypeExt as _, MetadataExt as _, OpenOptionsExt as _},
+    os::{
+        fd::{AsFd, AsRawFd as _, BorrowedFd, OwnedFd},
+        unix::fs::{FileTypeExt as _, MetadataExt as _, OpenOptionsExt as _},
+    },
     path::Path,
+    sync::OnceLock,
 };
 
 use sha2::{Digest as _, Sha256};
@@ -192,36 +196,165 @@ pub fn resolve_file(path: &str) -> Result<FileId, String> {
     })
 }
 
-/// A directory rule: the directory's canonical path (ending in `/`) and identity.
-pub fn resolve_dir(path: &str) -> Result<(String, FileId), String> {
+/// A directory a directory rule allows: everything below it on the mount it
+/// was resolved on (the kernel's walk up from an executed file stays on the
+/// file's mount, and compares the mount's id with `mnt_id`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Dir {
+    /// Canonical path, ending in `/` (user space's own check compares it).
+    pub path: String,
+    pub id: FileId,
+    /// Id of the mount the directory was reached on (`STATX_MNT_ID`): the
+    /// same number the kernel has in `struct mount` `mnt_id`.
+    pub mnt_id: u32,
+}
+
+/// A directory rule: the directory, resolved in the rules' mount namespace
+/// (see [`rules_root`]).
+pub fn resolve_dir(path: &str) -> Result<Dir, String> {
+    resolve_dir_in(rules_root(), path)
+}
+
+/// [`resolve_dir`] looking the path up under `root` (a directory handle
+/// that stands for `/`, as `/proc/PID/root` does for another mount
+/// namespace), or in the daemon's own mount namespace.
+pub fn resolve_dir_in(root: Option<BorrowedFd<'_>>, path: &str) -> Result<Dir, String> {
     let resolved = std::fs::canonicalize(path).map_err(|e| e.to_string())?;
-    let meta = std::fs::metadata(&resolved).map_err(|e| e.to_string())?;
-    if !meta.is_dir() {
-        return Err("is not a directory".into());
-    }
     let mut text = resolved.to_string_lossy().into_owned();
     if !text.ends_with('/') {
         text.push('/');
     }
-    Ok((
-        text,
-        FileId {
-            dev: meta.dev(),
-            ino: meta.ino(),
-        },
-    ))
+    // Identity and mount from one open handle, so they describe the same
+    // directory even if the path changes meanwhile.
+    let dir = open_dir(root, path).map_err(|e| match e {
+        nix::errno::Errno::ENOTDIR => "is not a directory".to_owned(),
+        e => e.desc().to_owned(),
+    })?;
+    let (id, mnt_id) = dir_identity(dir.as_fd()).map_err(|e| format!("cannot stat it: {e}"))?;
+    Ok(Dir {
+        path: text,
+        id,
+        mnt_id,
+    })
 }
 
-/// Every regular file (or, with `dirs`, every directory) a glob matches now
-/// (symlinks followed), sorted.
-pub fn expand_glob(pattern: &str, dirs: bool) -> Result<Vec<FileId>, String> {
-    let paths = glob::glob(pattern.trim_end_matches('/')).map_err(|e| e.to_string())?;
+/// Opens the directory at absolute `path` (`O_PATH`): under `root` with
+/// `RESOLVE_IN_ROOT` (absolute symlinks and `..` stay inside it), or from
+/// the daemon's own root.
+fn open_dir(root: Option<BorrowedFd<'_>>, path: &str) -> nix::Result<OwnedFd> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag, open, openat2};
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    match root {
+        Some(root) => openat2(
+            root,
+            match path.trim_start_matches('/') {
+                "" => ".",
+                rel => rel,
+            },
+            OpenHow::new()
+                .flags(flags)
+                .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS),
+        ),
+        None => open(path, flags, nix::sys::stat::Mode::empty()),
+    }
+}
+
+/// Identity and mount id of the open directory `fd` (`statx`; the mount id
+/// from `/proc/self/fdinfo` on kernels before 5.8, whose `statx` lacks it).
+fn dir_identity(fd: BorrowedFd<'_>) -> std::io::Result<(FileId, u32)> {
+    use nix::libc;
+    // SAFETY: an all-zero statx is a valid value to be overwritten.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid fd, an empty C string with AT_EMPTY_PATH, a valid out pointer.
+    let rc = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_TYPE | libc::STATX_INO | libc::STATX_MNT_ID,
+            &raw mut stx,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if u32::from(stx.stx_mode) & libc::S_IFMT != libc::S_IFDIR {
+        return Err(std::io::Error::other("not a directory"));
+    }
+    let id = FileId {
+        dev: libc::makedev(stx.stx_dev_major, stx.stx_dev_minor),
+        ino: stx.stx_ino,
+    };
+    let mnt_id = if stx.stx_mask & libc::STATX_MNT_ID != 0 {
+        u32::try_from(stx.stx_mnt_id).map_err(std::io::Error::other)?
+    } else {
+        fdinfo_mnt_id(fd)?
+    };
+    Ok((id, mnt_id))
+}
+
+/// `mnt_id:` of `/proc/self/fdinfo/FD`.
+fn fdinfo_mnt_id(fd: BorrowedFd<'_>) -> std::io::Result<u32> {
+    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("mnt_id:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| std::io::Error::other("no mnt_id in fdinfo"))
+}
+
+/// Where directory rules are looked up: `None` for the daemon's own mount
+/// namespace, or a handle on the root of PID 1's (the host's) when the
+/// daemon runs in a mount namespace of its own, as under the shipped
+/// systemd unit (`ProtectSystem=` and friends): there every mount is a copy
+/// with its own id, and a rule resolved on it would allow nothing to the
+/// agents on the host. Decided once. When the daemon cannot look into PID
+/// 1's namespace (`/proc/1/ns/mnt` and `/proc/1/root` need ptrace access to
+/// PID 1), its own is used.
+pub fn rules_root() -> Option<BorrowedFd<'static>> {
+    static ROOT: OnceLock<Option<OwnedFd>> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let ns = |p: &str| std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
+        let (own, host) = match (ns("/proc/self/ns/mnt"), ns("/proc/1/ns/mnt")) {
+            (Ok(own), Ok(host)) => (own, host),
+            (_, Err(e)) => {
+                tracing::debug!(error = %e, "cannot see PID 1's mount namespace; directory rules are resolved in the daemon's own");
+                return None;
+            }
+            (Err(e), _) => {
+                tracing::debug!(error = %e, "cannot see the daemon's own mount namespace");
+                return None;
+            }
+        };
+        if own == host {
+            return None;
+        }
+        match nix::fcntl::open(
+            "/proc/1/root",
+            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        ) {
+            Ok(fd) => {
+                tracing::info!("the daemon runs in a mount namespace of its own: directory rules are resolved in PID 1's (the host's)");
+                Some(fd)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the daemon runs in a mount namespace of its own and cannot open /proc/1/root: directory rules are resolved in the daemon's namespace and allow nothing on the host");
+                None
+            }
+        }
+    })
+    .as_ref()
+    .map(AsFd::as_fd)
+}
+
+/// Every regular file a glob matches now (symlinks followed), sorted.
+pub fn expand_glob(pattern: &str) -> Result<Vec<FileId>, String> {
+    let paths = glob::glob(pattern).map_err(|e| e.to_string())?;
     let mut ids: Vec<FileId> = paths
         .filter_map(Result::ok)
         .filter_map(|p| {
             let meta = std::fs::metadata(&p).ok()?;
-            let wanted = if dirs { meta.is_dir() } else { meta.is_file() };
-            wanted.then(|| FileId {
+            meta.is_file().then(|| FileId {
                 dev: meta.dev(),
                 ino: meta.ino(),
             })
@@ -230,6 +363,20 @@ pub fn expand_glob(pattern: &str, dirs: bool) -> Result<Vec<FileId>, String> {
     ids.sort_unstable();
     ids.dedup();
     Ok(ids)
+}
+
+/// Every directory a glob ending in `/` matches now, each resolved as a
+/// directory rule, sorted.
+pub fn expand_dir_glob(pattern: &str) -> Result<Vec<Dir>, String> {
+    let paths = glob::glob(pattern.trim_end_matches('/')).map_err(|e| e.to_string())?;
+    let mut dirs: Vec<Dir> = paths
+        .filter_map(Result::ok)
+        .filter(|p| p.is_dir())
+        .filter_map(|p| resolve_dir(p.to_str()?).ok())
+        .collect();
+    dirs.sort_unstable();
+    dirs.dedup();
+    Ok(dirs)
 }
 
 /// Where dynamic loaders live on the distributions we know; the identities
@@ -252,7 +399,7 @@ const LOADER_GLOBS: &[&str] = &[
 pub fn loaders() -> Vec<FileId> {
     let mut ids: Vec<FileId> = LOADER_GLOBS
         .iter()
-        .filter_map(|g| expand_glob(g, false).ok())
+        .filter_map(|g| expand_glob(g).ok())
         .flatten()
         .collect();
     ids.sort_unstable();
@@ -324,15 +471,97 @@ mod tests {
         );
         let (sum, _) = sha256_file(Path::new("/usr/bin/true")).unwrap();
         assert_eq!(resolve_pinned("/usr/bin/true", &sum).unwrap().id, t);
-        let (text, _) = resolve_dir("/usr/bin/").unwrap();
-        assert!(text.ends_with("/bin/"), "{text}");
-        assert!(expand_glob("/usr/bin/tru*", false).unwrap().contains(&t));
+        let dir = resolve_dir("/usr/bin/").unwrap();
+        assert!(dir.path.ends_with("/bin/"), "{}", dir.path);
         let usr_bin = FileId::of(Path::new("/usr/bin")).unwrap();
-        assert!(expand_glob("/usr/bi*/", true).unwrap().contains(&usr_bin));
-        assert!(!expand_glob("/usr/bi*/", false).unwrap().contains(&usr_bin));
+        assert_eq!(dir.id, usr_bin);
+        assert!(
+            resolve_dir("/usr/bin/true")
+                .unwrap_err()
+                .contains("not a directory")
+        );
+        assert!(expand_glob("/usr/bin/tru*").unwrap().contains(&t));
+        assert!(!expand_glob("/usr/bi*").unwrap().contains(&usr_bin));
+        assert!(expand_dir_glob("/usr/bi*/").unwrap().contains(&dir));
         assert!(
             !loaders().is_empty(),
             "no dynamic loader found on this machine"
         );
+    }
+
+    /// The id of the mount at `mountpoint` in /proc/self/mountinfo (the
+    /// last one there: what the path reaches).
+    fn mountinfo_id(mountpoint: &str) -> u32 {
+        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        text.lines()
+            .rev()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                (f.get(4) == Some(&mountpoint)).then(|| f[0].parse().unwrap())
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn a_directory_is_resolved_with_the_id_of_its_mount() {
+        let root = resolve_dir("/").unwrap();
+        assert_eq!(root.mnt_id, mountinfo_id("/"));
+        // The fallback of kernels before 5.8 reads the same number.
+        let fd = open_dir(None, "/").unwrap();
+        assert_eq!(fdinfo_mnt_id(fd.as_fd()).unwrap(), root.mnt_id);
+        let proc = resolve_dir("/proc/").unwrap();
+        assert_eq!(proc.mnt_id, mountinfo_id("/proc"));
+        assert_ne!(proc.mnt_id, root.mnt_id);
+    }
+
+    /// Through `/proc/PID/root` a path is looked up in PID's mount
+    /// namespace: a tmpfs mounted there (and only there) is what the rule
+    /// gets, and the namespace's copy of `/` is another mount than ours.
+    /// (How the daemon resolves rules in the host's namespace from a
+    /// namespace of its own.) Needs root.
+    #[test]
+    fn a_directory_is_resolved_in_another_mount_namespace_through_its_root() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root (unshare -m)");
+            return;
+        }
+        use std::io::BufRead as _;
+        let dir = tempfile::tempdir().unwrap();
+        let at = dir.path().display().to_string();
+        let mut child = std::process::Command::new("unshare")
+            .args(["-m", "sh", "-c"])
+            .arg(format!(
+                "mount -t tmpfs x {at} && echo ready && exec sleep 30"
+            ))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let result = std::panic::catch_unwind(|| {
+            assert_eq!(line.trim(), "ready");
+            let root = nix::fcntl::open(
+                format!("/proc/{}/root", child.id()).as_str(),
+                nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY,
+                nix::sys::stat::Mode::empty(),
+            )
+            .unwrap();
+            let ours = resolve_dir_in(None, &at).unwrap();
+            let theirs = resolve_dir_in(Some(root.as_fd()), &at).unwrap();
+            assert_eq!(ours.path, theirs.path);
+            assert_ne!(ours.id.dev, theirs.id.dev, "their tmpfs, not our directory");
+            assert_ne!(ours.mnt_id, theirs.mnt_id);
+            let our_root = resolve_dir_in(None, "/").unwrap();
+            let their_root = resolve_dir_in(Some(root.as_fd()), "/").unwrap();
+            assert_eq!(our_root.id, their_root.id, "the same directory");
+            assert_ne!(our_root.mnt_id, their_root.mnt_id, "on a copy of the mount");
+        });
+        let _ = child.kill();
+        let _ = child.wait();
+        if let Err(e) = result {
+            std::panic::resume_unwind(e);
+        }
     }
 }
