@@ -88,8 +88,18 @@ pub struct KernelOffsets {
     pub sb_s_magic: u32,
     /// `inode.i_private` (a pidfd's `struct pid`, 6.9+).
     pub inode_i_private: u32,
-    /// Reserved, zero (keeps the struct a multiple of 8 bytes).
-    pub _pad: u32,
+    /// A socket's addresses and type: `sock_common` `skc_family`,
+    /// `skc_daddr`, `skc_rcv_saddr`, `skc_dport`, `skc_num`, `skc_v6_daddr`,
+    /// `skc_v6_rcv_saddr`; `sock` `sk_type`, `sk_protocol`.
+    pub skc_family: u32,
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_dport: u32,
+    pub skc_num: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    pub sk_type: u32,
+    pub sk_protocol: u32,
 }
 
 /// Byte offsets of tracepoint fields, from tracefs `events/*/*/format`.
@@ -130,7 +140,7 @@ pub struct SensorConfig {
     /// Reserved, zero (the struct has no implicit padding).
     pub _pad: u32,
 }
-const _: () = assert!(size_of::<SensorConfig>() == 8 + 8 + 62 * 4 + 5 * 4 + 4);
+const _: () = assert!(size_of::<SensorConfig>() == 8 + 8 + 70 * 4 + 5 * 4 + 4);
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), integers only, no padding (size checked above).

@@ -32,6 +32,9 @@ pub enum EventKind {
     /// A connect() on an AF_UNIX socket, or a datagram sent to a Unix
     /// address without connect() (reported when denied).
     NetUnix = 61,
+    /// A socket of a run: a listen(), an accept(), the creation of a raw,
+    /// ICMP or packet socket, or datagrams sent without connect().
+    NetSocket = 62,
     /// A process of a run reached into a process outside it (ptrace,
     /// process_vm_writev, pidfd_getfd, /proc/PID/mem), or into the sensor
     /// (a signal, a write to its files, a bpf() call).
@@ -49,6 +52,7 @@ impl EventKind {
             4 => Self::ProcessExit,
             60 => Self::NetConnect,
             61 => Self::NetUnix,
+            62 => Self::NetSocket,
             80 => Self::Tamper,
             _ => return None,
         })
@@ -65,6 +69,7 @@ impl EventKind {
             Self::NetConnect => 4,
             Self::NetUnix => 5,
             Self::Tamper => 6,
+            Self::NetSocket => 7,
         }
     }
 
@@ -80,6 +85,7 @@ impl EventKind {
                 Self::NetConnect => size_of::<ConnectData>(),
                 Self::NetUnix => size_of::<UnixConnectData>(),
                 Self::Tamper => size_of::<TamperData>(),
+                Self::NetSocket => size_of::<SocketData>(),
             }
     }
 }
@@ -309,6 +315,48 @@ impl Default for UnixConnectData {
 /// exit: the socket it reached is not the one its allowed path names (an
 /// alias, or a path swapped between the check and the connect).
 pub const UNIX_KILLED_IDENTITY: u16 = 1;
+
+/// A socket of a process in a run (`network.listen`, `network.accept`,
+/// `network.socket`, or datagrams to an address: `network.connect` with
+/// `via: "sendmsg"`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketData {
+    /// `SOCKET_*`.
+    pub what: u16,
+    /// `AF_*`.
+    pub family: u16,
+    /// `SOCK_*`.
+    pub sock_type: u16,
+    /// `IPPROTO_*`.
+    pub protocol: u16,
+    /// Host byte order.
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// The call's result where known (0 or a negative errno).
+    pub ret: i32,
+    /// [`SOCKET_SENDTO`]: datagrams sent to this destination so far (the
+    /// record is sent at 1, 2, 4, 8, ...).
+    pub count: u32,
+    /// Reserved, zero.
+    pub _pad: u32,
+    /// Addresses: 4 bytes for IPv4, 16 for IPv6, network order.
+    pub local: [u8; 16],
+    pub remote: [u8; 16],
+    /// The run policy's decision (raw sockets; connect.allow for sends).
+    pub decision: Decision,
+}
+const _: () = assert!(size_of::<SocketData>() == 72);
+
+/// `SocketData::what`: a socket was created that skips the connect hooks
+/// (raw, ICMP datagram, packet).
+pub const SOCKET_CREATE: u16 = 1;
+/// A listen() succeeded.
+pub const SOCKET_LISTEN: u16 = 2;
+/// An accept() returned a connection.
+pub const SOCKET_ACCEPT: u16 = 3;
+/// Datagrams were sent to an address without connect().
+pub const SOCKET_SENDTO: u16 = 4;
 
 /// `process.tamper` or `sensor.tamper`: what a process of a run did to a
 /// process outside its run, or to the sensor.

@@ -78,3 +78,7 @@ pub const MAX_SENSOR_FILES: u32 = 64;
 /// Parent directories walked from a file opened for writing, to find one of
 /// the sensor's directories.
 pub const SENSOR_DIR_DEPTH: u32 = 16;
+
+/// Process and destination pairs whose unconnected datagrams are counted
+/// (LRU: the oldest pair is forgotten, and reported again if it comes back).
+pub const MAX_SEND_SEEN: u32 = 16 * 1024;

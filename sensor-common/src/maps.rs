@@ -45,6 +45,9 @@ pub const SENSOR_FILES: &str = "SNSR_FILES";
 /// sub-runs' processes, not the other way). Pinned.
 pub const RUN_TREE: &str = "SNSR_RUN_TREE";
 
+/// Datagrams sent without connect() per process and destination (LRU).
+pub const SEND_SEEN: &str = "SNSR_SEND_SEEN";
+
 /// Maps pinned in the pin directory, in the order they are reused: they keep
 /// attribution and enforcement going while the daemon is down or restarting.
 pub const PINNED: &[&str] = &[
@@ -104,6 +107,16 @@ pub mod programs {
     pub const PIDFD_SIGNAL: &str = "snsr_pidfd_sig";
     /// tracepoint `syscalls/sys_enter_bpf`.
     pub const BPF: &str = "snsr_bpf";
+    /// cgroup_sock `sock_create` on the cgroup2 root: raw and ICMP sockets.
+    pub const SOCK_CREATE: &str = "snsr_sock_new";
+    /// tracepoint `syscalls/sys_enter_socket`: packet sockets.
+    pub const SOCKET: &str = "snsr_socket";
+    /// tracepoint `syscalls/sys_exit_listen`.
+    pub const LISTEN_EXIT: &str = "snsr_listen_out";
+    /// tracepoint `syscalls/sys_exit_accept4`.
+    pub const ACCEPT4_EXIT: &str = "snsr_accept4_out";
+    /// tracepoint `syscalls/sys_exit_accept`.
+    pub const ACCEPT_EXIT: &str = "snsr_accept_out";
     /// tracepoint `syscalls/sys_exit_clone`: stops a child over `max_processes`.
     pub const CLONE_EXIT: &str = "snsr_clone_out";
     /// tracepoint `syscalls/sys_exit_clone3`.

@@ -34,9 +34,12 @@ pub struct PolicySlot {
     pub mode: u32,
     /// Live processes allowed in a run's tree (0: no limit).
     pub max_processes: u32,
-    /// Reserved, zero.
-    pub _pad: u32,
+    /// `SLOT_*` flags.
+    pub flags: u32,
 }
+
+/// `PolicySlot::flags`: the policy allows raw, ICMP and packet sockets.
+pub const SLOT_RAW_SOCKETS: u32 = 1;
 const _: () = assert!(size_of::<PolicySlot>() == 16);
 
 /// A run's binding to a policy slot (key: run handle).
@@ -149,6 +152,10 @@ pub const RULE_SENSOR_SOCKET: u32 = u32::MAX - 4;
 /// `Decision::rule`: a process of the run reached into a process outside
 /// it (`process.tamper`), or into the sensor (`sensor.tamper`).
 pub const RULE_TAMPER: u32 = u32::MAX - 5;
+
+/// `Decision::rule`: a raw, ICMP or packet socket (the policy does not
+/// allow them: `raw_sockets`).
+pub const RULE_RAW_SOCKET: u32 = u32::MAX - 6;
 
 /// `Decision::verdict`: no policy applies.
 pub const VERDICT_NONE: u16 = 0;

@@ -66,7 +66,7 @@ const _: () = assert!(size_of::<RunStats>() == 32);
 unsafe impl aya::Pod for RunStats {}
 
 /// The kinds that have a counter slot, in slot order.
-pub const SLOT_KINDS: [EventKind; 7] = [
+pub const SLOT_KINDS: [EventKind; 8] = [
     EventKind::ProcessSpawn,
     EventKind::ProcessExec,
     EventKind::ProcessExecFailed,
@@ -74,4 +74,5 @@ pub const SLOT_KINDS: [EventKind; 7] = [
     EventKind::NetConnect,
     EventKind::NetUnix,
     EventKind::Tamper,
+    EventKind::NetSocket,
 ];

@@ -8,8 +8,8 @@ use sensor_common::{
     event::{Event, ExecData, ProcRun},
     limits::{
         EVENTS_RING_BYTES, INFLIGHT_ENTRIES, MAX_EXEC_RULES, MAX_NET_RULES, MAX_POLICIES,
-        MAX_POLICY_RUNS, MAX_RUN_STATS, MAX_RUN_TREE, MAX_SENSOR_FILES, MAX_TRACKED_PROCESSES,
-        MAX_UNIX_RULES, PATH_SCRATCH_BYTES,
+        MAX_POLICY_RUNS, MAX_RUN_STATS, MAX_RUN_TREE, MAX_SEND_SEEN, MAX_SENSOR_FILES,
+        MAX_TRACKED_PROCESSES, MAX_UNIX_RULES, PATH_SCRATCH_BYTES,
     },
     policy::{ExecKey, ExecRule, Net4Data, Net6Data, NetRule, PolicySlot, RunPolicy, UnixKey},
     stats::{RunStats, Stats},
@@ -157,3 +157,17 @@ pub static RUN_TREE: HashMap<u64, u64> = HashMap::with_max_entries(MAX_RUN_TREE,
 /// The sensor's files and directories (identity → `SENSOR_FILE_*`).
 #[map(name = "SNSR_FILES")]
 pub static SENSOR_FILES: HashMap<ExecKey, u32> = HashMap::with_max_entries(MAX_SENSOR_FILES, 0);
+
+/// A process's datagrams to one destination without connect().
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SendKey {
+    pub tgid: u32,
+    pub family: u16,
+    pub port: u16,
+    pub addr: [u8; 16],
+}
+
+/// Datagrams sent per process and destination (reported at 1, 2, 4, ...).
+#[map(name = "SNSR_SEND_SEEN")]
+pub static SEND_SEEN: LruHashMap<SendKey, u32> = LruHashMap::with_max_entries(MAX_SEND_SEEN, 0);

@@ -5,5 +5,6 @@
 
 mod network;
 mod process;
+mod sockets;
 mod tamper;
 mod unix;

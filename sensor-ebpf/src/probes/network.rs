@@ -207,8 +207,14 @@ unsafe fn on_sendmsg(ctx: &SockAddrContext, family: u16) -> i32 {
     let mut data = unsafe { destination(ctx, family) };
     data.via = VIA_SENDMSG;
     let verdict = decide(run, &mut data);
-    if data.decision.verdict == VERDICT_DENY && deny_budget(run) {
-        report_now(data, tgid, pid_tgid, run, how);
+    if data.decision.verdict == VERDICT_DENY {
+        if deny_budget(run) {
+            report_now(data, tgid, pid_tgid, run, how);
+        }
+    } else {
+        // Allowed (or no policy): the first to each destination, then at
+        // 2, 4, 8, ... with the count.
+        super::sockets::sent_datagram(tgid, run, how, &data);
     }
     verdict
 }

@@ -50,11 +50,17 @@ pub enum Kind {
     ProcessTamper,
     #[serde(rename = "sensor.tamper")]
     SensorTamper,
+    #[serde(rename = "network.listen")]
+    NetworkListen,
+    #[serde(rename = "network.accept")]
+    NetworkAccept,
+    #[serde(rename = "network.socket")]
+    NetworkSocket,
 }
 
 impl Kind {
     /// Every kind, in a stable order (for counters).
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 14] = [
         Self::ProcessSpawn,
         Self::ProcessExec,
         Self::ProcessExit,
@@ -66,6 +72,9 @@ impl Kind {
         Self::RunDegraded,
         Self::ProcessTamper,
         Self::SensorTamper,
+        Self::NetworkListen,
+        Self::NetworkAccept,
+        Self::NetworkSocket,
     ];
 
     /// The kind named `name` (`process.exec`, ...).
@@ -88,6 +97,9 @@ impl Kind {
             Self::RunDegraded => "run.degraded",
             Self::ProcessTamper => "process.tamper",
             Self::SensorTamper => "sensor.tamper",
+            Self::NetworkListen => "network.listen",
+            Self::NetworkAccept => "network.accept",
+            Self::NetworkSocket => "network.socket",
         }
     }
 
@@ -108,6 +120,7 @@ impl Kind {
             K::NetConnect | K::NetUnix => Self::NetworkConnect,
             // Counted under one kind (the record says which it is).
             K::Tamper => Self::ProcessTamper,
+            K::NetSocket => Self::NetworkSocket,
         }
     }
 }
@@ -300,7 +313,7 @@ pub struct Exec {
 }
 
 /// Destination and outcome of a connect.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Network {
     pub transport: &'static str,
     pub family: &'static str,
@@ -321,6 +334,20 @@ pub struct Network {
     /// path, a path replaced in between).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer_path: Option<String>,
+    /// The local end (`network.listen`, `network.accept`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_ip: Option<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_port: Option<u16>,
+    /// The peer that connected in (`network.accept`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub src_ip: Option<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub src_port: Option<u16>,
+    /// Datagrams sent to this destination without connect() so far, by
+    /// this process (reported at the 1st, 2nd, 4th, 8th, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sends: Option<u32>,
     pub result: &'static str,
     pub errno: Option<i32>,
     pub error: Option<String>,
@@ -564,6 +591,7 @@ impl EventBuilder {
     ) {
         let list = match (&e.network, &e.tamper) {
             (_, Some(_)) => "tamper",
+            (Some(_), _) if e.kind == Kind::NetworkSocket => "raw_sockets",
             (Some(n), _) if n.family == "unix" => "unix.allow",
             (Some(_), _) => "connect.allow",
             (None, None) => "exec.allow",
@@ -1118,6 +1146,23 @@ impl EventBuilder {
                 e.tamper = Some(self.tamper(&data));
                 self.apply_policy(e, run, &data.decision, out);
             }
+            RawEvent::Socket { data, .. } => {
+                use sensor_common::event as k;
+                let kind = match data.what {
+                    k::SOCKET_LISTEN => Kind::NetworkListen,
+                    k::SOCKET_ACCEPT => Kind::NetworkAccept,
+                    k::SOCKET_SENDTO => Kind::NetworkConnect,
+                    _ => Kind::NetworkSocket,
+                };
+                let mut e = self.envelope(kind, time);
+                let mut p = self.process(&h);
+                p.exe = self.known_exe(h.tgid, h.start_ns);
+                let (run, how) = self.attribution.on_other(&h);
+                e.run = self.attribution.run_ref(run, how);
+                e.process = Some(p);
+                e.network = Some(socket_network(&data));
+                self.apply_policy(e, run, &data.decision, out);
+            }
             RawEvent::Unix { data, .. } => {
                 let mut e = self.envelope(Kind::NetworkConnect, time);
                 let mut p = self.process(&h);
@@ -1373,14 +1418,73 @@ fn network(d: &ConnectData) -> Network {
         family,
         dst_ip: Some(dst_ip),
         dst_port: Some(d.port),
-        path: None,
-        abstract_name: None,
-        peer_path: None,
         result,
         errno,
         error: errno.map(errno_name),
         via: (d.via == VIA_SENDMSG).then_some("sendmsg"),
+        ..Network::default()
     }
+}
+
+/// The `network` object of a socket record.
+fn socket_network(d: &sensor_common::event::SocketData) -> Network {
+    use sensor_common::event as k;
+    const AF_INET: u16 = 2;
+    const AF_INET6: u16 = 10;
+    let ip = |bytes: &[u8; 16]| -> Option<IpAddr> {
+        match d.family {
+            AF_INET => Some(IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]])),
+            AF_INET6 => Some(IpAddr::from(*bytes)),
+            _ => None,
+        }
+    };
+    let family = match d.family {
+        AF_INET => "ipv4",
+        AF_INET6 => "ipv6",
+        17 => "packet",
+        _ => "other",
+    };
+    let transport = match (d.family, d.sock_type, d.protocol) {
+        (17, _, _) => "packet",
+        (_, 2, 1 | 58) => "icmp",
+        (_, 3, _) => "raw",
+        (_, 1, _) | (_, _, 6) => "tcp",
+        (_, 2, _) | (_, _, 17) => "udp",
+        _ => "other",
+    };
+    let mut n = Network {
+        transport,
+        family,
+        result: "ok",
+        ..Network::default()
+    };
+    match d.what {
+        k::SOCKET_LISTEN => {
+            n.local_ip = ip(&d.local);
+            n.local_port = Some(d.local_port);
+        }
+        k::SOCKET_ACCEPT => {
+            n.local_ip = ip(&d.local);
+            n.local_port = Some(d.local_port);
+            n.src_ip = ip(&d.remote);
+            n.src_port = Some(d.remote_port);
+        }
+        k::SOCKET_SENDTO => {
+            n.dst_ip = ip(&d.remote);
+            n.dst_port = Some(d.remote_port);
+            n.via = Some("sendmsg");
+            n.sends = Some(d.count);
+            n.result = "unknown";
+        }
+        _ => {
+            if d.ret < 0 {
+                n.result = "error";
+                n.errno = Some(-d.ret);
+                n.error = n.errno.map(errno_name);
+            }
+        }
+    }
+    n
 }
 
 /// A Unix socket address for events: `/path`, or `@name` for an abstract
@@ -1433,8 +1537,6 @@ fn unix_network(d: &UnixConnectData) -> Network {
     Network {
         transport,
         family: "unix",
-        dst_ip: None,
-        dst_port: None,
         peer_path: peer.filter(|p| *p != path),
         path: Some(path),
         abstract_name: Some(abstract_name),
@@ -1442,6 +1544,7 @@ fn unix_network(d: &UnixConnectData) -> Network {
         errno,
         error: errno.map(errno_name),
         via: (d.via == VIA_SENDMSG).then_some("sendmsg"),
+        ..Network::default()
     }
 }
 

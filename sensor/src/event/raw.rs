@@ -2,8 +2,8 @@
 //! anything is read, and a malformed record is an error, never a panic.
 
 use sensor_common::event::{
-    ConnectData, EventHeader, EventKind, ExecData, ExitData, HEADER_SIZE, SpawnData, TamperData,
-    UnixConnectData,
+    ConnectData, EventHeader, EventKind, ExecData, ExitData, HEADER_SIZE, SocketData, SpawnData,
+    TamperData, UnixConnectData,
 };
 
 /// A decoded kernel record, still in kernel terms (boot-time ns, raw bytes).
@@ -38,6 +38,11 @@ pub enum RawEvent {
         header: EventHeader,
         data: TamperData,
     },
+    /// A listen, an accept, a raw-like socket, datagrams without connect().
+    Socket {
+        header: EventHeader,
+        data: SocketData,
+    },
 }
 
 /// The variable-length part of an exec record.
@@ -58,7 +63,8 @@ impl RawEvent {
             | Self::Exit { header, .. }
             | Self::Connect { header, .. }
             | Self::Unix { header, .. }
-            | Self::Tamper { header, .. } => header,
+            | Self::Tamper { header, .. }
+            | Self::Socket { header, .. } => header,
         }
     }
 }
@@ -173,6 +179,10 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
             header,
             data: read_pod(bytes, HEADER_SIZE),
         },
+        EventKind::NetSocket => RawEvent::Socket {
+            header,
+            data: read_pod(bytes, HEADER_SIZE),
+        },
     })
 }
 
@@ -222,6 +232,10 @@ pub fn encode(event: &RawEvent) -> Vec<u8> {
             pod(&mut out, &**data);
         }
         RawEvent::Tamper { header, data } => {
+            pod(&mut out, header);
+            pod(&mut out, data);
+        }
+        RawEvent::Socket { header, data } => {
             pod(&mut out, header);
             pod(&mut out, data);
         }

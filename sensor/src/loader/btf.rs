@@ -89,7 +89,15 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, LoaderError> {
         file_f_mode: f("file", "f_mode")?,
         sb_s_magic: f("super_block", "s_magic")?,
         inode_i_private: f("inode", "i_private")?,
-        _pad: 0,
+        skc_family: f("sock_common", "skc_family")?,
+        skc_daddr: f("sock_common", "skc_daddr")?,
+        skc_rcv_saddr: f("sock_common", "skc_rcv_saddr")?,
+        skc_dport: f("sock_common", "skc_dport")?,
+        skc_num: f("sock_common", "skc_num")?,
+        skc_v6_daddr: f("sock_common", "skc_v6_daddr")?,
+        skc_v6_rcv_saddr: f("sock_common", "skc_v6_rcv_saddr")?,
+        sk_type: f("sock", "sk_type")?,
+        sk_protocol: f("sock", "sk_protocol")?,
     })
 }
 

@@ -23,7 +23,7 @@ use aya::{
         Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::LpmTrie,
     },
     programs::{
-        CgroupAttachMode, CgroupSockAddr, ProgramError, RawTracePoint, TracePoint,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError, RawTracePoint, TracePoint,
         links::{FdLink, PinnedLink},
     },
 };
@@ -503,6 +503,13 @@ pub fn load(own_tgid: u32, pin_dir: &Path, policy_runs: u32) -> Result<Kernel, L
                 let link = FdLink::try_from(p.take_link(id).map_err(err)?).map_err(link_err)?;
                 (p.info().map_err(err)?, link)
             }
+            Attach::CgroupSock => {
+                let p: &mut CgroupSock = program.try_into().map_err(err)?;
+                p.load().map_err(err)?;
+                let id = p.attach(&cgroup, CgroupAttachMode::Single).map_err(err)?;
+                let link = FdLink::try_from(p.take_link(id).map_err(err)?).map_err(link_err)?;
+                (p.info().map_err(err)?, link)
+            }
             Attach::CgroupSockAddr => {
                 let p: &mut CgroupSockAddr = program.try_into().map_err(err)?;
                 p.load().map_err(err)?;
@@ -515,7 +522,9 @@ pub fn load(own_tgid: u32, pin_dir: &Path, policy_runs: u32) -> Result<Kernel, L
         };
         links.push((probe.program, Link::Owned(link)));
         let attach = match probe.attach {
-            Attach::CgroupSockAddr => format!("cgroup {}", cgroup_root.display()),
+            Attach::CgroupSockAddr | Attach::CgroupSock => {
+                format!("cgroup {}", cgroup_root.display())
+            }
             other => other.to_string(),
         };
         debug!(program = probe.program, id = info.id(), %attach, "attached");

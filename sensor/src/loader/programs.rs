@@ -17,6 +17,8 @@ pub enum Attach {
     },
     /// A cgroup `sock_addr` hook on the cgroup2 root.
     CgroupSockAddr,
+    /// A cgroup `sock` hook (socket creation) on the cgroup2 root.
+    CgroupSock,
 }
 
 /// One program of the table.
@@ -167,6 +169,35 @@ pub const PROBES: &[Probe] = &[
         "sensor.tamper (signals)",
     ),
     tp(p::BPF, "syscalls", "sys_enter_bpf", "sensor.tamper (bpf)"),
+    Probe {
+        program: p::SOCK_CREATE,
+        attach: Attach::CgroupSock,
+        purpose: "raw and ICMP sockets (network.socket, raw_sockets)",
+    },
+    tp(
+        p::SOCKET,
+        "syscalls",
+        "sys_enter_socket",
+        "packet sockets (network.socket, raw_sockets)",
+    ),
+    tp(
+        p::LISTEN_EXIT,
+        "syscalls",
+        "sys_exit_listen",
+        "network.listen",
+    ),
+    tp(
+        p::ACCEPT4_EXIT,
+        "syscalls",
+        "sys_exit_accept4",
+        "network.accept",
+    ),
+    tp(
+        p::ACCEPT_EXIT,
+        "syscalls",
+        "sys_exit_accept",
+        "network.accept",
+    ),
     tp(p::CLONE_EXIT, "syscalls", "sys_exit_clone", "max_processes"),
     tp(
         p::CLONE3_EXIT,
@@ -183,7 +214,7 @@ impl std::fmt::Display for Attach {
         match self {
             Self::RawTracepoint(name) => write!(f, "raw tracepoint {name}"),
             Self::Tracepoint { category, name } => write!(f, "tracepoint {category}/{name}"),
-            Self::CgroupSockAddr => f.write_str("cgroup2 root"),
+            Self::CgroupSockAddr | Self::CgroupSock => f.write_str("cgroup2 root"),
         }
     }
 }

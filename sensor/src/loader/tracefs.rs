@@ -122,7 +122,6 @@ pub fn tracepoint_offsets(tracefs: &Path) -> Result<TracepointOffsets, LoaderErr
     // Probed for existence: their programs are attached too.
     Format::read(tracefs, "syscalls", "sys_exit_execveat")?;
     let connect_enter = Format::read(tracefs, "syscalls", "sys_enter_connect")?;
-    let connect_exit = Format::read(tracefs, "syscalls", "sys_exit_connect")?;
     let ret = execve_exit.offset("ret", 8)?;
     let args = connect_enter.offset("fd", 8)?;
     // Every syscall tracepoint the programs read shares these offsets
@@ -167,6 +166,7 @@ const SYSCALL_ENTRIES: &[(&str, &str)] = &[
     ("sys_enter_tkill", "pid"),
     ("sys_enter_pidfd_send_signal", "pidfd"),
     ("sys_enter_bpf", "cmd"),
+    ("sys_enter_socket", "family"),
 ];
 
 /// Syscall exit tracepoints whose `ret` the programs read.
@@ -175,6 +175,9 @@ const SYSCALL_EXITS: &[&str] = &[
     "sys_exit_openat",
     "sys_exit_openat2",
     "sys_exit_open",
+    "sys_exit_listen",
+    "sys_exit_accept4",
+    "sys_exit_accept",
 ];
 
 #[cfg(test)]

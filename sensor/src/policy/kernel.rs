@@ -224,7 +224,11 @@ fn slot_value(policy: &Policy, id: u32) -> PolicySlot {
             Mode::Enforce => MODE_ENFORCE,
         },
         max_processes: policy.max_processes.unwrap_or(0),
-        _pad: 0,
+        flags: if policy.raw_sockets {
+            sensor_common::policy::SLOT_RAW_SOCKETS
+        } else {
+            0
+        },
     }
 }
 

@@ -48,6 +48,10 @@ pub struct PolicyConfig {
     /// Live processes allowed in a run's tree, its first process included.
     #[serde(default)]
     pub max_processes: Option<u32>,
+    /// Allow raw, ICMP ("ping") and packet sockets, which reach any address
+    /// without the connect hooks (refused under enforce otherwise).
+    #[serde(default)]
+    pub raw_sockets: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -312,6 +316,8 @@ pub struct Policy {
     pub version: u64,
     pub max_depth: Option<u32>,
     pub max_processes: Option<u32>,
+    /// Raw, ICMP and packet sockets allowed.
+    pub raw_sockets: bool,
     exec: Vec<ExecRule>,
     connect: Vec<ConnectRule>,
     unix: Vec<unix::UnixRule>,
@@ -406,6 +412,7 @@ impl Policy {
             version: 1,
             max_depth: c.max_depth,
             max_processes: c.max_processes,
+            raw_sockets: c.raw_sockets,
             exec,
             connect,
             unix,
@@ -469,6 +476,9 @@ impl Policy {
             RULE_SENSOR_SOCKET => "unix.allow (the sensor's control socket)".into(),
             sensor_common::policy::RULE_TAMPER => {
                 "tamper (a process outside the run, or the sensor)".into()
+            }
+            sensor_common::policy::RULE_RAW_SOCKET => {
+                "raw_sockets (a raw, ICMP or packet socket reaches any address)".into()
             }
             _ if i < self.exec.len() => format!("exec.allow {}", self.exec[i].allow.text()),
             _ if i < connects => {
@@ -561,6 +571,9 @@ impl Policy {
         }
         if looser(self.max_processes, parent.max_processes) {
             return Err(format!("max_processes {:?}", self.max_processes));
+        }
+        if self.raw_sockets && !parent.raw_sockets {
+            return Err("raw_sockets = true".into());
         }
         if self.mode == Mode::Audit && parent.mode == Mode::Enforce {
             return Err("mode = \"audit\" under an enforce policy".into());

@@ -71,6 +71,10 @@
 //!                                                   pidfd_getfd of its FD (then reads from it);
 //!                                                   /proc/PID/mem opened read-write, "injected"
 //!                                                   written at ADDR. Prints "done" or "errno=N"
+//! sensor-test-helper socket raw|icmp|icmp6|packet   socket(2) of that kind; prints "ok" or "errno=N"
+//! sensor-test-helper listen-accept ADDR             listens on ADDR (port 0: any), prints "port=P",
+//!                                                   accepts one connection, prints "accepted"
+//! sensor-test-helper sendto-n ADDR:PORT N           N UDP datagrams from one unconnected socket
 //! sensor-test-helper hold-connections SOCKET N SECS  opens N connections to SOCKET, holds them
 //!                                                   SECS seconds (sending nothing), prints
 //!                                                   "opened=N closed_by_peer=M" (M: those the
@@ -100,7 +104,7 @@ fn main() -> ExitCode {
 fn usage() -> String {
     "usage: sensor-test-helper exec|fake-argv0|thread-exec|threads|prctl-name|connect|at-pid|\
      sendto|uring-connect|memfd-exec|execveat-empty|fork-children|control|late-request|\
-     clone-parent|sendto-flood|hold-connections|unix-server|memory-target|inject ..."
+     clone-parent|sendto-flood|hold-connections|unix-server|memory-target|inject|socket|listen-accept|sendto-n ..."
         .to_owned()
 }
 
@@ -145,6 +149,9 @@ fn run(args: &[OsString]) -> Result<ExitCode, String> {
         "hold-connections" => hold_connections(rest),
         "unix-server" => unix_server(rest),
         "memory-target" => memory_target(rest),
+        "socket" => socket(rest),
+        "listen-accept" => listen_accept(rest),
+        "sendto-n" => sendto_n(rest),
         "inject" => inject(rest),
         other => Err(format!("unknown subcommand {other:?}; {}", usage())),
     }
@@ -1019,5 +1026,63 @@ fn inject(rest: &[OsString]) -> Result<ExitCode, String> {
         Ok(()) => println!("done"),
         Err(e) => println!("errno={e}"),
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn socket(rest: &[OsString]) -> Result<ExitCode, String> {
+    let [kind] = rest else {
+        return Err(usage());
+    };
+    let (family, ty, proto) = match utf8(kind)? {
+        "raw" => (libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP),
+        "icmp" => (libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP),
+        "icmp6" => (libc::AF_INET6, libc::SOCK_DGRAM, libc::IPPROTO_ICMPV6),
+        "packet" => (
+            libc::AF_PACKET,
+            libc::SOCK_RAW,
+            i32::from((libc::ETH_P_ALL as u16).to_be()),
+        ),
+        other => return Err(format!("socket: raw, icmp, icmp6 or packet, not {other:?}")),
+    };
+    // SAFETY: socket(2) with plain integers.
+    let fd = unsafe { libc::socket(family, ty, proto) };
+    if fd < 0 {
+        println!(
+            "errno={}",
+            io::Error::last_os_error().raw_os_error().unwrap_or(0)
+        );
+    } else {
+        println!("ok");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn listen_accept(rest: &[OsString]) -> Result<ExitCode, String> {
+    let [addr] = rest else {
+        return Err(usage());
+    };
+    let l = std::net::TcpListener::bind(parse_addr(addr)?).map_err(|e| format!("bind: {e}"))?;
+    let port = l.local_addr().map_err(|e| e.to_string())?.port();
+    println!("port={port}");
+    let _ = io::stdout().flush();
+    let (_conn, _) = l.accept().map_err(|e| format!("accept: {e}"))?;
+    println!("accepted");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sendto_n(rest: &[OsString]) -> Result<ExitCode, String> {
+    let [addr, n] = rest else {
+        return Err(usage());
+    };
+    let addr = parse_addr(addr)?;
+    let n: u32 = utf8(n)?.parse().map_err(|e| format!("bad count: {e}"))?;
+    let sock = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+    let mut sent = 0;
+    for _ in 0..n {
+        if sock.send_to(b"x", addr).is_ok() {
+            sent += 1;
+        }
+    }
+    println!("sent={sent}");
     Ok(ExitCode::SUCCESS)
 }
