@@ -66,3 +66,10 @@ pub const MAX_RUN_STATS: u32 = 16 * 1024;
 /// past it they are counted in [`crate::stats::RunStats`] instead. A flood of
 /// denied `sendto()`s cannot then fill the ring and hide everything else.
 pub const DENIALS_PER_RUN_PER_SEC: u64 = 100;
+
+/// Bytes of the daemon version in the pin dir's owner record
+/// ([`crate::owner::Owner`]).
+pub const OWNER_VERSION_BYTES: usize = 32;
+/// Bytes of the control socket path in the owner record: `sun_path` (108),
+/// rounded up to a multiple of 8.
+pub const OWNER_SOCKET_BYTES: usize = 112;

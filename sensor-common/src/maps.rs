@@ -29,6 +29,10 @@ pub const NET4_RULES: &str = "SNSR_NET4_RULES";
 /// IPv6 prefix trie per policy. Pinned.
 pub const NET6_RULES: &str = "SNSR_NET6_RULES";
 
+/// The pin dir's owner record: the daemon holding the pins, see
+/// [`crate::owner`]. Pinned; written by user space only.
+pub const OWNER: &str = "SNSR_OWNER";
+
 /// Per-run counters: records lost and denial records suppressed, see
 /// [`crate::stats::RunStats`].
 pub const RUN_STATS: &str = "SNSR_RUN_STATS";
@@ -36,7 +40,7 @@ pub const RUN_STATS: &str = "SNSR_RUN_STATS";
 /// Maps pinned in the pin directory, in the order they are reused: they keep
 /// attribution and enforcement going while the daemon is down or restarting.
 pub const PINNED: &[&str] = &[
-    PROC_RUNS, POLICIES, RUN_POLICY, RUN_LIVE, EXEC_RULES, NET4_RULES, NET6_RULES,
+    PROC_RUNS, POLICIES, RUN_POLICY, RUN_LIVE, EXEC_RULES, NET4_RULES, NET6_RULES, OWNER,
 ];
 /// Subdirectory of the pin directory holding the program links.
 pub const LINKS_DIR: &str = "links";

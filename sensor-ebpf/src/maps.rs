@@ -10,6 +10,7 @@ use sensor_common::{
         EVENTS_RING_BYTES, INFLIGHT_ENTRIES, MAX_EXEC_RULES, MAX_NET_RULES, MAX_POLICIES,
         MAX_POLICY_RUNS, MAX_RUN_STATS, MAX_TRACKED_PROCESSES, PATH_SCRATCH_BYTES,
     },
+    owner::Owner,
     policy::{ExecKey, ExecRule, Net4Data, Net6Data, NetRule, PolicySlot, RunPolicy},
     stats::{RunStats, Stats},
 };
@@ -101,3 +102,9 @@ pub static NET4_RULES: LpmTrie<Net4Data, NetRule> = LpmTrie::with_max_entries(MA
 /// IPv6 prefixes allowed per policy id. Pinned by the loader.
 #[map(name = "SNSR_NET6_RULES")]
 pub static NET6_RULES: LpmTrie<Net6Data, NetRule> = LpmTrie::with_max_entries(MAX_NET_RULES, 0);
+
+/// The pin dir's owner record (see `sensor_common::owner`): which daemon
+/// holds the pins. No program reads it; it is declared here so the loader
+/// creates (or reuses) and pins it with the other maps. Pinned by the loader.
+#[map(name = "SNSR_OWNER")]
+pub static OWNER: Array<Owner> = Array::with_max_entries(1, 0);
