@@ -45,11 +45,13 @@ pub enum Kind {
     PolicyViolation,
     #[serde(rename = "run.degraded")]
     RunDegraded,
+    #[serde(rename = "sensor.tamper")]
+    SensorTamper,
 }
 
 impl Kind {
     /// Every kind, in a stable order (for counters).
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::ProcessSpawn,
         Self::ProcessExec,
         Self::ProcessExit,
@@ -59,6 +61,7 @@ impl Kind {
         Self::RunEnd,
         Self::PolicyViolation,
         Self::RunDegraded,
+        Self::SensorTamper,
     ];
 
     /// The kind named `name` (`process.exec`, ...).
@@ -79,6 +82,7 @@ impl Kind {
             Self::RunEnd => "run.end",
             Self::PolicyViolation => "policy.violation",
             Self::RunDegraded => "run.degraded",
+            Self::SensorTamper => "sensor.tamper",
         }
     }
 
@@ -219,6 +223,27 @@ pub struct Event {
     /// The run's policy verdict on this exec or connect.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<crate::policy::Verdict>,
+    /// What the integrity check found (`sensor.tamper`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tamper: Option<TamperInfo>,
+}
+
+/// The `tamper` object of a `sensor.tamper` event.
+#[derive(Debug, Clone, Serialize)]
+pub struct TamperInfo {
+    /// What happened: "pin removed", "pin replaced", "link detached",
+    /// "policy map changed", "owner record changed", "pin dir unusable".
+    pub what: &'static str,
+    /// What it happened to: the pin path, the program name, or the map with
+    /// its slot, policy or run.
+    pub object: String,
+    /// How it was found: "integrity check" (the daemon's check every second).
+    pub detected: &'static str,
+    /// Whether the daemon put it back.
+    pub repaired: bool,
+    /// What was found and done.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// The process an event is about.
@@ -596,6 +621,7 @@ impl EventBuilder {
             lost: None,
             degraded: None,
             policy: None,
+            tamper: None,
         }
     }
 
@@ -638,6 +664,39 @@ impl EventBuilder {
         let mut e = self.envelope(Kind::SensorLost, SystemTime::now());
         e.lost = Some(lost);
         e
+    }
+
+    /// A `sensor.tamper` report of what the integrity check found. One about
+    /// a run's binding carries the run (and names it by id).
+    pub fn tamper(&mut self, t: &crate::tamper::Tamper) -> Event {
+        let mut e = self.envelope(Kind::SensorTamper, SystemTime::now());
+        let mut object = t.object.clone();
+        if let Some(handle) = t.run {
+            match self.attribution.run(handle) {
+                Some(run) => {
+                    object = format!("{object} run {}", run.id);
+                    e.run = Some(RunRef::of(run, started_how(&run.started_by)));
+                }
+                None => object = format!("{object} run handle {handle}"),
+            }
+        }
+        e.tamper = Some(TamperInfo {
+            what: t.what,
+            object,
+            detected: "integrity check",
+            repaired: t.repaired,
+            detail: t.detail.clone(),
+        });
+        e
+    }
+
+    /// Checks the kernel policy maps against what was written and writes
+    /// back what differs (see [`crate::policy::kernel::Enforcement::verify`]).
+    pub fn verify_policy_maps(&mut self) -> Vec<crate::tamper::Tamper> {
+        self.enforcement
+            .as_mut()
+            .map(crate::policy::kernel::Enforcement::verify)
+            .unwrap_or_default()
     }
 
     /// A `run.degraded` report for run `handle`, if it is known.
