@@ -45,6 +45,19 @@ fn enforce_config(connect: &[&str], metrics: Option<&str>) -> Result<String> {
     Ok(config)
 }
 
+/// Nothing was reported as tampered before the test tampered with anything:
+/// the check has no false alarms on a daemon left alone.
+fn no_tamper_yet(d: &Daemon) -> Result<()> {
+    // Two checks have run by now (one per second).
+    thread::sleep(Duration::from_millis(2100));
+    let early = d.with_events(|evs| tampers_after(evs, 0))?;
+    ensure!(
+        early.is_empty(),
+        "sensor.tamper with nobody tampering: {early:?}"
+    );
+    Ok(())
+}
+
 /// Waits until the pin dir lists `want` again.
 fn wait_pins(pin_dir: &Path, want: &[String], timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
@@ -88,6 +101,7 @@ fn unload_refuses_while_a_live_daemon_owns_the_pin_dir() -> Result<()> {
     let fx = Fixture::new("tamper-unload")?;
     let mut d = Daemon::start_with(Some(&enforce_config(&[], None)?), &[])?;
     let mut puppet = Puppet::start(&d, "tamper-unload", "p", fx.dir())?;
+    no_tamper_yet(&d)?;
     let pins = pin_listing(d.pin_dir());
     ensure!(
         pins.iter().any(|p| p == "links/snsr_exec"),
@@ -119,11 +133,7 @@ fn unload_refuses_while_a_live_daemon_owns_the_pin_dir() -> Result<()> {
 
     let seq = last_seq(&d)?;
     let out = unload(&d, &["--force"])?;
-    ensure!(
-        out.status.success(),
-        "unload --force: {}",
-        describe(&out)
-    );
+    ensure!(out.status.success(), "unload --force: {}", describe(&out));
     let (e, took) = wait_tamper(&d, seq, NOTICE, |e| e["tamper"]["what"] == "pin removed")?;
     let mut c = Checks::new();
     check_tamper_shape(&mut c, &e, false);
@@ -172,8 +182,14 @@ fn unload_refuses_while_a_live_daemon_owns_the_pin_dir() -> Result<()> {
 fn removed_pins_are_reported_and_pinned_again() -> Result<()> {
     let fx = Fixture::new("tamper-pins")?;
     let metrics = format!("127.0.0.1:{}", free_port()?);
-    let mut d = Daemon::start_with(Some(&enforce_config(&[], Some(&metrics))?), &[])?;
+    let ocsf = fx.dir().join("ocsf.jsonl");
+    let ocsf_spec = format!("file:{},format=ocsf", ocsf.display());
+    let mut d = Daemon::start_with(
+        Some(&enforce_config(&[], Some(&metrics))?),
+        &["--output", &ocsf_spec],
+    )?;
     let mut puppet = Puppet::start(&d, "tamper-pins", "p", fx.dir())?;
+    no_tamper_yet(&d)?;
     let pins = pin_listing(d.pin_dir());
     let ids = d.program_ids()?;
 
@@ -186,12 +202,17 @@ fn removed_pins_are_reported_and_pinned_again() -> Result<()> {
         .join(maps::programs::EXEC)
         .display()
         .to_string();
-    let (_, took) = wait_tamper(&d, seq, NOTICE, |e| e["tamper"]["object"] == exec_pin.as_str())?;
+    let (_, took) = wait_tamper(&d, seq, NOTICE, |e| {
+        e["tamper"]["object"] == exec_pin.as_str()
+    })?;
     let mut c = Checks::new();
     check!(c, took <= NOTICE, "noticed after {took:?}");
     let tampers = d.with_events(|evs| tampers_after(evs, seq))?;
     for object in [&policies_pin, &exec_pin] {
-        match tampers.iter().find(|e| e["tamper"]["object"] == object.as_str()) {
+        match tampers
+            .iter()
+            .find(|e| e["tamper"]["object"] == object.as_str())
+        {
             Some(e) => {
                 check!(
                     c,
@@ -230,15 +251,27 @@ fn removed_pins_are_reported_and_pinned_again() -> Result<()> {
     }
     check!(
         c,
-        d.stderr().contains("sensor.tamper") || d.stderr().contains("tamper"),
+        d.stderr().contains("sensor.tamper"),
         "the daemon logs the tamper"
     );
+    // In OCSF, a tamper is a Detection Finding (2004), checked by the
+    // third-party validator.
+    let findings = fx.dir().join("ocsf-findings.jsonl");
+    let lines: Vec<String> = fs::read_to_string(&ocsf)?
+        .lines()
+        .filter(|l| l.contains("\"event_code\":\"sensor.tamper\""))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    fs::write(&findings, lines.concat())?;
+    c.result(sensor_tests::ocsf::validate(&findings, &[2004]).map(|_| ()));
 
     // One link pin, as `rm` (or an unpin) would.
     let seq = last_seq(&d)?;
     let link_before = bpftool_json(&["link", "show", "pinned", &exec_pin])?;
     fs::remove_file(&exec_pin)?;
-    match wait_tamper(&d, seq, NOTICE, |e| e["tamper"]["object"] == exec_pin.as_str()) {
+    match wait_tamper(&d, seq, NOTICE, |e| {
+        e["tamper"]["object"] == exec_pin.as_str()
+    }) {
         Ok((e, _)) => check_tamper_shape(&mut c, &e, false),
         Err(e) => c.fail(format!("{e:#}")),
     }
@@ -291,15 +324,20 @@ fn a_detached_link_is_reported_and_attached_again() -> Result<()> {
     let (l_allowed, p_allowed) = listen("127.0.0.1")?;
     let (l_denied, p_denied) = listen("127.0.0.1")?;
     let rule = format!("127.0.0.1:{p_allowed}");
-    let mut d = Daemon::start_with(Some(&enforce_config(&[&rule], None)?), &[])?;
+    // An IPv6 rule too: both prefix tries are compared by the check.
+    let mut d = Daemon::start_with(Some(&enforce_config(&[&rule, "[::1]:1"], None)?), &[])?;
     let mut puppet = Puppet::start(&d, "tamper-detach", "p", fx.dir())?;
+    no_tamper_yet(&d)?;
     let connect = |puppet: &mut Puppet, port: u16, tag: &str| -> Result<String> {
         let out = fx.dir().join(format!("connect-{tag}"));
         puppet.run(&format!(
             "{HELPER} connect tcp 127.0.0.1:{port} > {}",
             s(&out)
         ))?;
-        Ok(fs::read_to_string(&out).unwrap_or_default().trim().to_owned())
+        Ok(fs::read_to_string(&out)
+            .unwrap_or_default()
+            .trim()
+            .to_owned())
     };
     ensure!(
         connect(&mut puppet, p_denied, "before")? == "errno=1" && !accepted(&l_denied)?,
@@ -323,8 +361,7 @@ fn a_detached_link_is_reported_and_attached_again() -> Result<()> {
         text(&out.stderr)
     );
     let (e, took) = wait_tamper(&d, seq, NOTICE, |e| {
-        e["tamper"]["what"] == "link detached"
-            && e["tamper"]["object"] == maps::programs::CONNECT4
+        e["tamper"]["what"] == "link detached" && e["tamper"]["object"] == maps::programs::CONNECT4
     })?;
     let mut c = Checks::new();
     check_tamper_shape(&mut c, &e, false);
@@ -483,9 +520,10 @@ fn policy_map_writes_are_reported_and_repaired() -> Result<()> {
     let mut puppet = Puppet::start(&d, "tamper-maps", "p", fx.dir())?;
     let puppet_pid = puppet.pid();
     let first = d.wait_for(sensor_tests::EVENT_TIMEOUT, |e| {
-        is_exec_ok(e) && e["process"]["pid"] == puppet_pid
+        is_exec_ok(e) && e["process"]["pid"] == puppet_pid && e["run"]["agent"] == "tamper-maps"
     })?;
     let run_id = first["run"]["id"].clone();
+    no_tamper_yet(&d)?;
     let mut c = Checks::new();
 
     // 1. The enforce slot flipped to audit.
