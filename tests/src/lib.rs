@@ -305,6 +305,9 @@ pub struct Daemon {
     state_dir: PathBuf,
     pin_dir: PathBuf,
     config_path: Option<PathBuf>,
+    /// A command the daemon runs under (e.g. `setpriv ... --`), exec'ing it
+    /// in place: empty for none.
+    wrapper: Vec<OsString>,
     cache: RefCell<EventCache>,
     // Last: dropped after the daemon is killed.
     dir: TempDir,
@@ -335,6 +338,13 @@ impl Daemon {
     /// [`Daemon::start`] with an optional config file (its text) and extra
     /// daemon arguments.
     pub fn start_with(config: Option<&str>, extra: &[&str]) -> Result<Self> {
+        Self::start_wrapped(config, extra, &[])
+    }
+
+    /// [`Daemon::start_with`], the daemon run as `WRAPPER... sensor daemon
+    /// ...` by a wrapper that execs it in place (same pid), such as
+    /// `setpriv --bounding-set -sys_admin --`.
+    pub fn start_wrapped(config: Option<&str>, extra: &[&str], wrapper: &[&str]) -> Result<Self> {
         let bin = sensor_bin()?;
         let dir = TempDir::new("daemon")?;
         let events_path = dir.path().join("events.jsonl");
@@ -390,6 +400,7 @@ impl Daemon {
             state_dir,
             pin_dir,
             config_path,
+            wrapper: wrapper.iter().map(OsString::from).collect(),
             cache: RefCell::default(),
             dir,
         };
@@ -414,7 +425,14 @@ impl Daemon {
         };
         let stderr = open(&self.stderr_path)?;
         let stdout = open(&self.stdout_path)?;
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(&self.bin);
+                cmd
+            }
+            None => Command::new(&self.bin),
+        };
         cmd.arg("daemon")
             .args(&self.args)
             .env_remove("SENSOR_SOCKET")

@@ -764,3 +764,88 @@ fn an_audit_daemon_says_its_programs_are_gone_after_checking() -> Result<()> {
     }
     c.finish()
 }
+
+/// `CAP_SYS_ADMIN` (capability(7) number 21).
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// The daemon as the systemd unit runs it, without `CAP_SYS_ADMIN` (which
+/// looking links and programs up by id would need): pins removed and a link
+/// detached are still found and put back, and the stop still checks what
+/// stays attached.
+#[test]
+fn the_check_works_without_cap_sys_admin() -> Result<()> {
+    let fx = Fixture::new("tamper-caps")?;
+    let (l_denied, p_denied) = listen("127.0.0.1")?;
+    let mut d = Daemon::start_wrapped(
+        Some(&enforce_config(&[], None)?),
+        &[],
+        &["setpriv", "--bounding-set", "-sys_admin", "--"],
+    )?;
+    let status = fs::read_to_string(format!("/proc/{}/status", d.pid()))?;
+    let caps = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .ok_or_else(|| anyhow!("no CapEff in /proc/{}/status", d.pid()))?;
+    ensure!(
+        caps & (1 << CAP_SYS_ADMIN) == 0,
+        "the daemon runs without CAP_SYS_ADMIN (CapEff {caps:x})"
+    );
+    let mut puppet = Puppet::start(&d, "tamper-caps", "p", fx.dir())?;
+    no_tamper_yet(&d)?;
+    let pins = pin_listing(d.pin_dir());
+    let ids = d.program_ids()?;
+    let seq = last_seq(&d)?;
+    fs::remove_dir_all(d.pin_dir())?;
+    wait_tamper(&d, seq, NOTICE, |e| e["tamper"]["what"] == "pin removed")?;
+    wait_pins(d.pin_dir(), &pins, NOTICE)?;
+    let connect4 = ids[maps::programs::CONNECT4];
+    let link = links_of_prog(connect4)?
+        .into_iter()
+        .find(link_attached)
+        .ok_or_else(|| anyhow!("no attached link of program {connect4}"))?;
+    let seq = last_seq(&d)?;
+    let out = bpftool(&["link", "detach", "id", &link["id"].to_string()])?;
+    ensure!(
+        out.status.success(),
+        "bpftool link detach: {}",
+        text(&out.stderr)
+    );
+    let (e, _) = wait_tamper(&d, seq, NOTICE, |e| {
+        e["tamper"]["what"] == "link detached" && e["tamper"]["repaired"] == true
+    })?;
+    let mut c = Checks::new();
+    check_tamper_shape(&mut c, &e, false);
+    check_link_pins(&mut c, d.pin_dir(), &ids);
+    d.stop()?;
+    let n = ids.len();
+    check!(
+        c,
+        d.stderr()
+            .contains(&format!("{n} of {n} kernel programs stay attached")),
+        "the stop says all {n} programs stay attached"
+    );
+    check!(
+        c,
+        denied_is_killed(&mut puppet, &fx, "stopped")?,
+        "with the daemon stopped, a denied exec is killed"
+    );
+    let out = fx.dir().join("connect-stopped");
+    puppet.run(&format!(
+        "{HELPER} connect tcp 127.0.0.1:{p_denied} > {}",
+        s(&out)
+    ))?;
+    let printed = fs::read_to_string(&out).unwrap_or_default();
+    check!(
+        c,
+        printed.trim() == "errno=1" && !accepted(&l_denied)?,
+        "with the daemon stopped, the re-attached connect hook denies: {printed:?}"
+    );
+    check!(
+        c,
+        unload(&d, &[])?.status.success(),
+        "unload after the stop"
+    );
+    puppet.finish()?;
+    c.finish()
+}
