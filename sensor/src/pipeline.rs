@@ -934,6 +934,11 @@ fn log_stop(report: &crate::loader::StopReport, links_dir: &std::path::Path) {
                 report.lost.len()
             );
         }
+    } else if report.unchecked {
+        tracing::info!(
+            "every kernel program let go of (not checked: listing the kernel's programs needs \
+             CAP_SYS_ADMIN); nothing was pinned, so none stays attached by the sensor"
+        );
     } else if report.still_loaded.is_empty() {
         tracing::info!(
             "every kernel program detached (checked: none of the {total} program ids is loaded any more)"

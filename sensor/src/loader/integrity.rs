@@ -16,9 +16,9 @@
 //!
 //! What cannot be put back is reported once, until it is fixed.
 
-use std::{collections::BTreeSet, path::Path, time::Duration};
+use std::{collections::BTreeSet, os::fd::AsFd as _, path::Path, time::Duration};
 
-use super::{PinHandle, ProbeLink, Probes, attach_probe, link_id, own_pin_dir, remove_pin, sys};
+use super::{PinHandle, ProbeLink, Probes, attach_probe, own_link, own_pin_dir, remove_pin, sys};
 use crate::tamper::{self, Tamper};
 
 /// A link as `sensor status` shows it.
@@ -48,6 +48,17 @@ pub struct StopReport {
     /// Programs meant to go that are still loaded after the wait (something
     /// else holds them), with their ids.
     pub still_loaded: Vec<(&'static str, u32)>,
+    /// The kernel's program list could not be read (no `CAP_SYS_ADMIN`):
+    /// whether the programs are gone was not checked.
+    pub unchecked: bool,
+}
+
+/// The ids of every program loaded in the kernel, or `None` when the list
+/// cannot be read.
+fn loaded_program_ids() -> Option<BTreeSet<u32>> {
+    aya::programs::loaded_programs()
+        .map(|p| p.ok().map(|p| p.id()))
+        .collect()
 }
 
 /// How long the stop waits for programs it let go of to leave the kernel
@@ -73,7 +84,7 @@ fn pinned_link(path: &Path) -> Pinned {
     if std::fs::symlink_metadata(path).is_err() {
         return Pinned::Nothing;
     }
-    super::pinned_link_id(path).map_or(Pinned::Other, Pinned::Id)
+    sys::pinned_link_state(path).map_or(Pinned::Other, |s| Pinned::Id(s.id))
 }
 
 impl Probes {
@@ -120,10 +131,7 @@ impl Probes {
                 name: l.probe.program,
                 program_id: a.id,
                 link_id: l.id,
-                attached: sys::link_state(l.id)
-                    .ok()
-                    .flatten()
-                    .is_some_and(|s| s.attached),
+                attached: sys::link_state(l.fd.as_fd()).is_ok_and(|s| s.attached),
                 pinned: self.pinned
                     && matches!(pinned_link(&self.links_dir.join(l.probe.program)), Pinned::Id(id) if id == l.id),
             })
@@ -159,9 +167,8 @@ impl Probes {
         let probe = self.links[i].probe;
         let program = probe.program;
         let old = self.links[i].id;
-        let attached = match sys::link_state(old) {
-            Ok(Some(state)) => state.attached,
-            Ok(None) => false,
+        let attached = match sys::link_state(self.links[i].fd.as_fd()) {
+            Ok(state) => state.attached,
             Err(e) => {
                 tracing::debug!(program, error = %e, "cannot read a link's state");
                 true
@@ -169,15 +176,11 @@ impl Probes {
         };
         if !attached {
             let result = attach_probe(&mut self.ebpf, probe, &self.cgroup, false)
-                .and_then(|(_, link)| Ok((link_id(probe, &link)?, link)));
+                .and_then(|(_, link)| own_link(probe, &link));
             return Some(match result {
-                Ok((new, link)) => {
-                    // The old (defunct) link goes with its handle; its pin is replaced.
-                    self.links[i] = ProbeLink {
-                        probe,
-                        link,
-                        id: new,
-                    };
+                Ok((fd, new)) => {
+                    // The old (defunct) link goes with its descriptor; its pin is replaced.
+                    self.links[i] = ProbeLink { probe, fd, id: new };
                     let pinned = if self.pinned && pin_dir_ok {
                         match self.pin_link(i) {
                             Ok(()) => ", pinned".to_owned(),
@@ -227,7 +230,7 @@ impl Probes {
         let path = self.links_dir.join(link.probe.program);
         std::fs::create_dir_all(&self.links_dir)?;
         remove_pin(&path)?;
-        sys::pin_link(link.id, &path)
+        sys::pin(link.fd.as_fd(), &path)
     }
 
     /// The owner record is this daemon's (rewritten when it is not).
@@ -261,8 +264,9 @@ impl Probes {
 
     /// Lets go of every program (dropping the daemon's handles) and reports,
     /// from the kernel, what stays attached: with pinned links, each program
-    /// whose pin still holds an attached link to it; without, it waits (2 s
-    /// at most) until none of the programs is loaded any more.
+    /// whose pin still holds an attached link to it (a link holds its
+    /// program loaded); without, it waits (2 s at most) until none of the
+    /// programs is loaded any more.
     #[must_use]
     pub fn stop(self) -> StopReport {
         let pinned = self.pinned;
@@ -270,26 +274,15 @@ impl Probes {
         let programs: Vec<(&'static str, u32)> =
             self.attached.iter().map(|a| (a.name, a.id)).collect();
         drop(self);
-        let loaded = || -> BTreeSet<u32> {
-            aya::programs::loaded_programs()
-                .filter_map(Result::ok)
-                .map(|p| p.id())
-                .collect()
-        };
         let mut report = StopReport {
             pinned,
             total: programs.len(),
             ..StopReport::default()
         };
         if pinned {
-            let ids = loaded();
             for (name, program_id) in programs {
-                let holds = match pinned_link(&links_dir.join(name)) {
-                    Pinned::Id(id) => sys::link_state(id).ok().flatten().is_some_and(|s| {
-                        s.attached && s.program_id == program_id && ids.contains(&program_id)
-                    }),
-                    Pinned::Nothing | Pinned::Other => false,
-                };
+                let holds = sys::pinned_link_state(&links_dir.join(name))
+                    .is_ok_and(|s| s.attached && s.program_id == program_id);
                 if holds {
                     report.staying.push(name);
                 } else {
@@ -300,7 +293,12 @@ impl Probes {
         }
         let deadline = std::time::Instant::now() + UNLOAD_WAIT;
         loop {
-            let ids = loaded();
+            // Listing the kernel's programs takes CAP_SYS_ADMIN, which the
+            // systemd unit does not grant: then this is not checked.
+            let Some(ids) = loaded_program_ids() else {
+                report.unchecked = true;
+                return report;
+            };
             report.still_loaded = programs
                 .iter()
                 .filter(|(_, id)| ids.contains(id))

@@ -22,6 +22,7 @@ pub mod tracefs;
 use std::{
     fs::File,
     io,
+    os::fd::{AsFd as _, OwnedFd},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -132,6 +133,12 @@ pub enum LoaderError {
         #[source]
         source: Box<aya::programs::links::LinkError>,
     },
+    #[error("program {program}: no descriptor of its link could be taken")]
+    LinkFd {
+        program: &'static str,
+        #[source]
+        source: io::Error,
+    },
     #[error("program {program} ({purpose}) could not be loaded or attached to {attach}")]
     Program {
         program: &'static str,
@@ -151,16 +158,13 @@ pub struct AttachedProgram {
 }
 
 /// One attached program and its link. The daemon always keeps its own
-/// handle on the link; pinning adds a second reference in bpffs (made
-/// through a descriptor of its own, see [`sys::pin_link`]), so a failed pin
-/// never costs the daemon its handle.
+/// descriptor of the link (see [`sys::own_link_fd`]); pinning adds a second
+/// reference in bpffs, so a failed pin never costs the daemon its handle.
+/// Closing the descriptor detaches the program unless the link is pinned.
 struct ProbeLink {
     probe: &'static Probe,
-    /// The daemon's own reference to the link: held, never read; dropping it
-    /// detaches the program unless the link is pinned.
-    #[expect(dead_code, reason = "held for its Drop")]
-    link: FdLink,
-    /// The kernel's id of `link` (a re-attach makes a new link).
+    fd: OwnedFd,
+    /// The kernel's id of the link (a re-attach makes a new link).
     id: u32,
 }
 
@@ -224,7 +228,7 @@ impl Probes {
                     Ok(())
                 } else {
                     // A stale pin of the same name (a previous daemon's) is replaced.
-                    remove_pin(&path).and_then(|()| sys::pin_link(link.id, &path))
+                    remove_pin(&path).and_then(|()| sys::pin(link.fd.as_fd(), &path))
                 }
             } else {
                 remove_pin(&path)
@@ -273,10 +277,7 @@ fn remove_pin(path: &Path) -> io::Result<()> {
 
 /// The id of the link pinned at `path`, if a link is pinned there.
 fn pinned_link_id(path: &Path) -> Option<u32> {
-    PinnedLink::from_pin(path)
-        .ok()
-        .and_then(|l| FdLink::from(l).info().ok())
-        .map(|i| i.id())
+    sys::pinned_link_state(path).ok().map(|s| s.id)
 }
 
 /// What the rest of the daemon gets from the kernel side.
@@ -567,10 +568,12 @@ pub fn load(own_tgid: u32, pin_dir: &Path, policy_runs: u32) -> Result<Kernel, L
     let mut links = Vec::with_capacity(PROBES.len());
     for probe in PROBES {
         let (program_id, link) = attach_probe(&mut ebpf, probe, &cgroup, true)?;
-        let link_id = link_id(probe, &link)?;
+        let (fd, link_id) = own_link(probe, &link)?;
+        // Our descriptor holds the link now.
+        drop(link);
         links.push(ProbeLink {
             probe,
-            link,
+            fd,
             id: link_id,
         });
         let attach = match probe.attach {
@@ -665,14 +668,15 @@ fn attach_probe(
     })
 }
 
-/// The kernel id of `probe`'s new link.
-fn link_id(probe: &Probe, link: &FdLink) -> Result<u32, LoaderError> {
-    link.info()
-        .map(|i| i.id())
-        .map_err(|source| LoaderError::Link {
-            program: probe.program,
-            source: Box::new(source),
-        })
+/// A descriptor of our own for `probe`'s new link, and the link's id.
+fn own_link(probe: &Probe, link: &FdLink) -> Result<(OwnedFd, u32), LoaderError> {
+    let err = |source| LoaderError::LinkFd {
+        program: probe.program,
+        source,
+    };
+    let fd = sys::own_link_fd(link).map_err(err)?;
+    let id = sys::link_state(fd.as_fd()).map_err(err)?.id;
+    Ok((fd, id))
 }
 
 /// Makes sure the pin dir is root's and private: created mode 0700 when

@@ -81,7 +81,7 @@ pub fn inspect(pin_dir: &Path) -> Option<PinnedState> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let state = super::pinned_link_id(&path).and_then(|id| sys::link_state(id).ok().flatten());
+        let state = sys::pinned_link_state(&path).ok();
         links.push(PinnedLinkState {
             name,
             link_id: state.map(|s| s.id),
