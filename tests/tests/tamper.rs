@@ -849,3 +849,46 @@ fn the_check_works_without_cap_sys_admin() -> Result<()> {
     puppet.finish()?;
     c.finish()
 }
+
+/// A second daemon pointed at the pin dir of a running one refuses to start
+/// (it would take the first one's pins over), naming the owner; the first
+/// one goes on enforcing, its pins untouched.
+#[test]
+fn a_second_daemon_refuses_a_live_daemons_pin_dir() -> Result<()> {
+    let fx = Fixture::new("tamper-second")?;
+    let d = Daemon::start_with(Some(&enforce_config(&[], None)?), &[])?;
+    let mut puppet = Puppet::start(&d, "tamper-second", "p", fx.dir())?;
+    let pins = pin_listing(d.pin_dir());
+    let mut cmd = std::process::Command::new(d.bin());
+    cmd.arg("daemon")
+        .arg("--pin-dir")
+        .arg(d.pin_dir())
+        .arg("--socket")
+        .arg(fx.dir().join("second.sock"))
+        .arg("--state-dir")
+        .arg(fx.dir().join("second-state"))
+        .arg("--output")
+        .arg(format!("file:{}", fx.dir().join("second.jsonl").display()))
+        .env_remove("SENSOR_CONFIG")
+        .env_remove("SENSOR_SOCKET")
+        .env_remove("SENSOR_PIN_DIR");
+    let (_, out) = sensor_tests::run_with_timeout(&mut cmd, Duration::from_secs(30))?;
+    let stderr = text(&out.stderr);
+    ensure!(
+        out.status.code() == Some(1) && stderr.contains(&format!("pid {}", d.pid())),
+        "the second daemon refuses, naming pid {}: {}",
+        d.pid(),
+        describe(&out)
+    );
+    ensure!(
+        pin_listing(d.pin_dir()) == pins,
+        "the pins are untouched: {:?}",
+        pin_listing(d.pin_dir())
+    );
+    ensure!(
+        denied_is_killed(&mut puppet, &fx, "after-second")?,
+        "the first daemon still enforces"
+    );
+    d.check_alive()?;
+    puppet.finish()
+}
