@@ -10,5 +10,6 @@ pub mod config;
 pub mod event;
 pub mod limits;
 pub mod maps;
+pub mod owner;
 pub mod policy;
 pub mod stats;

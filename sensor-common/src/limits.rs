@@ -82,3 +82,10 @@ pub const SENSOR_DIR_DEPTH: u32 = 16;
 /// Process and destination pairs whose unconnected datagrams are counted
 /// (LRU: the oldest pair is forgotten, and reported again if it comes back).
 pub const MAX_SEND_SEEN: u32 = 16 * 1024;
+
+/// Bytes of the daemon version in the pin dir's owner record
+/// ([`crate::owner::Owner`]).
+pub const OWNER_VERSION_BYTES: usize = 32;
+/// Bytes of the control socket path in the owner record: `sun_path` (108),
+/// rounded up to a multiple of 8.
+pub const OWNER_SOCKET_BYTES: usize = 112;

@@ -29,6 +29,10 @@ pub const NET4_RULES: &str = "SNSR_NET4_RULES";
 /// IPv6 prefix trie per policy. Pinned.
 pub const NET6_RULES: &str = "SNSR_NET6_RULES";
 
+/// The pin dir's owner record: the daemon holding the pins, see
+/// [`crate::owner`]. Pinned; written by user space only.
+pub const OWNER: &str = "SNSR_OWNER";
+
 /// Per-run counters: records lost and denial records suppressed, see
 /// [`crate::stats::RunStats`].
 pub const RUN_STATS: &str = "SNSR_RUN_STATS";
@@ -52,7 +56,7 @@ pub const SEND_SEEN: &str = "SNSR_SEND_SEEN";
 /// attribution and enforcement going while the daemon is down or restarting.
 pub const PINNED: &[&str] = &[
     PROC_RUNS, POLICIES, RUN_POLICY, RUN_LIVE, EXEC_RULES, NET4_RULES, NET6_RULES, UNIX_RULES,
-    UNIX_IDS, RUN_TREE,
+    UNIX_IDS, RUN_TREE, OWNER,
 ];
 /// Subdirectory of the pin directory holding the program links.
 pub const LINKS_DIR: &str = "links";
@@ -114,7 +118,7 @@ pub mod programs {
     /// tracepoint `syscalls/sys_exit_listen`.
     pub const LISTEN_EXIT: &str = "snsr_listen_out";
     /// tracepoint `syscalls/sys_exit_accept4`.
-    pub const ACCEPT4_EXIT: &str = "snsr_accept4_out";
+    pub const ACCEPT4_EXIT: &str = "snsr_accept4_x";
     /// tracepoint `syscalls/sys_exit_accept`.
     pub const ACCEPT_EXIT: &str = "snsr_accept_out";
     /// tracepoint `syscalls/sys_exit_clone`: stops a child over `max_processes`.

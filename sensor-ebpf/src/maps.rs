@@ -11,6 +11,7 @@ use sensor_common::{
         MAX_POLICY_RUNS, MAX_RUN_STATS, MAX_RUN_TREE, MAX_SEND_SEEN, MAX_SENSOR_FILES,
         MAX_TRACKED_PROCESSES, MAX_UNIX_RULES, PATH_SCRATCH_BYTES,
     },
+    owner::Owner,
     policy::{ExecKey, ExecRule, Net4Data, Net6Data, NetRule, PolicySlot, RunPolicy, UnixKey},
     stats::{RunStats, Stats},
 };
@@ -171,3 +172,9 @@ pub struct SendKey {
 /// Datagrams sent per process and destination (reported at 1, 2, 4, ...).
 #[map(name = "SNSR_SEND_SEEN")]
 pub static SEND_SEEN: LruHashMap<SendKey, u32> = LruHashMap::with_max_entries(MAX_SEND_SEEN, 0);
+
+/// The pin dir's owner record (see `sensor_common::owner`): which daemon
+/// holds the pins. No program reads it; it is declared here so the loader
+/// creates (or reuses) and pins it with the other maps. Pinned by the loader.
+#[map(name = "SNSR_OWNER")]
+pub static OWNER: Array<Owner> = Array::with_max_entries(1, 0);

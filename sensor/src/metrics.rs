@@ -17,6 +17,7 @@
 //! sensor_denials_suppressed_total        denial records held back (per-run rate limit)
 //! sensor_runs_degraded_total             runs that lost records or had denials held back
 //! sensor_panics_total                    handling panics caught (bugs)
+//! sensor_tamper_total                    integrity check findings (sensor.tamper events)
 //! ```
 
 use std::{net::SocketAddr, sync::Arc};
@@ -243,6 +244,12 @@ impl Collector for StateCollector {
                 "sensor_panics",
                 "Requests or kernel records whose handling panicked (caught)",
                 report.panics,
+            ),
+            (
+                "sensor_tamper",
+                "What the integrity check found changed under the daemon: pins removed, \
+                 links detached, policy maps written (sensor.tamper events)",
+                report.tamper.total,
             ),
         ] {
             let counter = ConstCounter::new(value);

@@ -553,6 +553,30 @@ impl Pipeline {
         }
     }
 
+    /// The integrity check (every tick, and at stop): the pins, links and
+    /// owner record ([`Probes::check`]) and the policy maps
+    /// ([`crate::policy::kernel::Enforcement::verify`]). Each finding is a
+    /// `sensor.tamper` event, a log line and a count in status and metrics.
+    pub fn check_integrity(&mut self, probes: &mut Probes) {
+        let mut found = probes.check();
+        found.extend(self.builder.verify_policy_maps());
+        for t in &found {
+            let detail = t.detail.as_deref().unwrap_or("");
+            if t.repaired {
+                tracing::warn!(what = t.what, object = %t.object, detail, "sensor.tamper: changed under the daemon, put back");
+            } else {
+                tracing::error!(what = t.what, object = %t.object, detail, "sensor.tamper: changed under the daemon, and NOT put back");
+            }
+            self.state.count_tamper(t.what);
+            let event = self.builder.tamper(t);
+            self.push(&event);
+        }
+        if !found.is_empty() {
+            self.flush();
+        }
+        self.state.set_links(probes.link_status());
+    }
+
     /// Renews the sequence's reservation when it runs low (every tick).
     fn save_seq(&mut self) {
         let next = self.builder.next_seq();
@@ -764,6 +788,7 @@ pub async fn run(
     } = kernel;
     let mut reader = Reader::new(reader);
     persist_if_enforcing(&mut probes, &pipeline);
+    pipeline.state.set_links(probes.link_status());
     // SAFETY: RingBuf owns its map fd and keeps it open, unchanged, for its
     // whole life, which the AsyncFd spans.
     let mut ring =
@@ -821,6 +846,7 @@ pub async fn run(
                 if let Ok(clock) = Clock::now() {
                     pipeline.builder.set_clock(clock);
                 }
+                pipeline.check_integrity(&mut probes);
             }
             guard = ring.readable_mut() => {
                 let mut guard = match guard {
@@ -857,14 +883,12 @@ pub async fn run(
     // Programs left attached (enforce) must not wake a reader that is gone.
     reader.set_asleep(false);
     if probes.persistent() {
-        tracing::warn!(
-            "enforce policies are loaded: the kernel programs stay attached and keep \
-             enforcing until the daemon is back (`sensor unload` removes them)"
-        );
-    } else {
-        tracing::info!("detaching every kernel program");
+        // The pins are what keeps enforcing once we are gone: put back any
+        // that went since the last tick.
+        pipeline.check_integrity(&mut probes);
     }
-    drop(probes);
+    let links_dir = probes.pin_dir().join(sensor_common::maps::LINKS_DIR);
+    log_stop(&probes.stop(), &links_dir);
     let ring = ring.get_mut();
     while !drain(ring, &mut pipeline, usize::MAX).empty {}
     let lost_by_run = pipeline.check_run_stats(&mut run_stats);
@@ -885,6 +909,50 @@ fn persist_if_enforcing(probes: &mut Probes, pipeline: &Pipeline) {
             Ok(()) => tracing::info!(pinned = enforcing, "kernel program links"),
             Err(e) => tracing::error!(error = %e, "cannot (un)pin the kernel program links"),
         }
+        pipeline.state.set_links(probes.link_status());
+    }
+}
+
+/// Says what stays attached now that the daemon let go of its programs, as
+/// the kernel says it (see [`Probes::stop`]), never as assumed.
+fn log_stop(report: &crate::loader::StopReport, links_dir: &std::path::Path) {
+    let total = report.total;
+    if report.pinned {
+        if report.lost.is_empty() {
+            tracing::warn!(
+                programs = ?report.staying,
+                "{} of {total} kernel programs stay attached and keep enforcing until the daemon \
+                 is back (checked in the kernel: each is held by an attached link pinned in {}); \
+                 `sensor unload` removes them",
+                report.staying.len(),
+                links_dir.display()
+            );
+        } else {
+            tracing::error!(
+                staying = ?report.staying,
+                lost = ?report.lost,
+                "{} of {total} kernel programs stay attached; {} do NOT (their pin is gone, their \
+                 link detached or the program unloaded): what they enforced is no longer enforced",
+                report.staying.len(),
+                report.lost.len()
+            );
+        }
+    } else if report.unchecked {
+        tracing::info!(
+            "every kernel program let go of (not checked: listing the kernel's programs needs \
+             CAP_SYS_ADMIN); nothing was pinned, so none stays attached by the sensor"
+        );
+    } else if report.still_loaded.is_empty() {
+        tracing::info!(
+            "every kernel program detached (checked: none of the {total} program ids is loaded any more)"
+        );
+    } else {
+        tracing::warn!(
+            programs = ?report.still_loaded,
+            "{} of {total} kernel programs are still loaded after the daemon let go of them: \
+             something else holds them (see `bpftool prog show id ID`)",
+            report.still_loaded.len()
+        );
     }
 }
 

@@ -4,7 +4,7 @@
 use std::{
     collections::BTreeMap,
     sync::{
-        Arc, OnceLock,
+        Arc, Mutex, OnceLock, PoisonError,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Instant,
@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     event::Kind,
-    loader::AttachedProgram,
+    loader::{AttachedProgram, LinkStatus},
     sinks::{Health, OutputHandle},
 };
 
@@ -34,6 +34,10 @@ pub struct DaemonState {
     inherit_failed: AtomicU64,
     /// Refusals and degradations an attacker's floods cause (see [`Defense`]).
     pub defense: Defense,
+    /// Each program's link as the last integrity check found it.
+    links: Mutex<Vec<LinkStatus>>,
+    /// `sensor.tamper` findings, by what happened.
+    tamper: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 /// Counters of what the daemon refused or held back to stay up and honest
@@ -74,6 +78,8 @@ impl Default for DaemonState {
             runs_active: AtomicU64::new(0),
             inherit_failed: AtomicU64::new(0),
             defense: Defense::default(),
+            links: Mutex::new(Vec::new()),
+            tamper: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -93,6 +99,21 @@ impl DaemonState {
         stats: Arc<crate::store::writer::StoreStats>,
     ) {
         let _ = self.store.set((path, stats));
+    }
+
+    /// The links as the integrity check found them.
+    pub fn set_links(&self, links: Vec<LinkStatus>) {
+        *self.links.lock().unwrap_or_else(PoisonError::into_inner) = links;
+    }
+
+    /// Counts a `sensor.tamper` finding.
+    pub fn count_tamper(&self, what: &'static str) {
+        *self
+            .tamper
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(what)
+            .or_default() += 1;
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -150,6 +171,18 @@ impl DaemonState {
             }
             lost_total += n;
         }
+        let links = self
+            .links
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let tamper = {
+            let by_what = self.tamper.lock().unwrap_or_else(PoisonError::into_inner);
+            TamperStatus {
+                total: by_what.values().sum(),
+                by_what: by_what.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+            }
+        };
         StatusReport {
             ready: self.ready.load(Ordering::Acquire),
             pid: std::process::id(),
@@ -160,10 +193,16 @@ impl DaemonState {
                 .get()
                 .map(|p| {
                     p.iter()
-                        .map(|p| ProgramStatus {
-                            name: p.name.to_owned(),
-                            id: p.id,
-                            attach: p.attach.clone(),
+                        .map(|p| {
+                            let link = links.iter().find(|l| l.name == p.name);
+                            ProgramStatus {
+                                name: p.name.to_owned(),
+                                id: p.id,
+                                attach: p.attach.clone(),
+                                link_id: link.map(|l| l.link_id),
+                                attached: link.is_some_and(|l| l.attached),
+                                pinned: link.is_some_and(|l| l.pinned),
+                            }
                         })
                         .collect()
                 })
@@ -193,6 +232,7 @@ impl DaemonState {
             denials_suppressed: self.defense.denials_suppressed.load(Ordering::Relaxed),
             runs_degraded: self.defense.runs_degraded.load(Ordering::Relaxed),
             panics: self.defense.panics.load(Ordering::Relaxed),
+            tamper,
         }
     }
 }
@@ -232,6 +272,17 @@ pub struct StatusReport {
     /// Requests or kernel records whose handling panicked (caught).
     #[serde(default)]
     pub panics: u64,
+    /// What the integrity check found (`sensor.tamper` events).
+    #[serde(default)]
+    pub tamper: TamperStatus,
+}
+
+/// `sensor.tamper` findings since the daemon started.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TamperStatus {
+    pub total: u64,
+    /// By what happened ("pin removed", "link detached", ...).
+    pub by_what: BTreeMap<String, u64>,
 }
 
 impl StatusReport {
@@ -267,6 +318,16 @@ pub struct ProgramStatus {
     pub name: String,
     pub id: u32,
     pub attach: String,
+    /// The kernel id of its link (a re-attach makes a new one).
+    #[serde(default)]
+    pub link_id: Option<u32>,
+    /// Its link attaches it (checked in the kernel every second).
+    #[serde(default)]
+    pub attached: bool,
+    /// Its link is pinned in `<pin-dir>/links`: it stays attached, and
+    /// enforcing, while the daemon is down.
+    #[serde(default)]
+    pub pinned: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

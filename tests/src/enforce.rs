@@ -587,3 +587,142 @@ pub fn check_denied_connect(
     check_deny(c, what, e, policy, Some(CONNECT_NO_MATCH), true);
     check_violation(c, what, evs, e);
 }
+
+// ----- pins, unload, tamper -----
+
+/// Every path under the pin dir, relative and sorted (maps, `links/`, each
+/// link pin).
+pub fn pin_listing(pin_dir: &Path) -> Vec<String> {
+    fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
+        for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if let Ok(rel) = path.strip_prefix(root) {
+                out.push(rel.display().to_string());
+            }
+            if path.is_dir() {
+                walk(&path, root, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(pin_dir, pin_dir, &mut out);
+    out.sort();
+    out
+}
+
+/// `sensor unload --pin-dir <the daemon's pin dir> [extra..]`, as an
+/// operator would type it: no `--socket`. The config it reads names a
+/// socket nobody listens on, so only the pin dir can tell that a daemon
+/// owns it (a daemon on the host's default socket changes nothing).
+pub fn unload(d: &Daemon, extra: &[&str]) -> Result<Output> {
+    let config = d.dir().join("unload.toml");
+    fs::write(
+        &config,
+        format!(
+            "[daemon]\nsocket = {}\n",
+            q(&s(&d.dir().join("nobody-listens.sock")))
+        ),
+    )?;
+    let mut cmd = std::process::Command::new(d.bin());
+    cmd.arg("unload")
+        .arg("--pin-dir")
+        .arg(d.pin_dir())
+        .arg("--config")
+        .arg(&config)
+        .args(extra)
+        .env_remove("SENSOR_SOCKET")
+        .env_remove("SENSOR_CONFIG")
+        .env_remove("SENSOR_PIN_DIR");
+    Ok(run_with_timeout(&mut cmd, Duration::from_secs(30))?.1)
+}
+
+/// `sensor status --socket <its socket> --pin-dir <its pin dir> [--json]`.
+pub fn status_with_pins(d: &Daemon, json: bool) -> Result<Output> {
+    let mut cmd = std::process::Command::new(d.bin());
+    cmd.arg("status")
+        .arg("--socket")
+        .arg(d.socket())
+        .arg("--pin-dir")
+        .arg(d.pin_dir())
+        .env_remove("SENSOR_SOCKET")
+        .env_remove("SENSOR_PIN_DIR");
+    if json {
+        cmd.arg("--json");
+    }
+    Ok(run_with_timeout(&mut cmd, Duration::from_secs(20))?.1)
+}
+
+/// The highest `seq` written so far (0: none): events after an action are
+/// those with a greater seq.
+pub fn last_seq(d: &Daemon) -> Result<u64> {
+    d.with_events(|evs| {
+        evs.iter()
+            .filter_map(|e| e["seq"].as_u64())
+            .max()
+            .unwrap_or(0)
+    })
+}
+
+/// The `sensor.tamper` events after `seq`.
+pub fn tampers_after(evs: &[Value], seq: u64) -> Vec<Value> {
+    evs.iter()
+        .filter(|e| e["kind"] == "sensor.tamper" && e["seq"].as_u64().is_some_and(|s| s > seq))
+        .cloned()
+        .collect()
+}
+
+/// Waits (`timeout` at most) for a `sensor.tamper` after `seq` that `pred`
+/// accepts; returns it and how long it took from the call.
+pub fn wait_tamper(
+    d: &Daemon,
+    seq: u64,
+    timeout: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Result<(Value, Duration)> {
+    let started = Instant::now();
+    d.wait_until(
+        timeout,
+        |evs| tampers_after(evs, seq).iter().any(&pred),
+        |evs| {
+            format!(
+                "no matching sensor.tamper after seq {seq}; the sensor.tamper events after it:\n{}",
+                dump(&tampers_after(evs, seq))
+            )
+        },
+    )?;
+    let found = d
+        .with_events(|evs| tampers_after(evs, seq).into_iter().find(|e| pred(e)))?
+        .ok_or_else(|| anyhow!("the sensor.tamper event vanished"))?;
+    Ok((found, started.elapsed()))
+}
+
+/// A `sensor.tamper` carries `tamper` = {what, object, detected:
+/// "integrity check"} and, when no run is concerned, `run: null`.
+pub fn check_tamper_shape(c: &mut Checks, e: &Value, run_known: bool) {
+    let t = &e["tamper"];
+    check!(
+        c,
+        t["what"].as_str().is_some_and(|w| !w.is_empty())
+            && t["object"].as_str().is_some_and(|o| !o.is_empty())
+            && t["detected"] == "integrity check",
+        "sensor.tamper has tamper = {{what, object, detected: \"integrity check\"}}: {}",
+        compact(e)
+    );
+    if !run_known {
+        check!(
+            c,
+            e.get("run").is_some_and(Value::is_null),
+            "a sensor.tamper concerning no run has run: null: {}",
+            compact(e)
+        );
+    }
+    c.result(crate::check_common(e));
+}
+
+/// Runs the denied binary in the puppet's run: true when it was killed
+/// (exit status [`KILLED`]) and the file it would create is absent.
+pub fn denied_is_killed(puppet: &mut Puppet, fx: &Fixture, name: &str) -> Result<bool> {
+    let target = fx.target(name);
+    let code = puppet.run(&format!("{} {}", fx.denied, s(&target)))?;
+    Ok(code == KILLED && !target.exists())
+}

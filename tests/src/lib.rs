@@ -305,6 +305,9 @@ pub struct Daemon {
     state_dir: PathBuf,
     pin_dir: PathBuf,
     config_path: Option<PathBuf>,
+    /// A command the daemon runs under (e.g. `setpriv ... --`), exec'ing it
+    /// in place: empty for none.
+    wrapper: Vec<OsString>,
     cache: RefCell<EventCache>,
     // Last: dropped after the daemon is killed.
     dir: TempDir,
@@ -335,6 +338,13 @@ impl Daemon {
     /// [`Daemon::start`] with an optional config file (its text) and extra
     /// daemon arguments.
     pub fn start_with(config: Option<&str>, extra: &[&str]) -> Result<Self> {
+        Self::start_wrapped(config, extra, &[])
+    }
+
+    /// [`Daemon::start_with`], the daemon run as `WRAPPER... sensor daemon
+    /// ...` by a wrapper that execs it in place (same pid), such as
+    /// `setpriv --bounding-set -sys_admin --`.
+    pub fn start_wrapped(config: Option<&str>, extra: &[&str], wrapper: &[&str]) -> Result<Self> {
         let bin = sensor_bin()?;
         let dir = TempDir::new("daemon")?;
         let events_path = dir.path().join("events.jsonl");
@@ -390,6 +400,7 @@ impl Daemon {
             state_dir,
             pin_dir,
             config_path,
+            wrapper: wrapper.iter().map(OsString::from).collect(),
             cache: RefCell::default(),
             dir,
         };
@@ -414,7 +425,14 @@ impl Daemon {
         };
         let stderr = open(&self.stderr_path)?;
         let stdout = open(&self.stdout_path)?;
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(&self.bin);
+                cmd
+            }
+            None => Command::new(&self.bin),
+        };
         cmd.arg("daemon")
             .args(&self.args)
             .env_remove("SENSOR_SOCKET")
@@ -667,6 +685,24 @@ impl Daemon {
             .with_context(|| format!("`sensor status --json` printed invalid JSON: {stdout:?}"))
     }
 
+    /// The programs `sensor status --json` lists: name → kernel id.
+    pub fn program_ids(&self) -> Result<BTreeMap<String, u32>> {
+        let status = self.status_json()?;
+        status["programs"]
+            .as_array()
+            .ok_or_else(|| anyhow!("status --json has no programs: {}", compact(&status)))?
+            .iter()
+            .map(|p| {
+                let name = p["name"].as_str();
+                let id = p["id"].as_u64().and_then(|i| u32::try_from(i).ok());
+                match (name, id) {
+                    (Some(n), Some(i)) => Ok((n.to_owned(), i)),
+                    _ => bail!("bad programs entry {p}"),
+                }
+            })
+            .collect()
+    }
+
     /// Reads the lines appended since the last call. A partial last line is
     /// left for the next call; a complete line that is not a JSON object fails.
     fn refresh(&self) -> Result<()> {
@@ -867,6 +903,160 @@ impl Drop for Daemon {
             self.stderr_report()
         );
     }
+}
+
+// ----- bpftool, links, metrics -----
+
+/// `bpftool ARGS`, whatever its exit status (`cargo xtask setup` installs
+/// bpftool).
+pub fn bpftool(args: &[&str]) -> Result<Output> {
+    let (_, out) = run_child(Command::new("bpftool").args(args))?;
+    Ok(out)
+}
+
+/// `bpftool -j ARGS`, parsed; fails with bpftool's stderr when it fails.
+pub fn bpftool_json(args: &[&str]) -> Result<Value> {
+    let mut full = vec!["-j"];
+    full.extend_from_slice(args);
+    let out = bpftool(&full)?;
+    ensure!(
+        out.status.success(),
+        "bpftool {}: {}; stderr {:?}",
+        args.join(" "),
+        out.status,
+        text(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "bpftool -j {} printed invalid JSON: {:?}",
+            args.join(" "),
+            truncate(&text(&out.stdout), 500)
+        )
+    })
+}
+
+/// Every BPF link in the kernel (`bpftool -j link show`).
+pub fn bpf_links() -> Result<Vec<Value>> {
+    match bpftool_json(&["link", "show"])? {
+        Value::Array(links) => Ok(links),
+        Value::Null => Ok(Vec::new()),
+        other => bail!("bpftool -j link show printed {}", compact(&other)),
+    }
+}
+
+/// The links of program `prog_id`.
+pub fn links_of_prog(prog_id: u32) -> Result<Vec<Value>> {
+    Ok(bpf_links()?
+        .into_iter()
+        .filter(|l| l["prog_id"] == prog_id)
+        .collect())
+}
+
+/// Whether link `l` (from [`bpf_links`]) is attached: a cgroup link that
+/// was detached reports cgroup id 0; other kinds cannot be detached.
+pub fn link_attached(l: &Value) -> bool {
+    l["type"] != "cgroup" || l["cgroup_id"].as_u64().is_some_and(|id| id != 0)
+}
+
+/// The bytes of a `bpftool -j map dump` key or value (`["0x01", ...]`).
+pub fn hex_bytes(v: &Value) -> Result<Vec<u8>> {
+    v.as_array()
+        .ok_or_else(|| anyhow!("not a byte array: {}", compact(v)))?
+        .iter()
+        .map(|b| {
+            let s = b.as_str().unwrap_or("");
+            u8::from_str_radix(s.trim_start_matches("0x"), 16)
+                .with_context(|| format!("byte {b} of {}", compact(v)))
+        })
+        .collect()
+}
+
+/// `bytes` as bpftool's `hex ..` arguments.
+pub fn hex_args(bytes: &[u8]) -> Vec<String> {
+    std::iter::once("hex".to_owned())
+        .chain(bytes.iter().map(|b| format!("{b:02x}")))
+        .collect()
+}
+
+/// The entries of the map pinned at `path` as (key bytes, value bytes).
+pub fn map_dump(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let path = path.to_string_lossy();
+    let dump = bpftool_json(&["map", "dump", "pinned", &path])?;
+    dump.as_array()
+        .ok_or_else(|| anyhow!("bpftool map dump {path}: {}", compact(&dump)))?
+        .iter()
+        .map(|e| Ok((hex_bytes(&e["key"])?, hex_bytes(&e["value"])?)))
+        .collect()
+}
+
+/// `bpftool map update pinned PATH key hex .. value hex ..`.
+pub fn map_update(path: &Path, key: &[u8], value: &[u8]) -> Result<()> {
+    let path = path.to_string_lossy();
+    let mut args: Vec<String> = ["map", "update", "pinned", &path, "key"]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    args.extend(hex_args(key));
+    args.push("value".to_owned());
+    args.extend(hex_args(value));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = bpftool(&args)?;
+    ensure!(
+        out.status.success(),
+        "bpftool {}: {}",
+        args.join(" "),
+        text(&out.stderr)
+    );
+    Ok(())
+}
+
+/// `bpftool map delete pinned PATH key hex ..`.
+pub fn map_delete(path: &Path, key: &[u8]) -> Result<()> {
+    let path = path.to_string_lossy();
+    let mut args: Vec<String> = ["map", "delete", "pinned", &path, "key"]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    args.extend(hex_args(key));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = bpftool(&args)?;
+    ensure!(
+        out.status.success(),
+        "bpftool {}: {}",
+        args.join(" "),
+        text(&out.stderr)
+    );
+    Ok(())
+}
+
+/// The text of `GET /metrics` at `addr` (the daemon's `[metrics] listen`).
+pub fn scrape_metrics(addr: &str) -> Result<String> {
+    use std::net::TcpStream;
+    let mut stream =
+        TcpStream::connect(addr).with_context(|| format!("metrics: connect to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    ensure!(
+        answer.starts_with("HTTP/1.1 200"),
+        "GET /metrics: {}",
+        truncate(&answer, 300)
+    );
+    Ok(answer)
+}
+
+/// The value of the sample `series` (`name` or `name{label="v"}`) in a
+/// Prometheus text.
+pub fn metric_sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
 }
 
 // ----- soft assertions -----

@@ -260,7 +260,7 @@ pub fn snsr_listen_out(ctx: TracePointContext) -> u32 {
 
 /// tracepoint `syscalls/sys_exit_accept4`: a connection came in.
 #[tracepoint]
-pub fn snsr_accept4_out(ctx: TracePointContext) -> u32 {
+pub fn snsr_accept4_x(ctx: TracePointContext) -> u32 {
     accept_exit(&ctx);
     0
 }
@@ -304,7 +304,7 @@ pub fn sent_datagram(tgid: u32, run: u64, how: u32, dst: &ConnectData) {
         port: dst.port,
         addr: dst.addr,
     };
-    let count = match SEND_SEEN.get_ptr_mut(&key) {
+    let count = match SEND_SEEN.get_ptr_mut(key) {
         // SAFETY: a map value of this type; a race between CPUs may skip a
         // report, never invent one.
         Some(n) => unsafe {
@@ -312,7 +312,7 @@ pub fn sent_datagram(tgid: u32, run: u64, how: u32, dst: &ConnectData) {
             *n
         },
         None => {
-            let _ = SEND_SEEN.insert(&key, &1, 0);
+            let _ = SEND_SEEN.insert(key, 1, 0);
             1
         }
     };

@@ -85,7 +85,7 @@ fn within(target: u64, run: u64) -> bool {
             return false;
         }
         // SAFETY: value copy out of the map.
-        at = match unsafe { RUN_TREE.get(&at) } {
+        at = match unsafe { RUN_TREE.get(at) } {
             Some(parent) => *parent,
             None => 0,
         };
@@ -158,7 +158,7 @@ fn process_target(method: u16, arg: u32, target: u32, kill: bool) {
         return;
     }
     // SAFETY: value copy out of the map.
-    let entry = unsafe { PROC_RUNS.get(&target).copied() };
+    let entry = unsafe { PROC_RUNS.get(target).copied() };
     let (target_run, target_start) = entry.map_or((0, 0), |e| (e.run, e.start_ns));
     if target_run != 0 && within(target_run, run) {
         return;
@@ -371,7 +371,7 @@ fn sensor_file(r: &mut Reader, dentry: u64) -> Option<(u32, u32, u64)> {
             ino,
         };
         // SAFETY: value copy out of the map.
-        if let Some(kind) = unsafe { SENSOR_FILES.get(&key).copied() } {
+        if let Some(kind) = unsafe { SENSOR_FILES.get(key).copied() } {
             return Some((kind, dev, ino));
         }
         let parent: u64 = r.read(at, offset!(kernel.dentry_d_parent));

@@ -893,7 +893,9 @@ impl Attribution {
                 ..entry
             },
             _ => ProcRun {
-                start_ns: self.precise_start(peer.pid).unwrap_or(entry.start_ns),
+                start_ns: self
+                    .precise_start(peer.pid, start_ticks)
+                    .unwrap_or(entry.start_ns),
                 ..entry
             },
         };
@@ -912,9 +914,15 @@ impl Attribution {
         Ok((run.clone(), RunChange::Started { run, pid: peer.pid }))
     }
 
-    /// The precise start time (ns) of a process we saw in a kernel record.
-    fn precise_start(&self, pid: u32) -> Option<u64> {
-        self.processes.get(pid, 0).map(|p| p.start_ns)
+    /// The precise start time (ns) of a process we saw in a kernel record,
+    /// if the table's process `pid` is the one that started at
+    /// `start_ticks` (not an earlier holder of the pid whose exit was
+    /// missed: its start time would make every later identity check fail).
+    fn precise_start(&self, pid: u32, start_ticks: u64) -> Option<u64> {
+        self.processes
+            .get(pid, start_ticks.saturating_mul(self.ns_per_tick))
+            .map(|p| p.start_ns)
+            .filter(|ns| ns / self.ns_per_tick == start_ticks)
     }
 
     /// Which run is process `pid` (optionally: started at `start_ticks`)?

@@ -53,7 +53,10 @@ pub enum Command {
     Policy(PolicyCommand),
     /// Show whether the daemon is attached and ready, with its counters.
     ///
-    /// Exits 0 once the daemon is ready, 1 when it cannot be reached or is not ready.
+    /// Exits 0 once the daemon is ready, 1 when it cannot be reached or is not
+    /// ready. When it cannot be reached, says what its pin directory still
+    /// holds: the program links still attached, the policy slots and their
+    /// modes, the runs bound, the last owner.
     Status(StatusArgs),
     /// What this kernel lets the sensor do, and what each policy will really do here (root).
     ///
@@ -65,8 +68,10 @@ pub enum Command {
     /// Detach the kernel programs an enforcing daemon left pinned, and drop its pinned maps (root).
     ///
     /// A daemon with an enforce policy keeps its programs attached when it
-    /// stops, so enforcement outlives it; this ends that. Refuses while a
-    /// daemon is running on the pin directory's socket.
+    /// stops, so enforcement outlives it; this ends that. Refuses while the
+    /// daemon that owns the pin directory is running (its pid and start time
+    /// are recorded in the pin directory), or a daemon answers on the socket,
+    /// unless --force.
     Unload(UnloadArgs),
 }
 
@@ -91,6 +96,11 @@ pub struct UnloadArgs {
     /// Control socket of a daemon that must not be running [default: the config's]
     #[arg(long, value_name = "PATH", env = "SENSOR_SOCKET")]
     pub socket: Option<PathBuf>,
+    /// Remove the pins even while their daemon runs. It still holds its
+    /// programs and maps: it reports the removal (sensor.tamper) and pins
+    /// them again within a second. Stop it to end enforcement
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -313,6 +323,10 @@ pub struct StatusArgs {
     /// Control socket of the daemon
     #[arg(long, value_name = "PATH", env = "SENSOR_SOCKET", default_value = paths::SOCKET)]
     pub socket: PathBuf,
+    /// bpffs pin directory, read when the daemon cannot be reached: what it
+    /// left attached and enforcing (root)
+    #[arg(long, value_name = "DIR", env = "SENSOR_PIN_DIR", default_value = paths::PIN_DIR)]
+    pub pin_dir: PathBuf,
     /// Print the full status as one JSON object
     #[arg(long)]
     pub json: bool,

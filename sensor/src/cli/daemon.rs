@@ -108,8 +108,20 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
         if let Some(m) = metrics {
             m.serve(Arc::clone(&state))?;
         }
+        // Two daemons on one pin dir would take each other's pins away.
+        if let Ok(Some(owner)) = loader::owner::read(&pin_dir)
+            && owner.alive()
+            && owner.pid != std::process::id()
+        {
+            anyhow::bail!(
+                "the pin dir {} belongs to a running daemon, {}: two daemons must not share a pin \
+                 dir (stop that one first, or give this one its own --pin-dir)",
+                pin_dir.display(),
+                owner.describe()
+            );
+        }
         let Kernel {
-            probes,
+            mut probes,
             events,
             reader,
             stats,
@@ -118,6 +130,9 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
             policy: policy_maps,
             previous_links,
         } = loader::load(std::process::id(), &pin_dir, config.limits.policy_runs)?;
+        probes
+            .claim(&std::path::absolute(&socket).unwrap_or_else(|_| socket.clone()))
+            .context("writing the owner record of the pin dir")?;
         let mut enforcement =
             Enforcement::open(policy_maps).context("taking over the kernel policy maps")?;
         let mut proc_runs = proc_runs;

@@ -250,6 +250,9 @@ pub fn execute(args: &DoctorArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `sensor unload`: refuses while the pin dir's owner (from its owner
+/// record: pid and start time) is alive, or a daemon answers on the socket,
+/// unless `--force`.
 pub fn unload(args: &UnloadArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(args.config.as_deref())?;
     let pin_dir = args
@@ -260,20 +263,56 @@ pub fn unload(args: &UnloadArgs) -> anyhow::Result<ExitCode> {
         .socket
         .clone()
         .unwrap_or_else(|| config.daemon.socket.clone());
-    if crate::control::request(&socket, &crate::control::protocol::Request::Status).is_ok() {
-        anyhow::bail!(
-            "a daemon is running on {}: stop it first (its pinned programs are its own)",
-            socket.display()
-        );
-    }
     if !pin_dir.exists() {
-        println!("nothing pinned at {}", pin_dir.display());
+        println!(
+            "nothing pinned at {}",
+            escape_terminal(&pin_dir.to_string_lossy())
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let owner = loader::owner::read(&pin_dir)
+        .with_context(|| format!("reading the owner record of {}", pin_dir.display()))?
+        .filter(loader::owner::OwnerInfo::alive);
+    let answering =
+        crate::control::request(&socket, &crate::control::protocol::Request::Status).is_ok();
+    if !args.force {
+        if let Some(owner) = &owner {
+            eprintln!(
+                "sensor: refused: a running daemon owns {}: {}. Its pinned programs and maps are \
+                 its own, and it keeps them; stop it first (SIGTERM), then unload. --force \
+                 removes the pins anyway (the daemon reports that and pins them again)",
+                escape_terminal(&pin_dir.to_string_lossy()),
+                escape_terminal(&owner.describe())
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        if answering {
+            eprintln!(
+                "sensor: refused: a daemon is running on {}: stop it first (its pinned programs \
+                 are its own), or pass --force",
+                escape_terminal(&socket.to_string_lossy())
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    if let Some(owner) = owner {
+        // Its daemon holds the programs: they stay loaded whatever we remove,
+        // so there is nothing to wait for.
+        std::fs::remove_dir_all(&pin_dir)
+            .with_context(|| format!("removing {}", pin_dir.display()))?;
+        println!(
+            "removed {} (--force) while its daemon runs, {}: the daemon still holds its programs \
+             and maps, will report this (sensor.tamper) and pin them again; stop it to end \
+             enforcement",
+            escape_terminal(&pin_dir.to_string_lossy()),
+            escape_terminal(&owner.describe())
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let links = loader::unload_pinned(&pin_dir, UNLOAD_TIMEOUT)?;
     println!(
         "removed {}: {links} program links detached, pinned maps dropped",
-        pin_dir.display()
+        escape_terminal(&pin_dir.to_string_lossy())
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -11,7 +11,10 @@ use crate::control::{
 };
 
 pub fn execute(args: &StatusArgs) -> anyhow::Result<ExitCode> {
-    let response = control::request(&args.socket, &Request::Status)?;
+    let response = match control::request(&args.socket, &Request::Status) {
+        Ok(r) => r,
+        Err(e) => return down(args, e),
+    };
     let Response::Status(report) = response else {
         anyhow::bail!("unexpected response from the daemon");
     };
@@ -32,8 +35,31 @@ pub fn execute(args: &StatusArgs) -> anyhow::Result<ExitCode> {
                 report.uptime_ms / 1000,
                 report.version
             ),
-            format!("programs attached: {}", report.programs.len()),
+            format!(
+                "programs attached: {} of {}, pinned: {}",
+                report.programs.iter().filter(|p| p.attached).count(),
+                report.programs.len(),
+                report.programs.iter().filter(|p| p.pinned).count()
+            ),
         ];
+        for p in &report.programs {
+            lines.push(format!(
+                "  {:<16} program {:<6} link {:<6} {}, {}",
+                p.name,
+                p.id,
+                p.link_id.map_or_else(|| "-".to_owned(), |l| l.to_string()),
+                if p.attached {
+                    "attached"
+                } else {
+                    "NOT attached"
+                },
+                if p.pinned {
+                    "pinned"
+                } else {
+                    "not pinned (detaches with the daemon)"
+                }
+            ));
+        }
         let events: Vec<String> = report
             .events
             .iter()
@@ -63,6 +89,19 @@ pub fn execute(args: &StatusArgs) -> anyhow::Result<ExitCode> {
             report.denials_suppressed,
             report.runs_degraded
         ));
+        if report.tamper.total > 0 {
+            let by: Vec<String> = report
+                .tamper
+                .by_what
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect();
+            lines.push(format!(
+                "tampering found and reported (sensor.tamper): {} ({})",
+                report.tamper.total,
+                by.join(", ")
+            ));
+        }
         if report.panics > 0 {
             lines.push(format!(
                 "panics caught (bugs; see the daemon's log): {}",
@@ -95,4 +134,100 @@ pub fn execute(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// No daemon answers: say why, then what its pin dir still holds (what stays
+/// attached and enforcing without it). Exit 1 (not ready) either way.
+fn down(args: &StatusArgs, error: control::ControlError) -> anyhow::Result<ExitCode> {
+    let state = if matches!(error, control::ControlError::Connect { .. }) {
+        "not running"
+    } else {
+        "not answering"
+    };
+    let reason = format!("{:#}", anyhow::Error::new(error));
+    let pinned = crate::loader::pinned::inspect(&args.pin_dir);
+    if args.json {
+        let value = serde_json::json!({
+            "ready": false,
+            "reachable": false,
+            "error": reason,
+            "pin_dir": args.pin_dir,
+            "pinned": pinned,
+        });
+        println!(
+            "{}",
+            serde_json::to_string(&value).context("encoding the status")?
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    eprintln!("sensor: {}", super::display::escape_message(&reason));
+    let dir = args.pin_dir.display().to_string();
+    let Some(p) = pinned else {
+        println!("{state}; nothing pinned at {dir}");
+        return Ok(ExitCode::FAILURE);
+    };
+    let mut lines = vec![match &p.owner {
+        Some(o) => format!(
+            "{state}; pin dir {dir} (last owner: {}, {})",
+            o.owner.describe(),
+            if o.alive {
+                "ALIVE but not answering on this socket"
+            } else {
+                "gone"
+            }
+        ),
+        None => format!("{state}; pin dir {dir} (no owner record)"),
+    }];
+    let attached: Vec<&str> = p
+        .links
+        .iter()
+        .filter(|l| l.attached)
+        .map(|l| l.name.as_str())
+        .collect();
+    lines.push(format!(
+        "program links: {} pinned, {} attached{}",
+        p.links.len(),
+        attached.len(),
+        if attached.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", attached.join(" "))
+        }
+    ));
+    for l in p.links.iter().filter(|l| !l.attached) {
+        lines.push(format!("  {} NOT attached (link {:?})", l.name, l.link_id));
+    }
+    if p.policies.is_empty() {
+        lines.push("policy slots: none in use".to_owned());
+    }
+    for s in &p.policies {
+        lines.push(format!(
+            "policy slot {}: {} (id {}{})",
+            s.slot,
+            s.mode,
+            s.id,
+            if s.max_processes > 0 {
+                format!(", max_processes {}", s.max_processes)
+            } else {
+                String::new()
+            }
+        ));
+    }
+    match p.runs_bound {
+        Some(n) => lines.push(format!("runs bound to a policy: {n}")),
+        None => lines.push("runs bound to a policy: unknown (map unreadable)".to_owned()),
+    }
+    lines.push(if p.enforcing {
+        "still enforcing: the pinned programs block what the enforce slots deny, for the runs \
+         bound to them (`sensor unload` removes them)"
+            .to_owned()
+    } else if attached.is_empty() {
+        "nothing attached: nothing is enforced or watched until the daemon is back".to_owned()
+    } else {
+        "programs attached, but no policy slot enforces".to_owned()
+    });
+    for line in &lines {
+        println!("{}", escape_terminal(line));
+    }
+    Ok(ExitCode::FAILURE)
 }

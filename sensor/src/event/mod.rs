@@ -386,16 +386,21 @@ pub struct Degraded {
     pub denials_suppressed: u64,
 }
 
-/// What a process did to another process or to the sensor.
+/// What a process did to another process or to the sensor, or what the
+/// daemon's integrity check found (`process.tamper`, `sensor.tamper`).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Tamper {
     /// `ptrace`, `process_vm_writev`, `pidfd_getfd`, `proc_mem` (process);
-    /// `signal`, `sensor_file`, `bpf`, `integrity` (sensor).
+    /// `signal`, `sensor_file`, `bpf` (sensor, seen in the kernel);
+    /// `integrity` (sensor, found by the daemon's check).
     pub method: &'static str,
-    /// In words, for an analyst ("ptrace attach to pid 4242").
+    /// What happened, briefly: "ptrace attach", "signal", "pin removed",
+    /// "link detached", "policy map changed", ...
     pub what: String,
+    /// What it happened to: a process, a file, a pin path, a program, a map.
+    pub object: String,
     /// `kernel`: seen at the syscall, before its effect; `integrity check`:
-    /// found by the daemon's periodic check, after it.
+    /// found by the daemon's check every second, after it.
     pub detected: &'static str,
     /// The process reached into (process tamper, signals).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -407,7 +412,14 @@ pub struct Tamper {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signal: Option<u32>,
     /// The kernel killed the caller (enforce).
-    pub killed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub killed: Option<bool>,
+    /// The daemon put it back (`integrity`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repaired: Option<bool>,
+    /// What was found and done (`integrity`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// The target process of a tamper.
@@ -757,7 +769,7 @@ impl EventBuilder {
     }
 
     /// The `tamper` object of a kernel tamper record.
-    fn tamper(&self, d: &sensor_common::event::TamperData) -> Tamper {
+    fn kernel_tamper(&self, d: &sensor_common::event::TamperData) -> Tamper {
         use sensor_common::event as k;
         let target = (d.target_tgid != 0).then(|| {
             let key = if d.target_start_ns != 0 {
@@ -788,44 +800,55 @@ impl EventBuilder {
             inode: d.file_ino,
         });
         let pid = d.target_tgid;
-        let (method, what) = match d.method {
-            k::TAMPER_PTRACE => ("ptrace", format!("ptrace attach to pid {pid}")),
+        let target_text = || {
+            let exe = target
+                .as_ref()
+                .and_then(|t| t.exe.clone())
+                .unwrap_or_else(|| "?".to_owned());
+            format!("pid {pid} ({exe})")
+        };
+        let (method, what, object) = match d.method {
+            k::TAMPER_PTRACE => ("ptrace", "ptrace attach".to_owned(), target_text()),
             k::TAMPER_VM_WRITE => (
                 "process_vm_writev",
-                format!("write into the memory of pid {pid}"),
+                "write into another process's memory".to_owned(),
+                target_text(),
             ),
             k::TAMPER_PIDFD_GETFD => (
                 "pidfd_getfd",
-                format!("take file descriptor {} of pid {pid}", d.arg),
+                format!("take file descriptor {} of another process", d.arg),
+                target_text(),
             ),
-            k::TAMPER_PROC_MEM => ("proc_mem", format!("open /proc/{pid}/mem")),
+            k::TAMPER_PROC_MEM => ("proc_mem", format!("open /proc/{pid}/mem"), target_text()),
             k::TAMPER_SIGNAL => (
                 "signal",
-                format!(
-                    "signal {} to the sensor daemon (pid {pid})",
-                    signal_name(d.arg)
-                ),
+                format!("signal {} to the sensor daemon", signal_name(d.arg)),
+                format!("pid {pid}"),
             ),
             k::TAMPER_SENSOR_FILE => (
                 "sensor_file",
-                format!(
-                    "open for writing of the sensor's {}",
-                    file.as_ref()
-                        .and_then(|f| f.path.clone())
-                        .unwrap_or_else(|| "files".to_owned())
-                ),
+                "open for writing of a sensor file".to_owned(),
+                file.as_ref()
+                    .and_then(|f| f.path.clone())
+                    .unwrap_or_else(|| format!("inode {}", d.file_ino)),
             ),
-            k::TAMPER_BPF => ("bpf", format!("bpf() command {}", bpf_cmd_name(d.arg))),
-            _ => ("unknown", format!("tamper method {}", d.method)),
+            k::TAMPER_BPF => ("bpf", "bpf() call".to_owned(), bpf_cmd_name(d.arg)),
+            _ => (
+                "unknown",
+                format!("tamper method {}", d.method),
+                String::new(),
+            ),
         };
         Tamper {
             method,
             what,
+            object,
             detected: "kernel",
             target,
             file,
             signal: (d.method == k::TAMPER_SIGNAL).then_some(d.arg),
-            killed: d.flags & k::TAMPER_FLAG_KILLED != 0,
+            killed: Some(d.flags & k::TAMPER_FLAG_KILLED != 0),
+            ..Tamper::default()
         }
     }
 
@@ -834,6 +857,41 @@ impl EventBuilder {
         let mut e = self.envelope(Kind::SensorLost, SystemTime::now());
         e.lost = Some(lost);
         e
+    }
+
+    /// A `sensor.tamper` report of what the integrity check found. One about
+    /// a run's binding carries the run (and names it by id).
+    pub fn tamper(&mut self, t: &crate::tamper::Tamper) -> Event {
+        let mut e = self.envelope(Kind::SensorTamper, SystemTime::now());
+        let mut object = t.object.clone();
+        if let Some(handle) = t.run {
+            match self.attribution.run(handle) {
+                Some(run) => {
+                    object = format!("{object} run {}", run.id);
+                    e.run = Some(RunRef::of(run, started_how(&run.started_by)));
+                }
+                None => object = format!("{object} run handle {handle}"),
+            }
+        }
+        e.tamper = Some(Tamper {
+            method: "integrity",
+            what: t.what.to_owned(),
+            object,
+            detected: "integrity check",
+            repaired: Some(t.repaired),
+            detail: t.detail.clone(),
+            ..Tamper::default()
+        });
+        e
+    }
+
+    /// Checks the kernel policy maps against what was written and writes
+    /// back what differs (see [`crate::policy::kernel::Enforcement::verify`]).
+    pub fn verify_policy_maps(&mut self) -> Vec<crate::tamper::Tamper> {
+        self.enforcement
+            .as_mut()
+            .map(crate::policy::kernel::Enforcement::verify)
+            .unwrap_or_default()
     }
 
     /// A `run.degraded` report for run `handle`, if it is known.
@@ -1143,7 +1201,7 @@ impl EventBuilder {
                 let (run, how) = self.attribution.on_other(&h);
                 e.run = self.attribution.run_ref(run, how);
                 e.process = Some(p);
-                e.tamper = Some(self.tamper(&data));
+                e.tamper = Some(self.kernel_tamper(&data));
                 self.apply_policy(e, run, &data.decision, out);
             }
             RawEvent::Socket { data, .. } => {

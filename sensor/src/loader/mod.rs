@@ -3,16 +3,26 @@
 //! Start-up order: mount tracefs/bpffs when needed, resolve struct offsets
 //! from BTF and tracepoint offsets from tracefs, load the object with those
 //! offsets as a global, take the event ring buffer and counters, then attach
-//! every probe of [`programs::PROBES`]. Dropping [`Probes`] detaches them all.
+//! every probe of [`programs::PROBES`]. Dropping [`Probes`] detaches them all,
+//! unless they are pinned ([`Probes::persist`]).
+//!
+//! While the daemon runs, [`Probes::check`] (every second) makes sure what
+//! it pinned is still pinned and what it attached is still attached, and
+//! puts back what someone removed or detached (`integrity`).
 
 pub mod btf;
+mod integrity;
 pub mod mounts;
+pub mod owner;
+pub mod pinned;
 pub mod programs;
+pub(crate) mod sys;
 pub mod tracefs;
 
 use std::{
     fs::File,
     io,
+    os::fd::{AsFd as _, OwnedFd},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -31,11 +41,13 @@ use sensor_common::{
     config::{CONFIG_GLOBAL, SensorConfig},
     event::ProcRun,
     maps,
+    owner::Owner,
     stats::{RunStats, Stats},
 };
 use tracing::{debug, info};
 
-use self::programs::{Attach, PROBES};
+pub use self::integrity::{LinkStatus, StopReport};
+use self::programs::{Attach, PROBES, Probe};
 
 /// The eBPF object built by build.rs (empty when built with `AYA_BUILD_SKIP=1`).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor"));
@@ -121,6 +133,12 @@ pub enum LoaderError {
         #[source]
         source: Box<aya::programs::links::LinkError>,
     },
+    #[error("program {program}: no descriptor of its link could be taken")]
+    LinkFd {
+        program: &'static str,
+        #[source]
+        source: io::Error,
+    },
     #[error("program {program} ({purpose}) could not be loaded or attached to {attach}")]
     Program {
         program: &'static str,
@@ -139,22 +157,46 @@ pub struct AttachedProgram {
     pub attach: String,
 }
 
-/// A program's attachment: owned by the daemon (detached when dropped), or
-/// pinned in bpffs (attached until the pin is removed, daemon or not).
-enum Link {
-    Owned(FdLink),
-    Pinned(PinnedLink),
-    /// Transient, while switching.
-    None,
+/// One attached program and its link. The daemon always keeps its own
+/// descriptor of the link (see [`sys::own_link_fd`]); pinning adds a second
+/// reference in bpffs, so a failed pin never costs the daemon its handle.
+/// Closing the descriptor detaches the program unless the link is pinned.
+struct ProbeLink {
+    probe: &'static Probe,
+    fd: OwnedFd,
+    /// The kernel's id of the link (a re-attach makes a new link).
+    id: u32,
+}
+
+/// A map pinned in the pin dir, with a handle of the daemon's own on it (to
+/// pin it again when its pin is removed) and its kernel id (to tell our map
+/// from another pinned in its place).
+struct PinHandle {
+    name: &'static str,
+    map: MapData,
+    id: u32,
 }
 
 /// The loaded object with every probe attached. Dropping it detaches them,
 /// unless [`Probes::persist`] pinned them.
 pub struct Probes {
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     attached: Vec<AttachedProgram>,
-    links: Vec<(&'static str, Link)>,
+    links: Vec<ProbeLink>,
+    /// Whether the links are to be pinned (enforce policies are loaded).
+    pinned: bool,
+    pin_dir: PathBuf,
     links_dir: PathBuf,
+    /// The cgroup2 root the sock_addr programs attach to (kept to attach
+    /// one again when its link is detached).
+    cgroup: File,
+    maps: Vec<PinHandle>,
+    /// The owner record map and what this daemon wrote to it.
+    owner_map: Array<MapData, Owner>,
+    owner: Option<Owner>,
+    /// Findings of the integrity check that could not be put back, reported
+    /// once until fixed.
+    unresolved: std::collections::BTreeSet<(&'static str, String)>,
 }
 
 impl Probes {
@@ -164,33 +206,78 @@ impl Probes {
         &self.attached
     }
 
+    /// The pin dir.
+    #[must_use]
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
     /// Pins every link in `<pin-dir>/links` (`on`), so the programs stay
     /// attached, and enforcing, while the daemon is down; or unpins them so
     /// they detach with the daemon.
     pub fn persist(&mut self, on: bool) -> io::Result<()> {
+        self.pinned = on;
         if on {
             std::fs::create_dir_all(&self.links_dir)?;
         }
-        for (name, link) in &mut self.links {
-            *link = match std::mem::replace(link, Link::None) {
-                Link::Owned(fd) if on => {
-                    let path = self.links_dir.join(name);
+        let mut first_error = None;
+        for link in &self.links {
+            let path = self.links_dir.join(link.probe.program);
+            let result = if on {
+                if pinned_link_id(&path) == Some(link.id) {
+                    Ok(())
+                } else {
                     // A stale pin of the same name (a previous daemon's) is replaced.
-                    let _ = std::fs::remove_file(&path);
-                    Link::Pinned(fd.pin(&path).map_err(io::Error::other)?)
+                    remove_pin(&path).and_then(|()| sys::pin(link.fd.as_fd(), &path))
                 }
-                Link::Pinned(p) if !on => Link::Owned(p.unpin()?),
-                other => other,
+            } else {
+                remove_pin(&path)
             };
+            if let Err(e) = result {
+                tracing::error!(program = link.probe.program, path = %path.display(), error = %e, "cannot (un)pin a program link");
+                first_error.get_or_insert(e);
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
-    /// Whether the programs are pinned.
+    /// Whether the links are pinned (kept while the daemon is down).
     #[must_use]
     pub fn persistent(&self) -> bool {
-        self.links.iter().any(|(_, l)| matches!(l, Link::Pinned(_)))
+        self.pinned
     }
+
+    /// Records this daemon as the owner of the pin dir (see
+    /// [`sensor_common::owner`]): its pid and start time, its version and
+    /// its control socket. `sensor unload` refuses to remove the pins while
+    /// this process lives, and the integrity check rewrites the record when
+    /// someone else changes it.
+    pub fn claim(&mut self, socket: &Path) -> Result<(), LoaderError> {
+        let pid = std::process::id();
+        let start_ticks = crate::identity::proc_start(pid).map_or(0, |(t, _)| t);
+        let record = owner::record(pid, start_ticks, env!("CARGO_PKG_VERSION"), socket);
+        self.owner_map
+            .set(0, record, 0)
+            .map_err(|source| LoaderError::Map {
+                map: maps::OWNER,
+                source,
+            })?;
+        self.owner = Some(record);
+        Ok(())
+    }
+}
+
+/// Removes the pin at `path`; a pin that is not there is no error.
+fn remove_pin(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// The id of the link pinned at `path`, if a link is pinned there.
+fn pinned_link_id(path: &Path) -> Option<u32> {
+    sys::pinned_link_state(path).ok().map(|s| s.id)
 }
 
 /// What the rest of the daemon gets from the kernel side.
@@ -369,6 +456,12 @@ const PINNED_MAPS: &[PinnedMap] = {
             value: size_of::<u64>(),
             max_entries: l::MAX_RUN_TREE,
         },
+        PinnedMap {
+            name: maps::OWNER,
+            key: size_of::<u32>(),
+            value: size_of::<Owner>(),
+            max_entries: 1,
+        },
     ]
 };
 
@@ -470,76 +563,68 @@ pub fn load(own_tgid: u32, pin_dir: &Path, policy_runs: u32) -> Result<Kernel, L
         source,
     })?;
 
+    let owner_map = typed_map(&mut ebpf, maps::OWNER, Array::try_from)?;
+    // A handle of our own on each pinned map: what the integrity check pins
+    // again if the pin goes.
+    let mut handles = Vec::with_capacity(PINNED_MAPS.len());
+    for map in PINNED_MAPS {
+        let path = pin_dir.join(map.name);
+        let data = MapData::from_pin(&path).map_err(|source| LoaderError::Map {
+            map: map.name,
+            source,
+        })?;
+        let id = data
+            .info()
+            .map_err(|source| LoaderError::Map {
+                map: map.name,
+                source,
+            })?
+            .id();
+        handles.push(PinHandle {
+            name: map.name,
+            map: data,
+            id,
+        });
+    }
+
     let mut attached = Vec::with_capacity(PROBES.len());
     let mut links = Vec::with_capacity(PROBES.len());
     for probe in PROBES {
-        let err = |source| LoaderError::Program {
-            program: probe.program,
-            purpose: probe.purpose,
-            attach: probe.attach,
-            source: Box::new(source),
-        };
-        let program = ebpf
-            .program_mut(probe.program)
-            .ok_or(LoaderError::MissingProgram {
-                program: probe.program,
-            })?;
-        let link_err = |source| LoaderError::Link {
-            program: probe.program,
-            source: Box::new(source),
-        };
-        let (info, link) = match probe.attach {
-            Attach::RawTracepoint(name) => {
-                let p: &mut RawTracePoint = program.try_into().map_err(err)?;
-                p.load().map_err(err)?;
-                let id = p.attach(name).map_err(err)?;
-                let link = FdLink::from(p.take_link(id).map_err(err)?);
-                (p.info().map_err(err)?, link)
-            }
-            Attach::Tracepoint { category, name } => {
-                let p: &mut TracePoint = program.try_into().map_err(err)?;
-                p.load().map_err(err)?;
-                let id = p.attach(category, name).map_err(err)?;
-                let link = FdLink::try_from(p.take_link(id).map_err(err)?).map_err(link_err)?;
-                (p.info().map_err(err)?, link)
-            }
-            Attach::CgroupSock => {
-                let p: &mut CgroupSock = program.try_into().map_err(err)?;
-                p.load().map_err(err)?;
-                let id = p.attach(&cgroup, CgroupAttachMode::Single).map_err(err)?;
-                let link = FdLink::try_from(p.take_link(id).map_err(err)?).map_err(link_err)?;
-                (p.info().map_err(err)?, link)
-            }
-            Attach::CgroupSockAddr => {
-                let p: &mut CgroupSockAddr = program.try_into().map_err(err)?;
-                p.load().map_err(err)?;
-                // BPF links on a cgroup always coexist with other programs (they are
-                // multi-attach by nature); the link API takes no ALLOW_MULTI flag.
-                let id = p.attach(&cgroup, CgroupAttachMode::Single).map_err(err)?;
-                let link = FdLink::try_from(p.take_link(id).map_err(err)?).map_err(link_err)?;
-                (p.info().map_err(err)?, link)
-            }
-        };
-        links.push((probe.program, Link::Owned(link)));
+        let (program_id, link) = attach_probe(&mut ebpf, probe, &cgroup, true)?;
+        let (fd, link_id) = own_link(probe, &link)?;
+        // Our descriptor holds the link now.
+        drop(link);
+        links.push(ProbeLink {
+            probe,
+            fd,
+            id: link_id,
+        });
         let attach = match probe.attach {
             Attach::CgroupSockAddr | Attach::CgroupSock => {
                 format!("cgroup {}", cgroup_root.display())
             }
             other => other.to_string(),
         };
-        debug!(program = probe.program, id = info.id(), %attach, "attached");
+        debug!(program = probe.program, id = program_id, link = link_id, %attach, "attached");
         attached.push(AttachedProgram {
             name: probe.program,
-            id: info.id(),
+            id: program_id,
             attach,
         });
     }
     Ok(Kernel {
         probes: Probes {
-            _ebpf: ebpf,
+            ebpf,
             attached,
             links,
+            pinned: false,
+            pin_dir: pin_dir.to_owned(),
             links_dir,
+            cgroup,
+            maps: handles,
+            owner_map,
+            owner: None,
+            unresolved: std::collections::BTreeSet::new(),
         },
         events,
         reader,
@@ -549,6 +634,83 @@ pub fn load(own_tgid: u32, pin_dir: &Path, policy_runs: u32) -> Result<Kernel, L
         policy,
         previous_links,
     })
+}
+
+/// Attaches `probe`'s program (loading it first when `load`): its id and
+/// its link, owned by the caller. Also used to attach a program again after
+/// its link was detached.
+fn attach_probe(
+    ebpf: &mut Ebpf,
+    probe: &Probe,
+    cgroup: &File,
+    load: bool,
+) -> Result<(u32, FdLink), LoaderError> {
+    let err = |source| LoaderError::Program {
+        program: probe.program,
+        purpose: probe.purpose,
+        attach: probe.attach,
+        source: Box::new(source),
+    };
+    let link_err = |source| LoaderError::Link {
+        program: probe.program,
+        source: Box::new(source),
+    };
+    let program = ebpf
+        .program_mut(probe.program)
+        .ok_or(LoaderError::MissingProgram {
+            program: probe.program,
+        })?;
+    Ok(match probe.attach {
+        Attach::RawTracepoint(name) => {
+            let p: &mut RawTracePoint = program.try_into().map_err(err)?;
+            if load {
+                p.load().map_err(err)?;
+            }
+            let id = p.attach(name).map_err(err)?;
+            let link = FdLink::from(p.take_link(id).map_err(err)?);
+            (p.info().map_err(err)?.id(), link)
+        }
+        Attach::Tracepoint { category, name } => {
+            let p: &mut TracePoint = program.try_into().map_err(err)?;
+            if load {
+                p.load().map_err(err)?;
+            }
+            let id = p.attach(category, name).map_err(err)?;
+            let link = FdLink::try_from(p.take_link(id).map_err(err)?).map_err(link_err)?;
+            (p.info().map_err(err)?.id(), link)
+        }
+        Attach::CgroupSock => {
+            let p: &mut CgroupSock = program.try_into().map_err(err)?;
+            if load {
+                p.load().map_err(err)?;
+            }
+            let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(err)?;
+            let link = FdLink::try_from(p.take_link(id).map_err(err)?).map_err(link_err)?;
+            (p.info().map_err(err)?.id(), link)
+        }
+        Attach::CgroupSockAddr => {
+            let p: &mut CgroupSockAddr = program.try_into().map_err(err)?;
+            if load {
+                p.load().map_err(err)?;
+            }
+            // BPF links on a cgroup always coexist with other programs (they are
+            // multi-attach by nature); the link API takes no ALLOW_MULTI flag.
+            let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(err)?;
+            let link = FdLink::try_from(p.take_link(id).map_err(err)?).map_err(link_err)?;
+            (p.info().map_err(err)?.id(), link)
+        }
+    })
+}
+
+/// A descriptor of our own for `probe`'s new link, and the link's id.
+fn own_link(probe: &Probe, link: &FdLink) -> Result<(OwnedFd, u32), LoaderError> {
+    let err = |source| LoaderError::LinkFd {
+        program: probe.program,
+        source,
+    };
+    let fd = sys::own_link_fd(link).map_err(err)?;
+    let id = sys::link_state(fd.as_fd()).map_err(err)?.id;
+    Ok((fd, id))
 }
 
 /// Makes sure the pin dir is root's and private: created mode 0700 when

@@ -9,9 +9,13 @@
 //! daemon's (whose runs are still enforced through the pinned maps); runs
 //! are re-bound to the new slots one atomic update each, then the old slots
 //! are emptied.
+//!
+//! Anyone with root can write the pinned maps too (`bpftool map update
+//! pinned …`). [`Enforcement::verify`], every second, compares the maps with
+//! what this daemon wrote and writes back whatever differs (see there).
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     time::{Duration, Instant},
 };
 
@@ -28,9 +32,17 @@ use sensor_common::{
 };
 
 use super::{ExecTarget, FileId, Mode, Policies, Policy, Verdict, resolve};
+use crate::tamper::{self, Tamper};
 
 /// How long replaced rules stay in the maps after their slot moved on.
 const GRACE: Duration = Duration::from_secs(1);
+
+/// Rule entries [`Enforcement::verify`] compares per call at most, on
+/// average: policies with more rules have them compared every few calls
+/// (seconds) instead, bounding the check to a few milliseconds a second. The
+/// policy slots and run bindings, which decide whether anything is
+/// enforced at all, are compared on every call.
+const RULES_PER_VERIFY: usize = 8192;
 
 /// The pinned policy maps, taken from the loaded object.
 pub struct PolicyMaps {
@@ -251,6 +263,12 @@ pub struct Enforcement {
     incapable: Option<String>,
     /// The control socket every policy allows.
     sensor_socket: SensorSocket,
+    /// Every run binding this daemon wrote (what `SNSR_RUN_POLICY` must hold).
+    bound: HashMap<u64, RunPolicy>,
+    /// The dynamic loader identities (policy id 0) this daemon wrote.
+    loaders: BTreeMap<ExecKey, ExecRule>,
+    /// Calls of [`Self::verify`] so far.
+    verified: u64,
 }
 
 impl Enforcement {
@@ -284,17 +302,20 @@ impl Enforcement {
         for key in stale {
             let _ = maps.exec_rules.remove(&key);
         }
-        for key in &loaders {
+        let loaders: BTreeMap<ExecKey, ExecRule> = loaders
+            .into_iter()
+            .map(|key| {
+                let rule = ExecRule {
+                    rule: 0,
+                    kind: EXEC_FILE,
+                    ..ExecRule::default()
+                };
+                (key, rule)
+            })
+            .collect();
+        for (key, rule) in &loaders {
             maps.exec_rules
-                .insert(
-                    key,
-                    ExecRule {
-                        rule: 0,
-                        kind: EXEC_FILE,
-                        ..ExecRule::default()
-                    },
-                    0,
-                )
+                .insert(key, rule, 0)
                 .map_err(map_err("SNSR_EXEC_RULES"))?;
         }
         tracing::debug!(
@@ -312,6 +333,9 @@ impl Enforcement {
             previous,
             incapable: None,
             sensor_socket: SensorSocket::default(),
+            bound: HashMap::new(),
+            loaders,
+            verified: 0,
         })
     }
 
@@ -526,6 +550,7 @@ impl Enforcement {
             .insert(handle, parent.unwrap_or(0), 0)
             .map_err(map_err("SNSR_RUN_TREE"))?;
         let Some(name) = policy else {
+            self.bound.remove(&handle);
             let _ = self.maps.run_policy.remove(&handle);
             let _ = self.maps.run_live.remove(&handle);
             return Ok(());
@@ -537,22 +562,22 @@ impl Enforcement {
         let count_run = parent
             .and_then(|p| self.maps.run_policy.get(&p, 0).ok())
             .map_or(handle, |p| p.count_run);
+        let binding = RunPolicy {
+            slot,
+            _pad: 0,
+            count_run,
+        };
         self.maps
             .run_policy
-            .insert(
-                handle,
-                RunPolicy {
-                    slot,
-                    _pad: 0,
-                    count_run,
-                },
-                0,
-            )
-            .map_err(map_err("SNSR_RUN_POLICY"))
+            .insert(handle, binding, 0)
+            .map_err(map_err("SNSR_RUN_POLICY"))?;
+        self.bound.insert(handle, binding);
+        Ok(())
     }
 
     /// Forgets run `handle` (it ended).
     pub fn unbind(&mut self, handle: u64) {
+        self.bound.remove(&handle);
         let _ = self.maps.run_policy.remove(&handle);
         let _ = self.maps.run_live.remove(&handle);
         let _ = self.maps.run_tree.remove(&handle);
@@ -671,6 +696,250 @@ impl Enforcement {
         }
     }
 
+    /// Checks that the policy maps hold what this daemon wrote, writes back
+    /// what differs, and returns what it found (a `sensor.tamper` each):
+    ///
+    /// - every policy slot: this daemon's hold `{id, mode, max_processes}` of
+    ///   their policy, the others are empty (a previous daemon's, until
+    ///   released at start-up, are left alone);
+    /// - every run binding (`SNSR_RUN_POLICY`): exactly the runs this daemon
+    ///   bound, each to its slot and counter;
+    /// - the exec and network rules under the ids in force, and the dynamic
+    ///   loader identities: entry by entry, no more, no fewer. Entries under
+    ///   other ids (rules being retired, a previous daemon's) decide nothing
+    ///   while no slot points to them, and the slots are checked.
+    ///
+    /// The maps are read in full, which costs two bpf(2) calls per entry
+    /// (a few milliseconds for thousands of rules) and no write when nothing
+    /// changed; past [`RULES_PER_VERIFY`] rule entries, the rules are
+    /// compared every few calls. The comparison is exact rather than a
+    /// digest: reading the entries is the cost either way, and an exact
+    /// compare cannot be matched by a crafted collision. `SNSR_RUN_LIVE`
+    /// (counters the kernel writes) and `SNSR_PROC_RUNS` (the kernel enters
+    /// every new process) are not checked here.
+    pub fn verify(&mut self) -> Vec<Tamper> {
+        let mut found = Vec::new();
+        self.verify_slots(&mut found);
+        self.verify_bindings(&mut found);
+        let entries: usize = self.loaders.len()
+            + self
+                .installed
+                .values()
+                .map(|i| i.rules.exec.len() + i.rules.net4.len() + i.rules.net6.len())
+                .sum::<usize>();
+        let every = u64::try_from(entries / RULES_PER_VERIFY + 1).unwrap_or(u64::MAX);
+        if self.verified.is_multiple_of(every) {
+            self.verify_rules(&mut found);
+        }
+        self.verified = self.verified.wrapping_add(1);
+        found
+    }
+
+    fn verify_slots(&mut self, found: &mut Vec<Tamper>) {
+        let mine: BTreeMap<u32, (String, PolicySlot)> = self
+            .slot_of
+            .iter()
+            .filter_map(|(name, slot)| {
+                let i = self.installed.get(name)?;
+                Some((*slot, (name.clone(), slot_value(&i.policy, i.rules.id))))
+            })
+            .collect();
+        let previous: BTreeSet<u32> = self.previous.iter().map(|(s, _)| *s).collect();
+        for slot in 0..MAX_POLICIES {
+            if previous.contains(&slot) {
+                continue;
+            }
+            let Ok(have) = self.maps.slots.get(&slot, 0) else {
+                continue;
+            };
+            let (name, want) = mine
+                .get(&slot)
+                .map_or((None, PolicySlot::default()), |(n, v)| (Some(n), *v));
+            if have == want {
+                continue;
+            }
+            let object = match name {
+                Some(n) => format!("SNSR_POLICIES slot {slot} (policy {n:?})"),
+                None => format!("SNSR_POLICIES slot {slot} (unused)"),
+            };
+            let t = Tamper::new(tamper::POLICY_MAP_CHANGED, object);
+            let found_text = describe_slot(&have);
+            found.push(match self.maps.slots.set(slot, want, 0) {
+                Ok(()) => t.repaired(
+                    true,
+                    format!("found {found_text}; wrote {} again", describe_slot(&want)),
+                ),
+                Err(e) => t.repaired(
+                    false,
+                    format!("found {found_text}; cannot write it back: {e}"),
+                ),
+            });
+        }
+    }
+
+    fn verify_bindings(&mut self, found: &mut Vec<Tamper>) {
+        let kernel: Vec<(u64, RunPolicy)> =
+            self.maps.run_policy.iter().filter_map(Result::ok).collect();
+        let mut seen = HashSet::with_capacity(kernel.len());
+        let mut fixes: Vec<(u64, Option<RunPolicy>, String)> = Vec::new();
+        for (handle, have) in kernel {
+            seen.insert(handle);
+            match self.bound.get(&handle) {
+                Some(want) if *want == have => {}
+                Some(want) => fixes.push((
+                    handle,
+                    Some(*want),
+                    format!("bound to slot {}, not slot {}", have.slot, want.slot),
+                )),
+                None => fixes.push((
+                    handle,
+                    None,
+                    format!("bound to slot {} by someone else", have.slot),
+                )),
+            }
+        }
+        for (handle, want) in &self.bound {
+            if !seen.contains(handle) {
+                fixes.push((*handle, Some(*want), "its binding was deleted".to_owned()));
+            }
+        }
+        for (handle, want, what) in fixes {
+            // The event names the run (by id, when it is known).
+            let mut t = Tamper::new(tamper::POLICY_MAP_CHANGED, "SNSR_RUN_POLICY");
+            t.run = Some(handle);
+            let result = match want {
+                Some(w) => self
+                    .maps
+                    .run_policy
+                    .insert(handle, w, 0)
+                    .map(|()| format!("{what}; bound again to slot {}", w.slot)),
+                None => self
+                    .maps
+                    .run_policy
+                    .remove(&handle)
+                    .map(|()| format!("{what}; removed")),
+            };
+            found.push(match result {
+                Ok(done) => t.repaired(true, done),
+                Err(e) => t.repaired(false, format!("{what}; cannot put it back: {e}")),
+            });
+        }
+    }
+
+    fn verify_rules(&mut self, found: &mut Vec<Tamper>) {
+        // What each id in force must hold, and a name for messages.
+        let names: HashMap<u32, String> = self
+            .installed
+            .iter()
+            .map(|(n, i)| (i.rules.id, format!("policy {n:?} (id {})", i.rules.id)))
+            .chain(std::iter::once((
+                LOADER_POLICY_ID,
+                format!("dynamic loaders (id {LOADER_POLICY_ID})"),
+            )))
+            .collect();
+        let exec: HashMap<u32, &BTreeMap<ExecKey, ExecRule>> = self
+            .installed
+            .values()
+            .map(|i| (i.rules.id, &i.rules.exec))
+            .chain(std::iter::once((LOADER_POLICY_ID, &self.loaders)))
+            .collect();
+        let net4: HashMap<u32, &BTreeMap<(u32, Net4Data), NetRule>> = self
+            .installed
+            .values()
+            .map(|i| (i.rules.id, &i.rules.net4))
+            .collect();
+        let net6: HashMap<u32, &BTreeMap<(u32, Net6Data), NetRule>> = self
+            .installed
+            .values()
+            .map(|i| (i.rules.id, &i.rules.net6))
+            .collect();
+
+        let exec_fix = fixes(
+            diff_entries(
+                self.maps.exec_rules.iter().filter_map(Result::ok),
+                |k: &ExecKey| k.policy,
+                &exec,
+            ),
+            &exec,
+        );
+        let net4_fix = fixes(
+            diff_entries(
+                self.maps
+                    .net4
+                    .iter()
+                    .filter_map(Result::ok)
+                    .map(|(k, v)| ((k.prefix_len(), k.data()), v)),
+                |k: &(u32, Net4Data)| id_of(&k.1),
+                &net4,
+            ),
+            &net4,
+        );
+        let net6_fix = fixes(
+            diff_entries(
+                self.maps
+                    .net6
+                    .iter()
+                    .filter_map(Result::ok)
+                    .map(|(k, v)| ((k.prefix_len(), k.data()), v)),
+                |k: &(u32, Net6Data)| id_of(&k.1),
+                &net6,
+            ),
+            &net6,
+        );
+
+        let name = |id: u32| {
+            names
+                .get(&id)
+                .cloned()
+                .unwrap_or_else(|| format!("id {id}"))
+        };
+        for fix in exec_fix {
+            let mut result = Ok(());
+            for (k, v) in &fix.want {
+                result = result.and(self.maps.exec_rules.insert(k, v, 0));
+            }
+            for k in &fix.diff.added {
+                result = result.and(self.maps.exec_rules.remove(k));
+            }
+            found.push(rules_tamper(
+                "SNSR_EXEC_RULES",
+                &name(fix.id),
+                &fix.diff,
+                result,
+            ));
+        }
+        for fix in net4_fix {
+            let mut result = Ok(());
+            for ((len, data), v) in &fix.want {
+                result = result.and(self.maps.net4.insert(&Key::new(*len, *data), v, 0));
+            }
+            for (len, data) in &fix.diff.added {
+                result = result.and(self.maps.net4.remove(&Key::new(*len, *data)));
+            }
+            found.push(rules_tamper(
+                "SNSR_NET4_RULES",
+                &name(fix.id),
+                &fix.diff,
+                result,
+            ));
+        }
+        for fix in net6_fix {
+            let mut result = Ok(());
+            for ((len, data), v) in &fix.want {
+                result = result.and(self.maps.net6.insert(&Key::new(*len, *data), v, 0));
+            }
+            for (len, data) in &fix.diff.added {
+                result = result.and(self.maps.net6.remove(&Key::new(*len, *data)));
+            }
+            found.push(rules_tamper(
+                "SNSR_NET6_RULES",
+                &name(fix.id),
+                &fix.diff,
+                result,
+            ));
+        }
+    }
+
     /// The verdict a kernel decision stands for, named from the policy it
     /// was made under. `list` is `exec.allow` or `connect.allow`.
     #[must_use]
@@ -701,8 +970,178 @@ impl Enforcement {
     }
 }
 
+/// How the entries of one policy id differ from what was written.
+#[derive(Debug, PartialEq, Eq)]
+struct Diff<K> {
+    /// Entries written that are gone.
+    missing: usize,
+    /// Entries whose value is not what was written.
+    changed: usize,
+    /// Keys nobody here wrote.
+    added: Vec<K>,
+}
+
+impl<K> Default for Diff<K> {
+    fn default() -> Self {
+        Self {
+            missing: 0,
+            changed: 0,
+            added: Vec::new(),
+        }
+    }
+}
+
+/// Compares `entries` (a map's contents) with `expected` (per id, what was
+/// written under it); ids not in `expected` are not looked at. Returns the
+/// ids that differ.
+fn diff_entries<K: Ord, V: PartialEq>(
+    entries: impl Iterator<Item = (K, V)>,
+    id_of: impl Fn(&K) -> u32,
+    expected: &HashMap<u32, &BTreeMap<K, V>>,
+) -> BTreeMap<u32, Diff<K>> {
+    let mut present: HashMap<u32, usize> = HashMap::new();
+    let mut out: BTreeMap<u32, Diff<K>> = BTreeMap::new();
+    for (k, v) in entries {
+        let id = id_of(&k);
+        let Some(want) = expected.get(&id) else {
+            continue;
+        };
+        match want.get(&k) {
+            Some(w) => {
+                *present.entry(id).or_default() += 1;
+                if *w != v {
+                    out.entry(id).or_default().changed += 1;
+                }
+            }
+            None => out.entry(id).or_default().added.push(k),
+        }
+    }
+    for (id, want) in expected {
+        let have = present.get(id).copied().unwrap_or(0);
+        if have < want.len() {
+            out.entry(*id).or_default().missing = want.len() - have;
+        }
+    }
+    out
+}
+
+/// What to write back under one id: all it must hold, and what to delete.
+struct Fix<K, V> {
+    id: u32,
+    want: Vec<(K, V)>,
+    diff: Diff<K>,
+}
+
+/// The fixes of the ids that differ (owned copies: writing needs the maps
+/// mutably while `expected` borrows the rule sets).
+fn fixes<K: Copy, V: Copy>(
+    diffs: BTreeMap<u32, Diff<K>>,
+    expected: &HashMap<u32, &BTreeMap<K, V>>,
+) -> Vec<Fix<K, V>> {
+    diffs
+        .into_iter()
+        .map(|(id, diff)| Fix {
+            id,
+            want: expected
+                .get(&id)
+                .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
+                .unwrap_or_default(),
+            diff,
+        })
+        .collect()
+}
+
+/// The tamper of a rule map whose entries under one id differed.
+fn rules_tamper<K>(map: &str, name: &str, diff: &Diff<K>, result: Result<(), MapError>) -> Tamper {
+    let what = format!(
+        "{} missing, {} changed, {} added",
+        diff.missing,
+        diff.changed,
+        diff.added.len()
+    );
+    let t = Tamper::new(tamper::POLICY_MAP_CHANGED, format!("{map} {name}"));
+    match result {
+        Ok(()) => t.repaired(true, format!("{what}; written again")),
+        Err(e) => t.repaired(false, format!("{what}; cannot write it back: {e}")),
+    }
+}
+
+fn describe_slot(s: &PolicySlot) -> String {
+    match s.mode {
+        MODE_NONE if *s == PolicySlot::default() => "an empty slot".to_owned(),
+        mode => format!(
+            "{{id {}, mode {}, max_processes {}}}",
+            s.id,
+            match mode {
+                MODE_AUDIT => "audit".to_owned(),
+                MODE_ENFORCE => "enforce".to_owned(),
+                MODE_NONE => "none".to_owned(),
+                other => other.to_string(),
+            },
+            s.max_processes
+        ),
+    }
+}
+
 fn id_of(data: &[u8]) -> u32 {
     let mut b = [0u8; 4];
     b.copy_from_slice(&data[..4]);
     u32::from_be_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_are_compared_per_id_exactly() {
+        let want_a: BTreeMap<u32, u32> = [(0x0001_0001, 1), (0x0001_0002, 2)].into();
+        let want_b: BTreeMap<u32, u32> = [(0x0002_0001, 7)].into();
+        let expected: HashMap<u32, &BTreeMap<u32, u32>> = [(1, &want_a), (2, &want_b)].into();
+        let id = |k: &u32| k >> 16;
+        // As written, plus an entry under an id nobody here owns: no difference.
+        let same = [
+            (0x0001_0002, 2),
+            (0x0002_0001, 7),
+            (0x0001_0001, 1),
+            (0x0009_0001, 5),
+        ];
+        assert!(diff_entries(same.into_iter(), id, &expected).is_empty());
+        // One entry of id 1 gone, one changed in id 2, one added to id 2.
+        let tampered = [(0x0001_0001, 1), (0x0002_0001, 8), (0x0002_0002, 3)];
+        let d = diff_entries(tampered.into_iter(), id, &expected);
+        assert_eq!(d.len(), 2);
+        assert_eq!(
+            d[&1],
+            Diff {
+                missing: 1,
+                changed: 0,
+                added: vec![]
+            }
+        );
+        assert_eq!(
+            d[&2],
+            Diff {
+                missing: 0,
+                changed: 1,
+                added: vec![0x0002_0002]
+            }
+        );
+        // Everything gone.
+        let d = diff_entries(std::iter::empty(), id, &expected);
+        assert_eq!(d[&1].missing, 2);
+        assert_eq!(d[&2].missing, 1);
+    }
+
+    #[test]
+    fn slots_are_described_for_the_log() {
+        assert_eq!(describe_slot(&PolicySlot::default()), "an empty slot");
+        let s = PolicySlot {
+            id: 3,
+            mode: MODE_AUDIT,
+            max_processes: 5,
+            flags: 0,
+        };
+        assert_eq!(describe_slot(&s), "{id 3, mode audit, max_processes 5}");
+    }
 }

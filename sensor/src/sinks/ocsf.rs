@@ -19,6 +19,7 @@
 //! | `run.start` | Application Lifecycle (6002) | Start (3) | `app.name` = agent, `actor.process` = the run's first process |
 //! | `run.end` | Application Lifecycle (6002) | Stop (4) | `start_time`, `end_time`, `duration`, `status_detail` = end reason |
 //! | `sensor.lost` | Base Event (0) | Other (99), `activity_name` "Events Lost" | `count` = newly lost events |
+//! | `sensor.tamper` | Detection Finding (2004) | Create (1) | `finding_info` {uid = boot id + seq, title = "what: object", desc = detail, types ["sensor.tamper"]}, `is_alert` true, severity Medium when the daemon put it back, High when not; `tamper` whole in `unmapped` |
 //! | anything else | Base Event (0) | Other (99), `activity_name` = kind | |
 //!
 //! OCSF 1.x has no separate exec activity: the Process Activity `Launch`
@@ -130,6 +131,7 @@ enum Class {
     Process,
     Network,
     AppLifecycle,
+    Finding,
 }
 
 impl Class {
@@ -139,6 +141,7 @@ impl Class {
             Self::Process => 1007,
             Self::Network => 4001,
             Self::AppLifecycle => 6002,
+            Self::Finding => 2004,
         }
     }
 
@@ -148,6 +151,7 @@ impl Class {
             Self::Process => "Process Activity",
             Self::Network => "Network Activity",
             Self::AppLifecycle => "Application Lifecycle",
+            Self::Finding => "Detection Finding",
         }
     }
 
@@ -157,6 +161,7 @@ impl Class {
             Self::Process => (1, "System Activity"),
             Self::Network => (4, "Network Activity"),
             Self::AppLifecycle => (6, "Application Activity"),
+            Self::Finding => (2, "Findings"),
         }
     }
 }
@@ -228,6 +233,8 @@ struct Plan<'a> {
     policy: Option<&'a Obj>,
     /// (action_id, action, disposition_id, disposition)
     security: Option<(u64, &'static str, u64, &'static str)>,
+    /// Detection Finding: `finding_info` (uid, title, desc).
+    finding: Option<(String, String, Option<&'a str>)>,
     is_alert: bool,
     time_ms: i64,
     time_parsed: bool,
@@ -316,6 +323,7 @@ impl<'a> Plan<'a> {
             network: None,
             policy: None,
             security: None,
+            finding: None,
             is_alert: false,
             time_ms: 0,
             time_parsed: false,
@@ -341,6 +349,9 @@ impl<'a> Plan<'a> {
             ("policy.violation", Some(p), None) => Self::process(kind, p, exec, policy, time_ms),
             ("run.start" | "run.end", _, _) => {
                 Self::run(kind, obj(event.get("run")), process, time_ms)
+            }
+            ("sensor.tamper", _, _) if obj(event.get("tamper")).is_some() => {
+                Self::tamper(kind, event)
             }
             _ => Self::base(kind, obj(event.get("lost")), process),
         };
@@ -541,6 +552,31 @@ impl<'a> Plan<'a> {
         m
     }
 
+    /// Detection Finding of a `sensor.tamper` (the caller checked `tamper`
+    /// is an object).
+    fn tamper(kind: &'a str, event: &'a Obj) -> Self {
+        let mut m = Self::new(kind, Class::Finding, 1, "Create");
+        let t = obj(event.get("tamper"));
+        let field = |k| t.and_then(|t| text_of(t, k)).unwrap_or("");
+        let repaired = t.and_then(|t| bool_of(t, "repaired")) == Some(true);
+        let title = format!("{}: {}", field("what"), field("object"));
+        let boot = obj(event.get("host")).and_then(|h| text_of(h, "boot_id"));
+        let uid = format!(
+            "{}:{}",
+            boot.unwrap_or("unknown"),
+            u64_of(event, "seq").unwrap_or(0)
+        );
+        m.message = Some(if repaired {
+            format!("{title} (put back by the sensor)")
+        } else {
+            format!("{title} (NOT put back)")
+        });
+        m.finding = Some((uid, title, t.and_then(|t| text_of(t, "detail"))));
+        m.severity_id = if repaired { 3 } else { 4 };
+        m.is_alert = true;
+        m
+    }
+
     /// Base Event: sensor.lost and kinds this mapping does not know.
     fn base(kind: &'a str, lost: Option<&'a Obj>, p: Option<&'a Obj>) -> Self {
         let name = match kind {
@@ -706,6 +742,17 @@ impl<'a> Plan<'a> {
         }
         if self.security.is_some() || self.is_alert {
             o.val("is_alert", &self.is_alert)?;
+        }
+        if let Some((uid, title, desc)) = &self.finding {
+            let mut f = o.obj("finding_info");
+            f.str("uid", uid)?;
+            f.str("title", title)?;
+            if let Some(desc) = desc {
+                f.str("desc", desc)?;
+            }
+            f.key("types");
+            f.out.extend_from_slice(br#"["sensor.tamper"]"#);
+            f.close();
         }
         self.write_metadata(&mut o, event)?;
         let host = obj(event.get("host"));
@@ -1552,6 +1599,48 @@ mod tests {
         let o = ocsf(&json!("garbage"));
         assert_class(&o, 0, 0, 99);
         assert_no_null(&o, "");
+    }
+
+    fn tamper_event(repaired: bool) -> Value {
+        json!({"schema": "sensor.event/v1", "seq": 9,
+               "time": "2023-11-14T22:13:20.000000000Z",
+               "host": {"name": "h1", "boot_id": "0b5f0e3c-1d2e-4f5a-9b8c-7d6e5f4a3b2c"},
+               "kind": "sensor.tamper", "run": null,
+               "tamper": {"what": "pin removed", "object": "/sys/fs/bpf/sensor/links/snsr_exec",
+                          "detected": "integrity check", "repaired": repaired,
+                          "detail": "link 7 of snsr_exec pinned again"}})
+    }
+
+    #[test]
+    fn a_tamper_is_a_detection_finding() {
+        let o = ocsf(&tamper_event(true));
+        assert_class(&o, 2004, 2, 1);
+        assert_eq!(o["class_name"], "Detection Finding");
+        assert_eq!(o["type_name"], "Detection Finding: Create");
+        assert_eq!(
+            o["finding_info"]["uid"],
+            "0b5f0e3c-1d2e-4f5a-9b8c-7d6e5f4a3b2c:9"
+        );
+        assert_eq!(
+            o["finding_info"]["title"],
+            "pin removed: /sys/fs/bpf/sensor/links/snsr_exec"
+        );
+        assert_eq!(
+            o["finding_info"]["desc"],
+            "link 7 of snsr_exec pinned again"
+        );
+        assert_eq!(o["finding_info"]["types"], json!(["sensor.tamper"]));
+        assert_eq!(o["is_alert"], true);
+        assert_eq!(o["severity_id"], 3);
+        assert_eq!(o["unmapped"]["tamper"]["detected"], "integrity check");
+        assert!(o["unmapped"]["run"].is_null());
+        assert_no_null(&o, "");
+        let o = ocsf(&tamper_event(false));
+        assert_eq!(o["severity_id"], 4, "not put back: High");
+        // A tamper without its object is still a valid event (Base).
+        let mut e = tamper_event(true);
+        e["tamper"] = Value::Null;
+        assert_class(&ocsf(&e), 0, 0, 99);
     }
 
     #[test]
