@@ -137,8 +137,10 @@ pub struct SensorConfig {
     pub kernel: KernelOffsets,
     /// Tracepoint field offsets.
     pub tracepoints: TracepointOffsets,
-    /// Reserved, zero (the struct has no implicit padding).
-    pub _pad: u32,
+    /// This load's generation: its programs act only while the pinned
+    /// [`crate::maps::ACTIVE`] map holds this number, and every record they
+    /// send carries it (see [`crate::handover`]).
+    pub generation: u32,
 }
 const _: () = assert!(size_of::<SensorConfig>() == 8 + 8 + 70 * 4 + 5 * 4 + 4);
 

@@ -94,7 +94,8 @@ impl EventKind {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EventHeader {
-    /// [`EventKind`] as a number.
+    /// [`EventKind`] as a number (low 16 bits) and the wire version
+    /// (high 16 bits): see [`crate::handover::kind_word`].
     pub kind: u32,
     /// Total size of the record in bytes (header, payload and data).
     pub size: u32,
@@ -124,11 +125,15 @@ pub struct EventHeader {
     pub ns_tgid: u32,
     /// Depth of its pid namespace (0: the initial one).
     pub pid_ns_level: u32,
+    /// Generation of the programs that recorded it (see [`crate::handover`]).
+    pub generation: u32,
+    /// Reserved, zero.
+    pub _reserved: u32,
 }
 
 /// Size of [`EventHeader`] on the wire.
 pub const HEADER_SIZE: usize = size_of::<EventHeader>();
-const _: () = assert!(HEADER_SIZE == 88);
+const _: () = assert!(HEADER_SIZE == 96);
 
 /// `process.spawn`: `data` holds `exe_len` bytes of the (shared) executable path.
 #[repr(C)]

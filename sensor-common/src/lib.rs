@@ -8,6 +8,8 @@
 
 pub mod config;
 pub mod event;
+pub mod handover;
+pub mod inflight;
 pub mod limits;
 pub mod maps;
 pub mod owner;

@@ -52,11 +52,47 @@ pub const RUN_TREE: &str = "SNSR_RUN_TREE";
 /// Datagrams sent without connect() per process and destination (LRU).
 pub const SEND_SEEN: &str = "SNSR_SEND_SEEN";
 
-/// Maps pinned in the pin directory, in the order they are reused: they keep
-/// attribution and enforcement going while the daemon is down or restarting.
+/// The generation whose programs act (a one-entry array; see
+/// [`crate::handover`]). Pinned; written by user space only.
+pub const ACTIVE: &str = "SNSR_ACTIVE";
+/// The last reader's mark ([`crate::handover::ReaderMark`]). Pinned;
+/// written by user space only.
+pub const MARK: &str = "SNSR_MARK";
+/// Per-run counters already reported (run handle → `RunStats`), so the next
+/// daemon reports only what is new. Pinned; written by user space only.
+pub const RUN_STATS_SEEN: &str = "SNSR_RUN_SEEN";
+/// Per-CPU path buffer (see the eBPF `PATH_SCRATCH`).
+pub const PATH_SCRATCH: &str = "SNSR_PATHBUF";
+/// A thread's connect() in flight (see the eBPF `CONNECT_INFLIGHT`).
+pub const CONNECT_INFLIGHT: &str = "SNSR_CONNECT";
+
+/// Every map the programs use, pinned in the pin directory: they keep
+/// attribution, enforcement and recording going while the daemon is down
+/// or restarting, and a new daemon's programs share them with the old
+/// ones. Only the per-CPU assembly buffers ([`SCRATCH`], [`PATH_SCRATCH`])
+/// are each load's own.
 pub const PINNED: &[&str] = &[
-    PROC_RUNS, POLICIES, RUN_POLICY, RUN_LIVE, EXEC_RULES, NET4_RULES, NET6_RULES, UNIX_RULES,
-    UNIX_IDS, RUN_TREE, OWNER,
+    PROC_RUNS,
+    POLICIES,
+    RUN_POLICY,
+    RUN_LIVE,
+    EXEC_RULES,
+    NET4_RULES,
+    NET6_RULES,
+    UNIX_RULES,
+    UNIX_IDS,
+    RUN_TREE,
+    OWNER,
+    EVENTS,
+    READER,
+    STATS,
+    RUN_STATS,
+    SENSOR_FILES,
+    SEND_SEEN,
+    CONNECT_INFLIGHT,
+    ACTIVE,
+    MARK,
+    RUN_STATS_SEEN,
 ];
 /// Subdirectory of the pin directory holding the program links.
 pub const LINKS_DIR: &str = "links";

@@ -86,7 +86,7 @@ pub(crate) static SNSR_CONFIG: SensorConfig = SensorConfig {
         sys_exit_ret: 0,
         sys_enter_args: 0,
     },
-    _pad: 0,
+    generation: 0,
 };
 
 /// Reads one field of the global. The volatile read keeps the compiler from
@@ -119,4 +119,17 @@ pub fn is_own(tgid: u32) -> bool {
     let leader: u64 = r.read(task, offset!(kernel.task_group_leader));
     let start: u64 = r.read(leader, offset!(kernel.task_start_boottime));
     crate::kernel::same_start(start, offset!(own_start_ns))
+}
+
+/// Whether this load's programs are the ones acting now: the pinned
+/// `ACTIVE` map holds their generation. A new daemon attaches its programs
+/// while the old ones still run and then switches this entry in one write,
+/// so every event is recorded, and every decision taken, by exactly one
+/// load (see `sensor_common::handover`). Programs that are not active
+/// return at once, allowing what they would otherwise judge.
+#[inline(always)]
+pub fn active() -> bool {
+    crate::maps::ACTIVE
+        .get(0)
+        .is_some_and(|g| *g == offset!(generation))
 }

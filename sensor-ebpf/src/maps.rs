@@ -6,6 +6,8 @@ use aya_ebpf::{
 };
 use sensor_common::{
     event::{Event, ExecData, ProcRun},
+    handover::ReaderMark,
+    inflight::{ConnectInflight, SendKey},
     limits::{
         EVENTS_RING_BYTES, INFLIGHT_ENTRIES, MAX_EXEC_RULES, MAX_NET_RULES, MAX_POLICIES,
         MAX_POLICY_RUNS, MAX_RUN_STATS, MAX_RUN_TREE, MAX_SEND_SEEN, MAX_SENSOR_FILES,
@@ -54,31 +56,6 @@ pub fn event_scratch() -> Option<*mut Event<ExecData>> {
 pub static PATH_SCRATCH: PerCpuArray<[u8; PATH_SCRATCH_BYTES]> =
     PerCpuArray::with_max_entries(1, 0);
 
-/// A thread's connect() slot, by pid_tgid: the syscall entry opens it, the
-/// cgroup hook fills in the address, the syscall exit adds the result, sends
-/// it and closes the slot.
-///
-/// The slot stays in the map after the exit and is reused by the thread's
-/// next connect (a lookup and two stores instead of an LRU insert and a
-/// delete per call); the LRU drops the slots of threads that stopped
-/// connecting.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct ConnectInflight {
-    pub data: sensor_common::event::ConnectData,
-    /// [`FILLED_INET`] or [`FILLED_UNIX`] once a cgroup hook saw the
-    /// destination (0: not yet).
-    pub filled: u32,
-    /// 1 between the syscall's entry and its exit.
-    pub open: u32,
-    /// The socket's fd, from the syscall's entry.
-    pub fd: u32,
-    /// Reserved, zero.
-    pub _pad: u32,
-    /// An AF_UNIX destination (`filled == FILLED_UNIX`).
-    pub unix: sensor_common::event::UnixConnectData,
-}
-
 /// A new, empty connect slot: inserted from here (read-only data), not from
 /// a copy on the 512-byte stack.
 pub static EMPTY_SLOT: ConnectInflight = ConnectInflight {
@@ -106,11 +83,14 @@ pub static EMPTY_SLOT: ConnectInflight = ConnectInflight {
     unix: sensor_common::event::UnixConnectData::ZERO,
 };
 
-/// [`ConnectInflight::filled`]: an IPv4/IPv6 destination is in `data`.
-pub const FILLED_INET: u32 = 1;
-/// [`ConnectInflight::filled`]: an AF_UNIX destination is in `unix`.
-pub const FILLED_UNIX: u32 = 2;
-
+/// A thread's connect() slot, by pid_tgid: the syscall entry opens it, the
+/// cgroup hook fills in the address, the syscall exit adds the result, sends
+/// it and closes the slot.
+///
+/// The slot stays in the map after the exit and is reused by the thread's
+/// next connect (a lookup and two stores instead of an LRU insert and a
+/// delete per call); the LRU drops the slots of threads that stopped
+/// connecting.
 #[map(name = "SNSR_CONNECT")]
 pub static CONNECT_INFLIGHT: LruHashMap<u64, ConnectInflight> =
     LruHashMap::with_max_entries(INFLIGHT_ENTRIES, 0);
@@ -159,16 +139,6 @@ pub static RUN_TREE: HashMap<u64, u64> = HashMap::with_max_entries(MAX_RUN_TREE,
 #[map(name = "SNSR_FILES")]
 pub static SENSOR_FILES: HashMap<ExecKey, u32> = HashMap::with_max_entries(MAX_SENSOR_FILES, 0);
 
-/// A process's datagrams to one destination without connect().
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct SendKey {
-    pub tgid: u32,
-    pub family: u16,
-    pub port: u16,
-    pub addr: [u8; 16],
-}
-
 /// Datagrams sent per process and destination (reported at 1, 2, 4, ...).
 #[map(name = "SNSR_SEND_SEEN")]
 pub static SEND_SEEN: LruHashMap<SendKey, u32> = LruHashMap::with_max_entries(MAX_SEND_SEEN, 0);
@@ -178,3 +148,18 @@ pub static SEND_SEEN: LruHashMap<SendKey, u32> = LruHashMap::with_max_entries(MA
 /// creates (or reuses) and pins it with the other maps. Pinned by the loader.
 #[map(name = "SNSR_OWNER")]
 pub static OWNER: Array<Owner> = Array::with_max_entries(1, 0);
+
+/// The generation whose programs act (see `sensor_common::handover`).
+/// Written by user space only.
+#[map(name = "SNSR_ACTIVE")]
+pub static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The last reader's mark (see `sensor_common::handover::ReaderMark`). No
+/// program reads it; declared so the loader creates (or reuses) and pins it.
+#[map(name = "SNSR_MARK")]
+pub static MARK: Array<ReaderMark> = Array::with_max_entries(1, 0);
+
+/// Per-run counters already reported, by run handle. No program reads it;
+/// declared so the loader creates (or reuses) and pins it.
+#[map(name = "SNSR_RUN_SEEN")]
+pub static RUN_STATS_SEEN: HashMap<u64, RunStats> = HashMap::with_max_entries(MAX_RUN_STATS, 0);

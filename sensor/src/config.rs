@@ -53,6 +53,11 @@ pub struct LimitsConfig {
     /// Runs bound to a policy at once: the size of the kernel's run→policy
     /// map (a launch past it is refused, never run unenforced).
     pub policy_runs: u32,
+    /// Size of the kernel's event ring in KiB (a power of two, 64 KiB to
+    /// 1 GiB): what the kernel keeps recording while no daemon reads, e.g.
+    /// during a restart. A change takes effect at the next start, which
+    /// reads the old ring to the end first.
+    pub event_ring_kib: u32,
 }
 
 impl Default for LimitsConfig {
@@ -64,11 +69,18 @@ impl Default for LimitsConfig {
             connections_per_uid: 32,
             idle_timeout_secs: 5,
             policy_runs: sensor_common::limits::MAX_POLICY_RUNS,
+            event_ring_kib: sensor_common::limits::EVENTS_RING_BYTES / 1024,
         }
     }
 }
 
 impl LimitsConfig {
+    /// The event ring's size in bytes.
+    #[must_use]
+    pub fn event_ring_bytes(&self) -> u32 {
+        self.event_ring_kib.saturating_mul(1024)
+    }
+
     /// Refuses values that would disable a bound or cannot work.
     pub fn validate(&self) -> Result<(), String> {
         let positive = [
@@ -87,6 +99,14 @@ impl LimitsConfig {
         }
         if self.policy_runs > 1 << 20 {
             return Err(format!("[limits] policy_runs must be at most {}", 1 << 20));
+        }
+        if !self.event_ring_kib.is_power_of_two() || !(64..=1 << 20).contains(&self.event_ring_kib)
+        {
+            return Err(format!(
+                "[limits] event_ring_kib must be a power of two from 64 to {} (got {})",
+                1 << 20,
+                self.event_ring_kib
+            ));
         }
         Ok(())
     }

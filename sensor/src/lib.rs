@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod paths;
 pub mod pipeline;
 pub mod policy;
+pub mod recovery;
 pub mod sinks;
 pub mod status;
 pub mod store;

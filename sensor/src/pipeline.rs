@@ -9,10 +9,11 @@ use std::{sync::Arc, time::Duration};
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf};
 use sensor_common::{
+    handover::{MARK_DETACHED, MARK_HANDED_OVER, MARK_RUNNING, MARK_STOPPED, ReaderMark},
     maps::READER_SLEEPING,
     stats::{RunStats, SLOT_KINDS, Stats},
 };
-use tokio::io::unix::AsyncFd;
+use tokio::{io::unix::AsyncFd, sync::oneshot};
 
 use crate::{
     attribution::{AttributionError, LaunchRequest, Peer, RunChange},
@@ -21,7 +22,7 @@ use crate::{
         protocol::{Request, Response},
     },
     event::sequence::SeqFile,
-    event::{Degraded, Event, EventBuilder, Kind, Lost, raw},
+    event::{DELIVERY_RECOVERED, Degraded, Event, EventBuilder, Gap, Kind, Lost, Window, raw},
     identity::Clock,
     loader::Probes,
     sinks::{Batch, Line, OutputHandle, Outputs},
@@ -89,6 +90,20 @@ pub struct Pipeline {
     run_stats_seen: std::collections::HashMap<u64, RunStats>,
     /// Whether a caught panic was logged already (once is enough).
     panic_logged: bool,
+    /// The pinned copy of `run_stats_seen`, for the next daemon.
+    run_stats_seen_map: Option<BpfHashMap<MapData, u64, RunStats>>,
+    /// This daemon's program generation: a record of another one was
+    /// recorded while this daemon was not reading (`delivery: "recovered"`).
+    generation: u32,
+    /// Still reading what was recorded before this daemon's programs took
+    /// over: until the first record of its own generation, or an empty ring.
+    recovering: bool,
+    /// Records read that another generation recorded.
+    recovered: u64,
+    /// Records of another wire version, by version (not readable).
+    unreadable: std::collections::BTreeMap<u32, u64>,
+    /// A new daemon asked to take over: answered once everything is saved.
+    handover: Option<oneshot::Sender<Response>>,
 }
 
 impl Pipeline {
@@ -118,7 +133,20 @@ impl Pipeline {
             store_reader: None,
             run_stats_seen: std::collections::HashMap::new(),
             panic_logged: false,
+            run_stats_seen_map: None,
+            generation: 0,
+            recovering: true,
+            recovered: 0,
+            unreadable: std::collections::BTreeMap::new(),
+            handover: None,
         }
+    }
+
+    /// This daemon's program generation (see [`sensor_common::handover`]).
+    #[must_use]
+    pub fn with_generation(mut self, generation: u32) -> Self {
+        self.generation = generation;
+        self
     }
 
     /// Saves the event sequence in `seq_file` (its reservation is taken now).
@@ -186,12 +214,36 @@ impl Pipeline {
     fn decode_and_build(&mut self, bytes: &[u8]) {
         match raw::decode(bytes) {
             Ok(raw) => {
+                let theirs = raw.header().generation != self.generation;
+                if self.recovering && !theirs {
+                    // Everything recorded before our programs took over is read.
+                    self.finish_recovery();
+                }
                 let mut events = std::mem::take(&mut self.scratch);
                 self.builder.build_into(raw, &mut events);
-                for event in events.drain(..) {
+                for mut event in events.drain(..) {
+                    if theirs {
+                        event.delivery = Some(DELIVERY_RECOVERED);
+                    }
                     self.push(&event);
                 }
                 self.scratch = events;
+                if theirs {
+                    self.recovered += 1;
+                }
+            }
+            Err(raw::DecodeError::WireVersion { version, ours }) => {
+                let n = self.unreadable.entry(version).or_default();
+                if *n == 0 {
+                    tracing::error!(
+                        version,
+                        ours,
+                        "records of another sensor version's layout in the ring: they cannot be \
+                         read, and are counted and reported as lost"
+                    );
+                }
+                *n += 1;
+                self.state.count_decode_error();
             }
             Err(e) => {
                 self.state.count_decode_error();
@@ -200,6 +252,119 @@ impl Pipeline {
                     self.decode_warned = true;
                 }
             }
+        }
+    }
+
+    /// Why `peer` may not take over, if it may not: a process in an agent
+    /// run must not be able to make the daemon go away (the control server
+    /// already refused anyone but root).
+    fn handover_refusal(&self, peer: &Peer) -> Option<String> {
+        if peer.uid != 0 {
+            return Some("only root may take over the sensor".to_owned());
+        }
+        match self.builder.attribution().attest(peer.pid, None) {
+            Ok(answer) => Some(format!(
+                "a process in agent run {} cannot take over the sensor",
+                answer.run.id
+            )),
+            Err(_) if !peer.alive() => Some("the caller is gone".to_owned()),
+            Err(_) => None,
+        }
+    }
+
+    /// Whether a new daemon asked to take over.
+    #[must_use]
+    pub fn handover_requested(&self) -> bool {
+        self.handover.is_some()
+    }
+
+    /// Starts reading after a gap: says how long nobody read and why
+    /// (`sensor.gap`), reports what the kernel could not keep meanwhile
+    /// (`run.degraded` per run, `sensor.lost` with the window), and takes
+    /// the previous reader's counters as already reported. What the ring
+    /// holds is read next, as recovered.
+    pub fn begin_recovery(
+        &mut self,
+        gap: Option<Gap>,
+        baseline: [u64; SLOT_KINDS.len()],
+        kernel: &Stats,
+        run_stats: &mut BpfHashMap<MapData, u64, RunStats>,
+        run_stats_seen: BpfHashMap<MapData, u64, RunStats>,
+    ) {
+        // A counter below the baseline belongs to a map made anew: count from 0.
+        for (slot, seen) in self.kernel_lost_seen.iter_mut().enumerate() {
+            *seen = if baseline[slot] <= kernel.lost[slot] {
+                baseline[slot]
+            } else {
+                0
+            };
+        }
+        self.run_stats_seen = run_stats_seen.iter().filter_map(Result::ok).collect();
+        self.run_stats_seen_map = Some(run_stats_seen);
+        let Some(mut gap) = gap else {
+            // No daemon before: nothing in the kernel's counters is ours to report.
+            self.kernel_lost_seen = kernel.lost;
+            return;
+        };
+        gap.lost = kernel
+            .lost
+            .iter()
+            .zip(self.kernel_lost_seen)
+            .map(|(now, seen)| now.saturating_sub(seen))
+            .sum();
+        tracing::warn!(
+            cause = gap.cause,
+            seconds = ?gap.seconds,
+            recorded = gap.recorded,
+            lost = gap.lost,
+            "no daemon was reading the kernel's records for a while (sensor.gap)"
+        );
+        let window = Window {
+            start: gap.start,
+            end: gap.end,
+        };
+        let event = self.builder.gap(gap);
+        self.push(&event);
+        let runs = self.check_run_stats(run_stats);
+        self.report_losses(kernel, runs, Some(window));
+    }
+
+    /// Done reading what was recorded while no daemon was reading: runs
+    /// whose processes all exited meanwhile end now, after their last
+    /// events.
+    fn finish_recovery(&mut self) {
+        self.recovering = false;
+        let ended = self
+            .builder
+            .attribution_mut()
+            .end_finished(std::time::SystemTime::now());
+        self.run_changes(&ended);
+        self.state.set_recovered(self.recovered);
+        if self.recovered > 0 {
+            tracing::info!(
+                records = self.recovered,
+                "read what the kernel recorded while no daemon was reading (delivery: recovered)"
+            );
+        }
+    }
+
+    /// The mark the next daemon starts from (see [`ReaderMark`]).
+    fn mark(&self, state: u32) -> ReaderMark {
+        let now = std::time::SystemTime::now();
+        ReaderMark {
+            state,
+            generation: self.generation,
+            pid: std::process::id(),
+            _pad: 0,
+            unix_ns: now
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+            boot_ns: nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map_or(0, |t| {
+                u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
+                    + u64::try_from(t.tv_nsec()).unwrap_or(0)
+            }),
+            lost_seen: self.kernel_lost_seen,
+            next_seq: self.builder.next_seq(),
         }
     }
 
@@ -226,6 +391,22 @@ impl Pipeline {
 
     fn answer(&mut self, command: Command) {
         match command {
+            Command::Request {
+                peer,
+                request: Request::Handover,
+                reply,
+            } => match self.handover_refusal(&peer) {
+                Some(message) => {
+                    let _ = reply.send(Response::Error { message });
+                }
+                None => {
+                    tracing::info!(
+                        pid = peer.pid,
+                        "a new daemon takes over: saving everything and exiting, the programs stay attached"
+                    );
+                    self.handover = Some(reply);
+                }
+            },
             Command::Reload { loaded, reply } => {
                 let response = match loaded.and_then(|p| self.install_policies(*p)) {
                     Ok((version, policies)) => Response::Reloaded { version, policies },
@@ -294,6 +475,10 @@ impl Pipeline {
             // sends `Command::Reload`; a bare request never gets here.
             Request::ReloadPolicies => Response::Error {
                 message: "reload through the control socket".to_owned(),
+            },
+            // Taken in `answer`: it ends the event loop.
+            Request::Handover => Response::Error {
+                message: "hand-over through the control socket".to_owned(),
             },
         }
     }
@@ -481,11 +666,23 @@ impl Pipeline {
                 .attribution()
                 .run(handle)
                 .is_some_and(crate::attribution::Run::is_active);
+            // Mirrored in the pinned map: the next daemon reports only
+            // what is new.
             if active {
-                self.run_stats_seen.insert(handle, now);
+                if self.run_stats_seen.get(&handle) != Some(&now) {
+                    if let Some(pinned) = &mut self.run_stats_seen_map
+                        && let Err(e) = pinned.insert(handle, now, 0)
+                    {
+                        tracing::debug!(error = %e, "cannot pin a run's reported counters");
+                    }
+                    self.run_stats_seen.insert(handle, now);
+                }
             } else {
                 // Reported to the end: the run is over (or unknown).
                 let _ = map.remove(&handle);
+                if let Some(pinned) = &mut self.run_stats_seen_map {
+                    let _ = pinned.remove(&handle);
+                }
                 self.run_stats_seen.remove(&handle);
             }
         }
@@ -496,8 +693,20 @@ impl Pipeline {
     /// reports anything newly lost (`runs`: the kernel losses of agent runs,
     /// by run id, from [`Self::check_run_stats`]).
     pub fn check_losses(&mut self, kernel: &Stats, runs: std::collections::BTreeMap<String, u64>) {
+        self.report_losses(kernel, runs, None);
+    }
+
+    /// [`Self::check_losses`], for losses known to lie in `window` (a gap).
+    fn report_losses(
+        &mut self,
+        kernel: &Stats,
+        runs: std::collections::BTreeMap<String, u64>,
+        window: Option<Window>,
+    ) {
         let mut lost = Lost {
             runs,
+            window,
+            unreadable: std::mem::take(&mut self.unreadable),
             ..Lost::default()
         };
         let mut cumulative_by_kind = [0u64; Kind::ALL.len()];
@@ -545,7 +754,7 @@ impl Pipeline {
                 lost.by_output.insert("store".to_owned(), delta);
             }
         }
-        if lost.total > 0 || !lost.by_output.is_empty() {
+        if lost.total > 0 || !lost.by_output.is_empty() || !lost.unreadable.is_empty() {
             tracing::warn!(kernel = lost.total, outputs = ?lost.by_output, "events lost");
             let event = self.builder.lost(lost);
             self.push(&event);
@@ -692,6 +901,10 @@ struct Drained {
 fn drain(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline, budget: usize) -> Drained {
     for records in 0..budget {
         let Some(item) = ring.next() else {
+            if pipeline.recovering {
+                // Nothing more from before our programs took over.
+                pipeline.finish_recovery();
+            }
             return Drained {
                 records,
                 empty: true,
@@ -769,26 +982,119 @@ pub struct KernelStreams {
     pub reader: Array<MapData, u32>,
     pub stats: PerCpuArray<MapData, Stats>,
     pub run_stats: BpfHashMap<MapData, u64, RunStats>,
+    /// The reader's mark, written every tick and at the end.
+    pub mark: Array<MapData, ReaderMark>,
+    /// Per-run counters already reported (pinned copy).
+    pub run_stats_seen: BpfHashMap<MapData, u64, RunStats>,
 }
 
-/// Runs until `shutdown` resolves, then detaches the programs, drains what the
-/// kernel already produced, reports final losses and closes the outputs.
+/// Where the daemon picks up: the gap it closes (if a daemon ran before),
+/// the previous reader's reported kernel losses, and the previous ring
+/// when it could not be reused.
+pub struct Resume {
+    pub gap: Option<Gap>,
+    pub lost_seen: [u64; SLOT_KINDS.len()],
+    pub old_ring: Option<RingBuf<MapData>>,
+    /// The state dir and boot id, for the last-seen file.
+    pub state_dir: std::path::PathBuf,
+    pub boot_id: String,
+}
+
+/// How the daemon stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// The programs stay attached and keep recording (and enforcing) into
+    /// the pinned ring for the next daemon (the default).
+    KeepRecording,
+    /// Detach the programs (`--detach-on-exit`): nothing is recorded until
+    /// a daemon starts again.
+    Detach,
+}
+
+/// How [`run`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// A signal asked it to stop.
+    Stopped,
+    /// A new daemon took over.
+    HandedOver,
+}
+
+/// Ticks between two writes of the state dir's last-seen file.
+const LAST_SEEN_TICKS: u64 = 10;
+
+/// Writes the reader's mark (pinned) and, with `file`, the state dir's
+/// last-seen file.
+fn write_mark(
+    mark: &mut Array<MapData, ReaderMark>,
+    pipeline: &Pipeline,
+    state: u32,
+    file: Option<(&std::path::Path, &str)>,
+) {
+    let value = pipeline.mark(state);
+    if let Err(e) = mark.set(0, value, 0) {
+        tracing::warn!(error = %e, "cannot write the reader's mark for the next daemon");
+    }
+    if let Some((state_dir, boot_id)) = file {
+        let last = crate::recovery::LastSeen {
+            boot_id: boot_id.to_owned(),
+            unix_ns: value.unix_ns,
+            pid: value.pid,
+            state: crate::recovery::last_seen_state(state).to_owned(),
+        };
+        if let Err(e) = last.write(state_dir) {
+            tracing::warn!(error = %e, "cannot write the last-seen file");
+        }
+    }
+}
+
+/// Runs until `shutdown` resolves (or a new daemon takes over), then stops
+/// as `stop` says: reads what the kernel already produced, reports final
+/// losses, leaves the mark for the next daemon and closes the outputs.
 pub async fn run(
     kernel: KernelStreams,
     mut pipeline: Pipeline,
+    resume: Resume,
     mut commands: tokio::sync::mpsc::Receiver<Command>,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), PipelineError> {
+    stop: StopMode,
+) -> Result<Ended, PipelineError> {
     let KernelStreams {
         mut probes,
         events,
         reader,
         stats,
         mut run_stats,
+        mut mark,
+        run_stats_seen,
     } = kernel;
+    let Resume {
+        gap,
+        lost_seen,
+        old_ring,
+        state_dir,
+        boot_id,
+    } = resume;
+    let last_seen = Some((state_dir.as_path(), boot_id.as_str()));
     let mut reader = Reader::new(reader);
-    persist_if_enforcing(&mut probes, &pipeline);
     pipeline.state.set_links(probes.link_status());
+    pipeline.state.set_generation(probes.generation());
+    // What the kernel recorded while nobody read comes first: the gap and
+    // its losses, then the old ring if it was replaced, then our ring, which
+    // holds the rest in order.
+    let kernel_stats = read_stats(&stats)?;
+    pipeline.begin_recovery(
+        gap,
+        lost_seen,
+        &kernel_stats,
+        &mut run_stats,
+        run_stats_seen,
+    );
+    if let Some(mut old) = old_ring {
+        while !drain(&mut old, &mut pipeline, DRAIN_BUDGET).empty {}
+        pipeline.flush();
+    }
+    write_mark(&mut mark, &pipeline, MARK_RUNNING, last_seen);
     // SAFETY: RingBuf owns its map fd and keeps it open, unchanged, for its
     // whole life, which the AsyncFd spans.
     let mut ring =
@@ -816,9 +1122,11 @@ pub async fn run(
                 }
                 pipeline.command(command);
                 pipeline.flush();
-                persist_if_enforcing(&mut probes, &pipeline);
+                if pipeline.handover_requested() {
+                    break Ok(Ended::HandedOver);
+                }
             }
-            () = &mut shutdown => break Ok(()),
+            () = &mut shutdown => break Ok(Ended::Stopped),
             _ = tick.tick() => {
                 if reader.asleep {
                     // A record sent without a wakeup as the reader fell asleep.
@@ -847,6 +1155,8 @@ pub async fn run(
                     pipeline.builder.set_clock(clock);
                 }
                 pipeline.check_integrity(&mut probes);
+                let file = last_seen.filter(|_| ticks.is_multiple_of(LAST_SEEN_TICKS));
+                write_mark(&mut mark, &pipeline, MARK_RUNNING, file);
             }
             guard = ring.readable_mut() => {
                 let mut guard = match guard {
@@ -878,39 +1188,60 @@ pub async fn run(
             }
         }
     };
-    // Stop producing first, then take everything already in the ring.
     pipeline.state.set_ready(false);
-    // Programs left attached (enforce) must not wake a reader that is gone.
+    // Programs left attached must not wake a reader that is gone.
     reader.set_asleep(false);
-    if probes.persistent() {
-        // The pins are what keeps enforcing once we are gone: put back any
-        // that went since the last tick.
-        pipeline.check_integrity(&mut probes);
-    }
+    let ended = match result {
+        Ok(e) => e,
+        Err(e) => {
+            // The ring cannot be polled: leave what it holds to the next daemon.
+            write_mark(&mut mark, &pipeline, MARK_RUNNING, last_seen);
+            pipeline.close();
+            return Err(e);
+        }
+    };
     let links_dir = probes.pin_dir().join(sensor_common::maps::LINKS_DIR);
+    let final_state = match (ended, stop) {
+        // The new daemon reads the ring from here: nothing more is taken.
+        (Ended::HandedOver, _) => MARK_HANDED_OVER,
+        (Ended::Stopped, StopMode::KeepRecording) => {
+            // The pins are what keeps recording and enforcing once we are
+            // gone: put back any that went since the last tick.
+            pipeline.check_integrity(&mut probes);
+            // What the ring holds now is ours to write; what comes after
+            // waits there for the next daemon.
+            drain(ring.get_mut(), &mut pipeline, usize::MAX);
+            MARK_STOPPED
+        }
+        (Ended::Stopped, StopMode::Detach) => {
+            if let Err(e) = probes.persist(false) {
+                tracing::error!(error = %e, "cannot unpin the program links");
+            }
+            MARK_DETACHED
+        }
+    };
     log_stop(&probes.stop(), &links_dir);
-    let ring = ring.get_mut();
-    while !drain(ring, &mut pipeline, usize::MAX).empty {}
+    if final_state == MARK_DETACHED {
+        // Stopped producing: take everything already in the ring.
+        let ring = ring.get_mut();
+        while !drain(ring, &mut pipeline, usize::MAX).empty {}
+    }
     let lost_by_run = pipeline.check_run_stats(&mut run_stats);
     match read_stats(&stats) {
         Ok(s) => pipeline.check_losses(&s, lost_by_run),
         Err(e) => tracing::warn!(error = %e, "kernel counters"),
     }
+    let reply = pipeline.handover.take();
+    // The mark and the seq file before the reply: the new daemon starts
+    // from them as soon as this process is gone.
+    pipeline.flush();
+    let next_seq = pipeline.builder.next_seq();
+    write_mark(&mut mark, &pipeline, final_state, last_seen);
     pipeline.close();
-    result
-}
-
-/// Pins the programs while an enforce policy is loaded (they keep enforcing
-/// if the daemon dies), unpins them otherwise (they detach with the daemon).
-fn persist_if_enforcing(probes: &mut Probes, pipeline: &Pipeline) {
-    let enforcing = pipeline.builder.policies().enforcing();
-    if enforcing != probes.persistent() {
-        match probes.persist(enforcing) {
-            Ok(()) => tracing::info!(pinned = enforcing, "kernel program links"),
-            Err(e) => tracing::error!(error = %e, "cannot (un)pin the kernel program links"),
-        }
-        pipeline.state.set_links(probes.link_status());
+    if let Some(reply) = reply {
+        let _ = reply.send(Response::HandedOver { next_seq });
     }
+    Ok(ended)
 }
 
 /// Says what stays attached now that the daemon let go of its programs, as
@@ -921,9 +1252,10 @@ fn log_stop(report: &crate::loader::StopReport, links_dir: &std::path::Path) {
         if report.lost.is_empty() {
             tracing::warn!(
                 programs = ?report.staying,
-                "{} of {total} kernel programs stay attached and keep enforcing until the daemon \
-                 is back (checked in the kernel: each is held by an attached link pinned in {}); \
-                 `sensor unload` removes them",
+                "{} of {total} kernel programs stay attached and keep recording (into the pinned \
+                 ring, read by the next daemon) and enforcing until the daemon is back (checked in \
+                 the kernel: each is held by an attached link pinned in {}); `sensor unload` or \
+                 `sensor daemon --detach-on-exit` removes them",
                 report.staying.len(),
                 links_dir.display()
             );
@@ -932,7 +1264,8 @@ fn log_stop(report: &crate::loader::StopReport, links_dir: &std::path::Path) {
                 staying = ?report.staying,
                 lost = ?report.lost,
                 "{} of {total} kernel programs stay attached; {} do NOT (their pin is gone, their \
-                 link detached or the program unloaded): what they enforced is no longer enforced",
+                 link detached or the program unloaded): what they recorded and enforced no \
+                 longer is",
                 report.staying.len(),
                 report.lost.len()
             );

@@ -38,6 +38,10 @@ pub struct DaemonState {
     links: Mutex<Vec<LinkStatus>>,
     /// `sensor.tamper` findings, by what happened.
     tamper: Mutex<BTreeMap<&'static str, u64>>,
+    /// This daemon's program generation (see `sensor_common::handover`).
+    generation: AtomicU64,
+    /// Records read at start that were recorded while no daemon read.
+    recovered: AtomicU64,
 }
 
 /// Counters of what the daemon refused or held back to stay up and honest
@@ -80,6 +84,8 @@ impl Default for DaemonState {
             defense: Defense::default(),
             links: Mutex::new(Vec::new()),
             tamper: Mutex::new(BTreeMap::new()),
+            generation: AtomicU64::new(0),
+            recovered: AtomicU64::new(0),
         }
     }
 }
@@ -99,6 +105,17 @@ impl DaemonState {
         stats: Arc<crate::store::writer::StoreStats>,
     ) {
         let _ = self.store.set((path, stats));
+    }
+
+    /// This daemon's program generation.
+    pub fn set_generation(&self, generation: u32) {
+        self.generation
+            .store(u64::from(generation), Ordering::Relaxed);
+    }
+
+    /// Records read at start that were recorded while no daemon read.
+    pub fn set_recovered(&self, records: u64) {
+        self.recovered.store(records, Ordering::Relaxed);
     }
 
     /// The links as the integrity check found them.
@@ -233,6 +250,8 @@ impl DaemonState {
             runs_degraded: self.defense.runs_degraded.load(Ordering::Relaxed),
             panics: self.defense.panics.load(Ordering::Relaxed),
             tamper,
+            generation: self.generation.load(Ordering::Relaxed),
+            recovered: self.recovered.load(Ordering::Relaxed),
         }
     }
 }
@@ -275,6 +294,14 @@ pub struct StatusReport {
     /// What the integrity check found (`sensor.tamper` events).
     #[serde(default)]
     pub tamper: TamperStatus,
+    /// Generation of this daemon's kernel programs (one more at each
+    /// start or take-over on the same pin dir).
+    #[serde(default)]
+    pub generation: u64,
+    /// Records read at start that the kernel recorded while no daemon was
+    /// reading (events with `delivery: "recovered"`).
+    #[serde(default)]
+    pub recovered: u64,
 }
 
 /// `sensor.tamper` findings since the daemon started.

@@ -5,7 +5,8 @@
 //!
 //! - [`crate::loader::Probes::check`]: the pin dir exists; every pinned map
 //!   and (when enforcing) every link pin is there and holds our object; every
-//!   link still attaches its program; the owner record is ours. A removed pin
+//!   link still attaches its program; the owner record is ours; the active
+//!   generation is ours. A removed pin
 //!   is pinned again from the daemon's own handle, a detached program is
 //!   attached again (a new link, pinned in place of the old one).
 //! - [`crate::policy::kernel::Enforcement::verify`]: the policy maps hold what
@@ -25,6 +26,9 @@ pub const LINK_DETACHED: &str = "link detached";
 pub const POLICY_MAP_CHANGED: &str = "policy map changed";
 /// "owner record changed": the pin dir's owner record names someone else.
 pub const OWNER_CHANGED: &str = "owner record changed";
+/// "active generation changed": the map that says which load's programs
+/// act no longer names this daemon's (every program would stand idle).
+pub const GENERATION_CHANGED: &str = "active generation changed";
 
 /// One finding of the integrity check.
 #[derive(Debug, Clone, PartialEq, Eq)]

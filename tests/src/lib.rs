@@ -408,6 +408,23 @@ impl Daemon {
         Ok(daemon)
     }
 
+    /// An upgrade: starts a second daemon on the same dirs and arguments
+    /// with `--takeover` while this one runs, waits until the running one
+    /// has handed over and exited, then until the new one is ready. Returns
+    /// the old daemon's exit status.
+    pub fn take_over(&mut self) -> Result<ExitStatus> {
+        let Some(mut old) = self.child.borrow_mut().take() else {
+            bail!("no daemon is running to take over from");
+        };
+        let old_pid = self.pid;
+        self.spawn_process(&["--takeover"])?;
+        let status = old
+            .wait()
+            .with_context(|| format!("waiting for the old daemon (pid {old_pid})"))?;
+        self.wait_ready()?;
+        Ok(status)
+    }
+
     /// Starts the daemon process with `self.args` (stdout and stderr appended
     /// to the files of this instance) and waits until it is ready.
     fn spawn(&mut self) -> Result<()> {
@@ -416,6 +433,12 @@ impl Daemon {
             "the daemon (pid {}) is still running",
             self.pid
         );
+        self.spawn_process(&[])?;
+        self.wait_ready()
+    }
+
+    /// Starts the daemon process with `self.args` and `extra`.
+    fn spawn_process(&mut self, extra: &[&str]) -> Result<()> {
         let open = |path: &Path| {
             fs::OpenOptions::new()
                 .create(true)
@@ -435,6 +458,7 @@ impl Daemon {
         };
         cmd.arg("daemon")
             .args(&self.args)
+            .args(extra)
             .env_remove("SENSOR_SOCKET")
             .env_remove("SENSOR_CONFIG")
             .env_remove("SENSOR_STATE_DIR")
@@ -451,7 +475,7 @@ impl Daemon {
         self.pid = child.id();
         self.exit = None;
         *self.child.borrow_mut() = Some(child);
-        self.wait_ready()
+        Ok(())
     }
 
     /// Starts the daemon again after [`Daemon::stop`], with identical

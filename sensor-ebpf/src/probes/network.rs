@@ -12,16 +12,18 @@ use aya_ebpf::{
     macros::{cgroup_sock_addr, tracepoint},
     programs::{SockAddrContext, TracePointContext},
 };
+use sensor_common::handover::kind_word;
+use sensor_common::inflight::{FILLED_INET, FILLED_UNIX};
 use sensor_common::{
     event::{ConnectData, EventHeader, EventKind, FixedEvent, HOW_MASK, VIA_CONNECT, VIA_SENDMSG},
     policy::{VERDICT_DENY, VERDICT_NONE},
 };
 
 use crate::{
-    config::{is_own, offset},
+    config::{active, is_own, offset},
     emit::{deny_budget, emit},
     kernel::{Reader, run_of},
-    maps::{CONNECT_INFLIGHT, EMPTY_SLOT, FILLED_INET, FILLED_UNIX},
+    maps::{CONNECT_INFLIGHT, EMPTY_SLOT},
     policy::check_net,
 };
 
@@ -38,6 +40,9 @@ const EPERM: i32 = 1;
 /// tracepoint `syscalls/sys_enter_connect`: mark the thread as inside connect().
 #[tracepoint]
 pub fn snsr_conn_in(ctx: TracePointContext) -> u32 {
+    if !active() {
+        return 0; // the active load records
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
     if is_own((pid_tgid >> 32) as u32) {
         return 0;
@@ -73,6 +78,9 @@ pub fn snsr_conn_in(ctx: TracePointContext) -> u32 {
 /// cgroup_sock_addr `connect4` on the cgroup2 root.
 #[cgroup_sock_addr(connect4)]
 pub fn snsr_connect4(ctx: SockAddrContext) -> i32 {
+    if !active() {
+        return 1; // allow: the active load decides
+    }
     // SAFETY: ctx fields are read with their native width.
     unsafe { on_connect(&ctx, AF_INET) }
 }
@@ -80,6 +88,9 @@ pub fn snsr_connect4(ctx: SockAddrContext) -> i32 {
 /// cgroup_sock_addr `connect6` on the cgroup2 root.
 #[cgroup_sock_addr(connect6)]
 pub fn snsr_connect6(ctx: SockAddrContext) -> i32 {
+    if !active() {
+        return 1; // allow: the active load decides
+    }
     // SAFETY: ctx fields are read with their native width.
     unsafe { on_connect(&ctx, AF_INET6) }
 }
@@ -88,6 +99,9 @@ pub fn snsr_connect6(ctx: SockAddrContext) -> i32 {
 /// Only decided (and reported when denied): one event per datagram would flood.
 #[cgroup_sock_addr(sendmsg4)]
 pub fn snsr_sendmsg4(ctx: SockAddrContext) -> i32 {
+    if !active() {
+        return 1; // allow: the active load decides
+    }
     // SAFETY: ctx fields are read with their native width.
     unsafe { on_sendmsg(&ctx, AF_INET) }
 }
@@ -95,6 +109,9 @@ pub fn snsr_sendmsg4(ctx: SockAddrContext) -> i32 {
 /// cgroup_sock_addr `sendmsg6`.
 #[cgroup_sock_addr(sendmsg6)]
 pub fn snsr_sendmsg6(ctx: SockAddrContext) -> i32 {
+    if !active() {
+        return 1; // allow: the active load decides
+    }
     // SAFETY: ctx fields are read with their native width.
     unsafe { on_sendmsg(&ctx, AF_INET6) }
 }
@@ -224,7 +241,8 @@ fn report_now(data: ConnectData, tgid: u32, pid_tgid: u64, run: u64, how: u32) {
     let uid_gid = bpf_get_current_uid_gid();
     let mut ev = FixedEvent {
         header: EventHeader {
-            kind: EventKind::NetConnect as u32,
+            kind: kind_word(EventKind::NetConnect as u32),
+            generation: offset!(generation),
             size: size_of::<FixedEvent<ConnectData>>() as u32,
             // SAFETY: no preconditions.
             ktime_ns: unsafe { bpf_ktime_get_boot_ns() },
@@ -254,6 +272,9 @@ fn report_now(data: ConnectData, tgid: u32, pid_tgid: u64, run: u64, how: u32) {
 /// tracepoint `syscalls/sys_exit_connect`: send the connect with its result.
 #[tracepoint]
 pub fn snsr_conn_out(ctx: TracePointContext) -> u32 {
+    if !active() {
+        return 0; // the active load records
+    }
     // SAFETY: offset from the format file.
     unsafe { connect_exit(&ctx) };
     0
@@ -284,7 +305,8 @@ unsafe fn connect_exit(ctx: &TracePointContext) -> Option<()> {
     let uid_gid = bpf_get_current_uid_gid();
     let mut ev = FixedEvent {
         header: EventHeader {
-            kind: EventKind::NetConnect as u32,
+            kind: kind_word(EventKind::NetConnect as u32),
+            generation: offset!(generation),
             size: size_of::<FixedEvent<ConnectData>>() as u32,
             // SAFETY: no preconditions.
             ktime_ns: unsafe { bpf_ktime_get_boot_ns() },

@@ -9,6 +9,7 @@ use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
+use sensor_common::handover::kind_word;
 use sensor_common::{
     config::ABSENT,
     event::{
@@ -23,7 +24,7 @@ use sensor_common::{
 };
 
 use crate::{
-    config::{is_own, offset},
+    config::{active, is_own, offset},
     emit::{count_inherit_failed, count_lost, emit},
     kernel::{Reader, current_task, current_task_btf, load, opaque, run_of},
     maps::{PATH_SCRATCH, PROC_RUNS, event_scratch},
@@ -39,7 +40,8 @@ const STR_MAX: u32 = (PATH_MASK + 1) as u32;
 fn new_header(kind: EventKind) -> EventHeader {
     let uid_gid = bpf_get_current_uid_gid();
     EventHeader {
-        kind: kind as u32,
+        kind: kind_word(kind as u32),
+        generation: offset!(generation),
         // SAFETY: no preconditions.
         ktime_ns: unsafe { bpf_ktime_get_boot_ns() },
         uid: uid_gid as u32,
@@ -116,6 +118,9 @@ unsafe fn put_cwd(
 /// Reports new processes only: a new thread shares its creator's tgid.
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
 pub fn snsr_fork(ctx: RawTracePointContext) -> i32 {
+    if !active() {
+        return 0; // the active load records
+    }
     // SAFETY: tracepoint context as documented above.
     unsafe { try_fork(&ctx) };
     0
@@ -214,6 +219,9 @@ fn inherit_run(r: &mut Reader, parent_tgid: u32, child: u64, child_tgid: u32) ->
 /// `max_processes` under an enforce policy is killed here, before it runs.
 #[tracepoint]
 pub fn snsr_clone_out(ctx: TracePointContext) -> u32 {
+    if !active() {
+        return 0; // the active load records
+    }
     // SAFETY: offset from the format file.
     unsafe { clone_exit(&ctx) };
     0
@@ -222,6 +230,9 @@ pub fn snsr_clone_out(ctx: TracePointContext) -> u32 {
 /// tracepoint `syscalls/sys_exit_clone3`.
 #[tracepoint]
 pub fn snsr_clone3_out(ctx: TracePointContext) -> u32 {
+    if !active() {
+        return 0; // the active load records
+    }
     // SAFETY: offset from the format file.
     unsafe { clone_exit(&ctx) };
     0
@@ -230,6 +241,9 @@ pub fn snsr_clone3_out(ctx: TracePointContext) -> u32 {
 /// tracepoint `syscalls/sys_exit_fork`.
 #[tracepoint]
 pub fn snsr_fork_out(ctx: TracePointContext) -> u32 {
+    if !active() {
+        return 0; // the active load records
+    }
     // SAFETY: offset from the format file.
     unsafe { clone_exit(&ctx) };
     0
@@ -238,6 +252,9 @@ pub fn snsr_fork_out(ctx: TracePointContext) -> u32 {
 /// tracepoint `syscalls/sys_exit_vfork`.
 #[tracepoint]
 pub fn snsr_vfork_out(ctx: TracePointContext) -> u32 {
+    if !active() {
+        return 0; // the active load records
+    }
     // SAFETY: offset from the format file.
     unsafe { clone_exit(&ctx) };
     0
@@ -263,6 +280,9 @@ unsafe fn clone_exit(ctx: &TracePointContext) -> Option<()> {
 /// tracepoint `sched/sched_process_exec`: the new image is in place, before its first instruction.
 #[tracepoint]
 pub fn snsr_exec(ctx: TracePointContext) -> u32 {
+    if !active() {
+        return 0; // the active load records
+    }
     // SAFETY: tracepoint context; field offsets come from the format file.
     unsafe { try_exec(&ctx) };
     0
@@ -394,6 +414,9 @@ unsafe fn try_exec(ctx: &TracePointContext) -> Option<()> {
 /// entry (that cost a map insert and delete on every exec, failed or not).
 #[tracepoint]
 pub fn snsr_execve_out(ctx: TracePointContext) -> u32 {
+    if !active() {
+        return 0; // the active load records
+    }
     // SAFETY: offsets from the format file and BTF.
     unsafe { execve_exit(&ctx, offset!(kernel.pt_regs_di), offset!(kernel.pt_regs_si)) };
     0
@@ -402,6 +425,9 @@ pub fn snsr_execve_out(ctx: TracePointContext) -> u32 {
 /// tracepoint `syscalls/sys_exit_execveat`: `execveat(dirfd, filename, argv, envp, flags)`.
 #[tracepoint]
 pub fn snsr_execat_out(ctx: TracePointContext) -> u32 {
+    if !active() {
+        return 0; // the active load records
+    }
     // SAFETY: offsets from the format file and BTF.
     unsafe { execve_exit(&ctx, offset!(kernel.pt_regs_si), offset!(kernel.pt_regs_dx)) };
     0
@@ -534,6 +560,9 @@ unsafe fn execve_exit(ctx: &TracePointContext, filename_reg: u32, argv_reg: u32)
 /// tracepoint `sched/sched_process_exit`: reported once, when the thread group is dead.
 #[tracepoint]
 pub fn snsr_exit(ctx: TracePointContext) -> u32 {
+    if !active() {
+        return 0; // the active load records
+    }
     // SAFETY: offsets from the format file and BTF.
     unsafe { try_exit(&ctx) };
     0

@@ -21,6 +21,8 @@ use aya_ebpf::{
     macros::{cgroup_sock, tracepoint},
     programs::{SockContext, TracePointContext},
 };
+use sensor_common::handover::kind_word;
+use sensor_common::inflight::SendKey;
 use sensor_common::{
     event::{
         ConnectData, EventHeader, EventKind, FixedEvent, HOW_MASK, SOCKET_ACCEPT, SOCKET_CREATE,
@@ -30,10 +32,10 @@ use sensor_common::{
 };
 
 use crate::{
-    config::{is_own, offset},
+    config::{active, is_own, offset},
     emit::{count, deny_budget, wakeup_flags},
     kernel::{Reader, current_task, current_task_btf, load, run_of},
-    maps::{EVENTS, SEND_SEEN, SendKey},
+    maps::{EVENTS, SEND_SEEN},
     policy::{kill_current, policy_of},
 };
 
@@ -91,7 +93,8 @@ fn report(data: &SocketData, tgid: u32, run: u64, how: u32) {
     // SAFETY: `ev` is a reserved ring buffer record of this type.
     unsafe {
         (*ev).header = EventHeader {
-            kind: EventKind::NetSocket as u32,
+            kind: kind_word(EventKind::NetSocket as u32),
+            generation: offset!(generation),
             size: size_of::<FixedEvent<SocketData>>() as u32,
             // SAFETY: no preconditions.
             ktime_ns: bpf_ktime_get_boot_ns(),
@@ -114,6 +117,9 @@ fn report(data: &SocketData, tgid: u32, run: u64, how: u32) {
 /// cgroup_sock `sock_create` on the cgroup2 root: an inet socket is made.
 #[cgroup_sock(sock_create)]
 pub fn snsr_sock_new(ctx: SockContext) -> i32 {
+    if !active() {
+        return 1; // allow: the active load decides
+    }
     // SAFETY: the kernel's bpf_sock; the fields are rewritten by the verifier.
     let (family, sock_type, protocol) = unsafe {
         (
@@ -151,6 +157,9 @@ pub fn snsr_sock_new(ctx: SockContext) -> i32 {
 /// sockets, which `sock_create` does not see.
 #[tracepoint]
 pub fn snsr_socket(ctx: TracePointContext) -> u32 {
+    if !active() {
+        return 0; // the active load records
+    }
     let base = offset!(tracepoints.sys_enter_args) as usize;
     // SAFETY: offsets from the format files.
     let family: u64 = unsafe { ctx.read_at(base) }.unwrap_or(0);
@@ -238,6 +247,9 @@ fn first_arg() -> u64 {
 /// tracepoint `syscalls/sys_exit_listen`: a run now takes connections in.
 #[tracepoint]
 pub fn snsr_listen_out(ctx: TracePointContext) -> u32 {
+    if !active() {
+        return 0; // the active load records
+    }
     // SAFETY: offset from the format file.
     let ret: i64 = unsafe { ctx.read_at(offset!(tracepoints.sys_exit_ret) as usize) }.unwrap_or(-1);
     if ret != 0 {
@@ -261,6 +273,9 @@ pub fn snsr_listen_out(ctx: TracePointContext) -> u32 {
 /// tracepoint `syscalls/sys_exit_accept4`: a connection came in.
 #[tracepoint]
 pub fn snsr_accept4_x(ctx: TracePointContext) -> u32 {
+    if !active() {
+        return 0; // the active load records
+    }
     accept_exit(&ctx);
     0
 }
@@ -268,6 +283,9 @@ pub fn snsr_accept4_x(ctx: TracePointContext) -> u32 {
 /// tracepoint `syscalls/sys_exit_accept`.
 #[tracepoint]
 pub fn snsr_accept_out(ctx: TracePointContext) -> u32 {
+    if !active() {
+        return 0; // the active load records
+    }
     accept_exit(&ctx);
     0
 }

@@ -26,6 +26,7 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
+use sensor_common::handover::kind_word;
 use sensor_common::{
     event::{
         EventHeader, EventKind, FixedEvent, HOW_MASK, TAMPER_BPF, TAMPER_FLAG_KILLED,
@@ -37,7 +38,7 @@ use sensor_common::{
 };
 
 use crate::{
-    config::{is_own, offset},
+    config::{active, is_own, offset},
     emit::{deny_budget, emit},
     kernel::{Reader, current_task, run_of},
     maps::{PROC_RUNS, RUN_TREE, SENSOR_FILES},
@@ -120,7 +121,8 @@ fn report(mut data: TamperData, tgid: u32, run: u64, how: u32, kill: bool) {
     let mut r = Reader::new();
     let mut ev = FixedEvent {
         header: EventHeader {
-            kind: EventKind::Tamper as u32,
+            kind: kind_word(EventKind::Tamper as u32),
+            generation: offset!(generation),
             size: size_of::<FixedEvent<TamperData>>() as u32,
             // SAFETY: no preconditions.
             ktime_ns: unsafe { bpf_ktime_get_boot_ns() },
@@ -178,6 +180,9 @@ fn process_target(method: u16, arg: u32, target: u32, kill: bool) {
 /// attach to a process outside the run.
 #[tracepoint]
 pub fn snsr_ptrace(ctx: TracePointContext) -> u32 {
+    if !active() {
+        return 0; // the active load records
+    }
     let request = arg(&ctx, 0);
     if request == PTRACE_ATTACH || request == PTRACE_SEIZE {
         process_target(TAMPER_PTRACE, request as u32, arg(&ctx, 1) as u32, true);
@@ -188,6 +193,9 @@ pub fn snsr_ptrace(ctx: TracePointContext) -> u32 {
 /// tracepoint `syscalls/sys_enter_process_vm_writev(pid, ...)`.
 #[tracepoint]
 pub fn snsr_vm_write(ctx: TracePointContext) -> u32 {
+    if !active() {
+        return 0; // the active load records
+    }
     process_target(TAMPER_VM_WRITE, 0, arg(&ctx, 0) as u32, true);
     0
 }
@@ -224,6 +232,9 @@ fn file_of(r: &mut Reader, fd: u32) -> u64 {
 /// tracepoint `syscalls/sys_enter_pidfd_getfd(pidfd, fd, flags)`.
 #[tracepoint]
 pub fn snsr_getfd(ctx: TracePointContext) -> u32 {
+    if !active() {
+        return 0; // the active load records
+    }
     if caller_run().is_none() {
         return 0;
     }
@@ -236,6 +247,9 @@ pub fn snsr_getfd(ctx: TracePointContext) -> u32 {
 /// tracepoint `syscalls/sys_exit_openat`.
 #[tracepoint]
 pub fn snsr_openat_out(ctx: TracePointContext) -> u32 {
+    if !active() {
+        return 0; // the active load records
+    }
     open_exit(&ctx);
     0
 }
@@ -243,6 +257,9 @@ pub fn snsr_openat_out(ctx: TracePointContext) -> u32 {
 /// tracepoint `syscalls/sys_exit_openat2`.
 #[tracepoint]
 pub fn snsr_opena2_out(ctx: TracePointContext) -> u32 {
+    if !active() {
+        return 0; // the active load records
+    }
     open_exit(&ctx);
     0
 }
@@ -250,6 +267,9 @@ pub fn snsr_opena2_out(ctx: TracePointContext) -> u32 {
 /// tracepoint `syscalls/sys_exit_open`.
 #[tracepoint]
 pub fn snsr_open_out(ctx: TracePointContext) -> u32 {
+    if !active() {
+        return 0; // the active load records
+    }
     open_exit(&ctx);
     0
 }
@@ -410,6 +430,9 @@ fn signal(target: i32, sig: u32) {
 /// tracepoint `syscalls/sys_enter_kill(pid, sig)`.
 #[tracepoint]
 pub fn snsr_kill(ctx: TracePointContext) -> u32 {
+    if !active() {
+        return 0; // the active load records
+    }
     signal(arg(&ctx, 0) as i32, arg(&ctx, 1) as u32);
     0
 }
@@ -417,6 +440,9 @@ pub fn snsr_kill(ctx: TracePointContext) -> u32 {
 /// tracepoint `syscalls/sys_enter_tgkill(tgid, tid, sig)`.
 #[tracepoint]
 pub fn snsr_tgkill(ctx: TracePointContext) -> u32 {
+    if !active() {
+        return 0; // the active load records
+    }
     signal(arg(&ctx, 0) as i32, arg(&ctx, 2) as u32);
     0
 }
@@ -424,6 +450,9 @@ pub fn snsr_tgkill(ctx: TracePointContext) -> u32 {
 /// tracepoint `syscalls/sys_enter_tkill(tid, sig)` (the daemon's main thread).
 #[tracepoint]
 pub fn snsr_tkill(ctx: TracePointContext) -> u32 {
+    if !active() {
+        return 0; // the active load records
+    }
     signal(arg(&ctx, 0) as i32, arg(&ctx, 1) as u32);
     0
 }
@@ -431,6 +460,9 @@ pub fn snsr_tkill(ctx: TracePointContext) -> u32 {
 /// tracepoint `syscalls/sys_enter_pidfd_send_signal(pidfd, sig, info, flags)`.
 #[tracepoint]
 pub fn snsr_pidfd_sig(ctx: TracePointContext) -> u32 {
+    if !active() {
+        return 0; // the active load records
+    }
     if caller_run().is_none() {
         return 0;
     }
@@ -445,6 +477,9 @@ pub fn snsr_pidfd_sig(ctx: TracePointContext) -> u32 {
 /// sensor's among them).
 #[tracepoint]
 pub fn snsr_bpf(ctx: TracePointContext) -> u32 {
+    if !active() {
+        return 0; // the active load records
+    }
     let Some((tgid, run, how)) = caller_run() else {
         return 0;
     };

@@ -18,6 +18,8 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_get_current_uid_gid, generated::bpf_ktime_get_boot_ns,
     },
 };
+use sensor_common::handover::kind_word;
+use sensor_common::inflight::{ConnectInflight, FILLED_UNIX};
 use sensor_common::{
     event::{
         EventHeader, EventKind, FixedEvent, HOW_MASK, UNIX_KILLED_IDENTITY, UNIX_PATH_BYTES,
@@ -30,12 +32,10 @@ use sensor_common::{
 };
 
 use crate::{
-    config::{is_own, offset},
+    config::{active, is_own, offset},
     emit::{count, deny_budget, wakeup_flags},
     kernel::{Reader, current_task, opaque, run_of},
-    maps::{
-        CONNECT_INFLIGHT, ConnectInflight, EMPTY_SLOT, EVENTS, FILLED_UNIX, UNIX_IDS, UNIX_RULES,
-    },
+    maps::{CONNECT_INFLIGHT, EMPTY_SLOT, EVENTS, UNIX_IDS, UNIX_RULES},
     policy::{kill_current, policy_of},
 };
 
@@ -52,6 +52,9 @@ const SUN_PATH: u64 = 2;
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "cgroup/connect_unix")]
 pub fn snsr_conn_unix(ctx: *mut bpf_sock_addr) -> i32 {
+    if !active() {
+        return 1; // allow: the active load decides
+    }
     // SAFETY: the kernel passes its bpf_sock_addr_kern; read as documented above.
     unsafe { on_unix(ctx, VIA_CONNECT) }
 }
@@ -62,6 +65,9 @@ pub fn snsr_conn_unix(ctx: *mut bpf_sock_addr) -> i32 {
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "cgroup/sendmsg_unix")]
 pub fn snsr_send_unix(ctx: *mut bpf_sock_addr) -> i32 {
+    if !active() {
+        return 1; // allow: the active load decides
+    }
     // SAFETY: as above.
     unsafe { on_unix(ctx, VIA_SENDMSG) }
 }
@@ -225,7 +231,8 @@ fn report(unix: &UnixConnectData, tgid: u32, pid_tgid: u64, run: u64, how: u32, 
     // SAFETY: `ev` is a reserved ring buffer record of this type.
     unsafe {
         (*ev).header = EventHeader {
-            kind: EventKind::NetUnix as u32,
+            kind: kind_word(EventKind::NetUnix as u32),
+            generation: offset!(generation),
             size: size_of::<FixedEvent<UnixConnectData>>() as u32,
             // SAFETY: no preconditions.
             ktime_ns: bpf_ktime_get_boot_ns(),

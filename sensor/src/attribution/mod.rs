@@ -566,6 +566,9 @@ impl Attribution {
             how: how | counted,
             _pad: 0,
         };
+        // Durable before the kernel map names it: a daemon killed at any
+        // instant from here restores the run with its metadata.
+        self.record(&new_run);
         if let Err(e) = self.map.set(pid, entry) {
             tracing::warn!(pid, error = %e, "cannot enter a matched agent in the kernel map");
         }
@@ -575,7 +578,6 @@ impl Attribution {
         self.processes.set_run(pid, start_ns, new_run.handle, how);
         self.runs.add_process(new_run.handle);
         tracing::info!(run = %new_run.id, agent = %new_run.agent, pid, depth = new_run.depth, started_by, "run started");
-        self.record(&new_run);
         Some((new_run.handle, RunChange::Started { run: new_run, pid }))
     }
 
@@ -872,8 +874,14 @@ impl Attribution {
                 now,
             )?
             .clone();
+        // Durable before any kernel map names it (the policy binding, then
+        // the process entry) and before the launch is acknowledged: a
+        // daemon killed at any instant from here restores the run.
+        self.record(&run);
         if let Err(e) = bind(&run, current.map(|(h, _)| h)) {
-            let _ = self.runs.end(run.handle, "refused", now);
+            if let Some(ended) = self.runs.end(run.handle, "refused", now) {
+                self.record(&ended);
+            }
             self.runs.forget(run.handle);
             return Err(AttributionError::Bind(e));
         }
@@ -900,7 +908,9 @@ impl Attribution {
             },
         };
         if let Err(e) = self.map.set(peer.pid, entry) {
-            let _ = self.runs.end(run.handle, "failed", now);
+            if let Some(ended) = self.runs.end(run.handle, "failed", now) {
+                self.record(&ended);
+            }
             return Err(AttributionError::Kernel(e));
         }
         if let Some((old, _)) = current {
@@ -910,7 +920,6 @@ impl Attribution {
         self.processes
             .set_run(peer.pid, entry.start_ns, run.handle, HOW_LAUNCH);
         self.runs.add_process(run.handle);
-        self.record(&run);
         Ok((run.clone(), RunChange::Started { run, pid: peer.pid }))
     }
 
@@ -1062,7 +1071,10 @@ impl Attribution {
                 }
             }
         }
-        // 3. Live counts from scratch, and runs whose processes all exited meanwhile.
+        // 3. Live counts from scratch. Runs whose processes all exited
+        //    meanwhile are ended by `end_finished`, once what the kernel
+        //    recorded while no daemon read has been read: those records are
+        //    the runs' last events.
         self.runs.reset_live();
         let members: Vec<u64> = self
             .processes
@@ -1073,6 +1085,15 @@ impl Attribution {
         for run in members {
             self.runs.add_process(run);
         }
+        self.runs.forget_ended(now, Duration::from_secs(24 * 3600));
+        self.save();
+        changes
+    }
+
+    /// Ends the runs with no live process left (after a restart: those
+    /// whose processes all exited while the sensor was not reading).
+    pub fn end_finished(&mut self, now: SystemTime) -> Vec<RunChange> {
+        let mut changes = Vec::new();
         let active: Vec<u64> = self.runs.active().map(|r| r.handle).collect();
         for handle in active {
             self.end_if_done(
@@ -1082,8 +1103,6 @@ impl Attribution {
                 &mut changes,
             );
         }
-        self.runs.forget_ended(now, Duration::from_secs(24 * 3600));
-        self.save();
         changes
     }
 }

@@ -25,7 +25,10 @@ pub enum Command {
     /// Run the sensor: load the kernel programs and write events to the outputs (root).
     ///
     /// Mounts tracefs and bpffs when they are not mounted. Stops cleanly on
-    /// SIGINT/SIGTERM: every event already read is written, every program detached.
+    /// SIGINT/SIGTERM: every event already read is written; the programs stay
+    /// attached and keep recording (and enforcing) into the pinned ring, and
+    /// the next daemon reads what they recorded first (--detach-on-exit or
+    /// `sensor unload` detaches them).
     Daemon(DaemonArgs),
     /// Run CMD as a new agent run (a sub-run when called inside a run).
     ///
@@ -127,6 +130,19 @@ pub struct DaemonArgs {
     /// Do not write the local store (outputs only)
     #[arg(long, conflicts_with = "db")]
     pub no_store: bool,
+    /// Take over from a daemon running on the same pin dir (an upgrade:
+    /// start the new binary with this). The running daemon saves
+    /// everything and exits; its programs keep recording until this one's
+    /// take over, and this one reads what they recorded first. Without it,
+    /// a second daemon on a pin dir in use is refused
+    #[arg(long)]
+    pub takeover: bool,
+    /// At stop, detach the kernel programs. By default they stay attached
+    /// (pinned) and keep recording, and enforcing, while no daemon runs;
+    /// the next daemon reads what they recorded. `sensor unload` detaches
+    /// them later
+    #[arg(long)]
+    pub detach_on_exit: bool,
 }
 
 #[derive(Debug, Args)]

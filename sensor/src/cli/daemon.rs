@@ -17,6 +17,7 @@ use crate::{
     metrics, paths,
     pipeline::{self, KernelStreams, Pipeline},
     policy::{kernel::Enforcement, selftest},
+    recovery,
     sinks::{OutputContext, Outputs, check_unique_names},
     status::DaemonState,
     store::writer::{Retention, StoreWriter},
@@ -53,6 +54,24 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| config.daemon.pin_dir.clone());
     private_dir(&state_dir)?;
+    // Two daemons on one pin dir would take each other's pins away: a live
+    // one is refused, unless this one is to take over from it (an
+    // upgrade), which happens before its state is read.
+    if let Ok(Some(owner)) = loader::owner::read(&pin_dir)
+        && owner.alive()
+        && owner.pid != std::process::id()
+    {
+        if !args.takeover {
+            anyhow::bail!(
+                "the pin dir {} belongs to a running daemon, {}: two daemons must not share a pin \
+                 dir (stop that one first, start this one with --takeover to replace it, or give \
+                 it its own --pin-dir)",
+                pin_dir.display(),
+                owner.describe()
+            );
+        }
+        take_over_from(&owner)?;
+    }
     let runs_path = state_dir.join(paths::RUNS_FILE);
     let db = args
         .db
@@ -64,6 +83,10 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
     let matchers = Matchers::new(&config.agents)?;
     let runs = RunTable::load(&runs_path)?;
     let host = Host::current().context("reading host name and boot id")?;
+    let boot_id = host.boot_id.clone();
+    // The previous daemon's last sign of life, for a gap the pin dir does
+    // not remember (it went with a reboot or `sensor unload`).
+    let last_seen = recovery::LastSeen::read(&state_dir);
     let instance_id = identity::instance_id(&state_dir)
         .with_context(|| format!("state dir {}: instance id", state_dir.display()))?;
     let outputs = Outputs::open(
@@ -108,18 +131,8 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
         if let Some(m) = metrics {
             m.serve(Arc::clone(&state))?;
         }
-        // Two daemons on one pin dir would take each other's pins away.
-        if let Ok(Some(owner)) = loader::owner::read(&pin_dir)
-            && owner.alive()
-            && owner.pid != std::process::id()
-        {
-            anyhow::bail!(
-                "the pin dir {} belongs to a running daemon, {}: two daemons must not share a pin \
-                 dir (stop that one first, or give this one its own --pin-dir)",
-                pin_dir.display(),
-                owner.describe()
-            );
-        }
+        // What the previous daemon left enforcing, for the gap report.
+        let before = loader::pinned::inspect(&pin_dir);
         let Kernel {
             mut probes,
             events,
@@ -128,8 +141,16 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
             run_stats,
             proc_runs,
             policy: policy_maps,
-            previous_links,
-        } = loader::load(std::process::id(), &pin_dir, config.limits.policy_runs)?;
+            mark,
+            run_stats_seen,
+            takeover,
+        } = loader::load(
+            std::process::id(),
+            &pin_dir,
+            config.limits.policy_runs,
+            config.limits.event_ring_bytes(),
+        )?;
+        let took_over_at = std::time::SystemTime::now();
         probes
             .claim(&std::path::absolute(&socket).unwrap_or_else(|_| socket.clone()))
             .context("writing the owner record of the pin dir")?;
@@ -180,24 +201,31 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
                 })
                 .collect(),
         );
-        // Every restored run is bound to this daemon's policies; then the
-        // previous daemon's programs (pinned, still enforcing) can go.
+        // Every restored run is bound to this daemon's policies.
         builder.bind_runs();
-        let released = previous_links.release();
-        if released > 0 {
-            tracing::info!(
-                links = released,
-                "took over from the previous daemon's pinned programs"
-            );
-        }
         release_startup_memory();
         let mut pipeline = Pipeline::new(builder, outputs, Arc::clone(&state))
             .with_limits(config.limits.clone())
-            .with_seq_file(seq_file);
+            .with_seq_file(seq_file)
+            .with_generation(takeover.generation);
         if let Some(store) = store {
             pipeline = pipeline.with_store(store);
         }
         pipeline.run_changes(&ended);
+        let gap = recovery::gap(
+            &takeover,
+            before.as_ref(),
+            last_seen.as_ref(),
+            &boot_id,
+            took_over_at,
+        );
+        let resume = pipeline::Resume {
+            gap,
+            lost_seen: takeover.mark.lost_seen,
+            old_ring: takeover.old_ring,
+            state_dir: state_dir.clone(),
+            boot_id,
+        };
 
         let (commands_tx, commands) = tokio::sync::mpsc::channel(64);
         // SIGHUP reloads the policies, as `sensor policy reload` does.
@@ -240,8 +268,19 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
             reader,
             stats,
             run_stats,
+            mark,
+            run_stats_seen,
         };
-        let result = pipeline::run(kernel, pipeline, commands, shutdown).await;
+        let stop = if args.detach_on_exit {
+            pipeline::StopMode::Detach
+        } else {
+            pipeline::StopMode::KeepRecording
+        };
+        let result = pipeline::run(kernel, pipeline, resume, commands, shutdown, stop).await;
+        if matches!(result, Ok(pipeline::Ended::HandedOver)) {
+            // Let the reply reach the new daemon before the runtime goes.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
         server.abort();
         reloader.abort();
         let _ = std::fs::remove_file(&socket);
@@ -254,6 +293,59 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
         );
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Asks the daemon that owns the pin dir to hand over (it saves
+/// everything, leaves its programs attached and recording, and exits), and
+/// waits until it has exited. Its programs record meanwhile; this daemon
+/// reads what they recorded first.
+fn take_over_from(owner: &loader::owner::OwnerInfo) -> anyhow::Result<()> {
+    use std::os::fd::{AsFd as _, FromRawFd as _, OwnedFd};
+    /// How long the old daemon may take to save everything and exit.
+    const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+    let pid = i32::try_from(owner.pid).context("the owner's pid")?;
+    // A pidfd first, so the wait below is on that process and no other.
+    // SAFETY: pidfd_open(2) returns a new fd or -1.
+    let raw = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) };
+    let raw = i32::try_from(raw).unwrap_or(-1);
+    anyhow::ensure!(
+        raw >= 0,
+        "cannot open the running daemon {}: {}",
+        owner.describe(),
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: the kernel just gave us this fd.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(raw) };
+    anyhow::ensure!(
+        owner.alive(),
+        "the running daemon {} exited meanwhile",
+        owner.describe()
+    );
+    tracing::info!(owner = %owner.describe(), "taking over from the running daemon");
+    match control::request(&owner.socket, &control::protocol::Request::Handover) {
+        Ok(control::protocol::Response::HandedOver { next_seq }) => {
+            tracing::info!(
+                next_seq,
+                "the running daemon saved everything and is exiting"
+            );
+        }
+        Ok(other) => anyhow::bail!("the running daemon answered the take-over with {other:?}"),
+        // It may have exited before its answer reached us: the wait decides.
+        Err(e) => tracing::warn!(error = %e, "no answer to the take-over request"),
+    }
+    let mut fds = [nix::poll::PollFd::new(
+        pidfd.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    let timeout =
+        nix::poll::PollTimeout::try_from(EXIT_WAIT).unwrap_or(nix::poll::PollTimeout::MAX);
+    let ready = nix::poll::poll(&mut fds, timeout).context("waiting for the running daemon")?;
+    anyhow::ensure!(
+        ready > 0,
+        "the running daemon {} did not exit within {EXIT_WAIT:?} of the take-over request",
+        owner.describe()
+    );
+    Ok(())
 }
 
 /// The sensor's own files and directories, each with what it is: writing

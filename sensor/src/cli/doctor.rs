@@ -105,6 +105,7 @@ pub fn execute(args: &DoctorArgs) -> anyhow::Result<ExitCode> {
             std::process::id(),
             &pin_dir,
             sensor_common::limits::MAX_POLICY_RUNS,
+            sensor_common::limits::EVENTS_RING_BYTES,
         ) {
             Ok(Kernel {
                 probes,

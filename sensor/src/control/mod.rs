@@ -341,6 +341,9 @@ async fn handle(stream: UnixStream, peer: Peer, server: &Server) -> io::Result<(
             Ok(Request::ReloadPolicies) => {
                 reload(server.config_path.clone(), &server.commands).await
             }
+            Ok(Request::Handover) if peer.uid != 0 => Response::Error {
+                message: "only root may take over the sensor".to_owned(),
+            },
             Ok(request) => forward(peer, request, &server.commands).await,
             Err(e) => Response::Error {
                 message: format!("malformed request: {e}"),

@@ -27,16 +27,33 @@ pub enum Request {
     Attest { pid: u32, start_ticks: Option<u64> },
     /// Re-read the config's policies, validate them, and swap them in (root only).
     ReloadPolicies,
+    /// A new daemon takes over (`sensor daemon --takeover`, root only, never
+    /// from a process in a run): this one stops reading, saves everything
+    /// and exits, leaving its programs attached and recording for the new
+    /// one.
+    Handover,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
     Status(Box<StatusReport>),
-    Launched { run: Box<Run> },
+    Launched {
+        run: Box<Run>,
+    },
     Run(Box<RunAnswer>),
-    Reloaded { version: u64, policies: Vec<String> },
-    Error { message: String },
+    Reloaded {
+        version: u64,
+        policies: Vec<String>,
+    },
+    /// The daemon saved everything and is exiting; `next_seq` is the seq
+    /// of the next event.
+    HandedOver {
+        next_seq: u64,
+    },
+    Error {
+        message: String,
+    },
 }
 
 #[cfg(test)]

@@ -56,11 +56,13 @@ pub enum Kind {
     NetworkAccept,
     #[serde(rename = "network.socket")]
     NetworkSocket,
+    #[serde(rename = "sensor.gap")]
+    SensorGap,
 }
 
 impl Kind {
     /// Every kind, in a stable order (for counters).
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::ProcessSpawn,
         Self::ProcessExec,
         Self::ProcessExit,
@@ -75,6 +77,7 @@ impl Kind {
         Self::NetworkListen,
         Self::NetworkAccept,
         Self::NetworkSocket,
+        Self::SensorGap,
     ];
 
     /// The kind named `name` (`process.exec`, ...).
@@ -100,6 +103,7 @@ impl Kind {
             Self::NetworkListen => "network.listen",
             Self::NetworkAccept => "network.accept",
             Self::NetworkSocket => "network.socket",
+            Self::SensorGap => "sensor.gap",
         }
     }
 
@@ -247,6 +251,60 @@ pub struct Event {
     /// The run's policy verdict on this exec or connect.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<crate::policy::Verdict>,
+    /// A time no daemon was reading the kernel's records (`sensor.gap`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gap: Option<Gap>,
+    /// `"recovered"`: recorded by the kernel while no daemon was reading
+    /// (a crash, a stop, an upgrade) and read by the next daemon. Absent
+    /// for events read as they happened.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<&'static str>,
+}
+
+/// [`Event::delivery`] of an event recorded while no daemon was reading.
+pub const DELIVERY_RECOVERED: &str = "recovered";
+
+/// A stretch of time in which no daemon read the kernel's records: from the
+/// previous daemon's last sign of life to this daemon's take-over.
+#[derive(Debug, Clone, Serialize)]
+pub struct Gap {
+    /// The previous daemon's last sign of life (its last heartbeat, at most
+    /// a second old, or its stop); absent when unknown.
+    pub start: Option<Timestamp>,
+    /// When this daemon's programs took over.
+    pub end: Timestamp,
+    /// `end - start`, seconds.
+    pub seconds: Option<f64>,
+    /// How the previous daemon ended: `crash` (no stop: SIGKILL, a panic,
+    /// the OOM killer, a hang killed by the watchdog), `stop`, `handover`
+    /// (an upgrade took over), `detached` (stopped with
+    /// `--detach-on-exit`), `unloaded` (its pins were removed: `sensor
+    /// unload`), `reboot`.
+    pub cause: &'static str,
+    /// The previous daemon's pid, when known.
+    pub previous_pid: Option<u32>,
+    /// Whether the kernel kept recording (and enforcing) through the gap:
+    /// the previous daemon's programs were still attached and active.
+    /// Everything they recorded follows with `delivery: "recovered"`.
+    pub recorded: bool,
+    /// How many of the previous daemon's programs were still attached.
+    pub programs_attached: usize,
+    /// Policies whose rules stayed in the kernel through the gap, by
+    /// mode (`enforce`, `audit`): slot counts.
+    pub policies_pinned: BTreeMap<&'static str, u32>,
+    /// Records the kernel could not keep during the gap (the ring was
+    /// full); the `sensor.lost` that follows has them by kind and run.
+    pub lost: u64,
+    /// Whether the previous ring was reused or, its size having changed,
+    /// read to the end and replaced.
+    pub ring: &'static str,
+}
+
+/// A time window (`sensor.lost` of a gap).
+#[derive(Debug, Clone, Serialize)]
+pub struct Window {
+    pub start: Option<Timestamp>,
+    pub end: Timestamp,
 }
 
 /// The process an event is about.
@@ -372,6 +430,15 @@ pub struct Lost {
     /// a `run.degraded`).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub runs: BTreeMap<String, u64>,
+    /// When the loss happened, when it is known to lie in a gap (no daemon
+    /// was reading); absent for losses of a running daemon (since the
+    /// previous report).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<Window>,
+    /// Records in the ring that this build could not read (written by a
+    /// build with another record layout), by wire version.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub unreadable: BTreeMap<u32, u64>,
 }
 
 /// What the kernel could not deliver of one run, since the previous
@@ -726,6 +793,8 @@ impl EventBuilder {
             degraded: None,
             tamper: None,
             policy: None,
+            gap: None,
+            delivery: None,
         }
     }
 
@@ -856,6 +925,13 @@ impl EventBuilder {
     pub fn lost(&mut self, lost: Lost) -> Event {
         let mut e = self.envelope(Kind::SensorLost, SystemTime::now());
         e.lost = Some(lost);
+        e
+    }
+
+    /// A `sensor.gap` report.
+    pub fn gap(&mut self, gap: Gap) -> Event {
+        let mut e = self.envelope(Kind::SensorGap, SystemTime::now());
+        e.gap = Some(gap);
         e
     }
 

@@ -5,6 +5,7 @@ use sensor_common::event::{
     ConnectData, EventHeader, EventKind, ExecData, ExitData, HEADER_SIZE, SocketData, SpawnData,
     TamperData, UnixConnectData,
 };
+use sensor_common::handover::{WIRE_VERSION, kind_word, split_kind_word};
 
 /// A decoded kernel record, still in kernel terms (boot-time ns, raw bytes).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +77,10 @@ pub enum DecodeError {
     Short { len: usize },
     #[error("unknown event kind {kind}")]
     UnknownKind { kind: u32 },
+    /// Recorded by a build with another record layout (its programs were
+    /// still attached when this daemon took over): not misread, skipped.
+    #[error("record of wire version {version} (this build reads version {ours})")]
+    WireVersion { version: u32, ours: u32 },
     #[error("{kind:?} record of {len} bytes, at least {need} expected")]
     Truncated {
         kind: EventKind,
@@ -99,12 +104,25 @@ fn read_pod<T: Copy>(bytes: &[u8], offset: usize) -> T {
 
 /// Decodes one ring buffer record.
 pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
+    // The kind word comes first in every version: its version is checked
+    // before anything else is read.
+    if bytes.len() < size_of::<u32>() {
+        return Err(DecodeError::Short { len: bytes.len() });
+    }
+    let (version, kind) = split_kind_word(read_pod(bytes, 0));
+    if version != WIRE_VERSION {
+        return Err(DecodeError::WireVersion {
+            version,
+            ours: WIRE_VERSION,
+        });
+    }
     if bytes.len() < HEADER_SIZE {
         return Err(DecodeError::Short { len: bytes.len() });
     }
-    let header: EventHeader = read_pod(bytes, 0);
-    let kind =
-        EventKind::from_u32(header.kind).ok_or(DecodeError::UnknownKind { kind: header.kind })?;
+    let mut header: EventHeader = read_pod(bytes, 0);
+    // Downstream sees the kind alone.
+    header.kind = kind;
+    let kind = EventKind::from_u32(kind).ok_or(DecodeError::UnknownKind { kind })?;
     let need = kind.fixed_size();
     if bytes.len() < need {
         return Err(DecodeError::Truncated {
@@ -240,6 +258,11 @@ pub fn encode(event: &RawEvent) -> Vec<u8> {
             pod(&mut out, data);
         }
     }
+    // The kind word carries this build's wire version, as the kernel writes it.
+    if let Some(word) = out.get_mut(..4) {
+        let kind = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
+        word.copy_from_slice(&kind_word(kind).to_le_bytes());
+    }
     out
 }
 
@@ -308,7 +331,21 @@ mod tests {
 
     #[test]
     fn malformed_records_are_errors() {
-        assert_eq!(decode(&[0; 10]), Err(DecodeError::Short { len: 10 }));
+        assert_eq!(decode(&[0; 3]), Err(DecodeError::Short { len: 3 }));
+        // A record of another wire version is never misread.
+        assert_eq!(
+            decode(&[0; 10]),
+            Err(DecodeError::WireVersion {
+                version: 0,
+                ours: WIRE_VERSION
+            })
+        );
+        let mut short = encode(&RawEvent::Exit {
+            header: header(EventKind::ProcessExit),
+            data: ExitData::default(),
+        });
+        short.truncate(10);
+        assert_eq!(decode(&short), Err(DecodeError::Short { len: 10 }));
         let mut bad_kind = encode(&RawEvent::Exit {
             header: header(EventKind::ProcessExit),
             data: ExitData::default(),

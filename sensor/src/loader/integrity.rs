@@ -12,7 +12,8 @@
 //!   with `BPF_LINK_DETACH`, e.g. `bpftool link detach`); a detached program
 //!   is attached again with a new link;
 //! - while enforcing, every link's pin is there and holds our link;
-//! - the owner record is ours.
+//! - the owner record is ours;
+//! - the active generation is ours (see `sensor_common::handover`).
 //!
 //! What cannot be put back is reported once, until it is fixed.
 
@@ -108,6 +109,9 @@ impl Probes {
             }
         }
         if let Some(t) = self.check_owner() {
+            found.push(t);
+        }
+        if let Some(t) = self.check_generation() {
             found.push(t);
         }
         // What could not be repaired is reported once, until it is fixed.
@@ -234,6 +238,32 @@ impl Probes {
     }
 
     /// The owner record is this daemon's (rewritten when it is not).
+    /// The active generation is ours: another value leaves every program
+    /// idle (each acts only while it names its load), so it is written back.
+    fn check_generation(&mut self) -> Option<Tamper> {
+        let found = self.active.get(&0, 0).ok()?;
+        if found == self.generation {
+            return None;
+        }
+        let t = Tamper::new(
+            tamper::GENERATION_CHANGED,
+            self.pin_dir
+                .join(sensor_common::maps::ACTIVE)
+                .display()
+                .to_string(),
+        );
+        Some(match self.active.set(0, self.generation, 0) {
+            Ok(()) => t.repaired(
+                true,
+                format!("found generation {found}; wrote {} again", self.generation),
+            ),
+            Err(e) => t.repaired(
+                false,
+                format!("found generation {found}; cannot write it again: {e}"),
+            ),
+        })
+    }
+
     fn check_owner(&mut self) -> Option<Tamper> {
         let expected = self.owner?;
         let found = self.owner_map.get(&0, 0).ok()?;

@@ -40,6 +40,7 @@ use aya::{
 use sensor_common::{
     config::{CONFIG_GLOBAL, SensorConfig},
     event::ProcRun,
+    handover::{ReaderMark, next_generation},
     maps,
     owner::Owner,
     stats::{RunStats, Stats},
@@ -194,6 +195,9 @@ pub struct Probes {
     /// The owner record map and what this daemon wrote to it.
     owner_map: Array<MapData, Owner>,
     owner: Option<Owner>,
+    /// Which generation's programs act, and ours.
+    active: Array<MapData, u32>,
+    generation: u32,
     /// Findings of the integrity check that could not be put back, reported
     /// once until fixed.
     unresolved: std::collections::BTreeSet<(&'static str, String)>,
@@ -213,8 +217,8 @@ impl Probes {
     }
 
     /// Pins every link in `<pin-dir>/links` (`on`), so the programs stay
-    /// attached, and enforcing, while the daemon is down; or unpins them so
-    /// they detach with the daemon.
+    /// attached, recording and enforcing, while the daemon is down; or
+    /// unpins them so they detach with the daemon (`--detach-on-exit`).
     pub fn persist(&mut self, on: bool) -> io::Result<()> {
         self.pinned = on;
         if on {
@@ -239,6 +243,62 @@ impl Probes {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Makes this load the one acting, with no moment in which neither
+    /// the previous daemon's programs nor ours act, and none in which both
+    /// do: ours are pinned under temporary names first (a crash from here
+    /// on leaves them for the next daemon), then the active generation is
+    /// switched to ours in one map write, then each of our pins is renamed
+    /// over the previous link of the same program (the old link detaches
+    /// as its pin goes), and what is left of the previous links is
+    /// removed. Returns how many previous links there were.
+    fn take_over(&mut self, previous: PreviousLinks) -> Result<usize, LoaderError> {
+        let io = |what: &'static str| move |source| LoaderError::Io { what, source };
+        std::fs::create_dir_all(&self.links_dir).map_err(io("creating the links pin directory"))?;
+        let staged: Vec<(PathBuf, PathBuf)> = self
+            .links
+            .iter()
+            .map(|l| {
+                (
+                    // (bpffs refuses names with a dot.)
+                    self.links_dir
+                        .join(format!("new_{}_{}", self.generation, l.probe.program)),
+                    self.links_dir.join(l.probe.program),
+                )
+            })
+            .collect();
+        for (link, (temp, _)) in self.links.iter().zip(&staged) {
+            remove_pin(temp)
+                .and_then(|()| sys::pin(link.fd.as_fd(), temp))
+                .map_err(io("pinning a program link"))?;
+        }
+        self.active
+            .set(0, self.generation, 0)
+            .map_err(|source| LoaderError::Map {
+                map: maps::ACTIVE,
+                source,
+            })?;
+        for (temp, path) in &staged {
+            std::fs::rename(temp, path).map_err(io("renaming a pinned program link"))?;
+        }
+        self.pinned = true;
+        let n = previous.0.len();
+        for path in previous.0 {
+            if staged.iter().any(|(_, ours)| *ours == path) {
+                continue;
+            }
+            if let Err(e) = remove_pin(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove a previous daemon's link");
+            }
+        }
+        Ok(n)
+    }
+
+    /// This load's generation.
+    #[must_use]
+    pub fn generation(&self) -> u32 {
+        self.generation
     }
 
     /// Whether the links are pinned (kept while the daemon is down).
@@ -293,26 +353,16 @@ pub struct Kernel {
     pub proc_runs: BpfHashMap<MapData, u32, ProcRun>,
     /// The pinned policy maps.
     pub policy: crate::policy::kernel::PolicyMaps,
-    /// Links a previous daemon left pinned: its programs, still attached.
-    /// Dropping this detaches them (after ours are attached).
-    pub previous_links: PreviousLinks,
+    /// The reader's mark, for the next daemon (see [`ReaderMark`]).
+    pub mark: Array<MapData, ReaderMark>,
+    /// Per-run counters already reported.
+    pub run_stats_seen: BpfHashMap<MapData, u64, RunStats>,
+    /// What was taken over at start-up.
+    pub takeover: Takeover,
 }
 
-/// Links left pinned by a daemon that is gone.
-pub struct PreviousLinks(Vec<PathBuf>);
-
-impl PreviousLinks {
-    /// Removes the pins: the previous daemon's programs detach.
-    pub fn release(self) -> usize {
-        let n = self.0.len();
-        for path in self.0 {
-            if let Err(e) = std::fs::remove_file(&path) {
-                tracing::warn!(path = %path.display(), error = %e, "cannot remove a previous daemon's link");
-            }
-        }
-        n
-    }
-}
+/// Links left pinned by a previous daemon: its programs, still attached.
+struct PreviousLinks(Vec<PathBuf>);
 
 /// Detaches the programs pinned under `pin_dir` by removing it, and waits
 /// until the kernel has let go of them: returns how many links were pinned.
@@ -462,13 +512,101 @@ const PINNED_MAPS: &[PinnedMap] = {
             value: size_of::<Owner>(),
             max_entries: 1,
         },
+        PinnedMap {
+            name: maps::EVENTS,
+            key: 0,
+            value: 0,
+            max_entries: l::EVENTS_RING_BYTES,
+        },
+        PinnedMap {
+            name: maps::READER,
+            key: size_of::<u32>(),
+            value: size_of::<u32>(),
+            max_entries: 1,
+        },
+        PinnedMap {
+            name: maps::STATS,
+            key: size_of::<u32>(),
+            value: size_of::<Stats>(),
+            max_entries: 1,
+        },
+        PinnedMap {
+            name: maps::RUN_STATS,
+            key: size_of::<u64>(),
+            value: size_of::<RunStats>(),
+            max_entries: l::MAX_RUN_STATS,
+        },
+        PinnedMap {
+            name: maps::SENSOR_FILES,
+            key: size_of::<p::ExecKey>(),
+            value: size_of::<u32>(),
+            max_entries: l::MAX_SENSOR_FILES,
+        },
+        PinnedMap {
+            name: maps::SEND_SEEN,
+            key: size_of::<sensor_common::inflight::SendKey>(),
+            value: size_of::<u32>(),
+            max_entries: l::MAX_SEND_SEEN,
+        },
+        PinnedMap {
+            name: maps::CONNECT_INFLIGHT,
+            key: size_of::<u64>(),
+            value: size_of::<sensor_common::inflight::ConnectInflight>(),
+            max_entries: l::INFLIGHT_ENTRIES,
+        },
+        PinnedMap {
+            name: maps::ACTIVE,
+            key: size_of::<u32>(),
+            value: size_of::<u32>(),
+            max_entries: 1,
+        },
+        PinnedMap {
+            name: maps::MARK,
+            key: size_of::<u32>(),
+            value: size_of::<ReaderMark>(),
+            max_entries: 1,
+        },
+        PinnedMap {
+            name: maps::RUN_STATS_SEEN,
+            key: size_of::<u64>(),
+            value: size_of::<RunStats>(),
+            max_entries: l::MAX_RUN_STATS,
+        },
     ]
 };
 
-/// Loads and attaches everything. `own_tgid` is the daemon's pid, whose own
-/// activity the programs skip; `pin_dir` (in bpffs) holds the maps that
-/// outlive the daemon; `policy_runs` sizes the run→policy maps (`[limits]`).
-pub fn load(own_tgid: u32, pin_dir: &Path, policy_runs: u32) -> Result<Kernel, LoaderError> {
+/// How the kernel side was found and taken over at start-up: what the
+/// previous daemon left recording, and what this daemon now runs.
+pub struct Takeover {
+    /// This load's generation.
+    pub generation: u32,
+    /// The generation that was active before (0: none, a fresh pin dir).
+    pub previous_generation: u32,
+    /// Program links a previous daemon had left pinned, and how many of
+    /// them were still attached: while they were, the kernel recorded
+    /// (and enforced) with no daemon running.
+    pub previous_links: usize,
+    pub previous_attached: usize,
+    /// The previous reader's mark (all zero: none).
+    pub mark: ReaderMark,
+    /// The previous ring, when it could not be reused (another size): what
+    /// it holds is read before the new one.
+    pub old_ring: Option<RingBuf<MapData>>,
+}
+
+/// Loads and attaches everything, and takes over from the programs a
+/// previous daemon left pinned (see [`sensor_common::handover`]): ours are
+/// attached first, then made the active generation in one write, then the
+/// old links are let go. `own_tgid` is the daemon's pid, whose own activity
+/// the programs skip; `pin_dir` (in bpffs) holds the maps and links that
+/// outlive the daemon; `policy_runs` sizes the run→policy maps and
+/// `ring_bytes` the event ring (`[limits]`).
+pub fn load(
+    own_tgid: u32,
+    pin_dir: &Path,
+    policy_runs: u32,
+    ring_bytes: u32,
+) -> Result<Kernel, LoaderError> {
     if EBPF_OBJECT.is_empty() {
         return Err(LoaderError::NoObject);
     }
@@ -480,6 +618,11 @@ pub fn load(own_tgid: u32, pin_dir: &Path, policy_runs: u32) -> Result<Kernel, L
     let kernel = btf::kernel_offsets(Path::new(btf::VMLINUX_BTF))?;
     let tracepoints = tracefs::tracepoint_offsets(Path::new(mounts::TRACEFS))?;
     debug!(?kernel, ?tracepoints, "offsets");
+    own_pin_dir(pin_dir)?;
+    // What the previous daemon left: its generation and its mark.
+    let previous_generation = read_pinned::<u32>(&pin_dir.join(maps::ACTIVE)).unwrap_or(0);
+    let mark = read_pinned::<ReaderMark>(&pin_dir.join(maps::MARK)).unwrap_or_default();
+    let generation = next_generation(previous_generation);
     let ns_per_tick = 1_000_000_000 / crate::identity::clock_ticks_per_second().max(1);
     let own_start_ns = crate::identity::proc_start(own_tgid)
         .map_or(0, |(ticks, _)| ticks.saturating_mul(ns_per_tick));
@@ -489,16 +632,29 @@ pub fn load(own_tgid: u32, pin_dir: &Path, policy_runs: u32) -> Result<Kernel, L
         ns_per_tick: u32::try_from(ns_per_tick).unwrap_or(10_000_000),
         kernel,
         tracepoints,
-        _pad: 0,
+        generation,
     };
-    own_pin_dir(pin_dir)?;
     let sized = |map: &PinnedMap| PinnedMap {
         max_entries: if [maps::RUN_POLICY, maps::RUN_LIVE].contains(&map.name) {
             policy_runs
+        } else if map.name == maps::EVENTS {
+            ring_bytes
         } else {
             map.max_entries
         },
         ..*map
+    };
+    // A ring of another size cannot be shared: keep a handle on the old one
+    // (its programs may still be writing to it) to read it first.
+    let old_ring = {
+        let path = pin_dir.join(maps::EVENTS);
+        let events = PINNED_MAPS.iter().find(|m| m.name == maps::EVENTS);
+        match events {
+            Some(m) if !pin_compatible(&path, &sized(m)) => MapData::from_pin(&path)
+                .ok()
+                .and_then(|data| RingBuf::try_from(aya::maps::Map::RingBuf(data)).ok()),
+            _ => None,
+        }
     };
     for map in PINNED_MAPS {
         drop_incompatible_pin(&pin_dir.join(map.name), &sized(map))?;
@@ -513,6 +669,11 @@ pub fn load(own_tgid: u32, pin_dir: &Path, policy_runs: u32) -> Result<Kernel, L
             .map(|dir| dir.filter_map(Result::ok).map(|e| e.path()).collect())
             .unwrap_or_default(),
     );
+    let previous_attached = previous_links
+        .0
+        .iter()
+        .filter(|p| sys::pinned_link_state(p).is_ok_and(|s| s.attached))
+        .count();
     let cpus = aya::util::nr_cpus().map_err(|(_, source)| LoaderError::Io {
         what: "reading the number of possible CPUs",
         source,
@@ -521,6 +682,7 @@ pub fn load(own_tgid: u32, pin_dir: &Path, policy_runs: u32) -> Result<Kernel, L
     loader
         .override_global(CONFIG_GLOBAL, &config, true)
         .map_max_entries(maps::SCRATCH, u32::try_from(cpus).unwrap_or(u32::MAX))
+        .map_max_entries(maps::EVENTS, ring_bytes)
         .map_max_entries(maps::RUN_POLICY, policy_runs)
         .map_max_entries(maps::RUN_LIVE, policy_runs);
     for (name, path) in &pins {
@@ -564,6 +726,9 @@ pub fn load(own_tgid: u32, pin_dir: &Path, policy_runs: u32) -> Result<Kernel, L
     })?;
 
     let owner_map = typed_map(&mut ebpf, maps::OWNER, Array::try_from)?;
+    let active = typed_map(&mut ebpf, maps::ACTIVE, Array::try_from)?;
+    let mark_map = typed_map(&mut ebpf, maps::MARK, Array::try_from)?;
+    let run_stats_seen = typed_map(&mut ebpf, maps::RUN_STATS_SEEN, BpfHashMap::try_from)?;
     // A handle of our own on each pinned map: what the integrity check pins
     // again if the pin goes.
     let mut handles = Vec::with_capacity(PINNED_MAPS.len());
@@ -612,28 +777,60 @@ pub fn load(own_tgid: u32, pin_dir: &Path, policy_runs: u32) -> Result<Kernel, L
             attach,
         });
     }
+    let mut probes = Probes {
+        ebpf,
+        attached,
+        links,
+        pinned: false,
+        pin_dir: pin_dir.to_owned(),
+        links_dir,
+        cgroup,
+        maps: handles,
+        owner_map,
+        owner: None,
+        active,
+        generation,
+        unresolved: std::collections::BTreeSet::new(),
+    };
+    let released = probes.take_over(previous_links)?;
+    info!(
+        generation,
+        previous_generation,
+        previous_links = released,
+        previous_attached,
+        "programs attached and active"
+    );
     Ok(Kernel {
-        probes: Probes {
-            ebpf,
-            attached,
-            links,
-            pinned: false,
-            pin_dir: pin_dir.to_owned(),
-            links_dir,
-            cgroup,
-            maps: handles,
-            owner_map,
-            owner: None,
-            unresolved: std::collections::BTreeSet::new(),
-        },
+        probes,
         events,
         reader,
         stats,
         run_stats,
         proc_runs,
         policy,
-        previous_links,
+        mark: mark_map,
+        run_stats_seen,
+        takeover: Takeover {
+            generation,
+            previous_generation,
+            previous_links: released,
+            previous_attached,
+            mark,
+            old_ring,
+        },
     })
+}
+
+/// Entry 0 of the one-entry array pinned at `path`, if there is one of
+/// that value size.
+fn read_pinned<T: aya::Pod>(path: &Path) -> Option<T> {
+    let info = aya::maps::MapInfo::from_pin(path).ok()?;
+    if info.value_size() as usize != size_of::<T>() {
+        return None;
+    }
+    let data = MapData::from_pin(path).ok()?;
+    let array = Array::<MapData, T>::try_from(aya::maps::Map::Array(data)).ok()?;
+    array.get(&0, 0).ok()
 }
 
 /// Attaches `probe`'s program (loading it first when `load`): its id and
@@ -769,17 +966,17 @@ fn typed_map<T>(
 /// make the programs fail to load. Such a pin is removed (what it held is
 /// lost, and said so) rather than reused.
 fn drop_incompatible_pin(path: &Path, map: &PinnedMap) -> Result<(), LoaderError> {
-    let Ok(info) = aya::maps::MapInfo::from_pin(path) else {
+    if pin_compatible(path, map) {
         return Ok(());
-    };
-    let expected = (map.key as u32, map.value as u32, map.max_entries);
-    let found = (info.key_size(), info.value_size(), info.max_entries());
-    if found != expected {
+    }
+    if let Ok(info) = aya::maps::MapInfo::from_pin(path) {
+        let expected = (map.key as u32, map.value as u32, map.max_entries);
+        let found = (info.key_size(), info.value_size(), info.max_entries());
         tracing::warn!(
             path = %path.display(),
             ?found,
             ?expected,
-            "pinned map has another layout (older sensor?); starting a new one"
+            "pinned map has another layout or size (another sensor version, or the config changed); starting a new one"
         );
         std::fs::remove_file(path).map_err(|source| LoaderError::Io {
             what: "removing an incompatible pinned map",
@@ -787,6 +984,16 @@ fn drop_incompatible_pin(path: &Path, map: &PinnedMap) -> Result<(), LoaderError
         })?;
     }
     Ok(())
+}
+
+/// Whether the map pinned at `path` (if any) has `map`'s layout and size.
+/// No pin is compatible: there is nothing to drop.
+fn pin_compatible(path: &Path, map: &PinnedMap) -> bool {
+    let Ok(info) = aya::maps::MapInfo::from_pin(path) else {
+        return true;
+    };
+    (info.key_size(), info.value_size(), info.max_entries())
+        == (map.key as u32, map.value as u32, map.max_entries)
 }
 
 fn take_map(ebpf: &mut Ebpf, map: &'static str) -> Result<aya::maps::Map, LoaderError> {
