@@ -12,5 +12,8 @@ pub const PIN_DIR: &str = "/sys/fs/bpf/sensor";
 pub const RUNS_FILE: &str = "runs.json";
 /// Default store, in the state directory.
 pub const DB: &str = "/var/lib/sensor/sensor.db";
+/// What each kernel policy id stood for, in the state directory (see
+/// `policy::kernel::IdNames`).
+pub const POLICY_IDS_FILE: &str = "policy_ids.json";
 /// File name of the store in the state directory.
 pub const DB_FILE: &str = "sensor.db";

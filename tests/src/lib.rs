@@ -845,6 +845,16 @@ impl Daemon {
         }
     }
 
+    /// Waits until `done` holds for the events so far, then returns them.
+    pub fn wait_events(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Result<Vec<Value>> {
+        self.wait_until(timeout, done, |evs| format!("{} events", evs.len()))?;
+        self.events()
+    }
+
     /// A dump for failure messages: counts by kind, the last events, stderr.
     pub fn timeout_report(&self) -> String {
         let cache = self.cache.borrow();
@@ -896,6 +906,27 @@ impl Daemon {
             "the daemon exited with {status} after SIGTERM, expected exit status 0\n{}",
             self.stderr_report()
         );
+        Ok(status)
+    }
+
+    /// Waits until the daemon exits by itself (something killed it) and
+    /// reaps it, so that [`Daemon::resume`] can start it again.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let Some(mut child) = self.child.borrow_mut().take() else {
+            bail!("the daemon was already stopped or had exited");
+        };
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = child.try_wait().context("waitpid on the daemon")? {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                *self.child.borrow_mut() = Some(child);
+                bail!("the daemon (pid {}) is still running after {timeout:?}", self.pid);
+            }
+            thread::sleep(POLL);
+        };
+        self.exit = Some(status);
         Ok(status)
     }
 

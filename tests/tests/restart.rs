@@ -26,8 +26,7 @@ const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Waits until `done` holds for the events, then returns them.
 fn wait_events(d: &Daemon, done: impl Fn(&[Value]) -> bool) -> Result<Vec<Value>> {
-    d.wait_until(EVENT_TIMEOUT, done, |evs| format!("{} events", evs.len()))?;
-    d.events()
+    d.wait_events(EVENT_TIMEOUT, done)
 }
 
 /// `sh -c SCRIPT` launched in run `agent`, in the background.

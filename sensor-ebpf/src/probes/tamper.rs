@@ -424,7 +424,9 @@ fn signal(target: i32, sig: u32) {
         target_tgid: own,
         ..TamperData::default()
     };
-    report(data, tgid, run, how, false);
+    // Killed under enforce; the signal itself still lands (a tracepoint
+    // cannot stop the syscall), but the attacker goes with it.
+    report(data, tgid, run, how, true);
 }
 
 /// tracepoint `syscalls/sys_enter_kill(pid, sig)`.
@@ -488,6 +490,12 @@ pub fn snsr_bpf(ctx: TracePointContext) -> u32 {
         arg: arg(&ctx, 0) as u32,
         ..TamperData::default()
     };
-    report(data, tgid, run, how, false);
+    // Killed under enforce. The call itself still runs (a tracepoint
+    // cannot stop it) and the kill lands as it returns, so a process of
+    // the run gets exactly one bpf(2) call, and no descriptor from it:
+    // a map update or a link detach needs an fd that only an earlier
+    // bpf(2) call (BPF_OBJ_GET, *_GET_FD_BY_ID) gives. (An fd passed in
+    // by a process outside the run is an escape of its own.)
+    report(data, tgid, run, how, true);
     0
 }

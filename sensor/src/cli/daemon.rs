@@ -156,6 +156,10 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
             .context("writing the owner record of the pin dir")?;
         let mut enforcement =
             Enforcement::open(policy_maps).context("taking over the kernel policy maps")?;
+        // Records decided under the previous daemon's policy ids come first.
+        enforcement.remember_ids(crate::policy::kernel::IdNames::open(
+            state_dir.join(paths::POLICY_IDS_FILE),
+        ));
         let mut proc_runs = proc_runs;
         // Prove enforcement works here before trusting an enforce policy to it.
         let outcome = selftest::run(&mut enforcement, &mut proc_runs, keys.ns_per_tick());

@@ -269,9 +269,124 @@ pub struct Enforcement {
     loaders: BTreeMap<ExecKey, ExecRule>,
     /// Calls of [`Self::verify`] so far.
     verified: u64,
+    /// What the ids of earlier daemons stood for, and where this daemon
+    /// keeps its own for the next one (see [`IdNames`]).
+    id_names: IdNames,
+}
+
+/// What each policy id a daemon installed stood for: its policy's name and
+/// version and the text of each of its rules. Kept in the state dir
+/// (`policy_ids.json`), because records the kernel decided under a previous
+/// daemon's ids are read after a restart (recorded while no daemon read)
+/// and must still name their policy and rule.
+#[derive(Debug, Default)]
+pub struct IdNames {
+    path: Option<std::path::PathBuf>,
+    known: BTreeMap<u32, IdName>,
+}
+
+/// One id's entry in [`IdNames`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IdName {
+    pub name: String,
+    pub version: u64,
+    /// Rule index (or special rule number) → its text.
+    pub rules: BTreeMap<u32, String>,
+}
+
+/// Ids kept in [`IdNames`] (the newest): a daemon installs a few per
+/// reload, and records of older ones are long out of the ring.
+const ID_NAMES_KEPT: usize = 256;
+
+impl IdNames {
+    /// Reads `path` (absent or unreadable: nothing known, warned).
+    #[must_use]
+    pub fn open(path: std::path::PathBuf) -> Self {
+        let known = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(path = %path.display(), error = %e, "unreadable policy id names; \
+                    verdicts recorded under a previous daemon's policies will not be named");
+                BTreeMap::new()
+            }),
+            Err(_) => BTreeMap::new(),
+        };
+        Self {
+            path: Some(path),
+            known,
+        }
+    }
+
+    fn remember(&mut self, id: u32, policy: &Policy) {
+        use sensor_common::policy::{
+            RULE_LOADER, RULE_MAX_PROCESSES, RULE_NO_MATCH, RULE_RAW_SOCKET, RULE_SENSOR_SOCKET,
+            RULE_TAMPER, RULE_UNIX_IDENTITY,
+        };
+        let specials = [
+            RULE_MAX_PROCESSES,
+            RULE_LOADER,
+            RULE_NO_MATCH,
+            RULE_UNIX_IDENTITY,
+            RULE_SENSOR_SOCKET,
+            RULE_TAMPER,
+            RULE_RAW_SOCKET,
+        ];
+        let rules = (0..u32::try_from(policy.rule_count()).unwrap_or(u32::MAX))
+            .chain(specials)
+            .map(|r| (r, policy.rule_text(r)))
+            .collect();
+        self.known.insert(
+            id,
+            IdName {
+                name: policy.name.clone(),
+                version: policy.version,
+                rules,
+            },
+        );
+        while self.known.len() > ID_NAMES_KEPT {
+            self.known.pop_first();
+        }
+    }
+
+    fn save(&self) {
+        let Some(path) = &self.path else { return };
+        let tmp = path.with_extension("tmp");
+        let written = serde_json::to_vec(&self.known)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), error = %e, "cannot save the policy id names");
+        }
+    }
+
+    /// The verdict of decision `d` under an id of an earlier daemon.
+    fn describe(&self, d: &Decision, verdict: &'static str, list: &str) -> Option<Verdict> {
+        let known = self.known.get(&d.policy)?;
+        let rule = match d.rule {
+            sensor_common::policy::RULE_NO_MATCH => format!("{list} (no rule matches)"),
+            r => known
+                .rules
+                .get(&r)
+                .cloned()
+                .unwrap_or_else(|| format!("(rule {r})")),
+        };
+        Some(Verdict {
+            name: known.name.clone(),
+            verdict,
+            rule,
+            enforced: d.enforced != 0,
+            version: known.version,
+        })
+    }
 }
 
 impl Enforcement {
+    /// Names the ids of earlier daemons from `names`, and keeps this
+    /// daemon's there.
+    pub fn remember_ids(&mut self, names: IdNames) {
+        self.id_names = names;
+    }
+
     /// Takes over the pinned maps: notes the previous daemon's slots (still
     /// enforcing its runs) and writes this machine's dynamic loader identities.
     pub fn open(mut maps: PolicyMaps) -> Result<Self, EnforcementError> {
@@ -336,6 +451,7 @@ impl Enforcement {
             bound: HashMap::new(),
             loaders,
             verified: 0,
+            id_names: IdNames::default(),
         })
     }
 
@@ -485,6 +601,7 @@ impl Enforcement {
                 .set(slot, slot_value(&policy, id), 0)
                 .map_err(map_err("SNSR_POLICIES"))?;
             self.by_id.insert(id, policy.clone());
+            self.id_names.remember(id, &policy);
             let name = policy.name.clone();
             if let Some(old) = self
                 .installed
@@ -507,6 +624,7 @@ impl Enforcement {
                 self.retired.push((now + GRACE, old.rules));
             }
         }
+        self.id_names.save();
         Ok(())
     }
 
@@ -525,6 +643,8 @@ impl Enforcement {
         self.write_rules(&new)?;
         self.delete_rules(&old, Some(&new));
         self.by_id.insert(id, policy.clone());
+        self.id_names.remember(id, policy);
+        self.id_names.save();
         self.installed.insert(
             policy.name.clone(),
             Installed {
@@ -949,7 +1069,10 @@ impl Enforcement {
             VERDICT_DENY => "deny",
             _ => return None,
         };
-        let policy = self.by_id.get(&d.policy)?;
+        let Some(policy) = self.by_id.get(&d.policy) else {
+            // Decided under an earlier daemon (a record read after a restart).
+            return self.id_names.describe(d, verdict, list);
+        };
         let rule = match d.rule {
             sensor_common::policy::RULE_NO_MATCH => format!("{list} (no rule matches)"),
             r => policy.rule_text(r),
