@@ -100,6 +100,8 @@ pub struct Pipeline {
     recovering: bool,
     /// Records read that another generation recorded.
     recovered: u64,
+    /// When reading them began.
+    recovery_started: std::time::Instant,
     /// Records of another wire version, by version (not readable).
     unreadable: std::collections::BTreeMap<u32, u64>,
     /// A new daemon asked to take over: answered once everything is saved.
@@ -137,6 +139,7 @@ impl Pipeline {
             generation: 0,
             recovering: true,
             recovered: 0,
+            recovery_started: std::time::Instant::now(),
             unreadable: std::collections::BTreeMap::new(),
             handover: None,
         }
@@ -291,6 +294,7 @@ impl Pipeline {
         run_stats: &mut BpfHashMap<MapData, u64, RunStats>,
         run_stats_seen: BpfHashMap<MapData, u64, RunStats>,
     ) {
+        self.recovery_started = std::time::Instant::now();
         // A counter below the baseline belongs to a map made anew: count from 0.
         for (slot, seen) in self.kernel_lost_seen.iter_mut().enumerate() {
             *seen = if baseline[slot] <= kernel.lost[slot] {
@@ -339,10 +343,12 @@ impl Pipeline {
             .attribution_mut()
             .end_finished(std::time::SystemTime::now());
         self.run_changes(&ended);
-        self.state.set_recovered(self.recovered);
+        let took = self.recovery_started.elapsed();
+        self.state.set_recovered(self.recovered, took);
         if self.recovered > 0 {
             tracing::info!(
                 records = self.recovered,
+                ms = took.as_millis(),
                 "read what the kernel recorded while no daemon was reading (delivery: recovered)"
             );
         }

@@ -42,6 +42,10 @@ pub struct DaemonState {
     generation: AtomicU64,
     /// Records read at start that were recorded while no daemon read.
     recovered: AtomicU64,
+    /// How long reading them took, ms.
+    recovery_ms: AtomicU64,
+    /// Size of the kernel's event ring, KiB.
+    event_ring_kib: AtomicU64,
 }
 
 /// Counters of what the daemon refused or held back to stay up and honest
@@ -86,6 +90,8 @@ impl Default for DaemonState {
             tamper: Mutex::new(BTreeMap::new()),
             generation: AtomicU64::new(0),
             recovered: AtomicU64::new(0),
+            recovery_ms: AtomicU64::new(0),
+            event_ring_kib: AtomicU64::new(0),
         }
     }
 }
@@ -113,9 +119,18 @@ impl DaemonState {
             .store(u64::from(generation), Ordering::Relaxed);
     }
 
+    /// Size of the kernel's event ring, KiB.
+    pub fn set_event_ring_kib(&self, kib: u32) {
+        self.event_ring_kib.store(u64::from(kib), Ordering::Relaxed);
+    }
+
     /// Records read at start that were recorded while no daemon read.
-    pub fn set_recovered(&self, records: u64) {
+    pub fn set_recovered(&self, records: u64, took: std::time::Duration) {
         self.recovered.store(records, Ordering::Relaxed);
+        self.recovery_ms.store(
+            u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// The links as the integrity check found them.
@@ -252,6 +267,8 @@ impl DaemonState {
             tamper,
             generation: self.generation.load(Ordering::Relaxed),
             recovered: self.recovered.load(Ordering::Relaxed),
+            recovery_ms: self.recovery_ms.load(Ordering::Relaxed),
+            event_ring_kib: self.event_ring_kib.load(Ordering::Relaxed),
         }
     }
 }
@@ -302,6 +319,12 @@ pub struct StatusReport {
     /// reading (events with `delivery: "recovered"`).
     #[serde(default)]
     pub recovered: u64,
+    /// How long reading them took, ms.
+    #[serde(default)]
+    pub recovery_ms: u64,
+    /// Size of the kernel's event ring, KiB (`[limits] event_ring_kib`).
+    #[serde(default)]
+    pub event_ring_kib: u64,
 }
 
 /// `sensor.tamper` findings since the daemon started.

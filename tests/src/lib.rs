@@ -922,7 +922,10 @@ impl Daemon {
             }
             if Instant::now() >= deadline {
                 *self.child.borrow_mut() = Some(child);
-                bail!("the daemon (pid {}) is still running after {timeout:?}", self.pid);
+                bail!(
+                    "the daemon (pid {}) is still running after {timeout:?}",
+                    self.pid
+                );
             }
             thread::sleep(POLL);
         };

@@ -148,9 +148,9 @@ fn a_root_agent_that_kills_the_daemon_is_still_enforced_and_recorded() -> Result
         "the SIGKILL to the daemon is sensor.tamper with the run: {:?}",
         signal.iter().map(|e| compact(e)).collect::<Vec<_>>()
     );
-    let denied = evs.iter().find(|e| {
-        e["kind"] == "process.exec" && e["process"]["exe"] == fx.denied.as_str()
-    });
+    let denied = evs
+        .iter()
+        .find(|e| e["kind"] == "process.exec" && e["process"]["exe"] == fx.denied.as_str());
     check!(
         c,
         denied.is_some_and(|e| e["policy"]["verdict"] == "deny"

@@ -40,6 +40,7 @@ use serde_json::{Value, json};
 mod kernel_cost;
 mod latency;
 mod memory;
+mod outage;
 mod outputs;
 mod peers;
 
@@ -549,6 +550,21 @@ struct Daemon {
 
 impl Daemon {
     fn start(env: &Env, round: usize, args: &[&str]) -> Result<Self> {
+        let state_dir = env.socket_dir.join(format!("state-{round}"));
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/sensor-bench-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&state_dir);
+        let _ = fs::remove_dir_all(&pin_dir);
+        Self::start_on(env, round, args, state_dir, pin_dir)
+    }
+
+    /// Starts a daemon on `state_dir` and `pin_dir` as they are (a restart).
+    fn start_on(
+        env: &Env,
+        round: usize,
+        args: &[&str],
+        state_dir: PathBuf,
+        pin_dir: PathBuf,
+    ) -> Result<Self> {
         let socket = env.socket_dir.join("sensor.sock");
         let _ = fs::remove_file(&socket);
         let log = env.out_dir.join("daemon.log");
@@ -557,10 +573,6 @@ impl Daemon {
             .append(true)
             .open(&log)
             .with_context(|| format!("cannot open {}", log.display()))?;
-        let state_dir = env.socket_dir.join(format!("state-{round}"));
-        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/sensor-bench-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&state_dir);
-        let _ = fs::remove_dir_all(&pin_dir);
         let mut cmd = Command::new(&env.sensor_bin);
         cmd.arg("daemon")
             .args(args)
@@ -707,6 +719,15 @@ impl Daemon {
         Ok(answer)
     }
 
+    /// SIGKILL: no chance to stop cleanly. Its programs stay attached and
+    /// keep recording; returns the state and pin dirs to start again on.
+    fn kill9(mut self) -> (PathBuf, PathBuf) {
+        self.stopped = true;
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        (self.state_dir.clone(), self.pin_dir.clone())
+    }
+
     /// SIGTERM, then wait for a clean exit (0).
     fn stop(mut self) -> Result<()> {
         self.stopped = true;
@@ -822,6 +843,8 @@ struct Results {
     output_throughput: Vec<outputs::Throughput>,
     /// The programs' run time per storm op (bpf_stats).
     kernel_cost: Vec<kernel_cost::KernelCost>,
+    /// What the default ring keeps while no daemon reads (issue 17).
+    outage: Option<outage::Outage>,
     problems: Vec<String>,
 }
 
@@ -1195,6 +1218,10 @@ pub fn bench(options: &Options) -> Result<()> {
         if let Err(err) = measure_memory(&env, options.quick, &mut results) {
             results.problems.push(format!("memory: {err:#}"));
         }
+        match outage::measure(&env, options.quick) {
+            Ok(o) => results.outage = Some(o),
+            Err(err) => results.problems.push(format!("outage: {err:#}")),
+        }
         outputs::measure_throughput(&env, options.quick, &mut results);
         if let Err(err) = measure_pipeline(&mut results) {
             results.problems.push(format!("pipeline: {err:#}"));
@@ -1509,6 +1536,9 @@ fn markdown(workloads: &[&Workload], rounds: usize, quick: bool, results: &Resul
     }
     out.push_str(&cpu_markdown(workloads, results));
     out.push_str(&kernel_cost_markdown(results));
+    if let Some(outage) = &results.outage {
+        out.push_str(&outage.markdown());
+    }
     if !results.memory.is_empty() {
         out.push_str(
             "\n| daemon memory | live | VmRSS MiB | anon / file / shmem MiB | idle VmRSS MiB | target |\n",
@@ -1773,6 +1803,7 @@ fn report_json(
             "target_met": m.target_kib.map(|t| m.rss_kib <= t),
         })).collect::<Vec<_>>(),
         "outputs": outputs::json(results),
+        "outage": results.outage.as_ref().map(outage::Outage::json),
         "kernel_cost": results.kernel_cost.iter().map(|c| json!({
             "workload": c.workload,
             "ops": c.ops,

@@ -179,6 +179,7 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
         let protected = protected_files(&pin_dir, &state_dir, store.as_ref().map(|_| &db), args);
         enforcement.protect(&protected);
         state.set_programs(probes.attached().to_vec());
+        state.set_event_ring_kib(config.limits.event_ring_kib);
 
         let mut attribution =
             Attribution::new(keys.clone(), Box::new(proc_runs), runs, Some(runs_path))
