@@ -291,8 +291,10 @@ impl RunTable {
     pub fn load(path: &Path) -> Result<Self, StateError> {
         let mut table = Self::load_snapshot(path)?;
         let journal = Self::journal_path(path);
-        let text = match fs::read_to_string(&journal) {
-            Ok(t) => t,
+        // Bytes, not text: a line torn inside a UTF-8 character is one bad
+        // line to skip, not a journal that cannot be read.
+        let bytes = match fs::read(&journal) {
+            Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(table),
             Err(source) => {
                 return Err(StateError::Read {
@@ -301,8 +303,8 @@ impl RunTable {
                 });
             }
         };
-        for line in text.lines() {
-            let Ok(run) = serde_json::from_str::<Run>(line) else {
+        for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let Ok(run) = serde_json::from_slice::<Run>(line) else {
                 tracing::warn!(path = %journal.display(), "skipping a torn line of the run journal");
                 continue;
             };
@@ -515,5 +517,34 @@ mod tests {
                 .to_string()
                 .contains("corrupt")
         );
+    }
+
+    /// fuzz/corpus/runs/crash-journal-not-utf8: a journal holding one byte
+    /// that is not UTF-8 (`\xe4`) made the whole state fail to load ("cannot
+    /// read run state"), so the daemon refused to start. A crash while a
+    /// non-ASCII label is written leaves such a line.
+    #[test]
+    fn a_journal_line_that_is_not_utf8_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runs.json");
+        fs::write(RunTable::journal_path(&path), b"\xe4").unwrap();
+        assert!(RunTable::load(&path).unwrap().active().next().is_none());
+        fs::remove_file(RunTable::journal_path(&path)).unwrap();
+        // A line torn inside a character, after a good one.
+        let now = SystemTime::now();
+        let mut t = RunTable::new();
+        let mut n = new("a", None);
+        n.labels.insert("owner".into(), "zo\u{eb}".into());
+        let kept = t.create(n.clone(), now).unwrap().clone();
+        let torn = t.create(n, now).unwrap().clone();
+        RunTable::journal(&path, &kept).unwrap();
+        let mut line = serde_json::to_vec(&torn).unwrap();
+        line.truncate(line.iter().position(|&b| b == 0xc3).unwrap() + 1);
+        let mut journal = fs::read(RunTable::journal_path(&path)).unwrap();
+        journal.extend_from_slice(&line);
+        fs::write(RunTable::journal_path(&path), journal).unwrap();
+        let loaded = RunTable::load(&path).unwrap();
+        assert_eq!(loaded.get(kept.handle), Some(&kept));
+        assert!(loaded.get(torn.handle).is_none());
     }
 }
