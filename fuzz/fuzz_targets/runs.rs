@@ -13,18 +13,11 @@
 
 #![no_main]
 
-use std::{fs, path::Path, sync::OnceLock, time::Duration};
+use std::{fs, path::Path, time::Duration};
 
 use libfuzzer_sys::fuzz_target;
 use sensor::attribution::{NewRun, RunTable};
-use sensor_fuzz::now;
-
-/// A directory of this process's own, emptied before every input.
-fn dir() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().expect("a temporary directory"))
-        .path()
-}
+use sensor_fuzz::{now, scratch_dir};
 
 fn write_or_remove(path: &Path, contents: Option<&[u8]>) {
     match contents {
@@ -47,7 +40,8 @@ fuzz_target!(|data: &[u8]| {
     let snapshot = (flags & 1 != 0).then_some(snapshot);
     let journal = (flags & 2 != 0).then_some(journal);
 
-    let path = dir().join("runs.json");
+    let dir = scratch_dir();
+    let path = dir.path().join("runs.json");
     let journal_path = RunTable::journal_path(&path);
     write_or_remove(&path, snapshot);
     write_or_remove(&journal_path, None);
@@ -67,7 +61,7 @@ fuzz_target!(|data: &[u8]| {
     };
 
     // What the daemon writes it reads back.
-    let saved = dir().join("saved").join("runs.json");
+    let saved = dir.path().join("saved").join("runs.json");
     table.save(&saved).expect("saving the run state");
     let reloaded = RunTable::load(&saved).expect("a saved run state loads again");
     assert_eq!(

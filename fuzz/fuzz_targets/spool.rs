@@ -17,7 +17,7 @@ use std::{fs, time::Duration};
 
 use libfuzzer_sys::fuzz_target;
 use sensor::sinks::{spool::Spool, transport::Record};
-use sensor_fuzz::frames;
+use sensor_fuzz::{frames, scratch_dir};
 
 fuzz_target!(|data: &[u8]| {
     let [flags, cursor_len, rest @ ..] = data else {
@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
         _ => 300,
     };
 
-    let dir = tempfile::tempdir().expect("a temporary directory");
+    let dir = scratch_dir();
     if flags & 1 == 0 {
         fs::write(dir.path().join("cursor"), cursor).expect("writing the cursor");
     }

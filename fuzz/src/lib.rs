@@ -32,6 +32,22 @@ pub const BOOT_ID: &str = "0b5f0e3c-1d2e-4f5a-9b8c-7d6e5f4a3b2c";
 /// Clock ticks per second, as on every Linux the sensor runs on.
 pub const TICKS_PER_SECOND: u64 = 100;
 
+/// A new temporary directory, in memory (`/dev/shm`) where there is one:
+/// the targets that work on files create and remove several per input.
+///
+/// # Panics
+/// When no temporary directory can be made.
+#[must_use]
+pub fn scratch_dir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    let dir = if shm.is_dir() {
+        tempfile::tempdir_in(shm)
+    } else {
+        tempfile::tempdir()
+    };
+    dir.unwrap_or_else(|e| panic!("cannot make a temporary directory: {e}"))
+}
+
 /// Splits `data` into pieces, each `len: u16 LE | bytes[len]`; a piece whose
 /// length runs past the end takes what is left.
 #[must_use]
