@@ -12,6 +12,7 @@ use std::{
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -200,6 +201,12 @@ fn line(outcome: &Outcome) -> String {
         count(outcome.runs),
         count(outcome.secs)
     )
+}
+
+/// The step `cargo xtask test` runs: every target for `budget` on top of
+/// the committed corpus, new inputs kept out of the work tree.
+pub fn ci(budget: Duration) -> Result<()> {
+    fuzz(None, budget.as_secs(), Corpus::Scratch)
 }
 
 #[cfg(test)]

@@ -53,7 +53,7 @@ enum Command {
         #[arg(last = true, value_name = "DAEMON_ARGS")]
         args: Vec<String>,
     },
-    /// The CI entry: setup, fmt, clippy, unit tests, integration tests (as root).
+    /// The CI entry: setup, fmt, clippy, unit tests, fuzz targets, integration tests (as root).
     Test {
         /// Skip the setup step.
         #[arg(long)]
