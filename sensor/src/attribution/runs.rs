@@ -75,6 +75,8 @@ pub enum RunError {
     NotFound(String),
     #[error("run prefix {0:?} is ambiguous")]
     Ambiguous(String),
+    #[error("no run handle is left (the run state's next handle is {0})")]
+    NoHandle(u64),
 }
 
 /// What a new run needs.
@@ -130,8 +132,13 @@ impl RunTable {
             Some(p) => (Some(p.id.clone()), p.root_id.clone(), p.depth + 1),
             None => (None, id.clone(), 0),
         };
+        // Handles only grow; u64::MAX is never handed out (the enforcement
+        // self-test's run), nor is a handle reused after a wrap.
         let handle = self.next_handle.max(1);
-        self.next_handle = handle + 1;
+        let next = handle
+            .checked_add(1)
+            .ok_or(RunError::NoHandle(self.next_handle))?;
+        self.next_handle = next;
         let run = Run {
             handle,
             id: id.clone(),
@@ -308,7 +315,7 @@ impl RunTable {
                 tracing::warn!(path = %journal.display(), "skipping a torn line of the run journal");
                 continue;
             };
-            table.next_handle = table.next_handle.max(run.handle + 1);
+            table.next_handle = table.next_handle.max(run.handle.saturating_add(1));
             table.by_id.insert(run.id.clone(), run.handle);
             table.by_handle.insert(run.handle, run);
         }
@@ -332,7 +339,7 @@ impl RunTable {
         })?;
         let mut table = Self::new();
         for run in state.runs {
-            table.next_handle = table.next_handle.max(run.handle + 1);
+            table.next_handle = table.next_handle.max(run.handle.saturating_add(1));
             table.by_id.insert(run.id.clone(), run.handle);
             table.by_handle.insert(run.handle, run);
         }
@@ -517,6 +524,51 @@ mod tests {
                 .to_string()
                 .contains("corrupt")
         );
+    }
+
+    /// fuzz/corpus/runs/crash-handle-u64-max and crash-next-handle-u64-max:
+    /// a snapshot with a run of handle `u64::MAX` overflowed `handle + 1`
+    /// at load, and one whose `next_handle` is `u64::MAX` overflowed it at
+    /// the next create (a panic in debug builds; in release the handle
+    /// wrapped to 0, then 1: a new run created over an existing one's handle).
+    #[test]
+    fn handles_at_the_end_of_the_range_are_refused_not_wrapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runs.json");
+        let now = SystemTime::now();
+        let run = |handle: u64| {
+            format!(
+                r#"{{"handle":{handle},"id":"r{handle}","agent":"a","principal":"p","uid":0,"parent_id":null,"root_id":"r{handle}","depth":0,"started_by":"launch","start":"2026-01-01T00:00:00Z"}}"#
+            )
+        };
+        fs::write(
+            &path,
+            format!(r#"{{"next_handle":1,"runs":[{}]}}"#, run(u64::MAX)),
+        )
+        .unwrap();
+        let mut t = RunTable::load(&path).unwrap();
+        assert!(t.get(u64::MAX).is_some());
+        assert_eq!(
+            t.create(new("a", None), now).unwrap_err(),
+            RunError::NoHandle(u64::MAX)
+        );
+        fs::write(
+            &path,
+            format!(r#"{{"next_handle":{},"runs":[{}]}}"#, u64::MAX, run(1)),
+        )
+        .unwrap();
+        let mut t = RunTable::load(&path).unwrap();
+        assert!(t.create(new("a", None), now).is_err());
+        assert_eq!(t.get(1).unwrap().id, "r1", "run 1 is left alone");
+        // The last handle before the end is still given.
+        fs::write(
+            &path,
+            format!(r#"{{"next_handle":{},"runs":[]}}"#, u64::MAX - 1),
+        )
+        .unwrap();
+        let mut t = RunTable::load(&path).unwrap();
+        assert_eq!(t.create(new("a", None), now).unwrap().handle, u64::MAX - 1);
+        assert!(t.create(new("b", None), now).is_err());
     }
 
     /// fuzz/corpus/runs/crash-journal-not-utf8: a journal holding one byte
