@@ -1,5 +1,6 @@
 //! `cargo xtask fuzz`: the libFuzzer targets of `fuzz/` (cargo-fuzz), each
-//! for a time budget on top of its corpus, with executions per second and
+//! for a time budget on top of its corpus (and its dictionary,
+//! `fuzz/dict/<target>.dict`, when it has one), with executions per second and
 //! total executions per target; a target that crashes fails the run and
 //! names its artifact (the input that crashed, under `fuzz/artifacts/`).
 //!
@@ -125,9 +126,12 @@ fn run_target(root: &Path, name: &str, secs: u64, corpus: Corpus) -> Result<Outc
         .arg(format!("-max_total_time={secs}"))
         .arg(format!("-rss_limit_mb={RSS_LIMIT_MB}"))
         .arg(format!("-timeout={TIMEOUT_SECS}"))
-        .arg("-print_final_stats=1")
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::piped());
+        .arg("-print_final_stats=1");
+    let dict = root.join("fuzz/dict").join(format!("{name}.dict"));
+    if dict.is_file() {
+        cmd.arg(format!("-dict={}", dict.display()));
+    }
+    cmd.stdout(Stdio::inherit()).stderr(Stdio::piped());
     eprintln!("\n$ {}", util::display(&cmd));
     let mut child = cmd
         .spawn()
