@@ -77,9 +77,21 @@ pub fn kernel_dev_to_st_dev(dev: u32) -> u64 {
         | (minor & 0xff)
 }
 
-/// Hex sha256 of the file at `path`.
+/// Hex sha256 of the regular file at `path`. Anything else is an error: a
+/// device such as /dev/zero never ends, a FIFO blocks (opened non-blocking,
+/// then checked on the open file, so a swap in between changes nothing).
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -197,6 +209,20 @@ mod tests {
             st_dev_to_kernel_dev(kernel_dev_to_st_dev((8 << 20) | 17)),
             (8 << 20) | 17
         );
+    }
+
+    /// fuzz/corpus/config/crash-sha256-of-dev-zero: a policy pinning the
+    /// sha256 of /dev/zero (`exec.allow = [{ path = "/dev/zero", sha256 =
+    /// "00" }]`) hashed it forever: config load, `policy check` and a reload
+    /// hung (the config target's 30 s timeout). A FIFO blocked in open.
+    #[test]
+    fn only_regular_files_are_hashed() {
+        let err = resolve_file("/dev/zero", Some("00")).unwrap_err();
+        assert!(err.contains("not a regular file"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(resolve_file(fifo.to_str().unwrap(), Some("00")).is_err());
     }
 
     #[test]
