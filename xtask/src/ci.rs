@@ -8,8 +8,13 @@ use clap::ValueEnum;
 
 use crate::{
     build::{self, Profile},
-    setup, util,
+    fuzz, setup, util,
 };
+
+/// What the fuzz step gives each target: enough to replay the committed
+/// corpus and look a little further, the whole step (with a cold build)
+/// inside ~5 minutes on two cores.
+const FUZZ_BUDGET: Duration = Duration::from_secs(20);
 
 /// Groups of steps that `--only` selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -18,6 +23,8 @@ pub enum Group {
     Lint,
     /// Unit tests of every crate except the eBPF and integration-test crates.
     Unit,
+    /// Every fuzz target for a fixed budget on top of its committed corpus.
+    Fuzz,
     /// Build the sensor, mount, run the integration tests (root).
     Integration,
 }
@@ -90,6 +97,9 @@ pub fn test(no_setup: bool, only: &[Group]) -> Result<()> {
                 "sensor-tests",
             ]))
         }));
+    }
+    if wants(Group::Fuzz) {
+        steps.push(Step::new("fuzz", || fuzz::ci(FUZZ_BUDGET)));
     }
     if wants(Group::Integration) {
         let bin = build::sensor_bin(Profile::Debug)?;

@@ -2,12 +2,13 @@
 //!
 //! xtask never builds the eBPF programs itself: `sensor/build.rs` does that
 //! through aya-build. xtask installs what that build needs (`setup`), then
-//! drives `build`, `run`, `test` (the CI entry), `bench` and `install`.
+//! drives `build`, `run`, `test` (the CI entry), `bench`, `fuzz` and `install`.
 
 mod agents;
 mod bench;
 mod build;
 mod ci;
+mod fuzz;
 mod install;
 mod ocsf;
 mod setup;
@@ -52,7 +53,7 @@ enum Command {
         #[arg(last = true, value_name = "DAEMON_ARGS")]
         args: Vec<String>,
     },
-    /// The CI entry: setup, fmt, clippy, unit tests, integration tests (as root).
+    /// The CI entry: setup, fmt, clippy, unit tests, fuzz targets, integration tests (as root).
     Test {
         /// Skip the setup step.
         #[arg(long)]
@@ -79,6 +80,16 @@ enum Command {
         /// Benchmark this sensor binary instead of building target/release/sensor.
         #[arg(long, value_name = "PATH")]
         sensor_bin: Option<std::path::PathBuf>,
+    },
+    /// Run the libFuzzer targets of fuzz/ (cargo-fuzz, nightly), each for
+    /// --time seconds on top of its corpus (new inputs are added to it);
+    /// fails when a target crashes, naming the input.
+    Fuzz {
+        /// Only this target (control, config, raw, runs, spool, spec); default: all.
+        target: Option<String>,
+        /// Seconds per target.
+        #[arg(long, value_name = "S", default_value_t = 60)]
+        time: u64,
     },
     /// Build the release binary and install it with the systemd unit and the
     /// example config (kept when a config exists) under --root.
@@ -150,6 +161,9 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             workloads: workload,
             sensor_bin,
         }),
+        Command::Fuzz { target, time } => {
+            fuzz::fuzz(target.as_deref(), time, fuzz::Corpus::Committed)
+        }
         Command::Install {
             root,
             prefix,

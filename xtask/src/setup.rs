@@ -46,6 +46,8 @@ pub const APT_PACKAGES: &[&str] = &[
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// cargo-fuzz for the libFuzzer targets of `fuzz/` (`cargo xtask fuzz`).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 /// Components of the nightly toolchain: aya-build compiles the eBPF crate with
@@ -85,6 +87,7 @@ pub fn setup() -> Result<()> {
         components(None, ACTIVE_COMPONENTS)?;
         ensure_apt(APT_PACKAGES)?;
         bpf_linker()?;
+        cargo_fuzz()?;
         mounts()?;
         agents::ensure_agent_clis().context("agent CLIs (for tests/tests/agent_clis.rs)")?;
         ocsf::ensure_ocsf_validator().context("OCSF validator (tests/ocsf)")?;
@@ -267,6 +270,39 @@ fn bpf_linker() -> Result<()> {
         true,
         "bpf-linker",
         &format!("installed {BPF_LINKER_VERSION} (was: {was})"),
+    );
+    Ok(())
+}
+
+/// cargo-fuzz at [`CARGO_FUZZ_VERSION`] (`cargo fuzz --version` prints `cargo-fuzz 0.13.2`).
+pub fn cargo_fuzz() -> Result<()> {
+    let found = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    if let Some(version) = &found
+        && version
+            .split_whitespace()
+            .any(|word| word == CARGO_FUZZ_VERSION)
+    {
+        report(false, "cargo-fuzz", &format!("{version} present"));
+        return Ok(());
+    }
+    util::run(Command::new("cargo").args([
+        "install",
+        "cargo-fuzz",
+        "--locked",
+        "--version",
+        CARGO_FUZZ_VERSION,
+    ]))
+    .context("installing cargo-fuzz (builds and runs the fuzz targets)")?;
+    let was = found.unwrap_or_else(|| "none".to_owned());
+    report(
+        true,
+        "cargo-fuzz",
+        &format!("installed {CARGO_FUZZ_VERSION} (was: {was})"),
     );
     Ok(())
 }

@@ -198,6 +198,8 @@ impl RunTable {
             Some(p) => (Some(p.id.clone()), p.root_id.clone(), p.depth + 1),
             None => (None, id.clone(), 0),
         };
+        // Handles only grow; u64::MAX is never handed out (the enforcement
+        // self-test's run), nor is a handle reused after a wrap.
         let handle = self.next_handle.max(1);
         if handle == crate::policy::selftest::RUN {
             return Err(RunError::NoHandle);
@@ -715,5 +717,83 @@ mod tests {
                 .to_string()
                 .contains("corrupt")
         );
+    }
+
+    /// fuzz/corpus/runs/crash-handle-u64-max and crash-next-handle-u64-max:
+    /// a snapshot with a run of handle `u64::MAX` overflowed `handle + 1`
+    /// at load, and one whose `next_handle` is `u64::MAX` overflowed it at
+    /// the next create (a panic in debug builds; in release the handle
+    /// wrapped to 0, then 1: a new run created over an existing one's handle).
+    #[test]
+    fn handles_at_the_end_of_the_range_are_refused_not_wrapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runs.json");
+        let now = SystemTime::now();
+        let run = |handle: u64| {
+            format!(
+                r#"{{"handle":{handle},"id":"r{handle}","agent":"a","principal":"p","uid":0,"parent_id":null,"root_id":"r{handle}","depth":0,"started_by":"launch","start":"2026-01-01T00:00:00Z"}}"#
+            )
+        };
+        fs::write(
+            &path,
+            format!(r#"{{"next_handle":1,"runs":[{}]}}"#, run(u64::MAX)),
+        )
+        .unwrap();
+        let mut t = RunTable::load(&path).unwrap();
+        // u64::MAX is the enforcement self-test's handle: such a run is skipped.
+        assert!(t.get(u64::MAX).is_none());
+        let created = t.create(new("a", None), now).unwrap().handle;
+        assert!(created != u64::MAX, "no run gets the self-test's handle");
+        fs::write(
+            &path,
+            format!(r#"{{"next_handle":{},"runs":[{}]}}"#, u64::MAX, run(1)),
+        )
+        .unwrap();
+        let mut t = RunTable::load(&path).unwrap();
+        // The last handle before the self-test's is still given, then none.
+        assert_eq!(t.create(new("a", None), now).unwrap().handle, u64::MAX - 1);
+        assert_eq!(
+            t.create(new("b", None), now).unwrap_err(),
+            RunError::NoHandle
+        );
+        assert_eq!(t.get(1).unwrap().id, "r1", "run 1 is left alone");
+        // The last handle before the end is still given.
+        fs::write(
+            &path,
+            format!(r#"{{"next_handle":{},"runs":[]}}"#, u64::MAX - 1),
+        )
+        .unwrap();
+        let mut t = RunTable::load(&path).unwrap();
+        assert_eq!(t.create(new("a", None), now).unwrap().handle, u64::MAX - 1);
+        assert!(t.create(new("b", None), now).is_err());
+    }
+
+    /// fuzz/corpus/runs/crash-journal-not-utf8: a journal holding one byte
+    /// that is not UTF-8 (`\xe4`) made the whole state fail to load ("cannot
+    /// read run state"), so the daemon refused to start. A crash while a
+    /// non-ASCII label is written leaves such a line.
+    #[test]
+    fn a_journal_line_that_is_not_utf8_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runs.json");
+        fs::write(RunTable::journal_path(&path), b"\xe4").unwrap();
+        assert!(RunTable::load(&path).unwrap().active().next().is_none());
+        fs::remove_file(RunTable::journal_path(&path)).unwrap();
+        // A line torn inside a character, after a good one.
+        let now = SystemTime::now();
+        let mut t = RunTable::new();
+        let mut n = new("a", None);
+        n.labels.insert("owner".into(), "zo\u{eb}".into());
+        let kept = t.create(n.clone(), now).unwrap().clone();
+        let torn = t.create(n, now).unwrap().clone();
+        RunTable::journal(&path, &kept).unwrap();
+        let mut line = serde_json::to_vec(&torn).unwrap();
+        line.truncate(line.iter().position(|&b| b == 0xc3).unwrap() + 1);
+        let mut journal = fs::read(RunTable::journal_path(&path)).unwrap();
+        journal.extend_from_slice(&line);
+        fs::write(RunTable::journal_path(&path), journal).unwrap();
+        let loaded = RunTable::load(&path).unwrap();
+        assert_eq!(loaded.get(kept.handle), Some(&kept));
+        assert!(loaded.get(torn.handle).is_none());
     }
 }

@@ -1439,7 +1439,8 @@ fn fill_exec(p: &mut Process, data: &ExecData, s: &ExecStrings, failed: bool) {
 }
 
 fn exec_details(data: &ExecData, s: &ExecStrings, failed: bool) -> Exec {
-    let errno = failed.then_some(-data.ret);
+    // saturating: a record's i32::MIN has no negation (-2^31 is no errno anyway).
+    let errno = failed.then_some(data.ret.saturating_neg());
     Exec {
         filename: escape_bytes(&s.filename).0,
         result: if failed { "error" } else { "ok" },
@@ -1540,7 +1541,7 @@ fn network(d: &ConnectData) -> Network {
     let (result, errno) = if d.has_result == 0 {
         ("unknown", None)
     } else {
-        match -d.ret {
+        match d.ret.saturating_neg() {
             0 => ("ok", None),
             111 => ("refused", Some(111)),
             115 => ("in_progress", Some(115)),
@@ -1916,6 +1917,33 @@ mod tests {
         assert_eq!(v["network"]["result"], "in_progress");
         let v = json(&b.build(connect(2, v4, 0, 0)));
         assert_eq!(v["network"]["result"], "unknown");
+    }
+
+    /// fuzz/corpus/raw/crash-connect-ret-i32-min: a connect record whose
+    /// result is `i32::MIN` (and a failed exec's, the same negation) panicked
+    /// the pipeline with "attempt to negate with overflow".
+    #[test]
+    fn a_result_of_i32_min_is_an_error_not_a_panic() {
+        let mut b = builder();
+        let record = raw::encode(&RawEvent::Connect {
+            header: EventHeader {
+                tgid: 1,
+                ppid: 0x8000_0000,
+                ..header(EventKind::NetConnect)
+            },
+            data: ConnectData {
+                family: 1,
+                ret: i32::MIN,
+                has_result: 11_293,
+                ..ConnectData::default()
+            },
+        });
+        let v = json(&b.build(raw::decode(&record).unwrap()));
+        assert_eq!(v["network"]["result"], "error");
+        assert_eq!(v["network"]["errno"], i32::MAX);
+        let v = json(&b.build(exec(b"x\0", 2, 1, true, i32::MIN)));
+        assert_eq!(v["exec"]["result"], "error");
+        assert_eq!(v["exec"]["errno"], i32::MAX);
     }
 
     #[test]

@@ -414,6 +414,7 @@ mod tests {
     /// What a watched agent can put where a pinned file was: each is refused
     /// at once with a reason, none is read (a FIFO would block forever,
     /// /dev/zero and a sparse 1 TiB file would never end).
+    /// (Also fuzz/corpus/config/crash-sha256-of-dev-zero.)
     #[test]
     fn what_cannot_be_hashed_is_refused_without_blocking() {
         let dir = tempfile::tempdir().unwrap();

@@ -205,10 +205,11 @@ impl Spool {
                     .map_err(err("cannot repair a segment"))?;
             }
             if id == cursor_pos.segment {
+                // Back to where a record starts: a cursor past the valid
+                // records, or inside one (a damaged cursor file), would have
+                // the reader parse from the middle of a record forever.
                 cursor_records = scan.records_before_offset;
-                if cursor_pos.offset > scan.valid {
-                    cursor_pos.offset = scan.valid;
-                }
+                cursor_pos.offset = scan.offset_boundary;
             }
             last_seq = last_seq.max(scan.last_seq);
             segments.push_back(Segment {
@@ -679,11 +680,13 @@ struct Scan {
     valid: u64,
     records: u64,
     records_before_offset: u64,
+    /// Where the last of those ends (0 when none does).
+    offset_boundary: u64,
     last_seq: u64,
 }
 
 /// Walks a segment's records: where the valid ones end, how many, the last
-/// seq, and how many end at or before `offset`.
+/// seq, and how many end at or before `offset` (and where the last of them ends).
 fn scan_segment(path: &Path, offset: u64) -> io::Result<Scan> {
     let data = fs::read(path)?;
     let mut at = 0usize;
@@ -692,6 +695,7 @@ fn scan_segment(path: &Path, offset: u64) -> io::Result<Scan> {
         valid: 0,
         records: 0,
         records_before_offset: 0,
+        offset_boundary: 0,
         last_seq: 0,
     };
     while let Some(rec) = parse_one(&data[at..]) {
@@ -700,6 +704,7 @@ fn scan_segment(path: &Path, offset: u64) -> io::Result<Scan> {
         scan.last_seq = scan.last_seq.max(rec.seq);
         if at as u64 <= offset {
             scan.records_before_offset += 1;
+            scan.offset_boundary = at as u64;
         }
     }
     scan.valid = at as u64;
@@ -808,6 +813,27 @@ mod tests {
         assert_eq!(read_all(&spool, true), (1..=9).collect::<Vec<_>>());
         append_n(&spool, 10, 1, 50);
         assert_eq!(read_all(&spool, true), [10]);
+    }
+
+    /// fuzz/corpus/spool/crash-cursor-inside-a-record: a cursor file naming
+    /// an offset inside a record (`1 5`) had the reader parse from there:
+    /// every read came back empty with records pending (a sender spinning
+    /// forever), each after allocating whatever length the bytes there said
+    /// (up to 4 GiB).
+    #[test]
+    fn a_cursor_inside_a_record_resumes_at_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let spool = Spool::open(dir.path(), 1 << 20).unwrap();
+            append_n(&spool, 1, 10, 50);
+        }
+        let record = 4 + HEADER as u64 + "process.exec".len() as u64 + 50;
+        for (offset, first) in [(5, 1), (2 * record + 1, 3), (10 * record + 7, 11)] {
+            fs::write(dir.path().join("cursor"), format!("1 {offset}\n")).unwrap();
+            let spool = Spool::open(dir.path(), 1 << 20).unwrap();
+            assert_eq!(spool.pending().0, 11 - first);
+            assert_eq!(read_all(&spool, false), (first..=10).collect::<Vec<_>>());
+        }
     }
 
     #[test]
