@@ -359,6 +359,33 @@ fn bool_of(m: &Obj, key: &str) -> Option<bool> {
     m.get(key).and_then(Value::as_bool)
 }
 
+/// `actor.process` of the process that acted: all of it.
+fn acting(p: Option<&Obj>) -> Option<(&Obj, Shape<'_>)> {
+    p.map(|p| {
+        let full = Shape::Full {
+            file: text_of(p, "exe"),
+            name: true,
+            cmd: true,
+            terminated: None,
+        };
+        (p, full)
+    })
+}
+
+/// `pid N (EXE)` of the process that acted, for messages.
+fn who(p: Option<&Obj>) -> String {
+    p.map_or_else(
+        || "a process".to_owned(),
+        |p| {
+            format!(
+                "pid {} ({})",
+                u64_of(p, "pid").unwrap_or(0),
+                text_of(p, "exe").unwrap_or("?")
+            )
+        },
+    )
+}
+
 fn severity_caption(id: u64) -> &'static str {
     match id {
         1 => "Informational",
@@ -640,15 +667,7 @@ impl<'a> Plan<'a> {
                     errno_text(error, i64_of(n, "errno")).map(|e| format!("{what} failed: {e}"));
             }
         }
-        m.actor_process = p.map(|p| {
-            let full = Shape::Full {
-                file: text_of(p, "exe"),
-                name: true,
-                cmd: true,
-                terminated: None,
-            };
-            (p, full)
-        });
+        m.actor_process = acting(p);
         m
     }
 
@@ -682,15 +701,7 @@ impl<'a> Plan<'a> {
         m.target_session = target
             .and_then(|t| obj(t.get("run")))
             .and_then(|r| text_of(r, "id"));
-        m.actor_process = p.map(|p| {
-            let full = Shape::Full {
-                file: text_of(p, "exe"),
-                name: true,
-                cmd: true,
-                terminated: None,
-            };
-            (p, full)
-        });
+        m.actor_process = acting(p);
         let killed = bool_of(t, "killed") == Some(true);
         m.status = Some(if killed {
             Status::Failure
@@ -703,16 +714,7 @@ impl<'a> Plan<'a> {
         m.severity_id = if killed { 3 } else { 4 };
         m.is_alert = true;
         let object = text_of(t, "object").unwrap_or("?");
-        let by = p.map_or_else(
-            || "a process".to_owned(),
-            |p| {
-                format!(
-                    "pid {} ({})",
-                    u64_of(p, "pid").unwrap_or(0),
-                    text_of(p, "exe").unwrap_or("?")
-                )
-            },
-        );
+        let by = who(p);
         m.message = Some(format!(
             "{what} of {object} by {by}, outside its run; {}",
             if killed {
@@ -735,15 +737,7 @@ impl<'a> Plan<'a> {
         m.status = Some(Status::Success);
         let agent = run.and_then(|r| text_of(r, "agent")).unwrap_or("unknown");
         m.app_name = Some(agent);
-        m.actor_process = p.map(|p| {
-            let full = Shape::Full {
-                file: text_of(p, "exe"),
-                name: true,
-                cmd: true,
-                terminated: None,
-            };
-            (p, full)
-        });
+        m.actor_process = acting(p);
         let id = run.and_then(|r| text_of(r, "id")).unwrap_or("?");
         m.start_time = run
             .and_then(|r| str_of(r, "start"))
@@ -783,16 +777,7 @@ impl<'a> Plan<'a> {
         );
         if field("detected") == "kernel" {
             let killed = bool_of(t, "killed") == Some(true);
-            let by = p.map_or_else(
-                || "a process".to_owned(),
-                |p| {
-                    format!(
-                        "pid {} ({})",
-                        u64_of(p, "pid").unwrap_or(0),
-                        text_of(p, "exe").unwrap_or("?")
-                    )
-                },
-            );
+            let by = who(p);
             m.message = Some(format!(
                 "{title}, by {by}; {}",
                 if killed {
@@ -802,15 +787,7 @@ impl<'a> Plan<'a> {
                 }
             ));
             m.severity_id = if killed { 3 } else { 4 };
-            m.actor_process = p.map(|p| {
-                let full = Shape::Full {
-                    file: text_of(p, "exe"),
-                    name: true,
-                    cmd: true,
-                    terminated: None,
-                };
-                (p, full)
-            });
+            m.actor_process = acting(p);
         } else {
             let repaired = bool_of(t, "repaired") == Some(true);
             m.message = Some(if repaired {
@@ -863,15 +840,7 @@ impl<'a> Plan<'a> {
                 m.severity_id = 3;
             }
         }
-        m.actor_process = p.map(|p| {
-            let full = Shape::Full {
-                file: text_of(p, "exe"),
-                name: true,
-                cmd: true,
-                terminated: None,
-            };
-            (p, full)
-        });
+        m.actor_process = acting(p);
         m
     }
 
