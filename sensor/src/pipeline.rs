@@ -868,6 +868,7 @@ fn store_record(event: &Event, line: std::ops::Range<usize>) -> Record {
         }),
         _ => None,
     };
+    let tamper_target = event.tamper.as_ref().and_then(|t| t.target.as_ref());
     Record {
         seq: event.seq,
         time_ns: unix_ns(event.time.0),
@@ -879,9 +880,14 @@ fn store_record(event: &Event, line: std::ops::Range<usize>) -> Record {
         dst_ip: event
             .network
             .as_ref()
-            .and_then(|n| n.dst_ip.map(|ip| ip.to_string()).or_else(|| n.path.clone())),
+            .and_then(|n| n.dst_ip.map(|ip| ip.to_string())),
         dst_port: event.network.as_ref().and_then(|n| n.dst_port),
         verdict: event.policy.as_ref().map(|v| v.verdict.to_owned()),
+        path: event.network.as_ref().and_then(|n| n.path.clone()),
+        method: event.tamper.as_ref().map(|t| t.method),
+        target_pid: tamper_target.map(|t| t.pid),
+        target_run: tamper_target.and_then(|t| t.run.as_ref().map(|r| r.id.clone())),
+        escape: event.is_escape_attempt(),
         line,
         run: run_row,
     }

@@ -2,11 +2,13 @@
 //! `tests/ocsf/validate.py` run by the venv `cargo xtask setup` makes at
 //! `<target>/ocsf-venv` (xtask/src/ocsf.rs; pins in tests/ocsf/requirements.txt).
 
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context as _, Result, bail, ensure};
+use serde_json::Value;
 
 use crate::{run_with_timeout, target_dir, text, workspace_root};
 
@@ -59,4 +61,70 @@ pub fn validate(jsonl: &Path, require_classes: &[u32]) -> Result<String> {
         );
     }
     Ok(stdout)
+}
+
+/// `--output` SPEC of an OCSF file output at `path`.
+pub fn spec(path: &Path) -> String {
+    format!("file:{},format=ocsf", path.display())
+}
+
+/// The OCSF events of the OCSF file output `ocsf` whose sensor kind
+/// (`metadata.event_code`) is one of `kinds`, once `ready` holds for them
+/// (the output is written in batches: waits up to `timeout`). They are
+/// written to `<ocsf>.<first kind>.jsonl` and validated by the third-party
+/// validator, each class of `require_classes` present; returns them parsed.
+pub fn validated_kinds(
+    ocsf: &Path,
+    kinds: &[&str],
+    require_classes: &[u32],
+    timeout: Duration,
+    ready: impl Fn(&[Value]) -> bool,
+) -> Result<Vec<Value>> {
+    let deadline = Instant::now() + timeout;
+    let (lines, events) = loop {
+        let text = fs::read_to_string(ocsf).unwrap_or_default();
+        let mut lines = String::new();
+        let mut events = Vec::new();
+        for line in text.lines() {
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            if v["metadata"]["event_code"]
+                .as_str()
+                .is_some_and(|k| kinds.contains(&k))
+            {
+                lines.push_str(line);
+                lines.push('\n');
+                events.push(v);
+            }
+        }
+        if ready(&events) {
+            break (lines, events);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{} never had the OCSF events awaited of kinds {kinds:?}: {} of them: {events:?}",
+            ocsf.display(),
+            events.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let name = format!(
+        "{}.{}.jsonl",
+        ocsf.file_name().and_then(|n| n.to_str()).unwrap_or("ocsf"),
+        kinds.first().copied().unwrap_or("all")
+    );
+    let path = ocsf.with_file_name(name);
+    fs::write(&path, lines).with_context(|| format!("write {}", path.display()))?;
+    let report = validate(&path, require_classes)?;
+    eprintln!("OCSF validator on {}:\n{report}", path.display());
+    Ok(events)
+}
+
+/// The OCSF event of sensor seq `seq` among `events` (`metadata.sequence`).
+pub fn by_seq(events: &[Value], seq: &Value) -> Option<Value> {
+    events
+        .iter()
+        .find(|o| o["metadata"]["sequence"] == *seq)
+        .cloned()
 }

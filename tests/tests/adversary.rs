@@ -410,7 +410,13 @@ fn clone_parent_does_not_move_a_child_into_the_wider_parent_run() -> Result<()> 
 fn a_flood_of_denied_sends_does_not_end_the_run_or_unbind_its_policy() -> Result<()> {
     let fx = Fixture::new("adv-flood")?;
     let config = policy_toml::<_, &str>("p", "enforce", &base_exec()?, &[], "");
-    let d = Daemon::start_with(Some(&config), &[])?;
+    // run.degraded in OCSF too (only that kind: the flood is not re-encoded).
+    let ocsf_path = fx.dir().join("ocsf.jsonl");
+    let ocsf_spec = format!(
+        "{},kinds=run.degraded",
+        sensor_tests::ocsf::spec(&ocsf_path)
+    );
+    let d = Daemon::start_with(Some(&config), &["--output", &ocsf_spec])?;
     let quiet = 200;
     let script = format!(
         "i=0\nwhile [ $i -lt {quiet} ]; do\n  (/usr/bin/sleep 6; {denied} {out}/late-$i) &\n  i=$((i+1))\ndone\n\
@@ -503,6 +509,27 @@ fn a_flood_of_denied_sends_does_not_end_the_run_or_unbind_its_policy() -> Result
         "a run.degraded event names the suppressed denials of the run: {:?}",
         degraded.map(compact)
     );
+    // In OCSF: a Base Event "Run Degraded" with the count, the run attached;
+    // checked by the third-party validator.
+    if let Some(e) = degraded {
+        let o = sensor_tests::ocsf::validated_kinds(
+            &ocsf_path,
+            &["run.degraded"],
+            &[0],
+            EVENT_TIMEOUT,
+            |o| sensor_tests::ocsf::by_seq(o, &e["seq"]).is_some(),
+        )?;
+        let o = sensor_tests::ocsf::by_seq(&o, &e["seq"]).unwrap_or_default();
+        check!(
+            c,
+            o["class_uid"] == 0
+                && o["activity_name"] == "Run Degraded"
+                && o["count"].as_u64().unwrap_or(0) > 0
+                && o["actor"]["session"]["uid"] == e["run"]["id"],
+            "OCSF of the run.degraded: {}",
+            compact(&o)
+        );
+    }
     check!(
         c,
         started.elapsed() < Duration::from_secs(60),

@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use sensor_tests::enforce::{KILLED, base_exec, check_deny, launch_sh, outputs};
-use sensor_tests::{Checks, Daemon, EVENT_TIMEOUT, check, compact, helper_bin, text};
+use sensor_tests::{
+    Checks, Daemon, EVENT_TIMEOUT, TempDir, check, compact, helper_bin, ocsf, text,
+};
 use serde_json::Value;
 
 const HELPER: &str = helper_bin!();
@@ -54,6 +56,29 @@ impl Drop for PingGroups {
     }
 }
 
+/// The OCSF form of sensor event `e` among `ocsf_events`, with its class,
+/// activity and what `more` says checked.
+fn check_ocsf(
+    c: &mut Checks,
+    ocsf_events: &[Value],
+    e: &Value,
+    class: u64,
+    activity: u64,
+    more: impl Fn(&Value) -> bool,
+) {
+    match ocsf::by_seq(ocsf_events, &e["seq"]) {
+        Some(o) => check!(
+            c,
+            o["class_uid"] == class && o["activity_id"] == activity && more(&o),
+            "OCSF of {} {}: class {class}, activity {activity}, and more: {}",
+            e["kind"],
+            e["seq"],
+            compact(&o)
+        ),
+        None => c.fail(format!("no OCSF event for seq {}", e["seq"])),
+    }
+}
+
 fn sockets<'a>(evs: &'a [Value], agent: &str, transport: &str) -> Vec<&'a Value> {
     evs.iter()
         .filter(|e| {
@@ -70,7 +95,9 @@ fn sockets<'a>(evs: &'a [Value], agent: &str, transport: &str) -> Vec<&'a Value>
 #[test]
 fn raw_icmp_and_packet_sockets_are_refused_under_enforce() -> Result<()> {
     let _ping = PingGroups::open()?;
-    let d = Daemon::start_with(Some(&config("")?), &[])?;
+    let tmp = TempDir::new("raw-ocsf")?;
+    let ocsf_path = tmp.path().join("ocsf.jsonl");
+    let d = Daemon::start_with(Some(&config("")?), &["--output", &ocsf::spec(&ocsf_path)])?;
     let script = format!(
         "echo \"raw: $({HELPER} socket raw)\"\n\
          echo \"icmp: $({HELPER} socket icmp)\"\n\
@@ -127,6 +154,42 @@ fn raw_icmp_and_packet_sockets_are_refused_under_enforce() -> Result<()> {
             "{transport} with raw_sockets: still reported"
         );
     }
+    // OCSF: Network Activity, Fail when refused, Open when made; no peer,
+    // so this host is the endpoint. Checked by the third-party validator.
+    let want = evs.iter().filter(|e| e["kind"] == "network.socket").count();
+    let o = ocsf::validated_kinds(
+        &ocsf_path,
+        &["network.socket", "policy.violation"],
+        &[4001],
+        EVENT_TIMEOUT,
+        |o| {
+            o.iter()
+                .filter(|o| o["metadata"]["event_code"] == "network.socket")
+                .count()
+                >= want
+        },
+    )?;
+    let here = |o: &Value| o["src_endpoint"]["hostname"].is_string() && o["dst_endpoint"].is_null();
+    if let Some(e) = sockets(&evs, "raw-e", "raw").first() {
+        check_ocsf(&mut c, &o, e, 4001, 4, |o| {
+            here(o) && o["disposition"] == "Blocked" && o["status_code"] == "EPERM"
+        });
+    }
+    if let Some(e) = sockets(&evs, "raw-e", "packet").first() {
+        check_ocsf(&mut c, &o, e, 4001, 1, |o| {
+            here(o)
+                && o["disposition"] == "Blocked"
+                && o["connection_info"]["protocol_name"] == "packet"
+        });
+    }
+    if let Some(e) = sockets(&evs, "raw-a", "icmp").first() {
+        check_ocsf(&mut c, &o, e, 4001, 1, |o| {
+            here(o) && o["disposition"] == "Detected" && o["connection_info"]["protocol_num"] == 1
+        });
+    }
+    if let Some(e) = sockets(&evs, "raw-r", "raw").first() {
+        check_ocsf(&mut c, &o, e, 4001, 1, |o| here(o) && o["policy"].is_null());
+    }
     c.finish()
 }
 
@@ -134,7 +197,9 @@ fn raw_icmp_and_packet_sockets_are_refused_under_enforce() -> Result<()> {
 /// local address and the peer that came in.
 #[test]
 fn a_runs_listener_and_accepted_connections_are_reported() -> Result<()> {
-    let d = Daemon::start_with(Some(&config("")?), &[])?;
+    let tmp = TempDir::new("listen-ocsf")?;
+    let ocsf_path = tmp.path().join("ocsf.jsonl");
+    let d = Daemon::start_with(Some(&config("")?), &["--output", &ocsf::spec(&ocsf_path)])?;
     let mut child = d
         .launch_cmd("listener", &[], &[HELPER, "listen-accept", "127.0.0.1:0"])
         .stdout(Stdio::piped())
@@ -173,6 +238,23 @@ fn a_runs_listener_and_accepted_connections_are_reported() -> Result<()> {
         "network.accept names the peer: {}",
         compact(&accept)
     );
+    // OCSF: Listen (7) at the local address; the accepted connection an
+    // inbound Open (1) from the peer.
+    let o = ocsf::validated_kinds(
+        &ocsf_path,
+        &["network.listen", "network.accept"],
+        &[4001],
+        EVENT_TIMEOUT,
+        |o| o.len() >= 2,
+    )?;
+    check_ocsf(&mut c, &o, &listen, 4001, 7, |o| {
+        o["dst_endpoint"]["port"] == port && o["connection_info"]["direction_id"] == 1
+    });
+    check_ocsf(&mut c, &o, &accept, 4001, 1, |o| {
+        o["src_endpoint"]["port"] == client_port
+            && o["dst_endpoint"]["port"] == port
+            && o["connection_info"]["direction"] == "Inbound"
+    });
     c.finish()
 }
 
@@ -182,7 +264,9 @@ fn a_runs_listener_and_accepted_connections_are_reported() -> Result<()> {
 fn unconnected_datagrams_of_a_run_are_reported_with_a_count() -> Result<()> {
     let sink = UdpSocket::bind("127.0.0.1:0")?;
     let port = sink.local_addr()?.port();
-    let d = Daemon::start_with(Some(&config("")?), &[])?;
+    let tmp = TempDir::new("udp-ocsf")?;
+    let ocsf_path = tmp.path().join("ocsf.jsonl");
+    let d = Daemon::start_with(Some(&config("")?), &["--output", &ocsf::spec(&ocsf_path)])?;
     let addr = format!("127.0.0.1:{port}");
     let out = launch_sh(&d, "udp", "p", &format!("{HELPER} sendto-n {addr} 20\n"))?;
     let outside = Command::new(HELPER)
@@ -237,5 +321,21 @@ fn unconnected_datagrams_of_a_run_are_reported_with_a_count() -> Result<()> {
             .any(|e| e["network"]["dst_port"] == port && e["run"].is_null()),
         "a process outside runs is not reported"
     );
+    // OCSF: Traffic (6), the count in traffic.packets_out.
+    let o = ocsf::validated_kinds(
+        &ocsf_path,
+        &["network.connect"],
+        &[4001],
+        EVENT_TIMEOUT,
+        |o| o.iter().any(|o| o["traffic"]["packets_out"] == 16),
+    )?;
+    if let Some(e) = evs
+        .iter()
+        .find(|e| e["network"]["sends"] == 8 && e["run"]["agent"] == "udp")
+    {
+        check_ocsf(&mut c, &o, e, 4001, 6, |o| {
+            o["traffic"]["packets_out"] == 8 && o["dst_endpoint"]["port"] == port
+        });
+    }
     c.finish()
 }

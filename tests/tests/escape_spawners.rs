@@ -20,7 +20,7 @@ use sensor_tests::enforce::{
 };
 use sensor_tests::{
     Checks, Daemon, EVENT_TIMEOUT, TempDir, check, compact, die_with_parent, dump, helper_bin,
-    marker, text,
+    marker, ocsf, text,
 };
 use serde_json::Value;
 
@@ -137,7 +137,8 @@ fn unix_connects_are_reported_and_unix_allow_decides() -> Result<()> {
         policy("p", "enforce", &base_exec()?, &[], &[&ok, &glob, &ok_name]),
         policy("a", "audit", &base_exec()?, &[], &[&ok])
     );
-    let d = Daemon::start_with(Some(&config), &[])?;
+    let ocsf_path = dir.join("ocsf.jsonl");
+    let d = Daemon::start_with(Some(&config), &["--output", &ocsf::spec(&ocsf_path)])?;
     let sensor = sensor_tests::sensor_bin()?;
     let script = format!(
         "echo \"ok: $({HELPER} connect unix {ok})\"\n\
@@ -284,6 +285,36 @@ fn unix_connects_are_reported_and_unix_allow_decides() -> Result<()> {
             .all(|e| !e["run"].is_null()),
         "a Unix connect outside any run is not reported"
     );
+    // OCSF: Network Activity, local; the socket path is the destination
+    // endpoint's name. Checked by the third-party validator.
+    let want: Vec<Value> = evs
+        .iter()
+        .filter(|e| e["network"]["family"] == "unix" && !e["run"].is_null())
+        .cloned()
+        .collect();
+    let o = ocsf::validated_kinds(
+        &ocsf_path,
+        &["network.connect", "policy.violation"],
+        &[4001],
+        EVENT_TIMEOUT,
+        |o| want.iter().all(|e| ocsf::by_seq(o, &e["seq"]).is_some()),
+    )?;
+    for (path, activity, disposition) in [(&ok, 1, "Allowed"), (&bad, 4, "Blocked")] {
+        match one(path).and_then(|e| ocsf::by_seq(&o, &e["seq"])) {
+            Some(o) => check!(
+                c,
+                o["class_uid"] == 4001
+                    && o["activity_id"] == activity
+                    && o["dst_endpoint"]["name"] == path.as_str()
+                    && o["connection_info"]["direction"] == "Local"
+                    && o["disposition"] == disposition
+                    && o["unmapped"]["network"]["family"] == "unix",
+                "OCSF of the connect to {path}: {}",
+                compact(&o)
+            ),
+            None => c.fail(format!("no OCSF event of the connect to {path}")),
+        }
+    }
     drop(servers);
     c.finish()
 }
@@ -302,7 +333,8 @@ fn an_allowed_path_swapped_for_another_socket_is_killed_at_once() -> Result<()> 
     let mut exec = base_exec()?;
     exec.push("/usr/bin/mv".into());
     let config = policy("p", "enforce", &exec, &[], &[&s(&allowed)]);
-    let d = Daemon::start_with(Some(&config), &[])?;
+    let ocsf_path = tmp.path().join("ocsf.jsonl");
+    let d = Daemon::start_with(Some(&config), &["--output", &ocsf::spec(&ocsf_path)])?;
     // Swap, then connect at once (before the 2 s refresh looks again).
     let script = format!(
         "echo \"before: $({HELPER} connect unix {a})\"\n\
@@ -344,6 +376,24 @@ fn an_allowed_path_swapped_for_another_socket_is_killed_at_once() -> Result<()> 
                 "p",
                 Some("unix.allow (the socket reached is not the one the allowed address names)"),
                 true,
+            );
+            // OCSF: an Open that failed (the caller killed), validated.
+            let o = ocsf::validated_kinds(
+                &ocsf_path,
+                &["network.connect"],
+                &[4001],
+                EVENT_TIMEOUT,
+                |o| ocsf::by_seq(o, &e["seq"]).is_some(),
+            )?;
+            let o = ocsf::by_seq(&o, &e["seq"]).unwrap_or_default();
+            check!(
+                c,
+                o["activity_id"] == 1
+                    && o["status_id"] == 2
+                    && o["disposition"] == "Blocked"
+                    && o["unmapped"]["network"]["peer_path"] == s(&other).as_str(),
+                "OCSF of the killed connect: {}",
+                compact(&o)
             );
         }
         Err(err) => c.fail(format!("no killed unix connect reported: {err:#}")),

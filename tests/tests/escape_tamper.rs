@@ -20,7 +20,7 @@ use sensor_tests::enforce::{
     Fixture, KILLED, base_exec, check_deny, check_violation, launch_sh, outputs, s,
 };
 use sensor_tests::{
-    Checks, Daemon, EVENT_TIMEOUT, check, compact, die_with_parent, helper_bin, text,
+    Checks, Daemon, EVENT_TIMEOUT, TempDir, check, compact, die_with_parent, helper_bin, ocsf, text,
 };
 use serde_json::Value;
 
@@ -129,7 +129,11 @@ fn injection_into_a_process_outside_the_run_is_stopped_under_enforce() -> Result
     let fx = Fixture::new("inject")?;
     let secret = fx.dir().join("secret");
     fs::write(&secret, b"secret")?;
-    let d = Daemon::start_with(Some(&config(&base_exec()?)), &[])?;
+    let ocsf_path = fx.dir().join("ocsf.jsonl");
+    let d = Daemon::start_with(
+        Some(&config(&base_exec()?)),
+        &["--output", &ocsf::spec(&ocsf_path)],
+    )?;
     let mut c = Checks::new();
     for how in ["ptrace", "vm-write", "getfd", "mem"] {
         for (policy, agent) in [("p", format!("inj-e-{how}")), ("a", format!("inj-a-{how}"))] {
@@ -212,6 +216,52 @@ fn injection_into_a_process_outside_the_run_is_stopped_under_enforce() -> Result
             audit.first().map(|e| compact(e))
         );
     }
+    // OCSF: Process Activity, Inject (Open for pidfd_getfd) into the
+    // target, by the caller; validated by the third-party validator.
+    let want: Vec<&Value> = evs
+        .iter()
+        .filter(|e| e["kind"] == "process.tamper")
+        .collect();
+    let o = ocsf::validated_kinds(
+        &ocsf_path,
+        &["process.tamper", "policy.violation"],
+        &[1007],
+        EVENT_TIMEOUT,
+        |o| want.iter().all(|e| ocsf::by_seq(o, &e["seq"]).is_some()),
+    )?;
+    for (how, method, activity) in [
+        ("ptrace", "ptrace", 4),
+        ("vm-write", "process_vm_writev", 4),
+        ("getfd", "pidfd_getfd", 3),
+        ("mem", "proc_mem", 4),
+    ] {
+        for (agent, killed) in [
+            (format!("inj-e-{how}"), true),
+            (format!("inj-a-{how}"), false),
+        ] {
+            let Some(e) = tampers(&evs, "process.tamper", &agent, method)
+                .first()
+                .copied()
+            else {
+                continue;
+            };
+            match ocsf::by_seq(&o, &e["seq"]) {
+                Some(o) => check!(
+                    c,
+                    o["class_uid"] == 1007
+                        && o["activity_id"] == activity
+                        && o["process"]["pid"] == e["tamper"]["target"]["pid"]
+                        && o["actor"]["process"]["pid"] == e["process"]["pid"]
+                        && o["actor"]["session"]["uid"] == e["run"]["id"]
+                        && o["is_alert"] == true
+                        && (o["status_id"] == 2) == killed,
+                    "{agent}: OCSF of the process.tamper: {}",
+                    compact(&o)
+                ),
+                None => c.fail(format!("{agent}: no OCSF event of the process.tamper")),
+            }
+        }
+    }
     c.finish()
 }
 
@@ -292,7 +342,9 @@ fn a_run_that_goes_after_the_sensor_is_reported() -> Result<()> {
         "/usr/sbin/bpftool".to_owned(),
         "/usr/bin/kill".to_owned(),
     ]);
-    let d = Daemon::start_with(Some(&config(&exec)), &[])?;
+    let tmp = TempDir::new("sensor-tamper-ocsf")?;
+    let ocsf_path = tmp.path().join("ocsf.jsonl");
+    let d = Daemon::start_with(Some(&config(&exec)), &["--output", &ocsf::spec(&ocsf_path)])?;
     let daemon_pid = d.pid();
     let state = d.state_dir().to_owned();
     let script = |tag: &str| {
@@ -347,6 +399,46 @@ fn a_run_that_goes_after_the_sensor_is_reported() -> Result<()> {
             !bpf.is_empty(),
             "{agent}: bpf() from the run is sensor.tamper"
         );
+    }
+    // OCSF: a Detection Finding whose actor is the process of the run;
+    // validated by the third-party validator.
+    let want: Vec<&Value> = evs
+        .iter()
+        .filter(|e| e["kind"] == "sensor.tamper" && !e["run"].is_null())
+        .collect();
+    let o = ocsf::validated_kinds(
+        &ocsf_path,
+        &["sensor.tamper"],
+        &[2004],
+        EVENT_TIMEOUT,
+        |o| want.iter().all(|e| ocsf::by_seq(o, &e["seq"]).is_some()),
+    )?;
+    for (agent, method, severity) in [
+        ("tamper-a", "signal", 4),
+        ("tamper-a", "sensor_file", 4),
+        ("tamper-e", "sensor_file", 3),
+        ("tamper-e", "bpf", 4),
+    ] {
+        let Some(e) = tampers(&evs, "sensor.tamper", agent, method)
+            .first()
+            .copied()
+        else {
+            continue;
+        };
+        match ocsf::by_seq(&o, &e["seq"]) {
+            Some(o) => check!(
+                c,
+                o["class_uid"] == 2004
+                    && o["finding_info"]["types"][0] == "sensor.tamper"
+                    && o["actor"]["process"]["pid"] == e["process"]["pid"]
+                    && o["actor"]["session"]["uid"] == e["run"]["id"]
+                    && o["severity_id"] == severity
+                    && o["is_alert"] == true,
+                "{agent} {method}: OCSF of the sensor.tamper: {}",
+                compact(&o)
+            ),
+            None => c.fail(format!("{agent} {method}: no OCSF event")),
+        }
     }
     ensure!(d.status_json()?["ready"] == true, "the daemon stays ready");
     c.finish()

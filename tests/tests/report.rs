@@ -27,13 +27,28 @@ fn the_report_renders_in_chromium_with_the_run_tree() -> Result<()> {
         "[policy.report-policy]\nmode = \"audit\"\nexec.allow = [\"/usr/bin/dash\", \"/usr/bin/bash\", \"/usr/bin/true\", \"{sensor_dir}/\"]\n"
     );
     let d = Daemon::start_with(Some(&config), &["--db", &db_arg])?;
+    // A process outside the runs for the sub-run to reach into.
+    let mut sleeper = {
+        let mut cmd = Command::new("/usr/bin/sleep");
+        cmd.arg("60");
+        sensor_tests::die_with_parent(&mut cmd);
+        cmd.spawn()?
+    };
     let m = marker();
     let outer = format!("report-{}", std::process::id());
     let inner = format!("report-sub-{}", std::process::id());
     let sensor = sensor_bin()?;
+    let helper = sensor_tests::helper_bin!();
+    let nowhere = dir.path().join("spawner.sock");
+    // The sub-run also tries ways out (the audit policy reports them and
+    // blocks nothing): a Unix socket no rule allows, a raw socket, a ptrace
+    // attach to the sleep.
     let script = format!(
-        "{} launch --agent sub-agent --run-id {inner} -- /bin/sh -c '/bin/true {m} \"<b>tag</b>\"; /usr/bin/env true {m}-denied'",
-        sensor.display()
+        "{} launch --agent sub-agent --run-id {inner} -- /bin/sh -c '/bin/true {m} \"<b>tag</b>\"; /usr/bin/env true {m}-denied; \
+         {helper} connect unix {nowhere}; {helper} socket raw; {helper} inject ptrace {pid} 0'",
+        sensor.display(),
+        nowhere = nowhere.display(),
+        pid = sleeper.id()
     );
     let mut launch = Command::new(&sensor);
     launch
@@ -152,5 +167,37 @@ fn the_report_renders_in_chromium_with_the_run_tree() -> Result<()> {
         dom.contains("&lt;b&gt;tag&lt;/b&gt;") && !dom.contains("<b>tag</b>"),
         "argv is escaped"
     );
+    // The escape attempts next to the denials, before the tree: each one
+    // said, with what happened (audit: not blocked); the sub-run's card
+    // counts them, and their timeline rows are marked.
+    let escapes_at = dom
+        .find("class=\"escapes\"")
+        .context("the escape attempts box")?;
+    ensure!(
+        denials_at < escapes_at && escapes_at < outer_at,
+        "the escape attempts follow the denials and precede the tree"
+    );
+    let escapes = &dom[escapes_at..outer_at];
+    for needle in [
+        format!("unix stream {}", nowhere.display()),
+        "raw ipv4 socket".to_owned(),
+        format!("ptrace attach: pid {}", sleeper.id()),
+        "NOT BLOCKED".to_owned(),
+    ] {
+        ensure!(
+            escapes.contains(&needle),
+            "the escape attempts box lacks {needle:?}: {escapes}"
+        );
+    }
+    ensure!(
+        dom[inner_at..].contains("3 escape attempts"),
+        "the sub-run's card counts its escape attempts"
+    );
+    ensure!(
+        dom.contains("<tr class=\"escape deny\">"),
+        "the escape attempts' rows are marked in the timeline"
+    );
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
     Ok(())
 }

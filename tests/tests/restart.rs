@@ -80,7 +80,9 @@ fn marker_loop(tag: &str, n: u32) -> String {
 /// kernel kept recording.
 #[test]
 fn what_a_run_does_while_the_daemon_is_sigkilled_is_recovered_in_order() -> Result<()> {
-    let mut d = Daemon::start()?;
+    let ocsf_dir = sensor_tests::TempDir::new("restart-ocsf")?;
+    let ocsf = ocsf_dir.path().join("ocsf.jsonl");
+    let mut d = Daemon::start_with_args(&["--output", &sensor_tests::ocsf::spec(&ocsf)])?;
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let port = listener.local_addr()?.port();
     let go = d.dir().join("go");

@@ -230,6 +230,216 @@ fn who_finds_the_run_of_exited_processes_by_pid_and_by_address() -> Result<()> {
     Ok(())
 }
 
+/// A background process killed (and reaped) on drop.
+struct Bg(std::process::Child);
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `cmd`, dying with the test; waits for its first output line when
+/// `ready` (a server says when it listens).
+fn background(cmd: &mut Command, ready: bool) -> Result<Bg> {
+    use std::io::BufRead as _;
+    sensor_tests::die_with_parent(cmd);
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn()?;
+    if ready {
+        let out = child.stdout.take().context("no stdout")?;
+        let mut line = String::new();
+        std::io::BufReader::new(out).read_line(&mut line)?;
+        ensure!(line.trim() == "ready", "the server said {line:?}");
+    }
+    Ok(Bg(child))
+}
+
+/// Rows of `sql` on the store, read with Python's sqlite3 (another reader
+/// of the file than the sensor's), one JSON array per row.
+fn sql_rows(db: &Path, sql: &str) -> Result<Vec<Value>> {
+    let script = "import json, sqlite3, sys\n\
+                  c = sqlite3.connect('file:' + sys.argv[1] + '?mode=ro', uri=True)\n\
+                  for row in c.execute(sys.argv[2]): print(json.dumps(list(row)))\n";
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]).arg(db).arg(sql);
+    let (_, out) = run_with_timeout(&mut cmd, Duration::from_secs(30))?;
+    ensure!(
+        out.status.success(),
+        "python3 sqlite3: {}",
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).context("a row"))
+        .collect()
+}
+
+/// Escape attempts of a run under an enforce policy (a denied Unix connect,
+/// a raw socket, a ptrace attach to a process outside the run, a signal to
+/// the daemon) are stored with what they aimed at, `events --escapes` lists
+/// exactly them (not the allowed Unix connect, not the execs), and `who
+/// --unix` finds the run that connected.
+#[test]
+fn escape_attempts_are_stored_and_queried() -> Result<()> {
+    let dir = TempDir::new("store-escapes")?;
+    let db = dir.path().join("sensor.db");
+    let db_arg = db.display().to_string();
+    let helper = sensor_tests::helper_bin!();
+    let ok_sock = dir.path().join("ok.sock").display().to_string();
+    let bad_sock = dir.path().join("bad.sock").display().to_string();
+    let _servers = [
+        background(
+            Command::new(helper).args(["unix-server", "stream", &ok_sock, "60"]),
+            true,
+        )?,
+        background(
+            Command::new(helper).args(["unix-server", "stream", &bad_sock, "60"]),
+            true,
+        )?,
+    ];
+    let sleeper = background(Command::new("/usr/bin/sleep").arg("60"), false)?;
+    let target = sleeper.0.id();
+    let exec = sensor_tests::enforce::base_exec()?
+        .iter()
+        .map(|e| format!("{e:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let config = format!(
+        "[policy.p]\nmode = \"enforce\"\nexec.allow = [{exec}]\nunix.allow = [{ok_sock:?}]\n"
+    );
+    let d = Daemon::start_with(Some(&config), &["--db", &db_arg])?;
+    let run = format!("escapes-{}", std::process::id());
+    let script = format!(
+        "{helper} connect unix {ok_sock}\n{helper} connect unix {bad_sock}\n\
+         {helper} socket raw\nkill -CONT {daemon}\n{helper} inject ptrace {target} 0\n/bin/true\n",
+        daemon = d.pid()
+    );
+    let (_, out) = run_with_timeout(
+        &mut d.launch_cmd(
+            "escaper",
+            &["--policy", "p", "--run-id", &run],
+            &["/bin/sh", "-c", &script],
+        ),
+        Duration::from_secs(60),
+    )?;
+    ensure!(
+        text(&out.stdout).matches("errno=1").count() == 2,
+        "the denied connect and the raw socket fail with EPERM: {}",
+        text(&out.stdout)
+    );
+    d.wait_for(EVENT_TIMEOUT, |e| {
+        e["kind"] == "run.end" && e["run"]["id"] == run.as_str()
+    })?;
+    wait_stored(&db, &run)?;
+
+    let (ok, lines, err) = query(&db, &["events", "--run", &run, "--escapes", "--json"])?;
+    ensure!(ok, "{err}");
+    let escapes: Vec<Value> = lines
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let found = |pred: &dyn Fn(&Value) -> bool| escapes.iter().find(|e| pred(e)).cloned();
+    let mut c = sensor_tests::Checks::new();
+    let unix = found(&|e| e["network"]["path"] == bad_sock.as_str());
+    sensor_tests::check!(
+        c,
+        unix.as_ref().is_some_and(|e| e["kind"] == "network.connect"
+            && e["policy"]["verdict"] == "deny"
+            && e["network"]["errno"] == 1),
+        "the denied Unix connect: {unix:?}"
+    );
+    sensor_tests::check!(
+        c,
+        found(&|e| e["kind"] == "network.socket" && e["network"]["transport"] == "raw").is_some(),
+        "the raw socket"
+    );
+    let ptrace = found(&|e| e["kind"] == "process.tamper");
+    sensor_tests::check!(
+        c,
+        ptrace
+            .as_ref()
+            .is_some_and(|e| e["tamper"]["method"] == "ptrace"
+                && e["tamper"]["target"]["pid"] == target
+                && e["tamper"]["killed"] == true),
+        "the ptrace attach: {ptrace:?}"
+    );
+    sensor_tests::check!(
+        c,
+        found(&|e| e["kind"] == "sensor.tamper" && e["tamper"]["method"] == "signal").is_some(),
+        "the signal to the daemon"
+    );
+    sensor_tests::check!(
+        c,
+        escapes.iter().all(|e| e["run"]["id"] == run.as_str()
+            && e["kind"] != "process.exec"
+            && e["kind"] != "policy.violation"
+            && e["network"]["path"] != ok_sock.as_str()),
+        "only the escape attempts of the run: {escapes:?}"
+    );
+    // The same in text, one line each, saying what was tried.
+    let (ok, text_escapes, _) = query(&db, &["events", "--run", &run, "--escapes"])?;
+    for needle in [
+        format!("unix stream {bad_sock} error EPERM"),
+        "raw ipv4 socket error EPERM".to_owned(),
+        format!("ptrace attach: pid {target} (/usr/bin/sleep), of no run [killed]"),
+        "signal SIGCONT to the sensor daemon".to_owned(),
+    ] {
+        sensor_tests::check!(
+            c,
+            ok && text_escapes.contains(&needle),
+            "{needle:?} in {text_escapes}"
+        );
+    }
+    // Who connected to the socket: the run.
+    let who = query_json(&db, &["who", "--unix", &bad_sock])?;
+    sensor_tests::check!(
+        c,
+        who[0]["run"]["id"] == run.as_str() && who[0]["network"]["path"] == bad_sock.as_str(),
+        "who --unix {bad_sock}: {who}"
+    );
+    // What they aimed at is in columns of its own.
+    let rows = sql_rows(
+        &db,
+        &format!(
+            "SELECT kind, path, method, target_pid, escape_attempt FROM events \
+             WHERE run_id = '{run}' AND (path IS NOT NULL OR method IS NOT NULL) ORDER BY id"
+        ),
+    )?;
+    let row = |want: Value| rows.contains(&want);
+    sensor_tests::check!(
+        c,
+        row(serde_json::json!([
+            "network.connect",
+            bad_sock,
+            null,
+            null,
+            1
+        ])) && row(serde_json::json!([
+            "network.connect",
+            ok_sock,
+            null,
+            null,
+            0
+        ])) && row(serde_json::json!([
+            "process.tamper",
+            null,
+            "ptrace",
+            target,
+            1
+        ])) && row(serde_json::json!([
+            "sensor.tamper",
+            null,
+            "signal",
+            d.pid(),
+            1
+        ])),
+        "the store's columns: {rows:?}"
+    );
+    drop(sleeper);
+    c.finish()
+}
+
 #[test]
 fn bad_databases_and_unknown_runs_are_clear_errors() -> Result<()> {
     let dir = TempDir::new("store-errors")?;

@@ -236,6 +236,10 @@ pub struct EventsArgs {
     /// Only this kind (process.exec, network.connect, run.start, ...)
     #[arg(long, value_name = "KIND")]
     pub kind: Option<String>,
+    /// Only escape attempts: process.tamper, sensor.tamper, network.socket
+    /// (raw, ICMP, packet sockets) and Unix connects a policy denies
+    #[arg(long)]
+    pub escapes: bool,
     /// Only events since this time: RFC 3339 or a duration ago (10m, 2h)
     #[arg(long, value_name = "T", value_parser = parse_since)]
     pub since: Option<std::time::SystemTime>,
@@ -247,7 +251,7 @@ pub struct EventsArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["pid", "ip"])))]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["pid", "ip", "unix"])))]
 pub struct WhoArgs {
     /// A process id (alive or exited)
     #[arg(long, value_name = "PID")]
@@ -255,6 +259,10 @@ pub struct WhoArgs {
     /// A destination address, optionally with :PORT ([v6]:PORT for IPv6)
     #[arg(long, value_name = "ADDR[:PORT]", value_parser = parse_addr)]
     pub ip: Option<(std::net::IpAddr, Option<u16>)>,
+    /// A Unix socket as connected to: its path, or @NAME for an abstract one
+    /// (/run/docker.sock)
+    #[arg(long, value_name = "PATH")]
+    pub unix: Option<String>,
     #[command(flatten)]
     pub db: DbArgs,
 }

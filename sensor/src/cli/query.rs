@@ -331,12 +331,18 @@ pub(super) fn describe(e: &Value) -> String {
             (_, Some(s)) => format!("{} signal {s}", exe()),
             _ => String::new(),
         },
-        "network.connect" => format!(
-            "{} {}:{} {}",
-            shown_str(e, "/network/transport"),
-            shown_str(e, "/network/dst_ip"),
-            shown_value(&e["network"]["dst_port"]),
-            shown_str(e, "/network/result")
+        "network.connect" | "network.socket" | "network.listen" | "network.accept" => {
+            describe_network(e, &kind)
+        }
+        "process.tamper" | "sensor.tamper" => describe_tamper(e),
+        "policy.violation" if e["network"].is_object() => describe_network(e, "network.connect"),
+        "policy.violation" if e["tamper"].is_object() => describe_tamper(e),
+        "run.degraded" => format!(
+            "{} {}: {} events lost, {} denial records held back",
+            shown_str(e, "/run/agent"),
+            shown_str(e, "/run/id"),
+            shown_value(&e["degraded"]["lost_events"]),
+            shown_value(&e["degraded"]["denials_suppressed"])
         ),
         "run.start" | "run.end" => format!(
             "{} {} {}",
@@ -353,6 +359,92 @@ pub(super) fn describe(e: &Value) -> String {
         .map(|v| format!(" [{}]", escape_terminal(v)))
         .unwrap_or_default();
     format!("{kind:<15} {pid:>7} {detail}{verdict}")
+}
+
+/// The network part of an event's line: `tcp 203.0.113.7:443 ok`,
+/// `unix stream /run/docker.sock error EPERM`, `udp 1.1.1.1:53 sendmsg x8`,
+/// `listen tcp 0.0.0.0:4444`, `accept tcp 127.0.0.1:4444 from 127.0.0.1:50000`,
+/// `raw ipv4 socket error EPERM`.
+fn describe_network(e: &Value, kind: &str) -> String {
+    let n = &e["network"];
+    let result = || {
+        let r = shown_str(e, "/network/result");
+        match n["error"].as_str() {
+            Some(_) if r == "error" => format!("error {}", shown_str(e, "/network/error")),
+            _ => r.into_owned(),
+        }
+    };
+    let addr = |ip: &str, port: &str| {
+        format!(
+            "{}:{}",
+            shown_str(e, &format!("/network/{ip}")),
+            shown_value(&n[port])
+        )
+    };
+    match kind {
+        "network.listen" => format!(
+            "listen {} {}",
+            shown_str(e, "/network/transport"),
+            addr("local_ip", "local_port")
+        ),
+        "network.accept" => format!(
+            "accept {} {} from {}",
+            shown_str(e, "/network/transport"),
+            addr("local_ip", "local_port"),
+            addr("src_ip", "src_port")
+        ),
+        _ if n["family"] == "unix" => {
+            let peer = n["peer_path"]
+                .as_str()
+                .map(|_| format!(" (reached {})", shown_str(e, "/network/peer_path")))
+                .unwrap_or_default();
+            format!(
+                "unix {} {}{peer} {}",
+                shown_str(e, "/network/transport"),
+                shown_str(e, "/network/path"),
+                result()
+            )
+        }
+        _ if n["dst_ip"].is_string() => {
+            let sends = n["sends"]
+                .as_u64()
+                .map(|s| format!(" sendmsg x{s}"))
+                .unwrap_or_default();
+            format!(
+                "{} {}{sends} {}",
+                shown_str(e, "/network/transport"),
+                addr("dst_ip", "dst_port"),
+                result()
+            )
+        }
+        _ => format!(
+            "{} {} socket {}",
+            shown_str(e, "/network/transport"),
+            shown_str(e, "/network/family"),
+            result()
+        ),
+    }
+}
+
+/// A tamper's line: `ptrace attach: pid 77 (/usr/bin/sleep) [killed]`.
+fn describe_tamper(e: &Value) -> String {
+    let t = &e["tamper"];
+    let target_run = match t["target"]["run"]["id"].as_str() {
+        Some(_) => format!(", of run {}", shown_str(e, "/tamper/target/run/id")),
+        None if t["target"].is_object() && t["method"] != "signal" => ", of no run".to_owned(),
+        None => String::new(),
+    };
+    let outcome = match (t["killed"].as_bool(), t["repaired"].as_bool()) {
+        (Some(true), _) => " [killed]",
+        (_, Some(true)) => " [put back]",
+        (_, Some(false)) => " [NOT put back]",
+        _ => "",
+    };
+    format!(
+        "{}: {}{target_run}{outcome}",
+        shown_str(e, "/tamper/what"),
+        shown_str(e, "/tamper/object")
+    )
 }
 
 pub fn events(args: &EventsArgs) -> anyhow::Result<ExitCode> {
@@ -375,6 +467,7 @@ pub fn events(args: &EventsArgs) -> anyhow::Result<ExitCode> {
     let mut filter = EventFilter {
         runs,
         kind: args.kind.clone(),
+        escapes: args.escapes,
         since_ns,
         ..EventFilter::default()
     };
@@ -408,10 +501,11 @@ pub fn events(args: &EventsArgs) -> anyhow::Result<ExitCode> {
 
 pub fn who(args: &WhoArgs) -> anyhow::Result<ExitCode> {
     let conn = open_for_reading(&args.db.db)?;
-    let found = match (args.pid, args.ip) {
-        (Some(pid), _) => query::events_of_pid(&conn, pid, 1000)?,
-        (None, Some((ip, port))) => query::connects_to(&conn, &ip.to_string(), port, 1000)?,
-        (None, None) => anyhow::bail!("give --pid or --ip"),
+    let found = match (args.pid, args.ip, &args.unix) {
+        (Some(pid), _, _) => query::events_of_pid(&conn, pid, 1000)?,
+        (None, Some((ip, port)), _) => query::connects_to(&conn, &ip.to_string(), port, 1000)?,
+        (None, None, Some(path)) => query::unix_connects_to(&conn, path, 1000)?,
+        (None, None, None) => anyhow::bail!("give --pid, --ip or --unix"),
     };
     // One answer per process (a pid may have been reused), newest first.
     let mut seen = Vec::<String>::new();

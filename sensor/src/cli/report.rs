@@ -1,6 +1,6 @@
 //! `sensor report RUN -o FILE.html`: one self-contained page (no script, no
 //! network) with the sub-agent tree, each run's process tree, the timeline
-//! and the policy verdicts, denials first and marked.
+//! and the policy verdicts, denials and escape attempts first and marked.
 
 use std::{collections::HashMap, fmt::Write as _, process::ExitCode};
 
@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::{
     args::ReportArgs,
-    display::escape_terminal,
+    display::{escape_terminal, exe_shown},
     query::{ProcNode, describe, proc_roots, processes, time_of_ns},
 };
 use crate::store::{
@@ -54,7 +54,10 @@ ul.tree{list-style:none;padding-left:1.4em;border-left:1px dashed #ccd;margin:.2
 table{border-collapse:collapse;width:100%;background:#fff} th,td{border-bottom:1px solid #eee;padding:3px 6px;text-align:left;vertical-align:top}
 th{background:#f1f3f6;position:sticky;top:0} td.t{white-space:nowrap;color:#555;font:12px ui-monospace,monospace}
 tr.deny td{background:#fdecea} tr.deny td.v{color:#b71c1c;font-weight:700}
+tr.escape td{background:#fff3e0} tr.escape.deny td{background:#fdecea}
+.badge.escape{background:#e65100;color:#fff}
 .denials{border:2px solid #c62828;border-radius:6px;padding:.5em 1em;background:#fdecea}
+.escapes{border:2px solid #e65100;border-radius:6px;padding:.5em 1em;background:#fff3e0}
 .none{color:#2e7d32}
 ";
 
@@ -87,6 +90,7 @@ fn run_html(
     runs: &[RunRow],
     procs: &HashMap<&str, Vec<ProcNode>>,
     denials: &HashMap<&str, usize>,
+    escapes: &HashMap<&str, usize>,
 ) {
     let state = match (&run.end_ns, &run.end_reason) {
         (Some(ns), reason) => format!(
@@ -97,11 +101,19 @@ fn run_html(
         (None, _) => "active".to_owned(),
     };
     let denied = denials.get(run.id.as_str()).copied().unwrap_or(0);
-    let badge = if denied > 0 {
+    let mut badge = if denied > 0 {
         format!(" <span class=\"badge deny\">{denied} denied</span>")
     } else {
         String::new()
     };
+    let escaped = escapes.get(run.id.as_str()).copied().unwrap_or(0);
+    if escaped > 0 {
+        let _ = write!(
+            badge,
+            " <span class=\"badge escape\">{escaped} escape attempt{}</span>",
+            if escaped == 1 { "" } else { "s" }
+        );
+    }
     let _ = write!(
         out,
         "<li><div class=\"run\" id=\"run-{id}\"><span class=\"agent\">{agent}</span> run <code>{id}</code>{badge}<br>\
@@ -140,7 +152,7 @@ fn run_html(
     if !children.is_empty() {
         out.push_str("<ul class=\"tree\">");
         for c in children {
-            run_html(out, c, runs, procs, denials);
+            run_html(out, c, runs, procs, denials, escapes);
         }
         out.push_str("</ul>");
     }
@@ -151,11 +163,15 @@ fn run_html(
 fn page(root: &RunRow, runs: &[RunRow], events: &[StoredEvent]) -> String {
     let mut by_run: HashMap<&str, Vec<&StoredEvent>> = HashMap::new();
     let mut denials: HashMap<&str, usize> = HashMap::new();
+    let mut escapes: HashMap<&str, usize> = HashMap::new();
     for e in events {
         if let Some(id) = e.event.pointer("/run/id").and_then(Value::as_str) {
             by_run.entry(id).or_default().push(e);
             if verdict(&e.event) == Some("deny") {
                 *denials.entry(id).or_default() += 1;
+            }
+            if e.escape {
+                *escapes.entry(id).or_default() += 1;
             }
         }
     }
@@ -215,10 +231,11 @@ fn page(root: &RunRow, runs: &[RunRow], events: &[StoredEvent]) -> String {
         }
         out.push_str("</ul></div>");
     }
+    escapes_html(&mut out, events);
     out.push_str(
         "<h2>Sub-agent tree and processes</h2><ul class=\"tree\" style=\"border:0;padding:0\">",
     );
-    run_html(&mut out, root, runs, &procs, &denials);
+    run_html(&mut out, root, runs, &procs, &denials, &escapes);
     out.push_str("</ul><h2>Timeline</h2><table><thead><tr><th>time</th><th>agent</th><th>run</th><th>event</th><th>verdict</th></tr></thead><tbody>");
     for e in events {
         let ev = &e.event;
@@ -227,10 +244,11 @@ fn page(root: &RunRow, runs: &[RunRow], events: &[StoredEvent]) -> String {
         let _ = write!(
             out,
             "<tr{cls}><td class=\"t\">{time}</td><td>{agent}</td><td><code>{run}</code></td><td>{what}</td><td class=\"v\">{verdict}</td></tr>",
-            cls = if v == Some("deny") {
-                " class=\"deny\""
-            } else {
-                ""
+            cls = match (v == Some("deny"), e.escape) {
+                (true, true) => " class=\"escape deny\"",
+                (true, false) => " class=\"deny\"",
+                (false, true) => " class=\"escape\"",
+                (false, false) => "",
             },
             time = esc(ev["time"].as_str().unwrap_or("")),
             agent = esc(agent_of.get(run_id).copied().unwrap_or("")),
@@ -241,6 +259,54 @@ fn page(root: &RunRow, runs: &[RunRow], events: &[StoredEvent]) -> String {
     }
     out.push_str("</tbody></table></body></html>\n");
     out
+}
+
+/// The escape attempts box: what the store marked (a process or the sensor
+/// tampered with, a raw socket, a denied Unix connect), each with how it
+/// ended: blocked (killed or refused) or only reported.
+fn escapes_html(out: &mut String, events: &[StoredEvent]) {
+    let escapes: Vec<&StoredEvent> = events.iter().filter(|e| e.escape).collect();
+    out.push_str("<h2>Escape attempts</h2>");
+    if escapes.is_empty() {
+        out.push_str(
+            "<p class=\"none\">No process of this run tree reached into another process or \
+             the sensor, opened a raw socket, or was denied a Unix socket.</p>",
+        );
+        return;
+    }
+    out.push_str("<div class=\"escapes\"><ul>");
+    for e in escapes {
+        let ev = &e.event;
+        let outcome = match ev["tamper"]["repaired"].as_bool() {
+            Some(true) => "PUT BACK",
+            Some(false) => "NOT PUT BACK",
+            None if ev["tamper"]["killed"] == true
+                || ev.pointer("/policy/enforced") == Some(&Value::Bool(true)) =>
+            {
+                "BLOCKED"
+            }
+            None => "NOT BLOCKED",
+        };
+        let rule = ev
+            .pointer("/policy/rule")
+            .and_then(Value::as_str)
+            .map(|r| format!(" (rule <code>{}</code>)", esc(r)))
+            .unwrap_or_default();
+        let by = match ev["process"]["pid"].as_u64() {
+            Some(pid) => format!(
+                " by <code>{pid}</code> {}",
+                html(&exe_shown(&ev["process"]).unwrap_or_else(|| "?".to_owned()))
+            ),
+            None => String::new(),
+        };
+        let _ = write!(
+            out,
+            "<li><b>{outcome}</b> {} — {}{by}{rule}</li>",
+            esc(ev["time"].as_str().unwrap_or("")),
+            html(&describe(ev)),
+        );
+    }
+    out.push_str("</ul></div>");
 }
 
 pub fn execute(args: &ReportArgs) -> anyhow::Result<ExitCode> {
@@ -282,6 +348,7 @@ mod tests {
         };
         let deny = StoredEvent {
             id: 1,
+            escape: false,
             event: serde_json::json!({"kind":"network.connect","time":"t","run":{"id":"r1"},
                 "process":{"pid":5,"key":"k"},"network":{"transport":"tcp","dst_ip":"203.0.113.7","dst_port":443,"result":"error"},
                 "policy":{"verdict":"deny","rule":"connect.allow"}}),
@@ -298,6 +365,60 @@ mod tests {
     }
 
     #[test]
+    fn escape_attempts_are_listed_before_the_tree_and_marked() {
+        let root = RunRow {
+            id: "r1".into(),
+            agent: "bot".into(),
+            principal: "alice".into(),
+            root_id: "r1".into(),
+            labels: "{}".into(),
+            ..RunRow::default()
+        };
+        let quiet = page(&root, std::slice::from_ref(&root), &[]);
+        assert!(quiet.contains("<h2>Escape attempts</h2>"));
+        assert!(quiet.contains("No process of this run tree reached into another process"));
+        let tamper = StoredEvent {
+            id: 1,
+            escape: true,
+            event: serde_json::json!({"kind":"process.tamper","time":"t1","run":{"id":"r1"},
+                "process":{"pid":5,"key":"k","exe":"/usr/bin/gdb"},
+                "tamper":{"method":"ptrace","what":"ptrace attach","object":"pid 77 (/usr/bin/sleep)",
+                          "detected":"kernel","target":{"pid":77,"key":"t","run":null},"killed":true},
+                "policy":{"verdict":"deny","rule":"tamper (a process outside the run, or the sensor)","enforced":true}}),
+        };
+        let unix = StoredEvent {
+            id: 2,
+            escape: true,
+            event: serde_json::json!({"kind":"network.connect","time":"t2","run":{"id":"r1"},
+                "process":{"pid":6,"key":"k6","exe":"/usr/bin/docker"},
+                "network":{"transport":"stream","family":"unix","path":"/run/docker.sock","abstract":false,
+                           "result":"ok","errno":null,"error":null},
+                "policy":{"verdict":"deny","rule":"unix.allow (no rule matches)","enforced":false}}),
+        };
+        let html = page(&root, std::slice::from_ref(&root), &[tamper, unix]);
+        let box_at = html.find("class=\"escapes\"").expect("the escapes box");
+        let tree_at = html.find("Sub-agent tree").unwrap();
+        assert!(box_at < tree_at, "escape attempts come before the tree");
+        let listed = &html[box_at..tree_at];
+        assert!(
+            listed.contains("<b>BLOCKED</b>")
+                && listed.contains("ptrace attach: pid 77 (/usr/bin/sleep), of no run [killed]")
+                && listed.contains("/usr/bin/gdb"),
+            "{listed}"
+        );
+        assert!(
+            listed.contains("<b>NOT BLOCKED</b>")
+                && listed.contains("unix stream /run/docker.sock ok"),
+            "{listed}"
+        );
+        assert!(html.contains("2 escape attempts"), "the run's badge");
+        assert!(
+            html.contains("<tr class=\"escape deny\">"),
+            "timeline rows marked"
+        );
+    }
+
+    #[test]
     fn bidi_overrides_and_controls_are_shown_not_obeyed() {
         let root = RunRow {
             id: "r1".into(),
@@ -309,6 +430,7 @@ mod tests {
         };
         let exec = StoredEvent {
             id: 1,
+            escape: false,
             event: serde_json::json!({"kind":"process.exec","time":"t","run":{"id":"r1","agent":"x"},
                 "process":{"pid":5,"key":"k","exe":"/usr/bin/true",
                            "argv":["/usr/bin/true","a\u{202e}b <i>","line1\nline2\r\u{9b}2J"]},

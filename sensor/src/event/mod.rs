@@ -307,6 +307,31 @@ pub struct Window {
     pub end: Timestamp,
 }
 
+impl Event {
+    /// Whether this is an attempt to get out of the run's record or control,
+    /// which the store marks and the report and `sensor events --escapes`
+    /// show next to the denials: a process reached into another one
+    /// (`process.tamper`) or into the sensor (`sensor.tamper`), a raw, ICMP or
+    /// packet socket (`network.socket`: it reaches any address without the
+    /// connect hooks), or a Unix connect the run's policy denies (the way to
+    /// a spawner outside the run). Its `policy.violation` twin is not one (it
+    /// repeats it).
+    #[must_use]
+    pub fn is_escape_attempt(&self) -> bool {
+        match self.kind {
+            Kind::ProcessTamper | Kind::SensorTamper | Kind::NetworkSocket => true,
+            Kind::NetworkConnect => {
+                self.network.as_ref().is_some_and(|n| n.family == "unix")
+                    && self
+                        .policy
+                        .as_ref()
+                        .is_some_and(crate::policy::Verdict::is_deny)
+            }
+            _ => false,
+        }
+    }
+}
+
 /// The process an event is about.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Process {
@@ -1957,6 +1982,53 @@ mod tests {
         );
         let json = serde_json::to_string(&Timestamp(far)).unwrap();
         assert_eq!(json, "\"9999-12-31T23:59:59.999999999Z\"");
+    }
+
+    #[test]
+    fn escape_attempts_are_tampers_raw_sockets_and_denied_unix_connects() {
+        let mut b = builder();
+        let verdict = |v| crate::policy::Verdict {
+            name: "p".into(),
+            verdict: v,
+            rule: String::new(),
+            enforced: true,
+            version: 1,
+        };
+        let mut of = |kind, network: Option<Network>, policy: Option<&'static str>| {
+            let mut e = b.envelope(kind, SystemTime::UNIX_EPOCH);
+            e.network = network;
+            e.policy = policy.map(verdict);
+            e.is_escape_attempt()
+        };
+        let unix = || {
+            Some(Network {
+                family: "unix",
+                path: Some("/run/docker.sock".into()),
+                ..Network::default()
+            })
+        };
+        let tcp = || {
+            Some(Network {
+                family: "ipv4",
+                ..Network::default()
+            })
+        };
+        assert!(of(Kind::ProcessTamper, None, None));
+        assert!(of(Kind::SensorTamper, None, None));
+        assert!(of(Kind::NetworkSocket, tcp(), None));
+        assert!(of(Kind::NetworkConnect, unix(), Some("deny")));
+        assert!(!of(Kind::NetworkConnect, unix(), Some("allow")));
+        assert!(!of(Kind::NetworkConnect, unix(), None));
+        assert!(
+            !of(Kind::NetworkConnect, tcp(), Some("deny")),
+            "a denial, no escape"
+        );
+        assert!(
+            !of(Kind::PolicyViolation, unix(), Some("deny")),
+            "the twin repeats it"
+        );
+        assert!(!of(Kind::NetworkListen, tcp(), None));
+        assert!(!of(Kind::ProcessExec, None, Some("deny")));
     }
 
     #[test]

@@ -14,12 +14,20 @@
 //! | `process.spawn` | Process Activity (1007) | Launch (1), `launch_type_id` Fork (2) | `process` = child, `actor.process` = parent |
 //! | `process.exec` | Process Activity (1007) | Launch (1), `launch_type_id` Exec (3) | failed exec: status Failure, `status_code` = errno name, `process.file` = the file it tried |
 //! | `process.exit` | Process Activity (1007) | Terminate (2) | `exit_code`; a signal goes to `status_detail` and `unmapped.process.exit_signal` |
-//! | `network.connect` | Network Activity (4001) | `result` ok/in_progress/unknown: Open (1); refused: Refuse (5); error: Fail (4) | `dst_endpoint` {ip, port}, `connection_info` {protocol_name, protocol_num, protocol_ver_id, direction_id Outbound} |
-//! | `policy.violation` | the class of what it is about: with `network` 4001, otherwise 1007 (exec, `max_processes` fork, `max_depth` launch) | as for that action | `is_alert` true, severity Medium when blocked, High when only reported |
+//! | `network.connect` (IP) | Network Activity (4001) | `result` ok/in_progress/unknown: Open (1); refused: Refuse (5); error: Fail (4) | `dst_endpoint` {ip, port}, `connection_info` {protocol_name, protocol_num, protocol_ver_id, direction_id Outbound} |
+//! | `network.connect` with `sends` (unconnected datagrams) | Network Activity (4001) | Traffic (6) | `traffic.packets_out` = `sends`, status Unknown |
+//! | `network.connect` `family: "unix"` | Network Activity (4001) | as for IP; `killed`: Open (1), status Failure | `dst_endpoint.name` = the socket path (`@name` for an abstract one), `direction_id` Local (4); no protocol (family and transport stay in `unmapped.network`) |
+//! | `network.listen` | Network Activity (4001) | Listen (7) | `dst_endpoint` = the local address, `direction_id` Inbound |
+//! | `network.accept` | Network Activity (4001) | Open (1) | `src_endpoint` = the peer, `dst_endpoint` = the local address, `direction_id` Inbound (1.7.0 has no Accept activity) |
+//! | `network.socket` | Network Activity (4001) | created: Open (1); refused (EPERM): Fail (4) | no peer: `src_endpoint` {hostname} is this host; `protocol_name` raw/icmp/packet (ICMP: `protocol_num` 1 or 58), `direction_id` Unknown |
+//! | `process.tamper` | Process Activity (1007) | ptrace, process_vm_writev, proc_mem: Inject (4), `injection_type_id` Other (99), `injection_type` "ptrace attach" / "process_vm_writev" / "/proc/PID/mem"; pidfd_getfd: Open (3) (it takes a descriptor of the other process's) | `process` = the target (`process.session.uid` = its run), `actor.process` = the caller; `is_alert` true, severity Medium when the caller was killed (status Failure), High when not (status Unknown) |
+//! | `policy.violation` | the class of what it is about: with `network` 4001, with a `tamper` as that tamper, otherwise 1007 (exec, `max_processes` fork, `max_depth` launch) | as for that action | `is_alert` true, severity Medium when blocked, High when only reported |
 //! | `run.start` | Application Lifecycle (6002) | Start (3) | `app.name` = agent, `actor.process` = the run's first process |
 //! | `run.end` | Application Lifecycle (6002) | Stop (4) | `start_time`, `end_time`, `duration`, `status_detail` = end reason |
 //! | `sensor.lost` | Base Event (0) | Other (99), `activity_name` "Events Lost" | `count` = newly lost events |
-//! | `sensor.tamper` | Detection Finding (2004) | Create (1) | `finding_info` {uid = boot id + seq, title = "what: object", desc = detail, types ["sensor.tamper"]}, `is_alert` true, severity Medium when the daemon put it back, High when not; `tamper` whole in `unmapped` |
+//! | `sensor.gap` | Base Event (0) | Other (99), `activity_name` "Sensor Gap" | `count` = records lost in the gap, `message` says how long, why and whether the kernel recorded, severity Low when it recorded and lost nothing, Medium otherwise; `gap` whole in `unmapped` (as `delivery` of a recovered event) |
+//! | `run.degraded` | Base Event (0) | Other (99), `activity_name` "Run Degraded" | `count` = lost + held-back records, severity Medium when records were lost, Low otherwise; `degraded` whole in `unmapped` |
+//! | `sensor.tamper` | Detection Finding (2004) | Create (1) | `finding_info` {uid = boot id + seq, title = "what: object", desc = detail, types ["sensor.tamper"]}, `is_alert` true; integrity check: severity Medium when the daemon put it back, High when not; seen in the kernel: `actor.process` = the caller, severity Medium when it was killed, High when not; no `status` (a finding's status is its review state); `tamper` whole in `unmapped` |
 //! | anything else | Base Event (0) | Other (99), `activity_name` = kind | |
 //!
 //! OCSF 1.x has no separate exec activity: the Process Activity `Launch`
@@ -113,7 +121,8 @@ const MAPPED_PROCESS: &[&str] = &[
 ];
 /// `exec` fields with an OCSF place (in Process Activity).
 const MAPPED_EXEC: &[&str] = &["result", "error", "old_tid"];
-/// `network` fields with an OCSF place (in Network Activity).
+/// `network` fields with an OCSF place (in Network Activity), by what the
+/// event is about.
 const MAPPED_NETWORK: &[&str] = &[
     "transport",
     "family",
@@ -122,6 +131,84 @@ const MAPPED_NETWORK: &[&str] = &[
     "result",
     "error",
 ];
+/// A Unix connect: the path is `dst_endpoint.name`; family and transport
+/// have no OCSF place (IANA protocols and IP versions only).
+const MAPPED_UNIX: &[&str] = &["path", "result", "error"];
+/// Unconnected datagrams: the count is `traffic.packets_out`.
+const MAPPED_TRAFFIC: &[&str] = &[
+    "transport",
+    "family",
+    "dst_ip",
+    "dst_port",
+    "sends",
+    "result",
+    "error",
+];
+/// A listener: the local end is `dst_endpoint` (the end connections come to).
+const MAPPED_LISTEN: &[&str] = &[
+    "transport",
+    "family",
+    "local_ip",
+    "local_port",
+    "result",
+    "error",
+];
+/// An accepted connection: the peer is `src_endpoint`, the local end `dst_endpoint`.
+const MAPPED_ACCEPT: &[&str] = &[
+    "transport",
+    "family",
+    "local_ip",
+    "local_port",
+    "src_ip",
+    "src_port",
+    "result",
+    "error",
+];
+/// A raw, ICMP or packet socket: no endpoint.
+const MAPPED_SOCKET: &[&str] = &["transport", "family", "result", "error"];
+
+/// What a `network` object is about, which decides its activity and
+/// endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NetShape {
+    /// A connect (or a denied datagram) to an IP address.
+    Connect,
+    /// A connect or datagram to a Unix socket (`family: "unix"`).
+    Unix,
+    /// Unconnected datagrams to an IP address, with their count (`sends`).
+    Traffic,
+    /// `network.listen`.
+    Listen,
+    /// `network.accept`.
+    Accept,
+    /// `network.socket` (or its `policy.violation`): no endpoint.
+    Socket,
+}
+
+impl NetShape {
+    fn of(kind: &str, n: &Obj) -> Self {
+        match kind {
+            "network.listen" => Self::Listen,
+            "network.accept" => Self::Accept,
+            "network.socket" => Self::Socket,
+            _ if str_of(n, "family") == Some("unix") => Self::Unix,
+            _ if n.get("sends").is_some_and(|v| !v.is_null()) => Self::Traffic,
+            _ if text_of(n, "dst_ip").is_none() && text_of(n, "path").is_none() => Self::Socket,
+            _ => Self::Connect,
+        }
+    }
+
+    const fn mapped(self) -> &'static [&'static str] {
+        match self {
+            Self::Connect => MAPPED_NETWORK,
+            Self::Unix => MAPPED_UNIX,
+            Self::Traffic => MAPPED_TRAFFIC,
+            Self::Listen => MAPPED_LISTEN,
+            Self::Accept => MAPPED_ACCEPT,
+            Self::Socket => MAPPED_SOCKET,
+        }
+    }
+}
 /// `host` fields with an OCSF place.
 const MAPPED_HOST: &[&str] = &["name", "boot_id"];
 
@@ -228,8 +315,12 @@ struct Plan<'a> {
     app_name: Option<&'a str>,
     process: Option<(&'a Obj, Shape<'a>)>,
     actor_process: Option<(&'a Obj, Shape<'a>)>,
-    /// Network Activity: the sensor `network` object.
-    network: Option<&'a Obj>,
+    /// Network Activity: the sensor `network` object and what it is about.
+    network: Option<(&'a Obj, NetShape)>,
+    /// Process Activity Inject: (`injection_type_id`, `injection_type`).
+    injection: Option<(u64, &'static str)>,
+    /// The target process's run (`process.session.uid` of a process tamper).
+    target_session: Option<&'a str>,
     policy: Option<&'a Obj>,
     /// (action_id, action, disposition_id, disposition)
     security: Option<(u64, &'static str, u64, &'static str)>,
@@ -241,7 +332,7 @@ struct Plan<'a> {
     /// Whether `exec` fields were mapped (only the rest goes to `unmapped`);
     /// otherwise `exec` goes there whole. Same for `network`.
     exec_mapped: bool,
-    network_mapped: bool,
+    network_mapped: Option<&'static [&'static str]>,
 }
 
 fn obj(v: Option<&Value>) -> Option<&Obj> {
@@ -267,6 +358,33 @@ fn i64_of(m: &Obj, key: &str) -> Option<i64> {
 
 fn bool_of(m: &Obj, key: &str) -> Option<bool> {
     m.get(key).and_then(Value::as_bool)
+}
+
+/// `actor.process` of the process that acted: all of it.
+fn acting(p: Option<&Obj>) -> Option<(&Obj, Shape<'_>)> {
+    p.map(|p| {
+        let full = Shape::Full {
+            file: text_of(p, "exe"),
+            name: true,
+            cmd: true,
+            terminated: None,
+        };
+        (p, full)
+    })
+}
+
+/// `pid N (EXE)` of the process that acted, for messages.
+fn who(p: Option<&Obj>) -> String {
+    p.map_or_else(
+        || "a process".to_owned(),
+        |p| {
+            format!(
+                "pid {} ({})",
+                u64_of(p, "pid").unwrap_or(0),
+                text_of(p, "exe").unwrap_or("?")
+            )
+        },
+    )
 }
 
 fn severity_caption(id: u64) -> &'static str {
@@ -321,6 +439,8 @@ impl<'a> Plan<'a> {
             process: None,
             actor_process: None,
             network: None,
+            injection: None,
+            target_session: None,
             policy: None,
             security: None,
             finding: None,
@@ -328,7 +448,7 @@ impl<'a> Plan<'a> {
             time_ms: 0,
             time_parsed: false,
             exec_mapped: false,
-            network_mapped: false,
+            network_mapped: None,
         }
     }
 
@@ -341,18 +461,42 @@ impl<'a> Plan<'a> {
         let policy = obj(event.get("policy"));
         let parsed = str_of(event, "time").and_then(parse_rfc3339_ms);
         let time_ms = parsed.unwrap_or_else(now_ms);
-        let mut plan = match (kind, process, network) {
-            ("process.spawn" | "process.exec" | "process.exit", Some(p), _) => {
+        let tamper = obj(event.get("tamper"));
+        // A tamper's policy.violation twin maps as the tamper does.
+        let tamper_class = match kind {
+            "process.tamper" | "sensor.tamper" => Some(kind),
+            _ => tamper.map(|t| match str_of(t, "method") {
+                Some("signal" | "sensor_file" | "bpf" | "integrity") => "sensor.tamper",
+                _ => "process.tamper",
+            }),
+        };
+        let mut plan = match (kind, process, network, tamper) {
+            ("process.spawn" | "process.exec" | "process.exit", Some(p), _, _) => {
                 Self::process(kind, p, exec, policy, time_ms)
             }
-            ("network.connect" | "policy.violation", _, Some(n)) => Self::network(kind, n, process),
-            ("policy.violation", Some(p), None) => Self::process(kind, p, exec, policy, time_ms),
-            ("run.start" | "run.end", _, _) => {
+            (
+                "network.connect" | "network.listen" | "network.accept" | "network.socket"
+                | "policy.violation",
+                _,
+                Some(n),
+                _,
+            ) => Self::network(kind, n, process),
+            ("process.tamper" | "policy.violation", _, None, Some(t))
+                if tamper_class == Some("process.tamper") =>
+            {
+                Self::process_tamper(kind, t, process)
+            }
+            ("sensor.tamper" | "policy.violation", _, None, Some(t))
+                if tamper_class == Some("sensor.tamper") =>
+            {
+                Self::tamper(kind, event, t, process)
+            }
+            ("policy.violation", Some(p), None, _) => Self::process(kind, p, exec, policy, time_ms),
+            ("run.start" | "run.end", _, _, _) => {
                 Self::run(kind, obj(event.get("run")), process, time_ms)
             }
-            ("sensor.tamper", _, _) if obj(event.get("tamper")).is_some() => {
-                Self::tamper(kind, event)
-            }
+            ("run.degraded", _, _, _) => Self::degraded(kind, event),
+            ("sensor.gap", _, _, _) => Self::gap(kind, event),
             _ => Self::base(kind, obj(event.get("lost")), process),
         };
         plan.time_ms = time_ms;
@@ -470,41 +614,117 @@ impl<'a> Plan<'a> {
         m
     }
 
-    /// Network Activity.
+    /// Network Activity: a connect (IP or Unix), unconnected datagrams, a
+    /// listener, an accepted connection, or a raw/ICMP/packet socket.
     fn network(kind: &'a str, n: &'a Obj, p: Option<&'a Obj>) -> Self {
+        let shape = NetShape::of(kind, n);
         let result = str_of(n, "result").unwrap_or("unknown");
-        let (activity_id, activity_name, status) = match result {
-            "ok" => (1, "Open", Status::Success),
-            "refused" => (5, "Refuse", Status::Failure),
-            "error" => (4, "Fail", Status::Failure),
+        let (activity_id, activity_name, status) = match (shape, result) {
+            (NetShape::Listen, _) => (7, "Listen", Status::Success),
+            (NetShape::Traffic, _) => (6, "Traffic", Status::Unknown),
+            (_, "ok") => (1, "Open", Status::Success),
+            (_, "refused") => (5, "Refuse", Status::Failure),
+            (_, "error") => (4, "Fail", Status::Failure),
+            // Connected, to a socket other than the allowed one: the caller
+            // was killed before it could use the connection.
+            (_, "killed") => (1, "Open", Status::Failure),
             _ => (1, "Open", Status::Unknown),
         };
         let mut m = Self::new(kind, Class::Network, activity_id, activity_name);
         m.status = Some(status);
-        m.network = Some(n);
-        m.network_mapped = true;
+        m.network = Some((n, shape));
+        m.network_mapped = Some(shape.mapped());
+        let what = match shape {
+            NetShape::Socket => "socket",
+            _ => "connect",
+        };
         match result {
             "ok" => {}
+            _ if shape == NetShape::Traffic => {
+                let sends = u64_of(n, "sends").unwrap_or(0);
+                let plural = if sends == 1 { "" } else { "s" };
+                m.status_detail = Some(format!(
+                    "{sends} datagram{plural} sent to this destination without connect() so far"
+                ));
+            }
             "in_progress" => {
                 m.status_detail = Some("connect in progress (EINPROGRESS)".to_owned());
             }
-            "unknown" => m.status_detail = Some("connect result not observed".to_owned()),
+            "unknown" => m.status_detail = Some(format!("{what} result not observed")),
+            "killed" => {
+                m.status_detail = Some(match text_of(n, "peer_path") {
+                    Some(peer) => format!(
+                        "connected to {peer}, not the socket the allowed address names: the \
+                         caller was killed"
+                    ),
+                    None => "connected to another socket than the allowed address names: the \
+                             caller was killed"
+                        .to_owned(),
+                });
+            }
             _ => {
                 let error = text_of(n, "error");
                 m.status_code = error;
                 m.status_detail =
-                    errno_text(error, i64_of(n, "errno")).map(|e| format!("connect failed: {e}"));
+                    errno_text(error, i64_of(n, "errno")).map(|e| format!("{what} failed: {e}"));
             }
         }
-        m.actor_process = p.map(|p| {
-            let full = Shape::Full {
-                file: text_of(p, "exe"),
-                name: true,
-                cmd: true,
-                terminated: None,
-            };
-            (p, full)
+        m.actor_process = acting(p);
+        m
+    }
+
+    /// Process Activity of a `process.tamper`: the caller (`actor.process`)
+    /// reached into a process outside its run (`process`).
+    fn process_tamper(kind: &'a str, t: &'a Obj, p: Option<&'a Obj>) -> Self {
+        let what = text_of(t, "what").unwrap_or("tamper");
+        let (activity_id, activity_name, injection) = match str_of(t, "method") {
+            Some("ptrace") => (4, "Inject", Some("ptrace attach")),
+            Some("process_vm_writev") => (4, "Inject", Some("process_vm_writev")),
+            Some("proc_mem") => (4, "Inject", Some("/proc/PID/mem")),
+            // Takes a descriptor of the other process's: OCSF's Open.
+            Some("pidfd_getfd") => (3, "Open", None),
+            _ => (99, what, None),
+        };
+        let mut m = Self::new(kind, Class::Process, activity_id, activity_name);
+        m.injection = injection.map(|i| (99, i));
+        let target = obj(t.get("target"));
+        let full = |file| Shape::Full {
+            file,
+            name: false,
+            cmd: false,
+            terminated: None,
+        };
+        // OCSF requires `process`: the target, or else the caller itself.
+        m.process = match (target, p) {
+            (Some(target), _) => Some((target, full(text_of(target, "exe")))),
+            (None, Some(p)) => Some((p, full(text_of(p, "exe")))),
+            (None, None) => None,
+        };
+        m.target_session = target
+            .and_then(|t| obj(t.get("run")))
+            .and_then(|r| text_of(r, "id"));
+        m.actor_process = acting(p);
+        let killed = bool_of(t, "killed") == Some(true);
+        m.status = Some(if killed {
+            Status::Failure
+        } else {
+            Status::Unknown
         });
+        if killed {
+            m.status_detail = Some("the caller was killed before the call took effect".to_owned());
+        }
+        m.severity_id = if killed { 3 } else { 4 };
+        m.is_alert = true;
+        let object = text_of(t, "object").unwrap_or("?");
+        let by = who(p);
+        m.message = Some(format!(
+            "{what} of {object} by {by}, outside its run; {}",
+            if killed {
+                "the caller was killed"
+            } else {
+                "not blocked"
+            }
+        ));
         m
     }
 
@@ -519,15 +739,7 @@ impl<'a> Plan<'a> {
         m.status = Some(Status::Success);
         let agent = run.and_then(|r| text_of(r, "agent")).unwrap_or("unknown");
         m.app_name = Some(agent);
-        m.actor_process = p.map(|p| {
-            let full = Shape::Full {
-                file: text_of(p, "exe"),
-                name: true,
-                cmd: true,
-                terminated: None,
-            };
-            (p, full)
-        });
+        m.actor_process = acting(p);
         let id = run.and_then(|r| text_of(r, "id")).unwrap_or("?");
         m.start_time = run
             .and_then(|r| str_of(r, "start"))
@@ -552,13 +764,12 @@ impl<'a> Plan<'a> {
         m
     }
 
-    /// Detection Finding of a `sensor.tamper` (the caller checked `tamper`
-    /// is an object).
-    fn tamper(kind: &'a str, event: &'a Obj) -> Self {
+    /// Detection Finding of a `sensor.tamper`: what the integrity check
+    /// found, or what a process of a run did to the sensor (seen in the
+    /// kernel; the process is `actor.process`).
+    fn tamper(kind: &'a str, event: &'a Obj, t: &'a Obj, p: Option<&'a Obj>) -> Self {
         let mut m = Self::new(kind, Class::Finding, 1, "Create");
-        let t = obj(event.get("tamper"));
-        let field = |k| t.and_then(|t| text_of(t, k)).unwrap_or("");
-        let repaired = t.and_then(|t| bool_of(t, "repaired")) == Some(true);
+        let field = |k| text_of(t, k).unwrap_or("");
         let title = format!("{}: {}", field("what"), field("object"));
         let boot = obj(event.get("host")).and_then(|h| text_of(h, "boot_id"));
         let uid = format!(
@@ -566,14 +777,80 @@ impl<'a> Plan<'a> {
             boot.unwrap_or("unknown"),
             u64_of(event, "seq").unwrap_or(0)
         );
-        m.message = Some(if repaired {
-            format!("{title} (put back by the sensor)")
+        if field("detected") == "kernel" {
+            let killed = bool_of(t, "killed") == Some(true);
+            let by = who(p);
+            m.message = Some(format!(
+                "{title}, by {by}; {}",
+                if killed {
+                    "the caller was killed"
+                } else {
+                    "not blocked"
+                }
+            ));
+            m.severity_id = if killed { 3 } else { 4 };
+            m.actor_process = acting(p);
         } else {
-            format!("{title} (NOT put back)")
-        });
-        m.finding = Some((uid, title, t.and_then(|t| text_of(t, "detail"))));
-        m.severity_id = if repaired { 3 } else { 4 };
+            let repaired = bool_of(t, "repaired") == Some(true);
+            m.message = Some(if repaired {
+                format!("{title} (put back by the sensor)")
+            } else {
+                format!("{title} (NOT put back)")
+            });
+            m.severity_id = if repaired { 3 } else { 4 };
+        }
+        m.finding = Some((uid, title, text_of(t, "detail")));
         m.is_alert = true;
+        m
+    }
+
+    /// Base Event of a `run.degraded`: what the kernel could not deliver
+    /// of one run (like `sensor.lost`, per run).
+    fn degraded(kind: &'a str, event: &'a Obj) -> Self {
+        let mut m = Self::new(kind, Class::Base, 99, "Run Degraded");
+        let d = obj(event.get("degraded"));
+        let lost = d.and_then(|d| u64_of(d, "lost_events")).unwrap_or(0);
+        let held = d.and_then(|d| u64_of(d, "denials_suppressed")).unwrap_or(0);
+        let run = obj(event.get("run"));
+        let id = run.and_then(|r| text_of(r, "id")).unwrap_or("?");
+        let agent = run.and_then(|r| text_of(r, "agent")).unwrap_or("?");
+        m.count = Some(lost.saturating_add(held));
+        m.message = Some(format!(
+            "agent run {id} ({agent}): {lost} events lost, {held} denial records held back \
+             (still enforced)"
+        ));
+        m.severity_id = if lost > 0 { 3 } else { 2 };
+        m
+    }
+
+    /// Base Event of a `sensor.gap`: a time no daemon read the kernel's
+    /// records. Medium when the kernel did not record through it (nothing
+    /// of it can be known), or lost records; Low otherwise.
+    fn gap(kind: &'a str, event: &'a Obj) -> Self {
+        let mut m = Self::new(kind, Class::Base, 99, "Sensor Gap");
+        let g = obj(event.get("gap"));
+        let cause = g.and_then(|g| text_of(g, "cause")).unwrap_or("unknown");
+        let recorded = g.and_then(|g| bool_of(g, "recorded")) == Some(true);
+        let lost = g.and_then(|g| u64_of(g, "lost")).unwrap_or(0);
+        let seconds = g
+            .and_then(|g| g.get("seconds"))
+            .and_then(Value::as_f64)
+            .map_or_else(|| "an unknown time".to_owned(), |s| format!("{s:.1} s"));
+        m.count = Some(lost);
+        m.message = Some(format!(
+            "no sensor daemon read for {seconds} ({cause}); {}{}",
+            if recorded {
+                "the kernel kept recording, and what it recorded follows"
+            } else {
+                "nothing was recorded meanwhile"
+            },
+            if lost > 0 {
+                format!("; {lost} records did not fit and are lost")
+            } else {
+                String::new()
+            }
+        ));
+        m.severity_id = if recorded && lost == 0 { 2 } else { 3 };
         m
     }
 
@@ -596,15 +873,7 @@ impl<'a> Plan<'a> {
                 m.severity_id = 3;
             }
         }
-        m.actor_process = p.map(|p| {
-            let full = Shape::Full {
-                file: text_of(p, "exe"),
-                name: true,
-                cmd: true,
-                terminated: None,
-            };
-            (p, full)
-        });
+        m.actor_process = acting(p);
         m
     }
 
@@ -621,7 +890,8 @@ impl<'a> Plan<'a> {
             (true, false) => (3, "Observed", 15, "Detected"),
         };
         self.security = Some((action_id, action, disposition_id, disposition));
-        self.is_alert = violation;
+        // A tamper is an alert by itself; any other action when it is a violation.
+        self.is_alert = self.is_alert || violation;
         if deny {
             if enforced {
                 self.status = Some(Status::Failure);
@@ -639,14 +909,23 @@ impl<'a> Plan<'a> {
                 obj(event.get("exec")),
                 obj(event.get("process")),
             ) {
-                (Some(n), _, _) => match str_of(n, "path") {
-                    Some(path) => format!("connect to Unix socket {path}"),
-                    None => format!(
-                        "connect to {} port {}",
-                        str_of(n, "dst_ip").unwrap_or("?"),
+                (Some(n), _, _) => match (str_of(n, "path"), str_of(n, "dst_ip")) {
+                    (Some(path), _) => format!("connect to Unix socket {path}"),
+                    (None, Some(ip)) => format!(
+                        "connect to {ip} port {}",
                         u64_of(n, "dst_port").unwrap_or(0)
                     ),
+                    (None, None) => format!(
+                        "a {} socket ({})",
+                        str_of(n, "transport").unwrap_or("?"),
+                        str_of(n, "family").unwrap_or("?")
+                    ),
                 },
+                _ if let Some(t) = obj(event.get("tamper")) => format!(
+                    "{} ({})",
+                    str_of(t, "what").unwrap_or("tamper"),
+                    str_of(t, "object").unwrap_or("?")
+                ),
                 (None, Some(_), Some(p)) => {
                     format!("exec of {}", str_of(p, "exe").unwrap_or("?"))
                 }
@@ -685,7 +964,8 @@ impl<'a> Plan<'a> {
         o.val("time", &self.time_ms)?;
         o.val("severity_id", &self.severity_id)?;
         o.str("severity", severity_caption(self.severity_id))?;
-        if let Some(status) = self.status {
+        // A finding's status is its review state, set by the consumer.
+        if let Some(status) = self.status.filter(|_| self.class != Class::Finding) {
             o.val("status_id", &(status as u64))?;
             o.str("status", status.caption())?;
         }
@@ -722,14 +1002,24 @@ impl<'a> Plan<'a> {
             app.str("name", agent)?;
             app.close();
         }
+        if let Some((id, caption)) = self.injection {
+            o.val("injection_type_id", &id)?;
+            o.str("injection_type", caption)?;
+        }
         if let Some((p, shape)) = self.process {
             let mut w = o.obj("process");
             write_process(&mut w, p, shape)?;
+            if let Some(run) = self.target_session {
+                let mut s = w.obj("session");
+                s.str("uid", run)?;
+                s.close();
+            }
             w.close();
         }
         self.write_actor(&mut o, obj(event.get("run")))?;
-        if let Some(n) = self.network {
-            write_network(&mut o, n)?;
+        if let Some((n, shape)) = self.network {
+            let host = obj(event.get("host")).and_then(|h| text_of(h, "name"));
+            write_network(&mut o, n, shape, host.unwrap_or("unknown"))?;
         }
         if let Some(policy) = self.policy {
             write_policy(&mut o, policy)?;
@@ -884,7 +1174,11 @@ impl<'a> Plan<'a> {
         let rest = [
             ("process", MAPPED_PROCESS, true),
             ("exec", MAPPED_EXEC, self.exec_mapped),
-            ("network", MAPPED_NETWORK, self.network_mapped),
+            (
+                "network",
+                self.network_mapped.unwrap_or_default(),
+                self.network_mapped.is_some(),
+            ),
             ("host", MAPPED_HOST, true),
         ];
         for (key, mapped, used) in rest {
@@ -1025,32 +1319,93 @@ fn write_cmd_line(w: &mut JsonObj<'_>, argv: &[Value]) -> Res {
     w.str("cmd_line", &line)
 }
 
-/// `dst_endpoint` and `connection_info` of a connect.
-fn write_network(o: &mut JsonObj<'_>, n: &Obj) -> Res {
-    let mut dst = o.obj("dst_endpoint");
-    if let Some(ip) = text_of(n, "dst_ip") {
-        dst.str("ip", ip)?;
+/// An OCSF `network_endpoint` {ip, port} from the sensor fields `ip`,
+/// `port`; false when the event has no such address.
+fn write_endpoint(
+    o: &mut JsonObj<'_>,
+    key: &'static str,
+    n: &Obj,
+    ip: &str,
+    port: &str,
+) -> Result<bool, serde_json::Error> {
+    let Some(addr) = text_of(n, ip) else {
+        return Ok(false);
+    };
+    let mut e = o.obj(key);
+    e.str("ip", addr)?;
+    if let Some(port) = u64_of(n, port) {
+        e.val("port", &port)?;
     }
-    if let Some(port) = u64_of(n, "dst_port") {
-        dst.val("port", &port)?;
+    e.close();
+    Ok(true)
+}
+
+/// Endpoints, `connection_info` and `traffic` of a network event on host
+/// `host`.
+fn write_network(o: &mut JsonObj<'_>, n: &Obj, shape: NetShape, host: &str) -> Res {
+    let endpoint = match shape {
+        NetShape::Connect | NetShape::Traffic => {
+            write_endpoint(o, "dst_endpoint", n, "dst_ip", "dst_port")?
+        }
+        NetShape::Unix => match text_of(n, "path") {
+            // A socket path (or @name) has no OCSF attribute of its own:
+            // the endpoint's name.
+            Some(path) => {
+                let mut dst = o.obj("dst_endpoint");
+                dst.str("name", path)?;
+                dst.close();
+                true
+            }
+            None => false,
+        },
+        NetShape::Listen => write_endpoint(o, "dst_endpoint", n, "local_ip", "local_port")?,
+        NetShape::Accept => {
+            let src = write_endpoint(o, "src_endpoint", n, "src_ip", "src_port")?;
+            write_endpoint(o, "dst_endpoint", n, "local_ip", "local_port")? || src
+        }
+        NetShape::Socket => false,
+    };
+    if !endpoint {
+        // OCSF wants one endpoint at least: a raw socket has no peer, its
+        // end is this host.
+        let mut src = o.obj("src_endpoint");
+        src.str("hostname", host)?;
+        src.close();
     }
-    dst.close();
+    if shape == NetShape::Traffic
+        && let Some(sends) = u64_of(n, "sends")
+    {
+        let mut t = o.obj("traffic");
+        t.val("packets_out", &sends)?;
+        t.close();
+    }
     let mut c = o.obj("connection_info");
-    c.val("direction_id", &2)?;
-    c.str("direction", "Outbound")?;
-    if let Some(transport) = text_of(n, "transport") {
+    let (direction_id, direction) = match shape {
+        NetShape::Connect | NetShape::Traffic => (2, "Outbound"),
+        NetShape::Unix => (4, "Local"),
+        NetShape::Listen | NetShape::Accept => (1, "Inbound"),
+        NetShape::Socket => (0, "Unknown"),
+    };
+    c.val("direction_id", &direction_id)?;
+    c.str("direction", direction)?;
+    let family = str_of(n, "family");
+    if shape != NetShape::Unix
+        && let Some(transport) = text_of(n, "transport")
+    {
         c.str("protocol_name", transport)?;
-        let num: Option<u64> = match transport {
-            "tcp" | "mptcp" => Some(6),
-            "udp" => Some(17),
-            "udplite" => Some(136),
+        let num: Option<u64> = match (transport, family) {
+            ("tcp" | "mptcp", _) => Some(6),
+            ("udp", _) => Some(17),
+            ("udplite", _) => Some(136),
+            ("icmp", Some("ipv4")) => Some(1),
+            ("icmp", Some("ipv6")) => Some(58),
             _ => None,
         };
         if let Some(num) = num {
             c.val("protocol_num", &num)?;
         }
     }
-    match str_of(n, "family") {
+    match family {
         Some("ipv4") => {
             c.val("protocol_ver_id", &4)?;
             c.str("protocol_ver", "Internet Protocol version 4 (IPv4)")?;
@@ -1641,6 +1996,311 @@ mod tests {
         let mut e = tamper_event(true);
         e["tamper"] = Value::Null;
         assert_class(&ocsf(&e), 0, 0, 99);
+    }
+
+    fn unix_event(result: &str, errno: Option<i64>, error: Option<&str>) -> Value {
+        let mut e = event("network.connect");
+        e["network"] = json!({"transport": "stream", "family": "unix",
+                              "path": "/run/docker.sock", "abstract": false,
+                              "result": result, "errno": errno, "error": error});
+        e
+    }
+
+    #[test]
+    fn unix_connects_are_local_network_activity() {
+        let mut e = unix_event("error", Some(1), Some("EPERM"));
+        e["policy"] = policy("deny", true, "unix.allow (no rule matches)");
+        let o = ocsf(&e);
+        assert_class(&o, 4001, 4, 4);
+        assert_eq!(o["dst_endpoint"], json!({"name": "/run/docker.sock"}));
+        assert_eq!(o["connection_info"]["direction_id"], 4);
+        assert_eq!(o["connection_info"]["direction"], "Local");
+        assert!(o["connection_info"].get("protocol_name").is_none());
+        assert!(o["connection_info"].get("protocol_ver_id").is_none());
+        assert_eq!(o["status_code"], "EPERM");
+        assert_eq!(o["disposition"], "Blocked");
+        assert_eq!(o["unmapped"]["network"]["family"], "unix");
+        assert_eq!(o["unmapped"]["network"]["transport"], "stream");
+        assert_eq!(o["unmapped"]["network"]["abstract"], false);
+        assert!(o["unmapped"]["network"].get("path").is_none(), "mapped");
+        assert_run_attached(&o);
+        assert_no_null(&o, "");
+        e["kind"] = "policy.violation".into();
+        let o = ocsf(&e);
+        assert_class(&o, 4001, 4, 4);
+        assert!(
+            o["message"]
+                .as_str()
+                .unwrap()
+                .contains("connect to Unix socket /run/docker.sock"),
+            "{o}"
+        );
+
+        // Connected, but to another socket than the allowed path named.
+        let mut e = unix_event("killed", None, None);
+        e["network"]["peer_path"] = "/tmp/other.sock".into();
+        e["policy"] = policy(
+            "deny",
+            true,
+            "unix.allow (the socket reached is not the one the allowed address names)",
+        );
+        let o = ocsf(&e);
+        assert_class(&o, 4001, 4, 1);
+        assert_eq!(o["status_id"], 2);
+        assert_eq!(o["unmapped"]["network"]["peer_path"], "/tmp/other.sock");
+        assert_no_null(&o, "");
+        let mut e = unix_event("killed", None, None);
+        e["network"]["peer_path"] = "/tmp/other.sock".into();
+        let o = ocsf(&e);
+        assert!(
+            o["status_detail"]
+                .as_str()
+                .unwrap()
+                .contains("/tmp/other.sock"),
+            "{o}"
+        );
+    }
+
+    #[test]
+    fn unconnected_datagrams_are_traffic_with_their_count() {
+        let mut e = connect_event("unknown", None, None);
+        e["network"]["transport"] = "udp".into();
+        e["network"]["dst_port"] = 53.into();
+        e["network"]["sends"] = 8.into();
+        e["network"]["via"] = "sendmsg".into();
+        let o = ocsf(&e);
+        assert_class(&o, 4001, 4, 6);
+        assert_eq!(o["activity_name"], "Traffic");
+        assert_eq!(o["traffic"], json!({"packets_out": 8}));
+        assert_eq!(o["dst_endpoint"], json!({"ip": "203.0.113.7", "port": 53}));
+        assert_eq!(o["connection_info"]["direction_id"], 2);
+        assert_eq!(o["unmapped"]["network"]["via"], "sendmsg");
+        assert!(o["unmapped"]["network"].get("sends").is_none(), "mapped");
+        assert!(
+            o["status_detail"]
+                .as_str()
+                .unwrap()
+                .starts_with("8 datagrams")
+        );
+        assert_no_null(&o, "");
+    }
+
+    #[test]
+    fn listeners_and_accepted_connections_are_inbound() {
+        let mut e = event("network.listen");
+        e["network"] = json!({"transport": "tcp", "family": "ipv4", "local_ip": "0.0.0.0",
+                              "local_port": 4444, "result": "ok", "errno": null,
+                              "error": null});
+        let o = ocsf(&e);
+        assert_class(&o, 4001, 4, 7);
+        assert_eq!(o["activity_name"], "Listen");
+        assert_eq!(o["dst_endpoint"], json!({"ip": "0.0.0.0", "port": 4444}));
+        assert!(o.get("src_endpoint").is_none());
+        assert_eq!(o["connection_info"]["direction_id"], 1);
+        assert_no_null(&o, "");
+
+        let mut e = event("network.accept");
+        e["network"] = json!({"transport": "tcp", "family": "ipv6", "local_ip": "::1",
+                              "local_port": 4444, "src_ip": "::1", "src_port": 50000,
+                              "result": "ok", "errno": null, "error": null});
+        let o = ocsf(&e);
+        assert_class(&o, 4001, 4, 1);
+        assert_eq!(o["src_endpoint"], json!({"ip": "::1", "port": 50000}));
+        assert_eq!(o["dst_endpoint"], json!({"ip": "::1", "port": 4444}));
+        assert_eq!(o["connection_info"]["direction"], "Inbound");
+        assert_eq!(o["connection_info"]["protocol_ver_id"], 6);
+        assert_no_null(&o, "");
+    }
+
+    #[test]
+    fn raw_sockets_have_this_host_as_their_endpoint() {
+        let mut e = event("network.socket");
+        e["network"] = json!({"transport": "icmp", "family": "ipv6", "result": "error",
+                              "errno": 1, "error": "EPERM"});
+        e["policy"] = policy(
+            "deny",
+            true,
+            "raw_sockets (a raw, ICMP or packet socket reaches any address)",
+        );
+        let o = ocsf(&e);
+        assert_class(&o, 4001, 4, 4);
+        assert_eq!(o["src_endpoint"], json!({"hostname": "h1"}));
+        assert!(o.get("dst_endpoint").is_none());
+        assert_eq!(o["connection_info"]["protocol_num"], 58);
+        assert_eq!(o["connection_info"]["direction_id"], 0);
+        assert_eq!(
+            o["status_detail"],
+            "blocked by policy research: raw_sockets (a raw, ICMP or packet socket reaches any address)"
+        );
+        e["kind"] = "policy.violation".into();
+        let o = ocsf(&e);
+        assert_class(&o, 4001, 4, 4);
+        assert!(
+            o["message"]
+                .as_str()
+                .unwrap()
+                .contains("a icmp socket (ipv6)"),
+            "{o}"
+        );
+        assert_no_null(&o, "");
+
+        // A packet socket: made, and its creator killed (enforced).
+        let mut e = event("network.socket");
+        e["network"] = json!({"transport": "packet", "family": "packet", "result": "ok",
+                              "errno": null, "error": null});
+        let o = ocsf(&e);
+        assert_class(&o, 4001, 4, 1);
+        assert!(o["connection_info"].get("protocol_num").is_none());
+        assert!(o["connection_info"].get("protocol_ver_id").is_none());
+        assert_no_null(&o, "");
+    }
+
+    fn process_tamper(method: &str, killed: bool) -> Value {
+        let mut e = event("process.tamper");
+        e["tamper"] = json!({"method": method, "what": "ptrace attach",
+                             "object": "pid 77 (/usr/bin/sleep)", "detected": "kernel",
+                             "target": {"pid": 77, "key": "b00t:500:77",
+                                        "exe": "/usr/bin/sleep", "run": null},
+                             "killed": killed});
+        e
+    }
+
+    #[test]
+    fn a_process_tamper_is_an_inject_into_the_target() {
+        let mut e = process_tamper("ptrace", true);
+        e["policy"] = policy(
+            "deny",
+            true,
+            "tamper (a process outside the run, or the sensor)",
+        );
+        let o = ocsf(&e);
+        assert_class(&o, 1007, 1, 4);
+        assert_eq!(o["activity_name"], "Inject");
+        assert_eq!(o["type_name"], "Process Activity: Inject");
+        assert_eq!(o["injection_type_id"], 99);
+        assert_eq!(o["injection_type"], "ptrace attach");
+        assert_eq!(o["process"]["pid"], 77);
+        assert_eq!(o["process"]["uid"], "b00t:500:77");
+        assert_eq!(o["process"]["file"]["path"], "/usr/bin/sleep");
+        assert!(
+            o["process"].get("session").is_none(),
+            "the target is in no run"
+        );
+        assert_eq!(o["actor"]["process"]["pid"], 4242);
+        assert_eq!(o["is_alert"], true);
+        assert_eq!(o["severity_id"], 3);
+        assert_eq!(o["status_id"], 2);
+        assert_eq!(o["disposition"], "Blocked");
+        assert_eq!(o["unmapped"]["tamper"]["target"]["pid"], 77);
+        assert_run_attached(&o);
+        assert_no_null(&o, "");
+        e["kind"] = "policy.violation".into();
+        let o = ocsf(&e);
+        assert_class(&o, 1007, 1, 4);
+        assert!(
+            o["message"].as_str().unwrap().contains("ptrace attach"),
+            "{o}"
+        );
+
+        // Not killed (no policy, or audit): High, status unknown.
+        let mut e = process_tamper("process_vm_writev", false);
+        e["tamper"]["target"]["run"] = run();
+        let o = ocsf(&e);
+        assert_class(&o, 1007, 1, 4);
+        assert_eq!(o["severity_id"], 4);
+        assert_eq!(o["status_id"], 0);
+        assert_eq!(o["is_alert"], true);
+        assert_eq!(o["process"]["session"]["uid"], "run-1", "the target's run");
+        assert!(o["message"].as_str().unwrap().ends_with("not blocked"));
+        assert_no_null(&o, "");
+
+        let o = ocsf(&process_tamper("proc_mem", true));
+        assert_class(&o, 1007, 1, 4);
+        assert_eq!(o["injection_type"], "/proc/PID/mem");
+        let o = ocsf(&process_tamper("pidfd_getfd", true));
+        assert_class(&o, 1007, 1, 3);
+        assert_eq!(o["activity_name"], "Open");
+        assert!(o.get("injection_type_id").is_none());
+        let mut e = process_tamper("something-new", false);
+        e["tamper"].as_object_mut().unwrap().remove("target");
+        let o = ocsf(&e);
+        assert_class(&o, 1007, 1, 99);
+        assert_eq!(o["activity_name"], "ptrace attach");
+        assert_eq!(o["process"]["pid"], 4242, "no target: the caller");
+        assert_no_null(&o, "");
+    }
+
+    #[test]
+    fn a_kernel_sensor_tamper_is_a_finding_with_its_actor() {
+        let mut e = event("sensor.tamper");
+        e["tamper"] = json!({"method": "signal", "what": "signal SIGSTOP to the sensor daemon",
+                             "object": "pid 100", "detected": "kernel",
+                             "target": {"pid": 100, "key": "b00t:1:100", "exe": "/usr/sbin/sensor",
+                                        "run": null},
+                             "signal": 19, "killed": false});
+        e["policy"] = policy(
+            "deny",
+            false,
+            "tamper (a process outside the run, or the sensor)",
+        );
+        let o = ocsf(&e);
+        assert_class(&o, 2004, 2, 1);
+        assert_eq!(
+            o["finding_info"]["title"],
+            "signal SIGSTOP to the sensor daemon: pid 100"
+        );
+        assert_eq!(o["actor"]["process"]["pid"], 4242);
+        assert_eq!(o["is_alert"], true);
+        assert_eq!(o["severity_id"], 4);
+        assert!(
+            o.get("status_id").is_none(),
+            "a finding's status is its review state"
+        );
+        assert_eq!(o["disposition"], "Detected");
+        assert!(
+            o["message"].as_str().unwrap().ends_with("not blocked"),
+            "{o}"
+        );
+        assert!(!o["message"].as_str().unwrap().contains("put back"));
+        assert_run_attached(&o);
+        assert_no_null(&o, "");
+        e["kind"] = "policy.violation".into();
+        assert_class(&ocsf(&e), 2004, 2, 1);
+
+        let mut e = event("sensor.tamper");
+        e["tamper"] = json!({"method": "sensor_file", "what": "open for writing of a sensor file",
+                             "object": "/var/lib/sensor/sensor.db", "detected": "kernel",
+                             "file": {"kind": "store", "path": "/var/lib/sensor/sensor.db",
+                                      "dev": "8:1", "inode": 12}, "killed": true});
+        e["policy"] = policy(
+            "deny",
+            true,
+            "tamper (a process outside the run, or the sensor)",
+        );
+        let o = ocsf(&e);
+        assert_class(&o, 2004, 2, 1);
+        assert_eq!(o["severity_id"], 3);
+        assert!(o.get("status_id").is_none());
+        assert_eq!(o["unmapped"]["tamper"]["file"]["kind"], "store");
+        assert_no_null(&o, "");
+    }
+
+    #[test]
+    fn a_degraded_run_is_a_base_event_with_a_count() {
+        let mut e = event("run.degraded");
+        e.as_object_mut().unwrap().remove("process");
+        e["degraded"] = json!({"lost_events": 3, "denials_suppressed": 40});
+        let o = ocsf(&e);
+        assert_class(&o, 0, 0, 99);
+        assert_eq!(o["activity_name"], "Run Degraded");
+        assert_eq!(o["count"], 43);
+        assert_eq!(o["severity_id"], 3);
+        assert!(o["message"].as_str().unwrap().contains("3 events lost"));
+        assert_eq!(o["unmapped"]["degraded"]["denials_suppressed"], 40);
+        assert_run_attached(&o);
+        assert_no_null(&o, "");
+        e["degraded"]["lost_events"] = 0.into();
+        assert_eq!(ocsf(&e)["severity_id"], 2);
     }
 
     #[test]

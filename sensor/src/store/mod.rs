@@ -177,6 +177,85 @@ mod tests {
         open_for_reading(&path).unwrap();
     }
 
+    /// A version 1 database (a Unix socket path in dst_ip, a tamper with
+    /// its fields only in the body) gains the escape columns, filled.
+    #[test]
+    fn version_1_rows_are_migrated_to_the_escape_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(schema::MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        let rows = [
+            (
+                "network.connect",
+                Some("/run/docker.sock"),
+                Some("deny"),
+                r#"{"kind":"network.connect","network":{"family":"unix","path":"/run/docker.sock"}}"#,
+            ),
+            (
+                "network.connect",
+                Some("203.0.113.7"),
+                Some("deny"),
+                r#"{"kind":"network.connect","network":{"family":"ipv4","dst_ip":"203.0.113.7"}}"#,
+            ),
+            (
+                "process.tamper",
+                None,
+                Some("deny"),
+                r#"{"kind":"process.tamper","tamper":{"method":"ptrace","target":{"pid":77,"run":{"id":"r2"}}}}"#,
+            ),
+            ("process.exec", None, None, r#"{"kind":"process.exec"}"#),
+        ];
+        for (i, (kind, dst, verdict, body)) in rows.iter().enumerate() {
+            conn.execute(
+                "INSERT INTO events (seq, time_ns, kind, dst_ip, verdict, body) VALUES (?1, 0, ?2, ?3, ?4, ?5)",
+                rusqlite::params![i, kind, dst, verdict, body],
+            )
+            .unwrap();
+        }
+        drop(conn);
+        let conn = open_for_writing(&path).unwrap();
+        type Row = (
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<u32>,
+            Option<String>,
+            bool,
+        );
+        let got: Vec<Row> = conn
+            .prepare("SELECT dst_ip, path, method, target_pid, target_run, escape_attempt FROM events ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    None,
+                    Some("/run/docker.sock".into()),
+                    None,
+                    None,
+                    None,
+                    true
+                ),
+                (Some("203.0.113.7".into()), None, None, None, None, false),
+                (
+                    None,
+                    None,
+                    Some("ptrace".into()),
+                    Some(77),
+                    Some("r2".into()),
+                    true
+                ),
+                (None, None, None, None, None, false),
+            ]
+        );
+    }
+
     #[test]
     fn missing_corrupt_and_foreign_files_are_clear_errors() {
         let dir = tempfile::tempdir().unwrap();

@@ -121,17 +121,28 @@ pub struct EventFilter {
     /// Only these runs (None: all events).
     pub runs: Option<Vec<String>>,
     pub kind: Option<String>,
+    /// Only escape attempts (`Event::is_escape_attempt`).
+    pub escapes: bool,
     pub since_ns: Option<i64>,
     /// Only rows after this insertion id (for --follow).
     pub after_id: i64,
     pub limit: Option<u32>,
 }
 
-/// A stored event: its insertion id and its JSON.
+/// A stored event: its insertion id, its JSON, and whether the store
+/// marked it an escape attempt.
 #[derive(Debug, Clone)]
 pub struct StoredEvent {
     pub id: i64,
     pub event: Value,
+    pub escape: bool,
+}
+
+/// The columns [`collect`] reads.
+const EVENT_COLUMNS: &str = "id, body, escape_attempt";
+
+fn event_row(r: &Row<'_>) -> rusqlite::Result<(i64, String, bool)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
 }
 
 /// Events in insertion (= sequence) order.
@@ -139,7 +150,7 @@ pub struct StoredEvent {
 /// The SQL holds only the conditions in use: a `(? IS NULL OR …)` clause
 /// would keep SQLite from using the index of the condition it guards.
 pub fn events(conn: &Connection, filter: &EventFilter) -> Result<Vec<StoredEvent>, QueryError> {
-    let mut sql = String::from("SELECT id, body FROM events WHERE id > ?");
+    let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE id > ?");
     let mut values: Vec<rusqlite::types::Value> = vec![filter.after_id.into()];
     if let Some(runs) = &filter.runs {
         if runs.is_empty() {
@@ -156,6 +167,9 @@ pub fn events(conn: &Connection, filter: &EventFilter) -> Result<Vec<StoredEvent
         sql.push_str(" AND kind = ?");
         values.push(kind.clone().into());
     }
+    if filter.escapes {
+        sql.push_str(" AND escape_attempt = 1");
+    }
     if let Some(since) = filter.since_ns {
         sql.push_str(" AND time_ns >= ?");
         values.push(since.into());
@@ -166,9 +180,7 @@ pub fn events(conn: &Connection, filter: &EventFilter) -> Result<Vec<StoredEvent
         values.push(i64::from(limit).into());
     }
     let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(values), |r| {
-        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-    })?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(values), event_row)?;
     collect(rows)
 }
 
@@ -178,11 +190,10 @@ pub fn events_of_pid(
     pid: u32,
     limit: u32,
 ) -> Result<Vec<StoredEvent>, QueryError> {
-    let mut stmt =
-        conn.prepare("SELECT id, body FROM events WHERE pid = ?1 ORDER BY id DESC LIMIT ?2")?;
-    let rows = stmt.query_map(params![pid, limit], |r| {
-        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-    })?;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE pid = ?1 ORDER BY id DESC LIMIT ?2"
+    ))?;
+    let rows = stmt.query_map(params![pid, limit], event_row)?;
     collect(rows)
 }
 
@@ -193,24 +204,36 @@ pub fn connects_to(
     port: Option<u16>,
     limit: u32,
 ) -> Result<Vec<StoredEvent>, QueryError> {
-    let mut stmt = conn.prepare(
-        "SELECT id, body FROM events WHERE dst_ip = ?1 AND (?2 IS NULL OR dst_port = ?2)
-         ORDER BY id DESC LIMIT ?3",
-    )?;
-    let rows = stmt.query_map(params![ip, port, limit], |r| {
-        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-    })?;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE dst_ip = ?1 AND (?2 IS NULL OR dst_port = ?2)
+         ORDER BY id DESC LIMIT ?3"
+    ))?;
+    let rows = stmt.query_map(params![ip, port, limit], event_row)?;
+    collect(rows)
+}
+
+/// Connects (and datagrams) to the Unix socket address `path` (a path, or
+/// `@name`), newest first.
+pub fn unix_connects_to(
+    conn: &Connection,
+    path: &str,
+    limit: u32,
+) -> Result<Vec<StoredEvent>, QueryError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE path = ?1 ORDER BY id DESC LIMIT ?2"
+    ))?;
+    let rows = stmt.query_map(params![path, limit], event_row)?;
     collect(rows)
 }
 
 fn collect(
-    rows: impl Iterator<Item = rusqlite::Result<(i64, String)>>,
+    rows: impl Iterator<Item = rusqlite::Result<(i64, String, bool)>>,
 ) -> Result<Vec<StoredEvent>, QueryError> {
     let mut out = Vec::new();
     for row in rows {
-        let (id, body) = row?;
+        let (id, body, escape) = row?;
         if let Ok(event) = serde_json::from_str(&body) {
-            out.push(StoredEvent { id, event });
+            out.push(StoredEvent { id, event, escape });
         }
     }
     Ok(out)

@@ -5,12 +5,15 @@
 //! meta    (key, value)            application = "sensor"
 //! runs    one row per run         id, agent, principal, parent_id, root_id, depth, start/end
 //! events  one row per event       id (insertion order), seq, time_ns, kind, run_id, root_id,
-//!                                 pid, process_key, dst_ip, dst_port, verdict, body (the JSON line)
+//!                                 pid, process_key, dst_ip, dst_port, verdict, body (the JSON line),
+//!                                 (2) path (Unix socket), method, target_pid, target_run (tamper),
+//!                                 escape_attempt (1: an escape attempt, `Event::is_escape_attempt`)
 //! ```
 //! Indexes serve the queries and nothing else (each costs every insert):
 //! events by run (a subtree is its runs, found through `runs.parent_id`), by
-//! time, by pid and by destination (partial indexes: most events have no
-//! destination); runs by parent and root.
+//! time, by pid, by destination, by Unix socket path, by tamper target and
+//! the escape attempts (partial indexes: most events have none of these);
+//! runs by parent and root.
 
 /// Migrations, in order; `MIGRATIONS[i]` takes version `i` to `i + 1`.
 pub const MIGRATIONS: &[&str] = &[
@@ -56,6 +59,29 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX events_time ON events(time_ns);
     CREATE INDEX events_pid ON events(pid, id);
     CREATE INDEX events_dst ON events(dst_ip, dst_port) WHERE dst_ip IS NOT NULL;
+    ",
+    // 1 → 2: escape attempts and what they aimed at. A Unix socket path
+    // moves from dst_ip (where version 1 kept it) to path.
+    "
+    ALTER TABLE events ADD COLUMN path TEXT;
+    ALTER TABLE events ADD COLUMN method TEXT;
+    ALTER TABLE events ADD COLUMN target_pid INTEGER;
+    ALTER TABLE events ADD COLUMN target_run TEXT;
+    ALTER TABLE events ADD COLUMN escape_attempt INTEGER NOT NULL DEFAULT 0;
+    UPDATE events SET path = dst_ip, dst_ip = NULL
+     WHERE kind IN ('network.connect', 'policy.violation')
+       AND json_extract(body, '$.network.family') = 'unix';
+    UPDATE events SET method = json_extract(body, '$.tamper.method'),
+                      target_pid = json_extract(body, '$.tamper.target.pid'),
+                      target_run = json_extract(body, '$.tamper.target.run.id')
+     WHERE kind IN ('process.tamper', 'sensor.tamper', 'policy.violation')
+       AND json_extract(body, '$.tamper') IS NOT NULL;
+    UPDATE events SET escape_attempt = 1
+     WHERE kind IN ('process.tamper', 'sensor.tamper', 'network.socket')
+        OR (kind = 'network.connect' AND path IS NOT NULL AND verdict = 'deny');
+    CREATE INDEX events_escape ON events(id) WHERE escape_attempt = 1;
+    CREATE INDEX events_path ON events(path) WHERE path IS NOT NULL;
+    CREATE INDEX events_target ON events(target_pid) WHERE target_pid IS NOT NULL;
     ",
 ];
 

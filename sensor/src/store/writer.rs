@@ -41,6 +41,14 @@ pub struct Record {
     pub dst_ip: Option<String>,
     pub dst_port: Option<u16>,
     pub verdict: Option<String>,
+    /// A Unix socket address (`network.path`).
+    pub path: Option<String>,
+    /// A tamper's method, and the process and run it reached into.
+    pub method: Option<&'static str>,
+    pub target_pid: Option<u32>,
+    pub target_run: Option<String>,
+    /// An escape attempt (`Event::is_escape_attempt`).
+    pub escape: bool,
     pub line: Range<usize>,
     /// For run.start / run.end: the run's row.
     pub run: Option<RunRow>,
@@ -234,8 +242,9 @@ fn write_batches(conn: &mut Connection, batches: &[StoreBatch]) -> rusqlite::Res
     let tx = conn.transaction()?;
     for batch in batches {
         let mut insert = tx.prepare_cached(
-            "INSERT INTO events (seq, time_ns, kind, run_id, root_id, pid, process_key, dst_ip, dst_port, verdict, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            "INSERT INTO events (seq, time_ns, kind, run_id, root_id, pid, process_key, dst_ip, dst_port, verdict, body,
+                                 path, method, target_pid, target_run, escape_attempt)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
         )?;
         let mut run = tx.prepare_cached(
             "INSERT INTO runs (id, agent, principal, principal_claimed, uid, parent_id, root_id, depth, policy, labels,
@@ -260,6 +269,11 @@ fn write_batches(conn: &mut Connection, batches: &[StoreBatch]) -> rusqlite::Res
                 r.dst_port,
                 r.verdict,
                 body,
+                r.path,
+                r.method,
+                r.target_pid,
+                r.target_run,
+                i32::from(r.escape),
             ])?;
             if let Some(row) = &r.run {
                 run.execute(params![
@@ -375,6 +389,61 @@ mod tests {
             body.starts_with("{\"seq\":"),
             "no trailing newline kept: {body}"
         );
+    }
+
+    /// Escape attempts are found by the escape filter, Unix connects by
+    /// their socket path; other events by neither.
+    #[test]
+    fn escapes_and_unix_paths_are_queryable() {
+        use super::super::query::{EventFilter, events, unix_connects_to};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut conn = open_for_writing(&path).unwrap();
+        let mut b = batch(4, 1, 1);
+        b.records[1].escape = true;
+        b.records[1].kind = "process.tamper";
+        b.records[1].method = Some("ptrace");
+        b.records[1].target_pid = Some(77);
+        b.records[2].escape = true;
+        b.records[2].kind = "network.connect";
+        b.records[2].path = Some("/run/docker.sock".into());
+        write_batch(&mut conn, &b).unwrap();
+        drop(conn);
+        let read = super::super::open_for_reading(&path).unwrap();
+        let found = events(
+            &read,
+            &EventFilter {
+                runs: Some(vec!["r1".into()]),
+                escapes: true,
+                ..EventFilter::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            found
+                .iter()
+                .map(|e| (e.event["seq"].as_u64(), e.escape))
+                .collect::<Vec<_>>(),
+            vec![(Some(2), true), (Some(3), true)]
+        );
+        let all = events(&read, &EventFilter::default()).unwrap();
+        assert_eq!(all.iter().filter(|e| e.escape).count(), 2);
+        let docker = unix_connects_to(&read, "/run/docker.sock", 10).unwrap();
+        assert_eq!(docker.len(), 1);
+        assert_eq!(docker[0].event["seq"], 3);
+        assert!(
+            unix_connects_to(&read, "/run/other.sock", 10)
+                .unwrap()
+                .is_empty()
+        );
+        let (method, target): (String, u32) = read
+            .query_row(
+                "SELECT method, target_pid FROM events WHERE kind = 'process.tamper'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((method.as_str(), target), ("ptrace", 77));
     }
 
     /// The store's targets: >= 100k events/s written, and a run's subtree
