@@ -1467,4 +1467,46 @@ mod tests {
         assert_eq!(report.outputs[0].written, 4);
         assert_eq!(report.outputs[0].dropped, 0);
     }
+    /// After a restart: a record another generation of the programs wrote
+    /// is marked recovered; one of another wire layout is not misread but
+    /// counted and reported as lost, by version.
+    #[test]
+    fn records_of_another_generation_are_recovered_and_of_another_layout_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.jsonl");
+        let (p, state) = pipeline(&path);
+        let mut p = p.with_generation(2);
+        let exit = |generation: u32| {
+            encode(&RawEvent::Exit {
+                header: EventHeader {
+                    kind: EventKind::ProcessExit as u32,
+                    tgid: 10,
+                    generation,
+                    ..EventHeader::default()
+                },
+                data: ExitData::default(),
+            })
+        };
+        p.handle_record(&exit(1));
+        p.handle_record(&exit(2));
+        let mut old_layout = exit(1);
+        old_layout[2] = 0;
+        old_layout[3] = 0;
+        p.handle_record(&old_layout);
+        p.check_losses(&Stats::default(), std::collections::BTreeMap::new());
+        p.close();
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0]["delivery"], "recovered");
+        assert!(lines[1].get("delivery").is_none());
+        assert_eq!(lines[2]["kind"], "sensor.lost");
+        assert_eq!(lines[2]["lost"]["unreadable"]["0"], 1);
+        assert_eq!(state.report().decode_errors, 1);
+        assert_eq!(state.report().recovered, 1);
+    }
+
 }
