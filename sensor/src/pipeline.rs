@@ -1508,5 +1508,4 @@ mod tests {
         assert_eq!(state.report().decode_errors, 1);
         assert_eq!(state.report().recovered, 1);
     }
-
 }

@@ -506,7 +506,7 @@ fn launch_without_daemon() -> Result<()> {
     let mut c = Checks::new();
     let (_, out) = run_child(
         Command::new(&bin)
-            .args(["launch", "--socket"])
+            .args(["launch", "--wait", "1s", "--socket"])
             .arg(&sock)
             .args(["--agent", "a", "--", "echo", "hi"])
             .env_remove("SENSOR_SOCKET"),
@@ -521,7 +521,7 @@ fn launch_without_daemon() -> Result<()> {
     );
     let (_, out) = run_child(
         Command::new(&bin)
-            .args(["launch", "--best-effort", "--socket"])
+            .args(["launch", "--best-effort", "--wait", "0s", "--socket"])
             .arg(&sock)
             .args(["--agent", "a", "--", "echo", "hi"])
             .env_remove("SENSOR_SOCKET"),

@@ -414,3 +414,28 @@ fn a_stop_keeps_recording_and_unload_leaves_nothing_attached() -> Result<()> {
     }
     c.finish()
 }
+
+/// A launch while the daemon restarts (or is upgraded) waits for it
+/// (`--wait`, 5 s by default) instead of failing or running unattributed.
+#[test]
+fn a_launch_during_a_restart_waits_for_the_daemon() -> Result<()> {
+    let mut d = Daemon::start()?;
+    d.stop()?;
+    let mut launch = d.launch_cmd("patient", &["--wait", "30s"], &["/bin/echo", "hi"]);
+    launch.stdin(Stdio::null()).stdout(Stdio::piped());
+    die_with_parent(&mut launch);
+    let launch = launch.spawn()?;
+    thread::sleep(Duration::from_millis(500));
+    d.resume()?;
+    let out = launch.wait_with_output()?;
+    ensure!(
+        out.status.success() && out.stdout == b"hi\n",
+        "the launch waited and ran: {} {:?}",
+        out.status,
+        text(&out.stdout)
+    );
+    d.wait_for(EVENT_TIMEOUT, |e| {
+        e["kind"] == "run.start" && e["run"]["agent"] == "patient"
+    })?;
+    Ok(())
+}

@@ -170,6 +170,10 @@ pub struct LaunchArgs {
     /// Start CMD even when the daemon cannot be reached (unattributed)
     #[arg(long)]
     pub best_effort: bool,
+    /// How long to wait for a daemon that is not listening yet (restarting,
+    /// being upgraded) before giving up (e.g. 5s, 0s)
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub wait: std::time::Duration,
     /// Control socket of the daemon
     #[arg(long, value_name = "PATH", env = "SENSOR_SOCKET", default_value = paths::SOCKET)]
     pub socket: PathBuf,

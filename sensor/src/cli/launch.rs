@@ -14,6 +14,30 @@ use crate::{
     },
 };
 
+/// [`control::request`], retried for up to `wait` while nothing listens on
+/// the socket (a daemon restarting or being upgraded: `--takeover` leaves
+/// a moment between the old daemon's socket and the new one's).
+fn request_waiting(
+    socket: &std::path::Path,
+    request: &Request,
+    wait: std::time::Duration,
+) -> Result<Response, ControlError> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match control::request(socket, request) {
+            Err(ControlError::Connect { source, .. })
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Registers the current process as a new run, then becomes CMD.
 pub fn execute(args: &LaunchArgs) -> anyhow::Result<ExitCode> {
     let request = Request::Launch(LaunchRequest {
@@ -30,7 +54,7 @@ pub fn execute(args: &LaunchArgs) -> anyhow::Result<ExitCode> {
         .ok_or_else(|| anyhow::anyhow!("no command given"))?;
     let mut command = std::process::Command::new(program);
     command.args(rest);
-    match control::request(&args.socket, &request) {
+    match request_waiting(&args.socket, &request, args.wait) {
         Ok(Response::Launched { run }) => {
             command.env("SENSOR_RUN_ID", &run.id);
         }
