@@ -56,11 +56,13 @@ pub enum Kind {
     NetworkAccept,
     #[serde(rename = "network.socket")]
     NetworkSocket,
+    #[serde(rename = "sensor.blind")]
+    SensorBlind,
 }
 
 impl Kind {
     /// Every kind, in a stable order (for counters).
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::ProcessSpawn,
         Self::ProcessExec,
         Self::ProcessExit,
@@ -75,6 +77,7 @@ impl Kind {
         Self::NetworkListen,
         Self::NetworkAccept,
         Self::NetworkSocket,
+        Self::SensorBlind,
     ];
 
     /// The kind named `name` (`process.exec`, ...).
@@ -100,6 +103,7 @@ impl Kind {
             Self::NetworkListen => "network.listen",
             Self::NetworkAccept => "network.accept",
             Self::NetworkSocket => "network.socket",
+            Self::SensorBlind => "sensor.blind",
         }
     }
 
@@ -247,6 +251,35 @@ pub struct Event {
     /// The run's policy verdict on this exec or connect.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<crate::policy::Verdict>,
+    /// What the canary found the kernel path no longer reports, or that it
+    /// reports again (`sensor.blind`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blind: Option<Blind>,
+}
+
+/// A `sensor.blind` report: the canary's records did not come through the
+/// kernel path (`restored: false`), or came through again (`restored: true`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Blind {
+    /// False: the sensor is blind; true: it sees again.
+    pub restored: bool,
+    /// What did not come through: `exec` (`process.exec` records), `connect`
+    /// (`network.connect` records). On a restore, everything that was
+    /// missing during the blindness.
+    pub missing: Vec<&'static str>,
+    /// When the first round that failed started.
+    pub since: Timestamp,
+    /// When sight came back (restores only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<Timestamp>,
+    /// The canary round this report is about (the one that failed, or the
+    /// one that saw again).
+    pub round: u64,
+    /// Rounds that failed since `since`.
+    pub rounds_failed: u64,
+    /// What the round found, for a person: what was missing, whether the
+    /// canary itself ran.
+    pub detail: String,
 }
 
 /// The process an event is about.
@@ -726,6 +759,7 @@ impl EventBuilder {
             degraded: None,
             tamper: None,
             policy: None,
+            blind: None,
         }
     }
 
@@ -856,6 +890,13 @@ impl EventBuilder {
     pub fn lost(&mut self, lost: Lost) -> Event {
         let mut e = self.envelope(Kind::SensorLost, SystemTime::now());
         e.lost = Some(lost);
+        e
+    }
+
+    /// A `sensor.blind` report of the canary.
+    pub fn blind(&mut self, blind: Blind) -> Event {
+        let mut e = self.envelope(Kind::SensorBlind, SystemTime::now());
+        e.blind = Some(blind);
         e
     }
 
