@@ -205,6 +205,32 @@ pub struct DaemonConfig {
     pub state_dir: PathBuf,
     /// bpffs directory of the pinned maps (attribution survives restarts); `--pin-dir` overrides it.
     pub pin_dir: PathBuf,
+    /// Seconds between two rounds of the canary (a known exec and connect of
+    /// the daemon's own that must come through the kernel, see
+    /// [`crate::canary`]); 0 turns it off.
+    pub canary_interval_secs: u64,
+}
+
+/// The most `[daemon] canary_interval_secs` may be: a day.
+pub const CANARY_INTERVAL_MAX_SECS: u64 = 86_400;
+
+impl DaemonConfig {
+    /// Refuses values that cannot work.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.canary_interval_secs > CANARY_INTERVAL_MAX_SECS {
+            return Err(format!(
+                "[daemon] canary_interval_secs must be at most {CANARY_INTERVAL_MAX_SECS} (0 turns the canary off)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The canary's interval, `None` when it is off.
+    #[must_use]
+    pub fn canary_interval(&self) -> Option<std::time::Duration> {
+        (self.canary_interval_secs > 0)
+            .then(|| std::time::Duration::from_secs(self.canary_interval_secs))
+    }
 }
 
 impl Default for DaemonConfig {
@@ -215,6 +241,7 @@ impl Default for DaemonConfig {
             socket: PathBuf::from(paths::SOCKET),
             state_dir: PathBuf::from(paths::STATE_DIR),
             pin_dir: PathBuf::from(paths::PIN_DIR),
+            canary_interval_secs: 30,
         }
     }
 }
@@ -342,6 +369,7 @@ impl Config {
         config
             .limits
             .validate()
+            .and_then(|()| config.daemon.validate())
             .map_err(|message| ConfigError::Limits {
                 path: path.to_owned(),
                 message,
@@ -426,6 +454,31 @@ mod tests {
         let specs = c.output_specs().unwrap();
         assert_eq!(specs.len(), 1);
         assert_eq!(specs[0].to_string(), "-");
+    }
+
+    #[test]
+    fn canary_interval_default_off_and_bounds() {
+        let c = Config::parse("", Path::new("x.toml")).unwrap();
+        assert_eq!(
+            c.daemon.canary_interval(),
+            Some(std::time::Duration::from_secs(30))
+        );
+        let off =
+            Config::parse("[daemon]\ncanary_interval_secs = 0\n", Path::new("x.toml")).unwrap();
+        assert_eq!(off.daemon.canary_interval(), None);
+        let e = Config::parse(
+            "[daemon]\ncanary_interval_secs = 86401\n",
+            Path::new("x.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("canary_interval_secs must be at most 86400"),
+            "{e}"
+        );
+        assert!(
+            Config::parse("[daemon]\ncanary_interval_secs = -1\n", Path::new("x.toml")).is_err()
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! ```
 
 pub mod attribution;
+pub mod canary;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -15,6 +16,7 @@ pub mod event;
 pub mod identity;
 pub mod loader;
 pub mod metrics;
+pub mod notify;
 pub mod paths;
 pub mod pipeline;
 pub mod policy;

@@ -18,6 +18,9 @@
 //! sensor_runs_degraded_total             runs that lost records or had denials held back
 //! sensor_panics_total                    handling panics caught (bugs)
 //! sensor_tamper_total                    integrity check findings (sensor.tamper events)
+//! sensor_ready                           1 when attached and not blind (`sensor status` exits 0)
+//! sensor_blind                           1 while the canary finds the sensor blind (sensor.blind)
+//! sensor_canary_rounds_total{result}     canary rounds: `ok` (both records came), `failed`
 //! ```
 
 use std::{net::SocketAddr, sync::Arc};
@@ -255,6 +258,32 @@ impl Collector for StateCollector {
             let counter = ConstCounter::new(value);
             counter.encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)?;
         }
+        for (name, help, value) in [
+            (
+                "sensor_ready",
+                "1 when the daemon is attached and not blind (sensor status exits 0)",
+                u64::from(report.ready),
+            ),
+            (
+                "sensor_blind",
+                "1 while the canary's exec or connect does not come through the kernel \
+                 (sensor.blind)",
+                u64::from(report.canary.blind.is_some()),
+            ),
+        ] {
+            let g = ConstGauge::new(gauge(value));
+            g.encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)?;
+        }
+        counter_family(
+            &mut encoder,
+            "sensor_canary_rounds",
+            "Canary rounds: ok (its exec and connect came through the kernel) or failed",
+            "result",
+            &[
+                ("ok".to_owned(), report.canary.rounds_ok),
+                ("failed".to_owned(), report.canary.rounds_failed),
+            ],
+        )?;
         if let Some(store) = &report.store {
             let written = ConstCounter::new(store.written);
             written.encode(encoder.encode_descriptor(

@@ -46,6 +46,9 @@ const SWEEP_TICKS: u64 = 60;
 /// reported up to the request (a launch's own fork, an attested process),
 /// but never an endless flood.
 const COMMAND_DRAIN_ROUNDS: usize = 1;
+/// Budgets drained at most before a canary round is judged (its records may
+/// still be in the ring when the reader is behind).
+const CANARY_DRAIN_ROUNDS: usize = 32;
 /// Every this many ticks, policy files and host names are resolved again.
 const REFRESH_TICKS: u64 = 2;
 /// How often the ring buffer is drained while records keep coming. The
@@ -106,6 +109,10 @@ pub struct Pipeline {
     unreadable: std::collections::BTreeMap<u32, u64>,
     /// A new daemon asked to take over: answered once everything is saved.
     handover: Option<oneshot::Sender<Response>>,
+    /// The canary (`[daemon] canary_interval_secs`; `None`: off).
+    canary: Option<crate::canary::Canary>,
+    /// systemd's notification socket (READY, WATCHDOG, STATUS, STOPPING).
+    notifier: crate::notify::Notifier,
 }
 
 impl Pipeline {
@@ -142,6 +149,8 @@ impl Pipeline {
             recovery_started: std::time::Instant::now(),
             unreadable: std::collections::BTreeMap::new(),
             handover: None,
+            canary: None,
+            notifier: crate::notify::Notifier::default(),
         }
     }
 
@@ -150,6 +159,27 @@ impl Pipeline {
     pub fn with_generation(mut self, generation: u32) -> Self {
         self.generation = generation;
         self
+    }
+
+    /// Runs the canary (see [`crate::canary`]).
+    #[must_use]
+    pub fn with_canary(mut self, canary: crate::canary::Canary) -> Self {
+        self.state.set_canary(canary.status());
+        self.canary = Some(canary);
+        self
+    }
+
+    /// Tells systemd through `notifier` (see [`crate::notify`]).
+    #[must_use]
+    pub fn with_notifier(mut self, notifier: crate::notify::Notifier) -> Self {
+        self.notifier = notifier;
+        self
+    }
+
+    /// systemd's notification socket.
+    #[must_use]
+    pub const fn notifier(&self) -> &crate::notify::Notifier {
+        &self.notifier
     }
 
     /// Saves the event sequence in `seq_file` (its reservation is taken now).
@@ -179,6 +209,8 @@ impl Pipeline {
         let names: Vec<String> = policies.names().map(str::to_owned).collect();
         self.builder.set_policies(policies)?;
         tracing::info!(version, policies = ?names, "policies reloaded");
+        self.notifier
+            .status(&format!("policies reloaded: version {version}"));
         Ok((version, names))
     }
 
@@ -221,6 +253,13 @@ impl Pipeline {
                 if self.recovering && !theirs {
                     // Everything recorded before our programs took over is read.
                     self.finish_recovery();
+                }
+                // The canary's own records are not user events.
+                if let Some(canary) = &mut self.canary
+                    && canary.watches(raw.header().tgid)
+                    && canary.observe(&raw)
+                {
+                    return;
                 }
                 let mut events = std::mem::take(&mut self.scratch);
                 self.builder.build_into(raw, &mut events);
@@ -775,6 +814,18 @@ impl Pipeline {
     pub fn check_integrity(&mut self, probes: &mut Probes) {
         let mut found = probes.check();
         found.extend(self.builder.verify_policy_maps());
+        if let Some(t) = found.first() {
+            self.notifier.status(&format!(
+                "sensor.tamper: {} {} ({})",
+                t.what,
+                t.object,
+                if t.repaired {
+                    "put back"
+                } else {
+                    "NOT put back"
+                }
+            ));
+        }
         for t in &found {
             let detail = t.detail.as_deref().unwrap_or("");
             if t.repaired {
@@ -790,6 +841,42 @@ impl Pipeline {
             self.flush();
         }
         self.state.set_links(probes.link_status());
+    }
+
+    /// Whether a canary round waits for its records.
+    fn canary_pending(&self) -> bool {
+        self.canary
+            .as_ref()
+            .is_some_and(crate::canary::Canary::pending)
+    }
+
+    /// The canary's step (every tick): judges its round, starts the next,
+    /// and reports a blindness or its end as `sensor.blind` (to every output
+    /// and the store), a log line, status and a systemd STATUS= line.
+    pub fn check_canary(&mut self, caught_up: bool) {
+        use crate::canary::Finding;
+        let Some(canary) = &mut self.canary else {
+            return;
+        };
+        let finding = canary.tick(std::time::Instant::now(), caught_up);
+        self.state.set_canary(canary.status());
+        let Some(finding) = finding else {
+            return;
+        };
+        let (blind, status) = match finding {
+            Finding::Blind(b) => {
+                let status = format!("BLIND (sensor.blind, not ready): {}", b.detail);
+                (b, status)
+            }
+            Finding::Restored(b) => {
+                let status = format!("ready; sight restored: {}", b.detail);
+                (b, status)
+            }
+        };
+        self.notifier.status(&status);
+        let event = self.builder.blind(blind);
+        self.push(&event);
+        self.flush();
     }
 
     /// Renews the sequence's reservation when it runs low (every tick).
@@ -1116,6 +1203,11 @@ pub async fn run(
     let mut ticks: u64 = 0;
     let mut drain_timer = tokio::time::interval(DRAIN_INTERVAL);
     drain_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // systemd's watchdog: pinged from this loop only, so pings stop when it
+    // stops (a stopped or hung daemon is restarted).
+    let watchdog_on = pipeline.notifier.watchdog_interval().is_some();
+    let mut watchdog = tokio::time::interval(pipeline.notifier.watchdog_interval().unwrap_or(TICK));
+    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     let result = loop {
         tokio::select! {
@@ -1169,7 +1261,15 @@ pub async fn run(
                 pipeline.check_integrity(&mut probes);
                 let file = last_seen.filter(|_| ticks.is_multiple_of(LAST_SEEN_TICKS));
                 write_mark(&mut mark, &pipeline, MARK_RUNNING, file);
+                // A canary round's records may wait in the ring: take what is
+                // there (bounded) before judging it.
+                let caught_up = pipeline.canary_pending()
+                    && (0..CANARY_DRAIN_ROUNDS)
+                        .any(|_| drain(ring.get_mut(), &mut pipeline, DRAIN_BUDGET).empty);
+                pipeline.check_canary(caught_up);
+                pipeline.flush();
             }
+            _ = watchdog.tick(), if watchdog_on => pipeline.notifier.watchdog(),
             guard = ring.readable_mut() => {
                 let mut guard = match guard {
                     Ok(g) => g,
@@ -1200,6 +1300,10 @@ pub async fn run(
             }
         }
     };
+    pipeline
+        .notifier
+        .stopping("stopping: writing every event already read");
+    // Stop producing first, then take everything already in the ring.
     pipeline.state.set_ready(false);
     // Programs left attached must not wake a reader that is gone.
     reader.set_asleep(false);

@@ -46,6 +46,8 @@ pub struct DaemonState {
     recovery_ms: AtomicU64,
     /// Size of the kernel's event ring, KiB.
     event_ring_kib: AtomicU64,
+    /// The canary's rounds, and the blindness it found (not ready while blind).
+    canary: Mutex<CanaryStatus>,
 }
 
 /// Counters of what the daemon refused or held back to stay up and honest
@@ -92,6 +94,7 @@ impl Default for DaemonState {
             recovered: AtomicU64::new(0),
             recovery_ms: AtomicU64::new(0),
             event_ring_kib: AtomicU64::new(0),
+            canary: Mutex::new(CanaryStatus::default()),
         }
     }
 }
@@ -146,6 +149,11 @@ impl DaemonState {
             .unwrap_or_else(PoisonError::into_inner)
             .entry(what)
             .or_default() += 1;
+    }
+
+    /// The canary's state after its last step.
+    pub fn set_canary(&self, canary: CanaryStatus) {
+        *self.canary.lock().unwrap_or_else(PoisonError::into_inner) = canary;
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -215,8 +223,29 @@ impl DaemonState {
                 by_what: by_what.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
             }
         };
+        let canary = self
+            .canary
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let attached = self.ready.load(Ordering::Acquire);
+        let reason = if !attached {
+            Some("not attached: starting or stopping".to_owned())
+        } else {
+            canary.blind.as_ref().map(|b| {
+                format!(
+                    "blind (sensor.blind) since {}: {}",
+                    crate::event::rfc3339(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_millis(b.since_ms)
+                    ),
+                    b.detail
+                )
+            })
+        };
         StatusReport {
-            ready: self.ready.load(Ordering::Acquire),
+            ready: reason.is_none(),
+            reason,
+            canary,
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
@@ -276,7 +305,14 @@ impl DaemonState {
 /// What `sensor status --json` prints.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StatusReport {
+    /// Attached, and not blind.
     pub ready: bool,
+    /// Why not ready (absent when ready).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The canary's rounds (see `sensor::canary`).
+    #[serde(default)]
+    pub canary: CanaryStatus,
     pub pid: u32,
     pub version: String,
     pub uptime_ms: u64,
@@ -325,6 +361,36 @@ pub struct StatusReport {
     /// Size of the kernel's event ring, KiB (`[limits] event_ring_kib`).
     #[serde(default)]
     pub event_ring_kib: u64,
+}
+
+/// The canary's rounds since the daemon started, and any blindness now.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CanaryStatus {
+    /// Seconds between rounds (`[daemon] canary_interval_secs`); 0: off.
+    pub interval_secs: u64,
+    /// Rounds whose exec and connect came through the kernel.
+    pub rounds_ok: u64,
+    /// Rounds whose records did not (each part of a blindness).
+    pub rounds_failed: u64,
+    /// Unix ms of the end of the last round that saw both records.
+    #[serde(default)]
+    pub last_ok_ms: Option<u64>,
+    /// While the sensor is blind: since when and what is missing.
+    #[serde(default)]
+    pub blind: Option<BlindStatus>,
+}
+
+/// A blindness in progress (`sensor.blind`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BlindStatus {
+    /// Unix ms of the start of the first failed round.
+    pub since_ms: u64,
+    /// `exec`, `connect`: what the last failed round missed.
+    pub missing: Vec<String>,
+    /// The last failed round.
+    pub round: u64,
+    /// What it found.
+    pub detail: String,
 }
 
 /// `sensor.tamper` findings since the daemon started.

@@ -308,6 +308,8 @@ pub struct Daemon {
     /// A command the daemon runs under (e.g. `setpriv ... --`), exec'ing it
     /// in place: empty for none.
     wrapper: Vec<OsString>,
+    /// Environment variables set for the daemon (e.g. `NOTIFY_SOCKET`).
+    env: Vec<(OsString, OsString)>,
     cache: RefCell<EventCache>,
     // Last: dropped after the daemon is killed.
     dir: TempDir,
@@ -345,6 +347,17 @@ impl Daemon {
     /// ...` by a wrapper that execs it in place (same pid), such as
     /// `setpriv --bounding-set -sys_admin --`.
     pub fn start_wrapped(config: Option<&str>, extra: &[&str], wrapper: &[&str]) -> Result<Self> {
+        Self::start_full(config, extra, wrapper, &[])
+    }
+
+    /// [`Daemon::start_wrapped`] with environment variables `env` set for
+    /// the daemon (and kept across [`Daemon::restart`]).
+    pub fn start_full(
+        config: Option<&str>,
+        extra: &[&str],
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let bin = sensor_bin()?;
         let dir = TempDir::new("daemon")?;
         let events_path = dir.path().join("events.jsonl");
@@ -401,6 +414,10 @@ impl Daemon {
             pin_dir,
             config_path,
             wrapper: wrapper.iter().map(OsString::from).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+                .collect(),
             cache: RefCell::default(),
             dir,
         };
@@ -463,6 +480,10 @@ impl Daemon {
             .env_remove("SENSOR_CONFIG")
             .env_remove("SENSOR_STATE_DIR")
             .env_remove("SENSOR_PIN_DIR")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
@@ -542,6 +563,11 @@ impl Daemon {
         }
         cmd.env_remove("SENSOR_SOCKET");
         run_with_timeout(&mut cmd, Duration::from_secs(10))
+    }
+
+    /// Sends signal `sig` to the daemon process (SIGSTOP, SIGCONT, ...).
+    pub fn signal(&self, sig: libc::c_int) {
+        send_signal(self.pid, sig);
     }
 
     /// The daemon's pid.
@@ -707,6 +733,28 @@ impl Daemon {
         let stdout = text(&out.stdout);
         serde_json::from_str(stdout.trim())
             .with_context(|| format!("`sensor status --json` printed invalid JSON: {stdout:?}"))
+    }
+
+    /// `sensor status --json` whatever its exit status: whether it exited 0,
+    /// and the JSON it printed.
+    pub fn status_json_any(&self) -> Result<(bool, Value)> {
+        let (_, out) = self.status_command(true)?;
+        let stdout = text(&out.stdout);
+        let value = serde_json::from_str(stdout.trim()).with_context(|| {
+            format!(
+                "`sensor status --json` ({}) printed invalid JSON: {stdout:?}; stderr {:?}",
+                out.status,
+                text(&out.stderr)
+            )
+        })?;
+        Ok((out.status.success(), value))
+    }
+
+    /// `sensor status` (text) whatever its exit status: whether it exited 0,
+    /// and what it printed.
+    pub fn status_text(&self) -> Result<(bool, String)> {
+        let (_, out) = self.status_command(false)?;
+        Ok((out.status.success(), text(&out.stdout)))
     }
 
     /// The programs `sensor status --json` lists: name → kernel id.

@@ -444,6 +444,42 @@ mod tests {
         }
     }
 
+    /// The values of `key=` lines of the unit (comments and continuations aside).
+    fn unit_values<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
+        unit.lines()
+            .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .collect()
+    }
+
+    /// The unit waits for the daemon's READY=1 and runs its watchdog
+    /// (tested against the daemon in tests/tests/watchdog.rs), and sets the
+    /// open-file limit soft = hard, so the daemon's start-up raise of it is a
+    /// no-op and the unit's `SystemCallFilter=~@resources` holds.
+    #[test]
+    fn the_unit_notifies_runs_a_watchdog_and_fixes_the_fd_limit() {
+        let unit = read(&dist().join(UNIT_FILE)).unwrap();
+        assert_eq!(unit_values(&unit, "Type"), ["notify"]);
+        assert_eq!(unit_values(&unit, "NotifyAccess"), ["main"]);
+        assert!(
+            unit_values(&unit, "ExecStartPost").is_empty(),
+            "no readiness polling"
+        );
+        let watchdog = unit_values(&unit, "WatchdogSec");
+        assert_eq!(watchdog.len(), 1, "{watchdog:?}");
+        let secs: u64 = watchdog[0].trim_end_matches('s').parse().unwrap();
+        // The daemon pings every WatchdogSec/2 from a loop that ticks every second.
+        assert!((4..=120).contains(&secs), "WatchdogSec={secs}");
+        assert_eq!(unit_values(&unit, "Restart"), ["on-failure"]);
+        let nofile = unit_values(&unit, "LimitNOFILE");
+        assert_eq!(nofile.len(), 1, "{nofile:?}");
+        assert!(
+            !nofile[0].contains(':') && nofile[0].parse::<u64>().is_ok(),
+            "LimitNOFILE={} must be one number (soft = hard)",
+            nofile[0]
+        );
+        assert!(unit_values(&unit, "SystemCallFilter").contains(&"~@resources"));
+    }
+
     #[test]
     fn unit_points_at_the_prefix() {
         let template = read(&dist().join(UNIT_FILE)).unwrap();

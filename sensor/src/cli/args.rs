@@ -76,6 +76,18 @@ pub enum Command {
     /// are recorded in the pin directory), or a daemon answers on the socket,
     /// unless --force.
     Unload(UnloadArgs),
+    /// The daemon's canary child (internal): connect to 127.0.0.1:PORT and send NONCE.
+    #[command(hide = true)]
+    Canary(CanaryArgs),
+}
+
+/// `sensor canary`: what the daemon's canary child runs (see `sensor::canary`).
+#[derive(Debug, Args)]
+pub struct CanaryArgs {
+    #[arg(long)]
+    pub port: u16,
+    #[arg(long)]
+    pub nonce: String,
 }
 
 #[derive(Debug, Args)]

@@ -118,6 +118,10 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
         None
     };
     let keys = ProcessKeys::new(&host.boot_id, clock_ticks_per_second());
+    let ns_per_tick = keys.ns_per_tick();
+    let canary_interval = config.daemon.canary_interval();
+    // systemd's NOTIFY_SOCKET and watchdog (nothing without them).
+    let notifier = crate::notify::Notifier::from_env();
     let clock = Clock::now().context("reading clocks")?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -212,7 +216,17 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
         let mut pipeline = Pipeline::new(builder, outputs, Arc::clone(&state))
             .with_limits(config.limits.clone())
             .with_seq_file(seq_file)
-            .with_generation(takeover.generation);
+            .with_generation(takeover.generation)
+            .with_notifier(notifier);
+        match canary_interval {
+            Some(interval) => {
+                pipeline = pipeline.with_canary(crate::canary::Canary::new(interval, ns_per_tick));
+            }
+            None => tracing::warn!(
+                "the canary is off ([daemon] canary_interval_secs = 0): a sensor that stops \
+                 seeing will not say so"
+            ),
+        }
         if let Some(store) = store {
             pipeline = pipeline.with_store(store);
         }
@@ -267,6 +281,12 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
             socket = %socket.display(),
             "attached and ready"
         );
+        pipeline.notifier().ready(&format!(
+            "attached and ready: {} kernel programs, {} outputs, control socket {}",
+            probes.attached().len(),
+            specs.len(),
+            socket.display()
+        ));
         let kernel = KernelStreams {
             probes,
             events,
@@ -393,6 +413,9 @@ fn private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
 /// Raises the soft limit on open files to the hard one: clients, outputs,
 /// the store and the kernel maps all hold descriptors, and the control
 /// socket's own bounds (`[limits] connections`) must stay far below it.
+/// Only when the soft limit is the lower one: the systemd unit sets both
+/// (`LimitNOFILE=`), so there this makes no call its `~@resources` system
+/// call filter is meant to keep out.
 fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)

@@ -30,6 +30,10 @@ impl Command {
             Self::Policy(cmd) => policy(cmd),
             Self::Doctor(args) => doctor::execute(args),
             Self::Unload(args) => doctor::unload(args),
+            Self::Canary(args) => Ok(match crate::canary::child(args.port, &args.nonce) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(_) => ExitCode::FAILURE,
+            }),
         }
     }
 }

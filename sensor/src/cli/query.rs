@@ -351,6 +351,22 @@ pub(super) fn describe(e: &Value) -> String {
             shown_str(e, "/run/end_reason")
         ),
         "sensor.lost" => format!("{} events lost", shown_value(&e["lost"]["total"])),
+        "sensor.blind" => {
+            let missing: Vec<String> = e["blind"]["missing"]
+                .as_array()
+                .map(|m| m.iter().map(shown_value).collect())
+                .unwrap_or_default();
+            format!(
+                "{} ({}) since {}",
+                if e["blind"]["restored"] == true {
+                    "SIGHT RESTORED"
+                } else {
+                    "BLIND"
+                },
+                missing.join(", "),
+                shown_str(e, "/blind/since")
+            )
+        }
         _ => String::new(),
     };
     let verdict = e

@@ -27,21 +27,22 @@ pub fn execute(args: &StatusArgs) -> anyhow::Result<ExitCode> {
         // Output specs, error strings and the version come from the daemon
         // (an error string may quote what a remote server said): each line is
         // escaped whole; its fixed text has nothing to escape.
-        let mut lines = vec![
-            format!(
-                "{} (pid {}, up {}s, version {})",
-                if report.ready { "ready" } else { "not ready" },
-                report.pid,
-                report.uptime_ms / 1000,
-                report.version
-            ),
-            format!(
-                "programs attached: {} of {}, pinned: {}",
-                report.programs.iter().filter(|p| p.attached).count(),
-                report.programs.len(),
-                report.programs.iter().filter(|p| p.pinned).count()
-            ),
-        ];
+        let mut lines = vec![format!(
+            "{} (pid {}, up {}s, version {})",
+            if report.ready { "ready" } else { "not ready" },
+            report.pid,
+            report.uptime_ms / 1000,
+            report.version
+        )];
+        if let Some(reason) = &report.reason {
+            lines.push(format!("why not ready: {reason}"));
+        }
+        lines.extend([format!(
+            "programs attached: {} of {}, pinned: {}",
+            report.programs.iter().filter(|p| p.attached).count(),
+            report.programs.len(),
+            report.programs.iter().filter(|p| p.pinned).count()
+        )]);
         for p in &report.programs {
             lines.push(format!(
                 "  {:<16} program {:<6} link {:<6} {}, {}",
@@ -72,6 +73,15 @@ pub fn execute(args: &StatusArgs) -> anyhow::Result<ExitCode> {
             events.join(" ")
         ));
         lines.push(format!("lost in the kernel: {}", report.lost.total));
+        let canary = &report.canary;
+        lines.push(if canary.interval_secs == 0 {
+            "canary: off ([daemon] canary_interval_secs = 0)".to_owned()
+        } else {
+            format!(
+                "canary: every {} s, {} rounds seen, {} failed",
+                canary.interval_secs, canary.rounds_ok, canary.rounds_failed
+            )
+        });
         lines.push(format!("active runs: {}", report.runs_active));
         if report.kernel_inherit_failed > 0 {
             lines.push(format!(

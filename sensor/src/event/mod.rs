@@ -58,11 +58,13 @@ pub enum Kind {
     NetworkSocket,
     #[serde(rename = "sensor.gap")]
     SensorGap,
+    #[serde(rename = "sensor.blind")]
+    SensorBlind,
 }
 
 impl Kind {
     /// Every kind, in a stable order (for counters).
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 16] = [
         Self::ProcessSpawn,
         Self::ProcessExec,
         Self::ProcessExit,
@@ -78,6 +80,7 @@ impl Kind {
         Self::NetworkAccept,
         Self::NetworkSocket,
         Self::SensorGap,
+        Self::SensorBlind,
     ];
 
     /// The kind named `name` (`process.exec`, ...).
@@ -104,6 +107,7 @@ impl Kind {
             Self::NetworkAccept => "network.accept",
             Self::NetworkSocket => "network.socket",
             Self::SensorGap => "sensor.gap",
+            Self::SensorBlind => "sensor.blind",
         }
     }
 
@@ -259,6 +263,10 @@ pub struct Event {
     /// for events read as they happened.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delivery: Option<&'static str>,
+    /// What the canary found the kernel path no longer reports, or that it
+    /// reports again (`sensor.blind`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blind: Option<Blind>,
 }
 
 /// [`Event::delivery`] of an event recorded while no daemon was reading.
@@ -330,6 +338,31 @@ impl Event {
             _ => false,
         }
     }
+}
+
+/// A `sensor.blind` report: the canary's records did not come through the
+/// kernel path (`restored: false`), or came through again (`restored: true`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Blind {
+    /// False: the sensor is blind; true: it sees again.
+    pub restored: bool,
+    /// What did not come through: `exec` (`process.exec` records), `connect`
+    /// (`network.connect` records). On a restore, everything that was
+    /// missing during the blindness.
+    pub missing: Vec<&'static str>,
+    /// When the first round that failed started.
+    pub since: Timestamp,
+    /// When sight came back (restores only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<Timestamp>,
+    /// The canary round this report is about (the one that failed, or the
+    /// one that saw again).
+    pub round: u64,
+    /// Rounds that failed since `since`.
+    pub rounds_failed: u64,
+    /// What the round found, for a person: what was missing, whether the
+    /// canary itself ran.
+    pub detail: String,
 }
 
 /// The process an event is about.
@@ -820,6 +853,7 @@ impl EventBuilder {
             policy: None,
             gap: None,
             delivery: None,
+            blind: None,
         }
     }
 
@@ -957,6 +991,13 @@ impl EventBuilder {
     pub fn gap(&mut self, gap: Gap) -> Event {
         let mut e = self.envelope(Kind::SensorGap, SystemTime::now());
         e.gap = Some(gap);
+        e
+    }
+
+    /// A `sensor.blind` report of the canary.
+    pub fn blind(&mut self, blind: Blind) -> Event {
+        let mut e = self.envelope(Kind::SensorBlind, SystemTime::now());
+        e.blind = Some(blind);
         e
     }
 

@@ -28,6 +28,7 @@
 //! | `sensor.gap` | Base Event (0) | Other (99), `activity_name` "Sensor Gap" | `count` = records lost in the gap, `message` says how long, why and whether the kernel recorded, severity Low when it recorded and lost nothing, Medium otherwise; `gap` whole in `unmapped` (as `delivery` of a recovered event) |
 //! | `run.degraded` | Base Event (0) | Other (99), `activity_name` "Run Degraded" | `count` = lost + held-back records, severity Medium when records were lost, Low otherwise; `degraded` whole in `unmapped` |
 //! | `sensor.tamper` | Detection Finding (2004) | Create (1) | `finding_info` {uid = boot id + seq, title = "what: object", desc = detail, types ["sensor.tamper"]}, `is_alert` true; integrity check: severity Medium when the daemon put it back, High when not; seen in the kernel: `actor.process` = the caller, severity Medium when it was killed, High when not; no `status` (a finding's status is its review state); `tamper` whole in `unmapped` |
+//! | `sensor.blind` | Detection Finding (2004) | blind: Create (1), `is_alert` true, severity High; restored: Close (3), severity Informational | `finding_info` {uid = boot id + "blind" + `since` (the same for a blindness and its restore), title, desc = detail, types ["sensor.blind"]}; `blind` whole in `unmapped` |
 //! | anything else | Base Event (0) | Other (99), `activity_name` = kind | |
 //!
 //! OCSF 1.x has no separate exec activity: the Process Activity `Launch`
@@ -497,6 +498,9 @@ impl<'a> Plan<'a> {
             }
             ("run.degraded", _, _, _) => Self::degraded(kind, event),
             ("sensor.gap", _, _, _) => Self::gap(kind, event),
+            ("sensor.blind", _, _, _) if obj(event.get("blind")).is_some() => {
+                Self::blind(kind, event)
+            }
             _ => Self::base(kind, obj(event.get("lost")), process),
         };
         plan.time_ms = time_ms;
@@ -854,6 +858,38 @@ impl<'a> Plan<'a> {
         m
     }
 
+    /// Detection Finding of a `sensor.blind` (the caller checked `blind` is
+    /// an object): a blindness opens a finding, its restore closes it.
+    fn blind(kind: &'a str, event: &'a Obj) -> Self {
+        let b = obj(event.get("blind"));
+        let restored = b.and_then(|b| bool_of(b, "restored")) == Some(true);
+        let missing: Vec<&str> = b
+            .and_then(|b| b.get("missing"))
+            .and_then(Value::as_array)
+            .map(|m| m.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let since = b.and_then(|b| text_of(b, "since")).unwrap_or("unknown");
+        let boot = obj(event.get("host")).and_then(|h| text_of(h, "boot_id"));
+        let uid = format!("{}:blind:{since}", boot.unwrap_or("unknown"));
+        let records = missing.join(", ");
+        let (mut m, title) = if restored {
+            (
+                Self::new(kind, Class::Finding, 3, "Close"),
+                format!("sensor sight restored ({records} records come through again)"),
+            )
+        } else {
+            (
+                Self::new(kind, Class::Finding, 1, "Create"),
+                format!("sensor blind: {records} records do not come through the kernel"),
+            )
+        };
+        m.message = Some(title.clone());
+        m.finding = Some((uid, title, b.and_then(|b| text_of(b, "detail"))));
+        m.severity_id = if restored { 1 } else { 4 };
+        m.is_alert = !restored;
+        m
+    }
+
     /// Base Event: sensor.lost and kinds this mapping does not know.
     fn base(kind: &'a str, lost: Option<&'a Obj>, p: Option<&'a Obj>) -> Self {
         let name = match kind {
@@ -1040,8 +1076,7 @@ impl<'a> Plan<'a> {
             if let Some(desc) = desc {
                 f.str("desc", desc)?;
             }
-            f.key("types");
-            f.out.extend_from_slice(br#"["sensor.tamper"]"#);
+            f.val("types", &[self.kind])?;
             f.close();
         }
         self.write_metadata(&mut o, event)?;
@@ -2301,6 +2336,49 @@ mod tests {
         assert_no_null(&o, "");
         e["degraded"]["lost_events"] = 0.into();
         assert_eq!(ocsf(&e)["severity_id"], 2);
+    }
+
+    fn blind_event(restored: bool) -> Value {
+        let mut b = json!({"restored": restored, "missing": ["connect"],
+                           "since": "2023-11-14T22:13:00.000000000Z", "round": 4,
+                           "rounds_failed": 2, "detail": "round 4: no network.connect record"});
+        if restored {
+            b["until"] = json!("2023-11-14T22:14:00.000000000Z");
+        }
+        json!({"schema": "sensor.event/v1", "seq": 12,
+               "time": "2023-11-14T22:13:20.000000000Z",
+               "host": {"name": "h1", "boot_id": "b00t"},
+               "kind": "sensor.blind", "run": null, "blind": b})
+    }
+
+    #[test]
+    fn blindness_opens_a_detection_finding_and_its_restore_closes_it() {
+        let o = ocsf(&blind_event(false));
+        assert_class(&o, 2004, 2, 1);
+        assert_eq!(o["finding_info"]["types"], json!(["sensor.blind"]));
+        assert_eq!(
+            o["finding_info"]["title"],
+            "sensor blind: connect records do not come through the kernel"
+        );
+        assert_eq!(
+            o["finding_info"]["desc"],
+            "round 4: no network.connect record"
+        );
+        assert_eq!(o["is_alert"], true);
+        assert_eq!(o["severity_id"], 4);
+        assert_eq!(o["unmapped"]["blind"]["round"], 4);
+        assert_no_null(&o, "");
+        let closed = ocsf(&blind_event(true));
+        assert_class(&closed, 2004, 2, 3);
+        assert_eq!(closed["severity_id"], 1);
+        assert!(closed.get("is_alert").is_none());
+        // One finding: the restore carries the blindness's uid.
+        assert_eq!(closed["finding_info"]["uid"], o["finding_info"]["uid"]);
+        assert_eq!(
+            o["finding_info"]["uid"],
+            "b00t:blind:2023-11-14T22:13:00.000000000Z"
+        );
+        assert_no_null(&closed, "");
     }
 
     #[test]
