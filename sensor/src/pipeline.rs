@@ -113,6 +113,8 @@ pub struct Pipeline {
     canary: Option<crate::canary::Canary>,
     /// systemd's notification socket (READY, WATCHDOG, STATUS, STOPPING).
     notifier: crate::notify::Notifier,
+    /// `--record-raw`: every record, as read, for replays.
+    raw_log: Option<std::io::BufWriter<std::fs::File>>,
 }
 
 impl Pipeline {
@@ -151,7 +153,16 @@ impl Pipeline {
             handover: None,
             canary: None,
             notifier: crate::notify::Notifier::default(),
+            raw_log: None,
         }
+    }
+
+    /// Also writes every record, as read, to `file` (`--record-raw`): each
+    /// a 4-byte little-endian length, then the record's bytes.
+    #[must_use]
+    pub fn with_raw_log(mut self, file: std::fs::File) -> Self {
+        self.raw_log = Some(std::io::BufWriter::new(file));
+        self
     }
 
     /// This daemon's program generation (see [`sensor_common::handover`]).
@@ -226,6 +237,14 @@ impl Pipeline {
     /// some record reaches) is caught and counted: one lost record, never
     /// a dead daemon.
     pub fn handle_record(&mut self, bytes: &[u8]) {
+        if let Some(log) = &mut self.raw_log {
+            use std::io::Write as _;
+            let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_le_bytes();
+            if let Err(e) = log.write_all(&len).and_then(|()| log.write_all(bytes)) {
+                tracing::error!(error = %e, "cannot write the raw record log; it stops here");
+                self.raw_log = None;
+            }
+        }
         let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.decode_and_build(bytes)
         }));
@@ -646,6 +665,10 @@ impl Pipeline {
 
     /// Hands the current batch to the outputs.
     pub fn flush(&mut self) {
+        if let Some(log) = &mut self.raw_log {
+            use std::io::Write as _;
+            let _ = log.flush();
+        }
         if self.batch_lines.is_empty() {
             return;
         }

@@ -255,6 +255,20 @@ impl Attribution {
         }
     }
 
+    /// Reads processes under `root` instead of `/proc` (a replay of
+    /// recorded records, where the pids are not this machine's).
+    #[must_use]
+    pub fn with_proc_root(mut self, root: PathBuf) -> Self {
+        self.proc_root = root;
+        self
+    }
+
+    /// Where processes are read (`/proc`).
+    #[must_use]
+    pub fn proc_root(&self) -> &Path {
+        &self.proc_root
+    }
+
     /// Sets the `[[agent]]` matchers.
     #[must_use]
     pub fn with_matchers(mut self, matchers: Matchers) -> Self {
@@ -809,7 +823,7 @@ impl Attribution {
 
     /// Start time (ticks) of a live process, from /proc.
     fn proc_start_ticks(&self, pid: u32) -> Option<u64> {
-        crate::identity::proc_start(pid).map(|(t, _)| t)
+        crate::identity::proc_start_in(&self.proc_root, pid).map(|(t, _)| t)
     }
 
     /// The run of a live process per the kernel map, checked against its start time.

@@ -155,6 +155,12 @@ pub struct DaemonArgs {
     /// them later
     #[arg(long)]
     pub detach_on_exit: bool,
+    /// Also write every kernel record, as read, to FILE (each a 4-byte
+    /// little-endian length, then the record), for replays: the golden
+    /// test of the outputs (`sensor/tests/golden.rs`) and bug reports. The
+    /// file holds every process's argv and paths; it is created 0600
+    #[arg(long, value_name = "FILE")]
+    pub record_raw: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -230,6 +230,16 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
         if let Some(store) = store {
             pipeline = pipeline.with_store(store);
         }
+        if let Some(path) = &args.record_raw {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("--record-raw {}", path.display()))?;
+            pipeline = pipeline.with_raw_log(file);
+        }
         pipeline.run_changes(&ended);
         let gap = recovery::gap(
             &takeover,

@@ -19,7 +19,7 @@ use serde::{Serialize, Serializer};
 use self::raw::{ExecStrings, RawEvent};
 use crate::{
     attribution::{Attribution, ExecView, Run, RunChange},
-    identity::{Clock, Host, ProcessKeys, proc_start},
+    identity::{Clock, Host, ProcessKeys},
 };
 
 /// Schema name carried by every event.
@@ -590,6 +590,9 @@ pub struct EventBuilder {
     enforcement: Option<crate::policy::kernel::Enforcement>,
     /// The sensor's files and directories by kernel identity.
     protected: std::collections::HashMap<(u32, u64), String>,
+    /// Without kernel maps (a replay): what the recording daemon's policy
+    /// ids stood for.
+    recorded_ids: Option<crate::policy::kernel::IdNames>,
 }
 
 impl EventBuilder {
@@ -604,7 +607,16 @@ impl EventBuilder {
             policies: crate::policy::Policies::default(),
             enforcement: None,
             protected: std::collections::HashMap::new(),
+            recorded_ids: None,
         }
+    }
+
+    /// A replay of recorded records: their kernel decisions are named from
+    /// the recording daemon's policy ids.
+    #[must_use]
+    pub fn with_recorded_ids(mut self, ids: crate::policy::kernel::IdNames) -> Self {
+        self.recorded_ids = Some(ids);
+        self
     }
 
     /// Keeps the kernel's policy maps in step: policies installed, runs bound.
@@ -733,10 +745,14 @@ impl EventBuilder {
             (Some(_), _) => "connect.allow",
             (None, None) => "exec.allow",
         };
-        let decided = self
-            .enforcement
-            .as_ref()
-            .and_then(|k| k.describe(decision, list));
+        let decided = match &self.enforcement {
+            Some(k) => k.describe(decision, list),
+            // A replay: the ids the recording daemon had.
+            None => self
+                .recorded_ids
+                .as_ref()
+                .and_then(|ids| ids.describe_decision(decision, list)),
+        };
         let verdict = match decided {
             Some(v) => Some(v),
             None if e.kind == Kind::ProcessSpawn => None,
@@ -797,6 +813,11 @@ impl EventBuilder {
         &mut self.attribution
     }
 
+    /// Start time (clock ticks) and parent of a live process, from /proc.
+    fn proc_start(&self, pid: u32) -> Option<(u64, u32)> {
+        crate::identity::proc_start_in(self.attribution.proc_root(), pid)
+    }
+
     /// The exe of a live process: from the table, else from /proc.
     fn known_exe(&self, pid: u32, start_ns: u64) -> Option<String> {
         if let Some(exe) = self
@@ -807,9 +828,14 @@ impl EventBuilder {
         {
             return Some(exe.to_owned());
         }
-        std::fs::read_link(format!("/proc/{pid}/exe"))
-            .ok()
-            .map(|p| p.to_string_lossy().into_owned())
+        std::fs::read_link(
+            self.attribution
+                .proc_root()
+                .join(pid.to_string())
+                .join("exe"),
+        )
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
     }
 
     /// Re-measures the boot-time to wall-clock offset (NTP steps, suspend).
@@ -861,9 +887,10 @@ impl EventBuilder {
         let (start_ns, ppid, parent_start_ns) = (h.start_ns, h.ppid, h.parent_start_ns);
         let (key, parent_key, ppid) = if start_ns == 0 {
             // Reported outside a syscall (io_uring): the kernel had no task to read; ask /proc.
-            match proc_start(h.tgid) {
+            match self.proc_start(h.tgid) {
                 Some((ticks, ppid)) => {
-                    let parent_key = proc_start(ppid)
+                    let parent_key = self
+                        .proc_start(ppid)
                         .map(|(pt, _)| self.keys.key_from_ticks(ppid, pt))
                         .unwrap_or_default();
                     (self.keys.key_from_ticks(h.tgid, ticks), parent_key, ppid)
@@ -903,7 +930,7 @@ impl EventBuilder {
             let key = if d.target_start_ns != 0 {
                 self.keys.key(d.target_tgid, d.target_start_ns)
             } else {
-                proc_start(d.target_tgid)
+                self.proc_start(d.target_tgid)
                     .map(|(t, _)| self.keys.key_from_ticks(d.target_tgid, t))
                     .unwrap_or_default()
             };
@@ -1231,7 +1258,8 @@ impl EventBuilder {
             pid,
             tid: pid,
             ppid,
-            parent_key: proc_start(ppid)
+            parent_key: self
+                .proc_start(ppid)
                 .map(|(t, _)| self.keys.key_from_ticks(ppid, t))
                 .unwrap_or_default(),
             uid,

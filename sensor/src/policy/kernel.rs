@@ -359,6 +359,18 @@ impl IdNames {
         }
     }
 
+    /// The verdict a kernel decision stands for, named from what its id
+    /// stood for (a replay of recorded records, without kernel maps).
+    #[must_use]
+    pub fn describe_decision(&self, d: &Decision, list: &str) -> Option<Verdict> {
+        let verdict = match d.verdict {
+            VERDICT_ALLOW => "allow",
+            VERDICT_DENY => "deny",
+            _ => return None,
+        };
+        self.describe(d, verdict, list)
+    }
+
     /// The verdict of decision `d` under an id of an earlier daemon.
     fn describe(&self, d: &Decision, verdict: &'static str, list: &str) -> Option<Verdict> {
         let known = self.known.get(&d.policy)?;
