@@ -14,7 +14,7 @@ use std::{collections::BTreeMap, fs, path::Path, time::Duration};
 use sensor::{
     attribution::{LaunchRequest, NewRun, RunTable},
     control::protocol::Request,
-    event::raw::{ExecStrings, RawEvent, encode},
+    record::{ExecStrings, RawEvent, encode},
     sinks::{spool::Spool, transport::Record},
 };
 use sensor_common::event::{

@@ -1,6 +1,6 @@
 //! Kernel ring buffer records, as the pipeline reads them: each record is
-//! decoded (`event::raw::decode`), and a record that decodes is built into
-//! events (`EventBuilder::build_into`: attribution, agent matchers, policy
+//! decoded (`record::decode`), and a record that decodes is built into
+//! events (`Engine::build_into`: attribution, agent matchers, policy
 //! verdicts, run starts and ends) and written as JSON lines.
 //!
 //! One input is several records (`len: u16 LE | record`, see
@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use sensor::{
     attribution::Matchers,
-    event::raw::{decode, encode},
+    record::{decode, encode},
     policy::Policies,
 };
 use sensor_fuzz::{attribution, builder, check_json_line, frames, raw_config};

@@ -14,7 +14,7 @@ use std::{
 use sensor::{
     attribution::{Attribution, Matchers, RunTable},
     config::Config,
-    event::EventBuilder,
+    engine::Engine,
     identity::{Clock, Host, ProcessKeys},
     policy::Policies,
 };
@@ -123,8 +123,8 @@ pub fn attribution(matchers: Matchers) -> Attribution {
 
 /// An event builder as the daemon's pipeline has it, without kernel maps.
 #[must_use]
-pub fn builder(attribution: Attribution, policies: Policies) -> EventBuilder {
-    EventBuilder::new(
+pub fn builder(attribution: Attribution, policies: Policies) -> Engine {
+    Engine::new(
         Host {
             name: "fuzz".into(),
             boot_id: BOOT_ID.into(),
@@ -143,7 +143,7 @@ pub fn builder(attribution: Attribution, policies: Policies) -> EventBuilder {
 /// When it is not.
 pub fn check_json_line(event: &sensor::event::Event) {
     let mut line = Vec::new();
-    sensor::event::write_json_line(event, &mut line)
+    sensor::event::json::write_json_line(event, &mut line)
         .unwrap_or_else(|e| panic!("an event does not serialize: {e}: {event:?}"));
     assert_eq!(line.last(), Some(&b'\n'), "a JSON line ends in a newline");
     assert!(

@@ -54,7 +54,10 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use crate::event::{Blind, Timestamp, raw::RawEvent};
+use crate::{
+    event::{Blind, Timestamp},
+    record::RawEvent,
+};
 
 /// The hidden subcommand the child runs.
 pub const SUBCOMMAND: &str = "canary";
@@ -485,7 +488,7 @@ mod tests {
     use sensor_common::event::{ConnectData, EventHeader, ExecData, ExitData};
 
     use super::*;
-    use crate::event::raw::ExecStrings;
+    use crate::record::ExecStrings;
 
     const TICK_NS: u64 = 10_000_000;
 

@@ -2,8 +2,8 @@
 //! module with a narrow type at its boundary.
 //!
 //! ```text
-//! loader (kernel programs) → pipeline: ring buffer → event::raw::decode → RawEvent
-//!   → event::EventBuilder → Event → JSON lines → sinks (one bounded queue each)
+//! loader (kernel programs) → pipeline: ring buffer → record::decode → RawEvent
+//!   → event::Engine → Event → JSON lines → sinks (one bounded queue each)
 //! control: the Unix socket `sensor status` (and later launch/attest) talk to
 //! ```
 
@@ -12,6 +12,7 @@ pub mod canary;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod engine;
 pub mod event;
 pub mod identity;
 pub mod loader;
@@ -20,6 +21,7 @@ pub mod notify;
 pub mod paths;
 pub mod pipeline;
 pub mod policy;
+pub mod record;
 pub mod recovery;
 pub mod sinks;
 pub mod status;

@@ -21,10 +21,12 @@ use crate::{
         Command,
         protocol::{Request, Response},
     },
-    event::sequence::SeqFile,
-    event::{DELIVERY_RECOVERED, Degraded, Event, EventBuilder, Gap, Kind, Lost, Window, raw},
+    engine::Engine,
+    engine::sequence::SeqFile,
+    event::{DELIVERY_RECOVERED, Degraded, Event, Gap, Kind, Lost, Window},
     identity::Clock,
     loader::Probes,
+    record,
     sinks::{Batch, Line, OutputHandle, Outputs},
     status::DaemonState,
     status::Defense,
@@ -68,7 +70,7 @@ pub enum PipelineError {
 
 /// The stages after the reader, and the counters they keep.
 pub struct Pipeline {
-    builder: EventBuilder,
+    builder: Engine,
     outputs: Outputs,
     output_handles: Vec<OutputHandle>,
     state: Arc<DaemonState>,
@@ -119,7 +121,7 @@ pub struct Pipeline {
 
 impl Pipeline {
     #[must_use]
-    pub fn new(builder: EventBuilder, outputs: Outputs, state: Arc<DaemonState>) -> Self {
+    pub fn new(builder: Engine, outputs: Outputs, state: Arc<DaemonState>) -> Self {
         let output_handles = outputs.handles();
         let output_dropped_seen = vec![0; output_handles.len()];
         Self {
@@ -266,7 +268,7 @@ impl Pipeline {
     }
 
     fn decode_and_build(&mut self, bytes: &[u8]) {
-        match raw::decode(bytes) {
+        match record::decode(bytes) {
             Ok(raw) => {
                 let theirs = raw.header().generation != self.generation;
                 if self.recovering && !theirs {
@@ -293,7 +295,7 @@ impl Pipeline {
                     self.recovered += 1;
                 }
             }
-            Err(raw::DecodeError::WireVersion { version, ours }) => {
+            Err(record::DecodeError::WireVersion { version, ours }) => {
                 let n = self.unreadable.entry(version).or_default();
                 if *n == 0 {
                     tracing::error!(
@@ -642,7 +644,7 @@ impl Pipeline {
 
     fn push(&mut self, event: &Event) {
         let begin = self.batch.len();
-        if crate::event::write_json_line(event, &mut self.batch).is_ok() {
+        if crate::event::json::write_json_line(event, &mut self.batch).is_ok() {
             self.batch_lines.push(Line {
                 end: u32::try_from(self.batch.len()).unwrap_or(u32::MAX),
                 seq: event.seq,
@@ -1434,8 +1436,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        event::raw::{RawEvent, encode},
         identity::{Host, ProcessKeys},
+        record::{RawEvent, encode},
         sinks::OutputSpec,
     };
 
@@ -1459,7 +1461,7 @@ mod tests {
             crate::attribution::RunTable::new(),
             None,
         );
-        let builder = EventBuilder::new(
+        let builder = Engine::new(
             Host {
                 name: "h".into(),
                 boot_id: "b".into(),
@@ -1480,7 +1482,7 @@ mod tests {
     fn pipeline_throughput() {
         use sensor_common::event::{ExecData, SpawnData};
 
-        use crate::event::raw::ExecStrings;
+        use crate::record::ExecStrings;
         let (mut p, state) = pipeline(std::path::Path::new("/dev/null"));
         let header = |kind: EventKind, pid: u32| EventHeader {
             kind: kind as u32,

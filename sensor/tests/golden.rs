@@ -11,7 +11,10 @@
 //! verdicts) is compared as is. `GOLDEN_UPDATE=1` rewrites the expected
 //! files (then read the diff).
 
-#![allow(clippy::unwrap_used, reason = "a test: a failure is a panic with its cause")]
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test: a failure is a panic with its cause"
+)]
 
 use std::{
     collections::HashMap,
@@ -24,7 +27,7 @@ use std::{
 use sensor::{
     attribution::{Attribution, Matchers, RunTable},
     config::Config,
-    event::EventBuilder,
+    engine::Engine,
     identity::{Clock, Host, ProcessKeys},
     pipeline::Pipeline,
     policy::kernel::IdNames,
@@ -79,7 +82,7 @@ fn replay(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     )
     .with_matchers(matchers)
     .with_proc_root(empty_proc);
-    let builder = EventBuilder::new(
+    let builder = Engine::new(
         Host {
             name: "golden".into(),
             boot_id: BOOT_ID.into(),
@@ -121,7 +124,7 @@ fn replay(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     // The recording daemon's generation: nothing is "recovered".
     let generation = records
         .first()
-        .and_then(|r| sensor::event::raw::decode(r).ok())
+        .and_then(|r| sensor::record::decode(r).ok())
         .map_or(0, |r| r.header().generation);
     let mut p = Pipeline::new(builder, outputs, Arc::new(DaemonState::default()))
         .with_generation(generation)

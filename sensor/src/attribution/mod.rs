@@ -1159,7 +1159,7 @@ fn proc_exec(proc_root: &Path, pid: u32) -> Option<(String, Vec<String>, Option<
         .to_string_lossy()
         .into_owned();
     let cmdline = std::fs::read(dir.join("cmdline")).ok()?;
-    let argv = crate::event::split_argv(&cmdline)
+    let argv = crate::event::text::split_argv(&cmdline)
         .into_iter()
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
@@ -1197,6 +1197,42 @@ pub fn user_name(uid: u32) -> String {
     match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
         Ok(Some(u)) => u.name,
         _ => uid.to_string(),
+    }
+}
+
+/// The run object of events, made from a run of the table.
+impl RunRef {
+    /// The run object for an event whose process was attributed by `how`.
+    #[must_use]
+    pub fn of(run: &Run, how: &'static str) -> Self {
+        Self {
+            id: run.id.clone(),
+            agent: run.agent.clone(),
+            principal: run.principal.clone(),
+            principal_claimed: run.principal_claimed.clone(),
+            parent_id: run.parent_id.clone(),
+            root_id: run.root_id.clone(),
+            depth: run.depth,
+            attribution: how,
+            details: None,
+        }
+    }
+
+    /// With the run's details (run.start, run.end).
+    #[must_use]
+    pub fn detailed(run: &Run, how: &'static str) -> Self {
+        let mut r = Self::of(run, how);
+        r.details = Some(crate::event::RunDetails {
+            uid: run.uid,
+            policy: run.policy.clone(),
+            labels: run.labels.clone(),
+            started_by: run.started_by.clone(),
+            start: crate::event::Timestamp(run.start),
+            expires: run.expires.map(crate::event::Timestamp),
+            end: run.end.map(crate::event::Timestamp),
+            end_reason: run.end_reason.clone(),
+        });
+        r
     }
 }
 

@@ -10,8 +10,8 @@ use crate::{
     attribution::{Attribution, Matchers, RunTable},
     config::Config,
     control,
-    event::EventBuilder,
-    event::sequence::SeqFile,
+    engine::Engine,
+    engine::sequence::SeqFile,
     identity::{self, Clock, Host, ProcessKeys, clock_ticks_per_second},
     loader::{self, Kernel},
     metrics, paths,
@@ -196,7 +196,7 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
             runs = attribution.active_runs(),
             "restored state"
         );
-        let mut builder = EventBuilder::new(host, keys, clock, attribution)
+        let mut builder = Engine::new(host, keys, clock, attribution)
             .with_first_seq(first_seq)
             .with_policies(policies)
             .with_enforcement(enforcement)

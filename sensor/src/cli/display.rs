@@ -192,7 +192,7 @@ pub fn argv_shown(process: &Value) -> Option<Vec<String>> {
         .and_then(Value::as_str)
         .and_then(|b| B64.decode(b).ok())
     {
-        let args = crate::event::split_argv(&raw);
+        let args = crate::event::text::split_argv(&raw);
         // The same split the daemon made; anything else is not this argv.
         if args.len() == argv.len() {
             return Some(args.into_iter().map(escape_terminal_bytes).collect());
