@@ -31,6 +31,7 @@ use crate::{
         unix_ns,
         writer::{Record, RunRow, StoreBatch, StoreWriter},
     },
+    tamper::files::{self, FileChange, What},
 };
 
 /// Records handled per wake-up before giving other tasks a turn.
@@ -89,7 +90,22 @@ pub struct Pipeline {
     run_stats_seen: std::collections::HashMap<u64, RunStats>,
     /// Whether a caught panic was logged already (once is enough).
     panic_logged: bool,
+    /// The file watch: its reports (taken by [`run`]) and counters.
+    file_changes: Option<tokio::sync::mpsc::Receiver<FileChange>>,
+    file_watch: Option<Arc<files::Stats>>,
+    /// The file watch's loss counters as last reported (overflows, dropped).
+    file_watch_seen: (u64, u64),
+    /// The kernel's reports of opens for writing of sensor files, lately:
+    /// (pid, protected path, when), so that the file watch does not report
+    /// the same act again.
+    kernel_file_writes: std::collections::VecDeque<(u32, std::path::PathBuf, std::time::Instant)>,
 }
+
+/// A file change by a process within this long of the kernel's report of
+/// its open for writing of the same file is the same act.
+const SAME_ACT: Duration = Duration::from_secs(2);
+/// Kernel open-for-writing reports remembered for that.
+const KERNEL_WRITES_KEPT: usize = 256;
 
 impl Pipeline {
     #[must_use]
@@ -118,7 +134,104 @@ impl Pipeline {
             store_reader: None,
             run_stats_seen: std::collections::HashMap::new(),
             panic_logged: false,
+            file_changes: None,
+            file_watch: None,
+            file_watch_seen: (0, 0),
+            kernel_file_writes: std::collections::VecDeque::new(),
         }
+    }
+
+    /// Reports what the file watch sees (see [`crate::tamper::files`]).
+    #[must_use]
+    pub fn with_file_watch(mut self, watch: files::FileWatch) -> Self {
+        self.state.set_file_watch(Arc::clone(&watch.stats));
+        self.file_watch = Some(watch.stats);
+        self.file_changes = Some(watch.changes);
+        self
+    }
+
+    /// Counters of a file watch that could not start (status says why).
+    pub fn without_file_watch(&mut self, stats: Arc<files::Stats>) {
+        self.state.set_file_watch(stats);
+    }
+
+    /// Reports a change the file watch saw to the sensor's files: a
+    /// `sensor.tamper` with the process and its run (and a kill under an
+    /// enforce policy), unless the kernel already reported the same act
+    /// (the same process's open for writing of the same file, just before).
+    pub fn file_change(&mut self, change: &FileChange) {
+        let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.report_file_change(change);
+        }));
+        if handled.is_err() {
+            self.caught_panic("a file change");
+        }
+    }
+
+    fn report_file_change(&mut self, change: &FileChange) {
+        let now = std::time::Instant::now();
+        while self
+            .kernel_file_writes
+            .front()
+            .is_some_and(|(_, _, t)| now.duration_since(*t) > SAME_ACT)
+        {
+            self.kernel_file_writes.pop_front();
+        }
+        let writes_only = change
+            .ops()
+            .all(|w| matches!(w, What::Create | What::Modify | What::Attrib));
+        let same_act = writes_only
+            && self
+                .kernel_file_writes
+                .iter()
+                .any(|(pid, path, _)| *pid == change.pid && change.path.starts_with(path));
+        if let Some(stats) = &self.file_watch {
+            let counter = if same_act {
+                &stats.duplicates
+            } else {
+                &stats.reported
+            };
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if same_act {
+            return;
+        }
+        let mut events = std::mem::take(&mut self.scratch);
+        let outcome = self.builder.file_tamper(change, &mut events);
+        if let Some(e) = events.first() {
+            let run = e.run.as_ref().map_or("", |r| r.id.as_str());
+            tracing::warn!(
+                what = change.what().as_str(),
+                path = %change.path.display(),
+                pid = change.pid,
+                run,
+                killed = outcome.killed,
+                "sensor.tamper: a file of the sensor's changed"
+            );
+        }
+        for event in events.drain(..) {
+            self.push(&event);
+        }
+        self.scratch = events;
+        self.flush();
+    }
+
+    /// Notes the kernel's report of an open for writing of a sensor file.
+    fn note_kernel_write(&mut self, event: &Event) {
+        let (Some(t), Some(p)) = (&event.tamper, &event.process) else {
+            return;
+        };
+        if t.method != "sensor_file" {
+            return;
+        }
+        let Some(path) = t.file.as_ref().and_then(|f| f.path.as_ref()) else {
+            return;
+        };
+        if self.kernel_file_writes.len() >= KERNEL_WRITES_KEPT {
+            self.kernel_file_writes.pop_front();
+        }
+        self.kernel_file_writes
+            .push_back((p.pid, path.into(), std::time::Instant::now()));
     }
 
     /// Saves the event sequence in `seq_file` (its reservation is taken now).
@@ -392,6 +505,9 @@ impl Pipeline {
     }
 
     fn push(&mut self, event: &Event) {
+        if event.kind == Kind::SensorTamper && self.file_watch.is_some() {
+            self.note_kernel_write(event);
+        }
         let begin = self.batch.len();
         if crate::event::write_json_line(event, &mut self.batch).is_ok() {
             self.batch_lines.push(Line {
@@ -545,8 +661,22 @@ impl Pipeline {
                 lost.by_output.insert("store".to_owned(), delta);
             }
         }
-        if lost.total > 0 || !lost.by_output.is_empty() {
-            tracing::warn!(kernel = lost.total, outputs = ?lost.by_output, "events lost");
+        if let Some(stats) = &self.file_watch {
+            let now = (
+                stats.overflows.load(std::sync::atomic::Ordering::Relaxed),
+                stats.dropped.load(std::sync::atomic::Ordering::Relaxed),
+            );
+            let (o, d) = self.file_watch_seen;
+            self.file_watch_seen = now;
+            if now != (o, d) {
+                lost.file_watch = Some(crate::event::FileWatchLost {
+                    overflows: now.0.saturating_sub(o),
+                    dropped: now.1.saturating_sub(d),
+                });
+            }
+        }
+        if lost.total > 0 || !lost.by_output.is_empty() || lost.file_watch.is_some() {
+            tracing::warn!(kernel = lost.total, outputs = ?lost.by_output, file_watch = ?lost.file_watch, "events lost");
             let event = self.builder.lost(lost);
             self.push(&event);
             self.flush();
@@ -798,6 +928,7 @@ pub async fn run(
     let mut ticks: u64 = 0;
     let mut drain_timer = tokio::time::interval(DRAIN_INTERVAL);
     drain_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut file_changes = pipeline.file_changes.take();
     tokio::pin!(shutdown);
     let result = loop {
         tokio::select! {
@@ -819,6 +950,12 @@ pub async fn run(
                 persist_if_enforcing(&mut probes, &pipeline);
             }
             () = &mut shutdown => break Ok(()),
+            Some(change) = next_file_change(&mut file_changes) => {
+                // The process's records first (its spawn, exec, exit), so
+                // that it is known by the time its change is reported.
+                drain(ring.get_mut(), &mut pipeline, DRAIN_BUDGET);
+                pipeline.file_change(&change);
+            }
             _ = tick.tick() => {
                 if reader.asleep {
                     // A record sent without a wakeup as the reader fell asleep.
@@ -898,6 +1035,23 @@ pub async fn run(
     }
     pipeline.close();
     result
+}
+
+/// The file watch's next report; pending for good once there is no watch
+/// (or it ended).
+async fn next_file_change(
+    changes: &mut Option<tokio::sync::mpsc::Receiver<FileChange>>,
+) -> Option<FileChange> {
+    if let Some(rx) = changes {
+        if let Some(change) = rx.recv().await {
+            return Some(change);
+        }
+        tracing::error!(
+            "the file watch ended; changes to the sensor's files are no longer reported"
+        );
+        *changes = None;
+    }
+    std::future::pending().await
 }
 
 /// Pins the programs while an enforce policy is loaded (they keep enforcing

@@ -38,6 +38,8 @@ pub struct DaemonState {
     links: Mutex<Vec<LinkStatus>>,
     /// `sensor.tamper` findings, by what happened.
     tamper: Mutex<BTreeMap<&'static str, u64>>,
+    /// The file watch's counters.
+    file_watch: OnceLock<Arc<crate::tamper::files::Stats>>,
 }
 
 /// Counters of what the daemon refused or held back to stay up and honest
@@ -80,6 +82,7 @@ impl Default for DaemonState {
             defense: Defense::default(),
             links: Mutex::new(Vec::new()),
             tamper: Mutex::new(BTreeMap::new()),
+            file_watch: OnceLock::new(),
         }
     }
 }
@@ -104,6 +107,11 @@ impl DaemonState {
     /// The links as the integrity check found them.
     pub fn set_links(&self, links: Vec<LinkStatus>) {
         *self.links.lock().unwrap_or_else(PoisonError::into_inner) = links;
+    }
+
+    /// The file watch's counters (see [`crate::tamper::files`]).
+    pub fn set_file_watch(&self, stats: Arc<crate::tamper::files::Stats>) {
+        let _ = self.file_watch.set(stats);
     }
 
     /// Counts a `sensor.tamper` finding.
@@ -233,6 +241,7 @@ impl DaemonState {
             runs_degraded: self.defense.runs_degraded.load(Ordering::Relaxed),
             panics: self.defense.panics.load(Ordering::Relaxed),
             tamper,
+            file_watch: self.file_watch.get().map(|s| FileWatchStatus::of(s)),
         }
     }
 }
@@ -275,6 +284,67 @@ pub struct StatusReport {
     /// What the integrity check found (`sensor.tamper` events).
     #[serde(default)]
     pub tamper: TamperStatus,
+    /// The watch of the sensor's files (`sensor.tamper`, method `file`).
+    #[serde(default)]
+    pub file_watch: Option<FileWatchStatus>,
+}
+
+/// The file watch's state and counters since the daemon started.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileWatchStatus {
+    /// It runs.
+    pub watching: bool,
+    /// `known`, or `hidden`: without CAP_SYS_ADMIN the kernel does not say
+    /// which process made a change.
+    pub actors: String,
+    /// Directories watched now.
+    pub dirs: u64,
+    /// Kernel events read, and of them the daemon's own (ignored).
+    pub events: u64,
+    pub own: u64,
+    /// Events gathered into another's report (same process and file).
+    pub merged: u64,
+    /// `sensor.tamper` reports made.
+    pub reported: u64,
+    /// Left out: the kernel had reported the same act (an open for writing).
+    pub duplicates: u64,
+    /// Changes counted, not reported one by one (rate limit).
+    pub suppressed: u64,
+    /// Kernel queue overflows (changes lost, how many unknown).
+    pub overflows: u64,
+    /// Reports lost, the pipeline's queue full.
+    pub dropped: u64,
+    /// Directories that could not be watched, read errors, unreadable events.
+    pub errors: u64,
+    /// Why it does not run, or the last error.
+    pub error: Option<String>,
+}
+
+impl FileWatchStatus {
+    #[must_use]
+    pub fn of(s: &crate::tamper::files::Stats) -> Self {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Self {
+            watching: s.watching.load(Ordering::Relaxed),
+            actors: if s.actors_hidden.load(Ordering::Relaxed) {
+                "hidden"
+            } else {
+                "known"
+            }
+            .to_owned(),
+            dirs: get(&s.dirs),
+            events: get(&s.events),
+            own: get(&s.own),
+            merged: get(&s.merged),
+            reported: get(&s.reported),
+            duplicates: get(&s.duplicates),
+            suppressed: get(&s.suppressed),
+            overflows: get(&s.overflows),
+            dropped: get(&s.dropped),
+            errors: get(&s.errors) + get(&s.malformed),
+            error: s.error(),
+        }
+    }
 }
 
 /// `sensor.tamper` findings since the daemon started.

@@ -89,6 +89,22 @@ pub const fn how_name(how: u32) -> &'static str {
     }
 }
 
+/// Who did something, as [`Attribution::actor`] found them.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub pid: u32,
+    /// Start time (ns; 0: not known).
+    pub start_ns: u64,
+    /// Run handle (0: none) and how the process had joined it.
+    pub run: u64,
+    pub how: u32,
+    pub exe: Option<std::sync::Arc<str>>,
+    /// It still runs (as the process that started at `start_ns`).
+    pub alive: bool,
+    /// What was known of it at its exit, when it is gone.
+    pub exited: Option<process_table::Exited>,
+}
+
 /// Something attribution did that deserves an event of its own.
 #[derive(Debug, Clone)]
 pub enum RunChange {
@@ -194,6 +210,8 @@ pub enum AttributionError {
 /// The attribution stage.
 pub struct Attribution {
     processes: ProcessTable,
+    /// The last exits, for reports that come after their process is gone.
+    recent_exits: process_table::RecentExits,
     runs: RunTable,
     map: Box<dyn RunMap>,
     state_path: Option<PathBuf>,
@@ -243,6 +261,7 @@ impl Attribution {
         let ns_per_tick = keys.ns_per_tick();
         Self {
             processes: ProcessTable::new(ns_per_tick),
+            recent_exits: process_table::RecentExits::default(),
             runs,
             map,
             state_path,
@@ -594,6 +613,18 @@ impl Attribution {
     pub fn on_exit(&mut self, h: &EventHeader, now: SystemTime) -> ((u64, u32), Vec<RunChange>) {
         let (run, how) = self.run_of(h);
         let info = self.processes.remove(h.tgid, h.start_ns);
+        self.recent_exits.record(process_table::Exited {
+            pid: h.tgid,
+            start_ns: h.start_ns,
+            ppid: h.ppid,
+            parent_start_ns: h.parent_start_ns,
+            uid: h.uid,
+            gid: h.gid,
+            comm: h.comm,
+            exe: info.as_ref().and_then(|p| p.exe.clone()),
+            run,
+            how,
+        });
         let mut changes = Vec::new();
         if run != 0 && info.is_some_and(|p| p.run == run) {
             self.runs.remove_process(run);
@@ -808,6 +839,62 @@ impl Attribution {
     /// Start time (ticks) of a live process, from /proc.
     fn proc_start_ticks(&self, pid: u32) -> Option<u64> {
         crate::identity::proc_start(pid).map(|(t, _)| t)
+    }
+
+    /// Who process `pid` is, for a report that comes after what it did (a
+    /// file change): the table's entry if it is still that process, else the
+    /// live process per /proc and the kernel map, else its exit if it is
+    /// among the last ones. The run is 0 when it was in none (or nothing is
+    /// known of it).
+    #[must_use]
+    pub fn actor(&self, pid: u32) -> Actor {
+        let live = self.proc_start_ticks(pid);
+        let known_run = |run: u64| if self.runs.get(run).is_some() { run } else { 0 };
+        if let Some(p) = self.processes.get(pid, 0)
+            && live.is_none_or(|t| t == p.start_ns / self.ns_per_tick)
+        {
+            return Actor {
+                pid,
+                start_ns: p.start_ns,
+                run: known_run(p.run),
+                how: p.how,
+                exe: p.exe.clone(),
+                alive: live.is_some(),
+                exited: None,
+            };
+        }
+        if let Some(ticks) = live {
+            let (run, how) = self.kernel_run(pid, ticks).unwrap_or((0, 0));
+            return Actor {
+                pid,
+                start_ns: ticks.saturating_mul(self.ns_per_tick),
+                run: known_run(run),
+                how,
+                exe: None,
+                alive: true,
+                exited: None,
+            };
+        }
+        match self.recent_exits.find(pid) {
+            Some(e) => Actor {
+                pid,
+                start_ns: e.start_ns,
+                run: known_run(e.run),
+                how: e.how,
+                exe: e.exe.clone(),
+                alive: false,
+                exited: Some(e.clone()),
+            },
+            None => Actor {
+                pid,
+                start_ns: 0,
+                run: 0,
+                how: 0,
+                exe: None,
+                alive: false,
+                exited: None,
+            },
+        }
     }
 
     /// The run of a live process per the kernel map, checked against its start time.

@@ -558,7 +558,7 @@ impl<'a> Plan<'a> {
         let mut m = Self::new(kind, Class::Finding, 1, "Create");
         let t = obj(event.get("tamper"));
         let field = |k| t.and_then(|t| text_of(t, k)).unwrap_or("");
-        let repaired = t.and_then(|t| bool_of(t, "repaired")) == Some(true);
+        let repaired = t.and_then(|t| bool_of(t, "repaired"));
         let title = format!("{}: {}", field("what"), field("object"));
         let boot = obj(event.get("host")).and_then(|h| text_of(h, "boot_id"));
         let uid = format!(
@@ -566,13 +566,14 @@ impl<'a> Plan<'a> {
             boot.unwrap_or("unknown"),
             u64_of(event, "seq").unwrap_or(0)
         );
-        m.message = Some(if repaired {
-            format!("{title} (put back by the sensor)")
-        } else {
-            format!("{title} (NOT put back)")
+        // Only the integrity check puts things back (and says so).
+        m.message = Some(match repaired {
+            Some(true) => format!("{title} (put back by the sensor)"),
+            Some(false) => format!("{title} (NOT put back)"),
+            None => title.clone(),
         });
         m.finding = Some((uid, title, t.and_then(|t| text_of(t, "detail"))));
-        m.severity_id = if repaired { 3 } else { 4 };
+        m.severity_id = if repaired == Some(true) { 3 } else { 4 };
         m.is_alert = true;
         m
     }
