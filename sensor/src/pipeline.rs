@@ -1276,4 +1276,88 @@ mod tests {
         assert_eq!(report.outputs[0].written, 4);
         assert_eq!(report.outputs[0].dropped, 0);
     }
+
+    fn file_change(pid: u32, path: &str, ops: &[What]) -> FileChange {
+        FileChange {
+            pid,
+            ops: ops.iter().fold(0, |b, w| b | (1 << *w as u8)),
+            path: path.into(),
+            to: None,
+            moved_in: false,
+            area: files::Area::State,
+            root: "/s".into(),
+            dir: false,
+            events: 1,
+            suppressed: 0,
+        }
+    }
+
+    /// A file watch report: by a process the daemon knows nothing of, the
+    /// pid alone, no run, no policy. One the kernel already reported (its
+    /// open for writing under the same protected path, by the same process)
+    /// is left out; an unlink by that process is not.
+    #[test]
+    fn file_changes_are_reported_once() {
+        use sensor_common::event::{SENSOR_FILE_STATE, TAMPER_SENSOR_FILE, TamperData};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.jsonl");
+        let (p, state) = pipeline(&path);
+        let stats = Arc::new(files::Stats::default());
+        let (_tx, rx) = tokio::sync::mpsc::channel(1);
+        let mut p = p.with_file_watch(files::FileWatch {
+            changes: rx,
+            stats: Arc::clone(&stats),
+        });
+        p.builder.set_protected(vec![((5, 9), "/s".to_owned())]);
+        let pid = 4_190_003;
+        p.handle_record(&encode(&RawEvent::Tamper {
+            header: EventHeader {
+                kind: EventKind::Tamper as u32,
+                tgid: pid,
+                ..EventHeader::default()
+            },
+            data: TamperData {
+                method: TAMPER_SENSOR_FILE,
+                file_dev: 5,
+                file_ino: 9,
+                file_kind: SENSOR_FILE_STATE,
+                ..TamperData::default()
+            },
+        }));
+        p.file_change(&file_change(pid, "/s/f", &[What::Create, What::Attrib]));
+        p.file_change(&file_change(pid, "/s/f", &[What::Unlink]));
+        p.file_change(&file_change(pid + 1, "/s/g", &[What::Modify]));
+        p.close();
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let methods: Vec<(&str, &str)> = lines
+            .iter()
+            .map(|l| {
+                (
+                    l["tamper"]["method"].as_str().unwrap(),
+                    l["tamper"]["what"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            methods,
+            [
+                ("sensor_file", "open for writing of a sensor file"),
+                ("file", "unlink"),
+                ("file", "modify"),
+            ]
+        );
+        let g = &lines[2];
+        assert_eq!(g["process"]["pid"], pid + 1);
+        assert!(g["run"].is_null() && g.get("policy").is_none());
+        assert_eq!(g["tamper"]["detected"], "after");
+        assert_eq!(g["tamper"]["file"]["path"], "/s/g");
+        assert_eq!(g["tamper"]["file"]["kind"], "state");
+        assert!(g["tamper"].get("killed").is_none());
+        let fw = state.report().file_watch.unwrap();
+        assert_eq!((fw.reported, fw.duplicates), (2, 1));
+    }
 }

@@ -1467,6 +1467,43 @@ mod tests {
         run
     }
 
+    /// The file watch reports a change after it was made: the process that
+    /// made it is named from the table, or from its exit once it is gone.
+    #[test]
+    fn an_actor_is_found_live_or_after_its_exit() {
+        let mut a = attribution(&[]);
+        let me = std::process::id();
+        let run = launched(&mut a, "actor", None);
+        let live = a.actor(me);
+        assert!(live.alive && live.exited.is_none());
+        assert_eq!(live.run, run.handle);
+        // A child that no longer runs (no such pid in /proc), its exit not
+        // yet read: the table still names it and its run.
+        let child = 4_190_001;
+        let h = header(child, me, run.handle, HOW_INHERITED);
+        a.on_spawn(&h, Some(std::sync::Arc::from("/usr/bin/rm")));
+        let before = a.actor(child);
+        assert!(!before.alive);
+        assert_eq!(
+            (before.run, before.exe.as_deref()),
+            (run.handle, Some("/usr/bin/rm"))
+        );
+        // Its exit read: gone from the table, still known.
+        a.on_exit(&h, SystemTime::now());
+        assert!(a.processes.get(child, 0).is_none());
+        let after = a.actor(child);
+        assert_eq!(after.run, run.handle);
+        assert_eq!(after.start_ns, h.start_ns);
+        assert_eq!(after.exited.as_ref().map(|e| e.ppid), Some(me));
+        assert_eq!(after.exe.as_deref(), Some("/usr/bin/rm"));
+        // Nothing known: the pid alone.
+        let unknown = a.actor(4_190_002);
+        assert_eq!(
+            (unknown.run, unknown.start_ns, unknown.alive),
+            (0, 0, false)
+        );
+    }
+
     #[test]
     fn an_expired_sub_run_hands_its_processes_to_the_parent_run() {
         let mut a = attribution(&[]);

@@ -69,6 +69,9 @@ pub const QUEUE: usize = 1024;
 const ROOT_CHECK: Duration = Duration::from_secs(1);
 /// Read buffer: many events per read.
 const READ_BUF: usize = 64 * 1024;
+/// Rest after a read that found events (bounds wake-ups; well under
+/// [`GATHER`]).
+const PAUSE: Duration = Duration::from_millis(10);
 
 /// Which of the sensor's files a change is to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -443,10 +446,12 @@ impl Watcher {
             if let Err(e) = self.group.wait(timeout) {
                 self.failed("poll", &e, &mut read_failed);
             }
+            let mut read_any = false;
             loop {
                 match self.group.read(&mut buf) {
                     Ok(0) => break,
                     Ok(n) => {
+                        read_any = true;
                         let parsed = fanotify::parse(buf.get(..n).unwrap_or_default());
                         Stats::add(&self.stats.malformed, u64::from(parsed.malformed));
                         let now = Instant::now();
@@ -479,6 +484,12 @@ impl Watcher {
             if now.duration_since(last_check) >= ROOT_CHECK {
                 last_check = now;
                 self.check_roots(false);
+            }
+            if read_any {
+                // The daemon's own writes (the store's) come in streams: a
+                // pause lets the kernel merge them in its queue, so they cost
+                // a wake-up per pause, not one per write.
+                std::thread::sleep(PAUSE);
             }
         }
     }
