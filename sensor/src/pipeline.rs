@@ -99,6 +99,9 @@ pub struct Pipeline {
     /// (pid, protected path, when), so that the file watch does not report
     /// the same act again.
     kernel_file_writes: std::collections::VecDeque<(u32, std::path::PathBuf, std::time::Instant)>,
+    /// File changes by a process the daemon knew nothing of yet (its records
+    /// still on their way through the ring), reported at the next tick.
+    deferred_files: Vec<FileChange>,
 }
 
 /// A file change by a process within this long of the kernel's report of
@@ -106,6 +109,8 @@ pub struct Pipeline {
 const SAME_ACT: Duration = Duration::from_secs(2);
 /// Kernel open-for-writing reports remembered for that.
 const KERNEL_WRITES_KEPT: usize = 256;
+/// File changes held back for their process's records, at most.
+const DEFERRED_FILES: usize = 1024;
 
 impl Pipeline {
     #[must_use]
@@ -138,6 +143,7 @@ impl Pipeline {
             file_watch: None,
             file_watch_seen: (0, 0),
             kernel_file_writes: std::collections::VecDeque::new(),
+            deferred_files: Vec::new(),
         }
     }
 
@@ -159,12 +165,36 @@ impl Pipeline {
     /// `sensor.tamper` with the process and its run (and a kill under an
     /// enforce policy), unless the kernel already reported the same act
     /// (the same process's open for writing of the same file, just before).
+    ///
+    /// A change by a process the daemon knows nothing of (gone, and its
+    /// records not read yet) waits for the next tick: by then its spawn and
+    /// exit have come through the ring, and it is named with its run.
     pub fn file_change(&mut self, change: &FileChange) {
         let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if change.pid != 0
+                && self.deferred_files.len() < DEFERRED_FILES
+                && !self.builder.attribution().actor(change.pid).is_known()
+            {
+                self.deferred_files.push(change.clone());
+                return;
+            }
             self.report_file_change(change);
         }));
         if handled.is_err() {
             self.caught_panic("a file change");
+        }
+    }
+
+    /// Reports the file changes held back for their process's records
+    /// (every tick, and at stop), with whatever is known by now.
+    pub fn report_deferred_files(&mut self) {
+        for change in std::mem::take(&mut self.deferred_files) {
+            let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.report_file_change(&change);
+            }));
+            if handled.is_err() {
+                self.caught_panic("a file change");
+            }
         }
     }
 
@@ -978,6 +1008,7 @@ pub async fn run(
                     let swept = pipeline.builder.attribution_mut().sweep(now);
                     pipeline.run_changes(&swept);
                 }
+                pipeline.report_deferred_files();
                 pipeline.flush();
                 pipeline.save_seq();
                 if let Ok(clock) = Clock::now() {
@@ -1028,6 +1059,7 @@ pub async fn run(
     log_stop(&probes.stop(), &links_dir);
     let ring = ring.get_mut();
     while !drain(ring, &mut pipeline, usize::MAX).empty {}
+    pipeline.report_deferred_files();
     let lost_by_run = pipeline.check_run_stats(&mut run_stats);
     match read_stats(&stats) {
         Ok(s) => pipeline.check_losses(&s, lost_by_run),
@@ -1327,6 +1359,8 @@ mod tests {
         p.file_change(&file_change(pid, "/s/f", &[What::Create, What::Attrib]));
         p.file_change(&file_change(pid, "/s/f", &[What::Unlink]));
         p.file_change(&file_change(pid + 1, "/s/g", &[What::Modify]));
+        // Nothing is known of these pids: reported at the tick.
+        p.report_deferred_files();
         p.close();
         let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path)
             .unwrap()
@@ -1359,5 +1393,67 @@ mod tests {
         assert!(g["tamper"].get("killed").is_none());
         let fw = state.report().file_watch.unwrap();
         assert_eq!((fw.reported, fw.duplicates), (2, 1));
+    }
+
+    /// A change by a process nothing is known of yet waits for the tick
+    /// (its records may still be in the ring), then is reported once.
+    #[test]
+    fn a_change_by_an_unknown_process_waits_for_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.jsonl");
+        let (p, _) = pipeline(&path);
+        let (_tx, rx) = tokio::sync::mpsc::channel(1);
+        let mut p = p.with_file_watch(files::FileWatch {
+            changes: rx,
+            stats: Arc::new(files::Stats::default()),
+        });
+        let pid = 4_190_004;
+        p.file_change(&file_change(pid, "/s/f", &[What::Unlink]));
+        p.flush();
+        assert!(
+            std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .is_empty()
+        );
+        // Its records come: a spawn (then its exit) of that pid.
+        let h = EventHeader {
+            kind: EventKind::ProcessSpawn as u32,
+            tgid: pid,
+            tid: pid,
+            start_ns: 77 * 10_000_000,
+            ..EventHeader::default()
+        };
+        p.handle_record(&encode(&RawEvent::Spawn {
+            header: h,
+            data: sensor_common::event::SpawnData::default(),
+            exe: Vec::new(),
+        }));
+        p.handle_record(&encode(&RawEvent::Exit {
+            header: EventHeader {
+                kind: EventKind::ProcessExit as u32,
+                ..h
+            },
+            data: ExitData::default(),
+        }));
+        p.report_deferred_files();
+        p.report_deferred_files();
+        p.close();
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .filter(|l: &serde_json::Value| l["kind"] == "sensor.tamper")
+            .collect();
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0]["process"]["pid"], pid);
+        assert_eq!(
+            lines[0]["process"]["key"],
+            p_key(pid, 77 * 10_000_000),
+            "named with its start time, from its exit record"
+        );
+    }
+
+    fn p_key(pid: u32, start_ns: u64) -> String {
+        ProcessKeys::new("b", 100).key(pid, start_ns)
     }
 }

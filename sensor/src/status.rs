@@ -304,6 +304,10 @@ pub struct FileWatchStatus {
     pub own: u64,
     /// Events gathered into another's report (same process and file).
     pub merged: u64,
+    /// Journal metadata changes that changed nothing (SQLite's chown of its
+    /// journals when a query opens the store as root), not reported.
+    #[serde(default)]
+    pub journal_no_ops: u64,
     /// `sensor.tamper` reports made.
     pub reported: u64,
     /// Left out: the kernel had reported the same act (an open for writing).
@@ -336,6 +340,7 @@ impl FileWatchStatus {
             events: get(&s.events),
             own: get(&s.own),
             merged: get(&s.merged),
+            journal_no_ops: get(&s.journal_no_ops),
             reported: get(&s.reported),
             duplicates: get(&s.duplicates),
             suppressed: get(&s.suppressed),

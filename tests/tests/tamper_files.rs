@@ -381,8 +381,9 @@ fn a_process_outside_any_run_is_reported_without_a_run() -> Result<()> {
 }
 
 /// The daemon writes its store, run journal, sequence file and pins all the
-/// time, and puts back a removed pin: none of that is reported. Only the
-/// test's own removal of the pin is (by the test's process, without a run).
+/// time, and puts back a removed pin; an operator queries the store: none of
+/// that is reported. Only the test's own removal of the pin is (by the
+/// test's process, without a run).
 /// And one act is one report: a run's `touch` of a state file, which the
 /// kernel reports as an open for writing, is not reported again.
 #[test]
@@ -398,6 +399,17 @@ fn the_daemons_own_writes_are_never_reported_and_one_act_is_one_report() -> Resu
             "/usr/bin/true\n/usr/bin/true\n",
         )?;
         ensure!(out.status.success(), "run {i}: {}", describe(&out));
+    }
+    // An operator's queries of the store (SQLite, as root, chowns the
+    // journal files to the database's owner when it opens them: no change).
+    let db = d.state_dir().join("sensor.db");
+    for query in [&["runs"][..], &["events", "--kind", "run.start"][..]] {
+        let out = d.sensor().args(query).arg("--db").arg(&db).output()?;
+        ensure!(
+            out.status.success(),
+            "sensor {query:?}: {}",
+            text(&out.stderr)
+        );
     }
     thread::sleep(Duration::from_secs(2));
     let mut c = Checks::new();
@@ -481,6 +493,18 @@ fn the_daemons_own_writes_are_never_reported_and_one_act_is_one_report() -> Resu
             .map(|e| compact(e))
             .collect::<Vec<_>>()
             .join("\n")
+    );
+    // A real change of a journal file's mode is reported, though.
+    let wal = d.state_dir().join("sensor.db-wal");
+    let mut cmd = Command::new("/usr/bin/chmod");
+    cmd.arg("0644").arg(&wal);
+    die_with_parent(&mut cmd);
+    ensure!(cmd.status()?.success(), "chmod of the WAL");
+    c.result(
+        wait_file_tamper(&d, "chmod of the WAL", |e| {
+            of(e, "attrib", &s(&wal)) && e["tamper"]["file"]["kind"] == "store"
+        })
+        .map(drop),
     );
     c.finish()
 }

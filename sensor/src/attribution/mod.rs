@@ -105,6 +105,15 @@ pub struct Actor {
     pub exited: Option<process_table::Exited>,
 }
 
+impl Actor {
+    /// Something is known of it: it runs, or the table or its exit record
+    /// had it.
+    #[must_use]
+    pub fn is_known(&self) -> bool {
+        self.alive || self.start_ns != 0
+    }
+}
+
 /// Something attribution did that deserves an event of its own.
 #[derive(Debug, Clone)]
 pub enum RunChange {

@@ -213,6 +213,8 @@ pub struct Root {
     /// Only those names count (the database's directory, when it is not
     /// the state dir).
     pub only_names: bool,
+    /// The database, when it is directly in this directory.
+    pub db: Option<PathBuf>,
 }
 
 /// The database's files: itself and SQLite's journals.
@@ -239,6 +241,7 @@ pub fn roots(pin_dir: &Path, state_dir: &Path, db: Option<&Path>) -> Vec<Root> {
         recursive: true,
         names: Vec::new(),
         only_names: false,
+        db: None,
     }];
     let mut state = Root {
         path: state_dir.to_owned(),
@@ -246,12 +249,16 @@ pub fn roots(pin_dir: &Path, state_dir: &Path, db: Option<&Path>) -> Vec<Root> {
         recursive: true,
         names: Vec::new(),
         only_names: false,
+        db: None,
     };
     if let Some(db) = db {
         let names: Vec<(OsString, Area)> =
             db_names(db).into_iter().map(|n| (n, Area::Store)).collect();
         match db.parent() {
-            Some(parent) if parent == state_dir => state.names = names,
+            Some(parent) if parent == state_dir => {
+                state.names = names;
+                state.db = Some(db.to_owned());
+            }
             // Deeper in the state dir: watched as state files.
             Some(parent) if parent.starts_with(state_dir) => {}
             Some(parent) => roots.push(Root {
@@ -260,6 +267,7 @@ pub fn roots(pin_dir: &Path, state_dir: &Path, db: Option<&Path>) -> Vec<Root> {
                 recursive: false,
                 names,
                 only_names: true,
+                db: Some(db.to_owned()),
             }),
             None => {}
         }
@@ -283,6 +291,10 @@ pub struct Stats {
     pub own: AtomicU64,
     /// Events gathered into another's report (same process and file).
     pub merged: AtomicU64,
+    /// Metadata changes of a database journal that left it as the database
+    /// is (SQLite, run as root, chowns its journals to the database's owner
+    /// when it opens them: every `sensor events` an operator runs).
+    pub journal_no_ops: AtomicU64,
     /// Reports handed to the pipeline.
     pub handed: AtomicU64,
     /// Reports made (`sensor.tamper` events), by the pipeline.
@@ -470,6 +482,10 @@ impl Watcher {
             }
             let now = Instant::now();
             for change in self.gather.due(now) {
+                if self.journal_no_op(&change) {
+                    Stats::add(&self.stats.journal_no_ops, 1);
+                    continue;
+                }
                 if let Some(c) = self.limiter.admit(change, now, &self.stats)
                     && !Self::hand_on(tx, c, &self.stats)
                 {
@@ -544,6 +560,40 @@ impl Watcher {
         }
         for s in seen {
             self.gather.push(pid, s, now, &self.stats);
+        }
+    }
+
+    /// Whether `c` is only a metadata change of a database journal (`-wal`,
+    /// `-shm`, `-journal`) that leaves it with the database's own mode and
+    /// owner: what SQLite does, as root, to the journals when it opens a
+    /// database (`fchown` to the database's owner), on every query of the
+    /// store. A real change (another mode or owner) is reported; so is any
+    /// change to the database file itself.
+    fn journal_no_op(&self, c: &FileChange) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        if c.ops != What::Attrib.bit() || c.area != Area::Store || c.dir {
+            return false;
+        }
+        let Some(db) = self.roots.iter().find_map(|r| r.db.as_ref()) else {
+            return false;
+        };
+        let journal = ["-wal", "-shm", "-journal"].iter().any(|suffix| {
+            let mut name = db.as_os_str().to_owned();
+            name.push(suffix);
+            c.path.as_os_str() == name
+        });
+        if !journal {
+            return false;
+        }
+        // As it is now (after the change), against the database.
+        match (
+            std::fs::symlink_metadata(&c.path),
+            std::fs::symlink_metadata(db),
+        ) {
+            (Ok(j), Ok(d)) => {
+                j.is_file() && (j.mode(), j.uid(), j.gid()) == (d.mode(), d.uid(), d.gid())
+            }
+            _ => false,
         }
     }
 
