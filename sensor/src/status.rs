@@ -373,6 +373,10 @@ impl StatusReport {
         if let Some(store) = &mut self.store {
             store.path = String::new();
         }
+        if let Some(fw) = &mut self.file_watch {
+            // It may name the state dir's files.
+            fw.error = None;
+        }
         self
     }
 }
