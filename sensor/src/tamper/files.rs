@@ -58,7 +58,7 @@ const ALL_RATE: f64 = 100.0;
 /// Processes whose budget is tracked at once; past that a process has only
 /// the shared budget.
 const MAX_PIDS: usize = 4096;
-/// Changes being gathered at once; past that the oldest is handed on early.
+/// Changes being gathered at once; past that they are all handed on early.
 const MAX_PENDING: usize = 4096;
 /// Directories marked at once, and how deep below a root.
 const MAX_DIRS: usize = 1024;
@@ -907,7 +907,7 @@ struct Gatherer {
 }
 
 impl Gatherer {
-    /// Adds a change. When the table is full, the oldest is handed on early.
+    /// Adds a change. When the table is full, all are handed on early.
     fn push(&mut self, pid: u32, s: Seen, now: Instant, stats: &Stats) {
         let key = (pid, s.path.clone());
         if let Some((c, _)) = self.pending.get_mut(&key) {
@@ -921,14 +921,12 @@ impl Gatherer {
             return;
         }
         if self.pending.len() >= MAX_PENDING {
-            let oldest = self
-                .pending
-                .iter()
-                .min_by_key(|(_, (_, t))| *t)
-                .map(|(k, _)| k.clone());
-            if let Some((c, _)) = oldest.and_then(|k| self.pending.remove(&k)) {
-                self.ready.push_back(c);
-            }
+            // A flood: hand on everything gathered so far (one pass per
+            // MAX_PENDING changes, not a search for the oldest per change).
+            let mut all: Vec<(FileChange, Instant)> =
+                self.pending.drain().map(|(_, v)| v).collect();
+            all.sort_by_key(|(_, t)| *t);
+            self.ready.extend(all.into_iter().map(|(c, _)| c));
         }
         self.pending.insert(
             key,
@@ -1209,6 +1207,25 @@ mod tests {
             What::Create.bit() | What::Attrib.bit()
         );
         assert_eq!(What::of_mask(libc::FAN_MOVE_SELF), What::Rename.bit());
+    }
+
+    #[test]
+    fn a_full_table_hands_everything_on_at_once() {
+        let stats = Stats::default();
+        let mut g = Gatherer::default();
+        let t0 = Instant::now();
+        for i in 0..=MAX_PENDING {
+            g.push(1, seen(What::Unlink.bit(), &format!("/s/f{i}")), t0, &stats);
+        }
+        assert_eq!((g.ready.len(), g.pending.len()), (MAX_PENDING, 1));
+        assert_eq!(g.deadline().map(|d| d <= Instant::now()), Some(true));
+        let due = g.due(t0);
+        assert_eq!(
+            due.len(),
+            MAX_PENDING,
+            "the early ones now, the last when gathered"
+        );
+        assert_eq!(g.due(t0 + GATHER).len(), 1);
     }
 
     #[test]
