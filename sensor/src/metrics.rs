@@ -21,6 +21,10 @@
 //! sensor_ready                           1 when attached and not blind (`sensor status` exits 0)
 //! sensor_blind                           1 while the canary finds the sensor blind (sensor.blind)
 //! sensor_canary_rounds_total{result}     canary rounds: `ok` (both records came), `failed`
+//! sensor_file_tamper_total               changes to the sensor's files reported (file watch)
+//! sensor_file_tamper_suppressed_total    of those, counted, not reported one by one (rate limit)
+//! sensor_file_watch_lost_total           file watch losses: kernel queue overflows + reports dropped
+//! sensor_file_watch_up                   1 while the file watch runs
 //! ```
 
 use std::{net::SocketAddr, sync::Arc};
@@ -284,6 +288,40 @@ impl Collector for StateCollector {
                 ("failed".to_owned(), report.canary.rounds_failed),
             ],
         )?;
+        if let Some(fw) = &report.file_watch {
+            for (name, help, value) in [
+                (
+                    "sensor_file_tamper",
+                    "Changes to the sensor's files reported by the file watch (sensor.tamper, method file)",
+                    fw.reported,
+                ),
+                (
+                    "sensor_file_tamper_suppressed",
+                    "Changes to the sensor's files counted, not reported one by one (rate limit)",
+                    fw.suppressed,
+                ),
+                (
+                    "sensor_file_watch_lost",
+                    "File watch losses: kernel queue overflows and reports dropped",
+                    fw.overflows + fw.dropped,
+                ),
+            ] {
+                let counter = ConstCounter::new(value);
+                counter.encode(encoder.encode_descriptor(
+                    name,
+                    help,
+                    None,
+                    MetricType::Counter,
+                )?)?;
+            }
+            let up = ConstGauge::new(i64::from(fw.watching));
+            up.encode(encoder.encode_descriptor(
+                "sensor_file_watch_up",
+                "1 while the watch of the sensor's files runs",
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
         if let Some(store) = &report.store {
             let written = ConstCounter::new(store.written);
             written.encode(encoder.encode_descriptor(

@@ -34,6 +34,7 @@ use crate::{
         unix_ns,
         writer::{Record, RunRow, StoreBatch, StoreWriter},
     },
+    tamper::files::{self, FileChange, What},
 };
 
 /// Records handled per wake-up before giving other tasks a turn.
@@ -117,7 +118,27 @@ pub struct Pipeline {
     notifier: crate::notify::Notifier,
     /// `--record-raw`: every record, as read, for replays.
     raw_log: Option<std::io::BufWriter<std::fs::File>>,
+    /// The file watch: its reports (taken by [`run`]) and counters.
+    file_changes: Option<tokio::sync::mpsc::Receiver<FileChange>>,
+    file_watch: Option<Arc<files::Stats>>,
+    /// The file watch's loss counters as last reported (overflows, dropped).
+    file_watch_seen: (u64, u64),
+    /// The kernel's reports of opens for writing of sensor files, lately:
+    /// (pid, protected path, when), so that the file watch does not report
+    /// the same act again.
+    kernel_file_writes: std::collections::VecDeque<(u32, std::path::PathBuf, std::time::Instant)>,
+    /// File changes by a process the daemon knew nothing of yet (its records
+    /// still on their way through the ring), reported at the next tick.
+    deferred_files: Vec<FileChange>,
 }
+
+/// A file change by a process within this long of the kernel's report of
+/// its open for writing of the same file is the same act.
+const SAME_ACT: Duration = Duration::from_secs(2);
+/// Kernel open-for-writing reports remembered for that.
+const KERNEL_WRITES_KEPT: usize = 256;
+/// File changes held back for their process's records, at most.
+const DEFERRED_FILES: usize = 1024;
 
 impl Pipeline {
     #[must_use]
@@ -156,6 +177,11 @@ impl Pipeline {
             canary: None,
             notifier: crate::notify::Notifier::default(),
             raw_log: None,
+            file_changes: None,
+            file_watch: None,
+            file_watch_seen: (0, 0),
+            kernel_file_writes: std::collections::VecDeque::new(),
+            deferred_files: Vec::new(),
         }
     }
 
@@ -193,6 +219,123 @@ impl Pipeline {
     #[must_use]
     pub const fn notifier(&self) -> &crate::notify::Notifier {
         &self.notifier
+    }
+
+    /// Reports what the file watch sees (see [`crate::tamper::files`]).
+    #[must_use]
+    pub fn with_file_watch(mut self, watch: files::FileWatch) -> Self {
+        self.state.set_file_watch(Arc::clone(&watch.stats));
+        self.file_watch = Some(watch.stats);
+        self.file_changes = Some(watch.changes);
+        self
+    }
+
+    /// Counters of a file watch that could not start (status says why).
+    pub fn without_file_watch(&mut self, stats: Arc<files::Stats>) {
+        self.state.set_file_watch(stats);
+    }
+
+    /// Reports a change the file watch saw to the sensor's files: a
+    /// `sensor.tamper` with the process and its run (and a kill under an
+    /// enforce policy), unless the kernel already reported the same act
+    /// (the same process's open for writing of the same file, just before).
+    ///
+    /// A change by a process the daemon knows nothing of (gone, and its
+    /// records not read yet) waits for the next tick: by then its spawn and
+    /// exit have come through the ring, and it is named with its run.
+    pub fn file_change(&mut self, change: &FileChange) {
+        let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if change.pid != 0
+                && self.deferred_files.len() < DEFERRED_FILES
+                && !self.builder.attribution().actor(change.pid).is_known()
+            {
+                self.deferred_files.push(change.clone());
+                return;
+            }
+            self.report_file_change(change);
+        }));
+        if handled.is_err() {
+            self.caught_panic("a file change");
+        }
+    }
+
+    /// Reports the file changes held back for their process's records
+    /// (every tick, and at stop), with whatever is known by now.
+    pub fn report_deferred_files(&mut self) {
+        for change in std::mem::take(&mut self.deferred_files) {
+            let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.report_file_change(&change);
+            }));
+            if handled.is_err() {
+                self.caught_panic("a file change");
+            }
+        }
+    }
+
+    fn report_file_change(&mut self, change: &FileChange) {
+        let now = std::time::Instant::now();
+        while self
+            .kernel_file_writes
+            .front()
+            .is_some_and(|(_, _, t)| now.duration_since(*t) > SAME_ACT)
+        {
+            self.kernel_file_writes.pop_front();
+        }
+        let writes_only = change
+            .ops()
+            .all(|w| matches!(w, What::Create | What::Modify | What::Attrib));
+        let same_act = writes_only
+            && self
+                .kernel_file_writes
+                .iter()
+                .any(|(pid, path, _)| *pid == change.pid && change.path.starts_with(path));
+        if let Some(stats) = &self.file_watch {
+            let counter = if same_act {
+                &stats.duplicates
+            } else {
+                &stats.reported
+            };
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if same_act {
+            return;
+        }
+        let mut events = std::mem::take(&mut self.scratch);
+        let outcome = self.builder.file_tamper(change, &mut events);
+        if let Some(e) = events.first() {
+            let run = e.run.as_ref().map_or("", |r| r.id.as_str());
+            tracing::warn!(
+                what = change.what().as_str(),
+                path = %change.path.display(),
+                pid = change.pid,
+                run,
+                killed = outcome.killed,
+                "sensor.tamper: a file of the sensor's changed"
+            );
+        }
+        for event in events.drain(..) {
+            self.push(&event);
+        }
+        self.scratch = events;
+        self.flush();
+    }
+
+    /// Notes the kernel's report of an open for writing of a sensor file.
+    fn note_kernel_write(&mut self, event: &Event) {
+        let (Some(t), Some(p)) = (&event.tamper, &event.process) else {
+            return;
+        };
+        if t.method != "sensor_file" {
+            return;
+        }
+        let Some(path) = t.file.as_ref().and_then(|f| f.path.as_ref()) else {
+            return;
+        };
+        if self.kernel_file_writes.len() >= KERNEL_WRITES_KEPT {
+            self.kernel_file_writes.pop_front();
+        }
+        self.kernel_file_writes
+            .push_back((p.pid, path.into(), std::time::Instant::now()));
     }
 
     /// Saves the event sequence in `seq_file` (its reservation is taken now).
@@ -643,6 +786,9 @@ impl Pipeline {
     }
 
     fn push(&mut self, event: &Event) {
+        if event.kind == Kind::SensorTamper && self.file_watch.is_some() {
+            self.note_kernel_write(event);
+        }
         let begin = self.batch.len();
         if crate::event::json::write_json_line(event, &mut self.batch).is_ok() {
             self.batch_lines.push(Line {
@@ -824,8 +970,26 @@ impl Pipeline {
                 lost.by_output.insert("store".to_owned(), delta);
             }
         }
-        if lost.total > 0 || !lost.by_output.is_empty() || !lost.unreadable.is_empty() {
-            tracing::warn!(kernel = lost.total, outputs = ?lost.by_output, "events lost");
+        if let Some(stats) = &self.file_watch {
+            let now = (
+                stats.overflows.load(std::sync::atomic::Ordering::Relaxed),
+                stats.dropped.load(std::sync::atomic::Ordering::Relaxed),
+            );
+            let (o, d) = self.file_watch_seen;
+            self.file_watch_seen = now;
+            if now != (o, d) {
+                lost.file_watch = Some(crate::event::FileWatchLost {
+                    overflows: now.0.saturating_sub(o),
+                    dropped: now.1.saturating_sub(d),
+                });
+            }
+        }
+        if lost.total > 0
+            || !lost.by_output.is_empty()
+            || !lost.unreadable.is_empty()
+            || lost.file_watch.is_some()
+        {
+            tracing::warn!(kernel = lost.total, outputs = ?lost.by_output, file_watch = ?lost.file_watch, "events lost");
             let event = self.builder.lost(lost);
             self.push(&event);
             self.flush();
@@ -1233,6 +1397,7 @@ pub async fn run(
     let watchdog_on = pipeline.notifier.watchdog_interval().is_some();
     let mut watchdog = tokio::time::interval(pipeline.notifier.watchdog_interval().unwrap_or(TICK));
     watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut file_changes = pipeline.file_changes.take();
     tokio::pin!(shutdown);
     let result = loop {
         tokio::select! {
@@ -1256,6 +1421,12 @@ pub async fn run(
                 }
             }
             () = &mut shutdown => break Ok(Ended::Stopped),
+            Some(change) = next_file_change(&mut file_changes) => {
+                // The process's records first (its spawn, exec, exit), so
+                // that it is known by the time its change is reported.
+                drain(ring.get_mut(), &mut pipeline, DRAIN_BUDGET);
+                pipeline.file_change(&change);
+            }
             _ = tick.tick() => {
                 if reader.asleep {
                     // A record sent without a wakeup as the reader fell asleep.
@@ -1278,6 +1449,7 @@ pub async fn run(
                     let swept = pipeline.builder.attribution_mut().sweep(now);
                     pipeline.run_changes(&swept);
                 }
+                pipeline.report_deferred_files();
                 pipeline.flush();
                 pipeline.save_seq();
                 if let Ok(clock) = Clock::now() {
@@ -1367,6 +1539,7 @@ pub async fn run(
         let ring = ring.get_mut();
         while !drain(ring, &mut pipeline, usize::MAX).empty {}
     }
+    pipeline.report_deferred_files();
     let lost_by_run = pipeline.check_run_stats(&mut run_stats);
     match read_stats(&stats) {
         Ok(s) => pipeline.check_losses(&s, lost_by_run),
@@ -1383,6 +1556,23 @@ pub async fn run(
         let _ = reply.send(Response::HandedOver { next_seq });
     }
     Ok(ended)
+}
+
+/// The file watch's next report; pending for good once there is no watch
+/// (or it ended).
+async fn next_file_change(
+    changes: &mut Option<tokio::sync::mpsc::Receiver<FileChange>>,
+) -> Option<FileChange> {
+    if let Some(rx) = changes {
+        if let Some(change) = rx.recv().await {
+            return Some(change);
+        }
+        tracing::error!(
+            "the file watch ended; changes to the sensor's files are no longer reported"
+        );
+        *changes = None;
+    }
+    std::future::pending().await
 }
 
 /// Says what stays attached now that the daemon let go of its programs, as
@@ -1636,5 +1826,153 @@ mod tests {
         assert_eq!(lines[2]["lost"]["unreadable"]["0"], 1);
         assert_eq!(state.report().decode_errors, 1);
         assert_eq!(state.report().recovered, 1);
+    }
+
+    fn file_change(pid: u32, path: &str, ops: &[What]) -> FileChange {
+        FileChange {
+            pid,
+            ops: ops.iter().fold(0, |b, w| b | (1 << *w as u8)),
+            path: path.into(),
+            to: None,
+            moved_in: false,
+            area: files::Area::State,
+            root: "/s".into(),
+            dir: false,
+            events: 1,
+            suppressed: 0,
+        }
+    }
+
+    /// A file watch report: by a process the daemon knows nothing of, the
+    /// pid alone, no run, no policy. One the kernel already reported (its
+    /// open for writing under the same protected path, by the same process)
+    /// is left out; an unlink by that process is not.
+    #[test]
+    fn file_changes_are_reported_once() {
+        use sensor_common::event::{SENSOR_FILE_STATE, TAMPER_SENSOR_FILE, TamperData};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.jsonl");
+        let (p, state) = pipeline(&path);
+        let stats = Arc::new(files::Stats::default());
+        let (_tx, rx) = tokio::sync::mpsc::channel(1);
+        let mut p = p.with_file_watch(files::FileWatch {
+            changes: rx,
+            stats: Arc::clone(&stats),
+        });
+        p.builder.set_protected(vec![((5, 9), "/s".to_owned())]);
+        let pid = 4_190_003;
+        p.handle_record(&encode(&RawEvent::Tamper {
+            header: EventHeader {
+                kind: EventKind::Tamper as u32,
+                tgid: pid,
+                ..EventHeader::default()
+            },
+            data: TamperData {
+                method: TAMPER_SENSOR_FILE,
+                file_dev: 5,
+                file_ino: 9,
+                file_kind: SENSOR_FILE_STATE,
+                ..TamperData::default()
+            },
+        }));
+        p.file_change(&file_change(pid, "/s/f", &[What::Create, What::Attrib]));
+        p.file_change(&file_change(pid, "/s/f", &[What::Unlink]));
+        p.file_change(&file_change(pid + 1, "/s/g", &[What::Modify]));
+        // Nothing is known of these pids: reported at the tick.
+        p.report_deferred_files();
+        p.close();
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let methods: Vec<(&str, &str)> = lines
+            .iter()
+            .map(|l| {
+                (
+                    l["tamper"]["method"].as_str().unwrap(),
+                    l["tamper"]["what"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            methods,
+            [
+                ("sensor_file", "open for writing of a sensor file"),
+                ("file", "unlink"),
+                ("file", "modify"),
+            ]
+        );
+        let g = &lines[2];
+        assert_eq!(g["process"]["pid"], pid + 1);
+        assert!(g["run"].is_null() && g.get("policy").is_none());
+        assert_eq!(g["tamper"]["detected"], "after");
+        assert_eq!(g["tamper"]["file"]["path"], "/s/g");
+        assert_eq!(g["tamper"]["file"]["kind"], "state");
+        assert!(g["tamper"].get("killed").is_none());
+        let fw = state.report().file_watch.unwrap();
+        assert_eq!((fw.reported, fw.duplicates), (2, 1));
+    }
+
+    /// A change by a process nothing is known of yet waits for the tick
+    /// (its records may still be in the ring), then is reported once.
+    #[test]
+    fn a_change_by_an_unknown_process_waits_for_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.jsonl");
+        let (p, _) = pipeline(&path);
+        let (_tx, rx) = tokio::sync::mpsc::channel(1);
+        let mut p = p.with_file_watch(files::FileWatch {
+            changes: rx,
+            stats: Arc::new(files::Stats::default()),
+        });
+        let pid = 4_190_004;
+        p.file_change(&file_change(pid, "/s/f", &[What::Unlink]));
+        p.flush();
+        assert!(
+            std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .is_empty()
+        );
+        // Its records come: a spawn (then its exit) of that pid.
+        let h = EventHeader {
+            kind: EventKind::ProcessSpawn as u32,
+            tgid: pid,
+            tid: pid,
+            start_ns: 77 * 10_000_000,
+            ..EventHeader::default()
+        };
+        p.handle_record(&encode(&RawEvent::Spawn {
+            header: h,
+            data: sensor_common::event::SpawnData::default(),
+            exe: Vec::new(),
+        }));
+        p.handle_record(&encode(&RawEvent::Exit {
+            header: EventHeader {
+                kind: EventKind::ProcessExit as u32,
+                ..h
+            },
+            data: ExitData::default(),
+        }));
+        p.report_deferred_files();
+        p.report_deferred_files();
+        p.close();
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .filter(|l: &serde_json::Value| l["kind"] == "sensor.tamper")
+            .collect();
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0]["process"]["pid"], pid);
+        assert_eq!(
+            lines[0]["process"]["key"],
+            p_key(pid, 77 * 10_000_000),
+            "named with its start time, from its exit record"
+        );
+    }
+
+    fn p_key(pid: u32, start_ns: u64) -> String {
+        ProcessKeys::new("b", 100).key(pid, start_ns)
     }
 }

@@ -48,6 +48,8 @@ pub struct DaemonState {
     event_ring_kib: AtomicU64,
     /// The canary's rounds, and the blindness it found (not ready while blind).
     canary: Mutex<CanaryStatus>,
+    /// The file watch's counters.
+    file_watch: OnceLock<Arc<crate::tamper::files::Stats>>,
 }
 
 /// Counters of what the daemon refused or held back to stay up and honest
@@ -95,6 +97,7 @@ impl Default for DaemonState {
             recovery_ms: AtomicU64::new(0),
             event_ring_kib: AtomicU64::new(0),
             canary: Mutex::new(CanaryStatus::default()),
+            file_watch: OnceLock::new(),
         }
     }
 }
@@ -139,6 +142,11 @@ impl DaemonState {
     /// The links as the integrity check found them.
     pub fn set_links(&self, links: Vec<LinkStatus>) {
         *self.links.lock().unwrap_or_else(PoisonError::into_inner) = links;
+    }
+
+    /// The file watch's counters (see [`crate::tamper::files`]).
+    pub fn set_file_watch(&self, stats: Arc<crate::tamper::files::Stats>) {
+        let _ = self.file_watch.set(stats);
     }
 
     /// Counts a `sensor.tamper` finding.
@@ -298,6 +306,7 @@ impl DaemonState {
             recovered: self.recovered.load(Ordering::Relaxed),
             recovery_ms: self.recovery_ms.load(Ordering::Relaxed),
             event_ring_kib: self.event_ring_kib.load(Ordering::Relaxed),
+            file_watch: self.file_watch.get().map(|s| FileWatchStatus::of(s)),
         }
     }
 }
@@ -361,6 +370,9 @@ pub struct StatusReport {
     /// Size of the kernel's event ring, KiB (`[limits] event_ring_kib`).
     #[serde(default)]
     pub event_ring_kib: u64,
+    /// The watch of the sensor's files (`sensor.tamper`, method `file`).
+    #[serde(default)]
+    pub file_watch: Option<FileWatchStatus>,
 }
 
 /// The canary's rounds since the daemon started, and any blindness now.
@@ -393,6 +405,69 @@ pub struct BlindStatus {
     pub detail: String,
 }
 
+/// The file watch's state and counters since the daemon started.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileWatchStatus {
+    /// It runs.
+    pub watching: bool,
+    /// `known`, or `hidden`: without CAP_SYS_ADMIN the kernel does not say
+    /// which process made a change.
+    pub actors: String,
+    /// Directories watched now.
+    pub dirs: u64,
+    /// Kernel events read, and of them the daemon's own (ignored).
+    pub events: u64,
+    pub own: u64,
+    /// Events gathered into another's report (same process and file).
+    pub merged: u64,
+    /// Journal metadata changes that changed nothing (SQLite's chown of its
+    /// journals when a query opens the store as root), not reported.
+    #[serde(default)]
+    pub journal_no_ops: u64,
+    /// `sensor.tamper` reports made.
+    pub reported: u64,
+    /// Left out: the kernel had reported the same act (an open for writing).
+    pub duplicates: u64,
+    /// Changes counted, not reported one by one (rate limit).
+    pub suppressed: u64,
+    /// Kernel queue overflows (changes lost, how many unknown).
+    pub overflows: u64,
+    /// Reports lost, the pipeline's queue full.
+    pub dropped: u64,
+    /// Directories that could not be watched, read errors, unreadable events.
+    pub errors: u64,
+    /// Why it does not run, or the last error.
+    pub error: Option<String>,
+}
+
+impl FileWatchStatus {
+    #[must_use]
+    pub fn of(s: &crate::tamper::files::Stats) -> Self {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Self {
+            watching: s.watching.load(Ordering::Relaxed),
+            actors: if s.actors_hidden.load(Ordering::Relaxed) {
+                "hidden"
+            } else {
+                "known"
+            }
+            .to_owned(),
+            dirs: get(&s.dirs),
+            events: get(&s.events),
+            own: get(&s.own),
+            merged: get(&s.merged),
+            journal_no_ops: get(&s.journal_no_ops),
+            reported: get(&s.reported),
+            duplicates: get(&s.duplicates),
+            suppressed: get(&s.suppressed),
+            overflows: get(&s.overflows),
+            dropped: get(&s.dropped),
+            errors: get(&s.errors) + get(&s.malformed),
+            error: s.error(),
+        }
+    }
+}
+
 /// `sensor.tamper` findings since the daemon started.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TamperStatus {
@@ -413,6 +488,10 @@ impl StatusReport {
         }
         if let Some(store) = &mut self.store {
             store.path = String::new();
+        }
+        if let Some(fw) = &mut self.file_watch {
+            // It may name the state dir's files.
+            fw.error = None;
         }
         self
     }

@@ -663,10 +663,16 @@ pub fn last_seq(d: &Daemon) -> Result<u64> {
     })
 }
 
-/// The `sensor.tamper` events after `seq`.
+/// The integrity check's `sensor.tamper` events after `seq` (not the file
+/// watch's, which name the same pins when a test removes them: see
+/// `tamper_files.rs`).
 pub fn tampers_after(evs: &[Value], seq: u64) -> Vec<Value> {
     evs.iter()
-        .filter(|e| e["kind"] == "sensor.tamper" && e["seq"].as_u64().is_some_and(|s| s > seq))
+        .filter(|e| {
+            e["kind"] == "sensor.tamper"
+                && e["tamper"]["method"] == "integrity"
+                && e["seq"].as_u64().is_some_and(|s| s > seq)
+        })
         .cloned()
         .collect()
 }

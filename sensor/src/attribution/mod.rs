@@ -89,6 +89,31 @@ pub const fn how_name(how: u32) -> &'static str {
     }
 }
 
+/// Who did something, as [`Attribution::actor`] found them.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub pid: u32,
+    /// Start time (ns; 0: not known).
+    pub start_ns: u64,
+    /// Run handle (0: none) and how the process had joined it.
+    pub run: u64,
+    pub how: u32,
+    pub exe: Option<std::sync::Arc<str>>,
+    /// It still runs (as the process that started at `start_ns`).
+    pub alive: bool,
+    /// What was known of it at its exit, when it is gone.
+    pub exited: Option<process_table::Exited>,
+}
+
+impl Actor {
+    /// Something is known of it: it runs, or the table or its exit record
+    /// had it.
+    #[must_use]
+    pub fn is_known(&self) -> bool {
+        self.alive || self.start_ns != 0
+    }
+}
+
 /// Something attribution did that deserves an event of its own.
 #[derive(Debug, Clone)]
 pub enum RunChange {
@@ -194,6 +219,8 @@ pub enum AttributionError {
 /// The attribution stage.
 pub struct Attribution {
     processes: ProcessTable,
+    /// The last exits, for reports that come after their process is gone.
+    recent_exits: process_table::RecentExits,
     runs: RunTable,
     map: Box<dyn RunMap>,
     state_path: Option<PathBuf>,
@@ -243,6 +270,7 @@ impl Attribution {
         let ns_per_tick = keys.ns_per_tick();
         Self {
             processes: ProcessTable::new(ns_per_tick),
+            recent_exits: process_table::RecentExits::default(),
             runs,
             map,
             state_path,
@@ -610,6 +638,18 @@ impl Attribution {
     pub fn on_exit(&mut self, h: &EventHeader, now: SystemTime) -> ((u64, u32), Vec<RunChange>) {
         let (run, how) = self.run_of(h);
         let info = self.processes.remove(h.tgid, h.start_ns);
+        self.recent_exits.record(process_table::Exited {
+            pid: h.tgid,
+            start_ns: h.start_ns,
+            ppid: h.ppid,
+            parent_start_ns: h.parent_start_ns,
+            uid: h.uid,
+            gid: h.gid,
+            comm: h.comm,
+            exe: info.as_ref().and_then(|p| p.exe.clone()),
+            run,
+            how,
+        });
         let mut changes = Vec::new();
         if run != 0 && info.is_some_and(|p| p.run == run) {
             self.runs.remove_process(run);
@@ -824,6 +864,62 @@ impl Attribution {
     /// Start time (ticks) of a live process, from /proc.
     fn proc_start_ticks(&self, pid: u32) -> Option<u64> {
         crate::identity::proc_start_in(&self.proc_root, pid).map(|(t, _)| t)
+    }
+
+    /// Who process `pid` is, for a report that comes after what it did (a
+    /// file change): the table's entry if it is still that process, else the
+    /// live process per /proc and the kernel map, else its exit if it is
+    /// among the last ones. The run is 0 when it was in none (or nothing is
+    /// known of it).
+    #[must_use]
+    pub fn actor(&self, pid: u32) -> Actor {
+        let live = self.proc_start_ticks(pid);
+        let known_run = |run: u64| if self.runs.get(run).is_some() { run } else { 0 };
+        if let Some(p) = self.processes.get(pid, 0)
+            && live.is_none_or(|t| t == p.start_ns / self.ns_per_tick)
+        {
+            return Actor {
+                pid,
+                start_ns: p.start_ns,
+                run: known_run(p.run),
+                how: p.how,
+                exe: p.exe.clone(),
+                alive: live.is_some(),
+                exited: None,
+            };
+        }
+        if let Some(ticks) = live {
+            let (run, how) = self.kernel_run(pid, ticks).unwrap_or((0, 0));
+            return Actor {
+                pid,
+                start_ns: ticks.saturating_mul(self.ns_per_tick),
+                run: known_run(run),
+                how,
+                exe: None,
+                alive: true,
+                exited: None,
+            };
+        }
+        match self.recent_exits.find(pid) {
+            Some(e) => Actor {
+                pid,
+                start_ns: e.start_ns,
+                run: known_run(e.run),
+                how: e.how,
+                exe: e.exe.clone(),
+                alive: false,
+                exited: Some(e.clone()),
+            },
+            None => Actor {
+                pid,
+                start_ns: 0,
+                run: 0,
+                how: 0,
+                exe: None,
+                alive: false,
+                exited: None,
+            },
+        }
     }
 
     /// The run of a live process per the kernel map, checked against its start time.
@@ -1447,6 +1543,43 @@ mod tests {
             )
             .unwrap();
         run
+    }
+
+    /// The file watch reports a change after it was made: the process that
+    /// made it is named from the table, or from its exit once it is gone.
+    #[test]
+    fn an_actor_is_found_live_or_after_its_exit() {
+        let mut a = attribution(&[]);
+        let me = std::process::id();
+        let run = launched(&mut a, "actor", None);
+        let live = a.actor(me);
+        assert!(live.alive && live.exited.is_none());
+        assert_eq!(live.run, run.handle);
+        // A child that no longer runs (no such pid in /proc), its exit not
+        // yet read: the table still names it and its run.
+        let child = 4_190_001;
+        let h = header(child, me, run.handle, HOW_INHERITED);
+        a.on_spawn(&h, Some(std::sync::Arc::from("/usr/bin/rm")));
+        let before = a.actor(child);
+        assert!(!before.alive);
+        assert_eq!(
+            (before.run, before.exe.as_deref()),
+            (run.handle, Some("/usr/bin/rm"))
+        );
+        // Its exit read: gone from the table, still known.
+        a.on_exit(&h, SystemTime::now());
+        assert!(a.processes.get(child, 0).is_none());
+        let after = a.actor(child);
+        assert_eq!(after.run, run.handle);
+        assert_eq!(after.start_ns, h.start_ns);
+        assert_eq!(after.exited.as_ref().map(|e| e.ppid), Some(me));
+        assert_eq!(after.exe.as_deref(), Some("/usr/bin/rm"));
+        // Nothing known: the pid alone.
+        let unknown = a.actor(4_190_002);
+        assert_eq!(
+            (unknown.run, unknown.start_ns, unknown.alive),
+            (0, 0, false)
+        );
     }
 
     #[test]

@@ -21,6 +21,60 @@ pub struct ProcessInfo {
     pub agent: bool,
 }
 
+/// What was known of a process when it exited: the file watch reports
+/// changes some time after they were made, often by processes gone by then
+/// (`rm`), and still names them and their run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exited {
+    pub pid: u32,
+    pub start_ns: u64,
+    pub ppid: u32,
+    pub parent_start_ns: u64,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: [u8; 16],
+    pub exe: Option<Arc<str>>,
+    /// Run handle (0: none) and how the process had joined it.
+    pub run: u64,
+    pub how: u32,
+}
+
+/// The last [`RecentExits::CAPACITY`] exits, in a ring: recording one (at
+/// every exit, on the event path) is a copy; finding one (rare: a file
+/// change to report) is a scan, newest first.
+#[derive(Debug, Default)]
+pub struct RecentExits {
+    ring: Vec<Exited>,
+    /// Where the next one goes once the ring is full.
+    next: usize,
+}
+
+impl RecentExits {
+    pub const CAPACITY: usize = 4096;
+
+    pub fn record(&mut self, e: Exited) {
+        if self.ring.len() < Self::CAPACITY {
+            self.ring.push(e);
+        } else if let Some(slot) = self.ring.get_mut(self.next) {
+            *slot = e;
+            self.next = (self.next + 1) % Self::CAPACITY;
+        }
+    }
+
+    /// The latest exit of `pid`.
+    #[must_use]
+    pub fn find(&self, pid: u32) -> Option<&Exited> {
+        // Newest first: from just before `next` back round the ring
+        // (slots before `next` were written after those from it on).
+        let (recent, earlier) = self.ring.split_at(self.next.min(self.ring.len()));
+        recent
+            .iter()
+            .rev()
+            .chain(earlier.iter().rev())
+            .find(|e| e.pid == pid)
+    }
+}
+
 /// Live processes by tgid.
 #[derive(Debug, Default)]
 pub struct ProcessTable {
@@ -197,5 +251,37 @@ mod tests {
         let mut t = ProcessTable::new(10_000_000);
         assert_eq!(t.seed_from_proc(root.path()), vec![(77, 5)]);
         assert_eq!(t.get(77, 0).unwrap().start_ns, 12345 * 10_000_000);
+    }
+
+    #[test]
+    fn recent_exits_find_the_latest_of_a_pid_and_forget_the_oldest() {
+        let exit = |pid: u32, start_ns: u64| Exited {
+            pid,
+            start_ns,
+            ppid: 1,
+            parent_start_ns: 0,
+            uid: 0,
+            gid: 0,
+            comm: [0; 16],
+            exe: None,
+            run: 0,
+            how: 0,
+        };
+        let mut r = RecentExits::default();
+        r.record(exit(5, 1));
+        r.record(exit(6, 1));
+        r.record(exit(5, 2));
+        assert_eq!(r.find(5).map(|e| e.start_ns), Some(2));
+        assert_eq!(r.find(7), None);
+        for i in 0..RecentExits::CAPACITY as u64 {
+            r.record(exit(10, i));
+        }
+        assert_eq!(r.find(5), None, "pushed out");
+        assert_eq!(
+            r.find(10).map(|e| e.start_ns),
+            Some(RecentExits::CAPACITY as u64 - 1)
+        );
+        r.record(exit(10, 99_999));
+        assert_eq!(r.find(10).map(|e| e.start_ns), Some(99_999));
     }
 }

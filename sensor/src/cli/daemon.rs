@@ -227,6 +227,28 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
                  seeing will not say so"
             ),
         }
+        // Changes to the sensor's files no open for writing shows (unlink,
+        // rename, chmod ...), by anyone but this process.
+        let watch_stats = Arc::new(crate::tamper::files::Stats::default());
+        match crate::tamper::files::start(
+            crate::tamper::files::roots(&pin_dir, &state_dir, store.as_ref().map(|_| db.as_path())),
+            std::process::id(),
+            Arc::clone(&watch_stats),
+        ) {
+            Ok(watch) => {
+                if watch.stats.actors_hidden.load(std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(
+                        "file watch: without CAP_SYS_ADMIN the kernel does not say which process \
+                         changed a sensor file; such changes are reported without the process"
+                    );
+                }
+                pipeline = pipeline.with_file_watch(watch);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch the sensor's files: unlinks, renames and mode changes of them will not be reported");
+                pipeline.without_file_watch(watch_stats);
+            }
+        }
         if let Some(store) = store {
             pipeline = pipeline.with_store(store);
         }

@@ -112,6 +112,28 @@ pub fn execute(args: &StatusArgs) -> anyhow::Result<ExitCode> {
                 by.join(", ")
             ));
         }
+        if let Some(fw) = &report.file_watch {
+            lines.push(if fw.watching {
+                format!(
+                    "file watch: {} directories{}; changes reported {}, counted (rate limit) {}, \
+                     lost {}",
+                    fw.dirs,
+                    if fw.actors == "hidden" {
+                        ", processes NOT known (no CAP_SYS_ADMIN)"
+                    } else {
+                        ""
+                    },
+                    fw.reported,
+                    fw.suppressed,
+                    fw.overflows + fw.dropped
+                )
+            } else {
+                format!(
+                    "file watch: NOT running ({})",
+                    fw.error.as_deref().unwrap_or("stopped")
+                )
+            });
+        }
         if report.panics > 0 {
             lines.push(format!(
                 "panics caught (bugs; see the daemon's log): {}",

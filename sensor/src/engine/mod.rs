@@ -4,6 +4,7 @@
 //! from), and the sequence numbers. Everything it produces is typed
 //! ([`crate::event`]); the pipeline fans it out to the outputs.
 
+pub mod file_tamper;
 pub mod sequence;
 
 use std::{net::IpAddr, sync::Arc, time::SystemTime};
@@ -406,8 +407,10 @@ impl Engine {
                 _ => "unknown",
             },
             path: self.protected.get(&(d.file_dev, d.file_ino)).cloned(),
-            dev: format!("{}:{}", d.file_dev >> 20, d.file_dev & 0xf_ffff),
-            inode: d.file_ino,
+            dev: Some(format!("{}:{}", d.file_dev >> 20, d.file_dev & 0xf_ffff)),
+            inode: Some(d.file_ino),
+            to: None,
+            dir: None,
         });
         let pid = d.target_tgid;
         let target_text = || {

@@ -453,6 +453,20 @@ pub struct Lost {
     /// build with another record layout), by wire version.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub unreadable: BTreeMap<u32, u64>,
+    /// What the file watch lost since the previous report (not in `total`:
+    /// the kernel does not say how many file events an overflow lost).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file_watch: Option<FileWatchLost>,
+}
+
+/// File changes lost by the file watch (`sensor.lost` `lost.file_watch`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FileWatchLost {
+    /// Times the kernel's queue of file events overflowed (16384 events):
+    /// each lost an unknown number of changes.
+    pub overflows: u64,
+    /// Reports lost because the pipeline's queue was full.
+    pub dropped: u64,
 }
 
 /// What the kernel could not deliver of one run, since the previous
@@ -473,15 +487,17 @@ pub struct Degraded {
 pub struct Tamper {
     /// `ptrace`, `process_vm_writev`, `pidfd_getfd`, `proc_mem` (process);
     /// `signal`, `sensor_file`, `bpf` (sensor, seen in the kernel);
-    /// `integrity` (sensor, found by the daemon's check).
+    /// `integrity` (sensor, found by the daemon's check); `file` (sensor:
+    /// a change to its files, seen by the file watch).
     pub method: &'static str,
     /// What happened, briefly: "ptrace attach", "signal", "pin removed",
-    /// "link detached", "policy map changed", ...
+    /// "link detached", "policy map changed", "unlink", "rename", ...
     pub what: String,
     /// What it happened to: a process, a file, a pin path, a program, a map.
     pub object: String,
     /// `kernel`: seen at the syscall, before its effect; `integrity check`:
-    /// found by the daemon's check every second, after it.
+    /// found by the daemon's check every second, after it; `after`: told
+    /// by the kernel once the change was made (`file`).
     pub detected: &'static str,
     /// The process reached into (process tamper, signals).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -498,6 +514,10 @@ pub struct Tamper {
     /// The daemon put it back (`integrity`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repaired: Option<bool>,
+    /// Earlier changes by the same process counted, not reported one by
+    /// one (`file`: rate limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suppressed: Option<u64>,
     /// What was found and done (`integrity`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
@@ -514,14 +534,24 @@ pub struct TamperTarget {
     pub run: Option<RunRef>,
 }
 
-/// A file of the sensor that a tamper wrote.
+/// A file of the sensor that a tamper wrote or changed.
 #[derive(Debug, Clone, Serialize)]
 pub struct TamperFile {
     /// `pins`, `state`, `store`, `config`, `binary`.
     pub kind: &'static str,
-    /// The protected path the file is (or is below).
+    /// `sensor_file`: the protected path the file is (or is below);
+    /// `file`: the file changed (a rename's old name).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
-    pub dev: String,
-    pub inode: u64,
+    /// The protected file's device and inode (`sensor_file`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dev: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inode: Option<u64>,
+    /// A rename's new name, when it is in the sensor's directories (`file`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// It is a directory (`file`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<bool>,
 }

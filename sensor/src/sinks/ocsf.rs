@@ -795,13 +795,18 @@ impl<'a> Plan<'a> {
             m.severity_id = if killed { 3 } else { 4 };
             m.actor_process = acting(p);
         } else {
-            let repaired = bool_of(t, "repaired") == Some(true);
-            m.message = Some(if repaired {
-                format!("{title} (put back by the sensor)")
-            } else {
-                format!("{title} (NOT put back)")
+            // Only the integrity check puts things back (and says so); the
+            // file watch reports a change after it was made.
+            let repaired = bool_of(t, "repaired");
+            m.message = Some(match repaired {
+                Some(true) => format!("{title} (put back by the sensor)"),
+                Some(false) => format!("{title} (NOT put back)"),
+                None => title.clone(),
             });
-            m.severity_id = if repaired { 3 } else { 4 };
+            m.severity_id = if repaired == Some(true) { 3 } else { 4 };
+            if field("method") == "file" {
+                m.actor_process = acting(p);
+            }
         }
         m.finding = Some((uid, title, text_of(t, "detail")));
         m.is_alert = true;

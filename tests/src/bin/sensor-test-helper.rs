@@ -75,6 +75,11 @@
 //! sensor-test-helper listen-accept ADDR             listens on ADDR (port 0: any), prints "port=P",
 //!                                                   accepts one connection, prints "accepted"
 //! sensor-test-helper sendto-n ADDR:PORT N           N UDP datagrams from one unconnected socket
+//! sensor-test-helper fs-op OP PATH [ARG] LINGER    one file system change, then prints "done" (or
+//!                                                   "errno=N") and sleeps LINGER seconds: OP is
+//!                                                   unlink PATH, rename PATH NEW, chmod PATH OCTAL,
+//!                                                   mkdir PATH, rmdir PATH, truncate PATH LEN, or
+//!                                                   churn DIR N (creates and unlinks N files there)
 //! sensor-test-helper hold-connections SOCKET N SECS  opens N connections to SOCKET, holds them
 //!                                                   SECS seconds (sending nothing), prints
 //!                                                   "opened=N closed_by_peer=M" (M: those the
@@ -104,7 +109,8 @@ fn main() -> ExitCode {
 fn usage() -> String {
     "usage: sensor-test-helper exec|fake-argv0|thread-exec|threads|prctl-name|connect|at-pid|\
      sendto|uring-connect|memfd-exec|execveat-empty|fork-children|control|late-request|\
-     clone-parent|sendto-flood|hold-connections|unix-server|memory-target|inject|socket|listen-accept|sendto-n ..."
+     clone-parent|sendto-flood|hold-connections|unix-server|memory-target|inject|socket|listen-accept|sendto-n|\
+     fs-op ..."
         .to_owned()
 }
 
@@ -153,6 +159,7 @@ fn run(args: &[OsString]) -> Result<ExitCode, String> {
         "listen-accept" => listen_accept(rest),
         "sendto-n" => sendto_n(rest),
         "inject" => inject(rest),
+        "fs-op" => fs_op(rest),
         other => Err(format!("unknown subcommand {other:?}; {}", usage())),
     }
 }
@@ -1026,6 +1033,55 @@ fn inject(rest: &[OsString]) -> Result<ExitCode, String> {
         Ok(()) => println!("done"),
         Err(e) => println!("errno={e}"),
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `fs-op`: one change by this very process (so that it is the actor the
+/// sensor names), then it lingers, so that a kill after the fact finds it.
+fn fs_op(rest: &[OsString]) -> Result<ExitCode, String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Some((linger, args)) = rest.split_last() else {
+        return Err(usage());
+    };
+    let linger: u64 = utf8(linger)?
+        .parse()
+        .map_err(|e| format!("bad linger: {e}"))?;
+    let result = match args {
+        [op, path] if op == "unlink" => std::fs::remove_file(path),
+        [op, path] if op == "mkdir" => std::fs::create_dir(path),
+        [op, path] if op == "rmdir" => std::fs::remove_dir(path),
+        [op, path, new] if op == "rename" => std::fs::rename(path, new),
+        [op, path, mode] if op == "chmod" => {
+            let mode = u32::from_str_radix(utf8(mode)?, 8).map_err(|e| format!("bad mode: {e}"))?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        }
+        [op, path, len] if op == "truncate" => {
+            let len: i64 = utf8(len)?.parse().map_err(|e| format!("bad length: {e}"))?;
+            let c = CString::new(path.as_bytes()).map_err(|e| e.to_string())?;
+            // SAFETY: truncate(2) by path, a valid C string.
+            if unsafe { libc::truncate(c.as_ptr(), len) } == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        }
+        [op, dir, n] if op == "churn" => {
+            let n: u32 = utf8(n)?.parse().map_err(|e| format!("bad count: {e}"))?;
+            let dir = std::path::Path::new(dir);
+            (0..n).try_for_each(|i| {
+                let f = dir.join(format!("churn-{i}"));
+                std::fs::File::create(&f)?;
+                std::fs::remove_file(&f)
+            })
+        }
+        _ => return Err(format!("fs-op: unknown operation; {}", usage())),
+    };
+    match result {
+        Ok(()) => println!("done"),
+        Err(e) => println!("errno={}", e.raw_os_error().unwrap_or(0)),
+    }
+    let _ = io::stdout().flush();
+    thread::sleep(Duration::from_secs(linger));
     Ok(ExitCode::SUCCESS)
 }
 

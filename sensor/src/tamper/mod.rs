@@ -12,6 +12,13 @@
 //! - [`crate::policy::kernel::Enforcement::verify`]: the policy maps hold what
 //!   the daemon wrote (policy slots, run bindings, exec and network rules);
 //!   whatever differs is written back.
+//!
+//! And what changes the sensor's files without opening them for writing
+//! (unlink, rename, chmod, ...): [`files`], a fanotify watch of the pin
+//! dir, the state dir and the database, reported after the change.
+
+pub mod fanotify;
+pub mod files;
 
 /// "pin removed": a pin (map or link) is gone from the pin dir.
 pub const PIN_REMOVED: &str = "pin removed";
