@@ -77,7 +77,7 @@ fuzz_target!(|data: &[u8]| {
                 agent: "fuzz".into(),
                 principal: "root".into(),
                 ttl: Some(Duration::from_secs(60)),
-                started_by: "launch",
+                started_by: sensor::event::StartedBy::Launch,
                 ..NewRun::default()
             },
             now(),

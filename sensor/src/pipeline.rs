@@ -925,7 +925,7 @@ impl Pipeline {
             unreadable: std::mem::take(&mut self.unreadable),
             ..Lost::default()
         };
-        let mut cumulative_by_kind = [0u64; Kind::ALL.len()];
+        let mut cumulative_by_kind = [0u64; Kind::COUNT];
         for (slot, kernel_kind) in SLOT_KINDS.iter().enumerate() {
             let kind = Kind::of_kernel(*kernel_kind);
             let now = kernel.lost[slot];
@@ -938,7 +938,7 @@ impl Pipeline {
                 *lost.by_kind.entry(kind.as_str()).or_default() += delta;
             }
         }
-        for kind in Kind::ALL {
+        for kind in Kind::all() {
             self.state
                 .set_kernel_lost(kind, cumulative_by_kind[kind.index()]);
         }
@@ -1136,7 +1136,7 @@ fn store_record(event: &Event, line: std::ops::Range<usize>) -> Record {
             depth: r.depth,
             policy: d.policy.clone(),
             labels: serde_json::to_string(&d.labels).unwrap_or_else(|_| "{}".into()),
-            started_by: Some(d.started_by.clone()),
+            started_by: Some(d.started_by.as_str().to_owned()),
             host: event.host.name.clone(),
             start_ns: unix_ns(d.start.0),
             end_ns: d.end.map(|t| unix_ns(t.0)),
@@ -1158,7 +1158,7 @@ fn store_record(event: &Event, line: std::ops::Range<usize>) -> Record {
             .as_ref()
             .and_then(|n| n.dst_ip.map(|ip| ip.to_string())),
         dst_port: event.network.as_ref().and_then(|n| n.dst_port),
-        verdict: event.policy.as_ref().map(|v| v.verdict.to_owned()),
+        verdict: event.policy.as_ref().map(|v| v.verdict.as_str().to_owned()),
         path: event.network.as_ref().and_then(|n| n.path.clone()),
         method: event.tamper.as_ref().map(|t| t.method),
         target_pid: tamper_target.map(|t| t.pid),

@@ -25,9 +25,9 @@ pub struct DaemonState {
     programs: OnceLock<Vec<AttachedProgram>>,
     outputs: OnceLock<Vec<OutputHandle>>,
     store: OnceLock<(std::path::PathBuf, Arc<crate::store::writer::StoreStats>)>,
-    events: [AtomicU64; Kind::ALL.len()],
+    events: [AtomicU64; Kind::COUNT],
     /// Cumulative kernel losses per kind (mirrors the kernel counters).
-    lost: Arc<[AtomicU64; Kind::ALL.len()]>,
+    lost: Arc<[AtomicU64; Kind::COUNT]>,
     decode_errors: AtomicU64,
     read_errors: AtomicU64,
     runs_active: AtomicU64,
@@ -204,7 +204,7 @@ impl DaemonState {
     pub fn report(&self) -> StatusReport {
         let mut events = BTreeMap::new();
         let mut total = 0;
-        for kind in Kind::ALL {
+        for kind in Kind::all() {
             let n = self.events[kind.index()].load(Ordering::Relaxed);
             total += n;
             events.insert(kind.as_str().to_owned(), n);
@@ -212,7 +212,7 @@ impl DaemonState {
         events.insert("total".to_owned(), total);
         let mut by_kind = BTreeMap::new();
         let mut lost_total = 0;
-        for kind in Kind::ALL {
+        for kind in Kind::all() {
             let n = self.lost[kind.index()].load(Ordering::Relaxed);
             if n > 0 {
                 by_kind.insert(kind.as_str().to_owned(), n);

@@ -78,14 +78,15 @@ impl RunMap for HashMap<u32, ProcRun> {
 
 /// Name of an attribution method, as events show it.
 #[must_use]
-pub const fn how_name(how: u32) -> &'static str {
+pub const fn how_name(how: u32) -> crate::event::Attributed {
+    use crate::event::Attributed;
     match how & HOW_MASK {
-        HOW_LAUNCH => "launch",
-        HOW_INHERITED => "inherited",
-        HOW_MATCHER => "matcher",
-        HOW_BACKFILL => "backfill",
-        HOW_ENV => "env",
-        _ => "unknown",
+        HOW_LAUNCH => Attributed::Launch,
+        HOW_INHERITED => Attributed::Inherited,
+        HOW_MATCHER => Attributed::Matcher,
+        HOW_BACKFILL => Attributed::Backfill,
+        HOW_ENV => Attributed::Env,
+        _ => Attributed::Unknown,
     }
 }
 
@@ -519,7 +520,7 @@ impl Attribution {
             (run, how),
             parent,
             view,
-            "matcher",
+            crate::event::StartedBy::Matcher,
             HOW_MATCHER,
             now,
         ) {
@@ -548,7 +549,7 @@ impl Attribution {
         current: (u64, u32),
         parent: Option<(u64, bool)>,
         view: &ExecView<'_>,
-        started_by: &'static str,
+        started_by: crate::event::StartedBy,
         how: u32,
         now: SystemTime,
     ) -> Option<(u64, RunChange)> {
@@ -619,7 +620,7 @@ impl Attribution {
         }
         self.processes.set_run(pid, start_ns, new_run.handle, how);
         self.runs.add_process(new_run.handle);
-        tracing::info!(run = %new_run.id, agent = %new_run.agent, pid, depth = new_run.depth, started_by, "run started");
+        tracing::info!(run = %new_run.id, agent = %new_run.agent, pid, depth = new_run.depth, started_by = started_by.as_str(), "run started");
         Some((new_run.handle, RunChange::Started { run: new_run, pid }))
     }
 
@@ -979,7 +980,7 @@ impl Attribution {
                     policy,
                     labels: req.labels,
                     ttl: req.ttl_secs.map(Duration::from_secs),
-                    started_by: "launch",
+                    started_by: crate::event::StartedBy::Launch,
                 },
                 now,
             )?
@@ -1070,7 +1071,7 @@ impl Attribution {
             pid,
             start_ticks: actual,
             process_key: self.keys.key_from_ticks(pid, actual),
-            attribution: how_name(how).to_owned(),
+            attribution: how_name(how).as_str().to_owned(),
             run: run.clone(),
         })
     }
@@ -1172,7 +1173,7 @@ impl Attribution {
                         current,
                         parent,
                         &view,
-                        "backfill",
+                        crate::event::StartedBy::Backfill,
                         HOW_BACKFILL,
                         now,
                     )
@@ -1300,7 +1301,7 @@ pub fn user_name(uid: u32) -> String {
 impl RunRef {
     /// The run object for an event whose process was attributed by `how`.
     #[must_use]
-    pub fn of(run: &Run, how: &'static str) -> Self {
+    pub fn of(run: &Run, how: crate::event::Attributed) -> Self {
         Self {
             id: run.id.clone(),
             agent: run.agent.clone(),
@@ -1316,13 +1317,13 @@ impl RunRef {
 
     /// With the run's details (run.start, run.end).
     #[must_use]
-    pub fn detailed(run: &Run, how: &'static str) -> Self {
+    pub fn detailed(run: &Run, how: crate::event::Attributed) -> Self {
         let mut r = Self::of(run, how);
         r.details = Some(crate::event::RunDetails {
             uid: run.uid,
             policy: run.policy.clone(),
             labels: run.labels.clone(),
-            started_by: run.started_by.clone(),
+            started_by: run.started_by,
             start: crate::event::Timestamp(run.start),
             expires: run.expires.map(crate::event::Timestamp),
             end: run.end.map(crate::event::Timestamp),

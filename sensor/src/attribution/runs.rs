@@ -34,7 +34,7 @@ pub struct Run {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     /// How the run started: launch, matcher, backfill.
-    pub started_by: String,
+    pub started_by: crate::event::StartedBy,
     #[serde(with = "humantime_serde_compat")]
     pub start: SystemTime,
     #[serde(default, with = "humantime_serde_opt")]
@@ -122,7 +122,7 @@ pub struct NewRun {
     pub policy: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub ttl: Option<Duration>,
-    pub started_by: &'static str,
+    pub started_by: crate::event::StartedBy,
 }
 
 pub fn valid_id(id: &str) -> bool {
@@ -217,7 +217,7 @@ impl RunTable {
             depth,
             policy: new.policy,
             labels: new.labels,
-            started_by: new.started_by.to_owned(),
+            started_by: new.started_by,
             start: now,
             expires,
             end: None,
@@ -625,7 +625,7 @@ mod tests {
             agent: agent.into(),
             principal: "alice".into(),
             parent,
-            started_by: "launch",
+            started_by: crate::event::StartedBy::Launch,
             ..NewRun::default()
         }
     }

@@ -71,7 +71,7 @@ impl Engine {
         });
         e.policy = policy.as_ref().map(|p| Verdict {
             name: p.name.clone(),
-            verdict: "deny",
+            verdict: crate::event::Decision::Deny,
             rule: p.rule_text(sensor_common::policy::RULE_TAMPER),
             enforced: killed,
             version: p.version,

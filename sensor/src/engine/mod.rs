@@ -18,8 +18,8 @@ use sensor_common::event::{
 use crate::{
     attribution::{Attribution, ExecView, Run, RunChange},
     event::{
-        Blind, Degraded, Event, Exec, Gap, Kind, Lost, Network, Process, RunRef, SCHEMA, Tamper,
-        TamperFile, TamperTarget, Timestamp,
+        Blind, Decision, Degraded, Event, Exec, ExecResult, Gap, Kind, Lost, NetResult, Network,
+        Process, RunRef, SCHEMA, Tamper, TamperFile, TamperTarget, Timestamp,
         text::{errno_name, escape_bytes, split_argv},
     },
     identity::{Clock, Host, ProcessKeys},
@@ -222,7 +222,7 @@ impl Engine {
                     return;
                 };
                 match (&e.process, &e.exec, &e.network) {
-                    (Some(p), Some(x), _) if x.result == "ok" => {
+                    (Some(p), Some(x), _) if x.result == ExecResult::Ok => {
                         let dev = x.dev_raw.map_or(0, crate::policy::kernel_dev_to_st_dev);
                         Some(policy.check_exec(
                             p.exe.as_deref().unwrap_or(""),
@@ -495,7 +495,7 @@ impl Engine {
             match self.attribution.run(handle) {
                 Some(run) => {
                     object = format!("{object} run {}", run.id);
-                    e.run = Some(RunRef::of(run, started_how(&run.started_by)));
+                    e.run = Some(RunRef::of(run, run.started_by.attributed()));
                 }
                 None => object = format!("{object} run handle {handle}"),
             }
@@ -524,7 +524,7 @@ impl Engine {
     /// A `run.degraded` report for run `handle`, if it is known.
     pub fn degraded(&mut self, handle: u64, degraded: Degraded) -> Option<Event> {
         let run = self.attribution.run(handle)?;
-        let run = RunRef::detailed(run, started_how(&run.started_by));
+        let run = RunRef::detailed(run, run.started_by.attributed());
         let mut e = self.envelope(Kind::RunDegraded, SystemTime::now());
         e.run = Some(run);
         e.degraded = Some(degraded);
@@ -561,7 +561,7 @@ impl Engine {
                     tracing::error!(run = %run.id, pid, killed, %why, "a new run could not be bound to its policy");
                 }
                 let mut e = self.envelope(Kind::RunStart, run.start);
-                e.run = Some(RunRef::detailed(run, started_how(&run.started_by)));
+                e.run = Some(RunRef::detailed(run, run.started_by.attributed()));
                 e.process = Some(match process {
                     Some(p) => p.clone(),
                     None => self.process_of_pid(*pid, run.uid),
@@ -573,7 +573,7 @@ impl Engine {
                     enforcement.unbind(run.handle);
                 }
                 let mut e = self.envelope(Kind::RunEnd, run.end.unwrap_or_else(SystemTime::now));
-                e.run = Some(RunRef::detailed(run, started_how(&run.started_by)));
+                e.run = Some(RunRef::detailed(run, run.started_by.attributed()));
                 e
             }
         }
@@ -614,7 +614,7 @@ impl Engine {
         }
         let verdict = crate::policy::Verdict {
             name: policy.name.clone(),
-            verdict: "deny",
+            verdict: Decision::Deny,
             rule: format!("max_depth {max}"),
             enforced: true,
             version: policy.version,
@@ -671,7 +671,7 @@ impl Engine {
         violation.process = Some(p.clone());
         violation.policy = Some(crate::policy::Verdict {
             name: policy.name.clone(),
-            verdict: "deny",
+            verdict: Decision::Deny,
             rule: format!("max_depth {max}"),
             enforced,
             version: policy.version,
@@ -886,16 +886,6 @@ fn bind_refusal(e: &crate::policy::kernel::EnforcementError, policy: Option<&str
     }
 }
 
-/// The attribution a run's own start and end events show.
-fn started_how(started_by: &str) -> &'static str {
-    match started_by {
-        "launch" => "launch",
-        "matcher" => "matcher",
-        "backfill" => "backfill",
-        _ => "unknown",
-    }
-}
-
 fn comm(raw: &[u8; 16]) -> String {
     let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
     escape_bytes(&raw[..end]).0
@@ -961,7 +951,11 @@ fn exec_details(data: &ExecData, s: &ExecStrings, failed: bool) -> Exec {
     let errno = failed.then_some(data.ret.saturating_neg());
     Exec {
         filename: escape_bytes(&s.filename).0,
-        result: if failed { "error" } else { "ok" },
+        result: if failed {
+            ExecResult::Error
+        } else {
+            ExecResult::Ok
+        },
         errno,
         error: errno.map(errno_name),
         old_tid: data.old_tid,
@@ -1027,6 +1021,16 @@ fn bpf_cmd_name(cmd: u32) -> String {
         .map_or_else(|| cmd.to_string(), |n| (*n).to_owned())
 }
 
+/// The result of a connect that returned `ret` (`-errno` or 0).
+fn connect_result(ret: i32) -> (NetResult, Option<i32>) {
+    match ret.saturating_neg() {
+        0 => (NetResult::Ok, None),
+        111 => (NetResult::Refused, Some(111)),
+        115 => (NetResult::InProgress, Some(115)),
+        e => (NetResult::Error, Some(e)),
+    }
+}
+
 fn network(d: &ConnectData) -> Network {
     const AF_INET: u16 = 2;
     let (family, dst_ip) = if d.family == AF_INET {
@@ -1046,14 +1050,9 @@ fn network(d: &ConnectData) -> Network {
         _ => "other",
     };
     let (result, errno) = if d.has_result == 0 {
-        ("unknown", None)
+        (NetResult::Unknown, None)
     } else {
-        match d.ret.saturating_neg() {
-            0 => ("ok", None),
-            111 => ("refused", Some(111)),
-            115 => ("in_progress", Some(115)),
-            e => ("error", Some(e)),
-        }
+        connect_result(d.ret)
     };
     Network {
         transport,
@@ -1097,7 +1096,7 @@ fn socket_network(d: &sensor_common::event::SocketData) -> Network {
     let mut n = Network {
         transport,
         family,
-        result: "ok",
+        result: NetResult::Ok,
         ..Network::default()
     };
     match d.what {
@@ -1116,11 +1115,11 @@ fn socket_network(d: &sensor_common::event::SocketData) -> Network {
             n.dst_port = Some(d.remote_port);
             n.via = Some("sendmsg");
             n.sends = Some(d.count);
-            n.result = "unknown";
+            n.result = NetResult::Unknown;
         }
         _ => {
             if d.ret < 0 {
-                n.result = "error";
+                n.result = NetResult::Error;
                 n.errno = Some(-d.ret);
                 n.error = n.errno.map(errno_name);
             }
@@ -1166,14 +1165,9 @@ fn unix_network(d: &UnixConnectData) -> Network {
         _ => "other",
     };
     let (result, errno) = if d.has_result == 0 {
-        ("unknown", None)
+        (NetResult::Unknown, None)
     } else {
-        match -d.ret {
-            0 => ("ok", None),
-            111 => ("refused", Some(111)),
-            115 => ("in_progress", Some(115)),
-            e => ("error", Some(e)),
-        }
+        connect_result(d.ret)
     };
     let killed = d.flags & sensor_common::event::UNIX_KILLED_IDENTITY != 0;
     Network {
@@ -1182,7 +1176,7 @@ fn unix_network(d: &UnixConnectData) -> Network {
         peer_path: peer.filter(|p| *p != path),
         path: Some(path),
         abstract_name: Some(abstract_name),
-        result: if killed { "killed" } else { result },
+        result: if killed { NetResult::Killed } else { result },
         errno,
         error: errno.map(errno_name),
         via: (d.via == VIA_SENDMSG).then_some("sendmsg"),
@@ -1340,7 +1334,10 @@ mod tests {
             "curl",
             "run.start has the exec's process"
         );
-        assert_eq!(out[1].run.as_ref().unwrap().attribution, "matcher");
+        assert_eq!(
+            out[1].run.as_ref().unwrap().attribution,
+            crate::event::Attributed::Matcher
+        );
     }
 
     #[test]
@@ -1470,14 +1467,14 @@ mod tests {
     #[test]
     fn escape_attempts_are_tampers_raw_sockets_and_denied_unix_connects() {
         let mut b = builder();
-        let verdict = |v| crate::policy::Verdict {
+        let verdict = |v: Decision| crate::policy::Verdict {
             name: "p".into(),
             verdict: v,
             rule: String::new(),
             enforced: true,
             version: 1,
         };
-        let mut of = |kind, network: Option<Network>, policy: Option<&'static str>| {
+        let mut of = |kind, network: Option<Network>, policy: Option<Decision>| {
             let mut e = b.envelope(kind, SystemTime::UNIX_EPOCH);
             e.network = network;
             e.policy = policy.map(verdict);
@@ -1499,19 +1496,19 @@ mod tests {
         assert!(of(Kind::ProcessTamper, None, None));
         assert!(of(Kind::SensorTamper, None, None));
         assert!(of(Kind::NetworkSocket, tcp(), None));
-        assert!(of(Kind::NetworkConnect, unix(), Some("deny")));
-        assert!(!of(Kind::NetworkConnect, unix(), Some("allow")));
+        assert!(of(Kind::NetworkConnect, unix(), Some(Decision::Deny)));
+        assert!(!of(Kind::NetworkConnect, unix(), Some(Decision::Allow)));
         assert!(!of(Kind::NetworkConnect, unix(), None));
         assert!(
-            !of(Kind::NetworkConnect, tcp(), Some("deny")),
+            !of(Kind::NetworkConnect, tcp(), Some(Decision::Deny)),
             "a denial, no escape"
         );
         assert!(
-            !of(Kind::PolicyViolation, unix(), Some("deny")),
+            !of(Kind::PolicyViolation, unix(), Some(Decision::Deny)),
             "the twin repeats it"
         );
         assert!(!of(Kind::NetworkListen, tcp(), None));
-        assert!(!of(Kind::ProcessExec, None, Some("deny")));
+        assert!(!of(Kind::ProcessExec, None, Some(Decision::Deny)));
     }
 
     #[test]

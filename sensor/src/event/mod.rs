@@ -16,93 +16,85 @@ use crate::identity::Host;
 /// Schema name carried by every event.
 pub const SCHEMA: &str = "sensor.event/v1";
 
-/// Event kinds, as strings on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+/// Event kinds. Each name (`process.exec`, ...) is written once, here: the
+/// wire form, parsing and the list of all kinds derive from it.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    strum::EnumCount,
+    strum::EnumIter,
+    strum::EnumString,
+    strum::IntoStaticStr,
+)]
 pub enum Kind {
-    #[serde(rename = "process.spawn")]
+    #[strum(serialize = "process.spawn")]
     ProcessSpawn,
-    #[serde(rename = "process.exec")]
+    #[strum(serialize = "process.exec")]
     ProcessExec,
-    #[serde(rename = "process.exit")]
+    #[strum(serialize = "process.exit")]
     ProcessExit,
-    #[serde(rename = "network.connect")]
+    #[strum(serialize = "network.connect")]
     NetworkConnect,
-    #[serde(rename = "sensor.lost")]
+    #[strum(serialize = "sensor.lost")]
     SensorLost,
-    #[serde(rename = "run.start")]
+    #[strum(serialize = "run.start")]
     RunStart,
-    #[serde(rename = "run.end")]
+    #[strum(serialize = "run.end")]
     RunEnd,
-    #[serde(rename = "policy.violation")]
+    #[strum(serialize = "policy.violation")]
     PolicyViolation,
-    #[serde(rename = "run.degraded")]
+    #[strum(serialize = "run.degraded")]
     RunDegraded,
-    #[serde(rename = "process.tamper")]
+    #[strum(serialize = "process.tamper")]
     ProcessTamper,
-    #[serde(rename = "sensor.tamper")]
+    #[strum(serialize = "sensor.tamper")]
     SensorTamper,
-    #[serde(rename = "network.listen")]
+    #[strum(serialize = "network.listen")]
     NetworkListen,
-    #[serde(rename = "network.accept")]
+    #[strum(serialize = "network.accept")]
     NetworkAccept,
-    #[serde(rename = "network.socket")]
+    #[strum(serialize = "network.socket")]
     NetworkSocket,
-    #[serde(rename = "sensor.gap")]
+    #[strum(serialize = "sensor.gap")]
     SensorGap,
-    #[serde(rename = "sensor.blind")]
+    #[strum(serialize = "sensor.blind")]
     SensorBlind,
 }
 
+impl Serialize for Kind {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 impl Kind {
+    /// How many kinds there are (counters are arrays of this size).
+    pub const COUNT: usize = <Self as strum::EnumCount>::COUNT;
+
     /// Every kind, in a stable order (for counters).
-    pub const ALL: [Self; 16] = [
-        Self::ProcessSpawn,
-        Self::ProcessExec,
-        Self::ProcessExit,
-        Self::NetworkConnect,
-        Self::SensorLost,
-        Self::RunStart,
-        Self::RunEnd,
-        Self::PolicyViolation,
-        Self::RunDegraded,
-        Self::ProcessTamper,
-        Self::SensorTamper,
-        Self::NetworkListen,
-        Self::NetworkAccept,
-        Self::NetworkSocket,
-        Self::SensorGap,
-        Self::SensorBlind,
-    ];
+    pub fn all() -> impl Iterator<Item = Self> {
+        <Self as strum::IntoEnumIterator>::iter()
+    }
 
     /// The kind named `name` (`process.exec`, ...).
     #[must_use]
     pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.as_str() == name)
+        name.parse().ok()
     }
 
+    /// Its name on the wire.
     #[must_use]
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::ProcessSpawn => "process.spawn",
-            Self::ProcessExec => "process.exec",
-            Self::ProcessExit => "process.exit",
-            Self::NetworkConnect => "network.connect",
-            Self::SensorLost => "sensor.lost",
-            Self::RunStart => "run.start",
-            Self::RunEnd => "run.end",
-            Self::PolicyViolation => "policy.violation",
-            Self::RunDegraded => "run.degraded",
-            Self::ProcessTamper => "process.tamper",
-            Self::SensorTamper => "sensor.tamper",
-            Self::NetworkListen => "network.listen",
-            Self::NetworkAccept => "network.accept",
-            Self::NetworkSocket => "network.socket",
-            Self::SensorGap => "sensor.gap",
-            Self::SensorBlind => "sensor.blind",
-        }
+    pub fn as_str(self) -> &'static str {
+        self.into()
     }
 
-    /// Position in [`Kind::ALL`].
+    /// Position in [`Kind::all`].
     #[must_use]
     pub const fn index(self) -> usize {
         self as usize
@@ -122,6 +114,125 @@ impl Kind {
             K::NetSocket => Self::NetworkSocket,
         }
     }
+}
+
+/// A policy's verdict on one action (`policy.verdict`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, strum::IntoStaticStr)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum Decision {
+    Allow,
+    Deny,
+}
+
+/// What a policy says about one action (`policy`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    pub name: String,
+    pub verdict: Decision,
+    /// The rule that allowed, or the list that had no match.
+    pub rule: String,
+    /// Whether the kernel blocked it.
+    pub enforced: bool,
+    /// Version of the policy set that decided (1 at start-up, +1 per reload).
+    pub version: u64,
+}
+
+impl Verdict {
+    #[must_use]
+    pub fn is_deny(&self) -> bool {
+        self.verdict == Decision::Deny
+    }
+}
+
+impl Decision {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+impl Attributed {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+/// How an event's process came into its run (`run.attribution`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, strum::IntoStaticStr)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum Attributed {
+    /// It called `sensor launch`.
+    Launch,
+    /// It was forked by a process of the run.
+    Inherited,
+    /// An `[[agent]]` matcher recognised its exec.
+    Matcher,
+    /// Placed from /proc at start-up, by its ancestry.
+    Backfill,
+    /// Placed by its `SENSOR_RUN_ID` marker.
+    Env,
+    Unknown,
+}
+
+/// What started a run (`run.started_by`).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, strum::IntoStaticStr,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum StartedBy {
+    #[default]
+    Launch,
+    Matcher,
+    Backfill,
+    /// A value this version does not know (a state file of another one).
+    #[serde(other)]
+    Unknown,
+}
+
+impl StartedBy {
+    /// How a run's own first process came into it.
+    #[must_use]
+    pub const fn attributed(self) -> Attributed {
+        match self {
+            Self::Launch => Attributed::Launch,
+            Self::Matcher => Attributed::Matcher,
+            Self::Backfill => Attributed::Backfill,
+            Self::Unknown => Attributed::Unknown,
+        }
+    }
+
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+/// How an exec ended (`exec.result`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecResult {
+    Ok,
+    Error,
+}
+
+/// How a connect ended (`network.result`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetResult {
+    Ok,
+    Refused,
+    InProgress,
+    Error,
+    /// The kernel saw the attempt but not its end.
+    #[default]
+    Unknown,
+    /// Connected to a socket other than the allowed one: the caller was
+    /// killed before it could use the connection.
+    Killed,
 }
 
 /// Wall-clock time, serialized as RFC 3339 with nanoseconds.
@@ -162,8 +273,8 @@ pub struct RunRef {
     pub parent_id: Option<String>,
     pub root_id: String,
     pub depth: u32,
-    /// How this event's process was attributed: launch, inherited, matcher, backfill, env.
-    pub attribution: &'static str,
+    /// How this event's process was attributed.
+    pub attribution: Attributed,
     /// Details carried by run.start and run.end only.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub details: Option<RunDetails>,
@@ -175,7 +286,7 @@ pub struct RunDetails {
     pub uid: u32,
     pub policy: Option<String>,
     pub labels: BTreeMap<String, String>,
-    pub started_by: String,
+    pub started_by: StartedBy,
     pub start: Timestamp,
     pub expires: Option<Timestamp>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -210,7 +321,7 @@ pub struct Event {
     pub tamper: Option<Tamper>,
     /// The run's policy verdict on this exec or connect.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub policy: Option<crate::policy::Verdict>,
+    pub policy: Option<Verdict>,
     /// A time no daemon was reading the kernel's records (`sensor.gap`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gap: Option<Gap>,
@@ -286,10 +397,7 @@ impl Event {
             Kind::ProcessTamper | Kind::SensorTamper | Kind::NetworkSocket => true,
             Kind::NetworkConnect => {
                 self.network.as_ref().is_some_and(|n| n.family == "unix")
-                    && self
-                        .policy
-                        .as_ref()
-                        .is_some_and(crate::policy::Verdict::is_deny)
+                    && self.policy.as_ref().is_some_and(Verdict::is_deny)
             }
             _ => false,
         }
@@ -366,7 +474,7 @@ pub struct Process {
 pub struct Exec {
     /// The path as the caller passed it.
     pub filename: String,
-    pub result: &'static str,
+    pub result: ExecResult,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errno: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -420,7 +528,7 @@ pub struct Network {
     /// this process (reported at the 1st, 2nd, 4th, 8th, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sends: Option<u32>,
-    pub result: &'static str,
+    pub result: NetResult,
     pub errno: Option<i32>,
     pub error: Option<String>,
     /// `sendmsg` for a datagram sent to an address without connect() (reported

@@ -364,15 +364,20 @@ impl IdNames {
     #[must_use]
     pub fn describe_decision(&self, d: &Decision, list: &str) -> Option<Verdict> {
         let verdict = match d.verdict {
-            VERDICT_ALLOW => "allow",
-            VERDICT_DENY => "deny",
+            VERDICT_ALLOW => crate::event::Decision::Allow,
+            VERDICT_DENY => crate::event::Decision::Deny,
             _ => return None,
         };
         self.describe(d, verdict, list)
     }
 
     /// The verdict of decision `d` under an id of an earlier daemon.
-    fn describe(&self, d: &Decision, verdict: &'static str, list: &str) -> Option<Verdict> {
+    fn describe(
+        &self,
+        d: &Decision,
+        verdict: crate::event::Decision,
+        list: &str,
+    ) -> Option<Verdict> {
         let known = self.known.get(&d.policy)?;
         let rule = match d.rule {
             sensor_common::policy::RULE_NO_MATCH => format!("{list} (no rule matches)"),
@@ -1077,8 +1082,8 @@ impl Enforcement {
     #[must_use]
     pub fn describe(&self, d: &Decision, list: &str) -> Option<Verdict> {
         let verdict = match d.verdict {
-            VERDICT_ALLOW => "allow",
-            VERDICT_DENY => "deny",
+            VERDICT_ALLOW => crate::event::Decision::Allow,
+            VERDICT_DENY => crate::event::Decision::Deny,
             _ => return None,
         };
         let Some(policy) = self.by_id.get(&d.policy) else {

@@ -323,26 +323,7 @@ pub struct Policy {
     unix: Vec<unix::UnixRule>,
 }
 
-/// What a policy says about one action.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Verdict {
-    pub name: String,
-    /// `allow` or `deny`.
-    pub verdict: &'static str,
-    /// The rule that allowed, or the list that had no match.
-    pub rule: String,
-    /// Whether the kernel blocked it.
-    pub enforced: bool,
-    /// Version of the policy set that decided (1 at start-up, +1 per reload).
-    pub version: u64,
-}
-
-impl Verdict {
-    #[must_use]
-    pub fn is_deny(&self) -> bool {
-        self.verdict == "deny"
-    }
-}
+pub use crate::event::{Decision, Verdict};
 
 fn is_glob(s: &str) -> bool {
     s.contains(['*', '?', '['])
@@ -493,14 +474,14 @@ impl Policy {
         match allowed_by {
             Some(rule) => Verdict {
                 name: self.name.clone(),
-                verdict: "allow",
+                verdict: Decision::Allow,
                 rule,
                 enforced: false,
                 version: self.version,
             },
             None => Verdict {
                 name: self.name.clone(),
-                verdict: "deny",
+                verdict: Decision::Deny,
                 rule: format!("{list} (no rule matches)"),
                 enforced: false,
                 version: self.version,
@@ -697,7 +678,7 @@ mod tests {
         let v = p.check_exec("/usr/bin/true", meta.dev(), meta.ino(), None);
         assert_eq!(
             (v.verdict, v.rule.as_str()),
-            ("allow", "exec.allow /usr/bin/true")
+            (Decision::Allow, "exec.allow /usr/bin/true")
         );
         // Another file under another name: denied (identity, not name).
         let other = std::fs::metadata("/usr/bin/env").unwrap();
@@ -710,7 +691,7 @@ mod tests {
         let v = p.check_exec("/usr/lib/x/y", 1, 2, lib);
         assert_eq!(
             (v.verdict, v.rule.as_str()),
-            ("allow", "exec.allow /usr/lib/")
+            (Decision::Allow, "exec.allow /usr/lib/")
         );
         // A path that only shares a string prefix with an allowed directory.
         assert!(p.check_exec("/usr/lib64/x", 1, 2, lib).is_deny());

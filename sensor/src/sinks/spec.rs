@@ -205,7 +205,7 @@ impl OutputSpec {
                     let kind = Kind::parse(k).ok_or_else(|| {
                         bad(&format!(
                             "unknown kind {k:?} (kinds: {})",
-                            Kind::ALL.map(Kind::as_str).join(", ")
+                            Kind::all().map(Kind::as_str).collect::<Vec<_>>().join(", ")
                         ))
                     })?;
                     if !kinds.contains(&kind) {
