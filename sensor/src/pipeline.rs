@@ -13,14 +13,11 @@ use sensor_common::{
     maps::READER_SLEEPING,
     stats::{RunStats, SLOT_KINDS, Stats},
 };
-use tokio::{io::unix::AsyncFd, sync::oneshot};
+use tokio::io::unix::AsyncFd;
 
 use crate::{
-    attribution::{AttributionError, LaunchRequest, Peer, RunChange},
-    control::{
-        Command,
-        protocol::{Request, Response},
-    },
+    attribution::RunChange,
+    control::{Command, protocol::Response},
     engine::Engine,
     engine::sequence::SeqFile,
     event::{DELIVERY_RECOVERED, Degraded, Event, Gap, Kind, Lost, Window},
@@ -32,7 +29,7 @@ use crate::{
     status::Defense,
     store::{
         unix_ns,
-        writer::{Record, RunRow, StoreBatch, StoreWriter},
+        writer::{Record, StoreBatch, StoreWriter},
     },
     tamper::files::{self, FileChange, What},
 };
@@ -87,11 +84,6 @@ pub struct Pipeline {
     scratch: Vec<Event>,
     store: Option<StoreWriter>,
     store_records: Vec<Record>,
-    /// The per-user bounds on launches.
-    limits: crate::config::LimitsConfig,
-    launch_rate: LaunchRate,
-    /// A read connection to the store, for run id uniqueness.
-    store_reader: Option<rusqlite::Connection>,
     /// The kernel's per-run counters as last reported, by run handle.
     run_stats_seen: std::collections::HashMap<u64, RunStats>,
     /// Whether a caught panic was logged already (once is enough).
@@ -110,12 +102,12 @@ pub struct Pipeline {
     recovery_started: std::time::Instant,
     /// Records of another wire version, by version (not readable).
     unreadable: std::collections::BTreeMap<u32, u64>,
-    /// A new daemon asked to take over: answered once everything is saved.
-    handover: Option<oneshot::Sender<Response>>,
+    /// Answers control requests (launch, whoami, attest, reload, take-over).
+    control: crate::control::handler::Handler,
     /// The canary (`[daemon] canary_interval_secs`; `None`: off).
     canary: Option<crate::canary::Canary>,
     /// systemd's notification socket (READY, WATCHDOG, STATUS, STOPPING).
-    notifier: crate::notify::Notifier,
+    notifier: Arc<crate::notify::Notifier>,
     /// `--record-raw`: every record, as read, for replays.
     raw_log: Option<std::io::BufWriter<std::fs::File>>,
     /// The file watch: its reports (taken by [`run`]) and counters.
@@ -160,11 +152,6 @@ impl Pipeline {
             scratch: Vec::with_capacity(4),
             store: None,
             store_records: Vec::new(),
-            limits: crate::config::LimitsConfig::default(),
-            launch_rate: LaunchRate::new(
-                crate::config::LimitsConfig::default().launches_per_second,
-            ),
-            store_reader: None,
             run_stats_seen: std::collections::HashMap::new(),
             panic_logged: false,
             run_stats_seen_map: None,
@@ -173,9 +160,9 @@ impl Pipeline {
             recovered: 0,
             recovery_started: std::time::Instant::now(),
             unreadable: std::collections::BTreeMap::new(),
-            handover: None,
+            control: crate::control::handler::Handler::new(crate::config::LimitsConfig::default()),
             canary: None,
-            notifier: crate::notify::Notifier::default(),
+            notifier: Arc::default(),
             raw_log: None,
             file_changes: None,
             file_watch: None,
@@ -211,13 +198,15 @@ impl Pipeline {
     /// Tells systemd through `notifier` (see [`crate::notify`]).
     #[must_use]
     pub fn with_notifier(mut self, notifier: crate::notify::Notifier) -> Self {
+        let notifier = Arc::new(notifier);
+        self.control.set_notifier(Arc::clone(&notifier));
         self.notifier = notifier;
         self
     }
 
     /// systemd's notification socket.
     #[must_use]
-    pub const fn notifier(&self) -> &crate::notify::Notifier {
+    pub fn notifier(&self) -> &crate::notify::Notifier {
         &self.notifier
     }
 
@@ -349,31 +338,15 @@ impl Pipeline {
     /// The per-user bounds on launches (`[limits]`).
     #[must_use]
     pub fn with_limits(mut self, limits: crate::config::LimitsConfig) -> Self {
-        self.launch_rate = LaunchRate::new(limits.launches_per_second);
-        self.limits = limits;
+        self.control.set_limits(limits);
         self
-    }
-
-    /// Swaps in policies a reload read and validated. On any error the
-    /// running policies stay, untouched.
-    pub fn install_policies(
-        &mut self,
-        policies: crate::policy::Policies,
-    ) -> Result<(u64, Vec<String>), String> {
-        let version = self.builder.policies().version().saturating_add(1);
-        let policies = policies.with_version(version);
-        let names: Vec<String> = policies.names().map(str::to_owned).collect();
-        self.builder.set_policies(policies)?;
-        tracing::info!(version, policies = ?names, "policies reloaded");
-        self.notifier
-            .status(&format!("policies reloaded: version {version}"));
-        Ok((version, names))
     }
 
     /// Also writes every event to the store.
     #[must_use]
     pub fn with_store(mut self, store: StoreWriter) -> Self {
         self.state.set_store(store.path().to_owned(), store.stats());
+        self.control.set_store(store.path().to_owned());
         self.store = Some(store);
         self
     }
@@ -461,27 +434,10 @@ impl Pipeline {
         }
     }
 
-    /// Why `peer` may not take over, if it may not: a process in an agent
-    /// run must not be able to make the daemon go away (the control server
-    /// already refused anyone but root).
-    fn handover_refusal(&self, peer: &Peer) -> Option<String> {
-        if peer.uid != 0 {
-            return Some("only root may take over the sensor".to_owned());
-        }
-        match self.builder.attribution().attest(peer.pid, None) {
-            Ok(answer) => Some(format!(
-                "a process in agent run {} cannot take over the sensor",
-                answer.run.id
-            )),
-            Err(_) if !peer.alive() => Some("the caller is gone".to_owned()),
-            Err(_) => None,
-        }
-    }
-
     /// Whether a new daemon asked to take over.
     #[must_use]
     pub fn handover_requested(&self) -> bool {
-        self.handover.is_some()
+        self.control.handover_requested()
     }
 
     /// Starts reading after a gap: says how long nobody read and why
@@ -591,198 +547,18 @@ impl Pipeline {
     /// first, so the process table is as fresh as the kernel. A panic while
     /// answering is caught and counted (the caller gets an error).
     pub fn command(&mut self, command: Command) {
-        let answered =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.answer(command)));
+        let mut events = std::mem::take(&mut self.scratch);
+        let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.control
+                .handle(&mut self.builder, &self.state, command, &mut events);
+        }));
         if answered.is_err() {
             self.caught_panic("a control request");
         }
-    }
-
-    fn answer(&mut self, command: Command) {
-        match command {
-            Command::Request {
-                peer,
-                request: Request::Handover,
-                reply,
-            } => match self.handover_refusal(&peer) {
-                Some(message) => {
-                    let _ = reply.send(Response::Error { message });
-                }
-                None => {
-                    tracing::info!(
-                        pid = peer.pid,
-                        "a new daemon takes over: saving everything and exiting, the programs stay attached"
-                    );
-                    self.handover = Some(reply);
-                }
-            },
-            Command::Reload { loaded, reply } => {
-                let response = match loaded.and_then(|p| self.install_policies(*p)) {
-                    Ok((version, policies)) => Response::Reloaded { version, policies },
-                    Err(message) => {
-                        tracing::error!(%message, "policy reload refused; the running policies stay");
-                        Response::Error {
-                            message: format!(
-                                "reload refused, the running policies stay: {message}"
-                            ),
-                        }
-                    }
-                };
-                let _ = reply.send(response);
-            }
-            Command::Request {
-                peer,
-                request,
-                reply,
-            } => {
-                let response = self.answer_request(&peer, request);
-                let _ = reply.send(response);
-            }
+        for event in events.drain(..) {
+            self.push(&event);
         }
-    }
-
-    fn answer_request(&mut self, peer: &Peer, request: Request) -> Response {
-        let error = |e: &dyn std::fmt::Display| Response::Error {
-            message: e.to_string(),
-        };
-        match request {
-            Request::Launch(req) => {
-                let response = self.launch(peer, req);
-                if matches!(response, Response::Error { .. }) {
-                    Defense::count(&self.state.defense.launches_refused);
-                }
-                response
-            }
-            Request::Whoami => match self.builder.attribution().attest(peer.pid, None) {
-                // What was read was about the peer only if it still owns its pid.
-                Ok(_) if !peer.alive() => error(&AttributionError::PeerGone(peer.pid)),
-                Ok(answer) => Response::Run(Box::new(answer)),
-                Err(e) => error(&e),
-            },
-            Request::Attest { pid, start_ticks } => {
-                match self.builder.attribution().attest(pid, start_ticks) {
-                    Ok(mut answer) => {
-                        // Another user's labels are theirs (root sees all).
-                        if peer.uid != 0 && answer.run.uid != peer.uid {
-                            answer.run.labels.clear();
-                            answer.run.principal_claimed = None;
-                        }
-                        Response::Run(Box::new(answer))
-                    }
-                    Err(e) => error(&e),
-                }
-            }
-            Request::Status => {
-                let report = self.state.report();
-                Response::Status(Box::new(if peer.uid == 0 {
-                    report
-                } else {
-                    report.redacted()
-                }))
-            }
-            // The control server reads the config off the event thread and
-            // sends `Command::Reload`; a bare request never gets here.
-            Request::ReloadPolicies => Response::Error {
-                message: "reload through the control socket".to_owned(),
-            },
-            // Taken in `answer`: it ends the event loop.
-            Request::Handover => Response::Error {
-                message: "hand-over through the control socket".to_owned(),
-            },
-        }
-    }
-
-    /// Why `peer` may not launch now, if it may not: the per-user bounds.
-    fn launch_bounds(&mut self, peer: &Peer) -> Option<String> {
-        let limits = &self.limits;
-        let active = self.builder.attribution().active_runs_of_uid(peer.uid);
-        if active >= limits.runs_per_uid {
-            return Some(format!(
-                "uid {} already has {active} active runs (at most {}: [limits] runs_per_uid)",
-                peer.uid, limits.runs_per_uid
-            ));
-        }
-        if !self.launch_rate.allow(peer.uid, std::time::Instant::now()) {
-            return Some(format!(
-                "too many launches from uid {} (more than {} per second: [limits] launches_per_second)",
-                peer.uid, limits.launches_per_second
-            ));
-        }
-        None
-    }
-
-    /// Whether the store has a run with exactly this id (runs that ended
-    /// long ago are no longer in memory). Without a store only memory is
-    /// asked, in `RunTable::create`.
-    fn run_id_was_used(&mut self, id: &str) -> bool {
-        let Some(path) = self.store.as_ref().map(|s| s.path().to_owned()) else {
-            return false;
-        };
-        if self.store_reader.is_none() {
-            self.store_reader = crate::store::open_for_reading(&path).ok();
-        }
-        self.store_reader
-            .as_ref()
-            .is_some_and(|c| crate::store::query::run_exists(c, id).unwrap_or(false))
-    }
-
-    /// `sensor launch` from `peer`: bounds and policy checks first, then the
-    /// run, bound to its policy in the kernel before the peer enters it.
-    fn launch(&mut self, peer: &Peer, req: LaunchRequest) -> Response {
-        let now = std::time::SystemTime::now();
-        let refuse = |message: String| Response::Error { message };
-        if let Some(why) = self.launch_bounds(peer) {
-            return refuse(why);
-        }
-        if let Some(name) = &req.policy
-            && !self.builder.policies().contains(name)
-        {
-            return refuse(format!(
-                "unknown policy {name:?} (the daemon's config defines none by that name)"
-            ));
-        }
-        // A run id names one run for good: a chosen id that an earlier run
-        // had (gone from memory, still in the store) would mix two records.
-        if let Some(id) = &req.run_id
-            && self.builder.attribution().handle_of(id).is_none()
-            && self.run_id_was_used(id)
-        {
-            return refuse(crate::attribution::RunError::Exists(id.clone()).to_string());
-        }
-        // A sub-run may name a policy only if it is within its parent run's.
-        if let Some(name) = &req.policy
-            && let Some(parent_name) = self
-                .builder
-                .attribution()
-                .attest(peer.pid, None)
-                .ok()
-                .and_then(|a| a.run.policy)
-            && let (Some(child), Some(parent)) = (
-                self.builder.policies().get(name),
-                self.builder.policies().get(&parent_name),
-            )
-            && let Err(extra) = child.within(parent)
-        {
-            return refuse(format!(
-                "policy {name:?} is wider than the parent run's policy {parent_name:?} \
-                 ({extra} is not in it): a sub-agent cannot gain rights its parent lacks"
-            ));
-        }
-        // max_depth of the parent run's policy: the sub-run is refused.
-        if let Some(refusal) = self.builder.refuse_depth(peer.pid) {
-            self.push(&refusal.violation);
-            self.flush();
-            return refuse(refusal.message);
-        }
-        match self.builder.launch(peer, req, now) {
-            Ok((run, change)) => {
-                tracing::info!(run = %run.id, agent = %run.agent, pid = peer.pid, depth = run.depth, "run started");
-                self.run_changes(&[change]);
-                self.flush();
-                Response::Launched { run: Box::new(run) }
-            }
-            Err(e) => refuse(e.to_string()),
-        }
+        self.scratch = events;
     }
 
     fn push(&mut self, event: &Event) {
@@ -800,8 +576,10 @@ impl Pipeline {
             });
             self.state.count_event(event.kind);
             if self.store.is_some() {
-                self.store_records
-                    .push(store_record(event, begin..self.batch.len()));
+                self.store_records.push(crate::store::rows::record_of(
+                    event,
+                    begin..self.batch.len(),
+                ));
             }
         } else {
             self.batch.truncate(begin);
@@ -1087,85 +865,6 @@ impl Pipeline {
         if let Some(store) = self.store.take() {
             store.close();
         }
-    }
-}
-
-/// Launches per second per user: a token bucket per uid, holding two
-/// seconds' worth (a burst), refilled continuously.
-struct LaunchRate {
-    per_second: f64,
-    buckets: std::collections::HashMap<u32, (f64, std::time::Instant)>,
-}
-
-impl LaunchRate {
-    fn new(per_second: u32) -> Self {
-        Self {
-            per_second: f64::from(per_second.max(1)),
-            buckets: std::collections::HashMap::new(),
-        }
-    }
-
-    /// Takes a token of `uid`'s bucket, if it has one.
-    fn allow(&mut self, uid: u32, now: std::time::Instant) -> bool {
-        let burst = self.per_second * 2.0;
-        let (tokens, last) = self.buckets.entry(uid).or_insert((burst, now));
-        let refill = now.duration_since(*last).as_secs_f64() * self.per_second;
-        *tokens = (*tokens + refill).min(burst);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-/// What the store indexes of an event whose JSON is `line` in the batch.
-fn store_record(event: &Event, line: std::ops::Range<usize>) -> Record {
-    let run = event.run.as_ref();
-    let run_row = match (event.kind, run) {
-        (Kind::RunStart | Kind::RunEnd, Some(r)) => r.details.as_ref().map(|d| RunRow {
-            id: r.id.clone(),
-            agent: r.agent.clone(),
-            principal: r.principal.clone(),
-            principal_claimed: r.principal_claimed.clone(),
-            uid: Some(d.uid),
-            parent_id: r.parent_id.clone(),
-            root_id: r.root_id.clone(),
-            depth: r.depth,
-            policy: d.policy.clone(),
-            labels: serde_json::to_string(&d.labels).unwrap_or_else(|_| "{}".into()),
-            started_by: Some(d.started_by.as_str().to_owned()),
-            host: event.host.name.clone(),
-            start_ns: unix_ns(d.start.0),
-            end_ns: d.end.map(|t| unix_ns(t.0)),
-            end_reason: d.end_reason.clone(),
-        }),
-        _ => None,
-    };
-    let tamper_target = event.tamper.as_ref().and_then(|t| t.target.as_ref());
-    Record {
-        seq: event.seq,
-        time_ns: unix_ns(event.time.0),
-        kind: event.kind.as_str(),
-        run_id: run.map(|r| r.id.clone()),
-        root_id: run.map(|r| r.root_id.clone()),
-        pid: event.process.as_ref().map(|p| p.pid),
-        process_key: event.process.as_ref().map(|p| p.key.clone()),
-        dst_ip: event
-            .network
-            .as_ref()
-            .and_then(|n| n.dst_ip.map(|ip| ip.to_string())),
-        dst_port: event.network.as_ref().and_then(|n| n.dst_port),
-        verdict: event.policy.as_ref().map(|v| v.verdict.as_str().to_owned()),
-        path: event.network.as_ref().and_then(|n| n.path.clone()),
-        method: event.tamper.as_ref().map(|t| t.method),
-        target_pid: tamper_target.map(|t| t.pid),
-        target_run: tamper_target.and_then(|t| t.run.as_ref().map(|r| r.id.clone())),
-        escape: event.is_escape_attempt(),
-        line,
-        run: run_row,
     }
 }
 
@@ -1545,7 +1244,7 @@ pub async fn run(
         Ok(s) => pipeline.check_losses(&s, lost_by_run),
         Err(e) => tracing::warn!(error = %e, "kernel counters"),
     }
-    let reply = pipeline.handover.take();
+    let reply = pipeline.control.take_handover();
     // The mark and the seq file before the reply: the new daemon starts
     // from them as soon as this process is gone.
     pipeline.flush();

@@ -7,6 +7,7 @@
 //! the daemon; connections are bounded in all and per user, and each has a
 //! few seconds to send its request (`[limits]`).
 
+pub mod handler;
 pub mod protocol;
 
 use std::{

@@ -3,6 +3,7 @@
 //! the query commands while the daemon runs or after it stopped.
 
 pub mod query;
+pub mod rows;
 mod schema;
 pub mod writer;
 
