@@ -310,9 +310,11 @@ fn escape_attempts_are_stored_and_queried() -> Result<()> {
     );
     let d = Daemon::start_with(Some(&config), &["--db", &db_arg])?;
     let run = format!("escapes-{}", std::process::id());
+    // The signal to the daemon comes last: under enforce it kills the shell.
     let script = format!(
         "{helper} connect unix {ok_sock}\n{helper} connect unix {bad_sock}\n\
-         {helper} socket raw\nkill -CONT {daemon}\n{helper} inject ptrace {target} 0\n/bin/true\n",
+         {helper} socket raw\n{helper} inject ptrace {target} 0\n\
+         kill -CONT {daemon}\n/bin/true\n",
         daemon = d.pid()
     );
     let (_, out) = run_with_timeout(
