@@ -10,7 +10,7 @@ use std::{path::PathBuf, sync::Arc};
 use tokio::sync::oneshot;
 
 use super::{
-    Command,
+    Command, Refusal,
     protocol::{Request, Response},
 };
 use crate::{
@@ -92,7 +92,7 @@ impl Handler {
         &mut self,
         engine: &mut Engine,
         policies: crate::policy::Policies,
-    ) -> Result<(u64, Vec<String>), String> {
+    ) -> Result<(u64, Vec<String>), crate::engine::ReloadError> {
         let version = engine.policies().version().saturating_add(1);
         let policies = policies.with_version(version);
         let names: Vec<String> = policies.names().map(str::to_owned).collect();
@@ -116,8 +116,10 @@ impl Handler {
                 request: Request::Handover,
                 reply,
             } => match handover_refusal(engine, &peer) {
-                Some(message) => {
-                    let _ = reply.send(Response::Error { message });
+                Some(refusal) => {
+                    let _ = reply.send(Response::Error {
+                        message: refusal.to_string(),
+                    });
                 }
                 None => {
                     tracing::info!(
@@ -128,7 +130,11 @@ impl Handler {
                 }
             },
             Command::Reload { loaded, reply } => {
-                let response = match loaded.and_then(|p| self.install_policies(engine, *p)) {
+                let installed = loaded.and_then(|p| {
+                    self.install_policies(engine, *p)
+                        .map_err(super::ReloadError::from)
+                });
+                let response = match installed {
                     Ok((version, policies)) => Response::Reloaded { version, policies },
                     Err(message) => {
                         tracing::error!(%message, "policy reload refused; the running policies stay");
@@ -211,20 +217,21 @@ impl Handler {
     }
 
     /// Why `peer` may not launch now, if it may not: the per-user bounds.
-    fn launch_bounds(&mut self, engine: &Engine, peer: &Peer) -> Option<String> {
+    fn launch_bounds(&mut self, engine: &Engine, peer: &Peer) -> Option<Refusal> {
         let limits = &self.limits;
         let active = engine.attribution().active_runs_of_uid(peer.uid);
         if active >= limits.runs_per_uid {
-            return Some(format!(
-                "uid {} already has {active} active runs (at most {}: [limits] runs_per_uid)",
-                peer.uid, limits.runs_per_uid
-            ));
+            return Some(Refusal::RunsOfUid {
+                uid: peer.uid,
+                active,
+                max: limits.runs_per_uid,
+            });
         }
         if !self.launch_rate.allow(peer.uid, std::time::Instant::now()) {
-            return Some(format!(
-                "too many launches from uid {} (more than {} per second: [limits] launches_per_second)",
-                peer.uid, limits.launches_per_second
-            ));
+            return Some(Refusal::LaunchRate {
+                uid: peer.uid,
+                per_second: limits.launches_per_second,
+            });
         }
         None
     }
@@ -257,14 +264,12 @@ impl Handler {
         let now = std::time::SystemTime::now();
         let refuse = |message: String| Response::Error { message };
         if let Some(why) = self.launch_bounds(engine, peer) {
-            return refuse(why);
+            return refuse(why.to_string());
         }
         if let Some(name) = &req.policy
             && !engine.policies().contains(name)
         {
-            return refuse(format!(
-                "unknown policy {name:?} (the daemon's config defines none by that name)"
-            ));
+            return refuse(Refusal::UnknownPolicy(name.clone()).to_string());
         }
         // A run id names one run for good: a chosen id that an earlier run
         // had (gone from memory, still in the store) would mix two records.
@@ -287,10 +292,14 @@ impl Handler {
             )
             && let Err(extra) = child.within(parent)
         {
-            return refuse(format!(
-                "policy {name:?} is wider than the parent run's policy {parent_name:?} \
-                 ({extra} is not in it): a sub-agent cannot gain rights its parent lacks"
-            ));
+            return refuse(
+                Refusal::Wider {
+                    policy: name.clone(),
+                    parent: parent_name,
+                    extra,
+                }
+                .to_string(),
+            );
         }
         // max_depth of the parent run's policy: the sub-run is refused.
         if let Some(refusal) = engine.refuse_depth(peer.pid) {
@@ -312,16 +321,13 @@ impl Handler {
 /// Why `peer` may not take over, if it may not: a process in an agent
 /// run must not be able to make the daemon go away (the control server
 /// already refused anyone but root).
-fn handover_refusal(engine: &Engine, peer: &Peer) -> Option<String> {
+fn handover_refusal(engine: &Engine, peer: &Peer) -> Option<Refusal> {
     if peer.uid != 0 {
-        return Some("only root may take over the sensor".to_owned());
+        return Some(Refusal::HandoverNotRoot);
     }
     match engine.attribution().attest(peer.pid, None) {
-        Ok(answer) => Some(format!(
-            "a process in agent run {} cannot take over the sensor",
-            answer.run.id
-        )),
-        Err(_) if !peer.alive() => Some("the caller is gone".to_owned()),
+        Ok(answer) => Some(Refusal::HandoverFromRun(answer.run.id)),
+        Err(_) if !peer.alive() => Some(Refusal::CallerGone),
         Err(_) => None,
     }
 }

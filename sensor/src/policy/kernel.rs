@@ -140,6 +140,40 @@ impl EnforcementError {
     }
 }
 
+/// Why a run was refused when its policy could not be bound in the kernel
+/// (the run is refused rather than started unenforced).
+#[derive(Debug, thiserror::Error)]
+pub enum BindRefusal {
+    #[error(
+        "the kernel's run→policy map is full ([limits] policy_runs): policy {policy:?} could \
+         not be bound, so the run is refused rather than started unenforced"
+    )]
+    Full { policy: String },
+    /// The kernel's message is part of this one (not a source), as it has
+    /// always been answered.
+    #[error(
+        "policy {policy:?} could not be bound in the kernel ({error}); the run is refused rather \
+         than started unenforced"
+    )]
+    Failed {
+        policy: String,
+        error: EnforcementError,
+    },
+}
+
+impl BindRefusal {
+    /// The refusal of binding a run to `policy` (`None`: no policy).
+    #[must_use]
+    pub fn new(error: EnforcementError, policy: Option<&str>) -> Self {
+        let policy = policy.unwrap_or("(none)").to_owned();
+        if error.is_full() {
+            Self::Full { policy }
+        } else {
+            Self::Failed { policy, error }
+        }
+    }
+}
+
 fn map_err(map: &'static str) -> impl Fn(MapError) -> EnforcementError {
     move |source| EnforcementError::Map { map, source }
 }
