@@ -17,6 +17,7 @@ pub mod kernel;
 pub mod net;
 pub mod resolve;
 pub mod selftest;
+pub mod tables;
 pub mod unix;
 
 use std::{collections::BTreeMap, net::IpAddr, path::Path};
@@ -233,7 +234,8 @@ impl ExecRule {
                 return Err(ExecRuleError::PinnedNotExact);
             }
             // A glob ending in '/' names directories: everything under each.
-            let glob = Glob::new(path.trim_end_matches('/')).map_err(|e| ExecRuleError::Glob(Box::new(e)))?;
+            let glob = Glob::new(path.trim_end_matches('/'))
+                .map_err(|e| ExecRuleError::Glob(Box::new(e)))?;
             if path.ends_with('/') {
                 ExecTarget::DirGlob(resolve::expand_dir_glob(path)?)
             } else {
@@ -670,6 +672,37 @@ impl Policies {
     #[must_use]
     pub fn contains(&self, name: &str) -> bool {
         self.by_name.contains_key(name)
+    }
+}
+
+/// Policies for unit tests elsewhere in the crate.
+#[cfg(test)]
+pub mod testing {
+    use super::{ConnectConfig, ExecAllow, ExecConfig, Mode, Policy, PolicyConfig};
+
+    /// Policy `name` allowing `exec` (paths) and `connect` (rules).
+    #[must_use]
+    pub fn policy(name: &str, mode: Mode, exec: &[&str], connect: &[&str]) -> Policy {
+        Policy::load(
+            name,
+            &PolicyConfig {
+                mode,
+                exec: ExecConfig {
+                    allow: exec
+                        .iter()
+                        .map(|s| toml::Spanned::new(0..0, ExecAllow::Path((*s).to_owned())))
+                        .collect(),
+                },
+                connect: ConnectConfig {
+                    allow: connect
+                        .iter()
+                        .map(|s| toml::Spanned::new(0..0, (*s).to_owned()))
+                        .collect(),
+                },
+                ..PolicyConfig::default()
+            },
+        )
+        .unwrap()
     }
 }
 
