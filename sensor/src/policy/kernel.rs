@@ -1347,6 +1347,53 @@ mod tests {
     }
 
     #[test]
+    fn an_update_keeps_the_id_writes_new_entries_first_then_drops_stale_ones() {
+        let (maps, mut e) = binder();
+        let v1 = policy("a", Mode::Audit, &["/usr/bin/true"], &[]);
+        e.install(&Policies::of(vec![v1])).unwrap();
+        let slot = maps.slots.snapshot()[&0];
+        let keys = |maps: &FakeMaps| -> BTreeSet<ExecKey> {
+            maps.exec_rules
+                .snapshot()
+                .into_keys()
+                .filter(|k| k.policy == slot.id)
+                .collect()
+        };
+        let before = keys(&maps);
+        maps.take_writes();
+        // The files resolved differently: same policy, same id.
+        let v2 = policy("a", Mode::Audit, &["/usr/bin/env"], &[]);
+        e.update(&v2).unwrap();
+        assert_eq!(maps.slots.snapshot()[&0], slot, "the slot does not move");
+        let after = keys(&maps);
+        assert_eq!(after.len(), 1);
+        assert!(before.is_disjoint(&after));
+        let writes = maps.take_writes();
+        let first_remove = writes
+            .iter()
+            .position(|w| matches!(w, Write::Remove { .. }))
+            .unwrap();
+        assert!(
+            writes[..first_remove]
+                .iter()
+                .any(|w| w.map() == "SNSR_EXEC_RULES"),
+            "{writes:#?}"
+        );
+        assert!(
+            writes[first_remove..]
+                .iter()
+                .all(|w| matches!(w, Write::Remove { .. })),
+            "{writes:#?}"
+        );
+        // Nothing to do when nothing changed; an unknown policy is an error.
+        e.update(&v2).unwrap();
+        assert!(maps.take_writes().is_empty());
+        let err = e.update(&policy("zz", Mode::Audit, &[], &[])).unwrap_err();
+        assert_eq!(err.to_string(), "policy \"zz\" is not loaded");
+        assert!(e.verify().is_empty());
+    }
+
+    #[test]
     fn verify_reports_and_writes_back_tampered_slots_rules_and_bindings() {
         let (maps, mut e) = binder();
         let a = policy("a", Mode::Audit, &["/usr/bin/true"], &["10.0.0.0/8:443"]);
