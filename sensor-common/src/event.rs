@@ -9,6 +9,8 @@
 //! The header comes first in every record because the decoder reads the kind
 //! there before it knows anything else.
 
+use bytemuck::{Pod, Zeroable};
+
 use crate::{
     limits::EVENT_DATA_BYTES,
     policy::{Decision, UnixKey},
@@ -92,7 +94,7 @@ impl EventKind {
 
 /// Common header of every kernel event.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct EventHeader {
     /// [`EventKind`] as a number (low 16 bits) and the wire version
     /// (high 16 bits): see [`crate::handover::kind_word`].
@@ -137,7 +139,7 @@ const _: () = assert!(HEADER_SIZE == 96);
 
 /// `process.spawn`: `data` holds `exe_len` bytes of the (shared) executable path.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct SpawnData {
     /// Bytes of exe path in the data area.
     pub exe_len: u16,
@@ -159,7 +161,7 @@ pub const FILENAME_TRUNCATED: u16 = 4;
 
 /// `process.exec` (success or failure): data holds exe, cwd, filename, argv in that order.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct ExecData {
     /// Bytes of the resolved executable path.
     pub exe_len: u16,
@@ -197,7 +199,7 @@ const _: () = assert!(core::mem::offset_of!(ExecData, mnt_id) == 44);
 
 /// `process.exit`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct ExitData {
     /// Wait status as the parent sees it: `(code << 8) | signal | core flag 0x80`.
     pub exit_status: u32,
@@ -208,7 +210,7 @@ const _: () = assert!(size_of::<ExitData>() == 8);
 
 /// `network.connect`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct ConnectData {
     /// `AF_INET` (2) or `AF_INET6` (10).
     pub family: u16,
@@ -247,7 +249,7 @@ pub const UNIX_PATH_BYTES: usize = 108;
 /// It starts with the `unix.allow` lookup key (policy id, address length,
 /// address), so the kernel looks the address up where it assembled it.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct UnixConnectData {
     /// The address as the caller gave it (`sun_path` up to its NUL; an
     /// abstract name starts with a NUL byte and is every byte given), with
@@ -325,7 +327,7 @@ pub const UNIX_KILLED_IDENTITY: u16 = 1;
 /// `network.socket`, or datagrams to an address: `network.connect` with
 /// `via: "sendmsg"`).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct SocketData {
     /// `SOCKET_*`.
     pub what: u16,
@@ -366,7 +368,7 @@ pub const SOCKET_SENDTO: u16 = 4;
 /// `process.tamper` or `sensor.tamper`: what a process of a run did to a
 /// process outside its run, or to the sensor.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct TamperData {
     /// `TAMPER_*`.
     pub method: u16,

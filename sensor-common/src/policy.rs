@@ -12,6 +12,8 @@
 //! array update, then deletes the old rules: every check sees one whole
 //! policy, the old or the new, never a half-written one.
 
+use bytemuck::{Pod, Zeroable};
+
 /// `PolicySlot::mode`: the slot is unused.
 pub const MODE_NONE: u32 = 0;
 /// `PolicySlot::mode`: decide and report, never block.
@@ -131,7 +133,7 @@ pub type Net6Data = [u8; 20];
 /// bytes exactly as a caller passes them (`sun_path`, zero-padded; an
 /// abstract name starts with a NUL byte), with its length.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
 pub struct UnixKey {
     pub policy: u32,
     /// Bytes of `path` that are the address.
@@ -173,7 +175,7 @@ pub const RULE_MAX_PROCESSES: u32 = u32::MAX - 2;
 
 /// What the kernel decided about an action, carried in its event.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Decision {
     /// Policy id that decided (0 with `VERDICT_NONE`).
     pub policy: u32,

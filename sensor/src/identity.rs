@@ -19,9 +19,7 @@ impl Host {
             .map_err(io::Error::from)?
             .to_string_lossy()
             .into_owned();
-        let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id")?
-            .trim()
-            .to_owned();
+        let boot_id = procfs::sys::kernel::random::boot_id().map_err(io::Error::other)?;
         Ok(Self { name, boot_id })
     }
 }

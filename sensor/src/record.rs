@@ -1,6 +1,9 @@
 //! Decoding ring buffer records into [`RawEvent`]: sizes are checked before
-//! anything is read, and a malformed record is an error, never a panic.
+//! anything is read, and a malformed record is an error, never a panic. The
+//! wire structs are `bytemuck::Pod` (derived in `sensor-common`): they are
+//! read from and written to bytes without `unsafe`.
 
+use bytemuck::{AnyBitPattern, NoUninit};
 use sensor_common::event::{
     ConnectData, EventHeader, EventKind, ExecData, ExitData, HEADER_SIZE, SocketData, SpawnData,
     TamperData, UnixConnectData,
@@ -95,46 +98,47 @@ pub enum DecodeError {
     },
 }
 
-/// Reads a plain-old-data struct at `offset`; `bytes` must be long enough (checked by callers).
-fn read_pod<T: Copy>(bytes: &[u8], offset: usize) -> T {
-    debug_assert!(bytes.len() >= offset + size_of::<T>());
-    // SAFETY: callers checked the length; T is a repr(C) integer-only struct, any bit pattern is valid.
-    unsafe { std::ptr::read_unaligned(bytes.as_ptr().add(offset).cast::<T>()) }
+/// The plain-old-data value at `at`, or `None` when `bytes` ends before it.
+fn pod<T: AnyBitPattern>(bytes: &[u8], at: usize) -> Option<T> {
+    let end = at.checked_add(size_of::<T>())?;
+    bytes.get(at..end).map(bytemuck::pod_read_unaligned)
+}
+
+/// The payload of a `kind` record of `bytes.len()` bytes, whose length was
+/// checked against `need` (the kind's fixed size).
+fn payload<T: AnyBitPattern>(bytes: &[u8], kind: EventKind, need: usize) -> Result<T, DecodeError> {
+    pod(bytes, HEADER_SIZE).ok_or(DecodeError::Truncated {
+        kind,
+        len: bytes.len(),
+        need,
+    })
 }
 
 /// Decodes one ring buffer record.
 pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
     // The kind word comes first in every version: its version is checked
     // before anything else is read.
-    if bytes.len() < size_of::<u32>() {
-        return Err(DecodeError::Short { len: bytes.len() });
-    }
-    let (version, kind) = split_kind_word(read_pod(bytes, 0));
+    let word: u32 = pod(bytes, 0).ok_or(DecodeError::Short { len: bytes.len() })?;
+    let (version, kind) = split_kind_word(word);
     if version != WIRE_VERSION {
         return Err(DecodeError::WireVersion {
             version,
             ours: WIRE_VERSION,
         });
     }
-    if bytes.len() < HEADER_SIZE {
-        return Err(DecodeError::Short { len: bytes.len() });
-    }
-    let mut header: EventHeader = read_pod(bytes, 0);
+    let mut header: EventHeader = pod(bytes, 0).ok_or(DecodeError::Short { len: bytes.len() })?;
     // Downstream sees the kind alone.
     header.kind = kind;
     let kind = EventKind::from_u32(kind).ok_or(DecodeError::UnknownKind { kind })?;
     let need = kind.fixed_size();
-    if bytes.len() < need {
-        return Err(DecodeError::Truncated {
-            kind,
-            len: bytes.len(),
-            need,
-        });
-    }
-    let tail = &bytes[need..];
+    let tail = bytes.get(need..).ok_or(DecodeError::Truncated {
+        kind,
+        len: bytes.len(),
+        need,
+    })?;
     Ok(match kind {
         EventKind::ProcessSpawn => {
-            let data: SpawnData = read_pod(bytes, HEADER_SIZE);
+            let data: SpawnData = payload(bytes, kind, need)?;
             let exe = take(tail, 0, usize::from(data.exe_len)).ok_or(DecodeError::BadLengths {
                 kind,
                 need: usize::from(data.exe_len),
@@ -147,7 +151,7 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
             }
         }
         EventKind::ProcessExec | EventKind::ProcessExecFailed => {
-            let data: ExecData = read_pod(bytes, HEADER_SIZE);
+            let data: ExecData = payload(bytes, kind, need)?;
             let lens = [
                 usize::from(data.exe_len),
                 usize::from(data.cwd_len),
@@ -155,51 +159,53 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
                 data.argv_len as usize,
             ];
             let total: usize = lens.iter().sum();
-            if total > tail.len() {
-                return Err(DecodeError::BadLengths {
-                    kind,
-                    need: total,
-                    have: tail.len(),
-                });
-            }
+            let bad = DecodeError::BadLengths {
+                kind,
+                need: total,
+                have: tail.len(),
+            };
             let mut at = 0;
             let mut next = |len: usize| {
-                let s = tail[at..at + len].to_vec();
+                let s = take(tail, at, len).map(<[u8]>::to_vec);
                 at += len;
                 s
             };
-            let strings = ExecStrings {
-                exe: next(lens[0]),
-                cwd: next(lens[1]),
-                filename: next(lens[2]),
-                argv: next(lens[3]),
+            let (Some(exe), Some(cwd), Some(filename), Some(argv)) =
+                (next(lens[0]), next(lens[1]), next(lens[2]), next(lens[3]))
+            else {
+                return Err(bad);
             };
             RawEvent::Exec {
                 header,
                 data,
-                strings,
+                strings: ExecStrings {
+                    exe,
+                    cwd,
+                    filename,
+                    argv,
+                },
                 failed: kind == EventKind::ProcessExecFailed,
             }
         }
         EventKind::ProcessExit => RawEvent::Exit {
             header,
-            data: read_pod(bytes, HEADER_SIZE),
+            data: payload(bytes, kind, need)?,
         },
         EventKind::NetConnect => RawEvent::Connect {
             header,
-            data: read_pod(bytes, HEADER_SIZE),
+            data: payload(bytes, kind, need)?,
         },
         EventKind::NetUnix => RawEvent::Unix {
             header,
-            data: Box::new(read_pod(bytes, HEADER_SIZE)),
+            data: Box::new(payload(bytes, kind, need)?),
         },
         EventKind::Tamper => RawEvent::Tamper {
             header,
-            data: read_pod(bytes, HEADER_SIZE),
+            data: payload(bytes, kind, need)?,
         },
         EventKind::NetSocket => RawEvent::Socket {
             header,
-            data: read_pod(bytes, HEADER_SIZE),
+            data: payload(bytes, kind, need)?,
         },
     })
 }
@@ -211,12 +217,8 @@ fn take(bytes: &[u8], at: usize, len: usize) -> Option<&[u8]> {
 /// Encodes a record the way the kernel does; used by tests and by replay tools.
 #[must_use]
 pub fn encode(event: &RawEvent) -> Vec<u8> {
-    fn pod<T: Copy>(out: &mut Vec<u8>, v: &T) {
-        // SAFETY: T is a repr(C) integer-only struct without padding.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(std::ptr::from_ref(v).cast::<u8>(), size_of::<T>())
-        };
-        out.extend_from_slice(bytes);
+    fn pod<T: NoUninit>(out: &mut Vec<u8>, v: &T) {
+        out.extend_from_slice(bytemuck::bytes_of(v));
     }
     let mut out = Vec::new();
     match event {

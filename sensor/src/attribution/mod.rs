@@ -1253,18 +1253,16 @@ fn parents_first(processes: &[(u32, u32)]) -> Vec<(u32, u32)> {
 /// exe, argv and cwd of a live process, for the matchers.
 fn proc_exec(proc_root: &Path, pid: u32) -> Option<(String, Vec<String>, Option<String>)> {
     let dir = proc_root.join(pid.to_string());
-    let exe = std::fs::read_link(dir.join("exe"))
-        .ok()?
-        .to_string_lossy()
-        .into_owned();
+    let process = procfs::process::Process::new_with_root(dir.clone()).ok()?;
+    let exe = process.exe().ok()?.to_string_lossy().into_owned();
+    // The raw area, split as the kernel's exec records are: procfs's
+    // `cmdline()` drops empty arguments and refuses bytes that are not UTF-8.
     let cmdline = std::fs::read(dir.join("cmdline")).ok()?;
     let argv = crate::event::text::split_argv(&cmdline)
         .into_iter()
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
-    let cwd = std::fs::read_link(dir.join("cwd"))
-        .ok()
-        .map(|p| p.to_string_lossy().into_owned());
+    let cwd = process.cwd().ok().map(|p| p.to_string_lossy().into_owned());
     Some((exe, argv, cwd))
 }
 
@@ -1279,7 +1277,8 @@ fn process_exists(pid: u32) -> bool {
     )
 }
 
-/// `SENSOR_RUN_ID` from a process's environment, if set.
+/// `SENSOR_RUN_ID` from a process's environment, if set: the first one, as
+/// `getenv(3)` sees it (procfs's `environ()` is a map, which keeps the last).
 fn env_run_id(proc_root: &Path, pid: u32) -> Option<String> {
     let environ = std::fs::read(proc_root.join(pid.to_string()).join("environ")).ok()?;
     environ

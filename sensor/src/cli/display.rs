@@ -206,9 +206,110 @@ pub fn argv_shown(process: &Value) -> Option<Vec<String>> {
     )
 }
 
+/// A column of a [`text_table`].
+#[derive(Debug, Clone, Copy)]
+pub struct Column {
+    /// Width of its cells at least (wider text widens the column).
+    pub width: u16,
+    /// Spaces after it (none after the last column).
+    pub gap: u16,
+    /// Right-aligned (numbers).
+    pub right: bool,
+}
+
+impl Column {
+    /// Left-aligned, at least `width` wide, two spaces to the next column.
+    #[must_use]
+    pub const fn left(width: u16) -> Self {
+        Self {
+            width,
+            gap: 2,
+            right: false,
+        }
+    }
+
+    /// Right-aligned, at least `width` wide, two spaces to the next column.
+    #[must_use]
+    pub const fn right(width: u16) -> Self {
+        Self {
+            width,
+            gap: 2,
+            right: true,
+        }
+    }
+
+    /// This column with `gap` spaces to the next one.
+    #[must_use]
+    pub const fn gap(self, gap: u16) -> Self {
+        Self { gap, ..self }
+    }
+}
+
+/// The lines of a text table (`comfy-table`): no borders, each column
+/// padded to its width, the last one not padded, no trailing blanks.
+/// `header` is the first line when given. Every cell must be text as shown
+/// already ([`escape_terminal`]): a raw line end would split a row.
+#[must_use]
+pub fn text_table(
+    columns: &[Column],
+    header: Option<&[&str]>,
+    rows: Vec<Vec<String>>,
+) -> Vec<String> {
+    use comfy_table::{CellAlignment, ColumnConstraint, Table, Width, presets::NOTHING};
+    let mut table = Table::new();
+    table.load_style(NOTHING);
+    if let Some(header) = header {
+        table.set_header(header.to_vec());
+    }
+    table.add_rows(rows);
+    let last = columns.len().saturating_sub(1);
+    for (i, (column, spec)) in table.column_iter_mut().zip(columns).enumerate() {
+        let gap = if i == last { 0 } else { spec.gap };
+        column.set_padding((0, gap));
+        if spec.width > 0 {
+            column.set_constraint(ColumnConstraint::LowerBoundary(Width::Fixed(
+                spec.width.saturating_add(gap),
+            )));
+        }
+        if spec.right {
+            column.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    table.lines().map(|l| l.trim_end().to_owned()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tables_pad_columns_like_format_did() {
+        let columns = [Column::left(6), Column::right(3), Column::left(0)];
+        let row = |a: &str, b: &str, c: &str| vec![a.to_owned(), b.to_owned(), c.to_owned()];
+        let lines = text_table(
+            &columns,
+            Some(&["NAME", "N", "END"]),
+            vec![row("a", "7", "last one "), row("abcdef", "123", "x")],
+        );
+        assert_eq!(
+            lines,
+            [
+                format!("{:<6}  {:>3}  END", "NAME", "N"),
+                format!("{:<6}  {:>3}  last one", "a", "7"),
+                format!("{:<6}  {:>3}  x", "abcdef", "123"),
+            ]
+        );
+        // Wider text widens its column, for every row; a gap of one.
+        let lines = text_table(
+            &[Column::left(2).gap(1), Column::left(0)],
+            None,
+            vec![
+                vec!["abcd".to_owned(), "x".to_owned()],
+                vec!["a".to_owned(), "y".to_owned()],
+            ],
+        );
+        assert_eq!(lines, ["abcd x", "a    y"]);
+    }
 
     #[test]
     fn plain_text_is_borrowed() {

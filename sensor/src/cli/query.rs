@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use super::{
     args::{EventsArgs, ReplayArgs, RunsArgs, TreeArgs, WhoArgs},
-    display::{argv_shown, escape_terminal, exe_shown, shown_str, shown_value},
+    display::{Column, argv_shown, escape_terminal, exe_shown, shown_str, shown_value, text_table},
 };
 use crate::store::{
     open_for_reading,
@@ -81,31 +81,50 @@ pub fn runs(args: &RunsArgs) -> anyhow::Result<ExitCode> {
         println!("no runs");
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "{:<13}  {:<20}  {:<12}  {:>5}  {:<13}  {:<23}  ENDED",
-        "RUN", "AGENT", "PRINCIPAL", "DEPTH", "PARENT", "STARTED"
-    );
-    for r in &runs {
-        let ended = match (&r.end_ns, &r.end_reason) {
-            (Some(ns), reason) => format!(
-                "{} ({})",
-                time_of_ns(*ns),
-                escape_terminal(reason.as_deref().unwrap_or(""))
-            ),
-            (None, _) => "active".to_owned(),
-        };
-        println!(
-            "{:<13}  {:<20}  {:<12}  {:>5}  {:<13}  {:<23}  {}",
-            short_shown(&r.id),
-            fit(&escape_terminal(&r.agent), 20),
-            fit(&escape_terminal(&r.principal), 12),
-            r.depth,
-            r.parent_id
-                .as_deref()
-                .map_or_else(|| "-".to_owned(), short_shown),
-            time_of_ns(r.start_ns),
-            ended
-        );
+    let rows = runs
+        .iter()
+        .map(|r| {
+            let ended = match (&r.end_ns, &r.end_reason) {
+                (Some(ns), reason) => format!(
+                    "{} ({})",
+                    time_of_ns(*ns),
+                    escape_terminal(reason.as_deref().unwrap_or(""))
+                ),
+                (None, _) => "active".to_owned(),
+            };
+            vec![
+                short_shown(&r.id),
+                fit(&escape_terminal(&r.agent), 20),
+                fit(&escape_terminal(&r.principal), 12),
+                r.depth.to_string(),
+                r.parent_id
+                    .as_deref()
+                    .map_or_else(|| "-".to_owned(), short_shown),
+                time_of_ns(r.start_ns),
+                ended,
+            ]
+        })
+        .collect();
+    let columns = [
+        Column::left(13),
+        Column::left(20),
+        Column::left(12),
+        Column::right(5),
+        Column::left(13),
+        Column::left(23),
+        Column::left(0),
+    ];
+    let header = [
+        "RUN",
+        "AGENT",
+        "PRINCIPAL",
+        "DEPTH",
+        "PARENT",
+        "STARTED",
+        "ENDED",
+    ];
+    for line in text_table(&columns, Some(&header), rows) {
+        println!("{line}");
     }
     Ok(ExitCode::SUCCESS)
 }

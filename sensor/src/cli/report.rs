@@ -2,9 +2,10 @@
 //! network) with the sub-agent tree, each run's process tree, the timeline
 //! and the policy verdicts, denials and escape attempts first and marked.
 
-use std::{collections::HashMap, fmt::Write as _, process::ExitCode};
+use std::{collections::HashMap, process::ExitCode};
 
 use anyhow::Context as _;
+use maud::{DOCTYPE, Markup, PreEscaped, html};
 use serde_json::Value;
 
 use super::{
@@ -18,29 +19,18 @@ use crate::store::{
     writer::RunRow,
 };
 
+// The page is written with `maud`: every spliced value is escaped for HTML
+// by the template itself, so no string reaches the page raw. Strings from
+// the store are first shown as the text views show them ([`shown`]).
+
 /// A string from the store (agent, principal, run id, rule…) for the page:
 /// control, bidi and invisible characters shown as visible escapes, as the
 /// text views show them (a U+202E in an agent name must not reorder the
-/// page's text), then escaped for HTML.
-fn esc(s: &str) -> String {
-    html(&escape_terminal(s))
-}
-
-/// Escapes text for HTML. For text already shown escaped ([`describe`],
-/// [`ProcNode::command`]); anything else goes through [`esc`].
-fn html(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
+/// page's text); the template escapes it for HTML. Text already shown
+/// escaped ([`describe`], [`ProcNode::command`], [`exe_shown`]) is spliced
+/// as it is.
+fn shown(s: &str) -> String {
+    escape_terminal(s).into_owned()
 }
 
 const STYLE: &str = "
@@ -65,33 +55,32 @@ fn verdict(e: &Value) -> Option<&str> {
     e.pointer("/policy/verdict").and_then(Value::as_str)
 }
 
-fn proc_html(out: &mut String, node: &ProcNode, all: &[ProcNode]) {
-    let cmd = node.command();
-    let exit = node
-        .exit
-        .as_deref()
-        .map(|e| format!(" <span class=\"badge\">{}</span>", esc(e)))
-        .unwrap_or_default();
-    let _ = write!(out, "<li><code>{}</code> {}{exit}", node.pid, html(&cmd));
+fn proc_html(node: &ProcNode, all: &[ProcNode]) -> Markup {
     let children: Vec<&ProcNode> = all.iter().filter(|c| c.parent_key == node.key).collect();
-    if !children.is_empty() {
-        out.push_str("<ul class=\"tree\">");
-        for c in children {
-            proc_html(out, c, all);
+    html! {
+        li {
+            code { (node.pid) } " " (node.command())
+            @if let Some(exit) = &node.exit {
+                " " span.badge { (shown(exit)) }
+            }
+            @if !children.is_empty() {
+                ul.tree {
+                    @for c in children { (proc_html(c, all)) }
+                }
+            }
         }
-        out.push_str("</ul>");
     }
-    out.push_str("</li>");
 }
 
-fn run_html(
-    out: &mut String,
-    run: &RunRow,
-    runs: &[RunRow],
-    procs: &HashMap<&str, Vec<ProcNode>>,
-    denials: &HashMap<&str, usize>,
-    escapes: &HashMap<&str, usize>,
-) {
+/// What the page's run tree needs besides the runs.
+struct RunTree<'a> {
+    runs: &'a [RunRow],
+    procs: &'a HashMap<&'a str, Vec<ProcNode>>,
+    denials: &'a HashMap<&'a str, usize>,
+    escapes: &'a HashMap<&'a str, usize>,
+}
+
+fn run_html(run: &RunRow, tree: &RunTree<'_>) -> Markup {
     let state = match (&run.end_ns, &run.end_reason) {
         (Some(ns), reason) => format!(
             "ended {} ({})",
@@ -100,63 +89,57 @@ fn run_html(
         ),
         (None, _) => "active".to_owned(),
     };
-    let denied = denials.get(run.id.as_str()).copied().unwrap_or(0);
-    let mut badge = if denied > 0 {
-        format!(" <span class=\"badge deny\">{denied} denied</span>")
-    } else {
-        String::new()
-    };
-    let escaped = escapes.get(run.id.as_str()).copied().unwrap_or(0);
-    if escaped > 0 {
-        let _ = write!(
-            badge,
-            " <span class=\"badge escape\">{escaped} escape attempt{}</span>",
-            if escaped == 1 { "" } else { "s" }
-        );
-    }
-    let _ = write!(
-        out,
-        "<li><div class=\"run\" id=\"run-{id}\"><span class=\"agent\">{agent}</span> run <code>{id}</code>{badge}<br>\
-         <span class=\"meta\">principal {principal}{claimed} · depth {depth} · policy {policy} · started {start} by {by} · {state}</span>",
-        id = esc(&run.id),
-        agent = esc(&run.agent),
-        principal = esc(&run.principal),
-        claimed = run
-            .principal_claimed
-            .as_deref()
-            .map(|c| format!(" (claimed {})", esc(c)))
-            .unwrap_or_default(),
-        depth = run.depth,
-        policy = esc(run.policy.as_deref().unwrap_or("none")),
-        start = time_of_ns(run.start_ns),
-        by = esc(run.started_by.as_deref().unwrap_or("?")),
-        state = esc(&state),
-    );
-    let all = procs
+    let denied = tree.denials.get(run.id.as_str()).copied().unwrap_or(0);
+    let escaped = tree.escapes.get(run.id.as_str()).copied().unwrap_or(0);
+    let all = tree
+        .procs
         .get(run.id.as_str())
         .map(Vec::as_slice)
         .unwrap_or_default();
     let roots: Vec<&ProcNode> = proc_roots(all).collect();
-    if !roots.is_empty() {
-        out.push_str("<ul class=\"tree\">");
-        for r in roots {
-            proc_html(out, r, all);
-        }
-        out.push_str("</ul>");
-    }
-    out.push_str("</div>");
-    let children: Vec<&RunRow> = runs
+    let children: Vec<&RunRow> = tree
+        .runs
         .iter()
         .filter(|r| r.parent_id.as_deref() == Some(run.id.as_str()))
         .collect();
-    if !children.is_empty() {
-        out.push_str("<ul class=\"tree\">");
-        for c in children {
-            run_html(out, c, runs, procs, denials, escapes);
+    let id = shown(&run.id);
+    html! {
+        li {
+            div.run id={ "run-" (id) } {
+                span.agent { (shown(&run.agent)) } " run " code { (id) }
+                @if denied > 0 {
+                    " " span.badge.deny { (denied) " denied" }
+                }
+                @if escaped > 0 {
+                    " " span.badge.escape {
+                        (escaped) " escape attempt" @if escaped != 1 { "s" }
+                    }
+                }
+                br;
+                span.meta {
+                    "principal " (shown(&run.principal))
+                    @if let Some(claimed) = &run.principal_claimed {
+                        " (claimed " (shown(claimed)) ")"
+                    }
+                    " · depth " (run.depth)
+                    " · policy " (shown(run.policy.as_deref().unwrap_or("none")))
+                    " · started " (time_of_ns(run.start_ns))
+                    " by " (shown(run.started_by.as_deref().unwrap_or("?")))
+                    " · " (shown(&state))
+                }
+                @if !roots.is_empty() {
+                    ul.tree {
+                        @for r in roots { (proc_html(r, all)) }
+                    }
+                }
+            }
+            @if !children.is_empty() {
+                ul.tree {
+                    @for c in children { (run_html(c, tree)) }
+                }
+            }
         }
-        out.push_str("</ul>");
     }
-    out.push_str("</li>");
 }
 
 /// The page for `root` and its subtree.
@@ -193,120 +176,130 @@ fn page(root: &RunRow, runs: &[RunRow], events: &[StoredEvent]) -> String {
         .iter()
         .map(|r| (r.id.as_str(), r.agent.as_str()))
         .collect();
-
-    let mut out = String::new();
-    let _ = write!(
-        out,
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Run {id} · {agent}</title><style>{STYLE}</style></head><body>\
-         <h1>{agent} · run <code>{id}</code></h1><p class=\"meta\">principal {principal} · {n_runs} run(s) · {n_events} events · generated {now}</p>",
-        id = esc(&root.id),
-        agent = esc(&root.agent),
-        principal = esc(&root.principal),
-        n_runs = runs.len(),
-        n_events = events.len(),
-        now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
-    );
+    let tree = RunTree {
+        runs,
+        procs: &procs,
+        denials: &denials,
+        escapes: &escapes,
+    };
     let denied: Vec<&StoredEvent> = events
         .iter()
         .filter(|e| verdict(&e.event) == Some("deny"))
         .collect();
-    out.push_str("<h2>Policy denials</h2>");
-    if denied.is_empty() {
-        out.push_str("<p class=\"none\">No action of this run tree was denied.</p>");
-    } else {
-        out.push_str("<div class=\"denials\"><ul>");
-        for e in &denied {
-            let rule = e
-                .event
-                .pointer("/policy/rule")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            let _ = write!(
-                out,
-                "<li><b>DENIED</b> {} — {} (rule <code>{}</code>)</li>",
-                esc(e.event["time"].as_str().unwrap_or("")),
-                html(&describe(&e.event)),
-                esc(rule)
-            );
+    let (id, agent) = (shown(&root.id), shown(&root.agent));
+    let time = |ev: &Value| shown(ev["time"].as_str().unwrap_or(""));
+    let mut page = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                title { "Run " (id) " · " (agent) }
+                style { (PreEscaped(STYLE)) }
+            }
+            body {
+                h1 { (agent) " · run " code { (id) } }
+                p.meta {
+                    "principal " (shown(&root.principal))
+                    " · " (runs.len()) " run(s) · " (events.len()) " events · generated "
+                    (humantime::format_rfc3339_seconds(std::time::SystemTime::now()))
+                }
+                h2 { "Policy denials" }
+                @if denied.is_empty() {
+                    p.none { "No action of this run tree was denied." }
+                } @else {
+                    div.denials {
+                        ul {
+                            @for e in &denied {
+                                li {
+                                    b { "DENIED" } " " (time(&e.event)) " — " (describe(&e.event))
+                                    " (rule " code {
+                                        (shown(e.event.pointer("/policy/rule").and_then(Value::as_str).unwrap_or("")))
+                                    } ")"
+                                }
+                            }
+                        }
+                    }
+                }
+                (escapes_html(events))
+                h2 { "Sub-agent tree and processes" }
+                ul.tree style="border:0;padding:0" { (run_html(root, &tree)) }
+                h2 { "Timeline" }
+                table {
+                    thead {
+                        tr { th { "time" } th { "agent" } th { "run" } th { "event" } th { "verdict" } }
+                    }
+                    tbody {
+                        @for e in events {
+                            @let ev = &e.event;
+                            @let run_id = ev.pointer("/run/id").and_then(Value::as_str).unwrap_or("");
+                            @let v = verdict(ev);
+                            @let class = match (v == Some("deny"), e.escape) {
+                                (true, true) => Some("escape deny"),
+                                (true, false) => Some("deny"),
+                                (false, true) => Some("escape"),
+                                (false, false) => None,
+                            };
+                            tr class=[class] {
+                                td.t { (time(ev)) }
+                                td { (shown(agent_of.get(run_id).copied().unwrap_or(""))) }
+                                td { code { (shown(run_id.get(..13).unwrap_or(run_id))) } }
+                                td { (describe(ev)) }
+                                td.v { (shown(v.unwrap_or("—"))) }
+                            }
+                        }
+                    }
+                }
+            }
         }
-        out.push_str("</ul></div>");
     }
-    escapes_html(&mut out, events);
-    out.push_str(
-        "<h2>Sub-agent tree and processes</h2><ul class=\"tree\" style=\"border:0;padding:0\">",
-    );
-    run_html(&mut out, root, runs, &procs, &denials, &escapes);
-    out.push_str("</ul><h2>Timeline</h2><table><thead><tr><th>time</th><th>agent</th><th>run</th><th>event</th><th>verdict</th></tr></thead><tbody>");
-    for e in events {
-        let ev = &e.event;
-        let run_id = ev.pointer("/run/id").and_then(Value::as_str).unwrap_or("");
-        let v = verdict(ev);
-        let _ = write!(
-            out,
-            "<tr{cls}><td class=\"t\">{time}</td><td>{agent}</td><td><code>{run}</code></td><td>{what}</td><td class=\"v\">{verdict}</td></tr>",
-            cls = match (v == Some("deny"), e.escape) {
-                (true, true) => " class=\"escape deny\"",
-                (true, false) => " class=\"deny\"",
-                (false, true) => " class=\"escape\"",
-                (false, false) => "",
-            },
-            time = esc(ev["time"].as_str().unwrap_or("")),
-            agent = esc(agent_of.get(run_id).copied().unwrap_or("")),
-            run = esc(run_id.get(..13).unwrap_or(run_id)),
-            what = html(&describe(ev)),
-            verdict = esc(v.unwrap_or("—")),
-        );
-    }
-    out.push_str("</tbody></table></body></html>\n");
-    out
+    .into_string();
+    page.push('\n');
+    page
 }
 
 /// The escape attempts box: what the store marked (a process or the sensor
 /// tampered with, a raw socket, a denied Unix connect), each with how it
 /// ended: blocked (killed or refused) or only reported.
-fn escapes_html(out: &mut String, events: &[StoredEvent]) {
+fn escapes_html(events: &[StoredEvent]) -> Markup {
     let escapes: Vec<&StoredEvent> = events.iter().filter(|e| e.escape).collect();
-    out.push_str("<h2>Escape attempts</h2>");
-    if escapes.is_empty() {
-        out.push_str(
-            "<p class=\"none\">No process of this run tree reached into another process or \
-             the sensor, opened a raw socket, or was denied a Unix socket.</p>",
-        );
-        return;
-    }
-    out.push_str("<div class=\"escapes\"><ul>");
-    for e in escapes {
-        let ev = &e.event;
-        let outcome = match ev["tamper"]["repaired"].as_bool() {
-            Some(true) => "PUT BACK",
-            Some(false) => "NOT PUT BACK",
-            None if ev["tamper"]["killed"] == true
-                || ev.pointer("/policy/enforced") == Some(&Value::Bool(true)) =>
-            {
-                "BLOCKED"
+    let outcome = |ev: &Value| match ev["tamper"]["repaired"].as_bool() {
+        Some(true) => "PUT BACK",
+        Some(false) => "NOT PUT BACK",
+        None if ev["tamper"]["killed"] == true
+            || ev.pointer("/policy/enforced") == Some(&Value::Bool(true)) =>
+        {
+            "BLOCKED"
+        }
+        None => "NOT BLOCKED",
+    };
+    html! {
+        h2 { "Escape attempts" }
+        @if escapes.is_empty() {
+            p.none {
+                "No process of this run tree reached into another process or \
+                 the sensor, opened a raw socket, or was denied a Unix socket."
             }
-            None => "NOT BLOCKED",
-        };
-        let rule = ev
-            .pointer("/policy/rule")
-            .and_then(Value::as_str)
-            .map(|r| format!(" (rule <code>{}</code>)", esc(r)))
-            .unwrap_or_default();
-        let by = match ev["process"]["pid"].as_u64() {
-            Some(pid) => format!(
-                " by <code>{pid}</code> {}",
-                html(&exe_shown(&ev["process"]).unwrap_or_else(|| "?".to_owned()))
-            ),
-            None => String::new(),
-        };
-        let _ = write!(
-            out,
-            "<li><b>{outcome}</b> {} — {}{by}{rule}</li>",
-            esc(ev["time"].as_str().unwrap_or("")),
-            html(&describe(ev)),
-        );
+        } @else {
+            div.escapes {
+                ul {
+                    @for e in escapes {
+                        @let ev = &e.event;
+                        li {
+                            b { (outcome(ev)) } " " (shown(ev["time"].as_str().unwrap_or("")))
+                            " — " (describe(ev))
+                            @if let Some(pid) = ev["process"]["pid"].as_u64() {
+                                " by " code { (pid) } " "
+                                (exe_shown(&ev["process"]).unwrap_or_else(|| "?".to_owned()))
+                            }
+                            @if let Some(rule) = ev.pointer("/policy/rule").and_then(Value::as_str) {
+                                " (rule " code { (shown(rule)) } ")"
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
-    out.push_str("</ul></div>");
 }
 
 pub fn execute(args: &ReportArgs) -> anyhow::Result<ExitCode> {

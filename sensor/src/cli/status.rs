@@ -4,7 +4,10 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 
-use super::{args::StatusArgs, display::escape_terminal};
+use super::{
+    args::StatusArgs,
+    display::{Column, escape_terminal, text_table},
+};
 use crate::control::{
     self,
     protocol::{Request, Response},
@@ -26,7 +29,8 @@ pub fn execute(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     } else {
         // Output specs, error strings and the version come from the daemon
         // (an error string may quote what a remote server said): each line is
-        // escaped whole; its fixed text has nothing to escape.
+        // escaped whole (the programs' table, cell by cell); its fixed text
+        // has nothing to escape.
         let mut lines = vec![format!(
             "{} (pid {}, up {}s, version {})",
             if report.ready { "ready" } else { "not ready" },
@@ -43,24 +47,51 @@ pub fn execute(args: &StatusArgs) -> anyhow::Result<ExitCode> {
             report.programs.len(),
             report.programs.iter().filter(|p| p.pinned).count()
         )]);
-        for p in &report.programs {
-            lines.push(format!(
-                "  {:<16} program {:<6} link {:<6} {}, {}",
-                p.name,
-                p.id,
-                p.link_id.map_or_else(|| "-".to_owned(), |l| l.to_string()),
-                if p.attached {
-                    "attached"
-                } else {
-                    "NOT attached"
-                },
-                if p.pinned {
-                    "pinned"
-                } else {
-                    "not pinned (detaches with the daemon)"
-                }
-            ));
-        }
+        // The programs, one a line (a table; its cells escaped one by one).
+        let rows = report
+            .programs
+            .iter()
+            .map(|p| {
+                let state = format!(
+                    "{}, {}",
+                    if p.attached {
+                        "attached"
+                    } else {
+                        "NOT attached"
+                    },
+                    if p.pinned {
+                        "pinned"
+                    } else {
+                        "not pinned (detaches with the daemon)"
+                    }
+                );
+                vec![
+                    escape_terminal(&p.name).into_owned(),
+                    "program".to_owned(),
+                    p.id.to_string(),
+                    "link".to_owned(),
+                    p.link_id.map_or_else(|| "-".to_owned(), |l| l.to_string()),
+                    state,
+                ]
+            })
+            .collect();
+        let columns = [
+            Column::left(16).gap(1),
+            Column::left(0).gap(1),
+            Column::left(6).gap(1),
+            Column::left(0).gap(1),
+            Column::left(6).gap(1),
+            Column::left(0),
+        ];
+        let mut shown: Vec<String> = lines
+            .drain(..)
+            .map(|l| escape_terminal(&l).into_owned())
+            .collect();
+        shown.extend(
+            text_table(&columns, None, rows)
+                .into_iter()
+                .map(|l| format!("  {l}")),
+        );
         let events: Vec<String> = report
             .events
             .iter()
@@ -157,8 +188,9 @@ pub fn execute(args: &StatusArgs) -> anyhow::Result<ExitCode> {
             }
             lines.push(line);
         }
-        for line in &lines {
-            println!("{}", escape_terminal(line));
+        shown.extend(lines.iter().map(|l| escape_terminal(l).into_owned()));
+        for line in &shown {
+            println!("{line}");
         }
     }
     Ok(if report.ready {

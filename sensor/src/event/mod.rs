@@ -3,6 +3,10 @@
 //! [`Engine`] turns a decoded kernel record ([`raw::RawEvent`]) into an
 //! [`Event`]: sequence number, wall-clock time, host, process keys, decoded
 //! argv and paths. Field names are part of the user contract (DESIGN.md).
+//!
+//! An optional field is left out of the JSON when it is `None`
+//! (`serde_with::skip_serializing_none` on each struct that has them); the
+//! few written as `null` instead say `#[serialize_always]`.
 
 pub mod json;
 pub mod text;
@@ -262,40 +266,43 @@ pub fn rfc3339(t: SystemTime) -> humantime::Rfc3339Timestamp {
 }
 
 /// The agent run an event belongs to.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Serialize)]
 pub struct RunRef {
     pub id: String,
     pub agent: String,
     pub principal: String,
     /// What a non-root launcher claimed with `--principal` (not verified).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub principal_claimed: Option<String>,
+    #[serialize_always]
     pub parent_id: Option<String>,
     pub root_id: String,
     pub depth: u32,
     /// How this event's process was attributed.
     pub attribution: Attributed,
     /// Details carried by run.start and run.end only.
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    #[serde(flatten)]
     pub details: Option<RunDetails>,
 }
 
 /// What run.start and run.end add to the run object.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Serialize)]
 pub struct RunDetails {
     pub uid: u32,
+    #[serialize_always]
     pub policy: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub started_by: StartedBy,
     pub start: Timestamp,
+    #[serialize_always]
     pub expires: Option<Timestamp>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub end: Option<Timestamp>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub end_reason: Option<String>,
 }
 
 /// One event.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
     pub schema: &'static str,
@@ -303,36 +310,27 @@ pub struct Event {
     pub time: Timestamp,
     pub host: Arc<Host>,
     pub kind: Kind,
+    #[serialize_always]
     pub run: Option<RunRef>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub process: Option<Process>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub exec: Option<Exec>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub network: Option<Network>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub lost: Option<Lost>,
     /// What a run's record is missing (`run.degraded`).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub degraded: Option<Degraded>,
     /// What a process did to another process or to the sensor
     /// (`process.tamper`, `sensor.tamper`).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub tamper: Option<Tamper>,
     /// The run's policy verdict on this exec or connect.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<Verdict>,
     /// A time no daemon was reading the kernel's records (`sensor.gap`).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub gap: Option<Gap>,
     /// `"recovered"`: recorded by the kernel while no daemon was reading
     /// (a crash, a stop, an upgrade) and read by the next daemon. Absent
     /// for events read as they happened.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub delivery: Option<&'static str>,
     /// What the canary found the kernel path no longer reports, or that it
     /// reports again (`sensor.blind`).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub blind: Option<Blind>,
 }
 
@@ -406,6 +404,7 @@ impl Event {
 
 /// A `sensor.blind` report: the canary's records did not come through the
 /// kernel path (`restored: false`), or came through again (`restored: true`).
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Serialize)]
 pub struct Blind {
     /// False: the sensor is blind; true: it sees again.
@@ -417,7 +416,6 @@ pub struct Blind {
     /// When the first round that failed started.
     pub since: Timestamp,
     /// When sight came back (restores only).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub until: Option<Timestamp>,
     /// The canary round this report is about (the one that failed, or the
     /// one that saw again).
@@ -430,12 +428,12 @@ pub struct Blind {
 }
 
 /// The process an event is about.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Process {
     pub key: String,
     pub pid: u32,
     /// Pid inside the process's own pid namespace, when that is not the host's.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub ns_pid: Option<u32>,
     pub tid: u32,
     pub ppid: u32,
@@ -443,46 +441,34 @@ pub struct Process {
     pub uid: u32,
     pub gid: u32,
     pub comm: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub exe: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub exe_b64: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub exe_truncated: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub argv: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub argv_b64: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub argc: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub argv_truncated: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub argv_len: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
+    #[serialize_always]
     pub exit_code: Option<i32>,
+    #[serialize_always]
     pub exit_signal: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub core_dumped: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub parent_exe: Option<String>,
 }
 
 /// Details of an exec attempt.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Serialize)]
 pub struct Exec {
     /// The path as the caller passed it.
     pub filename: String,
     pub result: ExecResult,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub errno: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub old_tid: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub inode: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub dev: Option<String>,
     /// The kernel's `dev_t` of the executed file, for policy checks.
     #[serde(skip)]
@@ -493,51 +479,45 @@ pub struct Exec {
 }
 
 /// Destination and outcome of a connect.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Network {
     pub transport: &'static str,
     pub family: &'static str,
     /// IPv4/IPv6 destination (absent for `family: "unix"`).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub dst_ip: Option<IpAddr>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub dst_port: Option<u16>,
     /// A Unix socket address as the caller gave it: a path, or `@name` for an
     /// abstract name (bytes that are not UTF-8, NUL included, as `\xNN`).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// True for an abstract Unix name (no file).
-    #[serde(rename = "abstract", skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "abstract")]
     pub abstract_name: Option<bool>,
     /// The address the connected Unix peer is bound to, read from the
     /// kernel's socket, when it differs from `path` (a symlink, a relative
     /// path, a path replaced in between).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub peer_path: Option<String>,
     /// The local end (`network.listen`, `network.accept`).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub local_ip: Option<IpAddr>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub local_port: Option<u16>,
     /// The peer that connected in (`network.accept`).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub src_ip: Option<IpAddr>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub src_port: Option<u16>,
     /// Datagrams sent to this destination without connect() so far, by
     /// this process (reported at the 1st, 2nd, 4th, 8th, ...).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub sends: Option<u32>,
     pub result: NetResult,
+    #[serialize_always]
     pub errno: Option<i32>,
+    #[serialize_always]
     pub error: Option<String>,
     /// `sendmsg` for a datagram sent to an address without connect() (reported
     /// only when a policy denied it); absent for connect().
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub via: Option<&'static str>,
 }
 
 /// What was lost since the previous `sensor.lost`.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Lost {
     /// Newly lost events (kernel ring buffer full) since the previous report.
@@ -555,7 +535,6 @@ pub struct Lost {
     /// When the loss happened, when it is known to lie in a gap (no daemon
     /// was reading); absent for losses of a running daemon (since the
     /// previous report).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub window: Option<Window>,
     /// Records in the ring that this build could not read (written by a
     /// build with another record layout), by wire version.
@@ -563,7 +542,6 @@ pub struct Lost {
     pub unreadable: BTreeMap<u32, u64>,
     /// What the file watch lost since the previous report (not in `total`:
     /// the kernel does not say how many file events an overflow lost).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub file_watch: Option<FileWatchLost>,
 }
 
@@ -591,6 +569,7 @@ pub struct Degraded {
 
 /// What a process did to another process or to the sensor, or what the
 /// daemon's integrity check found (`process.tamper`, `sensor.tamper`).
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Tamper {
     /// `ptrace`, `process_vm_writev`, `pidfd_getfd`, `proc_mem` (process);
@@ -608,58 +587,48 @@ pub struct Tamper {
     /// by the kernel once the change was made (`file`).
     pub detected: &'static str,
     /// The process reached into (process tamper, signals).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<TamperTarget>,
     /// The sensor file written (`sensor_file`).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<TamperFile>,
     /// The signal sent (`signal`).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub signal: Option<u32>,
     /// The kernel killed the caller (enforce).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub killed: Option<bool>,
     /// The daemon put it back (`integrity`).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub repaired: Option<bool>,
     /// Earlier changes by the same process counted, not reported one by
     /// one (`file`: rate limit).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub suppressed: Option<u64>,
     /// What was found and done (`integrity`).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
 
 /// The target process of a tamper.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Serialize)]
 pub struct TamperTarget {
     pub pid: u32,
     pub key: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub exe: Option<String>,
     /// The target's run (null: in no run).
+    #[serialize_always]
     pub run: Option<RunRef>,
 }
 
 /// A file of the sensor that a tamper wrote or changed.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Serialize)]
 pub struct TamperFile {
     /// `pins`, `state`, `store`, `config`, `binary`.
     pub kind: &'static str,
     /// `sensor_file`: the protected path the file is (or is below);
     /// `file`: the file changed (a rename's old name).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// The protected file's device and inode (`sensor_file`).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub dev: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub inode: Option<u64>,
     /// A rename's new name, when it is in the sensor's directories (`file`).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
     /// It is a directory (`file`).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub dir: Option<bool>,
 }

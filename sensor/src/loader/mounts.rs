@@ -8,6 +8,7 @@ use std::{
 };
 
 use nix::mount::{MsFlags, mount};
+use procfs::process::MountInfo;
 
 use super::LoaderError;
 
@@ -23,19 +24,16 @@ pub struct MountEntry {
     pub fs_type: String,
 }
 
-/// Parses mountinfo text (see proc(5)): the mount point is field 5, the
-/// filesystem type is the first field after the ` - ` separator.
+/// Parses mountinfo text (see proc(5)) with `procfs`; a line it cannot
+/// parse is skipped. The mount point comes back with its octal escapes
+/// (`\040` for a space), which procfs leaves as they are.
 #[must_use]
 pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
     text.lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let mount_point = left.split(' ').nth(4)?;
-            let fs_type = right.split(' ').next()?;
-            Some(MountEntry {
-                mount_point: PathBuf::from(unescape_octal(mount_point)),
-                fs_type: fs_type.to_owned(),
-            })
+        .filter_map(|line| MountInfo::from_line(line).ok())
+        .map(|m| MountEntry {
+            mount_point: PathBuf::from(unescape_octal(&m.mount_point.to_string_lossy())),
+            fs_type: m.fs_type,
         })
         .collect()
 }

@@ -345,15 +345,10 @@ pub struct FileWatch {
 /// Whether this process has `CAP_SYS_ADMIN` in effect (without it,
 /// fanotify does not tell a listener which process caused an event).
 fn has_sys_admin() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
+    procfs::process::Process::myself()
+        .and_then(|p| p.status())
         // CAP_SYS_ADMIN is capability 21.
-        .is_some_and(|caps| caps & (1 << 21) != 0)
+        .is_ok_and(|s| s.capeff & (1 << 21) != 0)
 }
 
 /// Starts the watch on its own thread. `own_pid`: the daemon (its changes
