@@ -31,6 +31,8 @@ pub struct Config {
     pub outputs: Vec<OutputTable>,
     pub metrics: MetricsConfig,
     pub limits: LimitsConfig,
+    /// `[tokens]`: run tokens (JWTs naming the caller's run).
+    pub tokens: crate::tokens::TokensConfig,
 }
 
 /// `[limits]`: what one client, and one user, may hold of the daemon. The
@@ -370,6 +372,13 @@ impl Config {
             .limits
             .validate()
             .and_then(|()| config.daemon.validate())
+            .and_then(|()| config.tokens.validate().map_err(|e| e.0))
+            .and_then(|()| {
+                config.agents.iter().try_for_each(|a| {
+                    crate::attribution::check_scopes(&a.scopes)
+                        .map_err(|e| format!("[[agent]] {:?}: {e}", a.name))
+                })
+            })
             .map_err(|message| ConfigError::Limits {
                 path: path.to_owned(),
                 message,

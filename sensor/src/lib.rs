@@ -27,3 +27,4 @@ pub mod sinks;
 pub mod status;
 pub mod store;
 pub mod tamper;
+pub mod tokens;
