@@ -111,7 +111,16 @@ struct Round {
     exec_seen: bool,
     connect_seen: bool,
     /// The child and what it runs against; `Err` when the round could not start.
-    child: Result<RoundChild, String>,
+    child: Result<RoundChild, SpawnError>,
+}
+
+/// Why a round could not start (the message is the round's detail).
+#[derive(Debug, thiserror::Error)]
+enum SpawnError {
+    #[error("loopback listener: {0}")]
+    Listener(std::io::Error),
+    #[error("starting the child: {0}")]
+    Child(std::io::Error),
 }
 
 struct RoundChild {
@@ -393,16 +402,13 @@ impl Canary {
 }
 
 /// Starts the round's listener and child.
-fn spawn(nonce: &str) -> Result<RoundChild, String> {
+fn spawn(nonce: &str) -> Result<RoundChild, SpawnError> {
     let listener = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))
-        .map_err(|e| format!("loopback listener: {e}"))?;
-    let port = listener
-        .local_addr()
-        .map_err(|e| format!("loopback listener: {e}"))?
-        .port();
+        .map_err(SpawnError::Listener)?;
+    let port = listener.local_addr().map_err(SpawnError::Listener)?.port();
     listener
         .set_nonblocking(true)
-        .map_err(|e| format!("loopback listener: {e}"))?;
+        .map_err(SpawnError::Listener)?;
     // The running binary, even when its file was replaced or removed since.
     let child = Command::new("/proc/self/exe")
         .arg0("sensor")
@@ -419,7 +425,7 @@ fn spawn(nonce: &str) -> Result<RoundChild, String> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| format!("starting the child: {e}"))?;
+        .map_err(SpawnError::Child)?;
     Ok(RoundChild {
         pid: child.id(),
         child,
@@ -656,7 +662,7 @@ mod tests {
             nonce: "n".into(),
             exec_seen: false,
             connect_seen: false,
-            child: Err("starting the child: no pids left".into()),
+            child: Err(SpawnError::Child(std::io::Error::other("no pids left"))),
         });
         c.next = Instant::now() + Duration::from_secs(3600);
         let Some(Finding::Blind(b)) = c.tick(Instant::now() + DEADLINE, true) else {

@@ -84,7 +84,7 @@ impl LimitsConfig {
     }
 
     /// Refuses values that would disable a bound or cannot work.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ValueError> {
         let positive = [
             ("runs_per_uid", self.runs_per_uid),
             ("launches_per_second", self.launches_per_second),
@@ -94,21 +94,18 @@ impl LimitsConfig {
             ("policy_runs", self.policy_runs),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            return Err(format!("[limits] {key} must be at least 1"));
+            return Err(ValueError::Zero(key));
         }
         if self.idle_timeout_secs > 3600 {
-            return Err("[limits] idle_timeout_secs must be at most 3600".into());
+            return Err(ValueError::IdleTimeout);
         }
-        if self.policy_runs > 1 << 20 {
-            return Err(format!("[limits] policy_runs must be at most {}", 1 << 20));
+        if self.policy_runs > POLICY_RUNS_MAX {
+            return Err(ValueError::PolicyRuns);
         }
-        if !self.event_ring_kib.is_power_of_two() || !(64..=1 << 20).contains(&self.event_ring_kib)
+        if !self.event_ring_kib.is_power_of_two()
+            || !(64..=EVENT_RING_KIB_MAX).contains(&self.event_ring_kib)
         {
-            return Err(format!(
-                "[limits] event_ring_kib must be a power of two from 64 to {} (got {})",
-                1 << 20,
-                self.event_ring_kib
-            ));
+            return Err(ValueError::EventRing(self.event_ring_kib));
         }
         Ok(())
     }
@@ -218,11 +215,9 @@ pub const CANARY_INTERVAL_MAX_SECS: u64 = 86_400;
 
 impl DaemonConfig {
     /// Refuses values that cannot work.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ValueError> {
         if self.canary_interval_secs > CANARY_INTERVAL_MAX_SECS {
-            return Err(format!(
-                "[daemon] canary_interval_secs must be at most {CANARY_INTERVAL_MAX_SECS} (0 turns the canary off)"
-            ));
+            return Err(ValueError::CanaryInterval);
         }
         Ok(())
     }
@@ -273,6 +268,34 @@ impl Default for StoreConfig {
     }
 }
 
+/// The most `[limits] policy_runs` may be.
+const POLICY_RUNS_MAX: u32 = 1 << 20;
+/// The most `[limits] event_ring_kib` may be.
+const EVENT_RING_KIB_MAX: u32 = 1 << 20;
+
+/// A `[limits]` or `[daemon]` value that would disable a bound or cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error("[limits] {0} must be at least 1")]
+    Zero(&'static str),
+    #[error("[limits] idle_timeout_secs must be at most 3600")]
+    IdleTimeout,
+    #[error("[limits] policy_runs must be at most {POLICY_RUNS_MAX}")]
+    PolicyRuns,
+    #[error(
+        "[limits] event_ring_kib must be a power of two from 64 to {EVENT_RING_KIB_MAX} (got {0})"
+    )]
+    EventRing(u32),
+    #[error(
+        "[daemon] canary_interval_secs must be at most {CANARY_INTERVAL_MAX_SECS} (0 turns the canary off)"
+    )]
+    CanaryInterval,
+    #[error(transparent)]
+    Tokens(crate::tokens::TokenConfigError),
+    #[error("[[agent]] {agent:?}: {why}")]
+    AgentScopes { agent: String, why: String },
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}")]
@@ -308,8 +331,10 @@ pub enum ConfigError {
         #[source]
         source: Box<crate::policy::PolicyError>,
     },
-    #[error("config {path}: {message}")]
-    Limits { path: PathBuf, message: String },
+    /// The value's message is part of this one (not a source), as the
+    /// CLI has always printed it.
+    #[error("config {path}: {value}")]
+    Limits { path: PathBuf, value: ValueError },
     #[error("config {path}")]
     Agent {
         path: PathBuf,
@@ -372,16 +397,20 @@ impl Config {
             .limits
             .validate()
             .and_then(|()| config.daemon.validate())
-            .and_then(|()| config.tokens.validate().map_err(|e| e.0))
+            .and_then(|()| config.tokens.validate().map_err(ValueError::Tokens))
             .and_then(|()| {
                 config.agents.iter().try_for_each(|a| {
-                    crate::attribution::check_scopes(&a.scopes)
-                        .map_err(|e| format!("[[agent]] {:?}: {e}", a.name))
+                    crate::attribution::check_scopes(&a.scopes).map_err(|e| {
+                        ValueError::AgentScopes {
+                            agent: a.name.clone(),
+                            why: e.to_string(),
+                        }
+                    })
                 })
             })
-            .map_err(|message| ConfigError::Limits {
+            .map_err(|value| ConfigError::Limits {
                 path: path.to_owned(),
-                message,
+                value,
             })?;
         crate::attribution::Matchers::new(&config.agents).map_err(|source| ConfigError::Agent {
             path: path.to_owned(),
@@ -455,6 +484,37 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limit_refusals_name_the_file_and_read_as_before() {
+        let refused = |text: &str| {
+            Config::parse(text, Path::new("/etc/s.toml"))
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            refused("[limits]\nruns_per_uid = 0\n"),
+            "config /etc/s.toml: [limits] runs_per_uid must be at least 1"
+        );
+        assert_eq!(
+            refused("[limits]\nidle_timeout_secs = 3601\n"),
+            "config /etc/s.toml: [limits] idle_timeout_secs must be at most 3600"
+        );
+        assert_eq!(
+            refused("[limits]\npolicy_runs = 1048577\n"),
+            "config /etc/s.toml: [limits] policy_runs must be at most 1048576"
+        );
+        assert_eq!(
+            refused("[limits]\nevent_ring_kib = 100\n"),
+            "config /etc/s.toml: [limits] event_ring_kib must be a power of two from 64 to \
+             1048576 (got 100)"
+        );
+        assert_eq!(
+            refused("[daemon]\ncanary_interval_secs = 86401\n"),
+            "config /etc/s.toml: [daemon] canary_interval_secs must be at most 86400 (0 turns \
+             the canary off)"
+        );
+    }
 
     #[test]
     fn empty_file_means_defaults() {

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod engine;
+pub mod error;
 pub mod event;
 pub mod identity;
 pub mod loader;

@@ -34,7 +34,7 @@ use crate::event::RunRef;
 /// tested without a kernel.
 pub trait RunMap: Send {
     fn get(&self, tgid: u32) -> Option<ProcRun>;
-    fn set(&mut self, tgid: u32, entry: ProcRun) -> Result<(), String>;
+    fn set(&mut self, tgid: u32, entry: ProcRun) -> Result<(), aya::maps::MapError>;
     fn remove(&mut self, tgid: u32);
     fn entries(&self) -> Vec<(u32, ProcRun)>;
 }
@@ -44,8 +44,8 @@ impl RunMap for aya::maps::HashMap<aya::maps::MapData, u32, ProcRun> {
         aya::maps::HashMap::get(self, &tgid, 0).ok()
     }
 
-    fn set(&mut self, tgid: u32, entry: ProcRun) -> Result<(), String> {
-        self.insert(tgid, entry, 0).map_err(|e| e.to_string())
+    fn set(&mut self, tgid: u32, entry: ProcRun) -> Result<(), aya::maps::MapError> {
+        self.insert(tgid, entry, 0)
     }
 
     fn remove(&mut self, tgid: u32) {
@@ -62,7 +62,7 @@ impl RunMap for HashMap<u32, ProcRun> {
         HashMap::get(self, &tgid).copied()
     }
 
-    fn set(&mut self, tgid: u32, entry: ProcRun) -> Result<(), String> {
+    fn set(&mut self, tgid: u32, entry: ProcRun) -> Result<(), aya::maps::MapError> {
         self.insert(tgid, entry);
         Ok(())
     }
@@ -200,7 +200,7 @@ pub struct RunAnswer {
 }
 
 /// Why a request about runs was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum AttributionError {
     #[error("process {0} does not exist")]
     NoProcess(u32),
@@ -210,14 +210,16 @@ pub enum AttributionError {
     NotInRun(u32),
     #[error(transparent)]
     Run(#[from] RunError),
+    /// The kernel's message is part of this one (not a source), as it has
+    /// always been answered.
     #[error("the kernel refused the process → run entry: {0}")]
-    Kernel(String),
+    Kernel(aya::maps::MapError),
     #[error(
         "process {0} that sent the request is gone (its pid may belong to another process now)"
     )]
     PeerGone(u32),
-    #[error("{0}")]
-    Bind(String),
+    #[error(transparent)]
+    Bind(#[from] crate::policy::kernel::BindRefusal),
 }
 
 /// The attribution stage.
@@ -952,7 +954,7 @@ impl Attribution {
         peer: &Peer,
         req: LaunchRequest,
         now: SystemTime,
-        bind: impl FnOnce(&Run, Option<u64>) -> Result<(), String>,
+        bind: impl FnOnce(&Run, Option<u64>) -> Result<(), crate::policy::kernel::BindRefusal>,
     ) -> Result<(Run, RunChange), AttributionError> {
         let start_ticks = self
             .proc_start_ticks(peer.pid)

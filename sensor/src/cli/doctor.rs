@@ -135,15 +135,22 @@ pub fn execute(args: &DoctorArgs) -> anyhow::Result<ExitCode> {
                     Ok(o) => {
                         checks.push(check(
                             "exec kill",
-                            o.exec_killed.clone().map(|()| {
-                                "a denied exec was killed before it ran (bpf_send_signal)".into()
-                            }),
+                            o.exec_killed
+                                .clone()
+                                .map(|()| {
+                                    "a denied exec was killed before it ran (bpf_send_signal)"
+                                        .into()
+                                })
+                                .map_err(|e| e.to_string()),
                         ));
                         checks.push(check(
                             "connect deny",
-                            o.connect_denied.clone().map(|()| {
-                                "a denied connect failed with EPERM (cgroup sock_addr)".into()
-                            }),
+                            o.connect_denied
+                                .clone()
+                                .map(|()| {
+                                    "a denied connect failed with EPERM (cgroup sock_addr)".into()
+                                })
+                                .map_err(|e| e.to_string()),
                         ));
                         enforce_ok = Some(o);
                     }

@@ -10,7 +10,7 @@ use std::{path::PathBuf, sync::Arc};
 use tokio::sync::oneshot;
 
 use super::{
-    Command,
+    Command, Refusal,
     protocol::{Request, Response},
 };
 use crate::{
@@ -109,7 +109,7 @@ impl Handler {
         &mut self,
         engine: &mut Engine,
         policies: crate::policy::Policies,
-    ) -> Result<(u64, Vec<String>), String> {
+    ) -> Result<(u64, Vec<String>), crate::engine::ReloadError> {
         let version = engine.policies().version().saturating_add(1);
         let policies = policies.with_version(version);
         let names: Vec<String> = policies.names().map(str::to_owned).collect();
@@ -133,8 +133,10 @@ impl Handler {
                 request: Request::Handover,
                 reply,
             } => match handover_refusal(engine, &peer) {
-                Some(message) => {
-                    let _ = reply.send(Response::Error { message });
+                Some(refusal) => {
+                    let _ = reply.send(Response::Error {
+                        message: refusal.to_string(),
+                    });
                 }
                 None => {
                     tracing::info!(
@@ -145,7 +147,11 @@ impl Handler {
                 }
             },
             Command::Reload { loaded, reply } => {
-                let response = match loaded.and_then(|p| self.install_policies(engine, *p)) {
+                let installed = loaded.and_then(|p| {
+                    self.install_policies(engine, *p)
+                        .map_err(super::ReloadError::from)
+                });
+                let response = match installed {
                     Ok((version, policies)) => Response::Reloaded { version, policies },
                     Err(message) => {
                         tracing::error!(%message, "policy reload refused; the running policies stay");
@@ -302,20 +308,21 @@ impl Handler {
     }
 
     /// Why `peer` may not launch now, if it may not: the per-user bounds.
-    fn launch_bounds(&mut self, engine: &Engine, peer: &Peer) -> Option<String> {
+    fn launch_bounds(&mut self, engine: &Engine, peer: &Peer) -> Option<Refusal> {
         let limits = &self.limits;
         let active = engine.attribution().active_runs_of_uid(peer.uid);
         if active >= limits.runs_per_uid {
-            return Some(format!(
-                "uid {} already has {active} active runs (at most {}: [limits] runs_per_uid)",
-                peer.uid, limits.runs_per_uid
-            ));
+            return Some(Refusal::RunsOfUid {
+                uid: peer.uid,
+                active,
+                max: limits.runs_per_uid,
+            });
         }
         if !self.launch_rate.allow(peer.uid, std::time::Instant::now()) {
-            return Some(format!(
-                "too many launches from uid {} (more than {} per second: [limits] launches_per_second)",
-                peer.uid, limits.launches_per_second
-            ));
+            return Some(Refusal::LaunchRate {
+                uid: peer.uid,
+                per_second: limits.launches_per_second,
+            });
         }
         None
     }
@@ -348,14 +355,12 @@ impl Handler {
         let now = std::time::SystemTime::now();
         let refuse = |message: String| Response::Error { message };
         if let Some(why) = self.launch_bounds(engine, peer) {
-            return refuse(why);
+            return refuse(why.to_string());
         }
         if let Some(name) = &req.policy
             && !engine.policies().contains(name)
         {
-            return refuse(format!(
-                "unknown policy {name:?} (the daemon's config defines none by that name)"
-            ));
+            return refuse(Refusal::UnknownPolicy(name.clone()).to_string());
         }
         // A run id names one run for good: a chosen id that an earlier run
         // had (gone from memory, still in the store) would mix two records.
@@ -378,10 +383,14 @@ impl Handler {
             )
             && let Err(extra) = child.within(parent)
         {
-            return refuse(format!(
-                "policy {name:?} is wider than the parent run's policy {parent_name:?} \
-                 ({extra} is not in it): a sub-agent cannot gain rights its parent lacks"
-            ));
+            return refuse(
+                Refusal::Wider {
+                    policy: name.clone(),
+                    parent: parent_name,
+                    extra,
+                }
+                .to_string(),
+            );
         }
         // max_depth of the parent run's policy: the sub-run is refused.
         if let Some(refusal) = engine.refuse_depth(peer.pid) {
@@ -403,16 +412,13 @@ impl Handler {
 /// Why `peer` may not take over, if it may not: a process in an agent
 /// run must not be able to make the daemon go away (the control server
 /// already refused anyone but root).
-fn handover_refusal(engine: &Engine, peer: &Peer) -> Option<String> {
+fn handover_refusal(engine: &Engine, peer: &Peer) -> Option<Refusal> {
     if peer.uid != 0 {
-        return Some("only root may take over the sensor".to_owned());
+        return Some(Refusal::HandoverNotRoot);
     }
     match engine.attribution().attest(peer.pid, None) {
-        Ok(answer) => Some(format!(
-            "a process in agent run {} cannot take over the sensor",
-            answer.run.id
-        )),
-        Err(_) if !peer.alive() => Some("the caller is gone".to_owned()),
+        Ok(answer) => Some(Refusal::HandoverFromRun(answer.run.id)),
+        Err(_) if !peer.alive() => Some(Refusal::CallerGone),
         Err(_) => None,
     }
 }
@@ -445,5 +451,302 @@ impl LaunchRate {
         } else {
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        attribution::{Attribution, RunTable},
+        identity::{Clock, Host, ProcessKeys},
+        policy::{Mode, Policies, kernel::Enforcement, tables::fake::FakeMaps, testing::policy},
+    };
+
+    const BOOT_ID: &str = "0b5f0e3c-1d2e-4f5a-9b8c-7d6e5f4a3b2c";
+
+    /// An engine whose policies are bound in tables in memory (the test
+    /// process is the peer that launches).
+    fn engine(policies: Vec<crate::policy::Policy>) -> (FakeMaps, Engine) {
+        let keys = ProcessKeys::new(BOOT_ID, crate::identity::clock_ticks_per_second());
+        let attribution = Attribution::new(
+            keys.clone(),
+            Box::new(std::collections::HashMap::new()),
+            RunTable::new(),
+            None,
+        );
+        let maps = FakeMaps::new();
+        let engine = Engine::new(
+            Host {
+                name: "h1".into(),
+                boot_id: BOOT_ID.into(),
+            },
+            keys,
+            Clock::with_offset(1_700_000_000_000_000_000),
+            attribution,
+        )
+        .with_policies(Policies::of(policies))
+        .with_enforcement(Enforcement::open_tables(maps.tables()).unwrap())
+        .unwrap();
+        (maps, engine)
+    }
+
+    fn ask(
+        handler: &mut Handler,
+        engine: &mut Engine,
+        peer: Peer,
+        request: Request,
+    ) -> (Response, Vec<Event>) {
+        let (reply, mut answer) = oneshot::channel();
+        let mut out = Vec::new();
+        handler.handle(
+            engine,
+            &DaemonState::default(),
+            Command::Request {
+                peer,
+                request,
+                reply,
+            },
+            &mut out,
+        );
+        (answer.try_recv().unwrap(), out)
+    }
+
+    fn launch(policy: Option<&str>, run_id: Option<&str>) -> Request {
+        Request::Launch(LaunchRequest {
+            agent: "bot".into(),
+            policy: policy.map(str::to_owned),
+            run_id: run_id.map(str::to_owned),
+            ..LaunchRequest::default()
+        })
+    }
+
+    fn error(response: Response) -> String {
+        match response {
+            Response::Error { message } => message,
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    fn me(uid: u32) -> Peer {
+        Peer::local(std::process::id(), uid, uid)
+    }
+
+    #[test]
+    fn a_launch_binds_its_run_before_it_is_answered() {
+        let (maps, mut engine) = engine(vec![policy("a", Mode::Enforce, &["/usr/bin/true"], &[])]);
+        let mut handler = Handler::new(LimitsConfig::default());
+        let (response, out) = ask(&mut handler, &mut engine, me(0), launch(Some("a"), None));
+        let Response::Launched { run } = response else {
+            panic!("refused: {response:?}");
+        };
+        assert_eq!(out.len(), 1, "its run.start");
+        let binding = maps.run_policy.snapshot()[&run.handle];
+        assert_eq!(
+            maps.slots.snapshot()[&binding.slot].mode,
+            sensor_common::policy::MODE_ENFORCE
+        );
+        assert_eq!(engine.attribution().active_runs(), 1);
+    }
+
+    #[test]
+    fn a_full_run_policy_map_refuses_the_launch_rather_than_run_it_unenforced() {
+        let (maps, mut engine) = engine(vec![policy("a", Mode::Enforce, &["/usr/bin/true"], &[])]);
+        maps.run_policy.set_capacity(0);
+        let mut handler = Handler::new(LimitsConfig::default());
+        let (response, out) = ask(&mut handler, &mut engine, me(0), launch(Some("a"), None));
+        assert_eq!(
+            error(response),
+            "the kernel's run→policy map is full ([limits] policy_runs): policy \"a\" could not \
+             be bound, so the run is refused rather than started unenforced"
+        );
+        assert!(out.is_empty());
+        // No run, and the launcher is in none.
+        assert_eq!(engine.attribution().active_runs(), 0);
+        assert!(
+            engine
+                .attribution()
+                .attest(std::process::id(), None)
+                .is_err()
+        );
+        assert!(maps.run_policy.snapshot().is_empty());
+    }
+
+    #[test]
+    fn launches_are_refused_past_the_bounds_and_for_unknown_or_reused_names() {
+        let (_maps, mut engine) = engine(vec![policy("a", Mode::Audit, &["/usr/bin/true"], &[])]);
+        let mut handler = Handler::new(LimitsConfig {
+            runs_per_uid: 1,
+            ..LimitsConfig::default()
+        });
+        assert_eq!(
+            error(ask(&mut handler, &mut engine, me(0), launch(Some("nope"), None)).0),
+            "unknown policy \"nope\" (the daemon's config defines none by that name)"
+        );
+        let (first, _) = ask(&mut handler, &mut engine, me(0), launch(None, Some("r-1")));
+        assert!(matches!(first, Response::Launched { .. }), "{first:?}");
+        assert_eq!(
+            error(ask(&mut handler, &mut engine, me(0), launch(None, None)).0),
+            "uid 0 already has 1 active runs (at most 1: [limits] runs_per_uid)"
+        );
+        // Another user: its own bound; the run id is taken for good.
+        let other = me(1000);
+        assert_eq!(
+            error(ask(&mut handler, &mut engine, other, launch(None, Some("r-1"))).0),
+            crate::attribution::RunError::Exists("r-1".into()).to_string()
+        );
+    }
+
+    #[test]
+    fn launches_from_one_user_are_rate_limited() {
+        let (_maps, mut engine) = engine(Vec::new());
+        let mut handler = Handler::new(LimitsConfig {
+            launches_per_second: 1,
+            ..LimitsConfig::default()
+        });
+        // A burst of two seconds' worth, then refused (each launch from the
+        // same process nests: the bucket is what stops it, not the table).
+        let answers: Vec<Response> = (0..3)
+            .map(|_| ask(&mut handler, &mut engine, me(0), launch(None, None)).0)
+            .collect();
+        assert!(
+            matches!(answers[0], Response::Launched { .. }),
+            "{answers:?}"
+        );
+        assert!(
+            matches!(answers[1], Response::Launched { .. }),
+            "{answers:?}"
+        );
+        assert_eq!(
+            error(answers[2].clone()),
+            "too many launches from uid 0 (more than 1 per second: [limits] launches_per_second)"
+        );
+    }
+
+    #[test]
+    fn a_take_over_is_refused_to_a_process_in_a_run_and_to_non_root() {
+        let (_maps, mut engine) = engine(Vec::new());
+        let mut handler = Handler::new(LimitsConfig::default());
+        assert_eq!(
+            error(ask(&mut handler, &mut engine, me(1000), Request::Handover).0),
+            "only root may take over the sensor"
+        );
+        assert!(!handler.handover_requested());
+        let (launched, _) = ask(&mut handler, &mut engine, me(0), launch(None, None));
+        let Response::Launched { run } = launched else {
+            panic!("{launched:?}");
+        };
+        // The launcher is in the run now: root or not, it may not make the
+        // daemon go away.
+        assert_eq!(
+            error(ask(&mut handler, &mut engine, me(0), Request::Handover).0),
+            format!(
+                "a process in agent run {} cannot take over the sensor",
+                run.id
+            )
+        );
+        assert!(!handler.handover_requested());
+    }
+
+    #[test]
+    fn a_take_over_by_root_outside_any_run_is_answered_once_everything_is_saved() {
+        let (_maps, mut engine) = engine(Vec::new());
+        let mut handler = Handler::new(LimitsConfig::default());
+        let (reply, mut answer) = oneshot::channel();
+        handler.handle(
+            &mut engine,
+            &DaemonState::default(),
+            Command::Request {
+                peer: me(0),
+                request: Request::Handover,
+                reply,
+            },
+            &mut Vec::new(),
+        );
+        assert!(handler.handover_requested());
+        assert!(answer.try_recv().is_err(), "not answered yet");
+        assert!(handler.take_handover().is_some());
+    }
+
+    fn reload(
+        handler: &mut Handler,
+        engine: &mut Engine,
+        loaded: Result<Box<Policies>, super::super::ReloadError>,
+    ) -> Response {
+        let (reply, mut answer) = oneshot::channel();
+        handler.handle(
+            engine,
+            &DaemonState::default(),
+            Command::Reload { loaded, reply },
+            &mut Vec::new(),
+        );
+        answer.try_recv().unwrap()
+    }
+
+    #[test]
+    fn a_reload_switches_the_policies_or_leaves_them_all_in_force() {
+        let a = || policy("a", Mode::Audit, &["/usr/bin/true"], &[]);
+        let (maps, mut engine) = engine(vec![a()]);
+        let mut handler = Handler::new(LimitsConfig::default());
+        let id_before = maps.slots.snapshot()[&0].id;
+        let (launched, _) = ask(&mut handler, &mut engine, me(0), launch(Some("a"), None));
+        let Response::Launched { run } = launched else {
+            panic!("{launched:?}");
+        };
+
+        // Dropping the policy a live run is bound to is refused; nothing changes.
+        let b = policy("b", Mode::Audit, &["/usr/bin/env"], &[]);
+        let response = reload(
+            &mut handler,
+            &mut engine,
+            Ok(Box::new(Policies::of(vec![b.clone()]))),
+        );
+        assert_eq!(
+            error(response),
+            format!(
+                "reload refused, the running policies stay: policy \"a\" is gone from the \
+                 config, but run {} is bound to it; keep it until the run ends",
+                run.id
+            )
+        );
+        assert_eq!(maps.slots.snapshot()[&0].id, id_before);
+        assert!(!engine.policies().contains("b"));
+
+        // Keeping it: a new version, each policy under a fresh id.
+        let response = reload(
+            &mut handler,
+            &mut engine,
+            Ok(Box::new(Policies::of(vec![a(), b]))),
+        );
+        assert_eq!(
+            response,
+            Response::Reloaded {
+                version: 2,
+                policies: vec!["a".into(), "b".into()],
+            }
+        );
+        let slots = maps.slots.snapshot();
+        assert_ne!(slots[&0].id, id_before);
+        assert_ne!(slots[&1].mode, sensor_common::policy::MODE_NONE);
+        // The run stays bound to its policy's slot.
+        assert_eq!(maps.run_policy.snapshot()[&run.handle].slot, 0);
+
+        // A kernel that cannot take them: refused, the running ones stay.
+        maps.exec_rules.set_capacity(0);
+        let response = reload(
+            &mut handler,
+            &mut engine,
+            Ok(Box::new(Policies::of(vec![a()]))),
+        );
+        let message = error(response);
+        assert!(
+            message.starts_with(
+                "reload refused, the running policies stay: the kernel maps could not take the \
+                 new policies: kernel policy map SNSR_EXEC_RULES"
+            ),
+            "{message}"
+        );
+        assert_eq!(maps.slots.snapshot(), slots);
+        assert_eq!(engine.policies().version(), 2);
     }
 }

@@ -49,7 +49,7 @@ pub enum Command {
     /// Policies read and validated off the event thread (a reload: `sensor
     /// policy reload` or SIGHUP), to swap in; `Err` says why they were not.
     Reload {
-        loaded: Result<Box<Policies>, String>,
+        loaded: Result<Box<Policies>, ReloadError>,
         reply: oneshot::Sender<Response>,
     },
 }
@@ -72,6 +72,73 @@ impl From<&crate::config::LimitsConfig> for ConnectionLimits {
             per_uid: l.connections_per_uid,
             idle_timeout: Duration::from_secs(u64::from(l.idle_timeout_secs)),
         }
+    }
+}
+
+/// Why the daemon refused a request or a connection (the message the
+/// client gets).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("too many control connections ({0} open, [limits] connections)")]
+    Connections(u32),
+    #[error(
+        "too many control connections from uid {uid} ({per_uid} open, [limits] connections_per_uid)"
+    )]
+    ConnectionsOfUid { uid: u32, per_uid: u32 },
+    #[error("internal error")]
+    Internal,
+    #[error("the caller's pid is unknown (SO_PEERCRED); refusing")]
+    PidUnknown,
+    #[error("only root may reload the policies")]
+    ReloadNotRoot,
+    #[error("only root may take over the sensor")]
+    HandoverNotRoot,
+    #[error("a process in agent run {0} cannot take over the sensor")]
+    HandoverFromRun(String),
+    #[error("the caller is gone")]
+    CallerGone,
+    #[error("uid {uid} already has {active} active runs (at most {max}: [limits] runs_per_uid)")]
+    RunsOfUid { uid: u32, active: u32, max: u32 },
+    #[error(
+        "too many launches from uid {uid} (more than {per_second} per second: [limits] launches_per_second)"
+    )]
+    LaunchRate { uid: u32, per_second: u32 },
+    #[error("unknown policy {0:?} (the daemon's config defines none by that name)")]
+    UnknownPolicy(String),
+    #[error(
+        "policy {policy:?} is wider than the parent run's policy {parent:?} \
+         ({extra} is not in it): a sub-agent cannot gain rights its parent lacks"
+    )]
+    Wider {
+        policy: String,
+        parent: String,
+        extra: crate::policy::Wider,
+    },
+}
+
+/// Why a policy reload was refused (the running policies stay).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The config's whole chain (file:line and cause) is the message, as
+    /// the CLI prints a config error.
+    #[error("{}", crate::error::Chain(.0.as_ref()))]
+    Config(Box<crate::config::ConfigError>),
+    #[error("loading the config failed: {0}")]
+    Task(tokio::task::JoinError),
+    #[error(transparent)]
+    Engine(#[from] crate::engine::ReloadError),
+}
+
+/// Whether `peer` may send `request` at all (before it reaches the
+/// pipeline): status is for everyone (redacted for all but root); anything
+/// else needs a known pid, and a reload or a take-over needs root.
+pub fn authorize(peer: &Peer, request: &Request) -> Result<(), Refusal> {
+    match request {
+        Request::Status => Ok(()),
+        _ if peer.pid == 0 => Err(Refusal::PidUnknown),
+        Request::ReloadPolicies if peer.uid != 0 => Err(Refusal::ReloadNotRoot),
+        Request::Handover if peer.uid != 0 => Err(Refusal::HandoverNotRoot),
+        _ => Ok(()),
     }
 }
 
@@ -154,22 +221,19 @@ struct Slot {
 
 impl Slot {
     /// Takes a slot for `uid`, unless that would pass a limit (then says which).
-    fn take(open: &Arc<Mutex<Open>>, uid: u32, limits: ConnectionLimits) -> Result<Self, String> {
+    fn take(open: &Arc<Mutex<Open>>, uid: u32, limits: ConnectionLimits) -> Result<Self, Refusal> {
         let Ok(mut o) = open.lock() else {
-            return Err("internal error".into());
+            return Err(Refusal::Internal);
         };
         if o.total >= limits.total {
-            return Err(format!(
-                "too many control connections ({} open, [limits] connections)",
-                limits.total
-            ));
+            return Err(Refusal::Connections(limits.total));
         }
         let mine = o.by_uid.entry(uid).or_default();
         if *mine >= limits.per_uid {
-            return Err(format!(
-                "too many control connections from uid {uid} ({} open, [limits] connections_per_uid)",
-                limits.per_uid
-            ));
+            return Err(Refusal::ConnectionsOfUid {
+                uid,
+                per_uid: limits.per_uid,
+            });
         }
         *mine += 1;
         o.total += 1;
@@ -234,9 +298,9 @@ pub async fn serve(
                 };
                 let slot = match Slot::take(&server.open, peer.uid, server.limits) {
                     Ok(slot) => slot,
-                    Err(message) => {
+                    Err(refusal) => {
                         Defense::count(&server.state.defense.connections_refused);
-                        refuse(stream, &message);
+                        refuse(stream, &refusal.to_string());
                         continue;
                     }
                 };
@@ -324,28 +388,26 @@ async fn handle(stream: UnixStream, peer: Peer, server: &Server) -> io::Result<(
             message: format!("request larger than {MAX_REQUEST_BYTES} bytes"),
         },
         Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
-            Ok(Request::Status) => {
-                let report = server.state.report();
-                // Who else's outputs and store: root only.
-                Response::Status(Box::new(if peer.uid == 0 {
-                    report
-                } else {
-                    report.redacted()
-                }))
-            }
-            Ok(_) if peer.pid == 0 => Response::Error {
-                message: "the caller's pid is unknown (SO_PEERCRED); refusing".to_owned(),
+            Ok(request) => match authorize(&peer, &request) {
+                Err(refusal) => Response::Error {
+                    message: refusal.to_string(),
+                },
+                Ok(()) => match request {
+                    Request::Status => {
+                        let report = server.state.report();
+                        // Who else's outputs and store: root only.
+                        Response::Status(Box::new(if peer.uid == 0 {
+                            report
+                        } else {
+                            report.redacted()
+                        }))
+                    }
+                    Request::ReloadPolicies => {
+                        reload(server.config_path.clone(), &server.commands).await
+                    }
+                    request => forward(peer, request, &server.commands).await,
+                },
             },
-            Ok(Request::ReloadPolicies) if peer.uid != 0 => Response::Error {
-                message: "only root may reload the policies".to_owned(),
-            },
-            Ok(Request::ReloadPolicies) => {
-                reload(server.config_path.clone(), &server.commands).await
-            }
-            Ok(Request::Handover) if peer.uid != 0 => Response::Error {
-                message: "only root may take over the sensor".to_owned(),
-            },
-            Ok(request) => forward(peer, request, &server.commands).await,
             Err(e) => Response::Error {
                 message: format!("malformed request: {e}"),
             },
@@ -364,11 +426,10 @@ pub async fn reload(config_path: Option<PathBuf>, commands: &mpsc::Sender<Comman
     let loaded = tokio::task::spawn_blocking(move || {
         crate::config::Config::load_with_policies(config_path.as_deref())
             .map(|(_, policies)| Box::new(policies))
-            // `{:#}` of an anyhow error prints the whole chain (file:line and cause).
-            .map_err(|e| format!("{:#}", anyhow::Error::new(e)))
+            .map_err(|e| ReloadError::Config(Box::new(e)))
     })
     .await
-    .unwrap_or_else(|e| Err(format!("loading the config failed: {e}")));
+    .unwrap_or_else(|e| Err(ReloadError::Task(e)));
     let (reply, answer) = oneshot::channel();
     send_and_wait(commands, Command::Reload { loaded, reply }, answer).await
 }
@@ -432,5 +493,98 @@ pub fn request(path: &Path, request: &Request) -> Result<Response, ControlError>
     match serde_json::from_str(&response).map_err(ControlError::BadResponse)? {
         Response::Error { message } => Err(ControlError::Refused(message)),
         ok => Ok(ok),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reload_and_take_over_are_for_root_with_a_known_pid() {
+        let root = Peer::local(100, 0, 0);
+        let user = Peer::local(100, 1000, 1000);
+        let nobody = Peer::local(0, 0, 0);
+        assert_eq!(authorize(&root, &Request::ReloadPolicies), Ok(()));
+        assert_eq!(authorize(&root, &Request::Handover), Ok(()));
+        assert_eq!(
+            authorize(&user, &Request::ReloadPolicies),
+            Err(Refusal::ReloadNotRoot)
+        );
+        assert_eq!(
+            authorize(&user, &Request::Handover),
+            Err(Refusal::HandoverNotRoot)
+        );
+        // Status is for everyone; anything else needs the caller's pid.
+        assert_eq!(authorize(&nobody, &Request::Status), Ok(()));
+        assert_eq!(authorize(&user, &Request::Status), Ok(()));
+        assert_eq!(
+            authorize(&nobody, &Request::Whoami),
+            Err(Refusal::PidUnknown)
+        );
+        assert_eq!(authorize(&user, &Request::Whoami), Ok(()));
+    }
+
+    #[test]
+    fn refusals_read_as_they_always_have() {
+        // Clients and the integration tests match on these strings.
+        assert_eq!(
+            Refusal::ReloadNotRoot.to_string(),
+            "only root may reload the policies"
+        );
+        assert_eq!(
+            Refusal::HandoverNotRoot.to_string(),
+            "only root may take over the sensor"
+        );
+        assert_eq!(
+            Refusal::HandoverFromRun("r1".into()).to_string(),
+            "a process in agent run r1 cannot take over the sensor"
+        );
+        assert_eq!(
+            Refusal::ConnectionsOfUid { uid: 7, per_uid: 2 }.to_string(),
+            "too many control connections from uid 7 (2 open, [limits] connections_per_uid)"
+        );
+        assert_eq!(
+            Refusal::RunsOfUid {
+                uid: 7,
+                active: 3,
+                max: 3
+            }
+            .to_string(),
+            "uid 7 already has 3 active runs (at most 3: [limits] runs_per_uid)"
+        );
+        assert_eq!(
+            Refusal::Wider {
+                policy: "child".into(),
+                parent: "parent".into(),
+                extra: crate::policy::Wider::MaxDepth(Some(3)),
+            }
+            .to_string(),
+            "policy \"child\" is wider than the parent run's policy \"parent\" (max_depth Some(3) \
+             is not in it): a sub-agent cannot gain rights its parent lacks"
+        );
+    }
+
+    #[test]
+    fn connections_are_bounded_in_all_and_per_user() {
+        let open = Arc::new(Mutex::new(Open::default()));
+        let limits = ConnectionLimits {
+            total: 3,
+            per_uid: 2,
+            idle_timeout: Duration::from_secs(1),
+        };
+        let a = Slot::take(&open, 1, limits).unwrap();
+        let _b = Slot::take(&open, 1, limits).unwrap();
+        assert_eq!(
+            Slot::take(&open, 1, limits).err(),
+            Some(Refusal::ConnectionsOfUid { uid: 1, per_uid: 2 })
+        );
+        let _c = Slot::take(&open, 2, limits).unwrap();
+        assert_eq!(
+            Slot::take(&open, 3, limits).err(),
+            Some(Refusal::Connections(3))
+        );
+        drop(a);
+        assert!(Slot::take(&open, 1, limits).is_ok());
     }
 }

@@ -23,6 +23,7 @@ use crate::{
         text::{errno_name, escape_bytes, split_argv},
     },
     identity::{Clock, Host, ProcessKeys},
+    policy::kernel::BindRefusal,
     record::{ExecStrings, RawEvent},
 };
 
@@ -30,6 +31,20 @@ use crate::{
 pub struct DepthRefusal {
     pub message: String,
     pub violation: Event,
+}
+
+/// Why the engine did not take new policies (the running ones stay).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(
+        "policy {policy:?} is gone from the config, but run {run} is bound to it; \
+         keep it until the run ends"
+    )]
+    PolicyInUse { policy: String, run: String },
+    /// The kernel's message is part of this one (not a source), as it has
+    /// always been answered.
+    #[error("the kernel maps could not take the new policies: {0}")]
+    Kernel(crate::policy::kernel::EnforcementError),
 }
 
 /// Turns decoded records into events; owns the sequence counter and the
@@ -156,23 +171,21 @@ impl Engine {
     /// Replaces the policies (a validated reload): the kernel switches to
     /// them first; on any error the running ones stay in force. A policy that
     /// active runs are bound to cannot be dropped.
-    pub fn set_policies(&mut self, policies: crate::policy::Policies) -> Result<(), String> {
+    pub fn set_policies(&mut self, policies: crate::policy::Policies) -> Result<(), ReloadError> {
         if let Some(run) = self
             .attribution
             .runs()
             .find(|r| r.policy.as_ref().is_some_and(|p| !policies.contains(p)))
         {
-            return Err(format!(
-                "policy {:?} is gone from the config, but run {} is bound to it; \
-                 keep it until the run ends",
-                run.policy.as_deref().unwrap_or_default(),
-                run.id
-            ));
+            return Err(ReloadError::PolicyInUse {
+                policy: run.policy.clone().unwrap_or_default(),
+                run: run.id.clone(),
+            });
         }
         if let Some(enforcement) = &mut self.enforcement {
             enforcement
                 .install(&policies)
-                .map_err(|e| format!("the kernel maps could not take the new policies: {e}"))?;
+                .map_err(ReloadError::Kernel)?;
         }
         self.policies = policies;
         Ok(())
@@ -616,7 +629,7 @@ impl Engine {
             let policy = run.policy.as_deref().filter(|p| policies.contains(p));
             enforcement
                 .bind(run.handle, policy, parent)
-                .map_err(|e| bind_refusal(&e, policy))
+                .map_err(|e| BindRefusal::new(e, policy))
         })
     }
 
@@ -700,7 +713,7 @@ impl Engine {
 
     /// Binds a new run to its policy in the kernel, before anything of the
     /// run can act on it (a launch is answered after this).
-    fn bind_run(&mut self, run: &Run) -> Result<(), String> {
+    fn bind_run(&mut self, run: &Run) -> Result<(), BindRefusal> {
         let Some(enforcement) = &mut self.enforcement else {
             return Ok(());
         };
@@ -711,7 +724,7 @@ impl Engine {
         let policy = run.policy.as_deref().filter(|p| self.policies.contains(p));
         enforcement
             .bind(run.handle, policy, parent)
-            .map_err(|e| bind_refusal(&e, policy))
+            .map_err(|e| BindRefusal::new(e, policy))
     }
 
     /// What the table and /proc know of a live process, for run.start events
@@ -886,22 +899,6 @@ impl Engine {
         let mut out = Vec::with_capacity(1);
         self.build_into(raw, &mut out);
         out.swap_remove(0)
-    }
-}
-
-/// Why a run was refused when its policy could not be bound in the kernel.
-fn bind_refusal(e: &crate::policy::kernel::EnforcementError, policy: Option<&str>) -> String {
-    let policy = policy.unwrap_or("(none)");
-    if e.is_full() {
-        format!(
-            "the kernel's run→policy map is full ([limits] policy_runs): policy {policy:?} could \
-             not be bound, so the run is refused rather than started unenforced"
-        )
-    } else {
-        format!(
-            "policy {policy:?} could not be bound in the kernel ({e}); the run is refused rather \
-             than started unenforced"
-        )
     }
 }
 

@@ -155,8 +155,8 @@ impl Probes {
                     .repaired(
                         false,
                         format!(
-                            "{:#}; the maps and links cannot be pinned again: they outlive the daemon no more",
-                            anyhow::Error::new(e)
+                            "{}; the maps and links cannot be pinned again: they outlive the daemon no more",
+                            crate::error::Chain(&e)
                         ),
                     ),
                 );
@@ -203,8 +203,8 @@ impl Probes {
                 Err(e) => Tamper::new(tamper::LINK_DETACHED, program).repaired(
                     false,
                     format!(
-                        "link {old} was detached and the program could not be attached again: {:#}",
-                        anyhow::Error::new(e)
+                        "link {old} was detached and the program could not be attached again: {}",
+                        crate::error::Chain(&e)
                     ),
                 ),
             });

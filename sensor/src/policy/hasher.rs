@@ -14,7 +14,7 @@ use std::{
     sync::{Condvar, Mutex, OnceLock},
 };
 
-use super::resolve::{self, Hashed, Stamp};
+use super::resolve::{self, Hashed, ResolveError, Stamp};
 
 /// A request or its answer, by path and pinned sum.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -23,12 +23,12 @@ struct Key {
     sha256: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 enum Job {
     /// Waiting for the thread; the stamp it was asked for.
     Pending(Option<Stamp>),
     /// The answer for the file as it was stamped then.
-    Done(Option<Stamp>, Result<Hashed, String>),
+    Done(Option<Stamp>, Result<Hashed, ResolveError>),
 }
 
 struct Hasher {
@@ -81,7 +81,11 @@ fn run() {
 
 /// The answer for `path` pinned to `sha256` as stamped `stamp`, once the
 /// thread has it; asks for it (and returns `None`) otherwise.
-pub fn hashed(path: &str, sha256: &str, stamp: Option<Stamp>) -> Option<Result<Hashed, String>> {
+pub fn hashed(
+    path: &str,
+    sha256: &str,
+    stamp: Option<Stamp>,
+) -> Option<Result<Hashed, ResolveError>> {
     let h = hasher();
     let key = Key {
         path: PathBuf::from(path),
@@ -91,11 +95,10 @@ pub fn hashed(path: &str, sha256: &str, stamp: Option<Stamp>) -> Option<Result<H
         return None;
     };
     match jobs.get(&key) {
-        Some(Job::Done(s, result)) if *s == stamp => {
-            let result = result.clone();
-            jobs.remove(&key);
-            Some(result)
-        }
+        Some(Job::Done(s, _)) if *s == stamp => match jobs.remove(&key) {
+            Some(Job::Done(_, result)) => Some(result),
+            _ => None,
+        },
         Some(Job::Pending(s)) if *s == stamp => None,
         _ => {
             jobs.insert(key, Job::Pending(stamp));

@@ -19,9 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{
-    Array, HashMap as BpfHashMap, MapData, MapError, lpm_trie::Key, lpm_trie::LpmTrie,
-};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError, lpm_trie::LpmTrie};
 use sensor_common::{
     limits::MAX_POLICIES,
     policy::{
@@ -31,7 +29,7 @@ use sensor_common::{
     },
 };
 
-use super::{ExecTarget, FileId, Mode, Policies, Policy, Verdict, resolve};
+use super::{ExecTarget, FileId, Mode, Policies, Policy, Verdict, resolve, tables::Tables};
 use crate::tamper::{self, Tamper};
 
 /// How long replaced rules stay in the maps after their slot moved on.
@@ -44,7 +42,8 @@ const GRACE: Duration = Duration::from_secs(1);
 /// enforced at all, are compared on every call.
 const RULES_PER_VERIFY: usize = 8192;
 
-/// The pinned policy maps, taken from the loaded object.
+/// The pinned policy maps, taken from the loaded object (the binder holds
+/// them as [`Tables`]).
 pub struct PolicyMaps {
     pub slots: Array<MapData, PolicySlot>,
     pub run_policy: BpfHashMap<MapData, u64, RunPolicy>,
@@ -137,6 +136,40 @@ impl EnforcementError {
                 ..
             } if e.io_error.raw_os_error() == Some(nix::libc::E2BIG)
         )
+    }
+}
+
+/// Why a run was refused when its policy could not be bound in the kernel
+/// (the run is refused rather than started unenforced).
+#[derive(Debug, thiserror::Error)]
+pub enum BindRefusal {
+    #[error(
+        "the kernel's run→policy map is full ([limits] policy_runs): policy {policy:?} could \
+         not be bound, so the run is refused rather than started unenforced"
+    )]
+    Full { policy: String },
+    /// The kernel's message is part of this one (not a source), as it has
+    /// always been answered.
+    #[error(
+        "policy {policy:?} could not be bound in the kernel ({error}); the run is refused rather \
+         than started unenforced"
+    )]
+    Failed {
+        policy: String,
+        error: EnforcementError,
+    },
+}
+
+impl BindRefusal {
+    /// The refusal of binding a run to `policy` (`None`: no policy).
+    #[must_use]
+    pub fn new(error: EnforcementError, policy: Option<&str>) -> Self {
+        let policy = policy.unwrap_or("(none)").to_owned();
+        if error.is_full() {
+            Self::Full { policy }
+        } else {
+            Self::Failed { policy, error }
+        }
     }
 }
 
@@ -246,7 +279,7 @@ fn slot_value(policy: &Policy, id: u32) -> PolicySlot {
 
 /// Keeps the kernel's policy maps in step with the policies and runs.
 pub struct Enforcement {
-    maps: PolicyMaps,
+    maps: Tables,
     /// This daemon's slot per policy name.
     slot_of: BTreeMap<String, u32>,
     /// What is in force per name.
@@ -406,11 +439,16 @@ impl Enforcement {
 
     /// Takes over the pinned maps: notes the previous daemon's slots (still
     /// enforcing its runs) and writes this machine's dynamic loader identities.
-    pub fn open(mut maps: PolicyMaps) -> Result<Self, EnforcementError> {
+    pub fn open(maps: PolicyMaps) -> Result<Self, EnforcementError> {
+        Self::open_tables(Tables::from(maps))
+    }
+
+    /// [`Self::open`] on any tables (in memory in unit tests).
+    pub fn open_tables(mut maps: Tables) -> Result<Self, EnforcementError> {
         let mut previous = Vec::new();
         let mut next_id = 1;
         for slot in 0..MAX_POLICIES {
-            let value = maps.slots.get(&slot, 0).map_err(map_err("SNSR_POLICIES"))?;
+            let value = maps.slots.get(&slot).map_err(map_err("SNSR_POLICIES"))?;
             if value.mode != MODE_NONE {
                 previous.push((slot, value.id));
                 next_id = next_id.max(value.id.wrapping_add(1));
@@ -428,7 +466,6 @@ impl Enforcement {
         let stale: Vec<ExecKey> = maps
             .exec_rules
             .keys()
-            .filter_map(Result::ok)
             .filter(|k| k.policy == LOADER_POLICY_ID && !loaders.contains(k))
             .collect();
         for key in stale {
@@ -447,7 +484,7 @@ impl Enforcement {
             .collect();
         for (key, rule) in &loaders {
             maps.exec_rules
-                .insert(key, rule, 0)
+                .insert(key, rule)
                 .map_err(map_err("SNSR_EXEC_RULES"))?;
         }
         tracing::debug!(
@@ -494,31 +531,31 @@ impl Enforcement {
         for (k, v) in &set.exec {
             self.maps
                 .exec_rules
-                .insert(k, v, 0)
+                .insert(k, v)
                 .map_err(map_err("SNSR_EXEC_RULES"))?;
         }
         for ((len, data), v) in &set.net4 {
             self.maps
                 .net4
-                .insert(&Key::new(*len, *data), v, 0)
+                .insert(&(*len, *data), v)
                 .map_err(map_err("SNSR_NET4_RULES"))?;
         }
         for ((len, data), v) in &set.net6 {
             self.maps
                 .net6
-                .insert(&Key::new(*len, *data), v, 0)
+                .insert(&(*len, *data), v)
                 .map_err(map_err("SNSR_NET6_RULES"))?;
         }
         for (k, v) in &set.unix {
             self.maps
                 .unix
-                .insert(k, v, 0)
+                .insert(k, v)
                 .map_err(map_err("SNSR_UNIX_RULES"))?;
         }
         for (k, v) in &set.unix_ids {
             self.maps
                 .unix_ids
-                .insert(k, v, 0)
+                .insert(k, v)
                 .map_err(map_err("SNSR_UNIX_IDS"))?;
         }
         Ok(())
@@ -533,12 +570,12 @@ impl Enforcement {
         }
         for (len, data) in set.net4.keys() {
             if !keep.is_some_and(|s| s.net4.contains_key(&(*len, *data))) {
-                let _ = self.maps.net4.remove(&Key::new(*len, *data));
+                let _ = self.maps.net4.remove(&(*len, *data));
             }
         }
         for (len, data) in set.net6.keys() {
             if !keep.is_some_and(|s| s.net6.contains_key(&(*len, *data))) {
-                let _ = self.maps.net6.remove(&Key::new(*len, *data));
+                let _ = self.maps.net6.remove(&(*len, *data));
             }
         }
         for k in set.unix.keys() {
@@ -615,7 +652,7 @@ impl Enforcement {
             };
             self.maps
                 .slots
-                .set(slot, slot_value(&policy, id), 0)
+                .insert(&slot, &slot_value(&policy, id))
                 .map_err(map_err("SNSR_POLICIES"))?;
             self.by_id.insert(id, policy.clone());
             self.id_names.remember(id, &policy);
@@ -635,7 +672,7 @@ impl Enforcement {
             .collect();
         for name in gone {
             if let Some(slot) = self.slot_of.remove(&name) {
-                let _ = self.maps.slots.set(slot, PolicySlot::default(), 0);
+                let _ = self.maps.slots.insert(&slot, &PolicySlot::default());
             }
             if let Some(old) = self.installed.remove(&name) {
                 self.retired.push((now + GRACE, old.rules));
@@ -684,7 +721,7 @@ impl Enforcement {
         // Every run's place in the tree (the tamper checks), policy or not.
         self.maps
             .run_tree
-            .insert(handle, parent.unwrap_or(0), 0)
+            .insert(&handle, &parent.unwrap_or(0))
             .map_err(map_err("SNSR_RUN_TREE"))?;
         let Some(name) = policy else {
             self.bound.remove(&handle);
@@ -697,7 +734,7 @@ impl Enforcement {
             .get(name)
             .ok_or_else(|| EnforcementError::Unknown(name.to_owned()))?;
         let count_run = parent
-            .and_then(|p| self.maps.run_policy.get(&p, 0).ok())
+            .and_then(|p| self.maps.run_policy.get(&p).ok())
             .map_or(handle, |p| p.count_run);
         let binding = RunPolicy {
             slot,
@@ -706,7 +743,7 @@ impl Enforcement {
         };
         self.maps
             .run_policy
-            .insert(handle, binding, 0)
+            .insert(&handle, &binding)
             .map_err(map_err("SNSR_RUN_POLICY"))?;
         self.bound.insert(handle, binding);
         Ok(())
@@ -732,7 +769,7 @@ impl Enforcement {
                         dev: id.kernel_dev(),
                         ino: id.ino,
                     };
-                    if let Err(e) = self.maps.sensor_files.insert(key, kind, 0) {
+                    if let Err(e) = self.maps.sensor_files.insert(&key, kind) {
                         tracing::warn!(path = %path.display(), error = %e, "cannot watch a sensor file for tampering");
                     }
                 }
@@ -746,7 +783,7 @@ impl Enforcement {
     /// Run handles bound in the kernel (a previous daemon's included).
     #[must_use]
     pub fn bound_runs(&self) -> Vec<u64> {
-        self.maps.run_policy.keys().filter_map(Result::ok).collect()
+        self.maps.run_policy.keys().collect()
     }
 
     /// Empties the previous daemon's slots and rules, once every live run
@@ -760,42 +797,37 @@ impl Enforcement {
         let mine: BTreeSet<u32> = self.slot_of.values().copied().collect();
         for (slot, _) in &previous {
             if !mine.contains(slot) {
-                let _ = self.maps.slots.set(*slot, PolicySlot::default(), 0);
+                let _ = self.maps.slots.insert(slot, &PolicySlot::default());
             }
         }
         let exec: Vec<ExecKey> = self
             .maps
             .exec_rules
             .keys()
-            .filter_map(Result::ok)
             .filter(|k| ids.contains(&k.policy))
             .collect();
-        let net4: Vec<Key<Net4Data>> = self
+        let net4: Vec<(u32, Net4Data)> = self
             .maps
             .net4
             .keys()
-            .filter_map(Result::ok)
-            .filter(|k| ids.contains(&id_of(&k.data())))
+            .filter(|k| ids.contains(&id_of(&k.1)))
             .collect();
-        let net6: Vec<Key<Net6Data>> = self
+        let net6: Vec<(u32, Net6Data)> = self
             .maps
             .net6
             .keys()
-            .filter_map(Result::ok)
-            .filter(|k| ids.contains(&id_of(&k.data())))
+            .filter(|k| ids.contains(&id_of(&k.1)))
             .collect();
         let unix: Vec<UnixKey> = self
             .maps
             .unix
             .keys()
-            .filter_map(Result::ok)
             .filter(|k| ids.contains(&k.policy))
             .collect();
         let unix_ids: Vec<ExecKey> = self
             .maps
             .unix_ids
             .keys()
-            .filter_map(Result::ok)
             .filter(|k| ids.contains(&k.policy))
             .collect();
         // A check that read an old slot just before it was emptied may still
@@ -886,7 +918,7 @@ impl Enforcement {
             if previous.contains(&slot) {
                 continue;
             }
-            let Ok(have) = self.maps.slots.get(&slot, 0) else {
+            let Ok(have) = self.maps.slots.get(&slot) else {
                 continue;
             };
             let (name, want) = mine
@@ -901,7 +933,7 @@ impl Enforcement {
             };
             let t = Tamper::new(tamper::POLICY_MAP_CHANGED, object);
             let found_text = describe_slot(&have);
-            found.push(match self.maps.slots.set(slot, want, 0) {
+            found.push(match self.maps.slots.insert(&slot, &want) {
                 Ok(()) => t.repaired(
                     true,
                     format!("found {found_text}; wrote {} again", describe_slot(&want)),
@@ -915,8 +947,7 @@ impl Enforcement {
     }
 
     fn verify_bindings(&mut self, found: &mut Vec<Tamper>) {
-        let kernel: Vec<(u64, RunPolicy)> =
-            self.maps.run_policy.iter().filter_map(Result::ok).collect();
+        let kernel: Vec<(u64, RunPolicy)> = self.maps.run_policy.entries().collect();
         let mut seen = HashSet::with_capacity(kernel.len());
         let mut fixes: Vec<(u64, Option<RunPolicy>, String)> = Vec::new();
         for (handle, have) in kernel {
@@ -948,7 +979,7 @@ impl Enforcement {
                 Some(w) => self
                     .maps
                     .run_policy
-                    .insert(handle, w, 0)
+                    .insert(&handle, &w)
                     .map(|()| format!("{what}; bound again to slot {}", w.slot)),
                 None => self
                     .maps
@@ -993,7 +1024,7 @@ impl Enforcement {
 
         let exec_fix = fixes(
             diff_entries(
-                self.maps.exec_rules.iter().filter_map(Result::ok),
+                self.maps.exec_rules.entries(),
                 |k: &ExecKey| k.policy,
                 &exec,
             ),
@@ -1001,11 +1032,7 @@ impl Enforcement {
         );
         let net4_fix = fixes(
             diff_entries(
-                self.maps
-                    .net4
-                    .iter()
-                    .filter_map(Result::ok)
-                    .map(|(k, v)| ((k.prefix_len(), k.data()), v)),
+                self.maps.net4.entries(),
                 |k: &(u32, Net4Data)| id_of(&k.1),
                 &net4,
             ),
@@ -1013,11 +1040,7 @@ impl Enforcement {
         );
         let net6_fix = fixes(
             diff_entries(
-                self.maps
-                    .net6
-                    .iter()
-                    .filter_map(Result::ok)
-                    .map(|(k, v)| ((k.prefix_len(), k.data()), v)),
+                self.maps.net6.entries(),
                 |k: &(u32, Net6Data)| id_of(&k.1),
                 &net6,
             ),
@@ -1033,7 +1056,7 @@ impl Enforcement {
         for fix in exec_fix {
             let mut result = Ok(());
             for (k, v) in &fix.want {
-                result = result.and(self.maps.exec_rules.insert(k, v, 0));
+                result = result.and(self.maps.exec_rules.insert(k, v));
             }
             for k in &fix.diff.added {
                 result = result.and(self.maps.exec_rules.remove(k));
@@ -1048,10 +1071,10 @@ impl Enforcement {
         for fix in net4_fix {
             let mut result = Ok(());
             for ((len, data), v) in &fix.want {
-                result = result.and(self.maps.net4.insert(&Key::new(*len, *data), v, 0));
+                result = result.and(self.maps.net4.insert(&(*len, *data), v));
             }
             for (len, data) in &fix.diff.added {
-                result = result.and(self.maps.net4.remove(&Key::new(*len, *data)));
+                result = result.and(self.maps.net4.remove(&(*len, *data)));
             }
             found.push(rules_tamper(
                 "SNSR_NET4_RULES",
@@ -1063,10 +1086,10 @@ impl Enforcement {
         for fix in net6_fix {
             let mut result = Ok(());
             for ((len, data), v) in &fix.want {
-                result = result.and(self.maps.net6.insert(&Key::new(*len, *data), v, 0));
+                result = result.and(self.maps.net6.insert(&(*len, *data), v));
             }
             for (len, data) in &fix.diff.added {
-                result = result.and(self.maps.net6.remove(&Key::new(*len, *data)));
+                result = result.and(self.maps.net6.remove(&(*len, *data)));
             }
             found.push(rules_tamper(
                 "SNSR_NET6_RULES",
@@ -1232,6 +1255,416 @@ fn id_of(data: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::{
+        Mode,
+        tables::fake::{FakeMaps, Write},
+        testing::policy,
+    };
+
+    /// A binder over tables in memory, and the handles to look at them.
+    fn binder() -> (FakeMaps, Enforcement) {
+        let maps = FakeMaps::new();
+        let e = Enforcement::open_tables(maps.tables()).unwrap();
+        (maps, e)
+    }
+
+    fn ids<K, V>(m: &BTreeMap<K, V>, id: impl Fn(&K) -> u32) -> BTreeSet<u32> {
+        m.keys().map(id).collect()
+    }
+
+    fn exec_ids(maps: &FakeMaps) -> BTreeSet<u32> {
+        ids(&maps.exec_rules.snapshot(), |k| k.policy)
+    }
+
+    fn net4_ids(maps: &FakeMaps) -> BTreeSet<u32> {
+        ids(&maps.net4.snapshot(), |k| id_of(&k.1))
+    }
+
+    #[test]
+    fn a_reload_switches_the_slot_in_one_write_after_the_new_rules_and_deletes_the_old_after_grace()
+    {
+        let (maps, mut e) = binder();
+        let v1 = policy("a", Mode::Audit, &["/usr/bin/true"], &["10.0.0.0/8:443"]);
+        e.install(&Policies::of(vec![v1])).unwrap();
+        let before = maps.slots.snapshot()[&0];
+        assert_eq!(before.mode, MODE_AUDIT);
+        let old = before.id;
+        assert!(exec_ids(&maps).contains(&old));
+        assert!(net4_ids(&maps).contains(&old));
+        maps.take_writes();
+
+        let v2 = policy("a", Mode::Enforce, &["/usr/bin/env"], &["10.0.0.0/8:80"]);
+        e.install(&Policies::of(vec![v2])).unwrap();
+        let after = maps.slots.snapshot()[&0];
+        let new = after.id;
+        assert_ne!(new, old, "a reload installs under a fresh id");
+        assert_eq!(after.mode, MODE_ENFORCE);
+        // The new rules are written first, then the slot, in one write;
+        // nothing is deleted yet.
+        let writes = maps.take_writes();
+        let switches: Vec<usize> = writes
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.map() == "SNSR_POLICIES")
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(switches, vec![writes.len() - 1], "{writes:#?}");
+        assert!(
+            writes.iter().all(|w| matches!(w, Write::Insert { .. })),
+            "{writes:#?}"
+        );
+        for map in ["SNSR_EXEC_RULES", "SNSR_NET4_RULES", "SNSR_UNIX_RULES"] {
+            assert!(writes.iter().any(|w| w.map() == map), "{map}: {writes:#?}");
+        }
+        // Both generations are in the maps through the grace period…
+        e.tick(Instant::now());
+        assert!(exec_ids(&maps).is_superset(&[old, new].into()));
+        assert!(net4_ids(&maps).is_superset(&[old, new].into()));
+        // …and the old one goes after it.
+        e.tick(Instant::now() + GRACE * 2);
+        assert!(!exec_ids(&maps).contains(&old));
+        assert!(!net4_ids(&maps).contains(&old));
+        assert!(!ids(&maps.unix.snapshot(), |k| k.policy).contains(&old));
+        assert!(exec_ids(&maps).contains(&new));
+        assert!(net4_ids(&maps).contains(&new));
+        assert!(
+            maps.take_writes()
+                .iter()
+                .all(|w| matches!(w, Write::Remove { .. }))
+        );
+        // A decision made under the old id is still named.
+        let d = Decision {
+            policy: old,
+            rule: 0,
+            verdict: VERDICT_ALLOW,
+            enforced: 0,
+            ..Decision::default()
+        };
+        assert_eq!(
+            e.describe(&d, "exec.allow").map(|v| v.rule),
+            Some("exec.allow /usr/bin/true".to_owned())
+        );
+    }
+
+    #[test]
+    fn an_update_keeps_the_id_writes_new_entries_first_then_drops_stale_ones() {
+        let (maps, mut e) = binder();
+        let v1 = policy("a", Mode::Audit, &["/usr/bin/true"], &[]);
+        e.install(&Policies::of(vec![v1])).unwrap();
+        let slot = maps.slots.snapshot()[&0];
+        let keys = |maps: &FakeMaps| -> BTreeSet<ExecKey> {
+            maps.exec_rules
+                .snapshot()
+                .into_keys()
+                .filter(|k| k.policy == slot.id)
+                .collect()
+        };
+        let before = keys(&maps);
+        maps.take_writes();
+        // The files resolved differently: same policy, same id.
+        let v2 = policy("a", Mode::Audit, &["/usr/bin/env"], &[]);
+        e.update(&v2).unwrap();
+        assert_eq!(maps.slots.snapshot()[&0], slot, "the slot does not move");
+        let after = keys(&maps);
+        assert_eq!(after.len(), 1);
+        assert!(before.is_disjoint(&after));
+        let writes = maps.take_writes();
+        let first_remove = writes
+            .iter()
+            .position(|w| matches!(w, Write::Remove { .. }))
+            .unwrap();
+        assert!(
+            writes[..first_remove]
+                .iter()
+                .any(|w| w.map() == "SNSR_EXEC_RULES"),
+            "{writes:#?}"
+        );
+        assert!(
+            writes[first_remove..]
+                .iter()
+                .all(|w| matches!(w, Write::Remove { .. })),
+            "{writes:#?}"
+        );
+        // Nothing to do when nothing changed; an unknown policy is an error.
+        e.update(&v2).unwrap();
+        assert!(maps.take_writes().is_empty());
+        let err = e.update(&policy("zz", Mode::Audit, &[], &[])).unwrap_err();
+        assert_eq!(err.to_string(), "policy \"zz\" is not loaded");
+        assert!(e.verify().is_empty());
+    }
+
+    #[test]
+    fn verify_reports_and_writes_back_tampered_slots_rules_and_bindings() {
+        let (maps, mut e) = binder();
+        let a = policy("a", Mode::Audit, &["/usr/bin/true"], &["10.0.0.0/8:443"]);
+        e.install(&Policies::of(vec![a])).unwrap();
+        e.bind(5, Some("a"), None).unwrap();
+        assert!(e.verify().is_empty(), "nothing changed, nothing found");
+        let slot = maps.slots.snapshot()[&0];
+        let id = slot.id;
+        let exec = maps.exec_rules.snapshot();
+        let net4 = maps.net4.snapshot();
+        let bound = maps.run_policy.snapshot();
+
+        // Someone with root writes the pinned maps.
+        maps.slots.tamper_insert(0, PolicySlot { id: 999, ..slot });
+        maps.slots.tamper_insert(
+            7,
+            PolicySlot {
+                mode: MODE_ENFORCE,
+                ..slot
+            },
+        );
+        let (k, v) = exec.iter().find(|(k, _)| k.policy == id).unwrap();
+        maps.exec_rules
+            .tamper_insert(*k, ExecRule { rule: 42, ..*v });
+        maps.exec_rules.tamper_insert(
+            ExecKey {
+                policy: id,
+                dev: 1,
+                ino: 2,
+            },
+            ExecRule::default(),
+        );
+        maps.net4.tamper_remove(net4.keys().next().unwrap());
+        maps.run_policy.tamper_remove(&5);
+        maps.run_policy.tamper_insert(
+            77,
+            RunPolicy {
+                slot: 0,
+                _pad: 0,
+                count_run: 77,
+            },
+        );
+
+        let found = e.verify();
+        let seen: BTreeSet<(String, Option<u64>, String)> = found
+            .iter()
+            .map(|t| {
+                assert_eq!(t.what, tamper::POLICY_MAP_CHANGED);
+                assert!(t.repaired, "{t:?}");
+                (
+                    t.object.clone(),
+                    t.run,
+                    t.detail.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        let expected: BTreeSet<(String, Option<u64>, String)> = [
+            (
+                "SNSR_POLICIES slot 0 (policy \"a\")".to_owned(),
+                None,
+                format!(
+                    "found {{id 999, mode audit, max_processes 0}}; wrote {{id {id}, mode audit, \
+                     max_processes 0}} again"
+                ),
+            ),
+            (
+                "SNSR_POLICIES slot 7 (unused)".to_owned(),
+                None,
+                format!(
+                    "found {{id {id}, mode enforce, max_processes 0}}; wrote an empty slot again"
+                ),
+            ),
+            (
+                "SNSR_RUN_POLICY".to_owned(),
+                Some(5),
+                "its binding was deleted; bound again to slot 0".to_owned(),
+            ),
+            (
+                "SNSR_RUN_POLICY".to_owned(),
+                Some(77),
+                "bound to slot 0 by someone else; removed".to_owned(),
+            ),
+            (
+                format!("SNSR_EXEC_RULES policy \"a\" (id {id})"),
+                None,
+                "0 missing, 1 changed, 1 added; written again".to_owned(),
+            ),
+            (
+                format!("SNSR_NET4_RULES policy \"a\" (id {id})"),
+                None,
+                "1 missing, 0 changed, 0 added; written again".to_owned(),
+            ),
+        ]
+        .into();
+        assert_eq!(seen, expected);
+        assert_eq!(found.len(), expected.len());
+        // Written back: the maps hold what the binder wrote, and the next
+        // check finds nothing.
+        assert_eq!(maps.slots.snapshot()[&0], slot);
+        assert_eq!(maps.slots.snapshot()[&7], PolicySlot::default());
+        assert_eq!(maps.exec_rules.snapshot(), exec);
+        assert_eq!(maps.net4.snapshot(), net4);
+        assert_eq!(maps.run_policy.snapshot(), bound);
+        assert!(e.verify().is_empty());
+    }
+
+    #[test]
+    fn a_full_run_policy_map_refuses_the_binding() {
+        let (maps, mut e) = binder();
+        let a = policy("a", Mode::Enforce, &["/usr/bin/true"], &[]);
+        e.install(&Policies::of(vec![a])).unwrap();
+        maps.run_policy.set_capacity(1);
+        e.bind(1, Some("a"), None).unwrap();
+        let err = e.bind(2, Some("a"), None).unwrap_err();
+        assert!(err.is_full(), "{err}");
+        let refusal = BindRefusal::new(err, Some("a"));
+        assert!(matches!(refusal, BindRefusal::Full { .. }));
+        assert_eq!(
+            refusal.to_string(),
+            "the kernel's run→policy map is full ([limits] policy_runs): policy \"a\" could not \
+             be bound, so the run is refused rather than started unenforced"
+        );
+        // Not bound, and not expected to be.
+        assert!(!maps.run_policy.snapshot().contains_key(&2));
+        assert!(e.verify().is_empty());
+        // Another failure is named as such.
+        let err = e.bind(3, Some("gone"), None).unwrap_err();
+        assert!(!err.is_full());
+        assert_eq!(
+            BindRefusal::new(err, Some("gone")).to_string(),
+            "policy \"gone\" could not be bound in the kernel (policy \"gone\" is not loaded); \
+             the run is refused rather than started unenforced"
+        );
+    }
+
+    #[test]
+    fn start_up_uses_unused_slots_rebinds_runs_then_releases_the_previous_daemons() {
+        let maps = FakeMaps::new();
+        // A previous daemon's: two slots, their rules, a run bound to slot 0.
+        let enforce = PolicySlot {
+            id: 5,
+            mode: MODE_ENFORCE,
+            max_processes: 0,
+            flags: 0,
+        };
+        maps.slots.tamper_insert(0, enforce);
+        maps.slots.tamper_insert(
+            1,
+            PolicySlot {
+                id: 6,
+                mode: MODE_AUDIT,
+                ..enforce
+            },
+        );
+        for (id, ino) in [(5, 1), (6, 2)] {
+            maps.exec_rules.tamper_insert(
+                ExecKey {
+                    policy: id,
+                    dev: 1,
+                    ino,
+                },
+                ExecRule::default(),
+            );
+        }
+        maps.net4
+            .tamper_insert((40, [0, 0, 0, 5, 10, 0, 0, 0]), NetRule::default());
+        maps.run_policy.tamper_insert(
+            10,
+            RunPolicy {
+                slot: 0,
+                _pad: 0,
+                count_run: 10,
+            },
+        );
+
+        let mut e = Enforcement::open_tables(maps.tables()).unwrap();
+        let a = policy("a", Mode::Enforce, &["/usr/bin/true"], &["10.0.0.0/8"]);
+        let b = policy("b", Mode::Audit, &["/usr/bin/env"], &[]);
+        e.install(&Policies::of(vec![a, b])).unwrap();
+        let slots = maps.slots.snapshot();
+        // The previous daemon's runs stay enforced meanwhile.
+        assert_eq!((slots[&0], slots[&1].id), (enforce, 6));
+        // This daemon's go into unused slots, under ids the previous did not use.
+        let (sa, sb) = (slots[&2], slots[&3]);
+        assert_eq!((sa.mode, sb.mode), (MODE_ENFORCE, MODE_AUDIT));
+        assert!(sa.id > 6 && sb.id > 6 && sa.id != sb.id, "{sa:?} {sb:?}");
+
+        // The run is bound again, to the new slot of its policy, in one write.
+        assert_eq!(e.bound_runs(), vec![10]);
+        maps.take_writes();
+        e.bind(10, Some("a"), None).unwrap();
+        assert_eq!(maps.run_policy.snapshot()[&10].slot, 2);
+        assert_eq!(
+            maps.take_writes()
+                .iter()
+                .filter(|w| w.map() == "SNSR_RUN_POLICY")
+                .count(),
+            1
+        );
+        // The check leaves the previous daemon's slots alone until released.
+        assert!(e.verify().is_empty());
+        assert_eq!(maps.slots.snapshot()[&0], enforce);
+
+        e.release_previous();
+        let slots = maps.slots.snapshot();
+        assert_eq!((slots[&0], slots[&1]), Default::default());
+        assert_eq!((slots[&2], slots[&3]), (sa, sb));
+        let exec = exec_ids(&maps);
+        assert!(!exec.contains(&5) && !exec.contains(&6), "{exec:?}");
+        assert!(exec.contains(&sa.id) && exec.contains(&sb.id));
+        assert_eq!(net4_ids(&maps), [sa.id].into());
+        assert!(e.verify().is_empty());
+    }
+
+    #[test]
+    fn no_free_slot_refuses_the_install_and_switches_nothing() {
+        let maps = FakeMaps::new();
+        // A previous daemon holds every slot but the last.
+        for slot in 0..MAX_POLICIES - 1 {
+            maps.slots.tamper_insert(
+                slot,
+                PolicySlot {
+                    id: slot + 1,
+                    mode: MODE_AUDIT,
+                    max_processes: 0,
+                    flags: 0,
+                },
+            );
+        }
+        let mut e = Enforcement::open_tables(maps.tables()).unwrap();
+        let before = maps.slots.snapshot();
+        let exec_before = maps.exec_rules.snapshot();
+        let two = Policies::of(vec![
+            policy("a", Mode::Audit, &["/usr/bin/true"], &[]),
+            policy("b", Mode::Audit, &["/usr/bin/env"], &[]),
+        ]);
+        let err = e.install(&two).unwrap_err();
+        assert!(matches!(err, EnforcementError::NoSlot), "{err}");
+        assert_eq!(maps.slots.snapshot(), before);
+        assert_eq!(
+            maps.exec_rules.snapshot(),
+            exec_before,
+            "staged rules deleted"
+        );
+        // One fits.
+        e.install(&Policies::of(vec![policy(
+            "a",
+            Mode::Audit,
+            &["/usr/bin/true"],
+            &[],
+        )]))
+        .unwrap();
+        assert_eq!(maps.slots.snapshot()[&(MAX_POLICIES - 1)].mode, MODE_AUDIT);
+    }
+
+    #[test]
+    fn an_enforce_policy_is_refused_where_the_kernel_cannot_enforce() {
+        let (maps, mut e) = binder();
+        e.set_capability(Some("no bpf_send_signal".into()));
+        let a = policy("a", Mode::Enforce, &["/usr/bin/true"], &[]);
+        let err = e.install(&Policies::of(vec![a])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "an enforce policy cannot be enforced on this kernel (no bpf_send_signal); see \
+             `sensor doctor`"
+        );
+        assert_eq!(maps.slots.snapshot()[&0], PolicySlot::default());
+        let audit = policy("a", Mode::Audit, &["/usr/bin/true"], &[]);
+        e.install(&Policies::of(vec![audit])).unwrap();
+        assert_eq!(maps.slots.snapshot()[&0].mode, MODE_AUDIT);
+    }
 
     #[test]
     fn entries_are_compared_per_id_exactly() {

@@ -17,6 +17,7 @@ pub mod kernel;
 pub mod net;
 pub mod resolve;
 pub mod selftest;
+pub mod tables;
 pub mod unix;
 
 use std::{collections::BTreeMap, net::IpAddr, path::Path};
@@ -120,14 +121,46 @@ pub struct UnixConfig {
     pub allow: Vec<toml::Spanned<String>>,
 }
 
-/// A policy that cannot be loaded.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+/// Why an `exec.allow` rule is refused (the message follows the rule in
+/// the config refusal).
+#[derive(Debug, thiserror::Error)]
+pub enum ExecRuleError {
+    #[error("must be an absolute path")]
+    NotAbsolute,
+    #[error("a sha256 can only be pinned on an exact file")]
+    PinnedNotExact,
+    #[error("{0}")]
+    Glob(Box<globset::Error>),
+    #[error(transparent)]
+    Resolve(#[from] resolve::ResolveError),
+}
+
+/// The first right a policy has that another does not (see
+/// [`Policy::within`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Wider {
+    /// A rule, as written (`exec.allow …`).
+    #[error("{0}")]
+    Rule(String),
+    #[error("max_depth {0:?}")]
+    MaxDepth(Option<u32>),
+    #[error("max_processes {0:?}")]
+    MaxProcesses(Option<u32>),
+    #[error("raw_sockets = true")]
+    RawSockets,
+    #[error("mode = \"audit\" under an enforce policy")]
+    Audit,
+}
+
+/// A policy that cannot be loaded. The rule's own error is part of the
+/// message (not a source), as the config refusal has always read.
+#[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     #[error("policy {policy:?}: exec.allow {rule:?}: {why}")]
     Exec {
         policy: String,
         rule: String,
-        why: String,
+        why: ExecRuleError,
         /// Where the rule is in the config text.
         span: Option<std::ops::Range<usize>>,
     },
@@ -135,18 +168,18 @@ pub enum PolicyError {
     Connect {
         policy: String,
         rule: String,
-        why: String,
+        why: net::RuleError,
         span: Option<std::ops::Range<usize>>,
     },
     #[error("policy {policy:?}: unix.allow {rule:?}: {why}")]
     Unix {
         policy: String,
         rule: String,
-        why: String,
+        why: unix::RuleError,
         span: Option<std::ops::Range<usize>>,
     },
-    #[error("policy {policy:?}: {why}")]
-    Limit { policy: String, why: String },
+    #[error("policy {policy:?}: max_processes = 0 would stop every run; leave it out for no limit")]
+    MaxProcessesZero { policy: String },
     #[error("{what} names policy {policy:?}, which the config does not define")]
     Unknown { what: String, policy: String },
 }
@@ -159,7 +192,7 @@ impl PolicyError {
             Self::Exec { span, .. } | Self::Connect { span, .. } | Self::Unix { span, .. } => {
                 span.clone()
             }
-            Self::Limit { .. } | Self::Unknown { .. } => None,
+            Self::MaxProcessesZero { .. } | Self::Unknown { .. } => None,
         }
     }
 }
@@ -191,17 +224,18 @@ struct ExecRule {
 
 impl ExecRule {
     /// Resolves an `exec.allow` entry (an error names what is wrong with it).
-    fn resolve(allow: &ExecAllow) -> Result<Self, String> {
+    fn resolve(allow: &ExecAllow) -> Result<Self, ExecRuleError> {
         let path = allow.path();
         if !path.starts_with('/') {
-            return Err("must be an absolute path".into());
+            return Err(ExecRuleError::NotAbsolute);
         }
         let target = if is_glob(path) {
             if matches!(allow, ExecAllow::Pinned { .. }) {
-                return Err("a sha256 can only be pinned on an exact file".into());
+                return Err(ExecRuleError::PinnedNotExact);
             }
             // A glob ending in '/' names directories: everything under each.
-            let glob = Glob::new(path.trim_end_matches('/')).map_err(|e| e.to_string())?;
+            let glob = Glob::new(path.trim_end_matches('/'))
+                .map_err(|e| ExecRuleError::Glob(Box::new(e)))?;
             if path.ends_with('/') {
                 ExecTarget::DirGlob(resolve::expand_dir_glob(path)?)
             } else {
@@ -212,7 +246,7 @@ impl ExecRule {
             }
         } else if path.ends_with('/') {
             if matches!(allow, ExecAllow::Pinned { .. }) {
-                return Err("a sha256 can only be pinned on an exact file".into());
+                return Err(ExecRuleError::PinnedNotExact);
             }
             ExecTarget::Dir(resolve::resolve_dir(path)?)
         } else {
@@ -419,9 +453,8 @@ impl Policy {
             })
             .collect::<Result<_, _>>()?;
         if c.max_processes == Some(0) {
-            return Err(PolicyError::Limit {
+            return Err(PolicyError::MaxProcessesZero {
                 policy: name.to_owned(),
-                why: "max_processes = 0 would stop every run; leave it out for no limit".into(),
             });
         }
         let policy = Self {
@@ -575,10 +608,10 @@ impl Policy {
     /// `self` is also a rule of `parent`, and its limits are no looser (a
     /// conservative test: a sub-agent never gains rights its parent lacks).
     /// Returns the first extra right.
-    pub fn within(&self, parent: &Self) -> Result<(), String> {
+    pub fn within(&self, parent: &Self) -> Result<(), Wider> {
         let allowed = parent.rule_texts();
         if let Some(extra) = self.rule_texts().into_iter().find(|r| !allowed.contains(r)) {
-            return Err(extra);
+            return Err(Wider::Rule(extra));
         }
         let looser = |mine: Option<u32>, theirs: Option<u32>| match (mine, theirs) {
             (_, None) => false,
@@ -586,16 +619,16 @@ impl Policy {
             (Some(a), Some(b)) => a > b,
         };
         if looser(self.max_depth, parent.max_depth) {
-            return Err(format!("max_depth {:?}", self.max_depth));
+            return Err(Wider::MaxDepth(self.max_depth));
         }
         if looser(self.max_processes, parent.max_processes) {
-            return Err(format!("max_processes {:?}", self.max_processes));
+            return Err(Wider::MaxProcesses(self.max_processes));
         }
         if self.raw_sockets && !parent.raw_sockets {
-            return Err("raw_sockets = true".into());
+            return Err(Wider::RawSockets);
         }
         if self.mode == Mode::Audit && parent.mode == Mode::Enforce {
-            return Err("mode = \"audit\" under an enforce policy".into());
+            return Err(Wider::Audit);
         }
         Ok(())
     }
@@ -677,6 +710,37 @@ impl Policies {
     #[must_use]
     pub fn contains(&self, name: &str) -> bool {
         self.by_name.contains_key(name)
+    }
+}
+
+/// Policies for unit tests elsewhere in the crate.
+#[cfg(test)]
+pub mod testing {
+    use super::{ConnectConfig, ExecAllow, ExecConfig, Mode, Policy, PolicyConfig};
+
+    /// Policy `name` allowing `exec` (paths) and `connect` (rules).
+    #[must_use]
+    pub fn policy(name: &str, mode: Mode, exec: &[&str], connect: &[&str]) -> Policy {
+        Policy::load(
+            name,
+            &PolicyConfig {
+                mode,
+                exec: ExecConfig {
+                    allow: exec
+                        .iter()
+                        .map(|s| toml::Spanned::new(0..0, ExecAllow::Path((*s).to_owned())))
+                        .collect(),
+                },
+                connect: ConnectConfig {
+                    allow: connect
+                        .iter()
+                        .map(|s| toml::Spanned::new(0..0, (*s).to_owned()))
+                        .collect(),
+                },
+                ..PolicyConfig::default()
+            },
+        )
+        .unwrap()
     }
 }
 
@@ -889,7 +953,7 @@ mod tests {
         assert!(policy(&[], &["127.0.0.0/8"]).within(&parent).is_ok());
         assert_eq!(
             policy(&["/usr/bin/env"], &[]).within(&parent),
-            Err("exec.allow /usr/bin/env".to_owned())
+            Err(Wider::Rule("exec.allow /usr/bin/env".to_owned()))
         );
         assert!(policy(&[], &["0.0.0.0/0"]).within(&parent).is_err());
     }

@@ -39,18 +39,42 @@ pub struct ConnectRule {
     pub ports: Option<(u16, u16)>,
 }
 
+/// Why a `connect.allow` rule is refused (the message follows the rule in
+/// the config refusal).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    #[error("missing ']'")]
+    MissingBracket,
+    #[error("unexpected {0:?} after ']'")]
+    AfterBracket(String),
+    #[error("bad address")]
+    BadAddress,
+    #[error("bad port {0:?}")]
+    BadPort(String),
+    #[error("port range {0}-{1} is empty")]
+    EmptyRange(u16, u16),
+    #[error("bad prefix length {0:?}")]
+    BadPrefix(String),
+    #[error("{0:?} is neither an IP address, a CIDR, nor a host name")]
+    NotAnAddress(String),
+    #[error(
+        "{net}/{prefix} is covered by more than {NET_PORT_RANGES} port ranges; merge some rules"
+    )]
+    TooManyRanges { net: IpAddr, prefix: u8 },
+}
+
 /// `ADDR[/LEN][:PORT[-PORT]]`, `[V6][/LEN][:PORT]`, `HOST[:PORT[-PORT]]`.
-pub fn parse(rule: &str) -> Result<ConnectRule, String> {
+pub fn parse(rule: &str) -> Result<ConnectRule, RuleError> {
     let (addr, ports) = if let Some(rest) = rule.strip_prefix('[') {
-        let (inside, after) = rest.split_once(']').ok_or("missing ']'")?;
+        let (inside, after) = rest.split_once(']').ok_or(RuleError::MissingBracket)?;
         let ports = match after.strip_prefix(':') {
             Some(p) => Some(p),
             None if after.is_empty() => None,
-            None => return Err(format!("unexpected {after:?} after ']'")),
+            None => return Err(RuleError::AfterBracket(after.to_owned())),
         };
         (inside.to_owned(), ports)
     } else if rule.matches(':').count() == 1 {
-        let (a, p) = rule.split_once(':').ok_or("bad address")?;
+        let (a, p) = rule.split_once(':').ok_or(RuleError::BadAddress)?;
         (a.to_owned(), Some(p))
     } else {
         (rule.to_owned(), None)
@@ -59,10 +83,10 @@ pub fn parse(rule: &str) -> Result<ConnectRule, String> {
         None => None,
         Some(p) => {
             let (lo, hi) = p.split_once('-').unwrap_or((p, p));
-            let lo: u16 = lo.parse().map_err(|_| format!("bad port {lo:?}"))?;
-            let hi: u16 = hi.parse().map_err(|_| format!("bad port {hi:?}"))?;
+            let lo: u16 = lo.parse().map_err(|_| RuleError::BadPort(lo.to_owned()))?;
+            let hi: u16 = hi.parse().map_err(|_| RuleError::BadPort(hi.to_owned()))?;
             if lo > hi {
-                return Err(format!("port range {lo}-{hi} is empty"));
+                return Err(RuleError::EmptyRange(lo, hi));
             }
             Some((lo, hi))
         }
@@ -79,7 +103,7 @@ pub fn parse(rule: &str) -> Result<ConnectRule, String> {
                     .parse()
                     .ok()
                     .filter(|l| *l <= max)
-                    .ok_or(format!("bad prefix length {len:?}"))?,
+                    .ok_or_else(|| RuleError::BadPrefix(len.to_owned()))?,
                 None => max,
             };
             Target::Cidr { net, prefix }
@@ -88,11 +112,7 @@ pub fn parse(rule: &str) -> Result<ConnectRule, String> {
             name: ip.to_ascii_lowercase(),
             addrs: Vec::new(),
         },
-        Err(_) => {
-            return Err(format!(
-                "{ip:?} is neither an IP address, a CIDR, nor a host name"
-            ));
-        }
+        Err(_) => return Err(RuleError::NotAnAddress(ip)),
     };
     Ok(ConnectRule {
         text: rule.to_owned(),
@@ -117,12 +137,8 @@ fn is_host_name(s: &str) -> bool {
 }
 
 /// Resolves `name` with the system resolver (blocking).
-pub fn resolve_host(name: &str) -> Result<Vec<IpAddr>, String> {
-    let mut addrs: Vec<IpAddr> = (name, 0)
-        .to_socket_addrs()
-        .map_err(|e| e.to_string())?
-        .map(|a| a.ip())
-        .collect();
+pub fn resolve_host(name: &str) -> std::io::Result<Vec<IpAddr>> {
+    let mut addrs: Vec<IpAddr> = (name, 0).to_socket_addrs()?.map(|a| a.ip()).collect();
     addrs.sort_unstable();
     addrs.dedup();
     Ok(addrs)
@@ -292,7 +308,7 @@ pub struct Prefixes {
 /// Folds `rules` (numbered from `first_rule`) into longest-prefix entries:
 /// each entry also carries the port ranges of every shorter prefix covering
 /// it, so the kernel's longest match alone decides.
-pub fn fold(rules: &[ConnectRule], first_rule: u32) -> Result<Prefixes, String> {
+pub fn fold(rules: &[ConnectRule], first_rule: u32) -> Result<Prefixes, RuleError> {
     // Every (net, prefix) with the (range, rule) pairs of its own rules.
     let mut own: Vec<(IpAddr, u8, (u16, u16), u32)> = Vec::new();
     for (i, r) in rules.iter().enumerate() {
@@ -323,10 +339,10 @@ pub fn fold(rules: &[ConnectRule], first_rule: u32) -> Result<Prefixes, String> 
                     continue;
                 }
                 if i == NET_PORT_RANGES {
-                    return Err(format!(
-                        "{net}/{prefix} is covered by more than {NET_PORT_RANGES} port ranges; \
-                         merge some rules"
-                    ));
+                    return Err(RuleError::TooManyRanges {
+                        net: *net,
+                        prefix: *prefix,
+                    });
                 }
                 entry.lo[i] = *lo;
                 entry.hi[i] = *hi;

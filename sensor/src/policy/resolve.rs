@@ -101,22 +101,52 @@ pub struct Hashed {
     pub ctime: Ctime,
 }
 
+/// Why a file or directory rule does not resolve (the message is what
+/// follows the rule in the config refusal).
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("cannot be hashed: {0}")]
+    Hash(std::io::Error),
+    #[error("cannot be hashed: it is {0}, not a regular file")]
+    NotRegular(&'static str),
+    #[error(
+        "cannot be hashed: it is {0} bytes, over the {HASH_MAX_BYTES}-byte limit for pinned files"
+    )]
+    TooBig(u64),
+    #[error("cannot be hashed: it grew past the limit while it was read")]
+    Grew,
+    #[error("cannot be hashed: it changed while it was read")]
+    Changed,
+    #[error("sha256 is {actual}, not the pinned {expected}")]
+    Mismatch { actual: String, expected: String },
+    #[error("{0}")]
+    Io(std::io::Error),
+    #[error("is a directory (end it with '/' to allow everything under it)")]
+    IsDir,
+    #[error("is not a directory")]
+    NotDir,
+    #[error("{}", .0.desc())]
+    Open(nix::errno::Errno),
+    #[error("cannot stat it: {0}")]
+    Stat(std::io::Error),
+    #[error("{0}")]
+    Pattern(glob::PatternError),
+}
+
 /// Hex sha256 of the file at `path`, and which file that was. Never blocks
 /// on what the path may have been replaced with: it is opened with
 /// `O_NONBLOCK` (a FIFO opens at once) and `O_NOFOLLOW` after resolving it
 /// (a symlink swapped in meanwhile fails), and only a regular file of at most
 /// [`HASH_MAX_BYTES`] is read (not a device like /dev/zero, nor a 1 TiB
 /// sparse file). Errors say why the file cannot be hashed.
-pub fn sha256_file(path: &Path) -> Result<(String, Hashed), String> {
-    let resolved = std::fs::canonicalize(path).map_err(|e| format!("cannot be hashed: {e}"))?;
+pub fn sha256_file(path: &Path) -> Result<(String, Hashed), ResolveError> {
+    let resolved = std::fs::canonicalize(path).map_err(ResolveError::Hash)?;
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
         .open(&resolved)
-        .map_err(|e| format!("cannot be hashed: {e}"))?;
-    let before = file
-        .metadata()
-        .map_err(|e| format!("cannot be hashed: {e}"))?;
+        .map_err(ResolveError::Hash)?;
+    let before = file.metadata().map_err(ResolveError::Hash)?;
     let kind = before.file_type();
     if !kind.is_file() {
         let what = if kind.is_fifo() {
@@ -130,38 +160,29 @@ pub fn sha256_file(path: &Path) -> Result<(String, Hashed), String> {
         } else {
             "not a regular file"
         };
-        return Err(format!(
-            "cannot be hashed: it is {what}, not a regular file"
-        ));
+        return Err(ResolveError::NotRegular(what));
     }
     if before.len() > HASH_MAX_BYTES {
-        return Err(format!(
-            "cannot be hashed: it is {} bytes, over the {HASH_MAX_BYTES}-byte limit for pinned files",
-            before.len()
-        ));
+        return Err(ResolveError::TooBig(before.len()));
     }
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut read: u64 = 0;
     loop {
-        let n = file
-            .read(&mut buf)
-            .map_err(|e| format!("cannot be hashed: {e}"))?;
+        let n = file.read(&mut buf).map_err(ResolveError::Hash)?;
         if n == 0 {
             break;
         }
         read = read.saturating_add(n as u64);
         if read > HASH_MAX_BYTES {
-            return Err("cannot be hashed: it grew past the limit while it was read".into());
+            return Err(ResolveError::Grew);
         }
         hasher.update(buf.get(..n).unwrap_or_default());
     }
-    let after = file
-        .metadata()
-        .map_err(|e| format!("cannot be hashed: {e}"))?;
+    let after = file.metadata().map_err(ResolveError::Hash)?;
     let ctime = |m: &std::fs::Metadata| (m.ctime(), u32::try_from(m.ctime_nsec()).unwrap_or(0));
     if ctime(&after) != ctime(&before) || after.len() != before.len() {
-        return Err("cannot be hashed: it changed while it was read".into());
+        return Err(ResolveError::Changed);
     }
     Ok((
         hex::encode(hasher.finalize()),
@@ -176,19 +197,22 @@ pub fn sha256_file(path: &Path) -> Result<(String, Hashed), String> {
 }
 
 /// A pinned file: hashed, and checked against the pinned sha256.
-pub fn resolve_pinned(path: &str, expected: &str) -> Result<Hashed, String> {
+pub fn resolve_pinned(path: &str, expected: &str) -> Result<Hashed, ResolveError> {
     let (actual, hashed) = sha256_file(Path::new(path))?;
     if !actual.eq_ignore_ascii_case(expected) {
-        return Err(format!("sha256 is {actual}, not the pinned {expected}"));
+        return Err(ResolveError::Mismatch {
+            actual,
+            expected: expected.to_owned(),
+        });
     }
     Ok(hashed)
 }
 
 /// An exact file rule (not pinned): the identity of the file it names.
-pub fn resolve_file(path: &str) -> Result<FileId, String> {
-    let meta = std::fs::metadata(Path::new(path)).map_err(|e| e.to_string())?;
+pub fn resolve_file(path: &str) -> Result<FileId, ResolveError> {
+    let meta = std::fs::metadata(Path::new(path)).map_err(ResolveError::Io)?;
     if meta.is_dir() {
-        return Err("is a directory (end it with '/' to allow everything under it)".into());
+        return Err(ResolveError::IsDir);
     }
     Ok(FileId {
         dev: meta.dev(),
@@ -211,15 +235,15 @@ pub struct Dir {
 
 /// A directory rule: the directory, resolved in the rules' mount namespace
 /// (see [`rules_root`]).
-pub fn resolve_dir(path: &str) -> Result<Dir, String> {
+pub fn resolve_dir(path: &str) -> Result<Dir, ResolveError> {
     resolve_dir_in(rules_root(), path)
 }
 
 /// [`resolve_dir`] looking the path up under `root` (a directory handle
 /// that stands for `/`, as `/proc/PID/root` does for another mount
 /// namespace), or in the daemon's own mount namespace.
-pub fn resolve_dir_in(root: Option<BorrowedFd<'_>>, path: &str) -> Result<Dir, String> {
-    let resolved = std::fs::canonicalize(path).map_err(|e| e.to_string())?;
+pub fn resolve_dir_in(root: Option<BorrowedFd<'_>>, path: &str) -> Result<Dir, ResolveError> {
+    let resolved = std::fs::canonicalize(path).map_err(ResolveError::Io)?;
     let mut text = resolved.to_string_lossy().into_owned();
     if !text.ends_with('/') {
         text.push('/');
@@ -227,10 +251,10 @@ pub fn resolve_dir_in(root: Option<BorrowedFd<'_>>, path: &str) -> Result<Dir, S
     // Identity and mount from one open handle, so they describe the same
     // directory even if the path changes meanwhile.
     let dir = open_dir(root, path).map_err(|e| match e {
-        nix::errno::Errno::ENOTDIR => "is not a directory".to_owned(),
-        e => e.desc().to_owned(),
+        nix::errno::Errno::ENOTDIR => ResolveError::NotDir,
+        e => ResolveError::Open(e),
     })?;
-    let (id, mnt_id) = dir_identity(dir.as_fd()).map_err(|e| format!("cannot stat it: {e}"))?;
+    let (id, mnt_id) = dir_identity(dir.as_fd()).map_err(ResolveError::Stat)?;
     Ok(Dir {
         path: text,
         id,
@@ -348,8 +372,8 @@ pub fn rules_root() -> Option<BorrowedFd<'static>> {
 }
 
 /// Every regular file a glob matches now (symlinks followed), sorted.
-pub fn expand_glob(pattern: &str) -> Result<Vec<FileId>, String> {
-    let paths = glob::glob(pattern).map_err(|e| e.to_string())?;
+pub fn expand_glob(pattern: &str) -> Result<Vec<FileId>, ResolveError> {
+    let paths = glob::glob(pattern).map_err(ResolveError::Pattern)?;
     let mut ids: Vec<FileId> = paths
         .filter_map(Result::ok)
         .filter_map(|p| {
@@ -367,8 +391,8 @@ pub fn expand_glob(pattern: &str) -> Result<Vec<FileId>, String> {
 
 /// Every directory a glob ending in `/` matches now, each resolved as a
 /// directory rule, sorted.
-pub fn expand_dir_glob(pattern: &str) -> Result<Vec<Dir>, String> {
-    let paths = glob::glob(pattern.trim_end_matches('/')).map_err(|e| e.to_string())?;
+pub fn expand_dir_glob(pattern: &str) -> Result<Vec<Dir>, ResolveError> {
+    let paths = glob::glob(pattern.trim_end_matches('/')).map_err(ResolveError::Pattern)?;
     let mut dirs: Vec<Dir> = paths
         .filter_map(Result::ok)
         .filter(|p| p.is_dir())
@@ -434,7 +458,7 @@ mod tests {
             (&sparse, "over the"),
             (&dir.path().to_path_buf(), "a directory"),
         ] {
-            let err = sha256_file(path).unwrap_err();
+            let err = sha256_file(path).unwrap_err().to_string();
             assert!(
                 err.contains("cannot be hashed") && err.contains(why),
                 "{}: {err}",
@@ -465,21 +489,19 @@ mod tests {
         let t = resolve_file("/usr/bin/true").unwrap();
         assert_eq!(t, FileId::of(Path::new("/usr/bin/true")).unwrap());
         assert!(resolve_file("/usr/bin/").is_err());
-        assert!(
-            resolve_pinned("/usr/bin/true", "00")
-                .unwrap_err()
-                .contains("sha256")
-        );
+        assert!(matches!(
+            resolve_pinned("/usr/bin/true", "00"),
+            Err(ResolveError::Mismatch { .. })
+        ));
         let (sum, _) = sha256_file(Path::new("/usr/bin/true")).unwrap();
         assert_eq!(resolve_pinned("/usr/bin/true", &sum).unwrap().id, t);
         let dir = resolve_dir("/usr/bin/").unwrap();
         assert!(dir.path.ends_with("/bin/"), "{}", dir.path);
         let usr_bin = FileId::of(Path::new("/usr/bin")).unwrap();
         assert_eq!(dir.id, usr_bin);
-        assert!(
-            resolve_dir("/usr/bin/true")
-                .unwrap_err()
-                .contains("not a directory")
+        assert_eq!(
+            resolve_dir("/usr/bin/true").unwrap_err().to_string(),
+            "is not a directory"
         );
         assert!(expand_glob("/usr/bin/tru*").unwrap().contains(&t));
         assert!(!expand_glob("/usr/bi*").unwrap().contains(&usr_bin));

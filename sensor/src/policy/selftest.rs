@@ -24,12 +24,47 @@ pub const RUN: u64 = u64::MAX;
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the self-test found.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Outcome {
     /// A denied connect failed with EPERM.
-    pub connect_denied: Result<(), String>,
+    pub connect_denied: Result<(), SelfTestError>,
     /// A denied exec was killed before it ran.
-    pub exec_killed: Result<(), String>,
+    pub exec_killed: Result<(), SelfTestError>,
+}
+
+/// Why a part of the self-test failed. Shared (`Arc`) where the cause is
+/// not `Clone`: one failure to set the test up fails both parts.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SelfTestError {
+    #[error("{0}")]
+    Policy(std::sync::Arc<super::PolicyError>),
+    #[error("{0}")]
+    Kernel(std::sync::Arc<super::kernel::EnforcementError>),
+    #[error("pipe: {0}")]
+    Pipe(nix::errno::Errno),
+    #[error("fork: {0}")]
+    Fork(nix::errno::Errno),
+    #[error("wait: {0}")]
+    Wait(nix::errno::Errno),
+    #[error("the child vanished")]
+    Vanished,
+    #[error("{0}")]
+    Place(std::sync::Arc<aya::maps::MapError>),
+    #[error("the child did not finish in time")]
+    Timeout,
+    #[error("connect to 127.0.0.1:9 was not refused with EPERM (errno {0})")]
+    NotRefused(i32),
+    #[error("the connecting child ended with {0}")]
+    ConnectEnded(ExitStatus),
+    #[error("/bin/true ran under a deny-all policy ({0})")]
+    ExecRan(ExitStatus),
+}
+
+/// As its message (what `Result<(), String>` serialized before).
+impl serde::Serialize for SelfTestError {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 impl Outcome {
@@ -65,18 +100,11 @@ pub fn run(enforcement: &mut Enforcement, runs: &mut dyn RunMap, ns_per_tick: u6
             ..PolicyConfig::default()
         },
     );
+    let kernel = |e| SelfTestError::Kernel(std::sync::Arc::new(e));
     let installed = policy
-        .map_err(|e| e.to_string())
-        .and_then(|p| {
-            enforcement
-                .install(&Policies::of(vec![p]))
-                .map_err(|e| e.to_string())
-        })
-        .and_then(|()| {
-            enforcement
-                .bind(RUN, Some(POLICY), None)
-                .map_err(|e| e.to_string())
-        });
+        .map_err(|e| SelfTestError::Policy(std::sync::Arc::new(e)))
+        .and_then(|p| enforcement.install(&Policies::of(vec![p])).map_err(kernel))
+        .and_then(|()| enforcement.bind(RUN, Some(POLICY), None).map_err(kernel));
     if let Err(e) = installed {
         return Outcome {
             connect_denied: Err(e.clone()),
@@ -86,16 +114,14 @@ pub fn run(enforcement: &mut Enforcement, runs: &mut dyn RunMap, ns_per_tick: u6
     let connect_denied =
         in_run(runs, ns_per_tick, Child::Connect).and_then(|status| match status.code() {
             Some(0) => Ok(()),
-            Some(errno) => Err(format!(
-                "connect to 127.0.0.1:9 was not refused with EPERM (errno {errno})"
-            )),
-            None => Err(format!("the connecting child ended with {status}")),
+            Some(errno) => Err(SelfTestError::NotRefused(errno)),
+            None => Err(SelfTestError::ConnectEnded(status)),
         });
     let exec_killed = in_run(runs, ns_per_tick, Child::Exec).and_then(|status| {
         use std::os::unix::process::ExitStatusExt as _;
         match status.signal() {
             Some(9) => Ok(()),
-            _ => Err(format!("/bin/true ran under a deny-all policy ({status})")),
+            _ => Err(SelfTestError::ExecRan(status)),
         }
     });
     enforcement.unbind(RUN);
@@ -114,17 +140,21 @@ enum Child {
 /// Forks a child that waits until it is in the run, then does its part.
 /// (Not `std::process::Command`: its spawn waits for the exec, which the
 /// child holds back until it is placed.)
-fn in_run(runs: &mut dyn RunMap, ns_per_tick: u64, what: Child) -> Result<ExitStatus, String> {
+fn in_run(
+    runs: &mut dyn RunMap,
+    ns_per_tick: u64,
+    what: Child,
+) -> Result<ExitStatus, SelfTestError> {
     use std::os::unix::process::ExitStatusExt as _;
 
     let (go_read, go_write) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SelfTestError::Pipe)?;
     let true_path = c"/bin/true";
     let argv = [true_path.as_ptr(), std::ptr::null()];
     let envp = [std::ptr::null::<nix::libc::c_char>()];
     // SAFETY: the child only makes async-signal-safe calls (read, socket,
     // connect, execve, _exit) before it exits or execs.
-    let pid = match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
+    let pid = match unsafe { nix::unistd::fork() }.map_err(SelfTestError::Fork)? {
         nix::unistd::ForkResult::Child => unsafe {
             // Only the parent writes: if it dies first, the read sees EOF.
             nix::libc::close(go_write.as_raw_fd());
@@ -172,8 +202,11 @@ fn in_run(runs: &mut dyn RunMap, ns_per_tick: u64, what: Child) -> Result<ExitSt
             how: HOW_LAUNCH,
             _pad: 0,
         })
-        .ok_or_else(|| "the child vanished".to_owned())
-        .and_then(|entry| runs.set(raw_pid, entry));
+        .ok_or(SelfTestError::Vanished)
+        .and_then(|entry| {
+            runs.set(raw_pid, entry)
+                .map_err(|e| SelfTestError::Place(std::sync::Arc::new(e)))
+        });
     // Go (a child that could not be placed is reaped all the same).
     let _ = nix::unistd::write(&go_write, &[1]);
     drop(go_write);
@@ -190,9 +223,9 @@ fn in_run(runs: &mut dyn RunMap, ns_per_tick: u64, what: Child) -> Result<ExitSt
             Ok(_) => {
                 let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
                 let _ = nix::sys::wait::waitpid(pid, None);
-                break Err("the child did not finish in time".to_owned());
+                break Err(SelfTestError::Timeout);
             }
-            Err(e) => break Err(format!("wait: {e}")),
+            Err(e) => break Err(SelfTestError::Wait(e)),
         }
     };
     runs.remove(raw_pid);

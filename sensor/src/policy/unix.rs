@@ -47,34 +47,46 @@ pub struct Resolved {
     pub ids: Vec<FileId>,
 }
 
+/// Why a `unix.allow` rule is refused (the message follows the rule in the
+/// config refusal).
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    #[error("an abstract name needs at least one character after '@'")]
+    EmptyAbstract,
+    #[error("an abstract name is exact (no glob)")]
+    AbstractGlob,
+    #[error("an abstract name is at most {} bytes", UNIX_PATH_BYTES - 1)]
+    AbstractTooLong,
+    #[error("must be an absolute socket path, or @name for an abstract name")]
+    NotAbsolute,
+    #[error("a socket path is at most {} bytes", UNIX_PATH_BYTES - 1)]
+    PathTooLong,
+    #[error("{0}")]
+    Glob(Box<globset::Error>),
+}
+
 impl UnixRule {
     /// Parses and resolves a rule; an error says what is wrong with it.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, RuleError> {
         let target = if let Some(name) = text.strip_prefix('@') {
             if name.is_empty() {
-                return Err("an abstract name needs at least one character after '@'".into());
+                return Err(RuleError::EmptyAbstract);
             }
             if name.contains(['*', '?', '[']) {
-                return Err("an abstract name is exact (no glob)".into());
+                return Err(RuleError::AbstractGlob);
             }
             let mut bytes = vec![0u8];
             bytes.extend_from_slice(name.as_bytes());
             if bytes.len() > UNIX_PATH_BYTES {
-                return Err(format!(
-                    "an abstract name is at most {} bytes",
-                    UNIX_PATH_BYTES - 1
-                ));
+                return Err(RuleError::AbstractTooLong);
             }
             Target::Abstract(bytes)
         } else if !text.starts_with('/') {
-            return Err("must be an absolute socket path, or @name for an abstract name".into());
+            return Err(RuleError::NotAbsolute);
         } else if text.len() >= UNIX_PATH_BYTES {
-            return Err(format!(
-                "a socket path is at most {} bytes",
-                UNIX_PATH_BYTES - 1
-            ));
+            return Err(RuleError::PathTooLong);
         } else if text.contains(['*', '?', '[']) {
-            Glob::new(text).map_err(|e| e.to_string())?;
+            Glob::new(text).map_err(|e| RuleError::Glob(Box::new(e)))?;
             Target::Glob {
                 pattern: text.to_owned(),
                 matched: sockets_matching(text),

@@ -125,7 +125,7 @@ impl TokensConfig {
 }
 
 /// A `[tokens]` value that cannot work.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[error("{0}")]
 pub struct TokenConfigError(pub String);
 
