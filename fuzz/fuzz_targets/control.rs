@@ -3,7 +3,9 @@
 //! would name) through `Attribution::launch` (which creates it with
 //! `RunTable::create`), then a sub-run from inside it; the runs, the answers
 //! and the run.start event are serialized as the daemon sends them.
-//! `attest` and `whoami` are answered the same way.
+//! `attest` and `whoami` are answered the same way. A `token` request is
+//! signed for a fresh run of this process (any audience, TTL and scopes:
+//! refused or a token that verifies), and `jwks` answered.
 
 #![no_main]
 
@@ -67,11 +69,71 @@ fuzz_target!(|data: &[u8]| {
         }
         Request::Whoami => answer(b.attribution().attest(me, None)),
         Request::Attest { pid, start_ticks } => answer(b.attribution().attest(pid, start_ticks)),
+        Request::Token(req) => TOKENS.with(|tokens| {
+            let mut tokens = tokens.borrow_mut();
+            let launch = sensor::attribution::LaunchRequest {
+                agent: "fuzz".into(),
+                run_id: None,
+                principal: None,
+                policy: None,
+                labels: Default::default(),
+                ttl_secs: None,
+                scopes: Some(vec!["a".into(), "b:c".into()]),
+            };
+            let (run, _) = b
+                .attribution_mut()
+                .launch(&root, launch, now(), |_, _| Ok(()))
+                .expect("a plain launch is accepted");
+            match tokens.0.issue(&run, &[], "launch", None, &req, std::time::SystemTime::now()) {
+                Ok(issued) => {
+                    let claims = sensor::tokens::verify(
+                        &issued.token,
+                        &tokens.0.jwks(),
+                        tokens.0.issuer(),
+                        Some(&req.aud),
+                    )
+                    .expect("an issued token verifies");
+                    assert_eq!(claims, issued.claims);
+                    assert!(claims.exp > claims.iat && claims.exp - claims.iat <= 300);
+                    tokens.0.forget(run.handle);
+                    Response::Token {
+                        token: issued.token,
+                        claims: Box::new(claims),
+                    }
+                }
+                Err(e) => Response::Error {
+                    message: e.to_string(),
+                },
+            }
+        }),
+        Request::Jwks => TOKENS.with(|t| {
+            let t = t.borrow();
+            Response::Jwks {
+                issuer: t.0.issuer().to_owned(),
+                jwks: t.0.jwks(),
+            }
+        }),
         Request::Status | Request::ReloadPolicies | Request::Handover => return,
     };
     let line = serde_json::to_vec(&response).expect("a response serializes");
     let _: Response = serde_json::from_slice(&line).expect("a response parses back");
 });
+
+thread_local! {
+    /// One issuer (and its key file) for the whole run of the fuzzer.
+    static TOKENS: std::cell::RefCell<(sensor::tokens::Issuer, tempfile::TempDir)> = {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let issuer = sensor::tokens::Issuer::open(
+            sensor::tokens::TokensConfig::default(),
+            dir.path(),
+            "fuzz",
+            None,
+            std::time::SystemTime::now(),
+        )
+        .expect("token keys");
+        std::cell::RefCell::new((issuer, dir))
+    };
+}
 
 fn answer(
     result: Result<sensor::attribution::RunAnswer, sensor::attribution::AttributionError>,

@@ -31,6 +31,8 @@ pub struct Config {
     pub outputs: Vec<OutputTable>,
     pub metrics: MetricsConfig,
     pub limits: LimitsConfig,
+    /// `[tokens]`: run tokens (JWTs naming the caller's run).
+    pub tokens: crate::tokens::TokensConfig,
 }
 
 /// `[limits]`: what one client, and one user, may hold of the daemon. The
@@ -288,6 +290,10 @@ pub enum ValueError {
         "[daemon] canary_interval_secs must be at most {CANARY_INTERVAL_MAX_SECS} (0 turns the canary off)"
     )]
     CanaryInterval,
+    #[error(transparent)]
+    Tokens(crate::tokens::TokenConfigError),
+    #[error("[[agent]] {agent:?}: {why}")]
+    AgentScopes { agent: String, why: String },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -391,6 +397,17 @@ impl Config {
             .limits
             .validate()
             .and_then(|()| config.daemon.validate())
+            .and_then(|()| config.tokens.validate().map_err(ValueError::Tokens))
+            .and_then(|()| {
+                config.agents.iter().try_for_each(|a| {
+                    crate::attribution::check_scopes(&a.scopes).map_err(|e| {
+                        ValueError::AgentScopes {
+                            agent: a.name.clone(),
+                            why: e.to_string(),
+                        }
+                    })
+                })
+            })
             .map_err(|value| ConfigError::Limits {
                 path: path.to_owned(),
                 value,

@@ -28,3 +28,4 @@ pub mod sinks;
 pub mod status;
 pub mod store;
 pub mod tamper;
+pub mod tokens;

@@ -61,7 +61,14 @@ impl MetricsServer {
     }
 
     /// Answers scrapes on a thread of its own until the process ends.
-    pub fn serve(self, state: Arc<DaemonState>) -> std::io::Result<()> {
+    /// With `tokens`, it also serves the run tokens' public keys
+    /// (`/.well-known/jwks.json`) and the OpenID discovery document
+    /// (`/.well-known/openid-configuration`).
+    pub fn serve(
+        self,
+        state: Arc<DaemonState>,
+        tokens: Option<Arc<crate::tokens::Published>>,
+    ) -> std::io::Result<()> {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(StateCollector(state)));
         tracing::info!(addr = %self.addr, "serving Prometheus metrics at /metrics");
@@ -69,7 +76,25 @@ impl MetricsServer {
             .name("metrics".into())
             .spawn(move || {
                 for request in self.server.incoming_requests() {
-                    let response = if request.url().split('?').next() == Some("/metrics") {
+                    let path = request.url().split('?').next().unwrap_or_default();
+                    let document = match (path, &tokens) {
+                        ("/.well-known/jwks.json", Some(t)) => Some(t.jwks()),
+                        ("/.well-known/openid-configuration", Some(t)) => Some(t.discovery()),
+                        _ => None,
+                    };
+                    if let Some(body) = document {
+                        let response = tiny_http::Response::from_string(body.as_ref());
+                        let response = match tiny_http::Header::from_bytes(
+                            &b"Content-Type"[..],
+                            &b"application/json"[..],
+                        ) {
+                            Ok(h) => response.with_header(h),
+                            Err(()) => response,
+                        };
+                        let _ = request.respond(response);
+                        continue;
+                    }
+                    let response = if path == "/metrics" {
                         let mut body = String::new();
                         match prometheus_client::encoding::text::encode(&mut body, &registry) {
                             Ok(()) => {

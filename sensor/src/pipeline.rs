@@ -342,6 +342,13 @@ impl Pipeline {
         self
     }
 
+    /// Issues run tokens (`sensor token`).
+    #[must_use]
+    pub fn with_tokens(mut self, issuer: crate::tokens::Issuer) -> Self {
+        self.control.set_tokens(issuer);
+        self
+    }
+
     /// Also writes every event to the store.
     #[must_use]
     pub fn with_store(mut self, store: StoreWriter) -> Self {
@@ -1140,6 +1147,7 @@ pub async fn run(
                 let expired = pipeline.builder.attribution_mut().expire(now);
                 pipeline.run_changes(&expired);
                 pipeline.builder.attribution_mut().forget_ended(now);
+                pipeline.control.tick(&pipeline.builder);
                 ticks += 1;
                 if ticks.is_multiple_of(REFRESH_TICKS) {
                     pipeline.builder.refresh_policies(std::time::Instant::now());

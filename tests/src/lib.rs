@@ -19,6 +19,7 @@
 //! daemon stderr) for inspection.
 
 pub mod enforce;
+pub mod jwt;
 pub mod ocsf;
 pub mod servers;
 

@@ -17,29 +17,43 @@ const STAMP: &str = ".sensor-requirements.txt";
 /// Creates (or brings up to date) `<target>/ocsf-venv` with the pinned OCSF
 /// validation packages; returns the venv's python.
 pub fn ensure_ocsf_validator() -> Result<PathBuf> {
+    ensure_pinned_venv("ocsf", "validate.py", "OCSF validator")
+}
+
+/// Creates (or brings up to date) `<target>/jwt-venv` with the pinned
+/// third-party JWT verifier of the run-token tests (PyJWT, tests/jwt);
+/// returns the venv's python.
+pub fn ensure_jwt_verifier() -> Result<PathBuf> {
+    ensure_pinned_venv("jwt", "verify.py", "JWT verifier")
+}
+
+/// `<target>/<name>-venv` with `tests/<name>/requirements.txt` installed,
+/// checked by running `tests/<name>/<script> --help`.
+fn ensure_pinned_venv(name: &str, script: &str, what: &str) -> Result<PathBuf> {
     let root = util::workspace_root()?;
-    let requirements = root.join("tests").join("ocsf").join("requirements.txt");
-    let script = root.join("tests").join("ocsf").join("validate.py");
+    let requirements = root.join("tests").join(name).join("requirements.txt");
+    let script = root.join("tests").join(name).join(script);
     let wanted = fs::read_to_string(&requirements)
         .with_context(|| format!("cannot read {}", requirements.display()))?;
-    let venv = util::target_dir()?.join("ocsf-venv");
+    let venv = util::target_dir()?.join(format!("{name}-venv"));
     let python = venv.join("bin").join("python");
     let stamp = venv.join(STAMP);
-    let shown = "OCSF validator (target/ocsf-venv)";
+    let shown = format!("{what} (target/{name}-venv)");
     if python.exists() && fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
-        report(false, shown, "present");
+        report(false, &shown, "present");
         return Ok(python);
     }
-    eprintln!(
-        "  installing the OCSF validator into {} ...",
-        venv.display()
-    );
+    eprintln!("  installing the {what} into {} ...", venv.display());
     agents::fresh_venv(&venv, &["-r".as_ref(), requirements.as_os_str()])
         .with_context(|| format!("installing {} (is PyPI reachable?)", requirements.display()))?;
     // The script imports every package it uses before parsing its arguments.
     util::output_ok(Command::new(&python).arg(&script).arg("--help"))
-        .context("the freshly installed OCSF validator does not start")?;
+        .with_context(|| format!("the freshly installed {what} does not start"))?;
     fs::write(&stamp, &wanted).with_context(|| format!("cannot write {}", stamp.display()))?;
-    report(true, shown, "installed tests/ocsf/requirements.txt");
+    report(
+        true,
+        &shown,
+        &format!("installed tests/{name}/requirements.txt"),
+    );
     Ok(python)
 }

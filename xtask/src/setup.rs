@@ -91,6 +91,7 @@ pub fn setup() -> Result<()> {
         mounts()?;
         agents::ensure_agent_clis().context("agent CLIs (for tests/tests/agent_clis.rs)")?;
         ocsf::ensure_ocsf_validator().context("OCSF validator (tests/ocsf)")?;
+        ocsf::ensure_jwt_verifier().context("JWT verifier (tests/jwt)")?;
         kernel_facts();
         Ok(())
     });

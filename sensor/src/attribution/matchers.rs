@@ -36,6 +36,9 @@ pub struct AgentConfig {
     /// Policy of the runs it starts.
     #[serde(default)]
     pub policy: Option<String>,
+    /// Scopes the run tokens of the runs it starts may carry.
+    #[serde(default)]
+    pub scopes: Vec<String>,
 }
 
 /// Interpreters whose first non-option argument is the program they run.
@@ -49,6 +52,7 @@ const INTERPRETERS: &[&str] = &[
 pub struct Matcher {
     pub name: String,
     pub policy: Option<String>,
+    pub scopes: Vec<String>,
     exe: Vec<GlobMatcher>,
     script: Vec<GlobMatcher>,
     module: Vec<String>,
@@ -99,6 +103,7 @@ impl Matcher {
         Ok(Self {
             name: c.name.clone(),
             policy: c.policy.clone(),
+            scopes: c.scopes.clone(),
             exe: compile(&c.name, &c.exe)?,
             script: compile(&c.name, &c.script)?,
             module: c.module.clone(),

@@ -26,7 +26,7 @@ use sensor_common::event::{
 pub use self::{
     matchers::{AgentConfig, ExecView, Matchers},
     process_table::{ProcessInfo, ProcessTable},
-    runs::{NewRun, Run, RunError, RunTable},
+    runs::{NewRun, Run, RunError, RunTable, check_scopes},
 };
 use crate::event::RunRef;
 
@@ -184,6 +184,9 @@ pub struct LaunchRequest {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub ttl_secs: Option<u64>,
+    /// What the run's tokens may carry; absent: the parent run's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
 }
 
 /// What attestation and whoami answer.
@@ -379,7 +382,13 @@ impl Attribution {
         }
     }
 
-    /// Run `handle`.
+    /// The run with exactly this id, while it is in memory.
+    #[must_use]
+    pub fn run_by_id(&self, id: &str) -> Option<&Run> {
+        self.runs.get_id(id)
+    }
+
+    /// The run `handle`, active or ended but still in memory.
     #[must_use]
     pub fn run(&self, handle: u64) -> Option<&Run> {
         self.runs.get(handle)
@@ -587,6 +596,8 @@ impl Attribution {
                     .get(run)
                     .and_then(|r| r.policy.clone())
                     .or_else(|| matcher.policy.clone()),
+                // Likewise the scopes: the parent's inside a run.
+                scopes: (run == 0).then(|| matcher.scopes.clone()),
                 started_by,
                 ..NewRun::default()
             },
@@ -983,6 +994,7 @@ impl Attribution {
                     labels: req.labels,
                     ttl: req.ttl_secs.map(Duration::from_secs),
                     started_by: crate::event::StartedBy::Launch,
+                    scopes: req.scopes,
                 },
                 now,
             )?

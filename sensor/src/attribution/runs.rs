@@ -33,6 +33,10 @@ pub struct Run {
     pub policy: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// What its run tokens may carry (`sensor launch --scope`, an
+    /// `[[agent]]`'s `scopes`); a sub-run holds at most its parent's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
     /// How the run started: launch, matcher, backfill.
     pub started_by: crate::event::StartedBy,
     #[serde(with = "humantime_serde_compat")]
@@ -106,6 +110,16 @@ pub enum RunError {
     NoHandle,
     #[error("no run matches {0:?}")]
     NotFound(String),
+    #[error(
+        "scope {0:?} is not valid: at most {max} scopes of 1-{chars} printable characters without spaces",
+        max = crate::tokens::MAX_SCOPES,
+        chars = crate::tokens::MAX_SCOPE_CHARS
+    )]
+    BadScope(String),
+    #[error(
+        "scope {0:?} is not held by the parent run {1} (a sub-run can only narrow its parent's scopes)"
+    )]
+    ScopeWider(String, String),
     #[error("run prefix {0:?} is ambiguous")]
     Ambiguous(String),
 }
@@ -123,6 +137,40 @@ pub struct NewRun {
     pub labels: BTreeMap<String, String>,
     pub ttl: Option<Duration>,
     pub started_by: crate::event::StartedBy,
+    /// `None`: the parent's scopes (none at the top).
+    pub scopes: Option<Vec<String>>,
+}
+
+/// Whether `scopes` may be granted to a run at the top (an `[[agent]]`'s).
+pub fn check_scopes(scopes: &[String]) -> Result<(), RunError> {
+    scopes_of(Some(scopes.to_vec()), None).map(drop)
+}
+
+/// The scopes of a new run: those asked for, each valid and held by the
+/// parent run; or, when none were asked for, the parent's.
+fn scopes_of(asked: Option<Vec<String>>, parent: Option<&Run>) -> Result<Vec<String>, RunError> {
+    let Some(mut asked) = asked else {
+        return Ok(parent.map(|p| p.scopes.clone()).unwrap_or_default());
+    };
+    asked.sort();
+    asked.dedup();
+    if asked.len() > crate::tokens::MAX_SCOPES {
+        return Err(RunError::BadScope(asked.join(" ")));
+    }
+    for s in &asked {
+        if !(1..=crate::tokens::MAX_SCOPE_CHARS).contains(&s.chars().count())
+            || s.chars()
+                .any(|c| c.is_control() || c.is_whitespace() || c == '"' || c == '\\')
+        {
+            return Err(RunError::BadScope(s.clone()));
+        }
+        if let Some(p) = parent
+            && !p.scopes.contains(s)
+        {
+            return Err(RunError::ScopeWider(s.clone(), p.id.clone()));
+        }
+    }
+    Ok(asked)
 }
 
 pub fn valid_id(id: &str) -> bool {
@@ -194,6 +242,7 @@ impl RunTable {
             return Err(RunError::Exists(id));
         }
         let parent = new.parent.and_then(|h| self.by_handle.get(&h));
+        let scopes = scopes_of(new.scopes, parent)?;
         let (parent_id, root_id, depth) = match parent {
             Some(p) => (Some(p.id.clone()), p.root_id.clone(), p.depth + 1),
             None => (None, id.clone(), 0),
@@ -217,6 +266,7 @@ impl RunTable {
             depth,
             policy: new.policy,
             labels: new.labels,
+            scopes,
             started_by: new.started_by,
             start: now,
             expires,
@@ -248,6 +298,12 @@ impl RunTable {
     #[must_use]
     pub fn get(&self, handle: u64) -> Option<&Run> {
         self.by_handle.get(&handle)
+    }
+
+    /// The run with exactly this id, while it is in memory.
+    #[must_use]
+    pub fn get_id(&self, id: &str) -> Option<&Run> {
+        self.by_id.get(id).and_then(|h| self.by_handle.get(h))
     }
 
     #[cfg(test)]

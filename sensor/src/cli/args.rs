@@ -54,6 +54,18 @@ pub enum Command {
     /// Check a policy file, or make the daemon reload its policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Print a signed run token (a JWT) for the calling process's run.
+    ///
+    /// The daemon finds the caller's run from the kernel (as for `whoami`),
+    /// never from anything the caller says, and signs a short-lived JWT
+    /// (EdDSA) naming the run, its agent, principal, policy and the parent
+    /// runs that delegated to it (`act`). A credential broker checks it with
+    /// the public keys: `sensor token jwks`, or
+    /// http://<[metrics] listen>/.well-known/jwks.json and
+    /// /.well-known/openid-configuration. Refused outside a run, for an
+    /// ended or expired run, for scopes the run was not granted (`sensor
+    /// launch --scope`), and past the run's `[tokens] max_per_run`.
+    Token(TokenArgs),
     /// Show whether the daemon is attached and ready, with its counters.
     ///
     /// Exits 0 once the daemon is ready, 1 when it cannot be reached or is not
@@ -79,6 +91,54 @@ pub enum Command {
     /// The daemon's canary child (internal): connect to 127.0.0.1:PORT and send NONCE.
     #[command(hide = true)]
     Canary(CanaryArgs),
+}
+
+/// `sensor token`
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct TokenArgs {
+    #[command(subcommand)]
+    pub action: Option<TokenCommand>,
+    /// Who the token is for (the `aud` claim: the broker's id)
+    #[arg(long, value_name = "AUDIENCE", required = true)]
+    pub aud: Option<String>,
+    /// Lifetime (e.g. 2m) [default and most: [tokens] max_ttl, 5m unless
+    /// configured; never past the run's own expiry]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub ttl: Option<std::time::Duration>,
+    /// A scope the token carries (repeatable); only scopes granted to the run
+    #[arg(long = "scope", value_name = "SCOPE")]
+    pub scopes: Vec<String>,
+    /// Print the token with its claims as one JSON object
+    #[arg(long)]
+    pub json: bool,
+    /// Control socket of the daemon
+    #[arg(long, value_name = "PATH", env = "SENSOR_SOCKET", default_value = paths::SOCKET)]
+    pub socket: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print the daemon's public keys (a JWKS, RFC 7517) and its issuer.
+    Jwks {
+        /// Control socket of the daemon
+        #[arg(long, value_name = "PATH", env = "SENSOR_SOCKET", default_value = paths::SOCKET)]
+        socket: PathBuf,
+    },
+    /// Check a token against the daemon's public keys: signature, times,
+    /// issuer and (with --aud) audience; print its claims. Exits 1 when it
+    /// does not verify.
+    Verify {
+        /// The token (compact JWS) [default: read from stdin, which keeps it
+        /// out of argv, where every exec event would record it]
+        token: Option<String>,
+        /// The audience it must be for
+        #[arg(long, value_name = "AUDIENCE")]
+        aud: Option<String>,
+        /// Control socket of the daemon
+        #[arg(long, value_name = "PATH", env = "SENSOR_SOCKET", default_value = paths::SOCKET)]
+        socket: PathBuf,
+    },
 }
 
 /// `sensor canary`: what the daemon's canary child runs (see `sensor::canary`).
@@ -185,6 +245,11 @@ pub struct LaunchArgs {
     /// and its policy instead
     #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
     pub ttl: Option<std::time::Duration>,
+    /// A scope the run's tokens may carry (repeatable; `sensor token
+    /// --scope`). A sub-run may only name scopes its parent holds
+    /// [default: the parent run's scopes; none at the top]
+    #[arg(long = "scope", value_name = "SCOPE")]
+    pub scopes: Vec<String>,
     /// Start CMD even when the daemon cannot be reached (unattributed)
     #[arg(long)]
     pub best_effort: bool,

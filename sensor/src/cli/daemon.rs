@@ -104,6 +104,21 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
         Some(addr) => Some(metrics::MetricsServer::bind(addr)?),
         None => None,
     };
+    // Run tokens: the signing keys in the state dir, made on the first start.
+    let tokens = if config.tokens.enabled {
+        Some(
+            crate::tokens::Issuer::open(
+                config.tokens.clone(),
+                &state_dir,
+                &host.name,
+                config.metrics.listen,
+                std::time::SystemTime::now(),
+            )
+            .context("run tokens ([tokens])")?,
+        )
+    } else {
+        None
+    };
     let store = if config.store.enabled && !args.no_store {
         Some(StoreWriter::start(
             &db,
@@ -133,7 +148,7 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
         let state = Arc::new(DaemonState::default());
         state.set_outputs(outputs.handles());
         if let Some(m) = metrics {
-            m.serve(Arc::clone(&state))?;
+            m.serve(Arc::clone(&state), tokens.as_ref().map(crate::tokens::Issuer::published))?;
         }
         // What the previous daemon left enforcing, for the gap report.
         let before = loader::pinned::inspect(&pin_dir);
@@ -218,6 +233,9 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
             .with_seq_file(seq_file)
             .with_generation(takeover.generation)
             .with_notifier(notifier);
+        if let Some(tokens) = tokens {
+            pipeline = pipeline.with_tokens(tokens);
+        }
         match canary_interval {
             Some(interval) => {
                 pipeline = pipeline.with_canary(crate::canary::Canary::new(interval, ns_per_tick));

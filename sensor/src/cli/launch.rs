@@ -47,6 +47,7 @@ pub fn execute(args: &LaunchArgs) -> anyhow::Result<ExitCode> {
         policy: args.policy.clone(),
         labels: args.labels.iter().cloned().collect(),
         ttl_secs: args.ttl.map(|d| d.as_secs().max(1)),
+        scopes: (!args.scopes.is_empty()).then(|| args.scopes.clone()),
     });
     let (program, rest) = args
         .command

@@ -8,6 +8,7 @@ mod launch;
 mod query;
 mod report;
 mod status;
+mod token;
 
 use std::process::ExitCode;
 
@@ -28,6 +29,7 @@ impl Command {
             Self::Replay(args) => query::replay(args),
             Self::Report(args) => report::execute(args),
             Self::Policy(cmd) => policy(cmd),
+            Self::Token(args) => token::execute(args),
             Self::Doctor(args) => doctor::execute(args),
             Self::Unload(args) => doctor::unload(args),
             Self::Canary(args) => Ok(match crate::canary::child(args.port, &args.nonce) {

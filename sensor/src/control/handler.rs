@@ -32,6 +32,8 @@ pub struct Handler {
     notifier: Arc<Notifier>,
     /// A new daemon asked to take over: answered once everything is saved.
     handover: Option<oneshot::Sender<Response>>,
+    /// Signs run tokens (`None`: `[tokens] enabled = false`).
+    tokens: Option<crate::tokens::Issuer>,
 }
 
 impl Handler {
@@ -44,6 +46,21 @@ impl Handler {
             store_reader: None,
             notifier: Arc::default(),
             handover: None,
+            tokens: None,
+        }
+    }
+
+    /// Issues run tokens with `issuer`.
+    pub fn set_tokens(&mut self, issuer: crate::tokens::Issuer) {
+        self.tokens = Some(issuer);
+    }
+
+    /// The 1 s tick: key rotation, and forgetting the token counts of
+    /// runs no longer in memory.
+    pub fn tick(&mut self, engine: &Engine) {
+        if let Some(tokens) = &mut self.tokens {
+            tokens.tick(std::time::SystemTime::now());
+            tokens.retain(|handle| engine.attribution().run(handle).is_some());
         }
     }
 
@@ -196,6 +213,14 @@ impl Handler {
                     Err(e) => error(&e),
                 }
             }
+            Request::Token(req) => self.token(engine, peer, &req, out),
+            Request::Jwks => match &self.tokens {
+                Some(t) => Response::Jwks {
+                    issuer: t.issuer().to_owned(),
+                    jwks: t.jwks(),
+                },
+                None => error(&crate::tokens::TokenError::Disabled),
+            },
             Request::Status => {
                 let report = state.report();
                 Response::Status(Box::new(if peer.uid == 0 {
@@ -213,6 +238,72 @@ impl Handler {
             Request::Handover => Response::Error {
                 message: "hand-over through the control socket".to_owned(),
             },
+        }
+    }
+
+    /// A run token for `peer`'s run. The run is the kernel's answer for the
+    /// peer's pid, read while the peer still owns it (its pidfd); nothing
+    /// the peer sent names it.
+    fn token(
+        &mut self,
+        engine: &mut Engine,
+        peer: &Peer,
+        req: &crate::tokens::TokenRequest,
+        out: &mut Vec<Event>,
+    ) -> Response {
+        let refuse = |message: String| Response::Error { message };
+        let Some(tokens) = self.tokens.as_mut() else {
+            return refuse(crate::tokens::TokenError::Disabled.to_string());
+        };
+        let answer = match engine.attribution().attest(peer.pid, None) {
+            Ok(_) if !peer.alive() => {
+                return refuse(AttributionError::PeerGone(peer.pid).to_string());
+            }
+            Ok(answer) => answer,
+            Err(e) => return refuse(e.to_string()),
+        };
+        let run = &answer.run;
+        let attribution = engine.attribution();
+        let mut parents = Vec::new();
+        let mut next = run.parent_id.as_deref();
+        while let Some(id) = next {
+            let Some(p) = attribution.run_by_id(id) else {
+                break;
+            };
+            parents.push(p);
+            next = p.parent_id.as_deref();
+        }
+        let policy_hash = run
+            .policy
+            .as_deref()
+            .and_then(|name| engine.policies().get(name))
+            .map(|p| p.content_hash.clone());
+        let now = std::time::SystemTime::now();
+        match tokens.issue(run, &parents, &answer.attribution, policy_hash, req, now) {
+            Ok(issued) => {
+                let c = &issued.claims;
+                let at = |secs: u64| {
+                    crate::event::Timestamp(
+                        std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+                    )
+                };
+                let info = crate::event::TokenIssued {
+                    jti: c.jti.clone(),
+                    aud: c.aud.clone(),
+                    iss: c.iss.clone(),
+                    sub: c.sub.clone(),
+                    iat: at(c.iat),
+                    exp: at(c.exp),
+                    scopes: c.scope.split_whitespace().map(str::to_owned).collect(),
+                    kid: issued.kid.clone(),
+                };
+                out.push(engine.token_issued(run.handle, peer.pid, peer.uid, info));
+                Response::Token {
+                    token: issued.token,
+                    claims: Box::new(issued.claims),
+                }
+            }
+            Err(e) => refuse(e.to_string()),
         }
     }
 

@@ -25,6 +25,10 @@ pub enum Request {
     /// The run of process `pid`; `start_ticks` (field 22 of /proc/PID/stat)
     /// makes the answer refuse a recycled pid.
     Attest { pid: u32, start_ticks: Option<u64> },
+    /// A run token for the caller's run.
+    Token(crate::tokens::TokenRequest),
+    /// The public keys of run tokens, and the issuer.
+    Jwks,
     /// Re-read the config's policies, validate them, and swap them in (root only).
     ReloadPolicies,
     /// A new daemon takes over (`sensor daemon --takeover`, root only, never
@@ -50,6 +54,16 @@ pub enum Response {
     /// of the next event.
     HandedOver {
         next_seq: u64,
+    },
+    /// A run token and its claims (`token`).
+    Token {
+        token: String,
+        claims: Box<crate::tokens::Claims>,
+    },
+    /// The public keys (`jwks`).
+    Jwks {
+        issuer: String,
+        jwks: serde_json::Value,
     },
     Error {
         message: String,

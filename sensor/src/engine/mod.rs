@@ -349,6 +349,7 @@ impl Engine {
             gap: None,
             delivery: None,
             blind: None,
+            token: None,
         }
     }
 
@@ -489,6 +490,24 @@ impl Engine {
     pub fn gap(&mut self, gap: Gap) -> Event {
         let mut e = self.envelope(Kind::SensorGap, SystemTime::now());
         e.gap = Some(gap);
+        e
+    }
+
+    /// A `token.issued` report: `pid` of run `handle` was given a token.
+    pub fn token_issued(
+        &mut self,
+        handle: u64,
+        pid: u32,
+        uid: u32,
+        token: crate::event::TokenIssued,
+    ) -> Event {
+        let mut e = self.envelope(Kind::TokenIssued, SystemTime::now());
+        e.run = self
+            .attribution
+            .run(handle)
+            .map(|run| RunRef::of(run, run.started_by.attributed()));
+        e.process = Some(self.process_of_pid(pid, uid));
+        e.token = Some(token);
         e
     }
 

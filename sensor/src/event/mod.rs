@@ -69,6 +69,8 @@ pub enum Kind {
     SensorGap,
     #[strum(serialize = "sensor.blind")]
     SensorBlind,
+    #[strum(serialize = "token.issued")]
+    TokenIssued,
 }
 
 impl Serialize for Kind {
@@ -332,6 +334,23 @@ pub struct Event {
     /// What the canary found the kernel path no longer reports, or that it
     /// reports again (`sensor.blind`).
     pub blind: Option<Blind>,
+    /// A run token the daemon signed (`token.issued`); never the token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<TokenIssued>,
+}
+
+/// What a `token.issued` event says of the token (never the token itself).
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenIssued {
+    pub jti: String,
+    pub aud: String,
+    pub iss: String,
+    pub sub: String,
+    pub iat: Timestamp,
+    pub exp: Timestamp,
+    pub scopes: Vec<String>,
+    /// The signing key's id.
+    pub kid: String,
 }
 
 /// [`Event::delivery`] of an event recorded while no daemon was reading.

@@ -352,12 +352,49 @@ pub struct Policy {
     pub max_processes: Option<u32>,
     /// Raw, ICMP and packet sockets allowed.
     pub raw_sockets: bool,
+    /// `sha256:<hex>` of the policy's content in canonical form (see
+    /// [`content_hash`]): what run tokens and provenance name.
+    pub content_hash: String,
     exec: Vec<ExecRule>,
     connect: Vec<ConnectRule>,
     unix: Vec<unix::UnixRule>,
 }
 
 pub use crate::event::{Decision, Verdict};
+
+/// `sha256:<hex>` of a policy's content: the JSON object of its keys, in
+/// this order, with the rules as written (`mode`, `exec`, `connect`,
+/// `unix`, `max_depth`, `max_processes`, `raw_sockets`). The same table
+/// always hashes the same, wherever it sits in the file.
+#[must_use]
+pub fn content_hash(c: &PolicyConfig) -> String {
+    use sha2::Digest as _;
+    let canonical = serde_json::json!([
+        c.mode.as_str(),
+        c.exec
+            .allow
+            .iter()
+            .map(|a| a.get_ref().text())
+            .collect::<Vec<_>>(),
+        c.connect
+            .allow
+            .iter()
+            .map(|a| a.get_ref().clone())
+            .collect::<Vec<_>>(),
+        c.unix
+            .allow
+            .iter()
+            .map(|a| a.get_ref().clone())
+            .collect::<Vec<_>>(),
+        c.max_depth,
+        c.max_processes,
+        c.raw_sockets,
+    ]);
+    format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(canonical.to_string()))
+    )
+}
 
 fn is_glob(s: &str) -> bool {
     s.contains(['*', '?', '['])
@@ -427,6 +464,7 @@ impl Policy {
             max_depth: c.max_depth,
             max_processes: c.max_processes,
             raw_sockets: c.raw_sockets,
+            content_hash: content_hash(c),
             exec,
             connect,
             unix,
