@@ -17,12 +17,12 @@ const STAMP: &str = ".sensor-requirements.txt";
 /// Creates (or brings up to date) `<target>/ocsf-venv` with the pinned OCSF
 /// validation packages; returns the venv's python.
 pub fn ensure_ocsf_validator() -> Result<PathBuf> {
-    let root = util::workspace_root()?;
+    let root = util::workspace_root();
     let requirements = root.join("tests").join("ocsf").join("requirements.txt");
     let script = root.join("tests").join("ocsf").join("validate.py");
     let wanted = fs::read_to_string(&requirements)
         .with_context(|| format!("cannot read {}", requirements.display()))?;
-    let venv = util::target_dir()?.join("ocsf-venv");
+    let venv = util::target_dir().join("ocsf-venv");
     let python = venv.join("bin").join("python");
     let stamp = venv.join(STAMP);
     let shown = "OCSF validator (target/ocsf-venv)";
