@@ -18,24 +18,27 @@
 //! [`Daemon::start_with_config`] passes a `--config` file. `SENSOR_TEST_KEEP=1` keeps each test's temp dir (events file,
 //! daemon stderr) for inspection.
 
+pub mod bpf;
 pub mod daemon;
 pub mod enforce;
 pub mod harness;
 pub mod ocsf;
 pub mod servers;
 
+pub use bpf::*;
 pub use daemon::Daemon;
 
 use std::env;
 use std::fs;
 use std::io::{self, Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use serde_json::Value;
@@ -156,24 +159,32 @@ pub fn canonical_str(path: impl AsRef<Path>) -> Result<String> {
         .ok_or_else(|| anyhow!("{} is not UTF-8", p.display()))
 }
 
-/// A directory under the system temp dir, removed on drop (kept, and its path
-/// printed, when the test is failing so its files can be looked at).
+/// A directory under the system temp dir (`tempfile`), removed on drop
+/// (kept, and its path printed, when the test is failing or
+/// `SENSOR_TEST_KEEP` is set, so its files can be looked at).
 #[derive(Debug)]
 pub struct TempDir {
+    /// `None` once dropped.
+    dir: Option<tempfile::TempDir>,
+    /// Canonical (`/tmp` may be a symlink), as events name it.
     path: PathBuf,
 }
 
 impl TempDir {
-    /// Creates a fresh directory; its path is canonical.
+    /// Creates a fresh directory named after the test process and `tag`;
+    /// its path is canonical. Mode 0755 (less the umask), as `mkdir` makes
+    /// it: tests run processes as other users that must reach into it.
     pub fn new(tag: &str) -> Result<Self> {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let path = env::temp_dir().join(format!("{}-{tag}-{nanos}", marker()));
-        fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
-        let path = canonical(&path)?;
-        Ok(Self { path })
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{}-{tag}-", marker()))
+            .permissions(fs::Permissions::from_mode(0o755))
+            .tempdir()
+            .with_context(|| format!("create a temp dir for {tag}"))?;
+        let path = canonical(dir.path())?;
+        Ok(Self {
+            dir: Some(dir),
+            path,
+        })
     }
 
     /// The directory.
@@ -190,11 +201,12 @@ pub fn keep_temp() -> bool {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        if thread::panicking() || keep_temp() {
-            eprintln!("keeping {} for inspection", self.path.display());
-        } else {
-            let _ = fs::remove_dir_all(&self.path);
+        if let Some(dir) = self.dir.take()
+            && (thread::panicking() || keep_temp())
+        {
+            eprintln!("keeping {} for inspection", dir.keep().display());
         }
+        // Otherwise `dir` was dropped above: removed with what it holds.
     }
 }
 
@@ -276,129 +288,7 @@ pub fn gettid() -> u32 {
     u32::try_from(tid).unwrap_or(0)
 }
 
-// ----- bpftool, links, metrics -----
-
-/// `bpftool ARGS`, whatever its exit status (`cargo xtask setup` installs
-/// bpftool).
-pub fn bpftool(args: &[&str]) -> Result<Output> {
-    let (_, out) = run_child(Command::new("bpftool").args(args))?;
-    Ok(out)
-}
-
-/// `bpftool -j ARGS`, parsed; fails with bpftool's stderr when it fails.
-pub fn bpftool_json(args: &[&str]) -> Result<Value> {
-    let mut full = vec!["-j"];
-    full.extend_from_slice(args);
-    let out = bpftool(&full)?;
-    ensure!(
-        out.status.success(),
-        "bpftool {}: {}; stderr {:?}",
-        args.join(" "),
-        out.status,
-        text(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).with_context(|| {
-        format!(
-            "bpftool -j {} printed invalid JSON: {:?}",
-            args.join(" "),
-            truncate(&text(&out.stdout), 500)
-        )
-    })
-}
-
-/// Every BPF link in the kernel (`bpftool -j link show`).
-pub fn bpf_links() -> Result<Vec<Value>> {
-    match bpftool_json(&["link", "show"])? {
-        Value::Array(links) => Ok(links),
-        Value::Null => Ok(Vec::new()),
-        other => bail!("bpftool -j link show printed {}", compact(&other)),
-    }
-}
-
-/// The links of program `prog_id`.
-pub fn links_of_prog(prog_id: u32) -> Result<Vec<Value>> {
-    Ok(bpf_links()?
-        .into_iter()
-        .filter(|l| l["prog_id"] == prog_id)
-        .collect())
-}
-
-/// Whether link `l` (from [`bpf_links`]) is attached: a cgroup link that
-/// was detached reports cgroup id 0; other kinds cannot be detached.
-pub fn link_attached(l: &Value) -> bool {
-    l["type"] != "cgroup" || l["cgroup_id"].as_u64().is_some_and(|id| id != 0)
-}
-
-/// The bytes of a `bpftool -j map dump` key or value (`["0x01", ...]`).
-pub fn hex_bytes(v: &Value) -> Result<Vec<u8>> {
-    v.as_array()
-        .ok_or_else(|| anyhow!("not a byte array: {}", compact(v)))?
-        .iter()
-        .map(|b| {
-            let s = b.as_str().unwrap_or("");
-            u8::from_str_radix(s.trim_start_matches("0x"), 16)
-                .with_context(|| format!("byte {b} of {}", compact(v)))
-        })
-        .collect()
-}
-
-/// `bytes` as bpftool's `hex ..` arguments.
-pub fn hex_args(bytes: &[u8]) -> Vec<String> {
-    std::iter::once("hex".to_owned())
-        .chain(bytes.iter().map(|b| format!("{b:02x}")))
-        .collect()
-}
-
-/// The entries of the map pinned at `path` as (key bytes, value bytes).
-pub fn map_dump(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let path = path.to_string_lossy();
-    let dump = bpftool_json(&["map", "dump", "pinned", &path])?;
-    dump.as_array()
-        .ok_or_else(|| anyhow!("bpftool map dump {path}: {}", compact(&dump)))?
-        .iter()
-        .map(|e| Ok((hex_bytes(&e["key"])?, hex_bytes(&e["value"])?)))
-        .collect()
-}
-
-/// `bpftool map update pinned PATH key hex .. value hex ..`.
-pub fn map_update(path: &Path, key: &[u8], value: &[u8]) -> Result<()> {
-    let path = path.to_string_lossy();
-    let mut args: Vec<String> = ["map", "update", "pinned", &path, "key"]
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    args.extend(hex_args(key));
-    args.push("value".to_owned());
-    args.extend(hex_args(value));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = bpftool(&args)?;
-    ensure!(
-        out.status.success(),
-        "bpftool {}: {}",
-        args.join(" "),
-        text(&out.stderr)
-    );
-    Ok(())
-}
-
-/// `bpftool map delete pinned PATH key hex ..`.
-pub fn map_delete(path: &Path, key: &[u8]) -> Result<()> {
-    let path = path.to_string_lossy();
-    let mut args: Vec<String> = ["map", "delete", "pinned", &path, "key"]
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    args.extend(hex_args(key));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = bpftool(&args)?;
-    ensure!(
-        out.status.success(),
-        "bpftool {}: {}",
-        args.join(" "),
-        text(&out.stderr)
-    );
-    Ok(())
-}
+// ----- metrics -----
 
 /// The text of `GET /metrics` at `addr` (the daemon's `[metrics] listen`).
 pub fn scrape_metrics(addr: &str) -> Result<String> {
@@ -662,129 +552,15 @@ pub fn argv_area_len<T: AsRef<[u8]>>(argv: &[T]) -> usize {
 
 /// Decodes standard base64 (with or without `=` padding).
 pub fn b64_decode(s: &str) -> Result<Vec<u8>> {
-    fn val(c: u8) -> Option<u32> {
-        match c {
-            b'A'..=b'Z' => Some(u32::from(c - b'A')),
-            b'a'..=b'z' => Some(u32::from(c - b'a') + 26),
-            b'0'..=b'9' => Some(u32::from(c - b'0') + 52),
-            b'+' => Some(62),
-            b'/' => Some(63),
-            _ => None,
-        }
-    }
-    let body = s.trim_end_matches('=');
-    ensure!(s.len() - body.len() <= 2, "bad base64 padding in {s:?}");
-    let mut out = Vec::with_capacity(body.len() * 3 / 4);
-    let mut acc: u32 = 0;
-    let mut bits = 0;
-    for &c in body.as_bytes() {
-        let v = val(c).ok_or_else(|| anyhow!("invalid base64 byte {c:#04x} in {s:?}"))?;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push(((acc >> bits) & 0xff) as u8);
-        }
-    }
-    ensure!(bits < 6, "truncated base64 {s:?}");
-    Ok(out)
-}
-
-// ----- BPF program ids -----
-
-const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
-const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-
-#[repr(C)]
-struct GetFdByIdAttr {
-    id: u32,
-    next_id: u32,
-    open_flags: u32,
-    pad: u32,
-}
-
-#[repr(C)]
-struct InfoByFdAttr {
-    bpf_fd: u32,
-    info_len: u32,
-    info: u64,
-}
-
-fn prog_fd(id: u32) -> Result<Option<libc::c_int>> {
-    let attr = GetFdByIdAttr {
-        id,
-        next_id: 0,
-        open_flags: 0,
-        pad: 0,
-    };
-    // SAFETY: bpf(2) reads `size_of::<GetFdByIdAttr>()` bytes from a live,
-    // initialised struct.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_GET_FD_BY_ID,
-            &raw const attr,
-            size_of::<GetFdByIdAttr>() as libc::c_uint,
-        )
-    };
-    if r < 0 {
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::ENOENT) {
-            return Ok(None);
-        }
-        return Err(err).with_context(|| format!("bpf(BPF_PROG_GET_FD_BY_ID, {id})"));
-    }
-    Ok(Some(libc::c_int::try_from(r)?))
-}
-
-/// The kernel's name of BPF program `id` (at most 15 bytes), or `None` when
-/// no program has that id. Uses the bpf(2) syscall directly, so no bpftool.
-pub fn prog_name(id: u32) -> Result<Option<String>> {
-    let Some(fd) = prog_fd(id)? else {
-        return Ok(None);
-    };
-    // struct bpf_prog_info up to and including `name` (offset 64, 16 bytes).
-    let mut info = [0u64; 10];
-    let attr = InfoByFdAttr {
-        bpf_fd: u32::try_from(fd)?,
-        info_len: size_of_val(&info) as u32,
-        info: info.as_mut_ptr() as u64,
-    };
-    // SAFETY: the kernel writes at most `info_len` bytes to `info`, which
-    // lives until after the call; `attr` is initialised.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            &raw const attr,
-            size_of::<InfoByFdAttr>() as libc::c_uint,
-        )
-    };
-    let err = io::Error::last_os_error();
-    // SAFETY: `fd` is a descriptor this function opened.
-    unsafe {
-        libc::close(fd);
-    }
-    if r < 0 {
-        return Err(err).with_context(|| format!("bpf(BPF_OBJ_GET_INFO_BY_FD) for prog {id}"));
-    }
-    let bytes: Vec<u8> = info[8..10].iter().flat_map(|w| w.to_ne_bytes()).collect();
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    Ok(Some(text(&bytes[..end])))
-}
-
-/// Whether a BPF program with this id exists in the kernel.
-pub fn prog_exists(id: u32) -> Result<bool> {
-    match prog_fd(id)? {
-        Some(fd) => {
-            // SAFETY: `fd` is a descriptor prog_fd opened for us.
-            unsafe {
-                libc::close(fd);
-            }
-            Ok(true)
-        }
-        None => Ok(false),
-    }
+    use base64::Engine as _;
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const STANDARD_ANY_PAD: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    STANDARD_ANY_PAD
+        .decode(s)
+        .with_context(|| format!("invalid base64 {s:?}"))
 }
 
 #[cfg(test)]
