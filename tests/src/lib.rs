@@ -15,8 +15,16 @@
 //! dir is removed on drop), and finds its own processes among all host events
 //! by pid and by a unique [`marker`] put in their argv. [`Daemon::restart`]
 //! continues on the same state, pin dir and events file;
-//! [`Daemon::start_with_config`] passes a `--config` file. `SENSOR_TEST_KEEP=1` keeps each test's temp dir (events file,
-//! daemon stderr) for inspection.
+//! [`Daemon::start_with_config`] passes a `--config` file. `SENSOR_TEST_KEEP=1`
+//! keeps each test's temp dir (events file, daemon stderr) for inspection.
+//!
+//! Modules: [`harness`] (the workspace's one daemon harness, which
+//! [`Daemon`] and `cargo xtask bench` build on), [`daemon`] (the tests'
+//! [`Daemon`]), [`bpf`] (BPF objects seen from outside: bpftool, aya's
+//! program listing), [`enforce`] (fixtures of the enforcement tests),
+//! [`servers`] (real syslog, NATS and HTTP receivers), [`ocsf`] (the OCSF
+//! validator); this file keeps paths, commands, soft checks and event
+//! accessors.
 
 pub mod bpf;
 pub mod daemon;
