@@ -322,10 +322,24 @@ impl DaemonProcess {
     /// SIGTERM, waits for the daemon to exit and fails unless it exited with
     /// status 0 (killed with SIGKILL when it does not exit in time).
     pub fn stop(&mut self) -> Result<ExitStatus> {
+        let pid = self.pid;
+        self.stop_with(|| {
+            send_signal(pid, libc::SIGTERM);
+            Ok(())
+        })
+    }
+
+    /// [`DaemonProcess::stop`] with the SIGTERM sent by `terminate` (for a
+    /// caller that may not signal the daemon itself, such as a process in
+    /// an enforce run: the kernel kills it for that).
+    pub fn stop_with(&mut self, terminate: impl FnOnce() -> Result<()>) -> Result<ExitStatus> {
         let Some(mut child) = self.child.borrow_mut().take() else {
             bail!("the daemon was already stopped or had exited");
         };
-        send_signal(self.pid, libc::SIGTERM);
+        if let Err(e) = terminate() {
+            *self.child.borrow_mut() = Some(child);
+            return Err(e.context("cannot ask the daemon to stop"));
+        }
         let timeout = self.spec.stop_timeout;
         let deadline = Instant::now() + timeout;
         let status = loop {

@@ -2,13 +2,20 @@
 //! (`sensor_tests::harness`) on the bench's dirs, its stderr appended to
 //! `target/bench/daemon.log`, stopped with `sensor unload` after it so no
 //! enforcing program outlives its variant.
+//!
+//! When the bench puts itself in a run bound to an enforce policy
+//! ([`Daemon::launch_self`]), the kernel kills it for what a run may not do
+//! to the sensor: signal the daemon, call bpf() (`sensor unload`), write
+//! into its state dir. A shell started just before, outside the run
+//! ([`Outside`]), sends the SIGTERM and runs `sensor unload` for it; the
+//! state dir is removed once nothing enforces any more.
 
 use std::{
     ffi::OsString,
     fs::{self, OpenOptions},
-    io::Write as _,
+    io::{self, Write as _},
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Child, ChildStdin, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -28,6 +35,8 @@ pub(super) struct Daemon {
     process: DaemonProcess,
     /// Set once stopped or killed on purpose: its dirs are then the caller's.
     stopped: bool,
+    /// Started before this process joined a run with a policy.
+    outside: Option<Outside>,
 }
 
 impl Daemon {
@@ -85,6 +94,7 @@ impl Daemon {
         Ok(Self {
             process,
             stopped: false,
+            outside: None,
         })
     }
 
@@ -143,10 +153,14 @@ impl Daemon {
     }
 
     /// Registers this process (the storm driver) as the first process of a
-    /// run, bound to `policy` if given.
-    pub(super) fn launch_self(&self, agent: &str, policy: Option<&str>) -> Result<()> {
+    /// run, bound to `policy` if given (then an [`Outside`] shell is started
+    /// first, to stop the daemon from outside the run).
+    pub(super) fn launch_self(&mut self, agent: &str, policy: Option<&str>) -> Result<()> {
         let request = match policy {
-            Some(p) => json!({"op": "launch", "agent": agent, "policy": p}),
+            Some(p) => {
+                self.outside = Some(Outside::start(&self.process)?);
+                json!({"op": "launch", "agent": agent, "policy": p})
+            }
             None => json!({"op": "launch", "agent": agent}),
         };
         self.request(&request, "launched").map(drop)
@@ -161,26 +175,103 @@ impl Daemon {
         (spec.state_dir.clone(), spec.pin_dir.clone())
     }
 
-    /// SIGTERM, then wait for a clean exit (0); its state dir is removed and
-    /// `sensor unload` detaches what it left pinned.
+    /// SIGTERM, then wait for a clean exit (0); `sensor unload` detaches
+    /// what it left pinned, and its state dir is removed.
     pub(super) fn stop(mut self) -> Result<()> {
         self.stopped = true;
-        let stopped = self.process.stop();
-        let spec = self.process.spec();
-        let _ = fs::remove_dir_all(&spec.state_dir);
+        let spec = self.process.spec().clone();
         // An enforcing daemon leaves its programs attached when it stops:
         // `sensor unload` detaches them and returns once they are gone, so
         // the next variant (the bench itself is in the run) is not enforced.
-        let unload = util::run(
-            Command::new(&spec.bin)
-                .arg("unload")
-                .arg("--pin-dir")
-                .arg(&spec.pin_dir)
-                .arg("--socket")
-                .arg(&spec.socket),
-        );
+        let (stopped, unload) = match self.outside.take() {
+            Some(mut outside) => {
+                let stopped = self.process.stop_with(|| outside.send("term"));
+                (stopped, outside.unload())
+            }
+            None => {
+                let stopped = self.process.stop();
+                let unload = util::run(
+                    Command::new(&spec.bin)
+                        .arg("unload")
+                        .arg("--pin-dir")
+                        .arg(&spec.pin_dir)
+                        .arg("--socket")
+                        .arg(&spec.socket),
+                );
+                (stopped, unload)
+            }
+        };
+        let _ = fs::remove_dir_all(&spec.state_dir);
         stopped.context("sensor daemon did not stop cleanly")?;
         unload
+    }
+}
+
+/// A shell outside any run that, for a bench in an enforce run, sends the
+/// daemon SIGTERM (at the first line on its stdin), then execs `sensor
+/// unload` (at the second).
+struct Outside {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+/// `sh -c SCRIPT sh PID SENSOR PIN_DIR SOCKET`.
+const OUTSIDE_SCRIPT: &str = "read -r _ || exit 1\n\
+    kill -TERM \"$1\" || exit 1\n\
+    read -r _ || exit 1\n\
+    exec \"$2\" unload --pin-dir \"$3\" --socket \"$4\"\n";
+
+impl Outside {
+    fn start(daemon: &DaemonProcess) -> Result<Self> {
+        let spec = daemon.spec();
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(OUTSIDE_SCRIPT)
+            .arg("sh")
+            .arg(daemon.pid().to_string())
+            .arg(&spec.bin)
+            .arg(&spec.pin_dir)
+            .arg(&spec.socket)
+            .stdin(Stdio::piped())
+            // stdout carries the bench's table: `unload` reports on stderr.
+            .stdout(io::stderr())
+            .stderr(io::stderr());
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start `{}`", util::display(&cmd)))?;
+        let stdin = child.stdin.take();
+        Ok(Self { child, stdin })
+    }
+
+    fn send(&mut self, line: &str) -> Result<()> {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .context("the outside shell's stdin is closed")?;
+        writeln!(stdin, "{line}").context("cannot write to the outside shell")
+    }
+
+    /// Runs `sensor unload` and waits for it.
+    fn unload(mut self) -> Result<()> {
+        eprintln!("$ sensor unload (from outside the run)");
+        self.send("unload")?;
+        drop(self.stdin.take());
+        let status = self
+            .child
+            .wait()
+            .context("cannot wait for `sensor unload`")?;
+        if !status.success() {
+            bail!("`sensor unload` (from outside the run) failed ({status})");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -165,7 +165,7 @@ impl Variant {
                 Ok(Tool::Sensor(daemon))
             }
             Self::SensorRuns => {
-                let daemon =
+                let mut daemon =
                     Daemon::start(env, round, &["--output", "file:/dev/null", "--no-store"])?;
                 let runs = if quick { QUICK_LIVE_RUNS } else { LIVE_RUNS };
                 let sleepers = daemon.start_runs(runs)?;
@@ -178,7 +178,7 @@ impl Variant {
                 fs::write(&config, enforce_config(&env.sensor_bin)?)
                     .with_context(|| format!("cannot write {}", config.display()))?;
                 let config = config.display().to_string();
-                let daemon = Daemon::start(
+                let mut daemon = Daemon::start(
                     env,
                     round,
                     &[
