@@ -286,6 +286,24 @@ impl Drop for Daemon {
     }
 }
 
+/// `[limits]` for a daemon that must take thousands of runs from one user
+/// (root, the bench) in seconds: the defaults (a few thousand runs per uid,
+/// 50 launches per second, 32 connections per uid) bound a hostile user,
+/// not a benchmark.
+const MANY_RUNS_LIMITS: &str = "[limits]\n\
+    runs_per_uid = 1000000\n\
+    launches_per_second = 1000000\n\
+    connections = 4096\n\
+    connections_per_uid = 4096\n";
+
+/// A config file with [`MANY_RUNS_LIMITS`], for `--config`.
+pub(super) fn many_runs_config(env: &Env) -> Result<String> {
+    let path = env.socket_dir.join("many-runs.toml");
+    fs::write(&path, MANY_RUNS_LIMITS)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path.display().to_string())
+}
+
 /// `lost.total` of a `sensor status --json`.
 pub(super) fn lost_total(status: &Value) -> Result<u64> {
     status

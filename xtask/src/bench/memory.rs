@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use super::{
     Env, Results,
-    daemon::{Daemon, event_count, lost_total},
+    daemon::{Daemon, event_count, lost_total, many_runs_config},
 };
 
 const PID_MAX: &str = "/proc/sys/kernel/pid_max";
@@ -349,7 +349,18 @@ pub(super) fn measure(env: &Env, quick: bool, results: &mut Results) -> Result<(
     };
     let runs = if quick { QUICK_RSS_RUNS } else { RSS_RUNS };
     let _room = make_room(processes.max(runs))?;
-    let daemon = Daemon::start(env, 1000, &["--output", "file:/dev/null", "--no-store"])?;
+    let config = many_runs_config(env)?;
+    let daemon = Daemon::start(
+        env,
+        1000,
+        &[
+            "--output",
+            "file:/dev/null",
+            "--no-store",
+            "--config",
+            &config,
+        ],
+    )?;
     let pid = daemon.pid();
 
     eprintln!("xtask bench: memory: parking {processes} processes");

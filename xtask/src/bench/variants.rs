@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::{
     Env,
-    daemon::{Daemon, event_count, lost_total},
+    daemon::{Daemon, event_count, lost_total, many_runs_config},
     outputs, peers,
     workloads::Workload,
 };
@@ -165,8 +165,18 @@ impl Variant {
                 Ok(Tool::Sensor(daemon))
             }
             Self::SensorRuns => {
-                let mut daemon =
-                    Daemon::start(env, round, &["--output", "file:/dev/null", "--no-store"])?;
+                let config = many_runs_config(env)?;
+                let mut daemon = Daemon::start(
+                    env,
+                    round,
+                    &[
+                        "--output",
+                        "file:/dev/null",
+                        "--no-store",
+                        "--config",
+                        &config,
+                    ],
+                )?;
                 let runs = if quick { QUICK_LIVE_RUNS } else { LIVE_RUNS };
                 let sleepers = daemon.start_runs(runs)?;
                 // The storms run in this process: put it in a run too.
