@@ -159,6 +159,14 @@ pub fn s(p: &Path) -> String {
     p.display().to_string()
 }
 
+/// The dynamic loader of this machine (x86-64 or aarch64).
+pub fn dynamic_loader() -> Result<&'static str> {
+    ["/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .ok_or_else(|| anyhow!("no dynamic loader found at a known path"))
+}
+
 /// Writes an executable file.
 pub fn write_exe(path: &Path, body: &str) -> Result<()> {
     fs::write(path, body).with_context(|| format!("write {}", path.display()))?;
@@ -173,6 +181,17 @@ pub fn launch_sh(d: &Daemon, agent: &str, policy: &str, script: &str) -> Result<
     let (_, out) = run_with_timeout(
         &mut d.launch_cmd(agent, &["--policy", policy], &["/bin/sh", "-c", script]),
         RUN_TIMEOUT,
+    )?;
+    Ok(out)
+}
+
+/// `sensor policy reload` against the daemon.
+pub fn reload(d: &Daemon) -> Result<Output> {
+    let (_, out) = run_with_timeout(
+        d.sensor()
+            .args(["policy", "reload", "--socket"])
+            .arg(d.socket()),
+        Duration::from_secs(20),
     )?;
     Ok(out)
 }
@@ -661,6 +680,29 @@ pub fn last_seq(d: &Daemon) -> Result<u64> {
             .max()
             .unwrap_or(0)
     })
+}
+
+/// Size of the daemon's events file.
+pub fn events_bytes(d: &Daemon) -> u64 {
+    fs::metadata(d.events_path()).map_or(0, |m| m.len())
+}
+
+/// `policy.version` of the last denied exec with `needle` in argv, read from
+/// the raw events file (an exec loop writes hundreds of thousands of lines;
+/// the harness would parse them all).
+pub fn last_deny_version(d: &Daemon, needle: &str) -> Result<Option<u64>> {
+    let raw = fs::read(d.events_path())?;
+    let raw = String::from_utf8_lossy(&raw);
+    let quoted = q(needle);
+    let Some(line) = raw
+        .lines()
+        .rev()
+        .find(|l| l.contains("\"process.exec\"") && l.contains(&quoted) && l.contains("\"deny\""))
+    else {
+        return Ok(None);
+    };
+    let e: Value = serde_json::from_str(line).context("an events line")?;
+    Ok(e["policy"]["version"].as_u64())
 }
 
 /// The integrity check's `sensor.tamper` events after `seq` (not the file

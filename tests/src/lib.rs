@@ -15,29 +15,39 @@
 //! dir is removed on drop), and finds its own processes among all host events
 //! by pid and by a unique [`marker`] put in their argv. [`Daemon::restart`]
 //! continues on the same state, pin dir and events file;
-//! [`Daemon::start_with_config`] passes a `--config` file. `SENSOR_TEST_KEEP=1` keeps each test's temp dir (events file,
-//! daemon stderr) for inspection.
+//! [`Daemon::start_with_config`] passes a `--config` file. `SENSOR_TEST_KEEP=1`
+//! keeps each test's temp dir (events file, daemon stderr) for inspection.
+//!
+//! Modules: [`harness`] (the workspace's one daemon harness, which
+//! [`Daemon`] and `cargo xtask bench` build on), [`daemon`] (the tests'
+//! [`Daemon`]), [`bpf`] (BPF objects seen from outside: bpftool, aya's
+//! program listing), [`enforce`] (fixtures of the enforcement tests),
+//! [`servers`] (real syslog, NATS and HTTP receivers), [`ocsf`] (the OCSF
+//! validator); this file keeps paths, commands, soft checks and event
+//! accessors.
 
+pub mod bpf;
+pub mod daemon;
 pub mod enforce;
+pub mod harness;
 pub mod jwt;
 pub mod ocsf;
 pub mod servers;
 
-use std::cell::RefCell;
-use std::collections::BTreeMap;
+pub use bpf::*;
+pub use daemon::Daemon;
+
 use std::env;
-use std::ffi::OsString;
-use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::net::Shutdown;
-use std::os::unix::net::UnixStream;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use serde_json::Value;
@@ -52,6 +62,8 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause between two polls of the output file.
 pub const POLL: Duration = Duration::from_millis(50);
+/// The bpffs directory under which the test daemons pin their maps.
+pub const BPFFS: &str = "/sys/fs/bpf";
 
 /// Path of the `sensor-test-helper` binary, for integration tests of this
 /// package (`CARGO_BIN_EXE_*` is only set when compiling those).
@@ -156,24 +168,32 @@ pub fn canonical_str(path: impl AsRef<Path>) -> Result<String> {
         .ok_or_else(|| anyhow!("{} is not UTF-8", p.display()))
 }
 
-/// A directory under the system temp dir, removed on drop (kept, and its path
-/// printed, when the test is failing so its files can be looked at).
+/// A directory under the system temp dir (`tempfile`), removed on drop
+/// (kept, and its path printed, when the test is failing or
+/// `SENSOR_TEST_KEEP` is set, so its files can be looked at).
 #[derive(Debug)]
 pub struct TempDir {
+    /// `None` once dropped.
+    dir: Option<tempfile::TempDir>,
+    /// Canonical (`/tmp` may be a symlink), as events name it.
     path: PathBuf,
 }
 
 impl TempDir {
-    /// Creates a fresh directory; its path is canonical.
+    /// Creates a fresh directory named after the test process and `tag`;
+    /// its path is canonical. Mode 0755 (less the umask), as `mkdir` makes
+    /// it: tests run processes as other users that must reach into it.
     pub fn new(tag: &str) -> Result<Self> {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let path = env::temp_dir().join(format!("{}-{tag}-{nanos}", marker()));
-        fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
-        let path = canonical(&path)?;
-        Ok(Self { path })
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{}-{tag}-", marker()))
+            .permissions(fs::Permissions::from_mode(0o755))
+            .tempdir()
+            .with_context(|| format!("create a temp dir for {tag}"))?;
+        let path = canonical(dir.path())?;
+        Ok(Self {
+            dir: Some(dir),
+            path,
+        })
     }
 
     /// The directory.
@@ -190,11 +210,12 @@ pub fn keep_temp() -> bool {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        if thread::panicking() || keep_temp() {
-            eprintln!("keeping {} for inspection", self.path.display());
-        } else {
-            let _ = fs::remove_dir_all(&self.path);
+        if let Some(dir) = self.dir.take()
+            && (thread::panicking() || keep_temp())
+        {
+            eprintln!("keeping {} for inspection", dir.keep().display());
         }
+        // Otherwise `dir` was dropped above: removed with what it holds.
     }
 }
 
@@ -260,7 +281,7 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn send_signal(pid: u32, sig: libc::c_int) {
+pub(crate) fn send_signal(pid: u32, sig: libc::c_int) {
     if let Ok(pid) = libc::pid_t::try_from(pid) {
         // SAFETY: kill(2) has no memory-safety preconditions.
         unsafe {
@@ -276,865 +297,7 @@ pub fn gettid() -> u32 {
     u32::try_from(tid).unwrap_or(0)
 }
 
-#[derive(Default)]
-struct EventCache {
-    /// Bytes of the file consumed so far (always at a line boundary).
-    offset: u64,
-    events: Vec<Value>,
-}
-
-/// A running `sensor daemon` writing JSON lines to a file of its own.
-///
-/// Every instance has its own temp dir (events file, socket, config,
-/// `--state-dir <tmp>/state`) and its own bpffs pin dir
-/// (`--pin-dir /sys/fs/bpf/sensor-test-<unique>`), so no two daemons share
-/// runs; the pin dir is removed when the `Daemon` is dropped (after the
-/// process is dead). [`Daemon::restart`] (or [`Daemon::stop`] then
-/// [`Daemon::resume`]) runs the daemon again with the very same arguments:
-/// same state dir, pin dir, socket, and events file (appended to).
-pub struct Daemon {
-    bin: PathBuf,
-    child: RefCell<Option<Child>>,
-    pid: u32,
-    exit: Option<ExitStatus>,
-    /// Everything after `sensor daemon`, identical on every (re)start.
-    args: Vec<OsString>,
-    events_path: PathBuf,
-    socket: PathBuf,
-    stderr_path: PathBuf,
-    stdout_path: PathBuf,
-    state_dir: PathBuf,
-    pin_dir: PathBuf,
-    config_path: Option<PathBuf>,
-    /// A command the daemon runs under (e.g. `setpriv ... --`), exec'ing it
-    /// in place: empty for none.
-    wrapper: Vec<OsString>,
-    /// Environment variables set for the daemon (e.g. `NOTIFY_SOCKET`).
-    env: Vec<(OsString, OsString)>,
-    cache: RefCell<EventCache>,
-    // Last: dropped after the daemon is killed.
-    dir: TempDir,
-}
-
-/// The bpffs directory under which the test daemons pin their maps.
-pub const BPFFS: &str = "/sys/fs/bpf";
-
-impl Daemon {
-    /// Starts `sensor daemon --output file:<tmp>/events.jsonl --socket
-    /// <tmp>/s.sock --state-dir <tmp>/state --pin-dir
-    /// /sys/fs/bpf/sensor-test-<unique>` and waits until `sensor status`
-    /// exits 0.
-    pub fn start() -> Result<Self> {
-        Self::start_with(None, &[])
-    }
-
-    /// [`Daemon::start`] with extra daemon arguments.
-    pub fn start_with_args(extra: &[&str]) -> Result<Self> {
-        Self::start_with(None, extra)
-    }
-
-    /// [`Daemon::start`] with `--config <tmp>/sensor.toml` holding `toml`.
-    pub fn start_with_config(toml: &str) -> Result<Self> {
-        Self::start_with(Some(toml), &[])
-    }
-
-    /// [`Daemon::start`] with an optional config file (its text) and extra
-    /// daemon arguments.
-    pub fn start_with(config: Option<&str>, extra: &[&str]) -> Result<Self> {
-        Self::start_wrapped(config, extra, &[])
-    }
-
-    /// [`Daemon::start_with`], the daemon run as `WRAPPER... sensor daemon
-    /// ...` by a wrapper that execs it in place (same pid), such as
-    /// `setpriv --bounding-set -sys_admin --`.
-    pub fn start_wrapped(config: Option<&str>, extra: &[&str], wrapper: &[&str]) -> Result<Self> {
-        Self::start_full(config, extra, wrapper, &[])
-    }
-
-    /// [`Daemon::start_wrapped`] with environment variables `env` set for
-    /// the daemon (and kept across [`Daemon::restart`]).
-    pub fn start_full(
-        config: Option<&str>,
-        extra: &[&str],
-        wrapper: &[&str],
-        env: &[(&str, &str)],
-    ) -> Result<Self> {
-        let bin = sensor_bin()?;
-        let dir = TempDir::new("daemon")?;
-        let events_path = dir.path().join("events.jsonl");
-        let socket = dir.path().join("s.sock");
-        let stderr_path = dir.path().join("daemon.stderr");
-        let stdout_path = dir.path().join("daemon.stdout");
-        let state_dir = dir.path().join("state");
-        // Unique per daemon instance (pid of the test binary + counter).
-        let pin_dir = Path::new(BPFFS).join(marker());
-        let reference = format!("file:{}", events_path.display());
-        // `--output` replaces the config's outputs: a config that names its
-        // own (`[[output]]` tables) gets the reference file as one more table.
-        let config_outputs = config.is_some_and(|toml| toml.contains("[[output]]"));
-        let mut args: Vec<OsString> = Vec::new();
-        if !config_outputs {
-            args.push("--output".into());
-            args.push(reference.clone().into());
-        }
-        args.extend([
-            "--socket".into(),
-            socket.clone().into(),
-            "--state-dir".into(),
-            state_dir.clone().into(),
-            "--pin-dir".into(),
-            pin_dir.clone().into(),
-        ]);
-        let config_path = match config {
-            Some(toml) => {
-                let path = dir.path().join("sensor.toml");
-                let text = if config_outputs {
-                    format!("{toml}\n[[output]]\nspec = {reference:?}\n")
-                } else {
-                    toml.to_owned()
-                };
-                fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
-                args.push("--config".into());
-                args.push(path.clone().into());
-                Some(path)
-            }
-            None => None,
-        };
-        args.extend(extra.iter().map(OsString::from));
-        let mut daemon = Self {
-            bin,
-            child: RefCell::new(None),
-            pid: 0,
-            exit: None,
-            args,
-            events_path,
-            socket,
-            stderr_path,
-            stdout_path,
-            state_dir,
-            pin_dir,
-            config_path,
-            wrapper: wrapper.iter().map(OsString::from).collect(),
-            env: env
-                .iter()
-                .map(|(k, v)| (OsString::from(k), OsString::from(v)))
-                .collect(),
-            cache: RefCell::default(),
-            dir,
-        };
-        daemon.spawn()?;
-        Ok(daemon)
-    }
-
-    /// An upgrade: starts a second daemon on the same dirs and arguments
-    /// with `--takeover` while this one runs, waits until the running one
-    /// has handed over and exited, then until the new one is ready. Returns
-    /// the old daemon's exit status.
-    pub fn take_over(&mut self) -> Result<ExitStatus> {
-        let Some(mut old) = self.child.borrow_mut().take() else {
-            bail!("no daemon is running to take over from");
-        };
-        let old_pid = self.pid;
-        self.spawn_process(&["--takeover"])?;
-        let status = old
-            .wait()
-            .with_context(|| format!("waiting for the old daemon (pid {old_pid})"))?;
-        self.wait_ready()?;
-        Ok(status)
-    }
-
-    /// Starts the daemon process with `self.args` (stdout and stderr appended
-    /// to the files of this instance) and waits until it is ready.
-    fn spawn(&mut self) -> Result<()> {
-        ensure!(
-            self.child.borrow().is_none(),
-            "the daemon (pid {}) is still running",
-            self.pid
-        );
-        self.spawn_process(&[])?;
-        self.wait_ready()
-    }
-
-    /// Starts the daemon process with `self.args` and `extra`.
-    fn spawn_process(&mut self, extra: &[&str]) -> Result<()> {
-        let open = |path: &Path| {
-            fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("open {}", path.display()))
-        };
-        let stderr = open(&self.stderr_path)?;
-        let stdout = open(&self.stdout_path)?;
-        let mut cmd = match self.wrapper.split_first() {
-            Some((program, args)) => {
-                let mut cmd = Command::new(program);
-                cmd.args(args).arg(&self.bin);
-                cmd
-            }
-            None => Command::new(&self.bin),
-        };
-        cmd.arg("daemon")
-            .args(&self.args)
-            .args(extra)
-            .env_remove("SENSOR_SOCKET")
-            .env_remove("SENSOR_CONFIG")
-            .env_remove("SENSOR_STATE_DIR")
-            .env_remove("SENSOR_PIN_DIR")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("WATCHDOG_PID")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr);
-        // The daemon is killed if the (test) thread that started it dies
-        // without dropping the Daemon, so no daemon outlives a crashed test.
-        die_with_parent(&mut cmd);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("spawn {}", self.bin.display()))?;
-        self.pid = child.id();
-        self.exit = None;
-        *self.child.borrow_mut() = Some(child);
-        Ok(())
-    }
-
-    /// Starts the daemon again after [`Daemon::stop`], with identical
-    /// arguments (same state dir, pin dir, socket, config; the events file is
-    /// appended to), and waits until it is ready.
-    pub fn resume(&mut self) -> Result<()> {
-        self.spawn()
-            .context("restarting the daemon on the same state and pin dirs")
-    }
-
-    /// SIGTERM, wait for exit status 0, then [`Daemon::resume`].
-    pub fn restart(&mut self) -> Result<()> {
-        self.stop().context("stopping the daemon for a restart")?;
-        self.resume()
-    }
-
-    /// SIGKILL (no chance to detach or flush anything), then reaps the
-    /// process. The pin dir, state dir and socket path stay as they are, so
-    /// [`Daemon::resume`] starts it again on the same state.
-    pub fn kill9(&mut self) -> Result<ExitStatus> {
-        let Some(mut child) = self.child.borrow_mut().take() else {
-            bail!("the daemon was already stopped or had exited");
-        };
-        send_signal(self.pid, libc::SIGKILL);
-        let status = child.wait().context("waitpid on the SIGKILLed daemon")?;
-        self.exit = Some(status);
-        Ok(status)
-    }
-
-    fn wait_ready(&self) -> Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            self.check_alive()
-                .context("the daemon exited before becoming ready")?;
-            let last = self.status_command(false);
-            match &last {
-                Ok((_, out)) if out.status.success() => return Ok(()),
-                _ => {}
-            }
-            if Instant::now() >= deadline {
-                let last = match last {
-                    Ok((_, out)) => format!(
-                        "{}; stdout: {}; stderr: {}",
-                        out.status,
-                        text(&out.stdout).trim(),
-                        text(&out.stderr).trim()
-                    ),
-                    Err(e) => format!("{e:#}"),
-                };
-                bail!(
-                    "daemon not ready after {READY_TIMEOUT:?} (`sensor status` never exited 0; last: {last})\n{}",
-                    self.stderr_report()
-                );
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn status_command(&self, json: bool) -> Result<(u32, Output)> {
-        let mut cmd = Command::new(&self.bin);
-        cmd.arg("status").arg("--socket").arg(&self.socket);
-        if json {
-            cmd.arg("--json");
-        }
-        cmd.env_remove("SENSOR_SOCKET");
-        run_with_timeout(&mut cmd, Duration::from_secs(10))
-    }
-
-    /// Sends signal `sig` to the daemon process (SIGSTOP, SIGCONT, ...).
-    pub fn signal(&self, sig: libc::c_int) {
-        send_signal(self.pid, sig);
-    }
-
-    /// The daemon's pid.
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-
-    /// The control socket it was started with.
-    pub fn socket(&self) -> &Path {
-        &self.socket
-    }
-
-    /// The JSON lines output file.
-    pub fn events_path(&self) -> &Path {
-        &self.events_path
-    }
-
-    /// The daemon's private temp dir.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Its `--state-dir` (`<tmp>/state`).
-    pub fn state_dir(&self) -> &Path {
-        &self.state_dir
-    }
-
-    /// Its `--pin-dir` (`/sys/fs/bpf/sensor-test-<unique>`).
-    pub fn pin_dir(&self) -> &Path {
-        &self.pin_dir
-    }
-
-    /// Its `--config` file, when started with one.
-    pub fn config_path(&self) -> Option<&Path> {
-        self.config_path.as_deref()
-    }
-
-    /// The `sensor` binary it runs.
-    pub fn bin(&self) -> &Path {
-        &self.bin
-    }
-
-    /// The run table file, `<state-dir>/runs.json`.
-    pub fn runs_path(&self) -> PathBuf {
-        self.state_dir.join("runs.json")
-    }
-
-    /// Raw bytes of `<state-dir>/runs.json` (`None` when it does not exist).
-    pub fn runs_file(&self) -> Result<Option<Vec<u8>>> {
-        let path = self.runs_path();
-        match fs::read(&path) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
-        }
-    }
-
-    /// A `sensor` command with `SENSOR_SOCKET` set to this daemon's socket
-    /// (inherited by everything it starts, so nested `sensor launch`/`whoami`
-    /// find the daemon), and no `SENSOR_RUN_ID` from the test's environment.
-    pub fn sensor(&self) -> Command {
-        let mut cmd = Command::new(&self.bin);
-        cmd.env("SENSOR_SOCKET", &self.socket)
-            .env_remove("SENSOR_RUN_ID");
-        cmd
-    }
-
-    /// `sensor launch --agent AGENT [launch_args...] -- CMD...` as a
-    /// [`Daemon::sensor`] command.
-    pub fn launch_cmd(&self, agent: &str, launch_args: &[&str], cmd: &[&str]) -> Command {
-        let mut c = self.sensor();
-        c.arg("launch")
-            .arg("--agent")
-            .arg(agent)
-            .args(launch_args)
-            .arg("--")
-            .args(cmd);
-        c
-    }
-
-    /// Connects to the control socket, writes `bytes` (then shuts down the
-    /// write side), and returns everything the daemon sent back before it
-    /// closed the connection (lossy UTF-8). A daemon that closes before
-    /// reading everything is not an error (the write error is ignored).
-    pub fn socket_exchange(&self, bytes: &[u8]) -> Result<String> {
-        let mut stream = UnixStream::connect(&self.socket)
-            .with_context(|| format!("connect to {}", self.socket.display()))?;
-        stream.set_read_timeout(Some(COMMAND_TIMEOUT))?;
-        stream.set_write_timeout(Some(COMMAND_TIMEOUT))?;
-        if !bytes.is_empty() {
-            let _ = stream.write_all(bytes);
-        }
-        let _ = stream.shutdown(Shutdown::Write);
-        let mut out = Vec::new();
-        match stream.read_to_end(&mut out) {
-            Ok(_) => {}
-            // The daemon may reset a connection whose data it did not read.
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
-            Err(e) => {
-                return Err(e).with_context(|| format!("read from {}", self.socket.display()));
-            }
-        }
-        Ok(text(&out))
-    }
-
-    /// Sends one JSON request line and parses the first line of the answer.
-    pub fn request(&self, request: &Value) -> Result<Value> {
-        let mut line = request.to_string().into_bytes();
-        line.push(b'\n');
-        let answer = self.socket_exchange(&line)?;
-        let first = answer.lines().next().unwrap_or("");
-        serde_json::from_str(first)
-            .with_context(|| format!("the answer to {request} is not JSON: {answer:?}"))
-    }
-
-    /// Everything the daemon wrote to stderr so far.
-    pub fn stderr(&self) -> String {
-        fs::read(&self.stderr_path)
-            .map(|b| text(&b))
-            .unwrap_or_else(|e| format!("<cannot read {}: {e}>", self.stderr_path.display()))
-    }
-
-    fn stderr_report(&self) -> String {
-        let s = self.stderr();
-        let lines: Vec<&str> = s.lines().collect();
-        let tail = lines.len().saturating_sub(60);
-        format!(
-            "--- daemon stderr ({} lines, last {} shown) ---\n{}\n--- end of daemon stderr ---",
-            lines.len(),
-            lines.len() - tail,
-            lines[tail..].join("\n")
-        )
-    }
-
-    /// Fails (with the daemon's stderr) if the daemon has exited.
-    pub fn check_alive(&self) -> Result<()> {
-        let mut guard = self.child.borrow_mut();
-        let Some(child) = guard.as_mut() else {
-            bail!("the daemon was already stopped");
-        };
-        if let Some(status) = child.try_wait().context("waitpid on the daemon")? {
-            guard.take();
-            drop(guard);
-            bail!(
-                "the daemon (pid {}) exited unexpectedly with {status}\n{}",
-                self.pid,
-                self.stderr_report()
-            );
-        }
-        Ok(())
-    }
-
-    /// `sensor status --json`, parsed. Fails when the command fails.
-    pub fn status_json(&self) -> Result<Value> {
-        let (_, out) = self.status_command(true)?;
-        ensure!(
-            out.status.success(),
-            "`sensor status --json` failed with {}: stdout {:?} stderr {:?}",
-            out.status,
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        let stdout = text(&out.stdout);
-        serde_json::from_str(stdout.trim())
-            .with_context(|| format!("`sensor status --json` printed invalid JSON: {stdout:?}"))
-    }
-
-    /// `sensor status --json` whatever its exit status: whether it exited 0,
-    /// and the JSON it printed.
-    pub fn status_json_any(&self) -> Result<(bool, Value)> {
-        let (_, out) = self.status_command(true)?;
-        let stdout = text(&out.stdout);
-        let value = serde_json::from_str(stdout.trim()).with_context(|| {
-            format!(
-                "`sensor status --json` ({}) printed invalid JSON: {stdout:?}; stderr {:?}",
-                out.status,
-                text(&out.stderr)
-            )
-        })?;
-        Ok((out.status.success(), value))
-    }
-
-    /// `sensor status` (text) whatever its exit status: whether it exited 0,
-    /// and what it printed.
-    pub fn status_text(&self) -> Result<(bool, String)> {
-        let (_, out) = self.status_command(false)?;
-        Ok((out.status.success(), text(&out.stdout)))
-    }
-
-    /// The programs `sensor status --json` lists: name → kernel id.
-    pub fn program_ids(&self) -> Result<BTreeMap<String, u32>> {
-        let status = self.status_json()?;
-        status["programs"]
-            .as_array()
-            .ok_or_else(|| anyhow!("status --json has no programs: {}", compact(&status)))?
-            .iter()
-            .map(|p| {
-                let name = p["name"].as_str();
-                let id = p["id"].as_u64().and_then(|i| u32::try_from(i).ok());
-                match (name, id) {
-                    (Some(n), Some(i)) => Ok((n.to_owned(), i)),
-                    _ => bail!("bad programs entry {p}"),
-                }
-            })
-            .collect()
-    }
-
-    /// Reads the lines appended since the last call. A partial last line is
-    /// left for the next call; a complete line that is not a JSON object fails.
-    fn refresh(&self) -> Result<()> {
-        let mut cache = self.cache.borrow_mut();
-        let mut file = match File::open(&self.events_path) {
-            Ok(f) => f,
-            // Not created yet (the daemon may open it lazily).
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => {
-                return Err(e).with_context(|| format!("open {}", self.events_path.display()));
-            }
-        };
-        file.seek(SeekFrom::Start(cache.offset))?;
-        let mut buf = Vec::new();
-        file.read_to_end(&mut buf)
-            .with_context(|| format!("read {}", self.events_path.display()))?;
-        let Some(last_nl) = buf.iter().rposition(|&b| b == b'\n') else {
-            return Ok(());
-        };
-        let mut line_start = cache.offset;
-        for line in buf[..last_nl].split(|&b| b == b'\n') {
-            let this_line = line_start;
-            line_start += line.len() as u64 + 1;
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            let value: Value = serde_json::from_slice(line).with_context(|| {
-                format!(
-                    "{} has an invalid JSON line at byte {this_line}: {}",
-                    self.events_path.display(),
-                    truncate(&text(line), 500)
-                )
-            })?;
-            ensure!(
-                value.is_object(),
-                "{} has a JSON line that is not an object at byte {this_line}: {}",
-                self.events_path.display(),
-                truncate(&text(line), 500)
-            );
-            cache.events.push(value);
-        }
-        cache.offset += last_nl as u64 + 1;
-        Ok(())
-    }
-
-    /// All events written so far (complete lines only).
-    pub fn events(&self) -> Result<Vec<Value>> {
-        self.refresh()?;
-        Ok(self.cache.borrow().events.clone())
-    }
-
-    /// Calls `f` on all events written so far, without copying them.
-    pub fn with_events<R>(&self, f: impl FnOnce(&[Value]) -> R) -> Result<R> {
-        self.refresh()?;
-        Ok(f(&self.cache.borrow().events))
-    }
-
-    /// Events matching `pred`, in file order.
-    pub fn matching(&self, pred: impl Fn(&Value) -> bool) -> Result<Vec<Value>> {
-        self.with_events(|evs| evs.iter().filter(|e| pred(e)).cloned().collect())
-    }
-
-    /// Waits until an event matching `pred` has been written and returns the
-    /// first one. On timeout fails with a dump of the last events and the
-    /// daemon's stderr; fails at once if the daemon dies.
-    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Result<Value> {
-        let deadline = Instant::now() + timeout;
-        let mut next = 0;
-        loop {
-            self.refresh()?;
-            {
-                let cache = self.cache.borrow();
-                if let Some(e) = cache.events[next..].iter().find(|e| pred(e)) {
-                    return Ok(e.clone());
-                }
-                next = cache.events.len();
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "no matching event within {timeout:?}\n{}",
-                    self.timeout_report()
-                );
-            }
-            if self.child.borrow().is_some() {
-                self.check_alive()?;
-            }
-            thread::sleep(POLL);
-        }
-    }
-
-    /// Waits until `done(all events)` is true. On timeout fails with
-    /// `describe(all events)`, a dump of the last events and the daemon's
-    /// stderr.
-    pub fn wait_until(
-        &self,
-        timeout: Duration,
-        done: impl Fn(&[Value]) -> bool,
-        describe: impl Fn(&[Value]) -> String,
-    ) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.with_events(&done)? {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                let what = self.with_events(&describe)?;
-                bail!(
-                    "condition not met within {timeout:?}: {what}\n{}",
-                    self.timeout_report()
-                );
-            }
-            if self.child.borrow().is_some() {
-                self.check_alive()?;
-            }
-            thread::sleep(POLL);
-        }
-    }
-
-    /// Waits until `done` holds for the events so far, then returns them.
-    pub fn wait_events(
-        &self,
-        timeout: Duration,
-        done: impl Fn(&[Value]) -> bool,
-    ) -> Result<Vec<Value>> {
-        self.wait_until(timeout, done, |evs| format!("{} events", evs.len()))?;
-        self.events()
-    }
-
-    /// A dump for failure messages: counts by kind, the last events, stderr.
-    pub fn timeout_report(&self) -> String {
-        let cache = self.cache.borrow();
-        let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
-        for e in &cache.events {
-            *by_kind.entry(kind(e)).or_default() += 1;
-        }
-        let from = cache.events.len().saturating_sub(25);
-        let mut out = format!(
-            "{} events in {} (by kind: {by_kind:?}); last {}:\n",
-            cache.events.len(),
-            self.events_path.display(),
-            cache.events.len() - from
-        );
-        for e in &cache.events[from..] {
-            out.push_str("  ");
-            out.push_str(&compact(e));
-            out.push('\n');
-        }
-        out.push_str(&self.stderr_report());
-        out
-    }
-
-    /// Sends SIGTERM, waits for the daemon to exit and fails unless it exited
-    /// with status 0.
-    pub fn stop(&mut self) -> Result<ExitStatus> {
-        let Some(mut child) = self.child.borrow_mut().take() else {
-            bail!("the daemon was already stopped or had exited");
-        };
-        send_signal(self.pid, libc::SIGTERM);
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        let status = loop {
-            if let Some(status) = child.try_wait().context("waitpid on the daemon")? {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!(
-                    "the daemon did not exit within {STOP_TIMEOUT:?} of SIGTERM (killed)\n{}",
-                    self.stderr_report()
-                );
-            }
-            thread::sleep(POLL);
-        };
-        self.exit = Some(status);
-        ensure!(
-            status.code() == Some(0),
-            "the daemon exited with {status} after SIGTERM, expected exit status 0\n{}",
-            self.stderr_report()
-        );
-        Ok(status)
-    }
-
-    /// Waits until the daemon exits by itself (something killed it) and
-    /// reaps it, so that [`Daemon::resume`] can start it again.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
-        let Some(mut child) = self.child.borrow_mut().take() else {
-            bail!("the daemon was already stopped or had exited");
-        };
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = child.try_wait().context("waitpid on the daemon")? {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                *self.child.borrow_mut() = Some(child);
-                bail!(
-                    "the daemon (pid {}) is still running after {timeout:?}",
-                    self.pid
-                );
-            }
-            thread::sleep(POLL);
-        };
-        self.exit = Some(status);
-        Ok(status)
-    }
-
-    /// Raw bytes of the output file.
-    pub fn raw_output(&self) -> Result<Vec<u8>> {
-        fs::read(&self.events_path).with_context(|| format!("read {}", self.events_path.display()))
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.borrow_mut().take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        // The process is dead: forget its pinned maps (nothing else uses them).
-        if let Err(e) = fs::remove_dir_all(&self.pin_dir)
-            && e.kind() != io::ErrorKind::NotFound
-        {
-            eprintln!("cannot remove {}: {e}", self.pin_dir.display());
-        }
-        // libtest shows a test's output only when it fails, so this is the
-        // daemon's side of the story for any failing test.
-        eprintln!(
-            "daemon pid {} ({} events read from {}; set SENSOR_TEST_KEEP=1 to keep it)\n{}",
-            self.pid,
-            self.cache.borrow().events.len(),
-            self.events_path.display(),
-            self.stderr_report()
-        );
-    }
-}
-
-// ----- bpftool, links, metrics -----
-
-/// `bpftool ARGS`, whatever its exit status (`cargo xtask setup` installs
-/// bpftool).
-pub fn bpftool(args: &[&str]) -> Result<Output> {
-    let (_, out) = run_child(Command::new("bpftool").args(args))?;
-    Ok(out)
-}
-
-/// `bpftool -j ARGS`, parsed; fails with bpftool's stderr when it fails.
-pub fn bpftool_json(args: &[&str]) -> Result<Value> {
-    let mut full = vec!["-j"];
-    full.extend_from_slice(args);
-    let out = bpftool(&full)?;
-    ensure!(
-        out.status.success(),
-        "bpftool {}: {}; stderr {:?}",
-        args.join(" "),
-        out.status,
-        text(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).with_context(|| {
-        format!(
-            "bpftool -j {} printed invalid JSON: {:?}",
-            args.join(" "),
-            truncate(&text(&out.stdout), 500)
-        )
-    })
-}
-
-/// Every BPF link in the kernel (`bpftool -j link show`).
-pub fn bpf_links() -> Result<Vec<Value>> {
-    match bpftool_json(&["link", "show"])? {
-        Value::Array(links) => Ok(links),
-        Value::Null => Ok(Vec::new()),
-        other => bail!("bpftool -j link show printed {}", compact(&other)),
-    }
-}
-
-/// The links of program `prog_id`.
-pub fn links_of_prog(prog_id: u32) -> Result<Vec<Value>> {
-    Ok(bpf_links()?
-        .into_iter()
-        .filter(|l| l["prog_id"] == prog_id)
-        .collect())
-}
-
-/// Whether link `l` (from [`bpf_links`]) is attached: a cgroup link that
-/// was detached reports cgroup id 0; other kinds cannot be detached.
-pub fn link_attached(l: &Value) -> bool {
-    l["type"] != "cgroup" || l["cgroup_id"].as_u64().is_some_and(|id| id != 0)
-}
-
-/// The bytes of a `bpftool -j map dump` key or value (`["0x01", ...]`).
-pub fn hex_bytes(v: &Value) -> Result<Vec<u8>> {
-    v.as_array()
-        .ok_or_else(|| anyhow!("not a byte array: {}", compact(v)))?
-        .iter()
-        .map(|b| {
-            let s = b.as_str().unwrap_or("");
-            u8::from_str_radix(s.trim_start_matches("0x"), 16)
-                .with_context(|| format!("byte {b} of {}", compact(v)))
-        })
-        .collect()
-}
-
-/// `bytes` as bpftool's `hex ..` arguments.
-pub fn hex_args(bytes: &[u8]) -> Vec<String> {
-    std::iter::once("hex".to_owned())
-        .chain(bytes.iter().map(|b| format!("{b:02x}")))
-        .collect()
-}
-
-/// The entries of the map pinned at `path` as (key bytes, value bytes).
-pub fn map_dump(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let path = path.to_string_lossy();
-    let dump = bpftool_json(&["map", "dump", "pinned", &path])?;
-    dump.as_array()
-        .ok_or_else(|| anyhow!("bpftool map dump {path}: {}", compact(&dump)))?
-        .iter()
-        .map(|e| Ok((hex_bytes(&e["key"])?, hex_bytes(&e["value"])?)))
-        .collect()
-}
-
-/// `bpftool map update pinned PATH key hex .. value hex ..`.
-pub fn map_update(path: &Path, key: &[u8], value: &[u8]) -> Result<()> {
-    let path = path.to_string_lossy();
-    let mut args: Vec<String> = ["map", "update", "pinned", &path, "key"]
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    args.extend(hex_args(key));
-    args.push("value".to_owned());
-    args.extend(hex_args(value));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = bpftool(&args)?;
-    ensure!(
-        out.status.success(),
-        "bpftool {}: {}",
-        args.join(" "),
-        text(&out.stderr)
-    );
-    Ok(())
-}
-
-/// `bpftool map delete pinned PATH key hex ..`.
-pub fn map_delete(path: &Path, key: &[u8]) -> Result<()> {
-    let path = path.to_string_lossy();
-    let mut args: Vec<String> = ["map", "delete", "pinned", &path, "key"]
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    args.extend(hex_args(key));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = bpftool(&args)?;
-    ensure!(
-        out.status.success(),
-        "bpftool {}: {}",
-        args.join(" "),
-        text(&out.stderr)
-    );
-    Ok(())
-}
+// ----- metrics -----
 
 /// The text of `GET /metrics` at `addr` (the daemon's `[metrics] listen`).
 pub fn scrape_metrics(addr: &str) -> Result<String> {
@@ -1398,129 +561,15 @@ pub fn argv_area_len<T: AsRef<[u8]>>(argv: &[T]) -> usize {
 
 /// Decodes standard base64 (with or without `=` padding).
 pub fn b64_decode(s: &str) -> Result<Vec<u8>> {
-    fn val(c: u8) -> Option<u32> {
-        match c {
-            b'A'..=b'Z' => Some(u32::from(c - b'A')),
-            b'a'..=b'z' => Some(u32::from(c - b'a') + 26),
-            b'0'..=b'9' => Some(u32::from(c - b'0') + 52),
-            b'+' => Some(62),
-            b'/' => Some(63),
-            _ => None,
-        }
-    }
-    let body = s.trim_end_matches('=');
-    ensure!(s.len() - body.len() <= 2, "bad base64 padding in {s:?}");
-    let mut out = Vec::with_capacity(body.len() * 3 / 4);
-    let mut acc: u32 = 0;
-    let mut bits = 0;
-    for &c in body.as_bytes() {
-        let v = val(c).ok_or_else(|| anyhow!("invalid base64 byte {c:#04x} in {s:?}"))?;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push(((acc >> bits) & 0xff) as u8);
-        }
-    }
-    ensure!(bits < 6, "truncated base64 {s:?}");
-    Ok(out)
-}
-
-// ----- BPF program ids -----
-
-const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
-const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-
-#[repr(C)]
-struct GetFdByIdAttr {
-    id: u32,
-    next_id: u32,
-    open_flags: u32,
-    pad: u32,
-}
-
-#[repr(C)]
-struct InfoByFdAttr {
-    bpf_fd: u32,
-    info_len: u32,
-    info: u64,
-}
-
-fn prog_fd(id: u32) -> Result<Option<libc::c_int>> {
-    let attr = GetFdByIdAttr {
-        id,
-        next_id: 0,
-        open_flags: 0,
-        pad: 0,
-    };
-    // SAFETY: bpf(2) reads `size_of::<GetFdByIdAttr>()` bytes from a live,
-    // initialised struct.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_GET_FD_BY_ID,
-            &raw const attr,
-            size_of::<GetFdByIdAttr>() as libc::c_uint,
-        )
-    };
-    if r < 0 {
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::ENOENT) {
-            return Ok(None);
-        }
-        return Err(err).with_context(|| format!("bpf(BPF_PROG_GET_FD_BY_ID, {id})"));
-    }
-    Ok(Some(libc::c_int::try_from(r)?))
-}
-
-/// The kernel's name of BPF program `id` (at most 15 bytes), or `None` when
-/// no program has that id. Uses the bpf(2) syscall directly, so no bpftool.
-pub fn prog_name(id: u32) -> Result<Option<String>> {
-    let Some(fd) = prog_fd(id)? else {
-        return Ok(None);
-    };
-    // struct bpf_prog_info up to and including `name` (offset 64, 16 bytes).
-    let mut info = [0u64; 10];
-    let attr = InfoByFdAttr {
-        bpf_fd: u32::try_from(fd)?,
-        info_len: size_of_val(&info) as u32,
-        info: info.as_mut_ptr() as u64,
-    };
-    // SAFETY: the kernel writes at most `info_len` bytes to `info`, which
-    // lives until after the call; `attr` is initialised.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            &raw const attr,
-            size_of::<InfoByFdAttr>() as libc::c_uint,
-        )
-    };
-    let err = io::Error::last_os_error();
-    // SAFETY: `fd` is a descriptor this function opened.
-    unsafe {
-        libc::close(fd);
-    }
-    if r < 0 {
-        return Err(err).with_context(|| format!("bpf(BPF_OBJ_GET_INFO_BY_FD) for prog {id}"));
-    }
-    let bytes: Vec<u8> = info[8..10].iter().flat_map(|w| w.to_ne_bytes()).collect();
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    Ok(Some(text(&bytes[..end])))
-}
-
-/// Whether a BPF program with this id exists in the kernel.
-pub fn prog_exists(id: u32) -> Result<bool> {
-    match prog_fd(id)? {
-        Some(fd) => {
-            // SAFETY: `fd` is a descriptor prog_fd opened for us.
-            unsafe {
-                libc::close(fd);
-            }
-            Ok(true)
-        }
-        None => Ok(false),
-    }
+    use base64::Engine as _;
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const STANDARD_ANY_PAD: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    STANDARD_ANY_PAD
+        .decode(s)
+        .with_context(|| format!("invalid base64 {s:?}"))
 }
 
 #[cfg(test)]

@@ -626,6 +626,447 @@ fn nested(
     Ok((ran, events, sub))
 }
 
+// ----- one table entry per CLI -----
+
+/// An argument of an invocation: as is, or a file under `target/agent-clis`.
+#[derive(Clone, Copy)]
+enum Arg {
+    Lit(&'static str),
+    Cli(&'static str),
+}
+
+impl Arg {
+    fn resolve(self) -> Result<String> {
+        match self {
+            Self::Lit(s) => Ok(s.to_owned()),
+            Self::Cli(rel) => cli(rel),
+        }
+    }
+}
+
+/// What a check on one invocation's run sees.
+struct Seen<'a> {
+    events: &'a [Value],
+    ran: &'a Ran,
+    run: &'a RunSeen,
+    /// The invocation's arguments (resolved).
+    args: &'a [String],
+    what: &'a str,
+}
+
+/// The checks of one invocation's run, beyond those of every run.
+type RunCheck = fn(&mut Checks, &Seen<'_>);
+
+/// One top-level invocation: exactly one run of the CLI's agent, started by
+/// the spawned pid (see [`top_level`]), then `check` on that run.
+struct Top {
+    what: &'static str,
+    program: Arg,
+    args: &'static [Arg],
+    /// The pinned version its output must show.
+    version: Option<&'static str>,
+    /// Text its output must contain.
+    stdout_has: Option<&'static str>,
+    check: RunCheck,
+}
+
+/// An agent CLI: its top-level invocations, then one inside `sensor launch
+/// --agent outer -- sh -c 'CLI ARGS'` (a sub-run of `outer`, see [`nested`]),
+/// with `nested` checks on the sub-run.
+struct AgentCli {
+    /// Name in the messages of the nested invocation (`nested NAME`).
+    name: &'static str,
+    /// The file under `target/agent-clis` the nested invocation runs.
+    bin: &'static str,
+    /// The `[[agent]]` its runs carry.
+    agent: &'static str,
+    top: &'static [Top],
+    nested_args: &'static str,
+    nested: Option<RunCheck>,
+}
+
+/// Runs every invocation of `spec` against one daemon started on the
+/// example config's matchers.
+fn check_cli(spec: &AgentCli) -> Result<()> {
+    // Every file first: a missing install fails before a daemon starts.
+    let bin = cli(spec.bin)?;
+    let tops = spec
+        .top
+        .iter()
+        .map(|top| {
+            let program = top.program.resolve()?;
+            let args = top
+                .args
+                .iter()
+                .map(|a| a.resolve())
+                .collect::<Result<Vec<_>>>()?;
+            Ok((top, program, args))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let d = start_daemon()?;
+    let home = TempDir::new("home")?;
+    let mut c = Checks::new();
+
+    for (top, program, args) in &tops {
+        let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ran, events, run) =
+            top_level(&d, &mut c, home.path(), program, &arg_refs, spec.agent)?;
+        if let Some(version) = top.version {
+            check_version(&mut c, &ran, version, top.what);
+        }
+        if let Some(text) = top.stdout_has {
+            check!(
+                c,
+                ran.stdout.contains(text),
+                "{}: unexpected output {:?}",
+                top.what,
+                ran.stdout
+            );
+        }
+        if let Some(r) = &run {
+            let seen = Seen {
+                events: &events,
+                ran: &ran,
+                run: r,
+                args,
+                what: top.what,
+            };
+            (top.check)(&mut c, &seen);
+        }
+    }
+
+    let line = format!("{bin} {}", spec.nested_args);
+    let (ran, events, sub) = nested(&d, &mut c, home.path(), &line, spec.agent)?;
+    if let (Some(s), Some(check)) = (&sub, spec.nested) {
+        let what = format!("nested {}", spec.name);
+        let seen = Seen {
+            events: &events,
+            ran: &ran,
+            run: s,
+            args: &[],
+            what: &what,
+        };
+        check(&mut c, &seen);
+    }
+    c.finish()
+}
+
+const VERSION: &[Arg] = &[Arg::Lit("--version")];
+const HELP: &[Arg] = &[Arg::Lit("--help")];
+
+// Claude Code 2.x: the npm bin is the native binary itself (one exec, no
+// node), and with install scripts off `node cli-wrapper.cjs` starts the
+// platform package's binary as a child (launcher -> native child).
+const CLAUDE_CODE: AgentCli = AgentCli {
+    name: "claude",
+    bin: CLAUDE,
+    agent: "claude-code",
+    top: &[
+        Top {
+            what: "claude --version",
+            program: Arg::Cli(CLAUDE),
+            args: VERSION,
+            version: Some(CLAUDE_VERSION),
+            stdout_has: None,
+            check: claude_native,
+        },
+        Top {
+            what: "claude --help",
+            program: Arg::Cli(CLAUDE),
+            args: HELP,
+            version: None,
+            stdout_has: None,
+            check: claude_native,
+        },
+        Top {
+            what: "node cli-wrapper.cjs --version",
+            program: Arg::Lit("node"),
+            args: &[Arg::Cli(CLAUDE_WRAPPER), Arg::Lit("--version")],
+            version: Some(CLAUDE_VERSION),
+            stdout_has: None,
+            check: claude_wrapper,
+        },
+    ],
+    nested_args: "--version",
+    nested: Some(|c, s| {
+        check_leader(
+            c,
+            s.events,
+            s.run,
+            |exe| exe.ends_with("/claude.exe"),
+            None,
+            s.what,
+        );
+    }),
+};
+
+fn claude_native(c: &mut Checks, s: &Seen<'_>) {
+    let leader = check_leader(
+        c,
+        s.events,
+        s.run,
+        |exe| exe.ends_with("/@anthropic-ai/claude-code/bin/claude.exe"),
+        None,
+        s.what,
+    );
+    if let Some(e) = leader {
+        check!(
+            c,
+            arg(&e, 0).ends_with("/.bin/claude"),
+            "{}: argv[0] should be the bin link: {}",
+            s.what,
+            compact(&e)
+        );
+    }
+}
+
+fn claude_wrapper(c: &mut Checks, s: &Seen<'_>) {
+    check_leader(
+        c,
+        s.events,
+        s.run,
+        is_node,
+        Some("/cli-wrapper.cjs"),
+        s.what,
+    );
+    check_child_exec(
+        c,
+        s.events,
+        s.ran.pid,
+        s.run,
+        |e| {
+            let exe = exe_of(e);
+            exe.contains("/@anthropic-ai/claude-code-linux-") && exe.ends_with("/claude")
+        },
+        "native binary (@anthropic-ai/claude-code-linux-*/claude)",
+        s.what,
+    );
+}
+
+// Codex: `#!/usr/bin/env node` launcher (env, then node in the same pid)
+// that starts the native binary of @openai/codex-linux-* as a child.
+const CODEX_CLI: AgentCli = AgentCli {
+    name: "codex",
+    bin: CODEX,
+    agent: "codex",
+    top: &[
+        Top {
+            what: "codex --version",
+            program: Arg::Cli(CODEX),
+            args: VERSION,
+            version: Some(CODEX_VERSION),
+            stdout_has: None,
+            check: codex_top,
+        },
+        Top {
+            what: "codex --help",
+            program: Arg::Cli(CODEX),
+            args: HELP,
+            version: None,
+            stdout_has: None,
+            check: codex_top,
+        },
+    ],
+    nested_args: "--version",
+    nested: Some(|c, s| {
+        check_leader(c, s.events, s.run, is_node, Some("/.bin/codex"), s.what);
+        check_child_exec(
+            c,
+            s.events,
+            s.ran.pid,
+            s.run,
+            |e| is_codex_native(exe_of(e)),
+            "native codex binary",
+            s.what,
+        );
+    }),
+};
+
+fn codex_top(c: &mut Checks, s: &Seen<'_>) {
+    check_env_shebang(c, s.events, s.run, "/.bin/codex", s.what);
+    check_leader(c, s.events, s.run, is_node, Some("/.bin/codex"), s.what);
+    let first = s.args.first().map_or("", String::as_str);
+    check_child_exec(
+        c,
+        s.events,
+        s.ran.pid,
+        s.run,
+        |e| is_codex_native(exe_of(e)) && arg(e, 1) == first,
+        "native codex binary",
+        s.what,
+    );
+}
+
+// Gemini CLI: `#!/usr/bin/env node` bundle that relaunches node on itself
+// with `--max-old-space-size=N` (a child with the same script).
+const GEMINI_CLI: AgentCli = AgentCli {
+    name: "gemini",
+    bin: GEMINI,
+    agent: "gemini-cli",
+    top: &[
+        Top {
+            what: "gemini --version",
+            program: Arg::Cli(GEMINI),
+            args: VERSION,
+            version: Some(GEMINI_VERSION),
+            stdout_has: None,
+            check: gemini_top,
+        },
+        Top {
+            what: "gemini --help",
+            program: Arg::Cli(GEMINI),
+            args: HELP,
+            version: None,
+            stdout_has: None,
+            check: gemini_top,
+        },
+    ],
+    nested_args: "--version",
+    nested: Some(|c, s| {
+        check_child_exec(
+            c,
+            s.events,
+            s.ran.pid,
+            s.run,
+            |e| is_node(exe_of(e)) && arg(e, 1).starts_with("--max-old-space-size="),
+            "relaunch",
+            s.what,
+        );
+    }),
+};
+
+fn gemini_top(c: &mut Checks, s: &Seen<'_>) {
+    check_env_shebang(c, s.events, s.run, "/.bin/gemini", s.what);
+    check_leader(c, s.events, s.run, is_node, Some("/.bin/gemini"), s.what);
+    check_child_exec(
+        c,
+        s.events,
+        s.ran.pid,
+        s.run,
+        |e| {
+            is_node(exe_of(e))
+                && arg(e, 1).starts_with("--max-old-space-size=")
+                && arg(e, 2).ends_with("/.bin/gemini")
+        },
+        "relaunch (node --max-old-space-size=N gemini)",
+        s.what,
+    );
+}
+
+// Aider: a console script whose shebang is the venv's python (exe
+// python3.X, argv[1] the script), or `python -m aider`; it runs `git
+// version` as children.
+const AIDER_CLI: AgentCli = AgentCli {
+    name: "aider",
+    bin: AIDER,
+    agent: "aider",
+    top: &[
+        Top {
+            what: "aider --version",
+            program: Arg::Cli(AIDER),
+            args: VERSION,
+            version: Some(AIDER_VERSION),
+            stdout_has: None,
+            check: aider_script,
+        },
+        Top {
+            what: "aider --help",
+            program: Arg::Cli(AIDER),
+            args: HELP,
+            version: None,
+            stdout_has: None,
+            check: aider_script,
+        },
+        Top {
+            what: "python -m aider --version",
+            program: Arg::Cli(AIDER_PYTHON),
+            args: &[Arg::Lit("-m"), Arg::Lit("aider"), Arg::Lit("--version")],
+            version: Some(AIDER_VERSION),
+            stdout_has: None,
+            check: |c, s| {
+                check_leader(c, s.events, s.run, is_python, None, s.what);
+                aider_git(c, s);
+            },
+        },
+    ],
+    nested_args: "--version",
+    nested: Some(aider_git),
+};
+
+fn aider_script(c: &mut Checks, s: &Seen<'_>) {
+    check_leader(c, s.events, s.run, is_python, Some("/bin/aider"), s.what);
+    aider_git(c, s);
+}
+
+fn aider_git(c: &mut Checks, s: &Seen<'_>) {
+    check_child_exec(
+        c,
+        s.events,
+        s.ran.pid,
+        s.run,
+        |e| basename(exe_of(e)) == "git" && arg(e, 1) == "version",
+        "`git version`",
+        s.what,
+    );
+}
+
+// CrewAI: console script `crewai` (python3.X running venv/bin/crewai).
+const CREWAI_CLI: AgentCli = AgentCli {
+    name: "crewai",
+    bin: CREWAI,
+    agent: "crewai",
+    top: &[
+        Top {
+            what: "crewai --version",
+            program: Arg::Cli(CREWAI),
+            args: VERSION,
+            version: Some(CREWAI_VERSION),
+            stdout_has: None,
+            check: crewai_top,
+        },
+        Top {
+            what: "crewai --help",
+            program: Arg::Cli(CREWAI),
+            args: HELP,
+            version: None,
+            stdout_has: None,
+            check: crewai_top,
+        },
+    ],
+    nested_args: "--version",
+    nested: None,
+};
+
+fn crewai_top(c: &mut Checks, s: &Seen<'_>) {
+    check_leader(c, s.events, s.run, is_python, Some("/bin/crewai"), s.what);
+}
+
+// smolagents: console script `smolagent` (no --version; --help runs offline).
+const SMOLAGENTS_CLI: AgentCli = AgentCli {
+    name: "smolagent",
+    bin: SMOLAGENT,
+    agent: "smolagents",
+    top: &[Top {
+        what: "smolagent --help",
+        program: Arg::Cli(SMOLAGENT),
+        args: HELP,
+        version: None,
+        stdout_has: Some("usage: smolagent"),
+        check: |c, s| {
+            check_leader(
+                c,
+                s.events,
+                s.run,
+                is_python,
+                Some("/bin/smolagent"),
+                s.what,
+            );
+        },
+    }],
+    nested_args: "--help",
+    nested: None,
+};
+
 // ----- the tests -----
 
 /// The whole example file, `[daemon]` table included, starts a daemon (the
@@ -642,146 +1083,16 @@ fn example_config_starts_the_daemon() -> Result<()> {
     Ok(())
 }
 
-/// Claude Code 2.x: the npm bin is the native binary itself (one exec, no
-/// node), and with install scripts off `node cli-wrapper.cjs` starts the
-/// platform package's binary as a child (launcher -> native child).
+/// [`CLAUDE_CODE`]: the native binary, and `node cli-wrapper.cjs`.
 #[test]
 fn claude_code() -> Result<()> {
-    let claude = cli(CLAUDE)?;
-    let wrapper = cli(CLAUDE_WRAPPER)?;
-    let d = start_daemon()?;
-    let home = TempDir::new("home")?;
-    let mut c = Checks::new();
-
-    for args in [&["--version"][..], &["--help"][..]] {
-        let what = format!("claude {}", args.join(" "));
-        let (ran, events, run) = top_level(&d, &mut c, home.path(), &claude, args, "claude-code")?;
-        if args == ["--version"] {
-            check_version(&mut c, &ran, CLAUDE_VERSION, &what);
-        }
-        if let Some(r) = run {
-            let leader = check_leader(
-                &mut c,
-                &events,
-                &r,
-                |exe| exe.ends_with("/@anthropic-ai/claude-code/bin/claude.exe"),
-                None,
-                &what,
-            );
-            if let Some(e) = leader {
-                check!(
-                    c,
-                    arg(&e, 0).ends_with("/.bin/claude"),
-                    "{what}: argv[0] should be the bin link: {}",
-                    compact(&e)
-                );
-            }
-        }
-    }
-
-    let what = "node cli-wrapper.cjs --version";
-    let (ran, events, run) = top_level(
-        &d,
-        &mut c,
-        home.path(),
-        "node",
-        &[&wrapper, "--version"],
-        "claude-code",
-    )?;
-    check_version(&mut c, &ran, CLAUDE_VERSION, what);
-    if let Some(r) = run {
-        check_leader(&mut c, &events, &r, is_node, Some("/cli-wrapper.cjs"), what);
-        check_child_exec(
-            &mut c,
-            &events,
-            ran.pid,
-            &r,
-            |e| {
-                let exe = exe_of(e);
-                exe.contains("/@anthropic-ai/claude-code-linux-") && exe.ends_with("/claude")
-            },
-            "native binary (@anthropic-ai/claude-code-linux-*/claude)",
-            what,
-        );
-    }
-
-    let (_, events, sub) = nested(
-        &d,
-        &mut c,
-        home.path(),
-        &format!("{claude} --version"),
-        "claude-code",
-    )?;
-    if let Some(s) = sub {
-        check_leader(
-            &mut c,
-            &events,
-            &s,
-            |exe| exe.ends_with("/claude.exe"),
-            None,
-            "nested claude",
-        );
-    }
-    c.finish()
+    check_cli(&CLAUDE_CODE)
 }
 
-/// Codex: `#!/usr/bin/env node` launcher (env, then node in the same pid)
-/// that starts the native binary of @openai/codex-linux-* as a child.
+/// [`CODEX_CLI`]: the env-node launcher and its native child.
 #[test]
 fn codex() -> Result<()> {
-    let codex = cli(CODEX)?;
-    let d = start_daemon()?;
-    let home = TempDir::new("home")?;
-    let mut c = Checks::new();
-
-    for args in [&["--version"][..], &["--help"][..]] {
-        let what = format!("codex {}", args.join(" "));
-        let (ran, events, run) = top_level(&d, &mut c, home.path(), &codex, args, "codex")?;
-        if args == ["--version"] {
-            check_version(&mut c, &ran, CODEX_VERSION, &what);
-        }
-        if let Some(r) = run {
-            check_env_shebang(&mut c, &events, &r, "/.bin/codex", &what);
-            check_leader(&mut c, &events, &r, is_node, Some("/.bin/codex"), &what);
-            check_child_exec(
-                &mut c,
-                &events,
-                ran.pid,
-                &r,
-                |e| is_codex_native(exe_of(e)) && arg(e, 1) == args[0],
-                "native codex binary",
-                &what,
-            );
-        }
-    }
-
-    let (ran, events, sub) = nested(
-        &d,
-        &mut c,
-        home.path(),
-        &format!("{codex} --version"),
-        "codex",
-    )?;
-    if let Some(s) = sub {
-        check_leader(
-            &mut c,
-            &events,
-            &s,
-            is_node,
-            Some("/.bin/codex"),
-            "nested codex",
-        );
-        check_child_exec(
-            &mut c,
-            &events,
-            ran.pid,
-            &s,
-            |e| is_codex_native(exe_of(e)),
-            "native codex binary",
-            "nested codex",
-        );
-    }
-    c.finish()
+    check_cli(&CODEX_CLI)
 }
 
 fn is_codex_native(exe: &str) -> bool {
@@ -940,183 +1251,28 @@ fn codex_apply_patch_alias_is_not_a_sub_run() -> Result<()> {
     c.finish()
 }
 
-/// Gemini CLI: `#!/usr/bin/env node` bundle that relaunches node on itself
-/// with `--max-old-space-size=N` (a child with the same script).
+/// [`GEMINI_CLI`]: the env-node bundle and its relaunch.
 #[test]
 fn gemini_cli() -> Result<()> {
-    let gemini = cli(GEMINI)?;
-    let d = start_daemon()?;
-    let home = TempDir::new("home")?;
-    let mut c = Checks::new();
-
-    for args in [&["--version"][..], &["--help"][..]] {
-        let what = format!("gemini {}", args.join(" "));
-        let (ran, events, run) = top_level(&d, &mut c, home.path(), &gemini, args, "gemini-cli")?;
-        if args == ["--version"] {
-            check_version(&mut c, &ran, GEMINI_VERSION, &what);
-        }
-        if let Some(r) = run {
-            check_env_shebang(&mut c, &events, &r, "/.bin/gemini", &what);
-            check_leader(&mut c, &events, &r, is_node, Some("/.bin/gemini"), &what);
-            check_child_exec(
-                &mut c,
-                &events,
-                ran.pid,
-                &r,
-                |e| {
-                    is_node(exe_of(e))
-                        && arg(e, 1).starts_with("--max-old-space-size=")
-                        && arg(e, 2).ends_with("/.bin/gemini")
-                },
-                "relaunch (node --max-old-space-size=N gemini)",
-                &what,
-            );
-        }
-    }
-
-    let (ran, events, sub) = nested(
-        &d,
-        &mut c,
-        home.path(),
-        &format!("{gemini} --version"),
-        "gemini-cli",
-    )?;
-    if let Some(s) = sub {
-        check_child_exec(
-            &mut c,
-            &events,
-            ran.pid,
-            &s,
-            |e| is_node(exe_of(e)) && arg(e, 1).starts_with("--max-old-space-size="),
-            "relaunch",
-            "nested gemini",
-        );
-    }
-    c.finish()
+    check_cli(&GEMINI_CLI)
 }
 
-/// Aider: a console script whose shebang is the venv's python (exe
-/// python3.X, argv[1] the script), or `python -m aider`; it runs `git
-/// version` as children.
+/// [`AIDER_CLI`]: the console script, `python -m aider`, and `git version`.
 #[test]
 fn aider() -> Result<()> {
-    let aider = cli(AIDER)?;
-    let python = cli(AIDER_PYTHON)?;
-    let d = start_daemon()?;
-    let home = TempDir::new("home")?;
-    let mut c = Checks::new();
-
-    let is_git = |e: &Value| basename(exe_of(e)) == "git" && arg(e, 1) == "version";
-    for args in [&["--version"][..], &["--help"][..]] {
-        let what = format!("aider {}", args.join(" "));
-        let (ran, events, run) = top_level(&d, &mut c, home.path(), &aider, args, "aider")?;
-        if args == ["--version"] {
-            check_version(&mut c, &ran, AIDER_VERSION, &what);
-        }
-        if let Some(r) = run {
-            check_leader(&mut c, &events, &r, is_python, Some("/bin/aider"), &what);
-            check_child_exec(&mut c, &events, ran.pid, &r, is_git, "`git version`", &what);
-        }
-    }
-
-    let what = "python -m aider --version";
-    let (ran, events, run) = top_level(
-        &d,
-        &mut c,
-        home.path(),
-        &python,
-        &["-m", "aider", "--version"],
-        "aider",
-    )?;
-    check_version(&mut c, &ran, AIDER_VERSION, what);
-    if let Some(r) = run {
-        check_leader(&mut c, &events, &r, is_python, None, what);
-        check_child_exec(&mut c, &events, ran.pid, &r, is_git, "`git version`", what);
-    }
-
-    let (ran, events, sub) = nested(
-        &d,
-        &mut c,
-        home.path(),
-        &format!("{aider} --version"),
-        "aider",
-    )?;
-    if let Some(s) = sub {
-        check_child_exec(
-            &mut c,
-            &events,
-            ran.pid,
-            &s,
-            is_git,
-            "`git version`",
-            "nested aider",
-        );
-    }
-    c.finish()
+    check_cli(&AIDER_CLI)
 }
 
-/// CrewAI: console script `crewai` (python3.X running venv/bin/crewai).
+/// [`CREWAI_CLI`]: the console script.
 #[test]
 fn crewai() -> Result<()> {
-    let crewai = cli(CREWAI)?;
-    let d = start_daemon()?;
-    let home = TempDir::new("home")?;
-    let mut c = Checks::new();
-
-    for args in [&["--version"][..], &["--help"][..]] {
-        let what = format!("crewai {}", args.join(" "));
-        let (ran, events, run) = top_level(&d, &mut c, home.path(), &crewai, args, "crewai")?;
-        if args == ["--version"] {
-            check_version(&mut c, &ran, CREWAI_VERSION, &what);
-        }
-        if let Some(r) = run {
-            check_leader(&mut c, &events, &r, is_python, Some("/bin/crewai"), &what);
-        }
-    }
-    nested(
-        &d,
-        &mut c,
-        home.path(),
-        &format!("{crewai} --version"),
-        "crewai",
-    )?;
-    c.finish()
+    check_cli(&CREWAI_CLI)
 }
 
-/// smolagents: console script `smolagent` (no --version; --help runs offline).
+/// [`SMOLAGENTS_CLI`]: the console script's --help.
 #[test]
 fn smolagents() -> Result<()> {
-    let smolagent = cli(SMOLAGENT)?;
-    let d = start_daemon()?;
-    let home = TempDir::new("home")?;
-    let mut c = Checks::new();
-
-    let what = "smolagent --help";
-    let (ran, events, run) = top_level(
-        &d,
-        &mut c,
-        home.path(),
-        &smolagent,
-        &["--help"],
-        "smolagents",
-    )?;
-    check!(
-        c,
-        ran.stdout.contains("usage: smolagent"),
-        "{what}: unexpected output {:?}",
-        ran.stdout
-    );
-    if let Some(r) = run {
-        check_leader(&mut c, &events, &r, is_python, Some("/bin/smolagent"), what);
-    }
-    nested(
-        &d,
-        &mut c,
-        home.path(),
-        &format!("{smolagent} --help"),
-        "smolagents",
-    )?;
-    c.finish()
+    check_cli(&SMOLAGENTS_CLI)
 }
 
 /// Nothing installed: every test above fails (never skips) with the hint.

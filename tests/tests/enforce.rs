@@ -19,7 +19,7 @@ use std::net::{TcpListener, UdpSocket};
 use std::os::unix::fs::symlink;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -259,10 +259,7 @@ fn exec_rules_decide_by_file_identity_directory_and_glob() -> Result<()> {
 
 #[test]
 fn running_the_dynamic_loader_directly_is_denied_unless_it_is_an_exact_rule() -> Result<()> {
-    let loader = ["/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .ok_or_else(|| anyhow!("no dynamic loader found at a known path"))?;
+    let loader = dynamic_loader()?;
     let loader_real = canonical_str(loader)?;
     let loader_dir = format!(
         "{}/",
@@ -443,10 +440,7 @@ fn bypasses_of_a_denied_binary_are_all_killed_and_reported() -> Result<()> {
     fs::create_dir_all(fx.dir().join("links"))?;
     let shebang = scripts.join("shebang");
     write_exe(&shebang, &format!("#!{}\n", fx.denied))?;
-    let loader = ["/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .ok_or_else(|| anyhow!("no dynamic loader found at a known path"))?;
+    let loader = dynamic_loader()?;
     let config = policy_toml::<_, &str>("p", "enforce", &base_exec()?, &[], "");
     let d = Daemon::start_with(Some(&config), &[])?;
 
@@ -1345,17 +1339,6 @@ fn enforcement_survives_the_daemon_killed_with_sigkill() -> Result<()> {
 
 // ===== reload =====
 
-/// `sensor policy reload` against the daemon.
-fn reload(d: &Daemon) -> Result<Output> {
-    let (_, out) = run_with_timeout(
-        d.sensor()
-            .args(["policy", "reload", "--socket"])
-            .arg(d.socket()),
-        Duration::from_secs(20),
-    )?;
-    Ok(out)
-}
-
 #[test]
 fn a_malformed_reload_is_refused_and_the_old_policy_keeps_enforcing() -> Result<()> {
     let fx = Fixture::new("enf-reload-bad")?;
@@ -1565,29 +1548,6 @@ fn an_enforce_policy_with_errors_stops_the_daemon_at_start_up() -> Result<()> {
         }
     }
     c.finish()
-}
-
-/// Size of the daemon's events file.
-fn events_bytes(d: &Daemon) -> u64 {
-    fs::metadata(d.events_path()).map_or(0, |m| m.len())
-}
-
-/// `policy.version` of the last denied exec with `needle` in argv, read from
-/// the raw events file (an exec loop writes hundreds of thousands of lines;
-/// the harness would parse them all).
-fn last_deny_version(d: &Daemon, needle: &str) -> Result<Option<u64>> {
-    let raw = fs::read(d.events_path())?;
-    let raw = String::from_utf8_lossy(&raw);
-    let quoted = q(needle);
-    let Some(line) = raw
-        .lines()
-        .rev()
-        .find(|l| l.contains("\"process.exec\"") && l.contains(&quoted) && l.contains("\"deny\""))
-    else {
-        return Ok(None);
-    };
-    let e: Value = serde_json::from_str(line).context("an events line")?;
-    Ok(e["policy"]["version"].as_u64())
 }
 
 #[test]

@@ -23,9 +23,9 @@ use sensor_common::{
 };
 use sensor_tests::enforce::*;
 use sensor_tests::{
-    Checks, Daemon, bpftool, bpftool_json, check, compact, helper_bin, link_attached,
-    links_of_prog, map_delete, map_dump, map_update, metric_sample, prog_exists, scrape_metrics,
-    servers::free_port, text,
+    Checks, Daemon, EVENT_TIMEOUT, bpftool, bpftool_json, check, compact, helper_bin,
+    link_attached, links_of_prog, map_delete, map_dump, map_update, metric_sample, prog_exists,
+    scrape_metrics, servers::free_port, text,
 };
 use serde_json::Value;
 
@@ -262,12 +262,22 @@ fn removed_pins_are_reported_and_pinned_again() -> Result<()> {
     );
     // In OCSF, a tamper is a Detection Finding (2004), checked by the
     // third-party validator.
+    // The OCSF sink writes on its own: wait (bounded) until it has written
+    // a tamper, rather than validate a file it has not reached yet.
     let findings = fx.dir().join("ocsf-findings.jsonl");
-    let lines: Vec<String> = fs::read_to_string(&ocsf)?
-        .lines()
-        .filter(|l| l.contains("\"event_code\":\"sensor.tamper\""))
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let ocsf_tampers = || -> Result<Vec<String>> {
+        Ok(fs::read_to_string(&ocsf)?
+            .lines()
+            .filter(|l| l.contains("\"event_code\":\"sensor.tamper\""))
+            .map(|l| format!("{l}\n"))
+            .collect())
+    };
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    let mut lines = ocsf_tampers()?;
+    while lines.is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+        lines = ocsf_tampers()?;
+    }
     fs::write(&findings, lines.concat())?;
     c.result(sensor_tests::ocsf::validate(&findings, &[2004]).map(|_| ()));
 
@@ -525,7 +535,7 @@ fn policy_map_writes_are_reported_and_repaired() -> Result<()> {
     let d = Daemon::start_with(Some(&enforce_config(&[], None)?), &[])?;
     let mut puppet = Puppet::start(&d, "tamper-maps", "p", fx.dir())?;
     let puppet_pid = puppet.pid();
-    let first = d.wait_for(sensor_tests::EVENT_TIMEOUT, |e| {
+    let first = d.wait_for(EVENT_TIMEOUT, |e| {
         is_exec_ok(e) && e["process"]["pid"] == puppet_pid && e["run"]["agent"] == "tamper-maps"
     })?;
     let run_id = first["run"]["id"].clone();

@@ -117,7 +117,7 @@ const PYTHON: &str = "/usr/bin/python3";
 
 /// `<target>/agent-clis`.
 pub fn dir() -> Result<PathBuf> {
-    Ok(util::target_dir()?.join("agent-clis"))
+    Ok(util::target_dir().join("agent-clis"))
 }
 
 impl AgentCli {

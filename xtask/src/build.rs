@@ -47,7 +47,7 @@ pub fn build_sensor(profile: Profile) -> Result<PathBuf> {
 
 /// Where `cargo build -p sensor` puts the binary for `profile`.
 pub fn sensor_bin(profile: Profile) -> Result<PathBuf> {
-    Ok(util::target_dir()?.join(profile.dir()).join("sensor"))
+    Ok(util::target_dir().join(profile.dir()).join("sensor"))
 }
 
 /// Set up, build, mount, then replace this process with `sensor daemon ARGS`.

@@ -66,7 +66,7 @@ pub fn fuzz(target: Option<&str>, secs: u64, corpus: Corpus) -> Result<()> {
         None => TARGETS.to_vec(),
     };
     setup::cargo_fuzz()?;
-    let root = util::workspace_root()?;
+    let root = util::workspace_root();
     let (built, elapsed) =
         util::timed(|| util::run(cargo_fuzz(&root).args(["build", "-s", "none"])));
     built.context("building the fuzz targets")?;
@@ -113,7 +113,7 @@ fn run_target(root: &Path, name: &str, secs: u64, corpus: Corpus) -> Result<Outc
     let committed = root.join("fuzz/corpus").join(name);
     let mut dirs: Vec<PathBuf> = Vec::new();
     if corpus == Corpus::Scratch {
-        let scratch = util::target_dir()?.join("fuzz-corpus").join(name);
+        let scratch = util::target_dir().join("fuzz-corpus").join(name);
         std::fs::create_dir_all(&scratch)
             .with_context(|| format!("creating {}", scratch.display()))?;
         dirs.push(scratch);
@@ -254,7 +254,7 @@ stat::number_of_executed_units: 99
 
     #[test]
     fn every_target_has_a_source_and_a_corpus() {
-        let root = util::workspace_root().unwrap();
+        let root = util::workspace_root();
         let manifest = std::fs::read_to_string(root.join("fuzz/Cargo.toml")).unwrap();
         for entry in std::fs::read_dir(root.join("fuzz/fuzz_targets")).unwrap() {
             let path = entry.unwrap().path();

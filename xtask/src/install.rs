@@ -160,7 +160,7 @@ pub fn install(opts: &Options) -> Result<()> {
     } else {
         build::build_sensor(build::Profile::Release)?
     };
-    let dist = util::workspace_root()?.join("dist");
+    let dist = util::workspace_root().join("dist");
     let report = install_files(&layout, &bin, &dist)?;
     summarize(&layout, &report)
 }
@@ -403,7 +403,7 @@ mod tests {
     }
 
     fn dist() -> PathBuf {
-        util::workspace_root().unwrap().join("dist")
+        util::workspace_root().join("dist")
     }
 
     fn mode(path: &Path) -> u32 {

@@ -30,12 +30,12 @@ pub fn ensure_jwt_verifier() -> Result<PathBuf> {
 /// `<target>/<name>-venv` with `tests/<name>/requirements.txt` installed,
 /// checked by running `tests/<name>/<script> --help`.
 fn ensure_pinned_venv(name: &str, script: &str, what: &str) -> Result<PathBuf> {
-    let root = util::workspace_root()?;
+    let root = util::workspace_root();
     let requirements = root.join("tests").join(name).join("requirements.txt");
     let script = root.join("tests").join(name).join(script);
     let wanted = fs::read_to_string(&requirements)
         .with_context(|| format!("cannot read {}", requirements.display()))?;
-    let venv = util::target_dir()?.join(format!("{name}-venv"));
+    let venv = util::target_dir().join(format!("{name}-venv"));
     let python = venv.join("bin").join("python");
     let stamp = venv.join(STAMP);
     let shown = format!("{what} (target/{name}-venv)");

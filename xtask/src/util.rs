@@ -2,7 +2,6 @@
 
 use std::{
     ffi::OsStr,
-    path::{Path, PathBuf},
     process::{Command, Output},
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
@@ -10,27 +9,14 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-/// The workspace root (the parent of this crate's directory).
-pub fn workspace_root() -> Result<PathBuf> {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .context("xtask's manifest directory has no parent")
-}
-
-/// The cargo target directory: `CARGO_TARGET_DIR` when set, else `<root>/target`.
-pub fn target_dir() -> Result<PathBuf> {
-    let root = workspace_root()?;
-    Ok(match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) if !dir.is_empty() => root.join(dir),
-        _ => root.join("target"),
-    })
-}
+/// The workspace root and the cargo target directory: the same helpers the
+/// integration tests use (`CARGO_TARGET_DIR` when set, else `<root>/target`).
+pub use sensor_tests::{target_dir, workspace_root};
 
 /// A `cargo` command (the rustup proxy from PATH) run from the workspace root.
 pub fn cargo() -> Result<Command> {
     let mut cmd = Command::new("cargo");
-    cmd.current_dir(workspace_root()?);
+    cmd.current_dir(workspace_root());
     Ok(cmd)
 }
 

@@ -11,7 +11,10 @@
 
 use std::{collections::BTreeMap, fs, path::Path};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+
+use super::{Env, Results, daemon::Daemon, workloads::Workload};
 
 /// Turns `kernel.bpf_stats_enabled` on while alive and puts back the value
 /// it found (the stats cost two clock reads per program run).
@@ -148,6 +151,56 @@ impl KernelCost {
         let total: u64 = self.programs.iter().map(|p| p.ns).sum();
         total as f64 / self.ops.max(1) as f64
     }
+}
+
+/// One storm of each workload under an audit-mode daemon with
+/// `kernel.bpf_stats_enabled`: each program's runs and run time per op.
+pub(super) fn measure(
+    env: &Env,
+    workloads: &[&Workload],
+    quick: bool,
+    results: &mut Results,
+) -> Result<()> {
+    let _stats = StatsEnabled::new()?;
+    let daemon = Daemon::start(env, 1002, &["--output", "file:/dev/null", "--no-store"])?;
+    let measured = (|| -> Result<Vec<KernelCost>> {
+        let pid = daemon.pid();
+        let names: BTreeMap<u32, String> = daemon
+            .status_json()?
+            .get("programs")
+            .and_then(Value::as_array)
+            .context("`sensor status --json` lists no programs")?
+            .iter()
+            .filter_map(|p| {
+                let id = u32::try_from(p.get("id")?.as_u64()?).ok()?;
+                Some((id, p.get("name")?.as_str()?.to_owned()))
+            })
+            .collect();
+        let mut costs = Vec::new();
+        for workload in workloads {
+            let ops = workload.ops(quick);
+            eprintln!(
+                "xtask bench: kernel cost: {} storm ({ops} ops) with bpf_stats on",
+                workload.name
+            );
+            let before = program_stats(pid)?;
+            (workload.run)(ops)?;
+            let after = program_stats(pid)?;
+            let cost =
+                KernelCost::between(workload.name, ops, workload.cores, &names, &before, &after);
+            if cost.programs.is_empty() {
+                bail!(
+                    "no program of the daemon ran during the {} storm (are the stats counted?)",
+                    workload.name
+                );
+            }
+            costs.push(cost);
+        }
+        Ok(costs)
+    })();
+    let stopped = daemon.stop();
+    results.kernel_cost = measured?;
+    stopped
 }
 
 #[cfg(test)]

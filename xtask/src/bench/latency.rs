@@ -4,7 +4,7 @@
 //! as wall clock).
 
 use std::{
-    fs::File,
+    fs::{self, File},
     io::{ErrorKind, Read as _},
     path::Path,
     process::{Command, Stdio},
@@ -14,6 +14,8 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
+
+use super::{Env, Results, daemon::Daemon};
 use serde_json::Value;
 
 /// What the trickle spawns; its exec lines are the ones measured.
@@ -162,6 +164,42 @@ pub fn percentile(samples: &[f64], q: f64) -> Option<f64> {
     sorted.sort_by(f64::total_cmp);
     let rank = (q * sorted.len() as f64).ceil() as usize;
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+/// Execs of the latency trickle, and their rate per second.
+pub(super) const LATENCY_EXECS: usize = 2000;
+pub(super) const QUICK_LATENCY_EXECS: usize = 500;
+pub(super) const LATENCY_RATE: u32 = 500;
+/// p99 ≤ 10 ms.
+pub(super) const LATENCY_P99_TARGET_MS: f64 = 10.0;
+
+/// A daemon writing JSON to a file, a trickle of execs, the file tailed.
+pub(super) fn measure(env: &Env, quick: bool, results: &mut Results) -> Result<()> {
+    let execs = if quick {
+        QUICK_LATENCY_EXECS
+    } else {
+        LATENCY_EXECS
+    };
+    let events = env.socket_dir.join("latency.jsonl");
+    let _ = fs::remove_file(&events);
+    // Created before the daemon opens it, so the tail can start at once.
+    fs::write(&events, "").with_context(|| format!("cannot create {}", events.display()))?;
+    let output = format!("file:{}", events.display());
+    let daemon = Daemon::start(env, 1001, &["--output", &output, "--no-store"])?;
+    eprintln!("xtask bench: latency: {execs} execs at {LATENCY_RATE}/s, tailing the output file");
+    let measured = trickle(&events, execs, LATENCY_RATE);
+    let stopped = daemon.stop();
+    let _ = fs::remove_file(&events);
+    results.latency_ms = measured?;
+    results.latency_execs = execs;
+    stopped?;
+    if results.latency_ms.len() < execs {
+        bail!(
+            "only {} of {execs} exec lines of the trickle reached the output file",
+            results.latency_ms.len()
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

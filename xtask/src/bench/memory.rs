@@ -7,6 +7,7 @@
 //! reaps them and exits.
 
 use std::{
+    collections::BTreeMap,
     fs,
     io::{Read as _, Write as _},
     os::unix::net::UnixStream,
@@ -16,6 +17,12 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+
+use super::{
+    Env, Results,
+    daemon::{Daemon, event_count, lost_total, many_runs_config},
+};
 
 const PID_MAX: &str = "/proc/sys/kernel/pid_max";
 const THREADS_MAX: &str = "/proc/sys/kernel/threads-max";
@@ -299,4 +306,164 @@ pub fn status_kib(pid: u32, field: &str) -> Result<u64> {
         .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
         .with_context(|| format!("{path} has no {field}"))
+}
+
+/// Daemon RSS with `count` live processes or runs.
+#[derive(Debug, Clone)]
+pub(super) struct MemoryResult {
+    pub(super) name: &'static str,
+    pub(super) count: usize,
+    /// VmRSS of the idle daemon just before, KiB.
+    pub(super) idle_kib: u64,
+    pub(super) rss_kib: u64,
+    /// RssAnon, RssFile and RssShmem at the same moment, KiB.
+    pub(super) parts_kib: BTreeMap<&'static str, u64>,
+    /// The target, when one applies at this count.
+    pub(super) target_kib: Option<u64>,
+}
+
+/// Live processes parked for the RSS measurement (the target is set at 100k).
+pub(super) const RSS_PROCESSES: usize = 100_000;
+pub(super) const QUICK_RSS_PROCESSES: usize = 10_000;
+/// Live runs for the RSS measurement.
+pub(super) const RSS_RUNS: usize = 10_000;
+pub(super) const QUICK_RSS_RUNS: usize = 1000;
+/// How long the daemon may take to end the runs whose processes were killed.
+pub(super) const RUNS_DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
+/// ≤ 64 MiB RSS at 100,000 live processes.
+pub(super) const RSS_TARGET_KIB: u64 = 64 * 1024;
+
+pub(super) fn rss_parts(pid: u32) -> BTreeMap<&'static str, u64> {
+    ["RssAnon", "RssFile", "RssShmem"]
+        .into_iter()
+        .filter_map(|field| Some((field, status_kib(pid, field).ok()?)))
+        .collect()
+}
+
+/// Starts a daemon, parks processes, then runs, and reads its VmRSS each time.
+pub(super) fn measure(env: &Env, quick: bool, results: &mut Results) -> Result<()> {
+    let processes = if quick {
+        QUICK_RSS_PROCESSES
+    } else {
+        RSS_PROCESSES
+    };
+    let runs = if quick { QUICK_RSS_RUNS } else { RSS_RUNS };
+    let _room = make_room(processes.max(runs))?;
+    let config = many_runs_config(env)?;
+    let daemon = Daemon::start(
+        env,
+        1000,
+        &[
+            "--output",
+            "file:/dev/null",
+            "--no-store",
+            "--config",
+            &config,
+        ],
+    )?;
+    let pid = daemon.pid();
+
+    eprintln!("xtask bench: memory: parking {processes} processes");
+    let idle_kib = rss_kib(pid)?;
+    let before = event_count(&daemon.status_json()?, "process.spawn");
+    let parked = park(processes, None)?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let seen = event_count(&daemon.status_json()?, "process.spawn").saturating_sub(before);
+        if seen >= processes as u64 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            bail!("the daemon saw {seen} of {processes} parked processes within 120 s");
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    let rss_kib = rss_kib(pid)?;
+    let parts_kib = rss_parts(pid);
+    parked.kill()?;
+    eprintln!("  {processes} processes: VmRSS {rss_kib} KiB (idle {idle_kib} KiB)");
+    results.memory.push(MemoryResult {
+        name: "processes",
+        count: processes,
+        idle_kib,
+        rss_kib,
+        parts_kib,
+        target_kib: (processes >= RSS_PROCESSES).then_some(RSS_TARGET_KIB),
+    });
+
+    eprintln!("xtask bench: memory: launching {runs} runs");
+    // Let the daemon forget the exited processes first.
+    thread::sleep(Duration::from_secs(1));
+    let idle_kib = self::rss_kib(pid)?;
+    let parked = park(runs, Some(daemon.socket()))?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let active = daemon
+            .status_json()?
+            .get("runs_active")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        if active >= runs as u64 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            bail!("only {active} of {runs} runs became active within 120 s");
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    let rss_kib = self::rss_kib(pid)?;
+    let parts_kib = rss_parts(pid);
+    parked.kill()?;
+    eprintln!("  {runs} runs: VmRSS {rss_kib} KiB (idle {idle_kib} KiB)");
+    // The daemon ends the runs as their processes exit: wait for that before
+    // stopping it, so a slow stop and a slow run end are told apart.
+    // A daemon busy ending runs may not answer `status` in time: retry.
+    let killed = Instant::now();
+    let mut unanswered = 0;
+    loop {
+        let active = daemon.status_json().map(|status| {
+            status
+                .get("runs_active")
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+        });
+        match &active {
+            Ok(0) => {
+                eprintln!(
+                    "  all runs ended {:.1}s after their processes were killed ({unanswered} status requests unanswered meanwhile)",
+                    killed.elapsed().as_secs_f64()
+                );
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => unanswered += 1,
+        }
+        if killed.elapsed() > RUNS_DRAIN_TIMEOUT {
+            let state = match active {
+                Ok(active) => format!("{active} of {runs} runs still active"),
+                Err(err) => format!("the daemon does not answer `status` ({err:#})"),
+            };
+            results.problems.push(format!(
+                "memory: {state} {} s after the processes of {runs} runs were killed",
+                RUNS_DRAIN_TIMEOUT.as_secs()
+            ));
+            break;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    results.memory.push(MemoryResult {
+        name: "runs",
+        count: runs,
+        idle_kib,
+        rss_kib,
+        parts_kib,
+        target_kib: None,
+    });
+    let status = daemon.status_json();
+    daemon.stop()?;
+    let lost = lost_total(&status?)?;
+    if lost > 0 {
+        bail!("the sensor lost {lost} events while processes were parked");
+    }
+    Ok(())
 }

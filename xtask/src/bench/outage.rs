@@ -12,7 +12,11 @@ use std::{thread, time::Duration};
 use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
-use super::{Daemon, Env, event_count, storm};
+use super::{
+    Env,
+    daemon::{Daemon, event_count},
+    storm,
+};
 
 /// Execs the storm runs while the daemon is down: enough to overflow the
 /// default ring (about 20,000 fit).

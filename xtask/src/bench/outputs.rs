@@ -35,7 +35,7 @@ use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use sensor_tests::servers::{Nats, Rsyslog};
 use serde_json::{Value, json};
 
-use super::{Daemon, Env, Results, WORKLOADS};
+use super::{Env, Results, daemon::Daemon, workloads::WORKLOADS};
 use crate::{storm, util};
 
 /// The bin of this package that runs the HTTP receiver.
@@ -277,7 +277,7 @@ pub(super) fn build_receiver() -> Result<PathBuf> {
     let mut cmd = util::cargo()?;
     cmd.args(["build", "--release", "-p", "xtask", "--bin", RECEIVER_BIN]);
     util::run(&mut cmd)?;
-    let bin = util::target_dir()?.join("release").join(RECEIVER_BIN);
+    let bin = util::target_dir().join("release").join(RECEIVER_BIN);
     ensure!(
         bin.is_file(),
         "`{}` succeeded but {} does not exist",
