@@ -68,8 +68,10 @@ fn records(bytes: &[u8]) -> Vec<&[u8]> {
 /// Replays the recording into JSON and OCSF files and a store in `dir`.
 fn replay(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let config_text = fs::read_to_string(golden().join("config.toml")).unwrap();
-    let (config, _policies) =
-        Config::parse_with_policies(&config_text, &golden().join("config.toml")).unwrap();
+    // Only the agents are used (the recorded verdicts carry the policy
+    // ids): the policies are not resolved, so the files their rules name
+    // need not exist on this machine.
+    let config: Config = toml::from_str(&config_text).unwrap();
     let matchers = Matchers::new(&config.agents).unwrap();
     let empty_proc = dir.join("proc");
     fs::create_dir_all(&empty_proc).unwrap();
