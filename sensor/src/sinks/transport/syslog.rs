@@ -72,8 +72,8 @@ use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use rustls_pki_types::ServerName;
 
 use super::{
+    Record, SendError, Transport,
     tls::{TlsError, TlsOptions},
-    transport::{Record, SendError, Transport},
 };
 
 /// Per address tried.

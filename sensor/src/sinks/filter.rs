@@ -1,0 +1,115 @@
+//! Per output: which events pass its filter, and their bytes in its format.
+
+use super::{Format, OutputSpec, format, transport::Record};
+use crate::event::{Event, Kind};
+
+/// An output's filter and format.
+#[derive(Debug, Clone)]
+pub struct Filter {
+    /// Bit `Kind::index()` set: the kind passes (all set when unfiltered).
+    kinds: u32,
+    runs_only: bool,
+    format: Format,
+}
+
+impl Filter {
+    #[must_use]
+    pub fn new(spec: &OutputSpec) -> Self {
+        let kinds = spec.kinds.as_ref().map_or(u32::MAX, |kinds| {
+            kinds.iter().fold(0, |bits, k| bits | 1 << k.index())
+        });
+        Self {
+            kinds,
+            runs_only: spec.runs_only,
+            format: spec.format,
+        }
+    }
+
+    /// Whether `event` goes to this output.
+    #[must_use]
+    pub fn passes(&self, event: &Event) -> bool {
+        self.kinds & (1 << event.kind.index()) != 0 && (event.run.is_some() || !self.runs_only)
+    }
+
+    /// Appends `event` in this output's format to `out` (no newline); false
+    /// when it cannot be encoded (then `out` is as it was).
+    fn encode_one(&self, event: &Event, out: &mut Vec<u8>) -> bool {
+        let start = out.len();
+        match format::encode(self.format, event, out) {
+            Ok(()) => true,
+            Err(e) => {
+                out.truncate(start);
+                tracing::debug!(seq = event.seq, error = %e, "cannot encode an event; skipped");
+                false
+            }
+        }
+    }
+
+    /// The events that pass, encoded, newline-terminated; returns how many.
+    pub fn encode_lines(&self, batch: &[Event], out: &mut Vec<u8>) -> u64 {
+        let mut n = 0;
+        for event in batch {
+            if self.passes(event) && self.encode_one(event, out) {
+                out.push(b'\n');
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// The events that pass, encoded, as spool records.
+    pub fn encode_records(&self, batch: &[Event], out: &mut Encoded) {
+        out.clear();
+        for event in batch {
+            if !self.passes(event) {
+                continue;
+            }
+            let start = out.buf.len();
+            if self.encode_one(event, &mut out.buf) {
+                out.items.push((
+                    event.seq,
+                    format::unix_ns(event.time.0),
+                    event.kind,
+                    start..out.buf.len(),
+                ));
+            }
+        }
+    }
+}
+
+/// Encoded events of one batch, ready for the spool.
+#[derive(Debug, Default)]
+pub struct Encoded {
+    buf: Vec<u8>,
+    items: Vec<(u64, i64, Kind, std::ops::Range<usize>)>,
+}
+
+impl Encoded {
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.items.clear();
+    }
+
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    #[must_use]
+    pub fn records(&self) -> Vec<Record<'_>> {
+        self.items
+            .iter()
+            .map(|(seq, time_ns, kind, range)| Record {
+                seq: *seq,
+                time_ns: *time_ns,
+                kind: kind.as_str(),
+                payload: self.buf.get(range.clone()).unwrap_or_default(),
+            })
+            .collect()
+    }
+}
