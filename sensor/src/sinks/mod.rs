@@ -171,8 +171,25 @@ pub enum SinkError {
         #[source]
         source: spool::SpoolError,
     },
-    #[error("output {spec}: {message}")]
-    Setup { spec: String, message: String },
+    #[error("output {spec}")]
+    Setup {
+        spec: String,
+        #[source]
+        source: SetupError,
+    },
+}
+
+/// Why a network output's transport cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Token(#[from] spec::TokenError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Nats(#[from] nats::NatsSetupError),
+    #[error("not a network output")]
+    NotNetwork,
 }
 
 /// What outputs need to know about the daemon.
@@ -368,9 +385,9 @@ fn open_one(spec: &OutputSpec, ctx: &OutputContext) -> Result<Output, SinkError>
 
 /// The transport of a network output.
 fn transport_for(spec: &OutputSpec, ctx: &OutputContext) -> Result<Box<dyn Transport>, SinkError> {
-    let setup = |message: String| SinkError::Setup {
+    let setup = |source: SetupError| SinkError::Setup {
         spec: spec.to_string(),
-        message,
+        source,
     };
     let tls = tls::TlsOptions {
         ca: spec.ca.clone(),
@@ -388,20 +405,20 @@ fn transport_for(spec: &OutputSpec, ctx: &OutputContext) -> Result<Box<dyn Trans
                 hostname: ctx.hostname.clone(),
                 app_name: "sensor".to_owned(),
             })
-            .map_err(|e| setup(error_chain(&e)))?,
+            .map_err(|e| setup(e.into()))?,
         ),
         Target::Http { url, .. } => Box::new(
             http::Http::new(http::HttpConfig {
                 url: url.clone(),
                 shape: spec.shape.unwrap_or(HttpShape::Hec),
-                token: spec.resolve_token().map_err(setup)?,
+                token: spec.resolve_token().map_err(|e| setup(e.into()))?,
                 gzip: spec.gzip,
                 index: spec.index.clone(),
                 tls,
                 hostname: ctx.hostname.clone(),
                 batch_bytes: 1 << 20,
             })
-            .map_err(|e| setup(error_chain(&e)))?,
+            .map_err(|e| setup(e.into()))?,
         ),
         Target::Nats {
             host,
@@ -415,15 +432,16 @@ fn transport_for(spec: &OutputSpec, ctx: &OutputContext) -> Result<Box<dyn Trans
                 msg_id_prefix: ctx.instance_id.clone(),
                 tls_ca: spec.ca.clone(),
             })
-            .map_err(|e| setup(error_chain(&e)))?,
+            .map_err(|e| setup(e.into()))?,
         ),
         Target::Stdout | Target::File { .. } => {
-            return Err(setup("not a network output".to_owned()));
+            return Err(setup(SetupError::NotNetwork));
         }
     })
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// `e` and its causes, joined by `: ` (for status and logs).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
