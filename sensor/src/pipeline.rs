@@ -568,7 +568,8 @@ impl Pipeline {
     }
 
     /// Hands the current batch to the outputs and the store: one shared
-    /// `Arc<[Event]>` each encodes on its own thread.
+    /// batch each encodes on its own thread (the JSON lines once, by the
+    /// first that needs them).
     pub fn flush(&mut self) {
         if let Some(log) = &mut self.raw_log {
             use std::io::Write as _;
@@ -577,7 +578,10 @@ impl Pipeline {
         if self.batch.is_empty() {
             return;
         }
-        let batch: crate::sinks::EventBatch = self.batch.drain(..).collect();
+        let batch = crate::sinks::EventBatch::new(std::mem::replace(
+            &mut self.batch,
+            Vec::with_capacity(BATCH_EVENTS),
+        ));
         self.outputs.send(&batch);
         if let Some(store) = &self.store {
             store.send(crate::store::writer::StoreBatch::Events(batch));

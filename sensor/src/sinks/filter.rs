@@ -1,6 +1,8 @@
 //! Per output: which events pass its filter, and their bytes in its format.
+//! JSON takes the batch's shared lines ([`EventBatch::json`]); OCSF encodes
+//! each event that passes.
 
-use super::{Format, OutputSpec, format, transport::Record};
+use super::{EventBatch, Format, OutputSpec, format, transport::Record};
 use crate::event::{Event, Kind};
 
 /// An output's filter and format.
@@ -31,6 +33,38 @@ impl Filter {
         self.kinds & (1 << event.kind.index()) != 0 && (event.run.is_some() || !self.runs_only)
     }
 
+    /// Every event passes.
+    const fn passes_all(&self) -> bool {
+        self.kinds == u32::MAX && !self.runs_only
+    }
+
+    /// The batch's events that pass, with their index and their bytes in
+    /// this output's format (no newline), `buf` holding what this output
+    /// encoded itself.
+    fn each<'b>(
+        &self,
+        batch: &'b EventBatch,
+        buf: &mut Vec<u8>,
+        mut f: impl FnMut(&'b Event, &[u8]),
+    ) {
+        let json = matches!(self.format, Format::Json).then(|| batch.json());
+        for (i, event) in batch.events().iter().enumerate() {
+            if !self.passes(event) {
+                continue;
+            }
+            if let Some(json) = json {
+                if let Some(line) = json.line(i) {
+                    f(event, line.strip_suffix(b"\n").unwrap_or(line));
+                }
+            } else {
+                buf.clear();
+                if self.encode_one(event, buf) {
+                    f(event, buf);
+                }
+            }
+        }
+    }
+
     /// Appends `event` in this output's format to `out` (no newline); false
     /// when it cannot be encoded (then `out` is as it was).
     fn encode_one(&self, event: &Event, out: &mut Vec<u8>) -> bool {
@@ -45,35 +79,46 @@ impl Filter {
         }
     }
 
-    /// The events that pass, encoded, newline-terminated; returns how many.
-    pub fn encode_lines(&self, batch: &[Event], out: &mut Vec<u8>) -> u64 {
-        let mut n = 0;
-        for event in batch {
-            if self.passes(event) && self.encode_one(event, out) {
-                out.push(b'\n');
-                n += 1;
-            }
+    /// The events that pass, encoded, newline-terminated, in `out` (a JSON
+    /// output without a filter takes the batch's lines as they are, in
+    /// `lines`); returns how many.
+    pub fn encode_lines<'b>(
+        &self,
+        batch: &'b EventBatch,
+        out: &mut Vec<u8>,
+        lines: &mut Option<&'b [u8]>,
+    ) -> u64 {
+        if matches!(self.format, Format::Json) && self.passes_all() {
+            let json = batch.json();
+            *lines = Some(json.bytes().as_slice());
+            return json.encoded() as u64;
         }
+        *lines = None;
+        let mut n = 0;
+        let mut buf = Vec::new();
+        self.each(batch, &mut buf, |_, bytes| {
+            out.extend_from_slice(bytes);
+            out.push(b'\n');
+            n += 1;
+        });
         n
     }
 
     /// The events that pass, encoded, as spool records.
-    pub fn encode_records(&self, batch: &[Event], out: &mut Encoded) {
+    pub fn encode_records(&self, batch: &EventBatch, out: &mut Encoded) {
         out.clear();
-        for event in batch {
-            if !self.passes(event) {
-                continue;
-            }
-            let start = out.buf.len();
-            if self.encode_one(event, &mut out.buf) {
-                out.items.push((
-                    event.seq,
-                    format::unix_ns(event.time.0),
-                    event.kind,
-                    start..out.buf.len(),
-                ));
-            }
-        }
+        let mut buf = Vec::new();
+        let Encoded { buf: all, items } = out;
+        self.each(batch, &mut buf, |event, bytes| {
+            let start = all.len();
+            all.extend_from_slice(bytes);
+            items.push((
+                event.seq,
+                format::unix_ns(event.time.0),
+                event.kind,
+                start..all.len(),
+            ));
+        });
     }
 }
 

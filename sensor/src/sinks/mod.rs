@@ -1,11 +1,12 @@
 //! Outputs: where events leave the sensor.
 //!
-//! The pipeline hands each batch of typed events ([`EventBatch`], one
-//! `Arc<[Event]>` shared by every output and the store) to every output's
+//! The pipeline hands each batch of typed events ([`EventBatch`], shared
+//! by every output and the store, with its JSON lines made once by the
+//! first that needs them) to every output's
 //! bounded queue and goes on; nothing an output does can stall the kernel
 //! reader or the other outputs. Each output filters the events
 //! ([`filter`]) and encodes them in its [`format`] (JSON lines through
-//! serde, OCSF through its own typed structs) on its own thread.
+//! serde, OCSF mapped from the typed event) on its own thread.
 //!
 //! - stdout and `file:` outputs have a writer thread: filter, encode, write
 //!   (a file rotates by size). A full queue drops the batch, counted.
@@ -40,6 +41,7 @@
 //!
 //! Counts reach `sensor status`, the metrics and `sensor.lost` events.
 
+mod batch;
 pub mod filter;
 pub mod format;
 mod spec;
@@ -59,6 +61,7 @@ use std::{
 
 use backon::BackoffBuilder as _;
 
+pub use self::batch::{EventBatch, JsonLines};
 pub use self::spec::{
     Format, HttpShape, OutputSpec, SpecError, Target, check_unique_names, parse_size,
 };
@@ -67,10 +70,6 @@ use self::{
     spool::Spool,
     transport::{Transport, http, nats, syslog, tls},
 };
-use crate::event::Event;
-
-/// A batch of events, shared by every output and the store.
-pub type EventBatch = Arc<[Event]>;
 
 /// Batches waiting per output.
 const QUEUE_BATCHES: usize = 4096;
@@ -271,7 +270,7 @@ impl Outputs {
     /// Queues a batch on every output; an output whose queue is full drops it (counted).
     pub fn send(&self, batch: &EventBatch) {
         for o in &self.outputs {
-            match o.tx.try_send(Arc::clone(batch)) {
+            match o.tx.try_send(batch.clone()) {
                 Ok(()) => {}
                 Err(TrySendError::Full(b) | TrySendError::Disconnected(b)) => {
                     o.handle
@@ -476,8 +475,9 @@ fn local_loop(
             }
         };
         encoded.clear();
-        let n = filter.encode_lines(&batch, &mut encoded);
-        match w.write_lines(&encoded, n) {
+        let mut shared = None;
+        let n = filter.encode_lines(&batch, &mut encoded, &mut shared);
+        match w.write_lines(shared.unwrap_or(&encoded), n) {
             Ok(()) => {
                 stats.sent.fetch_add(n, Ordering::Relaxed);
                 failing = false;
@@ -669,7 +669,10 @@ pub fn spool_dir(state_dir: &Path, name: &str) -> PathBuf {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::{event::Kind, sinks::transport::Record};
+    use crate::{
+        event::{Event, Kind},
+        sinks::transport::Record,
+    };
 
     /// An event of `kind` numbered `seq`, in a run or not.
     pub(crate) fn event(seq: u64, kind: Kind, in_run: bool) -> Event {
@@ -710,10 +713,12 @@ mod tests {
     }
 
     pub(crate) fn batch_of(events: &[(u64, Kind, bool)]) -> EventBatch {
-        events
-            .iter()
-            .map(|&(seq, kind, in_run)| event(seq, kind, in_run))
-            .collect()
+        EventBatch::new(
+            events
+                .iter()
+                .map(|&(seq, kind, in_run)| event(seq, kind, in_run))
+                .collect(),
+        )
     }
 
     fn ctx(dir: &Path) -> OutputContext {

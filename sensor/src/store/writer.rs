@@ -18,10 +18,7 @@ use std::{
 use rusqlite::{Connection, params};
 
 use super::{StoreError, open_for_writing, rows};
-use crate::{
-    event::{Event, json},
-    sinks::EventBatch,
-};
+use crate::sinks::EventBatch;
 
 /// Batches waiting for the writer.
 const QUEUE_BATCHES: usize = 1024;
@@ -82,7 +79,8 @@ pub struct RunRow {
 /// What the writer is handed.
 #[derive(Debug)]
 pub enum StoreBatch {
-    /// A pipeline batch: mapped to rows and encoded on the writer's thread.
+    /// A pipeline batch: mapped to rows on the writer's thread, with the
+    /// batch's JSON lines (shared with the JSON outputs) as their bodies.
     Events(EventBatch),
     /// Rows already mapped, their JSON lines in the bytes (replays, tests).
     Rows(Rows),
@@ -98,7 +96,7 @@ impl StoreBatch {
 
     fn into_rows(self) -> Rows {
         match self {
-            Self::Events(events) => Rows::of(&events),
+            Self::Events(batch) => Rows::of(&batch),
             Self::Rows(rows) => rows,
         }
     }
@@ -112,22 +110,19 @@ pub struct Rows {
 }
 
 impl Rows {
-    /// The rows of `events`, each stored with its JSON line as the outputs
-    /// write it (an event that cannot be encoded is left out).
+    /// The rows of a batch's events, each stored with its JSON line as the
+    /// outputs write it (an event that cannot be encoded is left out).
     #[must_use]
-    pub fn of(events: &[Event]) -> Self {
-        let mut bytes = Vec::with_capacity(events.len() * 512);
-        let mut records = Vec::with_capacity(events.len());
-        for event in events {
-            let begin = bytes.len();
-            if json::write_json_line(event, &mut bytes).is_ok() {
-                records.push(rows::record_of(event, begin..bytes.len()));
-            } else {
-                bytes.truncate(begin);
-            }
-        }
+    pub fn of(batch: &EventBatch) -> Self {
+        let json = batch.json();
+        let records = batch
+            .events()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, event)| Some(rows::record_of(event, json.range(i)?)))
+            .collect();
         Self {
-            bytes: Arc::new(bytes),
+            bytes: Arc::clone(json.bytes()),
             records,
         }
     }

@@ -2,9 +2,9 @@
 //! [`Event`], never from another format's bytes.
 //!
 //! - [`json`]: `sensor.event/v1`, the event's own serde form.
-//! - [`ocsf`]: OCSF 1.7.0, typed structs built from the event and derived
-//!   with serde (a schema field the mapping does not handle is a compile
-//!   error there, not a gap in the output).
+//! - [`ocsf`]: OCSF 1.7.0, mapped from the event's serde form (a
+//!   `serde_json::Value` made from the typed event, no text parsed); the
+//!   `#[derive(Serialize)]` OCSF structs of issue 18 are still to come.
 //!
 //! Syslog's RFC 5424 framing wraps either format and is part of its
 //! transport ([`super::transport::syslog`]).
