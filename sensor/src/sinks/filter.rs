@@ -158,3 +158,60 @@ impl Encoded {
             .collect()
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::sinks::tests::batch_of;
+
+    fn filter(spec: &str) -> Filter {
+        Filter::new(&spec.parse().unwrap())
+    }
+
+    #[test]
+    fn json_lines_are_the_events_serde_form_with_or_without_a_filter() {
+        let batch = batch_of(&[
+            (1, Kind::ProcessExec, false),
+            (2, Kind::ProcessExit, true),
+            (3, Kind::ProcessExec, true),
+        ]);
+        let serde_line = |e: &Event| serde_json::to_string(e).unwrap() + "\n";
+        let all: String = batch.events().iter().map(serde_line).collect();
+        // Unfiltered: the batch's shared lines, as they are.
+        let (mut out, mut shared) = (Vec::new(), None);
+        assert_eq!(filter("-").encode_lines(&batch, &mut out, &mut shared), 3);
+        assert_eq!(shared.unwrap(), all.as_bytes());
+        assert!(out.is_empty());
+        // Filtered: the lines that pass, from the same shared encoding.
+        let mut shared = None;
+        let f = filter("-,kinds=process.exec,runs_only=true");
+        assert_eq!(f.encode_lines(&batch, &mut out, &mut shared), 1);
+        assert!(shared.is_none());
+        assert_eq!(out, serde_line(&batch.events()[2]).as_bytes());
+        // As spool records: one per event that passes, no newline.
+        let mut encoded = Encoded::default();
+        filter("-,kinds=process.exec").encode_records(&batch, &mut encoded);
+        let records = encoded.records();
+        assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 3]);
+        for (r, e) in records.iter().zip([&batch.events()[0], &batch.events()[2]]) {
+            assert_eq!(r.payload, serde_json::to_string(e).unwrap().as_bytes());
+            assert_eq!(r.kind, "process.exec");
+            assert_eq!(r.time_ns, 1_700_000_000_000_000_000);
+        }
+    }
+
+    #[test]
+    fn ocsf_outputs_encode_each_event_that_passes() {
+        let batch = batch_of(&[(1, Kind::ProcessExec, false), (2, Kind::RunEnd, true)]);
+        let (mut out, mut shared) = (Vec::new(), None);
+        let n = filter("-,format=ocsf,runs_only=true").encode_lines(&batch, &mut out, &mut shared);
+        assert_eq!(n, 1);
+        assert!(shared.is_none());
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.lines().count(), 1);
+        let v: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+        assert_eq!(v["metadata"]["event_code"], "run.end");
+        assert_eq!(v["unmapped"]["seq"], 2);
+    }
+}
