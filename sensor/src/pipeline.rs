@@ -34,8 +34,11 @@ use crate::{
 /// Records handled per wake-up before giving other tasks a turn.
 const DRAIN_BUDGET: usize = 2048;
 /// A batch is handed to the outputs and the store once it holds this many
-/// events (about 256 KiB of JSON).
-const BATCH_EVENTS: usize = 512;
+/// events: with their JSON lines about 400 KiB (an `Event` is 2 KiB before
+/// its strings), near the 256 KiB of JSON a batch held when it was bytes,
+/// so a stalled output's queue (`QUEUE_BATCHES` batches) costs about as
+/// much memory as it did.
+const BATCH_EVENTS: usize = 128;
 /// How often kernel counters are read and the clock offset re-measured.
 const TICK: Duration = Duration::from_secs(1);
 /// Every this many ticks, processes whose exit was lost are swept.
