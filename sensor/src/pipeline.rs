@@ -24,20 +24,21 @@ use crate::{
     identity::Clock,
     loader::Probes,
     record,
-    sinks::{Batch, Line, OutputHandle, Outputs},
+    sinks::{OutputHandle, Outputs},
     status::DaemonState,
     status::Defense,
-    store::{
-        unix_ns,
-        writer::{Record, StoreBatch, StoreWriter},
-    },
+    store::writer::StoreWriter,
     tamper::files::{self, FileChange, What},
 };
 
 /// Records handled per wake-up before giving other tasks a turn.
 const DRAIN_BUDGET: usize = 2048;
-/// A batch is handed to the outputs once it holds this many bytes.
-const BATCH_BYTES: usize = 256 * 1024;
+/// A batch is handed to the outputs and the store once it holds this many
+/// events: with their JSON lines about 400 KiB (an `Event` is 2 KiB before
+/// its strings), near the 256 KiB of JSON a batch held when it was bytes,
+/// so a stalled output's queue (`QUEUE_BATCHES` batches) costs about as
+/// much memory as it did.
+const BATCH_EVENTS: usize = 128;
 /// How often kernel counters are read and the clock offset re-measured.
 const TICK: Duration = Duration::from_secs(1);
 /// Every this many ticks, processes whose exit was lost are swept.
@@ -72,8 +73,8 @@ pub struct Pipeline {
     outputs: Outputs,
     output_handles: Vec<OutputHandle>,
     state: Arc<DaemonState>,
-    batch: Vec<u8>,
-    batch_lines: Vec<Line>,
+    /// Events not yet handed to the outputs and the store.
+    batch: Vec<Event>,
     /// Where the event sequence is saved (a restart continues it).
     seq_file: Option<SeqFile>,
     kernel_lost_seen: [u64; SLOT_KINDS.len()],
@@ -83,7 +84,6 @@ pub struct Pipeline {
     /// Reused buffer for the events of one record.
     scratch: Vec<Event>,
     store: Option<StoreWriter>,
-    store_records: Vec<Record>,
     /// The kernel's per-run counters as last reported, by run handle.
     run_stats_seen: std::collections::HashMap<u64, RunStats>,
     /// Whether a caught panic was logged already (once is enough).
@@ -142,8 +142,7 @@ impl Pipeline {
             outputs,
             output_handles,
             state,
-            batch: Vec::with_capacity(BATCH_BYTES * 2),
-            batch_lines: Vec::new(),
+            batch: Vec::with_capacity(BATCH_EVENTS),
             seq_file: None,
             kernel_lost_seen: [0; SLOT_KINDS.len()],
             output_dropped_seen,
@@ -151,7 +150,6 @@ impl Pipeline {
             decode_warned: false,
             scratch: Vec::with_capacity(4),
             store: None,
-            store_records: Vec::new(),
             run_stats_seen: std::collections::HashMap::new(),
             panic_logged: false,
             run_stats_seen_map: None,
@@ -303,7 +301,7 @@ impl Pipeline {
             );
         }
         for event in events.drain(..) {
-            self.push(&event);
+            self.push(event);
         }
         self.scratch = events;
         self.flush();
@@ -411,7 +409,7 @@ impl Pipeline {
                     if theirs {
                         event.delivery = Some(DELIVERY_RECOVERED);
                     }
-                    self.push(&event);
+                    self.push(event);
                 }
                 self.scratch = events;
                 if theirs {
@@ -494,7 +492,7 @@ impl Pipeline {
             end: gap.end,
         };
         let event = self.builder.gap(gap);
-        self.push(&event);
+        self.push(event);
         let runs = self.check_run_stats(run_stats);
         self.report_losses(kernel, runs, Some(window));
     }
@@ -544,7 +542,7 @@ impl Pipeline {
     pub fn run_changes(&mut self, changes: &[RunChange]) {
         for change in changes {
             let event = self.builder.run_change(change);
-            self.push(&event);
+            self.push(event);
         }
         self.state
             .set_runs(self.builder.attribution().active_runs());
@@ -563,61 +561,40 @@ impl Pipeline {
             self.caught_panic("a control request");
         }
         for event in events.drain(..) {
-            self.push(&event);
+            self.push(event);
         }
         self.scratch = events;
     }
 
-    fn push(&mut self, event: &Event) {
+    fn push(&mut self, event: Event) {
         if event.kind == Kind::SensorTamper && self.file_watch.is_some() {
-            self.note_kernel_write(event);
+            self.note_kernel_write(&event);
         }
-        let begin = self.batch.len();
-        if crate::event::json::write_json_line(event, &mut self.batch).is_ok() {
-            self.batch_lines.push(Line {
-                end: u32::try_from(self.batch.len()).unwrap_or(u32::MAX),
-                seq: event.seq,
-                time_ns: unix_ns(event.time.0),
-                kind: event.kind,
-                in_run: event.run.is_some(),
-            });
-            self.state.count_event(event.kind);
-            if self.store.is_some() {
-                self.store_records.push(crate::store::rows::record_of(
-                    event,
-                    begin..self.batch.len(),
-                ));
-            }
-        } else {
-            self.batch.truncate(begin);
-        }
-        if self.batch.len() >= BATCH_BYTES {
+        self.state.count_event(event.kind);
+        self.batch.push(event);
+        if self.batch.len() >= BATCH_EVENTS {
             self.flush();
         }
     }
 
-    /// Hands the current batch to the outputs.
+    /// Hands the current batch to the outputs and the store: one shared
+    /// batch each encodes on its own thread (the JSON lines once, by the
+    /// first that needs them).
     pub fn flush(&mut self) {
         if let Some(log) = &mut self.raw_log {
             use std::io::Write as _;
             let _ = log.flush();
         }
-        if self.batch_lines.is_empty() {
+        if self.batch.is_empty() {
             return;
         }
-        let bytes = Arc::new(std::mem::replace(
+        let batch = crate::sinks::EventBatch::new(std::mem::replace(
             &mut self.batch,
-            Vec::with_capacity(BATCH_BYTES * 2),
+            Vec::with_capacity(BATCH_EVENTS),
         ));
-        self.outputs.send(&Batch {
-            bytes: Arc::clone(&bytes),
-            lines: Arc::new(std::mem::take(&mut self.batch_lines)),
-        });
+        self.outputs.send(&batch);
         if let Some(store) = &self.store {
-            store.send(StoreBatch {
-                bytes,
-                records: std::mem::take(&mut self.store_records),
-            });
+            store.send(crate::store::writer::StoreBatch::Events(batch));
         }
     }
 
@@ -659,7 +636,7 @@ impl Pipeline {
                     {
                         lost_by_run.insert(run.id.clone(), lost);
                     }
-                    self.push(&event);
+                    self.push(event);
                 }
             }
             let active = self
@@ -776,7 +753,7 @@ impl Pipeline {
         {
             tracing::warn!(kernel = lost.total, outputs = ?lost.by_output, file_watch = ?lost.file_watch, "events lost");
             let event = self.builder.lost(lost);
-            self.push(&event);
+            self.push(event);
             self.flush();
         }
     }
@@ -809,7 +786,7 @@ impl Pipeline {
             }
             self.state.count_tamper(t.what);
             let event = self.builder.tamper(t);
-            self.push(&event);
+            self.push(event);
         }
         if !found.is_empty() {
             self.flush();
@@ -849,7 +826,7 @@ impl Pipeline {
         };
         self.notifier.status(&status);
         let event = self.builder.blind(blind);
-        self.push(&event);
+        self.push(event);
         self.flush();
     }
 

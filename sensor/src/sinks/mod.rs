@@ -1,6 +1,12 @@
-//! Outputs. The pipeline hands each batch of JSON lines to every output's
+//! Outputs: where events leave the sensor.
+//!
+//! The pipeline hands each batch of typed events ([`EventBatch`], shared
+//! by every output and the store, with its JSON lines made once by the
+//! first that needs them) to every output's
 //! bounded queue and goes on; nothing an output does can stall the kernel
-//! reader or the other outputs.
+//! reader or the other outputs. Each output filters the events
+//! ([`filter`]) and encodes them in its [`format`] (JSON lines through
+//! serde, OCSF mapped from the typed event) on its own thread.
 //!
 //! - stdout and `file:` outputs have a writer thread: filter, encode, write
 //!   (a file rotates by size). A full queue drops the batch, counted.
@@ -8,21 +14,38 @@
 //!   filters and encodes each event and appends it to the output's on-disk
 //!   [`spool`]; the sender reads the spool in order and delivers through the
 //!   output's [`transport`], moving the spool's cursor only past what the
-//!   receiver acknowledged, and retries with backoff while it cannot. So a
-//!   dead receiver costs disk, not events, until the spool is full (then the
-//!   oldest are dropped, counted), and what is spooled outlives the daemon.
+//!   receiver acknowledged, and retries with backoff (exponential, with
+//!   jitter) while it cannot. So a dead receiver costs disk, not events,
+//!   until the spool is full (then the oldest are dropped, counted), and
+//!   what is spooled outlives the daemon.
+//!
+//! # One concurrency model: threads and bounded queues
+//!
+//! Every output runs on plain OS threads with blocking I/O, fed by a bounded
+//! `std::sync::mpsc` queue that the pipeline only ever `try_send`s to. Not
+//! tokio tasks on the daemon's runtime: that runtime is current-thread and
+//! drives the kernel reader, and a slow encoder (OCSF), a blocking file or
+//! spool write (`fsync`), a TLS handshake or an HTTP request (ureq is
+//! blocking) would stall it; and not a shared output runtime either: the
+//! spool, the files and three of the four transports are blocking by
+//! nature, so each would need `spawn_blocking` anyway. A thread per output
+//! (two for a network one) isolates outputs from each other and from the
+//! reader by construction, and the kernel schedules them on both cores.
+//!
+//! The one async library, `async-nats`, stays inside its transport:
+//! [`transport::nats::Nats`] owns a current-thread runtime that only its
+//! sender thread enters (`block_on` within the blocking
+//! [`transport::Transport::send`]), and drops it with a broken connection
+//! so the client's tasks end with it. Seen from here it is a blocking
+//! transport like the others.
 //!
 //! Counts reach `sensor status`, the metrics and `sensor.lost` events.
 
-mod encode;
-mod file;
-pub mod http;
-pub mod nats;
-pub mod ocsf;
+mod batch;
+pub mod filter;
+pub mod format;
 mod spec;
 pub mod spool;
-pub mod syslog;
-pub mod tls;
 pub mod transport;
 
 use std::{
@@ -36,56 +59,28 @@ use std::{
     time::{Duration, Instant},
 };
 
+use backon::BackoffBuilder as _;
+
+pub use self::batch::{EventBatch, JsonLines};
 pub use self::spec::{
     Format, HttpShape, OutputSpec, SpecError, Target, check_unique_names, parse_size,
 };
-use self::{encode::Selector, spool::Spool, transport::Transport};
-use crate::event::Kind;
+use self::{
+    filter::Filter,
+    spool::Spool,
+    transport::{Transport, http, nats, syslog, tls},
+};
 
 /// Batches waiting per output.
 const QUEUE_BATCHES: usize = 4096;
 /// How long a stopping daemon keeps delivering what its spools hold; the
 /// rest waits in the spool for the next start.
 const STOP_DELIVERY: Duration = Duration::from_secs(5);
-/// Retry delays of a failing network output: doubled from the first to the
-/// last. The last bounds how long a receiver that is back waits for us.
+/// Retry delays of a failing network output ([`retry_delays`]): doubled from
+/// the first to the last, with jitter. The last bounds how long a receiver
+/// that is back waits for us.
 const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
-
-/// Where one event's line ends in a batch, and what filters look at.
-#[derive(Debug, Clone, Copy)]
-pub struct Line {
-    /// Offset just past the line's `\n` in [`Batch::bytes`].
-    pub end: u32,
-    pub seq: u64,
-    pub time_ns: i64,
-    pub kind: Kind,
-    /// The event belongs to an agent run.
-    pub in_run: bool,
-}
-
-/// A batch of complete JSON lines, shared by every output.
-#[derive(Debug, Clone)]
-pub struct Batch {
-    pub bytes: Arc<Vec<u8>>,
-    pub lines: Arc<Vec<Line>>,
-}
-
-impl Batch {
-    /// Each line's metadata with its bytes (newline excluded).
-    pub fn iter(&self) -> impl Iterator<Item = (&Line, &[u8])> {
-        let mut start = 0usize;
-        self.lines.iter().map(move |line| {
-            let end = line.end as usize;
-            let bytes = self
-                .bytes
-                .get(start..end.saturating_sub(1))
-                .unwrap_or_default();
-            start = end;
-            (line, bytes)
-        })
-    }
-}
 
 /// The state of an output's delivery, for status and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,8 +170,25 @@ pub enum SinkError {
         #[source]
         source: spool::SpoolError,
     },
-    #[error("output {spec}: {message}")]
-    Setup { spec: String, message: String },
+    #[error("output {spec}")]
+    Setup {
+        spec: String,
+        #[source]
+        source: SetupError,
+    },
+}
+
+/// Why a network output's transport cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Token(#[from] spec::TokenError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Nats(#[from] nats::NatsSetupError),
+    #[error("not a network output")]
+    NotNetwork,
 }
 
 /// What outputs need to know about the daemon.
@@ -191,7 +203,7 @@ pub struct OutputContext {
 }
 
 struct Output {
-    tx: SyncSender<Batch>,
+    tx: SyncSender<EventBatch>,
     handle: OutputHandle,
     threads: Vec<JoinHandle<()>>,
     stopping: Arc<AtomicBool>,
@@ -256,7 +268,7 @@ impl Outputs {
     }
 
     /// Queues a batch on every output; an output whose queue is full drops it (counted).
-    pub fn send(&self, batch: &Batch) {
+    pub fn send(&self, batch: &EventBatch) {
         for o in &self.outputs {
             match o.tx.try_send(batch.clone()) {
                 Ok(()) => {}
@@ -264,7 +276,7 @@ impl Outputs {
                     o.handle
                         .stats
                         .dropped
-                        .fetch_add(b.lines.len() as u64, Ordering::Relaxed);
+                        .fetch_add(b.len() as u64, Ordering::Relaxed);
                 }
             }
         }
@@ -289,10 +301,10 @@ impl Outputs {
 }
 
 fn open_one(spec: &OutputSpec, ctx: &OutputContext) -> Result<Output, SinkError> {
-    let (tx, rx) = sync_channel::<Batch>(QUEUE_BATCHES);
+    let (tx, rx) = sync_channel::<EventBatch>(QUEUE_BATCHES);
     let stats = Arc::new(OutputStats::default());
     let stopping = Arc::new(AtomicBool::new(false));
-    let selector = Selector::new(spec);
+    let filter = Filter::new(spec);
     let thread_err = |source| SinkError::Thread {
         spec: spec.to_string(),
         source,
@@ -308,20 +320,23 @@ fn open_one(spec: &OutputSpec, ctx: &OutputContext) -> Result<Output, SinkError>
     match &spec.target {
         Target::Stdout | Target::File { .. } => {
             let writer = match &spec.target {
-                Target::File { path } => file::LineWriter::file(path, spec.max_size, spec.keep)
-                    .map_err(|source| SinkError::Open {
-                        spec: spec.to_string(),
-                        path: path.clone(),
-                        source,
-                    })?,
-                _ => file::LineWriter::stdout(),
+                Target::File { path } => {
+                    transport::file::LineWriter::file(path, spec.max_size, spec.keep).map_err(
+                        |source| SinkError::Open {
+                            spec: spec.to_string(),
+                            path: path.clone(),
+                            source,
+                        },
+                    )?
+                }
+                _ => transport::file::LineWriter::stdout(),
             };
             let name = spec.name.clone();
             let stats = Arc::clone(&stats);
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("output {name}"))
-                    .spawn(move || local_loop(&name, writer, &selector, &rx, &stats))
+                    .spawn(move || local_loop(&name, writer, &filter, &rx, &stats))
                     .map_err(thread_err)?,
             );
         }
@@ -342,7 +357,7 @@ fn open_one(spec: &OutputSpec, ctx: &OutputContext) -> Result<Output, SinkError>
                 std::thread::Builder::new()
                     .name(format!("spool {name}"))
                     .spawn(move || {
-                        spool_loop(&name, &selector, &rx, &spooler_spool, &spooler_stats)
+                        spool_loop(&name, &filter, &rx, &spooler_spool, &spooler_stats);
                     })
                     .map_err(thread_err)?,
             );
@@ -369,9 +384,9 @@ fn open_one(spec: &OutputSpec, ctx: &OutputContext) -> Result<Output, SinkError>
 
 /// The transport of a network output.
 fn transport_for(spec: &OutputSpec, ctx: &OutputContext) -> Result<Box<dyn Transport>, SinkError> {
-    let setup = |message: String| SinkError::Setup {
+    let setup = |source: SetupError| SinkError::Setup {
         spec: spec.to_string(),
-        message,
+        source,
     };
     let tls = tls::TlsOptions {
         ca: spec.ca.clone(),
@@ -389,20 +404,20 @@ fn transport_for(spec: &OutputSpec, ctx: &OutputContext) -> Result<Box<dyn Trans
                 hostname: ctx.hostname.clone(),
                 app_name: "sensor".to_owned(),
             })
-            .map_err(|e| setup(error_chain(&e)))?,
+            .map_err(|e| setup(e.into()))?,
         ),
         Target::Http { url, .. } => Box::new(
             http::Http::new(http::HttpConfig {
                 url: url.clone(),
                 shape: spec.shape.unwrap_or(HttpShape::Hec),
-                token: spec.resolve_token().map_err(setup)?,
+                token: spec.resolve_token().map_err(|e| setup(e.into()))?,
                 gzip: spec.gzip,
                 index: spec.index.clone(),
                 tls,
                 hostname: ctx.hostname.clone(),
                 batch_bytes: 1 << 20,
             })
-            .map_err(|e| setup(error_chain(&e)))?,
+            .map_err(|e| setup(e.into()))?,
         ),
         Target::Nats {
             host,
@@ -416,15 +431,16 @@ fn transport_for(spec: &OutputSpec, ctx: &OutputContext) -> Result<Box<dyn Trans
                 msg_id_prefix: ctx.instance_id.clone(),
                 tls_ca: spec.ca.clone(),
             })
-            .map_err(|e| setup(error_chain(&e)))?,
+            .map_err(|e| setup(e.into()))?,
         ),
         Target::Stdout | Target::File { .. } => {
-            return Err(setup("not a network output".to_owned()));
+            return Err(setup(SetupError::NotNetwork));
         }
     })
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// `e` and its causes, joined by `: ` (for status and logs).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
@@ -437,9 +453,9 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 fn local_loop(
     name: &str,
-    mut w: file::LineWriter,
-    selector: &Selector,
-    rx: &Receiver<Batch>,
+    mut w: transport::file::LineWriter,
+    filter: &Filter,
+    rx: &Receiver<EventBatch>,
     stats: &OutputStats,
 ) {
     let mut failing = false;
@@ -458,24 +474,17 @@ fn local_loop(
                 }
             }
         };
-        let result = if selector.passes_all() {
-            w.write_lines(&batch.bytes, batch.lines.len() as u64)
-                .map(|()| batch.lines.len() as u64)
-        } else {
-            encoded.clear();
-            let n = selector.encode_lines(&batch, &mut encoded);
-            w.write_lines(&encoded, n).map(|()| n)
-        };
-        match result {
-            Ok(n) => {
+        encoded.clear();
+        let mut shared = None;
+        let n = filter.encode_lines(&batch, &mut encoded, &mut shared);
+        match w.write_lines(shared.unwrap_or(&encoded), n) {
+            Ok(()) => {
                 stats.sent.fetch_add(n, Ordering::Relaxed);
                 failing = false;
             }
             Err(e) => {
                 stats.write_errors.fetch_add(1, Ordering::Relaxed);
-                stats
-                    .dropped
-                    .fetch_add(batch.lines.len() as u64, Ordering::Relaxed);
+                stats.dropped.fetch_add(n, Ordering::Relaxed);
                 if !failing {
                     tracing::error!(output = name, error = %e, "write failed; dropping lines until it recovers");
                     failing = true;
@@ -493,12 +502,12 @@ fn local_loop(
 /// runs dry, so the sender sees events within a batch's time.
 fn spool_loop(
     name: &str,
-    selector: &Selector,
-    rx: &Receiver<Batch>,
+    filter: &Filter,
+    rx: &Receiver<EventBatch>,
     spool: &Spool,
     stats: &OutputStats,
 ) {
-    let mut encoded = encode::Encoded::default();
+    let mut encoded = filter::Encoded::default();
     let mut failing = false;
     loop {
         let batch = match rx.try_recv() {
@@ -513,7 +522,7 @@ fn spool_loop(
                 }
             }
         };
-        selector.encode_records(&batch, &mut encoded);
+        filter.encode_records(&batch, &mut encoded);
         match spool.append(&encoded.records()) {
             Ok(()) => failing = false,
             Err(e) => {
@@ -539,7 +548,7 @@ fn send_loop(
     stats: &OutputStats,
     stopping: &AtomicBool,
 ) {
-    let mut backoff = BACKOFF_FIRST;
+    let mut backoff = retry_delays();
     let mut stop_deadline: Option<Instant> = None;
     loop {
         if stopping.load(Ordering::Relaxed) {
@@ -563,7 +572,7 @@ fn send_loop(
             Err(e) => {
                 stats.set_error(&format!("reading the spool: {e}"));
                 tracing::error!(output = name, error = %e, "cannot read the spool");
-                sleep_unless_stopping(backoff, stopping);
+                sleep_unless_stopping(next_delay(&mut backoff), stopping);
                 continue;
             }
         };
@@ -587,13 +596,13 @@ fn send_loop(
         match error {
             None => {
                 stats.set_ok(delivered as u64);
-                backoff = BACKOFF_FIRST;
+                backoff = retry_delays();
             }
             Some(e) => {
                 if delivered > 0 {
                     // Progress: the receiver is there; try the rest soon.
                     stats.set_ok(delivered as u64);
-                    backoff = BACKOFF_FIRST;
+                    backoff = retry_delays();
                 }
                 if refused {
                     stats.failed.fetch_add(1, Ordering::Relaxed);
@@ -618,8 +627,7 @@ fn send_loop(
                     );
                     return;
                 }
-                sleep_unless_stopping(jitter(backoff), stopping);
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                sleep_unless_stopping(next_delay(&mut backoff), stopping);
             }
         }
     }
@@ -632,13 +640,23 @@ fn sleep_unless_stopping(d: Duration, stopping: &AtomicBool) {
     }
 }
 
-/// ±20 %, so many hosts behind one receiver don't retry in step.
-fn jitter(d: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |t| t.subsec_nanos());
-    let factor = 0.8 + f64::from(nanos % 1000) / 2500.0;
-    d.mul_f64(factor)
+/// A failing output's retry delays: doubled each time, at most
+/// [`BACKOFF_FIRST`] the first time and [`BACKOFF_MAX`] ever, with jitter so
+/// many hosts behind one receiver don't retry in step (backon draws each
+/// delay from `[d, 2d)`, hence the halves); endless (the spool holds the
+/// events).
+fn retry_delays() -> backon::ExponentialBackoff {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(BACKOFF_FIRST / 2)
+        .with_max_delay(BACKOFF_MAX / 2)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+fn next_delay(delays: &mut backon::ExponentialBackoff) -> Duration {
+    delays.next().unwrap_or(BACKOFF_MAX)
 }
 
 /// The spool directory of output `name` under `state_dir`.
@@ -651,32 +669,56 @@ pub fn spool_dir(state_dir: &Path, name: &str) -> PathBuf {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::sinks::transport::Record;
+    use crate::{
+        event::{Event, Kind},
+        sinks::transport::Record,
+    };
 
-    pub(crate) fn batch_of(lines: &[(u64, Kind, bool)]) -> Batch {
-        let mut bytes = Vec::new();
-        let mut meta = Vec::new();
-        for &(seq, kind, in_run) in lines {
-            bytes.extend_from_slice(
-                format!(
-                    "{{\"seq\":{seq},\"kind\":\"{}\",\"run\":{}}}\n",
-                    kind.as_str(),
-                    if in_run { "{\"id\":\"r\"}" } else { "null" }
-                )
-                .as_bytes(),
-            );
-            meta.push(Line {
-                end: u32::try_from(bytes.len()).unwrap(),
-                seq,
-                time_ns: 1_700_000_000_000_000_000,
-                kind,
-                in_run,
-            });
+    /// An event of `kind` numbered `seq`, in a run or not.
+    pub(crate) fn event(seq: u64, kind: Kind, in_run: bool) -> Event {
+        use crate::event::{Attributed, RunRef, SCHEMA, Timestamp};
+        Event {
+            schema: SCHEMA,
+            seq,
+            time: Timestamp(
+                std::time::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_000_000_000),
+            ),
+            host: Arc::new(crate::identity::Host {
+                name: "h".into(),
+                boot_id: "b".into(),
+            }),
+            kind,
+            run: in_run.then(|| RunRef {
+                id: "r".into(),
+                agent: "a".into(),
+                principal: "p".into(),
+                principal_claimed: None,
+                parent_id: None,
+                root_id: "r".into(),
+                depth: 0,
+                attribution: Attributed::Launch,
+                details: None,
+            }),
+            process: None,
+            exec: None,
+            network: None,
+            lost: None,
+            degraded: None,
+            tamper: None,
+            policy: None,
+            gap: None,
+            delivery: None,
+            blind: None,
         }
-        Batch {
-            bytes: Arc::new(bytes),
-            lines: Arc::new(meta),
-        }
+    }
+
+    pub(crate) fn batch_of(events: &[(u64, Kind, bool)]) -> EventBatch {
+        EventBatch::new(
+            events
+                .iter()
+                .map(|&(seq, kind, in_run)| event(seq, kind, in_run))
+                .collect(),
+        )
     }
 
     fn ctx(dir: &Path) -> OutputContext {

@@ -143,6 +143,14 @@ pub enum SpecError {
     Scheme { spec: String },
 }
 
+/// `token_env=VAR` names a variable that is not set.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("output {output}: token_env={var}, but ${var} is not set (or empty)")]
+pub struct TokenError {
+    pub output: String,
+    pub var: String,
+}
+
 impl OutputSpec {
     fn new(target: Target) -> Self {
         let name = default_name(&target);
@@ -316,17 +324,17 @@ impl OutputSpec {
     }
 
     /// The HTTP token: given, or read from its environment variable now.
-    pub fn resolve_token(&self) -> Result<Option<String>, String> {
+    pub fn resolve_token(&self) -> Result<Option<String>, TokenError> {
         if let Some(token) = &self.token {
             return Ok(Some(token.clone()));
         }
         match &self.token_env {
             Some(var) => match std::env::var(var) {
                 Ok(token) if !token.is_empty() => Ok(Some(token)),
-                _ => Err(format!(
-                    "output {}: token_env={var}, but ${var} is not set (or empty)",
-                    self.name
-                )),
+                _ => Err(TokenError {
+                    output: self.name.clone(),
+                    var: var.clone(),
+                }),
             },
             None => Ok(None),
         }
@@ -368,7 +376,7 @@ fn parse_target(target: &str, spec: &str) -> Result<Target, SpecError> {
         }
         "http" | "https" => {
             let authority = rest.split('/').next().unwrap_or_default();
-            if authority.is_empty() {
+            if authority.is_empty() || url::Url::parse(target).is_err() {
                 return Err(bad("expected http(s)://HOST[:PORT]/PATH"));
             }
             Ok(Target::Http {
@@ -403,17 +411,30 @@ fn parse_target(target: &str, spec: &str) -> Result<Target, SpecError> {
     }
 }
 
-/// `HOST:PORT` or `[V6]:PORT`.
+/// `HOST:PORT` or `[V6]:PORT`, read as a URL's authority (nothing else:
+/// no user, path, query or fragment; a port other than 0).
 fn host_port(s: &str) -> Option<(String, u16)> {
-    let (host, port) = s.rsplit_once(':')?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port: u16 = port.parse().ok()?;
-    (!host.is_empty() && port != 0).then(|| (host.to_owned(), port))
+    let url = url::Url::parse(&format!("sensor://{s}")).ok()?;
+    if !url.username().is_empty()
+        || url.password().is_some()
+        || !matches!(url.path(), "" | "/")
+        || url.query().is_some()
+        || url.fragment().is_some()
+    {
+        return None;
+    }
+    let host = match url.host()? {
+        url::Host::Domain(name) => name.to_owned(),
+        url::Host::Ipv4(ip) => ip.to_string(),
+        url::Host::Ipv6(ip) => ip.to_string(),
+    };
+    let port = url.port()?;
+    (!host.is_empty() && port != 0).then_some((host, port))
 }
 
-fn url_path(url: &str) -> &str {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    rest.find('/').map_or("/", |i| &rest[i..])
+/// The path of an HTTP(S) URL (`/` when it has none).
+fn url_path(target: &str) -> String {
+    url::Url::parse(target).map_or_else(|_| "/".to_owned(), |u| u.path().to_owned())
 }
 
 fn default_name(target: &Target) -> String {
@@ -685,8 +706,28 @@ mod tests {
         let s: OutputSpec = "http://h:1/_bulk,token_env=SENSOR_TEST_UNSET_TOKEN_VAR"
             .parse()
             .unwrap();
-        let e = s.resolve_token().unwrap_err();
+        let e = s.resolve_token().unwrap_err().to_string();
         assert!(e.contains("SENSOR_TEST_UNSET_TOKEN_VAR"), "{e}");
+    }
+
+    #[test]
+    fn host_and_port_are_an_authority() {
+        assert_eq!(
+            host_port("siem.example:6514"),
+            Some(("siem.example".into(), 6514))
+        );
+        assert_eq!(host_port("127.0.0.1:514"), Some(("127.0.0.1".into(), 514)));
+        assert_eq!(host_port("[::1]:4222"), Some(("::1".into(), 4222)));
+        for bad in [
+            "h", "h:", "h:0", "h:65536", "h:1:2", "user@h:1", "h:1?q", ":1", "[::1]", "a b:1",
+        ] {
+            assert_eq!(host_port(bad), None, "{bad}");
+        }
+        assert_eq!(
+            url_path("https://h:1/services/collector/event"),
+            "/services/collector/event"
+        );
+        assert_eq!(url_path("http://h:9200"), "/");
     }
 
     #[test]

@@ -17,7 +17,8 @@ use std::{
 
 use rusqlite::{Connection, params};
 
-use super::{StoreError, open_for_writing};
+use super::{StoreError, open_for_writing, rows};
+use crate::sinks::EventBatch;
 
 /// Batches waiting for the writer.
 const QUEUE_BATCHES: usize = 1024;
@@ -75,11 +76,56 @@ pub struct RunRow {
     pub end_reason: Option<String>,
 }
 
-/// Events of one pipeline batch.
+/// What the writer is handed.
 #[derive(Debug)]
-pub struct StoreBatch {
+pub enum StoreBatch {
+    /// A pipeline batch: mapped to rows on the writer's thread, with the
+    /// batch's JSON lines (shared with the JSON outputs) as their bodies.
+    Events(EventBatch),
+    /// Rows already mapped, their JSON lines in the bytes (replays, tests).
+    Rows(Rows),
+}
+
+impl StoreBatch {
+    fn len(&self) -> usize {
+        match self {
+            Self::Events(events) => events.len(),
+            Self::Rows(rows) => rows.records.len(),
+        }
+    }
+
+    fn into_rows(self) -> Rows {
+        match self {
+            Self::Events(batch) => Rows::of(&batch),
+            Self::Rows(rows) => rows,
+        }
+    }
+}
+
+/// Events as the store writes them: their rows, and their JSON lines.
+#[derive(Debug, Default)]
+pub struct Rows {
     pub bytes: Arc<Vec<u8>>,
     pub records: Vec<Record>,
+}
+
+impl Rows {
+    /// The rows of a batch's events, each stored with its JSON line as the
+    /// outputs write it (an event that cannot be encoded is left out).
+    #[must_use]
+    pub fn of(batch: &EventBatch) -> Self {
+        let json = batch.json();
+        let records = batch
+            .events()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, event)| Some(rows::record_of(event, json.range(i)?)))
+            .collect();
+        Self {
+            bytes: Arc::clone(json.bytes()),
+            records,
+        }
+    }
 }
 
 /// How long and how much the store keeps.
@@ -167,7 +213,7 @@ impl StoreWriter {
             Err(TrySendError::Full(b) | TrySendError::Disconnected(b)) => {
                 self.stats
                     .dropped
-                    .fetch_add(b.records.len() as u64, Ordering::Relaxed);
+                    .fetch_add(b.len() as u64, Ordering::Relaxed);
             }
         }
     }
@@ -197,11 +243,12 @@ fn write_loop(
             Err(RecvTimeoutError::Disconnected) => break,
         };
         if let Some(first) = batch {
-            let mut batches = vec![first];
+            let mut batches = vec![first.into_rows()];
             let mut rows = batches[0].records.len();
             while rows < MAX_ROWS_PER_TRANSACTION {
                 match rx.try_recv() {
                     Ok(more) => {
+                        let more = more.into_rows();
                         rows += more.records.len();
                         batches.push(more);
                     }
@@ -233,12 +280,12 @@ fn write_loop(
 
 /// Writes one batch in its own transaction.
 #[cfg(test)]
-fn write_batch(conn: &mut Connection, batch: &StoreBatch) -> rusqlite::Result<()> {
+fn write_batch(conn: &mut Connection, batch: &Rows) -> rusqlite::Result<()> {
     write_batches(conn, std::slice::from_ref(batch))
 }
 
 /// Writes batches in one transaction.
-fn write_batches(conn: &mut Connection, batches: &[StoreBatch]) -> rusqlite::Result<()> {
+fn write_batches(conn: &mut Connection, batches: &[Rows]) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     for batch in batches {
         let mut insert = tx.prepare_cached(
@@ -337,7 +384,7 @@ pub fn apply_retention(
 mod tests {
     use super::*;
 
-    fn batch(n: usize, start_seq: u64, time_ns: i64) -> StoreBatch {
+    fn batch(n: usize, start_seq: u64, time_ns: i64) -> Rows {
         let mut bytes = Vec::new();
         let mut records = Vec::new();
         for i in 0..n {
@@ -353,7 +400,7 @@ mod tests {
                 ..Record::default()
             });
         }
-        StoreBatch {
+        Rows {
             bytes: Arc::new(bytes),
             records,
         }
@@ -372,8 +419,8 @@ mod tests {
         )
         .unwrap();
         let stats = w.stats();
-        w.send(batch(100, 1, 1));
-        w.send(batch(50, 101, 2));
+        w.send(StoreBatch::Rows(batch(100, 1, 1)));
+        w.send(StoreBatch::Rows(batch(50, 101, 2)));
         w.close();
         assert_eq!(stats.written.load(Ordering::Relaxed), 150);
         let conn = super::super::open_for_reading(&path).unwrap();
@@ -496,10 +543,10 @@ mod tests {
             {
                 std::thread::sleep(Duration::from_millis(1));
             }
-            writer.send(StoreBatch {
+            writer.send(StoreBatch::Rows(Rows {
                 bytes: Arc::new(bytes),
                 records,
-            });
+            }));
         }
         writer.close();
         let write = started.elapsed();

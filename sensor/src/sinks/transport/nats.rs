@@ -75,7 +75,7 @@ use async_nats::{
 };
 use tokio::{runtime::Runtime, sync::watch};
 
-use super::transport::{Record, SendError, Transport};
+use super::{Record, SendError, Transport};
 
 /// Bound on connecting: DNS, TCP, TLS and the NATS handshake.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

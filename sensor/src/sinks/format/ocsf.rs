@@ -91,8 +91,15 @@ use serde_json::{Map, Value};
 /// The OCSF schema version the output follows (`metadata.version`).
 pub const OCSF_VERSION: &str = "1.7.0";
 
+/// Appends the OCSF form of `event` (one JSON object, no newline) to `out`.
+pub fn encode(event: &crate::event::Event, out: &mut Vec<u8>) -> Result<(), super::FormatError> {
+    let value = serde_json::to_value(event)?;
+    encode_value(&value, out)?;
+    Ok(())
+}
+
 /// Appends the OCSF form of one sensor.event/v1 event (one JSON object, no newline) to `out`.
-pub fn encode(event: &Value, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+pub fn encode_value(event: &Value, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
     let empty = Map::new();
     let event = event.as_object().unwrap_or(&empty);
     let plan = Plan::of(event);
@@ -1574,7 +1581,7 @@ mod tests {
 
     fn ocsf(event: &Value) -> Value {
         let mut out = Vec::new();
-        encode(event, &mut out).unwrap();
+        encode_value(event, &mut out).unwrap();
         assert!(!out.contains(&b'\n'), "one line, no newline");
         let v: Value = serde_json::from_slice(&out).unwrap();
         // Written by hand: a key written twice would vanish in the parse.
@@ -2401,7 +2408,7 @@ mod tests {
     #[test]
     fn encode_appends() {
         let mut out = b"prefix\n".to_vec();
-        encode(&exec_event(), &mut out).unwrap();
+        encode_value(&exec_event(), &mut out).unwrap();
         assert!(out.starts_with(b"prefix\n{"));
         assert!(out.ends_with(b"}"));
     }

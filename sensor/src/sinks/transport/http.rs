@@ -52,8 +52,8 @@ use serde::Deserialize;
 use ureq::tls::{Certificate, RootCerts, TlsConfig};
 
 use super::{
+    Record, SendError, Transport,
     tls::{TlsError, TlsOptions},
-    transport::{Record, SendError, Transport},
 };
 
 /// Per TCP connect.
@@ -73,7 +73,7 @@ const QUOTE: usize = 200;
 /// The bulk index used when none is set.
 pub const DEFAULT_INDEX: &str = "sensor-events";
 
-pub use super::HttpShape;
+pub use crate::sinks::HttpShape;
 
 /// Where and how to send.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -72,9 +72,10 @@ use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use rustls_pki_types::ServerName;
 
 use super::{
+    Record, SendError, Transport,
     tls::{TlsError, TlsOptions},
-    transport::{Record, SendError, Transport},
 };
+use crate::sinks::error_chain;
 
 /// Per address tried.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -95,6 +96,61 @@ const SEVERITY_INFO: u8 = 6;
 /// The structured data element's id (32473 is the private enterprise
 /// number reserved for examples and documentation, RFC 5612).
 const SD_ID: &str = "sensor@32473";
+
+/// Why a batch did not reach the receiver (the connection is dropped and
+/// the batch sent again later). The cause is the `source`, kept out of the
+/// message; [`crate::sinks::error_chain`] writes both.
+#[derive(Debug, thiserror::Error)]
+pub enum SyslogError {
+    #[error("resolve {host}")]
+    Resolve {
+        host: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("resolve {host}: no address")]
+    NoAddress { host: String },
+    #[error("connect: {}", .failures.iter().map(|(addr, e)| format!("{addr}: {e}")).collect::<Vec<_>>().join("; "))]
+    Connect {
+        failures: Vec<(SocketAddr, io::Error)>,
+    },
+    #[error("socket setup")]
+    SocketSetup(#[source] io::Error),
+    #[error("TLS setup")]
+    TlsSetup(#[source] rustls::Error),
+    #[error("TLS handshake")]
+    Handshake(#[source] io::Error),
+    #[error("TLS handshake: connection closed by the peer")]
+    HandshakeClosed,
+    #[error("TLS handshake: not done after {0:?}")]
+    HandshakeTimeout(Duration),
+    #[error("write")]
+    Write(#[source] io::Error),
+    #[error("read")]
+    Read(#[source] io::Error),
+    #[error("poll")]
+    Poll(#[source] io::Error),
+    #[error("set {}", if *.nonblocking { "nonblocking" } else { "blocking" })]
+    Blocking {
+        nonblocking: bool,
+        #[source]
+        source: io::Error,
+    },
+    #[error("TLS")]
+    Tls(#[source] rustls::Error),
+    #[error("TLS read")]
+    TlsRead(#[source] io::Error),
+    #[error("connection failed")]
+    Failed(#[source] io::Error),
+    #[error("the receiver closed the connection")]
+    Closed,
+    #[error("SO_ERROR")]
+    SoError(#[source] io::Error),
+    #[error("SIOCOUTQ")]
+    Outq(#[source] io::Error),
+    #[error("{bytes} bytes still not acknowledged by the receiver after {timeout:?}")]
+    Unacknowledged { bytes: usize, timeout: Duration },
+}
 
 /// Where and how to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,11 +219,11 @@ impl Syslog {
         trim(&mut self.replay, |b| b);
     }
 
-    fn try_send(&mut self, records: &[Record<'_>]) -> Result<(), String> {
+    fn try_send(&mut self, records: &[Record<'_>]) -> Result<(), SyslogError> {
         if let Some(conn) = &mut self.conn
             && let Err(why) = check_open(conn)
         {
-            tracing::debug!(host = %self.host, port = self.port, "syslog: reconnecting: {why}");
+            tracing::debug!(host = %self.host, port = self.port, "syslog: reconnecting: {}", error_chain(&why));
             self.drop_connection();
         }
         let frames = frame_batch(&self.header, records);
@@ -177,9 +233,9 @@ impl Syslog {
         };
         // One buffer per batch: a few large writes, not one per record.
         for batch in self.replay.iter().chain([&frames]) {
-            conn.write_all(batch).map_err(|e| format!("write: {e}"))?;
+            conn.write_all(batch).map_err(SyslogError::Write)?;
         }
-        conn.flush().map_err(|e| format!("write: {e}"))?;
+        conn.flush().map_err(SyslogError::Write)?;
         wait_acknowledged(conn.socket(), ACK_TIMEOUT)?;
         if !self.replay.is_empty() {
             tracing::debug!(
@@ -199,10 +255,13 @@ impl Syslog {
         Ok(())
     }
 
-    fn connect(&self) -> Result<Conn, String> {
+    fn connect(&self) -> Result<Conn, SyslogError> {
         let addrs: Vec<SocketAddr> = (self.host.as_str(), self.port)
             .to_socket_addrs()
-            .map_err(|e| format!("resolve {}: {e}", self.host))?
+            .map_err(|source| SyslogError::Resolve {
+                host: self.host.clone(),
+                source,
+            })?
             .collect();
         let mut failures = Vec::new();
         let mut sock = None;
@@ -212,34 +271,35 @@ impl Syslog {
                     sock = Some(s);
                     break;
                 }
-                Err(e) => failures.push(format!("{addr}: {e}")),
+                Err(e) => failures.push((*addr, e)),
             }
         }
         let Some(mut sock) = sock else {
             return Err(if failures.is_empty() {
-                format!("resolve {}: no address", self.host)
+                SyslogError::NoAddress {
+                    host: self.host.clone(),
+                }
             } else {
-                format!("connect: {}", failures.join("; "))
+                SyslogError::Connect { failures }
             });
         };
-        let setup = |e: io::Error| format!("socket setup: {e}");
-        sock.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(setup)?;
-        sock.set_read_timeout(Some(WRITE_TIMEOUT)).map_err(setup)?;
+        sock.set_write_timeout(Some(WRITE_TIMEOUT))
+            .map_err(SyslogError::SocketSetup)?;
+        sock.set_read_timeout(Some(WRITE_TIMEOUT))
+            .map_err(SyslogError::SocketSetup)?;
         let Some((config, name)) = &self.tls else {
             return Ok(Conn::Tcp(sock));
         };
         let mut tls = ClientConnection::new(Arc::clone(config), name.clone())
-            .map_err(|e| format!("TLS setup: {e}"))?;
+            .map_err(SyslogError::TlsSetup)?;
         let deadline = Instant::now() + WRITE_TIMEOUT;
         while tls.is_handshaking() {
-            let (read, written) = tls
-                .complete_io(&mut sock)
-                .map_err(|e| format!("TLS handshake: {e}"))?;
+            let (read, written) = tls.complete_io(&mut sock).map_err(SyslogError::Handshake)?;
             if read == 0 && written == 0 && tls.is_handshaking() {
-                return Err("TLS handshake: connection closed by the peer".into());
+                return Err(SyslogError::HandshakeClosed);
             }
             if Instant::now() > deadline {
-                return Err(format!("TLS handshake: not done after {WRITE_TIMEOUT:?}"));
+                return Err(SyslogError::HandshakeTimeout(WRITE_TIMEOUT));
             }
         }
         Ok(Conn::Tls(Box::new(StreamOwned::new(tls, sock))))
@@ -256,7 +316,12 @@ impl Transport for Syslog {
             let scheme = if self.tls.is_some() { "tls" } else { "tcp" };
             SendError::retry(
                 0,
-                format!("syslog+{scheme}://{}:{}: {why}", self.host, self.port),
+                format!(
+                    "syslog+{scheme}://{}:{}: {}",
+                    self.host,
+                    self.port,
+                    error_chain(&why)
+                ),
             )
         })
     }
@@ -337,7 +402,7 @@ fn abort(sock: &TcpStream) {
 /// Errors unless the connection still looks usable: the peer has not shut
 /// it down, reset it, or (TLS) sent `close_notify`. Whatever else the peer
 /// sent (TLS session tickets) is consumed. Never blocks.
-fn check_open(conn: &mut Conn) -> Result<(), String> {
+fn check_open(conn: &mut Conn) -> Result<(), SyslogError> {
     let mut pfd = libc::pollfd {
         fd: conn.socket().as_raw_fd(),
         events: libc::POLLIN | libc::POLLRDHUP,
@@ -346,15 +411,15 @@ fn check_open(conn: &mut Conn) -> Result<(), String> {
     // SAFETY: one valid pollfd, a zero timeout; the fd is owned by `conn`.
     let n = unsafe { libc::poll(&mut pfd, 1, 0) };
     if n < 0 {
-        return Err(format!("poll: {}", io::Error::last_os_error()));
+        return Err(SyslogError::Poll(io::Error::last_os_error()));
     }
     if n == 0 {
         return Ok(());
     }
     if pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
         return Err(match conn.socket().take_error() {
-            Ok(Some(e)) => format!("connection failed: {e}"),
-            _ => "the receiver closed the connection".into(),
+            Ok(Some(e)) => SyslogError::Failed(e),
+            _ => SyslogError::Closed,
         });
     }
     if pfd.revents & libc::POLLIN == 0 {
@@ -362,18 +427,24 @@ fn check_open(conn: &mut Conn) -> Result<(), String> {
     }
     conn.socket()
         .set_nonblocking(true)
-        .map_err(|e| format!("set nonblocking: {e}"))?;
+        .map_err(|source| SyslogError::Blocking {
+            nonblocking: true,
+            source,
+        })?;
     let drained = drain(conn);
     conn.socket()
         .set_nonblocking(false)
-        .map_err(|e| format!("set blocking: {e}"))?;
+        .map_err(|source| SyslogError::Blocking {
+            nonblocking: false,
+            source,
+        })?;
     drained
 }
 
 /// Reads (and discards) what the peer sent, on a nonblocking socket.
-fn drain(conn: &mut Conn) -> Result<(), String> {
+fn drain(conn: &mut Conn) -> Result<(), SyslogError> {
     let mut buf = [0u8; 4096];
-    let closed = || Err("the receiver closed the connection".to_owned());
+    let closed = || Err(SyslogError::Closed);
     match conn {
         Conn::Tcp(s) => loop {
             match s.read(&mut buf) {
@@ -381,24 +452,21 @@ fn drain(conn: &mut Conn) -> Result<(), String> {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("read: {e}")),
+                Err(e) => return Err(SyslogError::Read(e)),
             }
         },
         Conn::Tls(s) => loop {
             match s.conn.read_tls(&mut s.sock) {
                 Ok(0) => return closed(),
                 Ok(_) => {
-                    let state = s
-                        .conn
-                        .process_new_packets()
-                        .map_err(|e| format!("TLS: {e}"))?;
+                    let state = s.conn.process_new_packets().map_err(SyslogError::Tls)?;
                     let mut left = state.plaintext_bytes_to_read();
                     while left > 0 {
                         let n = s
                             .conn
                             .reader()
                             .read(&mut buf[..left.min(4096)])
-                            .map_err(|e| format!("TLS read: {e}"))?;
+                            .map_err(SyslogError::TlsRead)?;
                         if n == 0 {
                             break;
                         }
@@ -410,7 +478,7 @@ fn drain(conn: &mut Conn) -> Result<(), String> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("read: {e}")),
+                Err(e) => return Err(SyslogError::Read(e)),
             }
         },
     }
@@ -418,22 +486,23 @@ fn drain(conn: &mut Conn) -> Result<(), String> {
 
 /// Waits until the peer's TCP has acknowledged every byte written to
 /// `sock`, the connection fails, or `timeout` passes.
-fn wait_acknowledged(sock: &TcpStream, timeout: Duration) -> Result<(), String> {
+fn wait_acknowledged(sock: &TcpStream, timeout: Duration) -> Result<(), SyslogError> {
     let deadline = Instant::now() + timeout;
     let mut pause = Duration::from_micros(100);
     loop {
         let unacked = unacknowledged_bytes(sock)?;
-        if let Some(e) = sock.take_error().map_err(|e| format!("SO_ERROR: {e}"))? {
-            return Err(format!("connection failed: {e}"));
+        if let Some(e) = sock.take_error().map_err(SyslogError::SoError)? {
+            return Err(SyslogError::Failed(e));
         }
         if unacked == 0 {
             return Ok(());
         }
         let now = Instant::now();
         if now >= deadline {
-            return Err(format!(
-                "{unacked} bytes still not acknowledged by the receiver after {timeout:?}"
-            ));
+            return Err(SyslogError::Unacknowledged {
+                bytes: unacked,
+                timeout,
+            });
         }
         std::thread::sleep(pause.min(deadline - now));
         pause = (pause * 2).min(Duration::from_millis(50));
@@ -442,13 +511,13 @@ fn wait_acknowledged(sock: &TcpStream, timeout: Duration) -> Result<(), String> 
 
 /// Bytes written to `sock` that the peer has not acknowledged yet (sent or
 /// not): Linux's `SIOCOUTQ`.
-fn unacknowledged_bytes(sock: &TcpStream) -> Result<usize, String> {
+fn unacknowledged_bytes(sock: &TcpStream) -> Result<usize, SyslogError> {
     let mut n: libc::c_int = 0;
     // SAFETY: TIOCOUTQ (= SIOCOUTQ for sockets) writes one int through the
     // pointer, which is valid for the call; the fd is owned by `sock`.
     let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
     if rc < 0 {
-        return Err(format!("SIOCOUTQ: {}", io::Error::last_os_error()));
+        return Err(SyslogError::Outq(io::Error::last_os_error()));
     }
     Ok(usize::try_from(n).unwrap_or(0))
 }

@@ -1,4 +1,8 @@
-//! What a network output delivers, and how it says whether it did.
+//! Where encoded events go: a local file or stdout ([`file`]), or a
+//! receiver over the network ([`syslog`], [`http`] for Splunk HEC and
+//! Elasticsearch `_bulk`, [`nats`] for JetStream), TLS set up by [`tls`].
+//!
+//! # Network transports
 //!
 //! A network output (syslog, HTTP, NATS) reads records from its spool and
 //! hands them to a [`Transport`] in order. The transport returns once the
@@ -7,6 +11,12 @@
 //! error says how far it got and whether trying again can help, so the
 //! output retries with backoff from the first record not delivered, and
 //! at-least-once holds across reconnects and daemon restarts.
+
+pub mod file;
+pub mod http;
+pub mod nats;
+pub mod syslog;
+pub mod tls;
 
 use std::fmt;
 
