@@ -709,6 +709,7 @@ mod tests {
             gap: None,
             delivery: None,
             blind: None,
+            token: None,
         }
     }
 
