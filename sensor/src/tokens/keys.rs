@@ -119,7 +119,16 @@ fn generate(now: SystemTime) -> Result<Key, KeyError> {
 
 impl KeyRing {
     /// Opens the keys in `state_dir`, making the first one if there is none.
-    pub fn open(state_dir: &Path, rotate: Duration, now: SystemTime) -> Result<Self, KeyError> {
+    /// The active key's tokens are known in memory only (no write per
+    /// token): after a restart it is taken to have signed one expiring
+    /// `max_ttl` from now, so it stays published at least that long once
+    /// retired.
+    pub fn open(
+        state_dir: &Path,
+        rotate: Duration,
+        max_ttl: Duration,
+        now: SystemTime,
+    ) -> Result<Self, KeyError> {
         let path = state_dir.join(KEYS_FILE);
         let stored: Vec<StoredKey> = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| KeyError::Corrupt {
@@ -144,7 +153,12 @@ impl KeyRing {
                     }),
                 }
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, KeyError>>()?;
+        let mut keys = keys;
+        let assumed = unix(now).saturating_add(max_ttl.as_secs());
+        for k in keys.iter_mut().filter(|k| k.stored.retired.is_none()) {
+            k.stored.last_exp = k.stored.last_exp.max(assumed);
+        }
         let mut ring = Self { path, keys, rotate };
         ring.rotate(now)?;
         Ok(ring)
@@ -183,7 +197,9 @@ impl KeyRing {
     }
 
     /// The active key's id and PKCS#8 DER, to sign a token expiring at
-    /// `exp` (remembered, so the key stays published until then).
+    /// `exp` (remembered, so the key stays published until then; saved
+    /// when the key is retired, not per token: this runs on the event
+    /// loop).
     pub fn sign_with(&mut self, exp: u64) -> Result<(String, Vec<u8>), KeyError> {
         let key = self
             .keys
@@ -193,12 +209,8 @@ impl KeyRing {
         let der = B64URL
             .decode(&key.stored.pkcs8)
             .map_err(|e| KeyError::Generate(e.to_string()))?;
-        let kid = key.stored.kid.clone();
-        if exp > key.stored.last_exp {
-            key.stored.last_exp = exp;
-            self.save()?;
-        }
-        Ok((kid, der))
+        key.stored.last_exp = key.stored.last_exp.max(exp);
+        Ok((key.stored.kid.clone(), der))
     }
 
     /// The public keys as a JWKS (RFC 7517), active key first.
@@ -243,11 +255,13 @@ mod tests {
     fn keys_rotate_and_retired_ones_stay_until_their_tokens_expire() {
         let dir = tempfile::tempdir().unwrap();
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let mut ring = KeyRing::open(dir.path(), Duration::from_secs(60), t0).unwrap();
-        let (kid_a, _) = ring.sign_with(1_000_100).unwrap();
+        let ttl = Duration::from_secs(100);
+        let mut ring = KeyRing::open(dir.path(), Duration::from_secs(60), ttl, t0).unwrap();
+        let (kid_a, _) = ring.sign_with(1_000_050).unwrap();
         assert_eq!(ring.jwks()["keys"].as_array().unwrap().len(), 1);
-        // Reopened: the same key.
-        let mut ring = KeyRing::open(dir.path(), Duration::from_secs(60), t0).unwrap();
+        // Reopened: the same key, taken to have signed a token expiring a
+        // max_ttl from now (1_000_100).
+        let mut ring = KeyRing::open(dir.path(), Duration::from_secs(60), ttl, t0).unwrap();
         assert_eq!(ring.sign_with(0).unwrap().0, kid_a);
         // 60 s later a new key signs; the old one is still published.
         let t1 = t0 + Duration::from_secs(60);
@@ -278,9 +292,14 @@ mod tests {
     fn a_corrupt_key_file_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(KEYS_FILE), b"[{\"kid\":1}]").unwrap();
-        let err = KeyRing::open(dir.path(), Duration::from_secs(60), SystemTime::now())
-            .err()
-            .unwrap();
+        let err = KeyRing::open(
+            dir.path(),
+            Duration::from_secs(60),
+            Duration::from_secs(1),
+            SystemTime::now(),
+        )
+        .err()
+        .unwrap();
         assert!(err.to_string().contains("cannot be read as keys"), "{err}");
     }
 }

@@ -261,15 +261,17 @@ pub struct Issuer {
     published: Arc<Published>,
 }
 
+/// What a path segment of `sub` keeps as it is: RFC 3986's unreserved
+/// characters.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// A path segment of `sub`, percent-encoded.
 fn segment(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC)
-        .to_string()
-        // Unreserved characters read better as themselves.
-        .replace("%2D", "-")
-        .replace("%2E", ".")
-        .replace("%5F", "_")
-        .replace("%7E", "~")
+    percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -312,7 +314,7 @@ impl Issuer {
             .jwks_uri
             .clone()
             .or_else(|| metrics.map(|a| format!("http://{a}/.well-known/jwks.json")));
-        let keys = KeyRing::open(state_dir, config.rotate.0, now)?;
+        let keys = KeyRing::open(state_dir, config.rotate.0, config.max_ttl.0, now)?;
         let issuer = Self {
             config,
             issuer,
