@@ -12,47 +12,17 @@
 )]
 
 use std::{
-    collections::HashMap,
     fs,
-    path::{Path, PathBuf},
+    path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use sensor::{
-    attribution::{Attribution, Matchers, RunTable},
-    config::Config,
-    engine::Engine,
-    identity::{Clock, Host, ProcessKeys},
-    pipeline::Pipeline,
-    policy::kernel::IdNames,
-    sinks::{OutputContext, OutputSpec, Outputs},
-    status::DaemonState,
-};
-use sensor_common::event::ProcRun;
+use sensor::{pipeline::Pipeline, status::DaemonState};
 
-const BOOT_ID: &str = "60a1de4c-0000-4000-8000-000000000017";
-const CLOCK_OFFSET_NS: i128 = 1_000_000_000_000_000_000;
+mod replay;
 
-fn golden() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("golden")
-}
-
-fn records(bytes: &[u8]) -> Vec<&[u8]> {
-    let mut out = Vec::new();
-    let mut rest = bytes;
-    while rest.len() >= 4 {
-        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        let Some(record) = rest.get(4..4 + len) else {
-            break;
-        };
-        out.push(record);
-        rest = &rest[4 + len..];
-    }
-    out
-}
+use replay::{golden, records};
 
 /// CPU time of the whole process (every thread: the pipeline's and the
 /// outputs'), which other processes on the machine do not inflate.
@@ -71,51 +41,8 @@ fn cpu_time() -> Duration {
 /// One round: a fresh engine and outputs; returns the wall and CPU time
 /// spent and the events written to the JSON file.
 fn round(dir: &Path, records: &[&[u8]], generation: u32) -> (Duration, Duration, usize) {
-    let config_text = fs::read_to_string(golden().join("config.toml")).unwrap();
-    let (config, _policies) =
-        Config::parse_with_policies(&config_text, &golden().join("config.toml")).unwrap();
-    let matchers = Matchers::new(&config.agents).unwrap();
-    let empty_proc = dir.join("proc");
-    fs::create_dir_all(&empty_proc).unwrap();
-    let keys = ProcessKeys::new(BOOT_ID, 100);
-    let attribution = Attribution::new(
-        keys.clone(),
-        Box::new(HashMap::<u32, ProcRun>::new()),
-        RunTable::new(),
-        None,
-    )
-    .with_matchers(matchers)
-    .with_proc_root(empty_proc);
-    let engine = Engine::new(
-        Host {
-            name: "golden".into(),
-            boot_id: BOOT_ID.into(),
-        },
-        keys,
-        Clock::with_offset(CLOCK_OFFSET_NS),
-        attribution,
-    )
-    .with_recorded_ids(IdNames::open(golden().join("policy_ids.json")));
-    let json = dir.join("events.jsonl");
-    let ocsf = dir.join("ocsf.jsonl");
-    let _ = fs::remove_file(&json);
-    let _ = fs::remove_file(&ocsf);
-    let specs: Vec<OutputSpec> = [
-        format!("file:{}", json.display()),
-        format!("file:{},format=ocsf", ocsf.display()),
-    ]
-    .iter()
-    .map(|s| s.parse().unwrap())
-    .collect();
-    let outputs = Outputs::open(
-        &specs,
-        &OutputContext {
-            state_dir: dir.to_owned(),
-            hostname: "golden".into(),
-            instance_id: "golden".into(),
-        },
-    )
-    .unwrap();
+    let engine = replay::engine(dir);
+    let (json, _ocsf, outputs) = replay::outputs(dir);
     let started = Instant::now();
     let cpu_started = cpu_time();
     let mut p = Pipeline::new(engine, outputs, Arc::new(DaemonState::default()))
@@ -139,10 +66,7 @@ fn replay_rate() {
         .unwrap_or(200);
     let bytes = fs::read(golden().join("records.bin")).unwrap();
     let records = records(&bytes);
-    let generation = records
-        .first()
-        .and_then(|r| sensor::record::decode(r).ok())
-        .map_or(0, |r| r.header().generation);
+    let generation = replay::generation(&records);
     let dir = tempfile::tempdir().unwrap();
     let (mut total, mut cpu, mut events) = (Duration::ZERO, Duration::ZERO, 0);
     // One round to warm up (page cache, allocator).
