@@ -266,7 +266,11 @@ impl Handler {
         let attribution = engine.attribution();
         let mut parents = Vec::new();
         let mut next = run.parent_id.as_deref();
-        while let Some(id) = next {
+        // Bounded: a chain of runs is as deep as the run table allows, and
+        // a token need not name more delegators than that.
+        while let Some(id) = next
+            && parents.len() < crate::tokens::MAX_ACT_DEPTH
+        {
             let Some(p) = attribution.run_by_id(id) else {
                 break;
             };

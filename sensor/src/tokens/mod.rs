@@ -41,6 +41,8 @@ pub const MAX_SCOPES: usize = 32;
 pub const MAX_SCOPE_CHARS: usize = 128;
 /// Characters of an audience.
 pub const MAX_AUDIENCE_CHARS: usize = 256;
+/// Delegators a token names at most (`act`, nearest first).
+pub const MAX_ACT_DEPTH: usize = 64;
 /// The longest `[tokens] max_ttl`.
 pub const MAX_TTL_LIMIT: Duration = Duration::from_secs(3600);
 
