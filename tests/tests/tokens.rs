@@ -25,11 +25,16 @@ const HELPER: &str = helper_bin!();
 /// A daemon with the metrics listener (which serves the discovery document
 /// and the JWKS) and `extra` TOML after `[tokens]`.
 fn daemon(extra: &str) -> Result<(Daemon, String)> {
+    daemon_with(extra, &[])
+}
+
+/// [`daemon`] with more daemon arguments.
+fn daemon_with(extra: &str, args: &[&str]) -> Result<(Daemon, String)> {
     let port = free_port()?;
     let config = format!(
         "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[tokens]\ntrust_domain = \"test.example\"\n{extra}"
     );
-    let d = Daemon::start_with(Some(&config), &[])?;
+    let d = Daemon::start_with(Some(&config), args)?;
     let discovery = format!("http://127.0.0.1:{port}/.well-known/openid-configuration");
     Ok((d, discovery))
 }
@@ -74,8 +79,12 @@ fn flip_signature_byte(token: &str) -> String {
 
 #[test]
 fn a_runs_token_is_accepted_by_pyjwt_with_its_run_and_delegation_chain() -> Result<()> {
-    let (d, discovery) = daemon("[policy.p]\nmode = \"audit\"\nexec.allow = [\"/usr/bin/\"]\n")?;
     let dir = TempDir::new("tokens")?;
+    let db = dir.path().join("sensor.db");
+    let (d, discovery) = daemon_with(
+        "[policy.p]\nmode = \"audit\"\nexec.allow = [\"/usr/bin/\"]\n",
+        &["--db", &db.display().to_string()],
+    )?;
     let p = |name: &str| dir.path().join(name).display().to_string();
     let sensor = d.bin().display().to_string();
     let outer_id = format!("tok-outer-{}", std::process::id());
@@ -232,6 +241,44 @@ fn a_runs_token_is_accepted_by_pyjwt_with_its_run_and_delegation_chain() -> Resu
         })
         .collect();
     check!(c, leaked.is_empty(), "no event carries a token: {leaked:?}");
+    // The report lists both tokens under the run tree (the store writes
+    // on its own thread: poll).
+    let page = dir.path().join("report.html");
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    let mut html = String::new();
+    while Instant::now() < deadline {
+        let (_, out) = run_with_timeout(
+            d.sensor()
+                .args(["report", &outer_id, "-o"])
+                .arg(&page)
+                .arg("--db")
+                .arg(&db),
+            COMMAND_TIMEOUT,
+        )?;
+        html = fs::read_to_string(&page).unwrap_or_default();
+        let jtis = [&outer["claims"]["jti"], &inner["claims"]["jti"]];
+        if out.status.success()
+            && jtis
+                .iter()
+                .all(|j| j.as_str().is_some_and(|j| html.contains(j)))
+        {
+            break;
+        }
+        thread::sleep(Duration::from_millis(300));
+    }
+    let section = html
+        .split("<h2>Run tokens</h2>")
+        .nth(1)
+        .and_then(|rest| rest.split("<h2>").next())
+        .unwrap_or_default();
+    check!(
+        c,
+        section.contains(&outer_id)
+            && section.contains(&inner_id)
+            && section.contains("repo:read repo:write")
+            && section.contains("vault"),
+        "the report's run tokens: {section}"
+    );
     // The JWKS and the discovery document are served.
     let (_, jwks) = run_with_timeout(d.sensor().args(["token", "jwks"]), COMMAND_TIMEOUT)?;
     let jwks: Value = serde_json::from_slice(&jwks.stdout).unwrap_or(Value::Null);

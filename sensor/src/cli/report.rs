@@ -221,6 +221,7 @@ fn page(root: &RunRow, runs: &[RunRow], events: &[StoredEvent]) -> String {
                     }
                 }
                 (escapes_html(events))
+                (tokens_html(events))
                 h2 { "Sub-agent tree and processes" }
                 ul.tree style="border:0;padding:0" { (run_html(root, &tree)) }
                 h2 { "Timeline" }
@@ -255,6 +256,45 @@ fn page(root: &RunRow, runs: &[RunRow], events: &[StoredEvent]) -> String {
     .into_string();
     page.push('\n');
     page
+}
+
+/// The run tokens issued to the runs (`token.issued`): to whom, with what
+/// scopes, until when. Never the tokens themselves (the events hold none).
+fn tokens_html(events: &[StoredEvent]) -> Markup {
+    let tokens: Vec<&Value> = events
+        .iter()
+        .map(|e| &e.event)
+        .filter(|ev| ev["kind"] == "token.issued")
+        .collect();
+    let text = |v: &Value| shown(v.as_str().unwrap_or(""));
+    html! {
+        h2 { "Run tokens" }
+        @if tokens.is_empty() {
+            p.none { "No run of this tree asked for a run token." }
+        } @else {
+            table {
+                thead {
+                    tr { th { "issued" } th { "run" } th { "audience" } th { "scopes" } th { "expires" } th { "jti" } }
+                }
+                tbody {
+                    @for ev in tokens {
+                        @let scopes: Vec<String> = ev["token"]["scopes"]
+                            .as_array()
+                            .map(|s| s.iter().map(text).collect())
+                            .unwrap_or_default();
+                        tr {
+                            td.t { (text(&ev["time"])) }
+                            td { code { (text(&ev["run"]["id"])) } }
+                            td { (text(&ev["token"]["aud"])) }
+                            td { @if scopes.is_empty() { "—" } @else { (scopes.join(" ")) } }
+                            td.t { (text(&ev["token"]["exp"])) }
+                            td { code { (text(&ev["token"]["jti"])) } }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The escape attempts box: what the store marked (a process or the sensor
@@ -354,6 +394,40 @@ mod tests {
         assert!(
             !html.contains("http://") && !html.contains("https://"),
             "self-contained"
+        );
+    }
+
+    #[test]
+    fn run_tokens_are_listed_with_audience_scopes_and_expiry() {
+        let root = RunRow {
+            id: "r1".into(),
+            agent: "bot".into(),
+            principal: "alice".into(),
+            root_id: "r1".into(),
+            labels: "{}".into(),
+            ..RunRow::default()
+        };
+        let quiet = page(&root, std::slice::from_ref(&root), &[]);
+        assert!(quiet.contains("No run of this tree asked for a run token."));
+        let issued = StoredEvent {
+            id: 1,
+            escape: false,
+            event: serde_json::json!({"kind":"token.issued","time":"t1","run":{"id":"r1"},
+                "process":{"pid":5,"key":"k"},
+                "token":{"jti":"j-1","aud":"<vault>","iss":"i","sub":"s","iat":"t1",
+                         "exp":"2026-12-05T03:05:00Z","scopes":["repo:read","db:read"],"kid":"k"}}),
+        };
+        let html = page(&root, std::slice::from_ref(&root), &[issued]);
+        let at = html
+            .find("<h2>Run tokens</h2>")
+            .expect("the tokens section");
+        let listed = &html[at..html.find("Sub-agent tree").unwrap()];
+        assert!(
+            listed.contains("&lt;vault&gt;")
+                && listed.contains("repo:read db:read")
+                && listed.contains("2026-12-05T03:05:00Z")
+                && listed.contains("j-1"),
+            "{listed}"
         );
     }
 
