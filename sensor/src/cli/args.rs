@@ -254,8 +254,8 @@ pub struct LaunchArgs {
     #[arg(long)]
     pub best_effort: bool,
     /// How long to wait for a daemon that is not listening yet (restarting,
-    /// being upgraded) before giving up (e.g. 5s, 0s)
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    /// being upgraded) before giving up (e.g. 5s, 0s; at most 1h)
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_wait)]
     pub wait: std::time::Duration,
     /// Control socket of the daemon
     #[arg(long, value_name = "PATH", env = "SENSOR_SOCKET", default_value = paths::SOCKET)]
@@ -263,6 +263,18 @@ pub struct LaunchArgs {
     /// The command and its arguments
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<std::ffi::OsString>,
+}
+
+/// The longest `launch --wait`.
+const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// A `--wait`: a humantime duration of at most an hour.
+fn parse_wait(s: &str) -> Result<std::time::Duration, String> {
+    let wait = humantime::parse_duration(s).map_err(|e| format!("wait {s:?}: {e}"))?;
+    if wait > MAX_WAIT {
+        return Err(format!("wait {s:?}: at most 1h"));
+    }
+    Ok(wait)
 }
 
 /// A `--ttl`: a humantime duration between 1 s and 30 days.
@@ -452,6 +464,23 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_wait_past_an_hour_is_refused_not_overflowed() {
+        let launch = |wait: &str| {
+            Cli::try_parse_from([
+                "sensor", "launch", "--agent", "a", "--wait", wait, "--", "true",
+            ])
+        };
+        assert!(launch("1h").is_ok());
+        for wait in ["1h 1s", "9000y", "18446744073709551615s"] {
+            let err = launch(wait)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("--wait"), "{wait}: {err}");
+        }
     }
 
     #[test]

@@ -22,7 +22,9 @@ fn request_waiting(
     request: &Request,
     wait: std::time::Duration,
 ) -> Result<Response, ControlError> {
-    let deadline = std::time::Instant::now() + wait;
+    // `--wait` is at most an hour (its parser), which an Instant holds.
+    let now = std::time::Instant::now();
+    let deadline = now.checked_add(wait).unwrap_or(now);
     loop {
         match control::request(socket, request) {
             Err(ControlError::Connect { source, .. })

@@ -353,6 +353,19 @@ impl Engine {
         }
     }
 
+    /// An event of a process's own act (a connect, a socket, a tamper): the
+    /// process as it is known, with its exe, and its run (the run's handle
+    /// too, for the policy).
+    fn act(&mut self, kind: Kind, time: SystemTime, h: &EventHeader) -> (Event, u64) {
+        let mut e = self.envelope(kind, time);
+        let mut p = self.process(h);
+        p.exe = self.known_exe(h.tgid, h.start_ns);
+        let (run, how) = self.attribution.on_other(h);
+        e.run = self.attribution.run_ref(run, how);
+        e.process = Some(p);
+        (e, run)
+    }
+
     fn process(&self, h: &EventHeader) -> Process {
         let (start_ns, ppid, parent_start_ns) = (h.start_ns, h.ppid, h.parent_start_ns);
         let (key, parent_key, ppid) = if start_ns == 0 {
@@ -840,12 +853,7 @@ impl Engine {
                 }
             }
             RawEvent::Connect { data, .. } => {
-                let mut e = self.envelope(Kind::NetworkConnect, time);
-                let mut p = self.process(&h);
-                p.exe = self.known_exe(h.tgid, h.start_ns);
-                let (run, how) = self.attribution.on_other(&h);
-                e.run = self.attribution.run_ref(run, how);
-                e.process = Some(p);
+                let (mut e, run) = self.act(Kind::NetworkConnect, time, &h);
                 e.network = Some(network(&data));
                 self.apply_policy(e, run, &data.decision, out);
             }
@@ -855,12 +863,7 @@ impl Engine {
                 } else {
                     Kind::SensorTamper
                 };
-                let mut e = self.envelope(kind, time);
-                let mut p = self.process(&h);
-                p.exe = self.known_exe(h.tgid, h.start_ns);
-                let (run, how) = self.attribution.on_other(&h);
-                e.run = self.attribution.run_ref(run, how);
-                e.process = Some(p);
+                let (mut e, run) = self.act(kind, time, &h);
                 e.tamper = Some(self.kernel_tamper(&data));
                 self.apply_policy(e, run, &data.decision, out);
             }
@@ -872,22 +875,12 @@ impl Engine {
                     k::SOCKET_SENDTO => Kind::NetworkConnect,
                     _ => Kind::NetworkSocket,
                 };
-                let mut e = self.envelope(kind, time);
-                let mut p = self.process(&h);
-                p.exe = self.known_exe(h.tgid, h.start_ns);
-                let (run, how) = self.attribution.on_other(&h);
-                e.run = self.attribution.run_ref(run, how);
-                e.process = Some(p);
+                let (mut e, run) = self.act(kind, time, &h);
                 e.network = Some(socket_network(&data));
                 self.apply_policy(e, run, &data.decision, out);
             }
             RawEvent::Unix { data, .. } => {
-                let mut e = self.envelope(Kind::NetworkConnect, time);
-                let mut p = self.process(&h);
-                p.exe = self.known_exe(h.tgid, h.start_ns);
-                let (run, how) = self.attribution.on_other(&h);
-                e.run = self.attribution.run_ref(run, how);
-                e.process = Some(p);
+                let (mut e, run) = self.act(Kind::NetworkConnect, time, &h);
                 e.network = Some(unix_network(&data));
                 self.apply_policy(e, run, &data.decision, out);
             }
