@@ -687,8 +687,16 @@ fn fork_children(rest: &[OsString]) -> Result<ExitCode, String> {
 fn exchange(stream: &mut std::os::unix::net::UnixStream, line: &[u8]) -> io::Result<String> {
     use std::io::{BufRead as _, BufReader};
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    stream.write_all(line)?;
-    stream.write_all(b"\n")?;
+    // A daemon may answer an oversized request and close before reading
+    // all of it: the rest of the write then fails (EPIPE), and the answer
+    // is still there to read.
+    match stream
+        .write_all(line)
+        .and_then(|()| stream.write_all(b"\n"))
+    {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
+        other => other?,
+    }
     let mut answer = String::new();
     BufReader::new(stream).read_line(&mut answer)?;
     Ok(answer.trim_end().to_owned())
