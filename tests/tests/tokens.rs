@@ -292,7 +292,7 @@ fn a_runs_token_is_accepted_by_pyjwt_with_its_run_and_delegation_chain() -> Resu
 
 #[test]
 fn expired_tokens_and_rotated_out_keys_are_rejected_by_pyjwt() -> Result<()> {
-    let (d, discovery) = daemon("rotate = \"8s\"\n")?;
+    let (d, discovery) = daemon("rotate = \"15s\"\n")?;
     let dir = TempDir::new("tokens-rotate")?;
     let t1_path = dir.path().join("t1");
     let sensor = d.bin().display().to_string();
@@ -325,8 +325,10 @@ fn expired_tokens_and_rotated_out_keys_are_rejected_by_pyjwt() -> Result<()> {
         matches!(&expired, Verdict::Rejected(why) if why.starts_with("ExpiredSignatureError")),
         "an expired token: {expired:?}"
     );
-    // The key rotates (8 s) and, its last token expired, leaves the JWKS.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // The key rotates (15 s after the daemon made it: far enough that the
+    // expiry above is judged with the key still published, even on a slow
+    // start) and, its last token expired, leaves the JWKS.
+    let deadline = Instant::now() + Duration::from_secs(30);
     let mut jwks = Value::Null;
     while Instant::now() < deadline {
         let (_, out) = run_with_timeout(d.sensor().args(["token", "jwks"]), COMMAND_TIMEOUT)?;
