@@ -549,6 +549,9 @@ fn at_jobs_run_outside_the_run_and_at_is_refused_under_enforce() -> Result<()> {
         wait_for_file(&t1, Duration::from_secs(75)),
         "atd ran the audit run's job"
     );
+    // The job's touch is done; its exec may still be on its way through the
+    // daemon's outputs.
+    let _ = d.wait_events(EVENT_TIMEOUT, |evs| true_exec(evs, &m1).is_some());
     let evs = d.events()?;
     match true_exec(&evs, &m1) {
         Some(e) => check!(
