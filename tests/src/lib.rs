@@ -32,6 +32,7 @@ pub mod enforce;
 pub mod harness;
 pub mod jwt;
 pub mod ocsf;
+pub mod pid_race;
 pub mod servers;
 
 pub use bpf::*;

@@ -19,6 +19,7 @@ use sensor_tests::enforce::{
     Fixture, KILLED, Puppet, base_exec, check_killed, denied_exec, launch_sh, outputs, policy_toml,
     s, wait_denied,
 };
+use sensor_tests::pid_race::LateRequest;
 use sensor_tests::{
     Checks, Daemon, EVENT_TIMEOUT, TempDir, check, compact, daemon_on_config, helper_bin, marker,
     run_with_timeout, sensor_bin, text,
@@ -953,41 +954,25 @@ fn sleep_pids_of(pid: u32) -> Vec<u32> {
 fn a_launch_from_a_recycled_pid_is_refused() -> Result<()> {
     let d = Daemon::start()?;
     let tmp = TempDir::new("adv-pidrace")?;
-    let go = tmp.path().join("go");
-    let answer = tmp.path().join("answer");
-    let line = json!({"op":"launch","agent":"stolen"}).to_string();
-    let (_, out) = run_with_timeout(
-        Command::new(HELPER)
-            .arg("late-request")
-            .arg(d.socket())
-            .arg(&line)
-            .arg(&go)
-            .arg(&answer),
-        RUN_TIMEOUT,
+    let late = LateRequest::open(
+        HELPER,
+        d.socket(),
+        &json!({"op":"launch","agent":"stolen"}),
+        tmp.path(),
     )?;
-    let pid: u32 = text(&out.stdout)
-        .trim()
-        .strip_prefix("pid=")
-        .and_then(|p| p.parse().ok())
-        .ok_or_else(|| anyhow!("late-request printed {:?}", text(&out.stdout)))?;
+    let pid = late.pid;
     // The client is gone: a new process takes its pid.
     let mut thief = Command::new(HELPER)
         .args(["at-pid", &pid.to_string(), "/usr/bin/sleep", "30"])
         .stdout(std::process::Stdio::piped())
         .spawn()?;
     thread::sleep(Duration::from_millis(300));
-    fs::write(&go, b"")?;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !answer.exists() && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(50));
-    }
-    let got = fs::read_to_string(&answer).unwrap_or_default();
+    let got_json = late.send()?;
     let mut c = Checks::new();
-    let got_json: Value = serde_json::from_str(&got).unwrap_or(Value::Null);
     check!(
         c,
         is_error(&got_json),
-        "a launch whose sender's pid was recycled is refused: {got:?}"
+        "a launch whose sender's pid was recycled is refused: {got_json}"
     );
     let a = d.request(&json!({"op":"attest","pid":pid}))?;
     check!(

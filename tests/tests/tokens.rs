@@ -7,12 +7,12 @@
 //! recycled pid get nothing.
 
 use std::fs;
-use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow};
 use sensor_tests::jwt::{self, Verdict};
+use sensor_tests::pid_race::LateRequest;
 use sensor_tests::servers::free_port;
 use sensor_tests::{
     COMMAND_TIMEOUT, Checks, Daemon, EVENT_TIMEOUT, TempDir, check, helper_bin, run_with_timeout,
@@ -442,23 +442,13 @@ fn no_token_outside_a_run_past_the_budget_for_an_expired_sub_run_or_a_recycled_p
     // A client outside runs sends its request after exiting; a process of
     // a run takes its pid. The token must not be that run's.
     let victim = format!("tok-victim-{}", std::process::id());
-    let go = dir.path().join("go");
-    let answer = dir.path().join("answer");
-    let line = json!({"op": "token", "aud": "thief"}).to_string();
-    let (_, out) = run_with_timeout(
-        Command::new(HELPER)
-            .arg("late-request")
-            .arg(d.socket())
-            .arg(&line)
-            .arg(&go)
-            .arg(&answer),
-        COMMAND_TIMEOUT,
+    let late = LateRequest::open(
+        HELPER,
+        d.socket(),
+        &json!({"op": "token", "aud": "thief"}),
+        dir.path(),
     )?;
-    let pid: u32 = text(&out.stdout)
-        .trim()
-        .strip_prefix("pid=")
-        .and_then(|p| p.parse().ok())
-        .ok_or_else(|| anyhow!("late-request printed {:?}", text(&out.stdout)))?;
+    let pid = late.pid;
     let mut thief = d
         .launch_cmd(
             "victim",
@@ -475,13 +465,7 @@ fn no_token_outside_a_run_past_the_budget_for_an_expired_sub_run_or_a_recycled_p
         }
         thread::sleep(Duration::from_millis(100));
     }
-    fs::write(&go, b"")?;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !answer.exists() && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(50));
-    }
-    let got: Value = serde_json::from_str(&fs::read_to_string(&answer).unwrap_or_default())
-        .unwrap_or(Value::Null);
+    let got = late.send()?;
     check!(
         c,
         got["result"] == "error" && got.get("token").is_none(),
