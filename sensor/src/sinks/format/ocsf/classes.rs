@@ -16,6 +16,8 @@ pub enum Class {
     AppLifecycle,
     /// Detection Finding (2004).
     Finding,
+    /// Authorize Session (3003).
+    AuthorizeSession,
 }
 
 impl Class {
@@ -28,6 +30,7 @@ impl Class {
             Self::Network => 4001,
             Self::AppLifecycle => 6002,
             Self::Finding => 2004,
+            Self::AuthorizeSession => 3003,
         }
     }
 
@@ -40,6 +43,7 @@ impl Class {
             Self::Network => "Network Activity",
             Self::AppLifecycle => "Application Lifecycle",
             Self::Finding => "Detection Finding",
+            Self::AuthorizeSession => "Authorize Session",
         }
     }
 
@@ -52,6 +56,7 @@ impl Class {
             Self::Network => (4, "Network Activity"),
             Self::AppLifecycle => (6, "Application Activity"),
             Self::Finding => (2, "Findings"),
+            Self::AuthorizeSession => (3, "Identity & Access Management"),
         }
     }
 }

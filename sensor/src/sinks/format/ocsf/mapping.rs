@@ -15,7 +15,7 @@ use super::{
 };
 use crate::event::{
     Decision, Event, Exec, ExecResult, Kind, NetResult, Network, Process, RunRef, Tamper,
-    TamperTarget, Timestamp, Verdict, rfc3339,
+    TamperTarget, Timestamp, TokenIssued, Verdict, rfc3339,
 };
 
 /// A non-empty string (the mapping treats an empty one as absent).
@@ -190,6 +190,10 @@ struct Draft<'a> {
     /// Whether `exec` fields were mapped (only the rest goes to
     /// `unmapped`); otherwise `exec` goes there whole.
     exec_mapped: bool,
+    /// Authorize Session: `privileges`, `user`, `session`.
+    privileges: Option<&'a [String]>,
+    user: Option<User<'a>>,
+    session: Option<Session<'a>>,
 }
 
 impl<'a> Draft<'a> {
@@ -218,6 +222,9 @@ impl<'a> Draft<'a> {
             finding: None,
             is_alert: false,
             exec_mapped: false,
+            privileges: None,
+            user: None,
+            session: None,
         }
     }
 }
@@ -271,6 +278,9 @@ pub fn map(event: &Event) -> OcsfEvent<'_> {
         (Kind::RunDegraded, _, _, _) => degraded(event),
         (Kind::SensorGap, _, _, _) => gap(event),
         (Kind::SensorBlind, _, _, _) if event.blind.is_some() => blind(event),
+        (Kind::TokenIssued, _, _, _) if let Some(t) = &event.token => {
+            token_issued(event, t, process)
+        }
         _ => base(event, process),
     };
     let violation = kind == Kind::PolicyViolation;
@@ -756,6 +766,53 @@ fn apply_policy(m: &mut Draft<'_>, policy: &Verdict, violation: bool, event: &Ev
     }
 }
 
+/// Authorize Session of a `token.issued`: the run (the session) got a
+/// token (its credential) that grants its scopes (the privileges).
+fn token_issued<'a>(event: &'a Event, t: &'a TokenIssued, p: Option<&'a Process>) -> Draft<'a> {
+    let mut m = Draft::new(Class::AuthorizeSession, 1, "Assign Privileges");
+    m.status = Some(Status::Success);
+    let run = event.run.as_ref();
+    m.privileges = Some(&t.scopes);
+    m.user = Some(match (run.and_then(|r| text(&r.principal)), p) {
+        (Some(principal), _) => User {
+            name: Some(principal),
+            uid: None,
+        },
+        (None, Some(p)) => User {
+            name: None,
+            uid: Some(p.uid.to_string()),
+        },
+        (None, None) => User {
+            name: Some("unknown"),
+            uid: None,
+        },
+    });
+    m.session = Some(Session {
+        uid: run.and_then(|r| text(&r.id)),
+        issuer: text(&t.iss),
+        credential_uid: text(&t.jti),
+        created_time: Some(ms(t.iat)),
+        expiration_time: Some(ms(t.exp)),
+        expiration_reason: None,
+    });
+    m.actor_process = acting(p);
+    let id = run.and_then(|r| text(&r.id)).unwrap_or("?");
+    let agent = run.and_then(|r| text(&r.agent)).unwrap_or("?");
+    let scopes = if t.scopes.is_empty() {
+        "none".to_owned()
+    } else {
+        t.scopes.join(", ")
+    };
+    m.message = Some(format!(
+        "run token {} issued to agent run {id} ({agent}) for audience {}, expires {}; scopes: \
+         {scopes}",
+        t.jti,
+        t.aud,
+        rfc3339(t.exp.0)
+    ));
+    m
+}
+
 /// The common attributes (captions, metadata, device, actor, unmapped)
 /// around what `d` decided.
 fn finish<'a>(d: Draft<'a>, event: &'a Event, time_ms: i64) -> OcsfEvent<'a> {
@@ -804,6 +861,9 @@ fn finish<'a>(d: Draft<'a>, event: &'a Event, time_ms: i64) -> OcsfEvent<'a> {
         injection_type: d.injection,
         process: d.process,
         actor: actor(d.actor_process, run),
+        privileges: d.privileges,
+        user: d.user,
+        session: d.session,
         src_endpoint,
         dst_endpoint,
         traffic,
@@ -862,6 +922,8 @@ fn actor<'a>(process: Option<ProcessObj<'a>>, run: Option<&'a RunRef>) -> Option
     let details = run.and_then(|r| r.details.as_ref());
     let session = Session {
         uid: run.and_then(|r| text(&r.id)),
+        issuer: None,
+        credential_uid: None,
         created_time: details.map(|d| ms(d.start)),
         expiration_time: details.and_then(|d| d.expires).map(ms),
         expiration_reason: details.and_then(|d| opt_text(d.end_reason.as_ref())),

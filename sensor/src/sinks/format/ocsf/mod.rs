@@ -29,6 +29,7 @@
 //! | `run.degraded` | Base Event (0) | Other (99), `activity_name` "Run Degraded" | `count` = lost + held-back records, severity Medium when records were lost, Low otherwise; `degraded` whole in `unmapped` |
 //! | `sensor.tamper` | Detection Finding (2004) | Create (1) | `finding_info` {uid = boot id + seq, title = "what: object", desc = detail, types ["sensor.tamper"]}, `is_alert` true; integrity check: severity Medium when the daemon put it back, High when not; seen in the kernel: `actor.process` = the caller, severity Medium when it was killed, High when not; no `status` (a finding's status is its review state); `tamper` whole in `unmapped` |
 //! | `sensor.blind` | Detection Finding (2004) | blind: Create (1), `is_alert` true, severity High; restored: Close (3), severity Informational | `finding_info` {uid = boot id + "blind" + `since` (the same for a blindness and its restore), title, desc = detail, types ["sensor.blind"]}; `blind` whole in `unmapped` |
+//! | `token.issued` | Authorize Session (3003) | Assign Privileges (1) | `privileges` = the token's scopes, `user.name` = the run's principal, `session` {uid = run id, issuer = `iss`, credential_uid = `jti`, created_time = `iat`, expiration_time = `exp`}; `token` whole in `unmapped` |
 //! | anything else | Base Event (0) | Other (99), `activity_name` = kind | |
 //!
 //! OCSF 1.x has no separate exec activity: the Process Activity `Launch`

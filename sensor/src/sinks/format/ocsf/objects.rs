@@ -4,7 +4,7 @@
 //!
 //! [`OcsfEvent`] holds every attribute any of the classes written uses
 //! (Process Activity 1007, Network Activity 4001, Detection Finding 2004,
-//! Application Lifecycle 6002, Base Event 0); [`super::classes`] says which
+//! Authorize Session 3003, Application Lifecycle 6002, Base Event 0); [`super::classes`] says which
 //! class an event is, [`super::mapping`] fills it from the typed event.
 
 use std::{borrow::Cow, net::IpAddr};
@@ -52,6 +52,12 @@ pub struct OcsfEvent<'a> {
     pub injection_type: Option<&'static str>,
     pub process: Option<ProcessObj<'a>>,
     pub actor: Option<Actor<'a>>,
+    /// Authorize Session: the scopes a run token grants.
+    pub privileges: Option<&'a [String]>,
+    /// Authorize Session: whom the session (the run) acts for.
+    pub user: Option<User<'a>>,
+    /// Authorize Session: the run, with the token as its credential.
+    pub session: Option<Session<'a>>,
     pub src_endpoint: Option<Endpoint<'a>>,
     pub dst_endpoint: Option<Endpoint<'a>>,
     pub traffic: Option<Traffic>,
@@ -147,6 +153,10 @@ pub struct User<'a> {
 #[derive(Debug, Default, Serialize)]
 pub struct Session<'a> {
     pub uid: Option<&'a str>,
+    /// Who issued the session's credential (a run token's `iss`).
+    pub issuer: Option<&'a str>,
+    /// The session's credential (a run token's `jti`).
+    pub credential_uid: Option<&'a str>,
     pub created_time: Option<i64>,
     pub expiration_time: Option<i64>,
     pub expiration_reason: Option<&'a str>,

@@ -1085,3 +1085,54 @@ fn encode_appends() {
     assert!(out.starts_with(b"prefix\n{"));
     assert!(out.ends_with(b"}"));
 }
+
+#[test]
+fn a_run_token_authorizes_the_run_with_its_scopes() {
+    use crate::event::TokenIssued;
+    let mut e = event(Kind::TokenIssued);
+    e.token = Some(TokenIssued {
+        jti: "jti-1".into(),
+        aud: "vault".into(),
+        iss: "https://sensor.example".into(),
+        sub: "spiffe://example/agent/research-bot/run/run-1".into(),
+        iat: at(T0, 0),
+        exp: at(T0 + 300, 0),
+        scopes: vec!["repo:read".into(), "db:query".into()],
+        kid: "k1".into(),
+    });
+    let o = ocsf(&e);
+    assert_class(&o, 3003, 3, 1);
+    assert_eq!(o["class_name"], "Authorize Session");
+    assert_eq!(o["category_name"], "Identity & Access Management");
+    assert_eq!(o["activity_name"], "Assign Privileges");
+    assert_eq!(o["type_name"], "Authorize Session: Assign Privileges");
+    assert_eq!(o["status_id"], 1);
+    assert_eq!(o["severity_id"], 1);
+    assert_eq!(o["privileges"], json!(["repo:read", "db:query"]));
+    assert_eq!(o["user"], json!({"name": "alice"}));
+    assert_eq!(
+        o["session"],
+        json!({"uid": "run-1", "issuer": "https://sensor.example", "credential_uid": "jti-1",
+               "created_time": 1_700_000_000_000_i64, "expiration_time": 1_700_000_300_000_i64})
+    );
+    assert_eq!(o["actor"]["process"]["pid"], 4242);
+    assert_eq!(
+        o["message"],
+        "run token jti-1 issued to agent run run-1 (research-bot) for audience vault, expires \
+         2023-11-14T22:18:20.000000000Z; scopes: repo:read, db:query"
+    );
+    // Never the token; its fields, whole, in unmapped.
+    assert_eq!(o["unmapped"]["token"]["aud"], "vault");
+    assert_eq!(o["unmapped"]["token"]["kid"], "k1");
+    assert_run_attached(&o);
+    assert_no_null(&o, "");
+    // No scopes: none granted (OCSF wants `privileges` or `group`).
+    e.token.as_mut().unwrap().scopes.clear();
+    let o = ocsf(&e);
+    assert_eq!(o["privileges"], json!([]));
+    assert!(o["message"].as_str().unwrap().ends_with("scopes: none"));
+    // Without its token object it is a base event, as any kind without
+    // the object its class needs.
+    e.token = None;
+    assert_class(&ocsf(&e), 0, 0, 99);
+}
