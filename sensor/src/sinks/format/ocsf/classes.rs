@@ -111,8 +111,9 @@ pub enum Security {
     Allowed,
     /// A deny the kernel enforced: Denied / Blocked.
     Blocked,
-    /// A deny only reported (audit): Observed / Detected.
-    Detected,
+    /// A deny only reported (audit): the action went ahead and would have
+    /// been blocked under enforce: Allowed / Logged.
+    WouldBlock,
 }
 
 impl Security {
@@ -122,7 +123,7 @@ impl Security {
         match self {
             Self::Allowed => (1, "Allowed", 1, "Allowed"),
             Self::Blocked => (2, "Denied", 2, "Blocked"),
-            Self::Detected => (3, "Observed", 15, "Detected"),
+            Self::WouldBlock => (1, "Allowed", 17, "Logged"),
         }
     }
 }

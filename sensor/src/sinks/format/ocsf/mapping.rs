@@ -717,7 +717,12 @@ fn base<'a>(event: &'a Event, p: Option<&'a Process>) -> Draft<'a> {
     m
 }
 
-/// A policy verdict (`security_control` profile).
+/// A policy verdict (`security_control` profile). A deny is counted once:
+/// the event of the action carries it as the alert (`is_alert`, the
+/// message), and its `policy.violation` twin is left out where the action
+/// is written ([`repeats`]). Blocked (enforce) and "would have been
+/// blocked" (audit: the action went ahead) are told apart by
+/// `action`/`disposition`: Denied/Blocked versus Allowed/Logged.
 fn apply_policy(m: &mut Draft<'_>, policy: &Verdict, violation: bool, event: &Event) {
     let name = &policy.name;
     let deny = policy.verdict == Decision::Deny;
@@ -726,22 +731,27 @@ fn apply_policy(m: &mut Draft<'_>, policy: &Verdict, violation: bool, event: &Ev
     m.security = Some(match (deny, enforced) {
         (false, _) => Security::Allowed,
         (true, true) => Security::Blocked,
-        (true, false) => Security::Detected,
+        (true, false) => Security::WouldBlock,
     });
-    // A tamper is an alert by itself; any other action when it is a violation.
-    m.is_alert = m.is_alert || violation;
-    if deny {
-        if enforced {
-            m.status = Some(Status::Failure);
-            m.status_detail = Some(format!("blocked by policy {name}: {rule}").into());
-        }
-        m.severity = match (violation, enforced) {
-            (true, true) => Severity::Medium,
-            (true, false) => Severity::High,
-            (false, _) => m.severity.max(Severity::Low),
-        };
+    // A tamper is an alert by itself; any other action when it is denied.
+    m.is_alert = m.is_alert || violation || deny;
+    if !deny {
+        return;
     }
-    if violation {
+    if enforced {
+        m.status = Some(Status::Failure);
+        m.status_detail = Some(format!("blocked by policy {name}: {rule}").into());
+    } else if m.status_detail.is_none() {
+        m.status_detail =
+            Some(format!("would have been blocked by policy {name}: {rule} (audit)").into());
+    }
+    m.severity = if enforced {
+        Severity::Medium
+    } else {
+        Severity::High
+    };
+    // The tamper mappings say what happened in their own words.
+    if violation || m.message.is_none() {
         let what = match (&event.network, &event.exec, &event.process) {
             (Some(n), _, _) => match (&n.path, n.dst_ip) {
                 (Some(path), _) => format!("connect to Unix socket {path}"),
@@ -758,11 +768,39 @@ fn apply_policy(m: &mut Draft<'_>, policy: &Verdict, violation: bool, event: &Ev
         let outcome = if enforced {
             "blocked"
         } else {
-            "reported, not blocked"
+            "would have been blocked (audit: reported, not blocked)"
         };
         m.message = Some(format!(
             "policy violation: policy {name} denies {what} ({rule}); {outcome}"
         ));
+    }
+}
+
+/// The kind of the event a `policy.violation` repeats (the engine writes
+/// one after each denied exec, connect, socket, tamper or `max_processes`
+/// fork, a copy of it), `None` for any other event and for a violation
+/// that stands alone (`max_depth`). OCSF writes a denial once: where that
+/// event is written too, the violation is left out.
+#[must_use]
+pub fn repeats(event: &Event) -> Option<Kind> {
+    if event.kind != Kind::PolicyViolation {
+        return None;
+    }
+    let policy = event.policy.as_ref()?;
+    match (&event.exec, &event.network, &event.tamper) {
+        (Some(_), _, _) => Some(Kind::ProcessExec),
+        (None, Some(n), _) => Some(match NetShape::of(Kind::PolicyViolation, n) {
+            NetShape::Socket => Kind::NetworkSocket,
+            _ => Kind::NetworkConnect,
+        }),
+        (None, None, Some(t)) => Some(match t.method {
+            "ptrace" | "process_vm_writev" | "pidfd_getfd" | "proc_mem" => Kind::ProcessTamper,
+            _ => Kind::SensorTamper,
+        }),
+        (None, None, None) => policy
+            .rule
+            .starts_with("max_processes")
+            .then_some(Kind::ProcessSpawn),
     }
 }
 

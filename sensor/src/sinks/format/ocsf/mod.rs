@@ -21,7 +21,7 @@
 //! | `network.accept` | Network Activity (4001) | Open (1) | `src_endpoint` = the peer, `dst_endpoint` = the local address, `direction_id` Inbound (1.7.0 has no Accept activity) |
 //! | `network.socket` | Network Activity (4001) | created: Open (1); refused (EPERM): Fail (4) | no peer: `src_endpoint` {hostname} is this host; `protocol_name` raw/icmp/packet (ICMP: `protocol_num` 1 or 58), `direction_id` Unknown |
 //! | `process.tamper` | Process Activity (1007) | ptrace, process_vm_writev, proc_mem: Inject (4), `injection_type_id` Other (99), `injection_type` "ptrace attach" / "process_vm_writev" / "/proc/PID/mem"; pidfd_getfd: Open (3) (it takes a descriptor of the other process's) | `process` = the target (`process.session.uid` = its run), `actor.process` = the caller; `is_alert` true, severity Medium when the caller was killed (status Failure), High when not (status Unknown) |
-//! | `policy.violation` | the class of what it is about: with `network` 4001, with a `tamper` as that tamper, otherwise 1007 (exec, `max_processes` fork, `max_depth` launch) | as for that action | `is_alert` true, severity Medium when blocked, High when only reported |
+//! | `policy.violation` | the class of what it is about: with `network` 4001, with a `tamper` as that tamper, otherwise 1007 (exec, `max_processes` fork, `max_depth` launch) | as for that action | written only where the event it repeats is not (one record per denial, see below); `is_alert` true, severity Medium when blocked, High when only reported |
 //! | `run.start` | Application Lifecycle (6002) | Start (3) | `app.name` = agent, `actor.process` = the run's first process |
 //! | `run.end` | Application Lifecycle (6002) | Stop (4) | `start_time`, `end_time`, `duration`, `status_detail` = end reason |
 //! | `sensor.lost` | Base Event (0) | Other (99), `activity_name` "Events Lost" | `count` = newly lost events |
@@ -67,10 +67,21 @@
 //! # Policy verdicts (`security_control` profile)
 //!
 //! `policy` {name, version, data {verdict, rule, enforced}}; allow: action
-//! Allowed / disposition Allowed; deny enforced: action Denied / disposition
-//! Blocked, status Failure; deny not enforced (audit): action Observed /
-//! disposition Detected. The event that carries a deny is severity Low; its
-//! `policy.violation` twin has `is_alert` true.
+//! Allowed / disposition Allowed; deny enforced (**blocked**): action Denied
+//! / disposition Blocked, status Failure, `status_detail` "blocked by policy
+//! P: RULE"; deny not enforced (audit, **would have been blocked**: the
+//! action went ahead): action Allowed / disposition Logged, `status_detail`
+//! "would have been blocked by policy P: RULE (audit)" unless the action's
+//! own failure is there.
+//!
+//! **A denial is one record.** The event that carries a deny is the alert:
+//! `is_alert` true, severity Medium when blocked, High when only reported,
+//! `message` "policy violation: policy P denies WHAT (RULE); blocked" (or
+//! "would have been blocked (audit: ...)"). The `policy.violation` the
+//! engine writes after it (a copy, [`repeats`]) is left out of an OCSF
+//! output that writes the event it repeats; an output whose `kinds` take
+//! violations but not that event gets the violation instead, mapped the
+//! same way. A violation with no twin (`max_depth`) is always written.
 //!
 //! # Nothing lost
 //!
@@ -106,6 +117,8 @@ mod mapping;
 mod objects;
 #[cfg(test)]
 mod tests;
+
+pub use mapping::repeats;
 
 use crate::event::Event;
 

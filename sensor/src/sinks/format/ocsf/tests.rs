@@ -422,8 +422,16 @@ fn policy_violations_take_the_class_of_their_action() {
     assert_eq!(o["disposition_id"], 2);
     assert_eq!(o["disposition"], "Blocked");
     assert_eq!(o["status_id"], 2);
-    assert_eq!(o["is_alert"], false);
-    assert_eq!(o["severity_id"], 2);
+    // The denial is counted once: the exec carries it as the alert, and
+    // its policy.violation twin repeats it (left out where the exec is
+    // written, see `a_denial_is_one_record`).
+    assert_eq!(o["is_alert"], true);
+    assert_eq!(o["severity_id"], 3);
+    assert_eq!(
+        o["message"],
+        "policy violation: policy research denies exec of /usr/bin/curl (exec.allow (no rule \
+         matches)); blocked"
+    );
     assert_eq!(o["policy"]["name"], "research");
     assert_eq!(o["policy"]["version"], "1");
     assert_eq!(o["policy"]["data"]["rule"], "exec.allow (no rule matches)");
@@ -458,11 +466,26 @@ fn policy_violations_take_the_class_of_their_action() {
     ));
     let o = ocsf(&e);
     assert_class(&o, 4001, 4, 1);
-    assert_eq!(o["action_id"], 3);
-    assert_eq!(o["disposition_id"], 15);
+    // Would have been blocked: the connect went ahead (Allowed), the deny
+    // was logged.
+    assert_eq!(o["action_id"], 1);
+    assert_eq!(o["action"], "Allowed");
+    assert_eq!(o["disposition_id"], 17);
+    assert_eq!(o["disposition"], "Logged");
     assert_eq!(o["status_id"], 1);
     assert_eq!(o["severity_id"], 4);
     assert_eq!(o["is_alert"], true);
+    assert!(
+        o["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("would have been blocked (audit: reported, not blocked)"),
+        "{o}"
+    );
+    assert_eq!(
+        o["status_detail"],
+        "would have been blocked by policy research: connect.allow (no rule matches) (audit)"
+    );
 
     // A fork beyond max_processes.
     let mut e = event(Kind::PolicyViolation);
@@ -932,7 +955,8 @@ fn a_kernel_sensor_tamper_is_a_finding_with_its_actor() {
         o.get("status_id").is_none(),
         "a finding's status is its review state"
     );
-    assert_eq!(o["disposition"], "Detected");
+    assert_eq!(o["disposition"], "Logged", "audit: would have been blocked");
+    assert_eq!(o["action"], "Allowed");
     assert!(
         o["message"].as_str().unwrap().ends_with("not blocked"),
         "{o}"
@@ -1084,6 +1108,75 @@ fn encode_appends() {
     encode(&exec_event(), &mut out).unwrap();
     assert!(out.starts_with(b"prefix\n{"));
     assert!(out.ends_with(b"}"));
+}
+
+#[test]
+fn a_denial_is_one_record() {
+    // Blocked: the exec and its twin are the same denial.
+    let mut e = exec_event();
+    e.policy = Some(policy(Decision::Deny, true, "exec.allow (no rule matches)"));
+    assert_eq!(super::repeats(&e), None, "the action itself");
+    let mut v = e.clone();
+    v.kind = Kind::PolicyViolation;
+    assert_eq!(super::repeats(&v), Some(Kind::ProcessExec));
+    // Each twin names the event it repeats.
+    let mut c = connect_event(NetResult::Error, Some(1), Some("EPERM"));
+    c.kind = Kind::PolicyViolation;
+    c.policy = Some(policy(Decision::Deny, true, "connect.allow"));
+    assert_eq!(super::repeats(&c), Some(Kind::NetworkConnect));
+    let mut u = unix_event(NetResult::Error, Some(1), Some("EPERM"));
+    u.kind = Kind::PolicyViolation;
+    u.policy = c.policy.clone();
+    assert_eq!(super::repeats(&u), Some(Kind::NetworkConnect));
+    let mut r = event(Kind::PolicyViolation);
+    r.network = Some(Network {
+        transport: "raw",
+        family: "ipv4",
+        result: NetResult::Error,
+        ..Network::default()
+    });
+    r.policy = c.policy.clone();
+    assert_eq!(super::repeats(&r), Some(Kind::NetworkSocket));
+    let mut t = process_tamper("ptrace", true);
+    t.kind = Kind::PolicyViolation;
+    t.policy = c.policy.clone();
+    assert_eq!(super::repeats(&t), Some(Kind::ProcessTamper));
+    let mut t = tamper_event(true);
+    t.kind = Kind::PolicyViolation;
+    t.policy = c.policy.clone();
+    assert_eq!(super::repeats(&t), Some(Kind::SensorTamper));
+    let mut f = event(Kind::PolicyViolation);
+    f.policy = Some(policy(Decision::Deny, true, "max_processes 5"));
+    assert_eq!(super::repeats(&f), Some(Kind::ProcessSpawn));
+    // A refused sub-run has no twin: it is written.
+    f.policy = Some(policy(Decision::Deny, true, "max_depth 1"));
+    assert_eq!(super::repeats(&f), None);
+    // An allowed exec is no alert; an audited deny is one, not blocked.
+    let mut a = exec_event();
+    a.policy = Some(policy(Decision::Allow, true, "exec.allow /usr/bin/"));
+    let o = ocsf(&a);
+    assert!(o.get("message").is_none());
+    assert_eq!(o["is_alert"], false);
+    assert_eq!(o["disposition"], "Allowed");
+    a.policy = Some(policy(
+        Decision::Deny,
+        false,
+        "exec.allow (no rule matches)",
+    ));
+    let o = ocsf(&a);
+    assert_eq!(o["is_alert"], true);
+    assert_eq!(
+        (o["action_id"].clone(), o["disposition_id"].clone()),
+        (json!(1), json!(17))
+    );
+    assert_eq!(o["status_id"], 1, "it ran");
+    assert!(
+        o["message"]
+            .as_str()
+            .unwrap()
+            .contains("would have been blocked"),
+        "{o}"
+    );
 }
 
 #[test]
