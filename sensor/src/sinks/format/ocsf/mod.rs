@@ -97,10 +97,10 @@
 //!   and network shapes, with their OCSF ids and captions.
 //! - [`objects`]: the OCSF objects as `#[derive(Serialize)]` structs
 //!   ([`objects::OcsfEvent`] and what it holds); field order is output order.
-//! - [`mapping`]: the typed [`Event`] to its [`objects::OcsfEvent`], by field
-//!   accesses (the `unmapped` builders destructure `Event`, `Process`,
-//!   `Exec` and `Network` whole, so a new or renamed event field is a
-//!   compile error there until it has a place).
+//! - [`mapping`] (a folder, by class family): the typed [`Event`] to its
+//!   [`objects::OcsfEvent`], by field accesses (the `unmapped` builders
+//!   destructure `Event`, `Process`, `Exec` and `Network` whole, so a new
+//!   or renamed event field is a compile error there until it has a place).
 //!
 //! The sensor's own objects in `unmapped` (`run`, `policy`, `lost`,
 //! `tamper`, ...) are written through a `serde_json::Value`, so their keys
