@@ -184,7 +184,12 @@ fn raw_icmp_and_packet_sockets_are_refused_under_enforce() -> Result<()> {
     }
     if let Some(e) = sockets(&evs, "raw-a", "icmp").first() {
         check_ocsf(&mut c, &o, e, 4001, 1, |o| {
-            here(o) && o["disposition"] == "Detected" && o["connection_info"]["protocol_num"] == 1
+            // Audit: would have been blocked (it was made).
+            here(o)
+                && o["action"] == "Allowed"
+                && o["disposition"] == "Logged"
+                && o["is_alert"] == true
+                && o["connection_info"]["protocol_num"] == 1
         });
     }
     if let Some(e) = sockets(&evs, "raw-r", "raw").first() {

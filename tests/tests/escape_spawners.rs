@@ -286,10 +286,16 @@ fn unix_connects_are_reported_and_unix_allow_decides() -> Result<()> {
         "a Unix connect outside any run is not reported"
     );
     // OCSF: Network Activity, local; the socket path is the destination
-    // endpoint's name. Checked by the third-party validator.
+    // endpoint's name. Checked by the third-party validator. A denial is
+    // one record (issue 21): the connect; its policy.violation twin is not
+    // written again.
     let want: Vec<Value> = evs
         .iter()
-        .filter(|e| e["network"]["family"] == "unix" && !e["run"].is_null())
+        .filter(|e| {
+            e["kind"] == "network.connect"
+                && e["network"]["family"] == "unix"
+                && !e["run"].is_null()
+        })
         .cloned()
         .collect();
     let o = ocsf::validated_kinds(
@@ -299,6 +305,18 @@ fn unix_connects_are_reported_and_unix_allow_decides() -> Result<()> {
         EVENT_TIMEOUT,
         |o| want.iter().all(|e| ocsf::by_seq(o, &e["seq"]).is_some()),
     )?;
+    let twins = evs
+        .iter()
+        .filter(|e| e["kind"] == "policy.violation" && e["network"]["family"] == "unix")
+        .count();
+    check!(
+        c,
+        twins > 0
+            && !o
+                .iter()
+                .any(|o| o["metadata"]["event_code"] == "policy.violation"),
+        "OCSF writes each Unix denial once ({twins} policy.violation twins in JSON, none in OCSF)"
+    );
     for (path, activity, disposition) in [(&ok, 1, "Allowed"), (&bad, 4, "Blocked")] {
         match one(path).and_then(|e| ocsf::by_seq(&o, &e["seq"])) {
             Some(o) => check!(

@@ -251,6 +251,17 @@ impl Serialize for Timestamp {
     }
 }
 
+impl Timestamp {
+    /// Milliseconds since the Unix epoch of the instant [`rfc3339`] writes
+    /// (clamped to the epoch .. the end of year 9999, the fraction
+    /// truncated).
+    #[must_use]
+    pub fn unix_ms(self) -> i64 {
+        let ms = clamped(self.0).as_millis();
+        i64::try_from(ms).unwrap_or(i64::MAX)
+    }
+}
+
 /// The last instant RFC 3339 can write (9999-12-31T23:59:59.999999999Z).
 const RFC3339_MAX: std::time::Duration = std::time::Duration::new(253_402_300_799, 999_999_999);
 
@@ -260,11 +271,14 @@ const RFC3339_MAX: std::time::Duration = std::time::Duration::new(253_402_300_79
 /// client can be anywhere: a time is never a reason to lose an event.
 #[must_use]
 pub fn rfc3339(t: SystemTime) -> humantime::Rfc3339Timestamp {
-    let since = t
-        .duration_since(SystemTime::UNIX_EPOCH)
+    humantime::format_rfc3339_nanos(SystemTime::UNIX_EPOCH + clamped(t))
+}
+
+/// `t` since the Unix epoch, within what RFC 3339 can hold.
+fn clamped(t: SystemTime) -> std::time::Duration {
+    t.duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
-        .min(RFC3339_MAX);
-    humantime::format_rfc3339_nanos(SystemTime::UNIX_EPOCH + since)
+        .min(RFC3339_MAX)
 }
 
 /// The agent run an event belongs to.

@@ -33,6 +33,15 @@ impl Filter {
         self.kinds & (1 << event.kind.index()) != 0 && (event.run.is_some() || !self.runs_only)
     }
 
+    /// Whether `event` is a `policy.violation` that OCSF leaves out because
+    /// this output also writes the event it repeats (the denial is written
+    /// once, by that event; the twin has the same run, so `runs_only`
+    /// treats both alike). JSON keeps both: the twin is part of the contract.
+    fn repeated(&self, event: &Event) -> bool {
+        matches!(self.format, Format::Ocsf)
+            && format::ocsf::repeats(event).is_some_and(|k| self.kinds & (1 << k.index()) != 0)
+    }
+
     /// Every event passes.
     const fn passes_all(&self) -> bool {
         self.kinds == u32::MAX && !self.runs_only
@@ -49,7 +58,7 @@ impl Filter {
     ) {
         let json = matches!(self.format, Format::Json).then(|| batch.json());
         for (i, event) in batch.events().iter().enumerate() {
-            if !self.passes(event) {
+            if !self.passes(event) || self.repeated(event) {
                 continue;
             }
             if let Some(json) = json {
@@ -213,5 +222,57 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
         assert_eq!(v["metadata"]["event_code"], "run.end");
         assert_eq!(v["unmapped"]["seq"], 2);
+    }
+
+    #[test]
+    fn ocsf_writes_a_denial_once_and_json_keeps_its_twin() {
+        use crate::{
+            event::{Decision, Exec, ExecResult, Process, Verdict},
+            sinks::{EventBatch, tests::event},
+        };
+        let mut exec = event(1, Kind::ProcessExec, true);
+        exec.process = Some(Process::default());
+        exec.exec = Some(Exec {
+            filename: "/bin/x".into(),
+            result: ExecResult::Error,
+            errno: Some(1),
+            error: Some("EPERM".into()),
+            old_tid: 0,
+            inode: None,
+            dev: None,
+            dev_raw: None,
+            mnt_id: None,
+        });
+        exec.policy = Some(Verdict {
+            name: "p".into(),
+            verdict: Decision::Deny,
+            rule: "exec.allow (no rule matches)".into(),
+            enforced: true,
+            version: 1,
+        });
+        let mut twin = exec.clone();
+        twin.kind = Kind::PolicyViolation;
+        twin.seq = 2;
+        // A refused sub-run: a violation with no twin.
+        let mut depth = event(3, Kind::PolicyViolation, true);
+        depth.process = Some(Process::default());
+        depth.policy = exec.policy.clone().map(|p| Verdict {
+            rule: "max_depth 1".into(),
+            ..p
+        });
+        let batch = EventBatch::new(vec![exec, twin, depth]);
+        let seqs = |spec: &str| {
+            let mut encoded = Encoded::default();
+            filter(spec).encode_records(&batch, &mut encoded);
+            encoded.records().iter().map(|r| r.seq).collect::<Vec<_>>()
+        };
+        // OCSF: the exec is the denial; its twin is left out.
+        assert_eq!(seqs("-,format=ocsf"), [1, 3]);
+        // An output that takes violations but not execs still gets it once.
+        assert_eq!(seqs("-,format=ocsf,kinds=policy.violation"), [2, 3]);
+        assert_eq!(seqs("-,format=ocsf,kinds=process.exec"), [1]);
+        // JSON: every event, as the contract has them.
+        assert_eq!(seqs("-"), [1, 2, 3]);
+        assert_eq!(seqs("-,kinds=policy.violation"), [2, 3]);
     }
 }

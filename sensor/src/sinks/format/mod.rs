@@ -2,9 +2,9 @@
 //! [`Event`], never from another format's bytes.
 //!
 //! - [`json`]: `sensor.event/v1`, the event's own serde form.
-//! - [`ocsf`]: OCSF 1.7.0, mapped from the event's serde form (a
-//!   `serde_json::Value` made from the typed event, no text parsed); the
-//!   `#[derive(Serialize)]` OCSF structs of issue 18 are still to come.
+//! - [`ocsf`]: OCSF 1.7.0, `#[derive(Serialize)]` OCSF structs built from
+//!   the typed event by field accesses (a renamed event field is a compile
+//!   error there).
 //!
 //! Syslog's RFC 5424 framing wraps either format and is part of its
 //! transport ([`super::transport::syslog`]).

@@ -1,0 +1,269 @@
+//! Runs (Application Lifecycle 6002), run tokens (Authorize Session 3003),
+//! what the sensor found (Detection Finding 2004) and the Base Events.
+
+use std::borrow::Cow;
+
+use super::{
+    Draft, ms, opt_text,
+    process::{acting, who},
+    text,
+};
+use crate::{
+    event::{Event, Kind, Process, RunRef, Tamper, TokenIssued, rfc3339},
+    sinks::format::ocsf::{
+        classes::{Class, Severity, Status},
+        objects::{Session, User},
+    },
+};
+
+/// Application Lifecycle of run.start / run.end.
+pub(super) fn run_lifecycle<'a>(
+    kind: Kind,
+    run: Option<&'a RunRef>,
+    p: Option<&'a Process>,
+    time_ms: i64,
+) -> Draft<'a> {
+    let start = kind == Kind::RunStart;
+    let mut m = if start {
+        Draft::new(Class::AppLifecycle, 3, "Start")
+    } else {
+        Draft::new(Class::AppLifecycle, 4, "Stop")
+    };
+    m.status = Some(Status::Success);
+    let agent = run.and_then(|r| text(&r.agent)).unwrap_or("unknown");
+    m.app_name = Some(agent);
+    m.actor_process = acting(p);
+    let id = run.and_then(|r| text(&r.id)).unwrap_or("?");
+    let details = run.and_then(|r| r.details.as_ref());
+    m.start_time = details.map(|d| ms(d.start));
+    if start {
+        let by = details.map_or("?", |d| d.started_by.as_str());
+        m.message = Some(format!("agent run {id} ({agent}) started by {by}"));
+    } else {
+        let reason = details.and_then(|d| opt_text(d.end_reason.as_ref()));
+        let end = details.and_then(|d| d.end).map_or(time_ms, ms);
+        m.end_time = Some(end);
+        m.duration = m.start_time.map(|s| (end - s).max(0));
+        m.status_detail = reason.map(Cow::Borrowed);
+        m.message = Some(format!(
+            "agent run {id} ({agent}) ended: {}",
+            reason.unwrap_or("?")
+        ));
+    }
+    m
+}
+
+/// Detection Finding of a `sensor.tamper`: what the integrity check
+/// found, or what a process of a run did to the sensor (seen in the
+/// kernel; the process is `actor.process`).
+pub(super) fn sensor_tamper<'a>(
+    event: &'a Event,
+    t: &'a Tamper,
+    p: Option<&'a Process>,
+) -> Draft<'a> {
+    let mut m = Draft::new(Class::Finding, 1, "Create");
+    let title = format!("{}: {}", t.what, t.object);
+    let uid = format!(
+        "{}:{}",
+        text(&event.host.boot_id).unwrap_or("unknown"),
+        event.seq
+    );
+    if t.detected == "kernel" {
+        let killed = t.killed == Some(true);
+        let by = who(p);
+        m.message = Some(format!(
+            "{title}, by {by}; {}",
+            if killed {
+                "the caller was killed"
+            } else {
+                "not blocked"
+            }
+        ));
+        m.severity = if killed {
+            Severity::Medium
+        } else {
+            Severity::High
+        };
+        m.actor_process = acting(p);
+    } else {
+        // Only the integrity check puts things back (and says so); the
+        // file watch reports a change after it was made.
+        m.message = Some(match t.repaired {
+            Some(true) => format!("{title} (put back by the sensor)"),
+            Some(false) => format!("{title} (NOT put back)"),
+            None => title.clone(),
+        });
+        m.severity = if t.repaired == Some(true) {
+            Severity::Medium
+        } else {
+            Severity::High
+        };
+        if t.method == "file" {
+            m.actor_process = acting(p);
+        }
+    }
+    m.finding = Some((uid, title, opt_text(t.detail.as_ref())));
+    m.is_alert = true;
+    m
+}
+
+/// Base Event of a `run.degraded`: what the kernel could not deliver of
+/// one run (like `sensor.lost`, per run).
+pub(super) fn degraded(event: &Event) -> Draft<'_> {
+    let mut m = Draft::new(Class::Base, 99, "Run Degraded");
+    let d = event.degraded.as_ref();
+    let lost = d.map_or(0, |d| d.lost_events);
+    let held = d.map_or(0, |d| d.denials_suppressed);
+    let run = event.run.as_ref();
+    let id = run.and_then(|r| text(&r.id)).unwrap_or("?");
+    let agent = run.and_then(|r| text(&r.agent)).unwrap_or("?");
+    m.count = Some(lost.saturating_add(held));
+    m.message = Some(format!(
+        "agent run {id} ({agent}): {lost} events lost, {held} denial records held back \
+         (still enforced)"
+    ));
+    m.severity = if lost > 0 {
+        Severity::Medium
+    } else {
+        Severity::Low
+    };
+    m
+}
+
+/// Base Event of a `sensor.gap`: a time no daemon read the kernel's
+/// records. Medium when the kernel did not record through it (nothing of
+/// it can be known), or lost records; Low otherwise.
+pub(super) fn gap(event: &Event) -> Draft<'_> {
+    let mut m = Draft::new(Class::Base, 99, "Sensor Gap");
+    let g = event.gap.as_ref();
+    let cause = g.and_then(|g| text(g.cause)).unwrap_or("unknown");
+    let recorded = g.is_some_and(|g| g.recorded);
+    let lost = g.map_or(0, |g| g.lost);
+    let seconds = g
+        .and_then(|g| g.seconds)
+        .filter(|s| s.is_finite())
+        .map_or_else(|| "an unknown time".to_owned(), |s| format!("{s:.1} s"));
+    m.count = Some(lost);
+    m.message = Some(format!(
+        "no sensor daemon read for {seconds} ({cause}); {}{}",
+        if recorded {
+            "the kernel kept recording, and what it recorded follows"
+        } else {
+            "nothing was recorded meanwhile"
+        },
+        if lost > 0 {
+            format!("; {lost} records did not fit and are lost")
+        } else {
+            String::new()
+        }
+    ));
+    m.severity = if recorded && lost == 0 {
+        Severity::Low
+    } else {
+        Severity::Medium
+    };
+    m
+}
+
+/// Detection Finding of a `sensor.blind` (the caller checked `blind` is
+/// there): a blindness opens a finding, its restore closes it.
+pub(super) fn blind(event: &Event) -> Draft<'_> {
+    let b = event.blind.as_ref();
+    let restored = b.is_some_and(|b| b.restored);
+    let records = b.map(|b| b.missing.join(", ")).unwrap_or_default();
+    let since = b.map_or_else(|| "unknown".to_owned(), |b| rfc3339(b.since.0).to_string());
+    let boot = text(&event.host.boot_id).unwrap_or("unknown");
+    let uid = format!("{boot}:blind:{since}");
+    let (mut m, title) = if restored {
+        (
+            Draft::new(Class::Finding, 3, "Close"),
+            format!("sensor sight restored ({records} records come through again)"),
+        )
+    } else {
+        (
+            Draft::new(Class::Finding, 1, "Create"),
+            format!("sensor blind: {records} records do not come through the kernel"),
+        )
+    };
+    m.message = Some(title.clone());
+    m.finding = Some((uid, title, b.and_then(|b| text(&b.detail))));
+    m.severity = if restored {
+        Severity::Informational
+    } else {
+        Severity::High
+    };
+    m.is_alert = !restored;
+    m
+}
+
+/// Base Event: `sensor.lost`, and the kinds this mapping has no class for.
+pub(super) fn base<'a>(event: &'a Event, p: Option<&'a Process>) -> Draft<'a> {
+    let name = match event.kind {
+        Kind::SensorLost => "Events Lost",
+        other => other.as_str(),
+    };
+    let mut m = Draft::new(Class::Base, 99, name);
+    if let Some(lost) = &event.lost {
+        m.count = Some(lost.total);
+        m.message = Some(format!(
+            "{} events lost ({} since the sensor started)",
+            lost.total, lost.cumulative
+        ));
+        if lost.total > 0 {
+            m.severity = Severity::Medium;
+        }
+    }
+    m.actor_process = acting(p);
+    m
+}
+
+/// Authorize Session of a `token.issued`: the run (the session) got a
+/// token (its credential) that grants its scopes (the privileges).
+pub(super) fn token_issued<'a>(
+    event: &'a Event,
+    t: &'a TokenIssued,
+    p: Option<&'a Process>,
+) -> Draft<'a> {
+    let mut m = Draft::new(Class::AuthorizeSession, 1, "Assign Privileges");
+    m.status = Some(Status::Success);
+    let run = event.run.as_ref();
+    m.privileges = Some(&t.scopes);
+    m.user = Some(match (run.and_then(|r| text(&r.principal)), p) {
+        (Some(principal), _) => User {
+            name: Some(principal),
+            uid: None,
+        },
+        (None, Some(p)) => User {
+            name: None,
+            uid: Some(p.uid.to_string()),
+        },
+        (None, None) => User {
+            name: Some("unknown"),
+            uid: None,
+        },
+    });
+    m.session = Some(Session {
+        uid: run.and_then(|r| text(&r.id)),
+        issuer: text(&t.iss),
+        credential_uid: text(&t.jti),
+        created_time: Some(ms(t.iat)),
+        expiration_time: Some(ms(t.exp)),
+        expiration_reason: None,
+    });
+    m.actor_process = acting(p);
+    let id = run.and_then(|r| text(&r.id)).unwrap_or("?");
+    let agent = run.and_then(|r| text(&r.agent)).unwrap_or("?");
+    let scopes = if t.scopes.is_empty() {
+        "none".to_owned()
+    } else {
+        t.scopes.join(", ")
+    };
+    m.message = Some(format!(
+        "run token {} issued to agent run {id} ({agent}) for audience {}, expires {}; scopes: \
+         {scopes}",
+        t.jti,
+        t.aud,
+        rfc3339(t.exp.0)
+    ));
+    m
+}
