@@ -154,8 +154,19 @@ impl Engine {
                 policy,
                 parent,
             };
-            if let Err(e) = self.emit(&bind) {
-                tracing::error!(handle, error = %e, "cannot bind a run to its policy in the kernel");
+            match self.emit(&bind) {
+                Ok(()) => {}
+                // The kernel's own error, as before (the run is not refused
+                // here: it was running).
+                Err(EffectError::Bind(crate::policy::kernel::BindRefusal::Failed {
+                    error,
+                    ..
+                })) => {
+                    tracing::error!(handle, %error, "cannot bind a run to its policy in the kernel");
+                }
+                Err(e) => {
+                    tracing::error!(handle, error = %e, "cannot bind a run to its policy in the kernel");
+                }
             }
         }
         let bound = self
