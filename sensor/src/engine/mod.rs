@@ -1845,6 +1845,54 @@ mod effect_tests {
     }
 
     #[test]
+    fn a_matcher_sub_run_deeper_than_its_parents_max_depth_is_killed_under_enforce() {
+        for kills_fail in [false, true] {
+            let mut p = policy("p", Mode::Enforce, &["/usr/bin/curl"], &[]);
+            p.max_depth = Some(0);
+            let (mut effects, mut e) = engine(&[curl_agent(None)], vec![p], None);
+            effects.kills_fail = kills_fail;
+            e = e.with_effects(Box::new(effects.clone()));
+            let top = launch(&mut e, Some("p"), None);
+            effects.take();
+            // curl, a child in the launched run, matches an agent: a sub-run
+            // at depth 1 under a policy that allows none.
+            let RawEvent::Exec {
+                mut header,
+                data,
+                strings,
+                failed,
+            } = curl_exec()
+            else {
+                unreachable!()
+            };
+            header.run = top.handle;
+            header.run_how = HOW_INHERITED;
+            let mut out = Vec::new();
+            e.build_into(
+                RawEvent::Exec {
+                    header,
+                    data,
+                    strings,
+                    failed,
+                },
+                &mut out,
+            );
+            let recorded = effects.take();
+            assert!(
+                matches!(&recorded[..], [RunEffect::Bind { parent: Some(p), .. }, RunEffect::Kill { pid: 4242, start_ticks: None }] if *p == top.handle),
+                "{recorded:?}"
+            );
+            let violation = out
+                .iter()
+                .find(|e| e.kind == Kind::PolicyViolation)
+                .unwrap();
+            let verdict = violation.policy.as_ref().unwrap();
+            assert_eq!(verdict.rule, "max_depth 0");
+            assert_eq!(verdict.enforced, !kills_fail, "enforced: the kill happened");
+        }
+    }
+
+    #[test]
     fn an_expired_run_kills_its_processes_and_is_unbound() {
         let me = std::process::id();
         let start_ticks = crate::identity::proc_start(me).unwrap().0;
