@@ -24,6 +24,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod record;
 pub mod recovery;
+pub mod run_map;
 pub mod sinks;
 pub mod status;
 pub mod store;

@@ -1121,7 +1121,7 @@ pub async fn run(
                     Err(e) => tracing::warn!(error = %e, "kernel counters"),
                 }
                 let now = std::time::SystemTime::now();
-                let expired = pipeline.builder.attribution_mut().expire(now);
+                let expired = pipeline.builder.expire(now);
                 pipeline.run_changes(&expired);
                 pipeline.builder.attribution_mut().forget_ended(now);
                 pipeline.control.tick(&pipeline.builder);

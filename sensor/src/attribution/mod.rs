@@ -29,52 +29,7 @@ pub use self::{
     runs::{NewRun, Run, RunError, RunTable, check_scopes},
 };
 use crate::event::RunRef;
-
-/// The kernel's process → run map, behind a trait so attribution can be
-/// tested without a kernel.
-pub trait RunMap: Send {
-    fn get(&self, tgid: u32) -> Option<ProcRun>;
-    fn set(&mut self, tgid: u32, entry: ProcRun) -> Result<(), aya::maps::MapError>;
-    fn remove(&mut self, tgid: u32);
-    fn entries(&self) -> Vec<(u32, ProcRun)>;
-}
-
-impl RunMap for aya::maps::HashMap<aya::maps::MapData, u32, ProcRun> {
-    fn get(&self, tgid: u32) -> Option<ProcRun> {
-        aya::maps::HashMap::get(self, &tgid, 0).ok()
-    }
-
-    fn set(&mut self, tgid: u32, entry: ProcRun) -> Result<(), aya::maps::MapError> {
-        self.insert(tgid, entry, 0)
-    }
-
-    fn remove(&mut self, tgid: u32) {
-        let _ = aya::maps::HashMap::remove(self, &tgid);
-    }
-
-    fn entries(&self) -> Vec<(u32, ProcRun)> {
-        self.iter().filter_map(Result::ok).collect()
-    }
-}
-
-impl RunMap for HashMap<u32, ProcRun> {
-    fn get(&self, tgid: u32) -> Option<ProcRun> {
-        HashMap::get(self, &tgid).copied()
-    }
-
-    fn set(&mut self, tgid: u32, entry: ProcRun) -> Result<(), aya::maps::MapError> {
-        self.insert(tgid, entry);
-        Ok(())
-    }
-
-    fn remove(&mut self, tgid: u32) {
-        HashMap::remove(self, &tgid);
-    }
-
-    fn entries(&self) -> Vec<(u32, ProcRun)> {
-        self.iter().map(|(k, v)| (*k, *v)).collect()
-    }
-}
+pub use crate::run_map::RunMap;
 
 /// Name of an attribution method, as events show it.
 #[must_use]
@@ -779,7 +734,14 @@ impl Attribution {
     /// processes of an expired top-level run are killed. The kernel's map
     /// says who they are (forks that raced the first pass are found by the
     /// next), and the run is unbound only once none is left in it.
-    pub fn expire(&mut self, now: SystemTime) -> Vec<RunChange> {
+    ///
+    /// `kill` is asked to SIGKILL a process (pid, start in clock ticks) and
+    /// says whether it did: the engine turns it into a run effect.
+    pub fn expire(
+        &mut self,
+        now: SystemTime,
+        mut kill: impl FnMut(u32, u64) -> bool,
+    ) -> Vec<RunChange> {
         /// Passes over the kernel map: a fork racing one pass copies the old
         /// entry and is found by the next.
         const PASSES: usize = 4;
@@ -809,7 +771,7 @@ impl Attribution {
                         Some(p) => self.move_process(pid, entry, p),
                         None => {
                             let ticks = entry.start_ns / self.ns_per_tick;
-                            if crate::identity::kill_process(pid, ticks) {
+                            if kill(pid, ticks) {
                                 tracing::info!(pid, run = handle, "killed: its run's TTL passed");
                             }
                             killed.insert((pid, entry.start_ns));
@@ -1605,7 +1567,7 @@ mod tests {
         let sub = launched(&mut a, "sub", Some(60));
         assert_eq!(a.map.get(me).unwrap().run, sub.handle);
         let later = SystemTime::now() + Duration::from_secs(61);
-        let changes = a.expire(later);
+        let changes = a.expire(later, |pid, _| panic!("{pid} must not be killed"));
         assert!(
             matches!(&changes[..], [RunChange::Ended { run: r }] if r.id == sub.id && r.end_reason.as_deref() == Some("ttl"))
         );

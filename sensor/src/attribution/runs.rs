@@ -79,6 +79,10 @@ pub const MAX_LABEL_BYTES: usize = 4096;
 pub const MAX_LABELS: usize = 64;
 /// Characters of a principal.
 pub const MAX_PRINCIPAL_CHARS: usize = 256;
+/// Scopes a run may hold (its tokens carry at most these).
+pub const MAX_SCOPES: usize = 32;
+/// Characters of one scope.
+pub const MAX_SCOPE_CHARS: usize = 128;
 
 /// Checks a TTL against [`MAX_TTL`] (at least one second).
 pub fn check_ttl(ttl: Duration) -> Result<Duration, RunError> {
@@ -112,8 +116,8 @@ pub enum RunError {
     NotFound(String),
     #[error(
         "scope {0:?} is not valid: at most {max} scopes of 1-{chars} printable characters without spaces",
-        max = crate::tokens::MAX_SCOPES,
-        chars = crate::tokens::MAX_SCOPE_CHARS
+        max = MAX_SCOPES,
+        chars = MAX_SCOPE_CHARS
     )]
     BadScope(String),
     #[error(
@@ -154,11 +158,11 @@ fn scopes_of(asked: Option<Vec<String>>, parent: Option<&Run>) -> Result<Vec<Str
     };
     asked.sort();
     asked.dedup();
-    if asked.len() > crate::tokens::MAX_SCOPES {
+    if asked.len() > MAX_SCOPES {
         return Err(RunError::BadScope(asked.join(" ")));
     }
     for s in &asked {
-        if !(1..=crate::tokens::MAX_SCOPE_CHARS).contains(&s.chars().count())
+        if !(1..=MAX_SCOPE_CHARS).contains(&s.chars().count())
             || s.chars()
                 .any(|c| c.is_control() || c.is_whitespace() || c == '"' || c == '\\')
         {

@@ -23,7 +23,7 @@ use crate::{
         text::{errno_name, escape_bytes, split_argv},
     },
     identity::{Clock, Host, ProcessKeys},
-    policy::kernel::BindRefusal,
+    policy::effects::{Apply, EffectError, Effects, RunEffect},
     record::{ExecStrings, RawEvent},
 };
 
@@ -59,6 +59,9 @@ pub struct Engine {
     policies: crate::policy::Policies,
     /// The kernel's policy maps (absent in tests without a kernel).
     enforcement: Option<crate::policy::kernel::Enforcement>,
+    /// What applies the run effects (binds and unbinds to `enforcement`,
+    /// kills); a recorder in unit tests.
+    effects: Box<dyn Effects>,
     /// The sensor's files and directories by kernel identity.
     protected: std::collections::HashMap<(u32, u64), String>,
     /// Without kernel maps (a replay): what the recording daemon's policy
@@ -77,6 +80,7 @@ impl Engine {
             attribution,
             policies: crate::policy::Policies::default(),
             enforcement: None,
+            effects: Box::new(Apply),
             protected: std::collections::HashMap::new(),
             recorded_ids: None,
         }
@@ -88,6 +92,19 @@ impl Engine {
     pub fn with_recorded_ids(mut self, ids: crate::policy::kernel::IdNames) -> Self {
         self.recorded_ids = Some(ids);
         self
+    }
+
+    /// Applies the run effects with `effects` instead of the daemon's
+    /// [`Apply`] (unit tests record them).
+    #[must_use]
+    pub fn with_effects(mut self, effects: Box<dyn Effects>) -> Self {
+        self.effects = effects;
+        self
+    }
+
+    /// Applies one run effect (see [`crate::policy::effects`]).
+    fn emit(&mut self, effect: &RunEffect) -> Result<(), EffectError> {
+        self.effects.apply(effect, self.enforcement.as_mut())
     }
 
     /// Keeps the kernel's policy maps in step: policies installed, runs bound.
@@ -104,9 +121,9 @@ impl Engine {
     /// handles no active run has (start-up, after the run state was
     /// restored); then the previous daemon's policy slots are released.
     pub fn bind_runs(&mut self) {
-        let Some(enforcement) = &mut self.enforcement else {
+        if self.enforcement.is_none() {
             return;
-        };
+        }
         let active: Vec<(u64, Option<String>, Option<u64>)> = self
             .attribution
             .runs()
@@ -132,16 +149,40 @@ impl Engine {
                 );
             }
             let policy = policy.filter(|p| self.policies.contains(p));
-            if let Err(e) = enforcement.bind(handle, policy.as_deref(), parent) {
-                tracing::error!(handle, error = %e, "cannot bind a run to its policy in the kernel");
+            let bind = RunEffect::Bind {
+                run: handle,
+                policy,
+                parent,
+            };
+            match self.emit(&bind) {
+                Ok(()) => {}
+                // The kernel's own error, as before (the run is not refused
+                // here: it was running).
+                Err(EffectError::Bind(crate::policy::kernel::BindRefusal::Failed {
+                    error,
+                    ..
+                })) => {
+                    tracing::error!(handle, %error, "cannot bind a run to its policy in the kernel");
+                }
+                Err(e) => {
+                    tracing::error!(handle, error = %e, "cannot bind a run to its policy in the kernel");
+                }
             }
         }
-        for handle in enforcement.bound_runs() {
+        let bound = self
+            .enforcement
+            .as_ref()
+            .map(crate::policy::kernel::Enforcement::bound_runs)
+            .unwrap_or_default();
+        for handle in bound {
             if !live.contains(&handle) {
-                enforcement.unbind(handle);
+                // (An unbind does not fail.)
+                let _ = self.emit(&RunEffect::Unbind { run: handle });
             }
         }
-        enforcement.release_previous();
+        if let Some(enforcement) = &mut self.enforcement {
+            enforcement.release_previous();
+        }
     }
 
     /// Resolves the policies' files and host names again and updates the
@@ -599,10 +640,15 @@ impl Engine {
                         .processes()
                         .get(*pid, 0)
                         .map(|p| p.start_ns);
-                    let killed = enforce
-                        && start.is_some_and(|s| {
-                            crate::identity::kill_process(*pid, s / self.keys.ns_per_tick().max(1))
-                        });
+                    let killed = match start.filter(|_| enforce) {
+                        Some(s) => self
+                            .emit(&RunEffect::Kill {
+                                pid: *pid,
+                                start_ticks: Some(s / self.keys.ns_per_tick().max(1)),
+                            })
+                            .is_ok(),
+                        None => false,
+                    };
                     tracing::error!(run = %run.id, pid, killed, %why, "a new run could not be bound to its policy");
                 }
                 let mut e = self.envelope(Kind::RunStart, run.start);
@@ -614,14 +660,28 @@ impl Engine {
                 e
             }
             RunChange::Ended { run } => {
-                if let Some(enforcement) = &mut self.enforcement {
-                    enforcement.unbind(run.handle);
-                }
+                // (An unbind does not fail.)
+                let _ = self.emit(&RunEffect::Unbind { run: run.handle });
                 let mut e = self.envelope(Kind::RunEnd, run.end.unwrap_or_else(SystemTime::now));
                 e.run = Some(RunRef::detailed(run, run.started_by.attributed()));
                 e
             }
         }
+    }
+
+    /// Ends the runs past their TTL (see [`Attribution::expire`]); the
+    /// processes of an expired top-level run are killed (run effects). The
+    /// changes are for [`Self::run_change`].
+    pub fn expire(&mut self, now: SystemTime) -> Vec<RunChange> {
+        let enforcement = &mut self.enforcement;
+        let effects = &mut self.effects;
+        self.attribution.expire(now, |pid, start_ticks| {
+            let kill = RunEffect::Kill {
+                pid,
+                start_ticks: Some(start_ticks),
+            };
+            effects.apply(&kill, enforcement.as_mut()).is_ok()
+        })
     }
 
     /// `sensor launch` (see [`Attribution::launch`]): the new run is bound to
@@ -635,14 +695,19 @@ impl Engine {
     ) -> Result<(Run, RunChange), crate::attribution::AttributionError> {
         let policies = &self.policies;
         let enforcement = &mut self.enforcement;
+        let effects = &mut self.effects;
         self.attribution.launch(peer, req, now, |run, parent| {
-            let Some(enforcement) = enforcement.as_mut() else {
-                return Ok(());
+            let bind = RunEffect::Bind {
+                run: run.handle,
+                policy: run.policy.clone().filter(|p| policies.contains(p)),
+                parent,
             };
-            let policy = run.policy.as_deref().filter(|p| policies.contains(p));
-            enforcement
-                .bind(run.handle, policy, parent)
-                .map_err(|e| BindRefusal::new(e, policy))
+            match effects.apply(&bind, enforcement.as_mut()) {
+                Ok(()) => Ok(()),
+                Err(EffectError::Bind(refusal)) => Err(refusal),
+                // (A bind fails only as a bind.)
+                Err(EffectError::NotKilled { .. }) => Ok(()),
+            }
         })
     }
 
@@ -706,11 +771,12 @@ impl Engine {
             return;
         };
         let enforced = policy.mode == crate::policy::Mode::Enforce
-            && nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(0)),
-                nix::sys::signal::Signal::SIGKILL,
-            )
-            .is_ok();
+            && self
+                .emit(&RunEffect::Kill {
+                    pid,
+                    start_ticks: None,
+                })
+                .is_ok();
         let mut violation = self.envelope(Kind::PolicyViolation, SystemTime::now());
         violation.run = self.attribution.run_ref(run.handle, HOW_MATCHER);
         violation.process = Some(p.clone());
@@ -726,18 +792,17 @@ impl Engine {
 
     /// Binds a new run to its policy in the kernel, before anything of the
     /// run can act on it (a launch is answered after this).
-    fn bind_run(&mut self, run: &Run) -> Result<(), BindRefusal> {
-        let Some(enforcement) = &mut self.enforcement else {
-            return Ok(());
-        };
+    fn bind_run(&mut self, run: &Run) -> Result<(), EffectError> {
         let parent = run
             .parent_id
             .as_deref()
             .and_then(|id| self.attribution.handle_of(id));
-        let policy = run.policy.as_deref().filter(|p| self.policies.contains(p));
-        enforcement
-            .bind(run.handle, policy, parent)
-            .map_err(|e| BindRefusal::new(e, policy))
+        let policy = run.policy.clone().filter(|p| self.policies.contains(p));
+        self.emit(&RunEffect::Bind {
+            run: run.handle,
+            policy,
+            parent,
+        })
     }
 
     /// What the table and /proc know of a live process, for run.start events
@@ -1525,5 +1590,337 @@ mod tests {
         assert!(split_argv(b"").is_empty());
         assert_eq!(split_argv(b"a\0\0b\0"), vec![&b"a"[..], b"", b"b"]);
         assert_eq!(split_argv(b"a\0cut"), vec![&b"a"[..], b"cut"]);
+    }
+}
+
+/// The run effects the engine emits, recorded instead of applied (no
+/// kernel maps, no kills; fake maps where a bind must be refused).
+#[cfg(test)]
+mod effect_tests {
+    use std::time::Duration;
+
+    use sensor_common::event::{EventKind, ExitData};
+
+    use super::*;
+    use crate::{
+        attribution::{AgentConfig, LaunchRequest, Matchers, Peer, RunTable},
+        policy::{
+            Mode, Policies, Policy, effects::recorder::Recorder, kernel::Enforcement,
+            tables::fake::FakeMaps, testing::policy,
+        },
+    };
+
+    const TICK: u64 = 10_000_000;
+
+    /// An engine with `agents` and `policies` whose effects go to a
+    /// recorder (and on to `maps`' binder, when given).
+    fn engine(
+        agents: &[AgentConfig],
+        policies: Vec<Policy>,
+        maps: Option<&FakeMaps>,
+    ) -> (Recorder, Engine) {
+        let keys = ProcessKeys::new("b", 100);
+        let attribution = Attribution::new(
+            keys.clone(),
+            Box::new(std::collections::HashMap::new()),
+            RunTable::new(),
+            None,
+        )
+        .with_matchers(Matchers::new(agents).unwrap());
+        let recorder = Recorder::default();
+        let mut engine = Engine::new(
+            Host {
+                name: "h".into(),
+                boot_id: "b".into(),
+            },
+            keys,
+            Clock::with_offset(0),
+            attribution,
+        )
+        .with_policies(Policies::of(policies))
+        .with_effects(Box::new(recorder.clone()));
+        if let Some(maps) = maps {
+            engine = engine
+                .with_enforcement(Enforcement::open_tables(maps.tables()).unwrap())
+                .unwrap();
+        }
+        (recorder, engine)
+    }
+
+    fn curl_agent(policy: Option<&str>) -> AgentConfig {
+        AgentConfig {
+            name: "curl-agent".into(),
+            exe: vec!["/usr/bin/curl".into()],
+            policy: policy.map(str::to_owned),
+            ..AgentConfig::default()
+        }
+    }
+
+    /// The exec of /usr/bin/curl by pid 4242 (started at tick 700).
+    fn curl_exec() -> RawEvent {
+        let strings = ExecStrings {
+            exe: b"/usr/bin/curl".to_vec(),
+            cwd: b"/".to_vec(),
+            filename: b"curl".to_vec(),
+            argv: b"curl\0".to_vec(),
+        };
+        RawEvent::Exec {
+            header: EventHeader {
+                kind: EventKind::ProcessExec as u32,
+                tgid: 4242,
+                tid: 4242,
+                ppid: 1,
+                start_ns: 700 * TICK,
+                comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+                ..EventHeader::default()
+            },
+            data: ExecData {
+                exe_len: 13,
+                cwd_len: 1,
+                filename_len: 4,
+                argv_len: 5,
+                argv_orig_len: 5,
+                argc: 1,
+                ..ExecData::default()
+            },
+            strings,
+            failed: false,
+        }
+    }
+
+    fn curl_exit(run: u64) -> RawEvent {
+        RawEvent::Exit {
+            header: EventHeader {
+                kind: EventKind::ProcessExit as u32,
+                tgid: 4242,
+                tid: 4242,
+                ppid: 1,
+                start_ns: 700 * TICK,
+                run,
+                ..EventHeader::default()
+            },
+            data: ExitData::default(),
+        }
+    }
+
+    /// `sensor launch` by this test process.
+    fn launch(e: &mut Engine, policy: Option<&str>, ttl: Option<u64>) -> Run {
+        let (run, change) = e
+            .launch(
+                &Peer::local(std::process::id(), 0, 0),
+                LaunchRequest {
+                    agent: "bot".into(),
+                    policy: policy.map(str::to_owned),
+                    ttl_secs: ttl,
+                    ..LaunchRequest::default()
+                },
+                SystemTime::now(),
+            )
+            .unwrap();
+        assert_eq!(e.run_change(&change).kind, Kind::RunStart);
+        run
+    }
+
+    fn bind(run: u64, policy: Option<&str>, parent: Option<u64>) -> RunEffect {
+        RunEffect::Bind {
+            run,
+            policy: policy.map(str::to_owned),
+            parent,
+        }
+    }
+
+    #[test]
+    fn a_launch_binds_its_run_and_a_sub_run_binds_under_its_parent() {
+        let (effects, mut e) = engine(&[], vec![policy("a", Mode::Audit, &[], &[])], None);
+        let top = launch(&mut e, Some("a"), None);
+        // Bound before the launch is answered, and again (the same binding:
+        // idempotent) by its run.start, as every started run is.
+        assert_eq!(
+            effects.take(),
+            [
+                bind(top.handle, Some("a"), None),
+                bind(top.handle, Some("a"), None)
+            ]
+        );
+        // This process is in `top` now: its next launch is a sub-run, with
+        // the parent's policy.
+        let sub = launch(&mut e, None, None);
+        assert_eq!(sub.parent_id.as_deref(), Some(top.id.as_str()));
+        assert_eq!(
+            effects.take(),
+            vec![bind(sub.handle, Some("a"), Some(top.handle)); 2]
+        );
+        // A policy not in the config binds no policy (only counts).
+        let (effects, mut e) = engine(&[], vec![], None);
+        let run = launch(&mut e, Some("gone"), None);
+        assert_eq!(effects.take(), vec![bind(run.handle, None, None); 2]);
+    }
+
+    #[test]
+    fn a_refused_bind_refuses_the_launch() {
+        let maps = FakeMaps::new();
+        maps.run_policy.set_capacity(0);
+        let (effects, mut e) = engine(
+            &[],
+            vec![policy("a", Mode::Enforce, &["/usr/bin/true"], &[])],
+            Some(&maps),
+        );
+        let refused = e.launch(
+            &Peer::local(std::process::id(), 0, 0),
+            LaunchRequest {
+                agent: "bot".into(),
+                policy: Some("a".into()),
+                ..LaunchRequest::default()
+            },
+            SystemTime::now(),
+        );
+        assert!(matches!(
+            refused,
+            Err(crate::attribution::AttributionError::Bind(_))
+        ));
+        assert!(matches!(&effects.take()[..], [RunEffect::Bind { .. }]));
+        assert_eq!(e.attribution().active_runs(), 0);
+    }
+
+    #[test]
+    fn a_matcher_run_is_bound_when_it_starts_and_unbound_when_it_ends() {
+        let (effects, mut e) = engine(
+            &[curl_agent(Some("p"))],
+            vec![policy("p", Mode::Audit, &[], &[])],
+            None,
+        );
+        let mut out = Vec::new();
+        e.build_into(curl_exec(), &mut out);
+        assert_eq!(out[0].kind, Kind::RunStart);
+        let handle = e
+            .attribution()
+            .handle_of(&out[0].run.as_ref().unwrap().id)
+            .unwrap();
+        assert_eq!(effects.take(), [bind(handle, Some("p"), None)]);
+        // Its one process exits: the run ends and is unbound.
+        out.clear();
+        e.build_into(curl_exit(handle), &mut out);
+        assert_eq!(
+            out.iter().map(|e| e.kind).collect::<Vec<_>>(),
+            [Kind::ProcessExit, Kind::RunEnd]
+        );
+        assert_eq!(effects.take(), [RunEffect::Unbind { run: handle }]);
+    }
+
+    #[test]
+    fn a_matcher_run_its_enforce_policy_cannot_be_bound_for_is_killed() {
+        let maps = FakeMaps::new();
+        maps.run_policy.set_capacity(0);
+        let (effects, mut e) = engine(
+            &[curl_agent(Some("p"))],
+            vec![policy("p", Mode::Enforce, &["/usr/bin/curl"], &[])],
+            Some(&maps),
+        );
+        let mut out = Vec::new();
+        e.build_into(curl_exec(), &mut out);
+        let handle = e
+            .attribution()
+            .handle_of(&out[0].run.as_ref().unwrap().id)
+            .unwrap();
+        assert_eq!(
+            effects.take(),
+            [
+                bind(handle, Some("p"), None),
+                RunEffect::Kill {
+                    pid: 4242,
+                    start_ticks: Some(700)
+                }
+            ]
+        );
+        // Under an audit policy it goes on (and is reported).
+        let maps = FakeMaps::new();
+        maps.run_policy.set_capacity(0);
+        let (effects, mut e) = engine(
+            &[curl_agent(Some("p"))],
+            vec![policy("p", Mode::Audit, &[], &[])],
+            Some(&maps),
+        );
+        e.build_into(curl_exec(), &mut Vec::new());
+        assert!(matches!(&effects.take()[..], [RunEffect::Bind { .. }]));
+    }
+
+    #[test]
+    fn a_matcher_sub_run_deeper_than_its_parents_max_depth_is_killed_under_enforce() {
+        for kills_fail in [false, true] {
+            let mut p = policy("p", Mode::Enforce, &["/usr/bin/curl"], &[]);
+            p.max_depth = Some(0);
+            let (mut effects, mut e) = engine(&[curl_agent(None)], vec![p], None);
+            effects.kills_fail = kills_fail;
+            e = e.with_effects(Box::new(effects.clone()));
+            let top = launch(&mut e, Some("p"), None);
+            effects.take();
+            // curl, a child in the launched run, matches an agent: a sub-run
+            // at depth 1 under a policy that allows none.
+            let RawEvent::Exec {
+                mut header,
+                data,
+                strings,
+                failed,
+            } = curl_exec()
+            else {
+                unreachable!()
+            };
+            header.run = top.handle;
+            header.run_how = HOW_INHERITED;
+            let mut out = Vec::new();
+            e.build_into(
+                RawEvent::Exec {
+                    header,
+                    data,
+                    strings,
+                    failed,
+                },
+                &mut out,
+            );
+            let recorded = effects.take();
+            assert!(
+                matches!(&recorded[..], [RunEffect::Bind { parent: Some(p), .. }, RunEffect::Kill { pid: 4242, start_ticks: None }] if *p == top.handle),
+                "{recorded:?}"
+            );
+            let violation = out
+                .iter()
+                .find(|e| e.kind == Kind::PolicyViolation)
+                .unwrap();
+            let verdict = violation.policy.as_ref().unwrap();
+            assert_eq!(verdict.rule, "max_depth 0");
+            assert_eq!(verdict.enforced, !kills_fail, "enforced: the kill happened");
+        }
+    }
+
+    #[test]
+    fn an_expired_run_kills_its_processes_and_is_unbound() {
+        let me = std::process::id();
+        let start_ticks = crate::identity::proc_start(me).unwrap().0;
+        // A top-level run: its processes are killed (recorded here, not
+        // sent), then it ends.
+        let (effects, mut e) = engine(&[], vec![], None);
+        let run = launch(&mut e, None, Some(60));
+        effects.take();
+        let later = SystemTime::now() + Duration::from_secs(61);
+        let changes = e.expire(later);
+        assert_eq!(
+            effects.take(),
+            [RunEffect::Kill {
+                pid: me,
+                start_ticks: Some(start_ticks)
+            }]
+        );
+        assert_eq!(changes.len(), 1);
+        assert_eq!(e.run_change(&changes[0]).kind, Kind::RunEnd);
+        assert_eq!(effects.take(), [RunEffect::Unbind { run: run.handle }]);
+        // A sub-run: its processes go to the parent run, nothing is killed.
+        let (effects, mut e) = engine(&[], vec![], None);
+        launch(&mut e, None, None);
+        let sub = launch(&mut e, None, Some(60));
+        effects.take();
+        let changes = e.expire(later);
+        assert_eq!(changes.len(), 1);
+        e.run_change(&changes[0]);
+        assert_eq!(effects.take(), [RunEffect::Unbind { run: sub.handle }]);
     }
 }

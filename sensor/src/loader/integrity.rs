@@ -19,7 +19,11 @@
 
 use std::{collections::BTreeSet, os::fd::AsFd as _, path::Path, time::Duration};
 
-use super::{PinHandle, ProbeLink, Probes, attach_probe, own_link, own_pin_dir, remove_pin, sys};
+use super::{
+    ProbeLink, Probes, attach_probe, own_link, own_pin_dir, remove_pin,
+    seam::{self, Bpffs, Pinned, Pins as _},
+    sys,
+};
 use crate::tamper::{self, Tamper};
 
 /// A link as `sensor status` shows it.
@@ -66,26 +70,9 @@ fn loaded_program_ids() -> Option<BTreeSet<u32>> {
 /// (the kernel frees them after an RCU grace period, within milliseconds).
 const UNLOAD_WAIT: Duration = Duration::from_secs(2);
 
-/// What is pinned at `path`: nothing, an object with this id, or something
-/// we cannot read as such (another kind of object).
-enum Pinned {
-    Nothing,
-    Id(u32),
-    Other,
-}
-
-fn pinned_map(path: &Path) -> Pinned {
-    if std::fs::symlink_metadata(path).is_err() {
-        return Pinned::Nothing;
-    }
-    aya::maps::MapInfo::from_pin(path).map_or(Pinned::Other, |i| Pinned::Id(i.id()))
-}
-
+/// The link pinned at `path`.
 fn pinned_link(path: &Path) -> Pinned {
-    if std::fs::symlink_metadata(path).is_err() {
-        return Pinned::Nothing;
-    }
-    sys::pinned_link_state(path).map_or(Pinned::Other, |s| Pinned::Id(s.id))
+    super::bpffs().link_at(path)
 }
 
 impl Probes {
@@ -97,8 +84,14 @@ impl Probes {
         let mut found = Vec::new();
         let pin_dir_ok = self.check_pin_dir(&mut found);
         if pin_dir_ok {
-            for handle in &self.maps {
-                if let Some(t) = check_map_pin(&self.pin_dir, handle) {
+            let mut fs = Bpffs {
+                links: &self.links,
+                maps: &self.maps,
+            };
+            for (i, handle) in self.maps.iter().enumerate() {
+                if let Some(t) =
+                    seam::check_map_pin(&mut fs, &self.pin_dir, i, handle.name, handle.id)
+                {
                     found.push(t);
                 }
             }
@@ -237,59 +230,14 @@ impl Probes {
         sys::pin(link.fd.as_fd(), &path)
     }
 
-    /// The owner record is this daemon's (rewritten when it is not).
-    /// The active generation is ours: another value leaves every program
-    /// idle (each acts only while it names its load), so it is written back.
+    /// The active generation is ours (see [`seam::check_generation`]).
     fn check_generation(&mut self) -> Option<Tamper> {
-        let found = self.active.get(&0, 0).ok()?;
-        if found == self.generation {
-            return None;
-        }
-        let t = Tamper::new(
-            tamper::GENERATION_CHANGED,
-            self.pin_dir
-                .join(sensor_common::maps::ACTIVE)
-                .display()
-                .to_string(),
-        );
-        Some(match self.active.set(0, self.generation, 0) {
-            Ok(()) => t.repaired(
-                true,
-                format!("found generation {found}; wrote {} again", self.generation),
-            ),
-            Err(e) => t.repaired(
-                false,
-                format!("found generation {found}; cannot write it again: {e}"),
-            ),
-        })
+        seam::check_generation(&mut self.active, self.generation, &self.pin_dir)
     }
 
+    /// The owner record is this daemon's (see [`seam::check_owner`]).
     fn check_owner(&mut self) -> Option<Tamper> {
-        let expected = self.owner?;
-        let found = self.owner_map.get(&0, 0).ok()?;
-        if found == expected {
-            return None;
-        }
-        let who = |o: &sensor_common::owner::Owner| {
-            super::owner::decode(o).map_or_else(|| "no owner".to_owned(), |i| i.describe())
-        };
-        let t = Tamper::new(
-            tamper::OWNER_CHANGED,
-            self.pin_dir
-                .join(sensor_common::maps::OWNER)
-                .display()
-                .to_string(),
-        );
-        Some(match self.owner_map.set(0, expected, 0) {
-            Ok(()) => t.repaired(
-                true,
-                format!("found {}; wrote {} again", who(&found), who(&expected)),
-            ),
-            Err(e) => t.repaired(
-                false,
-                format!("found {}; cannot write it again: {e}", who(&found)),
-            ),
-        })
+        seam::check_owner(&mut self.owner_map, self.owner, &self.pin_dir)
     }
 
     /// Lets go of every program (dropping the daemon's handles) and reports,
@@ -340,28 +288,4 @@ impl Probes {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-}
-
-/// The map's pin is there and holds our map; pinned again when not.
-fn check_map_pin(pin_dir: &Path, handle: &PinHandle) -> Option<Tamper> {
-    let path = pin_dir.join(handle.name);
-    let what = match pinned_map(&path) {
-        Pinned::Id(id) if id == handle.id => return None,
-        Pinned::Nothing => tamper::PIN_REMOVED,
-        Pinned::Id(_) | Pinned::Other => tamper::PIN_REPLACED,
-    };
-    let t = Tamper::new(what, path.display().to_string());
-    let repinned = remove_pin(&path)
-        .map_err(|e| e.to_string())
-        .and_then(|()| handle.map.pin(&path).map_err(|e| e.to_string()));
-    Some(match repinned {
-        Ok(()) => t.repaired(
-            true,
-            format!("map {} (id {}) pinned again", handle.name, handle.id),
-        ),
-        Err(e) => t.repaired(
-            false,
-            format!("map {} cannot be pinned again: {e}", handle.name),
-        ),
-    })
 }

@@ -16,6 +16,7 @@ pub mod mounts;
 pub mod owner;
 pub mod pinned;
 pub mod programs;
+mod seam;
 pub(crate) mod sys;
 pub mod tracefs;
 
@@ -245,53 +246,24 @@ impl Probes {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Makes this load the one acting, with no moment in which neither
-    /// the previous daemon's programs nor ours act, and none in which both
-    /// do: ours are pinned under temporary names first (a crash from here
-    /// on leaves them for the next daemon), then the active generation is
-    /// switched to ours in one map write, then each of our pins is renamed
-    /// over the previous link of the same program (the old link detaches
-    /// as its pin goes), and what is left of the previous links is
-    /// removed. Returns how many previous links there were.
+    /// Makes this load the one acting (see [`seam::take_over`]): ours
+    /// pinned under temporary names, the active generation switched to ours
+    /// in one write, ours renamed over the previous links. Returns how many
+    /// previous links there were.
     fn take_over(&mut self, previous: PreviousLinks) -> Result<usize, LoaderError> {
-        let io = |what: &'static str| move |source| LoaderError::Io { what, source };
-        std::fs::create_dir_all(&self.links_dir).map_err(io("creating the links pin directory"))?;
-        let staged: Vec<(PathBuf, PathBuf)> = self
-            .links
-            .iter()
-            .map(|l| {
-                (
-                    // (bpffs refuses names with a dot.)
-                    self.links_dir
-                        .join(format!("new_{}_{}", self.generation, l.probe.program)),
-                    self.links_dir.join(l.probe.program),
-                )
-            })
-            .collect();
-        for (link, (temp, _)) in self.links.iter().zip(&staged) {
-            remove_pin(temp)
-                .and_then(|()| sys::pin(link.fd.as_fd(), temp))
-                .map_err(io("pinning a program link"))?;
-        }
-        self.active
-            .set(0, self.generation, 0)
-            .map_err(|source| LoaderError::Map {
-                map: maps::ACTIVE,
-                source,
-            })?;
-        for (temp, path) in &staged {
-            std::fs::rename(temp, path).map_err(io("renaming a pinned program link"))?;
-        }
+        let programs: Vec<&str> = self.links.iter().map(|l| l.probe.program).collect();
+        let n = seam::take_over(
+            &mut seam::Bpffs {
+                links: &self.links,
+                maps: &self.maps,
+            },
+            &mut self.active,
+            &self.links_dir,
+            &programs,
+            self.generation,
+            previous.0,
+        )?;
         self.pinned = true;
-        let n = previous.0.len();
-        for path in previous.0 {
-            if staged.iter().any(|(_, ours)| *ours == path) {
-                continue;
-            }
-            if let Err(e) = remove_pin(&path) {
-                tracing::warn!(path = %path.display(), error = %e, "cannot remove a previous daemon's link");
-            }
-        }
         Ok(n)
     }
 
@@ -962,38 +934,32 @@ fn typed_map<T>(
     convert(take_map(ebpf, map)?).map_err(|source| LoaderError::Map { map, source })
 }
 
-/// A map pinned by another build may have another layout; reusing it would
-/// make the programs fail to load. Such a pin is removed (what it held is
-/// lost, and said so) rather than reused.
+/// bpffs, without handles of this daemon's (before anything is loaded).
+const fn bpffs() -> seam::Bpffs<'static> {
+    seam::Bpffs {
+        links: &[],
+        maps: &[],
+    }
+}
+
+/// The layout this build expects of `map`.
+const fn layout(map: &PinnedMap) -> seam::Layout {
+    seam::Layout {
+        key: map.key as u32,
+        value: map.value as u32,
+        max_entries: map.max_entries,
+    }
+}
+
+/// A map pinned by another build is removed rather than reused (see
+/// [`seam::drop_incompatible_pin`]).
 fn drop_incompatible_pin(path: &Path, map: &PinnedMap) -> Result<(), LoaderError> {
-    if pin_compatible(path, map) {
-        return Ok(());
-    }
-    if let Ok(info) = aya::maps::MapInfo::from_pin(path) {
-        let expected = (map.key as u32, map.value as u32, map.max_entries);
-        let found = (info.key_size(), info.value_size(), info.max_entries());
-        tracing::warn!(
-            path = %path.display(),
-            ?found,
-            ?expected,
-            "pinned map has another layout or size (another sensor version, or the config changed); starting a new one"
-        );
-        std::fs::remove_file(path).map_err(|source| LoaderError::Io {
-            what: "removing an incompatible pinned map",
-            source,
-        })?;
-    }
-    Ok(())
+    seam::drop_incompatible_pin(&mut bpffs(), path, layout(map))
 }
 
 /// Whether the map pinned at `path` (if any) has `map`'s layout and size.
-/// No pin is compatible: there is nothing to drop.
 fn pin_compatible(path: &Path, map: &PinnedMap) -> bool {
-    let Ok(info) = aya::maps::MapInfo::from_pin(path) else {
-        return true;
-    };
-    (info.key_size(), info.value_size(), info.max_entries())
-        == (map.key as u32, map.value as u32, map.max_entries)
+    seam::pin_compatible(&bpffs(), path, layout(map))
 }
 
 fn take_map(ebpf: &mut Ebpf, map: &'static str) -> Result<aya::maps::Map, LoaderError> {

@@ -12,6 +12,7 @@
 //! names it. Actions the kernel could not decide on (the exec that started a
 //! matcher's run, before the run existed) are checked here, in audit.
 
+pub mod effects;
 mod hasher;
 pub mod kernel;
 pub mod net;

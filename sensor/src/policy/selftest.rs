@@ -13,7 +13,7 @@ use std::{
 use sensor_common::event::{HOW_LAUNCH, ProcRun};
 
 use super::{ConnectConfig, ExecConfig, Mode, Policies, Policy, PolicyConfig, kernel::Enforcement};
-use crate::attribution::RunMap;
+use crate::run_map::RunMap;
 
 /// Name of the throw-away policy (not a valid config name: it has a space).
 const POLICY: &str = "sensor self-test";

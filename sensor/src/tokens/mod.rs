@@ -35,10 +35,8 @@ use crate::attribution::Run;
 
 pub use self::keys::{KeyError, KeyRing};
 
-/// Scopes a run may hold.
-pub const MAX_SCOPES: usize = 32;
-/// Characters of one scope.
-pub const MAX_SCOPE_CHARS: usize = 128;
+/// Scopes a run may hold, and characters of one (the run's bounds).
+pub use crate::attribution::runs::{MAX_SCOPE_CHARS, MAX_SCOPES};
 /// Characters of an audience.
 pub const MAX_AUDIENCE_CHARS: usize = 256;
 /// Delegators a token names at most (`act`, nearest first).
