@@ -25,6 +25,7 @@
 //! sensor_file_tamper_suppressed_total    of those, counted, not reported one by one (rate limit)
 //! sensor_file_watch_lost_total           file watch losses: kernel queue overflows + reports dropped
 //! sensor_file_watch_up                   1 while the file watch runs
+//! sensor_detections_total{rule,level}    detection events (a Sigma rule matched)
 //! ```
 
 use std::{net::SocketAddr, sync::Arc};
@@ -346,6 +347,18 @@ impl Collector for StateCollector {
                 None,
                 MetricType::Gauge,
             )?)?;
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "sensor_detections",
+                "Detection events (a Sigma rule of [detect] matched an event), by rule id and level",
+                None,
+                MetricType::Counter,
+            )?;
+            for ((rule, level), n) in self.0.detections() {
+                let labels = [("rule", rule.as_str()), ("level", level)];
+                ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+            }
         }
         if let Some(store) = &report.store {
             let written = ConstCounter::new(store.written);

@@ -29,6 +29,7 @@
 //! | `run.degraded` | Base Event (0) | Other (99), `activity_name` "Run Degraded" | `count` = lost + held-back records, severity Medium when records were lost, Low otherwise; `degraded` whole in `unmapped` |
 //! | `sensor.tamper` | Detection Finding (2004) | Create (1) | `finding_info` {uid = boot id + seq, title = "what: object", desc = detail, types ["sensor.tamper"]}, `is_alert` true; integrity check: severity Medium when the daemon put it back, High when not; seen in the kernel: `actor.process` = the caller, severity Medium when it was killed, High when not; no `status` (a finding's status is its review state); `tamper` whole in `unmapped` |
 //! | `sensor.blind` | Detection Finding (2004) | blind: Create (1), `is_alert` true, severity High; restored: Close (3), severity Informational | `finding_info` {uid = boot id + "blind" + `since` (the same for a blindness and its restore), title, desc = detail, types ["sensor.blind"]}; `blind` whole in `unmapped` |
+//! | `detection` | Detection Finding (2004) | Create (1) | `finding_info` {uid = boot id + seq, title = the rule's title, desc = the rule's file, types ["detection"]}, severity from the rule's level, `is_alert` from low up; `detection` whole in `unmapped` (see `ocsf_detection.rs`) |
 //! | anything else | Base Event (0) | Other (99), `activity_name` = kind | |
 //!
 //! OCSF 1.x has no separate exec activity: the Process Activity `Launch`
@@ -87,6 +88,9 @@
 
 use serde::Serialize;
 use serde_json::{Map, Value};
+
+#[path = "ocsf_detection.rs"]
+mod detection;
 
 /// The OCSF schema version the output follows (`metadata.version`).
 pub const OCSF_VERSION: &str = "1.7.0";
@@ -507,6 +511,9 @@ impl<'a> Plan<'a> {
             ("sensor.gap", _, _, _) => Self::gap(kind, event),
             ("sensor.blind", _, _, _) if obj(event.get("blind")).is_some() => {
                 Self::blind(kind, event)
+            }
+            ("detection", _, _, _) if obj(event.get("detection")).is_some() => {
+                Self::detection(kind, event, obj(event.get("detection")).unwrap_or(event))
             }
             _ => Self::base(kind, obj(event.get("lost")), process),
         };
