@@ -7,7 +7,10 @@
 use std::{collections::BTreeSet, path::Path, process::Command, time::Duration};
 
 use anyhow::{Context, Result, ensure};
-use sensor_tests::{Daemon, EVENT_TIMEOUT, TempDir, marker, run_with_timeout, sensor_bin, text};
+use sensor_tests::{
+    Daemon, EVENT_TIMEOUT, TempDir, marker, run_with_timeout, sensor_bin, target_dir, text,
+    workspace_root,
+};
 use serde_json::Value;
 
 const SSH_RULE: &str = "title: test reads ssh keys\nid: test-ssh\nlevel: high\ntags: [attack.t1552.004]\nlogsource:\n  product: agent-sensor\n  category: process_creation\ndetection:\n  run:\n    run.agent|exists: true\n  sel:\n    process.argv|contains: '/.ssh/id_'\n  condition: run and sel\n";
@@ -220,5 +223,46 @@ fn rules_fire_on_a_run_survive_a_bad_reload_and_agree_with_rules_test() -> Resul
     let findings_path = tmp.path().join("findings.jsonl");
     std::fs::write(&findings_path, findings)?;
     sensor_tests::ocsf::validate(&findings_path, &[2004])?;
+    Ok(())
+}
+
+/// The shipped pack passes the third-party Sigma tooling (no kernel
+/// needed): sigma-cli's `sigma check` with issues failing, and one query
+/// per rule from the Splunk and the Elasticsearch (Lucene) backends through
+/// rules/pipelines/agent-sensor.yml (tests/sigma/check.py; the venv is made
+/// by `cargo xtask setup`). The daemon's own loader takes the same files.
+#[test]
+fn the_rule_pack_passes_sigma_cli_and_converts() -> Result<()> {
+    let python = target_dir().join("sigma-venv").join("bin").join("python");
+    ensure!(
+        python.exists(),
+        "{} is missing: run `cargo xtask setup` (it installs the Sigma tools)",
+        python.display()
+    );
+    let root = workspace_root();
+    let pack = root.join("rules").join("agent");
+    let (_, out) = run_with_timeout(
+        Command::new(&python)
+            .arg(root.join("tests").join("sigma").join("check.py"))
+            .arg(&pack)
+            .arg(
+                root.join("rules")
+                    .join("pipelines")
+                    .join("agent-sensor.yml"),
+            ),
+        Duration::from_secs(600),
+    )?;
+    let report = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    ensure!(
+        out.status.success() && report.contains("all passed"),
+        "{report}"
+    );
+    let (_, out) = run_with_timeout(
+        Command::new(sensor_bin()?)
+            .args(["rules", "check"])
+            .arg(&pack),
+        Duration::from_secs(30),
+    )?;
+    ensure!(out.status.success(), "{}", text(&out.stderr));
     Ok(())
 }
