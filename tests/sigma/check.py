@@ -2,9 +2,10 @@
 """Checks a Sigma rule pack with third-party tooling (pinned in
 tests/sigma/requirements.txt): sigma-cli's `sigma check` (every validator but
 the two that download MITRE data: the test machine is offline), then converts
-every rule with the Splunk and the Elasticsearch (Lucene) pySigma backends
-through the agent-sensor pipeline, and requires each rule to give one query
-that names its event kind.
+every rule with the Splunk and the Elasticsearch (Lucene, ES|QL) pySigma
+backends through the agent-sensor pipeline, and requires each rule to give
+a query that names its event kind; each correlation rule is converted with
+the rules it names (Splunk, ES|QL: the backends that convert correlations).
 
 usage: check.py RULES_DIR PIPELINE
 Exit 0 when everything passes; 1 with the tools' output otherwise.
@@ -12,10 +13,12 @@ Exit 0 when everything passes; 1 with the tools' output otherwise.
 
 import argparse
 import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 
-import yaml  # noqa: F401  (imported first: a broken venv fails at --help)
+import yaml  # (imported first: a broken venv fails at --help)
 from sigma.backends.elasticsearch import LuceneBackend  # noqa: F401
 from sigma.backends.splunk import SplunkBackend  # noqa: F401
 from sigma.collection import SigmaCollection
@@ -40,23 +43,46 @@ def main() -> int:
         failed = True
 
     files = sorted(args.rules.glob("*.yml"))
-    kinds = {}
+    plain, correlations = [], []
     for f in files:
-        rule = SigmaCollection.from_yaml(f.read_text()).rules[0]
-        kinds[f.name] = rule.logsource.category
-    for target in ("splunk", "lucene"):
-        for f in files:
-            out = subprocess.run(
-                [str(sigma), "convert", "-t", target, "-p", str(args.pipeline), str(f)],
-                capture_output=True, text=True, timeout=300)
-            # One rule, one query (Splunk writes a regex as a second
-            # `| regex` line of the same query).
-            query = out.stdout.strip()
-            ok = out.returncode == 0 and query != "" and "kind" in query
-            shown = " ".join(query.split())
-            print(f"{'ok  ' if ok else 'FAIL'} {target:7} {f.name}: {shown}")
+        doc = yaml.safe_load(f.read_text())
+        (correlations if "correlation" in doc else plain).append((f, doc))
+
+    def convert(target, paths):
+        out = subprocess.run(
+            [str(sigma), "convert", "-t", target, "-p", str(args.pipeline)]
+            + [str(p) for p in paths],
+            capture_output=True, text=True, timeout=300)
+        return out.returncode, out.stdout.strip(), out.stderr
+
+    # Each rule alone: one query that names its kind.
+    for target in ("splunk", "lucene", "esql"):
+        for f, _ in plain:
+            code, query, err = convert(target, [f])
+            ok = code == 0 and query != "" and "kind" in query
+            print(f"{'ok  ' if ok else 'FAIL'} {target:7} {f.name}: {' '.join(query.split())}")
             if not ok:
-                print(out.stderr)
+                print(err)
+                failed = True
+    # Each correlation with the rules it names (backends that convert
+    # correlations: Splunk, Elasticsearch ES|QL).
+    for target in ("splunk", "esql"):
+        for f, doc in correlations:
+            names = set(doc["correlation"]["rules"])
+            word = doc["correlation"]["type"]
+            bases = [p for p, d in plain if d.get("name") in names or d.get("id") in names]
+            # One directory: sigma-cli resolves names within one input.
+            with tempfile.TemporaryDirectory() as tmp:
+                for b in bases + [f]:
+                    shutil.copy(b, tmp)
+                code, query, err = convert(target, [tmp])
+            # The base rules' own queries come too: keep the correlation's.
+            query = query.split("\n\n")
+            query = next((q for q in query if word in q), "")
+            ok = code == 0 and len(bases) == len(names) and word in query
+            print(f"{'ok  ' if ok else 'FAIL'} {target:7} {f.name}: {' '.join(query.split())}")
+            if not ok:
+                print(err)
                 failed = True
     print(f"{len(files)} rules, {'FAILED' if failed else 'all passed'}")
     return 1 if failed else 0

@@ -17,6 +17,10 @@ const SSH_RULE: &str = "title: test reads ssh keys\nid: test-ssh\nlevel: high\nt
 
 const METADATA_RULE: &str = "title: test metadata\nid: test-metadata\nlevel: critical\nlogsource:\n  product: agent-sensor\n  category: network_connection\ndetection:\n  sel:\n    network.dst_ip: '169.254.169.254'\n    run.agent|exists: true\n  condition: sel\n";
 
+const TRUE_RULE: &str = "title: test true\nname: test_true\nlogsource:\n  product: agent-sensor\n  category: process_creation\ndetection:\n  sel:\n    process.exe: /usr/bin/true\n    run.agent|exists: true\n  condition: sel\n";
+
+const MANY_TRUE: &str = "title: test many trues\nid: test-many-true\nlevel: low\ncorrelation:\n  type: event_count\n  rules: [test_true]\n  group-by: [run.id]\n  timespan: 1m\n  condition:\n    gte: 3\n";
+
 fn launch(d: &Daemon, run: &str, script: &str) -> Result<()> {
     let (_, out) = run_with_timeout(
         &mut d.launch_cmd(
@@ -57,6 +61,8 @@ fn rules_fire_on_a_run_survive_a_bad_reload_and_agree_with_rules_test() -> Resul
     std::fs::create_dir_all(&rules)?;
     std::fs::write(rules.join("ssh.yml"), SSH_RULE)?;
     std::fs::write(rules.join("metadata.yml"), METADATA_RULE)?;
+    std::fs::write(rules.join("true.yml"), TRUE_RULE)?;
+    std::fs::write(rules.join("many_true.yml"), MANY_TRUE)?;
     let db = tmp.path().join("sensor.db");
     let ocsf = tmp.path().join("ocsf.jsonl");
     let config = format!(
@@ -73,6 +79,7 @@ fn rules_fire_on_a_run_survive_a_bad_reload_and_agree_with_rules_test() -> Resul
     let m = marker();
     let script = format!(
         "/bin/echo {m} /root/.ssh/id_ed25519 >/dev/null; /bin/echo {m} benign >/dev/null; \
+         /usr/bin/true 1; /usr/bin/true 2; /usr/bin/true 3; /usr/bin/true 4; \
          timeout 2 python3 -c \"import socket; s=socket.socket(); s.settimeout(0.5); s.connect_ex(('169.254.169.254', 80))\"; true"
     );
     launch(&d, &run, &script)?;
@@ -134,6 +141,27 @@ fn rules_fire_on_a_run_survive_a_bad_reload_and_agree_with_rules_test() -> Resul
         "{meta:?}"
     );
 
+    // The correlation: the third exec of true completes it, once (the
+    // fourth starts a new count); the base rule is not reported itself.
+    let many = detections(&d, &run, "test-many-true")?;
+    ensure!(many.len() == 1, "{many:?}");
+    let third = many[0]["detection"]["event_seq"].as_u64().context("seq")?;
+    let trues: Vec<u64> = d
+        .matching(|e| {
+            e["kind"] == "process.exec"
+                && e["run"]["id"] == run.as_str()
+                && e["process"]["exe"] == "/usr/bin/true"
+        })?
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .collect();
+    ensure!(trues.get(2) == Some(&third), "{trues:?} {third}");
+    ensure!(
+        d.matching(|e| e["kind"] == "detection" && e["detection"]["rule_id"] == "true")?
+            .is_empty(),
+        "the counted rule is quiet"
+    );
+
     // A bad rule: the reload is refused with file:line, the rules stay.
     std::fs::write(
         rules.join("zbad.yml"),
@@ -174,16 +202,11 @@ fn rules_fire_on_a_run_survive_a_bad_reload_and_agree_with_rules_test() -> Resul
             )
         })
         .collect();
-    ensure!(live.len() >= 2, "{live:?}");
-    let rules_arg = rules.join("ssh.yml").display().to_string();
-    let meta_arg = rules.join("metadata.yml").display().to_string();
+    ensure!(live.len() >= 4, "{live:?}");
+    std::fs::remove_file(rules.join("zbad.yml"))?;
+    let rules_arg = rules.display().to_string();
     loop {
-        let (ok, out, err) = query(
-            &db,
-            &[
-                "rules", "test", &rules_arg, &meta_arg, "--run", &run, "--json",
-            ],
-        )?;
+        let (ok, out, err) = query(&db, &["rules", "test", &rules_arg, "--run", &run, "--json"])?;
         ensure!(ok, "{err}");
         let tested: BTreeSet<(String, u64)> = out
             .lines()

@@ -658,16 +658,21 @@ pub fn rules(cmd: &super::args::RulesCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         RulesCommand::Check { paths } => {
             let set = crate::detect::RuleSet::load(paths)?;
-            for rule in set.rules() {
+            let infos = set.rules().iter().map(|r| (&r.info, "")).chain(
+                set.correlations()
+                    .iter()
+                    .map(|c| (&c.info, " (correlation)")),
+            );
+            for (info, what) in infos {
                 println!(
-                    "{}: ok: {} [{}] {}",
-                    escape_terminal(&rule.file),
-                    escape_terminal(&rule.id),
-                    rule.level,
-                    escape_terminal(&rule.title)
+                    "{}: ok: {} [{}] {}{what}",
+                    escape_terminal(&info.file),
+                    escape_terminal(&info.id),
+                    info.level,
+                    escape_terminal(&info.title)
                 );
             }
-            println!("{} rules ok", set.len());
+            println!("{} rules ok", set.len() + set.correlations().len());
             Ok(ExitCode::SUCCESS)
         }
         RulesCommand::Test {
@@ -694,6 +699,7 @@ pub fn rules(cmd: &super::args::RulesCommand) -> anyhow::Result<ExitCode> {
             let events = query::events(&conn, &filter)?;
             let mut fired = 0usize;
             let mut rules_fired = std::collections::BTreeSet::new();
+            let mut state = crate::detect::Correlator::default();
             for se in &events {
                 let Some(kind) = se.event["kind"]
                     .as_str()
@@ -704,7 +710,7 @@ pub fn rules(cmd: &super::args::RulesCommand) -> anyhow::Result<ExitCode> {
                 if kind == crate::event::Kind::Detection {
                     continue;
                 }
-                for rule in set.matches(kind, &se.event) {
+                for rule in set.evaluate(&mut state, kind, &se.event) {
                     fired += 1;
                     rules_fired.insert(rule.id.clone());
                     let seq = se.event["seq"].as_u64().unwrap_or_default();
@@ -740,7 +746,7 @@ pub fn rules(cmd: &super::args::RulesCommand) -> anyhow::Result<ExitCode> {
                 println!(
                     "{fired} matches of {} rules (of {}) on {} events",
                     rules_fired.len(),
-                    set.len(),
+                    set.len() + set.correlations().len(),
                     events.len()
                 );
             }

@@ -12,6 +12,7 @@
 //! pipeline, whose engine gives the `detection` event its seq, so that the
 //! sequence stays one. A full queue either way drops, counted.
 
+pub mod correlation;
 pub mod rules;
 
 use std::{
@@ -23,7 +24,10 @@ use std::{
     thread::JoinHandle,
 };
 
-pub use self::rules::{LoadedRule, RuleError, RuleSet, Rules};
+pub use self::{
+    correlation::Correlator,
+    rules::{LoadedRule, RuleError, RuleInfo, RuleSet, Rules},
+};
 use crate::{
     event::{Event, Kind, RunRef},
     sinks::EventBatch,
@@ -50,7 +54,7 @@ pub struct Match {
 
 impl Match {
     #[must_use]
-    pub fn of(rule: &LoadedRule, event: &Event) -> Self {
+    pub fn of(rule: &RuleInfo, event: &Event) -> Self {
         Self {
             rule_id: rule.id.clone(),
             title: rule.title.clone(),
@@ -163,11 +167,18 @@ fn detect_loop(
     out: &tokio::sync::mpsc::Sender<Match>,
     stats: &DetectStats,
 ) {
+    let mut set = rules.current();
+    let mut state = Correlator::default();
     while let Ok(batch) = rx.recv() {
-        let set = rules.current();
+        let current = rules.current();
+        if !Arc::ptr_eq(&current, &set) {
+            // A reload: the correlations count afresh.
+            set = current;
+            state = Correlator::default();
+        }
         let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             for event in batch.events() {
-                for m in evaluate(&set, event) {
+                for m in evaluate(&set, &mut state, event) {
                     if out.try_send(m).is_err() {
                         stats.matches_dropped.fetch_add(1, Ordering::Relaxed);
                     }
@@ -184,14 +195,14 @@ fn detect_loop(
 /// The matches of one event (none for a `detection` event: rules do not
 /// fire on their own findings).
 #[must_use]
-pub fn evaluate(set: &RuleSet, event: &Event) -> Vec<Match> {
+pub fn evaluate(set: &RuleSet, state: &mut Correlator, event: &Event) -> Vec<Match> {
     if event.kind == Kind::Detection || set.is_empty() {
         return Vec::new();
     }
     let Ok(value) = serde_json::to_value(event) else {
         return Vec::new();
     };
-    set.matches(event.kind, &value)
+    set.evaluate(state, event.kind, &value)
         .into_iter()
         .map(|rule| Match::of(rule, event))
         .collect()

