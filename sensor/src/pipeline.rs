@@ -185,6 +185,7 @@ impl Pipeline {
         matches: tokio::sync::mpsc::Receiver<crate::detect::Match>,
     ) -> Self {
         self.control.set_rules(detector.rules().clone());
+        self.state.set_detect(Arc::clone(detector.stats()));
         self.detector = Some(detector);
         self.detections = Some(matches);
         self

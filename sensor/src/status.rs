@@ -52,6 +52,8 @@ pub struct DaemonState {
     file_watch: OnceLock<Arc<crate::tamper::files::Stats>>,
     /// `detection` events, by rule id and level.
     detections: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// The detection thread's counters.
+    detect: OnceLock<Arc<crate::detect::DetectStats>>,
 }
 
 /// Counters of what the daemon refused or held back to stay up and honest
@@ -101,6 +103,7 @@ impl Default for DaemonState {
             canary: Mutex::new(CanaryStatus::default()),
             file_watch: OnceLock::new(),
             detections: Mutex::new(BTreeMap::new()),
+            detect: OnceLock::new(),
         }
     }
 }
@@ -117,6 +120,16 @@ impl DaemonState {
         } else {
             map.insert((rule.to_owned(), level), 1);
         }
+    }
+
+    pub fn set_detect(&self, stats: Arc<crate::detect::DetectStats>) {
+        let _ = self.detect.set(stats);
+    }
+
+    /// The detection thread's counters, once it runs.
+    #[must_use]
+    pub fn detect(&self) -> Option<&Arc<crate::detect::DetectStats>> {
+        self.detect.get()
     }
 
     /// `detection` events so far, by (rule id, level).
