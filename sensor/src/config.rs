@@ -33,6 +33,17 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[tokens]`: run tokens (JWTs naming the caller's run).
     pub tokens: crate::tokens::TokensConfig,
+    /// `[detect]`: Sigma rules evaluated on every event.
+    pub detect: DetectConfig,
+}
+
+/// `[detect]`: the Sigma rule files and directories (their `*.yml` and
+/// `*.yaml`), read at start and at each reload; a rule that does not load
+/// stops the start, or refuses the reload (the running rules stay).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DetectConfig {
+    pub rules: Vec<PathBuf>,
 }
 
 /// `[limits]`: what one client, and one user, may hold of the daemon. The

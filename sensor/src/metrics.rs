@@ -25,6 +25,10 @@
 //! sensor_file_tamper_suppressed_total    of those, counted, not reported one by one (rate limit)
 //! sensor_file_watch_lost_total           file watch losses: kernel queue overflows + reports dropped
 //! sensor_file_watch_up                   1 while the file watch runs
+//! sensor_detections_total{rule,level}    detection events (a Sigma rule matched)
+//! sensor_detect_evaluated_total          events the detection thread matched against the rules
+//! sensor_detect_dropped_total{what}      `batches` not evaluated (its queue full), `matches` lost
+//!                                        (the pipeline's queue full), `panics` (batches, caught)
 //! ```
 
 use std::{net::SocketAddr, sync::Arc};
@@ -347,6 +351,40 @@ impl Collector for StateCollector {
                 MetricType::Gauge,
             )?)?;
         }
+        {
+            let mut family = encoder.encode_descriptor(
+                "sensor_detections",
+                "Detection events (a Sigma rule of [detect] matched an event), by rule id and level",
+                None,
+                MetricType::Counter,
+            )?;
+            for ((rule, level), n) in self.0.detections() {
+                let labels = [("rule", rule.as_str()), ("level", level)];
+                ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        if let Some(d) = self.0.detect() {
+            use std::sync::atomic::Ordering::Relaxed;
+            let evaluated = ConstCounter::new(d.evaluated.load(Relaxed));
+            evaluated.encode(encoder.encode_descriptor(
+                "sensor_detect_evaluated",
+                "Events the detection thread matched against the rules",
+                None,
+                MetricType::Counter,
+            )?)?;
+            counter_family(
+                &mut encoder,
+                "sensor_detect_dropped",
+                "Detection work lost: batches not evaluated (queue full), matches lost \
+                 (the pipeline's queue full), batches whose matching panicked (caught)",
+                "what",
+                &[
+                    ("batches".to_owned(), d.batches_dropped.load(Relaxed)),
+                    ("matches".to_owned(), d.matches_dropped.load(Relaxed)),
+                    ("panics".to_owned(), d.panics.load(Relaxed)),
+                ],
+            )?;
+        }
         if let Some(store) = &report.store {
             let written = ConstCounter::new(store.written);
             written.encode(encoder.encode_descriptor(
@@ -364,5 +402,35 @@ impl Collector for StateCollector {
             )?)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detections_are_counted_by_rule_and_level() {
+        let state = Arc::new(DaemonState::default());
+        state.count_detection("r1", "high");
+        state.count_detection("r1", "high");
+        state.count_detection("r2", "low");
+        state.set_detect(Arc::new(crate::detect::DetectStats::default()));
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(StateCollector(Arc::clone(&state))));
+        let mut body = String::new();
+        prometheus_client::encoding::text::encode(&mut body, &registry).unwrap();
+        assert!(
+            body.contains("sensor_detections_total{rule=\"r1\",level=\"high\"} 2"),
+            "{body}"
+        );
+        assert!(
+            body.contains("sensor_detections_total{rule=\"r2\",level=\"low\"} 1"),
+            "{body}"
+        );
+        assert!(
+            body.contains("sensor_detect_dropped_total{what=\"batches\"} 0"),
+            "{body}"
+        );
     }
 }

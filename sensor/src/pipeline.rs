@@ -122,6 +122,10 @@ pub struct Pipeline {
     /// File changes by a process the daemon knew nothing of yet (its records
     /// still on their way through the ring), reported at the next tick.
     deferred_files: Vec<FileChange>,
+    /// The detection thread (Sigma rules), fed every batch.
+    detector: Option<crate::detect::Detector>,
+    /// Its matches (taken by [`run`]).
+    detections: Option<tokio::sync::mpsc::Receiver<crate::detect::Match>>,
 }
 
 /// A file change by a process within this long of the kernel's report of
@@ -167,7 +171,48 @@ impl Pipeline {
             file_watch_seen: (0, 0),
             kernel_file_writes: std::collections::VecDeque::new(),
             deferred_files: Vec::new(),
+            detector: None,
+            detections: None,
         }
+    }
+
+    /// Evaluates the detection rules on every event, on the detection
+    /// thread; a reload replaces the rules.
+    #[must_use]
+    pub fn with_detector(
+        mut self,
+        detector: crate::detect::Detector,
+        matches: tokio::sync::mpsc::Receiver<crate::detect::Match>,
+    ) -> Self {
+        self.control.set_rules(detector.rules().clone());
+        self.state.set_detect(Arc::clone(detector.stats()));
+        self.detector = Some(detector);
+        self.detections = Some(matches);
+        self
+    }
+
+    /// A rule matched: the `detection` event, numbered by the engine.
+    pub fn detection(&mut self, m: crate::detect::Match) {
+        let event = self.builder.detection(m);
+        self.push(event);
+    }
+
+    /// At stop: lets the detection thread finish what it was given, and
+    /// emits its last matches (before the sequence is handed on).
+    pub fn finish_detection(
+        &mut self,
+        matches: &mut Option<tokio::sync::mpsc::Receiver<crate::detect::Match>>,
+    ) {
+        self.flush();
+        if let Some(d) = &mut self.detector {
+            d.close();
+        }
+        if let Some(rx) = matches {
+            while let Ok(m) = rx.try_recv() {
+                self.detection(m);
+            }
+        }
+        self.flush();
     }
 
     /// Also writes every record, as read, to `file` (`--record-raw`): each
@@ -571,6 +616,9 @@ impl Pipeline {
             self.note_kernel_write(&event);
         }
         self.state.count_event(event.kind);
+        if let Some(d) = &event.detection {
+            self.state.count_detection(&d.rule_id, d.level);
+        }
         self.batch.push(event);
         if self.batch.len() >= BATCH_EVENTS {
             self.flush();
@@ -592,6 +640,9 @@ impl Pipeline {
             &mut self.batch,
             Vec::with_capacity(BATCH_EVENTS),
         ));
+        if let Some(d) = &self.detector {
+            d.send(&batch);
+        }
         self.outputs.send(&batch);
         if let Some(store) = &self.store {
             store.send(crate::store::writer::StoreBatch::Events(batch));
@@ -1081,6 +1132,7 @@ pub async fn run(
     let mut watchdog = tokio::time::interval(pipeline.notifier.watchdog_interval().unwrap_or(TICK));
     watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut file_changes = pipeline.file_changes.take();
+    let mut detections = pipeline.detections.take();
     tokio::pin!(shutdown);
     let result = loop {
         tokio::select! {
@@ -1109,6 +1161,17 @@ pub async fn run(
                 // that it is known by the time its change is reported.
                 drain(ring.get_mut(), &mut pipeline, DRAIN_BUDGET);
                 pipeline.file_change(&change);
+            }
+            Some(m) = next_detection(&mut detections) => {
+                pipeline.detection(m);
+                // What else is there, bounded.
+                for _ in 0..DETECTIONS_PER_ROUND {
+                    match detections.as_mut().map(tokio::sync::mpsc::Receiver::try_recv) {
+                        Some(Ok(m)) => pipeline.detection(m),
+                        _ => break,
+                    }
+                }
+                pipeline.flush();
             }
             _ = tick.tick() => {
                 if reader.asleep {
@@ -1229,6 +1292,7 @@ pub async fn run(
         Ok(s) => pipeline.check_losses(&s, lost_by_run),
         Err(e) => tracing::warn!(error = %e, "kernel counters"),
     }
+    pipeline.finish_detection(&mut detections);
     let reply = pipeline.control.take_handover();
     // The mark and the seq file before the reply: the new daemon starts
     // from them as soon as this process is gone.
@@ -1240,6 +1304,20 @@ pub async fn run(
         let _ = reply.send(Response::HandedOver { next_seq });
     }
     Ok(ended)
+}
+
+/// Matches taken from the detection thread at once, at most.
+const DETECTIONS_PER_ROUND: usize = 512;
+
+/// The detection thread's next match; pending for good once there is none.
+async fn next_detection(
+    matches: &mut Option<tokio::sync::mpsc::Receiver<crate::detect::Match>>,
+) -> Option<crate::detect::Match> {
+    if let Some(rx) = matches {
+        rx.recv().await
+    } else {
+        std::future::pending().await
+    }
 }
 
 /// The file watch's next report; pending for good once there is no watch

@@ -50,6 +50,10 @@ pub struct DaemonState {
     canary: Mutex<CanaryStatus>,
     /// The file watch's counters.
     file_watch: OnceLock<Arc<crate::tamper::files::Stats>>,
+    /// `detection` events, by rule id and level.
+    detections: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// The detection thread's counters.
+    detect: OnceLock<Arc<crate::detect::DetectStats>>,
 }
 
 /// Counters of what the daemon refused or held back to stay up and honest
@@ -98,11 +102,46 @@ impl Default for DaemonState {
             event_ring_kib: AtomicU64::new(0),
             canary: Mutex::new(CanaryStatus::default()),
             file_watch: OnceLock::new(),
+            detections: Mutex::new(BTreeMap::new()),
+            detect: OnceLock::new(),
         }
     }
 }
 
 impl DaemonState {
+    /// Counts a `detection` event of rule `rule` at `level`.
+    pub fn count_detection(&self, rule: &str, level: &'static str) {
+        let mut map = match self.detections.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(n) = map.get_mut(&(rule.to_owned(), level)) {
+            *n += 1;
+        } else {
+            map.insert((rule.to_owned(), level), 1);
+        }
+    }
+
+    pub fn set_detect(&self, stats: Arc<crate::detect::DetectStats>) {
+        let _ = self.detect.set(stats);
+    }
+
+    /// The detection thread's counters, once it runs.
+    #[must_use]
+    pub fn detect(&self) -> Option<&Arc<crate::detect::DetectStats>> {
+        self.detect.get()
+    }
+
+    /// `detection` events so far, by (rule id, level).
+    #[must_use]
+    pub fn detections(&self) -> Vec<((String, &'static str), u64)> {
+        let map = match self.detections.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
     pub fn set_programs(&self, programs: Vec<AttachedProgram>) {
         let _ = self.programs.set(programs);
     }

@@ -27,6 +27,14 @@ pub fn ensure_jwt_verifier() -> Result<PathBuf> {
     ensure_pinned_venv("jwt", "verify.py", "JWT verifier")
 }
 
+/// Creates (or brings up to date) `<target>/sigma-venv` with the pinned
+/// third-party Sigma tooling the rule pack must pass (sigma-cli, pySigma
+/// with the Splunk and Elasticsearch backends, tests/sigma); returns the
+/// venv's python.
+pub fn ensure_sigma_tools() -> Result<PathBuf> {
+    ensure_pinned_venv("sigma", "check.py", "Sigma tools (sigma-cli, pySigma)")
+}
+
 /// `<target>/<name>-venv` with `tests/<name>/requirements.txt` installed,
 /// checked by running `tests/<name>/<script> --help`.
 fn ensure_pinned_venv(name: &str, script: &str, what: &str) -> Result<PathBuf> {

@@ -54,6 +54,13 @@ pub enum Command {
     /// Check a policy file, or make the daemon reload its policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Check Sigma detection rules, or see which would fire on a stored run.
+    ///
+    /// Rules are Sigma YAML under `logsource: product: agent-sensor`; their
+    /// fields are the event's JSON paths (process.exe, run.agent, ...). See
+    /// docs/detection.md.
+    #[command(subcommand)]
+    Rules(RulesCommand),
     /// Print a signed run token (a JWT) for the calling process's run.
     ///
     /// The daemon finds the caller's run from the kernel (as for `whoami`),
@@ -388,6 +395,31 @@ pub enum PolicyCommand {
         /// Control socket of the daemon
         #[arg(long, value_name = "PATH", env = "SENSOR_SOCKET", default_value = paths::SOCKET)]
         socket: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// Validate rule files and directories (their *.yml, *.yaml); errors name file:line.
+    Check {
+        /// Rule files or directories
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Which rules would have fired on a stored run's events (the daemon's
+    /// own matching code, over the events as stored).
+    Test {
+        /// Rule files or directories
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Run id or unique prefix
+        #[arg(long, value_name = "RUN")]
+        run: String,
+        /// Also the events of all its sub-runs
+        #[arg(long)]
+        subtree: bool,
+        #[command(flatten)]
+        db: DbArgs,
     },
 }
 

@@ -34,6 +34,11 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     raise_fd_limit();
     let (config, policies) = Config::load_with_policies(args.config.as_deref())?;
+    // The detection rules, checked before anything is loaded.
+    let rules = crate::detect::RuleSet::load(&config.detect.rules)?;
+    if !rules.is_empty() {
+        tracing::info!(rules = rules.len(), "detection rules loaded");
+    }
     let specs = if args.outputs.is_empty() {
         config.output_specs()?
     } else {
@@ -270,6 +275,9 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
         if let Some(store) = store {
             pipeline = pipeline.with_store(store);
         }
+        let (detector, matches) = crate::detect::Detector::start(crate::detect::Rules::new(rules))
+            .context("starting the detection thread")?;
+        pipeline = pipeline.with_detector(detector, matches);
         if let Some(path) = &args.record_raw {
             use std::os::unix::fs::OpenOptionsExt as _;
             let file = std::fs::OpenOptions::new()

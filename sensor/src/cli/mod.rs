@@ -29,6 +29,7 @@ impl Command {
             Self::Replay(args) => query::replay(args),
             Self::Report(args) => report::execute(args),
             Self::Policy(cmd) => policy(cmd),
+            Self::Rules(cmd) => query::rules(cmd),
             Self::Token(args) => token::execute(args),
             Self::Doctor(args) => doctor::execute(args),
             Self::Unload(args) => doctor::unload(args),

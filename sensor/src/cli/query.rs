@@ -354,6 +354,14 @@ pub(super) fn describe(e: &Value) -> String {
             describe_network(e, &kind)
         }
         "process.tamper" | "sensor.tamper" => describe_tamper(e),
+        "detection" => format!(
+            "[{}] {}: {} (event {}, rule {})",
+            shown_str(e, "/detection/level"),
+            shown_str(e, "/detection/title"),
+            shown_str(e, "/detection/event_kind"),
+            shown_value(&e["detection"]["event_seq"]),
+            shown_str(e, "/detection/rule_id")
+        ),
         "policy.violation" if e["network"].is_object() => describe_network(e, "network.connect"),
         "policy.violation" if e["tamper"].is_object() => describe_tamper(e),
         "run.degraded" => format!(
@@ -642,4 +650,107 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `sensor rules check` and `sensor rules test`.
+pub fn rules(cmd: &super::args::RulesCommand) -> anyhow::Result<ExitCode> {
+    use super::args::RulesCommand;
+    match cmd {
+        RulesCommand::Check { paths } => {
+            let set = crate::detect::RuleSet::load(paths)?;
+            let infos = set.rules().iter().map(|r| (&r.info, "")).chain(
+                set.correlations()
+                    .iter()
+                    .map(|c| (&c.info, " (correlation)")),
+            );
+            for (info, what) in infos {
+                println!(
+                    "{}: ok: {} [{}] {}{what}",
+                    escape_terminal(&info.file),
+                    escape_terminal(&info.id),
+                    info.level,
+                    escape_terminal(&info.title)
+                );
+            }
+            println!("{} rules ok", set.len() + set.correlations().len());
+            Ok(ExitCode::SUCCESS)
+        }
+        RulesCommand::Test {
+            paths,
+            run,
+            subtree,
+            db,
+        } => {
+            let set = crate::detect::RuleSet::load(paths)?;
+            let conn = open_for_reading(&db.db)?;
+            let run = query::find_run(&conn, run)?;
+            let runs = if *subtree {
+                query::subtree(&conn, &run.id)?
+                    .into_iter()
+                    .map(|r| r.id)
+                    .collect()
+            } else {
+                vec![run.id]
+            };
+            let filter = EventFilter {
+                runs: Some(runs),
+                ..EventFilter::default()
+            };
+            let events = query::events(&conn, &filter)?;
+            let mut fired = 0usize;
+            let mut rules_fired = std::collections::BTreeSet::new();
+            let mut state = crate::detect::Correlator::default();
+            for se in &events {
+                let Some(kind) = se.event["kind"]
+                    .as_str()
+                    .and_then(crate::event::Kind::parse)
+                else {
+                    continue;
+                };
+                if kind == crate::event::Kind::Detection {
+                    continue;
+                }
+                for rule in set.evaluate(&mut state, kind, &se.event) {
+                    fired += 1;
+                    rules_fired.insert(rule.id.clone());
+                    let seq = se.event["seq"].as_u64().unwrap_or_default();
+                    if db.json {
+                        println!(
+                            "{}",
+                            serde_json::json!({
+                                "rule_id": rule.id,
+                                "title": rule.title,
+                                "level": rule.level,
+                                "event_seq": seq,
+                                "event_kind": kind.as_str(),
+                                "run_id": se.event["run"]["id"],
+                            })
+                        );
+                    } else {
+                        println!(
+                            "{}",
+                            fit(
+                                &format!(
+                                    "{seq:>8}  [{}] {}  {}",
+                                    rule.level,
+                                    escape_terminal(&rule.id),
+                                    describe(&se.event)
+                                ),
+                                width()
+                            )
+                        );
+                    }
+                }
+            }
+            if !db.json {
+                println!(
+                    "{fired} matches of {} rules (of {}) on {} events",
+                    rules_fired.len(),
+                    set.len() + set.correlations().len(),
+                    events.len()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

@@ -220,6 +220,7 @@ fn page(root: &RunRow, runs: &[RunRow], events: &[StoredEvent]) -> String {
                         }
                     }
                 }
+                (detections_html(events))
                 (escapes_html(events))
                 (tokens_html(events))
                 h2 { "Sub-agent tree and processes" }
@@ -289,6 +290,38 @@ fn tokens_html(events: &[StoredEvent]) -> Markup {
                             td { @if scopes.is_empty() { "—" } @else { (scopes.join(" ")) } }
                             td.t { (text(&ev["token"]["exp"])) }
                             td { code { (text(&ev["token"]["jti"])) } }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The detections (Sigma rules of `[detect]` that fired), next to the
+/// denials: level, rule, and the event each matched.
+fn detections_html(events: &[StoredEvent]) -> Markup {
+    let found: Vec<&Value> = events
+        .iter()
+        .map(|e| &e.event)
+        .filter(|ev| ev["kind"] == "detection")
+        .collect();
+    let text = |v: &Value| shown(v.as_str().unwrap_or(""));
+    html! {
+        h2 { "Detections" }
+        @if found.is_empty() {
+            p.none { "No detection rule fired on this run tree." }
+        } @else {
+            div.denials {
+                ul {
+                    @for ev in found {
+                        @let d = &ev["detection"];
+                        li {
+                            b { (text(&d["level"]).to_uppercase()) } " " (text(&ev["time"]))
+                            " — " (text(&d["title"]))
+                            " (rule " code { (text(&d["rule_id"])) } ", "
+                            (text(&d["event_kind"])) " seq " (d["event_seq"].as_u64().unwrap_or(0))
+                            ", run " code { (text(&ev["run"]["id"])) } ")"
                         }
                     }
                 }
@@ -427,6 +460,37 @@ mod tests {
                 && listed.contains("repo:read db:read")
                 && listed.contains("2026-12-05T03:05:00Z")
                 && listed.contains("j-1"),
+            "{listed}"
+        );
+    }
+
+    #[test]
+    fn detections_are_listed_next_to_the_denials() {
+        let root = RunRow {
+            id: "r1".into(),
+            agent: "bot".into(),
+            principal: "alice".into(),
+            root_id: "r1".into(),
+            labels: "{}".into(),
+            ..RunRow::default()
+        };
+        let quiet = page(&root, std::slice::from_ref(&root), &[]);
+        assert!(quiet.contains("No detection rule fired on this run tree."));
+        let hit = StoredEvent {
+            id: 1,
+            escape: false,
+            event: serde_json::json!({"kind":"detection","time":"t1","run":{"id":"r1"},
+                "detection":{"rule_id":"ssh-<b>","title":"reads <ssh> keys","level":"high",
+                             "tags":[],"rule_file":"f","event_seq":41,"event_kind":"process.exec"}}),
+        };
+        let html = page(&root, std::slice::from_ref(&root), &[hit]);
+        let at = html.find("<h2>Detections</h2>").expect("the section");
+        let listed = &html[at..html.find("<h2>Escape attempts</h2>").unwrap()];
+        assert!(
+            listed.contains("<b>HIGH</b>")
+                && listed.contains("reads &lt;ssh&gt; keys")
+                && listed.contains("ssh-&lt;b&gt;")
+                && listed.contains("process.exec seq 41"),
             "{listed}"
         );
     }

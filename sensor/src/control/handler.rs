@@ -34,6 +34,8 @@ pub struct Handler {
     handover: Option<oneshot::Sender<Response>>,
     /// Signs run tokens (`None`: `[tokens] enabled = false`).
     tokens: Option<crate::tokens::Issuer>,
+    /// The detection rules in force, which a reload replaces.
+    rules: Option<crate::detect::Rules>,
 }
 
 impl Handler {
@@ -47,7 +49,13 @@ impl Handler {
             notifier: Arc::default(),
             handover: None,
             tokens: None,
+            rules: None,
         }
+    }
+
+    /// A reload replaces these detection rules.
+    pub fn set_rules(&mut self, rules: crate::detect::Rules) {
+        self.rules = Some(rules);
     }
 
     /// Issues run tokens with `issuer`.
@@ -146,11 +154,21 @@ impl Handler {
                     self.handover = Some(reply);
                 }
             },
-            Command::Reload { loaded, reply } => {
+            Command::Reload {
+                loaded,
+                rules,
+                reply,
+            } => {
                 let installed = loaded.and_then(|p| {
                     self.install_policies(engine, *p)
                         .map_err(super::ReloadError::from)
                 });
+                if installed.is_ok()
+                    && let (Some(set), Some(live)) = (rules, &self.rules)
+                {
+                    tracing::info!(rules = set.len(), "detection rules reloaded");
+                    live.replace(*set);
+                }
                 let response = match installed {
                     Ok((version, policies)) => Response::Reloaded { version, policies },
                     Err(message) => {
@@ -681,7 +699,11 @@ mod tests {
         handler.handle(
             engine,
             &DaemonState::default(),
-            Command::Reload { loaded, reply },
+            Command::Reload {
+                loaded,
+                rules: None,
+                reply,
+            },
             &mut Vec::new(),
         );
         answer.try_recv().unwrap()

@@ -50,6 +50,9 @@ pub enum Command {
     /// policy reload` or SIGHUP), to swap in; `Err` says why they were not.
     Reload {
         loaded: Result<Box<Policies>, ReloadError>,
+        /// The `[detect]` rules, read and checked with the policies (`None`
+        /// when `loaded` is an error); swapped in once the policies are.
+        rules: Option<Box<crate::detect::RuleSet>>,
         reply: oneshot::Sender<Response>,
     },
 }
@@ -127,6 +130,9 @@ pub enum ReloadError {
     Task(tokio::task::JoinError),
     #[error(transparent)]
     Engine(#[from] crate::engine::ReloadError),
+    /// A rule file's path, line and cause.
+    #[error("{0}")]
+    Rules(Box<crate::detect::RuleError>),
 }
 
 /// Whether `peer` may send `request` at all (before it reaches the
@@ -424,14 +430,29 @@ async fn handle(stream: UnixStream, peer: Peer, server: &Server) -> io::Result<(
 /// has the pipeline swap them in.
 pub async fn reload(config_path: Option<PathBuf>, commands: &mpsc::Sender<Command>) -> Response {
     let loaded = tokio::task::spawn_blocking(move || {
-        crate::config::Config::load_with_policies(config_path.as_deref())
-            .map(|(_, policies)| Box::new(policies))
-            .map_err(|e| ReloadError::Config(Box::new(e)))
+        let (config, policies) = crate::config::Config::load_with_policies(config_path.as_deref())
+            .map_err(|e| ReloadError::Config(Box::new(e)))?;
+        let rules = crate::detect::RuleSet::load(&config.detect.rules)
+            .map_err(|e| ReloadError::Rules(Box::new(e)))?;
+        Ok((Box::new(policies), Box::new(rules)))
     })
     .await
     .unwrap_or_else(|e| Err(ReloadError::Task(e)));
+    let (loaded, rules) = match loaded {
+        Ok((policies, rules)) => (Ok(policies), Some(rules)),
+        Err(e) => (Err(e), None),
+    };
     let (reply, answer) = oneshot::channel();
-    send_and_wait(commands, Command::Reload { loaded, reply }, answer).await
+    send_and_wait(
+        commands,
+        Command::Reload {
+            loaded,
+            rules,
+            reply,
+        },
+        answer,
+    )
+    .await
 }
 
 async fn forward(peer: Peer, request: Request, commands: &mpsc::Sender<Command>) -> Response {

@@ -391,6 +391,7 @@ impl Engine {
             delivery: None,
             blind: None,
             token: None,
+            detection: None,
         }
     }
 
@@ -562,6 +563,24 @@ impl Engine {
             .map(|run| RunRef::of(run, run.started_by.attributed()));
         e.process = Some(self.process_of_pid(pid, uid));
         e.token = Some(token);
+        e
+    }
+
+    /// A `detection` event: a rule matched the event `m` names (its run is
+    /// the matched event's run).
+    pub fn detection(&mut self, m: crate::detect::Match) -> Event {
+        let mut e = self.envelope(Kind::Detection, SystemTime::now());
+        e.run = m.run;
+        e.detection = Some(crate::event::Detection {
+            rule_id: m.rule_id,
+            title: m.title,
+            level: m.level,
+            tags: m.tags,
+            rule_file: m.rule_file,
+            event_seq: m.event_seq,
+            event_kind: m.event_kind,
+            process_key: m.process_key,
+        });
         e
     }
 

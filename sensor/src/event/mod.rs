@@ -71,6 +71,8 @@ pub enum Kind {
     SensorBlind,
     #[strum(serialize = "token.issued")]
     TokenIssued,
+    #[strum(serialize = "detection")]
+    Detection,
 }
 
 impl Serialize for Kind {
@@ -351,6 +353,30 @@ pub struct Event {
     /// A run token the daemon signed (`token.issued`); never the token.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<TokenIssued>,
+    /// A Sigma rule matched an event (`detection`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detection: Option<Detection>,
+}
+
+/// What a `detection` event says: the rule, and the event it matched (the
+/// run is the event's `run`).
+#[serde_with::skip_serializing_none]
+#[derive(Debug, Clone, Serialize)]
+pub struct Detection {
+    /// The rule's `id` (its file's name when it has none).
+    pub rule_id: String,
+    pub title: String,
+    /// `informational`, `low`, `medium`, `high`, `critical`.
+    pub level: &'static str,
+    /// The rule's tags (`attack.t1059`, ...).
+    pub tags: Vec<String>,
+    /// The file the rule was read from.
+    pub rule_file: String,
+    /// The matched event's seq and kind.
+    pub event_seq: u64,
+    pub event_kind: Kind,
+    /// The matched event's process key.
+    pub process_key: Option<String>,
 }
 
 /// What a `token.issued` event says of the token (never the token itself).

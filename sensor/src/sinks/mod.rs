@@ -710,6 +710,7 @@ mod tests {
             delivery: None,
             blind: None,
             token: None,
+            detection: None,
         }
     }
 

@@ -88,6 +88,7 @@ pub enum Severity {
     Low = 2,
     Medium = 3,
     High = 4,
+    Critical = 5,
 }
 
 impl Severity {
@@ -99,6 +100,7 @@ impl Severity {
             Self::Low => "Low",
             Self::Medium => "Medium",
             Self::High => "High",
+            Self::Critical => "Critical",
         }
     }
 }

@@ -12,7 +12,7 @@ use std::{borrow::Cow, net::IpAddr};
 use serde::{Serialize, Serializer, ser::Error as _};
 
 use crate::event::{
-    Blind, Decision, Degraded, Exec, Gap, Kind, Lost, Network, RunRef, Tamper, TokenIssued, Verdict,
+    Blind, Decision, Degraded, Detection, Exec, Gap, Kind, Lost, Network, RunRef, Tamper, TokenIssued, Verdict,
 };
 
 /// One OCSF event (any class; the attributes a class does not use stay
@@ -284,6 +284,7 @@ pub struct Unmapped<'a> {
     pub blind: Option<Sorted<&'a Blind>>,
     pub degraded: Option<Sorted<&'a Degraded>>,
     pub delivery: Option<&'a str>,
+    pub detection: Option<Sorted<&'a Detection>>,
     pub gap: Option<Sorted<&'a Gap>>,
     pub tamper: Option<Sorted<&'a Tamper>>,
     pub token: Option<Sorted<&'a TokenIssued>>,

@@ -21,7 +21,9 @@ use std::borrow::Cow;
 use self::{
     network::{network_activity, network_objects},
     process::{process_activity, process_tamper},
-    sensor::{base, blind, degraded, gap, run_lifecycle, sensor_tamper, token_issued},
+    sensor::{
+        base, blind, degraded, detection, gap, run_lifecycle, sensor_tamper, token_issued,
+    },
     unmapped::unmapped,
 };
 use super::{
@@ -178,6 +180,7 @@ pub fn map(event: &Event) -> OcsfEvent<'_> {
         (Kind::RunDegraded, _, _, _) => degraded(event),
         (Kind::SensorGap, _, _, _) => gap(event),
         (Kind::SensorBlind, _, _, _) if event.blind.is_some() => blind(event),
+        (Kind::Detection, _, _, _) if let Some(x) = &event.detection => detection(event, x),
         (Kind::TokenIssued, _, _, _) if let Some(t) = &event.token => {
             token_issued(event, t, process)
         }

@@ -9,7 +9,7 @@ use super::{
     text,
 };
 use crate::{
-    event::{Event, Kind, Process, RunRef, Tamper, TokenIssued, rfc3339},
+    event::{Detection, Event, Kind, Process, RunRef, Tamper, TokenIssued, rfc3339},
     sinks::format::ocsf::{
         classes::{Class, Severity, Status},
         objects::{Session, User},
@@ -193,6 +193,30 @@ pub(super) fn blind(event: &Event) -> Draft<'_> {
         Severity::High
     };
     m.is_alert = !restored;
+    m
+}
+
+/// Detection Finding of a `detection` (a Sigma rule matched an event):
+/// `finding_info` {uid = boot id + seq, title = the rule's title, desc =
+/// the rule's file}; severity from the rule's level, an alert from `low`
+/// up; the detection whole in `unmapped`.
+pub(super) fn detection<'a>(event: &'a Event, d: &'a Detection) -> Draft<'a> {
+    let mut m = Draft::new(Class::Finding, 1, "Create");
+    let boot = text(&event.host.boot_id).unwrap_or("unknown");
+    let uid = format!("{boot}:{}", event.seq);
+    m.message = Some(format!(
+        "{} (rule {}, {} {})",
+        d.title, d.rule_id, d.event_kind, d.event_seq
+    ));
+    m.finding = Some((uid, d.title.clone(), text(&d.rule_file)));
+    m.severity = match d.level {
+        "informational" => Severity::Informational,
+        "low" => Severity::Low,
+        "high" => Severity::High,
+        "critical" => Severity::Critical,
+        _ => Severity::Medium,
+    };
+    m.is_alert = d.level != "informational";
     m
 }
 

@@ -31,6 +31,7 @@ pub(super) fn unmapped(event: &Event, exec_mapped: bool, shape: Option<NetShape>
         delivery,
         blind,
         token,
+        detection,
     } = event;
     Unmapped {
         kind: *kind,
@@ -53,6 +54,7 @@ pub(super) fn unmapped(event: &Event, exec_mapped: bool, shape: Option<NetShape>
             None => Some(RestOr::Whole(Sorted(n))),
         }),
         blind: blind.as_ref().map(Sorted),
+        detection: detection.as_ref().map(Sorted),
         degraded: degraded.as_ref().map(Sorted),
         delivery: *delivery,
         gap: gap.as_ref().map(Sorted),

