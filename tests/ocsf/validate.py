@@ -18,6 +18,12 @@ Each event is checked twice, by packages that are not ours (tests/ocsf/requireme
    express (`type_uid` == `class_uid` * 100 + `activity_id`, each `*_id` consistent with
    its caption, e.g. `activity_id` 1 with `activity_name` "Launch").
 
+pydantic-ocsf builds its models lazily into one shared namespace, where the nested enums
+of different classes share names (`StatusId` of Detection Finding and of Network
+Activity): once a second class is built, the first one's forward references can resolve
+to the other's enum. So each class's events are checked by its model in a child process
+of their own (forked before any event model is built).
+
 On top: `metadata.version` must be the version validated against, and every profile in
 `metadata.profiles` must be one the class allows.
 
@@ -31,6 +37,7 @@ import argparse
 import copy
 import importlib
 import json
+import os
 import sys
 from collections import Counter
 from typing import Any
@@ -124,6 +131,11 @@ class Validator:
         if len(found) > MAX_ERRORS_PER_EVENT:
             errors.append(f"[jsonschema] ... {len(found) - MAX_ERRORS_PER_EVENT} more")
 
+        return class_uid, caption, errors
+
+    def model_errors(self, name: str, event: dict) -> list[str]:
+        """What the pydantic-ocsf model of class `name` refuses in `event`."""
+        errors: list[str] = []
         try:
             # The models' validators fill fields in: give them a copy.
             self.model(name).model_validate(copy.deepcopy(event))
@@ -131,7 +143,33 @@ class Validator:
             for err in e.errors()[:MAX_ERRORS_PER_EVENT]:
                 path = "/".join(str(p) for p in err.get("loc", ())) or "(top)"
                 errors.append(f"[pydantic] {path}: {err.get('msg', '')[:400]}")
-        return class_uid, caption, errors
+        return errors
+
+    def model_errors_apart(self, name: str, events: list[dict]) -> list[list[str]]:
+        """`model_errors` of each event, in a forked child that builds only this class's
+        model (see the module doc), so no other class's enums can leak into it."""
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read)
+            try:
+                out = [self.model_errors(name, e) for e in events]
+            except Exception as e:  # noqa: BLE001 - reported as every event's error
+                out = [[f"[pydantic] model of {name}: {e}"]] * len(events)
+            with os.fdopen(write, "w", encoding="utf-8") as f:
+                json.dump(out, f)
+            os._exit(0)
+        os.close(write)
+        with os.fdopen(read, encoding="utf-8") as f:
+            data = f.read()
+        os.waitpid(pid, 0)
+        try:
+            out = json.loads(data)
+        except json.JSONDecodeError:
+            out = None
+        if not isinstance(out, list) or len(out) != len(events):
+            return [[f"[pydantic] the check of class {name} died"]] * len(events)
+        return out
 
 
 def main() -> int:
@@ -157,6 +195,8 @@ def main() -> int:
     failed: Counter[int | None] = Counter()
     captions: dict[int | None, str] = {}
     failures: list[str] = []
+    checked: list[tuple[int, Any, int | None, list[str]]] = []
+    by_class: dict[str, list[int]] = {}
     total = 0
     with open(args.file, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
@@ -173,14 +213,24 @@ def main() -> int:
             class_uid, caption, errors = validator.check(event)
             counts[class_uid] += 1
             captions.setdefault(class_uid, caption)
-            if errors:
-                failed[class_uid] += 1
-                code = ""
-                if isinstance(event, dict) and isinstance(event.get("metadata"), dict):
-                    code = f" {event['metadata'].get('event_code', '')}"
-                failures.append(
-                    f"line {number} (class {class_uid}{code}):\n    " + "\n    ".join(errors)
-                )
+            checked.append((number, event, class_uid, errors))
+            if caption != "?" and isinstance(class_uid, int):
+                by_class.setdefault(validator.class_name(class_uid), []).append(len(checked) - 1)
+
+    for name, indexes in by_class.items():
+        more = validator.model_errors_apart(name, [checked[i][1] for i in indexes])
+        for i, errors in zip(indexes, more):
+            checked[i][3].extend(errors)
+
+    for number, event, class_uid, errors in checked:
+        if errors:
+            failed[class_uid] += 1
+            code = ""
+            if isinstance(event, dict) and isinstance(event.get("metadata"), dict):
+                code = f" {event['metadata'].get('event_code', '')}"
+            failures.append(
+                f"line {number} (class {class_uid}{code}):\n    " + "\n    ".join(errors)
+            )
 
     print(f"OCSF {args.version}: {total} events in {args.file}")
     for class_uid in sorted(counts, key=lambda c: -1 if c is None else c):
