@@ -320,6 +320,11 @@ pub struct RunsArgs {
 pub struct TreeArgs {
     /// Run id or unique prefix
     pub run: String,
+    /// Show every process: identical sibling commands (same exe, argv equal
+    /// apart from ids, numbers and temporary names) are not folded into one
+    /// row with a count (`git … ×13`)
+    #[arg(long)]
+    pub no_fold: bool,
     #[command(flatten)]
     pub db: DbArgs,
 }
@@ -370,6 +375,11 @@ pub struct WhoArgs {
 pub struct ReplayArgs {
     /// Run id or unique prefix
     pub run: String,
+    /// Show every process: identical sibling commands (same exe, argv equal
+    /// apart from ids, numbers and temporary names) are not folded into one
+    /// row with a count (`git … ×13`)
+    #[arg(long)]
+    pub no_fold: bool,
     #[command(flatten)]
     pub db: DbArgs,
 }
@@ -398,6 +408,10 @@ pub struct ReportArgs {
     /// The HTML file to write
     #[arg(short = 'o', long = "output", value_name = "FILE.html")]
     pub output: PathBuf,
+    /// Show every process in the trees: identical sibling commands are not
+    /// folded into one expandable row with a count
+    #[arg(long)]
+    pub no_fold: bool,
     /// Local store of the daemon
     #[arg(long, value_name = "PATH", env = "SENSOR_DB", default_value = paths::DB)]
     pub db: PathBuf,

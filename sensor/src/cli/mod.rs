@@ -4,6 +4,7 @@ mod args;
 mod daemon;
 pub mod display;
 mod doctor;
+mod fold;
 mod launch;
 mod query;
 mod report;

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use super::{
     args::{EventsArgs, ReplayArgs, RunsArgs, TreeArgs, WhoArgs},
     display::{Column, argv_shown, escape_terminal, exe_shown, shown_str, shown_value, text_table},
+    fold,
 };
 use crate::store::{
     open_for_reading,
@@ -141,6 +142,11 @@ pub(super) struct ProcNode {
     /// when they are not UTF-8).
     pub exe_shown: String,
     pub argv_shown: Vec<String>,
+    /// The argv of its first successful exec, as shown (empty when it is
+    /// the last one too, or none was seen).
+    pub first_argv_shown: Vec<String>,
+    /// Successful execs seen.
+    pub execs: u32,
     pub exit: Option<String>,
     pub first_id: i64,
 }
@@ -181,7 +187,12 @@ pub(super) fn processes(events: &[&StoredEvent]) -> Vec<ProcNode> {
                 .iter()
                 .filter_map(|a| a.as_str().map(str::to_owned))
                 .collect();
-            node.argv_shown = argv_shown(p).unwrap_or_default();
+            let shown = argv_shown(p).unwrap_or_default();
+            if node.execs == 1 {
+                node.first_argv_shown = std::mem::take(&mut node.argv_shown);
+            }
+            node.argv_shown = shown;
+            node.execs += 1;
         }
         if e["kind"] == "process.exit" {
             node.exit = Some(match (p["exit_code"].as_i64(), p["exit_signal"].as_i64()) {
@@ -215,6 +226,77 @@ impl ProcNode {
             self.argv_shown.join(" ")
         }
     }
+
+    /// Its label: the first and the last exec when it exec'd more than
+    /// once (`bash -c '…' => sensor launch …`), else [`Self::command`].
+    pub(super) fn label(&self) -> String {
+        if self.execs > 1 && !self.first_argv_shown.is_empty() {
+            format!("{} => {}", self.first_argv_shown.join(" "), self.command())
+        } else {
+            self.command()
+        }
+    }
+}
+
+/// How a denial ended: the kernel (or the daemon) stopped it, or the policy
+/// only reported it (audit, or the one exec the kernel could not decide on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Denial {
+    Blocked,
+    Audit,
+}
+
+impl Denial {
+    /// What text views and the report say.
+    pub(super) const fn text(self) -> &'static str {
+        match self {
+            Self::Blocked => "blocked",
+            Self::Audit => "would have been blocked (audit)",
+        }
+    }
+}
+
+/// The denial an event stands for, counted once: the event that carries the
+/// verdict (an exec, connect, spawn, tamper…), never its `policy.violation`
+/// twin that follows it (seq + 1). A `policy.violation` with no twin (a
+/// `max_depth` refusal) is its own denial: `twins` holds the seqs of the
+/// denials seen (see [`Denials`]).
+pub(super) fn denial_of(e: &Value) -> Option<Denial> {
+    if e.pointer("/policy/verdict").and_then(Value::as_str) != Some("deny") {
+        return None;
+    }
+    Some(
+        if e.pointer("/policy/enforced") == Some(&Value::Bool(true)) {
+            Denial::Blocked
+        } else {
+            Denial::Audit
+        },
+    )
+}
+
+/// Finds each denial once in a stream of events (in seq order).
+#[derive(Debug, Default)]
+pub(super) struct Denials {
+    /// The seqs of the deny verdicts seen, whose violation twin (seq + 1)
+    /// is not another denial.
+    seen: std::collections::HashSet<u64>,
+}
+
+impl Denials {
+    /// The denial `e` stands for, if it is one not counted yet.
+    pub(super) fn check(&mut self, e: &Value) -> Option<Denial> {
+        let denial = denial_of(e)?;
+        let seq = e["seq"].as_u64();
+        if e["kind"] == "policy.violation" {
+            let twin = seq.and_then(|s| s.checked_sub(1));
+            if twin.is_some_and(|t| self.seen.contains(&t)) {
+                return None;
+            }
+        } else if let Some(seq) = seq {
+            self.seen.insert(seq);
+        }
+        Some(denial)
+    }
 }
 
 /// Processes whose parent is not in the run: the roots of its process tree.
@@ -223,18 +305,22 @@ pub(super) fn proc_roots(all: &[ProcNode]) -> impl Iterator<Item = &ProcNode> {
         .filter(|n| !all.iter().any(|p| p.key == n.parent_key))
 }
 
-fn print_procs(node: &ProcNode, all: &[ProcNode], indent: &str, max: usize) {
-    let cmd = node.command();
-    let exit = node
-        .exit
-        .as_deref()
-        .map(|e| format!("  [{e}]"))
-        .unwrap_or_default();
-    let line = format!("{indent}└─ {} {}{exit}", node.pid, cmd);
+/// One row of `sensor tree`: a process, or identical siblings folded
+/// (`└─ 4242+ git -c … ×13`), then the rows of their children.
+fn print_procs(group: &[&ProcNode], kids: &fold::Kids<'_>, indent: &str, max: usize, fold: bool) {
+    let Some(lead) = group.first() else { return };
+    let exit = match (group.len(), lead.exit.as_deref()) {
+        (1, Some(e)) => format!("  [{e}]"),
+        _ => String::new(),
+    };
+    let more = if group.len() > 1 { "+" } else { "" };
+    let prefix = format!("{indent}└─ {}{more} ", lead.pid);
+    let room = max.saturating_sub(prefix.chars().count() + exit.chars().count());
+    let line = format!("{prefix}{}{exit}", fold::group_label(group, room));
     println!("{}", fit(&line, max));
     let deeper = format!("{indent}   ");
-    for child in all.iter().filter(|c| c.parent_key == node.key) {
-        print_procs(child, all, &deeper, max);
+    for g in fold::group(&fold::group_children(group, kids), fold) {
+        print_procs(&g, kids, &deeper, max, fold);
     }
 }
 
@@ -290,6 +376,7 @@ pub fn tree(args: &TreeArgs) -> anyhow::Result<ExitCode> {
         procs: &HashMap<&str, Vec<ProcNode>>,
         indent: &str,
         max: usize,
+        fold: bool,
     ) {
         let state = match &run.end_reason {
             Some(reason) => format!("ended: {}", escape_terminal(reason)),
@@ -307,17 +394,18 @@ pub fn tree(args: &TreeArgs) -> anyhow::Result<ExitCode> {
             .map(Vec::as_slice)
             .unwrap_or_default();
         let inner = format!("{indent}  ");
-        for p in proc_roots(all) {
-            print_procs(p, all, &inner, max);
+        let kids = fold::Kids::new(all);
+        for g in fold::group(&kids.roots, fold) {
+            print_procs(&g, &kids, &inner, max, fold);
         }
         for child in runs
             .iter()
             .filter(|r| r.parent_id.as_deref() == Some(run.id.as_str()))
         {
-            print_run(child, runs, procs, &format!("{indent}    "), max);
+            print_run(child, runs, procs, &format!("{indent}    "), max, fold);
         }
     }
-    print_run(&root, &runs, &procs, "", width());
+    print_run(&root, &runs, &procs, "", width(), !args.no_fold);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -356,6 +444,15 @@ pub(super) fn describe(e: &Value) -> String {
         "process.tamper" | "sensor.tamper" => describe_tamper(e),
         "policy.violation" if e["network"].is_object() => describe_network(e, "network.connect"),
         "policy.violation" if e["tamper"].is_object() => describe_tamper(e),
+        "policy.violation" if e["exec"].is_object() => {
+            let filename = shown_str(e, "/exec/filename");
+            if filename.is_empty() {
+                exe_shown(p).unwrap_or_else(|| "?".to_owned())
+            } else {
+                filename.into_owned()
+            }
+        }
+        "policy.violation" => exe_shown(p).unwrap_or_default(),
         "run.degraded" => format!(
             "{} {}: {} events lost, {} denial records held back",
             shown_str(e, "/run/agent"),
@@ -388,12 +485,24 @@ pub(super) fn describe(e: &Value) -> String {
         }
         _ => String::new(),
     };
-    let verdict = e
-        .pointer("/policy/verdict")
-        .and_then(Value::as_str)
-        .map(|v| format!(" [{}]", escape_terminal(v)))
-        .unwrap_or_default();
-    format!("{kind:<15} {pid:>7} {detail}{verdict}")
+    format!("{kind:<15} {pid:>7} {detail}{}", verdict_shown(e))
+}
+
+/// The verdict's part of an event's line: ` [deny] blocked`, ` [deny] would
+/// have been blocked (audit)`, ` [allow]`; a `policy.violation` (which
+/// repeats the denial before it) ` [violation] rule …`, so that counting
+/// `[deny]` counts each denial once.
+fn verdict_shown(e: &Value) -> String {
+    let Some(verdict) = e.pointer("/policy/verdict").and_then(Value::as_str) else {
+        return String::new();
+    };
+    if e["kind"] == "policy.violation" {
+        return format!(" [violation] rule {}", shown_str(e, "/policy/rule"));
+    }
+    match denial_of(e) {
+        Some(d) => format!(" [deny] {}", d.text()),
+        None => format!(" [{}]", escape_terminal(verdict)),
+    }
 }
 
 /// The network part of an event's line: `tcp 203.0.113.7:443 ok`,
@@ -614,31 +723,62 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
         },
     )
     .context("reading the run's events")?;
+    if args.db.json {
+        for se in &events {
+            println!("{}", se.event);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Identical sibling commands: the first one's lines stand for all (its
+    // exec line says ×N); a denial or an escape attempt is always shown.
+    let mut by_run: HashMap<&str, Vec<&StoredEvent>> = HashMap::new();
+    for se in &events {
+        if let Some(id) = se.event.pointer("/run/id").and_then(Value::as_str) {
+            by_run.entry(id).or_default().push(se);
+        }
+    }
+    let mut folded = fold::Folded::default();
+    for run_events in by_run.values() {
+        let f = fold::folded(&processes(run_events), !args.no_fold);
+        folded.hidden.extend(f.hidden);
+        folded.counts.extend(f.counts);
+    }
+    let mut left_out = 0_usize;
     // Process depth within its run, from parent keys seen so far.
     let mut proc_depth: HashMap<String, usize> = HashMap::new();
     let max = width();
     for se in &events {
         let e = &se.event;
-        if args.db.json {
-            println!("{e}");
-            continue;
-        }
-        let run_id = str_of(e, "/run/id");
-        let run_depth = depth_of.get(&run_id).copied().unwrap_or(0) as usize;
         let key = str_of(e, "/process/key");
         let parent = str_of(e, "/process/parent_key");
         let depth = if key.is_empty() {
             0
         } else {
             let d = proc_depth.get(&parent).map_or(0, |d| d + 1);
-            *proc_depth.entry(key).or_insert(d)
+            *proc_depth.entry(key.clone()).or_insert(d)
         };
+        if folded.hidden.contains(&key) && !se.escape && denial_of(e).is_none() {
+            left_out += 1;
+            continue;
+        }
+        let run_id = str_of(e, "/run/id");
+        let run_depth = depth_of.get(&run_id).copied().unwrap_or(0) as usize;
         let indent = "    ".repeat(run_depth) + &"  ".repeat(depth);
         let time = shown_str(e, "/time");
         let agent = shown_str(e, "/run/agent");
+        let line = format!("{time}  {indent}[{agent}] {}", describe(e));
+        match folded.counts.get(&key) {
+            Some(n) if e["kind"] == "process.exec" => {
+                let count = format!(" ×{n}");
+                let room = max.saturating_sub(count.chars().count()).max(8);
+                println!("{}{count}", fit(&line, room));
+            }
+            _ => println!("{}", fit(&line, max)),
+        }
+    }
+    if left_out > 0 {
         println!(
-            "{}",
-            fit(&format!("{time}  {indent}[{agent}] {}", describe(e)), max)
+            "({left_out} lines of identical sibling commands folded into their first one's (×N); --no-fold shows them)"
         );
     }
     Ok(ExitCode::SUCCESS)
