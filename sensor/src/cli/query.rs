@@ -50,8 +50,12 @@ fn run_json(r: &RunRow) -> Value {
     })
 }
 
-/// Terminal width (COLUMNS, else 120).
+/// The width text lines are cut to: on a terminal, COLUMNS, else 120;
+/// into a pipe or a file, none (`sensor events | grep` sees whole rows).
 fn width() -> usize {
+    if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        return usize::MAX;
+    }
     std::env::var("COLUMNS")
         .ok()
         .and_then(|c| c.parse().ok())

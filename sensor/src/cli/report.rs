@@ -69,8 +69,7 @@ tr.gap td{background:#f1f3f6;font-style:italic}
 .escapes{border:2px solid #e65100;border-radius:6px;padding:.5em 1em;background:#fff3e0}
 .summary{border:1px solid #ccd;border-radius:6px;padding:.5em 1em;background:#fff}
 .summary table{width:auto;min-width:50%} .summary h3{font-size:1em;margin:.8em 0 .3em}
-details.rows{display:inline} details.rows[open]{display:block} details.rows a{margin-right:.4em}
-details.argv{display:inline} details.argv[open]{display:block}
+details.rows a{margin-right:.4em} details summary{cursor:pointer}
 .full{white-space:pre-wrap;word-break:break-all}
 .note{border-left:4px solid #1a4d8f;padding:.3em .8em;background:#eef3fa}
 .none{color:#2e7d32}
@@ -111,8 +110,12 @@ fn event_ns(e: &Value) -> Option<i64> {
 
 /// A duration in ns, as `1h 2m 3s` (whole seconds; `0s` below one).
 fn duration_text(ns: i64) -> String {
-    let secs = u64::try_from(ns / 1_000_000_000).unwrap_or(0);
-    humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
+    let ns = u64::try_from(ns).unwrap_or(0);
+    if ns < 60_000_000_000 {
+        // Under a minute: to the millisecond (`0.064s`).
+        return format!("{}.{:03}s", ns / 1_000_000_000, ns / 1_000_000 % 1000);
+    }
+    humantime::format_duration(std::time::Duration::from_secs(ns / 1_000_000_000)).to_string()
 }
 
 /// Everything the sections read, computed once.
@@ -274,17 +277,23 @@ impl<'a> Report<'a> {
 /// Text as shown, cut to [`TEXT_WIDTH`]; the whole text (up to
 /// [`FULL_LIMIT`]) behind `<details>` when cut.
 fn long_text(text: &str) -> Markup {
+    long_text_after(&html! {}, text)
+}
+
+/// [`long_text`] after `prefix` (a process's pid), which stays on the same
+/// line as the cut text.
+fn long_text_after(prefix: &Markup, text: &str) -> Markup {
     let (cut, was_cut) = fold::cut(text, TEXT_WIDTH);
     html! {
         @if was_cut {
             details.argv {
-                summary { code { (cut) } }
+                summary { (prefix) code { (cut) } }
                 @let (full, too_long) = fold::cut(text, FULL_LIMIT);
                 code.full { (full) }
                 @if too_long { " (cut at " (FULL_LIMIT) " characters; `sensor events --json` shows it all)" }
             }
         } @else {
-            code { (cut) }
+            (prefix) code { (cut) }
         }
     }
 }
@@ -411,17 +420,17 @@ fn summary_html(r: &Report<'_>) -> Markup {
                 " · " span.count { (dests.iter().map(|d| d.2.len()).sum::<usize>()) } " connects to " span.count { (dests.len()) } " destination" @if dests.len() != 1 { "s" }
                 " · " a href="#denials" { span.count { (r.denials.len()) } " denial" @if r.denials.len() != 1 { "s" } }
                 @if !r.denials.is_empty() {
-                    " (" span.count { (blocked.len()) } " blocked" (r.rows_links(&blocked))
-                    ", " span.count { (audit.len()) } " would have been blocked (audit)" (r.rows_links(&audit)) ")"
+                    " (" span.count { (blocked.len()) } " blocked"
+                    ", " span.count { (audit.len()) } " would have been blocked (audit))"
                 }
                 @if !escapes.is_empty() {
-                    " · " a href="#escapes" { span.count { (escapes.len()) } " escape attempt" @if escapes.len() != 1 { "s" } } (r.rows_links(&escapes))
+                    " · " a href="#escapes" { span.count { (escapes.len()) } " escape attempt" @if escapes.len() != 1 { "s" } }
                 }
                 @if !detections.is_empty() {
-                    " · " span.count { (detections.len()) } " detection" @if detections.len() != 1 { "s" } (r.rows_links(&detections))
+                    " · " span.count { (detections.len()) } " detection" @if detections.len() != 1 { "s" }
                 }
                 @if !tokens.is_empty() {
-                    " · " a href="#tokens" { span.count { (tokens.len()) } " run token" @if tokens.len() != 1 { "s" } } (r.rows_links(&tokens))
+                    " · " a href="#tokens" { span.count { (tokens.len()) } " run token" @if tokens.len() != 1 { "s" } }
                 }
             }
             @if !exes.is_empty() {
@@ -627,7 +636,7 @@ fn proc_html(group: &[&ProcNode], kids: &fold::Kids<'_>, trees: &Trees<'_, '_>) 
     html! {
         li {
             @if group.len() == 1 {
-                (pid(lead)) " " (long_text(&lead.label()))
+                (long_text_after(&html! { (pid(lead)) " " }, &lead.label()))
                 @if let Some(exit) = &lead.exit { " " span.badge { (shown(exit)) } }
             } @else {
                 details.fold {
@@ -638,7 +647,7 @@ fn proc_html(group: &[&ProcNode], kids: &fold::Kids<'_>, trees: &Trees<'_, '_>) 
                     ul.tree {
                         @for m in group.iter().take(MEMBER_LIMIT) {
                             li {
-                                (pid(m)) " " (long_text(&m.label()))
+                                (long_text_after(&html! { (pid(m)) " " }, &m.label()))
                                 @if let Some(exit) = &m.exit { " " span.badge { (shown(exit)) } }
                             }
                         }

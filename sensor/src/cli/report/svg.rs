@@ -277,6 +277,12 @@ pub(super) fn timeline(lanes: &[Lane<'_>], t0: i64, t1: i64) -> Markup {
     };
     let count = u32::try_from(drawn.len()).unwrap_or(u32::MAX);
     let height = TOP + f64::from(count) * LANE + 6.0;
+    // The axis's times: to the second, or the millisecond for a short span.
+    let clock = if t1.saturating_sub(t0) < 60_000_000_000 {
+        23
+    } else {
+        19
+    };
     let axis: Vec<i64> = (0..=5)
         .map(|i| t0 + (t1.saturating_sub(t0)) / 5 * i)
         .collect();
@@ -287,7 +293,7 @@ pub(super) fn timeline(lanes: &[Lane<'_>], t0: i64, t1: i64) -> Markup {
             @for t in &axis {
                 @let x = r1(scale.x(*t));
                 line.axis x1=(x) x2=(x) y1="14" y2=(r1(height)) {}
-                text.axis x=(x) y="11" { (time_of_ns(*t).get(11..19).unwrap_or("")) }
+                text.axis x=(x) y="11" { (time_of_ns(*t).get(11..clock).unwrap_or("")) }
             }
             @for (i, lane) in drawn.iter().enumerate() {
                 (lane_html(lane, TOP + f64::from(u32::try_from(i).unwrap_or(0)) * LANE, &scale))
