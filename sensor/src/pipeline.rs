@@ -571,6 +571,7 @@ impl Pipeline {
             self.note_kernel_write(&event);
         }
         self.state.count_event(event.kind);
+        self.state.count_denial(event.kind, event.policy.as_ref());
         self.batch.push(event);
         if self.batch.len() >= BATCH_EVENTS {
             self.flush();

@@ -520,6 +520,19 @@ fn two_blocked_denials_are_counted_as_two() -> Result<()> {
             == 2,
         "a violation line names the binary and the rule: {events}"
     );
+    // The daemon counts them once too, as blocked.
+    let status = d.status_json()?;
+    ensure!(
+        status["denials_blocked"] == 2 && status["denials_audit"] == 0,
+        "status counts each denial once: blocked {} audit {}",
+        status["denials_blocked"],
+        status["denials_audit"]
+    );
+    let (_, text_status) = d.status_text()?;
+    ensure!(
+        text_status.contains("denials: 2 blocked, 0 would have been blocked (audit)"),
+        "{text_status}"
+    );
     let png = screenshot(&page, "report-enforce")?;
     eprintln!("screenshot: {}", png.display());
     Ok(())

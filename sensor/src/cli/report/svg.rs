@@ -303,7 +303,7 @@ pub(super) fn timeline(lanes: &[Lane<'_>], t0: i64, t1: i64) -> Markup {
             p.note { (lanes.len() - drawn.len()) " more runs are not drawn (the picture shows the first " (LANE_LIMIT) ")." }
         }
         p.legend {
-            svg width="620" height="16" viewBox="0 0 620 16" {
+            svg width="680" height="16" viewBox="0 0 680 16" {
                 line.exec x1="4" x2="4" y1="2" y2="14" {}
                 text x="10" y="12" { "exec" }
                 line.connect x1="52" x2="52" y1="2" y2="14" {}
