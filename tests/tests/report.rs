@@ -349,6 +349,64 @@ fn check_summary_and_folding(
             == 13,
         "--no-fold shows each, whole (a pipe is not cut): {all}"
     );
+    // Filters compose, and a typo is refused.
+    let two_kinds = sensor_out(
+        sensor,
+        &[
+            "events",
+            "--run",
+            outer,
+            "--subtree",
+            "--kind",
+            "process.exec",
+            "--kind",
+            "network.connect",
+            "--json",
+        ],
+        db,
+    )?;
+    let kinds: Vec<serde_json::Value> = two_kinds
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    ensure!(
+        kinds
+            .iter()
+            .all(|e| e["kind"] == "process.exec" || e["kind"] == "network.connect")
+            && kinds.iter().any(|e| e["kind"] == "network.connect")
+            && kinds.len() > execs,
+        "--kind twice: {two_kinds}"
+    );
+    let pid = kinds[0]["process"]["pid"].as_u64().context("a pid")?;
+    let of_pid = sensor_out(
+        sensor,
+        &[
+            "events",
+            "--pid",
+            &pid.to_string(),
+            "--limit",
+            "2",
+            "--json",
+        ],
+        db,
+    )?;
+    ensure!(
+        of_pid.lines().count() == 2
+            && of_pid
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .all(|e| e["process"]["pid"].as_u64() == Some(pid)),
+        "--pid --limit: {of_pid}"
+    );
+    let mut typo = Command::new(sensor);
+    typo.args(["events", "--kind", "proces.exec", "--db"])
+        .arg(db);
+    let (_, out) = run_with_timeout(&mut typo, Duration::from_secs(30))?;
+    ensure!(
+        !out.status.success() && text(&out.stderr).contains("unknown kind"),
+        "--kind typo refused: {}",
+        text(&out.stderr)
+    );
     let replay = sensor_out(sensor, &["replay", outer], db)?;
     ensure!(
         replay

@@ -63,6 +63,45 @@ fn width() -> usize {
         .unwrap_or(120)
 }
 
+/// Colours for verdicts on a terminal: `[deny] blocked` red, `[deny] would
+/// have been blocked (audit)` yellow, `[allow]` green; none into a pipe or
+/// a file, or when `NO_COLOR` is set (<https://no-color.org>). The text it
+/// colours was escaped first ([`escape_terminal`]), so the only escape
+/// sequences on the line are these.
+struct Paint {
+    on: bool,
+}
+
+impl Paint {
+    fn stdout() -> Self {
+        Self {
+            on: std::io::IsTerminal::is_terminal(&std::io::stdout())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        }
+    }
+
+    fn verdicts(&self, line: &str) -> String {
+        if !self.on {
+            return line.to_owned();
+        }
+        let mut out = line.to_owned();
+        for (text, colour) in [
+            (" [deny] blocked", "31;1"),
+            (" [deny] would have been blocked (audit)", "33;1"),
+            (" [allow]", "32"),
+        ] {
+            if let Some(at) = out.rfind(text) {
+                out.replace_range(
+                    at + 1..at + text.len(),
+                    &format!("\x1b[{colour}m{}\x1b[0m", &text[1..]),
+                );
+                break;
+            }
+        }
+        out
+    }
+}
+
 /// `s` cut to `max` characters with a final '…'. `s` is text as shown
 /// (escaped), so the cut counts the escapes the terminal will print.
 fn fit(s: &str, max: usize) -> String {
@@ -612,17 +651,48 @@ pub fn events(args: &EventsArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let since_ns = args.since.map(crate::store::unix_ns);
+    let until_ns = args.until.map(crate::store::unix_ns);
     let mut filter = EventFilter {
         runs,
-        kind: args.kind.clone(),
+        // One kind: the store selects it; several: selected here.
+        kind: match args.kind.as_slice() {
+            [one] => Some(one.clone()),
+            _ => None,
+        },
         escapes: args.escapes,
         since_ns,
         ..EventFilter::default()
     };
+    let wanted = |e: &Value| {
+        (args.kind.len() < 2 || args.kind.iter().any(|k| e["kind"] == k.as_str()))
+            && args
+                .pid
+                .is_none_or(|pid| e["process"]["pid"].as_u64() == Some(u64::from(pid)))
+            && args
+                .agent
+                .as_deref()
+                .is_none_or(|a| e.pointer("/run/agent").and_then(Value::as_str) == Some(a))
+            && until_ns.is_none_or(|until| {
+                e["time"]
+                    .as_str()
+                    .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+                    .is_some_and(|t| crate::store::unix_ns(t) < until)
+            })
+    };
+    let mut printed = 0_u64;
     let max = width();
-    loop {
+    let paint = Paint::stdout();
+    'follow: loop {
         let batch = query::events(&conn, &filter)?;
         for se in &batch {
+            filter.after_id = se.id;
+            if !wanted(&se.event) {
+                continue;
+            }
+            if args.limit.is_some_and(|limit| printed >= limit) {
+                break 'follow;
+            }
+            printed += 1;
             if args.db.json {
                 println!("{}", se.event);
             } else {
@@ -634,12 +704,14 @@ pub fn events(args: &EventsArgs) -> anyhow::Result<ExitCode> {
                     .map_or_else(|| "-".to_owned(), short_shown);
                 println!(
                     "{}",
-                    fit(&format!("{time}  {run:<13}  {}", describe(&se.event)), max)
+                    paint.verdicts(&fit(
+                        &format!("{time}  {run:<13}  {}", describe(&se.event)),
+                        max
+                    ))
                 );
             }
-            filter.after_id = se.id;
         }
-        if !args.follow {
+        if !args.follow || args.limit.is_some_and(|limit| printed >= limit) {
             break;
         }
         std::thread::sleep(Duration::from_millis(300));
@@ -748,6 +820,7 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
         folded.counts.extend(f.counts);
     }
     let mut left_out = 0_usize;
+    let paint = Paint::stdout();
     // Process depth within its run, from parent keys seen so far.
     let mut proc_depth: HashMap<String, usize> = HashMap::new();
     let max = width();
@@ -775,9 +848,9 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
             Some(n) if e["kind"] == "process.exec" => {
                 let count = format!(" ×{n}");
                 let room = max.saturating_sub(count.chars().count()).max(8);
-                println!("{}{count}", fit(&line, room));
+                println!("{}{count}", paint.verdicts(&fit(&line, room)));
             }
-            _ => println!("{}", fit(&line, max)),
+            _ => println!("{}", paint.verdicts(&fit(&line, max))),
         }
     }
     if left_out > 0 {
