@@ -860,3 +860,50 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_are_shown_once_per_denial_and_coloured_only_when_asked() {
+        let deny = |kind: &str, enforced: bool| {
+            json!({"kind": kind, "process": {"pid": 7, "exe": "/usr/bin/env", "argv": ["env"]},
+                   "exec": {"result": "ok", "filename": "/usr/bin/env"},
+                   "policy": {"verdict": "deny", "rule": "exec.allow (no rule matches)", "enforced": enforced}})
+        };
+        let blocked = describe(&deny("process.exec", true));
+        let audit = describe(&deny("process.exec", false));
+        let twin = describe(&deny("policy.violation", true));
+        assert!(blocked.ends_with(" [deny] blocked"), "{blocked}");
+        assert!(
+            audit.ends_with(" [deny] would have been blocked (audit)"),
+            "{audit}"
+        );
+        assert!(
+            twin.contains("/usr/bin/env [violation] rule exec.allow (no rule matches)")
+                && !twin.contains("[deny]"),
+            "{twin}"
+        );
+        let mut once = Denials::default();
+        let mut seq = 0;
+        let counted = [deny("process.exec", true), deny("policy.violation", true)]
+            .into_iter()
+            .filter_map(|mut e| {
+                seq += 1;
+                e["seq"] = seq.into();
+                once.check(&e)
+            })
+            .count();
+        assert_eq!(counted, 1, "the violation twin is not a second denial");
+        let on = Paint { on: true };
+        assert_eq!(
+            on.verdicts(&blocked)
+                .matches("\x1b[31;1m[deny] blocked\x1b[0m")
+                .count(),
+            1
+        );
+        assert!(on.verdicts(&audit).contains("\x1b[33;1m[deny] would"));
+        assert_eq!(Paint { on: false }.verdicts(&blocked), blocked);
+    }
+}

@@ -964,10 +964,10 @@ pub fn execute(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     std::fs::write(&args.output, html)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
     eprintln!(
-        "wrote {} ({} runs, {} events)",
+        "wrote {} ({}, {})",
         args.output.display(),
-        runs.len(),
-        events.len()
+        super::display::count(runs.len(), "run", "runs"),
+        super::display::count(events.len(), "event", "events")
     );
     Ok(ExitCode::SUCCESS)
 }
