@@ -90,6 +90,8 @@ const EXTRA_LIMIT: usize = 1000;
 const TREE_LIMIT: usize = 2000;
 /// Members listed inside a folded row at most.
 const MEMBER_LIMIT: usize = 50;
+/// Rows of the summary's executables and destinations tables at most.
+const SUMMARY_ROWS: usize = 40;
 /// Links to rows under one figure at most.
 const LINK_LIMIT: usize = 100;
 /// Items of the denials and escapes boxes at most.
@@ -365,7 +367,13 @@ fn summary_html(r: &Report<'_>) -> Markup {
         }
     }
     exes.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then_with(|| a.0.cmp(&b.0)));
-    dests.sort_by(|a, b| b.2.len().cmp(&a.2.len()).then_with(|| a.0.cmp(&b.0)));
+    // Denied destinations first: the cut never hides one.
+    dests.sort_by(|a, b| {
+        (b.4 + b.5)
+            .cmp(&(a.4 + a.5))
+            .then_with(|| b.2.len().cmp(&a.2.len()))
+            .then_with(|| a.0.cmp(&b.0))
+    });
     let blocked: Vec<i64> = r
         .denials
         .iter()
@@ -438,8 +446,14 @@ fn summary_html(r: &Report<'_>) -> Markup {
                 table.exes {
                     thead { tr { th { "executable" } th { "execs" } th { "rows" } } }
                     tbody {
-                        @for (exe, ids) in &exes {
+                        @for (exe, ids) in exes.iter().take(SUMMARY_ROWS) {
                             tr { td { code { (exe) } } td.n { (ids.len()) } td { (r.rows_links(ids)) } }
+                        }
+                        @if exes.len() > SUMMARY_ROWS {
+                            tr.gap { td colspan="3" {
+                                "… " (exes.len() - SUMMARY_ROWS) " more executables: "
+                                code { "sensor events --run " (shown(&r.root.id)) " --subtree --kind process.exec" }
+                            } }
                         }
                     }
                 }
@@ -449,12 +463,18 @@ fn summary_html(r: &Report<'_>) -> Markup {
                 table.dests {
                     thead { tr { th { "destination" } th { "transport" } th { "connects" } th { "verdicts" } th { "rows" } } }
                     tbody {
-                        @for (addr, transport, ids, allowed, blocked, audit) in &dests {
+                        @for (addr, transport, ids, allowed, blocked, audit) in dests.iter().take(SUMMARY_ROWS) {
                             tr class=[(*blocked + *audit > 0).then_some("deny")] {
                                 td { code { (addr) } } td { (transport) } td.n { (ids.len()) }
                                 td { (verdicts_text(*allowed, *blocked, *audit)) }
                                 td { (r.rows_links(ids)) }
                             }
+                        }
+                        @if dests.len() > SUMMARY_ROWS {
+                            tr.gap { td colspan="5" {
+                                "… " (dests.len() - SUMMARY_ROWS) " more destinations: "
+                                code { "sensor events --run " (shown(&r.root.id)) " --subtree --kind network.connect" }
+                            } }
                         }
                     }
                 }
@@ -1383,7 +1403,7 @@ mod tests {
                 2 => (
                     "network.connect",
                     serde_json::json!({"seq":seq,"kind":"network.connect","time":time(seq),"run":run_obj,
-                    "process":process,"network":{"transport":"tcp","family":"ipv4","dst_ip":format!("10.0.{}.{}", seq % 7, seq % 5),"dst_port":443,"result":"ok"},
+                    "process":process,"network":{"transport":"tcp","family":"ipv4","dst_ip":format!("10.0.{}.{}", seq % 7, seq % 11),"dst_port":443,"result":"ok"},
                     "policy":{"verdict":"allow","rule":"connect.allow 10.0.0.0/8","enforced":false}}),
                 ),
                 _ if seq % 1000 == 3 => (
@@ -1426,6 +1446,10 @@ mod tests {
         let took = started.elapsed();
         let html = std::fs::read_to_string(&output).unwrap();
         eprintln!("100,000 events: {} bytes in {took:?}", html.len());
+        // For a look, or a browser's timing: SENSOR_BIG_REPORT=FILE keeps the page.
+        if let Some(keep) = std::env::var_os("SENSOR_BIG_REPORT") {
+            std::fs::copy(&output, keep).unwrap();
+        }
         assert!(html.len() < 5_000_000, "{} bytes", html.len());
         assert!(html.contains(&format!("{EVENTS} events")), "all counted");
         assert!(
@@ -1454,5 +1478,15 @@ mod tests {
         assert!(elements < 2_000, "{elements} elements in the picture");
         assert!(svg.contains("└ agent-sub-big"), "the sub-run's lane");
         assert!(html.contains("more processes are not shown (the trees stop at 2000 rows)"));
+        // 78 destinations: the denied one listed first, 38 cut with the command.
+        let summary = &html[..html.find("id=\"picture\"").unwrap()];
+        assert!(
+            summary.contains("<code>198.51.100.9:22</code>"),
+            "the denied destination is kept"
+        );
+        assert!(
+            summary.contains("… 38 more destinations: "),
+            "the cut is said"
+        );
     }
 }
