@@ -218,7 +218,8 @@ fn the_report_renders_in_chromium_with_the_run_tree() -> Result<()> {
 /// `sensor` with `args`, its stdout (exit 0 required).
 fn sensor_out(sensor: &std::path::Path, args: &[&str], db: &std::path::Path) -> Result<String> {
     let mut cmd = Command::new(sensor);
-    cmd.args(args).arg("--db").arg(db);
+    // Into a pipe without COLUMNS: whole rows.
+    cmd.args(args).arg("--db").arg(db).env_remove("COLUMNS");
     let (_, out) = run_with_timeout(&mut cmd, Duration::from_secs(60))?;
     ensure!(
         out.status.success(),

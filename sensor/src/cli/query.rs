@@ -50,17 +50,21 @@ fn run_json(r: &RunRow) -> Value {
     })
 }
 
-/// The width text lines are cut to: on a terminal, COLUMNS, else 120;
-/// into a pipe or a file, none (`sensor events | grep` sees whole rows).
+/// The width text lines are cut to: `COLUMNS` when set; else, on a
+/// terminal, 120; into a pipe or a file, none (`sensor events | grep` sees
+/// whole rows).
 fn width() -> usize {
-    if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-        return usize::MAX;
-    }
     std::env::var("COLUMNS")
         .ok()
         .and_then(|c| c.parse().ok())
         .filter(|w| *w >= 40)
-        .unwrap_or(120)
+        .unwrap_or_else(|| {
+            if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                120
+            } else {
+                usize::MAX
+            }
+        })
 }
 
 /// Colours for verdicts on a terminal: `[deny] blocked` red, `[deny] would
