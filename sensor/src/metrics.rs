@@ -14,6 +14,7 @@
 //! sensor_store_written_total, sensor_store_dropped_total
 //! sensor_launches_refused_total          launches refused (bounds, bad values, full map)
 //! sensor_connections_refused_total       control connections closed at once
+//! sensor_denials_total{outcome}          denials reported, each once: `blocked`, or `audit` (would have been)
 //! sensor_denials_suppressed_total        denial records held back (per-run rate limit)
 //! sensor_runs_degraded_total             runs that lost records or had denials held back
 //! sensor_panics_total                    handling panics caught (bugs)
@@ -189,6 +190,16 @@ impl Collector for StateCollector {
             .iter()
             .map(|(k, v)| (k.clone(), *v))
             .collect();
+        counter_family(
+            &mut encoder,
+            "sensor_denials",
+            "Denials reported, each once (not their policy.violation twins): blocked, or audit (would have been blocked)",
+            "outcome",
+            &[
+                ("blocked".to_owned(), report.denials_blocked),
+                ("audit".to_owned(), report.denials_audit),
+            ],
+        )?;
         counter_family(
             &mut encoder,
             "sensor_kernel_lost",

@@ -619,6 +619,7 @@ impl Pipeline {
         if let Some(d) = &event.detection {
             self.state.count_detection(&d.rule_id, d.level);
         }
+        self.state.count_denial(event.kind, event.policy.as_ref());
         self.batch.push(event);
         if self.batch.len() >= BATCH_EVENTS {
             self.flush();

@@ -70,6 +70,11 @@ pub struct Defense {
     pub runs_degraded: AtomicU64,
     /// Requests or records whose handling panicked (caught; the daemon went on).
     pub panics: AtomicU64,
+    /// Denials reported, each once (the event with the verdict, not its
+    /// `policy.violation` twin): the kernel or the daemon blocked it.
+    pub denials_blocked: AtomicU64,
+    /// Denials reported that were not blocked: would have been (audit).
+    pub denials_audit: AtomicU64,
 }
 
 impl Defense {
@@ -211,6 +216,21 @@ impl DaemonState {
         self.events[kind.index()].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a denial once: an event whose verdict is deny, but not the
+    /// `policy.violation` that repeats it.
+    pub fn count_denial(&self, kind: Kind, policy: Option<&crate::event::Verdict>) {
+        match policy {
+            Some(v) if v.is_deny() && kind != Kind::PolicyViolation => {
+                Defense::count(if v.enforced {
+                    &self.defense.denials_blocked
+                } else {
+                    &self.defense.denials_audit
+                })
+            }
+            _ => {}
+        }
+    }
+
     pub fn count_decode_error(&self) {
         self.decode_errors.fetch_add(1, Ordering::Relaxed);
     }
@@ -338,6 +358,8 @@ impl DaemonState {
             launches_refused: self.defense.launches_refused.load(Ordering::Relaxed),
             connections_refused: self.defense.connections_refused.load(Ordering::Relaxed),
             denials_suppressed: self.defense.denials_suppressed.load(Ordering::Relaxed),
+            denials_blocked: self.defense.denials_blocked.load(Ordering::Relaxed),
+            denials_audit: self.defense.denials_audit.load(Ordering::Relaxed),
             runs_degraded: self.defense.runs_degraded.load(Ordering::Relaxed),
             panics: self.defense.panics.load(Ordering::Relaxed),
             tamper,
@@ -386,6 +408,13 @@ pub struct StatusReport {
     /// Denial records the kernel held back (per-run rate limit), counted.
     #[serde(default)]
     pub denials_suppressed: u64,
+    /// Denials reported (each once) that were blocked.
+    #[serde(default)]
+    pub denials_blocked: u64,
+    /// Denials reported (each once) that were not blocked: audit, or an
+    /// exec the kernel could not decide on.
+    #[serde(default)]
+    pub denials_audit: u64,
     /// Runs that lost records or had denial records suppressed.
     #[serde(default)]
     pub runs_degraded: u64,

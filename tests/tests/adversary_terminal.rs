@@ -314,7 +314,7 @@ fn argv_with_terminal_escapes_is_shown_escaped() -> Result<()> {
             about(&text(&out), &h)
         );
     }
-    let (_, tree, _) = view(db, &["tree", run], WIDE)?;
+    let (_, tree, _) = view(db, &["tree", run, "--no-fold"], WIDE)?;
     let (_, tree_json, _) = view(db, &["tree", run, "--json"], WIDE)?;
     let tree_json: Value = serde_json::from_slice(&tree_json).context("tree --json")?;
     fn count(procs: &Value) -> usize {

@@ -276,7 +276,7 @@ fn policy_check_reports_file_and_line() -> Result<()> {
         Duration::from_secs(10),
     )?;
     ensure!(
-        out.status.success() && text(&out.stdout).contains("ok (1 policies: p"),
+        out.status.success() && text(&out.stdout).contains("ok (1 policy: p"),
         "{}",
         text(&out.stderr)
     );

@@ -1,5 +1,7 @@
 //! `sensor report`: the page opens in headless Chromium (Debian's package)
-//! and the rendered DOM shows the runs, the sub-agent tree and the processes.
+//! and the rendered DOM shows the summary, the timeline picture, the runs,
+//! the sub-agent tree and the processes (identical commands folded), and
+//! each denial once, blocked apart from audit. `sensor tree` folds too.
 
 use std::{process::Command, time::Duration};
 
@@ -43,8 +45,13 @@ fn the_report_renders_in_chromium_with_the_run_tree() -> Result<()> {
     // The sub-run also tries ways out (the audit policy reports them and
     // blocks nothing): a Unix socket no rule allows, a raw socket, a ptrace
     // attach to the sleep.
+    // Thirteen identical sibling commands (Claude Code's start-up `git -c
+    // hook.*=false …` calls), each with a long argv and its own number.
+    let hooks = "-c hook.x=false ".repeat(90);
     let script = format!(
-        "{} launch --agent sub-agent --run-id {inner} -- /bin/sh -c '/bin/true {m} \"<b>tag</b>\"; /usr/bin/env true {m}-denied; \
+        "i=0; while [ $i -lt 13 ]; do /usr/bin/true {hooks} --n=$i {m}-git; i=$((i+1)); done; \
+         /bin/sh -c \"exec /bin/true {m}-last\"; \
+         {} launch --agent sub-agent --run-id {inner} -- /bin/sh -c '/bin/true {m} \"<b>tag</b>\"; /usr/bin/env true {m}-denied; \
          {helper} connect unix {nowhere}; {helper} socket raw; {helper} inject ptrace {pid} 0'",
         sensor.display(),
         nowhere = nowhere.display(),
@@ -85,7 +92,8 @@ fn the_report_renders_in_chromium_with_the_run_tree() -> Result<()> {
         let html = std::fs::read_to_string(&page)?;
         // The store writer is asynchronous: wait until it has the denial and
         // both runs' ends.
-        if html.contains("DENIED") && html.matches("(exited)").count() >= 2 {
+        if html.contains("would have been blocked (audit)") && html.matches("(exited)").count() >= 2
+        {
             break;
         }
         ensure!(
@@ -130,8 +138,10 @@ fn the_report_renders_in_chromium_with_the_run_tree() -> Result<()> {
         "sub-agent",
         "Sub-agent tree and processes",
         "Timeline",
-        "DENIED",
+        "NOT BLOCKED",
         "report-policy",
+        "Summary",
+        "Timeline picture",
     ] {
         ensure!(dom.contains(needle), "the rendered page lacks {needle:?}");
     }
@@ -159,8 +169,8 @@ fn the_report_renders_in_chromium_with_the_run_tree() -> Result<()> {
         "the denied exec of /usr/bin/env is in the denials box"
     );
     ensure!(
-        dom.contains("<tr class=\"deny\">"),
-        "the denied row is marked in the timeline"
+        dom.contains("class=\"deny audit\""),
+        "the denied row is marked in the timeline, as audit (not blocked)"
     );
     // Argv with markup is shown as text, never as markup.
     ensure!(
@@ -194,10 +204,395 @@ fn the_report_renders_in_chromium_with_the_run_tree() -> Result<()> {
         "the sub-run's card counts its escape attempts"
     );
     ensure!(
-        dom.contains("<tr class=\"escape deny\">"),
+        dom.contains("class=\"escape deny audit\""),
         "the escape attempts' rows are marked in the timeline"
     );
+    check_summary_and_folding(&dom, &sensor, &db, &outer, &inner, &m)?;
+    let png = screenshot(&page, "report-audit")?;
+    eprintln!("screenshot: {}", png.display());
     let _ = sleeper.kill();
     let _ = sleeper.wait();
+    Ok(())
+}
+
+/// `sensor` with `args`, its stdout (exit 0 required).
+fn sensor_out(sensor: &std::path::Path, args: &[&str], db: &std::path::Path) -> Result<String> {
+    let mut cmd = Command::new(sensor);
+    // Into a pipe without COLUMNS: whole rows.
+    cmd.args(args).arg("--db").arg(db).env_remove("COLUMNS");
+    let (_, out) = run_with_timeout(&mut cmd, Duration::from_secs(60))?;
+    ensure!(
+        out.status.success(),
+        "sensor {args:?}: {}",
+        text(&out.stderr)
+    );
+    Ok(text(&out.stdout))
+}
+
+/// The summary's counts equal the store's; the 13 identical commands are one
+/// folded row marked ×13; the denial and the nested run are in the picture;
+/// `sensor tree` folds the same way and `--no-fold` shows all 13.
+fn check_summary_and_folding(
+    dom: &str,
+    sensor: &std::path::Path,
+    db: &std::path::Path,
+    outer: &str,
+    inner: &str,
+    m: &str,
+) -> Result<()> {
+    let summary_at = dom.find("id=\"summary\"").context("the summary")?;
+    let picture_at = dom.find("id=\"picture\"").context("the picture")?;
+    ensure!(summary_at < picture_at, "the summary comes first");
+    let summary = &dom[summary_at..picture_at];
+    let execs = sensor_out(
+        sensor,
+        &[
+            "events",
+            "--run",
+            outer,
+            "--subtree",
+            "--kind",
+            "process.exec",
+            "--json",
+        ],
+        db,
+    )?
+    .lines()
+    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    .filter(|e| e["exec"]["result"] == "ok")
+    .map(|e| e["process"]["exe"].as_str().unwrap_or_default().to_owned())
+    .collect::<Vec<_>>();
+    let trues = execs.iter().filter(|e| *e == "/usr/bin/true").count();
+    let execs = execs.len();
+    let denials = sensor_out(sensor, &["events", "--run", outer, "--subtree"], db)?
+        .lines()
+        .filter(|l| l.contains("[deny]"))
+        .count();
+    let runs = sensor_out(sensor, &["tree", outer, "--json"], db)?;
+    let tree: serde_json::Value = serde_json::from_str(&runs)?;
+    fn count_procs(v: &serde_json::Value) -> usize {
+        v["processes"]
+            .as_array()
+            .map_or(0, |p| p.iter().map(count_nodes).sum::<usize>())
+            + v["runs"]
+                .as_array()
+                .map_or(0, |r| r.iter().map(count_procs).sum::<usize>())
+    }
+    fn count_nodes(v: &serde_json::Value) -> usize {
+        1 + v["children"]
+            .as_array()
+            .map_or(0, |c| c.iter().map(count_nodes).sum::<usize>())
+    }
+    let procs = count_procs(&tree);
+    for needle in [
+        "<span class=\"count\">2</span> runs (1 sub-run)".to_owned(),
+        format!("<span class=\"count\">{procs}</span> processes"),
+        format!("<span class=\"count\">{execs}</span> execs"),
+        format!(
+            "<span class=\"count\">{denials}</span> denials</a> (<span class=\"count\">0</span> blocked"
+        ),
+        format!("<span class=\"count\">{denials}</span> would have been blocked (audit)"),
+        format!("<code>/usr/bin/true</code></td><td class=\"n\">{trues}</td>"),
+    ] {
+        ensure!(
+            summary.contains(&needle),
+            "the summary lacks {needle:?}: {summary}"
+        );
+    }
+    ensure!(
+        denials >= 4,
+        "the exec, unix, raw and ptrace denials: {denials}"
+    );
+    // One folded row, ×13, whose full argv is behind <details>.
+    let tree_at = dom.find("id=\"processes\"").context("the trees")?;
+    let trees = &dom[tree_at..dom.find("id=\"timeline\"").context("the table")?];
+    let folds: Vec<&str> = trees.split("<details class=\"fold\">").skip(1).collect();
+    ensure!(folds.len() == 1, "one folded row: {trees}");
+    ensure!(
+        folds[0].contains("<span class=\"count\">×13</span>") && folds[0].contains("hook.x=false"),
+        "the folded row is marked ×13: {}",
+        folds[0]
+    );
+    ensure!(
+        trees.contains("<details class=\"argv\">"),
+        "long argv behind <details>"
+    );
+    ensure!(
+        trees.contains(&format!("exec /bin/true {m}-last =&gt; /bin/true {m}-last")),
+        "a process is labelled by its first and last exec: {trees}"
+    );
+    ensure!(dom.contains(inner), "the sub-run");
+    // The picture: a lane per run, the sub-run nested, the denial marked.
+    let svg = &dom[picture_at..];
+    let svg = &svg[..svg.find("</svg>").context("the picture's end")?];
+    ensure!(svg.contains("└ sub-agent"), "the nested run's lane: {svg}");
+    ensure!(
+        svg.contains("<polygon class=\"audit\"")
+            && svg.contains("DENIED, would have been blocked (audit)"),
+        "the denial in the picture, with its title"
+    );
+    // The text tree folds the same way (the outer shell's own line, which
+    // holds the loop, aside).
+    let folded = sensor_out(sensor, &["tree", outer], db)?;
+    let lines: Vec<&str> = folded
+        .lines()
+        .filter(|l| l.contains("true -c hook.x=false") && !l.contains("while"))
+        .collect();
+    ensure!(
+        lines.len() == 1 && lines[0].ends_with(" ×13"),
+        "sensor tree folds the 13 commands: {folded}"
+    );
+    let all = sensor_out(sensor, &["tree", outer, "--no-fold"], db)?;
+    ensure!(
+        all.lines()
+            .filter(|l| l.contains(&format!("{m}-git")) && !l.contains("while"))
+            .count()
+            == 13,
+        "--no-fold shows each, whole (a pipe is not cut): {all}"
+    );
+    // Filters compose, and a typo is refused.
+    let two_kinds = sensor_out(
+        sensor,
+        &[
+            "events",
+            "--run",
+            outer,
+            "--subtree",
+            "--kind",
+            "process.exec",
+            "--kind",
+            "network.connect",
+            "--json",
+        ],
+        db,
+    )?;
+    let kinds: Vec<serde_json::Value> = two_kinds
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    ensure!(
+        kinds
+            .iter()
+            .all(|e| e["kind"] == "process.exec" || e["kind"] == "network.connect")
+            && kinds.iter().any(|e| e["kind"] == "network.connect")
+            && kinds.len() > execs,
+        "--kind twice: {two_kinds}"
+    );
+    let pid = kinds[0]["process"]["pid"].as_u64().context("a pid")?;
+    let of_pid = sensor_out(
+        sensor,
+        &[
+            "events",
+            "--pid",
+            &pid.to_string(),
+            "--limit",
+            "2",
+            "--json",
+        ],
+        db,
+    )?;
+    ensure!(
+        of_pid.lines().count() == 2
+            && of_pid
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .all(|e| e["process"]["pid"].as_u64() == Some(pid)),
+        "--pid --limit: {of_pid}"
+    );
+    let mut typo = Command::new(sensor);
+    typo.args(["events", "--kind", "proces.exec", "--db"])
+        .arg(db);
+    let (_, out) = run_with_timeout(&mut typo, Duration::from_secs(30))?;
+    ensure!(
+        !out.status.success() && text(&out.stderr).contains("unknown kind"),
+        "--kind typo refused: {}",
+        text(&out.stderr)
+    );
+    let replay = sensor_out(sensor, &["replay", outer], db)?;
+    ensure!(
+        replay
+            .lines()
+            .filter(|l| l.contains("process.exec")
+                && l.contains("hook.x=false")
+                && !l.contains("while"))
+            .count()
+            == 1
+            && replay.contains(" ×13"),
+        "sensor replay folds: {replay}"
+    );
+    Ok(())
+}
+
+/// Renders `page` in headless Chromium.
+fn render(page: &std::path::Path, extra: &[String]) -> Result<std::process::Output> {
+    let profile = page.with_extension("profile");
+    let mut chromium = Command::new(CHROMIUM);
+    chromium
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
+        .arg(format!("file://{}", page.display()));
+    let (_, out) = run_with_timeout(&mut chromium, Duration::from_secs(90))?;
+    Ok(out)
+}
+
+/// A PNG of the page under target/report-screenshots/, for a person to look at.
+fn screenshot(page: &std::path::Path, name: &str) -> Result<std::path::PathBuf> {
+    let dir = sensor_bin()?
+        .parent()
+        .and_then(std::path::Path::parent)
+        .context("target dir")?
+        .join("report-screenshots");
+    std::fs::create_dir_all(&dir)?;
+    let png = dir.join(format!("{name}.png"));
+    let out = render(
+        page,
+        &[
+            format!("--screenshot={}", png.display()),
+            "--window-size=1280,2400".to_owned(),
+            "--hide-scrollbars".to_owned(),
+        ],
+    )?;
+    ensure!(
+        out.status.success() && png.exists(),
+        "chromium made no screenshot: {}",
+        text(&out.stderr)
+    );
+    Ok(png)
+}
+
+/// Under an enforce policy two denied execs are counted as two, both
+/// blocked, in the report, the text views and the picture.
+#[test]
+fn two_blocked_denials_are_counted_as_two() -> Result<()> {
+    ensure!(
+        std::path::Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing"
+    );
+    let dir = TempDir::new("report-enforce")?;
+    let db = dir.path().join("sensor.db");
+    let db_arg = db.display().to_string();
+    let sensor = sensor_bin()?;
+    let sensor_dir = sensor
+        .parent()
+        .context("sensor binary has a directory")?
+        .display()
+        .to_string();
+    let config = format!(
+        "[policy.closed]\nmode = \"enforce\"\nexec.allow = [\"/usr/bin/dash\", \"{sensor_dir}/\"]\n"
+    );
+    let d = Daemon::start_with(Some(&config), &["--db", &db_arg])?;
+    let run = format!("report-enforce-{}", std::process::id());
+    let m = marker();
+    let mut launch = Command::new(&sensor);
+    launch
+        .args([
+            "launch",
+            "--agent",
+            "closed-agent",
+            "--run-id",
+            &run,
+            "--policy",
+            "closed",
+            "--socket",
+        ])
+        .arg(d.socket())
+        .args([
+            "--",
+            "/bin/sh",
+            "-c",
+            &format!("/usr/bin/env true {m}-1; /usr/bin/env true {m}-2; exit 0"),
+        ]);
+    let (_, out) = run_with_timeout(&mut launch, Duration::from_secs(60))?;
+    ensure!(out.status.success(), "launch: {}", text(&out.stderr));
+    d.wait_for(EVENT_TIMEOUT, |e| {
+        e["kind"] == "run.end" && e["run"]["id"] == run.as_str()
+    })?;
+    let page = dir.path().join("report.html");
+    let deadline = std::time::Instant::now() + EVENT_TIMEOUT;
+    let html = loop {
+        sensor_out(
+            &sensor,
+            &["report", &run, "-o", &page.display().to_string()],
+            &db,
+        )?;
+        let html = std::fs::read_to_string(&page)?;
+        if html.contains("(exited)") && html.matches("<b>BLOCKED</b>").count() >= 2 {
+            break html;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the report never showed both denials: {html}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let out = render(&page, &["--dump-dom".to_owned()])?;
+    let dom = text(&out.stdout);
+    ensure!(
+        out.status.success() && dom.contains("</html>"),
+        "chromium: {}",
+        text(&out.stderr)
+    );
+    ensure!(
+        dom.contains(
+            "<span class=\"count\">2</span> denials</a> (<span class=\"count\">2</span> blocked"
+        ),
+        "two denials, both blocked: {}",
+        &dom[dom.find("id=\"summary\"").unwrap_or(0)..]
+    );
+    ensure!(
+        html.matches("<b>BLOCKED</b>").count() == 2,
+        "each listed once"
+    );
+    ensure!(!dom.contains("NOT BLOCKED"), "none only reported");
+    ensure!(dom.contains("2 blocked"), "the run's badge");
+    ensure!(
+        dom.matches("<polygon class=\"blocked\"").count() == 2 + 1,
+        "two marks and the legend's"
+    );
+    let events = sensor_out(&sensor, &["events", "--run", &run], &db)?;
+    ensure!(
+        events
+            .lines()
+            .filter(|l| l.contains("[deny] blocked"))
+            .count()
+            == 2
+            && events.lines().filter(|l| l.contains("[deny]")).count() == 2,
+        "text: each denial once, blocked: {events}"
+    );
+    ensure!(
+        events
+            .lines()
+            .filter(|l| l.contains("policy.violation")
+                && l.contains("/usr/bin/env")
+                && l.contains("[violation] rule exec.allow"))
+            .count()
+            == 2,
+        "a violation line names the binary and the rule: {events}"
+    );
+    // The daemon counts them once too, as blocked.
+    let status = d.status_json()?;
+    ensure!(
+        status["denials_blocked"] == 2 && status["denials_audit"] == 0,
+        "status counts each denial once: blocked {} audit {}",
+        status["denials_blocked"],
+        status["denials_audit"]
+    );
+    let (_, text_status) = d.status_text()?;
+    ensure!(
+        text_status.contains("denials: 2 blocked, 0 would have been blocked (audit)"),
+        "{text_status}"
+    );
+    let png = screenshot(&page, "report-enforce")?;
+    eprintln!("screenshot: {}", png.display());
     Ok(())
 }

@@ -327,6 +327,11 @@ pub struct RunsArgs {
 pub struct TreeArgs {
     /// Run id or unique prefix
     pub run: String,
+    /// Show every process: identical sibling commands (same exe, argv equal
+    /// apart from ids, numbers and temporary names) are not folded into one
+    /// row with a count (`git … ×13`)
+    #[arg(long)]
+    pub no_fold: bool,
     #[command(flatten)]
     pub db: DbArgs,
 }
@@ -339,9 +344,16 @@ pub struct EventsArgs {
     /// With --run: also the events of all its sub-runs
     #[arg(long, requires = "run")]
     pub subtree: bool,
-    /// Only this kind (process.exec, network.connect, run.start, ...)
-    #[arg(long, value_name = "KIND")]
-    pub kind: Option<String>,
+    /// Only this kind (process.exec, network.connect, run.start, ...);
+    /// repeat for several. An unknown kind is refused
+    #[arg(long, value_name = "KIND", value_parser = parse_kind)]
+    pub kind: Vec<String>,
+    /// Only events of this process id
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+    /// Only events of runs of this agent
+    #[arg(long, value_name = "NAME")]
+    pub agent: Option<String>,
     /// Only escape attempts: process.tamper, sensor.tamper, network.socket
     /// (raw, ICMP, packet sockets) and Unix connects a policy denies
     #[arg(long)]
@@ -349,6 +361,13 @@ pub struct EventsArgs {
     /// Only events since this time: RFC 3339 or a duration ago (10m, 2h)
     #[arg(long, value_name = "T", value_parser = parse_since)]
     pub since: Option<std::time::SystemTime>,
+    /// Only events before this time: RFC 3339 (a date alone is its
+    /// midnight UTC) or a duration ago (10m, 2h)
+    #[arg(long, value_name = "T", value_parser = parse_since)]
+    pub until: Option<std::time::SystemTime>,
+    /// At most this many events (the first ones)
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
     /// Keep printing new events as they are stored
     #[arg(long)]
     pub follow: bool,
@@ -377,6 +396,11 @@ pub struct WhoArgs {
 pub struct ReplayArgs {
     /// Run id or unique prefix
     pub run: String,
+    /// Show every process: identical sibling commands (same exe, argv equal
+    /// apart from ids, numbers and temporary names) are not folded into one
+    /// row with a count (`git … ×13`)
+    #[arg(long)]
+    pub no_fold: bool,
     #[command(flatten)]
     pub db: DbArgs,
 }
@@ -430,14 +454,34 @@ pub struct ReportArgs {
     /// The HTML file to write
     #[arg(short = 'o', long = "output", value_name = "FILE.html")]
     pub output: PathBuf,
+    /// Show every process in the trees: identical sibling commands are not
+    /// folded into one expandable row with a count
+    #[arg(long)]
+    pub no_fold: bool,
     /// Local store of the daemon
     #[arg(long, value_name = "PATH", env = "SENSOR_DB", default_value = paths::DB)]
     pub db: PathBuf,
 }
 
-/// RFC 3339 time, or a duration before now.
+/// An event kind the sensor reports (`process.exec`, ...).
+fn parse_kind(s: &str) -> Result<String, String> {
+    if crate::event::Kind::parse(s).is_some() {
+        return Ok(s.to_owned());
+    }
+    let known: Vec<&str> = crate::event::Kind::all()
+        .map(crate::event::Kind::as_str)
+        .collect();
+    Err(format!("unknown kind {s:?} (kinds: {})", known.join(", ")))
+}
+
+/// RFC 3339 time (a date alone: its midnight UTC), or a duration before now.
 fn parse_since(s: &str) -> Result<std::time::SystemTime, String> {
     if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Ok(t);
+    }
+    if s.len() == 10
+        && let Ok(t) = humantime::parse_rfc3339_weak(&format!("{s}T00:00:00Z"))
+    {
         return Ok(t);
     }
     match humantime::parse_duration(s) {
@@ -553,6 +597,34 @@ mod tests {
         );
         assert!(Cli::try_parse_from(["sensor", "events", "--since", "10m"]).is_ok());
         assert!(Cli::try_parse_from(["sensor", "events", "--since", "yesterday-ish"]).is_err());
+        assert!(Cli::try_parse_from(["sensor", "events", "--since", "2026-12-01"]).is_ok());
+        let err = Cli::try_parse_from(["sensor", "events", "--kind", "proces.exec"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown kind") && err.contains("process.exec"),
+            "{err}"
+        );
+        let cli = Cli::try_parse_from([
+            "sensor",
+            "events",
+            "--kind",
+            "process.exec",
+            "--kind",
+            "network.connect",
+            "--pid",
+            "7",
+            "--until",
+            "10m",
+            "--limit",
+            "3",
+        ])
+        .unwrap();
+        let Command::Events(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(args.kind, ["process.exec", "network.connect"]);
+        assert_eq!((args.pid, args.limit), (Some(7), Some(3)));
     }
 
     #[test]

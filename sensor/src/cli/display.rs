@@ -206,6 +206,12 @@ pub fn argv_shown(process: &Value) -> Option<Vec<String>> {
     )
 }
 
+/// `n` and its noun, singular or plural: `1 policy`, `2 policies`.
+#[must_use]
+pub fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// A column of a [`text_table`].
 #[derive(Debug, Clone, Copy)]
 pub struct Column {

@@ -170,7 +170,11 @@ pub fn execute(args: &DoctorArgs) -> anyhow::Result<ExitCode> {
         Ok((_, loaded)) => {
             checks.push(check(
                 "config",
-                Ok(format!("{} policies", loaded.names().count())),
+                Ok(super::display::count(
+                    loaded.names().count(),
+                    "policy",
+                    "policies",
+                )),
             ));
             for p in loaded.iter() {
                 let rules = p.rule_count();

@@ -4,6 +4,7 @@ mod args;
 mod daemon;
 pub mod display;
 mod doctor;
+mod fold;
 mod launch;
 mod query;
 mod report;
@@ -54,11 +55,11 @@ fn policy(cmd: &args::PolicyCommand) -> anyhow::Result<ExitCode> {
                 .map(|n| display::escape_terminal(n).into_owned())
                 .collect();
             println!(
-                "{}: ok ({} policies: {}; {} agent matchers)",
+                "{}: ok ({}: {}; {})",
                 display::escape_terminal(&file.to_string_lossy()),
-                names.len(),
+                display::count(names.len(), "policy", "policies"),
                 names.join(", "),
-                config.agents.len()
+                display::count(config.agents.len(), "agent matcher", "agent matchers")
             );
             Ok(ExitCode::SUCCESS)
         }

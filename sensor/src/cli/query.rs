@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use super::{
     args::{EventsArgs, ReplayArgs, RunsArgs, TreeArgs, WhoArgs},
     display::{Column, argv_shown, escape_terminal, exe_shown, shown_str, shown_value, text_table},
+    fold,
 };
 use crate::store::{
     open_for_reading,
@@ -49,13 +50,60 @@ fn run_json(r: &RunRow) -> Value {
     })
 }
 
-/// Terminal width (COLUMNS, else 120).
+/// The width text lines are cut to: `COLUMNS` when set; else, on a
+/// terminal, 120; into a pipe or a file, none (`sensor events | grep` sees
+/// whole rows).
 fn width() -> usize {
     std::env::var("COLUMNS")
         .ok()
         .and_then(|c| c.parse().ok())
         .filter(|w| *w >= 40)
-        .unwrap_or(120)
+        .unwrap_or_else(|| {
+            if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                120
+            } else {
+                usize::MAX
+            }
+        })
+}
+
+/// Colours for verdicts on a terminal: `[deny] blocked` red, `[deny] would
+/// have been blocked (audit)` yellow, `[allow]` green; none into a pipe or
+/// a file, or when `NO_COLOR` is set (<https://no-color.org>). The text it
+/// colours was escaped first ([`escape_terminal`]), so the only escape
+/// sequences on the line are these.
+struct Paint {
+    on: bool,
+}
+
+impl Paint {
+    fn stdout() -> Self {
+        Self {
+            on: std::io::IsTerminal::is_terminal(&std::io::stdout())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        }
+    }
+
+    fn verdicts(&self, line: &str) -> String {
+        if !self.on {
+            return line.to_owned();
+        }
+        let mut out = line.to_owned();
+        for (text, colour) in [
+            (" [deny] blocked", "31;1"),
+            (" [deny] would have been blocked (audit)", "33;1"),
+            (" [allow]", "32"),
+        ] {
+            if let Some(at) = out.rfind(text) {
+                out.replace_range(
+                    at + 1..at + text.len(),
+                    &format!("\x1b[{colour}m{}\x1b[0m", &text[1..]),
+                );
+                break;
+            }
+        }
+        out
+    }
 }
 
 /// `s` cut to `max` characters with a final '…'. `s` is text as shown
@@ -141,6 +189,11 @@ pub(super) struct ProcNode {
     /// when they are not UTF-8).
     pub exe_shown: String,
     pub argv_shown: Vec<String>,
+    /// The argv of its first successful exec, as shown (empty when it is
+    /// the last one too, or none was seen).
+    pub first_argv_shown: Vec<String>,
+    /// Successful execs seen.
+    pub execs: u32,
     pub exit: Option<String>,
     pub first_id: i64,
 }
@@ -181,7 +234,12 @@ pub(super) fn processes(events: &[&StoredEvent]) -> Vec<ProcNode> {
                 .iter()
                 .filter_map(|a| a.as_str().map(str::to_owned))
                 .collect();
-            node.argv_shown = argv_shown(p).unwrap_or_default();
+            let shown = argv_shown(p).unwrap_or_default();
+            if node.execs == 1 {
+                node.first_argv_shown = std::mem::take(&mut node.argv_shown);
+            }
+            node.argv_shown = shown;
+            node.execs += 1;
         }
         if e["kind"] == "process.exit" {
             node.exit = Some(match (p["exit_code"].as_i64(), p["exit_signal"].as_i64()) {
@@ -215,6 +273,77 @@ impl ProcNode {
             self.argv_shown.join(" ")
         }
     }
+
+    /// Its label: the first and the last exec when it exec'd more than
+    /// once (`bash -c '…' => sensor launch …`), else [`Self::command`].
+    pub(super) fn label(&self) -> String {
+        if self.execs > 1 && !self.first_argv_shown.is_empty() {
+            format!("{} => {}", self.first_argv_shown.join(" "), self.command())
+        } else {
+            self.command()
+        }
+    }
+}
+
+/// How a denial ended: the kernel (or the daemon) stopped it, or the policy
+/// only reported it (audit, or the one exec the kernel could not decide on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Denial {
+    Blocked,
+    Audit,
+}
+
+impl Denial {
+    /// What text views and the report say.
+    pub(super) const fn text(self) -> &'static str {
+        match self {
+            Self::Blocked => "blocked",
+            Self::Audit => "would have been blocked (audit)",
+        }
+    }
+}
+
+/// The denial an event stands for, counted once: the event that carries the
+/// verdict (an exec, connect, spawn, tamper…), never its `policy.violation`
+/// twin that follows it (seq + 1). A `policy.violation` with no twin (a
+/// `max_depth` refusal) is its own denial: `twins` holds the seqs of the
+/// denials seen (see [`Denials`]).
+pub(super) fn denial_of(e: &Value) -> Option<Denial> {
+    if e.pointer("/policy/verdict").and_then(Value::as_str) != Some("deny") {
+        return None;
+    }
+    Some(
+        if e.pointer("/policy/enforced") == Some(&Value::Bool(true)) {
+            Denial::Blocked
+        } else {
+            Denial::Audit
+        },
+    )
+}
+
+/// Finds each denial once in a stream of events (in seq order).
+#[derive(Debug, Default)]
+pub(super) struct Denials {
+    /// The seqs of the deny verdicts seen, whose violation twin (seq + 1)
+    /// is not another denial.
+    seen: std::collections::HashSet<u64>,
+}
+
+impl Denials {
+    /// The denial `e` stands for, if it is one not counted yet.
+    pub(super) fn check(&mut self, e: &Value) -> Option<Denial> {
+        let denial = denial_of(e)?;
+        let seq = e["seq"].as_u64();
+        if e["kind"] == "policy.violation" {
+            let twin = seq.and_then(|s| s.checked_sub(1));
+            if twin.is_some_and(|t| self.seen.contains(&t)) {
+                return None;
+            }
+        } else if let Some(seq) = seq {
+            self.seen.insert(seq);
+        }
+        Some(denial)
+    }
 }
 
 /// Processes whose parent is not in the run: the roots of its process tree.
@@ -223,18 +352,22 @@ pub(super) fn proc_roots(all: &[ProcNode]) -> impl Iterator<Item = &ProcNode> {
         .filter(|n| !all.iter().any(|p| p.key == n.parent_key))
 }
 
-fn print_procs(node: &ProcNode, all: &[ProcNode], indent: &str, max: usize) {
-    let cmd = node.command();
-    let exit = node
-        .exit
-        .as_deref()
-        .map(|e| format!("  [{e}]"))
-        .unwrap_or_default();
-    let line = format!("{indent}└─ {} {}{exit}", node.pid, cmd);
+/// One row of `sensor tree`: a process, or identical siblings folded
+/// (`└─ 4242+ git -c … ×13`), then the rows of their children.
+fn print_procs(group: &[&ProcNode], kids: &fold::Kids<'_>, indent: &str, max: usize, fold: bool) {
+    let Some(lead) = group.first() else { return };
+    let exit = match (group.len(), lead.exit.as_deref()) {
+        (1, Some(e)) => format!("  [{e}]"),
+        _ => String::new(),
+    };
+    let more = if group.len() > 1 { "+" } else { "" };
+    let prefix = format!("{indent}└─ {}{more} ", lead.pid);
+    let room = max.saturating_sub(prefix.chars().count() + exit.chars().count());
+    let line = format!("{prefix}{}{exit}", fold::group_label(group, room));
     println!("{}", fit(&line, max));
     let deeper = format!("{indent}   ");
-    for child in all.iter().filter(|c| c.parent_key == node.key) {
-        print_procs(child, all, &deeper, max);
+    for g in fold::group(&fold::group_children(group, kids), fold) {
+        print_procs(&g, kids, &deeper, max, fold);
     }
 }
 
@@ -290,6 +423,7 @@ pub fn tree(args: &TreeArgs) -> anyhow::Result<ExitCode> {
         procs: &HashMap<&str, Vec<ProcNode>>,
         indent: &str,
         max: usize,
+        fold: bool,
     ) {
         let state = match &run.end_reason {
             Some(reason) => format!("ended: {}", escape_terminal(reason)),
@@ -307,17 +441,18 @@ pub fn tree(args: &TreeArgs) -> anyhow::Result<ExitCode> {
             .map(Vec::as_slice)
             .unwrap_or_default();
         let inner = format!("{indent}  ");
-        for p in proc_roots(all) {
-            print_procs(p, all, &inner, max);
+        let kids = fold::Kids::new(all);
+        for g in fold::group(&kids.roots, fold) {
+            print_procs(&g, &kids, &inner, max, fold);
         }
         for child in runs
             .iter()
             .filter(|r| r.parent_id.as_deref() == Some(run.id.as_str()))
         {
-            print_run(child, runs, procs, &format!("{indent}    "), max);
+            print_run(child, runs, procs, &format!("{indent}    "), max, fold);
         }
     }
-    print_run(&root, &runs, &procs, "", width());
+    print_run(&root, &runs, &procs, "", width(), !args.no_fold);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -364,6 +499,15 @@ pub(super) fn describe(e: &Value) -> String {
         ),
         "policy.violation" if e["network"].is_object() => describe_network(e, "network.connect"),
         "policy.violation" if e["tamper"].is_object() => describe_tamper(e),
+        "policy.violation" if e["exec"].is_object() => {
+            let filename = shown_str(e, "/exec/filename");
+            if filename.is_empty() {
+                exe_shown(p).unwrap_or_else(|| "?".to_owned())
+            } else {
+                filename.into_owned()
+            }
+        }
+        "policy.violation" => exe_shown(p).unwrap_or_default(),
         "run.degraded" => format!(
             "{} {}: {} events lost, {} denial records held back",
             shown_str(e, "/run/agent"),
@@ -396,12 +540,24 @@ pub(super) fn describe(e: &Value) -> String {
         }
         _ => String::new(),
     };
-    let verdict = e
-        .pointer("/policy/verdict")
-        .and_then(Value::as_str)
-        .map(|v| format!(" [{}]", escape_terminal(v)))
-        .unwrap_or_default();
-    format!("{kind:<15} {pid:>7} {detail}{verdict}")
+    format!("{kind:<15} {pid:>7} {detail}{}", verdict_shown(e))
+}
+
+/// The verdict's part of an event's line: ` [deny] blocked`, ` [deny] would
+/// have been blocked (audit)`, ` [allow]`; a `policy.violation` (which
+/// repeats the denial before it) ` [violation] rule …`, so that counting
+/// `[deny]` counts each denial once.
+fn verdict_shown(e: &Value) -> String {
+    let Some(verdict) = e.pointer("/policy/verdict").and_then(Value::as_str) else {
+        return String::new();
+    };
+    if e["kind"] == "policy.violation" {
+        return format!(" [violation] rule {}", shown_str(e, "/policy/rule"));
+    }
+    match denial_of(e) {
+        Some(d) => format!(" [deny] {}", d.text()),
+        None => format!(" [{}]", escape_terminal(verdict)),
+    }
 }
 
 /// The network part of an event's line: `tcp 203.0.113.7:443 ok`,
@@ -507,17 +663,48 @@ pub fn events(args: &EventsArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let since_ns = args.since.map(crate::store::unix_ns);
+    let until_ns = args.until.map(crate::store::unix_ns);
     let mut filter = EventFilter {
         runs,
-        kind: args.kind.clone(),
+        // One kind: the store selects it; several: selected here.
+        kind: match args.kind.as_slice() {
+            [one] => Some(one.clone()),
+            _ => None,
+        },
         escapes: args.escapes,
         since_ns,
         ..EventFilter::default()
     };
+    let wanted = |e: &Value| {
+        (args.kind.len() < 2 || args.kind.iter().any(|k| e["kind"] == k.as_str()))
+            && args
+                .pid
+                .is_none_or(|pid| e["process"]["pid"].as_u64() == Some(u64::from(pid)))
+            && args
+                .agent
+                .as_deref()
+                .is_none_or(|a| e.pointer("/run/agent").and_then(Value::as_str) == Some(a))
+            && until_ns.is_none_or(|until| {
+                e["time"]
+                    .as_str()
+                    .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+                    .is_some_and(|t| crate::store::unix_ns(t) < until)
+            })
+    };
+    let mut printed = 0_u64;
     let max = width();
-    loop {
+    let paint = Paint::stdout();
+    'follow: loop {
         let batch = query::events(&conn, &filter)?;
         for se in &batch {
+            filter.after_id = se.id;
+            if !wanted(&se.event) {
+                continue;
+            }
+            if args.limit.is_some_and(|limit| printed >= limit) {
+                break 'follow;
+            }
+            printed += 1;
             if args.db.json {
                 println!("{}", se.event);
             } else {
@@ -529,12 +716,14 @@ pub fn events(args: &EventsArgs) -> anyhow::Result<ExitCode> {
                     .map_or_else(|| "-".to_owned(), short_shown);
                 println!(
                     "{}",
-                    fit(&format!("{time}  {run:<13}  {}", describe(&se.event)), max)
+                    paint.verdicts(&fit(
+                        &format!("{time}  {run:<13}  {}", describe(&se.event)),
+                        max
+                    ))
                 );
             }
-            filter.after_id = se.id;
         }
-        if !args.follow {
+        if !args.follow || args.limit.is_some_and(|limit| printed >= limit) {
             break;
         }
         std::thread::sleep(Duration::from_millis(300));
@@ -622,31 +811,63 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
         },
     )
     .context("reading the run's events")?;
+    if args.db.json {
+        for se in &events {
+            println!("{}", se.event);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Identical sibling commands: the first one's lines stand for all (its
+    // exec line says ×N); a denial or an escape attempt is always shown.
+    let mut by_run: HashMap<&str, Vec<&StoredEvent>> = HashMap::new();
+    for se in &events {
+        if let Some(id) = se.event.pointer("/run/id").and_then(Value::as_str) {
+            by_run.entry(id).or_default().push(se);
+        }
+    }
+    let mut folded = fold::Folded::default();
+    for run_events in by_run.values() {
+        let f = fold::folded(&processes(run_events), !args.no_fold);
+        folded.hidden.extend(f.hidden);
+        folded.counts.extend(f.counts);
+    }
+    let mut left_out = 0_usize;
+    let paint = Paint::stdout();
     // Process depth within its run, from parent keys seen so far.
     let mut proc_depth: HashMap<String, usize> = HashMap::new();
     let max = width();
     for se in &events {
         let e = &se.event;
-        if args.db.json {
-            println!("{e}");
-            continue;
-        }
-        let run_id = str_of(e, "/run/id");
-        let run_depth = depth_of.get(&run_id).copied().unwrap_or(0) as usize;
         let key = str_of(e, "/process/key");
         let parent = str_of(e, "/process/parent_key");
         let depth = if key.is_empty() {
             0
         } else {
             let d = proc_depth.get(&parent).map_or(0, |d| d + 1);
-            *proc_depth.entry(key).or_insert(d)
+            *proc_depth.entry(key.clone()).or_insert(d)
         };
+        if folded.hidden.contains(&key) && !se.escape && denial_of(e).is_none() {
+            left_out += 1;
+            continue;
+        }
+        let run_id = str_of(e, "/run/id");
+        let run_depth = depth_of.get(&run_id).copied().unwrap_or(0) as usize;
         let indent = "    ".repeat(run_depth) + &"  ".repeat(depth);
         let time = shown_str(e, "/time");
         let agent = shown_str(e, "/run/agent");
+        let line = format!("{time}  {indent}[{agent}] {}", describe(e));
+        match folded.counts.get(&key) {
+            Some(n) if e["kind"] == "process.exec" => {
+                let count = format!(" ×{n}");
+                let room = max.saturating_sub(count.chars().count()).max(8);
+                println!("{}{count}", paint.verdicts(&fit(&line, room)));
+            }
+            _ => println!("{}", paint.verdicts(&fit(&line, max))),
+        }
+    }
+    if left_out > 0 {
         println!(
-            "{}",
-            fit(&format!("{time}  {indent}[{agent}] {}", describe(e)), max)
+            "({left_out} lines of identical sibling commands folded into their first one's (×N); --no-fold shows them)"
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -752,5 +973,52 @@ pub fn rules(cmd: &super::args::RulesCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_are_shown_once_per_denial_and_coloured_only_when_asked() {
+        let deny = |kind: &str, enforced: bool| {
+            json!({"kind": kind, "process": {"pid": 7, "exe": "/usr/bin/env", "argv": ["env"]},
+                   "exec": {"result": "ok", "filename": "/usr/bin/env"},
+                   "policy": {"verdict": "deny", "rule": "exec.allow (no rule matches)", "enforced": enforced}})
+        };
+        let blocked = describe(&deny("process.exec", true));
+        let audit = describe(&deny("process.exec", false));
+        let twin = describe(&deny("policy.violation", true));
+        assert!(blocked.ends_with(" [deny] blocked"), "{blocked}");
+        assert!(
+            audit.ends_with(" [deny] would have been blocked (audit)"),
+            "{audit}"
+        );
+        assert!(
+            twin.contains("/usr/bin/env [violation] rule exec.allow (no rule matches)")
+                && !twin.contains("[deny]"),
+            "{twin}"
+        );
+        let mut once = Denials::default();
+        let mut seq = 0;
+        let counted = [deny("process.exec", true), deny("policy.violation", true)]
+            .into_iter()
+            .filter_map(|mut e| {
+                seq += 1;
+                e["seq"] = seq.into();
+                once.check(&e)
+            })
+            .count();
+        assert_eq!(counted, 1, "the violation twin is not a second denial");
+        let on = Paint { on: true };
+        assert_eq!(
+            on.verdicts(&blocked)
+                .matches("\x1b[31;1m[deny] blocked\x1b[0m")
+                .count(),
+            1
+        );
+        assert!(on.verdicts(&audit).contains("\x1b[33;1m[deny] would"));
+        assert_eq!(Paint { on: false }.verdicts(&blocked), blocked);
     }
 }

@@ -124,6 +124,10 @@ pub fn execute(args: &StatusArgs) -> anyhow::Result<ExitCode> {
             lines.push(format!("undecodable records: {}", report.decode_errors));
         }
         lines.push(format!(
+            "denials: {} blocked, {} would have been blocked (audit)",
+            report.denials_blocked, report.denials_audit
+        ));
+        lines.push(format!(
             "refused: {} launches, {} connections; held back: {} denial records; degraded runs: {}",
             report.launches_refused,
             report.connections_refused,

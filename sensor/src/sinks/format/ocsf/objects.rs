@@ -12,7 +12,8 @@ use std::{borrow::Cow, net::IpAddr};
 use serde::{Serialize, Serializer, ser::Error as _};
 
 use crate::event::{
-    Blind, Decision, Degraded, Detection, Exec, Gap, Kind, Lost, Network, RunRef, Tamper, TokenIssued, Verdict,
+    Blind, Decision, Degraded, Detection, Exec, Gap, Kind, Lost, Network, RunRef, Tamper,
+    TokenIssued, Verdict,
 };
 
 /// One OCSF event (any class; the attributes a class does not use stay

@@ -111,6 +111,7 @@ fn bare(kind: Kind, seq: u64, time: Timestamp, host: Arc<Host>) -> Event {
         delivery: None,
         blind: None,
         token: None,
+        detection: None,
     }
 }
 
@@ -1227,5 +1228,48 @@ fn a_run_token_authorizes_the_run_with_its_scopes() {
     // Without its token object it is a base event, as any kind without
     // the object its class needs.
     e.token = None;
+    assert_class(&ocsf(&e), 0, 0, 99);
+}
+
+#[test]
+fn a_detection_is_a_finding_with_the_rules_level_and_the_run() {
+    use crate::event::Detection;
+    let mut e = event(Kind::Detection);
+    e.detection = Some(Detection {
+        rule_id: "ssh-keys".into(),
+        title: "Agent run reads SSH keys".into(),
+        level: "critical",
+        tags: vec!["attack.t1552.004".into()],
+        rule_file: "/etc/sensor/rules/ssh.yml".into(),
+        event_seq: 40,
+        event_kind: Kind::ProcessExec,
+        process_key: Some("4242-1".into()),
+    });
+    let o = ocsf(&e);
+    assert_class(&o, 2004, 2, 1);
+    assert_eq!(o["severity_id"], 5);
+    assert_eq!(o["severity"], "Critical");
+    assert_eq!(o["is_alert"], true);
+    assert_eq!(o["finding_info"]["uid"], format!("{BOOT}:42"));
+    assert_eq!(o["finding_info"]["title"], "Agent run reads SSH keys");
+    assert_eq!(o["finding_info"]["desc"], "/etc/sensor/rules/ssh.yml");
+    assert_eq!(
+        o["message"],
+        "Agent run reads SSH keys (rule ssh-keys, process.exec 40)"
+    );
+    assert_eq!(o["unmapped"]["detection"]["event_seq"], 40);
+    assert_eq!(
+        o["unmapped"]["detection"]["tags"],
+        json!(["attack.t1552.004"])
+    );
+    assert_run_attached(&o);
+    assert_no_null(&o, "");
+    // An informational rule is a finding, not an alert.
+    e.detection.as_mut().unwrap().level = "informational";
+    let o = ocsf(&e);
+    assert_eq!(o["severity_id"], 1);
+    assert_ne!(o["is_alert"], true, "{o}");
+    // Without its detection object it is a base event.
+    e.detection = None;
     assert_class(&ocsf(&e), 0, 0, 99);
 }

@@ -21,9 +21,7 @@ use std::borrow::Cow;
 use self::{
     network::{network_activity, network_objects},
     process::{process_activity, process_tamper},
-    sensor::{
-        base, blind, degraded, detection, gap, run_lifecycle, sensor_tamper, token_issued,
-    },
+    sensor::{base, blind, degraded, detection, gap, run_lifecycle, sensor_tamper, token_issued},
     unmapped::unmapped,
 };
 use super::{

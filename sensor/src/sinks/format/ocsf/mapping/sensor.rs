@@ -206,7 +206,10 @@ pub(super) fn detection<'a>(event: &'a Event, d: &'a Detection) -> Draft<'a> {
     let uid = format!("{boot}:{}", event.seq);
     m.message = Some(format!(
         "{} (rule {}, {} {})",
-        d.title, d.rule_id, d.event_kind, d.event_seq
+        d.title,
+        d.rule_id,
+        d.event_kind.as_str(),
+        d.event_seq
     ));
     m.finding = Some((uid, d.title.clone(), text(&d.rule_file)));
     m.severity = match d.level {
