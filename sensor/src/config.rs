@@ -33,6 +33,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[tokens]`: run tokens (JWTs naming the caller's run).
     pub tokens: crate::tokens::TokensConfig,
+    /// `[provenance]`: hash-chained run records, signed checkpoints.
+    pub provenance: crate::provenance::ProvenanceConfig,
 }
 
 /// `[limits]`: what one client, and one user, may hold of the daemon. The

@@ -122,6 +122,10 @@ pub struct Pipeline {
     /// File changes by a process the daemon knew nothing of yet (its records
     /// still on their way through the ring), reported at the next tick.
     deferred_files: Vec<FileChange>,
+    /// Chained run records and their checkpoints (`[provenance]`).
+    provenance: Option<crate::provenance::Planner>,
+    /// The batch handed on last (the next one's lines are made after its).
+    last_batch: Option<crate::sinks::EventBatch>,
 }
 
 /// A file change by a process within this long of the kernel's report of
@@ -167,6 +171,27 @@ impl Pipeline {
             file_watch_seen: (0, 0),
             kernel_file_writes: std::collections::VecDeque::new(),
             deferred_files: Vec::new(),
+            provenance: None,
+            last_batch: None,
+        }
+    }
+
+    /// Chains run events and emits their checkpoints (`[provenance]`).
+    #[must_use]
+    pub fn with_provenance(mut self, planner: crate::provenance::Planner) -> Self {
+        self.provenance = Some(planner);
+        self
+    }
+
+    /// Emits the checkpoints due by time (the tick).
+    pub fn checkpoints_due(&mut self) {
+        let due = match &mut self.provenance {
+            Some(p) => p.due(std::time::Instant::now()),
+            None => return,
+        };
+        for (run, reason, recovered) in due {
+            let event = self.builder.checkpoint(run, reason, recovered);
+            self.push(event);
         }
     }
 
@@ -571,7 +596,16 @@ impl Pipeline {
             self.note_kernel_write(&event);
         }
         self.state.count_event(event.kind);
+        let due = match &mut self.provenance {
+            Some(p) => p.after(&event, self.recovering),
+            None => None,
+        };
         self.batch.push(event);
+        if let Some((run, reason, recovered)) = due {
+            let checkpoint = self.builder.checkpoint(run, reason, recovered);
+            self.state.count_event(checkpoint.kind);
+            self.batch.push(checkpoint);
+        }
         if self.batch.len() >= BATCH_EVENTS {
             self.flush();
         }
@@ -588,10 +622,16 @@ impl Pipeline {
         if self.batch.is_empty() {
             return;
         }
-        let batch = crate::sinks::EventBatch::new(std::mem::replace(
-            &mut self.batch,
-            Vec::with_capacity(BATCH_EVENTS),
-        ));
+        let events = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_EVENTS));
+        let batch = match &self.provenance {
+            Some(p) => {
+                crate::sinks::EventBatch::chained(events, p.chainer(), self.last_batch.as_ref())
+            }
+            None => crate::sinks::EventBatch::new(events),
+        };
+        if self.provenance.is_some() {
+            self.last_batch = Some(batch.clone());
+        }
         self.outputs.send(&batch);
         if let Some(store) = &self.store {
             store.send(crate::store::writer::StoreBatch::Events(batch));
@@ -1134,6 +1174,7 @@ pub async fn run(
                     pipeline.run_changes(&swept);
                 }
                 pipeline.report_deferred_files();
+                pipeline.checkpoints_due();
                 pipeline.flush();
                 pipeline.save_seq();
                 if let Ok(clock) = Clock::now() {

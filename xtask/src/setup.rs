@@ -92,6 +92,7 @@ pub fn setup() -> Result<()> {
         agents::ensure_agent_clis().context("agent CLIs (for tests/tests/agent_clis.rs)")?;
         ocsf::ensure_ocsf_validator().context("OCSF validator (tests/ocsf)")?;
         ocsf::ensure_jwt_verifier().context("JWT verifier (tests/jwt)")?;
+        ocsf::ensure_dsse_verifier().context("DSSE verifier (tests/dsse)")?;
         kernel_facts();
         Ok(())
     });

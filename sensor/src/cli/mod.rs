@@ -5,6 +5,7 @@ mod daemon;
 pub mod display;
 mod doctor;
 mod launch;
+mod provenance;
 mod query;
 mod report;
 mod status;
@@ -28,6 +29,8 @@ impl Command {
             Self::Who(args) => query::who(args),
             Self::Replay(args) => query::replay(args),
             Self::Report(args) => report::execute(args),
+            Self::Verify(args) => provenance::verify(args),
+            Self::Export(args) => provenance::export(args),
             Self::Policy(cmd) => policy(cmd),
             Self::Token(args) => token::execute(args),
             Self::Doctor(args) => doctor::execute(args),

@@ -71,6 +71,8 @@ pub enum Kind {
     SensorBlind,
     #[strum(serialize = "token.issued")]
     TokenIssued,
+    #[strum(serialize = "run.checkpoint")]
+    RunCheckpoint,
 }
 
 impl Serialize for Kind {
@@ -337,6 +339,29 @@ pub struct Event {
     /// A run token the daemon signed (`token.issued`); never the token.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<TokenIssued>,
+    /// `run.checkpoint`: the run's chain head, signed (filled in where the
+    /// line is made, see `crate::provenance`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<Checkpoint>,
+}
+
+/// A signed chain head (`checkpoint`, of `run.checkpoint`).
+#[serde_with::skip_serializing_none]
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Checkpoint {
+    pub run_id: String,
+    /// The run's events chained before this one.
+    pub events: u64,
+    /// The chain value of the last of them (hex).
+    pub head: String,
+    /// Ed25519 over `crate::provenance::checkpoint_message`, base64url.
+    pub signature: String,
+    /// The signing key (a kid of the token JWKS).
+    pub kid: String,
+    /// `end`, `events`, `time`.
+    pub reason: &'static str,
+    /// The run ended while no daemon ran; signed at the next start.
+    pub recovered: Option<bool>,
 }
 
 /// What a `token.issued` event says of the token (never the token itself).

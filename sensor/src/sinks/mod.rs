@@ -667,7 +667,7 @@ pub fn spool_dir(state_dir: &Path, name: &str) -> PathBuf {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{
         event::{Event, Kind},
@@ -710,6 +710,7 @@ mod tests {
             delivery: None,
             blind: None,
             token: None,
+            checkpoint: None,
         }
     }
 
