@@ -309,3 +309,70 @@ fn run_records_are_tamper_evident() -> Result<()> {
     check("forged", &forged, "inserted", forged_seq)?;
     Ok(())
 }
+
+/// A run that ends while no daemon runs gets its end checkpoint from the
+/// next daemon, marked `recovered`; its chain continues across the restart
+/// and the record verifies; the report says so.
+#[test]
+fn a_run_ended_while_the_daemon_was_down_is_checkpointed_at_the_next_start() -> Result<()> {
+    let mut d = Daemon::start()?;
+    let mut child = d
+        .launch_cmd(
+            "prov-down",
+            &[],
+            &[
+                "/bin/sh",
+                "-c",
+                "/bin/echo before >/dev/null; sleep 3; /bin/echo after >/dev/null",
+            ],
+        )
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    let start = d.wait_for(Duration::from_secs(10), |e| {
+        e["kind"] == "run.start" && e["run"]["agent"] == "prov-down"
+    })?;
+    let run = start["run"]["id"].as_str().unwrap_or_default().to_owned();
+    d.wait_for(Duration::from_secs(10), |e| {
+        e["run"]["id"] == run.as_str()
+            && e["kind"] == "process.exec"
+            && e["process"]["argv"][1] == "before"
+    })?;
+    d.stop()?;
+    let status = child.wait()?;
+    ensure!(status.success(), "the run's command failed: {status}");
+    d.resume()?;
+    let checkpoint = d.wait_for(Duration::from_secs(15), |e| {
+        e["kind"] == "run.checkpoint" && e["run"]["id"] == run.as_str()
+    })?;
+    ensure!(
+        checkpoint["checkpoint"]["reason"] == "end"
+            && checkpoint["checkpoint"]["recovered"] == true,
+        "the end checkpoint is not marked recovered: {checkpoint}"
+    );
+    let db = d.state_dir().join("sensor.db").display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (ok, v) = verify(&d, &[&run, "--db", &db])?;
+        if ok {
+            ensure!(v["runs"][0]["checkpoints"].as_u64() >= Some(1), "{v}");
+            break;
+        }
+        ensure!(Instant::now() < deadline, "the run never verified: {v}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let dir = TempDir::new("provenance-report")?;
+    let html = dir.path().join("report.html");
+    let (_, out) = run_with_timeout(
+        d.sensor()
+            .args(["report", &run, "--db", &db, "-o"])
+            .arg(&html),
+        COMMAND_TIMEOUT,
+    )?;
+    ensure!(out.status.success(), "report: {}", text(&out.stderr));
+    let page = std::fs::read_to_string(&html)?;
+    ensure!(
+        page.contains("Record integrity") && page.contains("<td class=\"v\">intact</td>"),
+        "the report does not say the record is intact"
+    );
+    Ok(())
+}

@@ -369,3 +369,115 @@ fn verify_bundle(path: &Path, trusted: Option<&Path>, json: bool) -> anyhow::Res
         Some(serde_json::json!({ "ok": true, "kid": kid })),
     ))
 }
+
+/// The report's "Record integrity" section: per run, whether its record
+/// verifies (as `sensor verify` says), put at the end of `page`'s body.
+pub fn with_record_section(
+    page: String,
+    conn: &rusqlite::Connection,
+    runs: &[RunRow],
+    db: &Path,
+) -> String {
+    let dir = db.parent().unwrap_or_else(|| Path::new("."));
+    let keys = read_keys(dir).unwrap_or_default();
+    let verdicts: Vec<RunVerdict> = runs
+        .iter()
+        .map(|r| match stored_lines(conn, &r.id) {
+            Ok(lines) => verify_run(&r.id, &lines, &keys, r.end_ns.is_some()),
+            Err(e) => RunVerdict {
+                run: r.id.clone(),
+                intact: false,
+                events: 0,
+                checkpoints: 0,
+                unsigned_tail: 0,
+                problem: Some(crate::provenance::verify::Problem {
+                    seq: 0,
+                    what: "unreadable",
+                    detail: e.to_string(),
+                }),
+            },
+        })
+        .collect();
+    let section = record_html(&verdicts).into_string();
+    match page.rfind("</body>") {
+        Some(at) => {
+            let mut out = page;
+            out.insert_str(at, &section);
+            out
+        }
+        None => page,
+    }
+}
+
+fn record_html(verdicts: &[RunVerdict]) -> maud::Markup {
+    let text = |s: &str| escape_terminal(s).into_owned();
+    maud::html! {
+        h2 { "Record integrity" }
+        p.meta { "Each run's hash chain recomputed from the store and its checkpoints' signatures checked (" code { "sensor verify" } ")." }
+        table {
+            thead { tr { th { "run" } th { "record" } th { "events" } th { "checkpoints" } th { "detail" } } }
+            tbody {
+                @for v in verdicts {
+                    tr class=[(!v.intact).then_some("deny")] {
+                        td { code { (text(&v.run)) } }
+                        td.v { @if v.intact { "intact" } @else { b { "NOT intact" } } }
+                        td { (v.events) }
+                        td { (v.checkpoints) }
+                        td {
+                            @match &v.problem {
+                                Some(p) => { (p.what) " at seq " (p.seq) ": " (text(&p.detail)) }
+                                None => @if v.unsigned_tail > 0 {
+                                    (v.unsigned_tail) " event(s) after the last checkpoint"
+                                } @else { "—" },
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::provenance::verify::Problem;
+
+    #[test]
+    fn the_report_section_says_which_records_verify() {
+        let verdicts = [
+            RunVerdict {
+                run: "r-ok".into(),
+                intact: true,
+                events: 7,
+                checkpoints: 2,
+                unsigned_tail: 0,
+                problem: None,
+            },
+            RunVerdict {
+                run: "r-bad<script>".into(),
+                intact: false,
+                events: 5,
+                checkpoints: 1,
+                unsigned_tail: 0,
+                problem: Some(Problem {
+                    seq: 42,
+                    what: "edited",
+                    detail: "x".into(),
+                }),
+            },
+        ];
+        let html = record_html(&verdicts).into_string();
+        assert!(html.contains("Record integrity"));
+        assert!(
+            html.contains("<code>r-ok</code></td><td class=\"v\">intact</td><td>7</td><td>2</td>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<b>NOT intact</b>") && html.contains("edited at seq 42"),
+            "{html}"
+        );
+        assert!(!html.contains("<script>"), "escaped: {html}");
+    }
+}

@@ -353,7 +353,8 @@ pub fn execute(args: &ReportArgs) -> anyhow::Result<ExitCode> {
             ..EventFilter::default()
         },
     )?;
-    let html = page(&root, &runs, &events);
+    let html =
+        super::provenance::with_record_section(page(&root, &runs, &events), &conn, &runs, &args.db);
     std::fs::write(&args.output, html)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
     eprintln!(
