@@ -35,16 +35,31 @@ pub fn next(prev: &Hash, canonical: &[u8]) -> Hash {
 /// Appends the `provenance` member to `line`, a serialized JSON object
 /// (no newline) that is the canonical form; returns the new chain value.
 pub fn seal(line: &mut Vec<u8>, prev: &Hash) -> Hash {
-    let chain = next(prev, line);
-    if line.last() == Some(&b'}') {
-        line.pop();
-        line.extend_from_slice(HEAD);
-        line.extend_from_slice(hex::encode(prev).as_bytes());
-        line.extend_from_slice(MID);
-        line.extend_from_slice(hex::encode(chain).as_bytes());
-        line.extend_from_slice(TAIL);
+    seal_at(line, 0, prev)
+}
+
+/// [`seal`] for the line that starts at `start` in `buf` (the lines of a
+/// batch are written back to back), in place.
+pub fn seal_at(buf: &mut Vec<u8>, start: usize, prev: &Hash) -> Hash {
+    let chain = next(prev, buf.get(start..).unwrap_or_default());
+    if buf.len() > start && buf.last() == Some(&b'}') {
+        buf.pop();
+        buf.extend_from_slice(HEAD);
+        push_hex(buf, prev);
+        buf.extend_from_slice(MID);
+        push_hex(buf, &chain);
+        buf.extend_from_slice(TAIL);
     }
     chain
+}
+
+fn push_hex(buf: &mut Vec<u8>, hash: &Hash) {
+    let at = buf.len();
+    buf.resize(at + 64, 0);
+    if let Some(out) = buf.get_mut(at..) {
+        // 64 bytes for 32: cannot fail.
+        let _ = hex::encode_to_slice(hash, out);
+    }
 }
 
 /// A line split into its canonical bytes and its `provenance` member.

@@ -206,11 +206,20 @@ impl Chainer {
                 }
                 continue;
             };
-            let state = chains.runs.entry(run.id.clone()).or_insert(RunChain {
-                head: chain::GENESIS,
-                count: 0,
-                ended: None,
-            });
+            if !chains.runs.contains_key(&run.id) {
+                chains.runs.insert(
+                    run.id.clone(),
+                    RunChain {
+                        head: chain::GENESIS,
+                        count: 0,
+                        ended: None,
+                    },
+                );
+            }
+            let Some(state) = chains.runs.get_mut(&run.id) else {
+                line(None, None);
+                continue;
+            };
             let written = if event.kind == Kind::RunCheckpoint {
                 let mut signed = event.clone();
                 signed.checkpoint = Some(self.sign(
@@ -229,9 +238,7 @@ impl Chainer {
                 line(None, None);
                 continue;
             }
-            let mut sealed = out.split_off(begin);
-            let head = chain::seal(&mut sealed, &state.head);
-            out.extend_from_slice(&sealed);
+            let head = chain::seal_at(out, begin, &state.head);
             out.push(b'\n');
             state.head = head;
             state.count += 1;
@@ -349,6 +356,39 @@ pub(crate) mod tests {
         let rng = ring::rand::SystemRandom::new();
         let der = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
         ("kid-1".into(), der.as_ref().to_vec())
+    }
+
+    /// Lines are made in the order the batches were: asking the later batch
+    /// first makes the earlier one's first; events outside runs are not chained.
+    #[test]
+    fn batches_chain_in_the_order_they_were_made() {
+        use crate::{event::Kind, sinks::EventBatch, sinks::tests::event};
+        let chainer = std::sync::Arc::new(Chainer::new());
+        let a = EventBatch::chained(
+            vec![
+                event(1, Kind::ProcessExec, true),
+                event(2, Kind::SensorLost, false),
+            ],
+            &chainer,
+            None,
+        );
+        let b = EventBatch::chained(vec![event(3, Kind::ProcessExit, true)], &chainer, Some(&a));
+        let line_b = b.json().line(0).unwrap().to_vec();
+        let line_a = a.json().line(0).unwrap().to_vec();
+        let (sa, sb) = (chain::open(&line_a).unwrap(), chain::open(&line_b).unwrap());
+        assert_eq!(sa.prev, chain::GENESIS);
+        assert_eq!(sb.prev, sa.chain);
+        assert_eq!(a.json().chain(0), Some(sa.chain));
+        assert_eq!(b.json().chain(0), Some(sb.chain));
+        // Outside runs: the line as ever, no chain.
+        let outside = a.json().line(1).unwrap();
+        assert!(chain::open(outside).is_none());
+        assert!(!String::from_utf8_lossy(outside).contains("provenance"));
+        assert_eq!(a.json().chain(1), None);
+        // The canonical bytes are the event serialized without the member.
+        let mut plain = Vec::new();
+        write_json_line(&event(1, Kind::ProcessExec, true), &mut plain).unwrap();
+        assert_eq!(sa.canonical, plain.strip_suffix(b"\n").unwrap());
     }
 
     #[test]
