@@ -526,12 +526,13 @@ impl Pipeline {
     /// whose processes all exited meanwhile end now, after their last
     /// events.
     fn finish_recovery(&mut self) {
-        self.recovering = false;
         let ended = self
             .builder
             .attribution_mut()
             .end_finished(std::time::SystemTime::now());
         self.run_changes(&ended);
+        self.recovering = false;
+        self.emit_deferred_checkpoints();
         let took = self.recovery_started.elapsed();
         self.state.set_recovered(self.recovered, took);
         if self.recovered > 0 {
@@ -879,7 +880,22 @@ impl Pipeline {
     }
 
     /// Closes the outputs and the store after writing everything queued.
+    /// The end checkpoints of runs that ended while no daemon ran: after
+    /// every record of theirs the kernel kept meanwhile (recovery's end).
+    fn emit_deferred_checkpoints(&mut self) {
+        let deferred = self
+            .provenance
+            .as_mut()
+            .map(crate::provenance::Planner::take_deferred)
+            .unwrap_or_default();
+        for (run, reason, recovered) in deferred {
+            let event = self.builder.checkpoint(run, reason, recovered);
+            self.push(event);
+        }
+    }
+
     pub fn close(mut self) {
+        self.emit_deferred_checkpoints();
         self.flush();
         let next = self.builder.next_seq();
         if let Some(f) = &mut self.seq_file {

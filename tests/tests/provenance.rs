@@ -120,9 +120,10 @@ fn run_records_are_tamper_evident() -> Result<()> {
     let db = d.state_dir().join("sensor.db");
     let db_arg = db.display().to_string();
     let deadline = Instant::now() + Duration::from_secs(15);
+    // The store writes on its own thread: wait until it holds every event.
     let intact = loop {
         let (ok, v) = verify(&d, &[&run, "--db", &db_arg])?;
-        if ok {
+        if ok && v["runs"][0]["events"].as_u64() == Some(events.len() as u64) {
             break v;
         }
         ensure!(Instant::now() < deadline, "the run never verified: {v}");
@@ -352,9 +353,10 @@ fn a_run_ended_while_the_daemon_was_down_is_checkpointed_at_the_next_start() -> 
     let db = d.state_dir().join("sensor.db").display().to_string();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
+        // The store writes on its own thread: wait for the end checkpoint.
         let (ok, v) = verify(&d, &[&run, "--db", &db])?;
-        if ok {
-            ensure!(v["runs"][0]["checkpoints"].as_u64() >= Some(1), "{v}");
+        if ok && v["runs"][0]["checkpoints"].as_u64() >= Some(1) {
+            ensure!(v["runs"][0]["unsigned_tail"] == 0, "{v}");
             break;
         }
         ensure!(Instant::now() < deadline, "the run never verified: {v}");

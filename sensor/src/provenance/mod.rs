@@ -391,6 +391,44 @@ pub(crate) mod tests {
         assert_eq!(sa.canonical, plain.strip_suffix(b"\n").unwrap());
     }
 
+    /// A checkpoint after every N events of a run and after its end; an end
+    /// seen while recovering is held back until recovery is done.
+    #[test]
+    fn the_planner_says_when_checkpoints_are_due() {
+        use crate::{event::Kind, sinks::tests::event};
+        let config = ProvenanceConfig {
+            checkpoint_events: 3,
+            ..ProvenanceConfig::default()
+        };
+        let mut p = Planner::new(config, std::sync::Arc::new(Chainer::new()));
+        let exec = event(1, Kind::ProcessExec, true);
+        assert!(p.after(&exec, false).is_none());
+        assert!(p.after(&exec, false).is_none());
+        let (run, reason, _) = p.after(&exec, false).unwrap();
+        assert_eq!((run.id.as_str(), reason), ("r", "events"));
+        // Outside runs and checkpoints themselves: nothing.
+        assert!(p.after(&event(2, Kind::SensorLost, false), false).is_none());
+        assert!(
+            p.after(&event(3, Kind::RunCheckpoint, true), false)
+                .is_none()
+        );
+        let end = event(4, Kind::RunEnd, true);
+        assert_eq!(
+            p.after(&end, false).map(|d| (d.1, d.2)),
+            Some(("end", None))
+        );
+        assert!(p.after(&end, true).is_none());
+        let deferred = p.take_deferred();
+        assert_eq!(deferred.len(), 1);
+        assert_eq!((deferred[0].1, deferred[0].2), ("end", Some(true)));
+        assert!(p.take_deferred().is_empty());
+        // By time: a run with events since its last checkpoint.
+        assert!(p.after(&exec, false).is_none());
+        let later = Instant::now() + Duration::from_secs(61);
+        assert_eq!(p.due(later).len(), 1);
+        assert!(p.due(later).is_empty());
+    }
+
     #[test]
     fn checkpoints_sign_the_head_and_verify() {
         let dir = tempfile::tempdir().unwrap();
@@ -439,6 +477,9 @@ pub struct Planner {
     config: ProvenanceConfig,
     chainer: std::sync::Arc<Chainer>,
     runs: HashMap<String, Pending>,
+    /// End checkpoints held back while the daemon reads what was recorded
+    /// while none ran (those records of the run come after its end).
+    deferred: Vec<Due>,
 }
 
 struct Pending {
@@ -457,7 +498,13 @@ impl Planner {
             config,
             chainer,
             runs: HashMap::new(),
+            deferred: Vec::new(),
         }
+    }
+
+    /// The end checkpoints held back during recovery, now due.
+    pub fn take_deferred(&mut self) -> Vec<Due> {
+        std::mem::take(&mut self.deferred)
     }
 
     /// The chainer the batches use.
@@ -476,9 +523,12 @@ impl Planner {
         let now = Instant::now();
         if event.kind == Kind::RunEnd {
             self.runs.remove(&run.id);
-            let recovered = (recovering
-                || event.delivery == Some(crate::event::DELIVERY_RECOVERED))
-            .then_some(true);
+            if recovering {
+                self.deferred.push((bare(run), "end", Some(true)));
+                return None;
+            }
+            let recovered =
+                (event.delivery == Some(crate::event::DELIVERY_RECOVERED)).then_some(true);
             return Some((bare(run), "end", recovered));
         }
         let pending = match self.runs.get_mut(&run.id) {
