@@ -35,6 +35,8 @@ pub struct Config {
     pub tokens: crate::tokens::TokensConfig,
     /// `[detect]`: Sigma rules evaluated on every event.
     pub detect: DetectConfig,
+    /// `[provenance]`: hash-chained run records, signed checkpoints.
+    pub provenance: crate::provenance::ProvenanceConfig,
 }
 
 /// `[detect]`: the Sigma rule files and directories (their `*.yml` and

@@ -23,6 +23,7 @@ pub mod notify;
 pub mod paths;
 pub mod pipeline;
 pub mod policy;
+pub mod provenance;
 pub mod record;
 pub mod recovery;
 pub mod run_map;

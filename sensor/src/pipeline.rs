@@ -126,6 +126,10 @@ pub struct Pipeline {
     detector: Option<crate::detect::Detector>,
     /// Its matches (taken by [`run`]).
     detections: Option<tokio::sync::mpsc::Receiver<crate::detect::Match>>,
+    /// Chained run records and their checkpoints (`[provenance]`).
+    provenance: Option<crate::provenance::Planner>,
+    /// The batch handed on last (the next one's lines are made after its).
+    last_batch: Option<crate::sinks::EventBatch>,
 }
 
 /// A file change by a process within this long of the kernel's report of
@@ -173,6 +177,27 @@ impl Pipeline {
             deferred_files: Vec::new(),
             detector: None,
             detections: None,
+            provenance: None,
+            last_batch: None,
+        }
+    }
+
+    /// Chains run events and emits their checkpoints (`[provenance]`).
+    #[must_use]
+    pub fn with_provenance(mut self, planner: crate::provenance::Planner) -> Self {
+        self.provenance = Some(planner);
+        self
+    }
+
+    /// Emits the checkpoints due by time (the tick).
+    pub fn checkpoints_due(&mut self) {
+        let due = match &mut self.provenance {
+            Some(p) => p.due(std::time::Instant::now()),
+            None => return,
+        };
+        for (run, reason, recovered) in due {
+            let event = self.builder.checkpoint(run, reason, recovered);
+            self.push(event);
         }
     }
 
@@ -546,12 +571,13 @@ impl Pipeline {
     /// whose processes all exited meanwhile end now, after their last
     /// events.
     fn finish_recovery(&mut self) {
-        self.recovering = false;
         let ended = self
             .builder
             .attribution_mut()
             .end_finished(std::time::SystemTime::now());
         self.run_changes(&ended);
+        self.recovering = false;
+        self.emit_deferred_checkpoints();
         let took = self.recovery_started.elapsed();
         self.state.set_recovered(self.recovered, took);
         if self.recovered > 0 {
@@ -620,7 +646,16 @@ impl Pipeline {
             self.state.count_detection(&d.rule_id, d.level);
         }
         self.state.count_denial(event.kind, event.policy.as_ref());
+        let due = match &mut self.provenance {
+            Some(p) => p.after(&event, self.recovering),
+            None => None,
+        };
         self.batch.push(event);
+        if let Some((run, reason, recovered)) = due {
+            let checkpoint = self.builder.checkpoint(run, reason, recovered);
+            self.state.count_event(checkpoint.kind);
+            self.batch.push(checkpoint);
+        }
         if self.batch.len() >= BATCH_EVENTS {
             self.flush();
         }
@@ -637,10 +672,16 @@ impl Pipeline {
         if self.batch.is_empty() {
             return;
         }
-        let batch = crate::sinks::EventBatch::new(std::mem::replace(
-            &mut self.batch,
-            Vec::with_capacity(BATCH_EVENTS),
-        ));
+        let events = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_EVENTS));
+        let batch = match &self.provenance {
+            Some(p) => {
+                crate::sinks::EventBatch::chained(events, p.chainer(), self.last_batch.as_ref())
+            }
+            None => crate::sinks::EventBatch::new(events),
+        };
+        if self.provenance.is_some() {
+            self.last_batch = Some(batch.clone());
+        }
         if let Some(d) = &self.detector {
             d.send(&batch);
         }
@@ -891,7 +932,22 @@ impl Pipeline {
     }
 
     /// Closes the outputs and the store after writing everything queued.
+    /// The end checkpoints of runs that ended while no daemon ran: after
+    /// every record of theirs the kernel kept meanwhile (recovery's end).
+    fn emit_deferred_checkpoints(&mut self) {
+        let deferred = self
+            .provenance
+            .as_mut()
+            .map(crate::provenance::Planner::take_deferred)
+            .unwrap_or_default();
+        for (run, reason, recovered) in deferred {
+            let event = self.builder.checkpoint(run, reason, recovered);
+            self.push(event);
+        }
+    }
+
     pub fn close(mut self) {
+        self.emit_deferred_checkpoints();
         self.flush();
         let next = self.builder.next_seq();
         if let Some(f) = &mut self.seq_file {
@@ -1198,6 +1254,7 @@ pub async fn run(
                     pipeline.run_changes(&swept);
                 }
                 pipeline.report_deferred_files();
+                pipeline.checkpoints_due();
                 pipeline.flush();
                 pipeline.save_seq();
                 if let Ok(clock) = Clock::now() {

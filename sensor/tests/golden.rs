@@ -51,15 +51,28 @@ fn replay(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let bytes = fs::read(golden().join("records.bin")).unwrap();
     let records = records(&bytes);
     let generation = replay::generation(&records);
+    // Run events chained, checkpoints signed (a fresh key: the chain
+    // values and signatures are normalized away below).
+    let chainer = Arc::new(sensor::provenance::Chainer::new());
+    let rng = ring::rand::SystemRandom::new();
+    let der = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    chainer.set_key("golden-key", der.as_ref(), None).unwrap();
     let mut p = Pipeline::new(builder, outputs, Arc::new(DaemonState::default()))
         .with_generation(generation)
-        .with_store(store);
+        .with_store(store)
+        .with_provenance(sensor::provenance::Planner::new(
+            sensor::provenance::ProvenanceConfig::default(),
+            chainer,
+        ));
     for record in &records {
         p.handle_record(record);
     }
     p.close();
     (json, ocsf, db)
 }
+
+/// The `prev` of a run's first event.
+const GENESIS_HEX: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// Replaces what depends on the replay's moment: run ids (UUIDs) by their
 /// order of appearance, and times that are not kernel times (not in 2001)
@@ -84,7 +97,17 @@ impl Normalizer {
             Value::Array(a) => a.iter_mut().for_each(|x| self.value(x)),
             Value::Object(o) => {
                 for (k, x) in o.iter_mut() {
-                    if ["duration", "uptime_ms", "seconds"].contains(&k.as_str()) {
+                    if [
+                        "duration",
+                        "uptime_ms",
+                        "seconds",
+                        "chain",
+                        "head",
+                        "signature",
+                    ]
+                    .contains(&k.as_str())
+                        || (k == "prev" && x.as_str().is_some_and(|p| p != GENESIS_HEX))
+                    {
                         *x = Value::String(format!("<{k}>"));
                     } else {
                         self.value(x);
@@ -150,6 +173,39 @@ fn leading_time(s: &str) -> Option<&str> {
 /// The lines of `path` as written (key order and all: the JSON lines must
 /// stay byte-compatible), with what depends on the replay's moment
 /// replaced: run ids, times that are not kernel times, durations.
+/// Chain values and signatures (over bytes with the replay's run ids and
+/// times, so different each replay) replaced by a placeholder; a run's
+/// first `prev` (all zeros) kept.
+fn blank_hashes(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    'outer: while !rest.is_empty() {
+        for key in [
+            "\"chain\":\"",
+            "\"prev\":\"",
+            "\"head\":\"",
+            "\"signature\":\"",
+        ] {
+            if let Some(after) = rest.strip_prefix(key)
+                && let Some(end) = after.find('"')
+            {
+                out.push_str(key);
+                if &after[..end] == GENESIS_HEX {
+                    out.push_str(GENESIS_HEX);
+                } else {
+                    out.push_str(&format!("<{}>", &key[1..key.len() - 3]));
+                }
+                rest = &after[end..];
+                continue 'outer;
+            }
+        }
+        let c = rest.chars().next().unwrap_or(' ');
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
 fn normalized_lines(path: &Path, n: &mut Normalizer) -> String {
     let mut out = String::new();
     for line in fs::read_to_string(path).unwrap().lines() {
@@ -157,6 +213,7 @@ fn normalized_lines(path: &Path, n: &mut Normalizer) -> String {
         assert!(serde_json::from_str::<Value>(line).unwrap().is_object());
         let line = n.text(line);
         let line = blank_numbers_after(&line, &["\"duration\":", "\"seconds\":", "\"uptime_ms\":"]);
+        let line = blank_hashes(&line);
         out.push_str(&blank_now_ms(&line));
         out.push('\n');
     }
@@ -261,6 +318,7 @@ fn store_rows(db: &Path, n: &mut Normalizer) -> String {
                         }
                     }
                     rusqlite::types::ValueRef::Real(v) => v.to_string(),
+                    rusqlite::types::ValueRef::Text(_) if name == "chain" => "<chain>".to_owned(),
                     rusqlite::types::ValueRef::Text(t) => {
                         let t = String::from_utf8_lossy(t).into_owned();
                         match serde_json::from_str::<Value>(&t) {

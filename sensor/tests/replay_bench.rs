@@ -47,6 +47,16 @@ fn round(dir: &Path, records: &[&[u8]], generation: u32) -> (Duration, Duration,
     let cpu_started = cpu_time();
     let mut p = Pipeline::new(engine, outputs, Arc::new(DaemonState::default()))
         .with_generation(generation);
+    if provenance() {
+        let chainer = Arc::new(sensor::provenance::Chainer::new());
+        let rng = ring::rand::SystemRandom::new();
+        let der = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        chainer.set_key("bench-key", der.as_ref(), None).unwrap();
+        p = p.with_provenance(sensor::provenance::Planner::new(
+            sensor::provenance::ProvenanceConfig::default(),
+            chainer,
+        ));
+    }
     for record in records {
         p.handle_record(record);
     }
@@ -55,6 +65,12 @@ fn round(dir: &Path, records: &[&[u8]], generation: u32) -> (Duration, Duration,
     let cpu = cpu_time().saturating_sub(cpu_started);
     let events = fs::read_to_string(&json).unwrap().lines().count();
     (took, cpu, events)
+}
+
+/// `REPLAY_PROVENANCE=1`: run events chained and checkpointed, as the
+/// daemon does by default (`[provenance]`).
+fn provenance() -> bool {
+    std::env::var_os("REPLAY_PROVENANCE").is_some_and(|v| v == "1")
 }
 
 #[test]
@@ -81,9 +97,10 @@ fn replay_rate() {
     let n = (rounds * records.len()) as f64;
     println!(
         "replay: {rounds} rounds x {} records ({events} events) in {secs:.3} s wall, {cpu_secs:.3} s CPU: \
-         {:.0} records/s wall, {:.0} records/s per CPU second (JSON + OCSF outputs)",
+         {:.0} records/s wall, {:.0} records/s per CPU second (JSON + OCSF outputs, provenance {})",
         records.len(),
         n / secs,
         n / cpu_secs,
+        if provenance() { "on" } else { "off" },
     );
 }

@@ -35,6 +35,12 @@ pub fn ensure_sigma_tools() -> Result<PathBuf> {
     ensure_pinned_venv("sigma", "check.py", "Sigma tools (sigma-cli, pySigma)")
 }
 
+/// The third-party DSSE verifier of provenance bundles (securesystemslib):
+/// `<target>/dsse-venv`, pinned by tests/dsse/requirements.txt.
+pub fn ensure_dsse_verifier() -> Result<PathBuf> {
+    ensure_pinned_venv("dsse", "verify.py", "DSSE verifier")
+}
+
 /// `<target>/<name>-venv` with `tests/<name>/requirements.txt` installed,
 /// checked by running `tests/<name>/<script> --help`.
 fn ensure_pinned_venv(name: &str, script: &str, what: &str) -> Result<PathBuf> {

@@ -93,6 +93,7 @@ pub fn setup() -> Result<()> {
         ocsf::ensure_ocsf_validator().context("OCSF validator (tests/ocsf)")?;
         ocsf::ensure_jwt_verifier().context("JWT verifier (tests/jwt)")?;
         ocsf::ensure_sigma_tools().context("Sigma tools (tests/sigma)")?;
+        ocsf::ensure_dsse_verifier().context("DSSE verifier (tests/dsse)")?;
         kernel_facts();
         Ok(())
     });

@@ -51,6 +51,20 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Write a self-contained HTML page of a run: trees, timeline, verdicts.
     Report(ReportArgs),
+    /// Check that a run's record is intact: every event there, unedited, in order.
+    ///
+    /// Recomputes each run's hash chain from the store and checks every
+    /// `run.checkpoint` signature; prints "intact: N events, M checkpoints"
+    /// or names the first event (seq) where the record was edited, deleted,
+    /// reordered or inserted. With --bundle, checks an exported bundle
+    /// instead, offline. Exits 0 when intact, 1 otherwise.
+    Verify(VerifyArgs),
+    /// Write a run's record as a signed bundle (an in-toto Statement in a DSSE envelope).
+    ///
+    /// The run (and with --subtree its sub-runs), all their events as
+    /// stored, the policy text in force and its hash, the checkpoints and
+    /// the public keys; `sensor verify --bundle FILE` checks it anywhere.
+    Export(ExportArgs),
     /// Check a policy file, or make the daemon reload its policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -298,6 +312,48 @@ pub struct WhoamiArgs {
     /// Print the answer as one JSON object
     #[arg(long)]
     pub json: bool,
+}
+
+/// `sensor verify`
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Run id or unique prefix
+    #[arg(required_unless_present = "bundle", conflicts_with = "bundle")]
+    pub run: Option<String>,
+    /// Also every sub-run of the run
+    #[arg(long)]
+    pub subtree: bool,
+    /// Check this exported bundle instead of the store (offline)
+    #[arg(long, value_name = "FILE")]
+    pub bundle: Option<PathBuf>,
+    /// Trust only these public keys (a JWKS, e.g. `sensor token jwks` or the
+    /// state dir's provenance_keys.json); default: the store's state dir's
+    /// provenance_keys.json, or for a bundle the keys it carries
+    #[arg(long, value_name = "FILE")]
+    pub keys: Option<PathBuf>,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+/// `sensor export`
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Run id or unique prefix
+    pub run: String,
+    /// Also every sub-run of the run
+    #[arg(long)]
+    pub subtree: bool,
+    /// Where to write the bundle
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: PathBuf,
+    /// The daemon's config (for the text of the policies in force)
+    #[arg(long, value_name = "FILE", env = "SENSOR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The daemon's state dir (its signing key)
+    #[arg(long, value_name = "DIR", default_value = paths::STATE_DIR)]
+    pub state_dir: PathBuf,
+    #[command(flatten)]
+    pub db: DbArgs,
 }
 
 /// Where the query commands read.

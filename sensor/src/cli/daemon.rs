@@ -110,7 +110,7 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     // Run tokens: the signing keys in the state dir, made on the first start.
-    let tokens = if config.tokens.enabled {
+    let mut tokens = if config.tokens.enabled {
         Some(
             crate::tokens::Issuer::open(
                 config.tokens.clone(),
@@ -124,6 +124,15 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
+    let provenance = crate::provenance::open(
+        &config.provenance,
+        &config.tokens,
+        tokens.as_mut(),
+        &state_dir,
+        config.store.enabled && !args.no_store,
+        &db,
+    )
+    .context("tamper-evident run records ([provenance])")?;
     let store = if config.store.enabled && !args.no_store {
         Some(StoreWriter::start(
             &db,
@@ -240,6 +249,9 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
             .with_notifier(notifier);
         if let Some(tokens) = tokens {
             pipeline = pipeline.with_tokens(tokens);
+        }
+        if let Some(planner) = provenance {
+            pipeline = pipeline.with_provenance(planner);
         }
         match canary_interval {
             Some(interval) => {

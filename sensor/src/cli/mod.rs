@@ -6,6 +6,7 @@ pub mod display;
 mod doctor;
 mod fold;
 mod launch;
+mod provenance;
 mod query;
 mod report;
 mod status;
@@ -29,6 +30,8 @@ impl Command {
             Self::Who(args) => query::who(args),
             Self::Replay(args) => query::replay(args),
             Self::Report(args) => report::execute(args),
+            Self::Verify(args) => provenance::verify(args),
+            Self::Export(args) => provenance::export(args),
             Self::Policy(cmd) => policy(cmd),
             Self::Rules(cmd) => query::rules(cmd),
             Self::Token(args) => token::execute(args),

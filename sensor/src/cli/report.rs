@@ -1013,7 +1013,12 @@ pub fn execute(args: &ReportArgs) -> anyhow::Result<ExitCode> {
             ..EventFilter::default()
         },
     )?;
-    let html = page(&root, &runs, &events, !args.no_fold);
+    let html = super::provenance::with_record_section(
+        page(&root, &runs, &events, !args.no_fold),
+        &conn,
+        &runs,
+        &args.db,
+    );
     std::fs::write(&args.output, html)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
     eprintln!(

@@ -58,6 +58,7 @@ pub fn categories(kind: Kind) -> &'static [&'static str] {
         Kind::SensorGap => &["sensor_gap"],
         Kind::SensorBlind => &["sensor_blind"],
         Kind::TokenIssued => &["token_issued"],
+        Kind::RunCheckpoint => &["run_checkpoint"],
         Kind::Detection => &["detection"],
     }
 }

@@ -392,6 +392,7 @@ impl Engine {
             blind: None,
             token: None,
             detection: None,
+            checkpoint: None,
         }
     }
 
@@ -545,6 +546,25 @@ impl Engine {
     pub fn gap(&mut self, gap: Gap) -> Event {
         let mut e = self.envelope(Kind::SensorGap, SystemTime::now());
         e.gap = Some(gap);
+        e
+    }
+
+    /// A `run.checkpoint` of `run` (its head and signature are filled in
+    /// where the line is made, see [`crate::provenance`]).
+    pub fn checkpoint(
+        &mut self,
+        run: RunRef,
+        reason: &'static str,
+        recovered: Option<bool>,
+    ) -> Event {
+        let mut e = self.envelope(Kind::RunCheckpoint, SystemTime::now());
+        e.checkpoint = Some(crate::event::Checkpoint {
+            run_id: run.id.clone(),
+            reason,
+            recovered,
+            ..crate::event::Checkpoint::default()
+        });
+        e.run = Some(run);
         e
     }
 

@@ -73,6 +73,8 @@ pub enum Kind {
     TokenIssued,
     #[strum(serialize = "detection")]
     Detection,
+    #[strum(serialize = "run.checkpoint")]
+    RunCheckpoint,
 }
 
 impl Serialize for Kind {
@@ -356,6 +358,10 @@ pub struct Event {
     /// A Sigma rule matched an event (`detection`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detection: Option<Detection>,
+    /// `run.checkpoint`: the run's chain head, signed (filled in where the
+    /// line is made, see `crate::provenance`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<Checkpoint>,
 }
 
 /// What a `detection` event says: the rule, and the event it matched (the
@@ -377,6 +383,25 @@ pub struct Detection {
     pub event_kind: Kind,
     /// The matched event's process key.
     pub process_key: Option<String>,
+}
+
+/// A signed chain head (`checkpoint`, of `run.checkpoint`).
+#[serde_with::skip_serializing_none]
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Checkpoint {
+    pub run_id: String,
+    /// The run's events chained before this one.
+    pub events: u64,
+    /// The chain value of the last of them (hex).
+    pub head: String,
+    /// Ed25519 over `crate::provenance::checkpoint_message`, base64url.
+    pub signature: String,
+    /// The signing key (a kid of the token JWKS).
+    pub kid: String,
+    /// `end`, `events`, `time`.
+    pub reason: &'static str,
+    /// The run ended while no daemon ran; signed at the next start.
+    pub recovered: Option<bool>,
 }
 
 /// What a `token.issued` event says of the token (never the token itself).

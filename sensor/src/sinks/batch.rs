@@ -5,10 +5,13 @@
 
 use std::{
     ops::Range,
-    sync::{Arc, OnceLock},
+    sync::{Arc, Mutex, OnceLock, Weak},
 };
 
-use crate::event::{Event, json::write_json_line};
+use crate::{
+    event::{Event, json::write_json_line},
+    provenance::{Chainer, chain::Hash},
+};
 
 /// Events of one pipeline batch; cloning shares them.
 #[derive(Debug, Clone)]
@@ -18,6 +21,11 @@ pub struct EventBatch(Arc<Inner>);
 struct Inner {
     events: Vec<Event>,
     json: OnceLock<JsonLines>,
+    /// Chains the lines of run events (`provenance`).
+    chainer: Option<Arc<Chainer>>,
+    /// The batch made before this one, while its lines are not made: they
+    /// are made first, so that chains follow the order events were made in.
+    before: Mutex<Weak<Inner>>,
 }
 
 /// The JSON lines of a batch's events, back to back.
@@ -27,6 +35,8 @@ pub struct JsonLines {
     /// Per event, its line in `bytes` (newline included); `None` for an
     /// event that could not be encoded.
     lines: Vec<Option<Range<usize>>>,
+    /// Per event of a run, its chain value.
+    chains: Vec<Option<Hash>>,
     encoded: usize,
 }
 
@@ -36,6 +46,20 @@ impl EventBatch {
         Self(Arc::new(Inner {
             events,
             json: OnceLock::new(),
+            chainer: None,
+            before: Mutex::new(Weak::new()),
+        }))
+    }
+
+    /// A batch whose run events are chained by `chainer`, made after
+    /// `before` (whose lines are made first).
+    #[must_use]
+    pub fn chained(events: Vec<Event>, chainer: &Arc<Chainer>, before: Option<&Self>) -> Self {
+        Self(Arc::new(Inner {
+            events,
+            json: OnceLock::new(),
+            chainer: Some(Arc::clone(chainer)),
+            before: Mutex::new(before.map_or_else(Weak::new, |b| Arc::downgrade(&b.0))),
         }))
     }
 
@@ -56,15 +80,70 @@ impl EventBatch {
 
     /// The events' JSON lines: encoded by the first caller, shared after.
     pub fn json(&self) -> &JsonLines {
-        self.0.json.get_or_init(|| JsonLines::of(&self.0.events))
+        if let Some(lines) = self.0.json.get() {
+            return lines;
+        }
+        if self.0.chainer.is_some() {
+            // The earlier batches still alive without lines, oldest first
+            // (a loop, not recursion: each finds its predecessor done).
+            // The link stays locked until they are done: a second thread
+            // asking for this batch's lines waits here, not in line.
+            let mut link = self
+                .0
+                .before
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut waiting = Vec::new();
+            let mut at = std::mem::take(&mut *link).upgrade();
+            while let Some(inner) = at {
+                if inner.json.get().is_some() {
+                    break;
+                }
+                at = take_before(&inner);
+                waiting.push(inner);
+            }
+            for inner in waiting.into_iter().rev() {
+                Self(inner).json();
+            }
+            drop(link);
+        }
+        self.0
+            .json
+            .get_or_init(|| JsonLines::of(&self.0.events, self.0.chainer.as_deref()))
     }
 }
 
+/// The batch before `inner`, if it is still alive; forgets the link.
+fn take_before(inner: &Inner) -> Option<Arc<Inner>> {
+    std::mem::take(
+        &mut *inner
+            .before
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    )
+    .upgrade()
+}
+
 impl JsonLines {
-    fn of(events: &[Event]) -> Self {
+    fn of(events: &[Event], chainer: Option<&Chainer>) -> Self {
         let mut bytes = Vec::with_capacity(events.len() * 512);
         let mut lines = Vec::with_capacity(events.len());
+        let mut chains = Vec::new();
         let mut encoded = 0;
+        if let Some(chainer) = chainer {
+            chains.reserve(events.len());
+            chainer.write_lines(events, &mut bytes, |range, chain| {
+                encoded += usize::from(range.is_some());
+                lines.push(range);
+                chains.push(chain);
+            });
+            return Self {
+                bytes: Arc::new(bytes),
+                lines,
+                chains,
+                encoded,
+            };
+        }
         for event in events {
             let begin = bytes.len();
             if write_json_line(event, &mut bytes).is_ok() {
@@ -79,8 +158,15 @@ impl JsonLines {
         Self {
             bytes: Arc::new(bytes),
             lines,
+            chains,
             encoded,
         }
+    }
+
+    /// Event `i`'s chain value (events of a run, when chained).
+    #[must_use]
+    pub fn chain(&self, i: usize) -> Option<Hash> {
+        self.chains.get(i).copied().flatten()
     }
 
     /// Every line, back to back.

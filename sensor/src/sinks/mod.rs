@@ -667,7 +667,7 @@ pub fn spool_dir(state_dir: &Path, name: &str) -> PathBuf {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{
         event::{Event, Kind},
@@ -711,6 +711,7 @@ mod tests {
             blind: None,
             token: None,
             detection: None,
+            checkpoint: None,
         }
     }
 

@@ -55,6 +55,7 @@ pub fn record_of(event: &Event, line: std::ops::Range<usize>) -> Record {
         target_pid: tamper_target.map(|t| t.pid),
         target_run: tamper_target.and_then(|t| t.run.as_ref().map(|r| r.id.clone())),
         escape: event.is_escape_attempt(),
+        chain: None,
         line,
         run: run_row,
     }

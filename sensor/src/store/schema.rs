@@ -8,6 +8,7 @@
 //!                                 pid, process_key, dst_ip, dst_port, verdict, body (the JSON line),
 //!                                 (2) path (Unix socket), method, target_pid, target_run (tamper),
 //!                                 escape_attempt (1: an escape attempt, `Event::is_escape_attempt`)
+//!                                 (3) chain (hex: the event's run chain value, `provenance.chain`)
 //! ```
 //! Indexes serve the queries and nothing else (each costs every insert):
 //! events by run (a subtree is its runs, found through `runs.parent_id`), by
@@ -82,6 +83,10 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX events_escape ON events(id) WHERE escape_attempt = 1;
     CREATE INDEX events_path ON events(path) WHERE path IS NOT NULL;
     CREATE INDEX events_target ON events(target_pid) WHERE target_pid IS NOT NULL;
+    ",
+    // 2 → 3: the run chain value of each event of a run (provenance).
+    "
+    ALTER TABLE events ADD COLUMN chain TEXT;
     ",
 ];
 

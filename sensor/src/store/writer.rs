@@ -50,13 +50,15 @@ pub struct Record {
     pub target_run: Option<String>,
     /// An escape attempt (`Event::is_escape_attempt`).
     pub escape: bool,
+    /// Its run chain value (`provenance.chain`), for an event of a run.
+    pub chain: Option<[u8; 32]>,
     pub line: Range<usize>,
     /// For run.start / run.end: the run's row.
     pub run: Option<RunRow>,
 }
 
 /// A run as the store keeps it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RunRow {
     pub id: String,
     pub agent: String,
@@ -119,7 +121,11 @@ impl Rows {
             .events()
             .iter()
             .enumerate()
-            .filter_map(|(i, event)| Some(rows::record_of(event, json.range(i)?)))
+            .filter_map(|(i, event)| {
+                let mut record = rows::record_of(event, json.range(i)?);
+                record.chain = json.chain(i);
+                Some(record)
+            })
             .collect();
         Self {
             bytes: Arc::clone(json.bytes()),
@@ -290,8 +296,8 @@ fn write_batches(conn: &mut Connection, batches: &[Rows]) -> rusqlite::Result<()
     for batch in batches {
         let mut insert = tx.prepare_cached(
             "INSERT INTO events (seq, time_ns, kind, run_id, root_id, pid, process_key, dst_ip, dst_port, verdict, body,
-                                 path, method, target_pid, target_run, escape_attempt)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                                 path, method, target_pid, target_run, escape_attempt, chain)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
         )?;
         let mut run = tx.prepare_cached(
             "INSERT INTO runs (id, agent, principal, principal_claimed, uid, parent_id, root_id, depth, policy, labels,
@@ -321,6 +327,7 @@ fn write_batches(conn: &mut Connection, batches: &[Rows]) -> rusqlite::Result<()
                 r.target_pid,
                 r.target_run,
                 i32::from(r.escape),
+                r.chain.map(hex::encode),
             ])?;
             if let Some(row) = &r.run {
                 run.execute(params![

@@ -117,6 +117,34 @@ fn generate(now: SystemTime) -> Result<Key, KeyError> {
     })
 }
 
+/// The active key's id and PKCS#8 DER, read from `state_dir` without
+/// changing the file (the daemon owns it): for signing an export.
+pub fn read_active(state_dir: &Path) -> Result<(String, Vec<u8>), KeyError> {
+    let path = state_dir.join(KEYS_FILE);
+    let bytes = std::fs::read(&path).map_err(|source| KeyError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let stored: Vec<StoredKey> = serde_json::from_slice(&bytes).map_err(|e| KeyError::Corrupt {
+        path: path.clone(),
+        why: e.to_string(),
+    })?;
+    let active = stored
+        .into_iter()
+        .find(|k| k.retired.is_none())
+        .ok_or_else(|| KeyError::Corrupt {
+            path: path.clone(),
+            why: "no active key".into(),
+        })?;
+    let der = B64URL
+        .decode(&active.pkcs8)
+        .map_err(|e| KeyError::Corrupt {
+            path,
+            why: e.to_string(),
+        })?;
+    Ok((active.kid, der))
+}
+
 impl KeyRing {
     /// Opens the keys in `state_dir`, making the first one if there is none.
     /// The active key's tokens are known in memory only (no write per

@@ -259,6 +259,8 @@ pub struct Issuer {
     keys: KeyRing,
     issued: HashMap<u64, u32>,
     published: Arc<Published>,
+    /// Signs run checkpoints with the active key too (`crate::provenance`).
+    checkpoints: Option<(Arc<crate::provenance::Chainer>, std::path::PathBuf)>,
 }
 
 /// What a path segment of `sub` keeps as it is: RFC 3986's unreserved
@@ -323,6 +325,7 @@ impl Issuer {
             keys,
             issued: HashMap::new(),
             published: Arc::default(),
+            checkpoints: None,
         };
         issuer.publish();
         Ok(issuer)
@@ -369,10 +372,36 @@ impl Issuer {
             .set(self.jwks().to_string(), self.discovery().to_string());
     }
 
+    /// Has `chainer` sign run checkpoints with the active key, now and
+    /// after each rotation (its public key kept in `state_dir`).
+    pub fn sign_checkpoints(
+        &mut self,
+        chainer: Arc<crate::provenance::Chainer>,
+        state_dir: &Path,
+    ) -> Result<(), KeyError> {
+        self.checkpoints = Some((chainer, state_dir.to_owned()));
+        self.hand_key()
+    }
+
+    fn hand_key(&mut self) -> Result<(), KeyError> {
+        if let Some((chainer, dir)) = &self.checkpoints {
+            let (kid, der) = self.keys.sign_with(0)?;
+            chainer
+                .set_key(&kid, &der, Some(dir))
+                .map_err(KeyError::Generate)?;
+        }
+        Ok(())
+    }
+
     /// Rotates the keys when due (the 1 s tick).
     pub fn tick(&mut self, now: SystemTime) {
         match self.keys.rotate(now) {
-            Ok(true) => self.publish(),
+            Ok(true) => {
+                self.publish();
+                if let Err(e) = self.hand_key() {
+                    tracing::error!(error = %e, "cannot sign run checkpoints with the new key");
+                }
+            }
             Ok(false) => {}
             Err(e) => tracing::error!(error = %e, "cannot rotate the token keys"),
         }

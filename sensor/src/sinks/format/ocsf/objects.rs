@@ -12,8 +12,8 @@ use std::{borrow::Cow, net::IpAddr};
 use serde::{Serialize, Serializer, ser::Error as _};
 
 use crate::event::{
-    Blind, Decision, Degraded, Detection, Exec, Gap, Kind, Lost, Network, RunRef, Tamper,
-    TokenIssued, Verdict,
+    Blind, Checkpoint, Decision, Degraded, Detection, Exec, Gap, Kind, Lost, Network, RunRef,
+    Tamper, TokenIssued, Verdict,
 };
 
 /// One OCSF event (any class; the attributes a class does not use stay
@@ -283,6 +283,7 @@ pub struct Unmapped<'a> {
     pub network: Option<RestOr<NetworkRest<'a>, &'a Network>>,
     // The other top-level fields, in the order of their names.
     pub blind: Option<Sorted<&'a Blind>>,
+    pub checkpoint: Option<Sorted<&'a Checkpoint>>,
     pub degraded: Option<Sorted<&'a Degraded>>,
     pub delivery: Option<&'a str>,
     pub detection: Option<Sorted<&'a Detection>>,

@@ -112,6 +112,7 @@ fn bare(kind: Kind, seq: u64, time: Timestamp, host: Arc<Host>) -> Event {
         blind: None,
         token: None,
         detection: None,
+        checkpoint: None,
     }
 }
 

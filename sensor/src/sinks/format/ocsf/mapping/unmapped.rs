@@ -32,6 +32,7 @@ pub(super) fn unmapped(event: &Event, exec_mapped: bool, shape: Option<NetShape>
         blind,
         token,
         detection,
+        checkpoint,
     } = event;
     Unmapped {
         kind: *kind,
@@ -54,6 +55,7 @@ pub(super) fn unmapped(event: &Event, exec_mapped: bool, shape: Option<NetShape>
             None => Some(RestOr::Whole(Sorted(n))),
         }),
         blind: blind.as_ref().map(Sorted),
+        checkpoint: checkpoint.as_ref().map(Sorted),
         detection: detection.as_ref().map(Sorted),
         degraded: degraded.as_ref().map(Sorted),
         delivery: *delivery,
