@@ -171,7 +171,10 @@ pub fn events(conn: &Connection, filter: &EventFilter) -> Result<Vec<StoredEvent
         sql.push_str(" AND escape_attempt = 1");
     }
     if let Some(since) = filter.since_ns {
-        sql.push_str(" AND time_ns >= ?");
+        // No index on time (it cost every insert): ids are in time order,
+        // so the first id at `since` bounds the scan.
+        sql.push_str(" AND id >= ? AND time_ns >= ?");
+        values.push(first_id_at(conn, since)?.into());
         values.push(since.into());
     }
     sql.push_str(" ORDER BY id");
@@ -182,6 +185,36 @@ pub fn events(conn: &Connection, filter: &EventFilter) -> Result<Vec<StoredEvent
     let mut stmt = conn.prepare(&sql)?;
     let rows = stmt.query_map(rusqlite::params_from_iter(values), event_row)?;
     collect(rows)
+}
+
+/// The first event id whose time is at or after `time_ns` (one past the
+/// last id when none is), found by bisection over the ids: events are
+/// inserted in sequence order, whose times only go back by the few
+/// milliseconds records of different CPUs are apart.
+pub fn first_id_at(conn: &Connection, time_ns: i64) -> rusqlite::Result<i64> {
+    let (min, max): (Option<i64>, Option<i64>) =
+        conn.query_row("SELECT min(id), max(id) FROM events", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let (Some(mut lo), Some(max)) = (min, max) else {
+        return Ok(0);
+    };
+    // The smallest x in lo..=hi whose first id at or after it is at
+    // `time_ns` or later (or is none): hi = max + 1 holds.
+    let mut hi = max.saturating_add(1);
+    let mut at =
+        conn.prepare_cached("SELECT id, time_ns FROM events WHERE id >= ?1 ORDER BY id LIMIT 1")?;
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let row: Option<(i64, i64)> = at
+            .query_row(params![mid], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        match row {
+            Some((id, t)) if t < time_ns => lo = id.saturating_add(1),
+            _ => hi = mid,
+        }
+    }
+    Ok(lo)
 }
 
 /// The latest events of process `pid` (alive or exited), newest first.

@@ -11,7 +11,7 @@
 //! ```
 //! Indexes serve the queries and nothing else (each costs every insert):
 //! events by run (a subtree is its runs, found through `runs.parent_id`), by
-//! time, by pid, by destination, by Unix socket path, by tamper target and
+//! pid (no index on time: (3) ids are in time order, bisected), by destination, by Unix socket path, by tamper target and
 //! the escape attempts (partial indexes: most events have none of these);
 //! runs by parent and root.
 
@@ -82,6 +82,17 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX events_escape ON events(id) WHERE escape_attempt = 1;
     CREATE INDEX events_path ON events(path) WHERE path IS NOT NULL;
     CREATE INDEX events_target ON events(target_pid) WHERE target_pid IS NOT NULL;
+    ",
+    // 2 → 3: a cheaper write path (issue 23). No index on time: ids are in
+    // time order, so retention and `--since` bisect the ids instead. The run
+    // and pid indexes lose their explicit id column (an index entry ends with
+    // the rowid anyway, which keeps `ORDER BY id` served by the index).
+    "
+    DROP INDEX events_time;
+    DROP INDEX events_pid;
+    CREATE INDEX events_pid ON events(pid);
+    DROP INDEX events_run;
+    CREATE INDEX events_run ON events(run_id) WHERE run_id IS NOT NULL;
     ",
 ];
 
