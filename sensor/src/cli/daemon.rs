@@ -120,7 +120,7 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
         None
     };
     let store = if config.store.enabled && !args.no_store {
-        Some(StoreWriter::start(
+        Some(StoreWriter::start_keeping(
             &db,
             Retention {
                 max_age: std::time::Duration::from_secs(
@@ -128,6 +128,7 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
                 ),
                 max_bytes: config.store.max_size_mb.saturating_mul(1024 * 1024),
             },
+            config.store.keep,
         )?)
     } else {
         None

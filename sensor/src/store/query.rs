@@ -271,3 +271,93 @@ fn collect(
     }
     Ok(out)
 }
+
+/// A process outside any run as `[store] keep = "runs"` sums it up (or a
+/// process and one destination of its): its latest event, when it was first
+/// and last seen, how many events.
+#[derive(Debug, Clone)]
+pub struct SeenRow {
+    pub event: Value,
+    pub first_ns: i64,
+    pub last_ns: i64,
+    pub events: u64,
+}
+
+/// Whether the store has the summary tables (a file no daemon of schema 4
+/// opened yet has not).
+fn has_summaries(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.prepare_cached(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'process_seen'",
+    )?
+    .exists([])
+}
+
+fn seen_rows(
+    stmt: &mut rusqlite::Statement<'_>,
+    params: impl rusqlite::Params,
+) -> Result<Vec<SeenRow>, QueryError> {
+    let rows = stmt.query_map(params, |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, i64>(3)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (body, first_ns, last_ns, events) = row?;
+        if let Ok(event) = serde_json::from_str(&body) {
+            out.push(SeenRow {
+                event,
+                first_ns,
+                last_ns,
+                events: u64::try_from(events).unwrap_or(0),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The summarized processes (outside any run) with pid `pid`, latest first.
+pub fn seen_pid(conn: &Connection, pid: u32, limit: u32) -> Result<Vec<SeenRow>, QueryError> {
+    if !has_summaries(conn)? {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare(
+        "SELECT body, first_ns, last_ns, events FROM process_seen WHERE pid = ?1
+         ORDER BY last_ns DESC LIMIT ?2",
+    )?;
+    seen_rows(&mut stmt, params![pid, limit])
+}
+
+/// The summarized processes (outside any run) that connected to `ip` (and
+/// `port` when given), latest first.
+pub fn seen_ip(
+    conn: &Connection,
+    ip: &str,
+    port: Option<u16>,
+    limit: u32,
+) -> Result<Vec<SeenRow>, QueryError> {
+    if !has_summaries(conn)? {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare(
+        "SELECT body, first_ns, last_ns, events FROM destination_seen
+         WHERE dst = ?1 AND unix = 0 AND (?2 IS NULL OR port = ?2) ORDER BY last_ns DESC LIMIT ?3",
+    )?;
+    seen_rows(&mut stmt, params![ip, port, limit])
+}
+
+/// The summarized processes (outside any run) that connected to the Unix
+/// socket address `path`, latest first.
+pub fn seen_unix(conn: &Connection, path: &str, limit: u32) -> Result<Vec<SeenRow>, QueryError> {
+    if !has_summaries(conn)? {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare(
+        "SELECT body, first_ns, last_ns, events FROM destination_seen
+         WHERE dst = ?1 AND unix = 1 ORDER BY last_ns DESC LIMIT ?2",
+    )?;
+    seen_rows(&mut stmt, params![path, limit])
+}

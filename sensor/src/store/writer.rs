@@ -4,6 +4,7 @@
 //! counted as dropped or failed and reported; the kernel reader never waits.
 
 use std::{
+    collections::HashMap,
     ops::Range,
     path::{Path, PathBuf},
     sync::{
@@ -18,7 +19,7 @@ use std::{
 use rusqlite::{Connection, params};
 
 use super::{StoreError, open_for_writing, rows};
-use crate::sinks::EventBatch;
+use crate::{config::StoreKeep, sinks::EventBatch};
 
 /// Batches waiting for the writer.
 const QUEUE_BATCHES: usize = 1024;
@@ -162,8 +163,19 @@ pub struct StoreWriter {
 }
 
 impl StoreWriter {
-    /// Opens (creating, migrating) the database and starts the writer thread.
+    /// Opens (creating, migrating) the database and starts the writer
+    /// thread, keeping every event.
     pub fn start(path: &Path, retention: Retention) -> Result<Self, StoreError> {
+        Self::start_keeping(path, retention, StoreKeep::All)
+    }
+
+    /// Opens (creating, migrating) the database and starts the writer
+    /// thread, keeping what `keep` says of the events outside any run.
+    pub fn start_keeping(
+        path: &Path,
+        retention: Retention,
+        keep: StoreKeep,
+    ) -> Result<Self, StoreError> {
         let conn = open_for_writing(path)?;
         // Every process's argv is in it: root's alone (a file made by an
         // older version, or before the daemon's umask, is tightened too).
@@ -186,7 +198,7 @@ impl StoreWriter {
         let thread_path = path.to_owned();
         let thread = std::thread::Builder::new()
             .name("store".into())
-            .spawn(move || write_loop(&thread_path, conn, &rx, &thread_stats, retention))
+            .spawn(move || write_loop(&thread_path, conn, &rx, &thread_stats, retention, keep))
             .map_err(|source| StoreError::Dir {
                 path: path.to_owned(),
                 source,
@@ -236,6 +248,7 @@ fn write_loop(
     rx: &Receiver<StoreBatch>,
     stats: &StoreStats,
     retention: Retention,
+    keep: StoreKeep,
 ) {
     let mut last_retention = Instant::now();
     let mut warned_at: Option<Instant> = None;
@@ -254,11 +267,13 @@ fn write_loop(
             let (n, result) = match conn.transaction() {
                 Ok(tx) => {
                     let mut n = 0u64;
-                    let mut result = insert_rows(&tx, &first.into_rows(), &mut n);
+                    let mut result = insert_rows(&tx, &first.into_rows(), &mut n, keep);
                     while result.is_ok() && (n as usize) < MAX_ROWS_PER_TRANSACTION {
                         let left = deadline.saturating_duration_since(Instant::now());
                         match rx.recv_timeout(left) {
-                            Ok(more) => result = insert_rows(&tx, &more.into_rows(), &mut n),
+                            Ok(more) => {
+                                result = insert_rows(&tx, &more.into_rows(), &mut n, keep);
+                            }
                             Err(RecvTimeoutError::Timeout) => break,
                             Err(RecvTimeoutError::Disconnected) => {
                                 open = false;
@@ -296,14 +311,22 @@ fn write_loop(
 #[cfg(test)]
 fn write_batch(conn: &mut Connection, batch: &Rows) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
-    insert_rows(&tx, batch, &mut 0)?;
+    insert_rows(&tx, batch, &mut 0, StoreKeep::All)?;
     tx.commit()
 }
 
 /// Inserts a batch's rows in the open transaction, counting them in `n`
 /// (all of them, written or failed with the transaction). The statements
-/// are prepared once per connection (rusqlite's statement cache).
-fn insert_rows(tx: &rusqlite::Transaction<'_>, batch: &Rows, n: &mut u64) -> rusqlite::Result<()> {
+/// are prepared once per connection (rusqlite's statement cache). With
+/// `keep = "runs"`, a process's or a connection's routine event outside any
+/// run only updates the summaries (one upsert per process and destination
+/// of the batch).
+fn insert_rows(
+    tx: &rusqlite::Transaction<'_>,
+    batch: &Rows,
+    n: &mut u64,
+    keep: StoreKeep,
+) -> rusqlite::Result<()> {
     *n += batch.records.len() as u64;
     let mut insert = tx.prepare_cached(
         "INSERT INTO events (seq, time_ns, kind, run_id, root_id, pid, process_key, dst_ip, dst_port, verdict, body,
@@ -316,6 +339,8 @@ fn insert_rows(tx: &rusqlite::Transaction<'_>, batch: &Rows, n: &mut u64) -> rus
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
          ON CONFLICT(id) DO UPDATE SET end_ns = excluded.end_ns, end_reason = excluded.end_reason",
     )?;
+    let mut processes: HashMap<&str, Seen<'_>> = HashMap::new();
+    let mut destinations: HashMap<(&str, u16, bool, &str), Seen<'_>> = HashMap::new();
     for r in &batch.records {
         let line = batch.bytes.get(r.line.clone()).unwrap_or_default();
         let line = line.strip_suffix(b"\n").unwrap_or(line);
@@ -324,6 +349,26 @@ fn insert_rows(tx: &rusqlite::Transaction<'_>, batch: &Rows, n: &mut u64) -> rus
             Ok(s) => s.into(),
             Err(_) => String::from_utf8_lossy(line),
         };
+        if keep == StoreKeep::Runs
+            && let Some((key, pid)) = summarized(r)
+        {
+            processes
+                .entry(key)
+                .or_insert_with(|| Seen::new(pid, r.time_ns))
+                .add(r.time_ns, body.clone());
+            let dst = match (&r.dst_ip, &r.path) {
+                (Some(ip), _) => Some((ip.as_str(), r.dst_port.unwrap_or(0), false)),
+                (None, Some(path)) => Some((path.as_str(), 0, true)),
+                (None, None) => None,
+            };
+            if let Some((dst, port, unix)) = dst {
+                destinations
+                    .entry((dst, port, unix, key))
+                    .or_insert_with(|| Seen::new(pid, r.time_ns))
+                    .add(r.time_ns, body.clone());
+            }
+            continue;
+        }
         insert.execute(params![
             i64::try_from(r.seq).unwrap_or(i64::MAX),
             r.time_ns,
@@ -362,7 +407,91 @@ fn insert_rows(tx: &rusqlite::Transaction<'_>, batch: &Rows, n: &mut u64) -> rus
             ])?;
         }
     }
+    if !processes.is_empty() {
+        let mut upsert = tx.prepare_cached(
+            "INSERT INTO process_seen (process_key, pid, first_ns, last_ns, events, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(process_key) DO UPDATE SET
+                 first_ns = min(first_ns, excluded.first_ns),
+                 last_ns = max(last_ns, excluded.last_ns),
+                 events = events + excluded.events,
+                 body = CASE WHEN excluded.last_ns >= last_ns THEN excluded.body ELSE body END",
+        )?;
+        for (key, s) in &processes {
+            upsert.execute(params![key, s.pid, s.first_ns, s.last_ns, s.events, s.body])?;
+        }
+    }
+    if !destinations.is_empty() {
+        let mut upsert = tx.prepare_cached(
+            "INSERT INTO destination_seen (dst, unix, port, process_key, pid, first_ns, last_ns, events, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT(dst, unix, port, process_key) DO UPDATE SET
+                 first_ns = min(first_ns, excluded.first_ns),
+                 last_ns = max(last_ns, excluded.last_ns),
+                 events = events + excluded.events,
+                 body = CASE WHEN excluded.last_ns >= last_ns THEN excluded.body ELSE body END",
+        )?;
+        for ((dst, port, unix, key), s) in &destinations {
+            upsert.execute(params![
+                dst,
+                i32::from(*unix),
+                port,
+                key,
+                s.pid,
+                s.first_ns,
+                s.last_ns,
+                s.events,
+                s.body
+            ])?;
+        }
+    }
     Ok(())
+}
+
+/// Whether `keep = "runs"` only summarizes this event, and then its
+/// process's key and pid: a process's or a connection's routine event
+/// outside any run. Escape attempts, tamper, policy, run and sensor events
+/// are always kept whole.
+fn summarized(r: &Record) -> Option<(&str, u32)> {
+    if r.run_id.is_some() || r.escape || r.run.is_some() {
+        return None;
+    }
+    match r.kind {
+        "process.spawn" | "process.exec" | "process.exit" | "network.connect"
+        | "network.listen" | "network.accept" => Some((r.process_key.as_deref()?, r.pid?)),
+        _ => None,
+    }
+}
+
+/// A summary row in the making: a batch's events of one process (or one
+/// process and destination).
+struct Seen<'a> {
+    pid: u32,
+    first_ns: i64,
+    last_ns: i64,
+    events: i64,
+    body: std::borrow::Cow<'a, str>,
+}
+
+impl<'a> Seen<'a> {
+    fn new(pid: u32, time_ns: i64) -> Self {
+        Self {
+            pid,
+            first_ns: time_ns,
+            last_ns: time_ns,
+            events: 0,
+            body: std::borrow::Cow::Borrowed(""),
+        }
+    }
+
+    fn add(&mut self, time_ns: i64, body: std::borrow::Cow<'a, str>) {
+        self.first_ns = self.first_ns.min(time_ns);
+        if time_ns >= self.last_ns || self.events == 0 {
+            self.last_ns = time_ns;
+            self.body = body;
+        }
+        self.events += 1;
+    }
 }
 
 /// Deletes events older than the age limit, then the oldest events while the
@@ -379,6 +508,14 @@ pub fn apply_retention(
     conn.execute(
         "DELETE FROM events WHERE id < ?1",
         params![super::query::first_id_at(conn, cutoff)?],
+    )?;
+    conn.execute(
+        "DELETE FROM process_seen WHERE last_ns < ?1",
+        params![cutoff],
+    )?;
+    conn.execute(
+        "DELETE FROM destination_seen WHERE last_ns < ?1",
+        params![cutoff],
     )?;
     for _ in 0..20 {
         let size: i64 = conn.query_row(
@@ -629,6 +766,89 @@ mod tests {
             query.as_millis()
         );
         assert_eq!(events.len(), 10 * total / runs);
+    }
+
+    /// `keep = "runs"`: a run's events and an escape attempt outside any run
+    /// are stored whole; the routine events of processes outside any run
+    /// only sum up per process and per destination, found by pid and address.
+    #[test]
+    fn keep_runs_sums_up_processes_outside_runs() {
+        use super::super::query::{seen_ip, seen_pid, seen_unix};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let w = StoreWriter::start_keeping(
+            &path,
+            Retention {
+                max_age: Duration::from_secs(3600),
+                max_bytes: u64::MAX,
+            },
+            StoreKeep::Runs,
+        )
+        .unwrap();
+        let mut b = batch(8, 1, 0);
+        for (i, r) in b.records.iter_mut().enumerate() {
+            r.time_ns = 100 + i as i64;
+            r.process_key = Some(format!("k{}", 7 + i / 4));
+            r.pid = Some(7 + (i / 4) as u32);
+            if i > 0 {
+                r.run_id = None;
+            }
+        }
+        // 0: in run r1. 1..=3: pid 7 (an exec, two connects to 192.0.2.1:443).
+        // 4..=7: pid 8 (a connect to a Unix socket, an escape, two exits).
+        for i in [2, 3] {
+            b.records[i].kind = "network.connect";
+            b.records[i].dst_ip = Some("192.0.2.1".into());
+            b.records[i].dst_port = Some(443);
+        }
+        b.records[4].kind = "network.connect";
+        b.records[4].path = Some("/run/x.sock".into());
+        b.records[5].kind = "process.tamper";
+        b.records[5].escape = true;
+        b.records[6].kind = "process.exit";
+        b.records[7].kind = "process.exit";
+        let stats = w.stats();
+        w.send(StoreBatch::Rows(b));
+        w.send(StoreBatch::Rows(batch(2, 9, 200)));
+        w.close();
+        assert_eq!(
+            stats.written.load(Ordering::Relaxed),
+            10,
+            "every event counts as written"
+        );
+        let read = super::super::open_for_reading(&path).unwrap();
+        let seqs: Vec<i64> = read
+            .prepare("SELECT seq FROM events ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            seqs,
+            vec![1, 6, 9, 10],
+            "the run's and the escape are whole"
+        );
+        let p7 = seen_pid(&read, 7, 10).unwrap();
+        assert_eq!(p7.len(), 1);
+        assert_eq!((p7[0].first_ns, p7[0].last_ns, p7[0].events), (101, 103, 3));
+        assert_eq!(p7[0].event["seq"], 4, "the latest event: {:?}", p7[0].event);
+        let p8 = seen_pid(&read, 8, 10).unwrap();
+        assert_eq!((p8[0].first_ns, p8[0].last_ns, p8[0].events), (104, 107, 3));
+        let ip = seen_ip(&read, "192.0.2.1", Some(443), 10).unwrap();
+        assert_eq!(ip.len(), 1);
+        assert_eq!((ip[0].events, ip[0].event["seq"].as_u64()), (2, Some(4)));
+        assert_eq!(seen_ip(&read, "192.0.2.1", None, 10).unwrap().len(), 1);
+        assert!(
+            seen_ip(&read, "192.0.2.1", Some(80), 10)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            seen_unix(&read, "/run/x.sock", 10).unwrap()[0].event["seq"],
+            5
+        );
+        assert!(seen_pid(&read, 9, 10).unwrap().is_empty());
     }
 
     /// Without a time index, `--since` and retention bisect the ids: the
