@@ -807,7 +807,9 @@ mod tests {
                 seq: n as u64,
                 time_ns: n as i64,
                 kind,
-                run_id: (process % 100 == 0).then(|| format!("run-{}", process / 100 % 10)),
+                run_id: process
+                    .is_multiple_of(100)
+                    .then(|| format!("run-{}", process / 100 % 10)),
                 pid: Some((process % 4_000_000) as u32),
                 process_key: Some(format!("b:{process}:{}", process % 4_000_000)),
                 dst_ip: connect.then(|| format!("10.0.0.{}", process % 16)),
