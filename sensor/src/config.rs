@@ -268,6 +268,22 @@ pub struct StoreConfig {
     pub retention_days: u32,
     /// The file is kept under this size (oldest events deleted first).
     pub max_size_mb: u64,
+    /// What is kept of events outside any agent run.
+    pub keep: StoreKeep,
+}
+
+/// `[store] keep`: what the store keeps of the events outside any agent run
+/// (every event of a run, and every event that is not a process's or a
+/// connection's routine, is always kept).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKeep {
+    /// A summary per process and per (destination, process): first and last
+    /// seen, how many events, the latest event (what `who` answers with).
+    #[default]
+    Runs,
+    /// Every event.
+    All,
 }
 
 impl Default for StoreConfig {
@@ -277,6 +293,7 @@ impl Default for StoreConfig {
             path: None,
             retention_days: 30,
             max_size_mb: 2048,
+            keep: StoreKeep::Runs,
         }
     }
 }

@@ -544,3 +544,120 @@ fn a_locked_database_never_blocks_the_reader_and_its_losses_are_reported() -> Re
     d.check_alive()?;
     Ok(())
 }
+
+/// `[store] keep`: a process outside any run (a python that connects to a
+/// closed loopback port) is found by `who --pid` and `who --ip` either way;
+/// with "all" its events are rows of `events`, with "runs" (the default)
+/// only its summaries are (first and last seen, counts, latest event).
+#[test]
+fn keep_runs_and_all_both_answer_who_for_processes_outside_runs() -> Result<()> {
+    for keep in ["runs", "all"] {
+        let dir = TempDir::new(&format!("store-keep-{keep}"))?;
+        let db = dir.path().join("sensor.db");
+        let db_arg = db.display().to_string();
+        let d = Daemon::start_with(
+            Some(&format!("[store]\nkeep = \"{keep}\"\n")),
+            &["--db", &db_arg],
+        )?;
+        let m = marker();
+        let port = 9;
+        let mut cmd = Command::new("python3");
+        cmd.args([
+            "-c",
+            &format!("import socket, sys; s=socket.socket(); s.connect_ex(('127.0.0.1', {port})); sys.exit(0) # {m}"),
+        ]);
+        let (_, out) = run_with_timeout(&mut cmd, Duration::from_secs(30))?;
+        ensure!(out.status.success(), "python3: {}", text(&out.stderr));
+        let exec = d.wait_for(EVENT_TIMEOUT, |e| {
+            e["kind"] == "process.exec" && e["process"]["argv"].to_string().contains(&m)
+        })?;
+        let exec_key = exec["process"]["key"].clone();
+        let connect = d.wait_for(EVENT_TIMEOUT, |e| {
+            e["kind"] == "network.connect"
+                && e["network"]["dst_port"] == port
+                && e["process"]["key"] == exec_key
+        })?;
+        ensure!(connect["run"].is_null(), "outside any run: {connect}");
+        let pid = connect["process"]["pid"].as_u64().context("pid")?;
+        let key = connect["process"]["key"]
+            .as_str()
+            .context("key")?
+            .to_owned();
+        // The writer commits within 100 ms of a batch: poll.
+        let deadline = std::time::Instant::now() + EVENT_TIMEOUT;
+        let who = loop {
+            let who = query_json(&db, &["who", "--pid", &pid.to_string()])?;
+            if who
+                .as_array()
+                .is_some_and(|a| a.iter().any(|w| w["process"]["key"] == key.as_str()))
+            {
+                break who;
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "keep = {keep}: who --pid {pid}: {who}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let answer = who
+            .as_array()
+            .and_then(|a| a.iter().find(|w| w["process"]["key"] == key.as_str()))
+            .context("answer")?;
+        ensure!(answer["run"].is_null(), "keep = {keep}: {answer}");
+        ensure!(
+            answer["summary"].is_null() == (keep == "all"),
+            "keep = {keep}: a summary only when summed up: {answer}"
+        );
+        loop {
+            let (ok, out, err) = query(
+                &db,
+                &["who", "--ip", &format!("127.0.0.1:{port}"), "--json"],
+            )?;
+            let by_ip: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+            if ok
+                && by_ip.as_array().is_some_and(|a| {
+                    a.iter().any(|w| {
+                        w["process"]["key"] == key.as_str() && w["network"]["dst_port"] == port
+                    })
+                })
+            {
+                break;
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "keep = {keep}: who --ip: {out} {err}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let rows = sql_rows(
+            &db,
+            &format!("SELECT count(*) FROM events WHERE process_key = '{key}'"),
+        )?;
+        let summaries = sql_rows(
+            &db,
+            &format!(
+                "SELECT events, first_ns <= last_ns FROM process_seen WHERE process_key = '{key}'"
+            ),
+        )?;
+        if keep == "all" {
+            ensure!(
+                rows[0][0].as_u64().is_some_and(|n| n >= 2),
+                "exec and connect stored: {rows:?}"
+            );
+            ensure!(summaries.is_empty(), "{summaries:?}");
+        } else {
+            ensure!(
+                rows[0][0] == 0,
+                "keep = runs stores no event of it: {rows:?}"
+            );
+            ensure!(
+                summaries.len() == 1
+                    && summaries[0][0].as_u64().is_some_and(|n| n >= 2)
+                    && summaries[0][1] == 1,
+                "its summary: {summaries:?}"
+            );
+        }
+        drop(d);
+    }
+    Ok(())
+}

@@ -134,7 +134,7 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
     )
     .context("tamper-evident run records ([provenance])")?;
     let store = if config.store.enabled && !args.no_store {
-        Some(StoreWriter::start(
+        Some(StoreWriter::start_keeping(
             &db,
             Retention {
                 max_age: std::time::Duration::from_secs(
@@ -142,6 +142,7 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
                 ),
                 max_bytes: config.store.max_size_mb.saturating_mul(1024 * 1024),
             },
+            config.store.keep,
         )?)
     } else {
         None

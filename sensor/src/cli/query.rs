@@ -733,31 +733,54 @@ pub fn events(args: &EventsArgs) -> anyhow::Result<ExitCode> {
 
 pub fn who(args: &WhoArgs) -> anyhow::Result<ExitCode> {
     let conn = open_for_reading(&args.db.db)?;
-    let found = match (args.pid, args.ip, &args.unix) {
-        (Some(pid), _, _) => query::events_of_pid(&conn, pid, 1000)?,
-        (None, Some((ip, port)), _) => query::connects_to(&conn, &ip.to_string(), port, 1000)?,
-        (None, None, Some(path)) => query::unix_connects_to(&conn, path, 1000)?,
+    let (found, seen) = match (args.pid, args.ip, &args.unix) {
+        (Some(pid), _, _) => (
+            query::events_of_pid(&conn, pid, 1000)?,
+            query::seen_pid(&conn, pid, 1000)?,
+        ),
+        (None, Some((ip, port)), _) => {
+            let ip = ip.to_string();
+            (
+                query::connects_to(&conn, &ip, port, 1000)?,
+                query::seen_ip(&conn, &ip, port, 1000)?,
+            )
+        }
+        (None, None, Some(path)) => (
+            query::unix_connects_to(&conn, path, 1000)?,
+            query::seen_unix(&conn, path, 1000)?,
+        ),
         (None, None, None) => anyhow::bail!("give --pid, --ip or --unix"),
     };
+    // Stored events and, with `[store] keep = "runs"`, the summaries of
+    // processes outside any run (their latest event): newest first.
+    let mut found: Vec<(&Value, Option<&query::SeenRow>)> = found
+        .iter()
+        .map(|se| (&se.event, None))
+        .chain(seen.iter().map(|s| (&s.event, Some(s))))
+        .collect();
+    found.sort_by_key(|f| std::cmp::Reverse(str_of(f.0, "/time")));
     // One answer per process (a pid may have been reused), newest first.
     let mut seen = Vec::<String>::new();
     let mut answers = Vec::new();
     // The exe each answer shows in text (from the raw path when not UTF-8).
     let mut exes = Vec::new();
-    for se in &found {
-        let e = &se.event;
+    for (e, summary) in found {
         let key = str_of(e, "/process/key");
         if seen.contains(&key) {
             continue;
         }
         seen.push(key.clone());
         exes.push(exe_shown(&e["process"]).unwrap_or_else(|| "?".to_owned()));
-        answers.push(json!({
+        let mut answer = json!({
             "process": {"key": key, "pid": e["process"]["pid"], "exe": e["process"]["exe"], "uid": e["process"]["uid"]},
             "run": e["run"],
             "last_seen": e["time"],
             "network": e.get("network"),
-        }));
+        });
+        if let Some(s) = summary {
+            answer["summary"] = json!({"first_seen": time_of_ns(s.first_ns), "events": s.events});
+        }
+        answers.push(answer);
     }
     if args.db.json {
         println!("{}", Value::Array(answers));
@@ -785,8 +808,17 @@ pub fn who(args: &WhoArgs) -> anyhow::Result<ExitCode> {
                 shown_str(run, "/attribution")
             )
         };
+        let summary = if a["summary"].is_null() {
+            String::new()
+        } else {
+            format!(
+                " ({} events since {}, summed up: [store] keep = \"runs\")",
+                shown_value(&a["summary"]["events"]),
+                shown_str(a, "/summary/first_seen")
+            )
+        };
         println!(
-            "pid {} {exe} (key {}, last seen {}): {owner}",
+            "pid {} {exe} (key {}, last seen {}): {owner}{summary}",
             shown_value(&a["process"]["pid"]),
             shown_str(a, "/process/key"),
             shown_str(a, "/last_seen")

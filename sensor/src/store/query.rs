@@ -171,7 +171,10 @@ pub fn events(conn: &Connection, filter: &EventFilter) -> Result<Vec<StoredEvent
         sql.push_str(" AND escape_attempt = 1");
     }
     if let Some(since) = filter.since_ns {
-        sql.push_str(" AND time_ns >= ?");
+        // No index on time (it cost every insert): ids are in time order,
+        // so the first id at `since` bounds the scan.
+        sql.push_str(" AND id >= ? AND time_ns >= ?");
+        values.push(first_id_at(conn, since)?.into());
         values.push(since.into());
     }
     sql.push_str(" ORDER BY id");
@@ -182,6 +185,36 @@ pub fn events(conn: &Connection, filter: &EventFilter) -> Result<Vec<StoredEvent
     let mut stmt = conn.prepare(&sql)?;
     let rows = stmt.query_map(rusqlite::params_from_iter(values), event_row)?;
     collect(rows)
+}
+
+/// The first event id whose time is at or after `time_ns` (one past the
+/// last id when none is), found by bisection over the ids: events are
+/// inserted in sequence order, whose times only go back by the few
+/// milliseconds records of different CPUs are apart.
+pub fn first_id_at(conn: &Connection, time_ns: i64) -> rusqlite::Result<i64> {
+    let (min, max): (Option<i64>, Option<i64>) =
+        conn.query_row("SELECT min(id), max(id) FROM events", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let (Some(mut lo), Some(max)) = (min, max) else {
+        return Ok(0);
+    };
+    // The smallest x in lo..=hi whose first id at or after it is at
+    // `time_ns` or later (or is none): hi = max + 1 holds.
+    let mut hi = max.saturating_add(1);
+    let mut at =
+        conn.prepare_cached("SELECT id, time_ns FROM events WHERE id >= ?1 ORDER BY id LIMIT 1")?;
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let row: Option<(i64, i64)> = at
+            .query_row(params![mid], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        match row {
+            Some((id, t)) if t < time_ns => lo = id.saturating_add(1),
+            _ => hi = mid,
+        }
+    }
+    Ok(lo)
 }
 
 /// The latest events of process `pid` (alive or exited), newest first.
@@ -237,4 +270,94 @@ fn collect(
         }
     }
     Ok(out)
+}
+
+/// A process outside any run as `[store] keep = "runs"` sums it up (or a
+/// process and one destination of its): its latest event, when it was first
+/// and last seen, how many events.
+#[derive(Debug, Clone)]
+pub struct SeenRow {
+    pub event: Value,
+    pub first_ns: i64,
+    pub last_ns: i64,
+    pub events: u64,
+}
+
+/// Whether the store has the summary tables (a file no daemon of schema 4
+/// opened yet has not).
+fn has_summaries(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.prepare_cached(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'process_seen'",
+    )?
+    .exists([])
+}
+
+fn seen_rows(
+    stmt: &mut rusqlite::Statement<'_>,
+    params: impl rusqlite::Params,
+) -> Result<Vec<SeenRow>, QueryError> {
+    let rows = stmt.query_map(params, |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, i64>(3)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (body, first_ns, last_ns, events) = row?;
+        if let Ok(event) = serde_json::from_str(&body) {
+            out.push(SeenRow {
+                event,
+                first_ns,
+                last_ns,
+                events: u64::try_from(events).unwrap_or(0),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The summarized processes (outside any run) with pid `pid`, latest first.
+pub fn seen_pid(conn: &Connection, pid: u32, limit: u32) -> Result<Vec<SeenRow>, QueryError> {
+    if !has_summaries(conn)? {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare(
+        "SELECT body, first_ns, last_ns, events FROM process_seen WHERE pid = ?1
+         ORDER BY last_ns DESC LIMIT ?2",
+    )?;
+    seen_rows(&mut stmt, params![pid, limit])
+}
+
+/// The summarized processes (outside any run) that connected to `ip` (and
+/// `port` when given), latest first.
+pub fn seen_ip(
+    conn: &Connection,
+    ip: &str,
+    port: Option<u16>,
+    limit: u32,
+) -> Result<Vec<SeenRow>, QueryError> {
+    if !has_summaries(conn)? {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare(
+        "SELECT body, first_ns, last_ns, events FROM destination_seen
+         WHERE dst = ?1 AND unix = 0 AND (?2 IS NULL OR port = ?2) ORDER BY last_ns DESC LIMIT ?3",
+    )?;
+    seen_rows(&mut stmt, params![ip, port, limit])
+}
+
+/// The summarized processes (outside any run) that connected to the Unix
+/// socket address `path`, latest first.
+pub fn seen_unix(conn: &Connection, path: &str, limit: u32) -> Result<Vec<SeenRow>, QueryError> {
+    if !has_summaries(conn)? {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare(
+        "SELECT body, first_ns, last_ns, events FROM destination_seen
+         WHERE dst = ?1 AND unix = 1 ORDER BY last_ns DESC LIMIT ?2",
+    )?;
+    seen_rows(&mut stmt, params![path, limit])
 }

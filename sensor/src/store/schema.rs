@@ -8,11 +8,15 @@
 //!                                 pid, process_key, dst_ip, dst_port, verdict, body (the JSON line),
 //!                                 (2) path (Unix socket), method, target_pid, target_run (tamper),
 //!                                 escape_attempt (1: an escape attempt, `Event::is_escape_attempt`)
-//!                                 (3) chain (hex: the event's run chain value, `provenance.chain`)
+//! process_seen      (4) one row per process outside any run (keep = "runs"): process_key, pid,
+//!                   first_ns, last_ns, events (count), body (its latest event's JSON line)
+//! destination_seen  (4) the same per (dst, unix, port, process_key): dst is dst_ip or the Unix
+//!                   socket path (unix = 1, port 0)
+//!                                 (5) chain (hex: the event's run chain value, `provenance.chain`)
 //! ```
 //! Indexes serve the queries and nothing else (each costs every insert):
 //! events by run (a subtree is its runs, found through `runs.parent_id`), by
-//! time, by pid, by destination, by Unix socket path, by tamper target and
+//! pid (no index on time: (3) ids are in time order, bisected), by destination, by Unix socket path, by tamper target and
 //! the escape attempts (partial indexes: most events have none of these);
 //! runs by parent and root.
 
@@ -84,7 +88,46 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX events_path ON events(path) WHERE path IS NOT NULL;
     CREATE INDEX events_target ON events(target_pid) WHERE target_pid IS NOT NULL;
     ",
-    // 2 → 3: the run chain value of each event of a run (provenance).
+    // 2 → 3: a cheaper write path (issue 23). No index on time: ids are in
+    // time order, so retention and `--since` bisect the ids instead. The run
+    // and pid indexes lose their explicit id column (an index entry ends with
+    // the rowid anyway, which keeps `ORDER BY id` served by the index).
+    "
+    DROP INDEX events_time;
+    DROP INDEX events_pid;
+    CREATE INDEX events_pid ON events(pid);
+    DROP INDEX events_run;
+    CREATE INDEX events_run ON events(run_id) WHERE run_id IS NOT NULL;
+    ",
+    // 3 → 4: `[store] keep = "runs"` (issue 23): outside any run, a
+    // process's and a connection's routine events are summed up per process
+    // and per (destination, process) instead of stored one by one. `body` is
+    // the latest such event (the JSON line), what `who` answers with.
+    // WITHOUT ROWID: a row is found by its key only, one b-tree per table.
+    "
+    CREATE TABLE process_seen (
+        process_key TEXT NOT NULL PRIMARY KEY,
+        pid INTEGER NOT NULL,
+        first_ns INTEGER NOT NULL,
+        last_ns INTEGER NOT NULL,
+        events INTEGER NOT NULL,
+        body TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX process_seen_pid ON process_seen(pid);
+    CREATE TABLE destination_seen (
+        dst TEXT NOT NULL,
+        unix INTEGER NOT NULL,
+        port INTEGER NOT NULL,
+        process_key TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        first_ns INTEGER NOT NULL,
+        last_ns INTEGER NOT NULL,
+        events INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (dst, unix, port, process_key)
+    ) WITHOUT ROWID;
+    ",
+    // 4 → 5: the run chain value of each event of a run (provenance).
     "
     ALTER TABLE events ADD COLUMN chain TEXT;
     ",

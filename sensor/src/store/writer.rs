@@ -4,6 +4,7 @@
 //! counted as dropped or failed and reported; the kernel reader never waits.
 
 use std::{
+    collections::HashMap,
     ops::Range,
     path::{Path, PathBuf},
     sync::{
@@ -18,7 +19,7 @@ use std::{
 use rusqlite::{Connection, params};
 
 use super::{StoreError, open_for_writing, rows};
-use crate::sinks::EventBatch;
+use crate::{config::StoreKeep, sinks::EventBatch};
 
 /// Batches waiting for the writer.
 const QUEUE_BATCHES: usize = 1024;
@@ -26,6 +27,9 @@ const QUEUE_BATCHES: usize = 1024;
 /// to this, so a backlog is written in big transactions (each commit writes
 /// every page it dirtied once; the random index pages dominate).
 const MAX_ROWS_PER_TRANSACTION: usize = 50_000;
+/// A transaction is committed at most this long after its first batch
+/// arrived: the store lags the outputs by no more than this (plus the write).
+const COMMIT_EVERY: Duration = Duration::from_millis(100);
 /// How often retention runs.
 const RETENTION_EVERY: Duration = Duration::from_secs(600);
 
@@ -165,8 +169,19 @@ pub struct StoreWriter {
 }
 
 impl StoreWriter {
-    /// Opens (creating, migrating) the database and starts the writer thread.
+    /// Opens (creating, migrating) the database and starts the writer
+    /// thread, keeping every event.
     pub fn start(path: &Path, retention: Retention) -> Result<Self, StoreError> {
+        Self::start_keeping(path, retention, StoreKeep::All)
+    }
+
+    /// Opens (creating, migrating) the database and starts the writer
+    /// thread, keeping what `keep` says of the events outside any run.
+    pub fn start_keeping(
+        path: &Path,
+        retention: Retention,
+        keep: StoreKeep,
+    ) -> Result<Self, StoreError> {
         let conn = open_for_writing(path)?;
         // Every process's argv is in it: root's alone (a file made by an
         // older version, or before the daemon's umask, is tightened too).
@@ -189,7 +204,7 @@ impl StoreWriter {
         let thread_path = path.to_owned();
         let thread = std::thread::Builder::new()
             .name("store".into())
-            .spawn(move || write_loop(&thread_path, conn, &rx, &thread_stats, retention))
+            .spawn(move || write_loop(&thread_path, conn, &rx, &thread_stats, retention, keep))
             .map_err(|source| StoreError::Dir {
                 path: path.to_owned(),
                 source,
@@ -239,30 +254,44 @@ fn write_loop(
     rx: &Receiver<StoreBatch>,
     stats: &StoreStats,
     retention: Retention,
+    keep: StoreKeep,
 ) {
     let mut last_retention = Instant::now();
     let mut warned_at: Option<Instant> = None;
-    loop {
-        let batch = match rx.recv_timeout(Duration::from_secs(60)) {
+    let mut open = true;
+    while open {
+        let first = match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(b) => Some(b),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => break,
         };
-        if let Some(first) = batch {
-            let mut batches = vec![first.into_rows()];
-            let mut rows = batches[0].records.len();
-            while rows < MAX_ROWS_PER_TRANSACTION {
-                match rx.try_recv() {
-                    Ok(more) => {
-                        let more = more.into_rows();
-                        rows += more.records.len();
-                        batches.push(more);
+        if let Some(first) = first {
+            // One transaction for what arrives within COMMIT_EVERY of the
+            // first batch (or MAX_ROWS_PER_TRANSACTION rows): each batch is
+            // inserted as it comes, the commit writes every dirtied page once.
+            let deadline = Instant::now() + COMMIT_EVERY;
+            let (n, result) = match conn.transaction() {
+                Ok(tx) => {
+                    let mut n = 0u64;
+                    let mut result = insert_rows(&tx, &first.into_rows(), &mut n, keep);
+                    while result.is_ok() && (n as usize) < MAX_ROWS_PER_TRANSACTION {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        match rx.recv_timeout(left) {
+                            Ok(more) => {
+                                result = insert_rows(&tx, &more.into_rows(), &mut n, keep);
+                            }
+                            Err(RecvTimeoutError::Timeout) => break,
+                            Err(RecvTimeoutError::Disconnected) => {
+                                open = false;
+                                break;
+                            }
+                        }
                     }
-                    Err(_) => break,
+                    (n, result.and_then(|()| tx.commit()))
                 }
-            }
-            let n = rows as u64;
-            match write_batches(&mut conn, &batches) {
+                Err(e) => (first.len() as u64, Err(e)),
+            };
+            match result {
                 Ok(()) => {
                     stats.written.fetch_add(n, Ordering::Relaxed);
                 }
@@ -287,70 +316,189 @@ fn write_loop(
 /// Writes one batch in its own transaction.
 #[cfg(test)]
 fn write_batch(conn: &mut Connection, batch: &Rows) -> rusqlite::Result<()> {
-    write_batches(conn, std::slice::from_ref(batch))
+    let tx = conn.transaction()?;
+    insert_rows(&tx, batch, &mut 0, StoreKeep::All)?;
+    tx.commit()
 }
 
-/// Writes batches in one transaction.
-fn write_batches(conn: &mut Connection, batches: &[Rows]) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
-    for batch in batches {
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO events (seq, time_ns, kind, run_id, root_id, pid, process_key, dst_ip, dst_port, verdict, body,
-                                 path, method, target_pid, target_run, escape_attempt, chain)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
-        )?;
-        let mut run = tx.prepare_cached(
-            "INSERT INTO runs (id, agent, principal, principal_claimed, uid, parent_id, root_id, depth, policy, labels,
-                               started_by, host, start_ns, end_ns, end_reason)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
-             ON CONFLICT(id) DO UPDATE SET end_ns = excluded.end_ns, end_reason = excluded.end_reason",
-        )?;
-        for r in &batch.records {
-            let line = batch.bytes.get(r.line.clone()).unwrap_or_default();
-            let line = line.strip_suffix(b"\n").unwrap_or(line);
-            // serde_json writes UTF-8; a line that is not is stored lossily.
-            let body: std::borrow::Cow<'_, str> = String::from_utf8_lossy(line);
-            insert.execute(params![
-                i64::try_from(r.seq).unwrap_or(i64::MAX),
-                r.time_ns,
-                r.kind,
-                r.run_id,
-                r.root_id,
-                r.pid,
-                r.process_key,
-                r.dst_ip,
-                r.dst_port,
-                r.verdict,
-                body,
-                r.path,
-                r.method,
-                r.target_pid,
-                r.target_run,
-                i32::from(r.escape),
-                r.chain.map(hex::encode),
-            ])?;
-            if let Some(row) = &r.run {
-                run.execute(params![
-                    row.id,
-                    row.agent,
-                    row.principal,
-                    row.principal_claimed,
-                    row.uid,
-                    row.parent_id,
-                    row.root_id,
-                    row.depth,
-                    row.policy,
-                    row.labels,
-                    row.started_by,
-                    row.host,
-                    row.start_ns,
-                    row.end_ns,
-                    row.end_reason,
-                ])?;
+/// Inserts a batch's rows in the open transaction, counting them in `n`
+/// (all of them, written or failed with the transaction). The statements
+/// are prepared once per connection (rusqlite's statement cache). With
+/// `keep = "runs"`, a process's or a connection's routine event outside any
+/// run only updates the summaries (one upsert per process and destination
+/// of the batch).
+fn insert_rows(
+    tx: &rusqlite::Transaction<'_>,
+    batch: &Rows,
+    n: &mut u64,
+    keep: StoreKeep,
+) -> rusqlite::Result<()> {
+    *n += batch.records.len() as u64;
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO events (seq, time_ns, kind, run_id, root_id, pid, process_key, dst_ip, dst_port, verdict, body,
+                             path, method, target_pid, target_run, escape_attempt, chain)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+    )?;
+    let mut run = tx.prepare_cached(
+        "INSERT INTO runs (id, agent, principal, principal_claimed, uid, parent_id, root_id, depth, policy, labels,
+                           started_by, host, start_ns, end_ns, end_reason)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+         ON CONFLICT(id) DO UPDATE SET end_ns = excluded.end_ns, end_reason = excluded.end_reason",
+    )?;
+    let mut processes: HashMap<&str, Seen<'_>> = HashMap::new();
+    let mut destinations: HashMap<(&str, u16, bool, &str), Seen<'_>> = HashMap::new();
+    for r in &batch.records {
+        let line = batch.bytes.get(r.line.clone()).unwrap_or_default();
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        // serde_json writes UTF-8; a line that is not is stored lossily.
+        let body: std::borrow::Cow<'_, str> = match std::str::from_utf8(line) {
+            Ok(s) => s.into(),
+            Err(_) => String::from_utf8_lossy(line),
+        };
+        if keep == StoreKeep::Runs
+            && let Some((key, pid)) = summarized(r)
+        {
+            processes
+                .entry(key)
+                .or_insert_with(|| Seen::new(pid, r.time_ns))
+                .add(r.time_ns, body.clone());
+            let dst = match (&r.dst_ip, &r.path) {
+                (Some(ip), _) => Some((ip.as_str(), r.dst_port.unwrap_or(0), false)),
+                (None, Some(path)) => Some((path.as_str(), 0, true)),
+                (None, None) => None,
+            };
+            if let Some((dst, port, unix)) = dst {
+                destinations
+                    .entry((dst, port, unix, key))
+                    .or_insert_with(|| Seen::new(pid, r.time_ns))
+                    .add(r.time_ns, body.clone());
             }
+            continue;
+        }
+        insert.execute(params![
+            i64::try_from(r.seq).unwrap_or(i64::MAX),
+            r.time_ns,
+            r.kind,
+            r.run_id,
+            r.root_id,
+            r.pid,
+            r.process_key,
+            r.dst_ip,
+            r.dst_port,
+            r.verdict,
+            body,
+            r.path,
+            r.method,
+            r.target_pid,
+            r.target_run,
+            i32::from(r.escape),
+            r.chain.map(hex::encode),
+        ])?;
+        if let Some(row) = &r.run {
+            run.execute(params![
+                row.id,
+                row.agent,
+                row.principal,
+                row.principal_claimed,
+                row.uid,
+                row.parent_id,
+                row.root_id,
+                row.depth,
+                row.policy,
+                row.labels,
+                row.started_by,
+                row.host,
+                row.start_ns,
+                row.end_ns,
+                row.end_reason,
+            ])?;
         }
     }
-    tx.commit()
+    if !processes.is_empty() {
+        let mut upsert = tx.prepare_cached(
+            "INSERT INTO process_seen (process_key, pid, first_ns, last_ns, events, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(process_key) DO UPDATE SET
+                 first_ns = min(first_ns, excluded.first_ns),
+                 last_ns = max(last_ns, excluded.last_ns),
+                 events = events + excluded.events,
+                 body = CASE WHEN excluded.last_ns >= last_ns THEN excluded.body ELSE body END",
+        )?;
+        for (key, s) in &processes {
+            upsert.execute(params![key, s.pid, s.first_ns, s.last_ns, s.events, s.body])?;
+        }
+    }
+    if !destinations.is_empty() {
+        let mut upsert = tx.prepare_cached(
+            "INSERT INTO destination_seen (dst, unix, port, process_key, pid, first_ns, last_ns, events, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT(dst, unix, port, process_key) DO UPDATE SET
+                 first_ns = min(first_ns, excluded.first_ns),
+                 last_ns = max(last_ns, excluded.last_ns),
+                 events = events + excluded.events,
+                 body = CASE WHEN excluded.last_ns >= last_ns THEN excluded.body ELSE body END",
+        )?;
+        for ((dst, port, unix, key), s) in &destinations {
+            upsert.execute(params![
+                dst,
+                i32::from(*unix),
+                port,
+                key,
+                s.pid,
+                s.first_ns,
+                s.last_ns,
+                s.events,
+                s.body
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `keep = "runs"` only summarizes this event, and then its
+/// process's key and pid: a process's or a connection's routine event
+/// outside any run. Escape attempts, tamper, policy, run and sensor events
+/// are always kept whole.
+fn summarized(r: &Record) -> Option<(&str, u32)> {
+    if r.run_id.is_some() || r.escape || r.run.is_some() {
+        return None;
+    }
+    match r.kind {
+        "process.spawn" | "process.exec" | "process.exit" | "network.connect"
+        | "network.listen" | "network.accept" => Some((r.process_key.as_deref()?, r.pid?)),
+        _ => None,
+    }
+}
+
+/// A summary row in the making: a batch's events of one process (or one
+/// process and destination).
+struct Seen<'a> {
+    pid: u32,
+    first_ns: i64,
+    last_ns: i64,
+    events: i64,
+    body: std::borrow::Cow<'a, str>,
+}
+
+impl<'a> Seen<'a> {
+    fn new(pid: u32, time_ns: i64) -> Self {
+        Self {
+            pid,
+            first_ns: time_ns,
+            last_ns: time_ns,
+            events: 0,
+            body: std::borrow::Cow::Borrowed(""),
+        }
+    }
+
+    fn add(&mut self, time_ns: i64, body: std::borrow::Cow<'a, str>) {
+        self.first_ns = self.first_ns.min(time_ns);
+        if time_ns >= self.last_ns || self.events == 0 {
+            self.last_ns = time_ns;
+            self.body = body;
+        }
+        self.events += 1;
+    }
 }
 
 /// Deletes events older than the age limit, then the oldest events while the
@@ -363,7 +511,19 @@ pub fn apply_retention(
     let now_ns = super::unix_ns(now);
     let cutoff =
         now_ns.saturating_sub(i64::try_from(retention.max_age.as_nanos()).unwrap_or(i64::MAX));
-    conn.execute("DELETE FROM events WHERE time_ns < ?1", params![cutoff])?;
+    // Events are in time order by id (no index on time: it cost every insert).
+    conn.execute(
+        "DELETE FROM events WHERE id < ?1",
+        params![super::query::first_id_at(conn, cutoff)?],
+    )?;
+    conn.execute(
+        "DELETE FROM process_seen WHERE last_ns < ?1",
+        params![cutoff],
+    )?;
+    conn.execute(
+        "DELETE FROM destination_seen WHERE last_ns < ?1",
+        params![cutoff],
+    )?;
     for _ in 0..20 {
         let size: i64 = conn.query_row(
             "SELECT (page_count - freelist_count) * page_size FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()",
@@ -500,51 +660,55 @@ mod tests {
         assert_eq!((method.as_str(), target), ("ptrace", 77));
     }
 
-    /// The store's targets: >= 100k events/s written, and a run's subtree
-    /// query on 1,000,000 events in <= 200 ms. Run with
-    /// `cargo test --release -p sensor store_throughput -- --ignored --nocapture`.
-    #[test]
-    #[ignore = "a measurement (about a minute); run on demand or from the bench"]
-    fn store_throughput() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.db");
-        let writer = StoreWriter::start(
-            &path,
+    const STORM_LINE: &[u8] = br#"{"schema":"sensor.event/v1","seq":1,"time":"2026-11-23T10:00:00.123456789Z","host":{"name":"h1","boot_id":"b"},"kind":"process.exec","run":{"id":"r","agent":"a","principal":"p","parent_id":null,"root_id":"r","depth":0,"attribution":"inherited"},"process":{"key":"k","pid":4242,"ppid":1,"uid":0,"exe":"/usr/bin/curl","argv":["curl","-s","https://example.org"],"cwd":"/"}}"#;
+
+    /// Writes `total` events through the writer thread, as the daemon does,
+    /// in batches of 2000 (`record(n)` is the n-th); returns the wall time
+    /// and the process's CPU time (user + system, the generating thread
+    /// included) it took.
+    fn write_storm(
+        path: &Path,
+        keep: StoreKeep,
+        total: usize,
+        record: impl Fn(usize) -> Record,
+    ) -> (Duration, f64) {
+        let writer = StoreWriter::start_keeping(
+            path,
             Retention {
                 max_age: Duration::from_secs(3600),
                 max_bytes: u64::MAX,
             },
+            keep,
         )
         .unwrap();
         let stats = writer.stats();
-        let line = br#"{"schema":"sensor.event/v1","seq":1,"time":"2026-11-23T10:00:00.123456789Z","host":{"name":"h1","boot_id":"b"},"kind":"process.exec","run":{"id":"r","agent":"a","principal":"p","parent_id":null,"root_id":"r","depth":0,"attribution":"inherited"},"process":{"key":"k","pid":4242,"ppid":1,"uid":0,"exe":"/usr/bin/curl","argv":["curl","-s","https://example.org"],"cwd":"/"}}"#;
-        let total = 1_000_000usize;
         let per_batch = 2000;
-        let runs = 1000;
+        let cpu = || {
+            nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).map_or(
+                0.0,
+                |u| {
+                    let t =
+                        |v: nix::sys::time::TimeVal| v.tv_sec() as f64 + v.tv_usec() as f64 / 1e6;
+                    t(u.user_time()) + t(u.system_time())
+                },
+            )
+        };
+        let cpu_before = cpu();
         let started = Instant::now();
         for b in 0..total / per_batch {
-            let mut bytes = Vec::with_capacity(per_batch * (line.len() + 1));
+            let mut bytes = Vec::with_capacity(per_batch * (STORM_LINE.len() + 1));
             let mut records = Vec::with_capacity(per_batch);
             for i in 0..per_batch {
-                let n = b * per_batch + i;
                 let begin = bytes.len();
-                bytes.extend_from_slice(line);
+                bytes.extend_from_slice(STORM_LINE);
                 bytes.push(b'\n');
-                let run = format!("run-{}", n % runs);
                 records.push(Record {
-                    seq: n as u64,
-                    time_ns: n as i64,
-                    kind: "process.exec",
-                    root_id: Some(format!("run-{}", (n % runs) / 10 * 10)),
-                    run_id: Some(run),
-                    pid: Some((n % 30_000) as u32),
-                    process_key: Some(format!("k:{n}")),
                     line: begin..bytes.len(),
-                    ..Record::default()
+                    ..record(b * per_batch + i)
                 });
             }
-            // Through the writer thread, as the daemon does; the queue holds
-            // 1024 batches, so nothing is dropped while it catches up.
+            // The queue holds 1024 batches: nothing is dropped while the
+            // writer catches up.
             while stats.written.load(Ordering::Relaxed) + 1000 * per_batch as u64
                 <= (b * per_batch) as u64
             {
@@ -557,8 +721,42 @@ mod tests {
         }
         writer.close();
         let write = started.elapsed();
+        let write_cpu = cpu() - cpu_before;
         assert_eq!(stats.written.load(Ordering::Relaxed), total as u64);
         assert_eq!(stats.dropped.load(Ordering::Relaxed), 0);
+        println!(
+            "store (keep = {keep:?}): wrote {total} events in {:.2} s = {:.0} events/s, {:.2} us CPU/event \
+             ({:.0} events per CPU-second, the generating thread included)",
+            write.as_secs_f64(),
+            total as f64 / write.as_secs_f64(),
+            write_cpu * 1e6 / total as f64,
+            total as f64 / write_cpu,
+        );
+        (write, write_cpu)
+    }
+
+    /// The store's targets (issue 23): >= 250k events/s written, and a run's
+    /// subtree query on 1,000,000 events in <= 200 ms. Every event here is
+    /// of a run (1000 runs), so every one is a row: the write path's worst
+    /// case. Run with
+    /// `cargo test --release -p sensor store_throughput -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement (about a minute); run on demand or from the bench"]
+    fn store_throughput() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let total = 1_000_000usize;
+        let runs = 1000;
+        write_storm(&path, StoreKeep::All, total, |n| Record {
+            seq: n as u64,
+            time_ns: n as i64,
+            kind: "process.exec",
+            root_id: Some(format!("run-{}", (n % runs) / 10 * 10)),
+            run_id: Some(format!("run-{}", n % runs)),
+            pid: Some((n % 30_000) as u32),
+            process_key: Some(format!("k:{n}")),
+            ..Record::default()
+        });
         let conn = open_for_writing(&path).unwrap();
         // A subtree: run-500 and its sub-runs run-501..run-509 (parent links).
         for r in 500..510 {
@@ -591,13 +789,194 @@ mod tests {
         .unwrap();
         let query = started.elapsed();
         println!(
-            "store: wrote {total} events in {:.2} s = {:.0} events/s; subtree query returned {} events in {} ms",
-            write.as_secs_f64(),
-            total as f64 / write.as_secs_f64(),
+            "store: subtree query returned {} events in {} ms",
             events.len(),
             query.as_millis()
         );
         assert_eq!(events.len(), 10 * total / runs);
+    }
+
+    /// A host storm as the bench makes it, with the default `keep = "runs"`:
+    /// 1,000,000 events of short processes outside any run (an exec, a
+    /// connect to one of 16 destinations, an exit each), 1 % of them in a
+    /// run. `who --pid` and `who --ip` still find every process.
+    #[test]
+    #[ignore = "a measurement (about a minute); run on demand or from the bench"]
+    fn store_throughput_storm_keep_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let total = 1_000_000usize;
+        let record = |n: usize| {
+            let process = n / 3;
+            let kind = ["process.exec", "network.connect", "process.exit"][n % 3];
+            let connect = n % 3 == 1;
+            Record {
+                seq: n as u64,
+                time_ns: n as i64,
+                kind,
+                run_id: process
+                    .is_multiple_of(100)
+                    .then(|| format!("run-{}", process / 100 % 10)),
+                pid: Some((process % 4_000_000) as u32),
+                process_key: Some(format!("b:{process}:{}", process % 4_000_000)),
+                dst_ip: connect.then(|| format!("10.0.0.{}", process % 16)),
+                dst_port: connect.then_some(443),
+                ..Record::default()
+            }
+        };
+        write_storm(&path, StoreKeep::Runs, total, record);
+        let read = super::super::open_for_reading(&path).unwrap();
+        let (rows, processes): (i64, i64) = read
+            .query_row(
+                "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM process_seen)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        println!("store (keep = Runs): {rows} event rows, {processes} process summaries");
+        // What the records say, counted the slow way.
+        let all: Vec<Record> = (0..total).map(record).collect();
+        let in_runs = all.iter().filter(|r| r.run_id.is_some()).count();
+        let outside: std::collections::HashSet<_> = all
+            .iter()
+            .filter(|r| r.run_id.is_none())
+            .map(|r| r.process_key.clone())
+            .collect();
+        let to_7: std::collections::HashSet<_> = all
+            .iter()
+            .filter(|r| r.run_id.is_none() && r.dst_ip.as_deref() == Some("10.0.0.7"))
+            .map(|r| r.process_key.clone())
+            .collect();
+        assert_eq!(rows as usize, in_runs);
+        assert_eq!(processes as usize, outside.len());
+        let seen = super::super::query::seen_pid(&read, 4242, 10).unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].events, 3);
+        assert_eq!(
+            super::super::query::seen_ip(&read, "10.0.0.7", Some(443), 1_000_000)
+                .unwrap()
+                .len(),
+            to_7.len()
+        );
+    }
+
+    /// `keep = "runs"`: a run's events and an escape attempt outside any run
+    /// are stored whole; the routine events of processes outside any run
+    /// only sum up per process and per destination, found by pid and address.
+    #[test]
+    fn keep_runs_sums_up_processes_outside_runs() {
+        use super::super::query::{seen_ip, seen_pid, seen_unix};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let w = StoreWriter::start_keeping(
+            &path,
+            Retention {
+                max_age: Duration::from_secs(3600),
+                max_bytes: u64::MAX,
+            },
+            StoreKeep::Runs,
+        )
+        .unwrap();
+        let mut b = batch(8, 1, 0);
+        for (i, r) in b.records.iter_mut().enumerate() {
+            r.time_ns = 100 + i as i64;
+            r.process_key = Some(format!("k{}", 7 + i / 4));
+            r.pid = Some(7 + (i / 4) as u32);
+            if i > 0 {
+                r.run_id = None;
+            }
+        }
+        // 0: in run r1. 1..=3: pid 7 (an exec, two connects to 192.0.2.1:443).
+        // 4..=7: pid 8 (a connect to a Unix socket, an escape, two exits).
+        for i in [2, 3] {
+            b.records[i].kind = "network.connect";
+            b.records[i].dst_ip = Some("192.0.2.1".into());
+            b.records[i].dst_port = Some(443);
+        }
+        b.records[4].kind = "network.connect";
+        b.records[4].path = Some("/run/x.sock".into());
+        b.records[5].kind = "process.tamper";
+        b.records[5].escape = true;
+        b.records[6].kind = "process.exit";
+        b.records[7].kind = "process.exit";
+        let stats = w.stats();
+        w.send(StoreBatch::Rows(b));
+        w.send(StoreBatch::Rows(batch(2, 9, 200)));
+        w.close();
+        assert_eq!(
+            stats.written.load(Ordering::Relaxed),
+            10,
+            "every event counts as written"
+        );
+        let read = super::super::open_for_reading(&path).unwrap();
+        let seqs: Vec<i64> = read
+            .prepare("SELECT seq FROM events ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            seqs,
+            vec![1, 6, 9, 10],
+            "the run's and the escape are whole"
+        );
+        let p7 = seen_pid(&read, 7, 10).unwrap();
+        assert_eq!(p7.len(), 1);
+        assert_eq!((p7[0].first_ns, p7[0].last_ns, p7[0].events), (101, 103, 3));
+        assert_eq!(p7[0].event["seq"], 4, "the latest event: {:?}", p7[0].event);
+        let p8 = seen_pid(&read, 8, 10).unwrap();
+        assert_eq!((p8[0].first_ns, p8[0].last_ns, p8[0].events), (104, 107, 3));
+        let ip = seen_ip(&read, "192.0.2.1", Some(443), 10).unwrap();
+        assert_eq!(ip.len(), 1);
+        assert_eq!((ip[0].events, ip[0].event["seq"].as_u64()), (2, Some(4)));
+        assert_eq!(seen_ip(&read, "192.0.2.1", None, 10).unwrap().len(), 1);
+        assert!(
+            seen_ip(&read, "192.0.2.1", Some(80), 10)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            seen_unix(&read, "/run/x.sock", 10).unwrap()[0].event["seq"],
+            5
+        );
+        assert!(seen_pid(&read, 9, 10).unwrap().is_empty());
+    }
+
+    /// Without a time index, `--since` and retention bisect the ids: the
+    /// first id at a time, with a gap of deleted ids and past the end.
+    #[test]
+    fn first_id_at_bisects_the_ids() {
+        use super::super::query::{EventFilter, events, first_id_at};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut conn = open_for_writing(&path).unwrap();
+        assert_eq!(first_id_at(&conn, 5).unwrap(), 0, "empty store");
+        for t in 0..100 {
+            write_batch(&mut conn, &batch(3, t as u64 * 3, t * 10)).unwrap();
+        }
+        // ids 1..=300; id 3t+1..=3t+3 at time 10t.
+        assert_eq!(first_id_at(&conn, 0).unwrap(), 1);
+        assert_eq!(first_id_at(&conn, 250).unwrap(), 76);
+        assert_eq!(first_id_at(&conn, 251).unwrap(), 79);
+        assert_eq!(first_id_at(&conn, 991).unwrap(), 301);
+        conn.execute("DELETE FROM events WHERE id BETWEEN 70 AND 90", [])
+            .unwrap();
+        // 70 (deleted): the first id at or after it, 91, is the answer's row.
+        assert_eq!(first_id_at(&conn, 250).unwrap(), 70);
+        assert_eq!(first_id_at(&conn, 200).unwrap(), 61);
+        let since = events(
+            &conn,
+            &EventFilter {
+                since_ns: Some(980),
+                ..EventFilter::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            since.iter().map(|e| e.id).collect::<Vec<_>>(),
+            vec![295, 296, 297, 298, 299, 300]
+        );
     }
 
     #[test]

@@ -29,8 +29,12 @@ pub(super) enum Variant {
     /// `sensor daemon --output file:/dev/null` (audit only, no policy).
     Sensor,
     /// The daemon writing its local store and a JSON file (issue 8's "store
-    /// and a file output").
+    /// and a file output"), the store keeping every event (`[store] keep =
+    /// "all"`).
     SensorStore,
+    /// What `sensor daemon` does with no option but a JSON file output
+    /// (issue 23): the store on with its default `keep = "runs"`.
+    SensorDefault,
     /// The same daemon with [`LIVE_RUNS`] agent runs live, and the storm
     /// itself inside a run: every storm process is entered in the run by the
     /// kernel at fork and attributed in user space.
@@ -53,6 +57,7 @@ pub(super) const VARIANTS: &[Variant] = &[
     Variant::Bare,
     Variant::Sensor,
     Variant::SensorStore,
+    Variant::SensorDefault,
     Variant::SensorRuns,
     Variant::SensorEnforce,
     Variant::SensorOutputs,
@@ -124,6 +129,7 @@ impl Variant {
             Self::Bare => "bare",
             Self::Sensor => "sensor",
             Self::SensorStore => "sensor+store",
+            Self::SensorDefault => "sensor (default config)",
             Self::SensorRuns => "sensor+runs",
             Self::SensorEnforce => "sensor+enforce",
             Self::SensorOutputs => "sensor+outputs",
@@ -138,6 +144,7 @@ impl Variant {
             self,
             Self::Sensor
                 | Self::SensorStore
+                | Self::SensorDefault
                 | Self::SensorRuns
                 | Self::SensorEnforce
                 | Self::SensorOutputs
@@ -156,12 +163,20 @@ impl Variant {
                 Daemon::start(env, round, &["--output", "file:/dev/null", "--no-store"])
                     .map(Tool::Sensor)
             }
-            Self::SensorStore => {
+            Self::SensorStore | Self::SensorDefault => {
                 // One round's file at a time: the storms write hundreds of MB.
                 let events = env.socket_dir.join("events.jsonl");
                 let _ = fs::remove_file(&events);
                 let output = format!("file:{}", events.display());
-                let daemon = Daemon::start(env, round, &["--output", &output])?;
+                let daemon = if self == Self::SensorStore {
+                    let config = env.socket_dir.join("store-all.toml");
+                    fs::write(&config, "[store]\nkeep = \"all\"\n")
+                        .with_context(|| format!("cannot write {}", config.display()))?;
+                    let config = config.display().to_string();
+                    Daemon::start(env, round, &["--output", &output, "--config", &config])?
+                } else {
+                    Daemon::start(env, round, &["--output", &output])?
+                };
                 Ok(Tool::Sensor(daemon))
             }
             Self::SensorRuns => {
