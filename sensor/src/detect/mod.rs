@@ -29,7 +29,7 @@ pub use self::{
     rules::{LoadedRule, RuleError, RuleInfo, RuleSet, Rules},
 };
 use crate::{
-    event::{Event, Kind, RunRef},
+    event::{Detection, Event, Kind, RunRef},
     sinks::EventBatch,
 };
 
@@ -38,17 +38,11 @@ const QUEUE_BATCHES: usize = 256;
 /// Matches waiting for the pipeline, at most.
 const MATCHES_QUEUED: usize = 4096;
 
-/// What a rule matched: enough for the engine to make the `detection` event.
+/// What a rule matched: enough for the engine to make the `detection` event
+/// (its `detection` object, and the matched event's run).
 #[derive(Debug, Clone)]
 pub struct Match {
-    pub rule_id: String,
-    pub title: String,
-    pub level: &'static str,
-    pub tags: Vec<String>,
-    pub rule_file: String,
-    pub event_seq: u64,
-    pub event_kind: Kind,
-    pub process_key: Option<String>,
+    pub detection: Detection,
     pub run: Option<RunRef>,
 }
 
@@ -56,14 +50,16 @@ impl Match {
     #[must_use]
     pub fn of(rule: &RuleInfo, event: &Event) -> Self {
         Self {
-            rule_id: rule.id.clone(),
-            title: rule.title.clone(),
-            level: rule.level,
-            tags: rule.tags.clone(),
-            rule_file: rule.file.clone(),
-            event_seq: event.seq,
-            event_kind: event.kind,
-            process_key: event.process.as_ref().map(|p| p.key.clone()),
+            detection: Detection {
+                rule_id: rule.id.clone(),
+                title: rule.title.clone(),
+                level: rule.level,
+                tags: rule.tags.clone(),
+                rule_file: rule.file.clone(),
+                event_seq: event.seq,
+                event_kind: event.kind,
+                process_key: event.process.as_ref().map(|p| p.key.clone()),
+            },
             run: event.run.clone(),
         }
     }

@@ -19,7 +19,7 @@ use crate::{
     attribution::{Attribution, ExecView, Run, RunChange},
     event::{
         Blind, Decision, Degraded, Event, Exec, ExecResult, Gap, Kind, Lost, NetResult, Network,
-        Process, RunRef, SCHEMA, Tamper, TamperFile, TamperTarget, Timestamp,
+        Process, RunRef, Tamper, TamperFile, TamperTarget, Timestamp,
         text::{errno_name, escape_bytes, split_argv},
     },
     identity::{Clock, Host, ProcessKeys},
@@ -373,27 +373,8 @@ impl Engine {
     }
 
     fn envelope(&mut self, kind: Kind, time: SystemTime) -> Event {
-        Event {
-            schema: SCHEMA,
-            seq: self.seq(),
-            time: Timestamp(time),
-            host: Arc::clone(&self.host),
-            kind,
-            run: None,
-            process: None,
-            exec: None,
-            network: None,
-            lost: None,
-            degraded: None,
-            tamper: None,
-            policy: None,
-            gap: None,
-            delivery: None,
-            blind: None,
-            token: None,
-            detection: None,
-            checkpoint: None,
-        }
+        let seq = self.seq();
+        Event::new(kind, seq, Timestamp(time), Arc::clone(&self.host))
     }
 
     /// An event of a process's own act (a connect, a socket, a tamper): the
@@ -591,16 +572,7 @@ impl Engine {
     pub fn detection(&mut self, m: crate::detect::Match) -> Event {
         let mut e = self.envelope(Kind::Detection, SystemTime::now());
         e.run = m.run;
-        e.detection = Some(crate::event::Detection {
-            rule_id: m.rule_id,
-            title: m.title,
-            level: m.level,
-            tags: m.tags,
-            rule_file: m.rule_file,
-            event_seq: m.event_seq,
-            event_kind: m.event_kind,
-            process_key: m.process_key,
-        });
+        e.detection = Some(m.detection);
         e
     }
 

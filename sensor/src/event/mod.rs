@@ -465,6 +465,33 @@ pub struct Window {
 }
 
 impl Event {
+    /// An event of `kind` with its envelope (schema, seq, time, host) and
+    /// nothing else: the producer fills in what its kind carries.
+    #[must_use]
+    pub fn new(kind: Kind, seq: u64, time: Timestamp, host: Arc<Host>) -> Self {
+        Self {
+            schema: SCHEMA,
+            seq,
+            time,
+            host,
+            kind,
+            run: None,
+            process: None,
+            exec: None,
+            network: None,
+            lost: None,
+            degraded: None,
+            tamper: None,
+            policy: None,
+            gap: None,
+            delivery: None,
+            blind: None,
+            token: None,
+            detection: None,
+            checkpoint: None,
+        }
+    }
+
     /// Whether this is an attempt to get out of the run's record or control,
     /// which the store marks and the report and `sensor events --escapes`
     /// show next to the denials: a process reached into another one

@@ -676,43 +676,28 @@ pub(crate) mod tests {
 
     /// An event of `kind` numbered `seq`, in a run or not.
     pub(crate) fn event(seq: u64, kind: Kind, in_run: bool) -> Event {
-        use crate::event::{Attributed, RunRef, SCHEMA, Timestamp};
-        Event {
-            schema: SCHEMA,
+        use crate::event::{Attributed, RunRef, Timestamp};
+        let mut e = Event::new(
+            kind,
             seq,
-            time: Timestamp(
-                std::time::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_000_000_000),
-            ),
-            host: Arc::new(crate::identity::Host {
+            Timestamp(std::time::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_000_000_000)),
+            Arc::new(crate::identity::Host {
                 name: "h".into(),
                 boot_id: "b".into(),
             }),
-            kind,
-            run: in_run.then(|| RunRef {
-                id: "r".into(),
-                agent: "a".into(),
-                principal: "p".into(),
-                principal_claimed: None,
-                parent_id: None,
-                root_id: "r".into(),
-                depth: 0,
-                attribution: Attributed::Launch,
-                details: None,
-            }),
-            process: None,
-            exec: None,
-            network: None,
-            lost: None,
-            degraded: None,
-            tamper: None,
-            policy: None,
-            gap: None,
-            delivery: None,
-            blind: None,
-            token: None,
-            detection: None,
-            checkpoint: None,
-        }
+        );
+        e.run = in_run.then(|| RunRef {
+            id: "r".into(),
+            agent: "a".into(),
+            principal: "p".into(),
+            principal_claimed: None,
+            parent_id: None,
+            root_id: "r".into(),
+            depth: 0,
+            attribution: Attributed::Launch,
+            details: None,
+        });
+        e
     }
 
     pub(crate) fn batch_of(events: &[(u64, Kind, bool)]) -> EventBatch {

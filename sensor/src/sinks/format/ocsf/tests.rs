@@ -15,7 +15,7 @@ use super::encode;
 use crate::{
     event::{
         Attributed, Blind, Decision, Degraded, Event, Exec, ExecResult, Kind, Lost, NetResult,
-        Network, Process, RunDetails, RunRef, SCHEMA, StartedBy, Tamper, TamperFile, TamperTarget,
+        Network, Process, RunDetails, RunRef, StartedBy, Tamper, TamperFile, TamperTarget,
         Timestamp, Verdict,
     },
     identity::Host,
@@ -93,27 +93,7 @@ fn host(name: &str, boot: &str) -> Arc<Host> {
 }
 
 fn bare(kind: Kind, seq: u64, time: Timestamp, host: Arc<Host>) -> Event {
-    Event {
-        schema: SCHEMA,
-        seq,
-        time,
-        host,
-        kind,
-        run: None,
-        process: None,
-        exec: None,
-        network: None,
-        lost: None,
-        degraded: None,
-        tamper: None,
-        policy: None,
-        gap: None,
-        delivery: None,
-        blind: None,
-        token: None,
-        detection: None,
-        checkpoint: None,
-    }
+    Event::new(kind, seq, time, host)
 }
 
 fn event(kind: Kind) -> Event {
