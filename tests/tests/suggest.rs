@@ -277,6 +277,64 @@ fn a_suggested_policy_runs_its_workload_clean_and_denies_exactly_what_is_new() -
         "each denial names its rule: {}",
         text(&q.stdout)
     );
+
+    // 6. Over the agent's runs: the blocked actions of run 3 are no evidence
+    // for suggest, and `policy test` finds what the kernel denied live.
+    let q = sensor(
+        &db,
+        &[
+            "policy",
+            "suggest",
+            "--agent",
+            "suggest-agent",
+            "--since",
+            "1h",
+        ],
+    )?;
+    let all = text(&q.stdout);
+    ensure!(q.status.success(), "suggest --agent: {}", text(&q.stderr));
+    ensure!(
+        all.contains("# 3× connect, first ")
+            && all.contains(&format!("\"127.0.0.1:{p1}\""))
+            && !all.contains(&format!(":{p2}"))
+            && !all.contains("/usr/bin/sleep")
+            && all.contains("[policy.\"suggest-agent-learned\"]"),
+        "suggest --agent:\n{all}"
+    );
+    let q = sensor(
+        &db,
+        &[
+            "policy",
+            "test",
+            &file_arg,
+            "--policy",
+            "learned",
+            "--agent",
+            "suggest-agent",
+            "--since",
+            "1h",
+            "--json",
+        ],
+    )?;
+    let replayed: BTreeSet<u64> = text(&q.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["event_seq"].as_u64())
+        .collect();
+    let live: BTreeSet<u64> = d
+        .matching(|e| {
+            e["run"]["id"] == run3.as_str()
+                && (e["kind"] == "process.exec" || e["kind"] == "network.connect")
+                && e["policy"]["verdict"] == "deny"
+        })?
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .collect();
+    ensure!(
+        q.status.code() == Some(1) && replayed == live && live.len() == 2,
+        "policy test over the agent's runs {replayed:?}, denied live {live:?}: {}",
+        text(&q.stdout)
+    );
     d.stop()?;
     Ok(())
 }
