@@ -386,11 +386,35 @@ pub fn exec_rules(
     (rules, notes)
 }
 
+/// Characters that change how the text around them reads without showing
+/// themselves: bidirectional overrides and isolates, zero-width ones, the
+/// byte order mark ("Trojan Source" in a policy a human reviews).
+fn invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{FEFF}'
+    )
+}
+
 /// Text safe inside a TOML comment: control characters (newlines
-/// included), quotes and backslashes escaped, as Rust's `{:?}` writes them.
+/// included), quotes and backslashes escaped, as Rust's `{:?}` writes them,
+/// and invisible formatting characters as `\u{...}` too.
 #[must_use]
 pub fn comment_text(s: &str) -> String {
-    s.escape_debug().to_string()
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if invisible(c) {
+            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+        } else {
+            out.extend(c.escape_debug());
+        }
+    }
+    out
 }
 
 /// A TOML basic string, one line (fit for a key as well as a value): `"`
@@ -402,7 +426,7 @@ fn value(s: &str) -> String {
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
-            c if c.is_control() => {
+            c if c.is_control() || invisible(c) => {
                 let _ = write!(out, "\\u{:04X}", u32::from(c));
             }
             c => out.push(c),
@@ -780,11 +804,13 @@ mod tests {
         assert_eq!(p["max_depth"].as_integer(), Some(1));
         assert!(!text.contains("\n[policy.evil]") && !text.contains("\n[policy.y]"));
         // Values and keys round-trip.
-        for s in ["a\"b\\c\n\u{7f}\u{85}é", ""] {
+        for s in ["a\"b\\c\n\u{7f}\u{85}é\u{202e}\u{feff}", ""] {
             let parsed: toml::Table =
                 toml::from_str(&format!("{} = {}", value(s), value(s))).unwrap();
             assert_eq!(parsed[s].as_str(), Some(s));
         }
+        assert!(!value("/usr/bin/\u{202e}x").contains('\u{202e}'));
+        assert_eq!(comment_text("a\u{2066}b\n"), "a\\u{2066}b\\n");
         // Every comment line is one line: nothing after it parses as TOML of its own.
         for line in text.lines() {
             assert!(!line.contains('\r') && !line.contains('\u{7f}'), "{line:?}");
