@@ -536,7 +536,7 @@ pub struct RunSelect {
     )]
     pub run: Option<String>,
     /// With --run: also every sub-run of the run
-    #[arg(long, requires = "run")]
+    #[arg(long, requires = "run", conflicts_with = "agent")]
     pub subtree: bool,
     /// Every run of this agent (with --since)
     #[arg(long, value_name = "NAME", requires = "since")]
@@ -781,6 +781,49 @@ mod tests {
         assert!(
             Cli::try_parse_from(["sensor", "launch", "--agent", "bot"]).is_err(),
             "CMD is required"
+        );
+    }
+
+    #[test]
+    fn suggest_and_test_take_one_run_or_an_agent_with_a_time() {
+        let ok = |args: &[&str]| Cli::try_parse_from(args).is_ok();
+        assert!(ok(&[
+            "sensor",
+            "policy",
+            "suggest",
+            "--run",
+            "r",
+            "--subtree",
+            "-o",
+            "f"
+        ]));
+        assert!(ok(&[
+            "sensor", "policy", "suggest", "--agent", "a", "--since", "7d"
+        ]));
+        assert!(!ok(&["sensor", "policy", "suggest"]), "a run or an agent");
+        assert!(
+            !ok(&["sensor", "policy", "suggest", "--agent", "a"]),
+            "--since"
+        );
+        assert!(!ok(&[
+            "sensor", "policy", "suggest", "--run", "r", "--agent", "a", "--since", "1d"
+        ]));
+        assert!(!ok(&[
+            "sensor",
+            "policy",
+            "suggest",
+            "--agent",
+            "a",
+            "--since",
+            "1d",
+            "--subtree"
+        ]));
+        assert!(ok(&[
+            "sensor", "policy", "test", "f.toml", "--policy", "p", "--run", "r", "--json"
+        ]));
+        assert!(
+            !ok(&["sensor", "policy", "test", "f.toml", "--run", "r"]),
+            "--policy"
         );
     }
 }
