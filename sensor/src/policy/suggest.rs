@@ -730,6 +730,56 @@ mod tests {
     }
 
     #[test]
+    fn the_file_system_check_walks_the_whole_tree() {
+        use std::os::unix::fs::{PermissionsExt as _, chown, symlink};
+        let base = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target")
+            .join(format!("suggest-fscheck-{}", std::process::id()));
+        let dir = std::fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+            .unwrap()
+            .join(format!("suggest-fscheck-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        let mode = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+        };
+        for f in ["a", "b", "sub/c"] {
+            std::fs::write(dir.join(f), "").unwrap();
+            mode(&dir.join(f), 0o755);
+        }
+        mode(&dir, 0o755);
+        mode(&dir.join("sub"), 0o755);
+        let user = BTreeSet::from([1000]);
+        let parents_root_only = dir
+            .parent()
+            .unwrap()
+            .ancestors()
+            .all(|a| root_only(a).is_ok());
+        if nix::unistd::geteuid().is_root() && parents_root_only {
+            assert_eq!(FsCheck.safe(&dir, &user), Ok(()));
+            mode(&dir.join("sub"), 0o777);
+            let err = FsCheck.safe(&dir, &user).unwrap_err();
+            assert!(err.contains("sub is writable by group or others"), "{err}");
+            mode(&dir.join("sub"), 0o755);
+            chown(dir.join("sub/c"), Some(1000), None).unwrap();
+            let err = FsCheck.safe(&dir, &user).unwrap_err();
+            assert!(err.contains("c is owned by uid 1000"), "{err}");
+            chown(dir.join("sub/c"), Some(0), None).unwrap();
+            symlink(&dir, dir.with_extension("link")).unwrap();
+            let err = FsCheck
+                .safe(&dir.with_extension("link"), &user)
+                .unwrap_err();
+            assert!(err.contains("symlink"), "{err}");
+            let _ = std::fs::remove_file(dir.with_extension("link"));
+            assert_eq!(FsCheck.safe(&dir, &user), Ok(()));
+        } else {
+            // Not root, or under a directory others can write: never safe.
+            assert!(FsCheck.safe(&dir, &user).is_err());
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn evidence_comments_count_first_last_and_example_run() {
         let mut o = Observed::new(0);
         o.add(&exec(3, "/usr/bin/true", "2026-12-05T00:00:03Z", "late"));
