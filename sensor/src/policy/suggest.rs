@@ -146,10 +146,11 @@ impl Observed {
             self.uids.insert(uid);
         }
         let kind = s(e, "/kind");
-        self.count_live(e, kind);
         if blocked(e) {
+            // Also a fork max_processes refused: it never ran.
             return;
         }
+        self.count_live(e, kind);
         match kind {
             "process.exec" if s(e, "/exec/result") == "ok" => {
                 let exe = s(e, "/process/exe");
@@ -885,6 +886,12 @@ mod tests {
                           "process": {"key": format!("k{}", if *kind == "process.exit" { 1 } else { i }), "uid": 1}}));
         }
         assert_eq!(o.max_depth, 2);
+        assert_eq!(o.max_processes, 3);
+        // A fork max_processes refused never ran.
+        o.add(&json!({"seq": 9, "time": "t", "kind": "process.spawn",
+                      "run": {"id": "r", "root_id": "root", "depth": 3},
+                      "process": {"key": "k9", "uid": 1},
+                      "policy": {"verdict": "deny", "enforced": true, "rule": "max_processes 3"}}));
         assert_eq!(o.max_processes, 3);
         assert_eq!(with_headroom(3), 7);
         assert_eq!(with_headroom(10), 20);
