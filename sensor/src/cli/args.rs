@@ -65,7 +65,8 @@ pub enum Command {
     /// stored, the policy text in force and its hash, the checkpoints and
     /// the public keys; `sensor verify --bundle FILE` checks it anywhere.
     Export(ExportArgs),
-    /// Check a policy file, or make the daemon reload its policies.
+    /// Check a policy file, learn one from stored runs, dry-run one on them,
+    /// or make the daemon reload its policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
     /// Check Sigma detection rules, or see which would fire on a stored run.
@@ -476,6 +477,73 @@ pub enum PolicyCommand {
         #[arg(long, value_name = "PATH", env = "SENSOR_SOCKET", default_value = paths::SOCKET)]
         socket: PathBuf,
     },
+    /// Write a least-privilege policy from what stored runs did.
+    ///
+    /// Exec rules are the files the kernel ran, as exact paths; a directory
+    /// with at least --collapse-at distinct files seen becomes a directory
+    /// rule only when it and everything below it is root-owned and writable
+    /// by root only, and the runs did not run as root. Connect rules are the
+    /// addresses and ports reached; unix rules the sockets; max_depth and
+    /// max_processes the observed maximum with headroom. Each rule has a
+    /// comment with its evidence (count, first and last seen, a run). The
+    /// output passes `sensor policy check`; try it with `sensor policy test`.
+    Suggest {
+        #[command(flatten)]
+        select: RunSelect,
+        /// The policy's name (default: the agent's, with "-learned")
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// Write `mode = "enforce"` (default: "audit", to try it first)
+        #[arg(long)]
+        enforce: bool,
+        /// Distinct files seen in one directory from which it may become a
+        /// directory rule (0: never)
+        #[arg(long, value_name = "N", default_value_t = 8)]
+        collapse_at: usize,
+        /// Write the policy to FILE instead of stdout
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Local store of the daemon
+        #[arg(long, value_name = "PATH", env = "SENSOR_DB", default_value = paths::DB)]
+        db: PathBuf,
+    },
+    /// What a policy would have denied on stored runs (exit 1 if anything).
+    ///
+    /// Replays the runs' stored execs and connects through the daemon's own
+    /// policy checks and lists each denial: rule, event seq, run; then a count.
+    Test {
+        /// The config file holding the policy ([policy.NAME] tables)
+        file: PathBuf,
+        /// The policy to test
+        #[arg(long, value_name = "NAME")]
+        policy: String,
+        #[command(flatten)]
+        select: RunSelect,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+/// Which stored runs: one (with its sub-runs), or an agent's over a time.
+#[derive(Debug, Args)]
+pub struct RunSelect {
+    /// Run id or unique prefix
+    #[arg(
+        long,
+        value_name = "RUN",
+        required_unless_present = "agent",
+        conflicts_with = "agent"
+    )]
+    pub run: Option<String>,
+    /// With --run: also every sub-run of the run
+    #[arg(long, requires = "run", conflicts_with = "agent")]
+    pub subtree: bool,
+    /// Every run of this agent (with --since)
+    #[arg(long, value_name = "NAME", requires = "since")]
+    pub agent: Option<String>,
+    /// With --agent: runs active since: RFC 3339 or a duration ago (7d)
+    #[arg(long, value_name = "T", value_parser = parse_since, requires = "agent")]
+    pub since: Option<std::time::SystemTime>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -713,6 +781,49 @@ mod tests {
         assert!(
             Cli::try_parse_from(["sensor", "launch", "--agent", "bot"]).is_err(),
             "CMD is required"
+        );
+    }
+
+    #[test]
+    fn suggest_and_test_take_one_run_or_an_agent_with_a_time() {
+        let ok = |args: &[&str]| Cli::try_parse_from(args).is_ok();
+        assert!(ok(&[
+            "sensor",
+            "policy",
+            "suggest",
+            "--run",
+            "r",
+            "--subtree",
+            "-o",
+            "f"
+        ]));
+        assert!(ok(&[
+            "sensor", "policy", "suggest", "--agent", "a", "--since", "7d"
+        ]));
+        assert!(!ok(&["sensor", "policy", "suggest"]), "a run or an agent");
+        assert!(
+            !ok(&["sensor", "policy", "suggest", "--agent", "a"]),
+            "--since"
+        );
+        assert!(!ok(&[
+            "sensor", "policy", "suggest", "--run", "r", "--agent", "a", "--since", "1d"
+        ]));
+        assert!(!ok(&[
+            "sensor",
+            "policy",
+            "suggest",
+            "--agent",
+            "a",
+            "--since",
+            "1d",
+            "--subtree"
+        ]));
+        assert!(ok(&[
+            "sensor", "policy", "test", "f.toml", "--policy", "p", "--run", "r", "--json"
+        ]));
+        assert!(
+            !ok(&["sensor", "policy", "test", "f.toml", "--run", "r"]),
+            "--policy"
         );
     }
 }

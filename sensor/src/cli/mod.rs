@@ -6,6 +6,7 @@ pub mod display;
 mod doctor;
 mod fold;
 mod launch;
+mod learn;
 mod provenance;
 mod query;
 mod report;
@@ -66,6 +67,27 @@ fn policy(cmd: &args::PolicyCommand) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        args::PolicyCommand::Suggest {
+            select,
+            name,
+            enforce,
+            collapse_at,
+            output,
+            db,
+        } => learn::suggest(
+            select,
+            name.as_deref(),
+            *enforce,
+            *collapse_at,
+            output.as_ref(),
+            db,
+        ),
+        args::PolicyCommand::Test {
+            file,
+            policy,
+            select,
+            db,
+        } => learn::test(file, policy, select, db),
         args::PolicyCommand::Reload { socket } => {
             match control::request(socket, &Request::ReloadPolicies) {
                 Ok(Response::Reloaded { version, policies }) => {

@@ -18,6 +18,7 @@ pub mod kernel;
 pub mod net;
 pub mod resolve;
 pub mod selftest;
+pub mod suggest;
 pub mod tables;
 pub mod unix;
 

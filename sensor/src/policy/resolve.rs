@@ -317,6 +317,45 @@ fn dir_identity(fd: BorrowedFd<'_>) -> std::io::Result<(FileId, u32)> {
     Ok((id, mnt_id))
 }
 
+/// Identity and mount id of the file at `path` now (symlinks followed), or
+/// `None` when it cannot be looked at: `sensor policy test` replays a stored
+/// exec, whose record has the file's identity but not its mount.
+#[must_use]
+pub fn file_mount(path: &Path) -> Option<(FileId, u32)> {
+    use nix::fcntl::{OFlag, open};
+    let fd = open(
+        path,
+        OFlag::O_PATH | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ok()?;
+    // SAFETY: an all-zero statx is a valid value to be overwritten.
+    let mut stx: nix::libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid fd, an empty C string with AT_EMPTY_PATH, a valid out pointer.
+    let rc = unsafe {
+        nix::libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            nix::libc::AT_EMPTY_PATH,
+            nix::libc::STATX_INO | nix::libc::STATX_MNT_ID,
+            &raw mut stx,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    let id = FileId {
+        dev: nix::libc::makedev(stx.stx_dev_major, stx.stx_dev_minor),
+        ino: stx.stx_ino,
+    };
+    let mnt_id = if stx.stx_mask & nix::libc::STATX_MNT_ID != 0 {
+        u32::try_from(stx.stx_mnt_id).ok()?
+    } else {
+        fdinfo_mnt_id(fd.as_fd()).ok()?
+    };
+    Some((id, mnt_id))
+}
+
 /// `mnt_id:` of `/proc/self/fdinfo/FD`.
 fn fdinfo_mnt_id(fd: BorrowedFd<'_>) -> std::io::Result<u32> {
     let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;

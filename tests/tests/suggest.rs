@@ -1,0 +1,340 @@
+//! Progressive enforcement on the real kernel: a workload runs once under an
+//! audit policy; `sensor policy suggest` writes a policy from the stored run
+//! (it passes `sensor policy check`); the same workload under that policy in
+//! enforce mode runs clean; the workload with one more binary and one more
+//! port is denied on exactly those two actions; `sensor policy test` on the
+//! first run with a narrowed policy lists exactly the actions the narrowing
+//! removes (and nothing with the policy as suggested).
+//!
+//! Run as root: `cargo test -p sensor-tests --test suggest -- --test-threads=1`.
+
+use std::{
+    collections::BTreeSet,
+    path::Path,
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, ensure};
+use sensor_tests::enforce::{listen, outputs, reload};
+use sensor_tests::{
+    Daemon, EVENT_TIMEOUT, TempDir, canonical_str, helper_bin, run_with_timeout, sensor_bin, text,
+};
+use serde_json::Value;
+
+const HELPER: &str = helper_bin!();
+
+fn sensor(db: &Path, args: &[&str]) -> Result<Output> {
+    let mut cmd = Command::new(sensor_bin()?);
+    cmd.args(args).arg("--db").arg(db).env_remove("SENSOR_DB");
+    let (_, out) = run_with_timeout(&mut cmd, Duration::from_secs(30))?;
+    Ok(out)
+}
+
+/// Launches `script` as run `run` under `policy`; waits until the store has
+/// the run's end.
+fn launch(d: &Daemon, db: &Path, run: &str, policy: &str, script: &str) -> Result<Output> {
+    let (_, out) = run_with_timeout(
+        &mut d.launch_cmd(
+            "suggest-agent",
+            &["--run-id", run, "--policy", policy],
+            &["/bin/sh", "-c", script],
+        ),
+        Duration::from_secs(60),
+    )?;
+    d.wait_for(EVENT_TIMEOUT, |e| {
+        e["kind"] == "run.end" && e["run"]["id"] == run
+    })?;
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let q = sensor(db, &["events", "--run", run, "--kind", "run.end", "--json"])?;
+        if q.status.success() && !text(&q.stdout).trim().is_empty() {
+            return Ok(out);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "run {run} never reached the store: {}",
+            text(&q.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The (kind, exe or ip:port) of every exec and connect of `run` that a
+/// policy denied.
+fn denials(d: &Daemon, run: &str) -> Result<BTreeSet<(String, String)>> {
+    Ok(d.matching(|e| {
+        e["run"]["id"] == run
+            && (e["kind"] == "process.exec" || e["kind"] == "network.connect")
+            && e["policy"]["verdict"] == "deny"
+    })?
+    .iter()
+    .map(|e| (e["kind"].as_str().unwrap_or("").to_owned(), target(e)))
+    .collect())
+}
+
+fn target(e: &Value) -> String {
+    if e["kind"] == "process.exec" {
+        e["process"]["exe"].as_str().unwrap_or("").to_owned()
+    } else {
+        format!(
+            "{}:{}",
+            e["network"]["dst_ip"].as_str().unwrap_or(""),
+            e["network"]["dst_port"]
+        )
+    }
+}
+
+#[test]
+fn a_suggested_policy_runs_its_workload_clean_and_denies_exactly_what_is_new() -> Result<()> {
+    let tmp = TempDir::new("suggest")?;
+    let db = tmp.path().join("sensor.db");
+    let (_l1, p1) = listen("127.0.0.1")?;
+    let (_l2, p2) = listen("127.0.0.1")?;
+    let observe = "[policy.observe]\nmode = \"audit\"\n";
+    let mut d = Daemon::start_with(Some(observe), &["--db", &db.display().to_string()])?;
+    let pid = std::process::id();
+
+    // 1. The workload, once, under audit.
+    let workload = format!(
+        "/usr/bin/true one; /usr/bin/env /usr/bin/true; echo \"c1: $({HELPER} connect tcp 127.0.0.1:{p1})\""
+    );
+    let run1 = format!("suggest-1-{pid}");
+    let out = launch(&d, &db, &run1, "observe", &workload)?;
+    ensure!(
+        outputs(&out).get("c1").map(String::as_str) == Some("ok"),
+        "the audit run connects: {}",
+        text(&out.stdout)
+    );
+
+    // 2. suggest, and the policy passes `policy check`.
+    let file = tmp.path().join("learned.toml");
+    let file_arg = file.display().to_string();
+    let q = sensor(
+        &db,
+        &[
+            "policy",
+            "suggest",
+            "--run",
+            &run1,
+            "--name",
+            "learned",
+            "--enforce",
+            "-o",
+            &file_arg,
+        ],
+    )?;
+    ensure!(q.status.success(), "suggest: {}", text(&q.stderr));
+    let learned = std::fs::read_to_string(&file)?;
+    let helper = canonical_str(HELPER)?;
+    for rule in [
+        "\"/usr/bin/true\"".to_owned(),
+        format!("\"{helper}\""),
+        format!("\"127.0.0.1:{p1}\""),
+    ] {
+        ensure!(learned.contains(&rule), "{rule} missing:\n{learned}");
+    }
+    ensure!(
+        learned.contains("# 2× exec, first ") && learned.contains(&format!("e.g. run {run1}")),
+        "evidence comments:\n{learned}"
+    );
+    ensure!(!learned.contains(&p2.to_string()), "{learned}");
+    let mut check = Command::new(sensor_bin()?);
+    check.args(["policy", "check", &file_arg]);
+    let (_, c) = run_with_timeout(&mut check, Duration::from_secs(30))?;
+    ensure!(
+        c.status.success(),
+        "policy check: {}\n{learned}",
+        text(&c.stderr)
+    );
+
+    // 3. The daemon takes the learned policy; the same workload, enforced, runs clean.
+    let config = d
+        .config_path()
+        .context("the daemon has a config")?
+        .to_owned();
+    std::fs::write(&config, format!("{observe}\n{learned}"))?;
+    let r = reload(&d)?;
+    ensure!(r.status.success(), "reload: {}", text(&r.stderr));
+    let run2 = format!("suggest-2-{pid}");
+    let out = launch(&d, &db, &run2, "learned", &workload)?;
+    ensure!(
+        out.status.success() && outputs(&out).get("c1").map(String::as_str) == Some("ok"),
+        "the enforced workload runs: {}; stderr {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let denied = denials(&d, &run2)?;
+    ensure!(denied.is_empty(), "denied under its own policy: {denied:?}");
+
+    // 4. One more binary and one more port: denied on exactly those two.
+    let run3 = format!("suggest-3-{pid}");
+    let more = format!(
+        "{workload}; /usr/bin/sleep 0; echo \"c2: $({HELPER} connect tcp 127.0.0.1:{p2})\""
+    );
+    let out = launch(&d, &db, &run3, "learned", &more)?;
+    let got = outputs(&out);
+    ensure!(
+        got.get("c1").map(String::as_str) == Some("ok")
+            && got.get("c2").map(String::as_str) == Some("errno=1"),
+        "the old connect works, the new one fails with EPERM: {}",
+        text(&out.stdout)
+    );
+    let sleep = canonical_str("/usr/bin/sleep")?;
+    let want: BTreeSet<(String, String)> = [
+        ("process.exec".to_owned(), sleep),
+        ("network.connect".to_owned(), format!("127.0.0.1:{p2}")),
+    ]
+    .into();
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let denied = denials(&d, &run3)?;
+        if denied == want {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "denials {denied:?}, want {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // 5. `policy test` on run 1: clean with the policy as suggested; with the
+    // true and the connect rules taken out, exactly those actions.
+    let q = sensor(
+        &db,
+        &[
+            "policy", "test", &file_arg, "--policy", "learned", "--run", &run1,
+        ],
+    )?;
+    ensure!(
+        q.status.success() && text(&q.stdout).contains("0 would be denied"),
+        "policy test with the suggested policy: {} {}",
+        text(&q.stdout),
+        text(&q.stderr)
+    );
+    let narrowed: String = learned
+        .lines()
+        .filter(|l| !l.contains("\"/usr/bin/true\"") && !l.contains(&format!(":{p1}\"")))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let narrow = tmp.path().join("narrow.toml");
+    std::fs::write(&narrow, narrowed)?;
+    let q = sensor(
+        &db,
+        &[
+            "policy",
+            "test",
+            &narrow.display().to_string(),
+            "--policy",
+            "learned",
+            "--run",
+            &run1,
+            "--json",
+        ],
+    )?;
+    ensure!(
+        q.status.code() == Some(1),
+        "exit 1 when something would be denied: {} {}",
+        text(&q.stdout),
+        text(&q.stderr)
+    );
+    let lines: Vec<Value> = text(&q.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .context("policy test --json lines")?;
+    let listed: BTreeSet<u64> = lines
+        .iter()
+        .filter_map(|v| v["event_seq"].as_u64())
+        .collect();
+    let removed: BTreeSet<u64> = d
+        .matching(|e| {
+            e["run"]["id"] == run1.as_str()
+                && ((e["kind"] == "process.exec" && e["process"]["exe"] == "/usr/bin/true")
+                    || (e["kind"] == "network.connect"
+                        && e["network"]["dst_port"].as_u64() == Some(u64::from(p1))))
+        })?
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .collect();
+    ensure!(
+        removed.len() == 3,
+        "two execs of true and one connect in run 1: {removed:?}"
+    );
+    ensure!(
+        listed == removed,
+        "policy test lists {listed:?}, the narrowing removes {removed:?}: {}",
+        text(&q.stdout)
+    );
+    let summary = lines.last().context("a summary line")?;
+    ensure!(summary["summary"]["denied"] == 3, "summary: {summary}");
+    ensure!(
+        lines.iter().all(|v| v.get("summary").is_some()
+            || v["rule"]
+                .as_str()
+                .is_some_and(|r| r.ends_with("(no rule matches)"))),
+        "each denial names its rule: {}",
+        text(&q.stdout)
+    );
+
+    // 6. Over the agent's runs: the blocked actions of run 3 are no evidence
+    // for suggest, and `policy test` finds what the kernel denied live.
+    let q = sensor(
+        &db,
+        &[
+            "policy",
+            "suggest",
+            "--agent",
+            "suggest-agent",
+            "--since",
+            "1h",
+        ],
+    )?;
+    let all = text(&q.stdout);
+    ensure!(q.status.success(), "suggest --agent: {}", text(&q.stderr));
+    ensure!(
+        all.contains("# 3× connect, first ")
+            && all.contains(&format!("\"127.0.0.1:{p1}\""))
+            && !all.contains(&format!(":{p2}"))
+            && !all.contains("/usr/bin/sleep")
+            && all.contains("[policy.\"suggest-agent-learned\"]"),
+        "suggest --agent:\n{all}"
+    );
+    let q = sensor(
+        &db,
+        &[
+            "policy",
+            "test",
+            &file_arg,
+            "--policy",
+            "learned",
+            "--agent",
+            "suggest-agent",
+            "--since",
+            "1h",
+            "--json",
+        ],
+    )?;
+    let replayed: BTreeSet<u64> = text(&q.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["event_seq"].as_u64())
+        .collect();
+    let live: BTreeSet<u64> = d
+        .matching(|e| {
+            e["run"]["id"] == run3.as_str()
+                && (e["kind"] == "process.exec" || e["kind"] == "network.connect")
+                && e["policy"]["verdict"] == "deny"
+        })?
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .collect();
+    ensure!(
+        q.status.code() == Some(1) && replayed == live && live.len() == 2,
+        "policy test over the agent's runs {replayed:?}, denied live {live:?}: {}",
+        text(&q.stdout)
+    );
+    d.stop()?;
+    Ok(())
+}
