@@ -393,6 +393,8 @@ impl Engine {
             token: None,
             detection: None,
             checkpoint: None,
+            tool_call: None,
+            transcript: None,
         }
     }
 
@@ -601,6 +603,26 @@ impl Engine {
             event_kind: m.event_kind,
             process_key: m.process_key,
         });
+        e
+    }
+
+    /// A `tool.call` event of run `run` (read from its transcript).
+    pub fn tool_call(&mut self, run: RunRef, call: crate::event::ToolCall) -> Event {
+        let mut e = self.envelope(Kind::ToolCall, SystemTime::now());
+        e.run = Some(run);
+        e.tool_call = Some(call);
+        e
+    }
+
+    /// A `transcript.unreadable` event of run `run`.
+    pub fn transcript_unreadable(
+        &mut self,
+        run: RunRef,
+        issue: crate::event::TranscriptIssue,
+    ) -> Event {
+        let mut e = self.envelope(Kind::TranscriptUnreadable, SystemTime::now());
+        e.run = Some(run);
+        e.transcript = Some(issue);
         e
     }
 

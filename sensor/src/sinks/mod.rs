@@ -712,6 +712,8 @@ pub(crate) mod tests {
             token: None,
             detection: None,
             checkpoint: None,
+            tool_call: None,
+            transcript: None,
         }
     }
 

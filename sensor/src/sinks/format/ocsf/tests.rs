@@ -113,6 +113,8 @@ fn bare(kind: Kind, seq: u64, time: Timestamp, host: Arc<Host>) -> Event {
         token: None,
         detection: None,
         checkpoint: None,
+        tool_call: None,
+        transcript: None,
     }
 }
 
