@@ -34,7 +34,11 @@ const INSTALL_HINT: &str =
 
 fn claude_bin() -> Result<PathBuf> {
     let path = sensor_tests::target_dir().join("agent-clis").join(CLAUDE);
-    ensure!(path.exists(), "{} is missing: {INSTALL_HINT}", path.display());
+    ensure!(
+        path.exists(),
+        "{} is missing: {INSTALL_HINT}",
+        path.display()
+    );
     Ok(path)
 }
 
@@ -125,7 +129,9 @@ fn listener() -> Result<u16> {
             let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
             let mut buf = [0u8; 4096];
             let _ = c.read(&mut buf);
-            let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n");
+            let _ = c.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n",
+            );
         }
     });
     Ok(port)
@@ -168,17 +174,25 @@ fn claude_tool_calls_are_linked_to_their_processes() -> Result<()> {
     let d = Daemon::start_with_config(&agent_tables()?)?;
 
     let mut cmd = Command::new(&claude);
-    cmd.args(["-p", "Run the three scripted steps.", "--allowedTools", "Bash"])
-        .current_dir(&work)
-        .env("HOME", &home)
-        .env_remove("CLAUDE_CONFIG_DIR")
-        .env_remove("SENSOR_RUN_ID")
-        .env("ANTHROPIC_BASE_URL", format!("http://127.0.0.1:{}", model.port))
-        .env("ANTHROPIC_API_KEY", "sk-ant-test-dummy")
-        .env("DISABLE_AUTOUPDATER", "1")
-        .env("DISABLE_TELEMETRY", "1")
-        .env("DISABLE_ERROR_REPORTING", "1")
-        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1");
+    cmd.args([
+        "-p",
+        "Run the three scripted steps.",
+        "--allowedTools",
+        "Bash",
+    ])
+    .current_dir(&work)
+    .env("HOME", &home)
+    .env_remove("CLAUDE_CONFIG_DIR")
+    .env_remove("SENSOR_RUN_ID")
+    .env(
+        "ANTHROPIC_BASE_URL",
+        format!("http://127.0.0.1:{}", model.port),
+    )
+    .env("ANTHROPIC_API_KEY", "sk-ant-test-dummy")
+    .env("DISABLE_AUTOUPDATER", "1")
+    .env("DISABLE_TELEMETRY", "1")
+    .env("DISABLE_ERROR_REPORTING", "1")
+    .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1");
     let (pid, out) = run_with_timeout(&mut cmd, Duration::from_secs(120))?;
     let model_log = fs::read_to_string(&model.log).unwrap_or_default();
     ensure!(
@@ -200,7 +214,9 @@ fn claude_tool_calls_are_linked_to_their_processes() -> Result<()> {
             && str_at(e, "/run/agent") == Some("claude-code")
             && e.pointer("/process/pid").and_then(Value::as_u64) == Some(u64::from(pid))
     })?;
-    let run = str_at(&start, "/run/id").context("run.start without run id")?.to_owned();
+    let run = str_at(&start, "/run/id")
+        .context("run.start without run id")?
+        .to_owned();
     let events = d.wait_events(Duration::from_secs(15), |evs| {
         tool_calls(evs, &run).len() >= 3
             && evs
@@ -213,15 +229,24 @@ fn claude_tool_calls_are_linked_to_their_processes() -> Result<()> {
         .filter(|e| kind(e) == "transcript.unreadable")
         .map(compact)
         .collect();
-    ensure!(unreadable.is_empty(), "transcript.unreadable: {unreadable:?}");
-    ensure!(calls.len() == 3, "tool.call events: {:?}", calls.iter().map(compact).collect::<Vec<_>>());
+    ensure!(
+        unreadable.is_empty(),
+        "transcript.unreadable: {unreadable:?}"
+    );
+    ensure!(
+        calls.len() == 3,
+        "tool.call events: {:?}",
+        calls.iter().map(compact).collect::<Vec<_>>()
+    );
     for (i, (call, cmd)) in calls.iter().zip(&script).enumerate() {
         let want_id = format!("toolu_fake{i:02}");
         ensure!(
             str_at(call, "/tool_call/id") == Some(want_id.as_str())
                 && str_at(call, "/tool_call/name") == Some("Bash")
                 && str_at(call, "/tool_call/input") == Some(cmd.as_str())
-                && call.pointer("/tool_call/result_time").is_some_and(Value::is_string),
+                && call
+                    .pointer("/tool_call/result_time")
+                    .is_some_and(Value::is_string),
             "call {i}: {}",
             compact(call)
         );
@@ -233,7 +258,11 @@ fn claude_tool_calls_are_linked_to_their_processes() -> Result<()> {
             compact(call)
         );
         // Each call explains at least its shell.
-        ensure!(!linked_seqs(call).is_empty(), "call {i} explains no process: {}", compact(call));
+        ensure!(
+            !linked_seqs(call).is_empty(),
+            "call {i} explains no process: {}",
+            compact(call)
+        );
     }
 
     // The curl's exec and its connect to the listener, in the run.
@@ -264,7 +293,11 @@ fn claude_tool_calls_are_linked_to_their_processes() -> Result<()> {
         let has = seqs.contains(&exec_seq) && seqs.contains(&connect_seq);
         let has_any = seqs.contains(&exec_seq) || seqs.contains(&connect_seq);
         if i == 1 {
-            ensure!(has, "the curl's exec {exec_seq} and connect {connect_seq} are not under its call: {}", compact(call));
+            ensure!(
+                has,
+                "the curl's exec {exec_seq} and connect {connect_seq} are not under its call: {}",
+                compact(call)
+            );
         } else {
             ensure!(!has_any, "the curl is under call {i}: {}", compact(call));
         }

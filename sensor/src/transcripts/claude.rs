@@ -160,8 +160,13 @@ mod tests {
         let r = parse_line(call).unwrap_or_default();
         assert_eq!(r.len(), 2);
         match &r[0] {
-            Record::Call { id, name, input, .. } => {
-                assert_eq!((id.as_str(), name.as_str(), input.as_str()), ("toolu_1", "Bash", "echo hi"));
+            Record::Call {
+                id, name, input, ..
+            } => {
+                assert_eq!(
+                    (id.as_str(), name.as_str(), input.as_str()),
+                    ("toolu_1", "Bash", "echo hi")
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -180,7 +185,9 @@ mod tests {
         assert!(parse_line(b"{not json").is_none());
         assert!(parse_line(b"[1,2]").is_none());
         assert!(matches!(
-            parse_line(br#"{"type":"summary"}"#).unwrap_or_default().first(),
+            parse_line(br#"{"type":"summary"}"#)
+                .unwrap_or_default()
+                .first(),
             Some(Record::Other)
         ));
         // A huge command is cut, on a char boundary.
@@ -189,7 +196,9 @@ mod tests {
             r#"{{"type":"assistant","timestamp":"2026-12-05T06:00:00Z","message":{{"content":[{{"type":"tool_use","id":"a","name":"Bash","input":{{"command":"{long}"}}}}]}}}}"#
         );
         match parse_line(line.as_bytes()).unwrap_or_default().first() {
-            Some(Record::Call { input, truncated, .. }) => {
+            Some(Record::Call {
+                input, truncated, ..
+            }) => {
                 assert!(*truncated);
                 assert!(input.len() <= INPUT_MAX);
             }

@@ -454,7 +454,11 @@ fn read_run(f: &mut Followed, source: &Source, counts: &mut Counts) {
             break;
         }
         if !f.files.contains_key(&path) && f.files.len() >= FILES_MAX {
-            problem(f, Some(&dir), format!("more than {FILES_MAX} transcript files"));
+            problem(
+                f,
+                Some(&dir),
+                format!("more than {FILES_MAX} transcript files"),
+            );
             break;
         }
         read_file(f, &path, &mut budget, counts);
@@ -465,7 +469,7 @@ fn read_run(f: &mut Followed, source: &Source, counts: &mut Counts) {
 fn read_file(f: &mut Followed, path: &Path, budget: &mut u64, counts: &mut Counts) {
     let file = match std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
         .open(path)
     {
         Ok(file) => file,
@@ -592,7 +596,11 @@ fn take(f: &mut Followed, r: Record, file: &Path, counts: &mut Counts) {
                 return;
             }
             if f.pending.len() >= PENDING_MAX {
-                problem(f, Some(file), format!("more than {PENDING_MAX} calls without a result"));
+                problem(
+                    f,
+                    Some(file),
+                    format!("more than {PENDING_MAX} calls without a result"),
+                );
                 return;
             }
             f.pending.insert(
@@ -622,7 +630,13 @@ fn take(f: &mut Followed, r: Record, file: &Path, counts: &mut Counts) {
 }
 
 /// Emits the calls whose result is in (settled), or all at the run's end.
-fn emit_ready(f: &mut Followed, now: SystemTime, ended: bool, out: &mut Vec<Found>, counts: &mut Counts) {
+fn emit_ready(
+    f: &mut Followed,
+    now: SystemTime,
+    ended: bool,
+    out: &mut Vec<Found>,
+    counts: &mut Counts,
+) {
     let ready: Vec<String> = f
         .pending
         .iter()
@@ -692,8 +706,7 @@ fn link(
     let mut keys = std::collections::HashSet::new();
     for a in acts.iter().filter(in_window) {
         let root = a.kind == Kind::ProcessExec
-            && a
-                .args
+            && a.args
                 .as_deref()
                 .is_some_and(|args| forms.iter().any(|f| args.contains(f.as_str())));
         if root || keys.contains(&a.parent_key) {

@@ -119,21 +119,51 @@ fn issues(found: &[Found]) -> Vec<&TranscriptIssue> {
 fn calls_are_linked_to_their_processes() {
     let mut fx = Fixture::new();
     let wrapped = |c: &str| {
-        format!("source /root/.claude/shell-snapshots/s.sh && eval '{c}' < /dev/null && pwd -P >| /tmp/claude-1-cwd")
+        format!(
+            "source /root/.claude/shell-snapshots/s.sh && eval '{c}' < /dev/null && pwd -P >| /tmp/claude-1-cwd"
+        )
     };
     let s1 = wrapped("echo one");
     let s2 = wrapped("curl -s http://127.0.0.1:9/x");
     // The shell of call 1, then the shell of call 2, its curl and its connect.
     let events = [
         act(10, Kind::ProcessSpawn, 1_100, "k-sh1", "k-claude", None),
-        act(11, Kind::ProcessExec, 1_110, "k-sh1", "k-claude", Some(&["/bin/bash", "-c", "-l", s1.as_str()])),
+        act(
+            11,
+            Kind::ProcessExec,
+            1_110,
+            "k-sh1",
+            "k-claude",
+            Some(&["/bin/bash", "-c", "-l", s1.as_str()]),
+        ),
         act(20, Kind::ProcessSpawn, 3_100, "k-sh2", "k-claude", None),
-        act(21, Kind::ProcessExec, 3_110, "k-sh2", "k-claude", Some(&["/bin/bash", "-c", "-l", s2.as_str()])),
+        act(
+            21,
+            Kind::ProcessExec,
+            3_110,
+            "k-sh2",
+            "k-claude",
+            Some(&["/bin/bash", "-c", "-l", s2.as_str()]),
+        ),
         act(22, Kind::ProcessSpawn, 3_120, "k-curl", "k-sh2", None),
-        act(23, Kind::ProcessExec, 3_130, "k-curl", "k-sh2", Some(&["curl", "-s", "http://127.0.0.1:9/x"])),
+        act(
+            23,
+            Kind::ProcessExec,
+            3_130,
+            "k-curl",
+            "k-sh2",
+            Some(&["curl", "-s", "http://127.0.0.1:9/x"]),
+        ),
         act(24, Kind::NetworkConnect, 3_140, "k-curl", "k-sh2", None),
         // Not in the run's calls: claude's own start-up shell.
-        act(30, Kind::ProcessExec, 500, "k-snap", "k-claude", Some(&["/bin/bash", "-c", "snapshot"])),
+        act(
+            30,
+            Kind::ProcessExec,
+            500,
+            "k-snap",
+            "k-claude",
+            Some(&["/bin/bash", "-c", "snapshot"]),
+        ),
     ];
     for e in &events {
         fx.t.on_event(e);
@@ -158,7 +188,11 @@ fn calls_are_linked_to_their_processes() {
     // Its result, and a repeated line: reported once.
     fx.append(
         "s.jsonl",
-        &format!("{}\n{}\n", result_line(3_500, "toolu_2"), call_line(1_000, "toolu_1", "echo one")),
+        &format!(
+            "{}\n{}\n",
+            result_line(3_500, "toolu_2"),
+            call_line(1_000, "toolu_1", "echo one")
+        ),
     );
     let found = fx.t.tick(at(4_000));
     let c = calls(&found);
@@ -173,7 +207,10 @@ fn calls_are_linked_to_their_processes() {
 #[test]
 fn a_call_without_result_is_emitted_at_the_run_end() {
     let mut fx = Fixture::new();
-    fx.append("s.jsonl", &format!("{}\n", call_line(1_000, "toolu_9", "sleep 100")));
+    fx.append(
+        "s.jsonl",
+        &format!("{}\n", call_line(1_000, "toolu_9", "sleep 100")),
+    );
     assert!(calls(&fx.t.tick(at(2_000))).is_empty());
     let mut end = crate::sinks::tests::event(50, Kind::RunEnd, true);
     end.time = Timestamp(at(3_000));
@@ -236,7 +273,11 @@ fn symlinks_are_not_followed() {
     let outside = fx.dir.path().join("secret.jsonl");
     std::fs::write(
         &outside,
-        format!("{}\n{}\n", call_line(1_000, "toolu_x", "leak"), result_line(1_100, "toolu_x")),
+        format!(
+            "{}\n{}\n",
+            call_line(1_000, "toolu_x", "leak"),
+            result_line(1_100, "toolu_x")
+        ),
     )
     .unwrap();
     symlink(&outside, fx.project().join("evil.jsonl")).unwrap();
@@ -258,11 +299,22 @@ fn a_project_dir_outside_the_config_dir_is_refused() {
     symlink(&elsewhere, &project).unwrap();
     std::fs::write(
         elsewhere.join("s.jsonl"),
-        format!("{}\n{}\n", call_line(1_000, "toolu_x", "x"), result_line(1_100, "toolu_x")),
+        format!(
+            "{}\n{}\n",
+            call_line(1_000, "toolu_x", "x"),
+            result_line(1_100, "toolu_x")
+        ),
     )
     .unwrap();
     let mut t = Transcripts::new(HashMap::from([("a".to_owned(), Format::ClaudeCode)]));
-    t.start(&run_start(), Format::ClaudeCode, Ok(Source { config, dir: project }));
+    t.start(
+        &run_start(),
+        Format::ClaudeCode,
+        Ok(Source {
+            config,
+            dir: project,
+        }),
+    );
     let found = t.tick(at(2_000));
     assert!(calls(&found).is_empty());
     assert!(issues(&found)[0].reason.contains("outside"), "{found:?}");
@@ -271,13 +323,27 @@ fn a_project_dir_outside_the_config_dir_is_refused() {
 #[test]
 fn a_rotated_transcript_is_read_from_its_start() {
     let mut fx = Fixture::new();
-    fx.append("s.jsonl", &format!("{}\n{}\n", call_line(1_000, "toolu_1", "a"), result_line(1_100, "toolu_1")));
+    fx.append(
+        "s.jsonl",
+        &format!(
+            "{}\n{}\n",
+            call_line(1_000, "toolu_1", "a"),
+            result_line(1_100, "toolu_1")
+        ),
+    );
     assert_eq!(calls(&fx.t.tick(at(2_000))).len(), 1);
     // Replaced by a shorter file (another inode).
     let path = fx.project().join("s.jsonl");
     std::fs::remove_file(&path).unwrap();
     // Shorter, so that it is seen as new even if its inode is the old one's.
-    fx.append("s.jsonl", &format!("{}\n{}\n", call_line(2_000, "t2", "b"), result_line(2_100, "t2")));
+    fx.append(
+        "s.jsonl",
+        &format!(
+            "{}\n{}\n",
+            call_line(2_000, "t2", "b"),
+            result_line(2_100, "t2")
+        ),
+    );
     let found = fx.t.tick(at(3_000));
     let c = calls(&found);
     assert_eq!(c.len(), 1, "{found:?}");
@@ -298,7 +364,11 @@ fn calls_before_the_run_are_not_its() {
     let mut fx = Fixture::new();
     fx.append(
         "s.jsonl",
-        &format!("{}\n{}\n", call_line(0, "old", "x").replace(&stamp(0), &stamp(0).replace("2026", "2025")), result_line(100, "old")),
+        &format!(
+            "{}\n{}\n",
+            call_line(0, "old", "x").replace(&stamp(0), &stamp(0).replace("2026", "2025")),
+            result_line(100, "old")
+        ),
     );
     assert!(calls(&fx.t.tick(at(2_000))).is_empty());
 }
@@ -306,5 +376,9 @@ fn calls_before_the_run_are_not_its() {
 #[test]
 fn quoted_commands_match() {
     let forms = command_forms("echo 'a b'");
-    assert!(forms.iter().any(|f| "eval 'echo '\\''a b'\\''' < /dev/null".contains(f.as_str())));
+    assert!(
+        forms
+            .iter()
+            .any(|f| "eval 'echo '\\''a b'\\''' < /dev/null".contains(f.as_str()))
+    );
 }
