@@ -156,14 +156,35 @@ fn linked_seqs(call: &Value) -> Vec<u64> {
         .unwrap_or_default()
 }
 
-#[test]
-fn claude_tool_calls_are_linked_to_their_processes() -> Result<()> {
+/// What one `claude -p` run under the daemon left.
+struct Ran {
+    /// The run's id.
+    run: String,
+    events: Vec<Value>,
+    script: Vec<String>,
+    http: u16,
+    home: PathBuf,
+    /// Kept until the checks are done (the temp dirs go with them).
+    _dirs: (TempDir, Daemon),
+}
+
+/// Runs claude against the fake model under a daemon; `plant` may leave
+/// files in the project dir of its transcripts before it starts.
+fn run_claude(plant: impl FnOnce(&Path) -> Result<()>) -> Result<Ran> {
     let claude = claude_bin()?;
     let tmp = TempDir::new("transcripts")?;
     let home = tmp.path().join("home");
     let work = tmp.path().join("work");
     fs::create_dir_all(&home)?;
     fs::create_dir_all(&work)?;
+    let munged: String = work
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let project = home.join(".claude/projects").join(munged);
+    fs::create_dir_all(&project)?;
+    plant(&project)?;
     let http = listener()?;
     let script = vec![
         "echo step-one".to_owned(),
@@ -208,7 +229,7 @@ fn claude_tool_calls_are_linked_to_their_processes() -> Result<()> {
         text(&out.stdout)
     );
 
-    // The run claude started, and its end.
+    // The run claude started, its calls and its end.
     let start = d.wait_for(Duration::from_secs(10), |e| {
         kind(e) == "run.start"
             && str_at(e, "/run/agent") == Some("claude-code")
@@ -223,22 +244,28 @@ fn claude_tool_calls_are_linked_to_their_processes() -> Result<()> {
                 .iter()
                 .any(|e| kind(e) == "run.end" && str_at(e, "/run/id") == Some(run.as_str()))
     })?;
-    let calls = tool_calls(&events, &run);
-    let unreadable: Vec<String> = events
-        .iter()
-        .filter(|e| kind(e) == "transcript.unreadable")
-        .map(compact)
-        .collect();
-    ensure!(
-        unreadable.is_empty(),
-        "transcript.unreadable: {unreadable:?}"
-    );
+    d.check_alive()?;
+    Ok(Ran {
+        run,
+        events,
+        script,
+        http,
+        home,
+        _dirs: (tmp, d),
+    })
+}
+
+/// The three calls, in order, with their commands, each explaining its
+/// shell; the curl's exec and connect under the second call only.
+fn check_calls(r: &Ran) -> Result<()> {
+    let (run, events, script, http, home) = (&r.run, &r.events, &r.script, r.http, &r.home);
+    let calls = tool_calls(events, run);
     ensure!(
         calls.len() == 3,
         "tool.call events: {:?}",
         calls.iter().map(compact).collect::<Vec<_>>()
     );
-    for (i, (call, cmd)) in calls.iter().zip(&script).enumerate() {
+    for (i, (call, cmd)) in calls.iter().zip(script).enumerate() {
         let want_id = format!("toolu_fake{i:02}");
         ensure!(
             str_at(call, "/tool_call/id") == Some(want_id.as_str())
@@ -250,14 +277,13 @@ fn claude_tool_calls_are_linked_to_their_processes() -> Result<()> {
             "call {i}: {}",
             compact(call)
         );
+        let projects = home.join(".claude/projects").to_string_lossy().into_owned();
         ensure!(
-            str_at(call, "/tool_call/transcript").is_some_and(|t| t
-                .starts_with(&home.join(".claude/projects").to_string_lossy().into_owned())
-                && t.ends_with(".jsonl")),
+            str_at(call, "/tool_call/transcript")
+                .is_some_and(|t| t.starts_with(&projects) && t.ends_with(".jsonl")),
             "call {i} transcript path: {}",
             compact(call)
         );
-        // Each call explains at least its shell.
         ensure!(
             !linked_seqs(call).is_empty(),
             "call {i} explains no process: {}",
@@ -303,4 +329,54 @@ fn claude_tool_calls_are_linked_to_their_processes() -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn unreadable(r: &Ran) -> Vec<&Value> {
+    r.events
+        .iter()
+        .filter(|e| {
+            kind(e) == "transcript.unreadable" && str_at(e, "/run/id") == Some(r.run.as_str())
+        })
+        .collect()
+}
+
+#[test]
+fn claude_tool_calls_are_linked_to_their_processes() -> Result<()> {
+    let r = run_claude(|_| Ok(()))?;
+    let bad: Vec<String> = unreadable(&r).into_iter().map(compact).collect();
+    ensure!(bad.is_empty(), "transcript.unreadable: {bad:?}");
+    check_calls(&r)
+}
+
+/// A symlink to /etc/shadow and a file of garbage beside the real
+/// transcript: the daemon reads neither, says so once, stays up, and still
+/// reports the real calls.
+#[test]
+fn hostile_files_beside_the_transcript_are_reported_not_read() -> Result<()> {
+    let r = run_claude(|project| {
+        std::os::unix::fs::symlink("/etc/shadow", project.join("0-shadow.jsonl"))?;
+        let mut garbage = fs::File::create(project.join("1-garbage.jsonl"))?;
+        garbage.write_all(b"{not json\n")?;
+        garbage.write_all(&vec![b'x'; (1 << 20) + 10])?;
+        garbage.write_all(b"\n")?;
+        Ok(())
+    })?;
+    let bad = unreadable(&r);
+    ensure!(
+        bad.len() == 1,
+        "one transcript.unreadable expected: {:?}",
+        bad.iter().map(|e| compact(e)).collect::<Vec<_>>()
+    );
+    let reason = str_at(bad[0], "/transcript/reason").unwrap_or("");
+    ensure!(
+        str_at(bad[0], "/transcript/path").is_some_and(|p| p.ends_with("0-shadow.jsonl"))
+            && reason.contains("cannot open"),
+        "{}",
+        compact(bad[0])
+    );
+    ensure!(
+        !r.events.iter().any(|e| compact(e).contains("root:")),
+        "something of /etc/shadow reached the events"
+    );
+    check_calls(&r)
 }
