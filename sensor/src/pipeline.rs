@@ -209,7 +209,12 @@ impl Pipeline {
         };
         for f in found {
             let event = match f {
-                crate::transcripts::Found::Call(run, call) => self.builder.tool_call(run, call),
+                crate::transcripts::Found::Call(run, call) => {
+                    self.builder.tool_call(Kind::ToolCall, run, call)
+                }
+                crate::transcripts::Found::Unobserved(run, call) => {
+                    self.builder.tool_call(Kind::ToolUnobserved, run, call)
+                }
                 crate::transcripts::Found::Unreadable(run, issue) => {
                     tracing::warn!(run = %run.id, reason = %issue.reason, path = ?issue.path, "transcript.unreadable");
                     self.builder.transcript_unreadable(run, issue)

@@ -62,6 +62,7 @@ pub fn categories(kind: Kind) -> &'static [&'static str] {
         Kind::Detection => &["detection"],
         Kind::ToolCall => &["tool_call"],
         Kind::TranscriptUnreadable => &["transcript_unreadable"],
+        Kind::ToolUnobserved => &["tool_unobserved"],
     }
 }
 

@@ -606,9 +606,10 @@ impl Engine {
         e
     }
 
-    /// A `tool.call` event of run `run` (read from its transcript).
-    pub fn tool_call(&mut self, run: RunRef, call: crate::event::ToolCall) -> Event {
-        let mut e = self.envelope(Kind::ToolCall, SystemTime::now());
+    /// A `tool.call` event of run `run` (read from its transcript), or
+    /// its `tool.unobserved` (`kind`).
+    pub fn tool_call(&mut self, kind: Kind, run: RunRef, call: crate::event::ToolCall) -> Event {
+        let mut e = self.envelope(kind, SystemTime::now());
         e.run = Some(run);
         e.tool_call = Some(call);
         e

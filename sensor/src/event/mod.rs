@@ -79,6 +79,8 @@ pub enum Kind {
     ToolCall,
     #[strum(serialize = "transcript.unreadable")]
     TranscriptUnreadable,
+    #[strum(serialize = "tool.unobserved")]
+    ToolUnobserved,
 }
 
 impl Serialize for Kind {

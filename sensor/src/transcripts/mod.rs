@@ -111,6 +111,10 @@ pub enum Record {
 #[derive(Debug)]
 pub enum Found {
     Call(RunRef, ToolCall),
+    /// A shell call the agent says ran (a result that is not an error) of
+    /// which the run shows no process: `tool.unobserved`, after its
+    /// `tool.call`.
+    Unobserved(RunRef, ToolCall),
     Unreadable(RunRef, TranscriptIssue),
 }
 
@@ -650,27 +654,37 @@ fn emit_ready(
     calls.sort_by_key(|(_, p)| p.time);
     for (id, p) in calls {
         let end = p.result.map_or(now, |(t, _)| t);
-        let (processes, more) = link(&f.acts, &p.input, p.time, end, p.name == "Bash");
+        let (processes, more) = link(&f.acts, &p.input, p.time, end, shell(&p.name));
         counts.calls += 1;
         if f.done.len() < PENDING_MAX * 4 {
             f.done.insert(id.clone());
         }
-        out.push(Found::Call(
-            f.run.clone(),
-            ToolCall {
-                id,
-                name: p.name,
-                input: p.input,
-                input_truncated: p.truncated.then_some(true),
-                call_time: Timestamp(p.time),
-                result_time: p.result.map(|(t, _)| Timestamp(t)),
-                is_error: p.result.map(|(_, e)| e),
-                transcript: p.file.to_string_lossy().into_owned(),
-                processes,
-                processes_truncated: more.then_some(true),
-            },
-        ));
+        let call = ToolCall {
+            id,
+            name: p.name,
+            input: p.input,
+            input_truncated: p.truncated.then_some(true),
+            call_time: Timestamp(p.time),
+            result_time: p.result.map(|(t, _)| Timestamp(t)),
+            is_error: p.result.map(|(_, e)| e),
+            transcript: p.file.to_string_lossy().into_owned(),
+            processes,
+            processes_truncated: more.then_some(true),
+        };
+        let unobserved = shell(&call.name)
+            && call.processes.is_empty()
+            && !call.input.trim().is_empty()
+            && call.is_error == Some(false);
+        out.push(Found::Call(f.run.clone(), call.clone()));
+        if unobserved {
+            out.push(Found::Unobserved(f.run.clone(), call));
+        }
     }
+}
+
+/// Whether calls of tool `name` run a shell command.
+fn shell(name: &str) -> bool {
+    name == "Bash"
 }
 
 /// The forms a command takes in its shell's `-c` script: as it is, and

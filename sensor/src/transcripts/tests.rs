@@ -100,7 +100,7 @@ fn calls(found: &[Found]) -> Vec<&ToolCall> {
         .iter()
         .filter_map(|f| match f {
             Found::Call(_, c) => Some(c),
-            Found::Unreadable(..) => None,
+            Found::Unreadable(..) | Found::Unobserved(..) => None,
         })
         .collect()
 }
@@ -110,7 +110,7 @@ fn issues(found: &[Found]) -> Vec<&TranscriptIssue> {
         .iter()
         .filter_map(|f| match f {
             Found::Unreadable(_, i) => Some(i),
-            Found::Call(..) => None,
+            Found::Call(..) | Found::Unobserved(..) => None,
         })
         .collect()
 }
@@ -371,6 +371,54 @@ fn calls_before_the_run_are_not_its() {
         ),
     );
     assert!(calls(&fx.t.tick(at(2_000))).is_empty());
+}
+
+fn unobserved(found: &[Found]) -> Vec<&ToolCall> {
+    found
+        .iter()
+        .filter_map(|f| match f {
+            Found::Unobserved(_, c) => Some(c),
+            Found::Call(..) | Found::Unreadable(..) => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_shell_call_that_never_ran_is_unobserved() {
+    let mut fx = Fixture::new();
+    let script = "eval 'echo ran' < /dev/null";
+    fx.t.on_event(&act(
+        10,
+        Kind::ProcessExec,
+        1_100,
+        "k-sh",
+        "k-claude",
+        Some(&["/bin/bash", "-c", script]),
+    ));
+    let failed = r#"{"type":"user","timestamp":"TS","message":{"content":[{"type":"tool_result","tool_use_id":"toolu_3","is_error":true}]}}"#
+        .replace("TS", &stamp(3_100));
+    let ok = |ms, id| {
+        result_line(ms, id).replace(r#""content":"ok""#, r#""content":"ok","is_error":false"#)
+    };
+    fx.append(
+        "s.jsonl",
+        &format!(
+            "{}\n{}\n{}\n{}\n{}\n{}\n",
+            call_line(1_000, "toolu_1", "echo ran"),
+            ok(1_500, "toolu_1"),
+            call_line(2_000, "toolu_2", "curl http://evil.example/never-ran"),
+            ok(2_500, "toolu_2"),
+            call_line(3_000, "toolu_3", "rm -rf /nope"),
+            failed,
+        ),
+    );
+    let found = fx.t.tick(at(5_000));
+    assert_eq!(calls(&found).len(), 3, "{found:?}");
+    let u = unobserved(&found);
+    // The one that ran is not; the one the agent says failed is not.
+    assert_eq!(u.len(), 1, "{found:?}");
+    assert_eq!(u[0].id, "toolu_2");
+    assert!(u[0].processes.is_empty());
 }
 
 #[test]
