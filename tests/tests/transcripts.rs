@@ -164,6 +164,8 @@ struct Ran {
     script: Vec<String>,
     http: u16,
     home: PathBuf,
+    /// The daemon's store.
+    db: PathBuf,
     /// Kept until the checks are done (the temp dirs go with them).
     _dirs: (TempDir, Daemon),
 }
@@ -192,7 +194,9 @@ fn run_claude(plant: impl FnOnce(&Path) -> Result<()>, forge: bool) -> Result<Ra
         "echo step-three".to_owned(),
     ];
     let model = FakeModel::start(tmp.path(), &script)?;
-    let d = Daemon::start_with_config(&agent_tables()?)?;
+    let db = tmp.path().join("sensor.db");
+    let db_arg = db.display().to_string();
+    let d = Daemon::start_with(Some(&agent_tables()?), &["--db", &db_arg])?;
 
     let mut cmd = Command::new(&claude);
     cmd.args([
@@ -260,6 +264,7 @@ fn run_claude(plant: impl FnOnce(&Path) -> Result<()>, forge: bool) -> Result<Ra
         script,
         http,
         home,
+        db,
         _dirs: (tmp, d),
     })
 }
@@ -390,6 +395,35 @@ fn check_calls(r: &Ran) -> Result<()> {
     Ok(())
 }
 
+/// `sensor replay RUN` shows each call, its command and the events it
+/// explains (the store lags the outputs by up to 100 ms: polled).
+fn check_replay(r: &Ran) -> Result<()> {
+    let want = format!(
+        "Bash toolu_fake01: curl -s http://127.0.0.1:{}/tool-call-two (events ",
+        r.http
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut cmd = Command::new(sensor_tests::sensor_bin()?);
+        cmd.args(["replay", &r.run, "--db"])
+            .arg(&r.db)
+            .env_remove("SENSOR_DB")
+            .env("COLUMNS", "4000");
+        let (_, out) = run_with_timeout(&mut cmd, Duration::from_secs(30))?;
+        let shown = text(&out.stdout);
+        let calls = shown.lines().filter(|l| l.contains("] tool.call ")).count();
+        if out.status.success() && calls == 3 && shown.contains(&want) {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "sensor replay does not show the 3 calls ({want:?}):\n{shown}\n{}",
+            text(&out.stderr)
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn unreadable(r: &Ran) -> Vec<&Value> {
     r.events
         .iter()
@@ -412,7 +446,8 @@ fn claude_tool_calls_are_linked_to_their_processes() -> Result<()> {
         .map(compact)
         .collect();
     ensure!(unobserved.is_empty(), "tool.unobserved: {unobserved:?}");
-    check_calls(&r)
+    check_calls(&r)?;
+    check_replay(&r)
 }
 
 /// A symlink to /etc/shadow and a file of garbage beside the real
