@@ -55,14 +55,18 @@ pub const FILES_MAX: usize = 64;
 /// Calls waiting for their result per run, at most (the oldest is emitted
 /// without a result beyond it).
 pub const PENDING_MAX: usize = 4096;
-/// Process and connect events kept per run for the reconciliation.
+/// Process and connect events kept per run for the reconciliation (the
+/// oldest go first beyond it, or beyond [`ACTS_BYTES`]).
 pub const ACTS_MAX: usize = 16_384;
+/// Bytes of keys and argv kept per run for the reconciliation, at most.
+pub const ACTS_BYTES: usize = 2 << 20;
 /// Events listed per call, at most.
 pub const LINKED_MAX: usize = 256;
 /// Runs followed at once, at most.
-pub const RUNS_MAX: usize = 1024;
-/// Kept of an exec's argv for matching, at most (bytes).
-const ARGV_KEPT: usize = 16 << 10;
+pub const RUNS_MAX: usize = 256;
+/// Kept of an exec's argv for matching, at most (bytes; the kernel's
+/// capture is 8 KiB).
+const ARGV_KEPT: usize = 8 << 10;
 /// How far outside a call's window (call time .. result time) its
 /// processes may begin: the transcript's clock is read by the agent.
 const SLACK: Duration = Duration::from_secs(1);
@@ -140,6 +144,12 @@ struct Act {
     args: Option<String>,
 }
 
+impl Act {
+    fn bytes(&self) -> usize {
+        self.key.len() + self.parent_key.len() + self.args.as_ref().map_or(0, String::len)
+    }
+}
+
 #[derive(Debug, Default)]
 struct FileState {
     offset: u64,
@@ -173,6 +183,8 @@ struct Followed {
     /// Ids emitted (a call is reported once).
     done: std::collections::HashSet<String>,
     acts: VecDeque<Act>,
+    /// Bytes the kept acts hold (keys and argv).
+    acts_bytes: usize,
     ended: bool,
     /// The first problem, to report; `reported` once it was.
     problem: Option<(Option<PathBuf>, String)>,
@@ -281,10 +293,7 @@ impl Transcripts {
                         })
                     })
                     .flatten();
-                if f.acts.len() >= ACTS_MAX {
-                    f.acts.pop_front();
-                }
-                f.acts.push_back(Act {
+                let act = Act {
                     seq: e.seq,
                     kind: e.kind,
                     time: e.time.0,
@@ -292,7 +301,15 @@ impl Transcripts {
                     parent_key: p.parent_key.clone(),
                     pid: p.pid,
                     args,
-                });
+                };
+                f.acts_bytes += act.bytes();
+                f.acts.push_back(act);
+                while f.acts.len() > ACTS_MAX || f.acts_bytes > ACTS_BYTES {
+                    let Some(old) = f.acts.pop_front() else {
+                        break;
+                    };
+                    f.acts_bytes = f.acts_bytes.saturating_sub(old.bytes());
+                }
             }
             _ => {}
         }
@@ -332,6 +349,7 @@ impl Transcripts {
                 pending: BTreeMap::new(),
                 done: std::collections::HashSet::new(),
                 acts: VecDeque::new(),
+                acts_bytes: 0,
                 ended: false,
                 problem,
                 reported: false,

@@ -430,3 +430,24 @@ fn quoted_commands_match() {
             .any(|f| "eval 'echo '\\''a b'\\''' < /dev/null".contains(f.as_str()))
     );
 }
+
+#[test]
+fn kept_events_are_bounded() {
+    let mut fx = Fixture::new();
+    let long = "a".repeat(8 << 10);
+    for seq in 0..2_000u64 {
+        fx.t.on_event(&act(
+            seq + 10,
+            Kind::ProcessExec,
+            1_000,
+            "k",
+            "p",
+            Some(&["sh", "-c", long.as_str()]),
+        ));
+    }
+    let f = &fx.t.runs["r"];
+    assert!(f.acts_bytes <= ACTS_BYTES, "{}", f.acts_bytes);
+    assert!(f.acts.len() < 2_000 && !f.acts.is_empty());
+    assert_eq!(f.acts.back().map(|a| a.seq), Some(2_009));
+    assert_eq!(f.acts_bytes, f.acts.iter().map(Act::bytes).sum::<usize>());
+}
