@@ -451,3 +451,44 @@ fn kept_events_are_bounded() {
     assert_eq!(f.acts.back().map(|a| a.seq), Some(2_009));
     assert_eq!(f.acts_bytes, f.acts.iter().map(Act::bytes).sum::<usize>());
 }
+
+/// Cost of following (figures, not a check):
+/// `cargo test -p sensor --lib tick_cost -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement"]
+fn tick_cost() {
+    let mut fx = Fixture::new();
+    let filler = format!(
+        r#"{{"type":"attachment","timestamp":"{}","attachment":"{}"}}"#,
+        stamp(1),
+        "z".repeat(1_500)
+    );
+    let mut text = String::new();
+    for i in 0..5_000u64 {
+        let id = format!("toolu_{i}");
+        text.push_str(&call_line(1_000 + i, &id, "echo hi"));
+        text.push('\n');
+        text.push_str(&result_line(1_000 + i, &id));
+        text.push('\n');
+        text.push_str(&filler);
+        text.push('\n');
+    }
+    fx.append("s.jsonl", &text);
+    let t0 = std::time::Instant::now();
+    let mut n = 0;
+    for _ in 0..10 {
+        n += calls(&fx.t.tick(at(100_000))).len();
+    }
+    let busy = t0.elapsed();
+    let t1 = std::time::Instant::now();
+    for _ in 0..1_000 {
+        fx.t.tick(at(100_000));
+    }
+    let idle = t1.elapsed() / 1_000;
+    eprintln!(
+        "{} bytes, 15000 lines, {n} calls read in {busy:?} ({:.1} µs/line); an idle tick (1 file): {idle:?}",
+        text.len(),
+        busy.as_secs_f64() * 1e6 / 15_000.0
+    );
+    assert_eq!(n, 5_000);
+}
