@@ -32,3 +32,4 @@ pub mod status;
 pub mod store;
 pub mod tamper;
 pub mod tokens;
+pub mod transcripts;

@@ -130,6 +130,8 @@ pub struct Pipeline {
     provenance: Option<crate::provenance::Planner>,
     /// The batch handed on last (the next one's lines are made after its).
     last_batch: Option<crate::sinks::EventBatch>,
+    /// The agents' transcripts, read on the tick (`tool.call`).
+    transcripts: Option<crate::transcripts::Transcripts>,
 }
 
 /// A file change by a process within this long of the kernel's report of
@@ -179,6 +181,46 @@ impl Pipeline {
             detections: None,
             provenance: None,
             last_batch: None,
+            transcripts: None,
+        }
+    }
+
+    /// Reads the transcripts of the runs of the agents that have them
+    /// (`[[agent]] transcripts`).
+    #[must_use]
+    pub fn with_transcripts(mut self, transcripts: crate::transcripts::Transcripts) -> Self {
+        if !transcripts.is_empty() {
+            self.transcripts = Some(transcripts);
+        }
+        self
+    }
+
+    /// The tick's read of the transcripts: `tool.call` and
+    /// `transcript.unreadable` events, numbered by the engine.
+    pub fn transcripts_tick(&mut self) {
+        let Some(t) = &mut self.transcripts else {
+            return;
+        };
+        let now = std::time::SystemTime::now();
+        let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| t.tick(now)));
+        let Ok(found) = found else {
+            self.caught_panic("reading the transcripts");
+            return;
+        };
+        for f in found {
+            let event = match f {
+                crate::transcripts::Found::Call(run, call) => {
+                    self.builder.tool_call(Kind::ToolCall, run, call)
+                }
+                crate::transcripts::Found::Unobserved(run, call) => {
+                    self.builder.tool_call(Kind::ToolUnobserved, run, call)
+                }
+                crate::transcripts::Found::Unreadable(run, issue) => {
+                    tracing::warn!(run = %run.id, reason = %issue.reason, path = ?issue.path, "transcript.unreadable");
+                    self.builder.transcript_unreadable(run, issue)
+                }
+            };
+            self.push(event);
         }
     }
 
@@ -646,6 +688,9 @@ impl Pipeline {
             self.state.count_detection(&d.rule_id, d.level);
         }
         self.state.count_denial(event.kind, event.policy.as_ref());
+        if let Some(t) = &mut self.transcripts {
+            t.on_event(&event);
+        }
         let due = match &mut self.provenance {
             Some(p) => p.after(&event, self.recovering),
             None => None,
@@ -1254,6 +1299,7 @@ pub async fn run(
                     pipeline.run_changes(&swept);
                 }
                 pipeline.report_deferred_files();
+                pipeline.transcripts_tick();
                 pipeline.checkpoints_due();
                 pipeline.flush();
                 pipeline.save_seq();

@@ -39,6 +39,10 @@ pub struct AgentConfig {
     /// Scopes the run tokens of the runs it starts may carry.
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// How its runs' transcripts are found and read (`"claude-code"`):
+    /// each tool call becomes a `tool.call` event (`crate::transcripts`).
+    #[serde(default)]
+    pub transcripts: Option<String>,
 }
 
 /// Interpreters whose first non-option argument is the program they run.
@@ -73,6 +77,8 @@ pub enum MatcherError {
     Empty { name: String },
     #[error("[[agent]] needs a name")]
     NoName,
+    #[error("[[agent]] {name:?}: unknown transcripts format {format:?} (known: \"claude-code\")")]
+    Transcripts { name: String, format: String },
 }
 
 fn compile(name: &str, patterns: &[String]) -> Result<Vec<GlobMatcher>, MatcherError> {
@@ -98,6 +104,14 @@ impl Matcher {
         if c.exe.is_empty() && c.script.is_empty() && c.module.is_empty() {
             return Err(MatcherError::Empty {
                 name: c.name.clone(),
+            });
+        }
+        if let Some(format) = &c.transcripts
+            && crate::transcripts::Format::parse(format).is_none()
+        {
+            return Err(MatcherError::Transcripts {
+                name: c.name.clone(),
+                format: format.clone(),
             });
         }
         Ok(Self {

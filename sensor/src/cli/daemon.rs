@@ -86,6 +86,7 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
 
     // Everything that can fail on bad input fails before the kernel is touched.
     let matchers = Matchers::new(&config.agents)?;
+    let transcripts = crate::transcripts::Transcripts::of_agents(&config.agents);
     let runs = RunTable::load(&runs_path)?;
     let host = Host::current().context("reading host name and boot id")?;
     let boot_id = host.boot_id.clone();
@@ -247,7 +248,8 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
             .with_limits(config.limits.clone())
             .with_seq_file(seq_file)
             .with_generation(takeover.generation)
-            .with_notifier(notifier);
+            .with_notifier(notifier)
+            .with_transcripts(transcripts);
         if let Some(tokens) = tokens {
             pipeline = pipeline.with_tokens(tokens);
         }

@@ -522,6 +522,28 @@ pub(super) fn describe(e: &Value) -> String {
             shown_str(e, "/run/end_reason")
         ),
         "sensor.lost" => format!("{} events lost", shown_value(&e["lost"]["total"])),
+        "tool.call" | "tool.unobserved" => {
+            let events: Vec<String> = e["tool_call"]["processes"]
+                .as_array()
+                .map(|a| a.iter().map(|l| shown_value(&l["seq"])).collect())
+                .unwrap_or_default();
+            format!(
+                "{} {}: {} ({})",
+                shown_str(e, "/tool_call/name"),
+                shown_str(e, "/tool_call/id"),
+                shown_str(e, "/tool_call/input"),
+                if events.is_empty() {
+                    "no process of the run".to_owned()
+                } else {
+                    format!("events {}", events.join(","))
+                }
+            )
+        }
+        "transcript.unreadable" => format!(
+            "{}: {}",
+            shown_str(e, "/transcript/path"),
+            shown_str(e, "/transcript/reason")
+        ),
         "sensor.blind" => {
             let missing: Vec<String> = e["blind"]["missing"]
                 .as_array()

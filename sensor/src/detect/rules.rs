@@ -60,6 +60,9 @@ pub fn categories(kind: Kind) -> &'static [&'static str] {
         Kind::TokenIssued => &["token_issued"],
         Kind::RunCheckpoint => &["run_checkpoint"],
         Kind::Detection => &["detection"],
+        Kind::ToolCall => &["tool_call"],
+        Kind::TranscriptUnreadable => &["transcript_unreadable"],
+        Kind::ToolUnobserved => &["tool_unobserved"],
     }
 }
 

@@ -576,6 +576,27 @@ impl Engine {
         e
     }
 
+    /// A `tool.call` event of run `run` (read from its transcript), or
+    /// its `tool.unobserved` (`kind`).
+    pub fn tool_call(&mut self, kind: Kind, run: RunRef, call: crate::event::ToolCall) -> Event {
+        let mut e = self.envelope(kind, SystemTime::now());
+        e.run = Some(run);
+        e.tool_call = Some(call);
+        e
+    }
+
+    /// A `transcript.unreadable` event of run `run`.
+    pub fn transcript_unreadable(
+        &mut self,
+        run: RunRef,
+        issue: crate::event::TranscriptIssue,
+    ) -> Event {
+        let mut e = self.envelope(Kind::TranscriptUnreadable, SystemTime::now());
+        e.run = Some(run);
+        e.transcript = Some(issue);
+        e
+    }
+
     /// A `sensor.blind` report of the canary.
     pub fn blind(&mut self, blind: Blind) -> Event {
         let mut e = self.envelope(Kind::SensorBlind, SystemTime::now());

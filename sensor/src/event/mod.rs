@@ -75,6 +75,12 @@ pub enum Kind {
     Detection,
     #[strum(serialize = "run.checkpoint")]
     RunCheckpoint,
+    #[strum(serialize = "tool.call")]
+    ToolCall,
+    #[strum(serialize = "transcript.unreadable")]
+    TranscriptUnreadable,
+    #[strum(serialize = "tool.unobserved")]
+    ToolUnobserved,
 }
 
 impl Serialize for Kind {
@@ -362,6 +368,63 @@ pub struct Event {
     /// line is made, see `crate::provenance`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<Checkpoint>,
+    /// `tool.call`: a tool call the agent's transcript records, and the
+    /// run's events it explains (see `crate::transcripts`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call: Option<ToolCall>,
+    /// `transcript.unreadable`: what of a run's transcripts could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transcript: Option<TranscriptIssue>,
+}
+
+/// A tool call read from the agent's own transcript (`tool_call`, of
+/// `tool.call`). The transcript is the agent's word, not the kernel's: the
+/// call's `processes` are the run's events whose time and command line
+/// match it.
+#[serde_with::skip_serializing_none]
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolCall {
+    /// The agent's call id (`toolu_...`).
+    pub id: String,
+    /// The tool (`Bash`, `Read`, ...).
+    pub name: String,
+    /// The command of a shell tool; other inputs as compact JSON; cut to
+    /// a size bound.
+    pub input: String,
+    pub input_truncated: Option<bool>,
+    /// When the transcript says the call was made and its result came.
+    pub call_time: Timestamp,
+    #[serialize_always]
+    pub result_time: Option<Timestamp>,
+    /// The result was an error (as the agent recorded it).
+    pub is_error: Option<bool>,
+    /// The transcript file it was read from.
+    pub transcript: String,
+    /// The run's process and connect events this call explains, in seq order.
+    pub processes: Vec<Linked>,
+    /// More matched than are listed.
+    pub processes_truncated: Option<bool>,
+}
+
+/// One event a tool call explains.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Linked {
+    pub seq: u64,
+    pub kind: Kind,
+    pub key: String,
+    pub pid: u32,
+}
+
+/// What could not be read of a run's transcripts (`transcript`, of
+/// `transcript.unreadable`); reported once per run.
+#[serde_with::skip_serializing_none]
+#[derive(Debug, Clone, Serialize)]
+pub struct TranscriptIssue {
+    /// The file or directory concerned, when there is one.
+    pub path: Option<String>,
+    pub reason: String,
+    /// Lines skipped so far: invalid JSON or longer than the bound.
+    pub skipped_lines: u64,
 }
 
 /// What a `detection` event says: the rule, and the event it matched (the
@@ -489,6 +552,8 @@ impl Event {
             token: None,
             detection: None,
             checkpoint: None,
+            tool_call: None,
+            transcript: None,
         }
     }
 

@@ -290,6 +290,8 @@ pub struct Unmapped<'a> {
     pub gap: Option<Sorted<&'a Gap>>,
     pub tamper: Option<Sorted<&'a Tamper>>,
     pub token: Option<Sorted<&'a TokenIssued>>,
+    pub tool_call: Option<Sorted<&'a crate::event::ToolCall>>,
+    pub transcript: Option<Sorted<&'a crate::event::TranscriptIssue>>,
 }
 
 /// A sensor object written with its keys in sorted order, at every depth

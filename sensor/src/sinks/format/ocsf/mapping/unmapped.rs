@@ -33,6 +33,8 @@ pub(super) fn unmapped(event: &Event, exec_mapped: bool, shape: Option<NetShape>
         token,
         detection,
         checkpoint,
+        tool_call,
+        transcript,
     } = event;
     Unmapped {
         kind: *kind,
@@ -62,6 +64,8 @@ pub(super) fn unmapped(event: &Event, exec_mapped: bool, shape: Option<NetShape>
         gap: gap.as_ref().map(Sorted),
         tamper: tamper.as_ref().map(Sorted),
         token: token.as_ref().map(Sorted),
+        tool_call: tool_call.as_ref().map(Sorted),
+        transcript: transcript.as_ref().map(Sorted),
     }
 }
 

@@ -1,0 +1,494 @@
+use std::{io::Write as _, os::unix::fs::symlink, time::UNIX_EPOCH};
+
+use super::*;
+use crate::event::Process;
+
+/// 2026-12-05T06:00:00Z.
+const T0: u64 = 1_796_450_400;
+
+fn at(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(T0 * 1000 + ms)
+}
+
+fn stamp(ms: u64) -> String {
+    crate::event::rfc3339(at(ms)).to_string()
+}
+
+fn uid() -> u32 {
+    nix::unistd::getuid().as_raw()
+}
+
+fn run_start() -> Event {
+    let mut e = crate::sinks::tests::event(1, Kind::RunStart, true);
+    e.time = Timestamp(at(0));
+    e.process = Some(Process {
+        key: "k-claude".into(),
+        pid: 100,
+        uid: uid(),
+        ..Process::default()
+    });
+    e
+}
+
+fn act(seq: u64, kind: Kind, ms: u64, key: &str, parent: &str, argv: Option<&[&str]>) -> Event {
+    let mut e = crate::sinks::tests::event(seq, kind, true);
+    e.time = Timestamp(at(ms));
+    e.process = Some(Process {
+        key: key.into(),
+        parent_key: parent.into(),
+        pid: u32::try_from(seq).unwrap_or(0),
+        argv: argv.map(|a| a.iter().map(|s| (*s).to_owned()).collect()),
+        ..Process::default()
+    });
+    e
+}
+
+fn call_line(ms: u64, id: &str, cmd: &str) -> String {
+    format!(
+        r#"{{"type":"assistant","timestamp":"{}","message":{{"content":[{{"type":"tool_use","id":"{id}","name":"Bash","input":{{"command":{}}}}}]}}}}"#,
+        stamp(ms),
+        serde_json::Value::String(cmd.to_owned())
+    )
+}
+
+fn result_line(ms: u64, id: &str) -> String {
+    format!(
+        r#"{{"type":"user","timestamp":"{}","message":{{"content":[{{"type":"tool_result","tool_use_id":"{id}","content":"ok"}}]}}}}"#,
+        stamp(ms)
+    )
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    t: Transcripts,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("claude");
+        let project = claude::project_dir(&config, Path::new("/work/x"));
+        std::fs::create_dir_all(&project).unwrap();
+        let mut t = Transcripts::new(HashMap::from([("a".to_owned(), Format::ClaudeCode)]));
+        t.start(
+            &run_start(),
+            Format::ClaudeCode,
+            Ok(Source {
+                config,
+                dir: project,
+            }),
+        );
+        Self { dir, t }
+    }
+
+    fn project(&self) -> PathBuf {
+        claude::project_dir(&self.dir.path().join("claude"), Path::new("/work/x"))
+    }
+
+    fn append(&self, name: &str, text: &str) {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.project().join(name))
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+}
+
+fn calls(found: &[Found]) -> Vec<&ToolCall> {
+    found
+        .iter()
+        .filter_map(|f| match f {
+            Found::Call(_, c) => Some(c),
+            Found::Unreadable(..) | Found::Unobserved(..) => None,
+        })
+        .collect()
+}
+
+fn issues(found: &[Found]) -> Vec<&TranscriptIssue> {
+    found
+        .iter()
+        .filter_map(|f| match f {
+            Found::Unreadable(_, i) => Some(i),
+            Found::Call(..) | Found::Unobserved(..) => None,
+        })
+        .collect()
+}
+
+#[test]
+fn calls_are_linked_to_their_processes() {
+    let mut fx = Fixture::new();
+    let wrapped = |c: &str| {
+        format!(
+            "source /root/.claude/shell-snapshots/s.sh && eval '{c}' < /dev/null && pwd -P >| /tmp/claude-1-cwd"
+        )
+    };
+    let s1 = wrapped("echo one");
+    let s2 = wrapped("curl -s http://127.0.0.1:9/x");
+    // The shell of call 1, then the shell of call 2, its curl and its connect.
+    let events = [
+        act(10, Kind::ProcessSpawn, 1_100, "k-sh1", "k-claude", None),
+        act(
+            11,
+            Kind::ProcessExec,
+            1_110,
+            "k-sh1",
+            "k-claude",
+            Some(&["/bin/bash", "-c", "-l", s1.as_str()]),
+        ),
+        act(20, Kind::ProcessSpawn, 3_100, "k-sh2", "k-claude", None),
+        act(
+            21,
+            Kind::ProcessExec,
+            3_110,
+            "k-sh2",
+            "k-claude",
+            Some(&["/bin/bash", "-c", "-l", s2.as_str()]),
+        ),
+        act(22, Kind::ProcessSpawn, 3_120, "k-curl", "k-sh2", None),
+        act(
+            23,
+            Kind::ProcessExec,
+            3_130,
+            "k-curl",
+            "k-sh2",
+            Some(&["curl", "-s", "http://127.0.0.1:9/x"]),
+        ),
+        act(24, Kind::NetworkConnect, 3_140, "k-curl", "k-sh2", None),
+        // Not in the run's calls: claude's own start-up shell.
+        act(
+            30,
+            Kind::ProcessExec,
+            500,
+            "k-snap",
+            "k-claude",
+            Some(&["/bin/bash", "-c", "snapshot"]),
+        ),
+    ];
+    for e in &events {
+        fx.t.on_event(e);
+    }
+    fx.append(
+        "s.jsonl",
+        &format!(
+            "{}\n{}\n{}\n",
+            call_line(1_000, "toolu_1", "echo one"),
+            result_line(1_500, "toolu_1"),
+            call_line(3_000, "toolu_2", "curl -s http://127.0.0.1:9/x"),
+        ),
+    );
+    let found = fx.t.tick(at(3_200));
+    let c = calls(&found);
+    assert_eq!(c.len(), 1, "{found:?}");
+    assert_eq!(c[0].id, "toolu_1");
+    assert_eq!(c[0].input, "echo one");
+    assert_eq!(c[0].result_time, Some(Timestamp(at(1_500))));
+    let seqs: Vec<u64> = c[0].processes.iter().map(|l| l.seq).collect();
+    assert_eq!(seqs, [10, 11]);
+    // Its result, and a repeated line: reported once.
+    fx.append(
+        "s.jsonl",
+        &format!(
+            "{}\n{}\n",
+            result_line(3_500, "toolu_2"),
+            call_line(1_000, "toolu_1", "echo one")
+        ),
+    );
+    let found = fx.t.tick(at(4_000));
+    let c = calls(&found);
+    assert_eq!(c.len(), 1, "{found:?}");
+    assert_eq!(c[0].id, "toolu_2");
+    let seqs: Vec<u64> = c[0].processes.iter().map(|l| l.seq).collect();
+    assert_eq!(seqs, [20, 21, 22, 23, 24]);
+    assert!(issues(&found).is_empty());
+    assert_eq!(fx.t.counts().calls, 2);
+}
+
+#[test]
+fn a_call_without_result_is_emitted_at_the_run_end() {
+    let mut fx = Fixture::new();
+    fx.append(
+        "s.jsonl",
+        &format!("{}\n", call_line(1_000, "toolu_9", "sleep 100")),
+    );
+    assert!(calls(&fx.t.tick(at(2_000))).is_empty());
+    let mut end = crate::sinks::tests::event(50, Kind::RunEnd, true);
+    end.time = Timestamp(at(3_000));
+    fx.t.on_event(&end);
+    let found = fx.t.tick(at(3_500));
+    let c = calls(&found);
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].result_time, None);
+    // Forgotten after that.
+    assert!(fx.t.tick(at(4_000)).is_empty());
+    assert!(fx.t.runs.is_empty());
+}
+
+#[test]
+fn hostile_lines_are_skipped_and_reported_once() {
+    let mut fx = Fixture::new();
+    let huge = "x".repeat(LINE_MAX + 10);
+    fx.append(
+        "s.jsonl",
+        &format!(
+            "{{not json\n{huge}\n{}\n{}\n",
+            call_line(1_000, "toolu_1", "true"),
+            result_line(1_100, "toolu_1")
+        ),
+    );
+    let found = fx.t.tick(at(2_000));
+    assert_eq!(calls(&found).len(), 1);
+    let i = issues(&found);
+    assert_eq!(i.len(), 1, "{found:?}");
+    assert_eq!(i[0].skipped_lines, 2);
+    // More bad lines: counted, not reported again.
+    fx.append("s.jsonl", "]]\n");
+    assert!(issues(&fx.t.tick(at(3_000))).is_empty());
+    assert_eq!(fx.t.counts().skipped_lines, 3);
+}
+
+#[test]
+fn a_huge_line_in_pieces_is_skipped() {
+    let mut fx = Fixture::new();
+    // A line longer than the bound, written in two appends.
+    fx.append("s.jsonl", &"y".repeat(LINE_MAX - 5));
+    assert!(calls(&fx.t.tick(at(1_000))).is_empty());
+    fx.append(
+        "s.jsonl",
+        &format!(
+            "{}\n{}\n{}\n",
+            "y".repeat(100),
+            call_line(1_000, "toolu_1", "true"),
+            result_line(1_100, "toolu_1")
+        ),
+    );
+    let found = fx.t.tick(at(2_000));
+    assert_eq!(calls(&found).len(), 1, "{found:?}");
+    assert_eq!(fx.t.counts().skipped_lines, 1);
+}
+
+#[test]
+fn symlinks_are_not_followed() {
+    let mut fx = Fixture::new();
+    let outside = fx.dir.path().join("secret.jsonl");
+    std::fs::write(
+        &outside,
+        format!(
+            "{}\n{}\n",
+            call_line(1_000, "toolu_x", "leak"),
+            result_line(1_100, "toolu_x")
+        ),
+    )
+    .unwrap();
+    symlink(&outside, fx.project().join("evil.jsonl")).unwrap();
+    let found = fx.t.tick(at(2_000));
+    assert!(calls(&found).is_empty(), "{found:?}");
+    let i = issues(&found);
+    assert_eq!(i.len(), 1);
+    assert!(i[0].reason.contains("cannot open"), "{}", i[0].reason);
+}
+
+#[test]
+fn a_project_dir_outside_the_config_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("claude");
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir_all(config.join("projects")).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let project = claude::project_dir(&config, Path::new("/w"));
+    symlink(&elsewhere, &project).unwrap();
+    std::fs::write(
+        elsewhere.join("s.jsonl"),
+        format!(
+            "{}\n{}\n",
+            call_line(1_000, "toolu_x", "x"),
+            result_line(1_100, "toolu_x")
+        ),
+    )
+    .unwrap();
+    let mut t = Transcripts::new(HashMap::from([("a".to_owned(), Format::ClaudeCode)]));
+    t.start(
+        &run_start(),
+        Format::ClaudeCode,
+        Ok(Source {
+            config,
+            dir: project,
+        }),
+    );
+    let found = t.tick(at(2_000));
+    assert!(calls(&found).is_empty());
+    assert!(issues(&found)[0].reason.contains("outside"), "{found:?}");
+}
+
+#[test]
+fn a_rotated_transcript_is_read_from_its_start() {
+    let mut fx = Fixture::new();
+    fx.append(
+        "s.jsonl",
+        &format!(
+            "{}\n{}\n",
+            call_line(1_000, "toolu_1", "a"),
+            result_line(1_100, "toolu_1")
+        ),
+    );
+    assert_eq!(calls(&fx.t.tick(at(2_000))).len(), 1);
+    // Replaced by a shorter file (another inode).
+    let path = fx.project().join("s.jsonl");
+    std::fs::remove_file(&path).unwrap();
+    // Shorter, so that it is seen as new even if its inode is the old one's.
+    fx.append(
+        "s.jsonl",
+        &format!(
+            "{}\n{}\n",
+            call_line(2_000, "t2", "b"),
+            result_line(2_100, "t2")
+        ),
+    );
+    let found = fx.t.tick(at(3_000));
+    let c = calls(&found);
+    assert_eq!(c.len(), 1, "{found:?}");
+    assert_eq!(c[0].id, "t2");
+}
+
+#[test]
+fn an_unresolved_source_is_reported() {
+    let mut t = Transcripts::new(HashMap::from([("a".to_owned(), Format::ClaudeCode)]));
+    t.start(&run_start(), Format::ClaudeCode, Err("no HOME".to_owned()));
+    let found = t.tick(at(1_000));
+    assert_eq!(issues(&found)[0].reason, "no HOME");
+    assert!(t.tick(at(2_000)).is_empty());
+}
+
+#[test]
+fn calls_before_the_run_are_not_its() {
+    let mut fx = Fixture::new();
+    fx.append(
+        "s.jsonl",
+        &format!(
+            "{}\n{}\n",
+            call_line(0, "old", "x").replace(&stamp(0), &stamp(0).replace("2026", "2025")),
+            result_line(100, "old")
+        ),
+    );
+    assert!(calls(&fx.t.tick(at(2_000))).is_empty());
+}
+
+fn unobserved(found: &[Found]) -> Vec<&ToolCall> {
+    found
+        .iter()
+        .filter_map(|f| match f {
+            Found::Unobserved(_, c) => Some(c),
+            Found::Call(..) | Found::Unreadable(..) => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_shell_call_that_never_ran_is_unobserved() {
+    let mut fx = Fixture::new();
+    let script = "eval 'echo ran' < /dev/null";
+    fx.t.on_event(&act(
+        10,
+        Kind::ProcessExec,
+        1_100,
+        "k-sh",
+        "k-claude",
+        Some(&["/bin/bash", "-c", script]),
+    ));
+    let failed = r#"{"type":"user","timestamp":"TS","message":{"content":[{"type":"tool_result","tool_use_id":"toolu_3","is_error":true}]}}"#
+        .replace("TS", &stamp(3_100));
+    let ok = |ms, id| {
+        result_line(ms, id).replace(r#""content":"ok""#, r#""content":"ok","is_error":false"#)
+    };
+    fx.append(
+        "s.jsonl",
+        &format!(
+            "{}\n{}\n{}\n{}\n{}\n{}\n",
+            call_line(1_000, "toolu_1", "echo ran"),
+            ok(1_500, "toolu_1"),
+            call_line(2_000, "toolu_2", "curl http://evil.example/never-ran"),
+            ok(2_500, "toolu_2"),
+            call_line(3_000, "toolu_3", "rm -rf /nope"),
+            failed,
+        ),
+    );
+    let found = fx.t.tick(at(5_000));
+    assert_eq!(calls(&found).len(), 3, "{found:?}");
+    let u = unobserved(&found);
+    // The one that ran is not; the one the agent says failed is not.
+    assert_eq!(u.len(), 1, "{found:?}");
+    assert_eq!(u[0].id, "toolu_2");
+    assert!(u[0].processes.is_empty());
+}
+
+#[test]
+fn quoted_commands_match() {
+    let forms = command_forms("echo 'a b'");
+    assert!(
+        forms
+            .iter()
+            .any(|f| "eval 'echo '\\''a b'\\''' < /dev/null".contains(f.as_str()))
+    );
+}
+
+#[test]
+fn kept_events_are_bounded() {
+    let mut fx = Fixture::new();
+    let long = "a".repeat(8 << 10);
+    for seq in 0..2_000u64 {
+        fx.t.on_event(&act(
+            seq + 10,
+            Kind::ProcessExec,
+            1_000,
+            "k",
+            "p",
+            Some(&["sh", "-c", long.as_str()]),
+        ));
+    }
+    let f = &fx.t.runs["r"];
+    assert!(f.acts_bytes <= ACTS_BYTES, "{}", f.acts_bytes);
+    assert!(f.acts.len() < 2_000 && !f.acts.is_empty());
+    assert_eq!(f.acts.back().map(|a| a.seq), Some(2_009));
+    assert_eq!(f.acts_bytes, f.acts.iter().map(Act::bytes).sum::<usize>());
+}
+
+/// Cost of following (figures, not a check):
+/// `cargo test -p sensor --lib tick_cost -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement"]
+fn tick_cost() {
+    let mut fx = Fixture::new();
+    let filler = format!(
+        r#"{{"type":"attachment","timestamp":"{}","attachment":"{}"}}"#,
+        stamp(1),
+        "z".repeat(1_500)
+    );
+    let mut text = String::new();
+    for i in 0..5_000u64 {
+        let id = format!("toolu_{i}");
+        text.push_str(&call_line(1_000 + i, &id, "echo hi"));
+        text.push('\n');
+        text.push_str(&result_line(1_000 + i, &id));
+        text.push('\n');
+        text.push_str(&filler);
+        text.push('\n');
+    }
+    fx.append("s.jsonl", &text);
+    let t0 = std::time::Instant::now();
+    let mut n = 0;
+    for _ in 0..10 {
+        n += calls(&fx.t.tick(at(100_000))).len();
+    }
+    let busy = t0.elapsed();
+    let t1 = std::time::Instant::now();
+    for _ in 0..1_000 {
+        fx.t.tick(at(100_000));
+    }
+    let idle = t1.elapsed() / 1_000;
+    eprintln!(
+        "{} bytes, 15000 lines, {n} calls read in {busy:?} ({:.1} µs/line); an idle tick (1 file): {idle:?}",
+        text.len(),
+        busy.as_secs_f64() * 1e6 / 15_000.0
+    );
+    assert_eq!(n, 5_000);
+}

@@ -1,0 +1,503 @@
+//! "Which tool call did this?" (issue 22) with the real Claude Code: `claude
+//! -p` (the version `cargo xtask setup` pins under `target/agent-clis/`),
+//! offline, against a scripted fake of the Anthropic Messages API on
+//! loopback (`tests/fake_model/anthropic.py`, through `ANTHROPIC_BASE_URL`),
+//! under the daemon with the example config's `[[agent]]` tables (Claude
+//! Code's has `transcripts = "claude-code"`).
+//!
+//! The fake model asks for three Bash tool calls, the second a `curl` to a
+//! loopback listener of the test, then answers with text. The daemon must
+//! emit one `tool.call` per call, with its id, tool and command, and list
+//! the curl's exec and its connect under the curl's call id (and under no
+//! other call).
+//!
+//! Run as root: `SENSOR_BIN=... cargo test -p sensor-tests --test transcripts -- --test-threads=1`.
+
+use std::fs;
+use std::io::{Read as _, Write as _};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use sensor_tests::{
+    Daemon, TempDir, argv_of, compact, die_with_parent, kind, run_with_timeout, str_at, text,
+    workspace_root,
+};
+use serde_json::Value;
+
+const CLAUDE: &str = "npm/node_modules/.bin/claude";
+const INSTALL_HINT: &str =
+    "run `cargo xtask setup` (it installs the agent CLIs the tests run under target/agent-clis)";
+
+fn claude_bin() -> Result<PathBuf> {
+    let path = sensor_tests::target_dir().join("agent-clis").join(CLAUDE);
+    ensure!(
+        path.exists(),
+        "{} is missing: {INSTALL_HINT}",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// The example config's `[[agent]]` tables (without its `[daemon]` table).
+fn agent_tables() -> Result<String> {
+    let path = workspace_root().join("config/sensor.example.toml");
+    let text = fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    let mut out = String::new();
+    let mut in_daemon = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            in_daemon = t == "[daemon]";
+        }
+        if !in_daemon {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    ensure!(
+        out.contains("transcripts = \"claude-code\""),
+        "the example config's claude-code agent reads no transcripts"
+    );
+    Ok(out)
+}
+
+/// The fake model server (Python), killed when dropped.
+struct FakeModel {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl FakeModel {
+    fn start(dir: &Path, script: &[String]) -> Result<Self> {
+        let port_file = dir.join("model.port");
+        let log = dir.join("model.log");
+        let server = workspace_root().join("tests/fake_model/anthropic.py");
+        let mut cmd = Command::new("python3");
+        cmd.arg(&server)
+            .arg(&port_file)
+            .arg(serde_json::to_string(script)?)
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(fs::File::create(dir.join("model.stderr"))?));
+        die_with_parent(&mut cmd);
+        let child = cmd.spawn().context("start the fake model server")?;
+        let mut model = Self {
+            child,
+            port: 0,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(p) = fs::read_to_string(&port_file)
+                && let Ok(port) = p.trim().parse()
+            {
+                model.port = port;
+                return Ok(model);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the fake model server did not start: {}",
+                    fs::read_to_string(dir.join("model.stderr")).unwrap_or_default()
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for FakeModel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback HTTP listener answering `200 ok` to every request (bounded:
+/// at most 16, its thread ends with the test process).
+fn listener() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let port = l.local_addr()?.port();
+    thread::spawn(move || {
+        for conn in l.incoming().take(16) {
+            let Ok(mut c) = conn else { continue };
+            let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf);
+            let _ = c.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n",
+            );
+        }
+    });
+    Ok(port)
+}
+
+fn tool_calls(events: &[Value], run: &str) -> Vec<Value> {
+    events
+        .iter()
+        .filter(|e| kind(e) == "tool.call" && str_at(e, "/run/id") == Some(run))
+        .cloned()
+        .collect()
+}
+
+fn linked_seqs(call: &Value) -> Vec<u64> {
+    call.pointer("/tool_call/processes")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|l| l.get("seq").and_then(Value::as_u64))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What one `claude -p` run under the daemon left.
+struct Ran {
+    /// The run's id.
+    run: String,
+    events: Vec<Value>,
+    script: Vec<String>,
+    http: u16,
+    home: PathBuf,
+    /// The daemon's store.
+    db: PathBuf,
+    /// Kept until the checks are done (the temp dirs go with them).
+    _dirs: (TempDir, Daemon),
+}
+
+/// Runs claude against the fake model under a daemon; `plant` may leave
+/// files in the project dir of its transcripts before it starts.
+fn run_claude(plant: impl FnOnce(&Path) -> Result<()>, forge: bool) -> Result<Ran> {
+    let claude = claude_bin()?;
+    let tmp = TempDir::new("transcripts")?;
+    let home = tmp.path().join("home");
+    let work = tmp.path().join("work");
+    fs::create_dir_all(&home)?;
+    fs::create_dir_all(&work)?;
+    let munged: String = work
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let project = home.join(".claude/projects").join(munged);
+    fs::create_dir_all(&project)?;
+    plant(&project)?;
+    let http = listener()?;
+    let script = vec![
+        "echo step-one".to_owned(),
+        format!("curl -s http://127.0.0.1:{http}/tool-call-two"),
+        "echo step-three".to_owned(),
+    ];
+    let model = FakeModel::start(tmp.path(), &script)?;
+    let db = tmp.path().join("sensor.db");
+    let db_arg = db.display().to_string();
+    let d = Daemon::start_with(Some(&agent_tables()?), &["--db", &db_arg])?;
+
+    let mut cmd = Command::new(&claude);
+    cmd.args([
+        "-p",
+        "Run the three scripted steps.",
+        "--allowedTools",
+        "Bash",
+    ])
+    .current_dir(&work)
+    .env("HOME", &home)
+    .env_remove("CLAUDE_CONFIG_DIR")
+    .env_remove("SENSOR_RUN_ID")
+    .env(
+        "ANTHROPIC_BASE_URL",
+        format!("http://127.0.0.1:{}", model.port),
+    )
+    .env("ANTHROPIC_API_KEY", "sk-ant-test-dummy")
+    .env("DISABLE_AUTOUPDATER", "1")
+    .env("DISABLE_TELEMETRY", "1")
+    .env("DISABLE_ERROR_REPORTING", "1")
+    .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1");
+    let forger = forge.then(|| {
+        let project = project.clone();
+        thread::spawn(move || forge_call(&project))
+    });
+    let (pid, out) = run_with_timeout(&mut cmd, Duration::from_secs(120))?;
+    if let Some(f) = forger {
+        f.join()
+            .map_err(|_| anyhow::anyhow!("the forger panicked"))?
+            .context("forging a call into the transcript")?;
+    }
+    let model_log = fs::read_to_string(&model.log).unwrap_or_default();
+    ensure!(
+        out.status.success(),
+        "claude -p failed with {}\nstdout: {}\nstderr: {}\nmodel log:\n{model_log}",
+        out.status,
+        text(&out.stdout).trim(),
+        text(&out.stderr).trim()
+    );
+    ensure!(
+        text(&out.stdout).contains("All scripted steps done."),
+        "claude did not finish the script: {}\nmodel log:\n{model_log}",
+        text(&out.stdout)
+    );
+
+    // The run claude started, its calls and its end.
+    let start = d.wait_for(Duration::from_secs(10), |e| {
+        kind(e) == "run.start"
+            && str_at(e, "/run/agent") == Some("claude-code")
+            && e.pointer("/process/pid").and_then(Value::as_u64) == Some(u64::from(pid))
+    })?;
+    let run = str_at(&start, "/run/id")
+        .context("run.start without run id")?
+        .to_owned();
+    let events = d.wait_events(Duration::from_secs(15), |evs| {
+        tool_calls(evs, &run).len() >= 3
+            && evs
+                .iter()
+                .any(|e| kind(e) == "run.end" && str_at(e, "/run/id") == Some(run.as_str()))
+    })?;
+    d.check_alive()?;
+    Ok(Ran {
+        run,
+        events,
+        script,
+        http,
+        home,
+        db,
+        _dirs: (tmp, d),
+    })
+}
+
+/// The forged call's id and command.
+const FORGED_ID: &str = "toolu_forged";
+const FORGED_CMD: &str = "curl -s http://evil.example/never-ran";
+
+/// The time now as the transcript writes it (RFC 3339, ms, UTC).
+fn now_stamp() -> Result<String> {
+    let out = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%S.%3NZ"])
+        .output()?;
+    ensure!(out.status.success(), "date failed");
+    Ok(text(&out.stdout).trim().to_owned())
+}
+
+/// Edits the run's transcript as it is written: once claude has begun its
+/// file, appends a Bash call that never ran, with a successful result.
+fn forge_call(project: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let file = loop {
+        let found = fs::read_dir(project)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| {
+                p.extension().is_some_and(|x| x == "jsonl")
+                    && p.file_name()
+                        .is_some_and(|n| !n.to_string_lossy().starts_with(['y', 'z']))
+            });
+        if let Some(f) = found {
+            break f;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "claude wrote no transcript in {}",
+            project.display()
+        );
+        thread::sleep(Duration::from_millis(20));
+    };
+    let call = serde_json::json!({"type": "assistant", "timestamp": now_stamp()?,
+        "message": {"role": "assistant", "content": [
+            {"type": "tool_use", "id": FORGED_ID, "name": "Bash", "input": {"command": FORGED_CMD}}]}});
+    let result = serde_json::json!({"type": "user", "timestamp": now_stamp()?,
+        "message": {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": FORGED_ID, "content": "done", "is_error": false}]}});
+    let mut f = fs::OpenOptions::new().append(true).open(&file)?;
+    f.write_all(format!("{call}\n{result}\n").as_bytes())?;
+    Ok(())
+}
+
+/// The three calls, in order, with their commands, each explaining its
+/// shell; the curl's exec and connect under the second call only.
+fn check_calls(r: &Ran) -> Result<()> {
+    let (run, events, script, http, home) = (&r.run, &r.events, &r.script, r.http, &r.home);
+    let calls: Vec<Value> = tool_calls(events, run)
+        .into_iter()
+        .filter(|c| str_at(c, "/tool_call/id").is_some_and(|id| id.starts_with("toolu_fake")))
+        .collect();
+    ensure!(
+        calls.len() == 3,
+        "tool.call events: {:?}",
+        calls.iter().map(compact).collect::<Vec<_>>()
+    );
+    for (i, (call, cmd)) in calls.iter().zip(script).enumerate() {
+        let want_id = format!("toolu_fake{i:02}");
+        ensure!(
+            str_at(call, "/tool_call/id") == Some(want_id.as_str())
+                && str_at(call, "/tool_call/name") == Some("Bash")
+                && str_at(call, "/tool_call/input") == Some(cmd.as_str())
+                && call
+                    .pointer("/tool_call/result_time")
+                    .is_some_and(Value::is_string),
+            "call {i}: {}",
+            compact(call)
+        );
+        let projects = home.join(".claude/projects").to_string_lossy().into_owned();
+        ensure!(
+            str_at(call, "/tool_call/transcript")
+                .is_some_and(|t| t.starts_with(&projects) && t.ends_with(".jsonl")),
+            "call {i} transcript path: {}",
+            compact(call)
+        );
+        ensure!(
+            !linked_seqs(call).is_empty(),
+            "call {i} explains no process: {}",
+            compact(call)
+        );
+    }
+
+    // The curl's exec and its connect to the listener, in the run.
+    let in_run = |e: &&Value| str_at(e, "/run/id") == Some(run.as_str());
+    let curl_exec = events
+        .iter()
+        .filter(in_run)
+        .find(|e| {
+            kind(e) == "process.exec"
+                && argv_of(e).first().is_some_and(|a| a == "curl")
+                && argv_of(e).iter().any(|a| a.contains("tool-call-two"))
+        })
+        .context("no exec of the curl in the run")?;
+    let curl_key = str_at(curl_exec, "/process/key").context("curl exec without key")?;
+    let connect = events
+        .iter()
+        .filter(in_run)
+        .find(|e| {
+            kind(e) == "network.connect"
+                && str_at(e, "/process/key") == Some(curl_key)
+                && e.pointer("/network/dst_port").and_then(Value::as_u64) == Some(u64::from(http))
+        })
+        .with_context(|| format!("no connect of the curl to port {http}"))?;
+    let exec_seq = curl_exec["seq"].as_u64().context("seq")?;
+    let connect_seq = connect["seq"].as_u64().context("seq")?;
+    for (i, call) in calls.iter().enumerate() {
+        let seqs = linked_seqs(call);
+        let has = seqs.contains(&exec_seq) && seqs.contains(&connect_seq);
+        let has_any = seqs.contains(&exec_seq) || seqs.contains(&connect_seq);
+        if i == 1 {
+            ensure!(
+                has,
+                "the curl's exec {exec_seq} and connect {connect_seq} are not under its call: {}",
+                compact(call)
+            );
+        } else {
+            ensure!(!has_any, "the curl is under call {i}: {}", compact(call));
+        }
+    }
+    Ok(())
+}
+
+/// `sensor replay RUN` shows each call, its command and the events it
+/// explains (the store lags the outputs by up to 100 ms: polled).
+fn check_replay(r: &Ran) -> Result<()> {
+    let want = format!(
+        "Bash toolu_fake01: curl -s http://127.0.0.1:{}/tool-call-two (events ",
+        r.http
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut cmd = Command::new(sensor_tests::sensor_bin()?);
+        cmd.args(["replay", &r.run, "--db"])
+            .arg(&r.db)
+            .env_remove("SENSOR_DB")
+            .env("COLUMNS", "4000");
+        let (_, out) = run_with_timeout(&mut cmd, Duration::from_secs(30))?;
+        let shown = text(&out.stdout);
+        let calls = shown.lines().filter(|l| l.contains("] tool.call ")).count();
+        if out.status.success() && calls == 3 && shown.contains(&want) {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "sensor replay does not show the 3 calls ({want:?}):\n{shown}\n{}",
+            text(&out.stderr)
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn unreadable(r: &Ran) -> Vec<&Value> {
+    r.events
+        .iter()
+        .filter(|e| {
+            kind(e) == "transcript.unreadable" && str_at(e, "/run/id") == Some(r.run.as_str())
+        })
+        .collect()
+}
+
+#[test]
+fn claude_tool_calls_are_linked_to_their_processes() -> Result<()> {
+    let r = run_claude(|_| Ok(()), false)?;
+    let bad: Vec<String> = unreadable(&r).into_iter().map(compact).collect();
+    ensure!(bad.is_empty(), "transcript.unreadable: {bad:?}");
+    // Every call ran: none unobserved.
+    let unobserved: Vec<String> = r
+        .events
+        .iter()
+        .filter(|e| kind(e) == "tool.unobserved")
+        .map(compact)
+        .collect();
+    ensure!(unobserved.is_empty(), "tool.unobserved: {unobserved:?}");
+    check_calls(&r)?;
+    check_replay(&r)
+}
+
+/// A symlink to /etc/shadow and a file of garbage beside the real
+/// transcript, and a call forged into it that never ran: the daemon reads
+/// neither file, says so once, stays up, still reports the real calls, and
+/// reports the forged one as `tool.unobserved`.
+#[test]
+fn hostile_transcripts_are_reported_and_a_forged_call_is_unobserved() -> Result<()> {
+    let r = run_claude(
+        |project| {
+            // Named to sort after claude's own file (a UUID: [0-9a-f]...),
+            // so that the symlink is the run's first problem.
+            std::os::unix::fs::symlink("/etc/shadow", project.join("y-shadow.jsonl"))?;
+            let mut garbage = fs::File::create(project.join("z-garbage.jsonl"))?;
+            garbage.write_all(b"{not json\n")?;
+            garbage.write_all(&vec![b'x'; (1 << 20) + 10])?;
+            garbage.write_all(b"\n")?;
+            Ok(())
+        },
+        true,
+    )?;
+    let bad = unreadable(&r);
+    ensure!(
+        bad.len() == 1,
+        "one transcript.unreadable expected: {:?}",
+        bad.iter().map(|e| compact(e)).collect::<Vec<_>>()
+    );
+    let reason = str_at(bad[0], "/transcript/reason").unwrap_or("");
+    ensure!(
+        str_at(bad[0], "/transcript/path").is_some_and(|p| p.ends_with("y-shadow.jsonl"))
+            && reason.contains("cannot open"),
+        "{}",
+        compact(bad[0])
+    );
+    ensure!(
+        !r.events.iter().any(|e| compact(e).contains("root:")),
+        "something of /etc/shadow reached the events"
+    );
+    // The forged call: a tool.call explaining nothing, then its tool.unobserved.
+    let unobserved: Vec<&Value> = r
+        .events
+        .iter()
+        .filter(|e| kind(e) == "tool.unobserved" && str_at(e, "/run/id") == Some(r.run.as_str()))
+        .collect();
+    ensure!(
+        unobserved.len() == 1
+            && str_at(unobserved[0], "/tool_call/id") == Some(FORGED_ID)
+            && str_at(unobserved[0], "/tool_call/input") == Some(FORGED_CMD),
+        "tool.unobserved: {:?}",
+        unobserved.iter().map(|e| compact(e)).collect::<Vec<_>>()
+    );
+    check_calls(&r)
+}
