@@ -99,7 +99,10 @@ fn store_events(d: &Daemon, args: &[&str]) -> Result<Vec<Value>> {
 /// daemon's own child, never by what argv or the port say.
 #[test]
 fn a_healthy_daemon_is_never_blind_and_its_canary_is_not_reported() -> Result<()> {
-    let d = Daemon::start_with_config(CONFIG)?;
+    // The store keeps every event (`keep = "all"`): with the default it
+    // would only sum up processes outside runs, and the checks below look
+    // for single events (none of the daemon's, the forged canary's).
+    let d = Daemon::start_with_config(&format!("{CONFIG}[store]\nkeep = \"all\"\n"))?;
     let mut c = Checks::new();
     // A forged canary: the hidden subcommand, run by the test.
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;

@@ -520,12 +520,17 @@ fn two_blocked_denials_are_counted_as_two() -> Result<()> {
     let page = dir.path().join("report.html");
     let deadline = std::time::Instant::now() + EVENT_TIMEOUT;
     let html = loop {
-        sensor_out(
+        // The store commits on its own thread, every 100 ms: until then the
+        // run is unknown to `report`.
+        let made = sensor_out(
             &sensor,
             &["report", &run, "-o", &page.display().to_string()],
             &db,
-        )?;
-        let html = std::fs::read_to_string(&page)?;
+        );
+        let html = match made {
+            Ok(_) => std::fs::read_to_string(&page)?,
+            Err(e) => e.to_string(),
+        };
         if html.contains("(exited)") && html.matches("<b>BLOCKED</b>").count() >= 2 {
             break html;
         }
