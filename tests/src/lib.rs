@@ -249,6 +249,35 @@ pub fn daemon_on_config(toml: &str, timeout: Duration) -> Result<(PathBuf, Outpu
     Ok((config, out))
 }
 
+/// `config/sensor.example.toml`, as shipped.
+pub fn example_config() -> Result<String> {
+    let path = workspace_root().join("config/sensor.example.toml");
+    fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))
+}
+
+/// The example config without its `[daemon]` table (a test daemon has
+/// outputs, socket and dirs of its own): its `[[agent]]` tables.
+pub fn example_agent_tables() -> Result<String> {
+    let text = example_config()?;
+    let mut out = String::new();
+    let mut in_daemon = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            in_daemon = t == "[daemon]";
+        }
+        if !in_daemon {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    ensure!(
+        out.contains("[[agent]]"),
+        "config/sensor.example.toml has no [[agent]] table"
+    );
+    Ok(out)
+}
+
 /// Runs a command to completion (stdin null, stdout and stderr captured),
 /// killing it and failing after `timeout`. Returns its pid and output.
 pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<(u32, Output)> {

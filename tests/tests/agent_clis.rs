@@ -22,7 +22,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail, ensure};
 use sensor_tests::{
     Checks, Daemon, EVENT_TIMEOUT, TempDir, argv_of, check, compact, dump, kind, marker, pid_of,
-    run_child, str_at, text, workspace_root,
+    run_child, str_at, text,
 };
 use serde_json::Value;
 
@@ -69,36 +69,8 @@ const SMOLAGENT: &str = "venv/smolagents/bin/smolagent";
 
 // ----- the config under test -----
 
-fn example_config() -> Result<String> {
-    let path = workspace_root().join("config/sensor.example.toml");
-    fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))
-}
-
-/// The example config without its `[daemon]` table (the test daemon has
-/// outputs, socket and dirs of its own): its `[[agent]]` tables.
-fn agent_tables() -> Result<String> {
-    let text = example_config()?;
-    let mut out = String::new();
-    let mut in_daemon = false;
-    for line in text.lines() {
-        let t = line.trim();
-        if t.starts_with('[') {
-            in_daemon = t == "[daemon]";
-        }
-        if !in_daemon {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    ensure!(
-        out.contains("[[agent]]"),
-        "config/sensor.example.toml has no [[agent]] table"
-    );
-    Ok(out)
-}
-
 fn start_daemon() -> Result<Daemon> {
-    Daemon::start_with_config(&agent_tables()?)
+    Daemon::start_with_config(&sensor_tests::example_agent_tables()?)
 }
 
 // ----- running a CLI -----
@@ -1073,7 +1045,7 @@ const SMOLAGENTS_CLI: AgentCli = AgentCli {
 /// test daemon's flags override its outputs, socket and dirs).
 #[test]
 fn example_config_starts_the_daemon() -> Result<()> {
-    let text = example_config()?;
+    let text = sensor_tests::example_config()?;
     let d = Daemon::start_with(Some(&text), &[])?;
     let status = d.status_json()?;
     ensure!(

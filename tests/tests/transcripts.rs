@@ -42,22 +42,10 @@ fn claude_bin() -> Result<PathBuf> {
     Ok(path)
 }
 
-/// The example config's `[[agent]]` tables (without its `[daemon]` table).
+/// The example config's `[[agent]]` tables; its claude-code agent reads
+/// its transcripts.
 fn agent_tables() -> Result<String> {
-    let path = workspace_root().join("config/sensor.example.toml");
-    let text = fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
-    let mut out = String::new();
-    let mut in_daemon = false;
-    for line in text.lines() {
-        let t = line.trim();
-        if t.starts_with('[') {
-            in_daemon = t == "[daemon]";
-        }
-        if !in_daemon {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
+    let out = sensor_tests::example_agent_tables()?;
     ensure!(
         out.contains("transcripts = \"claude-code\""),
         "the example config's claude-code agent reads no transcripts"
