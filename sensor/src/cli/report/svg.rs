@@ -109,7 +109,8 @@ impl Scale {
         reason = "a time within the span"
     )]
     fn bucket_ns(&self, b: usize) -> i64 {
-        self.t0 + (self.span * b as f64 / BUCKETS as f64) as i64
+        self.t0
+            .saturating_add((self.span * b as f64 / BUCKETS as f64) as i64)
     }
 }
 
