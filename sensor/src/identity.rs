@@ -143,6 +143,12 @@ pub fn proc_start_in(proc_root: &Path, pid: u32) -> Option<(u64, u32)> {
 /// with a pidfd first, its start time checked, then the pidfd signalled, so
 /// a pid reused meanwhile is never hit. Returns whether it was signalled.
 pub fn kill_process(pid: u32, start_ticks: u64) -> bool {
+    signal_process(pid, start_ticks, nix::sys::signal::Signal::SIGKILL)
+}
+
+/// Sends `signal` to process `pid` if it is still the process that started
+/// at `start_ticks`, the way [`kill_process`] does.
+pub fn signal_process(pid: u32, start_ticks: u64, signal: nix::sys::signal::Signal) -> bool {
     use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
     let Ok(raw) = i32::try_from(pid) else {
         return false;
@@ -165,7 +171,7 @@ pub fn kill_process(pid: u32, start_ticks: u64) -> bool {
         nix::libc::syscall(
             nix::libc::SYS_pidfd_send_signal,
             fd.as_raw_fd(),
-            nix::libc::SIGKILL,
+            signal as nix::libc::c_int,
             std::ptr::null::<nix::libc::siginfo_t>(),
             0,
         )

@@ -292,7 +292,11 @@ fn an_expired_ttl_sub_run_falls_back_to_its_parent_run_and_policy() -> Result<()
         );
     }
 
-    // A top-level run: its processes are killed when the TTL passes.
+    // A top-level run: its processes are killed when the TTL passes. Each
+    // of its eight subshells waits on a `sleep` and runs `true` once that
+    // ends: a kill that reaches a `sleep` before its shell lets the shell
+    // see it die and run `true` (the run's processes must all be frozen
+    // before any is killed).
     let m2 = marker();
     let (_, out) = run_with_timeout(
         &mut d.launch_cmd(
@@ -301,7 +305,11 @@ fn an_expired_ttl_sub_run_falls_back_to_its_parent_run_and_policy() -> Result<()
             &[
                 "/bin/sh",
                 "-c",
-                &format!("/usr/bin/sleep 4; /usr/bin/true {m2} survived"),
+                &format!(
+                    "for i in 1 2 3 4 5 6 7 8; do \
+                     (/usr/bin/sleep 4; /usr/bin/true {m2} survived) & done; \
+                     /usr/bin/sleep 4; /usr/bin/true {m2} survived"
+                ),
             ],
         ),
         RUN_TIMEOUT,

@@ -70,6 +70,16 @@ impl Actor {
     }
 }
 
+/// What [`Attribution::expire`] asks to be done to a process of an expired
+/// top-level run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Halt {
+    /// Freeze it (SIGSTOP) while the others are found.
+    Stop,
+    /// SIGKILL it.
+    Kill,
+}
+
 /// Something attribution did that deserves an event of its own.
 #[derive(Debug, Clone)]
 pub enum RunChange {
@@ -735,12 +745,15 @@ impl Attribution {
     /// says who they are (forks that raced the first pass are found by the
     /// next), and the run is unbound only once none is left in it.
     ///
-    /// `kill` is asked to SIGKILL a process (pid, start in clock ticks) and
-    /// says whether it did: the engine turns it into a run effect.
+    /// `halt` is asked to stop or SIGKILL a process (pid, start in clock
+    /// ticks) and says whether it did: the engine turns it into a run
+    /// effect. Each pass stops every member it found before it kills any,
+    /// so no process of the run sees another die and acts on it (a shell
+    /// whose `sleep` was killed would run its next command).
     pub fn expire(
         &mut self,
         now: SystemTime,
-        mut kill: impl FnMut(u32, u64) -> bool,
+        mut halt: impl FnMut(Halt, u32, u64) -> bool,
     ) -> Vec<RunChange> {
         /// Passes over the kernel map: a fork racing one pass copies the old
         /// entry and is found by the next.
@@ -766,12 +779,19 @@ impl Attribution {
                 if fresh.is_empty() {
                     break;
                 }
-                for (pid, entry) in fresh {
-                    match parent {
-                        Some(p) => self.move_process(pid, entry, p),
-                        None => {
-                            let ticks = entry.start_ns / self.ns_per_tick;
-                            if kill(pid, ticks) {
+                match parent {
+                    Some(p) => {
+                        for (pid, entry) in fresh {
+                            self.move_process(pid, entry, p);
+                        }
+                    }
+                    None => {
+                        let tick = self.ns_per_tick;
+                        for (pid, entry) in &fresh {
+                            halt(Halt::Stop, *pid, entry.start_ns / tick);
+                        }
+                        for (pid, entry) in fresh {
+                            if halt(Halt::Kill, pid, entry.start_ns / tick) {
                                 tracing::info!(pid, run = handle, "killed: its run's TTL passed");
                             }
                             killed.insert((pid, entry.start_ns));
@@ -1567,7 +1587,9 @@ mod tests {
         let sub = launched(&mut a, "sub", Some(60));
         assert_eq!(a.map.get(me).unwrap().run, sub.handle);
         let later = SystemTime::now() + Duration::from_secs(61);
-        let changes = a.expire(later, |pid, _| panic!("{pid} must not be killed"));
+        let changes = a.expire(later, |_, pid, _| {
+            panic!("{pid} must not be stopped or killed")
+        });
         assert!(
             matches!(&changes[..], [RunChange::Ended { run: r }] if r.id == sub.id && r.end_reason.as_deref() == Some("ttl"))
         );

@@ -16,7 +16,7 @@ use sensor_common::event::{
 };
 
 use crate::{
-    attribution::{Attribution, ExecView, Run, RunChange},
+    attribution::{Attribution, ExecView, Halt, Run, RunChange},
     event::{
         Blind, Decision, Degraded, Event, Exec, ExecResult, Gap, Kind, Lost, NetResult, Network,
         Process, RunRef, Tamper, TamperFile, TamperTarget, Timestamp,
@@ -707,12 +707,15 @@ impl Engine {
     pub fn expire(&mut self, now: SystemTime) -> Vec<RunChange> {
         let enforcement = &mut self.enforcement;
         let effects = &mut self.effects;
-        self.attribution.expire(now, |pid, start_ticks| {
-            let kill = RunEffect::Kill {
-                pid,
-                start_ticks: Some(start_ticks),
+        self.attribution.expire(now, |halt, pid, start_ticks| {
+            let effect = match halt {
+                Halt::Stop => RunEffect::Stop { pid, start_ticks },
+                Halt::Kill => RunEffect::Kill {
+                    pid,
+                    start_ticks: Some(start_ticks),
+                },
             };
-            effects.apply(&kill, enforcement.as_mut()).is_ok()
+            effects.apply(&effect, enforcement.as_mut()).is_ok()
         })
     }
 
@@ -738,7 +741,7 @@ impl Engine {
                 Ok(()) => Ok(()),
                 Err(EffectError::Bind(refusal)) => Err(refusal),
                 // (A bind fails only as a bind.)
-                Err(EffectError::NotKilled { .. }) => Ok(()),
+                Err(EffectError::NotKilled { .. } | EffectError::NotStopped { .. }) => Ok(()),
             }
         })
     }
@@ -1937,10 +1940,16 @@ mod effect_tests {
         let changes = e.expire(later);
         assert_eq!(
             effects.take(),
-            [RunEffect::Kill {
-                pid: me,
-                start_ticks: Some(start_ticks)
-            }]
+            [
+                RunEffect::Stop {
+                    pid: me,
+                    start_ticks
+                },
+                RunEffect::Kill {
+                    pid: me,
+                    start_ticks: Some(start_ticks)
+                }
+            ]
         );
         assert_eq!(changes.len(), 1);
         assert_eq!(e.run_change(&changes[0]).kind, Kind::RunEnd);

@@ -31,6 +31,11 @@ pub enum RunEffect {
     /// With `start_ticks`, only the process that started then (a reused pid
     /// is left alone).
     Kill { pid: u32, start_ticks: Option<u64> },
+    /// SIGSTOP process `pid` (only the process that started at
+    /// `start_ticks`): its run's processes are all stopped before any is
+    /// killed, so none can see another die and act on it (a shell whose
+    /// child was killed would run its next command).
+    Stop { pid: u32, start_ticks: u64 },
 }
 
 /// Why an effect did not take.
@@ -40,6 +45,8 @@ pub enum EffectError {
     Bind(#[from] BindRefusal),
     #[error("process {pid} could not be killed")]
     NotKilled { pid: u32 },
+    #[error("process {pid} could not be stopped")]
+    NotStopped { pid: u32 },
 }
 
 /// Applies run effects; `binder` is the kernel's policy binder (absent
@@ -65,6 +72,17 @@ impl Effects for Apply {
     ) -> Result<(), EffectError> {
         match effect {
             RunEffect::Kill { pid, start_ticks } => kill(*pid, *start_ticks),
+            RunEffect::Stop { pid, start_ticks } => {
+                if crate::identity::signal_process(
+                    *pid,
+                    *start_ticks,
+                    nix::sys::signal::Signal::SIGSTOP,
+                ) {
+                    Ok(())
+                } else {
+                    Err(EffectError::NotStopped { pid: *pid })
+                }
+            }
             _ => binder.map_or(Ok(()), |b| b.apply(effect).map_err(EffectError::Bind)),
         }
     }
@@ -105,7 +123,7 @@ impl Enforcement {
                 self.unbind(*run);
                 Ok(())
             }
-            RunEffect::Kill { .. } => Ok(()),
+            RunEffect::Kill { .. } | RunEffect::Stop { .. } => Ok(()),
         }
     }
 }
