@@ -692,6 +692,42 @@ impl Attribution {
         changes
     }
 
+    /// Stops every process the kernel has in run `handle`, pass after pass
+    /// until a pass finds none it has not stopped (a stopped process forks
+    /// no more), then kills them all. Nothing of the run is killed while
+    /// another member still runs, so none sees a death and acts on it.
+    fn halt_members(
+        &mut self,
+        handle: u64,
+        passes: usize,
+        halt: &mut impl FnMut(Halt, u32, u64) -> bool,
+    ) {
+        let tick = self.ns_per_tick;
+        let mut stopped: Vec<(u32, u64)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..passes {
+            let fresh: Vec<(u32, u64)> = self
+                .kernel_members(handle)
+                .into_iter()
+                .map(|(pid, e)| (pid, e.start_ns / tick))
+                .filter(|member| !seen.contains(member))
+                .collect();
+            if fresh.is_empty() {
+                break;
+            }
+            for (pid, ticks) in fresh {
+                halt(Halt::Stop, pid, ticks);
+                seen.insert((pid, ticks));
+                stopped.push((pid, ticks));
+            }
+        }
+        for (pid, ticks) in stopped {
+            if halt(Halt::Kill, pid, ticks) {
+                tracing::info!(pid, run = handle, "killed: its run's TTL passed");
+            }
+        }
+    }
+
     /// Live processes the kernel has in run `handle` (its map entries whose
     /// process still exists with that start time).
     fn kernel_members(&self, handle: u64) -> Vec<(u32, ProcRun)> {
@@ -769,35 +805,19 @@ impl Attribution {
                 .and_then(|r| r.parent_id.as_deref())
                 .and_then(|id| self.handle_of(id))
                 .filter(|p| self.runs.get(*p).is_some_and(Run::is_active));
-            let mut killed = std::collections::HashSet::new();
-            for _ in 0..PASSES {
-                let members = self.kernel_members(handle);
-                let fresh: Vec<(u32, ProcRun)> = members
-                    .into_iter()
-                    .filter(|(pid, e)| !killed.contains(&(*pid, e.start_ns)))
-                    .collect();
-                if fresh.is_empty() {
-                    break;
-                }
-                match parent {
-                    Some(p) => {
-                        for (pid, entry) in fresh {
+            match parent {
+                Some(p) => {
+                    for _ in 0..PASSES {
+                        let members = self.kernel_members(handle);
+                        if members.is_empty() {
+                            break;
+                        }
+                        for (pid, entry) in members {
                             self.move_process(pid, entry, p);
                         }
                     }
-                    None => {
-                        let tick = self.ns_per_tick;
-                        for (pid, entry) in &fresh {
-                            halt(Halt::Stop, *pid, entry.start_ns / tick);
-                        }
-                        for (pid, entry) in fresh {
-                            if halt(Halt::Kill, pid, entry.start_ns / tick) {
-                                tracing::info!(pid, run = handle, "killed: its run's TTL passed");
-                            }
-                            killed.insert((pid, entry.start_ns));
-                        }
-                    }
                 }
+                None => self.halt_members(handle, PASSES, &mut halt),
             }
             // What the table still has in a sub-run (the kernel had no
             // entry) goes up too. (A top-level run's processes keep it:
