@@ -154,18 +154,39 @@ fn events_show_verdicts_in_a_column_and_who_ip_takes_a_network() -> Result<()> {
         "a pipe gets whole rows (the {}-character argument uncut): {lines}",
         long.len()
     );
-    // Every line's kind starts at the same column, and so does every verdict.
+    // Every line's kind starts at the same column, and so does every
+    // verdict; a rule longer than the rule column (40: the exec rule of the
+    // build directory may be) is shown whole and pushes its line.
     let column_of = |l: &str, what: &str| l.find(what).map(|at| l[..at].chars().count());
     let kinds: Vec<Option<usize>> = rows
         .iter()
         .zip(&stored)
+        .filter(|(_, e)| e["policy"]["rule"].as_str().is_none_or(|r| r.len() <= 40))
         .map(|(l, e)| column_of(l, e["kind"].as_str().unwrap_or("?")))
         .collect();
     check!(
         c,
-        kinds.iter().all(|k| k.is_some() && *k == kinds[0]),
+        kinds.len() >= 15 && kinds.iter().all(|k| k.is_some() && *k == kinds[0]),
         "the kind at one column: {kinds:?}\n{lines}"
     );
+    // ... and the WHAT column too (the violation's kind is the longest).
+    let whats: Vec<Option<usize>> = rows
+        .iter()
+        .zip(&stored)
+        .filter(|(_, e)| e["policy"]["rule"].as_str().is_none_or(|r| r.len() <= 40))
+        .filter_map(|(l, e)| e["process"]["pid"].as_u64().map(|pid| (l, pid)))
+        .map(|(l, pid)| column_of(l, &format!(" {pid} ")).map(|at| at + pid.to_string().len()))
+        .collect();
+    check!(
+        c,
+        whats.iter().all(|w| w.is_some() && *w == whats[0]),
+        "the pid column ends at one column: {whats:?}\n{lines}"
+    );
+    for e in &stored {
+        if let Some(rule) = e["policy"]["rule"].as_str() {
+            check!(c, lines.contains(rule), "the whole rule {rule:?}: {lines}");
+        }
+    }
     let verdicts: Vec<Option<usize>> = rows
         .iter()
         .filter(|l| l.contains("[deny]") || l.contains("[allow]") || l.contains("[violation]"))

@@ -486,6 +486,11 @@ pub(super) fn describe(e: &Value) -> String {
 
 /// [`describe`] without the verdict: `KIND PID WHAT`.
 fn describe_body(e: &Value) -> String {
+    describe_columns(e, 15)
+}
+
+/// `KIND PID WHAT`, the kind padded to `kind_width`.
+fn describe_columns(e: &Value, kind_width: usize) -> String {
     let kind = shown_str(e, "/kind");
     let kind = if kind.is_empty() { "?".into() } else { kind };
     let p = &e["process"];
@@ -589,8 +594,12 @@ fn describe_body(e: &Value) -> String {
         }
         _ => String::new(),
     };
-    format!("{kind:<15} {pid:>7} {detail}")
+    format!("{kind:<kind_width$} {pid:>7} {detail}")
 }
+
+/// The kind column of `events`: as wide as the usual kinds
+/// (`policy.violation`); a longer one pushes its line.
+const EVENTS_KIND_WIDTH: usize = 16;
 
 /// The verdict and rule columns of an `events` line: `[allow]`, `[deny]
 /// blocked`, `[deny] audit` (would have been blocked: the policy audits),
@@ -836,7 +845,8 @@ pub fn events(args: &EventsArgs) -> anyhow::Result<ExitCode> {
                 .pointer("/run/id")
                 .and_then(Value::as_str)
                 .map_or_else(|| "-".to_owned(), short_shown);
-            let (line, at) = columns.line(&time, &run, cells, &describe_body(&se.event));
+            let body = describe_columns(&se.event, EVENTS_KIND_WIDTH);
+            let (line, at) = columns.line(&time, &run, cells, &body);
             println!("{}", paint.cell(&fit(&line, max), at, &cells.0));
         }
         if !args.follow || args.limit.is_some_and(|limit| printed >= limit) {
@@ -1371,7 +1381,7 @@ mod tests {
         let lines: Vec<(String, usize)> = rows
             .iter()
             .zip(&cells)
-            .map(|(e, c)| columns.line("T", "run", c, &describe_body(e)))
+            .map(|(e, c)| columns.line("T", "run", c, &describe_columns(e, EVENTS_KIND_WIDTH)))
             .collect();
         let kind_at: Vec<usize> = lines
             .iter()
@@ -1390,7 +1400,7 @@ mod tests {
         assert!(
             lines[1]
                 .0
-                .contains("[violation]     exec.allow (no rule matches)  policy.violation"),
+                .contains("[violation]     exec.allow (no rule matches)  policy.violation "),
             "{}",
             lines[1].0
         );
