@@ -517,7 +517,11 @@ pub enum PolicyCommand {
     /// Validate a config file's policies and agents; errors name file:line.
     Check {
         /// The config file (a daemon config with [policy.NAME] tables)
-        file: PathBuf,
+        /// [default: --config, else /etc/sensor/sensor.toml]
+        #[arg(conflicts_with = "config")]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Make the daemon re-read, validate and swap in its policies (root).
     ///
@@ -606,15 +610,15 @@ pub struct RunSelect {
 pub enum RulesCommand {
     /// Validate rule files and directories (their *.yml, *.yaml); errors name file:line.
     Check {
-        /// Rule files or directories
-        #[arg(required = true)]
+        /// Rule files or directories [default: the config's [detect] rules]
         paths: Vec<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Which rules would have fired on a stored run's events (the daemon's
     /// own matching code, over the events as stored).
     Test {
-        /// Rule files or directories
-        #[arg(required = true)]
+        /// Rule files or directories [default: the config's [detect] rules]
         paths: Vec<PathBuf>,
         /// Run id or unique prefix
         #[arg(long, value_name = "RUN")]
@@ -964,5 +968,12 @@ mod tests {
             !ok(&["sensor", "policy", "test", "f.toml", "--run", "r"]),
             "--policy"
         );
+        assert!(ok(&["sensor", "policy", "check", "f.toml"]));
+        assert!(ok(&["sensor", "policy", "check", "--config", "f.toml"]));
+        assert!(
+            !ok(&["sensor", "policy", "check", "a.toml", "--config", "b.toml"]),
+            "one file"
+        );
+        assert!(ok(&["sensor", "rules", "check", "--config", "f.toml"]));
     }
 }

@@ -66,7 +66,12 @@ fn policy(cmd: &args::PolicyCommand) -> anyhow::Result<ExitCode> {
         protocol::{Request, Response},
     };
     match cmd {
-        args::PolicyCommand::Check { file } => {
+        args::PolicyCommand::Check { file, config } => {
+            let file = file
+                .clone()
+                .or_else(|| config.path.clone())
+                .unwrap_or_else(|| std::path::PathBuf::from(crate::paths::CONFIG));
+            let file = &file;
             let (config, policies) = crate::config::Config::load_with_policies(Some(file))?;
             let names: Vec<String> = policies
                 .names()

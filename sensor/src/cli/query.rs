@@ -1216,12 +1216,31 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The rule files `rules check` and `rules test` read: those named, else
+/// the config's `[detect] rules` (see [`super::settings`]).
+fn rule_paths(
+    paths: &[std::path::PathBuf],
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    if !paths.is_empty() {
+        return Ok(paths.to_vec());
+    }
+    let settings = super::settings::Settings::load(config)?;
+    if settings.config.detect.rules.is_empty() {
+        anyhow::bail!(
+            "no rule files: give PATHS, or a config (--config) whose [detect] rules names them"
+        );
+    }
+    Ok(settings.config.detect.rules)
+}
+
 /// `sensor rules check` and `sensor rules test`.
 pub fn rules(cmd: &super::args::RulesCommand) -> anyhow::Result<ExitCode> {
     use super::args::RulesCommand;
     match cmd {
-        RulesCommand::Check { paths } => {
-            let set = crate::detect::RuleSet::load(paths)?;
+        RulesCommand::Check { paths, config } => {
+            let paths = rule_paths(paths, config.path.as_deref())?;
+            let set = crate::detect::RuleSet::load(&paths)?;
             let infos = set.rules().iter().map(|r| (&r.info, "")).chain(
                 set.correlations()
                     .iter()
@@ -1245,7 +1264,8 @@ pub fn rules(cmd: &super::args::RulesCommand) -> anyhow::Result<ExitCode> {
             subtree,
             db,
         } => {
-            let set = crate::detect::RuleSet::load(paths)?;
+            let paths = rule_paths(paths, db.config.path.as_deref())?;
+            let set = crate::detect::RuleSet::load(&paths)?;
             let conn = open_for_reading(&db.db)?;
             let run = query::find_run(&conn, run)?;
             let runs = if *subtree {

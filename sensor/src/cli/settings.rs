@@ -14,7 +14,6 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
 use clap::{ArgMatches, parser::ValueSource};
 
 use super::args::{Command, PolicyCommand, RulesCommand, TokenCommand};
@@ -180,7 +179,8 @@ pub fn apply(cmd: &mut Command, m: &ArgMatches) -> anyhow::Result<()> {
             s
         }
         // The daemon, doctor and unload read the whole config themselves;
-        // `policy check` and `rules check` take their files.
+        // `policy check` checks the config it is given, `rules check` reads
+        // its [detect] rules when given no files.
         Command::Daemon(_)
         | Command::Doctor(_)
         | Command::Unload(_)
@@ -202,10 +202,8 @@ fn fill(slots: Slots<'_>, m: &ArgMatches) -> anyhow::Result<()> {
     if !needed && slots.config.is_none() {
         return Ok(());
     }
-    let settings = Settings::load(slots.config).with_context(|| match slots.config {
-        Some(p) => format!("--config {}", p.display()),
-        None => format!("the default config {}", paths::CONFIG),
-    })?;
+    // Its errors name the file (and line).
+    let settings = Settings::load(slots.config)?;
     if let Some(db) = slots.db
         && defaulted(m, "db")
     {
