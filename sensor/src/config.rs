@@ -398,6 +398,27 @@ impl Config {
         Self::parse_with_policies(&text, &path)
     }
 
+    /// The file at `path` as the client commands read it (their `[store]
+    /// path`, `[daemon] socket`, ...): parsed, every key known, but its
+    /// policies and matchers not compiled (no file or host name is looked
+    /// up; `sensor policy check` checks those). Errors carry
+    /// `path:line:column`; a file that cannot be read is an error.
+    pub fn read_settings(path: &Path) -> Result<Self, ConfigError> {
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| {
+            let (line, column) = e.span().map_or((0, 0), |span| line_col(&text, span.start));
+            ConfigError::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e.message().to_owned(),
+            }
+        })
+    }
+
     /// Parses config text; errors carry `path:line:column`.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         Self::parse_with_policies(text, path).map(|(config, _)| config)

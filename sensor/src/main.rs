@@ -1,10 +1,15 @@
 use std::process::ExitCode;
 
-use clap::Parser as _;
 use sensor::cli::{Cli, display::escape_message, init_logging};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::parse_with_settings() {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("sensor: error: {}", escape_message(&format!("{e:#}")));
+            return ExitCode::FAILURE;
+        }
+    };
     if !matches!(cli.command, sensor::cli::Command::Daemon(_)) {
         // Query commands end quietly when their reader goes away (`| head`),
         // like other Unix tools. The daemon keeps SIGPIPE ignored and treats a

@@ -579,7 +579,8 @@ fn two_blocked_denials_are_counted_as_two() -> Result<()> {
             .lines()
             .filter(|l| l.contains("policy.violation")
                 && l.contains("/usr/bin/env")
-                && l.contains("[violation] rule exec.allow"))
+                && l.contains("[violation]")
+                && l.contains("exec.allow (no rule matches)"))
             .count()
             == 2,
         "a violation line names the binary and the rule: {events}"

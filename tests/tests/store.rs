@@ -15,7 +15,9 @@ fn query(db: &Path, args: &[&str]) -> Result<(bool, String, String)> {
         .arg("--db")
         .arg(db)
         .env_remove("SENSOR_DB")
-        .env("COLUMNS", "200");
+        // Into a pipe: whole rows (events puts verdict and rule columns
+        // before what happened, which a 200-column cut could lose).
+        .env_remove("COLUMNS");
     let (_, out) = run_with_timeout(&mut cmd, Duration::from_secs(30))?;
     Ok((out.status.success(), text(&out.stdout), text(&out.stderr)))
 }

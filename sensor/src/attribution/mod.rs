@@ -164,6 +164,27 @@ pub struct RunAnswer {
     pub run: Run,
 }
 
+/// What the daemon knows now of a live process (`{"op":"process"}`, `sensor
+/// who --pid`): its identity, and its run when it is in one, even when it
+/// did nothing since the daemon placed it (from /proc at start-up).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProcessAnswer {
+    pub pid: u32,
+    pub start_ticks: u64,
+    pub process_key: String,
+    /// Its real uid.
+    pub uid: u32,
+    /// Its executable, when the daemon saw it (an exec, or /proc at start-up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    /// How it joined its run (launch, inherited, matcher, backfill, env);
+    /// absent when it is in no run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attribution: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<Run>,
+}
+
 /// Why a request about runs was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum AttributionError {
@@ -1059,6 +1080,38 @@ impl Attribution {
             .get(pid, start_ticks.saturating_mul(self.ns_per_tick))
             .map(|p| p.start_ns)
             .filter(|ns| ns / self.ns_per_tick == start_ticks)
+    }
+
+    /// What is known now of live process `pid`: its run (per the kernel
+    /// map, as [`Self::attest`]), or none.
+    pub fn process(&self, pid: u32) -> Result<ProcessAnswer, AttributionError> {
+        let ticks = self
+            .proc_start_ticks(pid)
+            .ok_or(AttributionError::NoProcess(pid))?;
+        let uid = crate::identity::proc_uid_in(&self.proc_root, pid)
+            .ok_or(AttributionError::NoProcess(pid))?;
+        let exe = self
+            .processes
+            .get(pid, 0)
+            .filter(|p| p.start_ns / self.ns_per_tick == ticks)
+            .and_then(|p| p.exe.as_deref().map(str::to_owned));
+        let run = self.kernel_run(pid, ticks).and_then(|(handle, how)| {
+            self.runs
+                .get(handle)
+                .filter(|r| r.is_active())
+                .map(|r| (r.clone(), how))
+        });
+        Ok(ProcessAnswer {
+            pid,
+            start_ticks: ticks,
+            process_key: self.keys.key_from_ticks(pid, ticks),
+            uid,
+            exe,
+            attribution: run
+                .as_ref()
+                .map(|(_, how)| how_name(*how).as_str().to_owned()),
+            run: run.map(|(r, _)| r),
+        })
     }
 
     /// Which run is process `pid` (optionally: started at `start_ticks`)?

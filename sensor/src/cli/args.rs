@@ -44,8 +44,19 @@ pub enum Command {
     /// Show a run's sub-agent tree, with each run's process tree beneath it.
     Tree(TreeArgs),
     /// Show stored events (optionally of one run or its whole subtree).
+    ///
+    /// One line per event: TIME  RUN  VERDICT  RULE  KIND PID WHAT, the
+    /// verdict ([allow], [deny] blocked, [deny] audit: would have been
+    /// blocked, [violation]: the policy.violation that repeats a denial) and
+    /// its rule in fixed columns. Lines are cut to the width only on a
+    /// terminal: `sensor events | grep -c '\[deny\]'` counts every denial.
     Events(EventsArgs),
     /// Which run owns a process (alive or exited) or connected to an address.
+    ///
+    /// --pid asks the daemon first about a live process, which it knows
+    /// even when the process did nothing yet, then the store; each answer
+    /// says which one it came from. --ip takes a network too (10.0.0.0/8)
+    /// and shows each destination's port and result.
     Who(WhoArgs),
     /// A run's timeline, in order, indented by sub-agent and process tree.
     Replay(ReplayArgs),
@@ -134,18 +145,24 @@ pub struct TokenArgs {
     /// Print the token with its claims as one JSON object
     #[arg(long)]
     pub json: bool,
-    /// Control socket of the daemon
-    #[arg(long, value_name = "PATH", env = "SENSOR_SOCKET", default_value = paths::SOCKET)]
+    /// Control socket of the daemon [default: the config's [daemon] socket,
+    /// else /run/sensor/sensor.sock]
+    #[arg(long, value_name = "PATH", env = "SENSOR_SOCKET", default_value = paths::SOCKET, hide_default_value = true)]
     pub socket: PathBuf,
+    #[command(flatten)]
+    pub config: ConfigArg,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Print the daemon's public keys (a JWKS, RFC 7517) and its issuer.
     Jwks {
-        /// Control socket of the daemon
-        #[arg(long, value_name = "PATH", env = "SENSOR_SOCKET", default_value = paths::SOCKET)]
+        /// Control socket of the daemon [default: the config's [daemon]
+        /// socket, else /run/sensor/sensor.sock]
+        #[arg(long, value_name = "PATH", env = "SENSOR_SOCKET", default_value = paths::SOCKET, hide_default_value = true)]
         socket: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Check a token against the daemon's public keys: signature, times,
     /// issuer and (with --aud) audience; print its claims. Exits 1 when it
@@ -157,9 +174,12 @@ pub enum TokenCommand {
         /// The audience it must be for
         #[arg(long, value_name = "AUDIENCE")]
         aud: Option<String>,
-        /// Control socket of the daemon
-        #[arg(long, value_name = "PATH", env = "SENSOR_SOCKET", default_value = paths::SOCKET)]
+        /// Control socket of the daemon [default: the config's [daemon]
+        /// socket, else /run/sensor/sensor.sock]
+        #[arg(long, value_name = "PATH", env = "SENSOR_SOCKET", default_value = paths::SOCKET, hide_default_value = true)]
         socket: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
 }
 
@@ -279,9 +299,12 @@ pub struct LaunchArgs {
     /// being upgraded) before giving up (e.g. 5s, 0s; at most 1h)
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_wait)]
     pub wait: std::time::Duration,
-    /// Control socket of the daemon
-    #[arg(long, value_name = "PATH", env = "SENSOR_SOCKET", default_value = paths::SOCKET)]
+    /// Control socket of the daemon [default: the config's [daemon] socket,
+    /// else /run/sensor/sensor.sock]
+    #[arg(long, value_name = "PATH", env = "SENSOR_SOCKET", default_value = paths::SOCKET, hide_default_value = true)]
     pub socket: PathBuf,
+    #[command(flatten)]
+    pub config: ConfigArg,
     /// The command and its arguments
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<std::ffi::OsString>,
@@ -307,9 +330,12 @@ fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
 
 #[derive(Debug, Args)]
 pub struct WhoamiArgs {
-    /// Control socket of the daemon
-    #[arg(long, value_name = "PATH", env = "SENSOR_SOCKET", default_value = paths::SOCKET)]
+    /// Control socket of the daemon [default: the config's [daemon] socket,
+    /// else /run/sensor/sensor.sock]
+    #[arg(long, value_name = "PATH", env = "SENSOR_SOCKET", default_value = paths::SOCKET, hide_default_value = true)]
     pub socket: PathBuf,
+    #[command(flatten)]
+    pub config: ConfigArg,
     /// Print the answer as one JSON object
     #[arg(long)]
     pub json: bool,
@@ -347,22 +373,39 @@ pub struct ExportArgs {
     /// Where to write the bundle
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: PathBuf,
-    /// The daemon's config (for the text of the policies in force)
-    #[arg(long, value_name = "FILE", env = "SENSOR_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// The daemon's state dir (its signing key)
-    #[arg(long, value_name = "DIR", default_value = paths::STATE_DIR)]
+    /// The daemon's state dir (its signing key) [default: the config's
+    /// [daemon] state_dir, else /var/lib/sensor]. The config (--config)
+    /// also gives the text of the policies in force
+    #[arg(long, value_name = "DIR", default_value = paths::STATE_DIR, hide_default_value = true)]
     pub state_dir: PathBuf,
     #[command(flatten)]
     pub db: DbArgs,
 }
 
+/// The configuration file a client command reads its settings from.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ConfigArg {
+    /// Configuration file: this command uses its [store] path and [daemon]
+    /// socket (an explicit --db or --socket wins); a missing or bad file is
+    /// an error [default: /etc/sensor/sensor.toml, when present]
+    #[arg(
+        id = "config",
+        long = "config",
+        value_name = "FILE",
+        env = "SENSOR_CONFIG"
+    )]
+    pub path: Option<PathBuf>,
+}
+
 /// Where the query commands read.
 #[derive(Debug, Args)]
 pub struct DbArgs {
-    /// Local store of the daemon
-    #[arg(long, value_name = "PATH", env = "SENSOR_DB", default_value = paths::DB)]
+    /// Local store of the daemon [default: the config's [store] path, else
+    /// <[daemon] state_dir>/sensor.db: /var/lib/sensor/sensor.db]
+    #[arg(long, value_name = "PATH", env = "SENSOR_DB", default_value = paths::DB, hide_default_value = true)]
     pub db: PathBuf,
+    #[command(flatten)]
+    pub config: ConfigArg,
     /// Print JSON (one object, or one per line for event lists)
     #[arg(long)]
     pub json: bool,
@@ -438,13 +481,20 @@ pub struct WhoArgs {
     /// A process id (alive or exited)
     #[arg(long, value_name = "PID")]
     pub pid: Option<u32>,
-    /// A destination address, optionally with :PORT ([v6]:PORT for IPv6)
-    #[arg(long, value_name = "ADDR[:PORT]", value_parser = parse_addr)]
-    pub ip: Option<(std::net::IpAddr, Option<u16>)>,
+    /// A destination address or network (CIDR: 10.0.0.0/8, 2001:db8::/32),
+    /// optionally with :PORT or :LO-HI ([V6]:PORT, [V6/LEN]:PORT for IPv6):
+    /// the processes that connected or sent there, each with the address,
+    /// port and result
+    #[arg(long, value_name = "ADDR[/LEN][:PORT]", value_parser = parse_ip_query)]
+    pub ip: Option<IpQuery>,
     /// A Unix socket as connected to: its path, or @NAME for an abstract one
     /// (/run/docker.sock)
     #[arg(long, value_name = "PATH")]
     pub unix: Option<String>,
+    /// Control socket of the daemon, asked by --pid about a live process
+    /// [default: the config's [daemon] socket, else /run/sensor/sensor.sock]
+    #[arg(long, value_name = "PATH", env = "SENSOR_SOCKET", default_value = paths::SOCKET, hide_default_value = true)]
+    pub socket: PathBuf,
     #[command(flatten)]
     pub db: DbArgs,
 }
@@ -467,15 +517,22 @@ pub enum PolicyCommand {
     /// Validate a config file's policies and agents; errors name file:line.
     Check {
         /// The config file (a daemon config with [policy.NAME] tables)
-        file: PathBuf,
+        /// [default: --config, else /etc/sensor/sensor.toml]
+        #[arg(conflicts_with = "config")]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Make the daemon re-read, validate and swap in its policies (root).
     ///
     /// A bad file is reported and the running policies stay in force.
     Reload {
-        /// Control socket of the daemon
-        #[arg(long, value_name = "PATH", env = "SENSOR_SOCKET", default_value = paths::SOCKET)]
+        /// Control socket of the daemon [default: the config's [daemon]
+        /// socket, else /run/sensor/sensor.sock]
+        #[arg(long, value_name = "PATH", env = "SENSOR_SOCKET", default_value = paths::SOCKET, hide_default_value = true)]
         socket: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Write a least-privilege policy from what stored runs did.
     ///
@@ -503,9 +560,12 @@ pub enum PolicyCommand {
         /// Write the policy to FILE instead of stdout
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: Option<PathBuf>,
-        /// Local store of the daemon
-        #[arg(long, value_name = "PATH", env = "SENSOR_DB", default_value = paths::DB)]
+        /// Local store of the daemon [default: the config's [store] path,
+        /// else /var/lib/sensor/sensor.db]
+        #[arg(long, value_name = "PATH", env = "SENSOR_DB", default_value = paths::DB, hide_default_value = true)]
         db: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// What a policy would have denied on stored runs (exit 1 if anything).
     ///
@@ -550,15 +610,15 @@ pub struct RunSelect {
 pub enum RulesCommand {
     /// Validate rule files and directories (their *.yml, *.yaml); errors name file:line.
     Check {
-        /// Rule files or directories
-        #[arg(required = true)]
+        /// Rule files or directories [default: the config's [detect] rules]
         paths: Vec<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Which rules would have fired on a stored run's events (the daemon's
     /// own matching code, over the events as stored).
     Test {
-        /// Rule files or directories
-        #[arg(required = true)]
+        /// Rule files or directories [default: the config's [detect] rules]
         paths: Vec<PathBuf>,
         /// Run id or unique prefix
         #[arg(long, value_name = "RUN")]
@@ -582,9 +642,12 @@ pub struct ReportArgs {
     /// folded into one expandable row with a count
     #[arg(long)]
     pub no_fold: bool,
-    /// Local store of the daemon
-    #[arg(long, value_name = "PATH", env = "SENSOR_DB", default_value = paths::DB)]
+    /// Local store of the daemon [default: the config's [store] path, else
+    /// /var/lib/sensor/sensor.db]
+    #[arg(long, value_name = "PATH", env = "SENSOR_DB", default_value = paths::DB, hide_default_value = true)]
     pub db: PathBuf,
+    #[command(flatten)]
+    pub config: ConfigArg,
 }
 
 /// An event kind the sensor reports (`process.exec`, ...).
@@ -618,19 +681,64 @@ fn parse_since(s: &str) -> Result<std::time::SystemTime, String> {
     }
 }
 
-/// `ADDR`, `ADDR:PORT`, `[V6]:PORT`.
-fn parse_addr(s: &str) -> Result<(std::net::IpAddr, Option<u16>), String> {
-    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
-        return Ok((ip, None));
+/// What `who --ip` looks for: an address or a network, and a port or a
+/// port range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpQuery {
+    pub net: std::net::IpAddr,
+    /// The prefix length: 32 or 128 for one address.
+    pub prefix: u8,
+    /// Inclusive; `None`: any port.
+    pub ports: Option<(u16, u16)>,
+}
+
+impl IpQuery {
+    /// One address, not a network.
+    #[must_use]
+    pub const fn is_single(&self) -> bool {
+        self.prefix == if self.net.is_ipv4() { 32 } else { 128 }
     }
-    if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
-        return Ok((sa.ip(), Some(sa.port())));
+
+    /// `ip` is in the network (an IPv4-mapped IPv6 address counts as its
+    /// IPv4 one).
+    #[must_use]
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        crate::policy::net::contains(self.net, self.prefix, ip)
     }
-    let trimmed = s.trim_start_matches('[').trim_end_matches(']');
-    trimmed
-        .parse::<std::net::IpAddr>()
-        .map(|ip| (ip, None))
-        .map_err(|_| format!("{s:?} is not an IP address, ADDR:PORT or [V6]:PORT"))
+
+    /// `port` is one of the ports asked for.
+    #[must_use]
+    pub fn port_matches(&self, port: Option<u64>) -> bool {
+        self.ports.is_none_or(|(lo, hi)| {
+            port.is_some_and(|p| (u64::from(lo)..=u64::from(hi)).contains(&p))
+        })
+    }
+}
+
+/// `ADDR`, `ADDR/LEN`, either with `:PORT` or `:LO-HI`; `[V6]:PORT`,
+/// `[V6/LEN]:PORT`. A network with host bits set (10.0.0.1/8) is refused,
+/// naming the network it would be.
+fn parse_ip_query(s: &str) -> Result<IpQuery, String> {
+    use crate::policy::net::{self, Target};
+    let usage = "give ADDR, ADDR/LEN, ADDR:PORT, ADDR/LEN:PORT, [V6]:PORT or [V6/LEN]:PORT";
+    let rule = net::parse(s).map_err(|e| format!("{s:?}: {e} ({usage})"))?;
+    let Target::Cidr { net, prefix } = rule.target else {
+        return Err(format!(
+            "{s:?} is not an IP address or network; who --ip does not look up host names ({usage})"
+        ));
+    };
+    let query = IpQuery {
+        net,
+        prefix,
+        ports: rule.ports,
+    };
+    let network = net::network(net, prefix);
+    if network != net {
+        return Err(format!(
+            "{s:?} has host bits set: the network is {network}/{prefix}"
+        ));
+    }
+    Ok(query)
 }
 
 /// `K=V` → (K, V).
@@ -643,12 +751,16 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Control socket of the daemon
-    #[arg(long, value_name = "PATH", env = "SENSOR_SOCKET", default_value = paths::SOCKET)]
+    /// Control socket of the daemon [default: the config's [daemon] socket,
+    /// else /run/sensor/sensor.sock]
+    #[arg(long, value_name = "PATH", env = "SENSOR_SOCKET", default_value = paths::SOCKET, hide_default_value = true)]
     pub socket: PathBuf,
+    #[command(flatten)]
+    pub config: ConfigArg,
     /// bpffs pin directory, read when the daemon cannot be reached: what it
-    /// left attached and enforcing (root)
-    #[arg(long, value_name = "DIR", env = "SENSOR_PIN_DIR", default_value = paths::PIN_DIR)]
+    /// left attached and enforcing (root) [default: the config's [daemon]
+    /// pin_dir, else /sys/fs/bpf/sensor]
+    #[arg(long, value_name = "DIR", env = "SENSOR_PIN_DIR", default_value = paths::PIN_DIR, hide_default_value = true)]
     pub pin_dir: PathBuf,
     /// Print the full status as one JSON object
     #[arg(long)]
@@ -709,7 +821,38 @@ mod tests {
         let Command::Who(args) = cli.command else {
             panic!()
         };
-        assert_eq!(args.ip, Some(("::1".parse().unwrap(), Some(443))));
+        assert_eq!(
+            args.ip,
+            Some(IpQuery {
+                net: "::1".parse().unwrap(),
+                prefix: 128,
+                ports: Some((443, 443))
+            })
+        );
+        let ip = |s: &str| parse_ip_query(s);
+        let v4 = ip("10.1.0.0/16:443").unwrap();
+        assert!(!v4.is_single() && v4.ports == Some((443, 443)));
+        assert!(v4.contains("10.1.200.3".parse().unwrap()));
+        assert!(v4.contains("::ffff:10.1.0.9".parse().unwrap()), "v4-mapped");
+        assert!(!v4.contains("10.2.0.1".parse().unwrap()));
+        assert!(v4.port_matches(Some(443)) && !v4.port_matches(Some(80)));
+        let v6 = ip("[2001:db8::/32]:1000-2000").unwrap();
+        assert!(v6.contains("2001:db8:ffff::1".parse().unwrap()));
+        assert!(!v6.contains("2001:db9::1".parse().unwrap()));
+        assert!(v6.port_matches(Some(1500)) && !v6.port_matches(None));
+        assert!(ip("2001:db8::/32").is_ok_and(|q| q.ports.is_none() && q.prefix == 32));
+        assert!(ip("127.0.0.1").is_ok_and(|q| q.is_single()));
+        for (bad, says) in [
+            ("10.0.0.1/8", "host bits set: the network is 10.0.0.0/8"),
+            ("10.0.0.0/33", "bad prefix length"),
+            ("2001:db8::/129", "bad prefix length"),
+            ("example.com", "does not look up host names"),
+            ("10.0.0.0/8:99999", "bad port"),
+            ("300.1.1.1/8", "neither an IP address"),
+        ] {
+            let err = ip(bad).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
         assert!(
             Cli::try_parse_from(["sensor", "who"]).is_err(),
             "--pid or --ip is required"
@@ -825,5 +968,12 @@ mod tests {
             !ok(&["sensor", "policy", "test", "f.toml", "--run", "r"]),
             "--policy"
         );
+        assert!(ok(&["sensor", "policy", "check", "f.toml"]));
+        assert!(ok(&["sensor", "policy", "check", "--config", "f.toml"]));
+        assert!(
+            !ok(&["sensor", "policy", "check", "a.toml", "--config", "b.toml"]),
+            "one file"
+        );
+        assert!(ok(&["sensor", "rules", "check", "--config", "f.toml"]));
     }
 }

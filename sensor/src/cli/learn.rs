@@ -77,8 +77,8 @@ fn select(db: &Path, select: &RunSelect) -> anyhow::Result<Selected> {
             }
             let base = rows.iter().map(|r| r.depth).min().unwrap_or(0);
             let source = format!(
-                "{} runs of agent {agent} since {}",
-                rows.len(),
+                "{} of agent {agent} since {}",
+                super::display::count(rows.len(), "run", "runs"),
                 humantime::format_rfc3339_seconds(since)
             );
             (

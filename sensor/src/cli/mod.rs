@@ -10,12 +10,26 @@ mod learn;
 mod provenance;
 mod query;
 mod report;
+pub mod settings;
 mod status;
 mod token;
 
 use std::process::ExitCode;
 
 pub use self::args::{Cli, Command};
+
+impl Cli {
+    /// Parses the command line (a usage error exits 2, as with clap's
+    /// `parse`), then fills the store, socket and directories left to their
+    /// defaults from the config ([`settings`]). A bad config is an error.
+    pub fn parse_with_settings() -> anyhow::Result<Self> {
+        use clap::{CommandFactory as _, FromArgMatches as _};
+        let matches = Self::command().get_matches();
+        let mut cli = Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        settings::apply(&mut cli.command, &matches)?;
+        Ok(cli)
+    }
+}
 
 impl Command {
     /// Runs the subcommand.
@@ -52,7 +66,12 @@ fn policy(cmd: &args::PolicyCommand) -> anyhow::Result<ExitCode> {
         protocol::{Request, Response},
     };
     match cmd {
-        args::PolicyCommand::Check { file } => {
+        args::PolicyCommand::Check { file, config } => {
+            let file = file
+                .clone()
+                .or_else(|| config.path.clone())
+                .unwrap_or_else(|| std::path::PathBuf::from(crate::paths::CONFIG));
+            let file = &file;
             let (config, policies) = crate::config::Config::load_with_policies(Some(file))?;
             let names: Vec<String> = policies
                 .names()
@@ -74,6 +93,7 @@ fn policy(cmd: &args::PolicyCommand) -> anyhow::Result<ExitCode> {
             collapse_at,
             output,
             db,
+            ..
         } => learn::suggest(
             select,
             name.as_deref(),
@@ -88,7 +108,7 @@ fn policy(cmd: &args::PolicyCommand) -> anyhow::Result<ExitCode> {
             select,
             db,
         } => learn::test(file, policy, select, db),
-        args::PolicyCommand::Reload { socket } => {
+        args::PolicyCommand::Reload { socket, .. } => {
             match control::request(socket, &Request::ReloadPolicies) {
                 Ok(Response::Reloaded { version, policies }) => {
                     println!(

@@ -219,7 +219,7 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<ExitCode> {
         predicate: Predicate {
             runs,
             events,
-            policies: policy_texts(args.config.as_deref(), &names),
+            policies: policy_texts(args.db.config.path.as_deref(), &names),
             checkpoints,
             keys: Jwks { keys },
         },
@@ -231,9 +231,9 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<ExitCode> {
     std::fs::write(&args.output, text)
         .with_context(|| format!("writing {}", args.output.display()))?;
     println!(
-        "{}: {} run(s), {} events, {} checkpoints, signed by key {}",
+        "{}: {}, {} events, {} checkpoints, signed by key {}",
         escape_terminal(&args.output.to_string_lossy()),
-        statement.predicate.runs.len(),
+        super::display::count(statement.predicate.runs.len(), "run", "runs"),
         statement
             .predicate
             .events

@@ -84,6 +84,25 @@ impl Paint {
         }
     }
 
+    /// `line` with its verdict cell `cell` (at byte `at`, as
+    /// [`VerdictColumns::line`] put it) coloured.
+    fn cell(&self, line: &str, at: usize, cell: &str) -> String {
+        let colour = match cell {
+            "[deny] blocked" => "31;1",
+            "[deny] audit" => "33;1",
+            "[allow]" => "32",
+            _ => return line.to_owned(),
+        };
+        if !self.on || line.get(at..at + cell.len()) != Some(cell) {
+            return line.to_owned();
+        }
+        format!(
+            "{}\x1b[{colour}m{cell}\x1b[0m{}",
+            &line[..at],
+            &line[at + cell.len()..]
+        )
+    }
+
     fn verdicts(&self, line: &str) -> String {
         if !self.on {
             return line.to_owned();
@@ -126,7 +145,10 @@ pub fn runs(args: &RunsArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if runs.is_empty() {
-        println!("no runs");
+        println!(
+            "no runs in {}",
+            escape_terminal(&args.db.db.to_string_lossy())
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let rows = runs
@@ -457,8 +479,18 @@ pub fn tree(args: &TreeArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// One line describing an event, for text output: every string of the
-/// event escaped.
+/// event escaped; its verdict at the end (see [`verdict_shown`]).
 pub(super) fn describe(e: &Value) -> String {
+    format!("{}{}", describe_body(e), verdict_shown(e))
+}
+
+/// [`describe`] without the verdict: `KIND PID WHAT`.
+fn describe_body(e: &Value) -> String {
+    describe_columns(e, 15)
+}
+
+/// `KIND PID WHAT`, the kind padded to `kind_width`.
+fn describe_columns(e: &Value, kind_width: usize) -> String {
     let kind = shown_str(e, "/kind");
     let kind = if kind.is_empty() { "?".into() } else { kind };
     let p = &e["process"];
@@ -562,7 +594,72 @@ pub(super) fn describe(e: &Value) -> String {
         }
         _ => String::new(),
     };
-    format!("{kind:<15} {pid:>7} {detail}{}", verdict_shown(e))
+    format!("{kind:<kind_width$} {pid:>7} {detail}")
+}
+
+/// The kind column of `events`: as wide as the usual kinds
+/// (`policy.violation`); a longer one pushes its line.
+const EVENTS_KIND_WIDTH: usize = 16;
+
+/// The verdict and rule columns of an `events` line: `[allow]`, `[deny]
+/// blocked`, `[deny] audit` (would have been blocked: the policy audits),
+/// `[violation]` (the `policy.violation` that repeats the denial before it,
+/// so that counting `[deny]` counts each denial once); and the rule. Both
+/// empty for an event without a verdict.
+fn verdict_cells(e: &Value) -> (String, String) {
+    let Some(verdict) = e.pointer("/policy/verdict").and_then(Value::as_str) else {
+        return (String::new(), String::new());
+    };
+    let rule = shown_str(e, "/policy/rule").into_owned();
+    let verdict = if e["kind"] == "policy.violation" {
+        "[violation]".to_owned()
+    } else {
+        match denial_of(e) {
+            Some(Denial::Blocked) => "[deny] blocked".to_owned(),
+            Some(Denial::Audit) => "[deny] audit".to_owned(),
+            None => format!("[{}]", escape_terminal(verdict)),
+        }
+    };
+    (verdict, rule)
+}
+
+/// The widths of the verdict and rule columns of `events`: each as wide as
+/// its widest cell so far (the rule at most [`RULE_COLUMN_MAX`]: a longer
+/// rule is shown whole and pushes the rest of its line), fixed for the
+/// lines already printed; 0 (no column) while no event had a verdict.
+#[derive(Debug, Default, Clone, Copy)]
+struct VerdictColumns {
+    verdict: usize,
+    rule: usize,
+}
+
+/// The widest a rule column grows.
+const RULE_COLUMN_MAX: usize = 40;
+
+impl VerdictColumns {
+    fn widen(&mut self, cells: &(String, String)) {
+        self.verdict = self.verdict.max(cells.0.chars().count());
+        self.rule = self.rule.max(cells.1.chars().count().min(RULE_COLUMN_MAX));
+    }
+
+    /// `TIME  RUN  VERDICT  RULE  KIND PID WHAT`, the verdict starting at
+    /// a fixed column; returns the line and where (bytes) and how long the
+    /// verdict cell is, for colouring it.
+    fn line(&self, time: &str, run: &str, cells: &(String, String), body: &str) -> (String, usize) {
+        let mut line = format!("{time}  {run:<13}  ");
+        let at = line.len();
+        if self.verdict > 0 {
+            line.push_str(&format!(
+                "{:<vw$}  {:<rw$}  ",
+                cells.0,
+                cells.1,
+                vw = self.verdict,
+                rw = self.rule
+            ));
+        }
+        line.push_str(body);
+        (line, at)
+    }
 }
 
 /// The verdict's part of an event's line: ` [deny] blocked`, ` [deny] would
@@ -716,34 +813,41 @@ pub fn events(args: &EventsArgs) -> anyhow::Result<ExitCode> {
     let mut printed = 0_u64;
     let max = width();
     let paint = Paint::stdout();
-    'follow: loop {
+    let mut columns = VerdictColumns::default();
+    loop {
         let batch = query::events(&conn, &filter)?;
+        let mut shown: Vec<&StoredEvent> = Vec::new();
         for se in &batch {
             filter.after_id = se.id;
             if !wanted(&se.event) {
                 continue;
             }
             if args.limit.is_some_and(|limit| printed >= limit) {
-                break 'follow;
+                break;
             }
             printed += 1;
             if args.db.json {
                 println!("{}", se.event);
             } else {
-                let time = shown_str(&se.event, "/time");
-                let run = se
-                    .event
-                    .pointer("/run/id")
-                    .and_then(Value::as_str)
-                    .map_or_else(|| "-".to_owned(), short_shown);
-                println!(
-                    "{}",
-                    paint.verdicts(&fit(
-                        &format!("{time}  {run:<13}  {}", describe(&se.event)),
-                        max
-                    ))
-                );
+                shown.push(se);
             }
+        }
+        // The batch's verdict and rule cells size their columns first.
+        let cells: Vec<(String, String)> =
+            shown.iter().map(|se| verdict_cells(&se.event)).collect();
+        for c in &cells {
+            columns.widen(c);
+        }
+        for (se, cells) in shown.drain(..).zip(&cells) {
+            let time = shown_str(&se.event, "/time");
+            let run = se
+                .event
+                .pointer("/run/id")
+                .and_then(Value::as_str)
+                .map_or_else(|| "-".to_owned(), short_shown);
+            let body = describe_columns(&se.event, EVENTS_KIND_WIDTH);
+            let (line, at) = columns.line(&time, &run, cells, &body);
+            println!("{}", paint.cell(&fit(&line, max), at, &cells.0));
         }
         if !args.follow || args.limit.is_some_and(|limit| printed >= limit) {
             break;
@@ -753,25 +857,81 @@ pub fn events(args: &EventsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn who(args: &WhoArgs) -> anyhow::Result<ExitCode> {
-    let conn = open_for_reading(&args.db.db)?;
-    let (found, seen) = match (args.pid, args.ip, &args.unix) {
-        (Some(pid), _, _) => (
-            query::events_of_pid(&conn, pid, 1000)?,
-            query::seen_pid(&conn, pid, 1000)?,
-        ),
-        (None, Some((ip, port)), _) => {
-            let ip = ip.to_string();
-            (
-                query::connects_to(&conn, &ip, port, 1000)?,
-                query::seen_ip(&conn, &ip, port, 1000)?,
-            )
+/// The most answers `who` gathers from the store (newest first).
+const WHO_MAX: usize = 1000;
+/// The most distinct destination addresses `who --ip NET/LEN` matches.
+const WHO_MAX_ADDRESSES: u32 = 100_000;
+
+/// What the daemon said about a live process (`who --pid`).
+enum Live {
+    /// `--ip` or `--unix`: not asked.
+    NotAsked,
+    Known(Box<crate::attribution::ProcessAnswer>),
+    /// It answered, but not with the process (none by that pid, another
+    /// user's): its message.
+    Refused(String),
+    /// No daemon answered: why.
+    Unreachable(String),
+}
+
+/// Asks the daemon at `socket` about live process `pid`.
+fn ask_daemon(socket: &std::path::Path, pid: u32) -> Live {
+    use crate::control::{
+        ControlError,
+        protocol::{Request, Response},
+    };
+    match crate::control::request(socket, &Request::Process { pid }) {
+        Ok(Response::Process(answer)) => Live::Known(answer),
+        Ok(other) => Live::Refused(format!("unexpected answer {other:?}")),
+        Err(ControlError::Refused(message)) => Live::Refused(message),
+        Err(e) => Live::Unreachable(format!("{:#}", anyhow::Error::new(e))),
+    }
+}
+
+/// A live process as the daemon told it, in the shape of a stored answer.
+fn live_answer(p: &crate::attribution::ProcessAnswer) -> Value {
+    let run = p.run.as_ref().map_or(Value::Null, |r| {
+        let mut run = json!({
+            "id": r.id, "agent": r.agent, "principal": r.principal, "parent_id": r.parent_id,
+            "root_id": r.root_id, "depth": r.depth, "attribution": p.attribution, "policy": r.policy,
+        });
+        if let Some(claimed) = &r.principal_claimed {
+            run["principal_claimed"] = claimed.as_str().into();
         }
-        (None, None, Some(path)) => (
-            query::unix_connects_to(&conn, path, 1000)?,
-            query::seen_unix(&conn, path, 1000)?,
-        ),
-        (None, None, None) => anyhow::bail!("give --pid, --ip or --unix"),
+        run
+    });
+    json!({
+        "source": "daemon",
+        "alive": true,
+        "process": {"key": p.process_key, "pid": p.pid, "exe": p.exe, "uid": p.uid},
+        "run": run,
+        "last_seen": null,
+        "network": null,
+    })
+}
+
+pub fn who(args: &WhoArgs) -> anyhow::Result<ExitCode> {
+    // A live process: the daemon knows it even when it did nothing since
+    // the daemon placed it (from /proc, at start-up).
+    let live = match args.pid {
+        Some(pid) => ask_daemon(&args.socket, pid),
+        None => Live::NotAsked,
+    };
+    let conn = match open_for_reading(&args.db.db) {
+        Ok(conn) => Some(conn),
+        // The daemon's answer stands without the store (`--no-store`).
+        Err(e) if matches!(live, Live::Known(_)) => {
+            eprintln!(
+                "sensor: {} (the daemon's answer only)",
+                escape_terminal(&format!("{:#}", anyhow::Error::new(e)))
+            );
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let (found, seen) = match &conn {
+        Some(conn) => who_stored(conn, args)?,
+        None => (Vec::new(), Vec::new()),
     };
     // Stored events and, with `[store] keep = "runs"`, the summaries of
     // processes outside any run (their latest event): newest first.
@@ -781,32 +941,72 @@ pub fn who(args: &WhoArgs) -> anyhow::Result<ExitCode> {
         .chain(seen.iter().map(|s| (&s.event, Some(s))))
         .collect();
     found.sort_by_key(|f| std::cmp::Reverse(str_of(f.0, "/time")));
-    // One answer per process (a pid may have been reused), newest first.
-    let mut seen = Vec::<String>::new();
-    let mut answers = Vec::new();
-    // The exe each answer shows in text (from the raw path when not UTF-8).
-    let mut exes = Vec::new();
-    for (e, summary) in found {
+    // One answer per process (a pid may have been reused), newest first;
+    // for --ip, one per process and destination (address and port).
+    let answer_key = |e: &Value| {
         let key = str_of(e, "/process/key");
-        if seen.contains(&key) {
+        if args.ip.is_some() {
+            format!(
+                "{key} {} {}",
+                str_of(e, "/network/dst_ip"),
+                e["network"]["dst_port"]
+            )
+        } else {
+            key
+        }
+    };
+    let mut keys = Vec::<String>::new();
+    let mut answers = Vec::new();
+    if let Live::Known(p) = &live {
+        keys.push(p.process_key.clone());
+        answers.push(live_answer(p));
+    }
+    for (e, summary) in found {
+        let key = answer_key(e);
+        if let Some(i) = keys.iter().position(|k| *k == key) {
+            // The live process's latest stored event.
+            if answers[i]["last_seen"].is_null() && answers[i]["source"] == "daemon" {
+                answers[i]["last_seen"] = e["time"].clone();
+            }
             continue;
         }
-        seen.push(key.clone());
-        exes.push(exe_shown(&e["process"]).unwrap_or_else(|| "?".to_owned()));
+        keys.push(key);
         let mut answer = json!({
-            "process": {"key": key, "pid": e["process"]["pid"], "exe": e["process"]["exe"], "uid": e["process"]["uid"]},
+            "source": "store",
+            "process": {"key": e["process"]["key"], "pid": e["process"]["pid"], "exe": e["process"]["exe"],
+                        "exe_b64": e["process"]["exe_b64"], "uid": e["process"]["uid"]},
             "run": e["run"],
             "last_seen": e["time"],
             "network": e.get("network"),
         });
+        if args.ip.is_some() || args.unix.is_some() {
+            answer["kind"] = e["kind"].clone();
+            answer["policy"] = e["policy"].clone();
+        }
         if let Some(s) = summary {
             answer["summary"] = json!({"first_seen": time_of_ns(s.first_ns), "events": s.events});
         }
         answers.push(answer);
     }
+    match &live {
+        Live::Unreachable(why) => eprintln!(
+            "sensor: the daemon was not asked about live processes: {}; answering from the store only",
+            escape_terminal(why)
+        ),
+        Live::Refused(why) => eprintln!(
+            "sensor: the daemon: {}; answering from the store only",
+            escape_terminal(why)
+        ),
+        Live::NotAsked | Live::Known(_) => {}
+    }
     if args.db.json {
-        println!("{}", Value::Array(answers));
-        return Ok(if seen.is_empty() {
+        for a in &mut answers {
+            if let Some(p) = a["process"].as_object_mut() {
+                p.retain(|_, v| !v.is_null());
+            }
+        }
+        println!("{}", Value::Array(answers.clone()));
+        return Ok(if answers.is_empty() {
             ExitCode::FAILURE
         } else {
             ExitCode::SUCCESS
@@ -816,37 +1016,126 @@ pub fn who(args: &WhoArgs) -> anyhow::Result<ExitCode> {
         eprintln!("sensor: no stored event matches");
         return Ok(ExitCode::FAILURE);
     }
-    for (a, exe) in answers.iter().zip(&exes) {
-        let run = &a["run"];
-        let owner = if run.is_null() {
-            "not in any agent run".to_owned()
-        } else {
-            format!(
-                "run {} agent {} principal {} depth {} (attribution {})",
-                shown_str(run, "/id"),
-                shown_str(run, "/agent"),
-                shown_str(run, "/principal"),
-                shown_value(&run["depth"]),
-                shown_str(run, "/attribution")
-            )
-        };
-        let summary = if a["summary"].is_null() {
-            String::new()
-        } else {
-            format!(
-                " ({} events since {}, summed up: [store] keep = \"runs\")",
-                shown_value(&a["summary"]["events"]),
-                shown_str(a, "/summary/first_seen")
-            )
-        };
-        println!(
-            "pid {} {exe} (key {}, last seen {}): {owner}{summary}",
-            shown_value(&a["process"]["pid"]),
-            shown_str(a, "/process/key"),
-            shown_str(a, "/last_seen")
-        );
+    for a in &answers {
+        println!("{}", who_line(a));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The stored events and summaries `who` answers from (newest first).
+fn who_stored(
+    conn: &rusqlite::Connection,
+    args: &WhoArgs,
+) -> anyhow::Result<(Vec<StoredEvent>, Vec<query::SeenRow>)> {
+    let max = u32::try_from(WHO_MAX).unwrap_or(u32::MAX);
+    let (mut found, seen) = match (args.pid, args.ip, &args.unix) {
+        (Some(pid), _, _) => (
+            query::events_of_pid(conn, pid, max)?,
+            query::seen_pid(conn, pid, max)?,
+        ),
+        (None, Some(q), _) => {
+            let ips: Vec<String> = if q.is_single() {
+                vec![q.net.to_string()]
+            } else {
+                query::distinct_dst_ips(conn, WHO_MAX_ADDRESSES)?
+                    .into_iter()
+                    .filter(|ip| {
+                        ip.parse::<std::net::IpAddr>()
+                            .is_ok_and(|ip| q.contains(ip))
+                    })
+                    .collect()
+            };
+            // One port: the store selects it; a range: selected here.
+            let port = match q.ports {
+                Some((lo, hi)) if lo == hi => Some(lo),
+                _ => None,
+            };
+            let (mut found, mut seen) = (Vec::new(), Vec::new());
+            for ip in &ips {
+                if found.len() + seen.len() >= WHO_MAX {
+                    break;
+                }
+                found.extend(
+                    query::connects_to(conn, ip, port, max)?
+                        .into_iter()
+                        .filter(|se| q.port_matches(se.event["network"]["dst_port"].as_u64())),
+                );
+                seen.extend(
+                    query::seen_ip(conn, ip, port, max)?
+                        .into_iter()
+                        .filter(|s| q.port_matches(s.event["network"]["dst_port"].as_u64())),
+                );
+            }
+            (found, seen)
+        }
+        (None, None, Some(path)) => (
+            query::unix_connects_to(conn, path, max)?,
+            query::seen_unix(conn, path, max)?,
+        ),
+        (None, None, None) => anyhow::bail!("give --pid, --ip or --unix"),
+    };
+    // A denied connect's `policy.violation` twin repeats it: the connect
+    // answers (with its result and verdict).
+    if args.pid.is_none() {
+        found.retain(|se| se.event["kind"] != "policy.violation");
+    }
+    Ok((found, seen))
+}
+
+/// One answer of `who` as a text line: the process, where the answer came
+/// from, its run; for --ip and --unix what it connected to and how that
+/// ended (`tcp 10.0.0.5:443 refused [deny] blocked`).
+fn who_line(a: &Value) -> String {
+    let run = &a["run"];
+    let owner = if run.is_null() {
+        "not in any agent run".to_owned()
+    } else {
+        format!(
+            "run {} agent {} principal {} depth {} (attribution {})",
+            shown_str(run, "/id"),
+            shown_str(run, "/agent"),
+            shown_str(run, "/principal"),
+            shown_value(&run["depth"]),
+            shown_str(run, "/attribution")
+        )
+    };
+    let summary = if a["summary"].is_null() {
+        String::new()
+    } else {
+        format!(
+            " ({} events since {}, summed up: [store] keep = \"runs\")",
+            shown_value(&a["summary"]["events"]),
+            shown_str(a, "/summary/first_seen")
+        )
+    };
+    let exe = exe_shown(&a["process"]).unwrap_or_else(|| "?".to_owned());
+    let when = if a["source"] == "daemon" {
+        match a["last_seen"].as_str() {
+            Some(_) => format!(
+                "alive, last event {}; from the daemon",
+                shown_str(a, "/last_seen")
+            ),
+            None => "alive, no event stored; from the daemon".to_owned(),
+        }
+    } else {
+        format!("last seen {}; from the store", shown_str(a, "/last_seen"))
+    };
+    let network = if a.get("kind").is_some() && a["network"].is_object() {
+        let kind = shown_str(a, "/kind");
+        let what = if kind == "policy.violation" {
+            "network.connect".into()
+        } else {
+            kind
+        };
+        format!("; {}{}", describe_network(a, &what), verdict_shown(a))
+    } else {
+        String::new()
+    };
+    format!(
+        "pid {} {exe} (key {}, {when}): {owner}{summary}{network}",
+        shown_value(&a["process"]["pid"]),
+        shown_str(a, "/process/key"),
+    )
 }
 
 pub fn replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
@@ -927,12 +1216,31 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The rule files `rules check` and `rules test` read: those named, else
+/// the config's `[detect] rules` (see [`super::settings`]).
+fn rule_paths(
+    paths: &[std::path::PathBuf],
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    if !paths.is_empty() {
+        return Ok(paths.to_vec());
+    }
+    let settings = super::settings::Settings::load(config)?;
+    if settings.config.detect.rules.is_empty() {
+        anyhow::bail!(
+            "no rule files: give PATHS, or a config (--config) whose [detect] rules names them"
+        );
+    }
+    Ok(settings.config.detect.rules)
+}
+
 /// `sensor rules check` and `sensor rules test`.
 pub fn rules(cmd: &super::args::RulesCommand) -> anyhow::Result<ExitCode> {
     use super::args::RulesCommand;
     match cmd {
-        RulesCommand::Check { paths } => {
-            let set = crate::detect::RuleSet::load(paths)?;
+        RulesCommand::Check { paths, config } => {
+            let paths = rule_paths(paths, config.path.as_deref())?;
+            let set = crate::detect::RuleSet::load(&paths)?;
             let infos = set.rules().iter().map(|r| (&r.info, "")).chain(
                 set.correlations()
                     .iter()
@@ -956,7 +1264,8 @@ pub fn rules(cmd: &super::args::RulesCommand) -> anyhow::Result<ExitCode> {
             subtree,
             db,
         } => {
-            let set = crate::detect::RuleSet::load(paths)?;
+            let paths = rule_paths(paths, db.config.path.as_deref())?;
+            let set = crate::detect::RuleSet::load(&paths)?;
             let conn = open_for_reading(&db.db)?;
             let run = query::find_run(&conn, run)?;
             let runs = if *subtree {
@@ -1073,6 +1382,69 @@ mod tests {
             1
         );
         assert!(on.verdicts(&audit).contains("\x1b[33;1m[deny] would"));
+
+        // `events`: the verdict and the rule in fixed columns, whatever the
+        // detail's length; a violation line names the binary and the rule.
+        let mut columns = VerdictColumns::default();
+        let rows = [
+            deny("process.exec", true),
+            deny("policy.violation", true),
+            deny("process.exec", false),
+            json!({"kind": "process.exec", "process": {"pid": 8, "argv": ["/usr/bin/true", "a long argument"]},
+                   "exec": {"result": "ok"}, "policy": {"verdict": "allow", "rule": "exec.allow /usr/bin/"}}),
+            json!({"kind": "process.exit", "process": {"pid": 9, "exe": "/x", "exit_code": 0}}),
+        ];
+        let cells: Vec<_> = rows.iter().map(verdict_cells).collect();
+        for c in &cells {
+            columns.widen(c);
+        }
+        let lines: Vec<(String, usize)> = rows
+            .iter()
+            .zip(&cells)
+            .map(|(e, c)| columns.line("T", "run", c, &describe_columns(e, EVENTS_KIND_WIDTH)))
+            .collect();
+        let kind_at: Vec<usize> = lines
+            .iter()
+            .zip(&rows)
+            .map(|((l, _), e)| l.find(e["kind"].as_str().unwrap()).unwrap())
+            .collect();
+        assert!(kind_at.windows(2).all(|w| w[0] == w[1]), "{lines:#?}");
+        assert!(lines.iter().all(|(_, at)| *at == lines[0].1));
+        assert!(
+            lines[0]
+                .0
+                .contains("[deny] blocked  exec.allow (no rule matches)  process.exec"),
+            "{}",
+            lines[0].0
+        );
+        assert!(
+            lines[1]
+                .0
+                .contains("[violation]     exec.allow (no rule matches)  policy.violation "),
+            "{}",
+            lines[1].0
+        );
+        assert!(lines[1].0.ends_with(" /usr/bin/env"), "{}", lines[1].0);
+        assert!(lines[2].0.contains("[deny] audit "), "{}", lines[2].0);
+        assert!(
+            lines[3].0.contains("[allow]         exec.allow /usr/bin/ "),
+            "{}",
+            lines[3].0
+        );
+        assert_eq!(
+            lines.iter().filter(|(l, _)| l.contains("[deny]")).count(),
+            2,
+            "one [deny] per denial"
+        );
+        let painted = on.cell(&lines[0].0, lines[0].1, &cells[0].0);
+        assert!(
+            painted.contains("\x1b[31;1m[deny] blocked\x1b[0m"),
+            "{painted}"
+        );
+        assert_eq!(
+            Paint { on: false }.cell(&lines[0].0, lines[0].1, &cells[0].0),
+            lines[0].0
+        );
         assert_eq!(Paint { on: false }.verdicts(&blocked), blocked);
     }
 }

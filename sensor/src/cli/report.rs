@@ -1514,6 +1514,7 @@ mod tests {
             output: output.clone(),
             db: db.clone(),
             no_fold: false,
+            config: super::super::args::ConfigArg::default(),
         })
         .unwrap();
         let took = started.elapsed();

@@ -17,7 +17,7 @@ use crate::{
 
 pub fn execute(args: &TokenArgs) -> anyhow::Result<ExitCode> {
     match &args.action {
-        Some(TokenCommand::Jwks { socket }) => match control::request(socket, &Request::Jwks) {
+        Some(TokenCommand::Jwks { socket, .. }) => match control::request(socket, &Request::Jwks) {
             Ok(Response::Jwks { jwks, .. }) => {
                 println!("{}", serde_json::to_string_pretty(&jwks)?);
                 Ok(ExitCode::SUCCESS)
@@ -25,7 +25,9 @@ pub fn execute(args: &TokenArgs) -> anyhow::Result<ExitCode> {
             Ok(other) => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
             Err(e) => super::refusal(e),
         },
-        Some(TokenCommand::Verify { token, aud, socket }) => {
+        Some(TokenCommand::Verify {
+            token, aud, socket, ..
+        }) => {
             let (issuer, jwks) = match control::request(socket, &Request::Jwks) {
                 Ok(Response::Jwks { issuer, jwks }) => (issuer, jwks),
                 Ok(other) => anyhow::bail!("unexpected answer from the daemon: {other:?}"),

@@ -231,6 +231,27 @@ impl Handler {
                     Err(e) => error(&e),
                 }
             }
+            Request::Process { pid } => match engine.attribution().process(pid) {
+                // Another user's process: /proc shows the caller no more than
+                // that it exists; its run, exe and key are not for them.
+                Ok(answer) if peer.uid != 0 && answer.uid != peer.uid => Response::Error {
+                    message: format!("process {pid} is another user's: only root may ask about it"),
+                },
+                Ok(mut answer) => {
+                    // A run of another user (a matcher run root started): its
+                    // labels, claim and scopes are theirs.
+                    if let Some(run) = answer.run.as_mut()
+                        && peer.uid != 0
+                        && run.uid != peer.uid
+                    {
+                        run.labels.clear();
+                        run.principal_claimed = None;
+                        run.scopes.clear();
+                    }
+                    Response::Process(Box::new(answer))
+                }
+                Err(e) => error(&e),
+            },
             Request::Token(req) => self.token(engine, peer, &req, out),
             Request::Jwks => match &self.tokens {
                 Some(t) => Response::Jwks {

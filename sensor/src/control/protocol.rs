@@ -25,6 +25,11 @@ pub enum Request {
     /// The run of process `pid`; `start_ticks` (field 22 of /proc/PID/stat)
     /// makes the answer refuse a recycled pid.
     Attest { pid: u32, start_ticks: Option<u64> },
+    /// What the daemon knows now of live process `pid` (`sensor who
+    /// --pid`): its key, uid, exe and run, even when it produced no event
+    /// yet. A caller that is not root may only ask about its own
+    /// processes (same real uid), as /proc would show them.
+    Process { pid: u32 },
     /// A run token for the caller's run.
     Token(crate::tokens::TokenRequest),
     /// The public keys of run tokens, and the issuer.
@@ -46,6 +51,8 @@ pub enum Response {
         run: Box<Run>,
     },
     Run(Box<RunAnswer>),
+    /// The answer to `process`.
+    Process(Box<crate::attribution::ProcessAnswer>),
     Reloaded {
         version: u64,
         policies: Vec<String>,

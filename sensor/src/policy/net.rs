@@ -279,6 +279,15 @@ pub fn contains(net: IpAddr, prefix: u8, ip: IpAddr) -> bool {
     }
 }
 
+/// `net/prefix`'s network address: `net` with its host bits cleared.
+#[must_use]
+pub fn network(net: IpAddr, prefix: u8) -> IpAddr {
+    match net {
+        IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(mask4(a, prefix))),
+        IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(mask6(a, prefix))),
+    }
+}
+
 fn mask4(a: Ipv4Addr, prefix: u8) -> u32 {
     let m = if prefix == 0 {
         0

@@ -459,9 +459,9 @@ pub fn render(seen: &Observed, opts: &Options, check: &dyn DirCheck) -> String {
     // Writing to a String cannot fail.
     let _ = writeln!(
         out,
-        "# Suggested by `sensor policy suggest` from {} events of {} runs ({}).",
+        "# Suggested by `sensor policy suggest` from {} events of {} ({}).",
         seen.events,
-        seen.runs.len(),
+        crate::cli::display::count(seen.runs.len(), "run", "runs"),
         comment_text(&opts.source)
     );
     out.push_str(

@@ -19,7 +19,9 @@ const CACHE_KIB: u32 = 16 * 1024;
 /// Why the store cannot be used. Messages name the file.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("no sensor database at {path} (is the daemon writing elsewhere? see --db / SENSOR_DB)")]
+    #[error(
+        "no sensor database at {path} (is the daemon writing elsewhere? see --db / SENSOR_DB, or --config naming its config)"
+    )]
     Missing { path: PathBuf },
     #[error("{path} is not a sensor database (it is not SQLite, or it is damaged)")]
     NotSqlite {

@@ -245,6 +245,36 @@ pub fn connects_to(
     collect(rows)
 }
 
+/// The distinct destination addresses (`dst_ip`) of the stored events and
+/// of the summaries, at most `limit` of each, in text order: `who --ip`
+/// with a CIDR matches them. The events' are read by skipping along their
+/// index (one lookup per distinct address), never by scanning the rows.
+pub fn distinct_dst_ips(conn: &Connection, limit: u32) -> Result<Vec<String>, QueryError> {
+    let mut stmt = conn.prepare(
+        "WITH RECURSIVE d(ip) AS (
+             SELECT (SELECT MIN(dst_ip) FROM events WHERE dst_ip IS NOT NULL)
+             UNION ALL
+             SELECT (SELECT MIN(dst_ip) FROM events WHERE dst_ip IS NOT NULL AND dst_ip > d.ip)
+             FROM d WHERE d.ip IS NOT NULL
+         )
+         SELECT ip FROM d WHERE ip IS NOT NULL LIMIT ?1",
+    )?;
+    let mut out: Vec<String> = stmt
+        .query_map(params![limit], |r| r.get::<_, String>(0))?
+        .collect::<Result<_, _>>()?;
+    if has_summaries(conn)? {
+        let mut stmt = conn.prepare(
+            "SELECT DISTINCT dst FROM destination_seen WHERE unix = 0 ORDER BY dst LIMIT ?1",
+        )?;
+        for ip in stmt.query_map(params![limit], |r| r.get::<_, String>(0))? {
+            out.push(ip?);
+        }
+        out.sort();
+        out.dedup();
+    }
+    Ok(out)
+}
+
 /// Connects (and datagrams) to the Unix socket address `path` (a path, or
 /// `@name`), newest first.
 pub fn unix_connects_to(
