@@ -30,6 +30,7 @@
 //! once per run (`transcript.unreadable`).
 
 pub mod claude;
+pub mod codex;
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -79,6 +80,8 @@ const SETTLE: Duration = Duration::from_millis(200);
 pub enum Format {
     /// Claude Code 2.x (`claude.rs`).
     ClaudeCode,
+    /// Codex CLI 0.x rollouts (`codex.rs`).
+    Codex,
 }
 
 impl Format {
@@ -87,6 +90,7 @@ impl Format {
     pub fn parse(name: &str) -> Option<Self> {
         match name {
             "claude-code" => Some(Self::ClaudeCode),
+            "codex" => Some(Self::Codex),
             _ => None,
         }
     }
@@ -368,7 +372,7 @@ impl Transcripts {
         for (id, f) in &mut self.runs {
             let ended = f.ended;
             if let Some(source) = f.source.clone() {
-                read_run(f, &source, &mut self.counts);
+                read_run(f, &source, now, &mut self.counts);
             }
             emit_ready(f, now, ended, &mut found, &mut self.counts);
             if !f.reported
@@ -415,6 +419,17 @@ fn resolve(format: Format, pid: u32) -> Result<Source, String> {
             let dir = claude::project_dir(&config, &cwd);
             Ok(Source { config, dir })
         }
+        Format::Codex => {
+            let config = codex::config_dir(&env)
+                .ok_or_else(|| "neither CODEX_HOME nor HOME is set".to_owned())?;
+            let config = if config.is_absolute() {
+                config
+            } else {
+                cwd.join(config)
+            };
+            let dir = config.join("sessions");
+            Ok(Source { config, dir })
+        }
     }
 }
 
@@ -441,34 +456,50 @@ fn problem(f: &mut Followed, path: Option<&Path>, why: String) {
     }
 }
 
-/// Reads the new lines of the run's transcript files.
-fn read_run(f: &mut Followed, source: &Source, counts: &mut Counts) {
-    // The dir may not exist yet (the agent writes its first line later).
-    let Ok(dir) = std::fs::canonicalize(&source.dir) else {
-        return;
+/// Reads the new lines of the run's transcript files: Claude Code's in
+/// the project dir, Codex's in the day dirs of `sessions` around the run.
+fn read_run(f: &mut Followed, source: &Source, now: SystemTime, counts: &mut Counts) {
+    let dirs = match f.format {
+        Format::ClaudeCode => vec![source.dir.clone()],
+        Format::Codex => codex::day_dirs(&source.dir, f.start, now),
     };
     let config = std::fs::canonicalize(&source.config).unwrap_or_else(|_| source.config.clone());
-    if !dir.starts_with(&config) {
-        problem(
-            f,
-            Some(&source.dir),
-            format!("resolves to {} outside {}", dir.display(), config.display()),
-        );
-        return;
-    }
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) => {
-            problem(f, Some(&dir), format!("cannot list: {e}"));
-            return;
+    let mut paths: Vec<PathBuf> = Vec::new();
+    for dir in dirs {
+        // The dir may not exist yet (the agent writes its first line later).
+        let Ok(real) = std::fs::canonicalize(&dir) else {
+            continue;
+        };
+        if !real.starts_with(&config) {
+            problem(
+                f,
+                Some(&dir),
+                format!(
+                    "resolves to {} outside {}",
+                    real.display(),
+                    config.display()
+                ),
+            );
+            continue;
         }
-    };
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .take(4 * FILES_MAX)
-        .collect();
+        let entries = match std::fs::read_dir(&real) {
+            Ok(e) => e,
+            Err(e) => {
+                problem(f, Some(&real), format!("cannot list: {e}"));
+                continue;
+            }
+        };
+        paths.extend(
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| match f.format {
+                    Format::ClaudeCode => p.extension().is_some_and(|x| x == "jsonl"),
+                    Format::Codex => codex::is_rollout(p),
+                })
+                .take(4 * FILES_MAX),
+        );
+    }
     paths.sort();
     let mut budget = READ_PER_TICK;
     for path in paths {
@@ -476,9 +507,10 @@ fn read_run(f: &mut Followed, source: &Source, counts: &mut Counts) {
             break;
         }
         if !f.files.contains_key(&path) && f.files.len() >= FILES_MAX {
+            let dir = path.parent().map(Path::to_path_buf);
             problem(
                 f,
-                Some(&dir),
+                dir.as_deref(),
                 format!("more than {FILES_MAX} transcript files"),
             );
             break;
@@ -570,11 +602,13 @@ fn read_file(f: &mut Followed, path: &Path, budget: &mut u64, counts: &mut Count
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        match f.format {
-            Format::ClaudeCode => match claude::parse_line(&line) {
-                Some(r) => records.extend(r),
-                None => skipped += 1,
-            },
+        let parsed = match f.format {
+            Format::ClaudeCode => claude::parse_line(&line),
+            Format::Codex => codex::parse_line(&line),
+        };
+        match parsed {
+            Some(r) => records.extend(r),
+            None => skipped += 1,
         }
     }
     if !state.skipping {
@@ -672,7 +706,8 @@ fn emit_ready(
     calls.sort_by_key(|(_, p)| p.time);
     for (id, p) in calls {
         let end = p.result.map_or(now, |(t, _)| t);
-        let (processes, more) = link(&f.acts, &p.input, p.time, end, shell(&p.name));
+        let is_shell = shell(f.format, &p.name);
+        let (processes, more) = link(&f.acts, &p.input, p.time, end, is_shell);
         counts.calls += 1;
         if f.done.len() < PENDING_MAX * 4 {
             f.done.insert(id.clone());
@@ -689,7 +724,7 @@ fn emit_ready(
             processes,
             processes_truncated: more.then_some(true),
         };
-        let unobserved = shell(&call.name)
+        let unobserved = is_shell
             && call.processes.is_empty()
             && !call.input.trim().is_empty()
             && call.is_error == Some(false);
@@ -701,8 +736,11 @@ fn emit_ready(
 }
 
 /// Whether calls of tool `name` run a shell command.
-fn shell(name: &str) -> bool {
-    name == "Bash"
+fn shell(format: Format, name: &str) -> bool {
+    match format {
+        Format::ClaudeCode => name == "Bash",
+        Format::Codex => codex::is_shell(name),
+    }
 }
 
 /// The forms a command takes in its shell's `-c` script: as it is, and
@@ -766,3 +804,6 @@ fn link(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod codex_tests;
