@@ -104,6 +104,21 @@ pub fn is_shell(name: &str) -> bool {
     )
 }
 
+/// Whether an exec with `argv` is Codex's sandbox machinery between the
+/// agent and a tool's shell: its helper re-execs (argv[0]
+/// `codex-linux-sandbox`, or a `--codex-run-as-*` mode) and bubblewrap.
+#[must_use]
+pub fn is_helper(argv: &[String]) -> bool {
+    let argv0 = argv
+        .first()
+        .map(|a| a.rsplit('/').next().unwrap_or(a.as_str()));
+    matches!(argv0, Some("codex-linux-sandbox" | "bwrap"))
+        || argv
+            .iter()
+            .take(4)
+            .any(|a| a.starts_with("--codex-run-as-"))
+}
+
 /// The records of one line; `None` for a line that is not a JSON object.
 #[must_use]
 pub fn parse_line(line: &[u8]) -> Option<Vec<Record>> {

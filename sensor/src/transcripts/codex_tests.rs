@@ -112,58 +112,105 @@ fn codex_calls_are_linked_through_the_sandbox_helpers() {
         ]
     };
     let h1 = helper("echo one");
-    let h2 = helper("curl -s http://127.0.0.1:9/x");
+    // Call 2 as the kernel sees it: the helpers' argv cut before the
+    // command (8 KiB), the shell's first script a wrapper that re-execs it.
+    let cut: &[&str] = &[
+        "codex-linux-sandbox",
+        "--sandbox-policy-cwd",
+        "/w",
+        "--",
+        "/bin/bash",
+        "-c",
+        "__CODEX_SNAPSHOT_OVERRIDE_SET_0=1",
+    ];
     let events = [
-        // Call 1: the helper, bwrap, the shell.
+        // Call 1: the helper (its argv has the command), bwrap, the shell.
         act(10, Kind::ProcessSpawn, 1_100, "k-h1", "k-codex", None),
         act(11, Kind::ProcessExec, 1_110, "k-h1", "k-codex", Some(&h1)),
+        act(12, Kind::ProcessSpawn, 1_120, "k-bw1", "k-h1", None),
         act(
-            12,
+            13,
             Kind::ProcessExec,
-            1_120,
+            1_130,
+            "k-bw1",
             "k-h1",
-            "k-codex",
             Some(&["bwrap", "--new-session"]),
         ),
-        act(13, Kind::ProcessSpawn, 1_130, "k-sh1", "k-h1", None),
+        act(14, Kind::ProcessSpawn, 1_140, "k-sh1", "k-bw1", None),
         act(
-            14,
+            15,
             Kind::ProcessExec,
-            1_140,
+            1_150,
             "k-sh1",
-            "k-h1",
-            Some(&["/bin/bash", "-lc", "echo one"]),
+            "k-bw1",
+            Some(&["/bin/bash", "-c", "echo one"]),
         ),
-        // Call 2: the helper, the shell, the curl and its connect.
+        // Call 2: process setup, the helper, bwrap, the helper inside it,
+        // the shell, the curl and its connect.
         act(20, Kind::ProcessSpawn, 3_100, "k-h2", "k-codex", None),
-        act(21, Kind::ProcessExec, 3_110, "k-h2", "k-codex", Some(&h2)),
-        act(22, Kind::ProcessSpawn, 3_120, "k-sh2", "k-h2", None),
         act(
-            23,
+            21,
+            Kind::ProcessExec,
+            3_105,
+            "k-h2",
+            "k-codex",
+            Some(&["/proc/self/exe", "--codex-run-as-process-setup", "49"]),
+        ),
+        act(22, Kind::ProcessExec, 3_110, "k-h2", "k-codex", Some(cut)),
+        act(23, Kind::ProcessSpawn, 3_111, "k-bw2", "k-h2", None),
+        act(
+            24,
+            Kind::ProcessExec,
+            3_112,
+            "k-bw2",
+            "k-h2",
+            Some(&["bwrap", "--new-session"]),
+        ),
+        act(25, Kind::ProcessSpawn, 3_113, "k-in2", "k-bw2", None),
+        act(26, Kind::ProcessExec, 3_114, "k-in2", "k-bw2", Some(cut)),
+        act(27, Kind::ProcessSpawn, 3_120, "k-sh2", "k-in2", None),
+        act(
+            28,
+            Kind::ProcessExec,
+            3_121,
+            "k-sh2",
+            "k-in2",
+            Some(&cut[4..]),
+        ),
+        act(
+            29,
             Kind::ProcessExec,
             3_130,
             "k-sh2",
-            "k-h2",
-            Some(&["/bin/bash", "-lc", curl]),
+            "k-in2",
+            Some(&["/bin/bash", "-c", curl]),
         ),
-        act(24, Kind::ProcessSpawn, 3_140, "k-curl", "k-sh2", None),
-        act(
-            25,
-            Kind::ProcessExec,
-            3_150,
-            "k-curl",
-            "k-sh2",
-            Some(&["curl", "-s", "http://127.0.0.1:9/x"]),
-        ),
-        act(26, Kind::NetworkConnect, 3_160, "k-curl", "k-sh2", None),
-        // Codex's own probe at start-up: no call's.
         act(
             30,
+            Kind::ProcessExec,
+            3_150,
+            "k-sh2",
+            "k-in2",
+            Some(&["curl", "-s", "http://127.0.0.1:9/x"]),
+        ),
+        act(31, Kind::NetworkConnect, 3_160, "k-sh2", "k-in2", None),
+        // Codex's own probe at start-up, and a process of the agent in the
+        // window that is no helper: no call's.
+        act(
+            40,
             Kind::ProcessExec,
             300,
             "k-git",
             "k-codex",
             Some(&["git", "rev-parse"]),
+        ),
+        act(
+            41,
+            Kind::ProcessExec,
+            3_140,
+            "k-codex",
+            "k-node",
+            Some(&["codex", "exec", "go"]),
         ),
     ];
     for e in &events {
@@ -203,13 +250,16 @@ fn codex_calls_are_linked_through_the_sandbox_helpers() {
     );
     assert_eq!(calls[0].is_error, Some(false));
     assert_eq!(calls[0].result_time, Some(Timestamp(at(1_500))));
-    assert_eq!(seqs(calls[0]), [10, 11, 12, 13, 14]);
+    assert_eq!(seqs(calls[0]), [10, 11, 12, 13, 14, 15]);
     assert_eq!(
         (calls[1].id.as_str(), calls[1].input.as_str()),
         ("call_2", curl)
     );
     assert_eq!(calls[1].is_error, Some(true));
-    assert_eq!(seqs(calls[1]), [20, 21, 22, 23, 24, 25, 26]);
+    assert_eq!(
+        seqs(calls[1]),
+        [20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31]
+    );
     assert!(calls[1].transcript.ends_with(ROLLOUT));
     // Two session records and one unknown: counted, not fatal.
     assert_eq!(fx.t.counts.other_lines, 2);

@@ -65,6 +65,8 @@ pub const ACTS_BYTES: usize = 2 << 20;
 pub const LINKED_MAX: usize = 256;
 /// Runs followed at once, at most.
 pub const RUNS_MAX: usize = 256;
+/// Sandbox helpers walked up from a call's shell, at most.
+const HELPER_DEPTH: usize = 16;
 /// Kept of an exec's argv for matching, at most (bytes; the kernel's
 /// capture is 8 KiB).
 const ARGV_KEPT: usize = 8 << 10;
@@ -146,6 +148,9 @@ struct Act {
     pid: u32,
     /// An exec's argv after argv[0], joined by spaces (bounded).
     args: Option<String>,
+    /// An exec of one of the agent's sandbox helpers, which run between
+    /// the agent and a tool call's shell (Codex: [`codex::is_helper`]).
+    helper: bool,
 }
 
 impl Act {
@@ -297,6 +302,9 @@ impl Transcripts {
                         })
                     })
                     .flatten();
+                let helper = e.kind == Kind::ProcessExec
+                    && f.format == Format::Codex
+                    && p.argv.as_deref().is_some_and(codex::is_helper);
                 let act = Act {
                     seq: e.seq,
                     kind: e.kind,
@@ -305,6 +313,7 @@ impl Transcripts {
                     parent_key: p.parent_key.clone(),
                     pid: p.pid,
                     args,
+                    helper,
                 };
                 f.acts_bytes += act.bytes();
                 f.acts.push_back(act);
@@ -756,8 +765,12 @@ fn command_forms(cmd: &str) -> Vec<String> {
 
 /// The events a shell call with `command` explains: the processes whose
 /// exec began in its window (`call - SLACK ..= result + SLACK`) with the
-/// command in their arguments, their descendants that began in the window,
-/// and the spawn, exec and connect events of all of them in the window.
+/// command in their arguments, the sandbox helpers they run under (the
+/// chain of helper execs in the window between them and the agent: Codex's
+/// `codex-linux-sandbox` and bwrap, whose argv the kernel's capture cuts
+/// before the command), the descendants of all of them that began in the
+/// window, and the spawn, exec and connect events of all of them in the
+/// window.
 fn link(
     acts: &VecDeque<Act>,
     command: &str,
@@ -774,12 +787,38 @@ fn link(
     let forms = command_forms(cmd);
     let in_window = |a: &&Act| a.time >= from && a.time <= to;
     let mut keys = std::collections::HashSet::new();
+    let mut parents: HashMap<&str, &str> = HashMap::new();
+    let mut helpers = std::collections::HashSet::new();
     for a in acts.iter().filter(in_window) {
         let root = a.kind == Kind::ProcessExec
             && a.args
                 .as_deref()
                 .is_some_and(|args| forms.iter().any(|f| args.contains(f.as_str())));
-        if root || keys.contains(&a.parent_key) {
+        if root {
+            keys.insert(a.key.clone());
+        }
+        if a.helper {
+            helpers.insert(a.key.as_str());
+        }
+        parents
+            .entry(a.key.as_str())
+            .or_insert(a.parent_key.as_str());
+    }
+    let roots: Vec<String> = keys.iter().cloned().collect();
+    for root in roots {
+        let mut at = root.as_str();
+        for _ in 0..HELPER_DEPTH {
+            match parents.get(at) {
+                Some(&parent) if helpers.contains(parent) => {
+                    keys.insert(parent.to_owned());
+                    at = parent;
+                }
+                _ => break,
+            }
+        }
+    }
+    for a in acts.iter().filter(in_window) {
+        if keys.contains(&a.parent_key) {
             keys.insert(a.key.clone());
         }
     }
