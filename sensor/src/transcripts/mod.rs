@@ -1,9 +1,10 @@
 //! "Which tool call did this?": the agents' own transcripts, read while their
 //! runs go on, as `tool.call` events linked to the run's process and connect
-//! events (issue 22, first slice: Claude Code).
+//! events (issue 22: Claude Code, `claude.rs`; Codex, `codex.rs`).
 //!
 //! The pipeline hands every event it emits to [`Transcripts::on_event`]
-//! (cheap: a run id lookup) and calls [`Transcripts::tick`] once a second;
+//! (cheap: a run id lookup) and calls [`Transcripts::tick`] every 250 ms
+//! while runs are followed ([`Transcripts::following`]) and once a second;
 //! what the tick returns it numbers like any event (engine) and emits.
 //!
 //! - A `run.start` of an agent whose `[[agent]]` has `transcripts = "FORMAT"`
@@ -12,10 +13,10 @@
 //! - The run's process events (spawn, exec, connect) are kept, bounded, for
 //!   the reconciliation.
 //! - Each tick reads what was appended to the run's transcript files since
-//!   the last tick (a bounded poll, not inotify: one `read_dir` and one
-//!   `fstat` per file per second, no watch descriptors to manage for files
+//!   the last tick (a bounded poll, not inotify: one `read_dir` per dir and
+//!   one `fstat` per file per tick, no watch descriptors to manage for files
 //!   that appear and rotate, and no extra thread; the cost is up to a
-//!   second of latency).
+//!   tick of latency).
 //! - A call whose result is read is emitted as `tool.call` with the events
 //!   it explains; at the tick after `run.end` the files are read a last
 //!   time, calls without a result are emitted with `result_time: null`,
@@ -243,6 +244,12 @@ impl Transcripts {
                 })
                 .collect(),
         )
+    }
+
+    /// Whether runs are being followed (or wait for their last read).
+    #[must_use]
+    pub fn following(&self) -> bool {
+        !self.runs.is_empty()
     }
 
     /// Whether any agent has transcripts to read.
