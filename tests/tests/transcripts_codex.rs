@@ -158,8 +158,31 @@ fn time_at(e: &Value, ptr: &str) -> Result<SystemTime> {
     Ok(SystemTime::UNIX_EPOCH + Duration::from_secs_f64(secs))
 }
 
-#[test]
-fn codex_tool_calls_are_linked_to_their_processes() -> Result<()> {
+/// What one `codex exec` run under the daemon left.
+struct Ran {
+    run: String,
+    events: Vec<Value>,
+    script: Vec<String>,
+    http: u16,
+    codex_home: PathBuf,
+    /// The wall clock around the codex process.
+    began: SystemTime,
+    ended: SystemTime,
+    /// Kept until the checks are done (the temp dirs go with them).
+    _dirs: (TempDir, Daemon),
+}
+
+/// Today's day dir of Codex's rollouts (it names them in local time).
+fn day_dir(codex_home: &Path) -> Result<PathBuf> {
+    let out = Command::new("date").arg("+%Y/%m/%d").output()?;
+    ensure!(out.status.success(), "date failed");
+    Ok(codex_home.join("sessions").join(text(&out.stdout).trim()))
+}
+
+/// Runs `codex exec` against the fake model under a daemon; `plant` may
+/// leave files in today's day dir of the rollouts before it starts;
+/// `forge` appends a call that never ran to codex's rollout as it runs.
+fn run_codex(plant: impl FnOnce(&Path) -> Result<()>, forge: bool) -> Result<Ran> {
     let codex = codex_bin()?;
     let tmp = TempDir::new("transcripts-codex")?;
     let home = tmp.path().join("home");
@@ -167,6 +190,9 @@ fn codex_tool_calls_are_linked_to_their_processes() -> Result<()> {
     let work = tmp.path().join("work");
     fs::create_dir_all(&codex_home)?;
     fs::create_dir_all(&work)?;
+    let day = day_dir(&codex_home)?;
+    fs::create_dir_all(&day)?;
+    plant(&day)?;
     let http = listener()?;
     let script = vec![
         "echo step-one".to_owned(),
@@ -208,9 +234,18 @@ network_access = true
     .env("FAKE_OPENAI_KEY", "sk-test-dummy")
     .env_remove("OPENAI_API_KEY")
     .env_remove("SENSOR_RUN_ID");
+    let forger = forge.then(|| {
+        let day = day.clone();
+        thread::spawn(move || forge_call(&day))
+    });
     let began = SystemTime::now();
     let (pid, out) = run_with_timeout(&mut cmd, Duration::from_secs(120))?;
     let ended = SystemTime::now();
+    if let Some(f) = forger {
+        f.join()
+            .map_err(|_| anyhow::anyhow!("the forger panicked"))?
+            .context("forging a call into the rollout")?;
+    }
     let model_log = fs::read_to_string(&model.log).unwrap_or_default();
     ensure!(
         out.status.success(),
@@ -235,24 +270,83 @@ network_access = true
         .context("run.start without run id")?
         .to_owned();
     let events = d.wait_events(Duration::from_secs(15), |evs| {
-        tool_calls(evs, &run).len() >= 3
+        tool_calls(evs, &run).len() >= 3 + usize::from(forge)
             && evs
                 .iter()
                 .any(|e| kind(e) == "run.end" && str_at(e, "/run/id") == Some(run.as_str()))
     })?;
     d.check_alive()?;
+    Ok(Ran {
+        run,
+        events,
+        script,
+        http,
+        codex_home,
+        began,
+        ended,
+        _dirs: (tmp, d),
+    })
+}
 
-    let bad: Vec<String> = events
-        .iter()
-        .filter(|e| {
-            matches!(kind(e), "transcript.unreadable" | "tool.unobserved")
-                && str_at(e, "/run/id") == Some(run.as_str())
-        })
-        .map(compact)
+/// The forged call's id and command.
+const FORGED_ID: &str = "call_forged";
+const FORGED_CMD: &str = "curl -s http://evil.example/never-ran";
+
+/// The time now as the rollout writes it (RFC 3339, ms, UTC).
+fn now_stamp() -> Result<String> {
+    let out = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%S.%3NZ"])
+        .output()?;
+    ensure!(out.status.success(), "date failed");
+    Ok(text(&out.stdout).trim().to_owned())
+}
+
+/// Edits the run's rollout as it is written: once codex has begun its
+/// file, appends an `exec_command` call that never ran, with a successful
+/// output.
+fn forge_call(day: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let file = loop {
+        let found = fs::read_dir(day)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("rollout-20"))
+            });
+        if let Some(f) = found {
+            break f;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "codex wrote no rollout in {}",
+            day.display()
+        );
+        thread::sleep(Duration::from_millis(20));
+    };
+    let args = serde_json::json!({ "cmd": FORGED_CMD }).to_string();
+    let call = serde_json::json!({"timestamp": now_stamp()?, "type": "response_item",
+        "payload": {"type": "function_call", "name": "exec_command", "arguments": args,
+                    "call_id": FORGED_ID}});
+    let output = serde_json::json!({"timestamp": now_stamp()?, "type": "response_item",
+        "payload": {"type": "function_call_output", "call_id": FORGED_ID,
+                    "output": "Chunk ID: 1\nProcess exited with code 0\nOutput:\n"}});
+    let mut f = fs::OpenOptions::new().append(true).open(&file)?;
+    f.write_all(format!("{call}\n{output}\n").as_bytes())?;
+    Ok(())
+}
+
+/// The three calls, in order, with their ids, commands and times, each
+/// explaining its sandbox helpers and shell; the curl's exec and connect
+/// under the second call only; the start-up probes under none; each
+/// emitted within 1 s of its result.
+fn check_calls(r: &Ran) -> Result<()> {
+    let (run, events, script, http) = (&r.run, &r.events, &r.script, r.http);
+    let (codex_home, began, ended) = (&r.codex_home, r.began, r.ended);
+    let calls: Vec<Value> = tool_calls(events, run)
+        .into_iter()
+        .filter(|c| str_at(c, "/tool_call/id").is_some_and(|id| id.starts_with("call_fake")))
         .collect();
-    ensure!(bad.is_empty(), "unexpected: {bad:?}");
-
-    let calls = tool_calls(&events, &run);
     ensure!(
         calls.len() == 3,
         "tool.call events: {:?}",
@@ -261,7 +355,7 @@ network_access = true
     let sessions = codex_home.join("sessions").to_string_lossy().into_owned();
     let by_seq = |seq: u64| events.iter().find(|e| e["seq"].as_u64() == Some(seq));
     let mut latencies = Vec::new();
-    for (i, (call, cmd)) in calls.iter().zip(&script).enumerate() {
+    for (i, (call, cmd)) in calls.iter().zip(script).enumerate() {
         let want_id = format!("call_fake{i:02}");
         ensure!(
             str_at(call, "/tool_call/id") == Some(want_id.as_str())
@@ -391,4 +485,69 @@ network_access = true
         "latency result -> tool.call too high: {ms:?} ms"
     );
     Ok(())
+}
+
+fn of_run<'a>(r: &'a Ran, k: &str) -> Vec<&'a Value> {
+    r.events
+        .iter()
+        .filter(|e| kind(e) == k && str_at(e, "/run/id") == Some(r.run.as_str()))
+        .collect()
+}
+
+#[test]
+fn codex_tool_calls_are_linked_to_their_processes() -> Result<()> {
+    let r = run_codex(|_| Ok(()), false)?;
+    let bad: Vec<String> = of_run(&r, "transcript.unreadable")
+        .into_iter()
+        .chain(of_run(&r, "tool.unobserved"))
+        .map(compact)
+        .collect();
+    ensure!(bad.is_empty(), "unexpected: {bad:?}");
+    check_calls(&r)
+}
+
+/// A rollout that is a symlink to /etc/shadow and one of garbage beside
+/// codex's own, and a call forged into codex's rollout that never ran: the
+/// daemon reads neither file, says so once, stays up, still reports and
+/// links the real calls, and reports the forged one as `tool.unobserved`.
+#[test]
+fn codex_hostile_rollouts_and_a_forged_call() -> Result<()> {
+    let r = run_codex(
+        |day| {
+            // Named to sort before codex's own (rollout-YYYY-...), so that
+            // the symlink is the run's first problem.
+            std::os::unix::fs::symlink("/etc/shadow", day.join("rollout-0-shadow.jsonl"))?;
+            let mut garbage = fs::File::create(day.join("rollout-zz-garbage.jsonl"))?;
+            garbage.write_all(b"{not json\n")?;
+            garbage.write_all(&vec![b'x'; (1 << 20) + 10])?;
+            garbage.write_all(b"\n")?;
+            Ok(())
+        },
+        true,
+    )?;
+    let bad = of_run(&r, "transcript.unreadable");
+    ensure!(
+        bad.len() == 1,
+        "one transcript.unreadable expected: {:?}",
+        bad.iter().map(|e| compact(e)).collect::<Vec<_>>()
+    );
+    ensure!(
+        str_at(bad[0], "/transcript/path").is_some_and(|p| p.ends_with("rollout-0-shadow.jsonl"))
+            && str_at(bad[0], "/transcript/reason").is_some_and(|r| r.contains("cannot open")),
+        "{}",
+        compact(bad[0])
+    );
+    ensure!(
+        !r.events.iter().any(|e| compact(e).contains("root:")),
+        "something of /etc/shadow reached the events"
+    );
+    let unobserved = of_run(&r, "tool.unobserved");
+    ensure!(
+        unobserved.len() == 1
+            && str_at(unobserved[0], "/tool_call/id") == Some(FORGED_ID)
+            && str_at(unobserved[0], "/tool_call/input") == Some(FORGED_CMD),
+        "tool.unobserved: {:?}",
+        unobserved.iter().map(|e| compact(e)).collect::<Vec<_>>()
+    );
+    check_calls(&r)
 }
