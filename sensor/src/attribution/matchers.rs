@@ -39,10 +39,18 @@ pub struct AgentConfig {
     /// Scopes the run tokens of the runs it starts may carry.
     #[serde(default)]
     pub scopes: Vec<String>,
-    /// How its runs' transcripts are found and read (`"claude-code"`):
-    /// each tool call becomes a `tool.call` event (`crate::transcripts`).
+    /// How its runs' transcripts are found and read (`"claude-code"`,
+    /// `"codex"`): each tool call becomes a `tool.call` event
+    /// (`crate::transcripts`).
     #[serde(default)]
     pub transcripts: Option<String>,
+    /// Globs on the resolved executable path, or on argv[0] (also by its
+    /// file name), of the processes the agent runs on its own account and
+    /// not for a tool call (sandbox helpers, start-up probes): the agent's
+    /// known infrastructure, which no tool call has to explain
+    /// ([`Matcher::is_infrastructure`]).
+    #[serde(default)]
+    pub infrastructure: Vec<String>,
 }
 
 /// Interpreters whose first non-option argument is the program they run.
@@ -61,6 +69,7 @@ pub struct Matcher {
     script: Vec<GlobMatcher>,
     module: Vec<String>,
     exclude: Vec<GlobMatcher>,
+    infrastructure: Vec<GlobMatcher>,
 }
 
 /// A matcher that cannot be compiled.
@@ -77,7 +86,9 @@ pub enum MatcherError {
     Empty { name: String },
     #[error("[[agent]] needs a name")]
     NoName,
-    #[error("[[agent]] {name:?}: unknown transcripts format {format:?} (known: \"claude-code\")")]
+    #[error(
+        "[[agent]] {name:?}: unknown transcripts format {format:?} (known: \"claude-code\", \"codex\")"
+    )]
     Transcripts { name: String, format: String },
 }
 
@@ -122,7 +133,22 @@ impl Matcher {
             script: compile(&c.name, &c.script)?,
             module: c.module.clone(),
             exclude: compile(&c.name, &c.exclude_argv)?,
+            infrastructure: compile(&c.name, &c.infrastructure)?,
         })
+    }
+
+    /// Is this exec one of the agent's own helpers (`infrastructure`): its
+    /// resolved exe, its argv[0] or argv[0]'s file name matches?
+    #[must_use]
+    pub fn is_infrastructure(&self, exe: &str, argv: &[String]) -> bool {
+        let argv0 = argv.first().map(String::as_str);
+        let argv0_name = argv0
+            .and_then(|a| Path::new(a).file_name())
+            .and_then(|n| n.to_str());
+        std::iter::once(exe)
+            .chain(argv0)
+            .chain(argv0_name)
+            .any(|a| self.infrastructure.iter().any(|g| g.is_match(a)))
     }
 
     /// Does this exec (resolved exe, argv, cwd) belong to the agent?
@@ -241,6 +267,12 @@ impl Matchers {
     pub fn find(&self, exec: &ExecView<'_>) -> Option<&Matcher> {
         self.matchers.iter().find(|m| m.matches(exec))
     }
+
+    /// The matcher of the agent named `name`.
+    #[must_use]
+    pub fn named(&self, name: &str) -> Option<&Matcher> {
+        self.matchers.iter().find(|m| m.name == name)
+    }
 }
 
 #[cfg(test)]
@@ -256,6 +288,33 @@ mod tests {
             name: name.into(),
             ..AgentConfig::default()
         }
+    }
+
+    #[test]
+    fn infrastructure() {
+        let mut c = agent("codex");
+        c.exe = vec!["**/bin/codex".into()];
+        c.infrastructure = vec![
+            "codex-linux-sandbox".into(),
+            "**/codex-resources/bwrap".into(),
+        ];
+        let ms = Matchers::new(&[c]).unwrap_or_default();
+        let Some(m) = ms.named("codex") else {
+            panic!("no matcher named codex");
+        };
+        assert!(ms.named("claude").is_none());
+        let codex = "/n/@openai/codex-linux-x64/vendor/x/bin/codex";
+        assert!(m.is_infrastructure(codex, &argv(&["codex-linux-sandbox", "--"])));
+        assert!(m.is_infrastructure(
+            "/n/x/codex-resources/bwrap",
+            &argv(&["bwrap", "--new-session"])
+        ));
+        assert!(!m.is_infrastructure(codex, &argv(&[codex, "exec"])));
+        assert!(!m.is_infrastructure("/usr/bin/curl", &argv(&["curl"])));
+        let mut bad = agent("x");
+        bad.exe = vec!["/x".into()];
+        bad.infrastructure = vec!["[".into()];
+        assert!(Matcher::new(&bad).is_err());
     }
 
     #[test]

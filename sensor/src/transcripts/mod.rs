@@ -1,9 +1,10 @@
 //! "Which tool call did this?": the agents' own transcripts, read while their
 //! runs go on, as `tool.call` events linked to the run's process and connect
-//! events (issue 22, first slice: Claude Code).
+//! events (issue 22: Claude Code, `claude.rs`; Codex, `codex.rs`).
 //!
 //! The pipeline hands every event it emits to [`Transcripts::on_event`]
-//! (cheap: a run id lookup) and calls [`Transcripts::tick`] once a second;
+//! (cheap: a run id lookup) and calls [`Transcripts::tick`] every 250 ms
+//! while runs are followed ([`Transcripts::following`]) and once a second;
 //! what the tick returns it numbers like any event (engine) and emits.
 //!
 //! - A `run.start` of an agent whose `[[agent]]` has `transcripts = "FORMAT"`
@@ -12,10 +13,10 @@
 //! - The run's process events (spawn, exec, connect) are kept, bounded, for
 //!   the reconciliation.
 //! - Each tick reads what was appended to the run's transcript files since
-//!   the last tick (a bounded poll, not inotify: one `read_dir` and one
-//!   `fstat` per file per second, no watch descriptors to manage for files
+//!   the last tick (a bounded poll, not inotify: one `read_dir` per dir and
+//!   one `fstat` per file per tick, no watch descriptors to manage for files
 //!   that appear and rotate, and no extra thread; the cost is up to a
-//!   second of latency).
+//!   tick of latency).
 //! - A call whose result is read is emitted as `tool.call` with the events
 //!   it explains; at the tick after `run.end` the files are read a last
 //!   time, calls without a result are emitted with `result_time: null`,
@@ -30,6 +31,7 @@
 //! once per run (`transcript.unreadable`).
 
 pub mod claude;
+pub mod codex;
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -64,6 +66,8 @@ pub const ACTS_BYTES: usize = 2 << 20;
 pub const LINKED_MAX: usize = 256;
 /// Runs followed at once, at most.
 pub const RUNS_MAX: usize = 256;
+/// Sandbox helpers walked up from a call's shell, at most.
+const HELPER_DEPTH: usize = 16;
 /// Kept of an exec's argv for matching, at most (bytes; the kernel's
 /// capture is 8 KiB).
 const ARGV_KEPT: usize = 8 << 10;
@@ -79,6 +83,8 @@ const SETTLE: Duration = Duration::from_millis(200);
 pub enum Format {
     /// Claude Code 2.x (`claude.rs`).
     ClaudeCode,
+    /// Codex CLI 0.x rollouts (`codex.rs`).
+    Codex,
 }
 
 impl Format {
@@ -87,6 +93,7 @@ impl Format {
     pub fn parse(name: &str) -> Option<Self> {
         match name {
             "claude-code" => Some(Self::ClaudeCode),
+            "codex" => Some(Self::Codex),
             _ => None,
         }
     }
@@ -142,6 +149,9 @@ struct Act {
     pid: u32,
     /// An exec's argv after argv[0], joined by spaces (bounded).
     args: Option<String>,
+    /// An exec of one of the agent's sandbox helpers, which run between
+    /// the agent and a tool call's shell (Codex: [`codex::is_helper`]).
+    helper: bool,
 }
 
 impl Act {
@@ -236,6 +246,12 @@ impl Transcripts {
         )
     }
 
+    /// Whether runs are being followed (or wait for their last read).
+    #[must_use]
+    pub fn following(&self) -> bool {
+        !self.runs.is_empty()
+    }
+
     /// Whether any agent has transcripts to read.
     #[must_use]
     pub fn is_empty(&self) -> bool {
@@ -293,6 +309,9 @@ impl Transcripts {
                         })
                     })
                     .flatten();
+                let helper = e.kind == Kind::ProcessExec
+                    && f.format == Format::Codex
+                    && p.argv.as_deref().is_some_and(codex::is_helper);
                 let act = Act {
                     seq: e.seq,
                     kind: e.kind,
@@ -301,6 +320,7 @@ impl Transcripts {
                     parent_key: p.parent_key.clone(),
                     pid: p.pid,
                     args,
+                    helper,
                 };
                 f.acts_bytes += act.bytes();
                 f.acts.push_back(act);
@@ -368,7 +388,7 @@ impl Transcripts {
         for (id, f) in &mut self.runs {
             let ended = f.ended;
             if let Some(source) = f.source.clone() {
-                read_run(f, &source, &mut self.counts);
+                read_run(f, &source, now, &mut self.counts);
             }
             emit_ready(f, now, ended, &mut found, &mut self.counts);
             if !f.reported
@@ -415,6 +435,17 @@ fn resolve(format: Format, pid: u32) -> Result<Source, String> {
             let dir = claude::project_dir(&config, &cwd);
             Ok(Source { config, dir })
         }
+        Format::Codex => {
+            let config = codex::config_dir(&env)
+                .ok_or_else(|| "neither CODEX_HOME nor HOME is set".to_owned())?;
+            let config = if config.is_absolute() {
+                config
+            } else {
+                cwd.join(config)
+            };
+            let dir = config.join("sessions");
+            Ok(Source { config, dir })
+        }
     }
 }
 
@@ -441,34 +472,50 @@ fn problem(f: &mut Followed, path: Option<&Path>, why: String) {
     }
 }
 
-/// Reads the new lines of the run's transcript files.
-fn read_run(f: &mut Followed, source: &Source, counts: &mut Counts) {
-    // The dir may not exist yet (the agent writes its first line later).
-    let Ok(dir) = std::fs::canonicalize(&source.dir) else {
-        return;
+/// Reads the new lines of the run's transcript files: Claude Code's in
+/// the project dir, Codex's in the day dirs of `sessions` around the run.
+fn read_run(f: &mut Followed, source: &Source, now: SystemTime, counts: &mut Counts) {
+    let dirs = match f.format {
+        Format::ClaudeCode => vec![source.dir.clone()],
+        Format::Codex => codex::day_dirs(&source.dir, f.start, now),
     };
     let config = std::fs::canonicalize(&source.config).unwrap_or_else(|_| source.config.clone());
-    if !dir.starts_with(&config) {
-        problem(
-            f,
-            Some(&source.dir),
-            format!("resolves to {} outside {}", dir.display(), config.display()),
-        );
-        return;
-    }
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) => {
-            problem(f, Some(&dir), format!("cannot list: {e}"));
-            return;
+    let mut paths: Vec<PathBuf> = Vec::new();
+    for dir in dirs {
+        // The dir may not exist yet (the agent writes its first line later).
+        let Ok(real) = std::fs::canonicalize(&dir) else {
+            continue;
+        };
+        if !real.starts_with(&config) {
+            problem(
+                f,
+                Some(&dir),
+                format!(
+                    "resolves to {} outside {}",
+                    real.display(),
+                    config.display()
+                ),
+            );
+            continue;
         }
-    };
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .take(4 * FILES_MAX)
-        .collect();
+        let entries = match std::fs::read_dir(&real) {
+            Ok(e) => e,
+            Err(e) => {
+                problem(f, Some(&real), format!("cannot list: {e}"));
+                continue;
+            }
+        };
+        paths.extend(
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| match f.format {
+                    Format::ClaudeCode => p.extension().is_some_and(|x| x == "jsonl"),
+                    Format::Codex => codex::is_rollout(p),
+                })
+                .take(4 * FILES_MAX),
+        );
+    }
     paths.sort();
     let mut budget = READ_PER_TICK;
     for path in paths {
@@ -476,9 +523,10 @@ fn read_run(f: &mut Followed, source: &Source, counts: &mut Counts) {
             break;
         }
         if !f.files.contains_key(&path) && f.files.len() >= FILES_MAX {
+            let dir = path.parent().map(Path::to_path_buf);
             problem(
                 f,
-                Some(&dir),
+                dir.as_deref(),
                 format!("more than {FILES_MAX} transcript files"),
             );
             break;
@@ -570,11 +618,13 @@ fn read_file(f: &mut Followed, path: &Path, budget: &mut u64, counts: &mut Count
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        match f.format {
-            Format::ClaudeCode => match claude::parse_line(&line) {
-                Some(r) => records.extend(r),
-                None => skipped += 1,
-            },
+        let parsed = match f.format {
+            Format::ClaudeCode => claude::parse_line(&line),
+            Format::Codex => codex::parse_line(&line),
+        };
+        match parsed {
+            Some(r) => records.extend(r),
+            None => skipped += 1,
         }
     }
     if !state.skipping {
@@ -672,7 +722,8 @@ fn emit_ready(
     calls.sort_by_key(|(_, p)| p.time);
     for (id, p) in calls {
         let end = p.result.map_or(now, |(t, _)| t);
-        let (processes, more) = link(&f.acts, &p.input, p.time, end, shell(&p.name));
+        let is_shell = shell(f.format, &p.name);
+        let (processes, more) = link(&f.acts, &p.input, p.time, end, is_shell);
         counts.calls += 1;
         if f.done.len() < PENDING_MAX * 4 {
             f.done.insert(id.clone());
@@ -689,7 +740,7 @@ fn emit_ready(
             processes,
             processes_truncated: more.then_some(true),
         };
-        let unobserved = shell(&call.name)
+        let unobserved = is_shell
             && call.processes.is_empty()
             && !call.input.trim().is_empty()
             && call.is_error == Some(false);
@@ -701,8 +752,11 @@ fn emit_ready(
 }
 
 /// Whether calls of tool `name` run a shell command.
-fn shell(name: &str) -> bool {
-    name == "Bash"
+fn shell(format: Format, name: &str) -> bool {
+    match format {
+        Format::ClaudeCode => name == "Bash",
+        Format::Codex => codex::is_shell(name),
+    }
 }
 
 /// The forms a command takes in its shell's `-c` script: as it is, and
@@ -718,8 +772,12 @@ fn command_forms(cmd: &str) -> Vec<String> {
 
 /// The events a shell call with `command` explains: the processes whose
 /// exec began in its window (`call - SLACK ..= result + SLACK`) with the
-/// command in their arguments, their descendants that began in the window,
-/// and the spawn, exec and connect events of all of them in the window.
+/// command in their arguments, the sandbox helpers they run under (the
+/// chain of helper execs in the window between them and the agent: Codex's
+/// `codex-linux-sandbox` and bwrap, whose argv the kernel's capture cuts
+/// before the command), the descendants of all of them that began in the
+/// window, and the spawn, exec and connect events of all of them in the
+/// window.
 fn link(
     acts: &VecDeque<Act>,
     command: &str,
@@ -736,12 +794,38 @@ fn link(
     let forms = command_forms(cmd);
     let in_window = |a: &&Act| a.time >= from && a.time <= to;
     let mut keys = std::collections::HashSet::new();
+    let mut parents: HashMap<&str, &str> = HashMap::new();
+    let mut helpers = std::collections::HashSet::new();
     for a in acts.iter().filter(in_window) {
         let root = a.kind == Kind::ProcessExec
             && a.args
                 .as_deref()
                 .is_some_and(|args| forms.iter().any(|f| args.contains(f.as_str())));
-        if root || keys.contains(&a.parent_key) {
+        if root {
+            keys.insert(a.key.clone());
+        }
+        if a.helper {
+            helpers.insert(a.key.as_str());
+        }
+        parents
+            .entry(a.key.as_str())
+            .or_insert(a.parent_key.as_str());
+    }
+    let roots: Vec<String> = keys.iter().cloned().collect();
+    for root in roots {
+        let mut at = root.as_str();
+        for _ in 0..HELPER_DEPTH {
+            match parents.get(at) {
+                Some(&parent) if helpers.contains(parent) => {
+                    keys.insert(parent.to_owned());
+                    at = parent;
+                }
+                _ => break,
+            }
+        }
+    }
+    for a in acts.iter().filter(in_window) {
+        if keys.contains(&a.parent_key) {
             keys.insert(a.key.clone());
         }
     }
@@ -766,3 +850,6 @@ fn link(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod codex_tests;

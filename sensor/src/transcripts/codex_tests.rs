@@ -1,0 +1,386 @@
+//! The follower with Codex rollouts (format `codex`).
+
+use std::{io::Write as _, os::unix::fs::symlink, time::UNIX_EPOCH};
+
+use super::*;
+use crate::event::Process;
+
+/// 2026-12-05T06:00:00Z.
+const T0: u64 = 1_796_450_400;
+
+fn at(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(T0 * 1000 + ms)
+}
+
+fn stamp(ms: u64) -> String {
+    crate::event::rfc3339(at(ms)).to_string()
+}
+
+fn run_start() -> Event {
+    let mut e = crate::sinks::tests::event(1, Kind::RunStart, true);
+    e.time = Timestamp(at(0));
+    e.process = Some(Process {
+        key: "k-codex".into(),
+        pid: 100,
+        uid: nix::unistd::getuid().as_raw(),
+        ..Process::default()
+    });
+    e
+}
+
+fn act(seq: u64, kind: Kind, ms: u64, key: &str, parent: &str, argv: Option<&[&str]>) -> Event {
+    let mut e = crate::sinks::tests::event(seq, kind, true);
+    e.time = Timestamp(at(ms));
+    e.process = Some(Process {
+        key: key.into(),
+        parent_key: parent.into(),
+        pid: u32::try_from(seq).unwrap_or(0),
+        argv: argv.map(|a| a.iter().map(|s| (*s).to_owned()).collect()),
+        ..Process::default()
+    });
+    e
+}
+
+fn call_line(ms: u64, id: &str, tool: &str, cmd: &str) -> String {
+    let args = serde_json::json!({ "cmd": cmd, "yield_time_ms": 10000 }).to_string();
+    serde_json::json!({"timestamp": stamp(ms), "type": "response_item", "payload": {
+        "type": "function_call", "id": "fc", "name": tool, "arguments": args, "call_id": id}})
+    .to_string()
+}
+
+fn output_line(ms: u64, id: &str, code: i32) -> String {
+    let out =
+        format!("Chunk ID: 1\nWall time: 0.0 seconds\nProcess exited with code {code}\nOutput:\n");
+    serde_json::json!({"timestamp": stamp(ms), "type": "response_item", "payload": {
+        "type": "function_call_output", "call_id": id, "output": out}})
+    .to_string()
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    t: Transcripts,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("codex-home");
+        std::fs::create_dir_all(config.join("sessions/2026/12/05")).unwrap();
+        let mut t = Transcripts::new(HashMap::from([("codex".to_owned(), Format::Codex)]));
+        t.start(
+            &run_start(),
+            Format::Codex,
+            Ok(Source {
+                dir: config.join("sessions"),
+                config,
+            }),
+        );
+        Self { dir, t }
+    }
+
+    fn day(&self) -> PathBuf {
+        self.dir.path().join("codex-home/sessions/2026/12/05")
+    }
+
+    fn append(&self, name: &str, lines: &[String]) {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.day().join(name))
+            .unwrap();
+        for l in lines {
+            writeln!(f, "{l}").unwrap();
+        }
+    }
+}
+
+const ROLLOUT: &str = "rollout-2026-12-05T06-00-00-01a2.jsonl";
+
+#[test]
+fn codex_calls_are_linked_through_the_sandbox_helpers() {
+    let mut fx = Fixture::new();
+    let curl = "curl -s http://127.0.0.1:9/x";
+    let helper = |c: &'static str| -> Vec<&'static str> {
+        vec![
+            "codex-linux-sandbox",
+            "--sandbox-policy-cwd",
+            "/w",
+            "--",
+            "/bin/bash",
+            "-lc",
+            c,
+        ]
+    };
+    let h1 = helper("echo one");
+    // Call 2 as the kernel sees it: the helpers' argv cut before the
+    // command (8 KiB), the shell's first script a wrapper that re-execs it.
+    let cut: &[&str] = &[
+        "codex-linux-sandbox",
+        "--sandbox-policy-cwd",
+        "/w",
+        "--",
+        "/bin/bash",
+        "-c",
+        "__CODEX_SNAPSHOT_OVERRIDE_SET_0=1",
+    ];
+    let events = [
+        // Call 1: the helper (its argv has the command), bwrap, the shell.
+        act(10, Kind::ProcessSpawn, 1_100, "k-h1", "k-codex", None),
+        act(11, Kind::ProcessExec, 1_110, "k-h1", "k-codex", Some(&h1)),
+        act(12, Kind::ProcessSpawn, 1_120, "k-bw1", "k-h1", None),
+        act(
+            13,
+            Kind::ProcessExec,
+            1_130,
+            "k-bw1",
+            "k-h1",
+            Some(&["bwrap", "--new-session"]),
+        ),
+        act(14, Kind::ProcessSpawn, 1_140, "k-sh1", "k-bw1", None),
+        act(
+            15,
+            Kind::ProcessExec,
+            1_150,
+            "k-sh1",
+            "k-bw1",
+            Some(&["/bin/bash", "-c", "echo one"]),
+        ),
+        // Call 2: process setup, the helper, bwrap, the helper inside it,
+        // the shell, the curl and its connect.
+        act(20, Kind::ProcessSpawn, 3_100, "k-h2", "k-codex", None),
+        act(
+            21,
+            Kind::ProcessExec,
+            3_105,
+            "k-h2",
+            "k-codex",
+            Some(&["/proc/self/exe", "--codex-run-as-process-setup", "49"]),
+        ),
+        act(22, Kind::ProcessExec, 3_110, "k-h2", "k-codex", Some(cut)),
+        act(23, Kind::ProcessSpawn, 3_111, "k-bw2", "k-h2", None),
+        act(
+            24,
+            Kind::ProcessExec,
+            3_112,
+            "k-bw2",
+            "k-h2",
+            Some(&["bwrap", "--new-session"]),
+        ),
+        act(25, Kind::ProcessSpawn, 3_113, "k-in2", "k-bw2", None),
+        act(26, Kind::ProcessExec, 3_114, "k-in2", "k-bw2", Some(cut)),
+        act(27, Kind::ProcessSpawn, 3_120, "k-sh2", "k-in2", None),
+        act(
+            28,
+            Kind::ProcessExec,
+            3_121,
+            "k-sh2",
+            "k-in2",
+            Some(&cut[4..]),
+        ),
+        act(
+            29,
+            Kind::ProcessExec,
+            3_130,
+            "k-sh2",
+            "k-in2",
+            Some(&["/bin/bash", "-c", curl]),
+        ),
+        act(
+            30,
+            Kind::ProcessExec,
+            3_150,
+            "k-sh2",
+            "k-in2",
+            Some(&["curl", "-s", "http://127.0.0.1:9/x"]),
+        ),
+        act(31, Kind::NetworkConnect, 3_160, "k-sh2", "k-in2", None),
+        // Codex's own probe at start-up, and a process of the agent in the
+        // window that is no helper: no call's.
+        act(
+            40,
+            Kind::ProcessExec,
+            300,
+            "k-git",
+            "k-codex",
+            Some(&["git", "rev-parse"]),
+        ),
+        act(
+            41,
+            Kind::ProcessExec,
+            3_140,
+            "k-codex",
+            "k-node",
+            Some(&["codex", "exec", "go"]),
+        ),
+    ];
+    for e in &events {
+        fx.t.on_event(e);
+    }
+    // Another file in the day dir that is not a rollout: not read.
+    std::fs::write(fx.day().join("notes.jsonl"), "{not json\n").unwrap();
+    fx.append(
+        ROLLOUT,
+        &[
+            r#"{"timestamp":"2026-12-05T06:00:00.100Z","type":"session_meta","payload":{"id":"01a2","cwd":"/w"}}"#.to_owned(),
+            call_line(1_000, "call_1", "exec_command", "echo one"),
+            output_line(1_500, "call_1", 0),
+            call_line(3_000, "call_2", "exec_command", curl),
+            output_line(3_500, "call_2", 7),
+            r#"{"timestamp":"2026-12-05T06:00:03.600Z","type":"brand_new_record","payload":{}}"#.to_owned(),
+        ],
+    );
+    let found = fx.t.tick(at(4_000));
+    let calls: Vec<&ToolCall> = found
+        .iter()
+        .filter_map(|f| match f {
+            Found::Call(_, c) => Some(c),
+            Found::Unobserved(..) | Found::Unreadable(..) => None,
+        })
+        .collect();
+    assert_eq!(calls.len(), 2, "{found:?}");
+    assert_eq!(found.len(), 2, "nothing else: {found:?}");
+    let seqs = |c: &ToolCall| c.processes.iter().map(|l| l.seq).collect::<Vec<_>>();
+    assert_eq!(
+        (
+            calls[0].id.as_str(),
+            calls[0].name.as_str(),
+            calls[0].input.as_str()
+        ),
+        ("call_1", "exec_command", "echo one")
+    );
+    assert_eq!(calls[0].is_error, Some(false));
+    assert_eq!(calls[0].result_time, Some(Timestamp(at(1_500))));
+    assert_eq!(seqs(calls[0]), [10, 11, 12, 13, 14, 15]);
+    assert_eq!(
+        (calls[1].id.as_str(), calls[1].input.as_str()),
+        ("call_2", curl)
+    );
+    assert_eq!(calls[1].is_error, Some(true));
+    assert_eq!(
+        seqs(calls[1]),
+        [20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31]
+    );
+    assert!(calls[1].transcript.ends_with(ROLLOUT));
+    // Two session records and one unknown: counted, not fatal.
+    assert_eq!(fx.t.counts.other_lines, 2);
+    assert_eq!(fx.t.counts.skipped_lines, 0);
+}
+
+#[test]
+fn codex_unobserved_and_other_tools() {
+    let mut fx = Fixture::new();
+    fx.append(
+        ROLLOUT,
+        &[
+            call_line(
+                1_000,
+                "call_1",
+                "exec_command",
+                "curl -s http://evil.example/",
+            ),
+            output_line(1_200, "call_1", 0),
+            call_line(1_300, "call_2", "write_stdin", ""),
+            output_line(1_400, "call_2", 0),
+        ],
+    );
+    let found = fx.t.tick(at(2_000));
+    let unobserved: Vec<&str> = found
+        .iter()
+        .filter_map(|f| match f {
+            Found::Unobserved(_, c) => Some(c.id.as_str()),
+            Found::Call(..) | Found::Unreadable(..) => None,
+        })
+        .collect();
+    assert_eq!(unobserved, ["call_1"], "{found:?}");
+    assert_eq!(found.len(), 3, "{found:?}");
+}
+
+#[test]
+fn codex_hostile_files_and_dirs() {
+    let mut fx = Fixture::new();
+    // A rollout that is a symlink to a secret, and a day dir that is a
+    // symlink out of CODEX_HOME.
+    let secret = fx.dir.path().join("secret");
+    std::fs::write(&secret, "root:x:0:0\n").unwrap();
+    symlink(&secret, fx.day().join("rollout-0-evil.jsonl")).unwrap();
+    let outside = fx.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(
+        outside.join("rollout-1.jsonl"),
+        format!(
+            "{}\n{}\n",
+            call_line(1_000, "call_x", "exec_command", "id"),
+            output_line(1_100, "call_x", 0)
+        ),
+    )
+    .unwrap();
+    symlink(
+        &outside,
+        fx.dir.path().join("codex-home/sessions/2026/12/06"),
+    )
+    .unwrap();
+    // Invalid JSON and a huge line in the real rollout, then a real call.
+    fx.append(
+        ROLLOUT,
+        &[
+            "{not json".to_owned(),
+            "x".repeat(LINE_MAX + 1),
+            call_line(1_000, "call_1", "exec_command", "echo ok"),
+            output_line(1_100, "call_1", 0),
+        ],
+    );
+    let found = fx.t.tick(at(2_000));
+    let issues: Vec<&TranscriptIssue> = found
+        .iter()
+        .filter_map(|f| match f {
+            Found::Unreadable(_, i) => Some(i),
+            Found::Call(..) | Found::Unobserved(..) => None,
+        })
+        .collect();
+    assert_eq!(issues.len(), 1, "{found:?}");
+    // The first problem is reported (the day dirs are listed before the
+    // files are opened): the day dir out of CODEX_HOME.
+    assert!(
+        issues[0].reason.contains("outside")
+            && issues[0]
+                .path
+                .as_deref()
+                .is_some_and(|p| p.ends_with("2026/12/06")),
+        "{issues:?}"
+    );
+    let ids: Vec<&str> = found
+        .iter()
+        .filter_map(|f| match f {
+            Found::Call(_, c) => Some(c.id.as_str()),
+            Found::Unobserved(..) | Found::Unreadable(..) => None,
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        ["call_1"],
+        "the call outside CODEX_HOME is not read: {found:?}"
+    );
+    assert!(!format!("{found:?}").contains("root:x"));
+    assert_eq!(fx.t.counts.skipped_lines, 2);
+    // Reported once per run.
+    let again = fx.t.tick(at(3_000));
+    assert!(again.is_empty(), "{again:?}");
+}
+
+#[test]
+fn codex_a_symlinked_rollout_is_not_followed() {
+    let mut fx = Fixture::new();
+    symlink("/etc/shadow", fx.day().join("rollout-0-evil.jsonl")).unwrap();
+    let found = fx.t.tick(at(2_000));
+    match &found[..] {
+        [Found::Unreadable(_, i)] => {
+            assert!(i.reason.contains("cannot open"), "{i:?}");
+            assert!(
+                i.path
+                    .as_deref()
+                    .is_some_and(|p| p.ends_with("rollout-0-evil.jsonl"))
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
