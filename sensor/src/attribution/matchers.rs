@@ -43,6 +43,13 @@ pub struct AgentConfig {
     /// each tool call becomes a `tool.call` event (`crate::transcripts`).
     #[serde(default)]
     pub transcripts: Option<String>,
+    /// The agent's own helper processes (with `transcripts`): entries
+    /// `EXE [ARG...]`, the exe's file name or absolute path, then the first
+    /// arguments (equal, or a prefix when they end with `*`). A direct
+    /// child of the agent's process that matches one, and its descendants,
+    /// are never `tool.unexplained`.
+    #[serde(default)]
+    pub infrastructure: Vec<String>,
 }
 
 /// Interpreters whose first non-option argument is the program they run.
