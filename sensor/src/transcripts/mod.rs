@@ -1086,10 +1086,11 @@ fn decide_one(f: &mut Followed, c: Candidate) -> Option<Found> {
         }
         return None;
     }
-    // The call of its nearest labelled ancestor: it began after that
-    // call's result (a background job that outlived its call).
+    // The call of the process itself (an exec after its call's result) or
+    // of its nearest labelled ancestor: it began after that call's result
+    // (a background job that outlived its call, perhaps reparented since).
     let mut after_call = None;
-    let mut k = parent;
+    let mut k = key.clone();
     for _ in 0..DEPTH_MAX {
         if f.agent_keys.contains(&k) {
             break;
