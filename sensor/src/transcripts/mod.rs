@@ -328,6 +328,9 @@ struct Followed {
     early: Vec<Found>,
     /// Execs not decided at all (beyond both bounds), to log.
     dropped: u64,
+    /// CPU time spent on this run (its events and its reads, on the
+    /// pipeline's thread), logged at its end.
+    busy: Duration,
 }
 
 /// Counters of what was read (for the log and tests).
@@ -436,6 +439,7 @@ impl Transcripts {
             | Kind::NetworkSocket => {
                 let Self { runs, counts, .. } = self;
                 let f = runs.get_mut(&run.id)?;
+                let began = thread_cpu();
                 let p = e.process.as_ref()?;
                 let exec_ok = e.kind == Kind::ProcessExec
                     && e.exec
@@ -481,6 +485,7 @@ impl Transcripts {
                 if exec_ok && label.is_none() {
                     consider(f, e.seq, e.time.0, p);
                 }
+                f.busy += thread_cpu().saturating_sub(began);
                 label
             }
             _ => None,
@@ -543,6 +548,7 @@ impl Transcripts {
                 last_eager: None,
                 early: Vec::new(),
                 dropped: 0,
+                busy: Duration::ZERO,
             },
         );
     }
@@ -555,6 +561,7 @@ impl Transcripts {
         let mut over = Vec::new();
         for (id, f) in &mut self.runs {
             let ended = f.ended;
+            let began = thread_cpu();
             if let Some(source) = f.source.clone() {
                 read_run(f, &source, &mut self.counts);
             }
@@ -573,10 +580,15 @@ impl Transcripts {
                     },
                 ));
             }
+            f.busy += thread_cpu().saturating_sub(began);
             if ended {
-                if f.skipped > 0 || f.other > 0 {
-                    tracing::debug!(run = %id, skipped = f.skipped, other = f.other, "transcripts: run over");
-                }
+                tracing::info!(
+                    run = %id,
+                    cpu_ms = f.busy.as_secs_f64() * 1000.0,
+                    skipped = f.skipped,
+                    other = f.other,
+                    "transcripts: run over (time spent following it)"
+                );
                 over.push(id.clone());
             }
         }
@@ -900,6 +912,13 @@ fn emit_ready(
             out.push(Found::Unobserved(f.run.clone(), call));
         }
     }
+}
+
+/// The CPU time of the calling thread so far (zero when it cannot be read).
+fn thread_cpu() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(Duration::from)
+        .unwrap_or_default()
 }
 
 /// Keeps a process or connect event for the reconciliation (bounded).
