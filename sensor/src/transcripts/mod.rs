@@ -953,9 +953,15 @@ fn keep_proc(f: &mut Followed, p: &Process, time: SystemTime, args: Option<Strin
     };
     let bytes = new.bytes();
     if let Some(old) = f.procs.get_mut(&p.key) {
-        // An exec without args known (not UTF-8) keeps the ones before.
+        // The parent stays the one it was started by (an exec after its
+        // parent exited names the reaper); an exec without args known (not
+        // UTF-8) keeps the ones before.
         if new.args.is_some() {
-            f.procs_bytes = f.procs_bytes.saturating_sub(old.bytes()) + bytes;
+            let new = Proc {
+                parent_key: std::mem::take(&mut old.parent_key),
+                ..new
+            };
+            f.procs_bytes = f.procs_bytes.saturating_sub(old.bytes()) + new.bytes();
             *old = new;
         }
     } else if f.procs.len() < PROCS_MAX && f.procs_bytes + bytes <= ACTS_BYTES {

@@ -778,3 +778,65 @@ fn infrastructure_entries_match_exe_and_first_arguments() {
     assert!(!snap.matches(&p("/usr/bin/bash", &["bash", "-c", "-l", "curl x"])));
     assert!(Infra::parse("  ").is_none());
 }
+
+#[test]
+fn a_reparented_background_job_names_the_call_it_outlived() {
+    let mut fx = Fixture::new();
+    let script = "eval '(sleep 2; cat /etc/hostname) &' < /dev/null";
+    // The shell and its subshell go out before the call is on disk.
+    fx.t.on_event(&act(
+        11,
+        Kind::ProcessExec,
+        1_100,
+        "k-sh",
+        "k-claude",
+        Some(&["bash", "-c", script]),
+    ));
+    fx.t.on_event(&act(12, Kind::ProcessSpawn, 1_110, "k-sub", "k-sh", None));
+    fx.append(
+        "s.jsonl",
+        &format!(
+            "{}\n{}\n",
+            call_line(1_000, "toolu_1", "(sleep 2; cat /etc/hostname) &"),
+            result_line(1_300, "toolu_1")
+        ),
+    );
+    std::thread::sleep(EAGER_EVERY);
+    // The sleep's exec reads the call: the shell is the call's.
+    let sleep = act(
+        13,
+        Kind::ProcessExec,
+        1_120,
+        "k-sleep",
+        "k-sub",
+        Some(&["sleep", "2"]),
+    );
+    assert_eq!(
+        fx.t.on_event(&sleep).map(|c| c.id),
+        Some("toolu_1".to_owned())
+    );
+    // The subshell's exec after the call's result, its parent gone: the
+    // reaper is its parent now.
+    let cat = act(
+        14,
+        Kind::ProcessExec,
+        3_200,
+        "k-sub",
+        "k-init",
+        Some(&["cat", "/etc/hostname"]),
+    );
+    assert_eq!(fx.t.on_event(&cat), None);
+    let found = fx.t.tick(at(6_000));
+    let u = unexplained(&found);
+    let got: Vec<(u64, &str, Option<&str>)> = u
+        .iter()
+        .map(|(_, x)| {
+            (
+                x.exec_seq,
+                x.reason,
+                x.after_call.as_ref().map(|c| c.id.as_str()),
+            )
+        })
+        .collect();
+    assert_eq!(got, [(14, "after_call", Some("toolu_1"))], "{found:?}");
+}
