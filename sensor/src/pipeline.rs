@@ -226,6 +226,9 @@ impl Pipeline {
                 crate::transcripts::Found::Unobserved(run, call) => {
                     self.builder.tool_call(Kind::ToolUnobserved, run, call)
                 }
+                crate::transcripts::Found::Unexplained(run, process, why) => {
+                    self.builder.tool_unexplained(run, *process, why)
+                }
                 crate::transcripts::Found::Unreadable(run, issue) => {
                     tracing::warn!(run = %run.id, reason = %issue.reason, path = ?issue.path, "transcript.unreadable");
                     self.builder.transcript_unreadable(run, issue)
@@ -690,7 +693,7 @@ impl Pipeline {
         self.scratch = events;
     }
 
-    fn push(&mut self, event: Event) {
+    fn push(&mut self, mut event: Event) {
         if event.kind == Kind::SensorTamper && self.file_watch.is_some() {
             self.note_kernel_write(&event);
         }
@@ -699,8 +702,11 @@ impl Pipeline {
             self.state.count_detection(&d.rule_id, d.level);
         }
         self.state.count_denial(event.kind, event.policy.as_ref());
-        if let Some(t) = &mut self.transcripts {
-            t.on_event(&event);
+        if let Some(t) = &mut self.transcripts
+            && let Some(call) = t.on_event(&event)
+            && let Some(run) = &mut event.run
+        {
+            run.tool_call = Some(call);
         }
         let due = match &mut self.provenance {
             Some(p) => p.after(&event, self.recovering),

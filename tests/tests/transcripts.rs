@@ -11,6 +11,14 @@
 //! the curl's exec and its connect under the curl's call id (and under no
 //! other call).
 //!
+//! Each call's processes and connect belong to the call: they carry its id
+//! (`run.tool_call`) or the call's `tool.call` lists them (the daemon labels
+//! an event as it goes out when it already read the call; the agent's
+//! transcript is buffered, so the first shell of a call may go out before
+//! it); `sensor tree`, `sensor replay` and the report show them under the
+//! call. A background job that outlives its call is `tool.unexplained`; the
+//! agent's own helpers (its `infrastructure`) are not.
+//!
 //! Run as root: `SENSOR_BIN=... cargo test -p sensor-tests --test transcripts -- --test-threads=1`.
 
 use std::fs;
@@ -155,12 +163,16 @@ struct Ran {
     /// The daemon's store.
     db: PathBuf,
     /// Kept until the checks are done (the temp dirs go with them).
-    _dirs: (TempDir, Daemon),
+    dirs: (TempDir, Daemon),
 }
 
 /// Runs claude against the fake model under a daemon; `plant` may leave
 /// files in the project dir of its transcripts before it starts.
-fn run_claude(plant: impl FnOnce(&Path) -> Result<()>, forge: bool) -> Result<Ran> {
+fn run_claude(
+    plant: impl FnOnce(&Path) -> Result<()>,
+    forge: bool,
+    script_of: impl FnOnce(u16) -> Vec<String>,
+) -> Result<Ran> {
     let claude = claude_bin()?;
     let tmp = TempDir::new("transcripts")?;
     let home = tmp.path().join("home");
@@ -176,11 +188,7 @@ fn run_claude(plant: impl FnOnce(&Path) -> Result<()>, forge: bool) -> Result<Ra
     fs::create_dir_all(&project)?;
     plant(&project)?;
     let http = listener()?;
-    let script = vec![
-        "echo step-one".to_owned(),
-        format!("curl -s http://127.0.0.1:{http}/tool-call-two"),
-        "echo step-three".to_owned(),
-    ];
+    let script = script_of(http);
     let model = FakeModel::start(tmp.path(), &script)?;
     let db = tmp.path().join("sensor.db");
     let db_arg = db.display().to_string();
@@ -253,8 +261,17 @@ fn run_claude(plant: impl FnOnce(&Path) -> Result<()>, forge: bool) -> Result<Ra
         http,
         home,
         db,
-        _dirs: (tmp, d),
+        dirs: (tmp, d),
     })
+}
+
+/// The three steps: the second a curl to the test's listener.
+fn three_steps(http: u16) -> Vec<String> {
+    vec![
+        "echo step-one".to_owned(),
+        format!("curl -s http://127.0.0.1:{http}/tool-call-two"),
+        "echo step-three".to_owned(),
+    ]
 }
 
 /// The forged call's id and command.
@@ -293,6 +310,16 @@ fn forge_call(project: &Path) -> Result<()> {
         );
         thread::sleep(Duration::from_millis(20));
     };
+    // Rotated once claude has written its first call: replaced by a copy
+    // (another inode, the same lines), which claude appends to from then on.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !fs::read_to_string(&file)?.contains("toolu_fake00") {
+        ensure!(Instant::now() < deadline, "claude wrote no call");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let copy = file.with_extension("rotating");
+    fs::copy(&file, &copy)?;
+    fs::rename(&copy, &file)?;
     let call = serde_json::json!({"type": "assistant", "timestamp": now_stamp()?,
         "message": {"role": "assistant", "content": [
             {"type": "tool_use", "id": FORGED_ID, "name": "Bash", "input": {"command": FORGED_CMD}}]}});
@@ -366,6 +393,15 @@ fn check_calls(r: &Ran) -> Result<()> {
         .with_context(|| format!("no connect of the curl to port {http}"))?;
     let exec_seq = curl_exec["seq"].as_u64().context("seq")?;
     let connect_seq = connect["seq"].as_u64().context("seq")?;
+    check_labels(r, &calls)?;
+    for (what, e) in [("exec", curl_exec), ("connect", connect)] {
+        let label = str_at(e, "/run/tool_call/id");
+        ensure!(
+            label.is_none_or(|l| l == "toolu_fake01"),
+            "the curl's {what} is labelled with another call: {}",
+            compact(e)
+        );
+    }
     for (i, call) in calls.iter().enumerate() {
         let seqs = linked_seqs(call);
         let has = seqs.contains(&exec_seq) && seqs.contains(&connect_seq);
@@ -381,6 +417,143 @@ fn check_calls(r: &Ran) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Every event labelled with a call (`run.tool_call`) is one of that
+/// call's (its `tool.call` lists it), with the call's tool; the events
+/// the calls list carry no other call's label.
+fn check_labels(r: &Ran, calls: &[Value]) -> Result<()> {
+    let mut owner: std::collections::HashMap<u64, &str> = std::collections::HashMap::new();
+    for c in calls {
+        let id = str_at(c, "/tool_call/id").context("call id")?;
+        for seq in linked_seqs(c) {
+            owner.insert(seq, id);
+        }
+    }
+    let mut labelled = 0;
+    for e in r
+        .events
+        .iter()
+        .filter(|e| str_at(e, "/run/id") == Some(r.run.as_str()))
+    {
+        let Some(label) = str_at(e, "/run/tool_call/id") else {
+            continue;
+        };
+        labelled += 1;
+        let seq = e["seq"].as_u64().context("seq")?;
+        ensure!(
+            str_at(e, "/run/tool_call/name") == Some("Bash"),
+            "label without the tool: {}",
+            compact(e)
+        );
+        match owner.get(&seq) {
+            Some(id) => ensure!(*id == label, "event {seq} labelled {label}, listed by {id}"),
+            // An exit after the call's window, or a connect the list's
+            // bound left out: still one of the call's processes.
+            None => ensure!(
+                matches!(kind(e), "process.exit" | "network.connect"),
+                "event {seq} labelled {label} but no call lists it: {}",
+                compact(e)
+            ),
+        }
+    }
+    eprintln!(
+        "{labelled} events of the run carried run.tool_call as they went out; {} listed by the calls",
+        owner.len()
+    );
+    Ok(())
+}
+
+/// `sensor tree RUN` and the report show each call with its input above
+/// its processes: the curl under the curl's call, not under another.
+fn check_grouped(r: &Ran) -> Result<()> {
+    let header = format!(
+        "tool call Bash toolu_fake01: curl -s http://127.0.0.1:{}/tool-call-two",
+        r.http
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let tree = loop {
+        let mut cmd = Command::new(sensor_tests::sensor_bin()?);
+        cmd.args(["tree", &r.run, "--db"])
+            .arg(&r.db)
+            .env_remove("SENSOR_DB")
+            .env("COLUMNS", "4000");
+        let (_, out) = run_with_timeout(&mut cmd, Duration::from_secs(30))?;
+        let shown = text(&out.stdout);
+        if out.status.success() && shown.matches("└─ tool call Bash toolu_fake").count() == 3 {
+            break shown;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "sensor tree does not show the 3 calls:\n{shown}\n{}",
+            text(&out.stderr)
+        );
+        thread::sleep(Duration::from_millis(200));
+    };
+    let lines: Vec<&str> = tree.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with(&format!("└─ {header}")))
+        .with_context(|| format!("no line {header:?} in:\n{tree}"))?;
+    let depth = |l: &str| l.len() - l.trim_start().len();
+    let under: Vec<&str> = lines[at + 1..]
+        .iter()
+        .take_while(|l| depth(l) > depth(lines[at]))
+        .copied()
+        .collect();
+    ensure!(
+        under.iter().any(|l| l.contains(&format!(
+            "curl -s http://127.0.0.1:{}/tool-call-two",
+            r.http
+        )) && !l.contains("tool call")),
+        "the curl is not under its call in:\n{tree}"
+    );
+    ensure!(
+        !under.iter().any(|l| l.contains("echo step-")),
+        "another call's shell under the curl's call:\n{tree}"
+    );
+
+    let html = r.db.with_extension("html");
+    let mut cmd = Command::new(sensor_tests::sensor_bin()?);
+    cmd.args(["report", &r.run, "--db"])
+        .arg(&r.db)
+        .arg("-o")
+        .arg(&html)
+        .env_remove("SENSOR_DB");
+    let (_, out) = run_with_timeout(&mut cmd, Duration::from_secs(30))?;
+    ensure!(out.status.success(), "sensor report: {}", text(&out.stderr));
+    let page = fs::read_to_string(&html)?;
+    let from = page
+        .find("id=\"processes\"")
+        .context("no process tree in the report")?;
+    let tree = &page[from..];
+    let call = tree
+        .find("<code>toolu_fake01</code>")
+        .context("the report shows no call toolu_fake01")?;
+    let item = &tree[..call];
+    ensure!(
+        item.rfind("<li class=\"call\">").is_some(),
+        "the call is not an item of the report's tree"
+    );
+    let after = &tree[call..];
+    let next_call = after[1..]
+        .find("<li class=\"call\">")
+        .map_or(after.len(), |i| i + 1);
+    ensure!(
+        after[..next_call].contains(&format!(
+            "curl -s http://127.0.0.1:{}/tool-call-two</code>",
+            r.http
+        )),
+        "the report does not show the curl under its call"
+    );
+    Ok(())
+}
+
+fn unexplained(r: &Ran) -> Vec<&Value> {
+    r.events
+        .iter()
+        .filter(|e| kind(e) == "tool.unexplained" && str_at(e, "/run/id") == Some(r.run.as_str()))
+        .collect()
 }
 
 /// `sensor replay RUN` shows each call, its command and the events it
@@ -423,7 +596,7 @@ fn unreadable(r: &Ran) -> Vec<&Value> {
 
 #[test]
 fn claude_tool_calls_are_linked_to_their_processes() -> Result<()> {
-    let r = run_claude(|_| Ok(()), false)?;
+    let r = run_claude(|_| Ok(()), false, three_steps)?;
     let bad: Vec<String> = unreadable(&r).into_iter().map(compact).collect();
     ensure!(bad.is_empty(), "transcript.unreadable: {bad:?}");
     // Every call ran: none unobserved.
@@ -434,8 +607,59 @@ fn claude_tool_calls_are_linked_to_their_processes() -> Result<()> {
         .map(compact)
         .collect();
     ensure!(unobserved.is_empty(), "tool.unobserved: {unobserved:?}");
+    // Claude's own start-up processes are its infrastructure.
+    let unexplained: Vec<String> = unexplained(&r).into_iter().map(compact).collect();
+    ensure!(unexplained.is_empty(), "tool.unexplained: {unexplained:?}");
     check_calls(&r)?;
-    check_replay(&r)
+    check_replay(&r)?;
+    check_grouped(&r)
+}
+
+/// A call that leaves a job in the background: the job's exec after the
+/// call's result is `tool.unexplained` (`after_call`, naming the call); the
+/// rest of the run is explained.
+#[test]
+fn a_background_job_that_outlives_its_call_is_unexplained() -> Result<()> {
+    let r = run_claude(
+        |_| Ok(()),
+        false,
+        |_| {
+            vec![
+                "(sleep 2; cat /etc/hostname) >/dev/null 2>&1 &".to_owned(),
+                "sleep 4".to_owned(),
+                "echo step-three".to_owned(),
+            ]
+        },
+    )?;
+    let d = &r.dirs.1;
+    let found = d.wait_events(Duration::from_secs(10), |evs| {
+        evs.iter()
+            .any(|e| kind(e) == "tool.unexplained" && str_at(e, "/run/id") == Some(r.run.as_str()))
+    })?;
+    let r = Ran { events: found, ..r };
+    let u = unexplained(&r);
+    ensure!(
+        u.len() == 1,
+        "one tool.unexplained expected: {:?}",
+        u.iter().map(|e| compact(e)).collect::<Vec<_>>()
+    );
+    let e = u[0];
+    ensure!(
+        argv_of(e) == ["cat", "/etc/hostname"]
+            && str_at(e, "/unexplained/reason") == Some("after_call")
+            && str_at(e, "/unexplained/after_call/id") == Some("toolu_fake00"),
+        "{}",
+        compact(e)
+    );
+    // It names the exec it stands for.
+    let exec_seq = e.pointer("/unexplained/exec_seq").and_then(Value::as_u64);
+    ensure!(
+        r.events.iter().any(|x| kind(x) == "process.exec"
+            && x["seq"].as_u64() == exec_seq
+            && argv_of(x) == ["cat", "/etc/hostname"]),
+        "exec_seq {exec_seq:?} is not the cat's exec"
+    );
+    r.dirs.1.check_alive()
 }
 
 /// A symlink to /etc/shadow and a file of garbage beside the real
@@ -456,6 +680,7 @@ fn hostile_transcripts_are_reported_and_a_forged_call_is_unobserved() -> Result<
             Ok(())
         },
         true,
+        three_steps,
     )?;
     let bad = unreadable(&r);
     ensure!(
@@ -487,5 +712,15 @@ fn hostile_transcripts_are_reported_and_a_forged_call_is_unobserved() -> Result<
         "tool.unobserved: {:?}",
         unobserved.iter().map(|e| compact(e)).collect::<Vec<_>>()
     );
+    // The rotation: each call reported once.
+    let calls = tool_calls(&r.events, &r.run);
+    let ids: Vec<&str> = calls
+        .iter()
+        .filter_map(|c| str_at(c, "/tool_call/id"))
+        .collect();
+    let mut unique = ids.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    ensure!(unique.len() == ids.len(), "a call reported twice: {ids:?}");
     check_calls(&r)
 }

@@ -44,11 +44,11 @@ pub struct AgentConfig {
     /// (`crate::transcripts`).
     #[serde(default)]
     pub transcripts: Option<String>,
-    /// Globs on the resolved executable path, or on argv[0] (also by its
-    /// file name), of the processes the agent runs on its own account and
-    /// not for a tool call (sandbox helpers, start-up probes): the agent's
-    /// known infrastructure, which no tool call has to explain
-    /// ([`Matcher::is_infrastructure`]).
+    /// The agent's own helper processes (with `transcripts`): entries
+    /// `EXE [ARG...]`, the exe's file name or absolute path, then the first
+    /// arguments (equal, or a prefix when they end with `*`). A direct
+    /// child of the agent's process that matches one, and its descendants,
+    /// are never `tool.unexplained`.
     #[serde(default)]
     pub infrastructure: Vec<String>,
 }
@@ -69,7 +69,6 @@ pub struct Matcher {
     script: Vec<GlobMatcher>,
     module: Vec<String>,
     exclude: Vec<GlobMatcher>,
-    infrastructure: Vec<GlobMatcher>,
 }
 
 /// A matcher that cannot be compiled.
@@ -133,22 +132,7 @@ impl Matcher {
             script: compile(&c.name, &c.script)?,
             module: c.module.clone(),
             exclude: compile(&c.name, &c.exclude_argv)?,
-            infrastructure: compile(&c.name, &c.infrastructure)?,
         })
-    }
-
-    /// Is this exec one of the agent's own helpers (`infrastructure`): its
-    /// resolved exe, its argv[0] or argv[0]'s file name matches?
-    #[must_use]
-    pub fn is_infrastructure(&self, exe: &str, argv: &[String]) -> bool {
-        let argv0 = argv.first().map(String::as_str);
-        let argv0_name = argv0
-            .and_then(|a| Path::new(a).file_name())
-            .and_then(|n| n.to_str());
-        std::iter::once(exe)
-            .chain(argv0)
-            .chain(argv0_name)
-            .any(|a| self.infrastructure.iter().any(|g| g.is_match(a)))
     }
 
     /// Does this exec (resolved exe, argv, cwd) belong to the agent?
@@ -267,12 +251,6 @@ impl Matchers {
     pub fn find(&self, exec: &ExecView<'_>) -> Option<&Matcher> {
         self.matchers.iter().find(|m| m.matches(exec))
     }
-
-    /// The matcher of the agent named `name`.
-    #[must_use]
-    pub fn named(&self, name: &str) -> Option<&Matcher> {
-        self.matchers.iter().find(|m| m.name == name)
-    }
 }
 
 #[cfg(test)]
@@ -288,33 +266,6 @@ mod tests {
             name: name.into(),
             ..AgentConfig::default()
         }
-    }
-
-    #[test]
-    fn infrastructure() {
-        let mut c = agent("codex");
-        c.exe = vec!["**/bin/codex".into()];
-        c.infrastructure = vec![
-            "codex-linux-sandbox".into(),
-            "**/codex-resources/bwrap".into(),
-        ];
-        let ms = Matchers::new(&[c]).unwrap_or_default();
-        let Some(m) = ms.named("codex") else {
-            panic!("no matcher named codex");
-        };
-        assert!(ms.named("claude").is_none());
-        let codex = "/n/@openai/codex-linux-x64/vendor/x/bin/codex";
-        assert!(m.is_infrastructure(codex, &argv(&["codex-linux-sandbox", "--"])));
-        assert!(m.is_infrastructure(
-            "/n/x/codex-resources/bwrap",
-            &argv(&["bwrap", "--new-session"])
-        ));
-        assert!(!m.is_infrastructure(codex, &argv(&[codex, "exec"])));
-        assert!(!m.is_infrastructure("/usr/bin/curl", &argv(&["curl"])));
-        let mut bad = agent("x");
-        bad.exe = vec!["/x".into()];
-        bad.infrastructure = vec!["[".into()];
-        assert!(Matcher::new(&bad).is_err());
     }
 
     #[test]

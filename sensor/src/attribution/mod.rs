@@ -1379,6 +1379,7 @@ impl RunRef {
             root_id: run.root_id.clone(),
             depth: run.depth,
             attribution: how,
+            tool_call: None,
             details: None,
         }
     }

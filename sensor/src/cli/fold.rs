@@ -73,10 +73,13 @@ fn untemp(arg: &str) -> String {
     out
 }
 
+/// The exe and the normalised argv ([`fold_key`]).
+pub(super) type FoldKey = (String, Vec<String>);
+
 /// What makes two processes "the same command": the exe and the normalised
 /// argv (the process's last exec).
 #[must_use]
-pub(super) fn fold_key(node: &ProcNode) -> (String, Vec<String>) {
+pub(super) fn fold_key(node: &ProcNode) -> FoldKey {
     (
         node.exe.clone(),
         node.argv.iter().map(|a| normalize_arg(a)).collect(),
@@ -90,13 +93,14 @@ pub(super) fn fold_key(node: &ProcNode) -> (String, Vec<String>) {
 #[must_use]
 pub(super) fn group<'a>(siblings: &[&'a ProcNode], fold: bool) -> Vec<Vec<&'a ProcNode>> {
     let mut groups: Vec<Vec<&'a ProcNode>> = Vec::new();
-    let mut index: HashMap<(String, Vec<String>), usize> = HashMap::new();
+    // Processes of different tool calls are never one row.
+    let mut index: HashMap<(Option<String>, FoldKey), usize> = HashMap::new();
     for &node in siblings {
         if !fold || node.argv.is_empty() {
             groups.push(vec![node]);
             continue;
         }
-        match index.entry(fold_key(node)) {
+        match index.entry((node.tool_call.clone(), fold_key(node))) {
             Entry::Occupied(i) => groups[*i.get()].push(node),
             Entry::Vacant(slot) => {
                 slot.insert(groups.len());
@@ -105,6 +109,49 @@ pub(super) fn group<'a>(siblings: &[&'a ProcNode], fold: bool) -> Vec<Vec<&'a Pr
         }
     }
     groups
+}
+
+/// A row of a process tree among siblings.
+#[derive(Debug)]
+pub(super) enum Row<'a> {
+    /// A process, or identical siblings folded.
+    Group(Vec<&'a ProcNode>),
+    /// A tool call (its id) that begins here, and the rows of its processes.
+    Call(&'a str, Vec<Vec<&'a ProcNode>>),
+}
+
+/// The rows of siblings whose parent belongs to `parent_call`: the groups
+/// of [`group`], those of a tool call other than the parent's gathered
+/// under one [`Row::Call`] per call, each where its first process is.
+#[must_use]
+pub(super) fn rows<'a>(
+    siblings: &[&'a ProcNode],
+    parent_call: Option<&str>,
+    fold: bool,
+) -> Vec<Row<'a>> {
+    let mut rows: Vec<Row<'a>> = Vec::new();
+    let mut at: HashMap<&'a str, usize> = HashMap::new();
+    for g in group(siblings, fold) {
+        let call = g
+            .first()
+            .and_then(|lead| lead.tool_call.as_deref())
+            .filter(|c| Some(*c) != parent_call);
+        match call {
+            None => rows.push(Row::Group(g)),
+            Some(id) => match at.get(id) {
+                Some(&i) => {
+                    if let Some(Row::Call(_, groups)) = rows.get_mut(i) {
+                        groups.push(g);
+                    }
+                }
+                None => {
+                    at.insert(id, rows.len());
+                    rows.push(Row::Call(id, vec![g]));
+                }
+            },
+        }
+    }
+    rows
 }
 
 /// A run's processes by parent: children in order of first appearance,

@@ -218,6 +218,80 @@ pub(super) struct ProcNode {
     pub execs: u32,
     pub exit: Option<String>,
     pub first_id: i64,
+    /// The agent tool call that caused it (`run.tool_call` on one of its
+    /// events, or a `tool.call` listing one of them): the call's id.
+    pub tool_call: Option<String>,
+}
+
+/// A tool call of a run as views show it above its processes.
+#[derive(Debug, Clone, Default)]
+pub(super) struct CallInfo {
+    pub name: String,
+    pub input: String,
+}
+
+/// The `tool.call` events of `events` by call id.
+pub(super) fn tool_calls(events: &[&StoredEvent]) -> HashMap<String, CallInfo> {
+    events
+        .iter()
+        .filter(|se| se.event["kind"] == "tool.call")
+        .filter_map(|se| {
+            let c = &se.event["tool_call"];
+            Some((
+                c["id"].as_str()?.to_owned(),
+                CallInfo {
+                    name: str_of(c, "/name"),
+                    input: str_of(c, "/input"),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// The call each event belongs to, by seq: the events a `tool.call` lists
+/// (they went out before the daemon knew the call), then `run.tool_call`.
+fn call_of_seqs(events: &[&StoredEvent]) -> HashMap<u64, String> {
+    let mut out = HashMap::new();
+    for se in events {
+        let e = &se.event;
+        if e["kind"] == "tool.call"
+            && let Some(id) = e.pointer("/tool_call/id").and_then(Value::as_str)
+            && let Some(list) = e.pointer("/tool_call/processes").and_then(Value::as_array)
+        {
+            for l in list {
+                if let Some(seq) = l["seq"].as_u64() {
+                    out.entry(seq).or_insert_with(|| id.to_owned());
+                }
+            }
+        }
+    }
+    for se in events {
+        if let Some(id) = se
+            .event
+            .pointer("/run/tool_call/id")
+            .and_then(Value::as_str)
+            && let Some(seq) = se.event["seq"].as_u64()
+        {
+            out.entry(seq).or_insert_with(|| id.to_owned());
+        }
+    }
+    out
+}
+
+/// The call of an event's process, per [`call_of_seqs`]: by process key.
+pub(super) fn call_of_keys(events: &[&StoredEvent]) -> HashMap<String, String> {
+    let seqs = call_of_seqs(events);
+    let mut out = HashMap::new();
+    for se in events {
+        let key = str_of(&se.event, "/process/key");
+        if key.is_empty() || se.event["kind"] == "tool.unexplained" {
+            continue;
+        }
+        if let Some(id) = se.event["seq"].as_u64().and_then(|s| seqs.get(&s)) {
+            out.entry(key).or_insert_with(|| id.clone());
+        }
+    }
+    out
 }
 
 fn str_of(v: &Value, ptr: &str) -> String {
@@ -230,18 +304,25 @@ fn str_of(v: &Value, ptr: &str) -> String {
 /// Processes of one run, from its events, in order of first appearance.
 pub(super) fn processes(events: &[&StoredEvent]) -> Vec<ProcNode> {
     let mut by_key: HashMap<String, ProcNode> = HashMap::new();
+    let calls = call_of_keys(events);
     for se in events {
         let e = &se.event;
+        // A finding about a process is not one of its events.
+        if e["kind"] == "tool.unexplained" {
+            continue;
+        }
         let Some(p) = e.get("process") else { continue };
         let key = str_of(p, "/key");
         if key.is_empty() {
             continue;
         }
+        let call = calls.get(&key).cloned();
         let node = by_key.entry(key.clone()).or_insert_with(|| ProcNode {
             key,
             pid: p.get("pid").and_then(Value::as_u64).unwrap_or(0),
             parent_key: str_of(p, "/parent_key"),
             first_id: se.id,
+            tool_call: call,
             ..ProcNode::default()
         });
         if let Some(exe) = p.get("exe").and_then(Value::as_str) {
@@ -282,7 +363,7 @@ fn proc_json(node: &ProcNode, all: &[ProcNode]) -> Value {
         .filter(|c| c.parent_key == node.key)
         .map(|c| proc_json(c, all))
         .collect();
-    json!({"key": node.key, "pid": node.pid, "exe": node.exe, "argv": node.argv, "exit": node.exit, "children": children})
+    json!({"key": node.key, "pid": node.pid, "exe": node.exe, "argv": node.argv, "exit": node.exit, "tool_call": node.tool_call, "children": children})
 }
 
 impl ProcNode {
@@ -374,9 +455,43 @@ pub(super) fn proc_roots(all: &[ProcNode]) -> impl Iterator<Item = &ProcNode> {
         .filter(|n| !all.iter().any(|p| p.key == n.parent_key))
 }
 
+/// The rows of siblings in `sensor tree`: each tool call that begins among
+/// them as a line with its tool, id and input (`└─ tool call Bash
+/// toolu_…: curl …`), its processes under it.
+fn print_rows(siblings: &[&ProcNode], parent_call: Option<&str>, v: &TreeView<'_>, indent: &str) {
+    for row in fold::rows(siblings, parent_call, v.fold) {
+        match row {
+            fold::Row::Group(g) => print_procs(&g, v, indent),
+            fold::Row::Call(id, groups) => {
+                let info = v.calls.get(id).cloned().unwrap_or_default();
+                let line = format!(
+                    "{indent}└─ tool call {} {}: {}",
+                    escape_terminal(&info.name),
+                    escape_terminal(id),
+                    escape_terminal(&info.input)
+                );
+                println!("{}", fit(&line, v.max));
+                let deeper = format!("{indent}   ");
+                for g in groups {
+                    print_procs(&g, v, &deeper);
+                }
+            }
+        }
+    }
+}
+
+/// What `sensor tree` prints a run's processes with.
+struct TreeView<'a> {
+    kids: fold::Kids<'a>,
+    calls: HashMap<String, CallInfo>,
+    max: usize,
+    fold: bool,
+}
+
 /// One row of `sensor tree`: a process, or identical siblings folded
 /// (`└─ 4242+ git -c … ×13`), then the rows of their children.
-fn print_procs(group: &[&ProcNode], kids: &fold::Kids<'_>, indent: &str, max: usize, fold: bool) {
+fn print_procs(group: &[&ProcNode], v: &TreeView<'_>, indent: &str) {
+    let (kids, max) = (&v.kids, v.max);
     let Some(lead) = group.first() else { return };
     let exit = match (group.len(), lead.exit.as_deref()) {
         (1, Some(e)) => format!("  [{e}]"),
@@ -388,9 +503,12 @@ fn print_procs(group: &[&ProcNode], kids: &fold::Kids<'_>, indent: &str, max: us
     let line = format!("{prefix}{}{exit}", fold::group_label(group, room));
     println!("{}", fit(&line, max));
     let deeper = format!("{indent}   ");
-    for g in fold::group(&fold::group_children(group, kids), fold) {
-        print_procs(&g, kids, &deeper, max, fold);
-    }
+    print_rows(
+        &fold::group_children(group, kids),
+        lead.tool_call.as_deref(),
+        v,
+        &deeper,
+    );
 }
 
 pub fn tree(args: &TreeArgs) -> anyhow::Result<ExitCode> {
@@ -420,29 +538,52 @@ pub fn tree(args: &TreeArgs) -> anyhow::Result<ExitCode> {
             )
         })
         .collect();
+    let calls: HashMap<&str, HashMap<String, CallInfo>> = runs
+        .iter()
+        .map(|r| {
+            (
+                r.id.as_str(),
+                tool_calls(by_run.get(&r.id).map(Vec::as_slice).unwrap_or_default()),
+            )
+        })
+        .collect();
     if args.db.json {
-        fn node(run: &RunRow, runs: &[RunRow], procs: &HashMap<&str, Vec<ProcNode>>) -> Value {
+        fn node(
+            run: &RunRow,
+            runs: &[RunRow],
+            procs: &HashMap<&str, Vec<ProcNode>>,
+            calls: &HashMap<&str, HashMap<String, CallInfo>>,
+        ) -> Value {
             let all = procs
                 .get(run.id.as_str())
                 .map(Vec::as_slice)
                 .unwrap_or_default();
             let mut v = run_json(run);
             v["processes"] = Value::Array(proc_roots(all).map(|p| proc_json(p, all)).collect());
+            let mut tool_calls: Vec<Value> = calls
+                .get(run.id.as_str())
+                .into_iter()
+                .flatten()
+                .map(|(id, c)| json!({"id": id, "name": c.name, "input": c.input}))
+                .collect();
+            tool_calls.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+            v["tool_calls"] = Value::Array(tool_calls);
             v["runs"] = Value::Array(
                 runs.iter()
                     .filter(|r| r.parent_id.as_deref() == Some(run.id.as_str()))
-                    .map(|r| node(r, runs, procs))
+                    .map(|r| node(r, runs, procs, calls))
                     .collect(),
             );
             v
         }
-        println!("{}", node(&root, &runs, &procs));
+        println!("{}", node(&root, &runs, &procs, &calls));
         return Ok(ExitCode::SUCCESS);
     }
     fn print_run(
         run: &RunRow,
         runs: &[RunRow],
         procs: &HashMap<&str, Vec<ProcNode>>,
+        calls: &HashMap<&str, HashMap<String, CallInfo>>,
         indent: &str,
         max: usize,
         fold: bool,
@@ -463,18 +604,29 @@ pub fn tree(args: &TreeArgs) -> anyhow::Result<ExitCode> {
             .map(Vec::as_slice)
             .unwrap_or_default();
         let inner = format!("{indent}  ");
-        let kids = fold::Kids::new(all);
-        for g in fold::group(&kids.roots, fold) {
-            print_procs(&g, &kids, &inner, max, fold);
-        }
+        let view = TreeView {
+            kids: fold::Kids::new(all),
+            calls: calls.get(run.id.as_str()).cloned().unwrap_or_default(),
+            max,
+            fold,
+        };
+        print_rows(&view.kids.roots, None, &view, &inner);
         for child in runs
             .iter()
             .filter(|r| r.parent_id.as_deref() == Some(run.id.as_str()))
         {
-            print_run(child, runs, procs, &format!("{indent}    "), max, fold);
+            print_run(
+                child,
+                runs,
+                procs,
+                calls,
+                &format!("{indent}    "),
+                max,
+                fold,
+            );
         }
     }
-    print_run(&root, &runs, &procs, "", width(), !args.no_fold);
+    print_run(&root, &runs, &procs, &calls, "", width(), !args.no_fold);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -571,6 +723,16 @@ fn describe_columns(e: &Value, kind_width: usize) -> String {
                 }
             )
         }
+        "tool.unexplained" => format!(
+            "{} {}{}",
+            argv_shown(p).unwrap_or_default().join(" "),
+            shown_str(e, "/unexplained/reason"),
+            if e["unexplained"]["after_call"].is_object() {
+                format!(" (after {})", shown_str(e, "/unexplained/after_call/id"))
+            } else {
+                String::new()
+            }
+        ),
         "transcript.unreadable" => format!(
             "{}: {}",
             shown_str(e, "/transcript/path"),
@@ -1169,11 +1331,18 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let mut folded = fold::Folded::default();
+    // Each process's tool call, and the calls (shown above the first event
+    // of their processes).
+    let mut call_of: HashMap<String, String> = HashMap::new();
+    let mut calls: HashMap<String, CallInfo> = HashMap::new();
     for run_events in by_run.values() {
         let f = fold::folded(&processes(run_events), !args.no_fold);
         folded.hidden.extend(f.hidden);
         folded.counts.extend(f.counts);
+        call_of.extend(call_of_keys(run_events));
+        calls.extend(tool_calls(run_events));
     }
+    let mut calls_shown: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut left_out = 0_usize;
     let paint = Paint::stdout();
     // Process depth within its run, from parent keys seen so far.
@@ -1198,6 +1367,26 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
         let indent = "    ".repeat(run_depth) + &"  ".repeat(depth);
         let time = shown_str(e, "/time");
         let agent = shown_str(e, "/run/agent");
+        let call = (e["kind"] != "tool.unexplained")
+            .then(|| call_of.get(&key))
+            .flatten();
+        if let Some(id) = call
+            && calls_shown.insert(id.clone())
+        {
+            let info = calls.get(id).cloned().unwrap_or_default();
+            let line = format!(
+                "{time}  {indent}[{agent}] tool call {} {}: {}",
+                escape_terminal(&info.name),
+                escape_terminal(id),
+                escape_terminal(&info.input)
+            );
+            println!("{}", fit(&line, max));
+        }
+        let indent = if call.is_some() {
+            indent + "  "
+        } else {
+            indent
+        };
         let line = format!("{time}  {indent}[{agent}] {}", describe(e));
         match folded.counts.get(&key) {
             Some(n) if e["kind"] == "process.exec" => {

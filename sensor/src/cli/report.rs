@@ -23,7 +23,7 @@ use super::{
     args::ReportArgs,
     display::{escape_terminal, exe_shown, shown_value},
     fold,
-    query::{Denial, Denials, ProcNode, describe, processes, time_of_ns},
+    query::{CallInfo, Denial, Denials, ProcNode, describe, processes, time_of_ns, tool_calls},
 };
 use crate::store::{
     open_for_reading,
@@ -65,6 +65,7 @@ tr.deny.audit td{background:#fff8e1} tr.deny.audit td.v{color:#e65100}
 tr.escape td{background:#fff3e0} tr.escape.deny td{background:#fdecea}
 tr.gap td{background:#f1f3f6;font-style:italic}
 .badge.escape{background:#e65100;color:#fff} .count{font-weight:700;color:#1a4d8f}
+li.call>.tool{font-weight:600;color:#4a148c} li.call>ul.tree{border-left:2px solid #b39ddb}
 .denials{border:2px solid #c62828;border-radius:6px;padding:.5em 1em;background:#fdecea}
 .escapes{border:2px solid #e65100;border-radius:6px;padding:.5em 1em;background:#fff3e0}
 .summary{border:1px solid #ccd;border-radius:6px;padding:.5em 1em;background:#fff}
@@ -127,6 +128,8 @@ struct Report<'a> {
     runs: Vec<&'a RunRow>,
     events: &'a [StoredEvent],
     procs: HashMap<&'a str, Vec<ProcNode>>,
+    /// Each run's tool calls by id (shown above their processes).
+    calls: HashMap<&'a str, HashMap<String, CallInfo>>,
     /// Each denial once, with how it ended.
     denials: Vec<(&'a StoredEvent, Denial)>,
     /// Per run: (blocked, audit) denials, escape attempts.
@@ -209,6 +212,20 @@ impl<'a> Report<'a> {
                 )
             })
             .collect();
+        let calls = runs
+            .iter()
+            .map(|r| {
+                (
+                    r.id.as_str(),
+                    tool_calls(
+                        by_run
+                            .get(r.id.as_str())
+                            .map(Vec::as_slice)
+                            .unwrap_or_default(),
+                    ),
+                )
+            })
+            .collect();
         let mut table: Vec<&StoredEvent> = events.iter().take(TABLE_LIMIT).collect();
         let left_out = events
             .get(TABLE_LIMIT)
@@ -226,6 +243,7 @@ impl<'a> Report<'a> {
             runs: tree_order(root, runs),
             events,
             procs,
+            calls,
             denials,
             run_denials,
             run_escapes,
@@ -628,9 +646,44 @@ struct Trees<'r, 'a> {
     left_out: Cell<usize>,
 }
 
+/// The rows of siblings: each tool call that begins among them as an item
+/// with its tool, id and input, its processes under it.
+fn rows_html(
+    siblings: &[&ProcNode],
+    parent_call: Option<&str>,
+    run: &str,
+    kids: &fold::Kids<'_>,
+    trees: &Trees<'_, '_>,
+) -> Markup {
+    let calls = trees.report.calls.get(run);
+    html! {
+        @for row in fold::rows(siblings, parent_call, trees.report.fold) {
+            @match row {
+                fold::Row::Group(g) => (proc_html(&g, run, kids, trees)),
+                fold::Row::Call(id, groups) => {
+                    @let info = calls.and_then(|c| c.get(id)).cloned().unwrap_or_default();
+                    li.call {
+                        span.tool { "tool call " (shown(&info.name)) " " code { (shown(id)) } }
+                        br;
+                        (long_text(&shown(&info.input)))
+                        ul.tree {
+                            @for g in &groups { (proc_html(g, run, kids, trees)) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// One row of a process tree: a process, or identical siblings folded into
 /// one expandable row with a count, then the rows of their children.
-fn proc_html(group: &[&ProcNode], kids: &fold::Kids<'_>, trees: &Trees<'_, '_>) -> Markup {
+fn proc_html(
+    group: &[&ProcNode],
+    run: &str,
+    kids: &fold::Kids<'_>,
+    trees: &Trees<'_, '_>,
+) -> Markup {
     let Some(lead) = group.first() else {
         return html! {};
     };
@@ -643,7 +696,7 @@ fn proc_html(group: &[&ProcNode], kids: &fold::Kids<'_>, trees: &Trees<'_, '_>) 
         return html! {};
     }
     trees.rows.set(trees.rows.get() + 1);
-    let children = fold::group(&fold::group_children(group, kids), trees.report.fold);
+    let children = fold::group_children(group, kids);
     let pid = |n: &ProcNode| {
         html! {
             @if trees.report.shown.contains(&n.first_id) {
@@ -679,7 +732,7 @@ fn proc_html(group: &[&ProcNode], kids: &fold::Kids<'_>, trees: &Trees<'_, '_>) 
             }
             @if !children.is_empty() {
                 ul.tree {
-                    @for g in &children { (proc_html(g, kids, trees)) }
+                    (rows_html(&children, lead.tool_call.as_deref(), run, kids, trees))
                 }
             }
         }
@@ -739,7 +792,7 @@ fn run_html(run: &RunRow, trees: &Trees<'_, '_>) -> Markup {
                 }
                 @if !kids.roots.is_empty() {
                     ul.tree {
-                        @for g in fold::group(&kids.roots, r.fold) { (proc_html(&g, &kids, trees)) }
+                        (rows_html(&kids.roots, None, &run.id, &kids, trees))
                     }
                 }
             }
@@ -1279,6 +1332,78 @@ mod tests {
             "the picture marks them"
         );
         assert!(html.contains("<polygon class=\"audit\""));
+    }
+
+    #[test]
+    fn processes_are_grouped_under_their_tool_call_with_its_input() {
+        let root = run("root", None, 0, 0);
+        let ev = |id: i64,
+                  kind: &str,
+                  key: &str,
+                  parent: &str,
+                  argv: &[&str],
+                  call: Option<&str>| {
+            let mut run = serde_json::json!({"id":"root"});
+            if let Some(c) = call {
+                run["tool_call"] = serde_json::json!({"id": c, "name": "Bash"});
+            }
+            event_of(
+                id,
+                serde_json::json!({"seq":id,"kind":kind,"time":"1970-01-01T00:00:03Z","run":run,
+                "process":{"pid":100 + id,"key":key,"parent_key":parent,"exe":"/usr/bin/x","argv":argv},
+                "exec":{"result":"ok"}}),
+            )
+        };
+        let mut events = vec![
+            ev(1, "process.exec", "claude", "", &["claude", "-p"], None),
+            ev(2, "process.exec", "git", "claude", &["git", "status"], None),
+            // Labelled as it went out.
+            ev(
+                3,
+                "process.exec",
+                "sh1",
+                "claude",
+                &["bash", "-c", "echo one"],
+                Some("toolu_a"),
+            ),
+            // Not labelled: the tool.call lists it.
+            ev(
+                4,
+                "process.exec",
+                "sh2",
+                "claude",
+                &["bash", "-c", "curl <x>"],
+                None,
+            ),
+            ev(5, "process.exec", "curl", "sh2", &["curl", "<x>"], None),
+        ];
+        events.push(event_of(
+            6,
+            serde_json::json!({"seq":6,"kind":"tool.call","time":"1970-01-01T00:00:04Z","run":{"id":"root"},
+            "tool_call":{"id":"toolu_b","name":"Bash","input":"curl <x>","processes":[{"seq":4},{"seq":5}]}}),
+        ));
+        events.push(event_of(
+            7,
+            serde_json::json!({"seq":7,"kind":"tool.call","time":"1970-01-01T00:00:04Z","run":{"id":"root"},
+            "tool_call":{"id":"toolu_a","name":"Bash","input":"echo one","processes":[]}}),
+        ));
+        let runs = [root.clone()];
+        let page = page(&root, &runs, &events, true);
+        let from = page.find("id=\"processes\"").unwrap_or(0);
+        let to = page.find("id=\"timeline\"").unwrap_or(page.len());
+        let html = &page[from..to];
+        let call_a = html.find("toolu_a").unwrap_or(usize::MAX);
+        let call_b = html.find("toolu_b").unwrap_or(usize::MAX);
+        let sh1 = html.find("bash -c echo one").unwrap_or(0);
+        let curl = html.find("curl &lt;x&gt;</code>").unwrap_or(0);
+        assert!(html.contains("<li class=\"call\">"), "{html}");
+        assert!(call_a < sh1 && sh1 < call_b, "{html}");
+        assert!(call_b < curl, "{html}");
+        // The call's input above its processes, escaped.
+        assert!(html.contains("curl &lt;x&gt;"), "{html}");
+        // git is outside any call.
+        let git = html.find("git status").unwrap_or(usize::MAX);
+        assert!(git < call_a, "{html}");
     }
 
     #[test]

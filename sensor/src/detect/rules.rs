@@ -63,6 +63,7 @@ pub fn categories(kind: Kind) -> &'static [&'static str] {
         Kind::ToolCall => &["tool_call"],
         Kind::TranscriptUnreadable => &["transcript_unreadable"],
         Kind::ToolUnobserved => &["tool_unobserved"],
+        Kind::ToolUnexplained => &["tool_unexplained"],
     }
 }
 

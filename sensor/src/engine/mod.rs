@@ -585,6 +585,21 @@ impl Engine {
         e
     }
 
+    /// A `tool.unexplained` event of run `run`: the exec's process, and why
+    /// no tool call explains it.
+    pub fn tool_unexplained(
+        &mut self,
+        run: RunRef,
+        process: Process,
+        unexplained: crate::event::Unexplained,
+    ) -> Event {
+        let mut e = self.envelope(Kind::ToolUnexplained, SystemTime::now());
+        e.run = Some(run);
+        e.process = Some(process);
+        e.unexplained = Some(unexplained);
+        e
+    }
+
     /// A `transcript.unreadable` event of run `run`.
     pub fn transcript_unreadable(
         &mut self,

@@ -81,6 +81,8 @@ pub enum Kind {
     TranscriptUnreadable,
     #[strum(serialize = "tool.unobserved")]
     ToolUnobserved,
+    #[strum(serialize = "tool.unexplained")]
+    ToolUnexplained,
 }
 
 impl Serialize for Kind {
@@ -306,9 +308,21 @@ pub struct RunRef {
     pub depth: u32,
     /// How this event's process was attributed.
     pub attribution: Attributed,
+    /// The agent tool call that caused this event's process (read from the
+    /// agent's transcript while the call was open, see `crate::transcripts`).
+    pub tool_call: Option<CallRef>,
     /// Details carried by run.start and run.end only.
     #[serde(flatten)]
     pub details: Option<RunDetails>,
+}
+
+/// A tool call named on an event (`run.tool_call`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CallRef {
+    /// The agent's call id (`toolu_...`).
+    pub id: String,
+    /// The tool (`Bash`, ...).
+    pub name: String,
 }
 
 /// What run.start and run.end add to the run object.
@@ -375,6 +389,9 @@ pub struct Event {
     /// `transcript.unreadable`: what of a run's transcripts could not be read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transcript: Option<TranscriptIssue>,
+    /// `tool.unexplained`: a process tree of a run no tool call explains.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unexplained: Option<Unexplained>,
 }
 
 /// A tool call read from the agent's own transcript (`tool_call`, of
@@ -413,6 +430,20 @@ pub struct Linked {
     pub kind: Kind,
     pub key: String,
     pub pid: u32,
+}
+
+/// What `tool.unexplained` adds to the exec's process (`unexplained`).
+#[serde_with::skip_serializing_none]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unexplained {
+    /// The `process.exec` that began the unexplained tree.
+    pub exec_seq: u64,
+    /// `no_tool_call`: it began while no call of the run explains it;
+    /// `after_call`: it descends from a call's processes but began after
+    /// that call's result (a background job that outlived its call).
+    pub reason: &'static str,
+    /// The call its parent belonged to (`after_call`).
+    pub after_call: Option<CallRef>,
 }
 
 /// What could not be read of a run's transcripts (`transcript`, of
@@ -554,6 +585,7 @@ impl Event {
             checkpoint: None,
             tool_call: None,
             transcript: None,
+            unexplained: None,
         }
     }
 

@@ -695,6 +695,7 @@ pub(crate) mod tests {
             root_id: "r".into(),
             depth: 0,
             attribution: Attributed::Launch,
+            tool_call: None,
             details: None,
         });
         e

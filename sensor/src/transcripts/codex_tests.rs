@@ -234,7 +234,7 @@ fn codex_calls_are_linked_through_the_sandbox_helpers() {
         .iter()
         .filter_map(|f| match f {
             Found::Call(_, c) => Some(c),
-            Found::Unobserved(..) | Found::Unreadable(..) => None,
+            Found::Unobserved(..) | Found::Unreadable(..) | Found::Unexplained(..) => None,
         })
         .collect();
     assert_eq!(calls.len(), 2, "{found:?}");
@@ -288,7 +288,7 @@ fn codex_unobserved_and_other_tools() {
         .iter()
         .filter_map(|f| match f {
             Found::Unobserved(_, c) => Some(c.id.as_str()),
-            Found::Call(..) | Found::Unreadable(..) => None,
+            Found::Call(..) | Found::Unreadable(..) | Found::Unexplained(..) => None,
         })
         .collect();
     assert_eq!(unobserved, ["call_1"], "{found:?}");
@@ -334,7 +334,7 @@ fn codex_hostile_files_and_dirs() {
         .iter()
         .filter_map(|f| match f {
             Found::Unreadable(_, i) => Some(i),
-            Found::Call(..) | Found::Unobserved(..) => None,
+            Found::Call(..) | Found::Unobserved(..) | Found::Unexplained(..) => None,
         })
         .collect();
     assert_eq!(issues.len(), 1, "{found:?}");
@@ -352,7 +352,7 @@ fn codex_hostile_files_and_dirs() {
         .iter()
         .filter_map(|f| match f {
             Found::Call(_, c) => Some(c.id.as_str()),
-            Found::Unobserved(..) | Found::Unreadable(..) => None,
+            Found::Unobserved(..) | Found::Unreadable(..) | Found::Unexplained(..) => None,
         })
         .collect();
     assert_eq!(

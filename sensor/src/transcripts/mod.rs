@@ -22,6 +22,25 @@
 //!   time, calls without a result are emitted with `result_time: null`,
 //!   and the run is forgotten.
 //!
+//! Labels on the run's own events (`run.tool_call`): a process event is
+//! labelled with the call that was open when it happened, at the moment it
+//! goes out (the stream is never held back). Claude Code writes a call's
+//! `tool_use` line before it runs the tool, so the call is known when its
+//! shell starts: an exec that no open call explains makes the daemon read
+//! the run's transcripts at once (at most every [`EAGER_EVERY`]) before it
+//! gives up. A process is labelled when its exec's arguments contain an
+//! open shell call's command, or when its parent is labelled with a call
+//! still open at the event's time; its connects and exits inherit the label
+//! while the call is open. An event that goes out before the daemon could
+//! know its call is not rewritten: the `tool.call` that follows lists it.
+//!
+//! `tool.unexplained`: each exec of a run, once no call can claim it any
+//! more (its call window passed, [`DECIDE_AFTER`]), is explained by a call
+//! (label or `tool.call` link), by being the agent itself, or by the
+//! agent's infrastructure (`[[agent]] infrastructure`: a direct child of the
+//! agent's process matching an entry, and its descendants); any other is
+//! reported once per tree (its descendants are not reported again).
+//!
 //! The transcript is written by the watched agent: it is hostile input.
 //! Lines are capped ([`LINE_MAX`]), invalid ones skipped and counted, the
 //! reads per tick bounded ([`READ_PER_TICK`]), files opened without following
@@ -34,7 +53,7 @@ pub mod claude;
 pub mod codex;
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     fs::File,
     io::{Read as _, Seek as _, SeekFrom},
     os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
@@ -42,7 +61,12 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use crate::event::{Event, Kind, Linked, RunRef, Timestamp, ToolCall, TranscriptIssue};
+use std::sync::Arc;
+
+use crate::event::{
+    CallRef, Event, Kind, Linked, Process, RunRef, Timestamp, ToolCall, TranscriptIssue,
+    Unexplained,
+};
 
 /// A transcript line longer than this is skipped (counted).
 pub const LINE_MAX: usize = 1 << 20;
@@ -68,6 +92,19 @@ pub const LINKED_MAX: usize = 256;
 pub const RUNS_MAX: usize = 256;
 /// Sandbox helpers walked up from a call's shell, at most.
 const HELPER_DEPTH: usize = 16;
+/// Processes (and labels, explained keys) remembered per run, at most.
+pub const PROCS_MAX: usize = 16_384;
+/// Execs awaiting the `tool.unexplained` decision per run, at most (the
+/// oldest is decided at once beyond it).
+pub const TODO_MAX: usize = 1024;
+/// An exec no open call explains reads the transcripts at once, at most
+/// this often per run.
+pub const EAGER_EVERY: Duration = Duration::from_millis(25);
+/// An exec is decided (`tool.unexplained` or not) this long after it
+/// began, once no call waiting for its result began before it.
+pub const DECIDE_AFTER: Duration = Duration::from_secs(2);
+/// Ancestors looked at for a label, at most.
+const DEPTH_MAX: usize = 64;
 /// Kept of an exec's argv for matching, at most (bytes; the kernel's
 /// capture is 8 KiB).
 const ARGV_KEPT: usize = 8 << 10;
@@ -118,6 +155,55 @@ pub enum Record {
     Other,
 }
 
+/// An entry of `[[agent]] infrastructure`: the exe (its file name, or its
+/// absolute path when the entry begins with `/`), then optionally the first
+/// arguments (argv[1]...), each equal, or a prefix when it ends with `*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Infra {
+    exe: String,
+    args: Vec<String>,
+}
+
+impl Infra {
+    /// The entry `text` (`git`, `/usr/bin/git`, `bash -c env`); `None` when
+    /// it is blank.
+    #[must_use]
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut words = text.split_whitespace();
+        let exe = words.next()?.to_owned();
+        Some(Self {
+            exe,
+            args: words.map(str::to_owned).collect(),
+        })
+    }
+
+    /// Whether the exec of `p` (its resolved exe and argv) is this.
+    #[must_use]
+    pub fn matches(&self, p: &Process) -> bool {
+        let Some(exe) = p.exe.as_deref() else {
+            return false;
+        };
+        let exe_ok = if self.exe.starts_with('/') {
+            exe == self.exe
+        } else {
+            Path::new(exe)
+                .file_name()
+                .is_some_and(|n| n == self.exe.as_str())
+        };
+        if !exe_ok {
+            return false;
+        }
+        let argv = p.argv.as_deref().unwrap_or_default();
+        self.args.iter().enumerate().all(|(i, want)| {
+            argv.get(i + 1)
+                .is_some_and(|a| match want.strip_suffix('*') {
+                    Some(prefix) => a.starts_with(prefix),
+                    None => a == want,
+                })
+        })
+    }
+}
+
 /// What the tick hands the pipeline.
 #[derive(Debug)]
 pub enum Found {
@@ -127,6 +213,9 @@ pub enum Found {
     /// `tool.call`.
     Unobserved(RunRef, ToolCall),
     Unreadable(RunRef, TranscriptIssue),
+    /// An exec of the run no call explains (`tool.unexplained`), with the
+    /// exec's process.
+    Unexplained(RunRef, Box<Process>, Unexplained),
 }
 
 /// Where a run's transcripts are.
@@ -171,9 +260,36 @@ struct FileState {
     ino: u64,
 }
 
+/// A process of a followed run, for labels.
+#[derive(Debug)]
+struct Proc {
+    parent_key: String,
+    /// Its last exec (else its spawn).
+    time: SystemTime,
+    /// Its last exec's argv after argv[0] (bounded).
+    args: Option<String>,
+}
+
+impl Proc {
+    fn bytes(&self) -> usize {
+        self.parent_key.len() + self.args.as_ref().map_or(0, String::len)
+    }
+}
+
+/// An exec awaiting the `tool.unexplained` decision.
+#[derive(Debug)]
+struct Candidate {
+    seq: u64,
+    time: SystemTime,
+    process: Box<Process>,
+}
+
 #[derive(Debug)]
 struct Pending {
     name: String,
+    /// The forms of a shell call's command in its shell's arguments (none
+    /// for other tools).
+    forms: Vec<String>,
     input: String,
     truncated: bool,
     time: SystemTime,
@@ -190,8 +306,8 @@ struct Followed {
     source: Option<Source>,
     files: BTreeMap<PathBuf, FileState>,
     pending: BTreeMap<String, Pending>,
-    /// Ids emitted (a call is reported once).
-    done: std::collections::HashSet<String>,
+    /// Ids emitted (a call is reported once), with their result time.
+    done: HashMap<String, Option<SystemTime>>,
     acts: VecDeque<Act>,
     /// Bytes the kept acts hold (keys and argv).
     acts_bytes: usize,
@@ -201,6 +317,30 @@ struct Followed {
     reported: bool,
     skipped: u64,
     other: u64,
+    /// The run's processes (bounded by [`PROCS_MAX`] and [`ACTS_BYTES`]).
+    procs: HashMap<String, Proc>,
+    procs_bytes: usize,
+    /// Process key → the call it was labelled with.
+    labels: HashMap<String, CallRef>,
+    /// The agent's own processes (the run's first).
+    agent_keys: HashSet<String>,
+    /// The agent's infrastructure processes and their descendants.
+    infra_keys: HashSet<String>,
+    /// Execs (seq) a `tool.call` explains.
+    explained: HashSet<u64>,
+    /// Processes reported (or under one reported) as `tool.unexplained`.
+    unexplained_keys: HashSet<String>,
+    /// Execs to decide, in event order.
+    todo: VecDeque<Candidate>,
+    infra: Arc<[Infra]>,
+    last_eager: Option<std::time::Instant>,
+    /// Decided early (the bound on `todo`), for the next tick.
+    early: Vec<Found>,
+    /// Execs not decided at all (beyond both bounds), to log.
+    dropped: u64,
+    /// CPU time spent on this run (its events and its reads, on the
+    /// pipeline's thread), logged at its end.
+    busy: Duration,
 }
 
 /// Counters of what was read (for the log and tests).
@@ -215,6 +355,8 @@ pub struct Counts {
 #[derive(Debug, Default)]
 pub struct Transcripts {
     formats: HashMap<String, Format>,
+    /// Each agent's infrastructure (`[[agent]] infrastructure`).
+    infra: HashMap<String, Arc<[Infra]>>,
     runs: HashMap<String, Followed>,
     counts: Counts,
     /// Runs not followed because [`RUNS_MAX`] were.
@@ -231,11 +373,20 @@ impl Transcripts {
         }
     }
 
+    /// The infrastructure of agent `agent`: its processes that no tool
+    /// call explains and that are not `tool.unexplained`.
+    #[must_use]
+    pub fn with_infrastructure(mut self, agent: &str, entries: &[String]) -> Self {
+        let list: Vec<Infra> = entries.iter().filter_map(|e| Infra::parse(e)).collect();
+        self.infra.insert(agent.to_owned(), list.into());
+        self
+    }
+
     /// Follows the runs of the `[[agent]]`s that name a transcripts format
     /// (unknown formats were refused with the config).
     #[must_use]
     pub fn of_agents(agents: &[crate::attribution::AgentConfig]) -> Self {
-        Self::new(
+        let mut t = Self::new(
             agents
                 .iter()
                 .filter_map(|a| {
@@ -243,7 +394,13 @@ impl Transcripts {
                     Some((a.name.clone(), format))
                 })
                 .collect(),
-        )
+        );
+        for a in agents {
+            if t.formats.contains_key(&a.name) {
+                t = t.with_infrastructure(&a.name, &a.infrastructure);
+            }
+        }
+        t
     }
 
     /// Whether runs are being followed (or wait for their last read).
@@ -264,14 +421,14 @@ impl Transcripts {
     }
 
     /// Sees an event on its way out: a run's start, end, and its process
-    /// and connect events.
-    pub fn on_event(&mut self, e: &Event) {
+    /// and connect events. Returns the tool call to label it with
+    /// (`run.tool_call`), when the event is a process or network event of a
+    /// followed run caused by a call open at its time.
+    pub fn on_event(&mut self, e: &Event) -> Option<CallRef> {
         if self.formats.is_empty() {
-            return;
+            return None;
         }
-        let Some(run) = &e.run else {
-            return;
-        };
+        let run = e.run.as_ref()?;
         match e.kind {
             Kind::RunStart => {
                 if e.delivery.is_none()
@@ -281,27 +438,33 @@ impl Transcripts {
                     let source = resolve(format, p.pid);
                     self.start(e, format, source);
                 }
+                None
             }
             Kind::RunEnd => {
                 if let Some(f) = self.runs.get_mut(&run.id) {
                     f.ended = true;
                 }
+                None
             }
-            Kind::ProcessSpawn | Kind::ProcessExec | Kind::NetworkConnect => {
-                let Some(f) = self.runs.get_mut(&run.id) else {
-                    return;
-                };
-                let Some(p) = &e.process else {
-                    return;
-                };
-                if e.kind == Kind::ProcessExec
+            Kind::ProcessSpawn
+            | Kind::ProcessExec
+            | Kind::ProcessExit
+            | Kind::NetworkConnect
+            | Kind::NetworkListen
+            | Kind::NetworkAccept
+            | Kind::NetworkSocket => {
+                let Self { runs, counts, .. } = self;
+                let f = runs.get_mut(&run.id)?;
+                let began = thread_cpu();
+                let p = e.process.as_ref()?;
+                let exec_ok = e.kind == Kind::ProcessExec
                     && e.exec
                         .as_ref()
-                        .is_some_and(|x| x.result != crate::event::ExecResult::Ok)
-                {
-                    return;
+                        .is_none_or(|x| x.result == crate::event::ExecResult::Ok);
+                if e.kind == Kind::ProcessExec && !exec_ok {
+                    return None;
                 }
-                let args = (e.kind == Kind::ProcessExec)
+                let args = exec_ok
                     .then(|| {
                         p.argv.as_ref().map(|a| {
                             let joined = a.iter().skip(1).cloned().collect::<Vec<_>>().join(" ");
@@ -309,29 +472,42 @@ impl Transcripts {
                         })
                     })
                     .flatten();
-                let helper = e.kind == Kind::ProcessExec
-                    && f.format == Format::Codex
-                    && p.argv.as_deref().is_some_and(codex::is_helper);
-                let act = Act {
-                    seq: e.seq,
-                    kind: e.kind,
-                    time: e.time.0,
-                    key: p.key.clone(),
-                    parent_key: p.parent_key.clone(),
-                    pid: p.pid,
-                    args,
-                    helper,
-                };
-                f.acts_bytes += act.bytes();
-                f.acts.push_back(act);
-                while f.acts.len() > ACTS_MAX || f.acts_bytes > ACTS_BYTES {
-                    let Some(old) = f.acts.pop_front() else {
-                        break;
-                    };
-                    f.acts_bytes = f.acts_bytes.saturating_sub(old.bytes());
+                if matches!(
+                    e.kind,
+                    Kind::ProcessSpawn | Kind::ProcessExec | Kind::NetworkConnect
+                ) {
+                    let helper = e.kind == Kind::ProcessExec
+                        && f.format == Format::Codex
+                        && p.argv.as_deref().is_some_and(codex::is_helper);
+                    keep_act(f, e, p, args.clone(), helper);
                 }
+                if matches!(e.kind, Kind::ProcessSpawn | Kind::ProcessExec) {
+                    keep_proc(f, p, e.time.0, args);
+                }
+                let mut label = find_label(f, &p.key, e.time.0);
+                if label.is_none()
+                    && (exec_ok || e.kind == Kind::NetworkConnect)
+                    && !f.agent_keys.contains(&p.key)
+                    && let Some(source) = f.source.clone()
+                    && f.last_eager.is_none_or(|t| t.elapsed() >= EAGER_EVERY)
+                {
+                    // Its call may be in lines written since the last tick.
+                    f.last_eager = Some(std::time::Instant::now());
+                    read_run(f, &source, SystemTime::now(), counts);
+                    label = find_label(f, &p.key, e.time.0);
+                }
+                if let Some(l) = &label
+                    && (f.labels.len() < PROCS_MAX || f.labels.contains_key(&p.key))
+                {
+                    f.labels.insert(p.key.clone(), l.clone());
+                }
+                if exec_ok && label.is_none() {
+                    consider(f, e.seq, e.time.0, p);
+                }
+                f.busy += thread_cpu().saturating_sub(began);
+                label
             }
-            _ => {}
+            _ => None,
         }
     }
 
@@ -367,7 +543,7 @@ impl Transcripts {
                 source,
                 files: BTreeMap::new(),
                 pending: BTreeMap::new(),
-                done: std::collections::HashSet::new(),
+                done: HashMap::new(),
                 acts: VecDeque::new(),
                 acts_bytes: 0,
                 ended: false,
@@ -375,6 +551,23 @@ impl Transcripts {
                 reported: false,
                 skipped: 0,
                 other: 0,
+                procs: HashMap::new(),
+                procs_bytes: 0,
+                labels: HashMap::new(),
+                agent_keys: e.process.iter().map(|p| p.key.clone()).collect(),
+                infra_keys: HashSet::new(),
+                explained: HashSet::new(),
+                unexplained_keys: HashSet::new(),
+                todo: VecDeque::new(),
+                infra: self
+                    .infra
+                    .get(&run.agent)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::from(Vec::new())),
+                last_eager: None,
+                early: Vec::new(),
+                dropped: 0,
+                busy: Duration::ZERO,
             },
         );
     }
@@ -387,10 +580,12 @@ impl Transcripts {
         let mut over = Vec::new();
         for (id, f) in &mut self.runs {
             let ended = f.ended;
+            let began = thread_cpu();
             if let Some(source) = f.source.clone() {
                 read_run(f, &source, now, &mut self.counts);
             }
             emit_ready(f, now, ended, &mut found, &mut self.counts);
+            decide(f, now, ended, &mut found);
             if !f.reported
                 && let Some((path, reason)) = f.problem.clone()
             {
@@ -404,10 +599,15 @@ impl Transcripts {
                     },
                 ));
             }
+            f.busy += thread_cpu().saturating_sub(began);
             if ended {
-                if f.skipped > 0 || f.other > 0 {
-                    tracing::debug!(run = %id, skipped = f.skipped, other = f.other, "transcripts: run over");
-                }
+                tracing::info!(
+                    run = %id,
+                    cpu_ms = f.busy.as_secs_f64() * 1000.0,
+                    skipped = f.skipped,
+                    other = f.other,
+                    "transcripts: run over (time spent following it)"
+                );
                 over.push(id.clone());
             }
         }
@@ -662,7 +862,7 @@ fn take(f: &mut Followed, r: Record, file: &Path, counts: &mut Counts) {
         } => {
             // Calls of a resumed session made before this run are not its.
             if !claude::not_before(time, f.start, SLACK)
-                || f.done.contains(&id)
+                || f.done.contains_key(&id)
                 || f.pending.contains_key(&id)
             {
                 return;
@@ -675,9 +875,15 @@ fn take(f: &mut Followed, r: Record, file: &Path, counts: &mut Counts) {
                 );
                 return;
             }
+            let forms = if shell(f.format, &name) && !input.trim().is_empty() {
+                command_forms(input.trim())
+            } else {
+                Vec::new()
+            };
             f.pending.insert(
                 id,
                 Pending {
+                    forms,
                     name,
                     input,
                     truncated,
@@ -723,10 +929,17 @@ fn emit_ready(
     for (id, p) in calls {
         let end = p.result.map_or(now, |(t, _)| t);
         let is_shell = shell(f.format, &p.name);
-        let (processes, more) = link(&f.acts, &p.input, p.time, end, is_shell);
+        let (processes, more, keys) = link(&f.acts, &p.input, p.time, end, is_shell, |key| {
+            f.labels.get(key).is_some_and(|l| l.id == id)
+        });
         counts.calls += 1;
         if f.done.len() < PENDING_MAX * 4 {
-            f.done.insert(id.clone());
+            f.done.insert(id.clone(), p.result.map(|(t, _)| t));
+        }
+        for seq in keys {
+            if f.explained.len() < PROCS_MAX {
+                f.explained.insert(seq);
+            }
         }
         let call = ToolCall {
             id,
@@ -749,6 +962,241 @@ fn emit_ready(
             out.push(Found::Unobserved(f.run.clone(), call));
         }
     }
+}
+
+/// The CPU time of the calling thread so far (zero when it cannot be read).
+fn thread_cpu() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(Duration::from)
+        .unwrap_or_default()
+}
+
+/// Keeps a process or connect event for the reconciliation (bounded).
+fn keep_act(f: &mut Followed, e: &Event, p: &Process, args: Option<String>, helper: bool) {
+    let act = Act {
+        seq: e.seq,
+        kind: e.kind,
+        time: e.time.0,
+        key: p.key.clone(),
+        parent_key: p.parent_key.clone(),
+        pid: p.pid,
+        args,
+        helper,
+    };
+    f.acts_bytes += act.bytes();
+    f.acts.push_back(act);
+    while f.acts.len() > ACTS_MAX || f.acts_bytes > ACTS_BYTES {
+        let Some(old) = f.acts.pop_front() else {
+            break;
+        };
+        f.acts_bytes = f.acts_bytes.saturating_sub(old.bytes());
+    }
+}
+
+/// Remembers a process of the run (its parent, its last exec's args), for
+/// labels; beyond the bounds, new processes are not remembered (their
+/// events are labelled by their own exec's args only).
+fn keep_proc(f: &mut Followed, p: &Process, time: SystemTime, args: Option<String>) {
+    let new = Proc {
+        parent_key: p.parent_key.clone(),
+        time,
+        args,
+    };
+    let bytes = new.bytes();
+    if let Some(old) = f.procs.get_mut(&p.key) {
+        // The parent stays the one it was started by (an exec after its
+        // parent exited names the reaper); an exec without args known (not
+        // UTF-8) keeps the ones before.
+        if new.args.is_some() {
+            let new = Proc {
+                parent_key: std::mem::take(&mut old.parent_key),
+                ..new
+            };
+            f.procs_bytes = f.procs_bytes.saturating_sub(old.bytes()) + new.bytes();
+            *old = new;
+        }
+    } else if f.procs.len() < PROCS_MAX && f.procs_bytes + bytes <= ACTS_BYTES {
+        f.procs_bytes += bytes;
+        f.procs.insert(p.key.clone(), new);
+    }
+}
+
+/// Whether call `id` of the run was open at `t` (with [`SLACK`]).
+fn open_at(f: &Followed, id: &str, t: SystemTime) -> bool {
+    if let Some(p) = f.pending.get(id) {
+        return t + SLACK >= p.time && p.result.is_none_or(|(r, _)| t <= r + SLACK);
+    }
+    matches!(f.done.get(id), Some(Some(r)) if t <= *r + SLACK)
+}
+
+/// The open shell call whose command is in `args` of an exec at `t` (the
+/// earliest call when several are).
+fn open_call_in(f: &Followed, args: &str, t: SystemTime) -> Option<CallRef> {
+    f.pending
+        .iter()
+        .filter(|(_, p)| {
+            !p.forms.is_empty()
+                && t + SLACK >= p.time
+                && p.result.is_none_or(|(r, _)| t <= r + SLACK)
+                && p.forms.iter().any(|form| args.contains(form.as_str()))
+        })
+        .min_by_key(|(_, p)| p.time)
+        .map(|(id, p)| CallRef {
+            id: id.clone(),
+            name: p.name.clone(),
+        })
+}
+
+/// The call an event at `t` of process `key` belongs to: the label of the
+/// process or of its nearest labelled ancestor while that call is open at
+/// `t`, else the open call whose command is in the exec arguments of the
+/// process or of an ancestor (then labelled). The agent's own processes are
+/// never labelled, nor is anything above them looked at.
+fn find_label(f: &mut Followed, key: &str, t: SystemTime) -> Option<CallRef> {
+    let mut k = key.to_owned();
+    for _ in 0..DEPTH_MAX {
+        if f.agent_keys.contains(&k) {
+            return None;
+        }
+        if let Some(c) = f.labels.get(&k) {
+            return open_at(f, &c.id, t).then(|| c.clone());
+        }
+        let proc = f.procs.get(&k)?;
+        if let Some(args) = &proc.args
+            && let Some(c) = open_call_in(f, args, proc.time)
+        {
+            let open = open_at(f, &c.id, t);
+            if f.labels.len() < PROCS_MAX {
+                f.labels.insert(k, c.clone());
+            }
+            return open.then_some(c);
+        }
+        k = proc.parent_key.clone();
+    }
+    None
+}
+
+/// An exec no call explains when it went out: infrastructure, or a
+/// candidate for `tool.unexplained`.
+fn consider(f: &mut Followed, seq: u64, time: SystemTime, p: &Process) {
+    let key = &p.key;
+    if f.agent_keys.contains(key) || f.infra_keys.contains(key) {
+        return;
+    }
+    let infra = f.infra_keys.contains(&p.parent_key)
+        || (f.agent_keys.contains(&p.parent_key) && f.infra.iter().any(|i| i.matches(p)));
+    if infra {
+        if f.infra_keys.len() < PROCS_MAX {
+            f.infra_keys.insert(key.clone());
+        }
+        return;
+    }
+    if f.todo.len() >= TODO_MAX
+        && let Some(old) = f.todo.pop_front()
+    {
+        // Beyond the bound the oldest is decided now, on what is known.
+        if let Some(found) = decide_one(f, old) {
+            if f.early.len() < TODO_MAX {
+                f.early.push(found);
+            } else {
+                f.dropped += 1;
+            }
+        }
+    }
+    f.todo.push_back(Candidate {
+        seq,
+        time,
+        process: Box::new(p.clone()),
+    });
+}
+
+/// Decides the execs no call can claim any more: `tool.unexplained` for the
+/// first of each tree that no call explains.
+fn decide(f: &mut Followed, now: SystemTime, ended: bool, out: &mut Vec<Found>) {
+    out.append(&mut f.early);
+    if f.dropped > 0 {
+        tracing::warn!(run = %f.run.id, execs = f.dropped, "transcripts: too many execs to decide at once; some were not");
+        f.dropped = 0;
+    }
+    // A call still waiting for its result may claim what began after it.
+    let horizon = f
+        .pending
+        .values()
+        .map(|p| p.time.checked_sub(SLACK).unwrap_or(p.time))
+        .min();
+    while let Some(c) = f.todo.front() {
+        let ripe = ended || (c.time + DECIDE_AFTER <= now && horizon.is_none_or(|h| c.time < h));
+        if !ripe {
+            break;
+        }
+        let Some(c) = f.todo.pop_front() else {
+            break;
+        };
+        out.extend(decide_one(f, c));
+    }
+}
+
+/// The `tool.unexplained` of one exec, if it is one.
+fn decide_one(f: &mut Followed, c: Candidate) -> Option<Found> {
+    let key = c.process.key.clone();
+    let parent = c.process.parent_key.clone();
+    if f.explained.contains(&c.seq)
+        || f.agent_keys.contains(&key)
+        || f.infra_keys.contains(&key)
+        || f.unexplained_keys.contains(&key)
+        || f.labels
+            .get(&key)
+            .is_some_and(|l| open_at(f, &l.id, c.time))
+    {
+        return None;
+    }
+    if f.infra_keys.contains(&parent) {
+        if f.infra_keys.len() < PROCS_MAX {
+            f.infra_keys.insert(key);
+        }
+        return None;
+    }
+    if f.unexplained_keys.contains(&parent) {
+        if f.unexplained_keys.len() < PROCS_MAX {
+            f.unexplained_keys.insert(key);
+        }
+        return None;
+    }
+    // The call of the process itself (an exec after its call's result) or
+    // of its nearest labelled ancestor: it began after that call's result
+    // (a background job that outlived its call, perhaps reparented since).
+    let mut after_call = None;
+    let mut k = key.clone();
+    for _ in 0..DEPTH_MAX {
+        if f.agent_keys.contains(&k) {
+            break;
+        }
+        if let Some(l) = f.labels.get(&k) {
+            after_call = Some(l.clone());
+            break;
+        }
+        match f.procs.get(&k) {
+            Some(p) => k = p.parent_key.clone(),
+            None => break,
+        }
+    }
+    if f.unexplained_keys.len() < PROCS_MAX {
+        f.unexplained_keys.insert(key);
+    }
+    let reason = if after_call.is_some() {
+        "after_call"
+    } else {
+        "no_tool_call"
+    };
+    Some(Found::Unexplained(
+        f.run.clone(),
+        c.process,
+        Unexplained {
+            exec_seq: c.seq,
+            reason,
+            after_call,
+        },
+    ))
 }
 
 /// Whether calls of tool `name` run a shell command.
@@ -777,31 +1225,34 @@ fn command_forms(cmd: &str) -> Vec<String> {
 /// `codex-linux-sandbox` and bwrap, whose argv the kernel's capture cuts
 /// before the command), the descendants of all of them that began in the
 /// window, and the spawn, exec and connect events of all of them in the
-/// window.
+/// window. Also the processes `labelled` with the call when they happened.
+/// Returns the events (at most [`LINKED_MAX`]), whether there were more,
+/// and the seqs of all the execs.
 fn link(
     acts: &VecDeque<Act>,
     command: &str,
     call: SystemTime,
     result: SystemTime,
     shell: bool,
-) -> (Vec<Linked>, bool) {
+    labelled: impl Fn(&str) -> bool,
+) -> (Vec<Linked>, bool, HashSet<u64>) {
     let cmd = command.trim();
     if !shell || cmd.is_empty() {
-        return (Vec::new(), false);
+        return (Vec::new(), false, HashSet::new());
     }
     let from = call.checked_sub(SLACK).unwrap_or(call);
     let to = result + SLACK;
     let forms = command_forms(cmd);
     let in_window = |a: &&Act| a.time >= from && a.time <= to;
-    let mut keys = std::collections::HashSet::new();
+    let mut keys = HashSet::new();
     let mut parents: HashMap<&str, &str> = HashMap::new();
-    let mut helpers = std::collections::HashSet::new();
+    let mut helpers = HashSet::new();
     for a in acts.iter().filter(in_window) {
         let root = a.kind == Kind::ProcessExec
             && a.args
                 .as_deref()
                 .is_some_and(|args| forms.iter().any(|f| args.contains(f.as_str())));
-        if root {
+        if root || keys.contains(&a.parent_key) || labelled(&a.key) {
             keys.insert(a.key.clone());
         }
         if a.helper {
@@ -831,11 +1282,15 @@ fn link(
     }
     let mut linked = Vec::new();
     let mut more = false;
+    let mut execs = HashSet::new();
     for a in acts.iter().filter(in_window) {
         if keys.contains(&a.key) {
+            if a.kind == Kind::ProcessExec {
+                execs.insert(a.seq);
+            }
             if linked.len() >= LINKED_MAX {
                 more = true;
-                break;
+                continue;
             }
             linked.push(Linked {
                 seq: a.seq,
@@ -845,7 +1300,7 @@ fn link(
             });
         }
     }
-    (linked, more)
+    (linked, more, execs)
 }
 
 #[cfg(test)]

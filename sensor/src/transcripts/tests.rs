@@ -100,7 +100,7 @@ fn calls(found: &[Found]) -> Vec<&ToolCall> {
         .iter()
         .filter_map(|f| match f {
             Found::Call(_, c) => Some(c),
-            Found::Unreadable(..) | Found::Unobserved(..) => None,
+            Found::Unreadable(..) | Found::Unobserved(..) | Found::Unexplained(..) => None,
         })
         .collect()
 }
@@ -110,7 +110,7 @@ fn issues(found: &[Found]) -> Vec<&TranscriptIssue> {
         .iter()
         .filter_map(|f| match f {
             Found::Unreadable(_, i) => Some(i),
-            Found::Call(..) | Found::Unobserved(..) => None,
+            Found::Call(..) | Found::Unobserved(..) | Found::Unexplained(..) => None,
         })
         .collect()
 }
@@ -378,7 +378,7 @@ fn unobserved(found: &[Found]) -> Vec<&ToolCall> {
         .iter()
         .filter_map(|f| match f {
             Found::Unobserved(_, c) => Some(c),
-            Found::Call(..) | Found::Unreadable(..) => None,
+            Found::Call(..) | Found::Unreadable(..) | Found::Unexplained(..) => None,
         })
         .collect()
 }
@@ -491,4 +491,352 @@ fn tick_cost() {
         busy.as_secs_f64() * 1e6 / 15_000.0
     );
     assert_eq!(n, 5_000);
+}
+
+fn unexplained(found: &[Found]) -> Vec<(&Process, &Unexplained)> {
+    found
+        .iter()
+        .filter_map(|f| match f {
+            Found::Unexplained(_, p, u) => Some((&**p, u)),
+            Found::Call(..) | Found::Unreadable(..) | Found::Unobserved(..) => None,
+        })
+        .collect()
+}
+
+fn exe(mut e: Event, path: &str) -> Event {
+    if let Some(p) = &mut e.process {
+        p.exe = Some(path.to_owned());
+    }
+    e
+}
+
+#[test]
+fn events_of_an_open_call_are_labelled_as_they_go_out() {
+    let mut fx = Fixture::new();
+    let label = |l: Option<CallRef>| l.map(|c| c.id);
+    // The call is in the transcript before its shell starts (the read is
+    // made at the exec, not at a tick).
+    fx.append(
+        "s.jsonl",
+        &format!("{}\n", call_line(1_000, "toolu_1", "curl -s http://x/")),
+    );
+    let script = "source s.sh && eval 'curl -s http://x/' < /dev/null";
+    let sh = act(
+        11,
+        Kind::ProcessExec,
+        1_100,
+        "k-sh",
+        "k-claude",
+        Some(&["bash", "-c", script]),
+    );
+    assert_eq!(label(fx.t.on_event(&sh)), Some("toolu_1".to_owned()));
+    let spawn = act(12, Kind::ProcessSpawn, 1_110, "k-curl", "k-sh", None);
+    assert_eq!(label(fx.t.on_event(&spawn)), Some("toolu_1".to_owned()));
+    let curl = act(
+        13,
+        Kind::ProcessExec,
+        1_120,
+        "k-curl",
+        "k-sh",
+        Some(&["curl", "-s", "http://x/"]),
+    );
+    assert_eq!(label(fx.t.on_event(&curl)), Some("toolu_1".to_owned()));
+    let connect = act(14, Kind::NetworkConnect, 1_130, "k-curl", "k-sh", None);
+    assert_eq!(label(fx.t.on_event(&connect)), Some("toolu_1".to_owned()));
+    // The agent itself is never labelled.
+    let own = act(15, Kind::NetworkConnect, 1_140, "k-claude", "k-init", None);
+    assert_eq!(label(fx.t.on_event(&own)), None);
+    // Its result: what its processes do after it (and the slack) is not the call's.
+    fx.append("s.jsonl", &format!("{}\n", result_line(1_500, "toolu_1")));
+    let found = fx.t.tick(at(2_000));
+    let c = calls(&found);
+    assert_eq!(c.len(), 1, "{found:?}");
+    let seqs: Vec<u64> = c[0].processes.iter().map(|l| l.seq).collect();
+    assert_eq!(seqs, [11, 12, 13, 14]);
+    let late = act(16, Kind::NetworkConnect, 3_000, "k-curl", "k-sh", None);
+    assert_eq!(label(fx.t.on_event(&late)), None);
+    assert!(unexplained(&fx.t.tick(at(9_000))).is_empty());
+}
+
+#[test]
+fn a_call_read_late_labels_the_events_after_it() {
+    let mut fx = Fixture::new();
+    let label = |l: Option<CallRef>| l.map(|c| c.id);
+    // The shell starts before the agent wrote its call: not labelled.
+    let script = "eval 'sleep 1; curl http://y/' < /dev/null";
+    let sh = act(
+        11,
+        Kind::ProcessExec,
+        1_100,
+        "k-sh",
+        "k-claude",
+        Some(&["bash", "-c", script]),
+    );
+    assert_eq!(label(fx.t.on_event(&sh)), None);
+    std::thread::sleep(EAGER_EVERY);
+    fx.append(
+        "s.jsonl",
+        &format!(
+            "{}\n",
+            call_line(1_000, "toolu_9", "sleep 1; curl http://y/")
+        ),
+    );
+    // Its child's exec: the transcript is read again, the shell's arguments
+    // hold the call's command.
+    let curl = act(
+        13,
+        Kind::ProcessExec,
+        2_100,
+        "k-curl",
+        "k-sh",
+        Some(&["curl", "http://y/"]),
+    );
+    assert_eq!(label(fx.t.on_event(&curl)), Some("toolu_9".to_owned()));
+    fx.append("s.jsonl", &format!("{}\n", result_line(2_500, "toolu_9")));
+    let found = fx.t.tick(at(3_000));
+    let c = calls(&found);
+    assert_eq!(c.len(), 1, "{found:?}");
+    let seqs: Vec<u64> = c[0].processes.iter().map(|l| l.seq).collect();
+    assert_eq!(seqs, [11, 13], "the unlabelled shell is linked by the call");
+    assert!(unexplained(&fx.t.tick(at(9_000))).is_empty());
+}
+
+#[test]
+fn processes_no_call_explains_are_unexplained_once_per_tree() {
+    let mut fx = Fixture::new();
+    if let Some(f) = fx.t.runs.get_mut("r") {
+        f.infra = [
+            Infra::parse("git"),
+            Infra::parse("bash -c -l SNAPSHOT_FILE=*"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .into();
+    }
+    fx.append(
+        "s.jsonl",
+        &format!(
+            "{}\n{}\n",
+            call_line(1_000, "toolu_1", "(sleep 2; cat /etc/hostname) &"),
+            result_line(1_300, "toolu_1")
+        ),
+    );
+    let events = [
+        // The agent's own helpers: git, the snapshot shell and its child.
+        exe(
+            act(
+                5,
+                Kind::ProcessExec,
+                200,
+                "k-git",
+                "k-claude",
+                Some(&["git", "status"]),
+            ),
+            "/usr/bin/git",
+        ),
+        exe(
+            act(
+                6,
+                Kind::ProcessExec,
+                300,
+                "k-snap",
+                "k-claude",
+                Some(&["/bin/bash", "-c", "-l", "SNAPSHOT_FILE=/x\n..."]),
+            ),
+            "/usr/bin/bash",
+        ),
+        exe(
+            act(
+                7,
+                Kind::ProcessExec,
+                310,
+                "k-id",
+                "k-snap",
+                Some(&["id", "-u"]),
+            ),
+            "/usr/bin/id",
+        ),
+        // The call's shell, its background subshell, whose exec comes
+        // after the call's result.
+        exe(
+            act(
+                11,
+                Kind::ProcessExec,
+                1_100,
+                "k-sh",
+                "k-claude",
+                Some(&["/bin/bash", "-c", "eval '(sleep 2; cat /etc/hostname) &'"]),
+            ),
+            "/usr/bin/bash",
+        ),
+        act(12, Kind::ProcessSpawn, 1_110, "k-sub", "k-sh", None),
+        exe(
+            act(
+                13,
+                Kind::ProcessExec,
+                1_120,
+                "k-sleep",
+                "k-sub",
+                Some(&["sleep", "2"]),
+            ),
+            "/usr/bin/sleep",
+        ),
+        exe(
+            act(
+                14,
+                Kind::ProcessExec,
+                3_200,
+                "k-sub",
+                "k-sh",
+                Some(&["cat", "/etc/hostname"]),
+            ),
+            "/usr/bin/cat",
+        ),
+        // Injected under the agent, not infrastructure: a git lookalike by
+        // name only in argv[0], and its child.
+        exe(
+            act(
+                20,
+                Kind::ProcessExec,
+                4_000,
+                "k-evil",
+                "k-claude",
+                Some(&["git", "x"]),
+            ),
+            "/tmp/evil",
+        ),
+        exe(
+            act(
+                21,
+                Kind::ProcessExec,
+                4_100,
+                "k-evil2",
+                "k-evil",
+                Some(&["sh"]),
+            ),
+            "/usr/bin/dash",
+        ),
+        // git started by the call's shell is not the agent's own.
+    ];
+    for e in &events {
+        fx.t.on_event(e);
+    }
+    // Too early for the execs after the result.
+    let found = fx.t.tick(at(4_200));
+    assert_eq!(calls(&found).len(), 1, "{found:?}");
+    let u = unexplained(&found);
+    let early: Vec<u64> = u.iter().map(|(_, x)| x.exec_seq).collect();
+    assert!(early.is_empty(), "{early:?}");
+    let found = fx.t.tick(at(7_000));
+    let u = unexplained(&found);
+    let got: Vec<(u64, &str, Option<&str>)> = u
+        .iter()
+        .map(|(_, x)| {
+            (
+                x.exec_seq,
+                x.reason,
+                x.after_call.as_ref().map(|c| c.id.as_str()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (14, "after_call", Some("toolu_1")),
+            (20, "no_tool_call", None)
+        ],
+        "{found:?}"
+    );
+    assert_eq!(u[1].0.key, "k-evil");
+    // Nothing is reported twice.
+    assert!(unexplained(&fx.t.tick(at(9_000))).is_empty());
+}
+
+#[test]
+fn infrastructure_entries_match_exe_and_first_arguments() {
+    let p = |exe: &str, argv: &[&str]| Process {
+        exe: Some(exe.to_owned()),
+        argv: Some(argv.iter().map(|a| (*a).to_owned()).collect()),
+        ..Process::default()
+    };
+    let git = Infra::parse("git").unwrap();
+    assert!(git.matches(&p("/usr/bin/git", &["git", "status"])));
+    assert!(!git.matches(&p("/tmp/evil", &["git"])));
+    let abs = Infra::parse("/usr/bin/git").unwrap();
+    assert!(abs.matches(&p("/usr/bin/git", &["x"])));
+    assert!(!abs.matches(&p("/opt/git", &["git"])));
+    let env = Infra::parse("bash -c env").unwrap();
+    assert!(env.matches(&p("/usr/bin/bash", &["/bin/bash", "-c", "env"])));
+    assert!(!env.matches(&p("/usr/bin/bash", &["/bin/bash", "-c", "env; curl x"])));
+    assert!(!env.matches(&p("/usr/bin/bash", &["/bin/bash", "-c"])));
+    let snap = Infra::parse("bash -c -l SNAPSHOT_FILE=*").unwrap();
+    assert!(snap.matches(&p(
+        "/usr/bin/bash",
+        &["bash", "-c", "-l", "SNAPSHOT_FILE=/a\nb"]
+    )));
+    assert!(!snap.matches(&p("/usr/bin/bash", &["bash", "-c", "-l", "curl x"])));
+    assert!(Infra::parse("  ").is_none());
+}
+
+#[test]
+fn a_reparented_background_job_names_the_call_it_outlived() {
+    let mut fx = Fixture::new();
+    let script = "eval '(sleep 2; cat /etc/hostname) &' < /dev/null";
+    // The shell and its subshell go out before the call is on disk.
+    fx.t.on_event(&act(
+        11,
+        Kind::ProcessExec,
+        1_100,
+        "k-sh",
+        "k-claude",
+        Some(&["bash", "-c", script]),
+    ));
+    fx.t.on_event(&act(12, Kind::ProcessSpawn, 1_110, "k-sub", "k-sh", None));
+    fx.append(
+        "s.jsonl",
+        &format!(
+            "{}\n{}\n",
+            call_line(1_000, "toolu_1", "(sleep 2; cat /etc/hostname) &"),
+            result_line(1_300, "toolu_1")
+        ),
+    );
+    std::thread::sleep(EAGER_EVERY);
+    // The sleep's exec reads the call: the shell is the call's.
+    let sleep = act(
+        13,
+        Kind::ProcessExec,
+        1_120,
+        "k-sleep",
+        "k-sub",
+        Some(&["sleep", "2"]),
+    );
+    assert_eq!(
+        fx.t.on_event(&sleep).map(|c| c.id),
+        Some("toolu_1".to_owned())
+    );
+    // The subshell's exec after the call's result, its parent gone: the
+    // reaper is its parent now.
+    let cat = act(
+        14,
+        Kind::ProcessExec,
+        3_200,
+        "k-sub",
+        "k-init",
+        Some(&["cat", "/etc/hostname"]),
+    );
+    assert_eq!(fx.t.on_event(&cat), None);
+    let found = fx.t.tick(at(6_000));
+    let u = unexplained(&found);
+    let got: Vec<(u64, &str, Option<&str>)> = u
+        .iter()
+        .map(|(_, x)| {
+            (
+                x.exec_seq,
+                x.reason,
+                x.after_call.as_ref().map(|c| c.id.as_str()),
+            )
+        })
+        .collect();
+    assert_eq!(got, [(14, "after_call", Some("toolu_1"))], "{found:?}");
 }

@@ -292,6 +292,7 @@ pub struct Unmapped<'a> {
     pub token: Option<Sorted<&'a TokenIssued>>,
     pub tool_call: Option<Sorted<&'a crate::event::ToolCall>>,
     pub transcript: Option<Sorted<&'a crate::event::TranscriptIssue>>,
+    pub unexplained: Option<Sorted<&'a crate::event::Unexplained>>,
 }
 
 /// A sensor object written with its keys in sorted order, at every depth

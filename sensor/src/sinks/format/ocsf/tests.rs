@@ -55,6 +55,7 @@ fn run() -> RunRef {
         root_id: "run-0".into(),
         depth: 1,
         attribution: Attributed::Inherited,
+        tool_call: None,
         details: None,
     }
 }

@@ -35,6 +35,7 @@ pub(super) fn unmapped(event: &Event, exec_mapped: bool, shape: Option<NetShape>
         checkpoint,
         tool_call,
         transcript,
+        unexplained,
     } = event;
     Unmapped {
         kind: *kind,
@@ -66,6 +67,7 @@ pub(super) fn unmapped(event: &Event, exec_mapped: bool, shape: Option<NetShape>
         token: token.as_ref().map(Sorted),
         tool_call: tool_call.as_ref().map(Sorted),
         transcript: transcript.as_ref().map(Sorted),
+        unexplained: unexplained.as_ref().map(Sorted),
     }
 }
 
