@@ -27,6 +27,7 @@ const NEVER_SEEN: &str = "4c8e2a6f-9b1d-4f3e-a7c5-1d6b8e3f2a14";
 const SIGNALS: &str = "2e9a5c1f-7b3d-4e8a-9c6f-4a1d7e2b8c15";
 const TARGETS_SENSOR: &str = "8f1b6d3a-4e7c-4b9a-a2d5-3c8e1f7a6b08";
 const INJECTION: &str = "7c2f8a4e-1d6b-4a9c-b3e5-8f1a6d2c9e16";
+const MODIFIED: &str = "3f7b1d9e-6c2a-4e8f-b5d1-9a4c7e2f6b18";
 const SPAWNER: &str = "5a1e7c3b-8f2d-4b6e-a9c4-2d7f1b8e3a17";
 
 fn pack() -> PathBuf {
@@ -368,6 +369,66 @@ fn a_run_asking_a_tmux_server_outside_it_fires_and_a_plain_allowed_socket_does_n
     ensure!(
         detections_of(&d, &benign, SPAWNER)?.is_empty(),
         "the plain allowed socket fired"
+    );
+    d.stop()?;
+    Ok(())
+}
+
+/// A file the run copies into place and then runs fires the "changed
+/// during the run" rule (`exec.modified_in_run: true`); the same binary
+/// copied before the run started, run by the run, does not (`false`).
+#[test]
+fn a_file_the_run_writes_then_runs_fires_and_one_written_before_does_not() -> Result<()> {
+    let tmp = TempDir::new("detect-written")?;
+    let before = tmp.path().join("before-true");
+    std::fs::copy("/usr/bin/true", &before)?;
+    let during = tmp.path().join("during-true");
+    let mut d = daemon(&[])?;
+    let benign = launch(
+        &d,
+        "written-benign",
+        None,
+        &format!("{}; true", before.display()),
+    )?;
+    let bad = launch(
+        &d,
+        "written-bad",
+        None,
+        &format!(
+            "cp /usr/bin/true {during}; {during}; true",
+            during = during.display()
+        ),
+    )?;
+    let hits = fired(&d, &bad, MODIFIED)?;
+    ensure!(hits.len() == 1, "{hits:?}");
+    let e = matched(&d, &hits[0])?;
+    ensure!(
+        e["kind"] == "process.exec"
+            && e["process"]["exe"] == during.display().to_string().as_str()
+            && e["exec"]["modified_in_run"] == true,
+        "{e}"
+    );
+    let pre = d.matching(|e| {
+        e["kind"] == "process.exec"
+            && e["run"]["id"] == benign.as_str()
+            && e["process"]["exe"] == before.display().to_string().as_str()
+    })?;
+    ensure!(
+        pre.len() == 1 && pre[0]["exec"]["modified_in_run"] == false,
+        "the file from before the run: {pre:?}"
+    );
+    // A system binary the run did not touch: false too.
+    ensure!(
+        d.matching(|e| e["kind"] == "process.exec"
+            && e["run"]["id"] == bad.as_str()
+            && e["process"]["exe"] == "/usr/bin/cp")?
+            .iter()
+            .all(|e| e["exec"]["modified_in_run"] == false),
+        "cp"
+    );
+    ensure!(
+        detections_of(&d, &benign, MODIFIED)?.is_empty(),
+        "the file from before the run fired"
     );
     d.stop()?;
     Ok(())

@@ -13,6 +13,7 @@
 //! sequence stays one. A full queue either way drops, counted.
 
 pub mod correlation;
+pub mod exec_file;
 pub mod first_seen;
 pub mod rules;
 

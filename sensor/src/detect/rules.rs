@@ -959,6 +959,24 @@ mod tests {
             .map(|r| r.info.id.as_str())
             .collect();
         assert_eq!(hit, ["9a1e3c7b-5d2f-4e8a-b6c4-2e7f1d3a8c03"]);
+        // A file changed during the run, then run: a bool that must be true.
+        let modified = |m: Value| {
+            json!({"kind": "process.exec", "run": {"id": "r", "agent": "a"},
+                   "process": {"exe": "/usr/local/bin/x", "argv": ["x"]},
+                   "exec": {"filename": "x", "result": "ok", "modified_in_run": m}})
+        };
+        let ids = |e: &Value| -> Vec<String> {
+            set.matches(Kind::ProcessExec, e)
+                .iter()
+                .map(|r| r.info.id.clone())
+                .collect()
+        };
+        assert_eq!(
+            ids(&modified(json!(true))),
+            ["3f7b1d9e-6c2a-4e8f-b5d1-9a4c7e2f6b18"]
+        );
+        assert!(ids(&modified(json!(false))).is_empty());
+        assert!(ids(&modified(Value::Null)).is_empty());
         let benign = json!({"kind": "process.exec", "run": {"id": "r", "agent": "a"},
                             "process": {"exe": "/usr/bin/bash", "argv": ["sh", "-c", "curl -o x http://x/ && cat x"]}});
         assert!(set.matches(Kind::ProcessExec, &benign).is_empty());

@@ -341,6 +341,7 @@ pub struct ExecRest<'a> {
     pub errno: Option<i32>,
     pub filename: &'a str,
     pub inode: Option<u64>,
+    pub modified_in_run: Option<bool>,
 }
 
 /// The `network` fields with no place in Network Activity, which depends

@@ -118,6 +118,7 @@ fn exec(filename: &str, result: ExecResult, old_tid: u32) -> Exec {
         dev: Some("8:1".into()),
         dev_raw: None,
         mnt_id: None,
+        modified_in_run: None,
     }
 }
 
