@@ -35,24 +35,29 @@ fn pack() -> PathBuf {
 }
 
 /// A daemon with the shipped pack and an audit policy `a` (exec: the test
-/// tools; unix: `unix` only; no IP connect).
-fn daemon(unix: &[&str]) -> Result<Daemon> {
-    let exec = base_exec()?
-        .iter()
-        .map(|e| format!("{e:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let unix = unix
-        .iter()
-        .map(|e| format!("{e:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+/// tools; unix: `unix` only; no IP connect), `extra` daemon arguments.
+fn daemon_with(unix: &[&str], extra: &[&str]) -> Result<Daemon> {
+    let list = |items: &[&str]| {
+        items
+            .iter()
+            .map(|e| format!("{e:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let exec = base_exec()?;
+    let exec: Vec<&str> = exec.iter().map(String::as_str).collect();
     let config = format!(
-        "[detect]\nrules = [{:?}]\n\n[policy.a]\nmode = \"audit\"\nexec.allow = [{exec}]\n\
-         connect.allow = []\nunix.allow = [{unix}]\n",
-        pack().display().to_string()
+        "[detect]\nrules = [{:?}]\n\n[policy.a]\nmode = \"audit\"\nexec.allow = [{}]\n\
+         connect.allow = []\nunix.allow = [{}]\n",
+        pack().display().to_string(),
+        list(&exec),
+        list(unix)
     );
-    Daemon::start_with(Some(&config), &[])
+    Daemon::start_with(Some(&config), extra)
+}
+
+fn daemon(unix: &[&str]) -> Result<Daemon> {
+    daemon_with(unix, &[])
 }
 
 /// Launches `script` under `sh -c` as agent `agent` (with `--policy` when
@@ -200,7 +205,9 @@ fn never_seen_host_fires_once_per_agent_and_host_across_a_restart() -> Result<()
 /// fires neither.
 #[test]
 fn a_run_signalling_the_daemon_fires_and_signalling_its_own_child_does_not() -> Result<()> {
-    let mut d = daemon(&[])?;
+    let tmp = TempDir::new("detect-signal")?;
+    let ocsf = tmp.path().join("ocsf.jsonl");
+    let mut d = daemon_with(&[], &["--output", &sensor_tests::ocsf::spec(&ocsf)])?;
     let benign = launch(
         &d,
         "sig-benign",
@@ -236,6 +243,26 @@ fn a_run_signalling_the_daemon_fires_and_signalling_its_own_child_does_not() -> 
         );
     }
     d.check_alive()?;
+    // In OCSF: a Detection Finding with the rule as its analytic and the
+    // ATT&CK tags as attacks, accepted by the third-party validator.
+    let seq = hits[0]["seq"].clone();
+    let found = sensor_tests::ocsf::validated_kinds(
+        &ocsf,
+        &["detection"],
+        &[2004],
+        EVENT_TIMEOUT,
+        |evs| sensor_tests::ocsf::by_seq(evs, &seq).is_some(),
+    )?;
+    let f = sensor_tests::ocsf::by_seq(&found, &seq).context("the finding")?;
+    ensure!(
+        f["finding_info"]["analytic"]["uid"] == SIGNALS
+            && f["finding_info"]["analytic"]["type_id"] == 1
+            && f["finding_info"]["attacks"].as_array().is_some_and(|a| a
+                .iter()
+                .any(|x| x["sub_technique"]["uid"] == "T1562.001")
+                && a.iter().any(|x| x["tactic"]["uid"] == "TA0005")),
+        "{f}"
+    );
     d.stop()?;
     Ok(())
 }

@@ -1239,6 +1239,14 @@ fn a_detection_is_a_finding_with_the_rules_level_and_the_run() {
         o["message"],
         "Agent run reads SSH keys (rule ssh-keys, process.exec 40)"
     );
+    assert_eq!(
+        o["finding_info"]["analytic"],
+        json!({"uid": "ssh-keys", "name": "Agent run reads SSH keys", "type_id": 1, "type": "Rule"})
+    );
+    assert_eq!(
+        o["finding_info"]["attacks"],
+        json!([{"technique": {"uid": "T1552"}, "sub_technique": {"uid": "T1552.004"}}])
+    );
     assert_eq!(o["unmapped"]["detection"]["event_seq"], 40);
     assert_eq!(
         o["unmapped"]["detection"]["tags"],
