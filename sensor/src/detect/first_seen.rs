@@ -164,6 +164,12 @@ impl FirstSeen {
         self.entries.is_empty()
     }
 
+    /// Changes wait to be written (never for a set kept in memory only).
+    #[must_use]
+    pub fn is_dirty(&self) -> bool {
+        self.dirty && self.path.is_some()
+    }
+
     /// True when `event` is the first with its values of `spec`'s fields
     /// for rule `rule` (it is then remembered). An event without one of
     /// the fields is never a first.

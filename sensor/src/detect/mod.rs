@@ -179,7 +179,14 @@ fn detect_loop(
     let mut set = rules.current();
     let mut state = Correlator::with_seen(seen);
     loop {
-        let batch = match rx.recv_timeout(first_seen::FLUSH_EVERY) {
+        // A timeout only while first-seen changes wait to be written: an
+        // idle daemon's detection thread sleeps until the next batch.
+        let next = if state.seen.is_dirty() {
+            rx.recv_timeout(first_seen::FLUSH_EVERY)
+        } else {
+            rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        };
+        let batch = match next {
             Ok(batch) => batch,
             Err(RecvTimeoutError::Timeout) => {
                 state.seen.flush_if_due();
