@@ -15,5 +15,8 @@ pub const DB: &str = "/var/lib/sensor/sensor.db";
 /// What each kernel policy id stood for, in the state directory (see
 /// `policy::kernel::IdNames`).
 pub const POLICY_IDS_FILE: &str = "policy_ids.json";
+/// What the detection's first-seen rules have seen, in the state directory
+/// (see `detect::first_seen`).
+pub const DETECT_SEEN_FILE: &str = "detect_seen.json";
 /// File name of the store in the state directory.
 pub const DB_FILE: &str = "sensor.db";

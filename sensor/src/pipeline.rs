@@ -102,6 +102,8 @@ pub struct Pipeline {
     recovering: bool,
     /// Records read that another generation recorded.
     recovered: u64,
+    /// Execs of runs get `exec.modified_in_run` (the daemon; not a replay).
+    exec_files: bool,
     /// When reading them began.
     recovery_started: std::time::Instant,
     /// Records of another wire version, by version (not readable).
@@ -186,7 +188,16 @@ impl Pipeline {
             provenance: None,
             last_batch: None,
             transcripts: None,
+            exec_files: false,
         }
+    }
+
+    /// Execs of runs get `exec.modified_in_run` from the executed file's
+    /// change time (`detect::exec_file`): live only.
+    #[must_use]
+    pub fn with_exec_files(mut self) -> Self {
+        self.exec_files = true;
+        self
     }
 
     /// Reads the transcripts of the runs of the agents that have them
@@ -694,6 +705,10 @@ impl Pipeline {
     }
 
     fn push(&mut self, mut event: Event) {
+        if self.exec_files && event.kind == Kind::ProcessExec && event.run.is_some() {
+            let attribution = self.builder.attribution();
+            crate::detect::exec_file::mark(&mut event, |id| attribution.run_start(id));
+        }
         if event.kind == Kind::SensorTamper && self.file_watch.is_some() {
             self.note_kernel_write(&event);
         }

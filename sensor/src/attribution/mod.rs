@@ -390,6 +390,12 @@ impl Attribution {
             .map(|r| r.handle)
     }
 
+    /// When the run with id `id` started.
+    #[must_use]
+    pub fn run_start(&self, id: &str) -> Option<SystemTime> {
+        self.runs.get_id(id).map(|r| r.start)
+    }
+
     /// The active runs.
     pub fn runs(&self) -> impl Iterator<Item = &Run> {
         self.runs.active()

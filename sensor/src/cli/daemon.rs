@@ -290,9 +290,12 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
         if let Some(store) = store {
             pipeline = pipeline.with_store(store);
         }
-        let (detector, matches) = crate::detect::Detector::start(crate::detect::Rules::new(rules))
+        let (detector, matches) = crate::detect::Detector::start_with(
+            crate::detect::Rules::new(rules),
+            crate::detect::FirstSeen::load(state_dir.join(paths::DETECT_SEEN_FILE)),
+        )
             .context("starting the detection thread")?;
-        pipeline = pipeline.with_detector(detector, matches);
+        pipeline = pipeline.with_detector(detector, matches).with_exec_files();
         if let Some(path) = &args.record_raw {
             use std::os::unix::fs::OpenOptionsExt as _;
             let file = std::fs::OpenOptions::new()

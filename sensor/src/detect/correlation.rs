@@ -182,7 +182,7 @@ fn parse_timespan(s: &str) -> Option<Duration> {
 }
 
 /// The value at a dotted path of the event, as text ("" when absent).
-fn field_text(event: &Value, path: &str) -> String {
+pub(crate) fn field_text(event: &Value, path: &str) -> String {
     let mut v = event;
     for part in path.split('.') {
         match v.get(part) {
@@ -204,9 +204,11 @@ struct Group {
     newest: Option<SystemTime>,
 }
 
-/// The correlations' state: fed each event with the base rules it matched.
+/// The correlations' state: fed each event with the base rules it matched;
+/// and the first-seen rules' combinations (kept across a reload).
 #[derive(Debug, Default)]
 pub struct Correlator {
+    pub seen: super::first_seen::FirstSeen,
     /// Per correlation (by index), per group key.
     groups: HashMap<(usize, String), Group>,
     per_correlation: HashMap<usize, usize>,
@@ -214,6 +216,15 @@ pub struct Correlator {
 }
 
 impl Correlator {
+    /// No correlation counted yet, with the first-seen state `seen`.
+    #[must_use]
+    pub fn with_seen(seen: super::first_seen::FirstSeen) -> Self {
+        Self {
+            seen,
+            ..Self::default()
+        }
+    }
+
     /// Counts a match of correlation `i` by `event` at `time`; true when it fires.
     pub fn feed(&mut self, i: usize, c: &Correlation, event: &Value, time: SystemTime) -> bool {
         let key: Vec<String> = c.group_by.iter().map(|f| field_text(event, f)).collect();

@@ -13,19 +13,22 @@
 //! sequence stays one. A full queue either way drops, counted.
 
 pub mod correlation;
+pub mod exec_file;
+pub mod first_seen;
 pub mod rules;
 
 use std::{
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
-        mpsc::{Receiver, SyncSender, TrySendError},
+        mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError},
     },
     thread::JoinHandle,
 };
 
 pub use self::{
     correlation::Correlator,
+    first_seen::FirstSeen,
     rules::{LoadedRule, RuleError, RuleInfo, RuleSet, Rules},
 };
 use crate::{
@@ -96,6 +99,15 @@ impl Detector {
     /// Starts the detection thread on `rules`; its matches come out of the
     /// returned receiver.
     pub fn start(rules: Rules) -> std::io::Result<(Self, tokio::sync::mpsc::Receiver<Match>)> {
+        Self::start_with(rules, FirstSeen::default())
+    }
+
+    /// [`Detector::start`], with the first-seen rules' state `seen` (kept
+    /// in the state dir by the daemon: see `first_seen.rs`).
+    pub fn start_with(
+        rules: Rules,
+        seen: FirstSeen,
+    ) -> std::io::Result<(Self, tokio::sync::mpsc::Receiver<Match>)> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<EventBatch>(QUEUE_BATCHES);
         let (mtx, mrx) = tokio::sync::mpsc::channel(MATCHES_QUEUED);
         let stats = Arc::new(DetectStats::default());
@@ -104,7 +116,7 @@ impl Detector {
             let stats = Arc::clone(&stats);
             std::thread::Builder::new()
                 .name("detect".into())
-                .spawn(move || detect_loop(&rx, &rules, &mtx, &stats))?
+                .spawn(move || detect_loop(&rx, &rules, &mtx, &stats, seen))?
         };
         Ok((
             Self {
@@ -162,15 +174,32 @@ fn detect_loop(
     rules: &Rules,
     out: &tokio::sync::mpsc::Sender<Match>,
     stats: &DetectStats,
+    seen: FirstSeen,
 ) {
     let mut set = rules.current();
-    let mut state = Correlator::default();
-    while let Ok(batch) = rx.recv() {
+    let mut state = Correlator::with_seen(seen);
+    loop {
+        // A timeout only while first-seen changes wait to be written: an
+        // idle daemon's detection thread sleeps until the next batch.
+        let next = if state.seen.is_dirty() {
+            rx.recv_timeout(first_seen::FLUSH_EVERY)
+        } else {
+            rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        };
+        let batch = match next {
+            Ok(batch) => batch,
+            Err(RecvTimeoutError::Timeout) => {
+                state.seen.flush_if_due();
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
         let current = rules.current();
         if !Arc::ptr_eq(&current, &set) {
-            // A reload: the correlations count afresh.
+            // A reload: the correlations count afresh; what the first-seen
+            // rules saw stays.
             set = current;
-            state = Correlator::default();
+            state = Correlator::with_seen(std::mem::take(&mut state.seen));
         }
         let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             for event in batch.events() {
@@ -185,7 +214,9 @@ fn detect_loop(
         if done.is_err() {
             stats.panics.fetch_add(1, Ordering::Relaxed);
         }
+        state.seen.flush_if_due();
     }
+    state.seen.flush();
 }
 
 /// The matches of one event (none for a `detection` event: rules do not

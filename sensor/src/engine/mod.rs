@@ -1088,6 +1088,7 @@ fn exec_details(data: &ExecData, s: &ExecStrings, failed: bool) -> Exec {
             .then(|| format!("{}:{}", data.dev >> 20, data.dev & 0xf_ffff)),
         dev_raw: (!failed && data.dev != 0).then_some(data.dev),
         mnt_id: (!failed && data.mnt_id != 0).then_some(data.mnt_id),
+        modified_in_run: None,
     }
 }
 

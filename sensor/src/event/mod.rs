@@ -678,6 +678,9 @@ pub struct Exec {
     pub old_tid: u32,
     pub inode: Option<u64>,
     pub dev: Option<String>,
+    /// The executed file changed (its inode's ctime) after the run started;
+    /// set by the daemon (`detect::exec_file`), absent when not known.
+    pub modified_in_run: Option<bool>,
     /// The kernel's `dev_t` of the executed file, for policy checks.
     #[serde(skip)]
     pub dev_raw: Option<u32>,

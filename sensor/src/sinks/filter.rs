@@ -242,6 +242,7 @@ mod tests {
             dev: None,
             dev_raw: None,
             mnt_id: None,
+            modified_in_run: None,
         });
         exec.policy = Some(Verdict {
             name: "p".into(),

@@ -227,6 +227,37 @@ pub struct FindingInfo<'a> {
     pub title: String,
     pub desc: Option<&'a str>,
     pub types: [Kind; 1],
+    /// A `detection`'s rule.
+    pub analytic: Option<Analytic<'a>>,
+    /// A `detection`'s ATT&CK tags.
+    pub attacks: Option<Vec<Attack>>,
+}
+
+/// `analytic`: the Sigma rule of a `detection` (type Rule).
+#[derive(Debug, Serialize)]
+pub struct Analytic<'a> {
+    pub uid: &'a str,
+    pub name: &'a str,
+    pub type_id: u8,
+    #[serde(rename = "type")]
+    pub type_name: &'static str,
+}
+
+/// `attack`: an ATT&CK tactic, technique and sub-technique (any of them).
+#[serde_with::skip_serializing_none]
+#[derive(Debug, PartialEq, Eq, Serialize)]
+pub struct Attack {
+    pub tactic: Option<AttackRef>,
+    pub technique: Option<AttackRef>,
+    pub sub_technique: Option<AttackRef>,
+}
+
+/// `tactic`, `technique`, `sub_technique`: uid, and the name when known.
+#[serde_with::skip_serializing_none]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AttackRef {
+    pub uid: String,
+    pub name: Option<&'static str>,
 }
 
 /// `metadata`.
@@ -342,6 +373,7 @@ pub struct ExecRest<'a> {
     pub errno: Option<i32>,
     pub filename: &'a str,
     pub inode: Option<u64>,
+    pub modified_in_run: Option<bool>,
 }
 
 /// The `network` fields with no place in Network Activity, which depends

@@ -119,6 +119,7 @@ fn exec(filename: &str, result: ExecResult, old_tid: u32) -> Exec {
         dev: Some("8:1".into()),
         dev_raw: None,
         mnt_id: None,
+        modified_in_run: None,
     }
 }
 
@@ -1238,6 +1239,14 @@ fn a_detection_is_a_finding_with_the_rules_level_and_the_run() {
     assert_eq!(
         o["message"],
         "Agent run reads SSH keys (rule ssh-keys, process.exec 40)"
+    );
+    assert_eq!(
+        o["finding_info"]["analytic"],
+        json!({"uid": "ssh-keys", "name": "Agent run reads SSH keys", "type_id": 1, "type": "Rule"})
+    );
+    assert_eq!(
+        o["finding_info"]["attacks"],
+        json!([{"technique": {"uid": "T1552"}, "sub_technique": {"uid": "T1552.004"}}])
     );
     assert_eq!(o["unmapped"]["detection"]["event_seq"], 40);
     assert_eq!(

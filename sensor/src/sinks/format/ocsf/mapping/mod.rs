@@ -355,6 +355,12 @@ fn finish<'a>(d: Draft<'a>, event: &'a Event, time_ms: i64) -> OcsfEvent<'a> {
             title,
             desc,
             types: [event.kind],
+            analytic: event.detection.as_ref().map(sensor::analytic),
+            attacks: event
+                .detection
+                .as_ref()
+                .map(|x| sensor::attacks(&x.tags))
+                .filter(|a| !a.is_empty()),
         }),
         metadata: Metadata {
             version: OCSF_VERSION,

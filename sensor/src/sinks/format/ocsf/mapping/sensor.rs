@@ -12,7 +12,7 @@ use crate::{
     event::{Detection, Event, Kind, Process, RunRef, Tamper, TokenIssued, rfc3339},
     sinks::format::ocsf::{
         classes::{Class, Severity, Status},
-        objects::{Session, User},
+        objects::{Analytic, Attack, AttackRef, Session, User},
     },
 };
 
@@ -223,6 +223,102 @@ pub(super) fn detection<'a>(event: &'a Event, d: &'a Detection) -> Draft<'a> {
     m
 }
 
+/// `finding_info.analytic` of a `detection`: its rule (id, title), type Rule.
+pub(super) fn analytic(d: &Detection) -> Analytic<'_> {
+    Analytic {
+        uid: &d.rule_id,
+        name: &d.title,
+        type_id: 1,
+        type_name: "Rule",
+    }
+}
+
+/// ATT&CK tactics by their Sigma tag name: uid, name.
+const TACTICS: &[(&str, &str, &str)] = &[
+    ("reconnaissance", "TA0043", "Reconnaissance"),
+    ("resource-development", "TA0042", "Resource Development"),
+    ("initial-access", "TA0001", "Initial Access"),
+    ("execution", "TA0002", "Execution"),
+    ("persistence", "TA0003", "Persistence"),
+    ("privilege-escalation", "TA0004", "Privilege Escalation"),
+    ("defense-evasion", "TA0005", "Defense Evasion"),
+    ("credential-access", "TA0006", "Credential Access"),
+    ("discovery", "TA0007", "Discovery"),
+    ("lateral-movement", "TA0008", "Lateral Movement"),
+    ("collection", "TA0009", "Collection"),
+    ("command-and-control", "TA0011", "Command and Control"),
+    ("exfiltration", "TA0010", "Exfiltration"),
+    ("impact", "TA0040", "Impact"),
+];
+
+/// `finding_info.attacks` of a rule's tags (`attack.t1552.004`,
+/// `attack.credential-access`; others are left out): one per technique
+/// (its sub-technique with it), with the rule's tactic when it names
+/// exactly one; when it names several, one per tactic besides (Sigma does
+/// not say which technique goes with which tactic).
+pub(super) fn attacks(tags: &[String]) -> Vec<Attack> {
+    let mut tactics = Vec::new();
+    let mut techniques: Vec<(AttackRef, Option<AttackRef>)> = Vec::new();
+    for tag in tags {
+        let Some(rest) = tag
+            .to_ascii_lowercase()
+            .strip_prefix("attack.")
+            .map(str::to_owned)
+        else {
+            continue;
+        };
+        if let Some(&(_, uid, name)) = TACTICS.iter().find(|(t, _, _)| *t == rest) {
+            let r = AttackRef {
+                uid: uid.to_owned(),
+                name: Some(name),
+            };
+            if !tactics.contains(&r) {
+                tactics.push(r);
+            }
+            continue;
+        }
+        let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+        let Some(t) = rest.strip_prefix('t') else {
+            continue;
+        };
+        let (main, sub) = match t.split_once('.') {
+            Some((m, s)) => (m, Some(s)),
+            None => (t, None),
+        };
+        if !digits(main, 4) || sub.is_some_and(|s| !digits(s, 3)) {
+            continue;
+        }
+        let technique = AttackRef {
+            uid: format!("T{main}"),
+            name: None,
+        };
+        let sub = sub.map(|s| AttackRef {
+            uid: format!("T{main}.{s}"),
+            name: None,
+        });
+        if !techniques.iter().any(|(t, s)| *t == technique && *s == sub) {
+            techniques.push((technique, sub));
+        }
+    }
+    let one_tactic = (tactics.len() == 1).then(|| tactics[0].clone());
+    let mut out: Vec<Attack> = techniques
+        .into_iter()
+        .map(|(technique, sub_technique)| Attack {
+            tactic: one_tactic.clone(),
+            technique: Some(technique),
+            sub_technique,
+        })
+        .collect();
+    if one_tactic.is_none() || out.is_empty() {
+        out.extend(tactics.into_iter().map(|t| Attack {
+            tactic: Some(t),
+            technique: None,
+            sub_technique: None,
+        }));
+    }
+    out
+}
+
 /// Base Event: `sensor.lost`, and the kinds this mapping has no class for.
 pub(super) fn base<'a>(event: &'a Event, p: Option<&'a Process>) -> Draft<'a> {
     let name = match event.kind {
@@ -293,4 +389,49 @@ pub(super) fn token_issued<'a>(
         rfc3339(t.exp.0)
     ));
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_rules_attack_tags_become_attacks() {
+        let tags = |t: &[&str]| t.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let j = |t: &[&str]| serde_json::to_value(attacks(&tags(t))).unwrap();
+        // One tactic: with each technique.
+        assert_eq!(
+            j(&[
+                "attack.credential-access",
+                "attack.t1552.005",
+                "attack.T1078",
+                "cve.2024-1"
+            ]),
+            json!([
+                {"tactic": {"uid": "TA0006", "name": "Credential Access"}, "technique": {"uid": "T1552"}, "sub_technique": {"uid": "T1552.005"}},
+                {"tactic": {"uid": "TA0006", "name": "Credential Access"}, "technique": {"uid": "T1078"}}
+            ])
+        );
+        // Several: techniques alone, and each tactic.
+        assert_eq!(
+            j(&["attack.defense-evasion", "attack.impact", "attack.t1489"]),
+            json!([
+                {"technique": {"uid": "T1489"}},
+                {"tactic": {"uid": "TA0005", "name": "Defense Evasion"}},
+                {"tactic": {"uid": "TA0040", "name": "Impact"}}
+            ])
+        );
+        // Not ATT&CK, or not a technique id: nothing.
+        assert!(
+            attacks(&tags(&[
+                "attack.t12",
+                "attack.t1234.5",
+                "attack.g0001",
+                "x"
+            ]))
+            .is_empty()
+        );
+    }
 }

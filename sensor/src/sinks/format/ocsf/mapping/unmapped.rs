@@ -124,12 +124,14 @@ fn exec_rest(x: &Exec) -> ExecRest<'_> {
         dev,
         dev_raw: _,
         mnt_id: _,
+        modified_in_run,
     } = x;
     ExecRest {
         dev: dev.as_deref(),
         errno: *errno,
         filename,
         inode: *inode,
+        modified_in_run: *modified_in_run,
     }
 }
 

@@ -1,0 +1,462 @@
+//! The shipped rule pack (rules/agent/) on the real kernel: each rule here
+//! fires on real processes of a launched run, and its benign twin does not.
+//! A "none" is decided after a later detection of the same daemon came
+//! out: the detection thread takes batches in order, so a detection the
+//! earlier event would have caused is out by then.
+//!
+//! Run as root: `cargo test -p sensor-tests --test detect_pack -- --test-threads=1`.
+
+use std::{
+    net::TcpListener,
+    os::unix::net::UnixListener,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, ensure};
+use sensor_tests::{
+    Daemon, EVENT_TIMEOUT, TempDir, enforce::base_exec, helper_bin, run_with_timeout, text,
+    workspace_root,
+};
+use serde_json::Value;
+
+const HELPER: &str = helper_bin!();
+
+const NEVER_SEEN: &str = "4c8e2a6f-9b1d-4f3e-a7c5-1d6b8e3f2a14";
+const SIGNALS: &str = "2e9a5c1f-7b3d-4e8a-9c6f-4a1d7e2b8c15";
+const TARGETS_SENSOR: &str = "8f1b6d3a-4e7c-4b9a-a2d5-3c8e1f7a6b08";
+const INJECTION: &str = "7c2f8a4e-1d6b-4a9c-b3e5-8f1a6d2c9e16";
+const MODIFIED: &str = "3f7b1d9e-6c2a-4e8f-b5d1-9a4c7e2f6b18";
+const SPAWNER: &str = "5a1e7c3b-8f2d-4b6e-a9c4-2d7f1b8e3a17";
+
+fn pack() -> PathBuf {
+    workspace_root().join("rules").join("agent")
+}
+
+/// A daemon with the shipped pack and an audit policy `a` (exec: the test
+/// tools; unix: `unix` only; no IP connect), `extra` daemon arguments.
+fn daemon_with(unix: &[&str], extra: &[&str]) -> Result<Daemon> {
+    let list = |items: &[&str]| {
+        items
+            .iter()
+            .map(|e| format!("{e:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let exec = base_exec()?;
+    let exec: Vec<&str> = exec.iter().map(String::as_str).collect();
+    let config = format!(
+        "[detect]\nrules = [{:?}]\n\n[policy.a]\nmode = \"audit\"\nexec.allow = [{}]\n\
+         connect.allow = []\nunix.allow = [{}]\n",
+        pack().display().to_string(),
+        list(&exec),
+        list(unix)
+    );
+    Daemon::start_with(Some(&config), extra)
+}
+
+fn daemon(unix: &[&str]) -> Result<Daemon> {
+    daemon_with(unix, &[])
+}
+
+/// Launches `script` under `sh -c` as agent `agent` (with `--policy` when
+/// given) and waits for its run.end; returns the run id.
+fn launch(d: &Daemon, agent: &str, policy: Option<&str>, script: &str) -> Result<String> {
+    let run = format!("{agent}-{}", sensor_tests::marker());
+    let mut args = vec!["--run-id", run.as_str()];
+    if let Some(p) = policy {
+        args.extend(["--policy", p]);
+    }
+    let (_, out) = run_with_timeout(
+        &mut d.launch_cmd(agent, &args, &["/bin/sh", "-c", script]),
+        Duration::from_secs(60),
+    )?;
+    ensure!(
+        out.status.success(),
+        "launch {agent} failed: {} {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    d.wait_for(EVENT_TIMEOUT, |e| {
+        e["kind"] == "run.end" && e["run"]["id"] == run.as_str()
+    })?;
+    Ok(run)
+}
+
+fn detections_of(d: &Daemon, run: &str, rule: &str) -> Result<Vec<Value>> {
+    d.matching(|e| {
+        e["kind"] == "detection" && e["run"]["id"] == run && e["detection"]["rule_id"] == rule
+    })
+}
+
+/// The detections of `rule` for `run`, once there is one.
+fn fired(d: &Daemon, run: &str, rule: &str) -> Result<Vec<Value>> {
+    d.wait_for(EVENT_TIMEOUT, |e| {
+        e["kind"] == "detection" && e["run"]["id"] == run && e["detection"]["rule_id"] == rule
+    })
+    .with_context(|| format!("no detection {rule} for run {run}"))?;
+    // Others of the same batch come with it.
+    std::thread::sleep(Duration::from_millis(300));
+    detections_of(d, run, rule)
+}
+
+/// The event a detection names.
+fn matched(d: &Daemon, hit: &Value) -> Result<Value> {
+    let seq = hit["detection"]["event_seq"]
+        .as_u64()
+        .context("event_seq")?;
+    d.matching(|e| e["seq"].as_u64() == Some(seq) && e["kind"] != "detection")?
+        .into_iter()
+        .next()
+        .context("the matched event is in the output")
+}
+
+/// `times` TCP connects to 127.0.0.1:`port`, from one process.
+fn connect_script(port: u16, times: usize) -> String {
+    let pairs = vec![format!("tcp 127.0.0.1:{port}"); times].join(" ");
+    format!("{HELPER} connect {pairs}; true")
+}
+
+/// The first-seen rule: an agent's first connect to a host fires, the
+/// second (same agent, same host, another run) does not, nor after a
+/// restart on the same state dir; another agent's first fires; a
+/// corrupt state file is an empty one (the daemon starts, warns, and
+/// fires again).
+#[test]
+fn never_seen_host_fires_once_per_agent_and_host_across_a_restart() -> Result<()> {
+    let mut d = daemon(&[])?;
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    // Accept (and drop) whatever comes, so that every connect completes.
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            drop(s);
+        }
+    });
+
+    let first = launch(&d, "seen-a", None, &connect_script(port, 2))?;
+    let hits = fired(&d, &first, NEVER_SEEN)?;
+    ensure!(hits.len() == 1, "one detection for two connects: {hits:?}");
+    let e = matched(&d, &hits[0])?;
+    ensure!(
+        e["kind"] == "network.connect"
+            && e["network"]["dst_ip"] == "127.0.0.1"
+            && e["run"]["id"] == first.as_str()
+            && hits[0]["detection"]["level"] == "low",
+        "{e} {}",
+        hits[0]
+    );
+    let connects: Vec<u64> = d
+        .matching(|e| e["kind"] == "network.connect" && e["run"]["id"] == first.as_str())?
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .collect();
+    ensure!(
+        connects.len() == 2
+            && hits[0]["detection"]["event_seq"].as_u64() == connects.first().copied(),
+        "the first of the two connects fired: {connects:?} {}",
+        hits[0]
+    );
+
+    // Same agent, same host, another run: none (decided once agent b's
+    // first, launched after, has fired).
+    let again = launch(&d, "seen-a", None, &connect_script(port, 1))?;
+    let other = launch(&d, "seen-b", None, &connect_script(port, 1))?;
+    ensure!(fired(&d, &other, NEVER_SEEN)?.len() == 1, "agent b's first");
+    ensure!(
+        detections_of(&d, &again, NEVER_SEEN)?.is_empty(),
+        "a second run of agent a fired"
+    );
+
+    // A restart on the same state dir remembers.
+    d.restart()?;
+    let seen_file = d.state_dir().join("detect_seen.json");
+    ensure!(seen_file.exists(), "{} is missing", seen_file.display());
+    let after = launch(&d, "seen-a", None, &connect_script(port, 1))?;
+    let third = launch(&d, "seen-c", None, &connect_script(port, 1))?;
+    ensure!(fired(&d, &third, NEVER_SEEN)?.len() == 1, "agent c's first");
+    ensure!(
+        detections_of(&d, &after, NEVER_SEEN)?.is_empty(),
+        "agent a fired again after the restart"
+    );
+
+    // A hostile state file: the daemon starts, warns, and starts afresh.
+    d.stop()?;
+    std::fs::write(&seen_file, b"{\"version\":1,\"entries\":[[\"x\",1,")?;
+    d.resume()?;
+    d.check_alive()?;
+    let fresh = launch(&d, "seen-a", None, &connect_script(port, 1))?;
+    ensure!(
+        fired(&d, &fresh, NEVER_SEEN)?.len() == 1,
+        "agent a fires again on an empty state"
+    );
+    ensure!(
+        d.stderr().contains("first-seen state cannot be used"),
+        "no warning: {}",
+        d.stderr()
+    );
+    d.stop()?;
+    Ok(())
+}
+
+/// A signal to the daemon from a run fires the signal rule (and the
+/// general "goes after the sensor" one); a signal to the run's own child
+/// fires neither.
+#[test]
+fn a_run_signalling_the_daemon_fires_and_signalling_its_own_child_does_not() -> Result<()> {
+    let tmp = TempDir::new("detect-signal")?;
+    let ocsf = tmp.path().join("ocsf.jsonl");
+    let mut d = daemon_with(&[], &["--output", &sensor_tests::ocsf::spec(&ocsf)])?;
+    let benign = launch(
+        &d,
+        "sig-benign",
+        Some("a"),
+        "sleep 30 & kill -CONT $!; kill $!; wait; true",
+    )?;
+    let bad = launch(
+        &d,
+        "sig-bad",
+        Some("a"),
+        &format!("kill -CONT {}; true", d.pid()),
+    )?;
+    let hits = fired(&d, &bad, SIGNALS)?;
+    ensure!(hits.len() == 1, "{hits:?}");
+    let e = matched(&d, &hits[0])?;
+    ensure!(
+        e["kind"] == "sensor.tamper"
+            && e["tamper"]["method"] == "signal"
+            && e["tamper"]["signal"] == 18
+            && e["tamper"]["target"]["pid"] == d.pid()
+            && hits[0]["detection"]["level"] == "critical",
+        "{e} {}",
+        hits[0]
+    );
+    ensure!(
+        !fired(&d, &bad, TARGETS_SENSOR)?.is_empty(),
+        "the general rule"
+    );
+    for rule in [SIGNALS, TARGETS_SENSOR] {
+        ensure!(
+            detections_of(&d, &benign, rule)?.is_empty(),
+            "the signal to the run's own child fired {rule}"
+        );
+    }
+    d.check_alive()?;
+    // In OCSF: a Detection Finding with the rule as its analytic and the
+    // ATT&CK tags as attacks, accepted by the third-party validator.
+    let seq = hits[0]["seq"].clone();
+    let found = sensor_tests::ocsf::validated_kinds(
+        &ocsf,
+        &["detection"],
+        &[2004],
+        EVENT_TIMEOUT,
+        |evs| sensor_tests::ocsf::by_seq(evs, &seq).is_some(),
+    )?;
+    let f = sensor_tests::ocsf::by_seq(&found, &seq).context("the finding")?;
+    ensure!(
+        f["finding_info"]["analytic"]["uid"] == SIGNALS
+            && f["finding_info"]["analytic"]["type_id"] == 1
+            && f["finding_info"]["attacks"].as_array().is_some_and(|a| a
+                .iter()
+                .any(|x| x["sub_technique"]["uid"] == "T1562.001")
+                && a.iter().any(|x| x["tactic"]["uid"] == "TA0005")),
+        "{f}"
+    );
+    d.stop()?;
+    Ok(())
+}
+
+/// A background process killed (and reaped) on drop.
+struct Bg(std::process::Child);
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// strace attached to a process outside the run fires the injection rule;
+/// strace of the run's own child (a ptrace inside the run) does not.
+#[test]
+fn ptrace_of_a_process_outside_the_run_fires_and_of_its_own_child_does_not() -> Result<()> {
+    let mut d = daemon(&[])?;
+    let target = Bg(Command::new("/bin/sleep")
+        .arg("120")
+        .stdin(Stdio::null())
+        .spawn()?);
+    let pid = target.0.id();
+    let benign = launch(
+        &d,
+        "inj-benign",
+        Some("a"),
+        "strace -f -o /dev/null /bin/true; true",
+    )?;
+    let bad = launch(
+        &d,
+        "inj-bad",
+        Some("a"),
+        &format!("timeout -s INT 2 strace -o /dev/null -p {pid}; true"),
+    )?;
+    let hits = fired(&d, &bad, INJECTION)?;
+    let e = matched(&d, &hits[0])?;
+    ensure!(
+        e["kind"] == "process.tamper"
+            && e["tamper"]["method"] == "ptrace"
+            && e["tamper"]["target"]["pid"] == pid
+            && e["tamper"]["target"]["run"].is_null()
+            && hits[0]["detection"]["level"] == "high",
+        "{e} {}",
+        hits[0]
+    );
+    ensure!(
+        detections_of(&d, &benign, INJECTION)?.is_empty(),
+        "strace of the run's own child fired"
+    );
+    drop(target);
+    d.stop()?;
+    Ok(())
+}
+
+/// A tmux server outside the run: the run's tmux client asks it for a
+/// window, which fires the spawner rule; a connect to a plain Unix socket
+/// the policy allows does not.
+#[test]
+fn a_run_asking_a_tmux_server_outside_it_fires_and_a_plain_allowed_socket_does_not() -> Result<()> {
+    let tmp = TempDir::new("detect-spawn")?;
+    let tdir = tmp.path().join("tmux-0");
+    std::fs::create_dir_all(&tdir)?;
+    let tsock = tdir.join("default");
+    let tsock_s = tsock.display().to_string();
+    struct Tmux(String);
+    impl Drop for Tmux {
+        fn drop(&mut self) {
+            let _ = Command::new("tmux")
+                .args(["-S", &self.0, "kill-server"])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+    let (_, out) = run_with_timeout(
+        Command::new("tmux").args([
+            "-f",
+            "/dev/null",
+            "-S",
+            &tsock_s,
+            "new-session",
+            "-d",
+            "-s",
+            "t",
+            "sleep 120",
+        ]),
+        Duration::from_secs(20),
+    )?;
+    ensure!(out.status.success(), "tmux server: {}", text(&out.stderr));
+    let _server = Tmux(tsock_s.clone());
+    let plain = tmp.path().join("plain.sock");
+    let plain_s = plain.display().to_string();
+    let listener = UnixListener::bind(&plain)?;
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            drop(s);
+        }
+    });
+    let mut d = daemon(&[&plain_s])?;
+    let benign = launch(
+        &d,
+        "spawn-benign",
+        Some("a"),
+        &format!("{HELPER} connect unix {plain_s}; true"),
+    )?;
+    let bad = launch(
+        &d,
+        "spawn-bad",
+        Some("a"),
+        &format!("tmux -S {tsock_s} new-window -d true; true"),
+    )?;
+    let hits = fired(&d, &bad, SPAWNER)?;
+    let e = matched(&d, &hits[0])?;
+    ensure!(
+        e["kind"] == "network.connect"
+            && e["network"]["family"] == "unix"
+            && e["network"]["path"] == tsock_s.as_str(),
+        "{e} {}",
+        hits[0]
+    );
+    ensure!(
+        d.matching(|e| e["kind"] == "network.connect"
+            && e["run"]["id"] == benign.as_str()
+            && e["network"]["path"] == plain_s.as_str()
+            && e["policy"]["verdict"] == "allow")?
+            .len()
+            == 1,
+        "the benign connect is there, allowed"
+    );
+    ensure!(
+        detections_of(&d, &benign, SPAWNER)?.is_empty(),
+        "the plain allowed socket fired"
+    );
+    d.stop()?;
+    Ok(())
+}
+
+/// A file the run copies into place and then runs fires the "changed
+/// during the run" rule (`exec.modified_in_run: true`); the same binary
+/// copied before the run started, run by the run, does not (`false`).
+#[test]
+fn a_file_the_run_writes_then_runs_fires_and_one_written_before_does_not() -> Result<()> {
+    let tmp = TempDir::new("detect-written")?;
+    let before = tmp.path().join("before-true");
+    std::fs::copy("/usr/bin/true", &before)?;
+    let during = tmp.path().join("during-true");
+    let mut d = daemon(&[])?;
+    let benign = launch(
+        &d,
+        "written-benign",
+        None,
+        &format!("{}; true", before.display()),
+    )?;
+    let bad = launch(
+        &d,
+        "written-bad",
+        None,
+        &format!(
+            "cp /usr/bin/true {during}; {during}; true",
+            during = during.display()
+        ),
+    )?;
+    let hits = fired(&d, &bad, MODIFIED)?;
+    ensure!(hits.len() == 1, "{hits:?}");
+    let e = matched(&d, &hits[0])?;
+    ensure!(
+        e["kind"] == "process.exec"
+            && e["process"]["exe"] == during.display().to_string().as_str()
+            && e["exec"]["modified_in_run"] == true,
+        "{e}"
+    );
+    let pre = d.matching(|e| {
+        e["kind"] == "process.exec"
+            && e["run"]["id"] == benign.as_str()
+            && e["process"]["exe"] == before.display().to_string().as_str()
+    })?;
+    ensure!(
+        pre.len() == 1 && pre[0]["exec"]["modified_in_run"] == false,
+        "the file from before the run: {pre:?}"
+    );
+    // A system binary the run did not touch: false too.
+    ensure!(
+        d.matching(|e| e["kind"] == "process.exec"
+            && e["run"]["id"] == bad.as_str()
+            && e["process"]["exe"] == "/usr/bin/cp")?
+            .iter()
+            .all(|e| e["exec"]["modified_in_run"] == false),
+        "cp"
+    );
+    ensure!(
+        detections_of(&d, &benign, MODIFIED)?.is_empty(),
+        "the file from before the run fired"
+    );
+    d.stop()?;
+    Ok(())
+}
