@@ -659,6 +659,32 @@ impl Pipeline {
         }
         self.state
             .set_runs(self.builder.attribution().active_runs());
+        self.publish_policies();
+    }
+
+    /// The policies in force, their runs, and the agent matchers, for
+    /// `sensor status` and `/metrics`.
+    pub fn publish_policies(&self) {
+        self.state.set_policies(self.builder.policy_status());
+        self.state.set_agents(
+            self.builder
+                .attribution()
+                .matchers()
+                .names()
+                .map(str::to_owned)
+                .collect(),
+        );
+    }
+
+    /// A reload's `[[agent]]` tables: the transcripts of the agents that
+    /// now name a format are read from their next run on.
+    fn reloaded_agents(&mut self, agents: &[crate::attribution::AgentConfig]) {
+        let formats = crate::transcripts::Transcripts::of_agents(agents);
+        match &mut self.transcripts {
+            Some(t) => t.set_formats(formats),
+            None if !formats.is_empty() => self.transcripts = Some(formats),
+            None => {}
+        }
     }
 
     /// Answers a control request about runs. The caller drained the ring
@@ -673,10 +699,14 @@ impl Pipeline {
         if answered.is_err() {
             self.caught_panic("a control request");
         }
+        if let Some(agents) = self.control.take_reloaded_agents() {
+            self.reloaded_agents(&agents);
+        }
         for event in events.drain(..) {
             self.push(event);
         }
         self.scratch = events;
+        self.publish_policies();
     }
 
     fn push(&mut self, event: Event) {
@@ -852,6 +882,7 @@ impl Pipeline {
         self.state.set_inherit_failed(kernel.inherit_failed);
         self.state
             .set_runs(self.builder.attribution().active_runs());
+        self.publish_policies();
         for (i, handle) in self.output_handles.iter().enumerate() {
             let now = handle.dropped();
             let delta = now.saturating_sub(self.output_dropped_seen[i]);

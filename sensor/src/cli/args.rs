@@ -650,6 +650,10 @@ pub struct StatusArgs {
     /// left attached and enforcing (root)
     #[arg(long, value_name = "DIR", env = "SENSOR_PIN_DIR", default_value = paths::PIN_DIR)]
     pub pin_dir: PathBuf,
+    /// State directory, read when the daemon cannot be reached: the names
+    /// and versions of the policies its pinned slots hold (root)
+    #[arg(long, value_name = "DIR", env = "SENSOR_STATE_DIR", default_value = paths::STATE_DIR)]
+    pub state_dir: PathBuf,
     /// Print the full status as one JSON object
     #[arg(long)]
     pub json: bool,
