@@ -336,10 +336,14 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
         state.set_paths(crate::status::DaemonPaths {
             socket: std::path::absolute(&socket).unwrap_or_else(|_| socket.clone()),
             pin_dir: pin_dir.clone(),
-            config: args.config.clone().or_else(|| {
-                let default = std::path::PathBuf::from(paths::CONFIG);
-                default.exists().then_some(default)
-            }),
+            config: args
+                .config
+                .as_ref()
+                .map(|c| std::path::absolute(c).unwrap_or_else(|_| c.clone()))
+                .or_else(|| {
+                    let default = std::path::PathBuf::from(paths::CONFIG);
+                    default.exists().then_some(default)
+                }),
         });
         let server = tokio::spawn(control::serve(
             listener,
