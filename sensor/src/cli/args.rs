@@ -88,12 +88,15 @@ pub enum Command {
     /// ended or expired run, for scopes the run was not granted (`sensor
     /// launch --scope`), and past the run's `[tokens] max_per_run`.
     Token(TokenArgs),
-    /// Show whether the daemon is attached and ready, with its counters.
+    /// Show whether the daemon is attached and ready, what enforces, and its counters.
     ///
     /// Exits 0 once the daemon is ready, 1 when it cannot be reached or is not
-    /// ready. When it cannot be reached, says what its pin directory still
-    /// holds: the program links still attached, the policy slots and their
-    /// modes, the runs bound, the last owner.
+    /// ready. Shows each policy with its mode, version and runs, the agent
+    /// matchers, what is pinned where, the socket, config and database, the
+    /// reloads. When the daemon cannot be reached, says what its pin
+    /// directory still holds: the program links still attached, the maps,
+    /// the policy slots with their policies' names and modes, the runs
+    /// bound, the last owner.
     Status(StatusArgs),
     /// What this kernel lets the sensor do, and what each policy will really do here (root).
     ///
@@ -205,8 +208,13 @@ pub struct DaemonArgs {
     /// Configuration file [default: /etc/sensor/sensor.toml, used when present]
     #[arg(long, value_name = "FILE", env = "SENSOR_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Where events go: `-` (stdout) or `file:PATH`, optionally `,format=json`.
-    /// Repeat for several outputs; replaces the config's outputs [default: -]
+    /// Where events go: `-` (stdout), `file:PATH`, `syslog+tcp://HOST:PORT`,
+    /// `syslog+tls://HOST:PORT`, `http(s)://HOST[:PORT]/PATH` (Splunk HEC,
+    /// Elasticsearch _bulk) or `nats://HOST:PORT/SUBJECT`, then `,key=value`
+    /// options: `format=json|ocsf`, `kinds=K+K`, `runs_only=true`, `name=N`,
+    /// and per target (`max_size`, `keep`, `token_env`, `ca`, `spool_max`,
+    /// ...; see docs/contract-v1.md, "SPECs"). Repeat for several outputs;
+    /// replaces the config's outputs [default: the config's, else -]
     #[arg(long = "output", short = 'o', value_name = "SPEC")]
     pub outputs: Vec<OutputSpec>,
     /// Control socket [default: the config's, else /run/sensor/sensor.sock]
@@ -469,9 +477,13 @@ pub enum PolicyCommand {
         /// The config file (a daemon config with [policy.NAME] tables)
         file: PathBuf,
     },
-    /// Make the daemon re-read, validate and swap in its policies (root).
+    /// Make the daemon re-read, validate and swap in its policies and
+    /// [[agent]] matchers (root).
     ///
-    /// A bad file is reported and the running policies stay in force.
+    /// Applies the [policy.NAME] tables, the [[agent]] matchers (execs from
+    /// now on) and the [detect] rules, all or none. Says which other
+    /// sections changed since the daemon started: those need a restart. A
+    /// bad file is reported and the running policies and matchers stay.
     Reload {
         /// Control socket of the daemon
         #[arg(long, value_name = "PATH", env = "SENSOR_SOCKET", default_value = paths::SOCKET)]
