@@ -659,7 +659,9 @@ impl Pipeline {
         }
         self.state
             .set_runs(self.builder.attribution().active_runs());
-        self.publish_policies();
+        if !changes.is_empty() {
+            self.publish_policies();
+        }
     }
 
     /// The policies in force, their runs, and the agent matchers, for
@@ -691,6 +693,16 @@ impl Pipeline {
     /// first, so the process table is as fresh as the kernel. A panic while
     /// answering is caught and counted (the caller gets an error).
     pub fn command(&mut self, command: Command) {
+        // What may change the policies or their runs (the 1 s tick
+        // publishes them anyway): not a whoami or an attestation.
+        let republish = matches!(
+            &command,
+            Command::Reload { .. }
+                | Command::Request {
+                    request: crate::control::protocol::Request::Launch(_),
+                    ..
+                }
+        );
         let mut events = std::mem::take(&mut self.scratch);
         let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.control
@@ -706,7 +718,9 @@ impl Pipeline {
             self.push(event);
         }
         self.scratch = events;
-        self.publish_policies();
+        if republish {
+            self.publish_policies();
+        }
     }
 
     fn push(&mut self, event: Event) {
