@@ -30,6 +30,14 @@
 //! sensor_detect_evaluated_total          events the detection thread matched against the rules
 //! sensor_detect_dropped_total{what}      `batches` not evaluated (its queue full), `matches` lost
 //!                                        (the pipeline's queue full), `panics` (batches, caught)
+//! sensor_build_info{version,git}         1; the version and the commit built from
+//! sensor_policies_version                version of the policy set (one more at each reload)
+//! sensor_policy_mode{policy,mode}        1 per policy in force, its mode `audit` or `enforce`
+//! sensor_policy_version{policy}          the policy set version each policy was loaded in
+//! sensor_policy_runs_active{policy}      active runs bound to each policy
+//! sensor_agent_matchers                  `[[agent]]` matchers in force
+//! sensor_reloads_total{result}           reloads: `ok` (applied), `refused` (all stayed as they were)
+//! sensor_pinned{what}                    `maps` pinned in the pin dir, program `links` pinned
 //! ```
 
 use std::{net::SocketAddr, sync::Arc};
@@ -166,6 +174,107 @@ fn gauge_family(
 
 fn gauge(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl StateCollector {
+    /// What is enforcing: the build, the policies with their modes,
+    /// versions and runs, the matchers, the reloads, the pins.
+    fn encode_enforcing(
+        &self,
+        report: &crate::status::StatusReport,
+        encoder: &mut DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        {
+            let mut family = encoder.encode_descriptor(
+                "sensor_build_info",
+                "1; the sensor's version and the commit it was built from",
+                None,
+                MetricType::Gauge,
+            )?;
+            let labels = [
+                ("version", report.version.as_str()),
+                ("git", report.git.as_str()),
+            ];
+            ConstGauge::new(1_i64).encode(family.encode_family(&labels)?)?;
+        }
+        let policies = &report.policies;
+        let version = ConstGauge::new(gauge(policies.version));
+        version.encode(encoder.encode_descriptor(
+            "sensor_policies_version",
+            "Version of the policy set in force (1 at start, one more at each reload)",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        {
+            let mut family = encoder.encode_descriptor(
+                "sensor_policy_mode",
+                "1 for each policy in force, with its mode (audit or enforce)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for p in &policies.policies {
+                let labels = [("policy", p.name.as_str()), ("mode", p.mode.as_str())];
+                ConstGauge::new(1_i64).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        gauge_family(
+            encoder,
+            "sensor_policy_version",
+            "The policy set version each policy in force was loaded in",
+            "policy",
+            &policies
+                .policies
+                .iter()
+                .map(|p| (p.name.clone(), gauge(p.version)))
+                .collect::<Vec<_>>(),
+        )?;
+        gauge_family(
+            encoder,
+            "sensor_policy_runs_active",
+            "Active agent runs bound to each policy",
+            "policy",
+            &policies
+                .policies
+                .iter()
+                .map(|p| (p.name.clone(), gauge(p.runs_active)))
+                .collect::<Vec<_>>(),
+        )?;
+        let agents = ConstGauge::new(gauge(report.agents.len() as u64));
+        agents.encode(encoder.encode_descriptor(
+            "sensor_agent_matchers",
+            "[[agent]] matchers in force (their execs start runs)",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        counter_family(
+            encoder,
+            "sensor_reloads",
+            "Reloads of the policies and agent matchers (sensor policy reload, SIGHUP): ok, or \
+             refused (the running ones stayed)",
+            "result",
+            &[
+                ("ok".to_owned(), report.reloads.ok),
+                ("refused".to_owned(), report.reloads.refused),
+            ],
+        )?;
+        if let Some(paths) = &report.paths {
+            gauge_family(
+                encoder,
+                "sensor_pinned",
+                "Maps pinned in the pin dir, and program links pinned: they stay, and enforce, \
+                 while the daemon is down",
+                "what",
+                &[
+                    ("maps".to_owned(), gauge(paths.maps_pinned.len() as u64)),
+                    (
+                        "links".to_owned(),
+                        gauge(report.programs.iter().filter(|p| p.pinned).count() as u64),
+                    ),
+                ],
+            )?;
+        }
+        Ok(())
+    }
 }
 
 impl Collector for StateCollector {
@@ -396,6 +505,7 @@ impl Collector for StateCollector {
                 ],
             )?;
         }
+        self.encode_enforcing(&report, &mut encoder)?;
         if let Some(store) = &report.store {
             let written = ConstCounter::new(store.written);
             written.encode(encoder.encode_descriptor(
@@ -443,5 +553,46 @@ mod tests {
             body.contains("sensor_detect_dropped_total{what=\"batches\"} 0"),
             "{body}"
         );
+    }
+
+    #[test]
+    fn policies_build_and_reloads_are_exported() {
+        let state = Arc::new(DaemonState::default());
+        state.set_policies(crate::status::PoliciesStatus {
+            version: 3,
+            policies: vec![crate::status::PolicyStatus {
+                name: "ci".into(),
+                mode: "enforce".into(),
+                version: 3,
+                runs_active: 2,
+                slot: Some(0),
+                id: Some(7),
+            }],
+            hidden: false,
+        });
+        state.set_agents(vec!["bot".into()]);
+        state.count_reload(None);
+        state.count_reload(Some("bad policy"));
+        state.count_reload(None);
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(StateCollector(Arc::clone(&state))));
+        let mut body = String::new();
+        prometheus_client::encoding::text::encode(&mut body, &registry).unwrap();
+        for want in [
+            format!(
+                "sensor_build_info{{version=\"{}\",git=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION"),
+                crate::status::GIT_COMMIT
+            ),
+            "sensor_policies_version 3".to_owned(),
+            "sensor_policy_mode{policy=\"ci\",mode=\"enforce\"} 1".to_owned(),
+            "sensor_policy_version{policy=\"ci\"} 3".to_owned(),
+            "sensor_policy_runs_active{policy=\"ci\"} 2".to_owned(),
+            "sensor_agent_matchers 1".to_owned(),
+            "sensor_reloads_total{result=\"ok\"} 2".to_owned(),
+            "sensor_reloads_total{result=\"refused\"} 1".to_owned(),
+        ] {
+            assert!(body.contains(&want), "{want} in:\n{body}");
+        }
     }
 }

@@ -684,12 +684,50 @@ impl Pipeline {
         }
         self.state
             .set_runs(self.builder.attribution().active_runs());
+        if !changes.is_empty() {
+            self.publish_policies();
+        }
+    }
+
+    /// The policies in force, their runs, and the agent matchers, for
+    /// `sensor status` and `/metrics`.
+    pub fn publish_policies(&self) {
+        self.state.set_policies(self.builder.policy_status());
+        self.state.set_agents(
+            self.builder
+                .attribution()
+                .matchers()
+                .names()
+                .map(str::to_owned)
+                .collect(),
+        );
+    }
+
+    /// A reload's `[[agent]]` tables: the transcripts of the agents that
+    /// now name a format are read from their next run on.
+    fn reloaded_agents(&mut self, agents: &[crate::attribution::AgentConfig]) {
+        let formats = crate::transcripts::Transcripts::of_agents(agents);
+        match &mut self.transcripts {
+            Some(t) => t.set_formats(formats),
+            None if !formats.is_empty() => self.transcripts = Some(formats),
+            None => {}
+        }
     }
 
     /// Answers a control request about runs. The caller drained the ring
     /// first, so the process table is as fresh as the kernel. A panic while
     /// answering is caught and counted (the caller gets an error).
     pub fn command(&mut self, command: Command) {
+        // What may change the policies or their runs (the 1 s tick
+        // publishes them anyway): not a whoami or an attestation.
+        let republish = matches!(
+            &command,
+            Command::Reload { .. }
+                | Command::Request {
+                    request: crate::control::protocol::Request::Launch(_),
+                    ..
+                }
+        );
         let mut events = std::mem::take(&mut self.scratch);
         let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.control
@@ -698,10 +736,16 @@ impl Pipeline {
         if answered.is_err() {
             self.caught_panic("a control request");
         }
+        if let Some(agents) = self.control.take_reloaded_agents() {
+            self.reloaded_agents(&agents);
+        }
         for event in events.drain(..) {
             self.push(event);
         }
         self.scratch = events;
+        if republish {
+            self.publish_policies();
+        }
     }
 
     fn push(&mut self, mut event: Event) {
@@ -884,6 +928,7 @@ impl Pipeline {
         self.state.set_inherit_failed(kernel.inherit_failed);
         self.state
             .set_runs(self.builder.attribution().active_runs());
+        self.publish_policies();
         for (i, handle) in self.output_handles.iter().enumerate() {
             let now = handle.dropped();
             let delta = now.saturating_sub(self.output_dropped_seen[i]);

@@ -54,6 +54,25 @@ pub struct DaemonState {
     detections: Mutex<BTreeMap<(String, &'static str), u64>>,
     /// The detection thread's counters.
     detect: OnceLock<Arc<crate::detect::DetectStats>>,
+    /// The policies in force, their version and runs (set by the pipeline).
+    policies: Mutex<PoliciesStatus>,
+    /// The `[[agent]]` matchers in force, by name.
+    agents: Mutex<Vec<String>>,
+    /// Where the daemon's socket, pins and config are.
+    paths: OnceLock<DaemonPaths>,
+    /// Reloads (`sensor policy reload`, SIGHUP) applied and refused.
+    reloads_ok: AtomicU64,
+    reloads_refused: AtomicU64,
+    /// The last reload's outcome.
+    last_reload: Mutex<Option<LastReload>>,
+}
+
+/// Where the daemon's files are (set once at start).
+#[derive(Debug, Clone)]
+pub struct DaemonPaths {
+    pub socket: std::path::PathBuf,
+    pub pin_dir: std::path::PathBuf,
+    pub config: Option<std::path::PathBuf>,
 }
 
 /// Counters of what the daemon refused or held back to stay up and honest
@@ -109,11 +128,49 @@ impl Default for DaemonState {
             file_watch: OnceLock::new(),
             detections: Mutex::new(BTreeMap::new()),
             detect: OnceLock::new(),
+            policies: Mutex::new(PoliciesStatus::default()),
+            agents: Mutex::new(Vec::new()),
+            paths: OnceLock::new(),
+            reloads_ok: AtomicU64::new(0),
+            reloads_refused: AtomicU64::new(0),
+            last_reload: Mutex::new(None),
         }
     }
 }
 
 impl DaemonState {
+    /// The policies in force (at start, after a reload, as runs change).
+    pub fn set_policies(&self, policies: PoliciesStatus) {
+        *self.policies.lock().unwrap_or_else(PoisonError::into_inner) = policies;
+    }
+
+    /// The `[[agent]]` matchers in force.
+    pub fn set_agents(&self, agents: Vec<String>) {
+        *self.agents.lock().unwrap_or_else(PoisonError::into_inner) = agents;
+    }
+
+    /// Where the daemon's socket, pins and config are.
+    pub fn set_paths(&self, paths: DaemonPaths) {
+        let _ = self.paths.set(paths);
+    }
+
+    /// Counts a reload: applied (`error` none) or refused (why).
+    pub fn count_reload(&self, error: Option<&str>) {
+        Defense::count(if error.is_none() {
+            &self.reloads_ok
+        } else {
+            &self.reloads_refused
+        });
+        *self
+            .last_reload
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(LastReload {
+            at_ms: unix_ms(std::time::SystemTime::now()),
+            ok: error.is_none(),
+            error: error.map(str::to_owned),
+        });
+    }
+
     /// Counts a `detection` event of rule `rule` at `level`.
     pub fn count_detection(&self, rule: &str, level: &'static str) {
         let mut map = match self.detections.lock() {
@@ -315,6 +372,7 @@ impl DaemonState {
             canary,
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            git: GIT_COMMIT.to_owned(),
             uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             programs: self
                 .programs
@@ -368,8 +426,129 @@ impl DaemonState {
             recovery_ms: self.recovery_ms.load(Ordering::Relaxed),
             event_ring_kib: self.event_ring_kib.load(Ordering::Relaxed),
             file_watch: self.file_watch.get().map(|s| FileWatchStatus::of(s)),
+            policies: self
+                .policies
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+            agents: self
+                .agents
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+            paths: self.paths.get().map(PathsStatus::of),
+            reloads: ReloadsStatus {
+                ok: self.reloads_ok.load(Ordering::Relaxed),
+                refused: self.reloads_refused.load(Ordering::Relaxed),
+                last: self
+                    .last_reload
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone(),
+            },
         }
     }
+}
+
+/// The commit the sensor was built from (`SENSOR_GIT_COMMIT` at build
+/// time, else `git rev-parse`; "unknown" outside git).
+pub const GIT_COMMIT: &str = match option_env!("SENSOR_GIT_COMMIT") {
+    Some(commit) => commit,
+    None => "unknown",
+};
+
+/// Unix time in ms (0 before 1970).
+#[must_use]
+pub fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The policies in force.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PoliciesStatus {
+    /// Version of the policy set (1 at start, one more at each reload).
+    pub version: u64,
+    /// Each policy, by name.
+    pub policies: Vec<PolicyStatus>,
+    /// The policies (and agents) are left out: the caller is not root.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hidden: bool,
+}
+
+/// One policy in force.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PolicyStatus {
+    pub name: String,
+    /// `audit` or `enforce`.
+    pub mode: String,
+    /// The version of the policy set it was loaded in.
+    pub version: u64,
+    /// Active runs bound to it.
+    pub runs_active: u64,
+    /// Its kernel slot and policy id (absent without kernel maps): what
+    /// `sensor status` shows of the pin dir when the daemon is down.
+    #[serde(default)]
+    pub slot: Option<u32>,
+    #[serde(default)]
+    pub id: Option<u32>,
+}
+
+/// Where the daemon's socket, pins and config are, and what is pinned.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PathsStatus {
+    pub socket: String,
+    pub pin_dir: String,
+    /// The config file it reads at start and at each reload (absent: the
+    /// default, `/etc/sensor/sensor.toml`, when present).
+    #[serde(default)]
+    pub config: Option<String>,
+    /// The maps pinned in the pin dir now (they outlive the daemon: the
+    /// policies and run bindings stay in force while it is down).
+    #[serde(default)]
+    pub maps_pinned: Vec<String>,
+    /// The maps that should be.
+    #[serde(default)]
+    pub maps_expected: u64,
+}
+
+impl PathsStatus {
+    fn of(p: &DaemonPaths) -> Self {
+        let maps_pinned = sensor_common::maps::PINNED
+            .iter()
+            .filter(|m| p.pin_dir.join(m).exists())
+            .map(|m| (*m).to_owned())
+            .collect();
+        Self {
+            socket: p.socket.display().to_string(),
+            pin_dir: p.pin_dir.display().to_string(),
+            config: p.config.as_ref().map(|c| c.display().to_string()),
+            maps_pinned,
+            maps_expected: sensor_common::maps::PINNED.len() as u64,
+        }
+    }
+}
+
+/// Reloads since the daemon started.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReloadsStatus {
+    /// Applied.
+    pub ok: u64,
+    /// Refused (the running policies and matchers stayed).
+    pub refused: u64,
+    #[serde(default)]
+    pub last: Option<LastReload>,
+}
+
+/// The last reload.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LastReload {
+    /// Unix ms.
+    pub at_ms: u64,
+    pub ok: bool,
+    /// Why it was refused.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// What `sensor status --json` prints.
@@ -385,6 +564,9 @@ pub struct StatusReport {
     pub canary: CanaryStatus,
     pub pid: u32,
     pub version: String,
+    /// The commit it was built from ("unknown" outside git).
+    #[serde(default)]
+    pub git: String,
     pub uptime_ms: u64,
     pub programs: Vec<ProgramStatus>,
     pub events: BTreeMap<String, u64>,
@@ -441,6 +623,18 @@ pub struct StatusReport {
     /// The watch of the sensor's files (`sensor.tamper`, method `file`).
     #[serde(default)]
     pub file_watch: Option<FileWatchStatus>,
+    /// The policies in force: each with its mode, version and runs.
+    #[serde(default)]
+    pub policies: PoliciesStatus,
+    /// The `[[agent]]` matchers in force, by name.
+    #[serde(default)]
+    pub agents: Vec<String>,
+    /// Where the socket, pins and config are; which maps are pinned.
+    #[serde(default)]
+    pub paths: Option<PathsStatus>,
+    /// Reloads since start.
+    #[serde(default)]
+    pub reloads: ReloadsStatus,
 }
 
 /// The canary's rounds since the daemon started, and any blindness now.
@@ -546,8 +740,8 @@ pub struct TamperStatus {
 
 impl StatusReport {
     /// What a caller that is not root may see: counters and health, not
-    /// where events go (output specs can name hosts, paths and indexes) nor
-    /// where the store is.
+    /// where events go (output specs can name hosts, paths and indexes),
+    /// where the store and the config are, nor the policies and agents.
     #[must_use]
     pub fn redacted(mut self) -> Self {
         for o in &mut self.outputs {
@@ -560,6 +754,18 @@ impl StatusReport {
         if let Some(fw) = &mut self.file_watch {
             // It may name the state dir's files.
             fw.error = None;
+        }
+        if let Some(paths) = &mut self.paths {
+            paths.config = None;
+        }
+        // Which policy is in which mode, and which agents start runs: the
+        // config's, for root (a watched agent has no use for them).
+        self.policies.policies.clear();
+        self.policies.hidden = true;
+        self.agents.clear();
+        if let Some(last) = &mut self.reloads.last {
+            // It may quote the config.
+            last.error = None;
         }
         self
     }

@@ -655,7 +655,8 @@ pub fn unload(d: &Daemon, extra: &[&str]) -> Result<Output> {
     Ok(run_with_timeout(&mut cmd, Duration::from_secs(30))?.1)
 }
 
-/// `sensor status --socket <its socket> --pin-dir <its pin dir> [--json]`.
+/// `sensor status --socket <its socket> --pin-dir <its pin dir>
+/// --state-dir <its state dir> [--json]`.
 pub fn status_with_pins(d: &Daemon, json: bool) -> Result<Output> {
     let mut cmd = std::process::Command::new(d.bin());
     cmd.arg("status")
@@ -663,8 +664,11 @@ pub fn status_with_pins(d: &Daemon, json: bool) -> Result<Output> {
         .arg(d.socket())
         .arg("--pin-dir")
         .arg(d.pin_dir())
+        .arg("--state-dir")
+        .arg(d.state_dir())
         .env_remove("SENSOR_SOCKET")
-        .env_remove("SENSOR_PIN_DIR");
+        .env_remove("SENSOR_PIN_DIR")
+        .env_remove("SENSOR_STATE_DIR");
     if json {
         cmd.arg("--json");
     }

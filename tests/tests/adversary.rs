@@ -1082,6 +1082,18 @@ fn state_and_answers_are_private_to_root_and_the_caller() -> Result<()> {
         !status.to_string().contains(&s(d.events_path())),
         "a non-root status shows no output spec (path of the events file): {status}"
     );
+    check!(
+        c,
+        status["policies"]["hidden"] == true
+            && status["policies"]["policies"] == json!([])
+            && status["agents"] == json!([])
+            && status["paths"]["config"].is_null(),
+        "a non-root status shows no policies, agents or config path: {}",
+        compact(
+            &json!({"policies": status["policies"], "agents": status["agents"],
+            "paths": status["paths"]})
+        )
+    );
     let a = request_as_nobody(
         &d,
         &helper,

@@ -755,6 +755,113 @@ fn matcher_starts_run() -> Result<()> {
     c.finish()
 }
 
+/// `policy reload` applies `[[agent]]` matchers added to the config (issue
+/// 21: it used to answer "policies reloaded" and apply none): an exec that
+/// matched nothing before the reload starts a run of the new agent, under
+/// its policy, after it. The answer names the matchers in force and the
+/// changed section it did not apply; `status` shows the policy and counts
+/// the reload.
+#[test]
+fn a_reload_applies_a_new_agent_matcher() -> Result<()> {
+    let before = r#"
+[[agent]]
+name = "fakescript"
+script = ["**/fake-script-agent"]
+"#;
+    let d = Daemon::start_with_config(before)?;
+    let config = d
+        .config_path()
+        .context("the daemon has a config")?
+        .to_owned();
+    let (agent, _) = fake_agents(d.dir())?;
+    let m = marker();
+    let mut c = Checks::new();
+
+    // Before the reload: fake-agent is no agent.
+    let early = format!("{m}-before");
+    let (bpid, _) =
+        run_ok(Command::new(&agent).args(["-c", &format!("/bin/true {early}; exit 0")]))?;
+    d.wait_for(EVENT_TIMEOUT, |e| is_true_exec(e, &early))?;
+    check!(
+        c,
+        !d.events()?
+            .iter()
+            .any(|e| kind(e) == "run.start" && pid_of(e) == Some(bpid)),
+        "before the reload, fake-agent (pid {bpid}) starts no run"
+    );
+
+    // Add a matcher for it (with a policy), and change [limits], which a
+    // reload does not apply.
+    fs::write(
+        &config,
+        format!(
+            "{before}\n[[agent]]\nname = \"reloaded\"\nexe = [\"**/fake-agent\"]\n\
+             policy = \"watched\"\n\n[policy.watched]\nmode = \"audit\"\n\n\
+             [limits]\nruns_per_uid = 77\n"
+        ),
+    )?;
+    let (_, out) = run_child(
+        d.sensor()
+            .args(["policy", "reload", "--socket"])
+            .arg(d.socket()),
+    )?;
+    let said = text(&out.stdout);
+    check!(
+        c,
+        out.status.success()
+            && said.contains("agent matchers in force: fakescript, reloaded")
+            && said.contains("NOT applied")
+            && said.contains("[limits]"),
+        "the reload names the matchers in force and the change it did not apply: {said:?} {:?}",
+        text(&out.stderr)
+    );
+
+    // After: the same exec starts a run of the new agent, under its policy.
+    let late = format!("{m}-after");
+    let (apid, _) =
+        run_ok(Command::new(&agent).args(["-c", &format!("/bin/true {late}; exit 0")]))?;
+    match wait_run_start_pid(&d, apid) {
+        Ok(start) => {
+            check!(
+                c,
+                str_at(&start, "/run/agent") == Some("reloaded")
+                    && str_at(&start, "/run/attribution") == Some("matcher")
+                    && str_at(&start, "/run/started_by") == Some("matcher")
+                    && str_at(&start, "/run/policy") == Some("watched"),
+                "after the reload, fake-agent starts a run of agent \"reloaded\" (matcher) under \
+                 policy \"watched\": {}",
+                compact(&start)
+            );
+            let id = run_id(&start).unwrap_or("").to_owned();
+            match d.wait_for(EVENT_TIMEOUT, |e| is_true_exec(e, &late)) {
+                Ok(e) => check_event_run(&mut c, &e, RunExp::top(&id, "reloaded"), "inherited"),
+                Err(e) => c.fail(format!("{e:#}")),
+            }
+        }
+        Err(e) => c.fail(format!(
+            "after the reload, no run.start for fake-agent (pid {apid}): {e:#}"
+        )),
+    }
+    let status = d.status_json()?;
+    check!(
+        c,
+        status["agents"] == json!(["fakescript", "reloaded"])
+            && status["reloads"]["ok"] == 1
+            && status["reloads"]["refused"] == 0
+            && status["policies"]["version"] == 2
+            && status["policies"]["policies"].as_array().is_some_and(|p| p
+                .iter()
+                .any(|p| p["name"] == "watched" && p["mode"] == "audit")),
+        "status: the agents in force, one reload applied, policy set version 2 with \"watched\" \
+         (audit): {}",
+        compact(
+            &json!({"agents": status["agents"], "reloads": status["reloads"],
+            "policies": status["policies"]})
+        )
+    );
+    c.finish()
+}
+
 /// A matched agent inside a launched run is a sub-run (depth 1, parent = the
 /// launched run); a launched process that execs the agent in the same pid
 /// stays one run (it already leads its run).

@@ -637,14 +637,17 @@ fn policy_map_writes_are_reported_and_repaired() -> Result<()> {
     c.finish()
 }
 
-/// `status` says per link whether it is attached and pinned; the stop
+/// `status` says per link whether it is attached and pinned, and what
+/// enforces: each policy with its mode, version, runs and kernel slot, the
+/// pins, the socket and the database; `/metrics` the same; the stop
 /// message says what stays attached, checked against the kernel; `status`
-/// with the daemon down reads the pin dir: links, policy slots and their
-/// modes, bound runs, the last owner; and still exits 1.
+/// with the daemon down reads the pin dir: links, maps, policy slots with
+/// their names and modes, bound runs, the last owner; and still exits 1.
 #[test]
 fn status_and_stop_say_what_is_really_attached() -> Result<()> {
     let fx = Fixture::new("tamper-status")?;
-    let mut d = Daemon::start_with(Some(&enforce_config(&[], None)?), &[])?;
+    let metrics = format!("127.0.0.1:{}", free_port()?);
+    let mut d = Daemon::start_with(Some(&enforce_config(&[], Some(&metrics))?), &[])?;
     let puppet = Puppet::start(&d, "tamper-status", "p", fx.dir())?;
     let mut c = Checks::new();
     let status = d.status_json()?;
@@ -658,6 +661,35 @@ fn status_and_stop_say_what_is_really_attached() -> Result<()> {
             compact(p)
         );
     }
+    let policy = status["policies"]["policies"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == "p"))
+        .cloned()
+        .unwrap_or_default();
+    check!(
+        c,
+        status["policies"]["version"] == 1
+            && policy["mode"] == "enforce"
+            && policy["version"] == 1
+            && policy["runs_active"] == 1
+            && policy["slot"].is_u64()
+            && policy["id"].is_u64(),
+        "status --json: policy p, enforce, version 1, one run, its kernel slot and id: {}",
+        compact(&status["policies"])
+    );
+    let paths = &status["paths"];
+    check!(
+        c,
+        paths["pin_dir"] == d.pin_dir().to_string_lossy().as_ref()
+            && paths["maps_pinned"]
+                .as_array()
+                .is_some_and(|m| !m.is_empty() && m.len() as u64 == paths["maps_expected"])
+            && paths["socket"]
+                .as_str()
+                .is_some_and(|s| s.ends_with(&*d.socket().to_string_lossy())),
+        "status --json: the pin dir, every map pinned, the socket: {}",
+        compact(paths)
+    );
     let out = status_with_pins(&d, false)?;
     let shown = text(&out.stdout);
     for p in &programs {
@@ -671,6 +703,65 @@ fn status_and_stop_say_what_is_really_attached() -> Result<()> {
         );
     }
     let n = programs.len();
+    for want in [
+        "policies: version 1, 1 policy".to_owned(),
+        format!("pin dir: {}: ", d.pin_dir().display()),
+        format!("{n} of {n} program links pinned"),
+        format!("socket: {}", d.socket().display()),
+        "database: ".to_owned(),
+        "reloads: 0 applied, 0 refused".to_owned(),
+    ] {
+        check!(
+            c,
+            shown.contains(&want),
+            "the text status says {want:?}:\n{shown}"
+        );
+    }
+    check!(
+        c,
+        shown.lines().any(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            words.first() == Some(&"p")
+                && words.get(1) == Some(&"enforce")
+                && words.get(2) == Some(&"v1")
+                && l.contains("1 run ")
+                && l.contains("kernel slot")
+        }),
+        "the text status has a row for policy p: enforce, v1, 1 run, its kernel slot:\n{shown}"
+    );
+    match scrape_metrics(&metrics) {
+        Ok(m) => {
+            for (series, want) in [
+                (r#"sensor_policy_mode{policy="p",mode="enforce"}"#, 1.0),
+                (r#"sensor_policy_version{policy="p"}"#, 1.0),
+                (r#"sensor_policy_runs_active{policy="p"}"#, 1.0),
+                ("sensor_policies_version", 1.0),
+                (r#"sensor_reloads_total{result="ok"}"#, 0.0),
+                (r#"sensor_reloads_total{result="refused"}"#, 0.0),
+                (r#"sensor_pinned{what="links"}"#, n as f64),
+            ] {
+                check!(
+                    c,
+                    metric_sample(&m, series) == Some(want),
+                    "/metrics has {series} {want}: {:?}",
+                    metric_sample(&m, series)
+                );
+            }
+            check!(
+                c,
+                m.lines()
+                    .any(|l| l.starts_with("sensor_build_info{version=\"")
+                        && l.contains(",git=\"")
+                        && l.ends_with(" 1")),
+                "/metrics has sensor_build_info{{version,git}} 1:\n{}",
+                m.lines()
+                    .filter(|l| l.contains("build_info"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        Err(e) => c.fail(format!("scraping /metrics: {e:#}")),
+    }
     let ids = d.program_ids()?;
     d.stop()?;
     let stderr = d.stderr();
@@ -702,9 +793,11 @@ fn status_and_stop_say_what_is_really_attached() -> Result<()> {
     );
     for want in [
         format!("{n} pinned, {n} attached"),
-        "enforce".to_owned(),
+        ": p v1, enforce (id ".to_owned(),
         "runs bound to a policy: 1".to_owned(),
         format!("pid {}", d.pid()),
+        "maps pinned: ".to_owned(),
+        "still enforcing".to_owned(),
     ] {
         check!(
             c,
@@ -732,7 +825,12 @@ fn status_and_stop_say_what_is_really_attached() -> Result<()> {
                     && j["pinned"]["owner"]["alive"] == false
                     && j["pinned"]["policies"]
                         .as_array()
-                        .is_some_and(|p| p.iter().any(|s| s["mode"] == "enforce")),
+                        .is_some_and(|p| p.iter().any(|s| s["mode"] == "enforce"))
+                    && j["policies"].as_array().is_some_and(|p| {
+                        p.iter().any(|s| {
+                            s["mode"] == "enforce" && s["name"] == "p" && s["version"] == 1
+                        })
+                    }),
                 "status --json with the daemon down: ready false, {n} attached links, one bound run, \
                  an enforce slot, the owner (not alive): {}",
                 compact(&j)

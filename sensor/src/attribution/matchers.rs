@@ -246,6 +246,11 @@ impl Matchers {
         self.matchers.is_empty()
     }
 
+    /// The agents' names, in the config's order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.matchers.iter().map(|m| m.name.as_str())
+    }
+
     /// The first matcher that recognises `exec`.
     #[must_use]
     pub fn find(&self, exec: &ExecView<'_>) -> Option<&Matcher> {

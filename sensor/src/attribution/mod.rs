@@ -296,6 +296,18 @@ impl Attribution {
         self
     }
 
+    /// Replaces the `[[agent]]` matchers (a reload): execs from now on are
+    /// matched against them; runs already started keep their agent.
+    pub fn set_matchers(&mut self, matchers: Matchers) {
+        self.matchers = matchers;
+    }
+
+    /// The `[[agent]]` matchers in force.
+    #[must_use]
+    pub fn matchers(&self) -> &Matchers {
+        &self.matchers
+    }
+
     /// Live processes tracked.
     #[must_use]
     pub fn tracked_processes(&self) -> usize {

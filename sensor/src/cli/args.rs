@@ -99,12 +99,15 @@ pub enum Command {
     /// ended or expired run, for scopes the run was not granted (`sensor
     /// launch --scope`), and past the run's `[tokens] max_per_run`.
     Token(TokenArgs),
-    /// Show whether the daemon is attached and ready, with its counters.
+    /// Show whether the daemon is attached and ready, what enforces, and its counters.
     ///
     /// Exits 0 once the daemon is ready, 1 when it cannot be reached or is not
-    /// ready. When it cannot be reached, says what its pin directory still
-    /// holds: the program links still attached, the policy slots and their
-    /// modes, the runs bound, the last owner.
+    /// ready. Shows each policy with its mode, version and runs, the agent
+    /// matchers, what is pinned where, the socket, config and database, the
+    /// reloads. When the daemon cannot be reached, says what its pin
+    /// directory still holds: the program links still attached, the maps,
+    /// the policy slots with their policies' names and modes, the runs
+    /// bound, the last owner.
     Status(StatusArgs),
     /// What this kernel lets the sensor do, and what each policy will really do here (root).
     ///
@@ -225,8 +228,13 @@ pub struct DaemonArgs {
     /// Configuration file [default: /etc/sensor/sensor.toml, used when present]
     #[arg(long, value_name = "FILE", env = "SENSOR_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Where events go: `-` (stdout) or `file:PATH`, optionally `,format=json`.
-    /// Repeat for several outputs; replaces the config's outputs [default: -]
+    /// Where events go: `-` (stdout), `file:PATH`, `syslog+tcp://HOST:PORT`,
+    /// `syslog+tls://HOST:PORT`, `http(s)://HOST[:PORT]/PATH` (Splunk HEC,
+    /// Elasticsearch _bulk) or `nats://HOST:PORT/SUBJECT`, then `,key=value`
+    /// options: `format=json|ocsf`, `kinds=K+K`, `runs_only=true`, `name=N`,
+    /// and per target (`max_size`, `keep`, `token_env`, `ca`, `spool_max`,
+    /// ...; see docs/contract-v1.md, "SPECs"). Repeat for several outputs;
+    /// replaces the config's outputs [default: the config's, else -]
     #[arg(long = "output", short = 'o', value_name = "SPEC")]
     pub outputs: Vec<OutputSpec>,
     /// Control socket [default: the config's, else /run/sensor/sensor.sock]
@@ -523,9 +531,13 @@ pub enum PolicyCommand {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// Make the daemon re-read, validate and swap in its policies (root).
+    /// Make the daemon re-read, validate and swap in its policies and
+    /// [[agent]] matchers (root).
     ///
-    /// A bad file is reported and the running policies stay in force.
+    /// Applies the [policy.NAME] tables, the [[agent]] matchers (execs from
+    /// now on) and the [detect] rules, all or none. Says which other
+    /// sections changed since the daemon started: those need a restart. A
+    /// bad file is reported and the running policies and matchers stay.
     Reload {
         /// Control socket of the daemon [default: the config's [daemon]
         /// socket, else /run/sensor/sensor.sock]
@@ -762,6 +774,10 @@ pub struct StatusArgs {
     /// pin_dir, else /sys/fs/bpf/sensor]
     #[arg(long, value_name = "DIR", env = "SENSOR_PIN_DIR", default_value = paths::PIN_DIR, hide_default_value = true)]
     pub pin_dir: PathBuf,
+    /// State directory, read when the daemon cannot be reached: the names
+    /// and versions of the policies its pinned slots hold (root)
+    #[arg(long, value_name = "DIR", env = "SENSOR_STATE_DIR", default_value = paths::STATE_DIR)]
+    pub state_dir: PathBuf,
     /// Print the full status as one JSON object
     #[arg(long)]
     pub json: bool,

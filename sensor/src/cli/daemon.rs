@@ -326,19 +326,34 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
         // SIGHUP reloads the policies, as `sensor policy reload` does.
         let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
         let reload_tx = commands_tx.clone();
-        let config_path = args.config.clone();
-        let reload_path = config_path.clone();
+        let reload_source = control::ReloadSource {
+            path: args.config.clone(),
+            started: Arc::new(config.clone()),
+        };
+        let sighup_source = reload_source.clone();
         let reloader = tokio::spawn(async move {
             while sighup.recv().await.is_some() {
-                let _ = control::reload(reload_path.clone(), &reload_tx).await;
+                let _ = control::reload(&sighup_source, &reload_tx).await;
             }
+        });
+        state.set_paths(crate::status::DaemonPaths {
+            socket: std::path::absolute(&socket).unwrap_or_else(|_| socket.clone()),
+            pin_dir: pin_dir.clone(),
+            config: args
+                .config
+                .as_ref()
+                .map(|c| std::path::absolute(c).unwrap_or_else(|_| c.clone()))
+                .or_else(|| {
+                    let default = std::path::PathBuf::from(paths::CONFIG);
+                    default.exists().then_some(default)
+                }),
         });
         let server = tokio::spawn(control::serve(
             listener,
             Arc::clone(&state),
             commands_tx,
             control::ConnectionLimits::from(&config.limits),
-            config_path,
+            reload_source,
         ));
         let mut sigterm =
             signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;

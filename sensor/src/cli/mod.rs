@@ -110,11 +110,30 @@ fn policy(cmd: &args::PolicyCommand) -> anyhow::Result<ExitCode> {
         } => learn::test(file, policy, select, db),
         args::PolicyCommand::Reload { socket, .. } => {
             match control::request(socket, &Request::ReloadPolicies) {
-                Ok(Response::Reloaded { version, policies }) => {
+                Ok(Response::Reloaded {
+                    version,
+                    policies,
+                    agents,
+                    restart_needed,
+                }) => {
                     println!(
                         "policies reloaded: version {version} ({})",
                         display::escape_terminal(&policies.join(", "))
                     );
+                    println!(
+                        "agent matchers in force: {}",
+                        if agents.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            display::escape_terminal(&agents.join(", ")).into_owned()
+                        }
+                    );
+                    if !restart_needed.is_empty() {
+                        println!(
+                            "NOT applied, changed since the daemon started (restart it to apply): {}",
+                            display::escape_terminal(&restart_needed.join(" "))
+                        );
+                    }
                     Ok(ExitCode::SUCCESS)
                 }
                 Ok(other) => anyhow::bail!("unexpected answer from the daemon: {other:?}"),

@@ -32,11 +32,16 @@ pub fn execute(args: &StatusArgs) -> anyhow::Result<ExitCode> {
         // escaped whole (the programs' table, cell by cell); its fixed text
         // has nothing to escape.
         let mut lines = vec![format!(
-            "{} (pid {}, up {}s, version {})",
+            "{} (pid {}, up {}s, version {}{})",
             if report.ready { "ready" } else { "not ready" },
             report.pid,
             report.uptime_ms / 1000,
-            report.version
+            report.version,
+            if report.git.is_empty() {
+                String::new()
+            } else {
+                format!(", git {}", report.git)
+            }
         )];
         if let Some(reason) = &report.reason {
             lines.push(format!("why not ready: {reason}"));
@@ -92,6 +97,7 @@ pub fn execute(args: &StatusArgs) -> anyhow::Result<ExitCode> {
                 .into_iter()
                 .map(|l| format!("  {l}")),
         );
+        shown.extend(enforcing(&report, &args.socket));
         let events: Vec<String> = report
             .events
             .iter()
@@ -204,6 +210,128 @@ pub fn execute(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// What is enforcing, and where the daemon's files are: the socket asked,
+/// the config, the pin dir and what is pinned in it, the database, each
+/// policy with its mode, version and runs, the agent matchers, the reloads.
+/// Each line is escaped (paths and names come from the daemon).
+fn enforcing(report: &crate::status::StatusReport, socket: &std::path::Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    let shown = |s: &str| escape_terminal(s).into_owned();
+    lines.push(shown(&format!(
+        "socket: {}{}",
+        socket.display(),
+        report
+            .paths
+            .as_ref()
+            .and_then(|p| p.config.as_deref())
+            .map_or_else(String::new, |c| format!(", config: {c}"))
+    )));
+    if let Some(p) = &report.paths {
+        let links = report.programs.iter().filter(|p| p.pinned).count();
+        lines.push(shown(&format!(
+            "pin dir: {}: {} of {} maps pinned, {} of {} program links pinned{}",
+            p.pin_dir,
+            p.maps_pinned.len(),
+            p.maps_expected,
+            links,
+            report.programs.len(),
+            if links > 0 && !p.maps_pinned.is_empty() {
+                " (they stay attached and enforcing while the daemon is down)"
+            } else {
+                ""
+            }
+        )));
+    }
+    lines.push(match &report.store {
+        Some(s) if !s.path.is_empty() => shown(&format!(
+            "database: {} (events written {}, dropped {}, failed {})",
+            s.path, s.written, s.dropped, s.failed
+        )),
+        Some(s) => format!(
+            "database: (path shown to root) events written {}, dropped {}, failed {}",
+            s.written, s.dropped, s.failed
+        ),
+        None => "database: none (no store)".to_owned(),
+    });
+    let policies = &report.policies;
+    if policies.policies.is_empty() {
+        lines.push(format!(
+            "policies: version {}, {}",
+            policies.version,
+            if policies.hidden {
+                "shown to root only"
+            } else {
+                "none"
+            }
+        ));
+    } else {
+        lines.push(format!(
+            "policies: version {}, {}",
+            policies.version,
+            super::display::count(policies.policies.len(), "policy", "policies")
+        ));
+        let rows = policies
+            .policies
+            .iter()
+            .map(|p| {
+                vec![
+                    shown(&p.name),
+                    shown(&p.mode),
+                    format!("v{}", p.version),
+                    super::display::count(
+                        usize::try_from(p.runs_active).unwrap_or(usize::MAX),
+                        "run",
+                        "runs",
+                    ),
+                    match (p.slot, p.id) {
+                        (Some(slot), Some(id)) => format!("kernel slot {slot} id {id}"),
+                        _ => "not in the kernel".to_owned(),
+                    },
+                ]
+            })
+            .collect();
+        let columns = [
+            Column::left(16).gap(1),
+            Column::left(7).gap(1),
+            Column::left(4).gap(1),
+            Column::left(8).gap(1),
+            Column::left(0),
+        ];
+        lines.extend(
+            text_table(
+                &columns,
+                Some(&["NAME", "MODE", "VER", "RUNS", "KERNEL"]),
+                rows,
+            )
+            .into_iter()
+            .map(|l| format!("  {l}")),
+        );
+    }
+    lines.push(if policies.hidden {
+        "agent matchers: shown to root only".to_owned()
+    } else if report.agents.is_empty() {
+        "agent matchers: none".to_owned()
+    } else {
+        shown(&format!("agent matchers: {}", report.agents.join(", ")))
+    });
+    let r = &report.reloads;
+    let mut reloads = format!("reloads: {} applied, {} refused", r.ok, r.refused);
+    if let Some(last) = &r.last {
+        reloads.push_str(&format!(
+            "; last {} at {}{}",
+            if last.ok { "applied" } else { "REFUSED" },
+            crate::event::rfc3339(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(last.at_ms)
+            ),
+            last.error
+                .as_deref()
+                .map_or_else(String::new, |e| format!(": {e}"))
+        ));
+    }
+    lines.push(shown(&reloads));
+    lines
+}
+
 /// No daemon answers: say why, then what its pin dir still holds (what stays
 /// attached and enforcing without it). Exit 1 (not ready) either way.
 fn down(args: &StatusArgs, error: control::ControlError) -> anyhow::Result<ExitCode> {
@@ -214,13 +342,37 @@ fn down(args: &StatusArgs, error: control::ControlError) -> anyhow::Result<ExitC
     };
     let reason = format!("{:#}", anyhow::Error::new(error));
     let pinned = crate::loader::pinned::inspect(&args.pin_dir);
+    // What the slots' policy ids stood for: the daemon kept it in its
+    // state dir (policy_ids.json).
+    let ids =
+        crate::policy::kernel::IdNames::open(args.state_dir.join(crate::paths::POLICY_IDS_FILE));
+    let named = |id: u32| ids.get(id).map(|n| (n.name.as_str(), n.version));
     if args.json {
+        let policies: Vec<serde_json::Value> = pinned
+            .as_ref()
+            .map(|p| {
+                p.policies
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({
+                            "slot": s.slot,
+                            "id": s.id,
+                            "mode": s.mode,
+                            "name": named(s.id).map(|(n, _)| n),
+                            "version": named(s.id).map(|(_, v)| v),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let value = serde_json::json!({
             "ready": false,
             "reachable": false,
             "error": reason,
+            "socket": args.socket,
             "pin_dir": args.pin_dir,
             "pinned": pinned,
+            "policies": policies,
         });
         println!(
             "{}",
@@ -229,6 +381,10 @@ fn down(args: &StatusArgs, error: control::ControlError) -> anyhow::Result<ExitC
         return Ok(ExitCode::FAILURE);
     }
     eprintln!("sensor: {}", super::display::escape_message(&reason));
+    println!(
+        "{}",
+        escape_terminal(&format!("socket: {}", args.socket.display()))
+    );
     let dir = args.pin_dir.display().to_string();
     let Some(p) = pinned else {
         println!("{state}; nothing pinned at {dir}");
@@ -265,13 +421,27 @@ fn down(args: &StatusArgs, error: control::ControlError) -> anyhow::Result<ExitC
     for l in p.links.iter().filter(|l| !l.attached) {
         lines.push(format!("  {} NOT attached (link {:?})", l.name, l.link_id));
     }
+    lines.push(format!(
+        "maps pinned: {} of {}{}",
+        p.maps.len(),
+        sensor_common::maps::PINNED.len(),
+        if p.maps.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", p.maps.join(" "))
+        }
+    ));
     if p.policies.is_empty() {
         lines.push("policy slots: none in use".to_owned());
     }
     for s in &p.policies {
         lines.push(format!(
-            "policy slot {}: {} (id {}{})",
+            "policy slot {}: {}{} (id {}{})",
             s.slot,
+            match named(s.id) {
+                Some((name, version)) => format!("{name} v{version}, "),
+                None => "(name unknown: no policy_ids.json in --state-dir), ".to_owned(),
+            },
             s.mode,
             s.id,
             if s.max_processes > 0 {

@@ -36,6 +36,9 @@ pub struct Handler {
     tokens: Option<crate::tokens::Issuer>,
     /// The detection rules in force, which a reload replaces.
     rules: Option<crate::detect::Rules>,
+    /// The `[[agent]]` tables a reload just installed, for the pipeline's
+    /// transcripts (taken with [`Self::take_reloaded_agents`]).
+    reloaded_agents: Option<Vec<crate::attribution::AgentConfig>>,
 }
 
 impl Handler {
@@ -50,7 +53,13 @@ impl Handler {
             handover: None,
             tokens: None,
             rules: None,
+            reloaded_agents: None,
         }
+    }
+
+    /// The `[[agent]]` tables of a reload applied since the last call.
+    pub fn take_reloaded_agents(&mut self) -> Option<Vec<crate::attribution::AgentConfig>> {
+        self.reloaded_agents.take()
     }
 
     /// A reload replaces these detection rules.
@@ -111,21 +120,39 @@ impl Handler {
         self.handover.take()
     }
 
-    /// Swaps in policies a reload read and validated. On any error the
-    /// running policies stay, untouched.
-    pub fn install_policies(
+    /// Swaps in the policies and `[[agent]]` matchers a reload read and
+    /// validated: the policies first (the kernel may refuse them), then the
+    /// matchers, which name them. On any error both stay, untouched.
+    pub fn install(
         &mut self,
         engine: &mut Engine,
-        policies: crate::policy::Policies,
-    ) -> Result<(u64, Vec<String>), crate::engine::ReloadError> {
+        loaded: super::Loaded,
+    ) -> Result<Response, crate::engine::ReloadError> {
+        let super::Loaded {
+            policies,
+            agents,
+            matchers,
+            restart_needed,
+        } = loaded;
         let version = engine.policies().version().saturating_add(1);
         let policies = policies.with_version(version);
         let names: Vec<String> = policies.names().map(str::to_owned).collect();
         engine.set_policies(policies)?;
-        tracing::info!(version, policies = ?names, "policies reloaded");
+        let agent_names: Vec<String> = matchers.names().map(str::to_owned).collect();
+        engine.attribution_mut().set_matchers(matchers);
+        self.reloaded_agents = Some(agents);
+        tracing::info!(version, policies = ?names, agents = ?agent_names, "policies and agent matchers reloaded");
+        if !restart_needed.is_empty() {
+            tracing::warn!(sections = ?restart_needed, "changed in the config, not applied until the daemon restarts");
+        }
         self.notifier
             .status(&format!("policies reloaded: version {version}"));
-        Ok((version, names))
+        Ok(Response::Reloaded {
+            version,
+            policies: names,
+            agents: agent_names,
+            restart_needed,
+        })
     }
 
     fn answer(
@@ -159,10 +186,8 @@ impl Handler {
                 rules,
                 reply,
             } => {
-                let installed = loaded.and_then(|p| {
-                    self.install_policies(engine, *p)
-                        .map_err(super::ReloadError::from)
-                });
+                let installed =
+                    loaded.and_then(|l| self.install(engine, *l).map_err(super::ReloadError::from));
                 if installed.is_ok()
                     && let (Some(set), Some(live)) = (rules, &self.rules)
                 {
@@ -170,8 +195,12 @@ impl Handler {
                     live.replace(*set);
                 }
                 let response = match installed {
-                    Ok((version, policies)) => Response::Reloaded { version, policies },
+                    Ok(response) => {
+                        state.count_reload(None);
+                        response
+                    }
                     Err(message) => {
+                        state.count_reload(Some(&message.to_string()));
                         tracing::error!(%message, "policy reload refused; the running policies stay");
                         Response::Error {
                             message: format!(
@@ -716,6 +745,7 @@ mod tests {
         engine: &mut Engine,
         loaded: Result<Box<Policies>, super::super::ReloadError>,
     ) -> Response {
+        let loaded = loaded.map(|p| Box::new(super::super::Loaded::policies(*p)));
         let (reply, mut answer) = oneshot::channel();
         handler.handle(
             engine,
@@ -770,6 +800,8 @@ mod tests {
             Response::Reloaded {
                 version: 2,
                 policies: vec!["a".into(), "b".into()],
+                agents: Vec::new(),
+                restart_needed: Vec::new(),
             }
         );
         let slots = maps.slots.snapshot();
@@ -795,5 +827,77 @@ mod tests {
         );
         assert_eq!(maps.slots.snapshot(), slots);
         assert_eq!(engine.policies().version(), 2);
+    }
+
+    #[test]
+    fn a_reload_installs_the_agent_matchers_with_the_policies_or_neither() {
+        let a = || policy("a", Mode::Audit, &["/usr/bin/true"], &[]);
+        let (_maps, mut engine) = engine(vec![a()]);
+        let mut handler = Handler::new(LimitsConfig::default());
+        let state = DaemonState::default();
+        let agent = crate::attribution::AgentConfig {
+            name: "bot".into(),
+            exe: vec!["/usr/bin/curl".into()],
+            policy: Some("a".into()),
+            ..crate::attribution::AgentConfig::default()
+        };
+        let loaded = |policies: Vec<crate::policy::Policy>| {
+            Box::new(super::super::Loaded {
+                policies: Policies::of(policies),
+                agents: vec![agent.clone()],
+                matchers: crate::attribution::Matchers::new(std::slice::from_ref(&agent)).unwrap(),
+                restart_needed: vec!["[limits]".into()],
+            })
+        };
+        let send = |handler: &mut Handler, engine: &mut Engine, l| {
+            let (reply, mut answer) = oneshot::channel();
+            handler.handle(
+                engine,
+                &state,
+                Command::Reload {
+                    loaded: Ok(l),
+                    rules: None,
+                    reply,
+                },
+                &mut Vec::new(),
+            );
+            answer.try_recv().unwrap()
+        };
+        // Refused (a live run's policy is gone from it): neither the
+        // policies nor the matchers change.
+        let (launched, _) = ask(&mut handler, &mut engine, me(0), launch(Some("a"), None));
+        assert!(
+            matches!(launched, Response::Launched { .. }),
+            "{launched:?}"
+        );
+        let b = policy("b", Mode::Audit, &["/usr/bin/env"], &[]);
+        let refused = send(&mut handler, &mut engine, loaded(vec![b]));
+        assert!(matches!(refused, Response::Error { .. }), "{refused:?}");
+        assert!(engine.attribution().matchers().is_empty());
+        assert!(handler.take_reloaded_agents().is_none());
+        // Applied: the matchers are in force, the answer names them and the
+        // sections that need a restart.
+        let applied = send(&mut handler, &mut engine, loaded(vec![a()]));
+        assert_eq!(
+            applied,
+            Response::Reloaded {
+                version: 2,
+                policies: vec!["a".into()],
+                agents: vec!["bot".into()],
+                restart_needed: vec!["[limits]".into()],
+            }
+        );
+        assert_eq!(
+            engine.attribution().matchers().names().collect::<Vec<_>>(),
+            ["bot"]
+        );
+        assert_eq!(
+            handler.take_reloaded_agents().map(|a| a.len()),
+            Some(1),
+            "the pipeline's transcripts learn of them"
+        );
+        let report = state.report();
+        assert_eq!((report.reloads.ok, report.reloads.refused), (1, 1));
+        assert_eq!(report.reloads.last.map(|l| l.ok), Some(true));
     }
 }

@@ -46,15 +46,73 @@ pub enum Command {
         request: Request,
         reply: oneshot::Sender<Response>,
     },
-    /// Policies read and validated off the event thread (a reload: `sensor
-    /// policy reload` or SIGHUP), to swap in; `Err` says why they were not.
+    /// Policies and `[[agent]]` matchers read and validated off the event
+    /// thread (a reload: `sensor policy reload` or SIGHUP), to swap in
+    /// together; `Err` says why they were not.
     Reload {
-        loaded: Result<Box<Policies>, ReloadError>,
+        loaded: Result<Box<Loaded>, ReloadError>,
         /// The `[detect]` rules, read and checked with the policies (`None`
         /// when `loaded` is an error); swapped in once the policies are.
         rules: Option<Box<crate::detect::RuleSet>>,
         reply: oneshot::Sender<Response>,
     },
+}
+
+/// What a reload read and validated: its policies and matchers are swapped
+/// in together, or neither is.
+#[derive(Debug)]
+pub struct Loaded {
+    pub policies: Policies,
+    /// The `[[agent]]` tables (names, transcripts formats).
+    pub agents: Vec<crate::attribution::AgentConfig>,
+    /// Their matchers, compiled.
+    pub matchers: crate::attribution::Matchers,
+    /// The config's sections changed since the daemon started that a
+    /// reload does not apply (`[limits]`, `[[output]]`, ...): the answer
+    /// names them, so nobody takes them for applied.
+    pub restart_needed: Vec<String>,
+}
+
+impl Loaded {
+    /// The policies alone, no matchers (tests).
+    #[must_use]
+    pub fn policies(policies: Policies) -> Self {
+        Self {
+            policies,
+            agents: Vec::new(),
+            matchers: crate::attribution::Matchers::default(),
+            restart_needed: Vec::new(),
+        }
+    }
+}
+
+/// Where a reload reads the config, and the config the daemon started
+/// with (to name what changed that a reload does not apply).
+#[derive(Debug, Clone)]
+pub struct ReloadSource {
+    /// The daemon's `--config` (absent: the default path, when present).
+    pub path: Option<PathBuf>,
+    pub started: Arc<crate::config::Config>,
+}
+
+/// The sections of `now` that differ from `started` and that only a
+/// restart applies: everything but `[policy.*]`, `[[agent]]` and `[detect]`.
+#[must_use]
+pub fn restart_needed(started: &crate::config::Config, now: &crate::config::Config) -> Vec<String> {
+    let mut changed = Vec::new();
+    let mut check = |differs: bool, name: &str| {
+        if differs {
+            changed.push(name.to_owned());
+        }
+    };
+    check(started.daemon != now.daemon, "[daemon]");
+    check(started.store != now.store, "[store]");
+    check(started.outputs != now.outputs, "[[output]]");
+    check(started.metrics != now.metrics, "[metrics]");
+    check(started.limits != now.limits, "[limits]");
+    check(started.tokens != now.tokens, "[tokens]");
+    check(started.provenance != now.provenance, "[provenance]");
+    changed
 }
 
 /// What one client and one user may hold of the control socket.
@@ -270,8 +328,8 @@ struct Server {
     commands: mpsc::Sender<Command>,
     limits: ConnectionLimits,
     open: Arc<Mutex<Open>>,
-    /// Where a reload reads the policies from (the daemon's `--config`).
-    config_path: Option<PathBuf>,
+    /// Where a reload reads the policies and matchers from.
+    reload: ReloadSource,
 }
 
 /// Serves requests until the task is dropped. Status is answered here;
@@ -283,14 +341,14 @@ pub async fn serve(
     state: Arc<DaemonState>,
     commands: mpsc::Sender<Command>,
     limits: ConnectionLimits,
-    config_path: Option<PathBuf>,
+    reload: ReloadSource,
 ) {
     let server = Arc::new(Server {
         state,
         commands,
         limits,
         open: Arc::new(Mutex::new(Open::default())),
-        config_path,
+        reload,
     });
     loop {
         match listener.accept().await {
@@ -408,9 +466,7 @@ async fn handle(stream: UnixStream, peer: Peer, server: &Server) -> io::Result<(
                             report.redacted()
                         }))
                     }
-                    Request::ReloadPolicies => {
-                        reload(server.config_path.clone(), &server.commands).await
-                    }
+                    Request::ReloadPolicies => reload(&server.reload, &server.commands).await,
                     request => forward(peer, request, &server.commands).await,
                 },
             },
@@ -425,16 +481,35 @@ async fn handle(stream: UnixStream, peer: Peer, server: &Server) -> io::Result<(
     write.shutdown().await
 }
 
-/// Reads and validates the config's policies on a blocking thread (files
-/// are resolved and pinned ones hashed: never on the event thread), then
-/// has the pipeline swap them in.
-pub async fn reload(config_path: Option<PathBuf>, commands: &mpsc::Sender<Command>) -> Response {
+/// Reads and validates the config's policies and `[[agent]]` matchers on
+/// a blocking thread (files are resolved and pinned ones hashed: never on
+/// the event thread), then has the pipeline swap them in.
+pub async fn reload(source: &ReloadSource, commands: &mpsc::Sender<Command>) -> Response {
+    let source = source.clone();
     let loaded = tokio::task::spawn_blocking(move || {
-        let (config, policies) = crate::config::Config::load_with_policies(config_path.as_deref())
+        let (config, policies) = crate::config::Config::load_with_policies(source.path.as_deref())
             .map_err(|e| ReloadError::Config(Box::new(e)))?;
         let rules = crate::detect::RuleSet::load(&config.detect.rules)
             .map_err(|e| ReloadError::Rules(Box::new(e)))?;
-        Ok((Box::new(policies), Box::new(rules)))
+        let matchers = crate::attribution::Matchers::new(&config.agents).map_err(|e| {
+            ReloadError::Config(Box::new(crate::config::ConfigError::Agent {
+                path: source
+                    .path
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(crate::paths::CONFIG)),
+                source: e,
+            }))
+        })?;
+        let restart_needed = restart_needed(&source.started, &config);
+        Ok((
+            Box::new(Loaded {
+                policies,
+                agents: config.agents,
+                matchers,
+                restart_needed,
+            }),
+            Box::new(rules),
+        ))
     })
     .await
     .unwrap_or_else(|e| Err(ReloadError::Task(e)));
@@ -607,5 +682,20 @@ mod tests {
         );
         drop(a);
         assert!(Slot::take(&open, 1, limits).is_ok());
+    }
+
+    #[test]
+    fn a_reload_names_the_changed_sections_it_does_not_apply() {
+        let parse = |text: &str| crate::config::Config::parse(text, Path::new("t.toml")).unwrap();
+        let started = parse("[limits]\nruns_per_uid = 8\n");
+        // Policies, agents and detection rules are applied: nothing to name.
+        let same = parse(
+            "[limits]\nruns_per_uid = 8\n[policy.p]\nmode = \"audit\"\n\
+             [[agent]]\nname = \"a\"\nexe = [\"/usr/bin/a\"]\n",
+        );
+        assert!(restart_needed(&started, &same).is_empty());
+        let changed =
+            parse("[limits]\nruns_per_uid = 9\n[daemon]\noutputs = [\"file:/tmp/x.jsonl\"]\n");
+        assert_eq!(restart_needed(&started, &changed), ["[daemon]", "[limits]"]);
     }
 }

@@ -53,9 +53,16 @@ pub enum Response {
     Run(Box<RunAnswer>),
     /// The answer to `process`.
     Process(Box<crate::attribution::ProcessAnswer>),
+    /// A reload applied: the policies (by name) under their new version,
+    /// the `[[agent]]` matchers now in force, and the config's sections
+    /// changed since start that a reload does not apply.
     Reloaded {
         version: u64,
         policies: Vec<String>,
+        #[serde(default)]
+        agents: Vec<String>,
+        #[serde(default)]
+        restart_needed: Vec<String>,
     },
     /// The daemon saved everything and is exiting; `next_seq` is the seq
     /// of the next event.

@@ -238,6 +238,40 @@ impl Engine {
         &self.policies
     }
 
+    /// The policies in force for `sensor status` and `/metrics`: each with
+    /// its mode, version, active runs and kernel slot.
+    #[must_use]
+    pub fn policy_status(&self) -> crate::status::PoliciesStatus {
+        let mut runs: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+        for run in self.attribution.runs() {
+            if let Some(p) = run.policy.as_deref() {
+                *runs.entry(p).or_default() += 1;
+            }
+        }
+        crate::status::PoliciesStatus {
+            version: self.policies.version(),
+            policies: self
+                .policies
+                .iter()
+                .map(|p| {
+                    let kernel = self
+                        .enforcement
+                        .as_ref()
+                        .and_then(|k| k.slot_and_id(&p.name));
+                    crate::status::PolicyStatus {
+                        name: p.name.clone(),
+                        mode: p.mode.as_str().to_owned(),
+                        version: p.version,
+                        runs_active: runs.get(p.name.as_str()).copied().unwrap_or(0),
+                        slot: kernel.map(|(slot, _)| slot),
+                        id: kernel.map(|(_, id)| id),
+                    }
+                })
+                .collect(),
+            hidden: false,
+        }
+    }
+
     /// Names the kernel's decision on an exec, connect or spawn event (or,
     /// for an exec or connect the kernel did not decide on, checks it against
     /// the run's policy here); a denial is followed by a `policy.violation`.

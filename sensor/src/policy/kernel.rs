@@ -349,6 +349,12 @@ impl IdNames {
         }
     }
 
+    /// What id `id` stood for, if known.
+    #[must_use]
+    pub fn get(&self, id: u32) -> Option<&IdName> {
+        self.known.get(&id)
+    }
+
     fn remember(&mut self, id: u32, policy: &Policy) {
         use sensor_common::policy::{
             RULE_LOADER, RULE_MAX_PROCESSES, RULE_NO_MATCH, RULE_RAW_SOCKET, RULE_SENSOR_SOCKET,
@@ -1124,6 +1130,12 @@ impl Enforcement {
             enforced: d.enforced != 0,
             version: policy.version,
         })
+    }
+
+    /// The kernel slot and policy id of `name` (what the pin dir shows).
+    #[must_use]
+    pub fn slot_and_id(&self, name: &str) -> Option<(u32, u32)> {
+        Some((*self.slot_of.get(name)?, self.installed.get(name)?.rules.id))
     }
 
     /// The policy in force under `name`.

@@ -409,6 +409,12 @@ impl Transcripts {
         !self.runs.is_empty()
     }
 
+    /// Takes the agents' formats of `other` (a reload): runs followed go
+    /// on being read; runs started from now on follow the new formats.
+    pub fn set_formats(&mut self, other: Self) {
+        self.formats = other.formats;
+    }
+
     /// Whether any agent has transcripts to read.
     #[must_use]
     pub fn is_empty(&self) -> bool {
