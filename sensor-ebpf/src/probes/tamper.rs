@@ -247,9 +247,6 @@ pub fn snsr_getfd(ctx: TracePointContext) -> u32 {
 /// tracepoint `syscalls/sys_exit_openat`.
 #[tracepoint]
 pub fn snsr_openat_out(ctx: TracePointContext) -> u32 {
-    if !active() {
-        return 0; // the active load records
-    }
     open_exit(&ctx);
     0
 }
@@ -257,9 +254,6 @@ pub fn snsr_openat_out(ctx: TracePointContext) -> u32 {
 /// tracepoint `syscalls/sys_exit_openat2`.
 #[tracepoint]
 pub fn snsr_opena2_out(ctx: TracePointContext) -> u32 {
-    if !active() {
-        return 0; // the active load records
-    }
     open_exit(&ctx);
     0
 }
@@ -267,9 +261,6 @@ pub fn snsr_opena2_out(ctx: TracePointContext) -> u32 {
 /// tracepoint `syscalls/sys_exit_open`.
 #[tracepoint]
 pub fn snsr_open_out(ctx: TracePointContext) -> u32 {
-    if !active() {
-        return 0; // the active load records
-    }
     open_exit(&ctx);
     0
 }
@@ -277,11 +268,13 @@ pub fn snsr_open_out(ctx: TracePointContext) -> u32 {
 /// An open of a process in a run, judged on the file it really opened:
 /// `/proc/PID/mem` of a process outside the run, or one of the sensor's
 /// files opened for writing.
+///
+/// The failed opens go first, before any map lookup: this program runs at
+/// every open on the host, and most of them fail (the dynamic loader tries
+/// each directory of its search path: 55 opens per exec under `cargo run`'s
+/// `LD_LIBRARY_PATH`, 53 of them ENOENT).
 #[inline(always)]
 fn open_exit(ctx: &TracePointContext) {
-    let Some((tgid, run, how)) = caller_run() else {
-        return;
-    };
     // SAFETY: offset from the format file.
     let Ok(ret) = (unsafe { ctx.read_at::<i64>(offset!(tracepoints.sys_exit_ret) as usize) })
     else {
@@ -290,6 +283,12 @@ fn open_exit(ctx: &TracePointContext) {
     if ret < 0 {
         return;
     }
+    if !active() {
+        return; // the active load records
+    }
+    let Some((tgid, run, how)) = caller_run() else {
+        return;
+    };
     let mut r = Reader::new();
     let file = file_of(&mut r, ret as u32);
     if file == 0 {
