@@ -114,6 +114,9 @@ pub struct LoadedRule {
     /// Counted by a correlation and not reported itself (Sigma's default
     /// unless the correlation says `generate: true`).
     quiet: bool,
+    /// The event fields its detection reads (by name, as sigma-rust looks
+    /// them up), or `None` when it reads every value (a keyword selection).
+    fields: Option<Vec<String>>,
     rule: sigma_rust::Rule,
 }
 
@@ -138,6 +141,10 @@ pub struct RuleSet {
     rules: Vec<LoadedRule>,
     /// Per kind (by [`Kind::index`]), the rules that apply.
     by_kind: Vec<Vec<usize>>,
+    /// Per kind, every field its rules read (`None`: some rule reads every
+    /// value): an event of that kind is handed to sigma-rust with these
+    /// fields only ([`project`]), not converted whole.
+    fields_by_kind: Vec<Option<Vec<String>>>,
     correlations: Vec<Correlation>,
     /// Per rule (by index), the correlations that count it.
     counted_by: Vec<Vec<usize>>,
@@ -242,10 +249,21 @@ impl RuleSet {
                 }
             }
         }
+        let fields_by_kind = by_kind
+            .iter()
+            .map(|candidates| {
+                let mut union = std::collections::BTreeSet::new();
+                for &i in candidates {
+                    union.extend(rules.get(i)?.fields.as_ref()?.iter().cloned());
+                }
+                (union.len() <= MAX_PROJECTED_FIELDS).then(|| union.into_iter().collect())
+            })
+            .collect();
         let counted_by = vec![Vec::new(); rules.len()];
         Self {
             rules,
             by_kind,
+            fields_by_kind,
             correlations: Vec::new(),
             counted_by,
         }
@@ -323,6 +341,15 @@ impl RuleSet {
             .collect()
     }
 
+    /// Whether any rule applies to events of `kind` (when none does, an
+    /// event of that kind needs no JSON form at all).
+    #[must_use]
+    pub fn applies(&self, kind: Kind) -> bool {
+        self.by_kind
+            .get(kind.index())
+            .is_some_and(|c| !c.is_empty())
+    }
+
     fn matching(&self, kind: Kind, event: &Value) -> Vec<usize> {
         let Some(candidates) = self.by_kind.get(kind.index()) else {
             return Vec::new();
@@ -330,8 +357,16 @@ impl RuleSet {
         if candidates.is_empty() {
             return Vec::new();
         }
-        let Ok(sigma) = sigma_rust::Event::try_from(flatten(event)) else {
-            return Vec::new();
+        let projected = match self.fields_by_kind.get(kind.index()) {
+            Some(Some(fields)) => project(event, fields),
+            _ => None,
+        };
+        let sigma = match projected {
+            Some(sigma) => sigma,
+            None => match sigma_rust::Event::try_from(flatten(event)) {
+                Ok(sigma) => sigma,
+                Err(_) => return Vec::new(),
+            },
         };
         candidates
             .iter()
@@ -339,6 +374,135 @@ impl RuleSet {
             .filter(|&i| self.rules.get(i).is_some_and(|r| r.rule.is_match(&sigma)))
             .collect()
     }
+}
+
+/// Fields a kind's rules may read for its events to be projected; more, and
+/// the event is converted whole.
+const MAX_PROJECTED_FIELDS: usize = 256;
+
+/// The event as the rules see it ([`flatten`]), with only `fields` in it,
+/// each under its full name (sigma-rust looks a name up whole before it
+/// walks nested maps, so it finds each here as it would in the whole event):
+/// what a rule reads is all that is copied. `None` when a field is an
+/// object (sigma-rust keeps it as a map, which is not built here): the
+/// caller converts the event whole.
+fn project(event: &Value, fields: &[String]) -> Option<sigma_rust::Event> {
+    let top = event.as_object()?;
+    let mut sigma = sigma_rust::Event::new();
+    for name in fields {
+        match lookup(top, name) {
+            Found::Absent => {}
+            Found::Object => return None,
+            Found::Value(v) => match v {
+                Value::Null => sigma.insert(name.as_str(), None::<i32>),
+                Value::Bool(b) => sigma.insert(name.as_str(), *b),
+                Value::String(text) => sigma.insert(name.as_str(), text.as_str()),
+                Value::Number(n) => {
+                    if let Some(i) = n.as_i64() {
+                        sigma.insert(name.as_str(), i);
+                    } else if let Some(u) = n.as_u64() {
+                        sigma.insert(name.as_str(), u);
+                    } else if let Some(f) = n.as_f64() {
+                        sigma.insert(name.as_str(), f);
+                    }
+                }
+                Value::Array(items) => {
+                    if let Some(joined) = joined(items) {
+                        sigma.insert(name.as_str(), joined);
+                    }
+                }
+                Value::Object(_) => return None,
+            },
+        }
+    }
+    Some(sigma)
+}
+
+/// What a field name finds in an event as sigma-rust's `Event::get` would
+/// in its flattened form.
+enum Found<'v> {
+    Absent,
+    /// A nested object.
+    Object,
+    Value(&'v Value),
+}
+
+/// sigma-rust's lookup (`Event::get`) over the JSON: the name whole, then
+/// `head.tail` through nested objects (at each level the rest whole first).
+/// An array of anything but plain values is absent, as [`flatten`] leaves
+/// it out.
+fn lookup<'v>(top: &'v serde_json::Map<String, Value>, name: &str) -> Found<'v> {
+    let present = |v: &'v Value| match v {
+        Value::Object(_) => Some(Found::Object),
+        Value::Array(items) if joined(items).is_none() => None,
+        v => Some(Found::Value(v)),
+    };
+    if let Some(found) = top.get(name).and_then(present) {
+        return found;
+    }
+    let mut current = top;
+    let mut rest = name;
+    while let Some((head, tail)) = rest.split_once('.') {
+        let Some(Value::Object(map)) = current.get(head) else {
+            return Found::Absent;
+        };
+        if let Some(found) = map.get(tail).and_then(present) {
+            return found;
+        }
+        current = map;
+        rest = tail;
+    }
+    Found::Absent
+}
+
+/// The fields a rule's detection reads, from its YAML as sigma-rust reads
+/// it: each selection's field names (before the first `|`), and for a
+/// `|fieldref` field the fields its values name. `None` for a keyword
+/// selection (a list of plain values), which reads every value.
+fn detection_fields(detection: &Yaml) -> Option<Vec<String>> {
+    let mut fields = Vec::new();
+    let group = |map: &serde_norway::Mapping, fields: &mut Vec<String>| {
+        for (key, values) in map {
+            let Some(key) = key.as_str() else { continue };
+            let mut parts = key.split('|');
+            fields.push(parts.next().unwrap_or_default().to_owned());
+            if parts.any(|m| m == "fieldref") {
+                let named: Vec<&Yaml> = match values {
+                    Yaml::Sequence(items) => items.iter().collect(),
+                    other => vec![other],
+                };
+                for v in named {
+                    match v {
+                        Yaml::String(s) => fields.push(s.clone()),
+                        Yaml::Number(n) => fields.push(n.to_string()),
+                        Yaml::Bool(b) => fields.push(b.to_string()),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    };
+    for (name, selection) in detection.as_mapping()? {
+        if name.as_str() == Some("condition") {
+            continue;
+        }
+        match selection {
+            Yaml::Mapping(map) => group(map, &mut fields),
+            Yaml::Sequence(items) => {
+                for item in items {
+                    match item {
+                        Yaml::Mapping(map) => group(map, &mut fields),
+                        // A keyword selection: every value of the event.
+                        _ => return None,
+                    }
+                }
+            }
+            _ => return None,
+        }
+    }
+    fields.sort();
+    fields.dedup();
+    Some(fields)
 }
 
 /// The event as the rules see it: arrays of plain values (argv, scopes,
@@ -563,11 +727,13 @@ pub fn parse(text: &str, path: &Path) -> Result<LoadedRule, RuleError> {
     })?;
     let info = info_of(top, path, &line_of)?;
     let name = top.get("name").and_then(Yaml::as_str).map(str::to_owned);
+    let fields = top.get("detection").and_then(detection_fields);
     Ok(LoadedRule {
         info,
         name,
         kinds,
         quiet: false,
+        fields,
         rule,
     })
 }
@@ -887,6 +1053,77 @@ mod tests {
         let _ = set.matches(Kind::ProcessExec, &e);
         let _ = set.matches(Kind::ProcessExec, &json!([1, 2]));
         let _ = set.matches(Kind::ProcessExec, &json!("x"));
+    }
+
+    /// A rule sees the same event projected to its fields as whole: over
+    /// the shipped pack and every golden event, and over hostile shapes
+    /// (dotted keys, arrays of objects, nulls, nested objects, fieldref).
+    #[test]
+    fn a_projected_event_matches_as_the_whole_event() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut rules: Vec<LoadedRule> = std::fs::read_dir(root.join("../rules/agent"))
+            .unwrap()
+            .filter_map(|e| {
+                let path = e.ok()?.path();
+                match load_file(&path).ok()? {
+                    Loaded::Rule(r) => Some(*r),
+                    Loaded::Correlation(_) => None,
+                }
+            })
+            .collect();
+        for extra in [
+            "title: t\nlogsource:\n  product: agent-sensor\ndetection:\n  s:\n    a.b: x\n    c|exists: false\n    n: null\n  condition: s\n",
+            "title: t\nlogsource:\n  product: agent-sensor\ndetection:\n  s:\n    - a.b|fieldref: c.d\n    - deep.x.y|startswith: v\n  condition: s\n",
+            "title: t\nlogsource:\n  product: agent-sensor\ndetection:\n  s:\n    obj|exists: true\n  condition: s\n",
+            "title: t\nlogsource:\n  product: agent-sensor\ndetection:\n  k:\n    - needle\n  condition: k\n",
+        ] {
+            rules.push(rule(extra).unwrap());
+        }
+        assert!(
+            rules.last().unwrap().fields.is_none(),
+            "a keyword selection reads every value"
+        );
+        assert_eq!(
+            rules[rules.len() - 3].fields.as_deref(),
+            Some(&["a.b".to_owned(), "c.d".to_owned(), "deep.x.y".to_owned()][..]),
+            "fieldref values are fields"
+        );
+        let text =
+            std::fs::read_to_string(root.join("tests/golden/expected/events.jsonl")).unwrap();
+        let mut events: Vec<Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        assert!(events.len() > 100);
+        events.extend([
+            json!({"a.b": "x", "a": {"b": "y"}, "n": null}),
+            json!({"a.b": [{"o": 1}], "a": {"b": "x"}, "n": null}),
+            json!({"a": {"b": "x"}, "c": {"d": "x"}, "n": 1}),
+            json!({"a": [{"b": "x"}], "c": null}),
+            json!({"deep": {"x.y": "vv", "x": {"y": "no"}}}),
+            json!({"deep": {"x": {"y": ["v1", 2, true]}}}),
+            json!({"obj": {"k": 1}, "a": {"b": "x"}}),
+            json!({"k": ["needle"], "a": {"b": "x"}}),
+            json!({"a": {"b": "x"}, "c": {"d": "x"}, "n": null, "big": 18446744073709551615u64, "f": 1.5}),
+        ]);
+        let mut compared = 0;
+        for e in &events {
+            let whole = sigma_rust::Event::try_from(flatten(e)).unwrap();
+            for r in &rules {
+                let Some(fields) = &r.fields else { continue };
+                let want = r.rule.is_match(&whole);
+                match project(e, fields) {
+                    Some(p) => assert_eq!(r.rule.is_match(&p), want, "{} on {e}", r.info.title),
+                    None => assert!(
+                        fields
+                            .iter()
+                            .any(|f| matches!(lookup(e.as_object().unwrap(), f), Found::Object))
+                    ),
+                }
+                compared += 1;
+            }
+        }
+        assert!(compared > 1000, "{compared}");
     }
 
     #[test]
