@@ -80,6 +80,7 @@ fn detection_throughput() {
         }
     }
     report("daemon", &set, n, start.elapsed().as_secs_f64(), fired);
+    let daemon_fired = fired;
 
     let mut state = Correlator::default();
     let mut fired = 0usize;
@@ -90,5 +91,9 @@ fn detection_throughput() {
         }
     }
     report("rules", &set, n, start.elapsed().as_secs_f64(), fired);
-    assert!(n > 0);
+    assert_eq!(
+        daemon_fired, fired,
+        "the daemon's JSON form fires as the whole"
+    );
+    assert!(n > 0 && fired > 0);
 }

@@ -195,7 +195,7 @@ pub fn evaluate(set: &RuleSet, state: &mut Correlator, event: &Event) -> Vec<Mat
     if event.kind == Kind::Detection || !set.applies(event.kind) {
         return Vec::new();
     }
-    let Ok(value) = serde_json::to_value(event) else {
+    let Ok(value) = set.json_form(event.kind, event) else {
         return Vec::new();
     };
     set.evaluate(state, event.kind, &value)

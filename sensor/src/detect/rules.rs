@@ -145,6 +145,10 @@ pub struct RuleSet {
     /// value): an event of that kind is handed to sigma-rust with these
     /// fields only ([`project`]), not converted whole.
     fields_by_kind: Vec<Option<Vec<String>>>,
+    /// Per kind, what of an event's JSON form the rules and the
+    /// correlations counting them read (`None`: all of it): the daemon
+    /// writes only that ([`RuleSet::json_form`]).
+    json_by_kind: Vec<Option<Vec<String>>>,
     correlations: Vec<Correlation>,
     /// Per rule (by index), the correlations that count it.
     counted_by: Vec<Vec<usize>>,
@@ -231,6 +235,7 @@ impl RuleSet {
         let mut set = Self::of(rules);
         set.correlations = correlations;
         set.counted_by = counted_by;
+        set.json_by_kind = set.json_fields();
         Ok(set)
     }
 
@@ -260,12 +265,53 @@ impl RuleSet {
             })
             .collect();
         let counted_by = vec![Vec::new(); rules.len()];
-        Self {
+        let mut set = Self {
             rules,
             by_kind,
             fields_by_kind,
+            json_by_kind: Vec::new(),
             correlations: Vec::new(),
             counted_by,
+        };
+        set.json_by_kind = set.json_fields();
+        set
+    }
+
+    /// Per kind: the rules' fields, and the group-by and counted fields of
+    /// the correlations counting them, with `time` (their windows).
+    fn json_fields(&self) -> Vec<Option<Vec<String>>> {
+        self.by_kind
+            .iter()
+            .enumerate()
+            .map(|(k, candidates)| {
+                let mut fields = self.fields_by_kind.get(k)?.clone()?;
+                for &i in candidates {
+                    for &ci in self.counted_by.get(i).map_or(&[][..], Vec::as_slice) {
+                        if let Some(c) = self.correlations.get(ci) {
+                            fields.extend(c.group_by.iter().cloned());
+                            fields.extend(c.field.iter().cloned());
+                            fields.push("time".to_owned());
+                        }
+                    }
+                }
+                fields.sort();
+                fields.dedup();
+                Some(fields)
+            })
+            .collect()
+    }
+
+    /// The JSON form of `event` (of `kind`) as [`RuleSet::evaluate`] needs
+    /// it: only what the kind's rules and correlations read
+    /// ([`pruned_value`]), or all of it when a rule reads every value.
+    pub fn json_form<T: serde::Serialize + ?Sized>(
+        &self,
+        kind: Kind,
+        event: &T,
+    ) -> Result<Value, serde_json::Error> {
+        match self.json_by_kind.get(kind.index()) {
+            Some(Some(fields)) => pruned_value(event, fields),
+            _ => serde_json::to_value(event),
         }
     }
 
@@ -373,6 +419,255 @@ impl RuleSet {
             .copied()
             .filter(|&i| self.rules.get(i).is_some_and(|r| r.rule.is_match(&sigma)))
             .collect()
+    }
+}
+
+/// The JSON form of `value` (a typed event) with only what looking up
+/// `wanted` can reach: at each level, a member whose name is a wanted name
+/// is written whole, one that starts a wanted name (`name.` then the rest)
+/// is written pruned to the rest, any other is left out. Every way
+/// sigma-rust and the correlations look a name up (whole first, or through
+/// nested objects split at any dot) finds in it what it finds in the whole
+/// JSON form, without the cost of writing the rest (`serde_json::to_value`
+/// of a whole event is most of the detect thread's work per event).
+pub fn pruned_value<T: serde::Serialize + ?Sized>(
+    value: &T,
+    wanted: &[String],
+) -> Result<Value, serde_json::Error> {
+    value.serialize(Pruner {
+        wanted: wanted.iter().map(String::as_str).collect(),
+    })
+}
+
+/// See [`pruned_value`]: objects (structs, maps) pruned to `wanted`,
+/// anything else written whole by serde_json.
+struct Pruner<'w> {
+    wanted: Vec<&'w str>,
+}
+
+/// An object being pruned.
+struct PrunedObject<'w> {
+    wanted: Vec<&'w str>,
+    map: serde_json::Map<String, Value>,
+    key: Option<String>,
+}
+
+impl<'w> PrunedObject<'w> {
+    fn member<T: serde::Serialize + ?Sized>(
+        &mut self,
+        key: &str,
+        value: &T,
+    ) -> Result<(), serde_json::Error> {
+        let mut whole = false;
+        let mut rest = Vec::new();
+        for name in &self.wanted {
+            if *name == key {
+                whole = true;
+            } else if let Some(r) = name.strip_prefix(key).and_then(|r| r.strip_prefix('.')) {
+                rest.push(r);
+            }
+        }
+        if whole {
+            self.map
+                .insert(key.to_owned(), serde_json::to_value(value)?);
+        } else if !rest.is_empty() {
+            self.map
+                .insert(key.to_owned(), value.serialize(Pruner { wanted: rest })?);
+        }
+        Ok(())
+    }
+}
+
+type Whole = serde_json::value::Serializer;
+
+impl<'w> serde::Serializer for Pruner<'w> {
+    type Ok = Value;
+    type Error = serde_json::Error;
+    type SerializeSeq = <Whole as serde::Serializer>::SerializeSeq;
+    type SerializeTuple = <Whole as serde::Serializer>::SerializeTuple;
+    type SerializeTupleStruct = <Whole as serde::Serializer>::SerializeTupleStruct;
+    type SerializeTupleVariant = <Whole as serde::Serializer>::SerializeTupleVariant;
+    type SerializeMap = PrunedObject<'w>;
+    type SerializeStruct = PrunedObject<'w>;
+    type SerializeStructVariant = <Whole as serde::Serializer>::SerializeStructVariant;
+
+    fn serialize_bool(self, v: bool) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_bool(v)
+    }
+    fn serialize_i8(self, v: i8) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_i8(v)
+    }
+    fn serialize_i16(self, v: i16) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_i16(v)
+    }
+    fn serialize_i32(self, v: i32) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_i32(v)
+    }
+    fn serialize_i64(self, v: i64) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_i64(v)
+    }
+    fn serialize_i128(self, v: i128) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_i128(v)
+    }
+    fn serialize_u8(self, v: u8) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_u8(v)
+    }
+    fn serialize_u16(self, v: u16) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_u16(v)
+    }
+    fn serialize_u32(self, v: u32) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_u32(v)
+    }
+    fn serialize_u64(self, v: u64) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_u64(v)
+    }
+    fn serialize_u128(self, v: u128) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_u128(v)
+    }
+    fn serialize_f32(self, v: f32) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_f32(v)
+    }
+    fn serialize_f64(self, v: f64) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_f64(v)
+    }
+    fn serialize_char(self, v: char) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_char(v)
+    }
+    fn serialize_str(self, v: &str) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_str(v)
+    }
+    fn serialize_bytes(self, v: &[u8]) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_bytes(v)
+    }
+    fn serialize_none(self) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_none()
+    }
+    fn serialize_some<T: serde::Serialize + ?Sized>(self, v: &T) -> Result<Value, Self::Error> {
+        v.serialize(self)
+    }
+    fn serialize_unit(self) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_unit()
+    }
+    fn serialize_unit_struct(self, name: &'static str) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_unit_struct(name)
+    }
+    fn serialize_unit_variant(
+        self,
+        name: &'static str,
+        index: u32,
+        variant: &'static str,
+    ) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_unit_variant(name, index, variant)
+    }
+    fn serialize_newtype_struct<T: serde::Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        v: &T,
+    ) -> Result<Value, Self::Error> {
+        v.serialize(self)
+    }
+    fn serialize_newtype_variant<T: serde::Serialize + ?Sized>(
+        self,
+        name: &'static str,
+        index: u32,
+        variant: &'static str,
+        v: &T,
+    ) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_newtype_variant(name, index, variant, v)
+    }
+    fn serialize_seq(self, len: Option<usize>) -> Result<Self::SerializeSeq, Self::Error> {
+        serde_json::value::Serializer.serialize_seq(len)
+    }
+    fn serialize_tuple(self, len: usize) -> Result<Self::SerializeTuple, Self::Error> {
+        serde_json::value::Serializer.serialize_tuple(len)
+    }
+    fn serialize_tuple_struct(
+        self,
+        name: &'static str,
+        len: usize,
+    ) -> Result<Self::SerializeTupleStruct, Self::Error> {
+        serde_json::value::Serializer.serialize_tuple_struct(name, len)
+    }
+    fn serialize_tuple_variant(
+        self,
+        name: &'static str,
+        index: u32,
+        variant: &'static str,
+        len: usize,
+    ) -> Result<Self::SerializeTupleVariant, Self::Error> {
+        serde_json::value::Serializer.serialize_tuple_variant(name, index, variant, len)
+    }
+    fn serialize_map(self, _len: Option<usize>) -> Result<Self::SerializeMap, Self::Error> {
+        Ok(PrunedObject {
+            wanted: self.wanted,
+            map: serde_json::Map::new(),
+            key: None,
+        })
+    }
+    fn serialize_struct(
+        self,
+        _name: &'static str,
+        _len: usize,
+    ) -> Result<Self::SerializeStruct, Self::Error> {
+        Ok(PrunedObject {
+            wanted: self.wanted,
+            map: serde_json::Map::new(),
+            key: None,
+        })
+    }
+    fn serialize_struct_variant(
+        self,
+        name: &'static str,
+        index: u32,
+        variant: &'static str,
+        len: usize,
+    ) -> Result<Self::SerializeStructVariant, Self::Error> {
+        serde_json::value::Serializer.serialize_struct_variant(name, index, variant, len)
+    }
+}
+
+impl serde::ser::SerializeStruct for PrunedObject<'_> {
+    type Ok = Value;
+    type Error = serde_json::Error;
+
+    fn serialize_field<T: serde::Serialize + ?Sized>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), Self::Error> {
+        self.member(key, value)
+    }
+
+    fn end(self) -> Result<Value, Self::Error> {
+        Ok(Value::Object(self.map))
+    }
+}
+
+impl serde::ser::SerializeMap for PrunedObject<'_> {
+    type Ok = Value;
+    type Error = serde_json::Error;
+
+    fn serialize_key<T: serde::Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Self::Error> {
+        // As serde_json writes a key: a string, or a number or bool as text.
+        self.key = Some(match serde_json::to_value(key)? {
+            Value::String(s) => s,
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            _ => return Err(serde::ser::Error::custom("key must be a string")),
+        });
+        Ok(())
+    }
+
+    fn serialize_value<T: serde::Serialize + ?Sized>(
+        &mut self,
+        value: &T,
+    ) -> Result<(), Self::Error> {
+        let key = self.key.take().unwrap_or_default();
+        self.member(&key, value)
+    }
+
+    fn end(self) -> Result<Value, Self::Error> {
+        Ok(Value::Object(self.map))
     }
 }
 
@@ -1124,6 +1419,42 @@ mod tests {
             }
         }
         assert!(compared > 1000, "{compared}");
+    }
+
+    /// The pruned JSON form fires exactly what the whole one fires, rules
+    /// and correlations, over the golden events with the shipped pack.
+    #[test]
+    fn the_pruned_json_form_fires_as_the_whole() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let set = RuleSet::load(&[root.join("../rules/agent")]).unwrap();
+        let text =
+            std::fs::read_to_string(root.join("tests/golden/expected/events.jsonl")).unwrap();
+        let (mut whole_state, mut pruned_state) = (Correlator::default(), Correlator::default());
+        let mut fired = 0;
+        let mut smaller = 0;
+        for _ in 0..30 {
+            for line in text.lines() {
+                let v: Value = serde_json::from_str(line).unwrap();
+                let Some(kind) = v["kind"].as_str().and_then(Kind::parse) else {
+                    continue;
+                };
+                let pruned = set.json_form(kind, &v).unwrap();
+                if pruned != v {
+                    smaller += 1;
+                }
+                let ids =
+                    |hits: Vec<&RuleInfo>| hits.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
+                let want = ids(set.evaluate(&mut whole_state, kind, &v));
+                let got = ids(set.evaluate(&mut pruned_state, kind, &pruned));
+                assert_eq!(got, want, "{line}");
+                fired += want.len();
+            }
+        }
+        assert!(fired > 100 && smaller > 100, "{fired} {smaller}");
+        // Dotted keys and maps: a member is kept for every way to reach a name.
+        let v = json!({"run": {"labels": {"x.y": "v", "x": {"y": "w"}}, "id": "r"}, "other": 1});
+        let p = pruned_value(&v, &["run.labels.x.y".to_owned()]).unwrap();
+        assert_eq!(p, json!({"run": {"labels": {"x.y": "v", "x": {"y": "w"}}}}));
     }
 
     #[test]
