@@ -516,7 +516,7 @@ pub enum PolicyCommand {
     ///
     /// Replays the runs' stored decisions through the daemon's own policy
     /// code (execs, connects to addresses and Unix sockets, forks against
-    /// max_processes, sub-runs against max_depth) and lists each denial:
+    /// max_processes, sub-runs against max_depth, raw sockets) and lists each denial:
     /// rule, event seq, run; then a count.
     Test {
         /// The config file holding the policy ([policy.NAME] tables)

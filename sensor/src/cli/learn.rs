@@ -202,7 +202,7 @@ pub fn test(file: &Path, name: &str, sel: &RunSelect, db: &DbArgs) -> anyhow::Re
         );
     } else {
         println!(
-            "{denied} would be denied of {checked} decisions replayed (execs, connects, forks, sub-runs; {} events) by policy {}",
+            "{denied} would be denied of {checked} decisions replayed (execs, connects, forks, sub-runs, raw sockets; {} events) by policy {}",
             selected.events.len(),
             escape_terminal(name)
         );

@@ -295,6 +295,15 @@ fn rule_set(policy: &Policy, id: u32, sensor: &SensorSocket) -> RuleSet {
     set
 }
 
+/// Whether a run under `policy` may open a raw, ICMP or packet socket: the
+/// flag of the slot the daemon writes for it, as the kernel's socket hook
+/// tests it (`sensor policy test` replays stored `network.socket` events
+/// with it).
+#[must_use]
+pub fn raw_sockets_allowed(policy: &Policy) -> bool {
+    slot_value(policy, 0).flags & sensor_common::policy::SLOT_RAW_SOCKETS != 0
+}
+
 fn slot_value(policy: &Policy, id: u32) -> PolicySlot {
     PolicySlot {
         id,

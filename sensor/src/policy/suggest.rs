@@ -696,7 +696,9 @@ pub struct Denied {
 /// - a fork (`process.spawn`): counted per run tree against `max_processes`
 ///   by [`sensor_common::policy::fork_within`], the kernel's own test; a
 ///   process refused is not counted, nor is its exit;
-/// - a sub-run's start: [`Policy::check_depth`] on its depth.
+/// - a sub-run's start: [`Policy::check_depth`] on its depth;
+/// - a raw, ICMP or packet socket (`network.socket`): the slot flag the
+///   kernel tests ([`kernel::raw_sockets_allowed`]).
 ///
 /// What the stored events do not hold is not replayed: the mount an exec's
 /// file was reached on is taken from the file at that path now when it is
@@ -733,6 +735,19 @@ impl<'p> Replay<'p> {
             "process.exec" => self.exec(e)?,
             "network.connect" => self.connect(e)?,
             "process.spawn" | "process.exit" => self.fork(e, kind == "process.spawn")?,
+            "network.socket" => {
+                self.checked += 1;
+                let allowed = kernel::raw_sockets_allowed(self.policy);
+                let what = match e.pointer("/network/transport").and_then(Value::as_str) {
+                    Some(t) => format!("{t} socket"),
+                    None => "socket".to_owned(),
+                };
+                let rule = sensor_common::policy::RULE_RAW_SOCKET;
+                (
+                    what,
+                    self.named(allowed.then_some(rule), rule, "raw_sockets"),
+                )
+            }
             "run.start" => {
                 let depth = e
                     .pointer("/run/depth")
@@ -1240,6 +1255,8 @@ mod tests {
             json!({"seq": 17, "kind": "process.spawn", "run": {"id": "o", "root_id": "o"}, "process": {"key": "k6"}}),
             json!({"seq": 20, "kind": "run.start", "run": {"id": "s", "root_id": "r", "depth": 1}}),
             json!({"seq": 21, "kind": "run.start", "run": {"id": "t", "root_id": "r", "depth": 2}}),
+            json!({"seq": 30, "kind": "network.socket", "run": {"id": "r", "root_id": "r"},
+                   "network": {"transport": "raw"}}),
         ];
         let sensors = sensor_sockets(&policy, Path::new("/run/sensor/sensor.sock"), &events);
         assert_eq!(sensors.len(), 2, "{sensors:?}");
@@ -1257,15 +1274,19 @@ mod tests {
                 (12, "max_processes 3".to_owned()),
                 (16, "max_processes 3".to_owned()),
                 (21, "max_depth 1".to_owned()),
+                (
+                    30,
+                    "raw_sockets (a raw, ICMP or packet socket reaches any address)".to_owned()
+                ),
             ]
         );
         assert_eq!(
             replay.checked,
-            5 + 6 + 3,
-            "unix connects, forks, run starts"
+            5 + 6 + 3 + 1,
+            "unix connects, forks, run starts, socket"
         );
         // Without limits, forks and depths allow everything.
-        let open = policy_of("[unix]\nallow = [\"/run/*.sock\"]\n");
+        let open = policy_of("raw_sockets = true\n[unix]\nallow = [\"/run/*.sock\"]\n");
         let mut replay = Replay::new(&open, &[]);
         let denied: Vec<u64> = events
             .iter()
