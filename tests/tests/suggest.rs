@@ -340,10 +340,11 @@ fn a_suggested_policy_runs_its_workload_clean_and_denies_exactly_what_is_new() -
 }
 
 /// `sensor policy test` replays every decision the daemon's policy makes:
-/// a workload connects to a Unix socket, starts a sub-run and holds three
-/// processes at once; a policy narrowed from the suggested one (the socket's
-/// rule taken out, `max_depth = 0`, `max_processes = 3`) lists exactly that
-/// connect, the sub-run's start and the third process's fork, each with its
+/// a workload connects to a Unix socket, opens a raw socket, starts a
+/// sub-run and holds three processes at once; a policy narrowed from the
+/// suggested one (the socket's rule and `raw_sockets` taken out,
+/// `max_depth = 0`, `max_processes = 3`) lists exactly that connect, that
+/// socket, the sub-run's start and the third process's fork, each with its
 /// rule, and exits 1; the suggested policy lists nothing and exits 0.
 #[test]
 fn policy_test_replays_unix_connects_forks_and_sub_runs() -> Result<()> {
@@ -360,13 +361,15 @@ fn policy_test_replays_unix_connects_forks_and_sub_runs() -> Result<()> {
     let run1 = format!("replay-1-{pid}");
     let workload = format!(
         "echo \"u: $({HELPER} connect unix {sock_text})\"; \
+         echo \"r: $({HELPER} socket raw)\"; \
          {sensor_path} launch --agent suggest-sub -- /usr/bin/true; \
          /usr/bin/sleep 1 & /usr/bin/sleep 1 & /usr/bin/sleep 1 & wait"
     );
     let out = launch(&d, &db, &run1, "observe", &workload)?;
     ensure!(
-        outputs(&out).get("u").map(String::as_str) == Some("ok"),
-        "the Unix connect succeeds: {} {}",
+        outputs(&out).get("u").map(String::as_str) == Some("ok")
+            && outputs(&out).get("r").map(String::as_str) == Some("ok"),
+        "the Unix connect and the raw socket succeed: {} {}",
         text(&out.stdout),
         text(&out.stderr)
     );
@@ -390,8 +393,10 @@ fn policy_test_replays_unix_connects_forks_and_sub_runs() -> Result<()> {
     ensure!(q.status.success(), "suggest: {}", text(&q.stderr));
     let learned = std::fs::read_to_string(&file)?;
     ensure!(
-        learned.contains(&format!("\"{sock_text}\"")) && learned.contains("max_depth = 2"),
-        "the socket and the sub-run are learned:\n{learned}"
+        learned.contains(&format!("\"{sock_text}\""))
+            && learned.contains("max_depth = 2")
+            && learned.contains("\nraw_sockets = true\n"),
+        "the socket, the sub-run and the raw socket are learned:\n{learned}"
     );
     let test = |policy_file: &Path| {
         sensor(
@@ -419,7 +424,7 @@ fn policy_test_replays_unix_connects_forks_and_sub_runs() -> Result<()> {
 
     let narrowed: String = learned
         .lines()
-        .filter(|l| !l.contains(&format!("\"{sock_text}\"")))
+        .filter(|l| !l.contains(&format!("\"{sock_text}\"")) && *l != "raw_sockets = true")
         .map(|l| {
             if l.starts_with("max_depth =") {
                 "max_depth = 0\n".to_owned()
@@ -465,6 +470,11 @@ fn policy_test_replays_unix_connects_forks_and_sub_runs() -> Result<()> {
         .iter()
         .filter_map(|e| e["seq"].as_u64())
         .collect();
+    let raw: Vec<u64> = d
+        .matching(|e| in_tree(e) && e["kind"] == "network.socket")?
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .collect();
     let sleep = canonical_str("/usr/bin/sleep")?;
     let sleepers: BTreeSet<String> = d
         .matching(|e| in_tree(e) && e["kind"] == "process.exec" && e["process"]["exe"] == sleep)?
@@ -483,14 +493,19 @@ fn policy_test_replays_unix_connects_forks_and_sub_runs() -> Result<()> {
         .filter_map(|e| e["seq"].as_u64())
         .collect();
     ensure!(
-        unix.len() == 1 && sub_runs.len() == 1 && forks.len() == 3,
-        "one Unix connect {unix:?}, one sub-run {sub_runs:?}, three sleepers forked {forks:?}"
+        unix.len() == 1 && sub_runs.len() == 1 && forks.len() == 3 && raw.len() == 1,
+        "one Unix connect {unix:?}, one sub-run {sub_runs:?}, three sleepers forked {forks:?}, \
+         one raw socket {raw:?}"
     );
     let third = forks.iter().max().copied().context("a fork")?;
     let want: BTreeSet<(u64, String)> = [
         (unix[0], "unix.allow (no rule matches)".to_owned()),
         (sub_runs[0], "max_depth 0".to_owned()),
         (third, "max_processes 3".to_owned()),
+        (
+            raw[0],
+            "raw_sockets (a raw, ICMP or packet socket reaches any address)".to_owned(),
+        ),
     ]
     .into();
     ensure!(
@@ -499,7 +514,7 @@ fn policy_test_replays_unix_connects_forks_and_sub_runs() -> Result<()> {
         text(&q.stdout)
     );
     let summary = lines.last().context("a summary line")?;
-    ensure!(summary["summary"]["denied"] == 3, "summary: {summary}");
+    ensure!(summary["summary"]["denied"] == 4, "summary: {summary}");
     d.stop()?;
     Ok(())
 }
