@@ -173,6 +173,18 @@ pub const RULE_LOADER: u32 = u32::MAX - 1;
 /// `Decision::rule`: the run's tree is at `max_processes`.
 pub const RULE_MAX_PROCESSES: u32 = u32::MAX - 2;
 
+/// The `max_processes` decision on a new process of a run's tree: with
+/// `children` processes counted once it is (the tree's first process, placed
+/// by user space, is not counted: the tree holds it plus `children`), the
+/// new one may live when the tree stays within `max_processes`. The kernel
+/// decides with it on every fork (`count_spawn`), `sensor policy test` when
+/// it replays stored forks.
+#[inline(always)]
+#[must_use]
+pub fn fork_within(children: u64, max_processes: u32) -> bool {
+    children < u64::from(max_processes)
+}
+
 /// What the kernel decided about an action, carried in its event.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]

@@ -289,7 +289,7 @@ pub fn count_spawn(run: u64) -> (Decision, bool) {
     atomic_add(live, 1);
     // SAFETY: a map value of this type.
     let now = unsafe { core::ptr::read_volatile(live) };
-    if now < u64::from(slot.max_processes) {
+    if sensor_common::policy::fork_within(now, slot.max_processes) {
         return (decision(&slot, Some(RULE_MAX_PROCESSES), 0), true);
     }
     atomic_add(live, u64::MAX);

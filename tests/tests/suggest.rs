@@ -338,3 +338,183 @@ fn a_suggested_policy_runs_its_workload_clean_and_denies_exactly_what_is_new() -
     d.stop()?;
     Ok(())
 }
+
+/// `sensor policy test` replays every decision the daemon's policy makes:
+/// a workload connects to a Unix socket, opens a raw socket, starts a
+/// sub-run and holds three processes at once; a policy narrowed from the
+/// suggested one (the socket's rule and `raw_sockets` taken out,
+/// `max_depth = 0`, `max_processes = 3`) lists exactly that connect, that
+/// socket, the sub-run's start and the third process's fork, each with its
+/// rule, and exits 1; the suggested policy lists nothing and exits 0.
+#[test]
+fn policy_test_replays_unix_connects_forks_and_sub_runs() -> Result<()> {
+    let tmp = TempDir::new("suggest-replay")?;
+    let db = tmp.path().join("sensor.db");
+    let sock = tmp.path().join("svc.sock");
+    let _server = std::os::unix::net::UnixListener::bind(&sock)?;
+    let sock_text = sock.display().to_string();
+    let observe = "[policy.observe]\nmode = \"audit\"\n";
+    let mut d = Daemon::start_with(Some(observe), &["--db", &db.display().to_string()])?;
+    let pid = std::process::id();
+    let sensor_path = sensor_bin()?.display().to_string();
+
+    let run1 = format!("replay-1-{pid}");
+    let workload = format!(
+        "echo \"u: $({HELPER} connect unix {sock_text})\"; \
+         echo \"r: $({HELPER} socket raw)\"; \
+         {sensor_path} launch --agent suggest-sub -- /usr/bin/true; \
+         /usr/bin/sleep 1 & /usr/bin/sleep 1 & /usr/bin/sleep 1 & wait"
+    );
+    let out = launch(&d, &db, &run1, "observe", &workload)?;
+    ensure!(
+        outputs(&out).get("u").map(String::as_str) == Some("ok")
+            && outputs(&out).get("r").map(String::as_str) == Some("ok"),
+        "the Unix connect and the raw socket succeed: {} {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+
+    let file = tmp.path().join("learned.toml");
+    let file_arg = file.display().to_string();
+    let q = sensor(
+        &db,
+        &[
+            "policy",
+            "suggest",
+            "--run",
+            &run1,
+            "--subtree",
+            "--name",
+            "learned",
+            "-o",
+            &file_arg,
+        ],
+    )?;
+    ensure!(q.status.success(), "suggest: {}", text(&q.stderr));
+    let learned = std::fs::read_to_string(&file)?;
+    ensure!(
+        learned.contains(&format!("\"{sock_text}\""))
+            && learned.contains("max_depth = 2")
+            && learned.contains("\nraw_sockets = true\n"),
+        "the socket, the sub-run and the raw socket are learned:\n{learned}"
+    );
+    let test = |policy_file: &Path| {
+        sensor(
+            &db,
+            &[
+                "policy",
+                "test",
+                &policy_file.display().to_string(),
+                "--policy",
+                "learned",
+                "--run",
+                &run1,
+                "--subtree",
+                "--json",
+            ],
+        )
+    };
+    let q = test(&file)?;
+    ensure!(
+        q.status.code() == Some(0) && text(&q.stdout).contains("\"denied\":0"),
+        "the suggested policy denies nothing: {} {}",
+        text(&q.stdout),
+        text(&q.stderr)
+    );
+
+    let narrowed: String = learned
+        .lines()
+        .filter(|l| !l.contains(&format!("\"{sock_text}\"")) && *l != "raw_sockets = true")
+        .map(|l| {
+            if l.starts_with("max_depth =") {
+                "max_depth = 0\n".to_owned()
+            } else if l.starts_with("max_processes =") {
+                "max_processes = 3\n".to_owned()
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    let narrow = tmp.path().join("narrow.toml");
+    std::fs::write(&narrow, &narrowed)?;
+    let q = test(&narrow)?;
+    ensure!(
+        q.status.code() == Some(1),
+        "exit 1 when something would be denied: {} {}",
+        text(&q.stdout),
+        text(&q.stderr)
+    );
+    let lines: Vec<Value> = text(&q.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .context("policy test --json lines")?;
+    let listed: BTreeSet<(u64, String)> = lines
+        .iter()
+        .filter_map(|v| Some((v["event_seq"].as_u64()?, v["rule"].as_str()?.to_owned())))
+        .collect();
+
+    // What the narrowing removes, from the events the daemon wrote.
+    let in_tree = |e: &Value| e["run"]["root_id"] == run1.as_str();
+    let unix: Vec<u64> = d
+        .matching(|e| {
+            in_tree(e)
+                && e["kind"] == "network.connect"
+                && e["network"]["path"] == sock_text.as_str()
+        })?
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .collect();
+    let sub_runs: Vec<u64> = d
+        .matching(|e| in_tree(e) && e["kind"] == "run.start" && e["run"]["depth"] == 1)?
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .collect();
+    let raw: Vec<u64> = d
+        .matching(|e| in_tree(e) && e["kind"] == "network.socket")?
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .collect();
+    let sleep = canonical_str("/usr/bin/sleep")?;
+    let sleepers: BTreeSet<String> = d
+        .matching(|e| in_tree(e) && e["kind"] == "process.exec" && e["process"]["exe"] == sleep)?
+        .iter()
+        .filter_map(|e| e["process"]["key"].as_str().map(str::to_owned))
+        .collect();
+    let forks: Vec<u64> = d
+        .matching(|e| {
+            in_tree(e)
+                && e["kind"] == "process.spawn"
+                && e["process"]["key"]
+                    .as_str()
+                    .is_some_and(|k| sleepers.contains(k))
+        })?
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .collect();
+    ensure!(
+        unix.len() == 1 && sub_runs.len() == 1 && forks.len() == 3 && raw.len() == 1,
+        "one Unix connect {unix:?}, one sub-run {sub_runs:?}, three sleepers forked {forks:?}, \
+         one raw socket {raw:?}"
+    );
+    let third = forks.iter().max().copied().context("a fork")?;
+    let want: BTreeSet<(u64, String)> = [
+        (unix[0], "unix.allow (no rule matches)".to_owned()),
+        (sub_runs[0], "max_depth 0".to_owned()),
+        (third, "max_processes 3".to_owned()),
+        (
+            raw[0],
+            "raw_sockets (a raw, ICMP or packet socket reaches any address)".to_owned(),
+        ),
+    ]
+    .into();
+    ensure!(
+        listed == want,
+        "policy test lists {listed:?}, the narrowing removes {want:?}:\n{}\n{narrowed}",
+        text(&q.stdout)
+    );
+    let summary = lines.last().context("a summary line")?;
+    ensure!(summary["summary"]["denied"] == 4, "summary: {summary}");
+    d.stop()?;
+    Ok(())
+}

@@ -107,6 +107,8 @@ struct Results {
     latency_execs: usize,
     /// User-space pipeline replay: (events, events per second).
     pipeline: Option<(u64, f64)>,
+    /// Detection replay (shipped pack, one core).
+    detection: Option<pipeline::Detection>,
     /// (workload index, variant) → per round, CPU seconds of each process
     /// of the tool (daemon, servers) over the workload.
     /// (`thread:NAME` for the threads of the sensor+outputs daemon.)
@@ -201,6 +203,9 @@ pub fn bench(options: &Options) -> Result<()> {
         outputs::measure_throughput(&env, options.quick, &mut results);
         if let Err(err) = pipeline::measure(&mut results) {
             results.problems.push(format!("pipeline: {err:#}"));
+        }
+        if let Err(err) = pipeline::measure_detection(&mut results) {
+            results.problems.push(format!("detection: {err:#}"));
         }
         results
     });

@@ -569,6 +569,11 @@ pub enum PolicyCommand {
         /// directory rule (0: never)
         #[arg(long, value_name = "N", default_value_t = 8)]
         collapse_at: usize,
+        /// Distinct IPv4 addresses seen in one /24 on one port from which
+        /// they become that /24 on that port (at least 2; 0: never, the
+        /// default; never loopback, link-local or IPv6)
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        fold_at: usize,
         /// Write the policy to FILE instead of stdout
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: Option<PathBuf>,
@@ -581,8 +586,10 @@ pub enum PolicyCommand {
     },
     /// What a policy would have denied on stored runs (exit 1 if anything).
     ///
-    /// Replays the runs' stored execs and connects through the daemon's own
-    /// policy checks and lists each denial: rule, event seq, run; then a count.
+    /// Replays the runs' stored decisions through the daemon's own policy
+    /// code (execs, connects to addresses and Unix sockets, forks against
+    /// max_processes, sub-runs against max_depth, raw sockets) and lists each denial:
+    /// rule, event seq, run; then a count.
     Test {
         /// The config file holding the policy ([policy.NAME] tables)
         file: PathBuf,

@@ -112,7 +112,7 @@ pub fn suggest(
     sel: &RunSelect,
     name: Option<&str>,
     enforce: bool,
-    collapse_at: usize,
+    (collapse_at, fold_at): (usize, usize),
     output: Option<&PathBuf>,
     db: &Path,
 ) -> anyhow::Result<ExitCode> {
@@ -125,6 +125,7 @@ pub fn suggest(
         name: name.map_or_else(|| format!("{}-learned", selected.agent), str::to_owned),
         enforce,
         collapse_at,
+        fold_at,
         source: selected.source,
     };
     let text = suggest::render(&seen, &opts, &suggest::FsCheck);
@@ -148,7 +149,7 @@ pub fn suggest(
 
 /// `sensor policy test`.
 pub fn test(file: &Path, name: &str, sel: &RunSelect, db: &DbArgs) -> anyhow::Result<ExitCode> {
-    let (_, policies) = crate::config::Config::load_with_policies(Some(file))?;
+    let (config, policies) = crate::config::Config::load_with_policies(Some(file))?;
     let Some(policy) = policies.get(name) else {
         anyhow::bail!(
             "{} has no policy {:?} (it has: {})",
@@ -158,14 +159,15 @@ pub fn test(file: &Path, name: &str, sel: &RunSelect, db: &DbArgs) -> anyhow::Re
         );
     };
     let selected = select(&db.db, sel)?;
+    let sensors = suggest::sensor_sockets(
+        policy,
+        &config.daemon.socket,
+        selected.events.iter().map(|se| &se.event),
+    );
+    let mut replay = suggest::Replay::new(policy, &sensors);
     let mut denied = 0usize;
-    let mut checked = 0usize;
     for se in &selected.events {
-        let kind = se.event["kind"].as_str().unwrap_or("");
-        if kind == "process.exec" || kind == "network.connect" {
-            checked += 1;
-        }
-        let Some(d) = suggest::replay(policy, &se.event) else {
+        let Some(d) = replay.event(&se.event) else {
             continue;
         };
         denied += 1;
@@ -192,6 +194,7 @@ pub fn test(file: &Path, name: &str, sel: &RunSelect, db: &DbArgs) -> anyhow::Re
             );
         }
     }
+    let checked = replay.checked;
     if db.json {
         println!(
             "{}",
@@ -199,7 +202,7 @@ pub fn test(file: &Path, name: &str, sel: &RunSelect, db: &DbArgs) -> anyhow::Re
         );
     } else {
         println!(
-            "{denied} would be denied of {checked} execs and connects checked ({} events) by policy {}",
+            "{denied} would be denied of {checked} decisions replayed (execs, connects, forks, sub-runs, raw sockets; {} events) by policy {}",
             selected.events.len(),
             escape_terminal(name)
         );

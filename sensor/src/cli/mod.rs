@@ -91,6 +91,7 @@ fn policy(cmd: &args::PolicyCommand) -> anyhow::Result<ExitCode> {
             name,
             enforce,
             collapse_at,
+            fold_at,
             output,
             db,
             ..
@@ -98,7 +99,7 @@ fn policy(cmd: &args::PolicyCommand) -> anyhow::Result<ExitCode> {
             select,
             name.as_deref(),
             *enforce,
-            *collapse_at,
+            (*collapse_at, *fold_at),
             output.as_ref(),
             db,
         ),

@@ -223,10 +223,10 @@ fn detect_loop(
 /// fire on their own findings).
 #[must_use]
 pub fn evaluate(set: &RuleSet, state: &mut Correlator, event: &Event) -> Vec<Match> {
-    if event.kind == Kind::Detection || set.is_empty() {
+    if event.kind == Kind::Detection || !set.applies(event.kind) {
         return Vec::new();
     }
-    let Ok(value) = serde_json::to_value(event) else {
+    let Ok(value) = set.json_form(event.kind, event) else {
         return Vec::new();
     };
     set.evaluate(state, event.kind, &value)

@@ -118,6 +118,9 @@ pub struct LoadedRule {
     /// Fires only on the first event with its values of these fields
     /// (`first_seen`, see `first_seen.rs`).
     first_seen: Option<super::first_seen::Spec>,
+    /// The event fields its detection reads (by name, as sigma-rust looks
+    /// them up), or `None` when it reads every value (a keyword selection).
+    fields: Option<Vec<String>>,
     rule: sigma_rust::Rule,
 }
 
@@ -142,6 +145,14 @@ pub struct RuleSet {
     rules: Vec<LoadedRule>,
     /// Per kind (by [`Kind::index`]), the rules that apply.
     by_kind: Vec<Vec<usize>>,
+    /// Per kind, every field its rules read (`None`: some rule reads every
+    /// value): an event of that kind is handed to sigma-rust with these
+    /// fields only ([`project`]), not converted whole.
+    fields_by_kind: Vec<Option<Vec<String>>>,
+    /// Per kind, what of an event's JSON form the rules and the
+    /// correlations counting them read (`None`: all of it): the daemon
+    /// writes only that ([`RuleSet::json_form`]).
+    json_by_kind: Vec<Option<Vec<String>>>,
     correlations: Vec<Correlation>,
     /// Per rule (by index), the correlations that count it.
     counted_by: Vec<Vec<usize>>,
@@ -228,6 +239,7 @@ impl RuleSet {
         let mut set = Self::of(rules);
         set.correlations = correlations;
         set.counted_by = counted_by;
+        set.json_by_kind = set.json_fields();
         Ok(set)
     }
 
@@ -246,12 +258,70 @@ impl RuleSet {
                 }
             }
         }
+        let fields_by_kind = by_kind
+            .iter()
+            .map(|candidates| {
+                let mut union = std::collections::BTreeSet::new();
+                for &i in candidates {
+                    union.extend(rules.get(i)?.fields.as_ref()?.iter().cloned());
+                }
+                (union.len() <= MAX_PROJECTED_FIELDS).then(|| union.into_iter().collect())
+            })
+            .collect();
         let counted_by = vec![Vec::new(); rules.len()];
-        Self {
+        let mut set = Self {
             rules,
             by_kind,
+            fields_by_kind,
+            json_by_kind: Vec::new(),
             correlations: Vec::new(),
             counted_by,
+        };
+        set.json_by_kind = set.json_fields();
+        set
+    }
+
+    /// Per kind: the rules' fields, the fields a `first_seen` rule keys on,
+    /// and the group-by and counted fields of the correlations counting
+    /// them, with `time` (their windows).
+    fn json_fields(&self) -> Vec<Option<Vec<String>>> {
+        self.by_kind
+            .iter()
+            .enumerate()
+            .map(|(k, candidates)| {
+                let mut fields = self.fields_by_kind.get(k)?.clone()?;
+                for &i in candidates {
+                    // A first_seen rule keys its state on its own fields.
+                    if let Some(spec) = self.rules.get(i).and_then(|r| r.first_seen.as_ref()) {
+                        fields.extend(spec.fields.iter().cloned());
+                        fields.push("time".to_owned());
+                    }
+                    for &ci in self.counted_by.get(i).map_or(&[][..], Vec::as_slice) {
+                        if let Some(c) = self.correlations.get(ci) {
+                            fields.extend(c.group_by.iter().cloned());
+                            fields.extend(c.field.iter().cloned());
+                            fields.push("time".to_owned());
+                        }
+                    }
+                }
+                fields.sort();
+                fields.dedup();
+                Some(fields)
+            })
+            .collect()
+    }
+
+    /// The JSON form of `event` (of `kind`) as [`RuleSet::evaluate`] needs
+    /// it: only what the kind's rules and correlations read
+    /// ([`pruned_value`]), or all of it when a rule reads every value.
+    pub fn json_form<T: serde::Serialize + ?Sized>(
+        &self,
+        kind: Kind,
+        event: &T,
+    ) -> Result<Value, serde_json::Error> {
+        match self.json_by_kind.get(kind.index()) {
+            Some(Some(fields)) => pruned_value(event, fields),
+            _ => serde_json::to_value(event),
         }
     }
 
@@ -338,6 +408,15 @@ impl RuleSet {
             .collect()
     }
 
+    /// Whether any rule applies to events of `kind` (when none does, an
+    /// event of that kind needs no JSON form at all).
+    #[must_use]
+    pub fn applies(&self, kind: Kind) -> bool {
+        self.by_kind
+            .get(kind.index())
+            .is_some_and(|c| !c.is_empty())
+    }
+
     fn matching(&self, kind: Kind, event: &Value) -> Vec<usize> {
         let Some(candidates) = self.by_kind.get(kind.index()) else {
             return Vec::new();
@@ -345,8 +424,16 @@ impl RuleSet {
         if candidates.is_empty() {
             return Vec::new();
         }
-        let Ok(sigma) = sigma_rust::Event::try_from(flatten(event)) else {
-            return Vec::new();
+        let projected = match self.fields_by_kind.get(kind.index()) {
+            Some(Some(fields)) => project(event, fields),
+            _ => None,
+        };
+        let sigma = match projected {
+            Some(sigma) => sigma,
+            None => match sigma_rust::Event::try_from(flatten(event)) {
+                Ok(sigma) => sigma,
+                Err(_) => return Vec::new(),
+            },
         };
         candidates
             .iter()
@@ -354,6 +441,384 @@ impl RuleSet {
             .filter(|&i| self.rules.get(i).is_some_and(|r| r.rule.is_match(&sigma)))
             .collect()
     }
+}
+
+/// The JSON form of `value` (a typed event) with only what looking up
+/// `wanted` can reach: at each level, a member whose name is a wanted name
+/// is written whole, one that starts a wanted name (`name.` then the rest)
+/// is written pruned to the rest, any other is left out. Every way
+/// sigma-rust and the correlations look a name up (whole first, or through
+/// nested objects split at any dot) finds in it what it finds in the whole
+/// JSON form, without the cost of writing the rest (`serde_json::to_value`
+/// of a whole event is most of the detect thread's work per event).
+pub fn pruned_value<T: serde::Serialize + ?Sized>(
+    value: &T,
+    wanted: &[String],
+) -> Result<Value, serde_json::Error> {
+    value.serialize(Pruner {
+        wanted: wanted.iter().map(String::as_str).collect(),
+    })
+}
+
+/// See [`pruned_value`]: objects (structs, maps) pruned to `wanted`,
+/// anything else written whole by serde_json.
+struct Pruner<'w> {
+    wanted: Vec<&'w str>,
+}
+
+/// An object being pruned.
+struct PrunedObject<'w> {
+    wanted: Vec<&'w str>,
+    map: serde_json::Map<String, Value>,
+    key: Option<String>,
+}
+
+impl<'w> PrunedObject<'w> {
+    fn member<T: serde::Serialize + ?Sized>(
+        &mut self,
+        key: &str,
+        value: &T,
+    ) -> Result<(), serde_json::Error> {
+        let mut whole = false;
+        let mut rest = Vec::new();
+        for name in &self.wanted {
+            if *name == key {
+                whole = true;
+            } else if let Some(r) = name.strip_prefix(key).and_then(|r| r.strip_prefix('.')) {
+                rest.push(r);
+            }
+        }
+        if whole {
+            self.map
+                .insert(key.to_owned(), serde_json::to_value(value)?);
+        } else if !rest.is_empty() {
+            self.map
+                .insert(key.to_owned(), value.serialize(Pruner { wanted: rest })?);
+        }
+        Ok(())
+    }
+}
+
+type Whole = serde_json::value::Serializer;
+
+impl<'w> serde::Serializer for Pruner<'w> {
+    type Ok = Value;
+    type Error = serde_json::Error;
+    type SerializeSeq = <Whole as serde::Serializer>::SerializeSeq;
+    type SerializeTuple = <Whole as serde::Serializer>::SerializeTuple;
+    type SerializeTupleStruct = <Whole as serde::Serializer>::SerializeTupleStruct;
+    type SerializeTupleVariant = <Whole as serde::Serializer>::SerializeTupleVariant;
+    type SerializeMap = PrunedObject<'w>;
+    type SerializeStruct = PrunedObject<'w>;
+    type SerializeStructVariant = <Whole as serde::Serializer>::SerializeStructVariant;
+
+    fn serialize_bool(self, v: bool) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_bool(v)
+    }
+    fn serialize_i8(self, v: i8) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_i8(v)
+    }
+    fn serialize_i16(self, v: i16) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_i16(v)
+    }
+    fn serialize_i32(self, v: i32) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_i32(v)
+    }
+    fn serialize_i64(self, v: i64) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_i64(v)
+    }
+    fn serialize_i128(self, v: i128) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_i128(v)
+    }
+    fn serialize_u8(self, v: u8) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_u8(v)
+    }
+    fn serialize_u16(self, v: u16) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_u16(v)
+    }
+    fn serialize_u32(self, v: u32) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_u32(v)
+    }
+    fn serialize_u64(self, v: u64) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_u64(v)
+    }
+    fn serialize_u128(self, v: u128) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_u128(v)
+    }
+    fn serialize_f32(self, v: f32) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_f32(v)
+    }
+    fn serialize_f64(self, v: f64) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_f64(v)
+    }
+    fn serialize_char(self, v: char) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_char(v)
+    }
+    fn serialize_str(self, v: &str) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_str(v)
+    }
+    fn serialize_bytes(self, v: &[u8]) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_bytes(v)
+    }
+    fn serialize_none(self) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_none()
+    }
+    fn serialize_some<T: serde::Serialize + ?Sized>(self, v: &T) -> Result<Value, Self::Error> {
+        v.serialize(self)
+    }
+    fn serialize_unit(self) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_unit()
+    }
+    fn serialize_unit_struct(self, name: &'static str) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_unit_struct(name)
+    }
+    fn serialize_unit_variant(
+        self,
+        name: &'static str,
+        index: u32,
+        variant: &'static str,
+    ) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_unit_variant(name, index, variant)
+    }
+    fn serialize_newtype_struct<T: serde::Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        v: &T,
+    ) -> Result<Value, Self::Error> {
+        v.serialize(self)
+    }
+    fn serialize_newtype_variant<T: serde::Serialize + ?Sized>(
+        self,
+        name: &'static str,
+        index: u32,
+        variant: &'static str,
+        v: &T,
+    ) -> Result<Value, Self::Error> {
+        serde_json::value::Serializer.serialize_newtype_variant(name, index, variant, v)
+    }
+    fn serialize_seq(self, len: Option<usize>) -> Result<Self::SerializeSeq, Self::Error> {
+        serde_json::value::Serializer.serialize_seq(len)
+    }
+    fn serialize_tuple(self, len: usize) -> Result<Self::SerializeTuple, Self::Error> {
+        serde_json::value::Serializer.serialize_tuple(len)
+    }
+    fn serialize_tuple_struct(
+        self,
+        name: &'static str,
+        len: usize,
+    ) -> Result<Self::SerializeTupleStruct, Self::Error> {
+        serde_json::value::Serializer.serialize_tuple_struct(name, len)
+    }
+    fn serialize_tuple_variant(
+        self,
+        name: &'static str,
+        index: u32,
+        variant: &'static str,
+        len: usize,
+    ) -> Result<Self::SerializeTupleVariant, Self::Error> {
+        serde_json::value::Serializer.serialize_tuple_variant(name, index, variant, len)
+    }
+    fn serialize_map(self, _len: Option<usize>) -> Result<Self::SerializeMap, Self::Error> {
+        Ok(PrunedObject {
+            wanted: self.wanted,
+            map: serde_json::Map::new(),
+            key: None,
+        })
+    }
+    fn serialize_struct(
+        self,
+        _name: &'static str,
+        _len: usize,
+    ) -> Result<Self::SerializeStruct, Self::Error> {
+        Ok(PrunedObject {
+            wanted: self.wanted,
+            map: serde_json::Map::new(),
+            key: None,
+        })
+    }
+    fn serialize_struct_variant(
+        self,
+        name: &'static str,
+        index: u32,
+        variant: &'static str,
+        len: usize,
+    ) -> Result<Self::SerializeStructVariant, Self::Error> {
+        serde_json::value::Serializer.serialize_struct_variant(name, index, variant, len)
+    }
+}
+
+impl serde::ser::SerializeStruct for PrunedObject<'_> {
+    type Ok = Value;
+    type Error = serde_json::Error;
+
+    fn serialize_field<T: serde::Serialize + ?Sized>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), Self::Error> {
+        self.member(key, value)
+    }
+
+    fn end(self) -> Result<Value, Self::Error> {
+        Ok(Value::Object(self.map))
+    }
+}
+
+impl serde::ser::SerializeMap for PrunedObject<'_> {
+    type Ok = Value;
+    type Error = serde_json::Error;
+
+    fn serialize_key<T: serde::Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Self::Error> {
+        // As serde_json writes a key: a string, or a number or bool as text.
+        self.key = Some(match serde_json::to_value(key)? {
+            Value::String(s) => s,
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            _ => return Err(serde::ser::Error::custom("key must be a string")),
+        });
+        Ok(())
+    }
+
+    fn serialize_value<T: serde::Serialize + ?Sized>(
+        &mut self,
+        value: &T,
+    ) -> Result<(), Self::Error> {
+        let key = self.key.take().unwrap_or_default();
+        self.member(&key, value)
+    }
+
+    fn end(self) -> Result<Value, Self::Error> {
+        Ok(Value::Object(self.map))
+    }
+}
+
+/// Fields a kind's rules may read for its events to be projected; more, and
+/// the event is converted whole.
+const MAX_PROJECTED_FIELDS: usize = 256;
+
+/// The event as the rules see it ([`flatten`]), with only `fields` in it,
+/// each under its full name (sigma-rust looks a name up whole before it
+/// walks nested maps, so it finds each here as it would in the whole event):
+/// what a rule reads is all that is copied. `None` when a field is an
+/// object (sigma-rust keeps it as a map, which is not built here): the
+/// caller converts the event whole.
+fn project(event: &Value, fields: &[String]) -> Option<sigma_rust::Event> {
+    let top = event.as_object()?;
+    let mut sigma = sigma_rust::Event::new();
+    for name in fields {
+        match lookup(top, name) {
+            Found::Absent => {}
+            Found::Object => return None,
+            Found::Value(v) => match v {
+                Value::Null => sigma.insert(name.as_str(), None::<i32>),
+                Value::Bool(b) => sigma.insert(name.as_str(), *b),
+                Value::String(text) => sigma.insert(name.as_str(), text.as_str()),
+                Value::Number(n) => {
+                    if let Some(i) = n.as_i64() {
+                        sigma.insert(name.as_str(), i);
+                    } else if let Some(u) = n.as_u64() {
+                        sigma.insert(name.as_str(), u);
+                    } else if let Some(f) = n.as_f64() {
+                        sigma.insert(name.as_str(), f);
+                    }
+                }
+                Value::Array(items) => {
+                    if let Some(joined) = joined(items) {
+                        sigma.insert(name.as_str(), joined);
+                    }
+                }
+                Value::Object(_) => return None,
+            },
+        }
+    }
+    Some(sigma)
+}
+
+/// What a field name finds in an event as sigma-rust's `Event::get` would
+/// in its flattened form.
+enum Found<'v> {
+    Absent,
+    /// A nested object.
+    Object,
+    Value(&'v Value),
+}
+
+/// sigma-rust's lookup (`Event::get`) over the JSON: the name whole, then
+/// `head.tail` through nested objects (at each level the rest whole first).
+/// An array of anything but plain values is absent, as [`flatten`] leaves
+/// it out.
+fn lookup<'v>(top: &'v serde_json::Map<String, Value>, name: &str) -> Found<'v> {
+    let present = |v: &'v Value| match v {
+        Value::Object(_) => Some(Found::Object),
+        Value::Array(items) if joined(items).is_none() => None,
+        v => Some(Found::Value(v)),
+    };
+    if let Some(found) = top.get(name).and_then(present) {
+        return found;
+    }
+    let mut current = top;
+    let mut rest = name;
+    while let Some((head, tail)) = rest.split_once('.') {
+        let Some(Value::Object(map)) = current.get(head) else {
+            return Found::Absent;
+        };
+        if let Some(found) = map.get(tail).and_then(present) {
+            return found;
+        }
+        current = map;
+        rest = tail;
+    }
+    Found::Absent
+}
+
+/// The fields a rule's detection reads, from its YAML as sigma-rust reads
+/// it: each selection's field names (before the first `|`), and for a
+/// `|fieldref` field the fields its values name. `None` for a keyword
+/// selection (a list of plain values), which reads every value.
+fn detection_fields(detection: &Yaml) -> Option<Vec<String>> {
+    let mut fields = Vec::new();
+    let group = |map: &serde_norway::Mapping, fields: &mut Vec<String>| {
+        for (key, values) in map {
+            let Some(key) = key.as_str() else { continue };
+            let mut parts = key.split('|');
+            fields.push(parts.next().unwrap_or_default().to_owned());
+            if parts.any(|m| m == "fieldref") {
+                let named: Vec<&Yaml> = match values {
+                    Yaml::Sequence(items) => items.iter().collect(),
+                    other => vec![other],
+                };
+                for v in named {
+                    match v {
+                        Yaml::String(s) => fields.push(s.clone()),
+                        Yaml::Number(n) => fields.push(n.to_string()),
+                        Yaml::Bool(b) => fields.push(b.to_string()),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    };
+    for (name, selection) in detection.as_mapping()? {
+        if name.as_str() == Some("condition") {
+            continue;
+        }
+        match selection {
+            Yaml::Mapping(map) => group(map, &mut fields),
+            Yaml::Sequence(items) => {
+                for item in items {
+                    match item {
+                        Yaml::Mapping(map) => group(map, &mut fields),
+                        // A keyword selection: every value of the event.
+                        _ => return None,
+                    }
+                }
+            }
+            _ => return None,
+        }
+    }
+    fields.sort();
+    fields.dedup();
+    Some(fields)
 }
 
 /// The event as the rules see it: arrays of plain values (argv, scopes,
@@ -579,12 +1044,14 @@ pub fn parse(text: &str, path: &Path) -> Result<LoadedRule, RuleError> {
     let info = info_of(top, path, &line_of)?;
     let name = top.get("name").and_then(Yaml::as_str).map(str::to_owned);
     let first_seen = super::first_seen::parse(top, path, &line_of)?;
+    let fields = top.get("detection").and_then(detection_fields);
     Ok(LoadedRule {
         info,
         name,
         kinds,
         quiet: false,
         first_seen,
+        fields,
         rule,
     })
 }
@@ -904,6 +1371,113 @@ mod tests {
         let _ = set.matches(Kind::ProcessExec, &e);
         let _ = set.matches(Kind::ProcessExec, &json!([1, 2]));
         let _ = set.matches(Kind::ProcessExec, &json!("x"));
+    }
+
+    /// A rule sees the same event projected to its fields as whole: over
+    /// the shipped pack and every golden event, and over hostile shapes
+    /// (dotted keys, arrays of objects, nulls, nested objects, fieldref).
+    #[test]
+    fn a_projected_event_matches_as_the_whole_event() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut rules: Vec<LoadedRule> = std::fs::read_dir(root.join("../rules/agent"))
+            .unwrap()
+            .filter_map(|e| {
+                let path = e.ok()?.path();
+                match load_file(&path).ok()? {
+                    Loaded::Rule(r) => Some(*r),
+                    Loaded::Correlation(_) => None,
+                }
+            })
+            .collect();
+        for extra in [
+            "title: t\nlogsource:\n  product: agent-sensor\ndetection:\n  s:\n    a.b: x\n    c|exists: false\n    n: null\n  condition: s\n",
+            "title: t\nlogsource:\n  product: agent-sensor\ndetection:\n  s:\n    - a.b|fieldref: c.d\n    - deep.x.y|startswith: v\n  condition: s\n",
+            "title: t\nlogsource:\n  product: agent-sensor\ndetection:\n  s:\n    obj|exists: true\n  condition: s\n",
+            "title: t\nlogsource:\n  product: agent-sensor\ndetection:\n  k:\n    - needle\n  condition: k\n",
+        ] {
+            rules.push(rule(extra).unwrap());
+        }
+        assert!(
+            rules.last().unwrap().fields.is_none(),
+            "a keyword selection reads every value"
+        );
+        assert_eq!(
+            rules[rules.len() - 3].fields.as_deref(),
+            Some(&["a.b".to_owned(), "c.d".to_owned(), "deep.x.y".to_owned()][..]),
+            "fieldref values are fields"
+        );
+        let text =
+            std::fs::read_to_string(root.join("tests/golden/expected/events.jsonl")).unwrap();
+        let mut events: Vec<Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        assert!(events.len() > 100);
+        events.extend([
+            json!({"a.b": "x", "a": {"b": "y"}, "n": null}),
+            json!({"a.b": [{"o": 1}], "a": {"b": "x"}, "n": null}),
+            json!({"a": {"b": "x"}, "c": {"d": "x"}, "n": 1}),
+            json!({"a": [{"b": "x"}], "c": null}),
+            json!({"deep": {"x.y": "vv", "x": {"y": "no"}}}),
+            json!({"deep": {"x": {"y": ["v1", 2, true]}}}),
+            json!({"obj": {"k": 1}, "a": {"b": "x"}}),
+            json!({"k": ["needle"], "a": {"b": "x"}}),
+            json!({"a": {"b": "x"}, "c": {"d": "x"}, "n": null, "big": 18446744073709551615u64, "f": 1.5}),
+        ]);
+        let mut compared = 0;
+        for e in &events {
+            let whole = sigma_rust::Event::try_from(flatten(e)).unwrap();
+            for r in &rules {
+                let Some(fields) = &r.fields else { continue };
+                let want = r.rule.is_match(&whole);
+                match project(e, fields) {
+                    Some(p) => assert_eq!(r.rule.is_match(&p), want, "{} on {e}", r.info.title),
+                    None => assert!(
+                        fields
+                            .iter()
+                            .any(|f| matches!(lookup(e.as_object().unwrap(), f), Found::Object))
+                    ),
+                }
+                compared += 1;
+            }
+        }
+        assert!(compared > 1000, "{compared}");
+    }
+
+    /// The pruned JSON form fires exactly what the whole one fires, rules
+    /// and correlations, over the golden events with the shipped pack.
+    #[test]
+    fn the_pruned_json_form_fires_as_the_whole() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let set = RuleSet::load(&[root.join("../rules/agent")]).unwrap();
+        let text =
+            std::fs::read_to_string(root.join("tests/golden/expected/events.jsonl")).unwrap();
+        let (mut whole_state, mut pruned_state) = (Correlator::default(), Correlator::default());
+        let mut fired = 0;
+        let mut smaller = 0;
+        for _ in 0..30 {
+            for line in text.lines() {
+                let v: Value = serde_json::from_str(line).unwrap();
+                let Some(kind) = v["kind"].as_str().and_then(Kind::parse) else {
+                    continue;
+                };
+                let pruned = set.json_form(kind, &v).unwrap();
+                if pruned != v {
+                    smaller += 1;
+                }
+                let ids =
+                    |hits: Vec<&RuleInfo>| hits.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
+                let want = ids(set.evaluate(&mut whole_state, kind, &v));
+                let got = ids(set.evaluate(&mut pruned_state, kind, &pruned));
+                assert_eq!(got, want, "{line}");
+                fired += want.len();
+            }
+        }
+        assert!(fired > 100 && smaller > 100, "{fired} {smaller}");
+        // Dotted keys and maps: a member is kept for every way to reach a name.
+        let v = json!({"run": {"labels": {"x.y": "v", "x": {"y": "w"}}, "id": "r"}, "other": 1});
+        let p = pruned_value(&v, &["run.labels.x.y".to_owned()]).unwrap();
+        assert_eq!(p, json!({"run": {"labels": {"x.y": "v", "x": {"y": "w"}}}}));
     }
 
     #[test]

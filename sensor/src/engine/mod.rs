@@ -18,8 +18,8 @@ use sensor_common::event::{
 use crate::{
     attribution::{Attribution, ExecView, Halt, Run, RunChange},
     event::{
-        Blind, Decision, Degraded, Event, Exec, ExecResult, Gap, Kind, Lost, NetResult, Network,
-        Process, RunRef, Tamper, TamperFile, TamperTarget, Timestamp,
+        Blind, Degraded, Event, Exec, ExecResult, Gap, Kind, Lost, NetResult, Network, Process,
+        RunRef, Tamper, TamperFile, TamperTarget, Timestamp,
         text::{errno_name, escape_bytes, split_argv},
     },
     identity::{Clock, Host, ProcessKeys},
@@ -801,18 +801,10 @@ impl Engine {
         let answer = self.attribution.attest(pid, None).ok()?;
         let parent = answer.run;
         let policy = self.policies.get(parent.policy.as_deref()?)?.clone();
-        let max = policy.max_depth?;
         let depth = parent.depth + 1;
-        if depth <= max {
-            return None;
-        }
-        let verdict = crate::policy::Verdict {
-            name: policy.name.clone(),
-            verdict: Decision::Deny,
-            rule: format!("max_depth {max}"),
-            enforced: true,
-            version: policy.version,
-        };
+        let mut verdict = policy.check_depth(depth)?;
+        verdict.enforced = true;
+        let max = policy.max_depth.unwrap_or_default();
         let mut violation = self.envelope(Kind::PolicyViolation, SystemTime::now());
         let how = self
             .attribution
@@ -851,7 +843,7 @@ impl Engine {
         else {
             return;
         };
-        let Some(max) = policy.max_depth.filter(|m| run.depth > *m) else {
+        let Some(mut verdict) = policy.check_depth(run.depth) else {
             return;
         };
         let enforced = policy.mode == crate::policy::Mode::Enforce
@@ -864,13 +856,8 @@ impl Engine {
         let mut violation = self.envelope(Kind::PolicyViolation, SystemTime::now());
         violation.run = self.attribution.run_ref(run.handle, HOW_MATCHER);
         violation.process = Some(p.clone());
-        violation.policy = Some(crate::policy::Verdict {
-            name: policy.name.clone(),
-            verdict: Decision::Deny,
-            rule: format!("max_depth {max}"),
-            enforced,
-            version: policy.version,
-        });
+        verdict.enforced = enforced;
+        violation.policy = Some(verdict);
         out.push(violation);
     }
 
@@ -1348,7 +1335,7 @@ mod tests {
     use sensor_common::event::{EventKind, ExitData};
 
     use super::*;
-    use crate::event::{json::write_json_line, rfc3339};
+    use crate::event::{Decision, json::write_json_line, rfc3339};
 
     fn builder() -> Engine {
         let keys = ProcessKeys::new("0b5f0e3c-1d2e-4f5a-9b8c-7d6e5f4a3b2c", 100);

@@ -90,6 +90,40 @@ impl SensorSocket {
     }
 }
 
+/// The `unix.allow` address entries of one policy exactly as [`Enforcement`]
+/// writes them to `SNSR_UNIX_RULES` (the sensor's control socket included),
+/// for `sensor policy test`: a stored Unix connect is decided by looking its
+/// address up here, as the kernel's `connect_unix` hook looks it up there.
+#[derive(Debug, Clone, Default)]
+pub struct UnixAddresses {
+    entries: BTreeMap<UnixKey, u32>,
+}
+
+impl UnixAddresses {
+    /// Policy id of the entries (any id: they are only looked up here).
+    const ID: u32 = 1;
+
+    /// The entries of `policy` with each of `sensors` as the control socket
+    /// (the daemon writes one; a replay may know several).
+    #[must_use]
+    pub fn of(policy: &Policy, sensors: &[SensorSocket]) -> Self {
+        let mut entries = rule_set(policy, Self::ID, &SensorSocket::default()).unix;
+        for sensor in sensors {
+            entries.extend(rule_set(policy, Self::ID, sensor).unix);
+        }
+        Self { entries }
+    }
+
+    /// The rule index that allows address `bytes` (a path, or a NUL and an
+    /// abstract name), or `None`: the kernel's decision is then
+    /// [`sensor_common::policy::RULE_NO_MATCH`].
+    #[must_use]
+    pub fn rule(&self, bytes: &[u8]) -> Option<u32> {
+        let key = unix_key(Self::ID, bytes)?;
+        self.entries.get(&key).copied()
+    }
+}
+
 /// The kernel key of Unix address `bytes` under policy `id` (too long: none).
 fn unix_key(id: u32, bytes: &[u8]) -> Option<UnixKey> {
     let mut key = UnixKey {
@@ -259,6 +293,15 @@ fn rule_set(policy: &Policy, id: u32, sensor: &SensorSocket) -> RuleSet {
         set.net6.insert((32 + u32::from(prefix), data), entry);
     }
     set
+}
+
+/// Whether a run under `policy` may open a raw, ICMP or packet socket: the
+/// flag of the slot the daemon writes for it, as the kernel's socket hook
+/// tests it (`sensor policy test` replays stored `network.socket` events
+/// with it).
+#[must_use]
+pub fn raw_sockets_allowed(policy: &Policy) -> bool {
+    slot_value(policy, 0).flags & sensor_common::policy::SLOT_RAW_SOCKETS != 0
 }
 
 fn slot_value(policy: &Policy, id: u32) -> PolicySlot {

@@ -588,6 +588,23 @@ impl Policy {
         self.verdict(hit.map(|r| format!("exec.allow {r}")), "exec.allow")
     }
 
+    /// The `max_depth` decision on a sub-run at `depth` (root = 0) of a run
+    /// under this policy: a denial (not yet enforced: the caller says) when
+    /// it nests deeper than allowed, else none. The daemon decides with it on
+    /// a `sensor launch` and on a matcher's sub-run; `sensor policy test`
+    /// on stored sub-runs.
+    #[must_use]
+    pub fn check_depth(&self, depth: u32) -> Option<Verdict> {
+        let max = self.max_depth.filter(|m| depth > *m)?;
+        Some(Verdict {
+            name: self.name.clone(),
+            verdict: Decision::Deny,
+            rule: format!("max_depth {max}"),
+            enforced: false,
+            version: self.version,
+        })
+    }
+
     /// The verdict on connecting to `ip:port`.
     #[must_use]
     pub fn check_connect(&self, ip: IpAddr, port: u16) -> Verdict {

@@ -16,7 +16,9 @@ use std::{
 
 use serde_json::Value;
 
-use super::{Policy, Verdict};
+use sensor_common::policy::{RULE_MAX_PROCESSES, RULE_NO_MATCH};
+
+use super::{Policy, Verdict, kernel};
 
 /// Where and how often one right was used.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -286,6 +288,9 @@ pub struct Options {
     /// Distinct files seen in one directory from which it becomes a
     /// directory rule (when [`DirCheck`] allows); 0 never.
     pub collapse_at: usize,
+    /// Distinct IPv4 addresses seen in one /24 on one port from which they
+    /// become that /24 (see [`connect_rules`]); 0 never.
+    pub fold_at: usize,
     /// Where the evidence came from (`run R`, `agent A since T`).
     pub source: String,
 }
@@ -444,6 +449,98 @@ fn connect_text(ip: IpAddr, port: u16) -> String {
     }
 }
 
+/// One connect rule: an exact destination, or an IPv4 /24 on one port that
+/// stands for the addresses seen in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectRule {
+    Exact {
+        ip: IpAddr,
+        port: u16,
+        evidence: Evidence,
+    },
+    Net {
+        /// The /24's first address.
+        net: std::net::Ipv4Addr,
+        port: u16,
+        /// The addresses seen in it (at least the threshold).
+        addresses: Vec<std::net::Ipv4Addr>,
+        evidence: Evidence,
+    },
+}
+
+/// Whether the addresses of `net`/24 may be folded at all: public or
+/// private unicast, but never loopback (every local service), link-local
+/// (the cloud metadata address, 169.254.169.254), unspecified, broadcast,
+/// multicast or reserved space.
+fn foldable(net: std::net::Ipv4Addr) -> bool {
+    !(net.is_loopback()
+        || net.is_link_local()
+        || net.is_unspecified()
+        || net.is_broadcast()
+        || net.is_multicast()
+        || net.octets()[0] == 0
+        || net.octets()[0] >= 240)
+}
+
+/// The connect rules: exact `ADDR:PORT` for each destination seen, except
+/// that with `fold_at` > 0, at least `fold_at` distinct IPv4 addresses seen
+/// in one /24 on the same port become that /24 on that port (never another
+/// port, never a wider prefix, never IPv6, never loopback or link-local:
+/// see [`foldable`]). Folding is a trade the reviewer asks for (a service
+/// behind many addresses of one network, e.g. a load-balanced API): it
+/// allows the /24's unseen addresses too, on that one port.
+#[must_use]
+pub fn connect_rules(seen: &Observed, fold_at: usize) -> Vec<ConnectRule> {
+    let mut groups: BTreeMap<(std::net::Ipv4Addr, u16), Vec<std::net::Ipv4Addr>> = BTreeMap::new();
+    if fold_at > 0 {
+        for (ip, port) in seen.connect.keys() {
+            if let IpAddr::V4(v4) = ip {
+                let [a, b, c, _] = v4.octets();
+                let net = std::net::Ipv4Addr::new(a, b, c, 0);
+                if foldable(net) {
+                    groups.entry((net, *port)).or_default().push(*v4);
+                }
+            }
+        }
+        groups.retain(|_, addresses| addresses.len() >= fold_at.max(2));
+    }
+    let mut rules = Vec::new();
+    let mut folded: BTreeMap<(std::net::Ipv4Addr, u16), Evidence> = BTreeMap::new();
+    for ((ip, port), ev) in &seen.connect {
+        let group = match ip {
+            IpAddr::V4(v4) => {
+                let [a, b, c, _] = v4.octets();
+                let key = (std::net::Ipv4Addr::new(a, b, c, 0), *port);
+                groups.contains_key(&key).then_some(key)
+            }
+            IpAddr::V6(_) => None,
+        };
+        match group {
+            Some(key) => {
+                folded
+                    .entry(key)
+                    .and_modify(|e| e.merge(ev))
+                    .or_insert_with(|| ev.clone());
+            }
+            None => rules.push(ConnectRule::Exact {
+                ip: *ip,
+                port: *port,
+                evidence: ev.clone(),
+            }),
+        }
+    }
+    for ((net, port), evidence) in folded {
+        let addresses = groups.remove(&(net, port)).unwrap_or_default();
+        rules.push(ConnectRule::Net {
+            net,
+            port,
+            addresses,
+            evidence,
+        });
+    }
+    rules
+}
+
 /// Headroom over an observed maximum: twice it, and at least 4 more.
 #[must_use]
 pub fn with_headroom(n: u32) -> u32 {
@@ -531,9 +628,30 @@ pub fn render(seen: &Observed, opts: &Options, check: &dyn DirCheck) -> String {
     out.push_str("]\n\n[policy.");
     out.push_str(&value(&opts.name));
     out.push_str(".connect]\nallow = [\n");
-    for ((ip, port), ev) in &seen.connect {
-        let _ = writeln!(out, "  # {}", ev.describe("connect"));
-        let _ = writeln!(out, "  {},", value(&connect_text(*ip, *port)));
+    for rule in connect_rules(seen, opts.fold_at) {
+        match rule {
+            ConnectRule::Exact { ip, port, evidence } => {
+                let _ = writeln!(out, "  # {}", evidence.describe("connect"));
+                let _ = writeln!(out, "  {},", value(&connect_text(ip, port)));
+            }
+            ConnectRule::Net {
+                net,
+                port,
+                addresses,
+                evidence,
+            } => {
+                let _ = writeln!(out, "  # {}", evidence.describe("connect"));
+                let listed: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+                let _ = writeln!(
+                    out,
+                    "  # folded (--fold-at {}): {} addresses seen in {net}/24 on port {port}: {}",
+                    opts.fold_at,
+                    addresses.len(),
+                    listed.join(", ")
+                );
+                let _ = writeln!(out, "  {},", value(&format!("{net}/24:{port}")));
+            }
+        }
     }
     out.push_str("]\n\n[policy.");
     out.push_str(&value(&opts.name));
@@ -563,55 +681,255 @@ pub struct Denied {
     pub seq: u64,
     pub run: String,
     pub kind: String,
-    /// The file or destination.
+    /// The file, destination, socket, process or run.
     pub what: String,
     pub verdict: Verdict,
 }
 
-/// The stored actions of `e` that `policy` decides on in user space, with
-/// its verdict, by the daemon's own checks: an exec (that ran, or that a
-/// policy blocked) and a connect to an address. The mount an exec's file was
-/// reached on is not stored; it is taken from the file at that path now,
-/// when it is still the same file (so directory rules match as they would
-/// have), and unknown otherwise.
-#[must_use]
-pub fn replay(policy: &Policy, e: &Value) -> Option<Denied> {
-    let kind = s(e, "/kind");
-    let (what, verdict) = match kind {
-        "process.exec" => {
-            let tried = s(e, "/exec/result") == "ok"
-                || e.pointer("/policy/verdict").and_then(Value::as_str) == Some("deny");
-            if !tried {
-                return None;
+/// `sensor policy test`'s replay of stored events, in their order, through
+/// the decisions the daemon makes with the same code:
+///
+/// - an exec (that ran, or that a policy blocked): [`Policy::check_exec`];
+/// - a connect to an address: [`Policy::check_connect`];
+/// - a Unix connect: its address looked up in the entries the daemon writes
+///   for the kernel ([`kernel::UnixAddresses`]), the control socket included;
+/// - a fork (`process.spawn`): counted per run tree against `max_processes`
+///   by [`sensor_common::policy::fork_within`], the kernel's own test; a
+///   process refused is not counted, nor is its exit;
+/// - a sub-run's start: [`Policy::check_depth`] on its depth;
+/// - a raw, ICMP or packet socket (`network.socket`): the slot flag the
+///   kernel tests ([`kernel::raw_sockets_allowed`]).
+///
+/// What the stored events do not hold is not replayed: the mount an exec's
+/// file was reached on is taken from the file at that path now when it is
+/// still the same file (so directory rules match as they would have), and
+/// unknown otherwise; the socket a Unix connect reached (the kernel's second
+/// check, on its identity) is not stored, so only its address is decided; a
+/// `sensor launch` refused for its depth started no run to replay.
+pub struct Replay<'p> {
+    policy: &'p Policy,
+    unix: kernel::UnixAddresses,
+    /// Per run tree (its root run): the counted processes, by key.
+    counted: BTreeMap<String, BTreeSet<String>>,
+    /// Decisions made.
+    pub checked: usize,
+}
+
+impl<'p> Replay<'p> {
+    /// A replay against `policy`; `sensors` are the control sockets every
+    /// policy allows ([`sensor_sockets`]).
+    #[must_use]
+    pub fn new(policy: &'p Policy, sensors: &[kernel::SensorSocket]) -> Self {
+        Self {
+            policy,
+            unix: kernel::UnixAddresses::of(policy, sensors),
+            counted: BTreeMap::new(),
+            checked: 0,
+        }
+    }
+
+    /// The policy's decision on the next stored event, when it denies.
+    pub fn event(&mut self, e: &Value) -> Option<Denied> {
+        let kind = s(e, "/kind");
+        let (what, verdict) = match kind {
+            "process.exec" => self.exec(e)?,
+            "network.connect" => self.connect(e)?,
+            "process.spawn" | "process.exit" => self.fork(e, kind == "process.spawn")?,
+            "network.socket" => {
+                self.checked += 1;
+                let allowed = kernel::raw_sockets_allowed(self.policy);
+                let what = match e.pointer("/network/transport").and_then(Value::as_str) {
+                    Some(t) => format!("{t} socket"),
+                    None => "socket".to_owned(),
+                };
+                let rule = sensor_common::policy::RULE_RAW_SOCKET;
+                (
+                    what,
+                    self.named(allowed.then_some(rule), rule, "raw_sockets"),
+                )
             }
-            let exe = s(e, "/process/exe");
-            let ino = e
-                .pointer("/exec/inode")
-                .and_then(Value::as_u64)
-                .unwrap_or(0);
-            let dev = parse_dev(s(e, "/exec/dev")).unwrap_or(0);
-            let mnt_id = super::resolve::file_mount(Path::new(exe))
-                .filter(|(id, _)| id.dev == dev && id.ino == ino)
-                .map(|(_, m)| m);
-            (exe.to_owned(), policy.check_exec(exe, dev, ino, mnt_id))
+            "run.start" => {
+                let depth = e
+                    .pointer("/run/depth")
+                    .and_then(Value::as_u64)
+                    .and_then(|d| u32::try_from(d).ok())?;
+                self.checked += 1;
+                let verdict = self.policy.check_depth(depth)?;
+                (format!("sub-run at depth {depth}"), verdict)
+            }
+            _ => return None,
+        };
+        verdict.is_deny().then(|| Denied {
+            seq: e.pointer("/seq").and_then(Value::as_u64).unwrap_or(0),
+            run: s(e, "/run/id").to_owned(),
+            kind: kind.to_owned(),
+            what,
+            verdict,
+        })
+    }
+
+    fn exec(&mut self, e: &Value) -> Option<(String, Verdict)> {
+        let tried = s(e, "/exec/result") == "ok"
+            || e.pointer("/policy/verdict").and_then(Value::as_str) == Some("deny");
+        if !tried {
+            return None;
         }
-        "network.connect" => {
-            let ip = s(e, "/network/dst_ip").parse::<IpAddr>().ok()?;
-            let port = e
-                .pointer("/network/dst_port")
-                .and_then(Value::as_u64)
-                .and_then(|p| u16::try_from(p).ok())?;
-            (connect_text(ip, port), policy.check_connect(ip, port))
+        self.checked += 1;
+        let exe = s(e, "/process/exe");
+        let ino = e
+            .pointer("/exec/inode")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        let dev = parse_dev(s(e, "/exec/dev")).unwrap_or(0);
+        let mnt_id = super::resolve::file_mount(Path::new(exe))
+            .filter(|(id, _)| id.dev == dev && id.ino == ino)
+            .map(|(_, m)| m);
+        Some((
+            exe.to_owned(),
+            self.policy.check_exec(exe, dev, ino, mnt_id),
+        ))
+    }
+
+    fn connect(&mut self, e: &Value) -> Option<(String, Verdict)> {
+        if s(e, "/network/family") == "unix" {
+            let text = s(e, "/network/path");
+            let is_abstract = e.pointer("/network/abstract").and_then(Value::as_bool) == Some(true);
+            let bytes = unix_bytes(text, is_abstract)?;
+            self.checked += 1;
+            let rule = self.unix.rule(&bytes);
+            return Some((
+                text.to_owned(),
+                self.named(rule, RULE_NO_MATCH, "unix.allow"),
+            ));
         }
-        _ => return None,
+        let ip = s(e, "/network/dst_ip").parse::<IpAddr>().ok()?;
+        let port = e
+            .pointer("/network/dst_port")
+            .and_then(Value::as_u64)
+            .and_then(|p| u16::try_from(p).ok())?;
+        self.checked += 1;
+        Some((connect_text(ip, port), self.policy.check_connect(ip, port)))
+    }
+
+    /// Counts a fork (or an exit) of a run tree, as the kernel does under a
+    /// policy with `max_processes`.
+    fn fork(&mut self, e: &Value, spawn: bool) -> Option<(String, Verdict)> {
+        let max = self.policy.max_processes?;
+        let root = s(e, "/run/root_id");
+        let key = s(e, "/process/key");
+        if root.is_empty() || key.is_empty() {
+            return None;
+        }
+        let counted = self.counted.entry(root.to_owned()).or_default();
+        if !spawn {
+            counted.remove(key);
+            return None;
+        }
+        self.checked += 1;
+        let children = u64::try_from(counted.len())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1);
+        let fits = sensor_common::policy::fork_within(children, max);
+        if fits {
+            counted.insert(key.to_owned());
+        }
+        let what = match e.pointer("/process/exe").and_then(Value::as_str) {
+            Some(exe) => format!("process {key} ({exe})"),
+            None => format!("process {key}"),
+        };
+        Some((
+            what,
+            self.named(
+                fits.then_some(RULE_MAX_PROCESSES),
+                RULE_MAX_PROCESSES,
+                "max_processes",
+            ),
+        ))
+    }
+
+    /// The verdict a kernel decision stands for (as the daemon names it):
+    /// allowed by rule `allowed`, else denied by `denied_by`.
+    fn named(&self, allowed: Option<u32>, denied_by: u32, list: &str) -> Verdict {
+        let (verdict, rule) = match allowed {
+            Some(r) => (super::Decision::Allow, r),
+            None => (super::Decision::Deny, denied_by),
+        };
+        let rule = match rule {
+            RULE_NO_MATCH => format!("{list} (no rule matches)"),
+            r => self.policy.rule_text(r),
+        };
+        Verdict {
+            name: self.policy.name.clone(),
+            verdict,
+            rule,
+            enforced: false,
+            version: self.policy.version,
+        }
+    }
+}
+
+/// The daemon's control sockets a replay allows, as every policy does:
+/// `configured` (the config's), and every address stored Unix connects
+/// were allowed to as the control socket (the daemon that recorded them may
+/// have had another).
+#[must_use]
+pub fn sensor_sockets<'e>(
+    policy: &Policy,
+    configured: &Path,
+    events: impl IntoIterator<Item = &'e Value>,
+) -> Vec<kernel::SensorSocket> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let control = policy.rule_text(sensor_common::policy::RULE_SENSOR_SOCKET);
+    let mut addresses = BTreeSet::from([configured.as_os_str().as_bytes().to_vec()]);
+    for e in events {
+        if s(e, "/kind") == "network.connect"
+            && s(e, "/network/family") == "unix"
+            && s(e, "/policy/rule") == control
+            && let Some(bytes) = unix_bytes(
+                s(e, "/network/path"),
+                e.pointer("/network/abstract").and_then(Value::as_bool) == Some(true),
+            )
+        {
+            addresses.insert(bytes);
+        }
+    }
+    addresses
+        .into_iter()
+        .map(|address| kernel::SensorSocket { address, id: None })
+        .collect()
+}
+
+/// The address bytes of a stored Unix address: a path, or `@name` (an
+/// abstract name: a NUL, then the name), with `\xNN` read back as the byte
+/// it stands for (how events write bytes that are not text).
+fn unix_bytes(text: &str, is_abstract: bool) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() + 1);
+    let rest = if is_abstract {
+        out.push(0);
+        text.strip_prefix('@')?
+    } else {
+        text
     };
-    verdict.is_deny().then(|| Denied {
-        seq: e.pointer("/seq").and_then(Value::as_u64).unwrap_or(0),
-        run: s(e, "/run/id").to_owned(),
-        kind: kind.to_owned(),
-        what,
-        verdict,
-    })
+    let bytes = rest.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'\\' && bytes.get(i + 1) == Some(&b'x'))
+            .then(|| bytes.get(i + 2..i + 4))
+            .flatten()
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match escaped {
+            Some(b) => {
+                out.push(b);
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    Some(out)
 }
 
 /// `MAJOR:MINOR` as stored, as user space's `st_dev`.
@@ -805,6 +1123,7 @@ mod tests {
             name: "learned".to_owned(),
             enforce: false,
             collapse_at: 8,
+            fold_at: 0,
             source: "run r1".to_owned(),
         }
     }
@@ -895,6 +1214,174 @@ mod tests {
         assert_eq!(o.max_processes, 3);
         assert_eq!(with_headroom(3), 7);
         assert_eq!(with_headroom(10), 20);
+    }
+
+    fn policy_of(toml_text: &str) -> Policy {
+        let c: super::super::PolicyConfig = toml::from_str(toml_text).unwrap();
+        Policy::load("p", &c).unwrap()
+    }
+
+    /// Unix connects, forks against max_processes and sub-runs against
+    /// max_depth are replayed through the daemon's decisions, in order.
+    #[test]
+    fn replay_decides_unix_connects_forks_and_depth() {
+        let policy = policy_of(
+            "max_processes = 3\nmax_depth = 1\n[unix]\nallow = [\"/run/ok.sock\", \"@abs\\u0000x\"]\n",
+        );
+        let events = [
+            json!({"seq": 1, "kind": "run.start", "run": {"id": "r", "root_id": "r", "depth": 0}}),
+            json!({"seq": 2, "kind": "network.connect", "run": {"id": "r", "root_id": "r"},
+                   "network": {"family": "unix", "path": "/run/ok.sock", "abstract": false}}),
+            json!({"seq": 3, "kind": "network.connect", "run": {"id": "r", "root_id": "r"},
+                   "network": {"family": "unix", "path": "/run/other.sock", "abstract": false}}),
+            json!({"seq": 4, "kind": "network.connect", "run": {"id": "r", "root_id": "r"},
+                   "network": {"family": "unix", "path": "@abs\\x00x", "abstract": true}}),
+            // The recording daemon's control socket, as it decided.
+            json!({"seq": 5, "kind": "network.connect", "run": {"id": "r", "root_id": "r"},
+                   "network": {"family": "unix", "path": "/tmp/t/sensor.sock", "abstract": false},
+                   "policy": {"verdict": "allow", "rule": "unix.allow (the sensor's control socket)"}}),
+            // "@abs" as a path is another address.
+            json!({"seq": 6, "kind": "network.connect", "run": {"id": "r", "root_id": "r"},
+                   "network": {"family": "unix", "path": "@abs\\x00x", "abstract": false}}),
+            json!({"seq": 10, "kind": "process.spawn", "run": {"id": "r", "root_id": "r"}, "process": {"key": "k1"}}),
+            json!({"seq": 11, "kind": "process.spawn", "run": {"id": "r", "root_id": "r"}, "process": {"key": "k2"}}),
+            json!({"seq": 12, "kind": "process.spawn", "run": {"id": "r", "root_id": "r"}, "process": {"key": "k3", "exe": "/bin/x"}}),
+            json!({"seq": 13, "kind": "process.exit", "run": {"id": "r", "root_id": "r"}, "process": {"key": "k1"}}),
+            json!({"seq": 14, "kind": "process.spawn", "run": {"id": "s", "root_id": "r"}, "process": {"key": "k4"}}),
+            // k3 was refused: its exit frees nothing.
+            json!({"seq": 15, "kind": "process.exit", "run": {"id": "r", "root_id": "r"}, "process": {"key": "k3"}}),
+            json!({"seq": 16, "kind": "process.spawn", "run": {"id": "r", "root_id": "r"}, "process": {"key": "k5"}}),
+            // Another tree counts on its own.
+            json!({"seq": 17, "kind": "process.spawn", "run": {"id": "o", "root_id": "o"}, "process": {"key": "k6"}}),
+            json!({"seq": 20, "kind": "run.start", "run": {"id": "s", "root_id": "r", "depth": 1}}),
+            json!({"seq": 21, "kind": "run.start", "run": {"id": "t", "root_id": "r", "depth": 2}}),
+            json!({"seq": 30, "kind": "network.socket", "run": {"id": "r", "root_id": "r"},
+                   "network": {"transport": "raw"}}),
+        ];
+        let sensors = sensor_sockets(&policy, Path::new("/run/sensor/sensor.sock"), &events);
+        assert_eq!(sensors.len(), 2, "{sensors:?}");
+        let mut replay = Replay::new(&policy, &sensors);
+        let denied: Vec<(u64, String)> = events
+            .iter()
+            .filter_map(|e| replay.event(e))
+            .map(|d| (d.seq, d.verdict.rule))
+            .collect();
+        assert_eq!(
+            denied,
+            [
+                (3, "unix.allow (no rule matches)".to_owned()),
+                (6, "unix.allow (no rule matches)".to_owned()),
+                (12, "max_processes 3".to_owned()),
+                (16, "max_processes 3".to_owned()),
+                (21, "max_depth 1".to_owned()),
+                (
+                    30,
+                    "raw_sockets (a raw, ICMP or packet socket reaches any address)".to_owned()
+                ),
+            ]
+        );
+        assert_eq!(
+            replay.checked,
+            5 + 6 + 3 + 1,
+            "unix connects, forks, run starts, socket"
+        );
+        // Without limits, forks and depths allow everything.
+        let open = policy_of("raw_sockets = true\n[unix]\nallow = [\"/run/*.sock\"]\n");
+        let mut replay = Replay::new(&open, &[]);
+        let denied: Vec<u64> = events
+            .iter()
+            .filter_map(|e| replay.event(e))
+            .map(|d| d.seq)
+            .collect();
+        assert_eq!(
+            denied,
+            [2, 3, 4, 5, 6],
+            "a glob allows the sockets it matches now only; no control socket given"
+        );
+    }
+
+    #[test]
+    fn stored_unix_addresses_read_back_as_bytes() {
+        assert_eq!(unix_bytes("@a\\x00b", true), Some(b"\0a\0b".to_vec()));
+        assert_eq!(
+            unix_bytes("/run/\\xffs", false),
+            Some(b"/run/\xffs".to_vec())
+        );
+        assert_eq!(unix_bytes("/run/\\xz", false), Some(b"/run/\\xz".to_vec()));
+        assert_eq!(unix_bytes("no-at", true), None);
+    }
+
+    fn connect(o: &mut Observed, ip: &str, port: u16) {
+        o.add(
+            &json!({"seq": 1, "time": "2026-12-05T00:00:00Z", "kind": "network.connect",
+                      "run": {"id": "r", "root_id": "r", "depth": 0},
+                      "process": {"key": "k", "uid": 1000},
+                      "network": {"family": "ipv4", "dst_ip": ip, "dst_port": port}}),
+        );
+    }
+
+    #[test]
+    fn addresses_fold_into_a_slash_24_only_when_asked_and_safe() {
+        let mut o = Observed::new(0);
+        for last in 1..=4 {
+            connect(&mut o, &format!("10.1.2.{last}"), 443);
+        }
+        connect(&mut o, "10.1.2.9", 80);
+        connect(&mut o, "10.1.3.1", 443);
+        for last in 1..=4 {
+            connect(&mut o, &format!("127.0.0.{last}"), 8080);
+            connect(&mut o, &format!("169.254.169.{last}"), 80);
+        }
+        let exact = connect_rules(&o, 0);
+        assert!(exact.iter().all(|r| matches!(r, ConnectRule::Exact { .. })));
+        assert_eq!(exact.len(), 14);
+        let folded = connect_rules(&o, 4);
+        let nets: Vec<_> = folded
+            .iter()
+            .filter_map(|r| match r {
+                ConnectRule::Net {
+                    net,
+                    port,
+                    addresses,
+                    evidence,
+                } => Some((net.to_string(), *port, addresses.len(), evidence.count)),
+                ConnectRule::Exact { .. } => None,
+            })
+            .collect();
+        assert_eq!(nets, [("10.1.2.0".to_owned(), 443, 4, 4)]);
+        assert_eq!(
+            folded.len(),
+            14 - 4 + 1,
+            "loopback, link-local, other ports stay exact"
+        );
+        assert!(
+            connect_rules(&o, 5)
+                .iter()
+                .all(|r| matches!(r, ConnectRule::Exact { .. }))
+        );
+        let mut options = opts();
+        options.fold_at = 4;
+        let text = render(&o, &options, &Safe(vec![]));
+        let parsed: toml::Table = toml::from_str(&text).unwrap();
+        let allow = parsed["policy"]["learned"]["connect"]["allow"]
+            .as_array()
+            .unwrap();
+        assert!(
+            allow.contains(&toml::Value::String("10.1.2.0/24:443".to_owned())),
+            "{text}"
+        );
+        assert!(
+            text.contains("10.1.2.1, 10.1.2.2, 10.1.2.3, 10.1.2.4"),
+            "{text}"
+        );
+        // The folded policy loads, and allows the /24 on that port only.
+        let c: super::super::PolicyConfig =
+            toml::from_str(&toml::to_string(&parsed["policy"]["learned"]).unwrap()).unwrap();
+        let p = Policy::load("learned", &c).unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(!p.check_connect(ip("10.1.2.200"), 443).is_deny());
+        assert!(p.check_connect(ip("10.1.2.200"), 80).is_deny());
+        assert!(p.check_connect(ip("127.0.0.9"), 8080).is_deny());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::{
 use serde_json::{Value, json};
 
 use super::latency::{LATENCY_P99_TARGET_MS, LATENCY_RATE};
-use super::pipeline::PIPELINE_TARGET_EPS;
+use super::pipeline::{DETECTION_TARGET_EPS, PIPELINE_TARGET_EPS};
 use super::{
     Env, Results, Sample, latency, outage, outputs, peers,
     variants::{VARIANTS, Variant},
@@ -180,6 +180,20 @@ pub(super) fn markdown(
         out.push_str(&format!(
             "| replay: decode → attribution → policy → JSON, one core | {events} | {eps:.0} | ≥ {PIPELINE_TARGET_EPS:.0}: {} |\n",
             if eps >= PIPELINE_TARGET_EPS { "met" } else { "MISSED" }
+        ));
+    }
+    if let Some(d) = results.detection {
+        out.push_str(
+            "\n| detection (rules/agent) | events | events/s | target |\n|---|---:|---:|---|\n",
+        );
+        out.push_str(&format!(
+            "| replay: typed event → JSON form → rules, one core (the `detect` thread) | {} | {:.0} | ≥ {DETECTION_TARGET_EPS:.0}: {} |\n\
+             | replay: JSON value → rules, one core (`sensor rules test`) | {} | {:.0} | |\n",
+            d.events,
+            d.daemon_eps,
+            if d.daemon_eps >= DETECTION_TARGET_EPS { "met" } else { "MISSED" },
+            d.events,
+            d.rules_eps,
         ));
     }
     out.push_str(&outputs::markdown(results));
@@ -365,6 +379,12 @@ pub(super) fn json(
             "events": events,
             "events_per_s": eps,
             "target_events_per_s": PIPELINE_TARGET_EPS,
+        })),
+        "detection": results.detection.map(|d| json!({
+            "events": d.events,
+            "events_per_s": d.daemon_eps,
+            "rules_only_events_per_s": d.rules_eps,
+            "target_events_per_s": DETECTION_TARGET_EPS,
         })),
         "latency_ms": {
             "execs": results.latency_execs,
