@@ -1480,6 +1480,33 @@ mod tests {
         assert_eq!(p, json!({"run": {"labels": {"x.y": "v", "x": {"y": "w"}}}}));
     }
 
+    /// A `first_seen` rule keyed on fields its detection does not read:
+    /// the pruned JSON form still carries them, so it fires once per value
+    /// as on the whole event.
+    #[test]
+    fn a_first_seen_rule_keys_on_its_own_fields_in_the_pruned_form() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("port.yml"),
+            "title: t\nid: 11111111-2222-4333-8444-555555555555\nstatus: test\n\
+             logsource: {product: agent-sensor, category: network_connection}\n\
+             detection: {selection: {run.agent|exists: true}, condition: selection}\n\
+             first_seen: {fields: [network.dst_port]}\nlevel: low\n",
+        )
+        .unwrap();
+        let set = RuleSet::load(&[dir.path().to_path_buf()]).unwrap();
+        let mut state = Correlator::default();
+        let mut fired = Vec::new();
+        for port in [80, 80, 443] {
+            let v = json!({"kind": "network.connect", "time": "2026-12-05T00:00:00Z",
+                           "run": {"agent": "a"}, "network": {"dst_port": port}});
+            let pruned = set.json_form(Kind::NetworkConnect, &v).unwrap();
+            assert_eq!(pruned["network"]["dst_port"], port, "{pruned}");
+            fired.push(set.evaluate(&mut state, Kind::NetworkConnect, &pruned).len());
+        }
+        assert_eq!(fired, [1, 0, 1]);
+    }
+
     #[test]
     fn the_shipped_pack_loads() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules/agent");
