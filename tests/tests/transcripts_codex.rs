@@ -503,6 +503,29 @@ fn codex_tool_calls_are_linked_to_their_processes() -> Result<()> {
         .map(compact)
         .collect();
     ensure!(bad.is_empty(), "unexpected: {bad:?}");
+    // Codex's own machinery (its launcher's native binary, the sandbox
+    // helpers, bwrap, the OS probes and their pipelines, the plugin sync)
+    // is the agent's, not `tool.unexplained`; what is left is its
+    // login-shell snapshot at start (documented as reported).
+    let unexplained: Vec<&Value> = of_run(&r, "tool.unexplained");
+    for e in &unexplained {
+        let argv = argv_of(e);
+        let snapshot = argv.first().is_some_and(|a| a.ends_with("bash"))
+            && (argv.get(1).is_some_and(|a| a == "-lc")
+                || argv
+                    .get(2)
+                    .is_some_and(|a| a.starts_with("set -e; . ") && a.contains("shell_snapshots")));
+        ensure!(
+            snapshot && str_at(e, "/unexplained/reason") == Some("no_tool_call"),
+            "tool.unexplained for codex's own machinery: {}",
+            compact(e)
+        );
+    }
+    ensure!(
+        unexplained.len() <= 2,
+        "more than the snapshot's shells: {:?}",
+        unexplained.iter().map(|e| compact(e)).collect::<Vec<_>>()
+    );
     check_calls(&r)
 }
 

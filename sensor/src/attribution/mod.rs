@@ -24,7 +24,7 @@ use sensor_common::event::{
 };
 
 pub use self::{
-    matchers::{AgentConfig, ExecView, Matchers},
+    matchers::{AgentConfig, ExecView, Matcher, Matchers},
     process_table::{ProcessInfo, ProcessTable},
     runs::{NewRun, Run, RunError, RunTable, check_scopes},
 };

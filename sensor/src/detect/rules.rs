@@ -1502,7 +1502,10 @@ mod tests {
                            "run": {"agent": "a"}, "network": {"dst_port": port}});
             let pruned = set.json_form(Kind::NetworkConnect, &v).unwrap();
             assert_eq!(pruned["network"]["dst_port"], port, "{pruned}");
-            fired.push(set.evaluate(&mut state, Kind::NetworkConnect, &pruned).len());
+            fired.push(
+                set.evaluate(&mut state, Kind::NetworkConnect, &pruned)
+                    .len(),
+            );
         }
         assert_eq!(fired, [1, 0, 1]);
     }

@@ -177,25 +177,34 @@ impl Infra {
         })
     }
 
-    /// Whether the exec of `p` (its resolved exe and argv) is this.
+    /// Whether the exec of `p` (its resolved exe and argv) is this. An
+    /// entry with an absolute path also matches a shell running that
+    /// script (`/bin/sh /usr/bin/lsb_release -a`: its exe is the shell),
+    /// the arguments then counted after the script's path. (A relative
+    /// entry never matches a script: anyone can name one `lsb_release`.)
     #[must_use]
     pub fn matches(&self, p: &Process) -> bool {
         let Some(exe) = p.exe.as_deref() else {
             return false;
         };
-        let exe_ok = if self.exe.starts_with('/') {
-            exe == self.exe
-        } else {
-            Path::new(exe)
-                .file_name()
-                .is_some_and(|n| n == self.exe.as_str())
-        };
-        if !exe_ok {
-            return false;
-        }
         let argv = p.argv.as_deref().unwrap_or_default();
+        let first_arg = if self.exe.starts_with('/') {
+            if exe == self.exe {
+                1
+            } else if file_name(exe).is_some_and(|n| SCRIPT_SHELLS.contains(&n))
+                && argv.get(1).is_some_and(|a| *a == self.exe)
+            {
+                2
+            } else {
+                return false;
+            }
+        } else if file_name(exe) == Some(self.exe.as_str()) {
+            1
+        } else {
+            return false;
+        };
         self.args.iter().enumerate().all(|(i, want)| {
-            argv.get(i + 1)
+            argv.get(i + first_arg)
                 .is_some_and(|a| match want.strip_suffix('*') {
                     Some(prefix) => a.starts_with(prefix),
                     None => a == want,
@@ -203,6 +212,14 @@ impl Infra {
         })
     }
 }
+
+/// The file name of `path`.
+fn file_name(path: &str) -> Option<&str> {
+    Path::new(path).file_name().and_then(|n| n.to_str())
+}
+
+/// The shells a `#!` script runs under, for [`Infra::matches`].
+const SCRIPT_SHELLS: [&str; 3] = ["sh", "dash", "bash"];
 
 /// What the tick hands the pipeline.
 #[derive(Debug)]
@@ -333,6 +350,10 @@ struct Followed {
     /// Execs to decide, in event order.
     todo: VecDeque<Candidate>,
     infra: Arc<[Infra]>,
+    /// The agent's own matcher: a direct child of the agent's process that
+    /// is the agent again (Codex's launcher starts its native binary) is
+    /// the agent's process too.
+    own: Option<Arc<crate::attribution::Matcher>>,
     last_eager: Option<std::time::Instant>,
     /// Decided early (the bound on `todo`), for the next tick.
     early: Vec<Found>,
@@ -357,6 +378,8 @@ pub struct Transcripts {
     formats: HashMap<String, Format>,
     /// Each agent's infrastructure (`[[agent]] infrastructure`).
     infra: HashMap<String, Arc<[Infra]>>,
+    /// Each agent's own matcher (`[[agent]]` exe, script, module).
+    own: HashMap<String, Arc<crate::attribution::Matcher>>,
     runs: HashMap<String, Followed>,
     counts: Counts,
     /// Runs not followed because [`RUNS_MAX`] were.
@@ -398,6 +421,10 @@ impl Transcripts {
         for a in agents {
             if t.formats.contains_key(&a.name) {
                 t = t.with_infrastructure(&a.name, &a.infrastructure);
+                // (A matcher that does not compile refused the config.)
+                if let Ok(m) = crate::attribution::Matcher::new(a) {
+                    t.own.insert(a.name.clone(), Arc::new(m));
+                }
             }
         }
         t
@@ -570,6 +597,7 @@ impl Transcripts {
                     .get(&run.agent)
                     .cloned()
                     .unwrap_or_else(|| Arc::from(Vec::new())),
+                own: self.own.get(&run.agent).cloned(),
                 last_eager: None,
                 early: Vec::new(),
                 dropped: 0,
@@ -1082,6 +1110,19 @@ fn find_label(f: &mut Followed, key: &str, t: SystemTime) -> Option<CallRef> {
     None
 }
 
+/// Whether the exec of `p` is the agent itself (its `[[agent]]` matcher
+/// recognises it).
+fn is_agent(m: &crate::attribution::Matcher, p: &Process) -> bool {
+    let (Some(exe), Some(argv)) = (p.exe.as_deref(), p.argv.as_deref()) else {
+        return false;
+    };
+    m.matches(&crate::attribution::ExecView {
+        exe,
+        argv,
+        cwd: p.cwd.as_deref(),
+    })
+}
+
 /// An exec no call explains when it went out: infrastructure, or a
 /// candidate for `tool.unexplained`.
 fn consider(f: &mut Followed, seq: u64, time: SystemTime, p: &Process) {
@@ -1089,7 +1130,13 @@ fn consider(f: &mut Followed, seq: u64, time: SystemTime, p: &Process) {
     if f.agent_keys.contains(key) || f.infra_keys.contains(key) {
         return;
     }
-    let infra = f.infra_keys.contains(&p.parent_key)
+    if f.agent_keys.contains(&p.parent_key) && f.own.as_ref().is_some_and(|m| is_agent(m, p)) {
+        if f.agent_keys.len() < PROCS_MAX {
+            f.agent_keys.insert(key.clone());
+        }
+        return;
+    }
+    let infra = in_tree(f, &p.parent_key, &f.infra_keys)
         || (f.agent_keys.contains(&p.parent_key) && f.infra.iter().any(|i| i.matches(p)));
     if infra {
         if f.infra_keys.len() < PROCS_MAX {
@@ -1114,6 +1161,26 @@ fn consider(f: &mut Followed, seq: u64, time: SystemTime, p: &Process) {
         time,
         process: Box::new(p.clone()),
     });
+}
+
+/// Whether `key` or one of its ancestors below the agent's process is in
+/// `set` (the ancestors through forks that never exec'd, as the run's
+/// remembered processes give them).
+fn in_tree(f: &Followed, key: &str, set: &HashSet<String>) -> bool {
+    let mut k = key;
+    for _ in 0..DEPTH_MAX {
+        if set.contains(k) {
+            return true;
+        }
+        if f.agent_keys.contains(k) {
+            return false;
+        }
+        match f.procs.get(k) {
+            Some(p) => k = &p.parent_key,
+            None => return false,
+        }
+    }
+    false
 }
 
 /// Decides the execs no call can claim any more: `tool.unexplained` for the
@@ -1156,13 +1223,13 @@ fn decide_one(f: &mut Followed, c: Candidate) -> Option<Found> {
     {
         return None;
     }
-    if f.infra_keys.contains(&parent) {
+    if in_tree(f, &parent, &f.infra_keys) {
         if f.infra_keys.len() < PROCS_MAX {
             f.infra_keys.insert(key);
         }
         return None;
     }
-    if f.unexplained_keys.contains(&parent) {
+    if in_tree(f, &parent, &f.unexplained_keys) {
         if f.unexplained_keys.len() < PROCS_MAX {
             f.unexplained_keys.insert(key);
         }

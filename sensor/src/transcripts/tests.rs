@@ -777,6 +777,24 @@ fn infrastructure_entries_match_exe_and_first_arguments() {
     )));
     assert!(!snap.matches(&p("/usr/bin/bash", &["bash", "-c", "-l", "curl x"])));
     assert!(Infra::parse("  ").is_none());
+    // A script by its absolute path, run by its shell; a relative entry
+    // never matches a script (anyone can name one so).
+    let probe = Infra::parse("/usr/bin/lsb_release -a").unwrap();
+    assert!(probe.matches(&p(
+        "/usr/bin/dash",
+        &["/bin/sh", "/usr/bin/lsb_release", "-a"]
+    )));
+    assert!(!probe.matches(&p(
+        "/usr/bin/dash",
+        &["/bin/sh", "/usr/bin/lsb_release", "-x"]
+    )));
+    assert!(!probe.matches(&p("/usr/bin/dash", &["/bin/sh", "/tmp/lsb_release", "-a"])));
+    assert!(!probe.matches(&p(
+        "/usr/bin/python3",
+        &["python3", "/usr/bin/lsb_release", "-a"]
+    )));
+    let relative = Infra::parse("lsb_release").unwrap();
+    assert!(!relative.matches(&p("/usr/bin/dash", &["/bin/sh", "/tmp/lsb_release"])));
 }
 
 #[test]
