@@ -69,6 +69,13 @@ fuzz_target!(|data: &[u8]| {
         }
         Request::Whoami => answer(b.attribution().attest(me, None)),
         Request::Attest { pid, start_ticks } => answer(b.attribution().attest(pid, start_ticks)),
+        // Any pid: a live one is answered, the rest refused, never a panic.
+        Request::Process { pid } => match b.attribution().process(pid) {
+            Ok(answer) => Response::Process(Box::new(answer)),
+            Err(e) => Response::Error {
+                message: e.to_string(),
+            },
+        },
         Request::Token(req) => TOKENS.with(|tokens| {
             let mut tokens = tokens.borrow_mut();
             let launch = sensor::attribution::LaunchRequest {
