@@ -602,3 +602,114 @@ fn two_blocked_denials_are_counted_as_two() -> Result<()> {
     eprintln!("screenshot: {}", png.display());
     Ok(())
 }
+
+/// A real run of about 100,000 events (34,000 processes, each a spawn, an
+/// exec and an exit, in one shell loop): its page stays under 5 MB, says
+/// what it left out of the timeline and which command shows it, and
+/// headless Chromium renders it in under 2 s more than it takes for an
+/// empty page (Chromium's own start-up is not the page's).
+#[test]
+fn a_100k_event_run_renders_in_chromium_within_the_limits() -> Result<()> {
+    const PROCESSES: u32 = 34_000;
+    ensure!(
+        std::path::Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: run `cargo xtask setup` (it installs Debian's chromium)"
+    );
+    let dir = TempDir::new("report-big")?;
+    let db = dir.path().join("sensor.db");
+    let db_arg = db.display().to_string();
+    let d = Daemon::start_with(None, &["--db", &db_arg])?;
+    let sensor = sensor_bin()?;
+    let run = format!("report-big-{}", std::process::id());
+    let mut launch = Command::new(&sensor);
+    launch
+        .args([
+            "launch",
+            "--agent",
+            "big-agent",
+            "--run-id",
+            &run,
+            "--socket",
+        ])
+        .arg(d.socket())
+        .args([
+            "--",
+            "/bin/sh",
+            "-c",
+            &format!("i=0; while [ $i -lt {PROCESSES} ]; do /bin/true $i; i=$((i+1)); done"),
+        ]);
+    let began = std::time::Instant::now();
+    let (_, out) = run_with_timeout(&mut launch, Duration::from_secs(600))?;
+    ensure!(out.status.success(), "launch: {}", text(&out.stderr));
+    eprintln!("{PROCESSES} processes ran in {:?}", began.elapsed());
+    d.wait_for(Duration::from_secs(120), |e| {
+        e["kind"] == "run.end" && e["run"]["id"] == run.as_str()
+    })?;
+    let page = dir.path().join("big.html");
+    let want = format!("<span class=\"count\">{}</span> processes", PROCESSES + 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let html = loop {
+        let made = sensor_out(
+            &sensor,
+            &["report", &run, "-o", &page.display().to_string()],
+            &db,
+        );
+        let html = match made {
+            Ok(_) => std::fs::read_to_string(&page)?,
+            Err(e) => e.to_string(),
+        };
+        if html.contains(&want) && html.contains("(exited)") {
+            break html;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the report never counted {} processes: {}",
+            PROCESSES + 1,
+            html.get(..html.len().min(4000)).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let stored = sensor_out(&sensor, &["events", "--run", &run], &db)?;
+    let events = stored.lines().count();
+    ensure!(events >= 100_000, "{events} events stored for the run");
+    ensure!(
+        html.len() < 5_000_000,
+        "the page of {events} events is {} bytes",
+        html.len()
+    );
+    ensure!(
+        html.contains(&format!("sensor events --run {run}")),
+        "the page names the command that shows what it left out"
+    );
+    // Chromium's time for an empty page, then for the big one (best of 2
+    // each: the first start warms the disk cache).
+    let empty = dir.path().join("empty.html");
+    std::fs::write(&empty, "<!doctype html><html><body>x</body></html>")?;
+    let time = |p: &std::path::Path| -> Result<Duration> {
+        let mut best = Duration::MAX;
+        for _ in 0..2 {
+            let t = std::time::Instant::now();
+            let out = render(p, &["--dump-dom".to_owned()])?;
+            ensure!(
+                out.status.success() && text(&out.stdout).contains("</html>"),
+                "chromium: {}",
+                text(&out.stderr)
+            );
+            best = best.min(t.elapsed());
+        }
+        Ok(best)
+    };
+    let base = time(&empty)?;
+    let big = time(&page)?;
+    eprintln!(
+        "{events} events: page {} bytes; chromium {big:?} (empty page {base:?})",
+        html.len()
+    );
+    ensure!(
+        big.saturating_sub(base) < Duration::from_secs(2),
+        "the page of {events} events took {big:?} to render, an empty one {base:?}"
+    );
+    let png = screenshot(&page, "report-big")?;
+    eprintln!("screenshot: {}", png.display());
+    Ok(())
+}
