@@ -20,12 +20,7 @@ use super::{INPUT_MAX, Record};
 /// `/proc/PID/environ` lists it).
 #[must_use]
 pub fn config_dir(env: &[(String, String)]) -> Option<PathBuf> {
-    let get = |k: &str| {
-        env.iter()
-            .find(|(name, v)| name == k && !v.is_empty())
-            .map(|(_, v)| PathBuf::from(v))
-    };
-    get("CLAUDE_CONFIG_DIR").or_else(|| get("HOME").map(|h| h.join(".claude")))
+    super::env_dir(env, "CLAUDE_CONFIG_DIR", ".claude")
 }
 
 /// The project dir of `cwd` under `config`.

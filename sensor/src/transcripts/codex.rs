@@ -39,12 +39,7 @@ const DAY: Duration = Duration::from_secs(86_400);
 /// `env`.
 #[must_use]
 pub fn config_dir(env: &[(String, String)]) -> Option<PathBuf> {
-    let get = |k: &str| {
-        env.iter()
-            .find(|(name, v)| name == k && !v.is_empty())
-            .map(|(_, v)| PathBuf::from(v))
-    };
-    get("CODEX_HOME").or_else(|| get("HOME").map(|h| h.join(".codex")))
+    super::env_dir(env, "CODEX_HOME", ".codex")
 }
 
 /// The dirs of `sessions` (`$CODEX_HOME/sessions`) that may hold the

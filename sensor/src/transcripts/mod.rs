@@ -213,6 +213,18 @@ impl Infra {
     }
 }
 
+/// An agent's config dir from the environment `env` of a run's first
+/// process (as `/proc/PID/environ` lists it): `$VAR`, else
+/// `$HOME/<home_dir>` (an empty value is unset).
+fn env_dir(env: &[(String, String)], var: &str, home_dir: &str) -> Option<PathBuf> {
+    let get = |k: &str| {
+        env.iter()
+            .find(|(name, v)| name == k && !v.is_empty())
+            .map(|(_, v)| PathBuf::from(v))
+    };
+    get(var).or_else(|| get("HOME").map(|h| h.join(home_dir)))
+}
+
 /// The file name of `path`.
 fn file_name(path: &str) -> Option<&str> {
     Path::new(path).file_name().and_then(|n| n.to_str())
