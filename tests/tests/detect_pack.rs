@@ -460,3 +460,112 @@ fn a_file_the_run_writes_then_runs_fires_and_one_written_before_does_not() -> Re
     d.stop()?;
     Ok(())
 }
+
+/// The pack's process, listener and denial rules, each through a real run
+/// under the audit policy `a`, its benign twin launched first: once the
+/// bad run's detection is out, the twin's would be too, and there is none.
+#[test]
+fn the_pack_rules_fire_on_real_runs_and_their_benign_twins_do_not() -> Result<()> {
+    const EXEC_FROM_TMP: &str = "4c8b2d6e-7f1a-4b3c-9d5e-6a2f8c1b7d04";
+    const CURL_PIPE_SHELL: &str = "9a1e3c7b-5d2f-4e8a-b6c4-2e7f1d3a8c03";
+    const CREDENTIAL_TOOLING: &str = "0d6f6a55-2c7b-4c3e-8b0e-3f5c7d1a9b02";
+    const STARTS_LISTENER: &str = "5d9c2a7e-1b4f-4e6a-8c3d-7a1e9b5f2c07";
+    const POLICY_DENIED: &str = "3a6e8c1d-9b2f-4d7a-b5e3-8f2c6a1d9e09";
+    const MANY_DENIALS: &str = "9d3f1a6c-4b8e-4c2a-a7d9-5e1b3f8c2a12";
+    let d = daemon(&[])?;
+    let tmp_exe = format!("/tmp/snsr-pack-{}", sensor_tests::marker());
+    let denied = |n: usize| vec!["/usr/bin/basename x >/dev/null"; n].join("; ") + "; true";
+    // (rule, name, the run that fires it, its benign twin)
+    let cases: Vec<(&str, &str, String, String)> = vec![
+        (
+            EXEC_FROM_TMP,
+            "exec-from-tmp",
+            format!("/usr/bin/cp /usr/bin/true {tmp_exe} && {tmp_exe}; /usr/bin/rm -f {tmp_exe}"),
+            "/usr/bin/true".to_owned(),
+        ),
+        (
+            CURL_PIPE_SHELL,
+            "curl-pipe-shell",
+            "/usr/bin/curl -s --max-time 2 http://127.0.0.1:9/install.sh | sh; true".to_owned(),
+            "/usr/bin/curl -s --max-time 2 -o /dev/null http://127.0.0.1:9/install.sh; true"
+                .to_owned(),
+        ),
+        (
+            CREDENTIAL_TOOLING,
+            "credential-tooling",
+            "/usr/bin/ssh-keygen -l -f /dev/null >/dev/null 2>&1; true".to_owned(),
+            "/usr/bin/true".to_owned(),
+        ),
+        (
+            STARTS_LISTENER,
+            "listener",
+            format!(
+                "{HELPER} listen-accept 127.0.0.1:0 >/dev/null & /usr/bin/sleep 1; kill $!; true"
+            ),
+            format!("{HELPER} connect tcp 127.0.0.1:9; true"),
+        ),
+        (
+            POLICY_DENIED,
+            "policy-denied",
+            denied(1),
+            "/usr/bin/true".to_owned(),
+        ),
+        // More than 10 denials in a minute; three do not.
+        (MANY_DENIALS, "many-denials", denied(12), denied(3)),
+    ];
+    for (rule, name, bad, benign) in &cases {
+        let twin = launch(&d, &format!("{name}-benign"), Some("a"), benign)?;
+        let run = launch(&d, name, Some("a"), bad)?;
+        let hits = fired(&d, &run, rule)?;
+        ensure!(
+            hits.len() == 1,
+            "{name}: {} detections of {rule}: {hits:?}",
+            hits.len()
+        );
+        let twin_hits = detections_of(&d, &twin, rule)?;
+        ensure!(
+            twin_hits.is_empty(),
+            "{name}: the benign twin fired: {twin_hits:?}"
+        );
+    }
+    d.check_alive()?;
+    Ok(())
+}
+
+/// A sub-agent four launches deep fires the deep sub-agent rule (depth
+/// over 3) once, on the depth-4 run; the runs at depths 0 to 3 do not.
+#[test]
+fn a_sub_agent_deeper_than_three_fires_and_its_parents_do_not() -> Result<()> {
+    const DEEP_SUBAGENT: &str = "7e3a1b9d-2c5f-4a8e-9b6d-1f4c8a2e7b06";
+    let d = daemon(&[])?;
+    let sensor = sensor_tests::sensor_bin()?;
+    let s = sensor.display();
+    let top = launch(
+        &d,
+        "deep-0",
+        Some("a"),
+        &format!(
+            "{s} launch --agent deep-1 -- {s} launch --agent deep-2 -- {s} launch --agent deep-3 \
+             -- {s} launch --agent deep-4 -- /usr/bin/true"
+        ),
+    )?;
+    let hit = d
+        .wait_for(EVENT_TIMEOUT, |e| {
+            e["kind"] == "detection"
+                && e["detection"]["rule_id"] == DEEP_SUBAGENT
+                && e["run"]["root_id"] == top.as_str()
+        })
+        .context("no deep sub-agent detection")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let all = d.matching(|e| {
+        e["kind"] == "detection"
+            && e["detection"]["rule_id"] == DEEP_SUBAGENT
+            && e["run"]["root_id"] == top.as_str()
+    })?;
+    ensure!(
+        all.len() == 1 && hit["run"]["depth"] == 4 && hit["run"]["agent"] == "deep-4",
+        "{all:?}"
+    );
+    d.check_alive()?;
+    Ok(())
+}

@@ -81,24 +81,26 @@ fn the_report_renders_in_chromium_with_the_run_tree() -> Result<()> {
     let page = dir.path().join("report.html");
     let deadline = std::time::Instant::now() + EVENT_TIMEOUT;
     loop {
-        let mut report = Command::new(&sensor);
-        report
-            .args(["report", &outer, "-o"])
-            .arg(&page)
-            .arg("--db")
-            .arg(&db);
-        let (_, out) = run_with_timeout(&mut report, Duration::from_secs(30))?;
-        ensure!(out.status.success(), "report: {}", text(&out.stderr));
-        let html = std::fs::read_to_string(&page)?;
-        // The store writer is asynchronous: wait until it has the denial and
-        // both runs' ends.
+        // The store commits on its own thread, every 100 ms: until its
+        // first commit the run is unknown to `report`. Then wait until it
+        // has the denial and both runs' ends.
+        let made = sensor_out(
+            &sensor,
+            &["report", &outer, "-o", &page.display().to_string()],
+            &db,
+        );
+        let html = match made {
+            Ok(_) => std::fs::read_to_string(&page)?,
+            Err(e) => e.to_string(),
+        };
         if html.contains("would have been blocked (audit)") && html.matches("(exited)").count() >= 2
         {
             break;
         }
         ensure!(
             std::time::Instant::now() < deadline,
-            "the report never showed the denial and the finished runs"
+            "the report never showed the denial and the finished runs: {}",
+            html.get(..html.len().min(2000)).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(300));
     }

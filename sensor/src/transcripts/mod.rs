@@ -987,6 +987,20 @@ fn emit_ready(
                 f.explained.insert(seq);
             }
         }
+        // The call's processes carry its label from now on, also those that
+        // went out before its line was read: a job one of them leaves
+        // behind names the call it outlived (`after_call`).
+        for l in &processes {
+            if f.labels.len() < PROCS_MAX && !f.labels.contains_key(&l.key) {
+                f.labels.insert(
+                    l.key.clone(),
+                    CallRef {
+                        id: id.clone(),
+                        name: p.name.clone(),
+                    },
+                );
+            }
+        }
         let call = ToolCall {
             id,
             name: p.name,

@@ -797,6 +797,69 @@ fn infrastructure_entries_match_exe_and_first_arguments() {
     assert!(!relative.matches(&p("/usr/bin/dash", &["/bin/sh", "/tmp/lsb_release"])));
 }
 
+/// As above, but nothing of the call was labelled as it went out (the
+/// agent's transcript write came after all of it): the `tool.call` link
+/// labels the call's processes, and the job still names the call.
+#[test]
+fn a_background_job_of_an_unlabelled_call_names_the_call_it_outlived() {
+    let mut fx = Fixture::new();
+    let script = "eval '(sleep 2; cat /etc/hostname) &' < /dev/null";
+    fx.t.on_event(&act(
+        11,
+        Kind::ProcessExec,
+        1_100,
+        "k-sh",
+        "k-claude",
+        Some(&["bash", "-c", script]),
+    ));
+    fx.t.on_event(&act(12, Kind::ProcessSpawn, 1_110, "k-sub", "k-sh", None));
+    let sleep = act(
+        13,
+        Kind::ProcessExec,
+        1_120,
+        "k-sleep",
+        "k-sub",
+        Some(&["sleep", "2"]),
+    );
+    assert_eq!(fx.t.on_event(&sleep), None, "no call known yet");
+    fx.append(
+        "s.jsonl",
+        &format!(
+            "{}\n{}\n",
+            call_line(1_000, "toolu_1", "(sleep 2; cat /etc/hostname) &"),
+            result_line(1_300, "toolu_1")
+        ),
+    );
+    let found = fx.t.tick(at(1_600));
+    assert!(
+        found
+            .iter()
+            .any(|f| matches!(f, Found::Call(_, c) if c.id == "toolu_1")),
+        "{found:?}"
+    );
+    let cat = act(
+        14,
+        Kind::ProcessExec,
+        3_200,
+        "k-sub",
+        "k-init",
+        Some(&["cat", "/etc/hostname"]),
+    );
+    assert_eq!(fx.t.on_event(&cat), None);
+    let found = fx.t.tick(at(6_000));
+    let got: Vec<(u64, &str, Option<&str>)> = unexplained(&found)
+        .iter()
+        .map(|(_, x)| {
+            (
+                x.exec_seq,
+                x.reason,
+                x.after_call.as_ref().map(|c| c.id.as_str()),
+            )
+        })
+        .collect();
+    assert_eq!(got, [(14, "after_call", Some("toolu_1"))], "{found:?}");
+}
+
 #[test]
 fn a_reparented_background_job_names_the_call_it_outlived() {
     let mut fx = Fixture::new();
