@@ -231,16 +231,24 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<ExitCode> {
     std::fs::write(&args.output, text)
         .with_context(|| format!("writing {}", args.output.display()))?;
     println!(
-        "{}: {}, {} events, {} checkpoints, signed by key {}",
+        "{}: {}, {}, {}, signed by key {}",
         escape_terminal(&args.output.to_string_lossy()),
         super::display::count(statement.predicate.runs.len(), "run", "runs"),
-        statement
-            .predicate
-            .events
-            .values()
-            .map(Vec::len)
-            .sum::<usize>(),
-        statement.predicate.checkpoints.len(),
+        super::display::count(
+            statement
+                .predicate
+                .events
+                .values()
+                .map(Vec::len)
+                .sum::<usize>(),
+            "event",
+            "events"
+        ),
+        super::display::count(
+            statement.predicate.checkpoints.len(),
+            "checkpoint",
+            "checkpoints"
+        ),
         kid
     );
     Ok(ExitCode::SUCCESS)

@@ -234,16 +234,21 @@ fn checkpoint_of(canonical: &[u8]) -> Option<Result<CheckpointFields, String>> {
     )
 }
 
+/// `n` and the noun, singular for one.
+fn count(n: u64, one: &str, many: &str) -> String {
+    crate::cli::display::count(usize::try_from(n).unwrap_or(usize::MAX), one, many)
+}
+
 impl RunVerdict {
     /// One line for people.
     #[must_use]
     pub fn describe(&self) -> String {
         match &self.problem {
             None => format!(
-                "{}: intact: {} events, {} checkpoints{}",
+                "{}: intact: {}, {}{}",
                 self.run,
-                self.events,
-                self.checkpoints,
+                count(self.events, "event", "events"),
+                count(self.checkpoints, "checkpoint", "checkpoints"),
                 if self.unsigned_tail > 0 {
                     format!(" ({} after the last checkpoint)", self.unsigned_tail)
                 } else {
@@ -312,6 +317,7 @@ mod tests {
         let v = verify_run("r", &lines, &keys, true);
         assert!(v.intact, "{v:?}");
         assert_eq!((v.events, v.checkpoints, v.unsigned_tail), (6, 1, 0));
+        assert_eq!(v.describe(), "r: intact: 6 events, 1 checkpoint");
         // Edited.
         let mut edited = lines.clone();
         edited[2].body = edited[2].body.replace("\"seq\":3", "\"seq\":33");
