@@ -35,6 +35,10 @@ pub(super) enum Variant {
     /// What `sensor daemon` does with no option but a JSON file output
     /// (issue 23): the store on with its default `keep = "runs"`.
     SensorDefault,
+    /// The default config with the shipped Sigma pack (`[detect] rules =
+    /// ["rules/agent"]`, issue 20) and the storm inside an agent run, so
+    /// every storm event reaches the rules with its run.
+    SensorDetect,
     /// The same daemon with [`LIVE_RUNS`] agent runs live, and the storm
     /// itself inside a run: every storm process is entered in the run by the
     /// kernel at fork and attributed in user space.
@@ -58,6 +62,7 @@ pub(super) const VARIANTS: &[Variant] = &[
     Variant::Sensor,
     Variant::SensorStore,
     Variant::SensorDefault,
+    Variant::SensorDetect,
     Variant::SensorRuns,
     Variant::SensorEnforce,
     Variant::SensorOutputs,
@@ -130,6 +135,7 @@ impl Variant {
             Self::Sensor => "sensor",
             Self::SensorStore => "sensor+store",
             Self::SensorDefault => "sensor (default config)",
+            Self::SensorDetect => "sensor (default) +detect",
             Self::SensorRuns => "sensor+runs",
             Self::SensorEnforce => "sensor+enforce",
             Self::SensorOutputs => "sensor+outputs",
@@ -145,6 +151,7 @@ impl Variant {
             Self::Sensor
                 | Self::SensorStore
                 | Self::SensorDefault
+                | Self::SensorDetect
                 | Self::SensorRuns
                 | Self::SensorEnforce
                 | Self::SensorOutputs
@@ -177,6 +184,23 @@ impl Variant {
                 } else {
                     Daemon::start(env, round, &["--output", &output])?
                 };
+                Ok(Tool::Sensor(daemon))
+            }
+            Self::SensorDetect => {
+                let events = env.socket_dir.join("events.jsonl");
+                let _ = fs::remove_file(&events);
+                let output = format!("file:{}", events.display());
+                let config = env.socket_dir.join("detect.toml");
+                let rules = crate::util::workspace_root().join("rules").join("agent");
+                fs::write(
+                    &config,
+                    format!("[detect]\nrules = [{:?}]\n", rules.display().to_string()),
+                )
+                .with_context(|| format!("cannot write {}", config.display()))?;
+                let config = config.display().to_string();
+                let mut daemon =
+                    Daemon::start(env, round, &["--output", &output, "--config", &config])?;
+                daemon.launch_self("bench-storm", None)?;
                 Ok(Tool::Sensor(daemon))
             }
             Self::SensorRuns => {
