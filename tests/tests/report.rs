@@ -79,31 +79,19 @@ fn the_report_renders_in_chromium_with_the_run_tree() -> Result<()> {
     })?;
 
     let page = dir.path().join("report.html");
-    let deadline = std::time::Instant::now() + EVENT_TIMEOUT;
-    loop {
-        // The store commits on its own thread, every 100 ms: until its
-        // first commit the run is unknown to `report`. Then wait until it
-        // has the denial and both runs' ends.
-        let made = sensor_out(
-            &sensor,
-            &["report", &outer, "-o", &page.display().to_string()],
-            &db,
-        );
-        let html = match made {
-            Ok(_) => std::fs::read_to_string(&page)?,
-            Err(e) => e.to_string(),
-        };
-        if html.contains("would have been blocked (audit)") && html.matches("(exited)").count() >= 2
-        {
-            break;
-        }
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "the report never showed the denial and the finished runs: {}",
-            html.get(..html.len().min(2000)).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    // Until the store has the denial and both runs' ends.
+    report_when(
+        &sensor,
+        &outer,
+        &page,
+        &db,
+        EVENT_TIMEOUT,
+        "the denial and the finished runs",
+        |html| {
+            html.contains("would have been blocked (audit)")
+                && html.matches("(exited)").count() >= 2
+        },
+    )?;
     let html = std::fs::read_to_string(&page)?;
     ensure!(
         !html.contains("http://") && !html.contains("https://"),
@@ -218,6 +206,41 @@ fn the_report_renders_in_chromium_with_the_run_tree() -> Result<()> {
 }
 
 /// `sensor` with `args`, its stdout (exit 0 required).
+/// `sensor report RUN -o PAGE` again and again until the page is `ready`
+/// (the store commits on its own thread, every 100 ms: until its first
+/// commit the run is unknown to `report`, and then it fills in); the page.
+fn report_when(
+    sensor: &std::path::Path,
+    run: &str,
+    page: &std::path::Path,
+    db: &std::path::Path,
+    within: Duration,
+    what: &str,
+    ready: impl Fn(&str) -> bool,
+) -> Result<String> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let made = sensor_out(
+            sensor,
+            &["report", run, "-o", &page.display().to_string()],
+            db,
+        );
+        let html = match made {
+            Ok(_) => std::fs::read_to_string(page)?,
+            Err(e) => e.to_string(),
+        };
+        if ready(&html) {
+            return Ok(html);
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the report never showed {what}: {}",
+            html.get(..html.len().min(4000)).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 fn sensor_out(sensor: &std::path::Path, args: &[&str], db: &std::path::Path) -> Result<String> {
     let mut cmd = Command::new(sensor);
     // Into a pipe without COLUMNS: whole rows.
@@ -520,28 +543,15 @@ fn two_blocked_denials_are_counted_as_two() -> Result<()> {
         e["kind"] == "run.end" && e["run"]["id"] == run.as_str()
     })?;
     let page = dir.path().join("report.html");
-    let deadline = std::time::Instant::now() + EVENT_TIMEOUT;
-    let html = loop {
-        // The store commits on its own thread, every 100 ms: until then the
-        // run is unknown to `report`.
-        let made = sensor_out(
-            &sensor,
-            &["report", &run, "-o", &page.display().to_string()],
-            &db,
-        );
-        let html = match made {
-            Ok(_) => std::fs::read_to_string(&page)?,
-            Err(e) => e.to_string(),
-        };
-        if html.contains("(exited)") && html.matches("<b>BLOCKED</b>").count() >= 2 {
-            break html;
-        }
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "the report never showed both denials: {html}"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    };
+    let html = report_when(
+        &sensor,
+        &run,
+        &page,
+        &db,
+        EVENT_TIMEOUT,
+        "both denials",
+        |html| html.contains("(exited)") && html.matches("<b>BLOCKED</b>").count() >= 2,
+    )?;
     let out = render(&page, &["--dump-dom".to_owned()])?;
     let dom = text(&out.stdout);
     ensure!(
@@ -649,28 +659,15 @@ fn a_100k_event_run_renders_in_chromium_within_the_limits() -> Result<()> {
     })?;
     let page = dir.path().join("big.html");
     let want = format!("<span class=\"count\">{}</span> processes", PROCESSES + 1);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let html = loop {
-        let made = sensor_out(
-            &sensor,
-            &["report", &run, "-o", &page.display().to_string()],
-            &db,
-        );
-        let html = match made {
-            Ok(_) => std::fs::read_to_string(&page)?,
-            Err(e) => e.to_string(),
-        };
-        if html.contains(&want) && html.contains("(exited)") {
-            break html;
-        }
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "the report never counted {} processes: {}",
-            PROCESSES + 1,
-            html.get(..html.len().min(4000)).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let html = report_when(
+        &sensor,
+        &run,
+        &page,
+        &db,
+        Duration::from_secs(60),
+        &format!("{} processes", PROCESSES + 1),
+        |html| html.contains(&want) && html.contains("(exited)"),
+    )?;
     let stored = sensor_out(&sensor, &["events", "--run", &run], &db)?;
     let events = stored.lines().count();
     ensure!(events >= 100_000, "{events} events stored for the run");
