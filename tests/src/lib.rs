@@ -29,6 +29,7 @@
 pub mod bpf;
 pub mod daemon;
 pub mod enforce;
+pub mod fake_model;
 pub mod harness;
 pub mod jwt;
 pub mod ocsf;

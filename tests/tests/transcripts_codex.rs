@@ -16,18 +16,15 @@
 //! Run as root: `SENSOR_BIN=... cargo test -p sensor-tests --test transcripts_codex -- --test-threads=1 --nocapture`.
 
 use std::fs;
-use std::io::{Read as _, Write as _};
-use std::net::TcpListener;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Context, Result, bail, ensure};
-use sensor_tests::{
-    Daemon, TempDir, argv_of, compact, die_with_parent, kind, run_with_timeout, str_at, text,
-    workspace_root,
-};
+use anyhow::{Context, Result, ensure};
+use sensor_tests::fake_model::{FakeModel, linked_seqs, listener, tool_calls};
+use sensor_tests::{Daemon, TempDir, argv_of, compact, kind, run_with_timeout, str_at, text};
 use serde_json::Value;
 
 const CODEX: &str = "npm/node_modules/.bin/codex";
@@ -53,97 +50,6 @@ fn agent_tables() -> Result<String> {
         "the example config's codex agent reads no rollouts or lists no infrastructure"
     );
     Ok(out)
-}
-
-/// The fake Responses API server (Python), killed when dropped.
-struct FakeModel {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl FakeModel {
-    fn start(dir: &Path, script: &[String]) -> Result<Self> {
-        let port_file = dir.join("model.port");
-        let log = dir.join("model.log");
-        let server = workspace_root().join("tests/fake_model/openai.py");
-        let mut cmd = Command::new("python3");
-        cmd.arg(&server)
-            .arg(&port_file)
-            .arg(serde_json::to_string(script)?)
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(fs::File::create(dir.join("model.stderr"))?));
-        die_with_parent(&mut cmd);
-        let child = cmd.spawn().context("start the fake model server")?;
-        let mut model = Self {
-            child,
-            port: 0,
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(p) = fs::read_to_string(&port_file)
-                && let Ok(port) = p.trim().parse()
-            {
-                model.port = port;
-                return Ok(model);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the fake model server did not start: {}",
-                    fs::read_to_string(dir.join("model.stderr")).unwrap_or_default()
-                );
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for FakeModel {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A loopback HTTP listener answering `200 ok` to every request (bounded:
-/// at most 16, its thread ends with the test process).
-fn listener() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0")?;
-    let port = l.local_addr()?.port();
-    thread::spawn(move || {
-        for conn in l.incoming().take(16) {
-            let Ok(mut c) = conn else { continue };
-            let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
-            let mut buf = [0u8; 4096];
-            let _ = c.read(&mut buf);
-            let _ = c.write_all(
-                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n",
-            );
-        }
-    });
-    Ok(port)
-}
-
-fn tool_calls(events: &[Value], run: &str) -> Vec<Value> {
-    events
-        .iter()
-        .filter(|e| kind(e) == "tool.call" && str_at(e, "/run/id") == Some(run))
-        .cloned()
-        .collect()
-}
-
-fn linked_seqs(call: &Value) -> Vec<u64> {
-    call.pointer("/tool_call/processes")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|l| l.get("seq").and_then(Value::as_u64))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn time_at(e: &Value, ptr: &str) -> Result<SystemTime> {
@@ -199,7 +105,7 @@ fn run_codex(plant: impl FnOnce(&Path) -> Result<()>, forge: bool) -> Result<Ran
         format!("curl -s http://127.0.0.1:{http}/tool-call-two"),
         "echo step-three".to_owned(),
     ];
-    let model = FakeModel::start(tmp.path(), &script)?;
+    let model = FakeModel::start(tmp.path(), "openai.py", &script)?;
     fs::write(
         codex_home.join("config.toml"),
         format!(
