@@ -321,7 +321,9 @@ fn ptrace_of_a_process_outside_the_run_fires_and_of_its_own_child_does_not() -> 
 
 /// A tmux server outside the run: the run's tmux client asks it for a
 /// window, which fires the spawner rule; a connect to a plain Unix socket
-/// the policy allows does not.
+/// the policy allows does not, nor one to a denied path where no socket
+/// is (what glibc's nscd lookup does on every host without nscd: the CI
+/// machine's tmux did it, and the rule fired on it).
 #[test]
 fn a_run_asking_a_tmux_server_outside_it_fires_and_a_plain_allowed_socket_does_not() -> Result<()> {
     let tmp = TempDir::new("detect-spawn")?;
@@ -362,12 +364,13 @@ fn a_run_asking_a_tmux_server_outside_it_fires_and_a_plain_allowed_socket_does_n
             drop(s);
         }
     });
+    let missing_s = tmp.path().join("nobody-listens.sock").display().to_string();
     let mut d = daemon(&[&plain_s])?;
     let benign = launch(
         &d,
         "spawn-benign",
         Some("a"),
-        &format!("{HELPER} connect unix {plain_s}; true"),
+        &format!("{HELPER} connect unix {plain_s} unix {missing_s}; true"),
     )?;
     let bad = launch(
         &d,
@@ -376,13 +379,33 @@ fn a_run_asking_a_tmux_server_outside_it_fires_and_a_plain_allowed_socket_does_n
         &format!("tmux -S {tsock_s} new-window -d true; true"),
     )?;
     let hits = fired(&d, &bad, SPAWNER)?;
-    let e = matched(&d, &hits[0])?;
+    let mut paths = Vec::new();
+    for hit in &hits {
+        let e = matched(&d, hit)?;
+        ensure!(
+            e["kind"] == "network.connect" && e["network"]["family"] == "unix",
+            "{e} {hit}"
+        );
+        paths.push(
+            e["network"]["path"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
     ensure!(
-        e["kind"] == "network.connect"
-            && e["network"]["family"] == "unix"
-            && e["network"]["path"] == tsock_s.as_str(),
-        "{e} {}",
-        hits[0]
+        paths.iter().all(|p| p == &tsock_s),
+        "only the tmux socket fires: {paths:?}"
+    );
+    ensure!(
+        d.matching(|e| e["kind"] == "network.connect"
+            && e["run"]["id"] == benign.as_str()
+            && e["network"]["path"] == missing_s.as_str()
+            && e["policy"]["verdict"] == "deny"
+            && e["network"]["error"] == "ENOENT")?
+            .len()
+            == 1,
+        "the benign run's connect to a missing socket is there, denied in audit, ENOENT"
     );
     ensure!(
         d.matching(|e| e["kind"] == "network.connect"
