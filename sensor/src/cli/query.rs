@@ -1423,6 +1423,91 @@ fn rule_paths(
     Ok(settings.config.detect.rules)
 }
 
+/// One match `sensor rules test` reports.
+struct RuleMatch<'s> {
+    rule: &'s crate::detect::RuleInfo,
+    kind: crate::event::Kind,
+    event: Value,
+}
+
+/// What `set` fires on the stored events of the runs `tested`, in order,
+/// and how many events they have.
+///
+/// The first-seen rules start from the state the daemon had: the stored
+/// events before and between the runs' own (of the kinds those rules apply
+/// to; only of the runs of the same agents on the same host when every such
+/// rule keys on `run.agent`, as the shipped one does) are replayed first, in
+/// the daemon's order, so that a host an earlier run of the agent reached is
+/// not listed as never seen. Correlations count the tested runs' events
+/// only. What the store no longer holds (retention) or never held (`[store]
+/// keep = "runs"` sums up events outside runs) is not replayed.
+fn replay_rules<'s>(
+    conn: &rusqlite::Connection,
+    set: &'s crate::detect::RuleSet,
+    tested: &[RunRow],
+) -> anyhow::Result<(Vec<RuleMatch<'s>>, usize)> {
+    let runs: Vec<String> = tested.iter().map(|r| r.id.clone()).collect();
+    let mut agents: Vec<String> = tested.iter().map(|r| r.agent.clone()).collect();
+    agents.sort();
+    agents.dedup();
+    let host = tested.first().map(|r| r.host.clone()).unwrap_or_default();
+    let events = query::events(
+        conn,
+        &EventFilter {
+            runs: Some(runs.clone()),
+            ..EventFilter::default()
+        },
+    )?;
+    let kind_of = |e: &Value| {
+        e["kind"]
+            .as_str()
+            .and_then(crate::event::Kind::parse)
+            .filter(|k| *k != crate::event::Kind::Detection)
+    };
+    let mut state = crate::detect::Correlator::default();
+    let mut matches = Vec::new();
+    let mut test = |state: &mut crate::detect::Correlator, se: &StoredEvent| {
+        let Some(kind) = kind_of(&se.event) else {
+            return;
+        };
+        for rule in set.evaluate(state, kind, &se.event) {
+            matches.push(RuleMatch {
+                rule,
+                kind,
+                event: se.event.clone(),
+            });
+        }
+    };
+    let first_seen_kinds: Vec<&str> = set
+        .first_seen_kinds()
+        .into_iter()
+        .map(crate::event::Kind::as_str)
+        .collect();
+    let mut pending = events.iter().peekable();
+    if let Some(last) = events.last() {
+        let earlier = query::Earlier {
+            before_id: last.id,
+            kinds: &first_seen_kinds,
+            exclude_runs: &runs,
+            agents: set
+                .first_seen_keys_on("run.agent")
+                .then_some((agents.as_slice(), host.as_str())),
+        };
+        query::earlier_events(conn, &earlier, |se| {
+            while let Some(next) = pending.next_if(|e| e.id < se.id) {
+                test(&mut state, next);
+            }
+            if let Some(kind) = kind_of(&se.event) {
+                set.remember(&mut state, kind, &se.event);
+            }
+        })?;
+    }
+    for se in pending {
+        test(&mut state, se);
+    }
+    Ok((matches, events.len()))
+}
+
 /// `sensor rules check` and `sensor rules test`.
 pub fn rules(cmd: &super::args::RulesCommand) -> anyhow::Result<ExitCode> {
     use super::args::RulesCommand;
@@ -1457,70 +1542,50 @@ pub fn rules(cmd: &super::args::RulesCommand) -> anyhow::Result<ExitCode> {
             let set = crate::detect::RuleSet::load(&paths)?;
             let conn = open_for_reading(&db.db)?;
             let run = query::find_run(&conn, run)?;
-            let runs = if *subtree {
+            let tested = if *subtree {
                 query::subtree(&conn, &run.id)?
-                    .into_iter()
-                    .map(|r| r.id)
-                    .collect()
             } else {
-                vec![run.id]
+                vec![run]
             };
-            let filter = EventFilter {
-                runs: Some(runs),
-                ..EventFilter::default()
-            };
-            let events = query::events(&conn, &filter)?;
-            let mut fired = 0usize;
+            let (matches, events) = replay_rules(&conn, &set, &tested)?;
             let mut rules_fired = std::collections::BTreeSet::new();
-            let mut state = crate::detect::Correlator::default();
-            for se in &events {
-                let Some(kind) = se.event["kind"]
-                    .as_str()
-                    .and_then(crate::event::Kind::parse)
-                else {
-                    continue;
-                };
-                if kind == crate::event::Kind::Detection {
-                    continue;
-                }
-                for rule in set.evaluate(&mut state, kind, &se.event) {
-                    fired += 1;
-                    rules_fired.insert(rule.id.clone());
-                    let seq = se.event["seq"].as_u64().unwrap_or_default();
-                    if db.json {
-                        println!(
-                            "{}",
-                            serde_json::json!({
-                                "rule_id": rule.id,
-                                "title": rule.title,
-                                "level": rule.level,
-                                "event_seq": seq,
-                                "event_kind": kind.as_str(),
-                                "run_id": se.event["run"]["id"],
-                            })
-                        );
-                    } else {
-                        println!(
-                            "{}",
-                            fit(
-                                &format!(
-                                    "{seq:>8}  [{}] {}  {}",
-                                    rule.level,
-                                    escape_terminal(&rule.id),
-                                    describe(&se.event)
-                                ),
-                                width()
-                            )
-                        );
-                    }
+            for m in &matches {
+                rules_fired.insert(m.rule.id.as_str());
+                let seq = m.event["seq"].as_u64().unwrap_or_default();
+                if db.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "rule_id": m.rule.id,
+                            "title": m.rule.title,
+                            "level": m.rule.level,
+                            "event_seq": seq,
+                            "event_kind": m.kind.as_str(),
+                            "run_id": m.event["run"]["id"],
+                        })
+                    );
+                } else {
+                    println!(
+                        "{}",
+                        fit(
+                            &format!(
+                                "{seq:>8}  [{}] {}  {}",
+                                m.rule.level,
+                                escape_terminal(&m.rule.id),
+                                describe(&m.event)
+                            ),
+                            width()
+                        )
+                    );
                 }
             }
+            let fired = matches.len();
             if !db.json {
                 println!(
                     "{fired} matches of {} rules (of {}) on {} events",
                     rules_fired.len(),
                     set.len() + set.correlations().len(),
-                    events.len()
+                    events
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -1635,5 +1700,118 @@ mod tests {
             lines[0].0
         );
         assert_eq!(Paint { on: false }.verdicts(&blocked), blocked);
+    }
+
+    /// `rules test`'s first-seen rules start from what the store holds
+    /// before the run and between its events (same agent, same host), as
+    /// the daemon's state did; not from what came after, from another agent
+    /// or another host. A correlation counts the tested run only.
+    #[test]
+    fn rules_test_seeds_first_seen_from_the_agents_earlier_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.db");
+        let conn = crate::store::open_for_writing(&db).unwrap();
+        for (id, agent, host) in [
+            ("r1", "a", "h"),
+            ("r2", "b", "h"),
+            ("r3", "a", "other"),
+            ("t", "a", "h"),
+            ("r4", "a", "h"),
+            ("r5", "a", "h"),
+        ] {
+            conn.execute(
+                "INSERT INTO runs (id, agent, principal, root_id, depth, host, start_ns)
+                 VALUES (?1, ?2, 'p', ?1, 0, ?3, 0)",
+                rusqlite::params![id, agent, host],
+            )
+            .unwrap();
+        }
+        let connects = [
+            ("r1", "a", "10.0.0.1"),
+            ("r1", "a", "10.0.0.9"),
+            ("r2", "b", "10.0.0.2"),
+            ("r3", "a", "10.0.0.3"),
+            ("t", "a", "10.0.0.1"),
+            ("t", "a", "10.0.0.2"),
+            ("t", "a", "10.0.0.3"),
+            ("t", "a", "10.0.0.4"),
+            ("t", "a", "10.0.0.4"),
+            // Another run of the agent, while t runs: before t's own.
+            ("r4", "a", "10.0.0.5"),
+            ("t", "a", "10.0.0.5"),
+            ("t", "a", "10.0.0.7"),
+            // After t's last event: no effect on t.
+            ("r5", "a", "10.0.0.7"),
+        ];
+        for (i, (run, agent, ip)) in connects.iter().enumerate() {
+            let body = json!({"kind": "network.connect", "seq": i + 1,
+                              "time": format!("2026-12-05T00:00:{i:02}Z"),
+                              "run": {"id": run, "agent": agent},
+                              "network": {"dst_ip": ip, "dst_port": 443}});
+            conn.execute(
+                "INSERT INTO events (seq, time_ns, kind, run_id, dst_ip, body)
+                 VALUES (?1, 0, 'network.connect', ?2, ?3, ?4)",
+                rusqlite::params![i + 1, run, ip, body.to_string()],
+            )
+            .unwrap();
+        }
+        let rules = dir.path().join("rules");
+        std::fs::create_dir(&rules).unwrap();
+        let pack = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules/agent");
+        for f in [
+            "agent_never_seen_host.yml",
+            "agent_net_connect.yml",
+            "agent_many_hosts.yml",
+        ] {
+            std::fs::copy(pack.join(f), rules.join(f)).unwrap();
+        }
+        // A correlation over any run's connects: counts t's only.
+        std::fs::write(
+            rules.join("three.yml"),
+            "title: seven hosts\nid: three\ncorrelation:\n  type: value_count\n  \
+             rules: [agent_ip_connect]\n  group-by: [run.agent]\n  timespan: 1h\n  \
+             condition:\n    gte: 7\n    field: network.dst_ip\n",
+        )
+        .unwrap();
+        let set = crate::detect::RuleSet::load(&[rules]).unwrap();
+        let tested = vec![query::find_run(&conn, "t").unwrap()];
+        let (matches, events) = replay_rules(&conn, &set, &tested).unwrap();
+        assert_eq!(events, 7);
+        let never_seen: Vec<&str> = matches
+            .iter()
+            .filter(|m| m.rule.id == "4c8e2a6f-9b1d-4f3e-a7c5-1d6b8e3f2a14")
+            .map(|m| m.event["network"]["dst_ip"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            never_seen,
+            ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.7"],
+            "10.0.0.1 (an earlier run) and 10.0.0.5 (a run in between) were seen"
+        );
+        assert!(
+            matches.iter().all(|m| m.rule.id != "three"),
+            "t reached 6 addresses, 7 with the other runs' (not counted)"
+        );
+        // Of another agent: all its firsts.
+        let other = vec![query::find_run(&conn, "r2").unwrap()];
+        let (matches, _) = replay_rules(&conn, &set, &other).unwrap();
+        assert_eq!(matches.len(), 1);
+        assert_eq!(matches[0].event["network"]["dst_ip"], "10.0.0.2");
+        // A first-seen rule that does not key on the agent: every earlier
+        // event counts, whoever made it.
+        std::fs::write(
+            dir.path().join("rules/any.yml"),
+            "title: any agent\nid: any\nlevel: low\nlogsource: {product: agent-sensor, \
+             category: network_connection}\ndetection: {selection: {network.dst_ip|exists: true}, \
+             condition: selection}\nfirst_seen: {fields: [network.dst_ip]}\n",
+        )
+        .unwrap();
+        let set = crate::detect::RuleSet::load(&[dir.path().join("rules")]).unwrap();
+        let (matches, _) = replay_rules(&conn, &set, &tested).unwrap();
+        let any: Vec<&str> = matches
+            .iter()
+            .filter(|m| m.rule.id == "any")
+            .map(|m| m.event["network"]["dst_ip"].as_str().unwrap())
+            .collect();
+        assert_eq!(any, ["10.0.0.4", "10.0.0.7"]);
     }
 }

@@ -382,6 +382,55 @@ impl RuleSet {
         out
     }
 
+    /// The kinds some `first_seen` rule applies to (none: the set keeps
+    /// no first-seen state).
+    #[must_use]
+    pub fn first_seen_kinds(&self) -> Vec<Kind> {
+        Kind::all()
+            .filter(|k| {
+                self.by_kind.get(k.index()).is_some_and(|c| {
+                    c.iter()
+                        .any(|&i| self.rules.get(i).is_some_and(|r| r.first_seen.is_some()))
+                })
+            })
+            .collect()
+    }
+
+    /// Whether every `first_seen` rule keys on `field` (so that events
+    /// without it, or with another value, cannot change what they decide
+    /// for a value).
+    #[must_use]
+    pub fn first_seen_keys_on(&self, field: &str) -> bool {
+        self.rules
+            .iter()
+            .filter_map(|r| r.first_seen.as_ref())
+            .all(|spec| spec.fields.iter().any(|f| f == field))
+    }
+
+    /// What `event` (of `kind`) makes seen, as the daemon's evaluation of
+    /// it would have: each `first_seen` rule it matches remembers its
+    /// values. Nothing is reported, no correlation is counted (`sensor
+    /// rules test` replays the events before a run with it, so that the
+    /// run's "first" are those the daemon found).
+    pub fn remember(&self, state: &mut Correlator, kind: Kind, event: &Value) {
+        let time = || {
+            event["time"]
+                .as_str()
+                .and_then(|t| humantime::parse_rfc3339(t).ok())
+                .unwrap_or_else(std::time::SystemTime::now)
+        };
+        for i in self.matching_where(kind, event, |r| r.first_seen.is_some()) {
+            if let Some(LoadedRule {
+                first_seen: Some(spec),
+                info,
+                ..
+            }) = self.rules.get(i)
+            {
+                state.seen.first(&info.id, spec, event, time());
+            }
+        }
+    }
+
     #[must_use]
     pub fn len(&self) -> usize {
         self.rules.len()
@@ -418,10 +467,23 @@ impl RuleSet {
     }
 
     fn matching(&self, kind: Kind, event: &Value) -> Vec<usize> {
+        self.matching_where(kind, event, |_| true)
+    }
+
+    /// [`RuleSet::matching`] among the rules `wanted` keeps.
+    fn matching_where(
+        &self,
+        kind: Kind,
+        event: &Value,
+        wanted: impl Fn(&LoadedRule) -> bool,
+    ) -> Vec<usize> {
         let Some(candidates) = self.by_kind.get(kind.index()) else {
             return Vec::new();
         };
-        if candidates.is_empty() {
+        if !candidates
+            .iter()
+            .any(|&i| self.rules.get(i).is_some_and(&wanted))
+        {
             return Vec::new();
         }
         let projected = match self.fields_by_kind.get(kind.index()) {
@@ -438,7 +500,11 @@ impl RuleSet {
         candidates
             .iter()
             .copied()
-            .filter(|&i| self.rules.get(i).is_some_and(|r| r.rule.is_match(&sigma)))
+            .filter(|&i| {
+                self.rules
+                    .get(i)
+                    .is_some_and(|r| wanted(r) && r.rule.is_match(&sigma))
+            })
             .collect()
     }
 }

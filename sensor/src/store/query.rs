@@ -187,6 +187,68 @@ pub fn events(conn: &Connection, filter: &EventFilter) -> Result<Vec<StoredEvent
     collect(rows)
 }
 
+/// What [`earlier_events`] selects: the events a detection state (the
+/// first-seen rules') was built from before and while some runs.
+#[derive(Debug, Clone, Default)]
+pub struct Earlier<'a> {
+    /// Only events stored before this one (by insertion id).
+    pub before_id: i64,
+    /// Only events of these kinds (none: no event).
+    pub kinds: &'a [&'a str],
+    /// Not the events of these runs.
+    pub exclude_runs: &'a [String],
+    /// Only the events of the runs of these agents on this host (`runs.host`;
+    /// "" for a run stored without one); `None`: every event, in a run or not.
+    pub agents: Option<(&'a [String], &'a str)>,
+}
+
+/// The events `filter` selects, in insertion (= sequence) order, handed to
+/// `each` one by one (never all in memory: an agent's history can be long);
+/// returns how many.
+pub fn earlier_events(
+    conn: &Connection,
+    filter: &Earlier<'_>,
+    mut each: impl FnMut(StoredEvent),
+) -> Result<u64, QueryError> {
+    if filter.kinds.is_empty() || filter.agents.is_some_and(|(a, _)| a.is_empty()) {
+        return Ok(0);
+    }
+    let list = |n: usize| vec!["?"; n].join(", ");
+    let mut sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE id < ? AND kind IN ({})",
+        list(filter.kinds.len())
+    );
+    let mut values: Vec<rusqlite::types::Value> = vec![filter.before_id.into()];
+    values.extend(filter.kinds.iter().map(|k| (*k).to_owned().into()));
+    if let Some((agents, host)) = filter.agents {
+        sql.push_str(&format!(
+            " AND run_id IN (SELECT id FROM runs WHERE agent IN ({}) AND IFNULL(host, '') = ?)",
+            list(agents.len())
+        ));
+        values.extend(agents.iter().map(|a| a.clone().into()));
+        values.push((*host).to_owned().into());
+    }
+    if !filter.exclude_runs.is_empty() {
+        sql.push_str(&format!(
+            " AND (run_id IS NULL OR run_id NOT IN ({}))",
+            list(filter.exclude_runs.len())
+        ));
+        values.extend(filter.exclude_runs.iter().map(|r| r.clone().into()));
+    }
+    sql.push_str(" ORDER BY id");
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(values), event_row)?;
+    let mut n = 0;
+    for row in rows {
+        let (id, body, escape) = row?;
+        if let Ok(event) = serde_json::from_str(&body) {
+            n += 1;
+            each(StoredEvent { id, event, escape });
+        }
+    }
+    Ok(n)
+}
+
 /// The first event id whose time is at or after `time_ns` (one past the
 /// last id when none is), found by bisection over the ids: events are
 /// inserted in sequence order, whose times only go back by the few
