@@ -9,7 +9,7 @@
 use std::{
     net::TcpListener,
     os::unix::net::UnixListener,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
 };
@@ -118,6 +118,65 @@ fn connect_script(port: u16, times: usize) -> String {
     format!("{HELPER} connect {pairs}; true")
 }
 
+/// `sensor rules test PACK --run RUN --json` over `db`, once the store has
+/// the run's `connects` IP connects (the store writes a little behind the
+/// outputs): the matches, one JSON object each.
+fn rules_test(db: &Path, run: &str, connects: usize) -> Result<Vec<Value>> {
+    let sensor = sensor_tests::sensor_bin()?;
+    let db_s = db.display().to_string();
+    let deadline = std::time::Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let (_, out) = run_with_timeout(
+            Command::new(&sensor)
+                .args([
+                    "events",
+                    "--kind",
+                    "network.connect",
+                    "--run",
+                    run,
+                    "--json",
+                ])
+                .args(["--db", &db_s])
+                .env_remove("SENSOR_DB"),
+            Duration::from_secs(30),
+        )?;
+        let stored = text(&out.stdout).lines().count();
+        if stored >= connects {
+            ensure!(stored == connects, "{stored} connects stored for {run}");
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "{stored} of {connects} connects of {run} in the store: {}",
+            text(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let pack = pack().display().to_string();
+    let (_, out) = run_with_timeout(
+        Command::new(&sensor)
+            .args([
+                "rules", "test", &pack, "--run", run, "--json", "--db", &db_s,
+            ])
+            .env_remove("SENSOR_DB"),
+        Duration::from_secs(30),
+    )?;
+    ensure!(
+        out.status.success(),
+        "rules test --run {run}: {}",
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).with_context(|| format!("rules test line {l:?}")))
+        .collect()
+}
+
+/// The matches of `rule` in a `rules test` answer.
+fn listed<'a>(matches: &'a [Value], rule: &str) -> Vec<&'a Value> {
+    matches.iter().filter(|m| m["rule_id"] == rule).collect()
+}
+
 /// The first-seen rule: an agent's first connect to a host fires, the
 /// second (same agent, same host, another run) does not, nor after a
 /// restart on the same state dir; another agent's first fires; a
@@ -125,7 +184,9 @@ fn connect_script(port: u16, times: usize) -> String {
 /// fires again).
 #[test]
 fn never_seen_host_fires_once_per_agent_and_host_across_a_restart() -> Result<()> {
-    let mut d = daemon(&[])?;
+    let tmp = TempDir::new("detect-seen")?;
+    let db = tmp.path().join("sensor.db");
+    let mut d = daemon_with(&[], &["--db", &db.display().to_string()])?;
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let port = listener.local_addr()?.port();
     // Accept (and drop) whatever comes, so that every connect completes.
@@ -167,6 +228,25 @@ fn never_seen_host_fires_once_per_agent_and_host_across_a_restart() -> Result<()
     ensure!(
         detections_of(&d, &again, NEVER_SEEN)?.is_empty(),
         "a second run of agent a fired"
+    );
+    // `rules test` over the store agrees: the first run's connect is
+    // listed, the second run's is not (the first run reached the host
+    // before), agent b's is.
+    let listed_first = rules_test(&db, &first, 2)?;
+    let listed_first = listed(&listed_first, NEVER_SEEN);
+    ensure!(
+        listed_first.len() == 1
+            && listed_first[0]["event_seq"] == hits[0]["detection"]["event_seq"],
+        "rules test of the first run: {listed_first:?}"
+    );
+    let listed_again = rules_test(&db, &again, 1)?;
+    ensure!(
+        listed(&listed_again, NEVER_SEEN).is_empty(),
+        "rules test lists the host the first run already reached: {listed_again:?}"
+    );
+    ensure!(
+        listed(&rules_test(&db, &other, 1)?, NEVER_SEEN).len() == 1,
+        "rules test of agent b's first"
     );
 
     // A restart on the same state dir remembers.
@@ -588,6 +668,75 @@ fn a_sub_agent_deeper_than_three_fires_and_its_parents_do_not() -> Result<()> {
     ensure!(
         all.len() == 1 && hit["run"]["depth"] == 4 && hit["run"]["agent"] == "deep-4",
         "{all:?}"
+    );
+    d.check_alive()?;
+    Ok(())
+}
+
+/// The "many distinct hosts" correlation (value_count of network.dst_ip
+/// per run.id, more than 20 in 5 minutes): a run that connects to 25
+/// distinct loopback addresses (127.0.0.2 to 127.0.0.26; nothing listens,
+/// each connect is refused, which is still a connect) fires once, on its
+/// 21st distinct address; its benign twin, 20 distinct addresses and the
+/// first of them 10 times more, does not. `rules test` over the store lists
+/// the same.
+#[test]
+fn a_run_reaching_more_than_20_hosts_fires_once_and_20_hosts_do_not() -> Result<()> {
+    const MANY_HOSTS: &str = "6b2d8f4a-1e7c-4a9b-b3d6-2c5e8a1f7d11";
+    let tmp = TempDir::new("detect-hosts")?;
+    let db = tmp.path().join("sensor.db");
+    let d = daemon_with(&[], &["--db", &db.display().to_string()])?;
+    let to = |hosts: &[u8]| {
+        let pairs: Vec<String> = hosts.iter().map(|h| format!("tcp 127.0.0.{h}:9")).collect();
+        format!("{HELPER} connect {}; true", pairs.join(" "))
+    };
+    let mut twenty: Vec<u8> = (2..22).collect();
+    twenty.extend([2; 10]);
+    let many: Vec<u8> = (2..27).collect();
+    let twin = launch(&d, "hosts-benign", None, &to(&twenty))?;
+    let run = launch(&d, "hosts-many", None, &to(&many))?;
+    let hits = fired(&d, &run, MANY_HOSTS)?;
+    ensure!(hits.len() == 1, "{} detections: {hits:?}", hits.len());
+    let e = matched(&d, &hits[0])?;
+    ensure!(
+        e["kind"] == "network.connect"
+            && e["network"]["dst_ip"] == "127.0.0.22"
+            && e["run"]["id"] == run.as_str()
+            && hits[0]["detection"]["level"] == "medium",
+        "the 21st distinct address fires: {e} {}",
+        hits[0]
+    );
+    // Every connect is an event, refused or not: the twin's 30 reached 20
+    // addresses.
+    let twin_connects = d.matching(|e| {
+        e["kind"] == "network.connect"
+            && e["run"]["id"] == twin.as_str()
+            && e["network"]["dst_port"] == 9
+    })?;
+    let distinct: std::collections::BTreeSet<&str> = twin_connects
+        .iter()
+        .filter_map(|e| e["network"]["dst_ip"].as_str())
+        .collect();
+    ensure!(
+        twin_connects.len() == 30 && distinct.len() == 20,
+        "{} connects to {} addresses",
+        twin_connects.len(),
+        distinct.len()
+    );
+    ensure!(
+        detections_of(&d, &twin, MANY_HOSTS)?.is_empty(),
+        "20 distinct hosts fired"
+    );
+    // The store agrees.
+    let tested = rules_test(&db, &run, 25)?;
+    let listed_many = listed(&tested, MANY_HOSTS);
+    ensure!(
+        listed_many.len() == 1 && listed_many[0]["event_seq"] == hits[0]["detection"]["event_seq"],
+        "rules test: {listed_many:?}"
+    );
+    ensure!(
+        listed(&rules_test(&db, &twin, 30)?, MANY_HOSTS).is_empty(),
+        "rules test of the twin"
     );
     d.check_alive()?;
     Ok(())
