@@ -85,24 +85,49 @@ fn target(e: &Value) -> String {
     }
 }
 
+/// The evidence comment of `rule` (the line above it).
+fn evidence<'a>(policy: &'a str, rule: &str) -> Result<&'a str> {
+    let lines: Vec<&str> = policy.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with(rule))
+        .with_context(|| format!("no rule {rule}:\n{policy}"))?;
+    at.checked_sub(1)
+        .and_then(|i| lines.get(i))
+        .copied()
+        .filter(|c| c.trim_start().starts_with('#'))
+        .with_context(|| format!("no comment above {rule}:\n{policy}"))
+}
+
 #[test]
 fn a_suggested_policy_runs_its_workload_clean_and_denies_exactly_what_is_new() -> Result<()> {
     let tmp = TempDir::new("suggest")?;
     let db = tmp.path().join("sensor.db");
     let (_l1, p1) = listen("127.0.0.1")?;
     let (_l2, p2) = listen("127.0.0.1")?;
+    let (_l6, p6) = listen("::1")?;
     let observe = "[policy.observe]\nmode = \"audit\"\n";
     let mut d = Daemon::start_with(Some(observe), &["--db", &db.display().to_string()])?;
     let pid = std::process::id();
 
-    // 1. The workload, once, under audit.
+    // 1. The workload, once, under audit. IPv6 too: a connect to ::1, one
+    // to 127.0.0.1 through an IPv6 socket (the v4-mapped ::ffff:127.0.0.1,
+    // which the kernel decides as 127.0.0.1), and UDP connects (no packet
+    // sent) to three addresses of one documentation /64.
     let workload = format!(
-        "/usr/bin/true one; /usr/bin/env /usr/bin/true; echo \"c1: $({HELPER} connect tcp 127.0.0.1:{p1})\""
+        "/usr/bin/true one; /usr/bin/env /usr/bin/true; echo \"c1: $({HELPER} connect tcp 127.0.0.1:{p1})\"; \
+         echo \"c6: $({HELPER} connect tcp [::1]:{p6})\"; \
+         echo \"cm: $({HELPER} connect tcp [::ffff:127.0.0.1]:{p1})\"; \
+         echo \"u6: $({HELPER} connect udp [2001:db8:1:2::1]:443 udp [2001:db8:1:2::2]:443 udp [2001:db8:1:2::3]:443 | tr '\\n' ' ')\""
     );
     let run1 = format!("suggest-1-{pid}");
     let out = launch(&d, &db, &run1, "observe", &workload)?;
+    let got = outputs(&out);
     ensure!(
-        outputs(&out).get("c1").map(String::as_str) == Some("ok"),
+        ["c1", "c6", "cm"]
+            .iter()
+            .all(|k| got.get(*k).map(String::as_str) == Some("ok"))
+            && got.get("u6").map(String::as_str) == Some("ok ok ok"),
         "the audit run connects: {}",
         text(&out.stdout)
     );
@@ -131,9 +156,31 @@ fn a_suggested_policy_runs_its_workload_clean_and_denies_exactly_what_is_new() -
         "\"/usr/bin/true\"".to_owned(),
         format!("\"{helper}\""),
         format!("\"127.0.0.1:{p1}\""),
+        format!("\"[::1]:{p6}\""),
+        "\"[2001:db8:1:2::1]:443\"".to_owned(),
     ] {
         ensure!(learned.contains(&rule), "{rule} missing:\n{learned}");
     }
+    // The mapped connect is the IPv4 rule's evidence, not a rule of its own.
+    ensure!(
+        !learned.contains("::ffff:")
+            && evidence(&learned, &format!("\"127.0.0.1:{p1}\""))?.contains("# 2× connect, first "),
+        "the mapped connect counts for 127.0.0.1:{p1}:\n{learned}"
+    );
+    // `--fold-at 3`: the three addresses of the /64 become it; ::1 stays exact.
+    let q = sensor(
+        &db,
+        &["policy", "suggest", "--run", &run1, "--fold-at", "3"],
+    )?;
+    let folded = text(&q.stdout);
+    ensure!(
+        q.status.success()
+            && folded.contains("\"[2001:db8:1:2::/64]:443\"")
+            && !folded.contains("\"[2001:db8:1:2::1]:443\"")
+            && folded.contains(&format!("\"[::1]:{p6}\"")),
+        "suggest --fold-at 3: {}\n{folded}",
+        text(&q.stderr)
+    );
     ensure!(
         learned.contains("# 2× exec, first ") && learned.contains(&format!("e.g. run {run1}")),
         "evidence comments:\n{learned}"
@@ -158,8 +205,13 @@ fn a_suggested_policy_runs_its_workload_clean_and_denies_exactly_what_is_new() -
     ensure!(r.status.success(), "reload: {}", text(&r.stderr));
     let run2 = format!("suggest-2-{pid}");
     let out = launch(&d, &db, &run2, "learned", &workload)?;
+    let got = outputs(&out);
     ensure!(
-        out.status.success() && outputs(&out).get("c1").map(String::as_str) == Some("ok"),
+        out.status.success()
+            && ["c1", "c6", "cm"]
+                .iter()
+                .all(|k| got.get(*k).map(String::as_str) == Some("ok"))
+            && got.get("u6").map(String::as_str) == Some("ok ok ok"),
         "the enforced workload runs: {}; stderr {}",
         text(&out.stdout),
         text(&out.stderr)
@@ -259,8 +311,8 @@ fn a_suggested_policy_runs_its_workload_clean_and_denies_exactly_what_is_new() -
         .filter_map(|e| e["seq"].as_u64())
         .collect();
     ensure!(
-        removed.len() == 3,
-        "two execs of true and one connect in run 1: {removed:?}"
+        removed.len() == 4,
+        "two execs of true and two connects (one mapped) in run 1: {removed:?}"
     );
     ensure!(
         listed == removed,
@@ -268,7 +320,7 @@ fn a_suggested_policy_runs_its_workload_clean_and_denies_exactly_what_is_new() -
         text(&q.stdout)
     );
     let summary = lines.last().context("a summary line")?;
-    ensure!(summary["summary"]["denied"] == 3, "summary: {summary}");
+    ensure!(summary["summary"]["denied"] == 4, "summary: {summary}");
     ensure!(
         lines.iter().all(|v| v.get("summary").is_some()
             || v["rule"]
@@ -294,8 +346,9 @@ fn a_suggested_policy_runs_its_workload_clean_and_denies_exactly_what_is_new() -
     let all = text(&q.stdout);
     ensure!(q.status.success(), "suggest --agent: {}", text(&q.stderr));
     ensure!(
-        all.contains("# 3× connect, first ")
-            && all.contains(&format!("\"127.0.0.1:{p1}\""))
+        evidence(&all, &format!("\"127.0.0.1:{p1}\""))?.contains("# 6× connect, first ")
+            && evidence(&all, &format!("\"[::1]:{p6}\""))?.contains("# 3× connect, first ")
+            && all.contains(&format!("\"[::1]:{p6}\""))
             && !all.contains(&format!(":{p2}"))
             && !all.contains("/usr/bin/sleep")
             && all.contains("[policy.\"suggest-agent-learned\"]"),

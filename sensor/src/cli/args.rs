@@ -569,9 +569,10 @@ pub enum PolicyCommand {
         /// directory rule (0: never)
         #[arg(long, value_name = "N", default_value_t = 8)]
         collapse_at: usize,
-        /// Distinct IPv4 addresses seen in one /24 on one port from which
-        /// they become that /24 on that port (at least 2; 0: never, the
-        /// default; never loopback, link-local or IPv6)
+        /// Distinct addresses seen in one IPv4 /24 or IPv6 /64 on one port
+        /// from which they become that network on that port (at least 2; 0:
+        /// never, the default; never loopback, link-local, multicast, the
+        /// cloud metadata networks or NAT64)
         #[arg(long, value_name = "N", default_value_t = 0)]
         fold_at: usize,
         /// Write the policy to FILE instead of stdout

@@ -269,9 +269,22 @@ pub fn unmap(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Whether `ip` is inside `net/prefix`.
+/// A prefix written with an IPv4-mapped IPv6 address as the IPv4 prefix it
+/// is (`[::ffff:10.0.0.0/104]` is 10.0.0.0/8), as the kernel's tries hold
+/// it ([`fold`]); any other unchanged.
+#[must_use]
+pub fn unmap_prefix(net: IpAddr, prefix: u8) -> (IpAddr, u8) {
+    match (net, unmap(net)) {
+        (IpAddr::V6(_), v4 @ IpAddr::V4(_)) => (v4, prefix.saturating_sub(96)),
+        _ => (net, prefix),
+    }
+}
+
+/// Whether `ip` is inside `net/prefix` (an IPv4-mapped address on either
+/// side being the IPv4 address it is, as in the kernel).
 #[must_use]
 pub fn contains(net: IpAddr, prefix: u8, ip: IpAddr) -> bool {
+    let (net, prefix) = unmap_prefix(net, prefix);
     match (net, unmap(ip)) {
         (IpAddr::V4(n), IpAddr::V4(a)) => mask4(n, prefix) == mask4(a, prefix),
         (IpAddr::V6(n), IpAddr::V6(a)) => mask6(n, prefix) == mask6(a, prefix),
@@ -324,12 +337,7 @@ pub fn fold(rules: &[ConnectRule], first_rule: u32) -> Result<Prefixes, RuleErro
         let (lo, hi) = r.ports.unwrap_or((0, u16::MAX));
         let rule = first_rule + u32::try_from(i).unwrap_or(u32::MAX - 3);
         for (net, prefix) in r.prefixes() {
-            let net = unmap(net);
-            let prefix = if net.is_ipv4() && prefix > 32 {
-                prefix.saturating_sub(96)
-            } else {
-                prefix
-            };
+            let (net, prefix) = unmap_prefix(net, prefix);
             own.push((net, prefix, (lo, hi), rule));
         }
     }
@@ -420,6 +428,22 @@ mod tests {
         assert!(r.allows(ip("::ffff:127.0.0.1"), 8000));
         assert!(!r.allows(ip("127.1.2.3"), 8101));
         assert!(!r.allows(ip("128.0.0.1"), 8050));
+        // A rule written mapped is the IPv4 rule (the kernel's trie holds
+        // it so): `policy test` decides as the kernel does.
+        let mapped = parse("[::ffff:127.0.0.1]:80").unwrap();
+        assert!(mapped.allows(ip("127.0.0.1"), 80));
+        assert!(mapped.allows(ip("::ffff:127.0.0.1"), 80));
+        assert!(!mapped.allows(ip("127.0.0.2"), 80));
+        let net = parse("[::ffff:10.0.0.0/104]").unwrap();
+        assert!(net.allows(ip("10.9.9.9"), 1));
+        assert!(!net.allows(ip("11.0.0.1"), 1));
+        assert!(!net.allows(ip("::1"), 1));
+        let p = fold(&[mapped, net], 0).unwrap();
+        assert_eq!(
+            p.v4.keys().collect::<Vec<_>>(),
+            [&([10, 0, 0, 0], 8), &([127, 0, 0, 1], 32)]
+        );
+        assert!(p.v6.is_empty());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use sensor_common::policy::{RULE_MAX_PROCESSES, RULE_NO_MATCH};
 
-use super::{Policy, Verdict, kernel};
+use super::{Policy, Verdict, kernel, net};
 
 /// Where and how often one right was used.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,7 +165,12 @@ impl Observed {
                 }
             }
             "network.connect" => {
-                let ip = s(e, "/network/dst_ip").parse::<IpAddr>().ok();
+                // An IPv4-mapped destination is the IPv4 one (the kernel
+                // decides it so): one rule, written as IPv4.
+                let ip = s(e, "/network/dst_ip")
+                    .parse::<IpAddr>()
+                    .ok()
+                    .map(net::unmap);
                 let port = e
                     .pointer("/network/dst_port")
                     .and_then(Value::as_u64)
@@ -288,8 +293,8 @@ pub struct Options {
     /// Distinct files seen in one directory from which it becomes a
     /// directory rule (when [`DirCheck`] allows); 0 never.
     pub collapse_at: usize,
-    /// Distinct IPv4 addresses seen in one /24 on one port from which they
-    /// become that /24 (see [`connect_rules`]); 0 never.
+    /// Distinct addresses seen in one IPv4 /24 or IPv6 /64 on one port
+    /// from which they become that network (see [`connect_rules`]); 0 never.
     pub fold_at: usize,
     /// Where the evidence came from (`run R`, `agent A since T`).
     pub source: String,
@@ -449,8 +454,8 @@ fn connect_text(ip: IpAddr, port: u16) -> String {
     }
 }
 
-/// One connect rule: an exact destination, or an IPv4 /24 on one port that
-/// stands for the addresses seen in it.
+/// One connect rule: an exact destination, or a network (an IPv4 /24, an
+/// IPv6 /64) on one port that stands for the addresses seen in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnectRule {
     Exact {
@@ -459,62 +464,95 @@ pub enum ConnectRule {
         evidence: Evidence,
     },
     Net {
-        /// The /24's first address.
-        net: std::net::Ipv4Addr,
+        /// The network's first address.
+        net: IpAddr,
+        /// [`FOLD_V4`] or [`FOLD_V6`].
+        prefix: u8,
         port: u16,
         /// The addresses seen in it (at least the threshold).
-        addresses: Vec<std::net::Ipv4Addr>,
+        addresses: Vec<IpAddr>,
         evidence: Evidence,
     },
 }
 
-/// Whether the addresses of `net`/24 may be folded at all: public or
-/// private unicast, but never loopback (every local service), link-local
-/// (the cloud metadata address, 169.254.169.254), unspecified, broadcast,
-/// multicast or reserved space.
-fn foldable(net: std::net::Ipv4Addr) -> bool {
-    !(net.is_loopback()
-        || net.is_link_local()
-        || net.is_unspecified()
-        || net.is_broadcast()
-        || net.is_multicast()
-        || net.octets()[0] == 0
-        || net.octets()[0] >= 240)
+/// The prefix IPv4 addresses fold into.
+pub const FOLD_V4: u8 = 24;
+/// The prefix IPv6 addresses fold into: one subnet (RFC 4291's interface
+/// identifiers are the other 64 bits, often random: a host's privacy
+/// addresses, a service's many addresses in its subnet).
+pub const FOLD_V6: u8 = 64;
+
+/// The network `ip` folds into, when its addresses may be folded at all:
+/// public or private unicast, but never loopback (every local service),
+/// link-local (the cloud metadata address, 169.254.169.254), unspecified,
+/// broadcast, multicast or reserved space; in IPv6 also never the /64s of
+/// the cloud metadata services (AWS's fd00:ec2::254, GCP's fd20:ce::254),
+/// site-local, the first /64 (`::1`, `::`, the deprecated IPv4-compatible
+/// addresses), nor the NAT64 prefixes (64:ff9b::/96 and 64:ff9b:1::/48,
+/// whose /64 holds every IPv4 address). An IPv4-mapped address is the IPv4
+/// address it is ([`net::unmap`]: the kernel decides it so).
+fn fold_net(ip: IpAddr) -> Option<IpAddr> {
+    match net::unmap(ip) {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            let n = std::net::Ipv4Addr::new(a, b, c, 0);
+            let reserved = n.is_loopback()
+                || n.is_link_local()
+                || n.is_unspecified()
+                || n.is_broadcast()
+                || n.is_multicast()
+                || a == 0
+                || a >= 240;
+            (!reserved).then_some(IpAddr::V4(n))
+        }
+        IpAddr::V6(v6) => {
+            let n = net::network(IpAddr::V6(v6), FOLD_V6);
+            let IpAddr::V6(n6) = n else { return None };
+            let seg = n6.segments();
+            let metadata = ["fd00:ec2::", "fd20:ce::"]
+                .iter()
+                .filter_map(|m| m.parse::<IpAddr>().ok())
+                .any(|m| m == n);
+            let reserved = seg[..4] == [0; 4]
+                || seg[0] & 0xffc0 == 0xfe80
+                || seg[0] & 0xffc0 == 0xfec0
+                || seg[0] & 0xff00 == 0xff00
+                || (seg[0] == 0x64 && seg[1] == 0xff9b)
+                || metadata;
+            (!reserved).then_some(n)
+        }
+    }
+}
+
+fn fold_prefix(net: IpAddr) -> u8 {
+    if net.is_ipv4() { FOLD_V4 } else { FOLD_V6 }
 }
 
 /// The connect rules: exact `ADDR:PORT` for each destination seen, except
-/// that with `fold_at` > 0, at least `fold_at` distinct IPv4 addresses seen
-/// in one /24 on the same port become that /24 on that port (never another
-/// port, never a wider prefix, never IPv6, never loopback or link-local:
-/// see [`foldable`]). Folding is a trade the reviewer asks for (a service
-/// behind many addresses of one network, e.g. a load-balanced API): it
-/// allows the /24's unseen addresses too, on that one port.
+/// that with `fold_at` > 0, at least `fold_at` distinct addresses seen in
+/// one IPv4 /24 or one IPv6 /64 on the same port become that network on
+/// that port (never another port, never a wider prefix, never loopback,
+/// link-local or the other networks [`fold_net`] keeps exact). Folding is a
+/// trade the reviewer asks for (a service behind many addresses of one
+/// network, e.g. a load-balanced API): it allows the network's unseen
+/// addresses too, on that one port.
 #[must_use]
 pub fn connect_rules(seen: &Observed, fold_at: usize) -> Vec<ConnectRule> {
-    let mut groups: BTreeMap<(std::net::Ipv4Addr, u16), Vec<std::net::Ipv4Addr>> = BTreeMap::new();
+    let mut groups: BTreeMap<(IpAddr, u16), Vec<IpAddr>> = BTreeMap::new();
     if fold_at > 0 {
         for (ip, port) in seen.connect.keys() {
-            if let IpAddr::V4(v4) = ip {
-                let [a, b, c, _] = v4.octets();
-                let net = std::net::Ipv4Addr::new(a, b, c, 0);
-                if foldable(net) {
-                    groups.entry((net, *port)).or_default().push(*v4);
-                }
+            if let Some(n) = fold_net(*ip) {
+                groups.entry((n, *port)).or_default().push(*ip);
             }
         }
         groups.retain(|_, addresses| addresses.len() >= fold_at.max(2));
     }
     let mut rules = Vec::new();
-    let mut folded: BTreeMap<(std::net::Ipv4Addr, u16), Evidence> = BTreeMap::new();
+    let mut folded: BTreeMap<(IpAddr, u16), Evidence> = BTreeMap::new();
     for ((ip, port), ev) in &seen.connect {
-        let group = match ip {
-            IpAddr::V4(v4) => {
-                let [a, b, c, _] = v4.octets();
-                let key = (std::net::Ipv4Addr::new(a, b, c, 0), *port);
-                groups.contains_key(&key).then_some(key)
-            }
-            IpAddr::V6(_) => None,
-        };
+        let group = fold_net(*ip)
+            .map(|n| (n, *port))
+            .filter(|key| groups.contains_key(key));
         match group {
             Some(key) => {
                 folded
@@ -533,6 +571,7 @@ pub fn connect_rules(seen: &Observed, fold_at: usize) -> Vec<ConnectRule> {
         let addresses = groups.remove(&(net, port)).unwrap_or_default();
         rules.push(ConnectRule::Net {
             net,
+            prefix: fold_prefix(net),
             port,
             addresses,
             evidence,
@@ -636,6 +675,7 @@ pub fn render(seen: &Observed, opts: &Options, check: &dyn DirCheck) -> String {
             }
             ConnectRule::Net {
                 net,
+                prefix,
                 port,
                 addresses,
                 evidence,
@@ -644,12 +684,17 @@ pub fn render(seen: &Observed, opts: &Options, check: &dyn DirCheck) -> String {
                 let listed: Vec<String> = addresses.iter().map(ToString::to_string).collect();
                 let _ = writeln!(
                     out,
-                    "  # folded (--fold-at {}): {} addresses seen in {net}/24 on port {port}: {}",
+                    "  # folded (--fold-at {}): {} addresses seen in {net}/{prefix} on port {port}: {}",
                     opts.fold_at,
                     addresses.len(),
                     listed.join(", ")
                 );
-                let _ = writeln!(out, "  {},", value(&format!("{net}/24:{port}")));
+                let rule = if net.is_ipv4() {
+                    format!("{net}/{prefix}:{port}")
+                } else {
+                    format!("[{net}/{prefix}]:{port}")
+                };
+                let _ = writeln!(out, "  {},", value(&rule));
             }
         }
     }
@@ -1341,14 +1386,20 @@ mod tests {
             .filter_map(|r| match r {
                 ConnectRule::Net {
                     net,
+                    prefix,
                     port,
                     addresses,
                     evidence,
-                } => Some((net.to_string(), *port, addresses.len(), evidence.count)),
+                } => Some((
+                    format!("{net}/{prefix}"),
+                    *port,
+                    addresses.len(),
+                    evidence.count,
+                )),
                 ConnectRule::Exact { .. } => None,
             })
             .collect();
-        assert_eq!(nets, [("10.1.2.0".to_owned(), 443, 4, 4)]);
+        assert_eq!(nets, [("10.1.2.0/24".to_owned(), 443, 4, 4)]);
         assert_eq!(
             folded.len(),
             14 - 4 + 1,
@@ -1382,6 +1433,122 @@ mod tests {
         assert!(!p.check_connect(ip("10.1.2.200"), 443).is_deny());
         assert!(p.check_connect(ip("10.1.2.200"), 80).is_deny());
         assert!(p.check_connect(ip("127.0.0.9"), 8080).is_deny());
+    }
+
+    /// IPv6: many addresses of one /64 on one port fold into the /64 at
+    /// the same threshold; `::1`, link-local, multicast, the metadata
+    /// services' /64s and NAT64 (whose /64 holds all of IPv4) stay exact;
+    /// an IPv4-mapped destination is its IPv4 address (one rule with the
+    /// IPv4 connects to it, folded with its /24).
+    #[test]
+    fn ipv6_addresses_fold_into_a_slash_64_and_mapped_ones_are_ipv4() {
+        let mut o = Observed::new(0);
+        for host in [":1", ":2", "a:b:c:d", "ffff:0:0:9"] {
+            connect(&mut o, &format!("2001:db8:1:2:{host}"), 443);
+        }
+        connect(&mut o, "2001:db8:1:3::1", 443);
+        connect(&mut o, "2001:db8:1:2::5", 80);
+        for n in 1..=4 {
+            for net in [
+                "::",
+                "fe80::",
+                "ff02::",
+                "fd00:ec2::",
+                "fd20:ce::",
+                "64:ff9b::a00:",
+                "fec0::",
+            ] {
+                connect(&mut o, &format!("{net}{n}"), 80);
+            }
+        }
+        // Mapped: the same destination as its IPv4 form, and in its /24.
+        connect(&mut o, "::ffff:10.1.2.1", 443);
+        connect(&mut o, "10.1.2.1", 443);
+        connect(&mut o, "::ffff:10.1.2.2", 443);
+        connect(&mut o, "10.1.2.3", 443);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(o.connect[&(ip("10.1.2.1"), 443)].count, 2);
+        assert!(
+            o.connect
+                .keys()
+                .all(|(a, _)| a.is_ipv4() || a.to_string().contains(':') && net::unmap(*a) == *a)
+        );
+        let exact = connect_rules(&o, 0);
+        assert_eq!(exact.len(), 4 + 1 + 1 + 4 * 7 + 3);
+        let folded = connect_rules(&o, 3);
+        let nets: Vec<(String, u16, usize, u64)> = folded
+            .iter()
+            .filter_map(|r| match r {
+                ConnectRule::Net {
+                    net,
+                    prefix,
+                    port,
+                    addresses,
+                    evidence,
+                } => Some((
+                    format!("{net}/{prefix}"),
+                    *port,
+                    addresses.len(),
+                    evidence.count,
+                )),
+                ConnectRule::Exact { .. } => None,
+            })
+            .collect();
+        assert_eq!(
+            nets,
+            [
+                ("10.1.2.0/24".to_owned(), 443, 3, 4),
+                ("2001:db8:1:2::/64".to_owned(), 443, 4, 4),
+            ]
+        );
+        assert_eq!(folded.len(), exact.len() - 7 + 2);
+        assert!(
+            folded
+                .iter()
+                .any(|r| matches!(r, ConnectRule::Exact { ip: a, .. } if *a == ip("::1"))),
+            "::1 stays exact"
+        );
+        assert!(
+            connect_rules(&o, 5)
+                .iter()
+                .all(|r| matches!(r, ConnectRule::Exact { .. }))
+        );
+        let mut options = opts();
+        options.fold_at = 3;
+        let text = render(&o, &options, &Safe(vec![]));
+        let parsed: toml::Table = toml::from_str(&text).unwrap();
+        let allow: Vec<&str> = parsed["policy"]["learned"]["connect"]["allow"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(toml::Value::as_str)
+            .collect();
+        for want in [
+            "[2001:db8:1:2::/64]:443",
+            "[2001:db8:1:3::1]:443",
+            "[2001:db8:1:2::5]:80",
+            "[::1]:80",
+            "[fd00:ec2::1]:80",
+            "10.1.2.0/24:443",
+        ] {
+            assert!(allow.contains(&want), "{want} in {text}");
+        }
+        assert!(!text.contains("::ffff:"), "{text}");
+        assert!(
+            text.contains("4 addresses seen in 2001:db8:1:2::/64 on port 443: 2001:db8:1:2::1, "),
+            "{text}"
+        );
+        // The policy loads and decides as folded, a mapped connect as IPv4.
+        let c: super::super::PolicyConfig =
+            toml::from_str(&toml::to_string(&parsed["policy"]["learned"]).unwrap()).unwrap();
+        let p = Policy::load("learned", &c).unwrap();
+        assert!(!p.check_connect(ip("2001:db8:1:2:ffff::77"), 443).is_deny());
+        assert!(p.check_connect(ip("2001:db8:1:2:ffff::77"), 80).is_deny());
+        assert!(p.check_connect(ip("2001:db8:1:3::2"), 443).is_deny());
+        assert!(!p.check_connect(ip("::ffff:10.1.2.200"), 443).is_deny());
+        assert!(!p.check_connect(ip("::1"), 80).is_deny());
+        assert!(p.check_connect(ip("::9"), 80).is_deny());
+        assert!(p.check_connect(ip("fd00:ec2::254"), 80).is_deny());
     }
 
     #[test]
