@@ -552,7 +552,9 @@ pub enum PolicyCommand {
     /// with at least --collapse-at distinct files seen becomes a directory
     /// rule only when it and everything below it is root-owned and writable
     /// by root only, and the runs did not run as root. Connect rules are the
-    /// addresses and ports reached; unix rules the sockets; max_depth and
+    /// addresses and ports reached (never host names: the store has no DNS
+    /// data; a v4-mapped IPv6 address as its IPv4 address; --fold-at folds
+    /// an IPv4 /24 or an IPv6 /64); unix rules the sockets; max_depth and
     /// max_processes the observed maximum with headroom. Each rule has a
     /// comment with its evidence (count, first and last seen, a run). The
     /// output passes `sensor policy check`; try it with `sensor policy test`.
@@ -637,6 +639,11 @@ pub enum RulesCommand {
     },
     /// Which rules would have fired on a stored run's events (the daemon's
     /// own matching code, over the events as stored).
+    ///
+    /// First-seen rules start from what the store holds before and between
+    /// the run's events (the same agents' runs on the same host), as the
+    /// daemon's state did: a host an earlier run reached is not listed.
+    /// Correlations count the run's events only.
     Test {
         /// Rule files or directories [default: the config's [detect] rules]
         paths: Vec<PathBuf>,
