@@ -248,6 +248,29 @@ fn never_seen_host_fires_once_per_agent_and_host_across_a_restart() -> Result<()
         listed(&rules_test(&db, &other, 1)?, NEVER_SEEN).len() == 1,
         "rules test of agent b's first"
     );
+    // Without --json it says what it started from: the first run's two
+    // connects (agent b's run came after).
+    let (_, out) = run_with_timeout(
+        Command::new(sensor_tests::sensor_bin()?)
+            .args([
+                "rules",
+                "test",
+                &pack().display().to_string(),
+                "--run",
+                &again,
+            ])
+            .args(["--db", &db.display().to_string()])
+            .env_remove("SENSOR_DB"),
+        Duration::from_secs(30),
+    )?;
+    ensure!(
+        out.status.success()
+            && text(&out.stdout)
+                .contains("(first-seen rules started from 2 earlier stored events)"),
+        "rules test summary: {} {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
 
     // A restart on the same state dir remembers.
     d.restart()?;

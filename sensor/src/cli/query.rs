@@ -1430,8 +1430,9 @@ struct RuleMatch<'s> {
     event: Value,
 }
 
-/// What `set` fires on the stored events of the runs `tested`, in order,
-/// and how many events they have.
+/// What `set` fires on the stored events of the runs `tested`, in order;
+/// how many events they have; and how many earlier events seeded the
+/// first-seen rules.
 ///
 /// The first-seen rules start from the state the daemon had: the stored
 /// events before and between the runs' own (of the kinds those rules apply
@@ -1445,7 +1446,7 @@ fn replay_rules<'s>(
     conn: &rusqlite::Connection,
     set: &'s crate::detect::RuleSet,
     tested: &[RunRow],
-) -> anyhow::Result<(Vec<RuleMatch<'s>>, usize)> {
+) -> anyhow::Result<(Vec<RuleMatch<'s>>, usize, u64)> {
     let runs: Vec<String> = tested.iter().map(|r| r.id.clone()).collect();
     let mut agents: Vec<String> = tested.iter().map(|r| r.agent.clone()).collect();
     agents.sort();
@@ -1484,6 +1485,7 @@ fn replay_rules<'s>(
         .map(crate::event::Kind::as_str)
         .collect();
     let mut pending = events.iter().peekable();
+    let mut seeded = 0;
     if let Some(last) = events.last() {
         let earlier = query::Earlier {
             before_id: last.id,
@@ -1493,7 +1495,7 @@ fn replay_rules<'s>(
                 .first_seen_keys_on("run.agent")
                 .then_some((agents.as_slice(), host.as_str())),
         };
-        query::earlier_events(conn, &earlier, |se| {
+        seeded = query::earlier_events(conn, &earlier, |se| {
             while let Some(next) = pending.next_if(|e| e.id < se.id) {
                 test(&mut state, next);
             }
@@ -1505,7 +1507,7 @@ fn replay_rules<'s>(
     for se in pending {
         test(&mut state, se);
     }
-    Ok((matches, events.len()))
+    Ok((matches, events.len(), seeded))
 }
 
 /// `sensor rules check` and `sensor rules test`.
@@ -1547,7 +1549,7 @@ pub fn rules(cmd: &super::args::RulesCommand) -> anyhow::Result<ExitCode> {
             } else {
                 vec![run]
             };
-            let (matches, events) = replay_rules(&conn, &set, &tested)?;
+            let (matches, events, seeded) = replay_rules(&conn, &set, &tested)?;
             let mut rules_fired = std::collections::BTreeSet::new();
             for m in &matches {
                 rules_fired.insert(m.rule.id.as_str());
@@ -1587,6 +1589,9 @@ pub fn rules(cmd: &super::args::RulesCommand) -> anyhow::Result<ExitCode> {
                     set.len() + set.correlations().len(),
                     events
                 );
+                if !set.first_seen_kinds().is_empty() {
+                    println!("(first-seen rules started from {seeded} earlier stored events)");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -1775,8 +1780,10 @@ mod tests {
         .unwrap();
         let set = crate::detect::RuleSet::load(&[rules]).unwrap();
         let tested = vec![query::find_run(&conn, "t").unwrap()];
-        let (matches, events) = replay_rules(&conn, &set, &tested).unwrap();
+        let (matches, events, seeded) = replay_rules(&conn, &set, &tested).unwrap();
         assert_eq!(events, 7);
+        // r1's two and r4's (r2: another agent; r3: another host; r5: after).
+        assert_eq!(seeded, 3);
         let never_seen: Vec<&str> = matches
             .iter()
             .filter(|m| m.rule.id == "4c8e2a6f-9b1d-4f3e-a7c5-1d6b8e3f2a14")
@@ -1793,7 +1800,7 @@ mod tests {
         );
         // Of another agent: all its firsts.
         let other = vec![query::find_run(&conn, "r2").unwrap()];
-        let (matches, _) = replay_rules(&conn, &set, &other).unwrap();
+        let (matches, _, _) = replay_rules(&conn, &set, &other).unwrap();
         assert_eq!(matches.len(), 1);
         assert_eq!(matches[0].event["network"]["dst_ip"], "10.0.0.2");
         // A first-seen rule that does not key on the agent: every earlier
@@ -1806,7 +1813,8 @@ mod tests {
         )
         .unwrap();
         let set = crate::detect::RuleSet::load(&[dir.path().join("rules")]).unwrap();
-        let (matches, _) = replay_rules(&conn, &set, &tested).unwrap();
+        let (matches, _, seeded) = replay_rules(&conn, &set, &tested).unwrap();
+        assert_eq!(seeded, 5, "every earlier event of another run");
         let any: Vec<&str> = matches
             .iter()
             .filter(|m| m.rule.id == "any")
