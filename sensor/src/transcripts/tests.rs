@@ -921,3 +921,72 @@ fn a_reparented_background_job_names_the_call_it_outlived() {
         .collect();
     assert_eq!(got, [(14, "after_call", Some("toolu_1"))], "{found:?}");
 }
+
+/// inotify: the run is read when its transcript changes (a new file: in
+/// full; an append: only the file written to), with no poll.
+#[test]
+fn a_change_wakes_the_reader() {
+    let mut fx = Fixture::new();
+    assert!(fx.t.tick(at(500)).is_empty());
+    assert_eq!(fx.t.watches(), 1, "the project dir is watched");
+    assert!(fx.t.wake(at(600)).is_empty(), "nothing changed");
+    fx.append(
+        "s.jsonl",
+        &format!(
+            "{}\n{}\n",
+            call_line(1_000, "toolu_1", "a"),
+            result_line(1_100, "toolu_1")
+        ),
+    );
+    let found = fx.t.wake(at(2_000));
+    assert_eq!(calls(&found).len(), 1, "{found:?}");
+    fx.append(
+        "s.jsonl",
+        &format!(
+            "{}\n{}\n",
+            call_line(2_000, "toolu_2", "b"),
+            result_line(2_100, "toolu_2")
+        ),
+    );
+    let found = fx.t.wake(at(3_000));
+    let c = calls(&found);
+    assert_eq!(c.len(), 1, "{found:?}");
+    assert_eq!(c[0].id, "toolu_2");
+    // The poll is due a second after the last full read (the wake on the
+    // new file; the append read only that file), not before.
+    assert_eq!(fx.t.next_read(at(2_500)), Some(Duration::from_millis(500)));
+}
+
+/// A project dir made after the run began: its nearest existing parent is
+/// watched, and its making wakes the reader.
+#[test]
+fn a_dir_made_later_wakes_the_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("claude");
+    std::fs::create_dir_all(config.join("projects")).unwrap();
+    let project = claude::project_dir(&config, Path::new("/w"));
+    let mut t = Transcripts::new(HashMap::from([("a".to_owned(), Format::ClaudeCode)]));
+    t.start(
+        &run_start(),
+        Format::ClaudeCode,
+        Ok(Source {
+            config,
+            dir: project.clone(),
+        }),
+    );
+    assert!(t.tick(at(500)).is_empty());
+    assert_eq!(t.watches(), 1, "projects/ is watched");
+    std::fs::create_dir(&project).unwrap();
+    std::fs::write(
+        project.join("s.jsonl"),
+        format!(
+            "{}\n{}\n",
+            call_line(1_000, "toolu_x", "x"),
+            result_line(1_100, "toolu_x")
+        ),
+    )
+    .unwrap();
+    let found = t.wake(at(2_000));
+    assert_eq!(calls(&found).len(), 1, "{found:?}");
+    assert_eq!(t.watches(), 2, "and now the project dir");
+}
