@@ -41,13 +41,6 @@ const DRAIN_BUDGET: usize = 2048;
 const BATCH_EVENTS: usize = 128;
 /// How often kernel counters are read and the clock offset re-measured.
 const TICK: Duration = Duration::from_secs(1);
-/// The transcripts of the runs being followed are read when inotify says
-/// they changed, at most this often (a hostile agent may write without
-/// pause); the calls are emitted when due (200 ms after their result), and
-/// each run is polled all the same (`transcripts::POLL_WATCHED`, or
-/// `POLL_UNWATCHED` when its dirs could not be watched). No wakeup while
-/// no run is followed.
-const TRANSCRIPTS_WAKE_GAP: Duration = Duration::from_millis(20);
 /// Every this many ticks, processes whose exit was lost are swept.
 const SWEEP_TICKS: u64 = 60;
 /// Budgets drained before a control request is answered: what the kernel
@@ -1351,7 +1344,7 @@ pub async fn run(
     let mut watchdog = tokio::time::interval(pipeline.notifier.watchdog_interval().unwrap_or(TICK));
     watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The transcripts' reads: when due (a call settled, a poll), and on
-    // inotify's word, at most every TRANSCRIPTS_WAKE_GAP.
+    // inotify's word, at most every crate::transcripts::WAKE_GAP.
     let mut transcripts_timer = Box::pin(tokio::time::sleep(TICK));
     let mut transcripts_fd: Option<AsyncFd<crate::transcripts::follow::WakeFd>> = None;
     let mut transcripts_quiet_until = tokio::time::Instant::now();
@@ -1476,7 +1469,7 @@ pub async fn run(
                 if let Ok(mut guard) = guard {
                     guard.clear_ready();
                 }
-                transcripts_quiet_until = tokio::time::Instant::now() + TRANSCRIPTS_WAKE_GAP;
+                transcripts_quiet_until = tokio::time::Instant::now() + crate::transcripts::WAKE_GAP;
                 let next = pipeline.transcripts_next_read().unwrap_or(TICK);
                 let at = (tokio::time::Instant::now() + next).min(transcripts_quiet_until);
                 transcripts_timer.as_mut().reset(at);

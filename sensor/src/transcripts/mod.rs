@@ -820,6 +820,11 @@ impl Transcripts {
     }
 }
 
+/// The transcripts are read on inotify's word at most this often (a
+/// hostile or busy agent may write without pause: each wake costs a few
+/// syscalls). A call waits [`SETTLE`] after its result anyway, so this adds
+/// no latency as long as it is shorter.
+pub const WAKE_GAP: Duration = Duration::from_millis(100);
 /// How often a run whose dirs are watched is read all the same (events
 /// missed: a dir not yet made, the queue overflowed).
 pub const POLL_WATCHED: Duration = Duration::from_secs(1);
