@@ -3,24 +3,28 @@
 //! events (issue 22: Claude Code, `claude.rs`; Codex, `codex.rs`).
 //!
 //! The pipeline hands every event it emits to [`Transcripts::on_event`]
-//! (cheap: a run id lookup) and calls [`Transcripts::tick`] every 250 ms
-//! while runs are followed ([`Transcripts::following`]) and once a second;
-//! what the tick returns it numbers like any event (engine) and emits.
+//! (cheap: a run id lookup), calls [`Transcripts::wake`] when the inotify
+//! fd ([`Transcripts::wake_fd`]) is readable (at most every [`WAKE_GAP`])
+//! and [`Transcripts::poll`] when [`Transcripts::next_read`] says (a call
+//! settled, an exec to decide, a run's poll), while runs are followed
+//! ([`Transcripts::following`]); what they return it numbers like any
+//! event (engine) and emits.
 //!
 //! - A `run.start` of an agent whose `[[agent]]` has `transcripts = "FORMAT"`
 //!   starts following: the location is resolved from the environment and the
 //!   cwd of the run's first process, read from /proc at once.
 //! - The run's process events (spawn, exec, connect) are kept, bounded, for
 //!   the reconciliation.
-//! - Each tick reads what was appended to the run's transcript files since
-//!   the last tick (a bounded poll, not inotify: one `read_dir` per dir and
-//!   one `fstat` per file per tick, no watch descriptors to manage for files
-//!   that appear and rotate, and no extra thread; the cost is up to a
-//!   tick of latency).
+//! - A read takes what was appended to the run's transcript files since the
+//!   last one. The run's dirs are watched with inotify ([`follow`]): a
+//!   change reads the run (only the files written to, when nothing else
+//!   changed); each run is also polled in full every [`POLL_WATCHED`]
+//!   (missed events, dirs made later), every [`POLL_UNWATCHED`] when its
+//!   dirs could not all be watched.
 //! - A call whose result is read is emitted as `tool.call` with the events
-//!   it explains; at the tick after `run.end` the files are read a last
-//!   time, calls without a result are emitted with `result_time: null`,
-//!   and the run is forgotten.
+//!   it explains, [`SETTLE`] after its result; at the read after `run.end`
+//!   the files are read a last time, calls without a result are emitted
+//!   with `result_time: null`, and the run is forgotten.
 //!
 //! Labels on the run's own events (`run.tool_call`): a process event is
 //! labelled with the call that was open when it happened, at the moment it
@@ -43,11 +47,12 @@
 //!
 //! The transcript is written by the watched agent: it is hostile input.
 //! Lines are capped ([`LINE_MAX`]), invalid ones skipped and counted, the
-//! reads per tick bounded ([`READ_PER_TICK`]), files opened without following
-//! symlinks and only when they are regular files owned by the run's user,
-//! the project dir must resolve inside the config dir, and every count
-//! (files, pending calls, kept events) is bounded. A problem is reported
-//! once per run (`transcript.unreadable`).
+//! reads bounded ([`READ_PER_TICK`]), every dir and file opened beneath
+//! the config dir's fd with no symlink on the way, no mount crossed
+//! ([`follow`]: `openat2`), files read only when they are regular files
+//! owned by the run's user, and every count (files, pending calls, kept
+//! events, watches) is bounded. A problem is reported once per run
+//! (`transcript.unreadable`).
 
 pub mod claude;
 pub mod codex;
@@ -75,7 +80,7 @@ use crate::event::{
 
 /// A transcript line longer than this is skipped (counted).
 pub const LINE_MAX: usize = 1 << 20;
-/// Bytes read per run per tick at most (the rest at the next ticks).
+/// Bytes read per run per read at most (the rest at the next reads).
 pub const READ_PER_TICK: u64 = 4 << 20;
 /// A tool call's reported input, at most (bytes).
 pub const INPUT_MAX: usize = 4096;
