@@ -393,6 +393,10 @@ struct Followed {
     watched: bool,
     /// The last full read (every dir listed).
     last_full: Option<SystemTime>,
+    /// Reads on inotify's word, and full reads (polls, eager reads), logged
+    /// at the run's end.
+    woken_reads: u64,
+    full_reads: u64,
 }
 
 /// Counters of what was read (for the log and tests).
@@ -658,6 +662,8 @@ impl Transcripts {
                 config_fd: None,
                 watched: false,
                 last_full: None,
+                woken_reads: 0,
+                full_reads: 0,
             },
         );
         self.rearm = true;
@@ -722,11 +728,13 @@ impl Transcripts {
         let woken = w.drain();
         for (id, f) in runs.iter_mut() {
             if woken.overflow || f.ended || woken.full.contains(id) {
+                f.woken_reads += 1;
                 full_read(f, now, counts, Some(w));
             } else if let Some(names) = woken.names.get(id)
                 && let Some(source) = f.source.clone()
             {
                 let began = thread_cpu();
+                f.woken_reads += 1;
                 read_run(f, &source, now, counts, Some(w), Some(names));
                 f.busy += thread_cpu().saturating_sub(began);
             }
@@ -810,6 +818,9 @@ impl Transcripts {
                     cpu_ms = f.busy.as_secs_f64() * 1000.0,
                     skipped = f.skipped,
                     other = f.other,
+                    woken_reads = f.woken_reads,
+                    full_reads = f.full_reads,
+                    watched = f.watched,
                     "transcripts: run over (time spent following it)"
                 );
                 over.push(id.clone());
@@ -859,6 +870,7 @@ fn full_read(
         read_run(f, &source, now, counts, watcher, None);
     }
     f.last_full = Some(now);
+    f.full_reads += 1;
     f.busy += thread_cpu().saturating_sub(began);
 }
 
