@@ -32,8 +32,9 @@ use nix::{
 /// Dirs watched per run, at most (a hostile agent can create many): beyond
 /// it the run is polled.
 pub const WATCHES_MAX: usize = 32;
-/// Entries of a dir looked at per listing, at most.
-const ENTRIES_MAX: usize = 4096;
+/// Entries of a dir looked at per listing, at most (a hostile agent may
+/// fill it).
+pub const ENTRIES_MAX: usize = 4096;
 
 /// The config dir `config`, opened (`O_PATH`) following the path as the
 /// agent's environment names it (the agent chooses it: `CLAUDE_CONFIG_DIR`,
@@ -88,14 +89,18 @@ pub fn open_file(dir: BorrowedFd<'_>, name: &Path) -> nix::Result<std::fs::File>
     .map(std::fs::File::from)
 }
 
-/// The names in the dir `fd` (read through the fd; at most
-/// [`ENTRIES_MAX`]) that `keep` keeps.
-pub fn list(fd: BorrowedFd<'_>, keep: impl Fn(&str) -> bool) -> nix::Result<Vec<OsString>> {
+/// The names in the dir `fd` (read through the fd) that `keep` keeps, and
+/// whether there were more entries than [`ENTRIES_MAX`] (the rest not
+/// looked at).
+pub fn list(fd: BorrowedFd<'_>, keep: impl Fn(&str) -> bool) -> nix::Result<(Vec<OsString>, bool)> {
     // The listing needs its own open file description (it moves its offset).
     let own = open_beneath(fd, Path::new("."), OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
     let mut dir = nix::dir::Dir::from_fd(own)?;
     let mut names = Vec::new();
-    for entry in dir.iter().take(ENTRIES_MAX) {
+    for (i, entry) in dir.iter().enumerate() {
+        if i >= ENTRIES_MAX {
+            return Ok((names, true));
+        }
         let entry = entry?;
         let Ok(name) = entry.file_name().to_str() else {
             continue;
@@ -104,7 +109,7 @@ pub fn list(fd: BorrowedFd<'_>, keep: impl Fn(&str) -> bool) -> nix::Result<Vec<
             names.push(OsString::from(name));
         }
     }
-    Ok(names)
+    Ok((names, false))
 }
 
 /// Why `rel` could not be opened beneath the config dir, for
@@ -308,5 +313,64 @@ pub struct WakeFd(Arc<Inotify>);
 impl AsRawFd for WakeFd {
     fn as_raw_fd(&self) -> RawFd {
         self.0.as_fd().as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_fd(p: &Path) -> OwnedFd {
+        open_config(p).unwrap()
+    }
+
+    #[test]
+    fn watches_are_shared_and_bounded_per_run() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut w = Watcher::new().unwrap();
+        let a = tmp.path().join("a");
+        std::fs::create_dir(&a).unwrap();
+        w.watch("r1", dir_fd(&a).as_fd()).unwrap();
+        w.watch("r1", dir_fd(&a).as_fd()).unwrap();
+        w.watch("r2", dir_fd(&a).as_fd()).unwrap();
+        assert_eq!(w.count(), 1, "one dir, one watch");
+        for i in 0..WATCHES_MAX - 1 {
+            let d = tmp.path().join(format!("d{i}"));
+            std::fs::create_dir(&d).unwrap();
+            w.watch("r1", dir_fd(&d).as_fd()).unwrap();
+        }
+        let over = tmp.path().join("over");
+        std::fs::create_dir(&over).unwrap();
+        assert_eq!(
+            w.watch("r1", dir_fd(&over).as_fd()),
+            Err(NotWatched::RunLimit)
+        );
+        assert_eq!(w.count(), WATCHES_MAX);
+        // Another run is not limited by r1's watches.
+        w.watch("r2", dir_fd(&over).as_fd()).unwrap();
+        // A write in `a` wakes both runs (only that file for each).
+        std::fs::write(a.join("s.jsonl"), "x").unwrap();
+        let woken = w.drain();
+        // (The file was created: a full read.)
+        assert!(
+            woken.full.contains("r1") && woken.full.contains("r2"),
+            "{woken:?}"
+        );
+        w.forget("r1");
+        assert_eq!(w.count(), 2, "a and over stay for r2");
+        w.forget("r2");
+        assert_eq!(w.count(), 0);
+    }
+
+    #[test]
+    fn a_dir_too_full_is_said() {
+        let tmp = tempfile::tempdir().unwrap();
+        for i in 0..ENTRIES_MAX + 10 {
+            std::fs::write(tmp.path().join(format!("f{i}")), "").unwrap();
+        }
+        let fd = open_dir(dir_fd(tmp.path()).as_fd(), Path::new(".")).unwrap();
+        let (names, more) = list(fd.as_fd(), |n| n.ends_with('7')).unwrap();
+        assert!(more);
+        assert!(!names.is_empty() && names.len() < ENTRIES_MAX / 5);
     }
 }

@@ -1039,7 +1039,19 @@ fn read_beneath(
             None => {
                 let format = f.format;
                 match follow::list(fd.as_fd(), |n| transcript_name(format, n)) {
-                    Ok(names) => names,
+                    Ok((names, more)) => {
+                        if more {
+                            problem(
+                                f,
+                                Some(&dir),
+                                format!(
+                                    "more than {} entries: the rest not looked at",
+                                    follow::ENTRIES_MAX
+                                ),
+                            );
+                        }
+                        names
+                    }
                     Err(e) => {
                         problem(
                             f,
