@@ -367,24 +367,6 @@ fn codex_hostile_files_and_dirs() {
     assert!(again.is_empty(), "{again:?}");
 }
 
-#[test]
-fn codex_a_symlinked_rollout_is_not_followed() {
-    let mut fx = Fixture::new();
-    symlink("/etc/shadow", fx.day().join("rollout-0-evil.jsonl")).unwrap();
-    let found = fx.t.tick(at(2_000));
-    match &found[..] {
-        [Found::Unreadable(_, i)] => {
-            assert!(i.reason.contains("cannot open"), "{i:?}");
-            assert!(
-                i.path
-                    .as_deref()
-                    .is_some_and(|p| p.ends_with("rollout-0-evil.jsonl"))
-            );
-        }
-        other => panic!("{other:?}"),
-    }
-}
-
 /// A fake rollout in `dir` (outside CODEX_HOME) claiming call `call_evil`.
 fn plant_evil(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
@@ -527,4 +509,22 @@ fn codex_a_day_dir_swapped_for_a_symlink_is_never_followed() {
         .collect();
     assert_eq!(issues.len(), 1, "{issues:?}");
     assert!(issues[0].reason.contains("symlink"), "{issues:?}");
+}
+
+#[test]
+fn codex_a_symlinked_rollout_is_not_followed() {
+    let mut fx = Fixture::new();
+    symlink("/etc/shadow", fx.day().join("rollout-0-evil.jsonl")).unwrap();
+    let found = fx.t.tick(at(2_000));
+    match &found[..] {
+        [Found::Unreadable(_, i)] => {
+            assert!(i.reason.contains("cannot open"), "{i:?}");
+            assert!(
+                i.path
+                    .as_deref()
+                    .is_some_and(|p| p.ends_with("rollout-0-evil.jsonl"))
+            );
+        }
+        other => panic!("{other:?}"),
+    }
 }
