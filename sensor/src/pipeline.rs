@@ -41,10 +41,6 @@ const DRAIN_BUDGET: usize = 2048;
 const BATCH_EVENTS: usize = 128;
 /// How often kernel counters are read and the clock offset re-measured.
 const TICK: Duration = Duration::from_secs(1);
-/// How often the transcripts of the runs being followed are read (only
-/// while some are: no wakeup otherwise). With the 200 ms a call waits after
-/// its result, a `tool.call` comes 0.2 to 0.45 s after the result.
-const TRANSCRIPTS_POLL: Duration = Duration::from_millis(250);
 /// Every this many ticks, processes whose exit was lost are swept.
 const SWEEP_TICKS: u64 = 60;
 /// Budgets drained before a control request is answered: what the kernel
@@ -210,21 +206,58 @@ impl Pipeline {
         self
     }
 
-    /// Whether runs' transcripts are being followed (read every
-    /// `TRANSCRIPTS_POLL` then).
+    /// Whether runs' transcripts are being followed.
     #[must_use]
     pub fn transcripts_following(&self) -> bool {
         self.transcripts.as_ref().is_some_and(|t| t.following())
     }
 
-    /// The tick's read of the transcripts: `tool.call` and
-    /// `transcript.unreadable` events, numbered by the engine.
-    pub fn transcripts_tick(&mut self) {
+    /// When the transcripts are to be read next, if that may have changed
+    /// since the last call (`None`: it did not).
+    pub fn transcripts_rearm(&mut self) -> Option<Option<Duration>> {
+        let t = self.transcripts.as_mut()?;
+        t.take_rearm()
+            .then(|| t.next_read(std::time::SystemTime::now()))
+    }
+
+    /// When the transcripts are to be read next (`None`: no run followed).
+    #[must_use]
+    pub fn transcripts_next_read(&self) -> Option<Duration> {
+        self.transcripts
+            .as_ref()?
+            .next_read(std::time::SystemTime::now())
+    }
+
+    /// The inotify fd the transcripts are watched with, once there is one.
+    #[must_use]
+    pub fn transcripts_wake_fd(&self) -> Option<crate::transcripts::follow::WakeFd> {
+        self.transcripts.as_ref()?.wake_fd()
+    }
+
+    /// The timed read of the transcripts (`Transcripts::poll`).
+    pub fn transcripts_poll(&mut self) {
+        self.transcripts_read(crate::transcripts::Transcripts::poll);
+    }
+
+    /// The read on inotify's word (`Transcripts::wake`).
+    pub fn transcripts_wake(&mut self) {
+        self.transcripts_read(crate::transcripts::Transcripts::wake);
+    }
+
+    /// A read of the transcripts: `tool.call` and `transcript.unreadable`
+    /// events, numbered by the engine.
+    fn transcripts_read(
+        &mut self,
+        read: fn(
+            &mut crate::transcripts::Transcripts,
+            std::time::SystemTime,
+        ) -> Vec<crate::transcripts::Found>,
+    ) {
         let Some(t) = &mut self.transcripts else {
             return;
         };
         let now = std::time::SystemTime::now();
-        let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| t.tick(now)));
+        let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(t, now)));
         let Ok(found) = found else {
             self.caught_panic("reading the transcripts");
             return;
@@ -1310,12 +1343,36 @@ pub async fn run(
     let watchdog_on = pipeline.notifier.watchdog_interval().is_some();
     let mut watchdog = tokio::time::interval(pipeline.notifier.watchdog_interval().unwrap_or(TICK));
     watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut transcripts_timer = tokio::time::interval(TRANSCRIPTS_POLL);
-    transcripts_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // The transcripts' reads: when due (a call settled, a poll), and on
+    // inotify's word, at most every crate::transcripts::WAKE_GAP.
+    let mut transcripts_timer = Box::pin(tokio::time::sleep(TICK));
+    let mut transcripts_fd: Option<AsyncFd<crate::transcripts::follow::WakeFd>> = None;
+    let mut transcripts_quiet_until = tokio::time::Instant::now();
     let mut file_changes = pipeline.file_changes.take();
     let mut detections = pipeline.detections.take();
     tokio::pin!(shutdown);
     let result = loop {
+        if let Some(next) = pipeline.transcripts_rearm() {
+            let now = tokio::time::Instant::now();
+            let mut at = now + next.unwrap_or(TICK);
+            if now < transcripts_quiet_until {
+                at = at.min(transcripts_quiet_until);
+            }
+            transcripts_timer.as_mut().reset(at);
+        }
+        if transcripts_fd.is_none()
+            && let Some(fd) = pipeline.transcripts_wake_fd()
+        {
+            // SAFETY: the WakeFd holds (an Arc of) the inotify instance, so
+            // its fd stays open for as long as the AsyncFd that owns it.
+            match unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) } {
+                Ok(fd) => transcripts_fd = Some(fd),
+                Err(e) => {
+                    tracing::warn!(error = %e, "transcripts: cannot poll inotify");
+                }
+            }
+        }
+        let transcripts_awake = tokio::time::Instant::now() >= transcripts_quiet_until;
         tokio::select! {
             // In this order: under a flood the ring is always ready, and
             // control requests, shutdown and the 1 s tick (loss reports, TTLs)
@@ -1378,7 +1435,6 @@ pub async fn run(
                     pipeline.run_changes(&swept);
                 }
                 pipeline.report_deferred_files();
-                pipeline.transcripts_tick();
                 pipeline.checkpoints_due();
                 pipeline.flush();
                 pipeline.save_seq();
@@ -1396,9 +1452,27 @@ pub async fn run(
                 pipeline.check_canary(caught_up);
                 pipeline.flush();
             }
-            _ = transcripts_timer.tick(), if pipeline.transcripts_following() => {
-                pipeline.transcripts_tick();
+            () = &mut transcripts_timer, if pipeline.transcripts_following() => {
+                pipeline.transcripts_poll();
                 pipeline.flush();
+                let next = pipeline.transcripts_next_read().unwrap_or(TICK);
+                let mut at = tokio::time::Instant::now() + next;
+                if !transcripts_awake {
+                    // inotify's word waits for the quiet time to pass.
+                    at = at.min(transcripts_quiet_until);
+                }
+                transcripts_timer.as_mut().reset(at);
+            }
+            guard = transcripts_readable(transcripts_fd.as_ref()), if transcripts_awake => {
+                pipeline.transcripts_wake();
+                pipeline.flush();
+                if let Ok(mut guard) = guard {
+                    guard.clear_ready();
+                }
+                transcripts_quiet_until = tokio::time::Instant::now() + crate::transcripts::WAKE_GAP;
+                let next = pipeline.transcripts_next_read().unwrap_or(TICK);
+                let at = (tokio::time::Instant::now() + next).min(transcripts_quiet_until);
+                transcripts_timer.as_mut().reset(at);
             }
             _ = watchdog.tick(), if watchdog_on => pipeline.notifier.watchdog(),
             guard = ring.readable_mut() => {
@@ -1497,6 +1571,16 @@ pub async fn run(
 const DETECTIONS_PER_ROUND: usize = 512;
 
 /// The detection thread's next match; pending for good once there is none.
+/// The inotify fd of the transcripts ready to be read (never, without one).
+async fn transcripts_readable(
+    fd: Option<&AsyncFd<crate::transcripts::follow::WakeFd>>,
+) -> std::io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, crate::transcripts::follow::WakeFd>> {
+    match fd {
+        Some(fd) => fd.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn next_detection(
     matches: &mut Option<tokio::sync::mpsc::Receiver<crate::detect::Match>>,
 ) -> Option<crate::detect::Match> {

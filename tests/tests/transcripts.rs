@@ -193,6 +193,38 @@ fn now_stamp() -> Result<String> {
     Ok(text(&out.stdout).trim().to_owned())
 }
 
+/// Seconds from the call's result (`tool_call.result_time`, written by the
+/// agent as it wrote the result) to its `tool.call` event (`time`, when the
+/// daemon emitted it): the reconciliation latency (both UTC, same day).
+fn latency(call: &Value) -> Option<f64> {
+    fn secs(t: &str) -> Option<f64> {
+        let clock = t.split_once('T')?.1.trim_end_matches('Z');
+        let mut parts = clock.split(':');
+        let h: f64 = parts.next()?.parse().ok()?;
+        let m: f64 = parts.next()?.parse().ok()?;
+        let s: f64 = parts.next()?.parse().ok()?;
+        Some(h * 3600.0 + m * 60.0 + s)
+    }
+    let emitted = secs(str_at(call, "/time")?)?;
+    let result = secs(str_at(call, "/tool_call/result_time")?)?;
+    Some((emitted - result).rem_euclid(86_400.0))
+}
+
+/// Prints each call's latency (a figure: the machine is shared) and fails
+/// when one misses the target, 1 s (inotify wakes the reader, a
+/// call waits 200 ms after its result; the fallback poll is every 1 s).
+fn check_latency(calls: &[Value]) -> Result<()> {
+    for call in calls {
+        let l = latency(call).with_context(|| format!("no latency: {}", compact(call)))?;
+        eprintln!(
+            "latency {}: {l:.3} s (result written -> tool.call)",
+            str_at(call, "/tool_call/id").unwrap_or("?")
+        );
+        ensure!(l < 1.0, "latency {l:.3} s: {}", compact(call));
+    }
+    Ok(())
+}
+
 /// Edits the run's transcript as it is written: once claude has begun its
 /// file, appends a Bash call that never ran, with a successful result.
 fn forge_call(project: &Path) -> Result<()> {
@@ -250,6 +282,7 @@ fn check_calls(r: &Ran) -> Result<()> {
         "tool.call events: {:?}",
         calls.iter().map(compact).collect::<Vec<_>>()
     );
+    check_latency(&calls)?;
     for (i, (call, cmd)) in calls.iter().zip(script).enumerate() {
         let want_id = format!("toolu_fake{i:02}");
         ensure!(

@@ -385,7 +385,8 @@ fn check_calls(r: &Ran) -> Result<()> {
     let ms: Vec<u128> = latencies.iter().map(Duration::as_millis).collect();
     eprintln!("codex: rollout result -> tool.call event latency (ms): {ms:?}");
     // The target: under 1 s (the daemon reads followed transcripts
-    // every 250 ms and a call waits 200 ms after its result).
+    // when inotify says they changed, and a call waits 200 ms after its
+    // result; the 1 s poll is the fallback).
     ensure!(
         latencies.iter().all(|l| *l < Duration::from_secs(1)),
         "latency result -> tool.call too high: {ms:?} ms"

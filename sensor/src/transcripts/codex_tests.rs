@@ -367,6 +367,150 @@ fn codex_hostile_files_and_dirs() {
     assert!(again.is_empty(), "{again:?}");
 }
 
+/// A fake rollout in `dir` (outside CODEX_HOME) claiming call `call_evil`.
+fn plant_evil(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("rollout-9-evil.jsonl"),
+        format!(
+            "{}\n{}\n",
+            call_line(1_000, "call_evil", "exec_command", "cat /etc/shadow"),
+            output_line(1_100, "call_evil", 0)
+        ),
+    )
+    .unwrap();
+}
+
+fn call_ids(found: &[Found]) -> Vec<String> {
+    found
+        .iter()
+        .filter_map(|f| match f {
+            Found::Call(_, c) => Some(c.id.clone()),
+            Found::Unobserved(..) | Found::Unreadable(..) | Found::Unexplained(..) => None,
+        })
+        .collect()
+}
+
+/// The attack: CODEX_HOME, once the run is followed, moved away and
+/// replaced by a symlink to a dir holding a fake rollout. The reader goes on
+/// reading the dir it opened (through its fd), never the new target, and
+/// says the config dir was replaced.
+#[test]
+fn codex_a_config_dir_replaced_by_a_symlink_is_not_followed() {
+    let mut fx = Fixture::new();
+    fx.append(
+        ROLLOUT,
+        &[
+            call_line(1_000, "call_1", "exec_command", "echo ok"),
+            output_line(1_100, "call_1", 0),
+        ],
+    );
+    assert_eq!(call_ids(&fx.t.tick(at(2_000))), ["call_1"]);
+    let outside = fx.dir.path().join("outside");
+    plant_evil(&outside.join("sessions/2026/12/05"));
+    let home = fx.dir.path().join("codex-home");
+    std::fs::rename(&home, fx.dir.path().join("codex-home.old")).unwrap();
+    symlink(&outside, &home).unwrap();
+    // The agent goes on writing in the dir it had (now codex-home.old).
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(
+            fx.dir
+                .path()
+                .join("codex-home.old/sessions/2026/12/05")
+                .join(ROLLOUT),
+        )
+        .unwrap();
+    writeln!(
+        f,
+        "{}",
+        call_line(2_000, "call_2", "exec_command", "echo 2")
+    )
+    .unwrap();
+    writeln!(f, "{}", output_line(2_100, "call_2", 0)).unwrap();
+    let found = fx.t.tick(at(3_000));
+    assert_eq!(call_ids(&found), ["call_2"], "{found:?}");
+    let issues: Vec<&TranscriptIssue> = found
+        .iter()
+        .filter_map(|f| match f {
+            Found::Unreadable(_, i) => Some(i),
+            Found::Call(..) | Found::Unobserved(..) | Found::Unexplained(..) => None,
+        })
+        .collect();
+    assert_eq!(issues.len(), 1, "{found:?}");
+    assert!(issues[0].reason.contains("replaced"), "{issues:?}");
+}
+
+/// The attack: a day dir swapped (atomically, `RENAME_EXCHANGE`, in a
+/// loop) with a symlink to a dir outside CODEX_HOME holding a fake rollout,
+/// racing the reader between its check of the dir and its open of the
+/// files in it. The reader must never read the fake rollout, and must say
+/// what it refused.
+#[test]
+fn codex_a_day_dir_swapped_for_a_symlink_is_never_followed() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut fx = Fixture::new();
+    let outside = fx.dir.path().join("outside/05");
+    plant_evil(&outside);
+    let month = fx.dir.path().join("codex-home/sessions/2026/12");
+    symlink(&outside, month.join("swap")).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flipper = {
+        let stop = Arc::clone(&stop);
+        let month = month.clone();
+        std::thread::spawn(move || {
+            let mut flips = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                nix::fcntl::renameat2(
+                    nix::fcntl::AT_FDCWD,
+                    &month.join("05"),
+                    nix::fcntl::AT_FDCWD,
+                    &month.join("swap"),
+                    nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+                )
+                .unwrap();
+                flips += 1;
+            }
+            flips
+        })
+    };
+    let mut all = Vec::new();
+    let began = std::time::Instant::now();
+    let mut ticks = 0;
+    while began.elapsed() < Duration::from_secs(3) {
+        all.extend(fx.t.tick(at(2_000 + ticks)));
+        ticks += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let flips = flipper.join().unwrap();
+    // Leave the symlink in place: the last read must refuse it.
+    if !std::fs::symlink_metadata(month.join("05"))
+        .unwrap()
+        .file_type()
+        .is_symlink()
+    {
+        std::fs::rename(month.join("swap"), month.join("tmp")).unwrap();
+        std::fs::rename(month.join("05"), month.join("swap")).unwrap();
+        std::fs::rename(month.join("tmp"), month.join("05")).unwrap();
+    }
+    all.extend(fx.t.tick(at(2_000 + ticks)));
+    eprintln!("{ticks} reads, {flips} swaps");
+    assert!(flips > 100 && ticks > 100, "{flips} swaps, {ticks} reads");
+    assert!(
+        !call_ids(&all).iter().any(|id| id == "call_evil"),
+        "the fake rollout outside CODEX_HOME was read: {all:?}"
+    );
+    let issues: Vec<&TranscriptIssue> = all
+        .iter()
+        .filter_map(|f| match f {
+            Found::Unreadable(_, i) => Some(i),
+            Found::Call(..) | Found::Unobserved(..) | Found::Unexplained(..) => None,
+        })
+        .collect();
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert!(issues[0].reason.contains("symlink"), "{issues:?}");
+}
+
 #[test]
 fn codex_a_symlinked_rollout_is_not_followed() {
     let mut fx = Fixture::new();

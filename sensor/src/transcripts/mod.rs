@@ -3,24 +3,28 @@
 //! events (issue 22: Claude Code, `claude.rs`; Codex, `codex.rs`).
 //!
 //! The pipeline hands every event it emits to [`Transcripts::on_event`]
-//! (cheap: a run id lookup) and calls [`Transcripts::tick`] every 250 ms
-//! while runs are followed ([`Transcripts::following`]) and once a second;
-//! what the tick returns it numbers like any event (engine) and emits.
+//! (cheap: a run id lookup), calls [`Transcripts::wake`] when the inotify
+//! fd ([`Transcripts::wake_fd`]) is readable (at most every [`WAKE_GAP`])
+//! and [`Transcripts::poll`] when [`Transcripts::next_read`] says (a call
+//! settled, an exec to decide, a run's poll), while runs are followed
+//! ([`Transcripts::following`]); what they return it numbers like any
+//! event (engine) and emits.
 //!
 //! - A `run.start` of an agent whose `[[agent]]` has `transcripts = "FORMAT"`
 //!   starts following: the location is resolved from the environment and the
 //!   cwd of the run's first process, read from /proc at once.
 //! - The run's process events (spawn, exec, connect) are kept, bounded, for
 //!   the reconciliation.
-//! - Each tick reads what was appended to the run's transcript files since
-//!   the last tick (a bounded poll, not inotify: one `read_dir` per dir and
-//!   one `fstat` per file per tick, no watch descriptors to manage for files
-//!   that appear and rotate, and no extra thread; the cost is up to a
-//!   tick of latency).
+//! - A read takes what was appended to the run's transcript files since the
+//!   last one. The run's dirs are watched with inotify ([`follow`]): a
+//!   change reads the run (only the files written to, when nothing else
+//!   changed); each run is also polled in full every [`POLL_WATCHED`]
+//!   (missed events, dirs made later), every [`POLL_UNWATCHED`] when its
+//!   dirs could not all be watched.
 //! - A call whose result is read is emitted as `tool.call` with the events
-//!   it explains; at the tick after `run.end` the files are read a last
-//!   time, calls without a result are emitted with `result_time: null`,
-//!   and the run is forgotten.
+//!   it explains, [`SETTLE`] after its result; at the read after `run.end`
+//!   the files are read a last time, calls without a result are emitted
+//!   with `result_time: null`, and the run is forgotten.
 //!
 //! Labels on the run's own events (`run.tool_call`): a process event is
 //! labelled with the call that was open when it happened, at the moment it
@@ -43,20 +47,26 @@
 //!
 //! The transcript is written by the watched agent: it is hostile input.
 //! Lines are capped ([`LINE_MAX`]), invalid ones skipped and counted, the
-//! reads per tick bounded ([`READ_PER_TICK`]), files opened without following
-//! symlinks and only when they are regular files owned by the run's user,
-//! the project dir must resolve inside the config dir, and every count
-//! (files, pending calls, kept events) is bounded. A problem is reported
-//! once per run (`transcript.unreadable`).
+//! reads bounded ([`READ_PER_TICK`]), every dir and file opened beneath
+//! the config dir's fd with no symlink on the way, no mount crossed
+//! ([`follow`]: `openat2`), files read only when they are regular files
+//! owned by the run's user, and every count (files, pending calls, kept
+//! events, watches) is bounded. A problem is reported once per run
+//! (`transcript.unreadable`).
 
 pub mod claude;
 pub mod codex;
+pub mod follow;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    ffi::OsString,
     fs::File,
     io::{Read as _, Seek as _, SeekFrom},
-    os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
+    os::{
+        fd::{AsFd as _, BorrowedFd, OwnedFd},
+        unix::fs::MetadataExt as _,
+    },
     path::{Path, PathBuf},
     time::{Duration, SystemTime},
 };
@@ -70,7 +80,7 @@ use crate::event::{
 
 /// A transcript line longer than this is skipped (counted).
 pub const LINE_MAX: usize = 1 << 20;
-/// Bytes read per run per tick at most (the rest at the next ticks).
+/// Bytes read per run per read at most (the rest at the next reads).
 pub const READ_PER_TICK: u64 = 4 << 20;
 /// A tool call's reported input, at most (bytes).
 pub const INPUT_MAX: usize = 4096;
@@ -374,6 +384,19 @@ struct Followed {
     /// CPU time spent on this run (its events and its reads, on the
     /// pipeline's thread), logged at its end.
     busy: Duration,
+    /// The agent's config dir, opened (`O_PATH`) the first time it exists:
+    /// everything beneath it is opened relative to it ([`follow`]).
+    config_fd: Option<OwnedFd>,
+    /// Whether every dir of the last full read is watched (inotify): then
+    /// the run is read on its changes and polled every [`POLL_WATCHED`],
+    /// else every [`POLL_UNWATCHED`].
+    watched: bool,
+    /// The last full read (every dir listed).
+    last_full: Option<SystemTime>,
+    /// Reads on inotify's word, and full reads (polls, eager reads), logged
+    /// at the run's end.
+    woken_reads: u64,
+    full_reads: u64,
 }
 
 /// Counters of what was read (for the log and tests).
@@ -396,6 +419,13 @@ pub struct Transcripts {
     counts: Counts,
     /// Runs not followed because [`RUNS_MAX`] were.
     runs_refused: u64,
+    /// The inotify watches of the runs' dirs (made at the first run).
+    watcher: Option<follow::Watcher>,
+    /// inotify could not be had (warned once): runs are polled.
+    watcher_failed: bool,
+    /// Something changed when the next read is due (a run began or ended,
+    /// an event of a followed run was seen): the event loop asks.
+    rearm: bool,
 }
 
 impl Transcripts {
@@ -488,6 +518,7 @@ impl Transcripts {
             Kind::RunEnd => {
                 if let Some(f) = self.runs.get_mut(&run.id) {
                     f.ended = true;
+                    self.rearm = true;
                 }
                 None
             }
@@ -498,8 +529,15 @@ impl Transcripts {
             | Kind::NetworkListen
             | Kind::NetworkAccept
             | Kind::NetworkSocket => {
-                let Self { runs, counts, .. } = self;
+                let Self {
+                    runs,
+                    counts,
+                    watcher,
+                    rearm,
+                    ..
+                } = self;
                 let f = runs.get_mut(&run.id)?;
+                *rearm = true;
                 let began = thread_cpu();
                 let p = e.process.as_ref()?;
                 let exec_ok = e.kind == Kind::ProcessExec
@@ -538,7 +576,14 @@ impl Transcripts {
                 {
                     // Its call may be in lines written since the last tick.
                     f.last_eager = Some(std::time::Instant::now());
-                    read_run(f, &source, SystemTime::now(), counts);
+                    read_run(
+                        f,
+                        &source,
+                        SystemTime::now(),
+                        counts,
+                        watcher.as_mut(),
+                        None,
+                    );
                     label = find_label(f, &p.key, e.time.0);
                 }
                 if let Some(l) = &label
@@ -614,22 +659,143 @@ impl Transcripts {
                 early: Vec::new(),
                 dropped: 0,
                 busy: Duration::ZERO,
+                config_fd: None,
+                watched: false,
+                last_full: None,
+                woken_reads: 0,
+                full_reads: 0,
             },
         );
+        self.rearm = true;
+        if self.watcher.is_none() && !self.watcher_failed {
+            match follow::Watcher::new() {
+                Ok(w) => self.watcher = Some(w),
+                Err(e) => {
+                    self.watcher_failed = true;
+                    tracing::warn!(error = %e, "transcripts: no inotify; transcripts are polled");
+                }
+            }
+        }
     }
 
-    /// Reads what was appended; returns the calls complete by now and the
-    /// problems not yet reported. Runs ended before this tick are read a
-    /// last time and forgotten.
+    /// Reads what was appended to every run's transcripts; returns the
+    /// calls complete by now and the problems not yet reported. Runs ended
+    /// before this tick are read a last time and forgotten.
     pub fn tick(&mut self, now: SystemTime) -> Vec<Found> {
+        let Self {
+            runs,
+            counts,
+            watcher,
+            ..
+        } = self;
+        for f in runs.values_mut() {
+            full_read(f, now, counts, watcher.as_mut());
+        }
+        self.finish(now)
+    }
+
+    /// The timed read: the runs whose poll is due ([`POLL_WATCHED`] after
+    /// their last full read when their dirs are watched, else
+    /// [`POLL_UNWATCHED`]) and the ended ones are read in full; then, as
+    /// [`Self::tick`], the calls settled by now are emitted.
+    pub fn poll(&mut self, now: SystemTime) -> Vec<Found> {
+        let Self {
+            runs,
+            counts,
+            watcher,
+            ..
+        } = self;
+        for f in runs.values_mut() {
+            if f.ended || poll_due(f) <= now {
+                full_read(f, now, counts, watcher.as_mut());
+            }
+        }
+        self.finish(now)
+    }
+
+    /// The read on inotify's word: the runs whose dirs changed, only the
+    /// files written to when nothing else changed; then, as [`Self::tick`].
+    pub fn wake(&mut self, now: SystemTime) -> Vec<Found> {
+        let Self {
+            runs,
+            counts,
+            watcher,
+            ..
+        } = self;
+        let Some(w) = watcher.as_mut() else {
+            return self.finish(now);
+        };
+        let woken = w.drain();
+        for (id, f) in runs.iter_mut() {
+            if woken.overflow || f.ended || woken.full.contains(id) {
+                f.woken_reads += 1;
+                full_read(f, now, counts, Some(w));
+            } else if let Some(names) = woken.names.get(id)
+                && let Some(source) = f.source.clone()
+            {
+                let began = thread_cpu();
+                f.woken_reads += 1;
+                read_run(f, &source, now, counts, Some(w), Some(names));
+                f.busy += thread_cpu().saturating_sub(began);
+            }
+        }
+        self.finish(now)
+    }
+
+    /// The inotify instance to poll, once there is one.
+    #[must_use]
+    pub fn wake_fd(&self) -> Option<follow::WakeFd> {
+        self.watcher.as_ref().map(follow::Watcher::fd)
+    }
+
+    /// Whether the time of the next read may have changed since the last
+    /// call ([`Self::next_read`] then says when).
+    pub fn take_rearm(&mut self) -> bool {
+        std::mem::take(&mut self.rearm)
+    }
+
+    /// How long from `now` until a read is due: a call's result settled
+    /// ([`SETTLE`]), an exec to decide ([`DECIDE_AFTER`]), a run ended or a
+    /// problem to report (at once), a run's poll; `None` when no run is
+    /// followed.
+    #[must_use]
+    pub fn next_read(&self, now: SystemTime) -> Option<Duration> {
+        let mut due: Option<SystemTime> = None;
+        let mut at = |t: SystemTime| due = Some(due.map_or(t, |d| d.min(t)));
+        for f in self.runs.values() {
+            if f.ended || !f.early.is_empty() || (f.problem.is_some() && !f.reported) {
+                return Some(Duration::ZERO);
+            }
+            at(poll_due(f));
+            for p in f.pending.values() {
+                if let Some((t, _)) = p.result {
+                    at(t + SETTLE);
+                }
+            }
+            // (One already due waits for a call's result: that read wakes.)
+            if let Some(c) = f.todo.front()
+                && c.time + DECIDE_AFTER > now
+            {
+                at(c.time + DECIDE_AFTER);
+            }
+        }
+        due.map(|d| d.duration_since(now).unwrap_or_default())
+    }
+
+    /// Watches held (all runs).
+    #[must_use]
+    pub fn watches(&self) -> usize {
+        self.watcher.as_ref().map_or(0, follow::Watcher::count)
+    }
+
+    /// Emits what is ready in every run, reports problems, forgets the runs
+    /// ended (read a last time by now).
+    fn finish(&mut self, now: SystemTime) -> Vec<Found> {
         let mut found = Vec::new();
         let mut over = Vec::new();
         for (id, f) in &mut self.runs {
             let ended = f.ended;
             let began = thread_cpu();
-            if let Some(source) = f.source.clone() {
-                read_run(f, &source, now, &mut self.counts);
-            }
             emit_ready(f, now, ended, &mut found, &mut self.counts);
             decide(f, now, ended, &mut found);
             if !f.reported
@@ -652,6 +818,9 @@ impl Transcripts {
                     cpu_ms = f.busy.as_secs_f64() * 1000.0,
                     skipped = f.skipped,
                     other = f.other,
+                    woken_reads = f.woken_reads,
+                    full_reads = f.full_reads,
+                    watched = f.watched,
                     "transcripts: run over (time spent following it)"
                 );
                 over.push(id.clone());
@@ -659,9 +828,50 @@ impl Transcripts {
         }
         for id in over {
             self.runs.remove(&id);
+            if let Some(w) = &mut self.watcher {
+                w.forget(&id);
+            }
         }
         found
     }
+}
+
+/// The transcripts are read on inotify's word at most this often (a
+/// hostile or busy agent may write without pause: each wake costs a few
+/// syscalls). A call waits [`SETTLE`] after its result anyway, so this adds
+/// no latency as long as it is shorter.
+pub const WAKE_GAP: Duration = Duration::from_millis(100);
+/// How often a run whose dirs are watched is read all the same (events
+/// missed: a dir not yet made, the queue overflowed).
+pub const POLL_WATCHED: Duration = Duration::from_secs(1);
+/// How often a run whose dirs are not all watched is read (no inotify, its
+/// limit met, [`follow::WATCHES_MAX`]).
+pub const POLL_UNWATCHED: Duration = Duration::from_millis(250);
+
+/// When run `f` is due for its poll.
+fn poll_due(f: &Followed) -> SystemTime {
+    let every = if f.watched {
+        POLL_WATCHED
+    } else {
+        POLL_UNWATCHED
+    };
+    f.last_full.map_or(SystemTime::UNIX_EPOCH, |t| t + every)
+}
+
+/// Reads every dir and file of run `f`.
+fn full_read(
+    f: &mut Followed,
+    now: SystemTime,
+    counts: &mut Counts,
+    watcher: Option<&mut follow::Watcher>,
+) {
+    let began = thread_cpu();
+    if let Some(source) = f.source.clone() {
+        read_run(f, &source, now, counts, watcher, None);
+    }
+    f.last_full = Some(now);
+    f.full_reads += 1;
+    f.busy += thread_cpu().saturating_sub(began);
 }
 
 /// The source of a run whose first process is `pid`, from /proc.
@@ -719,52 +929,155 @@ fn problem(f: &mut Followed, path: Option<&Path>, why: String) {
 }
 
 /// Reads the new lines of the run's transcript files: Claude Code's in
-/// the project dir, Codex's in the day dirs of `sessions` around the run.
-fn read_run(f: &mut Followed, source: &Source, now: SystemTime, counts: &mut Counts) {
+/// the project dir, Codex's in the day dirs of `sessions` around the run;
+/// of the files named `only` when given (inotify said only they were
+/// written to). Every dir and file is opened beneath the config dir's fd
+/// ([`follow`]); the dirs are watched when `watcher` is given.
+fn read_run(
+    f: &mut Followed,
+    source: &Source,
+    now: SystemTime,
+    counts: &mut Counts,
+    watcher: Option<&mut follow::Watcher>,
+    only: Option<&HashSet<OsString>>,
+) {
+    if f.config_fd.is_none() {
+        match follow::open_config(&source.config) {
+            Ok(fd) => f.config_fd = Some(fd),
+            // Not made yet (the agent writes its first line later).
+            Err(nix::errno::Errno::ENOENT) => {
+                f.watched = false;
+                return;
+            }
+            Err(e) => {
+                f.watched = false;
+                problem(f, Some(&source.config), follow::why(e));
+                return;
+            }
+        }
+    }
+    let Some(config) = f.config_fd.take() else {
+        return;
+    };
+    if only.is_none() && follow::replaced(&source.config, config.as_fd()) {
+        problem(
+            f,
+            Some(&source.config),
+            "the config dir was replaced (moved, deleted or now a symlink): the dir the run \
+             began with is read on, not what is at its path now"
+                .to_owned(),
+        );
+    }
+    read_beneath(f, source, config.as_fd(), now, counts, watcher, only);
+    f.config_fd = Some(config);
+}
+
+/// Whether `name` is named like a transcript of `format`.
+fn transcript_name(format: Format, name: &str) -> bool {
+    match format {
+        Format::ClaudeCode => Path::new(name).extension().is_some_and(|x| x == "jsonl"),
+        Format::Codex => codex::is_rollout(Path::new(name)),
+    }
+}
+
+/// [`read_run`] once the config dir `config` is open.
+fn read_beneath(
+    f: &mut Followed,
+    source: &Source,
+    config: BorrowedFd<'_>,
+    now: SystemTime,
+    counts: &mut Counts,
+    mut watcher: Option<&mut follow::Watcher>,
+    only: Option<&HashSet<OsString>>,
+) {
     let dirs = match f.format {
         Format::ClaudeCode => vec![source.dir.clone()],
         Format::Codex => codex::day_dirs(&source.dir, f.start, now),
     };
-    let config = std::fs::canonicalize(&source.config).unwrap_or_else(|_| source.config.clone());
-    let mut paths: Vec<PathBuf> = Vec::new();
+    let mut watched = watcher.is_some();
+    let mut opened: Vec<OwnedFd> = Vec::new();
+    let mut paths: Vec<(PathBuf, usize, OsString)> = Vec::new();
     for dir in dirs {
-        // The dir may not exist yet (the agent writes its first line later).
-        let Ok(real) = std::fs::canonicalize(&dir) else {
-            continue;
-        };
-        if !real.starts_with(&config) {
+        let Ok(rel) = dir.strip_prefix(&source.config) else {
             problem(
                 f,
                 Some(&dir),
-                format!(
-                    "resolves to {} outside {}",
-                    real.display(),
-                    config.display()
-                ),
+                "not beneath the agent's config dir".to_owned(),
             );
             continue;
-        }
-        let entries = match std::fs::read_dir(&real) {
-            Ok(e) => e,
+        };
+        let fd = match follow::open_dir(config, rel) {
+            Ok(fd) => fd,
+            // Not made yet: the deepest dir on the way that is is watched,
+            // to read the run when it comes.
+            Err(nix::errno::Errno::ENOENT) => {
+                if only.is_none()
+                    && let Some(w) = watcher.as_deref_mut()
+                    && !watch_nearest(w, &f.run.id, config, rel)
+                {
+                    watched = false;
+                }
+                continue;
+            }
             Err(e) => {
-                problem(f, Some(&real), format!("cannot list: {e}"));
+                problem(f, Some(&dir), follow::why(e));
                 continue;
             }
         };
+        if only.is_none()
+            && let Some(w) = watcher.as_deref_mut()
+            && w.watch(&f.run.id, fd.as_fd()).is_err()
+        {
+            watched = false;
+        }
+        let names = match only {
+            Some(only) => only
+                .iter()
+                .filter(|n| n.to_str().is_some_and(|n| transcript_name(f.format, n)))
+                .cloned()
+                .collect(),
+            None => {
+                let format = f.format;
+                match follow::list(fd.as_fd(), |n| transcript_name(format, n)) {
+                    Ok((names, more)) => {
+                        if more {
+                            problem(
+                                f,
+                                Some(&dir),
+                                format!(
+                                    "more than {} entries: the rest not looked at",
+                                    follow::ENTRIES_MAX
+                                ),
+                            );
+                        }
+                        names
+                    }
+                    Err(e) => {
+                        problem(
+                            f,
+                            Some(&dir),
+                            format!("cannot list: {}", std::io::Error::from(e)),
+                        );
+                        continue;
+                    }
+                }
+            }
+        };
+        let i = opened.len();
+        opened.push(fd);
         paths.extend(
-            entries
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| match f.format {
-                    Format::ClaudeCode => p.extension().is_some_and(|x| x == "jsonl"),
-                    Format::Codex => codex::is_rollout(p),
-                })
-                .take(4 * FILES_MAX),
+            names
+                .into_iter()
+                .take(4 * FILES_MAX)
+                .map(|n| (dir.join(&n), i, n)),
         );
+    }
+    if only.is_none() {
+        f.watched = watched;
     }
     paths.sort();
     let mut budget = READ_PER_TICK;
-    for path in paths {
+    for (path, i, name) in paths {
         if budget == 0 {
             break;
         }
@@ -777,20 +1090,49 @@ fn read_run(f: &mut Followed, source: &Source, now: SystemTime, counts: &mut Cou
             );
             break;
         }
-        read_file(f, &path, &mut budget, counts);
+        let Some(dir) = opened.get(i) else {
+            continue;
+        };
+        read_file(f, dir.as_fd(), &path, &name, &mut budget, counts);
     }
 }
 
-/// Reads the new lines of one file (not following a symlink).
-fn read_file(f: &mut Followed, path: &Path, budget: &mut u64, counts: &mut Counts) {
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(path)
-    {
+/// Watches the deepest existing dir of `rel` (beneath `config`, itself
+/// included) for run `run`; whether it could.
+fn watch_nearest(w: &mut follow::Watcher, run: &str, config: BorrowedFd<'_>, rel: &Path) -> bool {
+    let mut at = rel.parent();
+    while let Some(p) = at {
+        let p_rel = if p.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            p
+        };
+        match follow::open_dir(config, p_rel) {
+            Ok(fd) => return w.watch(run, fd.as_fd()).is_ok(),
+            Err(nix::errno::Errno::ENOENT) => at = p.parent(),
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// Reads the new lines of the file `name` of the dir `dir` (`path`), not
+/// following a symlink.
+fn read_file(
+    f: &mut Followed,
+    dir: BorrowedFd<'_>,
+    path: &Path,
+    name: &OsString,
+    budget: &mut u64,
+    counts: &mut Counts,
+) {
+    let file = match follow::open_file(dir, Path::new(name)) {
         Ok(file) => file,
+        // Gone since the listing (rotated), or (named by inotify) in
+        // another of the run's dirs.
+        Err(nix::errno::Errno::ENOENT) => return,
         Err(e) => {
-            problem(f, Some(path), format!("cannot open: {e}"));
+            problem(f, Some(path), follow::why(e));
             return;
         }
     };

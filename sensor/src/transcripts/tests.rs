@@ -350,6 +350,200 @@ fn a_rotated_transcript_is_read_from_its_start() {
     assert_eq!(c[0].id, "t2");
 }
 
+/// inotify: the run is read when its transcript changes (a new file: in
+/// full; an append: only the file written to), with no poll.
+#[test]
+fn a_change_wakes_the_reader() {
+    let mut fx = Fixture::new();
+    assert!(fx.t.tick(at(500)).is_empty());
+    assert_eq!(fx.t.watches(), 1, "the project dir is watched");
+    assert!(fx.t.wake(at(600)).is_empty(), "nothing changed");
+    fx.append(
+        "s.jsonl",
+        &format!(
+            "{}\n{}\n",
+            call_line(1_000, "toolu_1", "a"),
+            result_line(1_100, "toolu_1")
+        ),
+    );
+    let found = fx.t.wake(at(2_000));
+    assert_eq!(calls(&found).len(), 1, "{found:?}");
+    fx.append(
+        "s.jsonl",
+        &format!(
+            "{}\n{}\n",
+            call_line(2_000, "toolu_2", "b"),
+            result_line(2_100, "toolu_2")
+        ),
+    );
+    let found = fx.t.wake(at(3_000));
+    let c = calls(&found);
+    assert_eq!(c.len(), 1, "{found:?}");
+    assert_eq!(c[0].id, "toolu_2");
+    // The poll is due a second after the last full read (the wake on the
+    // new file; the append read only that file), not before.
+    assert_eq!(fx.t.next_read(at(2_500)), Some(Duration::from_millis(500)));
+}
+
+/// A project dir made after the run began: its nearest existing parent is
+/// watched, and its making wakes the reader.
+#[test]
+fn a_dir_made_later_wakes_the_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("claude");
+    std::fs::create_dir_all(config.join("projects")).unwrap();
+    let project = claude::project_dir(&config, Path::new("/w"));
+    let mut t = Transcripts::new(HashMap::from([("a".to_owned(), Format::ClaudeCode)]));
+    t.start(
+        &run_start(),
+        Format::ClaudeCode,
+        Ok(Source {
+            config,
+            dir: project.clone(),
+        }),
+    );
+    assert!(t.tick(at(500)).is_empty());
+    assert_eq!(t.watches(), 1, "projects/ is watched");
+    std::fs::create_dir(&project).unwrap();
+    std::fs::write(
+        project.join("s.jsonl"),
+        format!(
+            "{}\n{}\n",
+            call_line(1_000, "toolu_x", "x"),
+            result_line(1_100, "toolu_x")
+        ),
+    )
+    .unwrap();
+    let found = t.wake(at(2_000));
+    assert_eq!(calls(&found).len(), 1, "{found:?}");
+    assert_eq!(t.watches(), 2, "and now the project dir");
+}
+
+/// Cost of following a busy run, the way the daemon does it now (woken by
+/// inotify, at most every [`WAKE_GAP`], and polled when [`Transcripts::next_read`]
+/// says) and the way it did (a full read every 250 ms): the reader thread's
+/// CPU while a writer appends 60 lines a second (a call, its
+/// result and a 1.5 KB message each time) for 10 s, and while it writes
+/// nothing (a run waiting for its model), with one transcript in the project
+/// dir and with 200 old sessions beside it (figures, not a
+/// check; a shared machine makes them noisy):
+/// `cargo test -p sensor --lib follow_cost -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement"]
+fn follow_cost() {
+    const FOR: Duration = Duration::from_secs(10);
+    for (lines_per_s, old_sessions) in [(60, 0), (60, 200), (0, 0), (0, 200)] {
+        for inotify in [true, false] {
+            let mut fx = Fixture::new();
+            for i in 0..old_sessions {
+                fx.append(&format!("old-{i}.jsonl"), "{\"type\":\"summary\"}\n");
+                let f = File::options()
+                    .append(true)
+                    .open(fx.project().join(format!("old-{i}.jsonl")))
+                    .unwrap();
+                f.set_modified(SystemTime::now() - Duration::from_secs(86_400))
+                    .unwrap();
+            }
+            // The run began now (the old sessions are older).
+            let mut start = run_start();
+            start.time = Timestamp(SystemTime::now());
+            let source = fx.t.runs.values().next().unwrap().source.clone().unwrap();
+            fx.t = Transcripts::new(HashMap::from([("a".to_owned(), Format::ClaudeCode)]));
+            fx.t.start(&start, Format::ClaudeCode, Ok(source));
+            let project = fx.project();
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let writer = {
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let mut f = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(project.join("busy.jsonl"))
+                        .unwrap();
+                    let filler = format!(
+                        r#"{{"type":"assistant","timestamp":"{}","message":{{"content":[{{"type":"text","text":"{}"}}]}}}}"#,
+                        crate::event::rfc3339(SystemTime::now()),
+                        "z".repeat(1_500)
+                    );
+                    let mut i = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        if lines_per_s == 0 {
+                            std::thread::sleep(Duration::from_millis(50));
+                            continue;
+                        }
+                        let now = crate::event::rfc3339(SystemTime::now()).to_string();
+                        let line = match i % 3 {
+                            0 => format!(
+                                r#"{{"type":"assistant","timestamp":"{now}","message":{{"content":[{{"type":"tool_use","id":"t{i}","name":"Bash","input":{{"command":"echo {i}"}}}}]}}}}"#
+                            ),
+                            1 => format!(
+                                r#"{{"type":"user","timestamp":"{now}","message":{{"content":[{{"type":"tool_result","tool_use_id":"t{}","content":"ok"}}]}}}}"#,
+                                i - 1
+                            ),
+                            _ => filler.clone(),
+                        };
+                        writeln!(f, "{line}").unwrap();
+                        i += 1;
+                        std::thread::sleep(Duration::from_millis(1_000 / lines_per_s));
+                    }
+                    i
+                })
+            };
+            let began = std::time::Instant::now();
+            let cpu0 = thread_cpu();
+            let mut calls_seen = 0;
+            let mut wakes = 0u64;
+            let mut in_wake = Duration::ZERO;
+            while began.elapsed() < FOR {
+                let found = if inotify {
+                    let wait =
+                        fx.t.next_read(SystemTime::now())
+                            .unwrap_or(Duration::from_secs(1));
+                    let fd = fx.t.wake_fd().unwrap();
+                    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+                    // SAFETY: `fd` holds the inotify instance open meanwhile.
+                    let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
+                    let mut fds = [nix::poll::PollFd::new(
+                        borrowed,
+                        nix::poll::PollFlags::POLLIN,
+                    )];
+                    let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
+                    let ready = nix::poll::poll(&mut fds, ms).unwrap_or(0) > 0;
+                    if ready {
+                        wakes += 1;
+                        let c0 = thread_cpu();
+                        let f = fx.t.wake(SystemTime::now());
+                        in_wake += thread_cpu().saturating_sub(c0);
+                        std::thread::sleep(WAKE_GAP);
+                        f
+                    } else {
+                        fx.t.poll(SystemTime::now())
+                    }
+                } else {
+                    std::thread::sleep(Duration::from_millis(250));
+                    fx.t.tick(SystemTime::now())
+                };
+                calls_seen += calls(&found).len();
+            }
+            let cpu = thread_cpu().saturating_sub(cpu0);
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let lines = writer.join().unwrap();
+            eprintln!(
+                "{} {lines_per_s} lines/s, {old_sessions} old sessions: {lines} lines written, {calls_seen} calls read, {wakes} wakes ({in_wake:?} in them); reader CPU {:.1} ms in {:.1} s = {:.3} % of a core",
+                if inotify {
+                    "inotify + poll"
+                } else {
+                    "250 ms poll (before)"
+                },
+                cpu.as_secs_f64() * 1000.0,
+                began.elapsed().as_secs_f64(),
+                cpu.as_secs_f64() * 100.0 / began.elapsed().as_secs_f64()
+            );
+            assert!(calls_seen > 0 || lines == 0);
+        }
+    }
+}
+
 #[test]
 fn an_unresolved_source_is_reported() {
     let mut t = Transcripts::new(HashMap::from([("a".to_owned(), Format::ClaudeCode)]));
