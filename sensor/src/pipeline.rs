@@ -1191,6 +1191,24 @@ fn drain_paced(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline, budget: usi
     }
 }
 
+/// Drains the ring until it is empty, waiting (on this thread) while a
+/// consumer is behind: at start-up (what was recorded while no daemon read)
+/// and at stop, when the loop's drain timer no longer runs. A stalled
+/// consumer does not hold it (its queue drops, counted).
+fn drain_all(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline) {
+    loop {
+        let paced = drain_paced(ring, pipeline, DRAIN_BUDGET);
+        if paced.held {
+            std::thread::sleep(HELD_WAIT);
+        } else if paced.drained.empty {
+            return;
+        }
+    }
+}
+
+/// How long [`drain_all`] sleeps while a consumer is behind.
+const HELD_WAIT: Duration = Duration::from_millis(1);
+
 #[derive(Clone, Copy)]
 struct Paced {
     drained: Drained,
@@ -1371,7 +1389,7 @@ pub async fn run(
         run_stats_seen,
     );
     if let Some(mut old) = old_ring {
-        while !drain(&mut old, &mut pipeline, DRAIN_BUDGET).empty {}
+        drain_all(&mut old, &mut pipeline);
         pipeline.flush();
     }
     write_mark(&mut mark, &pipeline, MARK_RUNNING, last_seen);
@@ -1546,7 +1564,7 @@ pub async fn run(
             pipeline.check_integrity(&mut probes);
             // What the ring holds now is ours to write; what comes after
             // waits there for the next daemon.
-            drain(ring.get_mut(), &mut pipeline, usize::MAX);
+            drain_all(ring.get_mut(), &mut pipeline);
             MARK_STOPPED
         }
         (Ended::Stopped, StopMode::Detach) => {
@@ -1559,8 +1577,7 @@ pub async fn run(
     log_stop(&probes.stop(), &links_dir);
     if final_state == MARK_DETACHED {
         // Stopped producing: take everything already in the ring.
-        let ring = ring.get_mut();
-        while !drain(ring, &mut pipeline, usize::MAX).empty {}
+        drain_all(ring.get_mut(), &mut pipeline);
     }
     pipeline.report_deferred_files();
     let lost_by_run = pipeline.check_run_stats(&mut run_stats);

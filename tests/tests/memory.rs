@@ -25,7 +25,7 @@ const SHORT_LIVED: usize = 10_000;
 /// they do not grow with the storm, and a debug build's binary is large.
 const ANON_AFTER_MAX_KIB: u64 = 32 * 1024;
 /// Its anonymous memory at any moment of the storm, at most (sampled).
-const ANON_PEAK_MAX_KIB: u64 = 96 * 1024;
+const ANON_PEAK_MAX_KIB: u64 = 56 * 1024;
 /// How long after the storm is written the memory must be back.
 const GIVE_BACK_WITHIN: Duration = Duration::from_secs(15);
 

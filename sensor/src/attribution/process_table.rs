@@ -286,7 +286,11 @@ mod tests {
             assert!(t.remove(pid, u64::from(pid) * 10_000_000).is_some());
         }
         assert!(t.shrink());
-        assert!(t.by_pid.capacity() < big / 8, "{}", t.by_pid.capacity());
+        assert!(
+            t.by_pid.capacity() <= big / 8,
+            "{} of {big}",
+            t.by_pid.capacity()
+        );
         assert_eq!(t.len(), 100);
         assert!(t.get(7, 70_000_000).is_some(), "the live ones are kept");
         assert!(!t.shrink(), "small tables are left alone");

@@ -38,10 +38,12 @@ pub struct Backlog {
 }
 
 impl Backlog {
-    /// Whether `n` more events fit in the queue ([`QUEUE_EVENTS`]).
+    /// Whether `n` more events fit in the queue ([`QUEUE_EVENTS`]); an
+    /// empty queue takes any one batch (the producer holds it already).
     #[must_use]
     pub fn has_room(&self, n: usize) -> bool {
-        self.waiting() + n as u64 <= QUEUE_EVENTS
+        let waiting = self.waiting();
+        waiting == 0 || waiting + n as u64 <= QUEUE_EVENTS
     }
 
     /// The producer queued `n` events.
@@ -158,7 +160,10 @@ mod tests {
     #[test]
     fn bounded_in_events() {
         let b = Backlog::default();
-        assert!(b.has_room(QUEUE_EVENTS as usize));
+        assert!(
+            b.has_room(QUEUE_EVENTS as usize * 10),
+            "empty: any one batch"
+        );
         b.queued(QUEUE_EVENTS as usize - 10);
         assert!(b.has_room(10));
         assert!(!b.has_room(11));
