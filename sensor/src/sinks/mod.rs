@@ -769,6 +769,39 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_queue_over_its_events_bound_drops_the_batch_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let spec: OutputSpec = format!("file:{}", path.display()).parse().unwrap();
+        let outputs = Outputs::open(&[spec], &ctx(dir.path())).unwrap();
+        let handles = outputs.handles();
+        let backlog = outputs.backlogs().remove(0);
+        outputs.send(&batch_of(&[(1, Kind::ProcessExec, false)]));
+        // A consumer behind: as many events waiting as the bound allows.
+        while backlog.waiting() > 0 {
+            std::thread::yield_now();
+        }
+        backlog.queued(backlog::QUEUE_EVENTS as usize);
+        outputs.send(&batch_of(&[(2, Kind::ProcessExec, false)]));
+        assert_eq!(handles[0].dropped(), 1, "over the bound: dropped, counted");
+        backlog.took(backlog::QUEUE_EVENTS as usize);
+        outputs.send(&batch_of(&[(3, Kind::ProcessExec, false)]));
+        outputs.close();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let seqs: Vec<u64> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(seqs, [1, 3]);
+        assert_eq!(backlog.waiting(), 0, "every batch taken is counted off");
+        assert_eq!(handles[0].stats.sent.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
     fn filters_apply_per_output() {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a.jsonl");
