@@ -18,6 +18,7 @@ pub mod error;
 pub mod event;
 pub mod identity;
 pub mod loader;
+pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod paths;

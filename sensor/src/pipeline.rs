@@ -134,6 +134,11 @@ pub struct Pipeline {
     last_batch: Option<crate::sinks::EventBatch>,
     /// The agents' transcripts, read on the tick (`tool.call`).
     transcripts: Option<crate::transcripts::Transcripts>,
+    /// The outputs' and the store's backlogs: the reader holds back while
+    /// one is behind (`sinks::backlog`).
+    pressure: crate::sinks::Pressure,
+    /// When to give freed memory back to the system.
+    trim: crate::memory::Trim,
 }
 
 /// A file change by a process within this long of the kernel's report of
@@ -149,6 +154,10 @@ impl Pipeline {
     pub fn new(builder: Engine, outputs: Outputs, state: Arc<DaemonState>) -> Self {
         let output_handles = outputs.handles();
         let output_dropped_seen = vec![0; output_handles.len()];
+        let mut pressure = crate::sinks::Pressure::default();
+        for backlog in outputs.backlogs() {
+            pressure.watch(backlog);
+        }
         Self {
             builder,
             outputs,
@@ -185,6 +194,8 @@ impl Pipeline {
             last_batch: None,
             transcripts: None,
             exec_files: false,
+            pressure,
+            trim: crate::memory::Trim::default(),
         }
     }
 
@@ -522,6 +533,7 @@ impl Pipeline {
     pub fn with_store(mut self, store: StoreWriter) -> Self {
         self.state.set_store(store.path().to_owned(), store.stats());
         self.control.set_store(store.path().to_owned());
+        self.pressure.watch(store.backlog());
         self.store = Some(store);
         self
     }
@@ -827,6 +839,7 @@ impl Pipeline {
             return;
         }
         let events = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_EVENTS));
+        self.trim.handled(events.len());
         let batch = match &self.provenance {
             Some(p) => {
                 crate::sinks::EventBatch::chained(events, p.chainer(), self.last_batch.as_ref())
@@ -843,6 +856,25 @@ impl Pipeline {
         if let Some(store) = &self.store {
             store.send(crate::store::writer::StoreBatch::Events(batch));
         }
+    }
+
+    /// The tick's housekeeping of memory: tables shrunk after a mass exit,
+    /// and freed memory returned to the system once the consumers have
+    /// written what they held ([`crate::memory::Trim`]).
+    fn give_back_memory(&mut self) {
+        if self.builder.attribution_mut().shrink_tables() {
+            self.trim.shrunk();
+        }
+        let peak = self.pressure.take_peak();
+        if peak > crate::sinks::backlog::HOLD_EVENTS {
+            tracing::debug!(
+                peak,
+                holds = self.pressure.holds(),
+                "a consumer fell behind; the reader held back"
+            );
+        }
+        self.trim
+            .maybe(self.pressure.waiting(), std::time::Instant::now());
     }
 
     /// Reports what the kernel counted per run since the last look: a
@@ -1152,6 +1184,71 @@ fn drain(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline, budget: usize) ->
     }
 }
 
+/// Records between two looks at the consumers' backlogs while draining.
+const PRESSURE_EVERY: usize = 64;
+
+/// [`drain`], but leaves the rest in the ring while a consumer is behind
+/// ([`crate::sinks::Pressure`]): `held` says so, and the caller comes back
+/// on the drain timer.
+fn drain_paced(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline, budget: usize) -> Paced {
+    let mut records = 0;
+    while records < budget {
+        if pipeline.pressure.holding() {
+            pipeline.flush();
+            return Paced {
+                drained: Drained {
+                    records,
+                    empty: false,
+                },
+                held: true,
+            };
+        }
+        let step = drain(ring, pipeline, PRESSURE_EVERY.min(budget - records));
+        records += step.records;
+        if step.empty {
+            return Paced {
+                drained: Drained {
+                    records,
+                    empty: true,
+                },
+                held: false,
+            };
+        }
+    }
+    Paced {
+        drained: Drained {
+            records,
+            empty: false,
+        },
+        held: false,
+    }
+}
+
+/// Drains the ring until it is empty, waiting (on this thread) while a
+/// consumer is behind: at start-up (what was recorded while no daemon read)
+/// and at stop, when the loop's drain timer no longer runs. A stalled
+/// consumer does not hold it (its queue drops, counted).
+fn drain_all(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline) {
+    loop {
+        let paced = drain_paced(ring, pipeline, DRAIN_BUDGET);
+        if paced.held {
+            std::thread::sleep(HELD_WAIT);
+        } else if paced.drained.empty {
+            return;
+        }
+    }
+}
+
+/// How long [`drain_all`] sleeps while a consumer is behind.
+const HELD_WAIT: Duration = Duration::from_millis(1);
+
+#[derive(Clone, Copy)]
+struct Paced {
+    drained: Drained,
+    /// Stopped because a consumer is behind: records are left in the ring.
+    held: bool,
+}
+
 /// How the reader learns of new records, told to the kernel programs
 /// through the `SNSR_READER` map:
 ///
@@ -1325,10 +1422,12 @@ pub async fn run(
         run_stats_seen,
     );
     if let Some(mut old) = old_ring {
-        while !drain(&mut old, &mut pipeline, DRAIN_BUDGET).empty {}
+        drain_all(&mut old, &mut pipeline);
         pipeline.flush();
     }
     write_mark(&mut mark, &pipeline, MARK_RUNNING, last_seen);
+    // What start-up parsed and dropped (the kernel's BTF, /proc) goes back.
+    pipeline.trim.now(std::time::Instant::now());
     // SAFETY: RingBuf owns its map fd and keeps it open, unchanged, for its
     // whole life, which the AsyncFd spans.
     let mut ring =
@@ -1425,6 +1524,7 @@ pub async fn run(
                 let expired = pipeline.builder.expire(now);
                 pipeline.run_changes(&expired);
                 pipeline.builder.attribution_mut().forget_ended(now);
+                pipeline.give_back_memory();
                 pipeline.control.tick(&pipeline.builder);
                 ticks += 1;
                 if ticks.is_multiple_of(REFRESH_TICKS) {
@@ -1484,17 +1584,24 @@ pub async fn run(
                     // Records keep coming: drain on the timer again.
                     drain_timer.reset();
                 }
-                let drained = drain(guard.get_inner_mut(), &mut pipeline, DRAIN_BUDGET);
+                let paced = drain_paced(guard.get_inner_mut(), &mut pipeline, DRAIN_BUDGET);
                 pipeline.flush();
-                if drained.empty {
+                if paced.held {
+                    // A consumer is behind: the records wait in the ring, and
+                    // the drain timer (awake) comes back for them.
+                    guard.clear_ready();
+                    if reader.set_asleep(false) {
+                        drain_timer.reset();
+                    }
+                } else if paced.drained.empty {
                     guard.clear_ready();
                 } else {
                     tokio::task::yield_now().await;
                 }
             }
             _ = drain_timer.tick(), if !reader.asleep => {
-                let drained = drain(ring.get_mut(), &mut pipeline, DRAIN_BUDGET);
-                if drained.records == 0 && reader.set_asleep(true) {
+                let paced = drain_paced(ring.get_mut(), &mut pipeline, DRAIN_BUDGET);
+                if paced.drained.records == 0 && !paced.held && reader.set_asleep(true) {
                     // What came before the kernel saw the change was sent
                     // without a wakeup: take it now, and stay awake if any.
                     if drain(ring.get_mut(), &mut pipeline, DRAIN_BUDGET).records > 0 {
@@ -1531,7 +1638,7 @@ pub async fn run(
             pipeline.check_integrity(&mut probes);
             // What the ring holds now is ours to write; what comes after
             // waits there for the next daemon.
-            drain(ring.get_mut(), &mut pipeline, usize::MAX);
+            drain_all(ring.get_mut(), &mut pipeline);
             MARK_STOPPED
         }
         (Ended::Stopped, StopMode::Detach) => {
@@ -1544,8 +1651,7 @@ pub async fn run(
     log_stop(&probes.stop(), &links_dir);
     if final_state == MARK_DETACHED {
         // Stopped producing: take everything already in the ring.
-        let ring = ring.get_mut();
-        while !drain(ring, &mut pipeline, usize::MAX).empty {}
+        drain_all(ring.get_mut(), &mut pipeline);
     }
     pipeline.report_deferred_files();
     let lost_by_run = pipeline.check_run_stats(&mut run_stats);

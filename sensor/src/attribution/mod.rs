@@ -485,6 +485,7 @@ impl Attribution {
         // already in the table (and counted) when its spawn is read: count a
         // process once, moving it if its run changed.
         let counted = self.processes.get(h.tgid, h.start_ns).map_or(0, |p| p.run);
+        let exe = self.processes.share_exe(h.ppid, h.parent_start_ns, exe);
         self.processes.upsert(h.tgid, h.start_ns, exe);
         self.processes.set_run(h.tgid, h.start_ns, run, how);
         if counted != run {
@@ -879,6 +880,12 @@ impl Attribution {
             }
         }
         changes
+    }
+
+    /// Gives back the process table's room after a mass exit
+    /// ([`ProcessTable::shrink`]); whether it did.
+    pub fn shrink_tables(&mut self) -> bool {
+        self.processes.shrink()
     }
 
     /// Drops runs that ended more than [`ENDED_KEPT`] ago from memory (the

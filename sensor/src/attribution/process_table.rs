@@ -103,6 +103,24 @@ impl ProcessTable {
         self.by_pid.is_empty()
     }
 
+    /// Gives back the table's room after a mass exit: a hash table keeps the
+    /// capacity of its largest size (100,000 forked and exited processes
+    /// left 6 MiB of empty buckets). Shrinks when fewer than a quarter of
+    /// the buckets are used, to twice the live count; returns whether it
+    /// did (the caller may then return the freed memory to the system).
+    pub fn shrink(&mut self) -> bool {
+        let (len, capacity) = (self.by_pid.len(), self.by_pid.capacity());
+        if capacity <= Self::SHRINK_ABOVE || len >= capacity / 4 {
+            return false;
+        }
+        self.by_pid
+            .shrink_to(len.saturating_mul(2).max(Self::SHRINK_ABOVE));
+        self.by_pid.capacity() < capacity
+    }
+
+    /// Tables this small are left alone by [`ProcessTable::shrink`].
+    const SHRINK_ABOVE: usize = 4096;
+
     /// Records a process (spawn, exec or /proc).
     pub fn upsert(&mut self, pid: u32, start_ns: u64, exe: Option<Arc<str>>) {
         let tick = self.ns_per_tick;
@@ -120,6 +138,25 @@ impl ProcessTable {
         }
         if exe.is_some() {
             entry.exe = exe;
+        }
+    }
+
+    /// `exe`, or the equal path its parent holds, shared: a fork keeps its
+    /// parent's image, so 100,000 forked children hold one path, not
+    /// 100,000 copies of it.
+    #[must_use]
+    pub fn share_exe(
+        &self,
+        ppid: u32,
+        parent_start_ns: u64,
+        exe: Option<Arc<str>>,
+    ) -> Option<Arc<str>> {
+        match (
+            exe,
+            self.get(ppid, parent_start_ns).and_then(|p| p.exe.as_ref()),
+        ) {
+            (Some(own), Some(parents)) if *own == **parents => Some(Arc::clone(parents)),
+            (exe, _) => exe,
         }
     }
 
@@ -219,6 +256,44 @@ mod tests {
         );
         assert!(t.remove(42, 2_000_000_000).is_some());
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_forked_child_shares_its_parents_exe() {
+        let mut t = ProcessTable::new(10_000_000);
+        t.upsert(10, 1_000_000_000, Some("/usr/bin/bash".into()));
+        let parents = t.get(10, 0).and_then(|p| p.exe.clone()).unwrap();
+        let shared = t.share_exe(10, 1_000_000_000, Some("/usr/bin/bash".into()));
+        assert!(Arc::ptr_eq(&shared.unwrap(), &parents));
+        let other = t.share_exe(10, 1_000_000_000, Some("/usr/bin/ls".into()));
+        assert_eq!(other.as_deref(), Some("/usr/bin/ls"));
+        assert!(!Arc::ptr_eq(&other.unwrap(), &parents));
+        assert_eq!(t.share_exe(11, 0, None), None);
+        // A recycled parent pid: not the parent.
+        let stale = t.share_exe(10, 5_000_000_000, Some("/usr/bin/bash".into()));
+        assert!(!Arc::ptr_eq(&stale.unwrap(), &parents));
+    }
+
+    #[test]
+    fn shrinks_after_a_mass_exit() {
+        let mut t = ProcessTable::new(10_000_000);
+        for pid in 0..50_000 {
+            t.upsert(pid, u64::from(pid) * 10_000_000, None);
+        }
+        assert!(!t.shrink(), "full: nothing to give back");
+        let big = t.by_pid.capacity();
+        for pid in 100..50_000 {
+            assert!(t.remove(pid, u64::from(pid) * 10_000_000).is_some());
+        }
+        assert!(t.shrink());
+        assert!(
+            t.by_pid.capacity() <= big / 8,
+            "{} of {big}",
+            t.by_pid.capacity()
+        );
+        assert_eq!(t.len(), 100);
+        assert!(t.get(7, 70_000_000).is_some(), "the live ones are kept");
+        assert!(!t.shrink(), "small tables are left alone");
     }
 
     #[test]

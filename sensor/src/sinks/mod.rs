@@ -41,6 +41,7 @@
 //!
 //! Counts reach `sensor status`, the metrics and `sensor.lost` events.
 
+pub mod backlog;
 mod batch;
 pub mod filter;
 pub mod format;
@@ -61,6 +62,7 @@ use std::{
 
 use backon::BackoffBuilder as _;
 
+pub use self::backlog::{Backlog, Pressure};
 pub use self::batch::{EventBatch, JsonLines};
 pub use self::spec::{
     Format, HttpShape, OutputSpec, SpecError, Target, check_unique_names, parse_size,
@@ -204,6 +206,8 @@ pub struct OutputContext {
 
 struct Output {
     tx: SyncSender<EventBatch>,
+    /// Events in `tx` not yet taken by the output's thread.
+    backlog: Arc<Backlog>,
     handle: OutputHandle,
     threads: Vec<JoinHandle<()>>,
     stopping: Arc<AtomicBool>,
@@ -267,11 +271,28 @@ impl Outputs {
             .unwrap_or(0)
     }
 
-    /// Queues a batch on every output; an output whose queue is full drops it (counted).
+    /// Every output's backlog, for the pipeline's [`Pressure`].
+    #[must_use]
+    pub fn backlogs(&self) -> Vec<Arc<Backlog>> {
+        self.outputs
+            .iter()
+            .map(|o| Arc::clone(&o.backlog))
+            .collect()
+    }
+
+    /// Queues a batch on every output; an output whose queue is full
+    /// (in batches, or in events: [`backlog::QUEUE_EVENTS`]) drops it (counted).
     pub fn send(&self, batch: &EventBatch) {
         for o in &self.outputs {
+            if !o.backlog.has_room(batch.len()) {
+                o.handle
+                    .stats
+                    .dropped
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                continue;
+            }
             match o.tx.try_send(batch.clone()) {
-                Ok(()) => {}
+                Ok(()) => o.backlog.queued(batch.len()),
                 Err(TrySendError::Full(b) | TrySendError::Disconnected(b)) => {
                     o.handle
                         .stats
@@ -302,6 +323,7 @@ impl Outputs {
 
 fn open_one(spec: &OutputSpec, ctx: &OutputContext) -> Result<Output, SinkError> {
     let (tx, rx) = sync_channel::<EventBatch>(QUEUE_BATCHES);
+    let backlog = Arc::new(Backlog::default());
     let stats = Arc::new(OutputStats::default());
     let stopping = Arc::new(AtomicBool::new(false));
     let filter = Filter::new(spec);
@@ -333,10 +355,11 @@ fn open_one(spec: &OutputSpec, ctx: &OutputContext) -> Result<Output, SinkError>
             };
             let name = spec.name.clone();
             let stats = Arc::clone(&stats);
+            let backlog = Arc::clone(&backlog);
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("output {name}"))
-                    .spawn(move || local_loop(&name, writer, &filter, &rx, &stats))
+                    .spawn(move || local_loop(&name, writer, &filter, (&rx, &backlog), &stats))
                     .map_err(thread_err)?,
             );
         }
@@ -353,11 +376,18 @@ fn open_one(spec: &OutputSpec, ctx: &OutputContext) -> Result<Output, SinkError>
             handle.spool = Some(Arc::clone(&spool));
             let name = spec.name.clone();
             let (spooler_stats, spooler_spool) = (Arc::clone(&stats), Arc::clone(&spool));
+            let backlog = Arc::clone(&backlog);
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("spool {name}"))
                     .spawn(move || {
-                        spool_loop(&name, &filter, &rx, &spooler_spool, &spooler_stats);
+                        spool_loop(
+                            &name,
+                            &filter,
+                            (&rx, &backlog),
+                            &spooler_spool,
+                            &spooler_stats,
+                        );
                     })
                     .map_err(thread_err)?,
             );
@@ -376,6 +406,7 @@ fn open_one(spec: &OutputSpec, ctx: &OutputContext) -> Result<Output, SinkError>
     }
     Ok(Output {
         tx,
+        backlog,
         handle,
         threads,
         stopping,
@@ -455,7 +486,7 @@ fn local_loop(
     name: &str,
     mut w: transport::file::LineWriter,
     filter: &Filter,
-    rx: &Receiver<EventBatch>,
+    (rx, backlog): (&Receiver<EventBatch>, &Backlog),
     stats: &OutputStats,
 ) {
     let mut failing = false;
@@ -474,6 +505,7 @@ fn local_loop(
                 }
             }
         };
+        backlog.took(batch.len());
         encoded.clear();
         let mut shared = None;
         let n = filter.encode_lines(&batch, &mut encoded, &mut shared);
@@ -503,7 +535,7 @@ fn local_loop(
 fn spool_loop(
     name: &str,
     filter: &Filter,
-    rx: &Receiver<EventBatch>,
+    (rx, backlog): (&Receiver<EventBatch>, &Backlog),
     spool: &Spool,
     stats: &OutputStats,
 ) {
@@ -522,6 +554,7 @@ fn spool_loop(
                 }
             }
         };
+        backlog.took(batch.len());
         filter.encode_records(&batch, &mut encoded);
         match spool.append(&encoded.records()) {
             Ok(()) => failing = false,
@@ -733,6 +766,39 @@ pub(crate) mod tests {
         assert_eq!(text.lines().count(), 100);
         assert_eq!(handles[0].stats.sent.load(Ordering::Relaxed), 100);
         assert_eq!(handles[0].dropped(), 0);
+    }
+
+    #[test]
+    fn a_queue_over_its_events_bound_drops_the_batch_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let spec: OutputSpec = format!("file:{}", path.display()).parse().unwrap();
+        let outputs = Outputs::open(&[spec], &ctx(dir.path())).unwrap();
+        let handles = outputs.handles();
+        let backlog = outputs.backlogs().remove(0);
+        outputs.send(&batch_of(&[(1, Kind::ProcessExec, false)]));
+        // A consumer behind: as many events waiting as the bound allows.
+        while backlog.waiting() > 0 {
+            std::thread::yield_now();
+        }
+        backlog.queued(backlog::QUEUE_EVENTS as usize);
+        outputs.send(&batch_of(&[(2, Kind::ProcessExec, false)]));
+        assert_eq!(handles[0].dropped(), 1, "over the bound: dropped, counted");
+        backlog.took(backlog::QUEUE_EVENTS as usize);
+        outputs.send(&batch_of(&[(3, Kind::ProcessExec, false)]));
+        outputs.close();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let seqs: Vec<u64> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(seqs, [1, 3]);
+        assert_eq!(backlog.waiting(), 0, "every batch taken is counted off");
+        assert_eq!(handles[0].stats.sent.load(Ordering::Relaxed), 2);
     }
 
     #[test]

@@ -19,7 +19,10 @@ use std::{
 use rusqlite::{Connection, params};
 
 use super::{StoreError, open_for_writing, rows};
-use crate::{config::StoreKeep, sinks::EventBatch};
+use crate::{
+    config::StoreKeep,
+    sinks::{Backlog, EventBatch},
+};
 
 /// Batches waiting for the writer.
 const QUEUE_BATCHES: usize = 1024;
@@ -164,6 +167,8 @@ fn wal_path(path: &Path, suffix: &str) -> PathBuf {
 pub struct StoreWriter {
     path: PathBuf,
     tx: SyncSender<StoreBatch>,
+    /// Events in `tx` not yet taken by the writer.
+    backlog: Arc<Backlog>,
     stats: Arc<StoreStats>,
     thread: JoinHandle<()>,
 }
@@ -199,12 +204,17 @@ impl StoreWriter {
             }
         }
         let (tx, rx) = sync_channel(QUEUE_BATCHES);
+        let backlog = Arc::new(Backlog::default());
         let stats = Arc::new(StoreStats::default());
         let thread_stats = Arc::clone(&stats);
         let thread_path = path.to_owned();
+        let queue = Queue {
+            rx,
+            backlog: Arc::clone(&backlog),
+        };
         let thread = std::thread::Builder::new()
             .name("store".into())
-            .spawn(move || write_loop(&thread_path, conn, &rx, &thread_stats, retention, keep))
+            .spawn(move || write_loop(&thread_path, conn, &queue, &thread_stats, retention, keep))
             .map_err(|source| StoreError::Dir {
                 path: path.to_owned(),
                 source,
@@ -212,6 +222,7 @@ impl StoreWriter {
         Ok(Self {
             path: path.to_owned(),
             tx,
+            backlog,
             stats,
             thread,
         })
@@ -227,10 +238,22 @@ impl StoreWriter {
         Arc::clone(&self.stats)
     }
 
-    /// Queues a batch; a full queue drops it (counted).
+    /// The writer's backlog, for the pipeline's [`crate::sinks::Pressure`].
+    #[must_use]
+    pub fn backlog(&self) -> Arc<Backlog> {
+        Arc::clone(&self.backlog)
+    }
+
+    /// Queues a batch; a full queue (in batches, or in events:
+    /// [`crate::sinks::backlog::QUEUE_EVENTS`]) drops it (counted).
     pub fn send(&self, batch: StoreBatch) {
+        let n = batch.len();
+        if !self.backlog.has_room(n) {
+            self.stats.dropped.fetch_add(n as u64, Ordering::Relaxed);
+            return;
+        }
         match self.tx.try_send(batch) {
-            Ok(()) => {}
+            Ok(()) => self.backlog.queued(n),
             Err(TrySendError::Full(b) | TrySendError::Disconnected(b)) => {
                 self.stats
                     .dropped
@@ -248,10 +271,24 @@ impl StoreWriter {
     }
 }
 
+/// The writer's end of the queue: a batch taken is counted off the backlog.
+struct Queue {
+    rx: Receiver<StoreBatch>,
+    backlog: Arc<Backlog>,
+}
+
+impl Queue {
+    fn recv_timeout(&self, timeout: Duration) -> Result<StoreBatch, RecvTimeoutError> {
+        let batch = self.rx.recv_timeout(timeout)?;
+        self.backlog.took(batch.len());
+        Ok(batch)
+    }
+}
+
 fn write_loop(
     path: &Path,
     mut conn: Connection,
-    rx: &Receiver<StoreBatch>,
+    rx: &Queue,
     stats: &StoreStats,
     retention: Retention,
     keep: StoreKeep,

@@ -330,6 +330,8 @@ pub(super) const RSS_RUNS: usize = 10_000;
 pub(super) const QUICK_RSS_RUNS: usize = 1000;
 /// How long the daemon may take to end the runs whose processes were killed.
 pub(super) const RUNS_DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long after the parked processes were killed the memory is read again.
+pub(super) const EXITED_SETTLE: Duration = Duration::from_secs(8);
 /// ≤ 64 MiB RSS at 100,000 live processes.
 pub(super) const RSS_TARGET_KIB: u64 = 64 * 1024;
 
@@ -391,9 +393,21 @@ pub(super) fn measure(env: &Env, quick: bool, results: &mut Results) -> Result<(
         target_kib: (processes >= RSS_PROCESSES).then_some(RSS_TARGET_KIB),
     });
 
+    // After the exit storm: the daemon gives back what it held once the
+    // exits are written (the tick trims at most every 5 s).
+    thread::sleep(EXITED_SETTLE);
+    let rss_kib = self::rss_kib(pid)?;
+    eprintln!("  {processes} processes exited: VmRSS {rss_kib} KiB");
+    results.memory.push(MemoryResult {
+        name: "processes, exited",
+        count: processes,
+        idle_kib,
+        rss_kib,
+        parts_kib: rss_parts(pid),
+        target_kib: None,
+    });
+
     eprintln!("xtask bench: memory: launching {runs} runs");
-    // Let the daemon forget the exited processes first.
-    thread::sleep(Duration::from_secs(1));
     let idle_kib = self::rss_kib(pid)?;
     let parked = park(runs, Some(daemon.socket()))?;
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -150,8 +150,10 @@ pub(super) fn markdown(
         }
         out.push_str(
             "\nDaemon memory: `sensor daemon --no-store --output file:/dev/null` with that many \
-             processes parked in pause() (forked by a helper) or that many runs live (each a \
-             parked process that sent its own launch request); VmRSS from /proc/PID/status.\n",
+             processes parked in pause() (forked by a helper), the same 8 s after they were all \
+             killed (`processes, exited`), or that many runs live (each a parked process that \
+             sent its own launch request); VmRSS from /proc/PID/status. Its file pages include \
+             the kernel's 16 MiB event ring, which the daemon maps twice (32 MiB of VmRSS).\n",
         );
     }
     if !results.latency_ms.is_empty() {
