@@ -46,8 +46,10 @@ fn codex_bin() -> Result<PathBuf> {
 fn agent_tables() -> Result<String> {
     let out = sensor_tests::example_agent_tables()?;
     ensure!(
-        out.contains("transcripts = \"codex\"") && out.contains("\"codex-linux-sandbox\""),
-        "the example config's codex agent reads no rollouts or lists no infrastructure"
+        out.contains("transcripts = \"codex\"")
+            && out.contains("\"codex --sandbox-policy-cwd\"")
+            && out.contains("@codex-snapshot-check"),
+        "the example config's codex agent reads no rollouts or lists no helpers or infrastructure"
     );
     Ok(out)
 }
@@ -410,27 +412,16 @@ fn codex_tool_calls_are_linked_to_their_processes() -> Result<()> {
         .collect();
     ensure!(bad.is_empty(), "unexpected: {bad:?}");
     // Codex's own machinery (its launcher's native binary, the sandbox
-    // helpers, bwrap, the OS probes and their pipelines, the plugin sync)
-    // is the agent's, not `tool.unexplained`; what is left is its
-    // login-shell snapshot at start (documented as reported).
-    let unexplained: Vec<&Value> = of_run(&r, "tool.unexplained");
-    for e in &unexplained {
-        let argv = argv_of(e);
-        let snapshot = argv.first().is_some_and(|a| a.ends_with("bash"))
-            && (argv.get(1).is_some_and(|a| a == "-lc")
-                || argv
-                    .get(2)
-                    .is_some_and(|a| a.starts_with("set -e; . ") && a.contains("shell_snapshots")));
-        ensure!(
-            snapshot && str_at(e, "/unexplained/reason") == Some("no_tool_call"),
-            "tool.unexplained for codex's own machinery: {}",
-            compact(e)
-        );
-    }
+    // helpers, bwrap, the OS probes and their pipelines, the plugin sync,
+    // the login-shell snapshot and its check) is the agent's: a clean run
+    // has no `tool.unexplained`.
+    let unexplained: Vec<String> = of_run(&r, "tool.unexplained")
+        .into_iter()
+        .map(compact)
+        .collect();
     ensure!(
-        unexplained.len() <= 2,
-        "more than the snapshot's shells: {:?}",
-        unexplained.iter().map(|e| compact(e)).collect::<Vec<_>>()
+        unexplained.is_empty(),
+        "tool.unexplained in a clean run: {unexplained:?}"
     );
     check_calls(&r)
 }

@@ -51,6 +51,14 @@ pub struct AgentConfig {
     /// are never `tool.unexplained`.
     #[serde(default)]
     pub infrastructure: Vec<String>,
+    /// The agent's wrappers between it and a tool call's command (with
+    /// `transcripts`; same syntax as `infrastructure`), e.g. a sandbox
+    /// helper: an exec that matches one is the agent's own when it is a
+    /// direct child of the agent's process, or a re-exec or child of such a
+    /// helper (a chain of them); what the chain runs that matches no entry
+    /// is not the agent's: a tool call must explain it.
+    #[serde(default)]
+    pub helpers: Vec<String>,
 }
 
 /// Interpreters whose first non-option argument is the program they run.
@@ -89,6 +97,13 @@ pub enum MatcherError {
         "[[agent]] {name:?}: unknown transcripts format {format:?} (known: \"claude-code\", \"codex\")"
     )]
     Transcripts { name: String, format: String },
+    #[error("[[agent]] {name:?}: bad {key} entry {entry:?}: {why}")]
+    Entry {
+        name: String,
+        key: &'static str,
+        entry: String,
+        why: String,
+    },
 }
 
 fn compile(name: &str, patterns: &[String]) -> Result<Vec<GlobMatcher>, MatcherError> {
@@ -123,6 +138,19 @@ impl Matcher {
                 name: c.name.clone(),
                 format: format.clone(),
             });
+        }
+        for (key, entries) in [
+            ("infrastructure", &c.infrastructure),
+            ("helpers", &c.helpers),
+        ] {
+            for entry in entries {
+                crate::transcripts::Infra::parse(entry).map_err(|why| MatcherError::Entry {
+                    name: c.name.clone(),
+                    key,
+                    entry: entry.clone(),
+                    why,
+                })?;
+            }
         }
         Ok(Self {
             name: c.name.clone(),

@@ -155,35 +155,92 @@ pub enum Record {
     Other,
 }
 
-/// An entry of `[[agent]] infrastructure`: the exe (its file name, or its
-/// absolute path when the entry begins with `/`), then optionally the first
-/// arguments (argv[1]...), each equal, or a prefix when it ends with `*`.
+/// An entry of `[[agent]] infrastructure` (or `helpers`): the exe (its file
+/// name, or its absolute path when the entry begins with `/`), then
+/// optionally the first arguments (argv[1]...), each equal, or a prefix
+/// when it ends with `*`, or `sha256:HEX` (the argument's SHA-256 is that:
+/// a whole script pinned without copying it into the config), or
+/// `@codex-snapshot-check` (Codex's check of its shell snapshot, below).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Infra {
     exe: String,
-    args: Vec<String>,
+    args: Vec<InfraArg>,
 }
 
-impl Infra {
-    /// The entry `text` (`git`, `/usr/bin/git`, `bash -c env`); `None` when
-    /// it is blank.
-    #[must_use]
-    pub fn parse(text: &str) -> Option<Self> {
-        let mut words = text.split_whitespace();
-        let exe = words.next()?.to_owned();
-        Some(Self {
-            exe,
-            args: words.map(str::to_owned).collect(),
+/// An argument of an [`Infra`] entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum InfraArg {
+    Equal(String),
+    Prefix(String),
+    Sha256([u8; 32]),
+    /// `set -e; . "<config>/shell_snapshots/<session>.tmp-<nonce>"`, the
+    /// run's own config dir ([`codex::is_snapshot_check`]).
+    CodexSnapshotCheck,
+}
+
+impl InfraArg {
+    fn parse(word: &str) -> Result<Self, String> {
+        if let Some(hex) = word.strip_prefix("sha256:") {
+            let mut digest = [0u8; 32];
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!("{word:?}: sha256: needs 64 hex digits"));
+            }
+            for (i, d) in digest.iter_mut().enumerate() {
+                *d = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+                    .map_err(|e| format!("{word:?}: {e}"))?;
+            }
+            return Ok(Self::Sha256(digest));
+        }
+        if let Some(name) = word.strip_prefix('@') {
+            return match name {
+                "codex-snapshot-check" => Ok(Self::CodexSnapshotCheck),
+                _ => Err(format!("{word:?}: unknown (known: @codex-snapshot-check)")),
+            };
+        }
+        Ok(match word.strip_suffix('*') {
+            Some(prefix) => Self::Prefix(prefix.to_owned()),
+            None => Self::Equal(word.to_owned()),
         })
     }
 
-    /// Whether the exec of `p` (its resolved exe and argv) is this. An
-    /// entry with an absolute path also matches a shell running that
-    /// script (`/bin/sh /usr/bin/lsb_release -a`: its exe is the shell),
-    /// the arguments then counted after the script's path. (A relative
-    /// entry never matches a script: anyone can name one `lsb_release`.)
+    fn matches(&self, arg: &str, config: Option<&Path>) -> bool {
+        match self {
+            Self::Equal(want) => arg == want,
+            Self::Prefix(prefix) => arg.starts_with(prefix.as_str()),
+            Self::Sha256(digest) => {
+                use sha2::Digest as _;
+                sha2::Sha256::digest(arg.as_bytes()).as_slice() == digest
+            }
+            Self::CodexSnapshotCheck => config.is_some_and(|c| codex::is_snapshot_check(arg, c)),
+        }
+    }
+}
+
+impl Infra {
+    /// The entry `text` (`git`, `/usr/bin/git`, `bash -c env`); `Ok(None)`
+    /// when it is blank; an error for an argument it cannot read.
+    pub fn parse(text: &str) -> Result<Option<Self>, String> {
+        let mut words = text.split_whitespace();
+        let Some(exe) = words.next() else {
+            return Ok(None);
+        };
+        if exe.starts_with('@') || exe.starts_with("sha256:") {
+            return Err(format!("{exe:?} is no executable"));
+        }
+        Ok(Some(Self {
+            exe: exe.to_owned(),
+            args: words.map(InfraArg::parse).collect::<Result<_, _>>()?,
+        }))
+    }
+
+    /// Whether the exec of `p` (its resolved exe and argv) is this, in a
+    /// run whose agent's config dir is `config`. An entry with an absolute
+    /// path also matches a shell running that script (`/bin/sh
+    /// /usr/bin/lsb_release -a`: its exe is the shell), the arguments then
+    /// counted after the script's path. (A relative entry never matches a
+    /// script: anyone can name one `lsb_release`.)
     #[must_use]
-    pub fn matches(&self, p: &Process) -> bool {
+    pub fn matches(&self, p: &Process, config: Option<&Path>) -> bool {
         let Some(exe) = p.exe.as_deref() else {
             return false;
         };
@@ -205,10 +262,7 @@ impl Infra {
         };
         self.args.iter().enumerate().all(|(i, want)| {
             argv.get(i + first_arg)
-                .is_some_and(|a| match want.strip_suffix('*') {
-                    Some(prefix) => a.starts_with(prefix),
-                    None => a == want,
-                })
+                .is_some_and(|a| want.matches(a, config))
         })
     }
 }
@@ -362,6 +416,10 @@ struct Followed {
     /// Execs to decide, in event order.
     todo: VecDeque<Candidate>,
     infra: Arc<[Infra]>,
+    helpers: Arc<[Infra]>,
+    /// Processes whose last exec is a helper in a chain of helpers from the
+    /// agent's process (`[[agent]] helpers`).
+    helper_keys: HashSet<String>,
     /// The agent's own matcher: a direct child of the agent's process that
     /// is the agent again (Codex's launcher starts its native binary) is
     /// the agent's process too.
@@ -390,6 +448,8 @@ pub struct Transcripts {
     formats: HashMap<String, Format>,
     /// Each agent's infrastructure (`[[agent]] infrastructure`).
     infra: HashMap<String, Arc<[Infra]>>,
+    /// Each agent's helpers (`[[agent]] helpers`).
+    helpers: HashMap<String, Arc<[Infra]>>,
     /// Each agent's own matcher (`[[agent]]` exe, script, module).
     own: HashMap<String, Arc<crate::attribution::Matcher>>,
     runs: HashMap<String, Followed>,
@@ -412,8 +472,24 @@ impl Transcripts {
     /// call explains and that are not `tool.unexplained`.
     #[must_use]
     pub fn with_infrastructure(mut self, agent: &str, entries: &[String]) -> Self {
-        let list: Vec<Infra> = entries.iter().filter_map(|e| Infra::parse(e)).collect();
+        let list: Vec<Infra> = entries
+            .iter()
+            .filter_map(|e| Infra::parse(e).ok().flatten())
+            .collect();
         self.infra.insert(agent.to_owned(), list.into());
+        self
+    }
+
+    /// The helpers of agent `agent` (`[[agent]] helpers`): the wrappers
+    /// between it and a tool call's command, the agent's own only as a
+    /// chain from the agent's process.
+    #[must_use]
+    pub fn with_helpers(mut self, agent: &str, entries: &[String]) -> Self {
+        let list: Vec<Infra> = entries
+            .iter()
+            .filter_map(|e| Infra::parse(e).ok().flatten())
+            .collect();
+        self.helpers.insert(agent.to_owned(), list.into());
         self
     }
 
@@ -432,7 +508,9 @@ impl Transcripts {
         );
         for a in agents {
             if t.formats.contains_key(&a.name) {
-                t = t.with_infrastructure(&a.name, &a.infrastructure);
+                t = t
+                    .with_infrastructure(&a.name, &a.infrastructure)
+                    .with_helpers(&a.name, &a.helpers);
                 // (A matcher that does not compile refused the config.)
                 if let Ok(m) = crate::attribution::Matcher::new(a) {
                     t.own.insert(a.name.clone(), Arc::new(m));
@@ -546,7 +624,10 @@ impl Transcripts {
                 {
                     f.labels.insert(p.key.clone(), l.clone());
                 }
-                if exec_ok && label.is_none() {
+                // A helper's own exec is the agent's, labelled or not; what
+                // it runs is decided like any exec.
+                let helper = exec_ok && helper_exec(f, p);
+                if exec_ok && label.is_none() && !helper {
                     consider(f, e.seq, e.time.0, p);
                 }
                 f.busy += thread_cpu().saturating_sub(began);
@@ -609,6 +690,12 @@ impl Transcripts {
                     .get(&run.agent)
                     .cloned()
                     .unwrap_or_else(|| Arc::from(Vec::new())),
+                helpers: self
+                    .helpers
+                    .get(&run.agent)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::from(Vec::new())),
+                helper_keys: HashSet::new(),
                 own: self.own.get(&run.agent).cloned(),
                 last_eager: None,
                 early: Vec::new(),
@@ -1162,8 +1249,9 @@ fn consider(f: &mut Followed, seq: u64, time: SystemTime, p: &Process) {
         }
         return;
     }
+    let config = f.source.as_ref().map(|s| s.config.as_path());
     let infra = in_tree(f, &p.parent_key, &f.infra_keys)
-        || (f.agent_keys.contains(&p.parent_key) && f.infra.iter().any(|i| i.matches(p)));
+        || (f.agent_keys.contains(&p.parent_key) && f.infra.iter().any(|i| i.matches(p, config)));
     if infra {
         if f.infra_keys.len() < PROCS_MAX {
             f.infra_keys.insert(key.clone());
@@ -1187,6 +1275,47 @@ fn consider(f: &mut Followed, seq: u64, time: SystemTime, p: &Process) {
         time,
         process: Box::new(p.clone()),
     });
+}
+
+/// Whether the exec of `p` is one of the agent's helpers (`[[agent]]
+/// helpers`) in a chain from the agent: a direct child of the agent's
+/// process, or a re-exec or child of a helper of that chain. Remembers the
+/// chain; a helper's process that execs anything else leaves it (what it
+/// runs is no helper of the agent's, and nor is what that starts).
+fn helper_exec(f: &mut Followed, p: &Process) -> bool {
+    if f.helpers.is_empty() {
+        return false;
+    }
+    let parent = exec_parent(f, &p.parent_key);
+    let in_chain = f.agent_keys.contains(parent)
+        || f.helper_keys.contains(parent)
+        || f.helper_keys.contains(&p.key);
+    let config = f.source.as_ref().map(|s| s.config.as_path());
+    if in_chain && !f.agent_keys.contains(&p.key) && f.helpers.iter().any(|h| h.matches(p, config))
+    {
+        if f.helper_keys.len() < PROCS_MAX {
+            f.helper_keys.insert(p.key.clone());
+        }
+        return true;
+    }
+    f.helper_keys.remove(&p.key);
+    false
+}
+
+/// The nearest process from `key` up that exec'd (through forks that did
+/// not), or the agent's: the one whose program started it.
+fn exec_parent<'a>(f: &'a Followed, key: &'a str) -> &'a str {
+    let mut k = key;
+    for _ in 0..DEPTH_MAX {
+        if f.agent_keys.contains(k) {
+            return k;
+        }
+        match f.procs.get(k) {
+            Some(p) if p.args.is_none() => k = &p.parent_key,
+            _ => return k,
+        }
+    }
+    k
 }
 
 /// Whether `key` or one of its ancestors below the agent's process is in

@@ -605,14 +605,11 @@ fn a_call_read_late_labels_the_events_after_it() {
 fn processes_no_call_explains_are_unexplained_once_per_tree() {
     let mut fx = Fixture::new();
     if let Some(f) = fx.t.runs.get_mut("r") {
-        f.infra = [
-            Infra::parse("git"),
-            Infra::parse("bash -c -l SNAPSHOT_FILE=*"),
-        ]
-        .into_iter()
-        .flatten()
-        .collect::<Vec<_>>()
-        .into();
+        f.infra = ["git", "bash -c -l SNAPSHOT_FILE=*"]
+            .into_iter()
+            .filter_map(|e| Infra::parse(e).ok().flatten())
+            .collect::<Vec<_>>()
+            .into();
     }
     fx.append(
         "s.jsonl",
@@ -760,41 +757,53 @@ fn infrastructure_entries_match_exe_and_first_arguments() {
         argv: Some(argv.iter().map(|a| (*a).to_owned()).collect()),
         ..Process::default()
     };
-    let git = Infra::parse("git").unwrap();
-    assert!(git.matches(&p("/usr/bin/git", &["git", "status"])));
-    assert!(!git.matches(&p("/tmp/evil", &["git"])));
-    let abs = Infra::parse("/usr/bin/git").unwrap();
-    assert!(abs.matches(&p("/usr/bin/git", &["x"])));
-    assert!(!abs.matches(&p("/opt/git", &["git"])));
-    let env = Infra::parse("bash -c env").unwrap();
-    assert!(env.matches(&p("/usr/bin/bash", &["/bin/bash", "-c", "env"])));
-    assert!(!env.matches(&p("/usr/bin/bash", &["/bin/bash", "-c", "env; curl x"])));
-    assert!(!env.matches(&p("/usr/bin/bash", &["/bin/bash", "-c"])));
-    let snap = Infra::parse("bash -c -l SNAPSHOT_FILE=*").unwrap();
-    assert!(snap.matches(&p(
-        "/usr/bin/bash",
-        &["bash", "-c", "-l", "SNAPSHOT_FILE=/a\nb"]
-    )));
-    assert!(!snap.matches(&p("/usr/bin/bash", &["bash", "-c", "-l", "curl x"])));
-    assert!(Infra::parse("  ").is_none());
+    let git = Infra::parse("git").unwrap().unwrap();
+    assert!(git.matches(&p("/usr/bin/git", &["git", "status"]), None));
+    assert!(!git.matches(&p("/tmp/evil", &["git"]), None));
+    let abs = Infra::parse("/usr/bin/git").unwrap().unwrap();
+    assert!(abs.matches(&p("/usr/bin/git", &["x"]), None));
+    assert!(!abs.matches(&p("/opt/git", &["git"]), None));
+    let env = Infra::parse("bash -c env").unwrap().unwrap();
+    assert!(env.matches(&p("/usr/bin/bash", &["/bin/bash", "-c", "env"]), None));
+    assert!(!env.matches(
+        &p("/usr/bin/bash", &["/bin/bash", "-c", "env; curl x"]),
+        None
+    ));
+    assert!(!env.matches(&p("/usr/bin/bash", &["/bin/bash", "-c"]), None));
+    let snap = Infra::parse("bash -c -l SNAPSHOT_FILE=*").unwrap().unwrap();
+    assert!(snap.matches(
+        &p(
+            "/usr/bin/bash",
+            &["bash", "-c", "-l", "SNAPSHOT_FILE=/a\nb"]
+        ),
+        None
+    ));
+    assert!(!snap.matches(&p("/usr/bin/bash", &["bash", "-c", "-l", "curl x"]), None));
+    assert!(Infra::parse("  ").unwrap().is_none());
     // A script by its absolute path, run by its shell; a relative entry
     // never matches a script (anyone can name one so).
-    let probe = Infra::parse("/usr/bin/lsb_release -a").unwrap();
-    assert!(probe.matches(&p(
-        "/usr/bin/dash",
-        &["/bin/sh", "/usr/bin/lsb_release", "-a"]
-    )));
-    assert!(!probe.matches(&p(
-        "/usr/bin/dash",
-        &["/bin/sh", "/usr/bin/lsb_release", "-x"]
-    )));
-    assert!(!probe.matches(&p("/usr/bin/dash", &["/bin/sh", "/tmp/lsb_release", "-a"])));
-    assert!(!probe.matches(&p(
-        "/usr/bin/python3",
-        &["python3", "/usr/bin/lsb_release", "-a"]
-    )));
-    let relative = Infra::parse("lsb_release").unwrap();
-    assert!(!relative.matches(&p("/usr/bin/dash", &["/bin/sh", "/tmp/lsb_release"])));
+    let probe = Infra::parse("/usr/bin/lsb_release -a").unwrap().unwrap();
+    assert!(probe.matches(
+        &p("/usr/bin/dash", &["/bin/sh", "/usr/bin/lsb_release", "-a"]),
+        None
+    ));
+    assert!(!probe.matches(
+        &p("/usr/bin/dash", &["/bin/sh", "/usr/bin/lsb_release", "-x"]),
+        None
+    ));
+    assert!(!probe.matches(
+        &p("/usr/bin/dash", &["/bin/sh", "/tmp/lsb_release", "-a"]),
+        None
+    ));
+    assert!(!probe.matches(
+        &p(
+            "/usr/bin/python3",
+            &["python3", "/usr/bin/lsb_release", "-a"]
+        ),
+        None
+    ));
+    let relative = Infra::parse("lsb_release").unwrap().unwrap();
+    assert!(!relative.matches(&p("/usr/bin/dash", &["/bin/sh", "/tmp/lsb_release"]), None));
 }
 
 /// As above, but nothing of the call was labelled as it went out (the
