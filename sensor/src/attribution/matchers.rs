@@ -59,6 +59,12 @@ pub struct AgentConfig {
     /// is not the agent's: a tool call must explain it.
     #[serde(default)]
     pub helpers: Vec<String>,
+    /// The programs the agent runs itself for a tool that is not a shell
+    /// (with `transcripts`): entries `TOOL EXE [ARG...]` (`Grep rg`), the
+    /// rest as in `infrastructure`. Such an exec, a direct child of the
+    /// agent's process in the window of a call of TOOL, is that call's.
+    #[serde(default)]
+    pub tool_programs: Vec<String>,
 }
 
 /// Interpreters whose first non-option argument is the program they run.
@@ -151,6 +157,14 @@ impl Matcher {
                     why,
                 })?;
             }
+        }
+        for entry in &c.tool_programs {
+            crate::transcripts::Program::parse(entry).map_err(|why| MatcherError::Entry {
+                name: c.name.clone(),
+                key: "tool_programs",
+                entry: entry.clone(),
+                why,
+            })?;
         }
         Ok(Self {
             name: c.name.clone(),

@@ -267,6 +267,53 @@ impl Infra {
     }
 }
 
+/// An entry of `[[agent]] tool_programs`: `TOOL EXE [ARG...]`, a program
+/// the agent runs itself for calls of a tool that is not a shell (Claude
+/// Code's Grep and Glob run ripgrep).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Program {
+    tool: String,
+    exec: Infra,
+}
+
+impl Program {
+    /// The entry `text` (`Grep rg`); an error when it names no program or
+    /// its program cannot be read.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let Some((tool, rest)) = text.split_once(char::is_whitespace) else {
+            return Err("needs TOOL EXE [ARG...]".to_owned());
+        };
+        let exec = Infra::parse(rest)?.ok_or_else(|| "needs TOOL EXE [ARG...]".to_owned())?;
+        Ok(Self {
+            tool: tool.to_owned(),
+            exec,
+        })
+    }
+
+    /// Whether the exec of `p` is this program. `own`: the exe is the
+    /// agent's own binary, then its argv[0] names the program (Claude
+    /// Code's native build runs its embedded ripgrep as itself with
+    /// argv[0] `rg`).
+    fn matches(&self, p: &Process, own: bool) -> bool {
+        if self.exec.matches(p, None) {
+            return true;
+        }
+        if !own || self.exec.exe.starts_with('/') {
+            return false;
+        }
+        let argv0 = p.argv.as_ref().and_then(|a| a.first());
+        argv0.is_some_and(|a0| {
+            let named = Process {
+                exe: Some(a0.clone()),
+                argv: p.argv.clone(),
+                ..Process::default()
+            };
+            self.exec.matches(&named, None)
+        })
+    }
+}
+
 /// An agent's config dir from the environment `env` of a run's first
 /// process (as `/proc/PID/environ` lists it): `$VAR`, else
 /// `$HOME/<home_dir>` (an empty value is unset).
@@ -324,11 +371,17 @@ struct Act {
     /// An exec of one of the agent's sandbox helpers, which run between
     /// the agent and a tool call's shell (Codex: [`codex::is_helper`]).
     helper: bool,
+    /// An exec of a direct child of the agent's process that is the program
+    /// of these tools (`[[agent]] tool_programs`).
+    tools: Vec<String>,
 }
 
 impl Act {
     fn bytes(&self) -> usize {
-        self.key.len() + self.parent_key.len() + self.args.as_ref().map_or(0, String::len)
+        self.key.len()
+            + self.parent_key.len()
+            + self.args.as_ref().map_or(0, String::len)
+            + self.tools.iter().map(String::len).sum::<usize>()
     }
 }
 
@@ -417,6 +470,7 @@ struct Followed {
     todo: VecDeque<Candidate>,
     infra: Arc<[Infra]>,
     helpers: Arc<[Infra]>,
+    programs: Arc<[Program]>,
     /// Processes whose last exec is a helper in a chain of helpers from the
     /// agent's process (`[[agent]] helpers`).
     helper_keys: HashSet<String>,
@@ -450,6 +504,8 @@ pub struct Transcripts {
     infra: HashMap<String, Arc<[Infra]>>,
     /// Each agent's helpers (`[[agent]] helpers`).
     helpers: HashMap<String, Arc<[Infra]>>,
+    /// Each agent's tool programs (`[[agent]] tool_programs`).
+    programs: HashMap<String, Arc<[Program]>>,
     /// Each agent's own matcher (`[[agent]]` exe, script, module).
     own: HashMap<String, Arc<crate::attribution::Matcher>>,
     runs: HashMap<String, Followed>,
@@ -493,6 +549,17 @@ impl Transcripts {
         self
     }
 
+    /// The tool programs of agent `agent` (`[[agent]] tool_programs`).
+    #[must_use]
+    pub fn with_tool_programs(mut self, agent: &str, entries: &[String]) -> Self {
+        let list: Vec<Program> = entries
+            .iter()
+            .filter_map(|e| Program::parse(e).ok())
+            .collect();
+        self.programs.insert(agent.to_owned(), list.into());
+        self
+    }
+
     /// Follows the runs of the `[[agent]]`s that name a transcripts format
     /// (unknown formats were refused with the config).
     #[must_use]
@@ -510,7 +577,8 @@ impl Transcripts {
             if t.formats.contains_key(&a.name) {
                 t = t
                     .with_infrastructure(&a.name, &a.infrastructure)
-                    .with_helpers(&a.name, &a.helpers);
+                    .with_helpers(&a.name, &a.helpers)
+                    .with_tool_programs(&a.name, &a.tool_programs);
                 // (A matcher that does not compile refused the config.)
                 if let Ok(m) = crate::attribution::Matcher::new(a) {
                     t.own.insert(a.name.clone(), Arc::new(m));
@@ -602,7 +670,8 @@ impl Transcripts {
                     let helper = e.kind == Kind::ProcessExec
                         && f.format == Format::Codex
                         && p.argv.as_deref().is_some_and(codex::is_helper);
-                    keep_act(f, e, p, args.clone(), helper);
+                    let tools = if exec_ok { tools_of(f, p) } else { Vec::new() };
+                    keep_act(f, e, p, args.clone(), helper, tools);
                 }
                 if matches!(e.kind, Kind::ProcessSpawn | Kind::ProcessExec) {
                     keep_proc(f, p, e.time.0, args);
@@ -696,6 +765,11 @@ impl Transcripts {
                     .cloned()
                     .unwrap_or_else(|| Arc::from(Vec::new())),
                 helper_keys: HashSet::new(),
+                programs: self
+                    .programs
+                    .get(&run.agent)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::from(Vec::new())),
                 own: self.own.get(&run.agent).cloned(),
                 last_eager: None,
                 early: Vec::new(),
@@ -1062,7 +1136,12 @@ fn emit_ready(
     for (id, p) in calls {
         let end = p.result.map_or(now, |(t, _)| t);
         let is_shell = shell(f.format, &p.name);
-        let (processes, more, keys) = link(&f.acts, &p.input, p.time, end, is_shell, |key| {
+        let root = if is_shell {
+            Root::Command(&p.input)
+        } else {
+            Root::Tool(&p.name)
+        };
+        let (processes, more, keys) = link(&f.acts, root, p.time, end, |key| {
             f.labels.get(key).is_some_and(|l| l.id == id)
         });
         counts.calls += 1;
@@ -1119,7 +1198,14 @@ fn thread_cpu() -> Duration {
 }
 
 /// Keeps a process or connect event for the reconciliation (bounded).
-fn keep_act(f: &mut Followed, e: &Event, p: &Process, args: Option<String>, helper: bool) {
+fn keep_act(
+    f: &mut Followed,
+    e: &Event,
+    p: &Process,
+    args: Option<String>,
+    helper: bool,
+    tools: Vec<String>,
+) {
     let act = Act {
         seq: e.seq,
         kind: e.kind,
@@ -1129,6 +1215,7 @@ fn keep_act(f: &mut Followed, e: &Event, p: &Process, args: Option<String>, help
         pid: p.pid,
         args,
         helper,
+        tools,
     };
     f.acts_bytes += act.bytes();
     f.acts.push_back(act);
@@ -1138,6 +1225,24 @@ fn keep_act(f: &mut Followed, e: &Event, p: &Process, args: Option<String>, help
         };
         f.acts_bytes = f.acts_bytes.saturating_sub(old.bytes());
     }
+}
+
+/// The tools (`[[agent]] tool_programs`) whose program the exec of `p` is,
+/// when it is a direct child of the agent's process (through forks that
+/// did not exec).
+fn tools_of(f: &Followed, p: &Process) -> Vec<String> {
+    if f.programs.is_empty() || !f.agent_keys.contains(exec_parent(f, &p.parent_key)) {
+        return Vec::new();
+    }
+    let own = f.own.as_ref().is_some_and(|m| is_agent(m, p));
+    let mut tools: Vec<String> = f
+        .programs
+        .iter()
+        .filter(|prog| prog.matches(p, own))
+        .map(|prog| prog.tool.clone())
+        .collect();
+    tools.dedup();
+    tools
 }
 
 /// Remembers a process of the run (its parent, its last exec's args), for
@@ -1446,7 +1551,18 @@ fn command_forms(cmd: &str) -> Vec<String> {
     forms
 }
 
-/// The events a shell call with `command` explains: the processes whose
+/// What roots a call's processes.
+#[derive(Debug, Clone, Copy)]
+enum Root<'a> {
+    /// A shell call's command, in its shell's arguments.
+    Command(&'a str),
+    /// A call of a tool that is not a shell: the execs of its program
+    /// (`[[agent]] tool_programs`).
+    Tool(&'a str),
+}
+
+/// The events a shell call with `command` explains (or a call of another
+/// tool: the execs of its program in its window, as roots): the processes whose
 /// exec began in its window (`call - SLACK ..= result + SLACK`) with the
 /// command in their arguments, the sandbox helpers they run under (the
 /// chain of helper execs in the window between them and the agent: Codex's
@@ -1458,28 +1574,36 @@ fn command_forms(cmd: &str) -> Vec<String> {
 /// and the seqs of all the execs.
 fn link(
     acts: &VecDeque<Act>,
-    command: &str,
+    root: Root<'_>,
     call: SystemTime,
     result: SystemTime,
-    shell: bool,
     labelled: impl Fn(&str) -> bool,
 ) -> (Vec<Linked>, bool, HashSet<u64>) {
-    let cmd = command.trim();
-    if !shell || cmd.is_empty() {
-        return (Vec::new(), false, HashSet::new());
-    }
+    let forms = match root {
+        Root::Command(command) => {
+            let cmd = command.trim();
+            if cmd.is_empty() {
+                return (Vec::new(), false, HashSet::new());
+            }
+            command_forms(cmd)
+        }
+        Root::Tool(_) => Vec::new(),
+    };
     let from = call.checked_sub(SLACK).unwrap_or(call);
     let to = result + SLACK;
-    let forms = command_forms(cmd);
     let in_window = |a: &&Act| a.time >= from && a.time <= to;
     let mut keys = HashSet::new();
     let mut parents: HashMap<&str, &str> = HashMap::new();
     let mut helpers = HashSet::new();
     for a in acts.iter().filter(in_window) {
         let root = a.kind == Kind::ProcessExec
-            && a.args
-                .as_deref()
-                .is_some_and(|args| forms.iter().any(|f| args.contains(f.as_str())));
+            && match root {
+                Root::Command(_) => a
+                    .args
+                    .as_deref()
+                    .is_some_and(|args| forms.iter().any(|f| args.contains(f.as_str()))),
+                Root::Tool(name) => a.tools.iter().any(|t| t == name),
+            };
         if root || keys.contains(&a.parent_key) || labelled(&a.key) {
             keys.insert(a.key.clone());
         }
