@@ -38,8 +38,12 @@
 //! more (its call window passed, [`DECIDE_AFTER`]), is explained by a call
 //! (label or `tool.call` link), by being the agent itself, or by the
 //! agent's infrastructure (`[[agent]] infrastructure`: a direct child of the
-//! agent's process matching an entry, and its descendants); any other is
-//! reported once per tree (its descendants are not reported again).
+//! agent's process matching an entry, and its descendants), or by being one
+//! of its helpers in a chain from it (`[[agent]] helpers`: Codex's sandbox;
+//! what the chain runs is not excused); any other is reported once per tree
+//! (its descendants are not reported again). A call of a tool that is not a
+//! shell explains the execs of its program (`[[agent]] tool_programs`,
+//! Claude Code's Grep → ripgrep) in its window.
 //!
 //! The transcript is written by the watched agent: it is hostile input.
 //! Lines are capped ([`LINE_MAX`]), invalid ones skipped and counted, the
