@@ -703,6 +703,25 @@ fn codex_sandbox_helpers_are_the_agents_but_not_what_they_run() {
             ),
             "/tmp/bwrap",
         ),
+        // The call's shell itself re-execs a lookalike after the call
+        // (its parent is a helper, but it left the chain with its first
+        // exec), and that starts a helper lookalike in turn.
+        with_exe(
+            act(
+                35,
+                Kind::ProcessExec,
+                4_200,
+                "k-s1",
+                "k-i1",
+                Some(&["bwrap", "--as-pid-1"]),
+            ),
+            "/tmp/x/bwrap",
+        ),
+        act(36, Kind::ProcessSpawn, 4_210, "k-s1c", "k-s1", None),
+        with_exe(
+            act(37, Kind::ProcessExec, 4_220, "k-s1c", "k-s1", Some(sandbox)),
+            "/tmp/x/codex",
+        ),
     ]);
     // A second chain that runs a command no call asked for.
     events.extend(chain(40, 5_000, "2"));
@@ -743,6 +762,7 @@ fn codex_sandbox_helpers_are_the_agents_but_not_what_they_run() {
         [
             (32, "after_call", Some("call_1".to_owned())),
             (34, "after_call", Some("call_1".to_owned())),
+            (35, "after_call", Some("call_1".to_owned())),
             (60, "no_tool_call", None),
         ],
         "{found:?}"

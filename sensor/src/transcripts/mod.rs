@@ -478,6 +478,9 @@ struct Followed {
     /// Processes whose last exec is a helper in a chain of helpers from the
     /// agent's process (`[[agent]] helpers`).
     helper_keys: HashSet<String>,
+    /// Processes that could join such a chain and exec'd something else:
+    /// they never join it again (a tool's shell that re-execs a lookalike).
+    left_chain: HashSet<String>,
     /// The agent's own matcher: a direct child of the agent's process that
     /// is the agent again (Codex's launcher starts its native binary) is
     /// the agent's process too.
@@ -769,6 +772,7 @@ impl Transcripts {
                     .cloned()
                     .unwrap_or_else(|| Arc::from(Vec::new())),
                 helper_keys: HashSet::new(),
+                left_chain: HashSet::new(),
                 programs: self
                     .programs
                     .get(&run.agent)
@@ -1387,27 +1391,34 @@ fn consider(f: &mut Followed, seq: u64, time: SystemTime, p: &Process) {
 }
 
 /// Whether the exec of `p` is one of the agent's helpers (`[[agent]]
-/// helpers`) in a chain from the agent: a direct child of the agent's
-/// process, or a re-exec or child of a helper of that chain. Remembers the
-/// chain; a helper's process that execs anything else leaves it (what it
-/// runs is no helper of the agent's, and nor is what that starts).
+/// helpers`) in a chain from the agent: the first exec of a direct child
+/// of the agent's process or of a helper of that chain, or a re-exec of
+/// such a helper. Remembers the chain; a process that could join it and
+/// execs anything else leaves it for good (what it runs is no helper of the
+/// agent's, and nor is what that starts or what it re-execs later).
 fn helper_exec(f: &mut Followed, p: &Process) -> bool {
-    if f.helpers.is_empty() {
+    if f.helpers.is_empty() || f.agent_keys.contains(&p.key) {
         return false;
     }
     let parent = exec_parent(f, &p.parent_key);
-    let in_chain = f.agent_keys.contains(parent)
-        || f.helper_keys.contains(parent)
-        || f.helper_keys.contains(&p.key);
+    // Beyond the bound on the processes that left, none joins by its
+    // parent any more (more reported, never fewer).
+    let may_join = f.left_chain.len() < PROCS_MAX && !f.left_chain.contains(&p.key);
+    let eligible = f.helper_keys.contains(&p.key)
+        || (may_join && (f.agent_keys.contains(parent) || f.helper_keys.contains(parent)));
     let config = f.source.as_ref().map(|s| s.config.as_path());
-    if in_chain && !f.agent_keys.contains(&p.key) && f.helpers.iter().any(|h| h.matches(p, config))
-    {
+    if eligible && f.helpers.iter().any(|h| h.matches(p, config)) {
         if f.helper_keys.len() < PROCS_MAX {
             f.helper_keys.insert(p.key.clone());
         }
         return true;
     }
-    f.helper_keys.remove(&p.key);
+    if eligible {
+        f.helper_keys.remove(&p.key);
+        if f.left_chain.len() < PROCS_MAX {
+            f.left_chain.insert(p.key.clone());
+        }
+    }
     false
 }
 
