@@ -47,7 +47,7 @@ fn agent_tables() -> Result<String> {
     let out = sensor_tests::example_agent_tables()?;
     ensure!(
         out.contains("transcripts = \"codex\"")
-            && out.contains("\"codex --sandbox-policy-cwd\"")
+            && out.contains("\"@agent --sandbox-policy-cwd\"")
             && out.contains("@codex-snapshot-check"),
         "the example config's codex agent reads no rollouts or lists no helpers or infrastructure"
     );

@@ -554,6 +554,8 @@ fn infrastructure_entries_that_cannot_be_read_are_refused() {
     assert!(Infra::parse(&format!("bash -lc sha256:{}", "g".repeat(64))).is_err());
     assert!(Infra::parse("bash -c @no-such-shape").is_err());
     assert!(Infra::parse("@codex-snapshot-check").is_err());
+    assert!(Infra::parse("@agent --sandbox-policy-cwd").is_ok());
+    assert!(Infra::parse("@someone-else x").is_err());
     assert!(Infra::parse(&format!("bash -lc sha256:{}", "0".repeat(64))).is_ok());
 }
 
@@ -567,13 +569,16 @@ fn codex_sandbox_helpers_are_the_agents_but_not_what_they_run() {
     let mut fx = Fixture::new();
     if let Some(f) = fx.t.runs.get_mut("r") {
         f.helpers = entries(&[
-            "codex --codex-run-as-*",
-            "codex --sandbox-policy-cwd",
+            "@agent --codex-run-as-*",
+            "@agent --sandbox-policy-cwd",
             "bwrap",
             "/usr/bin/true",
         ]);
     }
     const CODEX: &str = "/n/@openai/codex-linux-x64/vendor/x/bin/codex";
+    if let Some(f) = fx.t.runs.get_mut("r") {
+        f.agent_exes = vec![CODEX.to_owned()];
+    }
     const BWRAP: &str = "/n/@openai/codex-linux-x64/vendor/x/codex-resources/bwrap";
     let sandbox: &[&str] = &["codex-linux-sandbox", "--sandbox-policy-cwd", "/w", "--"];
     // One sandbox chain from the codex process, starting at `ms`; returns
@@ -736,6 +741,20 @@ fn codex_sandbox_helpers_are_the_agents_but_not_what_they_run() {
         ),
         "/usr/bin/bash",
     ));
+    // A helper lookalike started by codex itself (not its binary): no
+    // helper.
+    events.push(act(70, Kind::ProcessSpawn, 6_000, "k-lk", "k-codex", None));
+    events.push(with_exe(
+        act(
+            71,
+            Kind::ProcessExec,
+            6_010,
+            "k-lk",
+            "k-codex",
+            Some(sandbox),
+        ),
+        "/tmp/x/codex",
+    ));
     for e in &events {
         fx.t.on_event(e);
     }
@@ -764,14 +783,17 @@ fn codex_sandbox_helpers_are_the_agents_but_not_what_they_run() {
             (34, "after_call", Some("call_1".to_owned())),
             (35, "after_call", Some("call_1".to_owned())),
             (60, "no_tool_call", None),
+            (71, "no_tool_call", None),
         ],
         "{found:?}"
     );
     // The hole this closes: the same chain listed as `infrastructure`
-    // (everything under it the agent's) reports none of them.
+    // (everything under it the agent's) reports none of them (but the
+    // lookalike started by codex itself).
     let mut before = Fixture::new();
     if let Some(f) = before.t.runs.get_mut("r") {
-        f.infra = entries(&["codex --codex-run-as-*", "codex --sandbox-policy-cwd"]);
+        f.infra = entries(&["@agent --codex-run-as-*", "@agent --sandbox-policy-cwd"]);
+        f.agent_exes = vec![CODEX.to_owned()];
     }
     for e in &events {
         before.t.on_event(e);
@@ -785,5 +807,9 @@ fn codex_sandbox_helpers_are_the_agents_but_not_what_they_run() {
     );
     let mut found = before.t.tick(at(2_000));
     found.extend(before.t.tick(at(12_000)));
-    assert!(unexplained_of(&found).is_empty(), "{found:?}");
+    assert_eq!(
+        unexplained_of(&found),
+        [(71, "no_tool_call", None)],
+        "{found:?}"
+    );
 }

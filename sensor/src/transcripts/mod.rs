@@ -228,8 +228,8 @@ impl Infra {
         let Some(exe) = words.next() else {
             return Ok(None);
         };
-        if exe.starts_with('@') || exe.starts_with("sha256:") {
-            return Err(format!("{exe:?} is no executable"));
+        if (exe.starts_with('@') && exe != AGENT_EXE) || exe.starts_with("sha256:") {
+            return Err(format!("{exe:?} is no executable (known: {AGENT_EXE})"));
         }
         Ok(Some(Self {
             exe: exe.to_owned(),
@@ -245,11 +245,25 @@ impl Infra {
     /// script: anyone can name one `lsb_release`.)
     #[must_use]
     pub fn matches(&self, p: &Process, config: Option<&Path>) -> bool {
+        self.matches_in(p, config, &[])
+    }
+
+    /// As [`Infra::matches`], in a run whose agent's own processes run the
+    /// executables `agent_exes` (for an entry whose EXE is `@agent`: the
+    /// exec's executable is one of them, e.g. Codex's sandbox helper is its
+    /// own binary again).
+    #[must_use]
+    pub fn matches_in(&self, p: &Process, config: Option<&Path>, agent_exes: &[String]) -> bool {
         let Some(exe) = p.exe.as_deref() else {
             return false;
         };
         let argv = p.argv.as_deref().unwrap_or_default();
-        let first_arg = if self.exe.starts_with('/') {
+        let first_arg = if self.exe == AGENT_EXE {
+            if !agent_exes.iter().any(|a| a == exe) {
+                return false;
+            }
+            1
+        } else if self.exe.starts_with('/') {
             if exe == self.exe {
                 1
             } else if file_name(exe).is_some_and(|n| SCRIPT_SHELLS.contains(&n))
@@ -334,6 +348,11 @@ fn env_dir(env: &[(String, String)], var: &str, home_dir: &str) -> Option<PathBu
 fn file_name(path: &str) -> Option<&str> {
     Path::new(path).file_name().and_then(|n| n.to_str())
 }
+
+/// An entry's EXE that is the agent's own executable.
+const AGENT_EXE: &str = "@agent";
+/// Executables of the agent's own processes remembered per run, at most.
+const AGENT_EXES_MAX: usize = 16;
 
 /// The shells a `#!` script runs under, for [`Infra::matches`].
 const SCRIPT_SHELLS: [&str; 3] = ["sh", "dash", "bash"];
@@ -481,6 +500,8 @@ struct Followed {
     /// Processes that could join such a chain and exec'd something else:
     /// they never join it again (a tool's shell that re-execs a lookalike).
     left_chain: HashSet<String>,
+    /// The executables of the agent's own processes (`@agent` in entries).
+    agent_exes: Vec<String>,
     /// The agent's own matcher: a direct child of the agent's process that
     /// is the agent again (Codex's launcher starts its native binary) is
     /// the agent's process too.
@@ -773,6 +794,7 @@ impl Transcripts {
                     .unwrap_or_else(|| Arc::from(Vec::new())),
                 helper_keys: HashSet::new(),
                 left_chain: HashSet::new(),
+                agent_exes: e.process.iter().filter_map(|p| p.exe.clone()).collect(),
                 programs: self
                     .programs
                     .get(&run.agent)
@@ -1360,11 +1382,20 @@ fn consider(f: &mut Followed, seq: u64, time: SystemTime, p: &Process) {
         if f.agent_keys.len() < PROCS_MAX {
             f.agent_keys.insert(key.clone());
         }
+        if let Some(exe) = &p.exe
+            && f.agent_exes.len() < AGENT_EXES_MAX
+            && !f.agent_exes.contains(exe)
+        {
+            f.agent_exes.push(exe.clone());
+        }
         return;
     }
     let config = f.source.as_ref().map(|s| s.config.as_path());
     let infra = in_tree(f, &p.parent_key, &f.infra_keys)
-        || (f.agent_keys.contains(&p.parent_key) && f.infra.iter().any(|i| i.matches(p, config)));
+        || (f.agent_keys.contains(&p.parent_key)
+            && f.infra
+                .iter()
+                .any(|i| i.matches_in(p, config, &f.agent_exes)));
     if infra {
         if f.infra_keys.len() < PROCS_MAX {
             f.infra_keys.insert(key.clone());
@@ -1407,7 +1438,11 @@ fn helper_exec(f: &mut Followed, p: &Process) -> bool {
     let eligible = f.helper_keys.contains(&p.key)
         || (may_join && (f.agent_keys.contains(parent) || f.helper_keys.contains(parent)));
     let config = f.source.as_ref().map(|s| s.config.as_path());
-    if eligible && f.helpers.iter().any(|h| h.matches(p, config)) {
+    if eligible
+        && f.helpers
+            .iter()
+            .any(|h| h.matches_in(p, config, &f.agent_exes))
+    {
         if f.helper_keys.len() < PROCS_MAX {
             f.helper_keys.insert(p.key.clone());
         }
