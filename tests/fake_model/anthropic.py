@@ -13,6 +13,9 @@ other request (titles, quota checks) gets a short text answer. Streaming
 (`"stream": true`, server-sent events) and plain JSON answers are both
 served. Every request's path and a summary go to LOG_FILE, one JSON line
 each. The server stops by itself after 10 minutes.
+
+A step `@TOOL JSON` (e.g. `@Grep {"pattern": "x"}`) is a `tool_use` of tool
+TOOL with input JSON instead of a Bash command.
 """
 
 import json
@@ -51,11 +54,18 @@ def answer_blocks(req):
         return [{"type": "text", "text": "Scripted title"}], "end_turn"
     done = count_tool_results(req.get("messages") or [])
     if done < len(SCRIPT):
+        step = SCRIPT[done]
+        if step.startswith("@"):
+            name, spec = step[1:].split(" ", 1)
+            tool_input = json.loads(spec)
+        else:
+            name = "Bash"
+            tool_input = {"command": step, "description": "scripted step %d" % done}
         block = {
             "type": "tool_use",
             "id": "toolu_fake%02d" % done,
-            "name": "Bash",
-            "input": {"command": SCRIPT[done], "description": "scripted step %d" % done},
+            "name": name,
+            "input": tool_input,
         }
         return [block], "tool_use"
     return [{"type": "text", "text": "All scripted steps done."}], "end_turn"

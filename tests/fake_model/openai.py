@@ -12,6 +12,9 @@ one; call ids `call_fake00`, `call_fake01`, ...), then, once every command
 has its output, with a final assistant message. The tool is the first one
 offered of `exec_command` (arguments `{"cmd": ...}`), `shell_command`
 (`{"command": "..."}`) and `shell` (`{"command": ["bash", "-lc", ...]}`).
+A command may begin with `@yield=MS ` (removed from the command): its
+`exec_command` call then asks for `yield_time_ms` MS (default 10000), so
+that the call returns while the command still runs.
 Any other request gets a short message. Answers are streamed as
 server-sent events (`response.created`, `response.output_item.done`,
 `response.completed`), as the Codex CLI reads them. GET requests (model
@@ -67,8 +70,12 @@ def shell_tool(req):
 
 
 def arguments(tool, command):
+    yield_ms = 10000
+    if command.startswith("@yield="):
+        marker, command = command.split(" ", 1)
+        yield_ms = int(marker[len("@yield="):])
     if tool == "exec_command":
-        return {"cmd": command, "yield_time_ms": 10000}
+        return {"cmd": command, "yield_time_ms": yield_ms}
     if tool == "shell_command":
         return {"command": command, "timeout_ms": 10000}
     return {"command": ["bash", "-lc", command], "timeout_ms": 10000}

@@ -105,7 +105,7 @@ fn run_claude(
         "-p",
         "Run the three scripted steps.",
         "--allowedTools",
-        "Bash",
+        "Bash,Grep",
     ])
     .current_dir(&work)
     .env("HOME", &home)
@@ -154,7 +154,7 @@ fn run_claude(
         .context("run.start without run id")?
         .to_owned();
     let events = d.wait_events(Duration::from_secs(15), |evs| {
-        tool_calls(evs, &run).len() >= 3
+        tool_calls(evs, &run).len() >= script.len()
             && evs
                 .iter()
                 .any(|e| kind(e) == "run.end" && str_at(e, "/run/id") == Some(run.as_str()))
@@ -662,4 +662,65 @@ fn hostile_transcripts_are_reported_and_a_forged_call_is_unobserved() -> Result<
     unique.dedup();
     ensure!(unique.len() == ids.len(), "a call reported twice: {ids:?}");
     check_calls(&r)
+}
+
+/// A Grep call (Claude Code runs its bundled ripgrep for it): the `rg`
+/// process is linked to the call by its window and the tool's known
+/// program (`[[agent]] tool_programs`), not excused as infrastructure; the
+/// run has no `tool.unexplained`.
+#[test]
+fn a_grep_call_is_linked_to_its_rg() -> Result<()> {
+    let r = run_claude(
+        |_| Ok(()),
+        false,
+        |_| {
+            vec![
+                r#"@Grep {"pattern": "needle-in-work", "output_mode": "files_with_matches"}"#
+                    .to_owned(),
+                "echo after-grep".to_owned(),
+            ]
+        },
+    )?;
+    let unexplained: Vec<String> = unexplained(&r).into_iter().map(compact).collect();
+    ensure!(unexplained.is_empty(), "tool.unexplained: {unexplained:?}");
+    let calls = tool_calls(&r.events, &r.run);
+    let grep = calls
+        .iter()
+        .find(|c| str_at(c, "/tool_call/name") == Some("Grep"))
+        .context("no tool.call for the Grep call")?;
+    ensure!(
+        str_at(grep, "/tool_call/id") == Some("toolu_fake00")
+            && str_at(grep, "/tool_call/input").is_some_and(|i| i.contains("needle-in-work")),
+        "{}",
+        compact(grep)
+    );
+    // Its rg: the exec that searched for the pattern, linked to the call.
+    let by_seq = |seq: u64| r.events.iter().find(|e| e["seq"].as_u64() == Some(seq));
+    let rg_execs: Vec<Vec<String>> = linked_seqs(grep)
+        .into_iter()
+        .filter_map(by_seq)
+        .filter(|e| kind(e) == "process.exec")
+        .map(argv_of)
+        .collect();
+    ensure!(
+        rg_execs
+            .iter()
+            .any(|a| a.first().is_some_and(|a0| a0 == "rg")
+                && a.iter().any(|x| x == "needle-in-work")),
+        "the Grep call's rg is not linked to it: {rg_execs:?}\n{}",
+        compact(grep)
+    );
+    // And to no other call.
+    let rg_seqs: Vec<u64> = linked_seqs(grep);
+    for c in calls
+        .iter()
+        .filter(|c| str_at(c, "/tool_call/name") != Some("Grep"))
+    {
+        ensure!(
+            !linked_seqs(c).iter().any(|s| rg_seqs.contains(s)),
+            "the rg is under another call: {}",
+            compact(c)
+        );
+    }
+    Ok(())
 }

