@@ -65,6 +65,8 @@ pub struct Options {
     pub rounds: Option<usize>,
     pub no_setup: bool,
     pub workloads: Vec<String>,
+    /// Variant names (`--variant`); empty: all.
+    pub variants: Vec<String>,
     pub sensor_bin: Option<PathBuf>,
 }
 
@@ -113,6 +115,8 @@ struct Results {
     /// of the tool (daemon, servers) over the workload.
     /// (`thread:NAME` for the threads of the sensor+outputs daemon.)
     cpu: BTreeMap<(usize, &'static str), Vec<BTreeMap<String, f64>>>,
+    /// The variants the storms run under (`None`: every one of [`VARIANTS`]).
+    variants: Option<Vec<Variant>>,
     /// `sensor+outputs`: the spools' drain after each storm.
     output_drains: Vec<outputs::Drain>,
     /// `sensor+outputs`: delivered and received per output, each round.
@@ -124,6 +128,16 @@ struct Results {
     /// What the default ring keeps while no daemon reads (issue 17).
     outage: Option<outage::Outage>,
     problems: Vec<String>,
+}
+
+impl Results {
+    /// The variants the storms ran under, in [`VARIANTS`] order.
+    fn variants(&self) -> impl Iterator<Item = Variant> + '_ {
+        VARIANTS
+            .iter()
+            .copied()
+            .filter(|v| self.variants.as_ref().is_none_or(|s| s.contains(v)))
+    }
 }
 
 pub fn bench(options: &Options) -> Result<()> {
@@ -143,6 +157,7 @@ pub fn bench(options: &Options) -> Result<()> {
             })
             .collect::<Result<_>>()?
     };
+    let variants = variants::select(&options.variants)?;
     let rounds = options.rounds.unwrap_or(if options.quick {
         QUICK_ROUNDS
     } else {
@@ -185,7 +200,7 @@ pub fn bench(options: &Options) -> Result<()> {
     };
 
     let started = Instant::now();
-    let results = run_rounds(&env, &workloads, rounds, options.quick);
+    let results = run_rounds(&env, &workloads, variants, rounds, options.quick);
     let results = results.map(|mut results| {
         if let Err(err) = kernel_cost::measure(&env, &workloads, options.quick, &mut results) {
             results.problems.push(format!("kernel cost: {err:#}"));
@@ -269,8 +284,18 @@ fn warn_other_daemons() {
     }
 }
 
-fn run_rounds(env: &Env, workloads: &[&Workload], rounds: usize, quick: bool) -> Result<Results> {
-    let mut results = Results::default();
+fn run_rounds(
+    env: &Env,
+    workloads: &[&Workload],
+    variants: Option<Vec<Variant>>,
+    rounds: usize,
+    quick: bool,
+) -> Result<Results> {
+    let mut results = Results {
+        variants,
+        ..Results::default()
+    };
+    let selected: Vec<Variant> = results.variants().collect();
     if let Some(err) = &env.peers_missing {
         results.problems.push(format!(
             "auditd, bpftrace: cannot install them, their variants are skipped: {err}"
@@ -285,9 +310,9 @@ fn run_rounds(env: &Env, workloads: &[&Workload], rounds: usize, quick: bool) ->
 
     for round in 0..rounds {
         let order: Vec<Variant> = if round % 2 == 0 {
-            VARIANTS.to_vec()
+            selected.clone()
         } else {
-            VARIANTS.iter().rev().copied().collect()
+            selected.iter().rev().copied().collect()
         };
         let names: Vec<_> = order.iter().map(|v| v.name()).collect();
         eprintln!(

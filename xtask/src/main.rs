@@ -77,6 +77,11 @@ enum Command {
         /// Run only the workloads with these names (repeatable); default: all.
         #[arg(long, value_name = "WORKLOAD")]
         workload: Vec<String>,
+        /// Run the storms only under these variants (repeatable; `bare`, the
+        /// baseline, always runs); default: all. The other measurements
+        /// (kernel cost, latency, memory, ...) run either way.
+        #[arg(long, value_name = "NAME")]
+        variant: Vec<String>,
         /// Benchmark this sensor binary instead of building target/release/sensor.
         #[arg(long, value_name = "PATH")]
         sensor_bin: Option<std::path::PathBuf>,
@@ -153,12 +158,14 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             rounds,
             no_setup,
             workload,
+            variant,
             sensor_bin,
         } => bench::bench(&bench::Options {
             quick,
             rounds,
             no_setup,
             workloads: workload,
+            variants: variant,
             sensor_bin,
         }),
         Command::Fuzz { target, time } => {

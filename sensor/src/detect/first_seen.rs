@@ -17,8 +17,13 @@
 //! The daemon keeps the combinations it has seen, per rule id, in
 //! [`crate::paths::DETECT_SEEN_FILE`] in the state directory: loaded at
 //! start, written atomically (a temporary file renamed over it) at most
-//! once per [`FLUSH_EVERY`] while something changed and when the detection
-//! thread stops, so a restart does not fire again on what was seen before.
+//! once per [`FLUSH_EVERY`] while a new combination waits to be written and
+//! when the detection thread stops, so a restart does not fire again on
+//! what was seen before. A combination seen again only moves its "last
+//! seen" (which decides only what the cap forgets first): that alone is
+//! written at most once per [`TOUCH_FLUSH_EVERY`], so a busy host whose
+//! every connection refreshes some entry does not rewrite the whole file
+//! every second.
 //! At most [`MAX_ENTRIES`] combinations are kept: at the cap the least
 //! recently seen tenth is forgotten (those fire again when seen next; a
 //! flood of new values makes noise, never silence). A file that cannot be
@@ -48,8 +53,12 @@ pub const MAX_FIELDS: usize = 8;
 pub const MAX_KEY_LEN: usize = 512;
 /// The state file, at most (larger: not read).
 pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
-/// Changes are written at most this often (and at stop).
+/// New combinations are written at most this often (and at stop).
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// Changes of "last seen" alone are written at most this often (and at
+/// stop, or with the next new combination): lost in a crash, they only
+/// change which entries the cap forgets first.
+pub const TOUCH_FLUSH_EVERY: Duration = Duration::from_secs(300);
 /// Format version of the state file.
 const VERSION: u32 = 1;
 
@@ -125,8 +134,14 @@ pub struct FirstSeen {
     entries: HashMap<String, Entry>,
     /// Where they are kept (none: in memory only, as `sensor rules test`).
     path: Option<PathBuf>,
-    dirty: bool,
+    /// A new combination (or a forgotten one) is not written yet.
+    added: bool,
+    /// Only "last seen" times changed since the last write.
+    touched: bool,
+    /// The last write.
     written: Option<Instant>,
+    /// The load (what was just read needs no write for "last seen" alone).
+    loaded: Option<Instant>,
     /// Combinations forgotten at the cap, since start.
     pub evicted: u64,
 }
@@ -150,6 +165,7 @@ impl FirstSeen {
         Self {
             entries,
             path: Some(path),
+            loaded: Some(Instant::now()),
             ..Self::default()
         }
     }
@@ -167,7 +183,22 @@ impl FirstSeen {
     /// Changes wait to be written (never for a set kept in memory only).
     #[must_use]
     pub fn is_dirty(&self) -> bool {
-        self.dirty && self.path.is_some()
+        (self.added || self.touched) && self.path.is_some()
+    }
+
+    /// How long until the changes waiting are due to be written
+    /// ([`FirstSeen::flush_if_due`]); `None` when nothing waits.
+    #[must_use]
+    pub fn due_in(&self) -> Option<Duration> {
+        if !self.is_dirty() {
+            return None;
+        }
+        let (every, since) = if self.added {
+            (FLUSH_EVERY, self.written)
+        } else {
+            (TOUCH_FLUSH_EVERY, self.written.or(self.loaded))
+        };
+        Some(since.map_or(Duration::ZERO, |t| every.saturating_sub(t.elapsed())))
     }
 
     /// True when `event` is the first with its values of `spec`'s fields
@@ -197,7 +228,7 @@ impl FirstSeen {
         if let Some(e) = self.entries.get_mut(&key) {
             if now > e.last {
                 e.last = now;
-                self.dirty = true;
+                self.touched = true;
             }
             return false;
         }
@@ -211,7 +242,7 @@ impl FirstSeen {
                 last: now,
             },
         );
-        self.dirty = true;
+        self.added = true;
         true
     }
 
@@ -239,10 +270,11 @@ impl FirstSeen {
         );
     }
 
-    /// Writes the set when it changed and the last write is at least
-    /// [`FLUSH_EVERY`] old.
+    /// Writes the set when its changes are due: a new combination once the
+    /// last write is [`FLUSH_EVERY`] old, "last seen" times alone once it
+    /// is [`TOUCH_FLUSH_EVERY`] old.
     pub fn flush_if_due(&mut self) {
-        if self.dirty && self.written.is_none_or(|t| t.elapsed() >= FLUSH_EVERY) {
+        if self.due_in().is_some_and(|d| d.is_zero()) {
             self.flush();
         }
     }
@@ -253,12 +285,15 @@ impl FirstSeen {
         let Some(path) = self.path.clone() else {
             return;
         };
-        if !self.dirty {
+        if !self.is_dirty() {
             return;
         }
         self.written = Some(Instant::now());
         match self.write(&path) {
-            Ok(()) => self.dirty = false,
+            Ok(()) => {
+                self.added = false;
+                self.touched = false;
+            }
             Err(e) => tracing::warn!(file = %path.display(), error = %e,
                 "detection: cannot write the first-seen state"),
         }
@@ -400,6 +435,70 @@ mod tests {
         assert_eq!(again.len(), 3);
         assert!(!again.first("r", &spec(), &ev("a", "10.0.0.1"), at(9)));
         assert!(again.first("r", &spec(), &ev("a", "10.0.0.2"), at(9)));
+    }
+
+    #[test]
+    fn last_seen_alone_is_written_rarely() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seen.json");
+        let last_in_file = |path: &Path| -> Vec<u64> {
+            let mut lasts: Vec<u64> = read(path)
+                .unwrap()
+                .unwrap_or_default()
+                .values()
+                .map(|e| e.last)
+                .collect();
+            lasts.sort_unstable();
+            lasts
+        };
+        let ago = |secs: u64| Instant::now().checked_sub(Duration::from_secs(secs));
+        let mut s = FirstSeen::load(path.clone());
+        assert_eq!(s.due_in(), None);
+        // A new combination is due at once (nothing written yet), then
+        // within FLUSH_EVERY of the last write.
+        assert!(s.first("r", &spec(), &ev("a", "10.0.0.1"), at(0)));
+        assert_eq!(s.due_in(), Some(Duration::ZERO));
+        s.written = Some(Instant::now());
+        assert!(
+            s.due_in()
+                .is_some_and(|d| d > Duration::ZERO && d <= FLUSH_EVERY)
+        );
+        s.written = ago(2);
+        assert_eq!(s.due_in(), Some(Duration::ZERO));
+        s.flush_if_due();
+        assert_eq!(last_in_file(&path), [1_700_000_000]);
+        assert_eq!(s.due_in(), None);
+        // Seen again: only "last seen" moves, due after TOUCH_FLUSH_EVERY.
+        assert!(!s.first("r", &spec(), &ev("a", "10.0.0.1"), at(5)));
+        assert!(s.is_dirty());
+        assert!(s.due_in().is_some_and(|d| d > FLUSH_EVERY));
+        s.written = ago(2);
+        s.flush_if_due();
+        assert_eq!(
+            last_in_file(&path),
+            [1_700_000_000],
+            "rewritten for last seen"
+        );
+        s.written = ago(TOUCH_FLUSH_EVERY.as_secs() + 1);
+        s.flush_if_due();
+        assert_eq!(last_in_file(&path), [1_700_000_005]);
+        assert!(!s.is_dirty());
+        // A new combination after a touch takes the touch with it.
+        assert!(!s.first("r", &spec(), &ev("a", "10.0.0.1"), at(7)));
+        assert!(s.first("r", &spec(), &ev("b", "10.0.0.1"), at(8)));
+        s.written = ago(2);
+        s.flush_if_due();
+        assert_eq!(last_in_file(&path), [1_700_000_007, 1_700_000_008]);
+        // At stop, a touch alone is written.
+        assert!(!s.first("r", &spec(), &ev("b", "10.0.0.1"), at(9)));
+        s.flush();
+        assert_eq!(last_in_file(&path), [1_700_000_007, 1_700_000_009]);
+        // After a load, "last seen" alone waits TOUCH_FLUSH_EVERY too.
+        let mut again = FirstSeen::load(path.clone());
+        assert!(!again.first("r", &spec(), &ev("b", "10.0.0.1"), at(20)));
+        assert!(again.due_in().is_some_and(|d| d > FLUSH_EVERY));
+        again.flush_if_due();
+        assert_eq!(last_in_file(&path), [1_700_000_007, 1_700_000_009]);
     }
 
     #[test]

@@ -179,12 +179,12 @@ fn detect_loop(
     let mut set = rules.current();
     let mut state = Correlator::with_seen(seen);
     loop {
-        // A timeout only while first-seen changes wait to be written: an
-        // idle daemon's detection thread sleeps until the next batch.
-        let next = if state.seen.is_dirty() {
-            rx.recv_timeout(first_seen::FLUSH_EVERY)
-        } else {
-            rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        // A timeout only while first-seen changes wait to be written (until
+        // they are due): an idle daemon's detection thread sleeps until the
+        // next batch.
+        let next = match state.seen.due_in() {
+            Some(due) => rx.recv_timeout(due),
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
         let batch = match next {
             Ok(batch) => batch,

@@ -340,11 +340,15 @@ impl RuleSet {
         event: &Value,
     ) -> Vec<&'s RuleInfo> {
         let mut hits = self.matching(kind, event);
-        let time = || {
-            event["time"]
-                .as_str()
-                .and_then(|t| humantime::parse_rfc3339(t).ok())
-                .unwrap_or_else(std::time::SystemTime::now)
+        // Parsed once, when a first-seen rule or a correlation needs it.
+        let mut parsed = None;
+        let mut time = || {
+            *parsed.get_or_insert_with(|| {
+                event["time"]
+                    .as_str()
+                    .and_then(|t| humantime::parse_rfc3339(t).ok())
+                    .unwrap_or_else(std::time::SystemTime::now)
+            })
         };
         hits.retain(|&i| match self.rules.get(i) {
             Some(LoadedRule {

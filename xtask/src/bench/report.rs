@@ -12,7 +12,7 @@ use super::latency::{LATENCY_P99_TARGET_MS, LATENCY_RATE};
 use super::pipeline::{DETECTION_TARGET_EPS, PIPELINE_TARGET_EPS};
 use super::{
     Env, Results, Sample, latency, outage, outputs, peers,
-    variants::{VARIANTS, Variant},
+    variants::Variant,
     workloads::{Workload, index_of},
 };
 use crate::stats::{self, Summary};
@@ -58,7 +58,7 @@ pub(super) fn markdown(
     for workload in workloads {
         let index = index_of(workload.name);
         let ops = workload.ops(quick);
-        for variant in VARIANTS {
+        for variant in results.variants() {
             let samples = results
                 .samples
                 .get(&(index, variant.name()))
@@ -227,7 +227,7 @@ pub(super) fn cpu_markdown(workloads: &[&Workload], results: &Results) -> String
     );
     for workload in workloads {
         let index = index_of(workload.name);
-        for variant in VARIANTS {
+        for variant in results.variants() {
             let Some(rounds) = results.cpu.get(&(index, variant.name())) else {
                 continue;
             };
@@ -334,8 +334,8 @@ pub(super) fn json(
         .map(|workload| {
             let index = index_of(workload.name);
             let ops = workload.ops(quick);
-            let variants: Vec<Value> = VARIANTS
-                .iter()
+            let variants: Vec<Value> = results
+                .variants()
                 .map(|variant| {
                     let samples = results
                         .samples

@@ -35,6 +35,11 @@ pub(super) enum Variant {
     /// What `sensor daemon` does with no option but a JSON file output
     /// (issue 23): the store on with its default `keep = "runs"`.
     SensorDefault,
+    /// The default config with the storm inside an agent run, no rules:
+    /// the baseline of [`Variant::SensorDetect`] (in a run, the store keeps
+    /// every event, each is chained, and the connect storm's accepts are
+    /// events too).
+    SensorDefaultRun,
     /// The default config with the shipped Sigma pack (`[detect] rules =
     /// ["rules/agent"]`, issue 20) and the storm inside an agent run, so
     /// every storm event reaches the rules with its run.
@@ -62,6 +67,7 @@ pub(super) const VARIANTS: &[Variant] = &[
     Variant::Sensor,
     Variant::SensorStore,
     Variant::SensorDefault,
+    Variant::SensorDefaultRun,
     Variant::SensorDetect,
     Variant::SensorRuns,
     Variant::SensorEnforce,
@@ -69,6 +75,28 @@ pub(super) const VARIANTS: &[Variant] = &[
     Variant::Auditd,
     Variant::Bpftrace,
 ];
+
+/// The variants named (`--variant`, by [`Variant::name`]), with `bare`
+/// (every ratio's baseline) whether named or not, in [`VARIANTS`] order;
+/// `None` (all) when none is named.
+pub(super) fn select(names: &[String]) -> Result<Option<Vec<Variant>>> {
+    if names.is_empty() {
+        return Ok(None);
+    }
+    for name in names {
+        if !VARIANTS.iter().any(|v| v.name() == name) {
+            let known: Vec<String> = VARIANTS.iter().map(|v| format!("{:?}", v.name())).collect();
+            bail!("unknown variant {name:?} (known: {})", known.join(", "));
+        }
+    }
+    Ok(Some(
+        VARIANTS
+            .iter()
+            .copied()
+            .filter(|v| *v == Variant::Bare || names.iter().any(|n| n == v.name()))
+            .collect(),
+    ))
+}
 
 /// Rules of the `sensor+enforce` policy (issue 5: "an enforce policy of 1,000 rules").
 pub(super) const ENFORCE_RULES: usize = 1000;
@@ -135,6 +163,7 @@ impl Variant {
             Self::Sensor => "sensor",
             Self::SensorStore => "sensor+store",
             Self::SensorDefault => "sensor (default config)",
+            Self::SensorDefaultRun => "sensor (default) +run",
             Self::SensorDetect => "sensor (default) +detect",
             Self::SensorRuns => "sensor+runs",
             Self::SensorEnforce => "sensor+enforce",
@@ -151,6 +180,7 @@ impl Variant {
             Self::Sensor
                 | Self::SensorStore
                 | Self::SensorDefault
+                | Self::SensorDefaultRun
                 | Self::SensorDetect
                 | Self::SensorRuns
                 | Self::SensorEnforce
@@ -186,20 +216,23 @@ impl Variant {
                 };
                 Ok(Tool::Sensor(daemon))
             }
-            Self::SensorDetect => {
+            Self::SensorDefaultRun | Self::SensorDetect => {
                 let events = env.socket_dir.join("events.jsonl");
                 let _ = fs::remove_file(&events);
                 let output = format!("file:{}", events.display());
-                let config = env.socket_dir.join("detect.toml");
-                let rules = crate::util::workspace_root().join("rules").join("agent");
-                fs::write(
-                    &config,
-                    format!("[detect]\nrules = [{:?}]\n", rules.display().to_string()),
-                )
-                .with_context(|| format!("cannot write {}", config.display()))?;
-                let config = config.display().to_string();
-                let mut daemon =
-                    Daemon::start(env, round, &["--output", &output, "--config", &config])?;
+                let mut daemon = if self == Self::SensorDetect {
+                    let config = env.socket_dir.join("detect.toml");
+                    let rules = crate::util::workspace_root().join("rules").join("agent");
+                    fs::write(
+                        &config,
+                        format!("[detect]\nrules = [{:?}]\n", rules.display().to_string()),
+                    )
+                    .with_context(|| format!("cannot write {}", config.display()))?;
+                    let config = config.display().to_string();
+                    Daemon::start(env, round, &["--output", &output, "--config", &config])?
+                } else {
+                    Daemon::start(env, round, &["--output", &output])?
+                };
                 daemon.launch_self("bench-storm", None)?;
                 Ok(Tool::Sensor(daemon))
             }
@@ -476,6 +509,29 @@ pub(super) fn stat_cpu_seconds(path: &str) -> Result<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn variants_are_selected_by_name_with_bare() {
+        assert_eq!(select(&[]).unwrap(), None);
+        let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            select(&names(&["sensor (default) +detect", "sensor+store"])).unwrap(),
+            Some(vec![
+                Variant::Bare,
+                Variant::SensorStore,
+                Variant::SensorDetect
+            ])
+        );
+        assert_eq!(
+            select(&names(&["bare"])).unwrap(),
+            Some(vec![Variant::Bare])
+        );
+        let err = select(&names(&["sensor", "nope"])).unwrap_err().to_string();
+        assert!(
+            err.contains("\"nope\"") && err.contains("\"sensor+store\""),
+            "{err}"
+        );
+    }
 
     #[test]
     fn reads_own_cpu_time() {
