@@ -79,6 +79,8 @@ pub struct Pipeline {
     state: Arc<DaemonState>,
     /// Events not yet handed to the outputs and the store.
     batch: Vec<Event>,
+    /// The event vectors of batches every holder dropped, for new batches.
+    recycler: crate::sinks::Recycler,
     /// Where the event sequence is saved (a restart continues it).
     seq_file: Option<SeqFile>,
     kernel_lost_seen: [u64; SLOT_KINDS.len()],
@@ -159,6 +161,7 @@ impl Pipeline {
             output_handles,
             state,
             batch: Vec::with_capacity(BATCH_EVENTS),
+            recycler: crate::sinks::Recycler::default(),
             seq_file: None,
             kernel_lost_seen: [0; SLOT_KINDS.len()],
             output_dropped_seen,
@@ -793,13 +796,14 @@ impl Pipeline {
         if self.batch.is_empty() {
             return;
         }
-        let events = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_EVENTS));
+        let events = std::mem::replace(&mut self.batch, self.recycler.take(BATCH_EVENTS));
         let batch = match &self.provenance {
             Some(p) => {
                 crate::sinks::EventBatch::chained(events, p.chainer(), self.last_batch.as_ref())
             }
             None => crate::sinks::EventBatch::new(events),
-        };
+        }
+        .recycled_by(&self.recycler);
         if self.provenance.is_some() {
             self.last_batch = Some(batch.clone());
         }
