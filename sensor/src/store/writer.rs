@@ -126,6 +126,12 @@ impl Rows {
         rows
     }
 
+    /// Forgets the rows and their lines, keeping the record vector's room.
+    fn release(&mut self) {
+        self.records.clear();
+        self.bytes = Arc::new(Vec::new());
+    }
+
     /// Replaces the rows with those of `batch`, in the same record vector
     /// (the writer keeps one: a vector per batch was a large allocation
     /// each time, on the store's thread).
@@ -294,6 +300,8 @@ fn write_loop(
                             }
                         }
                     }
+                    // The last batch's rows and lines are not kept while idle.
+                    rows.release();
                     (n, result.and_then(|()| tx.commit()))
                 }
                 Err(e) => (first.len() as u64, Err(e)),
