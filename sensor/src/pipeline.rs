@@ -34,10 +34,10 @@ use crate::{
 /// Records handled per wake-up before giving other tasks a turn.
 const DRAIN_BUDGET: usize = 2048;
 /// A batch is handed to the outputs and the store once it holds this many
-/// events: with their JSON lines about 400 KiB (an `Event` is 2 KiB before
-/// its strings), near the 256 KiB of JSON a batch held when it was bytes,
-/// so a stalled output's queue (`QUEUE_BATCHES` batches) costs about as
-/// much memory as it did.
+/// events: with their JSON lines about 300 KiB (an `Event` is 1.2 KiB
+/// inline, its rare parts boxed, before its strings), near the 256 KiB of
+/// JSON a batch held when it was bytes, so a stalled output's queue
+/// (`QUEUE_BATCHES` batches) costs about as much memory as it did.
 const BATCH_EVENTS: usize = 128;
 /// How often kernel counters are read and the clock offset re-measured.
 const TICK: Duration = Duration::from_secs(1);
