@@ -34,10 +34,10 @@ use crate::{
 /// Records handled per wake-up before giving other tasks a turn.
 const DRAIN_BUDGET: usize = 2048;
 /// A batch is handed to the outputs and the store once it holds this many
-/// events: with their JSON lines about 400 KiB (an `Event` is 2 KiB before
-/// its strings), near the 256 KiB of JSON a batch held when it was bytes,
-/// so a stalled output's queue (`QUEUE_BATCHES` batches) costs about as
-/// much memory as it did.
+/// events: with their JSON lines about 300 KiB (an `Event` is 1.2 KiB
+/// inline, its rare parts boxed, before its strings), near the 256 KiB of
+/// JSON a batch held when it was bytes, so a stalled output's queue
+/// (`QUEUE_BATCHES` batches) costs about as much memory as it did.
 const BATCH_EVENTS: usize = 128;
 /// How often kernel counters are read and the clock offset re-measured.
 const TICK: Duration = Duration::from_secs(1);
@@ -75,6 +75,8 @@ pub struct Pipeline {
     state: Arc<DaemonState>,
     /// Events not yet handed to the outputs and the store.
     batch: Vec<Event>,
+    /// The event vectors of batches every holder dropped, for new batches.
+    recycler: crate::sinks::Recycler,
     /// Where the event sequence is saved (a restart continues it).
     seq_file: Option<SeqFile>,
     kernel_lost_seen: [u64; SLOT_KINDS.len()],
@@ -164,6 +166,7 @@ impl Pipeline {
             output_handles,
             state,
             batch: Vec::with_capacity(BATCH_EVENTS),
+            recycler: crate::sinks::Recycler::default(),
             seq_file: None,
             kernel_lost_seen: [0; SLOT_KINDS.len()],
             output_dropped_seen,
@@ -838,14 +841,15 @@ impl Pipeline {
         if self.batch.is_empty() {
             return;
         }
-        let events = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_EVENTS));
+        let events = std::mem::replace(&mut self.batch, self.recycler.take(BATCH_EVENTS));
         self.trim.handled(events.len());
         let batch = match &self.provenance {
             Some(p) => {
                 crate::sinks::EventBatch::chained(events, p.chainer(), self.last_batch.as_ref())
             }
             None => crate::sinks::EventBatch::new(events),
-        };
+        }
+        .recycled_by(&self.recycler);
         if self.provenance.is_some() {
             self.last_batch = Some(batch.clone());
         }

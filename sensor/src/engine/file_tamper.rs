@@ -51,7 +51,7 @@ impl Engine {
             .and_then(|a| self.attribution.run_ref(a.run, a.how));
         e.process = actor.as_ref().map(|a| self.actor_process(a));
         let path = c.path.display().to_string();
-        e.tamper = Some(Tamper {
+        e.tamper = Some(Box::new(Tamper {
             method: "file",
             what: c.what().as_str().to_owned(),
             object: path.clone(),
@@ -68,7 +68,7 @@ impl Engine {
             suppressed: (c.suppressed > 0).then_some(c.suppressed),
             detail: Some(detail(c, actor.as_ref(), enforce, killed)),
             ..Tamper::default()
-        });
+        }));
         e.policy = policy.as_ref().map(|p| Verdict {
             name: p.name.clone(),
             verdict: crate::event::Decision::Deny,

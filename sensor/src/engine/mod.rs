@@ -553,14 +553,14 @@ impl Engine {
     /// A `sensor.lost` report.
     pub fn lost(&mut self, lost: Lost) -> Event {
         let mut e = self.envelope(Kind::SensorLost, SystemTime::now());
-        e.lost = Some(lost);
+        e.lost = Some(Box::new(lost));
         e
     }
 
     /// A `sensor.gap` report.
     pub fn gap(&mut self, gap: Gap) -> Event {
         let mut e = self.envelope(Kind::SensorGap, SystemTime::now());
-        e.gap = Some(gap);
+        e.gap = Some(Box::new(gap));
         e
     }
 
@@ -573,12 +573,12 @@ impl Engine {
         recovered: Option<bool>,
     ) -> Event {
         let mut e = self.envelope(Kind::RunCheckpoint, SystemTime::now());
-        e.checkpoint = Some(crate::event::Checkpoint {
+        e.checkpoint = Some(Box::new(crate::event::Checkpoint {
             run_id: run.id.clone(),
             reason,
             recovered,
             ..crate::event::Checkpoint::default()
-        });
+        }));
         e.run = Some(run);
         e
     }
@@ -597,7 +597,7 @@ impl Engine {
             .run(handle)
             .map(|run| RunRef::of(run, run.started_by.attributed()));
         e.process = Some(self.process_of_pid(pid, uid));
-        e.token = Some(token);
+        e.token = Some(Box::new(token));
         e
     }
 
@@ -606,7 +606,7 @@ impl Engine {
     pub fn detection(&mut self, m: crate::detect::Match) -> Event {
         let mut e = self.envelope(Kind::Detection, SystemTime::now());
         e.run = m.run;
-        e.detection = Some(m.detection);
+        e.detection = Some(Box::new(m.detection));
         e
     }
 
@@ -615,7 +615,7 @@ impl Engine {
     pub fn tool_call(&mut self, kind: Kind, run: RunRef, call: crate::event::ToolCall) -> Event {
         let mut e = self.envelope(kind, SystemTime::now());
         e.run = Some(run);
-        e.tool_call = Some(call);
+        e.tool_call = Some(Box::new(call));
         e
     }
 
@@ -630,7 +630,7 @@ impl Engine {
         let mut e = self.envelope(Kind::ToolUnexplained, SystemTime::now());
         e.run = Some(run);
         e.process = Some(process);
-        e.unexplained = Some(unexplained);
+        e.unexplained = Some(Box::new(unexplained));
         e
     }
 
@@ -642,14 +642,14 @@ impl Engine {
     ) -> Event {
         let mut e = self.envelope(Kind::TranscriptUnreadable, SystemTime::now());
         e.run = Some(run);
-        e.transcript = Some(issue);
+        e.transcript = Some(Box::new(issue));
         e
     }
 
     /// A `sensor.blind` report of the canary.
     pub fn blind(&mut self, blind: Blind) -> Event {
         let mut e = self.envelope(Kind::SensorBlind, SystemTime::now());
-        e.blind = Some(blind);
+        e.blind = Some(Box::new(blind));
         e
     }
 
@@ -667,7 +667,7 @@ impl Engine {
                 None => object = format!("{object} run handle {handle}"),
             }
         }
-        e.tamper = Some(Tamper {
+        e.tamper = Some(Box::new(Tamper {
             method: "integrity",
             what: t.what.to_owned(),
             object,
@@ -675,7 +675,7 @@ impl Engine {
             repaired: Some(t.repaired),
             detail: t.detail.clone(),
             ..Tamper::default()
-        });
+        }));
         e
     }
 
@@ -694,7 +694,7 @@ impl Engine {
         let run = RunRef::detailed(run, run.started_by.attributed());
         let mut e = self.envelope(Kind::RunDegraded, SystemTime::now());
         e.run = Some(run);
-        e.degraded = Some(degraded);
+        e.degraded = Some(Box::new(degraded));
         Some(e)
     }
 
@@ -1000,7 +1000,7 @@ impl Engine {
                     Kind::SensorTamper
                 };
                 let (mut e, run) = self.act(kind, time, &h);
-                e.tamper = Some(self.kernel_tamper(&data));
+                e.tamper = Some(Box::new(self.kernel_tamper(&data)));
                 self.apply_policy(e, run, &data.decision, out);
             }
             RawEvent::Socket { data, .. } => {

@@ -222,12 +222,12 @@ impl Chainer {
             };
             let written = if event.kind == Kind::RunCheckpoint {
                 let mut signed = event.clone();
-                signed.checkpoint = Some(self.sign(
+                signed.checkpoint = Some(Box::new(self.sign(
                     &run.id,
                     state,
                     event.checkpoint.as_ref().and_then(|c| c.recovered),
                     event.checkpoint.as_ref().map_or("end", |c| c.reason),
-                ));
+                )));
                 serde_json::to_writer(&mut *out, &signed)
             } else {
                 serde_json::to_writer(&mut *out, event)

@@ -282,10 +282,10 @@ mod tests {
             .collect();
         let mut c =
             crate::sinks::tests::event(n as u64 + 1, crate::event::Kind::RunCheckpoint, true);
-        c.checkpoint = Some(crate::event::Checkpoint {
+        c.checkpoint = Some(Box::new(crate::event::Checkpoint {
             reason: "end",
             ..crate::event::Checkpoint::default()
-        });
+        }));
         events.push(c);
         let mut bytes = Vec::new();
         let mut lines = Vec::new();

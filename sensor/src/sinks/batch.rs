@@ -20,6 +20,8 @@ pub struct EventBatch(Arc<Inner>);
 #[derive(Debug)]
 struct Inner {
     events: Vec<Event>,
+    /// Where `events`, emptied, goes when the batch is dropped.
+    recycler: Option<Recycler>,
     json: OnceLock<JsonLines>,
     /// Chains the lines of run events (`provenance`).
     chainer: Option<Arc<Chainer>>,
@@ -45,6 +47,7 @@ impl EventBatch {
     pub fn new(events: Vec<Event>) -> Self {
         Self(Arc::new(Inner {
             events,
+            recycler: None,
             json: OnceLock::new(),
             chainer: None,
             before: Mutex::new(Weak::new()),
@@ -57,10 +60,25 @@ impl EventBatch {
     pub fn chained(events: Vec<Event>, chainer: &Arc<Chainer>, before: Option<&Self>) -> Self {
         Self(Arc::new(Inner {
             events,
+            recycler: None,
             json: OnceLock::new(),
             chainer: Some(Arc::clone(chainer)),
             before: Mutex::new(before.map_or_else(Weak::new, |b| Arc::downgrade(&b.0))),
         }))
+    }
+
+    /// The batch gives its emptied event vector to `recycler` when the
+    /// last of its holders drops it.
+    #[must_use]
+    pub fn recycled_by(self, recycler: &Recycler) -> Self {
+        match Arc::try_unwrap(self.0) {
+            Ok(mut inner) => {
+                inner.recycler = Some(recycler.clone());
+                Self(Arc::new(inner))
+            }
+            // Shared already: it stays as it is (not recycled).
+            Err(shared) => Self(shared),
+        }
     }
 
     #[must_use]
@@ -110,6 +128,60 @@ impl EventBatch {
         self.0
             .json
             .get_or_init(|| JsonLines::of(&self.0.events, self.0.chainer.as_deref()))
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(recycler) = &self.recycler {
+            recycler.give(std::mem::take(&mut self.events));
+        }
+    }
+}
+
+/// How many emptied event vectors a [`Recycler`] keeps.
+const RECYCLED_KEPT: usize = 4;
+
+/// Event vectors of dropped batches, emptied, for the next batches: a
+/// batch's vector is large (an event is several hundred bytes inline), and
+/// allocating one per batch and freeing it on another thread made glibc
+/// consolidate its heap over and over under a storm.
+#[derive(Debug, Clone, Default)]
+pub struct Recycler(Arc<Mutex<Vec<Vec<Event>>>>);
+
+impl Recycler {
+    /// An empty vector with room for `capacity` events: a recycled one
+    /// when there is one.
+    #[must_use]
+    pub fn take(&self, capacity: usize) -> Vec<Event> {
+        let recycled = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        match recycled {
+            Some(mut events) => {
+                events.reserve(capacity);
+                events
+            }
+            None => Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Keeps `events` (emptied here, outside the lock) for a later batch,
+    /// unless enough are kept.
+    fn give(&self, mut events: Vec<Event>) {
+        events.clear();
+        if events.capacity() == 0 {
+            return;
+        }
+        let mut kept = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if kept.len() < RECYCLED_KEPT {
+            kept.push(events);
+        }
     }
 }
 

@@ -63,7 +63,7 @@ use std::{
 use backon::BackoffBuilder as _;
 
 pub use self::backlog::{Backlog, Pressure};
-pub use self::batch::{EventBatch, JsonLines};
+pub use self::batch::{EventBatch, JsonLines, Recycler};
 pub use self::spec::{
     Format, HttpShape, OutputSpec, SpecError, Target, check_unique_names, parse_size,
 };

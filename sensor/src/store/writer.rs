@@ -103,10 +103,11 @@ impl StoreBatch {
         }
     }
 
-    fn into_rows(self) -> Rows {
+    /// Its rows, into `rows` (whose record vector is reused).
+    fn rows_into(self, rows: &mut Rows) {
         match self {
-            Self::Events(batch) => Rows::of(&batch),
-            Self::Rows(rows) => rows,
+            Self::Events(batch) => rows.fill(&batch),
+            Self::Rows(given) => *rows = given,
         }
     }
 }
@@ -123,21 +124,30 @@ impl Rows {
     /// outputs write it (an event that cannot be encoded is left out).
     #[must_use]
     pub fn of(batch: &EventBatch) -> Self {
+        let mut rows = Self::default();
+        rows.fill(batch);
+        rows
+    }
+
+    /// Forgets the rows and their lines, keeping the record vector's room.
+    fn release(&mut self) {
+        self.records.clear();
+        self.bytes = Arc::new(Vec::new());
+    }
+
+    /// Replaces the rows with those of `batch`, in the same record vector
+    /// (the writer keeps one: a vector per batch was a large allocation
+    /// each time, on the store's thread).
+    pub fn fill(&mut self, batch: &EventBatch) {
         let json = batch.json();
-        let records = batch
-            .events()
-            .iter()
-            .enumerate()
-            .filter_map(|(i, event)| {
+        self.records.clear();
+        self.records
+            .extend(batch.events().iter().enumerate().filter_map(|(i, event)| {
                 let mut record = rows::record_of(event, json.range(i)?);
                 record.chain = json.chain(i);
                 Some(record)
-            })
-            .collect();
-        Self {
-            bytes: Arc::clone(json.bytes()),
-            records,
-        }
+            }));
+        self.bytes = Arc::clone(json.bytes());
     }
 }
 
@@ -296,6 +306,7 @@ fn write_loop(
     let mut last_retention = Instant::now();
     let mut warned_at: Option<Instant> = None;
     let mut open = true;
+    let mut rows = Rows::default();
     while open {
         let first = match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(b) => Some(b),
@@ -310,12 +321,14 @@ fn write_loop(
             let (n, result) = match conn.transaction() {
                 Ok(tx) => {
                     let mut n = 0u64;
-                    let mut result = insert_rows(&tx, &first.into_rows(), &mut n, keep);
+                    first.rows_into(&mut rows);
+                    let mut result = insert_rows(&tx, &rows, &mut n, keep);
                     while result.is_ok() && (n as usize) < MAX_ROWS_PER_TRANSACTION {
                         let left = deadline.saturating_duration_since(Instant::now());
                         match rx.recv_timeout(left) {
                             Ok(more) => {
-                                result = insert_rows(&tx, &more.into_rows(), &mut n, keep);
+                                more.rows_into(&mut rows);
+                                result = insert_rows(&tx, &rows, &mut n, keep);
                             }
                             Err(RecvTimeoutError::Timeout) => break,
                             Err(RecvTimeoutError::Disconnected) => {
@@ -324,6 +337,8 @@ fn write_loop(
                             }
                         }
                     }
+                    // The last batch's rows and lines are not kept while idle.
+                    rows.release();
                     (n, result.and_then(|()| tx.commit()))
                 }
                 Err(e) => (first.len() as u64, Err(e)),
@@ -382,8 +397,21 @@ fn insert_rows(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
          ON CONFLICT(id) DO UPDATE SET end_ns = excluded.end_ns, end_reason = excluded.end_reason",
     )?;
-    let mut processes: HashMap<&str, Seen<'_>> = HashMap::new();
-    let mut destinations: HashMap<(&str, u16, bool, &str), Seen<'_>> = HashMap::new();
+    // Sized for the batch up front: grown step by step, they were
+    // reallocated several times per batch.
+    let (summaries, with_destination) = if keep == StoreKeep::Runs {
+        let addressed = batch
+            .records
+            .iter()
+            .filter(|r| r.dst_ip.is_some() || r.path.is_some())
+            .count();
+        (batch.records.len(), addressed)
+    } else {
+        (0, 0)
+    };
+    let mut processes: HashMap<&str, Seen<'_>> = HashMap::with_capacity(summaries);
+    let mut destinations: HashMap<(&str, u16, bool, &str), Seen<'_>> =
+        HashMap::with_capacity(with_destination);
     for r in &batch.records {
         let line = batch.bytes.get(r.line.clone()).unwrap_or_default();
         let line = line.strip_suffix(b"\n").unwrap_or(line);

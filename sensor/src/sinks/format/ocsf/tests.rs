@@ -547,12 +547,12 @@ fn runs_start_and_stop_an_application() {
 #[test]
 fn lost_and_unknown_kinds_are_base_events() {
     let mut e = bare(Kind::SensorLost, 7, at(T0, 0), host("h1", "b"));
-    e.lost = Some(Lost {
+    e.lost = Some(Box::new(Lost {
         total: 5,
         by_kind: BTreeMap::from([("process.exec", 5)]),
         cumulative: 9,
         ..Lost::default()
-    });
+    }));
     let o = ocsf(&e);
     assert_class(&o, 0, 0, 99);
     assert_eq!(o["type_uid"], 99);
@@ -587,7 +587,7 @@ fn lost_and_unknown_kinds_are_base_events() {
 
 fn tamper_event(repaired: bool) -> Event {
     let mut e = bare(Kind::SensorTamper, 9, at(T0, 0), host("h1", BOOT));
-    e.tamper = Some(Tamper {
+    e.tamper = Some(Box::new(Tamper {
         method: "integrity",
         what: "pin removed".into(),
         object: "/sys/fs/bpf/sensor/links/snsr_exec".into(),
@@ -595,7 +595,7 @@ fn tamper_event(repaired: bool) -> Event {
         repaired: Some(repaired),
         detail: Some("link 7 of snsr_exec pinned again".into()),
         ..Tamper::default()
-    });
+    }));
     e
 }
 
@@ -817,7 +817,7 @@ fn raw_sockets_have_this_host_as_their_endpoint() {
 
 fn process_tamper(method: &'static str, killed: bool) -> Event {
     let mut e = event(Kind::ProcessTamper);
-    e.tamper = Some(Tamper {
+    e.tamper = Some(Box::new(Tamper {
         method,
         what: "ptrace attach".into(),
         object: "pid 77 (/usr/bin/sleep)".into(),
@@ -830,7 +830,7 @@ fn process_tamper(method: &'static str, killed: bool) -> Event {
         }),
         killed: Some(killed),
         ..Tamper::default()
-    });
+    }));
     e
 }
 
@@ -906,7 +906,7 @@ fn a_process_tamper_is_an_inject_into_the_target() {
 #[test]
 fn a_kernel_sensor_tamper_is_a_finding_with_its_actor() {
     let mut e = event(Kind::SensorTamper);
-    e.tamper = Some(Tamper {
+    e.tamper = Some(Box::new(Tamper {
         method: "signal",
         what: "signal SIGSTOP to the sensor daemon".into(),
         object: "pid 100".into(),
@@ -920,7 +920,7 @@ fn a_kernel_sensor_tamper_is_a_finding_with_its_actor() {
         signal: Some(19),
         killed: Some(false),
         ..Tamper::default()
-    });
+    }));
     e.policy = Some(policy(
         Decision::Deny,
         false,
@@ -952,7 +952,7 @@ fn a_kernel_sensor_tamper_is_a_finding_with_its_actor() {
     assert_class(&ocsf(&e), 2004, 2, 1);
 
     let mut e = event(Kind::SensorTamper);
-    e.tamper = Some(Tamper {
+    e.tamper = Some(Box::new(Tamper {
         method: "sensor_file",
         what: "open for writing of a sensor file".into(),
         object: "/var/lib/sensor/sensor.db".into(),
@@ -967,7 +967,7 @@ fn a_kernel_sensor_tamper_is_a_finding_with_its_actor() {
         }),
         killed: Some(true),
         ..Tamper::default()
-    });
+    }));
     e.policy = Some(policy(
         Decision::Deny,
         true,
@@ -985,10 +985,10 @@ fn a_kernel_sensor_tamper_is_a_finding_with_its_actor() {
 fn a_degraded_run_is_a_base_event_with_a_count() {
     let mut e = event(Kind::RunDegraded);
     e.process = None;
-    e.degraded = Some(Degraded {
+    e.degraded = Some(Box::new(Degraded {
         lost_events: 3,
         denials_suppressed: 40,
-    });
+    }));
     let o = ocsf(&e);
     assert_class(&o, 0, 0, 99);
     assert_eq!(o["activity_name"], "Run Degraded");
@@ -1004,7 +1004,7 @@ fn a_degraded_run_is_a_base_event_with_a_count() {
 
 fn blind_event(restored: bool) -> Event {
     let mut e = bare(Kind::SensorBlind, 12, at(T0, 0), host("h1", "b00t"));
-    e.blind = Some(Blind {
+    e.blind = Some(Box::new(Blind {
         restored,
         missing: vec!["connect"],
         since: at(T0 - 20, 0),
@@ -1012,7 +1012,7 @@ fn blind_event(restored: bool) -> Event {
         round: 4,
         rounds_failed: 2,
         detail: "round 4: no network.connect record".into(),
-    });
+    }));
     e
 }
 
@@ -1167,7 +1167,7 @@ fn a_denial_is_one_record() {
 fn a_run_token_authorizes_the_run_with_its_scopes() {
     use crate::event::TokenIssued;
     let mut e = event(Kind::TokenIssued);
-    e.token = Some(TokenIssued {
+    e.token = Some(Box::new(TokenIssued {
         jti: "jti-1".into(),
         aud: "vault".into(),
         iss: "https://sensor.example".into(),
@@ -1176,7 +1176,7 @@ fn a_run_token_authorizes_the_run_with_its_scopes() {
         exp: at(T0 + 300, 0),
         scopes: vec!["repo:read".into(), "db:query".into()],
         kid: "k1".into(),
-    });
+    }));
     let o = ocsf(&e);
     assert_class(&o, 3003, 3, 1);
     assert_eq!(o["class_name"], "Authorize Session");
@@ -1218,7 +1218,7 @@ fn a_run_token_authorizes_the_run_with_its_scopes() {
 fn a_detection_is_a_finding_with_the_rules_level_and_the_run() {
     use crate::event::Detection;
     let mut e = event(Kind::Detection);
-    e.detection = Some(Detection {
+    e.detection = Some(Box::new(Detection {
         rule_id: "ssh-keys".into(),
         title: "Agent run reads SSH keys".into(),
         level: "critical",
@@ -1227,7 +1227,7 @@ fn a_detection_is_a_finding_with_the_rules_level_and_the_run() {
         event_seq: 40,
         event_kind: Kind::ProcessExec,
         process_key: Some("4242-1".into()),
-    });
+    }));
     let o = ocsf(&e);
     assert_class(&o, 2004, 2, 1);
     assert_eq!(o["severity_id"], 5);

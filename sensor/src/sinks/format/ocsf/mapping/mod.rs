@@ -355,7 +355,7 @@ fn finish<'a>(d: Draft<'a>, event: &'a Event, time_ms: i64) -> OcsfEvent<'a> {
             title,
             desc,
             types: [event.kind],
-            analytic: event.detection.as_ref().map(sensor::analytic),
+            analytic: event.detection.as_deref().map(sensor::analytic),
             attacks: event
                 .detection
                 .as_ref()

@@ -42,7 +42,7 @@ pub(super) fn unmapped(event: &Event, exec_mapped: bool, shape: Option<NetShape>
         seq: *seq,
         run: run.as_ref().map(Sorted),
         policy: policy.as_ref().map(Sorted),
-        lost: lost.as_ref().map(Sorted),
+        lost: lost.as_deref().map(Sorted),
         process: process.as_ref().map(process_rest),
         exec: exec.as_ref().map(|x| {
             if exec_mapped {
@@ -57,17 +57,17 @@ pub(super) fn unmapped(event: &Event, exec_mapped: bool, shape: Option<NetShape>
                 .map(RestOr::Rest),
             None => Some(RestOr::Whole(Sorted(n))),
         }),
-        blind: blind.as_ref().map(Sorted),
-        checkpoint: checkpoint.as_ref().map(Sorted),
-        detection: detection.as_ref().map(Sorted),
-        degraded: degraded.as_ref().map(Sorted),
+        blind: blind.as_deref().map(Sorted),
+        checkpoint: checkpoint.as_deref().map(Sorted),
+        detection: detection.as_deref().map(Sorted),
+        degraded: degraded.as_deref().map(Sorted),
         delivery: *delivery,
-        gap: gap.as_ref().map(Sorted),
-        tamper: tamper.as_ref().map(Sorted),
-        token: token.as_ref().map(Sorted),
-        tool_call: tool_call.as_ref().map(Sorted),
-        transcript: transcript.as_ref().map(Sorted),
-        unexplained: unexplained.as_ref().map(Sorted),
+        gap: gap.as_deref().map(Sorted),
+        tamper: tamper.as_deref().map(Sorted),
+        token: token.as_deref().map(Sorted),
+        tool_call: tool_call.as_deref().map(Sorted),
+        transcript: transcript.as_deref().map(Sorted),
+        unexplained: unexplained.as_deref().map(Sorted),
     }
 }
 
