@@ -873,16 +873,7 @@ impl Transcripts {
     /// calls complete by now and the problems not yet reported. Runs ended
     /// before this tick are read a last time and forgotten.
     pub fn tick(&mut self, now: SystemTime) -> Vec<Found> {
-        let Self {
-            runs,
-            counts,
-            watcher,
-            ..
-        } = self;
-        for f in runs.values_mut() {
-            full_read(f, now, counts, watcher.as_mut());
-        }
-        self.finish(now)
+        self.read_in_full(now, |_| true)
     }
 
     /// The timed read: the runs whose poll is due ([`POLL_WATCHED`] after
@@ -890,16 +881,19 @@ impl Transcripts {
     /// [`POLL_UNWATCHED`]) and the ended ones are read in full; then, as
     /// [`Self::tick`], the calls settled by now are emitted.
     pub fn poll(&mut self, now: SystemTime) -> Vec<Found> {
+        self.read_in_full(now, |f| f.ended || poll_due(f) <= now)
+    }
+
+    /// Reads the runs `due` picks in full, then emits what is ready.
+    fn read_in_full(&mut self, now: SystemTime, due: impl Fn(&Followed) -> bool) -> Vec<Found> {
         let Self {
             runs,
             counts,
             watcher,
             ..
         } = self;
-        for f in runs.values_mut() {
-            if f.ended || poll_due(f) <= now {
-                full_read(f, now, counts, watcher.as_mut());
-            }
+        for f in runs.values_mut().filter(|f| due(f)) {
+            full_read(f, now, counts, watcher.as_mut());
         }
         self.finish(now)
     }
