@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
-use crate::{die_with_parent, kind, str_at, workspace_root};
+use crate::{argv_of, die_with_parent, kind, str_at, workspace_root};
 
 /// A fake model server (Python, `tests/fake_model/SERVER`) answering with
 /// the scripted tool calls, killed when dropped.
@@ -99,6 +99,17 @@ pub fn tool_calls(events: &[Value], run: &str) -> Vec<Value> {
         .iter()
         .filter(|e| kind(e) == "tool.call" && str_at(e, "/run/id") == Some(run))
         .cloned()
+        .collect()
+}
+
+/// The argv of each exec among `events` that the `tool.call` links.
+#[must_use]
+pub fn linked_execs(events: &[Value], call: &Value) -> Vec<Vec<String>> {
+    linked_seqs(call)
+        .into_iter()
+        .filter_map(|seq| events.iter().find(|e| e["seq"].as_u64() == Some(seq)))
+        .filter(|e| kind(e) == "process.exec")
+        .map(argv_of)
         .collect()
 }
 

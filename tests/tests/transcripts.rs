@@ -29,7 +29,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use sensor_tests::fake_model::{FakeModel, linked_seqs, listener, tool_calls};
+use sensor_tests::fake_model::{FakeModel, linked_execs, linked_seqs, listener, tool_calls};
 use sensor_tests::{Daemon, TempDir, argv_of, compact, kind, run_with_timeout, str_at, text};
 use serde_json::Value;
 
@@ -695,13 +695,7 @@ fn a_grep_call_is_linked_to_its_rg() -> Result<()> {
         compact(grep)
     );
     // Its rg: the exec that searched for the pattern, linked to the call.
-    let by_seq = |seq: u64| r.events.iter().find(|e| e["seq"].as_u64() == Some(seq));
-    let rg_execs: Vec<Vec<String>> = linked_seqs(grep)
-        .into_iter()
-        .filter_map(by_seq)
-        .filter(|e| kind(e) == "process.exec")
-        .map(argv_of)
-        .collect();
+    let rg_execs = linked_execs(&r.events, grep);
     ensure!(
         rg_execs
             .iter()

@@ -23,7 +23,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, ensure};
-use sensor_tests::fake_model::{FakeModel, linked_seqs, listener, tool_calls};
+use sensor_tests::fake_model::{FakeModel, linked_execs, linked_seqs, listener, tool_calls};
 use sensor_tests::{Daemon, TempDir, argv_of, compact, kind, run_with_timeout, str_at, text};
 use serde_json::Value;
 
@@ -515,13 +515,7 @@ fn codex_a_process_under_the_sandbox_that_no_call_explains() -> Result<()> {
         "{}",
         compact(first)
     );
-    let by_seq = |seq: u64| r.events.iter().find(|e| e["seq"].as_u64() == Some(seq));
-    let shells: Vec<Vec<String>> = linked_seqs(first)
-        .into_iter()
-        .filter_map(by_seq)
-        .filter(|e| kind(e) == "process.exec")
-        .map(argv_of)
-        .collect();
+    let shells = linked_execs(&r.events, first);
     ensure!(
         shells
             .iter()
@@ -547,7 +541,11 @@ fn codex_a_process_under_the_sandbox_that_no_call_explains() -> Result<()> {
         .pointer("/unexplained/exec_seq")
         .and_then(Value::as_u64)
         .context("exec_seq")?;
-    let exec = by_seq(exec_seq).context("the unexplained exec is not in the events")?;
+    let exec = r
+        .events
+        .iter()
+        .find(|e| e["seq"].as_u64() == Some(exec_seq))
+        .context("the unexplained exec is not in the events")?;
     ensure!(
         kind(exec) == "process.exec" && argv_of(exec) == ["cat", "/etc/hostname"],
         "{}",

@@ -65,14 +65,23 @@ pub fn open_beneath(dir: BorrowedFd<'_>, rel: &Path, flags: OFlag) -> nix::Resul
             | ResolveFlag::RESOLVE_NO_SYMLINKS
             | ResolveFlag::RESOLVE_NO_XDEV,
     );
-    loop {
+    // The kernel asks for a retry (EAGAIN) when a rename or a mount raced a
+    // `..` step of the lookup; the retries are bounded, since any process
+    // can rename all the time and this runs on the pipeline's thread. What
+    // is still refused is a problem of the read, reported, and the next
+    // read tries again.
+    let mut last = Errno::EAGAIN;
+    for _ in 0..OPEN_TRIES {
         match nix::fcntl::openat2(dir, rel, how) {
-            // The kernel asks for a retry when a rename raced the lookup.
-            Err(Errno::EAGAIN | Errno::EINTR) => {}
+            Err(e @ (Errno::EAGAIN | Errno::EINTR)) => last = e,
             other => return other,
         }
     }
+    Err(last)
 }
+
+/// Tries of one `openat2` the kernel asks to retry ([`open_beneath`]).
+const OPEN_TRIES: usize = 32;
 
 /// The dir `rel` beneath `dir`, opened for listing.
 pub fn open_dir(dir: BorrowedFd<'_>, rel: &Path) -> nix::Result<OwnedFd> {
