@@ -32,6 +32,11 @@ pub(super) enum Variant {
     /// and a file output"), the store keeping every event (`[store] keep =
     /// "all"`).
     SensorStore,
+    /// [`Variant::SensorStore`] with the shipped Sigma pack (`[detect] rules
+    /// = ["rules/agent"]`, issue 20): the storm outside any run, so the only
+    /// difference from `sensor+store` is the rules (issue 20's "storm ratios
+    /// with detection on, no worse than sensor+store").
+    SensorStoreDetect,
     /// What `sensor daemon` does with no option but a JSON file output
     /// (issue 23): the store on with its default `keep = "runs"`.
     SensorDefault,
@@ -66,6 +71,7 @@ pub(super) const VARIANTS: &[Variant] = &[
     Variant::Bare,
     Variant::Sensor,
     Variant::SensorStore,
+    Variant::SensorStoreDetect,
     Variant::SensorDefault,
     Variant::SensorDefaultRun,
     Variant::SensorDetect,
@@ -151,6 +157,22 @@ pub(super) fn enforce_config(sensor_bin: &Path) -> Result<String> {
     ))
 }
 
+/// The store section of the variants that keep every event.
+const STORE_ALL: &str = "[store]\nkeep = \"all\"\n";
+
+/// The detect section of the variants with the shipped Sigma pack.
+fn detect_section() -> String {
+    let rules = crate::util::workspace_root().join("rules").join("agent");
+    format!("[detect]\nrules = [{:?}]\n", rules.display().to_string())
+}
+
+/// Writes a variant's config file into the round's socket dir; its path.
+fn write_config(env: &Env, name: &str, text: &str) -> Result<String> {
+    let config = env.socket_dir.join(name);
+    fs::write(&config, text).with_context(|| format!("cannot write {}", config.display()))?;
+    Ok(config.display().to_string())
+}
+
 /// Runs kept live during the `sensor+runs` variant (issue 4: "1,000 runs live").
 pub(super) const LIVE_RUNS: usize = 1000;
 /// Fewer with --quick.
@@ -162,6 +184,7 @@ impl Variant {
             Self::Bare => "bare",
             Self::Sensor => "sensor",
             Self::SensorStore => "sensor+store",
+            Self::SensorStoreDetect => "sensor+store +detect",
             Self::SensorDefault => "sensor (default config)",
             Self::SensorDefaultRun => "sensor (default) +run",
             Self::SensorDetect => "sensor (default) +detect",
@@ -179,6 +202,7 @@ impl Variant {
             self,
             Self::Sensor
                 | Self::SensorStore
+                | Self::SensorStoreDetect
                 | Self::SensorDefault
                 | Self::SensorDefaultRun
                 | Self::SensorDetect
@@ -200,19 +224,25 @@ impl Variant {
                 Daemon::start(env, round, &["--output", "file:/dev/null", "--no-store"])
                     .map(Tool::Sensor)
             }
-            Self::SensorStore | Self::SensorDefault => {
+            Self::SensorStore | Self::SensorStoreDetect | Self::SensorDefault => {
                 // One round's file at a time: the storms write hundreds of MB.
                 let events = env.socket_dir.join("events.jsonl");
                 let _ = fs::remove_file(&events);
                 let output = format!("file:{}", events.display());
-                let daemon = if self == Self::SensorStore {
-                    let config = env.socket_dir.join("store-all.toml");
-                    fs::write(&config, "[store]\nkeep = \"all\"\n")
-                        .with_context(|| format!("cannot write {}", config.display()))?;
-                    let config = config.display().to_string();
-                    Daemon::start(env, round, &["--output", &output, "--config", &config])?
-                } else {
-                    Daemon::start(env, round, &["--output", &output])?
+                let config = match self {
+                    Self::SensorStore => Some(("store-all.toml", STORE_ALL.to_owned())),
+                    Self::SensorStoreDetect => Some((
+                        "store-all-detect.toml",
+                        format!("{STORE_ALL}{}", detect_section()),
+                    )),
+                    _ => None,
+                };
+                let daemon = match config {
+                    Some((name, text)) => {
+                        let config = write_config(env, name, &text)?;
+                        Daemon::start(env, round, &["--output", &output, "--config", &config])?
+                    }
+                    None => Daemon::start(env, round, &["--output", &output])?,
                 };
                 Ok(Tool::Sensor(daemon))
             }
@@ -221,14 +251,7 @@ impl Variant {
                 let _ = fs::remove_file(&events);
                 let output = format!("file:{}", events.display());
                 let mut daemon = if self == Self::SensorDetect {
-                    let config = env.socket_dir.join("detect.toml");
-                    let rules = crate::util::workspace_root().join("rules").join("agent");
-                    fs::write(
-                        &config,
-                        format!("[detect]\nrules = [{:?}]\n", rules.display().to_string()),
-                    )
-                    .with_context(|| format!("cannot write {}", config.display()))?;
-                    let config = config.display().to_string();
+                    let config = write_config(env, "detect.toml", &detect_section())?;
                     Daemon::start(env, round, &["--output", &output, "--config", &config])?
                 } else {
                     Daemon::start(env, round, &["--output", &output])?
