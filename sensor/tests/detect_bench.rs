@@ -97,3 +97,42 @@ fn detection_throughput() {
     );
     assert!(n > 0 && fired > 0);
 }
+
+/// The daemon's path (`sensor::detect::evaluate`: the typed event's fields
+/// read by the typed accessors) fires exactly what the whole JSON form of
+/// each golden event fires (`sensor rules test`'s path), event by event,
+/// rules and correlations, over several rounds (first-seen state and
+/// correlation windows carried along).
+#[test]
+fn the_daemon_path_fires_as_the_whole_json_over_the_golden_events() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let set = RuleSet::load(&[root.join("../rules/agent")]).unwrap();
+    let events = typed_events();
+    assert!(events.len() > 100, "{}", events.len());
+    let typed_kinds = events.iter().filter(|e| set.reads_typed(e.kind)).count();
+    assert!(
+        typed_kinds > 100,
+        "{typed_kinds} golden events are read typed"
+    );
+    let (mut daemon, mut whole) = (Correlator::default(), Correlator::default());
+    let mut fired = 0;
+    for _ in 0..5 {
+        for e in &events {
+            let v = serde_json::to_value(e).unwrap();
+            let want: Vec<String> = set
+                .evaluate(&mut whole, e.kind, &v)
+                .iter()
+                .map(|r| r.id.clone())
+                .collect();
+            let got: Vec<String> = sensor::detect::evaluate(&set, &mut daemon, e)
+                .iter()
+                .map(|m| m.detection.rule_id.clone())
+                .collect();
+            if e.kind != sensor::event::Kind::Detection {
+                assert_eq!(got, want, "{v}");
+            }
+            fired += want.len();
+        }
+    }
+    assert!(fired > 10, "{fired}");
+}
