@@ -610,6 +610,15 @@ mod tests {
                     absent.insert(path);
                 }
             }
+            // A path without an accessor reads the JSON form.
+            for path in [
+                "run.labels.team.x",
+                "tamper.target.run.agent",
+                "run",
+                "nope",
+            ] {
+                assert_eq!(Typed(&e).text(path), v.text(path), "{path} of {v}");
+            }
             // No leaf the JSON form has on a known parent is missed.
             let mut all = Vec::new();
             leaves(&v, "", &mut all);
