@@ -181,6 +181,21 @@ fn parse_timespan(s: &str) -> Option<Duration> {
     Some(Duration::from_secs(secs))
 }
 
+/// How the correlations and the first-seen rules read an event's fields:
+/// the JSON form (`sensor rules test`) or the typed event (the daemon,
+/// `super::typed::Typed`), which read the same text.
+pub trait Fields {
+    /// The value at a dotted path of the event, as text ("" when absent
+    /// or null; a string as it is; anything else as its JSON text).
+    fn text(&self, path: &str) -> String;
+}
+
+impl Fields for Value {
+    fn text(&self, path: &str) -> String {
+        field_text(self, path)
+    }
+}
+
 /// The value at a dotted path of the event, as text ("" when absent).
 pub(crate) fn field_text(event: &Value, path: &str) -> String {
     let mut v = event;
@@ -190,10 +205,15 @@ pub(crate) fn field_text(event: &Value, path: &str) -> String {
             None => return String::new(),
         }
     }
+    text_of(Some(v))
+}
+
+/// A field's value as [`Fields::text`] gives it (`None`: absent).
+pub(crate) fn text_of(v: Option<&Value>) -> String {
     match v {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
     }
 }
 
@@ -226,8 +246,14 @@ impl Correlator {
     }
 
     /// Counts a match of correlation `i` by `event` at `time`; true when it fires.
-    pub fn feed(&mut self, i: usize, c: &Correlation, event: &Value, time: SystemTime) -> bool {
-        let key: Vec<String> = c.group_by.iter().map(|f| field_text(event, f)).collect();
+    pub fn feed<E: Fields + ?Sized>(
+        &mut self,
+        i: usize,
+        c: &Correlation,
+        event: &E,
+        time: SystemTime,
+    ) -> bool {
+        let key: Vec<String> = c.group_by.iter().map(|f| event.text(f)).collect();
         let key = (i, key.join("\u{1f}"));
         if !self.groups.contains_key(&key) {
             let count = self.per_correlation.get(&i).copied().unwrap_or(0);
@@ -260,7 +286,7 @@ impl Correlator {
                 let value = c
                     .field
                     .as_deref()
-                    .map(|f| field_text(event, f))
+                    .map(|f| event.text(f))
                     .unwrap_or_default();
                 if group.values.len() < threshold || group.values.contains_key(&value) {
                     group.values.insert(value, time);

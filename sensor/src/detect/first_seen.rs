@@ -39,7 +39,6 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use serde_norway::Value as Yaml;
 use sha2::Digest as _;
 
@@ -204,10 +203,16 @@ impl FirstSeen {
     /// True when `event` is the first with its values of `spec`'s fields
     /// for rule `rule` (it is then remembered). An event without one of
     /// the fields is never a first.
-    pub fn first(&mut self, rule: &str, spec: &Spec, event: &Value, time: SystemTime) -> bool {
+    pub fn first<E: super::correlation::Fields + ?Sized>(
+        &mut self,
+        rule: &str,
+        spec: &Spec,
+        event: &E,
+        time: SystemTime,
+    ) -> bool {
         let mut key = String::from(rule);
         for f in &spec.fields {
-            let v = super::correlation::field_text(event, f);
+            let v = event.text(f);
             if v.is_empty() {
                 return false;
             }
@@ -397,7 +402,7 @@ fn read(path: &Path) -> Result<Option<HashMap<String, Entry>>, String> {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
 

@@ -16,6 +16,7 @@ pub mod correlation;
 pub mod exec_file;
 pub mod first_seen;
 pub mod rules;
+pub mod typed;
 
 use std::{
     sync::{
@@ -226,10 +227,7 @@ pub fn evaluate(set: &RuleSet, state: &mut Correlator, event: &Event) -> Vec<Mat
     if event.kind == Kind::Detection || !set.applies(event.kind) {
         return Vec::new();
     }
-    let Ok(value) = set.json_form(event.kind, event) else {
-        return Vec::new();
-    };
-    set.evaluate(state, event.kind, &value)
+    set.evaluate_event(state, event)
         .into_iter()
         .map(|rule| Match::of(rule, event))
         .collect()

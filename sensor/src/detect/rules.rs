@@ -18,7 +18,11 @@ use serde_json::Value;
 use serde_norway::Value as Yaml;
 
 pub use super::correlation::{Correlation, Correlator};
-use crate::event::Kind;
+use super::{
+    correlation::Fields,
+    typed::{self, Accessor},
+};
+use crate::event::{Event, Kind};
 
 /// The logsource product every rule names.
 pub const PRODUCT: &str = "agent-sensor";
@@ -153,6 +157,11 @@ pub struct RuleSet {
     /// correlations counting them read (`None`: all of it): the daemon
     /// writes only that ([`RuleSet::json_form`]).
     json_by_kind: Vec<Option<Vec<String>>>,
+    /// Per kind, the rules' fields with their typed accessors, when every
+    /// field the kind's rules, first-seen rules and correlations read has
+    /// one (`None`: the kind is evaluated on its JSON form): the daemon
+    /// reads them from the typed event ([`RuleSet::evaluate_event`]).
+    typed_by_kind: Vec<Option<Vec<(String, Accessor)>>>,
     correlations: Vec<Correlation>,
     /// Per rule (by index), the correlations that count it.
     counted_by: Vec<Vec<usize>>,
@@ -240,6 +249,7 @@ impl RuleSet {
         set.correlations = correlations;
         set.counted_by = counted_by;
         set.json_by_kind = set.json_fields();
+        set.typed_by_kind = set.typed_fields();
         Ok(set)
     }
 
@@ -274,10 +284,12 @@ impl RuleSet {
             by_kind,
             fields_by_kind,
             json_by_kind: Vec::new(),
+            typed_by_kind: Vec::new(),
             correlations: Vec::new(),
             counted_by,
         };
         set.json_by_kind = set.json_fields();
+        set.typed_by_kind = set.typed_fields();
         set
     }
 
@@ -311,6 +323,71 @@ impl RuleSet {
             .collect()
     }
 
+    /// Per kind: the rules' fields and their accessors, when every field
+    /// of the kind's JSON form ([`RuleSet::json_fields`]) has one.
+    fn typed_fields(&self) -> Vec<Option<Vec<(String, Accessor)>>> {
+        (0..self.by_kind.len())
+            .map(|k| {
+                let json = self.json_by_kind.get(k)?.as_ref()?;
+                if !json.iter().all(|f| typed::accessor(f).is_some()) {
+                    return None;
+                }
+                self.fields_by_kind
+                    .get(k)?
+                    .as_ref()?
+                    .iter()
+                    .map(|f| Some((f.clone(), typed::accessor(f)?)))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Whether the daemon reads events of `kind` typed (every field their
+    /// rules read has a typed accessor) rather than as JSON.
+    #[must_use]
+    pub fn reads_typed(&self, kind: Kind) -> bool {
+        self.typed_by_kind
+            .get(kind.index())
+            .is_some_and(Option::is_some)
+    }
+
+    /// What fires on one typed event (as [`RuleSet::evaluate`] on its JSON
+    /// form): the daemon's path. The rules' fields are read from the typed
+    /// event when they all have accessors ([`typed`]), else from its JSON
+    /// form ([`RuleSet::json_form`]).
+    pub fn evaluate_event<'s>(
+        &'s self,
+        state: &mut Correlator,
+        event: &Event,
+    ) -> Vec<&'s RuleInfo> {
+        let kind = event.kind;
+        let Some(Some(fields)) = self.typed_by_kind.get(kind.index()) else {
+            return match self.json_form(kind, event) {
+                Ok(value) => self.evaluate(state, kind, &value),
+                Err(_) => Vec::new(),
+            };
+        };
+        let Some(candidates) = self.by_kind.get(kind.index()) else {
+            return Vec::new();
+        };
+        if candidates.is_empty() {
+            return Vec::new();
+        }
+        let mut sigma = sigma_rust::Event::new();
+        for (name, read) in fields {
+            if let Some(v) = read(event) {
+                // An accessor never returns an object.
+                let _ = put(&mut sigma, name, v);
+            }
+        }
+        let hits = candidates
+            .iter()
+            .copied()
+            .filter(|&i| self.rules.get(i).is_some_and(|r| r.rule.is_match(&sigma)))
+            .collect();
+        self.decide(state, hits, &typed::Typed(event), || typed::time_of(event))
+    }
+
     /// The JSON form of `event` (of `kind`) as [`RuleSet::evaluate`] needs
     /// it: only what the kind's rules and correlations read
     /// ([`pruned_value`]), or all of it when a rule reads every value.
@@ -339,17 +416,29 @@ impl RuleSet {
         kind: Kind,
         event: &Value,
     ) -> Vec<&'s RuleInfo> {
-        let mut hits = self.matching(kind, event);
-        // Parsed once, when a first-seen rule or a correlation needs it.
+        let hits = self.matching(kind, event);
+        self.decide(state, hits, event, || {
+            event["time"]
+                .as_str()
+                .and_then(|t| humantime::parse_rfc3339(t).ok())
+                .unwrap_or_else(std::time::SystemTime::now)
+        })
+    }
+
+    /// Of the rules an event matched (`hits`), what fires: the first-seen
+    /// rules keep only a first, then the rules (but those only a
+    /// correlation counts), then the correlations it completes. `event`'s
+    /// fields and its `time` are read as the JSON form has them.
+    fn decide<'s, E: Fields + ?Sized>(
+        &'s self,
+        state: &mut Correlator,
+        mut hits: Vec<usize>,
+        event: &E,
+        time_of: impl Fn() -> std::time::SystemTime,
+    ) -> Vec<&'s RuleInfo> {
+        // Read once, when a first-seen rule or a correlation needs it.
         let mut parsed = None;
-        let mut time = || {
-            *parsed.get_or_insert_with(|| {
-                event["time"]
-                    .as_str()
-                    .and_then(|t| humantime::parse_rfc3339(t).ok())
-                    .unwrap_or_else(std::time::SystemTime::now)
-            })
-        };
+        let mut time = || *parsed.get_or_insert_with(&time_of);
         hits.retain(|&i| match self.rules.get(i) {
             Some(LoadedRule {
                 first_seen: Some(spec),
@@ -779,29 +868,41 @@ fn project(event: &Value, fields: &[String]) -> Option<sigma_rust::Event> {
         match lookup(top, name) {
             Found::Absent => {}
             Found::Object => return None,
-            Found::Value(v) => match v {
-                Value::Null => sigma.insert(name.as_str(), None::<i32>),
-                Value::Bool(b) => sigma.insert(name.as_str(), *b),
-                Value::String(text) => sigma.insert(name.as_str(), text.as_str()),
-                Value::Number(n) => {
-                    if let Some(i) = n.as_i64() {
-                        sigma.insert(name.as_str(), i);
-                    } else if let Some(u) = n.as_u64() {
-                        sigma.insert(name.as_str(), u);
-                    } else if let Some(f) = n.as_f64() {
-                        sigma.insert(name.as_str(), f);
-                    }
+            Found::Value(v) => {
+                if !put(&mut sigma, name, v.clone()) {
+                    return None;
                 }
-                Value::Array(items) => {
-                    if let Some(joined) = joined(items) {
-                        sigma.insert(name.as_str(), joined);
-                    }
-                }
-                Value::Object(_) => return None,
-            },
+            }
         }
     }
     Some(sigma)
+}
+
+/// Puts one field's JSON value into the rules' event as [`flatten`] and
+/// sigma-rust would have it: an array of plain values joined, another
+/// array left out; false (nothing put) for an object.
+fn put(sigma: &mut sigma_rust::Event, name: &str, value: Value) -> bool {
+    match value {
+        Value::Null => sigma.insert(name, None::<i32>),
+        Value::Bool(b) => sigma.insert(name, b),
+        Value::String(text) => sigma.insert(name, text),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                sigma.insert(name, i);
+            } else if let Some(u) = n.as_u64() {
+                sigma.insert(name, u);
+            } else if let Some(f) = n.as_f64() {
+                sigma.insert(name, f);
+            }
+        }
+        Value::Array(items) => {
+            if let Some(joined) = joined(&items) {
+                sigma.insert(name, joined);
+            }
+        }
+        Value::Object(_) => return false,
+    }
+    true
 }
 
 /// What a field name finds in an event as sigma-rust's `Event::get` would

@@ -120,7 +120,7 @@ mod tests {
     #[test]
     fn rates_are_read_from_the_measurement_lines() {
         let text = "noise\npipeline: 300000 events in 0.373 s = 805022 events/s (1.24 us/event)\n\
-                    detection (rules): 15 rules + 3 correlations, 72800 events in 0.091 s = 796000 events/s (9 matches)\n";
+                    detection (rules): 15 rules + 3 correlations, 72800 events in 0.091 s = 796000 events/s (9 matches), 1.25 µs CPU/event\n";
         let (n, eps) = read_rate(text, "pipeline: ").expect("pipeline line");
         assert_eq!(n, 300_000);
         assert!((eps - 805_022.0).abs() < 0.5);
