@@ -5,6 +5,7 @@
 //! sensor_events_total{kind}              events emitted
 //! sensor_kernel_lost_total{kind}         events the kernel could not hand over
 //! sensor_runs_active                     agent runs in progress
+//! sensor_reader_holds_total              times the reader paused for an output or the store behind
 //! sensor_output_sent_total{output}       written or acknowledged by the receiver
 //! sensor_output_failed_total{output}     refused by the receiver for good
 //! sensor_output_dropped_total{output}    lost: queue full, write failed, spool full
@@ -323,6 +324,14 @@ impl Collector for StateCollector {
             None,
             runs.metric_type(),
         )?)?;
+        let holds = ConstCounter::new(report.reader_holds);
+        holds.encode(encoder.encode_descriptor(
+            "sensor_reader_holds",
+            "Times the reader left records in the kernel's ring because an output or the store \
+             had more than 2048 events waiting (each a pause until the next drain, 5 ms)",
+            None,
+            MetricType::Counter,
+        )?)?;
         let per_output = |f: &dyn Fn(&crate::status::OutputStatus) -> u64| -> Vec<(String, u64)> {
             report
                 .outputs
@@ -571,6 +580,7 @@ mod tests {
             hidden: false,
         });
         state.set_agents(vec!["bot".into()]);
+        state.set_reader_holds(5);
         state.count_reload(None);
         state.count_reload(Some("bad policy"));
         state.count_reload(None);
@@ -589,6 +599,7 @@ mod tests {
             "sensor_policy_version{policy=\"ci\"} 3".to_owned(),
             "sensor_policy_runs_active{policy=\"ci\"} 2".to_owned(),
             "sensor_agent_matchers 1".to_owned(),
+            "sensor_reader_holds_total 5".to_owned(),
             "sensor_reloads_total{result=\"ok\"} 2".to_owned(),
             "sensor_reloads_total{result=\"refused\"} 1".to_owned(),
         ] {

@@ -869,6 +869,7 @@ impl Pipeline {
         if self.builder.attribution_mut().shrink_tables() {
             self.trim.shrunk();
         }
+        self.state.set_reader_holds(self.pressure.holds());
         let peak = self.pressure.take_peak();
         if peak > crate::sinks::backlog::HOLD_EVENTS {
             tracing::debug!(
@@ -1886,6 +1887,25 @@ mod tests {
         );
         p.close();
         assert_eq!(state.report().events["total"], u64::from(n) * 3);
+    }
+
+    #[test]
+    fn status_counts_the_readers_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut p, state) = pipeline(&dir.path().join("e.jsonl"));
+        let backlog = p.outputs.backlogs().remove(0);
+        assert!(!p.pressure.holding());
+        // An output behind that still takes: the reader holds.
+        backlog.queued(crate::sinks::backlog::HOLD_EVENTS as usize + 1);
+        assert!(p.pressure.holding());
+        assert!(p.pressure.holding());
+        p.give_back_memory();
+        assert_eq!(state.report().reader_holds, 2);
+        backlog.took(crate::sinks::backlog::HOLD_EVENTS as usize + 1);
+        assert!(!p.pressure.holding());
+        p.give_back_memory();
+        let report = serde_json::to_value(state.report()).unwrap();
+        assert_eq!(report["reader_holds"], 2);
     }
 
     #[test]

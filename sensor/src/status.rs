@@ -30,6 +30,8 @@ pub struct DaemonState {
     lost: Arc<[AtomicU64; Kind::COUNT]>,
     decode_errors: AtomicU64,
     read_errors: AtomicU64,
+    /// Times the reader left records in the ring for a consumer behind.
+    reader_holds: AtomicU64,
     runs_active: AtomicU64,
     inherit_failed: AtomicU64,
     /// Refusals and degradations an attacker's floods cause (see [`Defense`]).
@@ -115,6 +117,7 @@ impl Default for DaemonState {
             lost: Arc::new(Default::default()),
             decode_errors: AtomicU64::new(0),
             read_errors: AtomicU64::new(0),
+            reader_holds: AtomicU64::new(0),
             runs_active: AtomicU64::new(0),
             inherit_failed: AtomicU64::new(0),
             defense: Defense::default(),
@@ -304,6 +307,11 @@ impl DaemonState {
         self.read_errors.store(cumulative, Ordering::Relaxed);
     }
 
+    /// Times the reader held back for a consumer behind (cumulative).
+    pub fn set_reader_holds(&self, cumulative: u64) {
+        self.reader_holds.store(cumulative, Ordering::Relaxed);
+    }
+
     /// The last inherit-failed figure.
     #[must_use]
     pub fn report_inherit_failed(&self) -> u64 {
@@ -402,6 +410,7 @@ impl DaemonState {
             kernel_inherit_failed: self.inherit_failed.load(Ordering::Relaxed),
             decode_errors: self.decode_errors.load(Ordering::Relaxed),
             kernel_read_errors: self.read_errors.load(Ordering::Relaxed),
+            reader_holds: self.reader_holds.load(Ordering::Relaxed),
             outputs: self
                 .outputs
                 .get()
@@ -578,6 +587,11 @@ pub struct StatusReport {
     pub kernel_inherit_failed: u64,
     pub decode_errors: u64,
     pub kernel_read_errors: u64,
+    /// Times the daemon stopped reading the kernel's ring because an output
+    /// or the store had more than 2048 events waiting (each a pause until
+    /// the next drain, 5 ms; the records wait in the ring).
+    #[serde(default)]
+    pub reader_holds: u64,
     pub outputs: Vec<OutputStatus>,
     #[serde(default)]
     pub store: Option<StoreStatus>,

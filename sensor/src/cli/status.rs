@@ -129,6 +129,12 @@ pub fn execute(args: &StatusArgs) -> anyhow::Result<ExitCode> {
         if report.decode_errors > 0 {
             lines.push(format!("undecodable records: {}", report.decode_errors));
         }
+        if report.reader_holds > 0 {
+            lines.push(format!(
+                "reader held back {} times (an output or the store behind; the records waited in the ring)",
+                report.reader_holds
+            ));
+        }
         lines.push(format!(
             "denials: {} blocked, {} would have been blocked (audit)",
             report.denials_blocked, report.denials_audit

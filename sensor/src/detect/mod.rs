@@ -34,10 +34,14 @@ pub use self::{
 };
 use crate::{
     event::{Detection, Event, Kind, RunRef},
-    sinks::EventBatch,
+    sinks::{Backlog, EventBatch},
 };
 
-/// Batches waiting for the detection thread, at most.
+/// Batches waiting for the detection thread, at most. The queue is bounded
+/// in events too: 256 batches of up to 128 events were 32,768 events (near
+/// 3 KiB each with their strings and JSON line); past
+/// [`crate::sinks::backlog::QUEUE_EVENTS`] waiting, a batch is dropped
+/// (counted in `batches_dropped`).
 const QUEUE_BATCHES: usize = 256;
 /// Matches waiting for the pipeline, at most.
 const MATCHES_QUEUED: usize = 4096;
@@ -85,6 +89,8 @@ pub struct DetectStats {
 /// The pipeline's end of the detection thread.
 pub struct Detector {
     tx: Option<SyncSender<EventBatch>>,
+    /// Events queued and not yet taken by the thread.
+    backlog: Arc<Backlog>,
     rules: Rules,
     stats: Arc<DetectStats>,
     thread: Option<JoinHandle<()>>,
@@ -112,16 +118,19 @@ impl Detector {
         let (tx, rx) = std::sync::mpsc::sync_channel::<EventBatch>(QUEUE_BATCHES);
         let (mtx, mrx) = tokio::sync::mpsc::channel(MATCHES_QUEUED);
         let stats = Arc::new(DetectStats::default());
+        let backlog = Arc::new(Backlog::default());
         let thread = {
             let rules = rules.clone();
             let stats = Arc::clone(&stats);
+            let backlog = Arc::clone(&backlog);
             std::thread::Builder::new()
                 .name("detect".into())
-                .spawn(move || detect_loop(&rx, &rules, &mtx, &stats, seen))?
+                .spawn(move || detect_loop(&rx, &backlog, &rules, &mtx, &stats, seen))?
         };
         Ok((
             Self {
                 tx: Some(tx),
+                backlog,
                 rules,
                 stats,
                 thread: Some(thread),
@@ -131,18 +140,28 @@ impl Detector {
     }
 
     /// Hands a batch to the detection thread (dropped, counted, when it
-    /// is behind).
+    /// is behind: its queue is full in batches or in events).
     pub fn send(&self, batch: &EventBatch) {
         let Some(tx) = &self.tx else { return };
         if self.rules.current().is_empty() {
             return;
         }
+        if !self.backlog.has_room(batch.len()) {
+            self.stats.batches_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         match tx.try_send(batch.clone()) {
-            Ok(()) => {}
+            Ok(()) => self.backlog.queued(batch.len()),
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.stats.batches_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// The detection queue's backlog, in events.
+    #[must_use]
+    pub fn backlog(&self) -> &Arc<Backlog> {
+        &self.backlog
     }
 
     #[must_use]
@@ -172,6 +191,7 @@ impl Drop for Detector {
 
 fn detect_loop(
     rx: &Receiver<EventBatch>,
+    backlog: &Backlog,
     rules: &Rules,
     out: &tokio::sync::mpsc::Sender<Match>,
     stats: &DetectStats,
@@ -188,7 +208,10 @@ fn detect_loop(
             None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
         let batch = match next {
-            Ok(batch) => batch,
+            Ok(batch) => {
+                backlog.took(batch.len());
+                batch
+            }
             Err(RecvTimeoutError::Timeout) => {
                 state.seen.flush_if_due();
                 continue;
@@ -231,4 +254,39 @@ pub fn evaluate(set: &RuleSet, state: &mut Correlator, event: &Event) -> Vec<Mat
         .into_iter()
         .map(|rule| Match::of(rule, event))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sinks::{backlog::QUEUE_EVENTS, tests::batch_of};
+
+    const EXEC: &str = "title: exec\nid: exec\nlogsource:\n  product: agent-sensor\n  category: process_creation\ndetection:\n  s:\n    process.pid|exists: true\n  condition: s\n";
+
+    #[test]
+    fn the_queue_is_bounded_in_events() {
+        let rule = match rules::parse_any(EXEC, std::path::Path::new("t.yml")).unwrap() {
+            rules::Loaded::Rule(r) => *r,
+            rules::Loaded::Correlation(_) => panic!("not a rule"),
+        };
+        let (mut detector, _matches) =
+            Detector::start(Rules::new(RuleSet::of(vec![rule]))).unwrap();
+        let batch = batch_of(&[(1, Kind::ProcessExec, false), (2, Kind::ProcessExec, false)]);
+        detector.send(&batch);
+        let backlog = Arc::clone(detector.backlog());
+        while backlog.waiting() > 0 {
+            std::thread::yield_now();
+        }
+        // A thread behind by as many events as the bound allows (far fewer
+        // than 256 batches): the next batch is dropped, counted.
+        backlog.queued(QUEUE_EVENTS as usize - 1);
+        detector.send(&batch);
+        assert_eq!(detector.stats().batches_dropped.load(Ordering::Relaxed), 1);
+        backlog.took(QUEUE_EVENTS as usize - 1);
+        detector.send(&batch);
+        detector.close();
+        assert_eq!(detector.stats().batches_dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(detector.stats().evaluated.load(Ordering::Relaxed), 4);
+        assert_eq!(backlog.waiting(), 0, "every batch taken is counted off");
+    }
 }

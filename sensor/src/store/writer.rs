@@ -35,6 +35,15 @@ const MAX_ROWS_PER_TRANSACTION: usize = 50_000;
 const COMMIT_EVERY: Duration = Duration::from_millis(100);
 /// How often retention runs.
 const RETENTION_EVERY: Duration = Duration::from_secs(600);
+/// The writer gives its page cache back (`sqlite3_db_release_memory`, then
+/// the allocator's free pages) after this long with nothing to write, and
+/// after a small transaction when it last did so this long ago: between
+/// spells of events (or in a trickle) the cache only costs memory, while a
+/// storm's big transactions keep it.
+const RELEASE_EVERY: Duration = Duration::from_secs(1);
+/// A transaction of fewer rows than this is "small" (a storm's are
+/// thousands: 100 ms of events).
+const RELEASE_BELOW_ROWS: u64 = 1000;
 
 /// One event as the store indexes it; `line` is its JSON in the batch bytes.
 #[derive(Debug, Clone, Default)]
@@ -307,12 +316,26 @@ fn write_loop(
     let mut warned_at: Option<Instant> = None;
     let mut open = true;
     let mut rows = Rows::default();
+    // Whether the page cache holds pages since it was last given back, and when.
+    let mut cached = false;
+    let mut released = Instant::now();
     while open {
-        let first = match rx.recv_timeout(Duration::from_secs(60)) {
+        let wait = if cached {
+            RELEASE_EVERY
+        } else {
+            Duration::from_secs(60)
+        };
+        let first = match rx.recv_timeout(wait) {
             Ok(b) => Some(b),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => break,
         };
+        if first.is_none() && cached {
+            cached = false;
+            released = Instant::now();
+            release_cache(&conn);
+        }
+        cached |= first.is_some();
         if let Some(first) = first {
             // One transaction for what arrives within COMMIT_EVERY of the
             // first batch (or MAX_ROWS_PER_TRANSACTION rows): each batch is
@@ -343,6 +366,11 @@ fn write_loop(
                 }
                 Err(e) => (first.len() as u64, Err(e)),
             };
+            if n < RELEASE_BELOW_ROWS && released.elapsed() >= RELEASE_EVERY {
+                cached = false;
+                released = Instant::now();
+                release_cache(&conn);
+            }
             match result {
                 Ok(()) => {
                     stats.written.fetch_add(n, Ordering::Relaxed);
@@ -363,6 +391,16 @@ fn write_loop(
             }
         }
     }
+}
+
+/// Gives the idle connection's page cache back to the system: SQLite frees
+/// its unused pages (all of them, between transactions), and the allocator
+/// returns its free pages (the store thread's arena held them).
+fn release_cache(conn: &Connection) {
+    if let Err(e) = conn.release_memory() {
+        tracing::debug!(error = %e, "store: cannot release the page cache");
+    }
+    let _ = crate::memory::release();
 }
 
 /// Writes one batch in its own transaction.
@@ -772,11 +810,9 @@ mod tests {
                     ..record(b * per_batch + i)
                 });
             }
-            // The queue holds 1024 batches: nothing is dropped while the
-            // writer catches up.
-            while stats.written.load(Ordering::Relaxed) + 1000 * per_batch as u64
-                <= (b * per_batch) as u64
-            {
+            // The queue holds 8192 events (`backlog::QUEUE_EVENTS`): nothing
+            // is dropped while the writer catches up.
+            while !writer.backlog.has_room(per_batch) {
                 std::thread::sleep(Duration::from_millis(1));
             }
             writer.send(StoreBatch::Rows(Rows {

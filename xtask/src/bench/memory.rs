@@ -330,6 +330,8 @@ pub(super) const RSS_RUNS: usize = 10_000;
 pub(super) const QUICK_RSS_RUNS: usize = 1000;
 /// How long the daemon may take to end the runs whose processes were killed.
 pub(super) const RUNS_DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long after the daemon counted every parked process the memory is read.
+pub(super) const LIVE_SETTLE: Duration = Duration::from_secs(3);
 /// How long after the parked processes were killed the memory is read again.
 pub(super) const EXITED_SETTLE: Duration = Duration::from_secs(8);
 /// ≤ 64 MiB RSS at 100,000 live processes.
@@ -365,50 +367,10 @@ pub(super) fn measure(env: &Env, quick: bool, results: &mut Results) -> Result<(
     )?;
     let pid = daemon.pid();
 
-    eprintln!("xtask bench: memory: parking {processes} processes");
-    let idle_kib = rss_kib(pid)?;
-    let before = event_count(&daemon.status_json()?, "process.spawn");
-    let parked = park(processes, None)?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let seen = event_count(&daemon.status_json()?, "process.spawn").saturating_sub(before);
-        if seen >= processes as u64 {
-            break;
-        }
-        if Instant::now() >= deadline {
-            bail!("the daemon saw {seen} of {processes} parked processes within 120 s");
-        }
-        thread::sleep(Duration::from_millis(200));
-    }
-    let rss_kib = rss_kib(pid)?;
-    let parts_kib = rss_parts(pid);
-    parked.kill()?;
-    eprintln!("  {processes} processes: VmRSS {rss_kib} KiB (idle {idle_kib} KiB)");
-    results.memory.push(MemoryResult {
-        name: "processes",
-        count: processes,
-        idle_kib,
-        rss_kib,
-        parts_kib,
-        target_kib: (processes >= RSS_PROCESSES).then_some(RSS_TARGET_KIB),
-    });
-
-    // After the exit storm: the daemon gives back what it held once the
-    // exits are written (the tick trims at most every 5 s).
-    thread::sleep(EXITED_SETTLE);
-    let rss_kib = self::rss_kib(pid)?;
-    eprintln!("  {processes} processes exited: VmRSS {rss_kib} KiB");
-    results.memory.push(MemoryResult {
-        name: "processes, exited",
-        count: processes,
-        idle_kib,
-        rss_kib,
-        parts_kib: rss_parts(pid),
-        target_kib: None,
-    });
+    measure_processes(&daemon, processes, NO_STORE, results)?;
 
     eprintln!("xtask bench: memory: launching {runs} runs");
-    let idle_kib = self::rss_kib(pid)?;
+    let idle_kib = rss_kib(pid)?;
     let parked = park(runs, Some(daemon.socket()))?;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -425,7 +387,7 @@ pub(super) fn measure(env: &Env, quick: bool, results: &mut Results) -> Result<(
         }
         thread::sleep(Duration::from_millis(200));
     }
-    let rss_kib = self::rss_kib(pid)?;
+    let rss_kib = rss_kib(pid)?;
     let parts_kib = rss_parts(pid);
     parked.kill()?;
     eprintln!("  {runs} runs: VmRSS {rss_kib} KiB (idle {idle_kib} KiB)");
@@ -479,5 +441,96 @@ pub(super) fn measure(env: &Env, quick: bool, results: &mut Results) -> Result<(
     if lost > 0 {
         bail!("the sensor lost {lost} events while processes were parked");
     }
+
+    // The default configuration: the store on (`keep = "runs"`), a JSON
+    // file output.
+    let events = env.socket_dir.join("memory-events.jsonl");
+    let output = format!("file:{}", events.display());
+    let daemon = Daemon::start(env, 1001, &["--output", &output])?;
+    let measured = measure_processes(&daemon, processes, DEFAULT_CONFIG, results);
+    let status = daemon.status_json();
+    daemon.stop()?;
+    let _ = fs::remove_file(&events);
+    measured?;
+    let status = status?;
+    let lost = lost_total(&status)?;
+    let store_dropped = status
+        .pointer("/store/dropped")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    if lost > 0 || store_dropped > 0 {
+        bail!(
+            "the default config lost {lost} events (store dropped {store_dropped}) while processes were parked"
+        );
+    }
+    Ok(())
+}
+
+/// The names of the rows of one configuration: live, exited.
+type RowNames = (&'static str, &'static str);
+const NO_STORE: RowNames = ("processes", "processes, exited");
+const DEFAULT_CONFIG: RowNames = (
+    "processes, default config",
+    "processes, exited, default config",
+);
+
+/// Parks `processes` processes, reads the daemon's memory once it counted
+/// them all, kills them, reads it again [`EXITED_SETTLE`] later.
+fn measure_processes(
+    daemon: &Daemon,
+    processes: usize,
+    (live_name, exited_name): RowNames,
+    results: &mut Results,
+) -> Result<()> {
+    let pid = daemon.pid();
+    eprintln!("xtask bench: memory ({live_name}): parking {processes} processes");
+    let idle_kib = rss_kib(pid)?;
+    let before = event_count(&daemon.status_json()?, "process.spawn");
+    let parked = park(processes, None)?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let seen = event_count(&daemon.status_json()?, "process.spawn").saturating_sub(before);
+        if seen >= processes as u64 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            bail!("the daemon saw {seen} of {processes} parked processes within 120 s");
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    // Read once they are all counted, and again once the daemon is idle
+    // with them live (the store gives its page cache back after 1 s
+    // without events): the row is the latter, the JSON has both.
+    let at_count_kib = rss_kib(pid)?;
+    thread::sleep(LIVE_SETTLE);
+    let rss_kib = rss_kib(pid)?;
+    let mut parts_kib = rss_parts(pid);
+    parts_kib.insert("VmRSS at count", at_count_kib);
+    parked.kill()?;
+    eprintln!(
+        "  {processes} processes: VmRSS {rss_kib} KiB ({at_count_kib} KiB when all were counted; idle {idle_kib} KiB)"
+    );
+    results.memory.push(MemoryResult {
+        name: live_name,
+        count: processes,
+        idle_kib,
+        rss_kib,
+        parts_kib,
+        target_kib: (processes >= RSS_PROCESSES).then_some(RSS_TARGET_KIB),
+    });
+
+    // After the exit storm: the daemon gives back what it held once the
+    // exits are written (the tick trims at most every 5 s).
+    thread::sleep(EXITED_SETTLE);
+    let rss_kib = self::rss_kib(pid)?;
+    eprintln!("  {processes} processes exited: VmRSS {rss_kib} KiB");
+    results.memory.push(MemoryResult {
+        name: exited_name,
+        count: processes,
+        idle_kib,
+        rss_kib,
+        parts_kib: rss_parts(pid),
+        target_kib: None,
+    });
     Ok(())
 }

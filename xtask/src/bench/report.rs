@@ -150,10 +150,13 @@ pub(super) fn markdown(
         }
         out.push_str(
             "\nDaemon memory: `sensor daemon --no-store --output file:/dev/null` with that many \
-             processes parked in pause() (forked by a helper), the same 8 s after they were all \
+             processes parked in pause() (forked by a helper), read 3 s after the daemon counted \
+             them all (the JSON also has the reading at the count), the same 8 s after they were all \
              killed (`processes, exited`), or that many runs live (each a parked process that \
-             sent its own launch request); VmRSS from /proc/PID/status. Its file pages include \
-             the kernel's 16 MiB event ring, which the daemon maps twice (32 MiB of VmRSS).\n",
+             sent its own launch request); `default config` rows: `sensor daemon --output file:…` \
+             (the store on, `keep = \"runs\"`). VmRSS from /proc/PID/status. Its file pages include \
+             the kernel's 16 MiB event ring, which the daemon maps twice (32 MiB of VmRSS for \
+             16 MiB of kernel memory).\n",
         );
     }
     if !results.latency_ms.is_empty() {
