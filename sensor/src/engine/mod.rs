@@ -20,7 +20,7 @@ use crate::{
     event::{
         Blind, Degraded, Event, Exec, ExecResult, Gap, Kind, Lost, NetResult, Network, Process,
         RunRef, Tamper, TamperFile, TamperTarget, Timestamp,
-        text::{errno_name, escape_bytes, split_argv},
+        text::{errno_name, escape_bytes},
     },
     identity::{Clock, Host, ProcessKeys},
     policy::effects::{Apply, EffectError, Effects, RunEffect},
@@ -67,7 +67,14 @@ pub struct Engine {
     /// Without kernel maps (a replay): what the recording daemon's policy
     /// ids stood for.
     recorded_ids: Option<crate::policy::kernel::IdNames>,
+    /// The exe paths handed to the process table, shared: a host runs the
+    /// same few binaries over and over, and each spawn and exec copied its
+    /// path into a new allocation (cleared when [`EXES_KEPT`] are held).
+    exes: std::collections::HashMap<Arc<str>, ()>,
 }
+
+/// Exe paths [`Engine`] shares at most before it starts over.
+const EXES_KEPT: usize = 1024;
 
 impl Engine {
     #[must_use]
@@ -83,6 +90,7 @@ impl Engine {
             effects: Box::new(Apply),
             protected: std::collections::HashMap::new(),
             recorded_ids: None,
+            exes: std::collections::HashMap::new(),
         }
     }
 
@@ -382,6 +390,20 @@ impl Engine {
         .map(|p| p.to_string_lossy().into_owned())
     }
 
+    /// `exe` as the process table keeps it: the shared copy.
+    fn shared_exe(&mut self, exe: Option<&str>) -> Option<Arc<str>> {
+        let exe = exe?;
+        if let Some((shared, ())) = self.exes.get_key_value(exe) {
+            return Some(Arc::clone(shared));
+        }
+        if self.exes.len() >= EXES_KEPT {
+            self.exes.clear();
+        }
+        let shared: Arc<str> = Arc::from(exe);
+        self.exes.insert(Arc::clone(&shared), ());
+        Some(shared)
+    }
+
     /// Re-measures the boot-time to wall-clock offset (NTP steps, suspend).
     pub fn set_clock(&mut self, clock: Clock) {
         self.clock = clock;
@@ -492,7 +514,7 @@ impl Engine {
                 _ => "unknown",
             },
             path: self.protected.get(&(d.file_dev, d.file_ino)).cloned(),
-            dev: Some(format!("{}:{}", d.file_dev >> 20, d.file_dev & 0xf_ffff)),
+            dev: Some(dev_text(d.file_dev)),
             inode: Some(d.file_ino),
             to: None,
             dir: None,
@@ -923,9 +945,8 @@ impl Engine {
                 let mut p = self.process(&h);
                 set_exe(&mut p, &exe, data.path_flags & PATH_TRUNCATED != 0);
                 p.parent_exe.clone_from(&p.exe);
-                let (run, how) = self
-                    .attribution
-                    .on_spawn(&h, p.exe.as_deref().map(Arc::from));
+                let exe = self.shared_exe(p.exe.as_deref());
+                let (run, how) = self.attribution.on_spawn(&h, exe);
                 e.run = self.attribution.run_ref(run, how);
                 e.process = Some(p);
                 self.apply_policy(e, run, &data.decision, out);
@@ -948,7 +969,7 @@ impl Engine {
                         argv,
                         cwd: p.cwd.as_deref(),
                     });
-                    let exe = p.exe.as_deref().map(Arc::from);
+                    let exe = self.shared_exe(p.exe.as_deref());
                     let (placed, started) = self.attribution.on_exec(&h, exe, view.as_ref(), time);
                     if let Some(change) = started {
                         // The run starts before the exec that started it.
@@ -1055,16 +1076,18 @@ fn fill_exec(p: &mut Process, data: &ExecData, s: &ExecStrings, failed: bool) {
     if !s.cwd.is_empty() {
         p.cwd = Some(escape_bytes(&s.cwd).0);
     }
-    let args = split_argv(&s.argv);
+    // The arguments as `split_argv` splits them, without its vector.
+    let area = s.argv.strip_suffix(&[0]).unwrap_or(&s.argv);
+    let mut argv: Vec<String> = Vec::new();
     let mut all_utf8 = true;
-    let argv: Vec<String> = args
-        .iter()
-        .map(|a| {
+    if !s.argv.is_empty() {
+        argv.reserve_exact(area.iter().filter(|&&b| b == 0).count() + 1);
+        argv.extend(area.split(|&b| b == 0).map(|a| {
             let (s, utf8) = escape_bytes(a);
             all_utf8 &= utf8;
             s
-        })
-        .collect();
+        }));
+    }
     if !all_utf8 {
         p.argv_b64 = Some(B64.encode(&s.argv));
     }
@@ -1105,12 +1128,24 @@ fn exec_details(data: &ExecData, s: &ExecStrings, failed: bool) -> Exec {
         error: errno.map(errno_name),
         old_tid: data.old_tid,
         inode: (!failed && data.ino != 0).then_some(data.ino),
-        dev: (!failed && data.dev != 0)
-            .then(|| format!("{}:{}", data.dev >> 20, data.dev & 0xf_ffff)),
+        dev: (!failed && data.dev != 0).then(|| dev_text(data.dev)),
         dev_raw: (!failed && data.dev != 0).then_some(data.dev),
         mnt_id: (!failed && data.mnt_id != 0).then_some(data.mnt_id),
         modified_in_run: None,
     }
+}
+
+/// A kernel device number as `major:minor` (built by hand: `format!` per
+/// exec showed in the pipeline's profile).
+fn dev_text(dev: u32) -> String {
+    let mut major = itoa::Buffer::new();
+    let mut minor = itoa::Buffer::new();
+    let (major, minor) = (major.format(dev >> 20), minor.format(dev & 0xf_ffff));
+    let mut text = String::with_capacity(major.len() + minor.len() + 1);
+    text.push_str(major);
+    text.push(':');
+    text.push_str(minor);
+    text
 }
 
 /// `SIGKILL` for 9, or the number.
@@ -1658,10 +1693,31 @@ mod tests {
     }
 
     #[test]
+    fn device_numbers_read_major_colon_minor() {
+        for dev in [0, 1, 0x0fe0_0000, (8 << 20) | 17, u32::MAX] {
+            assert_eq!(dev_text(dev), format!("{}:{}", dev >> 20, dev & 0xf_ffff));
+        }
+        assert_eq!(dev_text((254 << 20) | 3), "254:3");
+    }
+
+    #[test]
     fn argv_splitting() {
+        use crate::event::text::split_argv;
         assert!(split_argv(b"").is_empty());
         assert_eq!(split_argv(b"a\0\0b\0"), vec![&b"a"[..], b"", b"b"]);
         assert_eq!(split_argv(b"a\0cut"), vec![&b"a"[..], b"cut"]);
+        // An exec event's argv is split the same way.
+        let mut b = builder();
+        for area in [&b""[..], b"\0", b"a\0\0b\0", b"a\0cut", b"x", b"\0\0"] {
+            let len = u32::try_from(area.len()).unwrap();
+            let v = json(&b.build(exec(area, len, u32::MAX, false, 0)));
+            let want: Vec<String> = split_argv(area)
+                .iter()
+                .map(|a| String::from_utf8(a.to_vec()).unwrap())
+                .collect();
+            assert_eq!(v["process"]["argv"], serde_json::json!(want), "{area:?}");
+            assert_eq!(v["process"]["argc"], want.len(), "{area:?}");
+        }
     }
 }
 

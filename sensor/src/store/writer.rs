@@ -7,6 +7,7 @@ use std::{
     collections::HashMap,
     ops::Range,
     path::{Path, PathBuf},
+    rc::Rc,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -112,11 +113,16 @@ impl StoreBatch {
         }
     }
 
-    /// Its rows, into `rows` (whose record vector is reused).
-    fn rows_into(self, rows: &mut Rows) {
+    /// Its rows, into `rows` (whose record vector is reused). With
+    /// `summaries` (`keep = "runs"`), a pipeline batch's events that are
+    /// only summarized go there instead, without a row; returns how many.
+    fn rows_into(self, rows: &mut Rows, summaries: Option<&mut Summaries>) -> u64 {
         match self {
-            Self::Events(batch) => rows.fill(&batch),
-            Self::Rows(given) => *rows = given,
+            Self::Events(batch) => rows.fill_summarizing(&batch, summaries),
+            Self::Rows(given) => {
+                *rows = given;
+                0
+            }
         }
     }
 }
@@ -148,15 +154,37 @@ impl Rows {
     /// (the writer keeps one: a vector per batch was a large allocation
     /// each time, on the store's thread).
     pub fn fill(&mut self, batch: &EventBatch) {
+        self.fill_summarizing(batch, None);
+    }
+
+    /// [`Self::fill`], but with `summaries`, an event that `keep = "runs"`
+    /// only summarizes is added to them and gets no row (no record, no
+    /// copies of its key and address); returns how many were.
+    fn fill_summarizing(
+        &mut self,
+        batch: &EventBatch,
+        mut summaries: Option<&mut Summaries>,
+    ) -> u64 {
         let json = batch.json();
         self.records.clear();
-        self.records
-            .extend(batch.events().iter().enumerate().filter_map(|(i, event)| {
-                let mut record = rows::record_of(event, json.range(i)?);
-                record.chain = json.chain(i);
-                Some(record)
-            }));
+        let mut summarized = 0;
+        for (i, event) in batch.events().iter().enumerate() {
+            let Some(range) = json.range(i) else {
+                continue;
+            };
+            if let Some(summaries) = summaries.as_deref_mut()
+                && let Some(line) = json.line(i)
+                && summaries.add_event(event, line)
+            {
+                summarized += 1;
+                continue;
+            }
+            let mut record = rows::record_of(event, range);
+            record.chain = json.chain(i);
+            self.records.push(record);
+        }
         self.bytes = Arc::clone(json.bytes());
+        summarized
     }
 }
 
@@ -319,6 +347,7 @@ fn write_loop(
     // Whether the page cache holds pages since it was last given back, and when.
     let mut cached = false;
     let mut released = Instant::now();
+    let mut summaries = Summaries::default();
     while open {
         let wait = if cached {
             RELEASE_EVERY
@@ -344,14 +373,17 @@ fn write_loop(
             let (n, result) = match conn.transaction() {
                 Ok(tx) => {
                     let mut n = 0u64;
-                    first.rows_into(&mut rows);
-                    let mut result = insert_rows(&tx, &rows, &mut n, keep);
+                    let summarizing = (keep == StoreKeep::Runs).then_some(&mut summaries);
+                    n += first.rows_into(&mut rows, summarizing);
+                    let mut result = insert_rows(&tx, &rows, &mut n, keep, &mut summaries);
                     while result.is_ok() && (n as usize) < MAX_ROWS_PER_TRANSACTION {
                         let left = deadline.saturating_duration_since(Instant::now());
                         match rx.recv_timeout(left) {
                             Ok(more) => {
-                                more.rows_into(&mut rows);
-                                result = insert_rows(&tx, &rows, &mut n, keep);
+                                let summarizing =
+                                    (keep == StoreKeep::Runs).then_some(&mut summaries);
+                                n += more.rows_into(&mut rows, summarizing);
+                                result = insert_rows(&tx, &rows, &mut n, keep, &mut summaries);
                             }
                             Err(RecvTimeoutError::Timeout) => break,
                             Err(RecvTimeoutError::Disconnected) => {
@@ -360,8 +392,13 @@ fn write_loop(
                             }
                         }
                     }
-                    // The last batch's rows and lines are not kept while idle.
+                    // The summaries of the whole transaction, one upsert
+                    // per process and per destination, then the commit.
+                    let result = result.and_then(|()| summaries.upsert(&tx));
+                    // The last batch's rows and lines are not kept while
+                    // idle, nor the summaries of a failed transaction.
                     rows.release();
+                    summaries.clear();
                     (n, result.and_then(|()| tx.commit()))
                 }
                 Err(e) => (first.len() as u64, Err(e)),
@@ -407,7 +444,9 @@ fn release_cache(conn: &Connection) {
 #[cfg(test)]
 fn write_batch(conn: &mut Connection, batch: &Rows) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
-    insert_rows(&tx, batch, &mut 0, StoreKeep::All)?;
+    let mut summaries = Summaries::default();
+    insert_rows(&tx, batch, &mut 0, StoreKeep::All, &mut summaries)?;
+    summaries.upsert(&tx)?;
     tx.commit()
 }
 
@@ -415,13 +454,14 @@ fn write_batch(conn: &mut Connection, batch: &Rows) -> rusqlite::Result<()> {
 /// (all of them, written or failed with the transaction). The statements
 /// are prepared once per connection (rusqlite's statement cache). With
 /// `keep = "runs"`, a process's or a connection's routine event outside any
-/// run only updates the summaries (one upsert per process and destination
-/// of the batch).
+/// run only updates the transaction's `summaries` (upserted before the
+/// commit, or here when they have grown to [`SUMMARIES_MAX`]).
 fn insert_rows(
     tx: &rusqlite::Transaction<'_>,
     batch: &Rows,
     n: &mut u64,
     keep: StoreKeep,
+    summaries: &mut Summaries,
 ) -> rusqlite::Result<()> {
     *n += batch.records.len() as u64;
     let mut insert = tx.prepare_cached(
@@ -435,49 +475,14 @@ fn insert_rows(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
          ON CONFLICT(id) DO UPDATE SET end_ns = excluded.end_ns, end_reason = excluded.end_reason",
     )?;
-    // Sized for the batch up front: grown step by step, they were
-    // reallocated several times per batch.
-    let (summaries, with_destination) = if keep == StoreKeep::Runs {
-        let addressed = batch
-            .records
-            .iter()
-            .filter(|r| r.dst_ip.is_some() || r.path.is_some())
-            .count();
-        (batch.records.len(), addressed)
-    } else {
-        (0, 0)
-    };
-    let mut processes: HashMap<&str, Seen<'_>> = HashMap::with_capacity(summaries);
-    let mut destinations: HashMap<(&str, u16, bool, &str), Seen<'_>> =
-        HashMap::with_capacity(with_destination);
     for r in &batch.records {
         let line = batch.bytes.get(r.line.clone()).unwrap_or_default();
         let line = line.strip_suffix(b"\n").unwrap_or(line);
-        // serde_json writes UTF-8; a line that is not is stored lossily.
-        let body: std::borrow::Cow<'_, str> = match std::str::from_utf8(line) {
-            Ok(s) => s.into(),
-            Err(_) => String::from_utf8_lossy(line),
-        };
-        if keep == StoreKeep::Runs
-            && let Some((key, pid)) = summarized(r)
-        {
-            processes
-                .entry(key)
-                .or_insert_with(|| Seen::new(pid, r.time_ns))
-                .add(r.time_ns, body.clone());
-            let dst = match (&r.dst_ip, &r.path) {
-                (Some(ip), _) => Some((ip.as_str(), r.dst_port.unwrap_or(0), false)),
-                (None, Some(path)) => Some((path.as_str(), 0, true)),
-                (None, None) => None,
-            };
-            if let Some((dst, port, unix)) = dst {
-                destinations
-                    .entry((dst, port, unix, key))
-                    .or_insert_with(|| Seen::new(pid, r.time_ns))
-                    .add(r.time_ns, body.clone());
-            }
+        if keep == StoreKeep::Runs && summaries.add_record(r, line) {
             continue;
         }
+        // serde_json writes UTF-8; a line that is not is stored lossily.
+        let body = String::from_utf8_lossy(line);
         insert.execute(params![
             i64::try_from(r.seq).unwrap_or(i64::MAX),
             r.time_ns,
@@ -517,46 +522,16 @@ fn insert_rows(
             ])?;
         }
     }
-    if !processes.is_empty() {
-        let mut upsert = tx.prepare_cached(
-            "INSERT INTO process_seen (process_key, pid, first_ns, last_ns, events, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT(process_key) DO UPDATE SET
-                 first_ns = min(first_ns, excluded.first_ns),
-                 last_ns = max(last_ns, excluded.last_ns),
-                 events = events + excluded.events,
-                 body = CASE WHEN excluded.last_ns >= last_ns THEN excluded.body ELSE body END",
-        )?;
-        for (key, s) in &processes {
-            upsert.execute(params![key, s.pid, s.first_ns, s.last_ns, s.events, s.body])?;
-        }
-    }
-    if !destinations.is_empty() {
-        let mut upsert = tx.prepare_cached(
-            "INSERT INTO destination_seen (dst, unix, port, process_key, pid, first_ns, last_ns, events, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-             ON CONFLICT(dst, unix, port, process_key) DO UPDATE SET
-                 first_ns = min(first_ns, excluded.first_ns),
-                 last_ns = max(last_ns, excluded.last_ns),
-                 events = events + excluded.events,
-                 body = CASE WHEN excluded.last_ns >= last_ns THEN excluded.body ELSE body END",
-        )?;
-        for ((dst, port, unix, key), s) in &destinations {
-            upsert.execute(params![
-                dst,
-                i32::from(*unix),
-                port,
-                key,
-                s.pid,
-                s.first_ns,
-                s.last_ns,
-                s.events,
-                s.body
-            ])?;
-        }
+    if summaries.len() >= SUMMARIES_MAX {
+        summaries.upsert(tx)?;
+        summaries.clear();
     }
     Ok(())
 }
+
+/// Summaries held in memory before they are upserted within the
+/// transaction: bounds the memory of a backlog of many short processes.
+const SUMMARIES_MAX: usize = 4096;
 
 /// Whether `keep = "runs"` only summarizes this event, and then its
 /// process's key and pid: a process's or a connection's routine event
@@ -566,41 +541,213 @@ fn summarized(r: &Record) -> Option<(&str, u32)> {
     if r.run_id.is_some() || r.escape || r.run.is_some() {
         return None;
     }
-    match r.kind {
-        "process.spawn" | "process.exec" | "process.exit" | "network.connect"
-        | "network.listen" | "network.accept" => Some((r.process_key.as_deref()?, r.pid?)),
-        _ => None,
+    summarized_kind(r.kind).then_some((r.process_key.as_deref()?, r.pid?))
+}
+
+/// The kinds `keep = "runs"` summarizes outside any run.
+fn summarized_kind(kind: &str) -> bool {
+    matches!(
+        kind,
+        "process.spawn"
+            | "process.exec"
+            | "process.exit"
+            | "network.connect"
+            | "network.listen"
+            | "network.accept"
+    )
+}
+
+/// Where a summarized event went: an IP (from an event), an IP's text
+/// (from a [`Record`]), or a Unix socket path. Stored as `dst` text, with
+/// `unix` set for a path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Dst {
+    Ip(std::net::IpAddr),
+    IpText(String),
+    Unix(String),
+}
+
+/// The `keep = "runs"` summaries of a transaction's events outside any
+/// run, merged in memory: per process (`process_seen`) and per process and
+/// destination (`destination_seen`), one upsert each per transaction.
+/// (Per batch, a short process's events were several upserts, and each
+/// event was mapped to a record and hashed by its copied strings first.)
+#[derive(Debug, Default)]
+struct Summaries {
+    /// Each with its key, shared by its destinations' entries.
+    processes: HashMap<Rc<str>, (Rc<str>, Seen)>,
+    destinations: HashMap<(Dst, u16, Rc<str>), Seen>,
+}
+
+impl Summaries {
+    fn len(&self) -> usize {
+        self.processes.len() + self.destinations.len()
+    }
+
+    fn clear(&mut self) {
+        self.processes.clear();
+        self.destinations.clear();
+    }
+
+    /// Adds `event` (its JSON `line`, newline included) when it is only
+    /// summarized; false when it must be stored whole.
+    fn add_event(&mut self, event: &crate::event::Event, line: &[u8]) -> bool {
+        if event.run.is_some() || !summarized_kind(event.kind.as_str()) || event.is_escape_attempt()
+        {
+            return false;
+        }
+        let Some(process) = &event.process else {
+            return false;
+        };
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        let time_ns = super::unix_ns(event.time.0);
+        let key = self.add_process(&process.key, process.pid, time_ns, line);
+        let dst = event
+            .network
+            .as_ref()
+            .and_then(|n| match (n.dst_ip, &n.path) {
+                (Some(ip), _) => Some((Dst::Ip(ip), n.dst_port.unwrap_or(0))),
+                (None, Some(path)) => Some((Dst::Unix(path.clone()), 0)),
+                (None, None) => None,
+            });
+        if let Some((dst, port)) = dst {
+            self.destinations
+                .entry((dst, port, key))
+                .or_insert_with(|| Seen::new(process.pid, time_ns))
+                .add(time_ns, line);
+        }
+        true
+    }
+
+    /// Adds record `r` (its JSON `line`, without the newline) when it is
+    /// only summarized; false when it must be stored whole.
+    fn add_record(&mut self, r: &Record, line: &[u8]) -> bool {
+        let Some((key, pid)) = summarized(r) else {
+            return false;
+        };
+        let key = self.add_process(key, pid, r.time_ns, line);
+        let dst = match (&r.dst_ip, &r.path) {
+            (Some(ip), _) => Some((Dst::IpText(ip.clone()), r.dst_port.unwrap_or(0))),
+            (None, Some(path)) => Some((Dst::Unix(path.clone()), 0)),
+            (None, None) => None,
+        };
+        if let Some((dst, port)) = dst {
+            self.destinations
+                .entry((dst, port, key))
+                .or_insert_with(|| Seen::new(pid, r.time_ns))
+                .add(r.time_ns, line);
+        }
+        true
+    }
+
+    /// Counts an event of process `key` in its summary; returns the key as
+    /// the summaries share it.
+    fn add_process(&mut self, key: &str, pid: u32, time_ns: i64, line: &[u8]) -> Rc<str> {
+        if let Some((key, seen)) = self.processes.get_mut(key) {
+            seen.add(time_ns, line);
+            return Rc::clone(key);
+        }
+        let key: Rc<str> = Rc::from(key);
+        let mut seen = Seen::new(pid, time_ns);
+        seen.add(time_ns, line);
+        self.processes
+            .insert(Rc::clone(&key), (Rc::clone(&key), seen));
+        key
+    }
+
+    /// Upserts every summary in the open transaction.
+    fn upsert(&self, tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+        if !self.processes.is_empty() {
+            let mut upsert = tx.prepare_cached(
+                "INSERT INTO process_seen (process_key, pid, first_ns, last_ns, events, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(process_key) DO UPDATE SET
+                     first_ns = min(first_ns, excluded.first_ns),
+                     last_ns = max(last_ns, excluded.last_ns),
+                     events = events + excluded.events,
+                     body = CASE WHEN excluded.last_ns >= last_ns THEN excluded.body ELSE body END",
+            )?;
+            for (key, s) in self.processes.values() {
+                upsert.execute(params![
+                    &**key,
+                    s.pid,
+                    s.first_ns,
+                    s.last_ns,
+                    s.events,
+                    s.body()
+                ])?;
+            }
+        }
+        if !self.destinations.is_empty() {
+            let mut upsert = tx.prepare_cached(
+                "INSERT INTO destination_seen (dst, unix, port, process_key, pid, first_ns, last_ns, events, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT(dst, unix, port, process_key) DO UPDATE SET
+                     first_ns = min(first_ns, excluded.first_ns),
+                     last_ns = max(last_ns, excluded.last_ns),
+                     events = events + excluded.events,
+                     body = CASE WHEN excluded.last_ns >= last_ns THEN excluded.body ELSE body END",
+            )?;
+            for ((dst, port, key), s) in &self.destinations {
+                let (dst, unix) = match dst {
+                    Dst::Ip(ip) => (std::borrow::Cow::Owned(ip.to_string()), false),
+                    Dst::IpText(ip) => (std::borrow::Cow::Borrowed(ip.as_str()), false),
+                    Dst::Unix(path) => (std::borrow::Cow::Borrowed(path.as_str()), true),
+                };
+                upsert.execute(params![
+                    dst,
+                    i32::from(unix),
+                    port,
+                    &**key,
+                    s.pid,
+                    s.first_ns,
+                    s.last_ns,
+                    s.events,
+                    s.body()
+                ])?;
+            }
+        }
+        Ok(())
     }
 }
 
-/// A summary row in the making: a batch's events of one process (or one
-/// process and destination).
-struct Seen<'a> {
+/// A summary row in the making: a transaction's events of one process (or
+/// one process and destination), with the JSON line of its latest event
+/// (copied into a buffer the summary keeps: no allocation per event).
+#[derive(Debug)]
+struct Seen {
     pid: u32,
     first_ns: i64,
     last_ns: i64,
     events: i64,
-    body: std::borrow::Cow<'a, str>,
+    body: Vec<u8>,
 }
 
-impl<'a> Seen<'a> {
+impl Seen {
     fn new(pid: u32, time_ns: i64) -> Self {
         Self {
             pid,
             first_ns: time_ns,
             last_ns: time_ns,
             events: 0,
-            body: std::borrow::Cow::Borrowed(""),
+            body: Vec::new(),
         }
     }
 
-    fn add(&mut self, time_ns: i64, body: std::borrow::Cow<'a, str>) {
+    fn add(&mut self, time_ns: i64, line: &[u8]) {
         self.first_ns = self.first_ns.min(time_ns);
         if time_ns >= self.last_ns || self.events == 0 {
             self.last_ns = time_ns;
-            self.body = body;
+            self.body.clear();
+            self.body.extend_from_slice(line);
         }
         self.events += 1;
+    }
+
+    /// The body as stored: serde_json writes UTF-8; a line that is not is
+    /// stored lossily.
+    fn body(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.body)
     }
 }
 
