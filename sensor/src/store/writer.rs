@@ -475,6 +475,7 @@ fn insert_rows(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
          ON CONFLICT(id) DO UPDATE SET end_ns = excluded.end_ns, end_reason = excluded.end_reason",
     )?;
+    let mut hex_buf = [0u8; 64];
     for r in &batch.records {
         let line = batch.bytes.get(r.line.clone()).unwrap_or_default();
         let line = line.strip_suffix(b"\n").unwrap_or(line);
@@ -500,7 +501,7 @@ fn insert_rows(
             r.target_pid,
             r.target_run,
             i32::from(r.escape),
-            r.chain.map(hex::encode),
+            chain_hex(r.chain.as_ref(), &mut hex_buf),
         ])?;
         if let Some(row) = &r.run {
             run.execute(params![
@@ -532,6 +533,13 @@ fn insert_rows(
 /// Summaries held in memory before they are upserted within the
 /// transaction: bounds the memory of a backlog of many short processes.
 const SUMMARIES_MAX: usize = 4096;
+
+/// A chain value as the `chain` column keeps it (hex), written into `buf`
+/// (no allocation per row).
+fn chain_hex<'b>(chain: Option<&[u8; 32]>, buf: &'b mut [u8; 64]) -> Option<&'b str> {
+    hex::encode_to_slice(chain?, buf).ok()?;
+    std::str::from_utf8(buf).ok()
+}
 
 /// Whether `keep = "runs"` only summarizes this event, and then its
 /// process's key and pid: a process's or a connection's routine event
@@ -910,6 +918,10 @@ mod tests {
         assert_eq!((method.as_str(), target), ("ptrace", 77));
     }
 
+    /// An event of a run as the daemon writes it under a connect storm in
+    /// a run (a `network.accept` with its `provenance` member): the store's
+    /// rows of a run are this size, not [`STORM_LINE`]'s.
+    const RUN_LINE: &[u8] = br#"{"schema":"sensor.event/v1","seq":390,"time":"2026-12-05T13:49:10.299775624Z","host":{"name":"vm","boot_id":"690309d0-b253-4196-8704-4986e67460d8"},"kind":"network.accept","run":{"id":"01a24677-4092-726d-8aad-817cd6c10044","agent":"bench-storm","principal":"root","parent_id":null,"root_id":"01a24677-4092-726d-8aad-817cd6c10044","depth":0,"attribution":"launch"},"process":{"key":"690309d0b2534196:4490840:22940","pid":22940,"tid":22981,"ppid":22892,"parent_key":"690309d0b2534196:4490596:22892","uid":0,"gid":0,"comm":"python3","exe":"/root/.pyenv/versions/3.11.7/bin/python3.11","exit_code":null,"exit_signal":null},"network":{"transport":"tcp","family":"ipv4","local_ip":"127.0.0.1","local_port":41997,"src_ip":"127.0.0.1","src_port":59776,"result":"ok","errno":null,"error":null},"provenance":{"prev":"6a9a204bf94314a2ecc608be2ea03d5081a58d4fff008f7a706bd4a6a4edcc69","chain":"ceb9af3da37c55ae1c6b4bce71f0994ad032bee288f4f731f5a87719d608c462"}}"#;
     const STORM_LINE: &[u8] = br#"{"schema":"sensor.event/v1","seq":1,"time":"2026-11-23T10:00:00.123456789Z","host":{"name":"h1","boot_id":"b"},"kind":"process.exec","run":{"id":"r","agent":"a","principal":"p","parent_id":null,"root_id":"r","depth":0,"attribution":"inherited"},"process":{"key":"k","pid":4242,"ppid":1,"uid":0,"exe":"/usr/bin/curl","argv":["curl","-s","https://example.org"],"cwd":"/"}}"#;
 
     /// Writes `total` events through the writer thread, as the daemon does,
@@ -920,8 +932,19 @@ mod tests {
         path: &Path,
         keep: StoreKeep,
         total: usize,
+        line: &[u8],
         record: impl Fn(usize) -> Record,
     ) -> (Duration, f64) {
+        // `STORE_BENCH_PAGE_SIZE=4096`: the database made with that page
+        // size first (what an older build made), to compare in one binary.
+        if let Some(size) = std::env::var("STORE_BENCH_PAGE_SIZE")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+        {
+            let conn = Connection::open(path).unwrap();
+            conn.pragma_update(None, "page_size", size).unwrap();
+            conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        }
         let writer = StoreWriter::start_keeping(
             path,
             Retention {
@@ -932,6 +955,7 @@ mod tests {
         )
         .unwrap();
         let stats = writer.stats();
+        let backlog = writer.backlog();
         let per_batch = 2000;
         let cpu = || {
             nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).map_or(
@@ -946,20 +970,20 @@ mod tests {
         let cpu_before = cpu();
         let started = Instant::now();
         for b in 0..total / per_batch {
-            let mut bytes = Vec::with_capacity(per_batch * (STORM_LINE.len() + 1));
+            let mut bytes = Vec::with_capacity(per_batch * (line.len() + 1));
             let mut records = Vec::with_capacity(per_batch);
             for i in 0..per_batch {
                 let begin = bytes.len();
-                bytes.extend_from_slice(STORM_LINE);
+                bytes.extend_from_slice(line);
                 bytes.push(b'\n');
                 records.push(Record {
                     line: begin..bytes.len(),
                     ..record(b * per_batch + i)
                 });
             }
-            // The queue holds 8192 events (`backlog::QUEUE_EVENTS`): nothing
-            // is dropped while the writer catches up.
-            while !writer.backlog.has_room(per_batch) {
+            // The queue is bounded in events (`QUEUE_EVENTS`): wait for
+            // room, so nothing is dropped while the writer catches up.
+            while !backlog.has_room(per_batch) {
                 std::thread::sleep(Duration::from_millis(1));
             }
             writer.send(StoreBatch::Rows(Rows {
@@ -972,9 +996,14 @@ mod tests {
         let write_cpu = cpu() - cpu_before;
         assert_eq!(stats.written.load(Ordering::Relaxed), total as u64);
         assert_eq!(stats.dropped.load(Ordering::Relaxed), 0);
+        let page_size: u32 = open_for_writing(path)
+            .unwrap()
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap();
         println!(
-            "store (keep = {keep:?}): wrote {total} events in {:.2} s = {:.0} events/s, {:.2} us CPU/event \
+            "store (keep = {keep:?}, page size {page_size}, {} B lines): wrote {total} events in {:.2} s = {:.0} events/s, {:.2} us CPU/event \
              ({:.0} events per CPU-second, the generating thread included)",
+            line.len(),
             write.as_secs_f64(),
             total as f64 / write.as_secs_f64(),
             write_cpu * 1e6 / total as f64,
@@ -995,7 +1024,7 @@ mod tests {
         let path = dir.path().join("s.db");
         let total = 1_000_000usize;
         let runs = 1000;
-        write_storm(&path, StoreKeep::All, total, |n| Record {
+        write_storm(&path, StoreKeep::All, total, RUN_LINE, |n| Record {
             seq: n as u64,
             time_ns: n as i64,
             kind: "process.exec",
@@ -1072,7 +1101,7 @@ mod tests {
                 ..Record::default()
             }
         };
-        write_storm(&path, StoreKeep::Runs, total, record);
+        write_storm(&path, StoreKeep::Runs, total, STORM_LINE, record);
         let read = super::super::open_for_reading(&path).unwrap();
         let (rows, processes): (i64, i64) = read
             .query_row(
