@@ -116,7 +116,10 @@ impl Detector {
             let stats = Arc::clone(&stats);
             std::thread::Builder::new()
                 .name("detect".into())
-                .spawn(move || detect_loop(&rx, &rules, &mtx, &stats, seen))?
+                .spawn(move || {
+                    crate::sched::batch_worker("detect");
+                    detect_loop(&rx, &rules, &mtx, &stats, seen);
+                })?
         };
         Ok((
             Self {
