@@ -363,7 +363,7 @@ mod tests {
         deadline: Option<Instant>,
     ) -> (
         std::thread::JoinHandle<()>,
-        std::sync::mpsc::Receiver<Result<usize, RecvTimeoutError>>,
+        Receiver<Result<usize, RecvTimeoutError>>,
     ) {
         let (got_tx, got) = std::sync::mpsc::channel();
         let backlog = Arc::clone(backlog);
