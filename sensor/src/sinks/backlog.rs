@@ -76,6 +76,9 @@ pub struct Backlog {
     consumer: OnceLock<Thread>,
     /// The producer closed the queue ([`Backlog::close`]).
     closed: AtomicBool,
+    /// A gathering consumer takes the queue to its end (set when
+    /// [`GATHER_EVENTS`] woke it; the consumer's own flag).
+    draining: AtomicBool,
 }
 
 impl Backlog {
@@ -141,11 +144,11 @@ impl Backlog {
     /// With [`Wait::Any`], the next item queued, woken by the pipeline's
     /// next [`Backlog::ring`]; with [`Wait::Gather`], the next item once
     /// [`GATHER_EVENTS`] wait or `deadline` passed (what is queued then
-    /// comes one item a call, without parking). `Timeout` once `deadline`
-    /// passed with nothing queued (with `Gather`, also when the count and
-    /// the queue disagree: a transaction ends early, never a spin);
-    /// `Disconnected` once the producer dropped its sender and the queue is
-    /// empty. Call it from the one consumer thread only.
+    /// comes one item a call, without parking, until the queue is empty).
+    /// `Timeout` once `deadline` passed with nothing queued; `Disconnected`
+    /// once the producer dropped its sender and the queue is empty. It parks
+    /// at most once per wake-up of the producer or the deadline: never a
+    /// spin. Call it from the one consumer thread only.
     pub fn recv<T>(
         &self,
         rx: &Receiver<T>,
@@ -157,16 +160,20 @@ impl Backlog {
         let ready = || match wait {
             Wait::Any => true,
             Wait::Gather => {
-                passed() || self.closed.load(Ordering::SeqCst) || self.waiting() >= GATHER_EVENTS
+                passed() || self.draining.load(Ordering::Relaxed) || self.waiting() >= GATHER_EVENTS
             }
         };
         let take = || match rx.try_recv() {
-            Ok(item) => Some(Ok(item)),
-            Err(TryRecvError::Disconnected) => Some(Err(RecvTimeoutError::Disconnected)),
-            Err(TryRecvError::Empty) if wait == Wait::Gather || passed() => {
-                Some(Err(RecvTimeoutError::Timeout))
+            Ok(item) => {
+                // Gathering, woken: the rest of the queue comes too.
+                self.draining.store(wait == Wait::Gather, Ordering::Relaxed);
+                Some(Ok(item))
             }
-            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => Some(Err(RecvTimeoutError::Disconnected)),
+            Err(TryRecvError::Empty) => {
+                self.draining.store(false, Ordering::Relaxed);
+                passed().then_some(Err(RecvTimeoutError::Timeout))
+            }
         };
         loop {
             if self.closed.load(Ordering::SeqCst) {
