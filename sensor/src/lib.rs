@@ -28,6 +28,7 @@ pub mod provenance;
 pub mod record;
 pub mod recovery;
 pub mod run_map;
+pub mod sched;
 pub mod sinks;
 pub mod status;
 pub mod store;

@@ -826,19 +826,31 @@ impl Pipeline {
             self.batch.push(checkpoint);
         }
         if self.batch.len() >= BATCH_EVENTS {
-            self.flush();
+            // Queued, not yet woken for: the flush at the end of the drain
+            // wakes each output once (or a backlog of WAKE_EVENTS does).
+            self.hand_off(false);
         }
     }
 
-    /// Hands the current batch to the outputs and the store: one shared
-    /// batch each encodes on its own thread (the JSON lines once, by the
-    /// first that needs them).
+    /// Hands the current batch to the outputs and the store and wakes the
+    /// output threads that wait: one shared batch each encodes on its own
+    /// thread (the JSON lines once, by the first that needs them).
     pub fn flush(&mut self) {
+        self.hand_off(true);
+    }
+
+    /// [`Pipeline::flush`]; with `wake` false the outputs are not woken
+    /// (mid-drain: a drain's batches cost each output one wake-up, not one
+    /// per batch).
+    fn hand_off(&mut self, wake: bool) {
         if let Some(log) = &mut self.raw_log {
             use std::io::Write as _;
             let _ = log.flush();
         }
         if self.batch.is_empty() {
+            if wake {
+                self.outputs.ring();
+            }
             return;
         }
         let events = std::mem::replace(&mut self.batch, self.recycler.take(BATCH_EVENTS));
@@ -856,7 +868,11 @@ impl Pipeline {
         if let Some(d) = &self.detector {
             d.send(&batch);
         }
-        self.outputs.send(&batch);
+        if wake {
+            self.outputs.send(&batch);
+        } else {
+            self.outputs.send_held(&batch);
+        }
         if let Some(store) = &self.store {
             store.send(crate::store::writer::StoreBatch::Events(batch));
         }

@@ -125,7 +125,10 @@ impl Detector {
             let backlog = Arc::clone(&backlog);
             std::thread::Builder::new()
                 .name("detect".into())
-                .spawn(move || detect_loop(&rx, &backlog, &rules, &mtx, &stats, seen))?
+                .spawn(move || {
+                    crate::sched::batch_worker("detect");
+                    detect_loop(&rx, &backlog, &rules, &mtx, &stats, seen);
+                })?
         };
         Ok((
             Self {

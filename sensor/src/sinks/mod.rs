@@ -54,7 +54,7 @@ use std::{
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering},
-        mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
+        mpsc::{Receiver, TrySendError, sync_channel},
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -62,7 +62,7 @@ use std::{
 
 use backon::BackoffBuilder as _;
 
-pub use self::backlog::{Backlog, Pressure};
+pub use self::backlog::{Backlog, Pressure, Wait};
 pub use self::batch::{EventBatch, JsonLines, Recycler};
 pub use self::spec::{
     Format, HttpShape, OutputSpec, SpecError, Target, check_unique_names, parse_size,
@@ -205,7 +205,7 @@ pub struct OutputContext {
 }
 
 struct Output {
-    tx: SyncSender<EventBatch>,
+    tx: backlog::Sender<EventBatch>,
     /// Events in `tx` not yet taken by the output's thread.
     backlog: Arc<Backlog>,
     handle: OutputHandle,
@@ -280,9 +280,18 @@ impl Outputs {
             .collect()
     }
 
-    /// Queues a batch on every output; an output whose queue is full
-    /// (in batches, or in events: [`backlog::QUEUE_EVENTS`]) drops it (counted).
+    /// Queues a batch on every output and wakes the output threads that
+    /// wait for one; an output whose queue is full (in batches, or in
+    /// events: [`backlog::QUEUE_EVENTS`]) drops it (counted).
     pub fn send(&self, batch: &EventBatch) {
+        self.send_held(batch);
+        self.ring();
+    }
+
+    /// [`Outputs::send`] without waking the output threads (unless
+    /// [`backlog::WAKE_EVENTS`] wait): the pipeline queues a drain's
+    /// batches, then wakes each output once with [`Outputs::ring`].
+    pub fn send_held(&self, batch: &EventBatch) {
         for o in &self.outputs {
             if !o.backlog.has_room(batch.len()) {
                 o.handle
@@ -291,8 +300,8 @@ impl Outputs {
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 continue;
             }
-            match o.tx.try_send(batch.clone()) {
-                Ok(()) => o.backlog.queued(batch.len()),
+            match o.tx.try_send(batch.clone(), batch.len()) {
+                Ok(()) => {}
                 Err(TrySendError::Full(b) | TrySendError::Disconnected(b)) => {
                     o.handle
                         .stats
@@ -300,6 +309,13 @@ impl Outputs {
                         .fetch_add(b.len() as u64, Ordering::Relaxed);
                 }
             }
+        }
+    }
+
+    /// Wakes the output threads that wait for a batch queued.
+    pub fn ring(&self) {
+        for o in &self.outputs {
+            o.backlog.ring();
         }
     }
 
@@ -324,6 +340,7 @@ impl Outputs {
 fn open_one(spec: &OutputSpec, ctx: &OutputContext) -> Result<Output, SinkError> {
     let (tx, rx) = sync_channel::<EventBatch>(QUEUE_BATCHES);
     let backlog = Arc::new(Backlog::default());
+    let tx = backlog::Sender::new(tx, Arc::clone(&backlog));
     let stats = Arc::new(OutputStats::default());
     let stopping = Arc::new(AtomicBool::new(false));
     let filter = Filter::new(spec);
@@ -359,7 +376,10 @@ fn open_one(spec: &OutputSpec, ctx: &OutputContext) -> Result<Output, SinkError>
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("output {name}"))
-                    .spawn(move || local_loop(&name, writer, &filter, (&rx, &backlog), &stats))
+                    .spawn(move || {
+                        crate::sched::batch_worker("output");
+                        local_loop(&name, writer, &filter, (&rx, &backlog), &stats);
+                    })
                     .map_err(thread_err)?,
             );
         }
@@ -381,6 +401,7 @@ fn open_one(spec: &OutputSpec, ctx: &OutputContext) -> Result<Output, SinkError>
                 std::thread::Builder::new()
                     .name(format!("spool {name}"))
                     .spawn(move || {
+                        crate::sched::batch_worker("spool");
                         spool_loop(
                             &name,
                             &filter,
@@ -398,6 +419,7 @@ fn open_one(spec: &OutputSpec, ctx: &OutputContext) -> Result<Output, SinkError>
                 std::thread::Builder::new()
                     .name(format!("send {name}"))
                     .spawn(move || {
+                        crate::sched::batch_worker("send");
                         send_loop(&name, transport, &spool, &sender_stats, &sender_stopping);
                     })
                     .map_err(thread_err)?,
@@ -492,14 +514,14 @@ fn local_loop(
     let mut failing = false;
     let mut encoded = Vec::new();
     loop {
-        // Block for the next batch; flush whenever the queue runs dry.
+        // Wait for the next batch; flush whenever the queue runs dry.
         let batch = match rx.try_recv() {
             Ok(b) => b,
             Err(_) => {
                 if w.flush().is_err() {
                     stats.write_errors.fetch_add(1, Ordering::Relaxed);
                 }
-                match rx.recv() {
+                match backlog.recv(rx, Wait::Any, None) {
                     Ok(b) => b,
                     Err(_) => break,
                 }
@@ -548,7 +570,7 @@ fn spool_loop(
                 if let Err(e) = spool.commit() {
                     tracing::error!(output = name, error = %e, "spool write failed");
                 }
-                match rx.recv() {
+                match backlog.recv(rx, Wait::Any, None) {
                     Ok(b) => b,
                     Err(_) => break,
                 }

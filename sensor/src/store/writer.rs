@@ -11,7 +11,7 @@ use std::{
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
-        mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel},
+        mpsc::{Receiver, RecvTimeoutError, TrySendError, sync_channel},
     },
     thread::JoinHandle,
     time::{Duration, Instant, SystemTime},
@@ -22,7 +22,7 @@ use rusqlite::{Connection, params};
 use super::{StoreError, open_for_writing, rows};
 use crate::{
     config::StoreKeep,
-    sinks::{Backlog, EventBatch},
+    sinks::{Backlog, EventBatch, Wait},
 };
 
 /// Batches waiting for the writer.
@@ -213,7 +213,7 @@ fn wal_path(path: &Path, suffix: &str) -> PathBuf {
 /// The running writer.
 pub struct StoreWriter {
     path: PathBuf,
-    tx: SyncSender<StoreBatch>,
+    tx: crate::sinks::backlog::Sender<StoreBatch>,
     /// Events in `tx` not yet taken by the writer.
     backlog: Arc<Backlog>,
     stats: Arc<StoreStats>,
@@ -259,9 +259,13 @@ impl StoreWriter {
             rx,
             backlog: Arc::clone(&backlog),
         };
+        let tx = crate::sinks::backlog::Sender::new(tx, Arc::clone(&backlog));
         let thread = std::thread::Builder::new()
             .name("store".into())
-            .spawn(move || write_loop(&thread_path, conn, &queue, &thread_stats, retention, keep))
+            .spawn(move || {
+                crate::sched::batch_worker("store");
+                write_loop(&thread_path, conn, &queue, &thread_stats, retention, keep);
+            })
             .map_err(|source| StoreError::Dir {
                 path: path.to_owned(),
                 source,
@@ -292,15 +296,18 @@ impl StoreWriter {
     }
 
     /// Queues a batch; a full queue (in batches, or in events:
-    /// [`crate::sinks::backlog::QUEUE_EVENTS`]) drops it (counted).
+    /// [`crate::sinks::backlog::QUEUE_EVENTS`]) drops it (counted). Wakes
+    /// the writer if it waits for a first batch; within a transaction it is
+    /// woken only once [`crate::sinks::backlog::GATHER_EVENTS`] wait (else
+    /// it takes the queue at its commit deadline).
     pub fn send(&self, batch: StoreBatch) {
         let n = batch.len();
         if !self.backlog.has_room(n) {
             self.stats.dropped.fetch_add(n as u64, Ordering::Relaxed);
             return;
         }
-        match self.tx.try_send(batch) {
-            Ok(()) => self.backlog.queued(n),
+        match self.tx.try_send(batch, n) {
+            Ok(()) => self.backlog.ring(),
             Err(TrySendError::Full(b) | TrySendError::Disconnected(b)) => {
                 self.stats
                     .dropped
@@ -325,8 +332,20 @@ struct Queue {
 }
 
 impl Queue {
+    /// The next batch, or `Timeout` after `timeout`.
     fn recv_timeout(&self, timeout: Duration) -> Result<StoreBatch, RecvTimeoutError> {
-        let batch = self.rx.recv_timeout(timeout)?;
+        let deadline = Instant::now() + timeout;
+        let batch = self.backlog.recv(&self.rx, Wait::Any, Some(deadline))?;
+        self.backlog.took(batch.len());
+        Ok(batch)
+    }
+
+    /// Within a transaction: the next batch once enough wait
+    /// ([`crate::sinks::backlog::GATHER_EVENTS`]) or `deadline` passed, so
+    /// the writer is not woken for each batch; `Timeout` once the queue is
+    /// taken at the deadline.
+    fn gather_until(&self, deadline: Instant) -> Result<StoreBatch, RecvTimeoutError> {
+        let batch = self.backlog.recv(&self.rx, Wait::Gather, Some(deadline))?;
         self.backlog.took(batch.len());
         Ok(batch)
     }
@@ -377,8 +396,7 @@ fn write_loop(
                     n += first.rows_into(&mut rows, summarizing);
                     let mut result = insert_rows(&tx, &rows, &mut n, keep, &mut summaries);
                     while result.is_ok() && (n as usize) < MAX_ROWS_PER_TRANSACTION {
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        match rx.recv_timeout(left) {
+                        match rx.gather_until(deadline) {
                             Ok(more) => {
                                 let summarizing =
                                     (keep == StoreKeep::Runs).then_some(&mut summaries);
