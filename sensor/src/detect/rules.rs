@@ -125,6 +125,10 @@ pub struct LoadedRule {
     /// The event fields its detection reads (by name, as sigma-rust looks
     /// them up), or `None` when it reads every value (a keyword selection).
     fields: Option<Vec<String>>,
+    /// Its condition requires a selection that asks `run.<member>|exists:
+    /// true` of a member every run has ([`needs_run`]): it cannot match an
+    /// event outside any run, which the daemon then does not hand to it.
+    needs_run: bool,
     rule: sigma_rust::Rule,
 }
 
@@ -370,7 +374,15 @@ impl RuleSet {
         let Some(candidates) = self.by_kind.get(kind.index()) else {
             return Vec::new();
         };
-        if candidates.is_empty() {
+        // Outside any run, the rules that need one cannot match: most of a
+        // host's events skip the rules (and the building of their fields).
+        let outside_run = event.run.is_none();
+        let wanted = |i: usize| {
+            self.rules
+                .get(i)
+                .is_some_and(|r| !(outside_run && r.needs_run))
+        };
+        if !candidates.iter().any(|&i| wanted(i)) {
             return Vec::new();
         }
         let mut sigma = sigma_rust::Event::new();
@@ -383,7 +395,7 @@ impl RuleSet {
         let hits = candidates
             .iter()
             .copied()
-            .filter(|&i| self.rules.get(i).is_some_and(|r| r.rule.is_match(&sigma)))
+            .filter(|&i| wanted(i) && self.rules.get(i).is_some_and(|r| r.rule.is_match(&sigma)))
             .collect();
         self.decide(state, hits, &typed::Typed(event), || typed::time_of(event))
     }
@@ -1216,6 +1228,7 @@ pub fn parse(text: &str, path: &Path) -> Result<LoadedRule, RuleError> {
     let name = top.get("name").and_then(Yaml::as_str).map(str::to_owned);
     let first_seen = super::first_seen::parse(top, path, &line_of)?;
     let fields = top.get("detection").and_then(detection_fields);
+    let needs_run = top.get("detection").is_some_and(needs_run);
     Ok(LoadedRule {
         info,
         name,
@@ -1223,7 +1236,66 @@ pub fn parse(text: &str, path: &Path) -> Result<LoadedRule, RuleError> {
         quiet: false,
         first_seen,
         fields,
+        needs_run,
         rule,
+    })
+}
+
+/// Members every run's `run` object has: `run.<one of these>` is absent
+/// exactly when the event is outside any run.
+const RUN_MEMBERS: &[&str] = &[
+    "id",
+    "agent",
+    "principal",
+    "root_id",
+    "depth",
+    "attribution",
+];
+
+/// Whether a detection cannot match an event outside any run: its
+/// condition's top level (outside parentheses) is selections joined by
+/// `and` only (no `or`, no `N of`), and one of them, not negated, is a
+/// mapping (its entries all hold) with `run.<member>|exists: true` for a
+/// member of [`RUN_MEMBERS`]. Anything else, or a condition this does not
+/// read, is `false`: the rule then sees every event, as before.
+fn needs_run(detection: &Yaml) -> bool {
+    let Some(Yaml::String(condition)) = detection.get("condition") else {
+        return false;
+    };
+    let spaced = condition.replace('(', " ( ").replace(')', " ) ");
+    let mut depth = 0usize;
+    let mut negated = false;
+    let mut required = Vec::new();
+    for token in spaced.split_whitespace() {
+        match token {
+            "(" => depth += 1,
+            ")" => depth = depth.saturating_sub(1),
+            _ if depth > 0 => {}
+            "and" => negated = false,
+            "not" => negated = true,
+            "or" | "of" | "all" | "them" => return false,
+            name if detection.get(name).is_some() && name != "condition" => {
+                if !negated {
+                    required.push(name);
+                }
+                negated = false;
+            }
+            _ => return false,
+        }
+    }
+    required.iter().any(|name| {
+        detection
+            .get(*name)
+            .and_then(Yaml::as_mapping)
+            .is_some_and(|selection| {
+                selection.iter().any(|(key, value)| {
+                    key.as_str()
+                        .and_then(|k| k.strip_prefix("run."))
+                        .and_then(|k| k.strip_suffix("|exists"))
+                        .is_some_and(|member| RUN_MEMBERS.contains(&member))
+                        && *value == Yaml::Bool(true)
+                })
+            })
     })
 }
 
@@ -1679,6 +1751,65 @@ mod tests {
             );
         }
         assert_eq!(fired, [1, 0, 1]);
+    }
+
+    /// Which conditions let the daemon skip a rule outside any run.
+    #[test]
+    fn a_rule_needs_a_run_only_when_its_condition_requires_the_run_selection() {
+        let detection = |condition: &str, r: &str| -> Yaml {
+            serde_norway::from_str(&format!(
+                "r:\n  {r}\nx:\n  process.exe: /bin/sh\ny:\n  network.dst_port: 80\ncondition: {condition}\n"
+            ))
+            .unwrap()
+        };
+        let exists = "run.agent|exists: true";
+        for condition in [
+            "r",
+            "r and x",
+            "x and r",
+            "r and (x or y)",
+            "not x and r",
+            "(x or y) and r",
+        ] {
+            assert!(needs_run(&detection(condition, exists)), "{condition}");
+        }
+        for condition in [
+            "r or x",
+            "r and x or y",
+            "not r and x",
+            "not r",
+            "1 of r*",
+            "all of them",
+            "x and y",
+            "(r and x)",
+        ] {
+            assert!(!needs_run(&detection(condition, exists)), "{condition}");
+        }
+        // Only `exists: true` of a member every run has.
+        for r in [
+            "run.agent|exists: false",
+            "run.tool_call.id|exists: true",
+            "run.agent: null",
+            "run.agent|startswith: a",
+        ] {
+            assert!(!needs_run(&detection("r and x", r)), "{r}");
+        }
+        // A list of mappings is any of them: not required as a whole.
+        let listed: Yaml = serde_norway::from_str(
+            "r:\n  - run.agent|exists: true\n  - process.exe: /bin/sh\ncondition: r\n",
+        )
+        .unwrap();
+        assert!(!needs_run(&listed));
+        // The shipped pack: every rule whose selection asks for the run.
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules/agent");
+        let set = RuleSet::load(&[dir]).unwrap();
+        let needing: Vec<&str> = set
+            .rules()
+            .iter()
+            .filter(|r| r.needs_run)
+            .map(|r| r.info.id.as_str())
+            .collect();
+        assert!(needing.len() >= 12, "{needing:?}");
     }
 
     #[test]

@@ -786,6 +786,25 @@ mod tests {
             "  s:\n    run.id|exists: true",
             "first_seen:\n  fields: [network.dst_ip, network.dst_port]\n",
         );
+        // Conditions around a `run.agent|exists: true` selection: only
+        // `needs` (the run required at the top level) may skip the events
+        // outside runs; the comparison below shows each skip is exact.
+        for (name, condition) in [
+            ("needs", "r and (x or y)"),
+            ("or_run", "r or x"),
+            ("not_run", "not r and x"),
+            ("or_after", "r and x or y"),
+        ] {
+            std::fs::write(
+                dir.path().join(format!("{name}.yml")),
+                format!(
+                    "title: {name}\nid: {name}\nlogsource:\n  product: agent-sensor\n\
+                     detection:\n  r:\n    run.agent|exists: true\n  x:\n    process.exe|exists: true\n\
+                     \x20 y:\n    network.dst_port|lt: 1000\n  condition: {condition}\n"
+                ),
+            )
+            .unwrap();
+        }
         std::fs::write(
             dir.path().join("zc1.yml"),
             "title: c1\nid: c1\ncorrelation:\n  type: event_count\n  rules: [deny]\n  group-by: [run.id, process.argv]\n  timespan: 5m\n  condition:\n    gte: 3\nlevel: high\n",
@@ -840,6 +859,10 @@ mod tests {
             "first_ip",
             "c1",
             "c2",
+            "needs",
+            "or_run",
+            "not_run",
+            "or_after",
         ] {
             assert!(
                 fired.get(id).is_some_and(|&n| n > 0 && n < 20_000),

@@ -192,7 +192,7 @@ pub(super) fn markdown(
             "\n| detection (rules/agent) | events | events/s | target |\n|---|---:|---:|---|\n",
         );
         out.push_str(&format!(
-            "| replay: typed event → JSON form → rules, one core (the `detect` thread) | {} | {:.0} | ≥ {DETECTION_TARGET_EPS:.0}: {} |\n\
+            "| replay: typed event → rules (fields read from the typed event), one core (the `detect` thread) | {} | {:.0} | ≥ {DETECTION_TARGET_EPS:.0}: {} |\n\
              | replay: JSON value → rules, one core (`sensor rules test`) | {} | {:.0} | |\n",
             d.events,
             d.daemon_eps,
