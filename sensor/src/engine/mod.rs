@@ -70,7 +70,7 @@ pub struct Engine {
     /// The exe paths handed to the process table, shared: a host runs the
     /// same few binaries over and over, and each spawn and exec copied its
     /// path into a new allocation (cleared when [`EXES_KEPT`] are held).
-    exes: std::collections::HashMap<Arc<str>, ()>,
+    exes: std::collections::HashSet<Arc<str>>,
 }
 
 /// Exe paths [`Engine`] shares at most before it starts over.
@@ -90,7 +90,7 @@ impl Engine {
             effects: Box::new(Apply),
             protected: std::collections::HashMap::new(),
             recorded_ids: None,
-            exes: std::collections::HashMap::new(),
+            exes: std::collections::HashSet::new(),
         }
     }
 
@@ -393,14 +393,14 @@ impl Engine {
     /// `exe` as the process table keeps it: the shared copy.
     fn shared_exe(&mut self, exe: Option<&str>) -> Option<Arc<str>> {
         let exe = exe?;
-        if let Some((shared, ())) = self.exes.get_key_value(exe) {
+        if let Some(shared) = self.exes.get(exe) {
             return Some(Arc::clone(shared));
         }
         if self.exes.len() >= EXES_KEPT {
             self.exes.clear();
         }
         let shared: Arc<str> = Arc::from(exe);
-        self.exes.insert(Arc::clone(&shared), ());
+        self.exes.insert(Arc::clone(&shared));
         Some(shared)
     }
 

@@ -593,6 +593,18 @@ enum Dst {
     Unix(String),
 }
 
+/// How a summary row already stored takes in a transaction's summary of
+/// the same key (`process_seen` and `destination_seen` alike): the earliest
+/// first, the latest last, the counts added, the latest body kept.
+macro_rules! seen_merge {
+    () => {
+        "first_ns = min(first_ns, excluded.first_ns),
+         last_ns = max(last_ns, excluded.last_ns),
+         events = events + excluded.events,
+         body = CASE WHEN excluded.last_ns >= last_ns THEN excluded.body ELSE body END"
+    };
+}
+
 /// The `keep = "runs"` summaries of a transaction's events outside any
 /// run, merged in memory: per process (`process_seen`) and per process and
 /// destination (`destination_seen`), one upsert each per transaction.
@@ -627,7 +639,6 @@ impl Summaries {
         };
         let line = line.strip_suffix(b"\n").unwrap_or(line);
         let time_ns = super::unix_ns(event.time.0);
-        let key = self.add_process(&process.key, process.pid, time_ns, line);
         let dst = event
             .network
             .as_ref()
@@ -636,12 +647,7 @@ impl Summaries {
                 (None, Some(path)) => Some((Dst::Unix(path.clone()), 0)),
                 (None, None) => None,
             });
-        if let Some((dst, port)) = dst {
-            self.destinations
-                .entry((dst, port, key))
-                .or_insert_with(|| Seen::new(process.pid, time_ns))
-                .add(time_ns, line);
-        }
+        self.add(&process.key, process.pid, time_ns, dst, line);
         true
     }
 
@@ -651,19 +657,25 @@ impl Summaries {
         let Some((key, pid)) = summarized(r) else {
             return false;
         };
-        let key = self.add_process(key, pid, r.time_ns, line);
         let dst = match (&r.dst_ip, &r.path) {
             (Some(ip), _) => Some((Dst::IpText(ip.clone()), r.dst_port.unwrap_or(0))),
             (None, Some(path)) => Some((Dst::Unix(path.clone()), 0)),
             (None, None) => None,
         };
+        self.add(key, pid, r.time_ns, dst, line);
+        true
+    }
+
+    /// Counts a summarized event of process `key` (and of its destination
+    /// and port, if it has one).
+    fn add(&mut self, key: &str, pid: u32, time_ns: i64, dst: Option<(Dst, u16)>, line: &[u8]) {
+        let key = self.add_process(key, pid, time_ns, line);
         if let Some((dst, port)) = dst {
             self.destinations
                 .entry((dst, port, key))
-                .or_insert_with(|| Seen::new(pid, r.time_ns))
-                .add(r.time_ns, line);
+                .or_insert_with(|| Seen::new(pid, time_ns))
+                .add(time_ns, line);
         }
-        true
     }
 
     /// Counts an event of process `key` in its summary; returns the key as
@@ -684,15 +696,12 @@ impl Summaries {
     /// Upserts every summary in the open transaction.
     fn upsert(&self, tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
         if !self.processes.is_empty() {
-            let mut upsert = tx.prepare_cached(
+            let mut upsert = tx.prepare_cached(concat!(
                 "INSERT INTO process_seen (process_key, pid, first_ns, last_ns, events, body)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT(process_key) DO UPDATE SET
-                     first_ns = min(first_ns, excluded.first_ns),
-                     last_ns = max(last_ns, excluded.last_ns),
-                     events = events + excluded.events,
-                     body = CASE WHEN excluded.last_ns >= last_ns THEN excluded.body ELSE body END",
-            )?;
+                 ON CONFLICT(process_key) DO UPDATE SET ",
+                seen_merge!()
+            ))?;
             for (key, s) in self.processes.values() {
                 upsert.execute(params![
                     &**key,
@@ -705,15 +714,12 @@ impl Summaries {
             }
         }
         if !self.destinations.is_empty() {
-            let mut upsert = tx.prepare_cached(
+            let mut upsert = tx.prepare_cached(concat!(
                 "INSERT INTO destination_seen (dst, unix, port, process_key, pid, first_ns, last_ns, events, body)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                 ON CONFLICT(dst, unix, port, process_key) DO UPDATE SET
-                     first_ns = min(first_ns, excluded.first_ns),
-                     last_ns = max(last_ns, excluded.last_ns),
-                     events = events + excluded.events,
-                     body = CASE WHEN excluded.last_ns >= last_ns THEN excluded.body ELSE body END",
-            )?;
+                 ON CONFLICT(dst, unix, port, process_key) DO UPDATE SET ",
+                seen_merge!()
+            ))?;
             for ((dst, port, key), s) in &self.destinations {
                 let (dst, unix) = match dst {
                     Dst::Ip(ip) => (std::borrow::Cow::Owned(ip.to_string()), false),
