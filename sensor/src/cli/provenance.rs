@@ -374,7 +374,13 @@ fn verify_bundle(path: &Path, trusted: Option<&Path>, json: bool) -> anyhow::Res
     Ok(print_verdicts(
         &verdicts,
         json,
-        Some(serde_json::json!({ "ok": true, "kid": kid })),
+        Some(serde_json::json!({
+            "ok": true,
+            "kid": kid,
+            // Whose keys the signatures were checked with: "bundle" proves
+            // the bundle whole, not who made it.
+            "keys": if trusted.is_some() { "pinned" } else { "bundle" },
+        })),
     ))
 }
 
