@@ -182,6 +182,7 @@ fn run_records_are_tamper_evident() -> Result<()> {
     if let Some(config) = d.config_path() {
         export.arg("--config").arg(config);
     }
+    export.arg("--json");
     let (_, out) = run_with_timeout(&mut export, COMMAND_TIMEOUT)?;
     ensure!(
         out.status.success(),
@@ -189,6 +190,17 @@ fn run_records_are_tamper_evident() -> Result<()> {
         text(&out.stdout),
         text(&out.stderr)
     );
+    let said: Value = serde_json::from_str(text(&out.stdout).trim())
+        .with_context(|| format!("export --json: {}", text(&out.stdout)))?;
+    ensure!(
+        said["runs"] == 1
+            && said["events"].as_u64() == Some(events.len() as u64)
+            && said["checkpoints"].as_u64() == Some(checkpoints as u64),
+        "export --json: {said}"
+    );
+    // As private as the store it comes from.
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&bundle)?.permissions());
+    ensure!(mode & 0o777 == 0o600, "the bundle's mode is {mode:o}");
     let bundle_arg = bundle.display().to_string();
     let (ok, v) = verify(&d, &["--bundle", &bundle_arg])?;
     ensure!(
@@ -260,6 +272,20 @@ fn run_records_are_tamper_evident() -> Result<()> {
         );
         Ok(())
     };
+    // A store away from the state dir (as with `[store] path`): the keys
+    // are the state dir's.
+    let away = copy_db(&db, dir.path(), "away")?;
+    let (ok, v) = verify(
+        &d,
+        &[
+            &run,
+            "--db",
+            &away.display().to_string(),
+            "--state-dir",
+            &d.state_dir().display().to_string(),
+        ],
+    )?;
+    ensure!(ok, "a store away from its state dir: {v}");
     // Edited argv.
     let edited = copy_db(&db, dir.path(), "edited")?;
     let (id, seq) = exec_row(&edited, &run, "provmark2")?;
