@@ -131,11 +131,22 @@ fn check(
     let mut last_signed = 0u64;
     for (i, line) in lines.iter().enumerate() {
         let Some(s) = &sealed[i] else {
-            return Err(problem(
-                i,
-                "edited",
-                "the line has no well-formed provenance member".into(),
-            ));
+            // Never chained (`[provenance] enabled = false`, or stored
+            // before chains existed), or its member edited.
+            let unchained = line.chain.is_none() && !line.body.contains("\"provenance\":");
+            return Err(if unchained {
+                problem(
+                    i,
+                    "unchained",
+                    "the event carries no provenance member: it was written with [provenance] off or before chains existed, or the member was removed".into(),
+                )
+            } else {
+                problem(
+                    i,
+                    "edited",
+                    "the line has no well-formed provenance member".into(),
+                )
+            });
         };
         if let Some(column) = &line.chain
             && column != &hex::encode(s.chain)
@@ -380,6 +391,17 @@ mod tests {
         let mut column = lines.clone();
         column[0].chain = Some("00".repeat(32));
         assert_eq!(what(&column, &keys), Some(("edited", 1)));
+        // Never chained (provenance off): said so, and not intact.
+        let mut plain = lines.clone();
+        for l in &mut plain {
+            l.body = String::from_utf8(chain::open(l.body.as_bytes()).unwrap().canonical).unwrap();
+            l.chain = None;
+        }
+        assert_eq!(what(&plain, &keys), Some(("unchained", 1)));
+        // Its member mangled: edited.
+        let mut mangled = lines.clone();
+        mangled[1].body = mangled[1].body.replace("\"chain\":\"", "\"chain\":\"x");
+        assert_eq!(what(&mangled, &keys), Some(("edited", 2)));
     }
 
     /// Someone who can write the store (not the key) moves another run's
