@@ -240,6 +240,30 @@ fn run_records_are_tamper_evident() -> Result<()> {
         ok && v["runs"][0]["intact"] == true && v["bundle"]["keys"] == "pinned",
         "the bundle does not verify with pinned keys: {v}"
     );
+    // `-o -`: the bundle on stdout, the summary on stderr.
+    let (_, out) = run_with_timeout(
+        d.sensor()
+            .args(["export", &run, "-o", "-", "--db", &db_arg, "--state-dir"])
+            .arg(d.state_dir()),
+        COMMAND_TIMEOUT,
+    )?;
+    ensure!(
+        out.status.success() && text(&out.stderr).contains("signed by key"),
+        "export -o -: {}",
+        text(&out.stderr)
+    );
+    let piped = dir.path().join("piped.bundle.json");
+    std::fs::write(&piped, &out.stdout)?;
+    let (ok, v) = verify(
+        &d,
+        &[
+            "--bundle",
+            &piped.display().to_string(),
+            "--keys",
+            &keys_arg,
+        ],
+    )?;
+    ensure!(ok, "the bundle written to stdout does not verify: {v}");
     // One byte of the payload changed: both refuse it.
     let mut env: Value = serde_json::from_slice(&std::fs::read(&bundle)?)?;
     let payload = env["payload"].as_str().unwrap_or_default().to_owned();

@@ -384,7 +384,8 @@ pub struct ExportArgs {
     /// Also every sub-run of the run
     #[arg(long)]
     pub subtree: bool,
-    /// Where to write the bundle
+    /// Where to write the bundle (mode 0600); `-`: stdout, and the summary
+    /// goes to stderr
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: PathBuf,
     /// The daemon's state dir (its signing key) [default: the config's

@@ -229,8 +229,25 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<ExitCode> {
     let envelope = dsse::sign(dsse::IN_TOTO, &payload, &kid, &pair);
     let mut text = serde_json::to_vec_pretty(&envelope)?;
     text.push(b'\n');
-    write_private(&args.output, &text)
-        .with_context(|| format!("writing {}", args.output.display()))?;
+    // `-o -` (or /dev/stdout): the bundle is stdout, the summary stderr.
+    let to_stdout = args.output == Path::new("-") || args.output == Path::new("/dev/stdout");
+    if to_stdout {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        out.write_all(&text)
+            .and_then(|()| out.flush())
+            .context("writing the bundle to stdout")?;
+    } else {
+        write_private(&args.output, &text)
+            .with_context(|| format!("writing {}", args.output.display()))?;
+    }
+    let summary = |line: String| {
+        if to_stdout {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
     let (runs, events, checkpoints) = (
         statement.predicate.runs.len(),
         statement
@@ -242,8 +259,7 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<ExitCode> {
         statement.predicate.checkpoints.len(),
     );
     if args.db.json {
-        println!(
-            "{}",
+        summary(
             serde_json::json!({
                 "output": args.output,
                 "runs": runs,
@@ -251,23 +267,25 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<ExitCode> {
                 "checkpoints": checkpoints,
                 "kid": kid,
             })
+            .to_string(),
         );
     } else {
-        println!(
+        summary(format!(
             "{}: {}, {}, {}, signed by key {}",
             escape_terminal(&args.output.to_string_lossy()),
             super::display::count(runs, "run", "runs"),
             super::display::count(events, "event", "events"),
             super::display::count(checkpoints, "checkpoint", "checkpoints"),
             kid
-        );
+        ));
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// Writes `bytes` to `path` readable by its owner only (a bundle holds
 /// every event of the runs, as private as the store): a new file is made
-/// 0600, an existing one is truncated and set to 0600.
+/// 0600, an existing regular file is truncated and set to 0600 (a device
+/// or pipe such as /dev/stdout is written as it is).
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::{
         io::Write as _, os::unix::fs::OpenOptionsExt as _, os::unix::fs::PermissionsExt as _,
@@ -278,7 +296,9 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .truncate(true)
         .mode(0o600)
         .open(path)?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    if f.metadata()?.is_file() {
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
     f.write_all(bytes)
 }
 
