@@ -2,7 +2,8 @@
 //! an event edited, deleted, swapped or forged in the store with sqlite
 //! is named by `sensor verify` (seq, exit 1); an exported bundle verifies
 //! with `sensor verify --bundle` and with a third-party DSSE verifier
-//! (securesystemslib, `tests/dsse`), and one changed byte fails both.
+//! (securesystemslib, `tests/dsse`), and one changed byte fails both;
+//! another run's record moved under a run's id does not verify as its own.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -110,6 +111,25 @@ fn run_records_are_tamper_evident() -> Result<()> {
         checkpoints >= 2,
         "an events checkpoint and the end one: {events:?}"
     );
+    // A second run, whose record an attacker moves under the first's id.
+    let (_, out) = run_with_timeout(
+        &mut d.launch_cmd(
+            "prov-other",
+            &[],
+            &["/bin/sh", "-c", "/bin/echo other >/dev/null"],
+        ),
+        COMMAND_TIMEOUT,
+    )?;
+    ensure!(out.status.success(), "launch: {}", text(&out.stderr));
+    let other_end = d.wait_for(Duration::from_secs(10), |e| {
+        e["kind"] == "run.checkpoint"
+            && e["checkpoint"]["reason"] == "end"
+            && e["run"]["id"] != run.as_str()
+    })?;
+    let other = other_end["run"]["id"]
+        .as_str()
+        .ok_or_else(|| anyhow!("checkpoint without run: {other_end}"))?
+        .to_owned();
     // Outside runs: no provenance member.
     ensure!(
         d.matching(|e| e["run"].is_null() && !e["provenance"].is_null())?
@@ -162,6 +182,7 @@ fn run_records_are_tamper_evident() -> Result<()> {
     if let Some(config) = d.config_path() {
         export.arg("--config").arg(config);
     }
+    export.arg("--json");
     let (_, out) = run_with_timeout(&mut export, COMMAND_TIMEOUT)?;
     ensure!(
         out.status.success(),
@@ -169,11 +190,22 @@ fn run_records_are_tamper_evident() -> Result<()> {
         text(&out.stdout),
         text(&out.stderr)
     );
+    let said: Value = serde_json::from_str(text(&out.stdout).trim())
+        .with_context(|| format!("export --json: {}", text(&out.stdout)))?;
+    ensure!(
+        said["runs"] == 1
+            && said["events"].as_u64() == Some(events.len() as u64)
+            && said["checkpoints"].as_u64() == Some(checkpoints as u64),
+        "export --json: {said}"
+    );
+    // As private as the store it comes from.
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&bundle)?.permissions());
+    ensure!(mode & 0o777 == 0o600, "the bundle's mode is {mode:o}");
     let bundle_arg = bundle.display().to_string();
     let (ok, v) = verify(&d, &["--bundle", &bundle_arg])?;
     ensure!(
-        ok && v["runs"][0]["intact"] == true,
-        "the bundle does not verify: {v}"
+        ok && v["runs"][0]["intact"] == true && v["bundle"]["keys"] == "bundle",
+        "the bundle does not verify (with the keys it carries, said so): {v}"
     );
     let keys = d.state_dir().join("provenance_keys.json");
     let python = target_dir().join("dsse-venv").join("bin").join("python");
@@ -202,6 +234,36 @@ fn run_records_are_tamper_evident() -> Result<()> {
         ok && said.starts_with("VERIFIED"),
         "securesystemslib: {said}"
     );
+    let keys_arg = keys.display().to_string();
+    let (ok, v) = verify(&d, &["--bundle", &bundle_arg, "--keys", &keys_arg])?;
+    ensure!(
+        ok && v["runs"][0]["intact"] == true && v["bundle"]["keys"] == "pinned",
+        "the bundle does not verify with pinned keys: {v}"
+    );
+    // `-o -`: the bundle on stdout, the summary on stderr.
+    let (_, out) = run_with_timeout(
+        d.sensor()
+            .args(["export", &run, "-o", "-", "--db", &db_arg, "--state-dir"])
+            .arg(d.state_dir()),
+        COMMAND_TIMEOUT,
+    )?;
+    ensure!(
+        out.status.success() && text(&out.stderr).contains("signed by key"),
+        "export -o -: {}",
+        text(&out.stderr)
+    );
+    let piped = dir.path().join("piped.bundle.json");
+    std::fs::write(&piped, &out.stdout)?;
+    let (ok, v) = verify(
+        &d,
+        &[
+            "--bundle",
+            &piped.display().to_string(),
+            "--keys",
+            &keys_arg,
+        ],
+    )?;
+    ensure!(ok, "the bundle written to stdout does not verify: {v}");
     // One byte of the payload changed: both refuse it.
     let mut env: Value = serde_json::from_slice(&std::fs::read(&bundle)?)?;
     let payload = env["payload"].as_str().unwrap_or_default().to_owned();
@@ -222,7 +284,6 @@ fn run_records_are_tamper_evident() -> Result<()> {
     // Tampering with the store (a copy of it once the daemon stopped).
     let mut d = d;
     d.stop()?;
-    let keys_arg = keys.display().to_string();
     let check = |name: &str, db: &Path, what: &str, seq: u64| -> Result<()> {
         let (ok, v) = verify(
             &d,
@@ -235,6 +296,20 @@ fn run_records_are_tamper_evident() -> Result<()> {
         );
         Ok(())
     };
+    // A store away from the state dir (as with `[store] path`): the keys
+    // are the state dir's.
+    let away = copy_db(&db, dir.path(), "away")?;
+    let (ok, v) = verify(
+        &d,
+        &[
+            &run,
+            "--db",
+            &away.display().to_string(),
+            "--state-dir",
+            &d.state_dir().display().to_string(),
+        ],
+    )?;
+    ensure!(ok, "a store away from its state dir: {v}");
     // Edited argv.
     let edited = copy_db(&db, dir.path(), "edited")?;
     let (id, seq) = exec_row(&edited, &run, "provmark2")?;
@@ -310,6 +385,22 @@ fn run_records_are_tamper_evident() -> Result<()> {
         ),
     )?;
     check("forged", &forged, "inserted", forged_seq)?;
+    // Another run's whole record, checkpoints and all, moved under this
+    // run's id (the store's run_id column): not this run's record.
+    let moved = copy_db(&db, dir.path(), "moved")?;
+    let first_other: u64 = sqlite(
+        &moved,
+        &format!("SELECT seq FROM events WHERE run_id = '{other}' ORDER BY id LIMIT 1"),
+    )?
+    .parse()?;
+    sqlite(
+        &moved,
+        &format!(
+            "DELETE FROM events WHERE run_id = '{run}';
+             UPDATE events SET run_id = '{run}', root_id = '{run}' WHERE run_id = '{other}';"
+        ),
+    )?;
+    check("moved", &moved, "inserted", first_other)?;
     Ok(())
 }
 

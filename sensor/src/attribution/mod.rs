@@ -1573,6 +1573,43 @@ mod tests {
         );
     }
 
+    /// An `[[agent]]`'s `scopes` are its top-level runs' (what their tokens
+    /// may carry); a matcher run inside a run holds its parent's.
+    #[test]
+    fn a_matcher_run_holds_its_agents_scopes_at_the_top_and_its_parents_inside() {
+        let mut agent = agent("fake", "**/fake-agent");
+        agent.scopes = vec!["repo:read".into()];
+        let mut a = attribution(&[agent]);
+        let now = SystemTime::now();
+        let argv = vec!["fake-agent".to_owned()];
+        let view = exec("/opt/fake-agent", &argv);
+        let root = header(30, 1, 0, 0);
+        a.on_spawn(&root, None);
+        let ((run, _), _) = a.on_exec(&root, None, Some(&view), now);
+        assert_eq!(a.runs.get(run).unwrap().scopes, ["repo:read"]);
+        // Inside a launched run holding other scopes: the parent's.
+        let launched = a
+            .runs
+            .create(
+                NewRun {
+                    agent: "bot".into(),
+                    principal: "alice".into(),
+                    scopes: Some(vec!["db:read".into()]),
+                    ..NewRun::default()
+                },
+                now,
+            )
+            .unwrap()
+            .handle;
+        // The launched shell's child runs the agent: a sub-run.
+        let inner = header(32, 31, launched, HOW_INHERITED);
+        a.on_spawn(&inner, None);
+        let ((sub, how), _) = a.on_exec(&inner, None, Some(&view), now);
+        assert_eq!(how, HOW_MATCHER);
+        assert_ne!(sub, launched);
+        assert_eq!(a.runs.get(sub).unwrap().scopes, ["db:read"]);
+    }
+
     #[test]
     fn sweep_drops_processes_whose_exit_was_lost() {
         let mut a = attribution(&[agent("fake", "**/fake-agent")]);

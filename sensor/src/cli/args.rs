@@ -158,7 +158,8 @@ pub struct TokenArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Print the daemon's public keys (a JWKS, RFC 7517) and its issuer.
+    /// Print the daemon's public keys: a JWKS (RFC 7517), the one its
+    /// /.well-known/jwks.json serves.
     Jwks {
         /// Control socket of the daemon [default: the config's [daemon]
         /// socket, else /run/sensor/sensor.sock]
@@ -362,10 +363,15 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "FILE")]
     pub bundle: Option<PathBuf>,
     /// Trust only these public keys (a JWKS, e.g. `sensor token jwks` or the
-    /// state dir's provenance_keys.json); default: the store's state dir's
-    /// provenance_keys.json, or for a bundle the keys it carries
+    /// state dir's provenance_keys.json); default: the provenance_keys.json
+    /// beside the store, else in --state-dir; for a bundle, the keys it carries
     #[arg(long, value_name = "FILE")]
     pub keys: Option<PathBuf>,
+    /// The daemon's state dir, whose provenance_keys.json is used when the
+    /// store has none beside it [default: the config's [daemon] state_dir,
+    /// else /var/lib/sensor]
+    #[arg(long, value_name = "DIR", default_value = paths::STATE_DIR, hide_default_value = true)]
+    pub state_dir: PathBuf,
     #[command(flatten)]
     pub db: DbArgs,
 }
@@ -378,7 +384,8 @@ pub struct ExportArgs {
     /// Also every sub-run of the run
     #[arg(long)]
     pub subtree: bool,
-    /// Where to write the bundle
+    /// Where to write the bundle (mode 0600); `-`: stdout, and the summary
+    /// goes to stderr
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: PathBuf,
     /// The daemon's state dir (its signing key) [default: the config's
@@ -673,6 +680,11 @@ pub struct ReportArgs {
     /// /var/lib/sensor/sensor.db]
     #[arg(long, value_name = "PATH", env = "SENSOR_DB", default_value = paths::DB, hide_default_value = true)]
     pub db: PathBuf,
+    /// The daemon's state dir, whose provenance_keys.json checks the records
+    /// when the store has none beside it [default: the config's [daemon]
+    /// state_dir, else /var/lib/sensor]
+    #[arg(long, value_name = "DIR", default_value = paths::STATE_DIR, hide_default_value = true)]
+    pub state_dir: PathBuf,
     #[command(flatten)]
     pub config: ConfigArg,
 }

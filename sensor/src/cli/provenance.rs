@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     provenance::{
-        CheckpointFields, Jwks, PublicKey, dsse, read_keys,
+        CheckpointFields, Jwks, PublicKey, dsse, read_keys, read_store_keys,
         verify::{Line, RunVerdict, stored_lines, verify_run},
     },
     store::{
@@ -43,7 +43,8 @@ fn runs_of(
 
 fn read_jwks(path: &Path) -> anyhow::Result<Vec<PublicKey>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    // `sensor token jwks` prints {"issuer", "jwks"}; a bare JWKS is taken too.
+    // A JWKS (`sensor token jwks`, provenance_keys.json), or one under a
+    // "jwks" member.
     let value: serde_json::Value = serde_json::from_slice(&bytes)
         .with_context(|| format!("{} is not JSON", path.display()))?;
     let jwks = value.get("jwks").cloned().unwrap_or(value);
@@ -88,9 +89,9 @@ pub fn verify(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     let keys = match &args.keys {
         Some(path) => read_jwks(path)?,
         None => {
-            let dir = args.db.db.parent().unwrap_or_else(|| Path::new("."));
-            read_keys(dir)
-                .with_context(|| format!("reading the public keys in {}", dir.display()))?
+            read_store_keys(&args.db.db, &args.state_dir)
+                .context("reading the public keys (provenance_keys.json)")?
+                .1
         }
     };
     let mut verdicts = Vec::new();
@@ -228,30 +229,77 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<ExitCode> {
     let envelope = dsse::sign(dsse::IN_TOTO, &payload, &kid, &pair);
     let mut text = serde_json::to_vec_pretty(&envelope)?;
     text.push(b'\n');
-    std::fs::write(&args.output, text)
-        .with_context(|| format!("writing {}", args.output.display()))?;
-    println!(
-        "{}: {}, {}, {}, signed by key {}",
-        escape_terminal(&args.output.to_string_lossy()),
-        super::display::count(statement.predicate.runs.len(), "run", "runs"),
-        super::display::count(
-            statement
-                .predicate
-                .events
-                .values()
-                .map(Vec::len)
-                .sum::<usize>(),
-            "event",
-            "events"
-        ),
-        super::display::count(
-            statement.predicate.checkpoints.len(),
-            "checkpoint",
-            "checkpoints"
-        ),
-        kid
+    // `-o -` (or /dev/stdout): the bundle is stdout, the summary stderr.
+    let to_stdout = args.output == Path::new("-") || args.output == Path::new("/dev/stdout");
+    if to_stdout {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        out.write_all(&text)
+            .and_then(|()| out.flush())
+            .context("writing the bundle to stdout")?;
+    } else {
+        write_private(&args.output, &text)
+            .with_context(|| format!("writing {}", args.output.display()))?;
+    }
+    let summary = |line: String| {
+        if to_stdout {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
+    let (runs, events, checkpoints) = (
+        statement.predicate.runs.len(),
+        statement
+            .predicate
+            .events
+            .values()
+            .map(Vec::len)
+            .sum::<usize>(),
+        statement.predicate.checkpoints.len(),
     );
+    if args.db.json {
+        summary(
+            serde_json::json!({
+                "output": args.output,
+                "runs": runs,
+                "events": events,
+                "checkpoints": checkpoints,
+                "kid": kid,
+            })
+            .to_string(),
+        );
+    } else {
+        summary(format!(
+            "{}: {}, {}, {}, signed by key {}",
+            escape_terminal(&args.output.to_string_lossy()),
+            super::display::count(runs, "run", "runs"),
+            super::display::count(events, "event", "events"),
+            super::display::count(checkpoints, "checkpoint", "checkpoints"),
+            kid
+        ));
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `bytes` to `path` readable by its owner only (a bundle holds
+/// every event of the runs, as private as the store): a new file is made
+/// 0600, an existing regular file is truncated and set to 0600 (a device
+/// or pipe such as /dev/stdout is written as it is).
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::{
+        io::Write as _, os::unix::fs::OpenOptionsExt as _, os::unix::fs::PermissionsExt as _,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    if f.metadata()?.is_file() {
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    f.write_all(bytes)
 }
 
 /// `sensor verify --bundle`: the envelope's signature, then every run's
@@ -303,7 +351,11 @@ fn verify_bundle(path: &Path, trusted: Option<&Path>, json: bool) -> anyhow::Res
         }
     }
     let Some(kid) = signed_by else {
-        return fail("no signature verifies with the bundle's keys".into());
+        return fail(if trusted.is_some() {
+            "no signature verifies with the pinned keys (--keys)".into()
+        } else {
+            "no signature verifies with the bundle's keys".into()
+        });
     };
     let statement = unverified;
     if statement.kind != STATEMENT_TYPE || statement.predicate_type != PREDICATE_TYPE {
@@ -374,7 +426,13 @@ fn verify_bundle(path: &Path, trusted: Option<&Path>, json: bool) -> anyhow::Res
     Ok(print_verdicts(
         &verdicts,
         json,
-        Some(serde_json::json!({ "ok": true, "kid": kid })),
+        Some(serde_json::json!({
+            "ok": true,
+            "kid": kid,
+            // Whose keys the signatures were checked with: "bundle" proves
+            // the bundle whole, not who made it.
+            "keys": if trusted.is_some() { "pinned" } else { "bundle" },
+        })),
     ))
 }
 
@@ -385,9 +443,11 @@ pub fn with_record_section(
     conn: &rusqlite::Connection,
     runs: &[RunRow],
     db: &Path,
+    state_dir: &Path,
 ) -> String {
-    let dir = db.parent().unwrap_or_else(|| Path::new("."));
-    let keys = read_keys(dir).unwrap_or_default();
+    let keys = read_store_keys(db, state_dir)
+        .map(|(_, keys)| keys)
+        .unwrap_or_default();
     let verdicts: Vec<RunVerdict> = runs
         .iter()
         .map(|r| match stored_lines(conn, &r.id) {

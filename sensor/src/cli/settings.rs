@@ -148,8 +148,16 @@ pub fn apply(cmd: &mut Command, m: &ArgMatches) -> anyhow::Result<()> {
             .db(&mut a.db.db)
             .socket(&mut a.socket),
         Command::Replay(a) => Slots::new(a.db.config.path.as_deref()).db(&mut a.db.db),
-        Command::Report(a) => Slots::new(a.config.path.as_deref()).db(&mut a.db),
-        Command::Verify(a) => Slots::new(a.db.config.path.as_deref()).db(&mut a.db.db),
+        Command::Report(a) => {
+            let mut s = Slots::new(a.config.path.as_deref()).db(&mut a.db);
+            s.state_dir = Some(&mut a.state_dir);
+            s
+        }
+        Command::Verify(a) => {
+            let mut s = Slots::new(a.db.config.path.as_deref()).db(&mut a.db.db);
+            s.state_dir = Some(&mut a.state_dir);
+            s
+        }
         Command::Export(a) => {
             let mut s = Slots::new(a.db.config.path.as_deref()).db(&mut a.db.db);
             s.state_dir = Some(&mut a.state_dir);
@@ -288,6 +296,25 @@ mod tests {
             panic!()
         };
         assert_eq!(export.state_dir, Path::new("/x/state"));
+        // verify and report find the keys in the state dir when the store
+        // is elsewhere.
+        let Command::Verify(verify) = parsed(&["sensor", "verify", "r", "--config", c])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (verify.db.db.as_path(), verify.state_dir.as_path()),
+            (Path::new("/x/db.sqlite"), Path::new("/x/state"))
+        );
+        let Command::Report(report) = parsed(&["sensor", "report", "r", "-o", "f", "--config", c])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert_eq!(report.state_dir, Path::new("/x/state"));
 
         // Without [store] path: the state dir's sensor.db.
         std::fs::write(&config, "[daemon]\nstate_dir = \"/z\"\n").unwrap();

@@ -44,6 +44,12 @@ pub fn execute(args: &TokenArgs) -> anyhow::Result<ExitCode> {
             match crate::tokens::verify(token.trim(), &jwks, &issuer, aud.as_deref()) {
                 Ok(claims) => {
                     println!("{}", serde_json::to_string_pretty(&claims)?);
+                    if aud.is_none() {
+                        eprintln!(
+                            "sensor: the audience was not checked (it is {:?}; give --aud to check it)",
+                            claims.aud
+                        );
+                    }
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(why) => {

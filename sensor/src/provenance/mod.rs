@@ -127,6 +127,19 @@ pub fn read_keys(state_dir: &Path) -> std::io::Result<Vec<PublicKey>> {
     }
 }
 
+/// The public keys that check a store's records: the [`KEYS_FILE`] beside
+/// the store (the default store is in the state dir), else the state dir's
+/// (a `[store] path` elsewhere); with the file they came from.
+pub fn read_store_keys(db: &Path, state_dir: &Path) -> std::io::Result<(PathBuf, Vec<PublicKey>)> {
+    let beside = db.parent().unwrap_or_else(|| Path::new("."));
+    let dir = if beside.join(KEYS_FILE).exists() {
+        beside
+    } else {
+        state_dir
+    };
+    Ok((dir.join(KEYS_FILE), read_keys(dir)?))
+}
+
 /// A JWKS of public keys.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Jwks {
@@ -463,6 +476,12 @@ pub(crate) mod tests {
         }
         // An unknown key.
         assert!(check_signature(&fields, &[]).is_err());
+        // A store beside its keys, or elsewhere: the state dir's.
+        let elsewhere = tempfile::tempdir().unwrap();
+        for db in [dir.path().join("sensor.db"), elsewhere.path().join("s.db")] {
+            let (file, found) = read_store_keys(&db, dir.path()).unwrap();
+            assert_eq!((file, found), (dir.path().join(KEYS_FILE), keys.clone()));
+        }
         // Remembered once.
         chainer.set_key(&kid, &der, Some(dir.path())).unwrap();
         assert_eq!(read_keys(dir.path()).unwrap().len(), 1);

@@ -97,7 +97,7 @@ pub fn verify_run(run: &str, lines: &[Line], keys: &[PublicKey], ended: bool) ->
         unsigned_tail: 0,
         problem: None,
     };
-    match check(lines, keys, ended, &mut verdict) {
+    match check(run, lines, keys, ended, &mut verdict) {
         Ok(()) => verdict.intact = true,
         Err(p) => verdict.problem = Some(p),
     }
@@ -105,6 +105,7 @@ pub fn verify_run(run: &str, lines: &[Line], keys: &[PublicKey], ended: bool) ->
 }
 
 fn check(
+    run: &str,
     lines: &[Line],
     keys: &[PublicKey],
     ended: bool,
@@ -130,11 +131,22 @@ fn check(
     let mut last_signed = 0u64;
     for (i, line) in lines.iter().enumerate() {
         let Some(s) = &sealed[i] else {
-            return Err(problem(
-                i,
-                "edited",
-                "the line has no well-formed provenance member".into(),
-            ));
+            // Never chained (`[provenance] enabled = false`, or stored
+            // before chains existed), or its member edited.
+            let unchained = line.chain.is_none() && !line.body.contains("\"provenance\":");
+            return Err(if unchained {
+                problem(
+                    i,
+                    "unchained",
+                    "the event carries no provenance member: it was written with [provenance] off or before chains existed, or the member was removed".into(),
+                )
+            } else {
+                problem(
+                    i,
+                    "edited",
+                    "the line has no well-formed provenance member".into(),
+                )
+            });
         };
         if let Some(column) = &line.chain
             && column != &hex::encode(s.chain)
@@ -180,8 +192,26 @@ fn check(
                 )
             });
         }
-        if let Some(c) = checkpoint_of(&s.canonical) {
+        // The line is the one chained, but it must be of this run: a
+        // record moved under another run's id (the store's column) is not
+        // that run's, checkpoints and all.
+        let head = read_head(&s.canonical).map_err(|why| problem(i, "edited", why))?;
+        if head.run_id() != Some(run) {
+            return Err(problem(
+                i,
+                "inserted",
+                format!("this event is of run {}", head.run_id().unwrap_or("(none)")),
+            ));
+        }
+        if let Some(c) = head.checkpoint() {
             let c = c.map_err(|why| problem(i, "checkpoint", why))?;
+            if c.run_id != run {
+                return Err(problem(
+                    i,
+                    "checkpoint",
+                    format!("it signs the record of run {}", c.run_id),
+                ));
+            }
             if c.events != i as u64 || c.head != hex::encode(expected) {
                 return Err(problem(
                     i,
@@ -213,25 +243,39 @@ fn check(
     Ok(())
 }
 
-/// The checkpoint of a `run.checkpoint` line; `None` for other kinds.
-fn checkpoint_of(canonical: &[u8]) -> Option<Result<CheckpointFields, String>> {
-    #[derive(serde::Deserialize)]
-    struct Head {
-        kind: String,
-        checkpoint: Option<serde_json::Value>,
+/// What `check` reads of a line: its kind, its run and its checkpoint.
+#[derive(serde::Deserialize)]
+struct Head {
+    kind: String,
+    run: Option<HeadRun>,
+    checkpoint: Option<serde_json::Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct HeadRun {
+    id: String,
+}
+
+impl Head {
+    fn run_id(&self) -> Option<&str> {
+        self.run.as_ref().map(|r| r.id.as_str())
     }
-    let head: Head = match serde_json::from_slice(canonical) {
-        Ok(h) => h,
-        Err(e) => return Some(Err(format!("not JSON: {e}"))),
-    };
-    if head.kind != "run.checkpoint" {
-        return None;
+
+    /// The checkpoint of a `run.checkpoint` line; `None` for other kinds.
+    fn checkpoint(self) -> Option<Result<CheckpointFields, String>> {
+        if self.kind != "run.checkpoint" {
+            return None;
+        }
+        Some(
+            self.checkpoint
+                .ok_or_else(|| "no checkpoint member".to_owned())
+                .and_then(|v| serde_json::from_value(v).map_err(|e| e.to_string())),
+        )
     }
-    Some(
-        head.checkpoint
-            .ok_or_else(|| "no checkpoint member".to_owned())
-            .and_then(|v| serde_json::from_value(v).map_err(|e| e.to_string())),
-    )
+}
+
+fn read_head(canonical: &[u8]) -> Result<Head, String> {
+    serde_json::from_slice(canonical).map_err(|e| format!("the line is not a JSON event: {e}"))
 }
 
 /// `n` and the noun, singular for one.
@@ -347,5 +391,32 @@ mod tests {
         let mut column = lines.clone();
         column[0].chain = Some("00".repeat(32));
         assert_eq!(what(&column, &keys), Some(("edited", 1)));
+        // Never chained (provenance off): said so, and not intact.
+        let mut plain = lines.clone();
+        for l in &mut plain {
+            l.body = String::from_utf8(chain::open(l.body.as_bytes()).unwrap().canonical).unwrap();
+            l.chain = None;
+        }
+        assert_eq!(what(&plain, &keys), Some(("unchained", 1)));
+        // Its member mangled: edited.
+        let mut mangled = lines.clone();
+        mangled[1].body = mangled[1].body.replace("\"chain\":\"", "\"chain\":\"x");
+        assert_eq!(what(&mangled, &keys), Some(("edited", 2)));
+    }
+
+    /// Someone who can write the store (not the key) moves another run's
+    /// record, checkpoints and all, under this run's id: it must not read
+    /// as this run's record.
+    #[test]
+    fn another_runs_record_does_not_verify_as_this_one() {
+        let (lines, keys, _dir) = record(3);
+        assert!(verify_run("r", &lines, &keys, true).intact);
+        let v = verify_run("victim", &lines, &keys, true);
+        assert!(!v.intact, "{v:?}");
+        assert_eq!(
+            v.problem.map(|p| (p.what, p.seq)),
+            Some(("inserted", 1)),
+            "the first line names another run"
+        );
     }
 }

@@ -569,7 +569,28 @@ pub fn verify(
     }
     jsonwebtoken::decode::<Claims>(token, &decoding, &validation)
         .map(|d| d.claims)
-        .map_err(|e| e.to_string())
+        .map_err(|e| rejection(&e, issuer, aud))
+}
+
+/// Why a token was rejected, in words (jsonwebtoken's own say
+/// `InvalidAudience`).
+fn rejection(e: &jsonwebtoken::errors::Error, issuer: &str, aud: Option<&str>) -> String {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match e.kind() {
+        K::InvalidSignature => {
+            "the signature does not match the token (it was altered, or another key signed it)"
+                .into()
+        }
+        K::ExpiredSignature => "it has expired (exp)".into(),
+        K::ImmatureSignature => "it is not valid yet (nbf)".into(),
+        K::InvalidAudience => format!("it is not for audience {:?} (aud)", aud.unwrap_or_default()),
+        K::InvalidIssuer => format!("it was not issued by {issuer:?} (iss)"),
+        K::MissingRequiredClaim(c) => format!("it has no {c} claim"),
+        K::InvalidToken | K::Base64(_) | K::Json(_) | K::Utf8(_) => {
+            format!("it is not a well-formed JWT ({e})")
+        }
+        _ => e.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -648,19 +669,43 @@ mod tests {
         assert_eq!(t.claims.exp - t.claims.iat, 300);
         let claims = verify(&t.token, &iss.jwks(), iss.issuer(), Some("vault")).unwrap();
         assert_eq!(claims, t.claims);
-        assert!(verify(&t.token, &iss.jwks(), iss.issuer(), Some("other")).is_err());
+        assert_eq!(
+            verify(&t.token, &iss.jwks(), iss.issuer(), Some("other")).unwrap_err(),
+            r#"it is not for audience "other" (aud)"#
+        );
         // One flipped byte of the signature.
         let mut bad = t.token.clone().into_bytes();
         let n = bad.len() - 3;
         bad[n] = if bad[n] == b'A' { b'B' } else { b'A' };
+        let why = verify(
+            std::str::from_utf8(&bad).unwrap(),
+            &iss.jwks(),
+            iss.issuer(),
+            None,
+        )
+        .unwrap_err();
         assert!(
-            verify(
-                std::str::from_utf8(&bad).unwrap(),
-                &iss.jwks(),
-                iss.issuer(),
-                None
+            why.starts_with("the signature does not match") || why.contains("well-formed"),
+            "{why}"
+        );
+        // Another issuer, and one that has expired.
+        assert_eq!(
+            verify(&t.token, &iss.jwks(), "spiffe://other/sensor", None).unwrap_err(),
+            r#"it was not issued by "spiffe://other/sensor" (iss)"#
+        );
+        let old = iss
+            .issue(
+                &root,
+                &[],
+                "launch",
+                None,
+                &req("vault", &[]),
+                SystemTime::now() - Duration::from_secs(3600),
             )
-            .is_err()
+            .unwrap();
+        assert_eq!(
+            verify(&old.token, &iss.jwks(), iss.issuer(), None).unwrap_err(),
+            "it has expired (exp)"
         );
     }
 
