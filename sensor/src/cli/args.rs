@@ -466,7 +466,8 @@ pub struct EventsArgs {
     /// (raw, ICMP, packet sockets) and Unix connects a policy denies
     #[arg(long)]
     pub escapes: bool,
-    /// Only events since this time: RFC 3339 or a duration ago (10m, 2h)
+    /// Only events since this time: RFC 3339 (a date alone is its
+    /// midnight UTC) or a duration ago (10m, 2h)
     #[arg(long, value_name = "T", value_parser = parse_since)]
     pub since: Option<std::time::SystemTime>,
     /// Only events before this time: RFC 3339 (a date alone is its
@@ -703,7 +704,8 @@ fn parse_since(s: &str) -> Result<std::time::SystemTime, String> {
             .checked_sub(d)
             .ok_or_else(|| format!("{s:?} is too far back")),
         Err(_) => Err(format!(
-            "{s:?} is neither an RFC 3339 time nor a duration like 10m"
+            "{s:?} is neither an RFC 3339 time (2026-12-05T10:00:00Z), a date (2026-12-05) \
+             nor a duration like 10m"
         )),
     }
 }

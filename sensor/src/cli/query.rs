@@ -927,6 +927,9 @@ fn describe_tamper(e: &Value) -> String {
     )
 }
 
+/// The events `sensor events` reads from the store at a time.
+const EVENTS_PAGE: u32 = 5000;
+
 pub fn events(args: &EventsArgs) -> anyhow::Result<ExitCode> {
     let conn = open_for_reading(&args.db.db)?;
     let runs = match &args.run {
@@ -954,23 +957,19 @@ pub fn events(args: &EventsArgs) -> anyhow::Result<ExitCode> {
         },
         escapes: args.escapes,
         since_ns,
+        until_ns,
+        pid: args.pid,
+        // A page at a time: a store can hold millions of events, and
+        // `--limit 5` reads no more than it needs.
+        limit: Some(EVENTS_PAGE),
         ..EventFilter::default()
     };
     let wanted = |e: &Value| {
         (args.kind.len() < 2 || args.kind.iter().any(|k| e["kind"] == k.as_str()))
             && args
-                .pid
-                .is_none_or(|pid| e["process"]["pid"].as_u64() == Some(u64::from(pid)))
-            && args
                 .agent
                 .as_deref()
                 .is_none_or(|a| e.pointer("/run/agent").and_then(Value::as_str) == Some(a))
-            && until_ns.is_none_or(|until| {
-                e["time"]
-                    .as_str()
-                    .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
-                    .is_some_and(|t| crate::store::unix_ns(t) < until)
-            })
     };
     let mut printed = 0_u64;
     let max = width();
@@ -1011,7 +1010,14 @@ pub fn events(args: &EventsArgs) -> anyhow::Result<ExitCode> {
             let (line, at) = columns.line(&time, &run, cells, &body);
             println!("{}", paint.cell(&fit(&line, max), at, &cells.0));
         }
-        if !args.follow || args.limit.is_some_and(|limit| printed >= limit) {
+        if args.limit.is_some_and(|limit| printed >= limit) {
+            break;
+        }
+        if batch.len() == EVENTS_PAGE as usize {
+            // More stored: the next page at once.
+            continue;
+        }
+        if !args.follow {
             break;
         }
         std::thread::sleep(Duration::from_millis(300));
