@@ -537,11 +537,14 @@ fn picture_html(r: &Report<'_>) -> Markup {
         .runs
         .iter()
         .map(|run| svg::Lane {
+            // The id as the text views shorten it (a UUIDv7's first 8
+            // characters are the same for every run of a month).
             label: format!(
                 "{} {}",
                 shown(&run.agent),
-                shown(run.id.get(..8).unwrap_or(&run.id))
+                shown(run.id.get(..13).unwrap_or(&run.id))
             ),
+            id: shown(&run.id),
             depth: run.depth.saturating_sub(r.root.depth),
             start_ns: run.start_ns,
             end_ns: run.end_ns.unwrap_or(run.start_ns),
