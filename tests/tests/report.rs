@@ -424,6 +424,68 @@ fn check_summary_and_folding(
                 .all(|e| e["process"]["pid"].as_u64() == Some(pid)),
         "--pid --limit: {of_pid}"
     );
+    // --agent, --since and --until with a date or a time (events' times
+    // have 9 digits: their text order is their time order).
+    let json_lines = |args: &[&str]| -> Result<Vec<serde_json::Value>> {
+        let mut all = args.to_vec();
+        all.push("--json");
+        Ok(sensor_out(sensor, &all, db)?
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect())
+    };
+    let of_inner = json_lines(&["events", "--run", inner])?;
+    let of_agent = json_lines(&["events", "--agent", "sub-agent"])?;
+    ensure!(
+        !of_agent.is_empty()
+            && of_agent.iter().all(|e| e["run"]["agent"] == "sub-agent")
+            && of_agent.len() == of_inner.len(),
+        "--agent sub-agent: {} events, the sub-run has {}",
+        of_agent.len(),
+        of_inner.len()
+    );
+    let whole = json_lines(&["events", "--run", outer, "--subtree"])?;
+    let since_date = json_lines(&[
+        "events",
+        "--run",
+        outer,
+        "--subtree",
+        "--since",
+        "2000-01-01",
+    ])?;
+    let until_date = json_lines(&[
+        "events",
+        "--run",
+        outer,
+        "--subtree",
+        "--until",
+        "2000-01-01",
+    ])?;
+    ensure!(
+        since_date.len() == whole.len() && until_date.is_empty(),
+        "--since/--until a date: {} and {} of {}",
+        since_date.len(),
+        until_date.len(),
+        whole.len()
+    );
+    let middle = whole[whole.len() / 2]["time"]
+        .as_str()
+        .context("an event's time")?
+        .to_owned();
+    let before = whole
+        .iter()
+        .filter(|e| e["time"].as_str().is_some_and(|t| t < middle.as_str()))
+        .count();
+    let until = json_lines(&["events", "--run", outer, "--subtree", "--until", &middle])?;
+    ensure!(
+        until.len() == before
+            && before > 0
+            && until
+                .iter()
+                .all(|e| e["time"].as_str().is_some_and(|t| t < middle.as_str())),
+        "--until {middle}: {} events, {before} are before it",
+        until.len()
+    );
     let mut typo = Command::new(sensor);
     typo.args(["events", "--kind", "proces.exec", "--db"])
         .arg(db);
