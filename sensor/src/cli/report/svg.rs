@@ -309,7 +309,7 @@ pub(super) fn timeline(lanes: &[Lane<'_>], t0: i64, t1: i64) -> Markup {
             p.note { (lanes.len() - drawn.len()) " more runs are not drawn (the picture shows the first " (LANE_LIMIT) ")." }
         }
         p.legend {
-            svg width="680" height="16" viewBox="0 0 680 16" {
+            svg width="720" height="16" viewBox="0 0 720 16" {
                 line.exec x1="4" x2="4" y1="2" y2="14" {}
                 text x="10" y="12" { "exec" }
                 line.connect x1="52" x2="52" y1="2" y2="14" {}
@@ -318,10 +318,12 @@ pub(super) fn timeline(lanes: &[Lane<'_>], t0: i64, t1: i64) -> Markup {
                 text x="133" y="12" { "denied, blocked" }
                 (shape(MarkKind::Denial(Denial::Audit), 240.0, 8.0, "denial, would have been blocked (audit)"))
                 text x="249" y="12" { "denied, would have been blocked (audit)" }
-                (shape(MarkKind::Escape, 480.0, 8.0, "escape attempt"))
-                text x="489" y="12" { "escape attempt" }
-                (shape(MarkKind::Detection, 590.0, 8.0, "detection"))
-                text x="599" y="12" { "detection" }
+                // The audit label is about 240 pixels long: the next
+                // item starts clear of it.
+                (shape(MarkKind::Escape, 510.0, 8.0, "escape attempt"))
+                text x="519" y="12" { "escape attempt" }
+                (shape(MarkKind::Detection, 625.0, 8.0, "detection"))
+                text x="634" y="12" { "detection" }
             }
         }
     }
