@@ -367,6 +367,20 @@ fn check_summary_and_folding(
         lines.len() == 1 && lines[0].ends_with(" ×13"),
         "sensor tree folds the 13 commands: {folded}"
     );
+    // Denied processes and escape attempts are marked on their rows.
+    ensure!(
+        folded.lines().any(|l| l.contains(&format!("{m}-denied"))
+            && l.ends_with(" [deny] would have been blocked (audit)")),
+        "tree marks the denied exec: {folded}"
+    );
+    ensure!(
+        folded
+            .lines()
+            .filter(|l| l.contains("sensor-test-helper") && l.contains("[escape attempt]"))
+            .count()
+            == 3,
+        "tree marks the three escape attempts: {folded}"
+    );
     let all = sensor_out(sensor, &["tree", outer, "--no-fold"], db)?;
     ensure!(
         all.lines()
@@ -658,6 +672,22 @@ fn two_blocked_denials_are_counted_as_two() -> Result<()> {
             .count()
             == 2,
         "a violation line names the binary and the rule: {events}"
+    );
+    // `sensor tree` and the page's tree mark each denied process (never
+    // folded, though the two commands differ only by a number).
+    let tree = sensor_out(&sensor, &["tree", &run], &db)?;
+    ensure!(
+        tree.lines()
+            .filter(|l| l.contains("/usr/bin/env true") && l.ends_with(" [deny] blocked"))
+            .count()
+            == 2,
+        "tree: each denied process on its row, marked blocked: {tree}"
+    );
+    ensure!(
+        dom.matches("<span class=\"badge deny\">blocked</span>")
+            .count()
+            == 2,
+        "the page's tree marks both denied processes"
     );
     // The daemon counts them once too, as blocked.
     let status = d.status_json()?;

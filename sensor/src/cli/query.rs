@@ -17,7 +17,10 @@ use serde_json::{Value, json};
 
 use super::{
     args::{EventsArgs, ReplayArgs, RunsArgs, TreeArgs, WhoArgs},
-    display::{Column, argv_shown, escape_terminal, exe_shown, shown_str, shown_value, text_table},
+    display::{
+        Column, argv_shown, count_value, escape_terminal, exe_shown, shown_str, shown_value,
+        text_table,
+    },
     fold,
 };
 use crate::store::{
@@ -221,6 +224,11 @@ pub(super) struct ProcNode {
     /// The agent tool call that caused it (`run.tool_call` on one of its
     /// events, or a `tool.call` listing one of them): the call's id.
     pub tool_call: Option<String>,
+    /// A policy denied one of its actions (its exec, a connect, ...):
+    /// blocked when any denial was, else audit.
+    pub denial: Option<Denial>,
+    /// One of its events is an escape attempt.
+    pub escape: bool,
 }
 
 /// A tool call of a run as views show it above its processes.
@@ -344,6 +352,12 @@ pub(super) fn processes(events: &[&StoredEvent]) -> Vec<ProcNode> {
             node.argv_shown = shown;
             node.execs += 1;
         }
+        if let Some(d) = denial_of(e)
+            && node.denial != Some(Denial::Blocked)
+        {
+            node.denial = Some(d);
+        }
+        node.escape |= se.escape;
         if e["kind"] == "process.exit" {
             node.exit = Some(match (p["exit_code"].as_i64(), p["exit_signal"].as_i64()) {
                 (Some(c), _) => format!("exit {c}"),
@@ -375,6 +389,21 @@ impl ProcNode {
         } else {
             self.argv_shown.join(" ")
         }
+    }
+
+    /// What text views print after its label: `[deny] blocked`, `[deny]
+    /// would have been blocked (audit)`, `[escape attempt]` (each with a
+    /// leading space), or nothing.
+    pub(super) fn marks(&self) -> String {
+        let mut out = String::new();
+        if let Some(d) = self.denial {
+            out.push_str(" [deny] ");
+            out.push_str(d.text());
+        }
+        if self.escape {
+            out.push_str(" [escape attempt]");
+        }
+        out
     }
 
     /// Its label: the first and the last exec when it exec'd more than
@@ -486,6 +515,7 @@ struct TreeView<'a> {
     calls: HashMap<String, CallInfo>,
     max: usize,
     fold: bool,
+    paint: Paint,
 }
 
 /// One row of `sensor tree`: a process, or identical siblings folded
@@ -497,11 +527,14 @@ fn print_procs(group: &[&ProcNode], v: &TreeView<'_>, indent: &str) {
         (1, Some(e)) => format!("  [{e}]"),
         _ => String::new(),
     };
+    // A denied process is never folded (`fold::group`): its own row says so.
+    let marks = lead.marks();
     let more = if group.len() > 1 { "+" } else { "" };
     let prefix = format!("{indent}└─ {}{more} ", lead.pid);
-    let room = max.saturating_sub(prefix.chars().count() + exit.chars().count());
-    let line = format!("{prefix}{}{exit}", fold::group_label(group, room));
-    println!("{}", fit(&line, max));
+    let room =
+        max.saturating_sub(prefix.chars().count() + exit.chars().count() + marks.chars().count());
+    let line = format!("{prefix}{}{exit}{marks}", fold::group_label(group, room));
+    println!("{}", v.paint.verdicts(&fit(&line, max)));
     let deeper = format!("{indent}   ");
     print_rows(
         &fold::group_children(group, kids),
@@ -609,6 +642,7 @@ pub fn tree(args: &TreeArgs) -> anyhow::Result<ExitCode> {
             calls: calls.get(run.id.as_str()).cloned().unwrap_or_default(),
             max,
             fold,
+            paint: Paint::stdout(),
         };
         print_rows(&view.kids.roots, None, &view, &inner);
         for child in runs
@@ -693,11 +727,15 @@ fn describe_columns(e: &Value, kind_width: usize) -> String {
         }
         "policy.violation" => exe_shown(p).unwrap_or_default(),
         "run.degraded" => format!(
-            "{} {}: {} events lost, {} denial records held back",
+            "{} {}: {} lost, {} held back",
             shown_str(e, "/run/agent"),
             shown_str(e, "/run/id"),
-            shown_value(&e["degraded"]["lost_events"]),
-            shown_value(&e["degraded"]["denials_suppressed"])
+            count_value(&e["degraded"]["lost_events"], "event", "events"),
+            count_value(
+                &e["degraded"]["denials_suppressed"],
+                "denial record",
+                "denial records"
+            )
         ),
         "run.start" | "run.end" => format!(
             "{} {} {}",
@@ -705,7 +743,10 @@ fn describe_columns(e: &Value, kind_width: usize) -> String {
             shown_str(e, "/run/id"),
             shown_str(e, "/run/end_reason")
         ),
-        "sensor.lost" => format!("{} events lost", shown_value(&e["lost"]["total"])),
+        "sensor.lost" => format!(
+            "{} lost",
+            count_value(&e["lost"]["total"], "event", "events")
+        ),
         "tool.call" | "tool.unobserved" => {
             let events: Vec<String> = e["tool_call"]["processes"]
                 .as_array()
@@ -1271,8 +1312,8 @@ fn who_line(a: &Value) -> String {
         String::new()
     } else {
         format!(
-            " ({} events since {}, summed up: [store] keep = \"runs\")",
-            shown_value(&a["summary"]["events"]),
+            " ({} since {}, summed up: [store] keep = \"runs\")",
+            count_value(&a["summary"]["events"], "event", "events"),
             shown_str(a, "/summary/first_seen")
         )
     };
@@ -1590,10 +1631,11 @@ pub fn rules(cmd: &super::args::RulesCommand) -> anyhow::Result<ExitCode> {
             let fired = matches.len();
             if !db.json {
                 println!(
-                    "{fired} matches of {} rules (of {}) on {} events",
-                    rules_fired.len(),
+                    "{} of {} (of {}) on {}",
+                    super::display::count(fired, "match", "matches"),
+                    super::display::count(rules_fired.len(), "rule", "rules"),
                     set.len() + set.correlations().len(),
-                    events
+                    super::display::count(events, "event", "events")
                 );
                 if !set.first_seen_kinds().is_empty() {
                     println!("(first-seen rules started from {seeded} earlier stored events)");
