@@ -138,6 +138,9 @@ impl<'a> Slots<'a> {
 /// defaults with the config's (see the module doc). `m` is what clap parsed.
 pub fn apply(cmd: &mut Command, m: &ArgMatches) -> anyhow::Result<()> {
     let m = leaf(m);
+    // A reload whose config the client cannot read is never sent: say so,
+    // and that nothing changed in the daemon.
+    let reload = matches!(cmd, Command::Policy(PolicyCommand::Reload { .. }));
     let slots = match cmd {
         Command::Launch(a) => Slots::new(a.config.path.as_deref()).socket(&mut a.socket),
         Command::Whoami(a) => Slots::new(a.config.path.as_deref()).socket(&mut a.socket),
@@ -188,7 +191,16 @@ pub fn apply(cmd: &mut Command, m: &ArgMatches) -> anyhow::Result<()> {
         | Command::Policy(PolicyCommand::Check { .. })
         | Command::Rules(RulesCommand::Check { .. }) => return Ok(()),
     };
-    fill(slots, m)
+    fill(slots, m).map_err(|e| {
+        if reload {
+            e.context(format!(
+                "reload not sent to the daemon; {}",
+                crate::control::REFUSED_STAYS
+            ))
+        } else {
+            e
+        }
+    })
 }
 
 fn fill(slots: Slots<'_>, m: &ArgMatches) -> anyhow::Result<()> {
@@ -321,5 +333,24 @@ mod tests {
             .unwrap_err()
         );
         assert!(err.contains("bad.toml:2") && err.contains("paht"), "{err}");
+        // A reload is not sent, and says that nothing changed.
+        let err = format!(
+            "{:#}",
+            parsed(&[
+                "sensor",
+                "policy",
+                "reload",
+                "--config",
+                bad.to_str().unwrap()
+            ])
+            .unwrap_err()
+        );
+        assert!(
+            err.starts_with(
+                "reload not sent to the daemon; the policies, agent matchers and detection rules \
+                 in force stay: "
+            ) && err.contains("bad.toml:2"),
+            "{err}"
+        );
     }
 }
