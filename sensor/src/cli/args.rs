@@ -792,8 +792,9 @@ pub struct StatusArgs {
     #[arg(long, value_name = "DIR", env = "SENSOR_PIN_DIR", default_value = paths::PIN_DIR, hide_default_value = true)]
     pub pin_dir: PathBuf,
     /// State directory, read when the daemon cannot be reached: the names
-    /// and versions of the policies its pinned slots hold (root)
-    #[arg(long, value_name = "DIR", env = "SENSOR_STATE_DIR", default_value = paths::STATE_DIR)]
+    /// and versions of the policies its pinned slots hold (root) [default:
+    /// the config's [daemon] state_dir, else /var/lib/sensor]
+    #[arg(long, value_name = "DIR", env = "SENSOR_STATE_DIR", default_value = paths::STATE_DIR, hide_default_value = true)]
     pub state_dir: PathBuf,
     /// Print the full status as one JSON object
     #[arg(long)]

@@ -179,6 +179,8 @@ pub fn apply(cmd: &mut Command, m: &ArgMatches) -> anyhow::Result<()> {
         Command::Status(a) => {
             let mut s = Slots::new(a.config.path.as_deref()).socket(&mut a.socket);
             s.pin_dir = Some(&mut a.pin_dir);
+            // The daemon down: its policy_ids.json names the pinned slots.
+            s.state_dir = Some(&mut a.state_dir);
             s
         }
         // The daemon, doctor and unload read the whole config themselves;
@@ -300,6 +302,17 @@ mod tests {
             panic!()
         };
         assert_eq!(export.state_dir, Path::new("/x/state"));
+        let Command::Status(status) = parsed(&["sensor", "status", "--config", c])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (status.socket.as_path(), status.state_dir.as_path()),
+            (Path::new("/x/s.sock"), Path::new("/x/state")),
+            "status down names the pinned policies from the config's state dir"
+        );
 
         // Without [store] path: the state dir's sensor.db.
         std::fs::write(&config, "[daemon]\nstate_dir = \"/z\"\n").unwrap();

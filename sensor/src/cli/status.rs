@@ -451,7 +451,10 @@ fn down(args: &StatusArgs, error: control::ControlError) -> anyhow::Result<ExitC
             s.slot,
             match named(s.id) {
                 Some((name, version)) => format!("{name} v{version}, "),
-                None => "(name unknown: no policy_ids.json in --state-dir), ".to_owned(),
+                None => format!(
+                    "(name unknown: no policy_ids.json in {}), ",
+                    args.state_dir.display()
+                ),
             },
             s.mode,
             s.id,
