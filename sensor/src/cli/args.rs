@@ -42,6 +42,10 @@ pub enum Command {
     /// List agent runs from the local store.
     Runs(RunsArgs),
     /// Show a run's sub-agent tree, with each run's process tree beneath it.
+    ///
+    /// A process a policy denied something is marked `[deny] blocked` or
+    /// `[deny] would have been blocked (audit)`, one that attempted an
+    /// escape `[escape attempt]`; such a process is never folded.
     Tree(TreeArgs),
     /// Show stored events (optionally of one run or its whole subtree).
     ///
@@ -49,7 +53,8 @@ pub enum Command {
     /// verdict ([allow], [deny] blocked, [deny] audit: would have been
     /// blocked, [violation]: the policy.violation that repeats a denial) and
     /// its rule in fixed columns. Lines are cut to the width only on a
-    /// terminal: `sensor events | grep -c '\[deny\]'` counts every denial.
+    /// terminal (or when COLUMNS is set): `sensor events | grep -c
+    /// '\[deny\]'` counts every denial.
     Events(EventsArgs),
     /// Which run owns a process (alive or exited) or connected to an address.
     ///
@@ -393,9 +398,10 @@ pub struct ExportArgs {
 /// The configuration file a client command reads its settings from.
 #[derive(Debug, Clone, Default, Args)]
 pub struct ConfigArg {
-    /// Configuration file: this command uses its [store] path and [daemon]
-    /// socket (an explicit --db or --socket wins); a missing or bad file is
-    /// an error [default: /etc/sensor/sensor.toml, when present]
+    /// Configuration file: this command uses its [store] path, [daemon]
+    /// socket and directories (an explicit --db, --socket, --state-dir or
+    /// --pin-dir wins); a missing or bad file is an error [default:
+    /// /etc/sensor/sensor.toml, when present]
     #[arg(
         id = "config",
         long = "config",
@@ -437,7 +443,7 @@ pub struct TreeArgs {
     pub run: String,
     /// Show every process: identical sibling commands (same exe, argv equal
     /// apart from ids, numbers and temporary names) are not folded into one
-    /// row with a count (`git … ×13`)
+    /// row with a count (`git … ×13`); a denied process never is
     #[arg(long)]
     pub no_fold: bool,
     #[command(flatten)]
@@ -514,7 +520,7 @@ pub struct ReplayArgs {
     pub run: String,
     /// Show every process: identical sibling commands (same exe, argv equal
     /// apart from ids, numbers and temporary names) are not folded into one
-    /// row with a count (`git … ×13`)
+    /// row with a count (`git … ×13`); a denied process never is
     #[arg(long)]
     pub no_fold: bool,
     #[command(flatten)]
