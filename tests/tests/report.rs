@@ -218,13 +218,27 @@ fn report_when(
     what: &str,
     ready: impl Fn(&str) -> bool,
 ) -> Result<String> {
+    report_with(sensor, run, page, db, &[], within, what, ready)
+}
+
+/// [`report_when`] with `extra` arguments to `sensor report`.
+#[expect(clippy::too_many_arguments, reason = "a test helper")]
+fn report_with(
+    sensor: &std::path::Path,
+    run: &str,
+    page: &std::path::Path,
+    db: &std::path::Path,
+    extra: &[&str],
+    within: Duration,
+    what: &str,
+    ready: impl Fn(&str) -> bool,
+) -> Result<String> {
     let deadline = std::time::Instant::now() + within;
+    let page_arg = page.display().to_string();
+    let mut args = vec!["report", run, "-o", &page_arg];
+    args.extend(extra);
     loop {
-        let made = sensor_out(
-            sensor,
-            &["report", run, "-o", &page.display().to_string()],
-            db,
-        );
+        let made = sensor_out(sensor, &args, db);
         let html = match made {
             Ok(_) => std::fs::read_to_string(page)?,
             Err(e) => e.to_string(),
@@ -701,6 +715,24 @@ fn two_blocked_denials_are_counted_as_two() -> Result<()> {
     ensure!(
         text_status.contains("denials: 2 blocked, 0 would have been blocked (audit)"),
         "{text_status}"
+    );
+    // The record section checks the run's checkpoint with the daemon's
+    // keys (its state dir; the store is elsewhere): intact.
+    let state_dir = d.state_dir().display().to_string();
+    let checked = report_with(
+        &sensor,
+        &run,
+        &page,
+        &db,
+        &["--state-dir", &state_dir],
+        EVENT_TIMEOUT,
+        "the record checked with the daemon's keys",
+        |html| html.contains("<td class=\"v\">intact</td>"),
+    )?;
+    ensure!(
+        !checked.contains("NOT intact"),
+        "the record is intact: {}",
+        &checked[checked.find("Record integrity").unwrap_or(0)..]
     );
     let png = screenshot(&page, "report-enforce")?;
     eprintln!("screenshot: {}", png.display());

@@ -367,10 +367,15 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "FILE")]
     pub bundle: Option<PathBuf>,
     /// Trust only these public keys (a JWKS, e.g. `sensor token jwks` or the
-    /// state dir's provenance_keys.json); default: the store's state dir's
-    /// provenance_keys.json, or for a bundle the keys it carries
+    /// state dir's provenance_keys.json); default: provenance_keys.json in
+    /// the state dir (--state-dir) and in the store's directory, or for a
+    /// bundle the keys it carries
     #[arg(long, value_name = "FILE")]
     pub keys: Option<PathBuf>,
+    /// The daemon's state dir (its provenance_keys.json) [default: the
+    /// config's [daemon] state_dir, else /var/lib/sensor]
+    #[arg(long, value_name = "DIR", env = "SENSOR_STATE_DIR", default_value = paths::STATE_DIR, hide_default_value = true)]
+    pub state_dir: PathBuf,
     #[command(flatten)]
     pub db: DbArgs,
 }
@@ -680,6 +685,11 @@ pub struct ReportArgs {
     /// /var/lib/sensor/sensor.db]
     #[arg(long, value_name = "PATH", env = "SENSOR_DB", default_value = paths::DB, hide_default_value = true)]
     pub db: PathBuf,
+    /// The daemon's state dir, whose provenance_keys.json checks the
+    /// record's signatures (the store's directory is read too) [default:
+    /// the config's [daemon] state_dir, else /var/lib/sensor]
+    #[arg(long, value_name = "DIR", env = "SENSOR_STATE_DIR", default_value = paths::STATE_DIR, hide_default_value = true)]
+    pub state_dir: PathBuf,
     #[command(flatten)]
     pub config: ConfigArg,
 }

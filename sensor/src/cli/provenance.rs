@@ -87,11 +87,7 @@ pub fn verify(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     let conn = store::open_for_reading(&args.db.db)?;
     let keys = match &args.keys {
         Some(path) => read_jwks(path)?,
-        None => {
-            let dir = args.db.db.parent().unwrap_or_else(|| Path::new("."));
-            read_keys(dir)
-                .with_context(|| format!("reading the public keys in {}", dir.display()))?
-        }
+        None => store_keys(&args.db.db, &args.state_dir)?,
     };
     let mut verdicts = Vec::new();
     for r in runs_of(&conn, run, args.subtree)? {
@@ -378,6 +374,26 @@ fn verify_bundle(path: &Path, trusted: Option<&Path>, json: bool) -> anyhow::Res
     ))
 }
 
+/// The public keys that check a store's checkpoints: those in the daemon's
+/// state dir (the config's `[daemon] state_dir`), then those in the store's
+/// directory (the default store is in the state dir; a `[store] path`
+/// elsewhere is not).
+fn store_keys(db: &Path, state_dir: &Path) -> anyhow::Result<Vec<PublicKey>> {
+    let mut keys = read_keys(state_dir)
+        .with_context(|| format!("reading the public keys in {}", state_dir.display()))?;
+    let dir = db.parent().unwrap_or_else(|| Path::new("."));
+    if dir != state_dir {
+        for key in read_keys(dir)
+            .with_context(|| format!("reading the public keys in {}", dir.display()))?
+        {
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+    }
+    Ok(keys)
+}
+
 /// The report's "Record integrity" section: per run, whether its record
 /// verifies (as `sensor verify` says), put at the end of `page`'s body.
 pub fn with_record_section(
@@ -385,9 +401,9 @@ pub fn with_record_section(
     conn: &rusqlite::Connection,
     runs: &[RunRow],
     db: &Path,
+    state_dir: &Path,
 ) -> String {
-    let dir = db.parent().unwrap_or_else(|| Path::new("."));
-    let keys = read_keys(dir).unwrap_or_default();
+    let keys = store_keys(db, state_dir).unwrap_or_default();
     let verdicts: Vec<RunVerdict> = runs
         .iter()
         .map(|r| match stored_lines(conn, &r.id) {
@@ -487,5 +503,45 @@ mod tests {
             "{html}"
         );
         assert!(!html.contains("<script>"), "escaped: {html}");
+    }
+
+    /// A store outside the state dir (`[store] path`) is checked with the
+    /// state dir's keys, and its own directory's too (the default store is
+    /// in the state dir); each key once.
+    #[test]
+    fn keys_come_from_the_state_dir_and_the_stores_dir() {
+        let key = |kid: &str| PublicKey {
+            kid: kid.into(),
+            kty: "OKP".into(),
+            crv: "Ed25519".into(),
+            x: "AAAA".into(),
+        };
+        let write = |dir: &Path, keys: Vec<PublicKey>| {
+            std::fs::write(
+                dir.join(crate::provenance::KEYS_FILE),
+                serde_json::to_vec(&Jwks { keys }).unwrap(),
+            )
+            .unwrap();
+        };
+        let state = tempfile::tempdir().unwrap();
+        let store = tempfile::tempdir().unwrap();
+        write(state.path(), vec![key("a"), key("b")]);
+        write(store.path(), vec![key("b"), key("c")]);
+        let db = store.path().join("sensor.db");
+        let kids = |keys: Vec<PublicKey>| keys.into_iter().map(|k| k.kid).collect::<Vec<_>>();
+        assert_eq!(
+            kids(store_keys(&db, state.path()).unwrap()),
+            ["a", "b", "c"]
+        );
+        // The default layout: the store in the state dir.
+        let inside = state.path().join("sensor.db");
+        assert_eq!(kids(store_keys(&inside, state.path()).unwrap()), ["a", "b"]);
+        // No keys anywhere: none (every checkpoint then fails its check).
+        let empty = tempfile::tempdir().unwrap();
+        assert!(
+            store_keys(&empty.path().join("x.db"), empty.path())
+                .unwrap()
+                .is_empty()
+        );
     }
 }

@@ -1090,6 +1090,7 @@ pub fn execute(args: &ReportArgs) -> anyhow::Result<ExitCode> {
         &conn,
         &runs,
         &args.db,
+        &args.state_dir,
     );
     std::fs::write(&args.output, html)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
@@ -1666,6 +1667,7 @@ mod tests {
             run: "root-big".into(),
             output: output.clone(),
             db: db.clone(),
+            state_dir: dir.path().to_owned(),
             no_fold: false,
             config: super::super::args::ConfigArg::default(),
         })

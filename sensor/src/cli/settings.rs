@@ -151,8 +151,16 @@ pub fn apply(cmd: &mut Command, m: &ArgMatches) -> anyhow::Result<()> {
             .db(&mut a.db.db)
             .socket(&mut a.socket),
         Command::Replay(a) => Slots::new(a.db.config.path.as_deref()).db(&mut a.db.db),
-        Command::Report(a) => Slots::new(a.config.path.as_deref()).db(&mut a.db),
-        Command::Verify(a) => Slots::new(a.db.config.path.as_deref()).db(&mut a.db.db),
+        Command::Report(a) => {
+            let mut s = Slots::new(a.config.path.as_deref()).db(&mut a.db);
+            s.state_dir = Some(&mut a.state_dir);
+            s
+        }
+        Command::Verify(a) => {
+            let mut s = Slots::new(a.db.config.path.as_deref()).db(&mut a.db.db);
+            s.state_dir = Some(&mut a.state_dir);
+            s
+        }
         Command::Export(a) => {
             let mut s = Slots::new(a.db.config.path.as_deref()).db(&mut a.db.db);
             s.state_dir = Some(&mut a.state_dir);
