@@ -989,6 +989,12 @@ pub fn events(args: &EventsArgs) -> anyhow::Result<ExitCode> {
     };
     let since_ns = args.since.map(crate::store::unix_ns);
     let until_ns = args.until.map(crate::store::unix_ns);
+    let page = match args.limit {
+        Some(n) if args.agent.is_none() && args.kind.len() < 2 => u32::try_from(n)
+            .unwrap_or(EVENTS_PAGE)
+            .clamp(1, EVENTS_PAGE),
+        _ => EVENTS_PAGE,
+    };
     let mut filter = EventFilter {
         runs,
         // One kind: the store selects it; several: selected here.
@@ -1001,8 +1007,9 @@ pub fn events(args: &EventsArgs) -> anyhow::Result<ExitCode> {
         until_ns,
         pid: args.pid,
         // A page at a time: a store can hold millions of events, and
-        // `--limit 5` reads no more than it needs.
-        limit: Some(EVENTS_PAGE),
+        // `--limit 5` reads no more than it needs (5 rows, when the store
+        // selects them all).
+        limit: Some(page),
         ..EventFilter::default()
     };
     let wanted = |e: &Value| {
@@ -1054,7 +1061,7 @@ pub fn events(args: &EventsArgs) -> anyhow::Result<ExitCode> {
         if args.limit.is_some_and(|limit| printed >= limit) {
             break;
         }
-        if batch.len() == EVENTS_PAGE as usize {
+        if batch.len() == page as usize {
             // More stored: the next page at once.
             continue;
         }
