@@ -859,6 +859,50 @@ script = ["**/fake-script-agent"]
             "policies": status["policies"]})
         )
     );
+
+    // A refused reload (the new file drops "reloaded" and has an error)
+    // changes nothing, and says so: the matchers stay with the policies.
+    fs::write(
+        &config,
+        format!("{before}\n[policy.watched]\nmode = \"audit\"\nexec.allow = [\"/x\"]\nbogus = 1\n"),
+    )?;
+    let (_, out) = run_child(
+        d.sensor()
+            .args(["policy", "reload", "--socket"])
+            .arg(d.socket()),
+    )?;
+    let err = text(&out.stderr);
+    check!(
+        c,
+        !out.status.success()
+            && err.contains(
+                "reload refused; the policies, agent matchers and detection rules in force stay: "
+            ),
+        "a bad file is refused, saying the matchers stay too: {err:?}"
+    );
+    let kept = format!("{m}-kept");
+    let (kpid, _) =
+        run_ok(Command::new(&agent).args(["-c", &format!("/bin/true {kept}; exit 0")]))?;
+    match wait_run_start_pid(&d, kpid) {
+        Ok(start) => check!(
+            c,
+            str_at(&start, "/run/agent") == Some("reloaded"),
+            "after the refused reload, fake-agent still starts a run of \"reloaded\": {}",
+            compact(&start)
+        ),
+        Err(e) => c.fail(format!(
+            "after the refused reload, no run.start for fake-agent (pid {kpid}): {e:#}"
+        )),
+    }
+    let status = d.status_json()?;
+    check!(
+        c,
+        status["agents"] == json!(["fakescript", "reloaded"])
+            && status["reloads"]["ok"] == 1
+            && status["reloads"]["refused"] == 1,
+        "status after the refused reload: {}",
+        compact(&json!({"agents": status["agents"], "reloads": status["reloads"]}))
+    );
     c.finish()
 }
 

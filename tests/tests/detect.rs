@@ -175,7 +175,9 @@ fn rules_fire_on_a_run_survive_a_bad_reload_and_agree_with_rules_test() -> Resul
     ensure!(
         !out.status.success()
             && err.contains("zbad.yml:4")
-            && err.contains("running policies stay"),
+            && err.contains(
+                "reload refused; the policies, agent matchers and detection rules in force stay: "
+            ),
         "{err}"
     );
     let run2 = format!("detect2-{}", std::process::id());

@@ -1396,8 +1396,8 @@ fn a_malformed_reload_is_refused_and_the_old_policy_keeps_enforcing() -> Result<
         let err = text(&out.stderr);
         check!(
             c,
-            !out.status.success() && err.contains("running policies stay"),
-            "reload with a {case}: must be refused (`reload refused, the running policies stay: …`): {}",
+            !out.status.success() && err.contains("reload refused; the policies, agent matchers and detection rules in force stay: "),
+            "reload with a {case}: must be refused (`reload refused; the policies, agent matchers and detection rules in force stay: …`): {}",
             describe(&out)
         );
         for name in names {

@@ -353,7 +353,11 @@ fn reload_is_validated_and_every_verdict_names_its_version() -> Result<()> {
     )?;
     let err = text(&out.stderr);
     ensure!(
-        !out.status.success() && err.contains("running policies stay") && err.contains("300.1.1.1"),
+        !out.status.success()
+            && err.contains(
+                "reload refused; the policies, agent matchers and detection rules in force stay: "
+            )
+            && err.contains("300.1.1.1"),
         "{err}"
     );
     let p = env_verdict(&d)?;

@@ -218,13 +218,27 @@ fn report_when(
     what: &str,
     ready: impl Fn(&str) -> bool,
 ) -> Result<String> {
+    report_with(sensor, run, page, db, &[], within, what, ready)
+}
+
+/// [`report_when`] with `extra` arguments to `sensor report`.
+#[expect(clippy::too_many_arguments, reason = "a test helper")]
+fn report_with(
+    sensor: &std::path::Path,
+    run: &str,
+    page: &std::path::Path,
+    db: &std::path::Path,
+    extra: &[&str],
+    within: Duration,
+    what: &str,
+    ready: impl Fn(&str) -> bool,
+) -> Result<String> {
     let deadline = std::time::Instant::now() + within;
+    let page_arg = page.display().to_string();
+    let mut args = vec!["report", run, "-o", &page_arg];
+    args.extend(extra);
     loop {
-        let made = sensor_out(
-            sensor,
-            &["report", run, "-o", &page.display().to_string()],
-            db,
-        );
+        let made = sensor_out(sensor, &args, db);
         let html = match made {
             Ok(_) => std::fs::read_to_string(page)?,
             Err(e) => e.to_string(),
@@ -367,6 +381,20 @@ fn check_summary_and_folding(
         lines.len() == 1 && lines[0].ends_with(" ×13"),
         "sensor tree folds the 13 commands: {folded}"
     );
+    // Denied processes and escape attempts are marked on their rows.
+    ensure!(
+        folded.lines().any(|l| l.contains(&format!("{m}-denied"))
+            && l.ends_with(" [deny] would have been blocked (audit)")),
+        "tree marks the denied exec: {folded}"
+    );
+    ensure!(
+        folded
+            .lines()
+            .filter(|l| l.contains("sensor-test-helper") && l.contains("[escape attempt]"))
+            .count()
+            == 3,
+        "tree marks the three escape attempts: {folded}"
+    );
     let all = sensor_out(sensor, &["tree", outer, "--no-fold"], db)?;
     ensure!(
         all.lines()
@@ -423,6 +451,68 @@ fn check_summary_and_folding(
                 .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
                 .all(|e| e["process"]["pid"].as_u64() == Some(pid)),
         "--pid --limit: {of_pid}"
+    );
+    // --agent, --since and --until with a date or a time (events' times
+    // have 9 digits: their text order is their time order).
+    let json_lines = |args: &[&str]| -> Result<Vec<serde_json::Value>> {
+        let mut all = args.to_vec();
+        all.push("--json");
+        Ok(sensor_out(sensor, &all, db)?
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect())
+    };
+    let of_inner = json_lines(&["events", "--run", inner])?;
+    let of_agent = json_lines(&["events", "--agent", "sub-agent"])?;
+    ensure!(
+        !of_agent.is_empty()
+            && of_agent.iter().all(|e| e["run"]["agent"] == "sub-agent")
+            && of_agent.len() == of_inner.len(),
+        "--agent sub-agent: {} events, the sub-run has {}",
+        of_agent.len(),
+        of_inner.len()
+    );
+    let whole = json_lines(&["events", "--run", outer, "--subtree"])?;
+    let since_date = json_lines(&[
+        "events",
+        "--run",
+        outer,
+        "--subtree",
+        "--since",
+        "2000-01-01",
+    ])?;
+    let until_date = json_lines(&[
+        "events",
+        "--run",
+        outer,
+        "--subtree",
+        "--until",
+        "2000-01-01",
+    ])?;
+    ensure!(
+        since_date.len() == whole.len() && until_date.is_empty(),
+        "--since/--until a date: {} and {} of {}",
+        since_date.len(),
+        until_date.len(),
+        whole.len()
+    );
+    let middle = whole[whole.len() / 2]["time"]
+        .as_str()
+        .context("an event's time")?
+        .to_owned();
+    let before = whole
+        .iter()
+        .filter(|e| e["time"].as_str().is_some_and(|t| t < middle.as_str()))
+        .count();
+    let until = json_lines(&["events", "--run", outer, "--subtree", "--until", &middle])?;
+    ensure!(
+        until.len() == before
+            && before > 0
+            && until
+                .iter()
+                .all(|e| e["time"].as_str().is_some_and(|t| t < middle.as_str())),
+        "--until {middle}: {} events, {before} are before it",
+        until.len()
     );
     let mut typo = Command::new(sensor);
     typo.args(["events", "--kind", "proces.exec", "--db"])
@@ -597,6 +687,22 @@ fn two_blocked_denials_are_counted_as_two() -> Result<()> {
             == 2,
         "a violation line names the binary and the rule: {events}"
     );
+    // `sensor tree` and the page's tree mark each denied process (never
+    // folded, though the two commands differ only by a number).
+    let tree = sensor_out(&sensor, &["tree", &run], &db)?;
+    ensure!(
+        tree.lines()
+            .filter(|l| l.contains("/usr/bin/env true") && l.ends_with(" [deny] blocked"))
+            .count()
+            == 2,
+        "tree: each denied process on its row, marked blocked: {tree}"
+    );
+    ensure!(
+        dom.matches("<span class=\"badge deny\">blocked</span>")
+            .count()
+            == 2,
+        "the page's tree marks both denied processes"
+    );
     // The daemon counts them once too, as blocked.
     let status = d.status_json()?;
     ensure!(
@@ -609,6 +715,24 @@ fn two_blocked_denials_are_counted_as_two() -> Result<()> {
     ensure!(
         text_status.contains("denials: 2 blocked, 0 would have been blocked (audit)"),
         "{text_status}"
+    );
+    // The record section checks the run's checkpoint with the daemon's
+    // keys (its state dir; the store is elsewhere): intact.
+    let state_dir = d.state_dir().display().to_string();
+    let checked = report_with(
+        &sensor,
+        &run,
+        &page,
+        &db,
+        &["--state-dir", &state_dir],
+        EVENT_TIMEOUT,
+        "the record checked with the daemon's keys",
+        |html| html.contains("<td class=\"v\">intact</td>"),
+    )?;
+    ensure!(
+        !checked.contains("NOT intact"),
+        "the record is intact: {}",
+        &checked[checked.find("Record integrity").unwrap_or(0)..]
     );
     let png = screenshot(&page, "report-enforce")?;
     eprintln!("screenshot: {}", png.display());

@@ -42,6 +42,10 @@ pub enum Command {
     /// List agent runs from the local store.
     Runs(RunsArgs),
     /// Show a run's sub-agent tree, with each run's process tree beneath it.
+    ///
+    /// A process a policy denied something is marked `[deny] blocked` or
+    /// `[deny] would have been blocked (audit)`, one that attempted an
+    /// escape `[escape attempt]`; such a process is never folded.
     Tree(TreeArgs),
     /// Show stored events (optionally of one run or its whole subtree).
     ///
@@ -49,7 +53,8 @@ pub enum Command {
     /// verdict ([allow], [deny] blocked, [deny] audit: would have been
     /// blocked, [violation]: the policy.violation that repeats a denial) and
     /// its rule in fixed columns. Lines are cut to the width only on a
-    /// terminal: `sensor events | grep -c '\[deny\]'` counts every denial.
+    /// terminal (or when COLUMNS is set): `sensor events | grep -c
+    /// '\[deny\]'` counts every denial.
     Events(EventsArgs),
     /// Which run owns a process (alive or exited) or connected to an address.
     ///
@@ -370,7 +375,7 @@ pub struct VerifyArgs {
     /// The daemon's state dir, whose provenance_keys.json is used when the
     /// store has none beside it [default: the config's [daemon] state_dir,
     /// else /var/lib/sensor]
-    #[arg(long, value_name = "DIR", default_value = paths::STATE_DIR, hide_default_value = true)]
+    #[arg(long, value_name = "DIR", env = "SENSOR_STATE_DIR", default_value = paths::STATE_DIR, hide_default_value = true)]
     pub state_dir: PathBuf,
     #[command(flatten)]
     pub db: DbArgs,
@@ -400,9 +405,10 @@ pub struct ExportArgs {
 /// The configuration file a client command reads its settings from.
 #[derive(Debug, Clone, Default, Args)]
 pub struct ConfigArg {
-    /// Configuration file: this command uses its [store] path and [daemon]
-    /// socket (an explicit --db or --socket wins); a missing or bad file is
-    /// an error [default: /etc/sensor/sensor.toml, when present]
+    /// Configuration file: this command uses its [store] path, [daemon]
+    /// socket and directories (an explicit --db, --socket, --state-dir or
+    /// --pin-dir wins); a missing or bad file is an error [default:
+    /// /etc/sensor/sensor.toml, when present]
     #[arg(
         id = "config",
         long = "config",
@@ -444,7 +450,7 @@ pub struct TreeArgs {
     pub run: String,
     /// Show every process: identical sibling commands (same exe, argv equal
     /// apart from ids, numbers and temporary names) are not folded into one
-    /// row with a count (`git … ×13`)
+    /// row with a count (`git … ×13`); a denied process never is
     #[arg(long)]
     pub no_fold: bool,
     #[command(flatten)]
@@ -473,7 +479,8 @@ pub struct EventsArgs {
     /// (raw, ICMP, packet sockets) and Unix connects a policy denies
     #[arg(long)]
     pub escapes: bool,
-    /// Only events since this time: RFC 3339 or a duration ago (10m, 2h)
+    /// Only events since this time: RFC 3339 (a date alone is its
+    /// midnight UTC) or a duration ago (10m, 2h)
     #[arg(long, value_name = "T", value_parser = parse_since)]
     pub since: Option<std::time::SystemTime>,
     /// Only events before this time: RFC 3339 (a date alone is its
@@ -520,7 +527,7 @@ pub struct ReplayArgs {
     pub run: String,
     /// Show every process: identical sibling commands (same exe, argv equal
     /// apart from ids, numbers and temporary names) are not folded into one
-    /// row with a count (`git … ×13`)
+    /// row with a count (`git … ×13`); a denied process never is
     #[arg(long)]
     pub no_fold: bool,
     #[command(flatten)]
@@ -683,7 +690,7 @@ pub struct ReportArgs {
     /// The daemon's state dir, whose provenance_keys.json checks the records
     /// when the store has none beside it [default: the config's [daemon]
     /// state_dir, else /var/lib/sensor]
-    #[arg(long, value_name = "DIR", default_value = paths::STATE_DIR, hide_default_value = true)]
+    #[arg(long, value_name = "DIR", env = "SENSOR_STATE_DIR", default_value = paths::STATE_DIR, hide_default_value = true)]
     pub state_dir: PathBuf,
     #[command(flatten)]
     pub config: ConfigArg,
@@ -715,7 +722,8 @@ fn parse_since(s: &str) -> Result<std::time::SystemTime, String> {
             .checked_sub(d)
             .ok_or_else(|| format!("{s:?} is too far back")),
         Err(_) => Err(format!(
-            "{s:?} is neither an RFC 3339 time nor a duration like 10m"
+            "{s:?} is neither an RFC 3339 time (2026-12-05T10:00:00Z), a date (2026-12-05) \
+             nor a duration like 10m"
         )),
     }
 }
@@ -802,8 +810,9 @@ pub struct StatusArgs {
     #[arg(long, value_name = "DIR", env = "SENSOR_PIN_DIR", default_value = paths::PIN_DIR, hide_default_value = true)]
     pub pin_dir: PathBuf,
     /// State directory, read when the daemon cannot be reached: the names
-    /// and versions of the policies its pinned slots hold (root)
-    #[arg(long, value_name = "DIR", env = "SENSOR_STATE_DIR", default_value = paths::STATE_DIR)]
+    /// and versions of the policies its pinned slots hold (root) [default:
+    /// the config's [daemon] state_dir, else /var/lib/sensor]
+    #[arg(long, value_name = "DIR", env = "SENSOR_STATE_DIR", default_value = paths::STATE_DIR, hide_default_value = true)]
     pub state_dir: PathBuf,
     /// Print the full status as one JSON object
     #[arg(long)]

@@ -157,6 +157,17 @@ pub fn shown_value(v: &Value) -> String {
     }
 }
 
+/// A count from an event, with its noun: `1 event`, `3 events` (shown as
+/// [`shown_value`] shows it).
+#[must_use]
+pub fn count_value(v: &Value, one: &str, many: &str) -> String {
+    format!(
+        "{} {}",
+        shown_value(v),
+        if v.as_u64() == Some(1) { one } else { many }
+    )
+}
+
 /// The string at `ptr` in `v`, escaped ("" when absent or not a string).
 #[must_use]
 pub fn shown_str<'a>(v: &'a Value, ptr: &str) -> Cow<'a, str> {

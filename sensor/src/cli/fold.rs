@@ -89,14 +89,16 @@ pub(super) fn fold_key(node: &ProcNode) -> FoldKey {
 /// Siblings in groups: each group is one row, its first member first; a
 /// group of one is a process shown alone. With `fold` false every process
 /// is a group of its own. Groups keep the order of their first members.
-/// A process that never exec'd (no argv) is never folded.
+/// A process that never exec'd (no argv) is never folded, nor is one a
+/// policy denied something or that attempted an escape: it is not noise,
+/// and each view shows it on its own row, marked.
 #[must_use]
 pub(super) fn group<'a>(siblings: &[&'a ProcNode], fold: bool) -> Vec<Vec<&'a ProcNode>> {
     let mut groups: Vec<Vec<&'a ProcNode>> = Vec::new();
     // Processes of different tool calls are never one row.
     let mut index: HashMap<(Option<String>, FoldKey), usize> = HashMap::new();
     for &node in siblings {
-        if !fold || node.argv.is_empty() {
+        if !fold || node.argv.is_empty() || node.denial.is_some() || node.escape {
             groups.push(vec![node]);
             continue;
         }
@@ -352,6 +354,32 @@ mod tests {
         ];
         let refs: Vec<&ProcNode> = other.iter().collect();
         assert_eq!(group(&refs, true).len(), 2);
+    }
+
+    /// Identical commands a policy denied, or that attempted an escape,
+    /// are each a row of their own (with a mark), never folded away; the
+    /// allowed ones beside them still fold.
+    #[test]
+    fn denied_and_escaping_siblings_are_never_folded() {
+        use super::super::query::Denial;
+        let mut procs: Vec<ProcNode> = (0..5)
+            .map(|i| node(&format!("g{i}"), "p", "/usr/bin/git", &["git", "version"]))
+            .collect();
+        procs[1].denial = Some(Denial::Audit);
+        procs[2].denial = Some(Denial::Blocked);
+        procs[3].escape = true;
+        let refs: Vec<&ProcNode> = procs.iter().collect();
+        let groups = group(&refs, true);
+        let keys: Vec<Vec<&str>> = groups
+            .iter()
+            .map(|g| g.iter().map(|n| n.key.as_str()).collect())
+            .collect();
+        assert_eq!(keys, [vec!["g0", "g4"], vec!["g1"], vec!["g2"], vec!["g3"]]);
+        let f = folded(&procs, true);
+        assert_eq!(f.hidden, HashSet::from(["g4".to_owned()]));
+        assert_eq!(procs[1].marks(), " [deny] would have been blocked (audit)");
+        assert_eq!(procs[2].marks(), " [deny] blocked");
+        assert_eq!(procs[3].marks(), " [escape attempt]");
     }
 
     #[test]

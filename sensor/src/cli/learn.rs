@@ -133,13 +133,17 @@ pub fn suggest(
         Some(path) => {
             std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
             eprintln!(
-                "{}: policy {} ({} exec, {} connect, {} unix rules from {} events)",
+                "{}: policy {} ({} exec, {} connect, {} unix rules from {})",
                 escape_terminal(&path.to_string_lossy()),
                 escape_terminal(&opts.name),
                 seen.exec.len(),
                 seen.connect.len(),
                 seen.unix.len(),
-                seen.events
+                super::display::count(
+                    usize::try_from(seen.events).unwrap_or(usize::MAX),
+                    "event",
+                    "events"
+                )
             );
         }
         None => print!("{text}"),
@@ -202,8 +206,9 @@ pub fn test(file: &Path, name: &str, sel: &RunSelect, db: &DbArgs) -> anyhow::Re
         );
     } else {
         println!(
-            "{denied} would be denied of {checked} decisions replayed (execs, connects, forks, sub-runs, raw sockets; {} events) by policy {}",
-            selected.events.len(),
+            "{denied} would be denied of {} replayed (execs, connects, forks, sub-runs, raw sockets; {}) by policy {}",
+            super::display::count(checked, "decision", "decisions"),
+            super::display::count(selected.events.len(), "event", "events"),
             escape_terminal(name)
         );
     }

@@ -17,7 +17,10 @@ use serde_json::{Value, json};
 
 use super::{
     args::{EventsArgs, ReplayArgs, RunsArgs, TreeArgs, WhoArgs},
-    display::{Column, argv_shown, escape_terminal, exe_shown, shown_str, shown_value, text_table},
+    display::{
+        Column, argv_shown, count_value, escape_terminal, exe_shown, shown_str, shown_value,
+        text_table,
+    },
     fold,
 };
 use crate::store::{
@@ -221,6 +224,11 @@ pub(super) struct ProcNode {
     /// The agent tool call that caused it (`run.tool_call` on one of its
     /// events, or a `tool.call` listing one of them): the call's id.
     pub tool_call: Option<String>,
+    /// A policy denied one of its actions (its exec, a connect, ...):
+    /// blocked when any denial was, else audit.
+    pub denial: Option<Denial>,
+    /// One of its events is an escape attempt.
+    pub escape: bool,
 }
 
 /// A tool call of a run as views show it above its processes.
@@ -344,6 +352,12 @@ pub(super) fn processes(events: &[&StoredEvent]) -> Vec<ProcNode> {
             node.argv_shown = shown;
             node.execs += 1;
         }
+        if let Some(d) = denial_of(e)
+            && node.denial != Some(Denial::Blocked)
+        {
+            node.denial = Some(d);
+        }
+        node.escape |= se.escape;
         if e["kind"] == "process.exit" {
             node.exit = Some(match (p["exit_code"].as_i64(), p["exit_signal"].as_i64()) {
                 (Some(c), _) => format!("exit {c}"),
@@ -375,6 +389,21 @@ impl ProcNode {
         } else {
             self.argv_shown.join(" ")
         }
+    }
+
+    /// What text views print after its label: `[deny] blocked`, `[deny]
+    /// would have been blocked (audit)`, `[escape attempt]` (each with a
+    /// leading space), or nothing.
+    pub(super) fn marks(&self) -> String {
+        let mut out = String::new();
+        if let Some(d) = self.denial {
+            out.push_str(" [deny] ");
+            out.push_str(d.text());
+        }
+        if self.escape {
+            out.push_str(" [escape attempt]");
+        }
+        out
     }
 
     /// Its label: the first and the last exec when it exec'd more than
@@ -486,6 +515,7 @@ struct TreeView<'a> {
     calls: HashMap<String, CallInfo>,
     max: usize,
     fold: bool,
+    paint: Paint,
 }
 
 /// One row of `sensor tree`: a process, or identical siblings folded
@@ -497,11 +527,14 @@ fn print_procs(group: &[&ProcNode], v: &TreeView<'_>, indent: &str) {
         (1, Some(e)) => format!("  [{e}]"),
         _ => String::new(),
     };
+    // A denied process is never folded (`fold::group`): its own row says so.
+    let marks = lead.marks();
     let more = if group.len() > 1 { "+" } else { "" };
     let prefix = format!("{indent}└─ {}{more} ", lead.pid);
-    let room = max.saturating_sub(prefix.chars().count() + exit.chars().count());
-    let line = format!("{prefix}{}{exit}", fold::group_label(group, room));
-    println!("{}", fit(&line, max));
+    let room =
+        max.saturating_sub(prefix.chars().count() + exit.chars().count() + marks.chars().count());
+    let line = format!("{prefix}{}{exit}{marks}", fold::group_label(group, room));
+    println!("{}", v.paint.verdicts(&fit(&line, max)));
     let deeper = format!("{indent}   ");
     print_rows(
         &fold::group_children(group, kids),
@@ -609,6 +642,7 @@ pub fn tree(args: &TreeArgs) -> anyhow::Result<ExitCode> {
             calls: calls.get(run.id.as_str()).cloned().unwrap_or_default(),
             max,
             fold,
+            paint: Paint::stdout(),
         };
         print_rows(&view.kids.roots, None, &view, &inner);
         for child in runs
@@ -693,11 +727,15 @@ fn describe_columns(e: &Value, kind_width: usize) -> String {
         }
         "policy.violation" => exe_shown(p).unwrap_or_default(),
         "run.degraded" => format!(
-            "{} {}: {} events lost, {} denial records held back",
+            "{} {}: {} lost, {} held back",
             shown_str(e, "/run/agent"),
             shown_str(e, "/run/id"),
-            shown_value(&e["degraded"]["lost_events"]),
-            shown_value(&e["degraded"]["denials_suppressed"])
+            count_value(&e["degraded"]["lost_events"], "event", "events"),
+            count_value(
+                &e["degraded"]["denials_suppressed"],
+                "denial record",
+                "denial records"
+            )
         ),
         "run.start" | "run.end" => format!(
             "{} {} {}",
@@ -705,7 +743,10 @@ fn describe_columns(e: &Value, kind_width: usize) -> String {
             shown_str(e, "/run/id"),
             shown_str(e, "/run/end_reason")
         ),
-        "sensor.lost" => format!("{} events lost", shown_value(&e["lost"]["total"])),
+        "sensor.lost" => format!(
+            "{} lost",
+            count_value(&e["lost"]["total"], "event", "events")
+        ),
         "tool.call" | "tool.unobserved" => {
             let events: Vec<String> = e["tool_call"]["processes"]
                 .as_array()
@@ -927,6 +968,9 @@ fn describe_tamper(e: &Value) -> String {
     )
 }
 
+/// The events `sensor events` reads from the store at a time.
+const EVENTS_PAGE: u32 = 5000;
+
 pub fn events(args: &EventsArgs) -> anyhow::Result<ExitCode> {
     let conn = open_for_reading(&args.db.db)?;
     let runs = match &args.run {
@@ -945,6 +989,12 @@ pub fn events(args: &EventsArgs) -> anyhow::Result<ExitCode> {
     };
     let since_ns = args.since.map(crate::store::unix_ns);
     let until_ns = args.until.map(crate::store::unix_ns);
+    let page = match args.limit {
+        Some(n) if args.agent.is_none() && args.kind.len() < 2 => u32::try_from(n)
+            .unwrap_or(EVENTS_PAGE)
+            .clamp(1, EVENTS_PAGE),
+        _ => EVENTS_PAGE,
+    };
     let mut filter = EventFilter {
         runs,
         // One kind: the store selects it; several: selected here.
@@ -954,23 +1004,20 @@ pub fn events(args: &EventsArgs) -> anyhow::Result<ExitCode> {
         },
         escapes: args.escapes,
         since_ns,
+        until_ns,
+        pid: args.pid,
+        // A page at a time: a store can hold millions of events, and
+        // `--limit 5` reads no more than it needs (5 rows, when the store
+        // selects them all).
+        limit: Some(page),
         ..EventFilter::default()
     };
     let wanted = |e: &Value| {
         (args.kind.len() < 2 || args.kind.iter().any(|k| e["kind"] == k.as_str()))
             && args
-                .pid
-                .is_none_or(|pid| e["process"]["pid"].as_u64() == Some(u64::from(pid)))
-            && args
                 .agent
                 .as_deref()
                 .is_none_or(|a| e.pointer("/run/agent").and_then(Value::as_str) == Some(a))
-            && until_ns.is_none_or(|until| {
-                e["time"]
-                    .as_str()
-                    .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
-                    .is_some_and(|t| crate::store::unix_ns(t) < until)
-            })
     };
     let mut printed = 0_u64;
     let max = width();
@@ -1011,7 +1058,14 @@ pub fn events(args: &EventsArgs) -> anyhow::Result<ExitCode> {
             let (line, at) = columns.line(&time, &run, cells, &body);
             println!("{}", paint.cell(&fit(&line, max), at, &cells.0));
         }
-        if !args.follow || args.limit.is_some_and(|limit| printed >= limit) {
+        if args.limit.is_some_and(|limit| printed >= limit) {
+            break;
+        }
+        if batch.len() == page as usize {
+            // More stored: the next page at once.
+            continue;
+        }
+        if !args.follow {
             break;
         }
         std::thread::sleep(Duration::from_millis(300));
@@ -1265,8 +1319,8 @@ fn who_line(a: &Value) -> String {
         String::new()
     } else {
         format!(
-            " ({} events since {}, summed up: [store] keep = \"runs\")",
-            shown_value(&a["summary"]["events"]),
+            " ({} since {}, summed up: [store] keep = \"runs\")",
+            count_value(&a["summary"]["events"], "event", "events"),
             shown_str(a, "/summary/first_seen")
         )
     };
@@ -1584,10 +1638,11 @@ pub fn rules(cmd: &super::args::RulesCommand) -> anyhow::Result<ExitCode> {
             let fired = matches.len();
             if !db.json {
                 println!(
-                    "{fired} matches of {} rules (of {}) on {} events",
-                    rules_fired.len(),
+                    "{} of {} (of {}) on {}",
+                    super::display::count(fired, "match", "matches"),
+                    super::display::count(rules_fired.len(), "rule", "rules"),
                     set.len() + set.correlations().len(),
-                    events
+                    super::display::count(events, "event", "events")
                 );
                 if !set.first_seen_kinds().is_empty() {
                     println!("(first-seen rules started from {seeded} earlier stored events)");

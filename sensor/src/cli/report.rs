@@ -537,11 +537,14 @@ fn picture_html(r: &Report<'_>) -> Markup {
         .runs
         .iter()
         .map(|run| svg::Lane {
+            // The id as the text views shorten it (a UUIDv7's first 8
+            // characters are the same for every run of a month).
             label: format!(
                 "{} {}",
                 shown(&run.agent),
-                shown(run.id.get(..8).unwrap_or(&run.id))
+                shown(run.id.get(..13).unwrap_or(&run.id))
             ),
+            id: shown(&run.id),
             depth: run.depth.saturating_sub(r.root.depth),
             start_ns: run.start_ns,
             end_ns: run.end_ns.unwrap_or(run.start_ns),
@@ -711,6 +714,7 @@ fn proc_html(
             @if group.len() == 1 {
                 (long_text_after(&html! { (pid(lead)) " " }, &lead.label()))
                 @if let Some(exit) = &lead.exit { " " span.badge { (shown(exit)) } }
+                (proc_marks(lead))
             } @else {
                 details.fold {
                     summary {
@@ -722,6 +726,7 @@ fn proc_html(
                             li {
                                 (long_text_after(&html! { (pid(m)) " " }, &m.label()))
                                 @if let Some(exit) = &m.exit { " " span.badge { (shown(exit)) } }
+                                (proc_marks(m))
                             }
                         }
                         @if group.len() > MEMBER_LIMIT {
@@ -736,6 +741,20 @@ fn proc_html(
                 }
             }
         }
+    }
+}
+
+/// A process row's marks: a policy denied one of its actions (blocked, or
+/// would have been: audit), it attempted an escape. Such a process is never
+/// folded ([`fold::group`]).
+fn proc_marks(n: &ProcNode) -> Markup {
+    html! {
+        @match n.denial {
+            Some(Denial::Blocked) => { " " span.badge.deny { "blocked" } }
+            Some(Denial::Audit) => { " " span.badge.audit { "would have been blocked (audit)" } }
+            None => {}
+        }
+        @if n.escape { " " span.badge.escape { "escape attempt" } }
     }
 }
 
@@ -1328,6 +1347,15 @@ mod tests {
         assert_eq!(listed.matches("<b>BLOCKED</b>").count(), 2, "{listed}");
         assert_eq!(listed.matches("<b>NOT BLOCKED</b>").count(), 1, "{listed}");
         assert!(html.contains("violation (the denial above)"));
+        // The tree's rows say which process was denied, and how.
+        let tree = &html[html.find("id=\"processes\"").unwrap()..];
+        assert!(
+            tree.contains("<span class=\"badge deny\">blocked</span>"),
+            "{tree}"
+        );
+        assert!(
+            tree.contains("<span class=\"badge audit\">would have been blocked (audit)</span>")
+        );
         assert!(
             html.contains("<polygon class=\"blocked\""),
             "the picture marks them"

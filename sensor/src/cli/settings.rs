@@ -138,6 +138,9 @@ impl<'a> Slots<'a> {
 /// defaults with the config's (see the module doc). `m` is what clap parsed.
 pub fn apply(cmd: &mut Command, m: &ArgMatches) -> anyhow::Result<()> {
     let m = leaf(m);
+    // A reload whose config the client cannot read is never sent: say so,
+    // and that nothing changed in the daemon.
+    let reload = matches!(cmd, Command::Policy(PolicyCommand::Reload { .. }));
     let slots = match cmd {
         Command::Launch(a) => Slots::new(a.config.path.as_deref()).socket(&mut a.socket),
         Command::Whoami(a) => Slots::new(a.config.path.as_deref()).socket(&mut a.socket),
@@ -184,6 +187,8 @@ pub fn apply(cmd: &mut Command, m: &ArgMatches) -> anyhow::Result<()> {
         Command::Status(a) => {
             let mut s = Slots::new(a.config.path.as_deref()).socket(&mut a.socket);
             s.pin_dir = Some(&mut a.pin_dir);
+            // The daemon down: its policy_ids.json names the pinned slots.
+            s.state_dir = Some(&mut a.state_dir);
             s
         }
         // The daemon, doctor and unload read the whole config themselves;
@@ -196,7 +201,16 @@ pub fn apply(cmd: &mut Command, m: &ArgMatches) -> anyhow::Result<()> {
         | Command::Policy(PolicyCommand::Check { .. })
         | Command::Rules(RulesCommand::Check { .. }) => return Ok(()),
     };
-    fill(slots, m)
+    fill(slots, m).map_err(|e| {
+        if reload {
+            e.context(format!(
+                "reload not sent to the daemon; {}",
+                crate::control::REFUSED_STAYS
+            ))
+        } else {
+            e
+        }
+    })
 }
 
 fn fill(slots: Slots<'_>, m: &ArgMatches) -> anyhow::Result<()> {
@@ -315,6 +329,17 @@ mod tests {
             panic!()
         };
         assert_eq!(report.state_dir, Path::new("/x/state"));
+        let Command::Status(status) = parsed(&["sensor", "status", "--config", c])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (status.socket.as_path(), status.state_dir.as_path()),
+            (Path::new("/x/s.sock"), Path::new("/x/state")),
+            "status down names the pinned policies from the config's state dir"
+        );
 
         // Without [store] path: the state dir's sensor.db.
         std::fs::write(&config, "[daemon]\nstate_dir = \"/z\"\n").unwrap();
@@ -348,5 +373,24 @@ mod tests {
             .unwrap_err()
         );
         assert!(err.contains("bad.toml:2") && err.contains("paht"), "{err}");
+        // A reload is not sent, and says that nothing changed.
+        let err = format!(
+            "{:#}",
+            parsed(&[
+                "sensor",
+                "policy",
+                "reload",
+                "--config",
+                bad.to_str().unwrap()
+            ])
+            .unwrap_err()
+        );
+        assert!(
+            err.starts_with(
+                "reload not sent to the daemon; the policies, agent matchers and detection rules \
+                 in force stay: "
+            ) && err.contains("bad.toml:2"),
+            "{err}"
+        );
     }
 }

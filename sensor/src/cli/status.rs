@@ -88,27 +88,26 @@ pub fn execute(args: &StatusArgs) -> anyhow::Result<ExitCode> {
             Column::left(6).gap(1),
             Column::left(0),
         ];
+        // What enforces comes first, the program table last: a glance at
+        // the top says whether it is ready, attached and enforcing what.
         let mut shown: Vec<String> = lines
             .drain(..)
             .map(|l| escape_terminal(&l).into_owned())
             .collect();
-        shown.extend(
-            text_table(&columns, None, rows)
-                .into_iter()
-                .map(|l| format!("  {l}")),
-        );
         shown.extend(enforcing(&report, &args.socket));
+        // The kinds seen (every kind, zeros too, is in --json).
         let events: Vec<String> = report
             .events
             .iter()
-            .filter(|(k, _)| k.as_str() != "total")
+            .filter(|(k, v)| k.as_str() != "total" && **v > 0)
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        lines.push(format!(
-            "events: {} ({})",
-            report.events.get("total").copied().unwrap_or(0),
-            events.join(" ")
-        ));
+        let total = report.events.get("total").copied().unwrap_or(0);
+        lines.push(if events.is_empty() {
+            format!("events: {total}")
+        } else {
+            format!("events: {total} ({})", events.join(" "))
+        });
         lines.push(format!("lost in the kernel: {}", report.lost.total));
         let canary = &report.canary;
         lines.push(if canary.interval_secs == 0 {
@@ -205,6 +204,12 @@ pub fn execute(args: &StatusArgs) -> anyhow::Result<ExitCode> {
             lines.push(line);
         }
         shown.extend(lines.iter().map(|l| escape_terminal(l).into_owned()));
+        shown.push("programs:".to_owned());
+        shown.extend(
+            text_table(&columns, None, rows)
+                .into_iter()
+                .map(|l| format!("  {l}")),
+        );
         for line in &shown {
             println!("{line}");
         }
@@ -446,7 +451,10 @@ fn down(args: &StatusArgs, error: control::ControlError) -> anyhow::Result<ExitC
             s.slot,
             match named(s.id) {
                 Some((name, version)) => format!("{name} v{version}, "),
-                None => "(name unknown: no policy_ids.json in --state-dir), ".to_owned(),
+                None => format!(
+                    "(name unknown: no policy_ids.json in {}), ",
+                    args.state_dir.display()
+                ),
             },
             s.mode,
             s.id,

@@ -201,11 +201,9 @@ impl Handler {
                     }
                     Err(message) => {
                         state.count_reload(Some(&message.to_string()));
-                        tracing::error!(%message, "policy reload refused; the running policies stay");
+                        tracing::error!(%message, "policy reload refused; {}", super::REFUSED_STAYS);
                         Response::Error {
-                            message: format!(
-                                "reload refused, the running policies stay: {message}"
-                            ),
+                            message: format!("reload refused; {}: {message}", super::REFUSED_STAYS),
                         }
                     }
                 };
@@ -781,8 +779,8 @@ mod tests {
         assert_eq!(
             error(response),
             format!(
-                "reload refused, the running policies stay: policy \"a\" is gone from the \
-                 config, but run {} is bound to it; keep it until the run ends",
+                "reload refused; the policies, agent matchers and detection rules in force \
+                 stay: policy \"a\" is gone from the config, but run {} is bound to it; keep it until the run ends",
                 run.id
             )
         );
@@ -820,8 +818,9 @@ mod tests {
         let message = error(response);
         assert!(
             message.starts_with(
-                "reload refused, the running policies stay: the kernel maps could not take the \
-                 new policies: kernel policy map SNSR_EXEC_RULES"
+                "reload refused; the policies, agent matchers and detection rules in force \
+                 stay: the kernel maps could not take the new policies: kernel policy map \
+                 SNSR_EXEC_RULES"
             ),
             "{message}"
         );

@@ -177,7 +177,12 @@ pub enum Refusal {
     },
 }
 
-/// Why a policy reload was refused (the running policies stay).
+/// What a refused reload leaves as it was: everything it would have
+/// swapped in (`reload refused; {REFUSED_STAYS}: why`).
+pub const REFUSED_STAYS: &str = "the policies, agent matchers and detection rules in force stay";
+
+/// Why a policy reload was refused (nothing it would swap in changes:
+/// [`REFUSED_STAYS`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
     /// The config's whole chain (file:line and cause) is the message, as

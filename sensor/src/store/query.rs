@@ -124,7 +124,11 @@ pub struct EventFilter {
     /// Only escape attempts (`Event::is_escape_attempt`).
     pub escapes: bool,
     pub since_ns: Option<i64>,
-    /// Only rows after this insertion id (for --follow).
+    /// Only events before this time.
+    pub until_ns: Option<i64>,
+    /// Only events of this process id (`process.pid`).
+    pub pid: Option<u32>,
+    /// Only rows after this insertion id (for --follow, and to page).
     pub after_id: i64,
     pub limit: Option<u32>,
 }
@@ -176,6 +180,14 @@ pub fn events(conn: &Connection, filter: &EventFilter) -> Result<Vec<StoredEvent
         sql.push_str(" AND id >= ? AND time_ns >= ?");
         values.push(first_id_at(conn, since)?.into());
         values.push(since.into());
+    }
+    if let Some(until) = filter.until_ns {
+        sql.push_str(" AND time_ns < ?");
+        values.push(until.into());
+    }
+    if let Some(pid) = filter.pid {
+        sql.push_str(" AND pid = ?");
+        values.push(i64::from(pid).into());
     }
     sql.push_str(" ORDER BY id");
     if let Some(limit) = filter.limit {

@@ -942,6 +942,51 @@ mod tests {
         assert_eq!((method.as_str(), target), ("ptrace", 77));
     }
 
+    /// `sensor events --pid/--until/--limit` select in the store: by the
+    /// process's pid, before a time, a page at a time after an id.
+    #[test]
+    fn events_by_pid_and_until_a_page_at_a_time() {
+        use super::super::query::{EventFilter, events};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut conn = open_for_writing(&path).unwrap();
+        write_batch(&mut conn, &batch(5, 1, 100)).unwrap();
+        let mut later = batch(5, 6, 200);
+        later.records[0].pid = Some(7);
+        later.records[3].pid = Some(7);
+        write_batch(&mut conn, &later).unwrap();
+        drop(conn);
+        let read = super::super::open_for_reading(&path).unwrap();
+        let seqs = |f: &EventFilter| -> Vec<u64> {
+            events(&read, f)
+                .unwrap()
+                .iter()
+                .filter_map(|e| e.event["seq"].as_u64())
+                .collect()
+        };
+        let of_7 = EventFilter {
+            pid: Some(7),
+            ..EventFilter::default()
+        };
+        assert_eq!(seqs(&of_7), vec![6, 9]);
+        let before = EventFilter {
+            until_ns: Some(200),
+            ..EventFilter::default()
+        };
+        assert_eq!(seqs(&before), vec![1, 2, 3, 4, 5]);
+        let page = EventFilter {
+            limit: Some(3),
+            ..EventFilter::default()
+        };
+        let first = events(&read, &page).unwrap();
+        assert_eq!(first.len(), 3);
+        let next = EventFilter {
+            after_id: first[2].id,
+            ..page
+        };
+        assert_eq!(seqs(&next), vec![4, 5, 6]);
+    }
+
     /// An event of a run as the daemon writes it under a connect storm in
     /// a run (a `network.accept` with its `provenance` member): the store's
     /// rows of a run are this size, not [`STORM_LINE`]'s.

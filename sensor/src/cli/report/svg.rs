@@ -73,6 +73,8 @@ pub(super) struct Mark<'a> {
 /// One run's lane.
 pub(super) struct Lane<'a> {
     pub label: String,
+    /// The run's whole id, in the lane's title.
+    pub id: String,
     pub depth: u32,
     pub start_ns: i64,
     pub end_ns: i64,
@@ -187,7 +189,7 @@ fn lane_html(lane: &Lane<'_>, y: f64, scale: &Scale) -> Markup {
                 @if lane.depth > 0 { "└ " } (lane.label)
             }
             rect.span x=(r1(x_start)) y=(r1(y + 2.0)) width=(r1((x_end - x_start).max(1.0))) height=(r1(LANE - 4.0)) {
-                title { (lane.label) ": " (time_of_ns(lane.start_ns)) " – " (time_of_ns(lane.end_ns)) }
+                title { (lane.label) " (run " (lane.id) "): " (time_of_ns(lane.start_ns)) " – " (time_of_ns(lane.end_ns)) }
             }
             @if ticks.len() <= TICK_LIMIT {
                 @for m in &ticks {
@@ -291,10 +293,13 @@ pub(super) fn timeline(lanes: &[Lane<'_>], t0: i64, t1: i64) -> Markup {
         svg.timeline role="img"
             viewBox={ "0 0 " (WIDTH) " " (r1(height)) } width=(WIDTH) height=(r1(height)) {
             title { "Timeline: one lane per run, a tick per exec (top) and connect (bottom)" }
-            @for t in &axis {
+            @for (i, t) in axis.iter().enumerate() {
                 @let x = r1(scale.x(*t));
                 line.axis x1=(x) x2=(x) y1="14" y2=(r1(height)) {}
-                text.axis x=(x) y="11" { (time_of_ns(*t).get(11..clock).unwrap_or("")) }
+                // The last time ends at its line: it would run off the picture.
+                text.axis x=(x) y="11" text-anchor=[(i + 1 == axis.len()).then_some("end")] {
+                    (time_of_ns(*t).get(11..clock).unwrap_or(""))
+                }
             }
             @for (i, lane) in drawn.iter().enumerate() {
                 (lane_html(lane, TOP + f64::from(u32::try_from(i).unwrap_or(0)) * LANE, &scale))
@@ -304,7 +309,7 @@ pub(super) fn timeline(lanes: &[Lane<'_>], t0: i64, t1: i64) -> Markup {
             p.note { (lanes.len() - drawn.len()) " more runs are not drawn (the picture shows the first " (LANE_LIMIT) ")." }
         }
         p.legend {
-            svg width="680" height="16" viewBox="0 0 680 16" {
+            svg width="720" height="16" viewBox="0 0 720 16" {
                 line.exec x1="4" x2="4" y1="2" y2="14" {}
                 text x="10" y="12" { "exec" }
                 line.connect x1="52" x2="52" y1="2" y2="14" {}
@@ -313,10 +318,12 @@ pub(super) fn timeline(lanes: &[Lane<'_>], t0: i64, t1: i64) -> Markup {
                 text x="133" y="12" { "denied, blocked" }
                 (shape(MarkKind::Denial(Denial::Audit), 240.0, 8.0, "denial, would have been blocked (audit)"))
                 text x="249" y="12" { "denied, would have been blocked (audit)" }
-                (shape(MarkKind::Escape, 480.0, 8.0, "escape attempt"))
-                text x="489" y="12" { "escape attempt" }
-                (shape(MarkKind::Detection, 590.0, 8.0, "detection"))
-                text x="599" y="12" { "detection" }
+                // The audit label is about 240 pixels long: the next
+                // item starts clear of it.
+                (shape(MarkKind::Escape, 510.0, 8.0, "escape attempt"))
+                text x="519" y="12" { "escape attempt" }
+                (shape(MarkKind::Detection, 625.0, 8.0, "detection"))
+                text x="634" y="12" { "detection" }
             }
         }
     }
@@ -347,6 +354,7 @@ mod tests {
         let hour = 3_600_000_000_000_i64;
         let lane = |n: usize, denials: usize| Lane {
             label: "bot".into(),
+            id: "019aeb3c-0000-7000-8000-000000000001".into(),
             depth: 0,
             start_ns: 0,
             end_ns: 12 * hour,
@@ -388,6 +396,12 @@ mod tests {
         sub.label = "sub-agent".into();
         let two = timeline(&[lane(3, 0), sub], 0, 12 * hour).into_string();
         assert!(two.contains("└ sub-agent"), "{two}");
+        assert!(
+            two.contains("sub-agent (run 019aeb3c-0000-7000-8000-000000000001): "),
+            "a lane's title names its whole run id: {two}"
+        );
+        // The axis's last time ends at the picture's right edge.
+        assert_eq!(two.matches("text-anchor=\"end\"").count(), 1, "{two}");
     }
 
     #[test]
