@@ -595,9 +595,10 @@ pub fn render(seen: &Observed, opts: &Options, check: &dyn DirCheck) -> String {
     // Writing to a String cannot fail.
     let _ = writeln!(
         out,
-        "# Suggested by `sensor policy suggest` from {} events of {} ({}).",
+        "# Suggested by `sensor policy suggest` from {} events of {} {} ({}).",
         seen.events,
-        crate::cli::display::count(seen.runs.len(), "run", "runs"),
+        seen.runs.len(),
+        if seen.runs.len() == 1 { "run" } else { "runs" },
         comment_text(&opts.source)
     );
     out.push_str(
@@ -1155,6 +1156,11 @@ mod tests {
         assert_eq!(ev.last, "2026-12-05T00:00:03Z");
         assert_eq!(ev.run, "early");
         let text = render(&o, &opts(), &Safe(vec![]));
+        assert!(text.contains(" events of 3 runs (run r1).\n"), "{text}");
+        let mut one = Observed::new(0);
+        one.add(&exec(1, "/usr/bin/true", "2026-12-05T00:00:01Z", "only"));
+        let one = render(&one, &opts(), &Safe(vec![]));
+        assert!(one.contains(" events of 1 run (run r1).\n"), "{one}");
         assert!(
             text.contains(
                 "  # 3× exec, first 2026-12-05T00:00:01Z, last 2026-12-05T00:00:03Z, e.g. run early\n  \"/usr/bin/true\",\n"

@@ -1252,8 +1252,11 @@ fn a_grep_call_is_linked_to_its_rg() {
 
 #[test]
 fn tool_program_entries() {
-    assert!(Program::parse("Grep").is_err());
-    assert!(Program::parse("Grep rg sha256:1").is_err());
+    assert_eq!(Program::parse("Grep"), Err(EntryError::NoProgram));
+    assert_eq!(
+        Program::parse("Grep rg sha256:1"),
+        Err(EntryError::Sha256("sha256:1".into()))
+    );
     let p = Program::parse("Grep rg").unwrap();
     let proc_of = |exe: &str, argv: &[&str]| Process {
         exe: Some(exe.to_owned()),
