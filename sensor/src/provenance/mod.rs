@@ -51,7 +51,7 @@ impl Default for ProvenanceConfig {
 
 /// The public keys that ever signed a checkpoint, in the state dir (kept,
 /// unlike the token JWKS, which forgets a key once its tokens expired).
-pub const KEYS_FILE: &str = "provenance_keys.json";
+pub use crate::paths::PROVENANCE_KEYS_FILE as KEYS_FILE;
 
 /// The bytes a checkpoint's signature covers.
 #[must_use]
