@@ -794,7 +794,7 @@ impl Transcripts {
 
     /// Starts following the run of `e` (a `run.start`) at `source`, or
     /// with the reason it has none.
-    pub fn start(&mut self, e: &Event, format: Format, source: Result<Source, String>) {
+    pub fn start(&mut self, e: &Event, format: Format, source: Result<Source, SourceError>) {
         let Some(run) = &e.run else {
             return;
         };
@@ -807,7 +807,7 @@ impl Transcripts {
         r.details = None;
         let (source, problem) = match source {
             Ok(s) => (Some(s), None),
-            Err(why) => (None, Some((None, why))),
+            Err(why) => (None, Some((None, why.to_string()))),
         };
         let uid = run
             .details
@@ -1072,15 +1072,28 @@ fn full_read(
     f.busy += thread_cpu().saturating_sub(began);
 }
 
+/// Why the transcripts of a run cannot be found (noted on the run).
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("reading /proc/{pid}/{what}: {error}")]
+    Proc {
+        pid: u32,
+        what: &'static str,
+        error: std::io::Error,
+    },
+    #[error("neither {0} nor HOME is set")]
+    NoHome(&'static str),
+}
+
 /// The source of a run whose first process is `pid`, from /proc.
-fn resolve(format: Format, pid: u32) -> Result<Source, String> {
-    let env = read_environ(pid).map_err(|e| format!("reading /proc/{pid}/environ: {e}"))?;
-    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))
-        .map_err(|e| format!("reading /proc/{pid}/cwd: {e}"))?;
+fn resolve(format: Format, pid: u32) -> Result<Source, SourceError> {
+    let proc = |what| move |error| SourceError::Proc { pid, what, error };
+    let env = read_environ(pid).map_err(proc("environ"))?;
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).map_err(proc("cwd"))?;
     match format {
         Format::ClaudeCode => {
-            let config = claude::config_dir(&env)
-                .ok_or_else(|| "neither CLAUDE_CONFIG_DIR nor HOME is set".to_owned())?;
+            let config =
+                claude::config_dir(&env).ok_or(SourceError::NoHome("CLAUDE_CONFIG_DIR"))?;
             let config = if config.is_absolute() {
                 config
             } else {
@@ -1090,8 +1103,7 @@ fn resolve(format: Format, pid: u32) -> Result<Source, String> {
             Ok(Source { config, dir })
         }
         Format::Codex => {
-            let config = codex::config_dir(&env)
-                .ok_or_else(|| "neither CODEX_HOME nor HOME is set".to_owned())?;
+            let config = codex::config_dir(&env).ok_or(SourceError::NoHome("CODEX_HOME"))?;
             let config = if config.is_absolute() {
                 config
             } else {
