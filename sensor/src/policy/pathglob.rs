@@ -68,7 +68,7 @@ fn part(component: &str) -> Result<Part, PatternError> {
     if !component.contains(['*', '?', '[']) {
         return Ok(Part::Literal(component.to_owned()));
     }
-    GlobBuilder::new(&braces_literal(component))
+    GlobBuilder::new(&as_globset(component))
         .literal_separator(true)
         .backslash_escape(false)
         .build()
@@ -76,36 +76,48 @@ fn part(component: &str) -> Result<Part, PatternError> {
         .map_err(|e| PatternError::Component(Box::new(e)))
 }
 
-/// `{` and `}` outside a `[...]` class as classes of their own: plain
-/// characters, as the `glob` crate read them (globset reads alternatives).
-fn braces_literal(component: &str) -> String {
+/// A component as globset reads what the `glob` crate read: `{` and `}`
+/// outside a class are plain characters (classes of their own; globset
+/// reads alternatives), and a class runs to the first `]` after its first
+/// member, where a leading `^` is a member (globset reads a negation: it is
+/// moved last, or the class of `^` alone becomes the character).
+fn as_globset(component: &str) -> String {
+    let chars: Vec<char> = component.chars().collect();
     let mut out = String::with_capacity(component.len() + 8);
-    let mut class: Option<usize> = None;
-    for c in component.chars() {
-        match class {
-            None => match c {
-                '[' => {
-                    class = Some(0);
-                    out.push(c);
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '[' {
+            let negated = chars.get(i + 1) == Some(&'!');
+            let first = if negated { i + 2 } else { i + 1 };
+            if let Some(end) = (first + 1..chars.len()).find(|&j| chars[j] == ']') {
+                let members: String = chars[first..end].iter().collect();
+                match members.strip_prefix('^') {
+                    Some("") if !negated => out.push('^'),
+                    Some(rest) if !rest.is_empty() && !rest.starts_with('-') => {
+                        out.push_str(if negated { "[!" } else { "[" });
+                        out.push_str(rest);
+                        out.push_str("^]");
+                    }
+                    _ => {
+                        out.push_str(if negated { "[!" } else { "[" });
+                        out.push_str(&members);
+                        out.push(']');
+                    }
                 }
-                '{' | '}' => {
-                    out.push('[');
-                    out.push(c);
-                    out.push(']');
-                }
-                _ => out.push(c),
-            },
-            Some(n) => {
-                out.push(c);
-                // A `]` first in the class (after `[` or `[!`) is a member.
-                let first = n == 0 || (n == 1 && out.ends_with("[!]"));
-                class = if c == ']' && !first {
-                    None
-                } else {
-                    Some(n + 1)
-                };
+                i = end + 1;
+                continue;
             }
         }
+        match c {
+            '{' | '}' => {
+                out.push('[');
+                out.push(c);
+                out.push(']');
+            }
+            _ => out.push(c),
+        }
+        i += 1;
     }
     out
 }
@@ -319,10 +331,20 @@ mod tests {
     }
 
     #[test]
-    fn braces_stay_plain_outside_classes_only() {
-        assert_eq!(braces_literal("a{b,c}*"), "a[{]b,c[}]*");
-        assert_eq!(braces_literal("[{]x"), "[{]x");
-        assert_eq!(braces_literal("[]{]{"), "[]{][{]");
-        assert_eq!(braces_literal("[!]{]{"), "[!]{][{]");
+    fn braces_stay_plain_and_a_leading_caret_is_a_member() {
+        assert_eq!(as_globset("a{b,c}*"), "a[{]b,c[}]*");
+        assert_eq!(as_globset("[{]x"), "[{]x");
+        assert_eq!(as_globset("[]{]{"), "[]{][{]");
+        assert_eq!(as_globset("[!]{]{"), "[!]{][{]");
+        assert_eq!(as_globset("[^ab]"), "[ab^]");
+        assert_eq!(as_globset("[!^a]"), "[!a^]");
+        assert_eq!(as_globset("x[^]"), "x^");
+        assert_eq!(as_globset("[a"), "[a");
+        let t = tree();
+        let r = t.path();
+        fs::write(r.join("bin/^x"), "").unwrap();
+        assert_eq!(rel(r, "bin/[^t]x"), ["bin/^x"]);
+        assert_eq!(rel(r, "bin/[^]x"), ["bin/^x"]);
+        assert_eq!(rel(r, "bin/tr[!^u]e"), ["bin/tree"]);
     }
 }
