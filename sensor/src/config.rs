@@ -371,6 +371,64 @@ pub enum ConfigError {
         #[source]
         source: crate::attribution::matchers::MatcherError,
     },
+    #[error("config {path}")]
+    Transcripts {
+        path: PathBuf,
+        #[source]
+        source: TranscriptsError,
+    },
+}
+
+/// An `[[agent]]`'s transcript settings that cannot be read
+/// (`crate::transcripts`).
+#[derive(Debug, thiserror::Error)]
+pub enum TranscriptsError {
+    #[error(
+        "[[agent]] {name:?}: unknown transcripts format {format:?} (known: \"claude-code\", \"codex\")"
+    )]
+    Format { name: String, format: String },
+    #[error("[[agent]] {name:?}: bad {key} entry {entry:?}: {why}")]
+    Entry {
+        name: String,
+        key: &'static str,
+        entry: String,
+        why: crate::transcripts::EntryError,
+    },
+}
+
+/// Checks an agent's `transcripts`, `infrastructure`, `helpers` and
+/// `tool_programs` as `crate::transcripts` will read them.
+fn check_transcripts(c: &crate::attribution::AgentConfig) -> Result<(), TranscriptsError> {
+    if let Some(format) = &c.transcripts
+        && crate::transcripts::Format::parse(format).is_none()
+    {
+        return Err(TranscriptsError::Format {
+            name: c.name.clone(),
+            format: format.clone(),
+        });
+    }
+    for (key, entries) in [
+        ("infrastructure", &c.infrastructure),
+        ("helpers", &c.helpers),
+    ] {
+        for entry in entries {
+            crate::transcripts::Infra::parse(entry).map_err(|why| TranscriptsError::Entry {
+                name: c.name.clone(),
+                key,
+                entry: entry.clone(),
+                why,
+            })?;
+        }
+    }
+    for entry in &c.tool_programs {
+        crate::transcripts::Program::parse(entry).map_err(|why| TranscriptsError::Entry {
+            name: c.name.clone(),
+            key: "tool_programs",
+            entry: entry.clone(),
+            why,
+        })?;
+    }
+    Ok(())
 }
 
 impl Config {
@@ -467,6 +525,14 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
+        config
+            .agents
+            .iter()
+            .try_for_each(check_transcripts)
+            .map_err(|source| ConfigError::Transcripts {
+                path: path.to_owned(),
+                source,
+            })?;
         let policies = config
             .load_policies()
             .map_err(|source| match source.span() {
@@ -535,6 +601,43 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `[[agent]]` transcript settings are checked with the config (by
+    /// `config`, not by the attribution matchers), with the same messages.
+    #[test]
+    fn agent_transcript_settings_are_refused_with_the_config() {
+        let refused = |extra: &str| {
+            let text = format!("[[agent]]\nname = \"a\"\nexe = [\"/usr/bin/a\"]\n{extra}");
+            let e = Config::parse(&text, Path::new("/etc/s.toml")).unwrap_err();
+            assert_eq!(e.to_string(), "config /etc/s.toml");
+            std::error::Error::source(&e).map(ToString::to_string)
+        };
+        assert_eq!(
+            refused("transcripts = \"vim\"\n").as_deref(),
+            Some(
+                "[[agent]] \"a\": unknown transcripts format \"vim\" (known: \"claude-code\", \"codex\")"
+            )
+        );
+        assert_eq!(
+            refused("infrastructure = [\"git sha256:12\"]\n").as_deref(),
+            Some(
+                "[[agent]] \"a\": bad infrastructure entry \"git sha256:12\": \"sha256:12\": sha256: needs 64 hex digits"
+            )
+        );
+        assert_eq!(
+            refused("helpers = [\"@nope\"]\n").as_deref(),
+            Some(
+                "[[agent]] \"a\": bad helpers entry \"@nope\": \"@nope\" is no executable (known: @agent)"
+            )
+        );
+        assert_eq!(
+            refused("tool_programs = [\"Grep\"]\n").as_deref(),
+            Some("[[agent]] \"a\": bad tool_programs entry \"Grep\": needs TOOL EXE [ARG...]")
+        );
+        let fine = "[[agent]]\nname = \"a\"\nexe = [\"/usr/bin/a\"]\ntranscripts = \"codex\"\n\
+                    infrastructure = [\"git status\"]\ntool_programs = [\"Grep rg\"]\n";
+        assert!(Config::parse(fine, Path::new("/etc/s.toml")).is_ok());
+    }
 
     #[test]
     fn limit_refusals_name_the_file_and_read_as_before() {

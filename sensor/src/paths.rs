@@ -20,3 +20,15 @@ pub const POLICY_IDS_FILE: &str = "policy_ids.json";
 pub const DETECT_SEEN_FILE: &str = "detect_seen.json";
 /// File name of the store in the state directory.
 pub const DB_FILE: &str = "sensor.db";
+/// The reader's last-seen mark, in the state directory (see `recovery`).
+pub const LAST_SEEN_FILE: &str = "last_seen.json";
+/// The run-token signing keys, in the state directory (see `tokens::keys`).
+pub const TOKEN_KEYS_FILE: &str = "token_keys.json";
+/// The public keys that ever signed a checkpoint, in the state directory
+/// (see `provenance`).
+pub const PROVENANCE_KEYS_FILE: &str = "provenance_keys.json";
+/// The last seq reserved, in the state directory (see `engine::sequence`).
+pub const SEQ_FILE: &str = "seq";
+/// The network outputs' spools (one directory each), in the state directory
+/// (see `sinks::spool`).
+pub const SPOOL_DIR: &str = "spool";

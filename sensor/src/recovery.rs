@@ -27,7 +27,7 @@ use crate::{
 };
 
 /// The state dir's record of the last daemon's last sign of life.
-pub const LAST_SEEN_FILE: &str = "last_seen.json";
+pub use crate::paths::LAST_SEEN_FILE;
 
 /// What [`LAST_SEEN_FILE`] holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -99,17 +99,6 @@ pub enum MatcherError {
     Empty { name: String },
     #[error("[[agent]] needs a name")]
     NoName,
-    #[error(
-        "[[agent]] {name:?}: unknown transcripts format {format:?} (known: \"claude-code\", \"codex\")"
-    )]
-    Transcripts { name: String, format: String },
-    #[error("[[agent]] {name:?}: bad {key} entry {entry:?}: {why}")]
-    Entry {
-        name: String,
-        key: &'static str,
-        entry: String,
-        why: String,
-    },
 }
 
 fn compile(name: &str, patterns: &[String]) -> Result<Vec<GlobMatcher>, MatcherError> {
@@ -136,35 +125,6 @@ impl Matcher {
             return Err(MatcherError::Empty {
                 name: c.name.clone(),
             });
-        }
-        if let Some(format) = &c.transcripts
-            && crate::transcripts::Format::parse(format).is_none()
-        {
-            return Err(MatcherError::Transcripts {
-                name: c.name.clone(),
-                format: format.clone(),
-            });
-        }
-        for (key, entries) in [
-            ("infrastructure", &c.infrastructure),
-            ("helpers", &c.helpers),
-        ] {
-            for entry in entries {
-                crate::transcripts::Infra::parse(entry).map_err(|why| MatcherError::Entry {
-                    name: c.name.clone(),
-                    key,
-                    entry: entry.clone(),
-                    why,
-                })?;
-            }
-        }
-        for entry in &c.tool_programs {
-            crate::transcripts::Program::parse(entry).map_err(|why| MatcherError::Entry {
-                name: c.name.clone(),
-                key: "tool_programs",
-                entry: entry.clone(),
-                why,
-            })?;
         }
         Ok(Self {
             name: c.name.clone(),

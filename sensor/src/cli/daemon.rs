@@ -1,6 +1,10 @@
 //! `sensor daemon`.
 
-use std::{process::ExitCode, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::Arc,
+};
 
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
@@ -17,6 +21,7 @@ use crate::{
     metrics, paths,
     pipeline::{self, KernelStreams, Pipeline},
     policy::{kernel::Enforcement, selftest},
+    provenance::{Chainer, Planner},
     recovery,
     sinks::{OutputContext, Outputs, check_unique_names},
     status::DaemonState,
@@ -125,7 +130,7 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    let provenance = crate::provenance::open(
+    let provenance = open_provenance(
         &config.provenance,
         &config.tokens,
         tokens.as_mut(),
@@ -344,7 +349,7 @@ pub fn execute(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
                 .as_ref()
                 .map(|c| std::path::absolute(c).unwrap_or_else(|_| c.clone()))
                 .or_else(|| {
-                    let default = std::path::PathBuf::from(paths::CONFIG);
+                    let default = PathBuf::from(paths::CONFIG);
                     default.exists().then_some(default)
                 }),
         });
@@ -467,11 +472,11 @@ fn take_over_from(owner: &loader::owner::OwnerInfo) -> anyhow::Result<()> {
 /// The sensor's own files and directories, each with what it is: writing
 /// them is tampering with the sensor.
 fn protected_files(
-    pin_dir: &std::path::Path,
-    state_dir: &std::path::Path,
-    db: Option<&std::path::PathBuf>,
+    pin_dir: &Path,
+    state_dir: &Path,
+    db: Option<&PathBuf>,
     args: &DaemonArgs,
-) -> Vec<(std::path::PathBuf, u32)> {
+) -> Vec<(PathBuf, u32)> {
     use sensor_common::event as k;
     let mut files = vec![
         (pin_dir.to_owned(), k::SENSOR_FILE_PINS),
@@ -483,7 +488,7 @@ fn protected_files(
     files.push((
         args.config
             .clone()
-            .unwrap_or_else(|| std::path::PathBuf::from(paths::CONFIG)),
+            .unwrap_or_else(|| PathBuf::from(paths::CONFIG)),
         k::SENSOR_FILE_CONFIG,
     ));
     if let Ok(exe) = std::fs::read_link("/proc/self/exe") {
@@ -493,7 +498,7 @@ fn protected_files(
 }
 
 /// Creates the state directory mode 0700, or makes an existing one so.
-fn private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("creating the state directory {}", dir.display()))?;
@@ -529,4 +534,53 @@ fn release_startup_memory() {
     unsafe {
         nix::libc::malloc_trim(0);
     }
+}
+
+/// Why provenance (`crate::provenance`) cannot start.
+#[derive(Debug, thiserror::Error)]
+enum ProvenanceError {
+    #[error(transparent)]
+    Keys(#[from] crate::tokens::keys::KeyError),
+    #[error("reading the chain heads from the store")]
+    Store(#[from] crate::store::StoreError),
+    #[error("reading the chain heads from the store")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// The daemon's provenance, when `[provenance]` is on: the chainer signs
+/// with the token keys (the issuer's when tokens are on, else the key ring
+/// in the state dir, opened here), and continues the chains of the runs
+/// the store holds unended.
+fn open_provenance(
+    config: &crate::provenance::ProvenanceConfig,
+    tokens: &crate::tokens::TokensConfig,
+    issuer: Option<&mut crate::tokens::Issuer>,
+    state_dir: &Path,
+    store: bool,
+    db: &Path,
+) -> Result<Option<Planner>, ProvenanceError> {
+    if !config.enabled {
+        return Ok(None);
+    }
+    let chainer = Arc::new(Chainer::new());
+    match issuer {
+        Some(issuer) => issuer.sign_checkpoints(Arc::clone(&chainer), state_dir)?,
+        None => {
+            let mut ring = crate::tokens::keys::KeyRing::open(
+                state_dir,
+                tokens.rotate.0,
+                tokens.max_ttl.0,
+                std::time::SystemTime::now(),
+            )?;
+            let (kid, der) = ring.sign_with(0)?;
+            chainer
+                .set_key(&kid, &der, Some(state_dir))
+                .map_err(|e| crate::tokens::keys::KeyError::Generate(e.to_string()))?;
+        }
+    }
+    if store && db.exists() {
+        let conn = crate::store::open_for_writing(db)?;
+        chainer.resume(crate::provenance::verify::open_heads(&conn)?);
+    }
+    Ok(Some(Planner::new(config.clone(), chainer)))
 }

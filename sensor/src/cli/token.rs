@@ -55,7 +55,7 @@ pub fn execute(args: &TokenArgs) -> anyhow::Result<ExitCode> {
                 Err(why) => {
                     eprintln!(
                         "sensor: the token does not verify: {}",
-                        escape_terminal(&why)
+                        escape_terminal(&why.to_string())
                     );
                     Ok(ExitCode::FAILURE)
                 }

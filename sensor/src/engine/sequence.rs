@@ -28,7 +28,7 @@ impl SeqFile {
     /// Reads the mark (1 when the file is absent or unreadable: warned).
     #[must_use]
     pub fn open(state_dir: &Path) -> Self {
-        let path = state_dir.join("seq");
+        let path = state_dir.join(crate::paths::SEQ_FILE);
         let mark = match fs::read_to_string(&path) {
             Ok(text) => text.trim().parse().unwrap_or_else(|_| {
                 tracing::warn!(file = %path.display(), "unreadable sequence file; numbering from 1");

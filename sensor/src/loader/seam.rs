@@ -59,7 +59,7 @@ pub trait Pins {
     /// Pins this daemon's link `i` at `path`.
     fn pin_link(&mut self, i: usize, path: &Path) -> io::Result<()>;
     /// Pins this daemon's map `i` at `path`.
-    fn pin_map(&mut self, i: usize, path: &Path) -> Result<(), String>;
+    fn pin_map(&mut self, i: usize, path: &Path) -> io::Result<()>;
 }
 
 /// A one-entry array map (the active generation, the owner record).
@@ -130,9 +130,12 @@ impl Pins for Bpffs<'_> {
         sys::pin(link.fd.as_fd(), path)
     }
 
-    fn pin_map(&mut self, i: usize, path: &Path) -> Result<(), String> {
-        let handle = self.maps.get(i).ok_or("no such map")?;
-        handle.map.pin(path).map_err(|e| e.to_string())
+    fn pin_map(&mut self, i: usize, path: &Path) -> io::Result<()> {
+        let handle = self
+            .maps
+            .get(i)
+            .ok_or_else(|| io::Error::other("no such map"))?;
+        handle.map.pin(path).map_err(io::Error::other)
     }
 }
 
@@ -266,10 +269,7 @@ pub fn check_map_pin(
         Pinned::Id(_) | Pinned::Other => tamper::PIN_REPLACED,
     };
     let t = Tamper::new(what, path.display().to_string());
-    let repinned = fs
-        .remove(&path)
-        .map_err(|e| e.to_string())
-        .and_then(|()| fs.pin_map(i, &path));
+    let repinned = fs.remove(&path).and_then(|()| fs.pin_map(i, &path));
     Some(match repinned {
         Ok(()) => t.repaired(true, format!("map {name} (id {id}) pinned again")),
         Err(e) => t.repaired(false, format!("map {name} cannot be pinned again: {e}")),
@@ -415,9 +415,9 @@ pub mod fake {
             Ok(())
         }
 
-        fn pin_map(&mut self, i: usize, path: &Path) -> Result<(), String> {
+        fn pin_map(&mut self, i: usize, path: &Path) -> io::Result<()> {
             if self.refuse_pins.contains(path) {
-                return Err("Operation not permitted".into());
+                return Err(io::Error::other("Operation not permitted"));
             }
             let (id, layout) = self.maps[i];
             let object = Object::Map(id, layout);

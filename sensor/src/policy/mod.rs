@@ -16,6 +16,7 @@ pub mod effects;
 mod hasher;
 pub mod kernel;
 pub mod net;
+pub mod pathglob;
 pub mod resolve;
 pub mod selftest;
 pub mod suggest;

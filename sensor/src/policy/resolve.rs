@@ -130,7 +130,7 @@ pub enum ResolveError {
     #[error("cannot stat it: {0}")]
     Stat(std::io::Error),
     #[error("{0}")]
-    Pattern(glob::PatternError),
+    Pattern(super::pathglob::PatternError),
 }
 
 /// Hex sha256 of the file at `path`, and which file that was. Never blocks
@@ -412,9 +412,9 @@ pub fn rules_root() -> Option<BorrowedFd<'static>> {
 
 /// Every regular file a glob matches now (symlinks followed), sorted.
 pub fn expand_glob(pattern: &str) -> Result<Vec<FileId>, ResolveError> {
-    let paths = glob::glob(pattern).map_err(ResolveError::Pattern)?;
+    let paths = super::pathglob::paths(pattern).map_err(ResolveError::Pattern)?;
     let mut ids: Vec<FileId> = paths
-        .filter_map(Result::ok)
+        .into_iter()
         .filter_map(|p| {
             let meta = std::fs::metadata(&p).ok()?;
             meta.is_file().then(|| FileId {
@@ -431,9 +431,10 @@ pub fn expand_glob(pattern: &str) -> Result<Vec<FileId>, ResolveError> {
 /// Every directory a glob ending in `/` matches now, each resolved as a
 /// directory rule, sorted.
 pub fn expand_dir_glob(pattern: &str) -> Result<Vec<Dir>, ResolveError> {
-    let paths = glob::glob(pattern.trim_end_matches('/')).map_err(ResolveError::Pattern)?;
+    let paths =
+        super::pathglob::paths(pattern.trim_end_matches('/')).map_err(ResolveError::Pattern)?;
     let mut dirs: Vec<Dir> = paths
-        .filter_map(Result::ok)
+        .into_iter()
         .filter(|p| p.is_dir())
         .filter_map(|p| resolve_dir(p.to_str()?).ok())
         .collect();

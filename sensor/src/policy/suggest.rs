@@ -11,7 +11,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
     net::IpAddr,
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use serde_json::Value;
@@ -221,10 +221,31 @@ impl Observed {
 pub trait DirCheck {
     /// `Ok` when nobody but root can add or change a file anywhere under
     /// `dir` (nor replace `dir` itself), and none of `uids` is root; else why not.
-    fn safe(&self, dir: &Path, uids: &BTreeSet<u32>) -> Result<(), String>;
+    fn safe(&self, dir: &Path, uids: &BTreeSet<u32>) -> Result<(), NotSafe>;
 
     /// The identity (`st_dev`, `st_ino`) of the file at `path` now, if any.
     fn file_id(&self, path: &Path) -> Option<(u64, u64)>;
+}
+
+/// Why a directory may not stand for the files seen in it (the text goes
+/// into the policy's comments).
+#[derive(Debug, thiserror::Error)]
+pub enum NotSafe {
+    #[error("the runs ran as root, which can write anywhere")]
+    RootRuns,
+    #[error("{}: {error}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{} is reached through a symlink", .0.display())]
+    Symlink(PathBuf),
+    #[error("{} is owned by uid {uid}", path.display())]
+    Owner { path: PathBuf, uid: u32 },
+    #[error("{} is writable by group or others ({mode:o})", path.display())]
+    Writable { path: PathBuf, mode: u32 },
+    #[error("more than {WALK_LIMIT} entries below")]
+    TooMany,
 }
 
 /// [`DirCheck`] on this machine's file system.
@@ -233,18 +254,27 @@ pub struct FsCheck;
 /// Entries a directory's subtree may hold to be checked at all.
 const WALK_LIMIT: usize = 20_000;
 
-fn root_only(path: &Path) -> Result<std::fs::Metadata, String> {
+fn unreadable(path: &Path) -> impl FnOnce(std::io::Error) -> NotSafe + '_ {
+    move |error| NotSafe::Unreadable {
+        path: path.to_owned(),
+        error,
+    }
+}
+
+fn root_only(path: &Path) -> Result<std::fs::Metadata, NotSafe> {
     use std::os::unix::fs::MetadataExt as _;
-    let meta = std::fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let meta = std::fs::symlink_metadata(path).map_err(unreadable(path))?;
     if meta.uid() != 0 {
-        return Err(format!("{} is owned by uid {}", path.display(), meta.uid()));
+        return Err(NotSafe::Owner {
+            path: path.to_owned(),
+            uid: meta.uid(),
+        });
     }
     if meta.mode() & 0o022 != 0 && !meta.file_type().is_symlink() {
-        return Err(format!(
-            "{} is writable by group or others ({:o})",
-            path.display(),
-            meta.mode() & 0o7777
-        ));
+        return Err(NotSafe::Writable {
+            path: path.to_owned(),
+            mode: meta.mode() & 0o7777,
+        });
     }
     Ok(meta)
 }
@@ -254,13 +284,13 @@ impl DirCheck for FsCheck {
         super::FileId::of(path).ok().map(|id| (id.dev, id.ino))
     }
 
-    fn safe(&self, dir: &Path, uids: &BTreeSet<u32>) -> Result<(), String> {
+    fn safe(&self, dir: &Path, uids: &BTreeSet<u32>) -> Result<(), NotSafe> {
         if uids.contains(&0) {
-            return Err("the runs ran as root, which can write anywhere".to_owned());
+            return Err(NotSafe::RootRuns);
         }
-        let real = std::fs::canonicalize(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let real = std::fs::canonicalize(dir).map_err(unreadable(dir))?;
         if real != dir {
-            return Err(format!("{} is reached through a symlink", dir.display()));
+            return Err(NotSafe::Symlink(dir.to_owned()));
         }
         for ancestor in dir.ancestors() {
             root_only(ancestor)?;
@@ -268,12 +298,12 @@ impl DirCheck for FsCheck {
         let mut stack = vec![dir.to_path_buf()];
         let mut seen = 0usize;
         while let Some(d) = stack.pop() {
-            let entries = std::fs::read_dir(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+            let entries = std::fs::read_dir(&d).map_err(unreadable(&d))?;
             for entry in entries {
-                let entry = entry.map_err(|e| format!("{}: {e}", d.display()))?;
+                let entry = entry.map_err(unreadable(&d))?;
                 seen += 1;
                 if seen > WALK_LIMIT {
-                    return Err(format!("more than {WALK_LIMIT} entries below"));
+                    return Err(NotSafe::TooMany);
                 }
                 let meta = root_only(&entry.path())?;
                 if meta.is_dir() {
@@ -595,9 +625,10 @@ pub fn render(seen: &Observed, opts: &Options, check: &dyn DirCheck) -> String {
     // Writing to a String cannot fail.
     let _ = writeln!(
         out,
-        "# Suggested by `sensor policy suggest` from {} events of {} ({}).",
+        "# Suggested by `sensor policy suggest` from {} events of {} {} ({}).",
         seen.events,
-        crate::cli::display::count(seen.runs.len(), "run", "runs"),
+        seen.runs.len(),
+        if seen.runs.len() == 1 { "run" } else { "runs" },
         comment_text(&opts.source)
     );
     out.push_str(
@@ -995,11 +1026,14 @@ mod tests {
             (!path.starts_with("/gone")).then_some((0, 1))
         }
 
-        fn safe(&self, dir: &Path, _: &BTreeSet<u32>) -> Result<(), String> {
+        fn safe(&self, dir: &Path, _: &BTreeSet<u32>) -> Result<(), NotSafe> {
             if self.0.iter().any(|d| Path::new(d) == dir) {
                 Ok(())
             } else {
-                Err("writable by the run's user".to_owned())
+                Err(NotSafe::Owner {
+                    path: dir.to_owned(),
+                    uid: 1000,
+                })
             }
         }
     }
@@ -1086,7 +1120,11 @@ mod tests {
         let tmp = std::env::temp_dir();
         assert!(FsCheck.safe(&tmp, &user).is_err(), "/tmp is world-writable");
         let own = tempfile::tempdir().unwrap();
-        let err = FsCheck.safe(own.path(), &user).unwrap_err();
+        assert!(matches!(
+            FsCheck.safe(Path::new("/usr/bin"), &root),
+            Err(NotSafe::RootRuns)
+        ));
+        let err = FsCheck.safe(own.path(), &user).unwrap_err().to_string();
         assert!(
             err.contains("writable") || err.contains("owned by"),
             "{err}"
@@ -1120,22 +1158,23 @@ mod tests {
             .ancestors()
             .all(|a| root_only(a).is_ok());
         if nix::unistd::geteuid().is_root() && parents_root_only {
-            assert_eq!(FsCheck.safe(&dir, &user), Ok(()));
+            assert!(FsCheck.safe(&dir, &user).is_ok());
             mode(&dir.join("sub"), 0o777);
-            let err = FsCheck.safe(&dir, &user).unwrap_err();
+            let err = FsCheck.safe(&dir, &user).unwrap_err().to_string();
             assert!(err.contains("sub is writable by group or others"), "{err}");
             mode(&dir.join("sub"), 0o755);
             chown(dir.join("sub/c"), Some(1000), None).unwrap();
-            let err = FsCheck.safe(&dir, &user).unwrap_err();
+            let err = FsCheck.safe(&dir, &user).unwrap_err().to_string();
             assert!(err.contains("c is owned by uid 1000"), "{err}");
             chown(dir.join("sub/c"), Some(0), None).unwrap();
             symlink(&dir, dir.with_extension("link")).unwrap();
             let err = FsCheck
                 .safe(&dir.with_extension("link"), &user)
-                .unwrap_err();
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("symlink"), "{err}");
             let _ = std::fs::remove_file(dir.with_extension("link"));
-            assert_eq!(FsCheck.safe(&dir, &user), Ok(()));
+            assert!(FsCheck.safe(&dir, &user).is_ok());
         } else {
             // Not root, or under a directory others can write: never safe.
             assert!(FsCheck.safe(&dir, &user).is_err());
@@ -1155,6 +1194,11 @@ mod tests {
         assert_eq!(ev.last, "2026-12-05T00:00:03Z");
         assert_eq!(ev.run, "early");
         let text = render(&o, &opts(), &Safe(vec![]));
+        assert!(text.contains(" events of 3 runs (run r1).\n"), "{text}");
+        let mut one = Observed::new(0);
+        one.add(&exec(1, "/usr/bin/true", "2026-12-05T00:00:01Z", "only"));
+        let one = render(&one, &opts(), &Safe(vec![]));
+        assert!(one.contains(" events of 1 run (run r1).\n"), "{one}");
         assert!(
             text.contains(
                 "  # 3× exec, first 2026-12-05T00:00:01Z, last 2026-12-05T00:00:03Z, e.g. run early\n  \"/usr/bin/true\",\n"

@@ -154,11 +154,11 @@ fn socket_id(path: &Path) -> Option<FileId> {
 
 /// Every socket file a glob matches now, with the path it matched at.
 fn sockets_matching(pattern: &str) -> Vec<(String, FileId)> {
-    let Ok(paths) = glob::glob(pattern) else {
+    let Ok(paths) = super::pathglob::paths(pattern) else {
         return Vec::new();
     };
     let mut found: Vec<(String, FileId)> = paths
-        .filter_map(Result::ok)
+        .into_iter()
         .filter_map(|p| {
             let id = socket_id(&p)?;
             let text = p.to_str()?.to_owned();

@@ -51,7 +51,7 @@ impl Default for ProvenanceConfig {
 
 /// The public keys that ever signed a checkpoint, in the state dir (kept,
 /// unlike the token JWKS, which forgets a key once its tokens expired).
-pub const KEYS_FILE: &str = "provenance_keys.json";
+pub use crate::paths::PROVENANCE_KEYS_FILE as KEYS_FILE;
 
 /// The bytes a checkpoint's signature covers.
 #[must_use]
@@ -172,8 +172,13 @@ impl Chainer {
 
     /// Signs checkpoints with `pkcs8` (an Ed25519 key pair, PKCS#8 DER) from
     /// now on, and adds its public key to `state_dir`'s [`KEYS_FILE`].
-    pub fn set_key(&self, kid: &str, pkcs8: &[u8], state_dir: Option<&Path>) -> Result<(), String> {
-        let pair = Ed25519KeyPair::from_pkcs8(pkcs8).map_err(|e| e.to_string())?;
+    pub fn set_key(
+        &self,
+        kid: &str,
+        pkcs8: &[u8],
+        state_dir: Option<&Path>,
+    ) -> Result<(), SetKeyError> {
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8).map_err(SetKeyError::Key)?;
         let public = PublicKey {
             kid: kid.to_owned(),
             kty: "OKP".into(),
@@ -181,7 +186,7 @@ impl Chainer {
             x: B64URL.encode(pair.public_key().as_ref()),
         };
         if let Some(dir) = state_dir {
-            remember_key(dir, public).map_err(|e| e.to_string())?;
+            remember_key(dir, public).map_err(SetKeyError::Remember)?;
         }
         *self
             .key
@@ -329,21 +334,44 @@ fn remember_key(state_dir: &Path, key: PublicKey) -> std::io::Result<()> {
     std::fs::rename(&tmp, &path)
 }
 
+/// Why [`Chainer::set_key`] cannot sign with a key.
+#[derive(Debug, thiserror::Error)]
+pub enum SetKeyError {
+    #[error("{0}")]
+    Key(ring::error::KeyRejected),
+    /// Its public key cannot be written to the state dir's [`KEYS_FILE`].
+    #[error("{0}")]
+    Remember(std::io::Error),
+}
+
+/// Why a checkpoint's signature does not verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    #[error("no public key {0:?}")]
+    NoKey(String),
+    #[error("key {0} is not Ed25519")]
+    NotEd25519(String),
+    #[error("the signature is not base64url")]
+    NotBase64,
+    #[error("bad signature (key {0})")]
+    Bad(String),
+}
+
 /// Checks a checkpoint's signature with `keys`.
-pub fn check_signature(c: &CheckpointFields, keys: &[PublicKey]) -> Result<(), String> {
+pub fn check_signature(c: &CheckpointFields, keys: &[PublicKey]) -> Result<(), SignatureError> {
     let key = keys
         .iter()
         .find(|k| k.kid == c.kid)
-        .ok_or_else(|| format!("no public key {:?}", c.kid))?;
+        .ok_or_else(|| SignatureError::NoKey(c.kid.clone()))?;
     let raw = key
         .raw()
-        .ok_or_else(|| format!("key {} is not Ed25519", c.kid))?;
+        .ok_or_else(|| SignatureError::NotEd25519(c.kid.clone()))?;
     let sig = B64URL
         .decode(&c.signature)
-        .map_err(|_| "the signature is not base64url".to_owned())?;
+        .map_err(|_| SignatureError::NotBase64)?;
     ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, raw)
         .verify(&checkpoint_message(&c.run_id, c.events, &c.head), &sig)
-        .map_err(|_| format!("bad signature (key {})", c.kid))
+        .map_err(|_| SignatureError::Bad(c.kid.clone()))
 }
 
 /// A checkpoint as read back.
@@ -358,6 +386,110 @@ pub struct CheckpointFields {
     pub reason: Option<String>,
     #[serde(default)]
     pub recovered: Option<bool>,
+}
+
+/// When the pipeline emits `run.checkpoint` events: after a run's end, after
+/// every `checkpoint_events` events of a run, and `checkpoint_secs` after a
+/// run's last checkpoint when it has had events since. Runs on the event
+/// loop; one map look-up per run event.
+pub struct Planner {
+    config: ProvenanceConfig,
+    chainer: std::sync::Arc<Chainer>,
+    runs: HashMap<String, Pending>,
+    /// End checkpoints held back while the daemon reads what was recorded
+    /// while none ran (those records of the run come after its end).
+    deferred: Vec<Due>,
+}
+
+struct Pending {
+    since: u64,
+    last: Instant,
+    run: crate::event::RunRef,
+}
+
+/// A checkpoint to emit: the run, why, and whether its end was recovered.
+pub type Due = (crate::event::RunRef, &'static str, Option<bool>);
+
+impl Planner {
+    #[must_use]
+    pub fn new(config: ProvenanceConfig, chainer: std::sync::Arc<Chainer>) -> Self {
+        Self {
+            config,
+            chainer,
+            runs: HashMap::new(),
+            deferred: Vec::new(),
+        }
+    }
+
+    /// The end checkpoints held back during recovery, now due.
+    pub fn take_deferred(&mut self) -> Vec<Due> {
+        std::mem::take(&mut self.deferred)
+    }
+
+    /// The chainer the batches use.
+    #[must_use]
+    pub fn chainer(&self) -> &std::sync::Arc<Chainer> {
+        &self.chainer
+    }
+
+    /// Notes an event; a checkpoint due right after it. `recovering`: the
+    /// daemon is reading what was recorded while none ran.
+    pub fn after(&mut self, event: &Event, recovering: bool) -> Option<Due> {
+        let run = event.run.as_ref()?;
+        if event.kind == Kind::RunCheckpoint {
+            return None;
+        }
+        let now = Instant::now();
+        if event.kind == Kind::RunEnd {
+            self.runs.remove(&run.id);
+            if recovering {
+                self.deferred.push((bare(run), "end", Some(true)));
+                return None;
+            }
+            let recovered =
+                (event.delivery == Some(crate::event::DELIVERY_RECOVERED)).then_some(true);
+            return Some((bare(run), "end", recovered));
+        }
+        let pending = match self.runs.get_mut(&run.id) {
+            Some(p) => p,
+            None => self.runs.entry(run.id.clone()).or_insert(Pending {
+                since: 0,
+                last: now,
+                run: bare(run),
+            }),
+        };
+        pending.since += 1;
+        if pending.since >= self.config.checkpoint_events.max(1) {
+            pending.since = 0;
+            pending.last = now;
+            return Some((pending.run.clone(), "events", None));
+        }
+        None
+    }
+
+    /// Runs with events since a checkpoint `checkpoint_secs` ago (the tick).
+    pub fn due(&mut self, now: Instant) -> Vec<Due> {
+        let every = Duration::from_secs(self.config.checkpoint_secs.max(1));
+        let mut due = Vec::new();
+        for p in self.runs.values_mut() {
+            if p.since > 0 && now.duration_since(p.last) >= every {
+                p.since = 0;
+                p.last = now;
+                due.push((p.run.clone(), "time", None));
+            }
+        }
+        // Runs quiet for long are forgotten (their next event starts anew).
+        self.runs
+            .retain(|_, p| p.since > 0 || now.duration_since(p.last) < every * 10);
+        due
+    }
+}
+
+/// A run reference without the run's details (what a checkpoint carries).
+fn bare(run: &crate::event::RunRef) -> crate::event::RunRef {
+    let mut r = run.clone();
+    r.details = None;
+    r
 }
 
 #[cfg(test)]
@@ -472,10 +604,28 @@ pub(crate) mod tests {
                 head,
                 ..fields.clone()
             };
-            assert!(check_signature(&forged, &keys).is_err());
+            assert_eq!(
+                check_signature(&forged, &keys),
+                Err(SignatureError::Bad(kid.clone()))
+            );
         }
         // An unknown key.
-        assert!(check_signature(&fields, &[]).is_err());
+        assert_eq!(
+            check_signature(&fields, &[]).unwrap_err().to_string(),
+            format!("no public key {kid:?}")
+        );
+        let garbled = CheckpointFields {
+            signature: "not base64!".into(),
+            ..fields.clone()
+        };
+        assert_eq!(
+            check_signature(&garbled, &keys),
+            Err(SignatureError::NotBase64)
+        );
+        assert!(matches!(
+            chainer.set_key(&kid, b"not a key", None),
+            Err(SetKeyError::Key(_))
+        ));
         // A store beside its keys, or elsewhere: the state dir's.
         let elsewhere = tempfile::tempdir().unwrap();
         for db in [dir.path().join("sensor.db"), elsewhere.path().join("s.db")] {
@@ -486,157 +636,4 @@ pub(crate) mod tests {
         chainer.set_key(&kid, &der, Some(dir.path())).unwrap();
         assert_eq!(read_keys(dir.path()).unwrap().len(), 1);
     }
-}
-
-/// When the pipeline emits `run.checkpoint` events: after a run's end, after
-/// every `checkpoint_events` events of a run, and `checkpoint_secs` after a
-/// run's last checkpoint when it has had events since. Runs on the event
-/// loop; one map look-up per run event.
-pub struct Planner {
-    config: ProvenanceConfig,
-    chainer: std::sync::Arc<Chainer>,
-    runs: HashMap<String, Pending>,
-    /// End checkpoints held back while the daemon reads what was recorded
-    /// while none ran (those records of the run come after its end).
-    deferred: Vec<Due>,
-}
-
-struct Pending {
-    since: u64,
-    last: Instant,
-    run: crate::event::RunRef,
-}
-
-/// A checkpoint to emit: the run, why, and whether its end was recovered.
-pub type Due = (crate::event::RunRef, &'static str, Option<bool>);
-
-impl Planner {
-    #[must_use]
-    pub fn new(config: ProvenanceConfig, chainer: std::sync::Arc<Chainer>) -> Self {
-        Self {
-            config,
-            chainer,
-            runs: HashMap::new(),
-            deferred: Vec::new(),
-        }
-    }
-
-    /// The end checkpoints held back during recovery, now due.
-    pub fn take_deferred(&mut self) -> Vec<Due> {
-        std::mem::take(&mut self.deferred)
-    }
-
-    /// The chainer the batches use.
-    #[must_use]
-    pub fn chainer(&self) -> &std::sync::Arc<Chainer> {
-        &self.chainer
-    }
-
-    /// Notes an event; a checkpoint due right after it. `recovering`: the
-    /// daemon is reading what was recorded while none ran.
-    pub fn after(&mut self, event: &Event, recovering: bool) -> Option<Due> {
-        let run = event.run.as_ref()?;
-        if event.kind == Kind::RunCheckpoint {
-            return None;
-        }
-        let now = Instant::now();
-        if event.kind == Kind::RunEnd {
-            self.runs.remove(&run.id);
-            if recovering {
-                self.deferred.push((bare(run), "end", Some(true)));
-                return None;
-            }
-            let recovered =
-                (event.delivery == Some(crate::event::DELIVERY_RECOVERED)).then_some(true);
-            return Some((bare(run), "end", recovered));
-        }
-        let pending = match self.runs.get_mut(&run.id) {
-            Some(p) => p,
-            None => self.runs.entry(run.id.clone()).or_insert(Pending {
-                since: 0,
-                last: now,
-                run: bare(run),
-            }),
-        };
-        pending.since += 1;
-        if pending.since >= self.config.checkpoint_events.max(1) {
-            pending.since = 0;
-            pending.last = now;
-            return Some((pending.run.clone(), "events", None));
-        }
-        None
-    }
-
-    /// Runs with events since a checkpoint `checkpoint_secs` ago (the tick).
-    pub fn due(&mut self, now: Instant) -> Vec<Due> {
-        let every = Duration::from_secs(self.config.checkpoint_secs.max(1));
-        let mut due = Vec::new();
-        for p in self.runs.values_mut() {
-            if p.since > 0 && now.duration_since(p.last) >= every {
-                p.since = 0;
-                p.last = now;
-                due.push((p.run.clone(), "time", None));
-            }
-        }
-        // Runs quiet for long are forgotten (their next event starts anew).
-        self.runs
-            .retain(|_, p| p.since > 0 || now.duration_since(p.last) < every * 10);
-        due
-    }
-}
-
-/// A run reference without the run's details (what a checkpoint carries).
-fn bare(run: &crate::event::RunRef) -> crate::event::RunRef {
-    let mut r = run.clone();
-    r.details = None;
-    r
-}
-
-/// Why provenance cannot start.
-#[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    #[error(transparent)]
-    Keys(#[from] crate::tokens::keys::KeyError),
-    #[error("reading the chain heads from the store")]
-    Store(#[from] crate::store::StoreError),
-    #[error("reading the chain heads from the store")]
-    Sqlite(#[from] rusqlite::Error),
-}
-
-/// The daemon's provenance, when `[provenance]` is on: the chainer signs
-/// with the token keys (the issuer's when tokens are on, else the key ring
-/// in the state dir, opened here), and continues the chains of the runs
-/// the store holds unended.
-pub fn open(
-    config: &ProvenanceConfig,
-    tokens: &crate::tokens::TokensConfig,
-    issuer: Option<&mut crate::tokens::Issuer>,
-    state_dir: &Path,
-    store: bool,
-    db: &Path,
-) -> Result<Option<Planner>, OpenError> {
-    if !config.enabled {
-        return Ok(None);
-    }
-    let chainer = std::sync::Arc::new(Chainer::new());
-    match issuer {
-        Some(issuer) => issuer.sign_checkpoints(std::sync::Arc::clone(&chainer), state_dir)?,
-        None => {
-            let mut ring = crate::tokens::keys::KeyRing::open(
-                state_dir,
-                tokens.rotate.0,
-                tokens.max_ttl.0,
-                std::time::SystemTime::now(),
-            )?;
-            let (kid, der) = ring.sign_with(0)?;
-            chainer
-                .set_key(&kid, &der, Some(state_dir))
-                .map_err(crate::tokens::keys::KeyError::Generate)?;
-        }
-    }
-    if store && db.exists() {
-        let conn = crate::store::open_for_writing(db)?;
-        chainer.resume(verify::open_heads(&conn)?);
-    }
-    Ok(Some(Planner::new(config.clone(), chainer)))
 }

@@ -225,7 +225,7 @@ fn check(
                     ),
                 ));
             }
-            check_signature(&c, keys).map_err(|why| problem(i, "checkpoint", why))?;
+            check_signature(&c, keys).map_err(|why| problem(i, "checkpoint", why.to_string()))?;
             verdict.checkpoints += 1;
             last_signed = i as u64 + 1;
             end_signed |= c.reason.as_deref() == Some("end");
@@ -280,7 +280,7 @@ fn read_head(canonical: &[u8]) -> Result<Head, String> {
 
 /// `n` and the noun, singular for one.
 fn count(n: u64, one: &str, many: &str) -> String {
-    crate::cli::display::count(usize::try_from(n).unwrap_or(usize::MAX), one, many)
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 impl RunVerdict {

@@ -717,7 +717,7 @@ fn next_delay(delays: &mut backon::ExponentialBackoff) -> Duration {
 /// The spool directory of output `name` under `state_dir`.
 #[must_use]
 pub fn spool_dir(state_dir: &Path, name: &str) -> PathBuf {
-    state_dir.join("spool").join(name)
+    state_dir.join(crate::paths::SPOOL_DIR).join(name)
 }
 
 #[cfg(test)]

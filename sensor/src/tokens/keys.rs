@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 /// The key file in the state dir.
-pub const KEYS_FILE: &str = "token_keys.json";
+pub use crate::paths::TOKEN_KEYS_FILE as KEYS_FILE;
 
 /// Why the keys cannot be used.
 #[derive(Debug, thiserror::Error)]

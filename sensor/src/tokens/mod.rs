@@ -388,7 +388,7 @@ impl Issuer {
             let (kid, der) = self.keys.sign_with(0)?;
             chainer
                 .set_key(&kid, &der, Some(dir))
-                .map_err(KeyError::Generate)?;
+                .map_err(|e| KeyError::Generate(e.to_string()))?;
         }
         Ok(())
     }
@@ -538,6 +538,26 @@ impl Issuer {
     }
 }
 
+/// Why a token does not verify.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("not a JWT: {0}")]
+    NotJwt(jsonwebtoken::errors::Error),
+    #[error("algorithm {0:?} is not EdDSA")]
+    Algorithm(jsonwebtoken::Algorithm),
+    #[error("the token names no key (kid)")]
+    NoKid,
+    #[error("key {0} is not in the JWKS (rotated out, or another issuer)")]
+    UnknownKey(String),
+    #[error("the JWKS key has no x")]
+    NoX,
+    #[error("the JWKS key: {0}")]
+    Key(jsonwebtoken::errors::Error),
+    /// Signature, time, issuer or audience, in words.
+    #[error("{0}")]
+    Invalid(String),
+}
+
 /// Checks `token` against the JWKS `jwks`: signature, `nbf`/`exp` (no
 /// leeway), issuer and, when given, the audience. The claims on success.
 pub fn verify(
@@ -545,19 +565,18 @@ pub fn verify(
     jwks: &serde_json::Value,
     issuer: &str,
     aud: Option<&str>,
-) -> Result<Claims, String> {
-    let header = jsonwebtoken::decode_header(token).map_err(|e| format!("not a JWT: {e}"))?;
+) -> Result<Claims, VerifyError> {
+    let header = jsonwebtoken::decode_header(token).map_err(VerifyError::NotJwt)?;
     if header.alg != jsonwebtoken::Algorithm::EdDSA {
-        return Err(format!("algorithm {:?} is not EdDSA", header.alg));
+        return Err(VerifyError::Algorithm(header.alg));
     }
-    let kid = header.kid.ok_or("the token names no key (kid)")?;
+    let kid = header.kid.ok_or(VerifyError::NoKid)?;
     let key = jwks["keys"]
         .as_array()
         .and_then(|keys| keys.iter().find(|k| k["kid"] == kid.as_str()))
-        .ok_or_else(|| format!("key {kid} is not in the JWKS (rotated out, or another issuer)"))?;
-    let x = key["x"].as_str().ok_or("the JWKS key has no x")?;
-    let decoding = jsonwebtoken::DecodingKey::from_ed_components(x)
-        .map_err(|e| format!("the JWKS key: {e}"))?;
+        .ok_or_else(|| VerifyError::UnknownKey(kid.clone()))?;
+    let x = key["x"].as_str().ok_or(VerifyError::NoX)?;
+    let decoding = jsonwebtoken::DecodingKey::from_ed_components(x).map_err(VerifyError::Key)?;
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
     validation.leeway = 0;
     validation.validate_nbf = true;
@@ -569,7 +588,7 @@ pub fn verify(
     }
     jsonwebtoken::decode::<Claims>(token, &decoding, &validation)
         .map(|d| d.claims)
-        .map_err(|e| rejection(&e, issuer, aud))
+        .map_err(|e| VerifyError::Invalid(rejection(&e, issuer, aud)))
 }
 
 /// Why a token was rejected, in words (jsonwebtoken's own say
@@ -670,8 +689,23 @@ mod tests {
         let claims = verify(&t.token, &iss.jwks(), iss.issuer(), Some("vault")).unwrap();
         assert_eq!(claims, t.claims);
         assert_eq!(
-            verify(&t.token, &iss.jwks(), iss.issuer(), Some("other")).unwrap_err(),
+            verify(&t.token, &iss.jwks(), iss.issuer(), Some("other"))
+                .unwrap_err()
+                .to_string(),
             r#"it is not for audience "other" (aud)"#
+        );
+        assert_eq!(
+            verify("x.y", &iss.jwks(), iss.issuer(), None)
+                .unwrap_err()
+                .to_string(),
+            "not a JWT: InvalidToken"
+        );
+        let none = serde_json::json!({ "keys": [] });
+        assert!(
+            verify(&t.token, &none, iss.issuer(), None)
+                .unwrap_err()
+                .to_string()
+                .ends_with(" is not in the JWKS (rotated out, or another issuer)")
         );
         // One flipped byte of the signature.
         let mut bad = t.token.clone().into_bytes();
@@ -683,14 +717,17 @@ mod tests {
             iss.issuer(),
             None,
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
             why.starts_with("the signature does not match") || why.contains("well-formed"),
             "{why}"
         );
         // Another issuer, and one that has expired.
         assert_eq!(
-            verify(&t.token, &iss.jwks(), "spiffe://other/sensor", None).unwrap_err(),
+            verify(&t.token, &iss.jwks(), "spiffe://other/sensor", None)
+                .unwrap_err()
+                .to_string(),
             r#"it was not issued by "spiffe://other/sensor" (iss)"#
         );
         let old = iss
@@ -704,7 +741,9 @@ mod tests {
             )
             .unwrap();
         assert_eq!(
-            verify(&old.token, &iss.jwks(), iss.issuer(), None).unwrap_err(),
+            verify(&old.token, &iss.jwks(), iss.issuer(), None)
+                .unwrap_err()
+                .to_string(),
             "it has expired (exp)"
         );
     }

@@ -694,12 +694,30 @@ fn snapshot_check_shape() {
 
 #[test]
 fn infrastructure_entries_that_cannot_be_read_are_refused() {
-    assert!(Infra::parse("bash -lc sha256:00").is_err());
-    assert!(Infra::parse(&format!("bash -lc sha256:{}", "g".repeat(64))).is_err());
-    assert!(Infra::parse("bash -c @no-such-shape").is_err());
-    assert!(Infra::parse("@codex-snapshot-check").is_err());
+    assert_eq!(
+        Infra::parse("bash -lc sha256:00"),
+        Err(EntryError::Sha256("sha256:00".into()))
+    );
+    let not_hex = format!("sha256:{}", "g".repeat(64));
+    assert_eq!(
+        Infra::parse(&format!("bash -lc {not_hex}")),
+        Err(EntryError::Sha256(not_hex))
+    );
+    assert_eq!(
+        Infra::parse("bash -c @no-such-shape")
+            .unwrap_err()
+            .to_string(),
+        "\"@no-such-shape\": unknown (known: @codex-snapshot-check)"
+    );
+    assert_eq!(
+        Infra::parse("@codex-snapshot-check"),
+        Err(EntryError::NoExecutable("@codex-snapshot-check".into()))
+    );
     assert!(Infra::parse("@agent --sandbox-policy-cwd").is_ok());
-    assert!(Infra::parse("@someone-else x").is_err());
+    assert_eq!(
+        Infra::parse("@someone-else x").unwrap_err().to_string(),
+        "\"@someone-else\" is no executable (known: @agent)"
+    );
     assert!(Infra::parse(&format!("bash -lc sha256:{}", "0".repeat(64))).is_ok());
 }
 

@@ -192,23 +192,36 @@ enum InfraArg {
     CodexSnapshotCheck,
 }
 
+/// Why an [`Infra`] or [`Program`] entry cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntryError {
+    #[error("{0:?}: sha256: needs 64 hex digits")]
+    Sha256(String),
+    #[error("{0:?}: unknown (known: @codex-snapshot-check)")]
+    UnknownShape(String),
+    #[error("{0:?} is no executable (known: {AGENT_EXE})")]
+    NoExecutable(String),
+    #[error("needs TOOL EXE [ARG...]")]
+    NoProgram,
+}
+
 impl InfraArg {
-    fn parse(word: &str) -> Result<Self, String> {
+    fn parse(word: &str) -> Result<Self, EntryError> {
         if let Some(hex) = word.strip_prefix("sha256:") {
             let mut digest = [0u8; 32];
             if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(format!("{word:?}: sha256: needs 64 hex digits"));
+                return Err(EntryError::Sha256(word.to_owned()));
             }
             for (i, d) in digest.iter_mut().enumerate() {
                 *d = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-                    .map_err(|e| format!("{word:?}: {e}"))?;
+                    .map_err(|_| EntryError::Sha256(word.to_owned()))?;
             }
             return Ok(Self::Sha256(digest));
         }
         if let Some(name) = word.strip_prefix('@') {
             return match name {
                 "codex-snapshot-check" => Ok(Self::CodexSnapshotCheck),
-                _ => Err(format!("{word:?}: unknown (known: @codex-snapshot-check)")),
+                _ => Err(EntryError::UnknownShape(word.to_owned())),
             };
         }
         Ok(match word.strip_suffix('*') {
@@ -233,13 +246,13 @@ impl InfraArg {
 impl Infra {
     /// The entry `text` (`git`, `/usr/bin/git`, `bash -c env`); `Ok(None)`
     /// when it is blank; an error for an argument it cannot read.
-    pub fn parse(text: &str) -> Result<Option<Self>, String> {
+    pub fn parse(text: &str) -> Result<Option<Self>, EntryError> {
         let mut words = text.split_whitespace();
         let Some(exe) = words.next() else {
             return Ok(None);
         };
         if (exe.starts_with('@') && exe != AGENT_EXE) || exe.starts_with("sha256:") {
-            return Err(format!("{exe:?} is no executable (known: {AGENT_EXE})"));
+            return Err(EntryError::NoExecutable(exe.to_owned()));
         }
         Ok(Some(Self {
             exe: exe.to_owned(),
@@ -307,12 +320,12 @@ pub struct Program {
 impl Program {
     /// The entry `text` (`Grep rg`); an error when it names no program or
     /// its program cannot be read.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, EntryError> {
         let text = text.trim();
         let Some((tool, rest)) = text.split_once(char::is_whitespace) else {
-            return Err("needs TOOL EXE [ARG...]".to_owned());
+            return Err(EntryError::NoProgram);
         };
-        let exec = Infra::parse(rest)?.ok_or_else(|| "needs TOOL EXE [ARG...]".to_owned())?;
+        let exec = Infra::parse(rest)?.ok_or(EntryError::NoProgram)?;
         Ok(Self {
             tool: tool.to_owned(),
             exec,
@@ -781,7 +794,7 @@ impl Transcripts {
 
     /// Starts following the run of `e` (a `run.start`) at `source`, or
     /// with the reason it has none.
-    pub fn start(&mut self, e: &Event, format: Format, source: Result<Source, String>) {
+    pub fn start(&mut self, e: &Event, format: Format, source: Result<Source, SourceError>) {
         let Some(run) = &e.run else {
             return;
         };
@@ -794,7 +807,7 @@ impl Transcripts {
         r.details = None;
         let (source, problem) = match source {
             Ok(s) => (Some(s), None),
-            Err(why) => (None, Some((None, why))),
+            Err(why) => (None, Some((None, why.to_string()))),
         };
         let uid = run
             .details
@@ -1059,15 +1072,28 @@ fn full_read(
     f.busy += thread_cpu().saturating_sub(began);
 }
 
+/// Why the transcripts of a run cannot be found (noted on the run).
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("reading /proc/{pid}/{what}: {error}")]
+    Proc {
+        pid: u32,
+        what: &'static str,
+        error: std::io::Error,
+    },
+    #[error("neither {0} nor HOME is set")]
+    NoHome(&'static str),
+}
+
 /// The source of a run whose first process is `pid`, from /proc.
-fn resolve(format: Format, pid: u32) -> Result<Source, String> {
-    let env = read_environ(pid).map_err(|e| format!("reading /proc/{pid}/environ: {e}"))?;
-    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))
-        .map_err(|e| format!("reading /proc/{pid}/cwd: {e}"))?;
+fn resolve(format: Format, pid: u32) -> Result<Source, SourceError> {
+    let proc = |what| move |error| SourceError::Proc { pid, what, error };
+    let env = read_environ(pid).map_err(proc("environ"))?;
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).map_err(proc("cwd"))?;
     match format {
         Format::ClaudeCode => {
-            let config = claude::config_dir(&env)
-                .ok_or_else(|| "neither CLAUDE_CONFIG_DIR nor HOME is set".to_owned())?;
+            let config =
+                claude::config_dir(&env).ok_or(SourceError::NoHome("CLAUDE_CONFIG_DIR"))?;
             let config = if config.is_absolute() {
                 config
             } else {
@@ -1077,8 +1103,7 @@ fn resolve(format: Format, pid: u32) -> Result<Source, String> {
             Ok(Source { config, dir })
         }
         Format::Codex => {
-            let config = codex::config_dir(&env)
-                .ok_or_else(|| "neither CODEX_HOME nor HOME is set".to_owned())?;
+            let config = codex::config_dir(&env).ok_or(SourceError::NoHome("CODEX_HOME"))?;
             let config = if config.is_absolute() {
                 config
             } else {

@@ -547,9 +547,16 @@ fn follow_cost() {
 #[test]
 fn an_unresolved_source_is_reported() {
     let mut t = Transcripts::new(HashMap::from([("a".to_owned(), Format::ClaudeCode)]));
-    t.start(&run_start(), Format::ClaudeCode, Err("no HOME".to_owned()));
+    t.start(
+        &run_start(),
+        Format::ClaudeCode,
+        Err(SourceError::NoHome("CLAUDE_CONFIG_DIR")),
+    );
     let found = t.tick(at(1_000));
-    assert_eq!(issues(&found)[0].reason, "no HOME");
+    assert_eq!(
+        issues(&found)[0].reason,
+        "neither CLAUDE_CONFIG_DIR nor HOME is set"
+    );
     assert!(t.tick(at(2_000)).is_empty());
 }
 
@@ -1252,8 +1259,11 @@ fn a_grep_call_is_linked_to_its_rg() {
 
 #[test]
 fn tool_program_entries() {
-    assert!(Program::parse("Grep").is_err());
-    assert!(Program::parse("Grep rg sha256:1").is_err());
+    assert_eq!(Program::parse("Grep"), Err(EntryError::NoProgram));
+    assert_eq!(
+        Program::parse("Grep rg sha256:1"),
+        Err(EntryError::Sha256("sha256:1".into()))
+    );
     let p = Program::parse("Grep rg").unwrap();
     let proc_of = |exe: &str, argv: &[&str]| Process {
         exe: Some(exe.to_owned()),
