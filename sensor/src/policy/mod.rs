@@ -25,7 +25,7 @@ pub mod unix;
 
 use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
-use globset::{Glob, GlobMatcher};
+use globset::GlobMatcher;
 use serde::Deserialize;
 
 use self::net::ConnectRule;
@@ -133,7 +133,7 @@ pub enum ExecRuleError {
     #[error("a sha256 can only be pinned on an exact file")]
     PinnedNotExact,
     #[error("{0}")]
-    Glob(Box<globset::Error>),
+    Glob(#[from] pathglob::PatternError),
     #[error(transparent)]
     Resolve(#[from] resolve::ResolveError),
 }
@@ -237,13 +237,12 @@ impl ExecRule {
                 return Err(ExecRuleError::PinnedNotExact);
             }
             // A glob ending in '/' names directories: everything under each.
-            let glob = Glob::new(path.trim_end_matches('/'))
-                .map_err(|e| ExecRuleError::Glob(Box::new(e)))?;
+            let glob = pathglob::matcher(path.trim_end_matches('/'))?;
             if path.ends_with('/') {
                 ExecTarget::DirGlob(resolve::expand_dir_glob(path)?)
             } else {
                 ExecTarget::Glob {
-                    glob: glob.compile_matcher(),
+                    glob,
                     ids: resolve::expand_glob(path)?,
                 }
             }
@@ -825,6 +824,15 @@ mod tests {
             p.check_exec("/opt/a/bin/toolx", 1, 2, None).rule,
             "exec.allow (no rule matches)"
         );
+        // By path, a glob names what its expansion names: `*` stays within
+        // one directory, and `{a,b}` is plain text, so a file put deeper
+        // (or named like an alternative) is not allowed where the kernel,
+        // holding the expansion's files, would refuse it.
+        assert!(p.check_exec("/opt/a/b/bin/tool", 1, 2, None).is_deny());
+        assert!(p.check_exec("/opt/a/../x/bin/tool", 1, 2, None).is_deny());
+        let braces = policy(&["/opt/{a,b}/t*"], &[]);
+        assert!(braces.check_exec("/opt/a/tool", 1, 2, None).is_deny());
+        assert!(!braces.check_exec("/opt/{a,b}/tool", 1, 2, None).is_deny());
     }
 
     /// As in the kernel, a directory rule allows a file only on the mount

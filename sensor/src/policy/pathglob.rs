@@ -58,6 +58,34 @@ pub fn paths(pattern: &str) -> Result<Vec<PathBuf>, PatternError> {
     Ok(found)
 }
 
+/// A matcher of whole paths that names what [`paths`] expands `pattern`
+/// to: `*`, `?` and classes stay within one component, `**` alone is any
+/// number of directories, `{`, `}` and `\` are plain characters. (A
+/// `globset::Glob` read as is lets `*` cross `/` and reads `{a,b}` as
+/// alternatives: a check by path would allow what the expansion, and so the
+/// kernel, does not.)
+pub fn matcher(pattern: &str) -> Result<GlobMatcher, PatternError> {
+    let mut text = String::with_capacity(pattern.len() + 8);
+    for (i, component) in pattern.split('/').enumerate() {
+        if i > 0 {
+            text.push('/');
+        }
+        if component == "**" {
+            text.push_str("**");
+        } else if component.contains("**") {
+            return Err(PatternError::Recursive);
+        } else {
+            text.push_str(&as_globset(component));
+        }
+    }
+    GlobBuilder::new(&text)
+        .literal_separator(true)
+        .backslash_escape(false)
+        .build()
+        .map(|g| g.compile_matcher())
+        .map_err(|e| PatternError::Component(Box::new(e)))
+}
+
 fn part(component: &str) -> Result<Part, PatternError> {
     if component == "**" {
         return Ok(Part::Recursive);

@@ -12,7 +12,6 @@
 
 use std::{os::unix::fs::FileTypeExt as _, path::Path};
 
-use globset::Glob;
 use sensor_common::event::UNIX_PATH_BYTES;
 
 use super::{FileId, resolve};
@@ -62,7 +61,7 @@ pub enum RuleError {
     #[error("a socket path is at most {} bytes", UNIX_PATH_BYTES - 1)]
     PathTooLong,
     #[error("{0}")]
-    Glob(Box<globset::Error>),
+    Glob(#[from] super::pathglob::PatternError),
 }
 
 impl UnixRule {
@@ -86,7 +85,8 @@ impl UnixRule {
         } else if text.len() >= UNIX_PATH_BYTES {
             return Err(RuleError::PathTooLong);
         } else if text.contains(['*', '?', '[']) {
-            Glob::new(text).map_err(|e| RuleError::Glob(Box::new(e)))?;
+            // Read as the expansion reads it (its errors too).
+            super::pathglob::matcher(text)?;
             Target::Glob {
                 pattern: text.to_owned(),
                 matched: sockets_matching(text),
