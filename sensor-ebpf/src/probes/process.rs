@@ -63,11 +63,23 @@ unsafe fn put_file_path(
     if file == 0 {
         return (0, false);
     }
-    let f_path = offset!(kernel.file_f_path);
-    let mnt: u64 = r.read(file, f_path + offset!(kernel.path_mnt));
-    let dentry: u64 = r.read(file, f_path + offset!(kernel.path_dentry));
+    let (mnt, dentry) = read_path(r, file + u64::from(offset!(kernel.file_f_path)));
     // SAFETY: pathbuf is the per-CPU path buffer; data has room for cursor (masked) + PATH_MASK.
     unsafe { put_path(r, pathbuf, data, cursor, mnt, dentry) }
+}
+
+/// The `mnt` and `dentry` of the `struct path` at `path`: one read where
+/// they are neighbours (`struct path { mnt; dentry; }` in every kernel
+/// since 2.6), two otherwise.
+#[inline(always)]
+fn read_path(r: &mut Reader, path: u64) -> (u64, u64) {
+    let mnt_off = offset!(kernel.path_mnt);
+    let dentry_off = offset!(kernel.path_dentry);
+    if dentry_off == mnt_off + 8 {
+        let both: [u64; 2] = r.read(path, mnt_off);
+        return (both[0], both[1]);
+    }
+    (r.read(path, mnt_off), r.read(path, dentry_off))
 }
 
 #[inline(always)]
@@ -107,9 +119,7 @@ unsafe fn put_cwd(
     if fs == 0 {
         return (0, false);
     }
-    let pwd = offset!(kernel.fs_pwd);
-    let mnt: u64 = r.read(fs, pwd + offset!(kernel.path_mnt));
-    let dentry: u64 = r.read(fs, pwd + offset!(kernel.path_dentry));
+    let (mnt, dentry) = read_path(r, fs + u64::from(offset!(kernel.fs_pwd)));
     // SAFETY: as in put_file_path.
     unsafe { put_path(r, pathbuf, data, cursor, mnt, dentry) }
 }
@@ -130,8 +140,16 @@ pub fn snsr_fork(ctx: RawTracePointContext) -> i32 {
 unsafe fn try_fork(ctx: &RawTracePointContext) -> Option<()> {
     let child: u64 = ctx.arg(1);
     let mut r = Reader::new();
-    let tgid: u32 = r.read(child, offset!(kernel.task_tgid));
-    let pid: u32 = r.read(child, offset!(kernel.task_pid));
+    // `pid_t pid; pid_t tgid;` side by side in task_struct: one read.
+    let (pid, tgid) = if offset!(kernel.task_tgid) == offset!(kernel.task_pid) + 4 {
+        let both: [u32; 2] = r.read(child, offset!(kernel.task_pid));
+        (both[0], both[1])
+    } else {
+        (
+            r.read::<u32>(child, offset!(kernel.task_pid)),
+            r.read::<u32>(child, offset!(kernel.task_tgid)),
+        )
+    };
     if tgid != pid || tgid == 0 {
         return None;
     }
