@@ -182,11 +182,55 @@ impl Reader {
         self.fill_ns_pid_and_run(h, pid, level);
     }
 
+    /// Fills the process part of a header for `child`, a new process (its
+    /// own group leader) that the current task just created, whose tgid and
+    /// start time the caller has read already. Its parent is nearly always
+    /// the current task (not with `CLONE_PARENT`): then the parent's pid and
+    /// start time are the caller's `parent_tgid` and `parent_start` rather
+    /// than three more reads. The run is left to the caller, which has just
+    /// set it (see `snsr_fork`).
+    #[inline(always)]
+    pub fn fill_child(
+        &mut self,
+        h: &mut EventHeader,
+        child: u64,
+        tgid: u32,
+        start_ns: u64,
+        parent_tgid: u32,
+        parent_start: u64,
+    ) {
+        h.tgid = tgid;
+        h.tid = tgid;
+        h.start_ns = start_ns;
+        let parent: u64 = self.read(child, offset!(kernel.task_real_parent));
+        if parent == current_task() {
+            h.ppid = parent_tgid;
+            h.parent_start_ns = parent_start;
+        } else {
+            h.ppid = self.read(parent, offset!(kernel.task_tgid));
+            let parent_leader: u64 = self.read(parent, offset!(kernel.task_group_leader));
+            h.parent_start_ns = self.read(parent_leader, offset!(kernel.task_start_boottime));
+        }
+        h.comm = self.read(child, offset!(kernel.task_comm));
+        let pid: u64 = self.read(child, offset!(kernel.task_thread_pid));
+        let level: u32 = self.read(pid, offset!(kernel.pid_level));
+        self.fill_ns_pid(h, pid, level);
+    }
+
     /// The process id as its own pid namespace sees it
     /// (`pid->numbers[level].nr`, `pid` the leader's `struct pid` at `level`),
     /// and the run the kernel has for the process.
     #[inline(always)]
     fn fill_ns_pid_and_run(&mut self, h: &mut EventHeader, pid: u64, level: u32) {
+        self.fill_ns_pid(h, pid, level);
+        let (run, how) = run_of(h.tgid, h.start_ns);
+        h.run = run;
+        h.run_how = how & HOW_MASK;
+    }
+
+    /// The process id as its own pid namespace sees it.
+    #[inline(always)]
+    fn fill_ns_pid(&mut self, h: &mut EventHeader, pid: u64, level: u32) {
         let level = level & 31; // MAX_PID_NS_LEVEL is 32
         h.pid_ns_level = level;
         h.ns_tgid = self.read(
@@ -195,9 +239,6 @@ impl Reader {
                 + level * offset!(kernel.upid_size)
                 + offset!(kernel.upid_nr),
         );
-        let (run, how) = run_of(h.tgid, h.start_ns);
-        h.run = run;
-        h.run_how = how & HOW_MASK;
     }
 
     /// The executable file of `task` (its `mm->exe_file`), or 0 for kernel threads.
@@ -235,8 +276,9 @@ impl Reader {
             return (END, 0, false);
         }
         let mut mount = mnt.wrapping_sub(u64::from(offset!(kernel.mount_mnt)));
+        // Read once per mount, not once per component.
+        let mut mnt_root: u64 = self.read(mnt, offset!(kernel.vfsmount_mnt_root));
         for _ in 0..PATH_MAX_COMPONENTS {
-            let mnt_root: u64 = self.read(mnt, offset!(kernel.vfsmount_mnt_root));
             if dentry == mnt_root {
                 let parent: u64 = self.read(mount, offset!(kernel.mount_mnt_parent));
                 if parent == mount || parent == 0 {
@@ -247,12 +289,13 @@ impl Reader {
                 dentry = self.read(mount, offset!(kernel.mount_mnt_mountpoint));
                 mount = parent;
                 mnt = parent.wrapping_add(u64::from(offset!(kernel.mount_mnt)));
+                mnt_root = self.read(mnt, offset!(kernel.vfsmount_mnt_root));
                 continue;
             }
-            let parent_dentry: u64 = self.read(dentry, offset!(kernel.dentry_d_parent));
-            let at_fs_root = parent_dentry == dentry || parent_dentry == 0;
+            let link = self.dentry_link(dentry);
+            let at_fs_root = link.parent == dentry || link.parent == 0;
             // SAFETY: buf as documented above.
-            let Some(p) = (unsafe { self.component(buf, dentry, pos) }) else {
+            let Some(p) = (unsafe { self.component(buf, link.len, link.name, pos) }) else {
                 break;
             };
             pos = opaque(p) & PATH_MASK;
@@ -262,7 +305,7 @@ impl Reader {
                 truncated = false;
                 break;
             }
-            dentry = parent_dentry;
+            dentry = link.parent;
         }
         if pos == END {
             pos -= 1;
@@ -273,13 +316,37 @@ impl Reader {
         (pos, END.saturating_sub(pos), truncated)
     }
 
-    /// Writes `/name` of `dentry` just before `pos`; returns the new start, or
-    /// `None` when it does not fit (a path keeps `pos >= 1`).
+    /// The parent and name of `dentry`. One read of `d_parent` and `d_name`
+    /// together where they are neighbours (`struct dentry` has had
+    /// `d_parent` right before `d_name` since 3.x; `struct qstr` is
+    /// `{ hash, len, name }`), three reads otherwise: a path walk makes
+    /// this call once per component, and a helper call costs ~40 ns.
     #[inline(always)]
-    unsafe fn component(&mut self, buf: *mut u8, dentry: u64, pos: usize) -> Option<usize> {
+    fn dentry_link(&mut self, dentry: u64) -> DentryLink {
+        let parent_off = offset!(kernel.dentry_d_parent);
         let name_off = offset!(kernel.dentry_d_name);
-        let len: u32 = self.read(dentry, name_off + offset!(kernel.qstr_len));
-        let name: u64 = self.read(dentry, name_off + offset!(kernel.qstr_name));
+        if name_off == parent_off + 8
+            && offset!(kernel.qstr_len) == 4
+            && offset!(kernel.qstr_name) == 8
+        {
+            let w: DentryWindow = self.read(dentry, parent_off);
+            return DentryLink {
+                parent: w.parent,
+                len: w.len,
+                name: w.name,
+            };
+        }
+        DentryLink {
+            parent: self.read(dentry, parent_off),
+            len: self.read(dentry, name_off + offset!(kernel.qstr_len)),
+            name: self.read(dentry, name_off + offset!(kernel.qstr_name)),
+        }
+    }
+
+    /// Writes `/name` (`len` bytes at `name`) just before `pos`; returns
+    /// the new start, or `None` when it does not fit (a path keeps `pos >= 1`).
+    #[inline(always)]
+    unsafe fn component(&mut self, buf: *mut u8, len: u32, name: u64, pos: usize) -> Option<usize> {
         let len = (len as usize) & NAME_MAX;
         if pos < len + 2 {
             return None;
@@ -292,6 +359,24 @@ impl Reader {
         unsafe { *buf.add(p) = b'/' };
         Some(p)
     }
+}
+
+/// `d_parent` and `d_name` of a `struct dentry`, as laid out in the kernel
+/// (see [`Reader::dentry_link`]).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct DentryWindow {
+    parent: u64,
+    hash: u32,
+    len: u32,
+    name: u64,
+}
+
+/// What a path walk needs of one dentry.
+struct DentryLink {
+    parent: u64,
+    len: u32,
+    name: u64,
 }
 
 /// The run of process `tgid` started at `start_ns` (0: do not check), as

@@ -120,11 +120,10 @@ fn same_ctime(r: &mut Reader, inode: u64, e: &sensor_common::policy::ExecRule) -
     sec == e.ctime_sec && nsec & CTIME_NSEC_MASK == e.ctime_nsec
 }
 
-/// The id of the mount `file` (a `struct file *`) was reached on: its
-/// `f_path.mnt`'s `struct mount` `mnt_id` (0 when unreadable).
+/// The `mnt_id` of the `struct mount` around the `struct vfsmount` at `mnt`
+/// (0 when unreadable).
 #[inline(always)]
-pub fn mount_id(r: &mut Reader, file: u64) -> u32 {
-    let mnt: u64 = r.read(file, offset!(kernel.file_f_path) + offset!(kernel.path_mnt));
+pub fn mount_id_of(r: &mut Reader, mnt: u64) -> u32 {
     if mnt == 0 {
         return 0;
     }

@@ -14,8 +14,8 @@ use sensor_common::{
     config::ABSENT,
     event::{
         CWD_TRUNCATED, Event, EventHeader, EventKind, ExecData, ExitData, FILENAME_TRUNCATED,
-        FixedEvent, HOW_FLAG_COUNTED, HOW_FLAG_KILL, HOW_INHERITED, PATH_TRUNCATED, ProcRun,
-        SpawnData,
+        FixedEvent, HOW_FLAG_COUNTED, HOW_FLAG_KILL, HOW_INHERITED, HOW_MASK, PATH_TRUNCATED,
+        ProcRun, SpawnData,
     },
     limits::{
         ARGV_MASK, ARGV_MAX_CAPTURE, EVENT_DATA_CURSOR_MASK, FAILED_EXEC_MAX_ARGS, PATH_MASK,
@@ -28,7 +28,7 @@ use crate::{
     emit::{count_inherit_failed, count_lost, emit},
     kernel::{Reader, current_task, current_task_btf, load, opaque, run_of},
     maps::{PATH_SCRATCH, PROC_RUNS, event_scratch},
-    policy::{check_exec, count_exit, count_spawn, kill_current, mount_id},
+    policy::{check_exec, count_exit, count_spawn, kill_current, mount_id_of},
 };
 
 /// `SIGNAL_GROUP_EXIT` in `signal_struct.flags` (include/linux/sched/signal.h).
@@ -63,11 +63,23 @@ unsafe fn put_file_path(
     if file == 0 {
         return (0, false);
     }
-    let f_path = offset!(kernel.file_f_path);
-    let mnt: u64 = r.read(file, f_path + offset!(kernel.path_mnt));
-    let dentry: u64 = r.read(file, f_path + offset!(kernel.path_dentry));
+    let (mnt, dentry) = read_path(r, file + u64::from(offset!(kernel.file_f_path)));
     // SAFETY: pathbuf is the per-CPU path buffer; data has room for cursor (masked) + PATH_MASK.
     unsafe { put_path(r, pathbuf, data, cursor, mnt, dentry) }
+}
+
+/// The `mnt` and `dentry` of the `struct path` at `path`: one read where
+/// they are neighbours (`struct path { mnt; dentry; }` in every kernel
+/// since 2.6), two otherwise.
+#[inline(always)]
+fn read_path(r: &mut Reader, path: u64) -> (u64, u64) {
+    let mnt_off = offset!(kernel.path_mnt);
+    let dentry_off = offset!(kernel.path_dentry);
+    if dentry_off == mnt_off + 8 {
+        let both: [u64; 2] = r.read(path, mnt_off);
+        return (both[0], both[1]);
+    }
+    (r.read(path, mnt_off), r.read(path, dentry_off))
 }
 
 #[inline(always)]
@@ -107,9 +119,7 @@ unsafe fn put_cwd(
     if fs == 0 {
         return (0, false);
     }
-    let pwd = offset!(kernel.fs_pwd);
-    let mnt: u64 = r.read(fs, pwd + offset!(kernel.path_mnt));
-    let dentry: u64 = r.read(fs, pwd + offset!(kernel.path_dentry));
+    let (mnt, dentry) = read_path(r, fs + u64::from(offset!(kernel.fs_pwd)));
     // SAFETY: as in put_file_path.
     unsafe { put_path(r, pathbuf, data, cursor, mnt, dentry) }
 }
@@ -130,8 +140,16 @@ pub fn snsr_fork(ctx: RawTracePointContext) -> i32 {
 unsafe fn try_fork(ctx: &RawTracePointContext) -> Option<()> {
     let child: u64 = ctx.arg(1);
     let mut r = Reader::new();
-    let tgid: u32 = r.read(child, offset!(kernel.task_tgid));
-    let pid: u32 = r.read(child, offset!(kernel.task_pid));
+    // `pid_t pid; pid_t tgid;` side by side in task_struct: one read.
+    let (pid, tgid) = if offset!(kernel.task_tgid) == offset!(kernel.task_pid) + 4 {
+        let both: [u32; 2] = r.read(child, offset!(kernel.task_pid));
+        (both[0], both[1])
+    } else {
+        (
+            r.read::<u32>(child, offset!(kernel.task_pid)),
+            r.read::<u32>(child, offset!(kernel.task_tgid)),
+        )
+    };
     if tgid != pid || tgid == 0 {
         return None;
     }
@@ -139,7 +157,14 @@ unsafe fn try_fork(ctx: &RawTracePointContext) -> Option<()> {
     if is_own(parent_tgid) {
         return None;
     }
-    let decision = inherit_run(&mut r, parent_tgid, child, tgid);
+    // SAFETY: BTF-typed pointers from the current task, at BTF offsets.
+    let creator_start: u64 = unsafe {
+        let leader: *const u8 = load(current_task_btf(), offset!(kernel.task_group_leader));
+        load(leader, offset!(kernel.task_start_boottime))
+    };
+    // A new process is its own group leader (tgid == pid above).
+    let child_start: u64 = r.read(child, offset!(kernel.task_start_boottime));
+    let inherited = inherit_run(parent_tgid, creator_start, tgid, child_start);
     let Some(ev) = event_scratch() else {
         count_lost(EventKind::ProcessSpawn);
         return None;
@@ -149,7 +174,16 @@ unsafe fn try_fork(ctx: &RawTracePointContext) -> Option<()> {
     // SAFETY: per-CPU scratch value, large enough for Event<SpawnData> (smaller than Event<ExecData>).
     unsafe {
         (*ev).header = new_header(EventKind::ProcessSpawn);
-        r.fill_task(&mut (*ev).header, child);
+        r.fill_child(
+            &mut (*ev).header,
+            child,
+            tgid,
+            child_start,
+            parent_tgid,
+            creator_start,
+        );
+        (*ev).header.run = inherited.run;
+        (*ev).header.run_how = inherited.how & HOW_MASK;
         let data = (&raw mut (*ev).data).cast::<u8>();
         let exe = r.exe_file(child);
         let (len, truncated) = put_file_path(&mut r, pathbuf, data, 0, exe);
@@ -157,7 +191,7 @@ unsafe fn try_fork(ctx: &RawTracePointContext) -> Option<()> {
             exe_len: len as u16,
             path_flags: if truncated { PATH_TRUNCATED } else { 0 },
             _pad: 0,
-            decision,
+            decision: inherited.decision,
         };
         let size = EventKind::ProcessSpawn.fixed_size() + len;
         (*ev).header.size = size as u32;
@@ -172,23 +206,42 @@ unsafe fn try_fork(ctx: &RawTracePointContext) -> Option<()> {
     Some(())
 }
 
+/// What [`inherit_run`] did for a new process: the run policy's decision,
+/// and the run entry the process now has (`run` 0: none).
+struct Inherited {
+    decision: Decision,
+    run: u64,
+    how: u32,
+}
+
 /// Enters a new process in its creator's run, before anything can run in it:
 /// double-fork, setsid, daemonizing and reparenting never leave the run.
 /// Counts it against the run policy's `max_processes` and returns that
 /// decision; a child over the limit of an enforce policy is marked to be
 /// killed on its way to user space (see [`snsr_clone_out`]).
+///
+/// The creator is the current process (`parent_tgid`, started at
+/// `creator_start`), the child `child_tgid` started at `child_start`. The
+/// entry returned is the one the child's events carry: what was inserted,
+/// or none (the map then holds no live entry for the child either).
 #[inline(always)]
-fn inherit_run(r: &mut Reader, parent_tgid: u32, child: u64, child_tgid: u32) -> Decision {
-    let creator = current_task();
-    let leader: u64 = r.read(creator, offset!(kernel.task_group_leader));
-    let creator_start: u64 = r.read(leader, offset!(kernel.task_start_boottime));
+fn inherit_run(
+    parent_tgid: u32,
+    creator_start: u64,
+    child_tgid: u32,
+    child_start: u64,
+) -> Inherited {
     let (run, _) = run_of(parent_tgid, creator_start);
     if run == 0 {
         // Not in a run; clear any stale entry left under the recycled pid.
         if run_of(child_tgid, 0).0 != 0 {
             let _ = PROC_RUNS.remove(child_tgid);
         }
-        return Decision::default();
+        return Inherited {
+            decision: Decision::default(),
+            run: 0,
+            how: 0,
+        };
     }
     let (decision, counted) = count_spawn(run);
     let mut how = HOW_INHERITED;
@@ -198,10 +251,9 @@ fn inherit_run(r: &mut Reader, parent_tgid: u32, child: u64, child_tgid: u32) ->
     if decision.enforced != 0 {
         how |= HOW_FLAG_KILL;
     }
-    let child_leader: u64 = r.read(child, offset!(kernel.task_group_leader));
     let entry = ProcRun {
         run,
-        start_ns: r.read(child_leader, offset!(kernel.task_start_boottime)),
+        start_ns: child_start,
         how,
         _pad: 0,
     };
@@ -210,8 +262,12 @@ fn inherit_run(r: &mut Reader, parent_tgid: u32, child: u64, child_tgid: u32) ->
         if counted {
             count_exit(run);
         }
+        // Whatever the map holds for the child (nothing, or a stale entry
+        // of another process, which this finds stale).
+        let (run, how) = run_of(child_tgid, child_start);
+        return Inherited { decision, run, how };
     }
-    decision
+    Inherited { decision, run, how }
 }
 
 /// tracepoint `syscalls/sys_exit_clone` (and clone3, fork, vfork): the new
@@ -307,7 +363,6 @@ unsafe fn try_exec(ctx: &TracePointContext) -> Option<()> {
     // SAFETY: per-CPU scratch; every write below is masked to stay in the data area.
     unsafe {
         (*ev).header = new_header(EventKind::ProcessExec);
-        r.fill_task(&mut (*ev).header, task);
         let data = (&raw mut (*ev).data).cast::<u8>();
         let mut flags = 0u16;
 
@@ -340,10 +395,16 @@ unsafe fn try_exec(ctx: &TracePointContext) -> Option<()> {
         let filename_len = opaque(filename_len) & PATH_MASK;
         cursor += filename_len;
 
+        // From here on the current task is read through BTF-typed pointers:
+        // plain loads the verifier checks, not a helper call per field. (Not
+        // before the path walks: with BTF-typed registers live across their
+        // loops the verifier cannot prune, and gives up.)
+        let task_btf = current_task_btf();
+        let mm: *const u8 = load(task_btf, offset!(kernel.task_mm));
+
         // argv as it now sits at the top of the new stack.
-        let mm: u64 = r.read(task, offset!(kernel.task_mm));
-        let arg_start: u64 = r.read(mm, offset!(kernel.mm_arg_start));
-        let arg_end: u64 = r.read(mm, offset!(kernel.mm_arg_end));
+        let arg_start: u64 = load(mm, offset!(kernel.mm_arg_start));
+        let arg_end: u64 = load(mm, offset!(kernel.mm_arg_end));
         let orig = arg_end.saturating_sub(arg_start);
         let mut argv_len = if orig > ARGV_MAX_CAPTURE as u64 {
             ARGV_MAX_CAPTURE
@@ -360,18 +421,26 @@ unsafe fn try_exec(ctx: &TracePointContext) -> Option<()> {
         }
         cursor += argv_len;
         // The ELF loader leaves argc at the bottom of the initial stack.
-        let start_stack: u64 = r.read(mm, offset!(kernel.mm_start_stack));
+        let start_stack: u64 = load(mm, offset!(kernel.mm_start_stack));
         let argc: u64 = r.read_user(start_stack);
+
+        r.fill_current(&mut (*ev).header);
 
         // The policy decides last, so its branches do not multiply the
         // verifier's states through the path walks above. The new image has
         // not run yet either way: a kill here lands before its first instruction.
         let decision = check_exec(&mut r, (*ev).header.run, exe);
-        let file_inode: u64 = r.read(exe, offset!(kernel.file_f_inode));
-        let ino: u64 = r.read(file_inode, offset!(kernel.inode_i_ino));
-        let sb: u64 = r.read(file_inode, offset!(kernel.inode_i_sb));
-        let dev: u32 = r.read(sb, offset!(kernel.sb_s_dev));
-        let mnt_id = mount_id(&mut r, exe);
+        // The executed file's identity and mount, from the same `mm->exe_file`.
+        let exe_btf: *const u8 = load(mm, offset!(kernel.mm_exe_file));
+        let file_inode: *const u8 = load(exe_btf, offset!(kernel.file_f_inode));
+        let ino: u64 = load(file_inode, offset!(kernel.inode_i_ino));
+        let sb: *const u8 = load(file_inode, offset!(kernel.inode_i_sb));
+        let dev: u32 = load(sb, offset!(kernel.sb_s_dev));
+        let mnt: *const u8 = load(
+            exe_btf,
+            offset!(kernel.file_f_path) + offset!(kernel.path_mnt),
+        );
+        let mnt_id = mount_id_of(&mut r, mnt as u64);
 
         (*ev).payload = ExecData {
             exe_len: exe_len as u16,
