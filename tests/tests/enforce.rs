@@ -680,6 +680,98 @@ fn denied_tcp_connect_fails_with_eperm_and_is_reported() -> Result<()> {
     c.finish()
 }
 
+/// A run's flood of denied connect()s: the syscall's exit sends the
+/// first records of each second and counts the rest as suppressed (a
+/// record assembled in the ring, then discarded): none is lost or counted
+/// twice, and the reader goes on past the discarded ones (the allowed
+/// connect after the flood is reported).
+#[test]
+fn a_flood_of_denied_connects_is_rate_limited_and_every_one_accounted_for() -> Result<()> {
+    const FLOOD: usize = 1000;
+    let (l_allowed, p_allowed) = listen("127.0.0.1")?;
+    let (l_denied, p_denied) = listen("127.0.0.1")?;
+    let rule = format!("127.0.0.1:{p_allowed}");
+    let config = policy_toml("p", "enforce", &base_exec()?, &[&rule], "");
+    let d = Daemon::start_with(Some(&config), &[])?;
+    let flood = format!("tcp 127.0.0.1:{p_denied} ").repeat(FLOOD);
+    // Shell builtins only to count: the policy allows few binaries.
+    let script = format!(
+        "n=0\nfor r in $({HELPER} connect {flood}); do\n  [ \"$r\" = errno=1 ] && n=$((n+1))\ndone\n\
+         echo \"denied: $n\"\n\
+         echo \"allowed: $({HELPER} connect tcp 127.0.0.1:{p_allowed})\"\n"
+    );
+    let out = launch_sh(&d, "enf-flood", "p", &script)?;
+    let got = outputs(&out);
+    let mut c = Checks::new();
+    check!(
+        c,
+        got.get("denied") == Some(&FLOOD.to_string()),
+        "every connect of the flood fails with EPERM: {}",
+        describe(&out)
+    );
+    check!(
+        c,
+        got.get("allowed").map(String::as_str) == Some("ok"),
+        "the allowed connect after the flood succeeds: {}",
+        describe(&out)
+    );
+    check!(
+        c,
+        accepted(&l_allowed)?,
+        "the allowed listener got no connection"
+    );
+    check!(
+        c,
+        !accepted(&l_denied)?,
+        "the denied listener got a connection"
+    );
+    d.wait_until(
+        EVENT_TIMEOUT,
+        |evs| connect_event(evs, "tcp", "127.0.0.1", p_allowed).is_some(),
+        |evs| {
+            format!(
+                "the allowed connect after the flood:\n{}",
+                dump(&run_connects(evs))
+            )
+        },
+    )?;
+    let evs = d.events()?;
+    let reported = evs
+        .iter()
+        .filter(|e| {
+            e["kind"] == "network.connect"
+                && e["network"]["dst_port"] == p_denied
+                && e["policy"]["verdict"] == "deny"
+                && e["policy"]["enforced"] == true
+                && e["network"]["result"] == "error"
+        })
+        .count();
+    // The suppressed count reaches the status on the reader's next tick.
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    let (status, suppressed) = loop {
+        let status = d.status_json()?;
+        let suppressed = status["denials_suppressed"].as_u64().unwrap_or(0);
+        let accounted = reported + usize::try_from(suppressed).unwrap_or(usize::MAX);
+        if accounted >= FLOOD || Instant::now() >= deadline {
+            break (status, suppressed);
+        }
+        thread::sleep(Duration::from_millis(200));
+    };
+    let lost = status["lost"]["total"].as_u64().unwrap_or(u64::MAX);
+    check!(c, lost == 0, "no record lost: {status}");
+    check!(
+        c,
+        reported > 0 && suppressed > 0,
+        "some denials reported ({reported}), the rest suppressed ({suppressed})"
+    );
+    check!(
+        c,
+        reported + usize::try_from(suppressed).unwrap_or(usize::MAX) == FLOOD,
+        "reported ({reported}) + suppressed ({suppressed}) = the {FLOOD} denied connects"
+    );
+    c.finish()
+}
+
 #[test]
 fn connect_rules_decide_by_address_cidr_port_range_and_host_name() -> Result<()> {
     let (l_exact, p_exact) = listen("127.0.0.1")?;

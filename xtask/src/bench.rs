@@ -41,6 +41,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use serde_json::Value;
 
 mod daemon;
+mod floor;
 mod kernel_cost;
 mod latency;
 mod memory;

@@ -6,7 +6,8 @@
 //! The storm ratios carry a few percent of noise on a shared VM; these
 //! numbers do not, so they show what a kernel-side change really saves.
 //! Not included: the syscall-tracepoint slow path that enabling any
-//! `syscalls/` tracepoint puts every syscall on, and the daemon's own CPU
+//! `syscalls/` tracepoint puts every syscall on (the `floor: syscall
+//! tracepoint` variant measures it), and the daemon's own CPU
 //! (reported per storm in the CPU table).
 
 use std::{collections::BTreeMap, fs, path::Path};

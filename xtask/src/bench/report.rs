@@ -101,9 +101,12 @@ pub(super) fn markdown(
     }
     out.push_str(&format!(
         "- auditd: rules for {} (arch b64), backlog {}, written to /var/log/audit/audit.log\n\
-         - bpftrace: tracepoints sched_process_fork/exec/exit and sys_enter_connect printed to a file\n",
+         - bpftrace: tracepoints sched_process_fork/exec/exit and sys_enter_connect printed to a file\n\
+         - floor: syscall tracepoint: a no-op program on {} (no storm calls it): every syscall takes \
+         the syscall tracepoints' slow path and nothing more, what any sensor on `syscalls/` tracepoints pays first\n",
         peers::AUDIT_SYSCALLS.join(", "),
-        peers::AUDIT_BACKLOG
+        peers::AUDIT_BACKLOG,
+        super::floor::TRACEPOINT
     ));
     for (variant, lost) in &results.lost {
         out.push_str(&format!(
@@ -311,7 +314,8 @@ pub(super) fn kernel_cost_markdown(results: &Results) -> String {
         "\nKernel cost: one storm of each workload under `sensor daemon --no-store --output file:/dev/null` \
          with kernel.bpf_stats_enabled = 1 (restored after); each program's run_cnt and run_time_ns \
          from the daemon's /proc/PID/fdinfo. Not included: the syscall-tracepoint slow path every \
-         syscall takes once any syscalls/ tracepoint is on, and the daemon's own CPU.\n",
+         syscall takes once any syscalls/ tracepoint is on (the `floor: syscall tracepoint` variant's \
+         ratio), and the daemon's own CPU.\n",
     );
     out.push_str(&totals);
     out

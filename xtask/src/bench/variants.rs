@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use super::{
     Env,
     daemon::{Daemon, event_count, lost_total, many_runs_config},
-    outputs, peers,
+    floor, outputs, peers,
     workloads::Workload,
 };
 
@@ -65,10 +65,15 @@ pub(super) enum Variant {
     Auditd,
     /// bpftrace printing fork, exec, exit and connect to a file.
     Bpftrace,
+    /// A reference, not a tool: a no-op program on a syscall tracepoint no
+    /// storm calls ([`floor`]), so the storms pay only the syscall
+    /// tracepoints' slow path, the floor under any sensor built on them.
+    Floor,
 }
 
 pub(super) const VARIANTS: &[Variant] = &[
     Variant::Bare,
+    Variant::Floor,
     Variant::Sensor,
     Variant::SensorStore,
     Variant::SensorStoreDetect,
@@ -193,6 +198,7 @@ impl Variant {
             Self::SensorOutputs => "sensor+outputs",
             Self::Auditd => "auditd",
             Self::Bpftrace => "bpftrace",
+            Self::Floor => "floor: syscall tracepoint",
         }
     }
 
@@ -318,6 +324,7 @@ impl Variant {
                 }
                 peers::Bpftrace::start(&env.socket_dir).map(Tool::Bpftrace)
             }
+            Self::Floor => floor::Floor::start().map(Tool::Floor),
         }
     }
 }
@@ -337,6 +344,8 @@ pub(super) enum Tool {
     },
     Auditd(peers::Auditd),
     Bpftrace(peers::Bpftrace),
+    /// The no-op program of `floor: syscall tracepoint`, detached on drop.
+    Floor(floor::Floor),
 }
 
 /// What a tool reports around one workload.
@@ -352,7 +361,7 @@ impl Tool {
     /// Counters before a workload (None for tools without counters).
     pub(super) fn snapshot(&self) -> Result<Option<Value>> {
         match self {
-            Self::None => Ok(None),
+            Self::None | Self::Floor(_) => Ok(None),
             Self::Sensor(daemon)
             | Self::SensorRuns { daemon, .. }
             | Self::SensorOutputs { daemon, .. } => daemon.status_json().map(Some),
@@ -405,7 +414,7 @@ impl Tool {
 
     pub(super) fn daemon(&self) -> Option<&Daemon> {
         match self {
-            Self::None | Self::Auditd(_) | Self::Bpftrace(_) => None,
+            Self::None | Self::Floor(_) | Self::Auditd(_) | Self::Bpftrace(_) => None,
             Self::Sensor(daemon)
             | Self::SensorRuns { daemon, .. }
             | Self::SensorOutputs { daemon, .. } => Some(daemon),
@@ -456,6 +465,10 @@ impl Tool {
     pub(super) fn finish(self) -> Result<Option<u64>> {
         match self {
             Self::None => Ok(None),
+            Self::Floor(floor) => {
+                drop(floor);
+                Ok(None)
+            }
             Self::Auditd(auditd) => auditd.stop().map(Some),
             Self::Bpftrace(bpftrace) => bpftrace.stop().map(Some),
             Self::SensorRuns { daemon, sleepers } => {
