@@ -64,6 +64,28 @@ pub enum Halt {
     Kill,
 }
 
+/// A process whose image may be an agent's, as [`Attribution::place_agent`]
+/// decides about it.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    pid: u32,
+    /// Start time (ns), for the kernel map entry.
+    start_ns: u64,
+    /// Its user, the principal of a top-level run it starts.
+    uid: u32,
+    /// Where it is now.
+    current: Placement,
+}
+
+/// A candidate's parent process, as the table knows it.
+#[derive(Debug, Clone, Copy)]
+struct ParentProcess {
+    /// Its run (0: none).
+    run: u64,
+    /// Its current image is an agent's.
+    agent: bool,
+}
+
 /// Something attribution did that deserves an event of its own.
 #[derive(Debug, Clone)]
 pub enum RunChange {
@@ -506,29 +528,37 @@ impl Attribution {
         let Some(view) = view else {
             return (placed, None);
         };
-        let parent = self
-            .processes
-            .get(h.ppid, h.parent_start_ns)
-            .map(|p| (p.placement.run, p.agent));
+        let candidate = Candidate {
+            pid: h.tgid,
+            start_ns: h.start_ns,
+            uid: h.uid,
+            current: placed,
+        };
+        let parent = self.parent_process(h.ppid, h.parent_start_ns);
         match self.place_agent(
-            h.tgid,
-            h.start_ns,
-            h.uid,
-            placed,
+            candidate,
             parent,
             view,
             crate::event::StartedBy::Matcher,
-            How::MATCHER,
             now,
         ) {
-            Some((new_run, change)) => (Placement::new(new_run, How::MATCHER), Some(change)),
+            Some((started, change)) => (started, Some(change)),
             None => (placed, None),
         }
     }
 
-    /// Decides whether the exec `view` of process `pid` (in run `current`,
-    /// child of a process in run `parent.0` that is an agent when
-    /// `parent.1`) starts a new run:
+    /// The parent process `ppid` (started at `start_ns`; 0: any), if the
+    /// table has it.
+    fn parent_process(&self, ppid: u32, start_ns: u64) -> Option<ParentProcess> {
+        self.processes.get(ppid, start_ns).map(|p| ParentProcess {
+            run: p.placement.run,
+            agent: p.agent,
+        })
+    }
+
+    /// Decides whether the exec `view` of process `candidate` (child of
+    /// `parent`) starts a new run, `started_by` a matcher or the start-up
+    /// backfill (the method the process then has in it):
     ///
     /// - not an agent (no matcher): no; the process is no longer an agent process;
     /// - the process already leads its run (launched, or matched before: a
@@ -537,19 +567,23 @@ impl Attribution {
     ///   the native binary as a child, an agent that relaunches itself): no;
     /// - otherwise yes: a new run, below `current` when there is one (a nested
     ///   invocation from the agent's tool shell is a sub-run).
-    #[expect(clippy::too_many_arguments, reason = "one decision, all its inputs")]
+    ///
+    /// Returns the process's new placement and the run start.
     fn place_agent(
         &mut self,
-        pid: u32,
-        start_ns: u64,
-        uid: u32,
-        current: Placement,
-        parent: Option<(u64, bool)>,
+        candidate: Candidate,
+        parent: Option<ParentProcess>,
         view: &ExecView<'_>,
         started_by: crate::event::StartedBy,
-        how: How,
         now: SystemTime,
-    ) -> Option<(u64, RunChange)> {
+    ) -> Option<(Placement, RunChange)> {
+        let Candidate {
+            pid,
+            start_ns,
+            uid,
+            current,
+        } = candidate;
+        let how = How::started_by(started_by);
         let Some(matcher) = self.matchers.find(view) else {
             self.processes.set_agent(pid, false);
             return None;
@@ -560,7 +594,7 @@ impl Attribution {
             if current.how.leads() {
                 return None;
             }
-            if parent.is_some_and(|(prun, pagent)| prun == run && pagent) {
+            if parent.is_some_and(|p| p.run == run && p.agent) {
                 return None;
             }
         }
@@ -612,11 +646,11 @@ impl Attribution {
         if run != 0 {
             self.runs.remove_process(run);
         }
-        self.processes
-            .set_run(pid, start_ns, Placement::new(new_run.handle, how));
+        let placed = Placement::new(new_run.handle, how);
+        self.processes.set_run(pid, start_ns, placed);
         self.runs.add_process(new_run.handle);
         tracing::info!(run = %new_run.id, agent = %new_run.agent, pid, depth = new_run.depth, started_by = started_by.as_str(), "run started");
-        Some((new_run.handle, RunChange::Started { run: new_run, pid }))
+        Some((placed, RunChange::Started { run: new_run, pid }))
     }
 
     /// Any other event of a live process. Returns its placement.
@@ -1208,17 +1242,14 @@ impl Attribution {
             let Some(start) = self.processes.get(pid, 0).map(|p| p.start_ns) else {
                 continue;
             };
-            let parent = self
-                .processes
-                .get(ppid, 0)
-                .map(|p| (p.placement.run, p.agent));
+            let parent = self.parent_process(ppid, 0);
             let mut current = self
                 .processes
                 .get(pid, 0)
                 .map_or(Placement::NONE, |p| p.placement);
             if !current.is_placed() {
                 let placed = match parent {
-                    Some((run, _)) if run != 0 => Some(Placement::new(run, How::BACKFILL)),
+                    Some(p) if p.run != 0 => Some(Placement::new(p.run, How::BACKFILL)),
                     _ => self
                         .env_placement(pid)
                         .map(|run| Placement::new(run, How::ENV)),
@@ -1246,14 +1277,15 @@ impl Attribution {
                 };
                 if let Some(uid) = uid
                     && let Some((_, change)) = self.place_agent(
-                        pid,
-                        start,
-                        uid,
-                        current,
+                        Candidate {
+                            pid,
+                            start_ns: start,
+                            uid,
+                            current,
+                        },
                         parent,
                         &view,
                         crate::event::StartedBy::Backfill,
-                        How::BACKFILL,
                         now,
                     )
                 {
