@@ -9,6 +9,7 @@
 //! attestation, and the state that survives a restart.
 
 pub mod matchers;
+pub mod placement;
 pub mod process_table;
 pub mod runs;
 
@@ -18,32 +19,16 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use sensor_common::event::{
-    EventHeader, HOW_BACKFILL, HOW_ENV, HOW_FLAG_COUNTED, HOW_INHERITED, HOW_LAUNCH, HOW_MASK,
-    HOW_MATCHER, ProcRun,
-};
+use sensor_common::event::{EventHeader, HOW_FLAG_COUNTED, ProcRun};
 
 pub use self::{
     matchers::{AgentConfig, ExecView, Matcher, Matchers},
+    placement::{How, Placement},
     process_table::{ProcessInfo, ProcessTable},
     runs::{NewRun, Run, RunError, RunTable, check_scopes},
 };
 use crate::event::RunRef;
 pub use crate::run_map::RunMap;
-
-/// Name of an attribution method, as events show it.
-#[must_use]
-pub const fn how_name(how: u32) -> crate::event::Attributed {
-    use crate::event::Attributed;
-    match how & HOW_MASK {
-        HOW_LAUNCH => Attributed::Launch,
-        HOW_INHERITED => Attributed::Inherited,
-        HOW_MATCHER => Attributed::Matcher,
-        HOW_BACKFILL => Attributed::Backfill,
-        HOW_ENV => Attributed::Env,
-        _ => Attributed::Unknown,
-    }
-}
 
 /// Who did something, as [`Attribution::actor`] found them.
 #[derive(Debug, Clone)]
@@ -51,9 +36,8 @@ pub struct Actor {
     pub pid: u32,
     /// Start time (ns; 0: not known).
     pub start_ns: u64,
-    /// Run handle (0: none) and how the process had joined it.
-    pub run: u64,
-    pub how: u32,
+    /// Its run (none: 0) and how the process had joined it.
+    pub placement: Placement,
     pub exe: Option<std::sync::Arc<str>>,
     /// It still runs (as the process that started at `start_ns`).
     pub alive: bool,
@@ -78,6 +62,28 @@ pub enum Halt {
     Stop,
     /// SIGKILL it.
     Kill,
+}
+
+/// A process whose image may be an agent's, as [`Attribution::place_agent`]
+/// decides about it.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    pid: u32,
+    /// Start time (ns), for the kernel map entry.
+    start_ns: u64,
+    /// Its user, the principal of a top-level run it starts.
+    uid: u32,
+    /// Where it is now.
+    current: Placement,
+}
+
+/// A candidate's parent process, as the table knows it.
+#[derive(Debug, Clone, Copy)]
+struct ParentProcess {
+    /// Its run (0: none).
+    run: u64,
+    /// Its current image is an agent's.
+    agent: bool,
 }
 
 /// Something attribution did that deserves an event of its own.
@@ -419,23 +425,23 @@ impl Attribution {
         self.runs.get(handle).and_then(|r| r.policy.as_deref())
     }
 
-    /// The `run` object of an event of a process in run `handle`.
+    /// The `run` object of an event of a process placed at `placement`.
     #[must_use]
-    pub fn run_ref(&self, handle: u64, how: u32) -> Option<RunRef> {
-        let run = self.runs.get(handle)?;
-        Some(RunRef::of(run, how_name(how)))
+    pub fn run_ref(&self, placement: Placement) -> Option<RunRef> {
+        let run = self.runs.get(placement.run)?;
+        Some(RunRef::of(run, placement.how.method()))
     }
 
-    /// The run (handle, how) of a process, from the table, else the record.
-    fn run_of(&self, h: &EventHeader) -> (u64, u32) {
+    /// The placement of a process, from the table, else the record.
+    fn run_of(&self, h: &EventHeader) -> Placement {
         match self.processes.get(h.tgid, h.start_ns) {
-            Some(p) if p.run != 0 => (p.run, p.how),
-            _ => (h.run, h.run_how),
+            Some(p) if p.placement.is_placed() => p.placement,
+            _ => Placement::of_header(h),
         }
     }
 
-    /// A new process. Returns its (run, how).
-    pub fn on_spawn(&mut self, h: &EventHeader, exe: Option<std::sync::Arc<str>>) -> (u64, u32) {
+    /// A new process. Returns its placement.
+    pub fn on_spawn(&mut self, h: &EventHeader, exe: Option<std::sync::Arc<str>>) -> Placement {
         // The kernel put the child in its creator's run at fork, and that
         // decision stands. User space only fills in what the kernel could
         // not know: the parent was placed in a run (a matcher, at its exec)
@@ -448,9 +454,10 @@ impl Attribution {
         let parent = self
             .processes
             .get(h.ppid, h.parent_start_ns)
-            .map(|p| (p.run, p.how));
-        let (mut run, mut how) = (h.run, h.run_how);
-        if let Some((prun, _)) = parent
+            .map(|p| p.placement.run);
+        let mut placed = Placement::of_header(h);
+        let run = placed.run;
+        if let Some(prun) = parent
             && prun != 0
             && prun != run
             && self.runs.get(prun).is_some_and(Run::is_active)
@@ -463,91 +470,95 @@ impl Attribution {
                 .filter(|e| {
                     e.run == h.run && e.start_ns / self.ns_per_tick == h.start_ns / self.ns_per_tick
                 })
-                .map_or(0, |e| e.how & !HOW_MASK);
-            run = prun;
-            how = HOW_INHERITED;
-            let entry = ProcRun {
-                run,
-                start_ns: h.start_ns,
-                how: how | flags,
-                _pad: 0,
-            };
+                .map_or(0, |e| How::from_word(e.how).flags());
+            placed = Placement::new(prun, How::INHERITED);
+            let entry = Placement::new(prun, How::INHERITED.with_flags(flags)).entry(h.start_ns);
             if let Err(e) = self.map.set(h.tgid, entry) {
                 tracing::warn!(pid = h.tgid, error = %e, "cannot correct the kernel's run entry");
             }
         }
-        if run != 0 && self.runs.get(run).is_none_or(|r| !r.is_active()) {
+        if placed.is_placed() && self.runs.get(placed.run).is_none_or(|r| !r.is_active()) {
             // An entry for a run we do not know (state lost): not attributable.
-            run = 0;
-            how = 0;
+            placed = Placement::NONE;
         }
         // A process forked between the probes' attach and the /proc seed is
         // already in the table (and counted) when its spawn is read: count a
         // process once, moving it if its run changed.
-        let counted = self.processes.get(h.tgid, h.start_ns).map_or(0, |p| p.run);
+        let counted = self
+            .processes
+            .get(h.tgid, h.start_ns)
+            .map_or(0, |p| p.placement.run);
         let exe = self.processes.share_exe(h.ppid, h.parent_start_ns, exe);
         self.processes.upsert(h.tgid, h.start_ns, exe);
-        self.processes.set_run(h.tgid, h.start_ns, run, how);
-        if counted != run {
+        self.processes.set_run(h.tgid, h.start_ns, placed);
+        if counted != placed.run {
             if counted != 0 {
                 self.runs.remove_process(counted);
             }
-            if run != 0 {
-                self.runs.add_process(run);
+            if placed.is_placed() {
+                self.runs.add_process(placed.run);
             }
         }
-        (run, how)
+        placed
     }
 
     /// An exec. The process keeps its run, unless its new image is an agent
     /// that starts a run of its own (see [`Self::place_agent`]).
-    /// Returns its (run, how) and the run it started, if any.
+    /// Returns its placement and the run it started, if any.
     pub fn on_exec(
         &mut self,
         h: &EventHeader,
         exe: Option<std::sync::Arc<str>>,
         view: Option<&ExecView<'_>>,
         now: SystemTime,
-    ) -> ((u64, u32), Option<RunChange>) {
+    ) -> (Placement, Option<RunChange>) {
         let known = self.processes.get(h.tgid, h.start_ns).is_some();
-        let (mut run, mut how) = self.run_of(h);
+        let mut placed = self.run_of(h);
         self.processes.upsert(h.tgid, h.start_ns, exe);
         if !known {
             // First sight of this process (started before us, or its spawn was lost).
-            if !self.runs.get(run).is_some_and(Run::is_active) {
-                (run, how) = (0, 0);
+            if !self.runs.get(placed.run).is_some_and(Run::is_active) {
+                placed = Placement::NONE;
             }
-            self.processes.set_run(h.tgid, h.start_ns, run, how);
-            if run != 0 {
-                self.runs.add_process(run);
+            self.processes.set_run(h.tgid, h.start_ns, placed);
+            if placed.is_placed() {
+                self.runs.add_process(placed.run);
             }
         }
         let Some(view) = view else {
-            return ((run, how), None);
+            return (placed, None);
         };
-        let parent = self
-            .processes
-            .get(h.ppid, h.parent_start_ns)
-            .map(|p| (p.run, p.agent));
+        let candidate = Candidate {
+            pid: h.tgid,
+            start_ns: h.start_ns,
+            uid: h.uid,
+            current: placed,
+        };
+        let parent = self.parent_process(h.ppid, h.parent_start_ns);
         match self.place_agent(
-            h.tgid,
-            h.start_ns,
-            h.uid,
-            (run, how),
+            candidate,
             parent,
             view,
             crate::event::StartedBy::Matcher,
-            HOW_MATCHER,
             now,
         ) {
-            Some((new_run, change)) => ((new_run, HOW_MATCHER), Some(change)),
-            None => ((run, how), None),
+            Some((started, change)) => (started, Some(change)),
+            None => (placed, None),
         }
     }
 
-    /// Decides whether the exec `view` of process `pid` (in run `current`,
-    /// child of a process in run `parent.0` that is an agent when
-    /// `parent.1`) starts a new run:
+    /// The parent process `ppid` (started at `start_ns`; 0: any), if the
+    /// table has it.
+    fn parent_process(&self, ppid: u32, start_ns: u64) -> Option<ParentProcess> {
+        self.processes.get(ppid, start_ns).map(|p| ParentProcess {
+            run: p.placement.run,
+            agent: p.agent,
+        })
+    }
+
+    /// Decides whether the exec `view` of process `candidate` (child of
+    /// `parent`) starts a new run, `started_by` a matcher or the start-up
+    /// backfill (the method the process then has in it):
     ///
     /// - not an agent (no matcher): no; the process is no longer an agent process;
     /// - the process already leads its run (launched, or matched before: a
@@ -556,30 +567,34 @@ impl Attribution {
     ///   the native binary as a child, an agent that relaunches itself): no;
     /// - otherwise yes: a new run, below `current` when there is one (a nested
     ///   invocation from the agent's tool shell is a sub-run).
-    #[expect(clippy::too_many_arguments, reason = "one decision, all its inputs")]
+    ///
+    /// Returns the process's new placement and the run start.
     fn place_agent(
         &mut self,
-        pid: u32,
-        start_ns: u64,
-        uid: u32,
-        current: (u64, u32),
-        parent: Option<(u64, bool)>,
+        candidate: Candidate,
+        parent: Option<ParentProcess>,
         view: &ExecView<'_>,
         started_by: crate::event::StartedBy,
-        how: u32,
         now: SystemTime,
-    ) -> Option<(u64, RunChange)> {
+    ) -> Option<(Placement, RunChange)> {
+        let Candidate {
+            pid,
+            start_ns,
+            uid,
+            current,
+        } = candidate;
+        let how = How::started_by(started_by);
         let Some(matcher) = self.matchers.find(view) else {
             self.processes.set_agent(pid, false);
             return None;
         };
         self.processes.set_agent(pid, true);
-        let (run, run_how) = current;
+        let run = current.run;
         if run != 0 {
-            if matches!(run_how & HOW_MASK, HOW_LAUNCH | HOW_MATCHER) {
+            if current.how.leads() {
                 return None;
             }
-            if parent.is_some_and(|(prun, pagent)| prun == run && pagent) {
+            if parent.is_some_and(|p| p.run == run && p.agent) {
                 return None;
             }
         }
@@ -621,12 +636,7 @@ impl Attribution {
             .get(pid)
             .filter(|e| e.start_ns / self.ns_per_tick == start_ns / self.ns_per_tick)
             .map_or(0, |e| e.how & HOW_FLAG_COUNTED);
-        let entry = ProcRun {
-            run: new_run.handle,
-            start_ns,
-            how: how | counted,
-            _pad: 0,
-        };
+        let entry = Placement::new(new_run.handle, how.with_flags(counted)).entry(start_ns);
         // Durable before the kernel map names it: a daemon killed at any
         // instant from here restores the run with its metadata.
         self.record(&new_run);
@@ -636,26 +646,28 @@ impl Attribution {
         if run != 0 {
             self.runs.remove_process(run);
         }
-        self.processes.set_run(pid, start_ns, new_run.handle, how);
+        let placed = Placement::new(new_run.handle, how);
+        self.processes.set_run(pid, start_ns, placed);
         self.runs.add_process(new_run.handle);
         tracing::info!(run = %new_run.id, agent = %new_run.agent, pid, depth = new_run.depth, started_by = started_by.as_str(), "run started");
-        Some((new_run.handle, RunChange::Started { run: new_run, pid }))
+        Some((placed, RunChange::Started { run: new_run, pid }))
     }
 
-    /// Any other event of a live process. Returns its (run, how).
+    /// Any other event of a live process. Returns its placement.
     #[must_use]
-    pub fn on_other(&self, h: &EventHeader) -> (u64, u32) {
-        let (run, how) = self.run_of(h);
-        if self.runs.get(run).is_some() {
-            (run, how)
+    pub fn on_other(&self, h: &EventHeader) -> Placement {
+        let placed = self.run_of(h);
+        if self.runs.get(placed.run).is_some() {
+            placed
         } else {
-            (0, 0)
+            Placement::NONE
         }
     }
 
     /// A process exited; its run ends when it was the last one (and no sub-run lives).
-    pub fn on_exit(&mut self, h: &EventHeader, now: SystemTime) -> ((u64, u32), Vec<RunChange>) {
-        let (run, how) = self.run_of(h);
+    pub fn on_exit(&mut self, h: &EventHeader, now: SystemTime) -> (Placement, Vec<RunChange>) {
+        let placed = self.run_of(h);
+        let run = placed.run;
         let info = self.processes.remove(h.tgid, h.start_ns);
         self.recent_exits.record(process_table::Exited {
             pid: h.tgid,
@@ -666,15 +678,14 @@ impl Attribution {
             gid: h.gid,
             comm: h.comm,
             exe: info.as_ref().and_then(|p| p.exe.clone()),
-            run,
-            how,
+            placement: placed,
         });
         let mut changes = Vec::new();
-        if run != 0 && info.is_some_and(|p| p.run == run) {
+        if run != 0 && info.is_some_and(|p| p.placement.run == run) {
             self.runs.remove_process(run);
             self.end_if_done(run, "exited", now, &mut changes);
         }
-        ((run, how), changes)
+        (placed, changes)
     }
 
     /// Ends `handle` if it has no live process and no active sub-run, then
@@ -718,7 +729,7 @@ impl Attribution {
             .processes
             .iter()
             .filter(|(pid, _)| !process_exists(*pid))
-            .map(|(pid, p)| (pid, p.start_ns, p.run))
+            .map(|(pid, p)| (pid, p.start_ns, p.placement.run))
             .collect();
         let mut changes = Vec::new();
         for (pid, start, run) in dead {
@@ -798,7 +809,7 @@ impl Attribution {
             let known = self
                 .processes
                 .get(*pid, entry.start_ns)
-                .is_some_and(|p| p.run == handle);
+                .is_some_and(|p| p.placement.run == handle);
             if !known {
                 tracing::warn!(
                     pid,
@@ -806,8 +817,11 @@ impl Attribution {
                     "a process the table missed is still in the run (records were lost)"
                 );
                 self.processes.upsert(*pid, entry.start_ns, None);
-                self.processes
-                    .set_run(*pid, entry.start_ns, handle, entry.how & HOW_MASK);
+                self.processes.set_run(
+                    *pid,
+                    entry.start_ns,
+                    Placement::new(handle, How::from_word(entry.how).without_flags()),
+                );
                 self.runs.add_process(handle);
             }
         }
@@ -866,11 +880,12 @@ impl Attribution {
                 let leftovers: Vec<(u32, u64)> = self
                     .processes
                     .iter()
-                    .filter(|(_, info)| info.run == handle)
+                    .filter(|(_, info)| info.placement.run == handle)
                     .map(|(pid, info)| (pid, info.start_ns))
                     .collect();
                 for (pid, start) in leftovers {
-                    self.processes.set_run(pid, start, p, HOW_INHERITED);
+                    self.processes
+                        .set_run(pid, start, Placement::new(p, How::INHERITED));
                     self.runs.add_process(p);
                 }
             }
@@ -901,7 +916,9 @@ impl Attribution {
     fn move_process(&mut self, pid: u32, entry: ProcRun, to: u64) {
         let moved = ProcRun {
             run: to,
-            how: HOW_INHERITED | (entry.how & !HOW_MASK),
+            how: How::INHERITED
+                .with_flags(How::from_word(entry.how).flags())
+                .word(),
             ..entry
         };
         if let Err(e) = self.map.set(pid, moved) {
@@ -914,12 +931,12 @@ impl Attribution {
         } else if self
             .processes
             .get(pid, entry.start_ns)
-            .is_some_and(|p| p.run == from)
+            .is_some_and(|p| p.placement.run == from)
         {
             self.runs.remove_process(from);
         }
         self.processes
-            .set_run(pid, entry.start_ns, to, HOW_INHERITED);
+            .set_run(pid, entry.start_ns, Placement::new(to, How::INHERITED));
         self.runs.add_process(to);
     }
 
@@ -936,27 +953,32 @@ impl Attribution {
     #[must_use]
     pub fn actor(&self, pid: u32) -> Actor {
         let live = self.proc_start_ticks(pid);
-        let known_run = |run: u64| if self.runs.get(run).is_some() { run } else { 0 };
+        let known_run = |p: Placement| Placement {
+            run: if self.runs.get(p.run).is_some() {
+                p.run
+            } else {
+                0
+            },
+            ..p
+        };
         if let Some(p) = self.processes.get(pid, 0)
             && live.is_none_or(|t| t == p.start_ns / self.ns_per_tick)
         {
             return Actor {
                 pid,
                 start_ns: p.start_ns,
-                run: known_run(p.run),
-                how: p.how,
+                placement: known_run(p.placement),
                 exe: p.exe.clone(),
                 alive: live.is_some(),
                 exited: None,
             };
         }
         if let Some(ticks) = live {
-            let (run, how) = self.kernel_run(pid, ticks).unwrap_or((0, 0));
+            let placement = self.kernel_run(pid, ticks).unwrap_or(Placement::NONE);
             return Actor {
                 pid,
                 start_ns: ticks.saturating_mul(self.ns_per_tick),
-                run: known_run(run),
-                how,
+                placement: known_run(placement),
                 exe: None,
                 alive: true,
                 exited: None,
@@ -966,8 +988,7 @@ impl Attribution {
             Some(e) => Actor {
                 pid,
                 start_ns: e.start_ns,
-                run: known_run(e.run),
-                how: e.how,
+                placement: known_run(e.placement),
                 exe: e.exe.clone(),
                 alive: false,
                 exited: Some(e.clone()),
@@ -975,8 +996,7 @@ impl Attribution {
             None => Actor {
                 pid,
                 start_ns: 0,
-                run: 0,
-                how: 0,
+                placement: Placement::NONE,
                 exe: None,
                 alive: false,
                 exited: None,
@@ -985,9 +1005,9 @@ impl Attribution {
     }
 
     /// The run of a live process per the kernel map, checked against its start time.
-    fn kernel_run(&self, pid: u32, start_ticks: u64) -> Option<(u64, u32)> {
+    fn kernel_run(&self, pid: u32, start_ticks: u64) -> Option<Placement> {
         let entry = self.map.get(pid)?;
-        (entry.start_ns / self.ns_per_tick == start_ticks).then_some((entry.run, entry.how))
+        (entry.start_ns / self.ns_per_tick == start_ticks).then_some(Placement::of_entry(&entry))
     }
 
     /// `sensor launch`: the peer process registers itself as the first
@@ -1012,9 +1032,10 @@ impl Attribution {
         }
         let current = self
             .kernel_run(peer.pid, start_ticks)
-            .filter(|(h, _)| self.runs.get(*h).is_some_and(Run::is_active));
+            .map(|p| p.run)
+            .filter(|h| self.runs.get(*h).is_some_and(Run::is_active));
         let verified = user_name(peer.uid);
-        let parent = current.and_then(|(h, _)| self.runs.get(h));
+        let parent = current.and_then(|h| self.runs.get(h));
         let parent_principal = parent.map(|r| r.principal.clone());
         // A sub-run keeps its parent's policy unless it names one.
         let policy = req
@@ -1037,7 +1058,7 @@ impl Attribution {
                     principal,
                     principal_claimed,
                     uid: peer.uid,
-                    parent: current.map(|(h, _)| h),
+                    parent: current,
                     policy,
                     labels: req.labels,
                     ttl: req.ttl_secs.map(Duration::from_secs),
@@ -1051,26 +1072,22 @@ impl Attribution {
         // the process entry) and before the launch is acknowledged: a
         // daemon killed at any instant from here restores the run.
         self.record(&run);
-        if let Err(e) = bind(&run, current.map(|(h, _)| h)) {
+        if let Err(e) = bind(&run, current) {
             if let Some(ended) = self.runs.end(run.handle, "refused", now) {
                 self.record(&ended);
             }
             self.runs.forget(run.handle);
             return Err(AttributionError::Bind(e));
         }
-        let entry = ProcRun {
-            run: run.handle,
-            start_ns: start_ticks.saturating_mul(self.ns_per_tick),
-            how: HOW_LAUNCH,
-            _pad: 0,
-        };
+        let entry = Placement::new(run.handle, How::LAUNCH)
+            .entry(start_ticks.saturating_mul(self.ns_per_tick));
         // The kernel map has the precise start time of a process it saw fork;
         // keep it when present, so the kernel's own start-time check matches.
         // It also keeps counting against its tree's max_processes if it did.
         let entry = match self.map.get(peer.pid) {
             Some(old) if old.start_ns / self.ns_per_tick == start_ticks => ProcRun {
                 start_ns: old.start_ns,
-                how: HOW_LAUNCH | (old.how & HOW_FLAG_COUNTED),
+                how: How::LAUNCH.with_flags(old.how & HOW_FLAG_COUNTED).word(),
                 ..entry
             },
             _ => ProcRun {
@@ -1086,12 +1103,15 @@ impl Attribution {
             }
             return Err(AttributionError::Kernel(e));
         }
-        if let Some((old, _)) = current {
+        if let Some(old) = current {
             self.runs.remove_process(old);
         }
         self.processes.upsert(peer.pid, entry.start_ns, None);
-        self.processes
-            .set_run(peer.pid, entry.start_ns, run.handle, HOW_LAUNCH);
+        self.processes.set_run(
+            peer.pid,
+            entry.start_ns,
+            Placement::new(run.handle, How::LAUNCH),
+        );
         self.runs.add_process(run.handle);
         Ok((run.clone(), RunChange::Started { run, pid: peer.pid }))
     }
@@ -1120,11 +1140,11 @@ impl Attribution {
             .get(pid, 0)
             .filter(|p| p.start_ns / self.ns_per_tick == ticks)
             .and_then(|p| p.exe.as_deref().map(str::to_owned));
-        let run = self.kernel_run(pid, ticks).and_then(|(handle, how)| {
+        let run = self.kernel_run(pid, ticks).and_then(|placed| {
             self.runs
-                .get(handle)
+                .get(placed.run)
                 .filter(|r| r.is_active())
-                .map(|r| (r.clone(), how))
+                .map(|r| (r.clone(), placed.how))
         });
         Ok(ProcessAnswer {
             pid,
@@ -1134,7 +1154,7 @@ impl Attribution {
             exe,
             attribution: run
                 .as_ref()
-                .map(|(_, how)| how_name(*how).as_str().to_owned()),
+                .map(|(_, how)| how.method().as_str().to_owned()),
             run: run.map(|(r, _)| r),
         })
     }
@@ -1153,19 +1173,19 @@ impl Attribution {
         {
             return Err(AttributionError::StaleStart { pid, given, actual });
         }
-        let (handle, how) = self
+        let placed = self
             .kernel_run(pid, actual)
             .ok_or(AttributionError::NotInRun(pid))?;
         let run = self
             .runs
-            .get(handle)
+            .get(placed.run)
             .filter(|r| r.is_active())
             .ok_or(AttributionError::NotInRun(pid))?;
         Ok(RunAnswer {
             pid,
             start_ticks: actual,
             process_key: self.keys.key_from_ticks(pid, actual),
-            attribution: how_name(how).as_str().to_owned(),
+            attribution: placed.how.method().as_str().to_owned(),
             run: run.clone(),
         })
     }
@@ -1210,7 +1230,7 @@ impl Attribution {
                 .get(pid, 0)
                 .is_some_and(|p| p.start_ns / tick == entry.start_ns / tick);
             if live && self.runs.get(entry.run).is_some_and(Run::is_active) {
-                self.processes.set_run(pid, 0, entry.run, entry.how);
+                self.processes.set_run(pid, 0, Placement::of_entry(&entry));
             } else {
                 self.map.remove(pid);
             }
@@ -1222,27 +1242,23 @@ impl Attribution {
             let Some(start) = self.processes.get(pid, 0).map(|p| p.start_ns) else {
                 continue;
             };
-            let parent = self.processes.get(ppid, 0).map(|p| (p.run, p.agent));
+            let parent = self.parent_process(ppid, 0);
             let mut current = self
                 .processes
                 .get(pid, 0)
-                .map_or((0, 0), |p| (p.run, p.how));
-            if current.0 == 0 {
+                .map_or(Placement::NONE, |p| p.placement);
+            if !current.is_placed() {
                 let placed = match parent {
-                    Some((run, _)) if run != 0 => Some((run, HOW_BACKFILL)),
-                    _ => self.env_placement(pid).map(|run| (run, HOW_ENV)),
+                    Some(p) if p.run != 0 => Some(Placement::new(p.run, How::BACKFILL)),
+                    _ => self
+                        .env_placement(pid)
+                        .map(|run| Placement::new(run, How::ENV)),
                 };
-                if let Some((run, how)) = placed {
-                    let entry = ProcRun {
-                        run,
-                        start_ns: start,
-                        how,
-                        _pad: 0,
-                    };
-                    if self.map.set(pid, entry).is_ok() {
-                        self.processes.set_run(pid, start, run, how);
-                        current = (run, how);
-                    }
+                if let Some(placed) = placed
+                    && self.map.set(pid, placed.entry(start)).is_ok()
+                {
+                    self.processes.set_run(pid, start, placed);
+                    current = placed;
                 }
             }
             if !self.matchers.is_empty()
@@ -1261,14 +1277,15 @@ impl Attribution {
                 };
                 if let Some(uid) = uid
                     && let Some((_, change)) = self.place_agent(
-                        pid,
-                        start,
-                        uid,
-                        current,
+                        Candidate {
+                            pid,
+                            start_ns: start,
+                            uid,
+                            current,
+                        },
                         parent,
                         &view,
                         crate::event::StartedBy::Backfill,
-                        HOW_BACKFILL,
                         now,
                     )
                 {
@@ -1284,7 +1301,7 @@ impl Attribution {
         let members: Vec<u64> = self
             .processes
             .iter()
-            .map(|(_, p)| p.run)
+            .map(|(_, p)| p.placement.run)
             .filter(|r| *r != 0)
             .collect();
         for run in members {
@@ -1432,6 +1449,7 @@ mod tests {
     use HashMap;
 
     use super::*;
+    use crate::event::Attributed;
     use crate::identity::ProcessKeys;
 
     const TICK: u64 = 10_000_000;
@@ -1446,7 +1464,7 @@ mod tests {
         .with_matchers(Matchers::new(agents).unwrap())
     }
 
-    fn header(pid: u32, ppid: u32, run: u64, how: u32) -> EventHeader {
+    fn header(pid: u32, ppid: u32, run: u64, how: How) -> EventHeader {
         EventHeader {
             tgid: pid,
             tid: pid,
@@ -1454,7 +1472,7 @@ mod tests {
             start_ns: u64::from(pid) * TICK * 7,
             parent_start_ns: u64::from(ppid) * TICK * 7,
             run,
-            run_how: how,
+            run_how: how.word(),
             ..EventHeader::default()
         }
     }
@@ -1495,14 +1513,17 @@ mod tests {
         assert_eq!(a.attest(me, None).unwrap().run.id, run.id);
         // A child the kernel put in the run at fork, then a grandchild.
         let me_start = a.processes.get(me, 0).unwrap().start_ns;
-        let mut child = header(900_001, me, run.handle, HOW_INHERITED);
+        let mut child = header(900_001, me, run.handle, How::INHERITED);
         child.parent_start_ns = me_start;
-        assert_eq!(a.on_spawn(&child, None), (run.handle, HOW_INHERITED));
-        let grandchild = header(900_002, 900_001, run.handle, HOW_INHERITED);
+        assert_eq!(
+            a.on_spawn(&child, None),
+            Placement::new(run.handle, How::INHERITED)
+        );
+        let grandchild = header(900_002, 900_001, run.handle, How::INHERITED);
         a.on_spawn(&grandchild, None);
         // The launcher and the child exit: the grandchild keeps the run open.
         // (The kernel drops a process's map entry at its exit.)
-        let mut me_exit = header(me, 1, 0, 0);
+        let mut me_exit = header(me, 1, 0, How::NONE);
         me_exit.start_ns = me_start;
         a.map.remove(me);
         assert!(a.on_exit(&me_exit, now).1.is_empty());
@@ -1519,15 +1540,19 @@ mod tests {
         let now = SystemTime::now();
         let argv = vec!["fake-agent".to_owned()];
         // pid 10 execs the agent: a new run (the kernel did not know).
-        let h = header(10, 1, 0, 0);
+        let h = header(10, 1, 0, How::NONE);
         a.on_spawn(&h, None);
-        let ((run, how), started) = a.on_exec(&h, None, Some(&exec("/opt/fake-agent", &argv)), now);
-        assert_eq!(how, HOW_MATCHER);
+        let (Placement { run, how }, started) =
+            a.on_exec(&h, None, Some(&exec("/opt/fake-agent", &argv)), now);
+        assert_eq!(how, How::MATCHER);
         assert!(started.is_some());
         // Its child was forked after the exec but the kernel copied the old
         // (empty) entry: the table's run wins, and the kernel map is fixed.
-        let child = header(11, 10, 0, 0);
-        assert_eq!(a.on_spawn(&child, None), (run, HOW_INHERITED));
+        let child = header(11, 10, 0, How::NONE);
+        assert_eq!(
+            a.on_spawn(&child, None),
+            Placement::new(run, How::INHERITED)
+        );
         assert_eq!(a.map.get(11).map(|e| e.run), Some(run));
     }
 
@@ -1537,20 +1562,20 @@ mod tests {
         let now = SystemTime::now();
         let argv = vec!["fake-agent".to_owned()];
         let view = exec("/opt/fake-agent", &argv);
-        let root = header(20, 1, 0, 0);
+        let root = header(20, 1, 0, How::NONE);
         a.on_spawn(&root, None);
-        let ((run, _), started) = a.on_exec(&root, None, Some(&view), now);
+        let (Placement { run, .. }, started) = a.on_exec(&root, None, Some(&view), now);
         assert!(started.is_some());
         // Re-exec in the same pid: same run.
         assert!(a.on_exec(&root, None, Some(&view), now).1.is_none());
         // The agent starts itself as a child (launcher → native): same run.
-        let native = header(21, 20, run, HOW_INHERITED);
+        let native = header(21, 20, run, How::INHERITED);
         a.on_spawn(&native, None);
-        let ((r, _), started) = a.on_exec(&native, None, Some(&view), now);
+        let (Placement { run: r, .. }, started) = a.on_exec(&native, None, Some(&view), now);
         assert_eq!(r, run);
         assert!(started.is_none());
         // The agent's tool shell (not an agent) runs the agent again: a sub-run.
-        let shell = header(22, 20, run, HOW_INHERITED);
+        let shell = header(22, 20, run, How::INHERITED);
         a.on_spawn(&shell, None);
         let sh_argv = vec!["sh".to_owned()];
         assert!(
@@ -1558,11 +1583,11 @@ mod tests {
                 .1
                 .is_none()
         );
-        let nested = header(23, 22, run, HOW_INHERITED);
+        let nested = header(23, 22, run, How::INHERITED);
         a.on_spawn(&nested, None);
-        let ((sub, how), started) = a.on_exec(&nested, None, Some(&view), now);
+        let (Placement { run: sub, how }, started) = a.on_exec(&nested, None, Some(&view), now);
         assert_ne!(sub, run);
-        assert_eq!(how, HOW_MATCHER);
+        assert_eq!(how, How::MATCHER);
         let Some(RunChange::Started { run: sub_run, .. }) = started else {
             panic!("a sub-run starts")
         };
@@ -1583,9 +1608,9 @@ mod tests {
         let now = SystemTime::now();
         let argv = vec!["fake-agent".to_owned()];
         let view = exec("/opt/fake-agent", &argv);
-        let root = header(30, 1, 0, 0);
+        let root = header(30, 1, 0, How::NONE);
         a.on_spawn(&root, None);
-        let ((run, _), _) = a.on_exec(&root, None, Some(&view), now);
+        let (Placement { run, .. }, _) = a.on_exec(&root, None, Some(&view), now);
         assert_eq!(a.runs.get(run).unwrap().scopes, ["repo:read"]);
         // Inside a launched run holding other scopes: the parent's.
         let launched = a
@@ -1602,10 +1627,10 @@ mod tests {
             .unwrap()
             .handle;
         // The launched shell's child runs the agent: a sub-run.
-        let inner = header(32, 31, launched, HOW_INHERITED);
+        let inner = header(32, 31, launched, How::INHERITED);
         a.on_spawn(&inner, None);
-        let ((sub, how), _) = a.on_exec(&inner, None, Some(&view), now);
-        assert_eq!(how, HOW_MATCHER);
+        let (Placement { run: sub, how }, _) = a.on_exec(&inner, None, Some(&view), now);
+        assert_eq!(how, How::MATCHER);
         assert_ne!(sub, launched);
         assert_eq!(a.runs.get(sub).unwrap().scopes, ["db:read"]);
     }
@@ -1616,7 +1641,7 @@ mod tests {
         let now = SystemTime::now();
         let argv = vec!["fake-agent".to_owned()];
         // pid 4_000_000 is above any pid_max: it cannot exist.
-        let h = header(4_000_000, 1, 0, 0);
+        let h = header(4_000_000, 1, 0, How::NONE);
         a.on_spawn(&h, None);
         a.on_exec(&h, None, Some(&exec("/opt/fake-agent", &argv)), now);
         assert_eq!(a.active_runs(), 1);
@@ -1634,11 +1659,12 @@ mod tests {
         let mut a = attribution(&[agent("fake", "**/fake-agent")]);
         let now = SystemTime::now();
         let argv = vec!["fake-agent".to_owned()];
-        let root = header(60, 1, 0, 0);
+        let root = header(60, 1, 0, How::NONE);
         a.on_spawn(&root, None);
-        let ((run, _), _) = a.on_exec(&root, None, Some(&exec("/opt/fake-agent", &argv)), now);
+        let (Placement { run, .. }, _) =
+            a.on_exec(&root, None, Some(&exec("/opt/fake-agent", &argv)), now);
         // The child is already known (as if seeded from /proc and counted)…
-        let child = header(61, 60, run, HOW_INHERITED);
+        let child = header(61, 60, run, How::INHERITED);
         a.on_spawn(&child, None);
         // …then its spawn record is read from the ring.
         a.on_spawn(&child, None);
@@ -1655,9 +1681,9 @@ mod tests {
     fn events_of_unknown_runs_are_not_attributed() {
         let mut a = attribution(&[]);
         // The kernel entry names a run this daemon does not know (state lost).
-        let h = header(30, 1, 77, HOW_INHERITED);
-        assert_eq!(a.on_spawn(&h, None), (0, 0));
-        assert_eq!(a.on_other(&h), (0, 0));
+        let h = header(30, 1, 77, How::INHERITED);
+        assert_eq!(a.on_spawn(&h, None), Placement::NONE);
+        assert_eq!(a.on_other(&h), Placement::NONE);
     }
 
     /// A launched run with this test process as its first process.
@@ -1686,30 +1712,30 @@ mod tests {
         let run = launched(&mut a, "actor", None);
         let live = a.actor(me);
         assert!(live.alive && live.exited.is_none());
-        assert_eq!(live.run, run.handle);
+        assert_eq!(live.placement.run, run.handle);
         // A child that no longer runs (no such pid in /proc), its exit not
         // yet read: the table still names it and its run.
         let child = 4_190_001;
-        let h = header(child, me, run.handle, HOW_INHERITED);
+        let h = header(child, me, run.handle, How::INHERITED);
         a.on_spawn(&h, Some(std::sync::Arc::from("/usr/bin/rm")));
         let before = a.actor(child);
         assert!(!before.alive);
         assert_eq!(
-            (before.run, before.exe.as_deref()),
+            (before.placement.run, before.exe.as_deref()),
             (run.handle, Some("/usr/bin/rm"))
         );
         // Its exit read: gone from the table, still known.
         a.on_exit(&h, SystemTime::now());
         assert!(a.processes.get(child, 0).is_none());
         let after = a.actor(child);
-        assert_eq!(after.run, run.handle);
+        assert_eq!(after.placement.run, run.handle);
         assert_eq!(after.start_ns, h.start_ns);
         assert_eq!(after.exited.as_ref().map(|e| e.ppid), Some(me));
         assert_eq!(after.exe.as_deref(), Some("/usr/bin/rm"));
         // Nothing known: the pid alone.
         let unknown = a.actor(4_190_002);
         assert_eq!(
-            (unknown.run, unknown.start_ns, unknown.alive),
+            (unknown.placement.run, unknown.start_ns, unknown.alive),
             (0, 0, false)
         );
     }
@@ -1732,7 +1758,7 @@ mod tests {
         // Never "no run": the process is in the parent run, in the kernel too.
         let entry = a.map.get(me).unwrap();
         assert_eq!(entry.run, parent.handle);
-        assert_eq!(entry.how & HOW_MASK, HOW_INHERITED);
+        assert_eq!(How::from_word(entry.how).method(), Attributed::Inherited);
         assert_eq!(a.attest(me, None).unwrap().run.id, parent.id);
         assert_eq!(a.runs.live_processes(parent.handle), 1);
     }
@@ -1746,7 +1772,7 @@ mod tests {
         // arrived), but the kernel still has a live process in the run (this
         // one, whose spawn record was lost): the run goes on.
         let me_start = a.processes.get(me, 0).unwrap().start_ns;
-        let mut ghost = header(me, 1, run.handle, HOW_LAUNCH);
+        let mut ghost = header(me, 1, run.handle, How::LAUNCH);
         ghost.start_ns = me_start;
         a.processes.remove(me, me_start);
         a.runs.remove_process(run.handle);
@@ -1770,14 +1796,14 @@ mod tests {
         let me = std::process::id();
         let wide = launched(&mut a, "wide", None);
         // The real parent (pid 70, in the wide run per the table)…
-        let parent = header(70, 1, wide.handle, HOW_INHERITED);
+        let parent = header(70, 1, wide.handle, How::INHERITED);
         a.on_spawn(&parent, None);
         // …and a narrow sub-run of this process.
         let narrow = launched(&mut a, "narrow", None);
         assert_ne!(narrow.handle, wide.handle);
         // A child created by this process with CLONE_PARENT: the kernel put
         // it in the narrow run (its creator's), its ppid is the wide one's.
-        let mut child = header(71, 70, narrow.handle, HOW_INHERITED);
+        let mut child = header(71, 70, narrow.handle, How::INHERITED);
         child.parent_start_ns = parent.start_ns;
         a.map
             .set(
@@ -1785,12 +1811,12 @@ mod tests {
                 ProcRun {
                     run: narrow.handle,
                     start_ns: child.start_ns,
-                    how: HOW_INHERITED | HOW_FLAG_COUNTED,
+                    how: How::INHERITED.with_flags(HOW_FLAG_COUNTED).word(),
                     _pad: 0,
                 },
             )
             .unwrap();
-        assert_eq!(a.on_spawn(&child, None).0, narrow.handle);
+        assert_eq!(a.on_spawn(&child, None).run, narrow.handle);
         assert_eq!(
             a.map.get(71).unwrap().run,
             narrow.handle,

@@ -7,6 +7,8 @@
 
 use std::{collections::HashMap, path::Path, sync::Arc};
 
+use super::Placement;
+
 /// What the table knows of a process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessInfo {
@@ -14,9 +16,8 @@ pub struct ProcessInfo {
     pub start_ns: u64,
     /// Resolved path of the running image.
     pub exe: Option<Arc<str>>,
-    /// Run handle (0: none) and how the process joined it.
-    pub run: u64,
-    pub how: u32,
+    /// Its run (none: 0) and how the process joined it.
+    pub placement: Placement,
     /// Its current image matched an `[[agent]]` matcher (an agent process).
     pub agent: bool,
 }
@@ -34,9 +35,8 @@ pub struct Exited {
     pub gid: u32,
     pub comm: [u8; 16],
     pub exe: Option<Arc<str>>,
-    /// Run handle (0: none) and how the process had joined it.
-    pub run: u64,
-    pub how: u32,
+    /// Its run (none: 0) and how the process had joined it.
+    pub placement: Placement,
 }
 
 /// The last [`RecentExits::CAPACITY`] exits, in a ring: recording one (at
@@ -127,8 +127,7 @@ impl ProcessTable {
         let fresh = ProcessInfo {
             start_ns,
             exe: None,
-            run: 0,
-            how: 0,
+            placement: Placement::NONE,
             agent: false,
         };
         let entry = self.by_pid.entry(pid).or_insert_with(|| fresh.clone());
@@ -161,13 +160,12 @@ impl ProcessTable {
     }
 
     /// Sets the run of a live process (no-op for an unknown or recycled pid).
-    pub fn set_run(&mut self, pid: u32, start_ns: u64, run: u64, how: u32) {
+    pub fn set_run(&mut self, pid: u32, start_ns: u64, placement: Placement) {
         let tick = self.ns_per_tick;
         if let Some(p) = self.by_pid.get_mut(&pid)
             && (start_ns == 0 || p.start_ns / tick == start_ns / tick)
         {
-            p.run = run;
-            p.how = how;
+            p.placement = placement;
         }
     }
 
@@ -339,8 +337,7 @@ mod tests {
             gid: 0,
             comm: [0; 16],
             exe: None,
-            run: 0,
-            how: 0,
+            placement: Placement::NONE,
         };
         let mut r = RecentExits::default();
         r.record(exit(5, 1));

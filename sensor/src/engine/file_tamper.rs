@@ -29,7 +29,7 @@ impl Engine {
     /// change stands.
     pub fn file_tamper(&mut self, c: &FileChange, out: &mut Vec<Event>) -> FileTamperOutcome {
         let actor = (c.pid != 0).then(|| self.attribution.actor(c.pid));
-        let run = actor.as_ref().map_or(0, |a| a.run);
+        let run = actor.as_ref().map_or(0, |a| a.placement.run);
         let policy = self
             .attribution
             .run_policy(run)
@@ -48,7 +48,7 @@ impl Engine {
         let mut e = self.envelope(Kind::SensorTamper, SystemTime::now());
         e.run = actor
             .as_ref()
-            .and_then(|a| self.attribution.run_ref(a.run, a.how));
+            .and_then(|a| self.attribution.run_ref(a.placement));
         e.process = actor.as_ref().map(|a| self.actor_process(a));
         let path = c.path.display().to_string();
         e.tamper = Some(Box::new(Tamper {

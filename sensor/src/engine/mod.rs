@@ -11,12 +11,11 @@ use std::{net::IpAddr, sync::Arc, time::SystemTime};
 
 use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
 use sensor_common::event::{
-    ConnectData, EventHeader, ExecData, HOW_INHERITED, HOW_MATCHER, PATH_TRUNCATED,
-    UnixConnectData, VIA_SENDMSG,
+    ConnectData, EventHeader, ExecData, PATH_TRUNCATED, UnixConnectData, VIA_SENDMSG,
 };
 
 use crate::{
-    attribution::{Attribution, ExecView, Halt, Run, RunChange},
+    attribution::{Attribution, ExecView, Halt, How, Placement, Run, RunChange},
     event::{
         Blind, Degraded, Event, Exec, ExecResult, Gap, Kind, Lost, NetResult, Network, Process,
         RunRef, Tamper, TamperFile, TamperTarget, Timestamp,
@@ -440,10 +439,10 @@ impl Engine {
         let mut e = self.envelope(kind, time);
         let mut p = self.process(h);
         p.exe = self.known_exe(h.tgid, h.start_ns);
-        let (run, how) = self.attribution.on_other(h);
-        e.run = self.attribution.run_ref(run, how);
+        let placed = self.attribution.on_other(h);
+        e.run = self.attribution.run_ref(placed);
         e.process = Some(p);
-        (e, run)
+        (e, placed.run)
     }
 
     fn process(&self, h: &EventHeader) -> Process {
@@ -501,7 +500,9 @@ impl Engine {
                 pid: d.target_tgid,
                 key,
                 exe: self.known_exe(d.target_tgid, d.target_start_ns),
-                run: self.attribution.run_ref(d.target_run, HOW_INHERITED),
+                run: self
+                    .attribution
+                    .run_ref(Placement::new(d.target_run, How::INHERITED)),
             }
         });
         let file = (d.method == k::TAMPER_SENSOR_FILE).then(|| TamperFile {
@@ -832,8 +833,8 @@ impl Engine {
             .attribution
             .processes()
             .get(pid, 0)
-            .map_or(HOW_INHERITED, |p| p.how);
-        violation.run = self.attribution.run_ref(parent.handle, how);
+            .map_or(How::INHERITED, |p| p.placement.how);
+        violation.run = self.attribution.run_ref(Placement::new(parent.handle, how));
         violation.process = Some(self.process_of_pid(pid, parent.uid));
         violation.policy = Some(verdict);
         Some(DepthRefusal {
@@ -876,7 +877,9 @@ impl Engine {
                 })
                 .is_ok();
         let mut violation = self.envelope(Kind::PolicyViolation, SystemTime::now());
-        violation.run = self.attribution.run_ref(run.handle, HOW_MATCHER);
+        violation.run = self
+            .attribution
+            .run_ref(Placement::new(run.handle, How::MATCHER));
         violation.process = Some(p.clone());
         verdict.enforced = enforced;
         violation.policy = Some(verdict);
@@ -946,10 +949,10 @@ impl Engine {
                 set_exe(&mut p, &exe, data.path_flags & PATH_TRUNCATED != 0);
                 p.parent_exe.clone_from(&p.exe);
                 let exe = self.shared_exe(p.exe.as_deref());
-                let (run, how) = self.attribution.on_spawn(&h, exe);
-                e.run = self.attribution.run_ref(run, how);
+                let placed = self.attribution.on_spawn(&h, exe);
+                e.run = self.attribution.run_ref(placed);
                 e.process = Some(p);
-                self.apply_policy(e, run, &data.decision, out);
+                self.apply_policy(e, placed.run, &data.decision, out);
             }
             RawEvent::Exec {
                 data,
@@ -960,7 +963,7 @@ impl Engine {
                 let mut p = self.process(&h);
                 let exec = exec_details(&data, &strings, failed);
                 fill_exec(&mut p, &data, &strings, failed);
-                let (run, how) = if failed {
+                let placed = if failed {
                     self.attribution.on_other(&h)
                 } else {
                     let argv = p.argv.as_deref().unwrap_or_default();
@@ -984,9 +987,9 @@ impl Engine {
                 // The envelope (and its seq) comes after a run.start it caused.
                 let mut e = self.envelope(Kind::ProcessExec, time);
                 e.exec = Some(exec);
-                e.run = self.attribution.run_ref(run, how);
+                e.run = self.attribution.run_ref(placed);
                 e.process = Some(p);
-                self.apply_policy(e, run, &data.decision, out);
+                self.apply_policy(e, placed.run, &data.decision, out);
             }
             RawEvent::Exit { data, .. } => {
                 let mut e = self.envelope(Kind::ProcessExit, time);
@@ -1000,8 +1003,8 @@ impl Engine {
                     p.exit_signal = Some(signal as i32);
                     p.core_dumped = Some(status & 0x80 != 0);
                 }
-                let ((run, how), changes) = self.attribution.on_exit(&h, time);
-                e.run = self.attribution.run_ref(run, how);
+                let (placed, changes) = self.attribution.on_exit(&h, time);
+                e.run = self.attribution.run_ref(placed);
                 e.process = Some(p);
                 out.push(e);
                 for change in &changes {
@@ -1994,7 +1997,7 @@ mod effect_tests {
                 unreachable!()
             };
             header.run = top.handle;
-            header.run_how = HOW_INHERITED;
+            header.run_how = How::INHERITED.word();
             let mut out = Vec::new();
             e.build_into(
                 RawEvent::Exec {
