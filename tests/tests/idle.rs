@@ -159,7 +159,9 @@ fn the_first_record_claims_the_wakeup_of_a_sleeping_reader() -> Result<()> {
     let mut seen = 0;
     while Instant::now() < deadline {
         let text = fs::read_to_string(d.events_path())?;
-        let new = text.get(usize::try_from(offset).unwrap_or(0)..).unwrap_or("");
+        let new = text
+            .get(usize::try_from(offset).unwrap_or(0)..)
+            .unwrap_or("");
         seen = (0..UNREAD)
             .filter(|i| new.contains(&format!("{m}-stopped-{i}\"")))
             .count();

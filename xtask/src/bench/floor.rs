@@ -22,6 +22,39 @@ use anyhow::{Context as _, Result, bail};
 /// The tracepoint the no-op program sits on: a syscall no storm makes.
 pub const TRACEPOINT: &str = "syscalls/sys_enter_getppid";
 
+/// Every classic tracepoint the sensor attaches to (`sensor/src/loader/programs.rs`;
+/// a unit test keeps the two lists equal), plus [`TRACEPOINT`] for the check
+/// that the program runs. Its raw tracepoint and cgroup hooks are not here:
+/// they have no perf dispatch.
+pub const SENSOR_TRACEPOINTS: &[&str] = &[
+    TRACEPOINT,
+    "sched/sched_process_exec",
+    "sched/sched_process_exit",
+    "syscalls/sys_enter_bpf",
+    "syscalls/sys_enter_connect",
+    "syscalls/sys_enter_kill",
+    "syscalls/sys_enter_pidfd_getfd",
+    "syscalls/sys_enter_pidfd_send_signal",
+    "syscalls/sys_enter_process_vm_writev",
+    "syscalls/sys_enter_ptrace",
+    "syscalls/sys_enter_socket",
+    "syscalls/sys_enter_tgkill",
+    "syscalls/sys_enter_tkill",
+    "syscalls/sys_exit_accept",
+    "syscalls/sys_exit_accept4",
+    "syscalls/sys_exit_clone",
+    "syscalls/sys_exit_clone3",
+    "syscalls/sys_exit_connect",
+    "syscalls/sys_exit_execve",
+    "syscalls/sys_exit_execveat",
+    "syscalls/sys_exit_fork",
+    "syscalls/sys_exit_listen",
+    "syscalls/sys_exit_open",
+    "syscalls/sys_exit_openat",
+    "syscalls/sys_exit_openat2",
+    "syscalls/sys_exit_vfork",
+];
+
 /// `BPF_PROG_LOAD`.
 const BPF_PROG_LOAD: libc::c_long = 5;
 /// `BPF_ENABLE_STATS`.
@@ -83,11 +116,11 @@ struct PerfEventAttr {
 }
 const _: () = assert!(size_of::<PerfEventAttr>() == 64);
 
-/// The no-op program attached to [`TRACEPOINT`]; detached on drop (the
-/// perf event's descriptor, then the program's).
+/// The no-op program attached to tracepoints; detached on drop (the perf
+/// events' descriptors, then the program's).
 pub struct Floor {
-    // Field order is drop order: the event (the attachment) first.
-    _event: OwnedFd,
+    // Field order is drop order: the events (the attachments) first.
+    _events: Vec<OwnedFd>,
     prog: OwnedFd,
 }
 
@@ -96,12 +129,17 @@ impl Floor {
     /// statistics on for a moment, [`CHECK_CALLS`] getppid() calls must
     /// each run it. Any failure is an error (the variant then measured
     /// nothing).
-    pub fn start() -> Result<Self> {
-        let id = tracepoint_id(TRACEPOINT)?;
+    pub fn start(tracepoints: &[&str]) -> Result<Self> {
+        if !tracepoints.contains(&TRACEPOINT) {
+            bail!("the floor's tracepoints must include {TRACEPOINT} (its check calls getppid)");
+        }
         let prog = load_noop()?;
-        let event = attach(&prog, id)?;
+        let events = tracepoints
+            .iter()
+            .map(|tp| attach(&prog, tracepoint_id(tp)?))
+            .collect::<Result<Vec<_>>>()?;
         let floor = Self {
-            _event: event,
+            _events: events,
             prog,
         };
         floor.check_runs()?;
@@ -253,4 +291,44 @@ fn run_count(prog: &OwnedFd) -> Result<u64> {
         .find_map(|line| line.strip_prefix("run_cnt:"))
         .and_then(|v| v.trim().parse().ok())
         .with_context(|| format!("no run_cnt in {path}: {text:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tracepoints of `tp(PROGRAM, "group", "name", …)` in the loader's
+    /// table.
+    fn loader_tracepoints() -> Vec<String> {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../sensor/src/loader/programs.rs"
+        );
+        let source = fs::read_to_string(path).unwrap();
+        let mut found = Vec::new();
+        for call in source.split("tp(").skip(1) {
+            let quoted: Vec<&str> = call.split('"').skip(1).step_by(2).take(2).collect();
+            if let [group, name] = quoted[..]
+                && call.trim_start().starts_with("p::")
+            {
+                found.push(format!("{group}/{name}"));
+            }
+        }
+        found.sort();
+        found.dedup();
+        found
+    }
+
+    #[test]
+    fn the_floor_sits_on_every_tracepoint_the_sensor_uses() {
+        let mut ours: Vec<String> = SENSOR_TRACEPOINTS
+            .iter()
+            .filter(|tp| **tp != TRACEPOINT)
+            .map(|tp| (*tp).to_owned())
+            .collect();
+        ours.sort();
+        let loader = loader_tracepoints();
+        assert!(loader.len() > 20, "{loader:?}");
+        assert_eq!(ours, loader);
+    }
 }

@@ -69,11 +69,17 @@ pub(super) enum Variant {
     /// storm calls ([`floor`]), so the storms pay only the syscall
     /// tracepoints' slow path, the floor under any sensor built on them.
     Floor,
+    /// A reference too: the no-op program on every tracepoint the sensor
+    /// attaches to ([`floor::SENSOR_TRACEPOINTS`]): the slow path plus the
+    /// tracepoints' dispatch for each hit the storms make, which the kernel
+    /// cost table (the programs' own run time) leaves out.
+    FloorSensor,
 }
 
 pub(super) const VARIANTS: &[Variant] = &[
     Variant::Bare,
     Variant::Floor,
+    Variant::FloorSensor,
     Variant::Sensor,
     Variant::SensorStore,
     Variant::SensorStoreDetect,
@@ -199,6 +205,7 @@ impl Variant {
             Self::Auditd => "auditd",
             Self::Bpftrace => "bpftrace",
             Self::Floor => "floor: syscall tracepoint",
+            Self::FloorSensor => "floor: the sensor's tracepoints",
         }
     }
 
@@ -324,7 +331,8 @@ impl Variant {
                 }
                 peers::Bpftrace::start(&env.socket_dir).map(Tool::Bpftrace)
             }
-            Self::Floor => floor::Floor::start().map(Tool::Floor),
+            Self::Floor => floor::Floor::start(&[floor::TRACEPOINT]).map(Tool::Floor),
+            Self::FloorSensor => floor::Floor::start(floor::SENSOR_TRACEPOINTS).map(Tool::Floor),
         }
     }
 }
