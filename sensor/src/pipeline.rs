@@ -1629,13 +1629,9 @@ pub async fn run(
                     let rearmed = reader.set_asleep(true);
                     let paced = drain_paced(guard.get_inner_mut(), &mut pipeline, DRAIN_BUDGET);
                     pipeline.flush();
-                    let busy = paced.held || !paced.drained.empty;
-                    if !rearmed || busy && reader.set_asleep(false) {
+                    if (!rearmed || paced.held || !paced.drained.empty) && reader.set_asleep(false) {
                         // More than one drain's worth, a consumer behind, or
-                        // a kernel that cannot be told (its flag still says
-                        // woken: no record would wake the reader): drain on
-                        // the timer.
-                        reader.asleep = false;
+                        // a kernel that cannot be told: drain on the timer.
                         drain_timer.reset();
                     }
                     continue;
