@@ -12,12 +12,6 @@ pub const READER: &str = "SNSR_READER";
 /// [`READER`] value: the reader sleeps until a record wakes it. Otherwise
 /// (0) it drains on a short timer and records are written without a wakeup.
 pub const READER_SLEEPING: u32 = 1;
-/// [`READER`] value the kernel writes over [`READER_SLEEPING`] with the
-/// record that wakes the reader: the records after it go without a wakeup
-/// until the reader sleeps again and says so. One wakeup per sleep, not one
-/// per record (each an irq_work, in a VM an IPI) while the woken reader is
-/// on its way, or while no reader runs at all (a daemon killed asleep).
-pub const READER_WOKEN: u32 = 2;
 /// Process → run map, pinned so attribution survives a daemon restart.
 pub const PROC_RUNS: &str = "SNSR_PROC_RUNS";
 /// Per-CPU event assembly buffers (an array indexed by CPU id).

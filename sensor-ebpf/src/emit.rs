@@ -4,7 +4,7 @@ use aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns;
 use sensor_common::{
     event::{EventKind, MAX_EVENT_SIZE},
     limits::{DENIALS_PER_RUN_PER_SEC, EVENTS_WAKEUP_BYTES},
-    maps::{READER_SLEEPING, READER_WOKEN},
+    maps::READER_SLEEPING,
     stats::RunStats,
 };
 
@@ -39,28 +39,11 @@ pub unsafe fn emit(record: *const u8, size: usize, kind: EventKind, read_errors:
 /// The wakeup flag for a record sent now: wake the reader when it sleeps
 /// (an idle host: no timer runs then) or is behind; otherwise it drains on
 /// its timer, and a wakeup per record (an irq_work, in a VM an IPI) would
-/// cost more than the program. The record that wakes a sleeping reader
-/// claims the wakeup ([`READER_WOKEN`]): the next ones go without one until
-/// the reader sleeps again (or, awake, drains on its timer).
+/// cost more than the program.
 #[inline(always)]
 pub fn wakeup_flags() -> u64 {
-    if let Some(state) = READER.get_ptr_mut(0) {
-        // SAFETY: the map's one u32 value. Two CPUs may both see it asleep
-        // and both wake it: a second wakeup, nothing lost.
-        unsafe {
-            match *state {
-                READER_SLEEPING => {
-                    *state = READER_WOKEN;
-                    return BPF_RB_FORCE_WAKEUP;
-                }
-                // Woken, or no reader left to wake: it drains what waits
-                // when it comes.
-                READER_WOKEN => return BPF_RB_NO_WAKEUP,
-                _ => {}
-            }
-        }
-    }
-    if EVENTS.query(BPF_RB_AVAIL_DATA) > EVENTS_WAKEUP_BYTES {
+    let sleeping = READER.get(0).is_some_and(|v| *v == READER_SLEEPING);
+    if sleeping || EVENTS.query(BPF_RB_AVAIL_DATA) > EVENTS_WAKEUP_BYTES {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

@@ -10,7 +10,7 @@ use std::{sync::Arc, time::Duration};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf};
 use sensor_common::{
     handover::{MARK_DETACHED, MARK_HANDED_OVER, MARK_RUNNING, MARK_STOPPED, ReaderMark},
-    maps::{READER_SLEEPING, READER_WOKEN},
+    maps::READER_SLEEPING,
     stats::{RunStats, SLOT_KINDS, Stats},
 };
 use tokio::io::unix::AsyncFd;
@@ -1280,11 +1280,6 @@ struct Paced {
 ///   once. Two wake-ups closer than [`DRAIN_INTERVAL`] put it back on the
 ///   timer.
 ///
-/// The record that wakes a sleeping reader claims the wakeup (the kernel
-/// writes `READER_WOKEN`), so the records after it cost no wakeup each
-/// while the reader is on its way, or while no reader runs; a woken reader
-/// that stays asleep says so again before it drains.
-///
 /// A record whose program read "awake" just before the reader fell asleep is
 /// sent without a wakeup: the drain right after falling asleep, the next
 /// record, or at the latest the one-second tick picks it up.
@@ -1313,15 +1308,6 @@ impl Reader {
             .is_some_and(|last| now.duration_since(last) < DRAIN_INTERVAL);
         self.woken = Some(now);
         busy
-    }
-
-    /// Tells the kernel that no reader is left to wake (what
-    /// [`READER_WOKEN`] also says): records go without a wakeup.
-    fn leave(&mut self) {
-        if let Err(e) = self.map.set(0, READER_WOKEN, 0) {
-            tracing::warn!(error = %e, "cannot set the event reader's state");
-        }
-        self.asleep = false;
     }
 
     /// Tells the kernel; false if it could not (the reader then stays awake,
@@ -1547,11 +1533,7 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 if reader.asleep {
-                    // A record sent without a wakeup as the reader fell
-                    // asleep, or after a wakeup it did not see: sleep again
-                    // (a wakeup claimed meanwhile would silence the next
-                    // records), then take it.
-                    reader.set_asleep(true);
+                    // A record sent without a wakeup as the reader fell asleep.
                     drain(ring.get_mut(), &mut pipeline, DRAIN_BUDGET);
                 }
                 let lost_by_run = pipeline.check_run_stats(&mut run_stats);
@@ -1619,24 +1601,7 @@ pub async fn run(
                     Ok(g) => g,
                     Err(e) => break Err(PipelineError::Poll(e)),
                 };
-                if reader.asleep && !reader.woken_busy() {
-                    // The record that woke it claimed the wakeup
-                    // (READER_WOKEN). In this order: forget this wakeup,
-                    // sleep again (the next record wakes it), then take
-                    // what waits, so a record between the drain and the
-                    // sleep is never left without a wakeup.
-                    guard.clear_ready();
-                    let rearmed = reader.set_asleep(true);
-                    let paced = drain_paced(guard.get_inner_mut(), &mut pipeline, DRAIN_BUDGET);
-                    pipeline.flush();
-                    if (!rearmed || paced.held || !paced.drained.empty) && reader.set_asleep(false) {
-                        // More than one drain's worth, a consumer behind, or
-                        // a kernel that cannot be told: drain on the timer.
-                        drain_timer.reset();
-                    }
-                    continue;
-                }
-                if reader.asleep && reader.set_asleep(false) {
+                if reader.asleep && reader.woken_busy() && reader.set_asleep(false) {
                     // Records keep coming: drain on the timer again.
                     drain_timer.reset();
                 }
@@ -1673,10 +1638,8 @@ pub async fn run(
         .stopping("stopping: writing every event already read");
     // Stop producing first, then take everything already in the ring.
     pipeline.state.set_ready(false);
-    // Programs left attached must not wake a reader that is gone: no
-    // wakeup at all until the next daemon sleeps (a wakeup per record, once
-    // its ring is a MiB behind, would cost the host while nobody reads).
-    reader.leave();
+    // Programs left attached must not wake a reader that is gone.
+    reader.set_asleep(false);
     let ended = match result {
         Ok(e) => e,
         Err(e) => {

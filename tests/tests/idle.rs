@@ -10,7 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use sensor_tests::{Checks, Daemon, bpf::map_dump, check, marker};
+use sensor_tests::{Checks, Daemon, check, marker};
 
 /// How long the daemon is watched while nothing happens.
 const QUIET: Duration = Duration::from_secs(3);
@@ -94,97 +94,6 @@ fn a_quiet_daemon_sleeps_and_still_reports_an_isolated_exec_at_once() -> Result<
         latencies.iter().all(|l| *l <= ISOLATED_LATENCY_MAX),
         "isolated execs took {latencies:?} from spawn to output line (each at most \
          {ISOLATED_LATENCY_MAX:?}): a record must wake a sleeping reader"
-    );
-    c.finish()
-}
-
-/// Execs while the reader is asleep and cannot run (stopped).
-const UNREAD: usize = 20;
-
-/// The record that wakes a sleeping reader claims the wakeup: the records
-/// after it go without one (each would be an irq_work, in a VM an IPI) until
-/// the reader sleeps again, also when it does not come (stopped here, or
-/// killed). When it comes it takes them all, and the next record after it
-/// fell asleep again still wakes it.
-#[test]
-fn the_first_record_claims_the_wakeup_of_a_sleeping_reader() -> Result<()> {
-    let d = Daemon::start()?;
-    let mut c = Checks::new();
-    let state = d.pin_dir().join(sensor_common::maps::READER);
-    let reader_state = || -> Result<u32> {
-        let (_, value) = map_dump(&state)?
-            .into_iter()
-            .next()
-            .context("SNSR_READER holds no entry")?;
-        let bytes: [u8; 4] = value
-            .get(..4)
-            .and_then(|b| b.try_into().ok())
-            .context("SNSR_READER value is not a u32")?;
-        Ok(u32::from_ne_bytes(bytes))
-    };
-    // Asleep: the tick that finds nothing puts it to sleep.
-    let asleep = Instant::now();
-    while reader_state()? != sensor_common::maps::READER_SLEEPING {
-        if asleep.elapsed() > Duration::from_secs(10) {
-            bail!("the reader did not fall asleep in 10 s of a quiet host");
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-    let m = marker();
-    let mut offset = fs::metadata(d.events_path()).map_or(0, |m| m.len());
-    let pid = libc::pid_t::try_from(d.pid()).context("daemon pid")?;
-    // SAFETY: signals to the test's own daemon.
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
-    for i in 0..UNREAD {
-        let status = Command::new("/bin/true")
-            .arg(format!("{m}-stopped-{i}"))
-            .status()
-            .context("run /bin/true")?;
-        if !status.success() {
-            bail!("/bin/true exited with {status}");
-        }
-    }
-    let claimed = reader_state();
-    // SAFETY: as above.
-    unsafe { libc::kill(pid, libc::SIGCONT) };
-    check!(
-        c,
-        matches!(claimed, Ok(sensor_common::maps::READER_WOKEN)),
-        "after {UNREAD} execs with the reader stopped asleep, SNSR_READER reads \
-         {claimed:?}: the first record must claim the wakeup (READER_WOKEN) so the \
-         others go without one"
-    );
-    // It takes them all once it runs.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut seen = 0;
-    while Instant::now() < deadline {
-        let text = fs::read_to_string(d.events_path())?;
-        let new = text
-            .get(usize::try_from(offset).unwrap_or(0)..)
-            .unwrap_or("");
-        seen = (0..UNREAD)
-            .filter(|i| new.contains(&format!("{m}-stopped-{i}\"")))
-            .count();
-        if seen == UNREAD {
-            break;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    check!(
-        c,
-        seen == UNREAD,
-        "{seen} of the {UNREAD} execs made while the reader was stopped were reported"
-    );
-    offset = fs::metadata(d.events_path()).map_or(0, |m| m.len());
-    // Asleep again, then an isolated exec still wakes it at once.
-    thread::sleep(Duration::from_millis(300));
-    let latency = exec_to_line(&d, &format!("{m}-after"), &mut offset)?;
-    check!(
-        c,
-        latency <= ISOLATED_LATENCY_MAX,
-        "an isolated exec after the claimed wakeup took {latency:?} to be written \
-         (at most {ISOLATED_LATENCY_MAX:?}): the reader must sleep again, woken by \
-         the next record"
     );
     c.finish()
 }
