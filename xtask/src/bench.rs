@@ -69,6 +69,8 @@ pub struct Options {
     /// Variant names (`--variant`); empty: all.
     pub variants: Vec<String>,
     pub sensor_bin: Option<PathBuf>,
+    /// Skip every measurement but the storms.
+    pub storms_only: bool,
 }
 
 const DEFAULT_ROUNDS: usize = 7;
@@ -203,6 +205,9 @@ pub fn bench(options: &Options) -> Result<()> {
     let started = Instant::now();
     let results = run_rounds(&env, &workloads, variants, rounds, options.quick);
     let results = results.map(|mut results| {
+        if options.storms_only {
+            return results;
+        }
         if let Err(err) = kernel_cost::measure(&env, &workloads, options.quick, &mut results) {
             results.problems.push(format!("kernel cost: {err:#}"));
         }

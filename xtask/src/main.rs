@@ -79,12 +79,18 @@ enum Command {
         workload: Vec<String>,
         /// Run the storms only under these variants (repeatable; `bare`, the
         /// baseline, always runs); default: all. The other measurements
-        /// (kernel cost, latency, memory, ...) run either way.
+        /// (kernel cost, latency, memory, ...) run either way, unless
+        /// --storms-only.
         #[arg(long, value_name = "NAME")]
         variant: Vec<String>,
         /// Benchmark this sensor binary instead of building target/release/sensor.
         #[arg(long, value_name = "PATH")]
         sensor_bin: Option<std::path::PathBuf>,
+        /// Time the storms only: skip the other measurements (kernel cost,
+        /// latency, memory, outage, outputs, replay), for quick comparisons
+        /// of variants or binaries.
+        #[arg(long)]
+        storms_only: bool,
     },
     /// Run the libFuzzer targets of fuzz/ (cargo-fuzz, nightly), each for
     /// --time seconds on top of its corpus (new inputs are added to it);
@@ -160,6 +166,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             workload,
             variant,
             sensor_bin,
+            storms_only,
         } => bench::bench(&bench::Options {
             quick,
             rounds,
@@ -167,6 +174,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             workloads: workload,
             variants: variant,
             sensor_bin,
+            storms_only,
         }),
         Command::Fuzz { target, time } => {
             fuzz::fuzz(target.as_deref(), time, fuzz::Corpus::Committed)
