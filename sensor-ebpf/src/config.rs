@@ -83,8 +83,6 @@ pub(crate) static SNSR_CONFIG: SensorConfig = SensorConfig {
         exec_filename: 0,
         exec_old_pid: 0,
         exit_group_dead: 0,
-        sys_exit_ret: 0,
-        sys_enter_args: 0,
     },
     generation: 0,
 };

@@ -4,7 +4,7 @@
 //! still sent with what could be read, and the counter reaches user space.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid,
+    bpf_get_current_pid_tgid,
     generated::{
         bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel,
         bpf_probe_read_kernel_str, bpf_probe_read_user, bpf_probe_read_user_str,
@@ -131,8 +131,9 @@ impl Reader {
     /// field: the task pointer is BTF-typed, so each field is a plain load
     /// that the verifier checks against the kernel's BTF (the offsets are
     /// constants of the frozen config) and makes fault-tolerant. Only the
-    /// namespace pid, at an offset that depends on the level, is read with
-    /// the helper.
+    /// namespace pid of a process in a nested pid namespace, at an offset
+    /// that depends on the level, is read with the helper; at level 0 (the
+    /// host's processes) it is one more load.
     ///
     /// A load that faults reads 0, as a failed probe read does, but is not
     /// counted in `errors`: the current task and what it points to cannot
@@ -148,7 +149,7 @@ impl Reader {
         h.tid = pid_tgid as u32;
         // SAFETY: BTF-typed kernel pointers at BTF offsets; the verifier
         // checks every load and turns it into one that cannot fault.
-        let pid = unsafe {
+        let (pid, level) = unsafe {
             let task = current_task_btf();
             let leader: *const u8 = load(task, offset!(kernel.task_group_leader));
             h.start_ns = load(leader, offset!(kernel.task_start_boottime));
@@ -156,12 +157,27 @@ impl Reader {
             h.ppid = load(parent, offset!(kernel.task_tgid));
             let parent_leader: *const u8 = load(parent, offset!(kernel.task_group_leader));
             h.parent_start_ns = load(parent_leader, offset!(kernel.task_start_boottime));
-            load::<*const u8>(leader, offset!(kernel.task_thread_pid))
+            // `char comm[16]` as two words: the verifier allows scalar
+            // loads anywhere inside an array of scalars.
+            let comm = [
+                load::<u64>(task, offset!(kernel.task_comm)),
+                load::<u64>(task, offset!(kernel.task_comm) + 8),
+            ];
+            h.comm = core::mem::transmute::<[u64; 2], [u8; 16]>(comm);
+            let pid: *const u8 = load(leader, offset!(kernel.task_thread_pid));
+            let level: u32 = load(pid, offset!(kernel.pid_level));
+            if level == 0 {
+                h.pid_ns_level = 0;
+                h.ns_tgid = load(pid, offset!(kernel.pid_numbers) + offset!(kernel.upid_nr));
+            }
+            (pid, level)
         };
-        h.comm = bpf_get_current_comm().unwrap_or_default();
-        // SAFETY: as above.
-        let level: u32 = unsafe { load(pid, offset!(kernel.pid_level)) };
-        self.fill_ns_pid_and_run(h, pid as u64, level);
+        if level != 0 {
+            self.fill_ns_pid(h, pid as u64, level);
+        }
+        let (run, how) = run_of(h.tgid, h.start_ns);
+        h.run = run;
+        h.run_how = how & HOW_MASK;
     }
 
     /// Fills the process part of a header from `task` (any task of the process).

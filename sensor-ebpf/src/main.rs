@@ -3,7 +3,9 @@
 //! Only tracepoints, raw tracepoints and cgroup `sock_addr` programs are used:
 //! kprobes, fentry/fexit and BPF LSM are unavailable on the target kernels.
 //! Every struct field offset comes from the loader (BTF) and every tracepoint
-//! field offset from the tracepoint's `format` file; nothing is hard-coded.
+//! field offset from the tracepoint's `format` file; the two offsets of the
+//! syscall tracepoints' records are constants that the loader checks against
+//! those files (see `syscall`).
 #![no_std]
 // Atomic add on map values (max_processes counters): no AtomicU64 on bpfel.
 #![feature(core_intrinsics)]
@@ -16,6 +18,7 @@ mod kernel;
 mod maps;
 mod policy;
 mod probes;
+mod syscall;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -25,6 +25,7 @@ use crate::{
     kernel::{Reader, run_of},
     maps::{CONNECT_INFLIGHT, EMPTY_SLOT},
     policy::check_net,
+    syscall,
 };
 
 const AF_INET: u16 = 2;
@@ -47,9 +48,7 @@ pub fn snsr_conn_in(ctx: TracePointContext) -> u32 {
     if is_own((pid_tgid >> 32) as u32) {
         return 0;
     }
-    // SAFETY: offset from the format file.
-    let fd =
-        unsafe { ctx.read_at::<u64>(offset!(tracepoints.sys_enter_args) as usize) }.unwrap_or(0);
+    let fd = syscall::arg(&ctx, 0);
     if let Some(slot) = CONNECT_INFLIGHT.get_ptr_mut(pid_tgid) {
         // SAFETY: map value; only this thread uses its own slot.
         unsafe {
@@ -294,8 +293,7 @@ unsafe fn connect_exit(ctx: &TracePointContext) -> Option<()> {
         // (the programs attached mid-call).
         return None;
     }
-    // SAFETY: offset from the format file.
-    let ret: i64 = unsafe { ctx.read_at(offset!(tracepoints.sys_exit_ret) as usize) }.ok()?;
+    let ret = syscall::ret(ctx);
     if filled == FILLED_UNIX {
         super::unix::connect_exit(slot, ret, fd);
         return Some(());

@@ -29,6 +29,7 @@ use crate::{
     kernel::{Reader, current_task, current_task_btf, load, opaque, run_of},
     maps::{PATH_SCRATCH, PROC_RUNS, event_scratch},
     policy::{check_exec, count_exit, count_spawn, kill_current, mount_id_of},
+    syscall,
 };
 
 /// `SIGNAL_GROUP_EXIT` in `signal_struct.flags` (include/linux/sched/signal.h).
@@ -318,8 +319,7 @@ pub fn snsr_vfork_out(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 unsafe fn clone_exit(ctx: &TracePointContext) -> Option<()> {
-    // SAFETY: offset from the format file.
-    let ret: i64 = unsafe { ctx.read_at(offset!(tracepoints.sys_exit_ret) as usize) }.ok()?;
+    let ret = syscall::ret(ctx);
     if ret != 0 {
         // The parent's return (the child's pid) or a failure.
         return None;
@@ -517,8 +517,7 @@ fn failed_exec_args(filename_reg: u32, argv_reg: u32) -> (u64, u64) {
 
 #[inline(always)]
 unsafe fn execve_exit(ctx: &TracePointContext, filename_reg: u32, argv_reg: u32) -> Option<()> {
-    // SAFETY: offset from the format file.
-    let ret: i64 = unsafe { ctx.read_at(offset!(tracepoints.sys_exit_ret) as usize) }.ok()?;
+    let ret = syscall::ret(ctx);
     if ret >= 0 {
         return None;
     }

@@ -37,6 +37,7 @@ use crate::{
     kernel::{Reader, current_task, current_task_btf, load, run_of},
     maps::{EVENTS, SEND_SEEN},
     policy::{kill_current, policy_of},
+    syscall,
 };
 
 const AF_INET: u16 = 2;
@@ -110,7 +111,7 @@ fn report(data: &SocketData, tgid: u32, run: u64, how: u32) {
         (*ev).payload = *data;
     }
     let errors = r.errors;
-    entry.submit(wakeup_flags());
+    entry.submit(wakeup_flags(EventKind::NetSocket));
     count(EventKind::NetSocket, true, errors, run);
 }
 
@@ -160,18 +161,15 @@ pub fn snsr_socket(ctx: TracePointContext) -> u32 {
     if !active() {
         return 0; // the active load records
     }
-    let base = offset!(tracepoints.sys_enter_args) as usize;
-    // SAFETY: offsets from the format files.
-    let family: u64 = unsafe { ctx.read_at(base) }.unwrap_or(0);
+    let family = syscall::arg(&ctx, 0);
     if family != AF_PACKET {
         return 0;
     }
     let Some((tgid, run, how)) = caller_run() else {
         return 0;
     };
-    // SAFETY: as above.
-    let sock_type: u64 = unsafe { ctx.read_at(base + 8) }.unwrap_or(0);
-    let protocol: u64 = unsafe { ctx.read_at(base + 16) }.unwrap_or(0);
+    let sock_type = syscall::arg(&ctx, 1);
+    let protocol = syscall::arg(&ctx, 2);
     let decision = raw_decision(run).unwrap_or_default();
     if decision.enforced != 0 {
         kill_current();
@@ -250,8 +248,7 @@ pub fn snsr_listen_out(ctx: TracePointContext) -> u32 {
     if !active() {
         return 0; // the active load records
     }
-    // SAFETY: offset from the format file.
-    let ret: i64 = unsafe { ctx.read_at(offset!(tracepoints.sys_exit_ret) as usize) }.unwrap_or(-1);
+    let ret = syscall::ret(&ctx);
     if ret != 0 {
         return 0;
     }
@@ -292,8 +289,7 @@ pub fn snsr_accept_out(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn accept_exit(ctx: &TracePointContext) {
-    // SAFETY: offset from the format file.
-    let ret: i64 = unsafe { ctx.read_at(offset!(tracepoints.sys_exit_ret) as usize) }.unwrap_or(-1);
+    let ret = syscall::ret(ctx);
     if ret < 0 {
         return;
     }

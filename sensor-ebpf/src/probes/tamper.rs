@@ -43,6 +43,7 @@ use crate::{
     kernel::{Reader, current_task, run_of},
     maps::{PROC_RUNS, RUN_TREE, SENSOR_FILES},
     policy::{kill_current, policy_of},
+    syscall,
 };
 
 /// `PTRACE_ATTACH`, `PTRACE_SEIZE`: the requests that take a new tracee.
@@ -54,13 +55,6 @@ const FMODE_WRITE: u32 = 0x2;
 const PROC_SUPER_MAGIC: u64 = 0x9fa0;
 /// Run-tree levels walked to see whether a run is a sub-run of another.
 const RUN_TREE_DEPTH: usize = 8;
-
-/// Argument `i` of a syscall entry tracepoint.
-#[inline(always)]
-fn arg(ctx: &TracePointContext, i: usize) -> u64 {
-    // SAFETY: offset from the format files (every sys_enter shares it).
-    unsafe { ctx.read_at::<u64>(offset!(tracepoints.sys_enter_args) as usize + 8 * i) }.unwrap_or(0)
-}
 
 /// The run of the current process, if it is in one (and not the daemon).
 #[inline(always)]
@@ -183,9 +177,14 @@ pub fn snsr_ptrace(ctx: TracePointContext) -> u32 {
     if !active() {
         return 0; // the active load records
     }
-    let request = arg(&ctx, 0);
+    let request = syscall::arg(&ctx, 0);
     if request == PTRACE_ATTACH || request == PTRACE_SEIZE {
-        process_target(TAMPER_PTRACE, request as u32, arg(&ctx, 1) as u32, true);
+        process_target(
+            TAMPER_PTRACE,
+            request as u32,
+            syscall::arg(&ctx, 1) as u32,
+            true,
+        );
     }
     0
 }
@@ -196,7 +195,7 @@ pub fn snsr_vm_write(ctx: TracePointContext) -> u32 {
     if !active() {
         return 0; // the active load records
     }
-    process_target(TAMPER_VM_WRITE, 0, arg(&ctx, 0) as u32, true);
+    process_target(TAMPER_VM_WRITE, 0, syscall::arg(&ctx, 0) as u32, true);
     0
 }
 
@@ -239,8 +238,13 @@ pub fn snsr_getfd(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let mut r = Reader::new();
-    let target = pidfd_target(&mut r, arg(&ctx, 0) as u32);
-    process_target(TAMPER_PIDFD_GETFD, arg(&ctx, 1) as u32, target, true);
+    let target = pidfd_target(&mut r, syscall::arg(&ctx, 0) as u32);
+    process_target(
+        TAMPER_PIDFD_GETFD,
+        syscall::arg(&ctx, 1) as u32,
+        target,
+        true,
+    );
     0
 }
 
@@ -275,11 +279,7 @@ pub fn snsr_open_out(ctx: TracePointContext) -> u32 {
 /// `LD_LIBRARY_PATH`, 53 of them ENOENT).
 #[inline(always)]
 fn open_exit(ctx: &TracePointContext) {
-    // SAFETY: offset from the format file.
-    let Ok(ret) = (unsafe { ctx.read_at::<i64>(offset!(tracepoints.sys_exit_ret) as usize) })
-    else {
-        return;
-    };
+    let ret = syscall::ret(ctx);
     if ret < 0 {
         return;
     }
@@ -434,7 +434,7 @@ pub fn snsr_kill(ctx: TracePointContext) -> u32 {
     if !active() {
         return 0; // the active load records
     }
-    signal(arg(&ctx, 0) as i32, arg(&ctx, 1) as u32);
+    signal(syscall::arg(&ctx, 0) as i32, syscall::arg(&ctx, 1) as u32);
     0
 }
 
@@ -444,7 +444,7 @@ pub fn snsr_tgkill(ctx: TracePointContext) -> u32 {
     if !active() {
         return 0; // the active load records
     }
-    signal(arg(&ctx, 0) as i32, arg(&ctx, 2) as u32);
+    signal(syscall::arg(&ctx, 0) as i32, syscall::arg(&ctx, 2) as u32);
     0
 }
 
@@ -454,7 +454,7 @@ pub fn snsr_tkill(ctx: TracePointContext) -> u32 {
     if !active() {
         return 0; // the active load records
     }
-    signal(arg(&ctx, 0) as i32, arg(&ctx, 1) as u32);
+    signal(syscall::arg(&ctx, 0) as i32, syscall::arg(&ctx, 1) as u32);
     0
 }
 
@@ -468,8 +468,8 @@ pub fn snsr_pidfd_sig(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let mut r = Reader::new();
-    let target = pidfd_target(&mut r, arg(&ctx, 0) as u32);
-    signal(target as i32, arg(&ctx, 1) as u32);
+    let target = pidfd_target(&mut r, syscall::arg(&ctx, 0) as u32);
+    signal(target as i32, syscall::arg(&ctx, 1) as u32);
     0
 }
 
@@ -486,7 +486,7 @@ pub fn snsr_bpf(ctx: TracePointContext) -> u32 {
     };
     let data = TamperData {
         method: TAMPER_BPF,
-        arg: arg(&ctx, 0) as u32,
+        arg: syscall::arg(&ctx, 0) as u32,
         ..TamperData::default()
     };
     // Killed under enforce. The call itself still runs (a tracepoint

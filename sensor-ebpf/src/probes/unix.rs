@@ -248,7 +248,7 @@ fn report(unix: &UnixConnectData, tgid: u32, pid_tgid: u64, run: u64, how: u32, 
         (*ev).payload = *unix;
     }
     let errors = r.errors;
-    entry.submit(wakeup_flags());
+    entry.submit(wakeup_flags(EventKind::NetUnix));
     count(EventKind::NetUnix, true, errors, run);
 }
 

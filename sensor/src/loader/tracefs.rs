@@ -6,7 +6,7 @@
 
 use std::{fs, path::Path};
 
-use sensor_common::config::{ABSENT, TracepointOffsets};
+use sensor_common::config::{ABSENT, SYSCALL_ARGS_OFFSET, SYSCALL_RET_OFFSET, TracepointOffsets};
 
 use super::LoaderError;
 
@@ -118,40 +118,45 @@ impl Format {
 pub fn tracepoint_offsets(tracefs: &Path) -> Result<TracepointOffsets, LoaderError> {
     let exec = Format::read(tracefs, "sched", "sched_process_exec")?;
     let exit = Format::read(tracefs, "sched", "sched_process_exit")?;
-    let execve_exit = Format::read(tracefs, "syscalls", "sys_exit_execve")?;
     // Probed for existence: their programs are attached too.
     Format::read(tracefs, "syscalls", "sys_exit_execveat")?;
-    let connect_enter = Format::read(tracefs, "syscalls", "sys_enter_connect")?;
-    let ret = execve_exit.offset("ret", 8)?;
-    let args = connect_enter.offset("fd", 8)?;
-    // Every syscall tracepoint the programs read shares these offsets
-    // (`args[]` after the syscall number; `ret`): checked, not assumed.
-    for (name, first) in SYSCALL_ENTRIES {
-        if Format::read(tracefs, "syscalls", name)?.offset(first, 8)? != args {
-            return Err(LoaderError::TracepointField {
-                category: "syscalls",
-                name,
-                field: first,
-                detail: "the first argument's offset differs from sys_enter_connect's".to_owned(),
-            });
-        }
+    // Every syscall tracepoint the programs read has its arguments and its
+    // `ret` where the programs' plain context loads expect them: checked,
+    // not assumed.
+    let entries = [("sys_enter_connect", "fd")].iter().chain(SYSCALL_ENTRIES);
+    for &(name, first) in entries {
+        syscall_field(tracefs, name, first, SYSCALL_ARGS_OFFSET)?;
     }
-    for name in SYSCALL_EXITS {
-        if Format::read(tracefs, "syscalls", name)?.offset("ret", 8)? != ret {
-            return Err(LoaderError::TracepointField {
-                category: "syscalls",
-                name,
-                field: "ret",
-                detail: "offset differs from sys_exit_execve".to_owned(),
-            });
-        }
+    for name in ["sys_exit_execve"].iter().chain(SYSCALL_EXITS) {
+        syscall_field(tracefs, name, "ret", SYSCALL_RET_OFFSET)?;
     }
     Ok(TracepointOffsets {
         exec_filename: exec.offset("filename", 4)?,
         exec_old_pid: exec.offset("old_pid", 4)?,
         exit_group_dead: exit.optional_offset("group_dead"),
-        sys_exit_ret: ret,
-        sys_enter_args: args,
+    })
+}
+
+/// Checks that `field` (8 bytes) of `syscalls/name` is at `expected`, the
+/// offset compiled into the programs.
+fn syscall_field(
+    tracefs: &Path,
+    name: &'static str,
+    field: &'static str,
+    expected: u32,
+) -> Result<(), LoaderError> {
+    let offset = Format::read(tracefs, "syscalls", name)?.offset(field, 8)?;
+    if offset == expected {
+        return Ok(());
+    }
+    Err(LoaderError::TracepointField {
+        category: "syscalls",
+        name,
+        field,
+        detail: format!(
+            "at offset {offset}, where the programs read it at {expected} \
+             (the layout of struct syscall_trace_enter/exit)"
+        ),
     })
 }
 
@@ -244,6 +249,36 @@ print fmt: \"filename=%s pid=%d old_pid=%d\", __get_str(filename), REC->pid, REC
             .unwrap();
         assert!(
             err.to_string().contains("sched/sched_process_exec"),
+            "{err}"
+        );
+    }
+
+    /// A `syscalls/` format file in a fake tracefs.
+    fn syscall_format(tracefs: &Path, name: &str, field: &str, offset: u32) {
+        let dir = tracefs.join("events/syscalls").join(name);
+        fs::create_dir_all(&dir).unwrap();
+        let text = format!(
+            "name: {name}\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
+             \tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;\n\
+             \tfield:long {field};\toffset:{offset};\tsize:8;\tsigned:1;\n"
+        );
+        fs::write(dir.join("format"), text).unwrap();
+    }
+
+    /// The programs read syscall records at compiled-in offsets: a kernel
+    /// whose format files put them elsewhere is refused, with the field
+    /// named, never read at the wrong place.
+    #[test]
+    fn syscall_offsets_other_than_the_programs_are_refused() {
+        let tracefs = tempfile::tempdir().unwrap();
+        syscall_format(tracefs.path(), "sys_exit_connect", "ret", SYSCALL_RET_OFFSET);
+        syscall_field(tracefs.path(), "sys_exit_connect", "ret", SYSCALL_RET_OFFSET).unwrap();
+        syscall_format(tracefs.path(), "sys_exit_listen", "ret", SYSCALL_RET_OFFSET + 8);
+        let err = syscall_field(tracefs.path(), "sys_exit_listen", "ret", SYSCALL_RET_OFFSET)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("syscalls/sys_exit_listen") && err.contains("field ret: at offset 24"),
             "{err}"
         );
     }
