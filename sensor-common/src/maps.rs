@@ -7,11 +7,20 @@
 pub const EVENTS: &str = "SNSR_EVENTS";
 /// Per-CPU counters, see [`crate::stats::Stats`].
 pub const STATS: &str = "SNSR_STATS";
-/// Whether the event reader sleeps until woken, see [`READER_SLEEPING`].
+/// Whether the event reader sleeps until woken (one `u32`):
+/// - 0: it is awake, draining on a short timer, and records are written
+///   without a wakeup;
+/// - otherwise it sleeps until a record wakes it, and the value is the
+///   second of `CLOCK_BOOTTIME` until which that holds (its lease). The
+///   daemon renews the lease every tick while it sleeps. Past it the reader
+///   is taken to be gone (killed or stopped while asleep) and records are
+///   written without a wakeup: each would be an irq_work (in a VM an IPI)
+///   for nobody. The next reader drains them when it starts, and a stopped
+///   one at its next tick.
 pub const READER: &str = "SNSR_READER";
-/// [`READER`] value: the reader sleeps until a record wakes it. Otherwise
-/// (0) it drains on a short timer and records are written without a wakeup.
-pub const READER_SLEEPING: u32 = 1;
+/// How long a sleeping reader's lease in [`READER`] lasts, in seconds: a
+/// few of its 1 s ticks.
+pub const READER_LEASE_SECS: u32 = 3;
 /// Process → run map, pinned so attribution survives a daemon restart.
 pub const PROC_RUNS: &str = "SNSR_PROC_RUNS";
 /// Per-CPU event assembly buffers (an array indexed by CPU id).

@@ -4,7 +4,6 @@ use aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns;
 use sensor_common::{
     event::{EventKind, MAX_EVENT_SIZE},
     limits::{DENIALS_PER_RUN_PER_SEC, EVENTS_WAKEUP_BYTES},
-    maps::READER_SLEEPING,
     stats::RunStats,
 };
 
@@ -41,7 +40,8 @@ pub unsafe fn emit(record: *const u8, size: usize, kind: EventKind, read_errors:
 /// The wakeup flag for a record of `kind` sent now: wake the reader when it
 /// sleeps (an idle host: no timer runs then) or is behind; otherwise it
 /// drains on its timer, and a wakeup per record (an irq_work, in a VM an
-/// IPI) would cost more than the program.
+/// IPI) would cost more than the program. A sleeping reader whose lease ran
+/// out is gone (`sensor_common::maps::READER`): no wakeup either.
 ///
 /// Whether it is behind is asked of the ring at every
 /// [`BEHIND_CHECK_EVERY`]th record of a kind on a CPU (the query is a
@@ -50,9 +50,15 @@ pub unsafe fn emit(record: *const u8, size: usize, kind: EventKind, read_errors:
 /// the ring holds many times [`EVENTS_WAKEUP_BYTES`].
 #[inline(always)]
 pub fn wakeup_flags(kind: EventKind) -> u64 {
-    let sleeping = READER.get(0).is_some_and(|v| *v == READER_SLEEPING);
-    if sleeping {
-        return BPF_RB_FORCE_WAKEUP;
+    let lease = READER.get(0).copied().unwrap_or(0);
+    if lease != 0 {
+        // SAFETY: no preconditions.
+        let now = unsafe { bpf_ktime_get_boot_ns() } / 1_000_000_000;
+        return if now < u64::from(lease) {
+            BPF_RB_FORCE_WAKEUP
+        } else {
+            BPF_RB_NO_WAKEUP
+        };
     }
     // SAFETY: per-CPU value; a plain read.
     let sent = STATS

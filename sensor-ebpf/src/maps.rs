@@ -22,7 +22,8 @@ use sensor_common::{
 #[map(name = "SNSR_EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 
-/// Whether user space sleeps until a record wakes it (`READER_SLEEPING`) or
+/// Whether user space sleeps until a record wakes it (until the lease's
+/// second, see `sensor_common::maps::READER`) or
 /// drains on its timer (0). Set by user space only.
 #[map(name = "SNSR_READER")]
 pub static READER: Array<u32> = Array::with_max_entries(1, 0);

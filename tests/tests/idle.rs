@@ -1,6 +1,7 @@
 //! A quiet host: the daemon's event reader sleeps until the kernel has a
 //! record for it (no timer wakes it), and an isolated exec is still reported
-//! at once. Alone in its file, so no other test daemon runs meanwhile. Run as
+//! at once; a reader stopped asleep is not woken past its lease. Alone in its
+//! file, so no other test daemon runs meanwhile. Run as
 //! root: `SENSOR_BIN=... cargo test -p sensor-tests`.
 
 use std::fs;
@@ -10,7 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use sensor_tests::{Checks, Daemon, check, marker};
+use sensor_tests::{Checks, Daemon, bpf::map_dump, check, marker};
 
 /// How long the daemon is watched while nothing happens.
 const QUIET: Duration = Duration::from_secs(3);
@@ -94,6 +95,135 @@ fn a_quiet_daemon_sleeps_and_still_reports_an_isolated_exec_at_once() -> Result<
         latencies.iter().all(|l| *l <= ISOLATED_LATENCY_MAX),
         "isolated execs took {latencies:?} from spawn to output line (each at most \
          {ISOLATED_LATENCY_MAX:?}): a record must wake a sleeping reader"
+    );
+    c.finish()
+}
+
+/// Execs made while the reader is stopped asleep, past its lease.
+const UNREAD: usize = 100;
+
+/// irq_work interrupts so far, summed over the CPUs (`IWI` in
+/// /proc/interrupts): a ring buffer wakeup is one.
+fn irq_work_interrupts() -> Result<u64> {
+    let text = fs::read_to_string("/proc/interrupts").context("read /proc/interrupts")?;
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("IWI:"))
+        .context("no IWI line in /proc/interrupts")?;
+    Ok(line
+        .split_whitespace()
+        .skip(1)
+        .map_while(|n| n.parse::<u64>().ok())
+        .sum())
+}
+
+/// A reader stopped (or killed) while asleep is woken by each record only
+/// until its lease runs out (`SNSR_READER` holds the second it ends; the
+/// tick renews it): after that the records go without a wakeup, where each
+/// was an irq_work, 3–4 per exec. Once it runs again, its tick takes them
+/// all, and the next isolated exec wakes it at once as before.
+#[test]
+fn a_reader_stopped_asleep_is_not_woken_past_its_lease() -> Result<()> {
+    let d = Daemon::start()?;
+    let mut c = Checks::new();
+    let state = d.pin_dir().join(sensor_common::maps::READER);
+    let lease = || -> Result<u32> {
+        let (_, value) = map_dump(&state)?
+            .into_iter()
+            .next()
+            .context("SNSR_READER holds no entry")?;
+        let bytes: [u8; 4] = value
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .context("SNSR_READER value is not a u32")?;
+        Ok(u32::from_ne_bytes(bytes))
+    };
+    let m = marker();
+    let mut offset = fs::metadata(d.events_path()).map_or(0, |m| m.len());
+    let pid = libc::pid_t::try_from(d.pid()).context("daemon pid")?;
+    // Stopped while asleep (the drain that finds nothing puts it to sleep;
+    // on a host that is not quiet a record may wake it just before the stop).
+    let asleep = Instant::now();
+    loop {
+        if asleep.elapsed() > Duration::from_secs(20) {
+            bail!("the reader was not found asleep in 20 s");
+        }
+        if lease()? == 0 {
+            thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        // SAFETY: signals to the test's own daemon.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        thread::sleep(Duration::from_millis(50));
+        if lease()? != 0 {
+            break;
+        }
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+    }
+    thread::sleep(Duration::from_secs(u64::from(
+        sensor_common::maps::READER_LEASE_SECS + 2,
+    )));
+    let before = irq_work_interrupts();
+    for i in 0..UNREAD {
+        let status = Command::new("/bin/true")
+            .arg(format!("{m}-stopped-{i}"))
+            .stdin(Stdio::null())
+            .status()
+            .context("run /bin/true")?;
+        if !status.success() {
+            bail!("/bin/true exited with {status}");
+        }
+    }
+    let after = irq_work_interrupts();
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let wakeups = after?.saturating_sub(before?);
+    check!(
+        c,
+        wakeups < (UNREAD / 2) as u64,
+        "{UNREAD} execs with the reader stopped past its lease raised {wakeups} \
+         irq_work interrupts (fewer than {}): a reader that does not renew its \
+         lease must not be woken per record",
+        UNREAD / 2
+    );
+    // It takes them all once it runs (at its next tick).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = 0;
+    let mut lines = 0;
+    while Instant::now() < deadline {
+        let text = fs::read_to_string(d.events_path())?;
+        let new = text
+            .get(usize::try_from(offset).unwrap_or(0)..)
+            .unwrap_or("");
+        seen = (0..UNREAD)
+            .filter(|i| new.contains(&format!("{m}-stopped-{i}\"")))
+            .count();
+        lines = new.lines().count();
+        if seen == UNREAD {
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    check!(
+        c,
+        seen == UNREAD,
+        "{seen} of the {UNREAD} execs made while the reader was stopped were reported \
+         ({lines} lines written since)"
+    );
+    if seen < UNREAD {
+        let keep = std::env::temp_dir().join("idle-events.jsonl");
+        let _ = fs::copy(d.events_path(), &keep);
+    }
+    offset = fs::metadata(d.events_path()).map_or(0, |m| m.len());
+    // Asleep again, with a new lease: an isolated exec wakes it at once.
+    thread::sleep(Duration::from_millis(300));
+    let latency = exec_to_line(&d, &format!("{m}-after"), &mut offset)?;
+    check!(
+        c,
+        latency <= ISOLATED_LATENCY_MAX,
+        "an isolated exec after the reader ran again took {latency:?} to be written \
+         (at most {ISOLATED_LATENCY_MAX:?}): its lease must be renewed"
     );
     c.finish()
 }

@@ -271,9 +271,25 @@ print fmt: \"filename=%s pid=%d old_pid=%d\", __get_str(filename), REC->pid, REC
     #[test]
     fn syscall_offsets_other_than_the_programs_are_refused() {
         let tracefs = tempfile::tempdir().unwrap();
-        syscall_format(tracefs.path(), "sys_exit_connect", "ret", SYSCALL_RET_OFFSET);
-        syscall_field(tracefs.path(), "sys_exit_connect", "ret", SYSCALL_RET_OFFSET).unwrap();
-        syscall_format(tracefs.path(), "sys_exit_listen", "ret", SYSCALL_RET_OFFSET + 8);
+        syscall_format(
+            tracefs.path(),
+            "sys_exit_connect",
+            "ret",
+            SYSCALL_RET_OFFSET,
+        );
+        syscall_field(
+            tracefs.path(),
+            "sys_exit_connect",
+            "ret",
+            SYSCALL_RET_OFFSET,
+        )
+        .unwrap();
+        syscall_format(
+            tracefs.path(),
+            "sys_exit_listen",
+            "ret",
+            SYSCALL_RET_OFFSET + 8,
+        );
         let err = syscall_field(tracefs.path(), "sys_exit_listen", "ret", SYSCALL_RET_OFFSET)
             .unwrap_err()
             .to_string();
