@@ -8,7 +8,10 @@ use std::{fs, path::Path};
 
 use sensor_common::config::{ABSENT, SYSCALL_ARGS_OFFSET, SYSCALL_RET_OFFSET, TracepointOffsets};
 
-use super::LoaderError;
+use super::{
+    LoaderError,
+    programs::{Attach, PROBES},
+};
 
 /// One field of a tracepoint format.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,21 +117,20 @@ impl Format {
     }
 }
 
-/// Reads every tracepoint offset the programs use.
+/// Reads every tracepoint offset the programs use, and checks that every
+/// syscall tracepoint of the probe table has its record where the programs
+/// read it with plain loads ([`SYSCALL_ARGS_OFFSET`], [`SYSCALL_RET_OFFSET`]).
 pub fn tracepoint_offsets(tracefs: &Path) -> Result<TracepointOffsets, LoaderError> {
     let exec = Format::read(tracefs, "sched", "sched_process_exec")?;
     let exit = Format::read(tracefs, "sched", "sched_process_exit")?;
-    // Probed for existence: their programs are attached too.
-    Format::read(tracefs, "syscalls", "sys_exit_execveat")?;
-    // Every syscall tracepoint the programs read has its arguments and its
-    // `ret` where the programs' plain context loads expect them: checked,
-    // not assumed.
-    let entries = [("sys_enter_connect", "fd")].iter().chain(SYSCALL_ENTRIES);
-    for &(name, first) in entries {
-        syscall_field(tracefs, name, first, SYSCALL_ARGS_OFFSET)?;
-    }
-    for name in ["sys_exit_execve"].iter().chain(SYSCALL_EXITS) {
-        syscall_field(tracefs, name, "ret", SYSCALL_RET_OFFSET)?;
+    for probe in PROBES {
+        if let Attach::Tracepoint {
+            category: "syscalls",
+            name,
+        } = probe.attach
+        {
+            check_syscall_record(tracefs, name)?;
+        }
     }
     Ok(TracepointOffsets {
         exec_filename: exec.offset("filename", 4)?,
@@ -137,15 +139,28 @@ pub fn tracepoint_offsets(tracefs: &Path) -> Result<TracepointOffsets, LoaderErr
     })
 }
 
-/// Checks that `field` (8 bytes) of `syscalls/name` is at `expected`, the
-/// offset compiled into the programs.
-fn syscall_field(
-    tracefs: &Path,
-    name: &'static str,
-    field: &'static str,
-    expected: u32,
-) -> Result<(), LoaderError> {
-    let offset = Format::read(tracefs, "syscalls", name)?.offset(field, 8)?;
+/// Checks `syscalls/name`'s record against the offsets compiled into the
+/// programs: `ret` of a `sys_exit_*`; the first argument (the field after
+/// `__syscall_nr`, 8 bytes) of a `sys_enter_*`.
+fn check_syscall_record(tracefs: &Path, name: &'static str) -> Result<(), LoaderError> {
+    let format = Format::read(tracefs, "syscalls", name)?;
+    let (field, offset, expected) = if name.starts_with("sys_exit_") {
+        ("ret", format.offset("ret", 8)?, SYSCALL_RET_OFFSET)
+    } else {
+        let first = format
+            .fields
+            .iter()
+            .skip_while(|f| f.name != "__syscall_nr")
+            .nth(1)
+            .filter(|f| f.size == 8)
+            .ok_or_else(|| LoaderError::TracepointField {
+                category: "syscalls",
+                name,
+                field: "args",
+                detail: "no 8-byte argument after __syscall_nr".to_owned(),
+            })?;
+        ("args", first.offset, SYSCALL_ARGS_OFFSET)
+    };
     if offset == expected {
         return Ok(());
     }
@@ -159,31 +174,6 @@ fn syscall_field(
         ),
     })
 }
-
-/// Syscall entry tracepoints whose arguments the programs read, with their
-/// first argument's name.
-const SYSCALL_ENTRIES: &[(&str, &str)] = &[
-    ("sys_enter_ptrace", "request"),
-    ("sys_enter_process_vm_writev", "pid"),
-    ("sys_enter_pidfd_getfd", "pidfd"),
-    ("sys_enter_kill", "pid"),
-    ("sys_enter_tgkill", "tgid"),
-    ("sys_enter_tkill", "pid"),
-    ("sys_enter_pidfd_send_signal", "pidfd"),
-    ("sys_enter_bpf", "cmd"),
-    ("sys_enter_socket", "family"),
-];
-
-/// Syscall exit tracepoints whose `ret` the programs read.
-const SYSCALL_EXITS: &[&str] = &[
-    "sys_exit_connect",
-    "sys_exit_openat",
-    "sys_exit_openat2",
-    "sys_exit_open",
-    "sys_exit_listen",
-    "sys_exit_accept4",
-    "sys_exit_accept",
-];
 
 #[cfg(test)]
 mod tests {
@@ -253,7 +243,8 @@ print fmt: \"filename=%s pid=%d old_pid=%d\", __get_str(filename), REC->pid, REC
         );
     }
 
-    /// A `syscalls/` format file in a fake tracefs.
+    /// A `syscalls/` format file in a fake tracefs: `__syscall_nr` at 8,
+    /// then `field` (8 bytes) at `offset`.
     fn syscall_format(tracefs: &Path, name: &str, field: &str, offset: u32) {
         let dir = tracefs.join("events/syscalls").join(name);
         fs::create_dir_all(&dir).unwrap();
@@ -269,32 +260,27 @@ print fmt: \"filename=%s pid=%d old_pid=%d\", __get_str(filename), REC->pid, REC
     /// whose format files put them elsewhere is refused, with the field
     /// named, never read at the wrong place.
     #[test]
-    fn syscall_offsets_other_than_the_programs_are_refused() {
+    fn syscall_records_other_than_the_programs_are_refused() {
         let tracefs = tempfile::tempdir().unwrap();
-        syscall_format(
-            tracefs.path(),
-            "sys_exit_connect",
-            "ret",
-            SYSCALL_RET_OFFSET,
-        );
-        syscall_field(
-            tracefs.path(),
-            "sys_exit_connect",
-            "ret",
-            SYSCALL_RET_OFFSET,
-        )
-        .unwrap();
-        syscall_format(
-            tracefs.path(),
-            "sys_exit_listen",
-            "ret",
-            SYSCALL_RET_OFFSET + 8,
-        );
-        let err = syscall_field(tracefs.path(), "sys_exit_listen", "ret", SYSCALL_RET_OFFSET)
+        let t = tracefs.path();
+        syscall_format(t, "sys_exit_connect", "ret", SYSCALL_RET_OFFSET);
+        syscall_format(t, "sys_enter_connect", "fd", SYSCALL_ARGS_OFFSET);
+        check_syscall_record(t, "sys_exit_connect").unwrap();
+        check_syscall_record(t, "sys_enter_connect").unwrap();
+        syscall_format(t, "sys_exit_listen", "ret", SYSCALL_RET_OFFSET + 8);
+        let err = check_syscall_record(t, "sys_exit_listen")
             .unwrap_err()
             .to_string();
         assert!(
             err.contains("syscalls/sys_exit_listen") && err.contains("field ret: at offset 24"),
+            "{err}"
+        );
+        syscall_format(t, "sys_enter_kill", "pid", SYSCALL_ARGS_OFFSET + 8);
+        let err = check_syscall_record(t, "sys_enter_kill")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("syscalls/sys_enter_kill") && err.contains("field args: at offset 24"),
             "{err}"
         );
     }
