@@ -76,9 +76,16 @@ impl RecentExits {
 }
 
 /// Live processes by tgid.
+///
+/// Hashed with foldhash, not SipHash: every record looks a pid up, and
+/// SipHash was most of that. The keys are pids, which the kernel hands
+/// out: a watched agent steers its own pid only loosely (by forking until
+/// one comes up), the table holds live processes only (bounded by
+/// `pid_max` and the agent's process limits), and the hasher's seed is
+/// random per table, so collisions cannot be aimed without knowing it.
 #[derive(Debug, Default)]
 pub struct ProcessTable {
-    by_pid: HashMap<u32, ProcessInfo>,
+    by_pid: HashMap<u32, ProcessInfo, foldhash::fast::RandomState>,
     /// Start times from /proc have clock-tick resolution: compare at that grain.
     ns_per_tick: u64,
 }
@@ -87,7 +94,7 @@ impl ProcessTable {
     #[must_use]
     pub fn new(ns_per_tick: u64) -> Self {
         Self {
-            by_pid: HashMap::new(),
+            by_pid: HashMap::default(),
             ns_per_tick: ns_per_tick.max(1),
         }
     }

@@ -501,7 +501,7 @@ fn insert_rows(
             continue;
         }
         // serde_json writes UTF-8; a line that is not is stored lossily.
-        let body = String::from_utf8_lossy(line);
+        let body = utf8_body(line);
         insert.execute(params![
             i64::try_from(r.seq).unwrap_or(i64::MAX),
             r.time_ns,
@@ -546,6 +546,16 @@ fn insert_rows(
         summaries.clear();
     }
     Ok(())
+}
+
+/// `line` as text: checked as UTF-8 (what serde_json writes, and the fast
+/// path: `from_utf8_lossy`'s chunking showed in the writer's profile), and
+/// only a line that is not is made lossy.
+fn utf8_body(line: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(line) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(line),
+    }
 }
 
 /// Summaries held in memory before they are upserted within the
@@ -612,8 +622,13 @@ macro_rules! seen_merge {
 /// event was mapped to a record and hashed by its copied strings first.)
 #[derive(Debug, Default)]
 struct Summaries {
-    /// Each with its key, shared by its destinations' entries.
-    processes: HashMap<Rc<str>, (Rc<str>, Seen)>,
+    /// Each with its key, shared by its destinations' entries. Hashed with
+    /// foldhash (SipHash showed in the writer's profile): a process key is
+    /// made by the daemon from the kernel's pid and start time, not chosen
+    /// by a watched process, the map holds at most [`SUMMARIES_MAX`], and
+    /// its seed is random. (Destinations, which a process names, keep
+    /// SipHash.)
+    processes: HashMap<Rc<str>, (Rc<str>, Seen), foldhash::fast::RandomState>,
     destinations: HashMap<(Dst, u16, Rc<str>), Seen>,
 }
 
@@ -779,7 +794,7 @@ impl Seen {
     /// The body as stored: serde_json writes UTF-8; a line that is not is
     /// stored lossily.
     fn body(&self) -> std::borrow::Cow<'_, str> {
-        String::from_utf8_lossy(&self.body)
+        utf8_body(&self.body)
     }
 }
 
