@@ -717,7 +717,14 @@ impl Summaries {
                  ON CONFLICT(process_key) DO UPDATE SET ",
                 seen_merge!()
             ))?;
-            for (key, s) in self.processes.values() {
+            // In key order: a process key's digits grow with the start
+            // time, so sorted keys land one after the other at the end of
+            // the b-tree (SQLite's append path), where the map's order
+            // split pages all over the last ones (`balance_nonroot` and the
+            // WAL frames of the commit showed in the writer's profile).
+            let mut sorted: Vec<_> = self.processes.values().collect();
+            sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            for (key, s) in sorted {
                 upsert.execute(params![
                     &**key,
                     s.pid,
@@ -735,12 +742,21 @@ impl Summaries {
                  ON CONFLICT(dst, unix, port, process_key) DO UPDATE SET ",
                 seen_merge!()
             ))?;
-            for ((dst, port, key), s) in &self.destinations {
-                let (dst, unix) = match dst {
-                    Dst::Ip(ip) => (std::borrow::Cow::Owned(ip.to_string()), false),
-                    Dst::IpText(ip) => (std::borrow::Cow::Borrowed(ip.as_str()), false),
-                    Dst::Unix(path) => (std::borrow::Cow::Borrowed(path.as_str()), true),
-                };
+            // In primary key order, as the processes (see above).
+            let mut sorted: Vec<_> = self
+                .destinations
+                .iter()
+                .map(|((dst, port, key), s)| {
+                    let (dst, unix) = match dst {
+                        Dst::Ip(ip) => (std::borrow::Cow::Owned(ip.to_string()), false),
+                        Dst::IpText(ip) => (std::borrow::Cow::Borrowed(ip.as_str()), false),
+                        Dst::Unix(path) => (std::borrow::Cow::Borrowed(path.as_str()), true),
+                    };
+                    (dst, unix, *port, key, s)
+                })
+                .collect();
+            sorted.sort_unstable_by(|a, b| (&a.0, a.1, a.2, &a.3).cmp(&(&b.0, b.1, b.2, &b.3)));
+            for (dst, unix, port, key, s) in sorted {
                 upsert.execute(params![
                     dst,
                     i32::from(unix),
