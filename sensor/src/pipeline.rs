@@ -1550,12 +1550,13 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 if reader.asleep {
+                    // Still here: renew the lease first, so that a record
+                    // sent after this drain wakes the reader again.
+                    reader.set_asleep(true);
                     // A record sent without a wakeup as the reader fell
                     // asleep, or after its lease ran out (the loop was held
                     // up, or the process stopped).
                     drain(ring.get_mut(), &mut pipeline, DRAIN_BUDGET);
-                    // Still here: renew the lease.
-                    reader.set_asleep(true);
                 }
                 let lost_by_run = pipeline.check_run_stats(&mut run_stats);
                 match read_stats(&stats) {
