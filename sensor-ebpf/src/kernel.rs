@@ -175,9 +175,7 @@ impl Reader {
         if level != 0 {
             self.fill_ns_pid(h, pid as u64, level);
         }
-        let (run, how) = run_of(h.tgid, h.start_ns);
-        h.run = run;
-        h.run_how = how & HOW_MASK;
+        Self::fill_run(h);
     }
 
     /// Fills the process part of a header from `task` (any task of the process).
@@ -195,7 +193,8 @@ impl Reader {
         // The process id as its own pid namespace sees it: leader->thread_pid->numbers[level].nr.
         let pid: u64 = self.read(leader, offset!(kernel.task_thread_pid));
         let level: u32 = self.read(pid, offset!(kernel.pid_level));
-        self.fill_ns_pid_and_run(h, pid, level);
+        self.fill_ns_pid(h, pid, level);
+        Self::fill_run(h);
     }
 
     /// Fills the process part of a header for `child`, a new process (its
@@ -233,12 +232,9 @@ impl Reader {
         self.fill_ns_pid(h, pid, level);
     }
 
-    /// The process id as its own pid namespace sees it
-    /// (`pid->numbers[level].nr`, `pid` the leader's `struct pid` at `level`),
-    /// and the run the kernel has for the process.
+    /// The run the kernel has for the header's process (its tgid and start).
     #[inline(always)]
-    fn fill_ns_pid_and_run(&mut self, h: &mut EventHeader, pid: u64, level: u32) {
-        self.fill_ns_pid(h, pid, level);
+    fn fill_run(h: &mut EventHeader) {
         let (run, how) = run_of(h.tgid, h.start_ns);
         h.run = run;
         h.run_how = how & HOW_MASK;
