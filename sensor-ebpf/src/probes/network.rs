@@ -274,7 +274,8 @@ pub fn snsr_conn_out(ctx: TracePointContext) -> u32 {
     if !active() {
         return 0; // the active load records
     }
-    // SAFETY: offset from the format file.
+    // SAFETY: the context is this tracepoint's record; connect_exit touches
+    // only this thread's in-flight slot.
     unsafe { connect_exit(&ctx) };
     0
 }

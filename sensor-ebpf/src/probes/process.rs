@@ -279,7 +279,7 @@ pub fn snsr_clone_out(ctx: TracePointContext) -> u32 {
     if !active() {
         return 0; // the active load records
     }
-    // SAFETY: offset from the format file.
+    // SAFETY: the context is this tracepoint's record; see clone_exit.
     unsafe { clone_exit(&ctx) };
     0
 }
@@ -290,7 +290,7 @@ pub fn snsr_clone3_out(ctx: TracePointContext) -> u32 {
     if !active() {
         return 0; // the active load records
     }
-    // SAFETY: offset from the format file.
+    // SAFETY: the context is this tracepoint's record; see clone_exit.
     unsafe { clone_exit(&ctx) };
     0
 }
@@ -301,7 +301,7 @@ pub fn snsr_fork_out(ctx: TracePointContext) -> u32 {
     if !active() {
         return 0; // the active load records
     }
-    // SAFETY: offset from the format file.
+    // SAFETY: the context is this tracepoint's record; see clone_exit.
     unsafe { clone_exit(&ctx) };
     0
 }
@@ -312,7 +312,7 @@ pub fn snsr_vfork_out(ctx: TracePointContext) -> u32 {
     if !active() {
         return 0; // the active load records
     }
-    // SAFETY: offset from the format file.
+    // SAFETY: the context is this tracepoint's record; see clone_exit.
     unsafe { clone_exit(&ctx) };
     0
 }
