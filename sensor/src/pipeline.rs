@@ -59,6 +59,84 @@ const REFRESH_TICKS: u64 = 2;
 /// sleep until the kernel wakes it with the next record (see [`Reader`]).
 const DRAIN_INTERVAL: Duration = Duration::from_millis(5);
 
+/// How long the programs for processes in runs stay attached after the last
+/// process left its run, so that a host launching agents one after another
+/// does not attach and detach them for each.
+const RUN_PROBES_LINGER: Duration = Duration::from_secs(10);
+
+/// Keeps the programs for processes in runs ([`Probes::set_run_probes`])
+/// attached while the kernel's process → run map holds a process or a run
+/// is active, and detached otherwise.
+///
+/// They are attached before a `launch` request is handled, so a launched
+/// command's first instruction runs with them on. A run that a matcher
+/// (`[[agent]]`) or the environment starts is created while the daemon
+/// reads the agent's exec, after that exec: they are attached in the same
+/// loop round, before the next record is read.
+struct RunProbes {
+    /// The last time a process was in a run (`None`: not since the start,
+    /// so nothing lingers).
+    needed_at: Option<std::time::Instant>,
+    /// An attach failed, and was logged: the next failures are not, until
+    /// one succeeds.
+    failing: bool,
+}
+
+impl RunProbes {
+    fn new() -> Self {
+        Self {
+            needed_at: None,
+            failing: false,
+        }
+    }
+
+    /// Attaches them, when they are not (a run may begin now).
+    fn attach(&mut self, probes: &mut Probes, state: &DaemonState) {
+        self.needed_at = Some(std::time::Instant::now());
+        self.set(probes, state, true);
+    }
+
+    /// The tick's (and the start's) look: attached when a process is in a
+    /// run or a run is active, detached once none has been for
+    /// [`RUN_PROBES_LINGER`].
+    fn check(&mut self, probes: &mut Probes, engine: &Engine, state: &DaemonState) {
+        let now = std::time::Instant::now();
+        if engine.attribution().runs_in_kernel() {
+            self.needed_at = Some(now);
+            self.set(probes, state, true);
+        } else if probes.run_probes()
+            && self
+                .needed_at
+                .is_none_or(|at| now.duration_since(at) >= RUN_PROBES_LINGER)
+        {
+            self.set(probes, state, false);
+        }
+    }
+
+    fn set(&mut self, probes: &mut Probes, state: &DaemonState, on: bool) {
+        match probes.set_run_probes(on) {
+            Ok(changed) => {
+                self.failing = false;
+                if changed {
+                    tracing::debug!(attached = on, "programs for processes in runs");
+                    state.set_links(probes.link_status());
+                }
+            }
+            Err(e) => {
+                if !self.failing {
+                    tracing::error!(
+                        error = %crate::error::Chain(&e),
+                        attach = on,
+                        "cannot change the programs for processes in runs; tried again every second"
+                    );
+                }
+                self.failing = true;
+                state.set_links(probes.link_status());
+            }
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error("polling the event ring buffer")]
@@ -1487,8 +1565,14 @@ pub async fn run(
     let mut transcripts_quiet_until = tokio::time::Instant::now();
     let mut file_changes = pipeline.file_changes.take();
     let mut detections = pipeline.detections.take();
+    let mut run_probes = RunProbes::new();
+    run_probes.check(&mut probes, &pipeline.builder, &pipeline.state);
     tokio::pin!(shutdown);
     let result = loop {
+        if !probes.run_probes() && pipeline.builder.attribution().has_active_runs() {
+            // A matcher or the environment started a run in the last round.
+            run_probes.attach(&mut probes, &pipeline.state);
+        }
         if let Some(next) = pipeline.transcripts_rearm() {
             let now = tokio::time::Instant::now();
             let mut at = now + next.unwrap_or(TICK);
@@ -1523,6 +1607,9 @@ pub async fn run(
                     if drain(ring.get_mut(), &mut pipeline, DRAIN_BUDGET).empty {
                         break;
                     }
+                }
+                if command.may_start_run() {
+                    run_probes.attach(&mut probes, &pipeline.state);
                 }
                 pipeline.command(command);
                 pipeline.flush();
@@ -1584,6 +1671,7 @@ pub async fn run(
                 if let Ok(clock) = Clock::now() {
                     pipeline.builder.set_clock(clock);
                 }
+                run_probes.check(&mut probes, &pipeline.builder, &pipeline.state);
                 pipeline.check_integrity(&mut probes);
                 let file = last_seen.filter(|_| ticks.is_multiple_of(LAST_SEEN_TICKS));
                 write_mark(&mut mark, &pipeline, MARK_RUNNING, file);

@@ -14,6 +14,8 @@ pub trait RunMap: Send {
     fn set(&mut self, tgid: u32, entry: ProcRun) -> Result<(), aya::maps::MapError>;
     fn remove(&mut self, tgid: u32);
     fn entries(&self) -> Vec<(u32, ProcRun)>;
+    /// Whether no process is in a run (one lookup, not a copy of the map).
+    fn is_empty(&self) -> bool;
 }
 
 impl RunMap for aya::maps::HashMap<aya::maps::MapData, u32, ProcRun> {
@@ -31,6 +33,12 @@ impl RunMap for aya::maps::HashMap<aya::maps::MapData, u32, ProcRun> {
 
     fn entries(&self) -> Vec<(u32, ProcRun)> {
         self.iter().filter_map(Result::ok).collect()
+    }
+
+    fn is_empty(&self) -> bool {
+        // A key that cannot be read counts as an entry: the caller keeps
+        // what runs need attached.
+        self.keys().next().is_none()
     }
 }
 
@@ -50,5 +58,9 @@ impl RunMap for HashMap<u32, ProcRun> {
 
     fn entries(&self) -> Vec<(u32, ProcRun)> {
         self.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+
+    fn is_empty(&self) -> bool {
+        HashMap::is_empty(self)
     }
 }

@@ -396,6 +396,8 @@ impl DaemonState {
                                 link_id: link.map(|l| l.link_id),
                                 attached: link.is_some_and(|l| l.attached),
                                 pinned: link.is_some_and(|l| l.pinned),
+                                standby: link.is_none()
+                                    && crate::loader::programs::in_runs_only(p.name),
                             }
                         })
                         .collect()
@@ -811,6 +813,10 @@ pub struct ProgramStatus {
     /// enforcing, while the daemon is down.
     #[serde(default)]
     pub pinned: bool,
+    /// Detached because no process is in a run: it acts on processes in
+    /// runs only, and is attached again before one is put in a run.
+    #[serde(default)]
+    pub standby: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

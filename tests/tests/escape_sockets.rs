@@ -344,3 +344,150 @@ fn unconnected_datagrams_of_a_run_are_reported_with_a_count() -> Result<()> {
     }
     c.finish()
 }
+
+/// The programs that act on processes in runs only (listen, accept, packet
+/// sockets, `max_processes`): what `sensor status --json` lists on standby.
+const RUN_ONLY: [&str; 8] = [
+    "snsr_socket",
+    "snsr_listen_out",
+    "snsr_accept4_x",
+    "snsr_accept_out",
+    "snsr_clone_out",
+    "snsr_clone3_out",
+    "snsr_fork_out",
+    "snsr_vfork_out",
+];
+/// How long the daemon keeps them attached after the last process left its
+/// run (`RUN_PROBES_LINGER`), plus its one-second tick and some slack.
+const STANDBY_AGAIN: Duration = Duration::from_secs(15);
+
+/// Program name → kernel id, as `sensor status --json` lists them.
+type ProgramIds = Vec<(String, u32)>;
+
+/// The programs on standby, and the kernel ids of every program, from status.
+fn standby(d: &Daemon) -> Result<(Vec<String>, ProgramIds)> {
+    let status = d.status_json()?;
+    let programs = status["programs"]
+        .as_array()
+        .ok_or_else(|| anyhow!("status --json has no programs: {}", compact(&status)))?;
+    let mut on_standby = Vec::new();
+    let mut ids = Vec::new();
+    for p in programs {
+        let name = p["name"].as_str().unwrap_or("?").to_owned();
+        if p["standby"] == true {
+            on_standby.push(name.clone());
+        }
+        let id = p["id"].as_u64().and_then(|i| u32::try_from(i).ok());
+        ids.push((name, id.unwrap_or(0)));
+    }
+    on_standby.sort();
+    Ok((on_standby, ids))
+}
+
+/// Whether program `name` (of `ids`) has an attached link in the kernel.
+fn linked(ids: &[(String, u32)], name: &str) -> Result<bool> {
+    let Some((_, id)) = ids.iter().find(|(n, _)| n == name) else {
+        return Ok(false);
+    };
+    Ok(sensor_tests::bpf::links_of_prog(*id)?
+        .iter()
+        .any(sensor_tests::bpf::link_attached))
+}
+
+/// With no process in a run, the run-only programs are detached (every
+/// syscall of theirs on the host would pay a tracepoint's dispatch for a
+/// program that returns at once). The attack: an agent whose first
+/// instructions listen and accept, racing the daemon to attach them. They
+/// are attached before `launch` gets its answer, so the listener and the
+/// connection are reported; they stay while the run's process lives, and go
+/// back to standby once it is gone.
+#[test]
+fn run_only_programs_attach_before_a_launched_command_and_stand_by_after() -> Result<()> {
+    let d = Daemon::start_with(Some(&config("")?), &[])?;
+    let mut c = Checks::new();
+    let mut want: Vec<String> = RUN_ONLY.iter().map(|s| (*s).to_owned()).collect();
+    want.sort();
+
+    let (idle, ids) = standby(&d)?;
+    check!(
+        c,
+        idle == want,
+        "with no run, status lists the run-only programs on standby: {idle:?}"
+    );
+    for name in RUN_ONLY {
+        check!(
+            c,
+            !linked(&ids, name)?,
+            "with no run, {name} has no attached link in the kernel"
+        );
+    }
+
+    let mut child = d
+        .launch_cmd("first-move", &[], &[HELPER, "listen-accept", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let out = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let mut lines = BufReader::new(out).lines();
+    let first = lines.next().context("no port line")??;
+    let port: u16 = first
+        .strip_prefix("port=")
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| anyhow!("listen-accept said {first:?}"))?;
+    // The run's process lives (it waits in accept): everything is attached.
+    let (during, ids) = standby(&d)?;
+    check!(
+        c,
+        during.is_empty(),
+        "while a process is in a run, nothing is on standby: {during:?}"
+    );
+    for name in RUN_ONLY {
+        check!(
+            c,
+            linked(&ids, name)?,
+            "while a process is in a run, {name} is attached in the kernel"
+        );
+    }
+    let client = TcpStream::connect(("127.0.0.1", port))?;
+    let client_port = client.local_addr()?.port();
+    let _ = lines.next();
+    let _ = child.wait();
+    let listen = d.wait_for(EVENT_TIMEOUT, |e| {
+        e["kind"] == "network.listen" && e["run"]["agent"] == "first-move"
+    });
+    check!(
+        c,
+        listen.is_ok_and(|l| l["network"]["local_port"] == port),
+        "the listen of the launched command's first moves is reported"
+    );
+    let accept = d.wait_for(EVENT_TIMEOUT, |e| {
+        e["kind"] == "network.accept" && e["run"]["agent"] == "first-move"
+    });
+    check!(
+        c,
+        accept.is_ok_and(|a| a["network"]["src_port"] == client_port),
+        "the connection it accepted is reported"
+    );
+
+    // Its process is gone: back on standby after the linger.
+    let deadline = std::time::Instant::now() + STANDBY_AGAIN;
+    let mut after = standby(&d)?;
+    while after.0 != want && std::time::Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(250));
+        after = standby(&d)?;
+    }
+    check!(
+        c,
+        after.0 == want,
+        "within {STANDBY_AGAIN:?} of the run's end, the run-only programs are on standby again: {:?}",
+        after.0
+    );
+    for name in RUN_ONLY {
+        check!(
+            c,
+            !linked(&after.1, name)?,
+            "after the run, {name} has no attached link in the kernel"
+        );
+    }
+    d.check_alive()?;
+    c.finish()
+}

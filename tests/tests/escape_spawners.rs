@@ -652,6 +652,11 @@ fn ssh_to_a_loopback_sshd_is_seen_and_refused_under_enforce() -> Result<()> {
     let _ = d.wait_for(EVENT_TIMEOUT, |e| {
         true_exec(std::slice::from_ref(e), &m1).is_some()
     });
+    // The enforce run came second: its refused connect may still be on its
+    // way to the output when m1's exec is there.
+    let _ = d.wait_for(EVENT_TIMEOUT, |e| {
+        e["kind"] == "network.connect" && e["run"]["agent"] == "ssh-e"
+    });
     let evs = d.events()?;
     match true_exec(&evs, &m1) {
         Some(e) => check!(

@@ -332,6 +332,21 @@ impl Attribution {
         self.runs.active().count()
     }
 
+    /// Whether a run is active (stops at the first).
+    #[must_use]
+    pub fn has_active_runs(&self) -> bool {
+        self.runs.active().next().is_some()
+    }
+
+    /// Whether any process is in a run, by the kernel's process → run map
+    /// (which also holds what a run that ended left behind until its
+    /// processes exit), or a run is active: what decides whether the
+    /// programs for processes in runs must be attached.
+    #[must_use]
+    pub fn runs_in_kernel(&self) -> bool {
+        self.has_active_runs() || !self.map.is_empty()
+    }
+
     #[must_use]
     pub fn processes(&self) -> &ProcessTable {
         &self.processes

@@ -46,10 +46,16 @@ pub fn execute(args: &StatusArgs) -> anyhow::Result<ExitCode> {
         if let Some(reason) = &report.reason {
             lines.push(format!("why not ready: {reason}"));
         }
+        let standby = report.programs.iter().filter(|p| p.standby).count();
         lines.extend([format!(
-            "programs attached: {} of {}, pinned: {}",
+            "programs attached: {} of {}{}, pinned: {}",
             report.programs.iter().filter(|p| p.attached).count(),
-            report.programs.len(),
+            report.programs.len() - standby,
+            if standby > 0 {
+                format!(" ({standby} more on standby: they act in runs only, and attach before a process is put in one)")
+            } else {
+                String::new()
+            },
             report.programs.iter().filter(|p| p.pinned).count()
         )]);
         // The programs, one a line (a table; its cells escaped one by one).
@@ -57,19 +63,23 @@ pub fn execute(args: &StatusArgs) -> anyhow::Result<ExitCode> {
             .programs
             .iter()
             .map(|p| {
-                let state = format!(
-                    "{}, {}",
-                    if p.attached {
-                        "attached"
-                    } else {
-                        "NOT attached"
-                    },
-                    if p.pinned {
-                        "pinned"
-                    } else {
-                        "not pinned (detaches with the daemon)"
-                    }
-                );
+                let state = if p.standby {
+                    "standby (no process in a run)".to_owned()
+                } else {
+                    format!(
+                        "{}, {}",
+                        if p.attached {
+                            "attached"
+                        } else {
+                            "NOT attached"
+                        },
+                        if p.pinned {
+                            "pinned"
+                        } else {
+                            "not pinned (detaches with the daemon)"
+                        }
+                    )
+                };
                 vec![
                     escape_terminal(&p.name).into_owned(),
                     "program".to_owned(),
@@ -245,7 +255,7 @@ fn enforcing(report: &crate::status::StatusReport, socket: &std::path::Path) -> 
             p.maps_pinned.len(),
             p.maps_expected,
             links,
-            report.programs.len(),
+            report.programs.iter().filter(|p| !p.standby).count(),
             if links > 0 && !p.maps_pinned.is_empty() {
                 " (they stay attached and enforcing while the daemon is down)"
             } else {

@@ -58,6 +58,20 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Whether handling it may put a process in a run (a `launch`).
+    #[must_use]
+    pub fn may_start_run(&self) -> bool {
+        matches!(
+            self,
+            Self::Request {
+                request: Request::Launch(_),
+                ..
+            }
+        )
+    }
+}
+
 /// What a reload read and validated: its policies and matchers are swapped
 /// in together, or neither is.
 #[derive(Debug)]

@@ -222,7 +222,7 @@ impl Probes {
     }
 
     /// Pins link `i` at `<pin-dir>/links/<program>`, replacing what is there.
-    fn pin_link(&self, i: usize) -> std::io::Result<()> {
+    pub(super) fn pin_link(&self, i: usize) -> std::io::Result<()> {
         let link = &self.links[i];
         let path = self.links_dir.join(link.probe.program);
         std::fs::create_dir_all(&self.links_dir)?;

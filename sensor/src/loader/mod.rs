@@ -49,7 +49,7 @@ use sensor_common::{
 use tracing::{debug, info};
 
 pub use self::integrity::{LinkStatus, StopReport};
-use self::programs::{Attach, PROBES, Probe};
+use self::programs::{Attach, Needed, PROBES, Probe};
 
 /// The eBPF object built by build.rs (empty when built with `AYA_BUILD_SKIP=1`).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor"));
@@ -202,6 +202,9 @@ pub struct Probes {
     /// Findings of the integrity check that could not be put back, reported
     /// once until fixed.
     unresolved: std::collections::BTreeSet<(&'static str, String)>,
+    /// Whether every [`Needed::InRuns`] program is attached (see
+    /// [`Probes::set_run_probes`]).
+    run_probes: bool,
 }
 
 impl Probes {
@@ -244,6 +247,70 @@ impl Probes {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Whether the programs for processes in runs ([`Needed::InRuns`]) are attached.
+    #[must_use]
+    pub fn run_probes(&self) -> bool {
+        self.run_probes
+    }
+
+    /// Attaches (`on`) or detaches the programs that act on processes in
+    /// runs only ([`Needed::InRuns`]): the caller attaches them before any
+    /// process is put in a run, and detaches them once the kernel's
+    /// process → run map is empty. Each is a syscall tracepoint, and an
+    /// attached one costs every call of its syscall on the host the
+    /// tracepoint's dispatch, even when its program returns at once.
+    ///
+    /// Attached, they are pinned like the others (when the links are), so
+    /// they stay while the daemon is down; detached, their pins go. The
+    /// integrity check and `sensor status` see the links there are. Returns
+    /// whether anything changed; on an error the programs attached so far
+    /// stay, and a later call attaches the rest.
+    pub fn set_run_probes(&mut self, on: bool) -> Result<bool, LoaderError> {
+        if on == self.run_probes {
+            return Ok(false);
+        }
+        if on {
+            for probe in PROBES.iter().filter(|p| p.needed == Needed::InRuns) {
+                if self.links.iter().any(|l| l.probe.program == probe.program) {
+                    continue;
+                }
+                let (program_id, link) = attach_probe(&mut self.ebpf, probe, &self.cgroup, false)?;
+                let (fd, id) = own_link(probe, &link)?;
+                drop(link);
+                self.links.push(ProbeLink { probe, fd, id });
+                self.attached.push(AttachedProgram {
+                    name: probe.program,
+                    id: program_id,
+                    attach: probe.attach.to_string(),
+                });
+                if self.pinned
+                    && let Err(e) = self.pin_link(self.links.len() - 1)
+                {
+                    // The integrity check tries again every second.
+                    tracing::error!(program = probe.program, error = %e, "cannot pin a program link");
+                }
+            }
+        } else {
+            let mut i = 0;
+            while i < self.links.len() {
+                if self.links[i].probe.needed != Needed::InRuns {
+                    i += 1;
+                    continue;
+                }
+                let link = self.links.remove(i);
+                self.attached.remove(i);
+                let path = self.links_dir.join(link.probe.program);
+                if let Err(e) = remove_pin(&path) {
+                    tracing::error!(program = link.probe.program, path = %path.display(), error = %e, "cannot unpin a program link");
+                }
+                // Our descriptor was the last reference: the program detaches.
+                drop(link);
+            }
+        }
+        self.run_probes = on;
+        Ok(true)
     }
 
     /// Makes this load the one acting (see [`seam::take_over`]): ours
@@ -763,6 +830,7 @@ pub fn load(
         active,
         generation,
         unresolved: std::collections::BTreeSet::new(),
+        run_probes: true,
     };
     let released = probes.take_over(previous_links)?;
     info!(

@@ -21,6 +21,19 @@ pub enum Attach {
     CgroupSock,
 }
 
+/// When a program must be attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needed {
+    /// Always: it reports or guards processes whether in a run or not.
+    Always,
+    /// While some process is in a run (the kernel's process → run map is
+    /// not empty): its program returns at once for a process outside every
+    /// run. Detached otherwise, so that the host does not pay the syscall
+    /// tracepoint's dispatch on every such syscall for nothing (see
+    /// `loader::Probes::set_run_probes`).
+    InRuns,
+}
+
 /// One program of the table.
 #[derive(Debug, Clone, Copy)]
 pub struct Probe {
@@ -30,6 +43,8 @@ pub struct Probe {
     pub attach: Attach,
     /// What the user gets from it, for messages.
     pub purpose: &'static str,
+    /// When it is attached.
+    pub needed: Needed,
 }
 
 const fn tp(
@@ -42,6 +57,20 @@ const fn tp(
         program,
         attach: Attach::Tracepoint { category, name },
         purpose,
+        needed: Needed::Always,
+    }
+}
+
+/// [`tp`] for a program that acts on processes in runs only ([`Needed::InRuns`]).
+const fn tp_in_runs(
+    program: &'static str,
+    category: &'static str,
+    name: &'static str,
+    purpose: &'static str,
+) -> Probe {
+    Probe {
+        needed: Needed::InRuns,
+        ..tp(program, category, name, purpose)
     }
 }
 
@@ -65,6 +94,7 @@ pub const PROBES: &[Probe] = &[
         program: p::FORK,
         attach: Attach::RawTracepoint("sched_process_fork"),
         purpose: "process.spawn",
+        needed: Needed::Always,
     },
     tp(
         p::CONNECT_ENTER,
@@ -82,31 +112,37 @@ pub const PROBES: &[Probe] = &[
         program: p::CONNECT4,
         attach: Attach::CgroupSockAddr,
         purpose: "network.connect (IPv4)",
+        needed: Needed::Always,
     },
     Probe {
         program: p::CONNECT6,
         attach: Attach::CgroupSockAddr,
         purpose: "network.connect (IPv6)",
+        needed: Needed::Always,
     },
     Probe {
         program: p::SENDMSG4,
         attach: Attach::CgroupSockAddr,
         purpose: "connect.allow on UDP datagrams (IPv4)",
+        needed: Needed::Always,
     },
     Probe {
         program: p::SENDMSG6,
         attach: Attach::CgroupSockAddr,
         purpose: "connect.allow on UDP datagrams (IPv6)",
+        needed: Needed::Always,
     },
     Probe {
         program: p::CONNECT_UNIX,
         attach: Attach::CgroupSockAddr,
         purpose: "network.connect (Unix sockets) and unix.allow",
+        needed: Needed::Always,
     },
     Probe {
         program: p::SENDMSG_UNIX,
         attach: Attach::CgroupSockAddr,
         purpose: "unix.allow on Unix datagrams",
+        needed: Needed::Always,
     },
     tp(
         p::PTRACE,
@@ -173,41 +209,50 @@ pub const PROBES: &[Probe] = &[
         program: p::SOCK_CREATE,
         attach: Attach::CgroupSock,
         purpose: "raw and ICMP sockets (network.socket, raw_sockets)",
+        needed: Needed::Always,
     },
-    tp(
+    tp_in_runs(
         p::SOCKET,
         "syscalls",
         "sys_enter_socket",
         "packet sockets (network.socket, raw_sockets)",
     ),
-    tp(
+    tp_in_runs(
         p::LISTEN_EXIT,
         "syscalls",
         "sys_exit_listen",
         "network.listen",
     ),
-    tp(
+    tp_in_runs(
         p::ACCEPT4_EXIT,
         "syscalls",
         "sys_exit_accept4",
         "network.accept",
     ),
-    tp(
+    tp_in_runs(
         p::ACCEPT_EXIT,
         "syscalls",
         "sys_exit_accept",
         "network.accept",
     ),
-    tp(p::CLONE_EXIT, "syscalls", "sys_exit_clone", "max_processes"),
-    tp(
+    tp_in_runs(p::CLONE_EXIT, "syscalls", "sys_exit_clone", "max_processes"),
+    tp_in_runs(
         p::CLONE3_EXIT,
         "syscalls",
         "sys_exit_clone3",
         "max_processes",
     ),
-    tp(p::FORK_EXIT, "syscalls", "sys_exit_fork", "max_processes"),
-    tp(p::VFORK_EXIT, "syscalls", "sys_exit_vfork", "max_processes"),
+    tp_in_runs(p::FORK_EXIT, "syscalls", "sys_exit_fork", "max_processes"),
+    tp_in_runs(p::VFORK_EXIT, "syscalls", "sys_exit_vfork", "max_processes"),
 ];
+
+/// Whether `program` is one of the table's [`Needed::InRuns`] programs.
+#[must_use]
+pub fn in_runs_only(program: &str) -> bool {
+    PROBES
+        .iter()
+        .any(|p| p.program == program && p.needed == Needed::InRuns)
+}
 
 impl std::fmt::Display for Attach {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -235,5 +280,32 @@ mod tests {
             assert!(probe.program.starts_with("snsr_"));
             assert!(seen.insert(probe.program), "{} twice", probe.program);
         }
+    }
+
+    /// Standby is for syscall tracepoints, whose dispatch every call of the
+    /// syscall pays: the sched tracepoints report every process, and the
+    /// cgroup hooks report (and decide) every connect and socket.
+    #[test]
+    fn only_syscall_tracepoints_stand_by() {
+        let standby: Vec<_> = PROBES
+            .iter()
+            .filter(|p| p.needed == Needed::InRuns)
+            .collect();
+        assert!(!standby.is_empty());
+        for probe in standby {
+            assert!(
+                matches!(
+                    probe.attach,
+                    Attach::Tracepoint {
+                        category: "syscalls",
+                        ..
+                    }
+                ),
+                "{} stands by but is not a syscall tracepoint",
+                probe.program
+            );
+            assert!(in_runs_only(probe.program));
+        }
+        assert!(!in_runs_only(p::EXEC) && !in_runs_only(p::CONNECT4));
     }
 }
