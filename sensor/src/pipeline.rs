@@ -1569,8 +1569,12 @@ pub async fn run(
     run_probes.check(&mut probes, &pipeline.builder, &pipeline.state);
     tokio::pin!(shutdown);
     let result = loop {
-        if !probes.run_probes() && pipeline.builder.attribution().has_active_runs() {
-            // A matcher or the environment started a run in the last round.
+        if !probes.run_probes()
+            && !run_probes.failing
+            && pipeline.builder.attribution().has_active_runs()
+        {
+            // A matcher or the environment started a run in the last round
+            // (after a failed attach, the tick tries again, not every round).
             run_probes.attach(&mut probes, &pipeline.state);
         }
         if let Some(next) = pipeline.transcripts_rearm() {

@@ -629,6 +629,33 @@ pub fn pin_listing(pin_dir: &Path) -> Vec<String> {
     out
 }
 
+/// The programs that act on processes in runs only: the daemon detaches them
+/// (status: `standby`) while no process is in a run, and attaches and pins
+/// them before one is (`Needed::InRuns` in sensor/src/loader/programs.rs).
+pub const RUN_ONLY_PROGRAMS: [&str; 8] = [
+    "snsr_socket",
+    "snsr_listen_out",
+    "snsr_accept4_x",
+    "snsr_accept_out",
+    "snsr_clone_out",
+    "snsr_clone3_out",
+    "snsr_fork_out",
+    "snsr_vfork_out",
+];
+
+/// [`pin_listing`] without the links of [`RUN_ONLY_PROGRAMS`], which come
+/// and go with runs (they stay 10 s after the last one ends).
+pub fn pin_listing_but_run_only(pin_dir: &Path) -> Vec<String> {
+    pin_listing(pin_dir)
+        .into_iter()
+        .filter(|p| {
+            !RUN_ONLY_PROGRAMS
+                .iter()
+                .any(|name| p.strip_prefix("links/") == Some(name))
+        })
+        .collect()
+}
+
 /// `sensor unload --pin-dir <the daemon's pin dir> [extra..]`, as an
 /// operator would type it: no `--socket`. The config it reads names a
 /// socket nobody listens on, so only the pin dir can tell that a daemon

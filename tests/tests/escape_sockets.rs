@@ -15,7 +15,7 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use sensor_tests::enforce::{KILLED, base_exec, check_deny, launch_sh, outputs};
+use sensor_tests::enforce::{KILLED, RUN_ONLY_PROGRAMS, base_exec, check_deny, launch_sh, outputs};
 use sensor_tests::{
     Checks, Daemon, EVENT_TIMEOUT, TempDir, check, compact, helper_bin, ocsf, text,
 };
@@ -345,18 +345,6 @@ fn unconnected_datagrams_of_a_run_are_reported_with_a_count() -> Result<()> {
     c.finish()
 }
 
-/// The programs that act on processes in runs only (listen, accept, packet
-/// sockets, `max_processes`): what `sensor status --json` lists on standby.
-const RUN_ONLY: [&str; 8] = [
-    "snsr_socket",
-    "snsr_listen_out",
-    "snsr_accept4_x",
-    "snsr_accept_out",
-    "snsr_clone_out",
-    "snsr_clone3_out",
-    "snsr_fork_out",
-    "snsr_vfork_out",
-];
 /// How long the daemon keeps them attached after the last process left its
 /// run (`RUN_PROBES_LINGER`), plus its one-second tick and some slack.
 const STANDBY_AGAIN: Duration = Duration::from_secs(15);
@@ -405,7 +393,7 @@ fn linked(ids: &[(String, u32)], name: &str) -> Result<bool> {
 fn run_only_programs_attach_before_a_launched_command_and_stand_by_after() -> Result<()> {
     let d = Daemon::start_with(Some(&config("")?), &[])?;
     let mut c = Checks::new();
-    let mut want: Vec<String> = RUN_ONLY.iter().map(|s| (*s).to_owned()).collect();
+    let mut want: Vec<String> = RUN_ONLY_PROGRAMS.iter().map(|s| (*s).to_owned()).collect();
     want.sort();
 
     let (idle, ids) = standby(&d)?;
@@ -414,7 +402,7 @@ fn run_only_programs_attach_before_a_launched_command_and_stand_by_after() -> Re
         idle == want,
         "with no run, status lists the run-only programs on standby: {idle:?}"
     );
-    for name in RUN_ONLY {
+    for name in RUN_ONLY_PROGRAMS {
         check!(
             c,
             !linked(&ids, name)?,
@@ -440,7 +428,7 @@ fn run_only_programs_attach_before_a_launched_command_and_stand_by_after() -> Re
         during.is_empty(),
         "while a process is in a run, nothing is on standby: {during:?}"
     );
-    for name in RUN_ONLY {
+    for name in RUN_ONLY_PROGRAMS {
         check!(
             c,
             linked(&ids, name)?,
@@ -481,7 +469,7 @@ fn run_only_programs_attach_before_a_launched_command_and_stand_by_after() -> Re
         "within {STANDBY_AGAIN:?} of the run's end, the run-only programs are on standby again: {:?}",
         after.0
     );
-    for name in RUN_ONLY {
+    for name in RUN_ONLY_PROGRAMS {
         check!(
             c,
             !linked(&after.1, name)?,

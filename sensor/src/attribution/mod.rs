@@ -332,10 +332,10 @@ impl Attribution {
         self.runs.active().count()
     }
 
-    /// Whether a run is active (stops at the first).
+    /// Whether a run is active (cheap: the event loop asks every round).
     #[must_use]
     pub fn has_active_runs(&self) -> bool {
-        self.runs.active().next().is_some()
+        self.runs.has_active()
     }
 
     /// Whether any process is in a run, by the kernel's process → run map

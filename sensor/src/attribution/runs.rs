@@ -282,6 +282,13 @@ impl RunTable {
         Ok(self.by_handle.entry(handle).or_insert(run))
     }
 
+    /// Whether any run is active (by the per-user counts: no walk over the
+    /// runs kept after their end).
+    #[must_use]
+    pub fn has_active(&self) -> bool {
+        self.active_by_uid.values().any(|&n| n > 0)
+    }
+
     /// Active runs of user `uid`.
     #[must_use]
     pub fn active_of_uid(&self, uid: u32) -> u32 {
@@ -688,6 +695,21 @@ mod tests {
             started_by: crate::event::StartedBy::Launch,
             ..NewRun::default()
         }
+    }
+
+    #[test]
+    fn has_active_follows_starts_and_ends() {
+        let mut t = RunTable::new();
+        let now = SystemTime::now();
+        assert!(!t.has_active());
+        let a = t.create(new("a", None), now).unwrap().handle;
+        let b = t.create(new("b", Some(a)), now).unwrap().handle;
+        assert!(t.has_active());
+        t.end(b, "exited", now).unwrap();
+        assert!(t.has_active(), "a is still active");
+        t.end(a, "exited", now).unwrap();
+        assert!(!t.has_active(), "ended runs kept in memory are not active");
+        assert_eq!(t.active().count(), 0);
     }
 
     #[test]
