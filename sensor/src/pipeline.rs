@@ -114,11 +114,16 @@ impl RunProbes {
     }
 
     fn set(&mut self, probes: &mut Probes, state: &DaemonState, on: bool) {
+        // Wanted on, a link missing is a fault in status, not a standby.
+        if on {
+            state.set_run_probes_standby(false);
+        }
         match probes.set_run_probes(on) {
             Ok(changed) => {
                 self.failing = false;
                 if changed {
                     tracing::debug!(attached = on, "programs for processes in runs");
+                    state.set_run_probes_standby(!on);
                     state.set_links(probes.link_status());
                 }
             }

@@ -38,6 +38,9 @@ pub struct DaemonState {
     pub defense: Defense,
     /// Each program's link as the last integrity check found it.
     links: Mutex<Vec<LinkStatus>>,
+    /// The programs for processes in runs are detached on purpose (no
+    /// process is in a run): their missing links are `standby`, not a fault.
+    run_probes_standby: AtomicBool,
     /// `sensor.tamper` findings, by what happened.
     tamper: Mutex<BTreeMap<&'static str, u64>>,
     /// This daemon's program generation (see `sensor_common::handover`).
@@ -122,6 +125,7 @@ impl Default for DaemonState {
             inherit_failed: AtomicU64::new(0),
             defense: Defense::default(),
             links: Mutex::new(Vec::new()),
+            run_probes_standby: AtomicBool::new(false),
             tamper: Mutex::new(BTreeMap::new()),
             generation: AtomicU64::new(0),
             recovered: AtomicU64::new(0),
@@ -244,6 +248,12 @@ impl DaemonState {
     }
 
     /// The links as the integrity check found them.
+    /// Whether the programs for processes in runs are on standby (detached
+    /// on purpose), for status.
+    pub fn set_run_probes_standby(&self, standby: bool) {
+        self.run_probes_standby.store(standby, Ordering::Relaxed);
+    }
+
     pub fn set_links(&self, links: Vec<LinkStatus>) {
         *self.links.lock().unwrap_or_else(PoisonError::into_inner) = links;
     }
@@ -361,6 +371,7 @@ impl DaemonState {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         let attached = self.ready.load(Ordering::Acquire);
+        let standby = self.run_probes_standby.load(Ordering::Relaxed);
         let reason = if !attached {
             Some("not attached: starting or stopping".to_owned())
         } else {
@@ -397,6 +408,7 @@ impl DaemonState {
                                 attached: link.is_some_and(|l| l.attached),
                                 pinned: link.is_some_and(|l| l.pinned),
                                 standby: link.is_none()
+                                    && standby
                                     && crate::loader::programs::in_runs_only(p.name),
                             }
                         })

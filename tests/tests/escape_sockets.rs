@@ -198,15 +198,14 @@ fn raw_icmp_and_packet_sockets_are_refused_under_enforce() -> Result<()> {
     c.finish()
 }
 
-/// A run's listener and the connection it accepts are reported, with the
-/// local address and the peer that came in.
-#[test]
-fn a_runs_listener_and_accepted_connections_are_reported() -> Result<()> {
-    let tmp = TempDir::new("listen-ocsf")?;
-    let ocsf_path = tmp.path().join("ocsf.jsonl");
-    let d = Daemon::start_with(Some(&config("")?), &["--output", &ocsf::spec(&ocsf_path)])?;
+/// The helper's stdout, a line at a time.
+type Lines = std::io::Lines<BufReader<std::process::ChildStdout>>;
+
+/// Launches the helper's `listen-accept` on a free loopback port in a run
+/// of `agent`: the child, the rest of its output, and the port it listens on.
+fn launch_listener(d: &Daemon, agent: &str) -> Result<(std::process::Child, Lines, u16)> {
     let mut child = d
-        .launch_cmd("listener", &[], &[HELPER, "listen-accept", "127.0.0.1:0"])
+        .launch_cmd(agent, &[], &[HELPER, "listen-accept", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .spawn()?;
     let out = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
@@ -216,6 +215,17 @@ fn a_runs_listener_and_accepted_connections_are_reported() -> Result<()> {
         .strip_prefix("port=")
         .and_then(|p| p.parse().ok())
         .ok_or_else(|| anyhow!("listen-accept said {first:?}"))?;
+    Ok((child, lines, port))
+}
+
+/// A run's listener and the connection it accepts are reported, with the
+/// local address and the peer that came in.
+#[test]
+fn a_runs_listener_and_accepted_connections_are_reported() -> Result<()> {
+    let tmp = TempDir::new("listen-ocsf")?;
+    let ocsf_path = tmp.path().join("ocsf.jsonl");
+    let d = Daemon::start_with(Some(&config("")?), &["--output", &ocsf::spec(&ocsf_path)])?;
+    let (mut child, mut lines, port) = launch_listener(&d, "listener")?;
     let client = TcpStream::connect(("127.0.0.1", port))?;
     let client_port = client.local_addr()?.port();
     let _ = lines.next();
@@ -410,17 +420,7 @@ fn run_only_programs_attach_before_a_launched_command_and_stand_by_after() -> Re
         );
     }
 
-    let mut child = d
-        .launch_cmd("first-move", &[], &[HELPER, "listen-accept", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let out = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-    let mut lines = BufReader::new(out).lines();
-    let first = lines.next().context("no port line")??;
-    let port: u16 = first
-        .strip_prefix("port=")
-        .and_then(|p| p.parse().ok())
-        .ok_or_else(|| anyhow!("listen-accept said {first:?}"))?;
+    let (mut child, mut lines, port) = launch_listener(&d, "first-move")?;
     // The run's process lives (it waits in accept): everything is attached.
     let (during, ids) = standby(&d)?;
     check!(

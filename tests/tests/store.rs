@@ -585,10 +585,17 @@ fn keep_runs_and_all_both_answer_who_for_processes_outside_runs() -> Result<()> 
             .as_str()
             .context("key")?
             .to_owned();
-        // The writer commits within 100 ms of a batch: poll.
+        // The writer commits within 100 ms of a batch: poll. Until then
+        // `who` finds nothing and exits 1, which is no answer yet.
         let deadline = std::time::Instant::now() + EVENT_TIMEOUT;
         let who = loop {
-            let who = query_json(&db, &["who", "--pid", &pid.to_string()])?;
+            let (ok, out, err) = query(&db, &["who", "--pid", &pid.to_string(), "--json"])?;
+            let who: Value = if ok {
+                serde_json::from_str(&out)
+                    .with_context(|| format!("who --pid {pid} printed no JSON: {out}"))?
+            } else {
+                Value::Null
+            };
             if who
                 .as_array()
                 .is_some_and(|a| a.iter().any(|w| w["process"]["key"] == key.as_str()))
@@ -597,7 +604,7 @@ fn keep_runs_and_all_both_answer_who_for_processes_outside_runs() -> Result<()> 
             }
             ensure!(
                 std::time::Instant::now() < deadline,
-                "keep = {keep}: who --pid {pid}: {who}"
+                "keep = {keep}: who --pid {pid}: {who} {err}"
             );
             std::thread::sleep(Duration::from_millis(200));
         };
