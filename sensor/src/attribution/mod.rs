@@ -684,6 +684,18 @@ impl Attribution {
         let placed = self.run_of(h);
         let run = placed.run;
         let info = self.processes.remove(h.tgid, h.start_ns);
+        // The kernel removed the process's run entry as it exited. The daemon
+        // may have put one back since: a matcher acting on its exec record,
+        // read after the process was already gone. Left there, the dead
+        // process would count as a live member and its run never end.
+        let tick = self.ns_per_tick;
+        if self
+            .map
+            .get(h.tgid)
+            .is_some_and(|e| e.start_ns / tick == h.start_ns / tick)
+        {
+            self.map.remove(h.tgid);
+        }
         self.recent_exits.record(process_table::Exited {
             pid: h.tgid,
             start_ns: h.start_ns,
@@ -1648,6 +1660,31 @@ mod tests {
         assert_eq!(how, How::MATCHER);
         assert_ne!(sub, launched);
         assert_eq!(a.runs.get(sub).unwrap().scopes, ["db:read"]);
+    }
+
+    #[test]
+    fn an_exit_takes_out_the_run_entry_a_matcher_put_back() {
+        let mut a = attribution(&[agent("fake", "**/fake-agent")]);
+        let now = SystemTime::now();
+        let argv = vec!["fake-agent".to_owned()];
+        let h = header(40, 1, 0, How::NONE);
+        a.on_spawn(&h, None);
+        // The exec record read late: the kernel already removed the exited
+        // process's entry, and the matcher puts one in again.
+        let (Placement { run, .. }, _) =
+            a.on_exec(&h, None, Some(&exec("/opt/fake-agent", &argv)), now);
+        assert_eq!(a.map.get(40).map(|e| e.run), Some(run));
+        let (_, changes) = a.on_exit(&h, now);
+        assert!(
+            a.map.get(40).is_none(),
+            "no entry is left for a dead process"
+        );
+        assert!(matches!(&changes[..], [RunChange::Ended { .. }]));
+        // Another process's entry under a reused pid stays.
+        let entry = Placement::new(run, How::INHERITED).entry(h.start_ns + 5 * TICK);
+        a.map.set(40, entry).unwrap();
+        a.on_exit(&h, now);
+        assert!(a.map.get(40).is_some(), "a newer process's entry is kept");
     }
 
     #[test]
