@@ -57,7 +57,15 @@ const REFRESH_TICKS: u64 = 2;
 /// the probe itself) unless we fall behind, so this bounds the
 /// kernel-to-output latency. A drain that finds nothing puts the reader to
 /// sleep until the kernel wakes it with the next record (see [`Reader`]).
-const DRAIN_INTERVAL: Duration = Duration::from_millis(5);
+///
+/// Every wake-up of the reader on a busy host is a preemption of the
+/// workload, and on two CPUs a chance for the other one to fall idle: a
+/// process that only wakes every 5 ms next to the exec storm cost it 2 to 5 %
+/// (measured in `docs/architecture.md`, "The reader's drain interval"). So
+/// the interval is as long as the latency target allows: a record waits at
+/// most this long, and the p99 of the kernel-to-output latency (≤ 10 ms) is
+/// this plus the handling.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(8);
 
 /// How long the programs for processes in runs stay attached after the last
 /// process left its run, so that a host launching agents one after another
@@ -96,15 +104,35 @@ impl RunProbes {
         self.set(probes, state, true);
     }
 
+    /// Attaches them when a matcher or the environment started a run (the
+    /// drain stops after that record: [`Pipeline::run_began_on_standby`]).
+    /// After a failed attach the tick tries again, not every round.
+    fn attach_for_new_runs(&mut self, probes: &mut Probes, engine: &Engine, state: &DaemonState) {
+        if !probes.run_probes() && !self.failing && engine.attribution().has_active_runs() {
+            self.attach(probes, state);
+        }
+    }
+
     /// The tick's (and the start's) look: attached when a process is in a
     /// run or a run is active, detached once none has been for
     /// [`RUN_PROBES_LINGER`].
     fn check(&mut self, probes: &mut Probes, engine: &Engine, state: &DaemonState) {
         let now = std::time::Instant::now();
-        if engine.attribution().runs_in_kernel() {
+        let attribution = engine.attribution();
+        // Detached, no process can enter the kernel's map but by the daemon,
+        // which attaches first: the fork program copies an entry only from
+        // a parent already there, and the map was empty at the detach. So
+        // the map is read only while something is attached (a read of an
+        // empty hash map walks all of its buckets).
+        let needed = if probes.any_run_probe() {
+            attribution.runs_in_kernel()
+        } else {
+            attribution.has_active_runs()
+        };
+        if needed {
             self.needed_at = Some(now);
             self.set(probes, state, true);
-        } else if probes.run_probes()
+        } else if probes.any_run_probe()
             && self
                 .needed_at
                 .is_none_or(|at| now.duration_since(at) >= RUN_PROBES_LINGER)
@@ -922,6 +950,14 @@ impl Pipeline {
         self.hand_off(true);
     }
 
+    /// A matcher or the environment put a process in a run while the
+    /// programs for processes in runs stand by: the drain stops there, and
+    /// the loop attaches them before it reads on (the run's process is
+    /// already in the kernel's map; only this round's handling is between).
+    fn run_began_on_standby(&self) -> bool {
+        self.state.run_probes_standby() && self.builder.attribution().has_active_runs()
+    }
+
     /// [`Pipeline::flush`]; with `wake` false the outputs are not woken
     /// (mid-drain: a drain's batches cost each output one wake-up, not one
     /// per batch).
@@ -1281,6 +1317,13 @@ fn drain(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline, budget: usize) ->
             };
         };
         pipeline.handle_record(&item);
+        if pipeline.run_began_on_standby() {
+            // Back to the loop, which attaches them before the next record.
+            return Drained {
+                records: records + 1,
+                empty: false,
+            };
+        }
     }
     Drained {
         records: budget,
@@ -1309,11 +1352,11 @@ fn drain_paced(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline, budget: usi
         }
         let step = drain(ring, pipeline, PRESSURE_EVERY.min(budget - records));
         records += step.records;
-        if step.empty {
+        if step.empty || pipeline.run_began_on_standby() {
             return Paced {
                 drained: Drained {
                     records,
-                    empty: true,
+                    empty: step.empty,
                 },
                 held: false,
             };
@@ -1574,14 +1617,7 @@ pub async fn run(
     run_probes.check(&mut probes, &pipeline.builder, &pipeline.state);
     tokio::pin!(shutdown);
     let result = loop {
-        if !probes.run_probes()
-            && !run_probes.failing
-            && pipeline.builder.attribution().has_active_runs()
-        {
-            // A matcher or the environment started a run in the last round
-            // (after a failed attach, the tick tries again, not every round).
-            run_probes.attach(&mut probes, &pipeline.state);
-        }
+        run_probes.attach_for_new_runs(&mut probes, &pipeline.builder, &pipeline.state);
         if let Some(next) = pipeline.transcripts_rearm() {
             let now = tokio::time::Instant::now();
             let mut at = now + next.unwrap_or(TICK);
@@ -1617,6 +1653,7 @@ pub async fn run(
                         break;
                     }
                 }
+                run_probes.attach_for_new_runs(&mut probes, &pipeline.builder, &pipeline.state);
                 if command.may_start_run() {
                     run_probes.attach(&mut probes, &pipeline.state);
                 }
@@ -1654,6 +1691,7 @@ pub async fn run(
                     // up, or the process stopped).
                     drain(ring.get_mut(), &mut pipeline, DRAIN_BUDGET);
                 }
+                run_probes.attach_for_new_runs(&mut probes, &pipeline.builder, &pipeline.state);
                 let lost_by_run = pipeline.check_run_stats(&mut run_stats);
                 match read_stats(&stats) {
                     Ok(s) => pipeline.check_losses(&s, lost_by_run),
@@ -1690,6 +1728,7 @@ pub async fn run(
                     && (0..CANARY_DRAIN_ROUNDS)
                         .any(|_| drain(ring.get_mut(), &mut pipeline, DRAIN_BUDGET).empty);
                 pipeline.check_canary(caught_up);
+                run_probes.attach_for_new_runs(&mut probes, &pipeline.builder, &pipeline.state);
                 pipeline.flush();
             }
             () = &mut transcripts_timer, if pipeline.transcripts_following() => {
@@ -1725,6 +1764,8 @@ pub async fn run(
                     drain_timer.reset();
                 }
                 let paced = drain_paced(guard.get_inner_mut(), &mut pipeline, DRAIN_BUDGET);
+                // Before the run's start goes out.
+                run_probes.attach_for_new_runs(&mut probes, &pipeline.builder, &pipeline.state);
                 pipeline.flush();
                 if paced.held {
                     // A consumer is behind: the records wait in the ring, and
@@ -1748,6 +1789,8 @@ pub async fn run(
                         reader.set_asleep(false);
                     }
                 }
+                // Before the run's start goes out.
+                run_probes.attach_for_new_runs(&mut probes, &pipeline.builder, &pipeline.state);
                 pipeline.flush();
             }
         }

@@ -254,6 +254,12 @@ impl DaemonState {
         self.run_probes_standby.store(standby, Ordering::Relaxed);
     }
 
+    /// Whether the programs for processes in runs are on standby.
+    #[must_use]
+    pub fn run_probes_standby(&self) -> bool {
+        self.run_probes_standby.load(Ordering::Relaxed)
+    }
+
     pub fn set_links(&self, links: Vec<LinkStatus>) {
         *self.links.lock().unwrap_or_else(PoisonError::into_inner) = links;
     }
@@ -603,7 +609,7 @@ pub struct StatusReport {
     pub kernel_read_errors: u64,
     /// Times the daemon stopped reading the kernel's ring because an output
     /// or the store had more than 2048 events waiting (each a pause until
-    /// the next drain, 5 ms; the records wait in the ring).
+    /// the next drain, 8 ms; the records wait in the ring).
     #[serde(default)]
     pub reader_holds: u64,
     pub outputs: Vec<OutputStatus>,

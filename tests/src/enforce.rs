@@ -632,7 +632,15 @@ pub fn pin_listing(pin_dir: &Path) -> Vec<String> {
 /// The programs that act on processes in runs only: the daemon detaches them
 /// (status: `standby`) while no process is in a run, and attaches and pins
 /// them before one is (`Needed::InRuns` in sensor/src/loader/programs.rs).
-pub const RUN_ONLY_PROGRAMS: [&str; 8] = [
+pub const RUN_ONLY_PROGRAMS: [&str; 16] = [
+    "snsr_sendmsg4",
+    "snsr_sendmsg6",
+    "snsr_conn_unix",
+    "snsr_send_unix",
+    "snsr_openat_out",
+    "snsr_opena2_out",
+    "snsr_open_out",
+    "snsr_sock_new",
     "snsr_socket",
     "snsr_listen_out",
     "snsr_accept4_x",

@@ -479,3 +479,123 @@ fn run_only_programs_attach_before_a_launched_command_and_stand_by_after() -> Re
     d.check_alive()?;
     c.finish()
 }
+
+/// A run that a matcher (`[[agent]]`) starts, without `launch`: the daemon
+/// puts the agent in its run as it reads the agent's exec, and attaches the
+/// run-only programs before that round's events go out. The attack: the
+/// agent's first move once it is in its run (it waits for the test, which
+/// waits for its `run.start`) sends a datagram to an address its policy
+/// denies, through a cgroup hook that was on standby until the run began.
+#[test]
+fn run_only_programs_attach_when_a_matcher_starts_a_run() -> Result<()> {
+    let allowed = UdpSocket::bind("127.0.0.1:0")?;
+    let denied = UdpSocket::bind("127.0.0.1:0")?;
+    let (p_allowed, p_denied) = (allowed.local_addr()?.port(), denied.local_addr()?.port());
+    allowed.set_read_timeout(Some(Duration::from_secs(2)))?;
+    denied.set_nonblocking(true)?;
+    let exec = base_exec()?
+        .iter()
+        .map(|e| format!("{e:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let d = Daemon::start_with(
+        Some(&format!(
+            "[policy.m]\nmode = \"enforce\"\nexec.allow = [{exec}]\n\
+             connect.allow = [\"127.0.0.1:{p_allowed}\"]\n\
+             [[agent]]\nname = \"matched\"\nexe = [\"**/matched-agent\"]\npolicy = \"m\"\n"
+        )),
+        &[],
+    )?;
+    let mut c = Checks::new();
+    let mut want: Vec<String> = RUN_ONLY_PROGRAMS.iter().map(|s| (*s).to_owned()).collect();
+    want.sort();
+    let (idle, _) = standby(&d)?;
+    check!(
+        c,
+        idle == want,
+        "with no run, the run-only programs are on standby: {idle:?}"
+    );
+
+    let dir = TempDir::new("matched")?;
+    let agent = dir.path().join("matched-agent");
+    fs::copy("/bin/sh", &agent).context("copy /bin/sh")?;
+    let go = dir.path().join("go");
+    let made = Command::new("mkfifo").arg(&go).status()?;
+    anyhow::ensure!(made.success(), "mkfifo {}", go.display());
+    let script = format!(
+        "read x < {go}\n\
+         echo \"denied: $({HELPER} sendto udp 127.0.0.1:{p_denied})\"\n\
+         echo \"allowed: $({HELPER} sendto udp 127.0.0.1:{p_allowed})\"\n",
+        go = go.display()
+    );
+    let child = Command::new(&agent)
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawn {}", agent.display()))?;
+    let pid = child.id();
+    let started = d.wait_for(EVENT_TIMEOUT, |e| {
+        e["kind"] == "run.start" && e["process"]["pid"] == pid
+    });
+    // The agent is in its run: nothing may be on standby any more.
+    let (during, ids) = standby(&d)?;
+    fs::write(&go, "go\n").context("release the agent")?;
+    let out = child.wait_with_output()?;
+    check!(
+        c,
+        started
+            .as_ref()
+            .is_ok_and(|s| s["run"]["agent"] == "matched"),
+        "the matcher started a run for the agent: {started:?}"
+    );
+    check!(
+        c,
+        during.is_empty(),
+        "once its run.start is out, nothing is on standby: {during:?}"
+    );
+    for name in RUN_ONLY_PROGRAMS {
+        check!(
+            c,
+            linked(&ids, name)?,
+            "once its run.start is out, {name} is attached in the kernel"
+        );
+    }
+    let got = outputs(&out);
+    check!(
+        c,
+        got.get("denied").map(String::as_str) == Some("errno=1")
+            && got.get("allowed").map(String::as_str) == Some("ok"),
+        "the denied datagram fails with EPERM, the allowed one goes: {got:?}, stderr {}",
+        text(&out.stderr)
+    );
+    let mut buf = [0u8; 256];
+    check!(
+        c,
+        denied.recv_from(&mut buf).is_err(),
+        "the denied datagram arrived"
+    );
+    check!(
+        c,
+        allowed.recv_from(&mut buf).is_ok(),
+        "the allowed datagram did not arrive"
+    );
+    let reported = d.wait_for(EVENT_TIMEOUT, |e| {
+        e["kind"] == "network.connect"
+            && e["run"]["agent"] == "matched"
+            && e["network"]["dst_port"] == p_denied
+    });
+    check!(
+        c,
+        reported
+            .as_ref()
+            .is_ok_and(|e| e["policy"]["verdict"] == "deny"
+                && e["policy"]["enforced"] == true
+                && e["network"]["via"] == "sendmsg"),
+        "the refused datagram is reported as denied and enforced: {}",
+        reported.as_ref().map(compact).unwrap_or_default()
+    );
+    d.check_alive()?;
+    c.finish()
+}

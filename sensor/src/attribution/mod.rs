@@ -687,12 +687,16 @@ impl Attribution {
         // The kernel removed the process's run entry as it exited. The daemon
         // may have put one back since: a matcher acting on its exec record,
         // read after the process was already gone. Left there, the dead
-        // process would count as a live member and its run never end.
+        // process would count as a live member and its run never end. The
+        // daemon puts a process in a run only with its table, so one the
+        // table has outside any run needs no look (a map read is a syscall,
+        // and most exits on a host are outside runs).
         let tick = self.ns_per_tick;
-        if self
-            .map
-            .get(h.tgid)
-            .is_some_and(|e| e.start_ns / tick == h.start_ns / tick)
+        if info.as_ref().is_some_and(|p| p.placement.run != 0)
+            && self
+                .map
+                .get(h.tgid)
+                .is_some_and(|e| e.start_ns / tick == h.start_ns / tick)
         {
             self.map.remove(h.tgid);
         }

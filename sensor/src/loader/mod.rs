@@ -255,6 +255,13 @@ impl Probes {
         self.run_probes
     }
 
+    /// Whether any of them has a link: all of them, or some after an
+    /// attach that failed part way.
+    #[must_use]
+    pub fn any_run_probe(&self) -> bool {
+        self.run_probes || self.links.iter().any(|l| l.probe.needed == Needed::InRuns)
+    }
+
     /// Attaches (`on`) or detaches the programs that act on processes in
     /// runs only ([`Needed::InRuns`]): the caller attaches them before any
     /// process is put in a run, and detaches them once the kernel's
@@ -268,7 +275,8 @@ impl Probes {
     /// whether anything changed; on an error the programs attached so far
     /// stay, and a later call attaches the rest.
     pub fn set_run_probes(&mut self, on: bool) -> Result<bool, LoaderError> {
-        if on == self.run_probes {
+        // Off also takes away what a partial attach left.
+        if on == self.run_probes && (on || !self.any_run_probe()) {
             return Ok(false);
         }
         if on {

@@ -28,9 +28,12 @@ pub enum Needed {
     Always,
     /// While some process is in a run (the kernel's process → run map is
     /// not empty): its program returns at once for a process outside every
-    /// run. Detached otherwise, so that the host does not pay the syscall
-    /// tracepoint's dispatch on every such syscall for nothing (see
-    /// `loader::Probes::set_run_probes`).
+    /// run. Detached otherwise, so that the host does not pay the dispatch
+    /// (a syscall tracepoint's record, a cgroup hook's run) on every such
+    /// call for nothing (see `loader::Probes::set_run_probes`). Only hooks
+    /// on calls a busy host makes often stand by: the rare ones (signals,
+    /// bpf, ptrace) cost nothing until called, and stay, so that they guard
+    /// the daemon from the first instant of every run.
     InRuns,
 }
 
@@ -124,25 +127,25 @@ pub const PROBES: &[Probe] = &[
         program: p::SENDMSG4,
         attach: Attach::CgroupSockAddr,
         purpose: "connect.allow on UDP datagrams (IPv4)",
-        needed: Needed::Always,
+        needed: Needed::InRuns,
     },
     Probe {
         program: p::SENDMSG6,
         attach: Attach::CgroupSockAddr,
         purpose: "connect.allow on UDP datagrams (IPv6)",
-        needed: Needed::Always,
+        needed: Needed::InRuns,
     },
     Probe {
         program: p::CONNECT_UNIX,
         attach: Attach::CgroupSockAddr,
         purpose: "network.connect (Unix sockets) and unix.allow",
-        needed: Needed::Always,
+        needed: Needed::InRuns,
     },
     Probe {
         program: p::SENDMSG_UNIX,
         attach: Attach::CgroupSockAddr,
         purpose: "unix.allow on Unix datagrams",
-        needed: Needed::Always,
+        needed: Needed::InRuns,
     },
     tp(
         p::PTRACE,
@@ -162,19 +165,19 @@ pub const PROBES: &[Probe] = &[
         "sys_enter_pidfd_getfd",
         "process.tamper (pidfd_getfd)",
     ),
-    tp(
+    tp_in_runs(
         p::OPENAT_EXIT,
         "syscalls",
         "sys_exit_openat",
         "process.tamper (/proc/PID/mem), sensor.tamper (files)",
     ),
-    tp(
+    tp_in_runs(
         p::OPENAT2_EXIT,
         "syscalls",
         "sys_exit_openat2",
         "process.tamper (/proc/PID/mem), sensor.tamper (files)",
     ),
-    tp(
+    tp_in_runs(
         p::OPEN_EXIT,
         "syscalls",
         "sys_exit_open",
@@ -209,7 +212,7 @@ pub const PROBES: &[Probe] = &[
         program: p::SOCK_CREATE,
         attach: Attach::CgroupSock,
         purpose: "raw and ICMP sockets (network.socket, raw_sockets)",
-        needed: Needed::Always,
+        needed: Needed::InRuns,
     },
     tp_in_runs(
         p::SOCKET,
@@ -282,16 +285,45 @@ mod tests {
         }
     }
 
-    /// Standby is for syscall tracepoints, whose dispatch every call of the
-    /// syscall pays: the sched tracepoints report every process, and the
-    /// cgroup hooks report (and decide) every connect and socket.
+    /// Standby is for the hooks of calls a busy host makes often and whose
+    /// programs act on processes in runs only. What reports every process
+    /// (the sched hooks, connects and their results, failed execs) is always
+    /// attached, and so are the guards of rare calls (signals, bpf, ptrace,
+    /// process_vm_writev, pidfd_getfd): they cost nothing until called, and
+    /// must hold from the first instant of a run.
     #[test]
-    fn only_syscall_tracepoints_stand_by() {
+    fn only_hooks_of_frequent_calls_for_runs_stand_by() {
+        let always = [
+            p::EXEC,
+            p::EXIT,
+            p::FORK,
+            p::EXECVE_EXIT,
+            p::EXECVEAT_EXIT,
+            p::CONNECT_ENTER,
+            p::CONNECT_EXIT,
+            p::CONNECT4,
+            p::CONNECT6,
+            p::PTRACE,
+            p::VM_WRITE,
+            p::PIDFD_GETFD,
+            p::KILL,
+            p::TGKILL,
+            p::TKILL,
+            p::PIDFD_SIGNAL,
+            p::BPF,
+        ];
+        for program in always {
+            assert!(
+                PROBES.iter().any(|p| p.program == program),
+                "{program} is in the table"
+            );
+            assert!(!in_runs_only(program), "{program} must stay attached");
+        }
         let standby: Vec<_> = PROBES
             .iter()
             .filter(|p| p.needed == Needed::InRuns)
             .collect();
-        assert!(!standby.is_empty());
+        assert_eq!(standby.len() + always.len(), PROBES.len());
         for probe in standby {
             assert!(
                 matches!(
@@ -299,13 +331,12 @@ mod tests {
                     Attach::Tracepoint {
                         category: "syscalls",
                         ..
-                    }
+                    } | Attach::CgroupSock
+                        | Attach::CgroupSockAddr
                 ),
-                "{} stands by but is not a syscall tracepoint",
+                "{} stands by but is neither a syscall tracepoint nor a cgroup hook",
                 probe.program
             );
-            assert!(in_runs_only(probe.program));
         }
-        assert!(!in_runs_only(p::EXEC) && !in_runs_only(p::CONNECT4));
     }
 }
