@@ -122,9 +122,9 @@ impl RunProbes {
         // Detached, no process can enter the kernel's map but by the daemon,
         // which attaches first: the fork program copies an entry only from
         // a parent already there, and the map was empty at the detach. So
-        // the map is read only while something is attached (a read of an
-        // empty hash map walks all of its buckets).
-        let needed = if probes.any_run_probe() {
+        // the map is read only while something is attached, or an attach
+        // failed (a read of an empty hash map walks all of its buckets).
+        let needed = if probes.any_run_probe() || self.failing {
             attribution.runs_in_kernel()
         } else {
             attribution.has_active_runs()

@@ -541,7 +541,13 @@ fn run_only_programs_attach_when_a_matcher_starts_a_run() -> Result<()> {
     });
     // The agent is in its run: nothing may be on standby any more.
     let (during, ids) = standby(&d)?;
-    fs::write(&go, "go\n").context("release the agent")?;
+    let mut child = child;
+    if started.is_err() {
+        // Not placed: it would wait on its pipe for ever.
+        let _ = child.kill();
+    } else {
+        fs::write(&go, "go\n").context("release the agent")?;
+    }
     let out = child.wait_with_output()?;
     check!(
         c,
