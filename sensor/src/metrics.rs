@@ -328,7 +328,7 @@ impl Collector for StateCollector {
         holds.encode(encoder.encode_descriptor(
             "sensor_reader_holds",
             "Times the reader left records in the kernel's ring because an output or the store \
-             had more than 2048 events waiting (each a pause until the next drain, 8 ms)",
+             had more than 2048 events waiting (each a pause until the next drain, 7 ms)",
             None,
             MetricType::Counter,
         )?)?;

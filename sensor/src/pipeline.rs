@@ -65,7 +65,7 @@ const REFRESH_TICKS: u64 = 2;
 /// the interval is as long as the latency target allows: a record waits at
 /// most this long, and the p99 of the kernel-to-output latency (≤ 10 ms) is
 /// this plus the handling.
-const DRAIN_INTERVAL: Duration = Duration::from_millis(8);
+const DRAIN_INTERVAL: Duration = Duration::from_millis(7);
 
 /// How long the programs for processes in runs stay attached after the last
 /// process left its run, so that a host launching agents one after another

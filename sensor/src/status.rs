@@ -609,7 +609,7 @@ pub struct StatusReport {
     pub kernel_read_errors: u64,
     /// Times the daemon stopped reading the kernel's ring because an output
     /// or the store had more than 2048 events waiting (each a pause until
-    /// the next drain, 8 ms; the records wait in the ring).
+    /// the next drain, 7 ms; the records wait in the ring).
     #[serde(default)]
     pub reader_holds: u64,
     pub outputs: Vec<OutputStatus>,

@@ -16,7 +16,7 @@ use sensor_tests::{Checks, Daemon, bpf::map_dump, check, marker};
 /// How long the daemon is watched while nothing happens.
 const QUIET: Duration = Duration::from_secs(3);
 /// Wake-ups of the reader thread allowed in [`QUIET`]: its one-second tick
-/// and the odd event of the host. A reader on its 8 ms drain timer makes 375.
+/// and the odd event of the host. A reader on its 7 ms drain timer makes 428.
 const QUIET_WAKEUPS_MAX: u64 = 60;
 /// Isolated execs, each after the reader fell asleep again.
 const ISOLATED: usize = 5;
