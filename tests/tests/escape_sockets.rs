@@ -24,12 +24,17 @@ use serde_json::Value;
 const HELPER: &str = helper_bin!();
 const RAW_RULE: &str = "raw_sockets (a raw, ICMP or packet socket reaches any address)";
 
-fn config(extra: &str) -> Result<String> {
-    let exec = base_exec()?
+/// The tests' exec rules, as a TOML list's items.
+fn exec_rules() -> Result<String> {
+    Ok(base_exec()?
         .iter()
         .map(|e| format!("{e:?}"))
         .collect::<Vec<_>>()
-        .join(", ");
+        .join(", "))
+}
+
+fn config(extra: &str) -> Result<String> {
+    let exec = exec_rules()?;
     Ok(format!(
         "[policy.p]\nmode = \"enforce\"\nexec.allow = [{exec}]\nconnect.allow = [\"127.0.0.0/8\"]\n\
          [policy.a]\nmode = \"audit\"\nexec.allow = [{exec}]\nconnect.allow = [\"127.0.0.0/8\"]\n\
@@ -392,6 +397,32 @@ fn linked(ids: &[(String, u32)], name: &str) -> Result<bool> {
         .any(sensor_tests::bpf::link_attached))
 }
 
+/// Checks that every run-only program is on standby with no attached link
+/// in the kernel (`attached` false), or that none is and each has one
+/// (`attached` true); `when` says at what point of the test.
+fn check_run_only(c: &mut Checks, d: &Daemon, attached: bool, when: &str) -> Result<()> {
+    let mut want: Vec<String> = Vec::new();
+    if !attached {
+        want = RUN_ONLY_PROGRAMS.iter().map(|s| (*s).to_owned()).collect();
+        want.sort();
+    }
+    let (on_standby, ids) = standby(d)?;
+    check!(
+        c,
+        on_standby == want,
+        "{when}, the programs on standby are {on_standby:?}, want {want:?}"
+    );
+    for name in RUN_ONLY_PROGRAMS {
+        check!(
+            c,
+            linked(&ids, name)? == attached,
+            "{when}, {name} has {} attached link in the kernel",
+            if attached { "an" } else { "no" }
+        );
+    }
+    Ok(())
+}
+
 /// With no process in a run, the run-only programs are detached (every
 /// syscall of theirs on the host would pay a tracepoint's dispatch for a
 /// program that returns at once). The attack: an agent whose first
@@ -405,36 +436,11 @@ fn run_only_programs_attach_before_a_launched_command_and_stand_by_after() -> Re
     let mut c = Checks::new();
     let mut want: Vec<String> = RUN_ONLY_PROGRAMS.iter().map(|s| (*s).to_owned()).collect();
     want.sort();
-
-    let (idle, ids) = standby(&d)?;
-    check!(
-        c,
-        idle == want,
-        "with no run, status lists the run-only programs on standby: {idle:?}"
-    );
-    for name in RUN_ONLY_PROGRAMS {
-        check!(
-            c,
-            !linked(&ids, name)?,
-            "with no run, {name} has no attached link in the kernel"
-        );
-    }
+    check_run_only(&mut c, &d, false, "with no run")?;
 
     let (mut child, mut lines, port) = launch_listener(&d, "first-move")?;
     // The run's process lives (it waits in accept): everything is attached.
-    let (during, ids) = standby(&d)?;
-    check!(
-        c,
-        during.is_empty(),
-        "while a process is in a run, nothing is on standby: {during:?}"
-    );
-    for name in RUN_ONLY_PROGRAMS {
-        check!(
-            c,
-            linked(&ids, name)?,
-            "while a process is in a run, {name} is attached in the kernel"
-        );
-    }
+    check_run_only(&mut c, &d, true, "while a process is in a run")?;
     let client = TcpStream::connect(("127.0.0.1", port))?;
     let client_port = client.local_addr()?.port();
     let _ = lines.next();
@@ -458,24 +464,15 @@ fn run_only_programs_attach_before_a_launched_command_and_stand_by_after() -> Re
 
     // Its process is gone: back on standby after the linger.
     let deadline = std::time::Instant::now() + STANDBY_AGAIN;
-    let mut after = standby(&d)?;
-    while after.0 != want && std::time::Instant::now() < deadline {
+    while standby(&d)?.0 != want && std::time::Instant::now() < deadline {
         thread::sleep(Duration::from_millis(250));
-        after = standby(&d)?;
     }
-    check!(
-        c,
-        after.0 == want,
-        "within {STANDBY_AGAIN:?} of the run's end, the run-only programs are on standby again: {:?}",
-        after.0
-    );
-    for name in RUN_ONLY_PROGRAMS {
-        check!(
-            c,
-            !linked(&after.1, name)?,
-            "after the run, {name} has no attached link in the kernel"
-        );
-    }
+    check_run_only(
+        &mut c,
+        &d,
+        false,
+        &format!("within {STANDBY_AGAIN:?} of the run's end"),
+    )?;
     d.check_alive()?;
     c.finish()
 }
@@ -493,11 +490,7 @@ fn run_only_programs_attach_when_a_matcher_starts_a_run() -> Result<()> {
     let (p_allowed, p_denied) = (allowed.local_addr()?.port(), denied.local_addr()?.port());
     allowed.set_read_timeout(Some(Duration::from_secs(2)))?;
     denied.set_nonblocking(true)?;
-    let exec = base_exec()?
-        .iter()
-        .map(|e| format!("{e:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let exec = exec_rules()?;
     let d = Daemon::start_with(
         Some(&format!(
             "[policy.m]\nmode = \"enforce\"\nexec.allow = [{exec}]\n\
@@ -507,14 +500,7 @@ fn run_only_programs_attach_when_a_matcher_starts_a_run() -> Result<()> {
         &[],
     )?;
     let mut c = Checks::new();
-    let mut want: Vec<String> = RUN_ONLY_PROGRAMS.iter().map(|s| (*s).to_owned()).collect();
-    want.sort();
-    let (idle, _) = standby(&d)?;
-    check!(
-        c,
-        idle == want,
-        "with no run, the run-only programs are on standby: {idle:?}"
-    );
+    check_run_only(&mut c, &d, false, "with no run")?;
 
     let dir = TempDir::new("matched")?;
     let agent = dir.path().join("matched-agent");
@@ -540,15 +526,16 @@ fn run_only_programs_attach_when_a_matcher_starts_a_run() -> Result<()> {
         e["kind"] == "run.start" && e["process"]["pid"] == pid
     });
     // The agent is in its run: nothing may be on standby any more.
-    let (during, ids) = standby(&d)?;
+    let during = check_run_only(&mut c, &d, true, "once its run.start is out");
     let mut child = child;
-    if started.is_err() {
-        // Not placed: it would wait on its pipe for ever.
+    if started.is_err() || during.is_err() {
+        // Not placed (it would wait on its pipe for ever), or no status.
         let _ = child.kill();
     } else {
         fs::write(&go, "go\n").context("release the agent")?;
     }
     let out = child.wait_with_output()?;
+    during?;
     check!(
         c,
         started
@@ -556,18 +543,6 @@ fn run_only_programs_attach_when_a_matcher_starts_a_run() -> Result<()> {
             .is_ok_and(|s| s["run"]["agent"] == "matched"),
         "the matcher started a run for the agent: {started:?}"
     );
-    check!(
-        c,
-        during.is_empty(),
-        "once its run.start is out, nothing is on standby: {during:?}"
-    );
-    for name in RUN_ONLY_PROGRAMS {
-        check!(
-            c,
-            linked(&ids, name)?,
-            "once its run.start is out, {name} is attached in the kernel"
-        );
-    }
     let got = outputs(&out);
     check!(
         c,
