@@ -18,9 +18,42 @@ pub struct Stats {
     /// Children of processes in a run that could not be entered in the
     /// process → run map (map full): they are reported, but outside the run.
     pub inherit_failed: u64,
+    /// bpf(2) calls by processes other than the daemon with a command that
+    /// can change a map (every one but [`bpf_cmd_reads_only`]'s): nothing
+    /// else writes a hash or array map, so the daemon compares its policy
+    /// maps in full after one, and otherwise only now and then.
+    pub foreign_bpf: u64,
 }
 
-const _: () = assert!(size_of::<Stats>() == 8 * (2 * KIND_SLOTS + 2));
+const _: () = assert!(size_of::<Stats>() == 8 * (2 * KIND_SLOTS + 3));
+
+/// Whether bpf(2) command `cmd` leaves every existing map as it is: the
+/// queries, reads, map creation (a new map) and pinning. Every other
+/// command, and any the kernel may add, can change a map: it writes one
+/// (`BPF_MAP_UPDATE_ELEM`, the batches, `BPF_MAP_FREEZE`), or loads, runs,
+/// attaches or iterates a program that may (`BPF_PROG_LOAD`,
+/// `BPF_PROG_TEST_RUN`, `BPF_LINK_CREATE`, `BPF_ITER_CREATE`, ...).
+#[inline(always)]
+#[must_use]
+pub const fn bpf_cmd_reads_only(cmd: u32) -> bool {
+    matches!(
+        cmd,
+        0   // BPF_MAP_CREATE
+        | 1 // BPF_MAP_LOOKUP_ELEM
+        | 4 // BPF_MAP_GET_NEXT_KEY
+        | 6 // BPF_OBJ_PIN
+        | 7 // BPF_OBJ_GET
+        | 11
+            ..=16 // BPF_{PROG,MAP}_GET_NEXT_ID, _GET_FD_BY_ID, BPF_OBJ_GET_INFO_BY_FD, BPF_PROG_QUERY
+        | 19 // BPF_BTF_GET_FD_BY_ID
+        | 20 // BPF_TASK_FD_QUERY
+        | 23 // BPF_BTF_GET_NEXT_ID
+        | 24 // BPF_MAP_LOOKUP_BATCH
+        | 30 // BPF_LINK_GET_FD_BY_ID
+        | 31 // BPF_LINK_GET_NEXT_ID
+        | 32 // BPF_ENABLE_STATS
+    )
+}
 
 impl Stats {
     /// Adds `other` into `self` (used to sum the per-CPU values).
@@ -31,6 +64,7 @@ impl Stats {
         }
         self.read_errors = self.read_errors.wrapping_add(other.read_errors);
         self.inherit_failed = self.inherit_failed.wrapping_add(other.inherit_failed);
+        self.foreign_bpf = self.foreign_bpf.wrapping_add(other.foreign_bpf);
     }
 
     /// Total of the lost counters.
@@ -76,3 +110,31 @@ pub const SLOT_KINDS: [EventKind; 8] = [
     EventKind::Tamper,
     EventKind::NetSocket,
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::bpf_cmd_reads_only;
+
+    #[test]
+    fn only_reads_and_queries_are_left_uncounted() {
+        // BPF_MAP_CREATE, _LOOKUP_ELEM, _GET_NEXT_KEY, OBJ_PIN, OBJ_GET, the
+        // GET_NEXT_ID / GET_FD_BY_ID calls, OBJ_GET_INFO_BY_FD, PROG_QUERY,
+        // BTF_GET_FD_BY_ID, TASK_FD_QUERY, BTF_GET_NEXT_ID, MAP_LOOKUP_BATCH,
+        // LINK_GET_FD_BY_ID, LINK_GET_NEXT_ID, ENABLE_STATS.
+        let reads = [
+            0, 1, 4, 6, 7, 11, 12, 13, 14, 15, 16, 19, 20, 23, 24, 30, 31, 32,
+        ];
+        for cmd in 0..64 {
+            assert_eq!(
+                bpf_cmd_reads_only(cmd),
+                reads.contains(&cmd),
+                "command {cmd}"
+            );
+        }
+        // Writes, program loads and runs, attaches, iterators, and what the
+        // kernel may add: counted.
+        for cmd in [2, 3, 5, 8, 10, 17, 22, 26, 28, 33, 35, 36, u32::MAX] {
+            assert!(!bpf_cmd_reads_only(cmd), "command {cmd}");
+        }
+    }
+}

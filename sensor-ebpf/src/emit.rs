@@ -167,3 +167,12 @@ pub fn count_inherit_failed() {
         unsafe { (*stats).inherit_failed += 1 };
     }
 }
+
+/// Counts a bpf(2) call by another process that can change a map.
+#[inline(always)]
+pub fn count_foreign_bpf() {
+    if let Some(stats) = STATS.get_ptr_mut(0) {
+        // SAFETY: per-CPU value.
+        unsafe { (*stats).foreign_bpf += 1 };
+    }
+}

@@ -20,6 +20,7 @@
 //! sensor_runs_degraded_total             runs that lost records or had denials held back
 //! sensor_panics_total                    handling panics caught (bugs)
 //! sensor_tamper_total                    integrity check findings (sensor.tamper events)
+//! sensor_foreign_bpf_calls_total         bpf(2) calls by other processes that can change a map
 //! sensor_ready                           1 when attached and not blind (`sensor status` exits 0)
 //! sensor_blind                           1 while the canary finds the sensor blind (sensor.blind)
 //! sensor_canary_rounds_total{result}     canary rounds: `ok` (both records came), `failed`
@@ -415,6 +416,12 @@ impl Collector for StateCollector {
                 "What the integrity check found changed under the daemon: pins removed, \
                  links detached, policy maps written (sensor.tamper events)",
                 report.tamper.total,
+            ),
+            (
+                "sensor_foreign_bpf_calls",
+                "bpf(2) calls by other processes that can change a map (each makes the \
+                 integrity check compare the policy maps)",
+                report.tamper.foreign_bpf_calls,
             ),
         ] {
             let counter = ConstCounter::new(value);

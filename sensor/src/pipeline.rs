@@ -1180,11 +1180,16 @@ impl Pipeline {
 
     /// The integrity check (every tick, and at stop): the pins, links and
     /// owner record ([`Probes::check`]) and the policy maps
-    /// ([`crate::policy::kernel::Enforcement::verify`]). Each finding is a
-    /// `sensor.tamper` event, a log line and a count in status and metrics.
-    pub fn check_integrity(&mut self, probes: &mut Probes) {
+    /// ([`crate::policy::kernel::Enforcement::verify`], which compares them
+    /// when `foreign_bpf`, the kernel's count of other processes' bpf(2)
+    /// calls read before, moved or is `None`, and otherwise now and then).
+    /// Each finding is a `sensor.tamper` event, a log line and a count in
+    /// status and metrics.
+    pub fn check_integrity(&mut self, probes: &mut Probes, foreign_bpf: Option<u64>) {
         let mut found = probes.check();
-        found.extend(self.builder.verify_policy_maps());
+        found.extend(self.builder.verify_policy_maps(foreign_bpf));
+        self.state
+            .set_policy_map_checks(self.builder.policy_map_comparisons(), foreign_bpf);
         if let Some(t) = found.first() {
             self.notifier.status(&format!(
                 "sensor.tamper: {} {} ({})",
@@ -1693,10 +1698,17 @@ pub async fn run(
                 }
                 run_probes.attach_for_new_runs(&mut probes, &pipeline.builder, &pipeline.state);
                 let lost_by_run = pipeline.check_run_stats(&mut run_stats);
-                match read_stats(&stats) {
-                    Ok(s) => pipeline.check_losses(&s, lost_by_run),
-                    Err(e) => tracing::warn!(error = %e, "kernel counters"),
-                }
+                // Read before the policy maps are compared (check_integrity).
+                let foreign_bpf = match read_stats(&stats) {
+                    Ok(s) => {
+                        pipeline.check_losses(&s, lost_by_run);
+                        Some(s.foreign_bpf)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "kernel counters");
+                        None
+                    }
+                };
                 let now = std::time::SystemTime::now();
                 let expired = pipeline.builder.expire(now);
                 pipeline.run_changes(&expired);
@@ -1719,7 +1731,7 @@ pub async fn run(
                     pipeline.builder.set_clock(clock);
                 }
                 run_probes.check(&mut probes, &pipeline.builder, &pipeline.state);
-                pipeline.check_integrity(&mut probes);
+                pipeline.check_integrity(&mut probes, foreign_bpf);
                 let file = last_seen.filter(|_| ticks.is_multiple_of(LAST_SEEN_TICKS));
                 write_mark(&mut mark, &pipeline, MARK_RUNNING, file);
                 // A canary round's records may wait in the ring: take what is
@@ -1818,7 +1830,7 @@ pub async fn run(
         (Ended::Stopped, StopMode::KeepRecording) => {
             // The pins are what keeps recording and enforcing once we are
             // gone: put back any that went since the last tick.
-            pipeline.check_integrity(&mut probes);
+            pipeline.check_integrity(&mut probes, None);
             // What the ring holds now is ours to write; what comes after
             // waits there for the next daemon.
             drain_all(ring.get_mut(), &mut pipeline);

@@ -34,6 +34,10 @@ pub struct DaemonState {
     reader_holds: AtomicU64,
     runs_active: AtomicU64,
     inherit_failed: AtomicU64,
+    /// Comparisons of the policy maps by the integrity check.
+    policy_map_checks: AtomicU64,
+    /// The kernel's count of other processes' bpf(2) calls that can change a map.
+    foreign_bpf_calls: AtomicU64,
     /// Refusals and degradations an attacker's floods cause (see [`Defense`]).
     pub defense: Defense,
     /// Each program's link as the last integrity check found it.
@@ -123,6 +127,8 @@ impl Default for DaemonState {
             reader_holds: AtomicU64::new(0),
             runs_active: AtomicU64::new(0),
             inherit_failed: AtomicU64::new(0),
+            policy_map_checks: AtomicU64::new(0),
+            foreign_bpf_calls: AtomicU64::new(0),
             defense: Defense::default(),
             links: Mutex::new(Vec::new()),
             run_probes_standby: AtomicBool::new(false),
@@ -339,6 +345,15 @@ impl DaemonState {
         self.inherit_failed.store(cumulative, Ordering::Relaxed);
     }
 
+    /// The integrity check's comparisons of the policy maps so far, and the
+    /// kernel's count of other processes' bpf(2) calls (when read).
+    pub fn set_policy_map_checks(&self, comparisons: u64, foreign_bpf: Option<u64>) {
+        self.policy_map_checks.store(comparisons, Ordering::Relaxed);
+        if let Some(calls) = foreign_bpf {
+            self.foreign_bpf_calls.store(calls, Ordering::Relaxed);
+        }
+    }
+
     /// A snapshot for `sensor status`.
     #[must_use]
     pub fn report(&self) -> StatusReport {
@@ -369,6 +384,8 @@ impl DaemonState {
             TamperStatus {
                 total: by_what.values().sum(),
                 by_what: by_what.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+                policy_map_checks: self.policy_map_checks.load(Ordering::Relaxed),
+                foreign_bpf_calls: self.foreign_bpf_calls.load(Ordering::Relaxed),
             }
         };
         let canary = self
@@ -770,6 +787,14 @@ pub struct TamperStatus {
     pub total: u64,
     /// By what happened ("pin removed", "link detached", ...).
     pub by_what: BTreeMap<String, u64>,
+    /// Comparisons of the policy maps so far: after each bpf(2) call by
+    /// another process that can change a map, and every 10 s otherwise.
+    #[serde(default)]
+    pub policy_map_checks: u64,
+    /// bpf(2) calls by processes other than the daemon that can change a
+    /// map (every command but the reads and queries), as the kernel counted.
+    #[serde(default)]
+    pub foreign_bpf_calls: u64,
 }
 
 impl StatusReport {

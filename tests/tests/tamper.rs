@@ -643,6 +643,99 @@ fn policy_map_writes_are_reported_and_repaired() -> Result<()> {
 /// message says what stays attached, checked against the kernel; `status`
 /// with the daemon down reads the pin dir: links, maps, policy slots with
 /// their names and modes, bound runs, the last owner; and still exits 1.
+/// `bpf(cmd, NULL, 0)`: refused by the kernel (EFAULT or EINVAL), but the
+/// call is made, and the sensor's `sys_enter_bpf` program sees it.
+fn bpf_call(cmd: libc::c_long) {
+    // SAFETY: a null attribute of size 0; the kernel only reads it, and refuses it.
+    let _ = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::null::<u8>(), 0_u32) };
+}
+
+/// `status` `tamper`: the comparisons of the policy maps so far, and the
+/// kernel's count of other processes' bpf(2) calls that can change a map.
+fn comparisons_and_calls(d: &Daemon) -> Result<(u64, u64)> {
+    let status = d.status_json()?;
+    let tamper = &status["tamper"];
+    let get = |k: &str| {
+        tamper[k]
+            .as_u64()
+            .ok_or_else(|| anyhow!("status has no tamper.{k}: {}", compact(tamper)))
+    };
+    Ok((get("policy_map_checks")?, get("foreign_bpf_calls")?))
+}
+
+/// Comparing the policy maps walks every bucket of five hash maps (a few
+/// milliseconds of a CPU): the check does it after a bpf(2) call by another
+/// process that can change a map (nothing else writes one; the kernel
+/// programs count them), and every 10 s for a program loaded earlier.
+/// Reads and queries (what monitoring tools make) are not counted. That a
+/// write is then found at once is `policy_map_writes_are_reported_and_repaired`.
+#[test]
+fn the_policy_maps_are_compared_after_a_foreign_bpf_call_that_can_write() -> Result<()> {
+    const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+    const BPF_MAP_GET_NEXT_ID: libc::c_long = 12;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    const QUIET: Duration = Duration::from_secs(4);
+    let d = Daemon::start_with(Some(&enforce_config(&[], None)?), &[])?;
+    let mut c = Checks::new();
+    // The first check has compared them.
+    thread::sleep(Duration::from_millis(1500));
+    let (checks0, calls0) = comparisons_and_calls(&d)?;
+    check!(
+        c,
+        checks0 >= 1,
+        "the first check compared the policy maps ({checks0})"
+    );
+
+    for _ in 0..50 {
+        bpf_call(BPF_MAP_GET_NEXT_ID);
+        bpf_call(BPF_OBJ_GET_INFO_BY_FD);
+    }
+    thread::sleep(QUIET);
+    let (checks1, calls1) = comparisons_and_calls(&d)?;
+    check!(
+        c,
+        calls1 == calls0,
+        "reads and queries are not counted: {calls0} -> {calls1}"
+    );
+    check!(
+        c,
+        checks1 - checks0 <= 1,
+        "no call that can write: at most one comparison (every 10 s) in {QUIET:?}, \
+         {} were made",
+        checks1 - checks0
+    );
+
+    bpf_call(BPF_MAP_UPDATE_ELEM);
+    let start = Instant::now();
+    let mut after = (checks1, calls1);
+    while start.elapsed() < NOTICE {
+        after = comparisons_and_calls(&d)?;
+        if after.0 > checks1 && after.1 > calls1 {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    check!(
+        c,
+        after.1 > calls1,
+        "a BPF_MAP_UPDATE_ELEM call (refused) is counted: {calls1} -> {}",
+        after.1
+    );
+    check!(
+        c,
+        after.0 > checks1,
+        "the next check compared the maps: {checks1} -> {} within {NOTICE:?}",
+        after.0
+    );
+    let (_, text) = d.status_text()?;
+    check!(
+        c,
+        text.contains("policy maps compared:"),
+        "`sensor status` says how often the policy maps were compared: {text}"
+    );
+    c.finish()
+}
+
 #[test]
 fn status_and_stop_say_what_is_really_attached() -> Result<()> {
     let fx = Fixture::new("tamper-status")?;

@@ -35,11 +35,12 @@ use sensor_common::{
     },
     limits::SENSOR_DIR_DEPTH,
     policy::{Decision, ExecKey, MODE_ENFORCE, RULE_TAMPER, VERDICT_DENY},
+    stats::bpf_cmd_reads_only,
 };
 
 use crate::{
     config::{active, is_own, offset},
-    emit::{deny_budget, emit},
+    emit::{count_foreign_bpf, deny_budget, emit},
     kernel::{Reader, current_task, run_of},
     maps::{PROC_RUNS, RUN_TREE, SENSOR_FILES},
     policy::{kill_current, policy_of},
@@ -475,18 +476,24 @@ pub fn snsr_pidfd_sig(ctx: TracePointContext) -> u32 {
 
 /// tracepoint `syscalls/sys_enter_bpf(cmd, attr, size)`: a process of a run
 /// using bpf() at all (loading, detaching, reading or writing maps: the
-/// sensor's among them).
+/// sensor's among them). Any other process's call that can change a map is
+/// counted (`Stats::foreign_bpf`): the daemon compares its policy maps in
+/// full after one.
 #[tracepoint]
 pub fn snsr_bpf(ctx: TracePointContext) -> u32 {
     if !active() {
         return 0; // the active load records
+    }
+    let cmd = syscall::arg(&ctx, 0) as u32;
+    if !bpf_cmd_reads_only(cmd) && !is_own((bpf_get_current_pid_tgid() >> 32) as u32) {
+        count_foreign_bpf();
     }
     let Some((tgid, run, how)) = caller_run() else {
         return 0;
     };
     let data = TamperData {
         method: TAMPER_BPF,
-        arg: syscall::arg(&ctx, 0) as u32,
+        arg: cmd,
         ..TamperData::default()
     };
     // Killed under enforce. The call itself still runs (a tracepoint

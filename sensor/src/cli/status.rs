@@ -168,6 +168,11 @@ pub fn execute(args: &StatusArgs) -> anyhow::Result<ExitCode> {
                 by.join(", ")
             ));
         }
+        lines.push(format!(
+            "policy maps compared: {} times; bpf(2) calls by other processes that can change a \
+             map: {}",
+            report.tamper.policy_map_checks, report.tamper.foreign_bpf_calls
+        ));
         if let Some(fw) = &report.file_watch {
             lines.push(if fw.watching {
                 format!(

@@ -704,11 +704,20 @@ impl Engine {
 
     /// Checks the kernel policy maps against what was written and writes
     /// back what differs (see [`crate::policy::kernel::Enforcement::verify`]).
-    pub fn verify_policy_maps(&mut self) -> Vec<crate::tamper::Tamper> {
+    pub fn verify_policy_maps(&mut self, foreign_bpf: Option<u64>) -> Vec<crate::tamper::Tamper> {
+        let now = std::time::Instant::now();
         self.enforcement
             .as_mut()
-            .map(crate::policy::kernel::Enforcement::verify)
+            .map(|e| e.verify(foreign_bpf, now))
             .unwrap_or_default()
+    }
+
+    /// Comparisons of the policy maps made so far (0 without enforcement).
+    #[must_use]
+    pub fn policy_map_comparisons(&self) -> u64 {
+        self.enforcement
+            .as_ref()
+            .map_or(0, crate::policy::kernel::Enforcement::comparisons)
     }
 
     /// A `run.degraded` report for run `handle`, if it is known.

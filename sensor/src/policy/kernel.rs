@@ -42,6 +42,10 @@ const GRACE: Duration = Duration::from_secs(1);
 /// enforced at all, are compared on every call.
 const RULES_PER_VERIFY: usize = 8192;
 
+/// Without a bpf(2) call by another process that can change a map, the
+/// policy maps are compared this often (see [`Enforcement::verify`]).
+pub const COMPARE_QUIET_EVERY: Duration = Duration::from_secs(10);
+
 /// The pinned policy maps, taken from the loaded object (the binder holds
 /// them as [`Tables`]).
 pub struct PolicyMaps {
@@ -343,8 +347,11 @@ pub struct Enforcement {
     bound: HashMap<u64, RunPolicy>,
     /// The dynamic loader identities (policy id 0) this daemon wrote.
     loaders: BTreeMap<ExecKey, ExecRule>,
-    /// Calls of [`Self::verify`] so far.
+    /// Comparisons [`Self::verify`] made so far.
     verified: u64,
+    /// The kernel's count of other processes' bpf(2) calls that can change
+    /// a map, as the last comparison began, and when that was.
+    compared: Option<(u64, Instant)>,
     /// What the ids of earlier daemons stood for, and where this daemon
     /// keeps its own for the next one (see [`IdNames`]).
     id_names: IdNames,
@@ -554,6 +561,7 @@ impl Enforcement {
             bound: HashMap::new(),
             loaders,
             verified: 0,
+            compared: None,
             id_names: IdNames::default(),
         })
     }
@@ -928,14 +936,38 @@ impl Enforcement {
     ///   while no slot points to them, and the slots are checked.
     ///
     /// The maps are read in full, which costs two bpf(2) calls per entry
-    /// (a few milliseconds for thousands of rules) and no write when nothing
-    /// changed; past [`RULES_PER_VERIFY`] rule entries, the rules are
-    /// compared every few calls. The comparison is exact rather than a
-    /// digest: reading the entries is the cost either way, and an exact
-    /// compare cannot be matched by a crafted collision. `SNSR_RUN_LIVE`
-    /// (counters the kernel writes) and `SNSR_PROC_RUNS` (the kernel enters
-    /// every new process) are not checked here.
-    pub fn verify(&mut self) -> Vec<Tamper> {
+    /// and, per hash map, a walk of all its buckets (131,072 for the exec
+    /// rules): a few milliseconds, and no write when nothing changed; past
+    /// [`RULES_PER_VERIFY`] rule entries, the rules are compared every few
+    /// comparisons. The comparison is exact rather than a digest: reading
+    /// the entries is the cost either way, and an exact compare cannot be
+    /// matched by a crafted collision. `SNSR_RUN_LIVE` (counters the kernel
+    /// writes) and `SNSR_PROC_RUNS` (the kernel enters every new process)
+    /// are not checked here.
+    ///
+    /// When: `foreign_bpf` is the kernel programs' count of bpf(2) calls by
+    /// other processes that can change a map (`Stats::foreign_bpf`), read
+    /// before this call. Only such a call writes one of these maps, or
+    /// loads, attaches or runs a program that may, so the maps are compared
+    /// when it moved since the last comparison (the call before its write:
+    /// the next check sees the write), and otherwise every
+    /// [`COMPARE_QUIET_EVERY`], for a program loaded earlier that writes
+    /// without a call. Without the count (`None`: the counters could not be
+    /// read, or the daemon stops) they are compared. Returns nothing when
+    /// no comparison was due.
+    pub fn verify(&mut self, foreign_bpf: Option<u64>, now: Instant) -> Vec<Tamper> {
+        let due = match (foreign_bpf, self.compared) {
+            (Some(calls), Some((seen, at))) => {
+                calls != seen || now.saturating_duration_since(at) >= COMPARE_QUIET_EVERY
+            }
+            _ => true,
+        };
+        if !due {
+            return Vec::new();
+        }
+        if let Some(calls) = foreign_bpf {
+            self.compared = Some((calls, now));
+        }
         let mut found = Vec::new();
         self.verify_slots(&mut found);
         self.verify_bindings(&mut found);
@@ -951,6 +983,12 @@ impl Enforcement {
         }
         self.verified = self.verified.wrapping_add(1);
         found
+    }
+
+    /// Comparisons of the policy maps made so far ([`Self::verify`]).
+    #[must_use]
+    pub const fn comparisons(&self) -> u64 {
+        self.verified
     }
 
     fn verify_slots(&mut self, found: &mut Vec<Tamper>) {
@@ -1445,7 +1483,47 @@ mod tests {
         assert!(maps.take_writes().is_empty());
         let err = e.update(&policy("zz", Mode::Audit, &[], &[])).unwrap_err();
         assert_eq!(err.to_string(), "policy \"zz\" is not loaded");
-        assert!(e.verify().is_empty());
+        assert!(e.verify(None, Instant::now()).is_empty());
+    }
+
+    #[test]
+    fn maps_are_compared_after_a_foreign_bpf_call_and_otherwise_now_and_then() {
+        let (maps, mut e) = binder();
+        let a = policy("a", Mode::Enforce, &["/usr/bin/true"], &[]);
+        e.install(&Policies::of(vec![a])).unwrap();
+        let t0 = Instant::now();
+        assert!(e.verify(Some(3), t0).is_empty());
+        assert_eq!(e.comparisons(), 1, "the first check compares");
+        // A write with no bpf(2) call counted (a program loaded earlier).
+        let slot = maps.slots.snapshot()[&0];
+        maps.slots.tamper_insert(0, PolicySlot { id: 999, ..slot });
+        let second = t0 + Duration::from_secs(1);
+        assert!(
+            e.verify(Some(3), second).is_empty(),
+            "no call since: not compared"
+        );
+        assert_eq!(e.comparisons(), 1);
+        let found = e.verify(Some(3), t0 + COMPARE_QUIET_EVERY);
+        assert_eq!(
+            found.len(),
+            1,
+            "compared after the quiet interval: {found:?}"
+        );
+        assert_eq!(e.comparisons(), 2);
+        // A counted call: the next check compares, however soon.
+        maps.slots.tamper_insert(0, PolicySlot { id: 998, ..slot });
+        let soon = t0 + COMPARE_QUIET_EVERY + Duration::from_millis(1);
+        let found = e.verify(Some(4), soon);
+        assert_eq!(found.len(), 1, "compared after a call: {found:?}");
+        assert!(
+            e.verify(Some(4), soon).is_empty(),
+            "and not again until the next"
+        );
+        assert_eq!(e.comparisons(), 3);
+        // Without the count (unreadable, or the daemon stops): compared.
+        maps.slots.tamper_insert(0, PolicySlot { id: 997, ..slot });
+        assert_eq!(e.verify(None, soon).len(), 1);
+        assert_eq!(e.comparisons(), 4);
     }
 
     #[test]
@@ -1454,7 +1532,10 @@ mod tests {
         let a = policy("a", Mode::Audit, &["/usr/bin/true"], &["10.0.0.0/8:443"]);
         e.install(&Policies::of(vec![a])).unwrap();
         e.bind(5, Some("a"), None).unwrap();
-        assert!(e.verify().is_empty(), "nothing changed, nothing found");
+        assert!(
+            e.verify(None, Instant::now()).is_empty(),
+            "nothing changed, nothing found"
+        );
         let slot = maps.slots.snapshot()[&0];
         let id = slot.id;
         let exec = maps.exec_rules.snapshot();
@@ -1492,7 +1573,7 @@ mod tests {
             },
         );
 
-        let found = e.verify();
+        let found = e.verify(None, Instant::now());
         let seen: BTreeSet<(String, Option<u64>, String)> = found
             .iter()
             .map(|t| {
@@ -1552,7 +1633,7 @@ mod tests {
         assert_eq!(maps.exec_rules.snapshot(), exec);
         assert_eq!(maps.net4.snapshot(), net4);
         assert_eq!(maps.run_policy.snapshot(), bound);
-        assert!(e.verify().is_empty());
+        assert!(e.verify(None, Instant::now()).is_empty());
     }
 
     #[test]
@@ -1573,7 +1654,7 @@ mod tests {
         );
         // Not bound, and not expected to be.
         assert!(!maps.run_policy.snapshot().contains_key(&2));
-        assert!(e.verify().is_empty());
+        assert!(e.verify(None, Instant::now()).is_empty());
         // Another failure is named as such.
         let err = e.bind(3, Some("gone"), None).unwrap_err();
         assert!(!err.is_full());
@@ -1649,7 +1730,7 @@ mod tests {
             1
         );
         // The check leaves the previous daemon's slots alone until released.
-        assert!(e.verify().is_empty());
+        assert!(e.verify(None, Instant::now()).is_empty());
         assert_eq!(maps.slots.snapshot()[&0], enforce);
 
         e.release_previous();
@@ -1660,7 +1741,7 @@ mod tests {
         assert!(!exec.contains(&5) && !exec.contains(&6), "{exec:?}");
         assert!(exec.contains(&sa.id) && exec.contains(&sb.id));
         assert_eq!(net4_ids(&maps), [sa.id].into());
-        assert!(e.verify().is_empty());
+        assert!(e.verify(None, Instant::now()).is_empty());
     }
 
     #[test]
