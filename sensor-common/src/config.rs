@@ -61,6 +61,9 @@ pub struct KernelOffsets {
     pub pt_regs_di: u32,
     pub pt_regs_si: u32,
     pub pt_regs_dx: u32,
+    /// `struct pt_regs` `orig_ax`: the number of the syscall the task is in
+    /// (`-1` outside one).
+    pub pt_regs_orig_ax: u32,
     /// `inode` change time: seconds (`i_ctime_sec`, 6.11+; `__i_ctime.tv_sec`
     /// before) and nanoseconds (`i_ctime_nsec`; `__i_ctime.tv_nsec`).
     pub inode_ctime_sec: u32,
@@ -153,8 +156,10 @@ pub struct SensorConfig {
     /// [`crate::maps::ACTIVE`] map holds this number, and every record they
     /// send carries it (see [`crate::handover`]).
     pub generation: u32,
+    /// Zero: makes the size a multiple of 8 without hidden padding.
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<SensorConfig>() == 8 + 8 + 70 * 4 + 3 * 4 + 4);
+const _: () = assert!(size_of::<SensorConfig>() == 8 + 8 + 71 * 4 + 3 * 4 + 4 + 4);
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), integers only, no padding (size checked above).

@@ -43,6 +43,11 @@ pub const EVENT_DATA_CURSOR_MASK: usize = 32767;
 /// Threads with a connect() slot (see the eBPF `CONNECT_INFLIGHT` map).
 pub const INFLIGHT_ENTRIES: u32 = 16 * 1024;
 
+/// Threads of processes in runs inside connect() at once (see the eBPF
+/// `RUN_CONNECT_INFLIGHT` map). Past it a connect of a run is reported at
+/// its cgroup hook, without its result.
+pub const RUN_INFLIGHT_ENTRIES: u32 = 4 * 1024;
+
 /// Processes inside agent runs the kernel can track at once. An insert into a
 /// full map fails and is counted (`Stats::inherit_failed`), never silent.
 pub const MAX_TRACKED_PROCESSES: u32 = 256 * 1024;

@@ -74,6 +74,9 @@ pub const RUN_STATS_SEEN: &str = "SNSR_RUN_SEEN";
 pub const PATH_SCRATCH: &str = "SNSR_PATHBUF";
 /// A thread's connect() in flight (see the eBPF `CONNECT_INFLIGHT`).
 pub const CONNECT_INFLIGHT: &str = "SNSR_CONNECT";
+/// A connect() in flight of a thread of a process in a run (see the eBPF
+/// `RUN_CONNECT_INFLIGHT`).
+pub const RUN_CONNECT_INFLIGHT: &str = "SNSR_RUN_CONNECT";
 
 /// Every map the programs use, pinned in the pin directory: they keep
 /// attribution, enforcement and recording going while the daemon is down
@@ -99,6 +102,7 @@ pub const PINNED: &[&str] = &[
     SENSOR_FILES,
     SEND_SEEN,
     CONNECT_INFLIGHT,
+    RUN_CONNECT_INFLIGHT,
     ACTIVE,
     MARK,
     RUN_STATS_SEEN,
@@ -118,8 +122,6 @@ pub mod programs {
     pub const EXECVE_EXIT: &str = "snsr_execve_out";
     /// tracepoint `syscalls/sys_exit_execveat`.
     pub const EXECVEAT_EXIT: &str = "snsr_execat_out";
-    /// tracepoint `syscalls/sys_enter_connect`.
-    pub const CONNECT_ENTER: &str = "snsr_conn_in";
     /// tracepoint `syscalls/sys_exit_connect`.
     pub const CONNECT_EXIT: &str = "snsr_conn_out";
     /// cgroup_sock_addr connect4 on the cgroup2 root.

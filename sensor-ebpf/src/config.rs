@@ -51,6 +51,7 @@ pub(crate) static SNSR_CONFIG: SensorConfig = SensorConfig {
         pt_regs_di: 0,
         pt_regs_si: 0,
         pt_regs_dx: 0,
+        pt_regs_orig_ax: 0,
         inode_ctime_sec: 0,
         inode_ctime_nsec: 0,
         sock_addr_uaddr: 0,
@@ -85,6 +86,7 @@ pub(crate) static SNSR_CONFIG: SensorConfig = SensorConfig {
         exit_group_dead: 0,
     },
     generation: 0,
+    _pad: 0,
 };
 
 /// Reads one field of the global. The volatile read keeps the compiler from

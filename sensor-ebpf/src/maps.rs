@@ -11,7 +11,7 @@ use sensor_common::{
     limits::{
         EVENTS_RING_BYTES, INFLIGHT_ENTRIES, MAX_EXEC_RULES, MAX_NET_RULES, MAX_POLICIES,
         MAX_POLICY_RUNS, MAX_RUN_STATS, MAX_RUN_TREE, MAX_SEND_SEEN, MAX_SENSOR_FILES,
-        MAX_TRACKED_PROCESSES, MAX_UNIX_RULES, PATH_SCRATCH_BYTES,
+        MAX_TRACKED_PROCESSES, MAX_UNIX_RULES, PATH_SCRATCH_BYTES, RUN_INFLIGHT_ENTRIES,
     },
     owner::Owner,
     policy::{ExecKey, ExecRule, Net4Data, Net6Data, NetRule, PolicySlot, RunPolicy, UnixKey},
@@ -84,17 +84,57 @@ pub static EMPTY_SLOT: ConnectInflight = ConnectInflight {
     unix: sensor_common::event::UnixConnectData::ZERO,
 };
 
-/// A thread's connect() slot, by pid_tgid: the syscall entry opens it, the
-/// cgroup hook fills in the address, the syscall exit adds the result, sends
-/// it and closes the slot.
+/// A thread's connect() slot, by pid_tgid: the cgroup hook, inside the
+/// connect() syscall, fills in the address and opens it; the syscall exit
+/// adds the result, sends it and closes the slot.
 ///
 /// The slot stays in the map after the exit and is reused by the thread's
-/// next connect (a lookup and two stores instead of an LRU insert and a
+/// next connect (a lookup and a few stores instead of an LRU insert and a
 /// delete per call); the LRU drops the slots of threads that stopped
 /// connecting.
 #[map(name = "SNSR_CONNECT")]
 pub static CONNECT_INFLIGHT: LruHashMap<u64, ConnectInflight> =
     LruHashMap::with_max_entries(INFLIGHT_ENTRIES, 0);
+
+/// The connect() slots of threads of processes in runs, by pid_tgid. A hash
+/// map, not an LRU one: however many other threads connect meanwhile, none
+/// pushes out the slot of a connect that waits in the syscall (a slow or
+/// full peer), which its exit then could not report. Each is removed at the
+/// syscall's exit. When it is full (that many threads of runs inside
+/// connect() at once), the hook reports the connect itself, without its
+/// result.
+#[map(name = "SNSR_RUN_CONNECT")]
+pub static RUN_CONNECT_INFLIGHT: HashMap<u64, ConnectInflight> =
+    HashMap::with_max_entries(RUN_INFLIGHT_ENTRIES, 0);
+
+/// The slot of the connect() the current thread, of a process in a run, is
+/// in (made for it; removed at the syscall's exit).
+#[inline(always)]
+pub fn run_connect_slot(pid_tgid: u64) -> Option<*mut ConnectInflight> {
+    // BPF_NOEXIST from a zeroed static, as in `connect_slot`; one left by a
+    // connect whose exit was missed is used again.
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by value, the 336-byte static would be copied onto the 512-byte stack"
+    )]
+    let _ = RUN_CONNECT_INFLIGHT.insert(pid_tgid, &EMPTY_SLOT, 1);
+    RUN_CONNECT_INFLIGHT.get_ptr_mut(pid_tgid)
+}
+
+/// This thread's connect slot, made when it has none.
+#[inline(always)]
+pub fn connect_slot(pid_tgid: u64) -> Option<*mut ConnectInflight> {
+    if let Some(slot) = CONNECT_INFLIGHT.get_ptr_mut(pid_tgid) {
+        return Some(slot);
+    }
+    // BPF_NOEXIST from a zeroed static: the value is not built on the stack.
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by value, the 336-byte static would be copied onto the 512-byte stack"
+    )]
+    let _ = CONNECT_INFLIGHT.insert(pid_tgid, &EMPTY_SLOT, 1);
+    CONNECT_INFLIGHT.get_ptr_mut(pid_tgid)
+}
 
 /// Process → run (key: tgid). Pinned by the loader, so it outlives a daemon restart.
 #[map(name = "SNSR_PROC_RUNS")]

@@ -1136,6 +1136,28 @@ fn io_uring_connect_to_a_denied_address_fails_with_eperm() -> Result<()> {
             "io_uring connect {name}: the listener's accept queue does not match {want:?}"
         );
     }
+    // Each is reported, by the cgroup hook: an io_uring connect has no
+    // connect() syscall (the hook sees io_uring_enter's number, or an io
+    // worker's), so no sys_exit_connect would report one left for it.
+    for (name, port, verdict) in [
+        ("allowed", p_allowed, "allow"),
+        ("denied", p_denied, "deny"),
+        ("denied6", p_denied6, "deny"),
+    ] {
+        let reported = d.wait_for(EVENT_TIMEOUT, |e| {
+            e["kind"] == "network.connect"
+                && e["run"]["agent"] == "enf-uring"
+                && e["network"]["dst_port"] == port
+        });
+        check!(
+            c,
+            reported
+                .as_ref()
+                .is_ok_and(|e| e["policy"]["verdict"] == verdict),
+            "io_uring connect {name} (port {port}) reported with verdict {verdict:?}: {}",
+            reported.map_or_else(|e| format!("{e:#}"), |e| compact(&e))
+        );
+    }
     c.finish()
 }
 

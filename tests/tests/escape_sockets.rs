@@ -580,3 +580,105 @@ fn run_only_programs_attach_when_a_matcher_starts_a_run() -> Result<()> {
     d.check_alive()?;
     c.finish()
 }
+
+/// A listener whose accept queue is full: `listen(2)` again with a backlog
+/// of 0 (one connection fits), and that one made. A SYN to it is dropped,
+/// so a connect to it stays in the syscall (retrying at 1 s, 3 s, 7 s) until
+/// the queue has room.
+fn full_listener(addr: &str) -> Result<(std::net::TcpListener, u16, TcpStream)> {
+    use std::os::fd::AsRawFd as _;
+    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("bind {addr}"))?;
+    // SAFETY: a listening socket's descriptor; listen(2) again only sets its backlog.
+    if unsafe { libc::listen(listener.as_raw_fd(), 0) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("listen(fd, 0)");
+    }
+    let local = listener.local_addr()?;
+    let filler = TcpStream::connect(local).context("fill the accept queue")?;
+    Ok((listener, local.port(), filler))
+}
+
+/// The cgroup hook leaves a connect's destination in the thread's slot, and
+/// the syscall's exit reports it from there with the result. The attack: an
+/// agent's thread connects somewhere its audit policy denies, the connect
+/// stays in the syscall (here a full accept queue; a slow server does the
+/// same), and meanwhile 40,000 short-lived threads connect once each, more
+/// than the slots kept for threads that connect (`INFLIGHT_ENTRIES`).
+/// Nothing may push the waiting thread's slot out: its connect is reported,
+/// as denied, once it returns.
+#[test]
+fn a_connect_in_the_syscall_is_reported_however_many_threads_connect_meanwhile() -> Result<()> {
+    const THREADS: &str = "40000";
+    let d = Daemon::start_with(Some(&config("")?), &[])?;
+    let (listener, port, _filler) = full_listener("[::1]:0")?;
+    let refused = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let tmp = TempDir::new("churn")?;
+    let ready = tmp.path().join("ready");
+    let target = format!("[::1]:{port}");
+    let flood = format!("127.0.0.1:{refused}");
+    let ready_arg = ready.to_string_lossy().into_owned();
+    let mut child = d
+        .launch_cmd(
+            "churn",
+            &["--policy", "a"],
+            &[
+                HELPER,
+                "connect-under-churn",
+                &target,
+                &flood,
+                THREADS,
+                &ready_arg,
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("launch the helper")?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !ready.exists() {
+        if std::time::Instant::now() > deadline || child.try_wait()?.is_some() {
+            let _ = child.kill();
+            let out = child.wait_with_output()?;
+            return Err(anyhow!(
+                "the helper's flood did not finish: stdout {:?} stderr {:?}",
+                text(&out.stdout),
+                text(&out.stderr)
+            ));
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    // Room in the queue: the waiting connect's next SYN gets in.
+    drop(listener.accept().context("accept the filler")?);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while child.try_wait()?.is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output()?;
+    let mut c = Checks::new();
+    check!(
+        c,
+        text(&out.stdout).trim() == "ok",
+        "the waiting connect succeeded once there was room: stdout {:?} stderr {:?}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let reported = d.wait_for(EVENT_TIMEOUT, |e| {
+        e["kind"] == "network.connect"
+            && e["run"]["agent"] == "churn"
+            && e["network"]["dst_port"] == port
+    });
+    check!(
+        c,
+        reported
+            .as_ref()
+            .is_ok_and(|e| e["policy"]["verdict"] == "deny" && e["network"]["result"] == "ok"),
+        "the connect to [::1]:{port} is reported, denied (audit), with its result: {}",
+        reported.map_or_else(|e| format!("{e:#}"), |e| compact(&e))
+    );
+    c.finish()
+}

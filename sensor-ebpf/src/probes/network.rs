@@ -1,5 +1,6 @@
-//! Outgoing connections: cgroup `connect4`/`connect6` see the destination,
-//! `sys_enter/exit_connect` bracket the syscall so the event carries its result.
+//! Outgoing connections: cgroup `connect4`/`connect6` see the destination
+//! and, inside the connect() syscall, leave it in the thread's slot;
+//! `sys_exit_connect` reports it from there with the syscall's result.
 //!
 //! A connect that does not come through the connect() syscall (io_uring,
 //! in-kernel users) is reported at the cgroup hook, without a result.
@@ -23,7 +24,7 @@ use crate::{
     config::{active, is_own, offset},
     emit::{deny_budget, emit},
     kernel::{Reader, run_of},
-    maps::{CONNECT_INFLIGHT, EMPTY_SLOT},
+    maps::{CONNECT_INFLIGHT, RUN_CONNECT_INFLIGHT, connect_slot, run_connect_slot},
     policy::check_net,
     syscall,
 };
@@ -37,42 +38,6 @@ const ALLOW: i32 = 1;
 const REJECT: i32 = 0;
 /// EPERM, what a rejected call returns.
 const EPERM: i32 = 1;
-
-/// tracepoint `syscalls/sys_enter_connect`: mark the thread as inside connect().
-#[tracepoint]
-pub fn snsr_conn_in(ctx: TracePointContext) -> u32 {
-    if !active() {
-        return 0; // the active load records
-    }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if is_own((pid_tgid >> 32) as u32) {
-        return 0;
-    }
-    let fd = syscall::arg(&ctx, 0);
-    if let Some(slot) = CONNECT_INFLIGHT.get_ptr_mut(pid_tgid) {
-        // SAFETY: map value; only this thread uses its own slot.
-        unsafe {
-            (*slot).filled = 0;
-            (*slot).open = 1;
-            (*slot).fd = fd as u32;
-        }
-        return 0;
-    }
-    // A new slot starts from the zeroed static (too big to build on the stack).
-    #[expect(
-        clippy::needless_borrows_for_generic_args,
-        reason = "by value, the 336-byte static would be copied onto the 512-byte stack"
-    )]
-    let _ = CONNECT_INFLIGHT.insert(pid_tgid, &EMPTY_SLOT, 1);
-    if let Some(slot) = CONNECT_INFLIGHT.get_ptr_mut(pid_tgid) {
-        // SAFETY: as above.
-        unsafe {
-            (*slot).open = 1;
-            (*slot).fd = fd as u32;
-        }
-    }
-    0
-}
 
 /// cgroup_sock_addr `connect4` on the cgroup2 root.
 #[cgroup_sock_addr(connect4)]
@@ -193,15 +158,23 @@ unsafe fn on_connect(ctx: &SockAddrContext, family: u16) -> i32 {
     let mut data = unsafe { destination(ctx, family) };
     let (run, how) = run_of(tgid, 0);
     let verdict = decide(run, &mut data);
-    if let Some(inflight) = CONNECT_INFLIGHT.get_ptr_mut(pid_tgid) {
+    // Inside connect(): its exit reports it, with the result, from the
+    // thread's slot (a run's own map: see `RUN_CONNECT_INFLIGHT`).
+    if let Some(fd) = syscall::in_connect()
+        && let Some(slot) = if run == 0 {
+            connect_slot(pid_tgid)
+        } else {
+            run_connect_slot(pid_tgid)
+        }
+    {
         // SAFETY: map value owned by this thread's syscall.
         unsafe {
-            if (*inflight).open != 0 {
-                (*inflight).data = data;
-                (*inflight).filled = FILLED_INET;
-                return verdict;
-            }
+            (*slot).data = data;
+            (*slot).fd = fd;
+            (*slot).filled = FILLED_INET;
+            (*slot).open = 1;
         }
+        return verdict;
     }
     // Not inside connect() (io_uring, in-kernel users): report now, with a
     // result only when the policy refused it.
@@ -283,8 +256,14 @@ pub fn snsr_conn_out(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 unsafe fn connect_exit(ctx: &TracePointContext) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let slot = CONNECT_INFLIGHT.get_ptr_mut(pid_tgid)?;
-    // SAFETY: map value; only this thread uses its own slot.
+    // The thread's slot outside runs; a run's connect is in the runs' map
+    // (looked up only when the first has no open slot).
+    let (slot, of_run) = match CONNECT_INFLIGHT.get_ptr_mut(pid_tgid) {
+        // SAFETY: map value; only this thread uses its own slot.
+        Some(slot) if unsafe { (*slot).open } != 0 => (slot, false),
+        _ => (RUN_CONNECT_INFLIGHT.get_ptr_mut(pid_tgid)?, true),
+    };
+    // SAFETY: as above.
     let (open, filled, fd) = unsafe { ((*slot).open, (*slot).filled, (*slot).fd) };
     // SAFETY: as above.
     unsafe { (*slot).open = 0 };
@@ -292,15 +271,25 @@ unsafe fn connect_exit(ctx: &TracePointContext) -> Option<()> {
         // Not an IPv4/IPv6/Unix destination the hooks saw (AF_UNSPEC, a bad
         // address, a Unix connect outside runs), or the entry was missed
         // (the programs attached mid-call).
+        if of_run {
+            let _ = RUN_CONNECT_INFLIGHT.remove(pid_tgid);
+        }
         return None;
     }
     let ret = syscall::ret(ctx);
     if filled == FILLED_UNIX {
         super::unix::connect_exit(slot, ret, fd);
+        if of_run {
+            let _ = RUN_CONNECT_INFLIGHT.remove(pid_tgid);
+        }
         return Some(());
     }
     // SAFETY: as above.
     let data = unsafe { (*slot).data };
+    if of_run {
+        // Copied out: the slot may be reused once removed.
+        let _ = RUN_CONNECT_INFLIGHT.remove(pid_tgid);
+    }
     let uid_gid = bpf_get_current_uid_gid();
     let mut ev = FixedEvent {
         header: EventHeader {

@@ -35,7 +35,7 @@ use crate::{
     config::{active, is_own, offset},
     emit::{count, deny_budget, wakeup_flags},
     kernel::{Reader, current_task, opaque, run_of},
-    maps::{CONNECT_INFLIGHT, EMPTY_SLOT, EVENTS, UNIX_IDS, UNIX_RULES},
+    maps::{EVENTS, UNIX_IDS, UNIX_RULES, connect_slot, run_connect_slot},
     policy::{kill_current, policy_of},
 };
 
@@ -165,9 +165,22 @@ unsafe fn on_unix(ctx: *mut bpf_sock_addr, via: u16) -> i32 {
         return ALLOW;
     }
     let mut r = Reader::new();
-    // This thread's connect slot is where the record is assembled (it is
-    // too big for the stack): the syscall's exit reports it from there.
-    let Some(slot) = inflight_slot(pid_tgid) else {
+    // Inside connect(), the syscall's exit reports it, with its result and
+    // its peer, from the thread's slot in the runs' map (nothing pushes it
+    // out while the connect waits: see `RUN_CONNECT_INFLIGHT`). Otherwise
+    // (a datagram, io_uring, that map full) the thread's other slot is only
+    // where the record is assembled (it is too big for the stack), and it is
+    // reported here.
+    let in_connect = if via == VIA_CONNECT {
+        crate::syscall::in_connect()
+    } else {
+        None
+    };
+    let (slot, waiting) = match in_connect.and_then(|fd| Some((run_connect_slot(pid_tgid)?, fd))) {
+        Some((slot, fd)) => (Some(slot), Some(fd)),
+        None => (connect_slot(pid_tgid), None),
+    };
+    let Some(slot) = slot else {
         return ALLOW;
     };
     // SAFETY: map value owned by this thread.
@@ -187,11 +200,13 @@ unsafe fn on_unix(ctx: *mut bpf_sock_addr, via: u16) -> i32 {
     } else {
         ALLOW
     };
-    // SAFETY: as above.
-    if via == VIA_CONNECT && unsafe { (*slot).open } != 0 {
-        // The syscall's exit reports it, with its result and its peer.
+    if let Some(fd) = waiting {
         // SAFETY: as above.
-        unsafe { (*slot).filled = FILLED_UNIX };
+        unsafe {
+            (*slot).fd = fd;
+            (*slot).filled = FILLED_UNIX;
+            (*slot).open = 1;
+        }
         return verdict;
     }
     // A datagram (reported when denied), or a connect from io_uring.
@@ -200,22 +215,6 @@ unsafe fn on_unix(ctx: *mut bpf_sock_addr, via: u16) -> i32 {
         report(unix, tgid, pid_tgid, run, how, &mut r);
     }
     verdict
-}
-
-/// This thread's connect slot, made when it has none (a thread that sends
-/// a datagram without ever calling connect()).
-#[inline(always)]
-fn inflight_slot(pid_tgid: u64) -> Option<*mut ConnectInflight> {
-    if let Some(slot) = CONNECT_INFLIGHT.get_ptr_mut(pid_tgid) {
-        return Some(slot);
-    }
-    // BPF_NOEXIST from a zeroed static: the value is not built on the stack.
-    #[expect(
-        clippy::needless_borrows_for_generic_args,
-        reason = "by value, the 336-byte static would be copied onto the 512-byte stack"
-    )]
-    let _ = CONNECT_INFLIGHT.insert(pid_tgid, &EMPTY_SLOT, 1);
-    CONNECT_INFLIGHT.get_ptr_mut(pid_tgid)
 }
 
 /// Sends a Unix connect record of the current task, assembled in place in

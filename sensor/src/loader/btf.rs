@@ -71,6 +71,7 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, LoaderError> {
         pt_regs_di: f("pt_regs", "di")?,
         pt_regs_si: f("pt_regs", "si")?,
         pt_regs_dx: f("pt_regs", "dx")?,
+        pt_regs_orig_ax: f("pt_regs", "orig_ax")?,
         inode_ctime_sec,
         inode_ctime_nsec,
         sock_addr_uaddr: f("bpf_sock_addr_kern", "uaddr")?,

@@ -602,6 +602,12 @@ const PINNED_MAPS: &[PinnedMap] = {
             max_entries: l::INFLIGHT_ENTRIES,
         },
         PinnedMap {
+            name: maps::RUN_CONNECT_INFLIGHT,
+            key: size_of::<u64>(),
+            value: size_of::<sensor_common::inflight::ConnectInflight>(),
+            max_entries: l::RUN_INFLIGHT_ENTRIES,
+        },
+        PinnedMap {
             name: maps::ACTIVE,
             key: size_of::<u32>(),
             value: size_of::<u32>(),
@@ -680,6 +686,7 @@ pub fn load(
         kernel,
         tracepoints,
         generation,
+        _pad: 0,
     };
     let sized = |map: &PinnedMap| PinnedMap {
         max_entries: if [maps::RUN_POLICY, maps::RUN_LIVE].contains(&map.name) {

@@ -100,12 +100,6 @@ pub const PROBES: &[Probe] = &[
         needed: Needed::Always,
     },
     tp(
-        p::CONNECT_ENTER,
-        "syscalls",
-        "sys_enter_connect",
-        "connect results",
-    ),
-    tp(
         p::CONNECT_EXIT,
         "syscalls",
         "sys_exit_connect",
@@ -299,7 +293,6 @@ mod tests {
             p::FORK,
             p::EXECVE_EXIT,
             p::EXECVEAT_EXIT,
-            p::CONNECT_ENTER,
             p::CONNECT_EXIT,
             p::CONNECT4,
             p::CONNECT6,

@@ -75,6 +75,12 @@
 //! sensor-test-helper listen-accept ADDR             listens on ADDR (port 0: any), prints "port=P",
 //!                                                   accepts one connection, prints "accepted"
 //! sensor-test-helper sendto-n ADDR:PORT N           N UDP datagrams from one unconnected socket
+//! sensor-test-helper connect-under-churn ADDR:PORT FLOOD_ADDR:PORT N READY
+//!                                                   a thread connects (TCP) to ADDR:PORT while N
+//!                                                   threads, one after another, each connect once
+//!                                                   to FLOOD_ADDR:PORT; then creates the file
+//!                                                   READY and prints the first connect's "ok" or
+//!                                                   "errno=N" once it returns
 //! sensor-test-helper fs-op OP PATH [ARG] LINGER    one file system change, then prints "done" (or
 //!                                                   "errno=N") and sleeps LINGER seconds: OP is
 //!                                                   unlink PATH, rename PATH NEW, chmod PATH OCTAL,
@@ -110,7 +116,7 @@ fn usage() -> String {
     "usage: sensor-test-helper exec|fake-argv0|thread-exec|threads|prctl-name|connect|at-pid|\
      sendto|uring-connect|memfd-exec|execveat-empty|fork-children|control|late-request|\
      clone-parent|sendto-flood|hold-connections|unix-server|memory-target|inject|socket|listen-accept|sendto-n|\
-     fs-op ..."
+     fs-op|connect-under-churn ..."
         .to_owned()
 }
 
@@ -160,6 +166,7 @@ fn run(args: &[OsString]) -> Result<ExitCode, String> {
         "sendto-n" => sendto_n(rest),
         "inject" => inject(rest),
         "fs-op" => fs_op(rest),
+        "connect-under-churn" => connect_under_churn(rest),
         other => Err(format!("unknown subcommand {other:?}; {}", usage())),
     }
 }
@@ -1148,5 +1155,41 @@ fn sendto_n(rest: &[OsString]) -> Result<ExitCode, String> {
         }
     }
     println!("sent={sent}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One connect that stays in the syscall (its SYN dropped by a full accept
+/// queue until the test makes room) while many short-lived threads each
+/// make one connect: a thread's connect slot in the kernel must survive
+/// them.
+fn connect_under_churn(rest: &[OsString]) -> Result<ExitCode, String> {
+    let [addr, flood, n, ready] = rest else {
+        return Err(usage());
+    };
+    let parse = |a: &OsString| -> Result<SocketAddr, String> {
+        utf8(a)?
+            .parse()
+            .map_err(|e| format!("bad address {a:?}: {e}"))
+    };
+    let (addr, flood) = (parse(addr)?, parse(flood)?);
+    let n: usize = utf8(n)?.parse().map_err(|e| format!("bad count: {e}"))?;
+    let slow = thread::spawn(move || TcpStream::connect(addr).map(drop));
+    // Long enough for the slow connect to be inside the syscall.
+    thread::sleep(Duration::from_millis(200));
+    for _ in 0..n {
+        thread::spawn(move || {
+            let _ = TcpStream::connect(flood);
+        })
+        .join()
+        .map_err(|_| "a flood thread panicked".to_owned())?;
+    }
+    std::fs::write(ready, b"").map_err(|e| format!("cannot write {ready:?}: {e}"))?;
+    let result = slow
+        .join()
+        .map_err(|_| "the connecting thread panicked".to_owned())?;
+    match result {
+        Ok(()) => println!("ok"),
+        Err(e) => println!("errno={}", e.raw_os_error().unwrap_or(0)),
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -33,7 +33,6 @@ pub const SENSOR_TRACEPOINTS: &[&str] = &[
     "sched/sched_process_exec",
     "sched/sched_process_exit",
     "syscalls/sys_enter_bpf",
-    "syscalls/sys_enter_connect",
     "syscalls/sys_enter_kill",
     "syscalls/sys_enter_pidfd_getfd",
     "syscalls/sys_enter_pidfd_send_signal",
