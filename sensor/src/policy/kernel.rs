@@ -939,7 +939,7 @@ impl Enforcement {
     /// and, per hash map, a walk of all its buckets (131,072 for the exec
     /// rules): a few milliseconds, and no write when nothing changed; past
     /// [`RULES_PER_VERIFY`] rule entries, the rules are compared every few
-    /// comparisons. The comparison is exact rather than a digest: reading
+    /// comparisons without a call (below), and at every one after a call. The comparison is exact rather than a digest: reading
     /// the entries is the cost either way, and an exact compare cannot be
     /// matched by a crafted collision. `SNSR_RUN_LIVE` (counters the kernel
     /// writes) and `SNSR_PROC_RUNS` (the kernel enters every new process)
@@ -956,11 +956,16 @@ impl Enforcement {
     /// read, or the daemon stops) they are compared. Returns nothing when
     /// no comparison was due.
     pub fn verify(&mut self, foreign_bpf: Option<u64>, now: Instant) -> Vec<Tamper> {
-        let due = match (foreign_bpf, self.compared) {
+        // `called`: a call may have written them (or nothing says it did not).
+        let (due, called) = match (foreign_bpf, self.compared) {
             (Some(calls), Some((seen, at))) => {
-                calls != seen || now.saturating_duration_since(at) >= COMPARE_QUIET_EVERY
+                let called = calls != seen;
+                (
+                    called || now.saturating_duration_since(at) >= COMPARE_QUIET_EVERY,
+                    called,
+                )
             }
-            _ => true,
+            _ => (true, true),
         };
         if !due {
             return Vec::new();
@@ -977,8 +982,10 @@ impl Enforcement {
                 .values()
                 .map(|i| i.rules.exec.len() + i.rules.net4.len() + i.rules.net6.len())
                 .sum::<usize>();
+        // Many rules are compared every few quiet comparisons, but always
+        // after a call that may have written them.
         let every = u64::try_from(entries / RULES_PER_VERIFY + 1).unwrap_or(u64::MAX);
-        if self.verified.is_multiple_of(every) {
+        if called || self.verified.is_multiple_of(every) {
             self.verify_rules(&mut found);
         }
         self.verified = self.verified.wrapping_add(1);
@@ -1524,6 +1531,47 @@ mod tests {
         maps.slots.tamper_insert(0, PolicySlot { id: 997, ..slot });
         assert_eq!(e.verify(None, soon).len(), 1);
         assert_eq!(e.comparisons(), 4);
+    }
+
+    #[test]
+    fn many_rules_are_compared_every_few_quiet_checks_but_after_every_call() {
+        let (maps, mut e) = binder();
+        // Past RULES_PER_VERIFY entries: the rules every second comparison.
+        let nets: Vec<String> = (0..RULES_PER_VERIFY + 8)
+            .map(|i| format!("10.{}.{}.0/24:443", i / 256, i % 256))
+            .collect();
+        let nets: Vec<&str> = nets.iter().map(String::as_str).collect();
+        e.install(&Policies::of(vec![policy(
+            "big",
+            Mode::Enforce,
+            &[],
+            &nets,
+        )]))
+        .unwrap();
+        let t0 = Instant::now();
+        assert!(e.verify(Some(0), t0).is_empty());
+        let net4 = maps.net4.snapshot();
+        let (k, _) = net4.iter().next().unwrap();
+        // An entry deleted with a counted call: the next check compares the
+        // rules, though a quiet one would skip them this time.
+        maps.net4.tamper_remove(k);
+        let found = e.verify(Some(1), t0 + Duration::from_secs(1));
+        assert!(
+            found.iter().any(|t| t.object.contains("SNSR_NET4_RULES")),
+            "the rules were compared after the call: {found:?}"
+        );
+        // Written back. Without a call, every other comparison has them:
+        // this third one does, the fourth does not, the fifth does.
+        let quiet = t0 + Duration::from_secs(1);
+        for (n, compares) in [(1, true), (2, false), (3, true)] {
+            maps.net4.tamper_remove(k);
+            let found = e.verify(Some(1), quiet + COMPARE_QUIET_EVERY * n);
+            assert_eq!(
+                found.iter().any(|t| t.object.contains("SNSR_NET4_RULES")),
+                compares,
+                "quiet comparison {n}: {found:?}"
+            );
+        }
     }
 
     #[test]
