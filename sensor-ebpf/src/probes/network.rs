@@ -14,7 +14,7 @@ use aya_ebpf::{
     programs::{SockAddrContext, TracePointContext},
 };
 use sensor_common::handover::kind_word;
-use sensor_common::inflight::{FILLED_INET, FILLED_UNIX};
+use sensor_common::inflight::{ConnectInflight, FILLED_INET, FILLED_UNIX};
 use sensor_common::{
     event::{ConnectData, EventHeader, EventKind, FixedEvent, HOW_MASK, VIA_CONNECT, VIA_SENDMSG},
     policy::{VERDICT_DENY, VERDICT_NONE},
@@ -257,13 +257,28 @@ pub fn snsr_conn_out(ctx: TracePointContext) -> u32 {
 unsafe fn connect_exit(ctx: &TracePointContext) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     // The thread's slot outside runs; a run's connect is in the runs' map
-    // (looked up only when the first has no open slot).
-    let (slot, of_run) = match CONNECT_INFLIGHT.get_ptr_mut(pid_tgid) {
+    // (looked up only when the first has no open slot), removed once read.
+    match CONNECT_INFLIGHT.get_ptr_mut(pid_tgid) {
         // SAFETY: map value; only this thread uses its own slot.
-        Some(slot) if unsafe { (*slot).open } != 0 => (slot, false),
-        _ => (RUN_CONNECT_INFLIGHT.get_ptr_mut(pid_tgid)?, true),
-    };
-    // SAFETY: as above.
+        Some(slot) if unsafe { (*slot).open } != 0 => unsafe { report_slot(ctx, slot) },
+        _ => {
+            let slot = RUN_CONNECT_INFLIGHT.get_ptr_mut(pid_tgid)?;
+            // SAFETY: as above.
+            let sent = unsafe { report_slot(ctx, slot) };
+            let _ = RUN_CONNECT_INFLIGHT.remove(pid_tgid);
+            sent
+        }
+    }
+}
+
+/// Sends the connect left in `slot` with the syscall's result, and closes
+/// the slot.
+///
+/// # Safety
+/// `slot` is the current thread's own map value.
+#[inline(always)]
+unsafe fn report_slot(ctx: &TracePointContext, slot: *mut ConnectInflight) -> Option<()> {
+    // SAFETY: the caller's.
     let (open, filled, fd) = unsafe { ((*slot).open, (*slot).filled, (*slot).fd) };
     // SAFETY: as above.
     unsafe { (*slot).open = 0 };
@@ -271,25 +286,15 @@ unsafe fn connect_exit(ctx: &TracePointContext) -> Option<()> {
         // Not an IPv4/IPv6/Unix destination the hooks saw (AF_UNSPEC, a bad
         // address, a Unix connect outside runs), or the entry was missed
         // (the programs attached mid-call).
-        if of_run {
-            let _ = RUN_CONNECT_INFLIGHT.remove(pid_tgid);
-        }
         return None;
     }
     let ret = syscall::ret(ctx);
     if filled == FILLED_UNIX {
         super::unix::connect_exit(slot, ret, fd);
-        if of_run {
-            let _ = RUN_CONNECT_INFLIGHT.remove(pid_tgid);
-        }
         return Some(());
     }
     // SAFETY: as above.
     let data = unsafe { (*slot).data };
-    if of_run {
-        // Copied out: the slot may be reused once removed.
-        let _ = RUN_CONNECT_INFLIGHT.remove(pid_tgid);
-    }
     let uid_gid = bpf_get_current_uid_gid();
     let mut ev = FixedEvent {
         header: EventHeader {
