@@ -571,6 +571,16 @@ pub fn connect_event<'a>(
     })
 }
 
+/// The first network.connect of `agent`'s run to `port`, waited for up to
+/// [`EVENT_TIMEOUT`].
+pub fn wait_run_connect(d: &Daemon, agent: &str, port: u16) -> Result<Value> {
+    d.wait_for(EVENT_TIMEOUT, |e| {
+        e["kind"] == "network.connect"
+            && e["run"]["agent"] == agent
+            && e["network"]["dst_port"] == port
+    })
+}
+
 pub fn run_connects(evs: &[Value]) -> Vec<Value> {
     evs.iter()
         .filter(|e| e["kind"] == "network.connect" && !e["run"].is_null())

@@ -1144,11 +1144,7 @@ fn io_uring_connect_to_a_denied_address_fails_with_eperm() -> Result<()> {
         ("denied", p_denied, "deny"),
         ("denied6", p_denied6, "deny"),
     ] {
-        let reported = d.wait_for(EVENT_TIMEOUT, |e| {
-            e["kind"] == "network.connect"
-                && e["run"]["agent"] == "enf-uring"
-                && e["network"]["dst_port"] == port
-        });
+        let reported = wait_run_connect(&d, "enf-uring", port);
         check!(
             c,
             reported

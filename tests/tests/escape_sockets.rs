@@ -15,7 +15,9 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use sensor_tests::enforce::{KILLED, RUN_ONLY_PROGRAMS, base_exec, check_deny, launch_sh, outputs};
+use sensor_tests::enforce::{
+    KILLED, RUN_ONLY_PROGRAMS, base_exec, check_deny, launch_sh, outputs, wait_run_connect,
+};
 use sensor_tests::{
     Checks, Daemon, EVENT_TIMEOUT, TempDir, check, compact, helper_bin, ocsf, text,
 };
@@ -562,11 +564,7 @@ fn run_only_programs_attach_when_a_matcher_starts_a_run() -> Result<()> {
         allowed.recv_from(&mut buf).is_ok(),
         "the allowed datagram did not arrive"
     );
-    let reported = d.wait_for(EVENT_TIMEOUT, |e| {
-        e["kind"] == "network.connect"
-            && e["run"]["agent"] == "matched"
-            && e["network"]["dst_port"] == p_denied
-    });
+    let reported = wait_run_connect(&d, "matched", p_denied);
     check!(
         c,
         reported
@@ -667,11 +665,7 @@ fn a_connect_in_the_syscall_is_reported_however_many_threads_connect_meanwhile()
         text(&out.stdout),
         text(&out.stderr)
     );
-    let reported = d.wait_for(EVENT_TIMEOUT, |e| {
-        e["kind"] == "network.connect"
-            && e["run"]["agent"] == "churn"
-            && e["network"]["dst_port"] == port
-    });
+    let reported = wait_run_connect(&d, "churn", port);
     check!(
         c,
         reported
